@@ -1,0 +1,110 @@
+//! `RUNNEL_*` environment overrides.
+//!
+//! A variable `RUNNEL_<SECTION>__<KEY>` sets one key, with a double underscore between path
+//! segments: `RUNNEL_BROKER__DATA_DIR=/var/lib/runnel`, `RUNNEL_LISTENERS__KAFKA__ADDRESS=
+//! 0.0.0.0:9092`, `RUNNEL_LOG__RETENTION=3d`. Segments are matched without regard to case.
+//! Overrides are applied to the parsed document before it is deserialized, so they take
+//! precedence over the file, which takes precedence over the defaults.
+//!
+//! Variables starting with `RUNNEL_` but containing no `__` (`RUNNEL_LOG`, `RUNNEL_CONFIG`) are
+//! not config keys and are ignored: they are left for the binary's own flags and logging. A
+//! variable with `__` that names no key is an error naming the variable, so a misspelt override
+//! never goes unnoticed.
+//!
+//! The text of a variable is typed by the key it sets: `true`/`false` become booleans for
+//! boolean keys; an integer becomes a TOML integer for numeric, size and duration keys (so
+//! `RUNNEL_LOG__RETENTION=-1` means forever); everything else, and every path, host, address and
+//! enum value, stays a string.
+
+use toml::{Table, Value};
+
+use crate::error::{ConfigError, Location};
+use crate::keys::{self, Kind};
+use crate::provenance::Provenance;
+
+/// Prefix of every override variable.
+pub const ENV_PREFIX: &str = "RUNNEL_";
+/// Separator between path segments in an override variable.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Applies every `RUNNEL_*__*` variable of `env` to `table`, recording each in `provenance`.
+/// A variable that appears twice takes its last value.
+pub(crate) fn apply(
+    table: &mut Table,
+    env: &[(String, String)],
+    provenance: &mut Provenance,
+) -> Result<(), ConfigError> {
+    for (var, text) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains(ENV_SEPARATOR) {
+            continue;
+        }
+        let at = || Location::Env { var: var.clone() };
+        let lower = rest.to_ascii_lowercase();
+        let segments: Vec<&str> = lower.split(ENV_SEPARATOR).collect();
+        let path = segments.join(".");
+        if let Some((bad, allowed)) = keys::first_unknown(&segments) {
+            if allowed.is_empty() {
+                let (parent, _) = bad.rsplit_once('.').unwrap_or((&bad, ""));
+                return Err(ConfigError::Invalid {
+                    at: at(),
+                    key: bad.clone(),
+                    message: format!("{parent} is a key, not a section"),
+                });
+            }
+            return Err(ConfigError::UnknownKey {
+                at: at(),
+                key: bad,
+                allowed,
+            });
+        }
+        let Some(key) = keys::key_at(&path) else {
+            return Err(ConfigError::Invalid {
+                at: at(),
+                key: path.clone(),
+                message: format!(
+                    "is a section, not a key; set one of its keys: {}",
+                    keys::allowed_under(&path).join(", ")
+                ),
+            });
+        };
+        insert(table, &segments, typed(key.kind, text));
+        provenance.set_env(&path, var);
+    }
+    Ok(())
+}
+
+/// The TOML value for an override's text, typed by the key's kind.
+fn typed(kind: Kind, text: &str) -> Value {
+    match kind {
+        Kind::Bool => match text.trim() {
+            "true" => Value::Boolean(true),
+            "false" => Value::Boolean(false),
+            _ => Value::String(text.to_owned()),
+        },
+        Kind::Int | Kind::Bytes | Kind::Duration => match text.trim().parse::<i64>() {
+            Ok(n) => Value::Integer(n),
+            Err(_) => Value::String(text.to_owned()),
+        },
+        Kind::Text | Kind::Choice | Kind::Addr => Value::String(text.to_owned()),
+    }
+}
+
+/// Sets `segments` (a path to a key) in `table`, creating the tables on the way.
+fn insert(table: &mut Table, segments: &[&str], value: Value) {
+    let (last, parents) = segments.split_last().expect("a key path has a segment");
+    let mut current = table;
+    for segment in parents {
+        let slot = current
+            .entry(segment.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !slot.is_table() {
+            // The file gave a section a non-table value; the override replaces it.
+            *slot = Value::Table(Table::new());
+        }
+        current = slot.as_table_mut().expect("made a table above");
+    }
+    current.insert(last.to_string(), value);
+}

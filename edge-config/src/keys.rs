@@ -1,0 +1,392 @@
+//! The key table: every section and key of `runnel.toml`, in file order, with the comment the
+//! default file shows for it and the kind of value it takes.
+//!
+//! The table drives three things: the unknown-key check (with the list of allowed keys in the
+//! error), the typing of `RUNNEL_*` values, and the comments of [`crate::Config::default_toml`].
+//! Values themselves come from serializing `Config::default()`, so a default is written in one
+//! place only. A test checks that this table and the serde structs name the same keys.
+
+/// What kind of value a key takes; decides how an environment variable's text is typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `true` / `false`.
+    Bool,
+    /// An integer.
+    Int,
+    /// Free text: a path or host name; never reinterpreted as a number.
+    Text,
+    /// One of a fixed set of strings.
+    Choice,
+    /// An IP address and port.
+    Addr,
+    /// A byte size (integer of bytes, or "64MiB"); sometimes also "unlimited" / -1.
+    Bytes,
+    /// A duration (integer of milliseconds, or "10s"); sometimes also "forever" / -1.
+    Duration,
+}
+
+/// One key of a section.
+pub(crate) struct Key {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The comment above the key in the default file: what it does, what it costs, what is
+    /// allowed. Lines are separated by `\n`.
+    pub doc: &'static str,
+}
+
+/// One section (`[broker]`, `[listeners.kafka]`) and its keys.
+pub(crate) struct Section {
+    pub path: &'static str,
+    pub doc: &'static str,
+    pub keys: &'static [Key],
+}
+
+const fn key(name: &'static str, kind: Kind, doc: &'static str) -> Key {
+    Key { name, kind, doc }
+}
+
+use Kind::*;
+
+pub(crate) const SECTIONS: &[Section] = &[
+    Section {
+        path: "broker",
+        doc: "This node: identity, data directory and limits.",
+        keys: &[
+            key(
+                "node_id",
+                Int,
+                "Id of this broker in Metadata and among replication peers; unique among peers.\nAllowed: 0 or more.",
+            ),
+            key(
+                "data_dir",
+                Text,
+                "Directory for segments, metadata (redb) and the generated QUIC certificate.\nRelative paths start at the working directory. Needs room for all retained data.",
+            ),
+            key(
+                "advertised_host",
+                Text,
+                "Host clients are told to connect to in Metadata responses.\n\"\" = the address each listener is bound to (only reachable from other\nmachines when that address is).",
+            ),
+            key(
+                "auto_create_topics",
+                Bool,
+                "Create unknown topics on first produce or metadata request. A typo in a\nclient then creates a topic instead of failing. Allowed: true, false.",
+            ),
+            key(
+                "default_partitions",
+                Int,
+                "Partitions of an auto-created topic. Each costs open files and an index.\nAllowed: 1..=10000.",
+            ),
+            key(
+                "default_replication_factor",
+                Int,
+                "Replicas of an auto-created topic (1 = this node only). Allowed: 1..=32767.",
+            ),
+            key(
+                "max_request_bytes",
+                Bytes,
+                "Largest request frame accepted, checked before allocating; a connection may\nhold this much memory. Allowed: 1KiB..=2GiB (\"64MiB\", \"100MB\" or bytes).",
+            ),
+            key(
+                "max_connections",
+                Int,
+                "Client connections open at once over all listeners; more wait. Each costs a\ntask, buffers and a file descriptor. Allowed: 1 or more.",
+            ),
+            key(
+                "handshake_timeout",
+                Duration,
+                "Time a new connection has to finish its TLS or QUIC handshake.\nAllowed: more than 0s (\"10s\", \"250ms\" or milliseconds).",
+            ),
+        ],
+    },
+    Section {
+        path: "listeners.kafka",
+        doc: "Kafka protocol over plaintext TCP. Readable on the wire: keep it on loopback\nor a trusted network.",
+        keys: &[
+            key(
+                "enabled",
+                Bool,
+                "Serve this listener. Allowed: true, false.",
+            ),
+            key(
+                "address",
+                Addr,
+                "TCP address to bind: IP and port (\"0.0.0.0:9092\" = all interfaces, port 0 = any\nfree port).",
+            ),
+        ],
+    },
+    Section {
+        path: "listeners.kafka_tls",
+        doc: "Kafka protocol over TLS.",
+        keys: &[
+            key(
+                "enabled",
+                Bool,
+                "Serve this listener; costs a handshake per connection. Allowed: true, false.",
+            ),
+            key("address", Addr, "TCP address to bind."),
+            key(
+                "cert",
+                Text,
+                "PEM certificate chain, leaf first. Required when enabled.",
+            ),
+            key(
+                "key",
+                Text,
+                "PEM private key of the certificate. Required when enabled.",
+            ),
+            key(
+                "client_ca",
+                Text,
+                "PEM CA certificate(s). \"\" = clients need no certificate; when set, every\nclient must present a certificate signed by this CA.",
+            ),
+        ],
+    },
+    Section {
+        path: "listeners.quic",
+        doc: "The device protocol over QUIC (UDP, always encrypted). May share a port number\nwith a TCP listener.",
+        keys: &[
+            key(
+                "enabled",
+                Bool,
+                "Serve this listener. Allowed: true, false.",
+            ),
+            key("address", Addr, "UDP address to bind."),
+            key(
+                "cert",
+                Text,
+                "PEM certificate chain. \"\" = a self-signed certificate generated in data_dir\non first start; its fingerprint is printed for devices to pin.",
+            ),
+            key(
+                "key",
+                Text,
+                "PEM private key of cert. Set both cert and key, or neither.",
+            ),
+        ],
+    },
+    Section {
+        path: "listeners.admin",
+        doc: "HTTP: Prometheus metrics and health. Unauthenticated: keep it on a trusted network.",
+        keys: &[
+            key(
+                "enabled",
+                Bool,
+                "Serve this listener. Allowed: true, false.",
+            ),
+            key("address", Addr, "TCP address to bind."),
+        ],
+    },
+    Section {
+        path: "log",
+        doc: "Storage defaults for every topic. A topic may override them with Kafka's config\nnames (segment.bytes, retention.ms, cleanup.policy, ...).",
+        keys: &[
+            key(
+                "segment_bytes",
+                Bytes,
+                "Roll the active segment at this size. Retention deletes whole segments:\nsmaller frees space sooner but costs more files. Allowed: 1KiB..=2GiB.",
+            ),
+            key(
+                "segment_age",
+                Duration,
+                "Roll the active segment after this age even if not full. Allowed: more than 0s.",
+            ),
+            key(
+                "retention",
+                Duration,
+                "Delete segments older than this. \"forever\" (or -1) = keep by age forever.",
+            ),
+            key(
+                "retention_bytes",
+                Bytes,
+                "Delete the oldest segments once a partition holds more than this.\n\"unlimited\" (or -1) = no size limit; set one on a small disk.",
+            ),
+            key(
+                "index_interval_bytes",
+                Bytes,
+                "Bytes between offset-index entries: smaller = faster fetch lookups, larger\nindexes. Allowed: 0..=2GiB.",
+            ),
+            key(
+                "flush",
+                Choice,
+                "When appends are fsynced. never = leave it to the OS page cache (a power cut\nloses recent data); interval = fsync every flush_interval; always = fsync\nbefore acknowledging every append (slowest, loses nothing acknowledged).\nAllowed: never, interval, always.",
+            ),
+            key(
+                "flush_interval",
+                Duration,
+                "Time between fsyncs when flush = \"interval\": the most acknowledged data a\npower cut can lose. Must be more than 0s with flush = \"interval\".",
+            ),
+            key(
+                "cleanup_policy",
+                Choice,
+                "What happens to old data: delete segments, compact to the latest record per\nkey, or both. Allowed: delete, compact, compact,delete.",
+            ),
+            key(
+                "timestamp_type",
+                Choice,
+                "Record timestamps: the producer's, or the broker's clock at append.\nAllowed: CreateTime, LogAppendTime.",
+            ),
+            key(
+                "max_message_bytes",
+                Bytes,
+                "Largest record batch accepted (Kafka's max.message.bytes); consumers need\nfetch buffers this big. Allowed: 1..=max_request_bytes.",
+            ),
+            key(
+                "delete_retention",
+                Duration,
+                "How long tombstones survive compaction, so consumers see the delete.",
+            ),
+            key(
+                "retention_check_interval",
+                Duration,
+                "How often retention and compaction look for work. Allowed: more than 0s.",
+            ),
+        ],
+    },
+    Section {
+        path: "groups",
+        doc: "The consumer-group coordinator.",
+        keys: &[
+            key(
+                "min_session_timeout",
+                Duration,
+                "Smallest session timeout a consumer may ask for. Lower detects failures\nsooner at the cost of more heartbeats. Allowed: up to max_session_timeout.",
+            ),
+            key(
+                "max_session_timeout",
+                Duration,
+                "Largest session timeout a consumer may ask for; a dead consumer holds its\npartitions up to this long.",
+            ),
+            key(
+                "initial_rebalance_delay",
+                Duration,
+                "Wait before a new group's first rebalance so members joining together cause\none rebalance. 0s suits a single edge node.",
+            ),
+            key(
+                "offsets_retention",
+                Duration,
+                "How long committed offsets of an empty group are kept.",
+            ),
+        ],
+    },
+];
+
+/// The section with this dotted path, if it holds keys.
+pub(crate) fn section(path: &str) -> Option<&'static Section> {
+    SECTIONS.iter().find(|s| s.path == path)
+}
+
+/// The names allowed directly under `path` ("" = the document root): the keys of a section, or
+/// the names of the sections nested below it, in file order.
+pub(crate) fn allowed_under(path: &str) -> Vec<&'static str> {
+    if let Some(section) = section(path) {
+        return section.keys.iter().map(|k| k.name).collect();
+    }
+    let mut names: Vec<&'static str> = Vec::new();
+    for section in SECTIONS {
+        let rest = if path.is_empty() {
+            Some(section.path)
+        } else {
+            section
+                .path
+                .strip_prefix(path)
+                .and_then(|r| r.strip_prefix('.'))
+        };
+        if let Some(rest) = rest {
+            let first = rest.split('.').next().unwrap_or(rest);
+            if !names.contains(&first) {
+                names.push(first);
+            }
+        }
+    }
+    names
+}
+
+/// The key at this dotted path, if it is a key (not a section).
+pub(crate) fn key_at(path: &str) -> Option<&'static Key> {
+    let (parent, name) = path.rsplit_once('.')?;
+    section(parent)?.keys.iter().find(|k| k.name == name)
+}
+
+/// Joins a parent path and a name.
+pub(crate) fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+/// The first segment of `segments` that is not allowed where it appears, as (path up to and
+/// including it, the names allowed there); `None` if the whole path is known.
+pub(crate) fn first_unknown(segments: &[&str]) -> Option<(String, Vec<&'static str>)> {
+    let mut path = String::new();
+    for segment in segments {
+        let allowed = allowed_under(&path);
+        path = join(&path, segment);
+        if !allowed.contains(segment) {
+            return Some((path, allowed));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+        for (name, value) in table {
+            let path = join(prefix, name);
+            match value {
+                toml::Value::Table(inner) => leaves(inner, &path, out),
+                other => out.push((path, other.clone())),
+            }
+        }
+    }
+
+    /// The key table and the serde structs must name the same keys, with matching kinds.
+    #[test]
+    fn key_table_matches_the_structs() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut from_structs = Vec::new();
+        leaves(&defaults, "", &mut from_structs);
+        let mut from_table: Vec<String> = SECTIONS
+            .iter()
+            .flat_map(|s| s.keys.iter().map(|k| join(s.path, k.name)))
+            .collect();
+        let mut struct_paths: Vec<String> = from_structs.iter().map(|(p, _)| p.clone()).collect();
+        from_table.sort();
+        struct_paths.sort();
+        assert_eq!(from_table, struct_paths);
+        for (path, value) in &from_structs {
+            let kind = key_at(path).unwrap().kind;
+            let ok = match value {
+                toml::Value::Boolean(_) => kind == Kind::Bool,
+                toml::Value::Integer(_) => matches!(kind, Kind::Int | Kind::Bytes),
+                toml::Value::String(_) => kind != Kind::Bool && kind != Kind::Int,
+                _ => false,
+            };
+            assert!(ok, "{path} has kind {kind:?} but default {value}");
+        }
+    }
+
+    #[test]
+    fn allowed_names_in_file_order() {
+        assert_eq!(allowed_under(""), ["broker", "listeners", "log", "groups"]);
+        assert_eq!(
+            allowed_under("listeners"),
+            ["kafka", "kafka_tls", "quic", "admin"]
+        );
+        assert_eq!(allowed_under("listeners.admin"), ["enabled", "address"]);
+        assert!(allowed_under("log.flush").is_empty());
+        assert_eq!(first_unknown(&["log", "flush"]), None);
+        assert_eq!(
+            first_unknown(&["listeners", "kafak", "address"]),
+            Some((
+                "listeners.kafak".to_owned(),
+                vec!["kafka", "kafka_tls", "quic", "admin"]
+            ))
+        );
+    }
+}

@@ -1,0 +1,482 @@
+//! The configuration schema: one serde struct per TOML section.
+//!
+//! Field names are a contract with users (they are the keys of `runnel.toml` and of the
+//! `RUNNEL_*` variables) and with the broker code. Every struct is `#[serde(deny_unknown_fields,
+//! default)]`, so a key left out takes the default given by the struct's `Default` impl, and a
+//! misspelt key is an error rather than silently ignored. Ranges and contradictions are checked
+//! by [`crate::Config::validate`], not here.
+//!
+//! When a field is added, add it to the key table in `keys.rs` too (its comment in the default
+//! file and its kind for env overrides); a test fails until both agree.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::units::{self, GIB, KIB, MIB};
+
+const fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+const DAY: u64 = 24 * 60 * 60;
+
+/// The whole configuration of a `runnel` broker: the parsed `runnel.toml`.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[broker]`: identity, data directory and limits of this node.
+    pub broker: BrokerConfig,
+    /// `[listeners.*]`: the sockets the broker serves on.
+    pub listeners: ListenersConfig,
+    /// `[log]`: storage defaults for every topic.
+    pub log: LogConfig,
+    /// `[groups]`: the consumer-group coordinator.
+    pub groups: GroupsConfig,
+}
+
+/// `[broker]`: identity, data directory and limits of this node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// This broker's id in Metadata responses and among replication peers; must be unique among
+    /// peers. Default 1. Changing it on a node with data makes peers see a new broker.
+    pub node_id: i32,
+    /// Directory for the segment log, the redb metadata and the generated QUIC certificate.
+    /// Default `./runnel-data`, relative to the working directory. Needs room for every
+    /// partition's retained segments.
+    pub data_dir: PathBuf,
+    /// Host name or IP that Metadata responses tell clients to connect to. Default `""`: the
+    /// address each listener is bound to, which is only reachable by other machines when the
+    /// listener binds a routable address.
+    pub advertised_host: String,
+    /// Create a topic when a client produces to or fetches metadata for one that does not exist.
+    /// Default true. Convenient at the edge, but a typo in a client creates a topic (and its
+    /// files) instead of failing.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic, or of a CreateTopics request that asks for -1.
+    /// Default 1. Each partition costs open segment files and an index in memory.
+    pub default_partitions: i32,
+    /// Replicas of an auto-created topic. Default 1 (this node only). Above 1 every append waits
+    /// on peers when producers ask for `acks=all`.
+    pub default_replication_factor: i16,
+    /// Largest request frame accepted; the size prefix is checked before any allocation.
+    /// Default 100MiB. A connection may hold up to this much memory while a request is read.
+    #[serde(with = "units::bytes")]
+    pub max_request_bytes: u64,
+    /// Client connections open at once across all listeners; further ones wait to be accepted.
+    /// Default 10000. Each connection costs a task, buffers and a file descriptor.
+    pub max_connections: usize,
+    /// Time a new connection has to finish its TLS or QUIC handshake before it is closed.
+    /// Default 10s. Longer tolerates slow links; shorter frees slots held by idle or hostile
+    /// peers sooner.
+    #[serde(with = "units::duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("./runnel-data"),
+            advertised_host: String::new(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            default_replication_factor: 1,
+            max_request_bytes: 100 * MIB,
+            max_connections: 10_000,
+            handshake_timeout: secs(10),
+        }
+    }
+}
+
+/// `[listeners]`: one table per transport.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    /// `[listeners.kafka]`: Kafka protocol over plaintext TCP.
+    pub kafka: KafkaListener,
+    /// `[listeners.kafka_tls]`: Kafka protocol over TLS.
+    pub kafka_tls: TlsListener,
+    /// `[listeners.quic]`: the device protocol over QUIC (UDP).
+    pub quic: QuicListener,
+    /// `[listeners.admin]`: HTTP for metrics and health.
+    pub admin: AdminListener,
+}
+
+/// `[listeners.kafka]`: Kafka protocol over plaintext TCP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaListener {
+    /// Serve Kafka clients without TLS. Default true. Traffic is readable by anyone on the path:
+    /// keep it on loopback or a trusted network.
+    pub enabled: bool,
+    /// TCP address to bind. Default `127.0.0.1:9092` (this machine only); `0.0.0.0:9092` for all
+    /// interfaces; port 0 picks a free port.
+    #[serde(deserialize_with = "units::socket_addr::deserialize")]
+    pub address: SocketAddr,
+}
+
+impl Default for KafkaListener {
+    fn default() -> Self {
+        KafkaListener {
+            enabled: true,
+            address: loopback(9092),
+        }
+    }
+}
+
+/// `[listeners.kafka_tls]`: Kafka protocol over TLS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListener {
+    /// Serve Kafka clients over TLS. Default false. Costs a handshake per connection and
+    /// encryption on every byte.
+    pub enabled: bool,
+    /// TCP address to bind. Default `127.0.0.1:9096`.
+    #[serde(deserialize_with = "units::socket_addr::deserialize")]
+    pub address: SocketAddr,
+    /// PEM certificate chain presented to clients, leaf first. Required when enabled.
+    pub cert: PathBuf,
+    /// PEM private key of the certificate. Required when enabled; keep it readable by the
+    /// broker's user only.
+    pub key: PathBuf,
+    /// PEM CA certificate(s). Default `""`: clients are not asked for a certificate. When set,
+    /// every client must present a certificate signed by this CA, and its subject becomes the
+    /// client's principal.
+    pub client_ca: PathBuf,
+}
+
+impl Default for TlsListener {
+    fn default() -> Self {
+        TlsListener {
+            enabled: false,
+            address: loopback(9096),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+        }
+    }
+}
+
+/// `[listeners.quic]`: the device protocol over QUIC (UDP).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicListener {
+    /// Serve devices over QUIC. Default true. QUIC is always encrypted.
+    pub enabled: bool,
+    /// UDP address to bind. Default `127.0.0.1:9093`. UDP may share a port number with the TCP
+    /// listeners.
+    #[serde(deserialize_with = "units::socket_addr::deserialize")]
+    pub address: SocketAddr,
+    /// PEM certificate chain. Default `""`: a self-signed certificate is generated in `data_dir`
+    /// on first start and its fingerprint printed; devices must pin that fingerprint.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`. Set both `cert` and `key`, or neither.
+    pub key: PathBuf,
+}
+
+impl Default for QuicListener {
+    fn default() -> Self {
+        QuicListener {
+            enabled: true,
+            address: loopback(9093),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+        }
+    }
+}
+
+/// `[listeners.admin]`: HTTP for Prometheus metrics and health checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminListener {
+    /// Serve the admin HTTP endpoints. Default true. They are unauthenticated: do not expose
+    /// them beyond a trusted network.
+    pub enabled: bool,
+    /// TCP address to bind. Default `127.0.0.1:9094`.
+    #[serde(deserialize_with = "units::socket_addr::deserialize")]
+    pub address: SocketAddr,
+}
+
+impl Default for AdminListener {
+    fn default() -> Self {
+        AdminListener {
+            enabled: true,
+            address: loopback(9094),
+        }
+    }
+}
+
+/// `[log]`: storage defaults for every topic. A topic may override each of them with Kafka's
+/// config name (see [`LogConfig::apply_topic_override`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Size at which the active segment is closed and a new one started (`segment.bytes`).
+    /// Default 1GiB. Retention deletes whole segments, so smaller segments free space sooner but
+    /// cost more files and indexes.
+    #[serde(with = "units::bytes")]
+    pub segment_bytes: u64,
+    /// Age at which the active segment is rolled even if not full (`segment.ms`). Default 7d.
+    /// Bounds how long a quiet topic keeps data past its retention.
+    #[serde(with = "units::duration")]
+    pub segment_age: Duration,
+    /// How long records are kept (`retention.ms`). Default 7d; `None` ("forever") keeps them
+    /// until `retention_bytes` or the disk runs out.
+    #[serde(with = "units::opt_duration")]
+    pub retention: Option<Duration>,
+    /// Bytes kept per partition before the oldest segments are deleted (`retention.bytes`).
+    /// Default `None` ("unlimited"). On a small disk this is the knob that prevents filling it.
+    #[serde(with = "units::opt_bytes")]
+    pub retention_bytes: Option<u64>,
+    /// Bytes appended between two offset-index entries (`index.interval.bytes`). Default 4KiB.
+    /// Smaller makes fetch lookups land closer at the cost of larger indexes.
+    #[serde(with = "units::bytes")]
+    pub index_interval_bytes: u64,
+    /// When appends are fsynced. Default `interval`. See [`FlushPolicy`] for the trade-off.
+    pub flush: FlushPolicy,
+    /// Time between fsyncs when `flush = "interval"` (`flush.ms`). Default 1s: a power cut can
+    /// lose up to this much acknowledged data.
+    #[serde(with = "units::duration")]
+    pub flush_interval: Duration,
+    /// What happens to old data (`cleanup.policy`). Default `delete`.
+    pub cleanup_policy: CleanupPolicy,
+    /// Which timestamp records carry (`message.timestamp.type`). Default `CreateTime`.
+    pub timestamp_type: TimestampType,
+    /// Largest record batch accepted (`max.message.bytes`). Default 1048588, Kafka's default.
+    /// Larger batches are rejected with MESSAGE_TOO_LARGE; consumers need fetch buffers at least
+    /// this big.
+    #[serde(with = "units::bytes")]
+    pub max_message_bytes: u64,
+    /// How long tombstones (null-value records) survive compaction so consumers see deletes
+    /// (`delete.retention.ms`). Default 1d.
+    #[serde(with = "units::duration")]
+    pub delete_retention: Duration,
+    /// How often retention and compaction look for work. Default 5m. Shorter frees space sooner
+    /// and costs more directory scans.
+    #[serde(with = "units::duration")]
+    pub retention_check_interval: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: GIB,
+            segment_age: secs(7 * DAY),
+            retention: Some(secs(7 * DAY)),
+            retention_bytes: None,
+            index_interval_bytes: 4 * KIB,
+            flush: FlushPolicy::Interval,
+            flush_interval: secs(1),
+            cleanup_policy: CleanupPolicy::Delete,
+            timestamp_type: TimestampType::CreateTime,
+            max_message_bytes: 1_048_588,
+            delete_retention: secs(DAY),
+            retention_check_interval: secs(5 * 60),
+        }
+    }
+}
+
+/// `[groups]`: the consumer-group coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Smallest session timeout a consumer may ask for (`group.min.session.timeout.ms`).
+    /// Default 6s. Lower lets consumers detect failures faster at the cost of more heartbeats.
+    #[serde(with = "units::duration")]
+    pub min_session_timeout: Duration,
+    /// Largest session timeout a consumer may ask for (`group.max.session.timeout.ms`).
+    /// Default 30m. Higher lets slow consumers stay in their group, but a dead one holds its
+    /// partitions that long.
+    #[serde(with = "units::duration")]
+    pub max_session_timeout: Duration,
+    /// Wait before the first rebalance of a new group, so members joining together get one
+    /// rebalance (`group.initial.rebalance.delay.ms`). Default 0s, which suits a single edge node.
+    #[serde(with = "units::duration")]
+    pub initial_rebalance_delay: Duration,
+    /// How long committed offsets of an empty group are kept (`offsets.retention.minutes`).
+    /// Default 7d.
+    #[serde(with = "units::duration")]
+    pub offsets_retention: Duration,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            min_session_timeout: secs(6),
+            max_session_timeout: secs(30 * 60),
+            initial_rebalance_delay: Duration::ZERO,
+            offsets_retention: secs(7 * DAY),
+        }
+    }
+}
+
+/// A string value that is not one of an enum's spellings.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown value {value:?}; allowed: {}", allowed.join(", "))]
+pub struct UnknownValue {
+    /// What was written.
+    pub value: String,
+    /// The accepted spellings.
+    pub allowed: &'static [&'static str],
+}
+
+/// Implements `as_str`, `Display`, `FromStr` and serde for an enum written as fixed strings.
+/// The first spelling of each variant is canonical; later ones are accepted aliases.
+macro_rules! string_enum {
+    ($ty:ident { $($variant:ident => [$canonical:literal $(, $alias:literal)*]),+ $(,)? }) => {
+        impl $ty {
+            /// The accepted spellings, canonical ones only.
+            pub const ALLOWED: &'static [&'static str] = &[$($canonical),+];
+
+            /// The canonical spelling, as written in config files and Kafka configs.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($ty::$variant => $canonical),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($canonical $(| $alias)* => Ok($ty::$variant),)+
+                    _ => Err(UnknownValue { value: s.to_owned(), allowed: Self::ALLOWED }),
+                }
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Choice;
+
+                impl serde::de::Visitor<'_> for Choice {
+                    type Value = $ty;
+
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        write!(f, "one of {}", $ty::ALLOWED.join(", "))
+                    }
+
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                }
+
+                d.deserialize_str(Choice)
+            }
+        }
+    };
+}
+
+/// When appended data is forced to disk with fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum FlushPolicy {
+    /// Never fsync; the OS page cache writes data back when it likes. Fastest; a power cut (not
+    /// a broker crash) can lose recent acknowledged data.
+    Never,
+    /// Fsync every `flush_interval`. A power cut loses at most that much acknowledged data.
+    #[default]
+    Interval,
+    /// Fsync before acknowledging every append. Nothing acknowledged is lost, at the cost of a
+    /// disk flush per produce request (slow on SD cards and eMMC).
+    Always,
+}
+
+string_enum!(FlushPolicy {
+    Never => ["never"],
+    Interval => ["interval"],
+    Always => ["always"],
+});
+
+/// What happens to data older than the retention limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum CleanupPolicy {
+    /// Delete whole segments past `retention` or `retention_bytes`.
+    #[default]
+    Delete,
+    /// Keep only the latest record per key (and tombstones for `delete_retention`).
+    Compact,
+    /// Compact, and also delete segments past the retention limits.
+    CompactDelete,
+}
+
+string_enum!(CleanupPolicy {
+    Delete => ["delete"],
+    Compact => ["compact"],
+    CompactDelete => ["compact,delete", "delete,compact", "compact, delete", "delete, compact"],
+});
+
+impl CleanupPolicy {
+    /// Whether old records are compacted by key.
+    pub fn compact(&self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    /// Whether old segments are deleted by retention.
+    pub fn delete(&self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+}
+
+/// Which timestamp a record batch carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TimestampType {
+    /// The producer's timestamp, stored as sent.
+    #[default]
+    CreateTime,
+    /// The broker's clock at append; the broker rewrites the batch header (and its CRC).
+    LogAppendTime,
+}
+
+string_enum!(TimestampType {
+    CreateTime => ["CreateTime"],
+    LogAppendTime => ["LogAppendTime"],
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_parse_their_spellings() {
+        assert_eq!("never".parse(), Ok(FlushPolicy::Never));
+        assert_eq!("always".parse(), Ok(FlushPolicy::Always));
+        assert_eq!("delete,compact".parse(), Ok(CleanupPolicy::CompactDelete));
+        assert_eq!("compact, delete".parse(), Ok(CleanupPolicy::CompactDelete));
+        assert_eq!("LogAppendTime".parse(), Ok(TimestampType::LogAppendTime));
+        assert_eq!(
+            "sometimes".parse::<FlushPolicy>().unwrap_err().to_string(),
+            r#"unknown value "sometimes"; allowed: never, interval, always"#
+        );
+        assert_eq!(CleanupPolicy::CompactDelete.as_str(), "compact,delete");
+    }
+
+    #[test]
+    fn cleanup_policy_flags() {
+        assert!(CleanupPolicy::Delete.delete() && !CleanupPolicy::Delete.compact());
+        assert!(CleanupPolicy::Compact.compact() && !CleanupPolicy::Compact.delete());
+        assert!(CleanupPolicy::CompactDelete.compact() && CleanupPolicy::CompactDelete.delete());
+    }
+}

@@ -1,0 +1,192 @@
+//! Per-topic overrides of [`LogConfig`] with Kafka's own config names and units, as sent in
+//! CreateTopics, AlterConfigs and IncrementalAlterConfigs and returned by DescribeConfigs.
+//!
+//! Kafka units: times are integer milliseconds, sizes integer bytes, and -1 means "no limit"
+//! for `retention.ms` and `retention.bytes`. Human units ("7d") are not accepted here: Kafka
+//! clients and tools send integers.
+//!
+//! `flush.ms` maps onto [`FlushPolicy`] as follows (Kafka has no single equivalent of our
+//! policy; this keeps the three choices reachable from Kafka tools):
+//!
+//! | `flush.ms`                              | `flush`    | `flush_interval` |
+//! |-----------------------------------------|------------|------------------|
+//! | `0`                                     | `always`   | unchanged        |
+//! | `1` ..= `9223372036854775806`           | `interval` | that many ms     |
+//! | `9223372036854775807` (Kafka's default) | `never`    | unchanged        |
+//!
+//! so `to_topic_configs` renders `never` as 9223372036854775807 and `always` as 0, and applying
+//! what it renders reproduces the config.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::units::{self, format_bytes};
+use crate::validate::{INDEX_INTERVAL_BYTES, MESSAGE_BYTES, SEGMENT_BYTES};
+use crate::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
+
+/// The Kafka topic config names [`LogConfig::apply_topic_override`] accepts, in the order
+/// [`LogConfig::to_topic_configs`] renders them.
+pub const TOPIC_CONFIG_NAMES: &[&str] = &[
+    "segment.bytes",
+    "segment.ms",
+    "retention.ms",
+    "retention.bytes",
+    "cleanup.policy",
+    "message.timestamp.type",
+    "max.message.bytes",
+    "delete.retention.ms",
+    "index.interval.bytes",
+    "flush.ms",
+];
+
+/// Parses one override value; errors name the Kafka config.
+struct Value<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Value<'_> {
+    fn error(&self, message: String) -> ConfigError {
+        ConfigError::InvalidTopicConfig {
+            name: self.name.to_owned(),
+            message,
+        }
+    }
+
+    fn integer(&self, expected: &str) -> Result<i64, ConfigError> {
+        self.text.trim().parse().map_err(|_| {
+            self.error(format!(
+                "invalid value {:?}; expected {expected}",
+                self.text
+            ))
+        })
+    }
+
+    fn bytes(&self, range: RangeInclusive<u64>) -> Result<u64, ConfigError> {
+        let n = self.integer("an integer number of bytes")?;
+        match u64::try_from(n) {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(self.error(format!(
+                "{n} is out of range; allowed: {}..={} ({}..={})",
+                range.start(),
+                range.end(),
+                format_bytes(*range.start()),
+                format_bytes(*range.end())
+            ))),
+        }
+    }
+
+    /// Milliseconds `>= min`.
+    fn millis(&self, min: i64) -> Result<Duration, ConfigError> {
+        let n = self.integer("an integer number of milliseconds")?;
+        if n < min {
+            return Err(self.error(format!("{n} is out of range; allowed: {min} or more")));
+        }
+        Ok(Duration::from_millis(n as u64))
+    }
+
+    /// Milliseconds `>= 0`, or -1 for `None`.
+    fn opt_millis(&self) -> Result<Option<Duration>, ConfigError> {
+        let expected = "an integer number of milliseconds, or -1 for forever";
+        match self.integer(expected)? {
+            -1 => Ok(None),
+            n if n >= 0 => Ok(Some(Duration::from_millis(n as u64))),
+            n => Err(self.error(format!("{n} is out of range; allowed: -1 or 0 or more"))),
+        }
+    }
+
+    /// Bytes `>= 0`, or -1 for `None`.
+    fn opt_bytes(&self) -> Result<Option<u64>, ConfigError> {
+        let expected = "an integer number of bytes, or -1 for unlimited";
+        match self.integer(expected)? {
+            -1 => Ok(None),
+            n if n >= 0 => Ok(Some(n as u64)),
+            n => Err(self.error(format!("{n} is out of range; allowed: -1 or 0 or more"))),
+        }
+    }
+
+    fn choice<T: std::str::FromStr<Err = crate::UnknownValue>>(&self) -> Result<T, ConfigError> {
+        self.text
+            .trim()
+            .parse()
+            .map_err(|e: crate::UnknownValue| self.error(e.to_string()))
+    }
+}
+
+impl LogConfig {
+    /// Applies one per-topic override given with its Kafka name and Kafka units, e.g.
+    /// `("retention.ms", "-1")` or `("cleanup.policy", "compact")`. See the module docs for
+    /// the names accepted and how `flush.ms` maps onto `flush`. On error `self` is unchanged.
+    pub fn apply_topic_override(
+        &mut self,
+        kafka_name: &str,
+        value: &str,
+    ) -> Result<(), ConfigError> {
+        let v = Value {
+            name: kafka_name,
+            text: value,
+        };
+        match kafka_name {
+            "segment.bytes" => self.segment_bytes = v.bytes(SEGMENT_BYTES)?,
+            "segment.ms" => self.segment_age = v.millis(1)?,
+            "retention.ms" => self.retention = v.opt_millis()?,
+            "retention.bytes" => self.retention_bytes = v.opt_bytes()?,
+            "cleanup.policy" => self.cleanup_policy = v.choice::<CleanupPolicy>()?,
+            "message.timestamp.type" => self.timestamp_type = v.choice::<TimestampType>()?,
+            "max.message.bytes" => self.max_message_bytes = v.bytes(MESSAGE_BYTES)?,
+            "delete.retention.ms" => self.delete_retention = v.millis(0)?,
+            "index.interval.bytes" => self.index_interval_bytes = v.bytes(INDEX_INTERVAL_BYTES)?,
+            "flush.ms" => match v.millis(0)? {
+                d if d.is_zero() => self.flush = FlushPolicy::Always,
+                d if d.as_millis() == i64::MAX as u128 => self.flush = FlushPolicy::Never,
+                d => {
+                    self.flush = FlushPolicy::Interval;
+                    self.flush_interval = d;
+                }
+            },
+            _ => {
+                return Err(ConfigError::UnknownTopicConfig {
+                    name: kafka_name.to_owned(),
+                    allowed: TOPIC_CONFIG_NAMES,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// These settings with Kafka names and Kafka units (ms, bytes, -1), for DescribeConfigs.
+    /// The names are [`TOPIC_CONFIG_NAMES`], in that order.
+    pub fn to_topic_configs(&self) -> Vec<(&'static str, String)> {
+        let ms = |d: Duration| units::duration_millis(d).to_string();
+        let flush_ms = match self.flush {
+            FlushPolicy::Never => i64::MAX,
+            FlushPolicy::Always => 0,
+            // At least 1 so that a sub-millisecond interval does not read back as `always`.
+            FlushPolicy::Interval => {
+                units::duration_millis(self.flush_interval).clamp(1, i64::MAX - 1)
+            }
+        };
+        vec![
+            ("segment.bytes", self.segment_bytes.to_string()),
+            ("segment.ms", ms(self.segment_age)),
+            ("retention.ms", self.retention.map_or("-1".into(), ms)),
+            (
+                "retention.bytes",
+                self.retention_bytes.map_or("-1".into(), |b| b.to_string()),
+            ),
+            ("cleanup.policy", self.cleanup_policy.as_str().into()),
+            (
+                "message.timestamp.type",
+                self.timestamp_type.as_str().into(),
+            ),
+            ("max.message.bytes", self.max_message_bytes.to_string()),
+            ("delete.retention.ms", ms(self.delete_retention)),
+            (
+                "index.interval.bytes",
+                self.index_interval_bytes.to_string(),
+            ),
+            ("flush.ms", flush_ms.to_string()),
+        ]
+    }
+}

@@ -1,0 +1,272 @@
+//! Validation: ranges of single values, and contradictions between values.
+//!
+//! Each check names the key it is about; a contradiction is reported at the first of its keys
+//! that was set explicitly (in the file or env), since that is the one the user wrote.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::provenance::Provenance;
+use crate::units::{GIB, KIB, format_bytes, format_duration};
+use crate::{Config, FlushPolicy};
+
+/// `broker.default_partitions`.
+pub(crate) const PARTITIONS: RangeInclusive<i32> = 1..=10_000;
+/// `broker.max_request_bytes`.
+pub(crate) const REQUEST_BYTES: RangeInclusive<u64> = KIB..=2 * GIB;
+/// `log.segment_bytes` and `segment.bytes`: small enough for 32-bit positions within a segment,
+/// and small minimum so tests can roll tiny segments.
+pub(crate) const SEGMENT_BYTES: RangeInclusive<u64> = KIB..=2 * GIB;
+/// `log.index_interval_bytes` and `index.interval.bytes`.
+pub(crate) const INDEX_INTERVAL_BYTES: RangeInclusive<u64> = 0..=2 * GIB;
+/// `log.max_message_bytes` and `max.message.bytes` (also at most `broker.max_request_bytes`).
+pub(crate) const MESSAGE_BYTES: RangeInclusive<u64> = 1..=2 * GIB;
+
+fn bytes_range(range: &RangeInclusive<u64>) -> String {
+    format!(
+        "{}..={}",
+        format_bytes(*range.start()),
+        format_bytes(*range.end())
+    )
+}
+
+struct Checker<'a> {
+    provenance: &'a Provenance,
+}
+
+impl Checker<'_> {
+    fn out_of_range(&self, key: &str, value: impl Display, allowed: impl Display) -> ConfigError {
+        ConfigError::OutOfRange {
+            at: self.provenance.locate(key),
+            key: key.to_owned(),
+            value: value.to_string(),
+            allowed: allowed.to_string(),
+        }
+    }
+
+    fn range<T: PartialOrd + Display>(
+        &self,
+        key: &str,
+        value: T,
+        range: RangeInclusive<T>,
+    ) -> Result<(), ConfigError> {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        let allowed = format!("{}..={}", range.start(), range.end());
+        Err(self.out_of_range(key, value, allowed))
+    }
+
+    fn bytes(&self, key: &str, value: u64, range: RangeInclusive<u64>) -> Result<(), ConfigError> {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(self.out_of_range(key, format_bytes(value), bytes_range(&range)))
+    }
+
+    fn positive(&self, key: &str, value: Duration) -> Result<(), ConfigError> {
+        if value.is_zero() {
+            return Err(self.out_of_range(key, "0s", "more than 0s"));
+        }
+        Ok(())
+    }
+
+    /// Two or more keys that contradict each other; reported at `keys[0]`, located at the first
+    /// of `keys` set explicitly.
+    fn conflict(&self, keys: &[&str], message: String) -> ConfigError {
+        ConfigError::Conflict {
+            at: self.provenance.locate_first(keys),
+            key: keys[0].to_owned(),
+            message,
+        }
+    }
+
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            at: self.provenance.locate(key),
+            key: key.to_owned(),
+            message,
+        }
+    }
+}
+
+/// Whether two TCP listeners would fail to bind both: same non-zero port, and the same IP or
+/// either one a wildcard. Port 0 asks the OS for a free port, so it never clashes.
+fn tcp_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl Config {
+    /// Checks ranges and contradictions. Errors name the key path and what is allowed; for a
+    /// config built in code they carry no location.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(&Provenance::unknown())
+    }
+
+    pub(crate) fn check(&self, provenance: &Provenance) -> Result<(), ConfigError> {
+        let c = Checker { provenance };
+        let broker = &self.broker;
+        c.range("broker.node_id", broker.node_id, 0..=i32::MAX)?;
+        if broker.data_dir.as_os_str().is_empty() {
+            return Err(c.invalid("broker.data_dir", "must not be empty".into()));
+        }
+        let host = &broker.advertised_host;
+        if host.contains(char::is_whitespace)
+            || host.contains('/')
+            || (host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err())
+        {
+            return Err(c.invalid(
+                "broker.advertised_host",
+                format!("{host:?} is not a host name or IP address (give no scheme or port)"),
+            ));
+        }
+        c.range(
+            "broker.default_partitions",
+            broker.default_partitions,
+            PARTITIONS,
+        )?;
+        c.range(
+            "broker.default_replication_factor",
+            broker.default_replication_factor,
+            1..=i16::MAX,
+        )?;
+        c.bytes(
+            "broker.max_request_bytes",
+            broker.max_request_bytes,
+            REQUEST_BYTES,
+        )?;
+        if broker.max_connections == 0 {
+            return Err(c.out_of_range("broker.max_connections", 0, "1 or more"));
+        }
+        c.positive("broker.handshake_timeout", broker.handshake_timeout)?;
+
+        self.check_listeners(&c)?;
+
+        let log = &self.log;
+        c.bytes("log.segment_bytes", log.segment_bytes, SEGMENT_BYTES)?;
+        c.positive("log.segment_age", log.segment_age)?;
+        c.bytes(
+            "log.index_interval_bytes",
+            log.index_interval_bytes,
+            INDEX_INTERVAL_BYTES,
+        )?;
+        if log.flush == FlushPolicy::Interval && log.flush_interval.is_zero() {
+            return Err(c.conflict(
+                &["log.flush_interval", "log.flush"],
+                "must be more than 0s when log.flush = \"interval\"; \
+                 use flush = \"always\" to fsync every append"
+                    .into(),
+            ));
+        }
+        let max_message =
+            *MESSAGE_BYTES.start()..=broker.max_request_bytes.min(*MESSAGE_BYTES.end());
+        if !max_message.contains(&log.max_message_bytes) {
+            return Err(ConfigError::OutOfRange {
+                at: provenance.locate_first(&["log.max_message_bytes", "broker.max_request_bytes"]),
+                key: "log.max_message_bytes".into(),
+                value: format_bytes(log.max_message_bytes),
+                allowed: format!("{} (broker.max_request_bytes)", bytes_range(&max_message)),
+            });
+        }
+        c.positive("log.retention_check_interval", log.retention_check_interval)?;
+
+        let groups = &self.groups;
+        c.positive("groups.min_session_timeout", groups.min_session_timeout)?;
+        if groups.min_session_timeout > groups.max_session_timeout {
+            return Err(c.conflict(
+                &["groups.min_session_timeout", "groups.max_session_timeout"],
+                format!(
+                    "{} is more than groups.max_session_timeout ({})",
+                    format_duration(groups.min_session_timeout),
+                    format_duration(groups.max_session_timeout)
+                ),
+            ));
+        }
+        c.positive("groups.offsets_retention", groups.offsets_retention)?;
+        Ok(())
+    }
+
+    fn check_listeners(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
+        let l = &self.listeners;
+        if l.kafka_tls.enabled {
+            for (name, file) in [("cert", &l.kafka_tls.cert), ("key", &l.kafka_tls.key)] {
+                if file.as_os_str().is_empty() {
+                    let what = if name == "cert" {
+                        "PEM certificate chain"
+                    } else {
+                        "PEM private key"
+                    };
+                    let key = format!("listeners.kafka_tls.{name}");
+                    return Err(c.conflict(
+                        &[&key, "listeners.kafka_tls.enabled"],
+                        format!(
+                            "required when listeners.kafka_tls.enabled = true: the {what} file"
+                        ),
+                    ));
+                }
+            }
+        }
+        if l.quic.enabled && l.quic.cert.as_os_str().is_empty() != l.quic.key.as_os_str().is_empty()
+        {
+            let (missing, set) = if l.quic.cert.as_os_str().is_empty() {
+                ("listeners.quic.cert", "listeners.quic.key")
+            } else {
+                ("listeners.quic.key", "listeners.quic.cert")
+            };
+            return Err(c.conflict(
+                &[set, missing],
+                format!(
+                    "is set but {missing} is not; set both, or neither for a self-signed certificate"
+                ),
+            ));
+        }
+        let tcp = [
+            ("listeners.kafka", l.kafka.enabled, l.kafka.address),
+            (
+                "listeners.kafka_tls",
+                l.kafka_tls.enabled,
+                l.kafka_tls.address,
+            ),
+            ("listeners.admin", l.admin.enabled, l.admin.address),
+        ];
+        let enabled: Vec<_> = tcp.iter().filter(|(_, on, _)| *on).collect();
+        for (i, (later, _, addr)) in enabled.iter().enumerate() {
+            if let Some((earlier, _, other)) = enabled[..i]
+                .iter()
+                .find(|(_, _, other)| tcp_clash(*addr, *other))
+            {
+                let later_key = format!("{later}.address");
+                let earlier_key = format!("{earlier}.address");
+                return Err(c.conflict(
+                    &[&later_key, &earlier_key],
+                    format!(
+                        "{addr} clashes with {earlier_key} ({other}); \
+                         enabled TCP listeners need different ports"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clash_rules() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(tcp_clash(a("127.0.0.1:9092"), a("127.0.0.1:9092")));
+        assert!(tcp_clash(a("0.0.0.0:9092"), a("127.0.0.1:9092")));
+        assert!(tcp_clash(a("[::]:9092"), a("10.0.0.1:9092")));
+        assert!(!tcp_clash(a("127.0.0.1:9092"), a("127.0.0.2:9092")));
+        assert!(!tcp_clash(a("127.0.0.1:9092"), a("127.0.0.1:9094")));
+        assert!(!tcp_clash(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
+}
