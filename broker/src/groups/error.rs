@@ -1,0 +1,106 @@
+//! Errors of the group coordinator, each variant one Kafka error code.
+//!
+//! The protocol layer calls [`GroupError::kafka_code`] when it builds a response; it never has to
+//! guess. Variants carry the few values a response or a log line needs (the member id a
+//! MEMBER_ID_REQUIRED response must return, the limits an INVALID_SESSION_TIMEOUT broke).
+
+use thiserror::Error;
+
+/// A failure of the [`OffsetStore`](super::OffsetStore) the broker plugs in (redb in production).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("offset store failure: {message}")]
+pub struct StoreError {
+    /// What went wrong, for the log.
+    pub message: String,
+}
+
+impl StoreError {
+    /// Wraps any displayable error (e.g. a `redb::Error`).
+    pub fn new(message: impl std::fmt::Display) -> Self {
+        Self { message: message.to_string() }
+    }
+}
+
+/// Why [`GroupCoordinator::new`](super::GroupCoordinator::new) refused to start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Loading the committed offsets failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The configuration contradicts itself (names the field).
+    #[error("invalid group coordinator config: {0}")]
+    Config(String),
+}
+
+/// An error returned to a client of the group APIs. Maps 1:1 to a Kafka error code.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum GroupError {
+    /// UNKNOWN_SERVER_ERROR (-1): an unexpected internal failure.
+    #[error("unknown server error: {0}")]
+    UnknownServerError(String),
+    /// OFFSET_METADATA_TOO_LARGE (12).
+    #[error("offset metadata of {size} bytes exceeds the limit of {max} bytes")]
+    OffsetMetadataTooLarge { size: usize, max: usize },
+    /// COORDINATOR_LOAD_IN_PROGRESS (14). Not produced today: offsets load before `new` returns.
+    #[error("the coordinator is loading")]
+    CoordinatorLoadInProgress,
+    /// COORDINATOR_NOT_AVAILABLE (15): the group is being deleted, or a waiter lost its group.
+    #[error("the coordinator is not available")]
+    CoordinatorNotAvailable,
+    /// ILLEGAL_GENERATION (22).
+    #[error("generation {given} is not the group's generation {current}")]
+    IllegalGeneration { given: i32, current: i32 },
+    /// INCONSISTENT_GROUP_PROTOCOL (23): protocol type or protocol names do not match the group.
+    #[error("inconsistent group protocol")]
+    InconsistentGroupProtocol,
+    /// INVALID_GROUP_ID (24): empty group id on an API that needs one.
+    #[error("invalid group id")]
+    InvalidGroupId,
+    /// UNKNOWN_MEMBER_ID (25).
+    #[error("unknown member id")]
+    UnknownMemberId,
+    /// INVALID_SESSION_TIMEOUT (26).
+    #[error("session timeout {timeout_ms} ms outside [{min_ms}, {max_ms}] ms")]
+    InvalidSessionTimeout { timeout_ms: i32, min_ms: u64, max_ms: u64 },
+    /// REBALANCE_IN_PROGRESS (27): the member must rejoin.
+    #[error("rebalance in progress")]
+    RebalanceInProgress,
+    /// NON_EMPTY_GROUP (68).
+    #[error("the group is not empty")]
+    NonEmptyGroup,
+    /// GROUP_ID_NOT_FOUND (69).
+    #[error("group id not found")]
+    GroupIdNotFound,
+    /// MEMBER_ID_REQUIRED (79): the JoinGroup response must carry `member_id`, which the client
+    /// sends back in its next JoinGroup.
+    #[error("member id required (assigned {member_id})")]
+    MemberIdRequired { member_id: String },
+    /// FENCED_INSTANCE_ID (82): another member id owns this group instance id.
+    #[error("group instance id fenced by another member id")]
+    FencedInstanceId,
+    /// A store failure while committing or deleting; reported as UNKNOWN_SERVER_ERROR (-1).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl GroupError {
+    /// The Kafka protocol error code for this error.
+    pub fn kafka_code(&self) -> i16 {
+        match self {
+            GroupError::UnknownServerError(_) | GroupError::Store(_) => -1,
+            GroupError::OffsetMetadataTooLarge { .. } => 12,
+            GroupError::CoordinatorLoadInProgress => 14,
+            GroupError::CoordinatorNotAvailable => 15,
+            GroupError::IllegalGeneration { .. } => 22,
+            GroupError::InconsistentGroupProtocol => 23,
+            GroupError::InvalidGroupId => 24,
+            GroupError::UnknownMemberId => 25,
+            GroupError::InvalidSessionTimeout { .. } => 26,
+            GroupError::RebalanceInProgress => 27,
+            GroupError::NonEmptyGroup => 68,
+            GroupError::GroupIdNotFound => 69,
+            GroupError::MemberIdRequired { .. } => 79,
+            GroupError::FencedInstanceId => 82,
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The consumer-group coordinator: Kafka's classic group protocol (clients assign partitions).
+//!
+//! # Map
+//! - `mod.rs` (this file): [`GroupConfig`], [`Clock`], and [`GroupCoordinator`], the cheap `Clone`
+//!   handle every connection shares. It owns the lock, the offset store calls and the timers.
+//! - [`types`]: the plain request/response structs the protocol layer converts Kafka messages to
+//!   and from (JoinGroup v0-v9, SyncGroup v0-v5, Heartbeat v0-v4, LeaveGroup v0-v5, OffsetCommit
+//!   v0-v8, OffsetFetch v0-v8, ListGroups v0-v4, DescribeGroups v0-v5, DeleteGroups v0-v2).
+//! - `group.rs`: one group's state machine, no locks, no I/O, time passed in.
+//! - [`offsets`]: [`OffsetStore`] (the broker implements it over redb) and [`MemoryOffsetStore`].
+//! - [`error`]: [`GroupError`] with [`GroupError::kafka_code`].
+//!
+//! # Concurrency
+//! One `std::sync::Mutex` guards all groups; it is never held across an `.await` or a store call.
+//! `join` and `sync` register a oneshot sender in the group and await the receiver after the lock
+//! is released. A client that disconnects drops its receiver: the send at completion fails and
+//! is ignored; the member then expires by session timeout. Offset store calls are serialized by a
+//! second mutex (`store_lock`, always taken before the group lock) so that the store and the
+//! in-memory offsets see commits and deletes in the same order.
+//!
+//! # Time
+//! All deadlines are [`tokio::time::Instant`]s read from a [`Clock`]: the tokio clock in
+//! production (so `tokio::time::pause` works where test-util is enabled), or a [`ManualClock`]
+//! that tests advance by hand before calling [`GroupCoordinator::tick`]. Deadlines are applied
+//! lazily before each operation on a group and by `tick`, which [`GroupCoordinator::spawn_timers`]
+//! calls every 100 ms.
+
+pub mod error;
+mod group;
+pub mod offsets;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::warn;
+
+pub use error::{GroupError, StartError, StoreError};
+use group::{Group, Outcome};
+pub use offsets::{CommittedOffset, MemoryOffsetStore, OFFSET_METADATA_MAX_BYTES, OffsetStore};
+pub use types::*;
+
+/// How often the timer task applies deadlines.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long an Empty group without offsets is kept before it is forgotten (Kafka removes such
+/// groups on its offset-expiration pass, every 10 minutes by default).
+pub const EMPTY_GROUP_RETENTION: Duration = Duration::from_secs(600);
+
+/// Coordinator settings (Kafka's `group.*` and `offsets.retention.minutes` broker configs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Smallest session timeout a member may ask for (Kafka default 6 s).
+    pub min_session_timeout: Duration,
+    /// Largest session timeout a member may ask for (Kafka default 30 min).
+    pub max_session_timeout: Duration,
+    /// How long the first rebalance of an empty group waits for more members, extended by each
+    /// new member up to the rebalance timeout (Kafka default 3 s; 0 completes at once).
+    pub initial_rebalance_delay: Duration,
+    /// How long the offsets of an Empty group are kept after it became empty and after its last
+    /// commit (Kafka default 7 days). Zero keeps them forever.
+    pub offsets_retention: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(30 * 60),
+            initial_rebalance_delay: Duration::from_secs(3),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Where the coordinator reads the time.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// `tokio::time::Instant::now()` (follows `tokio::time::pause`/`advance` in tests that enable
+    /// tokio's test-util).
+    #[default]
+    Tokio,
+    /// A clock that moves only when told to.
+    Manual(ManualClock),
+}
+
+impl Clock {
+    /// The current time.
+    pub fn now(&self) -> Instant {
+        match self {
+            Clock::Tokio => Instant::now(),
+            Clock::Manual(m) => m.now(),
+        }
+    }
+}
+
+/// A hand-driven clock for deterministic tests; clones share the same time.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<Mutex<Instant>>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ManualClock {
+    /// A clock stopped at the current instant.
+    pub fn new() -> Self {
+        ManualClock(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    /// The clock's time.
+    pub fn now(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += by;
+    }
+}
+
+/// The shared coordinator handle. Cloning is cheap; all clones see the same groups.
+#[derive(Clone)]
+pub struct GroupCoordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: GroupConfig,
+    store: Arc<dyn OffsetStore>,
+    clock: Clock,
+    groups: Mutex<HashMap<String, Group>>,
+    /// Serializes store calls with the in-memory offset updates that follow them.
+    store_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for GroupCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCoordinator").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A random UUID-formatted string for member ids (not cryptographic; ids are not secrets).
+fn uuid_like() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let state = std::collections::hash_map::RandomState::new();
+    let mut h = state.build_hasher();
+    h.write_u64(n);
+    let a = h.finish();
+    h.write_u64(!n);
+    let b = h.finish();
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+impl GroupCoordinator {
+    /// Builds the coordinator on the tokio clock and loads every committed offset from `store`.
+    pub fn new(config: GroupConfig, store: Arc<dyn OffsetStore>) -> Result<Self, StartError> {
+        Self::with_clock(config, store, Clock::Tokio)
+    }
+
+    /// As [`new`](Self::new), reading time from `clock`.
+    pub fn with_clock(config: GroupConfig, store: Arc<dyn OffsetStore>, clock: Clock) -> Result<Self, StartError> {
+        if config.min_session_timeout > config.max_session_timeout {
+            return Err(StartError::Config(format!(
+                "min_session_timeout ({:?}) is greater than max_session_timeout ({:?})",
+                config.min_session_timeout, config.max_session_timeout
+            )));
+        }
+        let now = clock.now();
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        for (group, topic, partition, offset) in store.load()? {
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(group, config.initial_rebalance_delay, now));
+            g.offsets.entry(topic).or_default().insert(partition, offset);
+        }
+        Ok(GroupCoordinator {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                clock,
+                groups: Mutex::new(groups),
+                store_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &GroupConfig {
+        &self.inner.config
+    }
+
+    fn now(&self) -> Instant {
+        self.inner.clock.now()
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        lock(&self.inner.groups)
+    }
+
+    /// JoinGroup. Waits (without holding any lock) until the rebalance completes.
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, GroupError> {
+        let rx = {
+            if req.group_id.is_empty() {
+                return Err(GroupError::InvalidGroupId);
+            }
+            let cfg = &self.inner.config;
+            let timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+            if req.session_timeout_ms < 0 || timeout < cfg.min_session_timeout || timeout > cfg.max_session_timeout {
+                return Err(GroupError::InvalidSessionTimeout {
+                    timeout_ms: req.session_timeout_ms,
+                    min_ms: cfg.min_session_timeout.as_millis() as u64,
+                    max_ms: cfg.max_session_timeout.as_millis() as u64,
+                });
+            }
+            let now = self.now();
+            let mut groups = self.groups();
+            let group_id = req.group_id.clone();
+            let group = match groups.get_mut(&group_id) {
+                Some(g) => g,
+                None if req.member_id.is_empty() => groups
+                    .entry(group_id.clone())
+                    .or_insert_with(|| Group::new(group_id.clone(), cfg.initial_rebalance_delay, now)),
+                None => return Err(GroupError::UnknownMemberId),
+            };
+            group.poll(now);
+            let outcome = group.join(req, uuid_like(), now);
+            group.poll(now);
+            if group.is_idle_and_empty() && group.members.is_empty() && group.generation == 0 {
+                // Created for a join that failed at once.
+                groups.remove(&group_id);
+            }
+            match outcome {
+                Outcome::Now(result) => return result,
+                Outcome::Wait(rx) => rx,
+            }
+        };
+        rx.await.unwrap_or(Err(GroupError::CoordinatorNotAvailable))
+    }
+
+    /// SyncGroup. Followers wait (without holding any lock) for the leader's assignment.
+    pub async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
+        let rx = {
+            if req.group_id.is_empty() {
+                return Err(GroupError::InvalidGroupId);
+            }
+            let now = self.now();
+            let mut groups = self.groups();
+            let Some(group) = groups.get_mut(&req.group_id) else {
+                return Err(GroupError::UnknownMemberId);
+            };
+            group.poll(now);
+            let outcome = group.sync(req, now);
+            group.poll(now);
+            match outcome {
+                Outcome::Now(result) => return result,
+                Outcome::Wait(rx) => rx,
+            }
+        };
+        rx.await.unwrap_or(Err(GroupError::CoordinatorNotAvailable))
+    }
+
+    /// Heartbeat: keeps the member's session alive; REBALANCE_IN_PROGRESS asks it to rejoin.
+    pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<(), GroupError> {
+        if req.group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let now = self.now();
+        let mut groups = self.groups();
+        let Some(group) = groups.get_mut(&req.group_id) else {
+            return Err(GroupError::UnknownMemberId);
+        };
+        group.poll(now);
+        let result = group.heartbeat(req, now);
+        group.poll(now);
+        result
+    }
+
+    /// LeaveGroup. `Err` is the top-level error (v3+); per-member outcomes are in the `Ok` list.
+    pub fn leave(&self, req: &LeaveRequest) -> Result<Vec<LeaveMemberResult>, GroupError> {
+        if req.group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        let now = self.now();
+        let mut groups = self.groups();
+        let group = groups.get_mut(&req.group_id);
+        let Some(group) = group else {
+            return Ok(req
+                .members
+                .iter()
+                .map(|m| LeaveMemberResult {
+                    member_id: m.member_id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    result: Err(GroupError::UnknownMemberId),
+                })
+                .collect());
+        };
+        group.poll(now);
+        if group.state == GroupState::Dead {
+            return Err(GroupError::CoordinatorNotAvailable);
+        }
+        let results = req
+            .members
+            .iter()
+            .map(|m| LeaveMemberResult {
+                member_id: m.member_id.clone(),
+                group_instance_id: m.group_instance_id.clone(),
+                result: group.leave(m, now),
+            })
+            .collect();
+        group.poll(now);
+        Ok(results)
+    }
+
+    /// OffsetCommit. Every error is per partition, as in Kafka's response.
+    pub fn commit_offsets(&self, req: &OffsetCommitRequest) -> Vec<OffsetCommitTopicResult> {
+        let now = self.now();
+        let _store_guard = lock(&self.inner.store_lock);
+        let check = {
+            let mut groups = self.groups();
+            match groups.get_mut(&req.group_id) {
+                Some(group) => {
+                    group.poll(now);
+                    group.check_commit(req, now)
+                }
+                // A simple consumer (no generation) may commit to a group that does not exist.
+                None if req.generation_id < 0 => Ok(()),
+                None => Err(GroupError::IllegalGeneration { given: req.generation_id, current: -1 }),
+            }
+        };
+        let fill = |f: &mut dyn FnMut(&OffsetCommitPartition) -> Result<(), GroupError>| {
+            req.topics
+                .iter()
+                .map(|t| OffsetCommitTopicResult {
+                    name: t.name.clone(),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionResult { partition: p.partition, result: f(p) })
+                        .collect(),
+                })
+                .collect::<Vec<_>>()
+        };
+        if let Err(e) = check {
+            return fill(&mut |_| Err(e.clone()));
+        }
+        let wall = wall_clock_ms();
+        let mut batch: Vec<(String, i32, CommittedOffset)> = Vec::new();
+        for t in &req.topics {
+            for p in &t.partitions {
+                let metadata = p.metadata.clone().unwrap_or_default();
+                if metadata.len() <= OFFSET_METADATA_MAX_BYTES {
+                    let commit_timestamp_ms = p.commit_timestamp_ms.filter(|ts| *ts >= 0).unwrap_or(wall);
+                    batch.push((
+                        t.name.clone(),
+                        p.partition,
+                        CommittedOffset { offset: p.offset, leader_epoch: p.leader_epoch, metadata, commit_timestamp_ms },
+                    ));
+                }
+            }
+        }
+        let stored = if batch.is_empty() { Ok(()) } else { self.inner.store.commit(&req.group_id, &batch) };
+        if let Err(e) = &stored {
+            warn!(group = %req.group_id, error = %e, "offset commit failed in the store");
+        } else if !batch.is_empty() {
+            let cfg = &self.inner.config;
+            let mut groups = self.groups();
+            let group = groups
+                .entry(req.group_id.clone())
+                .or_insert_with(|| Group::new(req.group_id.clone(), cfg.initial_rebalance_delay, now));
+            for (topic, partition, offset) in batch {
+                group.offsets.entry(topic).or_default().insert(partition, offset);
+            }
+            group.last_commit = now;
+        }
+        fill(&mut |p| {
+            let size = p.metadata.as_ref().map_or(0, |m| m.len());
+            if size > OFFSET_METADATA_MAX_BYTES {
+                Err(GroupError::OffsetMetadataTooLarge { size, max: OFFSET_METADATA_MAX_BYTES })
+            } else {
+                stored.clone().map_err(GroupError::Store)
+            }
+        })
+    }
+
+    /// OffsetFetch for one group (the multi-group form of v8 calls this per group). `None`
+    /// topics returns every committed partition of the group.
+    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[OffsetFetchTopic]>) -> Result<Vec<FetchedTopic>, GroupError> {
+        let groups = self.groups();
+        let offsets = groups.get(group_id).filter(|g| g.state != GroupState::Dead).map(|g| &g.offsets);
+        let fetched = |name: &str, partition: i32| match offsets.and_then(|o| o.get(name)).and_then(|t| t.get(&partition)) {
+            Some(o) => FetchedPartition {
+                partition,
+                offset: o.offset,
+                leader_epoch: o.leader_epoch,
+                metadata: o.metadata.clone(),
+            },
+            None => FetchedPartition { partition, offset: -1, leader_epoch: -1, metadata: String::new() },
+        };
+        Ok(match topics {
+            Some(topics) => topics
+                .iter()
+                .map(|t| FetchedTopic {
+                    name: t.name.clone(),
+                    partitions: t.partitions.iter().map(|p| fetched(&t.name, *p)).collect(),
+                })
+                .collect(),
+            None => offsets
+                .into_iter()
+                .flatten()
+                .map(|(name, parts)| FetchedTopic {
+                    name: name.clone(),
+                    partitions: parts.keys().map(|p| fetched(name, *p)).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// ListGroups. `states_filter` (v4+) matches state names case-insensitively; empty = all.
+    pub fn list_groups(&self, states_filter: &[String]) -> Vec<ListedGroup> {
+        let now = self.now();
+        let mut groups = self.groups();
+        let mut listed: Vec<ListedGroup> = groups
+            .values_mut()
+            .filter_map(|g| {
+                g.poll(now);
+                let wanted = states_filter.is_empty()
+                    || states_filter.iter().any(|s| GroupState::parse(s) == Some(g.state));
+                (wanted && g.state != GroupState::Dead).then(|| ListedGroup {
+                    group_id: g.id.clone(),
+                    protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                    state: g.state,
+                })
+            })
+            .collect();
+        listed.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        listed
+    }
+
+    /// DescribeGroups for one group. Unknown groups are described as Dead, as Kafka does.
+    pub fn describe_group(&self, group_id: &str) -> Result<GroupDescription, GroupError> {
+        let now = self.now();
+        let mut groups = self.groups();
+        Ok(match groups.get_mut(group_id) {
+            Some(g) => {
+                g.poll(now);
+                g.describe()
+            }
+            None => GroupDescription {
+                group_id: group_id.to_owned(),
+                state: GroupState::Dead,
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: Vec::new(),
+            },
+        })
+    }
+
+    /// DeleteGroups for one group: only an Empty group; its offsets go too.
+    pub fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
+        self.remove_empty_group(group_id, |_| Ok(()))
+    }
+
+    /// Marks an Empty group Dead, deletes its offsets from the store, then forgets it. `check`
+    /// may veto (offset retention uses it to re-check expiry under the lock).
+    fn remove_empty_group(&self, group_id: &str, check: impl Fn(&Group) -> Result<(), GroupError>) -> Result<(), GroupError> {
+        let now = self.now();
+        let _store_guard = lock(&self.inner.store_lock);
+        let had_offsets = {
+            let mut groups = self.groups();
+            let Some(group) = groups.get_mut(group_id) else {
+                return Err(GroupError::GroupIdNotFound);
+            };
+            group.poll(now);
+            match group.state {
+                GroupState::Empty => {}
+                GroupState::Dead => return Err(GroupError::GroupIdNotFound),
+                _ => return Err(GroupError::NonEmptyGroup),
+            }
+            check(group)?;
+            group.mark_dead(now);
+            !group.offsets.is_empty()
+        };
+        let deleted = if had_offsets { self.inner.store.delete_group(group_id) } else { Ok(()) };
+        let mut groups = self.groups();
+        match deleted {
+            Ok(()) => {
+                groups.remove(group_id);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(group = %group_id, error = %e, "deleting group offsets failed in the store");
+                if let Some(g) = groups.get_mut(group_id) {
+                    g.revive(now);
+                }
+                Err(GroupError::Store(e))
+            }
+        }
+    }
+
+    /// Applies every passed deadline: session expiries, rebalance and sync timeouts, pending
+    /// member ids, and offset retention of Empty groups. Called by [`spawn_timers`](Self::spawn_timers).
+    pub fn tick(&self) {
+        let now = self.now();
+        let retention = self.inner.config.offsets_retention;
+        let expired: Vec<String> = {
+            let mut groups = self.groups();
+            for g in groups.values_mut() {
+                g.poll(now);
+            }
+            groups.retain(|_, g| !(g.is_idle_and_empty() && now >= g.empty_since + EMPTY_GROUP_RETENTION));
+            if retention.is_zero() {
+                Vec::new()
+            } else {
+                groups.values().filter(|g| offsets_expired(g, now, retention)).map(|g| g.id.clone()).collect()
+            }
+        };
+        for id in expired {
+            let result = self.remove_empty_group(&id, |g| {
+                if offsets_expired(g, now, retention) { Ok(()) } else { Err(GroupError::NonEmptyGroup) }
+            });
+            if result.is_ok() {
+                tracing::info!(group = %id, "offsets expired; group removed");
+            }
+        }
+    }
+
+    /// Spawns the task that calls [`tick`](Self::tick) every [`TICK_INTERVAL`]. The task ends
+    /// when the last handle to the coordinator is dropped.
+    pub fn spawn_timers(&self) -> JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                GroupCoordinator { inner }.tick();
+            }
+        })
+    }
+}
+
+fn offsets_expired(g: &Group, now: Instant, retention: Duration) -> bool {
+    g.state == GroupState::Empty
+        && !g.offsets.is_empty()
+        && now >= g.empty_since + retention
+        && now >= g.last_commit + retention
+}

@@ -1,0 +1,735 @@
+//! Scenario tests of the coordinator on a [`ManualClock`]: time moves only through
+//! `Harness::advance`, which then runs one `tick`, so every timeout is exact and repeatable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use super::*;
+
+const SESSION_MS: i32 = 10_000;
+const REBALANCE_MS: i32 = 30_000;
+
+struct Harness {
+    coord: GroupCoordinator,
+    clock: ManualClock,
+    store: Arc<MemoryOffsetStore>,
+}
+
+fn config(initial_delay: Duration) -> GroupConfig {
+    GroupConfig {
+        min_session_timeout: Duration::from_secs(6),
+        max_session_timeout: Duration::from_secs(300),
+        initial_rebalance_delay: initial_delay,
+        offsets_retention: Duration::from_secs(3600),
+    }
+}
+
+fn harness(initial_delay: Duration) -> Harness {
+    let store = Arc::new(MemoryOffsetStore::new());
+    let clock = ManualClock::new();
+    let coord =
+        GroupCoordinator::with_clock(config(initial_delay), store.clone(), Clock::Manual(clock.clone())).unwrap();
+    Harness { coord, clock, store }
+}
+
+/// Lets spawned join/sync tasks run up to their await point.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn proto(name: &str) -> JoinProtocol {
+    JoinProtocol { name: name.into(), metadata: Bytes::from(format!("meta-{name}")) }
+}
+
+fn join_req(group: &str, member_id: &str, client: &str) -> JoinRequest {
+    JoinRequest {
+        group_id: group.into(),
+        member_id: member_id.into(),
+        group_instance_id: None,
+        client_id: client.into(),
+        client_host: "/127.0.0.1".into(),
+        session_timeout_ms: SESSION_MS,
+        rebalance_timeout_ms: REBALANCE_MS,
+        protocol_type: "consumer".into(),
+        protocols: vec![proto("range")],
+        require_known_member_id: false,
+        supports_skip_assignment: false,
+        reason: None,
+    }
+}
+
+fn sync_req(group: &str, generation: i32, member: &str, assignments: &[(&str, &str)]) -> SyncRequest {
+    SyncRequest {
+        group_id: group.into(),
+        generation_id: generation,
+        member_id: member.into(),
+        group_instance_id: None,
+        protocol_type: Some("consumer".into()),
+        protocol_name: None,
+        assignments: assignments
+            .iter()
+            .map(|(m, a)| SyncAssignment { member_id: (*m).into(), assignment: Bytes::from(a.to_string()) })
+            .collect(),
+    }
+}
+
+fn hb(group: &str, generation: i32, member: &str) -> HeartbeatRequest {
+    HeartbeatRequest { group_id: group.into(), generation_id: generation, member_id: member.into(), group_instance_id: None }
+}
+
+fn commit_req(group: &str, generation: i32, member: &str, topic: &str, parts: &[(i32, i64)]) -> OffsetCommitRequest {
+    OffsetCommitRequest {
+        group_id: group.into(),
+        generation_id: generation,
+        member_id: member.into(),
+        group_instance_id: None,
+        topics: vec![OffsetCommitTopic {
+            name: topic.into(),
+            partitions: parts
+                .iter()
+                .map(|(p, o)| OffsetCommitPartition {
+                    partition: *p,
+                    offset: *o,
+                    leader_epoch: 3,
+                    metadata: Some(format!("m{p}")),
+                    commit_timestamp_ms: None,
+                })
+                .collect(),
+        }],
+    }
+}
+
+/// The single error of a commit response, asserting all partitions agree.
+fn commit_result(results: &[OffsetCommitTopicResult]) -> Result<(), GroupError> {
+    let all: Vec<_> = results.iter().flat_map(|t| t.partitions.iter().map(|p| p.result.clone())).collect();
+    assert!(all.windows(2).all(|w| w[0] == w[1]), "mixed results {all:?}");
+    all[0].clone()
+}
+
+impl Harness {
+    fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.coord.tick();
+    }
+
+    fn spawn_join(&self, req: JoinRequest) -> JoinHandle<Result<JoinResponse, GroupError>> {
+        let c = self.coord.clone();
+        tokio::spawn(async move { c.join(req).await })
+    }
+
+    fn spawn_sync(&self, req: SyncRequest) -> JoinHandle<Result<SyncResponse, GroupError>> {
+        let c = self.coord.clone();
+        tokio::spawn(async move { c.sync(req).await })
+    }
+
+    /// Advances in 1 s steps until every handle has finished (at most 60 s).
+    async fn run_until_done<T>(&self, handles: &[JoinHandle<T>]) {
+        settle().await;
+        for _ in 0..60 {
+            if handles.iter().all(|h| h.is_finished()) {
+                return;
+            }
+            self.advance(Duration::from_secs(1));
+            settle().await;
+        }
+        panic!("handles did not finish within 60 s of clock time");
+    }
+
+    /// Joins `n` new dynamic members concurrently and syncs them; returns (member ids, generation).
+    async fn stable_group(&self, group: &str, n: usize) -> (Vec<String>, i32) {
+        let handles: Vec<_> = (0..n).map(|i| self.spawn_join(join_req(group, "", &format!("c{i}")))).collect();
+        self.run_until_done(&handles).await;
+        let mut responses = Vec::new();
+        for h in handles {
+            responses.push(h.await.unwrap().unwrap());
+        }
+        let generation = responses[0].generation_id;
+        let ids: Vec<String> = responses.iter().map(|r| r.member_id.clone()).collect();
+        let leader = responses[0].leader.clone();
+        let assignments: Vec<(String, String)> = ids.iter().map(|m| (m.clone(), format!("assign-{m}"))).collect();
+        let mut syncs = Vec::new();
+        for id in ids.iter().filter(|id| **id != leader) {
+            syncs.push(self.spawn_sync(sync_req(group, generation, id, &[])));
+        }
+        settle().await;
+        let a: Vec<(&str, &str)> = assignments.iter().map(|(m, a)| (m.as_str(), a.as_str())).collect();
+        let leader_sync = self.coord.sync(sync_req(group, generation, &leader, &a)).await.unwrap();
+        assert_eq!(leader_sync.assignment, Bytes::from(format!("assign-{leader}")));
+        for s in syncs {
+            s.await.unwrap().unwrap();
+        }
+        (ids, generation)
+    }
+
+    fn state(&self, group: &str) -> GroupState {
+        self.coord.describe_group(group).unwrap().state
+    }
+}
+
+#[tokio::test]
+async fn single_member_join_sync_heartbeat() {
+    let h = harness(Duration::ZERO);
+    let joined = h.coord.join(join_req("g", "", "client")).await.unwrap();
+    assert_eq!(joined.generation_id, 1);
+    assert_eq!(joined.leader, joined.member_id);
+    assert!(joined.member_id.starts_with("client-"), "{}", joined.member_id);
+    assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+    assert_eq!(joined.protocol_type.as_deref(), Some("consumer"));
+    assert_eq!(joined.members.len(), 1);
+    assert_eq!(joined.members[0].metadata, Bytes::from("meta-range"));
+    assert_eq!(h.state("g"), GroupState::CompletingRebalance);
+
+    let me = joined.member_id.as_str();
+    let synced = h.coord.sync(sync_req("g", 1, me, &[(me, "p0,p1")])).await.unwrap();
+    assert_eq!(synced.assignment, Bytes::from("p0,p1"));
+    assert_eq!(h.state("g"), GroupState::Stable);
+
+    // Heartbeats keep the member alive well past its session timeout.
+    for _ in 0..6 {
+        h.advance(Duration::from_secs(5));
+        assert_eq!(h.coord.heartbeat(&hb("g", 1, me)), Ok(()));
+    }
+    let d = h.coord.describe_group("g").unwrap();
+    assert_eq!(d.state, GroupState::Stable);
+    assert_eq!(d.protocol, "range");
+    assert_eq!(d.members.len(), 1);
+    assert_eq!(d.members[0].assignment, Bytes::from("p0,p1"));
+    assert_eq!(d.members[0].client_id, "client");
+}
+
+#[tokio::test]
+async fn member_id_required_flow() {
+    let h = harness(Duration::ZERO);
+    let mut req = join_req("g", "", "app");
+    req.require_known_member_id = true;
+    let id = match h.coord.join(req.clone()).await {
+        Err(GroupError::MemberIdRequired { member_id }) => member_id,
+        other => panic!("expected MEMBER_ID_REQUIRED, got {other:?}"),
+    };
+    assert!(id.starts_with("app-") && id.len() > "app-".len() + 30, "{id}");
+    assert_eq!(GroupError::MemberIdRequired { member_id: id.clone() }.kafka_code(), 79);
+
+    // An id the coordinator never handed out is unknown.
+    let mut bogus = req.clone();
+    bogus.member_id = "app-bogus".into();
+    assert_eq!(h.coord.join(bogus).await, Err(GroupError::UnknownMemberId));
+
+    req.member_id = id.clone();
+    let joined = h.coord.join(req.clone()).await.unwrap();
+    assert_eq!(joined.member_id, id);
+    assert_eq!(joined.generation_id, 1);
+
+    // A pending id expires after the session timeout if the client never comes back.
+    let mut other = join_req("g", "", "late");
+    other.require_known_member_id = true;
+    let Err(GroupError::MemberIdRequired { member_id: late }) = h.coord.join(other.clone()).await else {
+        panic!("expected MEMBER_ID_REQUIRED");
+    };
+    h.coord.heartbeat(&hb("g", 1, &id)).unwrap();
+    h.advance(Duration::from_millis(SESSION_MS as u64));
+    other.member_id = late;
+    assert_eq!(h.coord.join(other).await, Err(GroupError::UnknownMemberId));
+}
+
+#[tokio::test]
+async fn three_members_join_concurrently() {
+    let h = harness(Duration::from_secs(3));
+    let handles: Vec<_> = (0..3).map(|i| h.spawn_join(join_req("g", "", &format!("c{i}")))).collect();
+    settle().await;
+    // The initial delay (3 s) is extended once because more members arrived during it.
+    h.advance(Duration::from_secs(3));
+    settle().await;
+    assert!(handles.iter().all(|j| !j.is_finished()), "completed before the extended delay");
+    h.advance(Duration::from_secs(3));
+    settle().await;
+    let mut responses = Vec::new();
+    for j in handles {
+        responses.push(j.await.unwrap().unwrap());
+    }
+    assert!(responses.iter().all(|r| r.generation_id == 1));
+    let leader = responses[0].leader.clone();
+    assert!(responses.iter().all(|r| r.leader == leader));
+    let leaders: Vec<_> = responses.iter().filter(|r| !r.members.is_empty()).collect();
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(leaders[0].member_id, leader);
+    assert_eq!(leaders[0].members.len(), 3);
+
+    let ids: Vec<String> = responses.iter().map(|r| r.member_id.clone()).collect();
+    let followers: Vec<_> = ids
+        .iter()
+        .filter(|id| **id != leader)
+        .map(|id| (id.clone(), h.spawn_sync(sync_req("g", 1, id, &[]))))
+        .collect();
+    settle().await;
+    assert!(followers.iter().all(|(_, j)| !j.is_finished()), "followers must wait for the leader");
+    let assignments: Vec<(&str, String)> = ids.iter().map(|id| (id.as_str(), format!("for-{id}"))).collect();
+    let a: Vec<(&str, &str)> = assignments.iter().map(|(m, s)| (*m, s.as_str())).collect();
+    let mine = h.coord.sync(sync_req("g", 1, &leader, &a)).await.unwrap();
+    assert_eq!(mine.assignment, Bytes::from(format!("for-{leader}")));
+    for (id, j) in followers {
+        assert_eq!(j.await.unwrap().unwrap().assignment, Bytes::from(format!("for-{id}")));
+    }
+    assert_eq!(h.state("g"), GroupState::Stable);
+}
+
+#[tokio::test]
+async fn fourth_member_triggers_rebalance() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 3).await;
+    let newcomer = h.spawn_join(join_req("g", "", "c3"));
+    settle().await;
+    assert_eq!(h.state("g"), GroupState::PreparingRebalance);
+    let mut rejoins = Vec::new();
+    for id in &ids {
+        assert_eq!(h.coord.heartbeat(&hb("g", generation, id)), Err(GroupError::RebalanceInProgress));
+        rejoins.push(h.spawn_join(join_req("g", id, "c")));
+    }
+    settle().await;
+    // Everyone known has rejoined: completes without waiting for the rebalance timeout.
+    rejoins.push(newcomer);
+    let mut responses = Vec::new();
+    for j in rejoins {
+        assert!(j.is_finished());
+        responses.push(j.await.unwrap().unwrap());
+    }
+    assert!(responses.iter().all(|r| r.generation_id == generation + 1));
+    assert_eq!(responses.iter().filter(|r| r.members.len() == 4).count(), 1);
+    // The old generation is now illegal.
+    assert!(matches!(h.coord.heartbeat(&hb("g", generation, &ids[0])), Err(GroupError::IllegalGeneration { .. })));
+}
+
+#[tokio::test]
+async fn leaving_member_triggers_rebalance_without_it() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 2).await;
+    let leave = LeaveRequest {
+        group_id: "g".into(),
+        members: vec![LeavingMember { member_id: ids[1].clone(), group_instance_id: None, reason: None }],
+    };
+    let results = h.coord.leave(&leave).unwrap();
+    assert_eq!(results[0].result, Ok(()));
+    assert_eq!(h.coord.leave(&leave).unwrap()[0].result, Err(GroupError::UnknownMemberId));
+    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[0])), Err(GroupError::RebalanceInProgress));
+    let rejoined = h.coord.join(join_req("g", &ids[0], "c0")).await.unwrap();
+    assert_eq!(rejoined.generation_id, generation + 1);
+    assert_eq!(rejoined.members.len(), 1);
+    assert_eq!(rejoined.leader, ids[0]);
+
+    // The last member leaving empties the group (new generation, Empty).
+    let leave_all = LeaveRequest {
+        group_id: "g".into(),
+        members: vec![LeavingMember { member_id: ids[0].clone(), group_instance_id: None, reason: None }],
+    };
+    assert_eq!(h.coord.leave(&leave_all).unwrap()[0].result, Ok(()));
+    assert_eq!(h.state("g"), GroupState::Empty);
+}
+
+#[tokio::test]
+async fn silent_member_expires_after_session_timeout() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 2).await;
+    h.advance(Duration::from_secs(5));
+    h.coord.heartbeat(&hb("g", generation, &ids[0])).unwrap();
+    h.advance(Duration::from_millis(SESSION_MS as u64 - 5_000 - 1));
+    assert_eq!(h.coord.describe_group("g").unwrap().members.len(), 2, "expired too early");
+    h.advance(Duration::from_millis(1));
+    let d = h.coord.describe_group("g").unwrap();
+    assert_eq!(d.state, GroupState::PreparingRebalance);
+    assert_eq!(d.members.len(), 1);
+    assert_eq!(d.members[0].member_id, ids[0]);
+    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[1])), Err(GroupError::UnknownMemberId));
+    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[0])), Err(GroupError::RebalanceInProgress));
+}
+
+#[tokio::test]
+async fn member_not_rejoining_is_dropped_after_rebalance_timeout() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 2).await;
+    let newcomer = h.spawn_join(join_req("g", "", "c2"));
+    let rejoin = h.spawn_join(join_req("g", &ids[0], "c0"));
+    settle().await;
+    // ids[1] keeps heartbeating (so its session stays alive) but never rejoins.
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(5));
+        assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[1])), Err(GroupError::RebalanceInProgress));
+    }
+    settle().await;
+    assert!(!rejoin.is_finished(), "completed before the rebalance timeout");
+    h.advance(Duration::from_secs(5)); // 30 s since the rebalance started
+    settle().await;
+    let a = rejoin.await.unwrap().unwrap();
+    let b = newcomer.await.unwrap().unwrap();
+    assert_eq!(a.generation_id, generation + 1);
+    assert_eq!(b.generation_id, generation + 1);
+    let leader = if a.members.is_empty() { &b } else { &a };
+    let mut members: Vec<_> = leader.members.iter().map(|m| m.member_id.clone()).collect();
+    members.sort();
+    let mut expected = vec![a.member_id.clone(), b.member_id.clone()];
+    expected.sort();
+    assert_eq!(members, expected);
+    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[1])), Err(GroupError::UnknownMemberId));
+}
+
+#[tokio::test]
+async fn joined_member_without_sync_expires() {
+    let h = harness(Duration::from_secs(3));
+    let handles: Vec<_> = (0..2).map(|i| h.spawn_join(join_req("g", "", &format!("c{i}")))).collect();
+    h.run_until_done(&handles).await;
+    let mut responses = Vec::new();
+    for j in handles {
+        responses.push(j.await.unwrap().unwrap());
+    }
+    let leader = responses[0].leader.clone();
+    let follower = responses.iter().find(|r| r.member_id != leader).unwrap().member_id.clone();
+    h.coord.sync(sync_req("g", 1, &leader, &[])).await.unwrap();
+    h.advance(Duration::from_secs(5));
+    h.coord.heartbeat(&hb("g", 1, &leader)).unwrap();
+    h.advance(Duration::from_millis(SESSION_MS as u64 - 5_000));
+    let d = h.coord.describe_group("g").unwrap();
+    assert_eq!(d.members.len(), 1, "follower without SyncGroup or heartbeat should be gone");
+    assert_eq!(d.members[0].member_id, leader);
+    assert_eq!(d.state, GroupState::PreparingRebalance);
+    assert_eq!(h.coord.sync(sync_req("g", 1, &follower, &[])).await, Err(GroupError::UnknownMemberId));
+}
+
+#[tokio::test]
+async fn disconnected_joiner_does_not_wedge_the_group() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 2).await;
+    // ids[1] rejoins, then its connection drops (the task and its receiver are gone).
+    // (New metadata, so that the rejoin starts a rebalance whoever the leader is.)
+    let mut changed = join_req("g", &ids[1], "c1");
+    changed.protocols[0].metadata = Bytes::from("changed");
+    let dropped = h.spawn_join(changed);
+    settle().await;
+    dropped.abort();
+    settle().await;
+    assert_eq!(h.state("g"), GroupState::PreparingRebalance);
+    let a = h.coord.join(join_req("g", &ids[0], "c0")).await.unwrap();
+    assert_eq!(a.generation_id, generation + 1);
+    // The dropped member never syncs nor heartbeats: it expires and the group moves on.
+    h.advance(Duration::from_secs(5));
+    h.coord.heartbeat(&hb("g", generation + 1, &ids[0])).unwrap();
+    h.advance(Duration::from_millis(SESSION_MS as u64 - 5_000));
+    let d = h.coord.describe_group("g").unwrap();
+    assert_eq!(d.members.len(), 1);
+    let again = h.coord.join(join_req("g", &ids[0], "c0")).await.unwrap();
+    assert_eq!(again.generation_id, generation + 2);
+    assert_eq!(again.members.len(), 1);
+}
+
+#[tokio::test]
+async fn generation_and_member_errors() {
+    let h = harness(Duration::ZERO);
+    let j = h.coord.join(join_req("g", "", "c")).await.unwrap();
+    let me = j.member_id.as_str();
+    // CompletingRebalance: commits get REBALANCE_IN_PROGRESS.
+    let r = h.coord.commit_offsets(&commit_req("g", 1, me, "t", &[(0, 5)]));
+    assert_eq!(commit_result(&r), Err(GroupError::RebalanceInProgress));
+    assert_eq!(
+        h.coord.sync(sync_req("g", 7, me, &[])).await,
+        Err(GroupError::IllegalGeneration { given: 7, current: 1 })
+    );
+    assert_eq!(h.coord.sync(sync_req("g", 1, "nobody", &[])).await, Err(GroupError::UnknownMemberId));
+    assert_eq!(h.coord.sync(sync_req("nogroup", 1, me, &[])).await, Err(GroupError::UnknownMemberId));
+    let mut wrong_type = sync_req("g", 1, me, &[]);
+    wrong_type.protocol_type = Some("connect".into());
+    assert_eq!(h.coord.sync(wrong_type).await, Err(GroupError::InconsistentGroupProtocol));
+    let mut wrong_name = sync_req("g", 1, me, &[]);
+    wrong_name.protocol_name = Some("roundrobin".into());
+    assert_eq!(h.coord.sync(wrong_name).await, Err(GroupError::InconsistentGroupProtocol));
+    h.coord.sync(sync_req("g", 1, me, &[(me, "a")])).await.unwrap();
+
+    assert_eq!(h.coord.heartbeat(&hb("g", 0, me)).unwrap_err().kafka_code(), 22);
+    assert_eq!(h.coord.heartbeat(&hb("g", 1, "nobody")), Err(GroupError::UnknownMemberId));
+    assert_eq!(h.coord.heartbeat(&hb("nogroup", 1, me)), Err(GroupError::UnknownMemberId));
+    assert_eq!(h.coord.heartbeat(&hb("", 1, me)), Err(GroupError::InvalidGroupId));
+
+    let r = h.coord.commit_offsets(&commit_req("g", 2, me, "t", &[(0, 5), (1, 6)]));
+    assert_eq!(commit_result(&r), Err(GroupError::IllegalGeneration { given: 2, current: 1 }));
+    let r = h.coord.commit_offsets(&commit_req("g", 1, "nobody", "t", &[(0, 5)]));
+    assert_eq!(commit_result(&r), Err(GroupError::UnknownMemberId));
+    let r = h.coord.commit_offsets(&commit_req("nogroup", 3, "x", "t", &[(0, 5)]));
+    assert_eq!(commit_result(&r).unwrap_err().kafka_code(), 22);
+    let r = h.coord.commit_offsets(&commit_req("g", 1, me, "t", &[(0, 5)]));
+    assert_eq!(commit_result(&r), Ok(()));
+
+    // Join-time validation.
+    let mut short = join_req("g", "", "c");
+    short.session_timeout_ms = 1000;
+    assert_eq!(h.coord.join(short).await.unwrap_err().kafka_code(), 26);
+    let mut other_type = join_req("g", "", "c");
+    other_type.protocol_type = "connect".into();
+    assert_eq!(h.coord.join(other_type).await, Err(GroupError::InconsistentGroupProtocol));
+    assert_eq!(h.coord.join(join_req("", "", "c")).await, Err(GroupError::InvalidGroupId));
+    assert_eq!(h.coord.join(join_req("nogroup", "m-1", "c")).await, Err(GroupError::UnknownMemberId));
+    let mut no_protocols = join_req("fresh", "", "c");
+    no_protocols.protocols.clear();
+    assert_eq!(h.coord.join(no_protocols).await, Err(GroupError::InconsistentGroupProtocol));
+    assert_eq!(h.state("fresh"), GroupState::Dead, "a failed first join must not leave a group behind");
+
+    // During PreparingRebalance: sync says rebalance; commits with the current generation pass.
+    let newcomer = h.spawn_join(join_req("g", "", "c2"));
+    settle().await;
+    assert_eq!(h.coord.sync(sync_req("g", 1, me, &[])).await, Err(GroupError::RebalanceInProgress));
+    let r = h.coord.commit_offsets(&commit_req("g", 1, me, "t", &[(0, 9)]));
+    assert_eq!(commit_result(&r), Ok(()));
+    newcomer.abort();
+}
+
+fn static_join(group: &str, member_id: &str, instance: &str) -> JoinRequest {
+    let mut r = join_req(group, member_id, instance);
+    r.group_instance_id = Some(instance.into());
+    r.require_known_member_id = true;
+    r
+}
+
+#[tokio::test]
+async fn static_member_rejoins_without_rebalance() {
+    let h = harness(Duration::from_secs(3));
+    let leader_join = h.spawn_join(join_req("g", "", "dyn"));
+    let static_join_1 = h.spawn_join(static_join("g", "", "inst-1"));
+    let joins = [leader_join, static_join_1];
+    h.run_until_done(&joins).await;
+    let [leader_join, static_join_1] = joins;
+    let leader_response = leader_join.await.unwrap().unwrap();
+    let leader = leader_response.member_id.clone();
+    assert_eq!(leader_response.leader, leader, "the first joiner leads");
+    let old_static = static_join_1.await.unwrap().unwrap().member_id;
+    let static_entry = leader_response.members.iter().find(|m| m.member_id == old_static).unwrap();
+    assert_eq!(static_entry.group_instance_id.as_deref(), Some("inst-1"));
+    assert!(old_static.starts_with("inst-1-"), "{old_static}");
+    let follower_sync = h.spawn_sync(sync_req("g", 1, &old_static, &[]));
+    settle().await;
+    h.coord.sync(sync_req("g", 1, &leader, &[(&old_static, "static-share"), (&leader, "leader-share")])).await.unwrap();
+    assert_eq!(follower_sync.await.unwrap().unwrap().assignment, Bytes::from("static-share"));
+
+    // The static member restarts: empty member id, same instance id. No rebalance.
+    let rejoined = h.coord.join(static_join("g", "", "inst-1")).await.unwrap();
+    assert_ne!(rejoined.member_id, old_static);
+    assert_eq!(rejoined.generation_id, 1);
+    assert_eq!(rejoined.leader, leader);
+    assert!(rejoined.members.is_empty());
+    assert_eq!(h.state("g"), GroupState::Stable);
+    let mut s = sync_req("g", 1, &rejoined.member_id, &[]);
+    s.group_instance_id = Some("inst-1".into());
+    assert_eq!(h.coord.sync(s).await.unwrap().assignment, Bytes::from("static-share"));
+    assert_eq!(h.coord.heartbeat(&hb("g", 1, &leader)), Ok(()));
+
+    // The old incarnation is fenced.
+    let mut stale = hb("g", 1, &old_static);
+    stale.group_instance_id = Some("inst-1".into());
+    assert_eq!(h.coord.heartbeat(&stale).unwrap_err().kafka_code(), 82);
+    assert_eq!(h.coord.join(static_join("g", &old_static, "inst-1")).await, Err(GroupError::FencedInstanceId));
+
+    // LeaveGroup by instance id alone removes it and rebalances.
+    let leave = LeaveRequest {
+        group_id: "g".into(),
+        members: vec![LeavingMember { member_id: String::new(), group_instance_id: Some("inst-1".into()), reason: None }],
+    };
+    assert_eq!(h.coord.leave(&leave).unwrap()[0].result, Ok(()));
+    assert_eq!(h.coord.heartbeat(&hb("g", 1, &leader)), Err(GroupError::RebalanceInProgress));
+}
+
+#[tokio::test]
+async fn offsets_commit_fetch_and_survive_restart() {
+    let h = harness(Duration::ZERO);
+    // Standalone commit (no generation) to a group that does not exist yet.
+    let r = h.coord.commit_offsets(&commit_req("simple", -1, "", "t", &[(0, 42), (1, 7)]));
+    assert_eq!(commit_result(&r), Ok(()));
+    assert_eq!(h.store.len(), 2);
+    let fetched = h
+        .coord
+        .fetch_offsets("simple", Some(&[OffsetFetchTopic { name: "t".into(), partitions: vec![0, 2] }]))
+        .unwrap();
+    assert_eq!(
+        fetched[0].partitions,
+        vec![
+            FetchedPartition { partition: 0, offset: 42, leader_epoch: 3, metadata: "m0".into() },
+            FetchedPartition { partition: 2, offset: -1, leader_epoch: -1, metadata: String::new() },
+        ]
+    );
+    let unknown = h
+        .coord
+        .fetch_offsets("nobody", Some(&[OffsetFetchTopic { name: "t".into(), partitions: vec![0] }]))
+        .unwrap();
+    assert_eq!(unknown[0].partitions[0].offset, -1);
+    assert!(h.coord.fetch_offsets("nobody", None).unwrap().is_empty());
+
+    // The standalone group exists, Empty, with no protocol type.
+    let listed = h.coord.list_groups(&[]);
+    assert_eq!(listed, vec![ListedGroup { group_id: "simple".into(), protocol_type: String::new(), state: GroupState::Empty }]);
+
+    // Oversized metadata fails that partition only.
+    let mut big = commit_req("simple", -1, "", "t", &[(0, 50), (1, 8)]);
+    big.topics[0].partitions[1].metadata = Some("x".repeat(OFFSET_METADATA_MAX_BYTES + 1));
+    let r = h.coord.commit_offsets(&big);
+    assert_eq!(r[0].partitions[0].result, Ok(()));
+    assert_eq!(r[0].partitions[1].result.as_ref().unwrap_err().kafka_code(), 12);
+
+    // A consumer group's offsets, committed by a member.
+    let j = h.coord.join(join_req("cg", "", "c")).await.unwrap();
+    h.coord.sync(sync_req("cg", 1, &j.member_id, &[])).await.unwrap();
+    let r = h.coord.commit_offsets(&commit_req("cg", 1, &j.member_id, "u", &[(3, 99)]));
+    assert_eq!(commit_result(&r), Ok(()));
+    // Standalone commits are refused while the group has members.
+    let r = h.coord.commit_offsets(&commit_req("cg", -1, "", "u", &[(3, 1)]));
+    assert_eq!(commit_result(&r), Err(GroupError::UnknownMemberId));
+
+    // A new coordinator over the same store sees everything.
+    let again = GroupCoordinator::with_clock(config(Duration::ZERO), h.store.clone(), Clock::Manual(h.clock.clone())).unwrap();
+    let all = again.fetch_offsets("simple", None).unwrap();
+    assert_eq!(all.len(), 1);
+    let offsets: Vec<(i32, i64)> = all[0].partitions.iter().map(|p| (p.partition, p.offset)).collect();
+    assert_eq!(offsets, vec![(0, 50), (1, 7)]);
+    let cg = again.fetch_offsets("cg", None).unwrap();
+    assert_eq!(cg[0].name, "u");
+    assert_eq!(cg[0].partitions[0].offset, 99);
+    assert_eq!(again.describe_group("cg").unwrap().state, GroupState::Empty);
+}
+
+#[tokio::test]
+async fn store_failure_fails_the_commit_not_the_broker() {
+    let h = harness(Duration::ZERO);
+    h.store.set_failing(true);
+    let r = h.coord.commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1), (1, 2)]));
+    let err = commit_result(&r).unwrap_err();
+    assert!(matches!(err, GroupError::Store(_)));
+    assert_eq!(err.kafka_code(), -1);
+    assert_eq!(h.coord.fetch_offsets("g", None).unwrap(), vec![]);
+    h.store.set_failing(false);
+    assert_eq!(commit_result(&h.coord.commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1)]))), Ok(()));
+    h.store.set_failing(true);
+    assert!(matches!(h.coord.delete_group("g"), Err(GroupError::Store(_))));
+    assert_eq!(h.state("g"), GroupState::Empty, "a failed delete keeps the group");
+    h.store.set_failing(false);
+    assert_eq!(h.coord.delete_group("g"), Ok(()));
+}
+
+#[tokio::test]
+async fn list_describe_delete_groups() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("busy", 2).await;
+    commit_result(&h.coord.commit_offsets(&commit_req("busy", generation, &ids[0], "t", &[(0, 10)]))).unwrap();
+    commit_result(&h.coord.commit_offsets(&commit_req("idle", -1, "", "t", &[(0, 1)]))).unwrap();
+
+    let all = h.coord.list_groups(&[]);
+    assert_eq!(all.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(), vec!["busy", "idle"]);
+    assert_eq!(all[0].protocol_type, "consumer");
+    let stable = h.coord.list_groups(&["stable".into()]);
+    assert_eq!(stable.len(), 1);
+    assert_eq!(stable[0].group_id, "busy");
+    assert_eq!(h.coord.list_groups(&["Empty".into(), "Bogus".into()])[0].group_id, "idle");
+    assert!(h.coord.list_groups(&["Bogus".into()]).is_empty());
+
+    let d = h.coord.describe_group("busy").unwrap();
+    assert_eq!(d.protocol, "range");
+    assert_eq!(d.members.len(), 2);
+    for m in &d.members {
+        assert_eq!(m.metadata, Bytes::from("meta-range"));
+        assert_eq!(m.assignment, Bytes::from(format!("assign-{}", m.member_id)));
+        assert_eq!(m.client_host, "/127.0.0.1");
+    }
+    let dead = h.coord.describe_group("missing").unwrap();
+    assert_eq!((dead.state, dead.members.len()), (GroupState::Dead, 0));
+
+    assert_eq!(h.coord.delete_group("busy").unwrap_err().kafka_code(), 68);
+    assert_eq!(h.coord.delete_group("missing").unwrap_err().kafka_code(), 69);
+    assert_eq!(h.coord.delete_group("idle"), Ok(()));
+    assert_eq!(h.coord.delete_group("idle"), Err(GroupError::GroupIdNotFound));
+    assert_eq!(h.store.len(), 1, "only busy's offset is left");
+
+    let leave = LeaveRequest {
+        group_id: "busy".into(),
+        members: ids
+            .iter()
+            .map(|id| LeavingMember { member_id: id.clone(), group_instance_id: None, reason: Some("bye".into()) })
+            .collect(),
+    };
+    assert!(h.coord.leave(&leave).unwrap().iter().all(|r| r.result.is_ok()));
+    assert_eq!(h.state("busy"), GroupState::Empty);
+    assert_eq!(h.coord.delete_group("busy"), Ok(()));
+    assert!(h.store.is_empty());
+    assert_eq!(h.coord.fetch_offsets("busy", None).unwrap(), vec![]);
+    assert!(h.coord.list_groups(&[]).is_empty());
+}
+
+#[tokio::test]
+async fn protocol_selection_by_votes() {
+    let h = harness(Duration::from_secs(3));
+    let with = |client: &str, names: &[&str]| {
+        let mut r = join_req("g", "", client);
+        r.protocols = names.iter().map(|n| proto(n)).collect();
+        r
+    };
+    // "sticky" is not supported by c: out. range gets 2 votes, roundrobin 1.
+    let handles = vec![
+        h.spawn_join(with("a", &["sticky", "range", "roundrobin"])),
+        h.spawn_join(with("b", &["range", "roundrobin"])),
+        h.spawn_join(with("c", &["roundrobin", "range"])),
+    ];
+    h.run_until_done(&handles).await;
+    for j in handles {
+        let r = j.await.unwrap().unwrap();
+        assert_eq!(r.protocol_name.as_deref(), Some("range"));
+        for m in &r.members {
+            assert_eq!(m.metadata, Bytes::from("meta-range"));
+        }
+    }
+    // A member sharing no protocol with the group is refused.
+    assert_eq!(h.coord.join(with("d", &["sticky"])).await, Err(GroupError::InconsistentGroupProtocol));
+
+    let h = harness(Duration::from_secs(3));
+    let handles = vec![
+        h.spawn_join(with("a", &["range", "roundrobin"])),
+        h.spawn_join(with("b", &["roundrobin", "range"])),
+        h.spawn_join(with("c", &["roundrobin"])),
+    ];
+    h.run_until_done(&handles).await;
+    for j in handles {
+        assert_eq!(j.await.unwrap().unwrap().protocol_name.as_deref(), Some("roundrobin"));
+    }
+}
+
+#[tokio::test]
+async fn empty_group_offsets_expire_after_retention() {
+    let h = harness(Duration::ZERO);
+    commit_result(&h.coord.commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1)]))).unwrap();
+    h.advance(Duration::from_secs(3599));
+    assert_eq!(h.coord.fetch_offsets("g", None).unwrap().len(), 1);
+    h.advance(Duration::from_secs(1));
+    assert!(h.coord.fetch_offsets("g", None).unwrap().is_empty());
+    assert!(h.store.is_empty());
+    assert_eq!(h.state("g"), GroupState::Dead);
+}
+
+#[test]
+fn kafka_codes_match_the_protocol() {
+    let cases = [
+        (GroupError::UnknownServerError("x".into()), -1),
+        (GroupError::Store(StoreError::new("disk")), -1),
+        (GroupError::OffsetMetadataTooLarge { size: 1, max: 0 }, 12),
+        (GroupError::CoordinatorLoadInProgress, 14),
+        (GroupError::CoordinatorNotAvailable, 15),
+        (GroupError::IllegalGeneration { given: 1, current: 2 }, 22),
+        (GroupError::InconsistentGroupProtocol, 23),
+        (GroupError::InvalidGroupId, 24),
+        (GroupError::UnknownMemberId, 25),
+        (GroupError::InvalidSessionTimeout { timeout_ms: 1, min_ms: 2, max_ms: 3 }, 26),
+        (GroupError::RebalanceInProgress, 27),
+        (GroupError::NonEmptyGroup, 68),
+        (GroupError::GroupIdNotFound, 69),
+        (GroupError::MemberIdRequired { member_id: "m".into() }, 79),
+        (GroupError::FencedInstanceId, 82),
+    ];
+    for (e, code) in cases {
+        assert_eq!(e.kafka_code(), code, "{e:?}");
+    }
+    assert_eq!(GroupState::parse("completingrebalance"), Some(GroupState::CompletingRebalance));
+    assert_eq!(GroupState::parse("AwaitingSync"), None);
+}
