@@ -1,0 +1,31 @@
+//! Runnel: a compact Kafka-compatible broker appliance for edge gateways.
+//!
+//! The map (one responsibility per module):
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`broker`] | shared state, start-up ([`start_broker`]) and shutdown, background log work |
+//! | [`net`] | listeners: Kafka over TCP and TLS; one task per connection |
+//! | [`protocol`] | framing glue, the route table (which also answers ApiVersions), one file per API |
+//! | [`catalog`] | topics, partitions and per-topic configs |
+//! | [`storage`] | the segment log of one partition: segments, indexes, recovery, retention, compaction |
+//! | [`meta`] | redb: topics, committed offsets, producer ids |
+//! | [`groups`] | the consumer-group coordinator |
+//! | [`cli`] | the `runnel` command line |
+//!
+//! Data path of a produce: `net::conn` reads a frame -> `protocol::frame` decodes the header ->
+//! `protocol::Dispatcher` routes it -> `protocol::apis::produce` -> `catalog` finds the
+//! partition -> `storage::PartitionLog::append` validates and stamps the batch -> the response.
+//! A handler never touches files; storage never knows about sockets.
+
+pub mod broker;
+pub mod catalog;
+pub mod cli;
+pub mod groups;
+pub mod meta;
+pub mod net;
+pub mod protocol;
+pub mod storage;
+
+pub use broker::{Broker, BrokerHandle, start_broker};
+pub use edge_config::Config;

@@ -1,0 +1,212 @@
+//! The running broker: shared state behind one `Arc`, start-up and shutdown.
+//!
+//! [`start_broker`] opens the metadata database and the partition logs (recovering any torn
+//! tails), binds the listeners named in the config and spawns the background work (flush,
+//! retention and compaction, group timers). It returns a [`BrokerHandle`] that reports the bound
+//! addresses (tests bind port 0) and shuts everything down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use edge_config::Config;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::catalog::Catalog;
+use crate::groups::{GroupConfig, GroupCoordinator};
+use crate::meta::MetaStore;
+use crate::net;
+use crate::protocol::{self, Dispatcher};
+
+/// Milliseconds since the Unix epoch, the clock Kafka timestamps use.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// State shared by every connection and background task.
+pub struct Broker {
+    pub config: Config,
+    pub node_id: i32,
+    pub cluster_id: String,
+    pub catalog: Catalog,
+    pub meta: MetaStore,
+    pub groups: GroupCoordinator,
+    pub dispatcher: Dispatcher,
+}
+
+/// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
+pub struct BrokerHandle {
+    pub broker: Arc<Broker>,
+    /// Bound address of the plaintext Kafka listener, if enabled.
+    pub kafka_addr: Option<SocketAddr>,
+    /// Bound address of the TLS Kafka listener, if enabled.
+    pub kafka_tls_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// `host:port` of the plaintext listener, for a client's `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.kafka_addr.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// Stops accepting, closes connections, flushes every partition log and waits for the
+    /// background tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let now = now_ms();
+        for topic in self.broker.catalog.list() {
+            for p in topic.partitions() {
+                if let Err(e) = p.log().flush(now) {
+                    tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "flush at shutdown failed");
+                }
+            }
+        }
+        tracing::info!("broker stopped");
+    }
+}
+
+/// Starts a broker with `config` (already validated) and returns once its listeners are bound.
+pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
+    let data_dir = config.broker.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
+    let catalog = Catalog::open(&data_dir, config.log.clone(), meta.clone(), now_ms())
+        .context("cannot open the partition logs")?;
+    let groups = GroupCoordinator::new(
+        GroupConfig {
+            min_session_timeout: config.groups.min_session_timeout,
+            max_session_timeout: config.groups.max_session_timeout,
+            initial_rebalance_delay: config.groups.initial_rebalance_delay,
+            offsets_retention: config.groups.offsets_retention,
+        },
+        Arc::new(meta.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot load committed offsets: {e}"))?;
+    let cluster_id = cluster_id(&data_dir)?;
+    let broker = Arc::new(Broker {
+        node_id: config.broker.node_id,
+        cluster_id,
+        catalog,
+        meta,
+        groups: groups.clone(),
+        dispatcher: protocol::routes(),
+        config,
+    });
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut kafka_addr = None;
+    let mut kafka_tls_addr = None;
+    let listeners = &broker.config.listeners;
+    if listeners.kafka.enabled {
+        let (addr, task) = net::tcp::listen(
+            broker.clone(),
+            listeners.kafka.address,
+            None,
+            shutdown_rx.clone(),
+        )
+        .await?;
+        kafka_addr = Some(addr);
+        tasks.push(task);
+    }
+    if listeners.kafka_tls.enabled {
+        let acceptor = net::tls::acceptor(&listeners.kafka_tls)?;
+        let (addr, task) = net::tcp::listen(
+            broker.clone(),
+            listeners.kafka_tls.address,
+            Some(acceptor),
+            shutdown_rx.clone(),
+        )
+        .await?;
+        kafka_tls_addr = Some(addr);
+        tasks.push(task);
+    }
+    let timers = groups.spawn_timers();
+    let mut stop_timers = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = stop_timers.changed().await;
+        timers.abort();
+    }));
+    tasks.push(tokio::spawn(log_maintenance(
+        broker.clone(),
+        shutdown_rx.clone(),
+    )));
+    Ok(BrokerHandle {
+        broker,
+        kafka_addr,
+        kafka_tls_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// The cluster id clients see in Metadata: made once per data dir and kept in it.
+fn cluster_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("cluster.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string()[..22].to_string();
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// Flushes logs on the configured interval and runs retention and compaction.
+async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let check_every = broker
+        .config
+        .log
+        .retention_check_interval
+        .max(Duration::from_millis(100));
+    let tick_every = broker
+        .config
+        .log
+        .flush_interval
+        .clamp(Duration::from_millis(10), check_every);
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_check = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let run_maintenance = last_check.elapsed() >= check_every;
+        if run_maintenance {
+            last_check = tokio::time::Instant::now();
+        }
+        let b = broker.clone();
+        // File work (fsync, segment deletion, compaction) runs off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            for topic in b.catalog.list() {
+                for p in topic.partitions() {
+                    let mut log = p.log();
+                    if log.needs_flush(now)
+                        && let Err(e) = log.flush(now) {
+                            tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush failed");
+                        }
+                    if run_maintenance
+                        && let Err(e) = log.maintenance(now) {
+                            tracing::error!(topic = %topic.name, partition = p.index, error = %e, "retention/compaction failed");
+                        }
+                }
+            }
+        })
+        .await;
+    }
+}

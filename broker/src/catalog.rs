@@ -1,0 +1,445 @@
+//! The topic catalog: which topics exist, their partitions and per-topic configs.
+//!
+//! Topics are remembered in redb (`meta`); each partition owns a [`PartitionLog`] in
+//! `<data_dir>/<topic>-<partition>/`. A partition's log sits behind a mutex: appends are
+//! serialised per partition (offsets must be assigned in order) and reads take the same lock only
+//! for as long as it takes to copy the bytes out. Fetchers waiting for data park on the
+//! partition's `appended` notifier, which every successful append wakes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::meta::{MetaError, MetaStore, TopicRecord};
+use crate::storage::{self, PartitionLog, StorageError};
+
+/// Longest topic name Kafka accepts.
+const MAX_TOPIC_NAME: usize = 249;
+/// Most partitions one topic may have on this broker.
+pub const MAX_PARTITIONS: i32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("invalid partition count {count}: {reason}")]
+    InvalidPartitions { count: i32, reason: String },
+    #[error("invalid replication factor {0}: this broker has one node")]
+    InvalidReplicationFactor(i16),
+    #[error("invalid config {key}={value}: {reason}")]
+    InvalidConfig {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// One partition: its log and the notifier that wakes long-polling fetches.
+pub struct Partition {
+    pub topic: Arc<str>,
+    pub index: i32,
+    log: Mutex<PartitionLog>,
+    pub appended: Notify,
+}
+
+impl Partition {
+    /// Locks the log. A panic while holding the lock would be a bug in storage; the log's own
+    /// state is still consistent between calls, so a poisoned lock is recovered.
+    pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Topic {
+    pub name: Arc<str>,
+    pub id: Uuid,
+    pub replication_factor: i16,
+    partitions: RwLock<Vec<Arc<Partition>>>,
+    configs: RwLock<BTreeMap<String, String>>,
+}
+
+impl Topic {
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        let parts = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| parts.get(i).cloned())
+    }
+
+    pub fn partition_count(&self) -> i32 {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as i32
+    }
+
+    /// Per-topic overrides by Kafka config name.
+    pub fn configs(&self) -> BTreeMap<String, String> {
+        self.configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+pub struct Catalog {
+    data_dir: PathBuf,
+    defaults: edge_config::LogConfig,
+    meta: MetaStore,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+}
+
+impl Catalog {
+    /// Opens every topic remembered in `meta`, recovering each partition's log.
+    pub fn open(
+        data_dir: &Path,
+        defaults: edge_config::LogConfig,
+        meta: MetaStore,
+        now_ms: i64,
+    ) -> Result<Self, CatalogError> {
+        let catalog = Catalog {
+            data_dir: data_dir.to_path_buf(),
+            defaults,
+            meta,
+            topics: RwLock::new(BTreeMap::new()),
+        };
+        for (name, rec) in catalog.meta.topics()? {
+            let id = Uuid::parse_str(&rec.id).unwrap_or_else(|_| Uuid::new_v4());
+            let config = catalog.log_config(&rec.configs)?;
+            let name: Arc<str> = name.into();
+            let mut parts = Vec::new();
+            for p in 0..rec.partitions {
+                parts.push(catalog.open_partition(&name, p, config.clone(), now_ms)?);
+            }
+            let topic = Topic {
+                name: name.clone(),
+                id,
+                replication_factor: rec.replication_factor,
+                partitions: RwLock::new(parts),
+                configs: RwLock::new(rec.configs),
+            };
+            catalog.write().insert(name.to_string(), Arc::new(topic));
+        }
+        Ok(catalog)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Topic>>> {
+        self.topics.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Topic>>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    fn open_partition(
+        &self,
+        topic: &Arc<str>,
+        index: i32,
+        config: storage::LogConfig,
+        now_ms: i64,
+    ) -> Result<Arc<Partition>, CatalogError> {
+        let log = PartitionLog::open(self.partition_dir(topic, index), config, now_ms)?;
+        Ok(Arc::new(Partition {
+            topic: topic.clone(),
+            index,
+            log: Mutex::new(log),
+            appended: Notify::new(),
+        }))
+    }
+
+    /// The storage settings for a topic: the broker's `[log]` defaults with the topic's Kafka
+    /// config overrides applied.
+    pub fn log_config(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<storage::LogConfig, CatalogError> {
+        let mut cfg = self.defaults.clone();
+        for (key, value) in overrides {
+            cfg.apply_topic_override(key, value)
+                .map_err(|e| CatalogError::InvalidConfig {
+                    key: key.clone(),
+                    value: value.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(to_storage_config(&cfg))
+    }
+
+    /// The effective config of a topic in Kafka names and units (DescribeConfigs), each marked
+    /// whether it is a per-topic override.
+    pub fn effective_configs(&self, topic: &Topic) -> Vec<(String, String, bool)> {
+        let overrides = topic.configs();
+        let mut cfg = self.defaults.clone();
+        for (k, v) in &overrides {
+            let _ = cfg.apply_topic_override(k, v);
+        }
+        cfg.to_topic_configs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v, overrides.contains_key(k)))
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.read().values().find(|t| t.id == id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+        now_ms: i64,
+    ) -> Result<Arc<Topic>, CatalogError> {
+        validate_topic_name(name)?;
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(CatalogError::InvalidPartitions {
+                count: partitions,
+                reason: format!("allowed 1..={MAX_PARTITIONS}"),
+            });
+        }
+        if replication_factor != 1 {
+            return Err(CatalogError::InvalidReplicationFactor(replication_factor));
+        }
+        let config = self.log_config(&configs)?;
+        let mut topics = self.write();
+        if topics.contains_key(name) {
+            return Err(CatalogError::TopicExists(name.to_string()));
+        }
+        let name: Arc<str> = name.into();
+        let id = Uuid::new_v4();
+        if validate_only {
+            return Ok(Arc::new(Topic {
+                name,
+                id,
+                replication_factor,
+                partitions: RwLock::new(Vec::new()),
+                configs: RwLock::new(configs),
+            }));
+        }
+        let mut parts = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            // A directory left over from an earlier topic of the same name would resurrect its
+            // records; a new topic starts empty.
+            let _ = std::fs::remove_dir_all(self.partition_dir(&name, p));
+            parts.push(self.open_partition(&name, p, config.clone(), now_ms)?);
+        }
+        self.meta.put_topic(
+            &name,
+            &TopicRecord {
+                id: id.simple().to_string(),
+                partitions,
+                replication_factor,
+                configs: configs.clone(),
+            },
+        )?;
+        let topic = Arc::new(Topic {
+            name: name.clone(),
+            id,
+            replication_factor,
+            partitions: RwLock::new(parts),
+            configs: RwLock::new(configs),
+        });
+        topics.insert(name.to_string(), topic.clone());
+        tracing::info!(topic = %name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<(), CatalogError> {
+        let topic = self
+            .write()
+            .remove(name)
+            .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
+        self.meta.delete_topic(name)?;
+        for p in topic.partitions() {
+            let dir = self.partition_dir(name, p.index);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove partition directory");
+            }
+            // Wake fetchers so they notice the topic is gone.
+            p.appended.notify_waiters();
+        }
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+        now_ms: i64,
+    ) -> Result<(), CatalogError> {
+        let topic = self
+            .get(name)
+            .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
+        let current = topic.partition_count();
+        if count <= current || count > MAX_PARTITIONS {
+            return Err(CatalogError::InvalidPartitions {
+                count,
+                reason: format!(
+                    "topic {name} has {current}; the new count must be larger and at most {MAX_PARTITIONS}"
+                ),
+            });
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let config = self.log_config(&topic.configs())?;
+        let mut added = Vec::new();
+        for p in current..count {
+            let _ = std::fs::remove_dir_all(self.partition_dir(name, p));
+            added.push(self.open_partition(&topic.name, p, config.clone(), now_ms)?);
+        }
+        self.meta.put_topic(
+            name,
+            &TopicRecord {
+                id: topic.id.simple().to_string(),
+                partitions: count,
+                replication_factor: topic.replication_factor,
+                configs: topic.configs(),
+            },
+        )?;
+        topic
+            .partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(added);
+        Ok(())
+    }
+
+    /// Replaces (`incremental == false`) or updates a topic's overrides. `None` removes a key.
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+        incremental: bool,
+        validate_only: bool,
+    ) -> Result<(), CatalogError> {
+        let topic = self
+            .get(name)
+            .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
+        let mut next = if incremental {
+            topic.configs()
+        } else {
+            BTreeMap::new()
+        };
+        for (k, v) in changes {
+            match v {
+                Some(v) => next.insert(k, v),
+                None => next.remove(&k),
+            };
+        }
+        let config = self.log_config(&next)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.meta.put_topic(
+            name,
+            &TopicRecord {
+                id: topic.id.simple().to_string(),
+                partitions: topic.partition_count(),
+                replication_factor: topic.replication_factor,
+                configs: next.clone(),
+            },
+        )?;
+        for p in topic.partitions() {
+            p.log().set_config(config.clone());
+        }
+        *topic.configs.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+/// Kafka's topic name rule: 1..=249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
+    let bad = |reason| {
+        Err(CatalogError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_TOPIC_NAME {
+        return bad("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Maps the configuration crate's `[log]` section to the storage layer's settings.
+pub fn to_storage_config(cfg: &edge_config::LogConfig) -> storage::LogConfig {
+    use edge_config::FlushPolicy as F;
+    storage::LogConfig {
+        segment_bytes: cfg.segment_bytes,
+        segment_age_ms: cfg.segment_age.as_millis() as i64,
+        retention_ms: cfg.retention.map(|d| d.as_millis() as i64),
+        retention_bytes: cfg.retention_bytes,
+        index_interval_bytes: cfg.index_interval_bytes,
+        flush: match cfg.flush {
+            F::Never => storage::FlushPolicy::Never,
+            F::Interval => storage::FlushPolicy::Interval(cfg.flush_interval),
+            F::Always => storage::FlushPolicy::Always,
+        },
+        compact: cfg.cleanup_policy.compact(),
+        delete: cfg.cleanup_policy.delete(),
+        log_append_time: cfg.timestamp_type == edge_config::TimestampType::LogAppendTime,
+        max_message_bytes: cfg.max_message_bytes,
+        delete_retention_ms: cfg.delete_retention.as_millis() as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("sensors.temp_1-a").is_ok());
+        for bad in ["", ".", "..", "a b", "tópico", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+    }
+}

@@ -1,0 +1,246 @@
+//! Kafka client commands, built on librdkafka (the rdkafka crate), so they work against Runnel
+//! and any other Kafka-compatible broker alike.
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::TopicPartitionList;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use super::{Conn, TopicsCommand};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn admin(conn: &Conn) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    conn.client_config()?
+        .create()
+        .context("cannot create a Kafka admin client")
+}
+
+pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicsCommand::Create {
+            name,
+            partitions,
+            configs,
+            conn,
+        } => {
+            let pairs: Vec<(String, String)> = configs
+                .iter()
+                .map(|c| {
+                    c.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("--config {c}: expected KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+            for (k, v) in &pairs {
+                topic = topic.set(k, v);
+            }
+            let admin = admin(&conn)?;
+            let results = runtime()?.block_on(admin.create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            ))?;
+            for r in results {
+                match r {
+                    Ok(t) => println!("created topic {t}"),
+                    Err((t, code)) => bail!("cannot create topic {t}: {code}"),
+                }
+            }
+            Ok(())
+        }
+        TopicsCommand::Delete { name, conn } => {
+            let admin = admin(&conn)?;
+            let results = runtime()?.block_on(admin.delete_topics(
+                &[&name],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            ))?;
+            for r in results {
+                match r {
+                    Ok(t) => println!("deleted topic {t}"),
+                    Err((t, code)) => bail!("cannot delete topic {t}: {code}"),
+                }
+            }
+            Ok(())
+        }
+        TopicsCommand::List { conn } => {
+            let consumer = plain_consumer(&conn)?;
+            let md = consumer
+                .fetch_metadata(None, TIMEOUT)
+                .context("metadata request failed")?;
+            for t in md.topics() {
+                println!("{}", t.name());
+            }
+            Ok(())
+        }
+        TopicsCommand::Describe { name, conn } => {
+            let consumer = plain_consumer(&conn)?;
+            let md = consumer
+                .fetch_metadata(Some(&name), TIMEOUT)
+                .context("metadata request failed")?;
+            let Some(t) = md.topics().first() else {
+                bail!("no metadata for {name}")
+            };
+            if let Some(e) = t.error() {
+                bail!("topic {name}: {:?}", e);
+            }
+            println!("topic: {}  partitions: {}", t.name(), t.partitions().len());
+            for p in t.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&name, p.id(), TIMEOUT)
+                    .unwrap_or((-1, -1));
+                println!(
+                    "  partition {}  leader {}  replicas {:?}  isr {:?}  offsets {}..{}",
+                    p.id(),
+                    p.leader(),
+                    p.replicas(),
+                    p.isr(),
+                    low,
+                    high
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer> {
+    conn.client_config()?
+        .create()
+        .context("cannot create a Kafka client")
+}
+
+pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = conn
+        .client_config()?
+        .set("acks", acks)
+        .set("compression.codec", compression)
+        .set("linger.ms", "5")
+        .create()
+        .context("cannot create a Kafka producer")?;
+    let stdin = std::io::stdin();
+    let mut count = 0u64;
+    for line in stdin.lock().lines() {
+        let line = line.context("reading stdin")?;
+        let (key, value) = match line.split_once('\t') {
+            Some((k, v)) => (Some(k.to_string()), v.to_string()),
+            None => (None, line),
+        };
+        let mut record = BaseRecord::<String, String>::to(topic).payload(&value);
+        if let Some(k) = &key {
+            record = record.key(k);
+        }
+        let mut pending = record;
+        loop {
+            match producer.send(pending) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    pending = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => bail!("produce failed: {e}"),
+            }
+        }
+        count += 1;
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .context("flush failed")?;
+    if producer.in_flight_count() > 0 {
+        bail!(
+            "{} records were not acknowledged",
+            producer.in_flight_count()
+        );
+    }
+    eprintln!("produced {count} records to {topic}");
+    Ok(())
+}
+
+pub fn consume(
+    conn: &Conn,
+    topic: &str,
+    group: Option<&str>,
+    from_beginning: bool,
+    max: Option<u64>,
+    idle_timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    let mut cfg = conn.client_config()?;
+    cfg.set("enable.partition.eof", "false").set(
+        "auto.offset.reset",
+        if from_beginning { "earliest" } else { "latest" },
+    );
+    match group {
+        Some(g) => cfg.set("group.id", g).set("enable.auto.commit", "true"),
+        // librdkafka needs a group id even for manual assignment; nothing is committed.
+        None => cfg
+            .set("group.id", "runnel-cli")
+            .set("enable.auto.commit", "false"),
+    };
+    let consumer: BaseConsumer = cfg.create().context("cannot create a Kafka consumer")?;
+    if group.is_some() {
+        consumer.subscribe(&[topic]).context("subscribe failed")?;
+    } else {
+        let md = consumer
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .context("metadata request failed")?;
+        let mut tpl = TopicPartitionList::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let start = if from_beginning {
+                    rdkafka::Offset::Beginning
+                } else {
+                    rdkafka::Offset::End
+                };
+                tpl.add_partition_offset(topic, p.id(), start)?;
+            }
+        }
+        consumer.assign(&tpl).context("assign failed")?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut seen = 0u64;
+    let mut last = Instant::now();
+    while max.is_none_or(|m| seen < m) {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if idle_timeout.is_some_and(|t| last.elapsed() >= t) {
+                    break;
+                }
+            }
+            Some(Err(e)) => bail!("consume failed: {e}"),
+            Some(Ok(m)) => {
+                last = Instant::now();
+                if let Some(k) = m.key() {
+                    out.write_all(k)?;
+                    out.write_all(b"\t")?;
+                }
+                out.write_all(m.payload().unwrap_or_default())?;
+                out.write_all(b"\n")?;
+                seen += 1;
+            }
+        }
+    }
+    out.flush()?;
+    if group.is_some() {
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    }
+    Ok(())
+}

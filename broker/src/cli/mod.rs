@@ -1,0 +1,202 @@
+//! The `runnel` command line: `serve`, `config`, and Kafka client commands (`topics`,
+//! `produce`, `consume`) that work against any Kafka-compatible broker via librdkafka.
+
+mod bench;
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "runnel",
+    version,
+    about = "A compact Kafka-compatible broker for edge gateways"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (with no --config: the embedded default, on loopback).
+    Serve {
+        /// TOML config file; every key has a default (`runnel config default` prints them).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check or print configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Produce lines from stdin: `value`, or `key<TAB>value` when the line holds a tab.
+    Produce {
+        topic: String,
+        #[command(flatten)]
+        conn: Conn,
+        /// acks: 0, 1 or all.
+        #[arg(long, default_value = "all")]
+        acks: String,
+        /// Compression codec: none, gzip, snappy, lz4 or zstd.
+        #[arg(long, default_value = "none")]
+        compression: String,
+    },
+    /// Measure produce and consume throughput and produce latency against a broker.
+    Bench(bench::BenchArgs),
+    /// Print records as `value`, or `key<TAB>value` for keyed records.
+    Consume {
+        topic: String,
+        #[command(flatten)]
+        conn: Conn,
+        /// Consumer group; offsets are committed to it. Without one, no offsets are kept.
+        #[arg(long)]
+        group: Option<String>,
+        /// Start at the earliest offset when the group has no committed offset.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Stop after this long without a record (e.g. 5s); by default wait forever.
+        #[arg(long)]
+        idle_timeout: Option<humantime_arg::Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate FILE (and RUNNEL_* overrides); print the first error with its line.
+    Validate { file: PathBuf },
+    /// Print the default config file, every key commented.
+    Default,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// Topic config override, e.g. --config retention.ms=3600000 (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Describe {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Broker to connect to (any Kafka-compatible broker).
+    #[arg(
+        long,
+        short,
+        default_value = "127.0.0.1:9092",
+        env = "RUNNEL_BOOTSTRAP"
+    )]
+    bootstrap: String,
+    /// A librdkafka client property, e.g. -X security.protocol=ssl (repeatable), as in kcat.
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+}
+
+impl Conn {
+    /// A librdkafka config with the bootstrap servers and every -X property set.
+    fn client_config(&self) -> anyhow::Result<rdkafka::config::ClientConfig> {
+        let mut cfg = rdkafka::config::ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap);
+        for p in &self.properties {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("-X {p}: expected KEY=VALUE"))?;
+            cfg.set(k, v);
+        }
+        Ok(cfg)
+    }
+}
+
+/// A duration argument in human form ("5s", "250ms").
+mod humantime_arg {
+    #[derive(Clone, Copy, Debug)]
+    pub struct Duration(pub std::time::Duration);
+    impl std::str::FromStr for Duration {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            edge_config::units::parse_duration(s)
+                .map(Duration)
+                .ok_or_else(|| format!("invalid duration {s:?}; e.g. 5s, 250ms, 2m"))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Config(ConfigCommand::Validate { file }) => serve::validate(&file),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", edge_config::Config::default_toml());
+            Ok(())
+        }
+        Command::Topics(cmd) => client::topics(cmd),
+        Command::Bench(args) => bench::run(args),
+        Command::Produce {
+            topic,
+            conn,
+            acks,
+            compression,
+        } => client::produce(&conn, &topic, &acks, &compression),
+        Command::Consume {
+            topic,
+            conn,
+            group,
+            from_beginning,
+            max,
+            idle_timeout,
+        } => client::consume(
+            &conn,
+            &topic,
+            group.as_deref(),
+            from_beginning,
+            max,
+            idle_timeout.map(|d| d.0),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runnel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

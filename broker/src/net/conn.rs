@@ -1,0 +1,124 @@
+//! One Kafka connection: read frames, dispatch them in order, write the responses in order.
+//!
+//! Requests on a connection are handled one at a time, as Kafka does, so responses keep the
+//! request order clients rely on; a writer task lets the next request be read and handled while
+//! the previous response is still being written. A bad frame (negative or oversized length,
+//! malformed header or body, unknown API) closes this connection only, with a log line.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::Broker;
+use crate::protocol::{Ctx, Session, frame};
+
+/// Responses queued for the writer before the reader waits.
+const WRITE_QUEUE: usize = 64;
+
+pub async fn serve<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    session: Session,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = session.peer;
+    let listener = session.listener.name();
+    tracing::debug!(%peer, listener, "connection opened");
+    let session = Arc::new(session);
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let max = broker.config.broker.max_request_bytes as usize;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut client_id: Arc<str> = Arc::from("");
+    'conn: loop {
+        // Handle every complete frame already buffered before reading again.
+        loop {
+            let frame = match frame::split_frame(&mut buf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%peer, listener, error = %e, "closing connection: bad frame");
+                    break 'conn;
+                }
+            };
+            let correlation_id = frame::peek_correlation_id(&frame);
+            let req = match frame::decode_request(frame) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%peer, listener, ?correlation_id, error = %e, "closing connection: bad request");
+                    break 'conn;
+                }
+            };
+            if let Some(id) = req.header.client_id.as_deref()
+                && *id != *client_id
+            {
+                client_id = Arc::from(id);
+            }
+            let ctx = Ctx {
+                broker: broker.clone(),
+                session: session.clone(),
+                api_version: req.header.request_api_version,
+                client_id: client_id.clone(),
+            };
+            let reply = match broker.dispatcher.dispatch(ctx, req) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%peer, listener, client_id = %client_id, error = %e, "closing connection");
+                    break 'conn;
+                }
+            };
+            let response = tokio::select! {
+                r = reply => r,
+                _ = shutdown.changed() => break 'conn,
+            };
+            if let Some(bytes) = response
+                && tx.send(bytes).await.is_err()
+            {
+                break 'conn;
+            }
+        }
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = shutdown.changed() => break,
+        };
+        match read {
+            Ok(0) => {
+                if !buf.is_empty() {
+                    tracing::info!(%peer, listener, pending = buf.len(), "connection closed mid-frame");
+                }
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%peer, listener, error = %e, "read failed");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    tracing::debug!(%peer, listener, "connection closed");
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(first) = rx.recv().await {
+        if wr.write_all(&first).await.is_err() {
+            return;
+        }
+        // Coalesce whatever else is ready into the same flush.
+        while let Ok(more) = rx.try_recv() {
+            if wr.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if wr.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,11 @@
+//! Listeners. One module per transport; every transport ends in [`conn::serve`], which runs the
+//! Kafka protocol over any byte stream.
+//!
+//! - `tcp`: accept loop for the plaintext and TLS Kafka listeners (a bound on connections, a
+//!   handshake timeout for TLS, a shutdown signal).
+//! - `tls`: builds the rustls server config from the PEM files named in the config.
+//! - `conn`: one task per connection: frames in, responses out, in request order.
+
+pub mod conn;
+pub mod tcp;
+pub mod tls;

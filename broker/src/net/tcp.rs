@@ -1,0 +1,97 @@
+//! The TCP accept loop, shared by the plaintext and the TLS Kafka listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::broker::Broker;
+use crate::protocol::{ListenerKind, Session};
+
+/// Binds `addr` and spawns the accept loop. Returns the bound address (port 0 picks one).
+pub async fn listen(
+    broker: Arc<Broker>,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind Kafka listener on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let kind = if tls.is_some() {
+        ListenerKind::Tls
+    } else {
+        ListenerKind::Plaintext
+    };
+    tracing::info!(listener = kind.name(), address = %bound, "listening");
+    let task = tokio::spawn(accept_loop(broker, listener, bound, tls, kind, shutdown));
+    Ok((bound, task))
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    bound: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    kind: ListenerKind,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(broker.config.broker.max_connections));
+    let advertised_host = if broker.config.broker.advertised_host.is_empty() {
+        bound.ip().to_string()
+    } else {
+        broker.config.broker.advertised_host.clone()
+    };
+    let handshake_timeout = broker.config.broker.handshake_timeout;
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let session = Session {
+            peer,
+            listener: kind,
+            advertised_host: advertised_host.clone(),
+            advertised_port: bound.port() as i32,
+            principal: "User:ANONYMOUS".to_string(),
+        };
+        let broker = broker.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => super::conn::serve(broker, stream, session, shutdown).await,
+                Some(acceptor) => {
+                    let accepted =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(tls_stream)) => {
+                            super::conn::serve(broker, tls_stream, session, shutdown).await
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}

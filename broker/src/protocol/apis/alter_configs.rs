@@ -1,0 +1,41 @@
+//! AlterConfigs (key 33): replace a topic's overrides with the given set.
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
+
+use super::describe_configs::RESOURCE_TOPIC;
+use super::s;
+use crate::protocol::Ctx;
+use crate::protocol::error::catalog_code;
+
+pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let catalog = &ctx.broker.catalog;
+    let responses = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let mut out = AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+            if r.resource_type != RESOURCE_TOPIC {
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s("only topic configs can be altered at run time"));
+                return out;
+            }
+            let changes = r
+                .configs
+                .into_iter()
+                .map(|c| (c.name.to_string(), c.value.map(|v| v.to_string())))
+                .collect();
+            if let Err(e) =
+                catalog.alter_configs(&r.resource_name, changes, false, req.validate_only)
+            {
+                out.error_code = catalog_code(&e);
+                out.error_message = Some(s(e.to_string()));
+            }
+            out
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}

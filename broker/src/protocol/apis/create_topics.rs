@@ -1,0 +1,95 @@
+//! CreateTopics (key 19). Partition count and replication factor -1 mean the broker defaults.
+//! Manual replica assignments are accepted only when they name this broker alone.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+
+use super::s;
+use crate::broker::now_ms;
+use crate::protocol::Ctx;
+use crate::protocol::error::catalog_code;
+
+/// DescribeConfigs/CreateTopics config source: a per-topic override.
+const SOURCE_TOPIC: i8 = 1;
+/// Config source: the broker's default.
+const SOURCE_DEFAULT: i8 = 5;
+
+pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let b = &ctx.broker;
+    let mut results = Vec::new();
+    for t in req.topics {
+        let mut out = CreatableTopicResult::default().with_name(t.name.clone());
+        let partitions = if !t.assignments.is_empty() {
+            t.assignments.len() as i32
+        } else if t.num_partitions == -1 {
+            b.config.broker.default_partitions
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 {
+            b.config.broker.default_replication_factor
+        } else {
+            t.replication_factor
+        };
+        let foreign = t
+            .assignments
+            .iter()
+            .any(|a| a.broker_ids.iter().any(|id| id.0 != b.node_id));
+        if foreign {
+            out.error_code = E::InvalidReplicaAssignment.code();
+            out.error_message = Some(s(format!("only broker {} exists", b.node_id)));
+            results.push(out);
+            continue;
+        }
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        match b.catalog.create_topic(
+            &t.name,
+            partitions,
+            rf,
+            configs,
+            req.validate_only,
+            now_ms(),
+        ) {
+            Ok(topic) => {
+                out.topic_id = topic.id;
+                out.num_partitions = partitions;
+                out.replication_factor = rf;
+                out.configs = Some(
+                    b.catalog
+                        .effective_configs(&topic)
+                        .into_iter()
+                        .map(|(name, value, is_override)| {
+                            CreatableTopicConfigs::default()
+                                .with_name(s(name))
+                                .with_value(Some(s(value)))
+                                .with_config_source(if is_override {
+                                    SOURCE_TOPIC
+                                } else {
+                                    SOURCE_DEFAULT
+                                })
+                        })
+                        .collect(),
+                );
+            }
+            Err(e) => {
+                out.error_code = catalog_code(&e);
+                out.error_message = Some(s(e.to_string()));
+            }
+        }
+        results.push(out);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}

@@ -1,0 +1,23 @@
+//! DeleteGroups (key 42): only empty groups; their committed offsets go with them.
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
+
+use crate::protocol::Ctx;
+
+pub async fn handle(ctx: Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let results = req
+        .groups_names
+        .into_iter()
+        .map(|id| {
+            let code = match ctx.broker.groups.delete_group(&id) {
+                Ok(()) => 0,
+                Err(e) => e.kafka_code(),
+            };
+            DeletableGroupResult::default()
+                .with_group_id(id)
+                .with_error_code(code)
+        })
+        .collect();
+    DeleteGroupsResponse::default().with_results(results)
+}

@@ -1,0 +1,54 @@
+//! DeleteRecords (key 21): advance a partition's log start offset (-1 means the high watermark).
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+
+use crate::protocol::Ctx;
+use crate::protocol::error::storage_code;
+
+pub async fn handle(ctx: Ctx, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let catalog = &ctx.broker.catalog;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = catalog.get(&t.name);
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut out = DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_low_watermark(-1);
+                    match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                        None => out.error_code = E::UnknownTopicOrPartition.code(),
+                        Some(part) => {
+                            let mut log = part.log();
+                            let target = if p.offset == -1 {
+                                log.log_end_offset()
+                            } else {
+                                p.offset
+                            };
+                            if target < 0 || target > log.log_end_offset() {
+                                out.error_code = E::OffsetOutOfRange.code();
+                            } else {
+                                match log.delete_records_before(target) {
+                                    Ok(low) => out.low_watermark = low,
+                                    Err(e) => out.error_code = storage_code(&e),
+                                }
+                            }
+                        }
+                    }
+                    out
+                })
+                .collect();
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    DeleteRecordsResponse::default().with_topics(topics)
+}

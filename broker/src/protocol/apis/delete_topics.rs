@@ -1,0 +1,50 @@
+//! DeleteTopics (key 20): by name (v1-5) or by name or topic id (v6).
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
+
+use super::s;
+use crate::protocol::Ctx;
+use crate::protocol::error::catalog_code;
+
+pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let catalog = &ctx.broker.catalog;
+    let mut wanted: Vec<(Option<TopicName>, uuid::Uuid)> = req
+        .topic_names
+        .into_iter()
+        .map(|n| (Some(n), uuid::Uuid::nil()))
+        .collect();
+    wanted.extend(req.topics.into_iter().map(|t| (t.name, t.topic_id)));
+    let responses = wanted
+        .into_iter()
+        .map(|(name, id)| {
+            let mut out = DeletableTopicResult::default()
+                .with_name(name.clone())
+                .with_topic_id(id);
+            let topic = match &name {
+                Some(n) => catalog.get(n),
+                None => catalog.get_by_id(id),
+            };
+            match topic {
+                None => {
+                    out.error_code = if name.is_some() {
+                        E::UnknownTopicOrPartition.code()
+                    } else {
+                        E::UnknownTopicId.code()
+                    }
+                }
+                Some(t) => {
+                    out.name = Some(TopicName(s(t.name.to_string())));
+                    out.topic_id = t.id;
+                    if let Err(e) = catalog.delete_topic(&t.name) {
+                        out.error_code = catalog_code(&e);
+                        out.error_message = Some(s(e.to_string()));
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}

@@ -1,0 +1,153 @@
+//! Fetch (key 1): whole record batches from the partition logs, with long-poll.
+//!
+//! The response holds at most `max_bytes` (and `partition_max_bytes` per partition), except that
+//! the first non-empty partition always gets at least one whole batch, however large (KIP-74).
+//! A fetch that starts in the middle of a batch gets the whole batch; the client skips the
+//! records before its offset. When less than `min_bytes` is available the request waits up to
+//! `max_wait_ms`, woken early by any append to one of its partitions.
+//!
+//! Fetch sessions (KIP-227) are not kept: every response carries session id 0, which tells the
+//! client to keep sending full fetch requests.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+
+use crate::catalog::Partition;
+use crate::protocol::Ctx;
+use crate::protocol::error::storage_code;
+use crate::storage::StorageError;
+
+/// Upper bound on a long-poll, whatever the client asks.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+struct Wanted {
+    topic: TopicName,
+    partition: i32,
+    log: Option<Arc<Partition>>,
+    offset: i64,
+    max_bytes: usize,
+}
+
+pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
+    let catalog = &ctx.broker.catalog;
+    let mut wanted = Vec::new();
+    for t in &req.topics {
+        let topic = catalog.get(&t.topic);
+        for p in &t.partitions {
+            wanted.push(Wanted {
+                topic: t.topic.clone(),
+                partition: p.partition,
+                log: topic.as_ref().and_then(|t| t.partition(p.partition)),
+                offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+            });
+        }
+    }
+    let max_bytes = req.max_bytes.max(0) as usize;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let deadline = tokio::time::Instant::now() + wait;
+
+    loop {
+        // Register for wake-ups before reading, so an append between the read and the wait is
+        // not missed.
+        let mut notified: Vec<_> = wanted
+            .iter()
+            .filter_map(|w| w.log.as_ref())
+            .map(|p| Box::pin(p.appended.notified()))
+            .collect();
+        for n in &mut notified {
+            n.as_mut().enable();
+        }
+        let (parts, total, any_error) = read_all(&wanted, max_bytes);
+        let done = total >= min_bytes.max(1)
+            || any_error
+            || notified.is_empty()
+            || tokio::time::Instant::now() >= deadline;
+        if done || (min_bytes == 0 && total == 0 && wait.is_zero()) {
+            return respond(parts);
+        }
+        let any_append = poll_fn(|cx| {
+            for n in notified.iter_mut() {
+                if Pin::new(n).poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        });
+        if tokio::time::timeout_at(deadline, any_append).await.is_err() {
+            let (parts, _, _) = read_all(&wanted, max_bytes);
+            return respond(parts);
+        }
+    }
+}
+
+fn respond(parts: Vec<(TopicName, PartitionData)>) -> FetchResponse {
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    for (topic, data) in parts {
+        match responses.last_mut() {
+            Some(last) if last.topic == topic => last.partitions.push(data),
+            _ => responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic(topic)
+                    .with_partitions(vec![data]),
+            ),
+        }
+    }
+    FetchResponse::default().with_responses(responses)
+}
+
+fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<(TopicName, PartitionData)>, usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let mut data = PartitionData::default().with_partition_index(w.partition);
+        match &w.log {
+            None => {
+                data.error_code = E::UnknownTopicOrPartition.code();
+                any_error = true;
+            }
+            Some(p) => {
+                let log = p.log();
+                data.high_watermark = log.log_end_offset();
+                data.last_stable_offset = data.high_watermark;
+                data.log_start_offset = log.log_start_offset();
+                // After the first batch, stay within the response budget.
+                let budget = if total == 0 {
+                    w.max_bytes.max(1)
+                } else {
+                    w.max_bytes.min(max_bytes.saturating_sub(total))
+                };
+                if budget == 0 {
+                    data.records = Some(Bytes::new());
+                } else {
+                    match log.read(w.offset, budget) {
+                        Ok(records) => {
+                            total += records.len();
+                            data.records = Some(records);
+                        }
+                        Err(e) => {
+                            if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "fetch failed");
+                            }
+                            data.error_code = storage_code(&e);
+                            data.records = Some(Bytes::new());
+                            any_error = true;
+                        }
+                    }
+                }
+            }
+        }
+        out.push((w.topic.clone(), data));
+    }
+    (out, total, any_error)
+}

@@ -1,0 +1,51 @@
+//! FindCoordinator (key 10): this broker coordinates every group (key type 0). Transaction
+//! coordinators (key type 1) are refused: transactions are not supported.
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+
+use super::s;
+use crate::protocol::Ctx;
+
+const GROUP: i8 = 0;
+
+pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let node = BrokerId(ctx.broker.node_id);
+    let host = s(ctx.session.advertised_host.clone());
+    let port = ctx.session.advertised_port;
+    let error = if req.key_type == GROUP {
+        0
+    } else {
+        E::InvalidRequest.code()
+    };
+    let message = (error != 0).then(|| s("only group coordinators exist on this broker"));
+    if ctx.api_version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(if error == 0 { node } else { BrokerId(-1) })
+                    .with_host(if error == 0 { host.clone() } else { s("") })
+                    .with_port(if error == 0 { port } else { -1 })
+                    .with_error_code(error)
+                    .with_error_message(message.clone())
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    if error != 0 {
+        return FindCoordinatorResponse::default()
+            .with_error_code(error)
+            .with_error_message(message)
+            .with_node_id(BrokerId(-1))
+            .with_host(s(""))
+            .with_port(-1);
+    }
+    FindCoordinatorResponse::default()
+        .with_node_id(node)
+        .with_host(host)
+        .with_port(port)
+}

@@ -1,0 +1,67 @@
+//! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3, v7+) or the first offset
+//! at or after a timestamp.
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use crate::protocol::Ctx;
+use crate::protocol::error::storage_code;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let catalog = &ctx.broker.catalog;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = catalog.get(&t.name);
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut out = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_timestamp(-1)
+                        .with_offset(-1)
+                        .with_leader_epoch(0);
+                    let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index))
+                    else {
+                        out.error_code = E::UnknownTopicOrPartition.code();
+                        return out;
+                    };
+                    let log = part.log();
+                    match p.timestamp {
+                        LATEST => out.offset = log.log_end_offset(),
+                        EARLIEST => out.offset = log.log_start_offset(),
+                        MAX_TIMESTAMP => {
+                            if let Some((ts, offset)) = log.max_timestamp() {
+                                out.timestamp = ts;
+                                out.offset = offset;
+                            }
+                        }
+                        ts if ts >= 0 => match log.offset_for_timestamp(ts) {
+                            Ok(Some((offset, found))) => {
+                                out.offset = offset;
+                                out.timestamp = found;
+                            }
+                            Ok(None) => {}
+                            Err(e) => out.error_code = storage_code(&e),
+                        },
+                        _ => out.error_code = E::InvalidRequest.code(),
+                    }
+                    out
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,171 @@
+//! Produce (key 0): validate and append record batches, acks 0, 1 and all.
+//!
+//! Batches are stored as the producer sent them; storage checks CRC, magic and sizes, enforces
+//! idempotent-producer sequences and stamps offsets. This broker is the only replica, so
+//! acks=all is acknowledged once the append (and, with `flush = "always"`, its fsync) is done,
+//! exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
+//! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::s;
+use crate::broker::now_ms;
+use crate::protocol::error::storage_code;
+use crate::protocol::{Ctx, Reply, frame};
+
+pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
+    let catalog = &ctx.broker.catalog;
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    for topic_data in req.topic_data {
+        let topic = catalog.get(&topic_data.name);
+        let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
+        for pd in topic_data.partition_data {
+            let mut out = PartitionProduceResponse::default()
+                .with_index(pd.index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            let Some(partition) = topic.as_ref().and_then(|t| t.partition(pd.index)) else {
+                out.error_code = E::UnknownTopicOrPartition.code();
+                partitions.push(out);
+                continue;
+            };
+            let Some(records) = pd.records.filter(|r| !r.is_empty()) else {
+                out.error_code = E::CorruptMessage.code();
+                out.error_message = Some(s("produce request without records"));
+                partitions.push(out);
+                continue;
+            };
+            let result = partition.log().append(&records, now_ms());
+            match result {
+                Ok(info) => {
+                    out.base_offset = info.base_offset;
+                    out.log_append_time_ms = info.log_append_time;
+                    out.log_start_offset = info.log_start_offset;
+                    if !info.duplicate {
+                        partition.appended.notify_waiters();
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %partition.topic, partition = pd.index, error = %e, "produce refused");
+                    out.error_code = storage_code(&e);
+                    out.error_message = Some(s(e.to_string()));
+                }
+            }
+            partitions.push(out);
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic_data.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+/// Answers a produce v0-2 request with UNSUPPORTED_VERSION for every partition it names. The
+/// kafka-protocol crate no longer carries these versions, so the small v0-2 layout is read and
+/// written here.
+pub fn refuse_legacy(req: frame::Request) -> Reply {
+    let version = req.header.request_api_version;
+    let correlation_id = req.header.correlation_id;
+    let frame = legacy_response(req.body, version, correlation_id);
+    Box::pin(async move { frame })
+}
+
+fn legacy_response(mut body: Bytes, version: i16, correlation_id: i32) -> Option<Bytes> {
+    fn string(b: &mut Bytes) -> Option<Bytes> {
+        let len = (b.remaining() >= 2).then(|| b.get_i16())?;
+        let len = usize::try_from(len).ok()?;
+        (b.remaining() >= len).then(|| b.split_to(len))
+    }
+    fn count(b: &mut Bytes) -> Option<usize> {
+        let n = (b.remaining() >= 4).then(|| b.get_i32())?;
+        usize::try_from(n).ok()
+    }
+    let acks = (body.remaining() >= 6).then(|| body.get_i16())?;
+    body.advance(4); // timeout
+    let mut topics = Vec::new();
+    for _ in 0..count(&mut body)? {
+        let name = string(&mut body)?;
+        let mut parts = Vec::new();
+        for _ in 0..count(&mut body)? {
+            let index = (body.remaining() >= 4).then(|| body.get_i32())?;
+            let len = (body.remaining() >= 4).then(|| body.get_i32())?;
+            let len = usize::try_from(len).unwrap_or(0);
+            if body.remaining() < len {
+                return None;
+            }
+            body.advance(len);
+            parts.push(index);
+        }
+        topics.push((name, parts));
+    }
+    if acks == 0 {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    out.put_i32(correlation_id);
+    out.put_i32(topics.len() as i32);
+    for (name, parts) in topics {
+        out.put_i16(name.len() as i16);
+        out.put_slice(&name);
+        out.put_i32(parts.len() as i32);
+        for p in parts {
+            out.put_i32(p);
+            out.put_i16(E::UnsupportedVersion.code());
+            out.put_i64(-1);
+            if version >= 2 {
+                out.put_i64(-1);
+            }
+        }
+    }
+    if version >= 1 {
+        out.put_i32(0);
+    }
+    let size = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_produce_gets_unsupported_version_per_partition() {
+        let mut body = BytesMut::new();
+        body.put_i16(1); // acks
+        body.put_i32(1000);
+        body.put_i32(1);
+        body.put_i16(3);
+        body.put_slice(b"abc");
+        body.put_i32(1);
+        body.put_i32(2); // partition
+        body.put_i32(3);
+        body.put_slice(b"xyz");
+        let out = legacy_response(body.clone().freeze(), 2, 77).unwrap();
+        let mut r = out.clone();
+        assert_eq!(r.get_i32() as usize, out.len() - 4);
+        assert_eq!(r.get_i32(), 77);
+        assert_eq!(r.get_i32(), 1);
+        assert_eq!(r.get_i16(), 3);
+        r.advance(3);
+        assert_eq!(r.get_i32(), 1);
+        assert_eq!(r.get_i32(), 2);
+        assert_eq!(r.get_i16(), 35);
+        assert_eq!(r.get_i64(), -1);
+        assert_eq!(r.get_i64(), -1);
+        assert_eq!(r.get_i32(), 0);
+        assert!(!r.has_remaining());
+        // Truncations never panic.
+        let full = body.freeze();
+        for cut in 0..full.len() {
+            let _ = legacy_response(full.slice(..cut), 2, 1);
+        }
+    }
+}

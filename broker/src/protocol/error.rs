@@ -1,0 +1,45 @@
+//! The one place where internal errors become Kafka error codes.
+//!
+//! Each layer keeps its own typed error; handlers call these functions at the boundary.
+//! Anything unexpected becomes UNKNOWN_SERVER_ERROR and is logged here.
+
+use kafka_protocol::error::ResponseError as E;
+
+use crate::catalog::CatalogError;
+use crate::storage::StorageError;
+
+pub fn storage_code(e: &StorageError) -> i16 {
+    match e {
+        StorageError::CorruptRecord { .. } => E::CorruptMessage.code(),
+        StorageError::InvalidRecord { .. } => E::InvalidRecord.code(),
+        StorageError::MessageTooLarge { .. } => E::MessageTooLarge.code(),
+        StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
+        StorageError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
+        StorageError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),
+        StorageError::Io { .. } => {
+            tracing::error!(error = %e, "storage I/O error");
+            E::KafkaStorageError.code()
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            tracing::error!(error = %other, "unexpected storage error");
+            E::UnknownServerError.code()
+        }
+    }
+}
+
+pub fn catalog_code(e: &CatalogError) -> i16 {
+    match e {
+        CatalogError::TopicExists(_) => E::TopicAlreadyExists.code(),
+        CatalogError::UnknownTopic(_) => E::UnknownTopicOrPartition.code(),
+        CatalogError::InvalidTopicName { .. } => E::InvalidTopicException.code(),
+        CatalogError::InvalidPartitions { .. } => E::InvalidPartitions.code(),
+        CatalogError::InvalidReplicationFactor(_) => E::InvalidReplicationFactor.code(),
+        CatalogError::InvalidConfig { .. } => E::InvalidConfig.code(),
+        CatalogError::Storage(s) => storage_code(s),
+        CatalogError::Meta(m) => {
+            tracing::error!(error = %m, "metadata error");
+            E::KafkaStorageError.code()
+        }
+    }
+}

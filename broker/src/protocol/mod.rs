@@ -1,0 +1,319 @@
+//! The Kafka protocol layer: framing glue, the route table and one handler file per API.
+//!
+//! ```text
+//! frame (frame.rs) -> header -> Dispatcher::dispatch -> route for the API key
+//!   -> decode body (kafka-protocol) -> apis/<api>.rs handler -> encode response frame
+//! ```
+//!
+//! The route table is the single source of the versions we advertise: ApiVersions is answered
+//! from it, so an advertised version always has a handler. Registering an API twice panics at
+//! start-up (a programming error, never reachable from the network).
+//!
+//! Handlers never touch files; they call the catalog, the partition logs and the group
+//! coordinator, and map their typed errors to Kafka error codes in `error.rs`.
+
+pub mod apis;
+pub mod error;
+pub mod frame;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ResponseHeader};
+use kafka_protocol::protocol::{Encodable, Request as KafkaRequest};
+
+use crate::broker::Broker;
+
+/// Which kind of listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Plaintext,
+    Tls,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Plaintext => "kafka",
+            ListenerKind::Tls => "kafka_tls",
+        }
+    }
+}
+
+/// What the broker knows about one client connection.
+#[derive(Debug)]
+pub struct Session {
+    pub peer: SocketAddr,
+    pub listener: ListenerKind,
+    /// Host and port this listener tells clients to connect to (Metadata, FindCoordinator).
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    /// `User:ANONYMOUS`, or `User:<CN>` from a verified TLS client certificate.
+    pub principal: String,
+}
+
+/// Everything a handler gets besides its request.
+#[derive(Clone)]
+pub struct Ctx {
+    pub broker: Arc<Broker>,
+    pub session: Arc<Session>,
+    pub api_version: i16,
+    pub client_id: Arc<str>,
+}
+
+/// A response frame (size prefix included), or `None` when the request takes no response
+/// (produce with acks=0).
+pub type Reply = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
+/// Why a request could not be handled at all; the connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("{api:?} v{version} is not supported (supported {min}..={max})")]
+    UnsupportedVersion {
+        api: ApiKey,
+        version: i16,
+        min: i16,
+        max: i16,
+    },
+    #[error("{api:?} is not supported")]
+    UnsupportedApi { api: ApiKey },
+    #[error("malformed {api:?} v{version} request body: {reason}")]
+    BadBody {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+trait Route: Send + Sync {
+    fn versions(&self) -> (i16, i16);
+    fn call(&self, ctx: Ctx, req: frame::Request) -> Result<Reply, DispatchError>;
+}
+
+/// A handler for one API whose requests and responses the kafka-protocol crate encodes.
+struct Typed<R, F> {
+    min: i16,
+    max: i16,
+    handler: F,
+    /// Requests that take no response (produce with acks=0).
+    silent: fn(&R) -> bool,
+    _req: PhantomData<fn(R)>,
+}
+
+impl<R, F, Fut> Route for Typed<R, F>
+where
+    R: KafkaRequest + Send + 'static,
+    R::Response: Send + 'static,
+    F: Fn(Ctx, R) -> Fut + Send + Sync,
+    Fut: Future<Output = R::Response> + Send + 'static,
+{
+    fn versions(&self) -> (i16, i16) {
+        (self.min, self.max)
+    }
+
+    fn call(&self, ctx: Ctx, req: frame::Request) -> Result<Reply, DispatchError> {
+        let api = req.api_key;
+        let version = req.header.request_api_version;
+        let correlation_id = req.header.correlation_id;
+        let mut body = req.body;
+        let decoded = R::decode(&mut body, version).map_err(|e| DispatchError::BadBody {
+            api,
+            version,
+            reason: e.to_string(),
+        })?;
+        let silent = (self.silent)(&decoded);
+        let fut = (self.handler)(ctx, decoded);
+        Ok(Box::pin(async move {
+            let response = fut.await;
+            if silent {
+                return None;
+            }
+            encode_response(api, version, correlation_id, &response)
+        }))
+    }
+}
+
+/// Encodes a whole response frame: size, response header, body.
+pub fn encode_response<M: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &M,
+) -> Option<Bytes> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let result = header
+        .encode(&mut buf, api.response_header_version(version))
+        .and_then(|_| body.encode(&mut buf, version));
+    if let Err(e) = result {
+        // Only reachable through a handler bug (a field that the version cannot carry).
+        tracing::error!(?api, version, error = %e, "cannot encode response; closing connection");
+        return None;
+    }
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Some(buf.freeze())
+}
+
+/// The route table: API key -> handler, with the versions each supports.
+pub struct Dispatcher {
+    routes: BTreeMap<i16, Box<dyn Route>>,
+    legacy_produce: bool,
+}
+
+impl Dispatcher {
+    fn new() -> Self {
+        Dispatcher {
+            routes: BTreeMap::new(),
+            legacy_produce: false,
+        }
+    }
+
+    fn add<R, F, Fut>(&mut self, min: i16, max: i16, handler: F) -> &mut Self
+    where
+        R: KafkaRequest + Send + 'static,
+        R::Response: Send + 'static,
+        F: Fn(Ctx, R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R::Response> + Send + 'static,
+    {
+        self.add_with_silence::<R, F, Fut>(min, max, handler, |_| false)
+    }
+
+    fn add_with_silence<R, F, Fut>(
+        &mut self,
+        min: i16,
+        max: i16,
+        handler: F,
+        silent: fn(&R) -> bool,
+    ) -> &mut Self
+    where
+        R: KafkaRequest + Send + 'static,
+        R::Response: Send + 'static,
+        F: Fn(Ctx, R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R::Response> + Send + 'static,
+    {
+        assert!(
+            min >= R::VERSIONS.min && max <= R::VERSIONS.max && min <= max,
+            "API {} registered with versions {min}..={max} outside the codec's {}",
+            R::KEY,
+            R::VERSIONS
+        );
+        let route = Typed {
+            min,
+            max,
+            handler,
+            silent,
+            _req: PhantomData,
+        };
+        let previous = self.routes.insert(R::KEY, Box::new(route));
+        assert!(previous.is_none(), "API {} registered twice", R::KEY);
+        self
+    }
+
+    /// Versions advertised in ApiVersions: (api key, min, max).
+    pub fn advertised(&self) -> Vec<(i16, i16, i16)> {
+        let mut list: Vec<(i16, i16, i16)> = self
+            .routes
+            .iter()
+            .map(|(key, route)| {
+                let (mut min, max) = route.versions();
+                // Advertise Produce from v0 although v0-2 are refused: librdkafka only uses
+                // compression with a broker that lists produce v0 (KAFKA-18659).
+                if *key == ApiKey::Produce as i16 && self.legacy_produce {
+                    min = 0;
+                }
+                (*key, min, max)
+            })
+            .collect();
+        list.push((
+            ApiKey::ApiVersions as i16,
+            0,
+            apis::api_versions::MAX_VERSION,
+        ));
+        list.sort_unstable();
+        list
+    }
+
+    /// Routes one decoded request to its handler.
+    pub fn dispatch(&self, ctx: Ctx, req: frame::Request) -> Result<Reply, DispatchError> {
+        let api = req.api_key;
+        let version = req.header.request_api_version;
+        if api == ApiKey::ApiVersions {
+            return Ok(apis::api_versions::handle(ctx, req, self.advertised()));
+        }
+        if api == ApiKey::Produce && (0..3).contains(&version) && self.legacy_produce {
+            return Ok(apis::produce::refuse_legacy(req));
+        }
+        let Some(route) = self.routes.get(&(api as i16)) else {
+            return Err(DispatchError::UnsupportedApi { api });
+        };
+        let (min, max) = route.versions();
+        if version < min || version > max {
+            return Err(DispatchError::UnsupportedVersion {
+                api,
+                version,
+                min,
+                max,
+            });
+        }
+        route.call(ctx, req)
+    }
+}
+
+/// The APIs this broker serves and the versions of each. The maxima are the newest versions
+/// whose semantics the handlers honour in full; clients negotiate down to them.
+pub fn routes() -> Dispatcher {
+    use apis::*;
+    use kafka_protocol::messages::*;
+    let mut d = Dispatcher::new();
+    d.legacy_produce = true;
+    d.add_with_silence::<ProduceRequest, _, _>(3, 9, produce::handle, |r| r.acks == 0)
+        .add::<FetchRequest, _, _>(4, 12, fetch::handle)
+        .add::<ListOffsetsRequest, _, _>(1, 7, list_offsets::handle)
+        .add::<MetadataRequest, _, _>(0, 12, metadata::handle)
+        .add::<CreateTopicsRequest, _, _>(2, 7, create_topics::handle)
+        .add::<DeleteTopicsRequest, _, _>(1, 6, delete_topics::handle)
+        .add::<CreatePartitionsRequest, _, _>(0, 3, create_partitions::handle)
+        .add::<DescribeConfigsRequest, _, _>(1, 4, describe_configs::handle)
+        .add::<AlterConfigsRequest, _, _>(0, 2, alter_configs::handle)
+        .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
+        .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
+        .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle);
+    groups_routes(&mut d);
+    d
+}
+
+fn groups_routes(d: &mut Dispatcher) {
+    use apis::*;
+    use kafka_protocol::messages::*;
+    d.add::<FindCoordinatorRequest, _, _>(0, 4, find_coordinator::handle)
+        .add::<JoinGroupRequest, _, _>(0, 9, join_group::handle)
+        .add::<SyncGroupRequest, _, _>(0, 5, sync_group::handle)
+        .add::<HeartbeatRequest, _, _>(0, 4, heartbeat::handle)
+        .add::<LeaveGroupRequest, _, _>(0, 5, leave_group::handle)
+        .add::<OffsetCommitRequest, _, _>(2, 8, offset_commit::handle)
+        .add::<OffsetFetchRequest, _, _>(1, 8, offset_fetch::handle)
+        .add::<ListGroupsRequest, _, _>(0, 4, list_groups::handle)
+        .add::<DescribeGroupsRequest, _, _>(0, 5, describe_groups::handle)
+        .add::<DeleteGroupsRequest, _, _>(0, 2, delete_groups::handle);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_table_builds_and_advertises_produce_from_v0() {
+        let d = super::routes();
+        let adv = d.advertised();
+        let produce = adv.iter().find(|(k, _, _)| *k == 0).unwrap();
+        assert_eq!((produce.1, produce.2), (0, 9));
+        let mut keys: Vec<i16> = adv.iter().map(|(k, _, _)| *k).collect();
+        keys.dedup();
+        assert_eq!(keys.len(), adv.len());
+    }
+}

@@ -1,0 +1,243 @@
+//! Bad input harms only its own connection and gets the error Kafka gives.
+
+mod common;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::RawClient;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+fn batch(n: usize, value_len: usize) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: 1_700_000_000_000,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(vec![b'v'; value_len])),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(records)),
+                ]),
+        ])
+}
+
+fn error_of(resp: &kafka_protocol::messages::ProduceResponse) -> i16 {
+    resp.responses[0].partition_responses[0].error_code
+}
+
+async fn healthy(addr: &str) {
+    let mut c = RawClient::connect(addr).await;
+    let r = c.call(&ApiVersionsRequest::default(), 0).await;
+    assert_eq!(r.error_code, 0);
+    assert!(
+        r.api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::Produce as i16)
+    );
+}
+
+#[tokio::test]
+async fn oversized_negative_and_garbage_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.max_request_bytes = 64 * 1024;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut bystander = RawClient::connect(&addr).await;
+
+    // One byte over the limit: closed before the body is sent.
+    let mut big = RawClient::connect(&addr).await;
+    big.send_raw(&(64 * 1024 + 1i32).to_be_bytes()).await;
+    assert!(
+        big.is_closed().await,
+        "oversized frame closes the connection"
+    );
+
+    // Exactly at the limit is read (and then rejected as a malformed request, not as too big).
+    let mut at_limit = RawClient::connect(&addr).await;
+    let mut frame = BytesMut::new();
+    frame.put_i32(64 * 1024);
+    frame.put_i16(ApiKey::Metadata as i16);
+    frame.put_i16(9);
+    frame.put_i32(1);
+    frame.put_bytes(0xff, 64 * 1024 - 8);
+    at_limit.send_raw(&frame).await;
+    assert!(at_limit.is_closed().await);
+
+    let mut negative = RawClient::connect(&addr).await;
+    negative.send_raw(&(-1i32).to_be_bytes()).await;
+    assert!(
+        negative.is_closed().await,
+        "negative size closes the connection"
+    );
+
+    let mut unknown = RawClient::connect(&addr).await;
+    let mut body = BytesMut::new();
+    body.put_i16(31_000);
+    body.put_i16(0);
+    body.put_i32(9);
+    body.put_i16(-1);
+    unknown.send_frame(&body).await;
+    assert!(
+        unknown.is_closed().await,
+        "unknown API key closes the connection, as in Kafka"
+    );
+
+    let mut truncated = RawClient::connect(&addr).await;
+    truncated.send_raw(&[0, 0, 0, 50, 0, 3]).await;
+    drop(truncated);
+
+    // The bystander and new connections are unaffected.
+    let r = bystander.call(&MetadataRequest::default(), 9).await;
+    assert_eq!(r.brokers.len(), 1);
+    healthy(&addr).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsupported_api_versions_version_gets_a_v0_error_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    // ApiVersions v127 with a v2 request header (KIP-511): reply in v0 with UNSUPPORTED_VERSION.
+    let mut body = BytesMut::new();
+    body.put_i16(ApiKey::ApiVersions as i16);
+    body.put_i16(127);
+    body.put_i32(77);
+    body.put_i16(4);
+    body.put_slice(b"test");
+    body.put_u8(0); // tagged fields
+    c.send_frame(&body).await;
+    let mut frame = c.read_frame().await.expect("a reply, not a closed socket");
+    assert_eq!(common::correlation_of(&mut frame), 77);
+    let r = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
+    assert_eq!(r.error_code, 35);
+    let produce = r
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == 0)
+        .expect("produce listed");
+    assert_eq!(
+        produce.min_version, 0,
+        "produce advertised from v0 (KAFKA-18659)"
+    );
+    // The connection stays usable.
+    let r = c.call(&ApiVersionsRequest::default(), 3).await;
+    assert_eq!(r.error_code, 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn legacy_produce_gets_unsupported_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let mut body = BytesMut::new();
+    body.put_i16(0);
+    body.put_i16(2);
+    body.put_i32(5);
+    body.put_i16(-1);
+    body.put_i16(1); // acks
+    body.put_i32(1000);
+    body.put_i32(1);
+    body.put_i16(1);
+    body.put_slice(b"t");
+    body.put_i32(1);
+    body.put_i32(0);
+    body.put_i32(0);
+    c.send_frame(&body).await;
+    let frame = c.read_frame().await.expect("reply");
+    // correlation(4) topics(4) name(2+1) parts(4) partition(4) error(2)
+    assert_eq!(i16::from_be_bytes([frame[19], frame[20]]), 35);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.max_message_bytes = 10_000;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut c = RawClient::connect(&addr).await;
+    // Create the topic through Metadata auto-creation.
+    let md = c
+        .call(
+            &MetadataRequest::default()
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_static_str("errs")))),
+                ]))
+                .with_allow_auto_topic_creation(true),
+            9,
+        )
+        .await;
+    assert_eq!(md.topics[0].error_code, 0);
+
+    let r = c.call(&produce("no-such-topic", 0, batch(1, 10)), 9).await;
+    assert_eq!(error_of(&r), 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    let r = c.call(&produce("errs", 7, batch(1, 10)), 9).await;
+    assert_eq!(error_of(&r), 3, "wrong partition");
+
+    let mut corrupt = BytesMut::from(&batch(3, 10)[..]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x55;
+    let r = c.call(&produce("errs", 0, corrupt.freeze()), 9).await;
+    assert_eq!(error_of(&r), 2, "CORRUPT_MESSAGE for a bad CRC");
+
+    let r = c.call(&produce("errs", 0, batch(1, 10_001)), 9).await;
+    assert_eq!(error_of(&r), 10, "MESSAGE_TOO_LARGE");
+    let r = c.call(&produce("errs", 0, batch(1, 9_000)), 9).await;
+    assert_eq!(
+        error_of(&r),
+        0,
+        "a batch under max.message.bytes is accepted"
+    );
+    assert_eq!(
+        r.responses[0].partition_responses[0].base_offset, 0,
+        "nothing was written before"
+    );
+
+    let r = c.call(&produce("errs", 0, batch(5, 10)), 9).await;
+    assert_eq!(error_of(&r), 0);
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
+    broker.shutdown().await;
+}

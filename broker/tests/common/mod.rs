@@ -1,0 +1,129 @@
+//! Shared test harness: a real broker on ephemeral ports in a temp dir, real Kafka clients
+//! (rdkafka), and a raw protocol client for byte-level checks.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use rdkafka::config::ClientConfig;
+use runnel::{BrokerHandle, Config, start_broker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A config for tests: data in `dir`, Kafka on 127.0.0.1:0, nothing else listening.
+pub fn test_config(dir: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.broker.data_dir = dir.to_path_buf();
+    cfg.listeners.kafka.address = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.quic.enabled = false;
+    cfg.listeners.admin.enabled = false;
+    cfg.groups.min_session_timeout = Duration::from_millis(500);
+    cfg
+}
+
+pub async fn start(dir: &Path) -> BrokerHandle {
+    start_with(test_config(dir)).await
+}
+
+pub async fn start_with(cfg: Config) -> BrokerHandle {
+    init_logs();
+    start_broker(cfg).await.expect("broker starts")
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A librdkafka client config pointed at `bootstrap`, with test-friendly timeouts.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("message.timeout.ms", "20000")
+        .set("socket.timeout.ms", "10000");
+    c
+}
+
+/// A raw Kafka protocol connection for byte-level tests.
+pub struct RawClient {
+    pub stream: TcpStream,
+    correlation: i32,
+}
+
+impl RawClient {
+    pub async fn connect(addr: &str) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            correlation: 0,
+        }
+    }
+
+    /// Sends `req` at `version` and decodes the response.
+    pub async fn call<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
+        let api = ApiKey::try_from(R::KEY).unwrap();
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, api.request_header_version(version))
+            .unwrap();
+        req.encode(&mut body, version).unwrap();
+        self.send_frame(&body).await;
+        let mut frame = self.read_frame().await.expect("a response frame");
+        let rh = ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+        assert_eq!(rh.correlation_id, self.correlation);
+        R::Response::decode(&mut frame, version).unwrap()
+    }
+
+    pub async fn send_frame(&mut self, body: &[u8]) {
+        let mut buf = BytesMut::with_capacity(body.len() + 4);
+        buf.put_i32(body.len() as i32);
+        buf.put_slice(body);
+        self.stream.write_all(&buf).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next response frame, or None when the broker closed the connection.
+    pub async fn read_frame(&mut self) -> Option<Bytes> {
+        let read = async {
+            let mut len = [0u8; 4];
+            self.stream.read_exact(&mut len).await.ok()?;
+            let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+            self.stream.read_exact(&mut body).await.ok()?;
+            Some(Bytes::from(body))
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("broker answers or closes")
+    }
+
+    /// True once the broker has closed this connection.
+    pub async fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+/// Reads a response header's correlation id off a raw frame.
+pub fn correlation_of(frame: &mut Bytes) -> i32 {
+    frame.get_i32()
+}

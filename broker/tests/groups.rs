@@ -1,0 +1,262 @@
+//! Consumer groups driven by librdkafka: rebalancing across members, and committed offsets
+//! that survive a broker restart.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        common::client_config(bootstrap).create().unwrap();
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(res[0].is_ok(), "{:?}", res[0]);
+}
+
+async fn produce(bootstrap: &str, topic: &str, partitions: i32, per_partition: usize) {
+    let producer: FutureProducer = common::client_config(bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut futures = Vec::new();
+    for p in 0..partitions {
+        for i in 0..per_partition {
+            let payload = format!("p{p}-{i}");
+            futures.push(
+                producer
+                    .send_result(
+                        FutureRecord::<(), _>::to(topic)
+                            .payload(&payload)
+                            .partition(p),
+                    )
+                    .map_err(|(e, _)| e)
+                    .unwrap(),
+            );
+        }
+    }
+    for f in futures {
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+fn member(bootstrap: &str, group: &str, assignor: &str) -> BaseConsumer {
+    common::client_config(bootstrap)
+        .set("group.id", group)
+        .set("partition.assignment.strategy", assignor)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "300")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+fn assigned(c: &BaseConsumer) -> BTreeSet<i32> {
+    c.assignment()
+        .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
+/// Polls every member until `done` holds for their assignments, or panics after 40s.
+fn poll_until(members: &[&BaseConsumer], what: &str, done: impl Fn(&[BTreeSet<i32>]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        for m in members {
+            if let Some(Err(e)) = m.poll(Duration::from_millis(30)) {
+                panic!("consumer error: {e}");
+            }
+        }
+        let sets: Vec<_> = members.iter().map(|m| assigned(m)).collect();
+        if done(&sets) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: assignments stuck at {sets:?}"
+        );
+    }
+}
+
+fn covers_evenly(sets: &[BTreeSet<i32>], partitions: i32) -> bool {
+    let all: BTreeSet<i32> = sets.iter().flatten().copied().collect();
+    let total: usize = sets.iter().map(|s| s.len()).sum();
+    let per = partitions as usize / sets.len();
+    all.len() == partitions as usize
+        && total == partitions as usize
+        && sets.iter().all(|s| s.len() >= per)
+}
+
+async fn rebalance_when_one_of_three_leaves(assignor: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    let topic = format!("grp-{}", assignor.replace('-', ""));
+    create_topic(&bootstrap, &topic, 6).await;
+    let group = format!("g-{assignor}");
+    let (b, t, a) = (bootstrap.clone(), topic.clone(), assignor.to_string());
+    tokio::task::spawn_blocking(move || {
+        let members: Vec<BaseConsumer> = (0..3).map(|_| member(&b, &group, &a)).collect();
+        for m in &members {
+            m.subscribe(&[&t]).unwrap();
+        }
+        let refs: Vec<&BaseConsumer> = members.iter().collect();
+        poll_until(&refs, "three members", |s| {
+            covers_evenly(s, 6) && s.iter().all(|x| x.len() == 2)
+        });
+        let mut members = members;
+        let leaving = members.pop().unwrap();
+        leaving.unsubscribe();
+        drop(leaving); // LeaveGroup on close
+        let refs: Vec<&BaseConsumer> = members.iter().collect();
+        poll_until(&refs, "after one left", |s| {
+            covers_evenly(s, 6) && s.iter().all(|x| x.len() == 3)
+        });
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_group_of_three_over_six_partitions_rebalances_when_one_leaves() {
+    rebalance_when_one_of_three_leaves("range").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roundrobin_group_rebalances_when_one_leaves() {
+    rebalance_when_one_of_three_leaves("roundrobin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_sticky_group_rebalances_when_one_leaves() {
+    rebalance_when_one_of_three_leaves("cooperative-sticky").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_heartbeating_is_expired_and_its_partitions_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "expiry", 4).await;
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let a = member(&b, "g-expiry", "range");
+        a.subscribe(&["expiry"]).unwrap();
+        poll_until(&[&a], "one member", |s| s[0].len() == 4);
+        // A second member in another process (the runnel CLI's consumer), killed with SIGKILL
+        // so it neither leaves nor heartbeats: only the session timeout can remove it.
+        let mut other = std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args([
+                "consume",
+                "expiry",
+                "--group",
+                "g-expiry",
+                "--bootstrap",
+                &b,
+            ])
+            .args([
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "heartbeat.interval.ms=300",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        poll_until(&[&a], "two members", |s| s[0].len() == 2);
+        other.kill().unwrap();
+        other.wait().unwrap();
+        let killed_at = Instant::now();
+        poll_until(&[&a], "after session timeout", |s| s[0].len() == 4);
+        // The killed member had a 6s session timeout; its partitions come back only after it.
+        assert!(
+            killed_at.elapsed() >= Duration::from_secs(5),
+            "moved before the session expired"
+        );
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_resume_after_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::test_config(dir.path());
+    let broker = common::start_with(cfg.clone()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "resume", 2).await;
+    produce(&bootstrap, "resume", 2, 50).await;
+    let b = bootstrap.clone();
+    let first: HashMap<i32, Vec<String>> = tokio::task::spawn_blocking(move || {
+        let c = member(&b, "g-resume", "range");
+        c.subscribe(&["resume"]).unwrap();
+        let mut seen: HashMap<i32, Vec<String>> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.values().map(|v| v.len()).sum::<usize>() < 60 && Instant::now() < deadline {
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                if seen.get(&m.partition()).map_or(0, |v| v.len()) < 30 {
+                    seen.entry(m.partition())
+                        .or_default()
+                        .push(String::from_utf8_lossy(m.payload().unwrap()).into_owned());
+                    let mut tpl = rdkafka::TopicPartitionList::new();
+                    tpl.add_partition_offset(
+                        "resume",
+                        m.partition(),
+                        rdkafka::Offset::Offset(m.offset() + 1),
+                    )
+                    .unwrap();
+                    c.commit(&tpl, CommitMode::Sync).unwrap();
+                }
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.values().map(|v| v.len()).sum::<usize>(), 60);
+    broker.shutdown().await;
+
+    // Same data dir, new broker process state: the group resumes at offset 30 of each partition.
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    let rest: HashMap<i32, Vec<String>> = tokio::task::spawn_blocking(move || {
+        let c = member(&b, "g-resume", "range");
+        c.subscribe(&["resume"]).unwrap();
+        let mut seen: HashMap<i32, Vec<String>> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.values().map(|v| v.len()).sum::<usize>() < 40 && Instant::now() < deadline {
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                seen.entry(m.partition())
+                    .or_default()
+                    .push(String::from_utf8_lossy(m.payload().unwrap()).into_owned());
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    for p in 0..2 {
+        let expected: Vec<String> = (30..50).map(|i| format!("p{p}-{i}")).collect();
+        assert_eq!(
+            rest.get(&p),
+            Some(&expected),
+            "partition {p} resumes at the committed offset"
+        );
+    }
+    broker.shutdown().await;
+}
