@@ -1,0 +1,185 @@
+//! Kafka over TLS: plaintext and TLS listeners side by side, and mutual TLS with `client_ca`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+struct Pki {
+    ca_der: CertificateDer<'static>,
+    client_chain: Vec<CertificateDer<'static>>,
+    client_key_der: Vec<u8>,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written to `dir`.
+fn make_pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["sensor-7".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem() + &ca.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    Pki {
+        ca_der: ca.der().clone(),
+        client_chain: vec![client.der().clone()],
+        client_key_der: client_key.serialize_der(),
+    }
+}
+
+fn connector(pki: &Pki, with_client_cert: bool) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = if with_client_cert {
+        let key = PrivateKeyDer::try_from(pki.client_key_der.clone()).unwrap();
+        builder
+            .with_client_auth_cert(pki.client_chain.clone(), key)
+            .unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn call<S, R>(stream: &mut S, req: &R, version: i16) -> std::io::Result<R::Response>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Request,
+{
+    let api = ApiKey::try_from(R::KEY).unwrap();
+    let mut body = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("tls-test")))
+        .encode(&mut body, api.request_header_version(version))
+        .unwrap();
+    req.encode(&mut body, version).unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.put_slice(&body);
+    stream.write_all(&frame).await?;
+    stream.flush().await?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut buf).await?;
+    let mut buf = bytes::Bytes::from(buf);
+    ResponseHeader::decode(&mut buf, api.response_header_version(version)).unwrap();
+    Ok(R::Response::decode(&mut buf, version).unwrap())
+}
+
+#[tokio::test]
+async fn tls_and_plaintext_listeners_serve_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka_tls.enabled = true;
+    cfg.listeners.kafka_tls.address = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.kafka_tls.cert = dir.path().join("server.pem");
+    cfg.listeners.kafka_tls.key = dir.path().join("server.key");
+    let broker = common::start_with(cfg).await;
+    let tls_addr = broker.kafka_tls_addr.unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector(&pki, false).connect(name, tcp).await.unwrap();
+    let v: ApiVersionsResponse = call(&mut tls, &ApiVersionsRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(v.error_code, 0);
+    let md: MetadataResponse = call(&mut tls, &MetadataRequest::default(), 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        md.brokers[0].port,
+        tls_addr.port() as i32,
+        "TLS clients are sent to the TLS port"
+    );
+
+    let mut plain = common::RawClient::connect(&broker.bootstrap()).await;
+    let md = plain.call(&MetadataRequest::default(), 9).await;
+    assert_eq!(md.brokers[0].port, broker.kafka_addr.unwrap().port() as i32);
+
+    // A plaintext client on the TLS port gets nowhere, and harms nobody.
+    let mut wrong = common::RawClient::connect(&tls_addr.to_string()).await;
+    wrong
+        .send_frame(&[0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff])
+        .await;
+    // The broker may send a TLS alert, then closes.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        wrong.stream.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the broker closes the connection");
+    assert!(
+        read.is_err() || rest.len() < 16,
+        "no Kafka response on the TLS port: {rest:?}"
+    );
+    let v: ApiVersionsResponse = call(&mut tls, &ApiVersionsRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(v.error_code, 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka_tls.enabled = true;
+    cfg.listeners.kafka_tls.address = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.kafka_tls.cert = dir.path().join("server.pem");
+    cfg.listeners.kafka_tls.key = dir.path().join("server.key");
+    cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
+    let broker = common::start_with(cfg).await;
+    let tls_addr = broker.kafka_tls_addr.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+
+    // Without a client certificate the handshake (or the first read after it, in TLS 1.3) fails.
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let refused = match connector(&pki, false).connect(name.clone(), tcp).await {
+        Err(_) => true,
+        Ok(mut s) => call(&mut s, &ApiVersionsRequest::default(), 3)
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate is refused");
+
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut ok = connector(&pki, true).connect(name, tcp).await.unwrap();
+    let v: ApiVersionsResponse = call(&mut ok, &ApiVersionsRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(v.error_code, 0);
+    broker.shutdown().await;
+}
