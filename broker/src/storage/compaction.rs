@@ -1,0 +1,479 @@
+//! Key-based compaction (`cleanup.policy=compact`) of sealed segments.
+//!
+//! One pass, run from [`PartitionLog::maintenance`]:
+//! 1. decode every batch of the whole log (active segment included) and build
+//!    key -> latest offset, plus producerId -> base offset of its last batch;
+//! 2. for each sealed segment, keep a record only if it is the latest for its key; drop records
+//!    without a key (they cannot be produced to a compacted topic, but may predate the policy);
+//!    drop tombstones (null value) once `now - segment max timestamp > delete_retention_ms`;
+//! 3. a segment where nothing is dropped is left untouched; otherwise it is rewritten to
+//!    `{base}.log.cleaned`, fsynced, its index files removed, renamed over `{base}.log` and
+//!    reopened, which rebuilds and writes its indexes. A crash at any point leaves either the
+//!    old or the new log (leftover `.cleaned` files are deleted on open, missing indexes are
+//!    rebuilt).
+//!
+//! Batches that keep all their records are copied byte for byte. Partially kept batches are
+//! re-encoded with kafka-protocol's `RecordBatchEncoder` using the original compression; each
+//! record's `sequence` is set to `baseSequence + offsetDelta` because the encoder starts a new
+//! batch whenever `offset - sequence` changes. The header is then patched so the batch keeps its
+//! original attributes (timestamp type, transactional), its last offset (lastOffsetDelta) and
+//! consistent sequences, and for LogAppendTime its maxTimestamp; offsets, timestamps, headers
+//! and producer id/epoch of kept records are preserved. A batch that loses all records is dropped,
+//! except the last batch of each producer, which is kept as an empty (61-byte) batch so that the
+//! producer's epoch and sequence survive a restart (Kafka does the same). Control batches are
+//! copied unchanged (transactions are not supported yet).
+//!
+//! Segments are cleaned one by one (no merging of small segments). Cost: every maintenance run
+//! that has new sealed data or a pending tombstone decodes the whole log.
+
+use std::collections::HashMap;
+use std::fs;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
+
+use super::MaintenanceReport;
+use super::batch::*;
+use super::error::{StorageError, io_err};
+use super::log::PartitionLog;
+use super::segment::{OpenMode, Segment, index_path, log_path, timeindex_path};
+
+fn codec(context: &'static str) -> impl Fn(anyhow::Error) -> StorageError {
+    move |e| StorageError::Codec {
+        context,
+        reason: e.to_string(),
+    }
+}
+
+/// Decode the records of one stored batch.
+fn decode(bytes: &[u8]) -> Result<Vec<Record>, StorageError> {
+    let set = RecordBatchDecoder::decode(&mut Bytes::copy_from_slice(bytes))
+        .map_err(codec("compaction decode"))?;
+    Ok(set.records)
+}
+
+fn compression_of(h: &BatchHeader) -> Result<Compression, StorageError> {
+    Ok(match h.compression() {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        other => {
+            return Err(StorageError::Codec {
+                context: "compaction",
+                reason: format!("unknown compression {other}"),
+            });
+        }
+    })
+}
+
+/// Re-encode the kept records of batch `h` as one batch that keeps `h`'s last offset.
+fn reencode(h: &BatchHeader, mut kept: Vec<Record>) -> Result<Vec<u8>, StorageError> {
+    for r in &mut kept {
+        r.sequence = h
+            .base_sequence
+            .wrapping_add((r.offset - h.base_offset) as i32);
+    }
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: compression_of(h)?,
+    };
+    RecordBatchEncoder::encode(&mut buf, &kept, &options).map_err(codec("compaction encode"))?;
+    let mut out = buf.to_vec();
+    let nh = BatchHeader::parse(&out).map_err(|e| StorageError::Codec {
+        context: "compaction encode",
+        reason: e.to_string(),
+    })?;
+    if nh.total_size() != out.len() {
+        return Err(StorageError::Codec {
+            context: "compaction encode",
+            reason: "encoder split the records into several batches".into(),
+        });
+    }
+    put_i16(&mut out, ATTRIBUTES_POS, h.attributes);
+    put_i32(
+        &mut out,
+        LAST_OFFSET_DELTA_POS,
+        (h.last_offset() - nh.base_offset) as i32,
+    );
+    let seq = if h.base_sequence < 0 {
+        h.base_sequence
+    } else {
+        increment_sequence(h.base_sequence, (nh.base_offset - h.base_offset) as i32)
+    };
+    put_i32(&mut out, BASE_SEQUENCE_POS, seq);
+    if h.is_log_append_time() {
+        put_i64(&mut out, MAX_TIMESTAMP_POS, h.max_timestamp);
+    }
+    rewrite_crc(&mut out);
+    Ok(out)
+}
+
+/// A header-only copy of `batch`: no records, same offsets range, producer fields and sequence.
+fn empty_batch(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
+    let mut out = batch[..BATCH_HEADER_LEN].to_vec();
+    put_i32(
+        &mut out,
+        LENGTH_POS,
+        (BATCH_HEADER_LEN - LOG_OVERHEAD) as i32,
+    );
+    put_i16(
+        &mut out,
+        ATTRIBUTES_POS,
+        h.attributes & !ATTR_COMPRESSION_MASK,
+    );
+    put_i32(&mut out, RECORD_COUNT_POS, 0);
+    rewrite_crc(&mut out);
+    out
+}
+
+/// Visit (header, bytes) of every batch of a segment.
+fn for_each_batch(
+    seg: &Segment,
+    mut f: impl FnMut(&BatchHeader, &[u8]) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let mut batches = Vec::new();
+    seg.for_each_header(0, |pos, h| {
+        batches.push((pos, *h));
+        true
+    })?;
+    for (pos, h) in batches {
+        let bytes = seg.read_range(pos, pos + h.total_size() as u64)?;
+        f(&h, &bytes)?;
+    }
+    Ok(())
+}
+
+/// When compaction last ran to completion, to skip runs with nothing to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CompactionState {
+    /// Base offset of the active segment at the last run: sealed data below it is clean.
+    clean_through: i64,
+    /// Earliest time a kept tombstone becomes removable.
+    next_tombstone_expiry: Option<i64>,
+}
+
+impl PartitionLog {
+    pub(super) fn compact(
+        &mut self,
+        now_ms: i64,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), StorageError> {
+        let active_base = self.active().base_offset;
+        let state = self.compaction;
+        let new_data = active_base > state.clean_through;
+        let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t);
+        if self.segments.len() < 2 || !(new_data || tombstones_due) {
+            return Ok(());
+        }
+        let mut latest: HashMap<Bytes, i64> = HashMap::new();
+        let mut last_batch: HashMap<i64, i64> = HashMap::new();
+        for seg in &self.segments {
+            for_each_batch(seg, |h, bytes| {
+                if h.has_producer_id() {
+                    last_batch.insert(h.producer_id, h.base_offset);
+                }
+                if h.is_control() {
+                    return Ok(());
+                }
+                for r in decode(bytes)? {
+                    if let Some(k) = r.key {
+                        latest.insert(Bytes::copy_from_slice(&k), r.offset);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let retention = self.config.delete_retention_ms;
+        let mut next_expiry: Option<i64> = None;
+        for i in 0..self.segments.len() - 1 {
+            let seg = &self.segments[i];
+            let tombstones_expired = seg.max_timestamp != NO_TIMESTAMP
+                && now_ms.saturating_sub(seg.max_timestamp) > retention;
+            let mut out = Vec::with_capacity(seg.size as usize);
+            let mut removed = 0u64;
+            let mut kept_tombstone = false;
+            for_each_batch(seg, |h, bytes| {
+                if h.is_control() {
+                    out.extend_from_slice(bytes);
+                    return Ok(());
+                }
+                let records = decode(bytes)?;
+                let total = records.len();
+                let kept: Vec<Record> = records
+                    .into_iter()
+                    .filter(|r| {
+                        let Some(k) = &r.key else { return false };
+                        if latest.get(k) != Some(&r.offset) {
+                            return false;
+                        }
+                        if r.value.is_none() {
+                            if tombstones_expired {
+                                return false;
+                            }
+                            kept_tombstone = true;
+                        }
+                        true
+                    })
+                    .collect();
+                removed += (total - kept.len()) as u64;
+                if kept.len() == total {
+                    out.extend_from_slice(bytes);
+                } else if !kept.is_empty() {
+                    out.extend_from_slice(&reencode(h, kept)?);
+                } else if h.has_producer_id()
+                    && last_batch.get(&h.producer_id) == Some(&h.base_offset)
+                {
+                    out.extend_from_slice(&empty_batch(bytes, h));
+                }
+                Ok(())
+            })?;
+            if kept_tombstone {
+                let t = seg.max_timestamp.saturating_add(retention);
+                next_expiry = Some(next_expiry.map_or(t, |n| n.min(t)));
+            }
+            if removed == 0 {
+                continue;
+            }
+            self.replace_segment(i, &out, now_ms)?;
+            report.segments_compacted += 1;
+            report.records_removed += removed;
+        }
+        self.compaction = CompactionState {
+            clean_through: active_base,
+            next_tombstone_expiry: next_expiry,
+        };
+        Ok(())
+    }
+
+    /// Atomically replace sealed segment `i` with `data` (see the module docs for the order).
+    fn replace_segment(&mut self, i: usize, data: &[u8], now_ms: i64) -> Result<(), StorageError> {
+        let base = self.segments[i].base_offset;
+        let path = log_path(&self.dir, base);
+        let cleaned = path.with_extension("log.cleaned");
+        {
+            let f = fs::File::create(&cleaned).map_err(io_err(&cleaned))?;
+            std::io::Write::write_all(&mut &f, data).map_err(io_err(&cleaned))?;
+            f.sync_all().map_err(io_err(&cleaned))?;
+        }
+        for p in [index_path(&self.dir, base), timeindex_path(&self.dir, base)] {
+            if let Err(e) = fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(StorageError::Io { path: p, source: e });
+            }
+        }
+        fs::rename(&cleaned, &path).map_err(io_err(&path))?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        let seg = Segment::open(
+            &self.dir,
+            base,
+            self.config.index_interval_bytes,
+            OpenMode::Sealed,
+            now_ms,
+        )?;
+        self.segments[i] = seg;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testutil::*;
+    use crate::storage::{FlushPolicy, LogConfig};
+
+    const NOW: i64 = 1_700_000_000_000;
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn cfg() -> LogConfig {
+        LogConfig {
+            compact: true,
+            delete: false,
+            segment_bytes: 1,
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        }
+    }
+
+    /// key -> value of everything readable, in offset order.
+    fn contents(log: &PartitionLog) -> Vec<(i64, TestRec)> {
+        let mut out = Vec::new();
+        let mut off = log.log_start_offset();
+        while off < log.log_end_offset() {
+            let got = log.read(off, usize::MAX).unwrap();
+            if got.is_empty() {
+                break;
+            }
+            for r in parse_batches(&got) {
+                off = r.unwrap().1.next_offset();
+            }
+            out.extend(decode_all(&got));
+        }
+        out
+    }
+
+    #[test]
+    fn keeps_latest_per_key_and_expires_tombstones() {
+        for codec in [Compression::None, Compression::Zstd, Compression::Snappy] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+            let mut with_header = kv("b", "b1", NOW + 1);
+            with_header.headers = vec![("h".into(), Some(Bytes::from_static(b"x")))];
+            let batches = vec![
+                vec![
+                    kv("a", "a0", NOW),
+                    with_header.clone(),
+                    kv("c", "c0", NOW + 2),
+                ],
+                vec![kv("a", "a1", NOW + 3), tombstone("c", NOW + 4)],
+                vec![kv("d", "d0", NOW + 5)],
+                vec![kv("a", "a2", NOW + 6)], // stays in the active segment
+            ];
+            for b in &batches {
+                log.append(&encode_batch(b, codec, -1, -1, -1), NOW)
+                    .unwrap();
+            }
+            assert_eq!(log.segment_count(), 4);
+            let end = log.log_end_offset();
+            let r = log.maintenance(NOW + 10).unwrap();
+            assert_eq!(r.records_removed, 3, "a0, c0, a1");
+            assert_eq!(r.segments_compacted, 2);
+            let got = contents(&log);
+            let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+            assert_eq!(offsets, vec![1, 4, 5, 6], "codec {codec:?}");
+            assert_eq!(got[0].1, with_header, "headers and timestamps preserved");
+            assert_eq!(got[1].1, tombstone("c", NOW + 4));
+            assert_eq!(log.log_end_offset(), end);
+            // A fetch of a removed offset starts at the next kept record's batch.
+            assert_eq!(decode_all(&log.read(0, 1).unwrap())[0].0, 1);
+            // Nothing new: a second run does nothing.
+            assert_eq!(log.maintenance(NOW + 20).unwrap().records_removed, 0);
+            // After delete.retention.ms the tombstone goes.
+            let r = log.maintenance(NOW + 4 + DAY + 1).unwrap();
+            assert_eq!(r.records_removed, 1);
+            assert_eq!(
+                contents(&log).iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+                vec![1, 5, 6]
+            );
+            // Survives reopen, and appends continue at the same offset.
+            drop(log);
+            let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+            assert_eq!(
+                contents(&log).iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+                vec![1, 5, 6]
+            );
+            assert_eq!(
+                log.append(&encode_batch(&[kv("e", "e", NOW)], codec, -1, -1, -1), NOW)
+                    .unwrap()
+                    .base_offset,
+                end
+            );
+        }
+    }
+
+    #[test]
+    fn producer_state_survives_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        log.append(
+            &encode_batch(
+                &[kv("a", "1", NOW), kv("b", "1", NOW)],
+                Compression::Lz4,
+                3,
+                0,
+                0,
+            ),
+            NOW,
+        )
+        .unwrap();
+        log.append(
+            &encode_batch(
+                &[kv("a", "2", NOW), kv("b", "2", NOW)],
+                Compression::Lz4,
+                3,
+                0,
+                2,
+            ),
+            NOW,
+        )
+        .unwrap();
+        log.append(
+            &encode_batch(
+                &[kv("a", "3", NOW), kv("b", "3", NOW)],
+                Compression::None,
+                -1,
+                -1,
+                -1,
+            ),
+            NOW,
+        )
+        .unwrap();
+        log.maintenance(NOW).unwrap();
+        // First batch gone; second emptied but kept because it is producer 3's last batch.
+        let got = log.read(0, usize::MAX).unwrap();
+        let hs: Vec<_> = parse_batches(&got).map(|r| r.unwrap().1).collect();
+        assert_eq!(hs[0].record_count, 0);
+        assert_eq!(
+            (
+                hs[0].base_offset,
+                hs[0].last_offset(),
+                hs[0].last_sequence()
+            ),
+            (2, 3, 3)
+        );
+        drop(log);
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let next = encode_batch(&[kv("a", "4", NOW)], Compression::None, 3, 0, 4);
+        assert_eq!(log.append(&next, NOW).unwrap().base_offset, 6);
+    }
+
+    #[test]
+    fn partial_batch_keeps_offsets_and_sequences() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let b = encode_batch(
+            &[
+                kv("a", "1", NOW),
+                kv("b", "1", NOW + 1),
+                kv("a", "2", NOW + 2),
+                kv("c", "1", NOW + 3),
+            ],
+            Compression::Gzip,
+            11,
+            2,
+            0,
+        );
+        log.append(&b, NOW).unwrap();
+        log.append(
+            &encode_batch(&[kv("c", "2", NOW)], Compression::None, -1, -1, -1),
+            NOW,
+        )
+        .unwrap();
+        log.append(
+            &encode_batch(&[kv("z", "z", NOW)], Compression::None, -1, -1, -1),
+            NOW,
+        )
+        .unwrap();
+        log.maintenance(NOW).unwrap();
+        let got = log.read(0, usize::MAX).unwrap();
+        let h = check_batch(&got).unwrap();
+        assert_eq!((h.base_offset, h.last_offset(), h.record_count), (1, 3, 2));
+        assert_eq!((h.base_sequence, h.last_sequence()), (1, 3));
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.compression()),
+            (11, 2, 1)
+        );
+        let recs = decode_all(&got[..h.total_size()]);
+        assert_eq!(
+            recs,
+            vec![(1, kv("b", "1", NOW + 1)), (2, kv("a", "2", NOW + 2))]
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! [`PartitionLog`]: open/recover, validate and append, read, roll, flush, timestamp lookups.
+//!
+//! Open (recovery):
+//! 1. leftovers of interrupted operations (`*.cleaned`, `*.tmp`, index files without a `.log`)
+//!    are deleted;
+//! 2. sealed segments are opened from their index files (only the batches after the last index
+//!    entry are re-scanned); missing, corrupt or inconsistent index files are rebuilt by a full
+//!    scan;
+//! 3. the last segment is scanned batch by batch with CRC checks and truncated at the first
+//!    incomplete or corrupt batch (a `tracing` warning names the file and byte counts);
+//! 4. producer state is rebuilt by replaying the batch headers of **all** segments (one 61-byte
+//!    positional read per batch; Kafka's snapshot files would bound this, not done yet).
+//!
+//! Appends are all-or-nothing: every batch of the produce data is validated and sequence-checked
+//! before one positional write of the patched batches; a failed write is truncated away and no
+//! in-memory state changes (see `segment.rs`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use super::batch::{BatchHeader, NO_TIMESTAMP, check_batch, set_base_offset, set_log_append_time};
+use super::compaction::CompactionState;
+use super::error::{StorageError, io_err};
+use super::index::write_file_atomic;
+use super::producer::{ProducerStates, SeqCheck};
+use super::segment::{OpenMode, Segment};
+use super::{AppendInfo, FlushPolicy, LogConfig, MaintenanceReport};
+
+/// File holding the log start offset set by DeleteRecords (decimal text).
+pub(crate) const LOG_START_FILE: &str = "log-start-offset";
+
+/// One partition's log. See the module docs of `storage` for the invariants.
+pub struct PartitionLog {
+    pub(super) dir: PathBuf,
+    pub(super) config: LogConfig,
+    /// Ordered by base offset; never empty; the last one is active.
+    pub(super) segments: Vec<Segment>,
+    pub(super) log_start_offset: i64,
+    pub(super) producers: ProducerStates,
+    /// `now_ms` of the last fsync of the active segment.
+    last_flush_ms: i64,
+    /// Appended data not yet fsynced.
+    unflushed: bool,
+    /// What the last compaction run covered (to skip idle runs).
+    pub(super) compaction: CompactionState,
+}
+
+impl PartitionLog {
+    /// Open (creating if needed) the log in `dir`, recovering a torn tail.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<PartitionLog, StorageError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut bases = Vec::new();
+        let mut index_files = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            if name.ends_with(".cleaned") || name.ends_with(".tmp") {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            let Some((stem, ext)) = name.split_once('.') else {
+                continue;
+            };
+            let Some(base) = parse_base(stem) else {
+                continue;
+            };
+            match ext {
+                "log" => bases.push(base),
+                "index" | "timeindex" => index_files.push((base, path)),
+                _ => {}
+            }
+        }
+        bases.sort_unstable();
+        for (base, path) in index_files {
+            if bases.binary_search(&base).is_err() {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+        let checkpoint = read_log_start(&dir)?;
+        let interval = config.index_interval_bytes;
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        for (i, &base) in bases.iter().enumerate() {
+            let mode = if i + 1 == bases.len() {
+                OpenMode::Recover
+            } else {
+                OpenMode::Sealed
+            };
+            segments.push(Segment::open(&dir, base, interval, mode, now_ms)?);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(
+                &dir,
+                checkpoint.unwrap_or(0),
+                interval,
+                now_ms,
+            )?);
+        }
+        let log_end = segments.last().map(|s| s.next_offset).unwrap_or(0);
+        let log_start = segments[0]
+            .base_offset
+            .max(checkpoint.unwrap_or(0))
+            .min(log_end);
+        let mut producers = ProducerStates::default();
+        for seg in &segments {
+            seg.for_each_header(0, |_, h| {
+                producers.replay(h);
+                true
+            })?;
+        }
+        Ok(PartitionLog {
+            dir,
+            config,
+            segments,
+            log_start_offset: log_start,
+            producers,
+            last_flush_ms: now_ms,
+            unflushed: false,
+            compaction: CompactionState::default(),
+        })
+    }
+
+    /// Validate and append the batches of one produce partition (all or none).
+    pub fn append(&mut self, records: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
+        let batches = self.validate(records)?;
+        let mut staged = HashMap::new();
+        let mut out = Vec::with_capacity(records.len());
+        let mut written: Vec<(usize, BatchHeader)> = Vec::with_capacity(batches.len());
+        let mut duplicates = Vec::new();
+        let mut next = self.log_end_offset();
+        let mut record_count = 0i64;
+        for h in &batches {
+            let (pos, h) = (h.0, h.1);
+            if let SeqCheck::Duplicate(meta) = self.producers.check(&staged, &h)? {
+                duplicates.push(meta);
+                continue;
+            }
+            let start = out.len();
+            out.extend_from_slice(&records[pos..pos + h.total_size()]);
+            let b = &mut out[start..];
+            set_base_offset(b, next);
+            if self.config.log_append_time {
+                set_log_append_time(b, now_ms);
+            }
+            let h = BatchHeader::parse(b).expect("validated header");
+            self.producers.stage(&mut staged, &h);
+            written.push((start, h));
+            record_count += h.record_count as i64;
+            next = h.next_offset();
+        }
+        if written.is_empty() {
+            // Every batch was a retry: answer with the offsets first assigned.
+            let (first, last) = (duplicates[0], duplicates[duplicates.len() - 1]);
+            return Ok(AppendInfo {
+                base_offset: first.first_offset,
+                last_offset: last.last_offset,
+                log_append_time: -1,
+                log_start_offset: self.log_start_offset,
+                duplicate: true,
+                record_count: 0,
+            });
+        }
+        self.maybe_roll(out.len() as u64, next - 1, now_ms)?;
+        let sync = self.config.flush == FlushPolicy::Always;
+        self.active_mut().append(&out, &written, sync)?;
+        self.producers.commit(staged);
+        if sync {
+            self.last_flush_ms = now_ms;
+        } else {
+            self.unflushed = true;
+        }
+        Ok(AppendInfo {
+            base_offset: written[0].1.base_offset,
+            last_offset: next - 1,
+            log_append_time: if self.config.log_append_time {
+                now_ms
+            } else {
+                -1
+            },
+            log_start_offset: self.log_start_offset,
+            duplicate: false,
+            record_count,
+        })
+    }
+
+    /// Structural and semantic checks of produce data; returns (position, header) per batch.
+    fn validate(&self, records: &[u8]) -> Result<Vec<(usize, BatchHeader)>, StorageError> {
+        if records.is_empty() {
+            return Err(invalid("produce data holds no record batch".into()));
+        }
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < records.len() {
+            let rest = &records[pos..];
+            let corrupt = |source| StorageError::CorruptRecord {
+                position: pos,
+                source,
+            };
+            let h = BatchHeader::parse(rest).map_err(corrupt)?;
+            let size = h.total_size() as u64;
+            if size > self.config.max_message_bytes {
+                return Err(StorageError::MessageTooLarge {
+                    size,
+                    max: self.config.max_message_bytes,
+                });
+            }
+            check_batch(rest).map_err(corrupt)?;
+            if h.record_count <= 0 || h.last_offset_delta != h.record_count - 1 {
+                return Err(invalid(format!(
+                    "batch at byte {pos} has recordCount {} and lastOffsetDelta {}",
+                    h.record_count, h.last_offset_delta
+                )));
+            }
+            if h.is_control() {
+                return Err(invalid(
+                    "control batches are written by coordinators only".into(),
+                ));
+            }
+            if self.config.compact {
+                check_keys(&rest[..size as usize], pos)?;
+            }
+            out.push((pos, h));
+            pos += size as usize;
+        }
+        Ok(out)
+    }
+
+    /// Roll before writing `len` more bytes ending at `last_offset` if the active segment is
+    /// too big, too old, or its indexes would overflow.
+    fn maybe_roll(&mut self, len: u64, last_offset: i64, now_ms: i64) -> Result<(), StorageError> {
+        let active = self.active();
+        if active.size == 0 {
+            return Ok(());
+        }
+        let too_big = active.size + len > self.config.segment_bytes;
+        let too_old = now_ms - active.created_ms > self.config.segment_age_ms;
+        if too_big || too_old || active.would_overflow(len, last_offset) {
+            self.roll(now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Seal the active segment and start a new one at the log end offset.
+    pub(super) fn roll(&mut self, now_ms: i64) -> Result<(), StorageError> {
+        let next = self.log_end_offset();
+        self.active_mut().seal()?;
+        let seg = Segment::create(&self.dir, next, self.config.index_interval_bytes, now_ms)?;
+        self.segments.push(seg);
+        self.unflushed = false;
+        self.last_flush_ms = now_ms;
+        Ok(())
+    }
+
+    /// Whole batches starting with the one that contains `fetch_offset`: at least one batch
+    /// even if larger than `max_bytes` (KIP-74), never more than one segment's worth.
+    /// `OffsetOutOfRange` below the log start or past the log end; empty at the log end.
+    pub fn read(&self, fetch_offset: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        if fetch_offset < start || fetch_offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: fetch_offset,
+                start,
+                end,
+            });
+        }
+        if fetch_offset == end {
+            return Ok(Bytes::new());
+        }
+        let first = self.segment_for(fetch_offset);
+        for seg in &self.segments[first..] {
+            if let Some(pos) = seg.find_position(fetch_offset)? {
+                return Ok(Bytes::from(seg.read_batches(pos, max_bytes)?));
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    /// Index of the last segment whose base offset <= `offset` (0 if none).
+    fn segment_for(&self, offset: i64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// Offset the next record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    /// ListOffsets by timestamp: the first record at or after the log start whose timestamp is
+    /// >= `ts`, as `(offset, timestamp)`. The batch is found with the time index and header
+    /// scans (first batch with maxTimestamp >= `ts`), then decoded to return the exact record;
+    /// for LogAppendTime batches every record has the batch's maxTimestamp. If the batch cannot
+    /// be decoded, its base offset and maxTimestamp are returned.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        for seg in &self.segments {
+            if seg.max_timestamp == NO_TIMESTAMP
+                || seg.max_timestamp < ts
+                || seg.next_offset <= self.log_start_offset
+            {
+                continue;
+            }
+            let mut found = None;
+            seg.for_each_header(seg.position_for_timestamp(ts), |pos, h| {
+                if h.max_timestamp >= ts && h.last_offset() >= self.log_start_offset {
+                    found = Some((pos, *h));
+                    false
+                } else {
+                    true
+                }
+            })?;
+            let Some((pos, h)) = found else { continue };
+            if h.is_log_append_time() {
+                return Ok(Some((
+                    h.base_offset.max(self.log_start_offset),
+                    h.max_timestamp,
+                )));
+            }
+            let bytes = seg.read_range(pos, pos + h.total_size() as u64)?;
+            let exact = RecordBatchDecoder::decode(&mut Bytes::from(bytes))
+                .ok()
+                .and_then(|set| {
+                    set.records
+                        .iter()
+                        .find(|r| r.timestamp >= ts && r.offset >= self.log_start_offset)
+                        .map(|r| (r.offset, r.timestamp))
+                });
+            return Ok(Some(exact.unwrap_or((
+                h.base_offset.max(self.log_start_offset),
+                h.max_timestamp,
+            ))));
+        }
+        Ok(None)
+    }
+
+    /// ListOffsets MAX_TIMESTAMP: **(timestamp, offset)** — note the order — of the largest
+    /// batch maxTimestamp in the log; the offset is the last offset of the (earliest) batch that
+    /// holds it (batch granularity, like Kafka before 3.8). `None` for an empty log.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let mut best: Option<(i64, i64)> = None;
+        for seg in &self.segments {
+            if seg.max_timestamp != NO_TIMESTAMP
+                && seg.offset_of_max_timestamp >= self.log_start_offset
+                && best.is_none_or(|(t, _)| seg.max_timestamp > t)
+            {
+                best = Some((seg.max_timestamp, seg.offset_of_max_timestamp));
+            }
+        }
+        best
+    }
+
+    /// Retention (time, size), then compaction, as configured. Never touches the active
+    /// segment.
+    pub fn maintenance(&mut self, now_ms: i64) -> Result<MaintenanceReport, StorageError> {
+        let mut report = MaintenanceReport::default();
+        if self.config.delete {
+            self.apply_retention(now_ms, &mut report)?;
+        }
+        if self.config.compact {
+            self.compact(now_ms, &mut report)?;
+        }
+        report.log_start_offset = self.log_start_offset;
+        Ok(report)
+    }
+
+    /// True when the flush policy is `Interval(d)`, data is unflushed and `d` has passed.
+    pub fn needs_flush(&self, now_ms: i64) -> bool {
+        match self.config.flush {
+            FlushPolicy::Interval(d) => {
+                self.unflushed && now_ms.saturating_sub(self.last_flush_ms) >= d.as_millis() as i64
+            }
+            FlushPolicy::Never | FlushPolicy::Always => false,
+        }
+    }
+
+    /// fsync the active segment (sealed ones were fsynced when sealed).
+    pub fn flush(&mut self, now_ms: i64) -> Result<(), StorageError> {
+        if self.unflushed {
+            self.active().sync()?;
+            self.unflushed = false;
+        }
+        self.last_flush_ms = now_ms;
+        Ok(())
+    }
+
+    /// fsync and close. Dropping without `close` loses at most what the flush policy allows.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        let now = self.last_flush_ms;
+        self.flush(now)
+    }
+
+    /// Replace the config (takes effect at the next append/maintenance; a changed
+    /// `index_interval_bytes` applies to new segments).
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Bytes of all segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Delete the partition directory (topic deletion).
+    pub fn remove(self) -> Result<(), StorageError> {
+        let dir = self.dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir).map_err(io_err(&dir))
+    }
+
+    pub(super) fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has a segment")
+    }
+
+    pub(super) fn write_log_start(&self) -> Result<(), StorageError> {
+        let path = self.dir.join(LOG_START_FILE);
+        write_file_atomic(&path, self.log_start_offset.to_string().as_bytes())
+            .map_err(io_err(&path))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn segment_bases(&self) -> Vec<i64> {
+        self.segments.iter().map(|s| s.base_offset).collect()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn invalid(reason: String) -> StorageError {
+    StorageError::InvalidRecord { reason }
+}
+
+/// Compacted topics need a key on every record (Kafka answers INVALID_RECORD otherwise).
+fn check_keys(batch: &[u8], pos: usize) -> Result<(), StorageError> {
+    let set = RecordBatchDecoder::decode(&mut Bytes::copy_from_slice(batch))
+        .map_err(|e| invalid(format!("batch at byte {pos} cannot be decoded: {e}")))?;
+    if set.records.iter().any(|r| r.key.is_none()) {
+        return Err(invalid(
+            "compacted topics require a key on every record".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_base(stem: &str) -> Option<i64> {
+    if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+        stem.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn read_log_start(dir: &Path) -> Result<Option<i64>, StorageError> {
+    let path = dir.join(LOG_START_FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().parse().ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::Io { path, source: e }),
+    }
+}

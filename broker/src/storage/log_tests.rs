@@ -1,0 +1,753 @@
+//! Tests of [`PartitionLog`] on real files in temporary directories.
+
+use std::fs;
+use std::time::Instant;
+
+use kafka_protocol::records::Compression;
+
+use super::batch::*;
+use super::error::{BatchError, StorageError};
+use super::segment::{FAIL_AFTER_BYTES, index_path, log_path};
+use super::testutil::*;
+use super::{FlushPolicy, LogConfig, PartitionLog};
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn cfg() -> LogConfig {
+    LogConfig {
+        flush: FlushPolicy::Never,
+        ..LogConfig::default()
+    }
+}
+
+/// A batch of `n` records "k{i}"/"v{i}" with timestamps ts, ts+1, ...
+fn batch(n: usize, ts: i64) -> Vec<u8> {
+    let recs: Vec<_> = (0..n)
+        .map(|i| kv(&format!("k{i}"), &format!("v{i}"), ts + i as i64))
+        .collect();
+    encode_batch(&recs, Compression::None, -1, -1, -1)
+}
+
+fn idem(n: usize, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
+    let recs: Vec<_> = (0..n).map(|i| kv("k", &format!("v{i}"), NOW)).collect();
+    encode_batch(&recs, Compression::None, pid, epoch, seq)
+}
+
+fn headers(bytes: &[u8]) -> Vec<BatchHeader> {
+    parse_batches(bytes).map(|r| r.unwrap().1).collect()
+}
+
+fn open(dir: &std::path::Path, config: LogConfig) -> PartitionLog {
+    PartitionLog::open(dir, config, NOW).unwrap()
+}
+
+#[test]
+fn round_trip_every_codec() {
+    for codec in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), cfg());
+        let mut expected = Vec::new();
+        for b in 0..3 {
+            let mut recs: Vec<_> = (0..4)
+                .map(|i| kv(&format!("key-{b}-{i}"), &"x".repeat(50 + i), NOW + i as i64))
+                .collect();
+            recs[1].headers = vec![
+                ("h".into(), Some(bytes::Bytes::from_static(b"hv"))),
+                ("n".into(), None),
+            ];
+            recs[2].value = None;
+            let info = log
+                .append(&encode_batch(&recs, codec, -1, -1, -1), NOW)
+                .unwrap();
+            assert_eq!(info.base_offset, b * 4);
+            assert_eq!(info.last_offset, b * 4 + 3);
+            assert_eq!(info.record_count, 4);
+            expected.extend(
+                recs.into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (b * 4 + i as i64, r)),
+            );
+        }
+        let got = decode_all(&log.read(0, usize::MAX).unwrap());
+        assert_eq!(got, expected, "codec {codec:?}");
+        assert_eq!(log.log_end_offset(), 12);
+    }
+}
+
+#[test]
+fn offsets_are_assigned_across_batches_and_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let mut two = batch(3, NOW);
+    two.extend_from_slice(&batch(2, NOW));
+    let info = log.append(&two, NOW).unwrap();
+    assert_eq!(
+        (info.base_offset, info.last_offset, info.record_count),
+        (0, 4, 5)
+    );
+    let info = log.append(&batch(1, NOW), NOW).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (5, 5));
+    let hs = headers(&log.read(0, usize::MAX).unwrap());
+    assert_eq!(
+        hs.iter().map(|h| h.base_offset).collect::<Vec<_>>(),
+        vec![0, 3, 5]
+    );
+    assert!(log.read(6, 100).unwrap().is_empty());
+    assert!(matches!(
+        log.read(7, 100),
+        Err(StorageError::OffsetOutOfRange {
+            offset: 7,
+            start: 0,
+            end: 6
+        })
+    ));
+    assert!(matches!(
+        log.read(-1, 100),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn fetch_mid_batch_returns_whole_batch_and_kip74() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let big = batch(10, NOW);
+    log.append(&big, NOW).unwrap();
+    log.append(&batch(2, NOW), NOW).unwrap();
+    let got = log.read(4, usize::MAX).unwrap();
+    let hs = headers(&got);
+    assert_eq!(hs[0].base_offset, 0);
+    assert_eq!(hs.len(), 2);
+    // max_bytes smaller than the first batch: still exactly one whole batch.
+    let got = log.read(4, 1).unwrap();
+    assert_eq!(got.len(), big.len());
+    assert_eq!(headers(&got).len(), 1);
+    let got = log.read(0, big.len() + 10).unwrap();
+    assert_eq!(headers(&got).len(), 1);
+    let got = log.read(10, 0).unwrap();
+    assert_eq!(headers(&got)[0].base_offset, 10);
+}
+
+#[test]
+fn damaged_batches_are_rejected_with_the_right_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let good = batch(2, NOW);
+    let mut crc = good.clone();
+    let last = crc.len() - 1;
+    crc[last] ^= 1;
+    assert!(matches!(
+        log.append(&crc, NOW),
+        Err(StorageError::CorruptRecord {
+            position: 0,
+            source: BatchError::CrcMismatch { .. }
+        })
+    ));
+    let mut magic = good.clone();
+    magic[MAGIC_POS] = 1;
+    assert!(matches!(
+        log.append(&magic, NOW),
+        Err(StorageError::CorruptRecord {
+            source: BatchError::BadMagic { magic: 1 },
+            ..
+        })
+    ));
+    assert!(matches!(
+        log.append(&good[..good.len() - 5], NOW),
+        Err(StorageError::CorruptRecord {
+            source: BatchError::Truncated { .. },
+            ..
+        })
+    ));
+    assert!(matches!(
+        log.append(&good[..30], NOW),
+        Err(StorageError::CorruptRecord {
+            source: BatchError::TooShort { len: 30 },
+            ..
+        })
+    ));
+    let mut long = good.clone();
+    put_i32(
+        &mut long,
+        LENGTH_POS,
+        (good.len() - LOG_OVERHEAD + 1) as i32,
+    );
+    assert!(matches!(
+        log.append(&long, NOW),
+        Err(StorageError::CorruptRecord {
+            source: BatchError::Truncated { .. },
+            ..
+        })
+    ));
+    let mut short = good.clone();
+    put_i32(
+        &mut short,
+        LENGTH_POS,
+        (good.len() - LOG_OVERHEAD - 1) as i32,
+    );
+    assert!(matches!(
+        log.append(&short, NOW),
+        Err(StorageError::CorruptRecord { .. })
+    ));
+    let mut count = good.clone();
+    put_i32(&mut count, RECORD_COUNT_POS, 3);
+    rewrite_crc(&mut count);
+    assert!(matches!(
+        log.append(&count, NOW),
+        Err(StorageError::InvalidRecord { .. })
+    ));
+    assert!(matches!(
+        log.append(&[], NOW),
+        Err(StorageError::InvalidRecord { .. })
+    ));
+    // All or nothing: a good batch followed by a corrupt one writes nothing.
+    let mut pair = good.clone();
+    pair.extend_from_slice(&crc);
+    assert!(matches!(
+        log.append(&pair, NOW),
+        Err(StorageError::CorruptRecord { source: BatchError::CrcMismatch { .. }, position }) if position == good.len()
+    ));
+    assert_eq!(log.log_end_offset(), 0);
+    assert_eq!(log.size_bytes(), 0);
+    log.append(&good, NOW).unwrap();
+    assert_eq!(log.log_end_offset(), 2);
+}
+
+#[test]
+fn max_message_bytes_both_sides_of_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = batch(5, NOW);
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            max_message_bytes: b.len() as u64,
+            ..cfg()
+        },
+    );
+    log.append(&b, NOW).unwrap();
+    log.set_config(LogConfig {
+        max_message_bytes: b.len() as u64 - 1,
+        ..cfg()
+    });
+    match log.append(&b, NOW) {
+        Err(StorageError::MessageTooLarge { size, max }) => {
+            assert_eq!((size, max), (b.len() as u64, b.len() as u64 - 1))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn compacted_topics_reject_null_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            compact: true,
+            ..cfg()
+        },
+    );
+    let b = encode_batch(
+        &[kv("a", "1", NOW), unkeyed("x", NOW)],
+        Compression::Gzip,
+        -1,
+        -1,
+        -1,
+    );
+    assert!(matches!(
+        log.append(&b, NOW),
+        Err(StorageError::InvalidRecord { .. })
+    ));
+    log.append(&batch(2, NOW), NOW).unwrap();
+}
+
+/// Every offset reads back the batch that contains it.
+fn check_every_offset(log: &PartitionLog) {
+    for off in log.log_start_offset()..log.log_end_offset() {
+        let got = log.read(off, 1).unwrap();
+        let h = headers(&got)[0];
+        assert!(
+            h.base_offset <= off && off <= h.last_offset(),
+            "offset {off} got {h:?}"
+        );
+    }
+}
+
+#[test]
+fn roll_by_size_and_index_lookups_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1000,
+        index_interval_bytes: 150,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    for i in 0..60 {
+        log.append(&batch(1 + i % 3, NOW + i as i64), NOW).unwrap();
+    }
+    assert!(log.segment_count() > 3, "{}", log.segment_count());
+    for s in &log.segments {
+        assert!(s.size <= 1000);
+    }
+    assert!(log.segments[0].offset_index_len() > 2);
+    assert!(index_path(dir.path(), 0).exists());
+    check_every_offset(&log);
+    let end = log.log_end_offset();
+    let bases = log.segment_bases();
+    let all = log.read(0, usize::MAX).unwrap();
+    drop(log);
+    let log = open(dir.path(), config);
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.segment_bases(), bases);
+    assert_eq!(log.read(0, usize::MAX).unwrap(), all);
+    check_every_offset(&log);
+}
+
+#[test]
+fn roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_age_ms: 1000,
+            ..cfg()
+        },
+    );
+    log.append(&batch(1, NOW), NOW).unwrap();
+    log.append(&batch(1, NOW), NOW + 1000).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    log.append(&batch(1, NOW), NOW + 1001).unwrap();
+    assert_eq!(log.segment_bases(), vec![0, 2]);
+}
+
+#[test]
+fn timestamp_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 300,
+            index_interval_bytes: 1,
+            ..cfg()
+        },
+    );
+    assert_eq!(log.max_timestamp(), None);
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), None);
+    // Batches at offsets 0-2 (ts 100..102), 3-5 (ts 200..202), 6-8 (ts 300..302), ...
+    for b in 0..6 {
+        log.append(&batch(3, 100 * (b + 1)), NOW).unwrap();
+    }
+    assert!(log.segment_count() > 1);
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 100)));
+    assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
+    assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
+    assert_eq!(log.offset_for_timestamp(302).unwrap(), Some((8, 302)));
+    assert_eq!(log.offset_for_timestamp(602).unwrap(), Some((17, 602)));
+    assert_eq!(log.offset_for_timestamp(603).unwrap(), None);
+    assert_eq!(log.max_timestamp(), Some((602, 17)));
+}
+
+#[test]
+fn log_append_time_patches_timestamp_and_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            log_append_time: true,
+            ..cfg()
+        },
+    );
+    let info = log.append(&batch(3, 5), NOW + 7).unwrap();
+    assert_eq!(info.log_append_time, NOW + 7);
+    let got = log.read(0, usize::MAX).unwrap();
+    let h = check_batch(&got).unwrap();
+    assert!(h.is_log_append_time());
+    assert_eq!(h.max_timestamp, NOW + 7);
+    assert_eq!(h.first_timestamp, 5, "Kafka leaves firstTimestamp alone");
+    assert_eq!(decode_all(&got).len(), 3);
+    assert_eq!(log.max_timestamp(), Some((NOW + 7, 2)));
+    assert_eq!(log.offset_for_timestamp(NOW).unwrap(), Some((0, NOW + 7)));
+    let plain = open(tempfile::tempdir().unwrap().path(), cfg())
+        .append(&batch(1, 5), NOW)
+        .unwrap();
+    assert_eq!(plain.log_append_time, -1);
+}
+
+#[test]
+fn recovery_of_a_tail_cut_at_every_byte() {
+    let a = batch(2, NOW);
+    let b = batch(3, NOW);
+    let full = a.len() + b.len();
+    for cut in a.len()..full {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), cfg());
+        log.append(&a, NOW).unwrap();
+        log.append(&b, NOW).unwrap();
+        drop(log);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(log_path(dir.path(), 0))
+            .unwrap();
+        f.set_len(cut as u64).unwrap();
+        drop(f);
+        let mut log = open(dir.path(), cfg());
+        assert_eq!(log.log_end_offset(), 2, "cut at {cut}");
+        assert_eq!(log.size_bytes(), a.len() as u64);
+        assert_eq!(headers(&log.read(0, usize::MAX).unwrap()).len(), 1);
+        assert_eq!(log.append(&b, NOW).unwrap().base_offset, 2);
+        assert_eq!(decode_all(&log.read(0, usize::MAX).unwrap()).len(), 5);
+    }
+}
+
+#[test]
+fn recovery_discards_garbage_and_rolled_empty_segments_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 1,
+            ..cfg()
+        },
+    );
+    log.append(&batch(2, NOW), NOW).unwrap();
+    log.append(&batch(2, NOW), NOW).unwrap();
+    drop(log);
+    let path = log_path(dir.path(), 2);
+    let mut bytes = fs::read(&path).unwrap();
+    let len = bytes.len();
+    bytes.extend_from_slice(&[0xAB; 100]);
+    fs::write(&path, &bytes).unwrap();
+    // An empty trailing segment, as left by a crash right after a roll.
+    fs::write(log_path(dir.path(), 4), b"").unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 1,
+            ..cfg()
+        },
+    );
+    assert_eq!(fs::metadata(&path).unwrap().len(), len as u64);
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(log.append(&batch(1, NOW), NOW).unwrap().base_offset, 4);
+    check_every_offset(&log);
+}
+
+#[test]
+fn corrupt_index_files_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 3000,
+        index_interval_bytes: 100,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    for i in 0..40 {
+        log.append(&batch(2, NOW + i), NOW).unwrap();
+    }
+    let all = log.read(0, usize::MAX).unwrap();
+    drop(log);
+    let ip = index_path(dir.path(), 0);
+    let good = fs::read(&ip).unwrap();
+    assert!(good.len() >= 16);
+    // Torn entry, then an entry pointing into the middle of a batch.
+    fs::write(&ip, &good[..good.len() - 3]).unwrap();
+    let log = open(dir.path(), config.clone());
+    assert_eq!(fs::read(&ip).unwrap(), good, "rebuilt");
+    check_every_offset(&log);
+    drop(log);
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 1] = bad[n - 1].wrapping_add(1);
+    fs::write(&ip, &bad).unwrap();
+    let log = open(dir.path(), config);
+    assert_eq!(fs::read(&ip).unwrap(), good, "rebuilt");
+    assert_eq!(log.read(0, usize::MAX).unwrap(), all);
+    check_every_offset(&log);
+}
+
+#[test]
+fn idempotent_producer_duplicates_gaps_and_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let first = log.append(&idem(3, 7, 0, 0), NOW).unwrap();
+    assert_eq!(
+        (first.base_offset, first.last_offset, first.duplicate),
+        (0, 2, false)
+    );
+    log.append(&batch(1, NOW), NOW).unwrap(); // another producer at offset 3
+    let second = log.append(&idem(2, 7, 0, 3), NOW).unwrap();
+    assert_eq!(second.base_offset, 4);
+    // Retry of the first batch: not written, original offsets.
+    let dup = log.append(&idem(3, 7, 0, 0), NOW).unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(
+        (dup.base_offset, dup.last_offset, dup.record_count),
+        (0, 2, 0)
+    );
+    assert_eq!(log.log_end_offset(), 6);
+    // Gap.
+    assert!(matches!(
+        log.append(&idem(1, 7, 0, 6), NOW),
+        Err(StorageError::OutOfOrderSequence {
+            producer_id: 7,
+            expected: 5,
+            got: 6
+        })
+    ));
+    // Unknown producer not starting at 0.
+    assert!(matches!(
+        log.append(&idem(1, 8, 0, 4), NOW),
+        Err(StorageError::OutOfOrderSequence {
+            producer_id: 8,
+            expected: 0,
+            got: 4
+        })
+    ));
+    // New epoch must start at 0, then fences the old one.
+    assert!(matches!(
+        log.append(&idem(1, 7, 1, 5), NOW),
+        Err(StorageError::OutOfOrderSequence { expected: 0, .. })
+    ));
+    log.append(&idem(1, 7, 1, 0), NOW).unwrap();
+    assert!(matches!(
+        log.append(&idem(1, 7, 0, 5), NOW),
+        Err(StorageError::InvalidProducerEpoch {
+            producer_id: 7,
+            epoch: 0,
+            current: 1
+        })
+    ));
+    // Only the last five batches are remembered.
+    for s in 1..7 {
+        log.append(&idem(1, 7, 1, s), NOW).unwrap();
+    }
+    assert!(log.append(&idem(1, 7, 1, 6), NOW).unwrap().duplicate);
+    assert!(matches!(
+        log.append(&idem(1, 7, 1, 1), NOW),
+        Err(StorageError::OutOfOrderSequence { .. })
+    ));
+    let end = log.log_end_offset();
+    drop(log);
+    // State is rebuilt from the log on open.
+    let mut log = open(dir.path(), cfg());
+    let entry = log.producers.get(7).unwrap().clone();
+    assert_eq!(entry.epoch, 1);
+    assert_eq!(entry.batches.len(), 5);
+    let dup = log.append(&idem(1, 7, 1, 5), NOW).unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(dup.base_offset, end - 2);
+    assert!(matches!(
+        log.append(&idem(1, 7, 0, 7), NOW),
+        Err(StorageError::InvalidProducerEpoch { .. })
+    ));
+    assert_eq!(log.append(&idem(1, 7, 1, 7), NOW).unwrap().base_offset, end);
+}
+
+#[test]
+fn sequence_checks_apply_within_one_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let mut two = idem(2, 9, 0, 0);
+    two.extend_from_slice(&idem(2, 9, 0, 2));
+    assert_eq!(log.append(&two, NOW).unwrap().last_offset, 3);
+    let mut gap = idem(1, 9, 0, 4);
+    gap.extend_from_slice(&idem(1, 9, 0, 6));
+    assert!(matches!(
+        log.append(&gap, NOW),
+        Err(StorageError::OutOfOrderSequence { expected: 5, .. })
+    ));
+    // Nothing of the failed append stuck, including producer state.
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(log.append(&idem(1, 9, 0, 4), NOW).unwrap().base_offset, 4);
+}
+
+#[test]
+fn injected_write_failure_leaves_the_log_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            index_interval_bytes: 1,
+            ..cfg()
+        },
+    );
+    log.append(&batch(2, NOW), NOW).unwrap();
+    log.append(&idem(2, 5, 0, 0), NOW).unwrap();
+    let before = log.read(0, usize::MAX).unwrap();
+    let size = log.size_bytes();
+    FAIL_AFTER_BYTES.set(Some(70));
+    let err = log.append(&idem(3, 5, 0, 2), NOW).unwrap_err();
+    FAIL_AFTER_BYTES.set(None);
+    match err {
+        StorageError::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log.size_bytes(), size);
+    assert_eq!(fs::metadata(log_path(dir.path(), 0)).unwrap().len(), size);
+    assert_eq!(log.read(0, usize::MAX).unwrap(), before);
+    assert_eq!(log.log_end_offset(), 4);
+    // The producer state did not advance: the retry is in sequence, not a duplicate.
+    let info = log.append(&idem(3, 5, 0, 2), NOW).unwrap();
+    assert_eq!((info.base_offset, info.duplicate), (4, false));
+    check_every_offset(&log);
+    drop(log);
+    let log = open(dir.path(), cfg());
+    assert_eq!(log.log_end_offset(), 7);
+}
+
+#[test]
+fn retention_by_time_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1,
+        retention_ms: Some(1000),
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    for i in 0..5 {
+        log.append(&batch(2, NOW + i * 1000), NOW).unwrap();
+    }
+    assert_eq!(log.segment_bases(), vec![0, 2, 4, 6, 8]);
+    // Segment 0 holds ts NOW..NOW+1, segment 2 NOW+1000..NOW+1001, ...
+    let r = log.maintenance(NOW + 2001).unwrap();
+    assert_eq!(r.segments_deleted, 1);
+    assert_eq!(log.log_start_offset(), 2);
+    assert!(matches!(
+        log.read(1, 10),
+        Err(StorageError::OffsetOutOfRange {
+            offset: 1,
+            start: 2,
+            ..
+        })
+    ));
+    let r = log.maintenance(NOW + 100_000).unwrap();
+    assert_eq!(r.segments_deleted, 3, "the active segment stays");
+    assert_eq!(log.segment_bases(), vec![8]);
+    assert_eq!(log.log_start_offset(), 8);
+    assert_eq!(r.log_start_offset, 8);
+    check_every_offset(&log);
+
+    let dir = tempfile::tempdir().unwrap();
+    let one = batch(2, NOW).len() as u64;
+    let config = LogConfig {
+        segment_bytes: 1,
+        retention_ms: None,
+        retention_bytes: Some(2 * one),
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config);
+    for _ in 0..5 {
+        log.append(&batch(2, NOW), NOW).unwrap();
+    }
+    let r = log.maintenance(NOW).unwrap();
+    assert_eq!((r.segments_deleted, r.bytes_deleted), (3, 3 * one));
+    assert_eq!(log.size_bytes(), 2 * one);
+    assert_eq!(log.log_start_offset(), 6);
+    drop(log);
+    let log = open(dir.path(), cfg());
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (6, 10));
+}
+
+#[test]
+fn delete_records_before_advances_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 1,
+            ..cfg()
+        },
+    );
+    for _ in 0..4 {
+        log.append(&batch(2, NOW), NOW).unwrap();
+    }
+    assert_eq!(log.delete_records_before(3).unwrap(), 3);
+    assert_eq!(log.segment_bases(), vec![2, 4, 6]);
+    assert!(matches!(
+        log.read(2, 10),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(headers(&log.read(3, 1).unwrap())[0].base_offset, 2);
+    assert_eq!(log.delete_records_before(1).unwrap(), 3, "never moves back");
+    assert!(matches!(
+        log.delete_records_before(9),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    drop(log);
+    let mut log = open(dir.path(), cfg());
+    assert_eq!(log.log_start_offset(), 3);
+    assert_eq!(log.delete_records_before(8).unwrap(), 8);
+    assert_eq!(log.segment_bases(), vec![6]);
+    assert!(log.read(8, 10).unwrap().is_empty());
+    assert_eq!(log.append(&batch(1, NOW), NOW).unwrap().base_offset, 8);
+}
+
+#[test]
+fn flush_policy_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default());
+    assert!(!log.needs_flush(NOW + 10_000));
+    log.append(&batch(1, NOW), NOW).unwrap();
+    assert!(!log.needs_flush(NOW + 999));
+    assert!(log.needs_flush(NOW + 1000));
+    log.flush(NOW + 1000).unwrap();
+    assert!(!log.needs_flush(NOW + 5000));
+    log.set_config(LogConfig {
+        flush: FlushPolicy::Always,
+        ..LogConfig::default()
+    });
+    log.append(&batch(1, NOW), NOW).unwrap();
+    assert!(!log.needs_flush(NOW + 5000));
+    log.close().unwrap();
+}
+
+#[test]
+fn remove_deletes_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("topic-0");
+    let mut log = open(&part, cfg());
+    log.append(&batch(1, NOW), NOW).unwrap();
+    assert_eq!(log.dir(), part.as_path());
+    log.remove().unwrap();
+    assert!(!part.exists());
+}
+
+#[test]
+fn append_speed_sanity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 64 << 20,
+            ..cfg()
+        },
+    );
+    let recs: Vec<_> = (0..1000)
+        .map(|i| kv(&format!("{i:08}"), &"v".repeat(92), NOW))
+        .collect();
+    let b = encode_batch(&recs, Compression::None, -1, -1, -1);
+    let start = Instant::now();
+    for _ in 0..1000 {
+        log.append(&b, NOW).unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(log.log_end_offset(), 1_000_000);
+    println!(
+        "appended 1000 batches x 1000 records ({} MB) in {elapsed:?}, {} segments",
+        log.size_bytes() >> 20,
+        log.segment_count()
+    );
+    let start = Instant::now();
+    let mut off = 0;
+    while off < log.log_end_offset() {
+        let got = log.read(off, 1 << 20).unwrap();
+        off = headers(&got).last().unwrap().next_offset();
+    }
+    println!("read back in {:?}", start.elapsed());
+}

@@ -1,0 +1,456 @@
+//! One segment: a `.log` file of whole batches plus its in-memory sparse indexes.
+//!
+//! Files of segment with base offset B in the partition directory:
+//! `{B:020}.log`, `{B:020}.index`, `{B:020}.timeindex` (see `index.rs` for the index formats).
+//!
+//! Invariants:
+//! * `size` is the length of the valid prefix of the file; every byte in `0..size` belongs to a
+//!   whole, CRC-checked batch, and batch offsets strictly increase from `base_offset`.
+//! * `next_offset` is the last batch's last offset + 1 (`base_offset` when empty).
+//! * Writes go through [`write_at`] at explicit positions, so a failed write is undone by
+//!   truncating back to `size`, and bytes past `size` are never read.
+//! * `max_timestamp`/`offset_of_max_timestamp` cover every batch in the segment: the maxTimestamp
+//!   of the batch header (the append time for LogAppendTime batches) and that batch's last offset.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::batch::{BATCH_HEADER_LEN, BatchHeader, NO_TIMESTAMP, compute_crc};
+use super::error::{BatchError, StorageError, io_err};
+use super::index::{OffsetIndex, TimeIndex, write_file_atomic};
+
+pub(crate) fn log_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+pub(crate) fn index_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+pub(crate) fn timeindex_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.timeindex"))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test seam: when `Some(n)`, segment writes on this thread succeed for `n` more bytes and
+    /// then fail with ENOSPC (after writing the bytes that fit, like a real short write).
+    pub(crate) static FAIL_AFTER_BYTES: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The single write path of segment data (the fault-injection seam).
+fn write_at(file: &File, buf: &[u8], pos: u64) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(budget) = FAIL_AFTER_BYTES.get() {
+        if (buf.len() as u64) > budget {
+            file.write_all_at(&buf[..budget as usize], pos)?;
+            FAIL_AFTER_BYTES.set(Some(0));
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        FAIL_AFTER_BYTES.set(Some(budget - buf.len() as u64));
+    }
+    file.write_all_at(buf, pos)
+}
+
+/// How much of an existing segment to verify on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenMode {
+    /// The active (last) segment: scan and CRC-check every batch, rebuild its indexes.
+    Recover,
+    /// A sealed segment: trust index files that pass the consistency check and only scan the
+    /// batches after the last offset-index entry; otherwise behave like `Recover` and rewrite
+    /// the index files.
+    Sealed,
+}
+
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    pub(crate) next_offset: i64,
+    pub(crate) size: u64,
+    /// Largest batch maxTimestamp in the segment, `NO_TIMESTAMP` when empty.
+    pub(crate) max_timestamp: i64,
+    /// Last offset of the (first) batch holding `max_timestamp`.
+    pub(crate) offset_of_max_timestamp: i64,
+    /// When the segment started, for `segment_age_ms` rolls: `now_ms` at creation, or after a
+    /// restart the first batch's maxTimestamp (Kafka's rule).
+    pub(crate) created_ms: i64,
+    offset_index: OffsetIndex,
+    time_index: TimeIndex,
+    bytes_since_index: u64,
+    index_interval: u64,
+    file: File,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Segment {
+    /// Create an empty segment (an existing file of that name is emptied: a segment is only
+    /// created at the log end offset, so such a file can hold no live batch).
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Result<Segment, StorageError> {
+        let path = log_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let _ = fs::remove_file(index_path(dir, base_offset));
+        let _ = fs::remove_file(timeindex_path(dir, base_offset));
+        Ok(Segment::empty(
+            dir,
+            base_offset,
+            index_interval,
+            now_ms,
+            file,
+            path,
+        ))
+    }
+
+    fn empty(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u64,
+        now_ms: i64,
+        file: File,
+        path: PathBuf,
+    ) -> Segment {
+        Segment {
+            base_offset,
+            next_offset: base_offset,
+            size: 0,
+            max_timestamp: NO_TIMESTAMP,
+            offset_of_max_timestamp: -1,
+            created_ms: now_ms,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index: 0,
+            index_interval,
+            file,
+            path,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Open an existing segment, truncating a torn or corrupt tail (see [`OpenMode`]).
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u64,
+        mode: OpenMode,
+        now_ms: i64,
+    ) -> Result<Segment, StorageError> {
+        let path = log_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let file_len = file.metadata().map_err(io_err(&path))?.len();
+        let mut seg = Segment::empty(dir, base_offset, index_interval, now_ms, file, path);
+
+        let mut start = 0;
+        let mut from_index = false;
+        if mode == OpenMode::Sealed
+            && let Some((pos, next)) = seg.load_index_files(file_len)
+        {
+            start = pos;
+            seg.next_offset = next;
+            from_index = true;
+        }
+        let mut end = seg.scan(start, file_len)?;
+        if end < file_len && from_index {
+            // Damage inside a sealed segment: do not trust anything, rescan from the start.
+            seg = Segment::empty(dir, base_offset, index_interval, now_ms, seg.file, seg.path);
+            from_index = false;
+            end = seg.scan(0, file_len)?;
+        }
+        if end < file_len {
+            warn!(
+                file = %seg.path.display(),
+                valid_bytes = end,
+                discarded_bytes = file_len - end,
+                "truncating torn or corrupt tail of log segment"
+            );
+            seg.file.set_len(end).map_err(io_err(&seg.path))?;
+            seg.file.sync_all().map_err(io_err(&seg.path))?;
+        }
+        seg.size = end;
+        if end > 0 {
+            let first = seg.read_header(0)?;
+            if first.max_timestamp != NO_TIMESTAMP {
+                seg.created_ms = first.max_timestamp;
+            }
+        }
+        if mode == OpenMode::Sealed && !from_index {
+            seg.write_index_files()?;
+        }
+        Ok(seg)
+    }
+
+    /// Load and sanity-check the index files of a sealed segment. On success the in-memory
+    /// indexes are set and the result is (position of the last indexed batch, its base offset),
+    /// where the scan resumes. Inconsistent files are ignored (and later rewritten).
+    fn load_index_files(&mut self, file_len: u64) -> Option<(u64, i64)> {
+        let oi = OffsetIndex::decode(&fs::read(index_path(&self.dir, self.base_offset)).ok()?);
+        let ti = TimeIndex::decode(&fs::read(timeindex_path(&self.dir, self.base_offset)).ok()?);
+        let (Some(oi), Some(ti)) = (oi, ti) else {
+            warn!(segment = %self.path.display(), "discarding corrupt index files");
+            return None;
+        };
+        let (rel, pos) = oi.last().unwrap_or((0, 0));
+        let consistent = if (pos as u64) < file_len {
+            let mut hdr = [0u8; BATCH_HEADER_LEN];
+            self.file.read_exact_at(&mut hdr, pos as u64).is_ok()
+                && BatchHeader::parse(&hdr).is_ok_and(|h| {
+                    oi.last().is_none() || h.base_offset == self.base_offset + rel as i64
+                })
+        } else {
+            pos == 0 && file_len == 0
+        };
+        if !consistent {
+            warn!(segment = %self.path.display(), "discarding index files inconsistent with the log");
+            return None;
+        }
+        if let Some((ts, rel_off)) = ti.last() {
+            self.max_timestamp = ts;
+            self.offset_of_max_timestamp = self.base_offset + rel_off as i64;
+        }
+        self.offset_index = oi;
+        self.time_index = ti;
+        let resume_offset = if pos == 0 {
+            self.base_offset
+        } else {
+            self.base_offset + rel as i64
+        };
+        Some((pos as u64, resume_offset))
+    }
+
+    /// Scan and CRC-check batches from `pos` up to `file_len`, tracking each; returns the end
+    /// of the valid prefix.
+    fn scan(&mut self, mut pos: u64, file_len: u64) -> Result<u64, StorageError> {
+        let mut buf = Vec::new();
+        while pos < file_len {
+            let avail = file_len - pos;
+            if avail < BATCH_HEADER_LEN as u64 {
+                break;
+            }
+            let mut hdr = [0u8; BATCH_HEADER_LEN];
+            self.file
+                .read_exact_at(&mut hdr, pos)
+                .map_err(io_err(&self.path))?;
+            let Ok(h) = BatchHeader::parse(&hdr) else {
+                break;
+            };
+            let size = h.total_size() as u64;
+            if size > avail {
+                break;
+            }
+            buf.resize(size as usize, 0);
+            self.file
+                .read_exact_at(&mut buf, pos)
+                .map_err(io_err(&self.path))?;
+            if compute_crc(&buf) != h.crc || !self.follows(&h) {
+                break;
+            }
+            self.track(&h, pos);
+            pos += size;
+        }
+        Ok(pos)
+    }
+
+    /// Whether `h` may come next in this segment (offsets increase, relative offsets fit).
+    fn follows(&self, h: &BatchHeader) -> bool {
+        h.last_offset_delta >= 0
+            && h.base_offset >= self.next_offset
+            && h.last_offset() - self.base_offset <= i32::MAX as i64
+    }
+
+    /// Account for a batch stored at `pos`: indexes, offsets, timestamps.
+    fn track(&mut self, h: &BatchHeader, pos: u64) {
+        if self.bytes_since_index >= self.index_interval && pos > 0 {
+            if self.max_timestamp != NO_TIMESTAMP {
+                self.time_index.push(
+                    self.max_timestamp,
+                    (self.offset_of_max_timestamp - self.base_offset) as u32,
+                );
+            }
+            self.offset_index
+                .push((h.base_offset - self.base_offset) as u32, pos as u32);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += h.total_size() as u64;
+        if h.max_timestamp > self.max_timestamp {
+            self.max_timestamp = h.max_timestamp;
+            self.offset_of_max_timestamp = h.last_offset();
+        }
+        self.next_offset = h.next_offset();
+    }
+
+    /// Append already validated batches (`batches` = (position within `data`, header)).
+    /// On failure the file is truncated back and nothing in memory changes.
+    pub(crate) fn append(
+        &mut self,
+        data: &[u8],
+        batches: &[(usize, BatchHeader)],
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let pos = self.size;
+        let res = write_at(&self.file, data, pos)
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        if let Err(source) = res {
+            if let Err(e) = self.file.set_len(pos) {
+                // Bytes past `size` are never read and are overwritten or truncated later.
+                warn!(file = %self.path.display(), error = %e, "could not truncate after failed write");
+            }
+            return Err(StorageError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        for (off, h) in batches {
+            self.track(h, pos + *off as u64);
+        }
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Header of the batch stored at `pos` (which must be a batch boundary below `size`).
+    pub(crate) fn read_header(&self, pos: u64) -> Result<BatchHeader, StorageError> {
+        let mut hdr = [0u8; BATCH_HEADER_LEN];
+        if pos + BATCH_HEADER_LEN as u64 > self.size {
+            return Err(self.corrupt(
+                pos,
+                BatchError::TooShort {
+                    len: (self.size - pos) as usize,
+                },
+            ));
+        }
+        self.file
+            .read_exact_at(&mut hdr, pos)
+            .map_err(io_err(&self.path))?;
+        BatchHeader::parse(&hdr).map_err(|e| self.corrupt(pos, e))
+    }
+
+    fn corrupt(&self, pos: u64, source: BatchError) -> StorageError {
+        warn!(file = %self.path.display(), position = pos, error = %source, "corrupt batch in log segment");
+        StorageError::CorruptRecord {
+            position: pos as usize,
+            source,
+        }
+    }
+
+    /// Visit batch headers from `pos` to the end; `f` returns false to stop.
+    pub(crate) fn for_each_header(
+        &self,
+        mut pos: u64,
+        mut f: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<(), StorageError> {
+        while pos < self.size {
+            let h = self.read_header(pos)?;
+            if !f(pos, &h) {
+                break;
+            }
+            pos += h.total_size() as u64;
+        }
+        Ok(())
+    }
+
+    /// Position of the batch containing `offset`, or of the first batch after it (gaps);
+    /// `None` if every batch here ends before `offset`.
+    pub(crate) fn find_position(&self, offset: i64) -> Result<Option<u64>, StorageError> {
+        let rel = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
+        let (_, start) = self.offset_index.lookup(rel);
+        let mut found = None;
+        self.for_each_header(start as u64, |pos, h| {
+            if h.last_offset() >= offset {
+                found = Some(pos);
+                false
+            } else {
+                true
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// Position from which to search for the first batch with maxTimestamp >= `ts`.
+    pub(crate) fn position_for_timestamp(&self, ts: i64) -> u64 {
+        let rel = self.time_index.lookup(ts);
+        self.offset_index.lookup(rel).1 as u64
+    }
+
+    /// Whole batches from `start`: at least one, then more while the total stays <= `max_bytes`.
+    pub(crate) fn read_batches(
+        &self,
+        start: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        let mut end = start;
+        self.for_each_header(start, |pos, h| {
+            let next = pos + h.total_size() as u64;
+            if pos > start && next - start > max_bytes as u64 {
+                return false;
+            }
+            end = next;
+            true
+        })?;
+        self.read_range(start, end)
+    }
+
+    pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.file
+            .read_exact_at(&mut buf, start)
+            .map_err(io_err(&self.path))?;
+        Ok(buf)
+    }
+
+    /// Seal: final time-index entry, fsync the data, write the index files.
+    pub(crate) fn seal(&mut self) -> Result<(), StorageError> {
+        self.sync()?;
+        self.write_index_files()
+    }
+
+    fn write_index_files(&mut self) -> Result<(), StorageError> {
+        if self.max_timestamp != NO_TIMESTAMP {
+            self.time_index.push(
+                self.max_timestamp,
+                (self.offset_of_max_timestamp - self.base_offset) as u32,
+            );
+        }
+        let ip = index_path(&self.dir, self.base_offset);
+        write_file_atomic(&ip, &self.offset_index.encode()).map_err(io_err(&ip))?;
+        let tp = timeindex_path(&self.dir, self.base_offset);
+        write_file_atomic(&tp, &self.time_index.encode()).map_err(io_err(&tp))?;
+        Ok(())
+    }
+
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+
+    /// Whether another `len` bytes ending at `last_offset` would overflow the u32 positions or
+    /// the relative offsets of the indexes.
+    pub(crate) fn would_overflow(&self, len: u64, last_offset: i64) -> bool {
+        self.size + len > u32::MAX as u64 || last_offset - self.base_offset > i32::MAX as i64
+    }
+
+    pub(crate) fn offset_index_len(&self) -> usize {
+        self.offset_index.len()
+    }
+
+    /// Delete the segment's files (the open descriptor stays usable until dropped).
+    pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
+        fs::remove_file(&self.path).map_err(io_err(&self.path))?;
+        let _ = fs::remove_file(index_path(&self.dir, self.base_offset));
+        let _ = fs::remove_file(timeindex_path(&self.dir, self.base_offset));
+        Ok(())
+    }
+}
