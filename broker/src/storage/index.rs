@@ -46,6 +46,7 @@ impl OffsetIndex {
         self.entries.last().copied()
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

@@ -133,6 +133,12 @@ impl PartitionLog {
     }
 
     /// Validate and append the batches of one produce partition (all or none).
+    ///
+    /// Every batch is checked (size, framing, CRC, counts, keys on compacted topics, producer
+    /// sequence) before anything is written. Idempotent retries are not written: if every batch
+    /// is a duplicate the result has `duplicate: true` and the offsets first assigned; if only
+    /// some are (not possible with Kafka >= 0.11 clients, which send one batch per partition),
+    /// the duplicates are skipped and the offsets of the written batches are returned.
     pub fn append(&mut self, records: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
         let batches = self.validate(records)?;
         let mut staged = HashMap::new();
@@ -304,7 +310,7 @@ impl PartitionLog {
     }
 
     /// ListOffsets by timestamp: the first record at or after the log start whose timestamp is
-    /// >= `ts`, as `(offset, timestamp)`. The batch is found with the time index and header
+    /// at least `ts`, as `(offset, timestamp)`. The batch is found with the time index and header
     /// scans (first batch with maxTimestamp >= `ts`), then decoded to return the exact record;
     /// for LogAppendTime batches every record has the batch's maxTimestamp. If the batch cannot
     /// be decoded, its base offset and maxTimestamp are returned.

@@ -442,6 +442,7 @@ impl Segment {
         self.size + len > u32::MAX as u64 || last_offset - self.base_offset > i32::MAX as i64
     }
 
+    #[cfg(test)]
     pub(crate) fn offset_index_len(&self) -> usize {
         self.offset_index.len()
     }
