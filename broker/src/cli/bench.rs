@@ -183,6 +183,8 @@ fn consume_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
         .set("max.partition.fetch.bytes", "10485760")
         .set("queued.min.messages", "1000000")
         .create()?;
+    // Learn the partition leaders first, so the measured time is fetching, not discovery.
+    c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..args.partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -194,6 +196,12 @@ fn consume_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
     while n < args.records {
         match c.poll(Duration::from_secs(10)) {
             Some(Ok(m)) => {
+                if n == 0 {
+                    eprintln!(
+                        "consume: first record after {:.1} ms",
+                        start.elapsed().as_secs_f64() * 1e3
+                    );
+                }
                 n += 1;
                 bytes += m.payload_len();
             }

@@ -73,6 +73,7 @@ pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
             || notified.is_empty()
             || tokio::time::Instant::now() >= deadline;
         if done || (min_bytes == 0 && total == 0 && wait.is_zero()) {
+            tracing::trace!(bytes = total, partitions = wanted.len(), "fetch answered");
             return respond(parts);
         }
         let any_append = poll_fn(|cx| {
@@ -84,7 +85,12 @@ pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
             Poll::Pending
         });
         if tokio::time::timeout_at(deadline, any_append).await.is_err() {
-            let (parts, _, _) = read_all(&wanted, max_bytes);
+            let (parts, total, _) = read_all(&wanted, max_bytes);
+            tracing::trace!(
+                bytes = total,
+                waited_ms = wait.as_millis() as u64,
+                "fetch answered after max wait"
+            );
             return respond(parts);
         }
     }
