@@ -14,6 +14,7 @@ use edge_config::Config;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, Metrics};
 use crate::catalog::Catalog;
 use crate::groups::{GroupConfig, GroupCoordinator};
 use crate::meta::MetaStore;
@@ -37,6 +38,7 @@ pub struct Broker {
     pub meta: MetaStore,
     pub groups: GroupCoordinator,
     pub dispatcher: Dispatcher,
+    pub metrics: Metrics,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -46,6 +48,8 @@ pub struct BrokerHandle {
     pub kafka_addr: Option<SocketAddr>,
     /// Bound address of the TLS Kafka listener, if enabled.
     pub kafka_tls_addr: Option<SocketAddr>,
+    /// Bound address of the admin HTTP listener, if enabled.
+    pub admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -101,6 +105,7 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
         meta,
         groups: groups.clone(),
         dispatcher: protocol::routes(),
+        metrics: Metrics::default(),
         config,
     });
 
@@ -132,6 +137,13 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
         kafka_tls_addr = Some(addr);
         tasks.push(task);
     }
+    let mut admin_addr = None;
+    if listeners.admin.enabled {
+        let (addr, task) =
+            admin::listen(broker.clone(), listeners.admin.address, shutdown_rx.clone()).await?;
+        admin_addr = Some(addr);
+        tasks.push(task);
+    }
     let timers = groups.spawn_timers();
     let mut stop_timers = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -146,6 +158,7 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
         broker,
         kafka_addr,
         kafka_tls_addr,
+        admin_addr,
         shutdown,
         tasks,
     })

@@ -4,6 +4,7 @@
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`admin`] | admin HTTP: health and Prometheus metrics |
 //! | [`broker`] | shared state, start-up ([`start_broker`]) and shutdown, background log work |
 //! | [`net`] | listeners: Kafka over TCP and TLS; one task per connection |
 //! | [`protocol`] | framing glue, the route table (which also answers ApiVersions), one file per API |
@@ -18,6 +19,7 @@
 //! partition -> `storage::PartitionLog::append` validates and stamps the batch -> the response.
 //! A handler never touches files; storage never knows about sockets.
 
+pub mod admin;
 pub mod broker;
 pub mod catalog;
 pub mod cli;

@@ -6,6 +6,7 @@
 //! malformed header or body, unknown API) closes this connection only, with a log line.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,9 +30,12 @@ pub async fn serve<S>(
     let listener = session.listener.name();
     tracing::debug!(%peer, listener, "connection opened");
     let session = Arc::new(session);
+    let metrics = &broker.metrics;
+    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let writer = tokio::spawn(write_loop(wr, rx, broker.clone()));
     let max = broker.config.broker.max_request_bytes as usize;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut client_id: Arc<str> = Arc::from("");
@@ -39,10 +43,16 @@ pub async fn serve<S>(
         // Handle every complete frame already buffered before reading again.
         loop {
             let frame = match frame::split_frame(&mut buf, max) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    metrics
+                        .bytes_in
+                        .fetch_add(f.len() as u64 + 4, Ordering::Relaxed);
+                    f
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(%peer, listener, error = %e, "closing connection: bad frame");
+                    metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }
             };
@@ -51,6 +61,7 @@ pub async fn serve<S>(
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(%peer, listener, ?correlation_id, error = %e, "closing connection: bad request");
+                    metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }
             };
@@ -59,6 +70,7 @@ pub async fn serve<S>(
             {
                 client_id = Arc::from(id);
             }
+            metrics.count_request(req.api_key);
             let ctx = Ctx {
                 broker: broker.clone(),
                 session: session.clone(),
@@ -69,6 +81,7 @@ pub async fn serve<S>(
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(%peer, listener, client_id = %client_id, error = %e, "closing connection");
+                    metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }
             };
@@ -102,16 +115,29 @@ pub async fn serve<S>(
     }
     drop(tx);
     let _ = writer.await;
+    metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(%peer, listener, "connection closed");
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    broker: Arc<Broker>,
+) {
     while let Some(first) = rx.recv().await {
+        broker
+            .metrics
+            .bytes_out
+            .fetch_add(first.len() as u64, Ordering::Relaxed);
         if wr.write_all(&first).await.is_err() {
             return;
         }
         // Coalesce whatever else is ready into the same flush.
         while let Ok(more) = rx.try_recv() {
+            broker
+                .metrics
+                .bytes_out
+                .fetch_add(more.len() as u64, Ordering::Relaxed);
             if wr.write_all(&more).await.is_err() {
                 return;
             }

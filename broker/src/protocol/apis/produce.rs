@@ -6,6 +6,8 @@
 //! exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
 
+use std::sync::atomic::Ordering;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -47,12 +49,20 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                     out.log_start_offset = info.log_start_offset;
                     if !info.duplicate {
                         partition.appended.notify_waiters();
+                        ctx.broker
+                            .metrics
+                            .records_in
+                            .fetch_add(info.record_count as u64, Ordering::Relaxed);
                     }
                 }
                 Err(e) => {
                     tracing::debug!(topic = %partition.topic, partition = pd.index, error = %e, "produce refused");
                     out.error_code = storage_code(&e);
                     out.error_message = Some(s(e.to_string()));
+                    ctx.broker
+                        .metrics
+                        .produce_errors
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             partitions.push(out);

@@ -1,0 +1,208 @@
+//! Admin HTTP (`[listeners.admin]`, default 127.0.0.1:9094): `GET /health` and Prometheus
+//! `GET /metrics`. Unauthenticated by design; keep it on a trusted interface.
+//!
+//! The counters live in [`Metrics`], updated with relaxed atomics on the data path; partition
+//! gauges (log start and end offsets, size on disk) are read from the catalog when scraped.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use kafka_protocol::messages::ApiKey;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+
+/// Highest Kafka API key we keep a request counter for.
+const MAX_API_KEY: usize = 128;
+
+/// Broker-wide counters, shared by every connection.
+pub struct Metrics {
+    pub connections_open: AtomicI64,
+    pub connections_total: AtomicU64,
+    /// Connections closed because of a bad frame or request.
+    pub connections_rejected: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Records appended by produce requests (duplicates from idempotent retries excluded).
+    pub records_in: AtomicU64,
+    /// Partition appends refused with an error code.
+    pub produce_errors: AtomicU64,
+    requests: Vec<AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections_open: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_rejected: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            records_in: AtomicU64::new(0),
+            produce_errors: AtomicU64::new(0),
+            requests: (0..MAX_API_KEY).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count_request(&self, api: ApiKey) {
+        if let Some(c) = self.requests.get(api as i16 as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text exposition of the counters and of every partition's gauges.
+    pub fn render(&self, broker: &Broker) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let _ = writeln!(
+            out,
+            "# HELP runnel_connections_open Kafka connections open now.\n# TYPE runnel_connections_open gauge\nrunnel_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        counter(
+            &mut out,
+            "runnel_connections_total",
+            "Kafka connections accepted.",
+            self.connections_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_connections_rejected_total",
+            "Connections closed for a bad frame or request.",
+            self.connections_rejected.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_bytes_in_total",
+            "Request bytes received.",
+            self.bytes_in.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_bytes_out_total",
+            "Response bytes sent.",
+            self.bytes_out.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_records_in_total",
+            "Records appended by produce requests.",
+            self.records_in.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_produce_errors_total",
+            "Partition appends refused with an error.",
+            self.produce_errors.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP runnel_requests_total Kafka requests by API.\n# TYPE runnel_requests_total counter"
+        );
+        for (key, c) in self.requests.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                let name = ApiKey::try_from(key as i16)
+                    .map(|k| format!("{k:?}"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "runnel_requests_total{{api=\"{name}\"}} {n}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runnel_log_end_offset Next offset of each partition.\n# TYPE runnel_log_end_offset gauge"
+        );
+        let mut starts = String::new();
+        let mut sizes = String::new();
+        for topic in broker.catalog.list() {
+            for p in topic.partitions() {
+                let log = p.log();
+                let labels = format!("topic=\"{}\",partition=\"{}\"", topic.name, p.index);
+                let _ = writeln!(
+                    out,
+                    "runnel_log_end_offset{{{labels}}} {}",
+                    log.log_end_offset()
+                );
+                let _ = writeln!(
+                    starts,
+                    "runnel_log_start_offset{{{labels}}} {}",
+                    log.log_start_offset()
+                );
+                let _ = writeln!(
+                    sizes,
+                    "runnel_log_size_bytes{{{labels}}} {}",
+                    log.size_bytes()
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP runnel_log_start_offset First offset still stored.\n# TYPE runnel_log_start_offset gauge"
+        );
+        out.push_str(&starts);
+        let _ = writeln!(
+            out,
+            "# HELP runnel_log_size_bytes Bytes on disk of each partition's segments.\n# TYPE runnel_log_size_bytes gauge"
+        );
+        out.push_str(&sizes);
+        out
+    }
+}
+
+async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let b = broker.clone();
+    // Reading every partition takes their locks briefly; keep it off the async workers.
+    let text = tokio::task::spawn_blocking(move || b.metrics.render(&b))
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+/// Binds the admin listener and serves it until shutdown.
+pub async fn listen(
+    broker: Arc<Broker>,
+    addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind admin listener on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(listener = "admin", address = %bound, "listening");
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(broker);
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    Ok((bound, task))
+}
