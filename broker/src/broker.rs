@@ -137,6 +137,12 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
         kafka_tls_addr = Some(addr);
         tasks.push(task);
     }
+    if listeners.quic.enabled {
+        tracing::warn!(
+            address = %listeners.quic.address,
+            "listeners.quic is enabled, but QUIC ingest is not part of this build yet; nothing listens there"
+        );
+    }
     let mut admin_addr = None;
     if listeners.admin.enabled {
         let (addr, task) =

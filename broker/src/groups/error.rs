@@ -17,7 +17,9 @@ pub struct StoreError {
 impl StoreError {
     /// Wraps any displayable error (e.g. a `redb::Error`).
     pub fn new(message: impl std::fmt::Display) -> Self {
-        Self { message: message.to_string() }
+        Self {
+            message: message.to_string(),
+        }
     }
 }
 
@@ -61,7 +63,11 @@ pub enum GroupError {
     UnknownMemberId,
     /// INVALID_SESSION_TIMEOUT (26).
     #[error("session timeout {timeout_ms} ms outside [{min_ms}, {max_ms}] ms")]
-    InvalidSessionTimeout { timeout_ms: i32, min_ms: u64, max_ms: u64 },
+    InvalidSessionTimeout {
+        timeout_ms: i32,
+        min_ms: u64,
+        max_ms: u64,
+    },
     /// REBALANCE_IN_PROGRESS (27): the member must rejoin.
     #[error("rebalance in progress")]
     RebalanceInProgress,

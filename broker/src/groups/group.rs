@@ -184,11 +184,17 @@ impl Group {
 
     /// True when nothing is left: the coordinator may forget the group.
     pub fn is_idle_and_empty(&self) -> bool {
-        self.state == GroupState::Empty && self.offsets.is_empty() && self.pending_members.is_empty()
+        self.state == GroupState::Empty
+            && self.offsets.is_empty()
+            && self.pending_members.is_empty()
     }
 
     fn rebalance_timeout(&self) -> Duration {
-        self.members.iter().map(|m| m.rebalance_timeout).max().unwrap_or_default()
+        self.members
+            .iter()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default()
     }
 
     fn supports_protocols(&self, protocol_type: &str, protocols: &[JoinProtocol]) -> bool {
@@ -197,7 +203,9 @@ impl Group {
         }
         self.protocol_type.as_deref() == Some(protocol_type)
             && protocols.iter().any(|p| {
-                self.members.iter().all(|m| m.protocols.iter().any(|q| q.name == p.name))
+                self.members
+                    .iter()
+                    .all(|m| m.protocols.iter().any(|q| q.name == p.name))
             })
     }
 
@@ -212,7 +220,12 @@ impl Group {
     // ---- JoinGroup -------------------------------------------------------------------------
 
     /// Handles a validated JoinGroup (group id and session timeout already checked).
-    pub fn join(&mut self, req: JoinRequest, member_id_prefix_uuid: String, now: Instant) -> Outcome<JoinResponse> {
+    pub fn join(
+        &mut self,
+        req: JoinRequest,
+        member_id_prefix_uuid: String,
+        now: Instant,
+    ) -> Outcome<JoinResponse> {
         if self.state == GroupState::Dead {
             return Outcome::Now(Err(GroupError::CoordinatorNotAvailable));
         }
@@ -226,7 +239,12 @@ impl Group {
         }
     }
 
-    fn join_new_member(&mut self, req: JoinRequest, uuid: String, now: Instant) -> Outcome<JoinResponse> {
+    fn join_new_member(
+        &mut self,
+        req: JoinRequest,
+        uuid: String,
+        now: Instant,
+    ) -> Outcome<JoinResponse> {
         let prefix = req.group_instance_id.as_deref().unwrap_or(&req.client_id);
         let new_id = format!("{prefix}-{uuid}");
         if let Some(instance) = req.group_instance_id.clone() {
@@ -263,7 +281,9 @@ impl Group {
             return Outcome::Now(Err(GroupError::UnknownMemberId));
         }
         let is_leader = self.is_leader(&req.member_id);
-        let matches = self.member(&req.member_id).is_some_and(|m| m.matches(&req.protocols));
+        let matches = self
+            .member(&req.member_id)
+            .is_some_and(|m| m.matches(&req.protocols));
         match self.state {
             GroupState::PreparingRebalance => self.update_member_and_rebalance(req, now),
             GroupState::CompletingRebalance if matches => {
@@ -277,7 +297,9 @@ impl Group {
             }
             // A changed member, or the leader in Stable (it may have seen a metadata change that
             // only it can act on), forces a rebalance.
-            GroupState::CompletingRebalance | GroupState::Stable => self.update_member_and_rebalance(req, now),
+            GroupState::CompletingRebalance | GroupState::Stable => {
+                self.update_member_and_rebalance(req, now)
+            }
             GroupState::Empty | GroupState::Dead => Outcome::Now(Err(GroupError::UnknownMemberId)),
         }
     }
@@ -296,7 +318,11 @@ impl Group {
             leader: self.leader.clone().unwrap_or_default(),
             skip_assignment: false,
             member_id: member_id.to_owned(),
-            members: if with_members { self.member_list() } else { Vec::new() },
+            members: if with_members {
+                self.member_list()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -312,7 +338,12 @@ impl Group {
             .collect()
     }
 
-    fn add_member_and_rebalance(&mut self, req: JoinRequest, id: String, now: Instant) -> Outcome<JoinResponse> {
+    fn add_member_and_rebalance(
+        &mut self,
+        req: JoinRequest,
+        id: String,
+        now: Instant,
+    ) -> Outcome<JoinResponse> {
         let (tx, rx) = oneshot::channel();
         let session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
         let rebalance_timeout = if req.rebalance_timeout_ms > 0 {
@@ -320,10 +351,11 @@ impl Group {
         } else {
             session_timeout
         };
-        if self.state == GroupState::PreparingRebalance && self.generation == 0 {
-            if let Some(initial) = self.rebalance.as_mut().and_then(|r| r.initial.as_mut()) {
-                initial.new_member_added = true;
-            }
+        if self.state == GroupState::PreparingRebalance
+            && self.generation == 0
+            && let Some(initial) = self.rebalance.as_mut().and_then(|r| r.initial.as_mut())
+        {
+            initial.new_member_added = true;
         }
         if self.members.is_empty() {
             self.protocol_type = Some(req.protocol_type.clone());
@@ -353,7 +385,11 @@ impl Group {
         Outcome::Wait(rx)
     }
 
-    fn update_member_and_rebalance(&mut self, req: JoinRequest, now: Instant) -> Outcome<JoinResponse> {
+    fn update_member_and_rebalance(
+        &mut self,
+        req: JoinRequest,
+        now: Instant,
+    ) -> Outcome<JoinResponse> {
         let (tx, rx) = oneshot::channel();
         let Some(m) = self.member_mut(&req.member_id) else {
             return Outcome::Now(Err(GroupError::UnknownMemberId));
@@ -375,7 +411,13 @@ impl Group {
 
     /// A known static member rejoined with an empty member id: it takes over the old member's
     /// place under a new id. In Stable with an unchanged protocol choice there is no rebalance.
-    fn replace_static_member(&mut self, req: JoinRequest, old_id: String, new_id: String, now: Instant) -> Outcome<JoinResponse> {
+    fn replace_static_member(
+        &mut self,
+        req: JoinRequest,
+        old_id: String,
+        new_id: String,
+        now: Instant,
+    ) -> Outcome<JoinResponse> {
         let (tx, rx) = oneshot::channel();
         let old_leader = self.leader.clone().unwrap_or_default();
         let Some(m) = self.member_mut(&old_id) else {
@@ -452,10 +494,16 @@ impl Group {
             let delay = self.initial_rebalance_delay;
             Rebalance {
                 deadline: now + delay,
-                initial: Some(InitialDelay { remaining: timeout.saturating_sub(delay), new_member_added: false }),
+                initial: Some(InitialDelay {
+                    remaining: timeout.saturating_sub(delay),
+                    new_member_added: false,
+                }),
             }
         } else {
-            Rebalance { deadline: now + timeout, initial: None }
+            Rebalance {
+                deadline: now + timeout,
+                initial: None,
+            }
         });
         info!(group = %self.id, generation = self.generation, members = self.members.len(), "preparing rebalance");
         self.transition(GroupState::PreparingRebalance, now);
@@ -525,7 +573,10 @@ impl Group {
             // Only static members that have not rejoined are left: wait another round; their
             // session timeouts will remove them if they are gone.
             let deadline = now + self.rebalance_timeout();
-            self.rebalance = Some(Rebalance { deadline, initial: None });
+            self.rebalance = Some(Rebalance {
+                deadline,
+                initial: None,
+            });
             return;
         }
         self.rebalance = None;
@@ -558,10 +609,12 @@ impl Group {
 
     /// Keeps the leader if it rejoined, else picks the first member that did. False if none did.
     fn elect_joined_leader(&mut self) -> bool {
-        if let Some(leader) = self.leader.as_deref() {
-            if self.member(leader).is_some_and(|m| m.awaiting_join.is_some()) {
-                return true;
-            }
+        if let Some(leader) = self.leader.as_deref()
+            && self
+                .member(leader)
+                .is_some_and(|m| m.awaiting_join.is_some())
+        {
+            return true;
         }
         match self.members.iter().find(|m| m.awaiting_join.is_some()) {
             Some(m) => {
@@ -580,11 +633,19 @@ impl Group {
             .protocols
             .iter()
             .map(|p| p.name.as_str())
-            .filter(|name| self.members.iter().all(|m| m.protocols.iter().any(|q| q.name == *name)))
+            .filter(|name| {
+                self.members
+                    .iter()
+                    .all(|m| m.protocols.iter().any(|q| q.name == *name))
+            })
             .collect();
         let mut votes: HashMap<&str, usize> = HashMap::new();
         for m in &self.members {
-            if let Some(vote) = m.protocols.iter().find(|p| candidates.contains(&p.name.as_str())) {
+            if let Some(vote) = m
+                .protocols
+                .iter()
+                .find(|p| candidates.contains(&p.name.as_str()))
+            {
                 *votes.entry(vote.name.as_str()).or_default() += 1;
             }
         }
@@ -615,10 +676,13 @@ impl Group {
         let mut m = self.members.remove(pos);
         m.answer_join(Err(GroupError::UnknownMemberId), now);
         m.answer_sync(Err(GroupError::UnknownMemberId), now);
-        if let Some(instance) = &m.instance_id {
-            if self.static_members.get(instance).is_some_and(|owner| owner == id) {
-                self.static_members.remove(instance);
-            }
+        if let Some(instance) = &m.instance_id
+            && self
+                .static_members
+                .get(instance)
+                .is_some_and(|owner| owner == id)
+        {
+            self.static_members.remove(instance);
         }
         self.pending_sync.remove(id);
         if self.leader.as_deref() == Some(id) {
@@ -633,7 +697,9 @@ impl Group {
             return;
         }
         match self.state {
-            GroupState::Stable | GroupState::CompletingRebalance => self.maybe_prepare_rebalance(now),
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.maybe_prepare_rebalance(now)
+            }
             GroupState::PreparingRebalance => self.try_complete_join(now),
             GroupState::Empty | GroupState::Dead => {}
         }
@@ -642,11 +708,21 @@ impl Group {
     // ---- SyncGroup -------------------------------------------------------------------------
 
     pub fn sync(&mut self, req: SyncRequest, now: Instant) -> Outcome<SyncResponse> {
-        if let Err(e) = self.check_member(&req.member_id, req.group_instance_id.as_deref(), req.generation_id) {
+        if let Err(e) = self.check_member(
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+        ) {
             return Outcome::Now(Err(e));
         }
-        if req.protocol_type.as_ref().is_some_and(|t| self.protocol_type.as_ref() != Some(t))
-            || req.protocol_name.as_ref().is_some_and(|n| self.protocol_name.as_ref() != Some(n))
+        if req
+            .protocol_type
+            .as_ref()
+            .is_some_and(|t| self.protocol_type.as_ref() != Some(t))
+            || req
+                .protocol_name
+                .as_ref()
+                .is_some_and(|n| self.protocol_name.as_ref() != Some(n))
         {
             return Outcome::Now(Err(GroupError::InconsistentGroupProtocol));
         }
@@ -701,12 +777,20 @@ impl Group {
         SyncResponse {
             protocol_type: self.protocol_type.clone(),
             protocol_name: self.protocol_name.clone(),
-            assignment: self.member(member_id).map(|m| m.assignment.clone()).unwrap_or_default(),
+            assignment: self
+                .member(member_id)
+                .map(|m| m.assignment.clone())
+                .unwrap_or_default(),
         }
     }
 
     /// The fencing, membership and generation checks shared by sync, heartbeat and commit.
-    fn check_member(&self, member_id: &str, instance_id: Option<&str>, generation: i32) -> Result<(), GroupError> {
+    fn check_member(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), GroupError> {
         if self.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
@@ -717,7 +801,10 @@ impl Group {
             return Err(GroupError::UnknownMemberId);
         }
         if generation != self.generation {
-            return Err(GroupError::IllegalGeneration { given: generation, current: self.generation });
+            return Err(GroupError::IllegalGeneration {
+                given: generation,
+                current: self.generation,
+            });
         }
         Ok(())
     }
@@ -725,7 +812,11 @@ impl Group {
     // ---- Heartbeat, LeaveGroup ---------------------------------------------------------------
 
     pub fn heartbeat(&mut self, req: &HeartbeatRequest, now: Instant) -> Result<(), GroupError> {
-        self.check_member(&req.member_id, req.group_instance_id.as_deref(), req.generation_id)?;
+        self.check_member(
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+        )?;
         match self.state {
             GroupState::Empty | GroupState::Dead => Err(GroupError::UnknownMemberId),
             GroupState::PreparingRebalance => {
@@ -745,7 +836,11 @@ impl Group {
         }
         let id = if member.member_id.is_empty() {
             // Administrative removal of a static member by instance id.
-            match member.group_instance_id.as_ref().and_then(|i| self.static_members.get(i)) {
+            match member
+                .group_instance_id
+                .as_ref()
+                .and_then(|i| self.static_members.get(i))
+            {
                 Some(id) => id.clone(),
                 None => return Err(GroupError::UnknownMemberId),
             }
@@ -767,13 +862,22 @@ impl Group {
     // ---- Offsets -----------------------------------------------------------------------------
 
     /// Kafka's `validateOffsetCommit` plus the state checks of `doCommitOffsets`.
-    pub fn check_commit(&mut self, req: &OffsetCommitRequest, now: Instant) -> Result<(), GroupError> {
+    pub fn check_commit(
+        &mut self,
+        req: &OffsetCommitRequest,
+        now: Instant,
+    ) -> Result<(), GroupError> {
         if self.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
-        let managed = req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
+        let managed =
+            req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
         if managed {
-            self.check_member(&req.member_id, req.group_instance_id.as_deref(), req.generation_id)?;
+            self.check_member(
+                &req.member_id,
+                req.group_instance_id.as_deref(),
+                req.generation_id,
+            )?;
         } else if self.state != GroupState::Empty {
             // Only members may commit to a group that has members.
             return Err(GroupError::UnknownMemberId);
@@ -798,15 +902,22 @@ impl Group {
         if self.pending_members.len() != before {
             self.try_complete_join(now);
         }
-        let expired: Vec<String> = self.members.iter().filter(|m| m.expired(now)).map(|m| m.id.clone()).collect();
+        let expired: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.expired(now))
+            .map(|m| m.id.clone())
+            .collect();
         for id in expired {
             info!(group = %self.id, member = %id, "session timeout; member removed");
             self.remove_member_and_rebalance(&id, now);
         }
         if self.sync_deadline.is_some_and(|d| now >= d) {
             self.sync_deadline = None;
-            if matches!(self.state, GroupState::CompletingRebalance | GroupState::Stable)
-                && !self.pending_sync.is_empty()
+            if matches!(
+                self.state,
+                GroupState::CompletingRebalance | GroupState::Stable
+            ) && !self.pending_sync.is_empty()
             {
                 let missing: Vec<String> = self.pending_sync.drain().collect();
                 info!(group = %self.id, members = ?missing, "members did not send SyncGroup in time; removed");
@@ -833,7 +944,11 @@ impl Group {
 
     pub fn describe(&self) -> GroupDescription {
         let stable = self.state == GroupState::Stable;
-        let protocol = if stable { self.protocol_name.clone().unwrap_or_default() } else { String::new() };
+        let protocol = if stable {
+            self.protocol_name.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
         GroupDescription {
             group_id: self.id.clone(),
             state: self.state,
@@ -846,8 +961,16 @@ impl Group {
                     group_instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: if stable { m.metadata_for(&protocol) } else { Bytes::new() },
-                    assignment: if stable { m.assignment.clone() } else { Bytes::new() },
+                    metadata: if stable {
+                        m.metadata_for(&protocol)
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
                 })
                 .collect(),
             protocol,

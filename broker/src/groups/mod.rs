@@ -146,7 +146,9 @@ struct Inner {
 
 impl std::fmt::Debug for GroupCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupCoordinator").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("GroupCoordinator")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -155,7 +157,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn wall_clock_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A random UUID-formatted string for member ids (not cryptographic; ids are not secrets).
@@ -185,7 +190,11 @@ impl GroupCoordinator {
     }
 
     /// As [`new`](Self::new), reading time from `clock`.
-    pub fn with_clock(config: GroupConfig, store: Arc<dyn OffsetStore>, clock: Clock) -> Result<Self, StartError> {
+    pub fn with_clock(
+        config: GroupConfig,
+        store: Arc<dyn OffsetStore>,
+        clock: Clock,
+    ) -> Result<Self, StartError> {
         if config.min_session_timeout > config.max_session_timeout {
             return Err(StartError::Config(format!(
                 "min_session_timeout ({:?}) is greater than max_session_timeout ({:?})",
@@ -198,7 +207,10 @@ impl GroupCoordinator {
             let g = groups
                 .entry(group.clone())
                 .or_insert_with(|| Group::new(group, config.initial_rebalance_delay, now));
-            g.offsets.entry(topic).or_default().insert(partition, offset);
+            g.offsets
+                .entry(topic)
+                .or_default()
+                .insert(partition, offset);
         }
         Ok(GroupCoordinator {
             inner: Arc::new(Inner {
@@ -232,7 +244,10 @@ impl GroupCoordinator {
             }
             let cfg = &self.inner.config;
             let timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
-            if req.session_timeout_ms < 0 || timeout < cfg.min_session_timeout || timeout > cfg.max_session_timeout {
+            if req.session_timeout_ms < 0
+                || timeout < cfg.min_session_timeout
+                || timeout > cfg.max_session_timeout
+            {
                 return Err(GroupError::InvalidSessionTimeout {
                     timeout_ms: req.session_timeout_ms,
                     min_ms: cfg.min_session_timeout.as_millis() as u64,
@@ -244,9 +259,11 @@ impl GroupCoordinator {
             let group_id = req.group_id.clone();
             let group = match groups.get_mut(&group_id) {
                 Some(g) => g,
-                None if req.member_id.is_empty() => groups
-                    .entry(group_id.clone())
-                    .or_insert_with(|| Group::new(group_id.clone(), cfg.initial_rebalance_delay, now)),
+                None if req.member_id.is_empty() => {
+                    groups.entry(group_id.clone()).or_insert_with(|| {
+                        Group::new(group_id.clone(), cfg.initial_rebalance_delay, now)
+                    })
+                }
                 None => return Err(GroupError::UnknownMemberId),
             };
             group.poll(now);
@@ -351,7 +368,10 @@ impl GroupCoordinator {
                 }
                 // A simple consumer (no generation) may commit to a group that does not exist.
                 None if req.generation_id < 0 => Ok(()),
-                None => Err(GroupError::IllegalGeneration { given: req.generation_id, current: -1 }),
+                None => Err(GroupError::IllegalGeneration {
+                    given: req.generation_id,
+                    current: -1,
+                }),
             }
         };
         let fill = |f: &mut dyn FnMut(&OffsetCommitPartition) -> Result<(), GroupError>| {
@@ -362,7 +382,10 @@ impl GroupCoordinator {
                     partitions: t
                         .partitions
                         .iter()
-                        .map(|p| PartitionResult { partition: p.partition, result: f(p) })
+                        .map(|p| PartitionResult {
+                            partition: p.partition,
+                            result: f(p),
+                        })
                         .collect(),
                 })
                 .collect::<Vec<_>>()
@@ -376,33 +399,50 @@ impl GroupCoordinator {
             for p in &t.partitions {
                 let metadata = p.metadata.clone().unwrap_or_default();
                 if metadata.len() <= OFFSET_METADATA_MAX_BYTES {
-                    let commit_timestamp_ms = p.commit_timestamp_ms.filter(|ts| *ts >= 0).unwrap_or(wall);
+                    let commit_timestamp_ms =
+                        p.commit_timestamp_ms.filter(|ts| *ts >= 0).unwrap_or(wall);
                     batch.push((
                         t.name.clone(),
                         p.partition,
-                        CommittedOffset { offset: p.offset, leader_epoch: p.leader_epoch, metadata, commit_timestamp_ms },
+                        CommittedOffset {
+                            offset: p.offset,
+                            leader_epoch: p.leader_epoch,
+                            metadata,
+                            commit_timestamp_ms,
+                        },
                     ));
                 }
             }
         }
-        let stored = if batch.is_empty() { Ok(()) } else { self.inner.store.commit(&req.group_id, &batch) };
+        let stored = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.inner.store.commit(&req.group_id, &batch)
+        };
         if let Err(e) = &stored {
             warn!(group = %req.group_id, error = %e, "offset commit failed in the store");
         } else if !batch.is_empty() {
             let cfg = &self.inner.config;
             let mut groups = self.groups();
-            let group = groups
-                .entry(req.group_id.clone())
-                .or_insert_with(|| Group::new(req.group_id.clone(), cfg.initial_rebalance_delay, now));
+            let group = groups.entry(req.group_id.clone()).or_insert_with(|| {
+                Group::new(req.group_id.clone(), cfg.initial_rebalance_delay, now)
+            });
             for (topic, partition, offset) in batch {
-                group.offsets.entry(topic).or_default().insert(partition, offset);
+                group
+                    .offsets
+                    .entry(topic)
+                    .or_default()
+                    .insert(partition, offset);
             }
             group.last_commit = now;
         }
         fill(&mut |p| {
             let size = p.metadata.as_ref().map_or(0, |m| m.len());
             if size > OFFSET_METADATA_MAX_BYTES {
-                Err(GroupError::OffsetMetadataTooLarge { size, max: OFFSET_METADATA_MAX_BYTES })
+                Err(GroupError::OffsetMetadataTooLarge {
+                    size,
+                    max: OFFSET_METADATA_MAX_BYTES,
+                })
             } else {
                 stored.clone().map_err(GroupError::Store)
             }
@@ -411,17 +451,32 @@ impl GroupCoordinator {
 
     /// OffsetFetch for one group (the multi-group form of v8 calls this per group). `None`
     /// topics returns every committed partition of the group.
-    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[OffsetFetchTopic]>) -> Result<Vec<FetchedTopic>, GroupError> {
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        topics: Option<&[OffsetFetchTopic]>,
+    ) -> Result<Vec<FetchedTopic>, GroupError> {
         let groups = self.groups();
-        let offsets = groups.get(group_id).filter(|g| g.state != GroupState::Dead).map(|g| &g.offsets);
-        let fetched = |name: &str, partition: i32| match offsets.and_then(|o| o.get(name)).and_then(|t| t.get(&partition)) {
+        let offsets = groups
+            .get(group_id)
+            .filter(|g| g.state != GroupState::Dead)
+            .map(|g| &g.offsets);
+        let fetched = |name: &str, partition: i32| match offsets
+            .and_then(|o| o.get(name))
+            .and_then(|t| t.get(&partition))
+        {
             Some(o) => FetchedPartition {
                 partition,
                 offset: o.offset,
                 leader_epoch: o.leader_epoch,
                 metadata: o.metadata.clone(),
             },
-            None => FetchedPartition { partition, offset: -1, leader_epoch: -1, metadata: String::new() },
+            None => FetchedPartition {
+                partition,
+                offset: -1,
+                leader_epoch: -1,
+                metadata: String::new(),
+            },
         };
         Ok(match topics {
             Some(topics) => topics
@@ -451,7 +506,9 @@ impl GroupCoordinator {
             .filter_map(|g| {
                 g.poll(now);
                 let wanted = states_filter.is_empty()
-                    || states_filter.iter().any(|s| GroupState::parse(s) == Some(g.state));
+                    || states_filter
+                        .iter()
+                        .any(|s| GroupState::parse(s) == Some(g.state));
                 (wanted && g.state != GroupState::Dead).then(|| ListedGroup {
                     group_id: g.id.clone(),
                     protocol_type: g.protocol_type.clone().unwrap_or_default(),
@@ -489,7 +546,11 @@ impl GroupCoordinator {
 
     /// Marks an Empty group Dead, deletes its offsets from the store, then forgets it. `check`
     /// may veto (offset retention uses it to re-check expiry under the lock).
-    fn remove_empty_group(&self, group_id: &str, check: impl Fn(&Group) -> Result<(), GroupError>) -> Result<(), GroupError> {
+    fn remove_empty_group(
+        &self,
+        group_id: &str,
+        check: impl Fn(&Group) -> Result<(), GroupError>,
+    ) -> Result<(), GroupError> {
         let now = self.now();
         let _store_guard = lock(&self.inner.store_lock);
         let had_offsets = {
@@ -507,7 +568,11 @@ impl GroupCoordinator {
             group.mark_dead(now);
             !group.offsets.is_empty()
         };
-        let deleted = if had_offsets { self.inner.store.delete_group(group_id) } else { Ok(()) };
+        let deleted = if had_offsets {
+            self.inner.store.delete_group(group_id)
+        } else {
+            Ok(())
+        };
         let mut groups = self.groups();
         match deleted {
             Ok(()) => {
@@ -534,16 +599,26 @@ impl GroupCoordinator {
             for g in groups.values_mut() {
                 g.poll(now);
             }
-            groups.retain(|_, g| !(g.is_idle_and_empty() && now >= g.empty_since + EMPTY_GROUP_RETENTION));
+            groups.retain(|_, g| {
+                !(g.is_idle_and_empty() && now >= g.empty_since + EMPTY_GROUP_RETENTION)
+            });
             if retention.is_zero() {
                 Vec::new()
             } else {
-                groups.values().filter(|g| offsets_expired(g, now, retention)).map(|g| g.id.clone()).collect()
+                groups
+                    .values()
+                    .filter(|g| offsets_expired(g, now, retention))
+                    .map(|g| g.id.clone())
+                    .collect()
             }
         };
         for id in expired {
             let result = self.remove_empty_group(&id, |g| {
-                if offsets_expired(g, now, retention) { Ok(()) } else { Err(GroupError::NonEmptyGroup) }
+                if offsets_expired(g, now, retention) {
+                    Ok(())
+                } else {
+                    Err(GroupError::NonEmptyGroup)
+                }
             });
             if result.is_ok() {
                 tracing::info!(group = %id, "offsets expired; group removed");

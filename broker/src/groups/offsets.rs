@@ -35,7 +35,11 @@ pub trait OffsetStore: Send + Sync + 'static {
     #[allow(clippy::type_complexity)]
     fn load(&self) -> Result<Vec<(String, String, i32, CommittedOffset)>, StoreError>;
     /// Upserts offsets of one group: (topic, partition, offset). Atomic per call.
-    fn commit(&self, group: &str, offsets: &[(String, i32, CommittedOffset)]) -> Result<(), StoreError>;
+    fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), StoreError>;
     /// Removes all offsets of a group (DeleteGroups, offset retention).
     fn delete_group(&self, group: &str) -> Result<(), StoreError>;
 }
@@ -93,11 +97,18 @@ impl OffsetStore for MemoryOffsetStore {
             .collect())
     }
 
-    fn commit(&self, group: &str, offsets: &[(String, i32, CommittedOffset)]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), StoreError> {
         self.check()?;
         let mut map = self.map();
         for (topic, partition, offset) in offsets {
-            map.insert((group.to_owned(), topic.clone(), *partition), offset.clone());
+            map.insert(
+                (group.to_owned(), topic.clone(), *partition),
+                offset.clone(),
+            );
         }
         Ok(())
     }

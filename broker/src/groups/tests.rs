@@ -30,9 +30,17 @@ fn config(initial_delay: Duration) -> GroupConfig {
 fn harness(initial_delay: Duration) -> Harness {
     let store = Arc::new(MemoryOffsetStore::new());
     let clock = ManualClock::new();
-    let coord =
-        GroupCoordinator::with_clock(config(initial_delay), store.clone(), Clock::Manual(clock.clone())).unwrap();
-    Harness { coord, clock, store }
+    let coord = GroupCoordinator::with_clock(
+        config(initial_delay),
+        store.clone(),
+        Clock::Manual(clock.clone()),
+    )
+    .unwrap();
+    Harness {
+        coord,
+        clock,
+        store,
+    }
 }
 
 /// Lets spawned join/sync tasks run up to their await point.
@@ -43,7 +51,10 @@ async fn settle() {
 }
 
 fn proto(name: &str) -> JoinProtocol {
-    JoinProtocol { name: name.into(), metadata: Bytes::from(format!("meta-{name}")) }
+    JoinProtocol {
+        name: name.into(),
+        metadata: Bytes::from(format!("meta-{name}")),
+    }
 }
 
 fn join_req(group: &str, member_id: &str, client: &str) -> JoinRequest {
@@ -63,7 +74,12 @@ fn join_req(group: &str, member_id: &str, client: &str) -> JoinRequest {
     }
 }
 
-fn sync_req(group: &str, generation: i32, member: &str, assignments: &[(&str, &str)]) -> SyncRequest {
+fn sync_req(
+    group: &str,
+    generation: i32,
+    member: &str,
+    assignments: &[(&str, &str)],
+) -> SyncRequest {
     SyncRequest {
         group_id: group.into(),
         generation_id: generation,
@@ -73,16 +89,30 @@ fn sync_req(group: &str, generation: i32, member: &str, assignments: &[(&str, &s
         protocol_name: None,
         assignments: assignments
             .iter()
-            .map(|(m, a)| SyncAssignment { member_id: (*m).into(), assignment: Bytes::from(a.to_string()) })
+            .map(|(m, a)| SyncAssignment {
+                member_id: (*m).into(),
+                assignment: Bytes::from(a.to_string()),
+            })
             .collect(),
     }
 }
 
 fn hb(group: &str, generation: i32, member: &str) -> HeartbeatRequest {
-    HeartbeatRequest { group_id: group.into(), generation_id: generation, member_id: member.into(), group_instance_id: None }
+    HeartbeatRequest {
+        group_id: group.into(),
+        generation_id: generation,
+        member_id: member.into(),
+        group_instance_id: None,
+    }
 }
 
-fn commit_req(group: &str, generation: i32, member: &str, topic: &str, parts: &[(i32, i64)]) -> OffsetCommitRequest {
+fn commit_req(
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    parts: &[(i32, i64)],
+) -> OffsetCommitRequest {
     OffsetCommitRequest {
         group_id: group.into(),
         generation_id: generation,
@@ -106,8 +136,14 @@ fn commit_req(group: &str, generation: i32, member: &str, topic: &str, parts: &[
 
 /// The single error of a commit response, asserting all partitions agree.
 fn commit_result(results: &[OffsetCommitTopicResult]) -> Result<(), GroupError> {
-    let all: Vec<_> = results.iter().flat_map(|t| t.partitions.iter().map(|p| p.result.clone())).collect();
-    assert!(all.windows(2).all(|w| w[0] == w[1]), "mixed results {all:?}");
+    let all: Vec<_> = results
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.result.clone()))
+        .collect();
+    assert!(
+        all.windows(2).all(|w| w[0] == w[1]),
+        "mixed results {all:?}"
+    );
     all[0].clone()
 }
 
@@ -115,6 +151,20 @@ impl Harness {
     fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.coord.tick();
+    }
+
+    /// Joins and waits; fails the test instead of hanging if the join never completes.
+    async fn join(&self, req: JoinRequest) -> Result<JoinResponse, GroupError> {
+        tokio::time::timeout(Duration::from_secs(5), self.coord.join(req))
+            .await
+            .expect("JoinGroup never completed")
+    }
+
+    /// Syncs and waits; fails the test instead of hanging if the sync never completes.
+    async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
+        tokio::time::timeout(Duration::from_secs(5), self.coord.sync(req))
+            .await
+            .expect("SyncGroup never completed")
     }
 
     fn spawn_join(&self, req: JoinRequest) -> JoinHandle<Result<JoinResponse, GroupError>> {
@@ -142,7 +192,9 @@ impl Harness {
 
     /// Joins `n` new dynamic members concurrently and syncs them; returns (member ids, generation).
     async fn stable_group(&self, group: &str, n: usize) -> (Vec<String>, i32) {
-        let handles: Vec<_> = (0..n).map(|i| self.spawn_join(join_req(group, "", &format!("c{i}")))).collect();
+        let handles: Vec<_> = (0..n)
+            .map(|i| self.spawn_join(join_req(group, "", &format!("c{i}"))))
+            .collect();
         self.run_until_done(&handles).await;
         let mut responses = Vec::new();
         for h in handles {
@@ -151,15 +203,27 @@ impl Harness {
         let generation = responses[0].generation_id;
         let ids: Vec<String> = responses.iter().map(|r| r.member_id.clone()).collect();
         let leader = responses[0].leader.clone();
-        let assignments: Vec<(String, String)> = ids.iter().map(|m| (m.clone(), format!("assign-{m}"))).collect();
+        let assignments: Vec<(String, String)> = ids
+            .iter()
+            .map(|m| (m.clone(), format!("assign-{m}")))
+            .collect();
         let mut syncs = Vec::new();
         for id in ids.iter().filter(|id| **id != leader) {
             syncs.push(self.spawn_sync(sync_req(group, generation, id, &[])));
         }
         settle().await;
-        let a: Vec<(&str, &str)> = assignments.iter().map(|(m, a)| (m.as_str(), a.as_str())).collect();
-        let leader_sync = self.coord.sync(sync_req(group, generation, &leader, &a)).await.unwrap();
-        assert_eq!(leader_sync.assignment, Bytes::from(format!("assign-{leader}")));
+        let a: Vec<(&str, &str)> = assignments
+            .iter()
+            .map(|(m, a)| (m.as_str(), a.as_str()))
+            .collect();
+        let leader_sync = self
+            .sync(sync_req(group, generation, &leader, &a))
+            .await
+            .unwrap();
+        assert_eq!(
+            leader_sync.assignment,
+            Bytes::from(format!("assign-{leader}"))
+        );
         for s in syncs {
             s.await.unwrap().unwrap();
         }
@@ -174,10 +238,14 @@ impl Harness {
 #[tokio::test]
 async fn single_member_join_sync_heartbeat() {
     let h = harness(Duration::ZERO);
-    let joined = h.coord.join(join_req("g", "", "client")).await.unwrap();
+    let joined = h.join(join_req("g", "", "client")).await.unwrap();
     assert_eq!(joined.generation_id, 1);
     assert_eq!(joined.leader, joined.member_id);
-    assert!(joined.member_id.starts_with("client-"), "{}", joined.member_id);
+    assert!(
+        joined.member_id.starts_with("client-"),
+        "{}",
+        joined.member_id
+    );
     assert_eq!(joined.protocol_name.as_deref(), Some("range"));
     assert_eq!(joined.protocol_type.as_deref(), Some("consumer"));
     assert_eq!(joined.members.len(), 1);
@@ -185,7 +253,10 @@ async fn single_member_join_sync_heartbeat() {
     assert_eq!(h.state("g"), GroupState::CompletingRebalance);
 
     let me = joined.member_id.as_str();
-    let synced = h.coord.sync(sync_req("g", 1, me, &[(me, "p0,p1")])).await.unwrap();
+    let synced = h
+        .sync(sync_req("g", 1, me, &[(me, "p0,p1")]))
+        .await
+        .unwrap();
     assert_eq!(synced.assignment, Bytes::from("p0,p1"));
     assert_eq!(h.state("g"), GroupState::Stable);
 
@@ -207,44 +278,58 @@ async fn member_id_required_flow() {
     let h = harness(Duration::ZERO);
     let mut req = join_req("g", "", "app");
     req.require_known_member_id = true;
-    let id = match h.coord.join(req.clone()).await {
+    let id = match h.join(req.clone()).await {
         Err(GroupError::MemberIdRequired { member_id }) => member_id,
         other => panic!("expected MEMBER_ID_REQUIRED, got {other:?}"),
     };
-    assert!(id.starts_with("app-") && id.len() > "app-".len() + 30, "{id}");
-    assert_eq!(GroupError::MemberIdRequired { member_id: id.clone() }.kafka_code(), 79);
+    assert!(
+        id.starts_with("app-") && id.len() > "app-".len() + 30,
+        "{id}"
+    );
+    assert_eq!(
+        GroupError::MemberIdRequired {
+            member_id: id.clone()
+        }
+        .kafka_code(),
+        79
+    );
 
     // An id the coordinator never handed out is unknown.
     let mut bogus = req.clone();
     bogus.member_id = "app-bogus".into();
-    assert_eq!(h.coord.join(bogus).await, Err(GroupError::UnknownMemberId));
+    assert_eq!(h.join(bogus).await, Err(GroupError::UnknownMemberId));
 
     req.member_id = id.clone();
-    let joined = h.coord.join(req.clone()).await.unwrap();
+    let joined = h.join(req.clone()).await.unwrap();
     assert_eq!(joined.member_id, id);
     assert_eq!(joined.generation_id, 1);
 
     // A pending id expires after the session timeout if the client never comes back.
     let mut other = join_req("g", "", "late");
     other.require_known_member_id = true;
-    let Err(GroupError::MemberIdRequired { member_id: late }) = h.coord.join(other.clone()).await else {
+    let Err(GroupError::MemberIdRequired { member_id: late }) = h.join(other.clone()).await else {
         panic!("expected MEMBER_ID_REQUIRED");
     };
     h.coord.heartbeat(&hb("g", 1, &id)).unwrap();
     h.advance(Duration::from_millis(SESSION_MS as u64));
     other.member_id = late;
-    assert_eq!(h.coord.join(other).await, Err(GroupError::UnknownMemberId));
+    assert_eq!(h.join(other).await, Err(GroupError::UnknownMemberId));
 }
 
 #[tokio::test]
 async fn three_members_join_concurrently() {
     let h = harness(Duration::from_secs(3));
-    let handles: Vec<_> = (0..3).map(|i| h.spawn_join(join_req("g", "", &format!("c{i}")))).collect();
+    let handles: Vec<_> = (0..3)
+        .map(|i| h.spawn_join(join_req("g", "", &format!("c{i}"))))
+        .collect();
     settle().await;
     // The initial delay (3 s) is extended once because more members arrived during it.
     h.advance(Duration::from_secs(3));
     settle().await;
-    assert!(handles.iter().all(|j| !j.is_finished()), "completed before the extended delay");
+    assert!(
+        handles.iter().all(|j| !j.is_finished()),
+        "completed before the extended delay"
+    );
     h.advance(Duration::from_secs(3));
     settle().await;
     let mut responses = Vec::new();
@@ -266,13 +351,22 @@ async fn three_members_join_concurrently() {
         .map(|id| (id.clone(), h.spawn_sync(sync_req("g", 1, id, &[]))))
         .collect();
     settle().await;
-    assert!(followers.iter().all(|(_, j)| !j.is_finished()), "followers must wait for the leader");
-    let assignments: Vec<(&str, String)> = ids.iter().map(|id| (id.as_str(), format!("for-{id}"))).collect();
+    assert!(
+        followers.iter().all(|(_, j)| !j.is_finished()),
+        "followers must wait for the leader"
+    );
+    let assignments: Vec<(&str, String)> = ids
+        .iter()
+        .map(|id| (id.as_str(), format!("for-{id}")))
+        .collect();
     let a: Vec<(&str, &str)> = assignments.iter().map(|(m, s)| (*m, s.as_str())).collect();
-    let mine = h.coord.sync(sync_req("g", 1, &leader, &a)).await.unwrap();
+    let mine = h.sync(sync_req("g", 1, &leader, &a)).await.unwrap();
     assert_eq!(mine.assignment, Bytes::from(format!("for-{leader}")));
     for (id, j) in followers {
-        assert_eq!(j.await.unwrap().unwrap().assignment, Bytes::from(format!("for-{id}")));
+        assert_eq!(
+            j.await.unwrap().unwrap().assignment,
+            Bytes::from(format!("for-{id}"))
+        );
     }
     assert_eq!(h.state("g"), GroupState::Stable);
 }
@@ -286,7 +380,10 @@ async fn fourth_member_triggers_rebalance() {
     assert_eq!(h.state("g"), GroupState::PreparingRebalance);
     let mut rejoins = Vec::new();
     for id in &ids {
-        assert_eq!(h.coord.heartbeat(&hb("g", generation, id)), Err(GroupError::RebalanceInProgress));
+        assert_eq!(
+            h.coord.heartbeat(&hb("g", generation, id)),
+            Err(GroupError::RebalanceInProgress)
+        );
         rejoins.push(h.spawn_join(join_req("g", id, "c")));
     }
     settle().await;
@@ -300,7 +397,10 @@ async fn fourth_member_triggers_rebalance() {
     assert!(responses.iter().all(|r| r.generation_id == generation + 1));
     assert_eq!(responses.iter().filter(|r| r.members.len() == 4).count(), 1);
     // The old generation is now illegal.
-    assert!(matches!(h.coord.heartbeat(&hb("g", generation, &ids[0])), Err(GroupError::IllegalGeneration { .. })));
+    assert!(matches!(
+        h.coord.heartbeat(&hb("g", generation, &ids[0])),
+        Err(GroupError::IllegalGeneration { .. })
+    ));
 }
 
 #[tokio::test]
@@ -309,13 +409,23 @@ async fn leaving_member_triggers_rebalance_without_it() {
     let (ids, generation) = h.stable_group("g", 2).await;
     let leave = LeaveRequest {
         group_id: "g".into(),
-        members: vec![LeavingMember { member_id: ids[1].clone(), group_instance_id: None, reason: None }],
+        members: vec![LeavingMember {
+            member_id: ids[1].clone(),
+            group_instance_id: None,
+            reason: None,
+        }],
     };
     let results = h.coord.leave(&leave).unwrap();
     assert_eq!(results[0].result, Ok(()));
-    assert_eq!(h.coord.leave(&leave).unwrap()[0].result, Err(GroupError::UnknownMemberId));
-    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[0])), Err(GroupError::RebalanceInProgress));
-    let rejoined = h.coord.join(join_req("g", &ids[0], "c0")).await.unwrap();
+    assert_eq!(
+        h.coord.leave(&leave).unwrap()[0].result,
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        h.coord.heartbeat(&hb("g", generation, &ids[0])),
+        Err(GroupError::RebalanceInProgress)
+    );
+    let rejoined = h.join(join_req("g", &ids[0], "c0")).await.unwrap();
     assert_eq!(rejoined.generation_id, generation + 1);
     assert_eq!(rejoined.members.len(), 1);
     assert_eq!(rejoined.leader, ids[0]);
@@ -323,7 +433,11 @@ async fn leaving_member_triggers_rebalance_without_it() {
     // The last member leaving empties the group (new generation, Empty).
     let leave_all = LeaveRequest {
         group_id: "g".into(),
-        members: vec![LeavingMember { member_id: ids[0].clone(), group_instance_id: None, reason: None }],
+        members: vec![LeavingMember {
+            member_id: ids[0].clone(),
+            group_instance_id: None,
+            reason: None,
+        }],
     };
     assert_eq!(h.coord.leave(&leave_all).unwrap()[0].result, Ok(()));
     assert_eq!(h.state("g"), GroupState::Empty);
@@ -336,14 +450,24 @@ async fn silent_member_expires_after_session_timeout() {
     h.advance(Duration::from_secs(5));
     h.coord.heartbeat(&hb("g", generation, &ids[0])).unwrap();
     h.advance(Duration::from_millis(SESSION_MS as u64 - 5_000 - 1));
-    assert_eq!(h.coord.describe_group("g").unwrap().members.len(), 2, "expired too early");
+    assert_eq!(
+        h.coord.describe_group("g").unwrap().members.len(),
+        2,
+        "expired too early"
+    );
     h.advance(Duration::from_millis(1));
     let d = h.coord.describe_group("g").unwrap();
     assert_eq!(d.state, GroupState::PreparingRebalance);
     assert_eq!(d.members.len(), 1);
     assert_eq!(d.members[0].member_id, ids[0]);
-    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[1])), Err(GroupError::UnknownMemberId));
-    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[0])), Err(GroupError::RebalanceInProgress));
+    assert_eq!(
+        h.coord.heartbeat(&hb("g", generation, &ids[1])),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        h.coord.heartbeat(&hb("g", generation, &ids[0])),
+        Err(GroupError::RebalanceInProgress)
+    );
 }
 
 #[tokio::test]
@@ -356,10 +480,16 @@ async fn member_not_rejoining_is_dropped_after_rebalance_timeout() {
     // ids[1] keeps heartbeating (so its session stays alive) but never rejoins.
     for _ in 0..5 {
         h.advance(Duration::from_secs(5));
-        assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[1])), Err(GroupError::RebalanceInProgress));
+        assert_eq!(
+            h.coord.heartbeat(&hb("g", generation, &ids[1])),
+            Err(GroupError::RebalanceInProgress)
+        );
     }
     settle().await;
-    assert!(!rejoin.is_finished(), "completed before the rebalance timeout");
+    assert!(
+        !rejoin.is_finished(),
+        "completed before the rebalance timeout"
+    );
     h.advance(Duration::from_secs(5)); // 30 s since the rebalance started
     settle().await;
     let a = rejoin.await.unwrap().unwrap();
@@ -372,29 +502,46 @@ async fn member_not_rejoining_is_dropped_after_rebalance_timeout() {
     let mut expected = vec![a.member_id.clone(), b.member_id.clone()];
     expected.sort();
     assert_eq!(members, expected);
-    assert_eq!(h.coord.heartbeat(&hb("g", generation, &ids[1])), Err(GroupError::UnknownMemberId));
+    assert_eq!(
+        h.coord.heartbeat(&hb("g", generation, &ids[1])),
+        Err(GroupError::UnknownMemberId)
+    );
 }
 
 #[tokio::test]
 async fn joined_member_without_sync_expires() {
     let h = harness(Duration::from_secs(3));
-    let handles: Vec<_> = (0..2).map(|i| h.spawn_join(join_req("g", "", &format!("c{i}")))).collect();
+    let handles: Vec<_> = (0..2)
+        .map(|i| h.spawn_join(join_req("g", "", &format!("c{i}"))))
+        .collect();
     h.run_until_done(&handles).await;
     let mut responses = Vec::new();
     for j in handles {
         responses.push(j.await.unwrap().unwrap());
     }
     let leader = responses[0].leader.clone();
-    let follower = responses.iter().find(|r| r.member_id != leader).unwrap().member_id.clone();
-    h.coord.sync(sync_req("g", 1, &leader, &[])).await.unwrap();
+    let follower = responses
+        .iter()
+        .find(|r| r.member_id != leader)
+        .unwrap()
+        .member_id
+        .clone();
+    h.sync(sync_req("g", 1, &leader, &[])).await.unwrap();
     h.advance(Duration::from_secs(5));
     h.coord.heartbeat(&hb("g", 1, &leader)).unwrap();
     h.advance(Duration::from_millis(SESSION_MS as u64 - 5_000));
     let d = h.coord.describe_group("g").unwrap();
-    assert_eq!(d.members.len(), 1, "follower without SyncGroup or heartbeat should be gone");
+    assert_eq!(
+        d.members.len(),
+        1,
+        "follower without SyncGroup or heartbeat should be gone"
+    );
     assert_eq!(d.members[0].member_id, leader);
     assert_eq!(d.state, GroupState::PreparingRebalance);
-    assert_eq!(h.coord.sync(sync_req("g", 1, &follower, &[])).await, Err(GroupError::UnknownMemberId));
+    assert_eq!(
+        h.sync(sync_req("g", 1, &follower, &[])).await,
+        Err(GroupError::UnknownMemberId)
+    );
 }
 
 #[tokio::test]
@@ -410,15 +557,17 @@ async fn disconnected_joiner_does_not_wedge_the_group() {
     dropped.abort();
     settle().await;
     assert_eq!(h.state("g"), GroupState::PreparingRebalance);
-    let a = h.coord.join(join_req("g", &ids[0], "c0")).await.unwrap();
+    let a = h.join(join_req("g", &ids[0], "c0")).await.unwrap();
     assert_eq!(a.generation_id, generation + 1);
     // The dropped member never syncs nor heartbeats: it expires and the group moves on.
     h.advance(Duration::from_secs(5));
-    h.coord.heartbeat(&hb("g", generation + 1, &ids[0])).unwrap();
+    h.coord
+        .heartbeat(&hb("g", generation + 1, &ids[0]))
+        .unwrap();
     h.advance(Duration::from_millis(SESSION_MS as u64 - 5_000));
     let d = h.coord.describe_group("g").unwrap();
     assert_eq!(d.members.len(), 1);
-    let again = h.coord.join(join_req("g", &ids[0], "c0")).await.unwrap();
+    let again = h.join(join_req("g", &ids[0], "c0")).await.unwrap();
     assert_eq!(again.generation_id, generation + 2);
     assert_eq!(again.members.len(), 1);
 }
@@ -426,58 +575,122 @@ async fn disconnected_joiner_does_not_wedge_the_group() {
 #[tokio::test]
 async fn generation_and_member_errors() {
     let h = harness(Duration::ZERO);
-    let j = h.coord.join(join_req("g", "", "c")).await.unwrap();
+    let j = h.join(join_req("g", "", "c")).await.unwrap();
     let me = j.member_id.as_str();
     // CompletingRebalance: commits get REBALANCE_IN_PROGRESS.
-    let r = h.coord.commit_offsets(&commit_req("g", 1, me, "t", &[(0, 5)]));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("g", 1, me, "t", &[(0, 5)]));
     assert_eq!(commit_result(&r), Err(GroupError::RebalanceInProgress));
     assert_eq!(
-        h.coord.sync(sync_req("g", 7, me, &[])).await,
-        Err(GroupError::IllegalGeneration { given: 7, current: 1 })
+        h.sync(sync_req("g", 7, me, &[])).await,
+        Err(GroupError::IllegalGeneration {
+            given: 7,
+            current: 1
+        })
     );
-    assert_eq!(h.coord.sync(sync_req("g", 1, "nobody", &[])).await, Err(GroupError::UnknownMemberId));
-    assert_eq!(h.coord.sync(sync_req("nogroup", 1, me, &[])).await, Err(GroupError::UnknownMemberId));
+    assert_eq!(
+        h.sync(sync_req("g", 1, "nobody", &[])).await,
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        h.sync(sync_req("nogroup", 1, me, &[])).await,
+        Err(GroupError::UnknownMemberId)
+    );
     let mut wrong_type = sync_req("g", 1, me, &[]);
     wrong_type.protocol_type = Some("connect".into());
-    assert_eq!(h.coord.sync(wrong_type).await, Err(GroupError::InconsistentGroupProtocol));
+    assert_eq!(
+        h.sync(wrong_type).await,
+        Err(GroupError::InconsistentGroupProtocol)
+    );
     let mut wrong_name = sync_req("g", 1, me, &[]);
     wrong_name.protocol_name = Some("roundrobin".into());
-    assert_eq!(h.coord.sync(wrong_name).await, Err(GroupError::InconsistentGroupProtocol));
-    h.coord.sync(sync_req("g", 1, me, &[(me, "a")])).await.unwrap();
+    assert_eq!(
+        h.sync(wrong_name).await,
+        Err(GroupError::InconsistentGroupProtocol)
+    );
+    h.sync(sync_req("g", 1, me, &[(me, "a")])).await.unwrap();
 
-    assert_eq!(h.coord.heartbeat(&hb("g", 0, me)).unwrap_err().kafka_code(), 22);
-    assert_eq!(h.coord.heartbeat(&hb("g", 1, "nobody")), Err(GroupError::UnknownMemberId));
-    assert_eq!(h.coord.heartbeat(&hb("nogroup", 1, me)), Err(GroupError::UnknownMemberId));
-    assert_eq!(h.coord.heartbeat(&hb("", 1, me)), Err(GroupError::InvalidGroupId));
+    assert_eq!(
+        h.coord.heartbeat(&hb("g", 0, me)).unwrap_err().kafka_code(),
+        22
+    );
+    assert_eq!(
+        h.coord.heartbeat(&hb("g", 1, "nobody")),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        h.coord.heartbeat(&hb("nogroup", 1, me)),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        h.coord.heartbeat(&hb("", 1, me)),
+        Err(GroupError::InvalidGroupId)
+    );
 
-    let r = h.coord.commit_offsets(&commit_req("g", 2, me, "t", &[(0, 5), (1, 6)]));
-    assert_eq!(commit_result(&r), Err(GroupError::IllegalGeneration { given: 2, current: 1 }));
-    let r = h.coord.commit_offsets(&commit_req("g", 1, "nobody", "t", &[(0, 5)]));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("g", 2, me, "t", &[(0, 5), (1, 6)]));
+    assert_eq!(
+        commit_result(&r),
+        Err(GroupError::IllegalGeneration {
+            given: 2,
+            current: 1
+        })
+    );
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("g", 1, "nobody", "t", &[(0, 5)]));
     assert_eq!(commit_result(&r), Err(GroupError::UnknownMemberId));
-    let r = h.coord.commit_offsets(&commit_req("nogroup", 3, "x", "t", &[(0, 5)]));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("nogroup", 3, "x", "t", &[(0, 5)]));
     assert_eq!(commit_result(&r).unwrap_err().kafka_code(), 22);
-    let r = h.coord.commit_offsets(&commit_req("g", 1, me, "t", &[(0, 5)]));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("g", 1, me, "t", &[(0, 5)]));
     assert_eq!(commit_result(&r), Ok(()));
 
     // Join-time validation.
     let mut short = join_req("g", "", "c");
     short.session_timeout_ms = 1000;
-    assert_eq!(h.coord.join(short).await.unwrap_err().kafka_code(), 26);
+    assert_eq!(h.join(short).await.unwrap_err().kafka_code(), 26);
     let mut other_type = join_req("g", "", "c");
     other_type.protocol_type = "connect".into();
-    assert_eq!(h.coord.join(other_type).await, Err(GroupError::InconsistentGroupProtocol));
-    assert_eq!(h.coord.join(join_req("", "", "c")).await, Err(GroupError::InvalidGroupId));
-    assert_eq!(h.coord.join(join_req("nogroup", "m-1", "c")).await, Err(GroupError::UnknownMemberId));
+    assert_eq!(
+        h.join(other_type).await,
+        Err(GroupError::InconsistentGroupProtocol)
+    );
+    assert_eq!(
+        h.join(join_req("", "", "c")).await,
+        Err(GroupError::InvalidGroupId)
+    );
+    assert_eq!(
+        h.join(join_req("nogroup", "m-1", "c")).await,
+        Err(GroupError::UnknownMemberId)
+    );
     let mut no_protocols = join_req("fresh", "", "c");
     no_protocols.protocols.clear();
-    assert_eq!(h.coord.join(no_protocols).await, Err(GroupError::InconsistentGroupProtocol));
-    assert_eq!(h.state("fresh"), GroupState::Dead, "a failed first join must not leave a group behind");
+    assert_eq!(
+        h.join(no_protocols).await,
+        Err(GroupError::InconsistentGroupProtocol)
+    );
+    assert_eq!(
+        h.state("fresh"),
+        GroupState::Dead,
+        "a failed first join must not leave a group behind"
+    );
 
     // During PreparingRebalance: sync says rebalance; commits with the current generation pass.
     let newcomer = h.spawn_join(join_req("g", "", "c2"));
     settle().await;
-    assert_eq!(h.coord.sync(sync_req("g", 1, me, &[])).await, Err(GroupError::RebalanceInProgress));
-    let r = h.coord.commit_offsets(&commit_req("g", 1, me, "t", &[(0, 9)]));
+    assert_eq!(
+        h.sync(sync_req("g", 1, me, &[])).await,
+        Err(GroupError::RebalanceInProgress)
+    );
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("g", 1, me, "t", &[(0, 9)]));
     assert_eq!(commit_result(&r), Ok(()));
     newcomer.abort();
 }
@@ -501,16 +714,30 @@ async fn static_member_rejoins_without_rebalance() {
     let leader = leader_response.member_id.clone();
     assert_eq!(leader_response.leader, leader, "the first joiner leads");
     let old_static = static_join_1.await.unwrap().unwrap().member_id;
-    let static_entry = leader_response.members.iter().find(|m| m.member_id == old_static).unwrap();
+    let static_entry = leader_response
+        .members
+        .iter()
+        .find(|m| m.member_id == old_static)
+        .unwrap();
     assert_eq!(static_entry.group_instance_id.as_deref(), Some("inst-1"));
     assert!(old_static.starts_with("inst-1-"), "{old_static}");
     let follower_sync = h.spawn_sync(sync_req("g", 1, &old_static, &[]));
     settle().await;
-    h.coord.sync(sync_req("g", 1, &leader, &[(&old_static, "static-share"), (&leader, "leader-share")])).await.unwrap();
-    assert_eq!(follower_sync.await.unwrap().unwrap().assignment, Bytes::from("static-share"));
+    h.sync(sync_req(
+        "g",
+        1,
+        &leader,
+        &[(&old_static, "static-share"), (&leader, "leader-share")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        follower_sync.await.unwrap().unwrap().assignment,
+        Bytes::from("static-share")
+    );
 
     // The static member restarts: empty member id, same instance id. No rebalance.
-    let rejoined = h.coord.join(static_join("g", "", "inst-1")).await.unwrap();
+    let rejoined = h.join(static_join("g", "", "inst-1")).await.unwrap();
     assert_ne!(rejoined.member_id, old_static);
     assert_eq!(rejoined.generation_id, 1);
     assert_eq!(rejoined.leader, leader);
@@ -518,74 +745,134 @@ async fn static_member_rejoins_without_rebalance() {
     assert_eq!(h.state("g"), GroupState::Stable);
     let mut s = sync_req("g", 1, &rejoined.member_id, &[]);
     s.group_instance_id = Some("inst-1".into());
-    assert_eq!(h.coord.sync(s).await.unwrap().assignment, Bytes::from("static-share"));
+    assert_eq!(
+        h.sync(s).await.unwrap().assignment,
+        Bytes::from("static-share")
+    );
     assert_eq!(h.coord.heartbeat(&hb("g", 1, &leader)), Ok(()));
 
     // The old incarnation is fenced.
     let mut stale = hb("g", 1, &old_static);
     stale.group_instance_id = Some("inst-1".into());
     assert_eq!(h.coord.heartbeat(&stale).unwrap_err().kafka_code(), 82);
-    assert_eq!(h.coord.join(static_join("g", &old_static, "inst-1")).await, Err(GroupError::FencedInstanceId));
+    assert_eq!(
+        h.join(static_join("g", &old_static, "inst-1")).await,
+        Err(GroupError::FencedInstanceId)
+    );
 
     // LeaveGroup by instance id alone removes it and rebalances.
     let leave = LeaveRequest {
         group_id: "g".into(),
-        members: vec![LeavingMember { member_id: String::new(), group_instance_id: Some("inst-1".into()), reason: None }],
+        members: vec![LeavingMember {
+            member_id: String::new(),
+            group_instance_id: Some("inst-1".into()),
+            reason: None,
+        }],
     };
     assert_eq!(h.coord.leave(&leave).unwrap()[0].result, Ok(()));
-    assert_eq!(h.coord.heartbeat(&hb("g", 1, &leader)), Err(GroupError::RebalanceInProgress));
+    assert_eq!(
+        h.coord.heartbeat(&hb("g", 1, &leader)),
+        Err(GroupError::RebalanceInProgress)
+    );
 }
 
 #[tokio::test]
 async fn offsets_commit_fetch_and_survive_restart() {
     let h = harness(Duration::ZERO);
     // Standalone commit (no generation) to a group that does not exist yet.
-    let r = h.coord.commit_offsets(&commit_req("simple", -1, "", "t", &[(0, 42), (1, 7)]));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("simple", -1, "", "t", &[(0, 42), (1, 7)]));
     assert_eq!(commit_result(&r), Ok(()));
     assert_eq!(h.store.len(), 2);
     let fetched = h
         .coord
-        .fetch_offsets("simple", Some(&[OffsetFetchTopic { name: "t".into(), partitions: vec![0, 2] }]))
+        .fetch_offsets(
+            "simple",
+            Some(&[OffsetFetchTopic {
+                name: "t".into(),
+                partitions: vec![0, 2],
+            }]),
+        )
         .unwrap();
     assert_eq!(
         fetched[0].partitions,
         vec![
-            FetchedPartition { partition: 0, offset: 42, leader_epoch: 3, metadata: "m0".into() },
-            FetchedPartition { partition: 2, offset: -1, leader_epoch: -1, metadata: String::new() },
+            FetchedPartition {
+                partition: 0,
+                offset: 42,
+                leader_epoch: 3,
+                metadata: "m0".into()
+            },
+            FetchedPartition {
+                partition: 2,
+                offset: -1,
+                leader_epoch: -1,
+                metadata: String::new()
+            },
         ]
     );
     let unknown = h
         .coord
-        .fetch_offsets("nobody", Some(&[OffsetFetchTopic { name: "t".into(), partitions: vec![0] }]))
+        .fetch_offsets(
+            "nobody",
+            Some(&[OffsetFetchTopic {
+                name: "t".into(),
+                partitions: vec![0],
+            }]),
+        )
         .unwrap();
     assert_eq!(unknown[0].partitions[0].offset, -1);
     assert!(h.coord.fetch_offsets("nobody", None).unwrap().is_empty());
 
     // The standalone group exists, Empty, with no protocol type.
     let listed = h.coord.list_groups(&[]);
-    assert_eq!(listed, vec![ListedGroup { group_id: "simple".into(), protocol_type: String::new(), state: GroupState::Empty }]);
+    assert_eq!(
+        listed,
+        vec![ListedGroup {
+            group_id: "simple".into(),
+            protocol_type: String::new(),
+            state: GroupState::Empty
+        }]
+    );
 
     // Oversized metadata fails that partition only.
     let mut big = commit_req("simple", -1, "", "t", &[(0, 50), (1, 8)]);
     big.topics[0].partitions[1].metadata = Some("x".repeat(OFFSET_METADATA_MAX_BYTES + 1));
     let r = h.coord.commit_offsets(&big);
     assert_eq!(r[0].partitions[0].result, Ok(()));
-    assert_eq!(r[0].partitions[1].result.as_ref().unwrap_err().kafka_code(), 12);
+    assert_eq!(
+        r[0].partitions[1].result.as_ref().unwrap_err().kafka_code(),
+        12
+    );
 
     // A consumer group's offsets, committed by a member.
-    let j = h.coord.join(join_req("cg", "", "c")).await.unwrap();
-    h.coord.sync(sync_req("cg", 1, &j.member_id, &[])).await.unwrap();
-    let r = h.coord.commit_offsets(&commit_req("cg", 1, &j.member_id, "u", &[(3, 99)]));
+    let j = h.join(join_req("cg", "", "c")).await.unwrap();
+    h.sync(sync_req("cg", 1, &j.member_id, &[])).await.unwrap();
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("cg", 1, &j.member_id, "u", &[(3, 99)]));
     assert_eq!(commit_result(&r), Ok(()));
     // Standalone commits are refused while the group has members.
-    let r = h.coord.commit_offsets(&commit_req("cg", -1, "", "u", &[(3, 1)]));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("cg", -1, "", "u", &[(3, 1)]));
     assert_eq!(commit_result(&r), Err(GroupError::UnknownMemberId));
 
     // A new coordinator over the same store sees everything.
-    let again = GroupCoordinator::with_clock(config(Duration::ZERO), h.store.clone(), Clock::Manual(h.clock.clone())).unwrap();
+    let again = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
     let all = again.fetch_offsets("simple", None).unwrap();
     assert_eq!(all.len(), 1);
-    let offsets: Vec<(i32, i64)> = all[0].partitions.iter().map(|p| (p.partition, p.offset)).collect();
+    let offsets: Vec<(i32, i64)> = all[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.offset))
+        .collect();
     assert_eq!(offsets, vec![(0, 50), (1, 7)]);
     let cg = again.fetch_offsets("cg", None).unwrap();
     assert_eq!(cg[0].name, "u");
@@ -597,16 +884,31 @@ async fn offsets_commit_fetch_and_survive_restart() {
 async fn store_failure_fails_the_commit_not_the_broker() {
     let h = harness(Duration::ZERO);
     h.store.set_failing(true);
-    let r = h.coord.commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1), (1, 2)]));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1), (1, 2)]));
     let err = commit_result(&r).unwrap_err();
     assert!(matches!(err, GroupError::Store(_)));
     assert_eq!(err.kafka_code(), -1);
     assert_eq!(h.coord.fetch_offsets("g", None).unwrap(), vec![]);
     h.store.set_failing(false);
-    assert_eq!(commit_result(&h.coord.commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1)]))), Ok(()));
+    assert_eq!(
+        commit_result(
+            &h.coord
+                .commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1)]))
+        ),
+        Ok(())
+    );
     h.store.set_failing(true);
-    assert!(matches!(h.coord.delete_group("g"), Err(GroupError::Store(_))));
-    assert_eq!(h.state("g"), GroupState::Empty, "a failed delete keeps the group");
+    assert!(matches!(
+        h.coord.delete_group("g"),
+        Err(GroupError::Store(_))
+    ));
+    assert_eq!(
+        h.state("g"),
+        GroupState::Empty,
+        "a failed delete keeps the group"
+    );
     h.store.set_failing(false);
     assert_eq!(h.coord.delete_group("g"), Ok(()));
 }
@@ -615,16 +917,33 @@ async fn store_failure_fails_the_commit_not_the_broker() {
 async fn list_describe_delete_groups() {
     let h = harness(Duration::from_secs(3));
     let (ids, generation) = h.stable_group("busy", 2).await;
-    commit_result(&h.coord.commit_offsets(&commit_req("busy", generation, &ids[0], "t", &[(0, 10)]))).unwrap();
-    commit_result(&h.coord.commit_offsets(&commit_req("idle", -1, "", "t", &[(0, 1)]))).unwrap();
+    commit_result(&h.coord.commit_offsets(&commit_req(
+        "busy",
+        generation,
+        &ids[0],
+        "t",
+        &[(0, 10)],
+    )))
+    .unwrap();
+    commit_result(
+        &h.coord
+            .commit_offsets(&commit_req("idle", -1, "", "t", &[(0, 1)])),
+    )
+    .unwrap();
 
     let all = h.coord.list_groups(&[]);
-    assert_eq!(all.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(), vec!["busy", "idle"]);
+    assert_eq!(
+        all.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(),
+        vec!["busy", "idle"]
+    );
     assert_eq!(all[0].protocol_type, "consumer");
     let stable = h.coord.list_groups(&["stable".into()]);
     assert_eq!(stable.len(), 1);
     assert_eq!(stable[0].group_id, "busy");
-    assert_eq!(h.coord.list_groups(&["Empty".into(), "Bogus".into()])[0].group_id, "idle");
+    assert_eq!(
+        h.coord.list_groups(&["Empty".into(), "Bogus".into()])[0].group_id,
+        "idle"
+    );
     assert!(h.coord.list_groups(&["Bogus".into()]).is_empty());
 
     let d = h.coord.describe_group("busy").unwrap();
@@ -639,19 +958,35 @@ async fn list_describe_delete_groups() {
     assert_eq!((dead.state, dead.members.len()), (GroupState::Dead, 0));
 
     assert_eq!(h.coord.delete_group("busy").unwrap_err().kafka_code(), 68);
-    assert_eq!(h.coord.delete_group("missing").unwrap_err().kafka_code(), 69);
+    assert_eq!(
+        h.coord.delete_group("missing").unwrap_err().kafka_code(),
+        69
+    );
     assert_eq!(h.coord.delete_group("idle"), Ok(()));
-    assert_eq!(h.coord.delete_group("idle"), Err(GroupError::GroupIdNotFound));
+    assert_eq!(
+        h.coord.delete_group("idle"),
+        Err(GroupError::GroupIdNotFound)
+    );
     assert_eq!(h.store.len(), 1, "only busy's offset is left");
 
     let leave = LeaveRequest {
         group_id: "busy".into(),
         members: ids
             .iter()
-            .map(|id| LeavingMember { member_id: id.clone(), group_instance_id: None, reason: Some("bye".into()) })
+            .map(|id| LeavingMember {
+                member_id: id.clone(),
+                group_instance_id: None,
+                reason: Some("bye".into()),
+            })
             .collect(),
     };
-    assert!(h.coord.leave(&leave).unwrap().iter().all(|r| r.result.is_ok()));
+    assert!(
+        h.coord
+            .leave(&leave)
+            .unwrap()
+            .iter()
+            .all(|r| r.result.is_ok())
+    );
     assert_eq!(h.state("busy"), GroupState::Empty);
     assert_eq!(h.coord.delete_group("busy"), Ok(()));
     assert!(h.store.is_empty());
@@ -682,24 +1017,41 @@ async fn protocol_selection_by_votes() {
         }
     }
     // A member sharing no protocol with the group is refused.
-    assert_eq!(h.coord.join(with("d", &["sticky"])).await, Err(GroupError::InconsistentGroupProtocol));
+    assert_eq!(
+        h.join(with("d", &["sticky"])).await,
+        Err(GroupError::InconsistentGroupProtocol)
+    );
 
-    let h = harness(Duration::from_secs(3));
-    let handles = vec![
-        h.spawn_join(with("a", &["range", "roundrobin"])),
-        h.spawn_join(with("b", &["roundrobin", "range"])),
-        h.spawn_join(with("c", &["roundrobin"])),
-    ];
-    h.run_until_done(&handles).await;
-    for j in handles {
-        assert_eq!(j.await.unwrap().unwrap().protocol_name.as_deref(), Some("roundrobin"));
+    // The majority wins over the leader's (first joiner's) preference.
+    for (a, c) in [
+        (&["range", "roundrobin"][..], &["roundrobin", "range"][..]),
+        (&["range", "roundrobin"], &["roundrobin"]),
+    ] {
+        let h = harness(Duration::from_secs(3));
+        let handles = vec![
+            h.spawn_join(with("a", a)),
+            h.spawn_join(with("b", &["roundrobin", "range"])),
+            h.spawn_join(with("c", c)),
+        ];
+        h.run_until_done(&handles).await;
+        for j in handles {
+            let r = j.await.unwrap().unwrap();
+            assert_eq!(r.protocol_name.as_deref(), Some("roundrobin"));
+            if !r.members.is_empty() {
+                assert!(r.member_id.starts_with("a-"), "a joined first and leads");
+            }
+        }
     }
 }
 
 #[tokio::test]
 async fn empty_group_offsets_expire_after_retention() {
     let h = harness(Duration::ZERO);
-    commit_result(&h.coord.commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1)]))).unwrap();
+    commit_result(
+        &h.coord
+            .commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1)])),
+    )
+    .unwrap();
     h.advance(Duration::from_secs(3599));
     assert_eq!(h.coord.fetch_offsets("g", None).unwrap().len(), 1);
     h.advance(Duration::from_secs(1));
@@ -716,20 +1068,69 @@ fn kafka_codes_match_the_protocol() {
         (GroupError::OffsetMetadataTooLarge { size: 1, max: 0 }, 12),
         (GroupError::CoordinatorLoadInProgress, 14),
         (GroupError::CoordinatorNotAvailable, 15),
-        (GroupError::IllegalGeneration { given: 1, current: 2 }, 22),
+        (
+            GroupError::IllegalGeneration {
+                given: 1,
+                current: 2,
+            },
+            22,
+        ),
         (GroupError::InconsistentGroupProtocol, 23),
         (GroupError::InvalidGroupId, 24),
         (GroupError::UnknownMemberId, 25),
-        (GroupError::InvalidSessionTimeout { timeout_ms: 1, min_ms: 2, max_ms: 3 }, 26),
+        (
+            GroupError::InvalidSessionTimeout {
+                timeout_ms: 1,
+                min_ms: 2,
+                max_ms: 3,
+            },
+            26,
+        ),
         (GroupError::RebalanceInProgress, 27),
         (GroupError::NonEmptyGroup, 68),
         (GroupError::GroupIdNotFound, 69),
-        (GroupError::MemberIdRequired { member_id: "m".into() }, 79),
+        (
+            GroupError::MemberIdRequired {
+                member_id: "m".into(),
+            },
+            79,
+        ),
         (GroupError::FencedInstanceId, 82),
     ];
     for (e, code) in cases {
         assert_eq!(e.kafka_code(), code, "{e:?}");
     }
-    assert_eq!(GroupState::parse("completingrebalance"), Some(GroupState::CompletingRebalance));
+    assert_eq!(
+        GroupState::parse("completingrebalance"),
+        Some(GroupState::CompletingRebalance)
+    );
     assert_eq!(GroupState::parse("AwaitingSync"), None);
+}
+
+#[tokio::test]
+async fn timer_task_expires_members_on_the_tokio_clock() {
+    let cfg = GroupConfig {
+        min_session_timeout: Duration::from_millis(100),
+        ..config(Duration::ZERO)
+    };
+    let coord = GroupCoordinator::new(cfg, Arc::new(MemoryOffsetStore::new())).unwrap();
+    let timers = coord.spawn_timers();
+    let mut req = join_req("g", "", "c");
+    req.session_timeout_ms = 200;
+    let joined = coord.join(req).await.unwrap();
+    assert_eq!(coord.describe_group("g").unwrap().members.len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Session expiry on the real tokio clock (applied by tick or lazily by list_groups).
+    let listed = coord.list_groups(&[]);
+    assert_eq!(
+        listed[0].state,
+        GroupState::Empty,
+        "{listed:?} ({})",
+        joined.member_id
+    );
+    drop(coord);
+    tokio::time::timeout(Duration::from_secs(1), timers)
+        .await
+        .expect("timer task ends with the coordinator")
+        .unwrap();
 }
