@@ -14,6 +14,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// (offset, payload) of one record.
+type Stored = (i64, Vec<u8>);
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -76,6 +79,7 @@ fn read_all(bootstrap: &str, topic: &str, expect_at_least: usize) -> Vec<(i64, V
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::zombie_processes)] // the child is killed and waited for once the kill point is reached
 async fn kill_9_during_acks_all_production_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -89,7 +93,7 @@ async fn kill_9_during_acks_all_production_loses_no_acknowledged_record() {
         .set("retries", "0")
         .create()
         .unwrap();
-    let acked: Arc<Mutex<Vec<(i64, Vec<u8>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Stored>>> = Arc::default();
     let started = Instant::now();
     let mut i = 0u64;
     let mut pending = Vec::new();
