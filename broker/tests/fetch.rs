@@ -1,0 +1,217 @@
+//! Fetch and ListOffsets at the protocol level: long-poll woken by appends, max wait honoured,
+//! mid-batch fetches return the whole batch, offsets by time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::RawClient;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+fn name(t: &str) -> TopicName {
+    TopicName(StrBytes::from_string(t.to_string()))
+}
+
+fn batch(n: usize, first_ts: i64) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: first_ts + i as i64 * 1000,
+            key: None,
+            value: Some(Bytes::from(format!("value-{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Lz4,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+async fn setup(c: &mut RawClient, topic: &str) {
+    let req = CreateTopicsRequest::default().with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(name(topic))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    let r = c.call(&req, 5).await;
+    assert_eq!(r.topics[0].error_code, 0);
+}
+
+async fn produce(c: &mut RawClient, topic: &str, records: Bytes) -> i64 {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(name(topic))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records)),
+                ]),
+        ]);
+    let r = c.call(&req, 9).await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0);
+    p.base_offset
+}
+
+fn fetch_req(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_waits_for_data_and_wakes_on_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut c = RawClient::connect(&addr).await;
+    setup(&mut c, "lp").await;
+
+    // Nothing to read: the fetch waits its max wait, then answers empty.
+    let t = Instant::now();
+    let r = c.call(&fetch_req("lp", 0, 400), 11).await;
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(380) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(
+        r.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .map(|b| b.len()),
+        Some(0)
+    );
+
+    // A fetch waiting up to 10s is answered as soon as another connection appends.
+    let addr2 = addr.clone();
+    let producer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut p = RawClient::connect(&addr2).await;
+        produce(&mut p, "lp", batch(3, 1_700_000_000_000)).await
+    });
+    let t = Instant::now();
+    let r = c.call(&fetch_req("lp", 0, 10_000), 11).await;
+    let waited = t.elapsed();
+    assert_eq!(producer.await.unwrap(), 0);
+    assert!(
+        waited < Duration::from_secs(3),
+        "woken by the append, not the timeout: {waited:?}"
+    );
+    let part = &r.responses[0].partitions[0];
+    assert_eq!(part.high_watermark, 3);
+    let mut records = part.records.clone().unwrap();
+    assert_eq!(
+        RecordBatchDecoder::decode(&mut records)
+            .unwrap()
+            .records
+            .len(),
+        3
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn mid_batch_fetch_returns_the_whole_batch_and_list_offsets_finds_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    setup(&mut c, "mid").await;
+    let t0 = 1_700_000_000_000;
+    assert_eq!(produce(&mut c, "mid", batch(10, t0)).await, 0);
+    assert_eq!(produce(&mut c, "mid", batch(10, t0 + 100_000)).await, 10);
+
+    let r = c.call(&fetch_req("mid", 5, 0), 11).await;
+    let mut records = r.responses[0].partitions[0].records.clone().unwrap();
+    let first = RecordBatchDecoder::decode(&mut records).unwrap();
+    assert_eq!(
+        first.records.first().map(|r| r.offset),
+        Some(0),
+        "the whole batch holding offset 5"
+    );
+    assert_eq!(first.records.len(), 10);
+
+    let r = c.call(&fetch_req("mid", 21, 0), 11).await;
+    assert_eq!(
+        r.responses[0].partitions[0].error_code, 1,
+        "OFFSET_OUT_OF_RANGE past the end"
+    );
+
+    let list = |ts: i64| {
+        ListOffsetsRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(name("mid"))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(ts),
+                    ]),
+            ])
+    };
+    let at = |r: &kafka_protocol::messages::ListOffsetsResponse| {
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    };
+    assert_eq!(at(&c.call(&list(-2), 7).await).1, 0, "earliest");
+    assert_eq!(at(&c.call(&list(-1), 7).await).1, 20, "latest");
+    assert_eq!(
+        at(&c.call(&list(t0 + 3_500), 7).await),
+        (0, 4, t0 + 4_000),
+        "first record at or after"
+    );
+    assert_eq!(
+        at(&c.call(&list(t0 + 100_000), 7).await),
+        (0, 10, t0 + 100_000)
+    );
+    assert_eq!(
+        at(&c.call(&list(t0 + 10_000_000), 7).await).1,
+        -1,
+        "none that late"
+    );
+    let (_, offset, ts) = at(&c.call(&list(-3), 7).await);
+    assert_eq!((offset, ts), (19, t0 + 109_000), "max timestamp");
+    broker.shutdown().await;
+}
