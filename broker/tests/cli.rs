@@ -1,0 +1,153 @@
+//! The `runnel` command line, run as a user would: config commands, and the client commands
+//! against a running broker.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn runnel(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_default_is_valid_and_validate_names_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = runnel(&["config", "default"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("[listeners.kafka]") && text.contains("# "),
+        "a commented file"
+    );
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &text).unwrap();
+    let out = runnel(&["config", "validate", good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[broker]\nnode_id = 1\n\n[log]\nflush = \"sometimes\"\n",
+    )
+    .unwrap();
+    let out = runnel(&["config", "validate", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:5") && err.contains("log.flush") && err.contains("always"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_produce_and_consume_commands_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let b = broker.bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let out = runnel(&[
+            "topics",
+            "create",
+            "cli",
+            "--partitions",
+            "2",
+            "--config",
+            "retention.ms=3600000",
+            "-b",
+            &b,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = runnel(&["topics", "list", "-b", &b]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l == "cli")
+        );
+        let out = runnel(&["topics", "describe", "cli", "-b", &b]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("partitions: 2"), "{text}");
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["produce", "cli", "-b", &b])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"k1\tfirst\nplain value\nk1\tsecond\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let out = runnel(&[
+            "consume",
+            "cli",
+            "--from-beginning",
+            "--max",
+            "3",
+            "--group",
+            "cli-g",
+            "-b",
+            &b,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        // Same key, same partition: order kept between them.
+        let k1: Vec<&String> = lines.iter().filter(|l| l.starts_with("k1\t")).collect();
+        assert_eq!(k1, ["k1\tfirst", "k1\tsecond"]);
+        lines.sort();
+        assert_eq!(lines, ["k1\tfirst", "k1\tsecond", "plain value"]);
+
+        // The group committed its position: nothing more to read.
+        let out = runnel(&[
+            "consume",
+            "cli",
+            "--group",
+            "cli-g",
+            "--idle-timeout",
+            "2s",
+            "-b",
+            &b,
+        ]);
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+
+        let out = runnel(&["topics", "delete", "cli", "-b", &b]);
+        assert!(out.status.success());
+        let out = runnel(&["topics", "list", "-b", &b]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l == "cli")
+        );
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
