@@ -260,3 +260,70 @@ async fn committed_offsets_resume_after_a_broker_restart() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churning_members_still_consume_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "churn", 6).await;
+    produce(&bootstrap, "churn", 6, 100).await;
+    let b = bootstrap.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut members: Vec<BaseConsumer> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut round = 0;
+        // Members join and leave every few hundred milliseconds while consuming and
+        // committing; at-least-once delivery means every record is seen by someone.
+        while seen.len() < 600 && Instant::now() < deadline {
+            round += 1;
+            if round % 4 == 1 && members.len() < 4 {
+                let m = member(&b, "g-churn", "range,roundrobin");
+                m.subscribe(&["churn"]).unwrap();
+                members.push(m);
+            } else if round % 4 == 3 && members.len() > 1 {
+                let leaving = members.remove(0);
+                let _ = leaving.commit_consumer_state(CommitMode::Sync);
+                leaving.unsubscribe();
+            }
+            // Each member takes at most 10 records a round, so the work is spread over many
+            // rounds and many generations.
+            let until = Instant::now() + Duration::from_millis(250);
+            let mut taken = vec![0; members.len()];
+            while Instant::now() < until {
+                for (i, m) in members.iter().enumerate() {
+                    if taken[i] >= 10 {
+                        continue;
+                    }
+                    match m.poll(Duration::from_millis(10)) {
+                        Some(Ok(msg)) => {
+                            taken[i] += 1;
+                            seen.insert(
+                                String::from_utf8_lossy(msg.payload().unwrap()).into_owned(),
+                            );
+                            let mut tpl = rdkafka::TopicPartitionList::new();
+                            tpl.add_partition_offset(
+                                "churn",
+                                msg.partition(),
+                                rdkafka::Offset::Offset(msg.offset() + 1),
+                            )
+                            .unwrap();
+                            // Commits may fail during a rebalance (REBALANCE_IN_PROGRESS,
+                            // ILLEGAL_GENERATION); the records are then seen again.
+                            let _ = m.commit(&tpl, CommitMode::Async);
+                        }
+                        Some(Err(e)) => panic!("consumer error: {e}"),
+                        None => {}
+                    }
+                }
+            }
+        }
+        eprintln!("churn: {round} rounds");
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.len(), 600, "every record consumed despite churn");
+    broker.shutdown().await;
+}
