@@ -59,6 +59,25 @@ impl Partition {
     pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Appends a producer's record batches and wakes waiting fetches. With `flush = "always"`
+    /// the append includes an fsync; on a multi-threaded runtime that wait is moved off the
+    /// async worker (`block_in_place`) so other connections keep being served meanwhile.
+    pub fn append(&self, records: &[u8], now_ms: i64) -> Result<storage::AppendInfo, StorageError> {
+        let run = || self.log().append(records, now_ms);
+        let syncs = matches!(self.log().config().flush, storage::FlushPolicy::Always);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let result = if syncs && multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
+        if result.as_ref().is_ok_and(|info| !info.duplicate) {
+            self.appended.notify_waiters();
+        }
+        result
+    }
 }
 
 pub struct Topic {

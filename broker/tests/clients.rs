@@ -159,3 +159,25 @@ async fn idempotent_producer_writes_each_record_once_in_order() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_always_serves_producers_and_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.flush = edge_config::FlushPolicy::Always;
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let sent = records(300, "fsync");
+    produce_all(&bootstrap, "fsynced", "lz4", &sent).await;
+    let b = bootstrap.clone();
+    let got = tokio::task::spawn_blocking(move || consume_n(&b, "fsynced", 300))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 300);
+    assert!(
+        got.iter()
+            .zip(&sent)
+            .all(|(m, s)| m.payload() == Some(&s.value[..]))
+    );
+    broker.shutdown().await;
+}

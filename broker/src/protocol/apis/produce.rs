@@ -41,14 +41,13 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
-            let result = partition.log().append(&records, now_ms());
+            let result = partition.append(&records, now_ms());
             match result {
                 Ok(info) => {
                     out.base_offset = info.base_offset;
                     out.log_append_time_ms = info.log_append_time;
                     out.log_start_offset = info.log_start_offset;
                     if !info.duplicate {
-                        partition.appended.notify_waiters();
                         ctx.broker
                             .metrics
                             .records_in
