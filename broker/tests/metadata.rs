@@ -1,0 +1,70 @@
+//! Metadata and topic auto-creation, on and off.
+
+mod common;
+
+use common::RawClient;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+fn ask(topic: &str, allow: bool) -> MetadataRequest {
+    MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(topic.into())))),
+        ]))
+        .with_allow_auto_topic_creation(allow)
+}
+
+#[tokio::test]
+async fn auto_creation_follows_the_config_and_the_request_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.default_partitions = 3;
+    let broker = common::start_with(cfg).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+
+    let r = c.call(&ask("wanted", false), 9).await;
+    assert_eq!(
+        r.topics[0].error_code, 3,
+        "not created when the client does not allow it"
+    );
+    let r = c.call(&ask("wanted", true), 12).await;
+    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(r.topics[0].partitions.len(), 3, "default partition count");
+    assert!(!r.topics[0].topic_id.is_nil(), "v10+ carries the topic id");
+    assert_eq!(r.brokers[0].port, broker.kafka_addr.unwrap().port() as i32);
+    // v0 requests have no flag (it is v4+) and always allow auto-creation.
+    let r = c.call(&ask("old-client", true), 0).await;
+    assert_eq!(r.topics[0].error_code, 0);
+    // All topics (null list).
+    let r = c
+        .call(&MetadataRequest::default().with_topics(None), 9)
+        .await;
+    let mut names: Vec<String> = r
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["old-client", "wanted"]);
+    let r = c.call(&ask("bad name!", true), 9).await;
+    assert_eq!(r.topics[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_auto_creation_off_unknown_topics_stay_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.auto_create_topics = false;
+    let broker = common::start_with(cfg).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let r = c.call(&ask("nope", true), 9).await;
+    assert_eq!(r.topics[0].error_code, 3);
+    let r = c
+        .call(&MetadataRequest::default().with_topics(None), 9)
+        .await;
+    assert!(r.topics.is_empty());
+    broker.shutdown().await;
+}
