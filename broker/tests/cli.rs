@@ -151,3 +151,23 @@ async fn topics_produce_and_consume_commands_round_trip() {
     .unwrap();
     broker.shutdown().await;
 }
+
+#[test]
+fn example_configs_validate() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = runnel(&["config", "validate", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 0, "examples/configs holds configs");
+}
