@@ -20,6 +20,7 @@
 //! A handler never touches files; storage never knows about sockets.
 
 pub mod admin;
+mod alloc;
 pub mod broker;
 pub mod catalog;
 pub mod cli;

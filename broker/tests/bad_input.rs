@@ -2,13 +2,15 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use common::RawClient;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, ProduceRequest, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -239,5 +241,86 @@ async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
     let r = c.call(&produce("errs", 0, batch(5, 10)), 9).await;
     assert_eq!(error_of(&r), 0);
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_huge_array_length_in_a_small_frame_closes_only_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    for (version, body) in [
+        // Metadata v4 (non-flexible): topics array of i32::MAX entries, then nothing.
+        (4i16, vec![0x7f, 0xff, 0xff, 0xff, 1]),
+        // Metadata v9 (flexible): compact array length as a varint near u32::MAX.
+        (9i16, vec![0xfe, 0xff, 0xff, 0xff, 0x0f, 1, 0, 0]),
+    ] {
+        let mut c = RawClient::connect(&addr).await;
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Metadata as i16);
+        frame.put_i16(version);
+        frame.put_i32(1);
+        frame.put_i16(-1); // null client id
+        if version >= 9 {
+            frame.put_u8(0); // header tagged fields
+        }
+        frame.put_slice(&body);
+        c.send_frame(&frame).await;
+        assert!(
+            c.is_closed().await,
+            "v{version}: the bad request closes its connection"
+        );
+    }
+    healthy(&addr).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_for_every_advertised_api_and_version_never_take_the_broker_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut c = RawClient::connect(&addr).await;
+    let versions = c.call(&ApiVersionsRequest::default(), 3).await;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut sent = 0;
+    for api in &versions.api_keys {
+        for version in api.min_version..=api.max_version {
+            let key = ApiKey::try_from(api.api_key).unwrap();
+            for _ in 0..6 {
+                let mut frame = BytesMut::new();
+                kafka_protocol::messages::RequestHeader::default()
+                    .with_request_api_key(api.api_key)
+                    .with_request_api_version(version)
+                    .with_correlation_id(1)
+                    .encode(&mut frame, key.request_header_version(version))
+                    .unwrap();
+                let len = (next() % 64) as usize;
+                for _ in 0..len {
+                    // Mostly small bytes and 0xff, the values that steer length prefixes.
+                    let b = match next() % 4 {
+                        0 => 0xff,
+                        1 => 0x7f,
+                        _ => (next() % 8) as u8,
+                    };
+                    frame.put_u8(b);
+                }
+                let mut conn = RawClient::connect(&addr).await;
+                conn.send_frame(&frame).await;
+                // An answer, a closed connection, or a legitimate wait (a long-poll fetch, a join
+                // waiting for its group) are all fine; a dead broker is not.
+                let _ = tokio::time::timeout(Duration::from_millis(300), conn.read_frame()).await;
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent > 500, "{sent} frames");
+    healthy(&addr).await;
     broker.shutdown().await;
 }
