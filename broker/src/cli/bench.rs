@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Partitions of each bench topic.
     #[arg(long, default_value_t = 1)]
     pub partitions: i32,
+    /// Consumer clients in the consume phase, each on its own thread with its share of the
+    /// partitions (at most one per partition).
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
     /// Rate of the latency phase, records/s.
     #[arg(long, default_value_t = 50_000)]
     pub rate: u64,
@@ -174,44 +178,77 @@ fn produce_phase(args: &BenchArgs, topic: &str, acks: &str) -> anyhow::Result<Th
     })
 }
 
-fn consume_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
-    let c: BaseConsumer = ClientConfig::new()
+fn consumer(args: &BenchArgs) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", "runnel-bench")
         .set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         .set("queued.min.messages", "1000000")
-        .create()?;
-    // Learn the partition leaders first, so the measured time is fetching, not discovery.
-    c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..args.partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
-    let start = Instant::now();
-    let mut n = 0u64;
-    let mut bytes = 0usize;
-    while n < args.records {
-        match c.poll(Duration::from_secs(10)) {
-            Some(Ok(m)) => {
-                if n == 0 {
-                    eprintln!(
-                        "consume: first record after {:.1} ms",
-                        start.elapsed().as_secs_f64() * 1e3
-                    );
-                }
-                n += 1;
-                bytes += m.payload_len();
-            }
-            Some(Err(e)) => bail!("consume failed: {e}"),
-            None => bail!("consume stalled after {n} records"),
+        .create()
+        .context("cannot create the bench consumer")
+}
+
+/// Reads the topic back with `--consumers` clients, each on its own thread and its own share
+/// of the partitions, all started together; the rate is all records over the slowest client's
+/// time.
+fn consume_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
+    let n = args.consumers.max(1).min(args.partitions.max(1) as usize);
+    let mut shares = Vec::new();
+    for i in 0..n {
+        let c = consumer(args)?;
+        // Learn the leaders and the record counts first, so the measured time is fetching.
+        c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut expect = 0u64;
+        for p in (0..args.partitions).filter(|p| *p as usize % n == i) {
+            let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            expect += (high - low) as u64;
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
         }
+        shares.push((c, tpl, expect));
     }
-    let secs = start.elapsed().as_secs_f64();
-    std::hint::black_box(bytes);
-    Ok(Throughput { records: n, secs })
+    let barrier = std::sync::Barrier::new(n);
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<(u64, f64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|(c, tpl, expect)| {
+                let barrier = &barrier;
+                scope.spawn(move || -> anyhow::Result<(u64, f64)> {
+                    barrier.wait();
+                    c.assign(&tpl)?;
+                    let mut got = 0u64;
+                    let mut bytes = 0usize;
+                    while got < expect {
+                        match c.poll(Duration::from_secs(10)) {
+                            Some(Ok(m)) => {
+                                got += 1;
+                                bytes += m.payload_len();
+                            }
+                            Some(Err(e)) => bail!("consume failed: {e}"),
+                            None => bail!("consume stalled after {got} records"),
+                        }
+                    }
+                    std::hint::black_box(bytes);
+                    Ok((got, start.elapsed().as_secs_f64()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("consumer thread"))
+            .collect()
+    });
+    let mut records = 0;
+    let mut secs: f64 = 0.0;
+    for r in results {
+        let (got, took) = r?;
+        records += got;
+        secs = secs.max(took);
+    }
+    Ok(Throughput { records, secs })
 }
 
 struct Latency {
