@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
-use crate::protocol::{Ctx, Session, frame};
+use crate::protocol::{Ctx, Outcome, Session, frame};
 
 /// Responses queued for the writer before the reader waits.
 const WRITE_QUEUE: usize = 64;
@@ -89,10 +89,17 @@ pub async fn serve<S>(
                 r = reply => r,
                 _ = shutdown.changed() => break 'conn,
             };
-            if let Some(bytes) = response
-                && tx.send(bytes).await.is_err()
-            {
-                break 'conn;
+            match response {
+                Outcome::Respond(bytes) => {
+                    if tx.send(bytes).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Outcome::Silent => {}
+                Outcome::Close => {
+                    metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    break 'conn;
+                }
             }
         }
         let read = tokio::select! {

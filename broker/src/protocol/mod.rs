@@ -66,9 +66,19 @@ pub struct Ctx {
     pub client_id: Arc<str>,
 }
 
-/// A response frame (size prefix included), or `None` when the request takes no response
-/// (produce with acks=0).
-pub type Reply = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+/// What the connection does once a request is handled.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send this response frame (size prefix included).
+    Respond(Bytes),
+    /// The request takes no response (produce with acks=0).
+    Silent,
+    /// The response cannot be produced (a handler bug, logged where it happened): close the
+    /// connection so the client fails over at once instead of waiting for its timeout.
+    Close,
+}
+
+pub type Reply = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// Why a request could not be handled at all; the connection is closed.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +141,7 @@ where
         Ok(Box::pin(async move {
             let response = fut.await;
             if silent {
-                return None;
+                return Outcome::Silent;
             }
             encode_response(api, version, correlation_id, &response)
         }))
@@ -144,7 +154,7 @@ pub fn encode_response<M: Encodable>(
     version: i16,
     correlation_id: i32,
     body: &M,
-) -> Option<Bytes> {
+) -> Outcome {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
@@ -154,11 +164,11 @@ pub fn encode_response<M: Encodable>(
     if let Err(e) = result {
         // Only reachable through a handler bug (a field that the version cannot carry).
         tracing::error!(?api, version, error = %e, "cannot encode response; closing connection");
-        return None;
+        return Outcome::Close;
     }
     let size = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&size.to_be_bytes());
-    Some(buf.freeze())
+    Outcome::Respond(buf.freeze())
 }
 
 /// The route table: API key -> handler, with the versions each supports.

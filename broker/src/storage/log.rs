@@ -355,20 +355,80 @@ impl PartitionLog {
         Ok(None)
     }
 
-    /// ListOffsets MAX_TIMESTAMP: **(timestamp, offset)** — note the order — of the largest
-    /// batch maxTimestamp in the log; the offset is the last offset of the (earliest) batch that
-    /// holds it (batch granularity, like Kafka before 3.8). `None` for an empty log.
-    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
-        let mut best: Option<(i64, i64)> = None;
-        for seg in &self.segments {
-            if seg.max_timestamp != NO_TIMESTAMP
-                && seg.offset_of_max_timestamp >= self.log_start_offset
-                && best.is_none_or(|(t, _)| seg.max_timestamp > t)
+    /// ListOffsets MAX_TIMESTAMP: **(timestamp, offset)** — note the order — of the record with
+    /// the largest timestamp still in the log (at or after the log start offset); the earliest
+    /// such record when several share it. Exact to the record, as Kafka 3.8+ (KIP-734): the
+    /// winning batch is decoded. `None` for an empty log.
+    pub fn max_timestamp(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let start = self.log_start_offset;
+        // The whole batch holding the largest timestamp: (timestamp, segment, position, header).
+        let mut best: Option<(i64, usize, u64, BatchHeader)> = None;
+        // The batch cut by the log start (DeleteRecords can leave one): its header's maximum may
+        // belong to a deleted record, so it is decoded before it competes.
+        let mut cut: Option<(usize, u64, BatchHeader)> = None;
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg.max_timestamp == NO_TIMESTAMP
+                || seg.next_offset <= start
+                || best.is_some_and(|(t, ..)| seg.max_timestamp <= t)
             {
-                best = Some((seg.max_timestamp, seg.offset_of_max_timestamp));
+                continue;
             }
+            // A segment wholly after the log start holds its cached maximum; the time index
+            // leads close to it. A segment cut by the log start is scanned whole.
+            let from = if seg.base_offset >= start && seg.offset_of_max_timestamp >= start {
+                seg.position_for_timestamp(seg.max_timestamp)
+            } else {
+                0
+            };
+            seg.for_each_header(from, |pos, h| {
+                if h.last_offset() < start {
+                    return true;
+                }
+                if h.base_offset < start {
+                    cut = Some((i, pos, *h));
+                } else if best.is_none_or(|(t, ..)| h.max_timestamp > t) {
+                    best = Some((h.max_timestamp, i, pos, *h));
+                }
+                true
+            })?;
         }
-        best
+        let best = match best {
+            Some((_, i, pos, h)) => self.exact_max(i, pos, &h)?,
+            None => None,
+        };
+        let cut = match cut {
+            Some((i, pos, h)) => self.exact_max(i, pos, &h)?,
+            None => None,
+        };
+        Ok(match (cut, best) {
+            // On a tie the cut batch wins: it holds the earlier offsets.
+            (Some(c), Some(b)) => Some(if c.0 >= b.0 { c } else { b }),
+            (c, b) => c.or(b),
+        })
+    }
+
+    /// (timestamp, offset) of the earliest live record with the batch's largest live timestamp.
+    fn exact_max(
+        &self,
+        seg: usize,
+        pos: u64,
+        h: &BatchHeader,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
+        let start = self.log_start_offset;
+        if h.is_log_append_time() {
+            return Ok(Some((h.max_timestamp, h.base_offset.max(start))));
+        }
+        let bytes = self.segments[seg].read_range(pos, pos + h.total_size() as u64)?;
+        let exact = RecordBatchDecoder::decode(&mut Bytes::from(bytes))
+            .ok()
+            .and_then(|set| {
+                let live = || set.records.iter().filter(|r| r.offset >= start);
+                let top = live().map(|r| r.timestamp).max()?;
+                live()
+                    .find(|r| r.timestamp == top)
+                    .map(|r| (r.timestamp, r.offset))
+            });
+        Ok(exact.or(Some((h.max_timestamp, h.last_offset()))))
     }
 
     /// Retention (time, size), then compaction, as configured. Never touches the active

@@ -337,7 +337,7 @@ fn timestamp_lookups() {
             ..cfg()
         },
     );
-    assert_eq!(log.max_timestamp(), None);
+    assert_eq!(log.max_timestamp().unwrap(), None);
     assert_eq!(log.offset_for_timestamp(0).unwrap(), None);
     // Batches at offsets 0-2 (ts 100..102), 3-5 (ts 200..202), 6-8 (ts 300..302), ...
     for b in 0..6 {
@@ -350,7 +350,7 @@ fn timestamp_lookups() {
     assert_eq!(log.offset_for_timestamp(302).unwrap(), Some((8, 302)));
     assert_eq!(log.offset_for_timestamp(602).unwrap(), Some((17, 602)));
     assert_eq!(log.offset_for_timestamp(603).unwrap(), None);
-    assert_eq!(log.max_timestamp(), Some((602, 17)));
+    assert_eq!(log.max_timestamp().unwrap(), Some((602, 17)));
 }
 
 #[test]
@@ -371,7 +371,8 @@ fn log_append_time_patches_timestamp_and_crc() {
     assert_eq!(h.max_timestamp, NOW + 7);
     assert_eq!(h.first_timestamp, 5, "Kafka leaves firstTimestamp alone");
     assert_eq!(decode_all(&got).len(), 3);
-    assert_eq!(log.max_timestamp(), Some((NOW + 7, 2)));
+    // Every record carries the append time; the earliest of them is reported.
+    assert_eq!(log.max_timestamp().unwrap(), Some((NOW + 7, 0)));
     assert_eq!(log.offset_for_timestamp(NOW).unwrap(), Some((0, NOW + 7)));
     let plain = open(tempfile::tempdir().unwrap().path(), cfg())
         .append(&batch(1, 5), NOW)
@@ -787,4 +788,41 @@ fn corruption_inside_a_sealed_segment_truncates_only_that_segment() {
         let h = headers(&log.read(off, 1).unwrap())[0];
         assert!(h.base_offset <= off && off <= h.last_offset());
     }
+}
+
+#[test]
+fn max_timestamp_names_the_exact_record_and_ignores_deleted_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    // One batch whose largest timestamp is its second record.
+    let recs = vec![
+        kv("a", "1", 5_000),
+        kv("b", "2", 9_000),
+        kv("c", "3", 7_000),
+        kv("d", "4", 8_000),
+    ];
+    log.append(&encode_batch(&recs, Compression::None, -1, -1, -1), NOW)
+        .unwrap();
+    assert_eq!(
+        log.max_timestamp().unwrap(),
+        Some((9_000, 1)),
+        "the record, not the batch's last offset"
+    );
+    // Single-record batches after it, then DeleteRecords past the maximum.
+    for ts in [6_000, 8_500, 6_500] {
+        log.append(
+            &encode_batch(&[kv("e", "5", ts)], Compression::None, -1, -1, -1),
+            NOW,
+        )
+        .unwrap();
+    }
+    assert_eq!(log.max_timestamp().unwrap(), Some((9_000, 1)));
+    log.delete_records_before(2).unwrap();
+    assert_eq!(
+        log.max_timestamp().unwrap(),
+        Some((8_500, 5)),
+        "records before the log start no longer count"
+    );
+    log.delete_records_before(6).unwrap();
+    assert_eq!(log.max_timestamp().unwrap(), Some((6_500, 6)));
 }

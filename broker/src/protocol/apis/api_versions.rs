@@ -4,7 +4,6 @@
 //! UNSUPPORTED_VERSION and the full list, so the client can retry with a version we speak
 //! (KIP-511); the connection stays open.
 
-use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -32,7 +31,7 @@ pub fn handle(_ctx: Ctx, req: frame::Request, advertised: Vec<(i16, i16, i16)>) 
         response.error_code = ResponseError::UnsupportedVersion.code();
         0
     };
-    let frame: Option<Bytes> = encode_response(
+    let frame = encode_response(
         ApiKey::ApiVersions,
         reply_version,
         correlation_id,

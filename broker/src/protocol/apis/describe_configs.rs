@@ -54,10 +54,10 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             };
             out.configs = entries
                 .into_iter()
-                .filter(|(k, _, _)| {
-                    r.configuration_keys
-                        .as_ref()
-                        .is_none_or(|keys| keys.iter().any(|w| w.as_str() == k))
+                // Null or an empty list asks for every key, as in Kafka.
+                .filter(|(k, _, _)| match &r.configuration_keys {
+                    Some(keys) if !keys.is_empty() => keys.iter().any(|w| w.as_str() == k),
+                    _ => true,
                 })
                 .map(|(k, v, source)| {
                     DescribeConfigsResourceResult::default()

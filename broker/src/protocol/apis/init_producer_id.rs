@@ -13,7 +13,7 @@ pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdRespo
     let mut out = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    if req.transactional_id.is_some() {
+    if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
         tracing::info!(client_id = %ctx.client_id, "transactional producer refused: transactions are not supported");
         out.error_code = E::InvalidRequest.code();
         return out;

@@ -28,8 +28,10 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     let mut out = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1)
-                        .with_offset(-1)
-                        .with_leader_epoch(0);
+                        .with_offset(-1);
+                    if ctx.api_version >= 4 {
+                        out.leader_epoch = 0;
+                    }
                     let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index))
                     else {
                         out.error_code = E::UnknownTopicOrPartition.code();
@@ -40,7 +42,7 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         LATEST => out.offset = log.log_end_offset(),
                         EARLIEST => out.offset = log.log_start_offset(),
                         MAX_TIMESTAMP => {
-                            if let Some((ts, offset)) = log.max_timestamp() {
+                            if let Ok(Some((ts, offset))) = log.max_timestamp() {
                                 out.timestamp = ts;
                                 out.offset = offset;
                             }

@@ -16,7 +16,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::s;
 use crate::broker::now_ms;
 use crate::protocol::error::storage_code;
-use crate::protocol::{Ctx, Reply, frame};
+use crate::protocol::{Ctx, Outcome, Reply, frame};
 
 pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let catalog = &ctx.broker.catalog;
@@ -81,11 +81,24 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
 pub fn refuse_legacy(req: frame::Request) -> Reply {
     let version = req.header.request_api_version;
     let correlation_id = req.header.correlation_id;
-    let frame = legacy_response(req.body, version, correlation_id);
-    Box::pin(async move { frame })
+    let outcome = match legacy_response(req.body, version, correlation_id) {
+        Some(LegacyReply::Frame(f)) => Outcome::Respond(f),
+        Some(LegacyReply::NoAcks) => Outcome::Silent,
+        None => {
+            tracing::warn!(version, "malformed produce v0-2 request");
+            Outcome::Close
+        }
+    };
+    Box::pin(async move { outcome })
 }
 
-fn legacy_response(mut body: Bytes, version: i16, correlation_id: i32) -> Option<Bytes> {
+enum LegacyReply {
+    Frame(Bytes),
+    NoAcks,
+}
+
+/// The v0-2 reply, or `None` when the request is malformed.
+fn legacy_response(mut body: Bytes, version: i16, correlation_id: i32) -> Option<LegacyReply> {
     fn string(b: &mut Bytes) -> Option<Bytes> {
         let len = (b.remaining() >= 2).then(|| b.get_i16())?;
         let len = usize::try_from(len).ok()?;
@@ -114,7 +127,7 @@ fn legacy_response(mut body: Bytes, version: i16, correlation_id: i32) -> Option
         topics.push((name, parts));
     }
     if acks == 0 {
-        return None;
+        return Some(LegacyReply::NoAcks);
     }
     let mut out = BytesMut::new();
     out.put_i32(0);
@@ -138,7 +151,7 @@ fn legacy_response(mut body: Bytes, version: i16, correlation_id: i32) -> Option
     }
     let size = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&size.to_be_bytes());
-    Some(out.freeze())
+    Some(LegacyReply::Frame(out.freeze()))
 }
 
 #[cfg(test)]
@@ -157,7 +170,9 @@ mod tests {
         body.put_i32(2); // partition
         body.put_i32(3);
         body.put_slice(b"xyz");
-        let out = legacy_response(body.clone().freeze(), 2, 77).unwrap();
+        let Some(LegacyReply::Frame(out)) = legacy_response(body.clone().freeze(), 2, 77) else {
+            panic!("a reply frame");
+        };
         let mut r = out.clone();
         assert_eq!(r.get_i32() as usize, out.len() - 4);
         assert_eq!(r.get_i32(), 77);

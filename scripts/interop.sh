@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Interoperability tests: kcat, confluent-kafka and kafka-python against a real `runnel`
+# (tests/interop). Installs what it needs itself (Debian packages, a Python venv with the
+# pinned clients from tests/interop/requirements.txt), builds runnel, runs pytest.
+# Safe to run again: installs already done are skipped. Extra arguments go to pytest,
+# e.g. `./scripts/interop.sh -k kcat -x`.
+#
+# Environment: RUNNEL_INTEROP_VENV  where the venv lives (default: a cache directory keyed
+#                                   by the requirements and the Python version)
+#              RUNNEL_BIN           set here to the freshly built binary for the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+start=$SECONDS
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# --- system packages ------------------------------------------------------------------------
+need_apt=()
+command -v kcat >/dev/null || need_apt+=(kcat)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# Building runnel compiles librdkafka (rdkafka crate): C compiler, make, zlib, pkg-config.
+command -v cc >/dev/null || need_apt+=(gcc)
+command -v make >/dev/null || need_apt+=(make)
+[ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "interop: installing ${need_apt[*]}"
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# --- Python clients ---------------------------------------------------------------------------
+req=tests/interop/requirements.txt
+key=$( { python3 -c 'import sys; print(sys.version)'; cat "$req"; } | sha256sum | cut -c1-16)
+venv=${RUNNEL_INTEROP_VENV:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/runnel-interop/venv-$key}
+if [ "$(cat "$venv/.runnel-installed" 2>/dev/null)" != "$key" ]; then
+  echo "interop: creating $venv"
+  if [ -d "$venv" ] && [ -n "$(ls -A "$venv")" ] && [ ! -e "$venv/pyvenv.cfg" ]; then
+    echo "interop: $venv exists and is not a venv; not touching it" >&2
+    exit 1
+  fi
+  python3 -m venv --clear "$venv"
+  # PIP_FIND_LINKS (local wheels), when set, is honoured by pip itself.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --prefer-binary -r "$req"
+  echo "$key" > "$venv/.runnel-installed"
+fi
+"$venv/bin/python" - <<'EOF'
+import confluent_kafka, kafka
+print(f"interop: confluent-kafka {confluent_kafka.__version__} "
+      f"(librdkafka {confluent_kafka.libversion()[0]}), kafka-python {kafka.__version__}")
+EOF
+{ kcat -V 2>&1 | grep -m1 "^Version" || true; } | sed "s/^/interop: kcat /"
+
+# --- the broker -------------------------------------------------------------------------------
+cargo build -p runnel --locked
+target_dir=${CARGO_TARGET_DIR:-target}
+RUNNEL_BIN=$(cd "$target_dir/debug" && pwd)/runnel
+export RUNNEL_BIN
+
+# --- the tests --------------------------------------------------------------------------------
+echo "interop: set-up took $((SECONDS - start))s; running tests against $RUNNEL_BIN"
+# Put the venv first on PATH so that `python3` is its interpreter. pytest's summary line
+# is the last thing printed; its exit status is the script's.
+PATH="$venv/bin:$PATH" exec python3 -m pytest tests/interop -q "$@"

@@ -1,0 +1,442 @@
+"""confluent-kafka (bundled librdkafka) against runnel: admin, exact round trips with keys,
+headers and timestamps, group commit and resume, partition split, idempotence, TLS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import subprocess
+import sys
+
+from confluent_kafka import (TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException,
+                             Producer, TopicPartition)
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                   ConfigSource, NewPartitions, NewTopic, OffsetSpec)
+
+from ck_util import (BASE_TS, assert_same_records, conf, consumer_conf, create_topic,
+                     produce_records, record_set)
+from interop_util import ck_consume, unique, wait_for
+
+
+# --- admin ------------------------------------------------------------------------------------
+
+def test_admin_create_list_describe_delete(broker):
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-admin")
+    create_topic(admin, topic, 3, {"retention.ms": "3600000", "cleanup.policy": "compact"})
+
+    md = admin.list_topics(timeout=10)
+    assert [(b.id, b.host, b.port) for b in md.brokers.values()] == \
+        [(1, "127.0.0.1", broker.port)]
+    assert topic in md.topics
+    t = md.topics[topic]
+    assert t.error is None
+    assert sorted(t.partitions) == [0, 1, 2]
+    for p in t.partitions.values():
+        assert (p.leader, p.replicas, p.isrs, p.error) == (1, [1], [1], None), p
+
+    res = ConfigResource("topic", topic)
+    configs = admin.describe_configs([res])[res].result(timeout=10)
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["cleanup.policy"].value == "compact"
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    # Keys the topic does not override still come back, with their default.
+    assert "max.message.bytes" in configs
+    assert configs["max.message.bytes"].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+    # Creating it again is refused with TOPIC_ALREADY_EXISTS.
+    again = admin.create_topics([NewTopic(topic, 1, 1)], operation_timeout=10)[topic]
+    with pytest.raises(KafkaException) as e:
+        again.result(timeout=10)
+    assert e.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+
+    admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=20)
+    wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, 10,
+             what=f"{topic} to disappear from metadata")
+
+    # Deleting a topic that does not exist is refused with UNKNOWN_TOPIC_OR_PART.
+    gone = admin.delete_topics([unique("ck-never")], operation_timeout=10)
+    with pytest.raises(KafkaException) as e:
+        list(gone.values())[0].result(timeout=10)
+    assert e.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_admin_create_partitions_and_alter_configs(broker):
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-grow")
+    create_topic(admin, topic, 1)
+    admin.create_partitions([NewPartitions(topic, 3)])[topic].result(timeout=15)
+    wait_for(lambda: sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+             == [0, 1, 2], 10, what="3 partitions in metadata")
+    d = produce_records(Producer(conf(broker.bootstrap)), topic,
+                        [{"partition": 2, "key": b"k", "value": b"new partition",
+                          "headers": None, "timestamp": BASE_TS}])
+    assert d.offsets_by_partition() == {2: [0]}
+
+    res = ConfigResource("topic", topic, incremental_configs=[
+        ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([res])[res].result(timeout=10)
+    plain = ConfigResource("topic", topic)
+    got = admin.describe_configs([plain])[plain].result(timeout=10)["retention.ms"]
+    assert (got.value, got.source) == ("7200000", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+
+    res = ConfigResource("topic", topic, incremental_configs=[
+        ConfigEntry("retention.ms", "", incremental_operation=AlterConfigOpType.DELETE)])
+    admin.incremental_alter_configs([res])[res].result(timeout=10)
+    got = admin.describe_configs([plain])[plain].result(timeout=10)["retention.ms"]
+    assert got.value == "604800000", "deleting the override restores the default (7d)"
+    assert got.source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+
+def test_admin_list_offsets_and_delete_records(broker):
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-offsets")
+    create_topic(admin, topic, 1)
+    stamps = [5000, 9000, 7000, 8000, 6000]
+    for i, ts in enumerate(stamps):       # one batch per record
+        produce_records(Producer(conf(broker.bootstrap)), topic,
+                        [{"partition": 0, "key": None, "value": f"r{i}".encode(),
+                          "headers": None, "timestamp": BASE_TS + ts}])
+    tp = TopicPartition(topic, 0)
+
+    def lookup(spec):
+        r = admin.list_offsets({tp: spec})[tp].result(timeout=10)
+        return r.offset, r.timestamp
+
+    assert lookup(OffsetSpec.earliest())[0] == 0
+    assert lookup(OffsetSpec.latest())[0] == 5
+    assert lookup(OffsetSpec.max_timestamp()) == (1, BASE_TS + 9000)
+    assert lookup(OffsetSpec.for_timestamp(BASE_TS + 7500)) == (1, BASE_TS + 9000)
+    assert lookup(OffsetSpec.for_timestamp(BASE_TS + 9001))[0] == -1   # none at or after
+
+    deleted = admin.delete_records([TopicPartition(topic, 0, 2)])[tp].result(timeout=10)
+    assert deleted.low_watermark == 2
+    assert lookup(OffsetSpec.earliest())[0] == 2
+    assert lookup(OffsetSpec.latest())[0] == 5
+    # The oldest remaining record at or after the time now is offset 2.
+    assert lookup(OffsetSpec.for_timestamp(BASE_TS))[0] == 2
+
+    # A consumer asked to start before the log start is reset to it.
+    c = Consumer(consumer_conf(broker.bootstrap, unique("ck-g")))
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        msgs = ck_consume(c, 3, settle=0.5)
+    finally:
+        c.close()
+    assert [(m.offset(), m.value()) for m in msgs] == [(2, b"r2"), (3, b"r3"), (4, b"r4")]
+
+
+def test_max_timestamp_offset_within_one_batch(broker):
+    """ListOffsets MAX_TIMESTAMP (KIP-734) names the record that holds the largest
+    timestamp, even when it is not the last record of its batch."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-maxts")
+    create_topic(admin, topic, 1)
+    p = Producer(conf(broker.bootstrap, linger_ms=100))
+    d = produce_records(p, topic, [{"partition": 0, "key": None, "value": f"r{i}".encode(),
+                                    "headers": None, "timestamp": BASE_TS + ts}
+                                   for i, ts in enumerate([5000, 9000, 7000, 8000])])
+    assert d.offsets_by_partition() == {0: [0, 1, 2, 3]}
+    tp = TopicPartition(topic, 0)
+    r = admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(timeout=10)
+    assert (r.offset, r.timestamp) == (1, BASE_TS + 9000)
+
+
+def test_max_timestamp_after_delete_records(broker):
+    """Once DeleteRecords removed the record with the largest timestamp, MAX_TIMESTAMP
+    names the largest among the records that remain (not "no record")."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-maxts-del")
+    create_topic(admin, topic, 1)
+    for i, ts in enumerate([5000, 9000, 7000, 8000, 6000]):     # one batch per record
+        produce_records(Producer(conf(broker.bootstrap)), topic,
+                        [{"partition": 0, "key": None, "value": f"r{i}".encode(),
+                          "headers": None, "timestamp": BASE_TS + ts}])
+    tp = TopicPartition(topic, 0)
+
+    def max_ts():
+        r = admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(timeout=10)
+        return r.offset, r.timestamp
+
+    assert max_ts() == (1, BASE_TS + 9000)
+    admin.delete_records([TopicPartition(topic, 0, 2)])[tp].result(timeout=10)
+    assert max_ts() == (3, BASE_TS + 8000)
+
+
+def test_log_append_time_topic(broker):
+    """A topic with message.timestamp.type=LogAppendTime stamps records with the broker's
+    clock and says so in the batch (consumers see TIMESTAMP_LOG_APPEND_TIME)."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-lat")
+    create_topic(admin, topic, 1, {"message.timestamp.type": "LogAppendTime"})
+    before = int(time.time() * 1000)
+    produce_records(Producer(conf(broker.bootstrap)), topic,
+                    [{"partition": 0, "key": None, "value": f"v{i}".encode(),
+                      "headers": None, "timestamp": BASE_TS} for i in range(3)])
+    after = int(time.time() * 1000)
+    c = Consumer(consumer_conf(broker.bootstrap, unique("ck-g")))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, 3)
+    finally:
+        c.close()
+    for m in msgs:
+        kind, ts = m.timestamp()
+        assert kind == TIMESTAMP_LOG_APPEND_TIME, m.timestamp()
+        assert before - 1000 <= ts <= after + 1000, (ts, before, after)
+
+
+# --- exact round trip -------------------------------------------------------------------------
+
+def test_produce_consume_exact(broker):
+    admin = AdminClient(conf(broker.bootstrap))
+    topic, group = unique("ck-exact"), unique("ck-g")
+    create_topic(admin, topic, 3)
+    records = record_set(30, 3)
+    d = produce_records(Producer(conf(broker.bootstrap, acks="all", linger_ms=5)),
+                        topic, records)
+    assert d.offsets_by_partition() == {p: list(range(10)) for p in range(3)}
+
+    c = Consumer(consumer_conf(broker.bootstrap, group))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, len(records), timeout=30, settle=1.0)
+    finally:
+        c.close()
+    assert len(msgs) == len(records), "extra messages arrived"
+    assert_same_records(msgs, records, 3)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_codec_round_trip(broker, codec):
+    topic, group = unique(f"ck-{codec}"), unique("ck-g")
+    records = [{"partition": 0, "key": f"k{i}".encode(),
+                "value": (f"{codec}-{i}-" + "xyz" * 50).encode(),
+                "headers": [("codec", codec.encode())], "timestamp": BASE_TS + i}
+               for i in range(50)]
+    produce_records(Producer(conf(broker.bootstrap, compression_type=codec, linger_ms=20)),
+                    topic, records)
+    c = Consumer(consumer_conf(broker.bootstrap, group))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, len(records), settle=0.5)
+    finally:
+        c.close()
+    assert len(msgs) == len(records)
+    assert_same_records(msgs, records, 1)
+
+
+# --- commit and resume ------------------------------------------------------------------------
+
+def test_commit_close_and_resume(broker):
+    topic, group = unique("ck-resume"), unique("ck-g")
+    records = [{"partition": 0, "key": f"k{i}".encode(), "value": f"v{i}".encode(),
+                "headers": None, "timestamp": BASE_TS + i} for i in range(10)]
+    produce_records(Producer(conf(broker.bootstrap)), topic, records)
+    tp = TopicPartition(topic, 0)
+
+    c = Consumer(consumer_conf(broker.bootstrap, group))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, 6)
+        assert [m.value() for m in msgs[:6]] == [f"v{i}".encode() for i in range(6)]
+        c.commit(message=msgs[5], asynchronous=False)
+        assert c.committed([tp], timeout=10)[0].offset == 6
+    finally:
+        c.close()
+
+    c = Consumer(consumer_conf(broker.bootstrap, group))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, 4, settle=1.0)
+        assert [(m.offset(), m.value()) for m in msgs] == \
+            [(i, f"v{i}".encode()) for i in range(6, 10)]
+        # Commit with metadata; it must come back with the offset.
+        done = c.commit(offsets=[TopicPartition(topic, 0, 10, "checkpoint-10")],
+                        asynchronous=False)
+        assert [(x.offset, x.error) for x in done] == [(10, None)]
+        got = c.committed([tp], timeout=10)[0]
+        assert (got.offset, got.metadata) == (10, "checkpoint-10")
+    finally:
+        c.close()
+
+    # A consumer of another group is unaffected by these commits.
+    other = Consumer(consumer_conf(broker.bootstrap, unique("ck-other")))
+    try:
+        assert other.committed([tp], timeout=10)[0].offset < 0
+    finally:
+        other.close()
+
+
+# --- two consumers in one group ---------------------------------------------------------------
+
+def test_two_consumers_split_partitions(broker):
+    admin = AdminClient(conf(broker.bootstrap))
+    topic, group = unique("ck-split"), unique("ck-g")
+    create_topic(admin, topic, 4)
+    all_parts = {0, 1, 2, 3}
+
+    def assigned(c):
+        return {tp.partition for tp in c.assignment()}
+
+    c1 = Consumer(consumer_conf(broker.bootstrap, group, **{"client.id": "c1"}))
+    c2 = Consumer(consumer_conf(broker.bootstrap, group, **{"client.id": "c2"}))
+    received = {c1: [], c2: []}
+
+    def pump(*consumers):
+        for c in consumers:
+            m = c.poll(0.2)
+            if m is not None and not m.error():
+                received[c].append(m)
+
+    try:
+        c1.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while assigned(c1) != all_parts and time.monotonic() < deadline:
+            pump(c1)
+        assert assigned(c1) == all_parts, "a lone consumer should own every partition"
+
+        c2.subscribe([topic])
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            pump(c1, c2)
+            a1, a2 = assigned(c1), assigned(c2)
+            if a1 and a2 and not (a1 & a2) and (a1 | a2) == all_parts:
+                break
+        a1, a2 = assigned(c1), assigned(c2)
+        assert a1 and a2, f"both consumers should get partitions: c1={a1} c2={a2}"
+        assert not (a1 & a2) and (a1 | a2) == all_parts, (a1, a2)
+        assert len(a1) == len(a2) == 2, (a1, a2)
+
+        p = Producer(conf(broker.bootstrap))
+        for part in sorted(all_parts):
+            p.produce(topic, partition=part, value=f"for-{part}".encode())
+        assert p.flush(15) == 0
+        deadline = time.monotonic() + 20
+        while len(received[c1]) + len(received[c2]) < 4 and time.monotonic() < deadline:
+            pump(c1, c2)
+        got1 = {m.partition(): m.value() for m in received[c1]}
+        got2 = {m.partition(): m.value() for m in received[c2]}
+        assert set(got1) == a1 and set(got2) == a2, (got1, got2, a1, a2)
+        assert {**got1, **got2} == {part: f"for-{part}".encode() for part in all_parts}
+    finally:
+        c2.close()
+        c1.close()
+
+
+def test_dead_consumer_loses_partitions_after_session_timeout(broker):
+    """A member that dies without leaving is expired after session.timeout.ms and its
+    partitions go to the member that is left."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic, group = unique("ck-expire"), unique("ck-g")
+    create_topic(admin, topic, 2)
+    member_conf = consumer_conf(broker.bootstrap, group, **{"session.timeout.ms": 6000})
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+from confluent_kafka import Consumer
+c = Consumer({member_conf!r})
+c.subscribe([{topic!r}])
+while True:
+    c.poll(0.2)
+    if c.assignment():
+        print("assigned", flush=True)
+"""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    c = Consumer(member_conf)
+    try:
+        assert child.stdout.readline().strip() == "assigned"
+        c.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while len(c.assignment()) != 1 and time.monotonic() < deadline:
+            c.poll(0.2)
+        assert len(c.assignment()) == 1, "the second member should get one of two partitions"
+        child.kill()                      # no LeaveGroup
+        child.wait(10)
+        killed = time.monotonic()
+        while len(c.assignment()) != 2 and time.monotonic() < killed + 30:
+            c.poll(0.2)
+        assert {tp.partition for tp in c.assignment()} == {0, 1}
+        assert time.monotonic() - killed > 3, "partitions moved before the session expired"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        c.close()
+
+
+# --- long-poll fetch -------------------------------------------------------------------------
+
+def test_long_poll_fetch_is_woken_by_append(broker):
+    """A Fetch waiting (fetch.wait.max.ms = 5 s) on an empty partition answers as soon as
+    a record arrives, not when its wait runs out."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-longpoll")
+    create_topic(admin, topic, 1)
+    c = Consumer(consumer_conf(broker.bootstrap, unique("ck-g"), **{"fetch.wait.max.ms": 5000}))
+    p = Producer(conf(broker.bootstrap, linger_ms=0))
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        assert c.poll(2.0) is None           # the consumer is now parked in a long poll
+        latencies = []
+        for i in range(3):
+            time.sleep(0.7)                  # let a fresh long poll start
+            sent = time.monotonic()
+            p.produce(topic, value=f"wake-{i}".encode())
+            assert p.flush(10) == 0
+            m = ck_consume(c, 1, timeout=10)[0]
+            latencies.append(time.monotonic() - sent)
+            assert m.value() == f"wake-{i}".encode()
+        assert max(latencies) < 2.0, f"fetch answered only after its max wait: {latencies}"
+    finally:
+        c.close()
+
+
+# --- idempotent producer ----------------------------------------------------------------------
+
+def test_idempotent_producer(broker):
+    admin = AdminClient(conf(broker.bootstrap))
+    topic, group = unique("ck-idem"), unique("ck-g")
+    create_topic(admin, topic, 2)
+    errors = []
+    p = Producer(conf(broker.bootstrap, enable_idempotence=True, acks="all", linger_ms=2,
+                      error_cb=lambda e: errors.append(e)))
+    records = [{"partition": i % 2, "key": f"k{i}".encode(), "value": f"seq-{i}".encode(),
+                "headers": None, "timestamp": BASE_TS + i} for i in range(400)]
+    d = produce_records(p, topic, records)
+    assert not [e for e in errors if e.fatal()], errors
+    assert d.offsets_by_partition() == {0: list(range(200)), 1: list(range(200))}
+
+    c = Consumer(consumer_conf(broker.bootstrap, group))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, len(records), settle=1.0)
+    finally:
+        c.close()
+    assert len(msgs) == len(records), "duplicates were delivered"
+    assert_same_records(msgs, records, 2)
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+def test_tls_admin_produce_consume(broker, tls_material):
+    admin = AdminClient(conf(broker.tls_bootstrap, tls_material))
+    topic, group = unique("ck-tls"), unique("ck-g")
+    create_topic(admin, topic, 2)
+    md = admin.list_topics(timeout=10)
+    assert [(b.id, b.host, b.port) for b in md.brokers.values()] == \
+        [(1, "127.0.0.1", broker.tls_port)], "TLS clients must be sent the TLS listener"
+    records = record_set(20, 2)
+    produce_records(Producer(conf(broker.tls_bootstrap, tls_material, acks="all",
+                                  compression_type="zstd")), topic, records)
+    c = Consumer(consumer_conf(broker.tls_bootstrap, group, tls_material))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, len(records), settle=0.5)
+        c.commit(asynchronous=False)
+        committed = c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)],
+                                timeout=10)
+    finally:
+        c.close()
+    assert len(msgs) == len(records)
+    assert_same_records(msgs, records, 2)
+    assert [tp.offset for tp in committed] == [10, 10]

@@ -1,0 +1,263 @@
+"""kafka-python (pure Python client) against runnel: every codec, groups with commit and
+resume, admin topics, group listing and description, end_offsets and offsets_for_times."""
+
+from __future__ import annotations
+
+import time
+
+import kafka
+import kafka.codec
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from interop_util import unique, wait_for
+
+BASE_TS = 1_700_000_000_000
+
+CODEC_AVAILABLE = {
+    "none": lambda: True,
+    "gzip": kafka.codec.has_gzip,
+    "snappy": kafka.codec.has_snappy,
+    "lz4": kafka.codec.has_lz4,
+    "zstd": kafka.codec.has_zstd,
+}
+CODEC_LIBRARY = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard", "gzip": "zlib"}
+
+
+def producer(broker, **kw) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000, **kw)
+
+
+def consumer(broker, *topics, **kw) -> KafkaConsumer:
+    kw.setdefault("auto_offset_reset", "earliest")
+    kw.setdefault("enable_auto_commit", False)
+    kw.setdefault("request_timeout_ms", 15000)
+    return KafkaConsumer(*topics, bootstrap_servers=broker.bootstrap, **kw)
+
+
+def admin_client(broker) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+
+
+def read(c: KafkaConsumer, count: int, timeout: float = 30.0, settle: float = 0.0):
+    """Polls until `count` records arrived, then `settle` seconds more for extras."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        for recs in c.poll(timeout_ms=500).values():
+            out.extend(recs)
+    assert len(out) >= count, f"got {len(out)} of {count}: {[(r.offset, r.value) for r in out]}"
+    end = time.monotonic() + settle
+    while time.monotonic() < end:
+        for recs in c.poll(timeout_ms=200).values():
+            out.extend(recs)
+    return out
+
+
+def send_all(p: KafkaProducer, topic: str, records):
+    futures = [p.send(topic, key=r["key"], value=r["value"], headers=r["headers"],
+                      partition=r.get("partition"), timestamp_ms=r["timestamp"])
+               for r in records]
+    p.flush(timeout=30)
+    return [f.get(timeout=10) for f in futures]
+
+
+# --- every codec ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_codec_round_trip(broker, codec):
+    if not CODEC_AVAILABLE[codec]():
+        reason = f"kafka-python cannot use {codec}: {CODEC_LIBRARY[codec]} is not importable"
+        print(reason)
+        pytest.skip(reason)
+    topic, group = unique(f"kp-{codec}"), unique("kp-g")
+    records = [{"key": f"key-{i}".encode(),
+                "value": (f"{codec}-{i}-" + "0123456789" * 20).encode(),
+                "headers": [("i", str(i).encode()), ("codec", codec.encode())],
+                "timestamp": BASE_TS + i * 10} for i in range(40)]
+    p = producer(broker, compression_type=None if codec == "none" else codec,
+                 linger_ms=20, batch_size=64 * 1024)
+    try:
+        meta = send_all(p, topic, records)
+    finally:
+        p.close()
+    assert [m.offset for m in meta] == list(range(len(records)))
+
+    c = consumer(broker, topic, group_id=group)
+    try:
+        got = read(c, len(records), settle=0.5)
+    finally:
+        c.close()
+    assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp, r.timestamp_type)
+            for r in got] == \
+        [(i, r["key"], r["value"], r["headers"], r["timestamp"], 0)
+         for i, r in enumerate(records)]
+
+
+# --- commit and resume ------------------------------------------------------------------------
+
+def test_commit_and_resume(broker):
+    topic, group = unique("kp-resume"), unique("kp-g")
+    p = producer(broker)
+    try:
+        send_all(p, topic, [{"key": None, "value": f"v{i}".encode(), "headers": [],
+                             "timestamp": BASE_TS + i} for i in range(10)])
+    finally:
+        p.close()
+    tp = TopicPartition(topic, 0)
+
+    c = consumer(broker, topic, group_id=group, max_poll_records=4)
+    try:
+        got = read(c, 4)
+        assert [r.value for r in got[:4]] == [f"v{i}".encode() for i in range(4)]
+        c.commit({tp: OffsetAndMetadata(4, "after-4", -1)})
+        assert c.committed(tp) == 4
+        assert c.committed(tp, metadata=True).metadata == "after-4"
+    finally:
+        c.close()
+
+    c = consumer(broker, topic, group_id=group)
+    try:
+        got = read(c, 6, settle=1.0)
+        assert [(r.offset, r.value) for r in got] == [(i, f"v{i}".encode()) for i in range(4, 10)]
+        c.commit()  # the position: 10
+        assert c.committed(tp) == 10
+    finally:
+        c.close()
+
+    # A third consumer of the group finds nothing left to read.
+    c = consumer(broker, topic, group_id=group)
+    try:
+        assert sum(len(v) for v in c.poll(timeout_ms=3000).values()) == 0
+        assert c.position(tp) == 10
+    finally:
+        c.close()
+
+
+# --- admin: topics ----------------------------------------------------------------------------
+
+def test_admin_create_and_delete_topics(broker):
+    a = admin_client(broker)
+    try:
+        t1, t2 = unique("kp-admin"), unique("kp-admin")
+        res = a.create_topics({t1: {"num_partitions": 3, "replication_factor": 1},
+                               t2: {"num_partitions": 1, "replication_factor": 1}})
+        assert sorted((t["name"], t["error_code"]) for t in res["topics"]) == \
+            sorted([(t1, 0), (t2, 0)]), res
+        topics = a.list_topics()
+        assert t1 in topics and t2 in topics
+        c = consumer(broker)
+        try:
+            assert c.partitions_for_topic(t1) == {0, 1, 2}
+        finally:
+            c.close()
+
+        res = a.delete_topics([t1, t2])
+        assert sorted((t["name"], t["error_code"]) for t in res["topics"]) == \
+            sorted([(t1, 0), (t2, 0)]), res
+        wait_for(lambda: t1 not in a.list_topics() and t2 not in a.list_topics(), 10,
+                 what="deleted topics to disappear")
+    finally:
+        a.close()
+
+
+# --- admin: consumer groups -------------------------------------------------------------------
+
+def list_consumer_groups(a: KafkaAdminClient) -> dict:
+    """{group_id: protocol_type}. kafka-python 2.x names it list_consumer_groups() and
+    returns tuples; 3.x renamed it list_groups() and returns dicts."""
+    if hasattr(a, "list_consumer_groups"):
+        return {g[0]: g[1] for g in a.list_consumer_groups()}
+    return {g["group_id"]: g["protocol_type"] for g in a.list_groups()}
+
+
+def describe_consumer_group(a: KafkaAdminClient, group: str) -> dict:
+    """{'state', 'protocol_type', 'members': [{'client_id', 'assignment'}]} for one group
+    (describe_consumer_groups() in kafka-python 2.x, describe_groups() in 3.x)."""
+    if hasattr(a, "describe_consumer_groups"):
+        d = a.describe_consumer_groups([group])[0]
+        return {"state": d.state, "protocol_type": d.protocol_type,
+                "members": [{"client_id": m.client_id, "assignment": repr(m.member_assignment)}
+                            for m in d.members]}
+    d = a.describe_groups([group])[group]
+    assert d["error"] is None, d
+    return {"state": d["group_state"], "protocol_type": d["protocol_type"],
+            "members": [{"client_id": m["client_id"], "assignment": repr(m)}
+                        for m in d["members"]]}
+
+
+def test_list_and_describe_consumer_groups(broker):
+    topic, group = unique("kp-groups"), unique("kp-g")
+    p = producer(broker)
+    try:
+        send_all(p, topic, [{"key": None, "value": b"x", "headers": [], "timestamp": BASE_TS}])
+    finally:
+        p.close()
+
+    a = admin_client(broker)
+    c = consumer(broker, topic, group_id=group, client_id="kp-describer")
+    try:
+        read(c, 1)
+        c.commit()
+        assert group in list_consumer_groups(a)
+        assert list_consumer_groups(a)[group] == "consumer"
+        d = describe_consumer_group(a, group)
+        assert d["state"] == "Stable", d
+        assert d["protocol_type"] == "consumer"
+        assert len(d["members"]) == 1, d
+        assert d["members"][0]["client_id"] == "kp-describer"
+        assert topic in d["members"][0]["assignment"], d
+
+        c.close()
+        d = wait_for(lambda: (lambda d: d if d["state"] == "Empty" else None)(
+            describe_consumer_group(a, group)), 15, what="the group to become Empty")
+        assert d["members"] == []
+        assert group in list_consumer_groups(a), "an empty group with offsets is still listed"
+        if hasattr(a, "list_group_offsets"):
+            offsets = a.list_group_offsets(group)[group]
+            assert {tp: o.offset for tp, o in offsets.items()} == {TopicPartition(topic, 0): 1}
+        elif hasattr(a, "list_consumer_group_offsets"):
+            offsets = a.list_consumer_group_offsets(group)
+            assert {tp: o.offset for tp, o in offsets.items()} == {TopicPartition(topic, 0): 1}
+    finally:
+        c.close()
+        a.close()
+
+
+# --- offsets ----------------------------------------------------------------------------------
+
+def test_end_offsets_and_offsets_for_times(broker):
+    topic = unique("kp-times")
+    p = producer(broker)
+    try:
+        # Ten records one second apart.
+        send_all(p, topic, [{"key": None, "value": f"t{i}".encode(), "headers": [],
+                             "timestamp": BASE_TS + i * 1000} for i in range(10)])
+    finally:
+        p.close()
+    tp = TopicPartition(topic, 0)
+    c = consumer(broker)
+    try:
+        assert c.end_offsets([tp]) == {tp: 10}
+        assert c.beginning_offsets([tp]) == {tp: 0}
+
+        def lookup(ts):
+            r = c.offsets_for_times({tp: ts})[tp]
+            return None if r is None else (r.offset, r.timestamp)
+
+        assert lookup(0) == (0, BASE_TS)
+        assert lookup(BASE_TS) == (0, BASE_TS)
+        assert lookup(BASE_TS + 3000) == (3, BASE_TS + 3000)
+        assert lookup(BASE_TS + 3500) == (4, BASE_TS + 4000)   # first at or after
+        assert lookup(BASE_TS + 9000) == (9, BASE_TS + 9000)
+        assert lookup(BASE_TS + 9001) is None                    # after the last record
+
+        # Seeking to the offset found reads from there.
+        c.assign([tp])
+        c.seek(tp, 4)
+        got = read(c, 6)
+        assert [r.value for r in got[:6]] == [f"t{i}".encode() for i in range(4, 10)]
+    finally:
+        c.close()
+
