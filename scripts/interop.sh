@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Interoperability tests: kcat, confluent-kafka and kafka-python against a real `runnel`
+# Interoperability tests: kcat, confluent-kafka, kafka-python and kafkajs against a real `runnel`
 # (tests/interop). Installs what it needs itself (Debian packages, a Python venv with the
 # pinned clients from tests/interop/requirements.txt), builds runnel, runs pytest.
 # Safe to run again: installs already done are skipped. Extra arguments go to pytest,
@@ -55,6 +55,22 @@ print(f"interop: confluent-kafka {confluent_kafka.__version__} "
       f"(librdkafka {confluent_kafka.libversion()[0]}), kafka-python {kafka.__version__}")
 EOF
 { kcat -V 2>&1 | grep -m1 "^Version" || true; } | sed "s/^/interop: kcat /"
+
+# --- kafkajs (Node.js) ------------------------------------------------------------------------
+KAFKAJS_VERSION=2.2.4
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "interop: installing nodejs npm"
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+KAFKAJS_DIR=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/runnel-interop/kafkajs-$KAFKAJS_VERSION
+if [ ! -e "$KAFKAJS_DIR/node_modules/kafkajs/package.json" ]; then
+  echo "interop: installing kafkajs $KAFKAJS_VERSION"
+  mkdir -p "$KAFKAJS_DIR"
+  npm install --silent --no-audit --no-fund --prefix "$KAFKAJS_DIR" "kafkajs@$KAFKAJS_VERSION" >/dev/null
+fi
+export KAFKAJS_DIR
+echo "interop: kafkajs $KAFKAJS_VERSION, node $(node --version)"
 
 # --- the broker -------------------------------------------------------------------------------
 cargo build -p runnel --locked
