@@ -226,3 +226,145 @@ async fn a_segment_cut_mid_batch_recovers_to_the_last_complete_batch() {
     assert_eq!(offset, stored.len() as i64);
     broker.shutdown().await;
 }
+
+/// Starts the broker under a file-size limit (`ulimit -f`, with SIGXFSZ ignored so a write past
+/// it fails with EFBIG the way a full disk fails with ENOSPC) and returns the child.
+fn spawn_limited(dir: &Path, port: u16, limit_kib: u64) -> Child {
+    let config = dir.join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\n\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\n\
+             [listeners.quic]\nenabled = false\n\n[listeners.admin]\nenabled = false\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "trap '' XFSZ; ulimit -f {limit_kib}; exec {:?} serve --config {:?}",
+        env!("CARGO_BIN_EXE_runnel"),
+        config
+    );
+    let child = Command::new("bash")
+        .args(["-c", &script])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_produce_with_storage_error_and_corrupts_nothing() {
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn batch(tag: usize) -> Bytes {
+        let records: Vec<Record> = (0..10)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: i as i32,
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(Bytes::from(format!("{tag:06}-{i}-{}", "z".repeat(10_000)))),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+    let produce = |records: Bytes| {
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("full")))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(records)),
+                    ]),
+            ])
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let mut child = spawn_limited(dir.path(), port, 2048);
+    let mut c = common::RawClient::connect(&bootstrap).await;
+    let md = kafka_protocol::messages::MetadataRequest::default().with_topics(Some(vec![
+        kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("full")))),
+    ]));
+    assert_eq!(c.call(&md, 9).await.topics[0].error_code, 0);
+
+    // Write ~100 KB batches until the "disk" is full.
+    let mut acked = 0usize;
+    let mut error = 0;
+    for tag in 0..100 {
+        let r = c.call(&produce(batch(tag)), 9).await;
+        let p = &r.responses[0].partition_responses[0];
+        if p.error_code != 0 {
+            error = p.error_code;
+            break;
+        }
+        assert_eq!(p.base_offset, (acked * 10) as i64);
+        acked += 1;
+    }
+    assert_eq!(error, 56, "KAFKA_STORAGE_ERROR once the file cannot grow");
+    assert!(acked >= 5, "{acked} batches fitted");
+    // Still full: still a clean error, and the broker keeps serving.
+    let r = c.call(&produce(batch(999)), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 56);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Restarted with room: every acknowledged record is there, nothing half-written, and the
+    // next append follows right after them.
+    let mut child = spawn_broker(dir.path(), port);
+    let b = bootstrap.clone();
+    let stored = tokio::task::spawn_blocking(move || read_all(&b, "full", acked * 10))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), acked * 10);
+    for (i, (offset, payload)) in stored.iter().enumerate() {
+        assert_eq!(*offset, i as i64);
+        assert!(payload.starts_with(format!("{:06}-{}-", i / 10, i % 10).as_bytes()));
+    }
+    let mut c = common::RawClient::connect(&bootstrap).await;
+    let r = c.call(&produce(batch(1000)), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(
+        r.responses[0].partition_responses[0].base_offset,
+        (acked * 10) as i64
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
