@@ -35,6 +35,9 @@ pub enum BatchError {
     /// The CRC32C over attributes..end does not match the stored one.
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
+    /// An uncompressed batch whose records do not number recordCount or do not fill it exactly.
+    #[error("the records of the batch do not match its recordCount {declared}")]
+    RecordCountMismatch { declared: i32 },
     /// On disk: a batch whose offsets go backwards or whose lastOffsetDelta is negative.
     #[error(
         "batch offsets [{base_offset}, {last_offset}] do not follow offset {expected_at_least}"

@@ -22,8 +22,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use super::batch::{BatchHeader, NO_TIMESTAMP, check_batch, set_base_offset, set_log_append_time};
+use super::batch::{
+    BatchHeader, NO_TIMESTAMP, check_batch, count_uncompressed_records, set_base_offset,
+    set_log_append_time,
+};
 use super::compaction::CompactionState;
+use super::error::BatchError;
 use super::error::{StorageError, io_err};
 use super::index::write_file_atomic;
 use super::producer::{ProducerStates, SeqCheck};
@@ -233,6 +237,15 @@ impl PartitionLog {
                 return Err(invalid(
                     "control batches are written by coordinators only".into(),
                 ));
+            }
+            // The offsets a batch takes come from its header; for uncompressed batches check
+            // that the header tells the truth, so a lying producer cannot skip offsets.
+            if h.compression() == 0
+                && count_uncompressed_records(&rest[..size as usize]) != Some(h.record_count as i64)
+            {
+                return Err(corrupt(BatchError::RecordCountMismatch {
+                    declared: h.record_count,
+                }));
             }
             if self.config.compact {
                 check_keys(&rest[..size as usize], pos)?;

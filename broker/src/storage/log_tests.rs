@@ -826,3 +826,27 @@ fn max_timestamp_names_the_exact_record_and_ignores_deleted_records() {
     log.delete_records_before(6).unwrap();
     assert_eq!(log.max_timestamp().unwrap(), Some((6_500, 6)));
 }
+
+#[test]
+fn an_uncompressed_batch_that_lies_about_its_record_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let mut b = batch(3, NOW);
+    // Claim 1000 records (and the matching lastOffsetDelta), with a valid CRC.
+    b[57..61].copy_from_slice(&1000i32.to_be_bytes());
+    b[23..27].copy_from_slice(&999i32.to_be_bytes());
+    let crc = crate::storage::batch::compute_crc(&b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    let err = log.append(&b, NOW).unwrap_err();
+    assert!(matches!(err, StorageError::CorruptRecord { .. }), "{err:?}");
+    assert_eq!(log.log_end_offset(), 0, "no offsets were taken");
+    // Honest batches of every codec still pass.
+    for codec in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        log.append(
+            &encode_batch(&[kv("k", "v", NOW), kv("k2", "v2", NOW)], codec, -1, -1, -1),
+            NOW,
+        )
+        .unwrap();
+    }
+    assert_eq!(log.log_end_offset(), 6);
+}
