@@ -261,43 +261,20 @@ fn spawn_limited(dir: &Path, port: u16, limit_kib: u64) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_produce_with_storage_error_and_corrupts_nothing() {
-    use bytes::{Bytes, BytesMut};
+    use bytes::Bytes;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::Compression;
 
     fn batch(tag: usize) -> Bytes {
-        let records: Vec<Record> = (0..10)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                sequence: i as i32,
-                timestamp: 1_700_000_000_000,
-                key: None,
-                value: Some(Bytes::from(format!("{tag:06}-{i}-{}", "z".repeat(10_000)))),
-                headers: Default::default(),
+        let records: Vec<_> = (0..10)
+            .map(|i| {
+                let value = format!("{tag:06}-{i}-{}", "z".repeat(10_000));
+                common::record(i, None, value.as_bytes(), 1_700_000_000_000)
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        common::encode_batch(&records, Compression::None)
     }
     let produce = |records: Bytes| {
         ProduceRequest::default()

@@ -127,3 +127,46 @@ impl RawClient {
 pub fn correlation_of(frame: &mut Bytes) -> i32 {
     frame.get_i32()
 }
+
+/// One plain record (no producer id) for hand-built batches.
+pub fn record(
+    offset: i64,
+    key: Option<&[u8]>,
+    value: &[u8],
+    timestamp: i64,
+) -> kafka_protocol::records::Record {
+    kafka_protocol::records::Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset,
+        // The encoder keeps records in one batch only while sequences advance with offsets.
+        sequence: offset as i32,
+        timestamp,
+        key: key.map(Bytes::copy_from_slice),
+        value: Some(Bytes::copy_from_slice(value)),
+        headers: Default::default(),
+    }
+}
+
+/// Encodes `records` as one record batch v2.
+pub fn encode_batch(
+    records: &[kafka_protocol::records::Record],
+    compression: kafka_protocol::records::Compression,
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    kafka_protocol::records::RecordBatchEncoder::encode(
+        &mut buf,
+        records,
+        &kafka_protocol::records::RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
