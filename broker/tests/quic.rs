@@ -615,3 +615,74 @@ async fn shutdown_closes_quic_connections() {
     let closed = tokio::time::timeout(Duration::from_secs(5), device.conn.closed()).await;
     assert!(closed.is_ok(), "the device sees the close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_pem_files_are_served_and_fingerprinted() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["gateway.local".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut cfg = quic_config(&dir.path().join("data"));
+    cfg.listeners.quic.cert = cert;
+    cfg.listeners.quic.key = key;
+    let broker = common::start_with(cfg).await;
+    assert_eq!(
+        broker.quic_fingerprint.as_deref(),
+        Some(sha256_hex(made.cert.der()).as_str())
+    );
+    assert!(
+        !dir.path().join("data/quic").exists(),
+        "no self-signed cert made"
+    );
+    let device = connect(&broker).await;
+    let mut s = device.session().await;
+    assert_eq!(
+        s.call(&ApiVersionsRequest::default(), 3).await.error_code,
+        0
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_refused_and_the_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quic_config(dir.path());
+    cfg.broker.max_connections = 1;
+    let broker = common::start_with(cfg).await;
+    let first = connect(&broker).await;
+    let refused = connect_with(
+        broker.quic_addr.unwrap(),
+        broker.quic_fingerprint.as_deref().unwrap(),
+        b"runnel",
+    )
+    .await;
+    assert!(refused.is_err(), "a second connection is refused");
+    let mut s = first.session().await;
+    assert_eq!(
+        s.call(&ApiVersionsRequest::default(), 3).await.error_code,
+        0
+    );
+    // A closed connection frees its slot.
+    first.conn.close(0u32.into(), b"done");
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        let again = connect_with(
+            broker.quic_addr.unwrap(),
+            broker.quic_fingerprint.as_deref().unwrap(),
+            b"runnel",
+        )
+        .await;
+        if again.is_ok() || Instant::now() > deadline {
+            break again;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut s = again.expect("the freed slot is usable").session().await;
+    assert_eq!(
+        s.call(&ApiVersionsRequest::default(), 3).await.error_code,
+        0
+    );
+    broker.shutdown().await;
+}
