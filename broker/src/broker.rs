@@ -48,6 +48,10 @@ pub struct BrokerHandle {
     pub kafka_addr: Option<SocketAddr>,
     /// Bound address of the TLS Kafka listener, if enabled.
     pub kafka_tls_addr: Option<SocketAddr>,
+    /// Bound UDP address of the QUIC listener, if enabled.
+    pub quic_addr: Option<SocketAddr>,
+    /// SHA-256 fingerprint (`AB:CD:...`) of the QUIC listener's certificate, for devices to pin.
+    pub quic_fingerprint: Option<String>,
     /// Bound address of the admin HTTP listener, if enabled.
     pub admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -137,11 +141,13 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
         kafka_tls_addr = Some(addr);
         tasks.push(task);
     }
+    let mut quic_addr = None;
+    let mut quic_fingerprint = None;
     if listeners.quic.enabled {
-        tracing::warn!(
-            address = %listeners.quic.address,
-            "listeners.quic is enabled, but QUIC ingest is not part of this build yet; nothing listens there"
-        );
+        let quic = net::quic::listen(broker.clone(), shutdown_rx.clone()).await?;
+        quic_addr = Some(quic.addr);
+        quic_fingerprint = Some(quic.fingerprint);
+        tasks.push(quic.task);
     }
     let mut admin_addr = None;
     if listeners.admin.enabled {
@@ -164,6 +170,8 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
         broker,
         kafka_addr,
         kafka_tls_addr,
+        quic_addr,
+        quic_fingerprint,
         admin_addr,
         shutdown,
         tasks,

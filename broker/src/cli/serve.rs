@@ -16,6 +16,9 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
         if let Some(addr) = handle.kafka_addr {
             tracing::info!(bootstrap = %addr, data_dir = %handle.broker.config.broker.data_dir.display(), "runnel is serving Kafka");
         }
+        if let (Some(addr), Some(fp)) = (handle.quic_addr, &handle.quic_fingerprint) {
+            tracing::info!(address = %addr, fingerprint = %fp, "runnel is serving devices over QUIC (pin this SHA-256 fingerprint)");
+        }
         wait_for_signal().await;
         tracing::info!("shutting down");
         handle.shutdown().await;

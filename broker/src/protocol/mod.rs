@@ -34,6 +34,8 @@ use crate::broker::Broker;
 pub enum ListenerKind {
     Plaintext,
     Tls,
+    /// A bidirectional stream of a QUIC connection (`net::quic`).
+    Quic,
 }
 
 impl ListenerKind {
@@ -41,6 +43,7 @@ impl ListenerKind {
         match self {
             ListenerKind::Plaintext => "kafka",
             ListenerKind::Tls => "kafka_tls",
+            ListenerKind::Quic => "quic",
         }
     }
 }
