@@ -200,7 +200,40 @@ async fn json_filter_keeps_exactly_the_matching_records_and_spares_other_topics(
     let stats = &broker.broker.plugins.loaded[0].stats;
     assert!(stats.calls.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     assert_eq!(stats.faults.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let config = broker.broker.config.clone();
     broker.shutdown().await;
+
+    // The compiled component was cached in data_dir/plugin-cache; a restart loads it from
+    // there instead of compiling again (the artifact is not rewritten).
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("plugin-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let written = std::fs::metadata(&cached[0]).unwrap().modified().unwrap();
+    let broker = common::start_with(config).await;
+    assert_eq!(
+        std::fs::metadata(&cached[0]).unwrap().modified().unwrap(),
+        written
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_refuses_its_config_or_is_not_a_component_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin("bad", "json_filter.wasm", "temp >")];
+    let e = runnel::start_broker(cfg.clone()).await.err().unwrap();
+    let e = format!("{e:#}");
+    assert!(e.contains("plugin bad: init refused its config"), "{e}");
+
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    cfg.plugins.load[0].path = junk;
+    let e = runnel::start_broker(cfg).await.err().unwrap();
+    let e = format!("{e:#}");
+    assert!(e.contains("plugin bad: not a valid component"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
