@@ -294,3 +294,76 @@ pub fn frame_records(topic: &str, partition: i32, records: &[Record]) -> Vec<u8>
     }
     buf
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::TimestampType;
+
+    fn record(key: Option<&'static [u8]>, value: Option<&'static [u8]>) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 0x0102,
+            key: key.map(Bytes::from_static),
+            value: value.map(Bytes::from_static),
+            headers: Default::default(),
+        }
+    }
+
+    /// The exact bytes of the frame documented in sdk/wit/plugin.wit.
+    #[test]
+    fn frame_layout_is_exact() {
+        let mut r = record(Some(b"k"), None);
+        r.headers.insert(
+            StrBytes::from_static_str("h"),
+            Some(Bytes::from_static(b"v")),
+        );
+        let frame = frame_records("t", 2, &[r, record(None, Some(b"xy"))]);
+        let mut want = vec![1u8, 1, 0, b't', 2, 0, 0, 0, 2, 0, 0, 0];
+        want.extend_from_slice(&0x0102i64.to_le_bytes());
+        want.extend_from_slice(&[1, 0, 0, 0, b'k']); // key
+        want.extend_from_slice(&(-1i32).to_le_bytes()); // null value
+        want.extend_from_slice(&[1, 0, 0, 0]); // one header
+        want.extend_from_slice(&[1, 0, 0, 0, b'h', 1, 0, 0, 0, b'v']);
+        want.extend_from_slice(&0x0102i64.to_le_bytes());
+        want.extend_from_slice(&(-1i32).to_le_bytes()); // null key
+        want.extend_from_slice(&[2, 0, 0, 0, b'x', b'y']);
+        want.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(frame, want);
+    }
+
+    /// Kept records are re-encoded as one batch with contiguous offsets and the producer's
+    /// attributes.
+    #[test]
+    fn reencode_makes_one_contiguous_batch() {
+        let mut records: Vec<Record> = (0..5).map(|_| record(None, Some(b"v"))).collect();
+        for (i, r) in records.iter_mut().enumerate() {
+            r.offset = i as i64;
+        }
+        let mut buf = BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Lz4,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &opts).unwrap();
+        let h = BatchHeader::parse(&buf).unwrap();
+        let kept = vec![records[1].clone(), records[4].clone()];
+        let out = reencode(&h, kept, Compression::Lz4).unwrap();
+        let nh = storage::check_batch(&out).unwrap();
+        assert_eq!((nh.record_count, nh.last_offset_delta), (2, 1));
+        assert_eq!(nh.attributes, h.attributes);
+        assert_eq!(nh.base_sequence, -1);
+        let set = RecordBatchDecoder::decode(&mut Bytes::from(out)).unwrap();
+        assert_eq!(set.records.len(), 2);
+        assert_eq!(set.compression, Compression::Lz4);
+    }
+}
