@@ -2,7 +2,7 @@
 //!
 //! A filter plugin is a type implementing [`Filter`] plus one line, `runnel_plugin::filter!(T);`:
 //!
-//! ```ignore
+//! ```no_run
 //! struct DropEmpty;
 //! impl runnel_plugin::Filter for DropEmpty {
 //!     fn init(_config: &str) -> Result<Self, String> { Ok(DropEmpty) }
