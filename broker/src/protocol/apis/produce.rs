@@ -1,10 +1,10 @@
 //! Produce (key 0): validate and append record batches, acks 0, 1 and all.
 //!
 //! Batches are stored as the producer sent them, unless the topic has a plugin chain
-//! ([`plugins::filter_produce`] may drop records and re-encode the batch); storage checks CRC, magic and sizes, enforces
-//! idempotent-producer sequences and stamps offsets. This broker is the only replica, so
-//! acks=all is acknowledged once the append (and, with `flush = "always"`, its fsync) is done,
-//! exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
+//! ([`plugins::filter_produce`] may drop records and re-encode the batch); storage checks CRC,
+//! magic and sizes, enforces idempotent-producer sequences and stamps offsets. This broker is the
+//! only replica, so acks=all is acknowledged once the append (and, with `flush = "always"`, its
+//! fsync) is done, exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
 
 use std::sync::atomic::Ordering;
