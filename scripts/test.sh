@@ -20,6 +20,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# The plugin tests (broker/tests/plugins.rs) build plugins/ for wasm32-wasip2. RUSTUP_AUTO_INSTALL
+# may be off, so the target is added explicitly (a no-op when installed).
+if command -v rustup >/dev/null; then
+  rustup target add wasm32-wasip2 >/dev/null
+fi
+
+# The guest side (sdk/plugin and the example plugins) is its own workspace: test the SDK's frame
+# reader and each plugin's logic on the host.
+cargo test --manifest-path plugins/Cargo.toml --locked --workspace
+cargo test --manifest-path plugins/Cargo.toml --locked -p runnel-plugin
+
 # Integration tests start several brokers and clients at once; two test binaries at a time is
 # what a 2-core machine handles without timing out group rebalances.
 cargo test --workspace --locked -- --test-threads=4 "$@"

@@ -19,6 +19,7 @@ use crate::catalog::Catalog;
 use crate::groups::{GroupConfig, GroupCoordinator};
 use crate::meta::MetaStore;
 use crate::net;
+use crate::plugins::Plugins;
 use crate::protocol::{self, Dispatcher};
 
 /// Milliseconds since the Unix epoch, the clock Kafka timestamps use.
@@ -39,6 +40,8 @@ pub struct Broker {
     pub groups: GroupCoordinator,
     pub dispatcher: Dispatcher,
     pub metrics: Metrics,
+    /// Loaded plugins and topic chains (`[plugins]`); empty when none are configured.
+    pub plugins: Plugins,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -102,6 +105,8 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
     )
     .map_err(|e| anyhow::anyhow!("cannot load committed offsets: {e}"))?;
     let cluster_id = cluster_id(&data_dir)?;
+    let plugins = Plugins::load(&config.plugins, data_dir.join("plugin-cache"))
+        .context("cannot load the plugins")?;
     let broker = Arc::new(Broker {
         node_id: config.broker.node_id,
         cluster_id,
@@ -110,6 +115,7 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
         groups: groups.clone(),
         dispatcher: protocol::routes(),
         metrics: Metrics::default(),
+        plugins,
         config,
     });
 

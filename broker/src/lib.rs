@@ -12,11 +12,12 @@
 //! | [`storage`] | the segment log of one partition: segments, indexes, recovery, retention, compaction |
 //! | [`meta`] | redb: topics, committed offsets, producer ids |
 //! | [`groups`] | the consumer-group coordinator |
+//! | [`plugins`] | the wasmtime host: loading, caching, limits, the topic filter chains |
 //! | [`cli`] | the `runnel` command line |
 //!
 //! Data path of a produce: `net::conn` reads a frame -> `protocol::frame` decodes the header ->
-//! `protocol::Dispatcher` routes it -> `protocol::apis::produce` -> `catalog` finds the
-//! partition -> `storage::PartitionLog::append` validates and stamps the batch -> the response.
+//! `protocol::Dispatcher` routes it -> `protocol::apis::produce` -> `plugins` runs the topic's chain, if it has one ->
+//! `catalog` finds the partition -> `storage::PartitionLog::append` validates and stamps the batch -> the response.
 //! A handler never touches files; storage never knows about sockets.
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod groups;
 pub mod meta;
 pub mod net;
+pub mod plugins;
 pub mod protocol;
 pub mod storage;
 

@@ -88,7 +88,8 @@ fn typed(kind: Kind, text: &str) -> Value {
             Ok(n) => Value::Integer(n),
             Err(_) => Value::String(text.to_owned()),
         },
-        Kind::Text | Kind::Choice | Kind::Addr => Value::String(text.to_owned()),
+        // An array of tables from an env string fails deserialization, naming the variable.
+        Kind::Text | Kind::Choice | Kind::Addr | Kind::Tables => Value::String(text.to_owned()),
     }
 }
 

@@ -23,6 +23,8 @@ pub(crate) enum Kind {
     Bytes,
     /// A duration (integer of milliseconds, or "10s"); sometimes also "forever" / -1.
     Duration,
+    /// An array of tables (`[[plugins.load]]`); not settable from the environment.
+    Tables,
 }
 
 /// One key of a section.
@@ -268,6 +270,32 @@ pub(crate) const SECTIONS: &[Section] = &[
             ),
         ],
     },
+    Section {
+        path: "plugins",
+        doc: "WebAssembly plugins (filters) and the topics that run them on produce.",
+        keys: &[
+            key(
+                "call_timeout",
+                Duration,
+                "Longest one plugin call (one batch, one plugin) may run; then it fails and the\nbinding's on_error decides. Bounds what a looping plugin costs per batch.",
+            ),
+            key(
+                "memory_limit",
+                Bytes,
+                "Linear memory one plugin instance may grow to; a call needing more fails.\nAllowed: 1MiB..=4GiB.",
+            ),
+            key(
+                "load",
+                Tables,
+                "Plugins to load, one [[plugins.load]] table each:\n  name = \"hot-only\"              # what bindings call it; unique\n  path = \"json_filter.wasm\"      # a wasm32-wasip2 component\n  config = \"temp > 20\"           # passed to the plugin's init; default \"\"",
+            ),
+            key(
+                "bindings",
+                Tables,
+                "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes); default fail-closed",
+            ),
+        ],
+    },
 ];
 
 /// The section with this dotted path, if it holds keys.
@@ -365,6 +393,7 @@ mod tests {
                 toml::Value::Boolean(_) => kind == Kind::Bool,
                 toml::Value::Integer(_) => matches!(kind, Kind::Int | Kind::Bytes),
                 toml::Value::String(_) => kind != Kind::Bool && kind != Kind::Int,
+                toml::Value::Array(_) => kind == Kind::Tables,
                 _ => false,
             };
             assert!(ok, "{path} has kind {kind:?} but default {value}");
@@ -373,7 +402,10 @@ mod tests {
 
     #[test]
     fn allowed_names_in_file_order() {
-        assert_eq!(allowed_under(""), ["broker", "listeners", "log", "groups"]);
+        assert_eq!(
+            allowed_under(""),
+            ["broker", "listeners", "log", "groups", "plugins"]
+        );
         assert_eq!(
             allowed_under("listeners"),
             ["kafka", "kafka_tls", "quic", "admin"]

@@ -7,6 +7,7 @@
 //! - `schema`: one serde struct per section ([`BrokerConfig`],
 //!   [`ListenersConfig`], [`LogConfig`], [`GroupsConfig`]) with `Default` giving the documented
 //!   values, and the enums [`FlushPolicy`], [`CleanupPolicy`], [`TimestampType`].
+//! - `plugins`: `[plugins]` ([`PluginsConfig`]): plugins to load, limits, topic bindings.
 //! - [`units`]: human sizes ("64MiB", "100MB") and durations ("10s", "7d"), parsed and rendered.
 //! - `keys`: the table of sections and keys, their kinds and the comments of the default file.
 //! - `load`: TOML text -> key check -> env overrides -> serde -> validation
@@ -51,6 +52,7 @@ mod env;
 mod error;
 mod keys;
 mod load;
+mod plugins;
 mod provenance;
 mod render;
 mod schema;
@@ -60,6 +62,7 @@ mod validate;
 
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, Location};
+pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig};
 pub use schema::{
     AdminListener, BrokerConfig, CleanupPolicy, Config, FlushPolicy, GroupsConfig, KafkaListener,
     ListenersConfig, LogConfig, QuicListener, TimestampType, TlsListener, UnknownValue,

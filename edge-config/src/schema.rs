@@ -40,6 +40,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[groups]`: the consumer-group coordinator.
     pub groups: GroupsConfig,
+    /// `[plugins]`: WebAssembly plugins and the topics that run them.
+    pub plugins: crate::PluginsConfig,
 }
 
 /// `[broker]`: identity, data directory and limits of this node.

@@ -188,6 +188,23 @@ impl Config {
             ));
         }
         c.positive("groups.offsets_retention", groups.offsets_retention)?;
+
+        let plugins = &self.plugins;
+        c.positive("plugins.call_timeout", plugins.call_timeout)?;
+        c.bytes(
+            "plugins.memory_limit",
+            plugins.memory_limit,
+            crate::plugins::MEMORY_LIMIT,
+        )?;
+        if let Err((key, message)) = plugins.check() {
+            // Entries of an array of tables have no line of their own: locate the array.
+            let array = key.split('[').next().unwrap_or(&key);
+            return Err(ConfigError::Invalid {
+                at: provenance.locate(array),
+                key,
+                message,
+            });
+        }
         Ok(())
     }
 

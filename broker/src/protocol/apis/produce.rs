@@ -1,9 +1,10 @@
 //! Produce (key 0): validate and append record batches, acks 0, 1 and all.
 //!
-//! Batches are stored as the producer sent them; storage checks CRC, magic and sizes, enforces
-//! idempotent-producer sequences and stamps offsets. This broker is the only replica, so
-//! acks=all is acknowledged once the append (and, with `flush = "always"`, its fsync) is done,
-//! exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
+//! Batches are stored as the producer sent them, unless the topic has a plugin chain
+//! ([`plugins::filter_produce`] may drop records and re-encode the batch); storage checks CRC,
+//! magic and sizes, enforces idempotent-producer sequences and stamps offsets. This broker is the
+//! only replica, so acks=all is acknowledged once the append (and, with `flush = "always"`, its
+//! fsync) is done, exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
 
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::s;
 use crate::broker::now_ms;
+use crate::plugins::{self, ProduceFilterError};
 use crate::protocol::error::storage_code;
 use crate::protocol::{Ctx, Outcome, Reply, frame};
 
@@ -41,6 +43,46 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
+            let records = match ctx.broker.plugins.chain(&partition.topic) {
+                None => records,
+                Some(chain) => {
+                    let topic = partition.topic.clone();
+                    let index = pd.index;
+                    let filtered = tokio::task::spawn_blocking(move || {
+                        plugins::filter_produce(&chain, &topic, index, &records)
+                    })
+                    .await;
+                    match filtered {
+                        Ok(Ok(records)) => records,
+                        Ok(Err(e)) => {
+                            out.error_code = match e {
+                                ProduceFilterError::Plugin(_) | ProduceFilterError::Idempotent => {
+                                    E::PolicyViolation.code()
+                                }
+                                ProduceFilterError::Corrupt(_) => E::CorruptMessage.code(),
+                            };
+                            out.error_message = Some(s(e.to_string()));
+                            ctx.broker
+                                .metrics
+                                .produce_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            partitions.push(out);
+                            continue;
+                        }
+                        Err(join) => {
+                            tracing::error!(error = %join, "plugin task failed");
+                            out.error_code = E::UnknownServerError.code();
+                            partitions.push(out);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if records.is_empty() {
+                // The plugins dropped every record: nothing to append, and no offset to report.
+                partitions.push(out);
+                continue;
+            }
             let result = partition.append(&records, now_ms());
             match result {
                 Ok(info) => {

@@ -1,0 +1,328 @@
+//! The wasmtime side: one [`Engine`] per broker, components compiled once and cached on disk,
+//! instances from the pooling allocator, each call bounded by an epoch deadline and a memory cap.
+//!
+//! Instances are reused: a [`Plugin`] keeps idle (store, instance) pairs and hands one to each
+//! call. A call that traps, times out or hits the memory cap drops its instance (a component
+//! instance is unusable after a trap); the next call builds a fresh one and runs `init` again.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Instance, InstancePre, Linker, TypedFunc};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap,
+};
+
+use super::PluginError;
+
+/// How often the ticker thread advances the engine's epoch. A call's deadline is
+/// `call_timeout / EPOCH_TICK` ticks (at least one), so a timeout is enforced to within a tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits of the plugin host, from `[plugins]` in the config.
+#[derive(Clone, Debug)]
+pub struct HostLimits {
+    pub call_timeout: Duration,
+    pub memory_limit: u64,
+}
+
+/// The engine shared by every plugin of a broker, and its epoch ticker.
+pub struct Host {
+    engine: Engine,
+    limits: HostLimits,
+    cache_dir: PathBuf,
+}
+
+impl Host {
+    /// Builds the engine (pooling allocator sized for `max_instances` live instances) and
+    /// starts the epoch ticker thread, which ends when the engine is dropped.
+    pub fn new(
+        limits: HostLimits,
+        cache_dir: PathBuf,
+        max_instances: u32,
+    ) -> Result<Host, PluginError> {
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust component has a handful of core instances (the module plus adapter shims).
+        pool.total_component_instances(max_instances)
+            .total_core_instances(max_instances * 8)
+            .total_memories(max_instances * 2)
+            .total_tables(max_instances * 4)
+            .max_memory_size(limits.memory_limit as usize);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine {
+            message: format!("{e:#}"),
+        })?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| PluginError::Engine {
+                message: format!("cannot start the epoch ticker: {e}"),
+            })?;
+        Ok(Host {
+            engine,
+            limits,
+            cache_dir,
+        })
+    }
+
+    /// Loads the component at `path`: the precompiled artifact from the cache when there is
+    /// one for these bytes and this engine, else compiles and stores it. Then instantiates it
+    /// once and runs `init(config)` so a bad plugin or config fails at start-up.
+    pub fn load(&self, name: &str, path: &Path, config: &str) -> Result<Plugin, PluginError> {
+        let wasm = std::fs::read(path).map_err(|source| PluginError::Read {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let component = self.compile_cached(name, &wasm)?;
+        let mut linker = Linker::<State>::new(&self.engine);
+        // No WASI and no host functions: any import the guest has (std's wasi:cli, wasi:io, ...)
+        // is defined as a trap, so a plugin has no filesystem, network, clock or environment.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .and_then(|()| linker.instantiate_pre(&component))
+            .map(|pre| Plugin {
+                name: name.to_owned(),
+                config: config.to_owned(),
+                engine: self.engine.clone(),
+                limits: self.limits.clone(),
+                pre,
+                idle: Mutex::new(Vec::new()),
+                stats: Stats::default(),
+            })
+            .map_err(|e| PluginError::Interface {
+                name: name.to_owned(),
+                message: format!("{e:#}"),
+            })
+            .and_then(|plugin| {
+                let inst = plugin.instantiate()?;
+                plugin.put_back(inst);
+                Ok(plugin)
+            })
+    }
+
+    /// The cache file name: sha256 of the wasm, and a hash of what a precompiled artifact must
+    /// match (wasmtime version, compiler settings, epoch/pooling config). A stale or corrupt
+    /// artifact fails to deserialize and is recompiled.
+    fn cache_path(&self, wasm: &[u8]) -> PathBuf {
+        let digest = Sha256::digest(wasm);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let mut h = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        self.cache_dir
+            .join(format!("{hex}-{:016x}.cwasm", h.finish()))
+    }
+
+    fn compile_cached(&self, name: &str, wasm: &[u8]) -> Result<Component, PluginError> {
+        let path = self.cache_path(wasm);
+        if path.exists() {
+            // SAFETY of the unsafe call: `deserialize_file` trusts the file to be an artifact
+            // made by `precompile_component` of a compatible engine (it checks the version and
+            // settings, not the code). The file lives in our own data directory, named by the
+            // sha256 of the wasm it was compiled from, and is written atomically below (temp
+            // file + rename), so it is our own compiler's output.
+            #[allow(unsafe_code)]
+            let loaded = unsafe { Component::deserialize_file(&self.engine, &path) };
+            match loaded {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(plugin = name, path = %path.display(), error = %e, "stale plugin cache entry; recompiling")
+                }
+            }
+        }
+        let compile_err = |e: wasmtime::Error| PluginError::Compile {
+            name: name.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let artifact = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(compile_err)?;
+        if let Err(e) = write_atomic(&self.cache_dir, &path, &artifact) {
+            tracing::warn!(plugin = name, error = %e, "cannot write the plugin cache; compiling on every start");
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: the bytes were produced just now by this engine's `precompile_component`.
+        let component = unsafe { Component::deserialize(&self.engine, &artifact) };
+        component.map_err(compile_err)
+    }
+}
+
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What a store carries: only its memory limiter.
+pub struct State {
+    limits: StoreLimits,
+}
+
+type InitFn = TypedFunc<(String,), (Result<(), String>,)>;
+type FilterFn = TypedFunc<(Vec<u8>,), (Result<Vec<u8>, String>,)>;
+
+/// One live instance and its store.
+struct Live {
+    store: Store<State>,
+    filter: FilterFn,
+    _instance: Instance,
+}
+
+/// Call counters of one plugin.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub calls: AtomicU64,
+    pub faults: AtomicU64,
+    pub instantiations: AtomicU64,
+}
+
+/// A loaded filter plugin.
+pub struct Plugin {
+    name: String,
+    config: String,
+    engine: Engine,
+    limits: HostLimits,
+    pre: InstancePre<State>,
+    idle: Mutex<Vec<Live>>,
+    pub stats: Stats,
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn new_store(&self) -> Store<State> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_limit as usize)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, State { limits });
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    fn deadline(&self, store: &mut Store<State>) {
+        let ticks = (self.limits.call_timeout.as_micros() / EPOCH_TICK.as_micros()).max(1);
+        store.set_epoch_deadline(ticks as u64);
+    }
+
+    /// A fresh instance with `init(config)` done.
+    fn instantiate(&self) -> Result<Live, PluginError> {
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let mut store = self.new_store();
+        self.deadline(&mut store);
+        let iface = |e: wasmtime::Error| PluginError::Interface {
+            name: self.name.clone(),
+            message: format!("{e:#}"),
+        };
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(e))?;
+        let init: InitFn = instance.get_typed_func(&mut store, "init").map_err(iface)?;
+        let filter: FilterFn = instance
+            .get_typed_func(&mut store, "filter")
+            .map_err(iface)?;
+        let (result,) = init
+            .call(&mut store, (self.config.clone(),))
+            .map_err(|e| self.classify(e))?;
+        result.map_err(|message| PluginError::Init {
+            name: self.name.clone(),
+            message,
+        })?;
+        Ok(Live {
+            store,
+            filter,
+            _instance: instance,
+        })
+    }
+
+    fn put_back(&self, live: Live) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(live);
+    }
+
+    /// Runs `filter` over a framed batch; the keep bitmap (already length-checked for `count`
+    /// records) or the error of this call. Blocking: run it off the async workers.
+    pub fn filter(&self, frame: Vec<u8>, count: usize) -> Result<Vec<u8>, PluginError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.filter_inner(frame, count);
+        if result.is_err() {
+            self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn filter_inner(&self, frame: Vec<u8>, count: usize) -> Result<Vec<u8>, PluginError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut live = match idle {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        self.deadline(&mut live.store);
+        // On a trap the instance is dropped here (not put back): the next call rebuilds it.
+        let (result,) = live
+            .filter
+            .call(&mut live.store, (frame,))
+            .map_err(|e| self.classify(e))?;
+        // A plugin that returns an error is still a sound instance: keep it.
+        self.put_back(live);
+        let bitmap = result.map_err(|message| PluginError::Failed {
+            name: self.name.clone(),
+            message,
+        })?;
+        if bitmap.len() != count.div_ceil(8) {
+            return Err(PluginError::BadAnswer {
+                name: self.name.clone(),
+                message: format!(
+                    "keep bitmap of {} bytes for {count} records (expected {})",
+                    bitmap.len(),
+                    count.div_ceil(8)
+                ),
+            });
+        }
+        Ok(bitmap)
+    }
+
+    /// Turns a wasmtime error of a call into the matching [`PluginError`].
+    fn classify(&self, e: wasmtime::Error) -> PluginError {
+        let name = self.name.clone();
+        if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+            return PluginError::Timeout {
+                name,
+                limit: self.limits.call_timeout,
+            };
+        }
+        let message = format!("{e:#}");
+        if message.contains("growing memory")
+            || message.contains("memory") && message.contains("limit")
+        {
+            return PluginError::MemoryLimit {
+                name,
+                limit: self.limits.memory_limit,
+            };
+        }
+        PluginError::Trap { name, message }
+    }
+}

@@ -1,0 +1,88 @@
+//! Guest SDK for Runnel WebAssembly plugins.
+//!
+//! A filter plugin is a type implementing [`Filter`] plus one line, `runnel_plugin::filter!(T);`:
+//!
+//! ```no_run
+//! struct DropEmpty;
+//! impl runnel_plugin::Filter for DropEmpty {
+//!     fn init(_config: &str) -> Result<Self, String> { Ok(DropEmpty) }
+//!     fn keep(&mut self, record: &runnel_plugin::Record<'_>) -> bool {
+//!         record.value().is_some_and(|v| !v.is_empty())
+//!     }
+//! }
+//! runnel_plugin::filter!(DropEmpty);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm` is a component the
+//! broker loads. The batch arrives as one framed buffer (layout in `sdk/wit/plugin.wit` and in
+//! [`frame`]); [`Batch`] and [`Record`] read it in place, without copying keys or values.
+
+pub mod frame;
+
+pub use frame::{Batch, FrameError, Header, Record};
+
+/// The generated WIT bindings of the `filter` world. Used by [`filter!`]; plugin authors do not
+/// need it.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "filter",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_filter_world",
+        default_bindings_module: "runnel_plugin::bindings",
+    });
+}
+
+/// A record filter. One value lives per plugin instance: made by [`Filter::init`] from the
+/// plugin's config string, then asked about every record of every batch.
+pub trait Filter: Sized + 'static {
+    /// Parses the config string of the plugin's `[[plugins]]` entry. An error refuses the plugin.
+    fn init(config: &str) -> Result<Self, String>;
+    /// Whether `record` is kept.
+    fn keep(&mut self, record: &Record<'_>) -> bool;
+}
+
+/// Runs `filter` over a framed batch and returns the keep bitmap (bit i set = record i kept).
+/// Public so plugins can test their logic on the host with [`frame::Writer`]-built batches.
+pub fn run_filter<F: Filter>(filter: &mut F, batch: &[u8]) -> Result<Vec<u8>, String> {
+    let batch = Batch::parse(batch).map_err(|e| e.to_string())?;
+    let count = batch.count() as usize;
+    let mut bitmap = vec![0u8; count.div_ceil(8)];
+    for (i, record) in batch.records().enumerate() {
+        let record = record.map_err(|e| e.to_string())?;
+        if filter.keep(&record) {
+            bitmap[i / 8] |= 1 << (i % 8);
+        }
+    }
+    Ok(bitmap)
+}
+
+/// Exports a [`Filter`] type as the plugin's `filter` world.
+#[macro_export]
+macro_rules! filter {
+    ($ty:ty) => {
+        static __RUNNEL_FILTER: ::std::sync::Mutex<::std::option::Option<$ty>> =
+            ::std::sync::Mutex::new(::std::option::Option::None);
+
+        struct __RunnelFilterExport;
+
+        impl $crate::bindings::Guest for __RunnelFilterExport {
+            fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                let filter = <$ty as $crate::Filter>::init(&config)?;
+                *__RUNNEL_FILTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(filter);
+                Ok(())
+            }
+
+            fn filter(
+                batch: ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                let mut state = __RUNNEL_FILTER.lock().unwrap_or_else(|e| e.into_inner());
+                let filter = state.as_mut().ok_or_else(|| "filter called before init".to_string())?;
+                $crate::run_filter(filter, &batch)
+            }
+        }
+
+        $crate::bindings::export_filter_world!(__RunnelFilterExport with_types_in $crate::bindings);
+    };
+}
