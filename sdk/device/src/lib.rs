@@ -233,11 +233,11 @@ impl Device {
             return Err(DeviceError::Closed);
         }
         let cost = topic.len() + key.map_or(0, <[u8]>::len) + value.len() + RECORD_OVERHEAD;
-        let reserved =
-            self.buffered
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                    used.checked_add(cost).filter(|&n| n <= self.limit)
-                });
+        let reserved = self
+            .buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(cost).filter(|&n| n <= self.limit)
+            });
         if reserved.is_err() {
             return Err(DeviceError::BufferFull);
         }
@@ -316,3 +316,8 @@ fn now_ms() -> i64 {
 pub fn fingerprint_of(der: &[u8]) -> String {
     session::sha256_fingerprint(der)
 }
+
+/// Compiles the program in README.md.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

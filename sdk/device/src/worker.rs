@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    InitProducerIdRequest, MetadataRequest, ProduceRequest, ProduceResponse, ProducerId,
-    TopicName,
+    InitProducerIdRequest, MetadataRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -313,9 +312,10 @@ impl Worker {
             };
             // Like Kafka producers: Metadata first, which auto-creates the topic if allowed.
             let req = MetadataRequest::default()
-                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                    TopicName(StrBytes::from_string(topic.clone())),
-                ))]))
+                .with_topics(Some(vec![
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(topic.clone())))),
+                ]))
                 .with_allow_auto_topic_creation(true);
             match session.call(&req, METADATA_VERSION).await {
                 Ok(_) => {

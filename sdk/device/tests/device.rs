@@ -63,7 +63,8 @@ async fn read_back(bootstrap: String, topic: &'static str, want: usize) -> Vec<O
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
         consumer.assign(&tpl).unwrap();
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -168,10 +169,7 @@ async fn a_broker_restart_loses_and_duplicates_nothing() {
     device.close().await;
 
     let got = read_back(broker.bootstrap(), "restart", 600).await;
-    let values: Vec<Vec<u8>> = got
-        .iter()
-        .map(|m| m.payload().unwrap().to_vec())
-        .collect();
+    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
     assert_eq!(values, (0..600).map(reading).collect::<Vec<_>>());
     broker.shutdown().await;
 }
@@ -195,7 +193,10 @@ async fn sends_beyond_the_buffer_limit_fail_at_once() {
             Ok(()) => accepted += 1,
             Err(DeviceError::BufferFull) => {
                 full += 1;
-                assert!(started.elapsed() < Duration::from_millis(100), "fails at once");
+                assert!(
+                    started.elapsed() < Duration::from_millis(100),
+                    "fails at once"
+                );
             }
             Err(e) => panic!("unexpected {e}"),
         }
