@@ -82,6 +82,12 @@ impl Session {
         })
     }
 
+    /// Closes the connection and waits briefly for the broker to hear of it.
+    pub(crate) async fn close(self) {
+        self.conn.close(0u32.into(), b"device closing");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+    }
+
     /// Sends `req` at `version` and waits for its response.
     pub(crate) async fn call<R: Request>(
         &mut self,

@@ -174,7 +174,9 @@ impl Worker {
                     let _ = f.send(());
                 }
                 if let Some(done) = self.closing.take() {
-                    self.session = None;
+                    if let Some(s) = self.session.take() {
+                        s.close().await;
+                    }
                     let _ = done.send(());
                     return;
                 }
@@ -402,13 +404,7 @@ impl Worker {
                 // The broker did not store the batch, so later batches of the partition move
                 // down to its sequence numbers.
                 let batch = self.queue.pop_front().expect("head batch");
-                let n = batch.records.len() as i32;
-                for later in self.queue.iter_mut().filter(|b| b.tp == batch.tp) {
-                    later.base_sequence = later.base_sequence.wrapping_sub(n) & i32::MAX;
-                }
-                if let Some(s) = self.next_sequence.get_mut(&batch.tp) {
-                    *s = s.wrapping_sub(n) & i32::MAX;
-                }
+                give_back_sequences(&batch, &mut self.queue, &mut self.next_sequence);
                 self.finish(batch, |_| Err(DeviceError::Broker { code: c }));
             }
         }
@@ -418,12 +414,7 @@ impl Worker {
     /// renumbered in order.
     fn new_producer(&mut self, p: Producer) {
         self.producer = Some(p);
-        self.next_sequence.clear();
-        for b in self.queue.iter_mut() {
-            let seq = self.next_sequence.entry(b.tp.clone()).or_insert(0);
-            b.base_sequence = *seq;
-            *seq = seq.wrapping_add(b.records.len() as i32) & i32::MAX;
-        }
+        renumber(&mut self.queue, &mut self.next_sequence);
     }
 
     fn back_off(&mut self) {
@@ -447,6 +438,32 @@ impl Worker {
         while let Some(b) = self.queue.pop_front() {
             self.finish(b, |_| Err(DeviceError::Closed));
         }
+    }
+}
+
+/// Numbers the queued batches from sequence 0 per partition, in queue order (a new producer id).
+fn renumber(queue: &mut VecDeque<Batch>, next_sequence: &mut HashMap<Tp, i32>) {
+    next_sequence.clear();
+    for b in queue.iter_mut() {
+        let seq = next_sequence.entry(b.tp.clone()).or_insert(0);
+        b.base_sequence = *seq;
+        *seq = seq.wrapping_add(b.records.len() as i32) & i32::MAX;
+    }
+}
+
+/// `failed` was refused and not stored: the later batches of its partition take over its
+/// sequence numbers.
+fn give_back_sequences(
+    failed: &Batch,
+    queue: &mut VecDeque<Batch>,
+    next_sequence: &mut HashMap<Tp, i32>,
+) {
+    let n = failed.records.len() as i32;
+    for later in queue.iter_mut().filter(|b| b.tp == failed.tp) {
+        later.base_sequence = later.base_sequence.wrapping_sub(n) & i32::MAX;
+    }
+    if let Some(s) = next_sequence.get_mut(&failed.tp) {
+        *s = s.wrapping_sub(n) & i32::MAX;
     }
 }
 
@@ -494,4 +511,70 @@ fn produce_request(batch: &Batch, producer: Producer, acks: i16) -> ProduceReque
                         .with_records(Some(buf.freeze())),
                 ]),
         ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    fn batch(topic: &str, base_sequence: i32, n: usize) -> Batch {
+        Batch {
+            tp: (topic.to_string(), 0),
+            base_sequence,
+            records: (0..n)
+                .map(|i| Pending {
+                    key: Some(Bytes::from_static(b"k")),
+                    value: Bytes::from(format!("v{i}")),
+                    timestamp: 1_700_000_000_000 + i as i64,
+                    cost: 10,
+                    ack: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_record_batch_with_the_producer_and_its_sequences() {
+        let b = batch("t", 40, 5);
+        let req = produce_request(&b, Producer { id: 7, epoch: 2 }, -1);
+        assert_eq!(req.acks, -1);
+        let mut bytes = req.topic_data[0].partition_data[0].records.clone().unwrap();
+        // One batch, not one per record: the first batch's length (after base offset and the
+        // length field) covers all the bytes.
+        let batch_length = i32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        assert_eq!(12 + batch_length, bytes.len(), "one record batch");
+        let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+        let records = &set.records;
+        assert_eq!(records.len(), 5);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!((r.producer_id, r.producer_epoch), (7, 2));
+            assert_eq!(r.sequence, 40 + i as i32);
+            assert_eq!(r.value.as_deref(), Some(format!("v{i}").as_bytes()));
+        }
+    }
+
+    #[test]
+    fn a_new_producer_renumbers_buffered_batches_in_order() {
+        let mut q: VecDeque<Batch> =
+            [batch("a", 10, 3), batch("b", 4, 2), batch("a", 13, 4)].into();
+        let mut next = HashMap::from([(("a".to_string(), 0), 17), (("b".to_string(), 0), 6)]);
+        renumber(&mut q, &mut next);
+        let seqs: Vec<i32> = q.iter().map(|b| b.base_sequence).collect();
+        assert_eq!(seqs, [0, 0, 3]);
+        assert_eq!(next[&("a".to_string(), 0)], 7);
+        assert_eq!(next[&("b".to_string(), 0)], 2);
+    }
+
+    #[test]
+    fn a_refused_batch_gives_its_sequences_to_the_later_ones() {
+        let failed = batch("a", 10, 3);
+        let mut q: VecDeque<Batch> = [batch("b", 4, 2), batch("a", 13, 4)].into();
+        let mut next = HashMap::from([(("a".to_string(), 0), 17), (("b".to_string(), 0), 6)]);
+        give_back_sequences(&failed, &mut q, &mut next);
+        let seqs: Vec<i32> = q.iter().map(|b| b.base_sequence).collect();
+        assert_eq!(seqs, [4, 10]);
+        assert_eq!(next[&("a".to_string(), 0)], 14);
+        assert_eq!(next[&("b".to_string(), 0)], 6);
+    }
 }

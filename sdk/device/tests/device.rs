@@ -23,6 +23,13 @@ fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
 }
 
 async fn start(dir: &Path, quic: SocketAddr) -> BrokerHandle {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     runnel::start_broker(broker_config(dir, quic))
         .await
         .expect("broker starts")
