@@ -278,6 +278,8 @@ impl Worker {
                 Ok(s) => {
                     tracing::info!(server = %self.cfg.server, "reconnected to the broker");
                     self.session = Some(s);
+                    // The broker may have lost topics (a wiped data dir): look them up again.
+                    self.known_topics.clear();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "reconnect failed");

@@ -234,3 +234,47 @@ async fn a_wrong_fingerprint_fails_connect_with_a_tls_error() {
     assert!(err.to_string().starts_with("TLS handshake"), "{err}");
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_forgot_the_producer_gets_everything_under_a_new_producer_id() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let quic = free_udp_port();
+    let broker = start(first_dir.path(), quic).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    for i in 0..100 {
+        device.send_no_ack("wiped", None, &reading(i)).unwrap();
+    }
+    device.flush().await.unwrap();
+    broker.shutdown().await;
+    let deliveries: Vec<_> = (100..200)
+        .map(|i| device.enqueue("wiped", 0, None, &reading(i)).unwrap())
+        .collect();
+
+    // A new, empty data dir that keeps only the certificate: the broker knows neither the
+    // topic nor the producer, so the device's sequence 100 is out of order.
+    let second_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(second_dir.path().join("quic")).unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(
+            first_dir.path().join("quic").join(f),
+            second_dir.path().join("quic").join(f),
+        )
+        .unwrap();
+    }
+    let broker = start(second_dir.path(), quic).await;
+    let mut offsets = Vec::new();
+    for d in deliveries {
+        let ack = tokio::time::timeout(Duration::from_secs(60), d)
+            .await
+            .expect("delivered after the restart")
+            .unwrap();
+        offsets.push(ack.offset);
+    }
+    assert_eq!(offsets, (0..100).collect::<Vec<i64>>());
+    device.close().await;
+
+    let got = read_back(broker.bootstrap(), "wiped", 100).await;
+    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    assert_eq!(values, (100..200).map(reading).collect::<Vec<_>>());
+    broker.shutdown().await;
+}
