@@ -278,3 +278,42 @@ async fn a_broker_that_forgot_the_producer_gets_everything_under_a_new_producer_
     assert_eq!(values, (100..200).map(reading).collect::<Vec<_>>());
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_from_a_trusted_ca_is_verified_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["gateway.local".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let (ca_pem, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("gw.pem"),
+        dir.path().join("gw.key"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let mut cfg = broker_config(&dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    cfg.listeners.quic.cert = cert;
+    cfg.listeners.quic.key = key;
+    let broker = runnel::start_broker(cfg).await.unwrap();
+
+    let mut dc = device_config(&broker);
+    dc.trust = Trust::CaPem(ca_pem);
+    dc.server_name = "gateway.local".into();
+    let device = Device::connect(dc.clone()).await.unwrap();
+    let ack = device.send("ca", None, b"hello").await.unwrap();
+    assert_eq!(ack.offset, 0);
+    device.close().await;
+
+    dc.server_name = "elsewhere.local".into();
+    let err = Device::connect(dc).await.err().expect("wrong name fails");
+    assert!(matches!(err, DeviceError::Tls(_)), "{err:?}");
+    broker.shutdown().await;
+}
