@@ -1,6 +1,6 @@
 //! # runnel-device
 //!
-//! The device client of [Runnel](https://github.com/): produce readings to a Runnel broker over
+//! The device client of Runnel: produce readings to a Runnel broker over
 //! QUIC (`docs/quic.md`) with batching, idempotent delivery and a bounded offline buffer.
 //!
 //! - [`Device::connect`] opens a QUIC connection (TLS 1.3, ALPN `runnel`), trusting the broker by
