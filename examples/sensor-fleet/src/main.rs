@@ -1,0 +1,140 @@
+//! sensor-fleet: N simulated devices, each sending a reading at R Hz for D seconds to a Runnel
+//! broker over QUIC with `runnel-device`; prints a progress line every second and a summary
+//! (sent, acknowledged, refused, lost, acknowledgement latency p50/p99).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use runnel_device::{Acks, Device, DeviceConfig, DeviceError, Trust};
+
+#[derive(Parser)]
+#[command(about = "Simulate devices sending readings to Runnel over QUIC")]
+struct Args {
+    /// The broker's QUIC listener.
+    #[arg(long, default_value = "127.0.0.1:9093")]
+    server: SocketAddr,
+    /// The broker certificate's SHA-256 fingerprint (printed by the broker at start).
+    #[arg(long, env = "RUNNEL_FINGERPRINT")]
+    fingerprint: String,
+    /// Number of devices (one QUIC connection each).
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Readings per second per device.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The topic the readings go to.
+    #[arg(long, default_value = "readings")]
+    topic: String,
+}
+
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    refused: AtomicU64,
+    lost: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let stats = Arc::new(Stats::default());
+    let period = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let duration = Duration::from_secs(args.seconds);
+    let mut fleet = Vec::new();
+    for n in 0..args.devices {
+        let mut cfg = DeviceConfig::new(args.server, Trust::Fingerprint(args.fingerprint.clone()));
+        cfg.client_id = format!("sensor-{n}");
+        cfg.acks = Acks::All;
+        let device = Arc::new(Device::connect(cfg).await?);
+        let (stats, topic) = (stats.clone(), args.topic.clone());
+        fleet.push(tokio::spawn(async move {
+            let key = format!("sensor-{n}");
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(period);
+            let mut seq = 0u64;
+            while started.elapsed() < duration {
+                tick.tick().await;
+                let reading = format!(
+                    "{{\"sensor\":{n},\"seq\":{seq},\"temp\":21.5,\"pad\":\"{:040}\"}}",
+                    0
+                );
+                seq += 1;
+                let sent_at = Instant::now();
+                match device.enqueue(&topic, 0, Some(key.as_bytes()), reading.as_bytes()) {
+                    Ok(delivery) => {
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                        let stats = stats.clone();
+                        tokio::spawn(async move {
+                            match delivery.await {
+                                Ok(_) => {
+                                    let us = sent_at.elapsed().as_micros() as u64;
+                                    stats.acked.fetch_add(1, Ordering::Relaxed);
+                                    stats.latencies_us.lock().unwrap().push(us);
+                                }
+                                Err(_) => {
+                                    stats.lost.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        });
+                    }
+                    Err(DeviceError::BufferFull) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        stats.lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), device.flush()).await;
+        }));
+    }
+    let progress = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                println!(
+                    "sent {} acknowledged {} refused {} lost {}",
+                    stats.sent.load(Ordering::Relaxed),
+                    stats.acked.load(Ordering::Relaxed),
+                    stats.refused.load(Ordering::Relaxed),
+                    stats.lost.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    let started = Instant::now();
+    for device in fleet {
+        device.await?;
+    }
+    // Let the last acknowledgements be counted.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)));
+    let acked = stats.acked.load(Ordering::Relaxed);
+    println!(
+        "devices {} sent {} acknowledged {} ({:.0}/s) refused {} lost {} latency p50 {:.2} ms p99 {:.2} ms",
+        args.devices,
+        stats.sent.load(Ordering::Relaxed),
+        acked,
+        acked as f64 / elapsed,
+        stats.refused.load(Ordering::Relaxed),
+        stats.lost.load(Ordering::Relaxed),
+        pct(0.50).copied().unwrap_or(0) as f64 / 1000.0,
+        pct(0.99).copied().unwrap_or(0) as f64 / 1000.0,
+    );
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! # runnel-device
+//!
+//! The device client of Runnel: produce readings to a Runnel broker over
+//! QUIC (`docs/quic.md`) with batching, idempotent delivery and a bounded offline buffer.
+//!
+//! - [`Device::connect`] opens a QUIC connection (TLS 1.3, ALPN `runnel`), trusting the broker by
+//!   a pinned certificate fingerprint or a CA ([`Trust`]), and gets an idempotent producer id.
+//! - [`Device::send`] queues a record and resolves with its [`Ack`] (partition and offset) once
+//!   the broker has stored it. Records are batched per (topic, partition) for
+//!   [`DeviceConfig::linger`] or up to [`DeviceConfig::max_batch_records`].
+//! - Records not yet acknowledged stay in an in-memory buffer bounded by
+//!   [`DeviceConfig::buffer_limit_bytes`]; beyond it `send` fails at once with
+//!   [`DeviceError::BufferFull`]. When the connection drops, the device reconnects with backoff
+//!   (100 ms doubling to 5 s) and re-sends the buffered batches in order with the same producer
+//!   id, epoch and sequence numbers, so the broker drops any it already stored.
+//!
+//! ## Delivery guarantee
+//!
+//! Exactly once per record into the log, in order per partition, as long as the broker still
+//! knows the device's producer id. If the broker has forgotten it (answers
+//! `UNKNOWN_PRODUCER_ID` or `OUT_OF_ORDER_SEQUENCE_NUMBER`, e.g. after a very long outage or
+//! retention removed the producer's records), the device takes a new producer id and re-sends
+//! its buffered batches under it: a batch the broker had stored but whose acknowledgement was
+//! lost is then written a second time (at-least-once for that batch).
+//!
+//! A buffer lives in memory only: records buffered when the device process exits are lost.
+
+mod session;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::worker::{Cmd, Pending};
+
+/// How the device decides that it talks to the right broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Accept only the certificate whose SHA-256 fingerprint is this (`AB:CD:...`, 32 hex pairs
+    /// joined by `:`, case-insensitive; the broker logs it at start). The TLS handshake
+    /// signature is still checked, so only the holder of the certificate's key passes.
+    Fingerprint(String),
+    /// Verify the broker's certificate chain and name ([`DeviceConfig::server_name`]) against
+    /// the CA certificates in this PEM file.
+    CaPem(PathBuf),
+}
+
+/// What acknowledgement the broker sends before a record counts as delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// The broker answers once the record is written under its `acks=all` rules (`acks=-1`).
+    All,
+    /// The broker answers once the leader has written the record (`acks=1`).
+    Leader,
+}
+
+impl Acks {
+    fn code(self) -> i16 {
+        match self {
+            Acks::All => -1,
+            Acks::Leader => 1,
+        }
+    }
+}
+
+/// Settings of a [`Device`].
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The broker's QUIC listener (`[listeners.quic].address`).
+    pub server: SocketAddr,
+    /// The TLS server name (SNI); with [`Trust::CaPem`] the certificate must name it.
+    pub server_name: String,
+    /// How the broker's certificate is checked.
+    pub trust: Trust,
+    /// The Kafka client id sent with every request.
+    pub client_id: String,
+    /// How long a record may wait for more records to share its batch.
+    pub linger: Duration,
+    /// A batch is sent as soon as it holds this many records (at least 1).
+    pub max_batch_records: usize,
+    /// The most bytes of records (keys, values, topic names and a small per-record overhead) the
+    /// device holds before the broker acknowledges them; sends beyond it fail with
+    /// [`DeviceError::BufferFull`].
+    pub buffer_limit_bytes: usize,
+    /// The acknowledgement the broker must give.
+    pub acks: Acks,
+}
+
+impl DeviceConfig {
+    /// A config for `server` trusted by `trust`, with defaults: server name `localhost`, client
+    /// id `runnel-device`, 5 ms linger, 500 records per batch, an 8 MiB buffer, `acks=all`.
+    pub fn new(server: SocketAddr, trust: Trust) -> DeviceConfig {
+        DeviceConfig {
+            server,
+            server_name: "localhost".into(),
+            trust,
+            client_id: "runnel-device".into(),
+            linger: Duration::from_millis(5),
+            max_batch_records: 500,
+            buffer_limit_bytes: 8 << 20,
+            acks: Acks::All,
+        }
+    }
+}
+
+/// Where the broker stored a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ack {
+    /// The partition of the topic.
+    pub partition: i32,
+    /// The record's offset in that partition.
+    pub offset: i64,
+}
+
+/// Errors of the device client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The broker could not be reached or the connection was lost.
+    #[error("cannot reach the broker: {0}")]
+    Connect(String),
+    /// The TLS handshake failed: wrong fingerprint, untrusted certificate, bad CA file, ALPN.
+    #[error("TLS handshake with the broker failed: {0}")]
+    Tls(String),
+    /// The broker sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The broker refused the record with this Kafka error code.
+    #[error("the broker refused the record: Kafka error code {code}")]
+    Broker {
+        /// The Kafka error code (e.g. 10 `MESSAGE_TOO_LARGE`).
+        code: i16,
+    },
+    /// The offline buffer is full: the record was not queued. Retry after some are delivered.
+    #[error("the device buffer is full")]
+    BufferFull,
+    /// The device is closed (or its background task has ended).
+    #[error("the device is closed")]
+    Closed,
+}
+
+/// Bytes a record counts against the buffer besides its key, value and topic name.
+const RECORD_OVERHEAD: usize = 64;
+
+/// A connection to a Runnel broker that produces records. Cheap to share by reference across
+/// tasks (`&Device` sends); all work happens on one background task that owns the QUIC
+/// connection and its stream.
+pub struct Device {
+    tx: mpsc::UnboundedSender<Cmd>,
+    buffered: Arc<AtomicUsize>,
+    limit: usize,
+    task: JoinHandle<()>,
+}
+
+impl Device {
+    /// Connects to the broker and initialises an idempotent producer. Fails with
+    /// [`DeviceError::Tls`] when the broker's certificate is not trusted and
+    /// [`DeviceError::Connect`] when it cannot be reached; after this first connection, losses
+    /// are handled in the background.
+    pub async fn connect(config: DeviceConfig) -> Result<Device, DeviceError> {
+        let mut config = config;
+        config.max_batch_records = config.max_batch_records.max(1);
+        let mut session = session::Session::connect(&config).await?;
+        let producer = worker::init_producer(&mut session).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let limit = config.buffer_limit_bytes;
+        let task = tokio::spawn(
+            worker::Worker::new(config, rx, buffered.clone(), session, producer).run(),
+        );
+        Ok(Device {
+            tx,
+            buffered,
+            limit,
+            task,
+        })
+    }
+
+    /// Sends a record to partition 0 of `topic` and waits until the broker has acknowledged it.
+    /// Fails at once with [`DeviceError::BufferFull`] when the buffer is full.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<Ack, DeviceError> {
+        self.enqueue(topic, 0, key, value)?.await
+    }
+
+    /// Queues a record for `partition` of `topic` without waiting: the returned [`Delivery`]
+    /// resolves with its [`Ack`]. Records queued one after another are stored in that order.
+    /// Fails at once with [`DeviceError::BufferFull`] when the buffer is full.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<Delivery, DeviceError> {
+        let (ack, rx) = oneshot::channel();
+        self.push(topic, partition, key, value, Some(ack))?;
+        Ok(Delivery { rx })
+    }
+
+    /// Queues a record for partition 0 of `topic` and forgets it: it is delivered like any
+    /// other (idempotently, buffered across outages), but nobody is told its offset or error.
+    pub fn send_no_ack(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), DeviceError> {
+        self.push(topic, 0, key, value, None)
+    }
+
+    fn push(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        ack: Option<oneshot::Sender<Result<Ack, DeviceError>>>,
+    ) -> Result<(), DeviceError> {
+        if self.tx.is_closed() {
+            return Err(DeviceError::Closed);
+        }
+        let cost = topic.len() + key.map_or(0, <[u8]>::len) + value.len() + RECORD_OVERHEAD;
+        let reserved = self
+            .buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(cost).filter(|&n| n <= self.limit)
+            });
+        if reserved.is_err() {
+            return Err(DeviceError::BufferFull);
+        }
+        let record = Pending {
+            key: key.map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(value),
+            timestamp: now_ms(),
+            cost,
+            ack,
+        };
+        self.tx
+            .send(Cmd::Record {
+                topic: topic.to_string(),
+                partition,
+                record,
+            })
+            .map_err(|_| {
+                self.buffered.fetch_sub(cost, Ordering::AcqRel);
+                DeviceError::Closed
+            })
+    }
+
+    /// Bytes of records held and not yet acknowledged (at most
+    /// [`DeviceConfig::buffer_limit_bytes`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered.load(Ordering::Acquire)
+    }
+
+    /// Sends every queued record now and waits until all are acknowledged or failed. While the
+    /// broker is unreachable this waits for it to come back.
+    pub async fn flush(&self) -> Result<(), DeviceError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Flush(done))
+            .map_err(|_| DeviceError::Closed)?;
+        rx.await.map_err(|_| DeviceError::Closed)
+    }
+
+    /// Flushes, then closes the connection and ends the background task. Like [`Device::flush`]
+    /// it waits while the broker is unreachable; wrap it in a timeout to bound that. Dropping a
+    /// `Device` instead closes at once and fails records still buffered with
+    /// [`DeviceError::Closed`].
+    pub async fn close(self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(done)).is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// The acknowledgement of one queued record: a future resolving with its [`Ack`].
+#[must_use = "a Delivery does nothing unless awaited (the record is sent either way)"]
+pub struct Delivery {
+    rx: oneshot::Receiver<Result<Ack, DeviceError>>,
+}
+
+impl std::future::Future for Delivery {
+    type Output = Result<Ack, DeviceError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(DeviceError::Closed)))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The SHA-256 fingerprint (`AB:CD:...`) of a DER certificate, as [`Trust::Fingerprint`]
+/// expects it.
+pub fn fingerprint_of(der: &[u8]) -> String {
+    session::sha256_fingerprint(der)
+}
+
+/// Compiles the program in README.md.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,268 @@
+//! One Kafka session over QUIC: the connection, its TLS trust, and one bidirectional stream
+//! carrying size-prefixed Kafka frames (docs/quic.md).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::{DeviceConfig, DeviceError, Trust};
+
+/// The ALPN id of the Runnel QUIC protocol.
+const ALPN: &[u8] = b"runnel";
+/// A handshake slower than this fails the attempt.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request unanswered this long counts as a lost connection.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alives keep a quiet connection under the broker's 30 s idle timeout.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// The largest response frame accepted.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+pub(crate) struct Session {
+    // Keeps the client endpoint (its UDP socket) alive as long as the connection.
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    correlation: i32,
+    client_id: StrBytes,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"device closing");
+    }
+}
+
+impl Session {
+    /// Connects to the broker, checks its certificate and opens the session stream.
+    pub(crate) async fn connect(cfg: &DeviceConfig) -> Result<Session, DeviceError> {
+        let tls = client_tls(&cfg.trust)?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| DeviceError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        client.transport_config(Arc::new(transport));
+        let bind: std::net::SocketAddr = if cfg.server.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| DeviceError::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(client);
+        let connecting = endpoint
+            .connect(cfg.server, &cfg.server_name)
+            .map_err(|e| DeviceError::Connect(e.to_string()))?;
+        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Err(_) => return Err(DeviceError::Connect("handshake timed out".into())),
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(handshake_error(e)),
+        };
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| DeviceError::Connect(e.to_string()))?;
+        Ok(Session {
+            _endpoint: endpoint,
+            conn,
+            send,
+            recv,
+            correlation: 0,
+            client_id: StrBytes::from_string(cfg.client_id.clone()),
+        })
+    }
+
+    /// Closes the connection and waits briefly for the broker to hear of it.
+    pub(crate) async fn close(self) {
+        self.conn.close(0u32.into(), b"device closing");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+    }
+
+    /// Sends `req` at `version` and waits for its response.
+    pub(crate) async fn call<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<R::Response, DeviceError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.call_inner(req, version)).await {
+            Ok(r) => r,
+            Err(_) => Err(DeviceError::Connect("request timed out".into())),
+        }
+    }
+
+    async fn call_inner<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<R::Response, DeviceError> {
+        let api = ApiKey::try_from(R::KEY).map_err(|_| protocol("unknown API key"))?;
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(self.client_id.clone()));
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, api.request_header_version(version))
+            .map_err(|e| protocol(&e.to_string()))?;
+        req.encode(&mut frame, version)
+            .map_err(|e| protocol(&e.to_string()))?;
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        self.send
+            .write_all(&frame)
+            .await
+            .map_err(|e| DeviceError::Connect(e.to_string()))?;
+        let mut body = self.read_frame().await?;
+        let rh = ResponseHeader::decode(&mut body, api.response_header_version(version))
+            .map_err(|e| protocol(&e.to_string()))?;
+        if rh.correlation_id != self.correlation {
+            return Err(protocol("response correlation id does not match"));
+        }
+        R::Response::decode(&mut body, version).map_err(|e| protocol(&e.to_string()))
+    }
+
+    async fn read_frame(&mut self) -> Result<Bytes, DeviceError> {
+        let mut len = [0u8; 4];
+        self.recv
+            .read_exact(&mut len)
+            .await
+            .map_err(|e| DeviceError::Connect(e.to_string()))?;
+        let len = i32::from_be_bytes(len);
+        if len < 0 || len as usize > MAX_RESPONSE_BYTES {
+            return Err(protocol("bad response frame size"));
+        }
+        let mut body = vec![0u8; len as usize];
+        self.recv
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| DeviceError::Connect(e.to_string()))?;
+        Ok(Bytes::from(body))
+    }
+}
+
+fn protocol(msg: &str) -> DeviceError {
+    DeviceError::Protocol(msg.to_string())
+}
+
+/// Handshake failures from TLS (certificate, ALPN) are `Tls`; the rest are `Connect`.
+fn handshake_error(e: quinn::ConnectionError) -> DeviceError {
+    match e {
+        quinn::ConnectionError::TransportError(t) => DeviceError::Tls(t.to_string()),
+        quinn::ConnectionError::ConnectionClosed(c) => DeviceError::Tls(c.to_string()),
+        other => DeviceError::Connect(other.to_string()),
+    }
+}
+
+fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, DeviceError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| DeviceError::Tls(e.to_string()))?;
+    let mut tls = match trust {
+        Trust::Fingerprint(f) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint: f.trim().to_string(),
+                provider,
+            }))
+            .with_no_client_auth(),
+        Trust::CaPem(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| DeviceError::Tls(format!("{}: {e}", path.display())))?;
+            for c in certs {
+                let c = c.map_err(|e| DeviceError::Tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| DeviceError::Tls(format!("{}: {e}", path.display())))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// SHA-256 of DER bytes as upper-case hex pairs joined by `:`.
+pub(crate) fn sha256_fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Accepts only the leaf certificate with the pinned SHA-256; the handshake signature is still
+/// verified with that certificate's key.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if sha256_fingerprint(end_entity).eq_ignore_ascii_case(&self.fingerprint) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,582 @@
+//! The background task: owns the session, batches records, produces them idempotently, keeps
+//! unacknowledged batches across connection losses and re-sends them in order.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, MetadataRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::session::Session;
+use crate::{Ack, DeviceConfig, DeviceError};
+
+const PRODUCE_VERSION: i16 = 9;
+const INIT_PRODUCER_ID_VERSION: i16 = 2;
+const METADATA_VERSION: i16 = 9;
+/// How long the broker may take to meet `acks` before answering with a timeout.
+const PRODUCE_TIMEOUT_MS: i32 = 30_000;
+/// A batch is sealed once its records reach this many bytes (well under the broker's 1 MiB
+/// per-stream window and usual `max_request_bytes`).
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+// Kafka error codes handled specially.
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+const UNKNOWN_PRODUCER_ID: i16 = 59;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
+pub(crate) enum Cmd {
+    Record {
+        topic: String,
+        partition: i32,
+        record: Pending,
+    },
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// A record waiting for its acknowledgement.
+pub(crate) struct Pending {
+    pub(crate) key: Option<Bytes>,
+    pub(crate) value: Bytes,
+    pub(crate) timestamp: i64,
+    /// Bytes reserved in the buffer, released when the record is acknowledged or failed.
+    pub(crate) cost: usize,
+    pub(crate) ack: Option<oneshot::Sender<Result<Ack, DeviceError>>>,
+}
+
+type Tp = (String, i32);
+
+/// Records of one partition still gathering (not yet given sequence numbers).
+struct Open {
+    records: Vec<Pending>,
+    bytes: usize,
+    deadline: Instant,
+}
+
+/// A sealed batch: its sequence numbers are fixed until the producer id changes.
+struct Batch {
+    tp: Tp,
+    base_sequence: i32,
+    records: Vec<Pending>,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Producer {
+    id: i64,
+    epoch: i16,
+}
+
+/// Asks the broker for a new idempotent producer id.
+pub(crate) async fn init_producer(session: &mut Session) -> Result<Producer, DeviceError> {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(-1)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let resp = session.call(&req, INIT_PRODUCER_ID_VERSION).await?;
+    if resp.error_code != 0 {
+        return Err(DeviceError::Broker {
+            code: resp.error_code,
+        });
+    }
+    Ok(Producer {
+        id: resp.producer_id.0,
+        epoch: resp.producer_epoch,
+    })
+}
+
+pub(crate) struct Worker {
+    cfg: DeviceConfig,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    buffered: Arc<AtomicUsize>,
+    session: Option<Session>,
+    /// None: a new producer id must be fetched before producing.
+    producer: Option<Producer>,
+    next_sequence: HashMap<Tp, i32>,
+    /// Topics already looked up with Metadata (which creates them when the broker allows it).
+    known_topics: HashSet<String>,
+    open: HashMap<Tp, Open>,
+    /// Open partitions in the order their first record arrived, so batches are sealed fairly.
+    open_order: VecDeque<Tp>,
+    queue: VecDeque<Batch>,
+    flushes: Vec<oneshot::Sender<()>>,
+    closing: Option<oneshot::Sender<()>>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        cfg: DeviceConfig,
+        rx: mpsc::UnboundedReceiver<Cmd>,
+        buffered: Arc<AtomicUsize>,
+        session: Session,
+        producer: Producer,
+    ) -> Worker {
+        Worker {
+            cfg,
+            rx,
+            buffered,
+            session: Some(session),
+            producer: Some(producer),
+            next_sequence: HashMap::new(),
+            known_topics: HashSet::new(),
+            open: HashMap::new(),
+            open_order: VecDeque::new(),
+            queue: VecDeque::new(),
+            flushes: Vec::new(),
+            closing: None,
+            backoff: BACKOFF_MIN,
+            retry_at: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut senders_gone = false;
+        loop {
+            // Take everything already queued, without waiting.
+            loop {
+                match self.rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        senders_gone = true;
+                        break;
+                    }
+                }
+            }
+            if senders_gone {
+                self.abandon();
+                return;
+            }
+            let urgent = !self.flushes.is_empty() || self.closing.is_some();
+            self.seal_due(Instant::now(), urgent);
+            if self.queue.is_empty() && self.open.is_empty() {
+                for f in self.flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                if let Some(done) = self.closing.take() {
+                    if let Some(s) = self.session.take() {
+                        s.close().await;
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            if !self.queue.is_empty() && self.retry_at.is_none_or(|t| t <= Instant::now()) {
+                self.retry_at = None;
+                self.deliver_head().await;
+                continue;
+            }
+            // Nothing to do now: wait for a command, a linger deadline or the next retry.
+            let mut wake = self.open.values().map(|o| o.deadline).min();
+            if !self.queue.is_empty() {
+                wake = match (wake, self.retry_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => senders_gone = true,
+                },
+                _ = sleep => {}
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Record {
+                topic,
+                partition,
+                record,
+            } => {
+                let tp = (topic, partition);
+                let linger = self.cfg.linger;
+                let open = self.open.entry(tp.clone()).or_insert_with(|| Open {
+                    records: Vec::new(),
+                    bytes: 0,
+                    deadline: Instant::now() + linger,
+                });
+                if open.records.is_empty() {
+                    self.open_order.push_back(tp.clone());
+                }
+                open.bytes += record.cost;
+                open.records.push(record);
+                if open.records.len() >= self.cfg.max_batch_records || open.bytes >= MAX_BATCH_BYTES
+                {
+                    self.seal(&tp);
+                }
+            }
+            Cmd::Flush(done) => self.flushes.push(done),
+            Cmd::Close(done) => self.closing = Some(done),
+        }
+    }
+
+    /// Seals the open batches whose linger has passed (all of them when `all`), oldest first.
+    fn seal_due(&mut self, now: Instant, all: bool) {
+        let due: Vec<Tp> = self
+            .open_order
+            .iter()
+            .filter(|tp| all || self.open.get(*tp).is_some_and(|o| o.deadline <= now))
+            .cloned()
+            .collect();
+        for tp in due {
+            self.seal(&tp);
+        }
+    }
+
+    /// Turns the open records of `tp` into a batch with the next sequence numbers.
+    fn seal(&mut self, tp: &Tp) {
+        let Some(open) = self.open.remove(tp) else {
+            return;
+        };
+        self.open_order.retain(|t| t != tp);
+        if open.records.is_empty() {
+            return;
+        }
+        let seq = self.next_sequence.entry(tp.clone()).or_insert(0);
+        let base_sequence = *seq;
+        *seq = seq.wrapping_add(open.records.len() as i32) & i32::MAX;
+        self.queue.push_back(Batch {
+            tp: tp.clone(),
+            base_sequence,
+            records: open.records,
+        });
+    }
+
+    /// Makes sure there is a session and a producer id, then produces the oldest batch.
+    async fn deliver_head(&mut self) {
+        if self.session.is_none() {
+            match Session::connect(&self.cfg).await {
+                Ok(s) => {
+                    tracing::info!(server = %self.cfg.server, "reconnected to the broker");
+                    self.session = Some(s);
+                    // The broker may have lost topics (a wiped data dir): look them up again.
+                    self.known_topics.clear();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnect failed");
+                    self.back_off();
+                    return;
+                }
+            }
+        }
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let producer = match self.producer {
+            Some(p) => p,
+            None => match init_producer(session).await {
+                Ok(p) => {
+                    self.new_producer(p);
+                    p
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get a producer id");
+                    self.session = None;
+                    self.back_off();
+                    return;
+                }
+            },
+        };
+        let Some(batch) = self.queue.front() else {
+            return;
+        };
+        if !self.known_topics.contains(&batch.tp.0) {
+            let topic = batch.tp.0.clone();
+            let Some(session) = self.session.as_mut() else {
+                return;
+            };
+            // Like Kafka producers: Metadata first, which auto-creates the topic if allowed.
+            let req = MetadataRequest::default()
+                .with_topics(Some(vec![
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(topic.clone())))),
+                ]))
+                .with_allow_auto_topic_creation(true);
+            match session.call(&req, METADATA_VERSION).await {
+                Ok(_) => {
+                    self.known_topics.insert(topic);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "connection to the broker lost; buffering");
+                    self.session = None;
+                    self.back_off();
+                    return;
+                }
+            }
+        }
+        let Some(batch) = self.queue.front() else {
+            return;
+        };
+        let req = produce_request(batch, producer, self.cfg.acks.code());
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        match session.call(&req, PRODUCE_VERSION).await {
+            Ok(resp) => self.on_response(resp),
+            Err(e) => {
+                tracing::info!(error = %e, "connection to the broker lost; buffering");
+                self.session = None;
+                self.back_off();
+            }
+        }
+    }
+
+    fn on_response(&mut self, resp: ProduceResponse) {
+        let Some(batch) = self.queue.front() else {
+            return;
+        };
+        let part = resp
+            .responses
+            .iter()
+            .filter(|t| t.name.0.as_str() == batch.tp.0)
+            .flat_map(|t| t.partition_responses.iter())
+            .find(|p| p.index == batch.tp.1);
+        let Some(part) = part else {
+            tracing::warn!("produce response without the batch's partition");
+            self.session = None;
+            self.back_off();
+            return;
+        };
+        let (code, base_offset) = (part.error_code, part.base_offset);
+        match code {
+            0 | DUPLICATE_SEQUENCE_NUMBER => {
+                self.backoff = BACKOFF_MIN;
+                let batch = self.queue.pop_front().expect("head batch");
+                let partition = batch.tp.1;
+                self.finish(batch, |i| {
+                    Ok(Ack {
+                        partition,
+                        offset: if base_offset >= 0 {
+                            base_offset + i as i64
+                        } else {
+                            -1
+                        },
+                    })
+                });
+            }
+            OUT_OF_ORDER_SEQUENCE_NUMBER
+            | UNKNOWN_PRODUCER_ID
+            | INVALID_PRODUCER_EPOCH
+            | INVALID_PRODUCER_ID_MAPPING => {
+                tracing::warn!(
+                    code,
+                    "the broker no longer knows this producer's sequence; taking a new producer \
+                     id (a batch stored before the outage may be written twice)"
+                );
+                self.producer = None;
+            }
+            // Retriable in Kafka (metadata may be stale), but this broker is the only one: the
+            // topic does not exist and cannot be created, so the batch fails.
+            c if c != UNKNOWN_TOPIC_OR_PARTITION
+                && ResponseError::try_from_code(c).is_some_and(|e| e.is_retriable()) =>
+            {
+                tracing::info!(code = c, "retriable produce error; retrying");
+                self.back_off();
+            }
+            c => {
+                // The broker did not store the batch, so later batches of the partition move
+                // down to its sequence numbers.
+                let batch = self.queue.pop_front().expect("head batch");
+                give_back_sequences(&batch, &mut self.queue, &mut self.next_sequence);
+                self.finish(batch, |_| Err(DeviceError::Broker { code: c }));
+            }
+        }
+    }
+
+    /// A new producer id restarts every partition at sequence 0; buffered batches are
+    /// renumbered in order.
+    fn new_producer(&mut self, p: Producer) {
+        self.producer = Some(p);
+        renumber(&mut self.queue, &mut self.next_sequence);
+    }
+
+    fn back_off(&mut self) {
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Releases a batch's buffer bytes and tells each record's sender its result.
+    fn finish(&mut self, batch: Batch, result: impl Fn(usize) -> Result<Ack, DeviceError>) {
+        for (i, r) in batch.records.into_iter().enumerate() {
+            self.buffered.fetch_sub(r.cost, Ordering::AcqRel);
+            if let Some(ack) = r.ack {
+                let _ = ack.send(result(i));
+            }
+        }
+    }
+
+    /// The device was dropped: fail everything still held.
+    fn abandon(&mut self) {
+        self.seal_due(Instant::now(), true);
+        while let Some(b) = self.queue.pop_front() {
+            self.finish(b, |_| Err(DeviceError::Closed));
+        }
+    }
+}
+
+/// Numbers the queued batches from sequence 0 per partition, in queue order (a new producer id).
+fn renumber(queue: &mut VecDeque<Batch>, next_sequence: &mut HashMap<Tp, i32>) {
+    next_sequence.clear();
+    for b in queue.iter_mut() {
+        let seq = next_sequence.entry(b.tp.clone()).or_insert(0);
+        b.base_sequence = *seq;
+        *seq = seq.wrapping_add(b.records.len() as i32) & i32::MAX;
+    }
+}
+
+/// `failed` was refused and not stored: the later batches of its partition take over its
+/// sequence numbers.
+fn give_back_sequences(
+    failed: &Batch,
+    queue: &mut VecDeque<Batch>,
+    next_sequence: &mut HashMap<Tp, i32>,
+) {
+    let n = failed.records.len() as i32;
+    for later in queue.iter_mut().filter(|b| b.tp == failed.tp) {
+        later.base_sequence = later.base_sequence.wrapping_sub(n) & i32::MAX;
+    }
+    if let Some(s) = next_sequence.get_mut(&failed.tp) {
+        *s = s.wrapping_sub(n) & i32::MAX;
+    }
+}
+
+fn produce_request(batch: &Batch, producer: Producer, acks: i16) -> ProduceRequest {
+    let records: Vec<Record> = batch
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder keeps records in one batch only while sequences advance with offsets.
+            sequence: batch.base_sequence.wrapping_add(i as i32) & i32::MAX,
+            timestamp: r.timestamp,
+            key: r.key.clone(),
+            value: Some(r.value.clone()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("uncompressed v2 batches always encode");
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(batch.tp.0.clone())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(batch.tp.1)
+                        .with_records(Some(buf.freeze())),
+                ]),
+        ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    fn batch(topic: &str, base_sequence: i32, n: usize) -> Batch {
+        Batch {
+            tp: (topic.to_string(), 0),
+            base_sequence,
+            records: (0..n)
+                .map(|i| Pending {
+                    key: Some(Bytes::from_static(b"k")),
+                    value: Bytes::from(format!("v{i}")),
+                    timestamp: 1_700_000_000_000 + i as i64,
+                    cost: 10,
+                    ack: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_record_batch_with_the_producer_and_its_sequences() {
+        let b = batch("t", 40, 5);
+        let req = produce_request(&b, Producer { id: 7, epoch: 2 }, -1);
+        assert_eq!(req.acks, -1);
+        let mut bytes = req.topic_data[0].partition_data[0].records.clone().unwrap();
+        // One batch, not one per record: the first batch's length (after base offset and the
+        // length field) covers all the bytes.
+        let batch_length = i32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        assert_eq!(12 + batch_length, bytes.len(), "one record batch");
+        let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+        let records = &set.records;
+        assert_eq!(records.len(), 5);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!((r.producer_id, r.producer_epoch), (7, 2));
+            assert_eq!(r.sequence, 40 + i as i32);
+            assert_eq!(r.value.as_deref(), Some(format!("v{i}").as_bytes()));
+        }
+    }
+
+    #[test]
+    fn a_new_producer_renumbers_buffered_batches_in_order() {
+        let mut q: VecDeque<Batch> =
+            [batch("a", 10, 3), batch("b", 4, 2), batch("a", 13, 4)].into();
+        let mut next = HashMap::from([(("a".to_string(), 0), 17), (("b".to_string(), 0), 6)]);
+        renumber(&mut q, &mut next);
+        let seqs: Vec<i32> = q.iter().map(|b| b.base_sequence).collect();
+        assert_eq!(seqs, [0, 0, 3]);
+        assert_eq!(next[&("a".to_string(), 0)], 7);
+        assert_eq!(next[&("b".to_string(), 0)], 2);
+    }
+
+    #[test]
+    fn a_refused_batch_gives_its_sequences_to_the_later_ones() {
+        let failed = batch("a", 10, 3);
+        let mut q: VecDeque<Batch> = [batch("b", 4, 2), batch("a", 13, 4)].into();
+        let mut next = HashMap::from([(("a".to_string(), 0), 17), (("b".to_string(), 0), 6)]);
+        give_back_sequences(&failed, &mut q, &mut next);
+        let seqs: Vec<i32> = q.iter().map(|b| b.base_sequence).collect();
+        assert_eq!(seqs, [4, 10]);
+        assert_eq!(next[&("a".to_string(), 0)], 14);
+        assert_eq!(next[&("b".to_string(), 0)], 6);
+    }
+}

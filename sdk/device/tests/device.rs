@@ -1,0 +1,319 @@
+//! The device client against a real broker started in-process, read back with librdkafka.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use runnel::{BrokerHandle, Config};
+use runnel_device::{Acks, Device, DeviceConfig, DeviceError, Trust};
+
+/// A broker config: data in `dir`, Kafka on 127.0.0.1:0, QUIC on `quic`.
+fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
+    let mut cfg = Config::default();
+    cfg.broker.data_dir = dir.to_path_buf();
+    cfg.listeners.kafka.address = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.quic.enabled = true;
+    cfg.listeners.quic.address = quic;
+    cfg.listeners.admin.enabled = false;
+    cfg
+}
+
+async fn start(dir: &Path, quic: SocketAddr) -> BrokerHandle {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    runnel::start_broker(broker_config(dir, quic))
+        .await
+        .expect("broker starts")
+}
+
+fn device_config(broker: &BrokerHandle) -> DeviceConfig {
+    DeviceConfig {
+        server: broker.quic_addr.expect("QUIC listener"),
+        server_name: "localhost".into(),
+        trust: Trust::Fingerprint(broker.quic_fingerprint.clone().expect("fingerprint")),
+        client_id: "sensor-7".into(),
+        linger: Duration::from_millis(5),
+        max_batch_records: 100,
+        buffer_limit_bytes: 8 << 20,
+        acks: Acks::All,
+    }
+}
+
+fn reading(i: usize) -> Vec<u8> {
+    format!("{{\"seq\":{i},\"temp\":{}.5}}", 15 + i % 10).into_bytes()
+}
+
+/// A UDP port that was free a moment ago, for a broker that must come back on the same port.
+fn free_udp_port() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// Reads partition 0 of `topic` from the beginning with librdkafka until `want` messages have
+/// come, then a little longer to catch any extra.
+async fn read_back(bootstrap: String, topic: &'static str, want: usize) -> Vec<OwnedMessage> {
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("broker.address.family", "v4")
+            .set("group.id", "device-readback")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < want && Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                got.push(m.unwrap().detach());
+            }
+        }
+        let settle = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < settle {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                got.push(m.unwrap().detach());
+            }
+        }
+        got
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_readings_are_acknowledged_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+
+    let first = device
+        .send("readings", Some(b"sensor-7"), &reading(0))
+        .await
+        .unwrap();
+    assert_eq!((first.partition, first.offset), (0, 0));
+    let deliveries: Vec<_> = (1..1000)
+        .map(|i| {
+            device
+                .enqueue("readings", 0, Some(b"sensor-7"), &reading(i))
+                .unwrap()
+        })
+        .collect();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let ack = tokio::time::timeout(Duration::from_secs(30), d)
+            .await
+            .expect("acknowledged in time")
+            .unwrap();
+        assert_eq!((ack.partition, ack.offset), (0, i as i64 + 1));
+    }
+    device.flush().await.unwrap();
+    assert_eq!(device.buffered_bytes(), 0);
+    device.close().await;
+
+    let got = read_back(broker.bootstrap(), "readings", 1000).await;
+    assert_eq!(got.len(), 1000);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.offset(), i as i64);
+        assert_eq!(m.key(), Some(&b"sensor-7"[..]), "key of {i}");
+        assert_eq!(m.payload(), Some(&reading(i)[..]), "value of {i}");
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let quic = free_udp_port();
+    let broker = start(dir.path(), quic).await;
+    let mut cfg = device_config(&broker);
+    cfg.max_batch_records = 20;
+    let device = Device::connect(cfg).await.unwrap();
+
+    // Some readings delivered before the outage.
+    let mut deliveries = Vec::new();
+    for i in 0..200 {
+        deliveries.push(device.enqueue("restart", 0, None, &reading(i)).unwrap());
+    }
+    for d in deliveries.drain(..) {
+        d.await.unwrap();
+    }
+    // More in flight while the broker shuts down, then more while it is down.
+    for i in 200..300 {
+        deliveries.push(device.enqueue("restart", 0, None, &reading(i)).unwrap());
+    }
+    broker.shutdown().await;
+    for i in 300..600 {
+        deliveries.push(device.enqueue("restart", 0, None, &reading(i)).unwrap());
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(device.buffered_bytes() > 0, "readings are held while down");
+
+    // The broker comes back on the same data dir and port; the device delivers the rest.
+    let broker = start(dir.path(), quic).await;
+    let mut offsets = Vec::new();
+    for d in deliveries {
+        let ack = tokio::time::timeout(Duration::from_secs(60), d)
+            .await
+            .expect("delivered after the restart")
+            .unwrap();
+        offsets.push(ack.offset);
+    }
+    assert_eq!(offsets, (200..600).collect::<Vec<i64>>());
+    assert_eq!(device.buffered_bytes(), 0);
+    device.close().await;
+
+    let got = read_back(broker.bootstrap(), "restart", 600).await;
+    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    assert_eq!(values, (0..600).map(reading).collect::<Vec<_>>());
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_beyond_the_buffer_limit_fail_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut cfg = device_config(&broker);
+    let limit = 64 * 1024;
+    cfg.buffer_limit_bytes = limit;
+    let device = Device::connect(cfg).await.unwrap();
+    broker.shutdown().await;
+
+    let value = vec![b'x'; 1000];
+    let mut accepted = 0;
+    let mut full = 0;
+    for _ in 0..1000 {
+        let started = Instant::now();
+        match device.send_no_ack("buffered", None, &value) {
+            Ok(()) => accepted += 1,
+            Err(DeviceError::BufferFull) => {
+                full += 1;
+                assert!(
+                    started.elapsed() < Duration::from_millis(100),
+                    "fails at once"
+                );
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(device.buffered_bytes() <= limit);
+    }
+    assert!((55..=64).contains(&accepted), "accepted {accepted}");
+    assert_eq!(accepted + full, 1000);
+    let held = device.buffered_bytes();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        device.enqueue("buffered", 0, None, &value),
+        Err(DeviceError::BufferFull)
+    ));
+    assert_eq!(device.buffered_bytes(), held, "memory does not grow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_fingerprint_fails_connect_with_a_tls_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut cfg = device_config(&broker);
+    cfg.trust = Trust::Fingerprint(runnel_device::fingerprint_of(b"another certificate"));
+    let err = Device::connect(cfg).await.err().expect("connect fails");
+    let DeviceError::Tls(msg) = &err else {
+        panic!("expected a TLS error, got {err:?}");
+    };
+    assert!(msg.contains("certificate"), "{msg}");
+    assert!(err.to_string().starts_with("TLS handshake"), "{err}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_forgot_the_producer_gets_everything_under_a_new_producer_id() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let quic = free_udp_port();
+    let broker = start(first_dir.path(), quic).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    for i in 0..100 {
+        device.send_no_ack("wiped", None, &reading(i)).unwrap();
+    }
+    device.flush().await.unwrap();
+    broker.shutdown().await;
+    let deliveries: Vec<_> = (100..200)
+        .map(|i| device.enqueue("wiped", 0, None, &reading(i)).unwrap())
+        .collect();
+
+    // A new, empty data dir that keeps only the certificate: the broker knows neither the
+    // topic nor the producer, so the device's sequence 100 is out of order.
+    let second_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(second_dir.path().join("quic")).unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(
+            first_dir.path().join("quic").join(f),
+            second_dir.path().join("quic").join(f),
+        )
+        .unwrap();
+    }
+    let broker = start(second_dir.path(), quic).await;
+    let mut offsets = Vec::new();
+    for d in deliveries {
+        let ack = tokio::time::timeout(Duration::from_secs(60), d)
+            .await
+            .expect("delivered after the restart")
+            .unwrap();
+        offsets.push(ack.offset);
+    }
+    assert_eq!(offsets, (0..100).collect::<Vec<i64>>());
+    device.close().await;
+
+    let got = read_back(broker.bootstrap(), "wiped", 100).await;
+    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    assert_eq!(values, (100..200).map(reading).collect::<Vec<_>>());
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_from_a_trusted_ca_is_verified_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["gateway.local".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let (ca_pem, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("gw.pem"),
+        dir.path().join("gw.key"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let mut cfg = broker_config(&dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    cfg.listeners.quic.cert = cert;
+    cfg.listeners.quic.key = key;
+    let broker = runnel::start_broker(cfg).await.unwrap();
+
+    let mut dc = device_config(&broker);
+    dc.trust = Trust::CaPem(ca_pem);
+    dc.server_name = "gateway.local".into();
+    let device = Device::connect(dc.clone()).await.unwrap();
+    let ack = device.send("ca", None, b"hello").await.unwrap();
+    assert_eq!(ack.offset, 0);
+    device.close().await;
+
+    dc.server_name = "elsewhere.local".into();
+    let err = Device::connect(dc).await.err().expect("wrong name fails");
+    assert!(matches!(err, DeviceError::Tls(_)), "{err:?}");
+    broker.shutdown().await;
+}
