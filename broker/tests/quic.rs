@@ -26,86 +26,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel::{BrokerHandle, Config};
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 fn quic_config(dir: &Path) -> Config {
     let mut cfg = common::test_config(dir);
     cfg.listeners.quic.enabled = true;
     cfg.listeners.quic.address = "127.0.0.1:0".parse().unwrap();
     cfg
-}
-
-fn sha256_hex(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Accepts exactly the server certificate whose SHA-256 is `fingerprint`; signatures are still
-/// checked, so the server must hold the pinned certificate's key.
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if sha256_hex(end_entity).eq_ignore_ascii_case(&self.fingerprint) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// A device connection: the client endpoint is kept alive with it.
@@ -115,15 +41,10 @@ struct Device {
 }
 
 async fn connect_with(addr: SocketAddr, fingerprint: &str, alpn: &[u8]) -> anyhow::Result<Device> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            fingerprint: fingerprint.to_string(),
-            provider,
-        }))
-        .with_no_client_auth();
+    // The device SDK's pinning client: TLS 1.3, only the certificate with this fingerprint.
+    let mut tls = runnel_device::tls_client_config(&runnel_device::Trust::Fingerprint(
+        fingerprint.to_string(),
+    ))?;
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -561,7 +482,7 @@ async fn a_wrong_fingerprint_or_alpn_fails_the_handshake() {
     let broker = common::start_with(quic_config(dir.path())).await;
     let addr = broker.quic_addr.unwrap();
     let right = broker.quic_fingerprint.clone().unwrap();
-    let wrong = sha256_hex(b"some other certificate");
+    let wrong = runnel_device::fingerprint_of(b"some other certificate");
     assert!(connect_with(addr, &wrong, b"runnel").await.is_err());
     assert!(connect_with(addr, &right, b"h3").await.is_err());
     let ok = connect_with(addr, &right, b"runnel").await.unwrap();
@@ -583,9 +504,9 @@ async fn the_self_signed_certificate_survives_a_restart() {
     // The fingerprint is the SHA-256 of the certificate stored in the data dir.
     let pem = std::fs::read(dir.path().join("quic/cert.pem")).unwrap();
     let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem)
-        .map(|c: CertificateDer<'static>| c.to_vec())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
         .unwrap();
-    assert_eq!(sha256_hex(&der), first);
+    assert_eq!(runnel_device::fingerprint_of(&der), first);
     assert_eq!(first.len(), 32 * 3 - 1);
 
     let broker = common::start_with(quic_config(dir.path())).await;
@@ -629,7 +550,7 @@ async fn configured_pem_files_are_served_and_fingerprinted() {
     let broker = common::start_with(cfg).await;
     assert_eq!(
         broker.quic_fingerprint.as_deref(),
-        Some(sha256_hex(made.cert.der()).as_str())
+        Some(runnel_device::fingerprint_of(made.cert.der()).as_str())
     );
     assert!(
         !dir.path().join("data/quic").exists(),

@@ -311,6 +311,13 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The rustls client configuration a device uses: TLS 1.3 only, ALPN `runnel`, and the server
+/// certificate checked as `trust` says (pinned fingerprint, or a CA). For tools and tests that
+/// open their own QUIC connections to a broker.
+pub fn tls_client_config(trust: &Trust) -> Result<rustls::ClientConfig, DeviceError> {
+    session::client_tls(trust)
+}
+
 /// The SHA-256 fingerprint (`AB:CD:...`) of a DER certificate, as [`Trust::Fingerprint`]
 /// expects it.
 pub fn fingerprint_of(der: &[u8]) -> String {

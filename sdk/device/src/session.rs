@@ -166,7 +166,7 @@ fn handshake_error(e: quinn::ConnectionError) -> DeviceError {
     }
 }
 
-fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, DeviceError> {
+pub(crate) fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, DeviceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
