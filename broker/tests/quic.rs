@@ -16,9 +16,9 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, FetchRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    MetadataRequest, ProduceRequest, RequestHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -87,23 +87,11 @@ impl Device {
 
 impl Session {
     async fn call<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
-        let api = ApiKey::try_from(R::KEY).unwrap();
         self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("quic-test")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, api.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        self.send_frame(&body).await.expect("request sent");
-        let mut frame = self.read_frame().await.expect("a response frame");
-        let rh = ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
-        assert_eq!(rh.correlation_id, self.correlation);
-        R::Response::decode(&mut frame, version).unwrap()
+        let frame = common::request_frame(req, version, self.correlation, "quic-test");
+        self.send.write_all(&frame).await.expect("request sent");
+        let frame = self.read_frame().await.expect("a response frame");
+        common::decode_response::<R>(frame, version, self.correlation)
     }
 
     async fn send_frame(&mut self, body: &[u8]) -> Result<(), quinn::WriteError> {

@@ -5,12 +5,10 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    RequestHeader, ResponseHeader,
+    ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::protocol::Request;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -71,28 +69,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     R: Request,
 {
-    let api = ApiKey::try_from(R::KEY).unwrap();
-    let mut body = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("tls-test")))
-        .encode(&mut body, api.request_header_version(version))
-        .unwrap();
-    req.encode(&mut body, version).unwrap();
-    let mut frame = BytesMut::new();
-    frame.put_i32(body.len() as i32);
-    frame.put_slice(&body);
-    stream.write_all(&frame).await?;
+    stream
+        .write_all(&common::request_frame(req, version, 1, "tls-test"))
+        .await?;
     stream.flush().await?;
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
     stream.read_exact(&mut buf).await?;
-    let mut buf = bytes::Bytes::from(buf);
-    ResponseHeader::decode(&mut buf, api.response_header_version(version)).unwrap();
-    Ok(R::Response::decode(&mut buf, version).unwrap())
+    Ok(common::decode_response::<R>(
+        bytes::Bytes::from(buf),
+        version,
+        1,
+    ))
 }
 
 #[tokio::test]

@@ -69,23 +69,11 @@ impl RawClient {
 
     /// Sends `req` at `version` and decodes the response.
     pub async fn call<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
-        let api = ApiKey::try_from(R::KEY).unwrap();
         self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, api.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        self.send_frame(&body).await;
-        let mut frame = self.read_frame().await.expect("a response frame");
-        let rh = ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
-        assert_eq!(rh.correlation_id, self.correlation);
-        R::Response::decode(&mut frame, version).unwrap()
+        let frame = request_frame(req, version, self.correlation, "raw-test");
+        self.send_raw(&frame).await;
+        let frame = self.read_frame().await.expect("a response frame");
+        decode_response::<R>(frame, version, self.correlation)
     }
 
     pub async fn send_frame(&mut self, body: &[u8]) {
@@ -121,6 +109,42 @@ impl RawClient {
             Ok(Ok(0)) | Ok(Err(_))
         )
     }
+}
+
+/// A whole request frame (size prefix, header, body) for `req` at `version`.
+pub fn request_frame<R: Request>(
+    req: &R,
+    version: i16,
+    correlation_id: i32,
+    client_id: &'static str,
+) -> Bytes {
+    let api = ApiKey::try_from(R::KEY).unwrap();
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)))
+        .encode(&mut buf, api.request_header_version(version))
+        .unwrap();
+    req.encode(&mut buf, version).unwrap();
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    buf.freeze()
+}
+
+/// Decodes a response frame body (size prefix already removed) of `R` at `version`, checking
+/// its correlation id.
+pub fn decode_response<R: Request>(
+    mut frame: Bytes,
+    version: i16,
+    correlation_id: i32,
+) -> R::Response {
+    let api = ApiKey::try_from(R::KEY).unwrap();
+    let rh = ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+    assert_eq!(rh.correlation_id, correlation_id);
+    R::Response::decode(&mut frame, version).unwrap()
 }
 
 /// Reads a response header's correlation id off a raw frame.
