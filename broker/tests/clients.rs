@@ -7,7 +7,6 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 
 struct Sent {
     key: Vec<u8>,
@@ -64,15 +63,7 @@ async fn produce_all(bootstrap: &str, topic: &str, codec: &str, sent: &[Sent]) {
 }
 
 fn consume_n(bootstrap: &str, topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: BaseConsumer = common::client_config(bootstrap)
-        .set("group.id", "assign-only")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = common::reader(bootstrap, topic);
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while got.len() < n && std::time::Instant::now() < deadline {

@@ -9,10 +9,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use edge_config::{Binding, OnError, PluginSpec};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 
 /// Builds the guest workspace (`plugins/`) once per test binary and returns the directory of
 /// the `.wasm` files. Needs the wasm32-wasip2 target (scripts/test.sh installs it).
@@ -91,15 +89,7 @@ async fn produce(
 
 /// Consumes partition 0 from the start until a value equal to `last` arrives.
 fn consume_until(bootstrap: &str, topic: &str, last: &str) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = common::client_config(bootstrap)
-        .set("group.id", "assign-only")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = common::reader(bootstrap, topic);
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {

@@ -194,3 +194,19 @@ pub fn encode_batch(
     .unwrap();
     buf.freeze()
 }
+
+/// A librdkafka consumer assigned to partition 0 of `topic` from the earliest offset, committing
+/// nothing.
+pub fn reader(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = client_config(bootstrap)
+        .set("group.id", "assign-only")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    consumer
+}
