@@ -3,43 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use edge_config::{Binding, OnError, PluginSpec};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-/// Builds the guest workspace (`plugins/`) once per test binary and returns the directory of
-/// the `.wasm` files. Needs the wasm32-wasip2 target (scripts/test.sh installs it).
-fn wasm_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugins-wasm");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "wasm32-wasip2",
-            ])
-            .arg("--manifest-path")
-            .arg(root.join("plugins/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("run cargo to build the plugins");
-        assert!(
-            status.success(),
-            "building the plugins for wasm32-wasip2 failed"
-        );
-        target.join("wasm32-wasip2/release")
-    })
-}
+use common::wasm_dir;
 
 fn plugin(name: &str, file: &str, config: &str) -> PluginSpec {
     PluginSpec {
@@ -187,7 +157,8 @@ async fn json_filter_keeps_exactly_the_matching_records_and_spares_other_topics(
         .collect();
     assert_eq!(got, values);
 
-    let stats = &broker.broker.plugins.loaded[0].stats;
+    let set = broker.broker.plugins.current();
+    let stats = &set.loaded[0].stats;
     assert!(stats.calls.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     assert_eq!(stats.faults.load(std::sync::atomic::Ordering::Relaxed), 0);
     let config = broker.broker.config.clone();
@@ -297,7 +268,7 @@ async fn faulty_plugins_fail_their_call_only_by_policy() {
         .unwrap();
     assert_eq!(got.len(), 2);
 
-    for p in &broker.broker.plugins.loaded[..3] {
+    for p in &broker.broker.plugins.current().loaded[..3] {
         let faults = p.stats.faults.load(std::sync::atomic::Ordering::Relaxed);
         let inst = p
             .stats

@@ -1,5 +1,6 @@
-//! Admin HTTP (`[listeners.admin]`, default 127.0.0.1:9094): `GET /health` and Prometheus
-//! `GET /metrics`. Unauthenticated by design; keep it on a trusted interface.
+//! Admin HTTP (`[listeners.admin]`, default 127.0.0.1:9094): `GET /health`, Prometheus
+//! `GET /metrics`, and the plugins (`GET /plugins`, `POST /plugins/reload`, in [`plugins`]).
+//! Unauthenticated by design; keep it on a trusted interface.
 //!
 //! The counters live in [`Metrics`], updated with relaxed atomics on the data path; partition
 //! gauges (log start and end offsets, size on disk) are read from the catalog when scraped.
@@ -14,12 +15,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
+
+pub mod plugins;
 
 /// Highest Kafka API key we keep a request counter for.
 const MAX_API_KEY: usize = 128;
@@ -192,6 +195,8 @@ pub async fn listen(
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/plugins", get(plugins::list))
+        .route("/plugins/reload", post(plugins::reload))
         .with_state(broker);
     let task = tokio::spawn(async move {
         let stop = async move {

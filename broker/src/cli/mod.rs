@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod plugin;
 mod serve;
 
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
         #[arg(long, default_value = "none")]
         compression: String,
     },
+    /// Show or reload the plugins of a running broker (through its admin listener).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Measure produce and consume throughput and produce latency against a broker.
     Bench(bench::BenchArgs),
     /// Print records as `value`, or `key<TAB>value` for keyed records.
@@ -67,6 +71,27 @@ enum Command {
         #[arg(long)]
         idle_timeout: Option<humantime_arg::Duration>,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// List loaded plugins with call counts, faults and time spent.
+    List {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Reload `[plugins]` from the broker's config file and swap them in (like SIGHUP).
+    Reload {
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Admin {
+    /// The broker's admin HTTP listener (`[listeners.admin].address`).
+    #[arg(long, default_value = "127.0.0.1:9094", env = "RUNNEL_ADMIN")]
+    admin: String,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +195,8 @@ pub fn main() -> ExitCode {
         }
         Command::Topics(cmd) => client::topics(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
+        Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),
         Command::Produce {
             topic,
             conn,

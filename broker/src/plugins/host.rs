@@ -192,6 +192,8 @@ pub struct Stats {
     pub calls: AtomicU64,
     pub faults: AtomicU64,
     pub instantiations: AtomicU64,
+    /// Wall time spent in calls (instantiation included), in nanoseconds.
+    pub busy_nanos: AtomicU64,
 }
 
 /// A loaded filter plugin.
@@ -267,7 +269,11 @@ impl Plugin {
     /// records) or the error of this call. Blocking: run it off the async workers.
     pub fn filter(&self, frame: Vec<u8>, count: usize) -> Result<Vec<u8>, PluginError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let result = self.filter_inner(frame, count);
+        self.stats
+            .busy_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if result.is_err() {
             self.stats.faults.fetch_add(1, Ordering::Relaxed);
         }

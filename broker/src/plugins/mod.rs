@@ -27,6 +27,7 @@
 //! writes it.
 
 pub mod host;
+pub mod reload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ use kafka_protocol::records::{
 use crate::storage::{self, BatchHeader};
 
 pub use host::{Host, HostLimits, Plugin};
+pub use reload::{PluginSet, ReloadError, ReloadReport};
 
 /// Why a plugin could not be loaded or a call failed.
 #[derive(Debug, thiserror::Error)]

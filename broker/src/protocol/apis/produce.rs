@@ -22,6 +22,8 @@ use crate::protocol::{Ctx, Outcome, Reply, frame};
 
 pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let catalog = &ctx.broker.catalog;
+    // One snapshot for the whole request: a plugin reload meanwhile does not split it.
+    let plugin_set = ctx.broker.plugins.current();
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for topic_data in req.topic_data {
         let topic = catalog.get(&topic_data.name);
@@ -43,7 +45,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
-            let records = match ctx.broker.plugins.chain(&partition.topic) {
+            let records = match plugin_set.chain(&partition.topic) {
                 None => records,
                 Some(chain) => {
                     let topic = partition.topic.clone();
