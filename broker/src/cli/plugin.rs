@@ -50,11 +50,10 @@ pub fn list(admin: &str) -> anyhow::Result<()> {
         "NAME", "CALLS", "FAULTS", "INSTANCES", "TIME", "PER CALL"
     );
     for p in &list.plugins {
-        let per_call = if p.calls == 0 {
-            "-".to_string()
-        } else {
-            format!("{}us", p.busy_us / p.calls)
-        };
+        let per_call = p
+            .busy_us
+            .checked_div(p.calls)
+            .map_or_else(|| "-".to_string(), |us| format!("{us}us"));
         println!(
             "{:<20} {:>10} {:>8} {:>8} {:>12} {:>10}  {}  {}",
             p.name,
