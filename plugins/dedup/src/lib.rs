@@ -25,7 +25,7 @@
 //! requests; each has its own state, so when readings of one device arrive on concurrent
 //! requests, a repeated value may be kept by an instance that did not see the first one.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use runnel_plugin::{Filter, Record};
 use serde_json::Value;
@@ -106,7 +106,9 @@ struct Last {
 /// The plugin: its config and the last kept reading per device.
 pub struct Dedup {
     config: Config,
-    last: HashMap<Vec<u8>, Last>,
+    /// A BTreeMap, not a HashMap: std's RandomState needs a random seed from WASI, which the
+    /// broker does not give plugins (creating one would trap).
+    last: BTreeMap<Vec<u8>, Last>,
 }
 
 fn field<'v>(doc: &'v Value, path: &[String]) -> Option<&'v Value> {
@@ -143,7 +145,7 @@ impl Filter for Dedup {
     fn init(config: &str) -> Result<Self, String> {
         Ok(Dedup {
             config: Config::parse(config)?,
-            last: HashMap::new(),
+            last: BTreeMap::new(),
         })
     }
 

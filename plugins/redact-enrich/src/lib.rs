@@ -18,8 +18,12 @@
 //! they still get the headers. A value with nothing to mask keeps its exact bytes; a masked
 //! value is re-serialized compactly, its fields in their original order.
 
+use std::fmt;
+
 use runnel_plugin::{NewRecord, Output, Record, Transform};
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::Value;
 
 /// What masked fields become.
 pub const MASK: &str = "***";
@@ -86,37 +90,115 @@ impl Config {
         if self.mask.is_empty() {
             return None;
         }
-        let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(value) else {
+        let Ok(Json::Object(mut doc)) = serde_json::from_slice::<Json>(value) else {
             return None;
         };
         let mut masked = false;
         for path in &self.mask {
             masked |= mask(&mut doc, path);
         }
-        // Serializing a Value cannot fail.
-        masked.then(|| serde_json::to_vec(&Value::Object(doc)).unwrap_or_default())
+        // Serializing plain JSON to memory cannot fail.
+        masked.then(|| serde_json::to_vec(&Json::Object(doc)).unwrap_or_default())
     }
 }
 
-/// Masks the field at `path` in `doc`; whether it was present.
-fn mask(doc: &mut Map<String, Value>, path: &[String]) -> bool {
-    let Some((last, parents)) = path.split_last() else {
+/// A JSON document that keeps the order of object fields (and duplicate names) as written.
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Object(Vec<(String, Json)>),
+    Array(Vec<Json>),
+    /// A number, string, bool or null.
+    Scalar(Value),
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Scalar(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::Scalar(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::Scalar(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+        Ok(Json::Scalar(v.into()))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::Scalar(v.into()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::Scalar(v.into()))
+    }
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Scalar(Value::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut fields = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            fields.push(entry);
+        }
+        Ok(Json::Object(fields))
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Scalar(v) => v.serialize(s),
+            Json::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Json::Object(fields) => {
+                let mut map = s.serialize_map(Some(fields.len()))?;
+                for (k, v) in fields {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// Masks every field at `path` in `doc`; whether one was present.
+fn mask(doc: &mut [(String, Json)], path: &[String]) -> bool {
+    let Some((first, rest)) = path.split_first() else {
         return false;
     };
-    let mut obj = doc;
-    for p in parents {
-        match obj.get_mut(p) {
-            Some(Value::Object(inner)) => obj = inner,
-            _ => return false,
+    let mut found = false;
+    for (_, value) in doc.iter_mut().filter(|(name, _)| name == first) {
+        if rest.is_empty() {
+            *value = Json::Scalar(Value::String(MASK.into()));
+            found = true;
+        } else if let Json::Object(inner) = value {
+            found |= mask(inner, rest);
         }
     }
-    match obj.get_mut(last) {
-        Some(v) => {
-            *v = Value::String(MASK.into());
-            true
-        }
-        None => false,
-    }
+    found
 }
 
 /// The plugin.
