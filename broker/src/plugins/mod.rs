@@ -108,7 +108,8 @@ pub enum PluginError {
 /// Why a produce batch was refused by the plugin path.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceFilterError {
-    /// A plugin call failed and its binding is fail-closed.
+    /// A plugin call failed and its binding is fail-closed (or dead-letter without a usable
+    /// dead-letter topic).
     #[error(transparent)]
     Plugin(#[from] PluginError),
     /// The batch could not be decoded or re-encoded.
@@ -353,21 +354,27 @@ fn run_batch(
                 }),
         };
         if let Err(e) = result {
+            let policy = chain.on_error.as_str();
+            if matches!(e, PluginError::Disabled { .. }) {
+                // Said once, with the reason, when the plugin was disabled.
+                tracing::debug!(topic, partition, error = %e, policy, "plugin disabled; on_error applies");
+            } else {
+                tracing::warn!(topic, partition, error = %e, policy, "plugin failed; on_error applies");
+            }
             match chain.on_error {
-                OnError::FailOpen => {
-                    tracing::warn!(topic, partition, error = %e, "plugin failed; batch passes it (fail-open)");
-                }
-                OnError::FailClosed => {
-                    tracing::warn!(topic, partition, error = %e, "plugin failed; produce refused (fail-closed)");
-                    return Err(e.into());
-                }
+                OnError::FailOpen => {}
+                OnError::FailClosed => return Err(e.into()),
                 OnError::DeadLetter => {
                     let dlt = chain.dead_letter_topic.as_deref().unwrap_or_default();
                     if partitions(dlt).is_none() {
-                        tracing::warn!(topic, partition, error = %e, dead_letter_topic = dlt, "plugin failed and the dead-letter topic does not exist; produce refused");
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            dead_letter_topic = dlt,
+                            "the dead-letter topic does not exist and is not auto-created; produce refused"
+                        );
                         return Err(e.into());
                     }
-                    tracing::warn!(topic, partition, error = %e, dead_letter_topic = dlt, "plugin failed; batch sent to the dead-letter topic");
                     let routed = original
                         .into_iter()
                         .map(|r| {
