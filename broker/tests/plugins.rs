@@ -685,3 +685,47 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// With `broker.auto_create_topics = false`, a transform routing to a missing topic fails its
+/// call: the binding's policy decides, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_to_a_missing_topic_without_auto_create_applies_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.auto_create_topics = false;
+    let copy = r#"{"headers": {"h": "v"}, "copy_to": "nowhere"}"#;
+    cfg.plugins.load = vec![plugin("copy", "redact_enrich.wasm", copy)];
+    cfg.plugins.bindings = vec![
+        bind("open", &["copy"], OnError::FailOpen),
+        bind("closed", &["copy"], OnError::FailClosed),
+    ];
+    let broker = common::start_with(cfg).await;
+    for t in ["open", "closed"] {
+        broker
+            .broker
+            .catalog
+            .create_topic(t, 1, 1, Default::default(), false, 0)
+            .unwrap();
+    }
+    let bootstrap = broker.bootstrap();
+    let results = produce(&bootstrap, "closed", "none", &["a".into()]).await;
+    let e = results[0].as_deref().expect("refused");
+    assert!(e.contains("PolicyViolation") || e.contains("policy"), "{e}");
+    let results = produce(&bootstrap, "open", "none", &["a".into(), "b".into()]).await;
+    assert!(results.iter().all(Option::is_none), "{results:?}");
+    // Fail-open: the batch passed the transform unchanged (no header added).
+    let got = consume(&bootstrap, "open", "b").await;
+    let want: Vec<Seen> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Seen {
+            key: Some(format!("k{i}")),
+            value: v.to_string(),
+            headers: vec![],
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(broker.broker.catalog.get("nowhere").is_none());
+    assert_eq!(log_end(&broker, "closed"), 0);
+    broker.shutdown().await;
+}
