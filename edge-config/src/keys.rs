@@ -297,7 +297,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "bindings",
                 Tables,
-                "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes), or \"dead-letter\"; default fail-closed\n  dead_letter_topic = \"failed\"    # with \"dead-letter\" only: where a failing batch's records go; default none",
+                "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes), or \"dead-letter\"; default fail-closed\n  dead_letter_topic = \"failed\"   # with \"dead-letter\" only: where a failing batch's records go; default none",
             ),
         ],
     },
