@@ -272,7 +272,7 @@ pub(crate) const SECTIONS: &[Section] = &[
     },
     Section {
         path: "plugins",
-        doc: "WebAssembly plugins (filters) and the topics that run them on produce.",
+        doc: "WebAssembly plugins (filters and transforms) and the topics that run them on produce.",
         keys: &[
             key(
                 "call_timeout",
@@ -285,6 +285,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "Linear memory one plugin instance may grow to; a call needing more fails.\nAllowed: 1MiB..=4GiB.",
             ),
             key(
+                "disable_after",
+                Int,
+                "A plugin whose calls fail this many times in a row is disabled until restart\n(one WARN line names it and its last error); bindings running it then apply their\non_error policy without calling it. 0 = never disable.",
+            ),
+            key(
                 "load",
                 Tables,
                 "Plugins to load, one [[plugins.load]] table each:\n  name = \"hot-only\"              # what bindings call it; unique\n  path = \"json_filter.wasm\"      # a wasm32-wasip2 component\n  config = \"temp > 20\"           # passed to the plugin's init; default \"\"",
@@ -292,7 +297,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "bindings",
                 Tables,
-                "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes); default fail-closed",
+                "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes), or \"dead-letter\"; default fail-closed\n  dead_letter_topic = \"failed\"   # with \"dead-letter\" only: where a failing batch's records go; default none",
             ),
         ],
     },

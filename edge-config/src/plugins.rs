@@ -14,6 +14,12 @@
 //! topic = "readings"
 //! chain = ["hot-only"]
 //! on_error = "fail-closed"
+//!
+//! [[plugins.bindings]]
+//! topic = "raw"
+//! chain = ["redact"]
+//! on_error = "dead-letter"
+//! dead_letter_topic = "raw-failed"
 //! ```
 //!
 //! Keys inside `[[plugins.load]]` and `[[plugins.bindings]]` entries are checked by serde
@@ -43,6 +49,10 @@ pub struct PluginsConfig {
     /// plugin is alive per concurrently running call.
     #[serde(with = "units::bytes")]
     pub memory_limit: u64,
+    /// A plugin whose calls fail this many times in a row is disabled until the broker
+    /// restarts: one WARN log line names it and its last error, and from then on every binding
+    /// running it applies its `on_error` policy without calling it. Default 10; 0 = never.
+    pub disable_after: u32,
     /// `[[plugins.load]]`: the plugins to load at start-up. Default none.
     pub load: Vec<PluginSpec>,
     /// `[[plugins.bindings]]`: which topics run which plugins on produce. Default none: every
@@ -55,6 +65,7 @@ impl Default for PluginsConfig {
         PluginsConfig {
             call_timeout: Duration::from_millis(100),
             memory_limit: 64 * MIB,
+            disable_after: 10,
             load: Vec::new(),
             bindings: Vec::new(),
         }
@@ -87,6 +98,10 @@ pub struct Binding {
     /// Default `fail-closed`.
     #[serde(default)]
     pub on_error: OnError,
+    /// With `on_error = "dead-letter"` (and only then): the topic a failing batch's original
+    /// records go to. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
 }
 
 /// What happens to a batch when a plugin call fails.
@@ -99,16 +114,21 @@ pub enum OnError {
     /// unfiltered is stored.
     #[default]
     FailClosed,
+    /// The batch's records, as produced, are appended to the binding's `dead_letter_topic`
+    /// with headers naming the plugin, the error and the original topic and partition; the
+    /// produce succeeds and nothing is stored in the bound topic for that batch.
+    DeadLetter,
 }
 
 impl OnError {
     /// The accepted spellings.
-    pub const ALLOWED: &'static [&'static str] = &["fail-open", "fail-closed"];
+    pub const ALLOWED: &'static [&'static str] = &["fail-open", "fail-closed", "dead-letter"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             OnError::FailOpen => "fail-open",
             OnError::FailClosed => "fail-closed",
+            OnError::DeadLetter => "dead-letter",
         }
     }
 }
@@ -120,6 +140,7 @@ impl FromStr for OnError {
         match s {
             "fail-open" => Ok(OnError::FailOpen),
             "fail-closed" => Ok(OnError::FailClosed),
+            "dead-letter" => Ok(OnError::DeadLetter),
             _ => Err(UnknownValue {
                 value: s.to_owned(),
                 allowed: Self::ALLOWED,
@@ -207,6 +228,34 @@ impl PluginsConfig {
                     ),
                 ));
             }
+            match (b.on_error, b.dead_letter_topic.as_deref()) {
+                (OnError::DeadLetter, None | Some("")) => {
+                    return Err((
+                        format!("{key}.dead_letter_topic"),
+                        format!(
+                            "on_error = \"dead-letter\" needs the topic to send failing batches to \
+                             (the binding of {:?})",
+                            b.topic
+                        ),
+                    ));
+                }
+                (OnError::DeadLetter, Some(t)) if t == b.topic => {
+                    return Err((
+                        format!("{key}.dead_letter_topic"),
+                        format!("{t:?} is the bound topic itself; name another topic"),
+                    ));
+                }
+                (OnError::FailOpen | OnError::FailClosed, Some(_)) => {
+                    return Err((
+                        format!("{key}.dead_letter_topic"),
+                        format!(
+                            "only used with on_error = \"dead-letter\" (this binding has {:?})",
+                            b.on_error.as_str()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -243,6 +292,43 @@ on_error = "fail-open"
         let c = Config::from_toml_str(&without, "runnel.toml", &[]).unwrap();
         assert_eq!(c.plugins.bindings[0].on_error, super::OnError::FailClosed);
         assert!(Config::default().plugins.bindings.is_empty());
+        assert_eq!(Config::default().plugins.disable_after, 10);
+        assert_eq!(c.plugins.bindings[0].dead_letter_topic, None);
+    }
+
+    #[test]
+    fn dead_letter_needs_its_topic_and_disable_after_parses() {
+        let dl = GOOD.replace(
+            "on_error = \"fail-open\"",
+            "on_error = \"dead-letter\"\ndead_letter_topic = \"failed\"",
+        );
+        let dl = dl.replace("call_timeout = \"50ms\"", "disable_after = 0");
+        let c = Config::from_toml_str(&dl, "runnel.toml", &[]).unwrap();
+        let b = c.plugins.binding("readings").unwrap();
+        assert_eq!(b.on_error, super::OnError::DeadLetter);
+        assert_eq!(b.dead_letter_topic.as_deref(), Some("failed"));
+        assert_eq!(c.plugins.disable_after, 0);
+
+        let missing = GOOD.replace("on_error = \"fail-open\"", "on_error = \"dead-letter\"");
+        let e = Config::from_toml_str(&missing, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.bindings[0].dead_letter_topic"));
+        let text = e.to_string();
+        assert!(
+            text.contains("needs the topic") && text.contains("\"readings\""),
+            "{text}"
+        );
+
+        let stray = GOOD.replace(
+            "on_error = \"fail-open\"",
+            "on_error = \"fail-open\"\ndead_letter_topic = \"failed\"",
+        );
+        let e = Config::from_toml_str(&stray, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.bindings[0].dead_letter_topic"));
+        assert!(e.to_string().contains("only used with"), "{e}");
+
+        let itself = dl.replace("\"failed\"", "\"readings\"");
+        let e = Config::from_toml_str(&itself, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.bindings[0].dead_letter_topic"));
     }
 
     #[test]
@@ -254,7 +340,7 @@ on_error = "fail-open"
         assert!(
             e.contains("runnel.toml:")
                 && e.contains("fail-maybe")
-                && e.contains("fail-open, fail-closed"),
+                && e.contains("fail-open, fail-closed, dead-letter"),
             "{e}"
         );
 

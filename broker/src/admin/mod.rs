@@ -164,7 +164,47 @@ impl Metrics {
             "# HELP runnel_log_size_bytes Bytes on disk of each partition's segments.\n# TYPE runnel_log_size_bytes gauge"
         );
         out.push_str(&sizes);
+        render_plugins(&mut out, broker);
         out
+    }
+}
+
+/// Per-plugin call counters and the disabled flag (nothing when no plugin is loaded). Plugin
+/// names are checked by the config (no spaces); quotes and backslashes are escaped anyway.
+fn render_plugins(out: &mut String, broker: &Broker) {
+    let set = broker.plugins.current();
+    let loaded = &set.loaded;
+    if loaded.is_empty() {
+        return;
+    }
+    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+    let families: [(&str, &str, &str); 3] = [
+        (
+            "runnel_plugin_calls_total",
+            "counter",
+            "Batches handed to each plugin.",
+        ),
+        (
+            "runnel_plugin_faults_total",
+            "counter",
+            "Plugin calls that failed (trap, timeout, memory cap, error, bad answer, disabled).",
+        ),
+        (
+            "runnel_plugin_disabled",
+            "gauge",
+            "1 when the plugin was disabled after failing plugins.disable_after calls in a row.",
+        ),
+    ];
+    for (i, (name, kind, help)) in families.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for p in loaded {
+            let v = match i {
+                0 => p.stats.calls.load(Ordering::Relaxed),
+                1 => p.stats.faults.load(Ordering::Relaxed),
+                _ => p.is_disabled() as u64,
+            };
+            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {v}", label(p.name()));
+        }
     }
 }
 
