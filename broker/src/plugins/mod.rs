@@ -3,6 +3,7 @@
 //! The map:
 //! - [`host`]: the wasmtime engine, the on-disk cache of compiled components, the per-call
 //!   limits (epoch deadline, memory cap) and the reusable instances of one [`host::Plugin`];
+//! - [`quota`]: quota policies (`[[plugins.quotas]]`), asked per produce/fetch request;
 //! - this file: [`PluginError`], the registry built from `[plugins]` ([`Plugins`]), and
 //!   [`Plugins::filter_produce`], which runs a topic's chain over the record batches of one
 //!   produce partition.
@@ -27,6 +28,7 @@
 //! writes it.
 
 pub mod host;
+pub mod quota;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,6 +61,12 @@ pub enum PluginError {
     Compile { name: String, message: String },
     #[error("plugin {name}: does not implement the runnel:plugin filter world: {message}")]
     Interface { name: String, message: String },
+    #[error("plugin {name}: does not implement the runnel:plugin {world} world: {message}")]
+    World {
+        name: String,
+        world: &'static str,
+        message: String,
+    },
     #[error("plugin {name}: init refused its config: {message}")]
     Init { name: String, message: String },
     #[error("plugin {name}: call exceeded plugins.call_timeout ({limit:?})")]
@@ -101,6 +109,8 @@ pub struct Chain {
 pub struct Plugins {
     pub loaded: Vec<Arc<Plugin>>,
     chains: HashMap<String, Arc<Chain>>,
+    /// Quota policies and their bindings (`[[plugins.quotas]]`).
+    pub quotas: quota::Quotas,
 }
 
 impl Plugins {
@@ -119,6 +129,9 @@ impl Plugins {
         let mut by_name = HashMap::new();
         let mut loaded = Vec::new();
         for spec in &config.load {
+            if config.is_quota_plugin(&spec.name) {
+                continue; // a quota-world plugin: loaded by `quota::Quotas::load` below
+            }
             let plugin = Arc::new(host.load(&spec.name, &spec.path, &spec.config)?);
             tracing::info!(plugin = %spec.name, path = %spec.path.display(), "plugin loaded");
             by_name.insert(spec.name.clone(), plugin.clone());
@@ -136,7 +149,12 @@ impl Plugins {
                 (b.topic.clone(), Arc::new(chain))
             })
             .collect();
-        Ok(Plugins { loaded, chains })
+        let quotas = quota::Quotas::load(&host, config)?;
+        Ok(Plugins {
+            loaded,
+            chains,
+            quotas,
+        })
     }
 
     /// The chain bound to `topic`.
