@@ -11,7 +11,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::wasm_dir;
+use common::wasm::wasm_dir;
 
 /// A config file: Kafka and admin on the given addresses, the JSON filter with `condition` on
 /// topic `readings`.

@@ -5,12 +5,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::wasm::wasm_dir;
 use edge_config::{Binding, OnError, PluginSpec};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use runnel::plugins::{DLT_ERROR, DLT_PARTITION, DLT_PLUGIN, DLT_TOPIC};
-
-use common::wasm_dir;
 
 fn plugin(name: &str, file: &str, config: &str) -> PluginSpec {
     PluginSpec {

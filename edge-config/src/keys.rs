@@ -272,7 +272,7 @@ pub(crate) const SECTIONS: &[Section] = &[
     },
     Section {
         path: "plugins",
-        doc: "WebAssembly plugins (filters and transforms) and the topics that run them on produce.",
+        doc: "WebAssembly plugins: filters and transforms with the topics that run them on produce, and quota policies.",
         keys: &[
             key(
                 "call_timeout",
@@ -298,6 +298,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "bindings",
                 Tables,
                 "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes), or \"dead-letter\"; default fail-closed\n  dead_letter_topic = \"failed\"   # with \"dead-letter\" only: where a failing batch's records go; default none",
+            ),
+            key(
+                "quotas",
+                Tables,
+                "Quota policies, one [[plugins.quotas]] table each:\n  plugin = \"per-client\"          # a [[plugins.load]] name (a quota-world plugin)\n  listeners = [\"kafka\", \"quic\"]   # default [] = every listener (kafka, kafka_tls, quic)\n  principals = [\"User:ANONYMOUS\"] # default [] = every principal\n  apis = [\"produce\", \"fetch\"]     # default [\"produce\"]\n  on_error = \"fail-open\"         # or \"fail-closed\" (a failing call rejects); default fail-open",
             ),
         ],
     },

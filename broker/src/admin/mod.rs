@@ -39,6 +39,10 @@ pub struct Metrics {
     pub records_in: AtomicU64,
     /// Partition appends refused with an error code.
     pub produce_errors: AtomicU64,
+    /// Requests a quota policy throttled (`[[plugins.quotas]]`).
+    pub quota_throttled: AtomicU64,
+    /// Requests a quota policy rejected, for at least one topic.
+    pub quota_rejected: AtomicU64,
     requests: Vec<AtomicU64>,
 }
 
@@ -52,6 +56,8 @@ impl Default for Metrics {
             bytes_out: AtomicU64::new(0),
             records_in: AtomicU64::new(0),
             produce_errors: AtomicU64::new(0),
+            quota_throttled: AtomicU64::new(0),
+            quota_rejected: AtomicU64::new(0),
             requests: (0..MAX_API_KEY).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -113,6 +119,18 @@ impl Metrics {
             "runnel_produce_errors_total",
             "Partition appends refused with an error.",
             self.produce_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quota_throttled_total",
+            "Requests throttled by a quota policy.",
+            self.quota_throttled.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quota_rejected_total",
+            "Requests rejected by a quota policy (for at least one topic).",
+            self.quota_rejected.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,

@@ -278,18 +278,11 @@ impl Plugin {
     }
 
     fn new_store(&self) -> Store<State> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_limit as usize)
-            .trap_on_grow_failure(true)
-            .build();
-        let mut store = Store::new(&self.engine, State { limits });
-        store.limiter(|s| &mut s.limits);
-        store
+        new_store(&self.engine, &self.limits)
     }
 
     fn deadline(&self, store: &mut Store<State>) {
-        let ticks = (self.limits.call_timeout.as_micros() / EPOCH_TICK.as_micros()).max(1);
-        store.set_epoch_deadline(ticks as u64);
+        set_deadline(store, &self.limits);
     }
 
     /// A fresh instance with `init(config)` done.
@@ -401,26 +394,52 @@ impl Plugin {
 
     /// Turns a wasmtime error of a call into the matching [`PluginError`].
     fn classify(&self, e: wasmtime::Error) -> PluginError {
-        let name = self.name.clone();
-        if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-            return PluginError::Timeout {
-                name,
-                limit: self.limits.call_timeout,
-            };
-        }
-        let message = format!("{e:#}");
-        if message.contains("growing memory")
-            || message.contains("memory") && message.contains("limit")
-        {
-            return PluginError::MemoryLimit {
-                name,
-                limit: self.limits.memory_limit,
-            };
-        }
-        PluginError::Trap {
+        classify(&self.name, &self.limits, e)
+    }
+}
+
+/// A store with the memory cap of `limits` (a grow past it traps).
+fn new_store(engine: &Engine, limits: &HostLimits) -> Store<State> {
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory_limit as usize)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(
+        engine,
+        State {
+            limits: store_limits,
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    store
+}
+
+/// Arms the epoch deadline of the next call made in `store`.
+fn set_deadline(store: &mut Store<State>, limits: &HostLimits) {
+    let ticks = (limits.call_timeout.as_micros() / EPOCH_TICK.as_micros()).max(1);
+    store.set_epoch_deadline(ticks as u64);
+}
+
+/// Turns a wasmtime error of a call into the matching [`PluginError`].
+fn classify(name: &str, limits: &HostLimits, e: wasmtime::Error) -> PluginError {
+    let name = name.to_owned();
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return PluginError::Timeout {
             name,
-            message: trap_message(&e),
-        }
+            limit: limits.call_timeout,
+        };
+    }
+    let message = format!("{e:#}");
+    if message.contains("growing memory") || message.contains("memory") && message.contains("limit")
+    {
+        return PluginError::MemoryLimit {
+            name,
+            limit: limits.memory_limit,
+        };
+    }
+    PluginError::Trap {
+        name,
+        message: trap_message(&e),
     }
 }
 
@@ -439,5 +458,69 @@ fn trap_message(e: &wasmtime::Error) -> String {
     match frame {
         Some(frame) => format!("{reason}; at {frame}"),
         None => reason.to_owned(),
+    }
+}
+
+/// A component of any plugin world, compiled and linked (every import a trap), for plugin kinds
+/// that look up their own exports ([`super::quota`]). It makes fresh instances, each in its own
+/// store with the host's memory cap; the caller arms the deadline before each call.
+pub struct Linked {
+    name: String,
+    engine: Engine,
+    limits: HostLimits,
+    pre: InstancePre<State>,
+}
+
+impl Host {
+    /// Reads, compiles (or loads from the cache) and links the component at `path` without
+    /// instantiating it.
+    pub fn link(&self, name: &str, path: &Path) -> Result<Linked, PluginError> {
+        let wasm = std::fs::read(path).map_err(|source| PluginError::Read {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let component = self.compile_cached(name, &wasm)?;
+        let mut linker = Linker::<State>::new(&self.engine);
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .and_then(|()| linker.instantiate_pre(&component))
+            .map(|pre| Linked {
+                name: name.to_owned(),
+                engine: self.engine.clone(),
+                limits: self.limits.clone(),
+                pre,
+            })
+            .map_err(|e| PluginError::Compile {
+                name: name.to_owned(),
+                message: format!("{e:#}"),
+            })
+    }
+}
+
+impl Linked {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A fresh instance in a fresh store, the deadline armed for the calls that set it up.
+    pub fn instantiate(&self) -> Result<(Store<State>, Instance), PluginError> {
+        let mut store = new_store(&self.engine, &self.limits);
+        set_deadline(&mut store, &self.limits);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(e))?;
+        Ok((store, instance))
+    }
+
+    /// Arms the deadline of the next call in `store` (one `plugins.call_timeout`).
+    pub fn arm(&self, store: &mut Store<State>) {
+        set_deadline(store, &self.limits);
+    }
+
+    /// Turns a wasmtime error of a call into the matching [`PluginError`].
+    pub fn classify(&self, e: wasmtime::Error) -> PluginError {
+        classify(&self.name, &self.limits, e)
     }
 }

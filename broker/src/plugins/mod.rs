@@ -5,6 +5,7 @@
 //!   limits (epoch deadline, memory cap), the reusable instances of one [`host::Plugin`], and
 //!   disabling a plugin that keeps failing;
 //! - [`output`]: a transform's answer (the output frame) and the partition of a routed record;
+//! - [`quota`]: quota policies (`[[plugins.quotas]]`), asked per produce/fetch request;
 //! - this file: [`PluginError`], the registry built from `[plugins]` ([`Plugins`]), and
 //!   [`run_chain`], which runs a topic's chain over the record batches of one produce partition.
 //!
@@ -44,6 +45,7 @@
 
 pub mod host;
 pub mod output;
+pub mod quota;
 pub mod reload;
 
 use std::collections::HashMap;
@@ -91,6 +93,12 @@ pub enum PluginError {
         "plugin {name}: does not implement the runnel:plugin filter or transform world: {message}"
     )]
     Interface { name: String, message: String },
+    #[error("plugin {name}: does not implement the runnel:plugin {world} world: {message}")]
+    World {
+        name: String,
+        world: &'static str,
+        message: String,
+    },
     #[error("plugin {name}: init refused its config: {message}")]
     Init { name: String, message: String },
     #[error("plugin {name}: call exceeded plugins.call_timeout ({limit:?})")]
@@ -140,6 +148,8 @@ pub struct Chain {
 pub struct Plugins {
     pub loaded: Vec<Arc<Plugin>>,
     chains: HashMap<String, Arc<Chain>>,
+    /// Quota policies and their bindings (`[[plugins.quotas]]`).
+    pub quotas: quota::Quotas,
 }
 
 impl Plugins {
@@ -159,6 +169,9 @@ impl Plugins {
         let mut by_name = HashMap::new();
         let mut loaded = Vec::new();
         for spec in &config.load {
+            if config.is_quota_plugin(&spec.name) {
+                continue; // a quota-world plugin: loaded by `quota::Quotas::load` below
+            }
             let plugin = Arc::new(host.load(&spec.name, &spec.path, &spec.config)?);
             tracing::info!(plugin = %spec.name, kind = ?plugin.kind(), path = %spec.path.display(), "plugin loaded");
             by_name.insert(spec.name.clone(), plugin.clone());
@@ -177,7 +190,12 @@ impl Plugins {
                 (b.topic.clone(), Arc::new(chain))
             })
             .collect();
-        Ok(Plugins { loaded, chains })
+        let quotas = quota::Quotas::load(&host, config)?;
+        Ok(Plugins {
+            loaded,
+            chains,
+            quotas,
+        })
     }
 
     /// The chain bound to `topic`.

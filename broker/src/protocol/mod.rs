@@ -22,6 +22,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
@@ -67,6 +68,10 @@ pub struct Ctx {
     pub session: Arc<Session>,
     pub api_version: i16,
     pub client_id: Arc<str>,
+    /// Milliseconds a quota policy throttled this request (`plugins::quota`); the connection
+    /// reads and clears it after the response and mutes itself that long. One cell per
+    /// connection: requests on a connection are handled one at a time.
+    pub throttle_ms: Arc<AtomicU32>,
 }
 
 /// What the connection does once a request is handled.

@@ -2,9 +2,9 @@
 //! (rdkafka), and a raw protocol client for byte-level checks.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+pub mod wasm;
+
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -211,33 +211,4 @@ pub fn reader(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
         .unwrap();
     consumer.assign(&tpl).unwrap();
     consumer
-}
-
-/// Builds the guest workspace (`plugins/`) once per test binary and returns the directory of
-/// the `.wasm` files. Needs the wasm32-wasip2 target (scripts/test.sh installs it).
-pub fn wasm_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugins-wasm");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "wasm32-wasip2",
-            ])
-            .arg("--manifest-path")
-            .arg(root.join("plugins/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("run cargo to build the plugins");
-        assert!(
-            status.success(),
-            "building the plugins for wasm32-wasip2 failed"
-        );
-        target.join("wasm32-wasip2/release")
-    })
 }

@@ -33,12 +33,17 @@
 //! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm` is a component the
 //! broker loads. The batch arrives as one framed buffer (layout in `sdk/wit/plugin.wit` and in
 //! [`frame`]); [`Batch`] and [`Record`] read it in place, without copying keys or values.
+//!
+//! A quota policy implements [`QuotaPolicy`] and ends with `runnel_plugin::quota!(T);` (see
+//! [`quota`]).
 
 pub mod frame;
 pub mod output;
+pub mod quota;
 
 pub use frame::{Batch, FrameError, Header, Record};
 pub use output::{NewRecord, Output};
+pub use quota::{Decision, QuotaPolicy};
 
 /// The generated WIT bindings of the `filter` world. Used by [`filter!`]; plugin authors do not
 /// need it.

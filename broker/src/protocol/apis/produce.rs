@@ -8,6 +8,11 @@
 //! only replica, so acks=all is acknowledged once the append (and, with `flush = "always"`, its
 //! fsync) is done, exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
+//!
+//! Quota policies (`[[plugins.quotas]]`, [`quota::produce`]) are asked once per topic before
+//! anything is appended: a rejected topic's partitions get POLICY_VIOLATION and the policy's
+//! reason, and nothing of that topic is written; a throttle is accepted and answered with
+//! `throttle_time_ms` (the connection is muted that long).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +25,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::s;
 use crate::broker::{Broker, now_ms};
 use crate::catalog::CatalogError;
+use crate::plugins::quota::{self, Decision};
 use crate::plugins::{self, ChainOutput, ProduceFilterError};
 use crate::protocol::error::storage_code;
 use crate::protocol::{Ctx, Outcome, Reply, frame};
@@ -28,9 +34,14 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let catalog = &ctx.broker.catalog;
     // One snapshot for the whole request: a plugin reload meanwhile does not split it.
     let plugin_set = ctx.broker.plugins.current();
+    let decisions = quota::produce(&ctx, &req).await;
     let mut responses = Vec::with_capacity(req.topic_data.len());
-    for topic_data in req.topic_data {
+    for (t, topic_data) in req.topic_data.into_iter().enumerate() {
         let topic = catalog.get(&topic_data.name);
+        let rejected = match decisions.as_ref().map(|d| &d[t]) {
+            Some(Decision::Reject(reason)) => Some(reason),
+            _ => None,
+        };
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let mut out = PartitionProduceResponse::default()
@@ -38,6 +49,16 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_base_offset(-1)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
+            if let Some(reason) = rejected {
+                out.error_code = E::PolicyViolation.code();
+                out.error_message = Some(s(format!("rejected by a quota policy: {reason}")));
+                ctx.broker
+                    .metrics
+                    .produce_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                partitions.push(out);
+                continue;
+            }
             let Some(partition) = topic.as_ref().and_then(|t| t.partition(pd.index)) else {
                 out.error_code = E::UnknownTopicOrPartition.code();
                 partitions.push(out);
@@ -136,7 +157,10 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_partition_responses(partitions),
         );
     }
-    ProduceResponse::default().with_responses(responses)
+    let throttle_time_ms = decisions.map_or(0, |d| quota::throttle(&ctx, &d));
+    ProduceResponse::default()
+        .with_responses(responses)
+        .with_throttle_time_ms(throttle_time_ms)
 }
 
 /// The partition count of `name` for records a plugin routes there, creating the topic (with
