@@ -167,7 +167,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "idle_timeout",
                 Duration,
-                "Close a connection with no packets for this long (devices send keep-alives\nto stay connected while quiet). Allowed: 1ms..=1h.",
+                "Close a connection with no packets for this long. Quiet devices stay connected\nby sending keep-alives (the device SDK sends one every 10s, so keep this above\nthat). Allowed: 1ms..=1h.",
             ),
             key(
                 "client_auth",

@@ -185,8 +185,8 @@ pub struct QuicListener {
     pub key: PathBuf,
     /// A connection with no packets for this long is closed (the QUIC idle timeout; the lower of
     /// the broker's and the device's value applies). Default 30s. Devices that stay connected
-    /// while quiet send keep-alives more often than this; shorter frees the slots of vanished
-    /// devices sooner.
+    /// while quiet send keep-alives more often than this (the device SDK every 10s); shorter
+    /// frees the slots of vanished devices sooner.
     #[serde(with = "units::duration")]
     pub idle_timeout: Duration,
     /// How devices prove who they are. Default `none`: every device is `User:ANONYMOUS`, which
