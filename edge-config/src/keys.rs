@@ -164,6 +164,26 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Text,
                 "PEM private key of cert. Set both cert and key, or neither.",
             ),
+            key(
+                "idle_timeout",
+                Duration,
+                "Close a connection with no packets for this long. Quiet devices stay connected\nby sending keep-alives (the device SDK sends one every 10s, so keep this above\nthat). Allowed: 1ms..=1h.",
+            ),
+            key(
+                "client_auth",
+                Choice,
+                "How devices prove who they are. none = everyone is User:ANONYMOUS (keep\nthe listener on loopback or a closed network); mtls = a client certificate\nsigned by client_ca, principal User:<CN>; token = SASL PLAIN with a token\nfrom token_file, principal User:<device-name>. Allowed: none, mtls, token.",
+            ),
+            key(
+                "client_ca",
+                Text,
+                "PEM CA certificate(s) that sign device certificates. Required with\nclient_auth = \"mtls\".",
+            ),
+            key(
+                "token_file",
+                Text,
+                "File of device tokens, one \"<device-name> <token>\" per line (# comments).\nRequired with client_auth = \"token\". Read at start-up.",
+            ),
         ],
     },
     Section {

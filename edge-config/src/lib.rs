@@ -66,6 +66,7 @@ pub use error::{ConfigError, Location};
 pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig, QuotaApi, QuotaBinding};
 pub use schema::{
     AdminListener, BrokerConfig, CleanupPolicy, Config, FlushPolicy, GroupsConfig, KafkaListener,
-    ListenersConfig, LogConfig, QuicListener, TimestampType, TlsListener, UnknownValue,
+    ListenersConfig, LogConfig, QuicClientAuth, QuicListener, TimestampType, TlsListener,
+    UnknownValue,
 };
 pub use topic::TOPIC_CONFIG_NAMES;

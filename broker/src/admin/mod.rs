@@ -5,10 +5,11 @@
 //! The counters live in [`Metrics`], updated with relaxed atomics on the data path; partition
 //! gauges (log start and end offsets, size on disk) are read from the catalog when scraped.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -43,6 +44,17 @@ pub struct Metrics {
     pub quota_throttled: AtomicU64,
     /// Requests a quota policy rejected, for at least one topic.
     pub quota_rejected: AtomicU64,
+    /// QUIC connections whose handshake completed (one per device connection, not per stream).
+    pub quic_connections_total: AtomicU64,
+    /// QUIC datagrams received, and those dropped (malformed, not a produce with acks=0,
+    /// unauthenticated, or refused by the produce path).
+    pub quic_datagrams_total: AtomicU64,
+    pub quic_datagrams_dropped: AtomicU64,
+    /// Connections refused for a failed or missing authentication.
+    pub auth_failures: AtomicU64,
+    /// Successful authentications (client certificate or SASL) by principal. One entry per
+    /// device that ever authenticated: as many as the token file or the CA allows.
+    authenticated: Mutex<BTreeMap<String, u64>>,
     requests: Vec<AtomicU64>,
 }
 
@@ -58,6 +70,11 @@ impl Default for Metrics {
             produce_errors: AtomicU64::new(0),
             quota_throttled: AtomicU64::new(0),
             quota_rejected: AtomicU64::new(0),
+            quic_connections_total: AtomicU64::new(0),
+            quic_datagrams_total: AtomicU64::new(0),
+            quic_datagrams_dropped: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            authenticated: Mutex::new(BTreeMap::new()),
             requests: (0..MAX_API_KEY).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -68,6 +85,15 @@ impl Metrics {
         if let Some(c) = self.requests.get(api as i16 as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a successful authentication of `principal`.
+    pub fn count_authenticated(&self, principal: &str) {
+        let mut map = self
+            .authenticated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(principal.to_string()).or_default() += 1;
     }
 
     /// Prometheus text exposition of the counters and of every partition's gauges.
@@ -132,6 +158,49 @@ impl Metrics {
             "Requests rejected by a quota policy (for at least one topic).",
             self.quota_rejected.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "runnel_quic_connections_total",
+            "QUIC connections whose handshake completed.",
+            self.quic_connections_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quic_datagrams_total",
+            "QUIC datagrams received.",
+            self.quic_datagrams_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quic_datagrams_dropped_total",
+            "QUIC datagrams dropped: malformed, not produce acks=0, unauthenticated or refused.",
+            self.quic_datagrams_dropped.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_auth_failures_total",
+            "Connections refused for a failed or missing authentication.",
+            self.auth_failures.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP runnel_authenticated_total Successful authentications by principal.\n# TYPE runnel_authenticated_total counter"
+        );
+        for (principal, n) in self
+            .authenticated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let label = principal
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                out,
+                "runnel_authenticated_total{{principal=\"{label}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP runnel_requests_total Kafka requests by API.\n# TYPE runnel_requests_total counter"

@@ -3,7 +3,10 @@
 //! Requests on a connection are handled one at a time, as Kafka does, so responses keep the
 //! request order clients rely on; a writer task lets the next request be read and handled while
 //! the previous response is still being written. A bad frame (negative or oversized length,
-//! malformed header or body, unknown API) closes this connection only, with a log line.
+//! malformed header or body, unknown API) closes this connection only, with a log line. On a
+//! connection that must authenticate first (`protocol::auth`), any other request before a
+//! successful SaslAuthenticate is not handled: the session ends and the listener is asked to close
+//! the whole connection with the reason.
 //!
 //! A request a quota policy throttled (`Ctx::throttle_ms`, set by `plugins::quota`) mutes the
 //! connection for that long: no further request is read or handled meanwhile. KIP-219 clients
@@ -79,6 +82,16 @@ pub async fn serve<S>(
                 client_id = Arc::from(id);
             }
             metrics.count_request(req.api_key);
+            if !session.identity.admits(req.api_key) {
+                let reason = format!(
+                    "authentication required: {:?} refused before SASL authentication",
+                    req.api_key
+                );
+                tracing::info!(%peer, listener, client_id = %client_id, %reason, "closing connection");
+                metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                session.identity.close(reason, false);
+                break 'conn;
+            }
             let (api, version) = (req.api_key, req.header.request_api_version);
             let ctx = Ctx {
                 broker: broker.clone(),

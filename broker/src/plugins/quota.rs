@@ -218,7 +218,7 @@ impl Quotas {
     /// allocating) when there are none.
     pub fn matching(&self, api: QuotaApi, ctx: &Ctx) -> Option<Vec<Matched>> {
         let listener = ctx.session.listener.name();
-        let principal = ctx.session.principal.as_str();
+        let principal = principal_of(ctx);
         let applies = |b: &&Bound| b.binding.applies(api, listener, principal);
         if !self.bound.iter().any(|b| applies(&b)) {
             return None;
@@ -289,10 +289,16 @@ async fn ask_blocking(policies: Vec<Matched>, requests: Vec<RequestInfo>) -> Vec
     }
 }
 
+/// The connection's principal; `User:ANONYMOUS` until a SASL client has authenticated (it gets
+/// no request but the SASL ones handled before that).
+fn principal_of(ctx: &Ctx) -> &str {
+    ctx.session.identity.principal().unwrap_or("User:ANONYMOUS")
+}
+
 fn request_info(ctx: &Ctx, api: ApiKey, topic: &str, bytes: u64, records: u32) -> RequestInfo {
     RequestInfo {
         client_id: ctx.client_id.to_string(),
-        principal: ctx.session.principal.clone(),
+        principal: principal_of(ctx).to_owned(),
         listener: ctx.session.listener.name().to_owned(),
         api_key: api as i16,
         topic: topic.to_owned(),
