@@ -11,12 +11,15 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
-use crate::plugins::ReloadReport;
+use crate::plugins::host::Stats;
+use crate::plugins::{Kind, ReloadReport};
 
 /// One loaded plugin, as `GET /plugins` lists it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PluginInfo {
     pub name: String,
+    /// `filter`, `transform` or `quota`.
+    pub kind: String,
     pub path: String,
     /// Topics whose produce chain includes it.
     pub topics: Vec<String>,
@@ -38,33 +41,47 @@ pub struct PluginList {
 pub async fn list(State(broker): State<Arc<Broker>>) -> Json<PluginList> {
     let set = broker.plugins.current();
     let section = broker.plugins.section();
-    let plugins = set
+    let info = |name: &str, kind: &str, stats: &Stats| {
+        let path = section
+            .load
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.path.display().to_string())
+            .unwrap_or_default();
+        let topics = section
+            .bindings
+            .iter()
+            .filter(|b| b.chain.iter().any(|n| n == name))
+            .map(|b| b.topic.clone())
+            .collect();
+        PluginInfo {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            path,
+            topics,
+            calls: stats.calls.load(Ordering::Relaxed),
+            faults: stats.faults.load(Ordering::Relaxed),
+            instantiations: stats.instantiations.load(Ordering::Relaxed),
+            busy_us: stats.busy_nanos.load(Ordering::Relaxed) / 1000,
+        }
+    };
+    let mut plugins: Vec<PluginInfo> = set
         .loaded
         .iter()
         .map(|p| {
-            let path = section
-                .load
-                .iter()
-                .find(|s| s.name == p.name())
-                .map(|s| s.path.display().to_string())
-                .unwrap_or_default();
-            let topics = section
-                .bindings
-                .iter()
-                .filter(|b| b.chain.iter().any(|n| n == p.name()))
-                .map(|b| b.topic.clone())
-                .collect();
-            PluginInfo {
-                name: p.name().to_owned(),
-                path,
-                topics,
-                calls: p.stats.calls.load(Ordering::Relaxed),
-                faults: p.stats.faults.load(Ordering::Relaxed),
-                instantiations: p.stats.instantiations.load(Ordering::Relaxed),
-                busy_us: p.stats.busy_nanos.load(Ordering::Relaxed) / 1000,
-            }
+            let kind = match p.kind() {
+                Kind::Filter => "filter",
+                Kind::Transform => "transform",
+            };
+            info(p.name(), kind, &p.stats)
         })
         .collect();
+    plugins.extend(
+        set.quotas
+            .loaded
+            .iter()
+            .map(|q| info(q.name(), "quota", &q.stats)),
+    );
     Json(PluginList {
         reloads: broker.plugins.reloads(),
         plugins,

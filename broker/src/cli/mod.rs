@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, default_value = "none")]
         compression: String,
     },
-    /// Show or reload the plugins of a running broker (through its admin listener).
+    /// Test a plugin locally; list or reload the plugins of a running broker.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Measure produce and consume throughput and produce latency against a broker.
@@ -84,6 +84,28 @@ enum PluginCommand {
     Reload {
         #[command(flatten)]
         admin: Admin,
+    },
+    /// Run a plugin locally over sample records (filters, transforms) or requests (quota
+    /// policies), one JSON object per line, and print what it kept, changed or decided.
+    Test {
+        /// The plugin component (`.wasm`).
+        plugin: PathBuf,
+        /// JSON lines: records `{"key":..,"value":..,"headers":{..},"timestamp":..}` or, for a
+        /// quota policy, requests `{"client_id":..,"api":"produce","topic":..,"bytes":..,
+        /// "records":..,"now_ms":..}`.
+        #[arg(long)]
+        input: PathBuf,
+        /// The plugin's config string, as `config` in its `[[plugins.load]]` entry.
+        #[arg(long, default_value = "")]
+        config: String,
+        /// The topic the records claim to be produced to.
+        #[arg(long, default_value = "test")]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// Records per call; 0 = the whole input as one batch.
+        #[arg(long, default_value_t = 0)]
+        batch: usize,
     },
 }
 
@@ -197,6 +219,21 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
         Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),
+        Command::Plugin(PluginCommand::Test {
+            plugin,
+            input,
+            config,
+            topic,
+            partition,
+            batch,
+        }) => plugin::test(plugin::TestArgs {
+            wasm: &plugin,
+            input: &input,
+            config: &config,
+            topic: &topic,
+            partition,
+            batch,
+        }),
         Command::Produce {
             topic,
             conn,

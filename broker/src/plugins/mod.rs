@@ -421,7 +421,7 @@ fn run_batch(
 }
 
 /// Checks a filter's keep bitmap holds one bit per record.
-fn check_bitmap(bitmap: &[u8], count: usize) -> Result<(), String> {
+pub fn check_bitmap(bitmap: &[u8], count: usize) -> Result<(), String> {
     if bitmap.len() == count.div_ceil(8) {
         Ok(())
     } else {

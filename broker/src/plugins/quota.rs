@@ -141,7 +141,11 @@ impl QuotaPolicy {
     /// Asks the policy about one request. Blocking: run it off the async workers.
     pub fn decide(&self, request: &RequestInfo, now_ms: i64) -> Result<Decision, PluginError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let result = self.decide_inner(request, now_ms);
+        self.stats
+            .busy_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if result.is_err() {
             self.stats.faults.fetch_add(1, Ordering::Relaxed);
         }

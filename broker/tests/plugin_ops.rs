@@ -1,5 +1,5 @@
-//! Hot reload of plugins: a changed config file swapped in through the admin API and by SIGHUP
-//! to a real `runnel serve`, with producers running meanwhile; `runnel plugin list|reload`.
+//! Operating plugins: hot reload of a changed config file through the admin API and by SIGHUP
+//! to a real `runnel serve` with producers running meanwhile; `runnel plugin list|reload|test`.
 
 mod common;
 
@@ -324,4 +324,95 @@ async fn sighup_reloads_a_running_broker_and_the_cli_reload_reports_errors() {
     assert!(err.contains("call_timeout"), "{err}");
     produce(&p, &[(4, 30)]).await;
     drop(serve);
+}
+
+fn plugin_test(wasm: &str, input: &str, config: &str, extra: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.jsonl");
+    std::fs::write(&file, input).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["plugin", "test"])
+        .arg(wasm_dir().join(wasm))
+        .arg("--input")
+        .arg(&file)
+        .args(["--config", config])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `runnel plugin test` runs each kind of plugin over sample lines and says what it did.
+#[test]
+fn plugin_test_shows_what_filters_transforms_and_quota_policies_do() {
+    let records = r#"{"key":"d1","value":{"device":"d1","temp":25.5,"owner":"alice"}}
+{"key":"d2","value":{"device":"d2","temp":18}}
+# comments and blank lines are skipped
+
+{"key":"d3","value":"not json","headers":{"src":"lab"}}
+"#;
+    let (ok, out) = plugin_test("json_filter.wasm", records, "temp > 20", &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("filter plugin"), "{out}");
+    let kept: Vec<&str> = out.lines().filter(|l| l.contains(" kept ")).collect();
+    assert_eq!(kept.len(), 1, "{out}");
+    // The value is shown as written, field order kept.
+    assert!(
+        kept[0].contains(r#"key=d1 value={"device":"d1","temp":25.5,"owner":"alice"}"#),
+        "{out}"
+    );
+    assert_eq!(out.lines().filter(|l| l.contains(" dropped ")).count(), 2);
+    assert!(out.contains("kept 1 of 3 records"), "{out}");
+
+    let (ok, out) = plugin_test(
+        "redact_enrich.wasm",
+        records,
+        r#"{"mask": ["owner"], "headers": {"gateway-id": "gw-7"}, "copy_to": "audit"}"#,
+        &["--topic", "readings"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("transform plugin"), "{out}");
+    assert!(
+        out.contains(r#"-> readings      key=d1 value={"device":"d1","temp":25.5,"owner":"***"} headers={gateway-id=gw-7}"#),
+        "{out}"
+    );
+    assert!(out.contains("-> audit"), "{out}");
+    assert!(
+        out.contains("3 records in, 6 out (3 routed to other topics)"),
+        "{out}"
+    );
+
+    let requests = r#"{"client_id":"a","bytes":600000,"now_ms":0}
+{"client_id":"a","bytes":600000,"now_ms":100}
+{"client_id":"b","bytes":1000,"now_ms":100}
+"#;
+    let (ok, out) = plugin_test(
+        "token_bucket.wasm",
+        requests,
+        r#"rate = "1MiB/s", burst = "1MiB""#,
+        &[],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("quota policy"), "{out}");
+    let decisions: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("client_id="))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(decisions, ["allow", "throttle", "allow"], "{out}");
+
+    // A failing plugin: every batch says why, and the exit status is non-zero.
+    let (ok, out) = plugin_test("faulty_filter.wasm", records, "trap", &["--batch", "2"]);
+    assert!(!ok);
+    assert_eq!(
+        out.matches("FAILED: plugin faulty_filter: trapped").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("2 call(s) failed"), "{out}");
 }
