@@ -23,10 +23,25 @@
 //! its buffered batches under it: a batch the broker had stored but whose acknowledgement was
 //! lost is then written a second time (at-least-once for that batch).
 //!
-//! A buffer lives in memory only: records buffered when the device process exits are lost.
+//! Without [`DeviceConfig::buffer_file`] the buffer lives in memory only: records buffered when
+//! the device process exits are lost. With it, unacknowledged batches are also kept in that file
+//! (with the producer id, epoch and sequence numbers) and a device started again on the file
+//! delivers them, in order and without duplicates (see `buffer.rs` for the format and
+//! durability).
+//!
+//! Up to 5 produce requests are in flight at once on the session stream (like Kafka's
+//! `max.in.flight.requests.per.connection=5` with idempotence); the sequence numbers keep them in
+//! order and on any error everything unacknowledged is re-sent in order.
+//!
+//! [`Device::subscribe`] reads a topic (e.g. commands sent back to devices) on its own stream of
+//! the same connection with long-polling Fetch requests.
 
+mod buffer;
 mod session;
+mod subscribe;
 mod worker;
+
+pub use subscribe::{Message, StartAt, Subscription};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,6 +108,13 @@ pub struct DeviceConfig {
     pub buffer_limit_bytes: usize,
     /// The acknowledgement the broker must give.
     pub acks: Acks,
+    /// Also keep unacknowledged records in this file (append-only, compacted as it goes), so
+    /// that records buffered when the process exits are delivered by the next device started
+    /// on the file. One device uses a file at a time (`<file>.lock`).
+    pub buffer_file: Option<PathBuf>,
+    /// With a buffer file: sync every write to disk (survives power loss; one disk flush per
+    /// batch and per acknowledgement). Without it, writes survive the process but not the OS.
+    pub buffer_file_fsync: bool,
 }
 
 impl DeviceConfig {
@@ -108,6 +130,8 @@ impl DeviceConfig {
             max_batch_records: 500,
             buffer_limit_bytes: 8 << 20,
             acks: Acks::All,
+            buffer_file: None,
+            buffer_file_fsync: false,
         }
     }
 }
@@ -145,6 +169,9 @@ pub enum DeviceError {
     /// The device is closed (or its background task has ended).
     #[error("the device is closed")]
     Closed,
+    /// The buffer file cannot be used (unreadable, not a buffer file, in use by another device).
+    #[error("buffer file {0}")]
+    Buffer(String),
 }
 
 /// Bytes a record counts against the buffer besides its key, value and topic name.
@@ -168,14 +195,28 @@ impl Device {
     pub async fn connect(config: DeviceConfig) -> Result<Device, DeviceError> {
         let mut config = config;
         config.max_batch_records = config.max_batch_records.max(1);
+        let (file, restored) = match &config.buffer_file {
+            Some(path) => {
+                let (f, r) = buffer::FileBuffer::open(path, config.buffer_file_fsync).await?;
+                (Some(f), r)
+            }
+            None => (None, buffer::Restored::default()),
+        };
         let mut session = session::Session::connect(&config).await?;
-        let producer = worker::init_producer(&mut session).await?;
+        let producer = match restored.producer {
+            Some(p) if !restored.batches.is_empty() => p,
+            _ => worker::init_producer(&mut session).await?,
+        };
+        let start = worker::Start {
+            session,
+            producer,
+            file,
+            restored,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let buffered = Arc::new(AtomicUsize::new(0));
         let limit = config.buffer_limit_bytes;
-        let task = tokio::spawn(
-            worker::Worker::new(config, rx, buffered.clone(), session, producer).run(),
-        );
+        let task = tokio::spawn(worker::Worker::new(config, rx, buffered.clone(), start).run());
         Ok(Device {
             tx,
             buffered,
@@ -274,6 +315,19 @@ impl Device {
             .send(Cmd::Flush(done))
             .map_err(|_| DeviceError::Closed)?;
         rx.await.map_err(|_| DeviceError::Closed)
+    }
+
+    /// Reads `partition` of `topic` from `start` on a stream of its own on this device's
+    /// connection: [`Subscription::next`] yields the records in offset order, long-polling the
+    /// broker while there are none, and resumes after the last record across reconnects. The
+    /// topic is created if the broker allows auto-creation.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: StartAt,
+    ) -> Result<Subscription, DeviceError> {
+        Subscription::open(self.tx.downgrade(), topic, partition, start).await
     }
 
     /// Flushes, then closes the connection and ends the background task. Like [`Device::flush`]
