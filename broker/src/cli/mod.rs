@@ -2,6 +2,7 @@
 //! `produce`, `consume`) that work against any Kafka-compatible broker via librdkafka.
 
 mod bench;
+mod bench_devices;
 mod client;
 mod serve;
 
@@ -47,7 +48,8 @@ enum Command {
         #[arg(long, default_value = "none")]
         compression: String,
     },
-    /// Measure produce and consume throughput and produce latency against a broker.
+    /// Measure produce and consume throughput and produce latency against a broker
+    /// (`bench devices`: many QUIC devices sending acknowledged readings).
     Bench(bench::BenchArgs),
     /// Print records as `value`, or `key<TAB>value` for keyed records.
     Consume {
