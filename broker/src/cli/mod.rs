@@ -50,7 +50,7 @@ enum Command {
     },
     /// Measure produce and consume throughput and produce latency against a broker
     /// (`bench devices`: many QUIC devices sending acknowledged readings).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Print records as `value`, or `key<TAB>value` for keyed records.
     Consume {
         topic: String,
@@ -171,7 +171,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Topics(cmd) => client::topics(cmd),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Produce {
             topic,
             conn,
