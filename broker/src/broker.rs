@@ -19,7 +19,7 @@ use crate::catalog::Catalog;
 use crate::groups::{GroupConfig, GroupCoordinator};
 use crate::meta::MetaStore;
 use crate::net;
-use crate::plugins::Plugins;
+use crate::plugins::{PluginSet, ReloadError, ReloadReport};
 use crate::protocol::{self, Dispatcher};
 
 /// Milliseconds since the Unix epoch, the clock Kafka timestamps use.
@@ -40,8 +40,9 @@ pub struct Broker {
     pub groups: GroupCoordinator,
     pub dispatcher: Dispatcher,
     pub metrics: Metrics,
-    /// Loaded plugins and topic chains (`[plugins]`); empty when none are configured.
-    pub plugins: Plugins,
+    /// Loaded plugins and topic chains (`[plugins]`), swapped whole by a reload
+    /// ([`Broker::reload_plugins`]); empty when none are configured.
+    pub plugins: PluginSet,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -86,8 +87,39 @@ impl BrokerHandle {
     }
 }
 
+impl Broker {
+    /// Reloads `[plugins]` (from the config file the broker was started with, if any) and swaps
+    /// the new plugins in without touching connections; logs the outcome. Blocking.
+    pub fn reload_plugins(&self) -> Result<ReloadReport, ReloadError> {
+        let result = self.plugins.reload(&self.config);
+        match &result {
+            Ok(r) => {
+                tracing::info!(
+                    plugins = r.plugins,
+                    bindings = r.bindings,
+                    elapsed_us = r.elapsed_us,
+                    "plugins reloaded"
+                );
+                if !r.needs_restart.is_empty() {
+                    tracing::warn!(sections = ?r.needs_restart, "config sections changed that take effect only after a restart");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "plugin reload failed; the running plugins stay"),
+        }
+        result
+    }
+}
+
 /// Starts a broker with `config` (already validated) and returns once its listeners are bound.
 pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
+    start_broker_from(config, None).await
+}
+
+/// [`start_broker`] for a config read from `config_file`, which a plugin reload reads again.
+pub async fn start_broker_from(
+    config: Config,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<BrokerHandle> {
     let data_dir = config.broker.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
@@ -105,7 +137,7 @@ pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
     )
     .map_err(|e| anyhow::anyhow!("cannot load committed offsets: {e}"))?;
     let cluster_id = cluster_id(&data_dir)?;
-    let plugins = Plugins::load(&config.plugins, data_dir.join("plugin-cache"))
+    let plugins = PluginSet::load(&config.plugins, data_dir.join("plugin-cache"), config_file)
         .context("cannot load the plugins")?;
     let broker = Arc::new(Broker {
         node_id: config.broker.node_id,

@@ -64,7 +64,33 @@ impl Partition {
     /// the append includes an fsync; on a multi-threaded runtime that wait is moved off the
     /// async worker (`block_in_place`) so other connections keep being served meanwhile.
     pub fn append(&self, records: &[u8], now_ms: i64) -> Result<storage::AppendInfo, StorageError> {
-        let run = || self.log().append(records, now_ms);
+        self.append_with(records, now_ms, false)
+    }
+
+    /// [`Partition::append`] of batches the plugin chain rewrote for an idempotent producer
+    /// (see `PartitionLog::append_rewritten`).
+    pub fn append_rewritten(
+        &self,
+        records: &[u8],
+        now_ms: i64,
+    ) -> Result<storage::AppendInfo, StorageError> {
+        self.append_with(records, now_ms, true)
+    }
+
+    fn append_with(
+        &self,
+        records: &[u8],
+        now_ms: i64,
+        rewritten: bool,
+    ) -> Result<storage::AppendInfo, StorageError> {
+        let run = || {
+            let mut log = self.log();
+            if rewritten {
+                log.append_rewritten(records, now_ms)
+            } else {
+                log.append(records, now_ms)
+            }
+        };
         let syncs = matches!(self.log().config().flush, storage::FlushPolicy::Always);
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);

@@ -32,5 +32,5 @@ pub mod plugins;
 pub mod protocol;
 pub mod storage;
 
-pub use broker::{Broker, BrokerHandle, start_broker};
+pub use broker::{Broker, BrokerHandle, start_broker, start_broker_from};
 pub use edge_config::Config;

@@ -3,43 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::wasm::wasm_dir;
 use edge_config::{Binding, OnError, PluginSpec};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-
-/// Builds the guest workspace (`plugins/`) once per test binary and returns the directory of
-/// the `.wasm` files. Needs the wasm32-wasip2 target (scripts/test.sh installs it).
-fn wasm_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugins-wasm");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                "wasm32-wasip2",
-            ])
-            .arg("--manifest-path")
-            .arg(root.join("plugins/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("run cargo to build the plugins");
-        assert!(
-            status.success(),
-            "building the plugins for wasm32-wasip2 failed"
-        );
-        target.join("wasm32-wasip2/release")
-    })
-}
+use runnel::plugins::{DLT_ERROR, DLT_PARTITION, DLT_PLUGIN, DLT_TOPIC};
 
 fn plugin(name: &str, file: &str, config: &str) -> PluginSpec {
     PluginSpec {
@@ -54,6 +24,7 @@ fn bind(topic: &str, chain: &[&str], on_error: OnError) -> Binding {
         topic: topic.into(),
         chain: chain.iter().map(|s| s.to_string()).collect(),
         on_error,
+        dead_letter_topic: None,
     }
 }
 
@@ -187,7 +158,8 @@ async fn json_filter_keeps_exactly_the_matching_records_and_spares_other_topics(
         .collect();
     assert_eq!(got, values);
 
-    let stats = &broker.broker.plugins.loaded[0].stats;
+    let set = broker.broker.plugins.current();
+    let stats = &set.loaded[0].stats;
     assert!(stats.calls.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     assert_eq!(stats.faults.load(std::sync::atomic::Ordering::Relaxed), 0);
     let config = broker.broker.config.clone();
@@ -297,7 +269,7 @@ async fn faulty_plugins_fail_their_call_only_by_policy() {
         .unwrap();
     assert_eq!(got.len(), 2);
 
-    for p in &broker.broker.plugins.loaded[..3] {
+    for p in &broker.broker.plugins.current().loaded[..3] {
         let faults = p.stats.faults.load(std::sync::atomic::Ordering::Relaxed);
         let inst = p
             .stats
@@ -311,5 +283,420 @@ async fn faulty_plugins_fail_their_call_only_by_policy() {
             p.name()
         );
     }
+    broker.shutdown().await;
+}
+
+/// A record as consumed: key, value and headers as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    key: Option<String>,
+    value: String,
+    headers: Vec<(String, String)>,
+}
+
+fn seen(m: &OwnedMessage) -> Seen {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Seen {
+        key: m.key().map(text),
+        value: m.payload().map(text).unwrap_or_default(),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(text).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+async fn consume(bootstrap: &str, topic: &str, last: &str) -> Vec<Seen> {
+    let (b, t, l) = (bootstrap.to_owned(), topic.to_owned(), last.to_owned());
+    let got = tokio::task::spawn_blocking(move || consume_until(&b, &t, &l))
+        .await
+        .unwrap();
+    got.iter().map(seen).collect()
+}
+
+/// A producer with the test defaults plus `extra` settings.
+fn producer(bootstrap: &str, codec: &str, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut c = common::client_config(bootstrap);
+    c.set("compression.codec", codec)
+        .set("linger.ms", "50")
+        .set("acks", "all")
+        .set("message.timeout.ms", "10000");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create().unwrap()
+}
+
+/// Sends (key, value, timestamp) records to partition 0 as one burst; every delivery must
+/// succeed.
+async fn send(p: &FutureProducer, topic: &str, records: &[(Option<&str>, &str, Option<i64>)]) {
+    let mut futures = Vec::new();
+    for (key, value, ts) in records {
+        let mut rec = FutureRecord::<str, str>::to(topic)
+            .payload(value)
+            .partition(0);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(ts) = ts {
+            rec = rec.timestamp(*ts);
+        }
+        futures.push(p.send_result(rec).map_err(|(e, _)| e).unwrap());
+    }
+    for f in futures {
+        if let Err((e, _)) = f.await.unwrap() {
+            panic!("{topic}: delivery failed: {e}");
+        }
+    }
+}
+
+fn log_end(broker: &runnel::BrokerHandle, topic: &str) -> i64 {
+    let t = broker.broker.catalog.get(topic).expect("topic exists");
+    t.partition(0).unwrap().log().log_end_offset()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redact_enrich_masks_adds_headers_fans_out_and_chains_after_a_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    let redact = r#"{"mask": ["owner.email", "gps"], "headers": {"gateway-id": "gw-7"}, "copy_to": "people-audit"}"#;
+    cfg.plugins.load = vec![
+        plugin("redact", "redact_enrich.wasm", redact),
+        plugin("hot", "json_filter.wasm", "temp > 20"),
+        plugin(
+            "tag",
+            "redact_enrich.wasm",
+            r#"{"headers": {"site": "north"}}"#,
+        ),
+    ];
+    cfg.plugins.bindings = vec![
+        bind("people", &["redact"], OnError::FailClosed),
+        bind("mixed", &["hot", "tag"], OnError::FailClosed),
+    ];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+
+    let input = [
+        (
+            Some("d1"),
+            r#"{"owner":{"name":"ann","email":"a@x.org"},"gps":[1.5,2],"temp":21}"#,
+        ),
+        (Some("d2"), r#"{"temp": 19}"#),
+        (None, "not json"),
+        (Some("d3"), r#"{"owner":"bob","gps":null,"end":true}"#),
+    ];
+    let want_values = [
+        r#"{"owner":{"name":"ann","email":"***"},"gps":"***","temp":21}"#,
+        r#"{"temp": 19}"#,
+        "not json",
+        r#"{"owner":"bob","gps":"***","end":true}"#,
+    ];
+    for codec in ["none", "zstd"] {
+        let p = producer(&bootstrap, codec, &[]);
+        let records: Vec<_> = input.iter().map(|(k, v)| (*k, *v, None)).collect();
+        send(&p, "people", &records).await;
+    }
+    let last = want_values[3];
+    for topic in ["people", "people-audit"] {
+        let got = consume(&bootstrap, topic, last).await;
+        let got = if got.len() > 4 {
+            got[..4].to_vec()
+        } else {
+            got
+        };
+        let want: Vec<Seen> = input
+            .iter()
+            .zip(want_values)
+            .map(|((k, _), v)| Seen {
+                key: k.map(str::to_owned),
+                value: v.to_owned(),
+                headers: vec![("gateway-id".into(), "gw-7".into())],
+            })
+            .collect();
+        assert_eq!(got, want, "{topic}");
+    }
+    // Both codecs' rounds arrived in both topics.
+    assert_eq!(log_end(&broker, "people"), 8);
+    assert_eq!(log_end(&broker, "people-audit"), 8);
+
+    // A filter then a transform in one chain: only hot readings, each tagged.
+    let p = producer(&bootstrap, "lz4", &[]);
+    let values = [
+        r#"{"temp":30}"#,
+        r#"{"temp":10}"#,
+        "junk",
+        r#"{"temp":25,"end":1}"#,
+    ];
+    let records: Vec<_> = values.iter().map(|v| (Some("k"), *v, None)).collect();
+    send(&p, "mixed", &records).await;
+    let got = consume(&bootstrap, "mixed", values[3]).await;
+    let want: Vec<Seen> = [values[0], values[3]]
+        .iter()
+        .map(|v| Seen {
+            key: Some("k".into()),
+            value: v.to_string(),
+            headers: vec![("site".into(), "north".into())],
+        })
+        .collect();
+    assert_eq!(got, want);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_drops_repeated_readings_per_device_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    let config = r#"{"device": "device", "value": "temp", "window_ms": 10000}"#;
+    cfg.plugins.load = vec![plugin("dedup", "dedup.wasm", config)];
+    cfg.plugins.bindings = vec![bind("readings", &["dedup"], OnError::FailClosed)];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let t0 = 1_700_000_000_000i64;
+    // (ms after t0, device, temp, kept)
+    let plan: [(i64, &str, i32, bool); 10] = [
+        (0, "a", 20, true),
+        (1000, "a", 20, false),
+        (1500, "b", 20, true),
+        (2000, "a", 21, true),
+        (3000, "a", 21, false),
+        (4000, "b", 20, false),
+        (5000, "a", 20, true),
+        (11999, "a", 20, false),
+        (15000, "a", 20, true),
+        (16000, "b", 22, true),
+    ];
+    let values: Vec<String> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, (_, d, t, _))| format!(r#"{{"device":"{d}","temp":{t},"n":{i}}}"#))
+        .collect();
+    let p = producer(&bootstrap, "gzip", &[]);
+    // Two bursts: the state carries over from one batch to the next.
+    for half in [0..5, 5..10] {
+        let records: Vec<_> = half
+            .map(|i| (None, values[i].as_str(), Some(t0 + plan[i].0)))
+            .collect();
+        send(&p, "readings", &records).await;
+    }
+    let got = consume(&bootstrap, "readings", &values[9]).await;
+    let got: Vec<&str> = got.iter().map(|s| s.value.as_str()).collect();
+    let want: Vec<&str> = plan
+        .iter()
+        .zip(&values)
+        .filter(|(p, _)| p.3)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(got, want);
+    broker.shutdown().await;
+}
+
+/// An idempotent producer's batches may lose records, or all of them, to a filter: the stored
+/// batches keep the producer's sequence numbers, so every later batch is in sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producers_survive_dropped_records_and_dropped_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![
+        plugin("hot", "json_filter.wasm", "temp > 20"),
+        plugin("redact", "redact_enrich.wasm", r#"{"mask": ["pin"]}"#),
+    ];
+    cfg.plugins.bindings = vec![bind("idem", &["hot", "redact"], OnError::FailClosed)];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let idempotent = [("enable.idempotence", "true"), ("retries", "5")];
+    let p = producer(&bootstrap, "snappy", &idempotent);
+    let rounds: [&[&str]; 4] = [
+        &[r#"{"temp":30,"pin":1}"#, r#"{"temp":3}"#, r#"{"temp":31}"#],
+        &[r#"{"temp":1}"#, r#"{"temp":2}"#], // every record dropped
+        &[r#"{"temp":5}"#, r#"{"temp":40,"pin":2}"#],
+        &[r#"{"temp":50,"end":1}"#],
+    ];
+    for round in rounds {
+        let records: Vec<_> = round.iter().map(|v| (Some("dev"), *v, None)).collect();
+        send(&p, "idem", &records).await;
+    }
+    let got = consume(&bootstrap, "idem", r#"{"temp":50,"end":1}"#).await;
+    let got: Vec<&str> = got.iter().map(|s| s.value.as_str()).collect();
+    assert_eq!(
+        got,
+        vec![
+            r#"{"temp":30,"pin":"***"}"#,
+            r#"{"temp":31}"#,
+            r#"{"temp":40,"pin":"***"}"#,
+            r#"{"temp":50,"end":1}"#,
+        ]
+    );
+    // The dropped records' offsets stay unused: 3 + 2 + 2 + 1 offsets for 4 records.
+    assert_eq!(log_end(&broker, "idem"), 8);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_takes_failed_batches_and_a_failing_plugin_is_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.admin.enabled = true;
+    cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
+    cfg.plugins.disable_after = 3;
+    cfg.plugins.load = vec![
+        plugin("trapper", "faulty_filter.wasm", "trap"),
+        plugin("hot", "json_filter.wasm", "temp > 20"),
+    ];
+    let mut dl = bind("readings", &["hot", "trapper"], OnError::DeadLetter);
+    dl.dead_letter_topic = Some("readings-failed".into());
+    cfg.plugins.bindings = vec![dl, bind("closed", &["trapper"], OnError::FailClosed)];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let p = producer(&bootstrap, "lz4", &[]);
+    let mut sent = Vec::new();
+    for round in 0..5 {
+        // The records as produced (the json filter before the trap would have dropped the
+        // cold one) go to the dead-letter topic.
+        let values = [
+            format!(r#"{{"temp":30,"round":{round}}}"#),
+            format!(r#"{{"temp":1,"round":{round}}}"#),
+        ];
+        let records: Vec<_> = values
+            .iter()
+            .map(|v| (Some("dev"), v.as_str(), None))
+            .collect();
+        send(&p, "readings", &records).await;
+        sent.extend(values);
+    }
+    let got = consume(&bootstrap, "readings-failed", sent.last().unwrap()).await;
+    assert_eq!(got.len(), sent.len());
+    for (i, (g, v)) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(
+            (g.key.as_deref(), g.value.as_str()),
+            (Some("dev"), v.as_str())
+        );
+        let header = |name: &str| {
+            g.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("record {i}: no header {name}: {:?}", g.headers))
+        };
+        assert_eq!(header(DLT_PLUGIN), "trapper");
+        assert_eq!(header(DLT_TOPIC), "readings");
+        assert_eq!(header(DLT_PARTITION), "0");
+        let error = header(DLT_ERROR);
+        if i < 6 {
+            // Rounds 0-2 reached the guest: a trap, reported in one line (reason and
+            // innermost frame, not the whole wasm backtrace).
+            assert!(error.contains("plugin trapper: trapped: "), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        } else {
+            // Then the plugin is disabled: the policy applies without calling it.
+            assert!(error.contains("disabled"), "{error}");
+        }
+    }
+    // Nothing was stored in the bound topic.
+    assert_eq!(log_end(&broker, "readings"), 0);
+
+    // The disabled plugin fails at once on every binding: fail-closed refuses.
+    let set = broker.broker.plugins.current();
+    let trapper = &set.loaded[0];
+    assert!(trapper.is_disabled());
+    let inst = trapper
+        .stats
+        .instantiations
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let results = produce(&bootstrap, "closed", "none", &[r#"{"temp":30}"#.into()]).await;
+    let e = results[0].as_deref().expect("refused");
+    assert!(e.contains("PolicyViolation") || e.contains("policy"), "{e}");
+    assert_eq!(
+        trapper
+            .stats
+            .instantiations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        inst,
+        "a disabled plugin is not instantiated again"
+    );
+
+    let admin = broker.admin_addr.unwrap();
+    let m = http_get(admin, "/metrics").await;
+    assert!(
+        m.contains("runnel_plugin_calls_total{plugin=\"trapper\"} 6"),
+        "{m}"
+    );
+    assert!(
+        m.contains("runnel_plugin_faults_total{plugin=\"trapper\"} 6"),
+        "{m}"
+    );
+    assert!(
+        m.contains("runnel_plugin_disabled{plugin=\"trapper\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("runnel_plugin_calls_total{plugin=\"hot\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("runnel_plugin_faults_total{plugin=\"hot\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("runnel_plugin_disabled{plugin=\"hot\"} 0"),
+        "{m}"
+    );
+    broker.shutdown().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: runnel\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// With `broker.auto_create_topics = false`, a transform routing to a missing topic fails its
+/// call: the binding's policy decides, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_to_a_missing_topic_without_auto_create_applies_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.auto_create_topics = false;
+    let copy = r#"{"headers": {"h": "v"}, "copy_to": "nowhere"}"#;
+    cfg.plugins.load = vec![plugin("copy", "redact_enrich.wasm", copy)];
+    cfg.plugins.bindings = vec![
+        bind("open", &["copy"], OnError::FailOpen),
+        bind("closed", &["copy"], OnError::FailClosed),
+    ];
+    let broker = common::start_with(cfg).await;
+    for t in ["open", "closed"] {
+        broker
+            .broker
+            .catalog
+            .create_topic(t, 1, 1, Default::default(), false, 0)
+            .unwrap();
+    }
+    let bootstrap = broker.bootstrap();
+    let results = produce(&bootstrap, "closed", "none", &["a".into()]).await;
+    let e = results[0].as_deref().expect("refused");
+    assert!(e.contains("PolicyViolation") || e.contains("policy"), "{e}");
+    let results = produce(&bootstrap, "open", "none", &["a".into(), "b".into()]).await;
+    assert!(results.iter().all(Option::is_none), "{results:?}");
+    // Fail-open: the batch passed the transform unchanged (no header added).
+    let got = consume(&bootstrap, "open", "b").await;
+    let want: Vec<Seen> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Seen {
+            key: Some(format!("k{i}")),
+            value: v.to_string(),
+            headers: vec![],
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(broker.broker.catalog.get("nowhere").is_none());
+    assert_eq!(log_end(&broker, "closed"), 0);
     broker.shutdown().await;
 }

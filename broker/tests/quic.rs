@@ -595,3 +595,502 @@ async fn connections_over_max_connections_are_refused_and_the_others_keep_workin
     );
     broker.shutdown().await;
 }
+
+// ---- idle timeout, migration, identity, datagrams, 0-RTT ----
+
+/// Connects with a raw quinn client whose transport is `transport` (keep-alives, idle timeout).
+async fn connect_with_transport(h: &BrokerHandle, transport: quinn::TransportConfig) -> Device {
+    let tls = runnel_device::tls_client_config(&runnel_device::Trust::Fingerprint(
+        h.quic_fingerprint.clone().unwrap(),
+    ))
+    .unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let connecting = endpoint.connect(h.quic_addr.unwrap(), "localhost").unwrap();
+    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .unwrap()
+        .unwrap();
+    Device {
+        _endpoint: endpoint,
+        conn,
+    }
+}
+
+/// The values of partition 0 of `topic`, read with librdkafka until `want` have come, then for
+/// another half second to catch any extra.
+async fn read_values(h: &BrokerHandle, topic: &str, want: usize) -> Vec<Vec<u8>> {
+    let bootstrap = h.bootstrap();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer = common::reader(&bootstrap, &topic);
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < want && Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                got.push(m.unwrap().payload().unwrap_or_default().to_vec());
+            }
+        }
+        let extra_until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < extra_until {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                got.push(m.unwrap().payload().unwrap_or_default().to_vec());
+            }
+        }
+        got
+    })
+    .await
+    .unwrap()
+}
+
+fn device_config(h: &BrokerHandle) -> runnel_device::DeviceConfig {
+    let mut cfg = runnel_device::DeviceConfig::new(
+        h.quic_addr.unwrap(),
+        runnel_device::Trust::Fingerprint(h.quic_fingerprint.clone().unwrap()),
+    );
+    cfg.linger = Duration::from_millis(2);
+    cfg
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_is_closed_after_the_idle_timeout_unless_it_sends_keep_alives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quic_config(dir.path());
+    cfg.listeners.quic.idle_timeout = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    // Both ask for a long idle timeout themselves: the broker's 1 s is the lower, so it rules.
+    let mut quiet = quinn::TransportConfig::default();
+    quiet.max_idle_timeout(Some(Duration::from_secs(60).try_into().unwrap()));
+    let mut chatty = quinn::TransportConfig::default();
+    chatty
+        .max_idle_timeout(Some(Duration::from_secs(60).try_into().unwrap()))
+        .keep_alive_interval(Some(Duration::from_millis(250)));
+    let quiet = connect_with_transport(&broker, quiet).await;
+    let chatty = connect_with_transport(&broker, chatty).await;
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), quiet.conn.closed())
+        .await
+        .expect("the quiet connection is closed");
+    assert!(
+        matches!(closed, quinn::ConnectionError::TimedOut),
+        "{closed:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        chatty.conn.close_reason().is_none(),
+        "keep-alives keep it open"
+    );
+    let mut s = chatty.session().await;
+    assert_eq!(
+        s.call(&ApiVersionsRequest::default(), 3).await.error_code,
+        0
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_changes_address_keeps_its_connection_and_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_with(quic_config(dir.path())).await;
+    let device = connect(&broker).await;
+    let mut s = device.session().await;
+    create_topic(&mut s, "roaming").await;
+    assert_eq!(
+        produce(&mut s, "roaming", batch(&readings(2, 1_000))).await,
+        (0, 0)
+    );
+    let metrics = &broker.broker.metrics;
+    let handshakes = count(&metrics.quic_connections_total);
+    let sessions = count(&metrics.connections_total);
+    let id = device.conn.stable_id();
+
+    // The device moves to a new UDP socket (a new source port: what a NAT rebinding or a switch
+    // of network looks like to the broker) in the middle of its session.
+    let before = device._endpoint.local_addr().unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    device._endpoint.rebind(socket).unwrap();
+    let after = device._endpoint.local_addr().unwrap();
+    assert_ne!(before.port(), after.port());
+    for i in 0..5 {
+        let (code, offset) = produce(&mut s, "roaming", batch(&readings(2, 2_000 + i))).await;
+        assert_eq!((code, offset), (0, 2 + 2 * i));
+    }
+    assert_eq!(device.conn.stable_id(), id);
+    assert!(device.conn.close_reason().is_none());
+    assert_eq!(
+        count(&metrics.quic_connections_total),
+        handshakes,
+        "no new handshake"
+    );
+    assert_eq!(
+        count(&metrics.connections_total),
+        sessions,
+        "no new session"
+    );
+    assert_eq!(read_values(&broker, "roaming", 12).await.len(), 12);
+    broker.shutdown().await;
+}
+
+/// A CA and files for devices: (ca.pem, issue(cn) -> (cert.pem, key.pem)).
+struct Ca {
+    dir: std::path::PathBuf,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
+        Ca {
+            dir: dir.to_path_buf(),
+            params,
+            key,
+        }
+    }
+
+    fn ca_file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{name}-ca.pem"))
+    }
+
+    /// A client certificate for `cn` signed by this CA: (cert.pem, key.pem).
+    fn issue(&self, cn: &str) -> runnel_device::Identity {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{cn}.pem")),
+            self.dir.join(format!("{cn}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        runnel_device::Identity::Certificate { cert: c, key: k }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_devices_are_named_by_their_certificate_and_others_fail_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = Ca::new(dir.path(), "fleet");
+    let rogue = Ca::new(dir.path(), "rogue");
+    let mut cfg = quic_config(&dir.path().join("data"));
+    cfg.listeners.quic.client_auth = edge_config::QuicClientAuth::Mtls;
+    cfg.listeners.quic.client_ca = fleet.ca_file("fleet");
+    let broker = common::start_with(cfg).await;
+
+    // No certificate: the handshake fails with a TLS alert, reported as such.
+    let err = runnel_device::Device::connect(device_config(&broker))
+        .await
+        .err()
+        .expect("refused without a certificate");
+    assert!(
+        matches!(&err, runnel_device::DeviceError::Tls(m) if m.contains("CertificateRequired")),
+        "{err}"
+    );
+    // A certificate from another CA: refused the same way.
+    let mut cfg = device_config(&broker);
+    cfg.identity = rogue.issue("sensor-x");
+    let err = runnel_device::Device::connect(cfg)
+        .await
+        .err()
+        .expect("refused with an unknown CA");
+    assert!(
+        matches!(&err, runnel_device::DeviceError::Tls(m) if m.contains("alert")),
+        "{err}"
+    );
+    assert_eq!(count(&broker.broker.metrics.records_in), 0);
+
+    let mut cfg = device_config(&broker);
+    cfg.identity = fleet.issue("sensor-9");
+    let device = runnel_device::Device::connect(cfg).await.unwrap();
+    let ack = device.send("certified", None, b"21.5").await.unwrap();
+    assert_eq!(ack.offset, 0);
+    device.close().await;
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    assert!(
+        metrics.contains("runnel_authenticated_total{principal=\"User:sensor-9\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        read_values(&broker, "certified", 1).await,
+        vec![b"21.5".to_vec()]
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_devices_authenticate_with_sasl_plain_and_others_are_refused() {
+    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# device token\nsensor-7 s3cret-7\npump-2 s3cret-2\n",
+    )
+    .unwrap();
+    let mut cfg = quic_config(&dir.path().join("data"));
+    cfg.listeners.quic.client_auth = edge_config::QuicClientAuth::Token;
+    cfg.listeners.quic.token_file = tokens;
+    let broker = common::start_with(cfg).await;
+    let token = |device: &str, token: &str| runnel_device::Identity::Token {
+        device: device.into(),
+        token: token.into(),
+    };
+
+    // No token: the first request is refused and the connection closed with the reason.
+    let err = runnel_device::Device::connect(device_config(&broker))
+        .await
+        .err()
+        .expect("refused without a token");
+    assert!(
+        matches!(&err, runnel_device::DeviceError::Refused(m) if m.contains("authentication required")),
+        "{err}"
+    );
+    // A wrong token, or another device's.
+    for identity in [token("sensor-7", "guess"), token("sensor-7", "s3cret-2")] {
+        let mut cfg = device_config(&broker);
+        cfg.identity = identity;
+        let err = runnel_device::Device::connect(cfg)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, runnel_device::DeviceError::Refused(m) if m.contains("unknown token")),
+            "{err}"
+        );
+    }
+
+    // A raw client that produces without authenticating writes nothing and is closed.
+    let raw = connect(&broker).await;
+    let mut s = raw.session().await;
+    s.send
+        .write_all(&common::request_frame(
+            &produce_req("guarded", batch(&readings(1, 1))),
+            9,
+            1,
+            "raw",
+        ))
+        .await
+        .unwrap();
+    assert!(s.read_frame().await.is_none(), "no answer");
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.conn.closed())
+        .await
+        .unwrap();
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+        panic!("closed by the broker with a reason: {closed:?}");
+    };
+    assert_eq!(close.error_code, quinn::VarInt::from_u32(1));
+    assert!(String::from_utf8_lossy(&close.reason).contains("authentication required"));
+
+    // The right token: authenticated on the first stream, the principal holds for the others.
+    let raw = connect(&broker).await;
+    let mut first = raw.session().await;
+    let hs = first
+        .call(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+            1,
+        )
+        .await;
+    assert_eq!(hs.error_code, 0);
+    assert_eq!(
+        hs.mechanisms
+            .iter()
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>(),
+        ["PLAIN"]
+    );
+    let auth = first
+        .call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"\0pump-2\0s3cret-2")),
+            2,
+        )
+        .await;
+    assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
+    let mut second = raw.session().await;
+    create_topic(&mut second, "guarded").await;
+    assert_eq!(
+        produce(&mut second, "guarded", batch(&readings(1, 5))).await,
+        (0, 0)
+    );
+
+    // The SDK with its token.
+    let mut cfg = device_config(&broker);
+    cfg.identity = token("sensor-7", "s3cret-7");
+    let device = runnel_device::Device::connect(cfg).await.unwrap();
+    assert_eq!(device.send("guarded", None, b"ok").await.unwrap().offset, 1);
+    device.close().await;
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    for p in ["User:sensor-7", "User:pump-2"] {
+        assert!(
+            metrics.contains(&format!(
+                "runnel_authenticated_total{{principal=\"{p}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    // Only the two authenticated records are stored.
+    assert_eq!(read_values(&broker, "guarded", 2).await.len(), 2);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagram_readings_arrive_and_bad_datagrams_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_with(quic_config(dir.path())).await;
+    let device = runnel_device::Device::connect(device_config(&broker))
+        .await
+        .unwrap();
+    // An acknowledged reading first: it creates the topic.
+    device.send("pulses", None, b"first").await.unwrap();
+    const N: usize = 300;
+    for i in 0..N {
+        let value = format!("{{\"pulse\":{i}}}");
+        device
+            .send_datagram("pulses", 0, Some(b"s-1"), value.as_bytes())
+            .await
+            .unwrap();
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // A reading too big for one datagram is refused at once.
+    let err = device
+        .send_datagram("pulses", 0, None, &vec![0u8; 4000])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, runnel_device::DeviceError::DatagramTooLarge { size, max } if size > max),
+        "{err}"
+    );
+
+    let got = read_values(&broker, "pulses", N + 1).await;
+    assert_eq!(got.len(), N + 1, "every datagram stored once");
+    let mut want: Vec<Vec<u8>> = (0..N)
+        .map(|i| format!("{{\"pulse\":{i}}}").into_bytes())
+        .collect();
+    want.push(b"first".to_vec());
+    let mut got = got;
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    let metrics = &broker.broker.metrics;
+    assert_eq!(count(&metrics.quic_datagrams_total), N as u64);
+    assert_eq!(count(&metrics.quic_datagrams_dropped), 0);
+
+    // Bad datagrams: garbage, a request that is not a produce, a produce that wants an answer,
+    // a produce to a topic that does not exist. Each is dropped; the connection goes on.
+    let raw = connect(&broker).await;
+    let unframed = |frame: Bytes| frame.slice(4..);
+    let bad = [
+        Bytes::from_static(b"\x00\x00\x00"),
+        Bytes::from_static(&[0xff; 40]),
+        unframed(common::request_frame(
+            &ApiVersionsRequest::default(),
+            3,
+            1,
+            "d",
+        )),
+        unframed(common::request_frame(
+            &produce_req("pulses", batch(&readings(1, 1))),
+            9,
+            1,
+            "d",
+        )),
+        unframed(common::request_frame(
+            &produce_req("nowhere", batch(&readings(1, 1))).with_acks(0),
+            9,
+            1,
+            "d",
+        )),
+    ];
+    for d in &bad {
+        raw.conn.send_datagram(d.clone()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&metrics.quic_datagrams_dropped) < bad.len() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&metrics.quic_datagrams_dropped), bad.len() as u64);
+    assert!(raw.conn.close_reason().is_none(), "the connection goes on");
+    let mut s = raw.session().await;
+    assert_eq!(
+        latest_offset(&mut s, "pulses").await,
+        N as i64 + 1,
+        "nothing written"
+    );
+    device.close().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_device_resumes_with_0rtt_and_its_records_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_with(quic_config(dir.path())).await;
+    let cfg = device_config(&broker);
+    let first = runnel_device::Device::connect(cfg.clone()).await.unwrap();
+    assert_eq!(first.zero_rtt().await, runnel_device::ZeroRtt::NotTried);
+    for i in 0..5 {
+        first
+            .send("resumed", None, format!("a{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    first.close().await;
+
+    // The same config (its clone shares the TLS session tickets): the first requests of the new
+    // connection (InitProducerId, Metadata, Produce) go as 0-RTT early data.
+    let second = runnel_device::Device::connect(cfg.clone()).await.unwrap();
+    assert_eq!(second.zero_rtt().await, runnel_device::ZeroRtt::Accepted);
+    for i in 0..5 {
+        second
+            .send("resumed", None, format!("b{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    second.close().await;
+    let handshakes = count(&broker.broker.metrics.quic_connections_total);
+    assert_eq!(handshakes, 2);
+
+    // With 0-RTT off, a full handshake again.
+    let mut full = cfg.clone();
+    full.zero_rtt = false;
+    let third = runnel_device::Device::connect(full).await.unwrap();
+    assert_eq!(third.zero_rtt().await, runnel_device::ZeroRtt::NotTried);
+    third.close().await;
+
+    let got = read_values(&broker, "resumed", 10).await;
+    let want: Vec<Vec<u8>> = ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3", "b4"]
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    assert_eq!(got, want, "every record once, in order");
+    broker.shutdown().await;
+}

@@ -164,6 +164,26 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Text,
                 "PEM private key of cert. Set both cert and key, or neither.",
             ),
+            key(
+                "idle_timeout",
+                Duration,
+                "Close a connection with no packets for this long. Quiet devices stay connected\nby sending keep-alives (the device SDK sends one every 10s, so keep this above\nthat). Allowed: 1ms..=1h.",
+            ),
+            key(
+                "client_auth",
+                Choice,
+                "How devices prove who they are. none = everyone is User:ANONYMOUS (keep\nthe listener on loopback or a closed network); mtls = a client certificate\nsigned by client_ca, principal User:<CN>; token = SASL PLAIN with a token\nfrom token_file, principal User:<device-name>. Allowed: none, mtls, token.",
+            ),
+            key(
+                "client_ca",
+                Text,
+                "PEM CA certificate(s) that sign device certificates. Required with\nclient_auth = \"mtls\".",
+            ),
+            key(
+                "token_file",
+                Text,
+                "File of device tokens, one \"<device-name> <token>\" per line (# comments).\nRequired with client_auth = \"token\". Read at start-up.",
+            ),
         ],
     },
     Section {
@@ -272,7 +292,7 @@ pub(crate) const SECTIONS: &[Section] = &[
     },
     Section {
         path: "plugins",
-        doc: "WebAssembly plugins (filters) and the topics that run them on produce.",
+        doc: "WebAssembly plugins: filters and transforms with the topics that run them on produce, and quota policies.",
         keys: &[
             key(
                 "call_timeout",
@@ -285,6 +305,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "Linear memory one plugin instance may grow to; a call needing more fails.\nAllowed: 1MiB..=4GiB.",
             ),
             key(
+                "disable_after",
+                Int,
+                "A plugin whose calls fail this many times in a row is disabled until restart\n(one WARN line names it and its last error); bindings running it then apply their\non_error policy without calling it. 0 = never disable.",
+            ),
+            key(
                 "load",
                 Tables,
                 "Plugins to load, one [[plugins.load]] table each:\n  name = \"hot-only\"              # what bindings call it; unique\n  path = \"json_filter.wasm\"      # a wasm32-wasip2 component\n  config = \"temp > 20\"           # passed to the plugin's init; default \"\"",
@@ -292,7 +317,12 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "bindings",
                 Tables,
-                "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes); default fail-closed",
+                "Topic plugin chains, one [[plugins.bindings]] table each:\n  topic = \"readings\"\n  chain = [\"hot-only\"]            # run in order\n  on_error = \"fail-closed\"       # or \"fail-open\" (the batch passes), or \"dead-letter\"; default fail-closed\n  dead_letter_topic = \"failed\"   # with \"dead-letter\" only: where a failing batch's records go; default none",
+            ),
+            key(
+                "quotas",
+                Tables,
+                "Quota policies, one [[plugins.quotas]] table each:\n  plugin = \"per-client\"          # a [[plugins.load]] name (a quota-world plugin)\n  listeners = [\"kafka\", \"quic\"]   # default [] = every listener (kafka, kafka_tls, quic)\n  principals = [\"User:ANONYMOUS\"] # default [] = every principal\n  apis = [\"produce\", \"fetch\"]     # default [\"produce\"]\n  on_error = \"fail-open\"         # or \"fail-closed\" (a failing call rejects); default fail-open",
             ),
         ],
     },

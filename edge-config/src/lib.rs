@@ -7,7 +7,8 @@
 //! - `schema`: one serde struct per section ([`BrokerConfig`],
 //!   [`ListenersConfig`], [`LogConfig`], [`GroupsConfig`]) with `Default` giving the documented
 //!   values, and the enums [`FlushPolicy`], [`CleanupPolicy`], [`TimestampType`].
-//! - `plugins`: `[plugins]` ([`PluginsConfig`]): plugins to load, limits, topic bindings.
+//! - `plugins`: `[plugins]` ([`PluginsConfig`]): plugins to load, limits, topic bindings,
+//!   quota policies ([`QuotaBinding`]).
 //! - [`units`]: human sizes ("64MiB", "100MB") and durations ("10s", "7d"), parsed and rendered.
 //! - `keys`: the table of sections and keys, their kinds and the comments of the default file.
 //! - `load`: TOML text -> key check -> env overrides -> serde -> validation
@@ -62,9 +63,10 @@ mod validate;
 
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, Location};
-pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig};
+pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig, QuotaApi, QuotaBinding};
 pub use schema::{
     AdminListener, BrokerConfig, CleanupPolicy, Config, FlushPolicy, GroupsConfig, KafkaListener,
-    ListenersConfig, LogConfig, QuicListener, TimestampType, TlsListener, UnknownValue,
+    ListenersConfig, LogConfig, QuicClientAuth, QuicListener, TimestampType, TlsListener,
+    UnknownValue,
 };
 pub use topic::TOPIC_CONFIG_NAMES;

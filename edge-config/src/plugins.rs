@@ -14,11 +14,30 @@
 //! topic = "readings"
 //! chain = ["hot-only"]
 //! on_error = "fail-closed"
+//!
+//! [[plugins.bindings]]
+//! topic = "raw"
+//! chain = ["redact"]
+//! on_error = "dead-letter"
+//! dead_letter_topic = "raw-failed"
+//!
+//! [[plugins.load]]
+//! name = "per-client"
+//! path = "plugins/token_bucket.wasm"
+//! config = 'rate = "1MiB/s", burst = "2MiB", key = "client-id"'
+//!
+//! [[plugins.quotas]]
+//! plugin = "per-client"
+//! listeners = ["kafka", "quic"]      # default: every listener
+//! principals = ["User:ANONYMOUS"]    # default: every principal
+//! apis = ["produce", "fetch"]        # default: ["produce"]
+//! on_error = "fail-open"             # default: fail-open
 //! ```
 //!
-//! Keys inside `[[plugins.load]]` and `[[plugins.bindings]]` entries are checked by serde
-//! (`deny_unknown_fields`); cross-references (a chain naming a plugin that is not loaded, two
-//! bindings of one topic) by [`PluginsConfig::check`], whose errors name the entry by index.
+//! Keys inside `[[plugins.load]]`, `[[plugins.bindings]]` and `[[plugins.quotas]]` entries are
+//! checked by serde (`deny_unknown_fields`); cross-references (a chain naming a plugin that is
+//! not loaded, two bindings of one topic, a quota naming a filter) by [`PluginsConfig::check`],
+//! whose errors name the entry by index.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -43,11 +62,18 @@ pub struct PluginsConfig {
     /// plugin is alive per concurrently running call.
     #[serde(with = "units::bytes")]
     pub memory_limit: u64,
+    /// A plugin whose calls fail this many times in a row is disabled until the broker
+    /// restarts: one WARN log line names it and its last error, and from then on every binding
+    /// running it applies its `on_error` policy without calling it. Default 10; 0 = never.
+    pub disable_after: u32,
     /// `[[plugins.load]]`: the plugins to load at start-up. Default none.
     pub load: Vec<PluginSpec>,
     /// `[[plugins.bindings]]`: which topics run which plugins on produce. Default none: every
     /// topic stores batches as received.
     pub bindings: Vec<Binding>,
+    /// `[[plugins.quotas]]`: quota policies consulted on produce (and fetch) requests. Default
+    /// none: no request pays for a quota check.
+    pub quotas: Vec<QuotaBinding>,
 }
 
 impl Default for PluginsConfig {
@@ -55,8 +81,10 @@ impl Default for PluginsConfig {
         PluginsConfig {
             call_timeout: Duration::from_millis(100),
             memory_limit: 64 * MIB,
+            disable_after: 10,
             load: Vec::new(),
             bindings: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 }
@@ -87,6 +115,10 @@ pub struct Binding {
     /// Default `fail-closed`.
     #[serde(default)]
     pub on_error: OnError,
+    /// With `on_error = "dead-letter"` (and only then): the topic a failing batch's original
+    /// records go to. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
 }
 
 /// What happens to a batch when a plugin call fails.
@@ -99,16 +131,21 @@ pub enum OnError {
     /// unfiltered is stored.
     #[default]
     FailClosed,
+    /// The batch's records, as produced, are appended to the binding's `dead_letter_topic`
+    /// with headers naming the plugin, the error and the original topic and partition; the
+    /// produce succeeds and nothing is stored in the bound topic for that batch.
+    DeadLetter,
 }
 
 impl OnError {
     /// The accepted spellings.
-    pub const ALLOWED: &'static [&'static str] = &["fail-open", "fail-closed"];
+    pub const ALLOWED: &'static [&'static str] = &["fail-open", "fail-closed", "dead-letter"];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             OnError::FailOpen => "fail-open",
             OnError::FailClosed => "fail-closed",
+            OnError::DeadLetter => "dead-letter",
         }
     }
 }
@@ -120,6 +157,7 @@ impl FromStr for OnError {
         match s {
             "fail-open" => Ok(OnError::FailOpen),
             "fail-closed" => Ok(OnError::FailClosed),
+            "dead-letter" => Ok(OnError::DeadLetter),
             _ => Err(UnknownValue {
                 value: s.to_owned(),
                 allowed: Self::ALLOWED,
@@ -141,6 +179,103 @@ impl<'de> Deserialize<'de> for OnError {
     }
 }
 
+/// `[[plugins.quotas]]`: one quota policy and the requests it is asked about.
+///
+/// A request is asked about when its API is in `apis`, its listener in `listeners` and its
+/// principal in `principals`; every matching entry is asked, in file order, and the strictest
+/// answer wins (a reject over a throttle, the longest throttle over a shorter one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaBinding {
+    /// A `[[plugins.load]]` name; the plugin implements the `quota` world.
+    pub plugin: String,
+    /// Listener names (`kafka`, `kafka_tls`, `quic`) whose requests are asked about. Default
+    /// empty: every listener.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// Principals (`User:ANONYMOUS`, `User:<CN>`) whose requests are asked about. Default
+    /// empty: every principal.
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// APIs asked about: `produce` (once per topic of a request, with that topic's bytes and
+    /// records) and `fetch` (once per topic of the response, with the bytes it returns). Default
+    /// `["produce"]`.
+    #[serde(default = "QuotaBinding::default_apis")]
+    pub apis: Vec<QuotaApi>,
+    /// What a failing call (trap, timeout, memory cap) decides: `fail-open` allows the request,
+    /// `fail-closed` rejects it (POLICY_VIOLATION). Default `fail-open`: a broken rate limiter
+    /// does not stop the data.
+    #[serde(default = "QuotaBinding::default_on_error")]
+    pub on_error: OnError,
+}
+
+impl QuotaBinding {
+    /// The listener names a quota may name (`[listeners.<name>]`).
+    pub const LISTENERS: &'static [&'static str] = &["kafka", "kafka_tls", "quic"];
+
+    fn default_apis() -> Vec<QuotaApi> {
+        vec![QuotaApi::Produce]
+    }
+
+    fn default_on_error() -> OnError {
+        OnError::FailOpen
+    }
+
+    /// Whether a request of `api` on `listener` by `principal` is asked about.
+    pub fn applies(&self, api: QuotaApi, listener: &str, principal: &str) -> bool {
+        self.apis.contains(&api)
+            && (self.listeners.is_empty() || self.listeners.iter().any(|l| l == listener))
+            && (self.principals.is_empty() || self.principals.iter().any(|p| p == principal))
+    }
+}
+
+/// The Kafka APIs a quota policy can be asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuotaApi {
+    Produce,
+    Fetch,
+}
+
+impl QuotaApi {
+    /// The accepted spellings.
+    pub const ALLOWED: &'static [&'static str] = &["produce", "fetch"];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            QuotaApi::Produce => "produce",
+            QuotaApi::Fetch => "fetch",
+        }
+    }
+}
+
+impl FromStr for QuotaApi {
+    type Err = UnknownValue;
+
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        match s {
+            "produce" => Ok(QuotaApi::Produce),
+            "fetch" => Ok(QuotaApi::Fetch),
+            _ => Err(UnknownValue {
+                value: s.to_owned(),
+                allowed: Self::ALLOWED,
+            }),
+        }
+    }
+}
+
+impl Serialize for QuotaApi {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for QuotaApi {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `plugins.memory_limit`.
 pub(crate) const MEMORY_LIMIT: std::ops::RangeInclusive<u64> = MIB..=4 * GIB;
 
@@ -150,8 +285,15 @@ impl PluginsConfig {
         self.bindings.iter().find(|b| b.topic == topic)
     }
 
+    /// Whether `plugin` is named by a `[[plugins.quotas]]` entry (it implements the `quota`
+    /// world, not `filter`).
+    pub fn is_quota_plugin(&self, plugin: &str) -> bool {
+        self.quotas.iter().any(|q| q.plugin == plugin)
+    }
+
     /// Cross-reference checks; `Err((key, message))`, the key naming the entry by index.
     pub(crate) fn check(&self) -> Result<(), (String, String)> {
+        self.check_quotas()?;
         for (i, p) in self.load.iter().enumerate() {
             let key = format!("plugins.load[{i}]");
             if p.name.is_empty() || p.name.contains(char::is_whitespace) {
@@ -207,6 +349,103 @@ impl PluginsConfig {
                     ),
                 ));
             }
+            match (b.on_error, b.dead_letter_topic.as_deref()) {
+                (OnError::DeadLetter, None | Some("")) => {
+                    return Err((
+                        format!("{key}.dead_letter_topic"),
+                        format!(
+                            "on_error = \"dead-letter\" needs the topic to send failing batches to \
+                             (the binding of {:?})",
+                            b.topic
+                        ),
+                    ));
+                }
+                (OnError::DeadLetter, Some(t)) if t == b.topic => {
+                    return Err((
+                        format!("{key}.dead_letter_topic"),
+                        format!("{t:?} is the bound topic itself; name another topic"),
+                    ));
+                }
+                (OnError::FailOpen | OnError::FailClosed, Some(_)) => {
+                    return Err((
+                        format!("{key}.dead_letter_topic"),
+                        format!(
+                            "only used with on_error = \"dead-letter\" (this binding has {:?})",
+                            b.on_error.as_str()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_quotas(&self) -> Result<(), (String, String)> {
+        for (i, q) in self.quotas.iter().enumerate() {
+            let key = format!("plugins.quotas[{i}]");
+            if !self.load.iter().any(|p| p.name == q.plugin) {
+                let loaded: Vec<&str> = self.load.iter().map(|p| p.name.as_str()).collect();
+                return Err((
+                    format!("{key}.plugin"),
+                    format!(
+                        "{:?} is not a loaded plugin; loaded: [{}]",
+                        q.plugin,
+                        loaded.join(", ")
+                    ),
+                ));
+            }
+            if let Some((b, _)) = self
+                .bindings
+                .iter()
+                .enumerate()
+                .find(|(_, b)| b.chain.contains(&q.plugin))
+            {
+                return Err((
+                    format!("{key}.plugin"),
+                    format!(
+                        "{:?} is also in the chain of plugins.bindings[{b}]; a plugin is either a \
+                         filter or a quota policy",
+                        q.plugin
+                    ),
+                ));
+            }
+            if let Some(l) = q
+                .listeners
+                .iter()
+                .find(|l| !QuotaBinding::LISTENERS.contains(&l.as_str()))
+            {
+                return Err((
+                    format!("{key}.listeners"),
+                    format!(
+                        "unknown listener {l:?}; allowed: {}",
+                        QuotaBinding::LISTENERS.join(", ")
+                    ),
+                ));
+            }
+            if q.principals.iter().any(|p| p.is_empty()) {
+                return Err((
+                    format!("{key}.principals"),
+                    "a principal is not empty (e.g. \"User:ANONYMOUS\")".into(),
+                ));
+            }
+            if q.on_error == OnError::DeadLetter {
+                return Err((
+                    format!("{key}.on_error"),
+                    "a quota policy fails \"fail-open\" (allow) or \"fail-closed\" (reject); \
+                     \"dead-letter\" is for topic bindings"
+                        .into(),
+                ));
+            }
+            if q.apis.is_empty() {
+                return Err((
+                    format!("{key}.apis"),
+                    format!(
+                        "must name at least one API; allowed: {}",
+                        QuotaApi::ALLOWED.join(", ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -243,6 +482,43 @@ on_error = "fail-open"
         let c = Config::from_toml_str(&without, "runnel.toml", &[]).unwrap();
         assert_eq!(c.plugins.bindings[0].on_error, super::OnError::FailClosed);
         assert!(Config::default().plugins.bindings.is_empty());
+        assert_eq!(Config::default().plugins.disable_after, 10);
+        assert_eq!(c.plugins.bindings[0].dead_letter_topic, None);
+    }
+
+    #[test]
+    fn dead_letter_needs_its_topic_and_disable_after_parses() {
+        let dl = GOOD.replace(
+            "on_error = \"fail-open\"",
+            "on_error = \"dead-letter\"\ndead_letter_topic = \"failed\"",
+        );
+        let dl = dl.replace("call_timeout = \"50ms\"", "disable_after = 0");
+        let c = Config::from_toml_str(&dl, "runnel.toml", &[]).unwrap();
+        let b = c.plugins.binding("readings").unwrap();
+        assert_eq!(b.on_error, super::OnError::DeadLetter);
+        assert_eq!(b.dead_letter_topic.as_deref(), Some("failed"));
+        assert_eq!(c.plugins.disable_after, 0);
+
+        let missing = GOOD.replace("on_error = \"fail-open\"", "on_error = \"dead-letter\"");
+        let e = Config::from_toml_str(&missing, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.bindings[0].dead_letter_topic"));
+        let text = e.to_string();
+        assert!(
+            text.contains("needs the topic") && text.contains("\"readings\""),
+            "{text}"
+        );
+
+        let stray = GOOD.replace(
+            "on_error = \"fail-open\"",
+            "on_error = \"fail-open\"\ndead_letter_topic = \"failed\"",
+        );
+        let e = Config::from_toml_str(&stray, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.bindings[0].dead_letter_topic"));
+        assert!(e.to_string().contains("only used with"), "{e}");
+
+        let itself = dl.replace("\"failed\"", "\"readings\"");
+        let e = Config::from_toml_str(&itself, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.bindings[0].dead_letter_topic"));
     }
 
     #[test]
@@ -254,7 +530,7 @@ on_error = "fail-open"
         assert!(
             e.contains("runnel.toml:")
                 && e.contains("fail-maybe")
-                && e.contains("fail-open, fail-closed"),
+                && e.contains("fail-open, fail-closed, dead-letter"),
             "{e}"
         );
 
@@ -282,6 +558,85 @@ on_error = "fail-open"
         assert!(
             e.contains("plugins.memory_limit") && e.contains("out of range"),
             "{e}"
+        );
+    }
+
+    const QUOTA: &str = r#"
+[[plugins.load]]
+name = "per-client"
+path = "token_bucket.wasm"
+config = 'rate = "1MiB/s"'
+
+[[plugins.quotas]]
+plugin = "per-client"
+"#;
+
+    #[test]
+    fn quotas_load_with_defaults_and_match_requests() {
+        use super::QuotaApi;
+        let c = Config::from_toml_str(QUOTA, "runnel.toml", &[]).unwrap();
+        let q = &c.plugins.quotas[0];
+        assert_eq!(q.apis, vec![QuotaApi::Produce]);
+        assert_eq!(q.on_error, super::OnError::FailOpen);
+        assert!(q.listeners.is_empty() && q.principals.is_empty());
+        assert!(q.applies(QuotaApi::Produce, "quic", "User:x"));
+        assert!(!q.applies(QuotaApi::Fetch, "quic", "User:x"));
+        assert!(c.plugins.is_quota_plugin("per-client"));
+        assert!(Config::default().plugins.quotas.is_empty());
+
+        let full = format!(
+            "{QUOTA}listeners = [\"kafka\", \"quic\"]\nprincipals = [\"User:ANONYMOUS\"]\n\
+             apis = [\"produce\", \"fetch\"]\non_error = \"fail-closed\"\n"
+        );
+        let c = Config::from_toml_str(&full, "runnel.toml", &[]).unwrap();
+        let q = &c.plugins.quotas[0];
+        assert_eq!(q.on_error, super::OnError::FailClosed);
+        assert!(q.applies(QuotaApi::Fetch, "kafka", "User:ANONYMOUS"));
+        assert!(!q.applies(QuotaApi::Fetch, "kafka_tls", "User:ANONYMOUS"));
+        assert!(!q.applies(QuotaApi::Produce, "kafka", "User:device-7"));
+    }
+
+    #[test]
+    fn quota_errors_name_the_entry_and_key() {
+        let check = |text: String, key: &str, says: &str| {
+            let e = Config::from_toml_str(&text, "runnel.toml", &[]).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(key) && msg.contains(says), "{msg}");
+        };
+        check(
+            QUOTA.replace("plugin = \"per-client\"", "plugin = \"nope\""),
+            "plugins.quotas[0].plugin",
+            "\"nope\" is not a loaded plugin; loaded: [per-client]",
+        );
+        check(
+            format!("{QUOTA}listeners = [\"kafka-tls\"]\n"),
+            "plugins.quotas[0].listeners",
+            "unknown listener \"kafka-tls\"; allowed: kafka, kafka_tls, quic",
+        );
+        check(
+            format!("{QUOTA}apis = []\n"),
+            "plugins.quotas[0].apis",
+            "at least one API",
+        );
+        check(
+            format!("{QUOTA}apis = [\"metadata\"]\n"),
+            "runnel.toml:",
+            "allowed: produce, fetch",
+        );
+        check(
+            format!("{QUOTA}principals = [\"\"]\n"),
+            "plugins.quotas[0].principals",
+            "not empty",
+        );
+        check(
+            format!("{QUOTA}on_eror = \"fail-open\"\n"),
+            "runnel.toml:",
+            "on_eror",
+        );
+        check(
+            format!("{QUOTA}\n[[plugins.bindings]]\ntopic = \"t\"\nchain = [\"per-client\"]\n"),
+            "plugins.quotas[0].plugin",
+            "also in the chain of plugins.bindings[0]",
         );
     }
 }

@@ -183,6 +183,22 @@ pub struct QuicListener {
     pub cert: PathBuf,
     /// PEM private key of `cert`. Set both `cert` and `key`, or neither.
     pub key: PathBuf,
+    /// A connection with no packets for this long is closed (the QUIC idle timeout; the lower of
+    /// the broker's and the device's value applies). Default 30s. Devices that stay connected
+    /// while quiet send keep-alives more often than this (the device SDK every 10s); shorter
+    /// frees the slots of vanished devices sooner.
+    #[serde(with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// How devices prove who they are. Default `none`: every device is `User:ANONYMOUS`, which
+    /// suits a listener on loopback or a closed network. See [`QuicClientAuth`].
+    pub client_auth: QuicClientAuth,
+    /// PEM CA certificate(s) that sign device certificates. Required with `client_auth = "mtls"`;
+    /// a device's principal is `User:<CN of its certificate>`.
+    pub client_ca: PathBuf,
+    /// Text file of device tokens, one `<device-name> <token>` per line (`#` starts a comment).
+    /// Required with `client_auth = "token"`; a device presenting a token is `User:<device-name>`.
+    /// Read at start-up; keep it readable by the broker's user only.
+    pub token_file: PathBuf,
 }
 
 impl Default for QuicListener {
@@ -192,6 +208,10 @@ impl Default for QuicListener {
             address: loopback(9093),
             cert: PathBuf::new(),
             key: PathBuf::new(),
+            idle_timeout: secs(30),
+            client_auth: QuicClientAuth::None,
+            client_ca: PathBuf::new(),
+            token_file: PathBuf::new(),
         }
     }
 }
@@ -455,6 +475,26 @@ pub enum TimestampType {
 string_enum!(TimestampType {
     CreateTime => ["CreateTime"],
     LogAppendTime => ["LogAppendTime"],
+});
+
+/// How QUIC devices authenticate (`listeners.quic.client_auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum QuicClientAuth {
+    /// No authentication: every device is `User:ANONYMOUS`.
+    #[default]
+    None,
+    /// Mutual TLS: a device must present a certificate signed by `client_ca`, or its handshake
+    /// fails with a TLS alert.
+    Mtls,
+    /// A token, presented with Kafka SASL PLAIN (the device name as user name, the token as
+    /// password) on the connection's first stream before any other request.
+    Token,
+}
+
+string_enum!(QuicClientAuth {
+    None => ["none"],
+    Mtls => ["mtls"],
+    Token => ["token"],
 });
 
 #[cfg(test)]

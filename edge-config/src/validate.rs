@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::provenance::Provenance;
 use crate::units::{GIB, KIB, format_bytes, format_duration};
-use crate::{Config, FlushPolicy};
+use crate::{Config, FlushPolicy, QuicClientAuth};
 
 /// `broker.default_partitions`.
 pub(crate) const PARTITIONS: RangeInclusive<i32> = 1..=10_000;
@@ -242,6 +242,9 @@ impl Config {
                 ),
             ));
         }
+        if l.quic.enabled {
+            self.check_quic(c)?;
+        }
         let tcp = [
             ("listeners.kafka", l.kafka.enabled, l.kafka.address),
             (
@@ -272,9 +275,59 @@ impl Config {
     }
 }
 
+impl Config {
+    fn check_quic(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
+        let q = &self.listeners.quic;
+        if q.idle_timeout < Duration::from_millis(1) || q.idle_timeout > QUIC_IDLE_MAX {
+            return Err(c.out_of_range(
+                "listeners.quic.idle_timeout",
+                format_duration(q.idle_timeout),
+                "1ms..=1h",
+            ));
+        }
+        let needed = match q.client_auth {
+            QuicClientAuth::None => None,
+            QuicClientAuth::Mtls => Some(("listeners.quic.client_ca", &q.client_ca, "mtls")),
+            QuicClientAuth::Token => Some(("listeners.quic.token_file", &q.token_file, "token")),
+        };
+        if let Some((key, file, mode)) = needed
+            && file.as_os_str().is_empty()
+        {
+            return Err(c.conflict(
+                &[key, "listeners.quic.client_auth"],
+                format!("required when listeners.quic.client_auth = \"{mode}\""),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `listeners.quic.idle_timeout`: longer would keep vanished devices' slots for hours.
+const QUIC_IDLE_MAX: Duration = Duration::from_secs(3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quic_auth_needs_its_file_and_idle_timeout_is_bounded() {
+        let mut cfg = Config::default();
+        cfg.listeners.quic.client_auth = QuicClientAuth::Mtls;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("listeners.quic.client_ca"), "{err}");
+        cfg.listeners.quic.client_ca = "ca.pem".into();
+        cfg.validate().unwrap();
+        cfg.listeners.quic.client_auth = QuicClientAuth::Token;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("listeners.quic.token_file"), "{err}");
+        cfg.listeners.quic.token_file = "tokens".into();
+        cfg.validate().unwrap();
+        cfg.listeners.quic.idle_timeout = Duration::ZERO;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("listeners.quic.idle_timeout"), "{err}");
+        cfg.listeners.quic.idle_timeout = Duration::from_secs(3601);
+        assert!(cfg.validate().is_err());
+    }
 
     #[test]
     fn clash_rules() {

@@ -1,25 +1,29 @@
-//! Admin HTTP (`[listeners.admin]`, default 127.0.0.1:9094): `GET /health` and Prometheus
-//! `GET /metrics`. Unauthenticated by design; keep it on a trusted interface.
+//! Admin HTTP (`[listeners.admin]`, default 127.0.0.1:9094): `GET /health`, Prometheus
+//! `GET /metrics`, and the plugins (`GET /plugins`, `POST /plugins/reload`, in [`plugins`]).
+//! Unauthenticated by design; keep it on a trusted interface.
 //!
 //! The counters live in [`Metrics`], updated with relaxed atomics on the data path; partition
 //! gauges (log start and end offsets, size on disk) are read from the catalog when scraped.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
+
+pub mod plugins;
 
 /// Highest Kafka API key we keep a request counter for.
 const MAX_API_KEY: usize = 128;
@@ -36,6 +40,21 @@ pub struct Metrics {
     pub records_in: AtomicU64,
     /// Partition appends refused with an error code.
     pub produce_errors: AtomicU64,
+    /// Requests a quota policy throttled (`[[plugins.quotas]]`).
+    pub quota_throttled: AtomicU64,
+    /// Requests a quota policy rejected, for at least one topic.
+    pub quota_rejected: AtomicU64,
+    /// QUIC connections whose handshake completed (one per device connection, not per stream).
+    pub quic_connections_total: AtomicU64,
+    /// QUIC datagrams received, and those dropped (malformed, not a produce with acks=0,
+    /// unauthenticated, or refused by the produce path).
+    pub quic_datagrams_total: AtomicU64,
+    pub quic_datagrams_dropped: AtomicU64,
+    /// Connections refused for a failed or missing authentication.
+    pub auth_failures: AtomicU64,
+    /// Successful authentications (client certificate or SASL) by principal. One entry per
+    /// device that ever authenticated: as many as the token file or the CA allows.
+    authenticated: Mutex<BTreeMap<String, u64>>,
     requests: Vec<AtomicU64>,
 }
 
@@ -49,6 +68,13 @@ impl Default for Metrics {
             bytes_out: AtomicU64::new(0),
             records_in: AtomicU64::new(0),
             produce_errors: AtomicU64::new(0),
+            quota_throttled: AtomicU64::new(0),
+            quota_rejected: AtomicU64::new(0),
+            quic_connections_total: AtomicU64::new(0),
+            quic_datagrams_total: AtomicU64::new(0),
+            quic_datagrams_dropped: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            authenticated: Mutex::new(BTreeMap::new()),
             requests: (0..MAX_API_KEY).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -59,6 +85,15 @@ impl Metrics {
         if let Some(c) = self.requests.get(api as i16 as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a successful authentication of `principal`.
+    pub fn count_authenticated(&self, principal: &str) {
+        let mut map = self
+            .authenticated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(principal.to_string()).or_default() += 1;
     }
 
     /// Prometheus text exposition of the counters and of every partition's gauges.
@@ -111,6 +146,61 @@ impl Metrics {
             "Partition appends refused with an error.",
             self.produce_errors.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "runnel_quota_throttled_total",
+            "Requests throttled by a quota policy.",
+            self.quota_throttled.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quota_rejected_total",
+            "Requests rejected by a quota policy (for at least one topic).",
+            self.quota_rejected.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quic_connections_total",
+            "QUIC connections whose handshake completed.",
+            self.quic_connections_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quic_datagrams_total",
+            "QUIC datagrams received.",
+            self.quic_datagrams_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_quic_datagrams_dropped_total",
+            "QUIC datagrams dropped: malformed, not produce acks=0, unauthenticated or refused.",
+            self.quic_datagrams_dropped.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_auth_failures_total",
+            "Connections refused for a failed or missing authentication.",
+            self.auth_failures.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP runnel_authenticated_total Successful authentications by principal.\n# TYPE runnel_authenticated_total counter"
+        );
+        for (principal, n) in self
+            .authenticated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let label = principal
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                out,
+                "runnel_authenticated_total{{principal=\"{label}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP runnel_requests_total Kafka requests by API.\n# TYPE runnel_requests_total counter"
@@ -161,7 +251,47 @@ impl Metrics {
             "# HELP runnel_log_size_bytes Bytes on disk of each partition's segments.\n# TYPE runnel_log_size_bytes gauge"
         );
         out.push_str(&sizes);
+        render_plugins(&mut out, broker);
         out
+    }
+}
+
+/// Per-plugin call counters and the disabled flag (nothing when no plugin is loaded). Plugin
+/// names are checked by the config (no spaces); quotes and backslashes are escaped anyway.
+fn render_plugins(out: &mut String, broker: &Broker) {
+    let set = broker.plugins.current();
+    let loaded = &set.loaded;
+    if loaded.is_empty() {
+        return;
+    }
+    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+    let families: [(&str, &str, &str); 3] = [
+        (
+            "runnel_plugin_calls_total",
+            "counter",
+            "Batches handed to each plugin.",
+        ),
+        (
+            "runnel_plugin_faults_total",
+            "counter",
+            "Plugin calls that failed (trap, timeout, memory cap, error, bad answer, disabled).",
+        ),
+        (
+            "runnel_plugin_disabled",
+            "gauge",
+            "1 when the plugin was disabled after failing plugins.disable_after calls in a row.",
+        ),
+    ];
+    for (i, (name, kind, help)) in families.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for p in loaded {
+            let v = match i {
+                0 => p.stats.calls.load(Ordering::Relaxed),
+                1 => p.stats.faults.load(Ordering::Relaxed),
+                _ => p.is_disabled() as u64,
+            };
+            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {v}", label(p.name()));
+        }
     }
 }
 
@@ -192,6 +322,8 @@ pub async fn listen(
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/plugins", get(plugins::list))
+        .route("/plugins/reload", post(plugins::reload))
         .with_state(broker);
     let task = tokio::spawn(async move {
         let stop = async move {

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_devices;
 mod client;
+mod plugin;
 mod serve;
 
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ enum Command {
         #[arg(long, default_value = "none")]
         compression: String,
     },
+    /// Test a plugin locally; list or reload the plugins of a running broker.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Measure produce and consume throughput and produce latency against a broker
     /// (`bench devices`: many QUIC devices sending acknowledged readings).
     Bench(Box<bench::BenchArgs>),
@@ -69,6 +73,49 @@ enum Command {
         #[arg(long)]
         idle_timeout: Option<humantime_arg::Duration>,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// List loaded plugins with call counts, faults and time spent.
+    List {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Reload `[plugins]` from the broker's config file and swap them in (like SIGHUP).
+    Reload {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Run a plugin locally over sample records (filters, transforms) or requests (quota
+    /// policies), one JSON object per line, and print what it kept, changed or decided.
+    Test {
+        /// The plugin component (`.wasm`).
+        plugin: PathBuf,
+        /// JSON lines: records `{"key":..,"value":..,"headers":{..},"timestamp":..}` or, for a
+        /// quota policy, requests `{"client_id":..,"api":"produce","topic":..,"bytes":..,
+        /// "records":..,"now_ms":..}`.
+        #[arg(long)]
+        input: PathBuf,
+        /// The plugin's config string, as `config` in its `[[plugins.load]]` entry.
+        #[arg(long, default_value = "")]
+        config: String,
+        /// The topic the records claim to be produced to.
+        #[arg(long, default_value = "test")]
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// Records per call; 0 = the whole input as one batch.
+        #[arg(long, default_value_t = 0)]
+        batch: usize,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Admin {
+    /// The broker's admin HTTP listener (`[listeners.admin].address`).
+    #[arg(long, default_value = "127.0.0.1:9094", env = "RUNNEL_ADMIN")]
+    admin: String,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +219,23 @@ pub fn main() -> ExitCode {
         }
         Command::Topics(cmd) => client::topics(cmd),
         Command::Bench(args) => bench::run(*args),
+        Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
+        Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),
+        Command::Plugin(PluginCommand::Test {
+            plugin,
+            input,
+            config,
+            topic,
+            partition,
+            batch,
+        }) => plugin::test(plugin::TestArgs {
+            wasm: &plugin,
+            input: &input,
+            config: &config,
+            topic: &topic,
+            partition,
+            batch,
+        }),
         Command::Produce {
             topic,
             conn,

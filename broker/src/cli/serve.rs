@@ -5,25 +5,43 @@ use std::path::Path;
 use anyhow::Context as _;
 use edge_config::Config;
 
-pub fn run(config: Option<&Path>) -> anyhow::Result<()> {
-    let config = Config::load(config)?;
+pub fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    let config_file = config_file.map(Path::to_path_buf);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let handle = crate::start_broker(config).await?;
+        let handle = crate::start_broker_from(config, config_file).await?;
         if let Some(addr) = handle.kafka_addr {
             tracing::info!(bootstrap = %addr, data_dir = %handle.broker.config.broker.data_dir.display(), "runnel is serving Kafka");
         }
         if let (Some(addr), Some(fp)) = (handle.quic_addr, &handle.quic_fingerprint) {
             tracing::info!(address = %addr, fingerprint = %fp, "runnel is serving devices over QUIC (pin this SHA-256 fingerprint)");
         }
+        let reloader = tokio::spawn(reload_on_sighup(handle.broker.clone()));
         wait_for_signal().await;
+        reloader.abort();
         tracing::info!("shutting down");
         handle.shutdown().await;
         Ok(())
     })
+}
+
+/// Reloads the plugins on every SIGHUP (`kill -HUP <pid>`), as daemons reload their config.
+async fn reload_on_sighup(broker: std::sync::Arc<crate::Broker>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload plugins with POST /plugins/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading plugins");
+        let b = broker.clone();
+        // The outcome is logged by reload_plugins.
+        let _ = tokio::task::spawn_blocking(move || b.reload_plugins()).await;
+    }
 }
 
 async fn wait_for_signal() {

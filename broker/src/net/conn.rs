@@ -3,16 +3,26 @@
 //! Requests on a connection are handled one at a time, as Kafka does, so responses keep the
 //! request order clients rely on; a writer task lets the next request be read and handled while
 //! the previous response is still being written. A bad frame (negative or oversized length,
-//! malformed header or body, unknown API) closes this connection only, with a log line.
+//! malformed header or body, unknown API) closes this connection only, with a log line. On a
+//! connection that must authenticate first (`protocol::auth`), any other request before a
+//! successful SaslAuthenticate is not handled: the session ends and the listener is asked to close
+//! the whole connection with the reason.
+//!
+//! A request a quota policy throttled (`Ctx::throttle_ms`, set by `plugins::quota`) mutes the
+//! connection for that long: no further request is read or handled meanwhile. KIP-219 clients
+//! (produce v6+, fetch v8+) get the response first and then the mute; older versions get the
+//! response after it, as Kafka does.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
+use crate::plugins::quota;
 use crate::protocol::{Ctx, Outcome, Session, frame};
 
 /// Responses queued for the writer before the reader waits.
@@ -39,6 +49,7 @@ pub async fn serve<S>(
     let max = broker.config.broker.max_request_bytes as usize;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut client_id: Arc<str> = Arc::from("");
+    let throttle_ms = Arc::new(AtomicU32::new(0));
     'conn: loop {
         // Handle every complete frame already buffered before reading again.
         loop {
@@ -71,11 +82,23 @@ pub async fn serve<S>(
                 client_id = Arc::from(id);
             }
             metrics.count_request(req.api_key);
+            if !session.identity.admits(req.api_key) {
+                let reason = format!(
+                    "authentication required: {:?} refused before SASL authentication",
+                    req.api_key
+                );
+                tracing::info!(%peer, listener, client_id = %client_id, %reason, "closing connection");
+                metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                session.identity.close(reason, false);
+                break 'conn;
+            }
+            let (api, version) = (req.api_key, req.header.request_api_version);
             let ctx = Ctx {
                 broker: broker.clone(),
                 session: session.clone(),
-                api_version: req.header.request_api_version,
+                api_version: version,
                 client_id: client_id.clone(),
+                throttle_ms: throttle_ms.clone(),
             };
             let reply = match broker.dispatcher.dispatch(ctx, req) {
                 Ok(r) => r,
@@ -89,6 +112,14 @@ pub async fn serve<S>(
                 r = reply => r,
                 _ = shutdown.changed() => break 'conn,
             };
+            let mute = Duration::from_millis(throttle_ms.swap(0, Ordering::Relaxed) as u64);
+            let mute_first = !mute.is_zero() && !quota::respond_before_mute(api, version);
+            if mute_first {
+                tokio::select! {
+                    _ = tokio::time::sleep(mute) => {}
+                    _ = shutdown.changed() => break 'conn,
+                }
+            }
             match response {
                 Outcome::Respond(bytes) => {
                     if tx.send(bytes).await.is_err() {
@@ -99,6 +130,13 @@ pub async fn serve<S>(
                 Outcome::Close => {
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
+                }
+            }
+            if !mute.is_zero() && !mute_first {
+                tracing::trace!(%peer, client_id = %client_id, ?mute, "connection muted by a quota");
+                tokio::select! {
+                    _ = tokio::time::sleep(mute) => {}
+                    _ = shutdown.changed() => break 'conn,
                 }
             }
         }

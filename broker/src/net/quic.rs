@@ -7,6 +7,18 @@
 //! - The server certificate comes from `[listeners.quic] cert/key`, or when both are empty from a
 //!   self-signed certificate made once in `<data_dir>/quic/` and reused; its SHA-256 fingerprint is
 //!   logged and returned so devices can pin it.
+//! - Device identity (`[listeners.quic] client_auth`): none (`User:ANONYMOUS`), mutual TLS
+//!   (a client certificate signed by `client_ca`, principal `User:<CN>`; without one the handshake
+//!   fails with a TLS alert), or a token presented with SASL PLAIN on the first stream
+//!   (`protocol::auth`); a connection that fails it is closed with [`CLOSE_AUTH_FAILED`] and the
+//!   reason. The principal belongs to the connection: every stream and datagram shares it.
+//! - Datagrams: each one is a single Produce request with acks=0 ([`serve_datagrams`]), handled by
+//!   the same produce handler as a stream; a bad one is dropped and counted, never harming the
+//!   connection.
+//! - 0-RTT: a resuming device may send requests with its first packet. Requests are handled only
+//!   once the handshake has completed, so a replayed 0-RTT flight (which cannot complete it) is
+//!   never served, and a client-certificate principal is known before any request runs.
+//! - Migration: a device whose address changes keeps its connection (quinn's path validation).
 //! - Bounds: `broker.max_connections` QUIC connections (further ones are refused at once), the
 //!   handshake within `broker.handshake_timeout`, the transport limits in [`transport`].
 //! - Shutdown: on the broker's shutdown signal the endpoint closes every connection and waits at
@@ -17,7 +29,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use edge_config::QuicClientAuth;
+use kafka_protocol::messages::{ApiKey, ProduceRequest};
+use kafka_protocol::protocol::Decodable;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use rustls_pki_types::pem::PemObject;
@@ -26,15 +44,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
-use crate::protocol::{ListenerKind, Session};
+use crate::protocol::apis::produce;
+use crate::protocol::auth::{Identity, Tokens};
+use crate::protocol::frame::{self, FrameError};
+use crate::protocol::{Ctx, DispatchError, ListenerKind, Session};
 
 /// The ALPN protocol id a client must offer. It names the wire protocol of `docs/quic.md`
 /// (Kafka framing on bidirectional streams); a different protocol gets a different id.
 pub const ALPN: &[u8] = b"runnel";
-
-/// A connection with no packets for this long is closed (QUIC transport idle timeout, the lower
-/// of both sides' values applies). Devices that stay connected while quiet send keep-alives.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes one stream may have in flight towards the broker before the device must wait for the
 /// broker to read them (per-stream flow-control window).
@@ -52,6 +69,22 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// How long shutdown waits for peers to acknowledge the close before giving up.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// Bytes of received datagrams held for the broker to read; beyond it the oldest are dropped
+/// (datagrams are unreliable by design; the sender is not slowed).
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 256 * 1024;
+
+/// TLS sessions remembered for resumption and 0-RTT (about 1 KiB each). Each connection gets one
+/// ticket, used once, so a device holds one at a time; beyond this many devices the oldest
+/// tickets are forgotten and those devices do a full handshake.
+pub const RESUMPTION_SESSIONS: usize = 16 * 1024;
+
+/// Application close code: the device failed or skipped authentication; the reason says why.
+pub const CLOSE_AUTH_FAILED: u32 = 1;
+
+/// After refusing a device, how long the broker waits for it to hang up (so the response that
+/// explains the refusal gets through) before closing the connection itself.
+const REFUSAL_GRACE: Duration = Duration::from_millis(500);
+
 /// A bound QUIC listener.
 pub struct QuicListener {
     pub addr: SocketAddr,
@@ -61,22 +94,32 @@ pub struct QuicListener {
 }
 
 /// The transport limits of every QUIC connection. With the defaults, data the broker has
-/// accepted but not yet read is at most [`CONNECTION_RECEIVE_WINDOW`] (4 MiB) per connection, and
-/// unsent responses at most [`SEND_WINDOW`] (4 MiB): a device that sends faster than the broker
-/// reads is slowed by flow control instead of growing broker memory. Devices may not open
-/// unidirectional streams, and datagrams are off (not part of the protocol yet).
-pub fn transport() -> TransportConfig {
+/// accepted but not yet read is at most [`CONNECTION_RECEIVE_WINDOW`] (4 MiB) per connection,
+/// unsent responses at most [`SEND_WINDOW`] (4 MiB), and unread datagrams at most
+/// [`DATAGRAM_RECEIVE_BUFFER`]: a device that sends faster than the broker reads is slowed by
+/// flow control (or loses datagrams) instead of growing broker memory. Devices may not open
+/// unidirectional streams. A connection quiet for `idle_timeout` is closed.
+pub fn transport(idle_timeout: Duration) -> anyhow::Result<TransportConfig> {
+    let idle = IdleTimeout::try_from(idle_timeout)
+        .context("listeners.quic.idle_timeout: too long for QUIC")?;
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
-        .datagram_receive_buffer_size(None)
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s fits a QUIC varint"),
-        ));
-    t
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(0)
+        .max_idle_timeout(Some(idle));
+    Ok(t)
+}
+
+/// How devices on this listener are identified (`client_auth`).
+#[derive(Clone)]
+enum Auth {
+    None,
+    Certificate,
+    Token(Arc<Tokens>),
 }
 
 /// Binds `[listeners.quic]` and spawns the accept loop.
@@ -87,24 +130,44 @@ pub async fn listen(
     let cfg = &broker.config.listeners.quic;
     let (chain, key) = server_identity(cfg, &broker.config.broker.data_dir)?;
     let fingerprint = fingerprint(&chain[0]);
+    let auth = match cfg.client_auth {
+        QuicClientAuth::None => Auth::None,
+        QuicClientAuth::Mtls => Auth::Certificate,
+        QuicClientAuth::Token => Auth::Token(Arc::new(
+            Tokens::load(&cfg.token_file).context("listeners.quic.token_file")?,
+        )),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3")?
-        .with_no_client_auth()
+        .context("TLS 1.3")?;
+    let builder = match cfg.client_auth {
+        QuicClientAuth::Mtls => builder.with_client_cert_verifier(super::tls::client_verifier(
+            &cfg.client_ca,
+            "listeners.quic.client_ca",
+            provider,
+        )?),
+        _ => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(chain, key)
         .context("listeners.quic: certificate and key do not match")?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    // No 0-RTT: early data could be replayed, and produce is not idempotent for every client.
-    tls.max_early_data_size = 0;
+    // 0-RTT: QUIC allows only "unlimited" here. Tickets are stateful and single-use, and
+    // requests wait for the handshake to complete (see the module docs).
+    tls.max_early_data_size = u32::MAX;
+    tls.send_tls13_tickets = 1;
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMPTION_SESSIONS);
     let crypto = QuicServerConfig::try_from(tls).context("listeners.quic: TLS config for QUIC")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport()));
+    server.transport_config(Arc::new(transport(cfg.idle_timeout)?));
+    // A device whose address changes (NAT rebinding, Wi-Fi to cellular) keeps its connection.
+    server.migration(true);
     let endpoint = Endpoint::server(server, cfg.address)
         .with_context(|| format!("cannot bind QUIC listener on udp {}", cfg.address))?;
     let addr = endpoint.local_addr()?;
-    tracing::info!(listener = ListenerKind::Quic.name(), address = %addr, %fingerprint, "listening");
-    let task = tokio::spawn(accept_loop(broker, endpoint, addr, shutdown));
+    tracing::info!(listener = ListenerKind::Quic.name(), address = %addr, %fingerprint, client_auth = %cfg.client_auth, "listening");
+    let task = tokio::spawn(accept_loop(broker, endpoint, addr, auth, shutdown));
     Ok(QuicListener {
         addr,
         fingerprint,
@@ -116,6 +179,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     endpoint: Endpoint,
     bound: SocketAddr,
+    auth: Auth,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(broker.config.broker.max_connections));
@@ -137,6 +201,7 @@ async fn accept_loop(
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         let advertised_host = advertised_host.clone();
+        let auth = auth.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let peer = incoming.remote_address();
@@ -159,49 +224,229 @@ async fn accept_loop(
                     return;
                 }
             };
-            serve_connection(broker, conn, bound, advertised_host, shutdown).await;
+            broker
+                .metrics
+                .quic_connections_total
+                .fetch_add(1, Ordering::Relaxed);
+            let identity = match identify(&auth, &conn) {
+                Ok(identity) => identity,
+                Err(reason) => {
+                    tracing::info!(%peer, %reason, "QUIC connection refused");
+                    broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), reason.as_bytes());
+                    return;
+                }
+            };
+            if let (Auth::Certificate, Some(principal)) = (&auth, identity.principal()) {
+                broker.metrics.count_authenticated(principal);
+            }
+            let link = Link {
+                bound,
+                advertised_host,
+                identity,
+            };
+            serve_connection(broker, conn, link, shutdown).await;
         });
     }
     endpoint.close(VarInt::from_u32(0), b"broker shutting down");
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
 }
 
-/// Accepts the connection's bidirectional streams, each one a Kafka session, until it closes.
+/// What every session of one connection shares.
+struct Link {
+    bound: SocketAddr,
+    advertised_host: Arc<str>,
+    identity: Arc<Identity>,
+}
+
+impl Link {
+    fn session(&self, conn: &quinn::Connection) -> Session {
+        Session {
+            // The address the connection has now; QUIC lets it change later (migration).
+            peer: conn.remote_address(),
+            listener: ListenerKind::Quic,
+            advertised_host: self.advertised_host.to_string(),
+            advertised_port: self.bound.port() as i32,
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+/// The identity of a connection whose handshake completed, or why it is refused.
+fn identify(auth: &Auth, conn: &quinn::Connection) -> Result<Arc<Identity>, String> {
+    match auth {
+        Auth::None => Ok(Identity::anonymous()),
+        Auth::Token(tokens) => Ok(Identity::sasl(tokens.clone())),
+        Auth::Certificate => {
+            // The verifier has checked the chain against client_ca; the leaf names the device.
+            let leaf = conn
+                .peer_identity()
+                .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+                .and_then(|chain| chain.first().cloned())
+                .ok_or("no client certificate")?;
+            let principal = super::tls::principal_of(&leaf)
+                .ok_or("the client certificate has no subject common name (CN)")?;
+            Ok(Identity::certified(principal))
+        }
+    }
+}
+
+/// Accepts the connection's bidirectional streams, each one a Kafka session, and serves its
+/// datagrams, until it closes. When the identity asks for the connection to be closed (failed or
+/// missing authentication), the broker closes it with [`CLOSE_AUTH_FAILED`] and the reason; after
+/// a failed SaslAuthenticate it first gives the device [`REFUSAL_GRACE`] to read the answer.
 async fn serve_connection(
     broker: Arc<Broker>,
     conn: quinn::Connection,
-    bound: SocketAddr,
-    advertised_host: Arc<str>,
+    link: Link,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = conn.remote_address();
-    tracing::debug!(%peer, "QUIC connection open");
+    tracing::debug!(%peer, principal = ?link.identity.principal(), "QUIC connection open");
+    let datagrams = tokio::spawn(serve_datagrams(
+        broker.clone(),
+        conn.clone(),
+        Arc::new(link.session(&conn)),
+    ));
+    let refused = link.identity.closed();
+    tokio::pin!(refused);
     loop {
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "QUIC connection closed");
-                    return;
+                    break;
                 }
             },
-            _ = shutdown.changed() => return,
-        };
-        let session = Session {
-            // The address the connection has now; QUIC lets it change later (migration).
-            peer: conn.remote_address(),
-            listener: ListenerKind::Quic,
-            advertised_host: advertised_host.to_string(),
-            advertised_port: bound.port() as i32,
-            principal: "User:ANONYMOUS".to_string(),
+            closing = &mut refused => {
+                if closing.after_reply {
+                    tokio::select! {
+                        _ = conn.closed() => {}
+                        _ = tokio::time::sleep(REFUSAL_GRACE) => {}
+                    }
+                }
+                conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), closing.reason.as_bytes());
+                break;
+            }
+            _ = shutdown.changed() => break,
         };
         let stream = tokio::io::join(recv, send);
         tokio::spawn(super::conn::serve(
             broker.clone(),
             stream,
-            session,
+            link.session(&conn),
             shutdown.clone(),
         ));
+    }
+    datagrams.abort();
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, thiserror::Error)]
+enum DatagramError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("{0:?} is not allowed in a datagram (only Produce with acks=0)")]
+    NotProduce(ApiKey),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    #[error("produce with acks={0} in a datagram (only acks=0: nobody can be answered)")]
+    Acks(i16),
+    #[error("the connection has not authenticated")]
+    Unauthenticated,
+    #[error("the broker refused the records: Kafka error code {0}")]
+    Refused(i16),
+    #[error("a quota policy throttled this connection; {0} ms left")]
+    Throttled(u64),
+}
+
+/// Reads the connection's datagrams one at a time and produces each. A datagram is one Kafka
+/// Produce request, header and body without the size prefix, with acks=0 (docs/quic.md). A bad
+/// or refused datagram is dropped and counted; the connection goes on. A quota policy's throttle
+/// cannot slow a datagram sender down, so it is enforced by dropping the connection's datagrams
+/// until the throttle time has passed (the datagram that earned it is stored).
+async fn serve_datagrams(broker: Arc<Broker>, conn: quinn::Connection, session: Arc<Session>) {
+    let peer = session.peer;
+    let mut muted_until: Option<tokio::time::Instant> = None;
+    while let Ok(datagram) = conn.read_datagram().await {
+        let metrics = &broker.metrics;
+        metrics.quic_datagrams_total.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .bytes_in
+            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let result = match muted_until.filter(|t| *t > now) {
+            Some(t) => Err(DatagramError::Throttled((t - now).as_millis() as u64)),
+            None => produce_datagram(&broker, &session, datagram)
+                .await
+                .map(|throttle_ms| {
+                    if throttle_ms > 0 {
+                        muted_until = Some(now + Duration::from_millis(throttle_ms as u64));
+                    }
+                }),
+        };
+        if let Err(e) = result {
+            metrics
+                .quic_datagrams_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "QUIC datagram dropped");
+        }
+    }
+}
+
+/// Produces one datagram; the throttle (ms) a quota policy asked for, or 0.
+async fn produce_datagram(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    datagram: Bytes,
+) -> Result<u32, DatagramError> {
+    let req = frame::decode_request(datagram)?;
+    if req.api_key != ApiKey::Produce {
+        return Err(DatagramError::NotProduce(req.api_key));
+    }
+    if !session.identity.admits(req.api_key) {
+        return Err(DatagramError::Unauthenticated);
+    }
+    let version = req.header.request_api_version;
+    if !broker.dispatcher.serves(ApiKey::Produce, version) {
+        return Err(DispatchError::UnsupportedVersion {
+            api: ApiKey::Produce,
+            version,
+            min: 3,
+            max: 9,
+        }
+        .into());
+    }
+    let mut body = req.body;
+    let produce =
+        ProduceRequest::decode(&mut body, version).map_err(|e| DispatchError::BadBody {
+            api: ApiKey::Produce,
+            version,
+            reason: e.to_string(),
+        })?;
+    if produce.acks != 0 {
+        return Err(DatagramError::Acks(produce.acks));
+    }
+    broker.metrics.count_request(ApiKey::Produce);
+    let throttle_ms = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ctx = Ctx {
+        broker: broker.clone(),
+        session: session.clone(),
+        api_version: version,
+        client_id: Arc::from(req.header.client_id.as_deref().unwrap_or("")),
+        throttle_ms: throttle_ms.clone(),
+    };
+    let response = produce::handle(ctx, produce).await;
+    let refused = response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .map(|p| p.error_code)
+        .find(|&code| code != 0);
+    match refused {
+        Some(code) => Err(DatagramError::Refused(code)),
+        None => Ok(throttle_ms.load(Ordering::Relaxed)),
     }
 }
 

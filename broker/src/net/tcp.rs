@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
+use crate::protocol::auth::Identity;
 use crate::protocol::{ListenerKind, Session};
 
 /// Binds `addr` and spawns the accept loop. Returns the bound address (port 0 picks one).
@@ -71,8 +72,9 @@ async fn accept_loop(
             listener: kind,
             advertised_host: advertised_host.clone(),
             advertised_port: bound.port() as i32,
-            principal: "User:ANONYMOUS".to_string(),
+            identity: Identity::anonymous(),
         };
+
         let broker = broker.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
@@ -85,6 +87,20 @@ async fn accept_loop(
                         tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
                     match accepted {
                         Ok(Ok(tls_stream)) => {
+                            // With `client_ca` set, the verified certificate names the client.
+                            let principal = tls_stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|leaf| super::tls::principal_of(leaf));
+                            let session = match principal {
+                                Some(p) => Session {
+                                    identity: Identity::certified(p),
+                                    ..session
+                                },
+                                None => session,
+                            };
                             super::conn::serve(broker, tls_stream, session, shutdown).await
                         }
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),

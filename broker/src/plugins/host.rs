@@ -4,19 +4,27 @@
 //! Instances are reused: a [`Plugin`] keeps idle (store, instance) pairs and hands one to each
 //! call. A call that traps, times out or hits the memory cap drops its instance (a component
 //! instance is unusable after a trap); the next call builds a fresh one and runs `init` again.
+//!
+//! A component is a filter or a transform by what it exports (`filter` or `transform`, the
+//! worlds of `sdk/wit/plugin.wit`), found at load ([`Kind`]); both take and return one
+//! `list<u8>`, so one call path serves both and the caller reads the answer by kind.
+//!
+//! After `disable_after` failed calls in a row a plugin is disabled (one WARN line); from then
+//! on [`Plugin::call`] fails at once with [`PluginError::Disabled`] without entering the guest.
+//! Trap messages keep the trap reason and the innermost wasm frame, not the whole backtrace.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Instance, InstancePre, Linker, TypedFunc};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap,
+    StoreLimitsBuilder, Trap, WasmBacktrace,
 };
 
 use super::PluginError;
@@ -30,6 +38,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct HostLimits {
     pub call_timeout: Duration,
     pub memory_limit: u64,
+    /// Failed calls in a row that disable a plugin; 0 = never.
+    pub disable_after: u32,
 }
 
 /// The engine shared by every plugin of a broker, and its epoch ticker.
@@ -91,6 +101,12 @@ impl Host {
             source,
         })?;
         let component = self.compile_cached(name, &wasm)?;
+        let kind = Kind::of(&component).ok_or_else(|| PluginError::Interface {
+            name: name.to_owned(),
+            message: "exports neither `filter` nor `transform` (build it with the runnel-plugin \
+                      SDK's filter! or transform! macro)"
+                .into(),
+        })?;
         let mut linker = Linker::<State>::new(&self.engine);
         // No WASI and no host functions: any import the guest has (std's wasi:cli, wasi:io, ...)
         // is defined as a trap, so a plugin has no filesystem, network, clock or environment.
@@ -99,12 +115,15 @@ impl Host {
             .and_then(|()| linker.instantiate_pre(&component))
             .map(|pre| Plugin {
                 name: name.to_owned(),
+                kind,
                 config: config.to_owned(),
                 engine: self.engine.clone(),
                 limits: self.limits.clone(),
                 pre,
                 idle: Mutex::new(Vec::new()),
                 stats: Stats::default(),
+                failures_in_a_row: AtomicU32::new(0),
+                disabled: AtomicBool::new(false),
             })
             .map_err(|e| PluginError::Interface {
                 name: name.to_owned(),
@@ -177,32 +196,71 @@ pub struct State {
 }
 
 type InitFn = TypedFunc<(String,), (Result<(), String>,)>;
-type FilterFn = TypedFunc<(Vec<u8>,), (Result<Vec<u8>, String>,)>;
+/// `filter` and `transform` have the same signature: framed batch in, framed answer out.
+type BatchFn = TypedFunc<(Vec<u8>,), (Result<Vec<u8>, String>,)>;
+
+/// Which world a plugin implements, found from its exports at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Exports `filter`: answers with a keep bitmap.
+    Filter,
+    /// Exports `transform`: answers with an output frame.
+    Transform,
+}
+
+impl Kind {
+    fn of(component: &Component) -> Option<Kind> {
+        if component.get_export_index(None, "transform").is_some() {
+            Some(Kind::Transform)
+        } else if component.get_export_index(None, "filter").is_some() {
+            Some(Kind::Filter)
+        } else {
+            None
+        }
+    }
+
+    /// The exported function a call enters.
+    fn export(self) -> &'static str {
+        match self {
+            Kind::Filter => "filter",
+            Kind::Transform => "transform",
+        }
+    }
+}
 
 /// One live instance and its store.
 struct Live {
     store: Store<State>,
-    filter: FilterFn,
+    call: BatchFn,
     _instance: Instance,
 }
 
 /// Call counters of one plugin.
 #[derive(Default, Debug)]
 pub struct Stats {
+    /// Calls asked for, including those refused because the plugin is disabled.
     pub calls: AtomicU64,
+    /// Calls that failed (trap, timeout, memory cap, error result, bad answer, disabled).
     pub faults: AtomicU64,
     pub instantiations: AtomicU64,
+    /// Wall time spent in calls (instantiation included), in nanoseconds.
+    pub busy_nanos: AtomicU64,
 }
 
-/// A loaded filter plugin.
+/// A loaded filter or transform plugin.
 pub struct Plugin {
     name: String,
+    kind: Kind,
     config: String,
     engine: Engine,
     limits: HostLimits,
     pre: InstancePre<State>,
     idle: Mutex<Vec<Live>>,
     pub stats: Stats,
+    /// Failed calls since the last successful one.
+    failures_in_a_row: AtomicU32,
+    /// Set once, after `disable_after` failures in a row; never cleared (until a restart).
+    disabled: AtomicBool,
 }
 
 impl Plugin {
@@ -210,19 +268,21 @@ impl Plugin {
         &self.name
     }
 
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Whether the plugin was disabled for failing `disable_after` calls in a row.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
     fn new_store(&self) -> Store<State> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_limit as usize)
-            .trap_on_grow_failure(true)
-            .build();
-        let mut store = Store::new(&self.engine, State { limits });
-        store.limiter(|s| &mut s.limits);
-        store
+        new_store(&self.engine, &self.limits)
     }
 
     fn deadline(&self, store: &mut Store<State>) {
-        let ticks = (self.limits.call_timeout.as_micros() / EPOCH_TICK.as_micros()).max(1);
-        store.set_epoch_deadline(ticks as u64);
+        set_deadline(store, &self.limits);
     }
 
     /// A fresh instance with `init(config)` done.
@@ -239,8 +299,8 @@ impl Plugin {
             .instantiate(&mut store)
             .map_err(|e| self.classify(e))?;
         let init: InitFn = instance.get_typed_func(&mut store, "init").map_err(iface)?;
-        let filter: FilterFn = instance
-            .get_typed_func(&mut store, "filter")
+        let call: BatchFn = instance
+            .get_typed_func(&mut store, self.kind.export())
             .map_err(iface)?;
         let (result,) = init
             .call(&mut store, (self.config.clone(),))
@@ -251,7 +311,7 @@ impl Plugin {
         })?;
         Ok(Live {
             store,
-            filter,
+            call,
             _instance: instance,
         })
     }
@@ -263,18 +323,56 @@ impl Plugin {
             .push(live);
     }
 
-    /// Runs `filter` over a framed batch; the keep bitmap (already length-checked for `count`
-    /// records) or the error of this call. Blocking: run it off the async workers.
-    pub fn filter(&self, frame: Vec<u8>, count: usize) -> Result<Vec<u8>, PluginError> {
+    /// Runs the plugin's `filter` or `transform` over a framed batch and reads its answer (a
+    /// keep bitmap or an output frame, see [`Kind`]) with `read`, whose error makes the call a
+    /// [`PluginError::BadAnswer`]. A disabled plugin fails at once. Blocking: run it off the
+    /// async workers.
+    pub fn call<T>(
+        &self,
+        frame: Vec<u8>,
+        read: impl FnOnce(Vec<u8>) -> Result<T, String>,
+    ) -> Result<T, PluginError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let result = self.filter_inner(frame, count);
-        if result.is_err() {
+        if self.is_disabled() {
             self.stats.faults.fetch_add(1, Ordering::Relaxed);
+            return Err(PluginError::Disabled {
+                name: self.name.clone(),
+            });
+        }
+        let started = std::time::Instant::now();
+        let result = self.call_inner(frame).and_then(|answer| {
+            read(answer).map_err(|message| PluginError::BadAnswer {
+                name: self.name.clone(),
+                message,
+            })
+        });
+        self.stats
+            .busy_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match &result {
+            Ok(_) => self.failures_in_a_row.store(0, Ordering::Relaxed),
+            Err(e) => self.failed(e),
         }
         result
     }
 
-    fn filter_inner(&self, frame: Vec<u8>, count: usize) -> Result<Vec<u8>, PluginError> {
+    /// Counts a failed call and disables the plugin after `disable_after` failures in a row,
+    /// logging that once.
+    fn failed(&self, error: &PluginError) {
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.limits.disable_after;
+        if limit > 0 && in_a_row >= limit && !self.disabled.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                plugin = %self.name,
+                failures = in_a_row,
+                last_error = %error,
+                "plugin disabled after failing plugins.disable_after calls in a row; its bindings apply their on_error policy until restart"
+            );
+        }
+    }
+
+    fn call_inner(&self, frame: Vec<u8>) -> Result<Vec<u8>, PluginError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut live = match idle {
             Some(live) => live,
@@ -283,46 +381,146 @@ impl Plugin {
         self.deadline(&mut live.store);
         // On a trap the instance is dropped here (not put back): the next call rebuilds it.
         let (result,) = live
-            .filter
+            .call
             .call(&mut live.store, (frame,))
             .map_err(|e| self.classify(e))?;
         // A plugin that returns an error is still a sound instance: keep it.
         self.put_back(live);
-        let bitmap = result.map_err(|message| PluginError::Failed {
+        result.map_err(|message| PluginError::Failed {
             name: self.name.clone(),
             message,
-        })?;
-        if bitmap.len() != count.div_ceil(8) {
-            return Err(PluginError::BadAnswer {
-                name: self.name.clone(),
-                message: format!(
-                    "keep bitmap of {} bytes for {count} records (expected {})",
-                    bitmap.len(),
-                    count.div_ceil(8)
-                ),
-            });
-        }
-        Ok(bitmap)
+        })
     }
 
     /// Turns a wasmtime error of a call into the matching [`PluginError`].
     fn classify(&self, e: wasmtime::Error) -> PluginError {
-        let name = self.name.clone();
-        if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-            return PluginError::Timeout {
-                name,
-                limit: self.limits.call_timeout,
-            };
-        }
-        let message = format!("{e:#}");
-        if message.contains("growing memory")
-            || message.contains("memory") && message.contains("limit")
-        {
-            return PluginError::MemoryLimit {
-                name,
-                limit: self.limits.memory_limit,
-            };
-        }
-        PluginError::Trap { name, message }
+        classify(&self.name, &self.limits, e)
+    }
+}
+
+/// A store with the memory cap of `limits` (a grow past it traps).
+fn new_store(engine: &Engine, limits: &HostLimits) -> Store<State> {
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory_limit as usize)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(
+        engine,
+        State {
+            limits: store_limits,
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    store
+}
+
+/// Arms the epoch deadline of the next call made in `store`.
+fn set_deadline(store: &mut Store<State>, limits: &HostLimits) {
+    let ticks = (limits.call_timeout.as_micros() / EPOCH_TICK.as_micros()).max(1);
+    store.set_epoch_deadline(ticks as u64);
+}
+
+/// Turns a wasmtime error of a call into the matching [`PluginError`].
+fn classify(name: &str, limits: &HostLimits, e: wasmtime::Error) -> PluginError {
+    let name = name.to_owned();
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return PluginError::Timeout {
+            name,
+            limit: limits.call_timeout,
+        };
+    }
+    let message = format!("{e:#}");
+    if message.contains("growing memory") || message.contains("memory") && message.contains("limit")
+    {
+        return PluginError::MemoryLimit {
+            name,
+            limit: limits.memory_limit,
+        };
+    }
+    PluginError::Trap {
+        name,
+        message: trap_message(&e),
+    }
+}
+
+/// A trap's reason and its innermost wasm frame, on one line. wasmtime's own message carries the
+/// whole backtrace, one frame per line, which would flood the log on every faulty call.
+fn trap_message(e: &wasmtime::Error) -> String {
+    let reason = e.root_cause().to_string();
+    let reason = reason.lines().next().unwrap_or("").trim();
+    let frame = e
+        .downcast_ref::<WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+        .map(|f| match f.func_name() {
+            Some(name) => format!("{name} (function {})", f.func_index()),
+            None => format!("function {}", f.func_index()),
+        });
+    match frame {
+        Some(frame) => format!("{reason}; at {frame}"),
+        None => reason.to_owned(),
+    }
+}
+
+/// A component of any plugin world, compiled and linked (every import a trap), for plugin kinds
+/// that look up their own exports ([`super::quota`]). It makes fresh instances, each in its own
+/// store with the host's memory cap; the caller arms the deadline before each call.
+pub struct Linked {
+    name: String,
+    engine: Engine,
+    limits: HostLimits,
+    pre: InstancePre<State>,
+}
+
+impl Host {
+    /// Reads, compiles (or loads from the cache) and links the component at `path` without
+    /// instantiating it.
+    pub fn link(&self, name: &str, path: &Path) -> Result<Linked, PluginError> {
+        let wasm = std::fs::read(path).map_err(|source| PluginError::Read {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let component = self.compile_cached(name, &wasm)?;
+        let mut linker = Linker::<State>::new(&self.engine);
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .and_then(|()| linker.instantiate_pre(&component))
+            .map(|pre| Linked {
+                name: name.to_owned(),
+                engine: self.engine.clone(),
+                limits: self.limits.clone(),
+                pre,
+            })
+            .map_err(|e| PluginError::Compile {
+                name: name.to_owned(),
+                message: format!("{e:#}"),
+            })
+    }
+}
+
+impl Linked {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A fresh instance in a fresh store, the deadline armed for the calls that set it up.
+    pub fn instantiate(&self) -> Result<(Store<State>, Instance), PluginError> {
+        let mut store = new_store(&self.engine, &self.limits);
+        set_deadline(&mut store, &self.limits);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(e))?;
+        Ok((store, instance))
+    }
+
+    /// Arms the deadline of the next call in `store` (one `plugins.call_timeout`).
+    pub fn arm(&self, store: &mut Store<State>) {
+        set_deadline(store, &self.limits);
+    }
+
+    /// Turns a wasmtime error of a call into the matching [`PluginError`].
+    pub fn classify(&self, e: wasmtime::Error) -> PluginError {
+        classify(&self.name, &self.limits, e)
     }
 }

@@ -1,32 +1,52 @@
-//! WebAssembly plugins on the produce path (filters, for now).
+//! WebAssembly plugins on the produce path: filters and transforms.
 //!
 //! The map:
 //! - [`host`]: the wasmtime engine, the on-disk cache of compiled components, the per-call
-//!   limits (epoch deadline, memory cap) and the reusable instances of one [`host::Plugin`];
+//!   limits (epoch deadline, memory cap), the reusable instances of one [`host::Plugin`], and
+//!   disabling a plugin that keeps failing;
+//! - [`output`]: a transform's answer (the output frame) and the partition of a routed record;
+//! - [`quota`]: quota policies (`[[plugins.quotas]]`), asked per produce/fetch request;
 //! - this file: [`PluginError`], the registry built from `[plugins]` ([`Plugins`]), and
-//!   [`Plugins::filter_produce`], which runs a topic's chain over the record batches of one
-//!   produce partition.
+//!   [`run_chain`], which runs a topic's chain over the record batches of one produce partition.
 //!
 //! Invariants:
 //! - A topic without a binding never reaches this module: its batches stay zero-copy.
-//! - A batch is decoded only when its topic has a chain; batches whose records are all kept are
-//!   stored byte for byte as received. Otherwise the kept records are re-encoded with the
-//!   producer's codec as ONE batch with contiguous offset deltas (storage, like Kafka, refuses
-//!   produced batches with gaps), keeping the producer's attributes, id and epoch ([`reencode`]);
-//!   a batch that loses every record is not stored at all.
-//! - Batches of idempotent producers (baseSequence >= 0) cannot lose records yet: the stored
-//!   batch would cover fewer sequence numbers than the producer used, and its next batch would be
-//!   refused as out of order. Such a batch is refused (POLICY_VIOLATION) when a filter drops any
-//!   of its records; batches it keeps whole pass as usual.
-//! - A failing call (trap, timeout, memory cap, error result, wrong answer) fails that call only;
-//!   the binding's `on_error` decides: fail-open passes the batch through that plugin unchanged,
-//!   fail-closed refuses the partition's produce with POLICY_VIOLATION.
+//! - A batch is decoded only when its topic has a chain; batches whose records come out of the
+//!   chain unchanged (every filter kept all, every transform gave back the same records and routed
+//!   none) are stored byte for byte as received. Otherwise the records for the produced partition
+//!   are re-encoded with the producer's codec as ONE batch, keeping the producer's attributes,
+//!   id and epoch ([`reencode`]).
+//! - A chain runs filters and transforms in order. A transform's outputs without a topic go on
+//!   through the rest of the chain; outputs naming a topic leave the chain and are appended to
+//!   that topic as they are (its own chain does not run on them, so chains cannot loop), in the
+//!   partition [`output::partition_for`] picks, auto-creating the topic when the broker
+//!   auto-creates topics (else the call fails: the binding's policy applies).
+//! - Idempotent producers (baseSequence >= 0): the re-encoded batch keeps the producer's
+//!   baseSequence and its lastOffsetDelta (the original count - 1) even when it holds fewer
+//!   records, so it spans the sequence numbers the producer used and its next batch is in
+//!   sequence; the offsets of dropped records stay unused, as after compaction. A batch that
+//!   loses every record is stored as an empty (header-only) batch for the same reason. Storage
+//!   accepts such batches only through `append_rewritten`. A transform that writes MORE records
+//!   to the partition than the idempotent batch held cannot be stored in sequence: refused
+//!   (POLICY_VIOLATION). Routed records are appended without a producer id.
+//! - A failing call (trap, timeout, memory cap, error result, bad answer, disabled plugin)
+//!   fails that call only; the binding's `on_error` decides: fail-open passes the batch through
+//!   that plugin unchanged, fail-closed refuses the partition's produce with POLICY_VIOLATION,
+//!   dead-letter sends the batch's records as produced to the dead-letter topic with headers
+//!   [`DLT_PLUGIN`], [`DLT_ERROR`], [`DLT_TOPIC`], [`DLT_PARTITION`] and stores nothing in the
+//!   bound partition (an idempotent batch leaves an empty batch there, see above). When the
+//!   dead-letter topic does not exist and cannot be auto-created, the batch is refused as with
+//!   fail-closed.
 //! - Plugins get no WASI: every import of a component is defined as a trap (see `host`).
 //!
-//! The batch frame handed to a filter is documented in `sdk/wit/plugin.wit`; [`frame_records`]
-//! writes it.
+//! The batch frame handed to a plugin and the output frame a transform answers with are
+//! documented in `sdk/wit/plugin.wit`; [`frame_records`] writes the first, [`output`] reads the
+//! second.
 
 pub mod host;
+pub mod output;
+pub mod quota;
+pub mod reload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,13 +55,25 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edge_config::{OnError, PluginsConfig};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use crate::storage::{self, BatchHeader};
 
-pub use host::{Host, HostLimits, Plugin};
+pub use host::{Host, HostLimits, Kind, Plugin};
+pub use output::{OutRecord, partition_for};
+pub use reload::{PluginSet, ReloadError, ReloadReport};
+
+/// Header of a dead-lettered record: the name of the plugin whose call failed.
+pub const DLT_PLUGIN: &str = "runnel.dlt.plugin";
+/// Header of a dead-lettered record: the error of the failed call.
+pub const DLT_ERROR: &str = "runnel.dlt.error";
+/// Header of a dead-lettered record: the topic it was produced to.
+pub const DLT_TOPIC: &str = "runnel.dlt.topic";
+/// Header of a dead-lettered record: the partition it was produced to (decimal).
+pub const DLT_PARTITION: &str = "runnel.dlt.partition";
 
 /// Why a plugin could not be loaded or a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +89,16 @@ pub enum PluginError {
     },
     #[error("plugin {name}: not a valid component: {message}")]
     Compile { name: String, message: String },
-    #[error("plugin {name}: does not implement the runnel:plugin filter world: {message}")]
+    #[error(
+        "plugin {name}: does not implement the runnel:plugin filter or transform world: {message}"
+    )]
     Interface { name: String, message: String },
+    #[error("plugin {name}: does not implement the runnel:plugin {world} world: {message}")]
+    World {
+        name: String,
+        world: &'static str,
+        message: String,
+    },
     #[error("plugin {name}: init refused its config: {message}")]
     Init { name: String, message: String },
     #[error("plugin {name}: call exceeded plugins.call_timeout ({limit:?})")]
@@ -71,29 +111,36 @@ pub enum PluginError {
     Failed { name: String, message: String },
     #[error("plugin {name}: bad answer: {message}")]
     BadAnswer { name: String, message: String },
+    #[error("plugin {name}: disabled after failing plugins.disable_after calls in a row")]
+    Disabled { name: String },
 }
 
 /// Why a produce batch was refused by the plugin path.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceFilterError {
-    /// A plugin call failed and its binding is fail-closed.
+    /// A plugin call failed and its binding is fail-closed (or dead-letter without a usable
+    /// dead-letter topic).
     #[error(transparent)]
     Plugin(#[from] PluginError),
     /// The batch could not be decoded or re-encoded.
     #[error("record batch: {0}")]
     Corrupt(String),
-    /// A filter dropped records of an idempotent producer's batch (not supported yet).
+    /// A transform wrote more records to the produced partition than an idempotent producer's
+    /// batch held: they cannot be stored within the batch's sequence numbers.
     #[error(
-        "plugins dropped records of an idempotent producer's batch, which is not supported yet; \
-         produce to this topic with enable.idempotence=false"
+        "plugins turned an idempotent producer's batch of {produced} records into {written} for \
+         the same partition; an idempotent batch cannot grow (route the extra records to \
+         another topic, or produce with enable.idempotence=false)"
     )]
-    Idempotent,
+    Idempotent { produced: i32, written: usize },
 }
 
 /// A topic's ordered plugin chain.
 pub struct Chain {
     pub plugins: Vec<Arc<Plugin>>,
     pub on_error: OnError,
+    /// With `OnError::DeadLetter`: where failing batches go.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Every loaded plugin and the topic bindings; empty when `[plugins]` names none.
@@ -101,6 +148,8 @@ pub struct Chain {
 pub struct Plugins {
     pub loaded: Vec<Arc<Plugin>>,
     chains: HashMap<String, Arc<Chain>>,
+    /// Quota policies and their bindings (`[[plugins.quotas]]`).
+    pub quotas: quota::Quotas,
 }
 
 impl Plugins {
@@ -112,6 +161,7 @@ impl Plugins {
         let limits = HostLimits {
             call_timeout: config.call_timeout,
             memory_limit: config.memory_limit,
+            disable_after: config.disable_after,
         };
         // Instances alive at once: a few concurrent calls per plugin.
         let max_instances = (config.load.len() as u32 * 8).max(16);
@@ -119,8 +169,11 @@ impl Plugins {
         let mut by_name = HashMap::new();
         let mut loaded = Vec::new();
         for spec in &config.load {
+            if config.is_quota_plugin(&spec.name) {
+                continue; // a quota-world plugin: loaded by `quota::Quotas::load` below
+            }
             let plugin = Arc::new(host.load(&spec.name, &spec.path, &spec.config)?);
-            tracing::info!(plugin = %spec.name, path = %spec.path.display(), "plugin loaded");
+            tracing::info!(plugin = %spec.name, kind = ?plugin.kind(), path = %spec.path.display(), "plugin loaded");
             by_name.insert(spec.name.clone(), plugin.clone());
             loaded.push(plugin);
         }
@@ -132,11 +185,17 @@ impl Plugins {
                 let chain = Chain {
                     plugins,
                     on_error: b.on_error,
+                    dead_letter_topic: b.dead_letter_topic.clone(),
                 };
                 (b.topic.clone(), Arc::new(chain))
             })
             .collect();
-        Ok(Plugins { loaded, chains })
+        let quotas = quota::Quotas::load(&host, config)?;
+        Ok(Plugins {
+            loaded,
+            chains,
+            quotas,
+        })
     }
 
     /// The chain bound to `topic`.
@@ -145,17 +204,44 @@ impl Plugins {
     }
 }
 
-/// Runs `chain` over every batch of one produce partition's record data and returns what to
-/// append (`records` itself when every record is kept; empty when none is). Blocking (wasm calls): the produce
-/// handler runs it with `spawn_blocking`.
-pub fn filter_produce(
+/// What a chain made of one produce partition's record data.
+#[derive(Debug, Default)]
+pub struct ChainOutput {
+    /// What to append to the produced partition: the record data itself when nothing changed,
+    /// empty when nothing is left to store.
+    pub records: Bytes,
+    /// Whether `records` holds batches the chain rewrote for an idempotent producer (wider
+    /// sequence span than record count, or empty): append them with `append_rewritten`.
+    pub rewritten: bool,
+    /// Records for other topics (transform outputs naming a topic, dead-lettered batches), one
+    /// batch per (topic, partition), to append once the produced partition's append succeeded.
+    pub routed: Vec<RoutedBatch>,
+}
+
+/// One batch for another topic's partition.
+#[derive(Debug)]
+pub struct RoutedBatch {
+    pub topic: String,
+    pub partition: i32,
+    pub records: Bytes,
+}
+
+/// Runs `chain` over every batch of one produce partition's record data. `partitions` tells
+/// the partition count of a topic a record is routed to, creating the topic if the broker
+/// auto-creates topics, or `None` when there is no such topic. Blocking (wasm calls): the
+/// produce handler runs it with `spawn_blocking`.
+pub fn run_chain(
     chain: &Chain,
     topic: &str,
     partition: i32,
     records: &Bytes,
-) -> Result<Bytes, ProduceFilterError> {
+    partitions: &dyn Fn(&str) -> Option<i32>,
+) -> Result<ChainOutput, ProduceFilterError> {
     let mut out = BytesMut::new();
     let mut changed = false;
+    let mut rewritten = false;
+    let mut routed: Vec<(String, Record)> = Vec::new();
+    let mut compression = Compression::None;
     let mut pos = 0;
     while pos < records.len() {
         let h = BatchHeader::parse(&records[pos..])
@@ -172,63 +258,273 @@ pub fn filter_produce(
             out.extend_from_slice(&raw);
             continue;
         }
-        let mut set = RecordBatchDecoder::decode(&mut raw.clone())
+        let set = RecordBatchDecoder::decode(&mut raw.clone())
             .map_err(|e| ProduceFilterError::Corrupt(format!("{e:#}")))?;
-        let before = set.records.len();
-        for plugin in &chain.plugins {
-            if set.records.is_empty() {
-                break;
+        compression = set.compression;
+        let ran = run_batch(chain, topic, partition, set.records, partitions)?;
+        if !ran.changed {
+            out.extend_from_slice(&raw);
+            continue;
+        }
+        changed = true;
+        routed.extend(ran.routed);
+        let kept = ran.records;
+        if h.base_sequence >= 0 {
+            // Idempotent: keep the producer's sequence span (see the module docs).
+            if kept.len() > h.record_count.max(0) as usize {
+                return Err(ProduceFilterError::Idempotent {
+                    produced: h.record_count,
+                    written: kept.len(),
+                });
             }
-            let frame = frame_records(topic, partition, &set.records);
-            match plugin.filter(frame, set.records.len()) {
-                Ok(bitmap) => {
+            rewritten = true;
+            if kept.is_empty() {
+                out.extend_from_slice(&storage::empty_batch(&raw, &h));
+            } else {
+                let mut batch = reencode(&h, kept, set.compression)?;
+                storage::put_i32(
+                    &mut batch,
+                    storage::LAST_OFFSET_DELTA_POS,
+                    h.last_offset_delta,
+                );
+                storage::rewrite_crc(&mut batch);
+                out.extend_from_slice(&batch);
+            }
+        } else if !kept.is_empty() {
+            out.extend_from_slice(&reencode(&h, kept, set.compression)?);
+        }
+    }
+    Ok(ChainOutput {
+        records: if changed {
+            out.freeze()
+        } else {
+            records.clone()
+        },
+        rewritten,
+        routed: encode_routed(routed, compression, partitions)?,
+    })
+}
+
+/// What the chain made of one batch's records.
+struct BatchRun {
+    /// Whether anything differs from the batch as produced.
+    changed: bool,
+    /// The records for the produced partition.
+    records: Vec<Record>,
+    /// Records for other topics.
+    routed: Vec<(String, Record)>,
+}
+
+fn run_batch(
+    chain: &Chain,
+    topic: &str,
+    partition: i32,
+    original: Vec<Record>,
+    partitions: &dyn Fn(&str) -> Option<i32>,
+) -> Result<BatchRun, ProduceFilterError> {
+    let mut records = original.clone();
+    let mut routed = Vec::new();
+    let mut changed = false;
+    for plugin in &chain.plugins {
+        if records.is_empty() {
+            break;
+        }
+        let frame = frame_records(topic, partition, &records);
+        let result = match plugin.kind() {
+            Kind::Filter => plugin
+                .call(frame, |bitmap| {
+                    check_bitmap(&bitmap, records.len()).map(|()| bitmap)
+                })
+                .map(|bitmap| {
+                    let before = records.len();
                     let mut i = 0;
-                    set.records.retain(|_| {
+                    records.retain(|_| {
                         let keep = bitmap[i / 8] & (1 << (i % 8)) != 0;
                         i += 1;
                         keep
                     });
-                }
-                Err(e) => match chain.on_error {
-                    OnError::FailOpen => {
-                        tracing::warn!(topic, partition, error = %e, "plugin failed; batch passes it (fail-open)");
+                    changed |= records.len() != before;
+                }),
+            Kind::Transform => plugin
+                .call(frame, |answer| {
+                    let outs = output::parse_output(Bytes::from(answer))?;
+                    for name in outs.iter().filter_map(|o| o.topic.as_deref()) {
+                        if partitions(name).is_none() {
+                            return Err(format!(
+                                "routes a record to topic {name:?}, which does not exist \
+                                 (and broker.auto_create_topics is off or the name is invalid)"
+                            ));
+                        }
                     }
-                    OnError::FailClosed => {
-                        tracing::warn!(topic, partition, error = %e, "plugin failed; produce refused (fail-closed)");
+                    Ok(outs)
+                })
+                .map(|outs| {
+                    let template = records.first().cloned();
+                    let mut mine = Vec::with_capacity(outs.len());
+                    for o in outs {
+                        let Some(template) = &template else { break };
+                        let r = to_record(template, &o);
+                        match o.topic {
+                            None => mine.push(r),
+                            Some(t) => routed.push((t, r)),
+                        }
+                    }
+                    changed |= !routed.is_empty() || !same_records(&records, &mine);
+                    records = mine;
+                }),
+        };
+        if let Err(e) = result {
+            let policy = chain.on_error.as_str();
+            if matches!(e, PluginError::Disabled { .. }) {
+                // Said once, with the reason, when the plugin was disabled.
+                tracing::debug!(topic, partition, error = %e, policy, "plugin disabled; on_error applies");
+            } else {
+                tracing::warn!(topic, partition, error = %e, policy, "plugin failed; on_error applies");
+            }
+            match chain.on_error {
+                OnError::FailOpen => {}
+                OnError::FailClosed => return Err(e.into()),
+                OnError::DeadLetter => {
+                    let dlt = chain.dead_letter_topic.as_deref().unwrap_or_default();
+                    if partitions(dlt).is_none() {
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            dead_letter_topic = dlt,
+                            "the dead-letter topic does not exist and is not auto-created; produce refused"
+                        );
                         return Err(e.into());
                     }
-                },
+                    let routed = original
+                        .into_iter()
+                        .map(|r| {
+                            (
+                                dlt.to_owned(),
+                                dead_letter(r, plugin.name(), &e, topic, partition),
+                            )
+                        })
+                        .collect();
+                    return Ok(BatchRun {
+                        changed: true,
+                        records: Vec::new(),
+                        routed,
+                    });
+                }
             }
         }
-        if set.records.len() == before {
-            out.extend_from_slice(&raw);
-            continue;
-        }
-        if h.base_sequence >= 0 {
-            return Err(ProduceFilterError::Idempotent);
-        }
-        changed = true;
-        if !set.records.is_empty() {
-            let rewritten = reencode(&h, set.records, set.compression)?;
-            out.extend_from_slice(&rewritten);
-        }
     }
-    Ok(if changed {
-        out.freeze()
-    } else {
-        records.clone()
+    Ok(BatchRun {
+        changed,
+        records,
+        routed,
     })
 }
 
-/// Re-encodes the kept records of the batch `h` as one batch with contiguous offset deltas,
-/// the producer's compression, attributes, producer id and epoch.
-fn reencode(
-    h: &BatchHeader,
-    mut kept: Vec<Record>,
+/// Checks a filter's keep bitmap holds one bit per record.
+pub fn check_bitmap(bitmap: &[u8], count: usize) -> Result<(), String> {
+    if bitmap.len() == count.div_ceil(8) {
+        Ok(())
+    } else {
+        Err(format!(
+            "keep bitmap of {} bytes for {count} records (expected {})",
+            bitmap.len(),
+            count.div_ceil(8)
+        ))
+    }
+}
+
+/// A transform output as a record of the produced batch (`template` gives the batch fields).
+fn to_record(template: &Record, o: &OutRecord) -> Record {
+    let mut r = template.clone();
+    r.timestamp = o.timestamp;
+    r.key = o.key.clone();
+    r.value = o.value.clone();
+    r.headers = Default::default();
+    for (k, v) in &o.headers {
+        r.headers
+            .insert(StrBytes::from_string(k.clone()), v.clone());
+    }
+    r
+}
+
+/// Whether two record lists carry the same timestamps, keys, values and headers in order.
+fn same_records(a: &[Record], b: &[Record]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.timestamp == y.timestamp
+                && x.key == y.key
+                && x.value == y.value
+                && x.headers == y.headers
+        })
+}
+
+/// A produced record as it goes to the dead-letter topic: unchanged, plus the DLT headers.
+fn dead_letter(
+    mut r: Record,
+    plugin: &str,
+    e: &PluginError,
+    topic: &str,
+    partition: i32,
+) -> Record {
+    let header = |v: String| Some(Bytes::from(v));
+    r.headers.insert(
+        StrBytes::from_static_str(DLT_PLUGIN),
+        header(plugin.to_owned()),
+    );
+    r.headers
+        .insert(StrBytes::from_static_str(DLT_ERROR), header(e.to_string()));
+    r.headers.insert(
+        StrBytes::from_static_str(DLT_TOPIC),
+        header(topic.to_owned()),
+    );
+    r.headers.insert(
+        StrBytes::from_static_str(DLT_PARTITION),
+        header(partition.to_string()),
+    );
+    r
+}
+
+/// Groups routed records by (topic, partition) in first-seen order and encodes each group as
+/// one batch without a producer id, with the producer's codec.
+fn encode_routed(
+    routed: Vec<(String, Record)>,
     compression: Compression,
+    partitions: &dyn Fn(&str) -> Option<i32>,
+) -> Result<Vec<RoutedBatch>, ProduceFilterError> {
+    let mut groups: Vec<((String, i32), Vec<Record>)> = Vec::new();
+    for (topic, mut r) in routed {
+        let count = partitions(&topic).unwrap_or(1);
+        let p = partition_for(r.key.as_deref(), count);
+        r.transactional = false;
+        r.producer_id = -1;
+        r.producer_epoch = -1;
+        r.timestamp_type = TimestampType::Creation;
+        match groups.iter_mut().find(|(k, _)| k.0 == topic && k.1 == p) {
+            Some((_, g)) => g.push(r),
+            None => groups.push(((topic, p), vec![r])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((topic, partition), records)| {
+            let batch = encode(records, compression, -1)?;
+            Ok(RoutedBatch {
+                topic,
+                partition,
+                records: Bytes::from(batch),
+            })
+        })
+        .collect()
+}
+
+/// Encodes `records` as ONE batch with contiguous offset deltas from 0 and `base_sequence`.
+fn encode(
+    mut records: Vec<Record>,
+    compression: Compression,
+    base_sequence: i32,
 ) -> Result<Vec<u8>, ProduceFilterError> {
     // The encoder starts a new batch whenever `offset - sequence` changes: keep it constant.
-    for (i, r) in kept.iter_mut().enumerate() {
+    for (i, r) in records.iter_mut().enumerate() {
         r.offset = i as i64;
         r.sequence = i as i32;
     }
@@ -237,7 +533,7 @@ fn reencode(
         version: 2,
         compression,
     };
-    RecordBatchEncoder::encode(&mut buf, &kept, &options)
+    RecordBatchEncoder::encode(&mut buf, &records, &options)
         .map_err(|e| ProduceFilterError::Corrupt(format!("re-encode: {e:#}")))?;
     let mut out = buf.to_vec();
     let nh = BatchHeader::parse(&out).map_err(|e| ProduceFilterError::Corrupt(e.to_string()))?;
@@ -246,8 +542,20 @@ fn reencode(
             "re-encode split the records into several batches".into(),
         ));
     }
+    storage::put_i32(&mut out, storage::BASE_SEQUENCE_POS, base_sequence);
+    storage::rewrite_crc(&mut out);
+    Ok(out)
+}
+
+/// Re-encodes the records of the batch `h` as one batch with contiguous offset deltas, the
+/// producer's compression, attributes, producer id, epoch and base sequence.
+fn reencode(
+    h: &BatchHeader,
+    kept: Vec<Record>,
+    compression: Compression,
+) -> Result<Vec<u8>, ProduceFilterError> {
+    let mut out = encode(kept, compression, h.base_sequence)?;
     storage::put_i16(&mut out, storage::ATTRIBUTES_POS, h.attributes);
-    storage::put_i32(&mut out, storage::BASE_SEQUENCE_POS, h.base_sequence);
     storage::rewrite_crc(&mut out);
     Ok(out)
 }

@@ -13,6 +13,7 @@
 //! coordinator, and map their typed errors to Kafka error codes in `error.rs`.
 
 pub mod apis;
+pub mod auth;
 pub mod error;
 pub mod frame;
 
@@ -22,6 +23,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
@@ -56,8 +58,9 @@ pub struct Session {
     /// Host and port this listener tells clients to connect to (Metadata, FindCoordinator).
     pub advertised_host: String,
     pub advertised_port: i32,
-    /// `User:ANONYMOUS`, or `User:<CN>` from a verified TLS client certificate.
-    pub principal: String,
+    /// Who the client is; shared by every session of one connection (all streams of a QUIC
+    /// connection), so a principal proven on one stream holds for all.
+    pub identity: Arc<auth::Identity>,
 }
 
 /// Everything a handler gets besides its request.
@@ -67,6 +70,10 @@ pub struct Ctx {
     pub session: Arc<Session>,
     pub api_version: i16,
     pub client_id: Arc<str>,
+    /// Milliseconds a quota policy throttled this request (`plugins::quota`); the connection
+    /// reads and clears it after the response and mutes itself that long. One cell per
+    /// connection: requests on a connection are handled one at a time.
+    pub throttle_ms: Arc<AtomicU32>,
 }
 
 /// What the connection does once a request is handled.
@@ -253,6 +260,14 @@ impl Dispatcher {
         list
     }
 
+    /// Whether `version` of `api` has a handler.
+    pub fn serves(&self, api: ApiKey, version: i16) -> bool {
+        self.routes.get(&(api as i16)).is_some_and(|r| {
+            let (min, max) = r.versions();
+            (min..=max).contains(&version)
+        })
+    }
+
     /// Routes one decoded request to its handler.
     pub fn dispatch(&self, ctx: Ctx, req: frame::Request) -> Result<Reply, DispatchError> {
         let api = req.api_key;
@@ -297,7 +312,9 @@ pub fn routes() -> Dispatcher {
         .add::<AlterConfigsRequest, _, _>(0, 2, alter_configs::handle)
         .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
         .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
-        .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle);
+        .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle)
+        .add::<SaslHandshakeRequest, _, _>(1, 1, sasl::handshake)
+        .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);
     groups_routes(&mut d);
     d
 }

@@ -114,7 +114,7 @@ fn reencode(h: &BatchHeader, mut kept: Vec<Record>) -> Result<Vec<u8>, StorageEr
 }
 
 /// A header-only copy of `batch`: no records, same offsets range, producer fields and sequence.
-fn empty_batch(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
+pub(crate) fn empty_batch(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
     let mut out = batch[..BATCH_HEADER_LEN].to_vec();
     put_i32(
         &mut out,

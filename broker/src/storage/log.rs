@@ -144,7 +144,29 @@ impl PartitionLog {
     /// some are (not possible with Kafka >= 0.11 clients, which send one batch per partition),
     /// the duplicates are skipped and the offsets of the written batches are returned.
     pub fn append(&mut self, records: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
-        let batches = self.validate(records)?;
+        self.append_checked(records, now_ms, false)
+    }
+
+    /// [`PartitionLog::append`] for batches the broker's plugins rewrote for an idempotent
+    /// producer: such a batch keeps the producer's sequence span (baseSequence and
+    /// lastOffsetDelta) while holding fewer records, or none (a header-only batch), so the
+    /// producer's next batch is in sequence; the offsets of the removed records stay unused, as
+    /// after compaction. Batches without a producer id are checked as by `append`.
+    pub fn append_rewritten(
+        &mut self,
+        records: &[u8],
+        now_ms: i64,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_checked(records, now_ms, true)
+    }
+
+    fn append_checked(
+        &mut self,
+        records: &[u8],
+        now_ms: i64,
+        rewritten: bool,
+    ) -> Result<AppendInfo, StorageError> {
+        let batches = self.validate(records, rewritten)?;
         let mut staged = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
         let mut written: Vec<(usize, BatchHeader)> = Vec::with_capacity(batches.len());
@@ -206,7 +228,11 @@ impl PartitionLog {
     }
 
     /// Structural and semantic checks of produce data; returns (position, header) per batch.
-    fn validate(&self, records: &[u8]) -> Result<Vec<(usize, BatchHeader)>, StorageError> {
+    fn validate(
+        &self,
+        records: &[u8],
+        rewritten: bool,
+    ) -> Result<Vec<(usize, BatchHeader)>, StorageError> {
         if records.is_empty() {
             return Err(invalid("produce data holds no record batch".into()));
         }
@@ -227,7 +253,15 @@ impl PartitionLog {
                 });
             }
             check_batch(rest).map_err(corrupt)?;
-            if h.record_count <= 0 || h.last_offset_delta != h.record_count - 1 {
+            let counts_ok = if rewritten && h.has_producer_id() {
+                // A wider span than the records, or no records (then no compressed payload).
+                h.record_count >= 0
+                    && h.last_offset_delta >= h.record_count.max(1) - 1
+                    && (h.record_count > 0 || h.compression() == 0)
+            } else {
+                h.record_count > 0 && h.last_offset_delta == h.record_count - 1
+            };
+            if !counts_ok {
                 return Err(invalid(format!(
                     "batch at byte {pos} has recordCount {} and lastOffsetDelta {}",
                     h.record_count, h.last_offset_delta

@@ -850,3 +850,56 @@ fn an_uncompressed_batch_that_lies_about_its_record_count_is_refused() {
     }
     assert_eq!(log.log_end_offset(), 6);
 }
+
+/// A batch the plugins rewrote for an idempotent producer keeps its sequence span with fewer
+/// records (or none): `append_rewritten` stores it, the producer's next batch is in sequence,
+/// also after a restart; the plain `append` refuses such batches from the network.
+#[test]
+fn rewritten_idempotent_batches_keep_the_sequence_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    // Five records produced with sequences 0..=4, two kept: lastOffsetDelta stays 4.
+    let full = idem(5, 7, 0, 0);
+    let h = BatchHeader::parse(&full).unwrap();
+    let mut narrow = idem(2, 7, 0, 0);
+    put_i32(&mut narrow, LAST_OFFSET_DELTA_POS, 4);
+    rewrite_crc(&mut narrow);
+    assert!(matches!(
+        log.append(&narrow, NOW),
+        Err(StorageError::InvalidRecord { .. })
+    ));
+    let info = log.append_rewritten(&narrow, NOW).unwrap();
+    assert_eq!(
+        (info.base_offset, info.last_offset, info.record_count),
+        (0, 4, 2)
+    );
+    // Then a batch whose every record was dropped: a header-only batch for sequences 5..=9.
+    let mut all_dropped = idem(5, 7, 0, 5);
+    let dropped_h = BatchHeader::parse(&all_dropped).unwrap();
+    all_dropped = super::empty_batch(&all_dropped, &dropped_h);
+    assert!(log.append(&all_dropped, NOW).is_err());
+    let info = log.append_rewritten(&all_dropped, NOW).unwrap();
+    assert_eq!(
+        (info.base_offset, info.last_offset, info.record_count),
+        (5, 9, 0)
+    );
+    // The producer's next batch (sequence 10) is in sequence; a retry of the first is a
+    // duplicate with the offsets first assigned.
+    assert_eq!(log.append(&idem(1, 7, 0, 10), NOW).unwrap().base_offset, 10);
+    let dup = log.append(&full, NOW).unwrap();
+    assert!(dup.duplicate);
+    assert_eq!((dup.base_offset, dup.last_offset), (0, 4));
+    assert_eq!(h.last_sequence(), 4);
+    let read = log.read(0, usize::MAX).unwrap();
+    let offsets: Vec<i64> = decode_all(&read).iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, vec![0, 1, 10]);
+    drop(log);
+    // State rebuilt from the stored headers agrees.
+    let mut log = open(dir.path(), cfg());
+    assert_eq!(log.append(&idem(2, 7, 0, 11), NOW).unwrap().base_offset, 11);
+    // Batches without a producer id get the plain checks even when rewritten.
+    let mut plain = batch(2, NOW);
+    put_i32(&mut plain, LAST_OFFSET_DELTA_POS, 4);
+    rewrite_crc(&mut plain);
+    assert!(log.append_rewritten(&plain, NOW).is_err());
+}

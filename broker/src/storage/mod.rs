@@ -40,6 +40,7 @@ mod testutil;
 use std::time::Duration;
 
 pub use batch::*;
+pub(crate) use compaction::empty_batch;
 pub use error::{BatchError, StorageError};
 pub use log::PartitionLog;
 

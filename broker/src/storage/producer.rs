@@ -167,10 +167,9 @@ fn apply(entry: &mut ProducerEntry, h: &BatchHeader) {
         entry.epoch = h.producer_epoch;
         entry.batches.clear();
     }
-    if h.record_count == 0 {
-        // An empty batch left by compaction only carries the epoch and the last sequence.
-        entry.batches.clear();
-    }
+    // An empty batch (left by compaction, or by plugins that dropped every record of an
+    // idempotent batch) is remembered like any other: it carries the sequence span it covered,
+    // so a retry of it is a duplicate and the batch after it is in sequence.
     entry.batches.push_back(BatchMeta {
         first_seq: h.base_sequence,
         last_seq: h.last_sequence(),

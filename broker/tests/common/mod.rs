@@ -2,6 +2,8 @@
 //! (rdkafka), and a raw protocol client for byte-level checks.
 #![allow(dead_code)]
 
+pub mod wasm;
+
 use std::path::Path;
 use std::time::Duration;
 

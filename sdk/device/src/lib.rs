@@ -35,12 +35,28 @@
 //!
 //! [`Device::subscribe`] reads a topic (e.g. commands sent back to devices) on its own stream of
 //! the same connection with long-polling Fetch requests.
+//!
+//! ## Identity, datagrams, 0-RTT
+//!
+//! - [`DeviceConfig::identity`]: a client certificate (mutual TLS) or a token (SASL PLAIN), for
+//!   brokers whose `[listeners.quic] client_auth` asks for one. A refused device gets
+//!   [`DeviceError::Refused`] or, for a certificate the broker does not accept, a
+//!   [`DeviceError::Tls`] naming the TLS alert.
+//! - [`Device::send_datagram`]: a fire-and-forget reading in one QUIC datagram: no
+//!   acknowledgement, no retry, no buffering; it may be lost.
+//! - 0-RTT: a device that reconnects to a broker it has talked to (with the same
+//!   [`DeviceConfig`] or a clone of it) sends its first requests with the handshake
+//!   ([`DeviceConfig::zero_rtt`], [`Device::zero_rtt`]). Only replay-safe requests travel that
+//!   way: authentication, metadata, and idempotent produce (docs/quic.md).
 
 mod buffer;
+mod datagram;
+mod link;
 mod session;
 mod subscribe;
 mod worker;
 
+pub use link::ZeroRtt;
 pub use subscribe::{Message, StartAt, Subscription};
 
 use std::net::SocketAddr;
@@ -67,6 +83,32 @@ pub enum Trust {
     /// Verify the broker's certificate chain and name ([`DeviceConfig::server_name`]) against
     /// the CA certificates in this PEM file.
     CaPem(PathBuf),
+}
+
+/// How the device proves who it is (the broker's `[listeners.quic] client_auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Identity {
+    /// Nothing: the broker sees `User:ANONYMOUS` (`client_auth = "none"`).
+    #[default]
+    None,
+    /// A client certificate in the TLS handshake (`client_auth = "mtls"`): PEM files of the
+    /// certificate chain (leaf first, signed by the broker's `client_ca`) and its private key.
+    /// The broker's principal for the device is `User:<CN of the certificate>`.
+    Certificate {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM private key of the certificate.
+        key: PathBuf,
+    },
+    /// A token (`client_auth = "token"`), presented with SASL PLAIN on connect. `device` is the
+    /// device name the broker's token file gives the token (or empty to let the token name it);
+    /// the principal is `User:<device>`.
+    Token {
+        /// The device name (SASL user name).
+        device: String,
+        /// The secret token (SASL password).
+        token: String,
+    },
 }
 
 /// What acknowledgement the broker sends before a record counts as delivered.
@@ -115,11 +157,21 @@ pub struct DeviceConfig {
     /// With a buffer file: sync every write to disk (survives power loss; one disk flush per
     /// batch and per acknowledgement). Without it, writes survive the process but not the OS.
     pub buffer_file_fsync: bool,
+    /// How the device proves who it is. Default [`Identity::None`].
+    pub identity: Identity,
+    /// Resume with 0-RTT when a TLS session ticket from this broker is at hand, so the first
+    /// requests of a reconnect leave without waiting a round trip. Default true.
+    pub zero_rtt: bool,
+    /// TLS session tickets; shared by clones of this config.
+    tickets: link::Tickets,
+    /// The connection of the device using this config (each [`Device`] sets its own).
+    link: link::Link,
 }
 
 impl DeviceConfig {
     /// A config for `server` trusted by `trust`, with defaults: server name `localhost`, client
-    /// id `runnel-device`, 5 ms linger, 500 records per batch, an 8 MiB buffer, `acks=all`.
+    /// id `runnel-device`, 5 ms linger, 500 records per batch, an 8 MiB buffer, `acks=all`, no
+    /// identity, 0-RTT on.
     pub fn new(server: SocketAddr, trust: Trust) -> DeviceConfig {
         DeviceConfig {
             server,
@@ -132,6 +184,10 @@ impl DeviceConfig {
             acks: Acks::All,
             buffer_file: None,
             buffer_file_fsync: false,
+            identity: Identity::None,
+            zero_rtt: true,
+            tickets: link::Tickets::default(),
+            link: link::Link::default(),
         }
     }
 }
@@ -172,6 +228,22 @@ pub enum DeviceError {
     /// The buffer file cannot be used (unreadable, not a buffer file, in use by another device).
     #[error("buffer file {0}")]
     Buffer(String),
+    /// The broker refused the device's identity (bad or missing token, no authentication); the
+    /// broker's reason follows.
+    #[error("the broker refused the device: {0}")]
+    Refused(String),
+    /// A datagram could not be sent: the broker does not take datagrams, or the connection is
+    /// down.
+    #[error("cannot send the datagram: {0}")]
+    Datagram(String),
+    /// The reading does not fit in one datagram on this connection.
+    #[error("the datagram is {size} bytes; this connection carries at most {max}")]
+    DatagramTooLarge {
+        /// The encoded datagram's size.
+        size: usize,
+        /// The most the connection takes now.
+        max: usize,
+    },
 }
 
 /// Bytes a record counts against the buffer besides its key, value and topic name.
@@ -185,6 +257,8 @@ pub struct Device {
     buffered: Arc<AtomicUsize>,
     limit: usize,
     task: JoinHandle<()>,
+    link: link::Link,
+    client_id: String,
 }
 
 impl Device {
@@ -195,6 +269,9 @@ impl Device {
     pub async fn connect(config: DeviceConfig) -> Result<Device, DeviceError> {
         let mut config = config;
         config.max_batch_records = config.max_batch_records.max(1);
+        config.link = link::Link::default();
+        let link = config.link.clone();
+        let client_id = config.client_id.clone();
         let (file, restored) = match &config.buffer_file {
             Some(path) => {
                 let (f, r) = buffer::FileBuffer::open(path, config.buffer_file_fsync).await?;
@@ -204,8 +281,21 @@ impl Device {
         };
         let mut session = session::Session::connect(&config).await?;
         let producer = match restored.producer {
-            Some(p) if !restored.batches.is_empty() => p,
-            _ => worker::init_producer(&mut session).await?,
+            // Batches a previous device left in the file go on under its producer id.
+            Some(p) if !restored.batches.is_empty() => Ok(p),
+            _ => {
+                let mut producer = worker::init_producer(&mut session).await;
+                if producer.is_err() && link.zero_rtt().await == ZeroRtt::Rejected {
+                    // The broker refused the early data: go again with a full handshake.
+                    session = session::Session::connect(&config).await?;
+                    producer = worker::init_producer(&mut session).await;
+                }
+                producer
+            }
+        };
+        let producer = match producer {
+            Ok(p) => p,
+            Err(e) => return Err(session.explain(e).await),
         };
         let start = worker::Start {
             session,
@@ -222,7 +312,46 @@ impl Device {
             buffered,
             limit,
             task,
+            link,
+            client_id,
         })
+    }
+
+    /// Sends one reading to `partition` of `topic` as a QUIC datagram: fire and forget, with no
+    /// acknowledgement, retry or buffering, so it may be lost (or, rarely, stored twice). Waits
+    /// only for room in the connection's send buffer. Fails with
+    /// [`DeviceError::DatagramTooLarge`] when the encoded reading does not fit one datagram
+    /// (about 1,000 bytes of key, value and topic name always fit), and [`DeviceError::Datagram`] while
+    /// the device is not connected or the broker takes no datagrams.
+    pub async fn send_datagram(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), DeviceError> {
+        let payload = datagram::encode(
+            &datagram::Reading {
+                topic,
+                partition,
+                key,
+                value,
+                timestamp: now_ms(),
+            },
+            &self.client_id,
+        )?;
+        let conn = self
+            .link
+            .conn()
+            .filter(|c| c.close_reason().is_none())
+            .ok_or_else(|| DeviceError::Datagram("not connected to the broker".into()))?;
+        datagram::send(&conn, payload).await
+    }
+
+    /// Whether the current connection resumed with 0-RTT, waiting for the broker's answer when
+    /// it is still pending.
+    pub async fn zero_rtt(&self) -> ZeroRtt {
+        self.link.zero_rtt().await
     }
 
     /// Sends a record to partition 0 of `topic` and waits until the broker has acknowledged it.
@@ -369,7 +498,7 @@ fn now_ms() -> i64 {
 /// certificate checked as `trust` says (pinned fingerprint, or a CA). For tools and tests that
 /// open their own QUIC connections to a broker.
 pub fn tls_client_config(trust: &Trust) -> Result<rustls::ClientConfig, DeviceError> {
-    session::client_tls(trust)
+    session::client_tls(trust, &Identity::None)
 }
 
 /// The SHA-256 fingerprint (`AB:CD:...`) of a DER certificate, as [`Trust::Fingerprint`]

@@ -1,19 +1,28 @@
-//! One Kafka session over QUIC: the connection, its TLS trust, and one bidirectional stream
-//! carrying size-prefixed Kafka frames (docs/quic.md).
+//! One Kafka session over QUIC: the connection, its TLS trust and identity, and one bidirectional
+//! stream carrying size-prefixed Kafka frames (docs/quic.md).
+//!
+//! Connecting: with a TLS session ticket from an earlier connection to the same broker (kept in
+//! the config with the TLS configuration, [`crate::link::Tickets`]) and
+//! [`DeviceConfig::zero_rtt`] on, the connection is
+//! used at once as 0-RTT and the first requests travel with the handshake. With
+//! [`Identity::Token`] the session authenticates with SASL PLAIN before it is returned; with
+//! [`Identity::Certificate`] the certificate goes in the TLS handshake.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::{DeviceConfig, DeviceError, Trust};
+use crate::{DeviceConfig, DeviceError, Identity, Trust, ZeroRtt};
 
 /// The ALPN id of the Runnel QUIC protocol.
 const ALPN: &[u8] = b"runnel";
@@ -23,6 +32,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alives keep a quiet connection under the broker's 30 s idle timeout.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How long a failed request waits for the broker's close to say why.
+const EXPLAIN_WAIT: Duration = Duration::from_secs(1);
 /// The largest response frame accepted.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
@@ -43,12 +54,21 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// Connects to the broker, checks its certificate and opens the session stream.
+    /// Connects to the broker, checks its certificate, opens the session stream and, with a
+    /// token, authenticates on it.
     pub(crate) async fn connect(cfg: &DeviceConfig) -> Result<Session, DeviceError> {
-        let tls = client_tls(&cfg.trust)?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| DeviceError::Tls(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        let first = Session::connect_once(cfg, cfg.zero_rtt).await;
+        if first.is_err() && cfg.link.zero_rtt().await == ZeroRtt::Rejected {
+            // The broker refused the early data (its ticket is gone): the session's stream is
+            // dead, but a full handshake will do.
+            return Session::connect_once(cfg, false).await;
+        }
+        first
+    }
+
+    async fn connect_once(cfg: &DeviceConfig, zero_rtt: bool) -> Result<Session, DeviceError> {
+        let crypto = cfg.tickets.config(&cfg.trust, &cfg.identity)?;
+        let mut client = quinn::ClientConfig::new(crypto);
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(KEEP_ALIVE));
         client.transport_config(Arc::new(transport));
@@ -63,23 +83,77 @@ impl Session {
         let connecting = endpoint
             .connect(cfg.server, &cfg.server_name)
             .map_err(|e| DeviceError::Connect(e.to_string()))?;
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-            Err(_) => return Err(DeviceError::Connect("handshake timed out".into())),
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(handshake_error(e)),
+        let early = if zero_rtt {
+            // Only possible with a ticket from this broker.
+            connecting.into_0rtt()
+        } else {
+            Err(connecting)
         };
+        let (conn, early) = match early {
+            Ok((conn, accepted)) => (conn, Some(accepted)),
+            Err(connecting) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                Err(_) => return Err(DeviceError::Connect("handshake timed out".into())),
+                Ok(Ok(c)) => (c, None),
+                Ok(Err(e)) => return Err(handshake_error(e)),
+            },
+        };
+        cfg.link.set(conn.clone(), early);
         let (send, recv) = conn
             .open_bi()
             .await
-            .map_err(|e| DeviceError::Connect(e.to_string()))?;
-        Ok(Session {
+            .map_err(|e| closed_error(&e).unwrap_or_else(|| DeviceError::Connect(e.to_string())))?;
+        let mut session = Session {
             _endpoint: endpoint,
             conn,
             send,
             recv,
             correlation: 0,
             client_id: StrBytes::from_string(cfg.client_id.clone()),
-        })
+        };
+        if let Identity::Token { device, token } = &cfg.identity
+            && let Err(e) = session.authenticate(device, token).await
+        {
+            return Err(session.explain(e).await);
+        }
+        Ok(session)
+    }
+
+    /// SASL PLAIN with the device name as user name and the token as password (docs/quic.md).
+    async fn authenticate(&mut self, device: &str, token: &str) -> Result<(), DeviceError> {
+        let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let resp = self.call(&hs, 1).await?;
+        if resp.error_code != 0 {
+            return Err(DeviceError::Refused(format!(
+                "the broker does not take SASL PLAIN (Kafka error code {}; is its client_auth \"token\"?)",
+                resp.error_code
+            )));
+        }
+        let mut plain = Vec::with_capacity(device.len() + token.len() + 2);
+        plain.push(0);
+        plain.extend_from_slice(device.as_bytes());
+        plain.push(0);
+        plain.extend_from_slice(token.as_bytes());
+        let auth = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(plain));
+        let resp = self.call(&auth, 2).await?;
+        if resp.error_code != 0 {
+            let reason = resp.error_message.as_deref().unwrap_or("no reason given");
+            return Err(DeviceError::Refused(reason.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The clearer error when the broker has closed the connection for a reason the device
+    /// should see (a TLS alert about its certificate, a refused identity); `e` otherwise. The
+    /// close may trail the failed request by a moment, so this waits for it briefly.
+    pub(crate) async fn explain(&self, e: DeviceError) -> DeviceError {
+        if matches!(e, DeviceError::Refused(_)) {
+            return e;
+        }
+        let closed = tokio::time::timeout(EXPLAIN_WAIT, self.conn.closed()).await;
+        match closed.ok().as_ref().and_then(closed_error) {
+            Some(clear) => clear,
+            None => e,
+        }
     }
 
     /// Closes the connection and waits briefly for the broker to hear of it.
@@ -239,6 +313,9 @@ fn protocol(msg: &str) -> DeviceError {
 
 /// Handshake failures from TLS (certificate, ALPN) are `Tls`; the rest are `Connect`.
 fn handshake_error(e: quinn::ConnectionError) -> DeviceError {
+    if let Some(clear) = closed_error(&e) {
+        return clear;
+    }
     match e {
         quinn::ConnectionError::TransportError(t) => DeviceError::Tls(t.to_string()),
         quinn::ConnectionError::ConnectionClosed(c) => DeviceError::Tls(c.to_string()),
@@ -246,19 +323,49 @@ fn handshake_error(e: quinn::ConnectionError) -> DeviceError {
     }
 }
 
-pub(crate) fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, DeviceError> {
+/// The broker's application close code for a refused identity (docs/quic.md).
+const CLOSE_AUTH_FAILED: u32 = 1;
+
+/// A clear error for a connection the broker closed because of who the device is: a TLS alert
+/// (QUIC crypto error 0x100 + alert) or the broker's authentication refusal.
+fn closed_error(e: &quinn::ConnectionError) -> Option<DeviceError> {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            let code = u64::from(c.error_code);
+            let alert = u8::try_from(code.checked_sub(0x100)?).ok()?;
+            let alert = rustls::AlertDescription::from(alert);
+            let reason = String::from_utf8_lossy(&c.reason);
+            Some(DeviceError::Tls(format!(
+                "the broker refused the TLS handshake with alert {alert:?}{}{reason}",
+                if reason.is_empty() { "" } else { ": " }
+            )))
+        }
+        quinn::ConnectionError::ApplicationClosed(a)
+            if a.error_code == quinn::VarInt::from_u32(CLOSE_AUTH_FAILED) =>
+        {
+            Some(DeviceError::Refused(
+                String::from_utf8_lossy(&a.reason).into_owned(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn client_tls(
+    trust: &Trust,
+    identity: &Identity,
+) -> Result<rustls::ClientConfig, DeviceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| DeviceError::Tls(e.to_string()))?;
-    let mut tls = match trust {
+    let builder = match trust {
         Trust::Fingerprint(f) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
                 fingerprint: f.trim().to_string(),
                 provider,
-            }))
-            .with_no_client_auth(),
+            })),
         Trust::CaPem(path) => {
             let mut roots = rustls::RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(path)
@@ -269,8 +376,27 @@ pub(crate) fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, DeviceEr
                     .add(c)
                     .map_err(|e| DeviceError::Tls(format!("{}: {e}", path.display())))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
+    };
+    let mut tls = match identity {
+        Identity::Certificate { cert, key } => {
+            let bad = |e: &dyn std::fmt::Display, p: &std::path::Path| {
+                DeviceError::Tls(format!("client certificate {}: {e}", p.display()))
+            };
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad(&e, cert))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(&e, cert))?;
+            if chain.is_empty() {
+                return Err(bad(&"no certificate in the file", cert));
+            }
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&e, key))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| DeviceError::Tls(format!("client certificate and key: {e}")))?
+        }
+        Identity::None | Identity::Token { .. } => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     Ok(tls)

@@ -36,18 +36,16 @@ async fn start(dir: &Path, quic: SocketAddr) -> BrokerHandle {
 }
 
 fn device_config(broker: &BrokerHandle) -> DeviceConfig {
-    DeviceConfig {
-        server: broker.quic_addr.expect("QUIC listener"),
-        server_name: "localhost".into(),
-        trust: Trust::Fingerprint(broker.quic_fingerprint.clone().expect("fingerprint")),
-        client_id: "sensor-7".into(),
-        linger: Duration::from_millis(5),
-        max_batch_records: 100,
-        buffer_limit_bytes: 8 << 20,
-        acks: Acks::All,
-        buffer_file: None,
-        buffer_file_fsync: false,
-    }
+    let mut cfg = DeviceConfig::new(
+        broker.quic_addr.expect("QUIC listener"),
+        Trust::Fingerprint(broker.quic_fingerprint.clone().expect("fingerprint")),
+    );
+    cfg.client_id = "sensor-7".into();
+    cfg.linger = Duration::from_millis(5);
+    cfg.max_batch_records = 100;
+    cfg.buffer_limit_bytes = 8 << 20;
+    cfg.acks = Acks::All;
+    cfg
 }
 
 fn reading(i: usize) -> Vec<u8> {

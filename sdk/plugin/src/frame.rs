@@ -27,6 +27,8 @@ pub enum FrameError {
     NotUtf8 { field: &'static str },
     /// A length below -1.
     BadLength { field: &'static str, len: i32 },
+    /// Bytes left over after the last record.
+    Trailing { bytes: usize },
 }
 
 impl fmt::Display for FrameError {
@@ -39,6 +41,9 @@ impl fmt::Display for FrameError {
             FrameError::NotUtf8 { field } => write!(f, "batch frame {field} is not UTF-8"),
             FrameError::BadLength { field, len } => {
                 write!(f, "batch frame {field} length {len} is invalid")
+            }
+            FrameError::Trailing { bytes } => {
+                write!(f, "frame has {bytes} bytes after its last record")
             }
         }
     }

@@ -6,6 +6,9 @@
 //! records before its offset. When less than `min_bytes` is available the request waits up to
 //! `max_wait_ms`, woken early by any append to one of its partitions.
 //!
+//! Quota policies with `apis = ["fetch"]` are asked about the built response
+//! ([`quota::fetch`]), with the bytes it returns, as Kafka's fetch quotas count them.
+//!
 //! Fetch sessions (KIP-227) are not kept: every response carries session id 0, which tells the
 //! client to keep sending full fetch requests.
 
@@ -21,6 +24,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 
 use crate::catalog::Partition;
+use crate::plugins::quota;
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
 use crate::storage::StorageError;
@@ -37,6 +41,13 @@ struct Wanted {
 }
 
 pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
+    let mut response = read(&ctx, req).await;
+    quota::fetch(&ctx, &mut response).await;
+    response
+}
+
+/// The response: whatever the log holds once `min_bytes` are there or the wait is over.
+async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let catalog = &ctx.broker.catalog;
     let mut wanted = Vec::new();
     for t in &req.topics {

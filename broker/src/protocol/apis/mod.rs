@@ -23,6 +23,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_fetch;
 pub mod produce;
+pub mod sasl;
 pub mod sync_group;
 
 use kafka_protocol::protocol::StrBytes;

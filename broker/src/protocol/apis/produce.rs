@@ -1,12 +1,20 @@
 //! Produce (key 0): validate and append record batches, acks 0, 1 and all.
 //!
 //! Batches are stored as the producer sent them, unless the topic has a plugin chain
-//! ([`plugins::filter_produce`] may drop records and re-encode the batch); storage checks CRC,
+//! ([`plugins::run_chain`] may drop, rewrite or route records and re-encode the batch; records
+//! routed to other topics are appended after the produced partition's own append succeeded and
+//! was not a retried duplicate, so a retry does not route them twice); storage checks CRC,
 //! magic and sizes, enforces idempotent-producer sequences and stamps offsets. This broker is the
 //! only replica, so acks=all is acknowledged once the append (and, with `flush = "always"`, its
 //! fsync) is done, exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
+//!
+//! Quota policies (`[[plugins.quotas]]`, [`quota::produce`]) are asked once per topic before
+//! anything is appended: a rejected topic's partitions get POLICY_VIOLATION and the policy's
+//! reason, and nothing of that topic is written; a throttle is accepted and answered with
+//! `throttle_time_ms` (the connection is muted that long).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -15,16 +23,25 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::s;
-use crate::broker::now_ms;
-use crate::plugins::{self, ProduceFilterError};
+use crate::broker::{Broker, now_ms};
+use crate::catalog::CatalogError;
+use crate::plugins::quota::{self, Decision};
+use crate::plugins::{self, ChainOutput, ProduceFilterError};
 use crate::protocol::error::storage_code;
 use crate::protocol::{Ctx, Outcome, Reply, frame};
 
 pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let catalog = &ctx.broker.catalog;
+    // One snapshot for the whole request: a plugin reload meanwhile does not split it.
+    let plugin_set = ctx.broker.plugins.current();
+    let decisions = quota::produce(&ctx, &req).await;
     let mut responses = Vec::with_capacity(req.topic_data.len());
-    for topic_data in req.topic_data {
+    for (t, topic_data) in req.topic_data.into_iter().enumerate() {
         let topic = catalog.get(&topic_data.name);
+        let rejected = match decisions.as_ref().map(|d| &d[t]) {
+            Some(Decision::Reject(reason)) => Some(reason),
+            _ => None,
+        };
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let mut out = PartitionProduceResponse::default()
@@ -32,6 +49,16 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_base_offset(-1)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
+            if let Some(reason) = rejected {
+                out.error_code = E::PolicyViolation.code();
+                out.error_message = Some(s(format!("rejected by a quota policy: {reason}")));
+                ctx.broker
+                    .metrics
+                    .produce_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                partitions.push(out);
+                continue;
+            }
             let Some(partition) = topic.as_ref().and_then(|t| t.partition(pd.index)) else {
                 out.error_code = E::UnknownTopicOrPartition.code();
                 partitions.push(out);
@@ -43,20 +70,26 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
-            let records = match ctx.broker.plugins.chain(&partition.topic) {
-                None => records,
+            let chained = match plugin_set.chain(&partition.topic) {
+                None => ChainOutput {
+                    records,
+                    ..ChainOutput::default()
+                },
                 Some(chain) => {
                     let topic = partition.topic.clone();
                     let index = pd.index;
+                    let broker = ctx.broker.clone();
                     let filtered = tokio::task::spawn_blocking(move || {
-                        plugins::filter_produce(&chain, &topic, index, &records)
+                        let partitions = |name: &str| routed_partitions(&broker, name);
+                        plugins::run_chain(&chain, &topic, index, &records, &partitions)
                     })
                     .await;
                     match filtered {
-                        Ok(Ok(records)) => records,
+                        Ok(Ok(chained)) => chained,
                         Ok(Err(e)) => {
                             out.error_code = match e {
-                                ProduceFilterError::Plugin(_) | ProduceFilterError::Idempotent => {
+                                ProduceFilterError::Plugin(_)
+                                | ProduceFilterError::Idempotent { .. } => {
                                     E::PolicyViolation.code()
                                 }
                                 ProduceFilterError::Corrupt(_) => E::CorruptMessage.code(),
@@ -78,14 +111,24 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                     }
                 }
             };
+            let records = chained.records;
             if records.is_empty() {
-                // The plugins dropped every record: nothing to append, and no offset to report.
+                // The plugins dropped or routed every record: nothing to append here, and no
+                // offset to report.
+                append_routed(&ctx.broker, chained.routed);
                 partitions.push(out);
                 continue;
             }
-            let result = partition.append(&records, now_ms());
+            let result = if chained.rewritten {
+                partition.append_rewritten(&records, now_ms())
+            } else {
+                partition.append(&records, now_ms())
+            };
             match result {
                 Ok(info) => {
+                    if !info.duplicate {
+                        append_routed(&ctx.broker, chained.routed);
+                    }
                     out.base_offset = info.base_offset;
                     out.log_append_time_ms = info.log_append_time;
                     out.log_start_offset = info.log_start_offset;
@@ -114,7 +157,71 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_partition_responses(partitions),
         );
     }
-    ProduceResponse::default().with_responses(responses)
+    let throttle_time_ms = decisions.map_or(0, |d| quota::throttle(&ctx, &d));
+    ProduceResponse::default()
+        .with_responses(responses)
+        .with_throttle_time_ms(throttle_time_ms)
+}
+
+/// The partition count of `name` for records a plugin routes there, creating the topic (with
+/// `broker.default_partitions`) when the broker auto-creates topics; `None` when it does not
+/// exist and is not created.
+fn routed_partitions(broker: &Broker, name: &str) -> Option<i32> {
+    if let Some(t) = broker.catalog.get(name) {
+        return Some(t.partition_count());
+    }
+    let cfg = &broker.config.broker;
+    if !cfg.auto_create_topics {
+        return None;
+    }
+    match broker.catalog.create_topic(
+        name,
+        cfg.default_partitions,
+        1,
+        Default::default(),
+        false,
+        now_ms(),
+    ) {
+        Ok(t) => Some(t.partition_count()),
+        Err(CatalogError::TopicExists(_)) => broker.catalog.get(name).map(|t| t.partition_count()),
+        Err(e) => {
+            tracing::warn!(topic = name, error = %e, "cannot create the topic a plugin routes records to");
+            None
+        }
+    }
+}
+
+/// Appends the batches a chain routed to other topics. The produce they came from is already
+/// stored, so a failure here is logged and counted (`runnel_produce_errors_total`), not
+/// reported to the producer.
+fn append_routed(broker: &Arc<Broker>, routed: Vec<plugins::RoutedBatch>) {
+    for batch in routed {
+        let partition = broker
+            .catalog
+            .get(&batch.topic)
+            .and_then(|t| t.partition(batch.partition));
+        let result = match &partition {
+            Some(p) => p
+                .append(&batch.records, now_ms())
+                .map_err(|e| e.to_string()),
+            None => Err("the topic or partition no longer exists".into()),
+        };
+        match result {
+            Ok(info) => {
+                broker
+                    .metrics
+                    .records_in
+                    .fetch_add(info.record_count as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(topic = %batch.topic, partition = batch.partition, error = %e, "records a plugin routed could not be appended");
+                broker
+                    .metrics
+                    .produce_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Answers a produce v0-2 request with UNSUPPORTED_VERSION for every partition it names. The

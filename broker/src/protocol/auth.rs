@@ -1,0 +1,337 @@
+//! Who a client is: the principal of a connection, and the gate that keeps an unauthenticated
+//! connection from doing anything but authenticate.
+//!
+//! An [`Identity`] belongs to one client connection and is shared by all its sessions (every
+//! bidirectional stream of a QUIC connection), so a principal proven on one stream applies to
+//! all of them. It is one of:
+//!
+//! - anonymous (`User:ANONYMOUS`) or certified (`User:<CN>` of a verified TLS client
+//!   certificate): known from the handshake, nothing to do;
+//! - SASL-required: until a SaslAuthenticate succeeds, every request except ApiVersions,
+//!   SaslHandshake and SaslAuthenticate is refused, and a refusal or a failed authentication asks
+//!   the listener to close the whole connection with the reason ([`Identity::closed`]).
+//!
+//! Tokens are kept as SHA-256 digests, so looking one up takes the same time whatever its bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use kafka_protocol::messages::ApiKey;
+use tokio::sync::watch;
+
+/// The principal of a client that proved nothing.
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
+/// The one SASL mechanism the broker serves.
+pub const PLAIN: &str = "PLAIN";
+
+/// Device tokens: SHA-256 of a token -> the device name it belongs to.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    by_digest: HashMap<[u8; 32], String>,
+}
+
+/// Why a token file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: expected \"<device-name> <token>\"")]
+    BadLine { path: String, line: usize },
+    #[error("{path}:{line}: this token is already given to {device}")]
+    Duplicate {
+        path: String,
+        line: usize,
+        device: String,
+    },
+    #[error("{path}: no tokens")]
+    Empty { path: String },
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl Tokens {
+    /// Reads a token file: one `<device-name> <token>` per line, blank lines and `#` comments
+    /// ignored. A token may belong to one device only.
+    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Tokens::parse(&text, &shown)
+    }
+
+    /// Parses the text of a token file; `path` names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Tokens, TokenFileError> {
+        let mut tokens = Tokens::default();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(device), Some(token), None) = (words.next(), words.next(), words.next())
+            else {
+                return Err(TokenFileError::BadLine {
+                    path: path.into(),
+                    line: i + 1,
+                });
+            };
+            if let Some(device) = tokens
+                .by_digest
+                .insert(digest(token.as_bytes()), device.to_string())
+            {
+                return Err(TokenFileError::Duplicate {
+                    path: path.into(),
+                    line: i + 1,
+                    device,
+                });
+            }
+        }
+        if tokens.by_digest.is_empty() {
+            return Err(TokenFileError::Empty { path: path.into() });
+        }
+        Ok(tokens)
+    }
+
+    /// The device a token belongs to.
+    pub fn device(&self, token: &[u8]) -> Option<&str> {
+        self.by_digest.get(&digest(token)).map(String::as_str)
+    }
+}
+
+/// Why a SASL PLAIN authentication failed; the text goes to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("malformed SASL PLAIN message (expected authzid NUL user NUL token)")]
+    Malformed,
+    #[error("unknown token, or a token that does not belong to user {user:?}")]
+    BadToken { user: String },
+    #[error("this connection is already authenticated")]
+    AlreadyAuthenticated,
+    #[error("this listener does not use SASL (client_auth is not \"token\")")]
+    NotEnabled,
+}
+
+/// Why and how a connection is to be closed ([`Identity::close`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    /// Told to the client.
+    pub reason: String,
+    /// A response explaining the refusal is on its way: give the client a moment to read it
+    /// (and hang up) before closing.
+    pub after_reply: bool,
+}
+
+/// Who the client of one connection is (see the module docs).
+#[derive(Debug)]
+pub struct Identity {
+    /// Set once: at creation when the handshake decides it, or by a successful SASL exchange.
+    principal: OnceLock<String>,
+    /// Some: the client must authenticate with SASL PLAIN against these tokens.
+    tokens: Option<Arc<Tokens>>,
+    /// Set when the connection must be closed.
+    close: watch::Sender<Option<Closing>>,
+}
+
+impl Identity {
+    fn new(principal: Option<String>, tokens: Option<Arc<Tokens>>) -> Arc<Identity> {
+        let cell = OnceLock::new();
+        if let Some(p) = principal {
+            let _ = cell.set(p);
+        }
+        Arc::new(Identity {
+            principal: cell,
+            tokens,
+            close: watch::channel(None).0,
+        })
+    }
+
+    /// A client that proves nothing: `User:ANONYMOUS`.
+    pub fn anonymous() -> Arc<Identity> {
+        Identity::new(Some(ANONYMOUS.to_string()), None)
+    }
+
+    /// A client known from the handshake (e.g. `User:<CN>` of a verified certificate).
+    pub fn certified(principal: String) -> Arc<Identity> {
+        Identity::new(Some(principal), None)
+    }
+
+    /// A client that must authenticate with SASL PLAIN and one of `tokens` first.
+    pub fn sasl(tokens: Arc<Tokens>) -> Arc<Identity> {
+        Identity::new(None, Some(tokens))
+    }
+
+    /// The principal, once known (`None` while a SASL client has not authenticated).
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.get().map(String::as_str)
+    }
+
+    /// Whether this connection takes SASL.
+    pub fn uses_sasl(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// Whether a request of `api` may be handled now. Before authentication only the requests
+    /// that lead to it are.
+    pub fn admits(&self, api: ApiKey) -> bool {
+        self.principal().is_some()
+            || matches!(
+                api,
+                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+            )
+    }
+
+    /// Checks a SASL PLAIN message (`authzid NUL user NUL token`, RFC 4616) and on success
+    /// returns the principal, now that of the whole connection. An empty user name is allowed
+    /// (the token names the device); a non-empty one must be the token's device.
+    pub fn authenticate_plain(&self, message: &[u8]) -> Result<String, AuthError> {
+        let tokens = self.tokens.as_ref().ok_or(AuthError::NotEnabled)?;
+        if self.principal().is_some() {
+            return Err(AuthError::AlreadyAuthenticated);
+        }
+        let mut parts = message.split(|&b| b == 0);
+        let (Some(_authzid), Some(user), Some(token), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        let user = String::from_utf8_lossy(user).into_owned();
+        let device = tokens
+            .device(token)
+            .filter(|d| user.is_empty() || *d == user)
+            .ok_or_else(|| AuthError::BadToken { user: user.clone() })?;
+        let principal = format!("User:{device}");
+        // Two streams racing to authenticate: the first one wins, the other is refused.
+        self.principal
+            .set(principal.clone())
+            .map_err(|_| AuthError::AlreadyAuthenticated)?;
+        Ok(principal)
+    }
+
+    /// Asks the listener to close the connection, telling the client `reason`; with
+    /// `after_reply`, once the client had a moment to read the response being sent. The first
+    /// request to close wins.
+    pub fn close(&self, reason: String, after_reply: bool) {
+        self.close.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(Closing {
+                reason,
+                after_reply,
+            });
+            true
+        });
+    }
+
+    /// Resolves once [`Identity::close`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = Closing> + Send + 'static {
+        let mut rx = self.close.subscribe();
+        async move {
+            loop {
+                if let Some(c) = rx.borrow_and_update().clone() {
+                    return c;
+                }
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Arc<Tokens> {
+        Arc::new(
+            Tokens::parse(
+                "# devices\nsensor-7  t0k3n-seven\n\npump-2 pump-secret # spare\n",
+                "tokens",
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn token_file_lines_and_errors() {
+        let t = tokens();
+        assert_eq!(t.device(b"t0k3n-seven"), Some("sensor-7"));
+        assert_eq!(t.device(b"pump-secret"), Some("pump-2"));
+        assert_eq!(t.device(b"sensor-7"), None);
+        let bad = Tokens::parse("a b c\n", "f").unwrap_err().to_string();
+        assert_eq!(bad, "f:1: expected \"<device-name> <token>\"");
+        let dup = Tokens::parse("a x\nb x\n", "f").unwrap_err().to_string();
+        assert_eq!(dup, "f:2: this token is already given to a");
+        assert!(Tokens::parse("# nothing\n", "f").is_err());
+    }
+
+    #[test]
+    fn sasl_identity_admits_only_authentication_until_it_succeeds() {
+        let id = Identity::sasl(tokens());
+        assert!(id.admits(ApiKey::ApiVersions) && id.admits(ApiKey::SaslAuthenticate));
+        assert!(!id.admits(ApiKey::Produce));
+        assert_eq!(
+            id.authenticate_plain(b"\0sensor-7\0wrong"),
+            Err(AuthError::BadToken {
+                user: "sensor-7".into()
+            })
+        );
+        assert_eq!(
+            id.authenticate_plain(b"\0pump-2\0t0k3n-seven"),
+            Err(AuthError::BadToken {
+                user: "pump-2".into()
+            })
+        );
+        assert_eq!(
+            id.authenticate_plain(b"no separators"),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(id.principal(), None);
+        assert_eq!(
+            id.authenticate_plain(b"\0sensor-7\0t0k3n-seven").as_deref(),
+            Ok("User:sensor-7")
+        );
+        assert!(id.admits(ApiKey::Produce));
+        assert_eq!(
+            id.authenticate_plain(b"\0\0pump-secret"),
+            Err(AuthError::AlreadyAuthenticated)
+        );
+        assert_eq!(id.principal(), Some("User:sensor-7"));
+    }
+
+    #[test]
+    fn anonymous_and_certified_need_nothing() {
+        assert_eq!(Identity::anonymous().principal(), Some(ANONYMOUS));
+        let c = Identity::certified("User:gw-1".into());
+        assert!(c.admits(ApiKey::Produce));
+        assert_eq!(c.authenticate_plain(b"\0a\0b"), Err(AuthError::NotEnabled));
+    }
+
+    #[tokio::test]
+    async fn close_keeps_the_first_reason() {
+        let id = Identity::anonymous();
+        let closed = id.closed();
+        id.close("first".into(), true);
+        id.close("second".into(), false);
+        assert_eq!(
+            closed.await,
+            Closing {
+                reason: "first".into(),
+                after_reply: true
+            }
+        );
+    }
+}

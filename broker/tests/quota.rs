@@ -1,0 +1,510 @@
+//! Quota policies end to end: the real token-bucket and faulty-quota plugins (built here for
+//! wasm32-wasip2), a real broker, raw protocol clients to read throttle_time_ms and time the
+//! mutes, and librdkafka producers and consumers.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::RawClient;
+use common::wasm::wasm_dir;
+use edge_config::{OnError, PluginSpec, QuotaApi, QuotaBinding};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, FetchRequest, FetchResponse, MetadataRequest, ProduceRequest,
+    ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::records::Compression;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+const POLICY_VIOLATION: i16 = 44;
+
+fn plugin(name: &str, file: &str, config: &str) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        path: wasm_dir().join(file),
+        config: config.into(),
+    }
+}
+
+fn quota(plugin: &str, apis: &[QuotaApi], on_error: OnError) -> QuotaBinding {
+    QuotaBinding {
+        plugin: plugin.into(),
+        listeners: Vec::new(),
+        principals: Vec::new(),
+        apis: apis.to_vec(),
+        on_error,
+    }
+}
+
+fn name(t: &str) -> TopicName {
+    TopicName(StrBytes::from_string(t.to_string()))
+}
+
+/// A raw connection that sends as a chosen client id and times each answer.
+struct Client {
+    raw: RawClient,
+    id: &'static str,
+    correlation: i32,
+}
+
+impl Client {
+    async fn connect(addr: &str, id: &'static str) -> Client {
+        Client {
+            raw: RawClient::connect(addr).await,
+            id,
+            correlation: 0,
+        }
+    }
+
+    /// Sends `req` and returns its response and how long the answer took.
+    async fn call<R: Request>(&mut self, req: &R, version: i16) -> (R::Response, Duration) {
+        self.correlation += 1;
+        let frame = common::request_frame(req, version, self.correlation, self.id);
+        let sent = Instant::now();
+        self.raw.send_raw(&frame).await;
+        let answer = self.raw.read_frame().await.expect("a response");
+        let took = sent.elapsed();
+        (
+            common::decode_response::<R>(answer, version, self.correlation),
+            took,
+        )
+    }
+
+    async fn create(&mut self, topic: &str) {
+        let req = CreateTopicsRequest::default().with_topics(vec![
+            CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ]);
+        let (r, _) = self.call(&req, 5).await;
+        assert_eq!(r.topics[0].error_code, 0);
+    }
+
+    /// Produces one record of `size` bytes to partition 0 of `topic`.
+    async fn produce(
+        &mut self,
+        topic: &str,
+        size: usize,
+        version: i16,
+    ) -> (ProduceResponse, Duration) {
+        let record = common::record(0, None, &vec![b'x'; size], 1_700_000_000_000);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(name(topic))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(common::encode_batch(&[record], Compression::None))),
+                    ]),
+            ]);
+        self.call(&req, version).await
+    }
+
+    async fn fetch(&mut self, topic: &str, version: i16) -> (FetchResponse, Duration) {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_max_bytes(4 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(name(topic))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(4 << 20),
+                    ]),
+            ]);
+        self.call(&req, version).await
+    }
+}
+
+fn error_of(r: &ProduceResponse) -> (i16, String) {
+    let p = &r.responses[0].partition_responses[0];
+    (
+        p.error_code,
+        p.error_message
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// A client over its rate is accepted and throttled the Kafka way: throttle_time_ms is the time
+/// its debt takes to refill, KIP-219 versions get the response at once and the connection is
+/// muted afterwards, older versions get the response late; another client id is not throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_is_throttled_and_muted_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin(
+        "per-client",
+        "token_bucket.wasm",
+        r#"rate = "50KiB/s", burst = "50KiB", key = "client-id""#,
+    )];
+    cfg.plugins.quotas = vec![quota("per-client", &[QuotaApi::Produce], OnError::FailOpen)];
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let kib = 1024;
+
+    let mut greedy = Client::connect(&addr, "greedy").await;
+    greedy.create("metered").await;
+    // 40KiB of a 50KiB bucket: allowed.
+    let (r, _) = greedy.produce("metered", 40 * kib, 9).await;
+    assert_eq!(error_of(&r).0, 0);
+    assert_eq!(r.throttle_time_ms, 0);
+    // 40KiB more leaves the bucket about 30KiB in debt: accepted (written), and throttled for
+    // the 600ms the refill takes at 50KiB/s (a little less for the time between the calls).
+    let (r, took) = greedy.produce("metered", 40 * kib, 9).await;
+    let throttle = r.throttle_time_ms;
+    assert_eq!(error_of(&r), (0, String::new()));
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
+    assert!((300..=610).contains(&throttle), "throttle {throttle} ms");
+    // Produce v9 (KIP-219): the response comes at once...
+    assert!(took < Duration::from_millis(throttle as u64), "{took:?}");
+    // ...and the connection is muted after it: the next request is not handled before the
+    // throttle time has passed.
+    let (r, took) = greedy.produce("metered", 100, 9).await;
+    assert_eq!(error_of(&r).0, 0);
+    assert!(
+        took >= Duration::from_millis(throttle as u64 * 9 / 10),
+        "answered after {took:?}, throttle {throttle} ms"
+    );
+
+    // Another client id has its own bucket: not throttled, not muted.
+    let mut polite = Client::connect(&addr, "polite").await;
+    let (r, _) = polite.produce("metered", 40 * kib, 9).await;
+    assert_eq!((error_of(&r).0, r.throttle_time_ms), (0, 0));
+
+    // Produce v5 (before KIP-219): the throttled response itself is held back.
+    let mut oldie = Client::connect(&addr, "oldie").await;
+    let (r, _) = oldie.produce("metered", 40 * kib, 5).await;
+    assert_eq!(r.throttle_time_ms, 0);
+    let (r, took) = oldie.produce("metered", 40 * kib, 5).await;
+    assert_eq!(error_of(&r).0, 0);
+    assert!(r.throttle_time_ms >= 300, "{}", r.throttle_time_ms);
+    assert!(
+        took >= Duration::from_millis(r.throttle_time_ms as u64),
+        "answered after {took:?}, throttle {} ms",
+        r.throttle_time_ms
+    );
+
+    let m = &broker.broker.metrics;
+    assert!(m.quota_throttled.load(Ordering::Relaxed) >= 3);
+    assert_eq!(m.quota_rejected.load(Ordering::Relaxed), 0);
+    let set = broker.broker.plugins.current();
+    let stats = &set.quotas.loaded[0].stats;
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.faults.load(Ordering::Relaxed), 0);
+    broker.shutdown().await;
+}
+
+/// A librdkafka producer sending as fast as it can is held to the configured rate: it cannot
+/// finish before (bytes - burst - one request) / rate, and it is not slowed far below the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_flat_out_converges_to_the_configured_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin(
+        "per-client",
+        "token_bucket.wasm",
+        r#"rate = "256KiB/s", burst = "64KiB""#,
+    )];
+    cfg.plugins.quotas = vec![quota("per-client", &[QuotaApi::Produce], OnError::FailOpen)];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+
+    let producer: FutureProducer = common::client_config(&bootstrap)
+        .set("client.id", "bulk")
+        .set("linger.ms", "5")
+        // One request carries at most one batch of the partition: at most 16KiB.
+        .set("batch.size", "16384")
+        .set("acks", "all")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    // Topic creation and metadata first, so they are not timed.
+    producer
+        .send(
+            FutureRecord::<(), _>::to("bulk")
+                .payload("warm-up")
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let value = vec![b'v'; 4096];
+    let count = 256; // 1MiB of values
+    let start = Instant::now();
+    let mut futures = Vec::new();
+    for _ in 0..count {
+        let rec = FutureRecord::<(), _>::to("bulk")
+            .payload(&value)
+            .partition(0);
+        futures.push(producer.send_result(rec).map_err(|(e, _)| e).unwrap());
+    }
+    for f in futures {
+        f.await.unwrap().unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let rate = 256.0 * 1024.0;
+    let bytes = (count * value.len()) as f64;
+    // The bucket starts with up to the burst (64KiB, less the warm-up) and the last request's
+    // debt is paid after its response: the rest needs the refill.
+    let floor = (bytes - 64.0 * 1024.0 - 16.0 * 1024.0) / rate;
+    let observed = bytes / elapsed;
+    eprintln!(
+        "1MiB at a 256KiB/s quota: {elapsed:.2}s, {:.0} KiB/s (floor {floor:.2}s)",
+        observed / 1024.0
+    );
+    assert!(
+        elapsed >= floor,
+        "{elapsed:.2}s < {floor:.2}s: over the rate"
+    );
+    assert!(
+        observed >= rate / 1.5,
+        "{:.0} KiB/s: throttled far below the 256KiB/s quota",
+        observed / 1024.0
+    );
+    assert!(
+        broker
+            .broker
+            .metrics
+            .quota_throttled
+            .load(Ordering::Relaxed)
+            >= 10
+    );
+    broker.shutdown().await;
+}
+
+/// A rejection refuses the topic's partitions with POLICY_VIOLATION and the policy's reason,
+/// writes nothing, and librdkafka fails the message without retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_produce_gets_policy_violation_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin(
+        "capped",
+        "token_bucket.wasm",
+        r#"rate = "1MiB/s", max_request = "8KiB""#,
+    )];
+    cfg.plugins.quotas = vec![quota("capped", &[QuotaApi::Produce], OnError::FailOpen)];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+
+    let mut raw = Client::connect(&bootstrap, "raw").await;
+    raw.create("capped").await;
+    let (r, _) = raw.produce("capped", 16 * 1024, 9).await;
+    let (code, message) = error_of(&r);
+    assert_eq!(code, POLICY_VIOLATION);
+    assert!(
+        message.contains("rejected by a quota policy") && message.contains("over max_request"),
+        "{message}"
+    );
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, -1);
+
+    let producer: FutureProducer = common::client_config(&bootstrap)
+        .set("client.id", "rdkafka")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let big = vec![b'b'; 16 * 1024];
+    let err = producer
+        .send(
+            FutureRecord::<(), _>::to("capped")
+                .payload(&big)
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err()
+        .0
+        .to_string();
+    assert!(
+        err.contains("Policy violation") || err.contains("PolicyViolation"),
+        "{err}"
+    );
+    producer
+        .send(
+            FutureRecord::<(), _>::to("capped")
+                .payload("small")
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    // Read back: the small record is the first and only record of the topic.
+    let b = bootstrap.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let consumer = common::reader(&b, "capped");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                return (m.offset(), m.payload().map(|p| p.to_vec()));
+            }
+        }
+        panic!("nothing to read");
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, (0, Some(b"small".to_vec())));
+    assert!(broker.broker.metrics.quota_rejected.load(Ordering::Relaxed) >= 2);
+    broker.shutdown().await;
+}
+
+/// Fetch quotas count response bytes: a fetch that returns more than the bucket holds is
+/// answered in full with throttle_time_ms, and the connection is muted afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_over_the_rate_is_throttled_by_its_response_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin(
+        "reads",
+        "token_bucket.wasm",
+        r#"rate = "64KiB/s", burst = "64KiB""#,
+    )];
+    cfg.plugins.quotas = vec![quota("reads", &[QuotaApi::Fetch], OnError::FailOpen)];
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+
+    let mut c = Client::connect(&addr, "reader").await;
+    c.create("big").await;
+    // Produce is not bound: 3 x 50KiB go in unthrottled.
+    for _ in 0..3 {
+        let (r, _) = c.produce("big", 50 * 1024, 9).await;
+        assert_eq!((error_of(&r).0, r.throttle_time_ms), (0, 0));
+    }
+    // One fetch returns all ~150KiB: ~86KiB of debt at 64KiB/s is about 1.35s.
+    let (r, took) = c.fetch("big", 12).await;
+    let data: usize = r.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .map_or(0, Bytes::len);
+    assert!(data > 150 * 1024, "{data} bytes fetched");
+    let throttle = r.throttle_time_ms;
+    assert!((1200..=1400).contains(&throttle), "throttle {throttle} ms");
+    assert!(took < Duration::from_millis(throttle as u64), "{took:?}");
+    let (_, took) = c.fetch("big", 12).await;
+    assert!(
+        took >= Duration::from_millis(throttle as u64 * 9 / 10),
+        "answered after {took:?}, throttle {throttle} ms"
+    );
+    broker.shutdown().await;
+}
+
+/// A quota bound to other listeners or principals is never called for this connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_for_other_listeners_or_principals_is_not_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin("slow", "faulty_quota.wasm", "throttle:5000")];
+    let mut quic_only = quota(
+        "slow",
+        &[QuotaApi::Produce, QuotaApi::Fetch],
+        OnError::FailOpen,
+    );
+    quic_only.listeners = vec!["quic".into()];
+    let mut devices = quota("slow", &[QuotaApi::Produce], OnError::FailOpen);
+    devices.principals = vec!["User:device-1".into()];
+    cfg.plugins.quotas = vec![quic_only, devices];
+    let broker = common::start_with(cfg).await;
+
+    let mut c = Client::connect(&broker.bootstrap(), "anyone").await;
+    c.create("free").await;
+    for _ in 0..3 {
+        let (r, _) = c.produce("free", 1000, 9).await;
+        assert_eq!((error_of(&r).0, r.throttle_time_ms), (0, 0));
+    }
+    let set = broker.broker.plugins.current();
+    let stats = &set.quotas.loaded[0].stats;
+    assert_eq!(stats.calls.load(Ordering::Relaxed), 0);
+    broker.shutdown().await;
+}
+
+/// A quota plugin that loops, traps or runs out of memory fails its call only: fail-open
+/// allows the request, fail-closed rejects it with the fault as reason, the instance is rebuilt,
+/// the fault counter rises and the broker keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_quota_plugin_fails_open_or_closed_and_the_broker_stays_up() {
+    for (fault, says) in [
+        ("loop", "call_timeout"),
+        ("trap", "trapped"),
+        ("oom", "memory_limit"),
+    ] {
+        for on_error in [OnError::FailOpen, OnError::FailClosed] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = common::test_config(dir.path());
+            cfg.plugins.call_timeout = Duration::from_millis(50);
+            cfg.plugins.memory_limit = 16 << 20;
+            cfg.plugins.load = vec![plugin("bad", "faulty_quota.wasm", fault)];
+            cfg.plugins.quotas = vec![quota("bad", &[QuotaApi::Produce], on_error)];
+            let broker = common::start_with(cfg).await;
+            let mut c = Client::connect(&broker.bootstrap(), "victim").await;
+            c.create("t").await;
+            for round in 0..2 {
+                let (r, _) = c.produce("t", 100, 9).await;
+                let (code, message) = error_of(&r);
+                match on_error {
+                    OnError::FailOpen => {
+                        assert_eq!(code, 0, "{fault} open: {message}");
+                        assert_eq!(r.responses[0].partition_responses[0].base_offset, round);
+                    }
+                    OnError::FailClosed => {
+                        assert_eq!(code, POLICY_VIOLATION, "{fault} closed");
+                        assert!(message.contains(says), "{fault} closed: {message}");
+                    }
+                    OnError::DeadLetter => unreachable!("not a quota policy setting"),
+                }
+                assert_eq!(r.throttle_time_ms, 0);
+            }
+            // The broker and this connection still serve other requests.
+            let (md, _) = c.call(&MetadataRequest::default(), 9).await;
+            assert_eq!(md.brokers.len(), 1);
+            let set = broker.broker.plugins.current();
+            let stats = &set.quotas.loaded[0].stats;
+            assert_eq!(stats.faults.load(Ordering::Relaxed), 2, "{fault}");
+            // One instance at load, then a fresh one for the call after the faulted one.
+            assert_eq!(stats.instantiations.load(Ordering::Relaxed), 2, "{fault}");
+            broker.shutdown().await;
+        }
+    }
+}
+
+/// A plugin of the wrong world, or a config its init refuses, stops start-up with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_plugin_of_the_wrong_world_or_config_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin("filter", "json_filter.wasm", "temp > 20")];
+    cfg.plugins.quotas = vec![quota("filter", &[QuotaApi::Produce], OnError::FailOpen)];
+    let e = format!(
+        "{:#}",
+        runnel::start_broker(cfg.clone()).await.err().unwrap()
+    );
+    assert!(
+        e.contains("plugin filter: does not implement the runnel:plugin quota world"),
+        "{e}"
+    );
+    cfg.plugins.load = vec![plugin("filter", "token_bucket.wasm", "rate = fast")];
+    let e = format!("{:#}", runnel::start_broker(cfg).await.err().unwrap());
+    assert!(
+        e.contains("plugin filter: init refused its config") && e.contains("expected SIZE/s"),
+        "{e}"
+    );
+}
