@@ -7,6 +7,9 @@
 //! 2. consume throughput: read the acks=1 topic back from the beginning;
 //! 3. produce latency: a fixed rate (records/s) for a fixed time; the time from `send` to the
 //!    delivery report of each record, p50/p99/max.
+//!
+//! `runnel bench devices` is the device benchmark instead (`bench_devices.rs`): many QUIC
+//! devices, or as many librdkafka producers over TCP, sending acknowledged readings.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +26,10 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::{Offset, TopicPartitionList};
 
 #[derive(clap::Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Broker to load (any Kafka-compatible broker).
     #[arg(long, short, default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
@@ -54,7 +60,15 @@ pub struct BenchArgs {
     pub label: String,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Other benchmarks than the librdkafka produce/consume/latency phases.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum BenchMode {
+    /// Many devices, each its own QUIC connection, sending acknowledged readings (or with
+    /// --tcp, one librdkafka producer per device).
+    Devices(super::bench_devices::DevicesArgs),
+}
+
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     edge_config::units::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?}"))
 }
 
@@ -293,6 +307,9 @@ fn latency_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Latency> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchMode::Devices(d)) = args.mode {
+        return super::bench_devices::run(d);
+    }
     let tag = crate::broker::now_ms();
     let t1 = format!("bench-acks1-{tag}");
     let tall = format!("bench-acksall-{tag}");

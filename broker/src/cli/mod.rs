@@ -2,6 +2,7 @@
 //! `produce`, `consume`) that work against any Kafka-compatible broker via librdkafka.
 
 mod bench;
+mod bench_devices;
 mod client;
 mod plugin;
 mod serve;
@@ -51,8 +52,9 @@ enum Command {
     /// Test a plugin locally; list or reload the plugins of a running broker.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Measure produce and consume throughput and produce latency against a broker.
-    Bench(bench::BenchArgs),
+    /// Measure produce and consume throughput and produce latency against a broker
+    /// (`bench devices`: many QUIC devices sending acknowledged readings).
+    Bench(Box<bench::BenchArgs>),
     /// Print records as `value`, or `key<TAB>value` for keyed records.
     Consume {
         topic: String,
@@ -216,7 +218,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Topics(cmd) => client::topics(cmd),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
         Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),
         Command::Plugin(PluginCommand::Test {

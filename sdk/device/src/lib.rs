@@ -23,7 +23,18 @@
 //! its buffered batches under it: a batch the broker had stored but whose acknowledgement was
 //! lost is then written a second time (at-least-once for that batch).
 //!
-//! A buffer lives in memory only: records buffered when the device process exits are lost.
+//! Without [`DeviceConfig::buffer_file`] the buffer lives in memory only: records buffered when
+//! the device process exits are lost. With it, unacknowledged batches are also kept in that file
+//! (with the producer id, epoch and sequence numbers) and a device started again on the file
+//! delivers them, in order and without duplicates (see `buffer.rs` for the format and
+//! durability).
+//!
+//! Up to 5 produce requests are in flight at once on the session stream (like Kafka's
+//! `max.in.flight.requests.per.connection=5` with idempotence); the sequence numbers keep them in
+//! order and on any error everything unacknowledged is re-sent in order.
+//!
+//! [`Device::subscribe`] reads a topic (e.g. commands sent back to devices) on its own stream of
+//! the same connection with long-polling Fetch requests.
 //!
 //! ## Identity, datagrams, 0-RTT
 //!
@@ -38,12 +49,15 @@
 //!   ([`DeviceConfig::zero_rtt`], [`Device::zero_rtt`]). Only replay-safe requests travel that
 //!   way: authentication, metadata, and idempotent produce (docs/quic.md).
 
+mod buffer;
 mod datagram;
 mod link;
 mod session;
+mod subscribe;
 mod worker;
 
 pub use link::ZeroRtt;
+pub use subscribe::{Message, StartAt, Subscription};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,6 +150,13 @@ pub struct DeviceConfig {
     pub buffer_limit_bytes: usize,
     /// The acknowledgement the broker must give.
     pub acks: Acks,
+    /// Also keep unacknowledged records in this file (append-only, compacted as it goes), so
+    /// that records buffered when the process exits are delivered by the next device started
+    /// on the file. One device uses a file at a time (`<file>.lock`).
+    pub buffer_file: Option<PathBuf>,
+    /// With a buffer file: sync every write to disk (survives power loss; one disk flush per
+    /// batch and per acknowledgement). Without it, writes survive the process but not the OS.
+    pub buffer_file_fsync: bool,
     /// How the device proves who it is. Default [`Identity::None`].
     pub identity: Identity,
     /// Resume with 0-RTT when a TLS session ticket from this broker is at hand, so the first
@@ -161,6 +182,8 @@ impl DeviceConfig {
             max_batch_records: 500,
             buffer_limit_bytes: 8 << 20,
             acks: Acks::All,
+            buffer_file: None,
+            buffer_file_fsync: false,
             identity: Identity::None,
             zero_rtt: true,
             tickets: link::Tickets::default(),
@@ -202,6 +225,9 @@ pub enum DeviceError {
     /// The device is closed (or its background task has ended).
     #[error("the device is closed")]
     Closed,
+    /// The buffer file cannot be used (unreadable, not a buffer file, in use by another device).
+    #[error("buffer file {0}")]
+    Buffer(String),
     /// The broker refused the device's identity (bad or missing token, no authentication); the
     /// broker's reason follows.
     #[error("the broker refused the device: {0}")]
@@ -246,23 +272,41 @@ impl Device {
         config.link = link::Link::default();
         let link = config.link.clone();
         let client_id = config.client_id.clone();
+        let (file, restored) = match &config.buffer_file {
+            Some(path) => {
+                let (f, r) = buffer::FileBuffer::open(path, config.buffer_file_fsync).await?;
+                (Some(f), r)
+            }
+            None => (None, buffer::Restored::default()),
+        };
         let mut session = session::Session::connect(&config).await?;
-        let mut producer = worker::init_producer(&mut session).await;
-        if producer.is_err() && link.zero_rtt().await == ZeroRtt::Rejected {
-            // The broker refused the early data: go again with a full handshake.
-            session = session::Session::connect(&config).await?;
-            producer = worker::init_producer(&mut session).await;
-        }
+        let producer = match restored.producer {
+            // Batches a previous device left in the file go on under its producer id.
+            Some(p) if !restored.batches.is_empty() => Ok(p),
+            _ => {
+                let mut producer = worker::init_producer(&mut session).await;
+                if producer.is_err() && link.zero_rtt().await == ZeroRtt::Rejected {
+                    // The broker refused the early data: go again with a full handshake.
+                    session = session::Session::connect(&config).await?;
+                    producer = worker::init_producer(&mut session).await;
+                }
+                producer
+            }
+        };
         let producer = match producer {
             Ok(p) => p,
             Err(e) => return Err(session.explain(e).await),
         };
+        let start = worker::Start {
+            session,
+            producer,
+            file,
+            restored,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let buffered = Arc::new(AtomicUsize::new(0));
         let limit = config.buffer_limit_bytes;
-        let task = tokio::spawn(
-            worker::Worker::new(config, rx, buffered.clone(), session, producer).run(),
-        );
+        let task = tokio::spawn(worker::Worker::new(config, rx, buffered.clone(), start).run());
         Ok(Device {
             tx,
             buffered,
@@ -400,6 +444,19 @@ impl Device {
             .send(Cmd::Flush(done))
             .map_err(|_| DeviceError::Closed)?;
         rx.await.map_err(|_| DeviceError::Closed)
+    }
+
+    /// Reads `partition` of `topic` from `start` on a stream of its own on this device's
+    /// connection: [`Subscription::next`] yields the records in offset order, long-polling the
+    /// broker while there are none, and resumes after the last record across reconnects. The
+    /// topic is created if the broker allows auto-creation.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        partition: i32,
+        start: StartAt,
+    ) -> Result<Subscription, DeviceError> {
+        Subscription::open(self.tx.downgrade(), topic, partition, start).await
     }
 
     /// Flushes, then closes the connection and ends the background task. Like [`Device::flush`]

@@ -179,52 +179,132 @@ impl Session {
         req: &R,
         version: i16,
     ) -> Result<R::Response, DeviceError> {
-        let api = ApiKey::try_from(R::KEY).map_err(|_| protocol("unknown API key"))?;
-        self.correlation = self.correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(self.client_id.clone()));
-        let mut frame = BytesMut::new();
-        frame.put_i32(0);
-        header
-            .encode(&mut frame, api.request_header_version(version))
-            .map_err(|e| protocol(&e.to_string()))?;
-        req.encode(&mut frame, version)
-            .map_err(|e| protocol(&e.to_string()))?;
-        let size = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&size.to_be_bytes());
-        self.send
-            .write_all(&frame)
-            .await
-            .map_err(|e| DeviceError::Connect(e.to_string()))?;
-        let mut body = self.read_frame().await?;
-        let rh = ResponseHeader::decode(&mut body, api.response_header_version(version))
-            .map_err(|e| protocol(&e.to_string()))?;
-        if rh.correlation_id != self.correlation {
-            return Err(protocol("response correlation id does not match"));
-        }
-        R::Response::decode(&mut body, version).map_err(|e| protocol(&e.to_string()))
+        let (correlation, frame) = self.request_frame(req, version)?;
+        self.write_frame(&frame).await?;
+        let body = read_frame(&mut self.recv).await?;
+        decode_response::<R>(body, correlation, version)
     }
 
-    async fn read_frame(&mut self) -> Result<Bytes, DeviceError> {
-        let mut len = [0u8; 4];
-        self.recv
-            .read_exact(&mut len)
-            .await
-            .map_err(|e| DeviceError::Connect(e.to_string()))?;
-        let len = i32::from_be_bytes(len);
-        if len < 0 || len as usize > MAX_RESPONSE_BYTES {
-            return Err(protocol("bad response frame size"));
-        }
-        let mut body = vec![0u8; len as usize];
-        self.recv
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| DeviceError::Connect(e.to_string()))?;
-        Ok(Bytes::from(body))
+    /// Encodes `req` at `version` as one size-prefixed frame with the next correlation id, and
+    /// returns both. The caller writes it ([`Session::write_frame`]) and later decodes the
+    /// response with [`decode_response`]; responses come back in request order.
+    pub(crate) fn request_frame<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<(i32, Bytes), DeviceError> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let frame = encode_request(req, version, self.correlation, &self.client_id)?;
+        Ok((self.correlation, frame))
     }
+
+    /// Writes a request frame on the session stream. Waits while QUIC flow control holds it.
+    pub(crate) async fn write_frame(&mut self, frame: &[u8]) -> Result<(), DeviceError> {
+        self.send
+            .write_all(frame)
+            .await
+            .map_err(|e| DeviceError::Connect(e.to_string()))
+    }
+
+    /// Reads whatever response bytes have arrived on the session stream (cancel-safe: dropping
+    /// the future loses nothing). `None` when the broker finished the stream.
+    pub(crate) async fn read_chunk(&mut self) -> Result<Option<Bytes>, DeviceError> {
+        match self.recv.read_chunk(64 * 1024, true).await {
+            Ok(c) => Ok(c.map(|c| c.bytes)),
+            Err(e) => Err(DeviceError::Connect(e.to_string())),
+        }
+    }
+
+    /// Opens another bidirectional stream (another Kafka session) on this connection.
+    pub(crate) async fn open_stream(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), DeviceError> {
+        self.conn
+            .open_bi()
+            .await
+            .map_err(|e| DeviceError::Connect(e.to_string()))
+    }
+
+    /// The client id sent with every request.
+    pub(crate) fn client_id(&self) -> &StrBytes {
+        &self.client_id
+    }
+}
+
+/// A request frame: size, request header (`correlation`, `client_id`), `req` at `version`.
+pub(crate) fn encode_request<R: Request>(
+    req: &R,
+    version: i16,
+    correlation: i32,
+    client_id: &StrBytes,
+) -> Result<Bytes, DeviceError> {
+    let api = ApiKey::try_from(R::KEY).map_err(|_| protocol("unknown API key"))?;
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(client_id.clone()));
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    header
+        .encode(&mut frame, api.request_header_version(version))
+        .map_err(|e| protocol(&e.to_string()))?;
+    req.encode(&mut frame, version)
+        .map_err(|e| protocol(&e.to_string()))?;
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(frame.freeze())
+}
+
+/// Decodes a response frame body (no size prefix) to `R`'s response, checking that it answers
+/// the request with `correlation`.
+pub(crate) fn decode_response<R: Request>(
+    mut body: Bytes,
+    correlation: i32,
+    version: i16,
+) -> Result<R::Response, DeviceError> {
+    let api = ApiKey::try_from(R::KEY).map_err(|_| protocol("unknown API key"))?;
+    let rh = ResponseHeader::decode(&mut body, api.response_header_version(version))
+        .map_err(|e| protocol(&e.to_string()))?;
+    if rh.correlation_id != correlation {
+        return Err(protocol("response correlation id does not match"));
+    }
+    R::Response::decode(&mut body, version).map_err(|e| protocol(&e.to_string()))
+}
+
+/// Takes the first complete frame (its body, without the size) off the front of `buf`, or
+/// `None` while it is incomplete. A negative or oversized size is a protocol error.
+pub(crate) fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, DeviceError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len < 0 || len as usize > MAX_RESPONSE_BYTES {
+        return Err(protocol("bad response frame size"));
+    }
+    if buf.len() < 4 + len as usize {
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(4 + len as usize);
+    let _ = frame.split_to(4);
+    Ok(Some(frame.freeze()))
+}
+
+/// Reads one whole response frame (not cancel-safe).
+pub(crate) async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Bytes, DeviceError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| DeviceError::Connect(e.to_string()))?;
+    let len = i32::from_be_bytes(len);
+    if len < 0 || len as usize > MAX_RESPONSE_BYTES {
+        return Err(protocol("bad response frame size"));
+    }
+    let mut body = vec![0u8; len as usize];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| DeviceError::Connect(e.to_string()))?;
+    Ok(Bytes::from(body))
 }
 
 fn protocol(msg: &str) -> DeviceError {

@@ -1,5 +1,20 @@
 //! The background task: owns the session, batches records, produces them idempotently, keeps
 //! unacknowledged batches across connection losses and re-sends them in order.
+//!
+//! Pipelining: up to [`MAX_IN_FLIGHT`] produce requests are outstanding on the session stream at
+//! once (Kafka's `max.in.flight.requests.per.connection=5` with idempotence). The broker handles
+//! a stream's requests one at a time and answers in order, so responses match `in_flight` from
+//! the front. Invariants:
+//! - batches are sealed, sent, acknowledged and (with a file buffer) logged in one order: the
+//!   order of `in_flight` followed by `queue`;
+//! - a batch keeps its sequence numbers from sealing until it is acknowledged, unless the
+//!   producer id changes (all renumbered from 0) or an earlier batch of its partition is refused
+//!   (shifted down);
+//! - whenever a response is not a plain success, or the connection fails, the session is dropped
+//!   and every unacknowledged batch goes back to `queue` in order, to be re-sent on a new
+//!   connection. The broker keeps the last 5 batches of each producer, so a re-sent batch it
+//!   already stored is answered as a duplicate with its original offsets.
+//! - Metadata and InitProducerId go out only when nothing is in flight (with [`Session::call`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -20,7 +35,8 @@ use kafka_protocol::records::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::session::Session;
+use crate::buffer::{FileBuffer, Restored};
+use crate::session::{self, Session};
 use crate::{Ack, DeviceConfig, DeviceError};
 
 const PRODUCE_VERSION: i16 = 9;
@@ -50,7 +66,12 @@ pub(crate) enum Cmd {
     },
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
+    /// Open another stream on the device's connection (for a subscription).
+    OpenStream(oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>),
 }
+
+/// Both halves of a QUIC bidirectional stream.
+pub(crate) type Stream = (quinn::SendStream, quinn::RecvStream);
 
 /// A record waiting for its acknowledgement.
 pub(crate) struct Pending {
@@ -62,7 +83,7 @@ pub(crate) struct Pending {
     pub(crate) ack: Option<oneshot::Sender<Result<Ack, DeviceError>>>,
 }
 
-type Tp = (String, i32);
+pub(crate) type Tp = (String, i32);
 
 /// Records of one partition still gathering (not yet given sequence numbers).
 struct Open {
@@ -72,16 +93,16 @@ struct Open {
 }
 
 /// A sealed batch: its sequence numbers are fixed until the producer id changes.
-struct Batch {
-    tp: Tp,
-    base_sequence: i32,
-    records: Vec<Pending>,
+pub(crate) struct Batch {
+    pub(crate) tp: Tp,
+    pub(crate) base_sequence: i32,
+    pub(crate) records: Vec<Pending>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Producer {
-    id: i64,
-    epoch: i16,
+    pub(crate) id: i64,
+    pub(crate) epoch: i16,
 }
 
 /// Asks the broker for a new idempotent producer id.
@@ -103,11 +124,22 @@ pub(crate) async fn init_producer(session: &mut Session) -> Result<Producer, Dev
     })
 }
 
+/// Produce requests outstanding on the session stream at once.
+pub(crate) const MAX_IN_FLIGHT: usize = 5;
+
+/// A produce request written to the session and not yet answered.
+struct InFlight {
+    correlation: i32,
+    batch: Batch,
+}
+
 pub(crate) struct Worker {
     cfg: DeviceConfig,
     rx: mpsc::UnboundedReceiver<Cmd>,
     buffered: Arc<AtomicUsize>,
     session: Option<Session>,
+    /// Response bytes read from the session and not yet a whole frame.
+    rbuf: BytesMut,
     /// None: a new producer id must be fetched before producing.
     producer: Option<Producer>,
     next_sequence: HashMap<Tp, i32>,
@@ -116,11 +148,24 @@ pub(crate) struct Worker {
     open: HashMap<Tp, Open>,
     /// Open partitions in the order their first record arrived, so batches are sealed fairly.
     open_order: VecDeque<Tp>,
+    /// Sealed batches not yet sent (after `in_flight` in delivery order).
     queue: VecDeque<Batch>,
+    in_flight: VecDeque<InFlight>,
+    /// The file copy of the unacknowledged batches, when configured.
+    file: Option<FileBuffer>,
     flushes: Vec<oneshot::Sender<()>>,
     closing: Option<oneshot::Sender<()>>,
     backoff: Duration,
     retry_at: Option<Instant>,
+}
+
+/// What the worker starts from: a live session and producer, and (with a file buffer) the
+/// batches and sequence numbers a previous run left unacknowledged.
+pub(crate) struct Start {
+    pub(crate) session: Session,
+    pub(crate) producer: Producer,
+    pub(crate) file: Option<FileBuffer>,
+    pub(crate) restored: Restored,
 }
 
 impl Worker {
@@ -128,20 +173,44 @@ impl Worker {
         cfg: DeviceConfig,
         rx: mpsc::UnboundedReceiver<Cmd>,
         buffered: Arc<AtomicUsize>,
-        session: Session,
-        producer: Producer,
+        start: Start,
     ) -> Worker {
+        let Start {
+            session,
+            producer,
+            mut file,
+            restored,
+        } = start;
+        let restored_bytes: usize = restored
+            .batches
+            .iter()
+            .flat_map(|b| b.records.iter())
+            .map(|r| r.cost)
+            .sum();
+        buffered.fetch_add(restored_bytes, Ordering::AcqRel);
+        let mut next_sequence = restored.next_sequence;
+        let mut queue = restored.batches;
+        if restored.producer != Some(producer) {
+            // A new producer id: whatever the file held is numbered from 0 again.
+            renumber(&mut queue, &mut next_sequence);
+            if let Some(f) = file.as_mut() {
+                f.producer(producer);
+            }
+        }
         Worker {
             cfg,
             rx,
             buffered,
             session: Some(session),
+            rbuf: BytesMut::new(),
             producer: Some(producer),
-            next_sequence: HashMap::new(),
+            next_sequence,
             known_topics: HashSet::new(),
             open: HashMap::new(),
             open_order: VecDeque::new(),
-            queue: VecDeque::new(),
+            queue,
+            in_flight: VecDeque::new(),
+            file,
             flushes: Vec::new(),
             closing: None,
             backoff: BACKOFF_MIN,
@@ -155,7 +224,7 @@ impl Worker {
             // Take everything already queued, without waiting.
             loop {
                 match self.rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd),
+                    Ok(cmd) => self.handle(cmd).await,
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         senders_gone = true;
@@ -169,7 +238,7 @@ impl Worker {
             }
             let urgent = !self.flushes.is_empty() || self.closing.is_some();
             self.seal_due(Instant::now(), urgent);
-            if self.queue.is_empty() && self.open.is_empty() {
+            if self.queue.is_empty() && self.open.is_empty() && self.in_flight.is_empty() {
                 for f in self.flushes.drain(..) {
                     let _ = f.send(());
                 }
@@ -181,14 +250,14 @@ impl Worker {
                     return;
                 }
             }
-            if !self.queue.is_empty() && self.retry_at.is_none_or(|t| t <= Instant::now()) {
-                self.retry_at = None;
-                self.deliver_head().await;
+            if self.can_send() {
+                self.send_head().await;
                 continue;
             }
-            // Nothing to do now: wait for a command, a linger deadline or the next retry.
+            // Nothing to send now: wait for a command, a response, a linger deadline or the
+            // next retry.
             let mut wake = self.open.values().map(|o| o.deadline).min();
-            if !self.queue.is_empty() {
+            if !self.queue.is_empty() && self.in_flight.is_empty() {
                 wake = match (wake, self.retry_at) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -200,17 +269,20 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let waiting = !self.in_flight.is_empty();
+            let read = read_response(self.session.as_mut().filter(|_| waiting));
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle(cmd).await,
                     None => senders_gone = true,
                 },
+                r = read => self.on_bytes(r),
                 _ = sleep => {}
             }
         }
     }
 
-    fn handle(&mut self, cmd: Cmd) {
+    async fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Record {
                 topic,
@@ -236,7 +308,39 @@ impl Worker {
             }
             Cmd::Flush(done) => self.flushes.push(done),
             Cmd::Close(done) => self.closing = Some(done),
+            Cmd::OpenStream(reply) => {
+                let _ = reply.send(self.open_stream().await);
+            }
         }
+    }
+
+    /// A new stream on the device's connection (connecting first when there is none).
+    async fn open_stream(&mut self) -> Result<(Stream, StrBytes), DeviceError> {
+        if self.session.is_none() {
+            self.connect().await?;
+        }
+        let Some(session) = self.session.as_ref() else {
+            return Err(DeviceError::Connect("no connection".into()));
+        };
+        let client_id = session.client_id().clone();
+        match session.open_stream().await {
+            Ok(stream) => Ok((stream, client_id)),
+            Err(e) => {
+                // The connection is gone even if no produce request noticed yet.
+                self.lose_session();
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), DeviceError> {
+        let s = Session::connect(&self.cfg).await?;
+        tracing::info!(server = %self.cfg.server, "reconnected to the broker");
+        self.session = Some(s);
+        self.rbuf.clear();
+        // The broker may have lost topics (a wiped data dir): look them up again.
+        self.known_topics.clear();
+        Ok(())
     }
 
     /// Seals the open batches whose linger has passed (all of them when `all`), oldest first.
@@ -264,29 +368,45 @@ impl Worker {
         let seq = self.next_sequence.entry(tp.clone()).or_insert(0);
         let base_sequence = *seq;
         *seq = seq.wrapping_add(open.records.len() as i32) & i32::MAX;
-        self.queue.push_back(Batch {
+        let batch = Batch {
             tp: tp.clone(),
             base_sequence,
             records: open.records,
-        });
+        };
+        if let Some(f) = self.file.as_mut() {
+            f.sealed(&batch);
+        }
+        self.queue.push_back(batch);
     }
 
-    /// Makes sure there is a session and a producer id, then produces the oldest batch.
-    async fn deliver_head(&mut self) {
-        if self.session.is_none() {
-            match Session::connect(&self.cfg).await {
-                Ok(s) => {
-                    tracing::info!(server = %self.cfg.server, "reconnected to the broker");
-                    self.session = Some(s);
-                    // The broker may have lost topics (a wiped data dir): look them up again.
-                    self.known_topics.clear();
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "reconnect failed");
-                    self.back_off();
-                    return;
-                }
-            }
+    /// Whether the head of `queue` may be sent now: there is room in flight, no back-off, and
+    /// if something is in flight, nothing must be set up first (connection, producer id,
+    /// metadata), since those requests wait for an idle stream.
+    fn can_send(&self) -> bool {
+        let Some(head) = self.queue.front() else {
+            return false;
+        };
+        if self.in_flight.len() >= MAX_IN_FLIGHT
+            || self.retry_at.is_some_and(|t| t > Instant::now())
+        {
+            return false;
+        }
+        self.in_flight.is_empty()
+            || (self.session.is_some()
+                && self.producer.is_some()
+                && self.known_topics.contains(&head.tp.0))
+    }
+
+    /// Makes sure there is a session, a producer id and topic metadata, then writes the produce
+    /// request of the oldest unsent batch and moves it in flight.
+    async fn send_head(&mut self) {
+        self.retry_at = None;
+        if self.session.is_none()
+            && let Err(e) = self.connect().await
+        {
+            tracing::debug!(error = %e, "reconnect failed");
+            self.back_off();
+            return;
         }
         let Some(session) = self.session.as_mut() else {
             return;
@@ -300,17 +420,15 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot get a producer id");
-                    self.session = None;
-                    self.back_off();
+                    self.lose_session();
                     return;
                 }
             },
         };
-        let Some(batch) = self.queue.front() else {
+        let Some(topic) = self.queue.front().map(|b| b.tp.0.clone()) else {
             return;
         };
-        if !self.known_topics.contains(&batch.tp.0) {
-            let topic = batch.tp.0.clone();
+        if !self.known_topics.contains(&topic) {
             let Some(session) = self.session.as_mut() else {
                 return;
             };
@@ -327,52 +445,100 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "connection to the broker lost; buffering");
-                    self.session = None;
-                    self.back_off();
+                    self.lose_session();
                     return;
                 }
             }
         }
-        let Some(batch) = self.queue.front() else {
+        let (Some(batch), Some(session)) = (self.queue.front(), self.session.as_mut()) else {
             return;
         };
         let req = produce_request(batch, producer, self.cfg.acks.code());
-        let Some(session) = self.session.as_mut() else {
-            return;
+        let written = match session.request_frame(&req, PRODUCE_VERSION) {
+            Ok((correlation, frame)) => session.write_frame(&frame).await.map(|()| correlation),
+            Err(e) => Err(e),
         };
-        match session.call(&req, PRODUCE_VERSION).await {
-            Ok(resp) => self.on_response(resp),
+        match written {
+            Ok(correlation) => {
+                let batch = self.queue.pop_front().expect("head batch");
+                self.in_flight.push_back(InFlight { correlation, batch });
+            }
             Err(e) => {
                 tracing::info!(error = %e, "connection to the broker lost; buffering");
-                self.session = None;
-                self.back_off();
+                self.lose_session();
             }
         }
     }
 
+    /// Bytes (or the end) read from the session: answers every whole response frame.
+    fn on_bytes(&mut self, read: Result<Option<Bytes>, DeviceError>) {
+        match read {
+            Ok(Some(bytes)) => self.rbuf.extend_from_slice(&bytes),
+            Ok(None) => {
+                tracing::info!("the broker ended the session; buffering");
+                self.lose_session();
+                return;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "connection to the broker lost; buffering");
+                self.lose_session();
+                return;
+            }
+        }
+        loop {
+            let body = match session::split_frame(&mut self.rbuf) {
+                Ok(Some(body)) => body,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad response from the broker");
+                    self.lose_session();
+                    return;
+                }
+            };
+            let Some(head) = self.in_flight.front() else {
+                tracing::warn!("a response nothing waits for");
+                self.lose_session();
+                return;
+            };
+            match session::decode_response::<ProduceRequest>(
+                body,
+                head.correlation,
+                PRODUCE_VERSION,
+            ) {
+                Ok(resp) => self.on_response(resp),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad produce response");
+                    self.lose_session();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles the response to the oldest request in flight.
     fn on_response(&mut self, resp: ProduceResponse) {
-        let Some(batch) = self.queue.front() else {
+        let Some(head) = self.in_flight.front() else {
             return;
         };
+        let tp = &head.batch.tp;
         let part = resp
             .responses
             .iter()
-            .filter(|t| t.name.0.as_str() == batch.tp.0)
+            .filter(|t| t.name.0.as_str() == tp.0)
             .flat_map(|t| t.partition_responses.iter())
-            .find(|p| p.index == batch.tp.1);
+            .find(|p| p.index == tp.1);
         let Some(part) = part else {
             tracing::warn!("produce response without the batch's partition");
-            self.session = None;
-            self.back_off();
+            self.lose_session();
             return;
         };
         let (code, base_offset) = (part.error_code, part.base_offset);
         match code {
             0 | DUPLICATE_SEQUENCE_NUMBER => {
                 self.backoff = BACKOFF_MIN;
-                let batch = self.queue.pop_front().expect("head batch");
+                let batch = self.in_flight.pop_front().expect("head batch").batch;
                 let partition = batch.tp.1;
-                self.finish(batch, |i| {
+                self.finish(batch, false, |i| {
                     Ok(Ack {
                         partition,
                         offset: if base_offset >= 0 {
@@ -393,6 +559,9 @@ impl Worker {
                      id (a batch stored before the outage may be written twice)"
                 );
                 self.producer = None;
+                // The later requests in flight carry the old producer: start over.
+                self.requeue_in_flight();
+                self.session = None;
             }
             // Retriable in Kafka (metadata may be stale), but this broker is the only one: the
             // topic does not exist and cannot be created, so the batch fails.
@@ -400,16 +569,37 @@ impl Worker {
                 && ResponseError::try_from_code(c).is_some_and(|e| e.is_retriable()) =>
             {
                 tracing::info!(code = c, "retriable produce error; retrying");
-                self.back_off();
+                self.lose_session();
             }
             c => {
                 // The broker did not store the batch, so later batches of the partition move
-                // down to its sequence numbers.
-                let batch = self.queue.pop_front().expect("head batch");
+                // down to its sequence numbers; those already sent carry the old ones and are
+                // sent again on a new session.
+                let batch = self.in_flight.pop_front().expect("head batch").batch;
+                let resend = !self.in_flight.is_empty();
+                self.requeue_in_flight();
+                if resend {
+                    self.session = None;
+                }
                 give_back_sequences(&batch, &mut self.queue, &mut self.next_sequence);
-                self.finish(batch, |_| Err(DeviceError::Broker { code: c }));
+                self.finish(batch, true, |_| Err(DeviceError::Broker { code: c }));
             }
         }
+    }
+
+    /// Puts every batch in flight back at the front of `queue`, in order.
+    fn requeue_in_flight(&mut self) {
+        while let Some(f) = self.in_flight.pop_back() {
+            self.queue.push_front(f.batch);
+        }
+        self.rbuf.clear();
+    }
+
+    /// The session failed: drop it, keep every unacknowledged batch for the next one, back off.
+    fn lose_session(&mut self) {
+        self.requeue_in_flight();
+        self.session = None;
+        self.back_off();
     }
 
     /// A new producer id restarts every partition at sequence 0; buffered batches are
@@ -417,6 +607,9 @@ impl Worker {
     fn new_producer(&mut self, p: Producer) {
         self.producer = Some(p);
         renumber(&mut self.queue, &mut self.next_sequence);
+        if let Some(f) = self.file.as_mut() {
+            f.producer(p);
+        }
     }
 
     fn back_off(&mut self) {
@@ -424,8 +617,25 @@ impl Worker {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
-    /// Releases a batch's buffer bytes and tells each record's sender its result.
-    fn finish(&mut self, batch: Batch, result: impl Fn(usize) -> Result<Ack, DeviceError>) {
+    /// Releases a batch's buffer bytes and tells each record's sender its result. The batch is
+    /// the oldest unacknowledged one; `failed` says the broker refused it.
+    fn finish(
+        &mut self,
+        batch: Batch,
+        failed: bool,
+        result: impl Fn(usize) -> Result<Ack, DeviceError>,
+    ) {
+        if let Some(f) = self.file.as_mut() {
+            f.done(failed);
+            if let Some(p) = self.producer {
+                let pending = self
+                    .in_flight
+                    .iter()
+                    .map(|x| &x.batch)
+                    .chain(self.queue.iter());
+                f.compact_if_due(p, &self.next_sequence, pending);
+            }
+        }
         for (i, r) in batch.records.into_iter().enumerate() {
             self.buffered.fetch_sub(r.cost, Ordering::AcqRel);
             if let Some(ack) = r.ack {
@@ -434,17 +644,35 @@ impl Worker {
         }
     }
 
-    /// The device was dropped: fail everything still held.
+    /// The device was dropped: fail everything still held (with a file buffer, the records
+    /// stay in the file and a later device on it delivers them).
     fn abandon(&mut self) {
         self.seal_due(Instant::now(), true);
+        self.requeue_in_flight();
         while let Some(b) = self.queue.pop_front() {
-            self.finish(b, |_| Err(DeviceError::Closed));
+            for r in b.records {
+                self.buffered.fetch_sub(r.cost, Ordering::AcqRel);
+                if let Some(ack) = r.ack {
+                    let _ = ack.send(Err(DeviceError::Closed));
+                }
+            }
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.sync();
         }
     }
 }
 
+/// Reads response bytes from `session`; never resolves without one.
+async fn read_response(session: Option<&mut Session>) -> Result<Option<Bytes>, DeviceError> {
+    match session {
+        Some(s) => s.read_chunk().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Numbers the queued batches from sequence 0 per partition, in queue order (a new producer id).
-fn renumber(queue: &mut VecDeque<Batch>, next_sequence: &mut HashMap<Tp, i32>) {
+pub(crate) fn renumber(queue: &mut VecDeque<Batch>, next_sequence: &mut HashMap<Tp, i32>) {
     next_sequence.clear();
     for b in queue.iter_mut() {
         let seq = next_sequence.entry(b.tp.clone()).or_insert(0);
@@ -455,7 +683,7 @@ fn renumber(queue: &mut VecDeque<Batch>, next_sequence: &mut HashMap<Tp, i32>) {
 
 /// `failed` was refused and not stored: the later batches of its partition take over its
 /// sequence numbers.
-fn give_back_sequences(
+pub(crate) fn give_back_sequences(
     failed: &Batch,
     queue: &mut VecDeque<Batch>,
     next_sequence: &mut HashMap<Tp, i32>,

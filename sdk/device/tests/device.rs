@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel::{BrokerHandle, Config};
-use runnel_device::{Acks, Device, DeviceConfig, DeviceError, Trust};
+use runnel_device::{Acks, Device, DeviceConfig, DeviceError, StartAt, Trust};
 
 /// A broker config: data in `dir`, Kafka on 127.0.0.1:0, QUIC on `quic`.
 fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
@@ -315,5 +315,168 @@ async fn a_broker_certificate_from_a_trusted_ca_is_verified_by_name() {
     dc.server_name = "elsewhere.local".into();
     let err = Device::connect(dc).await.err().expect("wrong name fails");
     assert!(matches!(err, DeviceError::Tls(_)), "{err:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_buffer_delivers_what_a_dropped_device_held_in_order_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let quic = free_udp_port();
+    let broker = start(&data, quic).await;
+    let mut cfg = device_config(&broker);
+    cfg.max_batch_records = 20;
+    cfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
+    let device = Device::connect(cfg.clone()).await.unwrap();
+
+    // Delivered before the outage.
+    let delivered: Vec<_> = (0..100)
+        .map(|i| device.enqueue("offline", 0, None, &reading(i)).unwrap())
+        .collect();
+    for d in delivered {
+        d.await.unwrap();
+    }
+    // In flight while the broker shuts down (some stored, their acknowledgements lost), then
+    // buffered while it is down.
+    for i in 100..200 {
+        device.send_no_ack("offline", None, &reading(i)).unwrap();
+    }
+    broker.shutdown().await;
+    for i in 200..400 {
+        device.send_no_ack("offline", None, &reading(i)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(device.buffered_bytes() > 0, "readings are held while down");
+    // The device program ends without flushing.
+    drop(device);
+
+    // The broker comes back; a new device on the same buffer file delivers what was held.
+    let broker = start(&data, quic).await;
+    let device = Device::connect(cfg.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), device.flush())
+        .await
+        .expect("the buffered readings are delivered")
+        .unwrap();
+    assert_eq!(device.buffered_bytes(), 0);
+    device.close().await;
+
+    let got = read_back(broker.bootstrap(), "offline", 400).await;
+    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    assert_eq!(values.len(), 400, "nothing lost, nothing duplicated");
+    assert_eq!(values, (0..400).map(reading).collect::<Vec<_>>());
+
+    // A third device on the now empty file starts afresh and goes on after them.
+    let device = Device::connect(cfg).await.unwrap();
+    let ack = device.send("offline", None, &reading(400)).await.unwrap();
+    assert_eq!(ack.offset, 400);
+    device.close().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_file_is_used_by_one_device_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(&dir.path().join("data"), "127.0.0.1:0".parse().unwrap()).await;
+    let mut cfg = device_config(&broker);
+    cfg.buffer_file = Some(dir.path().join("shared.buffer"));
+    let first = Device::connect(cfg.clone()).await.unwrap();
+    let err = Device::connect(cfg)
+        .await
+        .err()
+        .expect("second device refused");
+    assert!(
+        matches!(&err, DeviceError::Buffer(m) if m.contains("in use by another device")),
+        "{err:?}"
+    );
+    first.close().await;
+    broker.shutdown().await;
+}
+
+/// Produces `values` to partition 0 of `topic` with librdkafka, in order.
+async fn kafka_produce(bootstrap: String, topic: &'static str, values: Vec<String>) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    tokio::task::spawn_blocking(move || {
+        let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("broker.address.family", "v4")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for v in &values {
+            p.send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(0)
+                    .key("cmd")
+                    .payload(v),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_receives_commands_from_a_kafka_client_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let command = |i: usize| format!("{{\"cmd\":\"set-rate\",\"n\":{i}}}");
+
+    kafka_produce(
+        broker.bootstrap(),
+        "commands",
+        (0..10).map(command).collect(),
+    )
+    .await;
+    let mut latest = device
+        .subscribe("commands", 0, StartAt::Latest)
+        .await
+        .unwrap();
+    let mut from_5 = device
+        .subscribe("commands", 0, StartAt::Offset(5))
+        .await
+        .unwrap();
+    assert_eq!(latest.position(), 10);
+    // Produced while the subscriptions wait (long-poll).
+    let later = tokio::spawn(kafka_produce(
+        broker.bootstrap(),
+        "commands",
+        (10..30).map(command).collect(),
+    ));
+    for i in 10..30 {
+        let m = tokio::time::timeout(Duration::from_secs(20), latest.next())
+            .await
+            .expect("command arrives")
+            .unwrap();
+        assert_eq!(m.offset, i as i64);
+        assert_eq!(m.key.as_deref(), Some(&b"cmd"[..]));
+        assert_eq!(m.value.as_deref(), Some(command(i).as_bytes()));
+    }
+    later.await.unwrap();
+    for i in 5..30 {
+        let m = tokio::time::timeout(Duration::from_secs(20), from_5.next())
+            .await
+            .expect("command arrives")
+            .unwrap();
+        assert_eq!(
+            (m.offset, m.value.as_deref()),
+            (i as i64, Some(command(i).as_bytes()))
+        );
+    }
+    // Nothing more: the next read waits.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), latest.next())
+            .await
+            .is_err()
+    );
+    // The device produces on the same connection meanwhile.
+    let ack = device.send("readings", None, b"r").await.unwrap();
+    assert_eq!(ack.offset, 0);
+    drop(latest);
+    drop(from_5);
+    device.close().await;
     broker.shutdown().await;
 }

@@ -1,0 +1,324 @@
+//! Subscriptions: reading a topic partition on a stream of its own, on the device's connection,
+//! with long-polling Fetch requests (e.g. commands sent back to devices).
+//!
+//! Invariants: `next_offset` is the offset after the last record handed out (or queued in
+//! `ready`), so a new stream after a reconnect resumes exactly there; a request cancelled half
+//! way (the caller dropped `next`) leaves the stream in an unknown state, so it is replaced
+//! before the next request.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, TopicName,
+};
+use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::records::RecordBatchDecoder;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::DeviceError;
+use crate::session::{decode_response, encode_request, read_frame};
+use crate::worker::Cmd;
+
+const FETCH_VERSION: i16 = 11;
+const LIST_OFFSETS_VERSION: i16 = 4;
+const METADATA_VERSION: i16 = 9;
+/// How long the broker holds a Fetch open while there is nothing new.
+const MAX_WAIT_MS: i32 = 5_000;
+/// The most record bytes one Fetch returns.
+const MAX_FETCH_BYTES: i32 = 1 << 20;
+/// A request unanswered this long (beyond the long-poll wait) counts as a lost connection.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+
+/// Where a new subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The first record still in the log.
+    Earliest,
+    /// After the last record now in the log: only records written from now on.
+    Latest,
+    /// This offset.
+    Offset(i64),
+}
+
+/// A record read by a [`Subscription`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The record's offset in the partition.
+    pub offset: i64,
+    /// The record's timestamp (ms since the Unix epoch).
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+}
+
+/// A stream of the records of one topic partition; see [`crate::Device::subscribe`].
+pub struct Subscription {
+    /// Weak, so that a subscription does not keep a dropped device's worker alive.
+    tx: mpsc::WeakUnboundedSender<Cmd>,
+    topic: TopicName,
+    partition: i32,
+    next_offset: i64,
+    stream: Option<SubStream>,
+    ready: VecDeque<Message>,
+    backoff: Duration,
+}
+
+/// One Kafka session (QUIC stream) used for one request at a time.
+struct SubStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    client_id: StrBytes,
+    correlation: i32,
+    /// A request was started and not finished (its future was dropped).
+    dirty: bool,
+}
+
+impl SubStream {
+    async fn call<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> Result<R::Response, DeviceError> {
+        self.dirty = true;
+        self.correlation = self.correlation.wrapping_add(1);
+        let frame = encode_request(req, version, self.correlation, &self.client_id)?;
+        let exchange = async {
+            self.send
+                .write_all(&frame)
+                .await
+                .map_err(|e| DeviceError::Connect(e.to_string()))?;
+            read_frame(&mut self.recv).await
+        };
+        let body = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(r) => r?,
+            Err(_) => return Err(DeviceError::Connect("request timed out".into())),
+        };
+        let resp = decode_response::<R>(body, self.correlation, version)?;
+        self.dirty = false;
+        Ok(resp)
+    }
+}
+
+impl Subscription {
+    pub(crate) async fn open(
+        tx: mpsc::WeakUnboundedSender<Cmd>,
+        topic: &str,
+        partition: i32,
+        start: StartAt,
+    ) -> Result<Subscription, DeviceError> {
+        let mut sub = Subscription {
+            tx,
+            topic: TopicName(StrBytes::from_string(topic.to_string())),
+            partition,
+            next_offset: -1,
+            stream: None,
+            ready: VecDeque::new(),
+            backoff: BACKOFF_MIN,
+        };
+        let mut stream = sub.new_stream().await?;
+        // Like Kafka consumers: Metadata first, which auto-creates the topic if allowed.
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(sub.topic.clone())),
+            ]))
+            .with_allow_auto_topic_creation(true);
+        stream.call(&req, METADATA_VERSION).await?;
+        sub.next_offset = match start {
+            StartAt::Offset(o) => o,
+            StartAt::Earliest => sub.list_offset(&mut stream, -2).await?,
+            StartAt::Latest => sub.list_offset(&mut stream, -1).await?,
+        };
+        sub.stream = Some(stream);
+        Ok(sub)
+    }
+
+    /// The offset of the next record this subscription will yield.
+    pub fn position(&self) -> i64 {
+        self.ready.front().map_or(self.next_offset, |m| m.offset)
+    }
+
+    /// The next record, waiting (long-polling the broker) until there is one. Connection losses
+    /// are retried with backoff; fails with [`DeviceError::Broker`] when the broker refuses the
+    /// read (e.g. `OFFSET_OUT_OF_RANGE` when the position was removed by retention) and
+    /// [`DeviceError::Closed`] once the device is gone. Cancel-safe: dropping the future loses
+    /// no record.
+    pub async fn next(&mut self) -> Result<Message, DeviceError> {
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return Ok(m);
+            }
+            if self.stream.as_ref().is_some_and(|s| s.dirty) {
+                self.stream = None;
+            }
+            let mut stream = match self.stream.take() {
+                Some(s) => s,
+                None => match self.new_stream().await {
+                    Ok(s) => s,
+                    Err(DeviceError::Closed) => return Err(DeviceError::Closed),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "subscription: no stream; retrying");
+                        self.wait_backoff().await;
+                        continue;
+                    }
+                },
+            };
+            match self.fetch(&mut stream).await {
+                Ok(()) => {
+                    self.backoff = BACKOFF_MIN;
+                    self.stream = Some(stream);
+                }
+                Err(DeviceError::Connect(e)) | Err(DeviceError::Protocol(e)) => {
+                    tracing::debug!(error = %e, "subscription: stream lost; retrying");
+                    self.wait_backoff().await;
+                }
+                Err(e) => {
+                    self.stream = Some(stream);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn wait_backoff(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Asks the device's worker for a new stream on its connection.
+    async fn new_stream(&self) -> Result<SubStream, DeviceError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .upgrade()
+            .ok_or(DeviceError::Closed)?
+            .send(Cmd::OpenStream(reply))
+            .map_err(|_| DeviceError::Closed)?;
+        let ((send, recv), client_id) = rx.await.map_err(|_| DeviceError::Closed)??;
+        Ok(SubStream {
+            send,
+            recv,
+            client_id,
+            correlation: 0,
+            dirty: false,
+        })
+    }
+
+    /// The earliest (-2) or latest (-1) offset of the partition.
+    async fn list_offset(&self, stream: &mut SubStream, which: i64) -> Result<i64, DeviceError> {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(self.topic.clone())
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(self.partition)
+                            .with_current_leader_epoch(-1)
+                            .with_timestamp(which),
+                    ]),
+            ]);
+        let resp = stream.call(&req, LIST_OFFSETS_VERSION).await?;
+        let part = resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == self.partition)
+            .ok_or_else(|| {
+                DeviceError::Protocol("ListOffsets answer without the partition".into())
+            })?;
+        if part.error_code != 0 {
+            return Err(DeviceError::Broker {
+                code: part.error_code,
+            });
+        }
+        Ok(part.offset)
+    }
+
+    /// One long-polling Fetch from `next_offset`; its records go to `ready`.
+    async fn fetch(&mut self, stream: &mut SubStream) -> Result<(), DeviceError> {
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(MAX_WAIT_MS)
+            .with_min_bytes(1)
+            .with_max_bytes(MAX_FETCH_BYTES)
+            .with_session_epoch(-1)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(self.topic.clone())
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(self.partition)
+                            .with_current_leader_epoch(-1)
+                            .with_fetch_offset(self.next_offset)
+                            .with_log_start_offset(-1)
+                            .with_partition_max_bytes(MAX_FETCH_BYTES),
+                    ]),
+            ]);
+        let resp = stream.call(&req, FETCH_VERSION).await?;
+        if resp.error_code != 0 {
+            return Err(DeviceError::Broker {
+                code: resp.error_code,
+            });
+        }
+        let part = resp
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == self.partition)
+            .ok_or_else(|| DeviceError::Protocol("Fetch answer without the partition".into()))?;
+        match part.error_code {
+            0 => {}
+            OFFSET_OUT_OF_RANGE => {
+                return Err(DeviceError::Broker {
+                    code: OFFSET_OUT_OF_RANGE,
+                });
+            }
+            code => {
+                // E.g. the topic is being created: not fatal, ask again shortly.
+                tracing::debug!(code, "subscription: fetch error; retrying");
+                tokio::time::sleep(BACKOFF_MIN).await;
+                return Ok(());
+            }
+        }
+        if let Some(records) = part.records.clone() {
+            self.take_records(records)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the whole record batches in `data` (a fetch may end in a partial one) and queues
+    /// their records from `next_offset` on.
+    fn take_records(&mut self, mut data: Bytes) -> Result<(), DeviceError> {
+        while data.len() >= 27 {
+            let base = i64::from_be_bytes(data[..8].try_into().expect("8 bytes"));
+            let len = i32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
+            let last_delta = i32::from_be_bytes(data[23..27].try_into().expect("4 bytes"));
+            if len < 0 || data.len() < 12 + len as usize {
+                break;
+            }
+            let mut one = data.split_to(12 + len as usize);
+            let set = RecordBatchDecoder::decode(&mut one)
+                .map_err(|e| DeviceError::Protocol(format!("bad record batch: {e}")))?;
+            for r in set.records {
+                if r.control || r.offset < self.next_offset {
+                    continue;
+                }
+                self.ready.push_back(Message {
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                });
+            }
+            self.next_offset = self.next_offset.max(base + last_delta as i64 + 1);
+        }
+        Ok(())
+    }
+}
