@@ -66,6 +66,9 @@ pub enum BenchMode {
     /// Many devices, each its own QUIC connection, sending acknowledged readings (or with
     /// --tcp, one librdkafka producer per device).
     Devices(super::bench_devices::DevicesArgs),
+    /// Produce throughput with a filter plugin on the topic versus none (a broker in this
+    /// process), and how long loading a compiled plugin and a hot reload take.
+    Plugins(super::bench_plugins::PluginsArgs),
 }
 
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -307,8 +310,10 @@ fn latency_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Latency> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(BenchMode::Devices(d)) = args.mode {
-        return super::bench_devices::run(d);
+    match args.mode {
+        Some(BenchMode::Devices(d)) => return super::bench_devices::run(d),
+        Some(BenchMode::Plugins(p)) => return super::bench_plugins::run(p),
+        None => {}
     }
     let tag = crate::broker::now_ms();
     let t1 = format!("bench-acks1-{tag}");

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_devices;
+mod bench_plugins;
 mod client;
 mod plugin;
 mod serve;

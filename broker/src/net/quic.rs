@@ -163,8 +163,16 @@ pub async fn listen(
     server.transport_config(Arc::new(transport(cfg.idle_timeout)?));
     // A device whose address changes (NAT rebinding, Wi-Fi to cellular) keeps its connection.
     server.migration(true);
-    let endpoint = Endpoint::server(server, cfg.address)
+    let socket = bind_udp(cfg.address)
         .with_context(|| format!("cannot bind QUIC listener on udp {}", cfg.address))?;
+    let runtime = quinn::default_runtime().context("QUIC needs the tokio runtime")?;
+    let endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .with_context(|| format!("cannot start the QUIC listener on udp {}", cfg.address))?;
     let addr = endpoint.local_addr()?;
     tracing::info!(listener = ListenerKind::Quic.name(), address = %addr, %fingerprint, client_auth = %cfg.client_auth, "listening");
     let task = tokio::spawn(accept_loop(broker, endpoint, addr, auth, shutdown));
@@ -448,6 +456,30 @@ async fn produce_datagram(
         Some(code) => Err(DatagramError::Refused(code)),
         None => Ok(throttle_ms.load(Ordering::Relaxed)),
     }
+}
+
+/// Receive buffer asked for on the QUIC socket. One socket carries every device, and with the
+/// kernel's default (about 208 KiB) a burst that arrives while the broker waits for a CPU
+/// overflows it; QUIC then recovers those packets only after a loss-detection delay, which is
+/// the multi-second latency tail seen with 1,000 devices. Linux caps it at
+/// `net.core.rmem_max`; the size granted is logged.
+pub const SOCKET_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The listener's UDP socket, with [`SOCKET_RECEIVE_BUFFER`] asked for.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_RECEIVE_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the QUIC socket's receive buffer");
+    }
+    socket.bind(&addr.into())?;
+    if let Ok(granted) = socket.recv_buffer_size() {
+        tracing::debug!(granted, "QUIC socket receive buffer");
+    }
+    Ok(socket.into())
 }
 
 /// The certificate chain and key: the configured PEM files, or the self-signed pair in

@@ -13,6 +13,10 @@
 use std::cmp::Ordering;
 
 use runnel_plugin::{Filter, Record};
+use serde::de::{
+    DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// A comparison operator.
@@ -79,16 +83,15 @@ impl Condition {
     /// Whether a record value (raw bytes) passes.
     pub fn matches(&self, raw: Option<&[u8]>) -> bool {
         let Some(raw) = raw else { return false };
-        let Ok(doc) = serde_json::from_slice::<Value>(raw) else {
-            return false;
+        // One pass over the document that checks all of it is valid JSON but builds only the
+        // field on the path (no tree of the whole record: that allocation dominated the cost).
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let found = match (Path(&self.path).deserialize(&mut de), de.end()) {
+            (Ok(found), Ok(())) => found,
+            _ => return false,
         };
-        let mut field = &doc;
-        for part in &self.path {
-            match field.get(part) {
-                Some(v) => field = v,
-                None => return false,
-            }
-        }
+        let Some(field) = found else { return false };
+        let field = &field;
         match self.op {
             Op::Eq => equal(field, &self.value),
             Op::Ne => !equal(field, &self.value),
@@ -103,6 +106,90 @@ impl Condition {
                 },
             },
         }
+    }
+}
+
+/// Finds the value at a dotted path while reading (and so validating) the whole document: the
+/// field on the path is built as a [`Value`], everything else is skipped as `IgnoredAny`.
+struct Path<'p>(&'p [String]);
+
+impl<'de> DeserializeSeed<'de> for Path<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        match self.0.split_first() {
+            None => Value::deserialize(d).map(Some),
+            Some(_) => d.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Path<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        let (first, rest) = self.0.split_first().expect("a non-empty path");
+        let mut found = None;
+        while let Some(hit) = map.next_key_seed(Key(first))? {
+            if hit {
+                found = map.next_value_seed(Path(rest))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+}
+
+/// Reads an object key and says whether it is the wanted one, without allocating for keys
+/// that need no unescaping.
+struct Key<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
     }
 }
 
