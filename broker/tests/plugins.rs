@@ -700,3 +700,70 @@ async fn routing_to_a_missing_topic_without_auto_create_applies_the_policy() {
     assert_eq!(log_end(&broker, "closed"), 0);
     broker.shutdown().await;
 }
+
+/// The chain runs for QUIC devices as for Kafka clients: acknowledged produce (idempotent, from
+/// the device SDK) and fire-and-forget datagrams alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_filters_what_quic_devices_send_acknowledged_or_as_datagrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.quic.enabled = true;
+    cfg.listeners.quic.address = "127.0.0.1:0".parse().unwrap();
+    cfg.plugins.load = vec![plugin("hot", "json_filter.wasm", "temp > 20")];
+    cfg.plugins.bindings = vec![bind("readings", &["hot"], OnError::FailClosed)];
+    let broker = common::start_with(cfg).await;
+    let mut dc = runnel_device::DeviceConfig::new(
+        broker.quic_addr.unwrap(),
+        runnel_device::Trust::Fingerprint(broker.quic_fingerprint.clone().unwrap()),
+    );
+    dc.linger = Duration::from_millis(20);
+    let device = runnel_device::Device::connect(dc).await.unwrap();
+    // One batch: the cold readings are dropped from the middle of an idempotent batch.
+    let sends: Vec<_> = [25, 10, 30, 5]
+        .iter()
+        .map(|t| {
+            let value = format!(r#"{{"src":"ack","temp":{t}}}"#);
+            device
+                .enqueue("readings", 0, Some(b"dev-1"), value.as_bytes())
+                .unwrap()
+        })
+        .collect();
+    for s in sends {
+        s.await.expect("acknowledged (kept or filtered)");
+    }
+    // The producer's sequence still lines up: a later batch is accepted.
+    device
+        .send("readings", Some(b"dev-1"), br#"{"src":"ack","temp":40}"#)
+        .await
+        .unwrap();
+    for t in [3, 33] {
+        let value = format!(r#"{{"src":"datagram","temp":{t}}}"#);
+        device
+            .send_datagram("readings", 0, Some(b"dev-1"), value.as_bytes())
+            .await
+            .unwrap();
+        // Paced, so loopback loses none.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = tokio::task::spawn_blocking({
+        let bootstrap = broker.bootstrap();
+        move || consume_until(&bootstrap, "readings", r#"{"src":"datagram","temp":33}"#)
+    })
+    .await
+    .unwrap();
+    let values: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            r#"{"src":"ack","temp":25}"#,
+            r#"{"src":"ack","temp":30}"#,
+            r#"{"src":"ack","temp":40}"#,
+            r#"{"src":"datagram","temp":33}"#,
+        ]
+    );
+    device.close().await;
+    broker.shutdown().await;
+}
