@@ -508,3 +508,24 @@ async fn a_quota_plugin_of_the_wrong_world_or_config_stops_start_up() {
         "{e}"
     );
 }
+
+/// Whatever a policy asks, a connection is throttled at most MAX_THROTTLE_MS (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_throttle_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin("greedy", "faulty_quota.wasm", "throttle:4000000000")];
+    cfg.plugins.quotas = vec![quota("greedy", &[QuotaApi::Produce], OnError::FailOpen)];
+    let broker = common::start_with(cfg).await;
+    let mut c = Client::connect(&broker.bootstrap(), "greedy-client").await;
+    c.create("t").await;
+    // Produce v9 gets its answer first (KIP-219), then the connection is muted.
+    let (r, took) = c.produce("t", 100, 9).await;
+    assert_eq!(error_of(&r).0, 0);
+    assert_eq!(
+        r.throttle_time_ms,
+        runnel::plugins::quota::MAX_THROTTLE_MS as i32
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    broker.shutdown().await;
+}

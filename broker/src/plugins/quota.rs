@@ -397,6 +397,11 @@ pub async fn fetch(ctx: &Ctx, response: &mut FetchResponse) {
 
 /// Counts the request's decisions in the metrics, and returns its throttle (the longest one)
 /// after handing it to the connection to mute it.
+/// The longest throttle applied, whatever a policy answers: a connection muted longer than a
+/// client's request timeout (30 s by default in Kafka clients) only turns into timeouts and
+/// reconnects, and a buggy policy must not mute a client for days.
+pub const MAX_THROTTLE_MS: u32 = 30_000;
+
 pub fn throttle(ctx: &Ctx, decisions: &[Decision]) -> i32 {
     let metrics = &ctx.broker.metrics;
     let mut ms = 0u32;
@@ -410,6 +415,14 @@ pub fn throttle(ctx: &Ctx, decisions: &[Decision]) -> i32 {
     }
     if rejected {
         metrics.quota_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    if ms > MAX_THROTTLE_MS {
+        tracing::debug!(
+            asked = ms,
+            applied = MAX_THROTTLE_MS,
+            "quota throttle capped"
+        );
+        ms = MAX_THROTTLE_MS;
     }
     if ms > 0 {
         metrics.quota_throttled.fetch_add(1, Ordering::Relaxed);
