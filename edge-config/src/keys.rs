@@ -307,7 +307,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "disable_after",
                 Int,
-                "A plugin whose calls fail this many times in a row is disabled until restart\n(one WARN line names it and its last error); bindings running it then apply their\non_error policy without calling it. 0 = never disable.",
+                "A plugin whose calls fail this many times in a row is disabled until the plugins are\nreloaded or the broker restarts (one WARN line names it and its last error); bindings\nrunning it then apply their on_error policy without calling it. 0 = never disable.",
             ),
             key(
                 "load",

@@ -367,7 +367,7 @@ impl Plugin {
                 plugin = %self.name,
                 failures = in_a_row,
                 last_error = %error,
-                "plugin disabled after failing plugins.disable_after calls in a row; its bindings apply their on_error policy until restart"
+                "plugin disabled after failing plugins.disable_after calls in a row; its bindings apply their on_error policy until a reload or restart"
             );
         }
     }
