@@ -857,7 +857,7 @@ async fn token_devices_authenticate_with_sasl_plain_and_others_are_refused() {
     .unwrap();
     let mut cfg = quic_config(&dir.path().join("data"));
     cfg.listeners.quic.client_auth = edge_config::QuicClientAuth::Token;
-    cfg.listeners.quic.token_file = tokens;
+    cfg.listeners.quic.token_file = tokens.clone();
     let broker = common::start_with(cfg).await;
     let token = |device: &str, token: &str| runnel_device::Identity::Token {
         device: device.into(),
@@ -958,6 +958,37 @@ async fn token_devices_authenticate_with_sasl_plain_and_others_are_refused() {
     }
     // Only the two authenticated records are stored.
     assert_eq!(read_values(&broker, "guarded", 2).await.len(), 2);
+
+    // The token file changes while the broker runs: sensor-7 is revoked, valve-9 added. A
+    // device connected before keeps its session; new connections go by the new file.
+    let mut cfg = device_config(&broker);
+    cfg.identity = token("pump-2", "s3cret-2");
+    let connected = runnel_device::Device::connect(cfg).await.unwrap();
+    std::fs::write(
+        &tokens,
+        "# sensor-7 revoked\npump-2 s3cret-2\nvalve-9 s3cret-9-new\n",
+    )
+    .unwrap();
+    let mut cfg = device_config(&broker);
+    cfg.identity = token("sensor-7", "s3cret-7");
+    let err = runnel_device::Device::connect(cfg)
+        .await
+        .err()
+        .expect("a revoked token is refused");
+    assert!(
+        matches!(&err, runnel_device::DeviceError::Refused(m) if m.contains("unknown token")),
+        "{err}"
+    );
+    let mut cfg = device_config(&broker);
+    cfg.identity = token("valve-9", "s3cret-9-new");
+    let added = runnel_device::Device::connect(cfg).await.unwrap();
+    assert_eq!(added.send("guarded", None, b"new").await.unwrap().offset, 2);
+    assert_eq!(
+        connected.send("guarded", None, b"old").await.unwrap().offset,
+        3
+    );
+    added.close().await;
+    connected.close().await;
     broker.shutdown().await;
 }
 

@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::protocol::apis::produce;
-use crate::protocol::auth::{Identity, Tokens};
+use crate::protocol::auth::{Identity, TokenFile};
 use crate::protocol::frame::{self, FrameError};
 use crate::protocol::{Ctx, DispatchError, ListenerKind, Session};
 
@@ -119,7 +119,7 @@ pub fn transport(idle_timeout: Duration) -> anyhow::Result<TransportConfig> {
 enum Auth {
     None,
     Certificate,
-    Token(Arc<Tokens>),
+    Token(Arc<TokenFile>),
 }
 
 /// Binds `[listeners.quic]` and spawns the accept loop.
@@ -133,9 +133,9 @@ pub async fn listen(
     let auth = match cfg.client_auth {
         QuicClientAuth::None => Auth::None,
         QuicClientAuth::Mtls => Auth::Certificate,
-        QuicClientAuth::Token => Auth::Token(Arc::new(
-            Tokens::load(&cfg.token_file).context("listeners.quic.token_file")?,
-        )),
+        QuicClientAuth::Token => Auth::Token(
+            Arc::new(TokenFile::open(&cfg.token_file).context("listeners.quic.token_file")?),
+        ),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -284,7 +284,7 @@ impl Link {
 fn identify(auth: &Auth, conn: &quinn::Connection) -> Result<Arc<Identity>, String> {
     match auth {
         Auth::None => Ok(Identity::anonymous()),
-        Auth::Token(tokens) => Ok(Identity::sasl(tokens.clone())),
+        Auth::Token(file) => Ok(Identity::sasl(file.current())),
         Auth::Certificate => {
             // The verifier has checked the chain against client_ca; the leaf names the device.
             let leaf = conn

@@ -12,10 +12,13 @@
 //!   the listener to close the whole connection with the reason ([`Identity::closed`]).
 //!
 //! Tokens are kept as SHA-256 digests, so looking one up takes the same time whatever its bytes.
+//! A [`TokenFile`] is read again when it changes, so devices are added or revoked without a
+//! restart.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
@@ -107,6 +110,84 @@ impl Tokens {
     /// The device a token belongs to.
     pub fn device(&self, token: &[u8]) -> Option<&str> {
         self.by_digest.get(&digest(token)).map(String::as_str)
+    }
+}
+
+/// What identifies one version of a file: its modification time and length.
+type Stamp = (Option<SystemTime>, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
+/// A token file kept in force: [`TokenFile::current`] reads it again whenever its modification
+/// time or length changed since the last good read, so tokens added, changed or removed apply to
+/// the next connection without a restart (connections already authenticated keep their
+/// principal, as Kafka keeps a SASL session until it re-authenticates). A changed file that
+/// cannot be read or parsed (say, caught half-written) leaves the last good tokens in force,
+/// with one warning per version of the file, and is tried again on the next connection.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: PathBuf,
+    state: Mutex<TokenState>,
+}
+
+#[derive(Debug)]
+struct TokenState {
+    tokens: Arc<Tokens>,
+    /// The version `tokens` was read from.
+    good: Option<Stamp>,
+    /// A version that failed to load, warned about once.
+    bad: Option<Stamp>,
+    /// The file was missing at the last look (warned about once).
+    gone: bool,
+}
+
+impl TokenFile {
+    /// Reads the file; at start-up a bad file is an error (the broker does not start).
+    pub fn open(path: &Path) -> Result<TokenFile, TokenFileError> {
+        let good = stamp(path);
+        let tokens = Arc::new(Tokens::load(path)?);
+        Ok(TokenFile {
+            path: path.to_owned(),
+            state: Mutex::new(TokenState {
+                tokens,
+                good,
+                bad: None,
+                gone: false,
+            }),
+        })
+    }
+
+    /// The tokens in force, read again first if the file changed.
+    pub fn current(&self) -> Arc<Tokens> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(now) = stamp(&self.path) else {
+            if !state.gone {
+                tracing::warn!(path = %self.path.display(), "token file is gone; the tokens read last stay in force");
+                state.gone = true;
+            }
+            return state.tokens.clone();
+        };
+        state.gone = false;
+        if Some(now) == state.good || Some(now) == state.bad {
+            return state.tokens.clone();
+        }
+        match Tokens::load(&self.path) {
+            Ok(tokens) => {
+                tracing::info!(path = %self.path.display(), devices = tokens.by_digest.len(), "token file read again");
+                state.tokens = Arc::new(tokens);
+                state.good = Some(now);
+                state.bad = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "token file changed but cannot be used; the tokens read last stay in force");
+                state.bad = Some(now);
+            }
+        }
+        state.tokens.clone()
     }
 }
 
@@ -276,6 +357,36 @@ mod tests {
         let dup = Tokens::parse("a x\nb x\n", "f").unwrap_err().to_string();
         assert_eq!(dup, "f:2: this token is already given to a");
         assert!(Tokens::parse("# nothing\n", "f").is_err());
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_when_it_changes_and_a_bad_change_keeps_the_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "sensor-7 seven\n").unwrap();
+        let file = TokenFile::open(&path).unwrap();
+        assert_eq!(file.current().device(b"seven"), Some("sensor-7"));
+
+        // A device added and one revoked: the next look sees it (the lengths differ, so the
+        // change shows even where the clock has coarse file times).
+        std::fs::write(&path, "pump-2 two-two\n").unwrap();
+        let t = file.current();
+        assert_eq!((t.device(b"two-two"), t.device(b"seven")), (Some("pump-2"), None));
+
+        // A broken version keeps the tokens read last; fixing it applies the fix.
+        std::fs::write(&path, "pump-2 two-two extra-word\n").unwrap();
+        assert_eq!(file.current().device(b"two-two"), Some("pump-2"));
+        assert_eq!(file.current().device(b"two-two"), Some("pump-2"));
+        std::fs::write(&path, "gate-1 one\n").unwrap();
+        assert_eq!(file.current().device(b"one"), Some("gate-1"));
+
+        // A file that disappears keeps the last tokens too.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(file.current().device(b"one"), Some("gate-1"));
+
+        // At start-up a bad file is an error.
+        std::fs::write(&path, "lonely\n").unwrap();
+        assert!(TokenFile::open(&path).is_err());
     }
 
     #[test]
