@@ -182,7 +182,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "token_file",
                 Text,
-                "File of device tokens, one \"<device-name> <token>\" per line (# comments).\nRequired with client_auth = \"token\". Read at start-up.",
+                "File of device tokens, one \"<device-name> <token>\" per line (# comments).\nRequired with client_auth = \"token\". Read at start-up and again whenever\nit changes: new connections go by the new tokens.",
             ),
         ],
     },

@@ -197,7 +197,7 @@ pub struct QuicListener {
     pub client_ca: PathBuf,
     /// Text file of device tokens, one `<device-name> <token>` per line (`#` starts a comment).
     /// Required with `client_auth = "token"`; a device presenting a token is `User:<device-name>`.
-    /// Read at start-up; keep it readable by the broker's user only.
+    /// Read at start-up and again when it changes; keep it readable by the broker's user only.
     pub token_file: PathBuf,
 }
 
