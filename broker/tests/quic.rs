@@ -655,6 +655,25 @@ fn device_config(h: &BrokerHandle) -> runnel_device::DeviceConfig {
     cfg
 }
 
+/// Connects a device with `identity`.
+async fn connect_as(
+    h: &BrokerHandle,
+    identity: runnel_device::Identity,
+) -> Result<runnel_device::Device, runnel_device::DeviceError> {
+    let mut cfg = device_config(h);
+    cfg.identity = identity;
+    runnel_device::Device::connect(cfg).await
+}
+
+/// Asserts that a device with `identity` is refused with a reason that says `why`.
+async fn refused(h: &BrokerHandle, identity: runnel_device::Identity, why: &str) {
+    match connect_as(h, identity).await {
+        Err(runnel_device::DeviceError::Refused(reason)) if reason.contains(why) => {}
+        Err(e) => panic!("refused, but not because {why:?}: {e}"),
+        Ok(_) => panic!("connected, but should be refused ({why})"),
+    }
+}
+
 fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -815,9 +834,7 @@ async fn mtls_devices_are_named_by_their_certificate_and_others_fail_the_handsha
         "{err}"
     );
     // A certificate from another CA: refused the same way.
-    let mut cfg = device_config(&broker);
-    cfg.identity = rogue.issue("sensor-x");
-    let err = runnel_device::Device::connect(cfg)
+    let err = connect_as(&broker, rogue.issue("sensor-x"))
         .await
         .err()
         .expect("refused with an unknown CA");
@@ -827,9 +844,7 @@ async fn mtls_devices_are_named_by_their_certificate_and_others_fail_the_handsha
     );
     assert_eq!(count(&broker.broker.metrics.records_in), 0);
 
-    let mut cfg = device_config(&broker);
-    cfg.identity = fleet.issue("sensor-9");
-    let device = runnel_device::Device::connect(cfg).await.unwrap();
+    let device = connect_as(&broker, fleet.issue("sensor-9")).await.unwrap();
     let ack = device.send("certified", None, b"21.5").await.unwrap();
     assert_eq!(ack.offset, 0);
     device.close().await;
@@ -865,27 +880,11 @@ async fn token_devices_authenticate_with_sasl_plain_and_others_are_refused() {
     };
 
     // No token: the first request is refused and the connection closed with the reason.
-    let err = runnel_device::Device::connect(device_config(&broker))
-        .await
-        .err()
-        .expect("refused without a token");
-    assert!(
-        matches!(&err, runnel_device::DeviceError::Refused(m) if m.contains("authentication required")),
-        "{err}"
-    );
+    let no_token = runnel_device::Identity::None;
+    refused(&broker, no_token, "authentication required").await;
     // A wrong token, or another device's.
-    for identity in [token("sensor-7", "guess"), token("sensor-7", "s3cret-2")] {
-        let mut cfg = device_config(&broker);
-        cfg.identity = identity;
-        let err = runnel_device::Device::connect(cfg)
-            .await
-            .err()
-            .expect("refused");
-        assert!(
-            matches!(&err, runnel_device::DeviceError::Refused(m) if m.contains("unknown token")),
-            "{err}"
-        );
-    }
+    refused(&broker, token("sensor-7", "guess"), "unknown token").await;
+    refused(&broker, token("sensor-7", "s3cret-2"), "unknown token").await;
 
     // A raw client that produces without authenticating writes nothing and is closed.
     let raw = connect(&broker).await;
@@ -942,9 +941,9 @@ async fn token_devices_authenticate_with_sasl_plain_and_others_are_refused() {
     );
 
     // The SDK with its token.
-    let mut cfg = device_config(&broker);
-    cfg.identity = token("sensor-7", "s3cret-7");
-    let device = runnel_device::Device::connect(cfg).await.unwrap();
+    let device = connect_as(&broker, token("sensor-7", "s3cret-7"))
+        .await
+        .unwrap();
     assert_eq!(device.send("guarded", None, b"ok").await.unwrap().offset, 1);
     device.close().await;
     let metrics = broker.broker.metrics.render(&broker.broker);
@@ -961,30 +960,25 @@ async fn token_devices_authenticate_with_sasl_plain_and_others_are_refused() {
 
     // The token file changes while the broker runs: sensor-7 is revoked, valve-9 added. A
     // device connected before keeps its session; new connections go by the new file.
-    let mut cfg = device_config(&broker);
-    cfg.identity = token("pump-2", "s3cret-2");
-    let connected = runnel_device::Device::connect(cfg).await.unwrap();
+    let connected = connect_as(&broker, token("pump-2", "s3cret-2"))
+        .await
+        .unwrap();
     std::fs::write(
         &tokens,
         "# sensor-7 revoked\npump-2 s3cret-2\nvalve-9 s3cret-9-new\n",
     )
     .unwrap();
-    let mut cfg = device_config(&broker);
-    cfg.identity = token("sensor-7", "s3cret-7");
-    let err = runnel_device::Device::connect(cfg)
+    refused(&broker, token("sensor-7", "s3cret-7"), "unknown token").await;
+    let added = connect_as(&broker, token("valve-9", "s3cret-9-new"))
         .await
-        .err()
-        .expect("a revoked token is refused");
-    assert!(
-        matches!(&err, runnel_device::DeviceError::Refused(m) if m.contains("unknown token")),
-        "{err}"
-    );
-    let mut cfg = device_config(&broker);
-    cfg.identity = token("valve-9", "s3cret-9-new");
-    let added = runnel_device::Device::connect(cfg).await.unwrap();
+        .unwrap();
     assert_eq!(added.send("guarded", None, b"new").await.unwrap().offset, 2);
     assert_eq!(
-        connected.send("guarded", None, b"old").await.unwrap().offset,
+        connected
+            .send("guarded", None, b"old")
+            .await
+            .unwrap()
+            .offset,
         3
     );
     added.close().await;

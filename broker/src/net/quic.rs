@@ -133,9 +133,9 @@ pub async fn listen(
     let auth = match cfg.client_auth {
         QuicClientAuth::None => Auth::None,
         QuicClientAuth::Mtls => Auth::Certificate,
-        QuicClientAuth::Token => Auth::Token(
-            Arc::new(TokenFile::open(&cfg.token_file).context("listeners.quic.token_file")?),
-        ),
+        QuicClientAuth::Token => Auth::Token(Arc::new(
+            TokenFile::open(&cfg.token_file).context("listeners.quic.token_file")?,
+        )),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())

@@ -371,7 +371,10 @@ mod tests {
         // change shows even where the clock has coarse file times).
         std::fs::write(&path, "pump-2 two-two\n").unwrap();
         let t = file.current();
-        assert_eq!((t.device(b"two-two"), t.device(b"seven")), (Some("pump-2"), None));
+        assert_eq!(
+            (t.device(b"two-two"), t.device(b"seven")),
+            (Some("pump-2"), None)
+        );
 
         // A broken version keeps the tokens read last; fixing it applies the fix.
         std::fs::write(&path, "pump-2 two-two extra-word\n").unwrap();
