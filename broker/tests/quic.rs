@@ -19,9 +19,7 @@ use kafka_protocol::messages::{
     MetadataRequest, ProduceRequest, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -158,19 +156,13 @@ fn batch(readings: &[Reading]) -> Bytes {
         .enumerate()
         .map(|(i, r)| {
             let mut rec = Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
                 offset: i as i64,
                 sequence: i as i32,
-                timestamp: r.timestamp,
-                key: Some(Bytes::from(r.key.clone())),
-                value: Some(Bytes::from(r.value.clone())),
-                headers: Default::default(),
+                ..runnel::storage::plain_record(
+                    r.timestamp,
+                    Some(Bytes::from(r.key.clone())),
+                    Some(Bytes::from(r.value.clone())),
+                )
             };
             for (k, v) in &r.headers {
                 rec.headers.insert(

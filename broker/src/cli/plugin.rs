@@ -11,7 +11,7 @@ use bytes::Bytes;
 use edge_config::{PluginSpec, PluginsConfig};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Record, TimestampType};
+use kafka_protocol::records::Record;
 use serde_json::value::RawValue;
 
 use crate::admin::plugins::PluginList;
@@ -367,19 +367,12 @@ fn sample_record(line: &str) -> anyhow::Result<Record> {
             .context("\"timestamp\" is milliseconds since the epoch")?,
     };
     Ok(Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp,
-        key: bytes(obj.get("key").map(|v| &**v))?,
-        value: bytes(obj.get("value").map(|v| &**v))?,
         headers,
+        ..crate::storage::plain_record(
+            timestamp,
+            bytes(obj.get("key").map(|v| &**v))?,
+            bytes(obj.get("value").map(|v| &**v))?,
+        )
     })
 }
 /// A sample request for a quota policy: `{"client_id": "c1", "principal": "User:ANONYMOUS",

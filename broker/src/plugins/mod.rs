@@ -607,24 +607,13 @@ pub fn frame_records(topic: &str, partition: i32, records: &[Record]) -> Vec<u8>
 mod tests {
     use super::*;
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::TimestampType;
 
     fn record(key: Option<&'static [u8]>, value: Option<&'static [u8]>) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 0x0102,
-            key: key.map(Bytes::from_static),
-            value: value.map(Bytes::from_static),
-            headers: Default::default(),
-        }
+        crate::storage::plain_record(
+            0x0102,
+            key.map(Bytes::from_static),
+            value.map(Bytes::from_static),
+        )
     }
 
     /// The exact bytes of the frame documented in sdk/wit/plugin.wit.

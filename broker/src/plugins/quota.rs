@@ -461,23 +461,13 @@ mod tests {
     #[test]
     fn records_are_counted_from_batch_headers() {
         use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions,
         };
         let records: Vec<Record> = (0..7)
             .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
                 offset: i,
                 sequence: i as i32,
-                timestamp: 0,
-                key: None,
-                value: Some(bytes::Bytes::from_static(b"v")),
-                headers: Default::default(),
+                ..crate::storage::plain_record(0, None, Some(bytes::Bytes::from_static(b"v")))
             })
             .collect();
         let mut buf = bytes::BytesMut::new();

@@ -24,7 +24,31 @@
 //! [`parse_batches`] additionally prove the whole batch is present and its CRC matches, so a
 //! slice they return can be stored as is.
 
+use bytes::Bytes;
+use kafka_protocol::records::{Record, TimestampType};
+
 use super::error::BatchError;
+
+/// A record as a plain producer sends it (not idempotent, not transactional, creation time),
+/// to build batches with kafka-protocol's encoder. Set `offset` and `sequence` on the result for
+/// the later records of an idempotent batch.
+pub fn plain_record(timestamp: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp,
+        key,
+        value,
+        headers: Default::default(),
+    }
+}
 
 /// Size of a v2 record batch header, i.e. of a batch with no records.
 pub const BATCH_HEADER_LEN: usize = 61;

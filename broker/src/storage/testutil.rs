@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 
 /// One record to encode: key, value, timestamp, headers.
@@ -54,24 +54,17 @@ pub fn encode_batch(
         .iter()
         .enumerate()
         .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
             producer_id,
             producer_epoch,
-            timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // offset - sequence must stay constant or the encoder splits the batch.
             sequence: base_sequence.wrapping_add(i as i32),
-            timestamp: r.ts,
-            key: r.key.clone(),
-            value: r.value.clone(),
             headers: r
                 .headers
                 .iter()
                 .map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone()))
                 .collect(),
+            ..super::plain_record(r.ts, r.key.clone(), r.value.clone())
         })
         .collect();
     let mut buf = BytesMut::new();
