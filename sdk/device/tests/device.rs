@@ -92,6 +92,15 @@ async fn read_back(bootstrap: String, topic: &'static str, want: usize) -> Vec<O
     .unwrap()
 }
 
+/// The values of the records of `topic` read back as [`read_back`] does.
+async fn read_values(bootstrap: String, topic: &'static str, want: usize) -> Vec<Vec<u8>> {
+    read_back(bootstrap, topic, want)
+        .await
+        .iter()
+        .map(|m| m.payload().unwrap_or_default().to_vec())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_readings_are_acknowledged_and_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,8 +184,7 @@ async fn a_broker_restart_loses_and_duplicates_nothing() {
     assert_eq!(device.buffered_bytes(), 0);
     device.close().await;
 
-    let got = read_back(broker.bootstrap(), "restart", 600).await;
-    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    let values = read_values(broker.bootstrap(), "restart", 600).await;
     assert_eq!(values, (0..600).map(reading).collect::<Vec<_>>());
     broker.shutdown().await;
 }
@@ -273,8 +281,7 @@ async fn a_broker_that_forgot_the_producer_gets_everything_under_a_new_producer_
     assert_eq!(offsets, (0..100).collect::<Vec<i64>>());
     device.close().await;
 
-    let got = read_back(broker.bootstrap(), "wiped", 100).await;
-    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    let values = read_values(broker.bootstrap(), "wiped", 100).await;
     assert_eq!(values, (100..200).map(reading).collect::<Vec<_>>());
     broker.shutdown().await;
 }
@@ -360,8 +367,7 @@ async fn a_file_buffer_delivers_what_a_dropped_device_held_in_order_without_dupl
     assert_eq!(device.buffered_bytes(), 0);
     device.close().await;
 
-    let got = read_back(broker.bootstrap(), "offline", 400).await;
-    let values: Vec<Vec<u8>> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    let values = read_values(broker.bootstrap(), "offline", 400).await;
     assert_eq!(values.len(), 400, "nothing lost, nothing duplicated");
     assert_eq!(values, (0..400).map(reading).collect::<Vec<_>>());
 
