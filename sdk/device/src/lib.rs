@@ -34,7 +34,9 @@
 //! order and on any error everything unacknowledged is re-sent in order.
 //!
 //! [`Device::subscribe`] reads a topic (e.g. commands sent back to devices) on its own stream of
-//! the same connection with long-polling Fetch requests.
+//! the same connection with long-polling Fetch requests. [`Device::subscribe_group`] starts at
+//! the offset a consumer group committed, and [`Subscription::commit`] stores the position there,
+//! so a restarted device goes on after the last command it handled.
 //!
 //! ## Identity, datagrams, 0-RTT
 //!
@@ -232,6 +234,9 @@ pub enum DeviceError {
     /// broker's reason follows.
     #[error("the broker refused the device: {0}")]
     Refused(String),
+    /// [`Subscription::commit`] on a subscription opened without a consumer group.
+    #[error("commit needs a group: open the subscription with Device::subscribe_group")]
+    NoGroup,
     /// A datagram could not be sent: the broker does not take datagrams, or the connection is
     /// down.
     #[error("cannot send the datagram: {0}")]
@@ -456,7 +461,29 @@ impl Device {
         partition: i32,
         start: StartAt,
     ) -> Result<Subscription, DeviceError> {
-        Subscription::open(self.tx.downgrade(), topic, partition, start).await
+        Subscription::open(self.tx.downgrade(), topic, partition, None, start).await
+    }
+
+    /// Like [`Device::subscribe`], as a member of consumer group `group`: reading starts at the
+    /// offset the group committed for the partition ([`Subscription::commit`]), or at `otherwise`
+    /// when it committed none, so a device that restarts goes on after the last record it
+    /// committed. The group is used the way Kafka's standalone consumers use one (offsets only,
+    /// no membership); give each device its own group, e.g. its name.
+    pub async fn subscribe_group(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        otherwise: StartAt,
+    ) -> Result<Subscription, DeviceError> {
+        Subscription::open(
+            self.tx.downgrade(),
+            topic,
+            partition,
+            Some(group),
+            otherwise,
+        )
+        .await
     }
 
     /// Flushes, then closes the connection and ends the background task. Like [`Device::flush`]

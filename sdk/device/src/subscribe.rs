@@ -1,6 +1,12 @@
 //! Subscriptions: reading a topic partition on a stream of its own, on the device's connection,
 //! with long-polling Fetch requests (e.g. commands sent back to devices).
 //!
+//! A subscription opened with a consumer group ([`crate::Device::subscribe_group`]) starts at the
+//! offset the group committed for the partition, and [`Subscription::commit`] stores its
+//! position there, so a device that restarts goes on after the last command it handled. The
+//! commits are Kafka's own (OffsetCommit as a standalone consumer: no group membership, no
+//! rebalancing), so `kafka-consumer-groups`-style tools see them.
+//!
 //! Invariants: `next_offset` is the offset after the last record handed out (or queued in
 //! `ready`), so a new stream after a reconnect resumes exactly there; a request cancelled half
 //! way (the caller dropped `next`) leaves the stream in an unknown state, so it is replaced
@@ -13,8 +19,13 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, TopicName,
+    BrokerId, FetchRequest, GroupId, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -27,6 +38,8 @@ use crate::worker::Cmd;
 const FETCH_VERSION: i16 = 11;
 const LIST_OFFSETS_VERSION: i16 = 4;
 const METADATA_VERSION: i16 = 9;
+const OFFSET_COMMIT_VERSION: i16 = 8;
+const OFFSET_FETCH_VERSION: i16 = 7;
 /// How long the broker holds a Fetch open while there is nothing new.
 const MAX_WAIT_MS: i32 = 5_000;
 /// The most record bytes one Fetch returns.
@@ -66,6 +79,8 @@ pub struct Subscription {
     topic: TopicName,
     partition: i32,
     next_offset: i64,
+    /// The consumer group whose committed offset this subscription started from, if any.
+    group: Option<GroupId>,
     stream: Option<SubStream>,
     ready: VecDeque<Message>,
     backoff: Duration,
@@ -112,6 +127,7 @@ impl Subscription {
         tx: mpsc::WeakUnboundedSender<Cmd>,
         topic: &str,
         partition: i32,
+        group: Option<&str>,
         start: StartAt,
     ) -> Result<Subscription, DeviceError> {
         let mut sub = Subscription {
@@ -119,6 +135,7 @@ impl Subscription {
             topic: TopicName(StrBytes::from_string(topic.to_string())),
             partition,
             next_offset: -1,
+            group: group.map(|g| GroupId(StrBytes::from_string(g.to_string()))),
             stream: None,
             ready: VecDeque::new(),
             backoff: BACKOFF_MIN,
@@ -131,10 +148,14 @@ impl Subscription {
             ]))
             .with_allow_auto_topic_creation(true);
         stream.call(&req, METADATA_VERSION).await?;
-        sub.next_offset = match start {
-            StartAt::Offset(o) => o,
-            StartAt::Earliest => sub.list_offset(&mut stream, -2).await?,
-            StartAt::Latest => sub.list_offset(&mut stream, -1).await?,
+        let committed = match &sub.group {
+            Some(group) => sub.committed(&mut stream, group).await?,
+            None => None,
+        };
+        sub.next_offset = match (committed, start) {
+            (Some(o), _) | (None, StartAt::Offset(o)) => o,
+            (None, StartAt::Earliest) => sub.list_offset(&mut stream, -2).await?,
+            (None, StartAt::Latest) => sub.list_offset(&mut stream, -1).await?,
         };
         sub.stream = Some(stream);
         Ok(sub)
@@ -185,6 +206,81 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Stores [`Subscription::position`] as the group's committed offset for the partition: a
+    /// subscription opened later with the same group starts there. Commit after handling the
+    /// records up to the position (at-least-once: a record handled but not yet committed is
+    /// read again after a restart). Fails with [`DeviceError::NoGroup`] on a subscription
+    /// opened without a group, and with [`DeviceError::Broker`] when the broker refuses the
+    /// commit (e.g. the group is in use by consumers that joined it).
+    pub async fn commit(&mut self) -> Result<(), DeviceError> {
+        let group = self.group.clone().ok_or(DeviceError::NoGroup)?;
+        let req = OffsetCommitRequest::default()
+            .with_group_id(group)
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(StrBytes::default())
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(self.topic.clone())
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(self.partition)
+                            .with_committed_offset(self.position())
+                            .with_committed_leader_epoch(-1),
+                    ]),
+            ]);
+        // Its own stream: the subscription's may be parked in a long-poll (or dropped mid-way).
+        let mut stream = self.new_stream().await?;
+        let resp = stream.call(&req, OFFSET_COMMIT_VERSION).await?;
+        let code = resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == self.partition)
+            .map(|p| p.error_code)
+            .ok_or_else(|| {
+                DeviceError::Protocol("OffsetCommit answer without the partition".into())
+            })?;
+        match code {
+            0 => Ok(()),
+            code => Err(DeviceError::Broker { code }),
+        }
+    }
+
+    /// The offset `group` committed for the partition, if it did.
+    async fn committed(
+        &self,
+        stream: &mut SubStream,
+        group: &GroupId,
+    ) -> Result<Option<i64>, DeviceError> {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(group.clone())
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(self.topic.clone())
+                    .with_partition_indexes(vec![self.partition]),
+            ]));
+        let resp = stream.call(&req, OFFSET_FETCH_VERSION).await?;
+        if resp.error_code != 0 {
+            return Err(DeviceError::Broker {
+                code: resp.error_code,
+            });
+        }
+        let part = resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == self.partition)
+            .ok_or_else(|| {
+                DeviceError::Protocol("OffsetFetch answer without the partition".into())
+            })?;
+        if part.error_code != 0 {
+            return Err(DeviceError::Broker {
+                code: part.error_code,
+            });
+        }
+        Ok((part.committed_offset >= 0).then_some(part.committed_offset))
     }
 
     async fn wait_backoff(&mut self) {

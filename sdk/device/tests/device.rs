@@ -486,3 +486,93 @@ async fn a_subscription_receives_commands_from_a_kafka_client_in_order() {
     device.close().await;
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_subscription_resumes_after_its_last_commit_across_device_and_broker_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let quic = broker.quic_addr.unwrap();
+    let command = |i: usize| format!("cmd-{i}");
+    kafka_produce(
+        broker.bootstrap(),
+        "commands",
+        (0..10).map(command).collect(),
+    )
+    .await;
+
+    // No commit yet: the group starts where `otherwise` says.
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let mut sub = device
+        .subscribe_group("valve-3", "commands", 0, StartAt::Earliest)
+        .await
+        .unwrap();
+    for i in 0..4 {
+        assert_eq!(sub.next().await.unwrap().offset, i);
+    }
+    sub.commit().await.unwrap();
+    // Read on without committing: these come again after the restart.
+    assert_eq!(sub.next().await.unwrap().offset, 4);
+    assert_eq!(sub.next().await.unwrap().offset, 5);
+    // Another group has its own position; a plain subscription cannot commit.
+    let mut other = device
+        .subscribe_group("valve-4", "commands", 0, StartAt::Latest)
+        .await
+        .unwrap();
+    assert_eq!(other.position(), 10);
+    other.commit().await.unwrap();
+    let mut plain = device
+        .subscribe("commands", 0, StartAt::Earliest)
+        .await
+        .unwrap();
+    assert!(matches!(plain.commit().await, Err(DeviceError::NoGroup)));
+    drop((sub, other, plain));
+    device.close().await;
+
+    // The broker restarts on the same data dir: the commits are durable.
+    broker.shutdown().await;
+    let broker = start(dir.path(), quic).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let mut sub = device
+        .subscribe_group("valve-3", "commands", 0, StartAt::Latest)
+        .await
+        .unwrap();
+    assert_eq!(sub.position(), 4, "resumes after the last commit");
+    for i in 4..10 {
+        let m = sub.next().await.unwrap();
+        assert_eq!(
+            (m.offset, m.value.as_deref()),
+            (i, Some(command(i as usize).as_bytes()))
+        );
+    }
+    sub.commit().await.unwrap();
+    let other = device
+        .subscribe_group("valve-4", "commands", 0, StartAt::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(other.position(), 10);
+    drop((sub, other));
+
+    // A Kafka client sees the group's committed offset.
+    let bootstrap = broker.bootstrap();
+    let committed = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("broker.address.family", "v4")
+            .set("group.id", "valve-3")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("commands", 0);
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+            .find_partition("commands", 0)
+            .unwrap()
+            .offset()
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed, Offset::Offset(10));
+    device.close().await;
+    broker.shutdown().await;
+}
