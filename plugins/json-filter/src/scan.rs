@@ -20,7 +20,9 @@
 //! finds a quote, a backslash or a control byte in the word); non-ASCII bytes are only noted on
 //! the way (one OR per word) and the document goes through `std::str::from_utf8` at the end
 //! only when it has some; the nesting stack outside the path is a bitset (`u128`), not a Vec;
-//! the cursor is a slice matched with slice patterns, so each step is one length check.
+//! the cursor is a slice matched with slice patterns, so each step is one length check. In
+//! WebAssembly (Cranelift) calls and spills cost more than natively: the hot paths are inlined
+//! into [`Scanner::on_path`] and keep their running state in locals.
 
 /// Containers (arrays and objects) that may be open at once, as in serde_json.
 pub const MAX_DEPTH: usize = 127;
@@ -171,6 +173,16 @@ impl<'a> Scanner<'a> {
     /// The next non-whitespace byte and what follows it; `rest` is left AT the byte.
     #[inline(always)]
     fn token(&mut self) -> Option<(u8, &'a [u8])> {
+        let (&b, tail) = self.rest.split_first()?;
+        // Every token byte is above the space; compact JSON has no whitespace at all.
+        if b > b' ' {
+            return Some((b, tail));
+        }
+        self.token_after_ws()
+    }
+
+    #[inline(never)]
+    fn token_after_ws(&mut self) -> Option<(u8, &'a [u8])> {
         loop {
             let (&b, tail) = self.rest.split_first()?;
             if !is_ws(b) {
@@ -199,10 +211,11 @@ impl<'a> Scanner<'a> {
         let start = self.rest;
         let mut s = start;
         let mut escaped = false;
+        let mut high = 0;
         loop {
             while let Some((word, tail)) = s.split_first_chunk::<8>() {
                 let x = u64::from_le_bytes(*word);
-                self.high |= x;
+                high |= x;
                 let hits = specials(x);
                 if hits != 0 {
                     s = &s[(hits.trailing_zeros() / 8) as usize..];
@@ -214,6 +227,7 @@ impl<'a> Scanner<'a> {
             match b {
                 b'"' => {
                     self.rest = tail;
+                    self.high |= high;
                     return Ok((&start[..start.len() - s.len()], escaped));
                 }
                 b'\\' => {
@@ -222,7 +236,7 @@ impl<'a> Scanner<'a> {
                 }
                 0..0x20 => return Err(Invalid),
                 _ => {
-                    self.high |= b as u64;
+                    high |= b as u64;
                     s = tail;
                 }
             }
@@ -420,7 +434,18 @@ impl<'a> Scanner<'a> {
             if key_is(raw, escaped, want)? {
                 found = self.on_path(below, depth)?;
             } else {
-                self.skip(depth)?;
+                // Most values beside the path are strings or numbers: read those here rather
+                // than in `skip`, which is made for nesting (and, not inlined, costs a call).
+                match self.token() {
+                    Some((b'"', tail)) => {
+                        self.rest = tail;
+                        self.string()?;
+                    }
+                    Some((b'-' | b'0'..=b'9', _)) => {
+                        self.number()?;
+                    }
+                    _ => self.skip(depth)?,
+                }
             }
             let (b, tail) = self.token().ok_or(Invalid)?;
             self.rest = tail;
