@@ -15,7 +15,9 @@
 //!   chain unchanged (every filter kept all, every transform gave back the same records and routed
 //!   none) are stored byte for byte as received. Otherwise the records for the produced partition
 //!   are re-encoded with the producer's codec as ONE batch, keeping the producer's attributes,
-//!   id and epoch ([`reencode`]).
+//!   id and epoch ([`reencode`]). A chain of filters only over an uncompressed batch takes a
+//!   shorter way to the same bytes: records framed from the batch in place and the kept ones
+//!   copied into the new batch, nothing decoded ([`raw`]).
 //! - A chain runs filters and transforms in order. A transform's outputs without a topic go on
 //!   through the rest of the chain; outputs naming a topic leave the chain and are appended to
 //!   that topic as they are (its own chain does not run on them, so chains cannot loop), in the
@@ -46,6 +48,7 @@
 pub mod host;
 pub mod output;
 pub mod quota;
+mod raw;
 pub mod reload;
 
 use std::collections::HashMap;
@@ -258,6 +261,37 @@ pub fn run_chain(
             out.extend_from_slice(&raw);
             continue;
         }
+        if h.compression() == 0 && chain.plugins.iter().all(|p| p.kind() == Kind::Filter) {
+            // Filters over an uncompressed batch: in place, without decoding it (see `raw`).
+            let Some(ran) = run_filters_raw(chain, topic, partition, &raw, &h, partitions)? else {
+                out.extend_from_slice(&raw);
+                continue;
+            };
+            changed = true;
+            routed.extend(ran.routed);
+            if h.base_sequence >= 0 {
+                rewritten = true;
+            }
+            match ran.batch {
+                Some(mut batch) => {
+                    if h.base_sequence >= 0 {
+                        // Idempotent: keep the producer's sequence span (see the module docs).
+                        storage::put_i32(
+                            &mut batch,
+                            storage::LAST_OFFSET_DELTA_POS,
+                            h.last_offset_delta,
+                        );
+                        storage::rewrite_crc(&mut batch);
+                    }
+                    out.extend_from_slice(&batch);
+                }
+                None if h.base_sequence >= 0 => {
+                    out.extend_from_slice(&storage::empty_batch(&raw, &h))
+                }
+                None => {}
+            }
+            continue;
+        }
         let set = RecordBatchDecoder::decode(&mut raw.clone())
             .map_err(|e| ProduceFilterError::Corrupt(format!("{e:#}")))?;
         compression = set.compression;
@@ -322,7 +356,11 @@ fn run_batch(
     original: Vec<Record>,
     partitions: &dyn Fn(&str) -> Option<i32>,
 ) -> Result<BatchRun, ProduceFilterError> {
-    let mut records = original.clone();
+    // `records` starts as the batch as produced; a copy of that is kept only when a plugin
+    // changes it and a later failure could send the batch to the dead-letter topic.
+    let dead_letter = chain.on_error == OnError::DeadLetter;
+    let mut records = original;
+    let mut original: Option<Vec<Record>> = None;
     let mut routed = Vec::new();
     let mut changed = false;
     for plugin in &chain.plugins {
@@ -336,14 +374,19 @@ fn run_batch(
                     check_bitmap(&bitmap, records.len()).map(|()| bitmap)
                 })
                 .map(|bitmap| {
-                    let before = records.len();
+                    if (0..records.len()).all(|i| bitmap[i / 8] & (1 << (i % 8)) != 0) {
+                        return;
+                    }
+                    if dead_letter && original.is_none() {
+                        original = Some(records.clone());
+                    }
                     let mut i = 0;
                     records.retain(|_| {
                         let keep = bitmap[i / 8] & (1 << (i % 8)) != 0;
                         i += 1;
                         keep
                     });
-                    changed |= records.len() != before;
+                    changed = true;
                 }),
             Kind::Transform => plugin
                 .call(frame, |answer| {
@@ -370,46 +413,26 @@ fn run_batch(
                         }
                     }
                     changed |= !routed.is_empty() || !same_records(&records, &mine);
-                    records = mine;
+                    let before = std::mem::replace(&mut records, mine);
+                    if dead_letter && original.is_none() {
+                        original = Some(before);
+                    }
                 }),
         };
         if let Err(e) = result {
-            let policy = chain.on_error.as_str();
-            if matches!(e, PluginError::Disabled { .. }) {
-                // Said once, with the reason, when the plugin was disabled.
-                tracing::debug!(topic, partition, error = %e, policy, "plugin disabled; on_error applies");
-            } else {
-                tracing::warn!(topic, partition, error = %e, policy, "plugin failed; on_error applies");
-            }
-            match chain.on_error {
-                OnError::FailOpen => {}
-                OnError::FailClosed => return Err(e.into()),
-                OnError::DeadLetter => {
-                    let dlt = chain.dead_letter_topic.as_deref().unwrap_or_default();
-                    if partitions(dlt).is_none() {
-                        tracing::warn!(
-                            topic,
-                            partition,
-                            dead_letter_topic = dlt,
-                            "the dead-letter topic does not exist and is not auto-created; produce refused"
-                        );
-                        return Err(e.into());
-                    }
-                    let routed = original
-                        .into_iter()
-                        .map(|r| {
-                            (
-                                dlt.to_owned(),
-                                dead_letter(r, plugin.name(), &e, topic, partition),
-                            )
-                        })
-                        .collect();
-                    return Ok(BatchRun {
-                        changed: true,
-                        records: Vec::new(),
-                        routed,
-                    });
-                }
+            let as_produced = || {
+                Ok(original
+                    .take()
+                    .unwrap_or_else(|| std::mem::take(&mut records)))
+            };
+            if let Some(routed) =
+                on_failure(chain, plugin, e, topic, partition, partitions, as_produced)?
+            {
+                return Ok(BatchRun {
+                    changed: true,
+                    records: Vec::new(),
+                    routed,
+                });
             }
         }
     }
@@ -418,6 +441,119 @@ fn run_batch(
         records,
         routed,
     })
+}
+
+/// Applies the binding's `on_error` policy to a failed call: `Ok(None)` goes on as if the
+/// plugin were not there (fail-open), `Ok(Some(records))` are the batch's records as produced
+/// (from `as_produced`) for the dead-letter topic, and an error refuses the batch (fail-closed,
+/// or a dead-letter topic that does not exist).
+fn on_failure(
+    chain: &Chain,
+    plugin: &Plugin,
+    e: PluginError,
+    topic: &str,
+    partition: i32,
+    partitions: &dyn Fn(&str) -> Option<i32>,
+    as_produced: impl FnOnce() -> Result<Vec<Record>, ProduceFilterError>,
+) -> Result<Option<Vec<(String, Record)>>, ProduceFilterError> {
+    let policy = chain.on_error.as_str();
+    if matches!(e, PluginError::Disabled { .. }) {
+        // Said once, with the reason, when the plugin was disabled.
+        tracing::debug!(topic, partition, error = %e, policy, "plugin disabled; on_error applies");
+    } else {
+        tracing::warn!(topic, partition, error = %e, policy, "plugin failed; on_error applies");
+    }
+    match chain.on_error {
+        OnError::FailOpen => Ok(None),
+        OnError::FailClosed => Err(e.into()),
+        OnError::DeadLetter => {
+            let dlt = chain.dead_letter_topic.as_deref().unwrap_or_default();
+            if partitions(dlt).is_none() {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    dead_letter_topic = dlt,
+                    "the dead-letter topic does not exist and is not auto-created; produce refused"
+                );
+                return Err(e.into());
+            }
+            let routed = as_produced()?
+                .into_iter()
+                .map(|r| {
+                    (
+                        dlt.to_owned(),
+                        dead_letter(r, plugin.name(), &e, topic, partition),
+                    )
+                })
+                .collect();
+            Ok(Some(routed))
+        }
+    }
+}
+
+/// What a chain of filters made of an uncompressed batch (see [`raw`]).
+struct RawRun {
+    /// The kept records as a new batch; `None` when none is left.
+    batch: Option<Vec<u8>>,
+    /// Dead letters.
+    routed: Vec<(String, Record)>,
+}
+
+/// Runs a chain of filters over the uncompressed batch `batch` (header `h`) in place; `None`
+/// when every record was kept.
+fn run_filters_raw(
+    chain: &Chain,
+    topic: &str,
+    partition: i32,
+    batch: &Bytes,
+    h: &BatchHeader,
+    partitions: &dyn Fn(&str) -> Option<i32>,
+) -> Result<Option<RawRun>, ProduceFilterError> {
+    // The decoder checks the CRC; so must this path, since it writes a new one.
+    storage::check_batch(batch).map_err(|e| ProduceFilterError::Corrupt(e.to_string()))?;
+    let records = raw::Records::parse(batch, h).map_err(ProduceFilterError::Corrupt)?;
+    let mut kept: Vec<usize> = (0..records.len()).collect();
+    for plugin in &chain.plugins {
+        if kept.is_empty() {
+            break;
+        }
+        let frame = records.frame(topic, partition, &kept);
+        let result = plugin.call(frame, |bitmap| {
+            check_bitmap(&bitmap, kept.len()).map(|()| bitmap)
+        });
+        match result {
+            Ok(bitmap) => {
+                let mut i = 0;
+                kept.retain(|_| {
+                    let keep = bitmap[i / 8] & (1 << (i % 8)) != 0;
+                    i += 1;
+                    keep
+                });
+            }
+            Err(e) => {
+                let as_produced = || {
+                    RecordBatchDecoder::decode(&mut batch.clone())
+                        .map(|set| set.records)
+                        .map_err(|e| ProduceFilterError::Corrupt(format!("{e:#}")))
+                };
+                if let Some(routed) =
+                    on_failure(chain, plugin, e, topic, partition, partitions, as_produced)?
+                {
+                    return Ok(Some(RawRun {
+                        batch: None,
+                        routed,
+                    }));
+                }
+            }
+        }
+    }
+    if kept.len() == records.len() {
+        return Ok(None);
+    }
+    Ok(Some(RawRun {
+        batch: (!kept.is_empty()).then(|| records.rebuild(&kept)),
+        routed: Vec::new(),
+    }))
 }
 
 /// Checks a filter's keep bitmap holds one bit per record.
