@@ -157,10 +157,15 @@ pub async fn start_broker_from(
     let mut kafka_tls_addr = None;
     let listeners = &broker.config.listeners;
     if listeners.kafka.enabled {
+        let sasl = net::tcp::sasl_file(
+            &listeners.kafka.sasl_plain_file,
+            "listeners.kafka.sasl_plain_file",
+        )?;
         let (addr, task) = net::tcp::listen(
             broker.clone(),
             listeners.kafka.address,
             None,
+            sasl,
             shutdown_rx.clone(),
         )
         .await?;
@@ -169,10 +174,15 @@ pub async fn start_broker_from(
     }
     if listeners.kafka_tls.enabled {
         let acceptor = net::tls::acceptor(&listeners.kafka_tls)?;
+        let sasl = net::tcp::sasl_file(
+            &listeners.kafka_tls.sasl_plain_file,
+            "listeners.kafka_tls.sasl_plain_file",
+        )?;
         let (addr, task) = net::tcp::listen(
             broker.clone(),
             listeners.kafka_tls.address,
             Some(acceptor),
+            sasl,
             shutdown_rx.clone(),
         )
         .await?;

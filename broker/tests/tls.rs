@@ -172,3 +172,64 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     assert_eq!(v.error_code, 0);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn sasl_over_tls_names_the_client_even_with_a_certificate() {
+    use kafka_protocol::messages::{
+        SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+        SaslHandshakeResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    std::fs::write(dir.path().join("users"), "alice a11ce-s3cret\n").unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka_tls.enabled = true;
+    cfg.listeners.kafka_tls.address = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.kafka_tls.cert = dir.path().join("server.pem");
+    cfg.listeners.kafka_tls.key = dir.path().join("server.key");
+    cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
+    cfg.listeners.kafka_tls.sasl_plain_file = dir.path().join("users");
+    let broker = common::start_with(cfg).await;
+    let tls_addr = broker.kafka_tls_addr.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+
+    // A certificate alone is not enough: the first request that is not SASL closes it.
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut s = connector(&pki, true)
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let md: std::io::Result<MetadataResponse> = call(&mut s, &MetadataRequest::default(), 9).await;
+    assert!(md.is_err(), "no answer before SASL");
+
+    // Certificate and SASL: the SASL user is the principal.
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut s = connector(&pki, true).connect(name, tcp).await.unwrap();
+    let hs: SaslHandshakeResponse = call(
+        &mut s,
+        &SaslHandshakeRequest::default()
+            .with_mechanism(kafka_protocol::protocol::StrBytes::from_static_str("PLAIN")),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(hs.error_code, 0);
+    let auth: SaslAuthenticateResponse = call(
+        &mut s,
+        &SaslAuthenticateRequest::default()
+            .with_auth_bytes(bytes::Bytes::from_static(b"\0alice\0a11ce-s3cret")),
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
+    let md: MetadataResponse = call(&mut s, &MetadataRequest::default(), 9).await.unwrap();
+    assert_eq!(md.brokers.len(), 1);
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    assert!(
+        metrics.contains("runnel_authenticated_total{principal=\"User:alice\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("User:sensor-7"), "{metrics}");
+    broker.shutdown().await;
+}

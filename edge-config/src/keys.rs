@@ -115,6 +115,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Addr,
                 "TCP address to bind: IP and port (\"0.0.0.0:9092\" = all interfaces, port 0 = any\nfree port).",
             ),
+            key(
+                "sasl_plain_file",
+                Text,
+                "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN (librdkafka:\nsecurity.protocol=SASL_PLAINTEXT, sasl.mechanism=PLAIN) and are User:<user>.\nEach secret belongs to one user. Read at start-up and again when it changes.",
+            ),
         ],
     },
     Section {
@@ -141,6 +146,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "client_ca",
                 Text,
                 "PEM CA certificate(s). \"\" = clients need no certificate; when set, every\nclient must present a certificate signed by this CA.",
+            ),
+            key(
+                "sasl_plain_file",
+                Text,
+                "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN (librdkafka:\nsecurity.protocol=SASL_SSL, sasl.mechanism=PLAIN) and are User:<user>.\nEach secret belongs to one user. Read at start-up and again when it changes.",
             ),
         ],
     },

@@ -124,6 +124,12 @@ pub struct KafkaListener {
     /// interfaces; port 0 picks a free port.
     #[serde(deserialize_with = "units::socket_addr::deserialize")]
     pub address: SocketAddr,
+    /// Default `""`: no authentication, every client is `User:ANONYMOUS`. When set, a file of
+    /// `<user> <secret>` lines (`#` comments): clients must authenticate with SASL PLAIN first
+    /// (librdkafka: `security.protocol=SASL_PLAINTEXT`, `sasl.mechanism=PLAIN`) and are
+    /// `User:<user>`. Read at start-up and again when it changes. PLAIN sends the secret in the
+    /// clear here: prefer the TLS listener's `sasl_plain_file` off a trusted network.
+    pub sasl_plain_file: PathBuf,
 }
 
 impl Default for KafkaListener {
@@ -131,6 +137,7 @@ impl Default for KafkaListener {
         KafkaListener {
             enabled: true,
             address: loopback(9092),
+            sasl_plain_file: PathBuf::new(),
         }
     }
 }
@@ -154,6 +161,11 @@ pub struct TlsListener {
     /// every client must present a certificate signed by this CA, and its subject becomes the
     /// client's principal.
     pub client_ca: PathBuf,
+    /// Default `""`. When set, clients must authenticate with SASL PLAIN against this file of
+    /// `<user> <secret>` lines (librdkafka: `security.protocol=SASL_SSL`,
+    /// `sasl.mechanism=PLAIN`) and are `User:<user>`, whatever certificate they present. Read
+    /// at start-up and again when it changes.
+    pub sasl_plain_file: PathBuf,
 }
 
 impl Default for TlsListener {
@@ -164,6 +176,7 @@ impl Default for TlsListener {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
+            sasl_plain_file: PathBuf::new(),
         }
     }
 }

@@ -152,7 +152,7 @@ fn unknown_env_keys_are_errors_naming_the_variable() {
     assert_eq!(
         parse("", &[("RUNNEL_LISTENERS__KAFKA__ADRESS", "0.0.0.0:9092")]).unwrap_err(),
         "env RUNNEL_LISTENERS__KAFKA__ADRESS: unknown key listeners.kafka.adress; \
-         allowed keys: enabled, address"
+         allowed keys: enabled, address, sasl_plain_file"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LISTENER__KAFKA__ADDRESS", "0.0.0.0:9092")]).unwrap_err(),
@@ -168,7 +168,7 @@ fn unknown_env_keys_are_errors_naming_the_variable() {
     assert_eq!(
         parse("", &[("RUNNEL_LISTENERS__KAFKA", "x")]).unwrap_err(),
         "env RUNNEL_LISTENERS__KAFKA: listeners.kafka: is a section, not a key; \
-         set one of its keys: enabled, address"
+         set one of its keys: enabled, address, sasl_plain_file"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LOG__FLUSH__MODE", "x")]).unwrap_err(),

@@ -305,7 +305,7 @@ adress = \"0.0.0.0:9092\"
 fn unknown_key_names_line_and_allowed_keys() {
     assert_eq!(
         error(MISSPELT),
-        "runnel.toml:7: unknown key listeners.kafka.adress; allowed keys: enabled, address"
+        "runnel.toml:7: unknown key listeners.kafka.adress; allowed keys: enabled, address, sasl_plain_file"
     );
     assert_eq!(
         error("[brokers]\nnode_id = 1\n"),

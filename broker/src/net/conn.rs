@@ -6,7 +6,8 @@
 //! malformed header or body, unknown API) closes this connection only, with a log line. On a
 //! connection that must authenticate first (`protocol::auth`), any other request before a
 //! successful SaslAuthenticate is not handled: the session ends and the listener is asked to close
-//! the whole connection with the reason.
+//! the whole connection with the reason; after a failed SaslAuthenticate a TCP connection ends
+//! once the answer is written.
 //!
 //! A request a quota policy throttled (`Ctx::throttle_ms`, set by `plugins::quota`) mutes the
 //! connection for that long: no further request is read or handled meanwhile. KIP-219 clients
@@ -23,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::plugins::quota;
-use crate::protocol::{Ctx, Outcome, Session, frame};
+use crate::protocol::{Ctx, ListenerKind, Outcome, Session, frame};
 
 /// Responses queued for the writer before the reader waits.
 const WRITE_QUEUE: usize = 64;
@@ -131,6 +132,12 @@ pub async fn serve<S>(
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }
+            }
+            if session.identity.is_closing() && session.listener != ListenerKind::Quic {
+                // A failed SASL authentication on a TCP listener: the answer is queued and the
+                // connection ends once it is written. (A QUIC listener closes the whole
+                // connection itself, with the reason.)
+                break 'conn;
             }
             if !mute.is_zero() && !mute_first {
                 tracing::trace!(%peer, client_id = %client_id, ?mute, "connection muted by a quota");

@@ -1,6 +1,11 @@
 //! The TCP accept loop, shared by the plaintext and the TLS Kafka listener.
+//!
+//! A listener with a `sasl_plain_file` makes every connection authenticate with SASL PLAIN
+//! before anything else (`protocol::auth`); a failed authentication is answered and the
+//! connection then closed (`net::conn`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -10,14 +15,25 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
-use crate::protocol::auth::Identity;
+use crate::protocol::auth::{Identity, TokenFile};
 use crate::protocol::{ListenerKind, Session};
+
+/// The listener's SASL PLAIN credentials: `None` when `path` is empty (no authentication);
+/// a file that cannot be read or parsed is an error naming `key` and the line.
+pub fn sasl_file(path: &Path, key: &str) -> anyhow::Result<Option<Arc<TokenFile>>> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let file = TokenFile::open(path).with_context(|| key.to_string())?;
+    Ok(Some(Arc::new(file)))
+}
 
 /// Binds `addr` and spawns the accept loop. Returns the bound address (port 0 picks one).
 pub async fn listen(
     broker: Arc<Broker>,
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
+    sasl: Option<Arc<TokenFile>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
@@ -30,7 +46,9 @@ pub async fn listen(
         ListenerKind::Plaintext
     };
     tracing::info!(listener = kind.name(), address = %bound, "listening");
-    let task = tokio::spawn(accept_loop(broker, listener, bound, tls, kind, shutdown));
+    let task = tokio::spawn(accept_loop(
+        broker, listener, bound, tls, sasl, kind, shutdown,
+    ));
     Ok((bound, task))
 }
 
@@ -39,6 +57,7 @@ async fn accept_loop(
     listener: TcpListener,
     bound: SocketAddr,
     tls: Option<TlsAcceptor>,
+    sasl: Option<Arc<TokenFile>>,
     kind: ListenerKind,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -72,11 +91,16 @@ async fn accept_loop(
             listener: kind,
             advertised_host: advertised_host.clone(),
             advertised_port: bound.port() as i32,
-            identity: Identity::anonymous(),
+            // SASL names the client; without it a verified certificate may (below).
+            identity: match &sasl {
+                Some(file) => Identity::sasl(file.current()),
+                None => Identity::anonymous(),
+            },
         };
 
         let broker = broker.clone();
         let tls = tls.clone();
+        let sasl = sasl.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -94,7 +118,7 @@ async fn accept_loop(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .and_then(|leaf| super::tls::principal_of(leaf));
-                            let session = match principal {
+                            let session = match principal.filter(|_| sasl.is_none()) {
                                 Some(p) => Session {
                                     identity: Identity::certified(p),
                                     ..session

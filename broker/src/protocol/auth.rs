@@ -196,7 +196,7 @@ impl TokenFile {
 pub enum AuthError {
     #[error("malformed SASL PLAIN message (expected authzid NUL user NUL token)")]
     Malformed,
-    #[error("unknown token, or a token that does not belong to user {user:?}")]
+    #[error("unknown token or password, or one that does not belong to user {user:?}")]
     BadToken { user: String },
     #[error("this connection is already authenticated")]
     AlreadyAuthenticated,
@@ -314,6 +314,11 @@ impl Identity {
             });
             true
         });
+    }
+
+    /// Whether [`Identity::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.close.borrow().is_some()
     }
 
     /// Resolves once [`Identity::close`] was called.

@@ -1,5 +1,6 @@
 //! SaslHandshake (key 17) and SaslAuthenticate (key 36): the PLAIN mechanism, checked against
-//! the listener's device tokens (`protocol::auth`).
+//! the listener's credentials: QUIC device tokens, or a Kafka listener's `sasl_plain_file`
+//! (`protocol::auth`).
 //!
 //! Only handshake v1 is served (v0 would switch the connection to raw SASL frames). A listener
 //! without tokens answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and

@@ -1,0 +1,199 @@
+//! SASL PLAIN on the Kafka listeners (`sasl_plain_file`): librdkafka clients with the right
+//! credentials produce and consume as `User:<user>`; wrong or missing credentials get an
+//! authentication error, the connection is closed and nothing is written.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{MetadataRequest, SaslAuthenticateRequest, SaslHandshakeRequest};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+const USERS: &str = "# users of the plaintext listener\nalice a11ce-s3cret\nbob b0b-s3cret\n";
+
+/// A librdkafka config for `bootstrap` logging in as `user` with `secret`.
+fn sasl_client(bootstrap: &str, user: &str, secret: &str) -> ClientConfig {
+    let mut c = common::client_config(bootstrap);
+    c.set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanism", "PLAIN")
+        .set("sasl.username", user)
+        .set("sasl.password", secret);
+    c
+}
+
+async fn produce(c: &ClientConfig, topic: &str, n: usize) -> Result<(), String> {
+    let producer: FutureProducer = c
+        .clone()
+        .set("message.timeout.ms", "5000")
+        .create()
+        .unwrap();
+    for i in 0..n {
+        let value = format!("reading-{i}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic).payload(&value),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e.to_string())?;
+    }
+    producer
+        .flush(Duration::from_secs(5))
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_log_in_with_sasl_plain_and_the_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, USERS).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users.clone();
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+
+    // alice produces; bob reads it back.
+    produce(
+        &sasl_client(&bootstrap, "alice", "a11ce-s3cret"),
+        "secure",
+        10,
+    )
+    .await
+    .unwrap();
+    let bob = sasl_client(&bootstrap, "bob", "b0b-s3cret");
+    let values = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = bob
+            .clone()
+            .set("group.id", "bob")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["secure"]).unwrap();
+        let mut values = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while values.len() < 10 && std::time::Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                values.push(m.unwrap().payload().unwrap().to_vec());
+            }
+        }
+        values
+    })
+    .await
+    .unwrap();
+    let want: Vec<Vec<u8>> = (0..10)
+        .map(|i| format!("reading-{i}").into_bytes())
+        .collect();
+    assert_eq!(values, want);
+
+    // A wrong secret, another user's secret, no SASL at all: refused, nothing written.
+    for c in [
+        sasl_client(&bootstrap, "alice", "guess"),
+        sasl_client(&bootstrap, "alice", "b0b-s3cret"),
+        common::client_config(&bootstrap),
+    ] {
+        let err = produce(&c, "secure", 1).await.unwrap_err();
+        assert!(!err.is_empty());
+    }
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    for p in ["User:alice", "User:bob"] {
+        assert!(
+            metrics.contains(&format!("runnel_authenticated_total{{principal=\"{p}\"}}")),
+            "{metrics}"
+        );
+    }
+    assert!(broker.broker.metrics.auth_failures.load(Ordering::Relaxed) >= 2);
+    assert_eq!(broker.broker.metrics.records_in.load(Ordering::Relaxed), 10);
+
+    // The file changes while the broker runs: carol is added and can log in at once.
+    std::fs::write(&users, format!("{USERS}carol c4rol-s3cret-new\n")).unwrap();
+    produce(
+        &sasl_client(&bootstrap, "carol", "c4rol-s3cret-new"),
+        "secure",
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(broker.broker.metrics.records_in.load(Ordering::Relaxed), 11);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, USERS).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+
+    // Anything but authentication first closes the connection unanswered.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    raw.send_raw(&common::request_frame(
+        &MetadataRequest::default(),
+        9,
+        1,
+        "raw",
+    ))
+    .await;
+    assert!(raw.read_frame().await.is_none(), "no answer before SASL");
+
+    // A bad secret: SASL_AUTHENTICATION_FAILED with the reason, then the connection ends.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let hs = raw
+        .call(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+            1,
+        )
+        .await;
+    assert_eq!(hs.error_code, 0);
+    let auth = raw
+        .call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"\0alice\0guess")),
+            2,
+        )
+        .await;
+    assert_eq!(auth.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    let reason = auth.error_message.unwrap().to_string();
+    assert!(reason.contains("alice"), "{reason}");
+    assert!(raw.is_closed().await, "closed after the failed login");
+
+    // The right secret: authenticated, then served.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    raw.call(
+        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        1,
+    )
+    .await;
+    let auth = raw
+        .call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"\0bob\0b0b-s3cret")),
+            2,
+        )
+        .await;
+    assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
+    let md = raw.call(&MetadataRequest::default(), 9).await;
+    assert_eq!(md.brokers.len(), 1);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_credentials_file_stops_the_start_naming_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice a11ce-s3cret\nbob\n").unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    let err = runnel::start_broker(cfg).await.err().expect("refused");
+    let err = format!("{err:#}");
+    assert!(err.contains("listeners.kafka.sasl_plain_file"), "{err}");
+    assert!(err.contains("users:2"), "{err}");
+}
