@@ -144,6 +144,16 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
     .await;
     assert!(raw.read_frame().await.is_none(), "no answer before SASL");
 
+    // Handshake v0 (raw SASL frames after it) is not served; it is said so.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let hs = raw
+        .call(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+            0,
+        )
+        .await;
+    assert_eq!(hs.error_code, 35, "UNSUPPORTED_VERSION");
+
     // A bad secret: SASL_AUTHENTICATION_FAILED with the reason, then the connection ends.
     let mut raw = common::RawClient::connect(&bootstrap).await;
     let hs = raw

@@ -88,12 +88,16 @@ class Broker:
     the broker must recover its own data.
     """
 
-    def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, tls: TlsMaterial | None):
+    def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, tls: TlsMaterial | None,
+                 sasl_users: dict[str, str] | None = None):
         self.binary = binary
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
         self.tls = tls
+        # With users, both Kafka listeners ask for SASL PLAIN (`sasl_plain_file`).
+        self.sasl_users = sasl_users
+        self.users_path = workdir / "users"
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.config_path = workdir / "runnel.toml"
@@ -114,11 +118,17 @@ class Broker:
         return f"127.0.0.1:{self.tls_port}"
 
     def _write_config(self) -> None:
+        sasl = []
+        if self.sasl_users:
+            self.users_path.write_text(
+                "".join(f"{user} {secret}\n" for user, secret in self.sasl_users.items()))
+            sasl = [f'sasl_plain_file = "{self.users_path}"']
         lines = [
             "[broker]",
             f'data_dir = "{self.data_dir}"',
             "[listeners.kafka]",
             f'address = "127.0.0.1:{self.port}"',
+            *sasl,
             "[listeners.kafka_tls]",
         ]
         if self.tls:
@@ -128,6 +138,7 @@ class Broker:
                 f'cert = "{self.tls.server_chain}"',
                 f'key = "{self.tls.server_key}"',
                 'client_ca = ""',
+                *sasl,
             ]
         else:
             lines += ["enabled = false"]
@@ -261,8 +272,10 @@ def broker_factory(runnel_bin, tls_material, tmp_path_factory):
     """Makes brokers private to one test (for restarts); all are stopped afterwards."""
     made: list[Broker] = []
 
-    def make(tls: bool = False, start: bool = True) -> Broker:
-        b = Broker(runnel_bin, tmp_path_factory.mktemp("broker"), tls_material if tls else None)
+    def make(tls: bool = False, start: bool = True,
+             sasl_users: dict[str, str] | None = None) -> Broker:
+        b = Broker(runnel_bin, tmp_path_factory.mktemp("broker"), tls_material if tls else None,
+                   sasl_users)
         made.append(b)
         if start:
             b.start()

@@ -261,3 +261,23 @@ def test_end_offsets_and_offsets_for_times(broker):
     finally:
         c.close()
 
+
+
+def test_sasl_plain_login(broker_factory):
+    """kafka-python's SASL PLAIN against a listener with `sasl_plain_file`: the right secret
+    produces and consumes; a wrong one fails to connect."""
+    b = broker_factory(sasl_users={"alice": "a11ce-s3cret"})
+    login = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+             "sasl_plain_username": "alice", "sasl_plain_password": "a11ce-s3cret"}
+    topic = unique("kp-sasl")
+    p = producer(b, **login)
+    for i in range(5):
+        p.send(topic, key=b"k", value=f"v{i}".encode()).get(timeout=30)
+    p.close()
+    c = consumer(b, topic, **login)
+    assert [r.value for r in read(c, 5)] == [f"v{i}".encode() for i in range(5)]
+    c.close()
+    with pytest.raises(kafka.errors.KafkaError):
+        bad = producer(b, **{**login, "sasl_plain_password": "guess"},
+                       max_block_ms=5000, reconnect_backoff_max_ms=200)
+        bad.send(topic, value=b"never").get(timeout=10)

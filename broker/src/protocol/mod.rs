@@ -313,7 +313,7 @@ pub fn routes() -> Dispatcher {
         .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
         .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
         .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle)
-        .add::<SaslHandshakeRequest, _, _>(1, 1, sasl::handshake)
+        .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
         .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);
     groups_routes(&mut d);
     d

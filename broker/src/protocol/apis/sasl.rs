@@ -2,7 +2,10 @@
 //! the listener's credentials: QUIC device tokens, or a Kafka listener's `sasl_plain_file`
 //! (`protocol::auth`).
 //!
-//! Only handshake v1 is served (v0 would switch the connection to raw SASL frames). A listener
+//! Only handshake v1 is served: v0 would switch the connection to raw SASL frames, so a v0
+//! handshake is answered with UNSUPPORTED_VERSION. v0 is still advertised, because librdkafka
+//! up to at least 2.0 (Debian's kcat) starts SASL only with a broker that lists handshake v0,
+//! and then sends v1 when SaslAuthenticate is listed too. A listener
 //! without tokens answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
 //! SaslAuthenticate (like a second one after success) with ILLEGAL_SASL_STATE. A
 //! failed authentication is answered with SASL_AUTHENTICATION_FAILED and its reason, and the
@@ -21,6 +24,9 @@ use crate::protocol::Ctx;
 use crate::protocol::auth::{AuthError, PLAIN};
 
 pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResponse {
+    if ctx.api_version < 1 {
+        return SaslHandshakeResponse::default().with_error_code(E::UnsupportedVersion.code());
+    }
     let identity = &ctx.session.identity;
     if !identity.uses_sasl() {
         return SaslHandshakeResponse::default()
