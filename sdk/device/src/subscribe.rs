@@ -233,19 +233,9 @@ impl Subscription {
         // Its own stream: the subscription's may be parked in a long-poll (or dropped mid-way).
         let mut stream = self.new_stream().await?;
         let resp = stream.call(&req, OFFSET_COMMIT_VERSION).await?;
-        let code = resp
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == self.partition)
-            .map(|p| p.error_code)
-            .ok_or_else(|| {
-                DeviceError::Protocol("OffsetCommit answer without the partition".into())
-            })?;
-        match code {
-            0 => Ok(()),
-            code => Err(DeviceError::Broker { code }),
-        }
+        let parts = resp.topics.iter().flat_map(|t| t.partitions.iter());
+        let part = answer_for(parts, |p| p.partition_index, self.partition, "OffsetCommit")?;
+        checked(part.error_code)
     }
 
     /// The offset `group` committed for the partition, if it did.
@@ -262,24 +252,10 @@ impl Subscription {
                     .with_partition_indexes(vec![self.partition]),
             ]));
         let resp = stream.call(&req, OFFSET_FETCH_VERSION).await?;
-        if resp.error_code != 0 {
-            return Err(DeviceError::Broker {
-                code: resp.error_code,
-            });
-        }
-        let part = resp
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == self.partition)
-            .ok_or_else(|| {
-                DeviceError::Protocol("OffsetFetch answer without the partition".into())
-            })?;
-        if part.error_code != 0 {
-            return Err(DeviceError::Broker {
-                code: part.error_code,
-            });
-        }
+        checked(resp.error_code)?;
+        let parts = resp.topics.iter().flat_map(|t| t.partitions.iter());
+        let part = answer_for(parts, |p| p.partition_index, self.partition, "OffsetFetch")?;
+        checked(part.error_code)?;
         Ok((part.committed_offset >= 0).then_some(part.committed_offset))
     }
 
@@ -321,19 +297,9 @@ impl Subscription {
                     ]),
             ]);
         let resp = stream.call(&req, LIST_OFFSETS_VERSION).await?;
-        let part = resp
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == self.partition)
-            .ok_or_else(|| {
-                DeviceError::Protocol("ListOffsets answer without the partition".into())
-            })?;
-        if part.error_code != 0 {
-            return Err(DeviceError::Broker {
-                code: part.error_code,
-            });
-        }
+        let parts = resp.topics.iter().flat_map(|t| t.partitions.iter());
+        let part = answer_for(parts, |p| p.partition_index, self.partition, "ListOffsets")?;
+        checked(part.error_code)?;
         Ok(part.offset)
     }
 
@@ -358,17 +324,9 @@ impl Subscription {
                     ]),
             ]);
         let resp = stream.call(&req, FETCH_VERSION).await?;
-        if resp.error_code != 0 {
-            return Err(DeviceError::Broker {
-                code: resp.error_code,
-            });
-        }
-        let part = resp
-            .responses
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .find(|p| p.partition_index == self.partition)
-            .ok_or_else(|| DeviceError::Protocol("Fetch answer without the partition".into()))?;
+        checked(resp.error_code)?;
+        let parts = resp.responses.iter().flat_map(|t| t.partitions.iter());
+        let part = answer_for(parts, |p| p.partition_index, self.partition, "Fetch")?;
         match part.error_code {
             0 => {}
             OFFSET_OUT_OF_RANGE => {
@@ -417,4 +375,24 @@ impl Subscription {
         }
         Ok(())
     }
+}
+
+/// `Ok` for Kafka error code 0, else the broker's error.
+fn checked(code: i16) -> Result<(), DeviceError> {
+    match code {
+        0 => Ok(()),
+        code => Err(DeviceError::Broker { code }),
+    }
+}
+
+/// The answer for `partition` among the partitions of an `api` response.
+fn answer_for<'a, P>(
+    mut parts: impl Iterator<Item = &'a P>,
+    index: impl Fn(&P) -> i32,
+    partition: i32,
+    api: &str,
+) -> Result<&'a P, DeviceError> {
+    parts
+        .find(|p| index(p) == partition)
+        .ok_or_else(|| DeviceError::Protocol(format!("{api} answer without the partition")))
 }
