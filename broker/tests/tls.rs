@@ -84,15 +84,21 @@ where
     ))
 }
 
+/// A broker config with the TLS listener on, serving the certificate `make_pki` wrote to `dir`.
+fn tls_config(dir: &Path) -> runnel::Config {
+    let mut cfg = common::test_config(&dir.join("data"));
+    cfg.listeners.kafka_tls.enabled = true;
+    cfg.listeners.kafka_tls.address = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.kafka_tls.cert = dir.join("server.pem");
+    cfg.listeners.kafka_tls.key = dir.join("server.key");
+    cfg
+}
+
 #[tokio::test]
 async fn tls_and_plaintext_listeners_serve_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka_tls.enabled = true;
-    cfg.listeners.kafka_tls.address = "127.0.0.1:0".parse().unwrap();
-    cfg.listeners.kafka_tls.cert = dir.path().join("server.pem");
-    cfg.listeners.kafka_tls.key = dir.path().join("server.key");
+    let cfg = tls_config(dir.path());
     let broker = common::start_with(cfg).await;
     let tls_addr = broker.kafka_tls_addr.unwrap();
 
@@ -144,11 +150,7 @@ async fn tls_and_plaintext_listeners_serve_side_by_side() {
 async fn mutual_tls_refuses_clients_without_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka_tls.enabled = true;
-    cfg.listeners.kafka_tls.address = "127.0.0.1:0".parse().unwrap();
-    cfg.listeners.kafka_tls.cert = dir.path().join("server.pem");
-    cfg.listeners.kafka_tls.key = dir.path().join("server.key");
+    let mut cfg = tls_config(dir.path());
     cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
     let broker = common::start_with(cfg).await;
     let tls_addr = broker.kafka_tls_addr.unwrap();
@@ -182,11 +184,7 @@ async fn sasl_over_tls_names_the_client_even_with_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
     std::fs::write(dir.path().join("users"), "alice a11ce-s3cret\n").unwrap();
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka_tls.enabled = true;
-    cfg.listeners.kafka_tls.address = "127.0.0.1:0".parse().unwrap();
-    cfg.listeners.kafka_tls.cert = dir.path().join("server.pem");
-    cfg.listeners.kafka_tls.key = dir.path().join("server.key");
+    let mut cfg = tls_config(dir.path());
     cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
     cfg.listeners.kafka_tls.sasl_plain_file = dir.path().join("users");
     let broker = common::start_with(cfg).await;
