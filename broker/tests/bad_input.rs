@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::RawClient;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, ProduceRequest, TopicName,
 };
@@ -29,18 +28,7 @@ fn batch(n: usize, value_len: usize) -> Bytes {
 }
 
 fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(records)),
-                ]),
-        ])
+    common::produce_request(topic, partition, 1, records)
 }
 
 fn error_of(resp: &kafka_protocol::messages::ProduceResponse) -> i16 {

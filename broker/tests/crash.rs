@@ -262,8 +262,7 @@ fn spawn_limited(dir: &Path, port: u16, limit_kib: u64) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_produce_with_storage_error_and_corrupts_nothing() {
     use bytes::Bytes;
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    use kafka_protocol::messages::TopicName;
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::Compression;
 
@@ -276,20 +275,7 @@ async fn a_full_disk_fails_produce_with_storage_error_and_corrupts_nothing() {
             .collect();
         common::encode_batch(&records, Compression::None)
     }
-    let produce = |records: Bytes| {
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str("full")))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(records)),
-                    ]),
-            ])
-    };
+    let produce = |records: Bytes| common::produce_request("full", 0, -1, records);
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

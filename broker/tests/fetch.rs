@@ -9,10 +9,7 @@ use bytes::Bytes;
 use common::RawClient;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    CreateTopicsRequest, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
-};
+use kafka_protocol::messages::{CreateTopicsRequest, FetchRequest, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
@@ -46,18 +43,7 @@ async fn setup(c: &mut RawClient, topic: &str) {
 }
 
 async fn produce(c: &mut RawClient, topic: &str, records: Bytes) -> i64 {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(name(topic))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(records)),
-                ]),
-        ]);
+    let req = common::produce_request(topic, 0, -1, records);
     let r = c.call(&req, 9).await;
     let p = &r.responses[0].partition_responses[0];
     assert_eq!(p.error_code, 0);

@@ -13,10 +13,8 @@ use common::wasm::wasm_dir;
 use edge_config::{OnError, PluginSpec, QuotaApi, QuotaBinding};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, FetchRequest, FetchResponse, MetadataRequest, ProduceRequest,
-    ProduceResponse, TopicName,
+    CreateTopicsRequest, FetchRequest, FetchResponse, MetadataRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::Compression;
@@ -96,18 +94,8 @@ impl Client {
         version: i16,
     ) -> (ProduceResponse, Duration) {
         let record = common::record(0, None, &vec![b'x'; size], 1_700_000_000_000);
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(name(topic))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(common::encode_batch(&[record], Compression::None))),
-                    ]),
-            ]);
+        let batch = common::encode_batch(&[record], Compression::None);
+        let req = common::produce_request(topic, 0, -1, batch);
         self.call(&req, version).await
     }
 

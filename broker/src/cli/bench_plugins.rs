@@ -210,10 +210,8 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     let per_record_ns = busy as f64 / records as f64;
 
     // Loading a compiled plugin (engine, cached artifact, instance, init) and a hot reload.
-    let mut loads = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        let host = Host::new(
+    let new_host = || {
+        Host::new(
             HostLimits {
                 call_timeout: Duration::from_millis(100),
                 memory_limit: 64 << 20,
@@ -221,8 +219,12 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
             },
             dir.join("data/plugin-cache"),
             16,
-        )?;
-        host.load("filter", &wasm, &args.config)?;
+        )
+    };
+    let mut loads = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        new_host()?.load("filter", &wasm, &args.config)?;
         loads.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     // The plugin call alone, away from the broker and the client: the frame of 1,000
@@ -231,16 +233,7 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     const CALLS: usize = 301;
     let readings: Vec<Record> = (0..1000).map(|i| record(reading(i))).collect();
     let frame = crate::plugins::frame_records("filtered", 0, &readings);
-    let host = Host::new(
-        HostLimits {
-            call_timeout: Duration::from_millis(100),
-            memory_limit: 64 << 20,
-            disable_after: 0,
-        },
-        dir.join("data/plugin-cache"),
-        16,
-    )?;
-    let plugin = host.load("filter", &wasm, &args.config)?;
+    let plugin = new_host()?.load("filter", &wasm, &args.config)?;
     let mut alone = Vec::with_capacity(CALLS);
     for _ in 0..CALLS {
         let frame = frame.clone();

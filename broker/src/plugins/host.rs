@@ -95,12 +95,7 @@ impl Host {
     /// one for these bytes and this engine, else compiles and stores it. Then instantiates it
     /// once and runs `init(config)` so a bad plugin or config fails at start-up.
     pub fn load(&self, name: &str, path: &Path, config: &str) -> Result<Plugin, PluginError> {
-        let wasm = std::fs::read(path).map_err(|source| PluginError::Read {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-        let component = self.compile_cached(name, &wasm)?;
+        let component = self.compile_file(name, path)?;
         let kind = Kind::of(&component).ok_or_else(|| PluginError::Interface {
             name: name.to_owned(),
             message: "exports neither `filter` nor `transform` (build it with the runnel-plugin \
@@ -146,6 +141,16 @@ impl Host {
         self.engine.precompile_compatibility_hash().hash(&mut h);
         self.cache_dir
             .join(format!("{hex}-{:016x}.cwasm", h.finish()))
+    }
+
+    /// Reads the component at `path` and compiles it (or loads it from the cache).
+    fn compile_file(&self, name: &str, path: &Path) -> Result<Component, PluginError> {
+        let wasm = std::fs::read(path).map_err(|source| PluginError::Read {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        self.compile_cached(name, &wasm)
     }
 
     fn compile_cached(&self, name: &str, wasm: &[u8]) -> Result<Component, PluginError> {
@@ -475,12 +480,7 @@ impl Host {
     /// Reads, compiles (or loads from the cache) and links the component at `path` without
     /// instantiating it.
     pub fn link(&self, name: &str, path: &Path) -> Result<Linked, PluginError> {
-        let wasm = std::fs::read(path).map_err(|source| PluginError::Read {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-        let component = self.compile_cached(name, &wasm)?;
+        let component = self.compile_file(name, path)?;
         let mut linker = Linker::<State>::new(&self.engine);
         linker
             .define_unknown_imports_as_traps(&component)

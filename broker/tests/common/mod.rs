@@ -155,6 +155,29 @@ pub fn correlation_of(frame: &mut Bytes) -> i32 {
 }
 
 /// One plain record (no producer id) for hand-built batches.
+/// A Produce request of `records` for one partition of `topic`, with `acks` and a 5 s timeout.
+pub fn produce_request(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    records: Bytes,
+) -> kafka_protocol::messages::ProduceRequest {
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    kafka_protocol::messages::ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(records)),
+                ]),
+        ])
+}
+
 pub fn record(
     offset: i64,
     key: Option<&[u8]>,
