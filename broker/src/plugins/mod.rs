@@ -272,24 +272,7 @@ pub fn run_chain(
             if h.base_sequence >= 0 {
                 rewritten = true;
             }
-            match ran.batch {
-                Some(mut batch) => {
-                    if h.base_sequence >= 0 {
-                        // Idempotent: keep the producer's sequence span (see the module docs).
-                        storage::put_i32(
-                            &mut batch,
-                            storage::LAST_OFFSET_DELTA_POS,
-                            h.last_offset_delta,
-                        );
-                        storage::rewrite_crc(&mut batch);
-                    }
-                    out.extend_from_slice(&batch);
-                }
-                None if h.base_sequence >= 0 => {
-                    out.extend_from_slice(&storage::empty_batch(&raw, &h))
-                }
-                None => {}
-            }
+            push_rewritten(&mut out, &raw, &h, ran.batch);
             continue;
         }
         let set = RecordBatchDecoder::decode(&mut raw.clone())
@@ -312,21 +295,12 @@ pub fn run_chain(
                 });
             }
             rewritten = true;
-            if kept.is_empty() {
-                out.extend_from_slice(&storage::empty_batch(&raw, &h));
-            } else {
-                let mut batch = reencode(&h, kept, set.compression)?;
-                storage::put_i32(
-                    &mut batch,
-                    storage::LAST_OFFSET_DELTA_POS,
-                    h.last_offset_delta,
-                );
-                storage::rewrite_crc(&mut batch);
-                out.extend_from_slice(&batch);
-            }
-        } else if !kept.is_empty() {
-            out.extend_from_slice(&reencode(&h, kept, set.compression)?);
         }
+        let batch = match kept.is_empty() {
+            true => None,
+            false => Some(reencode(&h, kept, set.compression)?),
+        };
+        push_rewritten(&mut out, &raw, &h, batch);
     }
     Ok(ChainOutput {
         records: if changed {
@@ -347,6 +321,29 @@ struct BatchRun {
     records: Vec<Record>,
     /// Records for other topics.
     routed: Vec<(String, Record)>,
+}
+
+/// Appends the batch a chain made of the produced batch `raw` (header `h`) to `out`: `batch` is
+/// the kept records re-encoded, `None` when none were kept. For an idempotent producer the
+/// batch keeps the producer's sequence span (see the module docs): its lastOffsetDelta is the
+/// produced one, and a batch with no records left still goes in, empty.
+fn push_rewritten(out: &mut BytesMut, raw: &[u8], h: &BatchHeader, batch: Option<Vec<u8>>) {
+    let idempotent = h.base_sequence >= 0;
+    match batch {
+        Some(mut batch) => {
+            if idempotent {
+                storage::put_i32(
+                    &mut batch,
+                    storage::LAST_OFFSET_DELTA_POS,
+                    h.last_offset_delta,
+                );
+                storage::rewrite_crc(&mut batch);
+            }
+            out.extend_from_slice(&batch);
+        }
+        None if idempotent => out.extend_from_slice(&storage::empty_batch(raw, h)),
+        None => {}
+    }
 }
 
 fn run_batch(
