@@ -270,13 +270,18 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
             let now = now_ms();
             for topic in b.catalog.list() {
                 for p in topic.partitions() {
-                    let mut log = p.log();
-                    if log.needs_flush(now)
-                        && let Err(e) = log.flush(now) {
-                            tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush failed");
-                        }
+                    // The fsync itself runs without the log's lock, so appends go on.
+                    let started = {
+                        let mut log = p.log();
+                        if log.needs_flush(now) { log.start_flush(now) } else { Ok(None) }
+                    };
+                    let synced = started.and_then(|f| f.map_or(Ok(()), |f| f.sync()));
+                    if let Err(e) = synced {
+                        tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush failed");
+                        p.log().flush_failed();
+                    }
                     if run_maintenance
-                        && let Err(e) = log.maintenance(now) {
+                        && let Err(e) = p.log().maintenance(now) {
                             tracing::error!(topic = %topic.name, partition = p.index, error = %e, "retention/compaction failed");
                         }
                 }

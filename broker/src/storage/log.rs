@@ -37,6 +37,22 @@ use super::{AppendInfo, FlushPolicy, LogConfig, MaintenanceReport};
 /// File holding the log start offset set by DeleteRecords (decimal text).
 pub(crate) const LOG_START_FILE: &str = "log-start-offset";
 
+/// The active segment's file, to be fsynced without holding the log
+/// ([`PartitionLog::start_flush`]).
+pub struct PendingFlush {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl PendingFlush {
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|source| StorageError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
 /// One partition's log. See the module docs of `storage` for the invariants.
 pub struct PartitionLog {
     pub(super) dir: PathBuf,
@@ -500,6 +516,30 @@ impl PartitionLog {
             }
             FlushPolicy::Never | FlushPolicy::Always => false,
         }
+    }
+
+    /// Starts the flush [`PartitionLog::needs_flush`] asks for, to be finished after the log's
+    /// lock is released: appends then go on while the disk syncs, instead of every producer of
+    /// the partition (and the threads serving them) waiting for the fsync. The data appended so
+    /// far counts as flushed from now on; what is appended meanwhile counts as unflushed (the
+    /// sync may or may not cover it). If the sync fails, [`PartitionLog::flush_failed`] marks
+    /// the data unflushed again.
+    pub fn start_flush(&mut self, now_ms: i64) -> Result<Option<PendingFlush>, StorageError> {
+        if !self.unflushed {
+            self.last_flush_ms = now_ms;
+            return Ok(None);
+        }
+        let (file, path) = self.active().sync_handle()?;
+        self.unflushed = false;
+        self.last_flush_ms = now_ms;
+        Ok(Some(PendingFlush { file, path }))
+    }
+
+    /// A flush started with [`PartitionLog::start_flush`] failed: the data is unflushed and
+    /// the next check tries again.
+    pub fn flush_failed(&mut self) {
+        self.unflushed = true;
+        self.last_flush_ms = i64::MIN;
     }
 
     /// fsync the active segment (sealed ones were fsynced when sealed).

@@ -709,6 +709,37 @@ fn flush_policy_bookkeeping() {
 }
 
 #[test]
+fn an_interval_flush_syncs_without_the_log_and_a_failed_one_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default());
+    log.append(&batch(1, NOW), NOW).unwrap();
+    assert!(log.needs_flush(NOW + 1000));
+    let pending = log
+        .start_flush(NOW + 1000)
+        .unwrap()
+        .expect("unflushed data");
+    assert!(!log.needs_flush(NOW + 1000));
+    // The log is free while the file syncs: appends go on and count as unflushed.
+    assert_eq!(
+        log.append(&batch(2, NOW), NOW + 1000).unwrap().base_offset,
+        1
+    );
+    pending.sync().unwrap();
+    assert!(!log.needs_flush(NOW + 1999));
+    assert!(log.needs_flush(NOW + 2000));
+    // A failed sync leaves the data unflushed and is tried again at the next check.
+    log.flush_failed();
+    assert!(log.needs_flush(NOW + 1001));
+    log.flush(NOW + 3000).unwrap();
+    assert!(
+        log.start_flush(NOW + 5000).unwrap().is_none(),
+        "nothing appended since"
+    );
+    assert!(!log.needs_flush(NOW + 5999));
+    log.close().unwrap();
+}
+
+#[test]
 fn remove_deletes_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let part = dir.path().join("topic-0");

@@ -49,8 +49,9 @@ pub use log::PartitionLog;
 /// * `Always`: fsync (fdatasync) the segment after every append, before it returns. Nothing
 ///   acknowledged is lost on power failure; costs one disk flush per produce request (~0.1 ms on
 ///   NVMe, several ms on SD cards and eMMC, which are common on gateways).
-/// * `Interval(d)` (default, 1 s): the caller calls [`PartitionLog::flush`] when
-///   [`PartitionLog::needs_flush`] says so; up to `d` of acknowledged data can be lost on power
+/// * `Interval(d)` (default, 1 s): when [`PartitionLog::needs_flush`] says so the caller calls
+///   [`PartitionLog::start_flush`] and fsyncs the file it returns after releasing the log, so
+///   appends are not held up by the disk; up to `d` of acknowledged data can be lost on power
 ///   failure (not on a process crash: the page cache survives that).
 /// * `Never`: fsync only when a segment is sealed (roll) and on [`PartitionLog::close`]; the
 ///   kernel writes back on its own schedule. Cheapest, loses the most on power failure.

@@ -436,6 +436,13 @@ impl Segment {
         self.file.sync_data().map_err(io_err(&self.path))
     }
 
+    /// A second handle on the segment's file (a duplicated descriptor), to fsync it without
+    /// holding the log.
+    pub(crate) fn sync_handle(&self) -> Result<(File, PathBuf), StorageError> {
+        let file = self.file.try_clone().map_err(io_err(&self.path))?;
+        Ok((file, self.path.clone()))
+    }
+
     /// Whether another `len` bytes ending at `last_offset` would overflow the u32 positions or
     /// the relative offsets of the indexes.
     pub(crate) fn would_overflow(&self, len: u64, last_offset: i64) -> bool {
