@@ -1,16 +1,23 @@
 //! Key-based compaction (`cleanup.policy=compact`) of sealed segments.
 //!
-//! One pass, run from [`PartitionLog::maintenance`]:
-//! 1. decode every batch of the whole log (active segment included) and build
+//! One pass, in three steps so that the partition's lock is held only briefly at the start and
+//! the end ([`PartitionLog::start_compaction`], [`CompactionPass::run`],
+//! [`PartitionLog::finish_compaction`]; [`PartitionLog::maintenance`] does all three):
+//! 0. with the log: views of every segment as it is now (own file handles, sizes); producers
+//!    go on appending to the active segment meanwhile, which only adds records newer than the
+//!    pass looks at, so at worst a record that could go stays until the next pass;
+//! 1. decode every batch of the viewed log (active segment included) and build
 //!    key -> latest offset, plus producerId -> base offset of its last batch;
 //! 2. for each sealed segment, keep a record only if it is the latest for its key; drop records
 //!    without a key (they cannot be produced to a compacted topic, but may predate the policy);
 //!    drop tombstones (null value) once `now - segment max timestamp > delete_retention_ms`;
 //! 3. a segment where nothing is dropped is left untouched; otherwise it is rewritten to
-//!    `{base}.log.cleaned`, fsynced, its index files removed, renamed over `{base}.log` and
-//!    reopened, which rebuilds and writes its indexes. A crash at any point leaves either the
-//!    old or the new log (leftover `.cleaned` files are deleted on open, missing indexes are
-//!    rebuilt).
+//!    `{base}.log.cleaned` and fsynced; then, with the log again, its index files are removed,
+//!    the cleaned file is renamed over `{base}.log` and the segment reopened, which rebuilds and
+//!    writes its indexes. A segment that changed in between (retention or DeleteRecords removed
+//!    it) keeps what it has and its cleaned file is deleted. A crash at any point leaves either
+//!    the old or the new log (leftover `.cleaned` files are deleted on open, missing indexes
+//!    are rebuilt).
 //!
 //! Batches that keep all their records are copied byte for byte. Partially kept batches are
 //! re-encoded with kafka-protocol's `RecordBatchEncoder` using the original compression; each
@@ -38,7 +45,7 @@ use super::MaintenanceReport;
 use super::batch::*;
 use super::error::{StorageError, io_err};
 use super::log::PartitionLog;
-use super::segment::{OpenMode, Segment, index_path, log_path, timeindex_path};
+use super::segment::{OpenMode, Segment, SegmentView, index_path, log_path, timeindex_path};
 
 fn codec(context: &'static str) -> impl Fn(anyhow::Error) -> StorageError {
     move |e| StorageError::Codec {
@@ -133,7 +140,7 @@ pub(crate) fn empty_batch(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
 
 /// Visit (header, bytes) of every batch of a segment.
 fn for_each_batch(
-    seg: &Segment,
+    seg: &SegmentView,
     mut f: impl FnMut(&BatchHeader, &[u8]) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
     let mut batches = Vec::new();
@@ -157,22 +164,54 @@ pub(crate) struct CompactionState {
     next_tombstone_expiry: Option<i64>,
 }
 
-impl PartitionLog {
-    pub(super) fn compact(
-        &mut self,
-        now_ms: i64,
-        report: &mut MaintenanceReport,
-    ) -> Result<(), StorageError> {
-        let active_base = self.active().base_offset;
-        let state = self.compaction;
-        let new_data = active_base > state.clean_through;
-        let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t);
-        if self.segments.len() < 2 || !(new_data || tombstones_due) {
-            return Ok(());
+/// A compaction pass taken out of the log ([`PartitionLog::start_compaction`]): run it without
+/// the log's lock, then hand the outcome to [`PartitionLog::finish_compaction`].
+pub struct CompactionPass {
+    dir: std::path::PathBuf,
+    /// Every segment as it was; the last one was the active segment.
+    views: Vec<SegmentView>,
+    delete_retention_ms: i64,
+}
+
+/// What a [`CompactionPass`] made: cleaned copies of sealed segments, to be swapped in.
+pub struct CompactionOutcome {
+    cleaned: Vec<Cleaned>,
+    /// Base offset of the active segment when the pass started.
+    active_base: i64,
+    next_tombstone_expiry: Option<i64>,
+}
+
+struct Cleaned {
+    base: i64,
+    /// The segment's size when the pass read it: if it changed, the copy is stale.
+    size: u64,
+    path: std::path::PathBuf,
+    removed: u64,
+}
+
+impl CompactionPass {
+    /// Reads the viewed segments, and writes and fsyncs a cleaned copy of each sealed one that
+    /// loses records. Needs no lock: the views have their own file handles and sizes.
+    pub fn run(self, now_ms: i64) -> Result<CompactionOutcome, StorageError> {
+        let mut cleaned = Vec::new();
+        let result = self.clean(now_ms, &mut cleaned);
+        if result.is_err() {
+            for c in &cleaned {
+                let _ = fs::remove_file(&c.path);
+            }
         }
+        let next_tombstone_expiry = result?;
+        Ok(CompactionOutcome {
+            cleaned,
+            active_base: self.views.last().map_or(0, |v| v.base_offset),
+            next_tombstone_expiry,
+        })
+    }
+
+    fn clean(&self, now_ms: i64, cleaned: &mut Vec<Cleaned>) -> Result<Option<i64>, StorageError> {
         let mut latest: HashMap<Bytes, i64> = HashMap::new();
         let mut last_batch: HashMap<i64, i64> = HashMap::new();
-        for seg in &self.segments {
+        for seg in &self.views {
             for_each_batch(seg, |h, bytes| {
                 if h.has_producer_id() {
                     last_batch.insert(h.producer_id, h.base_offset);
@@ -188,10 +227,9 @@ impl PartitionLog {
                 Ok(())
             })?;
         }
-        let retention = self.config.delete_retention_ms;
+        let retention = self.delete_retention_ms;
         let mut next_expiry: Option<i64> = None;
-        for i in 0..self.segments.len() - 1 {
-            let seg = &self.segments[i];
+        for seg in &self.views[..self.views.len() - 1] {
             let tombstones_expired = seg.max_timestamp != NO_TIMESTAMP
                 && now_ms.saturating_sub(seg.max_timestamp) > retention;
             let mut out = Vec::with_capacity(seg.size as usize);
@@ -239,27 +277,101 @@ impl PartitionLog {
             if removed == 0 {
                 continue;
             }
-            self.replace_segment(i, &out, now_ms)?;
+            let path = log_path(&self.dir, seg.base_offset).with_extension("log.cleaned");
+            let f = fs::File::create(&path).map_err(io_err(&path))?;
+            cleaned.push(Cleaned {
+                base: seg.base_offset,
+                size: seg.size,
+                path: path.clone(),
+                removed,
+            });
+            std::io::Write::write_all(&mut &f, &out).map_err(io_err(&path))?;
+            f.sync_all().map_err(io_err(&path))?;
+        }
+        Ok(next_expiry)
+    }
+}
+
+impl PartitionLog {
+    /// One whole compaction pass with the log held (see the module docs).
+    pub(super) fn compact(
+        &mut self,
+        now_ms: i64,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), StorageError> {
+        if let Some(pass) = self.start_compaction(now_ms)? {
+            let outcome = pass.run(now_ms)?;
+            self.finish_compaction(outcome, now_ms, report)?;
+        }
+        Ok(())
+    }
+
+    /// A compaction pass when the policy asks for one and there is something to do (new sealed
+    /// data, or a tombstone due to expire); `None` otherwise. Cheap: run the pass itself
+    /// ([`CompactionPass::run`]) after releasing the log.
+    pub fn start_compaction(&self, now_ms: i64) -> Result<Option<CompactionPass>, StorageError> {
+        let state = self.compaction;
+        let new_data = self.active().base_offset > state.clean_through;
+        let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t);
+        if !self.config.compact || self.segments.len() < 2 || !(new_data || tombstones_due) {
+            return Ok(None);
+        }
+        let views = self
+            .segments
+            .iter()
+            .map(Segment::view)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(CompactionPass {
+            dir: self.dir.clone(),
+            views,
+            delete_retention_ms: self.config.delete_retention_ms,
+        }))
+    }
+
+    /// Swaps in the segments a pass cleaned, except those that changed since it started (their
+    /// cleaned copies are deleted), and remembers how far the log is clean.
+    pub fn finish_compaction(
+        &mut self,
+        outcome: CompactionOutcome,
+        now_ms: i64,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), StorageError> {
+        let mut cleaned = outcome.cleaned.into_iter();
+        while let Some(c) = cleaned.next() {
+            let sealed = self.segments.len() - 1;
+            let current = self.segments[..sealed]
+                .iter()
+                .position(|s| s.base_offset == c.base && s.size == c.size);
+            let Some(i) = current else {
+                let _ = fs::remove_file(&c.path);
+                continue;
+            };
+            if let Err(e) = self.replace_segment(i, &c.path, now_ms) {
+                for rest in cleaned {
+                    let _ = fs::remove_file(&rest.path);
+                }
+                return Err(e);
+            }
             report.segments_compacted += 1;
-            report.records_removed += removed;
+            report.records_removed += c.removed;
         }
         self.compaction = CompactionState {
-            clean_through: active_base,
-            next_tombstone_expiry: next_expiry,
+            clean_through: outcome.active_base,
+            next_tombstone_expiry: outcome.next_tombstone_expiry,
         };
         Ok(())
     }
 
-    /// Atomically replace sealed segment `i` with `data` (see the module docs for the order).
-    fn replace_segment(&mut self, i: usize, data: &[u8], now_ms: i64) -> Result<(), StorageError> {
+    /// Replace sealed segment `i` with its fsynced cleaned copy `cleaned` (see the module docs
+    /// for the order).
+    fn replace_segment(
+        &mut self,
+        i: usize,
+        cleaned: &std::path::Path,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
         let base = self.segments[i].base_offset;
         let path = log_path(&self.dir, base);
-        let cleaned = path.with_extension("log.cleaned");
-        {
-            let f = fs::File::create(&cleaned).map_err(io_err(&cleaned))?;
-            std::io::Write::write_all(&mut &f, data).map_err(io_err(&cleaned))?;
-            f.sync_all().map_err(io_err(&cleaned))?;
-        }
         for p in [index_path(&self.dir, base), timeindex_path(&self.dir, base)] {
             if let Err(e) = fs::remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -267,7 +379,7 @@ impl PartitionLog {
                 return Err(StorageError::Io { path: p, source: e });
             }
         }
-        fs::rename(&cleaned, &path).map_err(io_err(&path))?;
+        fs::rename(cleaned, &path).map_err(io_err(&path))?;
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))?;
@@ -376,6 +488,94 @@ mod tests {
                 end
             );
         }
+    }
+
+    fn offsets(log: &PartitionLog) -> Vec<i64> {
+        contents(log).iter().map(|(o, _)| *o).collect()
+    }
+
+    fn leftover_cleaned_files(dir: &std::path::Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".cleaned")
+            })
+            .count()
+    }
+
+    #[test]
+    fn appends_made_while_a_pass_runs_without_the_log_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        for b in [
+            vec![kv("a", "a0", NOW), kv("b", "b0", NOW)],
+            vec![kv("a", "a1", NOW + 1)],
+            vec![kv("c", "c0", NOW + 2)], // the active segment
+        ] {
+            log.append(&encode_batch(&b, Compression::None, -1, -1, -1), NOW)
+                .unwrap();
+        }
+        let pass = log
+            .start_compaction(NOW + 10)
+            .unwrap()
+            .expect("sealed data");
+        // The log is free while the pass runs: a newer "a" arrives (and rolls the segment).
+        let more = [kv("a", "a2", NOW + 3), kv("d", "d0", NOW + 3)];
+        log.append(&encode_batch(&more, Compression::None, -1, -1, -1), NOW)
+            .unwrap();
+        let outcome = pass.run(NOW + 10).unwrap();
+        let mut report = MaintenanceReport::default();
+        log.finish_compaction(outcome, NOW + 10, &mut report)
+            .unwrap();
+        // The pass saw a1 as the latest "a": only a0 went.
+        assert_eq!(report.records_removed, 1);
+        assert_eq!(offsets(&log), vec![1, 2, 3, 4, 5]);
+        assert_eq!(decode_all(&log.read(4, usize::MAX).unwrap())[0].1, more[0]);
+        // The next pass sees a2 and removes a1.
+        assert_eq!(log.maintenance(NOW + 20).unwrap().records_removed, 1);
+        assert_eq!(offsets(&log), vec![1, 3, 4, 5]);
+        assert_eq!(leftover_cleaned_files(dir.path()), 0);
+    }
+
+    #[test]
+    fn a_segment_removed_while_a_pass_runs_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        for b in [
+            vec![kv("a", "a0", NOW)],
+            vec![kv("a", "a1", NOW + 1)],
+            vec![kv("b", "b0", NOW + 2)],
+        ] {
+            log.append(&encode_batch(&b, Compression::None, -1, -1, -1), NOW)
+                .unwrap();
+        }
+        let pass = log
+            .start_compaction(NOW + 10)
+            .unwrap()
+            .expect("sealed data");
+        // DeleteRecords drops the first segment (the one the pass cleans) meanwhile.
+        assert_eq!(log.delete_records_before(1).unwrap(), 1);
+        let outcome = pass.run(NOW + 10).unwrap();
+        assert_eq!(
+            leftover_cleaned_files(dir.path()),
+            1,
+            "a0's segment was cleaned"
+        );
+        let mut report = MaintenanceReport::default();
+        log.finish_compaction(outcome, NOW + 10, &mut report)
+            .unwrap();
+        assert_eq!(report.segments_compacted, 0);
+        assert_eq!(
+            leftover_cleaned_files(dir.path()),
+            0,
+            "the stale copy is deleted"
+        );
+        assert_eq!(offsets(&log), vec![1, 2]);
+        assert_eq!(log.log_start_offset(), 1);
     }
 
     #[test]

@@ -497,12 +497,18 @@ impl PartitionLog {
     /// Retention (time, size), then compaction, as configured. Never touches the active
     /// segment.
     pub fn maintenance(&mut self, now_ms: i64) -> Result<MaintenanceReport, StorageError> {
+        let mut report = self.retention(now_ms)?;
+        self.compact(now_ms, &mut report)?;
+        report.log_start_offset = self.log_start_offset;
+        Ok(report)
+    }
+
+    /// The retention half of [`PartitionLog::maintenance`] (with `cleanup.policy` delete);
+    /// compaction is then [`PartitionLog::start_compaction`] and the steps after it.
+    pub fn retention(&mut self, now_ms: i64) -> Result<MaintenanceReport, StorageError> {
         let mut report = MaintenanceReport::default();
         if self.config.delete {
             self.apply_retention(now_ms, &mut report)?;
-        }
-        if self.config.compact {
-            self.compact(now_ms, &mut report)?;
         }
         report.log_start_offset = self.log_start_offset;
         Ok(report)

@@ -41,8 +41,9 @@ use std::time::Duration;
 
 pub use batch::*;
 pub(crate) use compaction::empty_batch;
+pub use compaction::{CompactionOutcome, CompactionPass};
 pub use error::{BatchError, StorageError};
-pub use log::PartitionLog;
+pub use log::{PartitionLog, PendingFlush};
 
 /// When appended data is fsynced.
 ///

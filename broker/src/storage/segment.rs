@@ -324,43 +324,28 @@ impl Segment {
 
     /// Header of the batch stored at `pos` (which must be a batch boundary below `size`).
     pub(crate) fn read_header(&self, pos: u64) -> Result<BatchHeader, StorageError> {
-        let mut hdr = [0u8; BATCH_HEADER_LEN];
-        if pos + BATCH_HEADER_LEN as u64 > self.size {
-            return Err(self.corrupt(
-                pos,
-                BatchError::TooShort {
-                    len: (self.size - pos) as usize,
-                },
-            ));
-        }
-        self.file
-            .read_exact_at(&mut hdr, pos)
-            .map_err(io_err(&self.path))?;
-        BatchHeader::parse(&hdr).map_err(|e| self.corrupt(pos, e))
-    }
-
-    fn corrupt(&self, pos: u64, source: BatchError) -> StorageError {
-        warn!(file = %self.path.display(), position = pos, error = %source, "corrupt batch in log segment");
-        StorageError::CorruptRecord {
-            position: pos as usize,
-            source,
-        }
+        read_header(&self.file, &self.path, self.size, pos)
     }
 
     /// Visit batch headers from `pos` to the end; `f` returns false to stop.
     pub(crate) fn for_each_header(
         &self,
-        mut pos: u64,
-        mut f: impl FnMut(u64, &BatchHeader) -> bool,
+        pos: u64,
+        f: impl FnMut(u64, &BatchHeader) -> bool,
     ) -> Result<(), StorageError> {
-        while pos < self.size {
-            let h = self.read_header(pos)?;
-            if !f(pos, &h) {
-                break;
-            }
-            pos += h.total_size() as u64;
-        }
-        Ok(())
+        for_each_header(&self.file, &self.path, self.size, pos, f)
+    }
+
+    /// This segment's data as it is now, on a handle of its own, to be read without the log
+    /// (e.g. by compaction while producers go on appending).
+    pub(crate) fn view(&self) -> Result<SegmentView, StorageError> {
+        Ok(SegmentView {
+            base_offset: self.base_offset,
+            size: self.size,
+            max_timestamp: self.max_timestamp,
+            file: self.file.try_clone().map_err(io_err(&self.path))?,
+            path: self.path.clone(),
+        })
     }
 
     /// Position of the batch containing `offset`, or of the first batch after it (gaps);
@@ -405,11 +390,7 @@ impl Segment {
     }
 
     pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
-        let mut buf = vec![0u8; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut buf, start)
-            .map_err(io_err(&self.path))?;
-        Ok(buf)
+        read_range(&self.file, &self.path, start, end)
     }
 
     /// Seal: final time-index entry, fsync the data, write the index files.
@@ -461,4 +442,76 @@ impl Segment {
         let _ = fs::remove_file(timeindex_path(&self.dir, self.base_offset));
         Ok(())
     }
+}
+
+/// A segment's data up to `size`, read through its own file handle ([`Segment::view`]). A sealed
+/// segment does not change; an active one only grows, so the first `size` bytes stay as seen.
+pub(crate) struct SegmentView {
+    pub(crate) base_offset: i64,
+    pub(crate) size: u64,
+    pub(crate) max_timestamp: i64,
+    file: File,
+    path: PathBuf,
+}
+
+impl SegmentView {
+    /// Visit batch headers from `pos` to `size`; `f` returns false to stop.
+    pub(crate) fn for_each_header(
+        &self,
+        pos: u64,
+        f: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<(), StorageError> {
+        for_each_header(&self.file, &self.path, self.size, pos, f)
+    }
+
+    pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
+        read_range(&self.file, &self.path, start, end)
+    }
+}
+
+fn corrupt(path: &Path, pos: u64, source: BatchError) -> StorageError {
+    warn!(file = %path.display(), position = pos, error = %source, "corrupt batch in log segment");
+    StorageError::CorruptRecord {
+        position: pos as usize,
+        source,
+    }
+}
+
+fn read_header(file: &File, path: &Path, size: u64, pos: u64) -> Result<BatchHeader, StorageError> {
+    let mut hdr = [0u8; BATCH_HEADER_LEN];
+    if pos + BATCH_HEADER_LEN as u64 > size {
+        return Err(corrupt(
+            path,
+            pos,
+            BatchError::TooShort {
+                len: (size - pos) as usize,
+            },
+        ));
+    }
+    file.read_exact_at(&mut hdr, pos).map_err(io_err(path))?;
+    BatchHeader::parse(&hdr).map_err(|e| corrupt(path, pos, e))
+}
+
+/// Visit batch headers from `pos` to `size`; `f` returns false to stop.
+fn for_each_header(
+    file: &File,
+    path: &Path,
+    size: u64,
+    mut pos: u64,
+    mut f: impl FnMut(u64, &BatchHeader) -> bool,
+) -> Result<(), StorageError> {
+    while pos < size {
+        let h = read_header(file, path, size, pos)?;
+        if !f(pos, &h) {
+            break;
+        }
+        pos += h.total_size() as u64;
+    }
+    Ok(())
+}
+
+fn read_range(file: &File, path: &Path, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
+    let mut buf = vec![0u8; (end - start) as usize];
+    file.read_exact_at(&mut buf, start).map_err(io_err(path))?;
+    Ok(buf)
 }
