@@ -31,7 +31,7 @@ use super::error::BatchError;
 use super::error::{StorageError, io_err};
 use super::index::write_file_atomic;
 use super::producer::{ProducerStates, SeqCheck};
-use super::segment::{OpenMode, Segment};
+use super::segment::{OpenMode, Segment, SegmentView};
 use super::{AppendInfo, FlushPolicy, LogConfig, MaintenanceReport};
 
 /// File holding the log start offset set by DeleteRecords (decimal text).
@@ -39,17 +39,11 @@ pub(crate) const LOG_START_FILE: &str = "log-start-offset";
 
 /// The active segment's file, to be fsynced without holding the log
 /// ([`PartitionLog::start_flush`]).
-pub struct PendingFlush {
-    file: std::fs::File,
-    path: PathBuf,
-}
+pub struct PendingFlush(SegmentView);
 
 impl PendingFlush {
     pub fn sync(&self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(|source| StorageError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        self.0.sync()
     }
 }
 
@@ -535,10 +529,10 @@ impl PartitionLog {
             self.last_flush_ms = now_ms;
             return Ok(None);
         }
-        let (file, path) = self.active().sync_handle()?;
+        let view = self.active().view()?;
         self.unflushed = false;
         self.last_flush_ms = now_ms;
-        Ok(Some(PendingFlush { file, path }))
+        Ok(Some(PendingFlush(view)))
     }
 
     /// A flush started with [`PartitionLog::start_flush`] failed: the data is unflushed and

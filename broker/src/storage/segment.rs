@@ -336,8 +336,9 @@ impl Segment {
         for_each_header(&self.file, &self.path, self.size, pos, f)
     }
 
-    /// This segment's data as it is now, on a handle of its own, to be read without the log
-    /// (e.g. by compaction while producers go on appending).
+    /// This segment's data as it is now, on a handle of its own (a duplicated descriptor), to be
+    /// read or fsynced without the log (compaction, the interval flush) while producers go on
+    /// appending.
     pub(crate) fn view(&self) -> Result<SegmentView, StorageError> {
         Ok(SegmentView {
             base_offset: self.base_offset,
@@ -417,13 +418,6 @@ impl Segment {
         self.file.sync_data().map_err(io_err(&self.path))
     }
 
-    /// A second handle on the segment's file (a duplicated descriptor), to fsync it without
-    /// holding the log.
-    pub(crate) fn sync_handle(&self) -> Result<(File, PathBuf), StorageError> {
-        let file = self.file.try_clone().map_err(io_err(&self.path))?;
-        Ok((file, self.path.clone()))
-    }
-
     /// Whether another `len` bytes ending at `last_offset` would overflow the u32 positions or
     /// the relative offsets of the indexes.
     pub(crate) fn would_overflow(&self, len: u64, last_offset: i64) -> bool {
@@ -466,6 +460,11 @@ impl SegmentView {
 
     pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
         read_range(&self.file, &self.path, start, end)
+    }
+
+    /// fsync the segment's file (all of it, also what was appended after the view was taken).
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(io_err(&self.path))
     }
 }
 
