@@ -146,15 +146,20 @@ async fn a_client_over_its_rate_is_throttled_and_muted_and_others_are_not() {
     let addr = broker.bootstrap();
     let kib = 1024;
 
+    // Responses that came back throttled, to compare with the broker's metric.
+    let mut throttled = 0;
+    let mut count = |r: &ProduceResponse| throttled += u64::from(r.throttle_time_ms > 0);
     let mut greedy = Client::connect(&addr, "greedy").await;
     greedy.create("metered").await;
     // 40KiB of a 50KiB bucket: allowed.
     let (r, _) = greedy.produce("metered", 40 * kib, 9).await;
+    count(&r);
     assert_eq!(error_of(&r).0, 0);
     assert_eq!(r.throttle_time_ms, 0);
     // 40KiB more leaves the bucket about 30KiB in debt: accepted (written), and throttled for
     // the 600ms the refill takes at 50KiB/s (a little less for the time between the calls).
     let (r, took) = greedy.produce("metered", 40 * kib, 9).await;
+    count(&r);
     let throttle = r.throttle_time_ms;
     assert_eq!(error_of(&r), (0, String::new()));
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
@@ -163,7 +168,9 @@ async fn a_client_over_its_rate_is_throttled_and_muted_and_others_are_not() {
     assert!(took < Duration::from_millis(throttle as u64), "{took:?}");
     // ...and the connection is muted after it: the next request is not handled before the
     // throttle time has passed.
+    // (Whether this one is throttled too depends on how long after the refill it is handled.)
     let (r, took) = greedy.produce("metered", 100, 9).await;
+    count(&r);
     assert_eq!(error_of(&r).0, 0);
     assert!(
         took >= Duration::from_millis(throttle as u64 * 9 / 10),
@@ -173,13 +180,16 @@ async fn a_client_over_its_rate_is_throttled_and_muted_and_others_are_not() {
     // Another client id has its own bucket: not throttled, not muted.
     let mut polite = Client::connect(&addr, "polite").await;
     let (r, _) = polite.produce("metered", 40 * kib, 9).await;
+    count(&r);
     assert_eq!((error_of(&r).0, r.throttle_time_ms), (0, 0));
 
     // Produce v5 (before KIP-219): the throttled response itself is held back.
     let mut oldie = Client::connect(&addr, "oldie").await;
     let (r, _) = oldie.produce("metered", 40 * kib, 5).await;
+    count(&r);
     assert_eq!(r.throttle_time_ms, 0);
     let (r, took) = oldie.produce("metered", 40 * kib, 5).await;
+    count(&r);
     assert_eq!(error_of(&r).0, 0);
     assert!(r.throttle_time_ms >= 300, "{}", r.throttle_time_ms);
     assert!(
@@ -189,7 +199,11 @@ async fn a_client_over_its_rate_is_throttled_and_muted_and_others_are_not() {
     );
 
     let m = &broker.broker.metrics;
-    assert!(m.quota_throttled.load(Ordering::Relaxed) >= 3);
+    assert!(
+        throttled >= 2,
+        "greedy's second and oldie's second at least"
+    );
+    assert_eq!(m.quota_throttled.load(Ordering::Relaxed), throttled);
     assert_eq!(m.quota_rejected.load(Ordering::Relaxed), 0);
     let set = broker.broker.plugins.current();
     let stats = &set.quotas.loaded[0].stats;
