@@ -316,11 +316,7 @@ impl PartitionLog {
         if !self.config.compact || self.segments.len() < 2 || !(new_data || tombstones_due) {
             return Ok(None);
         }
-        let views = self
-            .segments
-            .iter()
-            .map(Segment::view)
-            .collect::<Result<Vec<_>, _>>()?;
+        let views = self.segments.iter().map(Segment::view).collect();
         Ok(Some(CompactionPass {
             dir: self.dir.clone(),
             views,

@@ -47,6 +47,26 @@ impl PendingFlush {
     }
 }
 
+/// A read planned under the log's lock ([`PartitionLog::plan_read`]) and done without it.
+pub struct ReadPlan {
+    fetch_offset: i64,
+    max_bytes: usize,
+    /// Views of the segments to look in, in order, each with the position to look from.
+    segments: Vec<(SegmentView, u64)>,
+}
+
+impl ReadPlan {
+    /// The batches, as [`PartitionLog::read`] returns them.
+    pub fn read(self) -> Result<Bytes, StorageError> {
+        for (seg, from) in &self.segments {
+            if let Some(pos) = seg.find_position(*from, self.fetch_offset)? {
+                return Ok(Bytes::from(seg.read_batches(pos, self.max_bytes)?));
+            }
+        }
+        Ok(Bytes::new())
+    }
+}
+
 /// One partition's log. See the module docs of `storage` for the invariants.
 pub struct PartitionLog {
     pub(super) dir: PathBuf,
@@ -330,6 +350,13 @@ impl PartitionLog {
     /// even if larger than `max_bytes` (KIP-74), never more than one segment's worth.
     /// `OffsetOutOfRange` below the log start or past the log end; empty at the log end.
     pub fn read(&self, fetch_offset: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
+        self.plan_read(fetch_offset, max_bytes)?.read()
+    }
+
+    /// What [`PartitionLog::read`] would read, to be read after the log's lock is released, so
+    /// that a consumer reading (maybe from disk, maybe megabytes) never holds up the producers
+    /// of the partition. Cheap: offset checks and an index lookup, no I/O.
+    pub fn plan_read(&self, fetch_offset: i64, max_bytes: usize) -> Result<ReadPlan, StorageError> {
         let (start, end) = (self.log_start_offset, self.log_end_offset());
         if fetch_offset < start || fetch_offset > end {
             return Err(StorageError::OffsetOutOfRange {
@@ -338,16 +365,25 @@ impl PartitionLog {
                 end,
             });
         }
+        let mut plan = ReadPlan {
+            fetch_offset,
+            max_bytes,
+            segments: Vec::new(),
+        };
         if fetch_offset == end {
-            return Ok(Bytes::new());
+            return Ok(plan);
         }
+        // The batch is in the segment holding the offset or, when the offset falls in a gap at
+        // its end (compaction), it is the first batch of the next segment that has any.
         let first = self.segment_for(fetch_offset);
         for seg in &self.segments[first..] {
-            if let Some(pos) = seg.find_position(fetch_offset)? {
-                return Ok(Bytes::from(seg.read_batches(pos, max_bytes)?));
+            plan.segments
+                .push((seg.view(), seg.index_position(fetch_offset)));
+            if seg.base_offset > fetch_offset && seg.size > 0 {
+                break;
             }
         }
-        Ok(Bytes::new())
+        Ok(plan)
     }
 
     /// Index of the last segment whose base offset <= `offset` (0 if none).
@@ -529,7 +565,7 @@ impl PartitionLog {
             self.last_flush_ms = now_ms;
             return Ok(None);
         }
-        let view = self.active().view()?;
+        let view = self.active().view();
         self.unflushed = false;
         self.last_flush_ms = now_ms;
         Ok(Some(PendingFlush(view)))

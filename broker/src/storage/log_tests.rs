@@ -135,6 +135,68 @@ fn fetch_mid_batch_returns_whole_batch_and_kip74() {
 }
 
 #[test]
+fn a_read_is_the_longest_run_of_whole_batches_within_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let mut sizes = Vec::new();
+    for n in 1..=12 {
+        let b = batch(n, NOW);
+        sizes.push(b.len());
+        log.append(&b, NOW).unwrap();
+    }
+    let total: usize = sizes.iter().sum();
+    for max_bytes in 0..=total + 3 {
+        // At least the first batch, then each next one while the sum stays within max_bytes.
+        let mut want = sizes[0];
+        for s in &sizes[1..] {
+            if want + s > max_bytes {
+                break;
+            }
+            want += s;
+        }
+        let got = log.read(0, max_bytes).unwrap();
+        assert_eq!(got.len(), want, "max_bytes {max_bytes}");
+        assert_eq!(
+            headers(&got).iter().map(|h| h.total_size()).sum::<usize>(),
+            want
+        );
+    }
+}
+
+#[test]
+fn a_planned_read_returns_the_log_as_it_was_when_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1,
+        retention_ms: Some(1000),
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config);
+    log.append(&batch(3, NOW), NOW).unwrap();
+    log.append(&batch(2, NOW + 5000), NOW).unwrap();
+    let from_start = log.plan_read(1, usize::MAX).unwrap();
+    let from_active = log.plan_read(3, usize::MAX).unwrap();
+    let at_end = log.plan_read(5, usize::MAX).unwrap();
+    // After the plans (i.e. after the lock is released): more appends, and retention deletes the
+    // first segment's files.
+    log.append(&batch(4, NOW + 6000), NOW).unwrap();
+    assert_eq!(log.maintenance(NOW + 2500).unwrap().segments_deleted, 1);
+    assert!(!log_path(dir.path(), 0).exists());
+
+    let hs = headers(&from_start.read().unwrap());
+    assert_eq!(
+        hs.len(),
+        1,
+        "one segment's worth, read from the deleted file"
+    );
+    assert_eq!((hs[0].base_offset, hs[0].last_offset()), (0, 2));
+    let hs = headers(&from_active.read().unwrap());
+    assert_eq!(hs.len(), 1, "not the batch appended after the plan");
+    assert_eq!((hs[0].base_offset, hs[0].last_offset()), (3, 4));
+    assert!(at_end.read().unwrap().is_empty());
+}
+
+#[test]
 fn damaged_batches_are_rejected_with_the_right_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), cfg());

@@ -43,7 +43,7 @@ pub use batch::*;
 pub(crate) use compaction::empty_batch;
 pub use compaction::{CompactionOutcome, CompactionPass};
 pub use error::{BatchError, StorageError};
-pub use log::{PartitionLog, PendingFlush};
+pub use log::{PartitionLog, PendingFlush, ReadPlan};
 
 /// When appended data is fsynced.
 ///

@@ -15,6 +15,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -80,7 +81,8 @@ pub(crate) struct Segment {
     time_index: TimeIndex,
     bytes_since_index: u64,
     index_interval: u64,
-    file: File,
+    /// Shared with the segment's views, which read or fsync it without the log's lock.
+    file: Arc<File>,
     path: PathBuf,
     dir: PathBuf,
 }
@@ -109,7 +111,7 @@ impl Segment {
             base_offset,
             index_interval,
             now_ms,
-            file,
+            Arc::new(file),
             path,
         ))
     }
@@ -119,7 +121,7 @@ impl Segment {
         base_offset: i64,
         index_interval: u64,
         now_ms: i64,
-        file: File,
+        file: Arc<File>,
         path: PathBuf,
     ) -> Segment {
         Segment {
@@ -154,6 +156,7 @@ impl Segment {
             .open(&path)
             .map_err(io_err(&path))?;
         let file_len = file.metadata().map_err(io_err(&path))?.len();
+        let file = Arc::new(file);
         let mut seg = Segment::empty(dir, base_offset, index_interval, now_ms, file, path);
 
         let mut start = 0;
@@ -339,55 +342,27 @@ impl Segment {
     /// This segment's data as it is now, on a handle of its own (a duplicated descriptor), to be
     /// read or fsynced without the log (compaction, the interval flush) while producers go on
     /// appending.
-    pub(crate) fn view(&self) -> Result<SegmentView, StorageError> {
-        Ok(SegmentView {
+    pub(crate) fn view(&self) -> SegmentView {
+        SegmentView {
             base_offset: self.base_offset,
             size: self.size,
             max_timestamp: self.max_timestamp,
-            file: self.file.try_clone().map_err(io_err(&self.path))?,
+            file: self.file.clone(),
             path: self.path.clone(),
-        })
+        }
     }
 
-    /// Position of the batch containing `offset`, or of the first batch after it (gaps);
-    /// `None` if every batch here ends before `offset`.
-    pub(crate) fn find_position(&self, offset: i64) -> Result<Option<u64>, StorageError> {
+    /// Where to start looking for `offset`: the position of the last offset-index entry at or
+    /// before it (in memory, no I/O).
+    pub(crate) fn index_position(&self, offset: i64) -> u64 {
         let rel = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
-        let (_, start) = self.offset_index.lookup(rel);
-        let mut found = None;
-        self.for_each_header(start as u64, |pos, h| {
-            if h.last_offset() >= offset {
-                found = Some(pos);
-                false
-            } else {
-                true
-            }
-        })?;
-        Ok(found)
+        self.offset_index.lookup(rel).1 as u64
     }
 
     /// Position from which to search for the first batch with maxTimestamp >= `ts`.
     pub(crate) fn position_for_timestamp(&self, ts: i64) -> u64 {
         let rel = self.time_index.lookup(ts);
         self.offset_index.lookup(rel).1 as u64
-    }
-
-    /// Whole batches from `start`: at least one, then more while the total stays <= `max_bytes`.
-    pub(crate) fn read_batches(
-        &self,
-        start: u64,
-        max_bytes: usize,
-    ) -> Result<Vec<u8>, StorageError> {
-        let mut end = start;
-        self.for_each_header(start, |pos, h| {
-            let next = pos + h.total_size() as u64;
-            if pos > start && next - start > max_bytes as u64 {
-                return false;
-            }
-            end = next;
-            true
-        })?;
-        self.read_range(start, end)
     }
 
     pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
@@ -438,13 +413,15 @@ impl Segment {
     }
 }
 
-/// A segment's data up to `size`, read through its own file handle ([`Segment::view`]). A sealed
-/// segment does not change; an active one only grows, so the first `size` bytes stay as seen.
+/// A segment's data up to `size`, read through the segment's file handle without the log's lock
+/// ([`Segment::view`]). A sealed segment does not change; an active one only grows, so the first
+/// `size` bytes stay as seen. A segment that compaction replaced or retention deleted meanwhile
+/// is still read as it was: the handle keeps the old file.
 pub(crate) struct SegmentView {
     pub(crate) base_offset: i64,
     pub(crate) size: u64,
     pub(crate) max_timestamp: i64,
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
 }
 
@@ -460,6 +437,25 @@ impl SegmentView {
 
     pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
         read_range(&self.file, &self.path, start, end)
+    }
+
+    /// Position of the batch containing `offset`, or of the first batch after it (gaps), looking
+    /// from `index_position` ([`Segment::index_position`]); `None` if every batch ends before it.
+    pub(crate) fn find_position(
+        &self,
+        index_position: u64,
+        offset: i64,
+    ) -> Result<Option<u64>, StorageError> {
+        find_position(&self.file, &self.path, self.size, index_position, offset)
+    }
+
+    /// Whole batches from `start`: at least one, then more while the total stays <= `max_bytes`.
+    pub(crate) fn read_batches(
+        &self,
+        start: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        read_batches(&self.file, &self.path, self.size, start, max_bytes)
     }
 
     /// fsync the segment's file (all of it, also what was appended after the view was taken).
@@ -507,6 +503,67 @@ fn for_each_header(
         pos += h.total_size() as u64;
     }
     Ok(())
+}
+
+fn find_position(
+    file: &File,
+    path: &Path,
+    size: u64,
+    from: u64,
+    offset: i64,
+) -> Result<Option<u64>, StorageError> {
+    let mut found = None;
+    for_each_header(file, path, size, from, |pos, h| {
+        if h.last_offset() >= offset {
+            found = Some(pos);
+            false
+        } else {
+            true
+        }
+    })?;
+    Ok(found)
+}
+
+/// Whole batches from `start` (a batch boundary below `size`): at least one, then more while
+/// the total stays <= `max_bytes`. Reads the range once and finds the batch boundaries in the
+/// bytes read, instead of a read per batch header.
+fn read_batches(
+    file: &File,
+    path: &Path,
+    size: u64,
+    start: u64,
+    max_bytes: usize,
+) -> Result<Vec<u8>, StorageError> {
+    let end = size.min(start.saturating_add(max_bytes as u64));
+    let mut buf = read_range(file, path, start, end)?;
+    let mut whole = 0usize;
+    while whole + BATCH_HEADER_LEN <= buf.len() {
+        let h = BatchHeader::parse(&buf[whole..whole + BATCH_HEADER_LEN])
+            .map_err(|e| corrupt(path, start + whole as u64, e))?;
+        let next = whole + h.total_size();
+        if next > buf.len() {
+            break;
+        }
+        whole = next;
+    }
+    if whole == 0 {
+        // The first batch alone is larger than max_bytes (or its header did not fit): it is
+        // returned whole all the same (KIP-74).
+        let first = read_header(file, path, size, start)?;
+        let end = start + first.total_size() as u64;
+        if end > size {
+            return Err(corrupt(
+                path,
+                start,
+                BatchError::TooShort {
+                    len: (size - start) as usize,
+                },
+            ));
+        }
+        return read_range(file, path, start, end);
+    }
+    buf.truncate(whole);
+    Ok(buf)
 }
 
 fn read_range(file: &File, path: &Path, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {

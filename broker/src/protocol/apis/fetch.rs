@@ -27,7 +27,7 @@ use crate::catalog::Partition;
 use crate::plugins::quota;
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
-use crate::storage::StorageError;
+use crate::storage::{ReadPlan, StorageError};
 
 /// Upper bound on a long-poll, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
@@ -134,32 +134,33 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<(TopicName, PartitionDa
                 any_error = true;
             }
             Some(p) => {
-                let log = p.log();
-                data.high_watermark = log.log_end_offset();
-                data.last_stable_offset = data.high_watermark;
-                data.log_start_offset = log.log_start_offset();
                 // After the first batch, stay within the response budget.
                 let budget = if total == 0 {
                     w.max_bytes.max(1)
                 } else {
                     w.max_bytes.min(max_bytes.saturating_sub(total))
                 };
-                if budget == 0 {
-                    data.records = Some(Bytes::new());
-                } else {
-                    match log.read(w.offset, budget) {
-                        Ok(records) => {
-                            total += records.len();
-                            data.records = Some(records);
+                let plan = {
+                    let log = p.log();
+                    data.high_watermark = log.log_end_offset();
+                    data.last_stable_offset = data.high_watermark;
+                    data.log_start_offset = log.log_start_offset();
+                    (budget > 0).then(|| log.plan_read(w.offset, budget))
+                };
+                // Read with the log unlocked: appends to the partition go on meanwhile.
+                match plan.map(|plan| plan.and_then(ReadPlan::read)) {
+                    None => data.records = Some(Bytes::new()),
+                    Some(Ok(records)) => {
+                        total += records.len();
+                        data.records = Some(records);
+                    }
+                    Some(Err(e)) => {
+                        if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                            tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "fetch failed");
                         }
-                        Err(e) => {
-                            if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
-                                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "fetch failed");
-                            }
-                            data.error_code = storage_code(&e);
-                            data.records = Some(Bytes::new());
-                            any_error = true;
-                        }
+                        data.error_code = storage_code(&e);
+                        data.records = Some(Bytes::new());
+                        any_error = true;
                     }
                 }
             }
