@@ -57,7 +57,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "node_id",
                 Int,
-                "Id of this broker in Metadata and among replication peers; unique among peers.\nAllowed: 0 or more.",
+                "Id of this broker in Metadata responses. Allowed: 0 or more.",
             ),
             key(
                 "data_dir",
@@ -72,7 +72,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "auto_create_topics",
                 Bool,
-                "Create unknown topics on first produce or metadata request. A typo in a\nclient then creates a topic instead of failing. Allowed: true, false.",
+                "Create unknown topics when a client asks for their metadata (Kafka clients do\nbefore producing; a bare Produce or a QUIC datagram does not). A typo in a client\nthen creates a topic instead of failing. Allowed: true, false.",
             ),
             key(
                 "default_partitions",
@@ -82,7 +82,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "default_replication_factor",
                 Int,
-                "Replicas of an auto-created topic (1 = this node only). Allowed: 1..=32767.",
+                "Replication factor given to a CreateTopics request that asks for -1 (the broker's\ndefault). This broker is the only replica of its topics. Allowed: 1.",
             ),
             key(
                 "max_request_bytes",
@@ -92,7 +92,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "max_connections",
                 Int,
-                "Client connections open at once over all listeners; more wait. Each costs a\ntask, buffers and a file descriptor. Allowed: 1 or more.",
+                "Client connections open at once on each listener; over it, TCP connections wait\nto be accepted and QUIC connections are refused. Each costs a task, buffers and a\nfile descriptor. Allowed: 1 or more.",
             ),
             key(
                 "handshake_timeout",

@@ -62,8 +62,8 @@ pub struct PluginsConfig {
     /// plugin is alive per concurrently running call.
     #[serde(with = "units::bytes")]
     pub memory_limit: u64,
-    /// A plugin whose calls fail this many times in a row is disabled until the broker
-    /// restarts: one WARN log line names it and its last error, and from then on every binding
+    /// A plugin whose calls fail this many times in a row is disabled until the next reload or
+    /// restart: one WARN log line names it and its last error, and from then on every binding
     /// running it applies its `on_error` policy without calling it. Default 10; 0 = never.
     pub disable_after: u32,
     /// `[[plugins.load]]`: the plugins to load at start-up. Default none.

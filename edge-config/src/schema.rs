@@ -48,8 +48,7 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// This broker's id in Metadata responses and among replication peers; must be unique among
-    /// peers. Default 1. Changing it on a node with data makes peers see a new broker.
+    /// This broker's id in Metadata responses. Default 1.
     pub node_id: i32,
     /// Directory for the segment log, the redb metadata and the generated QUIC certificate.
     /// Default `./runnel-data`, relative to the working directory. Needs room for every
@@ -59,21 +58,23 @@ pub struct BrokerConfig {
     /// address each listener is bound to, which is only reachable by other machines when the
     /// listener binds a routable address.
     pub advertised_host: String,
-    /// Create a topic when a client produces to or fetches metadata for one that does not exist.
-    /// Default true. Convenient at the edge, but a typo in a client creates a topic (and its
+    /// Create a topic when a client asks for the metadata of one that does not exist (Kafka
+    /// clients do before producing; a bare Produce request or a QUIC datagram does not). Default
+    /// true. Convenient at the edge, but a typo in a client creates a topic (and its
     /// files) instead of failing.
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic, or of a CreateTopics request that asks for -1.
     /// Default 1. Each partition costs open segment files and an index in memory.
     pub default_partitions: i32,
-    /// Replicas of an auto-created topic. Default 1 (this node only). Above 1 every append waits
-    /// on peers when producers ask for `acks=all`.
+    /// Replication factor given to a CreateTopics request that asks for -1. Only 1 is allowed:
+    /// this broker is the only replica of its topics (auto-created topics get 1 as well).
     pub default_replication_factor: i16,
     /// Largest request frame accepted; the size prefix is checked before any allocation.
     /// Default 100MiB. A connection may hold up to this much memory while a request is read.
     #[serde(with = "units::bytes")]
     pub max_request_bytes: u64,
-    /// Client connections open at once across all listeners; further ones wait to be accepted.
+    /// Client connections open at once on each listener; over it, TCP connections wait to be
+    /// accepted and QUIC connections are refused (CONNECTION_REFUSED).
     /// Default 10000. Each connection costs a task, buffers and a file descriptor.
     pub max_connections: usize,
     /// Time a new connection has to finish its TLS or QUIC handshake before it is closed.

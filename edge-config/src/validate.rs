@@ -130,11 +130,13 @@ impl Config {
             broker.default_partitions,
             PARTITIONS,
         )?;
-        c.range(
-            "broker.default_replication_factor",
-            broker.default_replication_factor,
-            1..=i16::MAX,
-        )?;
+        if broker.default_replication_factor != 1 {
+            return Err(c.out_of_range(
+                "broker.default_replication_factor",
+                broker.default_replication_factor,
+                "1 (this broker is the only replica of its topics)",
+            ));
+        }
         c.bytes(
             "broker.max_request_bytes",
             broker.max_request_bytes,

@@ -215,7 +215,13 @@ fn out_of_range_names_line_key_and_range() {
     );
     assert_eq!(
         error("[broker]\ndefault_replication_factor = 0\n"),
-        "runnel.toml:2: broker.default_replication_factor: 0 is out of range; allowed: 1..=32767"
+        "runnel.toml:2: broker.default_replication_factor: 0 is out of range; allowed: 1 (this broker is the only replica of its topics)"
+    );
+    // More than one replica used to pass validation and then fail every CreateTopics asking
+    // for the broker's default.
+    assert_eq!(
+        error("[broker]\ndefault_replication_factor = 3\n"),
+        "runnel.toml:2: broker.default_replication_factor: 3 is out of range; allowed: 1 (this broker is the only replica of its topics)"
     );
     assert_eq!(
         error("[broker]\nmax_request_bytes = \"3GiB\"\n"),

@@ -264,7 +264,8 @@ pub struct Plugin {
     pub stats: Stats,
     /// Failed calls since the last successful one.
     failures_in_a_row: AtomicU32,
-    /// Set once, after `disable_after` failures in a row; never cleared (until a restart).
+    /// Set once, after `disable_after` failures in a row; never cleared (a reload or restart
+    /// makes new plugins).
     disabled: AtomicBool,
 }
 

@@ -200,7 +200,7 @@ pub enum AuthError {
     BadToken { user: String },
     #[error("this connection is already authenticated")]
     AlreadyAuthenticated,
-    #[error("this listener does not use SASL (client_auth is not \"token\")")]
+    #[error("this listener does not use SASL (no token_file or sasl_plain_file is set)")]
     NotEnabled,
 }
 

@@ -73,7 +73,7 @@ pub mod transform_bindings {
 /// A record filter. One value lives per plugin instance: made by [`Filter::init`] from the
 /// plugin's config string, then asked about every record of every batch.
 pub trait Filter: Sized + 'static {
-    /// Parses the config string of the plugin's `[[plugins]]` entry. An error refuses the plugin.
+    /// Parses the config string of the plugin's `[[plugins.load]]` entry. An error refuses the plugin.
     fn init(config: &str) -> Result<Self, String>;
     /// Whether `record` is kept.
     fn keep(&mut self, record: &Record<'_>) -> bool;

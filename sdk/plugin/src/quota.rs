@@ -65,7 +65,8 @@ impl Api {
 pub struct Request {
     /// The client id the client sent ("" when none).
     pub client_id: String,
-    /// `User:ANONYMOUS`, or `User:<CN>` of a verified TLS client certificate.
+    /// `User:ANONYMOUS`, `User:<CN>` of a verified client certificate, or `User:<name>` after a
+    /// SASL PLAIN login (a `sasl_plain_file` user, or a QUIC `token_file` device).
     pub principal: String,
     /// The listener: `kafka`, `kafka_tls` or `quic`.
     pub listener: String,
