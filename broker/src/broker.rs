@@ -266,7 +266,8 @@ fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storag
     Ok(())
 }
 
-/// Flushes logs on the configured interval and runs retention and compaction.
+/// Seals rolled segments, flushes logs on the configured interval and runs retention and
+/// compaction.
 async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let check_every = broker
         .config
@@ -296,6 +297,16 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
             let now = now_ms();
             for topic in b.catalog.list() {
                 for p in topic.partitions() {
+                    // Segments rolled since the last tick: fsynced and their index files
+                    // written here, before the active segment's flush and without the log's
+                    // lock, so appends go on.
+                    let seals = p.log().start_seals();
+                    for seal in seals {
+                        match seal.run() {
+                            Ok(()) => p.log().seal_done(&seal),
+                            Err(e) => tracing::error!(topic = %topic.name, partition = p.index, segment = seal.base_offset(), error = %e, "sealing a rolled segment failed; trying again at the next check"),
+                        }
+                    }
                     // The fsync itself runs without the log's lock, so appends go on.
                     let started = {
                         let mut log = p.log();

@@ -313,7 +313,14 @@ impl PartitionLog {
         let state = self.compaction;
         let new_data = self.active().base_offset > state.clean_through;
         let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t);
-        if !self.config.compact || self.segments.len() < 2 || !(new_data || tombstones_due) {
+        // Not while a rolled segment awaits its seal: the pass would read it before it is durable
+        // and a seal running across the swap could write stale index files.
+        let sealing = !self.unsealed.is_empty();
+        if !self.config.compact
+            || self.segments.len() < 2
+            || !(new_data || tombstones_due)
+            || sealing
+        {
             return Ok(None);
         }
         let views = self.segments.iter().map(Segment::view).collect();
@@ -515,6 +522,7 @@ mod tests {
             log.append(&encode_batch(&b, Compression::None, -1, -1, -1), NOW)
                 .unwrap();
         }
+        log.seal_all().unwrap();
         let pass = log
             .start_compaction(NOW + 10)
             .unwrap()
@@ -549,6 +557,7 @@ mod tests {
             log.append(&encode_batch(&b, Compression::None, -1, -1, -1), NOW)
                 .unwrap();
         }
+        log.seal_all().unwrap();
         let pass = log
             .start_compaction(NOW + 10)
             .unwrap()

@@ -47,6 +47,29 @@ impl PendingFlush {
     }
 }
 
+/// A rolled segment to be made durable without the log's lock ([`PartitionLog::start_seals`]):
+/// its data fsynced, then its index files written. Until then a crash can lose its unsynced tail
+/// (as it can the active segment's), and a restart without its index files scans it whole.
+pub struct PendingSeal {
+    base_offset: i64,
+    data: SegmentView,
+    index_files: [(PathBuf, Vec<u8>); 2],
+}
+
+impl PendingSeal {
+    pub fn run(&self) -> Result<(), StorageError> {
+        self.data.sync()?;
+        for (path, bytes) in &self.index_files {
+            write_file_atomic(path, bytes).map_err(io_err(path))?;
+        }
+        Ok(())
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+}
+
 /// A read planned under the log's lock ([`PartitionLog::plan_read`]) and done without it.
 pub struct ReadPlan {
     fetch_offset: i64,
@@ -81,6 +104,8 @@ pub struct PartitionLog {
     unflushed: bool,
     /// What the last compaction run covered (to skip idle runs).
     pub(super) compaction: CompactionState,
+    /// Base offsets of rolled segments not yet fsynced, nor their index files written.
+    pub(super) unsealed: Vec<i64>,
 }
 
 impl PartitionLog {
@@ -163,6 +188,7 @@ impl PartitionLog {
             last_flush_ms: now_ms,
             unflushed: false,
             compaction: CompactionState::default(),
+            unsealed: Vec::new(),
         })
     }
 
@@ -335,14 +361,67 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Seal the active segment and start a new one at the log end offset.
+    /// Seal the active segment and start a new one at the log end offset. The sealed segment's
+    /// fsync and index files are left to [`PartitionLog::start_seals`], so that producers of the
+    /// partition do not wait for the disk at a roll.
     pub(super) fn roll(&mut self, now_ms: i64) -> Result<(), StorageError> {
         let next = self.log_end_offset();
-        self.active_mut().seal()?;
         let seg = Segment::create(&self.dir, next, self.config.index_interval_bytes, now_ms)?;
+        let sealed = self.active_mut();
+        sealed.seal();
+        let sealed = sealed.base_offset;
         self.segments.push(seg);
+        self.unsealed.push(sealed);
+        // The active segment is new and empty; what was unflushed belongs to the pending seal.
         self.unflushed = false;
         self.last_flush_ms = now_ms;
+        Ok(())
+    }
+
+    /// The seals of the segments rolled since the last call, to be run after the log's lock is
+    /// released ([`PendingSeal::run`]) and reported back with [`PartitionLog::seal_done`]; a
+    /// seal that failed is started again next time. Cheap: the index files are encoded, nothing
+    /// is written.
+    pub fn start_seals(&self) -> Vec<PendingSeal> {
+        self.unsealed
+            .iter()
+            .filter_map(|&base| {
+                let i = self
+                    .segments
+                    .binary_search_by_key(&base, |s| s.base_offset)
+                    .ok()?;
+                let seg = &self.segments[i];
+                Some(PendingSeal {
+                    base_offset: base,
+                    data: seg.view(),
+                    index_files: seg.index_files(),
+                })
+            })
+            .collect()
+    }
+
+    /// A seal from [`PartitionLog::start_seals`] completed. If the segment was deleted meanwhile
+    /// (retention, DeleteRecords), the index files the seal wrote are removed again.
+    pub fn seal_done(&mut self, seal: &PendingSeal) {
+        self.unsealed.retain(|&b| b != seal.base_offset);
+        if self
+            .segments
+            .binary_search_by_key(&seal.base_offset, |s| s.base_offset)
+            .is_err()
+        {
+            for (path, _) in &seal.index_files {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Runs the pending seals here, with the log held (shutdown, [`PartitionLog::flush`]).
+    pub(crate) fn seal_all(&mut self) -> Result<(), StorageError> {
+        for seal in self.start_seals() {
+            seal.run()?;
+            self.seal_done(&seal);
+        }
+        self.unsealed.clear();
         Ok(())
     }
 
@@ -524,9 +603,10 @@ impl PartitionLog {
         Ok(exact.or(Some((h.max_timestamp, h.last_offset()))))
     }
 
-    /// Retention (time, size), then compaction, as configured. Never touches the active
-    /// segment.
+    /// Pending seals, retention (time, size), then compaction, as configured, all with the log
+    /// held. Never touches the active segment.
     pub fn maintenance(&mut self, now_ms: i64) -> Result<MaintenanceReport, StorageError> {
+        self.seal_all()?;
         let mut report = self.retention(now_ms)?;
         self.compact(now_ms, &mut report)?;
         report.log_start_offset = self.log_start_offset;
@@ -578,8 +658,9 @@ impl PartitionLog {
         self.last_flush_ms = i64::MIN;
     }
 
-    /// fsync the active segment (sealed ones were fsynced when sealed).
+    /// fsync everything: the rolled segments not yet sealed, then the active segment.
     pub fn flush(&mut self, now_ms: i64) -> Result<(), StorageError> {
+        self.seal_all()?;
         if self.unflushed {
             self.active().sync()?;
             self.unflushed = false;

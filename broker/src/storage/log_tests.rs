@@ -358,8 +358,10 @@ fn roll_by_size_and_index_lookups_survive_reopen() {
         assert!(s.size <= 1000);
     }
     assert!(log.segments[0].offset_index_len() > 2);
-    assert!(index_path(dir.path(), 0).exists());
     check_every_offset(&log);
+    assert!(!index_path(dir.path(), 0).exists(), "written by the seal");
+    log.seal_all().unwrap();
+    assert!(index_path(dir.path(), 0).exists());
     let end = log.log_end_offset();
     let bases = log.segment_bases();
     let all = log.read(0, usize::MAX).unwrap();
@@ -514,7 +516,7 @@ fn corrupt_index_files_are_rebuilt() {
         log.append(&batch(2, NOW + i), NOW).unwrap();
     }
     let all = log.read(0, usize::MAX).unwrap();
-    drop(log);
+    log.close().unwrap();
     let ip = index_path(dir.path(), 0);
     let good = fs::read(&ip).unwrap();
     assert!(good.len() >= 16);
@@ -802,6 +804,67 @@ fn an_interval_flush_syncs_without_the_log_and_a_failed_one_is_retried() {
 }
 
 #[test]
+fn a_roll_leaves_the_fsync_and_the_index_files_to_a_seal_run_without_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    for i in 0..3 {
+        log.append(&batch(2, NOW + i), NOW).unwrap();
+    }
+    assert_eq!(log.segment_bases(), vec![0, 2, 4]);
+    let seals = log.start_seals();
+    assert_eq!(
+        seals.iter().map(|s| s.base_offset()).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
+    assert!(!index_path(dir.path(), 0).exists());
+    // The log is free while the seals run: appends go on (and roll again), and DeleteRecords
+    // removes segment 0 before its seal finishes.
+    log.append(&batch(2, NOW + 3), NOW).unwrap();
+    assert_eq!(log.delete_records_before(2).unwrap(), 2);
+    for seal in &seals {
+        seal.run().unwrap();
+        log.seal_done(seal);
+    }
+    assert!(
+        !index_path(dir.path(), 0).exists(),
+        "no index files left for a deleted segment"
+    );
+    assert!(index_path(dir.path(), 2).exists());
+    assert!(
+        !index_path(dir.path(), 4).exists(),
+        "rolled after the start"
+    );
+    assert_eq!(
+        log.start_seals()
+            .iter()
+            .map(|s| s.base_offset())
+            .collect::<Vec<_>>(),
+        vec![4],
+        "only the segment rolled since"
+    );
+
+    // A crash before that seal: segment 4 has no index files and is scanned whole on open.
+    let end = log.log_end_offset();
+    let all = log.read(2, usize::MAX).unwrap();
+    drop(log);
+    let mut log = open(dir.path(), config);
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.read(2, usize::MAX).unwrap(), all);
+    check_every_offset(&log);
+    assert!(index_path(dir.path(), 4).exists(), "rebuilt by the scan");
+    assert!(log.start_seals().is_empty());
+    // A clean close seals what a roll left.
+    log.append(&batch(2, NOW + 4), NOW).unwrap();
+    assert_eq!(log.start_seals().len(), 1);
+    log.close().unwrap();
+    assert!(index_path(dir.path(), 6).exists());
+}
+
+#[test]
 fn remove_deletes_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let part = dir.path().join("topic-0");
@@ -861,7 +924,7 @@ fn corruption_inside_a_sealed_segment_truncates_only_that_segment() {
     let bases = log.segment_bases();
     assert!(bases.len() >= 3);
     let one = batch(2, NOW).len();
-    drop(log);
+    log.close().unwrap();
     // Flip a record byte in the second batch of the first (sealed) segment, and remove its
     // index files as a crash during the roll would. (A sealed segment whose index files pass
     // the consistency check is only re-scanned after its last index entry: like Kafka, open

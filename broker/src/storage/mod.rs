@@ -18,7 +18,9 @@
 //!
 //! Invariants kept by [`PartitionLog`]:
 //! * there is always at least one segment; the last one is *active* and the only one appended
-//!   to; all others are *sealed* (fsynced, index files written);
+//!   to; all others are *sealed*: once a roll's seal has run ([`PartitionLog::start_seals`],
+//!   without the log's lock), fsynced with their index files written. A restart finds a segment
+//!   whose seal never ran without index files, and scans it whole;
 //! * batches are stored as the producer sent them except baseOffset (always), and for
 //!   LogAppendTime topics the timestamp-type bit, maxTimestamp and CRC;
 //! * offsets strictly increase across batches and segments; gaps are allowed (compaction,
@@ -43,7 +45,7 @@ pub use batch::*;
 pub(crate) use compaction::empty_batch;
 pub use compaction::{CompactionOutcome, CompactionPass};
 pub use error::{BatchError, StorageError};
-pub use log::{PartitionLog, PendingFlush, ReadPlan};
+pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan};
 
 /// When appended data is fsynced.
 ///
@@ -53,8 +55,9 @@ pub use log::{PartitionLog, PendingFlush, ReadPlan};
 /// * `Interval(d)` (default, 1 s): when [`PartitionLog::needs_flush`] says so the caller calls
 ///   [`PartitionLog::start_flush`] and fsyncs the file it returns after releasing the log, so
 ///   appends are not held up by the disk; up to `d` of acknowledged data can be lost on power
-///   failure (not on a process crash: the page cache survives that).
-/// * `Never`: fsync only when a segment is sealed (roll) and on [`PartitionLog::close`]; the
+///   failure (not on a process crash: the page cache survives that). The broker runs the seals
+///   of rolled segments just before, on the same check.
+/// * `Never`: fsync only when a rolled segment is sealed and on [`PartitionLog::close`]; the
 ///   kernel writes back on its own schedule. Cheapest, loses the most on power failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {

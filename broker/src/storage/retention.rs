@@ -65,6 +65,7 @@ impl PartitionLog {
     fn delete_oldest(&mut self, report: &mut MaintenanceReport) -> Result<(), StorageError> {
         self.segments[0].delete_files()?;
         let seg = self.segments.remove(0);
+        self.unsealed.retain(|&b| b != seg.base_offset);
         report.segments_deleted += 1;
         report.bytes_deleted += seg.size;
         self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);

@@ -369,23 +369,37 @@ impl Segment {
         read_range(&self.file, &self.path, start, end)
     }
 
-    /// Seal: final time-index entry, fsync the data, write the index files.
-    pub(crate) fn seal(&mut self) -> Result<(), StorageError> {
-        self.sync()?;
-        self.write_index_files()
-    }
-
-    fn write_index_files(&mut self) -> Result<(), StorageError> {
+    /// Seal in memory: the final time-index entry. Fsyncing the data and writing the index files
+    /// ([`Segment::index_files`]) come after, without the log's lock.
+    pub(crate) fn seal(&mut self) {
         if self.max_timestamp != NO_TIMESTAMP {
             self.time_index.push(
                 self.max_timestamp,
                 (self.offset_of_max_timestamp - self.base_offset) as u32,
             );
         }
-        let ip = index_path(&self.dir, self.base_offset);
-        write_file_atomic(&ip, &self.offset_index.encode()).map_err(io_err(&ip))?;
-        let tp = timeindex_path(&self.dir, self.base_offset);
-        write_file_atomic(&tp, &self.time_index.encode()).map_err(io_err(&tp))?;
+    }
+
+    /// The index files of a sealed segment: the offset index and the time index, each as its
+    /// path and contents.
+    pub(crate) fn index_files(&self) -> [(PathBuf, Vec<u8>); 2] {
+        [
+            (
+                index_path(&self.dir, self.base_offset),
+                self.offset_index.encode(),
+            ),
+            (
+                timeindex_path(&self.dir, self.base_offset),
+                self.time_index.encode(),
+            ),
+        ]
+    }
+
+    fn write_index_files(&mut self) -> Result<(), StorageError> {
+        self.seal();
+        for (path, bytes) in self.index_files() {
+            write_file_atomic(&path, &bytes).map_err(io_err(&path))?;
+        }
         Ok(())
     }
 
