@@ -240,9 +240,25 @@ fn cluster_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Seals the segments rolled since the last check: fsyncs them and writes their index files
+/// without the partition's lock, so appends go on. A failed seal is tried again next time.
+fn seal_rolled(p: &crate::catalog::Partition) {
+    let seals = p.log().start_seals();
+    for seal in seals {
+        match seal.run() {
+            Ok(()) => p.log().seal_done(&seal),
+            Err(e) => {
+                tracing::error!(topic = %p.topic, partition = p.index, segment = seal.base_offset(), error = %e, "sealing a rolled segment failed; trying again at the next check")
+            }
+        }
+    }
+}
+
 /// Retention, then a compaction pass if one is due; the pass reads and rewrites segments without
 /// the partition's lock, so producers and consumers of the partition are not held up by it.
+/// Segments rolled since the seal step are sealed first, as a pass waits for pending seals.
 fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storage::StorageError> {
+    seal_rolled(p);
     let pass = {
         let mut log = p.log();
         log.retention(now)?;
@@ -297,16 +313,8 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
             let now = now_ms();
             for topic in b.catalog.list() {
                 for p in topic.partitions() {
-                    // Segments rolled since the last tick: fsynced and their index files
-                    // written here, before the active segment's flush and without the log's
-                    // lock, so appends go on.
-                    let seals = p.log().start_seals();
-                    for seal in seals {
-                        match seal.run() {
-                            Ok(()) => p.log().seal_done(&seal),
-                            Err(e) => tracing::error!(topic = %topic.name, partition = p.index, segment = seal.base_offset(), error = %e, "sealing a rolled segment failed; trying again at the next check"),
-                        }
-                    }
+                    // Rolled segments first, so that they are synced before the active one.
+                    seal_rolled(&p);
                     // The fsync itself runs without the log's lock, so appends go on.
                     let started = {
                         let mut log = p.log();

@@ -3,7 +3,7 @@
 //! One pass, in three steps so that the partition's lock is held only briefly at the start and
 //! the end ([`PartitionLog::start_compaction`], [`CompactionPass::run`],
 //! [`PartitionLog::finish_compaction`]; [`PartitionLog::maintenance`] does all three):
-//! 0. with the log: views of every segment as it is now (own file handles, sizes); producers
+//! 0. with the log: views of every segment as it is now (file handles, sizes); producers
 //!    go on appending to the active segment meanwhile, which only adds records newer than the
 //!    pass looks at, so at worst a record that could go stays until the next pass;
 //! 1. decode every batch of the viewed log (active segment included) and build
@@ -191,7 +191,7 @@ struct Cleaned {
 
 impl CompactionPass {
     /// Reads the viewed segments, and writes and fsyncs a cleaned copy of each sealed one that
-    /// loses records. Needs no lock: the views have their own file handles and sizes.
+    /// loses records. Needs no lock: the views hold their file handles and sizes.
     pub fn run(self, now_ms: i64) -> Result<CompactionOutcome, StorageError> {
         let mut cleaned = Vec::new();
         let result = self.clean(now_ms, &mut cleaned);

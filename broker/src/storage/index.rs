@@ -9,7 +9,8 @@
 //!   increase.
 //!
 //! Persistence: the files are written whole (tmp + fsync + rename) when a segment is sealed
-//! (roll, compaction, recovery of a sealed segment). The active segment's indexes live only in
+//! (by the seal that follows a roll, once the data is fsynced; compaction; recovery of a sealed
+//! segment). The active segment's indexes live only in
 //! memory and are rebuilt by the recovery scan on open. A file that fails [`OffsetIndex::decode`]
 //! or the consistency check in `segment.rs` is discarded and rebuilt from the log.
 

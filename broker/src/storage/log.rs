@@ -5,7 +5,8 @@
 //!    are deleted;
 //! 2. sealed segments are opened from their index files (only the batches after the last index
 //!    entry are re-scanned); missing, corrupt or inconsistent index files are rebuilt by a full
-//!    scan;
+//!    scan, which also truncates a torn tail (a segment rolled but not yet sealed at a crash),
+//!    then the data is fsynced before the new index files are written;
 //! 3. the last segment is scanned batch by batch with CRC checks and truncated at the first
 //!    incomplete or corrupt batch (a `tracing` warning names the file and byte counts);
 //! 4. producer state is rebuilt by replaying the batch headers of **all** segments (one 61-byte
@@ -59,6 +60,11 @@ pub struct PendingSeal {
 impl PendingSeal {
     pub fn run(&self) -> Result<(), StorageError> {
         self.data.sync()?;
+        if !self.data.still_at_its_path() {
+            // Deleted meanwhile (or its topic was, and maybe made again): no index files to
+            // write, and none to leave beside another log.
+            return Ok(());
+        }
         for (path, bytes) in &self.index_files {
             write_file_atomic(path, bytes).map_err(io_err(path))?;
         }
@@ -415,14 +421,23 @@ impl PartitionLog {
         }
     }
 
-    /// Runs the pending seals here, with the log held (shutdown, [`PartitionLog::flush`]).
+    /// Runs the pending seals here, with the log held (shutdown, [`PartitionLog::flush`]); all
+    /// of them are tried, the first failure is returned and the failed ones stay pending.
     pub(crate) fn seal_all(&mut self) -> Result<(), StorageError> {
+        let mut first_error = None;
         for seal in self.start_seals() {
-            seal.run()?;
-            self.seal_done(&seal);
+            match seal.run() {
+                Ok(()) => self.seal_done(&seal),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        self.unsealed.clear();
-        Ok(())
+        // Bases left of segments deleted meanwhile.
+        let segments = &self.segments;
+        self.unsealed
+            .retain(|b| segments.binary_search_by_key(b, |s| s.base_offset).is_ok());
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Whole batches starting with the one that contains `fetch_offset`: at least one batch
@@ -658,15 +673,16 @@ impl PartitionLog {
         self.last_flush_ms = i64::MIN;
     }
 
-    /// fsync everything: the rolled segments not yet sealed, then the active segment.
+    /// fsync everything: the rolled segments not yet sealed, then the active segment (also when
+    /// a seal fails, whose error is then returned).
     pub fn flush(&mut self, now_ms: i64) -> Result<(), StorageError> {
-        self.seal_all()?;
+        let sealed = self.seal_all();
         if self.unflushed {
             self.active().sync()?;
             self.unflushed = false;
         }
         self.last_flush_ms = now_ms;
-        Ok(())
+        sealed
     }
 
     /// fsync and close. Dropping without `close` loses at most what the flush policy allows.

@@ -865,6 +865,29 @@ fn a_roll_leaves_the_fsync_and_the_index_files_to_a_seal_run_without_the_log() {
 }
 
 #[test]
+fn a_seal_writes_no_index_files_beside_the_log_of_a_topic_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("t-0");
+    let config = LogConfig {
+        segment_bytes: 1,
+        ..cfg()
+    };
+    let mut log = open(&part, config.clone());
+    log.append(&batch(2, NOW), NOW).unwrap();
+    log.append(&batch(2, NOW), NOW).unwrap();
+    let seals = log.start_seals();
+    assert_eq!(seals.len(), 1);
+    // The topic is deleted and made again while the seal runs.
+    log.remove().unwrap();
+    let mut again = open(&part, config);
+    again.append(&batch(1, NOW), NOW).unwrap();
+    seals[0].run().unwrap();
+    assert!(!index_path(&part, 0).exists());
+    assert_eq!(again.log_end_offset(), 1);
+    again.close().unwrap();
+}
+
+#[test]
 fn remove_deletes_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let part = dir.path().join("topic-0");
@@ -928,7 +951,7 @@ fn corruption_inside_a_sealed_segment_truncates_only_that_segment() {
     // Flip a record byte in the second batch of the first (sealed) segment, and remove its
     // index files as a crash during the roll would. (A sealed segment whose index files pass
     // the consistency check is only re-scanned after its last index entry: like Kafka, open
-    // does not re-read whole sealed segments, which were fsynced when sealed.)
+    // does not re-read whole sealed segments, whose data was fsynced before their index files.)
     let p = log_path(dir.path(), 0);
     fs::remove_file(index_path(dir.path(), 0)).unwrap();
     let mut bytes = fs::read(&p).unwrap();

@@ -56,7 +56,8 @@ pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan};
 ///   [`PartitionLog::start_flush`] and fsyncs the file it returns after releasing the log, so
 ///   appends are not held up by the disk; up to `d` of acknowledged data can be lost on power
 ///   failure (not on a process crash: the page cache survives that). The broker runs the seals
-///   of rolled segments just before, on the same check.
+///   of rolled segments just before, on the same check; partitions are checked one after the
+///   other, so with many large seals or slow disks the window is `d` plus that check's time.
 /// * `Never`: fsync only when a rolled segment is sealed and on [`PartitionLog::close`]; the
 ///   kernel writes back on its own schedule. Cheapest, loses the most on power failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -193,6 +193,9 @@ impl Segment {
             }
         }
         if mode == OpenMode::Sealed && !from_index {
+            // A segment whose seal never ran (a crash after its roll) may have data only in the
+            // page cache: make it durable before the index files that vouch for it.
+            seg.sync()?;
             seg.write_index_files()?;
         }
         Ok(seg)
@@ -339,9 +342,9 @@ impl Segment {
         for_each_header(&self.file, &self.path, self.size, pos, f)
     }
 
-    /// This segment's data as it is now, on a handle of its own (a duplicated descriptor), to be
-    /// read or fsynced without the log (compaction, the interval flush) while producers go on
-    /// appending.
+    /// This segment's data as it is now, through the segment's shared file handle, to be read or
+    /// fsynced without the log (fetches, compaction, seals, the interval flush) while producers
+    /// go on appending.
     pub(crate) fn view(&self) -> SegmentView {
         SegmentView {
             base_offset: self.base_offset,
@@ -470,6 +473,16 @@ impl SegmentView {
         max_bytes: usize,
     ) -> Result<Vec<u8>, StorageError> {
         read_batches(&self.file, &self.path, self.size, start, max_bytes)
+    }
+
+    /// Whether the segment's path still names this file: false once the segment was deleted
+    /// (retention, DeleteRecords, its topic deleted, maybe re-created) or replaced.
+    pub(crate) fn still_at_its_path(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (self.file.metadata(), fs::metadata(&self.path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
     }
 
     /// fsync the segment's file (all of it, also what was appended after the view was taken).
