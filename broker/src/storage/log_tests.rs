@@ -865,6 +865,53 @@ fn a_roll_leaves_the_fsync_and_the_index_files_to_a_seal_run_without_the_log() {
 }
 
 #[test]
+fn walks_over_batches_of_every_size_find_the_same_batches_after_reopening() {
+    // Tiny batches (many per read), batches larger than the largest read, and runs of each, so
+    // that the forward reader's reads start, end and jump at every kind of boundary.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 3 * 1024 * 1024,
+        index_interval_bytes: 4096,
+        max_message_bytes: 2 * 1024 * 1024,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    let mut offsets = Vec::new();
+    for i in 0..400usize {
+        let value = match i % 50 {
+            7 => "v".repeat(1_300_000),
+            8..=10 => "w".repeat(9_000 * (i % 50)),
+            _ => "x".repeat(i % 13),
+        };
+        let b = encode_batch(
+            &[kv("k", &value, NOW + i as i64)],
+            Compression::None,
+            -1,
+            -1,
+            -1,
+        );
+        offsets.push(log.append(&b, NOW).unwrap().base_offset);
+    }
+    assert!(log.segment_count() > 2, "{}", log.segment_count());
+    let end = log.log_end_offset();
+    let bases = log.segment_bases();
+    // A crash: no seal ran, so every segment is scanned whole on open.
+    drop(log);
+    let log = open(dir.path(), config.clone());
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.segment_bases(), bases);
+    check_every_offset(&log);
+    for &o in &offsets {
+        assert_eq!(headers(&log.read(o, 1).unwrap())[0].base_offset, o);
+    }
+    // A clean restart: sealed segments from their index files.
+    log.close().unwrap();
+    let log = open(dir.path(), config);
+    assert_eq!(log.log_end_offset(), end);
+    check_every_offset(&log);
+}
+
+#[test]
 fn a_seal_writes_no_index_files_beside_the_log_of_a_topic_made_again() {
     let dir = tempfile::tempdir().unwrap();
     let part = dir.path().join("t-0");

@@ -242,28 +242,27 @@ impl Segment {
     /// Scan and CRC-check batches from `pos` up to `file_len`, tracking each; returns the end
     /// of the valid prefix.
     fn scan(&mut self, mut pos: u64, file_len: u64) -> Result<u64, StorageError> {
-        let mut buf = Vec::new();
+        let file = self.file.clone();
+        let mut reader = Forward::new(&file);
         while pos < file_len {
             let avail = file_len - pos;
             if avail < BATCH_HEADER_LEN as u64 {
                 break;
             }
-            let mut hdr = [0u8; BATCH_HEADER_LEN];
-            self.file
-                .read_exact_at(&mut hdr, pos)
+            let hdr = reader
+                .get(pos, BATCH_HEADER_LEN, file_len)
                 .map_err(io_err(&self.path))?;
-            let Ok(h) = BatchHeader::parse(&hdr) else {
+            let Ok(h) = BatchHeader::parse(hdr) else {
                 break;
             };
             let size = h.total_size() as u64;
             if size > avail {
                 break;
             }
-            buf.resize(size as usize, 0);
-            self.file
-                .read_exact_at(&mut buf, pos)
+            let batch = reader
+                .get(pos, size as usize, file_len)
                 .map_err(io_err(&self.path))?;
-            if compute_crc(&buf) != h.crc || !self.follows(&h) {
+            if compute_crc(batch) != h.crc || !self.follows(&h) {
                 break;
             }
             self.track(&h, pos);
@@ -514,6 +513,51 @@ fn read_header(file: &File, path: &Path, size: u64, pos: u64) -> Result<BatchHea
     BatchHeader::parse(&hdr).map_err(|e| corrupt(path, pos, e))
 }
 
+/// Reads a file forward for walks over many batches: one read brings the bytes of many small
+/// batches. Reads start small (a walk from an index entry is short) and double while the walk
+/// goes on contiguously, up to [`Forward::MAX`]; after a jump over bytes not read (a batch
+/// larger than what was read) they start small again, so a walk over large batches reads little
+/// more than their headers.
+struct Forward<'a> {
+    file: &'a File,
+    buf: Vec<u8>,
+    /// File position of `buf[0]`.
+    start: u64,
+    next_read: usize,
+}
+
+impl<'a> Forward<'a> {
+    const MIN: usize = 8 * 1024;
+    const MAX: usize = 1024 * 1024;
+
+    fn new(file: &'a File) -> Self {
+        Forward {
+            file,
+            buf: Vec::new(),
+            start: 0,
+            next_read: Self::MIN,
+        }
+    }
+
+    /// Bytes `pos..pos + len` of the file; the caller keeps `pos + len` within `end`, the end
+    /// of what may be read.
+    fn get(&mut self, pos: u64, len: usize, end: u64) -> std::io::Result<&[u8]> {
+        let buffered_end = self.start + self.buf.len() as u64;
+        if pos < self.start || pos + len as u64 > buffered_end {
+            if pos > buffered_end || pos < self.start {
+                self.next_read = Self::MIN;
+            }
+            let want = (len.max(self.next_read) as u64).min(end - pos) as usize;
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.start = pos;
+            self.next_read = (self.next_read * 2).min(Self::MAX);
+        }
+        let at = (pos - self.start) as usize;
+        Ok(&self.buf[at..at + len])
+    }
+}
+
 /// Visit batch headers from `pos` to `size`; `f` returns false to stop.
 fn for_each_header(
     file: &File,
@@ -522,8 +566,21 @@ fn for_each_header(
     mut pos: u64,
     mut f: impl FnMut(u64, &BatchHeader) -> bool,
 ) -> Result<(), StorageError> {
+    let mut reader = Forward::new(file);
     while pos < size {
-        let h = read_header(file, path, size, pos)?;
+        if pos + BATCH_HEADER_LEN as u64 > size {
+            return Err(corrupt(
+                path,
+                pos,
+                BatchError::TooShort {
+                    len: (size - pos) as usize,
+                },
+            ));
+        }
+        let hdr = reader
+            .get(pos, BATCH_HEADER_LEN, size)
+            .map_err(io_err(path))?;
+        let h = BatchHeader::parse(hdr).map_err(|e| corrupt(path, pos, e))?;
         if !f(pos, &h) {
             break;
         }
