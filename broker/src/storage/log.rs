@@ -392,11 +392,7 @@ impl PartitionLog {
         self.unsealed
             .iter()
             .filter_map(|&base| {
-                let i = self
-                    .segments
-                    .binary_search_by_key(&base, |s| s.base_offset)
-                    .ok()?;
-                let seg = &self.segments[i];
+                let seg = &self.segments[segment_at(&self.segments, base)?];
                 Some(PendingSeal {
                     base_offset: base,
                     data: seg.view(),
@@ -410,11 +406,7 @@ impl PartitionLog {
     /// (retention, DeleteRecords), the index files the seal wrote are removed again.
     pub fn seal_done(&mut self, seal: &PendingSeal) {
         self.unsealed.retain(|&b| b != seal.base_offset);
-        if self
-            .segments
-            .binary_search_by_key(&seal.base_offset, |s| s.base_offset)
-            .is_err()
-        {
+        if segment_at(&self.segments, seal.base_offset).is_none() {
             for (path, _) in &seal.index_files {
                 let _ = fs::remove_file(path);
             }
@@ -435,8 +427,7 @@ impl PartitionLog {
         }
         // Bases left of segments deleted meanwhile.
         let segments = &self.segments;
-        self.unsealed
-            .retain(|b| segments.binary_search_by_key(b, |s| s.base_offset).is_ok());
+        self.unsealed.retain(|&b| segment_at(segments, b).is_some());
         first_error.map_or(Ok(()), Err)
     }
 
@@ -743,6 +734,11 @@ impl PartitionLog {
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Index of the segment whose base offset is `base`.
+fn segment_at(segments: &[Segment], base: i64) -> Option<usize> {
+    segments.binary_search_by_key(&base, |s| s.base_offset).ok()
 }
 
 fn invalid(reason: String) -> StorageError {

@@ -490,6 +490,17 @@ impl SegmentView {
     }
 }
 
+/// The batch at `pos` runs past `size`, the end of the segment's data.
+fn cut_short(path: &Path, pos: u64, size: u64) -> StorageError {
+    corrupt(
+        path,
+        pos,
+        BatchError::TooShort {
+            len: (size - pos) as usize,
+        },
+    )
+}
+
 fn corrupt(path: &Path, pos: u64, source: BatchError) -> StorageError {
     warn!(file = %path.display(), position = pos, error = %source, "corrupt batch in log segment");
     StorageError::CorruptRecord {
@@ -501,13 +512,7 @@ fn corrupt(path: &Path, pos: u64, source: BatchError) -> StorageError {
 fn read_header(file: &File, path: &Path, size: u64, pos: u64) -> Result<BatchHeader, StorageError> {
     let mut hdr = [0u8; BATCH_HEADER_LEN];
     if pos + BATCH_HEADER_LEN as u64 > size {
-        return Err(corrupt(
-            path,
-            pos,
-            BatchError::TooShort {
-                len: (size - pos) as usize,
-            },
-        ));
+        return Err(cut_short(path, pos, size));
     }
     file.read_exact_at(&mut hdr, pos).map_err(io_err(path))?;
     BatchHeader::parse(&hdr).map_err(|e| corrupt(path, pos, e))
@@ -569,13 +574,7 @@ fn for_each_header(
     let mut reader = Forward::new(file);
     while pos < size {
         if pos + BATCH_HEADER_LEN as u64 > size {
-            return Err(corrupt(
-                path,
-                pos,
-                BatchError::TooShort {
-                    len: (size - pos) as usize,
-                },
-            ));
+            return Err(cut_short(path, pos, size));
         }
         let hdr = reader
             .get(pos, BATCH_HEADER_LEN, size)
@@ -636,13 +635,7 @@ fn read_batches(
         let first = read_header(file, path, size, start)?;
         let end = start + first.total_size() as u64;
         if end > size {
-            return Err(corrupt(
-                path,
-                start,
-                BatchError::TooShort {
-                    len: (size - start) as usize,
-                },
-            ));
+            return Err(cut_short(path, start, size));
         }
         return read_range(file, path, start, end);
     }
