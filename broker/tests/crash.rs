@@ -26,12 +26,17 @@ fn free_port() -> u16 {
 }
 
 fn spawn_broker(dir: &Path, port: u16) -> Child {
+    spawn_broker_with(dir, port, "[listeners.quic]\nenabled = false\n")
+}
+
+/// The broker binary with Kafka on `port`, `extra` config appended (it must configure QUIC).
+fn spawn_broker_with(dir: &Path, port: u16, extra: &str) -> Child {
     let config = dir.join("runnel.toml");
     std::fs::write(
         &config,
         format!(
             "[broker]\ndata_dir = {:?}\n\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\n\
-             [listeners.quic]\nenabled = false\n\n[listeners.admin]\nenabled = false\n",
+             [listeners.admin]\nenabled = false\n\n{extra}",
             dir.join("data")
         ),
     )
@@ -328,6 +333,71 @@ async fn a_full_disk_fails_produce_with_storage_error_and_corrupts_nothing() {
         r.responses[0].partition_responses[0].base_offset,
         (acked * 10) as i64
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A device on QUIC notices at once that the broker crashed and came back: the restarted broker
+/// (same data dir, so the same stateless-reset key) answers the old connection's packets with a
+/// stateless reset, and the device reconnects and delivers, instead of waiting out its 30 s
+/// idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reconnects_at_once_after_the_broker_crashes_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let quic = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let extra = format!("[listeners.quic]\naddress = \"{quic}\"\n");
+    let mut child = spawn_broker_with(dir.path(), port, &extra);
+    let cert = dir.path().join("data/quic/cert.pem");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pem = loop {
+        match std::fs::read(&cert) {
+            Ok(pem) if !pem.is_empty() => break pem,
+            _ => {
+                assert!(Instant::now() < deadline, "no QUIC certificate");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    let fingerprint = runnel_device::fingerprint_of(&der);
+    let cfg = runnel_device::DeviceConfig::new(quic, runnel_device::Trust::Fingerprint(fingerprint));
+    let device = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match runnel_device::Device::connect(cfg.clone()).await {
+                Ok(d) => break d,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("device connects");
+    let first = device.send("crashed", None, b"before").await.unwrap();
+    assert_eq!(first.offset, 0);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let restarted = Instant::now();
+    let mut child = spawn_broker_with(dir.path(), port, &extra);
+    let second = tokio::time::timeout(
+        Duration::from_secs(40),
+        device.send("crashed", None, b"after"),
+    )
+    .await
+    .expect("delivered after the restart")
+    .unwrap();
+    let took = restarted.elapsed();
+    assert_eq!(second.offset, 1);
+    assert!(
+        took < Duration::from_secs(10),
+        "the device took {took:?} to notice the restart (its idle timeout is 30 s)"
+    );
+    device.close().await;
     child.kill().unwrap();
     child.wait().unwrap();
 }

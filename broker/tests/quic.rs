@@ -1045,6 +1045,37 @@ async fn datagram_readings_arrive_and_bad_datagrams_are_dropped() {
     broker.shutdown().await;
 }
 
+/// A broker that restarted has forgotten its tickets: the device's early data is refused, it
+/// connects again with a full handshake, and its records are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_0rtt_is_refused_and_the_device_connects_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_with(quic_config(dir.path())).await;
+    let quic = broker.quic_addr.unwrap();
+    let cfg = device_config(&broker);
+    let first = runnel_device::Device::connect(cfg.clone()).await.unwrap();
+    first.send("restarted", None, b"a").await.unwrap();
+    first.close().await;
+    broker.shutdown().await;
+
+    let mut again = quic_config(dir.path());
+    again.listeners.quic.address = quic;
+    let broker = common::start_with(again).await;
+    let second = runnel_device::Device::connect(cfg.clone()).await.unwrap();
+    assert_eq!(second.zero_rtt().await, runnel_device::ZeroRtt::NotTried);
+    let ack = second.send("restarted", None, b"b").await.unwrap();
+    assert_eq!(ack.offset, 1);
+    second.close().await;
+    // The attempt with the stale ticket completes its handshake (without the early data), then
+    // the full one.
+    assert_eq!(count(&broker.broker.metrics.quic_connections_total), 2);
+    assert_eq!(
+        read_values(&broker, "restarted", 2).await,
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_device_resumes_with_0rtt_and_its_records_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();

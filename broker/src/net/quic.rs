@@ -166,8 +166,9 @@ pub async fn listen(
     let socket = bind_udp(cfg.address)
         .with_context(|| format!("cannot bind QUIC listener on udp {}", cfg.address))?;
     let runtime = quinn::default_runtime().context("QUIC needs the tokio runtime")?;
+    let endpoint_config = endpoint_config(&broker.config.broker.data_dir.join("quic"))?;
     let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(server),
         socket,
         runtime,
@@ -528,6 +529,42 @@ fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     write_new(&cert, made.cert.pem().as_bytes(), false)?;
     tracing::info!(cert = %cert.display(), "made a self-signed QUIC certificate");
     Ok((cert, key))
+}
+
+/// The endpoint's keys, kept in `dir/reset.key` (made on first start, mode 0600) so that a
+/// restarted broker recognises the connections of its previous run: the connection ids it hands
+/// out are signed with one key, stateless-reset tokens derived from the other. When a device
+/// sends on a connection the broker no longer has (after a crash or a restart), the broker
+/// answers with a stateless reset and the device reconnects at once instead of waiting for its
+/// idle timeout. A missing or damaged file is made again (devices then wait out that one outage).
+fn endpoint_config(dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
+    const HMAC_LEN: usize = 32;
+    const LEN: usize = HMAC_LEN + 8;
+    let path = dir.join("reset.key");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if b.len() == LEN => b,
+        _ => {
+            let mut b = vec![0u8; LEN];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                .map_err(|_| anyhow::anyhow!("no randomness for the QUIC endpoint keys"))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            write_new(&path, &b, true)?;
+            b
+        }
+    };
+    let (hmac, cid) = bytes.split_at(HMAC_LEN);
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hmac);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let cid_key = u64::from_le_bytes(cid.try_into().expect("8 bytes"));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    // Resets are smaller than the packets that prompt them, so they cannot loop or amplify;
+    // after a crash every device of the previous run needs one.
+    config.min_reset_interval(Duration::from_millis(1));
+    Ok(config)
 }
 
 /// Writes `path` through a temporary file and a rename, so a crash never leaves half a file;
