@@ -366,7 +366,8 @@ async fn a_device_reconnects_at_once_after_the_broker_crashes_and_restarts() {
         .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
         .unwrap();
     let fingerprint = runnel_device::fingerprint_of(&der);
-    let cfg = runnel_device::DeviceConfig::new(quic, runnel_device::Trust::Fingerprint(fingerprint));
+    let cfg =
+        runnel_device::DeviceConfig::new(quic, runnel_device::Trust::Fingerprint(fingerprint));
     let device = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match runnel_device::Device::connect(cfg.clone()).await {

@@ -167,13 +167,8 @@ pub async fn listen(
         .with_context(|| format!("cannot bind QUIC listener on udp {}", cfg.address))?;
     let runtime = quinn::default_runtime().context("QUIC needs the tokio runtime")?;
     let endpoint_config = endpoint_config(&broker.config.broker.data_dir.join("quic"))?;
-    let endpoint = Endpoint::new(
-        endpoint_config,
-        Some(server),
-        socket,
-        runtime,
-    )
-    .with_context(|| format!("cannot start the QUIC listener on udp {}", cfg.address))?;
+    let endpoint = Endpoint::new(endpoint_config, Some(server), socket, runtime)
+        .with_context(|| format!("cannot start the QUIC listener on udp {}", cfg.address))?;
     let addr = endpoint.local_addr()?;
     tracing::info!(listener = ListenerKind::Quic.name(), address = %addr, %fingerprint, client_auth = %cfg.client_auth, "listening");
     let task = tokio::spawn(accept_loop(broker, endpoint, addr, auth, shutdown));

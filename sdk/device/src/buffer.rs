@@ -182,7 +182,21 @@ impl FileBuffer {
         pending: impl Iterator<Item = &'a Batch>,
     ) {
         let live: u64 = self.pending.iter().sum();
-        if self.broken || self.dead < COMPACT_MIN_BYTES || self.dead < live {
+        if self.dead < COMPACT_MIN_BYTES || self.dead < live {
+            return;
+        }
+        self.rewrite(producer, next_sequence, pending);
+    }
+
+    /// Rewrites the file with only what is pending, in the order given (also when batches were
+    /// split in memory, so that the file's batches stay the ones that are sent).
+    pub(crate) fn rewrite<'a>(
+        &mut self,
+        producer: Producer,
+        next_sequence: &HashMap<Tp, i32>,
+        pending: impl Iterator<Item = &'a Batch>,
+    ) {
+        if self.broken {
             return;
         }
         let started = Instant::now();

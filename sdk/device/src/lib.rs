@@ -7,7 +7,10 @@
 //!   a pinned certificate fingerprint or a CA ([`Trust`]), and gets an idempotent producer id.
 //! - [`Device::send`] queues a record and resolves with its [`Ack`] (partition and offset) once
 //!   the broker has stored it. Records are batched per (topic, partition) for
-//!   [`DeviceConfig::linger`] or up to [`DeviceConfig::max_batch_records`].
+//!   [`DeviceConfig::linger`] or up to [`DeviceConfig::max_batch_records`] or
+//!   [`DeviceConfig::max_batch_bytes`]. A batch the broker refuses as too large
+//!   (`MESSAGE_TOO_LARGE`, over its `max_message_bytes`) is sent again in halves, as Kafka
+//!   producers do; a single record too large for it fails with [`DeviceError::Broker`].
 //! - Records not yet acknowledged stay in an in-memory buffer bounded by
 //!   [`DeviceConfig::buffer_limit_bytes`]; beyond it `send` fails at once with
 //!   [`DeviceError::BufferFull`]. When the connection drops, the device reconnects with backoff
@@ -146,6 +149,9 @@ pub struct DeviceConfig {
     pub linger: Duration,
     /// A batch is sent as soon as it holds this many records (at least 1).
     pub max_batch_records: usize,
+    /// A batch is sent as soon as its records hold this many bytes (default 64 KiB). Each batch
+    /// goes in one request, so keep it under the broker's `max_request_bytes`.
+    pub max_batch_bytes: usize,
     /// The most bytes of records (keys, values, topic names and a small per-record overhead) the
     /// device holds before the broker acknowledges them; sends beyond it fail with
     /// [`DeviceError::BufferFull`].
@@ -182,6 +188,7 @@ impl DeviceConfig {
             client_id: "runnel-device".into(),
             linger: Duration::from_millis(5),
             max_batch_records: 500,
+            max_batch_bytes: 64 * 1024,
             buffer_limit_bytes: 8 << 20,
             acks: Acks::All,
             buffer_file: None,
@@ -216,7 +223,7 @@ pub enum DeviceError {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The broker refused the record with this Kafka error code.
-    #[error("the broker refused the record: Kafka error code {code}")]
+    #[error("the broker refused the record: {} (Kafka error code {code})", error_text(*code))]
     Broker {
         /// The Kafka error code (e.g. 10 `MESSAGE_TOO_LARGE`).
         code: i16,
@@ -234,6 +241,12 @@ pub enum DeviceError {
     /// broker's reason follows.
     #[error("the broker refused the device: {0}")]
     Refused(String),
+    /// No stream for a subscription within 5 s: the broker allows 16 streams per connection
+    /// (one is the device's produce session); close a subscription to open another.
+    #[error(
+        "no stream free on the connection (the broker allows 16 per connection, one of them for produce): close a subscription first"
+    )]
+    NoStream,
     /// [`Subscription::commit`] on a subscription opened without a consumer group.
     #[error("commit needs a group: open the subscription with Device::subscribe_group")]
     NoGroup,
@@ -249,6 +262,14 @@ pub enum DeviceError {
         /// The most the connection takes now.
         max: usize,
     },
+}
+
+/// The Kafka description of an error code ("The request included a message larger than ...").
+fn error_text(code: i16) -> String {
+    match kafka_protocol::error::ResponseError::try_from_code(code) {
+        Some(e) => e.to_string(),
+        None => "unknown error".to_string(),
+    }
 }
 
 /// Bytes a record counts against the buffer besides its key, value and topic name.

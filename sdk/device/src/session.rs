@@ -216,13 +216,9 @@ impl Session {
     }
 
     /// Opens another bidirectional stream (another Kafka session) on this connection.
-    pub(crate) async fn open_stream(
-        &self,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), DeviceError> {
-        self.conn
-            .open_bi()
-            .await
-            .map_err(|e| DeviceError::Connect(e.to_string()))
+    /// The QUIC connection (for opening more streams on it).
+    pub(crate) fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
     }
 
     /// The client id sent with every request.

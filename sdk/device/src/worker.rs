@@ -15,8 +15,13 @@
 //!   connection. The broker keeps the last 5 batches of each producer, so a re-sent batch it
 //!   already stored is answered as a duplicate with its original offsets.
 //! - Metadata and InitProducerId go out only when nothing is in flight (with [`Session::call`]).
+//! - Connecting and that set-up run beside the loop ([`prepare`]), never inside it: while the
+//!   broker is away records keep being batched, sealed and written to the file buffer, and
+//!   subscriptions keep their own streams without holding up produce.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -44,9 +49,8 @@ const INIT_PRODUCER_ID_VERSION: i16 = 2;
 const METADATA_VERSION: i16 = 9;
 /// How long the broker may take to meet `acks` before answering with a timeout.
 const PRODUCE_TIMEOUT_MS: i32 = 30_000;
-/// A batch is sealed once its records reach this many bytes (well under the broker's 1 MiB
-/// per-stream window and usual `max_request_bytes`).
-const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// How long opening a stream for a subscription waits for the broker's stream credit.
+const OPEN_STREAM_WAIT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -57,6 +61,7 @@ const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
 const UNKNOWN_PRODUCER_ID: i16 = 59;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const MESSAGE_TOO_LARGE: i16 = 10;
 
 pub(crate) enum Cmd {
     Record {
@@ -97,6 +102,20 @@ pub(crate) struct Batch {
     pub(crate) tp: Tp,
     pub(crate) base_sequence: i32,
     pub(crate) records: Vec<Pending>,
+}
+
+impl Batch {
+    /// The first half of the records and the rest, each with its own sequence numbers (the
+    /// same ones as before, so the later batches are unchanged).
+    fn split(mut self) -> (Batch, Batch) {
+        let rest = self.records.split_off(self.records.len() / 2);
+        let second = Batch {
+            tp: self.tp.clone(),
+            base_sequence: self.base_sequence.wrapping_add(self.records.len() as i32) & i32::MAX,
+            records: rest,
+        };
+        (self, second)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +176,77 @@ pub(crate) struct Worker {
     closing: Option<oneshot::Sender<()>>,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// Connecting, or getting a producer id or metadata, beside the loop (the session is
+    /// inside it meanwhile).
+    setup: Option<Setup>,
+    /// Subscriptions waiting for a connection to open their stream on.
+    stream_waiters: Vec<oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>>,
+}
+
+/// A running [`prepare`].
+type Setup = Pin<Box<dyn Future<Output = Result<Prepared, DeviceError>> + Send>>;
+
+/// A session made ready to send the head batch by [`prepare`].
+struct Prepared {
+    session: Session,
+    /// A new connection: what the old one knew (topics, a partial response) is gone.
+    reconnected: bool,
+    producer: Option<Producer>,
+    /// The topic looked up with Metadata.
+    topic: Option<String>,
+}
+
+/// Connects when `session` is none, gets a producer id when `need_producer`, and looks up
+/// `topic` with Metadata (which creates it when the broker allows), in that order.
+async fn prepare(
+    cfg: DeviceConfig,
+    session: Option<Session>,
+    need_producer: bool,
+    topic: Option<String>,
+) -> Result<Prepared, DeviceError> {
+    let reconnected = session.is_none();
+    let mut session = match session {
+        Some(s) => s,
+        None => Session::connect(&cfg).await?,
+    };
+    let producer = if need_producer {
+        Some(init_producer(&mut session).await?)
+    } else {
+        None
+    };
+    if let Some(topic) = &topic {
+        // Like Kafka producers: Metadata first, which auto-creates the topic if allowed.
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(topic.clone())))),
+            ]))
+            .with_allow_auto_topic_creation(true);
+        session.call(&req, METADATA_VERSION).await?;
+    }
+    Ok(Prepared {
+        session,
+        reconnected,
+        producer,
+        topic,
+    })
+}
+
+/// Opens a stream on `conn` for a subscription, waiting at most [`OPEN_STREAM_WAIT`] for the
+/// broker's stream credit, and answers `reply`.
+fn spawn_open_stream(
+    conn: quinn::Connection,
+    client_id: StrBytes,
+    reply: oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>,
+) {
+    tokio::spawn(async move {
+        let opened = match tokio::time::timeout(OPEN_STREAM_WAIT, conn.open_bi()).await {
+            Ok(Ok(stream)) => Ok((stream, client_id)),
+            Ok(Err(e)) => Err(DeviceError::Connect(e.to_string())),
+            Err(_) => Err(DeviceError::NoStream),
+        };
+        let _ = reply.send(opened);
+    });
 }
 
 /// What the worker starts from: a live session and producer, and (with a file buffer) the
@@ -215,6 +305,8 @@ impl Worker {
             closing: None,
             backoff: BACKOFF_MIN,
             retry_at: None,
+            setup: None,
+            stream_waiters: Vec::new(),
         }
     }
 
@@ -271,12 +363,22 @@ impl Worker {
             };
             let waiting = !self.in_flight.is_empty();
             let read = read_response(self.session.as_mut().filter(|_| waiting));
+            let setup = async {
+                match self.setup.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => senders_gone = true,
                 },
                 r = read => self.on_bytes(r),
+                r = setup => {
+                    self.setup = None;
+                    self.on_prepared(r);
+                }
                 _ = sleep => {}
             }
         }
@@ -301,46 +403,69 @@ impl Worker {
                 }
                 open.bytes += record.cost;
                 open.records.push(record);
-                if open.records.len() >= self.cfg.max_batch_records || open.bytes >= MAX_BATCH_BYTES
+                if open.records.len() >= self.cfg.max_batch_records
+                    || open.bytes >= self.cfg.max_batch_bytes
                 {
                     self.seal(&tp);
                 }
             }
             Cmd::Flush(done) => self.flushes.push(done),
             Cmd::Close(done) => self.closing = Some(done),
-            Cmd::OpenStream(reply) => {
-                let _ = reply.send(self.open_stream().await);
-            }
+            Cmd::OpenStream(reply) => match self.session.as_ref() {
+                Some(s) => spawn_open_stream(s.connection(), s.client_id().clone(), reply),
+                None => {
+                    // Opened once a connection is made (now, unless one is being made).
+                    self.stream_waiters.push(reply);
+                    if self.setup.is_none() {
+                        self.start_setup(None);
+                    }
+                }
+            },
         }
     }
 
-    /// A new stream on the device's connection (connecting first when there is none).
-    async fn open_stream(&mut self) -> Result<(Stream, StrBytes), DeviceError> {
-        if self.session.is_none() {
-            self.connect().await?;
-        }
-        let Some(session) = self.session.as_ref() else {
-            return Err(DeviceError::Connect("no connection".into()));
-        };
-        let client_id = session.client_id().clone();
-        match session.open_stream().await {
-            Ok(stream) => Ok((stream, client_id)),
+    /// Starts [`prepare`] beside the loop with the session (if any), asking for a producer id
+    /// when there is none and for `topic`'s metadata.
+    fn start_setup(&mut self, topic: Option<String>) {
+        let session = self.session.take();
+        let need_producer = self.producer.is_none();
+        self.setup = Some(Box::pin(prepare(
+            self.cfg.clone(),
+            session,
+            need_producer,
+            topic,
+        )));
+    }
+
+    /// The end of a [`prepare`] run.
+    fn on_prepared(&mut self, prepared: Result<Prepared, DeviceError>) {
+        let p = match prepared {
+            Ok(p) => p,
             Err(e) => {
-                // The connection is gone even if no produce request noticed yet.
+                tracing::info!(error = %e, "cannot reach the broker; buffering");
+                for w in self.stream_waiters.drain(..) {
+                    let _ = w.send(Err(e.clone()));
+                }
                 self.lose_session();
-                Err(e)
+                return;
             }
+        };
+        if p.reconnected {
+            tracing::info!(server = %self.cfg.server, "connected to the broker");
+            self.rbuf.clear();
+            // The broker may have lost topics (a wiped data dir): look them up again.
+            self.known_topics.clear();
         }
-    }
-
-    async fn connect(&mut self) -> Result<(), DeviceError> {
-        let s = Session::connect(&self.cfg).await?;
-        tracing::info!(server = %self.cfg.server, "reconnected to the broker");
-        self.session = Some(s);
-        self.rbuf.clear();
-        // The broker may have lost topics (a wiped data dir): look them up again.
-        self.known_topics.clear();
-        Ok(())
+        if let Some(producer) = p.producer {
+            self.new_producer(producer);
+        }
+        if let Some(topic) = p.topic {
+            self.known_topics.insert(topic);
+        }
+        for w in self.stream_waiters.drain(..) {
+            spawn_open_stream(p.session.connection(), p.session.client_id().clone(), w);
+        }
+        self.session = Some(p.session);
     }
 
     /// Seals the open batches whose linger has passed (all of them when `all`), oldest first.
@@ -386,7 +511,8 @@ impl Worker {
         let Some(head) = self.queue.front() else {
             return false;
         };
-        if self.in_flight.len() >= MAX_IN_FLIGHT
+        if self.setup.is_some()
+            || self.in_flight.len() >= MAX_IN_FLIGHT
             || self.retry_at.is_some_and(|t| t > Instant::now())
         {
             return false;
@@ -397,59 +523,23 @@ impl Worker {
                 && self.known_topics.contains(&head.tp.0))
     }
 
-    /// Makes sure there is a session, a producer id and topic metadata, then writes the produce
-    /// request of the oldest unsent batch and moves it in flight.
+    /// Writes the produce request of the oldest unsent batch and moves it in flight; first, if
+    /// there is no session, producer id or metadata for its topic, starts getting them (the
+    /// batch goes once they are there).
     async fn send_head(&mut self) {
         self.retry_at = None;
-        if self.session.is_none()
-            && let Err(e) = self.connect().await
-        {
-            tracing::debug!(error = %e, "reconnect failed");
-            self.back_off();
-            return;
-        }
-        let Some(session) = self.session.as_mut() else {
-            return;
-        };
-        let producer = match self.producer {
-            Some(p) => p,
-            None => match init_producer(session).await {
-                Ok(p) => {
-                    self.new_producer(p);
-                    p
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot get a producer id");
-                    self.lose_session();
-                    return;
-                }
-            },
-        };
         let Some(topic) = self.queue.front().map(|b| b.tp.0.clone()) else {
             return;
         };
-        if !self.known_topics.contains(&topic) {
-            let Some(session) = self.session.as_mut() else {
-                return;
-            };
-            // Like Kafka producers: Metadata first, which auto-creates the topic if allowed.
-            let req = MetadataRequest::default()
-                .with_topics(Some(vec![
-                    MetadataRequestTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_string(topic.clone())))),
-                ]))
-                .with_allow_auto_topic_creation(true);
-            match session.call(&req, METADATA_VERSION).await {
-                Ok(_) => {
-                    self.known_topics.insert(topic);
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "connection to the broker lost; buffering");
-                    self.lose_session();
-                    return;
-                }
-            }
-        }
+        let Some(producer) = self
+            .producer
+            .filter(|_| self.session.is_some() && self.known_topics.contains(&topic))
+        else {
+            let lookup =
+                (!self.known_topics.contains(&topic) || self.session.is_none()).then_some(topic);
+            self.start_setup(lookup);
+            return;
+        };
         let (Some(batch), Some(session)) = (self.queue.front(), self.session.as_mut()) else {
             return;
         };
@@ -562,6 +652,31 @@ impl Worker {
                 // The later requests in flight carry the old producer: start over.
                 self.requeue_in_flight();
                 self.session = None;
+            }
+            // Like Kafka producers: a batch of several records that is too large for the broker
+            // (its max_message_bytes) is sent again in two halves; a single record fails.
+            MESSAGE_TOO_LARGE
+                if self
+                    .in_flight
+                    .front()
+                    .is_some_and(|f| f.batch.records.len() > 1) =>
+            {
+                let batch = self.in_flight.pop_front().expect("head batch").batch;
+                tracing::info!(
+                    records = batch.records.len(),
+                    "the broker refused a batch as too large; sending it in two halves"
+                );
+                let resend = !self.in_flight.is_empty();
+                self.requeue_in_flight();
+                if resend {
+                    self.session = None;
+                }
+                let (first, second) = batch.split();
+                self.queue.push_front(second);
+                self.queue.push_front(first);
+                if let (Some(f), Some(p)) = (self.file.as_mut(), self.producer) {
+                    f.rewrite(p, &self.next_sequence, self.queue.iter());
+                }
             }
             // Retriable in Kafka (metadata may be stale), but this broker is the only one: the
             // topic does not exist and cannot be created, so the batch fails.

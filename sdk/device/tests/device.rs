@@ -325,6 +325,141 @@ async fn a_broker_certificate_from_a_trusted_ca_is_verified_by_name() {
     broker.shutdown().await;
 }
 
+/// Readings sent while the broker is away reach the buffer file then, not once the broker is
+/// back: a device that crashes during the outage (its runtime stopped dead, nothing run on the
+/// way out) leaves them in the file, and the next device on the file delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_sent_during_an_outage_survive_a_device_crash_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let quic = free_udp_port();
+    let broker = start(&data, quic).await;
+    let mut cfg = device_config(&broker);
+    cfg.max_batch_records = 10;
+    cfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
+    // The device lives on a runtime of its own, so it can be stopped as a crash would.
+    let device_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let connecting = Device::connect(cfg.clone());
+    let device = device_rt.spawn(connecting).await.unwrap().unwrap();
+    for i in 0..5 {
+        device.send("outage", None, &reading(i)).await.unwrap();
+    }
+    broker.shutdown().await;
+    // Sent while the broker is down, a few at a time as a sensor would.
+    let mut held = Vec::new();
+    for i in 5..200 {
+        held.push(device.enqueue("outage", 0, None, &reading(i)).unwrap());
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Well past the linger (5 ms): every reading is in a sealed batch, so in the file.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    device_rt.shutdown_background();
+    drop(held);
+    drop(device);
+
+    let broker = start(&data, quic).await;
+    let device = Device::connect(cfg).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), device.flush())
+        .await
+        .expect("the file's readings are delivered")
+        .unwrap();
+    device.close().await;
+    let values = read_values(broker.bootstrap(), "outage", 200).await;
+    let text = |v: Vec<Vec<u8>>| -> Vec<String> {
+        v.into_iter()
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect()
+    };
+    assert_eq!(values.len(), 200, "every reading once");
+    assert_eq!(text(values), text((0..200).map(reading).collect()));
+    broker.shutdown().await;
+}
+
+/// A batch the broker refuses as too large (over its max_message_bytes) is sent again in
+/// halves until the parts fit: every reading is stored once, in order; a single reading too
+/// large fails alone, and the device goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.log.max_message_bytes = 4096;
+    let broker = runnel::start_broker(cfg).await.expect("broker starts");
+    let mut dcfg = device_config(&broker);
+    dcfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
+    let device = Device::connect(dcfg).await.unwrap();
+    // 100 readings of 300 bytes: about 31 KB, one batch of the SDK, 8 times the broker's limit.
+    let value = |i: usize| format!("{i:04}{}", "x".repeat(296)).into_bytes();
+    let acks: Vec<_> = (0..100)
+        .map(|i| device.enqueue("split", 0, None, &value(i)).unwrap())
+        .collect();
+    for (i, a) in acks.into_iter().enumerate() {
+        let ack = tokio::time::timeout(Duration::from_secs(30), a)
+            .await
+            .expect("acknowledged")
+            .unwrap();
+        assert_eq!(ack.offset, i as i64);
+    }
+    let too_big = device.send("split", None, &vec![b'y'; 5000]).await;
+    assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
+    let after = device.send("split", None, &value(100)).await.unwrap();
+    assert_eq!(after.offset, 100);
+    device.close().await;
+    let values = read_values(broker.bootstrap(), "split", 101).await;
+    assert_eq!(values.len(), 101);
+    assert!(values.iter().enumerate().all(|(i, v)| *v == value(i)));
+    broker.shutdown().await;
+}
+
+/// Subscriptions take streams of the connection (16 per connection on the broker, one of them
+/// the produce session): one too many fails with a clear error after a short wait, and produce
+/// goes on meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscription_too_many_fails_clearly_and_produce_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    device.send("commands", None, b"first").await.unwrap();
+    let mut subs = Vec::new();
+    for _ in 0..15 {
+        subs.push(
+            device
+                .subscribe("commands", 0, StartAt::Latest)
+                .await
+                .unwrap(),
+        );
+    }
+    let (extra, produced) = tokio::join!(device.subscribe("commands", 0, StartAt::Latest), async {
+        let started = Instant::now();
+        let ack = device.send("commands", None, b"meanwhile").await.unwrap();
+        (ack.offset, started.elapsed())
+    });
+    assert_eq!(extra.err(), Some(DeviceError::NoStream));
+    let (offset, took) = produced;
+    assert_eq!(offset, 1);
+    assert!(
+        took < Duration::from_secs(2),
+        "produce waited {took:?} for the subscription"
+    );
+    // Closed subscriptions free their streams: the broker's QUIC stack hands out new stream
+    // credit once an eighth of the limit (here 3 of 16) is free.
+    subs.truncate(subs.len() - 3);
+    let again = tokio::time::timeout(
+        Duration::from_secs(10),
+        device.subscribe("commands", 0, StartAt::Latest),
+    )
+    .await
+    .expect("a stream is free again");
+    assert!(again.is_ok(), "{:?}", again.err());
+    device.close().await;
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_buffer_delivers_what_a_dropped_device_held_in_order_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,8 @@
 //! fleet-consumer: reads the readings sensor-fleet sent, with a Kafka client (librdkafka over
 //! TCP), from the beginning of every partition; checks each sensor's readings arrive in order
 //! (`seq` counting up from 0) and prints counts: records, sensors, in order, gaps (readings
-//! missing, e.g. refused by a full device buffer), duplicates or reordered ones.
+//! missing between two that arrived, e.g. refused by a full device buffer; those after a
+//! sensor's last reading cannot be seen here), duplicates or reordered ones.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
