@@ -327,3 +327,56 @@ async fn churning_members_still_consume_every_record() {
     assert_eq!(seen.len(), 600, "every record consumed despite churn");
     broker.shutdown().await;
 }
+
+/// As in Kafka, deleting a topic deletes the groups' committed offsets for it: a topic made
+/// again under the same name is read from where `auto.offset.reset` says, not from the old
+/// topic's position (which would skip the new topic's first records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_takes_its_committed_offsets_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "remade", 1).await;
+    produce(&bootstrap, "remade", 1, 60).await;
+    let committed = |b: String| {
+        tokio::task::spawn_blocking(move || {
+            let c = member(&b, "g-remade", "range");
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition("remade", 0);
+            c.committed_offsets(tpl, Duration::from_secs(10))
+                .unwrap()
+                .find_partition("remade", 0)
+                .unwrap()
+                .offset()
+        })
+    };
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = member(&b, "g-remade", "range");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("remade", 0, rdkafka::Offset::Offset(50))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        committed(bootstrap.clone()).await.unwrap(),
+        rdkafka::Offset::Offset(50)
+    );
+
+    let admin: AdminClient<DefaultClientContext> =
+        common::client_config(&bootstrap).create().unwrap();
+    let res = admin
+        .delete_topics(&["remade"], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(res[0].is_ok(), "{:?}", res[0]);
+    create_topic(&bootstrap, "remade", 1).await;
+    assert_eq!(
+        committed(bootstrap.clone()).await.unwrap(),
+        rdkafka::Offset::Invalid,
+        "no committed offset for the new topic"
+    );
+    broker.shutdown().await;
+}

@@ -539,6 +539,16 @@ impl GroupCoordinator {
         })
     }
 
+    /// A topic was deleted (its offsets are already gone from the store): every group forgets
+    /// its offsets for it, as in Kafka, so a topic made again under the same name starts with
+    /// no committed position and consumers follow `auto.offset.reset`.
+    pub fn topic_deleted(&self, topic: &str) {
+        let _store_guard = lock(&self.inner.store_lock);
+        for g in self.groups().values_mut() {
+            g.offsets.remove(topic);
+        }
+    }
+
     /// DeleteGroups for one group: only an Empty group; its offsets go too.
     pub fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
         self.remove_empty_group(group_id, |_| Ok(()))

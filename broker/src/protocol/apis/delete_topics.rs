@@ -37,9 +37,12 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
                 Some(t) => {
                     out.name = Some(TopicName(s(t.name.to_string())));
                     out.topic_id = t.id;
-                    if let Err(e) = catalog.delete_topic(&t.name) {
-                        out.error_code = catalog_code(&e);
-                        out.error_message = Some(s(e.to_string()));
+                    match catalog.delete_topic(&t.name) {
+                        Ok(()) => ctx.broker.groups.topic_deleted(&t.name),
+                        Err(e) => {
+                            out.error_code = catalog_code(&e);
+                            out.error_message = Some(s(e.to_string()));
+                        }
                     }
                 }
             }
