@@ -1,5 +1,8 @@
 //! FindCoordinator (key 10): this broker coordinates every group (key type 0). Transaction
-//! coordinators (key type 1) are refused: transactions are not supported.
+//! coordinators (key type 1) are refused, since transactions are not supported, with
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED and a message saying so: the one answer every client
+//! takes as final (librdkafka retried any other error code until `init_transactions` timed out;
+//! the Java client and kafka-python fail at once too).
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -9,17 +12,23 @@ use super::s;
 use crate::protocol::Ctx;
 
 const GROUP: i8 = 0;
+const TRANSACTION: i8 = 1;
 
 pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
     let node = BrokerId(ctx.broker.node_id);
     let host = s(ctx.session.advertised_host.clone());
     let port = ctx.session.advertised_port;
-    let error = if req.key_type == GROUP {
-        0
-    } else {
-        E::InvalidRequest.code()
+    let (error, message) = match req.key_type {
+        GROUP => (0, None),
+        TRANSACTION => (
+            E::TransactionalIdAuthorizationFailed.code(),
+            Some(s("transactions are not supported by this broker (Runnel)")),
+        ),
+        _ => (
+            E::InvalidRequest.code(),
+            Some(s("only group coordinators exist on this broker")),
+        ),
     };
-    let message = (error != 0).then(|| s("only group coordinators exist on this broker"));
     if ctx.api_version >= 4 {
         let coordinators = req
             .coordinator_keys
