@@ -549,6 +549,12 @@ async fn connections_over_max_connections_are_refused_and_the_others_keep_workin
     )
     .await;
     assert!(refused.is_err(), "a second connection is refused");
+    // The device SDK says why.
+    let err = runnel_device::Device::connect(device_config(&broker))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("max_connections"), "{err}");
     let mut s = first.session().await;
     assert!(s.answers().await);
     // A closed connection frees its slot.
@@ -816,6 +822,13 @@ async fn mtls_devices_are_named_by_their_certificate_and_others_fail_the_handsha
         "{err}"
     );
     assert_eq!(count(&broker.broker.metrics.records_in), 0);
+    // Both refusals are authentication failures to the metrics, as a bad token is. The
+    // broker's side of the failed handshake may end a moment after the device's.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&broker.broker.metrics.auth_failures) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&broker.broker.metrics.auth_failures), 2);
 
     let device = connect_as(&broker, fleet.issue("sensor-9")).await.unwrap();
     let ack = device.send("certified", None, b"21.5").await.unwrap();

@@ -221,6 +221,9 @@ async fn accept_loop(
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::info!(%peer, error = %e, "QUIC handshake failed");
+                    if matches!(auth, Auth::Certificate) && refused_certificate(&e) {
+                        broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                     return;
                 }
                 Err(_) => {
@@ -274,6 +277,32 @@ impl Link {
             identity: self.identity.clone(),
         }
     }
+}
+
+/// Whether the broker failed a handshake over the device's certificate (none, an unknown CA,
+/// expired, ...): the TLS alert it sent, as a QUIC crypto error (0x100 + alert).
+fn refused_certificate(e: &quinn::ConnectionError) -> bool {
+    use rustls::AlertDescription as A;
+    let quinn::ConnectionError::TransportError(t) = e else {
+        return false;
+    };
+    let Some(alert) = u64::from(t.code)
+        .checked_sub(0x100)
+        .and_then(|a| u8::try_from(a).ok())
+    else {
+        return false;
+    };
+    matches!(
+        A::from(alert),
+        A::CertificateRequired
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+    )
 }
 
 /// The identity of a connection whose handshake completed, or why it is refused.

@@ -313,6 +313,15 @@ fn handshake_error(e: quinn::ConnectionError) -> DeviceError {
         return clear;
     }
     match e {
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            DeviceError::Connect(
+                "the broker refused the connection: it serves as many as it allows \
+                 (broker.max_connections)"
+                    .into(),
+            )
+        }
         quinn::ConnectionError::TransportError(t) => DeviceError::Tls(t.to_string()),
         quinn::ConnectionError::ConnectionClosed(c) => DeviceError::Tls(c.to_string()),
         other => DeviceError::Connect(other.to_string()),
@@ -359,7 +368,7 @@ pub(crate) fn client_tls(
         Trust::Fingerprint(f) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
-                fingerprint: f.trim().to_string(),
+                fingerprint: pinned_fingerprint(f)?,
                 provider,
             })),
         Trust::CaPem(path) => {
@@ -398,6 +407,44 @@ pub(crate) fn client_tls(
     Ok(tls)
 }
 
+/// A pinned fingerprint in the form [`sha256_fingerprint`] gives: any case, with or without the
+/// `:` between the pairs; anything else is refused before connecting.
+fn pinned_fingerprint(f: &str) -> Result<String, DeviceError> {
+    let hex: String = f
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(DeviceError::Tls(format!(
+            "the pinned fingerprint {f:?} is not a SHA-256 fingerprint (32 hex pairs, as the \
+             broker prints it: AB:CD:...)"
+        )));
+    }
+    let pairs: Vec<&str> = (0..32).map(|i| &hex[2 * i..2 * i + 2]).collect();
+    Ok(pairs.join(":"))
+}
+
+/// The broker's certificate is not the pinned one.
+#[derive(Debug)]
+struct FingerprintMismatch {
+    got: String,
+    pinned: String,
+}
+
+impl std::fmt::Display for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the broker's certificate has SHA-256 fingerprint {}, not the pinned {}",
+            self.got, self.pinned
+        )
+    }
+}
+
+impl std::error::Error for FingerprintMismatch {}
+
 /// SHA-256 of DER bytes as upper-case hex pairs joined by `:`.
 pub(crate) fn sha256_fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
@@ -425,11 +472,17 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if sha256_fingerprint(end_entity).eq_ignore_ascii_case(&self.fingerprint) {
+        let got = sha256_fingerprint(end_entity);
+        if got == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                    FingerprintMismatch {
+                        got,
+                        pinned: self.fingerprint.clone(),
+                    },
+                ))),
             ))
         }
     }

@@ -233,13 +233,31 @@ async fn a_wrong_fingerprint_fails_connect_with_a_tls_error() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let mut cfg = device_config(&broker);
-    cfg.trust = Trust::Fingerprint(runnel_device::fingerprint_of(b"another certificate"));
-    let err = Device::connect(cfg).await.err().expect("connect fails");
+    let pinned = runnel_device::fingerprint_of(b"another certificate");
+    cfg.trust = Trust::Fingerprint(pinned.to_lowercase());
+    let err = Device::connect(cfg.clone())
+        .await
+        .err()
+        .expect("connect fails");
     let DeviceError::Tls(msg) = &err else {
         panic!("expected a TLS error, got {err:?}");
     };
-    assert!(msg.contains("certificate"), "{msg}");
+    // Both fingerprints named, so the user sees which certificate the broker has.
+    let served = broker.quic_fingerprint.clone().unwrap();
+    assert!(msg.contains(&served) && msg.contains(&pinned), "{msg}");
     assert!(err.to_string().starts_with("TLS handshake"), "{err}");
+
+    // A fingerprint that is not one is refused before connecting; one without the colons is
+    // the same fingerprint.
+    cfg.trust = Trust::Fingerprint("F8A94C".into());
+    let err = Device::connect(cfg.clone()).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("not a SHA-256 fingerprint"),
+        "{err}"
+    );
+    cfg.trust = Trust::Fingerprint(served.replace(':', ""));
+    let device = Device::connect(cfg).await.unwrap();
+    device.close().await;
     broker.shutdown().await;
 }
 
