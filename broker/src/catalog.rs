@@ -29,6 +29,10 @@ pub enum CatalogError {
     UnknownTopic(String),
     #[error("invalid topic name {name:?}: {reason}")]
     InvalidTopicName { name: String, reason: &'static str },
+    #[error(
+        "topic {name:?} collides with the existing topic {existing:?} ('.' and '_' are the same in metric names)"
+    )]
+    TopicCollides { name: String, existing: String },
     #[error("invalid partition count {count}: {reason}")]
     InvalidPartitions { count: i32, reason: String },
     #[error("invalid replication factor {0}: this broker has one node")]
@@ -282,6 +286,14 @@ impl Catalog {
         if topics.contains_key(name) {
             return Err(CatalogError::TopicExists(name.to_string()));
         }
+        // As in Kafka: names that differ only in '.' against '_' would share metric names.
+        let folded = |n: &str| n.replace('.', "_");
+        if let Some(existing) = topics.keys().find(|t| folded(t) == folded(name)) {
+            return Err(CatalogError::TopicCollides {
+                name: name.to_string(),
+                existing: existing.to_string(),
+            });
+        }
         let name: Arc<str> = name.into();
         let id = Uuid::new_v4();
         if validate_only {
@@ -444,6 +456,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
     if name == "." || name == ".." {
         return bad("'.' and '..' are not allowed");
     }
+    if name == "__consumer_offsets" || name == "__transaction_state" {
+        return bad("the name of one of Kafka's internal topics");
+    }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
@@ -482,7 +497,16 @@ mod tests {
     #[test]
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("sensors.temp_1-a").is_ok());
-        for bad in ["", ".", "..", "a b", "tópico", &"x".repeat(250)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "tópico",
+            "__consumer_offsets",
+            "__transaction_state",
+            &"x".repeat(250),
+        ] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_topic_name(&"x".repeat(249)).is_ok());

@@ -68,3 +68,44 @@ async fn with_auto_creation_off_unknown_topics_stay_unknown() {
     assert!(r.topics.is_empty());
     broker.shutdown().await;
 }
+
+/// Kafka's naming rules beyond the characters: a name that differs from an existing one only in
+/// '.' against '_' collides with it, and Kafka's internal topic names are not for users. Both are
+/// INVALID_TOPIC_EXCEPTION (17) with a message; Metadata auto-creation refuses them the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_and_internal_topic_names_are_refused() {
+    use kafka_protocol::messages::CreateTopicsRequest;
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let create = |name: &str| {
+        CreateTopicsRequest::default()
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(name.into())))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1),
+            ])
+            .with_timeout_ms(5000)
+    };
+    let r = c.call(&create("has.dot_x"), 5).await;
+    assert_eq!(r.topics[0].error_code, 0);
+    for name in ["has_dot.x", "has_dot_x", "__consumer_offsets"] {
+        let r = c.call(&create(name), 5).await;
+        assert_eq!(r.topics[0].error_code, 17, "{name}");
+        let message = r.topics[0].error_message.as_deref().unwrap_or("");
+        assert!(
+            message.contains("collides with the existing topic \"has.dot_x\"")
+                || message.contains("internal topics"),
+            "{name}: {message}"
+        );
+        let r = c.call(&ask(name, true), 9).await;
+        assert_ne!(r.topics[0].error_code, 0, "{name} auto-created");
+    }
+    let r = c
+        .call(&MetadataRequest::default().with_topics(None), 9)
+        .await;
+    assert_eq!(r.topics.len(), 1, "only has.dot_x exists");
+    broker.shutdown().await;
+}

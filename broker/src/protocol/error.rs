@@ -33,6 +33,7 @@ pub fn catalog_code(e: &CatalogError) -> i16 {
         CatalogError::TopicExists(_) => E::TopicAlreadyExists.code(),
         CatalogError::UnknownTopic(_) => E::UnknownTopicOrPartition.code(),
         CatalogError::InvalidTopicName { .. } => E::InvalidTopicException.code(),
+        CatalogError::TopicCollides { .. } => E::InvalidTopicException.code(),
         CatalogError::InvalidPartitions { .. } => E::InvalidPartitions.code(),
         CatalogError::InvalidReplicationFactor(_) => E::InvalidReplicationFactor.code(),
         CatalogError::InvalidConfig { .. } => E::InvalidConfig.code(),
