@@ -38,6 +38,8 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "delete.retention.ms",
     "index.interval.bytes",
     "flush.ms",
+    "compression.type",
+    "min.insync.replicas",
 ];
 
 /// Parses one override value; errors name the Kafka config.
@@ -61,6 +63,19 @@ impl Value<'_> {
                 self.text
             ))
         })
+    }
+
+    /// A config this broker has one value of by design (accepted so that tools which set it
+    /// work, refused with `why` for any other value).
+    fn fixed(&self, only: &str, why: &str) -> Result<(), ConfigError> {
+        if self.text.trim().eq_ignore_ascii_case(only) {
+            Ok(())
+        } else {
+            Err(self.error(format!(
+                "invalid value {:?}; only {only:?} is supported: {why}",
+                self.text
+            )))
+        }
     }
 
     fn bytes(&self, range: RangeInclusive<u64>) -> Result<u64, ConfigError> {
@@ -145,6 +160,13 @@ impl LogConfig {
                     self.flush_interval = d;
                 }
             },
+            "compression.type" => v.fixed(
+                "producer",
+                "batches are stored as the producer compressed them",
+            )?,
+            "min.insync.replicas" => {
+                v.fixed("1", "this broker is the only replica of its topics")?
+            }
             _ => {
                 return Err(ConfigError::UnknownTopicConfig {
                     name: kafka_name.to_owned(),
@@ -187,6 +209,8 @@ impl LogConfig {
                 self.index_interval_bytes.to_string(),
             ),
             ("flush.ms", flush_ms.to_string()),
+            ("compression.type", "producer".to_string()),
+            ("min.insync.replicas", "1".to_string()),
         ]
     }
 }

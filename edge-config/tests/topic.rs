@@ -97,6 +97,8 @@ fn defaults_render_with_kafka_names_and_units() {
         ("delete.retention.ms", "86400000"),
         ("index.interval.bytes", "4096"),
         ("flush.ms", "1000"),
+        ("compression.type", "producer"),
+        ("min.insync.replicas", "1"),
     ];
     let got: Vec<(&str, &str)> = configs.iter().map(|(n, v)| (*n, v.as_str())).collect();
     assert_eq!(got, expected);
@@ -155,7 +157,8 @@ fn bad_overrides_name_the_config() {
         apply_err("retention.hours", "1"),
         "unknown topic config retention.hours; allowed: segment.bytes, segment.ms, retention.ms, \
          retention.bytes, cleanup.policy, message.timestamp.type, max.message.bytes, \
-         delete.retention.ms, index.interval.bytes, flush.ms"
+         delete.retention.ms, index.interval.bytes, flush.ms, compression.type, \
+         min.insync.replicas"
     );
     assert_eq!(
         apply_err("retention.ms", "7d"),
@@ -192,4 +195,29 @@ fn bad_overrides_name_the_config() {
         apply_err("max.message.bytes", "0"),
         "topic config max.message.bytes: 0 is out of range; allowed: 1..=2147483648 (1..=2GiB)"
     );
+}
+
+/// Configs this broker has one value of by design are accepted with that value (so tools and
+/// manifests that set them work) and refused with the reason otherwise.
+#[test]
+fn fixed_configs_take_their_one_value() {
+    let mut log = LogConfig::default();
+    log.apply_topic_override("compression.type", "producer")
+        .unwrap();
+    log.apply_topic_override("min.insync.replicas", "1")
+        .unwrap();
+    assert_eq!(log, LogConfig::default(), "nothing to change");
+    let err = log
+        .apply_topic_override("compression.type", "zstd")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("compression.type") && err.contains("as the producer compressed"),
+        "{err}"
+    );
+    let err = log
+        .apply_topic_override("min.insync.replicas", "2")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only replica"), "{err}");
 }

@@ -89,6 +89,26 @@ def test_admin_create_partitions_and_alter_configs(broker):
     assert got.source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
 
 
+def test_admin_fixed_configs_take_their_one_value(broker):
+    """compression.type=producer and min.insync.replicas=1, which manifests often set, are what
+    this broker does anyway: accepted; any other value is INVALID_CONFIG with the reason."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-fixed")
+    fixed = {"compression.type": "producer", "min.insync.replicas": "1"}
+    admin.create_topics([NewTopic(topic, 1, 1, config=fixed)],
+                        operation_timeout=10)[topic].result(timeout=10)
+    res = ConfigResource("topic", topic)
+    got = admin.describe_configs([res])[res].result(timeout=10)
+    assert {k: got[k].value for k in fixed} == fixed
+    other = unique("ck-fixed")
+    refused = admin.create_topics([NewTopic(other, 1, 1, config={"min.insync.replicas": "2"})],
+                                  operation_timeout=10)[other]
+    with pytest.raises(KafkaException) as e:
+        refused.result(timeout=10)
+    assert e.value.args[0].code() == KafkaError.INVALID_CONFIG
+    assert "only replica" in e.value.args[0].str()
+
+
 def test_admin_list_offsets_and_delete_records(broker):
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-offsets")
