@@ -109,6 +109,32 @@ def test_admin_fixed_configs_take_their_one_value(broker):
     assert "only replica" in e.value.args[0].str()
 
 
+def test_admin_append_and_subtract_cleanup_policy(broker):
+    """kafka-configs --add-config cleanup.policy=[compact,delete] and its subtract: the list
+    operations of IncrementalAlterConfigs on the one list-valued topic config."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic = unique("ck-policy")
+    create_topic(admin, topic, 1)
+    res = ConfigResource("topic", topic)
+
+    def alter(op, value):
+        change = ConfigResource("topic", topic, incremental_configs=[
+            ConfigEntry("cleanup.policy", value, incremental_operation=op)])
+        admin.incremental_alter_configs([change])[change].result(timeout=10)
+        return admin.describe_configs([res])[res].result(timeout=10)["cleanup.policy"].value
+
+    assert alter(AlterConfigOpType.APPEND, "compact") == "compact,delete"
+    assert alter(AlterConfigOpType.SUBTRACT, "delete") == "compact"
+    with pytest.raises(KafkaException) as e:
+        alter(AlterConfigOpType.SUBTRACT, "compact")
+    assert e.value.args[0].code() == KafkaError.INVALID_CONFIG
+    bad = ConfigResource("topic", topic, incremental_configs=[
+        ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.APPEND)])
+    with pytest.raises(KafkaException) as e:
+        admin.incremental_alter_configs([bad])[bad].result(timeout=10)
+    assert e.value.args[0].code() == KafkaError.INVALID_CONFIG
+
+
 def test_admin_list_offsets_and_delete_records(broker):
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-offsets")

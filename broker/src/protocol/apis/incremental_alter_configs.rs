@@ -1,6 +1,7 @@
-//! IncrementalAlterConfigs (key 44): set (0) or delete (1) single topic overrides. APPEND and
-//! SUBTRACT (2, 3) apply to list-valued configs, of which topics here have none but
-//! `cleanup.policy`; they are refused with INVALID_REQUEST.
+//! IncrementalAlterConfigs (key 44): set (0) or delete (1) single topic overrides; append (2) and
+//! subtract (3) items of a list-valued config, of which topics here have one, `cleanup.policy`
+//! (`kafka-configs --add-config cleanup.policy=[compact,delete]`). Appending or subtracting on
+//! any other config is INVALID_CONFIG, as in Kafka.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
@@ -13,6 +14,10 @@ use crate::protocol::error::catalog_code;
 
 const SET: i8 = 0;
 const DELETE: i8 = 1;
+const APPEND: i8 = 2;
+const SUBTRACT: i8 = 3;
+/// The one list-valued topic config.
+const LIST_CONFIG: &str = "cleanup.policy";
 
 pub async fn handle(
     ctx: Ctx,
@@ -31,11 +36,46 @@ pub async fn handle(
                 out.error_message = Some(s("only topic configs can be altered at run time"));
                 return out;
             }
-            let mut changes = Vec::new();
+            let mut changes: Vec<(String, Option<String>)> = Vec::new();
             for c in r.configs {
                 match c.config_operation {
                     SET => changes.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
                     DELETE => changes.push((c.name.to_string(), None)),
+                    op @ (APPEND | SUBTRACT) => {
+                        if c.name.as_str() != LIST_CONFIG {
+                            out.error_code = E::InvalidConfig.code();
+                            out.error_message = Some(s(format!(
+                                "{} is not a list: append and subtract apply to {LIST_CONFIG}",
+                                c.name.as_str()
+                            )));
+                            return out;
+                        }
+                        // The value as this request has left it so far, else the topic's.
+                        let current = match changes.iter().rev().find(|(k, _)| k == LIST_CONFIG) {
+                            Some((_, v)) => v.clone(),
+                            None => None,
+                        }
+                        .or_else(|| {
+                            catalog.get(&r.resource_name).and_then(|t| {
+                                catalog
+                                    .effective_configs(&t)
+                                    .into_iter()
+                                    .find(|(k, _, _)| k == LIST_CONFIG)
+                                    .map(|(_, v, _)| v)
+                            })
+                        })
+                        .unwrap_or_default();
+                        let value = c.value.as_deref().unwrap_or("");
+                        match edit_list(&current, value, op == APPEND) {
+                            Some(next) => changes.push((LIST_CONFIG.to_string(), Some(next))),
+                            None => {
+                                out.error_code = E::InvalidConfig.code();
+                                out.error_message =
+                                    Some(s(format!("{LIST_CONFIG} cannot become empty")));
+                                return out;
+                            }
+                        }
+                    }
                     op => {
                         out.error_code = E::InvalidRequest.code();
                         out.error_message =
@@ -54,4 +94,53 @@ pub async fn handle(
         })
         .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// `current` (comma-separated) with the items of `value` appended (each once) or removed;
+/// `None` when nothing is left.
+fn edit_list(current: &str, value: &str, append: bool) -> Option<String> {
+    let items = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut list = items(current);
+    for item in items(value) {
+        if append {
+            if !list.contains(&item) {
+                list.push(item);
+            }
+        } else {
+            list.retain(|i| *i != item);
+        }
+    }
+    (!list.is_empty()).then(|| list.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_list;
+
+    #[test]
+    fn list_items_are_appended_once_and_subtracted() {
+        assert_eq!(
+            edit_list("delete", "compact", true).as_deref(),
+            Some("delete,compact")
+        );
+        assert_eq!(
+            edit_list("delete", "delete", true).as_deref(),
+            Some("delete")
+        );
+        assert_eq!(
+            edit_list("compact,delete", "delete", false).as_deref(),
+            Some("compact")
+        );
+        assert_eq!(edit_list("compact", "compact", false), None);
+        assert_eq!(
+            edit_list("compact", "delete, compact", true).as_deref(),
+            Some("compact,delete")
+        );
+    }
 }
