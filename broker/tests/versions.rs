@@ -440,6 +440,16 @@ async fn every_version_of_every_api_answers() {
         );
         calls += 1;
     }
+    for v in range(ApiKey::OffsetDelete) {
+        let r = c
+            .call(
+                &OffsetDeleteRequest::default().with_group_id(GroupId(s(&format!("none-{v}")))),
+                v,
+            )
+            .await;
+        assert_eq!(r.error_code, 69, "OffsetDelete v{v}: GROUP_ID_NOT_FOUND");
+        calls += 1;
+    }
     for v in range(ApiKey::DeleteTopics) {
         let name = format!("v-{}", 2 + v - 1);
         let req = if v >= 6 {

@@ -135,6 +135,40 @@ def test_commit_and_resume(broker):
         c.close()
 
 
+def test_delete_group_offsets(broker):
+    """OffsetDelete (kafka-consumer-groups --delete-offsets): the partitions' committed offsets
+    go; a topic the group's live members subscribe to keeps its offsets
+    (GROUP_SUBSCRIBED_TO_TOPIC); an unknown group is GROUP_ID_NOT_FOUND."""
+    a_topic, b_topic, group = unique("kp-del-a"), unique("kp-del-b"), unique("kp-del-g")
+    p = producer(broker)
+    try:
+        for t in (a_topic, b_topic):
+            send_all(p, t, [{"key": None, "value": b"x", "headers": [], "timestamp": BASE_TS}])
+    finally:
+        p.close()
+    a, b = TopicPartition(a_topic, 0), TopicPartition(b_topic, 0)
+    c = consumer(broker, b_topic, group_id=group)
+    admin = admin_client(broker)
+    try:
+        read(c, 1)
+        c.commit({a: OffsetAndMetadata(1, "", -1), b: OffsetAndMetadata(1, "", -1)})
+        got = admin.delete_group_offsets(group, [a, b])
+        assert got[a] is kafka.errors.NoError
+        assert got[b] is kafka.errors.GroupSubscribedToTopicError
+        offsets = admin.list_group_offsets(group)[group]  # kafka-python 3: by group
+        assert a not in offsets and offsets[b].offset == 1, offsets
+        c.close()
+        # Once the group is empty, b's offsets can go too.
+        got = admin.delete_group_offsets(group, [b])
+        assert got[b] is kafka.errors.NoError
+        assert admin.list_group_offsets(group).get(group, {}) == {}
+        with pytest.raises(kafka.errors.GroupIdNotFoundError):
+            admin.delete_group_offsets(unique("kp-none"), [a])
+    finally:
+        c.close()
+        admin.close()
+
+
 # --- admin: topics ----------------------------------------------------------------------------
 
 def test_admin_create_and_delete_topics(broker):

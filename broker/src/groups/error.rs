@@ -84,6 +84,9 @@ pub enum GroupError {
     /// FENCED_INSTANCE_ID (82): another member id owns this group instance id.
     #[error("group instance id fenced by another member id")]
     FencedInstanceId,
+    /// GROUP_SUBSCRIBED_TO_TOPIC (86): OffsetDelete of a topic the group's members consume.
+    #[error("the group is subscribed to the topic")]
+    GroupSubscribedToTopic,
     /// A store failure while committing or deleting; reported as UNKNOWN_SERVER_ERROR (-1).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -107,6 +110,7 @@ impl GroupError {
             GroupError::GroupIdNotFound => 69,
             GroupError::MemberIdRequired { .. } => 79,
             GroupError::FencedInstanceId => 82,
+            GroupError::GroupSubscribedToTopic => 86,
         }
     }
 }

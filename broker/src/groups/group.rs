@@ -61,6 +61,26 @@ pub(crate) struct Member {
 }
 
 impl Member {
+    /// The topics this member subscribes to, from its metadata for `protocol` in the consumer
+    /// protocol (`ConsumerProtocolSubscription`); `None` if it cannot be read.
+    fn subscription(&self, protocol: &str) -> Option<Vec<String>> {
+        use kafka_protocol::messages::ConsumerProtocolSubscription;
+        use kafka_protocol::protocol::Decodable;
+        let mut metadata = self
+            .protocols
+            .iter()
+            .find(|p| p.name == protocol)?
+            .metadata
+            .clone();
+        if metadata.len() < 2 {
+            return None;
+        }
+        let version = i16::from_be_bytes([metadata[0], metadata[1]]);
+        let _ = bytes::Buf::get_i16(&mut metadata);
+        let sub = ConsumerProtocolSubscription::decode(&mut metadata, version.clamp(0, 3)).ok()?;
+        Some(sub.topics.iter().map(|t| t.to_string()).collect())
+    }
+
     fn matches(&self, protocols: &[JoinProtocol]) -> bool {
         self.protocols == protocols
     }
@@ -138,6 +158,21 @@ pub(crate) struct Group {
 }
 
 impl Group {
+    /// The topics the members subscribe to, as Kafka reads them for OffsetDelete: none for a
+    /// group without members or not of the consumer protocol; `None` when a member's
+    /// subscription cannot be read (then every topic counts as subscribed).
+    pub(crate) fn subscribed_topics(&self) -> Option<std::collections::HashSet<String>> {
+        let mut topics = std::collections::HashSet::new();
+        if self.members.is_empty() || self.protocol_type.as_deref() != Some("consumer") {
+            return Some(topics);
+        }
+        let protocol = self.protocol_name.as_deref()?;
+        for m in &self.members {
+            topics.extend(m.subscription(protocol)?);
+        }
+        Some(topics)
+    }
+
     pub fn new(id: String, initial_rebalance_delay: Duration, now: Instant) -> Self {
         Group {
             id,

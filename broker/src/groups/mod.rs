@@ -549,6 +549,61 @@ impl GroupCoordinator {
         }
     }
 
+    /// OffsetDelete for one group: removes the committed offsets of `partitions` and returns
+    /// each partition's error code (0, or GROUP_SUBSCRIBED_TO_TOPIC for a topic the group's
+    /// members subscribe to, whose offsets stay). An unknown group is GROUP_ID_NOT_FOUND.
+    pub fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<i16>, GroupError> {
+        let now = self.now();
+        let _store_guard = lock(&self.inner.store_lock);
+        let codes: Vec<i16> = {
+            let mut groups = self.groups();
+            let Some(group) = groups.get_mut(group_id) else {
+                return Err(GroupError::GroupIdNotFound);
+            };
+            group.poll(now);
+            if group.state == GroupState::Dead {
+                return Err(GroupError::GroupIdNotFound);
+            }
+            let subscribed = group.subscribed_topics();
+            partitions
+                .iter()
+                .map(|(topic, _)| match &subscribed {
+                    Some(topics) if !topics.contains(topic) => 0,
+                    _ => GroupError::GroupSubscribedToTopic.kafka_code(),
+                })
+                .collect()
+        };
+        let deletable: Vec<(String, i32)> = partitions
+            .iter()
+            .zip(&codes)
+            .filter(|(_, c)| **c == 0)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if let Err(e) = self.inner.store.delete_offsets(group_id, &deletable) {
+            warn!(group = %group_id, error = %e, "deleting offsets failed in the store");
+            let failed = GroupError::Store(e).kafka_code();
+            return Ok(codes
+                .iter()
+                .map(|c| if *c == 0 { failed } else { *c })
+                .collect());
+        }
+        if let Some(group) = self.groups().get_mut(group_id) {
+            for (topic, partition) in &deletable {
+                if let Some(parts) = group.offsets.get_mut(topic) {
+                    parts.remove(partition);
+                    if parts.is_empty() {
+                        group.offsets.remove(topic);
+                    }
+                }
+            }
+        }
+        Ok(codes)
+    }
+
     /// DeleteGroups for one group: only an Empty group; its offsets go too.
     pub fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
         self.remove_empty_group(group_id, |_| Ok(()))

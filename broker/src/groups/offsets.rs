@@ -42,6 +42,8 @@ pub trait OffsetStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Removes all offsets of a group (DeleteGroups, offset retention).
     fn delete_group(&self, group: &str) -> Result<(), StoreError>;
+    /// Removes some offsets of a group: (topic, partition) (OffsetDelete). Atomic per call.
+    fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError>;
 }
 
 type OffsetKey = (String, String, i32);
@@ -116,6 +118,15 @@ impl OffsetStore for MemoryOffsetStore {
     fn delete_group(&self, group: &str) -> Result<(), StoreError> {
         self.check()?;
         self.map().retain(|(g, _, _), _| g != group);
+        Ok(())
+    }
+
+    fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError> {
+        self.check()?;
+        let mut map = self.map();
+        for (topic, partition) in partitions {
+            map.remove(&(group.to_owned(), topic.clone(), *partition));
+        }
         Ok(())
     }
 }

@@ -217,4 +217,19 @@ impl OffsetStore for MetaStore {
         };
         run().map_err(StoreError::new)
     }
+
+    fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError> {
+        let run = || -> Result<(), MetaError> {
+            let tx = self.db.begin_write()?;
+            {
+                let mut table = tx.open_table(GROUP_OFFSETS)?;
+                for (topic, partition) in partitions {
+                    table.remove((group, topic.as_str(), *partition))?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        run().map_err(StoreError::new)
+    }
 }

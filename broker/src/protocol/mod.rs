@@ -331,7 +331,8 @@ fn groups_routes(d: &mut Dispatcher) {
         .add::<OffsetFetchRequest, _, _>(1, 8, offset_fetch::handle)
         .add::<ListGroupsRequest, _, _>(0, 4, list_groups::handle)
         .add::<DescribeGroupsRequest, _, _>(0, 5, describe_groups::handle)
-        .add::<DeleteGroupsRequest, _, _>(0, 2, delete_groups::handle);
+        .add::<DeleteGroupsRequest, _, _>(0, 2, delete_groups::handle)
+        .add::<OffsetDeleteRequest, _, _>(0, 0, offset_delete::handle);
 }
 
 #[cfg(test)]
