@@ -2,8 +2,10 @@
 //!
 //! Kafka semantics: a segment expires by time when `now - largest timestamp > retention.ms`;
 //! by size while `size - retention.bytes >= oldest segment size`. Only a prefix of the log is
-//! deleted, the active segment never. The log start offset becomes the first remaining
-//! segment's base offset (or stays higher if DeleteRecords put it there).
+//! deleted. When the active segment has expired by time as well, it is rolled first so that it
+//! can go too, as in Kafka: a topic whose every record is past retention ends empty, its log
+//! start at its end. The log start offset becomes the first remaining segment's base offset (or
+//! stays higher if DeleteRecords put it there).
 
 use super::MaintenanceReport;
 use super::batch::NO_TIMESTAMP;
@@ -25,6 +27,15 @@ impl PartitionLog {
                 if !expired {
                     break;
                 }
+                self.delete_oldest(report)?;
+            }
+            let active = self.active();
+            if self.segments.len() == 1
+                && active.size > 0
+                && active.max_timestamp != NO_TIMESTAMP
+                && now_ms - active.max_timestamp > retention_ms
+            {
+                self.roll(now_ms)?;
                 self.delete_oldest(report)?;
             }
         }
