@@ -109,3 +109,115 @@ async fn colliding_and_internal_topic_names_are_refused() {
     assert_eq!(r.topics.len(), 1, "only has.dot_x exists");
     broker.shutdown().await;
 }
+
+/// DescribeConfigs tells where each value comes from, as Kafka does: a topic override, the
+/// broker's static config (`[log]`), or the default; with synonyms on request; the broker
+/// resource under Kafka's broker config names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_sources_and_synonyms_follow_kafka() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{CreateTopicsRequest, DescribeConfigsRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.retention = Some(std::time::Duration::from_secs(86_400));
+    let broker = common::start_with(cfg).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let name = |n: &str| StrBytes::from_string(n.into());
+    let create = CreateTopicsRequest::default()
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(name("described")))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+                .with_configs(vec![
+                    CreatableTopicConfig::default()
+                        .with_name(name("segment.bytes"))
+                        .with_value(Some(name("1048576"))),
+                ]),
+        ])
+        .with_timeout_ms(5000);
+    assert_eq!(c.call(&create, 5).await.topics[0].error_code, 0);
+    let describe = |resource_type: i8, resource: &str| {
+        DescribeConfigsRequest::default()
+            .with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(resource_type)
+                    .with_resource_name(name(resource))
+                    .with_configuration_keys(None),
+            ])
+            .with_include_synonyms(true)
+    };
+    let r = c.call(&describe(2, "described"), 4).await;
+    let get = |k: &str| {
+        r.results[0]
+            .configs
+            .iter()
+            .find(|e| e.name.as_str() == k)
+            .unwrap_or_else(|| panic!("{k}"))
+            .clone()
+    };
+    let synonyms =
+        |e: &kafka_protocol::messages::describe_configs_response::DescribeConfigsResourceResult| {
+            e.synonyms
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.to_string(),
+                        s.value.as_deref().unwrap_or("").to_string(),
+                        s.source,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+    // Overridden on the topic: DYNAMIC_TOPIC_CONFIG (1), then the broker-level default.
+    let seg = get("segment.bytes");
+    assert_eq!(
+        (seg.value.as_deref(), seg.config_source),
+        (Some("1048576"), 1)
+    );
+    assert_eq!(
+        synonyms(&seg),
+        vec![
+            ("segment.bytes".into(), "1048576".into(), 1),
+            ("log.segment.bytes".into(), "1073741824".into(), 5)
+        ]
+    );
+    // Set in [log]: STATIC_BROKER_CONFIG (4), then Kafka's default.
+    let ret = get("retention.ms");
+    assert_eq!(
+        (ret.value.as_deref(), ret.config_source),
+        (Some("86400000"), 4)
+    );
+    assert_eq!(
+        synonyms(&ret),
+        vec![
+            ("log.retention.ms".into(), "86400000".into(), 4),
+            ("log.retention.ms".into(), "604800000".into(), 5)
+        ]
+    );
+    // Neither: DEFAULT_CONFIG (5).
+    assert_eq!(get("max.message.bytes").config_source, 5);
+    assert_eq!(get("cleanup.policy").config_type, 7, "a list");
+
+    let r = c.call(&describe(4, "0"), 4).await;
+    let names: Vec<&str> = r.results[0]
+        .configs
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"log.retention.ms") && names.contains(&"message.max.bytes"),
+        "{names:?}"
+    );
+    let ret = r.results[0]
+        .configs
+        .iter()
+        .find(|e| e.name.as_str() == "log.retention.ms")
+        .unwrap();
+    assert_eq!(
+        (ret.value.as_deref(), ret.config_source),
+        (Some("86400000"), 4)
+    );
+    broker.shutdown().await;
+}

@@ -1,9 +1,12 @@
 //! DescribeConfigs (key 32): a topic's effective configs in Kafka names and units, each marked
-//! as a per-topic override or a broker default; for the broker resource, the `[log]` defaults.
+//! as a per-topic override (DYNAMIC_TOPIC_CONFIG), set by the broker's `[log]` section
+//! (STATIC_BROKER_CONFIG) or Kafka's default (DEFAULT_CONFIG), with synonyms on request; for the
+//! broker resource, the `[log]` settings under Kafka's broker config names (`log.retention.ms`,
+//! `message.max.bytes`, ...).
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
@@ -16,8 +19,59 @@ const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
+/// Each topic config with its broker-level name (Kafka's synonyms, which the broker resource
+/// lists) and its type (Kafka's `ConfigType`: 2 string, 3 int, 5 long, 7 list).
+const NAMES: &[(&str, &str, i8)] = &[
+    ("segment.bytes", "log.segment.bytes", 3),
+    ("segment.ms", "log.roll.ms", 5),
+    ("retention.ms", "log.retention.ms", 5),
+    ("retention.bytes", "log.retention.bytes", 5),
+    ("cleanup.policy", "log.cleanup.policy", 7),
+    ("message.timestamp.type", "log.message.timestamp.type", 2),
+    ("max.message.bytes", "message.max.bytes", 3),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms", 5),
+    ("index.interval.bytes", "log.index.interval.bytes", 3),
+    ("flush.ms", "log.flush.interval.ms", 5),
+    ("compression.type", "compression.type", 2),
+    ("min.insync.replicas", "min.insync.replicas", 3),
+];
+
+/// One config as reported: name, value, source, type, and its synonyms (name, value, source),
+/// most specific first.
+type Entry = (String, String, i8, i8, Vec<(String, String, i8)>);
+
 pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let b = &ctx.broker;
+    // What `[log]` sets (the broker's static config) and Kafka's defaults, by topic config name.
+    let broker_values = b.config.log.to_topic_configs();
+    let defaults = edge_config::LogConfig::default().to_topic_configs();
+    let lookup = |list: &[(&'static str, String)], k: &str| {
+        list.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    // The broker-level synonyms of topic config `k`: the static `[log]` value if it differs from
+    // Kafka's default, then the default.
+    let broker_level = |k: &str| -> Vec<(String, String, i8)> {
+        let broker_name = NAMES
+            .iter()
+            .find(|(n, _, _)| *n == k)
+            .map_or(k, |(_, bn, _)| *bn);
+        let (set, default) = (lookup(&broker_values, k), lookup(&defaults, k));
+        let mut out = Vec::new();
+        if set != default {
+            out.push((broker_name.to_string(), set, SOURCE_STATIC_BROKER));
+        }
+        out.push((broker_name.to_string(), default, SOURCE_DEFAULT));
+        out
+    };
+    let config_type = |k: &str| {
+        NAMES
+            .iter()
+            .find(|(n, bn, _)| *n == k || *bn == k)
+            .map_or(0, |(_, _, t)| *t)
+    };
     let results = req
         .resources
         .into_iter()
@@ -25,13 +79,22 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             let mut out = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
-            let entries: Vec<(String, String, i8)> = match r.resource_type {
+            let entries: Vec<Entry> = match r.resource_type {
                 RESOURCE_TOPIC => match b.catalog.get(&r.resource_name) {
                     Some(t) => b
                         .catalog
                         .effective_configs(&t)
                         .into_iter()
-                        .map(|(k, v, o)| (k, v, if o { SOURCE_TOPIC } else { SOURCE_DEFAULT }))
+                        .map(|(k, v, overridden)| {
+                            let mut synonyms = Vec::new();
+                            if overridden {
+                                synonyms.push((k.clone(), v.clone(), SOURCE_TOPIC));
+                            }
+                            synonyms.extend(broker_level(&k));
+                            let source = synonyms[0].2;
+                            let ty = config_type(&k);
+                            (k, v, source, ty, synonyms)
+                        })
                         .collect(),
                     None => {
                         out.error_code = E::UnknownTopicOrPartition.code();
@@ -39,12 +102,15 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                         Vec::new()
                     }
                 },
-                RESOURCE_BROKER => b
-                    .config
-                    .log
-                    .to_topic_configs()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v, SOURCE_STATIC_BROKER))
+                // The broker's own names (log.retention.ms, message.max.bytes, ...), as Kafka
+                // reports its broker configs.
+                RESOURCE_BROKER => broker_values
+                    .iter()
+                    .map(|(k, v)| {
+                        let synonyms = broker_level(k);
+                        let (name, source) = (synonyms[0].0.clone(), synonyms[0].2);
+                        (name, v.clone(), source, config_type(k), synonyms)
+                    })
                     .collect(),
                 other => {
                     out.error_code = E::InvalidRequest.code();
@@ -55,16 +121,31 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             out.configs = entries
                 .into_iter()
                 // Null or an empty list asks for every key, as in Kafka.
-                .filter(|(k, _, _)| match &r.configuration_keys {
+                .filter(|(k, ..)| match &r.configuration_keys {
                     Some(keys) if !keys.is_empty() => keys.iter().any(|w| w.as_str() == k),
                     _ => true,
                 })
-                .map(|(k, v, source)| {
+                .map(|(k, v, source, ty, synonyms)| {
+                    let synonyms = if req.include_synonyms {
+                        synonyms
+                            .into_iter()
+                            .map(|(n, v, src)| {
+                                DescribeConfigsSynonym::default()
+                                    .with_name(s(n))
+                                    .with_value(Some(s(v)))
+                                    .with_source(src)
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     DescribeConfigsResourceResult::default()
                         .with_name(s(k))
                         .with_value(Some(s(v)))
                         .with_config_source(source)
                         .with_read_only(r.resource_type == RESOURCE_BROKER)
+                        .with_config_type(ty)
+                        .with_synonyms(synonyms)
                 })
                 .collect();
             out
