@@ -539,11 +539,16 @@ impl GroupCoordinator {
         })
     }
 
-    /// A topic was deleted (its offsets are already gone from the store): every group forgets
-    /// its offsets for it, as in Kafka, so a topic made again under the same name starts with
-    /// no committed position and consumers follow `auto.offset.reset`.
+    /// A topic was deleted: every group forgets its offsets for it, as in Kafka, so a topic
+    /// made again under the same name starts with no committed position and consumers follow
+    /// `auto.offset.reset`. The store forgets them too, under the store lock, so that an
+    /// OffsetCommit racing with the deletion cannot leave one behind for a restart to load (the
+    /// catalog already removed them with the topic, which covers a crash before this call).
     pub fn topic_deleted(&self, topic: &str) {
         let _store_guard = lock(&self.inner.store_lock);
+        if let Err(e) = self.inner.store.delete_topic(topic) {
+            warn!(%topic, error = %e, "deleting a deleted topic's offsets failed in the store");
+        }
         for g in self.groups().values_mut() {
             g.offsets.remove(topic);
         }

@@ -42,6 +42,8 @@ pub trait OffsetStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Removes all offsets of a group (DeleteGroups, offset retention).
     fn delete_group(&self, group: &str) -> Result<(), StoreError>;
+    /// Removes every group's offsets of a deleted topic. Atomic per call.
+    fn delete_topic(&self, topic: &str) -> Result<(), StoreError>;
     /// Removes some offsets of a group: (topic, partition) (OffsetDelete). Atomic per call.
     fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError>;
 }
@@ -118,6 +120,12 @@ impl OffsetStore for MemoryOffsetStore {
     fn delete_group(&self, group: &str) -> Result<(), StoreError> {
         self.check()?;
         self.map().retain(|(g, _, _), _| g != group);
+        Ok(())
+    }
+
+    fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.map().retain(|(_, t, _), _| t != topic);
         Ok(())
     }
 

@@ -218,6 +218,17 @@ impl OffsetStore for MetaStore {
         run().map_err(StoreError::new)
     }
 
+    fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
+        let run = || -> Result<(), MetaError> {
+            let tx = self.db.begin_write()?;
+            tx.open_table(GROUP_OFFSETS)?
+                .retain(|(_, t, _), _| t != topic)?;
+            tx.commit()?;
+            Ok(())
+        };
+        run().map_err(StoreError::new)
+    }
+
     fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError> {
         let run = || -> Result<(), MetaError> {
             let tx = self.db.begin_write()?;

@@ -567,6 +567,10 @@ fn endpoint_config(dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
     let path = dir.join("reset.key");
     let bytes = match std::fs::read(&path) {
         Ok(b) if b.len() == LEN => b,
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot read {}", path.display()));
+        }
+        // Missing, or not what this broker writes (e.g. cut short): made again.
         _ => {
             let mut b = vec![0u8; LEN];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
@@ -596,6 +600,8 @@ fn endpoint_config(dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
 fn write_new(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
+    // A leftover from a crash would keep its old mode: start from nothing.
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -333,7 +333,7 @@ const CLOSE_AUTH_FAILED: u32 = 1;
 
 /// A clear error for a connection the broker closed because of who the device is: a TLS alert
 /// (QUIC crypto error 0x100 + alert) or the broker's authentication refusal.
-fn closed_error(e: &quinn::ConnectionError) -> Option<DeviceError> {
+pub(crate) fn closed_error(e: &quinn::ConnectionError) -> Option<DeviceError> {
     match e {
         quinn::ConnectionError::ConnectionClosed(c) => {
             let code = u64::from(c.error_code);

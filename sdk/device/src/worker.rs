@@ -240,11 +240,13 @@ fn spawn_open_stream(
     reply: oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>,
 ) {
     tokio::spawn(async move {
-        let opened = match tokio::time::timeout(OPEN_STREAM_WAIT, conn.open_bi()).await {
-            Ok(Ok(stream)) => Ok((stream, client_id)),
-            Ok(Err(e)) => Err(DeviceError::Connect(e.to_string())),
-            Err(_) => Err(DeviceError::NoStream),
-        };
+        let opened =
+            match tokio::time::timeout(OPEN_STREAM_WAIT, conn.open_bi()).await {
+                Ok(Ok(stream)) => Ok((stream, client_id)),
+                Ok(Err(e)) => Err(session::closed_error(&e)
+                    .unwrap_or_else(|| DeviceError::Connect(e.to_string()))),
+                Err(_) => Err(DeviceError::NoStream),
+            };
         let _ = reply.send(opened);
     });
 }
@@ -349,7 +351,9 @@ impl Worker {
             // Nothing to send now: wait for a command, a response, a linger deadline or the
             // next retry.
             let mut wake = self.open.values().map(|o| o.deadline).min();
-            if !self.queue.is_empty() && self.in_flight.is_empty() {
+            // The back-off matters only while no setup runs (one started by a subscription
+            // may run past it; waking for it then would spin).
+            if !self.queue.is_empty() && self.in_flight.is_empty() && self.setup.is_none() {
                 wake = match (wake, self.retry_at) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -412,8 +416,16 @@ impl Worker {
             Cmd::Flush(done) => self.flushes.push(done),
             Cmd::Close(done) => self.closing = Some(done),
             Cmd::OpenStream(reply) => match self.session.as_ref() {
-                Some(s) => spawn_open_stream(s.connection(), s.client_id().clone(), reply),
-                None => {
+                Some(s) if s.connection().close_reason().is_none() => {
+                    spawn_open_stream(s.connection(), s.client_id().clone(), reply)
+                }
+                _ => {
+                    // No live connection (a device that only subscribes notices a lost one
+                    // here, as nothing reads its produce stream).
+                    if self.session.is_some() {
+                        self.requeue_in_flight();
+                        self.session = None;
+                    }
                     // Opened once a connection is made (now, unless one is being made).
                     self.stream_waiters.push(reply);
                     if self.setup.is_none() {
@@ -465,6 +477,8 @@ impl Worker {
         for w in self.stream_waiters.drain(..) {
             spawn_open_stream(p.session.connection(), p.session.client_id().clone(), w);
         }
+        // Connected: whatever back-off an earlier failure set no longer applies.
+        self.retry_at = None;
         self.session = Some(p.session);
     }
 

@@ -577,6 +577,41 @@ async fn kafka_produce(bootstrap: String, topic: &'static str, values: Vec<Strin
     .unwrap()
 }
 
+/// A device that only subscribes (never produces, so nothing reads its produce stream) notices
+/// a lost connection when its subscription reconnects, and connects again: commands sent after
+/// a broker restart still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_only_subscribes_reconnects_after_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let quic = free_udp_port();
+    let broker = start(dir.path(), quic).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    kafka_produce(broker.bootstrap(), "valve-cmds", vec!["open".into()]).await;
+    let mut sub = device
+        .subscribe("valve-cmds", 0, StartAt::Earliest)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("first command")
+        .unwrap();
+    assert_eq!(first.value.as_deref(), Some(&b"open"[..]));
+    broker.shutdown().await;
+
+    let broker = start(dir.path(), quic).await;
+    kafka_produce(broker.bootstrap(), "valve-cmds", vec!["close".into()]).await;
+    let second = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("a command sent after the restart arrives")
+        .unwrap();
+    assert_eq!(
+        (second.offset, second.value.as_deref()),
+        (1, Some(&b"close"[..]))
+    );
+    device.close().await;
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_receives_commands_from_a_kafka_client_in_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,9 +50,13 @@ pub async fn handle(
                             )));
                             return out;
                         }
-                        // The value as this request has left it so far, else the topic's.
+                        // The value as this request has left it so far (a DELETE leaves the
+                        // broker's default), else the topic's.
                         let current = match changes.iter().rev().find(|(k, _)| k == LIST_CONFIG) {
-                            Some((_, v)) => v.clone(),
+                            Some((_, Some(v))) => Some(v.clone()),
+                            Some((_, None)) => {
+                                Some(ctx.broker.config.log.cleanup_policy.as_str().to_string())
+                            }
                             None => None,
                         }
                         .or_else(|| {
