@@ -179,6 +179,9 @@ pub(crate) struct Worker {
     /// Connecting, or getting a producer id or metadata, beside the loop (the session is
     /// inside it meanwhile).
     setup: Option<Setup>,
+    /// Records' bytes at which a batch is sealed: `max_batch_bytes`, lowered when the broker
+    /// refuses a batch as too large.
+    batch_bytes: usize,
     /// Subscriptions waiting for a connection to open their stream on.
     stream_waiters: Vec<oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>>,
 }
@@ -289,6 +292,7 @@ impl Worker {
                 f.producer(producer);
             }
         }
+        let batch_bytes = cfg.max_batch_bytes.max(1);
         Worker {
             cfg,
             rx,
@@ -308,6 +312,7 @@ impl Worker {
             backoff: BACKOFF_MIN,
             retry_at: None,
             setup: None,
+            batch_bytes,
             stream_waiters: Vec::new(),
         }
     }
@@ -408,7 +413,7 @@ impl Worker {
                 open.bytes += record.cost;
                 open.records.push(record);
                 if open.records.len() >= self.cfg.max_batch_records
-                    || open.bytes >= self.cfg.max_batch_bytes
+                    || open.bytes >= self.batch_bytes
                 {
                     self.seal(&tp);
                 }
@@ -685,6 +690,10 @@ impl Worker {
                 if resend {
                     self.session = None;
                 }
+                // Later batches are sealed at most half this size, so a backlog is not split
+                // (and the file rewritten) batch by batch.
+                let bytes: usize = batch.records.iter().map(|r| r.cost).sum();
+                self.batch_bytes = self.batch_bytes.min(bytes / 2).max(1);
                 let (first, second) = batch.split();
                 self.queue.push_front(second);
                 self.queue.push_front(first);
