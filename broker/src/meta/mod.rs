@@ -23,6 +23,8 @@ const TOPICS: TableDefinition<&str, &str> = TableDefinition::new("topics");
 type OffsetRow =
     TableDefinition<'static, (&'static str, &'static str, i32), (i64, i32, &'static str, i64)>;
 const GROUP_OFFSETS: OffsetRow = TableDefinition::new("group_offsets");
+type OffsetTable<'tx> =
+    redb::Table<'tx, (&'static str, &'static str, i32), (i64, i32, &'static str, i64)>;
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
 
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
@@ -185,59 +187,49 @@ impl OffsetStore for MetaStore {
         group: &str,
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), StoreError> {
-        let run = || -> Result<(), MetaError> {
-            let tx = self.db.begin_write()?;
-            {
-                let mut table = tx.open_table(GROUP_OFFSETS)?;
-                for (topic, partition, c) in offsets {
-                    table.insert(
-                        (group, topic.as_str(), *partition),
-                        (
-                            c.offset,
-                            c.leader_epoch,
-                            c.metadata.as_str(),
-                            c.commit_timestamp_ms,
-                        ),
-                    )?;
-                }
+        self.write_offsets(|table| {
+            for (topic, partition, c) in offsets {
+                table.insert(
+                    (group, topic.as_str(), *partition),
+                    (
+                        c.offset,
+                        c.leader_epoch,
+                        c.metadata.as_str(),
+                        c.commit_timestamp_ms,
+                    ),
+                )?;
             }
-            tx.commit()?;
             Ok(())
-        };
-        run().map_err(StoreError::new)
+        })
     }
 
     fn delete_group(&self, group: &str) -> Result<(), StoreError> {
-        let run = || -> Result<(), MetaError> {
-            let tx = self.db.begin_write()?;
-            tx.open_table(GROUP_OFFSETS)?
-                .retain(|(g, _, _), _| g != group)?;
-            tx.commit()?;
-            Ok(())
-        };
-        run().map_err(StoreError::new)
+        self.write_offsets(|table| Ok(table.retain(|(g, _, _), _| g != group)?))
     }
 
     fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
-        let run = || -> Result<(), MetaError> {
-            let tx = self.db.begin_write()?;
-            tx.open_table(GROUP_OFFSETS)?
-                .retain(|(_, t, _), _| t != topic)?;
-            tx.commit()?;
-            Ok(())
-        };
-        run().map_err(StoreError::new)
+        self.write_offsets(|table| Ok(table.retain(|(_, t, _), _| t != topic)?))
     }
 
     fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError> {
+        self.write_offsets(|table| {
+            for (topic, partition) in partitions {
+                table.remove((group, topic.as_str(), *partition))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl MetaStore {
+    /// Runs `change` on the committed-offsets table in one write transaction.
+    fn write_offsets(
+        &self,
+        change: impl FnOnce(&mut OffsetTable<'_>) -> Result<(), MetaError>,
+    ) -> Result<(), StoreError> {
         let run = || -> Result<(), MetaError> {
             let tx = self.db.begin_write()?;
-            {
-                let mut table = tx.open_table(GROUP_OFFSETS)?;
-                for (topic, partition) in partitions {
-                    table.remove((group, topic.as_str(), *partition))?;
-                }
-            }
+            change(&mut tx.open_table(GROUP_OFFSETS)?)?;
             tx.commit()?;
             Ok(())
         };
