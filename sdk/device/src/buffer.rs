@@ -12,8 +12,12 @@
 //! | 2 batch | topic (u16 len), partition i32, base sequence i32, count u32, records | appended to pending; the partition's next sequence follows it |
 //! | 3 done | failed u8 | the oldest pending batch is acknowledged (or, failed, refused: later batches of its partition shift down) |
 //! | 4 next sequence | topic, partition i32, sequence i32 | the partition's next sequence |
+//! | 5 batch with headers | as 2, each record followed by its headers | as 2 |
 //!
-//! A record is `timestamp i64 | key len i32 (-1: none) | key | value len i32 | value`.
+//! A record is `timestamp i64 | key len i32 (-1: none) | key | value len i32 | value`; in a
+//! kind 5 batch it goes on with `header count u32`, then per header `key len u32 | key |
+//! value len i32 | value`. A batch none of whose records has a header is written as kind 2,
+//! which every version of this SDK reads.
 //!
 //! Invariants: entries are appended in the order the worker seals and finishes batches, so
 //! replaying the file with the worker's own numbering rules ([`renumber`],
@@ -39,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::protocol::StrBytes;
 
 use crate::DeviceError;
 use crate::worker::{Batch, Pending, Producer, Tp, give_back_sequences, renumber};
@@ -59,6 +64,7 @@ const PRODUCER: u8 = 1;
 const BATCH: u8 = 2;
 const DONE: u8 = 3;
 const NEXT_SEQUENCE: u8 = 4;
+const BATCH_WITH_HEADERS: u8 = 5;
 
 /// What a buffer file held: the state the worker resumes from.
 #[derive(Default)]
@@ -146,7 +152,12 @@ impl FileBuffer {
 
     /// Records a sealed batch.
     pub(crate) fn sealed(&mut self, b: &Batch) {
-        let mut e = entry(BATCH);
+        let with_headers = b.records.iter().any(|r| !r.headers.is_empty());
+        let mut e = entry(if with_headers {
+            BATCH_WITH_HEADERS
+        } else {
+            BATCH
+        });
         put_tp(&mut e, &b.tp);
         e.put_i32(b.base_sequence);
         e.put_u32(b.records.len() as u32);
@@ -161,6 +172,15 @@ impl FileBuffer {
             }
             e.put_i32(r.value.len() as i32);
             e.put_slice(&r.value);
+            if with_headers {
+                e.put_u32(r.headers.len() as u32);
+                for (k, v) in &r.headers {
+                    e.put_u32(k.len() as u32);
+                    e.put_slice(k.as_bytes());
+                    e.put_i32(v.len() as i32);
+                    e.put_slice(v);
+                }
+            }
         }
         let n = self.append(e);
         self.pending.push_back(n);
@@ -377,7 +397,7 @@ fn apply(st: &mut Restored, sizes: &mut VecDeque<u64>, payload: &[u8], size: u64
             st.producer = Some(Producer { id, epoch });
             renumber(&mut st.batches, &mut st.next_sequence);
         }
-        BATCH => {
+        kind @ (BATCH | BATCH_WITH_HEADERS) => {
             let tp = get_tp(&mut b)?;
             let base_sequence = get_i32(&mut b)?;
             let count = get_u32(&mut b)?;
@@ -386,17 +406,24 @@ fn apply(st: &mut Restored, sizes: &mut VecDeque<u64>, payload: &[u8], size: u64
                 let timestamp = get_i64(&mut b)?;
                 let key = get_bytes(&mut b)?;
                 let value = get_bytes(&mut b)?.unwrap_or_default();
-                let cost = tp.0.len()
-                    + key.as_ref().map_or(0, Bytes::len)
-                    + value.len()
-                    + crate::RECORD_OVERHEAD;
-                records.push(Pending {
+                let mut headers = Vec::new();
+                if kind == BATCH_WITH_HEADERS {
+                    for _ in 0..get_u32(&mut b)? {
+                        let n = get_u32(&mut b)? as usize;
+                        let key = get_str(&mut b, n)?;
+                        headers.push((key, get_bytes(&mut b)?.unwrap_or_default()));
+                    }
+                }
+                let mut record = Pending {
                     key,
                     value,
+                    headers,
                     timestamp,
-                    cost,
+                    cost: 0,
                     ack: None,
-                });
+                };
+                record.cost = record.cost_in(&tp.0);
+                records.push(record);
             }
             st.next_sequence.insert(
                 tp.clone(),
@@ -442,15 +469,19 @@ fn get_u32(b: &mut Bytes) -> Option<u32> {
 fn get_i64(b: &mut Bytes) -> Option<i64> {
     (b.remaining() >= 8).then(|| b.get_i64())
 }
-fn get_tp(b: &mut Bytes) -> Option<Tp> {
-    if b.remaining() < 2 {
-        return None;
-    }
-    let n = b.get_u16() as usize;
+fn get_u16(b: &mut Bytes) -> Option<u16> {
+    (b.remaining() >= 2).then(|| b.get_u16())
+}
+/// A UTF-8 string of `n` bytes.
+fn get_str(b: &mut Bytes, n: usize) -> Option<StrBytes> {
     if b.remaining() < n {
         return None;
     }
-    let topic = String::from_utf8(b.split_to(n).to_vec()).ok()?;
+    StrBytes::from_utf8(b.split_to(n)).ok()
+}
+fn get_tp(b: &mut Bytes) -> Option<Tp> {
+    let n = get_u16(b)? as usize;
+    let topic = get_str(b, n)?.to_string();
     Some((topic, get_i32(b)?))
 }
 /// A length-prefixed byte string; -1 is `None`.
@@ -479,6 +510,7 @@ mod tests {
                 .map(|(i, v)| Pending {
                     key: (i % 2 == 0).then(|| Bytes::from_static(b"k")),
                     value: Bytes::from(v.to_string()),
+                    headers: Vec::new(),
                     timestamp: 1_700_000_000_000 + i as i64,
                     cost: 0,
                     ack: None,
@@ -526,6 +558,57 @@ mod tests {
             (k.key.as_deref(), k.timestamp),
             (Some(&b"k"[..]), 1_700_000_000_000)
         );
+    }
+
+    #[tokio::test]
+    async fn headers_are_replayed_and_batches_without_them_keep_the_first_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let mut with = batch("a", 0, &["h0", "h1"]);
+        with.records[1].headers = vec![
+            (StrBytes::from_static_str("unit"), Bytes::from_static(b"C")),
+            (StrBytes::from_static_str("empty"), Bytes::new()),
+        ];
+        {
+            let (mut f, _) = FileBuffer::open(&path, false).await.unwrap();
+            f.producer(Producer { id: 4, epoch: 0 });
+            f.sealed(&batch("a", 2, &["plain"]));
+            f.sealed(&with);
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        // The kinds of the three entries, in order: producer, plain batch, batch with headers.
+        let mut kinds = Vec::new();
+        let mut at = MAGIC.len();
+        while at < bytes.len() {
+            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            kinds.push(bytes[at + 8]);
+            at += 8 + len;
+        }
+        assert_eq!(kinds, [PRODUCER, BATCH, BATCH_WITH_HEADERS]);
+        let (_f, r) = FileBuffer::open(&path, false).await.unwrap();
+        let got: Vec<Vec<(String, Vec<u8>)>> = r
+            .batches
+            .iter()
+            .flat_map(|b| &b.records)
+            .map(|p| {
+                p.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                vec![],
+                vec![],
+                vec![("unit".into(), b"C".to_vec()), ("empty".into(), vec![])]
+            ]
+        );
+        // The buffer cost counts the headers, as when the record was queued.
+        let h1 = &r.batches[1].records[1];
+        assert_eq!(h1.cost, h1.cost_in("a"));
+        assert!(h1.cost > r.batches[1].records[0].cost);
     }
 
     #[tokio::test]

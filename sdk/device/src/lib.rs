@@ -16,6 +16,9 @@
 //!   [`DeviceError::BufferFull`]. When the connection drops, the device reconnects with backoff
 //!   (100 ms doubling to 5 s) and re-sends the buffered batches in order with the same producer
 //!   id, epoch and sequence numbers, so the broker drops any it already stored.
+//! - [`Record`] adds Kafka record headers, a partition or a timestamp of the record's own
+//!   ([`Device::send_record`], [`Device::enqueue_record`]); subscriptions hand the headers back
+//!   in [`Message::headers`].
 //!
 //! ## Delivery guarantee
 //!
@@ -57,11 +60,13 @@
 mod buffer;
 mod datagram;
 mod link;
+mod record;
 mod session;
 mod subscribe;
 mod worker;
 
 pub use link::ZeroRtt;
+pub use record::Record;
 pub use subscribe::{Message, StartAt, Subscription};
 
 use std::net::SocketAddr;
@@ -272,9 +277,6 @@ fn error_text(code: i16) -> String {
     }
 }
 
-/// Bytes a record counts against the buffer besides its key, value and topic name.
-const RECORD_OVERHEAD: usize = 64;
-
 /// A connection to a Runnel broker that produces records. Cheap to share by reference across
 /// tasks (`&Device` sends); all work happens on one background task that owns the QUIC
 /// connection and its stream.
@@ -402,7 +404,7 @@ impl Device {
         value: &[u8],
     ) -> Result<Delivery, DeviceError> {
         let (ack, rx) = oneshot::channel();
-        self.push(topic, partition, key, value, Some(ack))?;
+        self.push(topic, partition, simple(key, value), Some(ack))?;
         Ok(Delivery { rx })
     }
 
@@ -414,21 +416,51 @@ impl Device {
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<(), DeviceError> {
-        self.push(topic, 0, key, value, None)
+        self.push(topic, 0, simple(key, value), None)
     }
 
+    /// Sends a [`Record`] (with headers, a partition or a timestamp of its own) and waits until
+    /// the broker has acknowledged it. Fails at once with [`DeviceError::BufferFull`] when the
+    /// buffer is full.
+    pub async fn send_record(&self, record: Record) -> Result<Ack, DeviceError> {
+        self.enqueue_record(record)?.await
+    }
+
+    /// Queues a [`Record`] without waiting, like [`Device::enqueue`].
+    pub fn enqueue_record(&self, record: Record) -> Result<Delivery, DeviceError> {
+        let (ack, rx) = oneshot::channel();
+        let Record {
+            topic,
+            partition,
+            key,
+            value,
+            headers,
+            timestamp,
+        } = record;
+        let pending = Pending {
+            key,
+            value,
+            headers,
+            timestamp: timestamp.unwrap_or_else(now_ms),
+            cost: 0,
+            ack: None,
+        };
+        self.push(&topic, partition, pending, Some(ack))?;
+        Ok(Delivery { rx })
+    }
+
+    /// Queues `record` for `partition` of `topic`, reserving its cost in the buffer.
     fn push(
         &self,
         topic: &str,
         partition: i32,
-        key: Option<&[u8]>,
-        value: &[u8],
+        mut record: Pending,
         ack: Option<oneshot::Sender<Result<Ack, DeviceError>>>,
     ) -> Result<(), DeviceError> {
         if self.tx.is_closed() {
             return Err(DeviceError::Closed);
         }
-        let cost = topic.len() + key.map_or(0, <[u8]>::len) + value.len() + RECORD_OVERHEAD;
+        let cost = record.cost_in(topic);
         let reserved = self
             .buffered
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -437,13 +469,8 @@ impl Device {
         if reserved.is_err() {
             return Err(DeviceError::BufferFull);
         }
-        let record = Pending {
-            key: key.map(Bytes::copy_from_slice),
-            value: Bytes::copy_from_slice(value),
-            timestamp: now_ms(),
-            cost,
-            ack,
-        };
+        record.cost = cost;
+        record.ack = ack;
         self.tx
             .send(Cmd::Record {
                 topic: topic.to_string(),
@@ -533,6 +560,18 @@ impl std::future::Future for Delivery {
         Pin::new(&mut self.rx)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(DeviceError::Closed)))
+    }
+}
+
+/// A record of a key and a value, stamped now.
+fn simple(key: Option<&[u8]>, value: &[u8]) -> Pending {
+    Pending {
+        key: key.map(Bytes::copy_from_slice),
+        value: Bytes::copy_from_slice(value),
+        headers: Vec::new(),
+        timestamp: now_ms(),
+        cost: 0,
+        ack: None,
     }
 }
 

@@ -70,6 +70,9 @@ pub struct Message {
     pub timestamp: i64,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
+    /// The record's Kafka headers, in order (a key that a producer repeated appears once, with
+    /// its last value).
+    pub headers: Vec<(String, Option<Bytes>)>,
 }
 
 /// A stream of the records of one topic partition; see [`crate::Device::subscribe`].
@@ -369,6 +372,11 @@ impl Subscription {
                     timestamp: r.timestamp,
                     key: r.key,
                     value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
                 });
             }
             self.next_offset = self.next_offset.max(base + last_delta as i64 + 1);

@@ -82,11 +82,34 @@ pub(crate) type Stream = (quinn::SendStream, quinn::RecvStream);
 pub(crate) struct Pending {
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Bytes,
+    /// Kafka record headers, keys unique.
+    pub(crate) headers: Vec<(StrBytes, Bytes)>,
     pub(crate) timestamp: i64,
     /// Bytes reserved in the buffer, released when the record is acknowledged or failed.
     pub(crate) cost: usize,
     pub(crate) ack: Option<oneshot::Sender<Result<Ack, DeviceError>>>,
 }
+
+impl Pending {
+    /// Bytes the record counts against the buffer when queued for `topic`.
+    pub(crate) fn cost_in(&self, topic: &str) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+            .sum();
+        topic.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.len()
+            + headers
+            + RECORD_OVERHEAD
+    }
+}
+
+/// Bytes a record counts against the buffer besides its key, value, headers and topic name.
+const RECORD_OVERHEAD: usize = 64;
+/// Bytes a header counts besides its key and value.
+const HEADER_OVERHEAD: usize = 8;
 
 pub(crate) type Tp = (String, i32);
 
@@ -854,7 +877,11 @@ fn produce_request(batch: &Batch, producer: Producer, acks: i16) -> ProduceReque
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: Some(r.value.clone()),
-            headers: Default::default(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
         })
         .collect();
     let mut buf = BytesMut::new();
@@ -894,6 +921,7 @@ mod tests {
                 .map(|i| Pending {
                     key: Some(Bytes::from_static(b"k")),
                     value: Bytes::from(format!("v{i}")),
+                    headers: Vec::new(),
                     timestamp: 1_700_000_000_000 + i as i64,
                     cost: 10,
                     ack: None,

@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel::{BrokerHandle, Config};
-use runnel_device::{Acks, Device, DeviceConfig, DeviceError, StartAt, Trust};
+use runnel_device::{Acks, Device, DeviceConfig, DeviceError, Record, StartAt, Trust};
 
 /// A broker config: data in `dir`, Kafka on 127.0.0.1:0, QUIC on `quic`.
 fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
@@ -137,6 +137,141 @@ async fn a_thousand_readings_are_acknowledged_and_read_back_in_order() {
         assert_eq!(m.key(), Some(&b"sensor-7"[..]), "key of {i}");
         assert_eq!(m.payload(), Some(&reading(i)[..]), "value of {i}");
     }
+    broker.shutdown().await;
+}
+
+/// The headers of a librdkafka message, as (key, value) pairs in order.
+fn kafka_headers(m: &OwnedMessage) -> Vec<(String, Option<Vec<u8>>)> {
+    use rdkafka::message::Headers;
+    m.headers().map_or_else(Vec::new, |h| {
+        h.iter()
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let measured = 1_764_800_000_000 + 123;
+
+    let first = device
+        .send_record(
+            Record::new("tagged", reading(0))
+                .key("sensor-7")
+                .header("content-type", "application/json")
+                .header("unit", "celsius")
+                .header("unit", "kelvin")
+                .header("empty", b"")
+                .timestamp(measured),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.partition, first.offset), (0, 0));
+    // Records with and without headers in one batch.
+    let deliveries: Vec<_> = (1..50)
+        .map(|i| {
+            let r = Record::new("tagged", reading(i)).timestamp(measured + i as i64);
+            let r = if i % 2 == 0 {
+                r.header("seq", i.to_string())
+            } else {
+                r
+            };
+            device.enqueue_record(r).unwrap()
+        })
+        .collect();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        assert_eq!(d.await.unwrap().offset, i as i64 + 1);
+    }
+
+    let got = read_back(broker.bootstrap(), "tagged", 50).await;
+    assert_eq!(got.len(), 50);
+    assert_eq!(got[0].key(), Some(&b"sensor-7"[..]));
+    assert_eq!(got[0].payload(), Some(&reading(0)[..]));
+    assert_eq!(got[0].timestamp(), rdkafka::Timestamp::CreateTime(measured));
+    assert_eq!(
+        kafka_headers(&got[0]),
+        [
+            ("content-type".into(), Some(b"application/json".to_vec())),
+            ("unit".into(), Some(b"kelvin".to_vec())),
+            ("empty".into(), Some(vec![])),
+        ]
+    );
+    for (i, m) in got.iter().enumerate().skip(1) {
+        assert_eq!(m.key(), None, "key of {i}");
+        assert_eq!(m.payload(), Some(&reading(i)[..]), "value of {i}");
+        assert_eq!(
+            m.timestamp(),
+            rdkafka::Timestamp::CreateTime(measured + i as i64)
+        );
+        let want = if i % 2 == 0 {
+            vec![("seq".to_string(), Some(i.to_string().into_bytes()))]
+        } else {
+            vec![]
+        };
+        assert_eq!(kafka_headers(m), want, "headers of {i}");
+    }
+
+    // A subscription sees the same headers, and those of a Kafka client's records, null values
+    // included.
+    tokio::task::spawn_blocking({
+        let bootstrap = broker.bootstrap();
+        move || {
+            use rdkafka::message::{Header, OwnedHeaders};
+            use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+            let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+                ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("broker.address.family", "v4")
+                    .create()
+                    .unwrap();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "trace",
+                    value: Some("abc"),
+                })
+                .insert(Header::<&[u8]> {
+                    key: "flag",
+                    value: None,
+                });
+            p.send(
+                BaseRecord::<str, str>::to("tagged")
+                    .partition(0)
+                    .payload("from kafka")
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+            p.flush(Duration::from_secs(30)).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let mut sub = device
+        .subscribe("tagged", 0, StartAt::Earliest)
+        .await
+        .unwrap();
+    let m = sub.next().await.unwrap();
+    let names: Vec<_> = m.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["content-type", "unit", "empty"]);
+    assert_eq!(m.headers[1].1.as_deref(), Some(&b"kelvin"[..]));
+    assert_eq!(m.timestamp, measured);
+    for _ in 1..50 {
+        sub.next().await.unwrap();
+    }
+    let m = sub.next().await.unwrap();
+    assert_eq!(m.offset, 50);
+    assert_eq!(
+        m.headers,
+        [
+            ("trace".to_string(), Some(bytes::Bytes::from_static(b"abc"))),
+            ("flag".to_string(), None),
+        ]
+    );
+    drop(sub);
+    device.close().await;
     broker.shutdown().await;
 }
 
