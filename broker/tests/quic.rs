@@ -121,6 +121,14 @@ impl Session {
     }
 }
 
+/// The STOP_SENDING code the broker ended the session's request side with, if it did.
+async fn stop_code(s: &mut Session) -> Option<u32> {
+    let stopped = tokio::time::timeout(Duration::from_secs(5), s.send.stopped())
+        .await
+        .expect("the broker stops the stream");
+    stopped.ok().flatten().map(|c| c.into_inner() as u32)
+}
+
 fn name(t: &str) -> TopicName {
     TopicName(StrBytes::from_string(t.to_string()))
 }
@@ -420,6 +428,11 @@ async fn an_oversized_frame_closes_its_stream_only_and_writes_nothing() {
     // The broker may stop reading before the whole frame is sent.
     let _ = bad.send_frame(&body).await;
     assert!(bad.read_frame().await.is_none(), "the bad stream is ended");
+    // STOP_SENDING says why: code 1, too large (so a device can split its batch).
+    assert_eq!(
+        stop_code(&mut bad).await,
+        Some(runnel::net::quic::STOP_TOO_LARGE)
+    );
 
     // The same connection, another stream and another connection all still work.
     assert_eq!(
@@ -444,6 +457,10 @@ async fn an_oversized_frame_closes_its_stream_only_and_writes_nothing() {
         .await
         .unwrap();
     assert!(negative.read_frame().await.is_none());
+    assert_eq!(
+        stop_code(&mut negative).await,
+        Some(runnel::net::quic::STOP_MALFORMED)
+    );
     assert_eq!(latest_offset(&mut good, "guarded").await, 1);
     assert!(
         device.conn.close_reason().is_none(),

@@ -3,7 +3,9 @@
 //! Requests on a connection are handled one at a time, as Kafka does, so responses keep the
 //! request order clients rely on; a writer task lets the next request be read and handled while
 //! the previous response is still being written. A bad frame (negative or oversized length,
-//! malformed header or body, unknown API) closes this connection only, with a log line. On a
+//! malformed header or body, unknown API) closes this connection only, with a log line; where
+//! the transport can say why ([`ReadSide::refuse`]: a QUIC stream's STOP_SENDING code), the
+//! client is told which of the two it was, so that a device can split a batch too large. On a
 //! connection that must authenticate first (`protocol::auth`), any other request before a
 //! successful SaslAuthenticate is not handled: the session ends and the listener is asked to close
 //! the whole connection with the reason; after a failed SaslAuthenticate a TCP connection ends
@@ -29,13 +31,48 @@ use crate::protocol::{Ctx, ListenerKind, Outcome, Session, frame};
 /// Responses queued for the writer before the reader waits.
 const WRITE_QUEUE: usize = 64;
 
+/// Why a connection stopped reading a client's requests early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A frame over `broker.max_request_bytes`.
+    TooLarge,
+    /// A frame that is not a request the broker serves: a negative size, a malformed header or
+    /// body, an unknown API or version.
+    Malformed,
+}
+
+/// The reading half of a connection.
+pub trait ReadSide: AsyncRead + Unpin + Send + 'static {
+    /// Stops reading and tells the client why, where the transport can (a QUIC stream's
+    /// STOP_SENDING code). A TCP connection cannot: it is closed, as Kafka does.
+    fn refuse(&mut self, _why: Refusal) {}
+}
+
+impl<T: AsyncRead + Send + 'static> ReadSide for tokio::io::ReadHalf<T> {}
+
+/// Serves a byte stream that reads and writes (TCP, TLS).
 pub async fn serve<S>(
     broker: Arc<Broker>,
     stream: S,
     session: Session,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    serve_halves(broker, rd, wr, session, shutdown).await;
+}
+
+/// Serves a connection given as its two halves (a QUIC stream's receive and send sides).
+pub async fn serve_halves<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    wr: W,
+    session: Session,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: ReadSide,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = session.peer;
     let listener = session.listener.name();
@@ -44,13 +81,13 @@ pub async fn serve<S>(
     let metrics = &broker.metrics;
     metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let writer = tokio::spawn(write_loop(wr, rx, broker.clone()));
     let max = broker.config.broker.max_request_bytes as usize;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut client_id: Arc<str> = Arc::from("");
     let throttle_ms = Arc::new(AtomicU32::new(0));
+    let mut refused = None;
     'conn: loop {
         // Handle every complete frame already buffered before reading again.
         loop {
@@ -65,6 +102,10 @@ pub async fn serve<S>(
                 Err(e) => {
                     tracing::warn!(%peer, listener, error = %e, "closing connection: bad frame");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    refused = Some(match e {
+                        frame::FrameError::TooLarge { .. } => Refusal::TooLarge,
+                        _ => Refusal::Malformed,
+                    });
                     break 'conn;
                 }
             };
@@ -74,6 +115,7 @@ pub async fn serve<S>(
                 Err(e) => {
                     tracing::warn!(%peer, listener, ?correlation_id, error = %e, "closing connection: bad request");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    refused = Some(Refusal::Malformed);
                     break 'conn;
                 }
             };
@@ -106,6 +148,7 @@ pub async fn serve<S>(
                 Err(e) => {
                     tracing::warn!(%peer, listener, client_id = %client_id, error = %e, "closing connection");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    refused = Some(Refusal::Malformed);
                     break 'conn;
                 }
             };
@@ -164,6 +207,11 @@ pub async fn serve<S>(
                 break;
             }
         }
+    }
+    // Before the responses already queued are written and the stream finished, so that the
+    // client learns why by the time it sees the end.
+    if let Some(why) = refused {
+        rd.refuse(why);
     }
     drop(tx);
     let _ = writer.await;

@@ -80,6 +80,21 @@ pub const RESUMPTION_SESSIONS: usize = 16 * 1024;
 
 /// Application close code: the device failed or skipped authentication; the reason says why.
 pub const CLOSE_AUTH_FAILED: u32 = 1;
+/// STOP_SENDING code on a stream whose request frame was over `broker.max_request_bytes`.
+pub const STOP_TOO_LARGE: u32 = 1;
+/// STOP_SENDING code on a stream whose request was malformed or is not served.
+pub const STOP_MALFORMED: u32 = 2;
+
+impl super::conn::ReadSide for quinn::RecvStream {
+    fn refuse(&mut self, why: super::conn::Refusal) {
+        let code = match why {
+            super::conn::Refusal::TooLarge => STOP_TOO_LARGE,
+            super::conn::Refusal::Malformed => STOP_MALFORMED,
+        };
+        // Fails only when the stream has ended already: nothing left to stop.
+        let _ = self.stop(VarInt::from_u32(code));
+    }
+}
 
 /// After refusing a device, how long the broker waits for it to hang up (so the response that
 /// explains the refusal gets through) before closing the connection itself.
@@ -364,10 +379,10 @@ async fn serve_connection(
             }
             _ = shutdown.changed() => break,
         };
-        let stream = tokio::io::join(recv, send);
-        tokio::spawn(super::conn::serve(
+        tokio::spawn(super::conn::serve_halves(
             broker.clone(),
-            stream,
+            recv,
+            send,
             link.session(&conn),
             shutdown.clone(),
         ));
