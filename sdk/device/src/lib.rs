@@ -154,8 +154,9 @@ pub struct DeviceConfig {
     pub linger: Duration,
     /// A batch is sent as soon as it holds this many records (at least 1).
     pub max_batch_records: usize,
-    /// A batch is sent as soon as its records hold this many bytes (default 64 KiB). Each batch
-    /// goes in one request, so keep it under the broker's `max_request_bytes`.
+    /// A batch is sent as soon as its records hold this many bytes (default 64 KiB). A batch the
+    /// broker refuses as too large (over its `max_message_bytes`, or its request over
+    /// `max_request_bytes`) is split, and later batches are kept to half its size.
     pub max_batch_bytes: usize,
     /// The most bytes of records (keys, values, topic names and a small per-record overhead) the
     /// device holds before the broker acknowledges them; sends beyond it fail with

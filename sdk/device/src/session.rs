@@ -36,6 +36,22 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 const EXPLAIN_WAIT: Duration = Duration::from_secs(1);
 /// The largest response frame accepted.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// The STOP_SENDING code with which the broker refuses a request frame over its
+/// `max_request_bytes` (docs/quic.md).
+const STOP_TOO_LARGE: u32 = 1;
+/// How long an ended stream waits for the broker's STOP_SENDING, which may trail the end.
+const STOP_WAIT: Duration = Duration::from_millis(500);
+/// The Kafka error code a request too large for the broker stands for.
+const MESSAGE_TOO_LARGE: i16 = 10;
+
+/// What reading the session stream gave.
+pub(crate) enum Read {
+    /// Response bytes.
+    Data(Bytes),
+    /// The broker ended the session; `too_large`: because a request frame was over its
+    /// `max_request_bytes` (it answered the requests before that one).
+    Ended { too_large: bool },
+}
 
 pub(crate) struct Session {
     // Keeps the client endpoint (its UDP socket) alive as long as the connection.
@@ -199,23 +215,57 @@ impl Session {
     }
 
     /// Writes a request frame on the session stream. Waits while QUIC flow control holds it.
+    /// Fails with [`DeviceError::Broker`] `MESSAGE_TOO_LARGE` when the broker has stopped the
+    /// stream because a request frame on it (this one or an earlier one) was too large.
     pub(crate) async fn write_frame(&mut self, frame: &[u8]) -> Result<(), DeviceError> {
-        self.send
-            .write_all(frame)
-            .await
-            .map_err(|e| DeviceError::Connect(e.to_string()))
-    }
-
-    /// Reads whatever response bytes have arrived on the session stream (cancel-safe: dropping
-    /// the future loses nothing). `None` when the broker finished the stream.
-    pub(crate) async fn read_chunk(&mut self) -> Result<Option<Bytes>, DeviceError> {
-        match self.recv.read_chunk(64 * 1024, true).await {
-            Ok(c) => Ok(c.map(|c| c.bytes)),
+        match self.send.write_all(frame).await {
+            Ok(()) => Ok(()),
+            Err(quinn::WriteError::Stopped(code)) if code.into_inner() == STOP_TOO_LARGE as u64 => {
+                Err(DeviceError::Broker {
+                    code: MESSAGE_TOO_LARGE,
+                })
+            }
             Err(e) => Err(DeviceError::Connect(e.to_string())),
         }
     }
 
-    /// Opens another bidirectional stream (another Kafka session) on this connection.
+    /// Reads whatever response bytes have arrived on the session stream (cancel-safe: dropping
+    /// the future loses nothing), or how the stream ended.
+    pub(crate) async fn read_chunk(&mut self) -> Result<Read, DeviceError> {
+        match self.recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(c)) => Ok(Read::Data(c.bytes)),
+            Ok(None) => Ok(Read::Ended {
+                too_large: self.refused_too_large().await,
+            }),
+            Err(_) if self.refused_too_large().await => Ok(Read::Ended { too_large: true }),
+            Err(e) => Err(DeviceError::Connect(e.to_string())),
+        }
+    }
+
+    /// Whether the broker stopped the session stream because a request frame was too large.
+    async fn refused_too_large(&mut self) -> bool {
+        let stopped = tokio::time::timeout(STOP_WAIT, self.send.stopped()).await;
+        matches!(stopped, Ok(Ok(Some(code))) if code.into_inner() == STOP_TOO_LARGE as u64)
+    }
+
+    /// Replaces the session stream, which the broker has ended, with a new one on the same
+    /// connection (which keeps its identity and its other streams).
+    pub(crate) async fn reopen(&mut self) -> Result<(), DeviceError> {
+        let opened = tokio::time::timeout(REQUEST_TIMEOUT, self.conn.open_bi()).await;
+        let (send, recv) = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(DeviceError::Connect(e.to_string())),
+            Err(_) => {
+                return Err(DeviceError::Connect(
+                    "no stream free on the connection".into(),
+                ));
+            }
+        };
+        self.send = send;
+        self.recv = recv;
+        Ok(())
+    }
+
     /// The QUIC connection (for opening more streams on it).
     pub(crate) fn connection(&self) -> quinn::Connection {
         self.conn.clone()

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::buffer::{FileBuffer, Restored};
-use crate::session::{self, Session};
+use crate::session::{self, Read, Session};
 use crate::{Ack, DeviceConfig, DeviceError};
 
 const PRODUCE_VERSION: i16 = 9;
@@ -207,6 +207,13 @@ pub(crate) struct Worker {
     batch_bytes: usize,
     /// Subscriptions waiting for a connection to open their stream on.
     stream_waiters: Vec<oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>>,
+    /// The broker stopped the session stream over a request too large for it: nothing more is
+    /// written on it, and it is read to its end (the answers to the requests before that one),
+    /// which tells which batch it was.
+    draining: bool,
+    /// The session stream has ended over a request too large; the connection is still good, and
+    /// the next request goes on a new stream of it.
+    stream_ended: bool,
 }
 
 /// A running [`prepare`].
@@ -222,14 +229,20 @@ struct Prepared {
     topic: Option<String>,
 }
 
-/// Connects when `session` is none, gets a producer id when `need_producer`, and looks up
-/// `topic` with Metadata (which creates it when the broker allows), in that order.
+/// Connects when `session` is none (or opens a new stream on its connection when
+/// `fresh_stream`), gets a producer id when `need_producer`, and looks up `topic` with Metadata
+/// (which creates it when the broker allows), in that order.
 async fn prepare(
     cfg: DeviceConfig,
     session: Option<Session>,
+    fresh_stream: bool,
     need_producer: bool,
     topic: Option<String>,
 ) -> Result<Prepared, DeviceError> {
+    let session = match session {
+        Some(mut s) if fresh_stream => s.reopen().await.map(|()| s).ok(),
+        s => s,
+    };
     let reconnected = session.is_none();
     let mut session = match session {
         Some(s) => s,
@@ -337,6 +350,8 @@ impl Worker {
             setup: None,
             batch_bytes,
             stream_waiters: Vec::new(),
+            draining: false,
+            stream_ended: false,
         }
     }
 
@@ -393,7 +408,7 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
-            let waiting = !self.in_flight.is_empty();
+            let waiting = !self.in_flight.is_empty() || self.draining;
             let read = read_response(self.session.as_mut().filter(|_| waiting));
             let setup = async {
                 match self.setup.as_mut() {
@@ -452,7 +467,7 @@ impl Worker {
                     // here, as nothing reads its produce stream).
                     if self.session.is_some() {
                         self.requeue_in_flight();
-                        self.session = None;
+                        self.drop_session();
                     }
                     // Opened once a connection is made (now, unless one is being made).
                     self.stream_waiters.push(reply);
@@ -468,10 +483,12 @@ impl Worker {
     /// when there is none and for `topic`'s metadata.
     fn start_setup(&mut self, topic: Option<String>) {
         let session = self.session.take();
+        let fresh_stream = std::mem::take(&mut self.stream_ended);
         let need_producer = self.producer.is_none();
         self.setup = Some(Box::pin(prepare(
             self.cfg.clone(),
             session,
+            fresh_stream,
             need_producer,
             topic,
         )));
@@ -554,6 +571,7 @@ impl Worker {
             return false;
         };
         if self.setup.is_some()
+            || self.draining
             || self.in_flight.len() >= MAX_IN_FLIGHT
             || self.retry_at.is_some_and(|t| t > Instant::now())
         {
@@ -573,10 +591,9 @@ impl Worker {
         let Some(topic) = self.queue.front().map(|b| b.tp.0.clone()) else {
             return;
         };
-        let Some(producer) = self
-            .producer
-            .filter(|_| self.session.is_some() && self.known_topics.contains(&topic))
-        else {
+        let Some(producer) = self.producer.filter(|_| {
+            self.session.is_some() && !self.stream_ended && self.known_topics.contains(&topic)
+        }) else {
             let lookup =
                 (!self.known_topics.contains(&topic) || self.session.is_none()).then_some(topic);
             self.start_setup(lookup);
@@ -595,6 +612,11 @@ impl Worker {
                 let batch = self.queue.pop_front().expect("head batch");
                 self.in_flight.push_back(InFlight { correlation, batch });
             }
+            // The broker stopped the stream over a request too large: this one, or one in
+            // flight. Which one shows once the answers to those before it are read.
+            Err(DeviceError::Broker { code }) if code == MESSAGE_TOO_LARGE => {
+                self.draining = true;
+            }
             Err(e) => {
                 tracing::info!(error = %e, "connection to the broker lost; buffering");
                 self.lose_session();
@@ -603,10 +625,31 @@ impl Worker {
     }
 
     /// Bytes (or the end) read from the session: answers every whole response frame.
-    fn on_bytes(&mut self, read: Result<Option<Bytes>, DeviceError>) {
+    fn on_bytes(&mut self, read: Result<Read, DeviceError>) {
         match read {
-            Ok(Some(bytes)) => self.rbuf.extend_from_slice(&bytes),
-            Ok(None) => {
+            Ok(Read::Data(bytes)) => self.rbuf.extend_from_slice(&bytes),
+            Ok(Read::Ended { too_large: true }) => {
+                // The broker answered every request before the one it refused: that is the
+                // oldest one in flight, or, if all were answered, the one whose writing it
+                // stopped.
+                let refused = match self.in_flight.pop_front() {
+                    Some(f) => Some(f.batch),
+                    None => self.queue.pop_front(),
+                };
+                self.requeue_in_flight();
+                // The connection is fine: the next request opens a new stream on it.
+                self.draining = false;
+                self.stream_ended = true;
+                if let Some(batch) = refused {
+                    tracing::info!(
+                        records = batch.records.len(),
+                        "the broker refused a request as over its max_request_bytes"
+                    );
+                    self.too_large(batch);
+                }
+                return;
+            }
+            Ok(Read::Ended { too_large: false }) => {
                 tracing::info!("the broker ended the session; buffering");
                 self.lose_session();
                 return;
@@ -693,7 +736,7 @@ impl Worker {
                 self.producer = None;
                 // The later requests in flight carry the old producer: start over.
                 self.requeue_in_flight();
-                self.session = None;
+                self.drop_session();
             }
             // Like Kafka producers: a batch of several records that is too large for the broker
             // (its max_message_bytes) is sent again in two halves; a single record fails.
@@ -706,23 +749,14 @@ impl Worker {
                 let batch = self.in_flight.pop_front().expect("head batch").batch;
                 tracing::info!(
                     records = batch.records.len(),
-                    "the broker refused a batch as too large; sending it in two halves"
+                    "the broker refused a batch as too large"
                 );
                 let resend = !self.in_flight.is_empty();
                 self.requeue_in_flight();
                 if resend {
-                    self.session = None;
+                    self.drop_session();
                 }
-                // Later batches are sealed at most half this size, so a backlog is not split
-                // (and the file rewritten) batch by batch.
-                let bytes: usize = batch.records.iter().map(|r| r.cost).sum();
-                self.batch_bytes = self.batch_bytes.min(bytes / 2).max(1);
-                let (first, second) = batch.split();
-                self.queue.push_front(second);
-                self.queue.push_front(first);
-                if let (Some(f), Some(p)) = (self.file.as_mut(), self.producer) {
-                    f.rewrite(p, &self.next_sequence, self.queue.iter());
-                }
+                self.too_large(batch);
             }
             // Retriable in Kafka (metadata may be stale), but this broker is the only one: the
             // topic does not exist and cannot be created, so the batch fails.
@@ -740,12 +774,40 @@ impl Worker {
                 let resend = !self.in_flight.is_empty();
                 self.requeue_in_flight();
                 if resend {
-                    self.session = None;
+                    self.drop_session();
                 }
-                give_back_sequences(&batch, &mut self.queue, &mut self.next_sequence);
-                self.finish(batch, true, |_| Err(DeviceError::Broker { code: c }));
+                self.refuse(batch, c);
             }
         }
+    }
+
+    /// Like Kafka producers: a batch of several records that is too large for the broker is
+    /// sent again in two halves (with the same sequence numbers, so later batches are
+    /// unchanged); a single record fails with `MESSAGE_TOO_LARGE`. `batch` is the oldest
+    /// unacknowledged one, already out of `in_flight`, with the later ones back in `queue`.
+    fn too_large(&mut self, batch: Batch) {
+        if batch.records.len() < 2 {
+            return self.refuse(batch, MESSAGE_TOO_LARGE);
+        }
+        // From now on batches hold at most half as much: those sealed later, and those already
+        // queued, which would be refused as well (each refusal costs a round trip).
+        let bytes: usize = batch.records.iter().map(|r| r.cost).sum();
+        self.batch_bytes = self.batch_bytes.min(bytes / 2).max(1);
+        let backlog = std::mem::take(&mut self.queue);
+        for b in std::iter::once(batch).chain(backlog) {
+            split_down(b, self.batch_bytes, &mut self.queue);
+        }
+        if let (Some(f), Some(p)) = (self.file.as_mut(), self.producer) {
+            f.rewrite(p, &self.next_sequence, self.queue.iter());
+        }
+    }
+
+    /// Fails `batch`, which the broker did not store (Kafka error `code`): later batches of its
+    /// partition move down to its sequence numbers. `batch` is the oldest unacknowledged one,
+    /// with the later ones back in `queue`.
+    fn refuse(&mut self, batch: Batch, code: i16) {
+        give_back_sequences(&batch, &mut self.queue, &mut self.next_sequence);
+        self.finish(batch, true, |_| Err(DeviceError::Broker { code }));
     }
 
     /// Puts every batch in flight back at the front of `queue`, in order.
@@ -759,8 +821,15 @@ impl Worker {
     /// The session failed: drop it, keep every unacknowledged batch for the next one, back off.
     fn lose_session(&mut self) {
         self.requeue_in_flight();
-        self.session = None;
+        self.drop_session();
         self.back_off();
+    }
+
+    /// Drops the session (closing its connection); the next request makes a new one.
+    fn drop_session(&mut self) {
+        self.session = None;
+        self.draining = false;
+        self.stream_ended = false;
     }
 
     /// A new producer id restarts every partition at sequence 0; buffered batches are
@@ -824,8 +893,21 @@ impl Worker {
     }
 }
 
+/// Appends `batch` to `out` in halves, and those in halves, until each part's records count at
+/// most `limit` bytes or it is a single record. The parts keep their sequence numbers.
+fn split_down(batch: Batch, limit: usize, out: &mut VecDeque<Batch>) {
+    let bytes: usize = batch.records.iter().map(|r| r.cost).sum();
+    if bytes <= limit || batch.records.len() < 2 {
+        out.push_back(batch);
+        return;
+    }
+    let (first, second) = batch.split();
+    split_down(first, limit, out);
+    split_down(second, limit, out);
+}
+
 /// Reads response bytes from `session`; never resolves without one.
-async fn read_response(session: Option<&mut Session>) -> Result<Option<Bytes>, DeviceError> {
+async fn read_response(session: Option<&mut Session>) -> Result<Read, DeviceError> {
     match session {
         Some(s) => s.read_chunk().await,
         None => std::future::pending().await,
@@ -972,5 +1054,32 @@ mod tests {
         assert_eq!(seqs, [4, 10]);
         assert_eq!(next[&("a".to_string(), 0)], 14);
         assert_eq!(next[&("b".to_string(), 0)], 6);
+    }
+
+    #[test]
+    fn a_batch_is_split_down_to_the_limit_keeping_its_sequences_and_order() {
+        let mut out = VecDeque::new();
+        // Ten records of 10 bytes, at most 25 bytes a part.
+        split_down(batch("a", 7, 10), 25, &mut out);
+        let parts: Vec<(i32, usize)> = out
+            .iter()
+            .map(|b| (b.base_sequence, b.records.len()))
+            .collect();
+        assert_eq!(parts, [(7, 2), (9, 1), (10, 2), (12, 2), (14, 1), (15, 2)]);
+        let values: Vec<_> = out
+            .iter()
+            .flat_map(|b| &b.records)
+            .map(|r| r.value.clone())
+            .collect();
+        let want: Vec<_> = (0..10).map(|i| Bytes::from(format!("v{i}"))).collect();
+        assert_eq!(values, want);
+        // A batch within the limit, and a single record over it, stay whole.
+        let mut out = VecDeque::new();
+        split_down(batch("b", 0, 2), 25, &mut out);
+        split_down(batch("c", 0, 1), 5, &mut out);
+        assert_eq!(
+            out.iter().map(|b| b.records.len()).collect::<Vec<_>>(),
+            [2, 1]
+        );
     }
 }

@@ -23,6 +23,11 @@ fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
 }
 
 async fn start(dir: &Path, quic: SocketAddr) -> BrokerHandle {
+    start_with(broker_config(dir, quic)).await
+}
+
+/// Starts a broker on `cfg`, with logs (`RUST_LOG`, default warn) in the test's output.
+async fn start_with(cfg: Config) -> BrokerHandle {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -30,9 +35,7 @@ async fn start(dir: &Path, quic: SocketAddr) -> BrokerHandle {
         )
         .with_test_writer()
         .try_init();
-    runnel::start_broker(broker_config(dir, quic))
-        .await
-        .expect("broker starts")
+    runnel::start_broker(cfg).await.expect("broker starts")
 }
 
 fn device_config(broker: &BrokerHandle) -> DeviceConfig {
@@ -565,6 +568,112 @@ async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fai
     device.close().await;
     let values = read_values(broker.bootstrap(), "split", 101).await;
     assert_eq!(values.len(), 101);
+    assert!(values.iter().enumerate().all(|(i, v)| *v == value(i)));
+    broker.shutdown().await;
+}
+
+/// A broker whose max_request_bytes is below the device's batch size stops the session stream
+/// with the "too large" code (docs/quic.md): the device splits the batch and goes on, on a new
+/// stream of the same connection, so its subscriptions are not disturbed. Every reading is
+/// stored once, in order; a single reading too large fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_connection() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.broker.max_request_bytes = 16 * 1024;
+    cfg.log.max_message_bytes = 16 * 1024;
+    let broker = start_with(cfg).await;
+    let mut dcfg = device_config(&broker);
+    dcfg.max_batch_records = 1000;
+    dcfg.linger = Duration::from_millis(50);
+    dcfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
+    let device = Device::connect(dcfg).await.unwrap();
+    let mut commands = device
+        .subscribe("commands", 0, StartAt::Latest)
+        .await
+        .unwrap();
+    let connections = broker
+        .broker
+        .metrics
+        .quic_connections_total
+        .load(Ordering::Relaxed);
+
+    // 200 readings of 300 bytes: batches of up to 64 KiB, four times the broker's limit.
+    let value = |i: usize| format!("{i:04}{}", "x".repeat(296)).into_bytes();
+    let acks: Vec<_> = (0..200)
+        .map(|i| device.enqueue("limited", 0, None, &value(i)).unwrap())
+        .collect();
+    for (i, a) in acks.into_iter().enumerate() {
+        let ack = tokio::time::timeout(Duration::from_secs(30), a)
+            .await
+            .expect("acknowledged")
+            .unwrap();
+        assert_eq!(ack.offset, i as i64);
+    }
+    let too_big = tokio::time::timeout(
+        Duration::from_secs(30),
+        device.send("limited", None, &vec![b'y'; 20_000]),
+    )
+    .await
+    .expect("refused in time");
+    assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
+    let after = device.send("limited", None, &value(200)).await.unwrap();
+    assert_eq!(after.offset, 200);
+
+    // The same connection throughout, and its subscription still works.
+    assert_eq!(
+        broker
+            .broker
+            .metrics
+            .quic_connections_total
+            .load(Ordering::Relaxed),
+        connections
+    );
+    kafka_produce(broker.bootstrap(), "commands", vec!["reboot".into()]).await;
+    let m = tokio::time::timeout(Duration::from_secs(10), commands.next())
+        .await
+        .expect("the command arrives")
+        .unwrap();
+    assert_eq!(m.value.as_deref(), Some(&b"reboot"[..]));
+
+    drop(commands);
+    device.close().await;
+    let values = read_values(broker.bootstrap(), "limited", 201).await;
+    assert_eq!(values.len(), 201);
+    assert!(values.iter().enumerate().all(|(i, v)| *v == value(i)));
+    broker.shutdown().await;
+}
+
+/// A batch larger than the broker's stream receive window (1 MiB) cannot even be written whole
+/// before the broker refuses it: the write is stopped, and the device still splits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_writing_the_broker_stops_is_split_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.broker.max_request_bytes = 256 * 1024;
+    cfg.log.max_message_bytes = 256 * 1024;
+    let broker = start_with(cfg).await;
+    let mut dcfg = device_config(&broker);
+    dcfg.max_batch_records = 100_000;
+    dcfg.max_batch_bytes = 8 << 20;
+    dcfg.linger = Duration::from_millis(200);
+    let device = Device::connect(dcfg).await.unwrap();
+    // 8,000 readings of 300 bytes in one batch: about 2.4 MB.
+    let value = |i: usize| format!("{i:05}{}", "x".repeat(295)).into_bytes();
+    let acks: Vec<_> = (0..8000)
+        .map(|i| device.enqueue("window", 0, None, &value(i)).unwrap())
+        .collect();
+    for (i, a) in acks.into_iter().enumerate() {
+        let ack = tokio::time::timeout(Duration::from_secs(30), a)
+            .await
+            .expect("acknowledged")
+            .unwrap();
+        assert_eq!(ack.offset, i as i64);
+    }
+    device.close().await;
+    let values = read_values(broker.bootstrap(), "window", 8000).await;
+    assert_eq!(values.len(), 8000);
     assert!(values.iter().enumerate().all(|(i, v)| *v == value(i)));
     broker.shutdown().await;
 }
