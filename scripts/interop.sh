@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Interoperability tests: kcat, confluent-kafka, kafka-python and kafkajs against a real `runnel`
-# (tests/interop). Installs what it needs itself (Debian packages, a Python venv with the
-# pinned clients from tests/interop/requirements.txt), builds runnel, runs pytest.
+# Interoperability tests: kcat, confluent-kafka, kafka-python, kafkajs, sarama and kafka-go
+# against a real `runnel` (tests/interop). Installs what it needs itself (Debian packages, a
+# Python venv with the pinned clients from tests/interop/requirements.txt, kafkajs from npm),
+# builds the Go client programs and runnel, runs pytest.
 # Safe to run again: installs already done are skipped. Extra arguments go to pytest,
 # e.g. `./scripts/interop.sh -k kcat -x`.
 #
 # Environment: RUNNEL_INTEROP_VENV  where the venv lives (default: a cache directory keyed
 #                                   by the requirements and the Python version)
 #              RUNNEL_BIN           set here to the freshly built binary for the tests
+#              RUNNEL_INTEROP_GO_BIN  set here to the directory of the built Go client programs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -71,6 +73,34 @@ if [ ! -e "$KAFKAJS_DIR/node_modules/kafkajs/package.json" ]; then
 fi
 export KAFKAJS_DIR
 echo "interop: kafkajs $KAFKAJS_VERSION, node $(node --version)"
+
+# --- Go clients: sarama and segmentio/kafka-go, from Debian -----------------------------------
+# Debian's Go library packages put their sources under /usr/share/gocode/src, so the programs
+# in tests/interop/go build offline in GOPATH mode (no module proxy). CGO off: sarama then has
+# no zstd (its C binding), which the tests do not use.
+go_debs=(golang-go golang-github-shopify-sarama-dev golang-github-segmentio-kafka-go-dev)
+need_go=()
+for p in "${go_debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_go+=("$p")
+done
+if [ ${#need_go[@]} -gt 0 ]; then
+  echo "interop: installing ${need_go[*]}"
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq --no-install-recommends "${need_go[@]}" >/dev/null
+fi
+go_cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/runnel-interop
+RUNNEL_INTEROP_GO_BIN=$go_cache/go-bin
+mkdir -p "$RUNNEL_INTEROP_GO_BIN"
+for prog in sarama_roundtrip kafkago_roundtrip; do
+  # Built every run (Go's build cache makes a rebuild take about a second); a failure stops
+  # the script here.
+  (cd "tests/interop/go/$prog" &&
+    GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOPROXY=off CGO_ENABLED=0 \
+      GOCACHE="$go_cache/go-build" go build -o "$RUNNEL_INTEROP_GO_BIN/$prog" .)
+done
+export RUNNEL_INTEROP_GO_BIN
+echo "interop: $(go version | cut -d' ' -f3), $(dpkg-query -W -f='sarama ${Version}, kafka-go ' \
+  golang-github-shopify-sarama-dev)$(dpkg-query -W -f='${Version}' golang-github-segmentio-kafka-go-dev)"
 
 # --- the broker -------------------------------------------------------------------------------
 cargo build -p runnel --locked
