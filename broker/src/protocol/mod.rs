@@ -248,6 +248,10 @@ impl Dispatcher {
                 if *key == ApiKey::Produce as i16 && self.legacy_produce {
                     min = 0;
                 }
+                // OffsetCommit v1 is read by hand (`offset_commit::handle_v1`).
+                if *key == ApiKey::OffsetCommit as i16 {
+                    min = 1;
+                }
                 (*key, min, max)
             })
             .collect();
@@ -277,6 +281,9 @@ impl Dispatcher {
         }
         if api == ApiKey::Produce && (0..3).contains(&version) && self.legacy_produce {
             return Ok(apis::produce::refuse_legacy(req));
+        }
+        if api == ApiKey::OffsetCommit && version == 1 && self.routes.contains_key(&(api as i16)) {
+            return apis::offset_commit::handle_v1(ctx, req);
         }
         let Some(route) = self.routes.get(&(api as i16)) else {
             return Err(DispatchError::UnsupportedApi { api });

@@ -1,15 +1,101 @@
 //! OffsetCommit (key 8): a group's committed positions, durable in redb before the reply.
 //! Partitions of topics this broker does not have get UNKNOWN_TOPIC_OR_PARTITION, as in Kafka.
+//!
+//! Versions 2-8 go through the codec; version 1, which the codec no longer reads (Kafka 4.0
+//! dropped it), is read here ([`handle_v1`]): sarama before 1.41 commits with it unless
+//! `Consumer.Offsets.Retention` is set, and Go gateways run such sarama builds for years.
 
+use bytes::{Buf, Bytes};
 use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
-use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use super::s;
 use crate::groups::{OffsetCommitPartition, OffsetCommitRequest as Plain, OffsetCommitTopic};
-use crate::protocol::Ctx;
+use crate::protocol::{Ctx, DispatchError, Reply, encode_response, frame};
+
+/// OffsetCommit v1. Its request differs from v2's in a commit timestamp per partition
+/// (ignored: the broker stamps every commit with its own clock, as Kafka 2.1+ does) and no
+/// retention time; its response is v2's byte for byte, so it is written with the v2 encoder.
+pub fn handle_v1(ctx: Ctx, req: frame::Request) -> Result<Reply, DispatchError> {
+    let correlation_id = req.header.correlation_id;
+    let decoded = decode_v1(req.body).ok_or_else(|| DispatchError::BadBody {
+        api: ApiKey::OffsetCommit,
+        version: 1,
+        reason: "truncated or malformed".to_string(),
+    })?;
+    Ok(Box::pin(async move {
+        let response = handle(ctx, decoded).await;
+        encode_response(ApiKey::OffsetCommit, 2, correlation_id, &response)
+    }))
+}
+
+/// Reads an OffsetCommit v1 body: group id, generation, member id, then per topic its name
+/// and per partition (index, offset, commit timestamp, metadata); `None` when malformed.
+fn decode_v1(mut b: Bytes) -> Option<OffsetCommitRequest> {
+    fn string(b: &mut Bytes) -> Option<Option<StrBytes>> {
+        let len = (b.remaining() >= 2).then(|| b.get_i16())?;
+        if len < 0 {
+            return Some(None);
+        }
+        let len = len as usize;
+        if b.remaining() < len {
+            return None;
+        }
+        StrBytes::from_utf8(b.split_to(len)).ok().map(Some)
+    }
+    fn i32(b: &mut Bytes) -> Option<i32> {
+        (b.remaining() >= 4).then(|| b.get_i32())
+    }
+    fn i64(b: &mut Bytes) -> Option<i64> {
+        (b.remaining() >= 8).then(|| b.get_i64())
+    }
+    fn count(b: &mut Bytes) -> Option<usize> {
+        usize::try_from(i32(b)?).ok()
+    }
+    let group_id = string(&mut b)??;
+    let generation = i32(&mut b)?;
+    let member_id = string(&mut b)??;
+    let mut topics = Vec::new();
+    for _ in 0..count(&mut b)? {
+        let name = string(&mut b)??;
+        let mut partitions = Vec::new();
+        for _ in 0..count(&mut b)? {
+            let index = i32(&mut b)?;
+            let offset = i64(&mut b)?;
+            let _commit_timestamp = i64(&mut b)?;
+            let metadata = string(&mut b)?;
+            partitions.push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(index)
+                    .with_committed_offset(offset)
+                    .with_committed_metadata(metadata),
+            );
+        }
+        topics.push(
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(name))
+                .with_partitions(partitions),
+        );
+    }
+    if b.has_remaining() {
+        return None;
+    }
+    Some(
+        OffsetCommitRequest::default()
+            .with_group_id(group_id.into())
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(member_id)
+            .with_retention_time_ms(-1)
+            .with_topics(topics),
+    )
+}
 
 pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let catalog = &ctx.broker.catalog;
@@ -96,4 +182,66 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
         );
     }
     OffsetCommitResponse::default().with_topics(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+
+    use super::*;
+
+    fn v1_body() -> BytesMut {
+        let mut b = BytesMut::new();
+        for (i, part) in [&b"g"[..], b"", b"t"].iter().enumerate() {
+            b.put_i16(part.len() as i16);
+            b.put_slice(part);
+            match i {
+                0 => b.put_i32(3), // generation
+                1 => b.put_i32(1), // one topic
+                _ => b.put_i32(1), // one partition
+            }
+        }
+        b.put_i32(2); // partition
+        b.put_i64(40); // offset
+        b.put_i64(-1); // commit timestamp
+        b.put_i16(-1); // no metadata
+        b
+    }
+
+    #[test]
+    fn a_v1_body_reads_as_the_v2_request() {
+        let r = decode_v1(v1_body().freeze()).unwrap();
+        assert_eq!(
+            (
+                r.group_id.as_str(),
+                r.generation_id_or_member_epoch,
+                r.member_id.as_str()
+            ),
+            ("g", 3, "")
+        );
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(r.topics[0].name.as_str(), "t");
+        assert_eq!(
+            (
+                p.partition_index,
+                p.committed_offset,
+                p.committed_metadata.clone()
+            ),
+            (2, 40, None)
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_overlong_v1_body_is_malformed() {
+        let whole = v1_body();
+        for cut in 0..whole.len() {
+            assert!(
+                decode_v1(whole.clone().freeze().slice(..cut)).is_none(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = whole.clone();
+        longer.put_u8(0);
+        assert!(decode_v1(longer.freeze()).is_none());
+    }
 }
