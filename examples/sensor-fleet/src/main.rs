@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use runnel_device::{Acks, Device, DeviceConfig, DeviceError, Trust};
+use runnel_device::{Acks, Compression, Device, DeviceConfig, DeviceError, Record, Trust};
 
 #[derive(Parser)]
 #[command(about = "Simulate devices sending readings to Runnel over QUIC")]
@@ -31,6 +31,30 @@ struct Args {
     /// The topic the readings go to.
     #[arg(long, default_value = "readings")]
     topic: String,
+    /// How the devices compress their batches.
+    #[arg(long, value_enum, default_value_t = Codec::None)]
+    compression: Codec,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl From<Codec> for Compression {
+    fn from(c: Codec) -> Compression {
+        match c {
+            Codec::None => Compression::None,
+            Codec::Gzip => Compression::Gzip,
+            Codec::Snappy => Compression::Snappy,
+            Codec::Lz4 => Compression::Lz4,
+            Codec::Zstd => Compression::Zstd,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -53,6 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cfg = DeviceConfig::new(args.server, Trust::Fingerprint(args.fingerprint.clone()));
         cfg.client_id = format!("sensor-{n}");
         cfg.acks = Acks::All;
+        cfg.compression = args.compression.into();
         let device = Arc::new(Device::connect(cfg).await?);
         let (stats, topic) = (stats.clone(), args.topic.clone());
         fleet.push(tokio::spawn(async move {
@@ -68,7 +93,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
                 seq += 1;
                 let sent_at = Instant::now();
-                match device.enqueue(&topic, 0, Some(key.as_bytes()), reading.as_bytes()) {
+                let record = Record::new(&topic, reading)
+                    .key(&key)
+                    .header("content-type", "application/json");
+                match device.enqueue_record(record) {
                     Ok(delivery) => {
                         stats.sent.fetch_add(1, Ordering::Relaxed);
                         let stats = stats.clone();

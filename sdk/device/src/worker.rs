@@ -602,7 +602,12 @@ impl Worker {
         let (Some(batch), Some(session)) = (self.queue.front(), self.session.as_mut()) else {
             return;
         };
-        let req = produce_request(batch, producer, self.cfg.acks.code());
+        let req = produce_request(
+            batch,
+            producer,
+            self.cfg.acks.code(),
+            self.cfg.compression.codec(),
+        );
         let written = match session.request_frame(&req, PRODUCE_VERSION) {
             Ok((correlation, frame)) => session.write_frame(&frame).await.map(|()| correlation),
             Err(e) => Err(e),
@@ -940,7 +945,12 @@ pub(crate) fn give_back_sequences(
     }
 }
 
-fn produce_request(batch: &Batch, producer: Producer, acks: i16) -> ProduceRequest {
+fn produce_request(
+    batch: &Batch,
+    producer: Producer,
+    acks: i16,
+    compression: Compression,
+) -> ProduceRequest {
     let records: Vec<Record> = batch
         .records
         .iter()
@@ -972,10 +982,10 @@ fn produce_request(batch: &Batch, producer: Producer, acks: i16) -> ProduceReque
         &records,
         &RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression,
         },
     )
-    .expect("uncompressed v2 batches always encode");
+    .expect("v2 batches encode with every codec the crate is built with");
     ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(PRODUCE_TIMEOUT_MS)
@@ -1015,7 +1025,7 @@ mod tests {
     #[test]
     fn a_batch_is_one_record_batch_with_the_producer_and_its_sequences() {
         let b = batch("t", 40, 5);
-        let req = produce_request(&b, Producer { id: 7, epoch: 2 }, -1);
+        let req = produce_request(&b, Producer { id: 7, epoch: 2 }, -1, Compression::None);
         assert_eq!(req.acks, -1);
         let mut bytes = req.topic_data[0].partition_data[0].records.clone().unwrap();
         // One batch, not one per record: the first batch's length (after base offset and the

@@ -278,6 +278,70 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
     broker.shutdown().await;
 }
 
+/// The first segment file of partition 0 of `topic` under the broker's data dir.
+fn first_segment(dir: &Path, topic: &str) -> std::path::PathBuf {
+    let want = format!("{topic}-0");
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == want.as_str()) {
+                    return p.join(format!("{:020}.log", 0));
+                }
+                stack.push(p);
+            }
+        }
+    }
+    panic!("no partition directory {want} under {}", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_are_stored_as_sent_and_read_back_exactly() {
+    use runnel_device::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    // Kafka's codec ids, in the low bits of a record batch's attributes.
+    for (codec, id, topic) in [
+        (Compression::Gzip, 1, "z-gzip"),
+        (Compression::Snappy, 2, "z-snappy"),
+        (Compression::Lz4, 3, "z-lz4"),
+        (Compression::Zstd, 4, "z-zstd"),
+    ] {
+        let mut cfg = device_config(&broker);
+        cfg.compression = codec;
+        cfg.linger = Duration::from_millis(50);
+        let device = Device::connect(cfg).await.unwrap();
+        let acks: Vec<_> = (0..100)
+            .map(|i| {
+                device
+                    .enqueue_record(Record::new(topic, reading(i)).header("i", i.to_string()))
+                    .unwrap()
+            })
+            .collect();
+        for (i, a) in acks.into_iter().enumerate() {
+            assert_eq!(a.await.unwrap().offset, i as i64, "{codec:?}");
+        }
+        device.close().await;
+        let got = read_back(broker.bootstrap(), topic, 100).await;
+        assert_eq!(got.len(), 100, "{codec:?}");
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m.payload(), Some(&reading(i)[..]), "{codec:?} value {i}");
+            assert_eq!(
+                kafka_headers(m),
+                [("i".to_string(), Some(i.to_string().into_bytes()))]
+            );
+        }
+        // Stored as the device sent it: compressed, and smaller than the readings.
+        let log = std::fs::read(first_segment(dir.path(), topic)).unwrap();
+        let attributes = i16::from_be_bytes([log[21], log[22]]);
+        assert_eq!(attributes & 0x7, id, "{codec:?} codec bits");
+        let raw: usize = (0..100).map(|i| reading(i).len()).sum();
+        assert!(log.len() < raw, "{codec:?}: {} bytes stored", log.len());
+    }
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
