@@ -19,17 +19,12 @@ use crate::DeviceError;
 /// The Produce version a datagram carries.
 pub(crate) const PRODUCE_VERSION: i16 = 9;
 
-/// One reading for a datagram.
-pub(crate) struct Reading<'a> {
-    pub(crate) topic: &'a str,
-    pub(crate) partition: i32,
-    pub(crate) key: Option<&'a [u8]>,
-    pub(crate) value: &'a [u8],
-    pub(crate) timestamp: i64,
-}
-
-/// Encodes the datagram payload for `reading`.
-pub(crate) fn encode(reading: &Reading<'_>, client_id: &str) -> Result<Bytes, DeviceError> {
+/// Encodes the datagram payload for `reading`, stamped `now` (ms) unless it has a timestamp.
+pub(crate) fn encode(
+    reading: &crate::Record,
+    now: i64,
+    client_id: &str,
+) -> Result<Bytes, DeviceError> {
     let record = Record {
         transactional: false,
         control: false,
@@ -40,10 +35,14 @@ pub(crate) fn encode(reading: &Reading<'_>, client_id: &str) -> Result<Bytes, De
         timestamp_type: TimestampType::Creation,
         offset: 0,
         sequence: -1,
-        timestamp: reading.timestamp,
-        key: reading.key.map(Bytes::copy_from_slice),
-        value: Some(Bytes::copy_from_slice(reading.value)),
-        headers: Default::default(),
+        timestamp: reading.timestamp.unwrap_or(now),
+        key: reading.key.clone(),
+        value: Some(reading.value.clone()),
+        headers: reading
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
     };
     let mut batch = BytesMut::new();
     RecordBatchEncoder::encode(
@@ -60,7 +59,7 @@ pub(crate) fn encode(reading: &Reading<'_>, client_id: &str) -> Result<Bytes, De
         .with_timeout_ms(0)
         .with_topic_data(vec![
             TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(reading.topic.to_string())))
+                .with_name(TopicName(StrBytes::from_string(reading.topic.clone())))
                 .with_partition_data(vec![
                     PartitionProduceData::default()
                         .with_index(reading.partition)
@@ -110,17 +109,11 @@ mod tests {
 
     #[test]
     fn a_datagram_is_one_produce_request_with_acks_0_and_no_size_prefix() {
-        let payload = encode(
-            &Reading {
-                topic: "readings",
-                partition: 2,
-                key: Some(b"s-1"),
-                value: b"21.5",
-                timestamp: 1_700_000_000_000,
-            },
-            "sensor-1",
-        )
-        .unwrap();
+        let reading = crate::Record::new("readings", "21.5")
+            .partition(2)
+            .key("s-1")
+            .header("unit", "C");
+        let payload = encode(&reading, 1_700_000_000_000, "sensor-1").unwrap();
         let mut b = payload.clone();
         assert_eq!(b.get_i16(), ApiKey::Produce as i16);
         assert_eq!(b.get_i16(), PRODUCE_VERSION);
@@ -139,5 +132,12 @@ mod tests {
         assert_eq!(set.records[0].value.as_deref(), Some(&b"21.5"[..]));
         assert_eq!(set.records[0].key.as_deref(), Some(&b"s-1"[..]));
         assert_eq!(set.records[0].producer_id, -1);
+        assert_eq!(set.records[0].timestamp, 1_700_000_000_000);
+        let headers: Vec<_> = set.records[0].headers.iter().collect();
+        assert_eq!(headers.len(), 1);
+        assert_eq!(
+            (headers[0].0.as_str(), headers[0].1.as_deref()),
+            ("unit", Some(&b"C"[..]))
+        );
     }
 }

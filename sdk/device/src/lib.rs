@@ -389,16 +389,18 @@ impl Device {
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<(), DeviceError> {
-        let payload = datagram::encode(
-            &datagram::Reading {
-                topic,
-                partition,
-                key,
-                value,
-                timestamp: now_ms(),
-            },
-            &self.client_id,
-        )?;
+        let record = Record::new(topic, value).partition(partition);
+        let record = match key {
+            Some(k) => record.key(k),
+            None => record,
+        };
+        self.send_datagram_record(&record).await
+    }
+
+    /// Sends a [`Record`] (with headers or a timestamp of its own) as a QUIC datagram, like
+    /// [`Device::send_datagram`]; its headers count against the datagram's size.
+    pub async fn send_datagram_record(&self, record: &Record) -> Result<(), DeviceError> {
+        let payload = datagram::encode(record, now_ms(), &self.client_id)?;
         let conn = self
             .link
             .conn()
