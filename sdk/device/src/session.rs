@@ -39,8 +39,16 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// The STOP_SENDING code with which the broker refuses a request frame over its
 /// `max_request_bytes` (docs/quic.md).
 const STOP_TOO_LARGE: u32 = 1;
-/// How long an ended stream waits for the broker's STOP_SENDING, which may trail the end.
-const STOP_WAIT: Duration = Duration::from_millis(500);
+/// How long an ended stream waits for the broker's STOP_SENDING, which is sent before the end
+/// but may arrive after it when its packet was lost. (A broker always stops a stream it ends
+/// early, with code 0 when nothing was wrong, or closes the connection: this bounds a wait
+/// that ends at once.)
+const STOP_WAIT: Duration = Duration::from_secs(3);
+/// How long replacing the session stream waits for the broker's stream credit before the
+/// device connects afresh instead.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+/// The code the device resets and stops a stream it gives up with.
+const STREAM_ABANDONED: u32 = 0;
 /// The Kafka error code a request too large for the broker stands for.
 const MESSAGE_TOO_LARGE: i16 = 10;
 
@@ -251,7 +259,12 @@ impl Session {
     /// Replaces the session stream, which the broker has ended, with a new one on the same
     /// connection (which keeps its identity and its other streams).
     pub(crate) async fn reopen(&mut self) -> Result<(), DeviceError> {
-        let opened = tokio::time::timeout(REQUEST_TIMEOUT, self.conn.open_bi()).await;
+        // Close the old stream on both sides first, so that it stops counting against the
+        // broker's stream limit. Its credit comes back only once an eighth of the limit is
+        // free: with more than 12 subscriptions it may not, and the device reconnects.
+        let _ = self.send.reset(STREAM_ABANDONED.into());
+        let _ = self.recv.stop(STREAM_ABANDONED.into());
+        let opened = tokio::time::timeout(REOPEN_WAIT, self.conn.open_bi()).await;
         let (send, recv) = match opened {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(DeviceError::Connect(e.to_string())),

@@ -756,7 +756,10 @@ impl Worker {
                     records = batch.records.len(),
                     "the broker refused a batch as too large"
                 );
-                let resend = !self.in_flight.is_empty();
+                // Later requests already sent carry sequence numbers the broker will refuse: they
+                // go again on a new session. So does a batch whose writing the broker stopped
+                // (draining): it must stay the one the stream's end is blamed on.
+                let resend = !self.in_flight.is_empty() || self.draining;
                 self.requeue_in_flight();
                 if resend {
                     self.drop_session();
@@ -776,7 +779,10 @@ impl Worker {
                 // down to its sequence numbers; those already sent carry the old ones and are
                 // sent again on a new session.
                 let batch = self.in_flight.pop_front().expect("head batch").batch;
-                let resend = !self.in_flight.is_empty();
+                // Later requests already sent carry sequence numbers the broker will refuse: they
+                // go again on a new session. So does a batch whose writing the broker stopped
+                // (draining): it must stay the one the stream's end is blamed on.
+                let resend = !self.in_flight.is_empty() || self.draining;
                 self.requeue_in_flight();
                 if resend {
                     self.drop_session();
@@ -795,9 +801,23 @@ impl Worker {
             return self.refuse(batch, MESSAGE_TOO_LARGE);
         }
         // From now on batches hold at most half as much: those sealed later, and those already
-        // queued, which would be refused as well (each refusal costs a round trip).
+        // queued or gathering, which would be refused as well (each refusal costs a round trip).
         let bytes: usize = batch.records.iter().map(|r| r.cost).sum();
         self.batch_bytes = self.batch_bytes.min(bytes / 2).max(1);
+        // Records still gathering under the old size are sealed now, to be cut with the rest.
+        let over: Vec<Tp> = self
+            .open_order
+            .iter()
+            .filter(|tp| {
+                self.open
+                    .get(*tp)
+                    .is_some_and(|o| o.bytes > self.batch_bytes)
+            })
+            .cloned()
+            .collect();
+        for tp in &over {
+            self.seal(tp);
+        }
         let backlog = std::mem::take(&mut self.queue);
         for b in std::iter::once(batch).chain(backlog) {
             split_down(b, self.batch_bytes, &mut self.queue);

@@ -742,6 +742,95 @@ async fn a_batch_whose_writing_the_broker_stops_is_split_too() {
     broker.shutdown().await;
 }
 
+/// The broker stops the stream while the device writes a request over max_request_bytes, and
+/// meanwhile answers the batch before it with MESSAGE_TOO_LARGE (over max_message_bytes): that
+/// batch is split and stored, and only the reading really too large fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_while_a_stopped_write_drains_blames_the_right_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.broker.max_request_bytes = 200_000;
+    cfg.log.max_message_bytes = 50_000;
+    let broker = start_with(cfg).await;
+    for round in 0..4 {
+        let topic: &'static str = ["blame-0", "blame-1", "blame-2", "blame-3"][round];
+        let mut dcfg = device_config(&broker);
+        dcfg.max_batch_records = 2;
+        dcfg.max_batch_bytes = 1 << 20;
+        let device = Device::connect(dcfg).await.unwrap();
+        let r1 = device.enqueue(topic, 0, None, &[b'a'; 30_000]).unwrap();
+        let r2 = device.enqueue(topic, 0, None, &[b'b'; 30_000]).unwrap();
+        // Over the 1 MiB stream window: the broker stops it while it is being written.
+        let x = device
+            .enqueue(topic, 0, None, &vec![b'x'; 2 << 20])
+            .unwrap();
+        let wait = |d| tokio::time::timeout(Duration::from_secs(30), d);
+        assert_eq!(wait(r1).await.unwrap().unwrap().offset, 0, "round {round}");
+        assert_eq!(wait(r2).await.unwrap().unwrap().offset, 1, "round {round}");
+        assert_eq!(
+            wait(x).await.unwrap().err(),
+            Some(DeviceError::Broker { code: 10 }),
+            "round {round}"
+        );
+        device.close().await;
+    }
+    broker.shutdown().await;
+}
+
+/// With 14 subscriptions the broker has no stream credit to give for a new session stream after
+/// a refusal over max_request_bytes: the device connects afresh after a short wait instead of
+/// stalling (and its subscriptions resume on the new connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.broker.max_request_bytes = 16 * 1024;
+    cfg.log.max_message_bytes = 16 * 1024;
+    let broker = start_with(cfg).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let mut subs = Vec::new();
+    for _ in 0..14 {
+        subs.push(
+            device
+                .subscribe("orders", 0, StartAt::Latest)
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    // Batches refused and split (a new stream after each refusal), then one reading too large.
+    let acks: Vec<_> = (0..200)
+        .map(|i| {
+            device
+                .enqueue("orders-in", 0, None, &[b'r'; 300])
+                .unwrap_or_else(|e| panic!("reading {i}: {e}"))
+        })
+        .collect();
+    for (i, a) in acks.into_iter().enumerate() {
+        assert_eq!(a.await.unwrap().offset, i as i64);
+    }
+    let too_big = device.send("orders-in", None, &vec![b'y'; 20_000]).await;
+    assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
+    let after = device.send("orders-in", None, b"fits").await.unwrap();
+    assert_eq!(after.offset, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "produce stalled for {:?}",
+        started.elapsed()
+    );
+    kafka_produce(broker.bootstrap(), "orders", vec!["o-1".into()]).await;
+    for s in &mut subs {
+        let m = tokio::time::timeout(Duration::from_secs(15), s.next())
+            .await
+            .expect("every subscription resumes")
+            .unwrap();
+        assert_eq!(m.value.as_deref(), Some(&b"o-1"[..]));
+    }
+    drop(subs);
+    device.close().await;
+    broker.shutdown().await;
+}
+
 /// Subscriptions take streams of the connection (16 per connection on the broker, one of them
 /// the produce session): one too many fails with a clear error after a short wait, and produce
 /// goes on meanwhile and after.
