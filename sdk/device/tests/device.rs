@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel::{BrokerHandle, Config};
-use runnel_device::{Acks, Device, DeviceConfig, DeviceError, Record, StartAt, Trust};
+use runnel_device::{Acks, Delivery, Device, DeviceConfig, DeviceError, Record, StartAt, Trust};
 
 /// A broker config: data in `dir`, Kafka on 127.0.0.1:0, QUIC on `quic`.
 fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
@@ -53,6 +53,30 @@ fn device_config(broker: &BrokerHandle) -> DeviceConfig {
 
 fn reading(i: usize) -> Vec<u8> {
     format!("{{\"seq\":{i},\"temp\":{}.5}}", 15 + i % 10).into_bytes()
+}
+
+/// Awaits `deliveries` in order (each within 30 s) and checks that they were stored at
+/// offsets `first`, `first + 1`, ... of partition 0.
+async fn expect_offsets(deliveries: Vec<Delivery>, first: i64) {
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let ack = tokio::time::timeout(Duration::from_secs(30), d)
+            .await
+            .expect("acknowledged in time")
+            .unwrap_or_else(|e| panic!("delivery {i}: {e}"));
+        assert_eq!(
+            (ack.partition, ack.offset),
+            (0, first + i as i64),
+            "delivery {i}"
+        );
+    }
+}
+
+/// A broker config whose requests and record batches are limited to these sizes.
+fn limited_config(dir: &Path, max_request_bytes: u64, max_message_bytes: u64) -> Config {
+    let mut cfg = broker_config(dir, "127.0.0.1:0".parse().unwrap());
+    cfg.broker.max_request_bytes = max_request_bytes;
+    cfg.log.max_message_bytes = max_message_bytes;
+    cfg
 }
 
 /// A UDP port that was free a moment ago, for a broker that must come back on the same port.
@@ -122,13 +146,7 @@ async fn a_thousand_readings_are_acknowledged_and_read_back_in_order() {
                 .unwrap()
         })
         .collect();
-    for (i, d) in deliveries.into_iter().enumerate() {
-        let ack = tokio::time::timeout(Duration::from_secs(30), d)
-            .await
-            .expect("acknowledged in time")
-            .unwrap();
-        assert_eq!((ack.partition, ack.offset), (0, i as i64 + 1));
-    }
+    expect_offsets(deliveries, 1).await;
     device.flush().await.unwrap();
     assert_eq!(device.buffered_bytes(), 0);
     device.close().await;
@@ -185,9 +203,7 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
             device.enqueue_record(r).unwrap()
         })
         .collect();
-    for (i, d) in deliveries.into_iter().enumerate() {
-        assert_eq!(d.await.unwrap().offset, i as i64 + 1);
-    }
+    expect_offsets(deliveries, 1).await;
 
     let got = read_back(broker.bootstrap(), "tagged", 50).await;
     assert_eq!(got.len(), 50);
@@ -319,9 +335,7 @@ async fn compressed_batches_are_stored_as_sent_and_read_back_exactly() {
                     .unwrap()
             })
             .collect();
-        for (i, a) in acks.into_iter().enumerate() {
-            assert_eq!(a.await.unwrap().offset, i as i64, "{codec:?}");
-        }
+        expect_offsets(acks, 0).await;
         device.close().await;
         let got = read_back(broker.bootstrap(), topic, 100).await;
         assert_eq!(got.len(), 100, "{codec:?}");
@@ -618,13 +632,7 @@ async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fai
     let acks: Vec<_> = (0..100)
         .map(|i| device.enqueue("split", 0, None, &value(i)).unwrap())
         .collect();
-    for (i, a) in acks.into_iter().enumerate() {
-        let ack = tokio::time::timeout(Duration::from_secs(30), a)
-            .await
-            .expect("acknowledged")
-            .unwrap();
-        assert_eq!(ack.offset, i as i64);
-    }
+    expect_offsets(acks, 0).await;
     let too_big = device.send("split", None, &vec![b'y'; 5000]).await;
     assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
     let after = device.send("split", None, &value(100)).await.unwrap();
@@ -644,10 +652,7 @@ async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fai
 async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_connection() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
-    cfg.broker.max_request_bytes = 16 * 1024;
-    cfg.log.max_message_bytes = 16 * 1024;
-    let broker = start_with(cfg).await;
+    let broker = start_with(limited_config(dir.path(), 16 * 1024, 16 * 1024)).await;
     let mut dcfg = device_config(&broker);
     dcfg.max_batch_records = 1000;
     dcfg.linger = Duration::from_millis(50);
@@ -668,13 +673,7 @@ async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_conne
     let acks: Vec<_> = (0..200)
         .map(|i| device.enqueue("limited", 0, None, &value(i)).unwrap())
         .collect();
-    for (i, a) in acks.into_iter().enumerate() {
-        let ack = tokio::time::timeout(Duration::from_secs(30), a)
-            .await
-            .expect("acknowledged")
-            .unwrap();
-        assert_eq!(ack.offset, i as i64);
-    }
+    expect_offsets(acks, 0).await;
     let too_big = tokio::time::timeout(
         Duration::from_secs(30),
         device.send("limited", None, &vec![b'y'; 20_000]),
@@ -714,10 +713,7 @@ async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_conne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_writing_the_broker_stops_is_split_too() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
-    cfg.broker.max_request_bytes = 256 * 1024;
-    cfg.log.max_message_bytes = 256 * 1024;
-    let broker = start_with(cfg).await;
+    let broker = start_with(limited_config(dir.path(), 256 * 1024, 256 * 1024)).await;
     let mut dcfg = device_config(&broker);
     dcfg.max_batch_records = 100_000;
     dcfg.max_batch_bytes = 8 << 20;
@@ -728,13 +724,7 @@ async fn a_batch_whose_writing_the_broker_stops_is_split_too() {
     let acks: Vec<_> = (0..8000)
         .map(|i| device.enqueue("window", 0, None, &value(i)).unwrap())
         .collect();
-    for (i, a) in acks.into_iter().enumerate() {
-        let ack = tokio::time::timeout(Duration::from_secs(30), a)
-            .await
-            .expect("acknowledged")
-            .unwrap();
-        assert_eq!(ack.offset, i as i64);
-    }
+    expect_offsets(acks, 0).await;
     device.close().await;
     let values = read_values(broker.bootstrap(), "window", 8000).await;
     assert_eq!(values.len(), 8000);
@@ -748,10 +738,7 @@ async fn a_batch_whose_writing_the_broker_stops_is_split_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_while_a_stopped_write_drains_blames_the_right_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
-    cfg.broker.max_request_bytes = 200_000;
-    cfg.log.max_message_bytes = 50_000;
-    let broker = start_with(cfg).await;
+    let broker = start_with(limited_config(dir.path(), 200_000, 50_000)).await;
     for round in 0..4 {
         let topic: &'static str = ["blame-0", "blame-1", "blame-2", "blame-3"][round];
         let mut dcfg = device_config(&broker);
@@ -783,10 +770,7 @@ async fn a_refusal_while_a_stopped_write_drains_blames_the_right_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
-    cfg.broker.max_request_bytes = 16 * 1024;
-    cfg.log.max_message_bytes = 16 * 1024;
-    let broker = start_with(cfg).await;
+    let broker = start_with(limited_config(dir.path(), 16 * 1024, 16 * 1024)).await;
     let device = Device::connect(device_config(&broker)).await.unwrap();
     let mut subs = Vec::new();
     for _ in 0..14 {
@@ -806,9 +790,7 @@ async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
                 .unwrap_or_else(|e| panic!("reading {i}: {e}"))
         })
         .collect();
-    for (i, a) in acks.into_iter().enumerate() {
-        assert_eq!(a.await.unwrap().offset, i as i64);
-    }
+    expect_offsets(acks, 0).await;
     let too_big = device.send("orders-in", None, &vec![b'y'; 20_000]).await;
     assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
     let after = device.send("orders-in", None, b"fits").await.unwrap();
