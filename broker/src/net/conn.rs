@@ -76,6 +76,12 @@ pub async fn serve_halves<R, W>(
 {
     let peer = session.peer;
     let listener = session.listener.name();
+    // What a bad request ends: over QUIC one stream, the connection goes on.
+    let closing = if session.listener == ListenerKind::Quic {
+        "stream"
+    } else {
+        "connection"
+    };
     tracing::debug!(%peer, listener, "connection opened");
     let session = Arc::new(session);
     let metrics = &broker.metrics;
@@ -100,7 +106,7 @@ pub async fn serve_halves<R, W>(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(%peer, listener, error = %e, "closing connection: bad frame");
+                    tracing::warn!(%peer, listener, closing, error = %e, "bad frame");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(match e {
                         frame::FrameError::TooLarge { .. } => Refusal::TooLarge,
@@ -113,7 +119,7 @@ pub async fn serve_halves<R, W>(
             let req = match frame::decode_request(frame) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(%peer, listener, ?correlation_id, error = %e, "closing connection: bad request");
+                    tracing::warn!(%peer, listener, closing, ?correlation_id, error = %e, "bad request");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(Refusal::Malformed);
                     break 'conn;
@@ -146,7 +152,7 @@ pub async fn serve_halves<R, W>(
             let reply = match broker.dispatcher.dispatch(ctx, req) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(%peer, listener, client_id = %client_id, error = %e, "closing connection");
+                    tracing::warn!(%peer, listener, closing, client_id = %client_id, error = %e, "request not served");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(Refusal::Malformed);
                     break 'conn;

@@ -67,10 +67,21 @@ impl Record {
     }
 
     /// Sets the record's timestamp (ms since the Unix epoch), e.g. when the reading was
-    /// taken rather than when it was queued.
+    /// taken rather than when it was queued. It must not be negative (as in Kafka's clients):
+    /// sending the record fails with [`crate::DeviceError::InvalidRecord`].
     pub fn timestamp(mut self, ms: i64) -> Record {
         self.timestamp = Some(ms);
         self
+    }
+
+    /// Refuses what Kafka's clients refuse.
+    pub(crate) fn check(&self) -> Result<(), crate::DeviceError> {
+        match self.timestamp {
+            Some(ms) if ms < 0 => Err(crate::DeviceError::InvalidRecord(format!(
+                "timestamp {ms} is negative (ms since the Unix epoch expected)"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The topic.
@@ -96,6 +107,13 @@ mod tests {
             .header("a", "3");
         let got: Vec<_> = r.headers().collect();
         assert_eq!(got, [("a", &b"3"[..]), ("b", &b"2"[..])]);
+    }
+
+    #[test]
+    fn a_negative_timestamp_is_refused() {
+        assert!(Record::new("t", "v").timestamp(0).check().is_ok());
+        let err = Record::new("t", "v").timestamp(-5).check().unwrap_err();
+        assert!(err.to_string().contains("-5 is negative"), "{err}");
     }
 
     #[test]

@@ -202,9 +202,10 @@ pub(crate) struct Worker {
     /// Connecting, or getting a producer id or metadata, beside the loop (the session is
     /// inside it meanwhile).
     setup: Option<Setup>,
-    /// Records' bytes at which a batch is sealed: `max_batch_bytes`, lowered when the broker
-    /// refuses a batch as too large.
-    batch_bytes: usize,
+    /// Records' bytes at which a batch of a partition is sealed where the broker refused one as
+    /// too large (elsewhere `max_batch_bytes`). Per partition, as topics have limits of their
+    /// own (`max.message.bytes`).
+    batch_limits: HashMap<Tp, usize>,
     /// Subscriptions waiting for a connection to open their stream on.
     stream_waiters: Vec<oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>>,
     /// The broker stopped the session stream over a request too large for it: nothing more is
@@ -328,7 +329,6 @@ impl Worker {
                 f.producer(producer);
             }
         }
-        let batch_bytes = cfg.max_batch_bytes.max(1);
         Worker {
             cfg,
             rx,
@@ -348,7 +348,7 @@ impl Worker {
             backoff: BACKOFF_MIN,
             retry_at: None,
             setup: None,
-            batch_bytes,
+            batch_limits: HashMap::new(),
             stream_waiters: Vec::new(),
             draining: false,
             stream_ended: false,
@@ -450,9 +450,9 @@ impl Worker {
                 }
                 open.bytes += record.cost;
                 open.records.push(record);
-                if open.records.len() >= self.cfg.max_batch_records
-                    || open.bytes >= self.batch_bytes
-                {
+                let full = open.records.len() >= self.cfg.max_batch_records
+                    || open.bytes >= batch_limit(&self.batch_limits, &self.cfg, &tp);
+                if full {
                     self.seal(&tp);
                 }
             }
@@ -800,27 +800,24 @@ impl Worker {
         if batch.records.len() < 2 {
             return self.refuse(batch, MESSAGE_TOO_LARGE);
         }
-        // From now on batches hold at most half as much: those sealed later, and those already
-        // queued or gathering, which would be refused as well (each refusal costs a round trip).
+        // From now on the partition's batches hold at most half as much: those sealed later,
+        // and those already queued or gathering, which would be refused as well (each refusal
+        // costs a round trip). Other partitions keep theirs: a topic may have a lower
+        // `max.message.bytes` than the rest.
         let bytes: usize = batch.records.iter().map(|r| r.cost).sum();
-        self.batch_bytes = self.batch_bytes.min(bytes / 2).max(1);
+        let tp = batch.tp.clone();
+        let limit = batch_limit(&self.batch_limits, &self.cfg, &tp)
+            .min(bytes / 2)
+            .max(1);
+        self.batch_limits.insert(tp.clone(), limit);
         // Records still gathering under the old size are sealed now, to be cut with the rest.
-        let over: Vec<Tp> = self
-            .open_order
-            .iter()
-            .filter(|tp| {
-                self.open
-                    .get(*tp)
-                    .is_some_and(|o| o.bytes > self.batch_bytes)
-            })
-            .cloned()
-            .collect();
-        for tp in &over {
-            self.seal(tp);
+        if self.open.get(&tp).is_some_and(|o| o.bytes > limit) {
+            self.seal(&tp);
         }
         let backlog = std::mem::take(&mut self.queue);
         for b in std::iter::once(batch).chain(backlog) {
-            split_down(b, self.batch_bytes, &mut self.queue);
+            let limit = batch_limit(&self.batch_limits, &self.cfg, &b.tp);
+            split_down(b, limit, &mut self.queue);
         }
         if let (Some(f), Some(p)) = (self.file.as_mut(), self.producer) {
             f.rewrite(p, &self.next_sequence, self.queue.iter());
@@ -916,6 +913,15 @@ impl Worker {
             f.sync();
         }
     }
+}
+
+/// The bytes of records at which a batch of `tp` is sealed.
+fn batch_limit(limits: &HashMap<Tp, usize>, cfg: &DeviceConfig, tp: &Tp) -> usize {
+    limits
+        .get(tp)
+        .copied()
+        .unwrap_or(cfg.max_batch_bytes)
+        .max(1)
 }
 
 /// Appends `batch` to `out` in halves, and those in halves, until each part's records count at

@@ -813,6 +813,50 @@ async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
     broker.shutdown().await;
 }
 
+/// A topic with a small `max.message.bytes` makes the device cut that topic's batches, not
+/// every topic's: the others are still sent in batches of up to `max_batch_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_own_size_limit_cuts_only_that_topics_batches() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    let tiny =
+        NewTopic::new("tiny", 1, TopicReplication::Fixed(1)).set("max.message.bytes", "1500");
+    let created = admin
+        .create_topics(&[tiny], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+    let mut cfg = device_config(&broker);
+    cfg.linger = Duration::from_millis(100);
+    cfg.max_batch_records = 10_000;
+    let device = Device::connect(cfg).await.unwrap();
+    let small: Vec<_> = (0..50)
+        .map(|_| device.enqueue("tiny", 0, None, &[b't'; 100]).unwrap())
+        .collect();
+    expect_offsets(small, 0).await;
+    let plain: Vec<_> = (0..2000)
+        .map(|_| device.enqueue("plain", 0, None, &[b'p'; 200]).unwrap())
+        .collect();
+    expect_offsets(plain, 0).await;
+    device.close().await;
+    // About 540 KB of records at up to 64 KiB a batch: around nine batches, not hundreds.
+    let log = std::fs::read(first_segment(dir.path(), "plain")).unwrap();
+    let (mut at, mut batches) = (0, 0);
+    while at + 12 <= log.len() {
+        at += 12 + i32::from_be_bytes(log[at + 8..at + 12].try_into().unwrap()) as usize;
+        batches += 1;
+    }
+    assert!(batches <= 20, "{batches} batches for 2,000 readings");
+    broker.shutdown().await;
+}
+
 /// Subscriptions take streams of the connection (16 per connection on the broker, one of them
 /// the produce session): one too many fails with a clear error after a short wait, and produce
 /// goes on meanwhile and after.
