@@ -5,6 +5,8 @@
 //!
 //! - [`Device::connect`] opens a QUIC connection (TLS 1.3, ALPN `runnel`), trusting the broker by
 //!   a pinned certificate fingerprint or a CA ([`Trust`]), and gets an idempotent producer id.
+//!   [`Device::start`] does the same in the background, for a device that may start while the
+//!   broker is unreachable.
 //! - [`Device::send`] queues a record and resolves with its [`Ack`] (partition and offset) once
 //!   the broker has stored it. Records are batched per (topic, partition) for
 //!   [`DeviceConfig::linger`] or up to [`DeviceConfig::max_batch_records`] or
@@ -351,14 +353,7 @@ impl Device {
         config.max_batch_records = config.max_batch_records.max(1);
         config.link = link::Link::default();
         let link = config.link.clone();
-        let client_id = config.client_id.clone();
-        let (file, restored) = match &config.buffer_file {
-            Some(path) => {
-                let (f, r) = buffer::FileBuffer::open(path, config.buffer_file_fsync).await?;
-                (Some(f), r)
-            }
-            None => (None, buffer::Restored::default()),
-        };
+        let (file, restored) = open_buffer(&config).await?;
         let mut session = session::Session::connect(&config).await?;
         let producer = match restored.producer {
             // Batches a previous device left in the file go on under its producer id.
@@ -378,23 +373,55 @@ impl Device {
             Err(e) => return Err(session.explain(e).await),
         };
         let start = worker::Start {
-            session,
+            session: Some(session),
+            producer: Some(producer),
+            file,
+            restored,
+        };
+        Ok(Device::spawn(config, start))
+    }
+
+    /// Like [`Device::connect`], but without waiting for the broker: the device is ready at
+    /// once, buffers what it is sent (in the buffer file too, when configured), and connects
+    /// in the background, retrying with backoff (100 ms doubling to 5 s) until it gets
+    /// through. For a device that may start while the broker or its uplink is down. Fails only
+    /// for what needs no broker: an unusable buffer file, a trust or identity that cannot be
+    /// loaded. What [`Device::connect`] would fail with later (an untrusted broker certificate,
+    /// a refused identity) is then logged and retried: use `connect` where such a
+    /// misconfiguration should stop the program.
+    pub async fn start(config: DeviceConfig) -> Result<Device, DeviceError> {
+        let mut config = config;
+        config.max_batch_records = config.max_batch_records.max(1);
+        config.link = link::Link::default();
+        session::client_tls(&config.trust, &config.identity)?;
+        let (file, restored) = open_buffer(&config).await?;
+        // Batches a previous device left in the file go on under its producer id; otherwise
+        // the first connection gets one.
+        let producer = restored.producer.filter(|_| !restored.batches.is_empty());
+        let start = worker::Start {
+            session: None,
             producer,
             file,
             restored,
         };
+        Ok(Device::spawn(config, start))
+    }
+
+    fn spawn(config: DeviceConfig, start: worker::Start) -> Device {
+        let link = config.link.clone();
+        let client_id = config.client_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let buffered = Arc::new(AtomicUsize::new(0));
         let limit = config.buffer_limit_bytes;
         let task = tokio::spawn(worker::Worker::new(config, rx, buffered.clone(), start).run());
-        Ok(Device {
+        Device {
             tx,
             buffered,
             limit,
             task,
             link,
             client_id,
-        })
+        }
     }
 
     /// Sends one reading to `partition` of `topic` as a QUIC datagram: fire and forget, with no
@@ -617,6 +644,19 @@ impl std::future::Future for Delivery {
             .poll(cx)
             .map(|r| r.unwrap_or(Err(DeviceError::Closed)))
     }
+}
+
+/// The configured buffer file, opened and replayed (none: nothing restored).
+async fn open_buffer(
+    config: &DeviceConfig,
+) -> Result<(Option<buffer::FileBuffer>, buffer::Restored), DeviceError> {
+    Ok(match &config.buffer_file {
+        Some(path) => {
+            let (f, r) = buffer::FileBuffer::open(path, config.buffer_file_fsync).await?;
+            (Some(f), r)
+        }
+        None => (None, buffer::Restored::default()),
+    })
 }
 
 /// A record of a key and a value, stamped now.

@@ -291,11 +291,12 @@ fn spawn_open_stream(
     });
 }
 
-/// What the worker starts from: a live session and producer, and (with a file buffer) the
-/// batches and sequence numbers a previous run left unacknowledged.
+/// What the worker starts from: a live session and producer (or none yet: they are got before
+/// the first request), and (with a file buffer) the batches and sequence numbers a previous
+/// run left unacknowledged.
 pub(crate) struct Start {
-    pub(crate) session: Session,
-    pub(crate) producer: Producer,
+    pub(crate) session: Option<Session>,
+    pub(crate) producer: Option<Producer>,
     pub(crate) file: Option<FileBuffer>,
     pub(crate) restored: Restored,
 }
@@ -322,20 +323,20 @@ impl Worker {
         buffered.fetch_add(restored_bytes, Ordering::AcqRel);
         let mut next_sequence = restored.next_sequence;
         let mut queue = restored.batches;
-        if restored.producer != Some(producer) {
+        if let Some(p) = producer.filter(|p| restored.producer != Some(*p)) {
             // A new producer id: whatever the file held is numbered from 0 again.
             renumber(&mut queue, &mut next_sequence);
             if let Some(f) = file.as_mut() {
-                f.producer(producer);
+                f.producer(p);
             }
         }
         Worker {
             cfg,
             rx,
             buffered,
-            session: Some(session),
+            session,
             rbuf: BytesMut::new(),
-            producer: Some(producer),
+            producer,
             next_sequence,
             known_topics: HashSet::new(),
             open: HashMap::new(),

@@ -356,6 +356,45 @@ async fn compressed_batches_are_stored_as_sent_and_read_back_exactly() {
     broker.shutdown().await;
 }
 
+/// `Device::start` does not need the broker: a device that starts (and starts again) while the
+/// broker is down keeps its readings in the buffer file, and delivers all of them in order,
+/// once each, when the broker comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_started_while_the_broker_is_down_delivers_once_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let quic = free_udp_port();
+    // Run the broker once for its certificate, then take it down.
+    let broker = start(dir.path(), quic).await;
+    let mut cfg = device_config(&broker);
+    broker.shutdown().await;
+    cfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
+
+    let started = Instant::now();
+    let device = Device::start(cfg.clone()).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "start waits for nothing"
+    );
+    for i in 0..50 {
+        device.send_no_ack("offline", None, &reading(i)).unwrap();
+    }
+    // The device program exits with everything buffered, and starts again, still offline.
+    drop(device);
+    let device = Device::start(cfg).await.unwrap();
+    let later: Vec<_> = (50..100)
+        .map(|i| device.enqueue("offline", 0, None, &reading(i)).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(device.buffered_bytes() > 0, "readings are held while down");
+
+    let broker = start(dir.path(), quic).await;
+    expect_offsets(later, 50).await;
+    device.close().await;
+    let values = read_values(broker.bootstrap(), "offline", 100).await;
+    assert_eq!(values, (0..100).map(reading).collect::<Vec<_>>());
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
