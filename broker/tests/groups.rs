@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -258,6 +260,107 @@ async fn committed_offsets_resume_after_a_broker_restart() {
             "partition {p} resumes at the committed offset"
         );
     }
+    broker.shutdown().await;
+}
+
+/// Counts the partition assignments a consumer is given.
+struct CountingAssignments(Arc<AtomicUsize>);
+
+impl rdkafka::ClientContext for CountingAssignments {}
+
+impl rdkafka::consumer::ConsumerContext for CountingAssignments {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_)) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A consumer that stays up while the broker restarts keeps its partitions: the broker knows
+/// the group's members again (as Kafka reloads them from `__consumer_offsets`), so the
+/// member's heartbeats go on and there is no rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_keeps_its_partitions_across_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.kafka.address = format!("127.0.0.1:{port}").parse().unwrap();
+    let broker = common::start_with(cfg.clone()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "steady", 2).await;
+    produce(&bootstrap, "steady", 2, 20).await;
+
+    let assignments = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let (b, assignments, seen, stop) = (
+            bootstrap.clone(),
+            assignments.clone(),
+            seen.clone(),
+            stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer<CountingAssignments> = common::client_config(&b)
+                .set("group.id", "g-steady")
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "300")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .create_with_context(CountingAssignments(assignments))
+                .unwrap();
+            c.subscribe(&["steady"]).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                // Errors while the broker is away are expected; the consumer goes on.
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(m.payload().unwrap()).into_owned());
+                    let _ = c.commit_message(&m, CommitMode::Async);
+                }
+            }
+        })
+    };
+    let wait_for = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while seen.lock().unwrap().len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "consumed {} of {n}",
+                    seen.lock().unwrap().len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(40).await;
+    assert_eq!(assignments.load(Ordering::SeqCst), 1);
+    broker.shutdown().await;
+    let broker = common::start_with(cfg).await;
+    produce(&bootstrap, "steady", 2, 20).await;
+    wait_for(80).await;
+    stop.store(true, Ordering::SeqCst);
+    consumer.await.unwrap();
+
+    assert_eq!(
+        assignments.load(Ordering::SeqCst),
+        1,
+        "no rebalance across the restart"
+    );
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    let mut want: Vec<String> = (0..2)
+        .flat_map(|p| (0..20).map(move |i| format!("p{p}-{i}")))
+        .collect();
+    want.extend(want.clone());
+    want.sort();
+    assert_eq!(got, want, "every record once per round, none twice");
     broker.shutdown().await;
 }
 

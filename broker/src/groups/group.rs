@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::error::GroupError;
-use super::offsets::CommittedOffset;
+use super::offsets::{CommittedOffset, MemberRecord, Membership};
 use super::types::*;
 
 /// How long a brand-new member may wait in a JoinGroup before it is dropped (Kafka's
@@ -155,6 +155,8 @@ pub(crate) struct Group {
     pub empty_since: Instant,
     /// Last offset commit (or load); offsets retention counts from the later of the two.
     pub last_commit: Instant,
+    /// A rebalance completed or the group emptied since the membership was last saved.
+    membership_changed: bool,
 }
 
 impl Group {
@@ -191,7 +193,90 @@ impl Group {
             offsets: BTreeMap::new(),
             empty_since: now,
             last_commit: now,
+            membership_changed: false,
         }
+    }
+
+    /// Whether the membership to save has changed since [`Group::take_membership_change`].
+    pub fn membership_changed(&self) -> bool {
+        self.membership_changed
+    }
+
+    /// The membership to save if it changed since the last call: `Some(None)` when there is
+    /// none to keep (the group is not Stable).
+    pub fn take_membership_change(&mut self) -> Option<Option<Membership>> {
+        if !std::mem::take(&mut self.membership_changed) {
+            return None;
+        }
+        if self.state != GroupState::Stable {
+            return Some(None);
+        }
+        let protocol_name = self.protocol_name.clone().unwrap_or_default();
+        Some(Some(Membership {
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            leader: self.leader.clone().unwrap_or_default(),
+            members: self
+                .members
+                .iter()
+                .map(|m| MemberRecord {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u32,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u32,
+                    metadata: m.metadata_for(&protocol_name),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+            protocol_name,
+        }))
+    }
+
+    /// Takes up a membership saved before a restart: the group is Stable with those members,
+    /// each with a fresh session (a member that does not come back within its session timeout
+    /// is removed, as usual).
+    pub fn restore(&mut self, saved: Membership, now: Instant) {
+        if saved.members.is_empty() {
+            return;
+        }
+        self.generation = saved.generation;
+        self.protocol_type = Some(saved.protocol_type);
+        self.leader = Some(saved.leader);
+        self.static_members = saved
+            .members
+            .iter()
+            .filter_map(|m| Some((m.instance_id.clone()?, m.member_id.clone())))
+            .collect();
+        self.members = saved
+            .members
+            .into_iter()
+            .map(|m| {
+                let session_timeout = Duration::from_millis(m.session_timeout_ms as u64);
+                Member {
+                    id: m.member_id,
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout,
+                    rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms as u64),
+                    protocols: vec![JoinProtocol {
+                        name: saved.protocol_name.clone(),
+                        metadata: m.metadata,
+                    }],
+                    assignment: m.assignment,
+                    awaiting_join: None,
+                    awaiting_sync: None,
+                    is_new: false,
+                    session_deadline: now + session_timeout,
+                }
+            })
+            .collect();
+        self.protocol_name = Some(saved.protocol_name);
+        self.state = GroupState::Stable;
+        info!(group = %self.id, generation = self.generation, members = self.members.len(),
+            "group membership restored");
     }
 
     fn member(&self, id: &str) -> Option<&Member> {
@@ -248,6 +333,14 @@ impl Group {
         debug!(group = %self.id, from = self.state.as_str(), to = to.as_str(), "group state");
         if to == GroupState::Empty {
             self.empty_since = now;
+        }
+        // A completed rebalance is saved; so is a group left without members (its saved
+        // membership goes). Rebalances in progress are not: a restart resumes from the last
+        // completed one, whose members then rejoin.
+        if to == GroupState::Stable
+            || (to != self.state && matches!(to, GroupState::Empty | GroupState::Dead))
+        {
+            self.membership_changed = true;
         }
         self.state = to;
     }

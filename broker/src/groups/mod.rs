@@ -7,7 +7,9 @@
 //!   and from (JoinGroup v0-v9, SyncGroup v0-v5, Heartbeat v0-v4, LeaveGroup v0-v5, OffsetCommit
 //!   v0-v8, OffsetFetch v0-v8, ListGroups v0-v4, DescribeGroups v0-v5, DeleteGroups v0-v2).
 //! - `group.rs`: one group's state machine, no locks, no I/O, time passed in.
-//! - [`offsets`]: [`OffsetStore`] (the broker implements it over redb) and [`MemoryOffsetStore`].
+//! - [`offsets`]: [`OffsetStore`] (the broker implements it over redb) and [`MemoryOffsetStore`]:
+//!   committed offsets, and each group's [`Membership`] after its last completed rebalance, saved
+//!   by `sync` and `leave` and on each tick, and restored at start so that members go on.
 //! - [`error`]: [`GroupError`] with [`GroupError::kafka_code`].
 //!
 //! # Concurrency
@@ -45,7 +47,10 @@ use tracing::warn;
 
 pub use error::{GroupError, StartError, StoreError};
 use group::{Group, Outcome};
-pub use offsets::{CommittedOffset, MemoryOffsetStore, OFFSET_METADATA_MAX_BYTES, OffsetStore};
+pub use offsets::{
+    CommittedOffset, MemberRecord, Membership, MemoryOffsetStore, OFFSET_METADATA_MAX_BYTES,
+    OffsetStore,
+};
 pub use types::*;
 
 /// How often the timer task applies deadlines.
@@ -212,6 +217,12 @@ impl GroupCoordinator {
                 .or_default()
                 .insert(partition, offset);
         }
+        for (group, membership) in store.load_memberships()? {
+            groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(group, config.initial_rebalance_delay, now))
+                .restore(membership, now);
+        }
         Ok(GroupCoordinator {
             inner: Arc::new(Inner {
                 config,
@@ -283,7 +294,7 @@ impl GroupCoordinator {
 
     /// SyncGroup. Followers wait (without holding any lock) for the leader's assignment.
     pub async fn sync(&self, req: SyncRequest) -> Result<SyncResponse, GroupError> {
-        let rx = {
+        let outcome = {
             if req.group_id.is_empty() {
                 return Err(GroupError::InvalidGroupId);
             }
@@ -295,12 +306,39 @@ impl GroupCoordinator {
             group.poll(now);
             let outcome = group.sync(req, now);
             group.poll(now);
-            match outcome {
-                Outcome::Now(result) => return result,
-                Outcome::Wait(rx) => rx,
-            }
+            outcome
         };
-        rx.await.unwrap_or(Err(GroupError::CoordinatorNotAvailable))
+        // The leader's SyncGroup completes the rebalance: saved before the leader's answer.
+        self.save_memberships();
+        match outcome {
+            Outcome::Now(result) => result,
+            Outcome::Wait(rx) => rx.await.unwrap_or(Err(GroupError::CoordinatorNotAvailable)),
+        }
+    }
+
+    /// Saves the membership of every group whose rebalance completed or that emptied since the
+    /// last call. The snapshots are taken and written under the store lock, so they reach the
+    /// store in the order the groups changed. A failed write is logged: the members then
+    /// rejoin after a restart, as if nothing had been saved.
+    fn save_memberships(&self) {
+        if !self.groups().values().any(|g| g.membership_changed()) {
+            return;
+        }
+        let _store_guard = lock(&self.inner.store_lock);
+        let changes: Vec<(String, Option<Membership>)> = self
+            .groups()
+            .iter_mut()
+            .filter_map(|(id, g)| Some((id.clone(), g.take_membership_change()?)))
+            .collect();
+        for (group, membership) in changes {
+            if let Err(e) = self
+                .inner
+                .store
+                .save_membership(&group, membership.as_ref())
+            {
+                warn!(group = %group, error = %e, "saving the group membership failed");
+            }
+        }
     }
 
     /// Heartbeat: keeps the member's session alive; REBALANCE_IN_PROGRESS asks it to rejoin.
@@ -321,6 +359,13 @@ impl GroupCoordinator {
 
     /// LeaveGroup. `Err` is the top-level error (v3+); per-member outcomes are in the `Ok` list.
     pub fn leave(&self, req: &LeaveRequest) -> Result<Vec<LeaveMemberResult>, GroupError> {
+        let result = self.leave_locked(req);
+        // The last member gone: the group's saved membership goes too.
+        self.save_memberships();
+        result
+    }
+
+    fn leave_locked(&self, req: &LeaveRequest) -> Result<Vec<LeaveMemberResult>, GroupError> {
         if req.group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
@@ -623,7 +668,7 @@ impl GroupCoordinator {
     ) -> Result<(), GroupError> {
         let now = self.now();
         let _store_guard = lock(&self.inner.store_lock);
-        let had_offsets = {
+        {
             let mut groups = self.groups();
             let Some(group) = groups.get_mut(group_id) else {
                 return Err(GroupError::GroupIdNotFound);
@@ -636,13 +681,9 @@ impl GroupCoordinator {
             }
             check(group)?;
             group.mark_dead(now);
-            !group.offsets.is_empty()
-        };
-        let deleted = if had_offsets {
-            self.inner.store.delete_group(group_id)
-        } else {
-            Ok(())
-        };
+        }
+        // Offsets, and a saved membership the group may still have (it emptied since).
+        let deleted = self.inner.store.delete_group(group_id);
         let mut groups = self.groups();
         match deleted {
             Ok(()) => {
@@ -694,6 +735,7 @@ impl GroupCoordinator {
                 tracing::info!(group = %id, "offsets expired; group removed");
             }
         }
+        self.save_memberships();
     }
 
     /// Spawns the task that calls [`tick`](Self::tick) every [`TICK_INTERVAL`]. The task ends

@@ -1,13 +1,129 @@
-//! Committed offsets: the persistence seam ([`OffsetStore`]) and an in-memory store for tests.
+//! Committed offsets and group membership: the persistence seam ([`OffsetStore`]) and an
+//! in-memory store for tests.
 //!
 //! The coordinator keeps every group's offsets in memory and writes each commit through the store
-//! before acknowledging it, so an acknowledged commit survives a restart. At start-up
-//! [`GroupCoordinator::new`](super::GroupCoordinator::new) calls [`OffsetStore::load`] once.
+//! before acknowledging it, so an acknowledged commit survives a restart. It also saves each
+//! group's [`Membership`] when a rebalance completes (and removes it when the group empties),
+//! so that after a restart the members' heartbeats are still recognised, as a Kafka
+//! coordinator reloads groups from `__consumer_offsets`, and consumers go on without a
+//! rebalance. At start-up [`GroupCoordinator::new`](super::GroupCoordinator::new) calls
+//! [`OffsetStore::load`] and [`OffsetStore::load_memberships`] once.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use bytes::{Buf, BufMut, Bytes};
+
 use super::error::StoreError;
+
+/// A group after its last completed rebalance: what a restarted coordinator needs to go on
+/// serving its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    pub leader: String,
+    pub members: Vec<MemberRecord>,
+}
+
+/// One member of a [`Membership`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    /// The member's metadata for the group's protocol (its subscription).
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// The first byte of an encoded [`Membership`].
+const MEMBERSHIP_FORMAT: u8 = 1;
+
+impl Membership {
+    /// The bytes a store keeps: a format byte, then the fields in order, strings and byte
+    /// strings with a u32 length (an absent instance id has length `u32::MAX`).
+    pub fn encode(&self) -> Vec<u8> {
+        fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+            out.put_u32(b.len() as u32);
+            out.put_slice(b);
+        }
+        let mut out = Vec::with_capacity(64);
+        out.put_u8(MEMBERSHIP_FORMAT);
+        out.put_i32(self.generation);
+        bytes(&mut out, self.protocol_type.as_bytes());
+        bytes(&mut out, self.protocol_name.as_bytes());
+        bytes(&mut out, self.leader.as_bytes());
+        out.put_u32(self.members.len() as u32);
+        for m in &self.members {
+            bytes(&mut out, m.member_id.as_bytes());
+            match &m.instance_id {
+                Some(i) => bytes(&mut out, i.as_bytes()),
+                None => out.put_u32(u32::MAX),
+            }
+            bytes(&mut out, m.client_id.as_bytes());
+            bytes(&mut out, m.client_host.as_bytes());
+            out.put_u32(m.session_timeout_ms);
+            out.put_u32(m.rebalance_timeout_ms);
+            bytes(&mut out, &m.metadata);
+            bytes(&mut out, &m.assignment);
+        }
+        out
+    }
+
+    /// Reads [`Membership::encode`]'s bytes; `None` when they are not that.
+    pub fn decode(b: &[u8]) -> Option<Membership> {
+        fn bytes(b: &mut &[u8]) -> Option<Bytes> {
+            let n = (b.remaining() >= 4).then(|| b.get_u32())? as usize;
+            (b.remaining() >= n).then(|| b.copy_to_bytes(n))
+        }
+        fn string(b: &mut &[u8]) -> Option<String> {
+            String::from_utf8(bytes(b)?.to_vec()).ok()
+        }
+        fn u32_(b: &mut &[u8]) -> Option<u32> {
+            (b.remaining() >= 4).then(|| b.get_u32())
+        }
+        let mut b = b;
+        if (b.remaining() >= 1).then(|| b.get_u8())? != MEMBERSHIP_FORMAT {
+            return None;
+        }
+        let generation = u32_(&mut b)? as i32;
+        let protocol_type = string(&mut b)?;
+        let protocol_name = string(&mut b)?;
+        let leader = string(&mut b)?;
+        let mut members = Vec::new();
+        for _ in 0..u32_(&mut b)? {
+            let member_id = string(&mut b)?;
+            let instance_id = if b.remaining() >= 4 && b[..4] == [0xff; 4] {
+                b.advance(4);
+                None
+            } else {
+                Some(string(&mut b)?)
+            };
+            members.push(MemberRecord {
+                member_id,
+                instance_id,
+                client_id: string(&mut b)?,
+                client_host: string(&mut b)?,
+                session_timeout_ms: u32_(&mut b)?,
+                rebalance_timeout_ms: u32_(&mut b)?,
+                metadata: bytes(&mut b)?,
+                assignment: bytes(&mut b)?,
+            });
+        }
+        (!b.has_remaining()).then_some(Membership {
+            generation,
+            protocol_type,
+            protocol_name,
+            leader,
+            members,
+        })
+    }
+}
 
 /// Longest offset metadata string accepted (Kafka's `offset.metadata.max.bytes` default).
 pub const OFFSET_METADATA_MAX_BYTES: usize = 4096;
@@ -40,12 +156,20 @@ pub trait OffsetStore: Send + Sync + 'static {
         group: &str,
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), StoreError>;
-    /// Removes all offsets of a group (DeleteGroups, offset retention).
+    /// Removes all offsets of a group and its membership (DeleteGroups, offset retention).
     fn delete_group(&self, group: &str) -> Result<(), StoreError>;
     /// Removes every group's offsets of a deleted topic. Atomic per call.
     fn delete_topic(&self, topic: &str) -> Result<(), StoreError>;
     /// Removes some offsets of a group: (topic, partition) (OffsetDelete). Atomic per call.
     fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError>;
+    /// Every group's saved membership.
+    fn load_memberships(&self) -> Result<Vec<(String, Membership)>, StoreError>;
+    /// Saves a group's membership, replacing the one saved before; `None` removes it.
+    fn save_membership(
+        &self,
+        group: &str,
+        membership: Option<&Membership>,
+    ) -> Result<(), StoreError>;
 }
 
 type OffsetKey = (String, String, i32);
@@ -55,6 +179,7 @@ type OffsetKey = (String, String, i32);
 #[derive(Debug, Default)]
 pub struct MemoryOffsetStore {
     offsets: Mutex<BTreeMap<OffsetKey, CommittedOffset>>,
+    memberships: Mutex<BTreeMap<String, Membership>>,
     failing: Mutex<bool>,
 }
 
@@ -81,6 +206,10 @@ impl MemoryOffsetStore {
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<OffsetKey, CommittedOffset>> {
         self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn memberships(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Membership>> {
+        self.memberships.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -120,6 +249,7 @@ impl OffsetStore for MemoryOffsetStore {
     fn delete_group(&self, group: &str) -> Result<(), StoreError> {
         self.check()?;
         self.map().retain(|(g, _, _), _| g != group);
+        self.memberships().remove(group);
         Ok(())
     }
 
@@ -136,5 +266,75 @@ impl OffsetStore for MemoryOffsetStore {
             map.remove(&(group.to_owned(), topic.clone(), *partition));
         }
         Ok(())
+    }
+
+    fn load_memberships(&self) -> Result<Vec<(String, Membership)>, StoreError> {
+        Ok(self
+            .memberships()
+            .iter()
+            .map(|(g, m)| (g.clone(), m.clone()))
+            .collect())
+    }
+
+    fn save_membership(
+        &self,
+        group: &str,
+        membership: Option<&Membership>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let mut saved = self.memberships();
+        match membership {
+            Some(m) => saved.insert(group.to_owned(), m.clone()),
+            None => saved.remove(group),
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_membership_reads_back_as_written_and_damage_is_refused() {
+        let m = Membership {
+            generation: 7,
+            protocol_type: "consumer".into(),
+            protocol_name: "range".into(),
+            leader: "m-1".into(),
+            members: vec![
+                MemberRecord {
+                    member_id: "m-1".into(),
+                    instance_id: None,
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    session_timeout_ms: 10_000,
+                    rebalance_timeout_ms: 60_000,
+                    metadata: Bytes::from_static(b"\x00\x01sub"),
+                    assignment: Bytes::new(),
+                },
+                MemberRecord {
+                    member_id: "m-2".into(),
+                    instance_id: Some("pod-2".into()),
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.2".into(),
+                    session_timeout_ms: 45_000,
+                    rebalance_timeout_ms: 300_000,
+                    metadata: Bytes::new(),
+                    assignment: Bytes::from_static(b"\x00\x01asg"),
+                },
+            ],
+        };
+        let bytes = m.encode();
+        assert_eq!(Membership::decode(&bytes), Some(m));
+        for cut in 0..bytes.len() {
+            assert_eq!(Membership::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Membership::decode(&longer), None);
+        let mut other_format = bytes;
+        other_format[0] = 2;
+        assert_eq!(Membership::decode(&other_format), None);
     }
 }

@@ -877,7 +877,83 @@ async fn offsets_commit_fetch_and_survive_restart() {
     let cg = again.fetch_offsets("cg", None).unwrap();
     assert_eq!(cg[0].name, "u");
     assert_eq!(cg[0].partitions[0].offset, 99);
-    assert_eq!(again.describe_group("cg").unwrap().state, GroupState::Empty);
+    // And the group's members: the member goes on with its generation, no rebalance.
+    assert_eq!(
+        again.describe_group("cg").unwrap().state,
+        GroupState::Stable
+    );
+    assert_eq!(again.heartbeat(&hb("cg", 1, &j.member_id)), Ok(()));
+}
+
+/// A restarted coordinator knows the members of the last completed rebalance: their heartbeats
+/// and commits go on at their generation, the assignment is the same, and a member that does
+/// not come back is removed after its session timeout, as usual.
+#[tokio::test]
+async fn group_membership_survives_a_restart() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 2).await;
+    let before = h.coord.describe_group("g").unwrap();
+    // A group that emptied keeps nothing to restore.
+    let (lone, _) = h.stable_group("gone", 1).await;
+    let left = h.coord.leave(&LeaveRequest {
+        group_id: "gone".into(),
+        members: vec![LeavingMember {
+            member_id: lone[0].clone(),
+            group_instance_id: None,
+            reason: None,
+        }],
+    });
+    assert!(left.is_ok());
+    h.advance(Duration::from_millis(100));
+
+    let again = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    let after = again.describe_group("g").unwrap();
+    assert_eq!(after.state, GroupState::Stable);
+    assert_eq!(after.protocol, before.protocol);
+    assert_eq!(after.members, before.members);
+    assert!(again.describe_group("gone").unwrap().members.is_empty());
+    assert_eq!(again.heartbeat(&hb("g", generation, &ids[0])), Ok(()));
+    let r = again.commit_offsets(&commit_req("g", generation, &ids[0], "t", &[(0, 5)]));
+    assert_eq!(commit_result(&r), Ok(()));
+
+    // Only the first member comes back: the other is removed when its session runs out, and
+    // the group rebalances.
+    for _ in 0..(SESSION_MS / 1000 + 1) {
+        h.clock.advance(Duration::from_secs(1));
+        again.tick();
+        let _ = again.heartbeat(&hb("g", generation, &ids[0]));
+    }
+    assert_eq!(
+        again.heartbeat(&hb("g", generation, &ids[0])),
+        Err(GroupError::RebalanceInProgress)
+    );
+    assert_eq!(again.describe_group("g").unwrap().members.len(), 1);
+
+    // Deleting a group removes what was saved of it.
+    let (ids, _) = h.stable_group("del", 1).await;
+    h.coord
+        .leave(&LeaveRequest {
+            group_id: "del".into(),
+            members: vec![LeavingMember {
+                member_id: ids[0].clone(),
+                group_instance_id: None,
+                reason: None,
+            }],
+        })
+        .unwrap();
+    assert_eq!(h.coord.delete_group("del"), Ok(()));
+    assert!(
+        h.store
+            .load_memberships()
+            .unwrap()
+            .iter()
+            .all(|(g, _)| g != "del")
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::groups::{CommittedOffset, OffsetStore, StoreError};
+use crate::groups::{CommittedOffset, Membership, OffsetStore, StoreError};
 
 const TOPICS: TableDefinition<&str, &str> = TableDefinition::new("topics");
 /// (group, topic, partition) -> (offset, leader epoch, metadata, commit time ms).
@@ -26,6 +26,8 @@ const GROUP_OFFSETS: OffsetRow = TableDefinition::new("group_offsets");
 type OffsetTable<'tx> =
     redb::Table<'tx, (&'static str, &'static str, i32), (i64, i32, &'static str, i64)>;
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
+/// Group id -> its membership after the last completed rebalance ([`Membership::encode`]).
+const GROUP_MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("group_members");
 
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
 /// out are skipped after a restart, which Kafka allows (ids only need to be unique).
@@ -87,6 +89,7 @@ impl MetaStore {
         tx.open_table(TOPICS)?;
         tx.open_table(GROUP_OFFSETS)?;
         tx.open_table(COUNTERS)?;
+        tx.open_table(GROUP_MEMBERS)?;
         tx.commit()?;
         Ok(MetaStore {
             db: std::sync::Arc::new(db),
@@ -204,7 +207,15 @@ impl OffsetStore for MetaStore {
     }
 
     fn delete_group(&self, group: &str) -> Result<(), StoreError> {
-        self.write_offsets(|table| Ok(table.retain(|(g, _, _), _| g != group)?))
+        let run = || -> Result<(), MetaError> {
+            let tx = self.db.begin_write()?;
+            tx.open_table(GROUP_OFFSETS)?
+                .retain(|(g, _, _), _| g != group)?;
+            tx.open_table(GROUP_MEMBERS)?.remove(group)?;
+            tx.commit()?;
+            Ok(())
+        };
+        run().map_err(StoreError::new)
     }
 
     fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
@@ -218,6 +229,50 @@ impl OffsetStore for MetaStore {
             }
             Ok(())
         })
+    }
+
+    fn load_memberships(&self) -> Result<Vec<(String, Membership)>, StoreError> {
+        let run = || -> Result<_, MetaError> {
+            let tx = self.db.begin_read()?;
+            let table = tx.open_table(GROUP_MEMBERS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                match Membership::decode(v.value()) {
+                    Some(m) => out.push((k.value().to_string(), m)),
+                    // Members rejoin, as after a restart without it.
+                    None => {
+                        tracing::warn!(group = k.value(), "unreadable group membership; ignored")
+                    }
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(StoreError::new)
+    }
+
+    fn save_membership(
+        &self,
+        group: &str,
+        membership: Option<&Membership>,
+    ) -> Result<(), StoreError> {
+        let run = || -> Result<(), MetaError> {
+            let tx = self.db.begin_write()?;
+            {
+                let mut table = tx.open_table(GROUP_MEMBERS)?;
+                match membership {
+                    Some(m) => {
+                        table.insert(group, m.encode().as_slice())?;
+                    }
+                    None => {
+                        table.remove(group)?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        run().map_err(StoreError::new)
     }
 }
 
