@@ -155,7 +155,10 @@ pub(crate) struct Group {
     pub empty_since: Instant,
     /// Last offset commit (or load); offsets retention counts from the later of the two.
     pub last_commit: Instant,
-    /// A rebalance completed or the group emptied since the membership was last saved.
+    /// The membership of the last completed rebalance (none once the group emptied), kept
+    /// for the store: a restart resumes from it.
+    last_completed: Option<Membership>,
+    /// `last_completed` changed since it was last saved.
     membership_changed: bool,
 }
 
@@ -193,6 +196,7 @@ impl Group {
             offsets: BTreeMap::new(),
             empty_since: now,
             last_commit: now,
+            last_completed: None,
             membership_changed: false,
         }
     }
@@ -202,17 +206,21 @@ impl Group {
         self.membership_changed
     }
 
-    /// The membership to save if it changed since the last call: `Some(None)` when there is
-    /// none to keep (the group is not Stable).
+    /// The membership to save if it changed since the last call: that of the last completed
+    /// rebalance, or `Some(None)` when there is none to keep (the group emptied).
     pub fn take_membership_change(&mut self) -> Option<Option<Membership>> {
-        if !std::mem::take(&mut self.membership_changed) {
-            return None;
-        }
-        if self.state != GroupState::Stable {
-            return Some(None);
-        }
+        std::mem::take(&mut self.membership_changed).then(|| self.last_completed.clone())
+    }
+
+    /// Asks for the membership to be saved again (the last write failed).
+    pub fn mark_membership_unsaved(&mut self) {
+        self.membership_changed = true;
+    }
+
+    /// The group as it is now, for the store.
+    fn snapshot(&self) -> Membership {
         let protocol_name = self.protocol_name.clone().unwrap_or_default();
-        Some(Some(Membership {
+        Membership {
             generation: self.generation,
             protocol_type: self.protocol_type.clone().unwrap_or_default(),
             leader: self.leader.clone().unwrap_or_default(),
@@ -231,7 +239,7 @@ impl Group {
                 })
                 .collect(),
             protocol_name,
-        }))
+        }
     }
 
     /// Takes up a membership saved before a restart: the group is Stable with those members,
@@ -241,6 +249,7 @@ impl Group {
         if saved.members.is_empty() {
             return;
         }
+        let kept = saved.clone();
         self.generation = saved.generation;
         self.protocol_type = Some(saved.protocol_type);
         self.leader = Some(saved.leader);
@@ -274,6 +283,7 @@ impl Group {
             })
             .collect();
         self.protocol_name = Some(saved.protocol_name);
+        self.last_completed = Some(kept);
         self.state = GroupState::Stable;
         info!(group = %self.id, generation = self.generation, members = self.members.len(),
             "group membership restored");
@@ -337,9 +347,11 @@ impl Group {
         // A completed rebalance is saved; so is a group left without members (its saved
         // membership goes). Rebalances in progress are not: a restart resumes from the last
         // completed one, whose members then rejoin.
-        if to == GroupState::Stable
-            || (to != self.state && matches!(to, GroupState::Empty | GroupState::Dead))
-        {
+        if to == GroupState::Stable {
+            self.last_completed = Some(self.snapshot());
+            self.membership_changed = true;
+        } else if to != self.state && matches!(to, GroupState::Empty | GroupState::Dead) {
+            self.last_completed = None;
             self.membership_changed = true;
         }
         self.state = to;
@@ -573,6 +585,17 @@ impl Group {
             self.pending_sync.insert(new_id.clone());
         }
         info!(group = %self.id, old = %old_id, new = %new_id, instance = ?req.group_instance_id, "static member replaced");
+        // Saved too, whatever the state: a restart must know the instance's new member id, or
+        // it would fence the live consumer.
+        if let Some(saved) = self.last_completed.as_mut() {
+            for m in saved.members.iter_mut().filter(|m| m.member_id == old_id) {
+                m.member_id = new_id.clone();
+            }
+            if saved.leader == old_id {
+                saved.leader = new_id.clone();
+            }
+            self.membership_changed = true;
+        }
         match self.state {
             GroupState::Stable => {
                 if self.select_protocol().as_deref() == self.protocol_name.as_deref() {

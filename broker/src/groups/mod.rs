@@ -308,7 +308,8 @@ impl GroupCoordinator {
             group.poll(now);
             outcome
         };
-        // The leader's SyncGroup completes the rebalance: saved before the leader's answer.
+        // The leader's SyncGroup completes the rebalance: saved before its own answer returns
+        // (the followers have theirs already).
         self.save_memberships();
         match outcome {
             Outcome::Now(result) => result,
@@ -318,8 +319,8 @@ impl GroupCoordinator {
 
     /// Saves the membership of every group whose rebalance completed or that emptied since the
     /// last call. The snapshots are taken and written under the store lock, so they reach the
-    /// store in the order the groups changed. A failed write is logged: the members then
-    /// rejoin after a restart, as if nothing had been saved.
+    /// store in the order the groups changed. A failed write is logged and tried again on the
+    /// next call (the next tick at the latest); meanwhile the store holds the one before.
     fn save_memberships(&self) {
         if !self.groups().values().any(|g| g.membership_changed()) {
             return;
@@ -330,13 +331,21 @@ impl GroupCoordinator {
             .iter_mut()
             .filter_map(|(id, g)| Some((id.clone(), g.take_membership_change()?)))
             .collect();
+        let mut failed = Vec::new();
         for (group, membership) in changes {
-            if let Err(e) = self
+            let saved = self
                 .inner
                 .store
-                .save_membership(&group, membership.as_ref())
-            {
-                warn!(group = %group, error = %e, "saving the group membership failed");
+                .save_membership(&group, membership.as_ref());
+            if let Err(e) = saved {
+                warn!(group = %group, error = %e, "saving the group membership failed; will retry");
+                failed.push(group);
+            }
+        }
+        let mut groups = self.groups();
+        for group in failed {
+            if let Some(g) = groups.get_mut(&group) {
+                g.mark_membership_unsaved();
             }
         }
     }

@@ -760,6 +760,19 @@ async fn static_member_rejoins_without_rebalance() {
         Err(GroupError::FencedInstanceId)
     );
 
+    // A restarted coordinator knows the new incarnation (saved at the next tick), not the old.
+    h.advance(Duration::from_millis(100));
+    let again = GroupCoordinator::with_clock(
+        config(Duration::from_secs(3)),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    let mut live = hb("g", 1, &rejoined.member_id);
+    live.group_instance_id = Some("inst-1".into());
+    assert_eq!(again.heartbeat(&live), Ok(()));
+    assert_eq!(again.heartbeat(&stale).unwrap_err().kafka_code(), 82);
+
     // LeaveGroup by instance id alone removes it and rebalances.
     let leave = LeaveRequest {
         group_id: "g".into(),
@@ -883,6 +896,38 @@ async fn offsets_commit_fetch_and_survive_restart() {
         GroupState::Stable
     );
     assert_eq!(again.heartbeat(&hb("cg", 1, &j.member_id)), Ok(()));
+}
+
+/// A membership the store failed to save is saved again on a later tick, so no stale one stays.
+#[tokio::test]
+async fn a_membership_write_that_failed_is_tried_again() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, _) = h.stable_group("g", 1).await;
+    let saved = |h: &Harness| -> Vec<String> {
+        h.store
+            .load_memberships()
+            .unwrap()
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect()
+    };
+    assert_eq!(saved(&h), ["g"]);
+    h.store.set_failing(true);
+    h.coord
+        .leave(&LeaveRequest {
+            group_id: "g".into(),
+            members: vec![LeavingMember {
+                member_id: ids[0].clone(),
+                group_instance_id: None,
+                reason: None,
+            }],
+        })
+        .unwrap();
+    h.advance(Duration::from_millis(100));
+    assert_eq!(saved(&h), ["g"], "the removal failed");
+    h.store.set_failing(false);
+    h.advance(Duration::from_millis(100));
+    assert!(saved(&h).is_empty(), "and was done on a later tick");
 }
 
 /// A restarted coordinator knows the members of the last completed rebalance: their heartbeats
