@@ -74,6 +74,14 @@ pub(crate) struct Restored {
     pub(crate) batches: VecDeque<Batch>,
 }
 
+impl Restored {
+    /// The producer the file's batches go on under (their sequence numbers are its); none when
+    /// nothing is pending, and a new producer id will do.
+    pub(crate) fn producer_to_resume(&self) -> Option<Producer> {
+        self.producer.filter(|_| !self.batches.is_empty())
+    }
+}
+
 pub(crate) struct FileBuffer {
     path: PathBuf,
     file: File,

@@ -38,11 +38,7 @@ pub(crate) fn encode(
         timestamp: reading.timestamp.unwrap_or(now),
         key: reading.key.clone(),
         value: Some(reading.value.clone()),
-        headers: reading
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), Some(v.clone())))
-            .collect(),
+        headers: crate::record::kafka_headers(&reading.headers),
     };
     let mut batch = BytesMut::new();
     RecordBatchEncoder::encode(

@@ -349,16 +349,13 @@ impl Device {
     /// [`DeviceError::Connect`] when it cannot be reached; after this first connection, losses
     /// are handled in the background.
     pub async fn connect(config: DeviceConfig) -> Result<Device, DeviceError> {
-        let mut config = config;
-        config.max_batch_records = config.max_batch_records.max(1);
-        config.link = link::Link::default();
+        let config = own_config(config);
         let link = config.link.clone();
         let (file, restored) = open_buffer(&config).await?;
         let mut session = session::Session::connect(&config).await?;
-        let producer = match restored.producer {
-            // Batches a previous device left in the file go on under its producer id.
-            Some(p) if !restored.batches.is_empty() => Ok(p),
-            _ => {
+        let producer = match restored.producer_to_resume() {
+            Some(p) => Ok(p),
+            None => {
                 let mut producer = worker::init_producer(&mut session).await;
                 if producer.is_err() && link.zero_rtt().await == ZeroRtt::Rejected {
                     // The broker refused the early data: go again with a full handshake.
@@ -390,17 +387,13 @@ impl Device {
     /// a refused identity) is then logged and retried: use `connect` where such a
     /// misconfiguration should stop the program.
     pub async fn start(config: DeviceConfig) -> Result<Device, DeviceError> {
-        let mut config = config;
-        config.max_batch_records = config.max_batch_records.max(1);
-        config.link = link::Link::default();
+        let config = own_config(config);
         session::client_tls(&config.trust, &config.identity)?;
         let (file, restored) = open_buffer(&config).await?;
-        // Batches a previous device left in the file go on under its producer id; otherwise
-        // the first connection gets one.
-        let producer = restored.producer.filter(|_| !restored.batches.is_empty());
+        // Without a producer to resume, the first connection gets one.
         let start = worker::Start {
             session: None,
-            producer,
+            producer: restored.producer_to_resume(),
             file,
             restored,
         };
@@ -644,6 +637,13 @@ impl std::future::Future for Delivery {
             .poll(cx)
             .map(|r| r.unwrap_or(Err(DeviceError::Closed)))
     }
+}
+
+/// `config` made this device's own: a connection link of its own, at least one record a batch.
+fn own_config(mut config: DeviceConfig) -> DeviceConfig {
+    config.max_batch_records = config.max_batch_records.max(1);
+    config.link = link::Link::default();
+    config
 }
 
 /// The configured buffer file, opened and replayed (none: nothing restored).

@@ -95,6 +95,17 @@ impl Record {
     }
 }
 
+/// Headers as the Kafka record codec takes them.
+pub(crate) fn kafka_headers<H>(headers: &[(StrBytes, Bytes)]) -> H
+where
+    H: FromIterator<(StrBytes, Option<Bytes>)>,
+{
+    headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

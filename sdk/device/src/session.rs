@@ -49,8 +49,6 @@ const STOP_WAIT: Duration = Duration::from_secs(3);
 const REOPEN_WAIT: Duration = Duration::from_secs(2);
 /// The code the device resets and stops a stream it gives up with.
 const STREAM_ABANDONED: u32 = 0;
-/// The Kafka error code a request too large for the broker stands for.
-const MESSAGE_TOO_LARGE: i16 = 10;
 
 /// What reading the session stream gave.
 pub(crate) enum Read {
@@ -230,7 +228,7 @@ impl Session {
             Ok(()) => Ok(()),
             Err(quinn::WriteError::Stopped(code)) if code.into_inner() == STOP_TOO_LARGE as u64 => {
                 Err(DeviceError::Broker {
-                    code: MESSAGE_TOO_LARGE,
+                    code: crate::worker::MESSAGE_TOO_LARGE,
                 })
             }
             Err(e) => Err(DeviceError::Connect(e.to_string())),

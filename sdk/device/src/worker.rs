@@ -61,7 +61,7 @@ const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
 const UNKNOWN_PRODUCER_ID: i16 = 59;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-const MESSAGE_TOO_LARGE: i16 = 10;
+pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
 
 pub(crate) enum Cmd {
     Record {
@@ -996,11 +996,7 @@ fn produce_request(
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: Some(r.value.clone()),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect(),
+            headers: crate::record::kafka_headers(&r.headers),
         })
         .collect();
     let mut buf = BytesMut::new();
