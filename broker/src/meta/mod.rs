@@ -207,15 +207,12 @@ impl OffsetStore for MetaStore {
     }
 
     fn delete_group(&self, group: &str) -> Result<(), StoreError> {
-        let run = || -> Result<(), MetaError> {
-            let tx = self.db.begin_write()?;
+        self.write_groups(|tx| {
             tx.open_table(GROUP_OFFSETS)?
                 .retain(|(g, _, _), _| g != group)?;
             tx.open_table(GROUP_MEMBERS)?.remove(group)?;
-            tx.commit()?;
             Ok(())
-        };
-        run().map_err(StoreError::new)
+        })
     }
 
     fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
@@ -256,23 +253,14 @@ impl OffsetStore for MetaStore {
         group: &str,
         membership: Option<&Membership>,
     ) -> Result<(), StoreError> {
-        let run = || -> Result<(), MetaError> {
-            let tx = self.db.begin_write()?;
-            {
-                let mut table = tx.open_table(GROUP_MEMBERS)?;
-                match membership {
-                    Some(m) => {
-                        table.insert(group, m.encode().as_slice())?;
-                    }
-                    None => {
-                        table.remove(group)?;
-                    }
-                }
-            }
-            tx.commit()?;
+        self.write_groups(|tx| {
+            let mut table = tx.open_table(GROUP_MEMBERS)?;
+            match membership {
+                Some(m) => table.insert(group, m.encode().as_slice())?,
+                None => table.remove(group)?,
+            };
             Ok(())
-        };
-        run().map_err(StoreError::new)
+        })
     }
 }
 
@@ -282,9 +270,17 @@ impl MetaStore {
         &self,
         change: impl FnOnce(&mut OffsetTable<'_>) -> Result<(), MetaError>,
     ) -> Result<(), StoreError> {
+        self.write_groups(|tx| change(&mut tx.open_table(GROUP_OFFSETS)?))
+    }
+
+    /// Runs `change` in one write transaction of the group tables, for the coordinator.
+    fn write_groups(
+        &self,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), MetaError>,
+    ) -> Result<(), StoreError> {
         let run = || -> Result<(), MetaError> {
             let tx = self.db.begin_write()?;
-            change(&mut tx.open_table(GROUP_OFFSETS)?)?;
+            change(&tx)?;
             tx.commit()?;
             Ok(())
         };
