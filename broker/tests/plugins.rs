@@ -318,6 +318,11 @@ async fn consume(bootstrap: &str, topic: &str, last: &str) -> Vec<Seen> {
     got.iter().map(seen).collect()
 }
 
+/// Producer settings that make each burst of two records from [`send`] one batch, sent as soon
+/// as its second record is queued: for tests whose chain must see a hot and a cold reading
+/// together, whatever the machine's load (a 50 ms linger may end between the two).
+const ONE_BATCH_OF_TWO: [(&str, &str); 2] = [("linger.ms", "5000"), ("batch.num.messages", "2")];
+
 /// A producer with the test defaults plus `extra` settings.
 fn producer(bootstrap: &str, codec: &str, extra: &[(&str, &str)]) -> FutureProducer {
     let mut c = common::client_config(bootstrap);
@@ -608,7 +613,7 @@ async fn filters_over_uncompressed_batches_keep_sequences_timestamps_and_dead_le
     assert_eq!(log_end(&broker, "idem"), 8);
 
     // The trap after the filter: the batch as produced (the cold record too) is dead-lettered.
-    let p = producer(&bootstrap, "none", &[]);
+    let p = producer(&bootstrap, "none", &ONE_BATCH_OF_TWO);
     let values = [r#"{"temp":30,"n":1}"#, r#"{"temp":1,"n":2}"#];
     let records: Vec<_> = values.iter().map(|v| (Some("dev"), *v, None)).collect();
     send(&p, "dl", &records).await;
@@ -645,7 +650,7 @@ async fn dead_letter_takes_failed_batches_and_a_failing_plugin_is_disabled() {
     cfg.plugins.bindings = vec![dl, bind("closed", &["trapper"], OnError::FailClosed)];
     let broker = common::start_with(cfg).await;
     let bootstrap = broker.bootstrap();
-    let p = producer(&bootstrap, "lz4", &[]);
+    let p = producer(&bootstrap, "lz4", &ONE_BATCH_OF_TWO);
     let mut sent = Vec::new();
     for round in 0..5 {
         // The records as produced (the json filter before the trap would have dropped the
