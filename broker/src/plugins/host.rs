@@ -12,19 +12,25 @@
 //! After `disable_after` failed calls in a row a plugin is disabled (one WARN line); from then
 //! on [`Plugin::call`] fails at once with [`PluginError::Disabled`] without entering the guest.
 //! Trap messages keep the trap reason and the innermost wasm frame, not the whole backtrace.
+//!
+//! A plugin's only import is `log` of the `host` interface ([`GuestLog`]): its lines go to the
+//! broker's log, rate-limited per plugin, and the last error-level line of a call that traps
+//! (the SDK writes a panic's message there) becomes the reason the trap is reported with.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Instance, InstancePre, Linker, TypedFunc};
+use wasmtime::component::{
+    Component, ComponentType, Instance, InstancePre, Lift, Linker, TypedFunc,
+};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, WasmBacktrace,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut,
+    StoreLimits, StoreLimitsBuilder, Trap, WasmBacktrace,
 };
 
 use super::PluginError;
@@ -102,18 +108,15 @@ impl Host {
                       SDK's filter! or transform! macro)"
                 .into(),
         })?;
-        let mut linker = Linker::<State>::new(&self.engine);
-        // No WASI and no host functions: any import the guest has (std's wasi:cli, wasi:io, ...)
-        // is defined as a trap, so a plugin has no filesystem, network, clock or environment.
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .and_then(|()| linker.instantiate_pre(&component))
+        linker(&self.engine, &component)
+            .and_then(|linker| linker.instantiate_pre(&component))
             .map(|pre| Plugin {
                 name: name.to_owned(),
                 kind,
                 config: config.to_owned(),
                 engine: self.engine.clone(),
                 limits: self.limits.clone(),
+                log: Arc::new(GuestLog::new(name)),
                 pre,
                 idle: Mutex::new(Vec::new()),
                 stats: Stats::default(),
@@ -195,9 +198,137 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// What a store carries: only its memory limiter.
+/// The versioned name of the interface the broker offers plugins (`sdk/wit/plugin.wit`).
+const HOST_INTERFACE: &str = "runnel:plugin/host@0.1.0";
+
+/// A linker for `component`: the `host` interface, and every other import the guest has (std's
+/// wasi:cli, wasi:io, ...) defined as a trap, so a plugin has no filesystem, network, clock or
+/// environment.
+fn linker(engine: &Engine, component: &Component) -> wasmtime::Result<Linker<State>> {
+    let mut linker = Linker::<State>::new(engine);
+    linker.root().instance(HOST_INTERFACE)?.func_wrap(
+        "log",
+        |mut cx: StoreContextMut<'_, State>, (level, message): (Level, String)| {
+            cx.data_mut().log(level, &message);
+            Ok(())
+        },
+    )?;
+    linker.define_unknown_imports_as_traps(component)?;
+    Ok(linker)
+}
+
+/// The `level` enum of the `host` interface.
+#[derive(ComponentType, Lift, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code, reason = "the guest makes every variant, through `Lift`")]
+#[component(enum)]
+#[repr(u8)]
+enum Level {
+    #[component(name = "error")]
+    Error,
+    #[component(name = "warn")]
+    Warn,
+    #[component(name = "info")]
+    Info,
+    #[component(name = "debug")]
+    Debug,
+}
+
+/// The log target of plugins' own lines, e.g. `RUST_LOG=runnel::plugins::guest=debug`.
+const GUEST_TARGET: &str = "runnel::plugins::guest";
+/// Lines a plugin may write per second (and in a burst), over all its instances.
+const GUEST_LINES_PER_SEC: f64 = 100.0;
+/// The longest line a plugin writes; the rest is cut.
+const GUEST_LINE_MAX: usize = 2048;
+
+/// Where one plugin's lines go: its name and the rate limit its instances share.
+pub struct GuestLog {
+    plugin: String,
+    bucket: Mutex<Bucket>,
+}
+
+/// A token bucket of log lines, and the lines dropped since the last one let through.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+}
+
+impl GuestLog {
+    fn new(plugin: &str) -> GuestLog {
+        GuestLog {
+            plugin: plugin.to_owned(),
+            bucket: Mutex::new(Bucket {
+                tokens: GUEST_LINES_PER_SEC,
+                at: Instant::now(),
+                dropped: 0,
+            }),
+        }
+    }
+
+    /// Whether a line may be written now, with the lines dropped before it; `None` drops it.
+    fn admit(&self) -> Option<u64> {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(b.at).as_secs_f64() * GUEST_LINES_PER_SEC;
+        b.tokens = (b.tokens + refill).min(GUEST_LINES_PER_SEC);
+        b.at = now;
+        if b.tokens < 1.0 {
+            b.dropped += 1;
+            return None;
+        }
+        b.tokens -= 1.0;
+        Some(std::mem::take(&mut b.dropped))
+    }
+
+    fn write(&self, level: Level, line: &str) {
+        let Some(dropped) = self.admit() else { return };
+        let plugin = self.plugin.as_str();
+        if dropped > 0 {
+            tracing::warn!(target: GUEST_TARGET, plugin, dropped, "plugin wrote more than 100 lines a second; lines dropped");
+        }
+        match level {
+            Level::Error => tracing::error!(target: GUEST_TARGET, plugin, "{line}"),
+            Level::Warn => tracing::warn!(target: GUEST_TARGET, plugin, "{line}"),
+            Level::Info => tracing::info!(target: GUEST_TARGET, plugin, "{line}"),
+            Level::Debug => tracing::debug!(target: GUEST_TARGET, plugin, "{line}"),
+        }
+    }
+}
+
+/// `message` on one line: control characters escaped (a plugin cannot forge log lines), cut at
+/// [`GUEST_LINE_MAX`] bytes.
+fn one_line(message: &str) -> String {
+    let mut line = String::with_capacity(message.len().min(GUEST_LINE_MAX));
+    for c in message.chars() {
+        if line.len() >= GUEST_LINE_MAX {
+            line.push_str(" [cut]");
+            break;
+        }
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
+/// What a store carries: its memory limiter, where the guest's lines go, and the last
+/// error-level line of the current call.
 pub struct State {
     limits: StoreLimits,
+    log: Arc<GuestLog>,
+    last_error: Option<String>,
+}
+
+impl State {
+    fn log(&mut self, level: Level, message: &str) {
+        let line = one_line(message);
+        self.log.write(level, &line);
+        if level == Level::Error {
+            self.last_error = Some(line);
+        }
+    }
 }
 
 type InitFn = TypedFunc<(String,), (Result<(), String>,)>;
@@ -259,6 +390,7 @@ pub struct Plugin {
     config: String,
     engine: Engine,
     limits: HostLimits,
+    log: Arc<GuestLog>,
     pre: InstancePre<State>,
     idle: Mutex<Vec<Live>>,
     pub stats: Stats,
@@ -284,18 +416,18 @@ impl Plugin {
     }
 
     fn new_store(&self) -> Store<State> {
-        new_store(&self.engine, &self.limits)
+        new_store(&self.engine, &self.limits, &self.log)
     }
 
-    fn deadline(&self, store: &mut Store<State>) {
-        set_deadline(store, &self.limits);
+    fn begin_call(&self, store: &mut Store<State>) {
+        begin_call(store, &self.limits);
     }
 
     /// A fresh instance with `init(config)` done.
     fn instantiate(&self) -> Result<Live, PluginError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let mut store = self.new_store();
-        self.deadline(&mut store);
+        self.begin_call(&mut store);
         let iface = |e: wasmtime::Error| PluginError::Interface {
             name: self.name.clone(),
             message: format!("{e:#}"),
@@ -303,14 +435,14 @@ impl Plugin {
         let instance = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| self.classify(e))?;
+            .map_err(|e| self.classify(&mut store, e))?;
         let init: InitFn = instance.get_typed_func(&mut store, "init").map_err(iface)?;
         let call: BatchFn = instance
             .get_typed_func(&mut store, self.kind.export())
             .map_err(iface)?;
         let (result,) = init
             .call(&mut store, (self.config.clone(),))
-            .map_err(|e| self.classify(e))?;
+            .map_err(|e| self.classify(&mut store, e))?;
         result.map_err(|message| PluginError::Init {
             name: self.name.clone(),
             message,
@@ -384,12 +516,12 @@ impl Plugin {
             Some(live) => live,
             None => self.instantiate()?,
         };
-        self.deadline(&mut live.store);
+        self.begin_call(&mut live.store);
         // On a trap the instance is dropped here (not put back): the next call rebuilds it.
         let (result,) = live
             .call
             .call(&mut live.store, (frame,))
-            .map_err(|e| self.classify(e))?;
+            .map_err(|e| self.classify(&mut live.store, e))?;
         // A plugin that returns an error is still a sound instance: keep it.
         self.put_back(live);
         result.map_err(|message| PluginError::Failed {
@@ -398,14 +530,15 @@ impl Plugin {
         })
     }
 
-    /// Turns a wasmtime error of a call into the matching [`PluginError`].
-    fn classify(&self, e: wasmtime::Error) -> PluginError {
-        classify(&self.name, &self.limits, e)
+    /// Turns a wasmtime error of a call in `store` into the matching [`PluginError`].
+    fn classify(&self, store: &mut Store<State>, e: wasmtime::Error) -> PluginError {
+        classify(&self.name, &self.limits, store, e)
     }
 }
 
-/// A store with the memory cap of `limits` (a grow past it traps).
-fn new_store(engine: &Engine, limits: &HostLimits) -> Store<State> {
+/// A store with the memory cap of `limits` (a grow past it traps), writing the guest's lines to
+/// `log`.
+fn new_store(engine: &Engine, limits: &HostLimits, log: &Arc<GuestLog>) -> Store<State> {
     let store_limits = StoreLimitsBuilder::new()
         .memory_size(limits.memory_limit as usize)
         .trap_on_grow_failure(true)
@@ -414,20 +547,31 @@ fn new_store(engine: &Engine, limits: &HostLimits) -> Store<State> {
         engine,
         State {
             limits: store_limits,
+            log: log.clone(),
+            last_error: None,
         },
     );
     store.limiter(|s| &mut s.limits);
     store
 }
 
-/// Arms the epoch deadline of the next call made in `store`.
-fn set_deadline(store: &mut Store<State>, limits: &HostLimits) {
+/// Arms the epoch deadline of the next call made in `store`, and forgets what the guest logged
+/// in the last one.
+fn begin_call(store: &mut Store<State>, limits: &HostLimits) {
     let ticks = (limits.call_timeout.as_micros() / EPOCH_TICK.as_micros()).max(1);
     store.set_epoch_deadline(ticks as u64);
+    store.data_mut().last_error = None;
 }
 
-/// Turns a wasmtime error of a call into the matching [`PluginError`].
-fn classify(name: &str, limits: &HostLimits, e: wasmtime::Error) -> PluginError {
+/// Turns a wasmtime error of a call in `store` into the matching [`PluginError`]. A trap is
+/// reported with the last error-level line the guest wrote in the call (a panic's message, from
+/// the SDK), followed by the trap itself.
+fn classify(
+    name: &str,
+    limits: &HostLimits,
+    store: &mut Store<State>,
+    e: wasmtime::Error,
+) -> PluginError {
     let name = name.to_owned();
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
         return PluginError::Timeout {
@@ -443,10 +587,12 @@ fn classify(name: &str, limits: &HostLimits, e: wasmtime::Error) -> PluginError 
             limit: limits.memory_limit,
         };
     }
-    PluginError::Trap {
-        name,
-        message: trap_message(&e),
-    }
+    let trap = trap_message(&e);
+    let message = match store.data_mut().last_error.take() {
+        Some(logged) => format!("{logged} ({trap})"),
+        None => trap,
+    };
+    PluginError::Trap { name, message }
 }
 
 /// A trap's reason and its innermost wasm frame, on one line. wasmtime's own message carries the
@@ -474,6 +620,7 @@ pub struct Linked {
     name: String,
     engine: Engine,
     limits: HostLimits,
+    log: Arc<GuestLog>,
     pre: InstancePre<State>,
 }
 
@@ -482,14 +629,13 @@ impl Host {
     /// instantiating it.
     pub fn link(&self, name: &str, path: &Path) -> Result<Linked, PluginError> {
         let component = self.compile_file(name, path)?;
-        let mut linker = Linker::<State>::new(&self.engine);
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .and_then(|()| linker.instantiate_pre(&component))
+        linker(&self.engine, &component)
+            .and_then(|linker| linker.instantiate_pre(&component))
             .map(|pre| Linked {
                 name: name.to_owned(),
                 engine: self.engine.clone(),
                 limits: self.limits.clone(),
+                log: Arc::new(GuestLog::new(name)),
                 pre,
             })
             .map_err(|e| PluginError::Compile {
@@ -506,22 +652,62 @@ impl Linked {
 
     /// A fresh instance in a fresh store, the deadline armed for the calls that set it up.
     pub fn instantiate(&self) -> Result<(Store<State>, Instance), PluginError> {
-        let mut store = new_store(&self.engine, &self.limits);
-        set_deadline(&mut store, &self.limits);
+        let mut store = new_store(&self.engine, &self.limits, &self.log);
+        begin_call(&mut store, &self.limits);
         let instance = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| self.classify(e))?;
+            .map_err(|e| self.classify(&mut store, e))?;
         Ok((store, instance))
     }
 
-    /// Arms the deadline of the next call in `store` (one `plugins.call_timeout`).
+    /// Arms the deadline of the next call in `store` (one `plugins.call_timeout`), and forgets
+    /// what the guest logged in the last one.
     pub fn arm(&self, store: &mut Store<State>) {
-        set_deadline(store, &self.limits);
+        begin_call(store, &self.limits);
     }
 
-    /// Turns a wasmtime error of a call into the matching [`PluginError`].
-    pub fn classify(&self, e: wasmtime::Error) -> PluginError {
-        classify(&self.name, &self.limits, e)
+    /// Turns a wasmtime error of a call in `store` into the matching [`PluginError`].
+    pub fn classify(&self, store: &mut Store<State>, e: wasmtime::Error) -> PluginError {
+        classify(&self.name, &self.limits, store, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_line_is_one_line_and_cut_at_the_limit() {
+        assert_eq!(one_line("ok: 21.5 °C"), "ok: 21.5 °C");
+        // A forged second log line stays on the first.
+        assert_eq!(
+            one_line("a\nERROR runnel: fake\r\u{1b}[31m"),
+            "a\\nERROR runnel: fake\\r\\u{1b}[31m"
+        );
+        let long = "é".repeat(GUEST_LINE_MAX);
+        let cut = one_line(&long);
+        assert!(cut.ends_with(" [cut]"), "{cut}");
+        assert!(cut.len() <= GUEST_LINE_MAX + 8);
+    }
+
+    #[test]
+    fn a_plugin_writes_a_burst_then_its_rate_and_the_dropped_lines_are_counted() {
+        let log = GuestLog::new("p");
+        let burst = GUEST_LINES_PER_SEC as usize;
+        assert!((0..burst).all(|_| log.admit() == Some(0)));
+        assert_eq!(log.admit(), None);
+        assert_eq!(log.admit(), None);
+        // After a tenth of a second ten lines more may go (more if the sleep ran long); the
+        // first says two were dropped.
+        let slept = Instant::now();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(log.admit(), Some(2));
+        let more = 1 + (0..burst).take_while(|_| log.admit().is_some()).count();
+        let allowed = slept.elapsed().as_secs_f64() * GUEST_LINES_PER_SEC;
+        assert!(
+            more >= 10 && more as f64 <= allowed + 1.0,
+            "{more} of {allowed}"
+        );
     }
 }

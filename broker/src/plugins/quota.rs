@@ -130,7 +130,7 @@ impl QuotaPolicy {
             .map_err(world)?;
         let (result,) = init
             .call(&mut store, (self.config.clone(),))
-            .map_err(|e| self.linked.classify(e))?;
+            .map_err(|e| self.linked.classify(&mut store, e))?;
         result.map_err(|message| PluginError::Init {
             name: self.name().to_owned(),
             message,
@@ -164,7 +164,7 @@ impl QuotaPolicy {
         let (decision,) = live
             .decide
             .call(&mut live.store, (request.clone(), now_ms))
-            .map_err(|e| self.linked.classify(e))?;
+            .map_err(|e| self.linked.classify(&mut live.store, e))?;
         *slot = Some(live);
         Ok(decision)
     }

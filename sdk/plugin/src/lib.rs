@@ -36,8 +36,12 @@
 //!
 //! A quota policy implements [`QuotaPolicy`] and ends with `runnel_plugin::quota!(T);` (see
 //! [`quota`]).
+//!
+//! A plugin writes to the broker's log with [`log`]; a panic's message lands there too, and in
+//! the error the broker reports for the call.
 
 pub mod frame;
+pub mod log;
 pub mod output;
 pub mod quota;
 
@@ -129,6 +133,7 @@ macro_rules! transform {
 
         impl $crate::transform_bindings::Guest for __RunnelTransformExport {
             fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::log::connect($crate::log::transform_sink);
                 let transform = <$ty as $crate::Transform>::init(&config)?;
                 *__RUNNEL_TRANSFORM.lock().unwrap_or_else(|e| e.into_inner()) = Some(transform);
                 Ok(())
@@ -162,6 +167,7 @@ macro_rules! filter {
 
         impl $crate::bindings::Guest for __RunnelFilterExport {
             fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::log::connect($crate::log::filter_sink);
                 let filter = <$ty as $crate::Filter>::init(&config)?;
                 *__RUNNEL_FILTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(filter);
                 Ok(())

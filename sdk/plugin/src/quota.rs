@@ -135,6 +135,7 @@ macro_rules! quota {
 
         impl $crate::quota::bindings::Guest for __RunnelQuotaExport {
             fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::log::connect($crate::log::quota_sink);
                 let policy = <$ty as $crate::quota::QuotaPolicy>::init(&config)?;
                 *__RUNNEL_QUOTA.lock().unwrap_or_else(|e| e.into_inner()) = Some(policy);
                 Ok(())
