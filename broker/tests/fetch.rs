@@ -10,7 +10,7 @@ use common::RawClient;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{CreateTopicsRequest, FetchRequest, ListOffsetsRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 fn name(t: &str) -> TopicName {
@@ -48,6 +48,37 @@ async fn produce(c: &mut RawClient, topic: &str, records: Bytes) -> i64 {
     let p = &r.responses[0].partition_responses[0];
     assert_eq!(p.error_code, 0);
     p.base_offset
+}
+
+/// Like `c.call`, with correlation id `correlation`, waiting up to `wait` for the answer (where
+/// `RawClient` gives up after 10 s): for long polls.
+async fn call_within<R: Request>(
+    c: &mut RawClient,
+    req: &R,
+    version: i16,
+    correlation: i32,
+    wait: Duration,
+) -> R::Response {
+    use tokio::io::AsyncReadExt;
+    c.send_raw(&common::request_frame(
+        req,
+        version,
+        correlation,
+        "raw-test",
+    ))
+    .await;
+    let read = async {
+        let mut len = [0u8; 4];
+        c.stream.read_exact(&mut len).await?;
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        c.stream.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>(Bytes::from(body))
+    };
+    let frame = tokio::time::timeout(wait, read)
+        .await
+        .expect("the broker answers in time")
+        .expect("a response frame");
+    common::decode_response::<R>(frame, version, correlation)
 }
 
 fn fetch_req(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
@@ -91,7 +122,7 @@ async fn long_poll_waits_for_data_and_wakes_on_append() {
         Some(0)
     );
 
-    // A fetch waiting up to 10s is answered as soon as another connection appends.
+    // A fetch waiting up to 30 s is answered as soon as another connection appends.
     let addr2 = addr.clone();
     let producer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -99,11 +130,18 @@ async fn long_poll_waits_for_data_and_wakes_on_append() {
         produce(&mut p, "lp", batch(3, 1_700_000_000_000)).await
     });
     let t = Instant::now();
-    let r = c.call(&fetch_req("lp", 0, 10_000), 11).await;
+    let r = call_within(
+        &mut c,
+        &fetch_req("lp", 0, 30_000),
+        11,
+        1_000,
+        Duration::from_secs(40),
+    )
+    .await;
     let waited = t.elapsed();
     assert_eq!(producer.await.unwrap(), 0);
     assert!(
-        waited < Duration::from_secs(3),
+        waited < Duration::from_secs(15),
         "woken by the append, not the timeout: {waited:?}"
     );
     let part = &r.responses[0].partitions[0];

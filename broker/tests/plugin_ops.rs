@@ -153,18 +153,38 @@ async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad
     produce(&p, &[(0, 22), (1, 30), (2, 10)]).await;
 
     // A producer keeps sending readings every filter keeps while the plugins are swapped.
+    // It counts the readings it has started to send and those acknowledged.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let steady = producer(&bootstrap);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, acked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (stop2, sent2, acked2) = (stop.clone(), sent.clone(), acked.clone());
     let background = tokio::spawn(async move {
         let mut n = 1000;
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stop2.load(Ordering::Relaxed) {
+            sent2.fetch_add(1, Ordering::SeqCst);
             produce(&steady, &[(n, 90)]).await;
+            acked2.fetch_add(1, Ordering::SeqCst);
             n += 1;
         }
         n
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Waits until every reading the steady producer had started to send by now is acknowledged,
+    // and one more: a reading sent after this point.
+    let one_more_acked = || {
+        let (sent, acked) = (sent.clone(), acked.clone());
+        async move {
+            let want = sent.load(Ordering::SeqCst) + 1;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while acked.load(Ordering::SeqCst) < want {
+                assert!(Instant::now() < deadline, "the steady producer is stuck");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // One reading acknowledged before the reload.
+    one_more_acked().await;
 
     write_config(
         &file,
@@ -202,8 +222,9 @@ async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad
     );
     produce(&p, &[(5, 22), (6, 30)]).await;
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // And one sent after both reloads.
+    one_more_acked().await;
+    stop.store(true, Ordering::Relaxed);
     let next = background.await.unwrap();
     produce(&p, &[(7, 30)]).await;
     p.flush(Duration::from_secs(10)).unwrap();

@@ -92,10 +92,24 @@ impl Session {
     }
 
     async fn call<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
+        self.call_within(req, version, Duration::from_secs(10))
+            .await
+    }
+
+    /// [`Session::call`], waiting up to `wait` for the answer (for long polls).
+    async fn call_within<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+        wait: Duration,
+    ) -> R::Response {
         self.correlation += 1;
         let frame = common::request_frame(req, version, self.correlation, "quic-test");
         self.send.write_all(&frame).await.expect("request sent");
-        let frame = self.read_frame().await.expect("a response frame");
+        let frame = self
+            .read_frame_within(wait)
+            .await
+            .expect("a response frame");
         common::decode_response::<R>(frame, version, self.correlation)
     }
 
@@ -108,6 +122,11 @@ impl Session {
 
     /// The next response frame, or None once the broker has ended the stream.
     async fn read_frame(&mut self) -> Option<Bytes> {
+        self.read_frame_within(Duration::from_secs(10)).await
+    }
+
+    /// [`Session::read_frame`], waiting up to `wait`.
+    async fn read_frame_within(&mut self, wait: Duration) -> Option<Bytes> {
         let read = async {
             let mut len = [0u8; 4];
             self.recv.read_exact(&mut len).await.ok()?;
@@ -115,7 +134,7 @@ impl Session {
             self.recv.read_exact(&mut body).await.ok()?;
             Some(Bytes::from(body))
         };
-        tokio::time::timeout(Duration::from_secs(10), read)
+        tokio::time::timeout(wait, read)
             .await
             .expect("broker answers or ends the stream")
     }
@@ -331,10 +350,10 @@ async fn two_streams_on_one_connection_do_not_block_each_other() {
     let mut producer = device.session().await;
     create_topic(&mut producer, "commands").await;
 
-    // Stream 1 long-polls an empty partition for up to 8 s; stream 2 produces meanwhile. The
+    // Stream 1 long-polls an empty partition for up to 30 s; stream 2 produces meanwhile. The
     // produce is answered while the fetch is still parked, and the append wakes the fetch.
     let fetch = FetchRequest::default()
-        .with_max_wait_ms(8000)
+        .with_max_wait_ms(30_000)
         .with_min_bytes(1)
         .with_max_bytes(1 << 20)
         .with_topics(vec![
@@ -348,23 +367,27 @@ async fn two_streams_on_one_connection_do_not_block_each_other() {
                 ]),
         ]);
     let started = Instant::now();
-    let (fetched, produced) = tokio::join!(waiter.call(&fetch, 11), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = produce(&mut producer, "commands", batch(&readings(2, 1_000))).await;
-        (r, started.elapsed())
-    });
+    let (fetched, produced) = tokio::join!(
+        waiter.call_within(&fetch, 11, Duration::from_secs(40)),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = produce(&mut producer, "commands", batch(&readings(2, 1_000))).await;
+            (r, started.elapsed())
+        }
+    );
     let ((code, offset), produced_after) = produced;
     assert_eq!((code, offset), (0, 0));
     assert!(
-        produced_after < Duration::from_secs(4),
+        produced_after < Duration::from_secs(10),
         "produce waited {produced_after:?} behind the fetch"
     );
     let p = &fetched.responses[0].partitions[0];
     assert_eq!(p.error_code, 0);
     assert!(p.records.as_ref().is_some_and(|r| !r.is_empty()));
     assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "the fetch was not woken by the append"
+        started.elapsed() < Duration::from_secs(15),
+        "the fetch was not woken by the append: answered after {:?}",
+        started.elapsed()
     );
 
     // Many requests on both streams at once keep each stream's order.
@@ -690,8 +713,9 @@ async fn a_quiet_connection_is_closed_after_the_idle_timeout_unless_it_sends_kee
     chatty
         .max_idle_timeout(Some(Duration::from_secs(60).try_into().unwrap()))
         .keep_alive_interval(Some(Duration::from_millis(250)));
-    let quiet = connect_with_transport(&broker, quiet).await;
+    // The quiet one last, so that its idle timer starts just before `started`.
     let chatty = connect_with_transport(&broker, chatty).await;
+    let quiet = connect_with_transport(&broker, quiet).await;
     let started = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(5), quiet.conn.closed())
         .await

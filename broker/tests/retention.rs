@@ -69,39 +69,50 @@ fn read_all(bootstrap: &str, topic: &str) -> Vec<(i64, String, Option<String>)> 
     out
 }
 
-fn watermarks(bootstrap: &str, topic: &str) -> (i64, i64) {
-    let c: BaseConsumer = common::client_config(bootstrap).create().unwrap();
-    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_retention_deletes_old_segments_and_advances_the_log_start() {
+    // Long enough for the 60 sends and the first watermark query to end well before any record
+    // can expire, even on a loaded machine.
+    const RETENTION: Duration = Duration::from_secs(5);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::test_config(dir.path());
     cfg.log.retention_check_interval = Duration::from_millis(100);
     let broker = common::start_with(cfg).await;
     let b = broker.bootstrap();
+    let retention_ms = RETENTION.as_millis().to_string();
     create(
         &b,
         "short",
-        &[("retention.ms", "1000"), ("segment.bytes", "2048")],
+        &[("retention.ms", &retention_ms), ("segment.bytes", "2048")],
     )
     .await;
     let p: FutureProducer = common::client_config(&b)
         .set("linger.ms", "0")
         .create()
         .unwrap();
+    let reader: BaseConsumer = common::client_config(&b).create().unwrap();
+    let watermarks = || {
+        reader
+            .fetch_watermarks("short", 0, Duration::from_secs(10))
+            .unwrap()
+    };
+    // Every record's timestamp is at or after this, so none expires before `started + RETENTION`.
+    let started = Instant::now();
     for i in 0..60 {
         send(&p, "short", &format!("k{i}"), Some(&"x".repeat(100))).await;
     }
-    let (low, high) = watermarks(&b, "short");
-    assert_eq!((low, high), (0, 60));
-    // Records carry their send time; 1s later every sealed segment is past retention.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let (low, high) = watermarks();
+    assert_eq!(
+        (low, high),
+        (0, 60),
+        "nothing deleted yet ({:?} after the first send)",
+        started.elapsed()
+    );
+    // Records carry their send time; once the last one is past retention, every segment is.
+    let deadline = Instant::now() + RETENTION + Duration::from_secs(30);
     let low = loop {
-        let (low, _) = watermarks(&b, "short");
-        if low > 0 || Instant::now() > deadline {
+        let (low, _) = watermarks();
+        if low == 60 || Instant::now() > deadline {
             break low;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -109,10 +120,10 @@ async fn time_retention_deletes_old_segments_and_advances_the_log_start() {
     // Every record was past retention, the active segment's too: as in Kafka it is rolled and
     // deleted, and the topic is empty with its log start at its end.
     assert_eq!(low, 60, "every segment deleted, the active one too");
-    assert_eq!(watermarks(&b, "short"), (60, 60));
-    // The next record goes on from there (checked at once: it expires a second later).
+    assert_eq!(watermarks(), (60, 60));
+    // The next record goes on from there (checked at once: it expires only RETENTION later).
     send(&p, "short", "fresh", Some("y")).await;
-    assert_eq!(watermarks(&b, "short"), (60, 61));
+    assert_eq!(watermarks(), (60, 61));
     broker.shutdown().await;
 }
 

@@ -413,12 +413,14 @@ while True:
 # --- long-poll fetch -------------------------------------------------------------------------
 
 def test_long_poll_fetch_is_woken_by_append(broker):
-    """A Fetch waiting (fetch.wait.max.ms = 5 s) on an empty partition answers as soon as
+    """A Fetch waiting (fetch.wait.max.ms = 30 s) on an empty partition answers as soon as
     a record arrives, not when its wait runs out."""
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-longpoll")
     create_topic(admin, topic, 1)
-    c = Consumer(consumer_conf(broker.bootstrap, unique("ck-g"), **{"fetch.wait.max.ms": 5000}))
+    # librdkafka wants socket.timeout.ms above fetch.wait.max.ms + 1 s.
+    c = Consumer(consumer_conf(broker.bootstrap, unique("ck-g"),
+                               **{"fetch.wait.max.ms": 30000, "socket.timeout.ms": 40000}))
     p = Producer(conf(broker.bootstrap, linger_ms=0))
     try:
         c.assign([TopicPartition(topic, 0, 0)])
@@ -429,10 +431,10 @@ def test_long_poll_fetch_is_woken_by_append(broker):
             sent = time.monotonic()
             p.produce(topic, value=f"wake-{i}".encode())
             assert p.flush(10) == 0
-            m = ck_consume(c, 1, timeout=10)[0]
+            m = ck_consume(c, 1, timeout=40)[0]
             latencies.append(time.monotonic() - sent)
             assert m.value() == f"wake-{i}".encode()
-        assert max(latencies) < 2.0, f"fetch answered only after its max wait: {latencies}"
+        assert max(latencies) < 10.0, f"fetch answered only after its max wait: {latencies}"
     finally:
         c.close()
 

@@ -126,10 +126,17 @@ def test_commit_and_resume(broker):
     finally:
         c.close()
 
-    # A third consumer of the group finds nothing left to read.
+    # A third consumer of the group finds nothing left to read: once it has joined the group
+    # (which may take a while), and for 3 s after.
     c = consumer(broker, topic, group_id=group)
     try:
-        assert sum(len(v) for v in c.poll(timeout_ms=3000).values()) == 0
+        read_records = 0
+        deadline = time.monotonic() + 30
+        while not c.assignment() and time.monotonic() < deadline:
+            read_records += sum(len(v) for v in c.poll(timeout_ms=200).values())
+        assert c.assignment() == {tp}, "the third consumer joined its group"
+        read_records += sum(len(v) for v in c.poll(timeout_ms=3000).values())
+        assert read_records == 0
         assert c.position(tp) == 10
     finally:
         c.close()
