@@ -16,7 +16,7 @@
 //!
 //! A record is `timestamp i64 | key len i32 (-1: none) | key | value len i32 | value`; in a
 //! kind 5 batch it goes on with `header count u32`, then per header `key len u32 | key |
-//! value len i32 | value`. A batch none of whose records has a header is written as kind 2,
+//! value len i32 (-1: null) | value`. A batch none of whose records has a header is written as kind 2,
 //! which every version of this SDK reads.
 //!
 //! Invariants: entries are appended in the order the worker seals and finishes batches, so
@@ -185,8 +185,13 @@ impl FileBuffer {
                 for (k, v) in &r.headers {
                     e.put_u32(k.len() as u32);
                     e.put_slice(k.as_bytes());
-                    e.put_i32(v.len() as i32);
-                    e.put_slice(v);
+                    match v {
+                        Some(v) => {
+                            e.put_i32(v.len() as i32);
+                            e.put_slice(v);
+                        }
+                        None => e.put_i32(-1),
+                    }
                 }
             }
         }
@@ -419,7 +424,7 @@ fn apply(st: &mut Restored, sizes: &mut VecDeque<u64>, payload: &[u8], size: u64
                     for _ in 0..get_u32(&mut b)? {
                         let n = get_u32(&mut b)? as usize;
                         let key = get_str(&mut b, n)?;
-                        headers.push((key, get_bytes(&mut b)?.unwrap_or_default()));
+                        headers.push((key, get_bytes(&mut b)?));
                     }
                 }
                 let mut record = Pending {
@@ -574,8 +579,12 @@ mod tests {
         let path = dir.path().join("buf");
         let mut with = batch("a", 0, &["h0", "h1"]);
         with.records[1].headers = vec![
-            (StrBytes::from_static_str("unit"), Bytes::from_static(b"C")),
-            (StrBytes::from_static_str("empty"), Bytes::new()),
+            (
+                StrBytes::from_static_str("unit"),
+                Some(Bytes::from_static(b"C")),
+            ),
+            (StrBytes::from_static_str("empty"), Some(Bytes::new())),
+            (StrBytes::from_static_str("null"), None),
         ];
         {
             let (mut f, _) = FileBuffer::open(&path, false).await.unwrap();
@@ -594,14 +603,14 @@ mod tests {
         }
         assert_eq!(kinds, [PRODUCER, BATCH, BATCH_WITH_HEADERS]);
         let (_f, r) = FileBuffer::open(&path, false).await.unwrap();
-        let got: Vec<Vec<(String, Vec<u8>)>> = r
+        let got: Vec<Vec<(String, Option<Vec<u8>>)>> = r
             .batches
             .iter()
             .flat_map(|b| &b.records)
             .map(|p| {
                 p.headers
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .map(|(k, v)| (k.to_string(), v.as_ref().map(|v| v.to_vec())))
                     .collect()
             })
             .collect();
@@ -610,7 +619,11 @@ mod tests {
             [
                 vec![],
                 vec![],
-                vec![("unit".into(), b"C".to_vec()), ("empty".into(), vec![])]
+                vec![
+                    ("unit".into(), Some(b"C".to_vec())),
+                    ("empty".into(), Some(vec![])),
+                    ("null".into(), None)
+                ]
             ]
         );
         // The buffer cost counts the headers, as when the record was queued.

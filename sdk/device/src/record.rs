@@ -15,8 +15,9 @@ use kafka_protocol::protocol::StrBytes;
 ///     .key("sensor-7")
 ///     .header("content-type", "application/json")
 ///     .header("unit", "celsius")
+///     .null_header("calibrated")
 ///     .timestamp(1_764_800_000_000); // when it was measured, in ms since the Unix epoch
-/// assert_eq!(reading.headers().len(), 2);
+/// assert_eq!(reading.headers().len(), 3);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -24,7 +25,7 @@ pub struct Record {
     pub(crate) partition: i32,
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Bytes,
-    pub(crate) headers: Vec<(StrBytes, Bytes)>,
+    pub(crate) headers: Vec<(StrBytes, Option<Bytes>)>,
     pub(crate) timestamp: Option<i64>,
 }
 
@@ -56,9 +57,18 @@ impl Record {
     /// Adds a Kafka record header. Header keys are unique within a record: a key given again
     /// replaces the earlier value, in its place. (Kafka itself allows a key twice; the codec
     /// this SDK reads and writes records with keeps one value per key.)
-    pub fn header(mut self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Record {
-        let key = StrBytes::from_string(key.into());
-        let value = Bytes::copy_from_slice(value.as_ref());
+    pub fn header(self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Record {
+        self.set_header(key.into(), Some(Bytes::copy_from_slice(value.as_ref())))
+    }
+
+    /// Adds a Kafka record header with a null value (Kafka tells it apart from an empty one),
+    /// under the same rule as [`Record::header`].
+    pub fn null_header(self, key: impl Into<String>) -> Record {
+        self.set_header(key.into(), None)
+    }
+
+    fn set_header(mut self, key: String, value: Option<Bytes>) -> Record {
+        let key = StrBytes::from_string(key);
         match self.headers.iter_mut().find(|(k, _)| *k == key) {
             Some(h) => h.1 = value,
             None => self.headers.push((key, value)),
@@ -89,21 +99,18 @@ impl Record {
         &self.topic
     }
 
-    /// The headers, in the order they were added.
-    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    /// The headers, in the order they were added (`None`: a null value).
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, Option<&[u8]>)> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
     }
 }
 
 /// Headers as the Kafka record codec takes them.
-pub(crate) fn kafka_headers<H>(headers: &[(StrBytes, Bytes)]) -> H
+pub(crate) fn kafka_headers<H>(headers: &[(StrBytes, Option<Bytes>)]) -> H
 where
     H: FromIterator<(StrBytes, Option<Bytes>)>,
 {
-    headers
-        .iter()
-        .map(|(k, v)| (k.clone(), Some(v.clone())))
-        .collect()
+    headers.iter().cloned().collect()
 }
 
 #[cfg(test)]
@@ -115,9 +122,10 @@ mod tests {
         let r = Record::new("t", "v")
             .header("a", "1")
             .header("b", "2")
-            .header("a", "3");
+            .header("a", "3")
+            .null_header("b");
         let got: Vec<_> = r.headers().collect();
-        assert_eq!(got, [("a", &b"3"[..]), ("b", &b"2"[..])]);
+        assert_eq!(got, [("a", Some(&b"3"[..])), ("b", None)]);
     }
 
     #[test]

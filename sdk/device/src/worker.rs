@@ -83,7 +83,7 @@ pub(crate) struct Pending {
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Bytes,
     /// Kafka record headers, keys unique.
-    pub(crate) headers: Vec<(StrBytes, Bytes)>,
+    pub(crate) headers: Vec<(StrBytes, Option<Bytes>)>,
     pub(crate) timestamp: i64,
     /// Bytes reserved in the buffer, released when the record is acknowledged or failed.
     pub(crate) cost: usize,
@@ -96,7 +96,7 @@ impl Pending {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len) + HEADER_OVERHEAD)
             .sum();
         topic.len()
             + self.key.as_ref().map_or(0, Bytes::len)

@@ -186,6 +186,7 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
                 .header("unit", "celsius")
                 .header("unit", "kelvin")
                 .header("empty", b"")
+                .null_header("calibrated")
                 .timestamp(measured),
         )
         .await
@@ -216,6 +217,7 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
             ("content-type".into(), Some(b"application/json".to_vec())),
             ("unit".into(), Some(b"kelvin".to_vec())),
             ("empty".into(), Some(vec![])),
+            ("calibrated".into(), None),
         ]
     );
     for (i, m) in got.iter().enumerate().skip(1) {
@@ -274,8 +276,9 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
         .unwrap();
     let m = sub.next().await.unwrap();
     let names: Vec<_> = m.headers.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["content-type", "unit", "empty"]);
+    assert_eq!(names, ["content-type", "unit", "empty", "calibrated"]);
     assert_eq!(m.headers[1].1.as_deref(), Some(&b"kelvin"[..]));
+    assert_eq!(m.headers[3].1, None);
     assert_eq!(m.timestamp, measured);
     for _ in 1..50 {
         sub.next().await.unwrap();
