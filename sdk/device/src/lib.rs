@@ -39,7 +39,9 @@
 //!
 //! Up to 5 produce requests are in flight at once on the session stream (like Kafka's
 //! `max.in.flight.requests.per.connection=5` with idempotence); the sequence numbers keep them in
-//! order and on any error everything unacknowledged is re-sent in order.
+//! order. On a lost connection everything unacknowledged is re-sent in order; when the broker
+//! refuses one batch (too large, or for good), the batches sent behind it go again on the same
+//! stream (the broker answers those it had stored as duplicates, with their offsets).
 //!
 //! [`Device::subscribe`] reads a topic (e.g. commands sent back to devices) on its own stream of
 //! the same connection with long-polling Fetch requests. [`Device::subscribe_group`] starts at

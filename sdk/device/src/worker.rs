@@ -13,8 +13,12 @@
 //! - whenever a response is not a plain success, or the connection fails, the session is dropped
 //!   and every unacknowledged batch goes back to `queue` in order, to be re-sent on a new
 //!   connection. The broker keeps the last 5 batches of each producer, so a re-sent batch it
-//!   already stored is answered as a duplicate with its original offsets.
-//! - Metadata and InitProducerId go out only when nothing is in flight (with [`Session::call`]).
+//!   already stored is answered as a duplicate with its original offsets. The exception is a
+//!   batch the broker refused on its own (too large, or a non-retriable error): the requests in
+//!   flight behind it go back to `queue` as well, but the stream stays, and their answers are
+//!   read and skipped (`skip`).
+//! - Metadata and InitProducerId go out only when nothing is in flight (with [`Session::call`]),
+//!   skipped answers included.
 //! - Connecting and that set-up run beside the loop ([`prepare`]), never inside it: while the
 //!   broker is away records keep being batched, sealed and written to the file buffer, and
 //!   subscriptions keep their own streams without holding up produce.
@@ -193,6 +197,9 @@ pub(crate) struct Worker {
     /// Sealed batches not yet sent (after `in_flight` in delivery order).
     queue: VecDeque<Batch>,
     in_flight: VecDeque<InFlight>,
+    /// Correlation ids of requests still unanswered on the session stream whose batches went
+    /// back to `queue` (behind a refused batch): their answers are read and skipped.
+    skip: VecDeque<i32>,
     /// The file copy of the unacknowledged batches, when configured.
     file: Option<FileBuffer>,
     flushes: Vec<oneshot::Sender<()>>,
@@ -343,6 +350,7 @@ impl Worker {
             open_order: VecDeque::new(),
             queue,
             in_flight: VecDeque::new(),
+            skip: VecDeque::new(),
             file,
             flushes: Vec::new(),
             closing: None,
@@ -397,7 +405,7 @@ impl Worker {
             let mut wake = self.open.values().map(|o| o.deadline).min();
             // The back-off matters only while no setup runs (one started by a subscription
             // may run past it; waking for it then would spin).
-            if !self.queue.is_empty() && self.in_flight.is_empty() && self.setup.is_none() {
+            if !self.queue.is_empty() && !self.awaiting_answers() && self.setup.is_none() {
                 wake = match (wake, self.retry_at) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -409,7 +417,7 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
-            let waiting = !self.in_flight.is_empty() || self.draining;
+            let waiting = self.awaiting_answers() || self.draining;
             let read = read_response(self.session.as_mut().filter(|_| waiting));
             let setup = async {
                 match self.setup.as_mut() {
@@ -573,15 +581,20 @@ impl Worker {
         };
         if self.setup.is_some()
             || self.draining
-            || self.in_flight.len() >= MAX_IN_FLIGHT
+            || self.in_flight.len() + self.skip.len() >= MAX_IN_FLIGHT
             || self.retry_at.is_some_and(|t| t > Instant::now())
         {
             return false;
         }
-        self.in_flight.is_empty()
+        !self.awaiting_answers()
             || (self.session.is_some()
                 && self.producer.is_some()
                 && self.known_topics.contains(&head.tp.0))
+    }
+
+    /// Whether requests on the session stream are unanswered (in flight, or to be skipped).
+    fn awaiting_answers(&self) -> bool {
+        !self.in_flight.is_empty() || !self.skip.is_empty()
     }
 
     /// Writes the produce request of the oldest unsent batch and moves it in flight; first, if
@@ -634,6 +647,14 @@ impl Worker {
     fn on_bytes(&mut self, read: Result<Read, DeviceError>) {
         match read {
             Ok(Read::Data(bytes)) => self.rbuf.extend_from_slice(&bytes),
+            Ok(Read::Ended { too_large: true }) if !self.skip.is_empty() => {
+                // The refused request may be one whose batch already went back to the queue
+                // (behind an earlier refusal): which one is not known. Everything goes again on
+                // a new session, where the refusal comes again and is blamed right.
+                tracing::info!("the broker refused a request as over its max_request_bytes");
+                self.lose_session();
+                return;
+            }
             Ok(Read::Ended { too_large: true }) => {
                 // The broker answered every request before the one it refused: that is the
                 // oldest one in flight, or, if all were answered, the one whose writing it
@@ -676,6 +697,15 @@ impl Worker {
                     return;
                 }
             };
+            if self
+                .skip
+                .front()
+                .is_some_and(|&c| body.starts_with(&c.to_be_bytes()))
+            {
+                // The answer to a request whose batch went back to the queue.
+                self.skip.pop_front();
+                continue;
+            }
             let Some(head) = self.in_flight.front() else {
                 tracing::warn!("a response nothing waits for");
                 self.lose_session();
@@ -757,14 +787,7 @@ impl Worker {
                     records = batch.records.len(),
                     "the broker refused a batch as too large"
                 );
-                // Later requests already sent carry sequence numbers the broker will refuse: they
-                // go again on a new session. So does a batch whose writing the broker stopped
-                // (draining): it must stay the one the stream's end is blamed on.
-                let resend = !self.in_flight.is_empty() || self.draining;
-                self.requeue_in_flight();
-                if resend {
-                    self.drop_session();
-                }
+                self.behind_a_refusal();
                 self.too_large(batch);
             }
             // Retriable in Kafka (metadata may be stale), but this broker is the only one: the
@@ -780,14 +803,7 @@ impl Worker {
                 // down to its sequence numbers; those already sent carry the old ones and are
                 // sent again on a new session.
                 let batch = self.in_flight.pop_front().expect("head batch").batch;
-                // Later requests already sent carry sequence numbers the broker will refuse: they
-                // go again on a new session. So does a batch whose writing the broker stopped
-                // (draining): it must stay the one the stream's end is blamed on.
-                let resend = !self.in_flight.is_empty() || self.draining;
-                self.requeue_in_flight();
-                if resend {
-                    self.drop_session();
-                }
+                self.behind_a_refusal();
                 self.refuse(batch, c);
             }
         }
@@ -833,11 +849,31 @@ impl Worker {
         self.finish(batch, true, |_| Err(DeviceError::Broker { code }));
     }
 
-    /// Puts every batch in flight back at the front of `queue`, in order.
+    /// The broker refused the oldest batch in flight, and did not store it. Later requests
+    /// already sent carry sequence numbers it will now refuse (or, for other partitions, may be
+    /// stored): their batches go back to `queue`, to be sent again after the refused one is
+    /// split or failed, on the same stream; their answers are skipped. (One it stored comes back
+    /// as a duplicate, with the offsets first assigned.) While the broker is stopping the stream
+    /// over a request too large (`draining`), the batch being written must stay the one the
+    /// stream's end is blamed on: everything goes again on a new session instead.
+    fn behind_a_refusal(&mut self) {
+        if self.draining {
+            self.requeue_in_flight();
+            self.drop_session();
+            return;
+        }
+        while let Some(f) = self.in_flight.pop_back() {
+            self.skip.push_front(f.correlation);
+            self.queue.push_front(f.batch);
+        }
+    }
+
+    /// Puts every batch in flight back at the front of `queue`, in order, for a new stream.
     fn requeue_in_flight(&mut self) {
         while let Some(f) = self.in_flight.pop_back() {
             self.queue.push_front(f.batch);
         }
+        self.skip.clear();
         self.rbuf.clear();
     }
 
@@ -851,6 +887,7 @@ impl Worker {
     /// Drops the session (closing its connection); the next request makes a new one.
     fn drop_session(&mut self) {
         self.session = None;
+        self.skip.clear();
         self.draining = false;
         self.stream_ended = false;
     }

@@ -701,6 +701,142 @@ async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fai
     broker.shutdown().await;
 }
 
+/// A batch refused as too large while later ones are in flight, on its partition and on
+/// another: the later ones go again behind its halves on the same stream (the broker refuses
+/// those of the partition as out of order, and answers those of the other partition it stored
+/// as duplicates), so the connection and its subscription stay. Every reading is stored once, in
+/// order, and acknowledged with its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.log.max_message_bytes = 4096;
+    let broker = start_with(cfg).await;
+    let mut dcfg = device_config(&broker);
+    // Batches of 20: 20 big readings are about 6 KB, over the limit; 20 small ones fit.
+    dcfg.max_batch_records = 20;
+    dcfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
+    let device = Device::connect(dcfg).await.unwrap();
+    let mut commands = device
+        .subscribe("commands", 0, StartAt::Latest)
+        .await
+        .unwrap();
+    let connections = broker
+        .broker
+        .metrics
+        .quic_connections_total
+        .load(Ordering::Relaxed);
+
+    // Reading 0 of each topic first, so that both topics are known and nothing waits for
+    // metadata: then up to 5 batches go in flight at once.
+    let big = |i: usize| format!("{i:04}{}", "x".repeat(296)).into_bytes();
+    let small = |i: usize| format!("small-{i:04}").into_bytes();
+    device.send("big", None, &big(0)).await.unwrap();
+    device.send("small", None, &small(0)).await.unwrap();
+    let (mut bigs, mut smalls) = (Vec::new(), Vec::new());
+    for i in 1..200 {
+        bigs.push(device.enqueue("big", 0, None, &big(i)).unwrap());
+        smalls.push(device.enqueue("small", 0, None, &small(i)).unwrap());
+    }
+    expect_offsets(bigs, 1).await;
+    expect_offsets(smalls, 1).await;
+
+    assert_eq!(
+        broker
+            .broker
+            .metrics
+            .quic_connections_total
+            .load(Ordering::Relaxed),
+        connections,
+        "the device connected again"
+    );
+    kafka_produce(broker.bootstrap(), "commands", vec!["reboot".into()]).await;
+    let m = tokio::time::timeout(Duration::from_secs(10), commands.next())
+        .await
+        .expect("the command arrives")
+        .unwrap();
+    assert_eq!(m.value.as_deref(), Some(&b"reboot"[..]));
+
+    drop(commands);
+    device.close().await;
+    let values = read_values(broker.bootstrap(), "big", 200).await;
+    assert!(values.iter().enumerate().all(|(i, v)| *v == big(i)));
+    assert_eq!(values.len(), 200);
+    let values = read_values(broker.bootstrap(), "small", 200).await;
+    assert!(values.iter().enumerate().all(|(i, v)| *v == small(i)));
+    assert_eq!(values.len(), 200);
+    broker.shutdown().await;
+}
+
+/// A batch the broker refuses for good (INVALID_RECORD: records without a key on a compacted
+/// topic) while later ones are in flight: its readings fail, the later batches go again behind
+/// it on the same stream with their sequence numbers moved down, and the connection stays. The
+/// keyed readings are stored once, in order, at consecutive offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_for_good_with_others_in_flight_keeps_the_connection() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.log.cleanup_policy = edge_config::CleanupPolicy::Compact;
+    let broker = start_with(cfg).await;
+    let mut dcfg = device_config(&broker);
+    dcfg.max_batch_records = 5;
+    dcfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
+    let device = Device::connect(dcfg).await.unwrap();
+    let first = device.send("state", Some(b"k"), b"v0").await.unwrap();
+    assert_eq!(first.offset, 0);
+    let connections = broker
+        .broker
+        .metrics
+        .quic_connections_total
+        .load(Ordering::Relaxed);
+
+    // Batches of 5: keyed, unkeyed (refused), then four keyed ones, all in flight together.
+    let value = |i: usize| format!("v{i}").into_bytes();
+    let key = |i: usize| format!("k{i}").into_bytes();
+    let mut keyed = Vec::new();
+    let mut unkeyed = Vec::new();
+    for i in 1..=30 {
+        if (6..=10).contains(&i) {
+            unkeyed.push(device.enqueue("state", 0, None, &value(i)).unwrap());
+        } else {
+            keyed.push(
+                device
+                    .enqueue("state", 0, Some(&key(i)), &value(i))
+                    .unwrap(),
+            );
+        }
+    }
+    for d in unkeyed {
+        let e = tokio::time::timeout(Duration::from_secs(30), d)
+            .await
+            .expect("answered in time");
+        assert_eq!(e.err(), Some(DeviceError::Broker { code: 87 }));
+    }
+    expect_offsets(keyed, 1).await;
+    assert_eq!(
+        broker
+            .broker
+            .metrics
+            .quic_connections_total
+            .load(Ordering::Relaxed),
+        connections,
+        "the device connected again"
+    );
+    device.close().await;
+    let got = read_back(broker.bootstrap(), "state", 26).await;
+    let want: Vec<Vec<u8>> = std::iter::once(b"v0".to_vec())
+        .chain((1..=30).filter(|i| !(6..=10).contains(i)).map(value))
+        .collect();
+    let got: Vec<Vec<u8>> = got
+        .iter()
+        .map(|m| m.payload().unwrap_or_default().to_vec())
+        .collect();
+    assert_eq!(got, want);
+    broker.shutdown().await;
+}
+
 /// A broker whose max_request_bytes is below the device's batch size stops the session stream
 /// with the "too large" code (docs/quic.md): the device splits the batch and goes on, on a new
 /// stream of the same connection, so its subscriptions are not disturbed. Every reading is
