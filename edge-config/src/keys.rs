@@ -180,6 +180,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "Close a connection with no packets for this long. Quiet devices stay connected\nby sending keep-alives (the device SDK sends one every 10s, so keep this above\nthat). Allowed: 1ms..=1h.",
             ),
             key(
+                "max_streams",
+                Int,
+                "Kafka sessions (bidirectional streams) one connection may have open at once:\nthe device SDK's producing session plus one per subscription. A device that\nopens more waits until one closes. Allowed: 1..=1024.",
+            ),
+            key(
                 "client_auth",
                 Choice,
                 "How devices prove who they are. none = everyone is User:ANONYMOUS (keep\nthe listener on loopback or a closed network); mtls = a client certificate\nsigned by client_ca, principal User:<CN>; token = SASL PLAIN with a token\nfrom token_file, principal User:<device-name>. Allowed: none, mtls, token.",

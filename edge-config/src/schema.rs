@@ -203,6 +203,11 @@ pub struct QuicListener {
     /// frees the slots of vanished devices sooner.
     #[serde(with = "units::duration")]
     pub idle_timeout: Duration,
+    /// Kafka sessions (bidirectional streams) one connection may have open at once: a device's
+    /// producing session plus one per subscription. Default 16. A device that opens more waits
+    /// until one closes. Each open stream may hold up to 1 MiB of unread requests, within the
+    /// connection's 4 MiB.
+    pub max_streams: u32,
     /// How devices prove who they are. Default `none`: every device is `User:ANONYMOUS`, which
     /// suits a listener on loopback or a closed network. See [`QuicClientAuth`].
     pub client_auth: QuicClientAuth,
@@ -223,6 +228,7 @@ impl Default for QuicListener {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             idle_timeout: secs(30),
+            max_streams: 16,
             client_auth: QuicClientAuth::None,
             client_ca: PathBuf::new(),
             token_file: PathBuf::new(),

@@ -287,6 +287,13 @@ impl Config {
                 "1ms..=1h",
             ));
         }
+        if !(1..=QUIC_MAX_STREAMS).contains(&q.max_streams) {
+            return Err(c.out_of_range(
+                "listeners.quic.max_streams",
+                q.max_streams,
+                format!("1..={QUIC_MAX_STREAMS}"),
+            ));
+        }
         let needed = match q.client_auth {
             QuicClientAuth::None => None,
             QuicClientAuth::Mtls => Some(("listeners.quic.client_ca", &q.client_ca, "mtls")),
@@ -306,6 +313,8 @@ impl Config {
 
 /// `listeners.quic.idle_timeout`: longer would keep vanished devices' slots for hours.
 const QUIC_IDLE_MAX: Duration = Duration::from_secs(3600);
+/// `listeners.quic.max_streams`: each stream is a session task with up to 1 MiB of window.
+const QUIC_MAX_STREAMS: u32 = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -329,6 +338,21 @@ mod tests {
         assert!(err.contains("listeners.quic.idle_timeout"), "{err}");
         cfg.listeners.quic.idle_timeout = Duration::from_secs(3601);
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn quic_max_streams_is_bounded_and_named_with_its_line() {
+        let load = |toml: &str| Config::from_toml_str(toml, "runnel.toml", &[]);
+        let at = |toml: &str| load(toml).unwrap_err().to_string();
+        let err = at("[listeners.quic]\nmax_streams = 0\n");
+        assert!(
+            err.contains("runnel.toml:2: listeners.quic.max_streams"),
+            "{err}"
+        );
+        assert!(err.contains("1..=1024"), "{err}");
+        assert!(at("[listeners.quic]\nmax_streams = 1025\n").contains("max_streams"));
+        let cfg = load("[listeners.quic]\nmax_streams = 64\n").unwrap();
+        assert_eq!(cfg.listeners.quic.max_streams, 64);
     }
 
     #[test]

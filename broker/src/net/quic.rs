@@ -63,9 +63,6 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
 /// Bytes of responses the broker buffers per connection before writers wait for the device.
 pub const SEND_WINDOW: u64 = 4 * 1024 * 1024;
 
-/// Kafka sessions (bidirectional streams) one connection may have open at once.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
-
 /// How long shutdown waits for peers to acknowledge the close before giving up.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -113,12 +110,13 @@ pub struct QuicListener {
 /// unsent responses at most [`SEND_WINDOW`] (4 MiB), and unread datagrams at most
 /// [`DATAGRAM_RECEIVE_BUFFER`]: a device that sends faster than the broker reads is slowed by
 /// flow control (or loses datagrams) instead of growing broker memory. Devices may not open
-/// unidirectional streams. A connection quiet for `idle_timeout` is closed.
-pub fn transport(idle_timeout: Duration) -> anyhow::Result<TransportConfig> {
+/// unidirectional streams, and may have `max_streams` bidirectional ones (Kafka sessions) open
+/// at once. A connection quiet for `idle_timeout` is closed.
+pub fn transport(idle_timeout: Duration, max_streams: u32) -> anyhow::Result<TransportConfig> {
     let idle = IdleTimeout::try_from(idle_timeout)
         .context("listeners.quic.idle_timeout: too long for QUIC")?;
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+    t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
@@ -175,7 +173,7 @@ pub async fn listen(
     tls.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMPTION_SESSIONS);
     let crypto = QuicServerConfig::try_from(tls).context("listeners.quic: TLS config for QUIC")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport(cfg.idle_timeout)?));
+    server.transport_config(Arc::new(transport(cfg.idle_timeout, cfg.max_streams)?));
     // A device whose address changes (NAT rebinding, Wi-Fi to cellular) keeps its connection.
     server.migration(true);
     let socket = bind_udp(cfg.address)

@@ -297,10 +297,11 @@ pub enum DeviceError {
     /// broker's reason follows.
     #[error("the broker refused the device: {0}")]
     Refused(String),
-    /// No stream for a subscription within 5 s: the broker allows 16 streams per connection
-    /// (one is the device's produce session); close a subscription to open another.
+    /// No stream for a subscription within 5 s: the broker allows `listeners.quic.max_streams`
+    /// (default 16) per connection, one of them the device's produce session; close a
+    /// subscription to open another, or raise the broker's limit.
     #[error(
-        "no stream free on the connection (the broker allows 16 per connection, one of them for produce): close a subscription first"
+        "no stream free on the connection (the broker allows listeners.quic.max_streams, default 16, one of them for produce): close a subscription first"
     )]
     NoStream,
     /// [`Subscription::commit`] on a subscription opened without a consumer group.

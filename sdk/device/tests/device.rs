@@ -1066,9 +1066,43 @@ async fn a_topics_own_size_limit_cuts_only_that_topics_batches() {
     broker.shutdown().await;
 }
 
-/// Subscriptions take streams of the connection (16 per connection on the broker, one of them
-/// the produce session): one too many fails with a clear error after a short wait, and produce
-/// goes on meanwhile and after.
+/// A broker with a higher `listeners.quic.max_streams` lets a device hold more subscriptions
+/// than the default 15 at once, each served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_stream_limit_allows_more_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.listeners.quic.max_streams = 32;
+    let broker = start_with(cfg).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    device.send("valves", None, b"first").await.unwrap();
+    let mut subs = Vec::new();
+    for i in 0..24 {
+        let sub = tokio::time::timeout(
+            Duration::from_secs(10),
+            device.subscribe("valves", 0, StartAt::Latest),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("subscription {i} waited for a stream"))
+        .unwrap();
+        subs.push(sub);
+    }
+    kafka_produce(broker.bootstrap(), "valves", vec!["open".into()]).await;
+    for (i, s) in subs.iter_mut().enumerate() {
+        let m = tokio::time::timeout(Duration::from_secs(15), s.next())
+            .await
+            .unwrap_or_else(|_| panic!("subscription {i} got nothing"))
+            .unwrap();
+        assert_eq!(m.value.as_deref(), Some(&b"open"[..]), "subscription {i}");
+    }
+    drop(subs);
+    device.close().await;
+    broker.shutdown().await;
+}
+
+/// Subscriptions take streams of the connection (by default 16 per connection on the broker,
+/// one of them the produce session): one too many fails with a clear error after a short wait,
+/// and produce goes on meanwhile and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_subscription_too_many_fails_clearly_and_produce_goes_on() {
     let dir = tempfile::tempdir().unwrap();
