@@ -831,10 +831,16 @@ impl Worker {
         if self.open.get(&tp).is_some_and(|o| o.bytes > limit) {
             self.seal(&tp);
         }
+        // Only this partition's batches are cut. Another partition's batch may have been stored
+        // already (sent behind the refused one): sent again whole it is answered as a duplicate,
+        // while its halves would not match and be refused as out of order.
         let backlog = std::mem::take(&mut self.queue);
         for b in std::iter::once(batch).chain(backlog) {
-            let limit = batch_limit(&self.batch_limits, &self.cfg, &b.tp);
-            split_down(b, limit, &mut self.queue);
+            if b.tp == tp {
+                split_down(b, limit, &mut self.queue);
+            } else {
+                self.queue.push_back(b);
+            }
         }
         if let (Some(f), Some(p)) = (self.file.as_mut(), self.producer) {
             f.rewrite(p, &self.next_sequence, self.queue.iter());

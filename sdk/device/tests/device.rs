@@ -714,8 +714,11 @@ async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection
     cfg.log.max_message_bytes = 4096;
     let broker = start_with(cfg).await;
     let mut dcfg = device_config(&broker);
-    // Batches of 20: 20 big readings are about 6 KB, over the limit; 20 small ones fit.
-    dcfg.max_batch_records = 20;
+    // Batches close on size: two big readings (5 KB, over the broker's limit), or about 18
+    // small ones (2 KB, which fit). A small batch ends just over max_batch_bytes, and must not
+    // be cut when it goes again behind a refused big one: the broker has stored it whole.
+    dcfg.max_batch_records = 100;
+    dcfg.max_batch_bytes = 3000;
     dcfg.buffer_file = Some(dir.path().join("sensor-7.buffer"));
     let device = Device::connect(dcfg).await.unwrap();
     let mut commands = device
@@ -730,14 +733,22 @@ async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection
 
     // Reading 0 of each topic first, so that both topics are known and nothing waits for
     // metadata: then up to 5 batches go in flight at once.
-    let big = |i: usize| format!("{i:04}{}", "x".repeat(296)).into_bytes();
-    let small = |i: usize| format!("small-{i:04}").into_bytes();
+    let big = |i: usize| format!("{i:04}{}", "x".repeat(2496)).into_bytes();
+    let small = |i: usize| format!("small-{i:04}{}", "s".repeat(90)).into_bytes();
     device.send("big", None, &big(0)).await.unwrap();
     device.send("small", None, &small(0)).await.unwrap();
+    // Rounds of a small batch then a big one, so that small batches are in flight behind
+    // refused big ones.
     let (mut bigs, mut smalls) = (Vec::new(), Vec::new());
-    for i in 1..200 {
-        bigs.push(device.enqueue("big", 0, None, &big(i)).unwrap());
-        smalls.push(device.enqueue("small", 0, None, &small(i)).unwrap());
+    for _ in 0..20 {
+        for _ in 0..18 {
+            let i = smalls.len() + 1;
+            smalls.push(device.enqueue("small", 0, None, &small(i)).unwrap());
+        }
+        for _ in 0..2 {
+            let i = bigs.len() + 1;
+            bigs.push(device.enqueue("big", 0, None, &big(i)).unwrap());
+        }
     }
     expect_offsets(bigs, 1).await;
     expect_offsets(smalls, 1).await;
@@ -760,12 +771,12 @@ async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection
 
     drop(commands);
     device.close().await;
-    let values = read_values(broker.bootstrap(), "big", 200).await;
+    let values = read_values(broker.bootstrap(), "big", 41).await;
     assert!(values.iter().enumerate().all(|(i, v)| *v == big(i)));
-    assert_eq!(values.len(), 200);
-    let values = read_values(broker.bootstrap(), "small", 200).await;
+    assert_eq!(values.len(), 41);
+    let values = read_values(broker.bootstrap(), "small", 361).await;
     assert!(values.iter().enumerate().all(|(i, v)| *v == small(i)));
-    assert_eq!(values.len(), 200);
+    assert_eq!(values.len(), 361);
     broker.shutdown().await;
 }
 
