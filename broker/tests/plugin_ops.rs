@@ -431,9 +431,20 @@ fn plugin_test_shows_what_filters_transforms_and_quota_policies_do() {
     let (ok, out) = plugin_test("faulty_filter.wasm", records, "trap", &["--batch", "2"]);
     assert!(!ok);
     assert_eq!(
-        out.matches("FAILED: plugin faulty_filter: trapped").count(),
+        out.matches("FAILED: plugin faulty_filter: trapped: panicked at faulty-filter/src/lib.rs:")
+            .count(),
         2,
         "{out}"
     );
     assert!(out.contains("2 call(s) failed"), "{out}");
+    // A failing quota policy too.
+    let (ok, out) = plugin_test("faulty_quota.wasm", requests, "trap", &[]);
+    assert!(!ok, "{out}");
+    assert_eq!(
+        out.matches("FAILED: plugin faulty_quota: trapped: panicked at")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("3 call(s) failed"), "{out}");
 }

@@ -168,6 +168,7 @@ pub fn test(args: TestArgs<'_>) -> anyhow::Result<()> {
             };
             let policy = QuotaPolicy::load(&host, &spec)?;
             println!("{name}: quota policy, loaded in {:.1} ms", ms(started));
+            let mut failed = 0;
             for (n, line) in &lines {
                 let (request, now) = sample_request(line)
                     .with_context(|| format!("{}:{n}", args.input.display()))?;
@@ -175,7 +176,10 @@ pub fn test(args: TestArgs<'_>) -> anyhow::Result<()> {
                     Ok(Decision::Allow) => "allow".to_string(),
                     Ok(Decision::Throttle(ms)) => format!("throttle {ms} ms"),
                     Ok(Decision::Reject(reason)) => format!("reject: {reason}"),
-                    Err(e) => format!("FAILED: {e}"),
+                    Err(e) => {
+                        failed += 1;
+                        format!("FAILED: {e}")
+                    }
                 };
                 println!(
                     "{n:>4}  {decision:<24} client_id={} principal={} api={} topic={} bytes={} records={}",
@@ -186,6 +190,9 @@ pub fn test(args: TestArgs<'_>) -> anyhow::Result<()> {
                     request.bytes,
                     request.records
                 );
+            }
+            if failed > 0 {
+                bail!("{failed} call(s) failed: the binding's on_error policy would apply");
             }
             Ok(())
         }

@@ -265,8 +265,9 @@ impl GuestLog {
         }
     }
 
-    /// Whether a line may be written now, with the lines dropped before it; `None` drops it.
-    fn admit(&self) -> Option<u64> {
+    /// Whether a line may be written now, with the lines dropped before it; `Err(first)` drops
+    /// it, `first` when it is the first line dropped since the last one written.
+    fn admit(&self) -> Result<u64, bool> {
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let refill = now.duration_since(b.at).as_secs_f64() * GUEST_LINES_PER_SEC;
@@ -274,17 +275,35 @@ impl GuestLog {
         b.at = now;
         if b.tokens < 1.0 {
             b.dropped += 1;
-            return None;
+            return Err(b.dropped == 1);
         }
         b.tokens -= 1.0;
-        Some(std::mem::take(&mut b.dropped))
+        Ok(std::mem::take(&mut b.dropped))
     }
 
     fn write(&self, level: Level, line: &str) {
-        let Some(dropped) = self.admit() else { return };
         let plugin = self.plugin.as_str();
+        // Lines the log filter hides (debug, usually) do not count against the rate.
+        let shown = match level {
+            Level::Error => tracing::enabled!(target: GUEST_TARGET, tracing::Level::ERROR),
+            Level::Warn => tracing::enabled!(target: GUEST_TARGET, tracing::Level::WARN),
+            Level::Info => tracing::enabled!(target: GUEST_TARGET, tracing::Level::INFO),
+            Level::Debug => tracing::enabled!(target: GUEST_TARGET, tracing::Level::DEBUG),
+        };
+        if !shown {
+            return;
+        }
+        let dropped = match self.admit() {
+            Ok(dropped) => dropped,
+            Err(first) => {
+                if first {
+                    tracing::warn!(target: GUEST_TARGET, plugin, "plugin writes more than 100 lines a second; its lines are dropped until it slows down (the count follows)");
+                }
+                return;
+            }
+        };
         if dropped > 0 {
-            tracing::warn!(target: GUEST_TARGET, plugin, dropped, "plugin wrote more than 100 lines a second; lines dropped");
+            tracing::warn!(target: GUEST_TARGET, plugin, dropped, "plugin lines dropped (more than 100 a second)");
         }
         match level {
             Level::Error => tracing::error!(target: GUEST_TARGET, plugin, "{line}"),
@@ -304,7 +323,10 @@ fn one_line(message: &str) -> String {
             line.push_str(" [cut]");
             break;
         }
-        if c.is_control() {
+        // Bidirectional-text controls too: they could make a line read as something else.
+        if c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        {
             line.extend(c.escape_default());
         } else {
             line.push(c);
@@ -685,6 +707,7 @@ mod tests {
             one_line("a\nERROR runnel: fake\r\u{1b}[31m"),
             "a\\nERROR runnel: fake\\r\\u{1b}[31m"
         );
+        assert_eq!(one_line("abc\u{202E}fed"), "abc\\u{202e}fed");
         let long = "é".repeat(GUEST_LINE_MAX);
         let cut = one_line(&long);
         assert!(cut.ends_with(" [cut]"), "{cut}");
@@ -695,15 +718,16 @@ mod tests {
     fn a_plugin_writes_a_burst_then_its_rate_and_the_dropped_lines_are_counted() {
         let log = GuestLog::new("p");
         let burst = GUEST_LINES_PER_SEC as usize;
-        assert!((0..burst).all(|_| log.admit() == Some(0)));
-        assert_eq!(log.admit(), None);
-        assert_eq!(log.admit(), None);
+        assert!((0..burst).all(|_| log.admit() == Ok(0)));
+        // The first line dropped says so; the next ones are only counted.
+        assert_eq!(log.admit(), Err(true));
+        assert_eq!(log.admit(), Err(false));
         // After a tenth of a second ten lines more may go (more if the sleep ran long); the
         // first says two were dropped.
         let slept = Instant::now();
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(log.admit(), Some(2));
-        let more = 1 + (0..burst).take_while(|_| log.admit().is_some()).count();
+        assert_eq!(log.admit(), Ok(2));
+        let more = 1 + (0..burst).take_while(|_| log.admit().is_ok()).count();
         let allowed = slept.elapsed().as_secs_f64() * GUEST_LINES_PER_SEC;
         assert!(
             more >= 10 && more as f64 <= allowed + 1.0,

@@ -38,18 +38,22 @@ pub fn log(level: Level, message: &str) {
     }
 }
 
+/// Writes `message` to the broker's log at error level (the reason reported if the call then traps).
 pub fn error(message: &str) {
     log(Level::Error, message);
 }
 
+/// Writes `message` to the broker's log at warn level.
 pub fn warn(message: &str) {
     log(Level::Warn, message);
 }
 
+/// Writes `message` to the broker's log at info level.
 pub fn info(message: &str) {
     log(Level::Info, message);
 }
 
+/// Writes `message` to the broker's log at debug level (shown only when the broker's log filter lets debug lines of `runnel::plugins::guest` through).
 pub fn debug(message: &str) {
     log(Level::Debug, message);
 }
