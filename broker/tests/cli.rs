@@ -152,6 +152,53 @@ async fn topics_produce_and_consume_commands_round_trip() {
     broker.shutdown().await;
 }
 
+/// `runnel produce` fails, saying how many and why, when the broker refuses records: here a
+/// compacted topic refuses a record without a key (INVALID_RECORD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_fails_when_the_broker_refuses_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let b = broker.bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let out = runnel(&[
+            "topics",
+            "create",
+            "state",
+            "--config",
+            "cleanup.policy=compact",
+            "-b",
+            &b,
+        ]);
+        assert!(out.status.success());
+        let produce = |input: &[u8]| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+                .args(["produce", "state", "-b", &b])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, err) = produce(b"valve-1\topen\n");
+        assert!(ok, "{err}");
+        let (ok, err) = produce(b"no key\n");
+        assert!(!ok, "a refused record reported as produced: {err}");
+        assert!(err.contains("1 of 1 records were refused"), "{err}");
+        assert!(
+            err.contains("InvalidRecord") || err.contains("Invalid"),
+            "{err}"
+        );
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
 #[test]
 fn example_configs_validate() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/configs");

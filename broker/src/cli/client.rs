@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use super::{Conn, TopicsCommand};
 
@@ -123,13 +123,38 @@ fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer> {
         .context("cannot create a Kafka client")
 }
 
+/// Counts the records the broker refused (or that could not be delivered), keeping the first
+/// reason.
+#[derive(Default)]
+struct Deliveries {
+    failed: std::sync::atomic::AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.first_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
 pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = conn
+    let producer: ThreadedProducer<Deliveries> = conn
         .client_config()?
         .set("acks", acks)
         .set("compression.codec", compression)
         .set("linger.ms", "5")
-        .create()
+        .create_with_context(Deliveries::default())
         .context("cannot create a Kafka producer")?;
     let stdin = std::io::stdin();
     let mut count = 0u64;
@@ -168,6 +193,23 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
         bail!(
             "{} records were not acknowledged",
             producer.in_flight_count()
+        );
+    }
+    let failed = producer
+        .context()
+        .failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        let why = producer
+            .context()
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        bail!(
+            "{failed} of {count} records were refused by the broker or not delivered (first: {why}); {} produced to {topic}",
+            count - failed
         );
     }
     eprintln!("produced {count} records to {topic}");
