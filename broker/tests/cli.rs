@@ -13,6 +13,19 @@ fn runnel(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `runnel` with `input` on its standard input.
+fn runnel_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn config_default_is_valid_and_validate_names_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,19 +92,10 @@ async fn topics_produce_and_consume_commands_round_trip() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("partitions: 2"), "{text}");
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-            .args(["produce", "cli", "-b", &b])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"k1\tfirst\nplain value\nk1\tsecond\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = runnel_with_input(
+            &["produce", "cli", "-b", &b],
+            b"k1\tfirst\nplain value\nk1\tsecond\n",
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -171,14 +175,7 @@ async fn produce_fails_when_the_broker_refuses_records() {
         ]);
         assert!(out.status.success());
         let produce = |input: &[u8]| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-                .args(["produce", "state", "-b", &b])
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(input).unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = runnel_with_input(&["produce", "state", "-b", &b], input);
             (
                 out.status.success(),
                 String::from_utf8_lossy(&out.stderr).into_owned(),

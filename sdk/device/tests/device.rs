@@ -297,6 +297,25 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
     broker.shutdown().await;
 }
 
+/// A Kafka client sends "reboot" to the topic `commands`; `commands`, subscribed to it, gets it.
+async fn expect_command(broker: &BrokerHandle, commands: &mut runnel_device::Subscription) {
+    kafka_produce(broker.bootstrap(), "commands", vec!["reboot".into()]).await;
+    let m = tokio::time::timeout(Duration::from_secs(10), commands.next())
+        .await
+        .expect("the command arrives")
+        .unwrap();
+    assert_eq!(m.value.as_deref(), Some(&b"reboot"[..]));
+}
+
+/// QUIC connections the broker has accepted so far.
+fn quic_connections(broker: &BrokerHandle) -> u64 {
+    broker
+        .broker
+        .metrics
+        .quic_connections_total
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The first segment file of partition 0 of `topic` under the broker's data dir.
 fn first_segment(dir: &Path, topic: &str) -> std::path::PathBuf {
     let want = format!("{topic}-0");
@@ -708,7 +727,6 @@ async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fai
 /// order, and acknowledged with its offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection() {
-    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
     cfg.log.max_message_bytes = 4096;
@@ -725,11 +743,7 @@ async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection
         .subscribe("commands", 0, StartAt::Latest)
         .await
         .unwrap();
-    let connections = broker
-        .broker
-        .metrics
-        .quic_connections_total
-        .load(Ordering::Relaxed);
+    let connections = quic_connections(&broker);
 
     // Reading 0 of each topic first, so that both topics are known and nothing waits for
     // metadata: then up to 5 batches go in flight at once.
@@ -754,20 +768,11 @@ async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection
     expect_offsets(smalls, 1).await;
 
     assert_eq!(
-        broker
-            .broker
-            .metrics
-            .quic_connections_total
-            .load(Ordering::Relaxed),
+        quic_connections(&broker),
         connections,
         "the device connected again"
     );
-    kafka_produce(broker.bootstrap(), "commands", vec!["reboot".into()]).await;
-    let m = tokio::time::timeout(Duration::from_secs(10), commands.next())
-        .await
-        .expect("the command arrives")
-        .unwrap();
-    assert_eq!(m.value.as_deref(), Some(&b"reboot"[..]));
+    expect_command(&broker, &mut commands).await;
 
     drop(commands);
     device.close().await;
@@ -786,7 +791,6 @@ async fn a_batch_refused_as_too_large_with_others_in_flight_keeps_the_connection
 /// keyed readings are stored once, in order, at consecutive offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_for_good_with_others_in_flight_keeps_the_connection() {
-    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
     cfg.log.cleanup_policy = edge_config::CleanupPolicy::Compact;
@@ -797,11 +801,7 @@ async fn a_batch_refused_for_good_with_others_in_flight_keeps_the_connection() {
     let device = Device::connect(dcfg).await.unwrap();
     let first = device.send("state", Some(b"k"), b"v0").await.unwrap();
     assert_eq!(first.offset, 0);
-    let connections = broker
-        .broker
-        .metrics
-        .quic_connections_total
-        .load(Ordering::Relaxed);
+    let connections = quic_connections(&broker);
 
     // Batches of 5: keyed, unkeyed (refused), then four keyed ones, all in flight together.
     let value = |i: usize| format!("v{i}").into_bytes();
@@ -827,11 +827,7 @@ async fn a_batch_refused_for_good_with_others_in_flight_keeps_the_connection() {
     }
     expect_offsets(keyed, 1).await;
     assert_eq!(
-        broker
-            .broker
-            .metrics
-            .quic_connections_total
-            .load(Ordering::Relaxed),
+        quic_connections(&broker),
         connections,
         "the device connected again"
     );
@@ -854,7 +850,6 @@ async fn a_batch_refused_for_good_with_others_in_flight_keeps_the_connection() {
 /// stored once, in order; a single reading too large fails alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_connection() {
-    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let broker = start_with(limited_config(dir.path(), 16 * 1024, 16 * 1024)).await;
     let mut dcfg = device_config(&broker);
@@ -866,11 +861,7 @@ async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_conne
         .subscribe("commands", 0, StartAt::Latest)
         .await
         .unwrap();
-    let connections = broker
-        .broker
-        .metrics
-        .quic_connections_total
-        .load(Ordering::Relaxed);
+    let connections = quic_connections(&broker);
 
     // 200 readings of 300 bytes: batches of up to 64 KiB, four times the broker's limit.
     let value = |i: usize| format!("{i:04}{}", "x".repeat(296)).into_bytes();
@@ -889,20 +880,8 @@ async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_conne
     assert_eq!(after.offset, 200);
 
     // The same connection throughout, and its subscription still works.
-    assert_eq!(
-        broker
-            .broker
-            .metrics
-            .quic_connections_total
-            .load(Ordering::Relaxed),
-        connections
-    );
-    kafka_produce(broker.bootstrap(), "commands", vec!["reboot".into()]).await;
-    let m = tokio::time::timeout(Duration::from_secs(10), commands.next())
-        .await
-        .expect("the command arrives")
-        .unwrap();
-    assert_eq!(m.value.as_deref(), Some(&b"reboot"[..]));
+    assert_eq!(quic_connections(&broker), connections);
+    expect_command(&broker, &mut commands).await;
 
     drop(commands);
     device.close().await;
@@ -988,11 +967,7 @@ async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
                 .unwrap(),
         );
     }
-    let connections = broker
-        .broker
-        .metrics
-        .quic_connections_total
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let connections = quic_connections(&broker);
     let started = Instant::now();
     // Batches refused and split (a new stream after each refusal), then one reading too large.
     let acks: Vec<_> = (0..200)
@@ -1013,12 +988,7 @@ async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
         "produce stalled for {:?}",
         started.elapsed()
     );
-    let reconnects = broker
-        .broker
-        .metrics
-        .quic_connections_total
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - connections;
+    let reconnects = quic_connections(&broker) - connections;
     assert!(reconnects >= 1, "the device connected afresh");
     kafka_produce(broker.bootstrap(), "orders", vec!["o-1".into()]).await;
     for s in &mut subs {
