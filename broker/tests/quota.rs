@@ -498,6 +498,11 @@ async fn a_faulty_quota_plugin_fails_open_or_closed_and_the_broker_stays_up() {
             let set = broker.broker.plugins.current();
             let stats = &set.quotas.loaded[0].stats;
             assert_eq!(stats.faults.load(Ordering::Relaxed), 2, "{fault}");
+            let metrics = broker.broker.metrics.render(&broker.broker);
+            assert!(
+                metrics.contains("runnel_plugin_faults_total{plugin=\"bad\"} 2"),
+                "{metrics}"
+            );
             // One instance at load, then a fresh one for the call after the faulted one.
             assert_eq!(stats.instantiations.load(Ordering::Relaxed), 2, "{fault}");
             broker.shutdown().await;

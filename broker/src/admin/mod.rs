@@ -256,11 +256,21 @@ impl Metrics {
     }
 }
 
-/// Per-plugin call counters and the disabled flag (nothing when no plugin is loaded). Plugin
-/// names are checked by the config (no spaces); quotes and backslashes are escaped anyway.
+/// Per-plugin call counters and the disabled flag, for filters and transforms and for quota
+/// policies (which are never disabled); nothing when no plugin is loaded. Plugin names are
+/// checked by the config (no spaces); quotes and backslashes are escaped anyway.
 fn render_plugins(out: &mut String, broker: &Broker) {
     let set = broker.plugins.current();
-    let loaded = &set.loaded;
+    let chains = set
+        .loaded
+        .iter()
+        .map(|p| (p.name(), &p.stats, p.is_disabled()));
+    let quotas = set
+        .quotas
+        .loaded
+        .iter()
+        .map(|p| (p.name(), &p.stats, false));
+    let loaded: Vec<_> = chains.chain(quotas).collect();
     if loaded.is_empty() {
         return;
     }
@@ -269,7 +279,7 @@ fn render_plugins(out: &mut String, broker: &Broker) {
         (
             "runnel_plugin_calls_total",
             "counter",
-            "Batches handed to each plugin.",
+            "Calls of each plugin: batches for filters and transforms, topics of requests for quota policies.",
         ),
         (
             "runnel_plugin_faults_total",
@@ -284,13 +294,13 @@ fn render_plugins(out: &mut String, broker: &Broker) {
     ];
     for (i, (name, kind, help)) in families.into_iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for p in loaded {
+        for (plugin, stats, disabled) in &loaded {
             let v = match i {
-                0 => p.stats.calls.load(Ordering::Relaxed),
-                1 => p.stats.faults.load(Ordering::Relaxed),
-                _ => p.is_disabled() as u64,
+                0 => stats.calls.load(Ordering::Relaxed),
+                1 => stats.faults.load(Ordering::Relaxed),
+                _ => *disabled as u64,
             };
-            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {v}", label(p.name()));
+            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {v}", label(plugin));
         }
     }
 }

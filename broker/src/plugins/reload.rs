@@ -36,9 +36,9 @@ pub enum ReloadError {
 /// What a successful reload did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadReport {
-    /// Plugins now loaded.
+    /// Plugins now loaded: filters and transforms, and quota policies.
     pub plugins: usize,
-    /// Topic bindings now in force.
+    /// Topic bindings and quota bindings now in force.
     pub bindings: usize,
     /// Time from reading the config to the swap, in microseconds.
     pub elapsed_us: u64,
@@ -107,8 +107,8 @@ impl PluginSet {
         };
         let plugins = Plugins::load(&new_section, self.cache_dir.clone())?;
         let report = ReloadReport {
-            plugins: plugins.loaded.len(),
-            bindings: new_section.bindings.len(),
+            plugins: plugins.loaded.len() + plugins.quotas.loaded.len(),
+            bindings: new_section.bindings.len() + new_section.quotas.len(),
             elapsed_us: 0,
             needs_restart,
         };
