@@ -281,18 +281,19 @@ impl GuestLog {
         Ok(std::mem::take(&mut b.dropped))
     }
 
-    fn write(&self, level: Level, line: &str) {
-        let plugin = self.plugin.as_str();
-        // Lines the log filter hides (debug, usually) do not count against the rate.
-        let shown = match level {
+    /// Whether the log filter shows lines of `level` from plugins (debug lines usually not).
+    fn shown(level: Level) -> bool {
+        match level {
             Level::Error => tracing::enabled!(target: GUEST_TARGET, tracing::Level::ERROR),
             Level::Warn => tracing::enabled!(target: GUEST_TARGET, tracing::Level::WARN),
             Level::Info => tracing::enabled!(target: GUEST_TARGET, tracing::Level::INFO),
             Level::Debug => tracing::enabled!(target: GUEST_TARGET, tracing::Level::DEBUG),
-        };
-        if !shown {
-            return;
         }
+    }
+
+    /// Writes a shown line, within the rate.
+    fn write(&self, level: Level, line: &str) {
+        let plugin = self.plugin.as_str();
         let dropped = match self.admit() {
             Ok(dropped) => dropped,
             Err(first) => {
@@ -344,9 +345,18 @@ pub struct State {
 }
 
 impl State {
+    /// A line from the guest. One the log filter hides costs nothing more (a plugin may write a
+    /// debug line per record) and does not count against the rate; an error line is kept as
+    /// the reason of a trap either way.
     fn log(&mut self, level: Level, message: &str) {
+        let shown = GuestLog::shown(level);
+        if !shown && level != Level::Error {
+            return;
+        }
         let line = one_line(message);
-        self.log.write(level, &line);
+        if shown {
+            self.log.write(level, &line);
+        }
         if level == Level::Error {
             self.last_error = Some(line);
         }
