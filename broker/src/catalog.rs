@@ -64,6 +64,13 @@ impl Partition {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Checks produce data as an append would (framing, sizes, every record), without taking
+    /// the log's lock for the walk: for the plugin chain, which decodes the records first.
+    pub fn check_records(&self, records: &[u8]) -> Result<(), StorageError> {
+        let config = self.log().config().clone();
+        storage::check_produce_records(records, &config)
+    }
+
     /// Appends a producer's record batches and wakes waiting fetches. With `flush = "always"`
     /// the append includes an fsync; on a multi-threaded runtime that wait is moved off the
     /// async worker (`block_in_place`) so other connections keep being served meanwhile.

@@ -294,3 +294,135 @@ async fn random_bodies_for_every_advertised_api_and_version_never_take_the_broke
     healthy(&addr).await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn batches_whose_records_do_not_decode_are_refused_and_readers_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.max_message_bytes = 10_000;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut c = RawClient::connect(&addr).await;
+    let md = c
+        .call(
+            &MetadataRequest::default()
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_static_str("poison")))),
+                ]))
+                .with_allow_auto_topic_creation(true),
+            9,
+        )
+        .await;
+    assert_eq!(md.topics[0].error_code, 0);
+
+    let good = |i: i64| {
+        let rec = common::record(
+            0,
+            Some(b"k"),
+            format!("good-{i}").as_bytes(),
+            1_700_000_000_000,
+        );
+        common::encode_batch(&[rec], Compression::Gzip)
+    };
+    let r = c.call(&produce("poison", 0, good(0)), 9).await;
+    assert_eq!(error_of(&r), 0);
+
+    let plain = batch(1, 10);
+    let two_gzipped = {
+        let recs: Vec<_> = (0..2)
+            .map(|i| common::record(i, Some(b"k"), b"v", 1_700_000_000_000))
+            .collect();
+        common::encode_batch(&recs, Compression::None)
+    };
+    // The records of `two_gzipped`, gzipped, under a header that says 3.
+    let mut count_lies =
+        common::with_records(&two_gzipped, 1, &common::gzip(&two_gzipped[61..])).to_vec();
+    count_lies[57..61].copy_from_slice(&3i32.to_be_bytes());
+    count_lies[23..27].copy_from_slice(&2i32.to_be_bytes());
+    let crc = crc32c::crc32c(&count_lies[21..]);
+    count_lies[17..21].copy_from_slice(&crc.to_be_bytes());
+    // One record whose value length is -5 while the record's own length still fits.
+    let negative_value = [22u8, 0, 0, 0, 2, b'k', 9, b'v', b'v', b'v', b'v', 0];
+    // 1 MiB of one byte gzips to about 1 KiB: far past 16 x max.message.bytes once inflated.
+    let bomb = common::one_record(&vec![b'x'; 1 << 20]);
+
+    let cases: Vec<(&str, Bytes, i16)> = vec![
+        (
+            "gzip that is not gzip",
+            common::with_records(&plain, 1, b"not gzip at all, nor anything"),
+            2,
+        ),
+        (
+            "snappy that is not snappy",
+            common::with_records(&plain, 2, b"\x0a\xff\xff garbage"),
+            2,
+        ),
+        (
+            "lz4 that is not lz4",
+            common::with_records(&plain, 3, b"not an lz4 frame"),
+            2,
+        ),
+        (
+            "zstd that is not zstd",
+            common::with_records(&plain, 4, b"not a zstd frame"),
+            2,
+        ),
+        ("codec 7", common::with_records(&plain, 7, &plain[61..]), 2),
+        (
+            "a value length of -5",
+            common::with_records(&plain, 0, &negative_value),
+            2,
+        ),
+        (
+            "recordCount 3 over 2 gzipped records",
+            Bytes::from(count_lies),
+            2,
+        ),
+        (
+            "records inflating past the bound",
+            common::with_records(&plain, 1, &common::gzip(&bomb)),
+            87,
+        ),
+    ];
+    for (what, records, code) in cases {
+        let r = c.call(&produce("poison", 0, records), 9).await;
+        assert_eq!(error_of(&r), code, "{what}");
+        let message = r.responses[0].partition_responses[0]
+            .error_message
+            .as_deref()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!message.is_empty(), "{what}: the refusal says why");
+    }
+    let r = c.call(&produce("poison", 0, good(1)), 9).await;
+    assert_eq!(error_of(&r), 0);
+    assert_eq!(
+        r.responses[0].partition_responses[0].base_offset, 1,
+        "nothing refused took an offset"
+    );
+
+    // librdkafka reads both good records, one after the other.
+    let bootstrap = addr.clone();
+    let values = tokio::task::spawn_blocking(move || {
+        use rdkafka::Message;
+        let consumer = common::reader(&bootstrap, "poison");
+        let mut values = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while values.len() < 2 && std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => values.push((m.offset(), m.payload().unwrap_or_default().to_vec())),
+                Some(Err(e)) => panic!("the reader failed: {e}"),
+                None => {}
+            }
+        }
+        values
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        values,
+        vec![(0, b"good-0".to_vec()), (1, b"good-1".to_vec())]
+    );
+    broker.shutdown().await;
+}

@@ -875,3 +875,70 @@ async fn the_chain_filters_what_quic_devices_send_acknowledged_or_as_datagrams()
     device.close().await;
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_does_not_decode_is_refused_before_the_chain_runs() {
+    use kafka_protocol::records::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.max_message_bytes = 10_000;
+    cfg.plugins.load = vec![plugin("hot", "json_filter.wasm", "temp > 20")];
+    cfg.plugins.bindings = vec![bind("readings", &["hot"], OnError::FailClosed)];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let results = produce(
+        &bootstrap,
+        "readings",
+        "none",
+        &[r#"{"temp":30}"#.to_string()],
+    )
+    .await;
+    assert_eq!(results, vec![None]);
+
+    let mut c = common::RawClient::connect(&bootstrap).await;
+    let rec = common::record(0, Some(b"k"), br#"{"temp":40}"#, 1_700_000_000_000);
+    let plain = common::encode_batch(&[rec], Compression::None);
+    let cases = [
+        (
+            "gzip that is not gzip",
+            common::with_records(&plain, 1, b"not gzip at all"),
+            2,
+        ),
+        (
+            "records inflating past 16 x max.message.bytes",
+            common::with_records(
+                &plain,
+                1,
+                &common::gzip(&common::one_record(&vec![b'x'; 1 << 20])),
+            ),
+            87,
+        ),
+    ];
+    for (what, records, code) in cases {
+        let r = c
+            .call(&common::produce_request("readings", 0, 1, records), 9)
+            .await;
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, code, "{what}: {:?}", p.error_message);
+    }
+    // The chain and the partition go on.
+    let results = produce(
+        &bootstrap,
+        "readings",
+        "gzip",
+        &[r#"{"temp":50}"#.to_string()],
+    )
+    .await;
+    assert_eq!(results, vec![None]);
+    let got = tokio::task::spawn_blocking(move || {
+        consume_until(&bootstrap, "readings", r#"{"temp":50}"#)
+    })
+    .await
+    .unwrap();
+    let values: Vec<_> = got.iter().map(|m| m.payload().unwrap().to_vec()).collect();
+    assert_eq!(
+        values,
+        vec![br#"{"temp":30}"#.to_vec(), br#"{"temp":50}"#.to_vec()]
+    );
+    broker.shutdown().await;
+}

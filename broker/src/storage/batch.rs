@@ -213,34 +213,6 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// Counts the records of an uncompressed batch by walking their length prefixes (a zigzag
-/// varint before each record), without decoding them. `None` when the lengths do not tile the
-/// batch exactly. Compressed batches are not walked (that would mean decompressing them).
-pub fn count_uncompressed_records(batch: &[u8]) -> Option<i64> {
-    let mut pos = BATCH_HEADER_LEN;
-    let mut count = 0i64;
-    while pos < batch.len() {
-        let (zigzag, used) = read_varint(&batch[pos..])?;
-        let len = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
-        let len = usize::try_from(len).ok()?;
-        pos = pos.checked_add(used)?.checked_add(len)?;
-        count += 1;
-    }
-    (pos == batch.len()).then_some(count)
-}
-
-/// An unsigned LEB128 varint of at most 5 bytes: (value, bytes used).
-fn read_varint(buf: &[u8]) -> Option<(u32, usize)> {
-    let mut value = 0u32;
-    for (i, b) in buf.iter().take(5).enumerate() {
-        value |= ((b & 0x7f) as u32) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
 /// Iterate the checked batches of a buffer holding whole batches back to back.
 /// Yields `(position, header, batch bytes)`; on the first error yields `(position, error)` once
 /// and stops.

@@ -38,6 +38,10 @@ pub enum BatchError {
     /// An uncompressed batch whose records do not number recordCount or do not fill it exactly.
     #[error("the records of the batch do not match its recordCount {declared}")]
     RecordCountMismatch { declared: i32 },
+    /// A record inside the batch does not decode: undecodable compression, a field that does
+    /// not fit its record, or records that do not number recordCount.
+    #[error("{reason}")]
+    BadRecords { reason: String },
     /// On disk: a batch whose offsets go backwards or whose lastOffsetDelta is negative.
     #[error(
         "batch offsets [{base_offset}, {last_offset}] do not follow offset {expected_at_least}"

@@ -23,15 +23,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use super::batch::{
-    BatchHeader, NO_TIMESTAMP, check_batch, count_uncompressed_records, set_base_offset,
-    set_log_append_time,
-};
+use super::batch::{BatchHeader, NO_TIMESTAMP, check_batch, set_base_offset, set_log_append_time};
 use super::compaction::CompactionState;
-use super::error::BatchError;
 use super::error::{StorageError, io_err};
 use super::index::write_file_atomic;
 use super::producer::{ProducerStates, SeqCheck};
+use super::records::check_stored_records;
 use super::segment::{OpenMode, Segment, SegmentView};
 use super::{AppendInfo, FlushPolicy, LogConfig, MaintenanceReport};
 
@@ -334,18 +331,10 @@ impl PartitionLog {
                     "control batches are written by coordinators only".into(),
                 ));
             }
-            // The offsets a batch takes come from its header; for uncompressed batches check
-            // that the header tells the truth, so a lying producer cannot skip offsets.
-            if h.compression() == 0
-                && count_uncompressed_records(&rest[..size as usize]) != Some(h.record_count as i64)
-            {
-                return Err(corrupt(BatchError::RecordCountMismatch {
-                    declared: h.record_count,
-                }));
-            }
-            if self.config.compact {
-                check_keys(&rest[..size as usize], pos)?;
-            }
+            // The offsets a batch takes come from its header, and every consumer decodes its
+            // records: open them (decompressed as a stream, within a bound) so a lying or
+            // damaged batch is refused here rather than stopping the partition's readers.
+            check_stored_records(&rest[..size as usize], &h, &self.config, pos)?;
             out.push((pos, h));
             pos += size as usize;
         }
@@ -746,17 +735,6 @@ fn invalid(reason: String) -> StorageError {
 }
 
 /// Compacted topics need a key on every record (Kafka answers INVALID_RECORD otherwise).
-fn check_keys(batch: &[u8], pos: usize) -> Result<(), StorageError> {
-    let set = RecordBatchDecoder::decode(&mut Bytes::copy_from_slice(batch))
-        .map_err(|e| invalid(format!("batch at byte {pos} cannot be decoded: {e}")))?;
-    if set.records.iter().any(|r| r.key.is_none()) {
-        return Err(invalid(
-            "compacted topics require a key on every record".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn parse_base(stem: &str) -> Option<i64> {
     if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
         stem.parse().ok()

@@ -6,6 +6,7 @@
 //! | --- | --- |
 //! | `batch.rs` | zero-copy record batch v2 header parser, CRC check, in-place patches, constants |
 //! | `error.rs` | [`StorageError`] and [`BatchError`] (structured, mapped to Kafka codes upstream) |
+//! | `records.rs` | the records inside a produced batch, walked (decompressed as a stream) before it is stored |
 //! | `index.rs` | sparse offset and time indexes (memory image + file format) |
 //! | `segment.rs` | one `.log` file: scan/recovery, append with rollback, positional reads |
 //! | `producer.rs` | idempotent-producer sequence/epoch state |
@@ -34,6 +35,7 @@ mod error;
 mod index;
 mod log;
 mod producer;
+mod records;
 mod retention;
 mod segment;
 #[cfg(test)]
@@ -46,6 +48,7 @@ pub(crate) use compaction::empty_batch;
 pub use compaction::{CompactionOutcome, CompactionPass};
 pub use error::{BatchError, StorageError};
 pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan};
+pub use records::check_produce_records;
 
 /// When appended data is fsynced.
 ///

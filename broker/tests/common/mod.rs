@@ -238,3 +238,45 @@ pub fn reader(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
     consumer.assign(&tpl).unwrap();
     consumer
 }
+
+/// `batch` with its records replaced by `payload`, its codec set to `codec` and its length and
+/// CRC made right again: a batch whose framing holds and whose records do not.
+pub fn with_records(batch: &[u8], codec: u8, payload: &[u8]) -> Bytes {
+    let mut b = batch[..61].to_vec();
+    b.extend_from_slice(payload);
+    let len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    b[22] = (b[22] & !7) | codec;
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(b)
+}
+
+/// `data` gzipped.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// The bytes of one record (key `k`, value `value`, no headers) as they follow a batch header.
+pub fn one_record(value: &[u8]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, v: i64) {
+        let mut zz = ((v << 1) ^ (v >> 63)) as u64;
+        while zz >= 0x80 {
+            out.push((zz as u8) | 0x80);
+            zz >>= 7;
+        }
+        out.push(zz as u8);
+    }
+    // attributes, timestampDelta 0, offsetDelta 0, key "k"
+    let mut body = vec![0u8, 0, 0, 2, b'k'];
+    varint(&mut body, value.len() as i64);
+    body.extend_from_slice(value);
+    body.push(0); // no headers
+    let mut out = Vec::new();
+    varint(&mut out, body.len() as i64);
+    out.extend_from_slice(&body);
+    out
+}

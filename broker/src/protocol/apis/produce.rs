@@ -76,6 +76,18 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                     ..ChainOutput::default()
                 },
                 Some(chain) => {
+                    // The chain decodes the records: refuse what an append would refuse (a
+                    // batch that inflates past its bound included) before it does.
+                    if let Err(e) = partition.check_records(&records) {
+                        out.error_code = storage_code(&e);
+                        out.error_message = Some(s(e.to_string()));
+                        ctx.broker
+                            .metrics
+                            .produce_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        partitions.push(out);
+                        continue;
+                    }
                     let topic = partition.topic.clone();
                     let index = pd.index;
                     let broker = ctx.broker.clone();
