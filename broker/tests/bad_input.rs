@@ -426,3 +426,31 @@ async fn batches_whose_records_do_not_decode_are_refused_and_readers_go_on() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_connections_max_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.connections_max_idle = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut silent = RawClient::connect(&addr).await;
+    // Half a frame, then nothing: it holds a slot no longer than the idle limit either.
+    let mut stalled = RawClient::connect(&addr).await;
+    stalled.send_raw(&[0, 0, 0, 40, 0, 18]).await;
+    let mut busy = RawClient::connect(&addr).await;
+    let started = std::time::Instant::now();
+    // Requests every 300 ms keep a connection open past the limit.
+    while started.elapsed() < Duration::from_millis(2500) {
+        let r = busy.call(&ApiVersionsRequest::default(), 0).await;
+        assert_eq!(r.error_code, 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(silent.is_closed().await, "the silent connection was closed");
+    assert!(
+        stalled.is_closed().await,
+        "the stalled connection was closed"
+    );
+    healthy(&addr).await;
+    broker.shutdown().await;
+}

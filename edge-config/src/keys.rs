@@ -99,6 +99,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Duration,
                 "Time a new connection has to finish its TLS or QUIC handshake.\nAllowed: more than 0s (\"10s\", \"250ms\" or milliseconds).",
             ),
+            key(
+                "connections_max_idle",
+                Duration,
+                "A Kafka connection (TCP or TLS) that sends nothing for this long is closed, as\nKafka's connections.max.idle.ms (QUIC has listeners.quic.idle_timeout).\nAllowed: more than 0s (\"10m\", \"30s\" or milliseconds).",
+            ),
         ],
     },
     Section {

@@ -82,6 +82,12 @@ pub struct BrokerConfig {
     /// peers sooner.
     #[serde(with = "units::duration")]
     pub handshake_timeout: Duration,
+    /// A Kafka connection (TCP or TLS) from which no byte has come for this long is closed, as
+    /// Kafka's `connections.max.idle.ms` does. Default 10m. Clients reconnect when they next
+    /// need the broker; silent or stalled peers stop holding `max_connections` slots. QUIC
+    /// connections have their own `listeners.quic.idle_timeout`.
+    #[serde(with = "units::duration")]
+    pub connections_max_idle: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -96,6 +102,7 @@ impl Default for BrokerConfig {
             max_request_bytes: 100 * MIB,
             max_connections: 10_000,
             handshake_timeout: secs(10),
+            connections_max_idle: secs(600),
         }
     }
 }

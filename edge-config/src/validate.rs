@@ -146,6 +146,7 @@ impl Config {
             return Err(c.out_of_range("broker.max_connections", 0, "1 or more"));
         }
         c.positive("broker.handshake_timeout", broker.handshake_timeout)?;
+        c.positive("broker.connections_max_idle", broker.connections_max_idle)?;
 
         self.check_listeners(&c)?;
 

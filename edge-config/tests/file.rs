@@ -35,6 +35,7 @@ fn default_file_shows_every_key_with_a_comment() {
         "advertised_host = \"\"\n",
         "max_request_bytes = \"100MiB\"\n",
         "handshake_timeout = \"10s\"\n",
+        "connections_max_idle = \"10m\"\n",
         "[listeners.kafka]\n",
         "address = \"127.0.0.1:9092\"\n",
         "[listeners.kafka_tls]\n",

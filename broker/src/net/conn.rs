@@ -94,6 +94,9 @@ pub async fn serve_halves<R, W>(
     let mut client_id: Arc<str> = Arc::from("");
     let throttle_ms = Arc::new(AtomicU32::new(0));
     let mut refused = None;
+    // QUIC streams live under the QUIC idle timeout instead.
+    let closes_idle = session.listener != ListenerKind::Quic;
+    let idle = broker.config.broker.connections_max_idle;
     'conn: loop {
         // Handle every complete frame already buffered before reading again.
         loop {
@@ -199,6 +202,10 @@ pub async fn serve_halves<R, W>(
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(idle), if closes_idle => {
+                tracing::info!(%peer, listener, idle = ?idle, pending = buf.len(), "closing an idle connection (broker.connections_max_idle)");
+                break;
+            }
         };
         match read {
             Ok(0) => {
