@@ -270,7 +270,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "max_message_bytes",
                 Bytes,
-                "Largest record batch accepted (Kafka's max.message.bytes); consumers need\nfetch buffers this big. Allowed: 1..=max_request_bytes.",
+                "Largest record batch accepted (Kafka's max.message.bytes); consumers need\nfetch buffers this big. A compressed batch whose records inflate past 16 times\nthis is refused (INVALID_RECORD). Allowed: 1..=max_request_bytes.",
             ),
             key(
                 "delete_retention",

@@ -302,7 +302,8 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     /// Largest record batch accepted (`max.message.bytes`). Default 1048588, Kafka's default.
     /// Larger batches are rejected with MESSAGE_TOO_LARGE; consumers need fetch buffers at least
-    /// this big.
+    /// this big. A compressed batch whose records inflate past 16 times this is refused with
+    /// INVALID_RECORD.
     #[serde(with = "units::bytes")]
     pub max_message_bytes: u64,
     /// How long tombstones (null-value records) survive compaction so consumers see deletes
