@@ -88,7 +88,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, FrameError> {
         RequestHeader::decode(&mut frame, header_version).map_err(|e| FrameError::BadHeader {
             api: api_key,
             version: api_version,
-            reason: e.to_string(),
+            reason: one_line(&e),
         })?;
     Ok(Request {
         api_key,
@@ -104,11 +104,28 @@ pub fn peek_correlation_id(frame: &[u8]) -> Option<i32> {
         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// A decoder's error on one line: kafka-protocol's messages may end in a newline, which would
+/// split a log event in two.
+pub(crate) fn one_line(e: &impl std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::BufMut;
     use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    #[test]
+    fn a_decoder_error_is_logged_on_one_line() {
+        assert_eq!(
+            one_line(&"Not enough bytes remaining in buffer!\n"),
+            "Not enough bytes remaining in buffer!"
+        );
+    }
 
     fn framed(body: &[u8]) -> BytesMut {
         let mut b = BytesMut::new();

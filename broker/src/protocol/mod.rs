@@ -144,7 +144,7 @@ where
         let decoded = R::decode(&mut body, version).map_err(|e| DispatchError::BadBody {
             api,
             version,
-            reason: e.to_string(),
+            reason: frame::one_line(&e),
         })?;
         let silent = (self.silent)(&decoded);
         let fut = (self.handler)(ctx, decoded);
