@@ -265,8 +265,43 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("runnel: {e:#}");
+            eprintln!("runnel: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, as `{:#}` writes them, leaving out a cause whose text
+/// the message already holds (many errors repeat their source's text in their own).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_the_message_repeats_is_written_once() {
+        let io = std::io::Error::other("Not a redb database");
+        let e = anyhow::Error::new(io)
+            .context("metadata database m.redb: I/O error: Not a redb database");
+        assert_eq!(
+            error_chain(&e),
+            "metadata database m.redb: I/O error: Not a redb database"
+        );
+        let e = anyhow::anyhow!("disk full").context("cannot append");
+        assert_eq!(error_chain(&e), "cannot append: disk full");
     }
 }
