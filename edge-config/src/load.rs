@@ -81,12 +81,25 @@ fn syntax_error(origin: &str, text: &str, error: &toml::de::Error) -> ConfigErro
     let line = error
         .span()
         .map_or(1, |span| provenance::line_of(text, span.start));
+    // The line itself names the key or table: toml's messages do not always ("duplicate key").
+    let mut message = one_line(error.message());
+    if let Some(source) = text.lines().nth(line - 1).map(str::trim)
+        && !source.is_empty()
+    {
+        let shown: String = source.chars().take(80).collect();
+        let cut = if shown.len() < source.len() {
+            "..."
+        } else {
+            ""
+        };
+        message = format!("{message} (in `{shown}{cut}`)");
+    }
     ConfigError::Syntax {
         at: Location::Line {
             origin: origin.to_owned(),
             line,
         },
-        message: one_line(error.message()),
+        message,
     }
 }
 

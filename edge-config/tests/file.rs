@@ -338,8 +338,13 @@ fn syntax_errors_name_the_line() {
     let e = parse("[broker]\nnode_id = 1\nnode_id = 2\n").unwrap_err();
     assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
     assert!(e.to_string().starts_with("runnel.toml:3: "), "{e}");
+    assert!(e.to_string().ends_with("(in `node_id = 2`)"), "{e}");
     let e = error("[log]\nflush = \"never\n");
     assert!(e.starts_with("runnel.toml:2: "), "{e}");
+    // A number too big for TOML: the line shows which key.
+    let e = error("[broker]\nnode_id = 99999999999999999999\n");
+    assert!(e.starts_with("runnel.toml:2: "), "{e}");
+    assert!(e.contains("`node_id = 99999999999999999999`"), "{e}");
 }
 
 #[test]
