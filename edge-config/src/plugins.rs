@@ -314,6 +314,15 @@ impl PluginsConfig {
                     "must name the plugin's .wasm file".into(),
                 ));
             }
+            if !p.path.is_file() {
+                return Err((
+                    format!("{key}.path"),
+                    format!(
+                        "{}: no such file (a relative path starts at the working directory)",
+                        p.path.display()
+                    ),
+                ));
+            }
         }
         for (i, b) in self.bindings.iter().enumerate() {
             let key = format!("plugins.bindings[{i}]");
@@ -461,7 +470,7 @@ call_timeout = "50ms"
 
 [[plugins.load]]
 name = "hot"
-path = "json_filter.wasm"
+path = "testdata/json_filter.wasm"
 config = "temp > 20"
 
 [[plugins.bindings]]
@@ -534,6 +543,16 @@ on_error = "fail-open"
             "{e}"
         );
 
+        let missing = GOOD.replace("testdata/json_filter.wasm", "testdata/missing.wasm");
+        let e = Config::from_toml_str(&missing, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.load[0].path"));
+        assert!(
+            e.to_string().starts_with("runnel.toml:")
+                && e.to_string()
+                    .contains("testdata/missing.wasm: no such file"),
+            "{e}"
+        );
+
         let unknown = GOOD.replace("chain = [\"hot\"]", "chain = [\"cold\"]");
         // Located at the `[[plugins.bindings]]` header of the entry.
         let e = Config::from_toml_str(&unknown, "runnel.toml", &[]).unwrap_err();
@@ -564,7 +583,7 @@ on_error = "fail-open"
     const QUOTA: &str = r#"
 [[plugins.load]]
 name = "per-client"
-path = "token_bucket.wasm"
+path = "testdata/token_bucket.wasm"
 config = 'rate = "1MiB/s"'
 
 [[plugins.quotas]]
