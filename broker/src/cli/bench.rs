@@ -136,7 +136,12 @@ fn create_topic(args: &BenchArgs, name: &str) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let topic = NewTopic::new(name, args.partitions, TopicReplication::Fixed(1));
-    let res = rt.block_on(admin.create_topics([&topic], &AdminOptions::new()))?;
+    let res = rt
+        .block_on(admin.create_topics(
+            [&topic],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(15))),
+        ))
+        .with_context(|| format!("cannot create the bench topic on {}", args.bootstrap))?;
     for r in res {
         if let Err((t, e)) = r
             && e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists

@@ -224,7 +224,13 @@ fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result
         .enable_all()
         .build()?;
     let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for r in rt.block_on(admin.create_topics([&t], &AdminOptions::new()))? {
+    let created = rt
+        .block_on(admin.create_topics(
+            [&t],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(15))),
+        ))
+        .with_context(|| format!("cannot create the bench topic on {bootstrap}"))?;
+    for r in created {
         if let Err((t, e)) = r
             && e != RDKafkaErrorCode::TopicAlreadyExists
         {

@@ -50,10 +50,14 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                 topic = topic.set(k, v);
             }
             let admin = admin(&conn)?;
-            let results = runtime()?.block_on(admin.create_topics(
-                [&topic],
-                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-            ))?;
+            let results = runtime()?.block_on(
+                admin.create_topics(
+                    [&topic],
+                    &AdminOptions::new()
+                        .operation_timeout(Some(TIMEOUT))
+                        .request_timeout(Some(TIMEOUT)),
+                ),
+            )?;
             for r in results {
                 match r {
                     Ok(t) => println!("created topic {t}"),
@@ -64,10 +68,14 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Delete { name, conn } => {
             let admin = admin(&conn)?;
-            let results = runtime()?.block_on(admin.delete_topics(
-                &[&name],
-                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-            ))?;
+            let results = runtime()?.block_on(
+                admin.delete_topics(
+                    &[&name],
+                    &AdminOptions::new()
+                        .operation_timeout(Some(TIMEOUT))
+                        .request_timeout(Some(TIMEOUT)),
+                ),
+            )?;
             for r in results {
                 match r {
                     Ok(t) => println!("deleted topic {t}"),

@@ -40,6 +40,7 @@ enum Command {
     Topics(TopicsCommand),
     /// Produce lines from stdin: `value`, or `key<TAB>value` when the line holds a tab.
     Produce {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         topic: String,
         #[command(flatten)]
         conn: Conn,
@@ -58,6 +59,7 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Print records as `value`, or `key<TAB>value` for keyed records.
     Consume {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         topic: String,
         #[command(flatten)]
         conn: Conn,
