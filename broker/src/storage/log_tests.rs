@@ -1019,6 +1019,14 @@ fn corruption_inside_a_sealed_segment_truncates_only_that_segment() {
     fs::write(&p, &bytes).unwrap();
     let log = open(dir.path(), config);
     assert_eq!(fs::metadata(&p).unwrap().len(), one as u64);
+    // What was cut is kept beside the segment, byte for byte.
+    let kept: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("00000000000000000000.log.discarded-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(fs::read(dir.path().join(&kept[0])).unwrap(), bytes[one..]);
     assert_eq!(log.segment_bases(), bases);
     assert_eq!(log.log_end_offset(), 24);
     // Offsets 2.. of the damaged segment are gone; a fetch there starts at the next segment.

@@ -13,6 +13,7 @@
 //!   of the batch header (the append time for LogAppendTime batches) and that batch's last offset.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,32 @@ pub(crate) fn index_path(dir: &Path, base: i64) -> PathBuf {
 }
 pub(crate) fn timeindex_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{base:020}.timeindex"))
+}
+
+/// Copies bytes `from..to` of a segment file into `<segment>.discarded-<now_ms>` (synced),
+/// returning its path.
+fn keep_discarded(
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+    now_ms: i64,
+) -> Result<PathBuf, StorageError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".discarded-{now_ms}"));
+    let kept = PathBuf::from(name);
+    let mut out = File::create(&kept).map_err(io_err(&kept))?;
+    let mut pos = from;
+    let mut buf = vec![0u8; (to - from).min(1 << 20) as usize];
+    while pos < to {
+        let n = ((to - pos) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], pos)
+            .map_err(io_err(path))?;
+        out.write_all(&buf[..n]).map_err(io_err(&kept))?;
+        pos += n as u64;
+    }
+    out.sync_all().map_err(io_err(&kept))?;
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -176,10 +203,15 @@ impl Segment {
             end = seg.scan(0, file_len)?;
         }
         if end < file_len {
+            // A crash's torn tail is the usual cause, but damage in the middle of a segment
+            // also cuts the whole batches after it: keep what is cut beside the segment, for
+            // an operator to inspect or recover, before the file is shortened.
+            let kept = keep_discarded(&seg.file, &seg.path, end, file_len, now_ms)?;
             warn!(
                 file = %seg.path.display(),
                 valid_bytes = end,
                 discarded_bytes = file_len - end,
+                kept_in = %kept.display(),
                 "truncating torn or corrupt tail of log segment"
             );
             seg.file.set_len(end).map_err(io_err(&seg.path))?;
