@@ -69,4 +69,4 @@ pub use schema::{
     ListenersConfig, LogConfig, QuicClientAuth, QuicListener, TimestampType, TlsListener,
     UnknownValue,
 };
-pub use topic::TOPIC_CONFIG_NAMES;
+pub use topic::{FIXED_TOPIC_CONFIGS, TOPIC_CONFIG_NAMES};

@@ -40,6 +40,130 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "flush.ms",
     "compression.type",
     "min.insync.replicas",
+    "unclean.leader.election.enable",
+    "leader.replication.throttled.replicas",
+    "follower.replication.throttled.replicas",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "preallocate",
+    "flush.messages",
+    "message.timestamp.difference.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.after.max.ms",
+    "remote.storage.enable",
+    "local.retention.ms",
+    "local.retention.bytes",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.zstd.level",
+];
+
+/// Kafka topic configs this broker has one value of by design: (name, that value, why). They are
+/// accepted with that value (Kafka's default), so that tools and manifests which set them work,
+/// and refused with the reason for any other value.
+pub const FIXED_TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
+    (
+        "compression.type",
+        "producer",
+        "batches are stored as the producer compressed them",
+    ),
+    (
+        "min.insync.replicas",
+        "1",
+        "this broker is the only replica of its topics",
+    ),
+    (
+        "unclean.leader.election.enable",
+        "false",
+        "this broker is the only replica of its topics",
+    ),
+    (
+        "leader.replication.throttled.replicas",
+        "",
+        "this broker is the only replica of its topics",
+    ),
+    (
+        "follower.replication.throttled.replicas",
+        "",
+        "this broker is the only replica of its topics",
+    ),
+    (
+        "min.compaction.lag.ms",
+        "0",
+        "compaction may clean any record of a sealed segment",
+    ),
+    (
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        "compaction runs on the broker's own schedule",
+    ),
+    (
+        "segment.index.bytes",
+        "10485760",
+        "offset indexes are sparse and sized by their segment",
+    ),
+    (
+        "segment.jitter.ms",
+        "0",
+        "segments roll at segment.ms exactly",
+    ),
+    (
+        "preallocate",
+        "false",
+        "segment files grow as they are written",
+    ),
+    (
+        "flush.messages",
+        "9223372036854775807",
+        "fsyncs follow flush.ms",
+    ),
+    (
+        "message.timestamp.difference.max.ms",
+        "9223372036854775807",
+        "record timestamps are not checked against the clock",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "9223372036854775807",
+        "record timestamps are not checked against the clock",
+    ),
+    (
+        "message.timestamp.after.max.ms",
+        "9223372036854775807",
+        "record timestamps are not checked against the clock",
+    ),
+    (
+        "remote.storage.enable",
+        "false",
+        "there is no tiered storage",
+    ),
+    (
+        "local.retention.ms",
+        "-2",
+        "there is no tiered storage: retention.ms covers all data",
+    ),
+    (
+        "local.retention.bytes",
+        "-2",
+        "there is no tiered storage: retention.bytes covers all data",
+    ),
+    (
+        "compression.gzip.level",
+        "-1",
+        "batches are stored as the producer compressed them",
+    ),
+    (
+        "compression.lz4.level",
+        "9",
+        "batches are stored as the producer compressed them",
+    ),
+    (
+        "compression.zstd.level",
+        "3",
+        "batches are stored as the producer compressed them",
+    ),
 ];
 
 /// Parses one override value; errors name the Kafka config.
@@ -160,14 +284,12 @@ impl LogConfig {
                     self.flush_interval = d;
                 }
             },
-            "compression.type" => v.fixed(
-                "producer",
-                "batches are stored as the producer compressed them",
-            )?,
-            "min.insync.replicas" => {
-                v.fixed("1", "this broker is the only replica of its topics")?
-            }
             _ => {
+                if let Some((_, only, why)) =
+                    FIXED_TOPIC_CONFIGS.iter().find(|(n, ..)| *n == kafka_name)
+                {
+                    return v.fixed(only, why);
+                }
                 return Err(ConfigError::UnknownTopicConfig {
                     name: kafka_name.to_owned(),
                     allowed: TOPIC_CONFIG_NAMES,
@@ -189,7 +311,7 @@ impl LogConfig {
                 units::duration_millis(self.flush_interval).clamp(1, i64::MAX - 1)
             }
         };
-        vec![
+        let mut configs = vec![
             ("segment.bytes", self.segment_bytes.to_string()),
             ("segment.ms", ms(self.segment_age)),
             ("retention.ms", self.retention.map_or("-1".into(), ms)),
@@ -209,8 +331,12 @@ impl LogConfig {
                 self.index_interval_bytes.to_string(),
             ),
             ("flush.ms", flush_ms.to_string()),
-            ("compression.type", "producer".to_string()),
-            ("min.insync.replicas", "1".to_string()),
-        ]
+        ];
+        configs.extend(
+            FIXED_TOPIC_CONFIGS
+                .iter()
+                .map(|(name, value, _)| (*name, value.to_string())),
+        );
+        configs
     }
 }

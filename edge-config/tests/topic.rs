@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use edge_config::{CleanupPolicy, FlushPolicy, LogConfig, TOPIC_CONFIG_NAMES, TimestampType};
+use edge_config::{
+    CleanupPolicy, FIXED_TOPIC_CONFIGS, FlushPolicy, LogConfig, TOPIC_CONFIG_NAMES, TimestampType,
+};
 
 fn apply(pairs: &[(&str, &str)]) -> LogConfig {
     let mut log = LogConfig::default();
@@ -97,11 +99,18 @@ fn defaults_render_with_kafka_names_and_units() {
         ("delete.retention.ms", "86400000"),
         ("index.interval.bytes", "4096"),
         ("flush.ms", "1000"),
-        ("compression.type", "producer"),
-        ("min.insync.replicas", "1"),
     ];
     let got: Vec<(&str, &str)> = configs.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    assert_eq!(got, expected);
+    assert_eq!(got[..expected.len()], expected);
+    // Then the configs with one value, at Kafka's defaults.
+    let fixed: Vec<(&str, &str)> = FIXED_TOPIC_CONFIGS
+        .iter()
+        .map(|(n, v, _)| (*n, *v))
+        .collect();
+    assert_eq!(got[expected.len()..], fixed);
+    assert!(fixed.contains(&("min.insync.replicas", "1")));
+    assert!(fixed.contains(&("compression.type", "producer")));
+    assert!(fixed.contains(&("unclean.leader.election.enable", "false")));
 }
 
 #[test]
@@ -155,10 +164,16 @@ fn rendered_configs_apply_back_to_the_same_config() {
 fn bad_overrides_name_the_config() {
     assert_eq!(
         apply_err("retention.hours", "1"),
-        "unknown topic config retention.hours; allowed: segment.bytes, segment.ms, retention.ms, \
-         retention.bytes, cleanup.policy, message.timestamp.type, max.message.bytes, \
-         delete.retention.ms, index.interval.bytes, flush.ms, compression.type, \
-         min.insync.replicas"
+        format!(
+            "unknown topic config retention.hours; allowed: segment.bytes, segment.ms, \
+             retention.ms, retention.bytes, cleanup.policy, message.timestamp.type, \
+             max.message.bytes, delete.retention.ms, index.interval.bytes, flush.ms, {}",
+            FIXED_TOPIC_CONFIGS
+                .iter()
+                .map(|(n, ..)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     );
     assert_eq!(
         apply_err("retention.ms", "7d"),
@@ -220,4 +235,25 @@ fn fixed_configs_take_their_one_value() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("only replica"), "{err}");
+    // What provisioning tools copy from a Kafka cluster's defaults is accepted and changes
+    // nothing; another value is refused with the reason.
+    for (name, value) in [
+        ("unclean.leader.election.enable", "false"),
+        ("min.compaction.lag.ms", "0"),
+        ("preallocate", "false"),
+        ("segment.jitter.ms", "0"),
+        ("leader.replication.throttled.replicas", ""),
+        ("local.retention.ms", "-2"),
+    ] {
+        log.apply_topic_override(name, value).unwrap();
+    }
+    assert_eq!(log, LogConfig::default());
+    let err = log
+        .apply_topic_override("min.compaction.lag.ms", "3600000")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("only \"0\" is supported") && err.contains("sealed segment"),
+        "{err}"
+    );
 }

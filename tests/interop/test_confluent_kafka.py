@@ -90,11 +90,19 @@ def test_admin_create_partitions_and_alter_configs(broker):
 
 
 def test_admin_fixed_configs_take_their_one_value(broker):
-    """compression.type=producer and min.insync.replicas=1, which manifests often set, are what
-    this broker does anyway: accepted; any other value is INVALID_CONFIG with the reason."""
+    """compression.type=producer, min.insync.replicas=1 and the other Kafka defaults that
+    manifests copied from a cluster set are what this broker does anyway: accepted; any other
+    value is INVALID_CONFIG with the reason."""
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-fixed")
-    fixed = {"compression.type": "producer", "min.insync.replicas": "1"}
+    fixed = {
+        "compression.type": "producer",
+        "min.insync.replicas": "1",
+        "unclean.leader.election.enable": "false",
+        "min.compaction.lag.ms": "0",
+        "message.timestamp.difference.max.ms": "9223372036854775807",
+        "preallocate": "false",
+    }
     admin.create_topics([NewTopic(topic, 1, 1, config=fixed)],
                         operation_timeout=10)[topic].result(timeout=10)
     res = ConfigResource("topic", topic)

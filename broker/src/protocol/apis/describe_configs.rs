@@ -34,6 +34,56 @@ const NAMES: &[(&str, &str, i8)] = &[
     ("flush.ms", "log.flush.interval.ms", 5),
     ("compression.type", "compression.type", 2),
     ("min.insync.replicas", "min.insync.replicas", 3),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+        1,
+    ),
+    (
+        "leader.replication.throttled.replicas",
+        "leader.replication.throttled.replicas",
+        7,
+    ),
+    (
+        "follower.replication.throttled.replicas",
+        "follower.replication.throttled.replicas",
+        7,
+    ),
+    (
+        "min.compaction.lag.ms",
+        "log.cleaner.min.compaction.lag.ms",
+        5,
+    ),
+    (
+        "max.compaction.lag.ms",
+        "log.cleaner.max.compaction.lag.ms",
+        5,
+    ),
+    ("segment.index.bytes", "log.index.size.max.bytes", 3),
+    ("segment.jitter.ms", "log.roll.jitter.ms", 5),
+    ("preallocate", "log.preallocate", 1),
+    ("flush.messages", "log.flush.interval.messages", 5),
+    (
+        "message.timestamp.difference.max.ms",
+        "log.message.timestamp.difference.max.ms",
+        5,
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+        5,
+    ),
+    (
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+        5,
+    ),
+    ("remote.storage.enable", "remote.storage.enable", 1),
+    ("local.retention.ms", "log.local.retention.ms", 5),
+    ("local.retention.bytes", "log.local.retention.bytes", 5),
+    ("compression.gzip.level", "compression.gzip.level", 3),
+    ("compression.lz4.level", "compression.lz4.level", 3),
+    ("compression.zstd.level", "compression.zstd.level", 3),
 ];
 
 /// One config as reported: name, value, source, type, and its synonyms (name, value, source),
