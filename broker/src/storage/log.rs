@@ -331,6 +331,12 @@ impl PartitionLog {
                     "control batches are written by coordinators only".into(),
                 ));
             }
+            if h.is_transactional() {
+                return Err(invalid(
+                    "transactional batches are refused: this broker does not support transactions"
+                        .into(),
+                ));
+            }
             // The offsets a batch takes come from its header, and every consumer decodes its
             // records: open them (decompressed as a stream, within a bound) so a lying or
             // damaged batch is refused here rather than stopping the partition's readers.

@@ -1150,3 +1150,22 @@ fn rewritten_idempotent_batches_keep_the_sequence_span() {
     rewrite_crc(&mut plain);
     assert!(log.append_rewritten(&plain, NOW).is_err());
 }
+
+#[test]
+fn transactional_and_control_batches_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    for (bit, why) in [(ATTR_TRANSACTIONAL, "transactions"), (0x20, "coordinators")] {
+        let mut b = batch(2, NOW);
+        let attrs = i16::from_be_bytes([b[21], b[22]]) | bit;
+        b[21..23].copy_from_slice(&attrs.to_be_bytes());
+        rewrite_crc(&mut b);
+        match log.append(&b, NOW) {
+            Err(e @ StorageError::InvalidRecord { .. }) => {
+                assert!(e.to_string().contains(why), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(log.log_end_offset(), 0);
+}
