@@ -3,9 +3,10 @@
 //!
 //! A consumer decodes every record it fetches; a batch that cannot be decoded stops each
 //! consumer of its partition at that offset for good. So, as Kafka's log validator does, every
-//! produced batch is opened: a compressed one is decompressed as a stream (never held whole in
-//! memory, and refused once it inflates past a bound), then each record's fields are read
-//! against its length prefix. Nothing is kept; only the verdict.
+//! produced batch is opened: a compressed one is decompressed as a stream (gzip, lz4 and zstd
+//! never held whole; snappy a block at a time, which for librdkafka's raw snappy is the whole
+//! batch), refused once it inflates past a bound, and each record's fields are read against its
+//! length prefix. Nothing is kept; only the verdict.
 //!
 //! Record layout (magic v2), after the 61-byte batch header, `recordCount` times:
 //!
@@ -24,7 +25,9 @@ use super::error::BatchError;
 pub const INFLATE_FACTOR: u64 = 16;
 
 /// The largest zstd window (2^24 = 16 MiB) a batch may ask its decoder for: the memory one
-/// decoder may take. Producers compress batches of about a megabyte, whose windows are smaller.
+/// decoder may take. Producers that know a batch's size (librdkafka) get windows no larger than
+/// the batch; the Java client streams, and its levels 20-22 ask for 32-128 MiB: such a batch is
+/// refused with INVALID_RECORD saying so.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 /// What the records of a batch must satisfy beyond their framing.
@@ -108,21 +111,39 @@ pub fn check_records(
     let limit = rules.inflate_limit;
     let corrupt = |reason: String| RecordsError::Corrupt(BatchError::BadRecords { reason });
     let walked = match h.compression() {
-        0 => walk(payload, h, rules),
-        1 => walk(
-            BufReader::new(Capped::new(flate2::read::GzDecoder::new(payload), limit)),
-            h,
-            rules,
-        ),
+        0 => walk(&mut &payload[..], h, rules),
+        1 => {
+            let mut r =
+                BufReader::new(Capped::new(flate2::bufread::GzDecoder::new(payload), limit));
+            walk(&mut r, h, rules).and_then(|()| {
+                // One gzip member: what follows it is read by some consumers and not others.
+                let rest = r.into_inner().inner.into_inner();
+                rest.is_empty()
+                    .then_some(())
+                    .ok_or_else(|| bad(format!("{} bytes follow the gzip stream", rest.len())))
+            })
+        }
         2 => walk(
-            BufReader::new(Capped::new(Snappy::new(payload, limit), limit)),
+            &mut BufReader::new(Capped::new(Snappy::new(payload, limit), limit)),
             h,
             rules,
         ),
         3 => {
             let decoder = lz4::Decoder::new(payload)
                 .map_err(|e| corrupt(format!("the lz4 frame cannot be read: {e}")))?;
-            walk(BufReader::new(Capped::new(decoder, limit)), h, rules)
+            let mut r = BufReader::new(Capped::new(decoder, limit));
+            walk(&mut r, h, rules).and_then(|()| {
+                // The decoder reads a cut frame as a clean end: the frame must be whole, and
+                // nothing may follow it.
+                let (rest, ended) = r.into_inner().inner.finish();
+                match ended {
+                    Err(_) => Err(bad("the lz4 frame is cut short".into())),
+                    Ok(()) if !rest.is_empty() => {
+                        Err(bad(format!("{} bytes follow the lz4 frame", rest.len())))
+                    }
+                    Ok(()) => Ok(()),
+                }
+            })
         }
         4 => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(payload)
@@ -130,7 +151,10 @@ pub fn check_records(
             decoder
                 .window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|e| corrupt(format!("the zstd decoder cannot start: {e}")))?;
-            walk(BufReader::new(Capped::new(decoder, limit)), h, rules)
+            walk(&mut BufReader::new(Capped::new(decoder, limit)), h, rules).map_err(|e| match e {
+                Walk::Io(e) if e.to_string().contains("too much memory") => Walk::Window,
+                other => other,
+            })
         }
         codec => {
             return Err(corrupt(format!(
@@ -146,6 +170,11 @@ pub fn check_records(
         Walk::NoKey => {
             RecordsError::Invalid("compacted topics require a key on every record".into())
         }
+        Walk::Window => RecordsError::Invalid(format!(
+            "the zstd frame asks for a window over {} MiB (compression levels above 19 \
+             streamed); this broker decodes up to that",
+            1u32 << (ZSTD_WINDOW_LOG_MAX - 20)
+        )),
         Walk::Io(e) => corrupt(format!("the records cannot be decompressed: {e}")),
     })
 }
@@ -153,6 +182,7 @@ pub fn check_records(
 enum Walk {
     Inflated,
     NoKey,
+    Window,
     Bad(String),
     Io(io::Error),
 }
@@ -173,15 +203,15 @@ fn bad(reason: String) -> Walk {
     Walk::Bad(reason)
 }
 
-fn walk(mut r: impl BufRead, h: &BatchHeader, rules: RecordRules) -> Result<(), Walk> {
+fn walk<R: BufRead>(r: &mut R, h: &BatchHeader, rules: RecordRules) -> Result<(), Walk> {
     let mut prev_delta: i64 = -1;
     for i in 0..h.record_count {
-        let len = read_varint(&mut r)?;
+        let len = read_varint(r)?;
         if len < 0 {
             return Err(bad(format!("record {i} has length {len}")));
         }
         let mut rec = Record {
-            r: &mut r,
+            r: &mut *r,
             left: len as u64,
             index: i,
         };
@@ -205,7 +235,7 @@ fn walk(mut r: impl BufRead, h: &BatchHeader, rules: RecordRules) -> Result<(), 
             return Err(bad(format!("record {i} has {headers} headers")));
         }
         for _ in 0..headers {
-            rec.bytes("header key", false)?;
+            rec.utf8("header key")?;
             rec.bytes("header value", true)?;
         }
         if rec.left != 0 {
@@ -259,6 +289,34 @@ impl<R: BufRead> Record<'_, R> {
             return Err(Walk::from(io::Error::from(io::ErrorKind::UnexpectedEof)));
         }
         self.left -= n;
+        Ok(())
+    }
+
+    /// A length-prefixed field that must be UTF-8 (a header key: Kafka's own clients read it as
+    /// a string, and so does the broker where it decodes records).
+    fn utf8(&mut self, what: &str) -> Result<(), Walk> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Err(bad(format!(
+                "record {} has a {what} of length {len}",
+                self.index
+            )));
+        }
+        if len as u64 > self.left {
+            return Err(self.overrun());
+        }
+        let mut text = Vec::with_capacity(len as usize);
+        (&mut *self.r).take(len as u64).read_to_end(&mut text)?;
+        if text.len() as u64 != len as u64 {
+            return Err(Walk::from(io::Error::from(io::ErrorKind::UnexpectedEof)));
+        }
+        self.left -= len as u64;
+        if std::str::from_utf8(&text).is_err() {
+            return Err(bad(format!(
+                "record {} has a {what} that is not UTF-8",
+                self.index
+            )));
+        }
         Ok(())
     }
 
@@ -381,6 +439,11 @@ impl<'a> Snappy<'a> {
             std::mem::take(&mut self.rest)
         };
         let n = snap::raw::decompress_len(chunk).map_err(io::Error::other)?;
+        // Snappy expands at most about 21:1 (a 3-byte copy of 64 bytes): a block that claims
+        // more is damaged, and is refused before its buffer is allocated.
+        if n > chunk.len().saturating_mul(22).saturating_add(64) {
+            return Err(invalid("a snappy block claims more than its data can hold"));
+        }
         if n as u64 > self.budget {
             return Err(io::Error::other(InflateLimit));
         }
@@ -554,6 +617,42 @@ mod tests {
             };
             assert_eq!(check(&b, roomy), Ok(()), "{codec:?}");
         }
+    }
+
+    #[test]
+    fn a_cut_or_padded_stream_is_corrupt() {
+        let recs = [kv("a", "1", 1), kv("b", "2", 2)];
+        for (codec, name) in [(Compression::Lz4, "lz4"), (Compression::Gzip, "gzip")] {
+            let b = encode_batch(&recs, codec, -1, -1, -1);
+            let payload = &b[BATCH_HEADER_LEN..];
+            let cut = with_payload(&b, &payload[..payload.len() - 4]);
+            assert!(is_corrupt(check(&cut, RULES)), "{name} cut");
+            let mut padded = payload.to_vec();
+            padded.extend_from_slice(b"tail");
+            assert!(
+                is_corrupt(check(&with_payload(&b, &padded), RULES)),
+                "{name} padded"
+            );
+        }
+        // A raw snappy block that claims far more than its bytes could hold.
+        let plain = encode_batch(&recs, Compression::None, -1, -1, -1);
+        let mut b = with_payload(&plain, &[0x80, 0x80, 0x80, 0x01, 0, 0]);
+        b[22] |= 2;
+        rewrite_crc(&mut b);
+        assert!(is_corrupt(check(&b, RULES)));
+    }
+
+    #[test]
+    fn a_header_key_must_be_utf8() {
+        // attributes, ts, delta, key "k", value "v", one header: key 0xff, value null
+        let body = [0u8, 0, 0, 2, b'k', 2, b'v', 2, 2, 0xff, 1];
+        let mut payload = vec![(body.len() as u8) << 1];
+        payload.extend_from_slice(&body);
+        let plain = encode_batch(&[kv("k", "v", 1)], Compression::None, -1, -1, -1);
+        assert!(is_corrupt(check(&with_payload(&plain, &payload), RULES)));
+        let mut fine = payload.clone();
+        fine[10] = b'h';
+        assert_eq!(check(&with_payload(&plain, &fine), RULES), Ok(()));
     }
 
     #[test]
