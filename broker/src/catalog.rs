@@ -68,7 +68,7 @@ impl Partition {
     /// the log's lock for the walk: for the plugin chain, which decodes the records first.
     pub fn check_records(&self, records: &[u8]) -> Result<(), StorageError> {
         let config = self.log().config().clone();
-        storage::check_produce_records(records, &config)
+        storage::check_produce_records(records, &config, false)
     }
 
     /// Appends a producer's record batches and wakes waiting fetches. With `flush = "always"`
@@ -94,15 +94,13 @@ impl Partition {
         now_ms: i64,
         rewritten: bool,
     ) -> Result<storage::AppendInfo, StorageError> {
-        let run = || {
-            let mut log = self.log();
-            if rewritten {
-                log.append_rewritten(records, now_ms)
-            } else {
-                log.append(records, now_ms)
-            }
-        };
-        let syncs = matches!(self.log().config().flush, storage::FlushPolicy::Always);
+        // Every record is read (compressed batches decompressed) before the lock is taken, so
+        // that appends and fetches of the partition do not wait for the walk. A config change
+        // between the two applies from the next append.
+        let config = self.log().config().clone();
+        storage::check_produce_records(records, &config, rewritten)?;
+        let run = || self.log().append_walked(records, now_ms, rewritten);
+        let syncs = matches!(config.flush, storage::FlushPolicy::Always);
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let result = if syncs && multi_thread {

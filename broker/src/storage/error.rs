@@ -35,9 +35,6 @@ pub enum BatchError {
     /// The CRC32C over attributes..end does not match the stored one.
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
-    /// An uncompressed batch whose records do not number recordCount or do not fill it exactly.
-    #[error("the records of the batch do not match its recordCount {declared}")]
-    RecordCountMismatch { declared: i32 },
     /// A record inside the batch does not decode: undecodable compression, a field that does
     /// not fit its record, or records that do not number recordCount.
     #[error("{reason}")]

@@ -8,12 +8,14 @@
 //!    scan, which also truncates a torn tail (a segment rolled but not yet sealed at a crash),
 //!    then the data is fsynced before the new index files are written;
 //! 3. the last segment is scanned batch by batch with CRC checks and truncated at the first
-//!    incomplete or corrupt batch (a `tracing` warning names the file and byte counts);
+//!    incomplete or corrupt batch (a `tracing` warning names the file and byte counts; what is
+//!    cut is first copied to `<segment>.log.discarded-<ms>`);
 //! 4. producer state is rebuilt by replaying the batch headers of **all** segments (one 61-byte
 //!    positional read per batch; Kafka's snapshot files would bound this, not done yet).
 //!
-//! Appends are all-or-nothing: every batch of the produce data is validated and sequence-checked
-//! before one positional write of the patched batches; a failed write is truncated away and no
+//! Appends are all-or-nothing: every batch of the produce data is validated (every record read,
+//! see `records.rs`; the broker does that before taking the log's lock and appends with
+//! [`PartitionLog::append_walked`]) and sequence-checked before one positional write of the patched batches; a failed write is truncated away and no
 //! in-memory state changes (see `segment.rs`).
 
 use std::collections::HashMap;
@@ -203,7 +205,7 @@ impl PartitionLog {
     /// some are (not possible with Kafka >= 0.11 clients, which send one batch per partition),
     /// the duplicates are skipped and the offsets of the written batches are returned.
     pub fn append(&mut self, records: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
-        self.append_checked(records, now_ms, false)
+        self.append_checked(records, now_ms, false, true)
     }
 
     /// [`PartitionLog::append`] for batches the broker's plugins rewrote for an idempotent
@@ -216,7 +218,19 @@ impl PartitionLog {
         records: &[u8],
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
-        self.append_checked(records, now_ms, true)
+        self.append_checked(records, now_ms, true, true)
+    }
+
+    /// [`PartitionLog::append`] (or, with `rewritten`, [`PartitionLog::append_rewritten`]) of
+    /// data whose records [`check_produce_records`] walked already under this log's config: the
+    /// framing, counts and sequences are checked again, the records are not.
+    pub fn append_walked(
+        &mut self,
+        records: &[u8],
+        now_ms: i64,
+        rewritten: bool,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_checked(records, now_ms, rewritten, false)
     }
 
     fn append_checked(
@@ -224,8 +238,9 @@ impl PartitionLog {
         records: &[u8],
         now_ms: i64,
         rewritten: bool,
+        walk: bool,
     ) -> Result<AppendInfo, StorageError> {
-        let batches = self.validate(records, rewritten)?;
+        let batches = check_produce_data(records, &self.config, rewritten, walk)?;
         let mut staged = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
         let mut written: Vec<(usize, BatchHeader)> = Vec::with_capacity(batches.len());
@@ -284,67 +299,6 @@ impl PartitionLog {
             duplicate: false,
             record_count,
         })
-    }
-
-    /// Structural and semantic checks of produce data; returns (position, header) per batch.
-    fn validate(
-        &self,
-        records: &[u8],
-        rewritten: bool,
-    ) -> Result<Vec<(usize, BatchHeader)>, StorageError> {
-        if records.is_empty() {
-            return Err(invalid("produce data holds no record batch".into()));
-        }
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while pos < records.len() {
-            let rest = &records[pos..];
-            let corrupt = |source| StorageError::CorruptRecord {
-                position: pos,
-                source,
-            };
-            let h = BatchHeader::parse(rest).map_err(corrupt)?;
-            let size = h.total_size() as u64;
-            if size > self.config.max_message_bytes {
-                return Err(StorageError::MessageTooLarge {
-                    size,
-                    max: self.config.max_message_bytes,
-                });
-            }
-            check_batch(rest).map_err(corrupt)?;
-            let counts_ok = if rewritten && h.has_producer_id() {
-                // A wider span than the records, or no records (then no compressed payload).
-                h.record_count >= 0
-                    && h.last_offset_delta >= h.record_count.max(1) - 1
-                    && (h.record_count > 0 || h.compression() == 0)
-            } else {
-                h.record_count > 0 && h.last_offset_delta == h.record_count - 1
-            };
-            if !counts_ok {
-                return Err(invalid(format!(
-                    "batch at byte {pos} has recordCount {} and lastOffsetDelta {}",
-                    h.record_count, h.last_offset_delta
-                )));
-            }
-            if h.is_control() {
-                return Err(invalid(
-                    "control batches are written by coordinators only".into(),
-                ));
-            }
-            if h.is_transactional() {
-                return Err(invalid(
-                    "transactional batches are refused: this broker does not support transactions"
-                        .into(),
-                ));
-            }
-            // The offsets a batch takes come from its header, and every consumer decodes its
-            // records: open them (decompressed as a stream, within a bound) so a lying or
-            // damaged batch is refused here rather than stopping the partition's readers.
-            check_stored_records(&rest[..size as usize], &h, &self.config, pos)?;
-            out.push((pos, h));
-            pos += size as usize;
-        }
-        Ok(out)
     }
 
     /// Roll before writing `len` more bytes ending at `last_offset` if the active segment is
@@ -736,11 +690,87 @@ fn segment_at(segments: &[Segment], base: i64) -> Option<usize> {
     segments.binary_search_by_key(&base, |s| s.base_offset).ok()
 }
 
+/// Structural and semantic checks of produce data for a log with `config`; returns (position,
+/// header) per batch. With `walk`, every record is read as well ([`check_stored_records`]); an
+/// append whose data was walked already (before the log's lock was taken) skips that.
+fn check_produce_data(
+    records: &[u8],
+    config: &LogConfig,
+    rewritten: bool,
+    walk: bool,
+) -> Result<Vec<(usize, BatchHeader)>, StorageError> {
+    if records.is_empty() {
+        return Err(invalid("produce data holds no record batch".into()));
+    }
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < records.len() {
+        let rest = &records[pos..];
+        let corrupt = |source| StorageError::CorruptRecord {
+            position: pos,
+            source,
+        };
+        let h = BatchHeader::parse(rest).map_err(corrupt)?;
+        let size = h.total_size() as u64;
+        if size > config.max_message_bytes {
+            return Err(StorageError::MessageTooLarge {
+                size,
+                max: config.max_message_bytes,
+            });
+        }
+        check_batch(rest).map_err(corrupt)?;
+        let counts_ok = if rewritten && h.has_producer_id() {
+            // A wider span than the records, or no records (then no compressed payload).
+            h.record_count >= 0
+                && h.last_offset_delta >= h.record_count.max(1) - 1
+                && (h.record_count > 0 || h.compression() == 0)
+        } else {
+            h.record_count > 0 && h.last_offset_delta == h.record_count - 1
+        };
+        if !counts_ok {
+            return Err(invalid(format!(
+                "batch at byte {pos} has recordCount {} and lastOffsetDelta {}",
+                h.record_count, h.last_offset_delta
+            )));
+        }
+        if h.is_control() {
+            return Err(invalid(
+                "control batches are written by coordinators only".into(),
+            ));
+        }
+        if h.is_transactional() {
+            return Err(invalid(
+                "transactional batches are refused: this broker does not support transactions"
+                    .into(),
+            ));
+        }
+        // The offsets a batch takes come from its header, and every consumer decodes its
+        // records: open them (decompressed as a stream, within a bound) so a lying or
+        // damaged batch is refused here rather than stopping the partition's readers.
+        if walk {
+            check_stored_records(&rest[..size as usize], &h, config, pos)?;
+        }
+        out.push((pos, h));
+        pos += size as usize;
+    }
+    Ok(out)
+}
+
+/// Checks produce data as an append to a log with `config` does, records included, without
+/// the log: run it before taking the log's lock, then append with
+/// [`PartitionLog::append_walked`], so the walk (and any decompression) holds no lock.
+pub fn check_produce_records(
+    records: &[u8],
+    config: &LogConfig,
+    rewritten: bool,
+) -> Result<(), StorageError> {
+    check_produce_data(records, config, rewritten, true).map(|_| ())
+}
+
 fn invalid(reason: String) -> StorageError {
     StorageError::InvalidRecord { reason }
 }
 
-/// Compacted topics need a key on every record (Kafka answers INVALID_RECORD otherwise).
 fn parse_base(stem: &str) -> Option<i64> {
     if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
         stem.parse().ok()

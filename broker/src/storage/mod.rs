@@ -47,8 +47,7 @@ pub use batch::*;
 pub(crate) use compaction::empty_batch;
 pub use compaction::{CompactionOutcome, CompactionPass};
 pub use error::{BatchError, StorageError};
-pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan};
-pub use records::check_produce_records;
+pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan, check_produce_records};
 
 /// When appended data is fsynced.
 ///

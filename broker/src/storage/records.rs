@@ -49,35 +49,6 @@ pub enum RecordsError {
     Invalid(String),
 }
 
-/// Checks produce data (whole batches back to back) the way an append does, framing and records,
-/// without the log: for callers that decode the records before appending them (the plugin
-/// chain), so a batch that would be refused is refused before it is decompressed whole.
-pub fn check_produce_records(
-    records: &[u8],
-    config: &super::LogConfig,
-) -> Result<(), super::StorageError> {
-    use super::StorageError;
-    let mut pos = 0;
-    while pos < records.len() {
-        let h = super::batch::check_batch(&records[pos..]).map_err(|source| {
-            StorageError::CorruptRecord {
-                position: pos,
-                source,
-            }
-        })?;
-        let size = h.total_size();
-        if size as u64 > config.max_message_bytes {
-            return Err(StorageError::MessageTooLarge {
-                size: size as u64,
-                max: config.max_message_bytes,
-            });
-        }
-        check_stored_records(&records[pos..pos + size], &h, config, pos)?;
-        pos += size;
-    }
-    Ok(())
-}
-
 /// [`check_records`] with the rules of a log with `config`, its refusal as the append's error
 /// (`pos`: where the batch starts in the produce data).
 pub(super) fn check_stored_records(

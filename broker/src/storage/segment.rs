@@ -206,14 +206,24 @@ impl Segment {
             // A crash's torn tail is the usual cause, but damage in the middle of a segment
             // also cuts the whole batches after it: keep what is cut beside the segment, for
             // an operator to inspect or recover, before the file is shortened.
-            let kept = keep_discarded(&seg.file, &seg.path, end, file_len, now_ms)?;
-            warn!(
-                file = %seg.path.display(),
-                valid_bytes = end,
-                discarded_bytes = file_len - end,
-                kept_in = %kept.display(),
-                "truncating torn or corrupt tail of log segment"
-            );
+            // If the copy fails (a full disk is a common cause of a torn tail), the cut still
+            // happens: the partition must open.
+            match keep_discarded(&seg.file, &seg.path, end, file_len, now_ms) {
+                Ok(kept) => warn!(
+                    file = %seg.path.display(),
+                    valid_bytes = end,
+                    discarded_bytes = file_len - end,
+                    kept_in = %kept.display(),
+                    "truncating torn or corrupt tail of log segment"
+                ),
+                Err(e) => warn!(
+                    file = %seg.path.display(),
+                    valid_bytes = end,
+                    discarded_bytes = file_len - end,
+                    error = %e,
+                    "truncating torn or corrupt tail of log segment; the cut bytes could not be kept"
+                ),
+            }
             seg.file.set_len(end).map_err(io_err(&seg.path))?;
             seg.file.sync_all().map_err(io_err(&seg.path))?;
         }

@@ -20,7 +20,7 @@ const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
 /// Each topic config with its broker-level name (Kafka's synonyms, which the broker resource
-/// lists) and its type (Kafka's `ConfigType`: 2 string, 3 int, 5 long, 7 list).
+/// lists) and its type (Kafka's `ConfigType`: 1 boolean, 2 string, 3 int, 5 long, 7 list).
 const NAMES: &[(&str, &str, i8)] = &[
     ("segment.bytes", "log.segment.bytes", 3),
     ("segment.ms", "log.roll.ms", 5),
