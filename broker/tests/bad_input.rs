@@ -35,6 +35,22 @@ fn error_of(resp: &kafka_protocol::messages::ProduceResponse) -> i16 {
     resp.responses[0].partition_responses[0].error_code
 }
 
+/// Creates `topic` through Metadata auto-creation.
+async fn auto_create(c: &mut RawClient, topic: &'static str) {
+    let md = c
+        .call(
+            &MetadataRequest::default()
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_static_str(topic)))),
+                ]))
+                .with_allow_auto_topic_creation(true),
+            9,
+        )
+        .await;
+    assert_eq!(md.topics[0].error_code, 0);
+}
+
 async fn healthy(addr: &str) {
     let mut c = RawClient::connect(addr).await;
     let r = c.call(&ApiVersionsRequest::default(), 0).await;
@@ -170,19 +186,7 @@ async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
     let broker = common::start_with(cfg).await;
     let addr = broker.bootstrap();
     let mut c = RawClient::connect(&addr).await;
-    // Create the topic through Metadata auto-creation.
-    let md = c
-        .call(
-            &MetadataRequest::default()
-                .with_topics(Some(vec![
-                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_static_str("errs")))),
-                ]))
-                .with_allow_auto_topic_creation(true),
-            9,
-        )
-        .await;
-    assert_eq!(md.topics[0].error_code, 0);
+    auto_create(&mut c, "errs").await;
 
     let r = c.call(&produce("no-such-topic", 0, batch(1, 10)), 9).await;
     assert_eq!(error_of(&r), 3, "UNKNOWN_TOPIC_OR_PARTITION");
@@ -303,18 +307,7 @@ async fn batches_whose_records_do_not_decode_are_refused_and_readers_go_on() {
     let broker = common::start_with(cfg).await;
     let addr = broker.bootstrap();
     let mut c = RawClient::connect(&addr).await;
-    let md = c
-        .call(
-            &MetadataRequest::default()
-                .with_topics(Some(vec![
-                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_static_str("poison")))),
-                ]))
-                .with_allow_auto_topic_creation(true),
-            9,
-        )
-        .await;
-    assert_eq!(md.topics[0].error_code, 0);
+    auto_create(&mut c, "poison").await;
 
     let good = |i: i64| {
         let rec = common::record(

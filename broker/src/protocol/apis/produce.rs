@@ -79,12 +79,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                     // The chain decodes the records: refuse what an append would refuse (a
                     // batch that inflates past its bound included) before it does.
                     if let Err(e) = partition.check_records(&records) {
-                        out.error_code = storage_code(&e);
-                        out.error_message = Some(s(e.to_string()));
-                        ctx.broker
-                            .metrics
-                            .produce_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        refuse(&mut out, &ctx, &e);
                         partitions.push(out);
                         continue;
                     }
@@ -153,12 +148,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 }
                 Err(e) => {
                     tracing::debug!(topic = %partition.topic, partition = pd.index, error = %e, "produce refused");
-                    out.error_code = storage_code(&e);
-                    out.error_message = Some(s(e.to_string()));
-                    ctx.broker
-                        .metrics
-                        .produce_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    refuse(&mut out, &ctx, &e);
                 }
             }
             partitions.push(out);
@@ -173,6 +163,17 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     ProduceResponse::default()
         .with_responses(responses)
         .with_throttle_time_ms(throttle_time_ms)
+}
+
+/// Answers a partition with the storage layer's refusal, counted in
+/// `runnel_produce_errors_total`.
+fn refuse(out: &mut PartitionProduceResponse, ctx: &Ctx, e: &crate::storage::StorageError) {
+    out.error_code = storage_code(e);
+    out.error_message = Some(s(e.to_string()));
+    ctx.broker
+        .metrics
+        .produce_errors
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// The partition count of `name` for records a plugin routes there, creating the topic (with
