@@ -884,6 +884,8 @@ async fn a_batch_that_does_not_decode_is_refused_before_the_chain_runs() {
     cfg.log.max_message_bytes = 10_000;
     cfg.plugins.load = vec![plugin("hot", "json_filter.wasm", "temp > 20")];
     cfg.plugins.bindings = vec![bind("readings", &["hot"], OnError::FailClosed)];
+    cfg.listeners.admin.enabled = true;
+    cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
     let broker = common::start_with(cfg).await;
     let bootstrap = broker.bootstrap();
     let results = produce(
@@ -921,6 +923,12 @@ async fn a_batch_that_does_not_decode_is_refused_before_the_chain_runs() {
         let p = &r.responses[0].partition_responses[0];
         assert_eq!(p.error_code, code, "{what}: {:?}", p.error_message);
     }
+    // Refused before the chain: the plugin was called for the first batch only.
+    let metrics = http_get(broker.admin_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("runnel_plugin_calls_total{plugin=\"hot\"} 1\n"),
+        "{metrics}"
+    );
     // The chain and the partition go on.
     let results = produce(
         &bootstrap,
