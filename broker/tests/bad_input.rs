@@ -35,6 +35,21 @@ fn error_of(resp: &kafka_protocol::messages::ProduceResponse) -> i16 {
     resp.responses[0].partition_responses[0].error_code
 }
 
+/// A broker whose batches may be 10,000 bytes at most, with `topic` created through Metadata
+/// auto-creation and a raw client connected.
+async fn small_batch_broker(
+    topic: &'static str,
+) -> (tempfile::TempDir, runnel::BrokerHandle, String, RawClient) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.max_message_bytes = 10_000;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut c = RawClient::connect(&addr).await;
+    auto_create(&mut c, topic).await;
+    (dir, broker, addr, c)
+}
+
 /// Creates `topic` through Metadata auto-creation.
 async fn auto_create(c: &mut RawClient, topic: &'static str) {
     let md = c
@@ -180,13 +195,7 @@ async fn legacy_produce_gets_unsupported_version() {
 
 #[tokio::test]
 async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::test_config(dir.path());
-    cfg.log.max_message_bytes = 10_000;
-    let broker = common::start_with(cfg).await;
-    let addr = broker.bootstrap();
-    let mut c = RawClient::connect(&addr).await;
-    auto_create(&mut c, "errs").await;
+    let (_dir, broker, _addr, mut c) = small_batch_broker("errs").await;
 
     let r = c.call(&produce("no-such-topic", 0, batch(1, 10)), 9).await;
     assert_eq!(error_of(&r), 3, "UNKNOWN_TOPIC_OR_PARTITION");
@@ -301,13 +310,7 @@ async fn random_bodies_for_every_advertised_api_and_version_never_take_the_broke
 
 #[tokio::test]
 async fn batches_whose_records_do_not_decode_are_refused_and_readers_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::test_config(dir.path());
-    cfg.log.max_message_bytes = 10_000;
-    let broker = common::start_with(cfg).await;
-    let addr = broker.bootstrap();
-    let mut c = RawClient::connect(&addr).await;
-    auto_create(&mut c, "poison").await;
+    let (_dir, broker, addr, mut c) = small_batch_broker("poison").await;
 
     let good = |i: i64| {
         let rec = common::record(

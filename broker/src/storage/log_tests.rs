@@ -43,13 +43,7 @@ fn open(dir: &std::path::Path, config: LogConfig) -> PartitionLog {
 
 #[test]
 fn round_trip_every_codec() {
-    for codec in [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ] {
+    for codec in ALL_CODECS {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path(), cfg());
         let mut expected = Vec::new();

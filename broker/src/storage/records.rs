@@ -450,7 +450,7 @@ impl Read for Snappy<'_> {
 mod tests {
     use super::*;
     use crate::storage::batch::{check_batch, rewrite_crc};
-    use crate::storage::testutil::{encode_batch, kv};
+    use crate::storage::testutil::{ALL_CODECS, encode_batch, kv};
     use kafka_protocol::records::Compression;
 
     const RULES: RecordRules = RecordRules {
@@ -482,13 +482,7 @@ mod tests {
         let records: Vec<_> = (0..50)
             .map(|i| kv(&format!("k{i}"), &"v".repeat(i * 10), i as i64))
             .collect();
-        for codec in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for codec in ALL_CODECS {
             let b = encode_batch(&records, codec, -1, -1, -1);
             assert_eq!(check(&b, RULES), Ok(()), "{codec:?}");
         }

@@ -6,6 +6,15 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 
+/// Every codec a Kafka batch may use.
+pub const ALL_CODECS: [Compression; 5] = [
+    Compression::None,
+    Compression::Gzip,
+    Compression::Snappy,
+    Compression::Lz4,
+    Compression::Zstd,
+];
+
 /// One record to encode: key, value, timestamp, headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRec {
