@@ -190,6 +190,42 @@ async fn legacy_produce_gets_unsupported_version() {
     let frame = c.read_frame().await.expect("reply");
     // correlation(4) topics(4) name(2+1) parts(4) partition(4) error(2)
     assert_eq!(i16::from_be_bytes([frame[19], frame[20]]), 35);
+    // With acks=0 nobody can be answered: the connection is closed, as Kafka does.
+    body[11] = 0; // acks (after key, version, correlation and client id)
+    c.send_frame(&body).await;
+    assert!(c.is_closed().await, "a v2 produce with acks=0 closes");
+    broker.shutdown().await;
+}
+
+/// Kafka closes the connection of a produce with acks=0 that it refused, since it has no
+/// other way to tell the producer; one it took goes on without a response.
+#[tokio::test]
+async fn a_refused_produce_with_acks_0_closes_its_connection() {
+    let (_dir, broker, addr, mut c) = small_batch_broker("quiet").await;
+    let unacknowledged = |topic: &str, value_len: usize| {
+        let req = common::produce_request(topic, 0, 0, batch(2, value_len));
+        common::request_frame(&req, 9, 100, "raw-test")
+    };
+    c.send_raw(&unacknowledged("quiet", 10)).await;
+    let r = c.call(&ApiVersionsRequest::default(), 3).await;
+    assert_eq!(
+        r.error_code, 0,
+        "an accepted acks=0 produce keeps the connection"
+    );
+
+    c.send_raw(&unacknowledged("quiet", 6_000)).await;
+    assert!(c.is_closed().await, "a batch over max.message.bytes closes");
+    let mut c = RawClient::connect(&addr).await;
+    c.send_raw(&unacknowledged("no-such-topic", 10)).await;
+    assert!(c.is_closed().await, "an unknown topic closes");
+
+    let mut c = RawClient::connect(&addr).await;
+    let r = c.call(&produce("quiet", 0, batch(1, 10)), 9).await;
+    assert_eq!(error_of(&r), 0);
+    assert_eq!(
+        r.responses[0].partition_responses[0].base_offset, 2,
+        "only the accepted batch's two records were written before"
+    );
     broker.shutdown().await;
 }
 
@@ -448,5 +484,73 @@ async fn a_connection_that_sends_nothing_is_closed_after_connections_max_idle() 
         "the stalled connection was closed"
     );
     healthy(&addr).await;
+    broker.shutdown().await;
+}
+
+/// The idle limit counts the broker's bytes too: a client that reads one large response slowly,
+/// for longer than the limit, keeps its connection (as with Kafka's `connections.max.idle.ms`).
+#[tokio::test]
+async fn a_slow_download_is_not_idle() {
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use tokio::io::AsyncReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.connections_max_idle = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut c = RawClient::connect(&addr).await;
+    auto_create(&mut c, "big").await;
+    // 16 MiB in 20 batches of 800 KiB.
+    for _ in 0..20 {
+        let r = c.call(&produce("big", 0, batch(8, 100 << 10)), 9).await;
+        assert_eq!(error_of(&r), 0);
+    }
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    StrBytes::from_static_str("big"),
+                ))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(64 << 20),
+                ]),
+        ]);
+
+    // A client with a small receive window, reading 1 MiB every 200 ms: about 3 s for the
+    // response, three times the idle limit, with no byte sent meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 << 10).unwrap();
+    let mut slow = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let frame = common::request_frame(&fetch, 11, 1, "slow");
+    tokio::io::AsyncWriteExt::write_all(&mut slow, &frame)
+        .await
+        .unwrap();
+    let mut size = [0u8; 4];
+    slow.read_exact(&mut size).await.unwrap();
+    let mut left = i32::from_be_bytes(size) as usize;
+    assert!(left > 15 << 20, "the response holds the 16 MiB");
+    let started = std::time::Instant::now();
+    let mut chunk = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(chunk.len());
+        slow.read_exact(&mut chunk[..n]).await.unwrap();
+        left -= n;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let mut slow = RawClient::from_stream(slow);
+    let r = slow.call(&ApiVersionsRequest::default(), 0).await;
+    assert_eq!(
+        r.error_code, 0,
+        "the connection is still open after the download"
+    );
     broker.shutdown().await;
 }

@@ -82,8 +82,8 @@ pub struct BrokerConfig {
     /// peers sooner.
     #[serde(with = "units::duration")]
     pub handshake_timeout: Duration,
-    /// A Kafka connection (TCP or TLS) from which no byte has come for this long is closed, as
-    /// Kafka's `connections.max.idle.ms` does. Default 10m. Clients reconnect when they next
+    /// A Kafka connection (TCP or TLS) that has moved no byte either way for this long is
+    /// closed, as Kafka's `connections.max.idle.ms` does. Default 10m. Clients reconnect when they next
     /// need the broker; silent or stalled peers stop holding `max_connections` slots. QUIC
     /// connections have their own `listeners.quic.idle_timeout`.
     #[serde(with = "units::duration")]

@@ -17,7 +17,7 @@
 //! response after it, as Kafka does.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +30,36 @@ use crate::protocol::{Ctx, ListenerKind, Outcome, Session, frame};
 
 /// Responses queued for the writer before the reader waits.
 const WRITE_QUEUE: usize = 64;
+
+/// Bytes written at a time, so that a large response to a slow reader shows as progress.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// When a connection last moved bytes, either way. `broker.connections_max_idle` counts both
+/// directions, as Kafka's `connections.max.idle.ms` does: a client downloading one large
+/// response over a slow link is not idle.
+struct Activity {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
 
 /// Why a connection stopped reading a client's requests early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +118,8 @@ pub async fn serve_halves<R, W>(
     metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_loop(wr, rx, broker.clone()));
+    let activity = Arc::new(Activity::new());
+    let writer = tokio::spawn(write_loop(wr, rx, broker.clone(), activity.clone()));
     let max = broker.config.broker.max_request_bytes as usize;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut client_id: Arc<str> = Arc::from("");
@@ -180,7 +211,8 @@ pub async fn serve_halves<R, W>(
                     }
                 }
                 Outcome::Silent => {}
-                Outcome::Close => {
+                Outcome::Close(reason) => {
+                    tracing::info!(%peer, listener, client_id = %client_id, reason, "closing connection");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }
@@ -202,7 +234,10 @@ pub async fn serve_halves<R, W>(
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = shutdown.changed() => break,
-            _ = tokio::time::sleep(idle), if closes_idle => {
+            _ = tokio::time::sleep_until(activity.last() + idle), if closes_idle => {
+                if activity.last() + idle > tokio::time::Instant::now() {
+                    continue 'conn; // the writer moved bytes meanwhile
+                }
                 tracing::info!(%peer, listener, idle = ?idle, pending = buf.len(), "closing an idle connection (broker.connections_max_idle)");
                 break;
             }
@@ -214,7 +249,7 @@ pub async fn serve_halves<R, W>(
                 }
                 break;
             }
-            Ok(_) => {}
+            Ok(_) => activity.touch(),
             Err(e) => {
                 tracing::debug!(%peer, listener, error = %e, "read failed");
                 break;
@@ -236,22 +271,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Bytes>,
     broker: Arc<Broker>,
+    activity: Arc<Activity>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let write = async |wr: &mut W, response: Bytes| {
         broker
             .metrics
             .bytes_out
-            .fetch_add(first.len() as u64, Ordering::Relaxed);
-        if wr.write_all(&first).await.is_err() {
+            .fetch_add(response.len() as u64, Ordering::Relaxed);
+        for chunk in response.chunks(WRITE_CHUNK) {
+            wr.write_all(chunk).await?;
+            activity.touch();
+        }
+        std::io::Result::Ok(())
+    };
+    while let Some(first) = rx.recv().await {
+        if write(&mut wr, first).await.is_err() {
             return;
         }
         // Coalesce whatever else is ready into the same flush.
         while let Ok(more) = rx.try_recv() {
-            broker
-                .metrics
-                .bytes_out
-                .fetch_add(more.len() as u64, Ordering::Relaxed);
-            if wr.write_all(&more).await.is_err() {
+            if write(&mut wr, more).await.is_err() {
                 return;
             }
         }

@@ -83,9 +83,10 @@ pub enum Outcome {
     Respond(Bytes),
     /// The request takes no response (produce with acks=0).
     Silent,
-    /// The response cannot be produced (a handler bug, logged where it happened): close the
-    /// connection so the client fails over at once instead of waiting for its timeout.
-    Close,
+    /// Close the connection, for the reason given (logged with the peer): a response that
+    /// cannot be produced (a handler bug), or a refused request that takes no response (produce
+    /// with acks=0), so that the client learns of the failure at once instead of never.
+    Close(&'static str),
 }
 
 pub type Reply = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -116,12 +117,15 @@ trait Route: Send + Sync {
 }
 
 /// A handler for one API whose requests and responses the kafka-protocol crate encodes.
-struct Typed<R, F> {
+struct Typed<R: KafkaRequest, F> {
     min: i16,
     max: i16,
     handler: F,
     /// Requests that take no response (produce with acks=0).
     silent: fn(&R) -> bool,
+    /// What a request that takes no response ends in, from the response it would have had:
+    /// `Outcome::Silent`, or `Outcome::Close` when that response carries an error.
+    silent_end: fn(&R::Response) -> Outcome,
     _req: PhantomData<fn(R)>,
 }
 
@@ -147,11 +151,12 @@ where
             reason: frame::one_line(&e),
         })?;
         let silent = (self.silent)(&decoded);
+        let silent_end = self.silent_end;
         let fut = (self.handler)(ctx, decoded);
         Ok(Box::pin(async move {
             let response = fut.await;
             if silent {
-                return Outcome::Silent;
+                return (silent_end)(&response);
             }
             encode_response(api, version, correlation_id, &response)
         }))
@@ -174,7 +179,7 @@ pub fn encode_response<M: Encodable>(
     if let Err(e) = result {
         // Only reachable through a handler bug (a field that the version cannot carry).
         tracing::error!(?api, version, error = %e, "cannot encode response; closing connection");
-        return Outcome::Close;
+        return Outcome::Close("a response could not be encoded");
     }
     let size = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&size.to_be_bytes());
@@ -202,7 +207,7 @@ impl Dispatcher {
         F: Fn(Ctx, R) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R::Response> + Send + 'static,
     {
-        self.add_with_silence::<R, F, Fut>(min, max, handler, |_| false)
+        self.add_with_silence::<R, F, Fut>(min, max, handler, |_| false, |_| Outcome::Silent)
     }
 
     fn add_with_silence<R, F, Fut>(
@@ -211,6 +216,7 @@ impl Dispatcher {
         max: i16,
         handler: F,
         silent: fn(&R) -> bool,
+        silent_end: fn(&R::Response) -> Outcome,
     ) -> &mut Self
     where
         R: KafkaRequest + Send + 'static,
@@ -229,6 +235,7 @@ impl Dispatcher {
             max,
             handler,
             silent,
+            silent_end,
             _req: PhantomData,
         };
         let previous = self.routes.insert(R::KEY, Box::new(route));
@@ -308,20 +315,26 @@ pub fn routes() -> Dispatcher {
     use kafka_protocol::messages::*;
     let mut d = Dispatcher::new();
     d.legacy_produce = true;
-    d.add_with_silence::<ProduceRequest, _, _>(3, 9, produce::handle, |r| r.acks == 0)
-        .add::<FetchRequest, _, _>(4, 12, fetch::handle)
-        .add::<ListOffsetsRequest, _, _>(1, 7, list_offsets::handle)
-        .add::<MetadataRequest, _, _>(0, 12, metadata::handle)
-        .add::<CreateTopicsRequest, _, _>(2, 7, create_topics::handle)
-        .add::<DeleteTopicsRequest, _, _>(1, 6, delete_topics::handle)
-        .add::<CreatePartitionsRequest, _, _>(0, 3, create_partitions::handle)
-        .add::<DescribeConfigsRequest, _, _>(1, 4, describe_configs::handle)
-        .add::<AlterConfigsRequest, _, _>(0, 2, alter_configs::handle)
-        .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
-        .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
-        .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle)
-        .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
-        .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);
+    d.add_with_silence::<ProduceRequest, _, _>(
+        3,
+        9,
+        produce::handle,
+        |r| r.acks == 0,
+        produce::unacknowledged_end,
+    )
+    .add::<FetchRequest, _, _>(4, 12, fetch::handle)
+    .add::<ListOffsetsRequest, _, _>(1, 7, list_offsets::handle)
+    .add::<MetadataRequest, _, _>(0, 12, metadata::handle)
+    .add::<CreateTopicsRequest, _, _>(2, 7, create_topics::handle)
+    .add::<DeleteTopicsRequest, _, _>(1, 6, delete_topics::handle)
+    .add::<CreatePartitionsRequest, _, _>(0, 3, create_partitions::handle)
+    .add::<DescribeConfigsRequest, _, _>(1, 4, describe_configs::handle)
+    .add::<AlterConfigsRequest, _, _>(0, 2, alter_configs::handle)
+    .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
+    .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
+    .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle)
+    .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
+    .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);
     groups_routes(&mut d);
     d
 }

@@ -72,6 +72,14 @@ impl RawClient {
         }
     }
 
+    /// A client on a connection made elsewhere (for socket options).
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            correlation: 100,
+        }
+    }
+
     /// Sends `req` at `version` and decodes the response.
     pub async fn call<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
         self.correlation += 1;
@@ -157,7 +165,6 @@ pub fn correlation_of(frame: &mut Bytes) -> i32 {
     frame.get_i32()
 }
 
-/// One plain record (no producer id) for hand-built batches.
 /// A Produce request of `records` for one partition of `topic`, with `acks` and a 5 s timeout.
 pub fn produce_request(
     topic: &str,
@@ -181,6 +188,7 @@ pub fn produce_request(
         ])
 }
 
+/// One plain record (no producer id) for hand-built batches.
 pub fn record(
     offset: i64,
     key: Option<&[u8]>,

@@ -165,6 +165,34 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
         .with_throttle_time_ms(throttle_time_ms)
 }
 
+/// How a produce with acks=0 ends: silently when every partition took its records; otherwise
+/// the connection is closed, as Kafka does, since the producer cannot be answered: it sees the
+/// connection drop, reconnects and refreshes its metadata instead of sending into a void. The
+/// partitions and their reasons are logged.
+pub fn unacknowledged_end(response: &ProduceResponse) -> Outcome {
+    let mut failed = String::new();
+    for t in &response.responses {
+        for p in t.partition_responses.iter().filter(|p| p.error_code != 0) {
+            if !failed.is_empty() {
+                failed.push_str("; ");
+            }
+            let code = E::try_from_code(p.error_code).map(|e| e.to_string());
+            let why = p.error_message.as_deref().unwrap_or("");
+            failed.push_str(&format!(
+                "{}-{}: {} {why}",
+                t.name.as_str(),
+                p.index,
+                code.unwrap_or_default()
+            ));
+        }
+    }
+    if failed.is_empty() {
+        return Outcome::Silent;
+    }
+    tracing::info!(partitions = %failed.trim_end(), "a produce with acks=0 was refused");
+    Outcome::Close("a produce with acks=0 was refused (as Kafka, the connection is closed)")
+}
+
 /// Answers a partition with the storage layer's refusal, counted in
 /// `runnel_produce_errors_total`.
 fn refuse(out: &mut PartitionProduceResponse, ctx: &Ctx, e: &crate::storage::StorageError) {
@@ -245,10 +273,12 @@ pub fn refuse_legacy(req: frame::Request) -> Reply {
     let correlation_id = req.header.correlation_id;
     let outcome = match legacy_response(req.body, version, correlation_id) {
         Some(LegacyReply::Frame(f)) => Outcome::Respond(f),
-        Some(LegacyReply::NoAcks) => Outcome::Silent,
+        Some(LegacyReply::NoAcks) => {
+            Outcome::Close("produce v0-2 (acks=0) is not supported: use v3 or newer")
+        }
         None => {
             tracing::warn!(version, "malformed produce v0-2 request");
-            Outcome::Close
+            Outcome::Close("malformed produce v0-2 request")
         }
     };
     Box::pin(async move { outcome })
