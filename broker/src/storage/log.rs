@@ -9,7 +9,7 @@
 //!    then the data is fsynced before the new index files are written;
 //! 3. the last segment is scanned batch by batch with CRC checks and truncated at the first
 //!    incomplete or corrupt batch (a `tracing` warning names the file and byte counts; what is
-//!    cut is first copied to `<segment>.log.discarded-<ms>`);
+//!    cut is first copied to `<segment>.log.discarded-<ms>`, deleted with the segment);
 //! 4. producer state is rebuilt by replaying the batch headers of **all** segments (one 61-byte
 //!    positional read per batch; Kafka's snapshot files would bound this, not done yet).
 //!

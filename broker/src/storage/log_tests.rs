@@ -1029,6 +1029,14 @@ fn corruption_inside_a_sealed_segment_truncates_only_that_segment() {
         let h = headers(&log.read(off, 1).unwrap())[0];
         assert!(h.base_offset <= off && off <= h.last_offset());
     }
+    // The kept tail goes when its segment does.
+    let mut log = log;
+    log.delete_records_before(bases[1]).unwrap();
+    assert_eq!(log.segment_bases()[0], bases[1]);
+    assert!(
+        !dir.path().join(&kept[0]).exists(),
+        "the kept tail was deleted"
+    );
 }
 
 #[test]

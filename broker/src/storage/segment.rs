@@ -462,11 +462,22 @@ impl Segment {
         self.offset_index.len()
     }
 
-    /// Delete the segment's files (the open descriptor stays usable until dropped).
+    /// Delete the segment's files (the open descriptor stays usable until dropped), with any
+    /// tail a start-up cut from it and kept beside it ([`keep_discarded`]).
     pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
         fs::remove_file(&self.path).map_err(io_err(&self.path))?;
         let _ = fs::remove_file(index_path(&self.dir, self.base_offset));
         let _ = fs::remove_file(timeindex_path(&self.dir, self.base_offset));
+        let kept = format!("{:020}.log.discarded-", self.base_offset);
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&kept))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(())
     }
 }
