@@ -196,6 +196,113 @@ async fn produce_fails_when_the_broker_refuses_records() {
     broker.shutdown().await;
 }
 
+/// `runnel groups`: describe shows committed offsets, lag and the member holding a partition;
+/// reset-offsets plans, refuses while the group has members, and commits with --execute;
+/// delete removes the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_commands_describe_reset_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let b = broker.bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let ok = |out: std::process::Output| {
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{err}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        ok(runnel(&["topics", "create", "gt", "-b", &b]));
+        let lines: String = (0..10).map(|i| format!("r{i}\n")).collect();
+        ok(runnel_with_input(
+            &["produce", "gt", "-b", &b],
+            lines.as_bytes(),
+        ));
+        let consume = ["consume", "gt", "--group", "gg", "-b", &b];
+        ok(runnel(
+            &[&consume[..], &["--from-beginning", "--max", "4"]].concat(),
+        ));
+        // The row of partition 0: topic, partition, current, end, lag, member, host, client.
+        let row = || -> Vec<String> {
+            let text = ok(runnel(&["groups", "describe", "gg", "-b", &b]));
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("gt "))
+                .unwrap_or_else(|| panic!("{text}"));
+            line.split_whitespace().map(String::from).collect()
+        };
+        assert_eq!(row()[..5], ["gt", "0", "4", "10", "6"]);
+        let listed = ok(runnel(&["groups", "list", "-b", &b]));
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["gg", "Empty", "0"]),
+            "{listed}"
+        );
+
+        // A member reads the rest; while it is in the group, its offsets cannot be reset.
+        let member = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args([&consume[..], &["--idle-timeout", "4s"]].concat())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while row()[5] == "-" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the member never showed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert!(row()[5].starts_with("rdkafka-"), "{:?}", row());
+        let reset = |to: &[&str], execute: bool| {
+            let mut args = vec!["groups", "reset-offsets", "gg", "--topic", "gt", "-b", &b];
+            args.extend_from_slice(to);
+            if execute {
+                args.push("--execute");
+            }
+            runnel(&args)
+        };
+        let out = reset(&["--to-earliest"], true);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("only be reset while it has no members"),
+            "{err}"
+        );
+        assert!(member.wait_with_output().unwrap().status.success());
+        assert_eq!(row()[..6], ["gt", "0", "10", "10", "0", "-"]);
+
+        // Without --execute only the plan is printed.
+        let plan = ok(reset(&["--to-earliest"], false));
+        assert!(plan.contains("dry run"), "{plan}");
+        assert!(
+            plan.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["gt", "0", "10", "0"]),
+            "{plan}"
+        );
+        assert_eq!(row()[2], "10");
+        for (to, expect) in [
+            (&["--to-earliest"][..], "0"),
+            (&["--shift-by", "3"], "3"),
+            (&["--shift-by", "-1"], "2"),
+            (&["--to-offset", "99"], "10"),
+            (&["--to-datetime", "2000-01-01T00:00:00Z"], "0"),
+            (&["--to-latest"], "10"),
+        ] {
+            ok(reset(to, true));
+            assert_eq!(row()[2], expect, "after {to:?}");
+        }
+
+        assert!(ok(runnel(&["groups", "delete", "gg", "-b", &b])).contains("deleted"));
+        let out = runnel(&["groups", "describe", "gg", "-b", &b]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
 #[test]
 fn example_configs_validate() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/configs");

@@ -14,16 +14,16 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 
 use super::{Conn, TopicsCommand};
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-fn admin(conn: &Conn) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+pub(super) fn admin(conn: &Conn) -> anyhow::Result<AdminClient<DefaultClientContext>> {
     conn.client_config()?
         .create()
         .context("cannot create a Kafka admin client")
@@ -238,7 +238,13 @@ pub fn consume(
         if from_beginning { "earliest" } else { "latest" },
     );
     match group {
-        Some(g) => cfg.set("group.id", g).set("enable.auto.commit", "true"),
+        // Only what was printed is committed: offsets are stored by hand below. (Stored as
+        // librdkafka polls them, the records it drains from its queue when the consumer closes
+        // would count as read too, and the group would skip them.)
+        Some(g) => cfg
+            .set("group.id", g)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false"),
         // librdkafka needs a group id even for manual assignment; nothing is committed.
         None => cfg
             .set("group.id", "runnel-cli")
@@ -285,11 +291,16 @@ pub fn consume(
                 out.write_all(m.payload().unwrap_or_default())?;
                 out.write_all(b"\n")?;
                 seen += 1;
+                if group.is_some() {
+                    consumer
+                        .store_offset_from_message(&m)
+                        .context("storing the consumed offset failed")?;
+                }
             }
         }
     }
     out.flush()?;
-    if group.is_some() {
+    if group.is_some() && seen > 0 {
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
     }
     Ok(())

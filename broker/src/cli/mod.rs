@@ -5,6 +5,7 @@ mod bench;
 mod bench_devices;
 mod bench_plugins;
 mod client;
+mod groups;
 mod plugin;
 mod serve;
 
@@ -38,6 +39,10 @@ enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// List, describe (committed offsets, lag, members), reset the offsets of and delete consumer
+    /// groups, as Kafka's kafka-consumer-groups does.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
     /// Produce lines from stdin: `value`, or `key<TAB>value` when the line holds a tab.
     Produce {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -157,6 +162,104 @@ enum TopicsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum GroupsCommand {
+    /// Every group with its state and member count.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A group's partitions: committed offset, log end offset, lag and the member holding each.
+    Describe {
+        group: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set a group's committed offsets (only while it has no members). Prints the plan; commits
+    /// it only with --execute.
+    ResetOffsets {
+        group: String,
+        /// A topic, or some of its partitions as NAME:0,2 (repeatable).
+        #[arg(long = "topic", value_name = "NAME[:P,P..]")]
+        topics: Vec<String>,
+        /// Every partition the group has a committed offset for.
+        #[arg(long)]
+        all_topics: bool,
+        #[command(flatten)]
+        to: ResetToArgs,
+        /// Commit the new offsets (without it, nothing changes).
+        #[arg(long)]
+        execute: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a group (it must have no members) and its committed offsets.
+    Delete {
+        group: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Where reset-offsets moves each partition: exactly one of these.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+struct ResetToArgs {
+    /// The log start offset.
+    #[arg(long)]
+    to_earliest: bool,
+    /// The log end offset.
+    #[arg(long)]
+    to_latest: bool,
+    /// This offset (moved into the log's range when outside it).
+    #[arg(long, value_name = "OFFSET")]
+    to_offset: Option<i64>,
+    /// The committed offset plus N (N may be negative).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    shift_by: Option<i64>,
+    /// The first offset whose timestamp is at or after this time, e.g. 2026-12-04T09:30:00Z
+    /// (RFC 3339; UTC when no offset is given).
+    #[arg(long, value_name = "TIME")]
+    to_datetime: Option<String>,
+}
+
+/// [`ResetToArgs`], checked.
+enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(i64),
+    ShiftBy(i64),
+    /// Milliseconds since the Unix epoch.
+    Datetime(i64),
+}
+
+impl ResetToArgs {
+    fn resolve(&self) -> anyhow::Result<ResetTo> {
+        Ok(if self.to_earliest {
+            ResetTo::Earliest
+        } else if self.to_latest {
+            ResetTo::Latest
+        } else if let Some(o) = self.to_offset {
+            ResetTo::Offset(o)
+        } else if let Some(n) = self.shift_by {
+            ResetTo::ShiftBy(n)
+        } else if let Some(t) = &self.to_datetime {
+            let at = humantime::parse_rfc3339_weak(t).map_err(|e| {
+                anyhow::anyhow!("--to-datetime {t}: {e} (expected e.g. 2026-12-04T09:30:00Z)")
+            })?;
+            let ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| anyhow::anyhow!("--to-datetime {t}: before 1970"))?
+                .as_millis();
+            ResetTo::Datetime(ms as i64)
+        } else {
+            anyhow::bail!(
+                "say where to: --to-earliest, --to-latest, --to-offset, --shift-by or --to-datetime"
+            )
+        })
+    }
+}
+
 #[derive(Args, Clone)]
 struct Conn {
     /// Broker to connect to (any Kafka-compatible broker).
@@ -224,6 +327,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Topics(cmd) => client::topics(cmd),
+        Command::Groups(cmd) => groups::run(cmd),
         Command::Bench(args) => bench::run(*args),
         Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
         Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),
