@@ -50,6 +50,31 @@ async fn health_and_metrics_report_traffic() {
     assert!(m.contains("runnel_records_in_total 7"), "{m}");
     assert!(m.contains("runnel_requests_total{api=\"Produce\"}"), "{m}");
     assert!(m.contains("runnel_connections_open "), "{m}");
+
+    // A group that committed offset 3 of the 7: its committed offset and lag 4, and no members
+    // once its consumer is gone.
+    {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+        let c: BaseConsumer = common::client_config(&broker.bootstrap())
+            .set("group.id", "dash\"board")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset("metered", 0, rdkafka::Offset::Offset(3))
+            .unwrap();
+        tokio::task::block_in_place(|| c.commit(&tpl, CommitMode::Sync)).unwrap();
+    }
+    let m = get(admin, "/metrics").await;
+    let labels = r#"{group="dash\"board",topic="metered",partition="0"}"#;
+    assert!(
+        m.contains(&format!("runnel_group_committed_offset{labels} 3")),
+        "{m}"
+    );
+    assert!(m.contains(&format!("runnel_group_lag{labels} 4")), "{m}");
+    assert!(
+        m.contains(r#"runnel_group_members{group="dash\"board"} 0"#),
+        "{m}"
+    );
     assert!(get(admin, "/nope").await.starts_with("HTTP/1.1 404"));
     broker.shutdown().await;
 }

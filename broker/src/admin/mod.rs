@@ -192,10 +192,7 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
-            let label = principal
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
+            let label = label(principal);
             let _ = writeln!(
                 out,
                 "runnel_authenticated_total{{principal=\"{label}\"}} {n}"
@@ -251,9 +248,73 @@ impl Metrics {
             "# HELP runnel_log_size_bytes Bytes on disk of each partition's segments.\n# TYPE runnel_log_size_bytes gauge"
         );
         out.push_str(&sizes);
+        render_groups(&mut out, broker);
         render_plugins(&mut out, broker);
         out
     }
+}
+
+/// A Prometheus label value: backslashes, quotes and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Consumer groups: members of each, and per committed partition the committed offset and the
+/// lag behind the log end (what Kafka operators otherwise run an exporter for).
+fn render_groups(out: &mut String, broker: &Broker) {
+    let mut members = String::new();
+    let mut committed = String::new();
+    let mut lags = String::new();
+    for g in broker.groups.list_groups(&[]) {
+        let group = label(&g.group_id);
+        if let Ok(d) = broker.groups.describe_group(&g.group_id) {
+            let _ = writeln!(
+                members,
+                "runnel_group_members{{group=\"{group}\"}} {}",
+                d.members.len()
+            );
+        }
+        for t in broker
+            .groups
+            .fetch_offsets(&g.group_id, None)
+            .unwrap_or_default()
+        {
+            let end = broker.catalog.get(&t.name);
+            for p in t.partitions.iter().filter(|p| p.offset >= 0) {
+                let labels = format!(
+                    "group=\"{group}\",topic=\"{}\",partition=\"{}\"",
+                    label(&t.name),
+                    p.partition
+                );
+                let _ = writeln!(
+                    committed,
+                    "runnel_group_committed_offset{{{labels}}} {}",
+                    p.offset
+                );
+                if let Some(part) = end.as_ref().and_then(|t| t.partition(p.partition)) {
+                    let lag = (part.log().log_end_offset() - p.offset).max(0);
+                    let _ = writeln!(lags, "runnel_group_lag{{{labels}}} {lag}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_group_members Members of each consumer group.\n# TYPE runnel_group_members gauge"
+    );
+    out.push_str(&members);
+    let _ = writeln!(
+        out,
+        "# HELP runnel_group_committed_offset A consumer group's committed offset of a partition.\n# TYPE runnel_group_committed_offset gauge"
+    );
+    out.push_str(&committed);
+    let _ = writeln!(
+        out,
+        "# HELP runnel_group_lag Records between a group's committed offset and the log end.\n# TYPE runnel_group_lag gauge"
+    );
+    out.push_str(&lags);
 }
 
 /// Per-plugin call counters and the disabled flag, for filters and transforms and for quota
