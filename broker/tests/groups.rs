@@ -264,6 +264,16 @@ async fn committed_offsets_resume_after_a_broker_restart() {
 }
 
 /// Counts the partition assignments a consumer is given.
+/// Sets its flag when dropped: a failed assertion then stops a consumer thread instead of
+/// hanging the test (a runtime waits for its blocking tasks when it is dropped).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 struct CountingAssignments(Arc<AtomicUsize>);
 
 impl rdkafka::ClientContext for CountingAssignments {}
@@ -325,6 +335,7 @@ async fn a_consumer_keeps_its_partitions_across_a_broker_restart() {
             }
         })
     };
+    let _stop_on_failure = StopOnDrop(stop.clone());
     let wait_for = |n: usize| {
         let seen = seen.clone();
         async move {
