@@ -12,11 +12,11 @@
 //!   original offsets are returned;
 //! * same epoch, otherwise the first sequence must be last sequence + 1 (wrapping at i32::MAX),
 //!   else `OutOfOrderSequence`;
-//! * unknown producerId: must start at sequence 0, else `OutOfOrderSequence`. Kafka 2.x answered
-//!   UNKNOWN_PRODUCER_ID here and Kafka >= 2.5 accepts any sequence from a producer it holds no
-//!   state for; we choose the strict answer because the state is rebuilt from the whole retained
-//!   log on open (see `log.rs`), so "unknown" really means "never wrote here", except for a
-//!   producer all of whose batches were removed by retention before a restart.
+//! * unknown producerId: any sequence is accepted, as Kafka >= 2.5 does. The state is rebuilt
+//!   from the whole retained log on open (see `log.rs`), so a producer is unknown when it never
+//!   wrote here, when retention removed all of its batches before a restart, or when its topic
+//!   was deleted and made again; a producer carrying on after either must not be failed
+//!   (librdkafka and the Java client treat OUT_OF_ORDER_SEQUENCE_NUMBER as fatal).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -76,11 +76,7 @@ impl ProducerStates {
             got: h.base_sequence,
         };
         let Some(entry) = entry else {
-            return if h.base_sequence == 0 {
-                Ok(SeqCheck::Append)
-            } else {
-                Err(out_of_order(0))
-            };
+            return Ok(SeqCheck::Append);
         };
         if h.producer_epoch < entry.epoch {
             return Err(StorageError::InvalidProducerEpoch {
