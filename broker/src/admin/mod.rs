@@ -1,4 +1,5 @@
-//! Admin HTTP (`[listeners.admin]`, default 127.0.0.1:9094): `GET /health`, Prometheus
+//! Admin HTTP (`[listeners.admin]`, default 127.0.0.1:9094): `GET /health` (503 when the
+//! metadata database cannot be read), Prometheus
 //! `GET /metrics`, and the plugins (`GET /plugins`, `POST /plugins/reload`, in [`plugins`]).
 //! Unauthenticated by design; keep it on a trusted interface.
 //!
@@ -375,8 +376,19 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-async fn health() -> &'static str {
-    "ok\n"
+/// `ok` while the broker can serve; 503 with the reason when its metadata database cannot be
+/// read (offset commits, topic changes and new producer ids would fail).
+async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
+    let b = broker.clone();
+    match tokio::task::spawn_blocking(move || b.meta.check()).await {
+        Ok(Ok(())) => "ok\n".into_response(),
+        Ok(Err(e)) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 /// Binds the admin listener and serves it until shutdown.

@@ -87,7 +87,9 @@ pub enum GroupError {
     /// GROUP_SUBSCRIBED_TO_TOPIC (86): OffsetDelete of a topic the group's members consume.
     #[error("the group is subscribed to the topic")]
     GroupSubscribedToTopic,
-    /// A store failure while committing or deleting; reported as UNKNOWN_SERVER_ERROR (-1).
+    /// A store failure while committing or deleting (a full disk); reported as
+    /// COORDINATOR_NOT_AVAILABLE (15), which clients retry, as Kafka answers a commit it could
+    /// not write.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -96,10 +98,10 @@ impl GroupError {
     /// The Kafka protocol error code for this error.
     pub fn kafka_code(&self) -> i16 {
         match self {
-            GroupError::UnknownServerError(_) | GroupError::Store(_) => -1,
+            GroupError::UnknownServerError(_) => -1,
             GroupError::OffsetMetadataTooLarge { .. } => 12,
             GroupError::CoordinatorLoadInProgress => 14,
-            GroupError::CoordinatorNotAvailable => 15,
+            GroupError::CoordinatorNotAvailable | GroupError::Store(_) => 15,
             GroupError::IllegalGeneration { .. } => 22,
             GroupError::InconsistentGroupProtocol => 23,
             GroupError::InvalidGroupId => 24,

@@ -147,7 +147,12 @@ struct Inner {
     groups: Mutex<HashMap<String, Group>>,
     /// Serializes store calls with the in-memory offset updates that follow them.
     store_lock: Mutex<()>,
+    /// When a failed membership save was last logged: the save is tried again every tick, the
+    /// warning written at most every [`STORE_WARNING_EVERY`].
+    store_warned: Mutex<Option<std::time::Instant>>,
 }
+
+const STORE_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for GroupCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,6 +235,7 @@ impl GroupCoordinator {
                 clock,
                 groups: Mutex::new(groups),
                 store_lock: Mutex::new(()),
+                store_warned: Mutex::new(None),
             }),
         })
     }
@@ -338,7 +344,11 @@ impl GroupCoordinator {
                 .store
                 .save_membership(&group, membership.as_ref());
             if let Err(e) = saved {
-                warn!(group = %group, error = %e, "saving the group membership failed; will retry");
+                let mut warned = lock(&self.inner.store_warned);
+                if warned.is_none_or(|t| t.elapsed() >= STORE_WARNING_EVERY) {
+                    warn!(group = %group, error = %e, "saving the group membership failed; retried every tick (this line at most every 10 s)");
+                    *warned = Some(std::time::Instant::now());
+                }
                 failed.push(group);
             }
         }

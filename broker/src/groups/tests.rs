@@ -1010,7 +1010,7 @@ async fn store_failure_fails_the_commit_not_the_broker() {
         .commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1), (1, 2)]));
     let err = commit_result(&r).unwrap_err();
     assert!(matches!(err, GroupError::Store(_)));
-    assert_eq!(err.kafka_code(), -1);
+    assert_eq!(err.kafka_code(), 15, "COORDINATOR_NOT_AVAILABLE: clients retry");
     assert_eq!(h.coord.fetch_offsets("g", None).unwrap(), vec![]);
     h.store.set_failing(false);
     assert_eq!(
@@ -1185,7 +1185,7 @@ async fn empty_group_offsets_expire_after_retention() {
 fn kafka_codes_match_the_protocol() {
     let cases = [
         (GroupError::UnknownServerError("x".into()), -1),
-        (GroupError::Store(StoreError::new("disk")), -1),
+        (GroupError::Store(StoreError::new("disk")), 15),
         (GroupError::OffsetMetadataTooLarge { size: 1, max: 0 }, 12),
         (GroupError::CoordinatorLoadInProgress, 14),
         (GroupError::CoordinatorNotAvailable, 15),

@@ -9,9 +9,14 @@
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
 //! topic, an offset commit or a producer-id block survives a crash once the call returns.
+//!
+//! After an I/O error (a full disk) redb refuses every later transaction until the database is
+//! opened again. The store therefore closes it on such an error and opens it again at the next
+//! use, so metadata writes work again as soon as the disk does, without a restart.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -75,30 +80,99 @@ pub struct TopicRecord {
 /// Cheap to clone handle on the metadata database.
 #[derive(Clone)]
 pub struct MetaStore {
-    db: std::sync::Arc<Database>,
-    producer_ids: std::sync::Arc<std::sync::Mutex<(i64, i64)>>,
+    /// Opens the database (again): the file with every table.
+    opener: Arc<dyn Fn() -> Result<Database, MetaError> + Send + Sync>,
+    /// `None` after an I/O error closed it, until the next use opens it again.
+    db: Arc<Mutex<Option<Database>>>,
+    producer_ids: Arc<Mutex<(i64, i64)>>,
+}
+
+/// Opens (or creates) the database at `path` with every table.
+fn open_db(path: &Path) -> Result<Database, MetaError> {
+    let db = Database::create(path).map_err(|source| MetaError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    with_tables(db)
+}
+
+fn with_tables(db: Database) -> Result<Database, MetaError> {
+    let tx = db.begin_write()?;
+    tx.open_table(TOPICS)?;
+    tx.open_table(GROUP_OFFSETS)?;
+    tx.open_table(COUNTERS)?;
+    tx.open_table(GROUP_MEMBERS)?;
+    tx.commit()?;
+    Ok(db)
+}
+
+impl MetaError {
+    /// An I/O failure, after which redb refuses every transaction until it is opened again.
+    fn is_io(&self) -> bool {
+        matches!(
+            self,
+            MetaError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
 }
 
 impl MetaStore {
     pub fn open(path: &Path) -> Result<Self, MetaError> {
-        let db = Database::create(path).map_err(|source| MetaError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let tx = db.begin_write()?;
-        tx.open_table(TOPICS)?;
-        tx.open_table(GROUP_OFFSETS)?;
-        tx.open_table(COUNTERS)?;
-        tx.open_table(GROUP_MEMBERS)?;
-        tx.commit()?;
+        let path = path.to_path_buf();
+        MetaStore::with_opener(Arc::new(move || open_db(&path)))
+    }
+
+    fn with_opener(
+        opener: Arc<dyn Fn() -> Result<Database, MetaError> + Send + Sync>,
+    ) -> Result<Self, MetaError> {
+        let db = opener()?;
         Ok(MetaStore {
-            db: std::sync::Arc::new(db),
-            producer_ids: std::sync::Arc::new(std::sync::Mutex::new((0, 0))),
+            opener,
+            db: Arc::new(Mutex::new(Some(db))),
+            producer_ids: Arc::new(Mutex::new((0, 0))),
+        })
+    }
+
+    /// Runs `f` on the database, opening it again first if an I/O error closed it; an I/O error
+    /// from `f` closes it.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let db = match slot.take() {
+            Some(db) => db,
+            None => {
+                let db = (self.opener)()?;
+                tracing::info!("metadata database opened again after an I/O error");
+                db
+            }
+        };
+        let result = f(&db);
+        match &result {
+            Err(e) if e.is_io() => {
+                tracing::warn!(error = %e, "metadata database failed an I/O operation; it is closed and opened again at its next use");
+                drop(db);
+            }
+            _ => *slot = Some(db),
+        }
+        result
+    }
+
+    /// Whether the database answers a read; for `/health`.
+    pub fn check(&self) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            db.begin_read()?.open_table(COUNTERS)?;
+            Ok(())
         })
     }
 
     pub fn topics(&self) -> Result<Vec<(String, TopicRecord)>, MetaError> {
-        let tx = self.db.begin_read()?;
+        self.with_db(|db| self.read_topics(db))
+    }
+
+    fn read_topics(&self, db: &Database) -> Result<Vec<(String, TopicRecord)>, MetaError> {
+        let tx = db.begin_read()?;
         let table = tx.open_table(TOPICS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -118,20 +192,24 @@ impl MetaStore {
             topic: name.to_string(),
             reason: e.to_string(),
         })?;
-        let tx = self.db.begin_write()?;
-        tx.open_table(TOPICS)?.insert(name, text.as_str())?;
-        tx.commit()?;
-        Ok(())
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            tx.open_table(TOPICS)?.insert(name, text.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(TOPICS)?.remove(name)?;
-        // Committed offsets of a deleted topic go with it, as in Kafka.
-        tx.open_table(GROUP_OFFSETS)?
-            .retain(|(_, topic, _), _| topic != name)?;
-        tx.commit()?;
-        Ok(())
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            tx.open_table(TOPICS)?.remove(name)?;
+            // Committed offsets of a deleted topic go with it, as in Kafka.
+            tx.open_table(GROUP_OFFSETS)?
+                .retain(|(_, topic, _), _| topic != name)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Hands out a fresh producer id. Ids are reserved from redb in blocks so that an
@@ -139,17 +217,20 @@ impl MetaStore {
     pub fn next_producer_id(&self) -> Result<i64, MetaError> {
         let mut ids = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.0 >= ids.1 {
-            let tx = self.db.begin_write()?;
-            let start = {
-                let mut table = tx.open_table(COUNTERS)?;
-                let start = table
-                    .get("next_producer_id")?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                table.insert("next_producer_id", start + PRODUCER_ID_BLOCK)?;
-                start
-            };
-            tx.commit()?;
+            let start = self.with_db(|db| {
+                let tx = db.begin_write()?;
+                let start = {
+                    let mut table = tx.open_table(COUNTERS)?;
+                    let start = table
+                        .get("next_producer_id")?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    table.insert("next_producer_id", start + PRODUCER_ID_BLOCK)?;
+                    start
+                };
+                tx.commit()?;
+                Ok(start)
+            })?;
             *ids = (start, start + PRODUCER_ID_BLOCK);
         }
         let id = ids.0;
@@ -160,8 +241,8 @@ impl MetaStore {
 
 impl OffsetStore for MetaStore {
     fn load(&self) -> Result<Vec<(String, String, i32, CommittedOffset)>, StoreError> {
-        let run = || -> Result<_, MetaError> {
-            let tx = self.db.begin_read()?;
+        let run = |db: &Database| -> Result<_, MetaError> {
+            let tx = db.begin_read()?;
             let table = tx.open_table(GROUP_OFFSETS)?;
             let mut out = Vec::new();
             for row in table.iter()? {
@@ -182,7 +263,7 @@ impl OffsetStore for MetaStore {
             }
             Ok(out)
         };
-        run().map_err(StoreError::new)
+        self.with_db(run).map_err(StoreError::new)
     }
 
     fn commit(
@@ -229,8 +310,8 @@ impl OffsetStore for MetaStore {
     }
 
     fn load_memberships(&self) -> Result<Vec<(String, Membership)>, StoreError> {
-        let run = || -> Result<_, MetaError> {
-            let tx = self.db.begin_read()?;
+        let run = |db: &Database| -> Result<_, MetaError> {
+            let tx = db.begin_read()?;
             let table = tx.open_table(GROUP_MEMBERS)?;
             let mut out = Vec::new();
             for row in table.iter()? {
@@ -245,7 +326,7 @@ impl OffsetStore for MetaStore {
             }
             Ok(out)
         };
-        run().map_err(StoreError::new)
+        self.with_db(run).map_err(StoreError::new)
     }
 
     fn save_membership(
@@ -278,12 +359,103 @@ impl MetaStore {
         &self,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), MetaError>,
     ) -> Result<(), StoreError> {
-        let run = || -> Result<(), MetaError> {
-            let tx = self.db.begin_write()?;
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
             change(&tx)?;
             tx.commit()?;
             Ok(())
+        })
+        .map_err(StoreError::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::RwLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Memory storage whose writes fail while `full` is set, as on a full disk; every database
+    /// opened on it shares the bytes.
+    #[derive(Debug, Clone, Default)]
+    struct Disk {
+        bytes: Arc<RwLock<Vec<u8>>>,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Disk {
+        fn check(&self) -> io::Result<()> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(io::Error::other("No space left on device"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Disk {
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.bytes.read().unwrap().len() as u64)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            let b = self.bytes.read().unwrap();
+            let at = offset as usize;
+            let src = b
+                .get(at..at + out.len())
+                .ok_or_else(|| io::Error::other("out of range"))?;
+            out.copy_from_slice(src);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.check()?;
+            self.bytes.write().unwrap().resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.check()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.check()?;
+            let mut b = self.bytes.write().unwrap();
+            let at = offset as usize;
+            b[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn commit(store: &MetaStore, offset: i64) -> Result<(), StoreError> {
+        let c = CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
         };
-        run().map_err(StoreError::new)
+        store.commit("g", &[("t".to_string(), 0, c)])
+    }
+
+    #[test]
+    fn writes_work_again_once_the_disk_does_without_a_restart() {
+        let disk = Disk::default();
+        let d = disk.clone();
+        let store = MetaStore::with_opener(Arc::new(move || {
+            let db = Database::builder()
+                .create_with_backend(d.clone())
+                .map_err(|e| MetaError::Db(e.into()))?;
+            with_tables(db)
+        }))
+        .unwrap();
+        commit(&store, 1).unwrap();
+
+        disk.full.store(true, Ordering::SeqCst);
+        assert!(commit(&store, 2).is_err());
+        assert!(commit(&store, 3).is_err(), "still full");
+        assert!(store.next_producer_id().is_err());
+
+        disk.full.store(false, Ordering::SeqCst);
+        store.check().unwrap();
+        commit(&store, 4).unwrap();
+        assert_eq!(store.load().unwrap()[0].3.offset, 4);
+        assert_eq!(store.next_producer_id().unwrap(), 0);
     }
 }
