@@ -144,6 +144,11 @@ async fn topics_produce_and_consume_commands_round_trip() {
 
         let out = runnel(&["topics", "delete", "cli", "-b", &b]);
         assert!(out.status.success());
+        // Reading a topic that does not exist says so.
+        let out = runnel(&["consume", "cli", "--idle-timeout", "1s", "-b", &b]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("topic cli does not exist"), "{err}");
         let out = runnel(&["topics", "list", "-b", &b]);
         assert!(
             !String::from_utf8_lossy(&out.stdout)

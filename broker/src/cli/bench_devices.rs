@@ -326,7 +326,7 @@ fn report(
     };
     let rate = acked as f64 / secs;
     let mem = pid.and_then(memory_kib);
-    println!(
+    out!(
         "{transport}: {} devices, {acked} acknowledged in {secs:.2}s = {rate:.0} readings/s; \
          failed {failed}, refused {refused}; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
         args.devices,
@@ -335,14 +335,14 @@ fn report(
         pct(1.0)
     );
     if let Some((hwm, rss)) = mem {
-        println!(
+        out!(
             "broker memory: peak {:.1} MiB (VmHWM), now {:.1} MiB (VmRSS)",
             hwm as f64 / 1024.0,
             rss as f64 / 1024.0
         );
     }
     let cpu = |c: Option<f64>| c.map_or("?".to_string(), |c| format!("{c:.1}"));
-    println!(
+    out!(
         "cpu while sending: broker {} s, bench {} s; UDP receive-buffer drops {}",
         cpu(o.broker_cpu),
         cpu(o.client_cpu),

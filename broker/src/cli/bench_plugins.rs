@@ -174,7 +174,7 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
         .build()?;
     let handle = runtime.block_on(crate::start_broker(cfg))?;
     let bootstrap = handle.bootstrap();
-    println!(
+    out!(
         "bench plugins: {} x 100-byte JSON readings per run, {} runs per topic, filter {} ({:?})",
         args.records,
         args.runs,
@@ -194,7 +194,7 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     for run in 0..args.runs {
         let a = produce(&bootstrap, "plain", args.records)?;
         let b = produce(&bootstrap, "filtered", args.records)?;
-        println!(
+        out!(
             "  run {}: no plugin {a:.0} records/s, filter {b:.0} records/s",
             run + 1
         );
@@ -254,19 +254,17 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     let (p, f) = (median(plain), median(filtered));
     let cost = (1.0 - f / p) * 100.0;
     let (load_ms, reload_ms) = (median(loads), median(reloads));
-    println!("no plugin      {p:>12.0} records/s (median)");
-    println!("json filter    {f:>12.0} records/s (median): {cost:.1}% lower");
-    println!(
+    out!("no plugin      {p:>12.0} records/s (median)");
+    out!("json filter    {f:>12.0} records/s (median): {cost:.1}% lower");
+    out!(
         "plugin time    {per_call_us:.1} us per call ({calls} calls, ~{:.0} records each), {per_record_ns:.0} ns per record, {faults} faults",
         records as f64 / calls.max(1) as f64
     );
-    println!(
+    out!(
         "plugin alone   {alone_ns:.0} ns per record (median of {CALLS} calls of 1,000 readings; fastest {alone_best:.0} ns)"
     );
-    println!(
-        "load compiled  {load_ms:.2} ms (median of 5: engine, cached artifact, instance, init)"
-    );
-    println!("hot reload     {reload_ms:.2} ms (median of 5: read config, load, swap)");
+    out!("load compiled  {load_ms:.2} ms (median of 5: engine, cached artifact, instance, init)");
+    out!("hot reload     {reload_ms:.2} ms (median of 5: read config, load, swap)");
     if let Some(path) = &args.markdown {
         use std::io::Write as _;
         let mut f_out = std::fs::OpenOptions::new()

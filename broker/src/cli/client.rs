@@ -60,7 +60,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             )?;
             for r in results {
                 match r {
-                    Ok(t) => println!("created topic {t}"),
+                    Ok(t) => out!("created topic {t}"),
                     Err((t, code)) => bail!("cannot create topic {t}: {code}"),
                 }
             }
@@ -78,7 +78,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             )?;
             for r in results {
                 match r {
-                    Ok(t) => println!("deleted topic {t}"),
+                    Ok(t) => out!("deleted topic {t}"),
                     Err((t, code)) => bail!("cannot delete topic {t}: {code}"),
                 }
             }
@@ -90,7 +90,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                 .fetch_metadata(None, TIMEOUT)
                 .context("metadata request failed")?;
             for t in md.topics() {
-                println!("{}", t.name());
+                out!("{}", t.name());
             }
             Ok(())
         }
@@ -105,12 +105,12 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             if let Some(e) = t.error() {
                 bail!("topic {name}: {:?}", e);
             }
-            println!("topic: {}  partitions: {}", t.name(), t.partitions().len());
+            out!("topic: {}  partitions: {}", t.name(), t.partitions().len());
             for p in t.partitions() {
                 let (low, high) = consumer
                     .fetch_watermarks(&name, p.id(), TIMEOUT)
                     .unwrap_or((-1, -1));
-                println!(
+                out!(
                     "  partition {}  leader {}  replicas {:?}  isr {:?}  offsets {}..{}",
                     p.id(),
                     p.leader(),
@@ -251,12 +251,23 @@ pub fn consume(
             .set("enable.auto.commit", "false"),
     };
     let consumer: BaseConsumer = cfg.create().context("cannot create a Kafka consumer")?;
+    let md = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .context("metadata request failed")?;
+    let missing = md
+        .topics()
+        .iter()
+        .all(|t| t.name() != topic || t.partitions().is_empty());
     if group.is_some() {
+        if missing {
+            // A subscription picks the topic up once it exists, as Kafka's console consumer.
+            eprintln!("runnel: topic {topic} does not exist (yet); waiting for it");
+        }
         consumer.subscribe(&[topic]).context("subscribe failed")?;
     } else {
-        let md = consumer
-            .fetch_metadata(Some(topic), TIMEOUT)
-            .context("metadata request failed")?;
+        if missing {
+            bail!("topic {topic} does not exist");
+        }
         let mut tpl = TopicPartitionList::new();
         for t in md.topics() {
             for p in t.partitions() {
@@ -277,6 +288,14 @@ pub fn consume(
     while max.is_none_or(|m| seen < m) {
         match consumer.poll(Duration::from_millis(200)) {
             None => {
+                if idle_timeout.is_some_and(|t| last.elapsed() >= t) {
+                    break;
+                }
+            }
+            // Reported while a subscribed topic does not exist yet: go on waiting for it.
+            Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))) if group.is_some() => {
                 if idle_timeout.is_some_and(|t| last.elapsed() >= t) {
                     break;
                 }

@@ -48,9 +48,9 @@ fn list(conn: &Conn) -> anyhow::Result<()> {
         .context("listing the consumer groups failed")?;
     let mut groups: Vec<_> = list.groups().iter().collect();
     groups.sort_by(|a, b| a.name().cmp(b.name()));
-    println!("{:<32} {:<20} MEMBERS", "GROUP", "STATE");
+    out!("{:<32} {:<20} MEMBERS", "GROUP", "STATE");
     for g in groups {
-        println!("{:<32} {:<20} {}", g.name(), g.state(), g.members().len());
+        out!("{:<32} {:<20} {}", g.name(), g.state(), g.members().len());
     }
     Ok(())
 }
@@ -169,14 +169,20 @@ fn describe(conn: &Conn, group: &str) -> anyhow::Result<()> {
         .iter()
         .flat_map(|m| m.partitions.iter().map(move |tp| (tp, m)))
         .collect();
-    println!(
+    out!(
         "group {group}: {}, {} member(s)",
         info.state,
         info.members.len()
     );
-    println!(
+    out!(
         "{:<24} {:>9} {:>14} {:>14} {:>8}  {:<40} {:<16} CLIENT-ID",
-        "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST"
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "CONSUMER-ID",
+        "HOST"
     );
     let mut rows: Vec<&(String, i32)> = offsets.keys().chain(owners.keys().copied()).collect();
     rows.sort();
@@ -198,7 +204,7 @@ fn describe(conn: &Conn, group: &str) -> anyhow::Result<()> {
             Some(m) => (m.id.as_str(), m.host.as_str(), m.client_id.as_str()),
             None => ("-", "-", "-"),
         };
-        println!(
+        out!(
             "{:<24} {:>9} {:>14} {:>14} {:>8}  {:<40} {:<16} {}",
             topic,
             partition,
@@ -293,9 +299,12 @@ fn reset_offsets(
     };
 
     let mut plan = TopicPartitionList::new();
-    println!(
+    out!(
         "{:<24} {:>9} {:>14} {:>11}",
-        "TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET"
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "NEW-OFFSET"
     );
     for key in &chosen {
         let (topic, partition) = key;
@@ -319,7 +328,7 @@ fn reset_offsets(
         };
         // As Kafka's tool: an offset outside the log is moved to its nearer end.
         let new = wanted.clamp(low, high);
-        println!(
+        out!(
             "{:<24} {:>9} {:>14} {:>11}",
             topic,
             partition,
@@ -329,13 +338,13 @@ fn reset_offsets(
         plan.add_partition_offset(topic, *partition, Offset::Offset(new))?;
     }
     if !execute {
-        println!("(dry run: nothing changed; add --execute to commit these offsets)");
+        out!("(dry run: nothing changed; add --execute to commit these offsets)");
         return Ok(());
     }
     client
         .commit(&plan, CommitMode::Sync)
         .with_context(|| format!("committing the offsets of group {group} failed"))?;
-    println!("committed {} offset(s) for group {group}", plan.count());
+    out!("committed {} offset(s) for group {group}", plan.count());
     Ok(())
 }
 
@@ -351,7 +360,7 @@ fn delete(conn: &Conn, group: &str) -> anyhow::Result<()> {
     )?;
     for r in results {
         match r {
-            Ok(g) => println!("deleted consumer group {g}"),
+            Ok(g) => out!("deleted consumer group {g}"),
             Err((g, code)) => bail!("cannot delete consumer group {g}: {code}"),
         }
     }

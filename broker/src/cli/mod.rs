@@ -1,6 +1,17 @@
 //! The `runnel` command line: `serve`, `config`, and Kafka client commands (`topics`,
 //! `produce`, `consume`) that work against any Kafka-compatible broker via librdkafka.
 
+/// `println!` for the commands: when standard output is closed early (`runnel ... | head`), the
+/// process ends quietly with status 141, as a C tool ended by SIGPIPE does, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(&e);
+        }
+    }};
+}
+
 mod bench;
 mod bench_devices;
 mod bench_plugins;
@@ -323,7 +334,7 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => serve::run(config.as_deref()),
         Command::Config(ConfigCommand::Validate { file }) => serve::validate(&file),
         Command::Config(ConfigCommand::Default) => {
-            print!("{}", edge_config::Config::default_toml());
+            out!("{}", edge_config::Config::default_toml().trim_end());
             Ok(())
         }
         Command::Topics(cmd) => client::topics(cmd),
@@ -370,11 +381,26 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(is_broken_pipe) => ExitCode::from(141),
         Err(e) => {
             eprintln!("runnel: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Where [`out!`] goes when standard output cannot be written.
+pub(crate) fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        eprintln!("runnel: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(141);
 }
 
 /// An error and its causes on one line, as `{:#}` writes them, leaving out a cause whose text

@@ -56,19 +56,25 @@ pub fn list(admin: &str) -> anyhow::Result<()> {
     let value = answer("plugin list", admin, agent().get(&url).call())?;
     let list: PluginList = serde_json::from_value(value).context("unexpected /plugins answer")?;
     if list.plugins.is_empty() {
-        println!("no plugins loaded");
+        out!("no plugins loaded");
         return Ok(());
     }
-    println!(
+    out!(
         "{:<20} {:<9} {:>10} {:>8} {:>9} {:>12} {:>10}  TOPICS  PATH",
-        "NAME", "KIND", "CALLS", "FAULTS", "INSTANCES", "TIME", "PER CALL"
+        "NAME",
+        "KIND",
+        "CALLS",
+        "FAULTS",
+        "INSTANCES",
+        "TIME",
+        "PER CALL"
     );
     for p in &list.plugins {
         let per_call = p
             .busy_us
             .checked_div(p.calls)
             .map_or_else(|| "-".to_string(), |us| format!("{us}us"));
-        println!(
+        out!(
             "{:<20} {:<9} {:>10} {:>8} {:>9} {:>12} {:>10}  {}  {}",
             p.name,
             p.kind,
@@ -85,7 +91,7 @@ pub fn list(admin: &str) -> anyhow::Result<()> {
             p.path
         );
     }
-    println!("reloads since start: {}", list.reloads);
+    out!("reloads since start: {}", list.reloads);
     Ok(())
 }
 
@@ -93,7 +99,7 @@ pub fn list(admin: &str) -> anyhow::Result<()> {
 pub fn reload(admin: &str) -> anyhow::Result<()> {
     let url = format!("http://{admin}/plugins/reload");
     let report = answer("plugin reload", admin, agent().post(&url).send_empty())?;
-    println!(
+    out!(
         "reloaded: {} plugins, {} bindings in {:.1} ms",
         report["plugins"],
         report["bindings"],
@@ -101,7 +107,7 @@ pub fn reload(admin: &str) -> anyhow::Result<()> {
     );
     if let Some(sections) = report["needs_restart"].as_array().filter(|s| !s.is_empty()) {
         let names: Vec<&str> = sections.iter().filter_map(|s| s.as_str()).collect();
-        println!(
+        out!(
             "note: [{}] changed too; those take effect after a restart",
             names.join("], [")
         );
@@ -147,7 +153,7 @@ pub fn test(args: TestArgs<'_>) -> anyhow::Result<()> {
     let started = Instant::now();
     match host.load(&name, args.wasm, args.config) {
         Ok(plugin) => {
-            println!(
+            out!(
                 "{name}: {} plugin, loaded in {:.1} ms",
                 kind_name(plugin.kind()),
                 ms(started)
@@ -167,7 +173,7 @@ pub fn test(args: TestArgs<'_>) -> anyhow::Result<()> {
                 config: args.config.to_owned(),
             };
             let policy = QuotaPolicy::load(&host, &spec)?;
-            println!("{name}: quota policy, loaded in {:.1} ms", ms(started));
+            out!("{name}: quota policy, loaded in {:.1} ms", ms(started));
             let mut failed = 0;
             for (n, line) in &lines {
                 let (request, now) = sample_request(line)
@@ -181,7 +187,7 @@ pub fn test(args: TestArgs<'_>) -> anyhow::Result<()> {
                         format!("FAILED: {e}")
                     }
                 };
-                println!(
+                out!(
                     "{n:>4}  {decision:<24} client_id={} principal={} api={} topic={} bytes={} records={}",
                     request.client_id,
                     request.principal,
@@ -231,7 +237,7 @@ fn test_batches(plugin: &Plugin, records: &[Record], args: &TestArgs<'_>) -> any
         let frame = frame_records(args.topic, args.partition, chunk);
         let started = Instant::now();
         let fail = |e: PluginError| {
-            println!(
+            out!(
                 "batch of {} records (input lines {}..={}) FAILED: {e}",
                 chunk.len(),
                 first + 1,
@@ -254,14 +260,14 @@ fn test_batches(plugin: &Plugin, records: &[Record], args: &TestArgs<'_>) -> any
                 for (i, r) in chunk.iter().enumerate() {
                     let keep = bitmap[i / 8] & (1 << (i % 8)) != 0;
                     kept += keep as usize;
-                    println!(
+                    out!(
                         "{:>4}  {:<8} {}",
                         first + i + 1,
                         if keep { "kept" } else { "dropped" },
                         show(r.key.as_deref(), r.value.as_deref(), &header_list(r))
                     );
                 }
-                println!("      (batch of {} in {took:.2} ms)", chunk.len());
+                out!("      (batch of {} in {took:.2} ms)", chunk.len());
             }
             Kind::Transform => {
                 let out = match plugin.call(frame, |answer| parse_output(answer.into())) {
@@ -273,7 +279,7 @@ fn test_batches(plugin: &Plugin, records: &[Record], args: &TestArgs<'_>) -> any
                     }
                 };
                 let took = ms(started);
-                println!(
+                out!(
                     "batch of {} records (input lines {}..={}) -> {} records in {took:.2} ms",
                     chunk.len(),
                     first + 1,
@@ -294,7 +300,7 @@ fn test_batches(plugin: &Plugin, records: &[Record], args: &TestArgs<'_>) -> any
                         .iter()
                         .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.to_vec())))
                         .collect();
-                    println!(
+                    out!(
                         "      {to:<16} {}",
                         show(r.key.as_deref(), r.value.as_deref(), &headers)
                     );
@@ -303,8 +309,8 @@ fn test_batches(plugin: &Plugin, records: &[Record], args: &TestArgs<'_>) -> any
         }
     }
     match plugin.kind() {
-        Kind::Filter => println!("kept {kept} of {} records", records.len()),
-        Kind::Transform => println!(
+        Kind::Filter => out!("kept {kept} of {} records", records.len()),
+        Kind::Transform => out!(
             "{} records in, {written} out ({routed} routed to other topics)",
             records.len()
         ),

@@ -8,6 +8,12 @@ use edge_config::Config;
 pub fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     let config_file = config_file.map(Path::to_path_buf);
+    // As the JVM does for Kafka: the soft open-files limit (often 1024) is raised to the hard
+    // one, since the broker holds a descriptor per partition and per connection.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,6 +67,6 @@ async fn wait_for_signal() {
 
 pub fn validate(file: &Path) -> anyhow::Result<()> {
     Config::load(Some(file))?;
-    println!("{}: ok", file.display());
+    out!("{}: ok", file.display());
     Ok(())
 }

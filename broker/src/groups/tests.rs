@@ -1010,7 +1010,11 @@ async fn store_failure_fails_the_commit_not_the_broker() {
         .commit_offsets(&commit_req("g", -1, "", "t", &[(0, 1), (1, 2)]));
     let err = commit_result(&r).unwrap_err();
     assert!(matches!(err, GroupError::Store(_)));
-    assert_eq!(err.kafka_code(), 15, "COORDINATOR_NOT_AVAILABLE: clients retry");
+    assert_eq!(
+        err.kafka_code(),
+        15,
+        "COORDINATOR_NOT_AVAILABLE: clients retry"
+    );
     assert_eq!(h.coord.fetch_offsets("g", None).unwrap(), vec![]);
     h.store.set_failing(false);
     assert_eq!(

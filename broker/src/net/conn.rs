@@ -140,7 +140,12 @@ pub async fn serve_halves<R, W>(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(%peer, listener, closing, error = %e, "bad frame");
+                    match protocol_hint(&buf) {
+                        Some(hint) => {
+                            tracing::warn!(%peer, listener, closing, error = %e, hint, "bad frame")
+                        }
+                        None => tracing::warn!(%peer, listener, closing, error = %e, "bad frame"),
+                    }
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(match e {
                         frame::FrameError::TooLarge { .. } => Refusal::TooLarge,
@@ -267,6 +272,23 @@ pub async fn serve_halves<R, W>(
     tracing::debug!(%peer, listener, "connection closed");
 }
 
+/// What a client sending this instead of a Kafka frame most likely speaks, for the log line.
+fn protocol_hint(buf: &[u8]) -> Option<&'static str> {
+    const HTTP: [&[u8]; 4] = [b"GET ", b"POST ", b"PUT ", b"HEAD "];
+    if buf.starts_with(&[0x16, 0x03]) {
+        // A TLS record header: handshake (22), version 3.x.
+        Some(
+            "the client speaks TLS and this listener is plaintext: use the TLS listener, or security.protocol=plaintext",
+        )
+    } else if HTTP.iter().any(|m| buf.starts_with(m)) {
+        Some(
+            "the client speaks HTTP and this is a Kafka listener (the admin HTTP listener is [listeners.admin])",
+        )
+    } else {
+        None
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Bytes>,
@@ -299,4 +321,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protocol_hint;
+
+    #[test]
+    fn tls_and_http_sent_to_a_kafka_listener_are_named() {
+        let hello = [0x16, 0x03, 0x01, 0x01, 0x3c, 0x01];
+        assert!(protocol_hint(&hello).is_some_and(|h| h.contains("TLS")));
+        assert!(protocol_hint(b"GET /metrics HTTP/1.1\r\n").is_some_and(|h| h.contains("HTTP")));
+        // A Kafka frame's size prefix.
+        assert_eq!(protocol_hint(&[0, 0, 0, 42, 0, 18]), None);
+    }
 }

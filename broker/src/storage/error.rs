@@ -86,7 +86,7 @@ pub enum StorageError {
         current: i16,
     },
     /// A file operation failed; in-memory state was restored to what is on disk.
-    #[error("i/o error on {}: {source}", path.display())]
+    #[error("i/o error on {}: {source}{}", path.display(), limit_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -98,6 +98,17 @@ pub enum StorageError {
         context: &'static str,
         reason: String,
     },
+}
+
+/// What to do about running out of file descriptors (one per partition, one per connection).
+fn limit_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            " (the process's open-files limit: raise it, e.g. LimitNOFILE= in the systemd unit or ulimit -n)"
+        }
+        Some(libc::ENFILE) => " (the system's open-files limit: raise fs.file-max)",
+        _ => "",
+    }
 }
 
 /// Attach a path to an `io::Error`.
