@@ -10,7 +10,9 @@
 //!    key -> latest offset, plus producerId -> base offset of its last batch;
 //! 2. for each sealed segment, keep a record only if it is the latest for its key; drop records
 //!    without a key (they cannot be produced to a compacted topic, but may predate the policy);
-//!    drop tombstones (null value) once `now - segment max timestamp > delete_retention_ms`;
+//!    drop tombstones (null value) once `delete_retention_ms` has passed since the broker last
+//!    wrote the segment (`Segment::written_ms`; not the records' own timestamps, which may be
+//!    far in the past), as Kafka before 2.8 did with the file's modification time;
 //! 3. a segment where nothing is dropped is left untouched; otherwise it is rewritten to
 //!    `{base}.log.cleaned` and fsynced; then, with the log again, its index files are removed,
 //!    the cleaned file is renamed over `{base}.log` and the segment reopened, which rebuilds and
@@ -230,8 +232,7 @@ impl CompactionPass {
         let retention = self.delete_retention_ms;
         let mut next_expiry: Option<i64> = None;
         for seg in &self.views[..self.views.len() - 1] {
-            let tombstones_expired = seg.max_timestamp != NO_TIMESTAMP
-                && now_ms.saturating_sub(seg.max_timestamp) > retention;
+            let tombstones_expired = now_ms.saturating_sub(seg.written_ms) > retention;
             let mut out = Vec::with_capacity(seg.size as usize);
             let mut removed = 0u64;
             let mut kept_tombstone = false;
@@ -271,7 +272,7 @@ impl CompactionPass {
                 Ok(())
             })?;
             if kept_tombstone {
-                let t = seg.max_timestamp.saturating_add(retention);
+                let t = seg.written_ms.saturating_add(retention);
                 next_expiry = Some(next_expiry.map_or(t, |n| n.min(t)));
             }
             if removed == 0 {
@@ -286,6 +287,10 @@ impl CompactionPass {
                 removed,
             });
             std::io::Write::write_all(&mut &f, &out).map_err(io_err(&path))?;
+            // The copy keeps the time its segment was written: its tombstones' clock.
+            let written = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(seg.written_ms.max(0) as u64);
+            f.set_modified(written).map_err(io_err(&path))?;
             f.sync_all().map_err(io_err(&path))?;
         }
         Ok(next_expiry)
@@ -386,13 +391,14 @@ impl PartitionLog {
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))?;
-        let seg = Segment::open(
+        let mut seg = Segment::open(
             &self.dir,
             base,
             self.config.index_interval_bytes,
             OpenMode::Sealed,
             now_ms,
         )?;
+        seg.written_ms = self.segments[i].written_ms;
         self.segments[i] = seg;
         Ok(())
     }
@@ -491,6 +497,53 @@ mod tests {
                 end
             );
         }
+    }
+
+    /// A tombstone's clock is the time the broker stored it, not its own timestamp: one
+    /// produced with a timestamp two days old stays readable for delete.retention.ms (a day).
+    #[test]
+    fn a_tombstone_with_an_old_timestamp_is_kept_for_delete_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        for b in [
+            vec![kv("dev1", "v1", NOW)],
+            vec![tombstone("dev1", NOW - 2 * DAY)],
+            vec![kv("x", "filler", NOW)],
+            vec![kv("y", "filler", NOW)], // the active segment
+        ] {
+            log.append(&encode_batch(&b, Compression::None, -1, -1, -1), NOW)
+                .unwrap();
+        }
+        // The first pass drops v1; the second, with nothing new, keeps the tombstone.
+        assert_eq!(log.maintenance(NOW + 10).unwrap().records_removed, 1);
+        log.maintenance(NOW + 20).unwrap();
+        assert_eq!(offsets(&log), vec![1, 2, 3]);
+        // Across a restart too, timed by the files (this test's clock is NOW, so the files
+        // the passes did not rewrite are given that time, as if written then).
+        drop(log);
+        let rewritten = fs::metadata(log_path(dir.path(), 0))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            rewritten,
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(NOW as u64),
+            "a rewritten segment keeps the time it was written"
+        );
+        for e in fs::read_dir(dir.path()).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "log") {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(NOW as u64);
+                let f = fs::File::options().write(true).open(&path).unwrap();
+                f.set_modified(at).unwrap();
+            }
+        }
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW + 30).unwrap();
+        log.maintenance(NOW + 40).unwrap();
+        assert_eq!(offsets(&log), vec![1, 2, 3]);
+        // A day after it was stored, it goes.
+        assert_eq!(log.maintenance(NOW + DAY + 10).unwrap().records_removed, 1);
+        assert_eq!(offsets(&log), vec![2, 3]);
     }
 
     fn offsets(log: &PartitionLog) -> Vec<i64> {

@@ -280,7 +280,7 @@ impl PartitionLog {
         }
         self.maybe_roll(out.len() as u64, next - 1, now_ms)?;
         let sync = self.config.flush == FlushPolicy::Always;
-        self.active_mut().append(&out, &written, sync)?;
+        self.active_mut().append(&out, &written, sync, now_ms)?;
         self.producers.commit(staged);
         if sync {
             self.last_flush_ms = now_ms;

@@ -104,6 +104,11 @@ pub(crate) struct Segment {
     /// When the segment started, for `segment_age_ms` rolls: `now_ms` at creation, or after a
     /// restart the first batch's maxTimestamp (Kafka's rule).
     pub(crate) created_ms: i64,
+    /// When the broker last wrote to the segment: the append's `now_ms`, or after a restart the
+    /// file's modification time. Its tombstones are kept `delete.retention.ms` past it, as
+    /// Kafka before 2.8 timed them by the file (record timestamps are the producers' and may be
+    /// far in the past); compaction gives a rewritten file the time of the one it replaces.
+    pub(crate) written_ms: i64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
     bytes_since_index: u64,
@@ -158,6 +163,7 @@ impl Segment {
             max_timestamp: NO_TIMESTAMP,
             offset_of_max_timestamp: -1,
             created_ms: now_ms,
+            written_ms: now_ms,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             bytes_since_index: 0,
@@ -182,9 +188,16 @@ impl Segment {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let file_len = file.metadata().map_err(io_err(&path))?.len();
+        let meta = file.metadata().map_err(io_err(&path))?;
+        let file_len = meta.len();
+        let written_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now_ms, |d| d.as_millis() as i64);
         let file = Arc::new(file);
         let mut seg = Segment::empty(dir, base_offset, index_interval, now_ms, file, path);
+        seg.written_ms = written_ms;
 
         let mut start = 0;
         let mut from_index = false;
@@ -199,6 +212,7 @@ impl Segment {
         if end < file_len && from_index {
             // Damage inside a sealed segment: do not trust anything, rescan from the start.
             seg = Segment::empty(dir, base_offset, index_interval, now_ms, seg.file, seg.path);
+            seg.written_ms = written_ms;
             from_index = false;
             end = seg.scan(0, file_len)?;
         }
@@ -348,6 +362,7 @@ impl Segment {
         data: &[u8],
         batches: &[(usize, BatchHeader)],
         sync: bool,
+        now_ms: i64,
     ) -> Result<(), StorageError> {
         let pos = self.size;
         let res = write_at(&self.file, data, pos)
@@ -366,6 +381,7 @@ impl Segment {
             self.track(h, pos + *off as u64);
         }
         self.size += data.len() as u64;
+        self.written_ms = self.written_ms.max(now_ms);
         Ok(())
     }
 
@@ -390,7 +406,7 @@ impl Segment {
         SegmentView {
             base_offset: self.base_offset,
             size: self.size,
-            max_timestamp: self.max_timestamp,
+            written_ms: self.written_ms,
             file: self.file.clone(),
             path: self.path.clone(),
         }
@@ -489,7 +505,7 @@ impl Segment {
 pub(crate) struct SegmentView {
     pub(crate) base_offset: i64,
     pub(crate) size: u64,
-    pub(crate) max_timestamp: i64,
+    pub(crate) written_ms: i64,
     file: Arc<File>,
     path: PathBuf,
 }
