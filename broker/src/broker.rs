@@ -259,18 +259,38 @@ fn seal_rolled(p: &crate::catalog::Partition) {
 /// Segments rolled since the seal step are sealed first, as a pass waits for pending seals.
 fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storage::StorageError> {
     seal_rolled(p);
-    let pass = {
+    let (retained, pass) = {
         let mut log = p.log();
-        log.retention(now)?;
-        log.start_compaction(now)?
+        let retained = log.retention(now)?;
+        (retained, log.start_compaction(now)?)
     };
+    if retained.segments_deleted > 0 {
+        tracing::info!(
+            topic = %p.topic,
+            partition = p.index,
+            segments = retained.segments_deleted,
+            bytes = retained.bytes_deleted,
+            log_start_offset = retained.log_start_offset,
+            "retention deleted segments"
+        );
+    }
     if let Some(pass) = pass {
         let started = std::time::Instant::now();
         let outcome = pass.run(now)?;
         let ran = started.elapsed();
         let mut report = crate::storage::MaintenanceReport::default();
         p.log().finish_compaction(outcome, now, &mut report)?;
+        if report.records_removed > 0 {
+            tracing::info!(
+                topic = %p.topic,
+                partition = p.index,
+                segments = report.segments_compacted,
+                records_removed = report.records_removed,
+                "compaction removed records"
+            );
+        }
         tracing::debug!(
+            topic = %p.topic,
             partition = p.index,
             segments = report.segments_compacted,
             records_removed = report.records_removed,
