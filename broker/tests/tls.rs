@@ -165,6 +165,13 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
             .is_err(),
     };
     assert!(refused, "a client without a certificate is refused");
+    // Counted as a failed authentication.
+    let metrics = || broker.broker.metrics.render(&broker.broker);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !metrics().contains("runnel_auth_failures_total 1\n") {
+        assert!(std::time::Instant::now() < deadline, "{}", metrics());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
     let mut ok = connector(&pki, true).connect(name, tcp).await.unwrap();
@@ -172,6 +179,12 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
         .await
         .unwrap();
     assert_eq!(v.error_code, 0);
+    // The certified client is counted under its principal.
+    let m = metrics();
+    assert!(
+        m.contains("runnel_authenticated_total{principal=\"User:"),
+        "{m}"
+    );
     broker.shutdown().await;
 }
 

@@ -541,6 +541,7 @@ fn server_identity(
     if chain.is_empty() {
         bail!("listeners.quic.cert: no certificate in {}", cert.display());
     }
+    super::tls::warn_if_expiring(&chain[0], "listeners.quic.cert");
     let key = PrivateKeyDer::from_pem_file(&key).with_context(|| {
         format!(
             "listeners.quic.key: no usable private key in {}",

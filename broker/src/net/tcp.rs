@@ -118,6 +118,9 @@ async fn accept_loop(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .and_then(|leaf| super::tls::principal_of(leaf));
+                            if let Some(p) = &principal {
+                                broker.metrics.count_authenticated(p);
+                            }
                             let session = match principal.filter(|_| sasl.is_none()) {
                                 Some(p) => Session {
                                     identity: Identity::certified(p),
@@ -127,7 +130,26 @@ async fn accept_loop(
                             };
                             super::conn::serve(broker, tls_stream, session, shutdown).await
                         }
-                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            // A refused client certificate is a failed authentication.
+                            let refused_cert = e
+                                .get_ref()
+                                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                                .is_some_and(|r| {
+                                    matches!(
+                                        r,
+                                        rustls::Error::InvalidCertificate(_)
+                                            | rustls::Error::NoCertificatesPresented
+                                    )
+                                });
+                            if refused_cert {
+                                broker
+                                    .metrics
+                                    .auth_failures
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            tracing::info!(%peer, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }
                 }

@@ -56,11 +56,33 @@ pub fn principal_of(cert: &[u8]) -> Option<String> {
     Some(format!("User:{cn}"))
 }
 
+/// Warns when the server certificate `leaf` (from config key `key`) has expired or expires
+/// within 30 days: clients refuse an expired one, and the broker would otherwise start without
+/// a word about it.
+pub fn warn_if_expiring(leaf: &[u8], key: &str) {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return;
+    };
+    let not_after = cert.validity().not_after;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = not_after.timestamp() - now;
+    if left <= 0 {
+        tracing::warn!(key, %not_after, "the server certificate has expired: clients will refuse it");
+    } else if left < 30 * 24 * 3600 {
+        tracing::warn!(key, %not_after, days_left = left / (24 * 3600), "the server certificate expires soon");
+    }
+}
+
 /// Builds the acceptor for `[listeners.kafka_tls]`: server chain and key, and when `client_ca`
 /// is set, mandatory client certificates signed by that CA.
 pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs(&cfg.cert, "cert")?;
+    if let Some(leaf) = chain.first() {
+        warn_if_expiring(leaf, "listeners.kafka_tls.cert");
+    }
     let key = PrivateKeyDer::from_pem_file(&cfg.key).with_context(|| {
         format!(
             "listeners.kafka_tls.key: no usable private key in {}",
