@@ -280,24 +280,18 @@ fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storag
         let ran = started.elapsed();
         let mut report = crate::storage::MaintenanceReport::default();
         p.log().finish_compaction(outcome, now, &mut report)?;
+        // Passes that remove nothing (a new segment with no key repeated) are not logged.
         if report.records_removed > 0 {
             tracing::info!(
                 topic = %p.topic,
                 partition = p.index,
                 segments = report.segments_compacted,
                 records_removed = report.records_removed,
-                "compaction removed records"
+                pass_ms = ran.as_millis() as u64,
+                swap_ms = (started.elapsed() - ran).as_millis() as u64,
+                "compaction removed records (the log was locked only for the swap)"
             );
         }
-        tracing::debug!(
-            topic = %p.topic,
-            partition = p.index,
-            segments = report.segments_compacted,
-            records_removed = report.records_removed,
-            pass_ms = ran.as_millis() as u64,
-            swap_ms = (started.elapsed() - ran).as_millis() as u64,
-            "compaction pass (the log was locked only for the swap)"
-        );
     }
     Ok(())
 }

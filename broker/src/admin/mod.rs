@@ -239,20 +239,28 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP runnel_log_start_offset First offset still stored.\n# TYPE runnel_log_start_offset gauge"
+        gauge_family(
+            &mut out,
+            "runnel_log_start_offset",
+            "First offset still stored.",
+            &starts,
         );
-        out.push_str(&starts);
-        let _ = writeln!(
-            out,
-            "# HELP runnel_log_size_bytes Bytes on disk of each partition's segments.\n# TYPE runnel_log_size_bytes gauge"
+        gauge_family(
+            &mut out,
+            "runnel_log_size_bytes",
+            "Bytes on disk of each partition's segments.",
+            &sizes,
         );
-        out.push_str(&sizes);
         render_groups(&mut out, broker);
         render_plugins(&mut out, broker);
         out
     }
+}
+
+/// One gauge family: its HELP and TYPE lines, then its samples (`name{labels} value` lines).
+fn gauge_family(out: &mut String, name: &str, help: &str, samples: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    out.push_str(samples);
 }
 
 /// A Prometheus label value: backslashes, quotes and newlines escaped.
@@ -301,21 +309,24 @@ fn render_groups(out: &mut String, broker: &Broker) {
             }
         }
     }
-    let _ = writeln!(
+    gauge_family(
         out,
-        "# HELP runnel_group_members Members of each consumer group.\n# TYPE runnel_group_members gauge"
+        "runnel_group_members",
+        "Members of each consumer group.",
+        &members,
     );
-    out.push_str(&members);
-    let _ = writeln!(
+    gauge_family(
         out,
-        "# HELP runnel_group_committed_offset A consumer group's committed offset of a partition.\n# TYPE runnel_group_committed_offset gauge"
+        "runnel_group_committed_offset",
+        "A consumer group's committed offset of a partition.",
+        &committed,
     );
-    out.push_str(&committed);
-    let _ = writeln!(
+    gauge_family(
         out,
-        "# HELP runnel_group_lag Records between a group's committed offset and the log end.\n# TYPE runnel_group_lag gauge"
+        "runnel_group_lag",
+        "Records between a group's committed offset and the log end.",
+        &lags,
     );
-    out.push_str(&lags);
 }
 
 /// Per-plugin call counters and the disabled flag, for filters and transforms and for quota

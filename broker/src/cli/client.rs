@@ -23,6 +23,13 @@ pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Admin requests give up after [`TIMEOUT`].
+pub(super) fn admin_options() -> AdminOptions {
+    AdminOptions::new()
+        .operation_timeout(Some(TIMEOUT))
+        .request_timeout(Some(TIMEOUT))
+}
+
 pub(super) fn admin(conn: &Conn) -> anyhow::Result<AdminClient<DefaultClientContext>> {
     conn.client_config()?
         .create()
@@ -50,14 +57,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                 topic = topic.set(k, v);
             }
             let admin = admin(&conn)?;
-            let results = runtime()?.block_on(
-                admin.create_topics(
-                    [&topic],
-                    &AdminOptions::new()
-                        .operation_timeout(Some(TIMEOUT))
-                        .request_timeout(Some(TIMEOUT)),
-                ),
-            )?;
+            let results = runtime()?.block_on(admin.create_topics([&topic], &admin_options()))?;
             for r in results {
                 match r {
                     Ok(t) => out!("created topic {t}"),
@@ -68,14 +68,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Delete { name, conn } => {
             let admin = admin(&conn)?;
-            let results = runtime()?.block_on(
-                admin.delete_topics(
-                    &[&name],
-                    &AdminOptions::new()
-                        .operation_timeout(Some(TIMEOUT))
-                        .request_timeout(Some(TIMEOUT)),
-                ),
-            )?;
+            let results = runtime()?.block_on(admin.delete_topics(&[&name], &admin_options()))?;
             for r in results {
                 match r {
                     Ok(t) => out!("deleted topic {t}"),

@@ -8,11 +8,10 @@ use anyhow::{Context as _, bail};
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::ConsumerProtocolAssignment;
 use kafka_protocol::protocol::Decodable;
-use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::client::{TIMEOUT, admin, runtime};
+use super::client::{TIMEOUT, admin, admin_options, runtime};
 use super::{Conn, GroupsCommand, ResetTo};
 
 pub fn run(cmd: GroupsCommand) -> anyhow::Result<()> {
@@ -350,14 +349,7 @@ fn reset_offsets(
 
 fn delete(conn: &Conn, group: &str) -> anyhow::Result<()> {
     let admin = admin(conn)?;
-    let results = runtime()?.block_on(
-        admin.delete_groups(
-            &[group],
-            &AdminOptions::new()
-                .operation_timeout(Some(TIMEOUT))
-                .request_timeout(Some(TIMEOUT)),
-        ),
-    )?;
+    let results = runtime()?.block_on(admin.delete_groups(&[group], &admin_options()))?;
     for r in results {
         match r {
             Ok(g) => out!("deleted consumer group {g}"),
