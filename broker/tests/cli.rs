@@ -88,6 +88,22 @@ async fn topics_produce_and_consume_commands_round_trip() {
                 .lines()
                 .any(|l| l == "cli")
         );
+        // A refused config is named with its reason.
+        let out = runnel(&[
+            "topics",
+            "create",
+            "cli-2",
+            "--config",
+            "min.insync.replicas=2",
+            "-b",
+            &b,
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("min.insync.replicas") && err.contains(r#"only "1" is supported"#),
+            "{err}"
+        );
         let out = runnel(&["topics", "describe", "cli", "-b", &b]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("partitions: 2"), "{text}");

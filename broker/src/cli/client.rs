@@ -61,6 +61,19 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             for r in results {
                 match r {
                     Ok(t) => out!("created topic {t}"),
+                    // librdkafka's admin result carries the code without the broker's message:
+                    // say what is wrong with the configs given, by the same check Runnel runs.
+                    Err((t, code @ rdkafka::types::RDKafkaErrorCode::InvalidConfig)) => {
+                        let why = pairs.iter().find_map(|(k, v)| {
+                            edge_config::LogConfig::default()
+                                .apply_topic_override(k, v)
+                                .err()
+                        });
+                        match why {
+                            Some(why) => bail!("cannot create topic {t}: {code}: {why}"),
+                            None => bail!("cannot create topic {t}: {code}"),
+                        }
+                    }
                     Err((t, code)) => bail!("cannot create topic {t}: {code}"),
                 }
             }
