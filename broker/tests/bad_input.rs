@@ -490,14 +490,14 @@ async fn a_connection_that_sends_nothing_is_closed_after_connections_max_idle() 
 /// The idle limit counts the broker's bytes too: a client that reads one large response slowly,
 /// for longer than the limit, keeps its connection (as with Kafka's `connections.max.idle.ms`).
 #[tokio::test]
-async fn a_slow_download_is_not_idle() {
+async fn a_slow_download_is_not_idle_and_a_client_that_stops_reading_is_given_up() {
     use kafka_protocol::messages::FetchRequest;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use tokio::io::AsyncReadExt;
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::test_config(dir.path());
-    cfg.broker.connections_max_idle = Duration::from_secs(1);
+    cfg.broker.connections_max_idle = Duration::from_secs(2);
     let broker = common::start_with(cfg).await;
     let addr = broker.bootstrap();
     let mut c = RawClient::connect(&addr).await;
@@ -524,8 +524,10 @@ async fn a_slow_download_is_not_idle() {
                 ]),
         ]);
 
-    // A client with a small receive window, reading 1 MiB every 200 ms: about 3 s for the
-    // response, three times the idle limit, with no byte sent meanwhile.
+    // A client with a small receive window, reading 1 MiB every 200 ms: over 3 s for the
+    // response, more than the idle limit, with no byte sent meanwhile. (The kernel's buffers
+    // take the last few MiB early; the broker's last write is still well inside the limit of
+    // the client's next request.)
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(32 << 10).unwrap();
     let mut slow = socket.connect(addr.parse().unwrap()).await.unwrap();
@@ -545,12 +547,52 @@ async fn a_slow_download_is_not_idle() {
         left -= n;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(started.elapsed() > Duration::from_secs(2));
+    assert!(started.elapsed() > Duration::from_secs(3));
     let mut slow = RawClient::from_stream(slow);
     let r = slow.call(&ApiVersionsRequest::default(), 0).await;
     assert_eq!(
         r.error_code, 0,
         "the connection is still open after the download"
     );
+
+    // A client that never reads its response is given up after the limit: its connection
+    // does not hold a slot for ever.
+    let open = || {
+        broker
+            .broker
+            .metrics
+            .connections_open
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    drop((c, slow));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed clients' connections end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = 0;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 << 10).unwrap();
+    let mut stalled = socket.connect(addr.parse().unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &frame)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while open() == before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open(), before + 1, "the stalled connection is served");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open() > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a connection whose client reads nothing is never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stalled);
     broker.shutdown().await;
 }

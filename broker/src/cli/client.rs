@@ -309,22 +309,29 @@ pub fn consume(
             Some(Err(e)) => bail!("consume failed: {e}"),
             Some(Ok(m)) => {
                 last = Instant::now();
-                if let Some(k) = m.key() {
-                    out.write_all(k)?;
-                    out.write_all(b"\t")?;
+                let written = (|| {
+                    if let Some(k) = m.key() {
+                        out.write_all(k)?;
+                        out.write_all(b"\t")?;
+                    }
+                    out.write_all(m.payload().unwrap_or_default())?;
+                    out.write_all(b"\n")
+                })();
+                if let Err(e) = written {
+                    super::stdout_failed(&e);
                 }
-                out.write_all(m.payload().unwrap_or_default())?;
-                out.write_all(b"\n")?;
                 seen += 1;
-                if group.is_some() {
-                    consumer
-                        .store_offset_from_message(&m)
-                        .context("storing the consumed offset failed")?;
+                if group.is_some()
+                    && let Err(e) = consumer.store_offset_from_message(&m)
+                {
+                    eprintln!("runnel: the offset of what was printed could not be stored: {e}");
                 }
             }
         }
     }
-    out.flush()?;
+    if let Err(e) = out.flush() {
+        super::stdout_failed(&e);
+    }
     if group.is_some() && seen > 0 {
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
     }

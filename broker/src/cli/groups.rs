@@ -326,7 +326,7 @@ fn reset_offsets(
             },
         };
         // As Kafka's tool: an offset outside the log is moved to its nearer end.
-        let new = wanted.clamp(low, high);
+        let new = wanted.min(high).max(low);
         out!(
             "{:<24} {:>9} {:>14} {:>11}",
             topic,

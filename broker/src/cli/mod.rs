@@ -381,17 +381,11 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.chain().any(is_broken_pipe) => ExitCode::from(141),
         Err(e) => {
             eprintln!("runnel: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
-}
-
-fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Where [`out!`] goes when standard output cannot be written.

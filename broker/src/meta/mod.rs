@@ -49,6 +49,9 @@ pub enum MetaError {
     Db(#[from] redb::Error),
     #[error("metadata record for topic {topic} is unreadable: {reason}")]
     BadRecord { topic: String, reason: String },
+    /// Closed after an I/O error and not opened again yet (tried at most every second).
+    #[error("metadata database closed after an I/O error: {0}")]
+    Closed(String),
 }
 
 macro_rules! db_err {
@@ -82,9 +85,16 @@ pub struct TopicRecord {
 pub struct MetaStore {
     /// Opens the database (again): the file with every table.
     opener: Arc<dyn Fn() -> Result<Database, MetaError> + Send + Sync>,
-    /// `None` after an I/O error closed it, until the next use opens it again.
-    db: Arc<Mutex<Option<Database>>>,
+    db: Arc<Mutex<Slot>>,
+    /// How long after an I/O error the database is left closed before a use tries it again.
+    reopen_after: std::time::Duration,
     producer_ids: Arc<Mutex<(i64, i64)>>,
+}
+
+/// The open database, or why and since when it is closed.
+struct Slot {
+    db: Option<Database>,
+    closed: Option<(std::time::Instant, String)>,
 }
 
 /// Opens (or creates) the database at `path` with every table.
@@ -119,42 +129,62 @@ impl MetaError {
 impl MetaStore {
     pub fn open(path: &Path) -> Result<Self, MetaError> {
         let path = path.to_path_buf();
-        MetaStore::with_opener(Arc::new(move || open_db(&path)))
+        let opener = Arc::new(move || open_db(&path));
+        MetaStore::with_opener(opener, std::time::Duration::from_secs(1))
     }
 
     fn with_opener(
         opener: Arc<dyn Fn() -> Result<Database, MetaError> + Send + Sync>,
+        reopen_after: std::time::Duration,
     ) -> Result<Self, MetaError> {
         let db = opener()?;
         Ok(MetaStore {
             opener,
-            db: Arc::new(Mutex::new(Some(db))),
+            db: Arc::new(Mutex::new(Slot {
+                db: Some(db),
+                closed: None,
+            })),
+            reopen_after,
             producer_ids: Arc::new(Mutex::new((0, 0))),
         })
     }
 
-    /// Runs `f` on the database, opening it again first if an I/O error closed it; an I/O error
-    /// from `f` closes it.
+    /// Runs `f` on the database. An I/O error from `f` closes it; a later use opens it again,
+    /// once `reopen_after` has passed since (a full disk is not retried on every call).
     fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let db = match slot.take() {
+        let db = match slot.db.take() {
             Some(db) => db,
             None => {
-                let db = (self.opener)()?;
-                tracing::info!("metadata database opened again after an I/O error");
-                db
+                if let Some((at, why)) = &slot.closed
+                    && at.elapsed() < self.reopen_after
+                {
+                    return Err(MetaError::Closed(why.clone()));
+                }
+                match (self.opener)() {
+                    Ok(db) => {
+                        tracing::info!("metadata database opened again after an I/O error");
+                        slot.closed = None;
+                        db
+                    }
+                    Err(e) => {
+                        slot.closed = Some((std::time::Instant::now(), e.to_string()));
+                        return Err(e);
+                    }
+                }
             }
         };
         let result = f(&db);
         match &result {
             Err(e) if e.is_io() => {
-                tracing::warn!(error = %e, "metadata database failed an I/O operation; it is closed and opened again at its next use");
+                tracing::warn!(error = %e, "metadata database failed an I/O operation; it is closed and opened again at a use a second or more later");
                 drop(db);
+                slot.closed = Some((std::time::Instant::now(), e.to_string()));
             }
-            _ => *slot = Some(db),
+            _ => slot.db = Some(db),
         }
         result
     }
@@ -438,12 +468,15 @@ mod tests {
     fn writes_work_again_once_the_disk_does_without_a_restart() {
         let disk = Disk::default();
         let d = disk.clone();
-        let store = MetaStore::with_opener(Arc::new(move || {
-            let db = Database::builder()
-                .create_with_backend(d.clone())
-                .map_err(|e| MetaError::Db(e.into()))?;
-            with_tables(db)
-        }))
+        let store = MetaStore::with_opener(
+            Arc::new(move || {
+                let db = Database::builder()
+                    .create_with_backend(d.clone())
+                    .map_err(|e| MetaError::Db(e.into()))?;
+                with_tables(db)
+            }),
+            std::time::Duration::from_millis(200),
+        )
         .unwrap();
         commit(&store, 1).unwrap();
 
@@ -453,6 +486,9 @@ mod tests {
         assert!(store.next_producer_id().is_err());
 
         disk.full.store(false, Ordering::SeqCst);
+        // Not tried again at once after a failure; then it opens again.
+        assert!(matches!(store.check(), Err(MetaError::Closed(_))));
+        std::thread::sleep(std::time::Duration::from_millis(250));
         store.check().unwrap();
         commit(&store, 4).unwrap();
         assert_eq!(store.load().unwrap()[0].3.offset, 4);

@@ -59,6 +59,14 @@ impl Activity {
     fn last(&self) -> tokio::time::Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
+
+    /// When the connection counts as idle: `idle` after the last activity (far in the future
+    /// for a limit too large to add).
+    fn idle_at(&self, idle: Duration) -> tokio::time::Instant {
+        let last = self.last();
+        last.checked_add(idle)
+            .unwrap_or_else(|| last + Duration::from_secs(100 * 365 * 24 * 3600))
+    }
 }
 
 /// Why a connection stopped reading a client's requests early.
@@ -239,8 +247,8 @@ pub async fn serve_halves<R, W>(
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = shutdown.changed() => break,
-            _ = tokio::time::sleep_until(activity.last() + idle), if closes_idle => {
-                if activity.last() + idle > tokio::time::Instant::now() {
+            _ = tokio::time::sleep_until(activity.idle_at(idle)), if closes_idle => {
+                if activity.idle_at(idle) > tokio::time::Instant::now() {
                     continue 'conn; // the writer moved bytes meanwhile
                 }
                 tracing::info!(%peer, listener, idle = ?idle, pending = buf.len(), "closing an idle connection (broker.connections_max_idle)");
@@ -267,7 +275,22 @@ pub async fn serve_halves<R, W>(
         rd.refuse(why);
     }
     drop(tx);
-    let _ = writer.await;
+    // The responses already queued are written, unless the client stops reading them: a
+    // writer that moves no byte for the idle limit is given up, so that the connection does not
+    // hold its `max_connections` slot for ever.
+    let mut writer = writer;
+    loop {
+        tokio::select! {
+            _ = &mut writer => break,
+            _ = tokio::time::sleep_until(activity.idle_at(idle)), if closes_idle => {
+                if activity.idle_at(idle) <= tokio::time::Instant::now() {
+                    tracing::info!(%peer, listener, "giving up a connection whose client does not read its responses");
+                    writer.abort();
+                    break;
+                }
+            }
+        }
+    }
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(%peer, listener, "connection closed");
 }

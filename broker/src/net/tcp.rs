@@ -118,14 +118,14 @@ async fn accept_loop(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .and_then(|leaf| super::tls::principal_of(leaf));
-                            if let Some(p) = &principal {
-                                broker.metrics.count_authenticated(p);
-                            }
                             let session = match principal.filter(|_| sasl.is_none()) {
-                                Some(p) => Session {
-                                    identity: Identity::certified(p),
-                                    ..session
-                                },
+                                Some(p) => {
+                                    broker.metrics.count_authenticated(&p);
+                                    Session {
+                                        identity: Identity::certified(p),
+                                        ..session
+                                    }
+                                }
                                 None => session,
                             };
                             super::conn::serve(broker, tls_stream, session, shutdown).await

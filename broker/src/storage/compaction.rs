@@ -12,7 +12,8 @@
 //!    without a key (they cannot be produced to a compacted topic, but may predate the policy);
 //!    drop tombstones (null value) once `delete_retention_ms` has passed since the broker last
 //!    wrote the segment (`Segment::written_ms`; not the records' own timestamps, which may be
-//!    far in the past), as Kafka before 2.8 did with the file's modification time;
+//!    far in the past). Kafka before 3.1 timed them by segment files' modification times too;
+//!    since KIP-534 it stores a delete horizon in the batch, which this broker does not write;
 //! 3. a segment where nothing is dropped is left untouched; otherwise it is rewritten to
 //!    `{base}.log.cleaned` and fsynced; then, with the log again, its index files are removed,
 //!    the cleaned file is renamed over `{base}.log` and the segment reopened, which rebuilds and

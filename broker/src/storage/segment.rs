@@ -105,9 +105,9 @@ pub(crate) struct Segment {
     /// restart the first batch's maxTimestamp (Kafka's rule).
     pub(crate) created_ms: i64,
     /// When the broker last wrote to the segment: the append's `now_ms`, or after a restart the
-    /// file's modification time. Its tombstones are kept `delete.retention.ms` past it, as
-    /// Kafka before 2.8 timed them by the file (record timestamps are the producers' and may be
-    /// far in the past); compaction gives a rewritten file the time of the one it replaces.
+    /// file's modification time. Its tombstones are kept `delete.retention.ms` past it (record
+    /// timestamps are the producers' and may be far in the past; Kafka before 3.1 also timed
+    /// them by the files); compaction gives a rewritten file the time of the one it replaces.
     pub(crate) written_ms: i64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
