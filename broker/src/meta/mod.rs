@@ -198,10 +198,10 @@ impl MetaStore {
     }
 
     pub fn topics(&self) -> Result<Vec<(String, TopicRecord)>, MetaError> {
-        self.with_db(|db| self.read_topics(db))
+        self.with_db(Self::read_topics)
     }
 
-    fn read_topics(&self, db: &Database) -> Result<Vec<(String, TopicRecord)>, MetaError> {
+    fn read_topics(db: &Database) -> Result<Vec<(String, TopicRecord)>, MetaError> {
         let tx = db.begin_read()?;
         let table = tx.open_table(TOPICS)?;
         let mut out = Vec::new();
