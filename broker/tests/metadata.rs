@@ -183,7 +183,8 @@ async fn config_sources_and_synonyms_follow_kafka() {
             ("log.segment.bytes".into(), "1073741824".into(), 5)
         ]
     );
-    // Set in [log]: STATIC_BROKER_CONFIG (4), then Kafka's default.
+    // Set in [log]: STATIC_BROKER_CONFIG (4), then Kafka's default, under the name Kafka
+    // keeps it (so that clients that key synonyms by name see both).
     let ret = get("retention.ms");
     assert_eq!(
         (ret.value.as_deref(), ret.config_source),
@@ -193,8 +194,12 @@ async fn config_sources_and_synonyms_follow_kafka() {
         synonyms(&ret),
         vec![
             ("log.retention.ms".into(), "86400000".into(), 4),
-            ("log.retention.ms".into(), "604800000".into(), 5)
+            ("log.retention.hours".into(), "168".into(), 5)
         ]
+    );
+    assert_eq!(
+        synonyms(&get("segment.ms")),
+        vec![("log.roll.hours".into(), "168".into(), 5)]
     );
     // Neither: DEFAULT_CONFIG (5).
     assert_eq!(get("max.message.bytes").config_source, 5);

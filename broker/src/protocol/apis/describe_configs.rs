@@ -86,6 +86,28 @@ const NAMES: &[(&str, &str, i8)] = &[
     ("compression.zstd.level", "compression.zstd.level", 3),
 ];
 
+/// Topic configs whose Kafka default lives under an hours key: Kafka reports that default as
+/// the synonym `log.retention.hours=168`, not under the milliseconds name the broker sets.
+const DEFAULT_IN_HOURS: &[(&str, &str)] = &[
+    ("retention.ms", "log.retention.hours"),
+    ("segment.ms", "log.roll.hours"),
+    ("segment.jitter.ms", "log.roll.jitter.hours"),
+];
+
+const MS_PER_HOUR: i64 = 3_600_000;
+
+/// The name and value under which Kafka reports topic config `k`'s default `value`, as a
+/// synonym of source DEFAULT_CONFIG.
+fn default_synonym(k: &str, broker_name: &str, value: String) -> (String, String) {
+    let hours = DEFAULT_IN_HOURS.iter().find(|(n, _)| *n == k);
+    match (hours, value.parse::<i64>()) {
+        (Some((_, name)), Ok(ms)) if ms >= 0 && ms % MS_PER_HOUR == 0 => {
+            (name.to_string(), (ms / MS_PER_HOUR).to_string())
+        }
+        _ => (broker_name.to_string(), value),
+    }
+}
+
 /// One config as reported: name, value, source, type, and its synonyms (name, value, source),
 /// most specific first.
 type Entry = (String, String, i8, i8, Vec<(String, String, i8)>);
@@ -101,19 +123,23 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
+    let broker_name = |k: &str| -> String {
+        NAMES
+            .iter()
+            .find(|(n, _, _)| *n == k)
+            .map_or(k, |(_, bn, _)| *bn)
+            .to_string()
+    };
     // The broker-level synonyms of topic config `k`: the static `[log]` value if it differs from
     // Kafka's default, then the default.
     let broker_level = |k: &str| -> Vec<(String, String, i8)> {
-        let broker_name = NAMES
-            .iter()
-            .find(|(n, _, _)| *n == k)
-            .map_or(k, |(_, bn, _)| *bn);
         let (set, default) = (lookup(&broker_values, k), lookup(&defaults, k));
         let mut out = Vec::new();
         if set != default {
-            out.push((broker_name.to_string(), set, SOURCE_STATIC_BROKER));
+            out.push((broker_name(k), set, SOURCE_STATIC_BROKER));
         }
-        out.push((broker_name.to_string(), default, SOURCE_DEFAULT));
+        let (name, value) = default_synonym(k, &broker_name(k), default);
+        out.push((name, value, SOURCE_DEFAULT));
         out
     };
     let config_type = |k: &str| {
@@ -158,8 +184,8 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                     .iter()
                     .map(|(k, v)| {
                         let synonyms = broker_level(k);
-                        let (name, source) = (synonyms[0].0.clone(), synonyms[0].2);
-                        (name, v.clone(), source, config_type(k), synonyms)
+                        let source = synonyms[0].2;
+                        (broker_name(k), v.clone(), source, config_type(k), synonyms)
                     })
                     .collect(),
                 other => {
