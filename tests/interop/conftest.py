@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -28,8 +29,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 _BROKERS: list["Broker"] = []
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+# The QUIC listener's start-up line, with its certificate's fingerprint.
+_QUIC_LISTENING = re.compile(
+    r'listening listener="?quic"?.*?fingerprint=((?:[0-9A-F]{2}:){31}[0-9A-F]{2})')
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -89,7 +95,7 @@ class Broker:
     """
 
     def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, tls: TlsMaterial | None,
-                 sasl_users: dict[str, str] | None = None):
+                 sasl_users: dict[str, str] | None = None, quic: bool = False):
         self.binary = binary
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +106,10 @@ class Broker:
         self.users_path = workdir / "users"
         self.port = free_port()
         self.tls_port = free_port() if tls else None
+        # With a QUIC listener, `start` also waits for it and sets `fingerprint`, the SHA-256
+        # of its self-signed certificate as the broker logs it.
+        self.quic_port = free_port(socket.SOCK_DGRAM) if quic else None
+        self.fingerprint: str | None = None
         self.config_path = workdir / "runnel.toml"
         self.log_path = workdir / "broker.log"
         self.log_path.touch()
@@ -142,7 +152,12 @@ class Broker:
             ]
         else:
             lines += ["enabled = false"]
-        lines += ["[listeners.quic]", "enabled = false", "[listeners.admin]", "enabled = false"]
+        lines += ["[listeners.quic]"]
+        if self.quic_port:
+            lines += [f'address = "127.0.0.1:{self.quic_port}"']
+        else:
+            lines += ["enabled = false"]
+        lines += ["[listeners.admin]", "enabled = false"]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def running(self) -> bool:
@@ -161,6 +176,7 @@ class Broker:
                 cwd=self.workdir, env=env, start_new_session=True,
             )
         ports = [self.port] + ([self.tls_port] if self.tls_port else [])
+        log_from = self.log_path.stat().st_size
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -169,7 +185,7 @@ class Broker:
                 self.proc = None
                 raise RuntimeError(
                     f"runnel exited with {code} during start-up; log:\n{self.log_tail(40)}")
-            if all(_port_open(p) for p in ports):
+            if all(_port_open(p) for p in ports) and self._quic_listening(log_from):
                 return
             if time.monotonic() > deadline:
                 self.kill()
@@ -177,6 +193,15 @@ class Broker:
                     f"runnel did not listen on {ports} within {timeout}s; log:\n"
                     f"{self.log_tail(40)}")
             time.sleep(0.05)
+
+    def _quic_listening(self, log_from: int) -> bool:
+        """True without a QUIC listener; with one, once this start logged it listening."""
+        if self.quic_port is None:
+            return True
+        found = _QUIC_LISTENING.search(self.log_text(log_from))
+        if found:
+            self.fingerprint = found.group(1)
+        return found is not None
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code."""
@@ -273,9 +298,9 @@ def broker_factory(runnel_bin, tls_material, tmp_path_factory):
     made: list[Broker] = []
 
     def make(tls: bool = False, start: bool = True,
-             sasl_users: dict[str, str] | None = None) -> Broker:
+             sasl_users: dict[str, str] | None = None, quic: bool = False) -> Broker:
         b = Broker(runnel_bin, tmp_path_factory.mktemp("broker"), tls_material if tls else None,
-                   sasl_users)
+                   sasl_users, quic)
         made.append(b)
         if start:
             b.start()

@@ -225,7 +225,7 @@ pub async fn serve_halves<R, W>(
                 }
                 Outcome::Silent => {}
                 Outcome::Close(reason) => {
-                    tracing::info!(%peer, listener, client_id = %client_id, reason, "closing connection");
+                    tracing::info!(%peer, listener, client_id = %client_id, reason, "closing the {closing}");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }

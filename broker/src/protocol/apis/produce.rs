@@ -190,7 +190,7 @@ pub fn unacknowledged_end(response: &ProduceResponse) -> Outcome {
         return Outcome::Silent;
     }
     tracing::info!(partitions = %failed.trim_end(), "a produce with acks=0 was refused");
-    Outcome::Close("a produce with acks=0 was refused (as Kafka, the connection is closed)")
+    Outcome::Close("a produce with acks=0 was refused (the close is its only answer, as in Kafka)")
 }
 
 /// Answers a partition with the storage layer's refusal, counted in
