@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Interoperability tests: kcat, confluent-kafka, kafka-python, kafkajs, sarama and kafka-go
-# against a real `runnel` (tests/interop). Installs what it needs itself (Debian packages, a
+# against a real `runnel`, and an aioquic client over its QUIC listener (tests/interop). Installs what it needs itself (Debian packages, a
 # Python venv with the pinned clients from tests/interop/requirements.txt, kafkajs from npm),
 # builds the Go client programs and runnel, runs pytest.
 # Safe to run again: installs already done are skipped. Extra arguments go to pytest,
