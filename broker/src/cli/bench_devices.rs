@@ -10,6 +10,10 @@
 //! broker's peak resident memory (`VmHWM` in `/proc/<pid>/status`) and the CPU time the broker
 //! and this process used while sending, and UDP receive-buffer drops on the machine.
 //!
+//! The devices run on one single-thread tokio runtime per CPU (`--runtimes`), each device's
+//! tasks on one thread, as each real device runs on its own; `--runtimes 0` puts them all on one
+//! multi-thread runtime instead.
+//!
 //! Without `--server`/`--bootstrap` the bench starts `runnel serve` (this same executable) as a
 //! child process on free loopback ports and a fresh temporary data dir, so that its memory is
 //! measured alone; with them, pass `--broker-pid` to get the broker's memory.
@@ -69,6 +73,12 @@ pub struct DevicesArgs {
     /// The process id of a broker already running, to report its memory and CPU.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// How the simulated devices share this process's CPUs: N splits them over N
+    /// single-thread tokio runtimes, each on an OS thread of its own, so that a device's tasks
+    /// (the SDK's, quinn's) never wake another thread, as on a real device; 0 runs them all on
+    /// one multi-thread runtime. Default: one per CPU.
+    #[arg(long)]
+    pub runtimes: Option<usize>,
     /// Devices connecting at the same time during set-up.
     #[arg(long, default_value_t = 50)]
     pub connect_concurrency: usize,
@@ -272,8 +282,13 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
     } else {
         "QUIC (runnel-device)"
     };
+    let runtimes = match device_runtimes(&args) {
+        _ if args.tcp => String::new(),
+        0 => ", devices on one multi-thread runtime".into(),
+        n => format!(", devices on {n} single-thread runtimes"),
+    };
     eprintln!(
-        "bench devices: {} devices x {} readings/s of {} bytes for {:?} over {transport}, linger {:?}",
+        "bench devices: {} devices x {} readings/s of {} bytes for {:?} over {transport}, linger {:?}{runtimes}",
         args.devices, args.rate, args.record_size, args.duration, args.linger
     );
     let drops_before = udp_rcvbuf_errors();
@@ -286,10 +301,7 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<()> {
         let Some((server, fingerprint)) = target.quic.clone() else {
             bail!("QUIC devices need --server and --fingerprint (or neither, to start a broker)");
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(run_quic(&args, server, fingerprint, &topic, target.pid))?
+        run_quic_on_runtimes(&args, server, &fingerprint, &topic, target.pid)?
     };
     let drops = match (drops_before, udp_rcvbuf_errors()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -383,17 +395,108 @@ fn due(rate: f64, elapsed: Duration) -> u64 {
     (rate * elapsed.as_secs_f64()) as u64
 }
 
-async fn run_quic(
+/// Runs the QUIC devices on the runtimes `--runtimes` asks for; see [`run_quic`].
+fn run_quic_on_runtimes(
     args: &DevicesArgs,
     server: SocketAddr,
-    fingerprint: String,
+    fingerprint: &str,
     topic: &str,
     pid: Option<u32>,
 ) -> anyhow::Result<Outcome> {
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let runtimes = device_runtimes(args);
+    if runtimes == 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let shard = Shard {
+            devices: 0..args.devices,
+            start: Arc::new(tokio::sync::Barrier::new(1)),
+            lead: true,
+        };
+        return rt.block_on(run_quic(
+            args,
+            server,
+            fingerprint,
+            topic,
+            pid,
+            shard,
+            acked_total,
+        ));
+    }
+    let n = runtimes.min(args.devices);
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let outcomes = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let shard = Shard {
+                    devices: args.devices * i / n..args.devices * (i + 1) / n,
+                    start: start.clone(),
+                    lead: i == 0,
+                };
+                let acked_total = acked_total.clone();
+                scope.spawn(move || -> anyhow::Result<Outcome> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(run_quic(
+                        args,
+                        server,
+                        fingerprint,
+                        topic,
+                        pid,
+                        shard,
+                        acked_total,
+                    ))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a device runtime panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let mut outcomes = outcomes.into_iter();
+    let mut all = outcomes.next().context("no device runtime")?;
+    for o in outcomes {
+        all.stats.extend(o.stats);
+        all.started = all.started.min(o.started);
+    }
+    Ok(all)
+}
+
+/// `--runtimes`, or one per CPU.
+fn device_runtimes(args: &DevicesArgs) -> usize {
+    args.runtimes.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
+}
+
+/// The devices one runtime simulates.
+struct Shard {
+    devices: std::ops::Range<usize>,
+    /// Every runtime's devices start sending together, once all are connected.
+    start: Arc<tokio::sync::Barrier>,
+    /// The one runtime that reports progress and measures the CPU used.
+    lead: bool,
+}
+
+async fn run_quic(
+    args: &DevicesArgs,
+    server: SocketAddr,
+    fingerprint: &str,
+    topic: &str,
+    pid: Option<u32>,
+    shard: Shard,
+    acked_total: Arc<AtomicU64>,
+) -> anyhow::Result<Outcome> {
     let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
     let mut connecting = Vec::new();
-    for n in 0..args.devices {
-        let mut cfg = DeviceConfig::new(server, Trust::Fingerprint(fingerprint.clone()));
+    for n in shard.devices.clone() {
+        let mut cfg = DeviceConfig::new(server, Trust::Fingerprint(fingerprint.to_string()));
         cfg.client_id = format!("bench-device-{n}");
         cfg.acks = Acks::All;
         cfg.linger = args.linger;
@@ -408,17 +511,19 @@ async fn run_quic(
     for c in connecting {
         devices.push(c.await?.context("a device cannot connect")?);
     }
-    eprintln!(
-        "{} devices connected in {:.1}s",
-        devices.len(),
-        set_up.elapsed().as_secs_f64()
-    );
-    let acked_total = Arc::new(AtomicU64::new(0));
-    let progress = spawn_progress(acked_total.clone());
+    shard.start.wait().await;
+    if shard.lead {
+        eprintln!(
+            "{} devices connected in {:.1}s",
+            args.devices,
+            set_up.elapsed().as_secs_f64()
+        );
+    }
+    let progress = shard.lead.then(|| spawn_progress(acked_total.clone()));
     let (broker_cpu0, client_cpu0) = (pid.and_then(|p| cpu_secs(&p.to_string())), cpu_secs("self"));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (n, device) in devices.into_iter().enumerate() {
+    for (n, device) in shard.devices.clone().zip(devices) {
         let partition = n as i32 % args.partitions.max(1);
         // Spread the devices' ticks over one tick period.
         let offset = args.tick.mul_f64(n as f64 / args.devices as f64);
@@ -444,7 +549,11 @@ async fn run_quic(
     for t in tasks {
         stats.push(t.await?);
     }
-    progress.abort();
+    // The CPU is measured once every runtime's devices are done.
+    shard.start.wait().await;
+    if let Some(p) = progress {
+        p.abort();
+    }
     Ok(Outcome {
         stats,
         started,
