@@ -17,6 +17,11 @@
 //!   batch the broker refused on its own (too large, or a non-retriable error): the requests in
 //!   flight behind it go back to `queue` as well, but the stream stays, and their answers are
 //!   read and skipped (`skip`).
+//! - Until the broker has acknowledged a batch of a partition from this producer on this
+//!   session, only one batch of that partition is in flight. A broker that holds no state for a
+//!   producer takes any sequence number from it (as Kafka does since 2.5), so a batch sent behind
+//!   one it refuses (say, as too large) would be stored ahead of it; once it knows the producer it
+//!   refuses such a batch as out of order, and pipelining is safe.
 //! - Metadata and InitProducerId go out only when nothing is in flight (with [`Session::call`]),
 //!   skipped answers included.
 //! - Connecting and that set-up run beside the loop ([`prepare`]), never inside it: while the
@@ -197,6 +202,10 @@ pub(crate) struct Worker {
     /// Sealed batches not yet sent (after `in_flight` in delivery order).
     queue: VecDeque<Batch>,
     in_flight: VecDeque<InFlight>,
+    /// Partitions of which a batch has been acknowledged under the current producer id on the
+    /// current session: the broker holds their sequence numbers, and they may have several
+    /// batches in flight.
+    confirmed: HashSet<Tp>,
     /// Correlation ids of requests still unanswered on the session stream whose batches went
     /// back to `queue` (behind a refused batch): their answers are read and skipped.
     skip: VecDeque<i32>,
@@ -350,6 +359,7 @@ impl Worker {
             open_order: VecDeque::new(),
             queue,
             in_flight: VecDeque::new(),
+            confirmed: HashSet::new(),
             skip: VecDeque::new(),
             file,
             flushes: Vec::new(),
@@ -586,6 +596,11 @@ impl Worker {
         {
             return false;
         }
+        if !self.confirmed.contains(&head.tp)
+            && self.in_flight.iter().any(|f| f.batch.tp == head.tp)
+        {
+            return false;
+        }
         !self.awaiting_answers()
             || (self.session.is_some()
                 && self.producer.is_some()
@@ -748,6 +763,7 @@ impl Worker {
             0 | DUPLICATE_SEQUENCE_NUMBER => {
                 self.backoff = BACKOFF_MIN;
                 let batch = self.in_flight.pop_front().expect("head batch").batch;
+                self.confirmed.insert(batch.tp.clone());
                 let partition = batch.tp.1;
                 self.finish(batch, false, |i| {
                     Ok(Ack {
@@ -893,6 +909,7 @@ impl Worker {
     /// Drops the session (closing its connection); the next request makes a new one.
     fn drop_session(&mut self) {
         self.session = None;
+        self.confirmed.clear();
         self.skip.clear();
         self.draining = false;
         self.stream_ended = false;
@@ -902,6 +919,7 @@ impl Worker {
     /// renumbered in order.
     fn new_producer(&mut self, p: Producer) {
         self.producer = Some(p);
+        self.confirmed.clear();
         renumber(&mut self.queue, &mut self.next_sequence);
         if let Some(f) = self.file.as_mut() {
             f.producer(p);

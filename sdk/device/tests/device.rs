@@ -721,6 +721,38 @@ async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fai
     broker.shutdown().await;
 }
 
+/// A new device's first batch of a partition, refused as too large: the broker does not know
+/// the producer yet, so it would take any sequence, and a part sent behind a refused one would be
+/// stored ahead of it. Until a batch of the partition is acknowledged, one at a time goes: the
+/// readings are stored once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_producers_first_batch_refused_as_too_large_is_stored_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.log.max_message_bytes = 2000;
+    let broker = start_with(cfg).await;
+    let mut dcfg = device_config(&broker);
+    dcfg.linger = Duration::from_millis(50);
+    let device = Device::connect(dcfg).await.unwrap();
+    // 12 readings of about 500 bytes in one linger: one batch of 6 KB. Its second half is a
+    // few bytes larger than the first, so it is cut again at once: the first half (3 KB, refused
+    // too) goes with two quarters (which fit) behind it.
+    let value = |i: usize| format!("{}:{}", i + 1, "v".repeat(500)).into_bytes();
+    let acks: Vec<_> = (0..12)
+        .map(|i| device.enqueue("first", 0, None, &value(i)).unwrap())
+        .collect();
+    expect_offsets(acks, 0).await;
+    device.close().await;
+    let values = read_values(broker.bootstrap(), "first", 12).await;
+    let heads = |v: Vec<Vec<u8>>| -> Vec<String> {
+        v.iter()
+            .map(|x| String::from_utf8_lossy(&x[..3]).into_owned())
+            .collect()
+    };
+    assert_eq!(heads(values), heads((0..12).map(value).collect()));
+    broker.shutdown().await;
+}
+
 /// A batch refused as too large while later ones are in flight, on its partition and on
 /// another: the later ones go again behind its halves on the same stream (the broker refuses
 /// those of the partition as out of order, and answers those of the other partition it stored
