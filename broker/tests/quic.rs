@@ -1013,6 +1013,92 @@ async fn token_devices_authenticate_with_sasl_plain_and_others_are_refused() {
     broker.shutdown().await;
 }
 
+/// The reason a connection was closed with by the broker, within 5 s.
+async fn close_reason(device: &Device) -> String {
+    let closed = tokio::time::timeout(Duration::from_secs(5), device.conn.closed())
+        .await
+        .expect("closed by the broker");
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+        panic!("closed by the broker with a reason: {closed:?}");
+    };
+    assert_eq!(close.error_code, quinn::VarInt::from_u32(1));
+    String::from_utf8_lossy(&close.reason).into_owned()
+}
+
+/// With tokens, a device that has not authenticated may send small requests only (512 KiB, as
+/// Kafka's `sasl.server.max.receive.size`) and must authenticate within
+/// `broker.handshake_timeout`, keep-alives or not: unauthenticated clients cannot make the broker
+/// hold large requests or keep connection slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_device_sends_little_and_must_authenticate_in_time() {
+    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "sensor-7 s3cret-7\n").unwrap();
+    let mut cfg = quic_config(&dir.path().join("data"));
+    cfg.listeners.quic.client_auth = edge_config::QuicClientAuth::Token;
+    cfg.listeners.quic.token_file = tokens;
+    cfg.broker.handshake_timeout = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    let failures = || {
+        broker
+            .broker
+            .metrics
+            .auth_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    // A 50 MiB request announced (and begun) before authenticating: the connection is closed.
+    let raw = connect(&broker).await;
+    let mut s = raw.session().await;
+    s.send
+        .write_all(&(50i32 << 20).to_be_bytes())
+        .await
+        .unwrap();
+    let _ = s.send.write_all(&vec![0u8; 256 * 1024]).await;
+    assert!(
+        close_reason(&raw)
+            .await
+            .contains("before SASL authentication"),
+        "refused for its size"
+    );
+    assert_eq!(failures(), 1);
+
+    // ApiVersions only, with keep-alives: closed once the timeout has passed.
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(200)));
+    let idler = connect_with_transport(&broker, transport).await;
+    assert!(idler.session().await.answers().await);
+    let reason = close_reason(&idler).await;
+    assert!(reason.contains("no SASL authentication within"), "{reason}");
+    assert_eq!(failures(), 2);
+
+    // Authenticated in time: the connection stays past the timeout and is served.
+    let ok = connect(&broker).await;
+    let mut first = ok.session().await;
+    let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+    assert_eq!(first.call(&hs, 1).await.error_code, 0);
+    let auth = SaslAuthenticateRequest::default()
+        .with_auth_bytes(Bytes::from_static(b"\0sensor-7\0s3cret-7"));
+    assert_eq!(first.call(&auth, 2).await.error_code, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut second = ok.session().await;
+    create_topic(&mut second, "timed").await;
+    let big = Reading {
+        key: b"sensor-7".to_vec(),
+        value: vec![b'x'; 600 * 1024],
+        timestamp: 1,
+        headers: Vec::new(),
+    };
+    assert_eq!(
+        produce(&mut second, "timed", batch(&[big])).await,
+        (0, 0),
+        "a request over 512 KiB is served once authenticated"
+    );
+    assert_eq!(failures(), 2);
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datagram_readings_arrive_and_bad_datagrams_are_dropped() {
     let dir = tempfile::tempdir().unwrap();

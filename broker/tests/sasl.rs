@@ -203,6 +203,81 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
     broker.shutdown().await;
 }
 
+/// Until it has logged in, a client may send small requests only (Kafka's
+/// `sasl.server.max.receive.size`, 512 KiB), and it must log in within
+/// `broker.handshake_timeout`: an unauthenticated client cannot make the broker hold a large
+/// request, nor hold a connection slot for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_login_requests_are_small_and_the_login_is_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, USERS).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    cfg.broker.handshake_timeout = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let failures = || broker.broker.metrics.auth_failures.load(Ordering::Relaxed);
+
+    // A 1 MiB frame before logging in: closed after its size, unanswered.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    raw.send_raw(&(1i32 << 20).to_be_bytes()).await;
+    assert!(raw.is_closed().await, "closed at the size of the frame");
+    assert_eq!(failures(), 1);
+
+    // ApiVersions is answered, but a client that does not log in is closed after the timeout.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let versions = raw
+        .call(&kafka_protocol::messages::ApiVersionsRequest::default(), 3)
+        .await;
+    assert_eq!(versions.error_code, 0);
+    let waited = std::time::Instant::now();
+    assert!(raw.is_closed().await, "closed for not logging in");
+    assert!(waited.elapsed() < Duration::from_secs(5));
+    assert_eq!(failures(), 2);
+
+    // A client that logs in stays past the timeout and may send large requests.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    raw.call(
+        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        1,
+    )
+    .await;
+    let auth = raw
+        .call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"\0bob\0b0b-s3cret")),
+            2,
+        )
+        .await;
+    assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let big_topic = "t".repeat(200);
+    let topics = (0..3000)
+        .map(|i| {
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default().with_name(
+                Some(kafka_protocol::messages::TopicName(StrBytes::from_string(
+                    format!("{big_topic}{i}"),
+                ))),
+            )
+        })
+        .collect();
+    let md = raw
+        .call(
+            &MetadataRequest::default()
+                .with_topics(Some(topics))
+                .with_allow_auto_topic_creation(false),
+            9,
+        )
+        .await;
+    assert_eq!(
+        md.topics.len(),
+        3000,
+        "a 600 KB request is served once logged in"
+    );
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_bad_credentials_file_stops_the_start_naming_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -77,9 +77,9 @@ pub struct BrokerConfig {
     /// accepted and QUIC connections are refused (CONNECTION_REFUSED).
     /// Default 10000. Each connection costs a task, buffers and a file descriptor.
     pub max_connections: usize,
-    /// Time a new connection has to finish its TLS or QUIC handshake before it is closed.
-    /// Default 10s. Longer tolerates slow links; shorter frees slots held by idle or hostile
-    /// peers sooner.
+    /// Time a new connection has to finish its TLS or QUIC handshake before it is closed, and,
+    /// where it must log in (SASL PLAIN, QUIC tokens), to authenticate after that. Default 10s.
+    /// Longer tolerates slow links; shorter frees slots held by idle or hostile peers sooner.
     #[serde(with = "units::duration")]
     pub handshake_timeout: Duration,
     /// A Kafka connection (TCP or TLS) that has moved no byte either way for this long is

@@ -9,7 +9,9 @@
 //! connection that must authenticate first (`protocol::auth`), any other request before a
 //! successful SaslAuthenticate is not handled: the session ends and the listener is asked to close
 //! the whole connection with the reason; after a failed SaslAuthenticate a TCP connection ends
-//! once the answer is written.
+//! once the answer is written. Until it has authenticated, such a connection may send requests
+//! of at most [`auth::MAX_UNAUTHENTICATED_REQUEST_BYTES`], and a TCP one must authenticate
+//! within `broker.handshake_timeout` (the QUIC listener times the whole connection itself).
 //!
 //! A request a quota policy throttled (`Ctx::throttle_ms`, set by `plugins::quota`) mutes the
 //! connection for that long: no further request is read or handled meanwhile. KIP-219 clients
@@ -26,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::plugins::quota;
-use crate::protocol::{Ctx, ListenerKind, Outcome, Session, frame};
+use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 
 /// Responses queued for the writer before the reader waits.
 const WRITE_QUEUE: usize = 64;
@@ -136,10 +138,18 @@ pub async fn serve_halves<R, W>(
     // QUIC streams live under the QUIC idle timeout instead.
     let closes_idle = session.listener != ListenerKind::Quic;
     let idle = broker.config.broker.connections_max_idle;
+    let auth_timeout = broker.config.broker.handshake_timeout;
+    let auth_deadline = tokio::time::Instant::now() + auth_timeout;
     'conn: loop {
         // Handle every complete frame already buffered before reading again.
         loop {
-            let frame = match frame::split_frame(&mut buf, max) {
+            let unauthenticated = session.identity.awaits_sasl();
+            let limit = if unauthenticated {
+                max.min(auth::MAX_UNAUTHENTICATED_REQUEST_BYTES)
+            } else {
+                max
+            };
+            let frame = match frame::split_frame(&mut buf, limit) {
                 Ok(Some(f)) => {
                     metrics
                         .bytes_in
@@ -147,6 +157,16 @@ pub async fn serve_halves<R, W>(
                     f
                 }
                 Ok(None) => break,
+                Err(frame::FrameError::TooLarge { size, max }) if unauthenticated => {
+                    let reason = format!(
+                        "authentication required: a request of {size} bytes before SASL \
+                         authentication (at most {max} until then)"
+                    );
+                    tracing::info!(%peer, listener, %reason, "closing connection");
+                    metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    session.identity.close(reason, false);
+                    break 'conn;
+                }
                 Err(e) => {
                     match protocol_hint(&buf) {
                         Some(hint) => {
@@ -252,6 +272,16 @@ pub async fn serve_halves<R, W>(
                     continue 'conn; // the writer moved bytes meanwhile
                 }
                 tracing::info!(%peer, listener, idle = ?idle, pending = buf.len(), "closing an idle connection (broker.connections_max_idle)");
+                break;
+            }
+            _ = tokio::time::sleep_until(auth_deadline), if closes_idle && session.identity.awaits_sasl() => {
+                let reason = format!(
+                    "authentication required: no SASL authentication within {auth_timeout:?} \
+                     (broker.handshake_timeout)"
+                );
+                tracing::info!(%peer, listener, %reason, "closing connection");
+                metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                session.identity.close(reason, false);
                 break;
             }
         };

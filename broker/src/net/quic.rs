@@ -356,6 +356,11 @@ async fn serve_connection(
     ));
     let refused = link.identity.closed();
     tokio::pin!(refused);
+    // A device that must authenticate has `handshake_timeout` to do it, keep-alives or not.
+    let auth_timeout = broker.config.broker.handshake_timeout;
+    let auth_deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(auth_deadline);
+    let mut auth_timed = link.identity.uses_sasl();
     loop {
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
@@ -374,6 +379,19 @@ async fn serve_connection(
                 }
                 conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), closing.reason.as_bytes());
                 break;
+            }
+            _ = &mut auth_deadline, if auth_timed => {
+                auth_timed = false;
+                if link.identity.awaits_sasl() {
+                    let reason = format!(
+                        "authentication required: no SASL authentication within {auth_timeout:?} \
+                         (broker.handshake_timeout)"
+                    );
+                    tracing::info!(%peer, %reason, "closing QUIC connection");
+                    broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    link.identity.close(reason, false);
+                }
+                continue;
             }
             _ = shutdown.changed() => break,
         };

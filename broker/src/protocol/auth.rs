@@ -204,6 +204,11 @@ pub enum AuthError {
     NotEnabled,
 }
 
+/// The largest request a connection that must authenticate may send before it has: ample for
+/// ApiVersions and the SASL requests, and small enough that unauthenticated clients cannot make
+/// the broker hold much (Kafka's `sasl.server.max.receive.size`, 512 KiB).
+pub const MAX_UNAUTHENTICATED_REQUEST_BYTES: usize = 512 * 1024;
+
 /// Why and how a connection is to be closed ([`Identity::close`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closing {
@@ -261,6 +266,11 @@ impl Identity {
     /// Whether this connection takes SASL.
     pub fn uses_sasl(&self) -> bool {
         self.tokens.is_some()
+    }
+
+    /// Whether this connection must still authenticate with SASL.
+    pub fn awaits_sasl(&self) -> bool {
+        self.uses_sasl() && self.principal().is_none()
     }
 
     /// Whether a request of `api` may be handled now. Before authentication only the requests
