@@ -46,7 +46,10 @@
 //! [`Device::subscribe`] reads a topic (e.g. commands sent back to devices) on its own stream of
 //! the same connection with long-polling Fetch requests. [`Device::subscribe_group`] starts at
 //! the offset a consumer group committed, and [`Subscription::commit`] stores the position there,
-//! so a restarted device goes on after the last command it handled.
+//! so a restarted device goes on after the last command it handled. A position the partition
+//! does not hold (below its first kept record after retention or DeleteRecords, or past its end)
+//! moves as the subscription's [`OffsetReset`] says (Kafka's `auto.offset.reset`): by default
+//! to the first record still kept, so no command the broker keeps is skipped.
 //!
 //! ## Identity, datagrams, 0-RTT
 //!
@@ -71,7 +74,7 @@ mod worker;
 
 pub use link::ZeroRtt;
 pub use record::Record;
-pub use subscribe::{Message, StartAt, Subscription};
+pub use subscribe::{Message, OffsetReset, StartAt, Subscription};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -304,6 +307,26 @@ pub enum DeviceError {
         "no stream free on the connection (the broker allows listeners.quic.max_streams, default 16, one of them for produce): close a subscription first"
     )]
     NoStream,
+    /// A subscription asked to start at a negative offset; nothing was opened.
+    #[error(
+        "cannot subscribe at offset {0}: offsets start at 0 (StartAt::Earliest reads from the first record kept)"
+    )]
+    InvalidOffset(i64),
+    /// The subscription's position is not in the partition (removed by retention or
+    /// DeleteRecords, or past the end), and its [`OffsetReset`] is [`OffsetReset::Fail`]: it
+    /// stays there, and every [`Subscription::next`] fails so, until the caller subscribes
+    /// again at a position it chooses.
+    #[error(
+        "subscription position {position} is not in the partition (first kept offset {log_start}, end {log_end}) and its OffsetReset is Fail: subscribe again with a StartAt"
+    )]
+    OffsetOutOfRange {
+        /// The subscription's position.
+        position: i64,
+        /// The partition's first kept offset.
+        log_start: i64,
+        /// The partition's end: the offset its next record gets.
+        log_end: i64,
+    },
     /// [`Subscription::commit`] on a subscription opened without a consumer group.
     #[error("commit needs a group: open the subscription with Device::subscribe_group")]
     NoGroup,
@@ -581,7 +604,10 @@ impl Device {
     /// Reads `partition` of `topic` from `start` on a stream of its own on this device's
     /// connection: [`Subscription::next`] yields the records in offset order, long-polling the
     /// broker while there are none, and resumes after the last record across reconnects. The
-    /// topic is created if the broker allows auto-creation.
+    /// topic is created if the broker allows auto-creation. A position the partition does not
+    /// hold (an offset past its end, or removed by retention) moves to the first kept record
+    /// on the first read, or as [`Subscription::with_offset_reset`] says. Fails with
+    /// [`DeviceError::InvalidOffset`] for a negative [`StartAt::Offset`].
     pub async fn subscribe(
         &self,
         topic: &str,
@@ -595,7 +621,10 @@ impl Device {
     /// offset the group committed for the partition ([`Subscription::commit`]), or at `otherwise`
     /// when it committed none, so a device that restarts goes on after the last record it
     /// committed. The group is used the way Kafka's standalone consumers use one (offsets only,
-    /// no membership); give each device its own group, e.g. its name.
+    /// no membership); give each device its own group, e.g. its name. A committed offset the
+    /// partition no longer holds (retention or DeleteRecords removed it while the device was
+    /// away) moves as the subscription's [`OffsetReset`] says, by default to the first record
+    /// still kept; `otherwise` applies only when the group committed nothing.
     pub async fn subscribe_group(
         &self,
         group: &str,

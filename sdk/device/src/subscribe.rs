@@ -7,10 +7,18 @@
 //! commits are Kafka's own (OffsetCommit as a standalone consumer: no group membership, no
 //! rebalancing), so `kafka-consumer-groups`-style tools see them.
 //!
+//! A position the partition does not hold (below its first kept record after retention or
+//! DeleteRecords, past its end, e.g. an explicit offset too large or a topic emptied and filled
+//! again) gets OFFSET_OUT_OF_RANGE from Fetch. The subscription then moves as its
+//! [`OffsetReset`] says (Kafka's `auto.offset.reset`): to the partition's earliest or latest
+//! offset, looked up with ListOffsets and logged at warn with how far it moved, or not at all,
+//! failing [`Subscription::next`] with [`DeviceError::OffsetOutOfRange`].
+//!
 //! Invariants: `next_offset` is the offset after the last record handed out (or queued in
-//! `ready`), so a new stream after a reconnect resumes exactly there; a request cancelled half
-//! way (the caller dropped `next`) leaves the stream in an unknown state, so it is replaced
-//! before the next request.
+//! `ready`), so a new stream after a reconnect resumes exactly there; it moves otherwise only
+//! when the broker answers OFFSET_OUT_OF_RANGE for it (then `ready` is empty). A request
+//! cancelled half way (the caller dropped `next`) leaves the stream in an unknown state, so it
+//! is replaced before the next request.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -49,6 +57,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// The ListOffsets "timestamp" asking for the partition's first kept offset.
+const EARLIEST_OFFSET: i64 = -2;
+/// The ListOffsets "timestamp" asking for the partition's end (the offset the next record gets).
+const LATEST_OFFSET: i64 = -1;
 
 /// Where a new subscription starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +69,35 @@ pub enum StartAt {
     Earliest,
     /// After the last record now in the log: only records written from now on.
     Latest,
-    /// This offset.
+    /// This offset (0 or more; a negative one is refused with [`DeviceError::InvalidOffset`]).
+    /// An offset the partition does not hold (past its end, or removed by retention) is
+    /// accepted, and the first read moves the subscription as its [`OffsetReset`] says.
     Offset(i64),
+}
+
+/// What a subscription does when its position is not in the partition: an explicit
+/// [`StartAt::Offset`] past the end, a group's committed offset that retention or DeleteRecords
+/// has removed, a topic emptied while the device was offline. Kafka's `auto.offset.reset`
+/// (`earliest`, `latest`, `none`); set with [`Subscription::with_offset_reset`].
+///
+/// The default is [`OffsetReset::Earliest`], where Kafka's is `latest`: for commands sent to a
+/// device, a lost position should cost nothing the broker still keeps. When the position fell
+/// below the first kept record, `Earliest` skips only what is gone and delivers every command
+/// the device has not read yet, where `Latest` would also drop those, silently. When the
+/// position is past the end, `Earliest` reads the whole partition again, so a device may see
+/// commands it already handled: handle commands idempotently, or check their timestamps, or
+/// choose `Latest` for a topic where only what is sent from now on matters (e.g. live
+/// settings that are sent again periodically).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// Go on from the first record the partition still keeps (Kafka's `earliest`).
+    #[default]
+    Earliest,
+    /// Go on from the end: only records written from now on (Kafka's `latest`).
+    Latest,
+    /// Do not move: [`Subscription::next`] fails with [`DeviceError::OffsetOutOfRange`], on
+    /// every call, until the caller subscribes again at a position it chooses (Kafka's `none`).
+    Fail,
 }
 
 /// A record read by a [`Subscription`].
@@ -82,6 +121,8 @@ pub struct Subscription {
     topic: TopicName,
     partition: i32,
     next_offset: i64,
+    /// Where `next_offset` goes when the broker does not hold it.
+    reset: OffsetReset,
     /// The consumer group whose committed offset this subscription started from, if any.
     group: Option<GroupId>,
     stream: Option<SubStream>,
@@ -133,11 +174,15 @@ impl Subscription {
         group: Option<&str>,
         start: StartAt,
     ) -> Result<Subscription, DeviceError> {
+        if let StartAt::Offset(offset @ ..0) = start {
+            return Err(DeviceError::InvalidOffset(offset));
+        }
         let mut sub = Subscription {
             tx,
             topic: TopicName(StrBytes::from_string(topic.to_string())),
             partition,
             next_offset: -1,
+            reset: OffsetReset::default(),
             group: group.map(|g| GroupId(StrBytes::from_string(g.to_string()))),
             stream: None,
             ready: VecDeque::new(),
@@ -157,23 +202,33 @@ impl Subscription {
         };
         sub.next_offset = match (committed, start) {
             (Some(o), _) | (None, StartAt::Offset(o)) => o,
-            (None, StartAt::Earliest) => sub.list_offset(&mut stream, -2).await?,
-            (None, StartAt::Latest) => sub.list_offset(&mut stream, -1).await?,
+            (None, StartAt::Earliest) => sub.list_offset(&mut stream, EARLIEST_OFFSET).await?,
+            (None, StartAt::Latest) => sub.list_offset(&mut stream, LATEST_OFFSET).await?,
         };
         sub.stream = Some(stream);
         Ok(sub)
     }
 
-    /// The offset of the next record this subscription will yield.
+    /// This subscription, moving as `reset` says when its position is not in the partition
+    /// (default [`OffsetReset::Earliest`]; see there for why).
+    pub fn with_offset_reset(mut self, reset: OffsetReset) -> Subscription {
+        self.reset = reset;
+        self
+    }
+
+    /// The offset of the next record this subscription will yield. Before the first read it is
+    /// where the subscription started, which the partition may not hold: the read then moves
+    /// it as the [`OffsetReset`] says.
     pub fn position(&self) -> i64 {
         self.ready.front().map_or(self.next_offset, |m| m.offset)
     }
 
     /// The next record, waiting (long-polling the broker) until there is one. Connection losses
-    /// are retried with backoff; fails with [`DeviceError::Broker`] when the broker refuses the
-    /// read (e.g. `OFFSET_OUT_OF_RANGE` when the position was removed by retention) and
-    /// [`DeviceError::Closed`] once the device is gone. Cancel-safe: dropping the future loses
-    /// no record.
+    /// are retried with backoff. A position the partition does not hold moves as the
+    /// subscription's [`OffsetReset`] says (logged at warn), or with [`OffsetReset::Fail`]
+    /// fails with [`DeviceError::OffsetOutOfRange`]. Fails with [`DeviceError::Broker`] when
+    /// the broker refuses the read otherwise, and [`DeviceError::Closed`] once the device is
+    /// gone. Cancel-safe: dropping the future loses no record.
     pub async fn next(&mut self) -> Result<Message, DeviceError> {
         loop {
             if let Some(m) = self.ready.pop_front() {
@@ -285,7 +340,7 @@ impl Subscription {
         })
     }
 
-    /// The earliest (-2) or latest (-1) offset of the partition.
+    /// The earliest ([`EARLIEST_OFFSET`]) or latest ([`LATEST_OFFSET`]) offset of the partition.
     async fn list_offset(&self, stream: &mut SubStream, which: i64) -> Result<i64, DeviceError> {
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -333,9 +388,8 @@ impl Subscription {
         match part.error_code {
             0 => {}
             OFFSET_OUT_OF_RANGE => {
-                return Err(DeviceError::Broker {
-                    code: OFFSET_OUT_OF_RANGE,
-                });
+                let (log_start, log_end) = (part.log_start_offset, part.high_watermark);
+                return self.reset(stream, log_start, log_end).await;
             }
             code => {
                 // E.g. the topic is being created: not fatal, ask again shortly.
@@ -347,6 +401,63 @@ impl Subscription {
         if let Some(records) = part.records.clone() {
             self.take_records(records)?;
         }
+        Ok(())
+    }
+
+    /// Moves `next_offset`, which the partition does not hold (it keeps `log_start` up to, not
+    /// including, `log_end`, as the Fetch answer said), to where `self.reset` says.
+    async fn reset(
+        &mut self,
+        stream: &mut SubStream,
+        log_start: i64,
+        log_end: i64,
+    ) -> Result<(), DeviceError> {
+        let which = match self.reset {
+            OffsetReset::Earliest => EARLIEST_OFFSET,
+            OffsetReset::Latest => LATEST_OFFSET,
+            OffsetReset::Fail => {
+                return Err(DeviceError::OffsetOutOfRange {
+                    position: self.next_offset,
+                    log_start,
+                    log_end,
+                });
+            }
+        };
+        let (from, to) = (self.next_offset, self.list_offset(stream, which).await?);
+        let (topic, partition, reset) = (self.topic.0.as_str(), self.partition, self.reset);
+        if to > from {
+            tracing::warn!(
+                topic,
+                partition,
+                from,
+                to,
+                ?reset,
+                "subscription position is not in the partition (first kept offset {log_start}, end \
+                 {log_end}); skipping {} offsets",
+                to - from
+            );
+        } else if to < from {
+            tracing::warn!(
+                topic,
+                partition,
+                from,
+                to,
+                ?reset,
+                "subscription position is not in the partition (first kept offset {log_start}, end \
+                 {log_end}); going back {} offsets",
+                from - to
+            );
+        } else {
+            // Fetch and ListOffsets disagree (the log changed in between): ask again shortly.
+            tracing::debug!(
+                topic,
+                partition,
+                from,
+                "subscription: out of range at the reset offset; retrying"
+            );
+            tokio::time::sleep(BACKOFF_MIN).await;
+        }
+        self.next_offset = to;
         Ok(())
     }
 

@@ -1,0 +1,300 @@
+//! Subscriptions whose position the partition does not hold (an explicit offset past the end, a
+//! committed offset removed by DeleteRecords), against a real broker started in-process; the
+//! commands come from librdkafka.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::{Offset, TopicPartitionList};
+use runnel::{BrokerHandle, Config};
+use runnel_device::{
+    Acks, Device, DeviceConfig, DeviceError, Message, OffsetReset, StartAt, Subscription, Trust,
+};
+
+/// A broker config: data in `dir`, Kafka on 127.0.0.1:0, QUIC on `quic`.
+fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
+    let mut cfg = Config::default();
+    cfg.broker.data_dir = dir.to_path_buf();
+    cfg.listeners.kafka.address = "127.0.0.1:0".parse().unwrap();
+    cfg.listeners.quic.enabled = true;
+    cfg.listeners.quic.address = quic;
+    cfg.listeners.admin.enabled = false;
+    cfg
+}
+
+/// Starts a broker in `dir`, with logs (`RUST_LOG`, default warn) in the test's output.
+async fn start(dir: &Path) -> BrokerHandle {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    let cfg = broker_config(dir, "127.0.0.1:0".parse().unwrap());
+    runnel::start_broker(cfg).await.expect("broker starts")
+}
+
+fn device_config(broker: &BrokerHandle) -> DeviceConfig {
+    let mut cfg = DeviceConfig::new(
+        broker.quic_addr.expect("QUIC listener"),
+        Trust::Fingerprint(broker.quic_fingerprint.clone().expect("fingerprint")),
+    );
+    cfg.client_id = "valve-3".into();
+    cfg.acks = Acks::All;
+    cfg
+}
+
+fn command(i: i64) -> String {
+    format!("cmd-{i}")
+}
+
+/// Produces the commands `range` to partition 0 of `topic` with librdkafka, in order.
+async fn kafka_produce(bootstrap: String, topic: &'static str, range: std::ops::Range<i64>) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    tokio::task::spawn_blocking(move || {
+        let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("broker.address.family", "v4")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for i in range {
+            let v = command(i);
+            p.send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(0)
+                    .key("cmd")
+                    .payload(&v),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    })
+    .await
+    .unwrap()
+}
+
+/// Deletes the records of partition 0 of `topic` before `before` with the broker's
+/// DeleteRecords (librdkafka's admin client); the partition's new first offset.
+async fn delete_records(bootstrap: &str, topic: &str, before: Offset) -> i64 {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, before).unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let done = admin.delete_records(&tpl, &opts).await.unwrap();
+    let part = done.find_partition(topic, 0).unwrap();
+    part.error().unwrap();
+    match part.offset() {
+        Offset::Offset(o) => o,
+        other => panic!("DeleteRecords answered {other:?}"),
+    }
+}
+
+/// The subscription's next record, within 20 s.
+async fn next(sub: &mut Subscription) -> Message {
+    tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("a record in time")
+        .unwrap()
+}
+
+/// Checks that the subscription yields the commands `range` in order, at their own offsets.
+async fn expect_commands(sub: &mut Subscription, range: std::ops::Range<i64>) {
+    for i in range {
+        let m = next(sub).await;
+        assert_eq!(
+            (m.offset, m.value.as_deref()),
+            (i, Some(command(i).as_bytes()))
+        );
+    }
+}
+
+/// Waits a little on `sub`, which must have nothing to read, so its first read (and any reset
+/// of its position) has happened; then its position is `want`.
+async fn expect_waiting_at(sub: &mut Subscription, want: i64) {
+    let read = tokio::time::timeout(Duration::from_secs(1), sub.next()).await;
+    assert!(read.is_err(), "nothing to read, got {read:?}");
+    assert_eq!(sub.position(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_starts_again_at_the_first_kept_record_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    kafka_produce(broker.bootstrap(), "commands", 0..11).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+
+    let mut sub = device
+        .subscribe("commands", 0, StartAt::Offset(1000))
+        .await
+        .unwrap();
+    assert_eq!(sub.position(), 1000, "the start is taken as given");
+    expect_commands(&mut sub, 0..11).await;
+    kafka_produce(broker.bootstrap(), "commands", 11..12).await;
+    expect_commands(&mut sub, 11..12).await;
+    drop(sub);
+    device.close().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_with_latest_delivers_the_next_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    kafka_produce(broker.bootstrap(), "commands", 0..11).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+
+    let mut sub = device
+        .subscribe("commands", 0, StartAt::Offset(1000))
+        .await
+        .unwrap()
+        .with_offset_reset(OffsetReset::Latest);
+    expect_waiting_at(&mut sub, 11).await;
+    kafka_produce(broker.bootstrap(), "commands", 11..12).await;
+    expect_commands(&mut sub, 11..12).await;
+    drop(sub);
+    device.close().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_end_with_fail_is_a_clear_error_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    kafka_produce(broker.bootstrap(), "commands", 0..11).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+
+    let mut sub = device
+        .subscribe("commands", 0, StartAt::Offset(1000))
+        .await
+        .unwrap()
+        .with_offset_reset(OffsetReset::Fail);
+    let out_of_range = DeviceError::OffsetOutOfRange {
+        position: 1000,
+        log_start: 0,
+        log_end: 11,
+    };
+    for _ in 0..2 {
+        let read = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("an answer in time");
+        assert_eq!(read, Err(out_of_range.clone()));
+        assert_eq!(sub.position(), 1000, "the position does not move");
+    }
+    drop(sub);
+    device.close().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_offset_is_refused_at_subscribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+
+    let plain = device.subscribe("commands", 0, StartAt::Offset(-5)).await;
+    assert!(matches!(plain, Err(DeviceError::InvalidOffset(-5))));
+    let group = device
+        .subscribe_group("valve-3", "commands", 0, StartAt::Offset(-1))
+        .await;
+    assert!(matches!(group, Err(DeviceError::InvalidOffset(-1))));
+    // Offset 0 is fine on an empty partition.
+    let mut zero = device
+        .subscribe("commands", 0, StartAt::Offset(0))
+        .await
+        .unwrap();
+    kafka_produce(broker.bootstrap(), "commands", 0..1).await;
+    expect_commands(&mut zero, 0..1).await;
+    drop(zero);
+    device.close().await;
+    broker.shutdown().await;
+}
+
+/// A device commits, goes away, and DeleteRecords removes its committed position: it comes back
+/// at the first record still kept (by default), or at the end with `OffsetReset::Latest`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_committed_offset_was_deleted_resumes_at_the_first_kept_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    kafka_produce(broker.bootstrap(), "commands", 0..10).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    for group in ["valve-3", "valve-4"] {
+        let mut sub = device
+            .subscribe_group(group, "commands", 0, StartAt::Earliest)
+            .await
+            .unwrap();
+        expect_commands(&mut sub, 0..3).await;
+        sub.commit().await.unwrap();
+    }
+    device.close().await;
+
+    assert_eq!(
+        delete_records(&broker.bootstrap(), "commands", Offset::Offset(6)).await,
+        6
+    );
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let mut earliest = device
+        .subscribe_group("valve-3", "commands", 0, StartAt::Latest)
+        .await
+        .unwrap();
+    assert_eq!(earliest.position(), 3, "starts at the commit");
+    expect_commands(&mut earliest, 6..10).await;
+    earliest.commit().await.unwrap();
+    let mut latest = device
+        .subscribe_group("valve-4", "commands", 0, StartAt::Earliest)
+        .await
+        .unwrap()
+        .with_offset_reset(OffsetReset::Latest);
+    expect_waiting_at(&mut latest, 10).await;
+
+    kafka_produce(broker.bootstrap(), "commands", 10..11).await;
+    expect_commands(&mut earliest, 10..11).await;
+    expect_commands(&mut latest, 10..11).await;
+    drop((earliest, latest));
+    device.close().await;
+    broker.shutdown().await;
+}
+
+/// The partition was emptied (DeleteRecords up to its end) while the device was away: its
+/// committed position is gone, and the next command sent arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_on_a_partition_emptied_while_away_gets_the_next_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    kafka_produce(broker.bootstrap(), "commands", 0..5).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let mut sub = device
+        .subscribe_group("valve-3", "commands", 0, StartAt::Earliest)
+        .await
+        .unwrap();
+    expect_commands(&mut sub, 0..2).await;
+    sub.commit().await.unwrap();
+    drop(sub);
+    device.close().await;
+
+    assert_eq!(
+        delete_records(&broker.bootstrap(), "commands", Offset::End).await,
+        5
+    );
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let mut sub = device
+        .subscribe_group("valve-3", "commands", 0, StartAt::Earliest)
+        .await
+        .unwrap();
+    expect_waiting_at(&mut sub, 5).await;
+    kafka_produce(broker.bootstrap(), "commands", 5..6).await;
+    expect_commands(&mut sub, 5..6).await;
+    drop(sub);
+    device.close().await;
+    broker.shutdown().await;
+}
