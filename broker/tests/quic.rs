@@ -1184,7 +1184,25 @@ async fn datagram_readings_arrive_and_bad_datagrams_are_dropped() {
         N as i64 + 1,
         "nothing written"
     );
+    // Two devices are connected now, and none once they have gone.
+    let open = || {
+        metrics
+            .quic_connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(open(), 2);
+    assert!(
+        metrics
+            .render(&broker.broker)
+            .contains("\nrunnel_quic_connections_open 2\n")
+    );
     device.close().await;
+    raw.conn.close(0u32.into(), b"done");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open(), 0);
     broker.shutdown().await;
 }
 

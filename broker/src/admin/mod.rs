@@ -47,6 +47,8 @@ pub struct Metrics {
     pub quota_rejected: AtomicU64,
     /// QUIC connections whose handshake completed (one per device connection, not per stream).
     pub quic_connections_total: AtomicU64,
+    /// QUIC connections open now: the devices connected.
+    pub quic_connections_open: AtomicI64,
     /// QUIC datagrams received, and those dropped (malformed, not a produce with acks=0,
     /// unauthenticated, or refused by the produce path).
     pub quic_datagrams_total: AtomicU64,
@@ -72,6 +74,7 @@ impl Default for Metrics {
             quota_throttled: AtomicU64::new(0),
             quota_rejected: AtomicU64::new(0),
             quic_connections_total: AtomicU64::new(0),
+            quic_connections_open: AtomicI64::new(0),
             quic_datagrams_total: AtomicU64::new(0),
             quic_datagrams_dropped: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
@@ -108,8 +111,13 @@ impl Metrics {
         };
         let _ = writeln!(
             out,
-            "# HELP runnel_connections_open Kafka connections open now.\n# TYPE runnel_connections_open gauge\nrunnel_connections_open {}",
+            "# HELP runnel_connections_open Kafka sessions open now: TCP and TLS connections, and QUIC streams.\n# TYPE runnel_connections_open gauge\nrunnel_connections_open {}",
             self.connections_open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP runnel_quic_connections_open QUIC connections open now (devices connected).\n# TYPE runnel_quic_connections_open gauge\nrunnel_quic_connections_open {}",
+            self.quic_connections_open.load(Ordering::Relaxed)
         );
         counter(
             &mut out,
@@ -174,7 +182,7 @@ impl Metrics {
         counter(
             &mut out,
             "runnel_quic_datagrams_dropped_total",
-            "QUIC datagrams dropped: malformed, not produce acks=0, unauthenticated or refused.",
+            "QUIC datagrams dropped: malformed, not produce acks=0, unauthenticated, refused, or beyond the connection's receive buffer.",
             self.quic_datagrams_dropped.load(Ordering::Relaxed),
         );
         counter(

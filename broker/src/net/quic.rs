@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -265,7 +265,10 @@ async fn accept_loop(
                 advertised_host,
                 identity,
             };
-            serve_connection(broker, conn, link, shutdown).await;
+            let open = &broker.metrics.quic_connections_open;
+            open.fetch_add(1, Ordering::Relaxed);
+            serve_connection(broker.clone(), conn, link, shutdown).await;
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     endpoint.close(VarInt::from_u32(0), b"broker shutting down");
@@ -349,10 +352,12 @@ async fn serve_connection(
 ) {
     let peer = conn.remote_address();
     tracing::debug!(%peer, principal = ?link.identity.principal(), "QUIC connection open");
+    let datagrams_read = Arc::new(AtomicU64::new(0));
     let datagrams = tokio::spawn(serve_datagrams(
         broker.clone(),
         conn.clone(),
         Arc::new(link.session(&conn)),
+        datagrams_read.clone(),
     ));
     let refused = link.identity.closed();
     tokio::pin!(refused);
@@ -404,6 +409,23 @@ async fn serve_connection(
         ));
     }
     datagrams.abort();
+    // Datagrams the connection received but the broker never read: dropped by quinn when its
+    // receive buffer was full, or still in it at the close.
+    let unread = conn
+        .stats()
+        .frame_rx
+        .datagram
+        .saturating_sub(datagrams_read.load(Ordering::Relaxed));
+    if unread > 0 {
+        let metrics = &broker.metrics;
+        metrics
+            .quic_datagrams_total
+            .fetch_add(unread, Ordering::Relaxed);
+        metrics
+            .quic_datagrams_dropped
+            .fetch_add(unread, Ordering::Relaxed);
+        tracing::debug!(%peer, unread, "QUIC datagrams dropped unread (datagram receive buffer full)");
+    }
 }
 
 /// Why a datagram was dropped.
@@ -430,10 +452,16 @@ enum DatagramError {
 /// or refused datagram is dropped and counted; the connection goes on. A quota policy's throttle
 /// cannot slow a datagram sender down, so it is enforced by dropping the connection's datagrams
 /// until the throttle time has passed (the datagram that earned it is stored).
-async fn serve_datagrams(broker: Arc<Broker>, conn: quinn::Connection, session: Arc<Session>) {
+async fn serve_datagrams(
+    broker: Arc<Broker>,
+    conn: quinn::Connection,
+    session: Arc<Session>,
+    read: Arc<AtomicU64>,
+) {
     let peer = session.peer;
     let mut muted_until: Option<tokio::time::Instant> = None;
     while let Ok(datagram) = conn.read_datagram().await {
+        read.fetch_add(1, Ordering::Relaxed);
         let metrics = &broker.metrics;
         metrics.quic_datagrams_total.fetch_add(1, Ordering::Relaxed);
         metrics
