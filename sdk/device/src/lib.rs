@@ -35,7 +35,10 @@
 //! the device process exits are lost. With it, unacknowledged batches are also kept in that file
 //! (with the producer id, epoch and sequence numbers) and a device started again on the file
 //! delivers them, in order and without duplicates (see `buffer.rs` for the format and
-//! durability).
+//! durability). A device started on the file keeps every reading in it, even beyond
+//! [`DeviceConfig::buffer_limit_bytes`] (e.g. a file written under a larger limit): they count
+//! against the limit, so new sends fail with [`DeviceError::BufferFull`] until enough of the
+//! backlog is acknowledged.
 //!
 //! Up to 5 produce requests are in flight at once on the session stream (like Kafka's
 //! `max.in.flight.requests.per.connection=5` with idempotence); the sequence numbers keep them in
@@ -262,7 +265,13 @@ impl DeviceConfig {
 pub struct Ack {
     /// The partition of the topic.
     pub partition: i32,
-    /// The record's offset in that partition.
+    /// The record's offset in that partition: the base offset the broker gave the record's
+    /// batch plus the record's position in it (-1 when the broker gave none), as every Kafka
+    /// producer computes it, since a produce response carries only the base offset. When a
+    /// filter or transform plugin on the broker drops records of the batch, the kept ones are
+    /// stored at consecutive offsets from the base, so from the first dropped record on these
+    /// offsets do not match the stored records (and a dropped record is acknowledged like a
+    /// kept one).
     pub offset: i64,
 }
 
