@@ -222,6 +222,9 @@ pub(crate) struct Worker {
     /// too large (elsewhere `max_batch_bytes`). Per partition, as topics have limits of their
     /// own (`max.message.bytes`).
     batch_limits: HashMap<Tp, usize>,
+    /// Why the broker last refused this device (a TLS or authentication failure), once warned
+    /// of; cleared by a connection.
+    refused: Option<String>,
     /// Subscriptions waiting for a connection to open their stream on.
     stream_waiters: Vec<oneshot::Sender<Result<(Stream, StrBytes), DeviceError>>>,
     /// The broker stopped the session stream over a request too large for it: nothing more is
@@ -368,6 +371,7 @@ impl Worker {
             retry_at: None,
             setup: None,
             batch_limits: HashMap::new(),
+            refused: None,
             stream_waiters: Vec::new(),
             draining: false,
             stream_ended: false,
@@ -518,7 +522,19 @@ impl Worker {
         let p = match prepared {
             Ok(p) => p,
             Err(e) => {
-                tracing::info!(error = %e, "cannot reach the broker; buffering");
+                if matches!(e, DeviceError::Refused(_) | DeviceError::Tls(_)) {
+                    // The device's identity or trust is wrong, not the network: said once at
+                    // warn (and again if the reason changes), as retrying will not mend it.
+                    let reason = e.to_string();
+                    if self.refused.as_ref() != Some(&reason) {
+                        tracing::warn!(error = %e, "the broker refuses this device; buffering and trying again");
+                        self.refused = Some(reason);
+                    } else {
+                        tracing::info!(error = %e, "the broker refuses this device; buffering");
+                    }
+                } else {
+                    tracing::info!(error = %e, "cannot reach the broker; buffering");
+                }
                 for w in self.stream_waiters.drain(..) {
                     let _ = w.send(Err(e.clone()));
                 }
@@ -528,6 +544,7 @@ impl Worker {
         };
         if p.reconnected {
             tracing::info!(server = %self.cfg.server, "connected to the broker");
+            self.refused = None;
             self.rbuf.clear();
             // The broker may have lost topics (a wiped data dir): look them up again.
             self.known_topics.clear();
