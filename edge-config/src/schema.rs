@@ -206,7 +206,8 @@ pub struct QuicListener {
     pub key: PathBuf,
     /// A connection with no packets for this long is closed (the QUIC idle timeout; the lower of
     /// the broker's and the device's value applies). Default 30s. Devices that stay connected
-    /// while quiet send keep-alives more often than this (the device SDK every 10s); shorter
+    /// while quiet send keep-alives more often than this (the device SDK every 10s by default:
+    /// set its `keep_alive` under a third of a shorter timeout); shorter
     /// frees the slots of vanished devices sooner.
     #[serde(with = "units::duration")]
     pub idle_timeout: Duration,

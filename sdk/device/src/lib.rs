@@ -228,6 +228,10 @@ pub struct DeviceConfig {
     /// Resume with 0-RTT when a TLS session ticket from this broker is at hand, so the first
     /// requests of a reconnect leave without waiting a round trip. Default true.
     pub zero_rtt: bool,
+    /// How often a quiet connection sends a keep-alive, so that the broker's idle timeout
+    /// (`listeners.quic.idle_timeout`, default 30 s) does not close it. Keep it under a third
+    /// of that timeout. Default 10 s.
+    pub keep_alive: Duration,
     /// TLS session tickets; shared by clones of this config.
     tickets: link::Tickets,
     /// The connection of the device using this config (each [`Device`] sets its own).
@@ -237,7 +241,7 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// A config for `server` trusted by `trust`, with defaults: server name `localhost`, client
     /// id `runnel-device`, 5 ms linger, 500 records per batch, an 8 MiB buffer, `acks=all`, no
-    /// compression, no identity, 0-RTT on.
+    /// compression, no identity, 0-RTT on, a keep-alive every 10 s.
     pub fn new(server: SocketAddr, trust: Trust) -> DeviceConfig {
         DeviceConfig {
             server,
@@ -254,6 +258,7 @@ impl DeviceConfig {
             buffer_file_fsync: false,
             identity: Identity::None,
             zero_rtt: true,
+            keep_alive: Duration::from_secs(10),
             tickets: link::Tickets::default(),
             link: link::Link::default(),
         }
@@ -351,6 +356,28 @@ pub enum DeviceError {
         /// The most the connection takes now.
         max: usize,
     },
+}
+
+/// Kafka's rule for topic names (at most 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`), checked
+/// as a record is queued: a broker answers a name it cannot hold only when the batch is sent.
+fn check_topic_name(topic: &str) -> Result<(), DeviceError> {
+    let why = if topic.is_empty() {
+        "is empty"
+    } else if topic.len() > 249 {
+        "is longer than 249 characters"
+    } else if topic == "." || topic == ".." {
+        "cannot be \".\" or \"..\""
+    } else if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        "may hold only ASCII letters, digits, '.', '_' and '-'"
+    } else {
+        return Ok(());
+    };
+    Err(DeviceError::InvalidRecord(format!(
+        "topic name {topic:?} {why}"
+    )))
 }
 
 /// The Kafka name of an error code (`MessageTooLarge`), with what it means for a device where
@@ -571,6 +598,7 @@ impl Device {
         if self.tx.is_closed() {
             return Err(DeviceError::Closed);
         }
+        check_topic_name(topic)?;
         let cost = record.cost_in(topic);
         let reserved = self
             .buffered
@@ -594,8 +622,9 @@ impl Device {
             })
     }
 
-    /// Bytes of records held and not yet acknowledged (at most
-    /// [`DeviceConfig::buffer_limit_bytes`]).
+    /// Bytes of records held and not yet acknowledged: at most
+    /// [`DeviceConfig::buffer_limit_bytes`], except after a buffer file written under a larger
+    /// limit was restored (its readings are all kept; new ones wait until it drains below).
     pub fn buffered_bytes(&self) -> usize {
         self.buffered.load(Ordering::Acquire)
     }
@@ -735,3 +764,26 @@ pub fn fingerprint_of(der: &[u8]) -> String {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafkas_rule() {
+        for good in ["readings", "site-1.temp_C", &"t".repeat(249)] {
+            assert_eq!(check_topic_name(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("", "is empty"),
+            ("bad topic!", "may hold only"),
+            ("..", "cannot be"),
+            (&"t".repeat(250), "longer than 249"),
+        ] {
+            match check_topic_name(bad) {
+                Err(DeviceError::InvalidRecord(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+}

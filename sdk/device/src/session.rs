@@ -30,8 +30,6 @@ const ALPN: &[u8] = b"runnel";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request unanswered this long counts as a lost connection.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keep-alives keep a quiet connection under the broker's 30 s idle timeout.
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// How long a failed request waits for the broker's close to say why.
 const EXPLAIN_WAIT: Duration = Duration::from_secs(1);
 /// The largest response frame accepted.
@@ -92,7 +90,7 @@ impl Session {
         let crypto = cfg.tickets.config(&cfg.trust, &cfg.identity)?;
         let mut client = quinn::ClientConfig::new(crypto);
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        transport.keep_alive_interval(Some(cfg.keep_alive));
         client.transport_config(Arc::new(transport));
         let bind: std::net::SocketAddr = if cfg.server.is_ipv4() {
             ([0, 0, 0, 0], 0).into()

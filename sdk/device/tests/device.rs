@@ -316,6 +316,27 @@ fn quic_connections(broker: &BrokerHandle) -> u64 {
         .load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A broker with a short idle timeout: a device whose keep-alive is set under it stays on one
+/// connection through quiet spells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_under_the_brokers_idle_timeout_keeps_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.listeners.quic.idle_timeout = Duration::from_secs(1);
+    let broker = start_with(cfg).await;
+    let mut dcfg = device_config(&broker);
+    dcfg.keep_alive = Duration::from_millis(250);
+    let device = Device::connect(dcfg).await.unwrap();
+    for i in 0..3 {
+        let ack = device.send("quiet", None, b"reading").await.unwrap();
+        assert_eq!(ack.offset, i);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(quic_connections(&broker), 1, "the device never reconnected");
+    device.close().await;
+    broker.shutdown().await;
+}
+
 /// The first segment file of partition 0 of `topic` under the broker's data dir.
 fn first_segment(dir: &Path, topic: &str) -> std::path::PathBuf {
     let want = format!("{topic}-0");
