@@ -486,10 +486,16 @@ fn pinned_fingerprint(f: &str) -> Result<String, DeviceError> {
 }
 
 /// The broker's certificate is not the pinned one.
-#[derive(Debug)]
 struct FingerprintMismatch {
     got: String,
     pinned: String,
+}
+
+/// rustls shows a certificate error's cause with `Debug`: the sentence, not the struct.
+impl std::fmt::Debug for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl std::fmt::Display for FingerprintMismatch {
