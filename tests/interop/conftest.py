@@ -167,6 +167,9 @@ class Broker:
         assert not self.running(), "broker already running"
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "runnel=debug")
+        if self.quic_port:
+            # `start` waits for the QUIC listener's info line, whatever the caller's level.
+            env["RUST_LOG"] += ",runnel::net::quic=info"
         env.setdefault("NO_COLOR", "1")
         self._note(f"starting runnel (start #{len(self.exit_codes) + 1})")
         with open(self.log_path, "a") as log:

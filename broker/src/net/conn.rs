@@ -139,7 +139,9 @@ pub async fn serve_halves<R, W>(
     let closes_idle = session.listener != ListenerKind::Quic;
     let idle = broker.config.broker.connections_max_idle;
     let auth_timeout = broker.config.broker.handshake_timeout;
-    let auth_deadline = tokio::time::Instant::now() + auth_timeout;
+    // (A sleep, not an Instant sum, so that no configured value can overflow.)
+    let auth_deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(auth_deadline);
     'conn: loop {
         // Handle every complete frame already buffered before reading again.
         loop {
@@ -163,7 +165,9 @@ pub async fn serve_halves<R, W>(
                          authentication (at most {max} until then)"
                     );
                     tracing::info!(%peer, listener, %reason, "closing connection");
-                    metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    if !session.identity.is_closing() {
+                        metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                     session.identity.close(reason, false);
                     break 'conn;
                 }
@@ -274,13 +278,15 @@ pub async fn serve_halves<R, W>(
                 tracing::info!(%peer, listener, idle = ?idle, pending = buf.len(), "closing an idle connection (broker.connections_max_idle)");
                 break;
             }
-            _ = tokio::time::sleep_until(auth_deadline), if closes_idle && session.identity.awaits_sasl() => {
+            _ = &mut auth_deadline, if closes_idle && session.identity.awaits_sasl() => {
                 let reason = format!(
                     "authentication required: no SASL authentication within {auth_timeout:?} \
                      (broker.handshake_timeout)"
                 );
                 tracing::info!(%peer, listener, %reason, "closing connection");
-                metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                if !session.identity.is_closing() {
+                    metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 session.identity.close(reason, false);
                 break;
             }

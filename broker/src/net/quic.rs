@@ -265,14 +265,34 @@ async fn accept_loop(
                 advertised_host,
                 identity,
             };
-            let open = &broker.metrics.quic_connections_open;
-            open.fetch_add(1, Ordering::Relaxed);
-            serve_connection(broker.clone(), conn, link, shutdown).await;
-            open.fetch_sub(1, Ordering::Relaxed);
+            let _open = OpenConnection::count(broker.clone());
+            serve_connection(broker, conn, link, shutdown).await;
         });
     }
     endpoint.close(VarInt::from_u32(0), b"broker shutting down");
     let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
+}
+
+/// One connection in `runnel_quic_connections_open`, for as long as this lives.
+struct OpenConnection(Arc<Broker>);
+
+impl OpenConnection {
+    fn count(broker: Arc<Broker>) -> OpenConnection {
+        broker
+            .metrics
+            .quic_connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        OpenConnection(broker)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .quic_connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What every session of one connection shares.
@@ -387,7 +407,7 @@ async fn serve_connection(
             }
             _ = &mut auth_deadline, if auth_timed => {
                 auth_timed = false;
-                if link.identity.awaits_sasl() {
+                if link.identity.awaits_sasl() && !link.identity.is_closing() {
                     let reason = format!(
                         "authentication required: no SASL authentication within {auth_timeout:?} \
                          (broker.handshake_timeout)"
@@ -409,6 +429,8 @@ async fn serve_connection(
         ));
     }
     datagrams.abort();
+    // Once it has stopped, so that it reads no datagram after the count is taken.
+    let _ = datagrams.await;
     // Datagrams the connection received but the broker never read: dropped by quinn when its
     // receive buffer was full, or still in it at the close.
     let unread = conn
