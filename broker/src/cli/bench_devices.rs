@@ -508,10 +508,24 @@ async fn run_quic(
     }
     let set_up = Instant::now();
     let mut devices = Vec::new();
+    let mut failed = None;
     for c in connecting {
-        devices.push(c.await?.context("a device cannot connect")?);
+        match c
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|d| d.context("a device cannot connect"))
+        {
+            Ok(d) => devices.push(d),
+            Err(e) => failed = failed.or(Some(e)),
+        }
     }
+    // Every runtime passes both barriers (the start and the end), even one that failed, so
+    // that the others do not wait for it for ever.
     shard.start.wait().await;
+    if let Some(e) = failed {
+        shard.start.wait().await;
+        return Err(e);
+    }
     if shard.lead {
         eprintln!(
             "{} devices connected in {:.1}s",
@@ -546,11 +560,18 @@ async fn run_quic(
     }
     let stopped_sending = started + args.duration;
     let mut stats = Vec::new();
+    let mut failed = None;
     for t in tasks {
-        stats.push(t.await?);
+        match t.await {
+            Ok(s) => stats.push(s),
+            Err(e) => failed = failed.or(Some(e)),
+        }
     }
     // The CPU is measured once every runtime's devices are done.
     shard.start.wait().await;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     if let Some(p) = progress {
         p.abort();
     }

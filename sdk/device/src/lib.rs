@@ -230,8 +230,10 @@ pub struct DeviceConfig {
     pub zero_rtt: bool,
     /// How often a quiet connection sends a keep-alive, so that the broker's idle timeout
     /// (`listeners.quic.idle_timeout`, default 30 s) does not close it. Keep it under a third
-    /// of that timeout. Default 10 s.
-    pub keep_alive: Duration,
+    /// of that timeout; each costs a small packet (battery and data on a cellular link). `None`:
+    /// no keep-alives, so a quiet device's connection ends at the idle timeout and the next
+    /// reading connects again. Default 10 s; from 10 ms to 1 h.
+    pub keep_alive: Option<Duration>,
     /// TLS session tickets; shared by clones of this config.
     tickets: link::Tickets,
     /// The connection of the device using this config (each [`Device`] sets its own).
@@ -239,6 +241,18 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
+    /// Refuses settings no connection could use.
+    fn check(&self) -> Result<(), DeviceError> {
+        const KEEP_ALIVE: std::ops::RangeInclusive<Duration> =
+            Duration::from_millis(10)..=Duration::from_secs(3600);
+        match self.keep_alive {
+            Some(k) if !KEEP_ALIVE.contains(&k) => Err(DeviceError::Config(format!(
+                "keep_alive {k:?} is outside 10ms..=1h (None turns keep-alives off)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// A config for `server` trusted by `trust`, with defaults: server name `localhost`, client
     /// id `runnel-device`, 5 ms linger, 500 records per batch, an 8 MiB buffer, `acks=all`, no
     /// compression, no identity, 0-RTT on, a keep-alive every 10 s.
@@ -258,7 +272,7 @@ impl DeviceConfig {
             buffer_file_fsync: false,
             identity: Identity::None,
             zero_rtt: true,
-            keep_alive: Duration::from_secs(10),
+            keep_alive: Some(Duration::from_secs(10)),
             tickets: link::Tickets::default(),
             link: link::Link::default(),
         }
@@ -304,6 +318,9 @@ pub enum DeviceError {
     /// The offline buffer is full: the record was not queued. Retry after some are delivered.
     #[error("the device buffer is full")]
     BufferFull,
+    /// A setting of the [`DeviceConfig`] cannot be used; nothing was started.
+    #[error("invalid device config: {0}")]
+    Config(String),
     /// The device is closed (or its background task has ended).
     #[error("the device is closed")]
     Closed,
@@ -360,7 +377,7 @@ pub enum DeviceError {
 
 /// Kafka's rule for topic names (at most 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`), checked
 /// as a record is queued: a broker answers a name it cannot hold only when the batch is sent.
-fn check_topic_name(topic: &str) -> Result<(), DeviceError> {
+pub(crate) fn check_topic_name(topic: &str) -> Result<(), DeviceError> {
     let why = if topic.is_empty() {
         "is empty"
     } else if topic.len() > 249 {
@@ -412,6 +429,7 @@ impl Device {
     /// are handled in the background.
     pub async fn connect(config: DeviceConfig) -> Result<Device, DeviceError> {
         let config = own_config(config);
+        config.check()?;
         let link = config.link.clone();
         let (file, restored) = open_buffer(&config).await?;
         let mut session = session::Session::connect(&config).await?;
@@ -450,6 +468,7 @@ impl Device {
     /// misconfiguration should stop the program.
     pub async fn start(config: DeviceConfig) -> Result<Device, DeviceError> {
         let config = own_config(config);
+        config.check()?;
         session::client_tls(&config.trust, &config.identity)?;
         let (file, restored) = open_buffer(&config).await?;
         // Without a producer to resume, the first connection gets one.

@@ -86,6 +86,7 @@ impl Record {
 
     /// Refuses what Kafka's clients refuse.
     pub(crate) fn check(&self) -> Result<(), crate::DeviceError> {
+        crate::check_topic_name(&self.topic)?;
         match self.timestamp {
             Some(ms) if ms < 0 => Err(crate::DeviceError::InvalidRecord(format!(
                 "timestamp {ms} is negative (ms since the Unix epoch expected)"

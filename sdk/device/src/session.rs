@@ -90,7 +90,7 @@ impl Session {
         let crypto = cfg.tickets.config(&cfg.trust, &cfg.identity)?;
         let mut client = quinn::ClientConfig::new(crypto);
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(cfg.keep_alive));
+        transport.keep_alive_interval(cfg.keep_alive);
         client.transport_config(Arc::new(transport));
         let bind: std::net::SocketAddr = if cfg.server.is_ipv4() {
             ([0, 0, 0, 0], 0).into()

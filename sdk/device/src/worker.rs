@@ -776,6 +776,12 @@ impl Worker {
             return;
         };
         let (code, base_offset) = (part.error_code, part.base_offset);
+        if code != 0 && code != DUPLICATE_SEQUENCE_NUMBER {
+            // The broker may have lost the producer's state for it (say, the topic was deleted
+            // and made again): one batch at a time again until one is acknowledged.
+            let tp = tp.clone();
+            self.confirmed.remove(&tp);
+        }
         match code {
             0 | DUPLICATE_SEQUENCE_NUMBER => {
                 self.backoff = BACKOFF_MIN;

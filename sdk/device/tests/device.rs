@@ -322,18 +322,27 @@ fn quic_connections(broker: &BrokerHandle) -> u64 {
 async fn a_keep_alive_under_the_brokers_idle_timeout_keeps_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
-    cfg.listeners.quic.idle_timeout = Duration::from_secs(1);
+    cfg.listeners.quic.idle_timeout = Duration::from_secs(3);
     let broker = start_with(cfg).await;
     let mut dcfg = device_config(&broker);
-    dcfg.keep_alive = Duration::from_millis(250);
+    dcfg.keep_alive = Some(Duration::from_millis(250));
     let device = Device::connect(dcfg).await.unwrap();
     for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+        }
         let ack = device.send("quiet", None, b"reading").await.unwrap();
         assert_eq!(ack.offset, i);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     assert_eq!(quic_connections(&broker), 1, "the device never reconnected");
     device.close().await;
+    // A keep-alive no connection could use is refused before connecting.
+    for bad in [Duration::ZERO, Duration::MAX] {
+        let mut dcfg = device_config(&broker);
+        dcfg.keep_alive = Some(bad);
+        let err = Device::connect(dcfg).await.err().expect("refused");
+        assert!(matches!(err, DeviceError::Config(_)), "{err}");
+    }
     broker.shutdown().await;
 }
 
