@@ -53,6 +53,25 @@ async fn produce(c: &ClientConfig, topic: &str, n: usize, timeout: Duration) -> 
     producer.flush(timeout).map_err(|e| e.to_string())
 }
 
+/// SaslHandshake (PLAIN) and SaslAuthenticate with `plain` (`authzid NUL user NUL secret`).
+async fn login(
+    raw: &mut common::RawClient,
+    plain: &'static [u8],
+) -> kafka_protocol::messages::SaslAuthenticateResponse {
+    let hs = raw
+        .call(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+            1,
+        )
+        .await;
+    assert_eq!(hs.error_code, 0);
+    raw.call(
+        &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(plain)),
+        2,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_log_in_with_sasl_plain_and_the_others_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,20 +183,7 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
 
     // A bad secret: SASL_AUTHENTICATION_FAILED with the reason, then the connection ends.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    let hs = raw
-        .call(
-            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
-            1,
-        )
-        .await;
-    assert_eq!(hs.error_code, 0);
-    let auth = raw
-        .call(
-            &SaslAuthenticateRequest::default()
-                .with_auth_bytes(Bytes::from_static(b"\0alice\0guess")),
-            2,
-        )
-        .await;
+    let auth = login(&mut raw, b"\0alice\0guess").await;
     assert_eq!(auth.error_code, 58, "SASL_AUTHENTICATION_FAILED");
     let reason = auth.error_message.unwrap().to_string();
     assert!(reason.contains("alice"), "{reason}");
@@ -185,18 +191,7 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
 
     // The right secret: authenticated, then served.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    raw.call(
-        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
-        1,
-    )
-    .await;
-    let auth = raw
-        .call(
-            &SaslAuthenticateRequest::default()
-                .with_auth_bytes(Bytes::from_static(b"\0bob\0b0b-s3cret")),
-            2,
-        )
-        .await;
+    let auth = login(&mut raw, b"\0bob\0b0b-s3cret").await;
     assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
     let md = raw.call(&MetadataRequest::default(), 9).await;
     assert_eq!(md.brokers.len(), 1);
@@ -238,18 +233,7 @@ async fn before_login_requests_are_small_and_the_login_is_timed() {
 
     // A client that logs in stays past the timeout and may send large requests.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    raw.call(
-        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
-        1,
-    )
-    .await;
-    let auth = raw
-        .call(
-            &SaslAuthenticateRequest::default()
-                .with_auth_bytes(Bytes::from_static(b"\0bob\0b0b-s3cret")),
-            2,
-        )
-        .await;
+    let auth = login(&mut raw, b"\0bob\0b0b-s3cret").await;
     assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let big_topic = "t".repeat(200);

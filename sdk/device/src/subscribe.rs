@@ -425,7 +425,12 @@ impl Subscription {
         };
         let (from, to) = (self.next_offset, self.list_offset(stream, which).await?);
         let (topic, partition, reset) = (self.topic.0.as_str(), self.partition, self.reset);
-        if to > from {
+        if to != from {
+            let (moving, by) = if to > from {
+                ("skipping", to - from)
+            } else {
+                ("going back", from - to)
+            };
             tracing::warn!(
                 topic,
                 partition,
@@ -433,19 +438,7 @@ impl Subscription {
                 to,
                 ?reset,
                 "subscription position is not in the partition (first kept offset {log_start}, end \
-                 {log_end}); skipping {} offsets",
-                to - from
-            );
-        } else if to < from {
-            tracing::warn!(
-                topic,
-                partition,
-                from,
-                to,
-                ?reset,
-                "subscription position is not in the partition (first kept offset {log_start}, end \
-                 {log_end}); going back {} offsets",
-                from - to
+                 {log_end}); {moving} {by} offsets"
             );
         } else {
             // Fetch and ListOffsets disagree (the log changed in between): ask again shortly.

@@ -134,71 +134,47 @@ async fn expect_waiting_at(sub: &mut Subscription, want: i64) {
     assert_eq!(sub.position(), want);
 }
 
+/// An explicit offset past the end of a partition that keeps offsets 0..11: by default the
+/// subscription starts again at the first kept record; with `Latest` it waits at the end for the
+/// next command; with `Fail` every `next()` says so and the position stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offset_past_the_end_starts_again_at_the_first_kept_record_by_default() {
+async fn an_offset_past_the_end_moves_as_the_offset_reset_says() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;
     kafka_produce(broker.bootstrap(), "commands", 0..11).await;
     let device = Device::connect(device_config(&broker)).await.unwrap();
+    let past_the_end = || device.subscribe("commands", 0, StartAt::Offset(1000));
 
-    let mut sub = device
-        .subscribe("commands", 0, StartAt::Offset(1000))
-        .await
-        .unwrap();
-    assert_eq!(sub.position(), 1000, "the start is taken as given");
-    expect_commands(&mut sub, 0..11).await;
-    kafka_produce(broker.bootstrap(), "commands", 11..12).await;
-    expect_commands(&mut sub, 11..12).await;
-    drop(sub);
-    device.close().await;
-    broker.shutdown().await;
-}
+    let mut earliest = past_the_end().await.unwrap();
+    assert_eq!(earliest.position(), 1000, "the start is taken as given");
+    expect_commands(&mut earliest, 0..11).await;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offset_past_the_end_with_latest_delivers_the_next_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
-    kafka_produce(broker.bootstrap(), "commands", 0..11).await;
-    let device = Device::connect(device_config(&broker)).await.unwrap();
-
-    let mut sub = device
-        .subscribe("commands", 0, StartAt::Offset(1000))
+    let mut latest = past_the_end()
         .await
         .unwrap()
         .with_offset_reset(OffsetReset::Latest);
-    expect_waiting_at(&mut sub, 11).await;
+    expect_waiting_at(&mut latest, 11).await;
     kafka_produce(broker.bootstrap(), "commands", 11..12).await;
-    expect_commands(&mut sub, 11..12).await;
-    drop(sub);
-    device.close().await;
-    broker.shutdown().await;
-}
+    expect_commands(&mut latest, 11..12).await;
+    expect_commands(&mut earliest, 11..12).await;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offset_past_the_end_with_fail_is_a_clear_error_every_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path()).await;
-    kafka_produce(broker.bootstrap(), "commands", 0..11).await;
-    let device = Device::connect(device_config(&broker)).await.unwrap();
-
-    let mut sub = device
-        .subscribe("commands", 0, StartAt::Offset(1000))
+    let mut fail = past_the_end()
         .await
         .unwrap()
         .with_offset_reset(OffsetReset::Fail);
     let out_of_range = DeviceError::OffsetOutOfRange {
         position: 1000,
         log_start: 0,
-        log_end: 11,
+        log_end: 12,
     };
     for _ in 0..2 {
-        let read = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        let read = tokio::time::timeout(Duration::from_secs(20), fail.next())
             .await
             .expect("an answer in time");
         assert_eq!(read, Err(out_of_range.clone()));
-        assert_eq!(sub.position(), 1000, "the position does not move");
+        assert_eq!(fail.position(), 1000, "the position does not move");
     }
-    drop(sub);
+    drop((earliest, latest, fail));
     device.close().await;
     broker.shutdown().await;
 }
