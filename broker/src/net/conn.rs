@@ -3,7 +3,8 @@
 //! Requests on a connection are handled one at a time, as Kafka does, so responses keep the
 //! request order clients rely on; a writer task lets the next request be read and handled while
 //! the previous response is still being written. A bad frame (negative or oversized length,
-//! malformed header or body, unknown API) closes this connection only, with a log line; where
+//! malformed header or body, unknown API) closes this connection only, with a log line (a warning,
+//! at most [`BAD_INPUT_WARNINGS_PER_MINUTE`] of them broker-wide, the rest at debug); where
 //! the transport can say why ([`ReadSide::refuse`]: a QUIC stream's STOP_SENDING code), the
 //! client is told which of the two it was, so that a device can split a batch too large. On a
 //! connection that must authenticate first (`protocol::auth`), any other request before a
@@ -29,6 +30,58 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::Broker;
 use crate::plugins::quota;
 use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
+
+/// Warnings about a client's bad input written per minute, broker-wide; beyond them the lines go
+/// to debug, and the next warning written says how many were held back. A client (or a fleet
+/// with a broken firmware) sending bad frames must not fill the gateway's log.
+const BAD_INPUT_WARNINGS_PER_MINUTE: u32 = 20;
+
+/// The budget of [`BAD_INPUT_WARNINGS_PER_MINUTE`].
+struct WarnBudget {
+    minute: AtomicU64,
+    used: AtomicU32,
+    held_back: AtomicU64,
+}
+
+static BAD_INPUT: WarnBudget = WarnBudget {
+    minute: AtomicU64::new(0),
+    used: AtomicU32::new(0),
+    held_back: AtomicU64::new(0),
+};
+
+impl WarnBudget {
+    /// `Some(held back since the last warning)` when a warning may be written now.
+    fn take(&self) -> Option<u64> {
+        self.take_at(crate::broker::now_ms().max(0) as u64 / 60_000)
+    }
+
+    /// [`WarnBudget::take`] in minute `minute` of the clock.
+    fn take_at(&self, minute: u64) -> Option<u64> {
+        if self.minute.swap(minute, Ordering::Relaxed) != minute {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < BAD_INPUT_WARNINGS_PER_MINUTE {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// `tracing::warn!` within the bad-input budget, `tracing::debug!` beyond it.
+macro_rules! warn_bad_input {
+    ($($arg:tt)+) => {
+        match BAD_INPUT.take() {
+            Some(0) => tracing::warn!($($arg)+),
+            Some(held_back) => {
+                tracing::warn!(held_back, "bad-input warnings held back (at most {BAD_INPUT_WARNINGS_PER_MINUTE} a minute; the rest at debug)");
+                tracing::warn!($($arg)+)
+            }
+            None => tracing::debug!($($arg)+),
+        }
+    };
+}
 
 /// Responses queued for the writer before the reader waits.
 const WRITE_QUEUE: usize = 64;
@@ -174,9 +227,9 @@ pub async fn serve_halves<R, W>(
                 Err(e) => {
                     match protocol_hint(&buf) {
                         Some(hint) => {
-                            tracing::warn!(%peer, listener, closing, error = %e, hint, "bad frame")
+                            warn_bad_input!(%peer, listener, closing, error = %e, hint, "bad frame")
                         }
-                        None => tracing::warn!(%peer, listener, closing, error = %e, "bad frame"),
+                        None => warn_bad_input!(%peer, listener, closing, error = %e, "bad frame"),
                     }
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(match e {
@@ -190,7 +243,7 @@ pub async fn serve_halves<R, W>(
             let req = match frame::decode_request(frame) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(%peer, listener, closing, ?correlation_id, error = %e, "bad request");
+                    warn_bad_input!(%peer, listener, closing, ?correlation_id, error = %e, "bad request");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(Refusal::Malformed);
                     break 'conn;
@@ -223,7 +276,7 @@ pub async fn serve_halves<R, W>(
             let reply = match broker.dispatcher.dispatch(ctx, req) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(%peer, listener, closing, client_id = %client_id, error = %e, "request not served");
+                    warn_bad_input!(%peer, listener, closing, client_id = %client_id, error = %e, "request not served");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(Refusal::Malformed);
                     break 'conn;
@@ -384,7 +437,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::protocol_hint;
+    use super::*;
+
+    #[test]
+    fn bad_input_warnings_are_held_back_beyond_the_budget_and_counted() {
+        let budget = WarnBudget {
+            minute: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            held_back: AtomicU64::new(0),
+        };
+        let n = BAD_INPUT_WARNINGS_PER_MINUTE as usize;
+        let first: Vec<_> = (0..n + 5).map(|_| budget.take_at(7)).collect();
+        assert!(first[..n].iter().all(|t| *t == Some(0)));
+        assert!(first[n..].iter().all(Option::is_none));
+        // The next minute: the first warning says how many were held back.
+        assert_eq!(budget.take_at(8), Some(5));
+        assert_eq!(budget.take_at(8), Some(0));
+    }
 
     #[test]
     fn tls_and_http_sent_to_a_kafka_listener_are_named() {
