@@ -399,7 +399,7 @@ pub(crate) fn check_topic_name(topic: &str) -> Result<(), DeviceError> {
 
 /// The Kafka name of an error code (`MessageTooLarge`), with what it means for a device where
 /// that is not plain from the name.
-fn error_text(code: i16) -> String {
+pub(crate) fn error_text(code: i16) -> String {
     use kafka_protocol::error::ResponseError as E;
     match E::try_from_code(code) {
         Some(E::MessageTooLarge) => "MessageTooLarge: the reading alone is over the topic's \

@@ -128,6 +128,8 @@ pub struct Subscription {
     stream: Option<SubStream>,
     ready: VecDeque<Message>,
     backoff: Duration,
+    /// The Fetch error last warned of, until a Fetch succeeds.
+    warned: Option<i16>,
 }
 
 /// One Kafka session (QUIC stream) used for one request at a time.
@@ -187,6 +189,7 @@ impl Subscription {
             stream: None,
             ready: VecDeque::new(),
             backoff: BACKOFF_MIN,
+            warned: None,
         };
         let mut stream = sub.new_stream().await?;
         // Like Kafka consumers: Metadata first, which auto-creates the topic if allowed.
@@ -250,10 +253,7 @@ impl Subscription {
                 },
             };
             match self.fetch(&mut stream).await {
-                Ok(()) => {
-                    self.backoff = BACKOFF_MIN;
-                    self.stream = Some(stream);
-                }
+                Ok(()) => self.stream = Some(stream),
                 Err(DeviceError::Connect(e)) | Err(DeviceError::Protocol(e)) => {
                     tracing::debug!(error = %e, "subscription: stream lost; retrying");
                     self.wait_backoff().await;
@@ -386,15 +386,27 @@ impl Subscription {
         let parts = resp.responses.iter().flat_map(|t| t.partitions.iter());
         let part = answer_for(parts, |p| p.partition_index, self.partition, "Fetch")?;
         match part.error_code {
-            0 => {}
+            0 => {
+                // Only an answered Fetch resets the backoff (an error answer grows it).
+                self.warned = None;
+                self.backoff = BACKOFF_MIN;
+            }
             OFFSET_OUT_OF_RANGE => {
                 let (log_start, log_end) = (part.log_start_offset, part.high_watermark);
                 return self.reset(stream, log_start, log_end).await;
             }
             code => {
-                // E.g. the topic is being created: not fatal, ask again shortly.
-                tracing::debug!(code, "subscription: fetch error; retrying");
-                tokio::time::sleep(BACKOFF_MIN).await;
+                // E.g. the topic does not exist (yet): as Kafka consumers, wait for it, asking
+                // again with a growing backoff; said once at warn, again if the error changes.
+                let (topic, partition) = (self.topic.0.as_str(), self.partition);
+                let error = crate::error_text(code);
+                if self.warned != Some(code) {
+                    tracing::warn!(topic, partition, code, %error, "subscription: the broker refuses the fetch; retrying");
+                    self.warned = Some(code);
+                } else {
+                    tracing::debug!(topic, partition, code, %error, "subscription: fetch error; retrying");
+                }
+                self.wait_backoff().await;
                 return Ok(());
             }
         }

@@ -1,6 +1,6 @@
 //! Subscriptions whose position the partition does not hold (an explicit offset past the end, a
-//! committed offset removed by DeleteRecords), against a real broker started in-process; the
-//! commands come from librdkafka.
+//! committed offset removed by DeleteRecords) or whose topic does not exist yet, against a real
+//! broker started in-process; the commands come from librdkafka.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,6 +28,10 @@ fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
 
 /// Starts a broker in `dir`, with logs (`RUST_LOG`, default warn) in the test's output.
 async fn start(dir: &Path) -> BrokerHandle {
+    start_with(broker_config(dir, "127.0.0.1:0".parse().unwrap())).await
+}
+
+async fn start_with(cfg: Config) -> BrokerHandle {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -35,7 +39,6 @@ async fn start(dir: &Path) -> BrokerHandle {
         )
         .with_test_writer()
         .try_init();
-    let cfg = broker_config(dir, "127.0.0.1:0".parse().unwrap());
     runnel::start_broker(cfg).await.expect("broker starts")
 }
 
@@ -277,6 +280,51 @@ async fn a_group_on_a_partition_emptied_while_away_gets_the_next_command() {
     expect_waiting_at(&mut sub, 5).await;
     kafka_produce(broker.bootstrap(), "commands", 5..6).await;
     expect_commands(&mut sub, 5..6).await;
+    drop(sub);
+    device.close().await;
+    broker.shutdown().await;
+}
+
+/// A subscription at an offset of a topic that does not exist yet (topics are not created on
+/// use here) waits for it, as Kafka consumers do, and gets the first command once it is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_waits_for_its_topic_to_be_made() {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = broker_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.broker.auto_create_topics = false;
+    let broker = start_with(cfg).await;
+    let device = Device::connect(device_config(&broker)).await.unwrap();
+    let mut sub = device
+        .subscribe("later", 0, StartAt::Offset(0))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let m = tokio::time::timeout(Duration::from_secs(30), sub.next()).await;
+        (m, sub)
+    });
+    // Long enough for a few refused fetches.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    let made = admin
+        .create_topics(
+            &[NewTopic::new("later", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    kafka_produce(broker.bootstrap(), "later", 0..1).await;
+    let (m, sub) = waiting.await.unwrap();
+    let m = m.expect("the command arrives").unwrap();
+    assert_eq!(
+        (m.offset, m.value.as_deref()),
+        (0, Some(command(0).as_bytes()))
+    );
     drop(sub);
     device.close().await;
     broker.shutdown().await;
