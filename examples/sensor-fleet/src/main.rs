@@ -72,6 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = Arc::new(Stats::default());
     let period = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let duration = Duration::from_secs(args.seconds);
+    // This run's id (its start, ms since the Unix epoch): each run numbers its readings from 0,
+    // and fleet-consumer checks the order run by run.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     let mut fleet = Vec::new();
     for n in 0..args.devices {
         let mut cfg = DeviceConfig::new(args.server, Trust::Fingerprint(args.fingerprint.clone()));
@@ -88,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while started.elapsed() < duration {
                 tick.tick().await;
                 let reading = format!(
-                    "{{\"sensor\":{n},\"seq\":{seq},\"temp\":21.5,\"pad\":\"{:040}\"}}",
+                    "{{\"run\":{run},\"sensor\":{n},\"seq\":{seq},\"temp\":21.5,\"pad\":\"{:040}\"}}",
                     0
                 );
                 seq += 1;

@@ -2,9 +2,12 @@
 //! TCP), from the beginning of every partition; checks each sensor's readings arrive in order
 //! (`seq` counting up from 0) and prints counts: records, sensors, in order, gaps (readings
 //! missing between two that arrived, e.g. refused by a full device buffer; those after a
-//! sensor's last reading cannot be seen here), duplicates or reordered ones.
+//! sensor's last reading cannot be seen here), duplicates or reordered ones. Each run of
+//! sensor-fleet numbers its readings from 0 again under a `run` id of its own, so the readings of
+//! several runs on one topic are checked run by run; records that are not sensor-fleet readings
+//! (say, those the README's tour wrote to the same topic) are counted apart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -64,14 +67,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("topic {} has no partitions (does it exist?)", args.topic).into());
     }
     consumer.assign(&tpl)?;
-    let mut sensors: HashMap<u64, Sensor> = HashMap::new();
-    let (mut records, mut unreadable) = (0u64, 0u64);
+    // By (run, sensor); readings of a sensor-fleet from before runs were named have run 0.
+    let mut sensors: HashMap<(u64, u64), Sensor> = HashMap::new();
+    let (mut records, mut others) = (0u64, 0u64);
     let idle = Duration::from_secs(args.idle_seconds);
     let mut last_record = Instant::now();
     let mut last_progress = Instant::now();
     while last_record.elapsed() < idle {
         if last_progress.elapsed() >= Duration::from_secs(1) {
-            println!("read {records} readings from {} sensors", sensors.len());
+            println!("read {records} records");
             last_progress = Instant::now();
         }
         let Some(m) = consumer.poll(Duration::from_millis(200)) else {
@@ -82,10 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         records += 1;
         let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
         let (Some(id), Some(seq)) = (field(&value, "sensor"), field(&value, "seq")) else {
-            unreadable += 1;
+            others += 1;
             continue;
         };
-        let s = sensors.entry(id).or_default();
+        let run = field(&value, "run").unwrap_or(0);
+        let s = sensors.entry((run, id)).or_default();
         if seq == s.next_seq {
             s.in_order += 1;
         } else if seq > s.next_seq {
@@ -98,9 +103,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.next_seq = seq + 1;
     }
     let sum = |f: fn(&Sensor) -> u64| sensors.values().map(f).sum::<u64>();
+    let runs: HashSet<u64> = sensors.keys().map(|(run, _)| *run).collect();
+    let ids: HashSet<u64> = sensors.keys().map(|(_, id)| *id).collect();
     println!(
-        "readings {records} sensors {} in order {} gaps {} duplicate or reordered {} unreadable {unreadable}",
-        sensors.len(),
+        "readings {} sensors {} runs {} in order {} gaps {} duplicate or reordered {} \
+         other records {others}",
+        records - others,
+        ids.len(),
+        runs.len(),
         sum(|s| s.in_order),
         sum(|s| s.gaps),
         sum(|s| s.behind),
