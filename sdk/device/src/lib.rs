@@ -306,8 +306,8 @@ pub enum DeviceError {
     /// The broker sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The broker refused the record with this Kafka error code.
-    #[error("the broker refused the record: {} (Kafka error code {code})", error_text(*code))]
+    /// The broker refused the request (for a send: the record) with this Kafka error code.
+    #[error("the broker refused the request: {} (Kafka error code {code})", error_text(*code))]
     Broker {
         /// The Kafka error code (e.g. 10 `MESSAGE_TOO_LARGE`).
         code: i16,

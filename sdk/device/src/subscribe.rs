@@ -226,6 +226,18 @@ impl Subscription {
         self.ready.front().map_or(self.next_offset, |m| m.offset)
     }
 
+    /// Moves the subscription to `offset` (as a Kafka consumer's `seek`): the next read starts
+    /// there, records already fetched beyond are dropped. An offset the partition does not hold
+    /// moves as the [`OffsetReset`] says at the next read.
+    pub fn seek(&mut self, offset: i64) -> Result<(), DeviceError> {
+        if offset < 0 {
+            return Err(DeviceError::InvalidOffset(offset));
+        }
+        self.ready.clear();
+        self.next_offset = offset;
+        Ok(())
+    }
+
     /// The next record, waiting (long-polling the broker) until there is one. Connection losses
     /// are retried with backoff. A position the partition does not hold moves as the
     /// subscription's [`OffsetReset`] says (logged at warn), or with [`OffsetReset::Fail`]

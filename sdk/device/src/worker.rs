@@ -268,27 +268,45 @@ async fn prepare(
         Some(s) => s,
         None => Session::connect(&cfg).await?,
     };
-    let producer = if need_producer {
-        Some(init_producer(&mut session).await?)
-    } else {
-        None
-    };
-    if let Some(topic) = &topic {
-        // Like Kafka producers: Metadata first, which auto-creates the topic if allowed.
-        let req = MetadataRequest::default()
-            .with_topics(Some(vec![
-                MetadataRequestTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(topic.clone())))),
-            ]))
-            .with_allow_auto_topic_creation(true);
-        session.call(&req, METADATA_VERSION).await?;
+    let mut producer = set_up(&mut session, need_producer, topic.as_deref()).await;
+    if producer.is_err() && reconnected && cfg.link.zero_rtt().await == crate::ZeroRtt::Rejected {
+        // The broker refused the early data (it restarted and forgot the ticket): the
+        // requests sent early failed, but the connection gave a fresh ticket. Go again now,
+        // rather than as a lost connection after a back-off.
+        tracing::debug!("the broker refused 0-RTT; connecting again");
+        session = Session::connect(&cfg).await?;
+        producer = set_up(&mut session, need_producer, topic.as_deref()).await;
     }
     Ok(Prepared {
         session,
         reconnected,
-        producer,
+        producer: producer?,
         topic,
     })
+}
+
+/// On a new session: a producer id when `need_producer`, and Metadata for `topic` (which
+/// creates it when the broker allows), in that order.
+async fn set_up(
+    session: &mut Session,
+    need_producer: bool,
+    topic: Option<&str>,
+) -> Result<Option<Producer>, DeviceError> {
+    let producer = if need_producer {
+        Some(init_producer(session).await?)
+    } else {
+        None
+    };
+    if let Some(topic) = topic {
+        // Like Kafka producers: Metadata first, which auto-creates the topic if allowed.
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(topic.to_string())),
+            ))]))
+            .with_allow_auto_topic_creation(true);
+        session.call(&req, METADATA_VERSION).await?;
+    }
+    Ok(producer)
 }
 
 /// Opens a stream on `conn` for a subscription, waiting at most [`OPEN_STREAM_WAIT`] for the

@@ -177,6 +177,10 @@ async fn an_offset_past_the_end_moves_as_the_offset_reset_says() {
         assert_eq!(read, Err(out_of_range.clone()));
         assert_eq!(fail.position(), 1000, "the position does not move");
     }
+    // The application moves it itself.
+    assert_eq!(fail.seek(-1), Err(DeviceError::InvalidOffset(-1)));
+    fail.seek(10).unwrap();
+    expect_commands(&mut fail, 10..12).await;
     drop((earliest, latest, fail));
     device.close().await;
     broker.shutdown().await;
