@@ -1223,15 +1223,22 @@ async fn after_a_broker_restart_0rtt_is_refused_and_the_device_connects_in_full(
     again.listeners.quic.address = quic;
     let broker = common::start_with(again).await;
     let second = runnel_device::Device::connect(cfg.clone()).await.unwrap();
-    // The stale ticket's early data was refused; the device went again on a new connection,
-    // which may resume with the ticket the refused connection just received.
-    assert_ne!(second.zero_rtt().await, runnel_device::ZeroRtt::Rejected);
+    let zero_rtt = second.zero_rtt().await;
     let ack = second.send("restarted", None, b"b").await.unwrap();
     assert_eq!(ack.offset, 1);
     second.close().await;
-    // The attempt with the stale ticket completes its handshake (without the early data), then
-    // the second one.
-    assert_eq!(count(&broker.broker.metrics.quic_connections_total), 2);
+    let handshakes = count(&broker.broker.metrics.quic_connections_total);
+    if zero_rtt == runnel_device::ZeroRtt::Rejected {
+        // The handshake finished (refusing the early data) before the first request was
+        // written, which then went as ordinary data on that connection: it happens on a loaded
+        // machine, and costs nothing.
+        assert_eq!(handshakes, 1);
+    } else {
+        // The stale ticket's early data was refused: that attempt completed its handshake
+        // without it, and the device went again on a new connection, which may resume with the
+        // ticket the refused one just received.
+        assert_eq!(handshakes, 2);
+    }
     assert_eq!(
         read_values(&broker, "restarted", 2).await,
         vec![b"a".to_vec(), b"b".to_vec()]
