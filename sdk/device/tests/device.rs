@@ -9,45 +9,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel::{BrokerHandle, Config};
-use runnel_device::{Acks, Delivery, Device, DeviceConfig, DeviceError, Record, StartAt, Trust};
+use runnel_device::{Delivery, Device, DeviceConfig, DeviceError, Record, StartAt, Trust};
 
-/// A broker config: data in `dir`, Kafka on 127.0.0.1:0, QUIC on `quic`.
-fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
-    let mut cfg = Config::default();
-    cfg.broker.data_dir = dir.to_path_buf();
-    cfg.listeners.kafka.address = "127.0.0.1:0".parse().unwrap();
-    cfg.listeners.quic.enabled = true;
-    cfg.listeners.quic.address = quic;
-    cfg.listeners.admin.enabled = false;
-    cfg
-}
+mod common;
+
+use common::{broker_config, start_with};
 
 async fn start(dir: &Path, quic: SocketAddr) -> BrokerHandle {
     start_with(broker_config(dir, quic)).await
 }
 
-/// Starts a broker on `cfg`, with logs (`RUST_LOG`, default warn) in the test's output.
-async fn start_with(cfg: Config) -> BrokerHandle {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-    runnel::start_broker(cfg).await.expect("broker starts")
-}
-
 fn device_config(broker: &BrokerHandle) -> DeviceConfig {
-    let mut cfg = DeviceConfig::new(
-        broker.quic_addr.expect("QUIC listener"),
-        Trust::Fingerprint(broker.quic_fingerprint.clone().expect("fingerprint")),
-    );
-    cfg.client_id = "sensor-7".into();
+    let mut cfg = common::device_config(broker, "sensor-7");
     cfg.linger = Duration::from_millis(5);
     cfg.max_batch_records = 100;
     cfg.buffer_limit_bytes = 8 << 20;
-    cfg.acks = Acks::All;
     cfg
 }
 

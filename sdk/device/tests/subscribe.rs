@@ -2,7 +2,6 @@
 //! committed offset removed by DeleteRecords) or whose topic does not exist yet, against a real
 //! broker started in-process; the commands come from librdkafka.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,46 +9,22 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::{Offset, TopicPartitionList};
-use runnel::{BrokerHandle, Config};
+use runnel::BrokerHandle;
 use runnel_device::{
-    Acks, Device, DeviceConfig, DeviceError, Message, OffsetReset, StartAt, Subscription, Trust,
+    Device, DeviceConfig, DeviceError, Message, OffsetReset, StartAt, Subscription,
 };
 
-/// A broker config: data in `dir`, Kafka on 127.0.0.1:0, QUIC on `quic`.
-fn broker_config(dir: &Path, quic: SocketAddr) -> Config {
-    let mut cfg = Config::default();
-    cfg.broker.data_dir = dir.to_path_buf();
-    cfg.listeners.kafka.address = "127.0.0.1:0".parse().unwrap();
-    cfg.listeners.quic.enabled = true;
-    cfg.listeners.quic.address = quic;
-    cfg.listeners.admin.enabled = false;
-    cfg
-}
+mod common;
 
-/// Starts a broker in `dir`, with logs (`RUST_LOG`, default warn) in the test's output.
+use common::{broker_config, start_with};
+
+/// Starts a broker in `dir`.
 async fn start(dir: &Path) -> BrokerHandle {
     start_with(broker_config(dir, "127.0.0.1:0".parse().unwrap())).await
 }
 
-async fn start_with(cfg: Config) -> BrokerHandle {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-    runnel::start_broker(cfg).await.expect("broker starts")
-}
-
 fn device_config(broker: &BrokerHandle) -> DeviceConfig {
-    let mut cfg = DeviceConfig::new(
-        broker.quic_addr.expect("QUIC listener"),
-        Trust::Fingerprint(broker.quic_fingerprint.clone().expect("fingerprint")),
-    );
-    cfg.client_id = "valve-3".into();
-    cfg.acks = Acks::All;
-    cfg
+    common::device_config(broker, "valve-3")
 }
 
 fn command(i: i64) -> String {
