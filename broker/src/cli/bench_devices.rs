@@ -404,6 +404,18 @@ fn run_quic_on_runtimes(
     pid: Option<u32>,
 ) -> anyhow::Result<Outcome> {
     let acked_total = Arc::new(AtomicU64::new(0));
+    // Every runtime simulates one shard of the devices on its own thread.
+    let simulate = |rt: tokio::runtime::Runtime, shard: Shard| {
+        rt.block_on(run_quic(
+            args,
+            server,
+            fingerprint,
+            topic,
+            pid,
+            shard,
+            acked_total.clone(),
+        ))
+    };
     let runtimes = device_runtimes(args);
     if runtimes == 0 {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -414,15 +426,7 @@ fn run_quic_on_runtimes(
             start: Arc::new(tokio::sync::Barrier::new(1)),
             lead: true,
         };
-        return rt.block_on(run_quic(
-            args,
-            server,
-            fingerprint,
-            topic,
-            pid,
-            shard,
-            acked_total,
-        ));
+        return simulate(rt, shard);
     }
     let n = runtimes.min(args.devices);
     let start = Arc::new(tokio::sync::Barrier::new(n));
@@ -434,20 +438,12 @@ fn run_quic_on_runtimes(
                     start: start.clone(),
                     lead: i == 0,
                 };
-                let acked_total = acked_total.clone();
+                let simulate = &simulate;
                 scope.spawn(move || -> anyhow::Result<Outcome> {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    rt.block_on(run_quic(
-                        args,
-                        server,
-                        fingerprint,
-                        topic,
-                        pid,
-                        shard,
-                        acked_total,
-                    ))
+                    simulate(rt, shard)
                 })
             })
             .collect();

@@ -13,7 +13,7 @@ use runnel_device::{Delivery, Device, DeviceConfig, DeviceError, Record, StartAt
 
 mod common;
 
-use common::{broker_config, start_with};
+use common::{broker_config, kafka_produce, start_with};
 
 async fn start(dir: &Path, quic: SocketAddr) -> BrokerHandle {
     start_with(broker_config(dir, quic)).await
@@ -1046,15 +1046,10 @@ async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
 /// every topic's: the others are still sent in batches of up to `max_batch_bytes`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topics_own_size_limit_cuts_only_that_topics_batches() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
+    let admin = common::admin(&broker.bootstrap());
     let tiny =
         NewTopic::new("tiny", 1, TopicReplication::Fixed(1)).set("max.message.bytes", "1500");
     let created = admin
@@ -1243,32 +1238,6 @@ async fn a_buffer_file_is_used_by_one_device_at_a_time() {
     );
     first.close().await;
     broker.shutdown().await;
-}
-
-/// Produces `values` to partition 0 of `topic` with librdkafka, in order.
-async fn kafka_produce(bootstrap: String, topic: &'static str, values: Vec<String>) {
-    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-    tokio::task::spawn_blocking(move || {
-        let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("broker.address.family", "v4")
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap();
-        for v in &values {
-            p.send(
-                BaseRecord::<str, str>::to(topic)
-                    .partition(0)
-                    .key("cmd")
-                    .payload(v),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-        }
-        p.flush(Duration::from_secs(30)).unwrap();
-    })
-    .await
-    .unwrap()
 }
 
 /// A device that only subscribes (never produces, so nothing reads its produce stream) notices

@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::admin::AdminOptions;
 use rdkafka::{Offset, TopicPartitionList};
 use runnel::BrokerHandle;
 use runnel_device::{
@@ -33,39 +31,13 @@ fn command(i: i64) -> String {
 
 /// Produces the commands `range` to partition 0 of `topic` with librdkafka, in order.
 async fn kafka_produce(bootstrap: String, topic: &'static str, range: std::ops::Range<i64>) {
-    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-    tokio::task::spawn_blocking(move || {
-        let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("broker.address.family", "v4")
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap();
-        for i in range {
-            let v = command(i);
-            p.send(
-                BaseRecord::<str, str>::to(topic)
-                    .partition(0)
-                    .key("cmd")
-                    .payload(&v),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-        }
-        p.flush(Duration::from_secs(30)).unwrap();
-    })
-    .await
-    .unwrap()
+    common::kafka_produce(bootstrap, topic, range.map(command).collect()).await
 }
 
 /// Deletes the records of partition 0 of `topic` before `before` with the broker's
 /// DeleteRecords (librdkafka's admin client); the partition's new first offset.
 async fn delete_records(bootstrap: &str, topic: &str, before: Offset) -> i64 {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
+    let admin = common::admin(bootstrap);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, before).unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -284,11 +256,7 @@ async fn a_subscription_waits_for_its_topic_to_be_made() {
     });
     // Long enough for a few refused fetches.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
+    let admin = common::admin(&broker.bootstrap());
     let made = admin
         .create_topics(
             &[NewTopic::new("later", 1, TopicReplication::Fixed(1))],

@@ -4,6 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
 
 use runnel::{BrokerHandle, Config};
 use runnel_device::{Acks, DeviceConfig, Trust};
@@ -40,4 +45,40 @@ pub fn device_config(broker: &BrokerHandle, client_id: &str) -> DeviceConfig {
     cfg.client_id = client_id.into();
     cfg.acks = Acks::All;
     cfg
+}
+
+/// A Kafka admin client (librdkafka) of the broker at `bootstrap`.
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap()
+}
+
+/// Produces `values` (key `cmd`) to partition 0 of `topic` with librdkafka, in order, as a
+/// Kafka application sending commands to devices would.
+pub async fn kafka_produce(bootstrap: String, topic: &'static str, values: Vec<String>) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    tokio::task::spawn_blocking(move || {
+        let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("broker.address.family", "v4")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for v in &values {
+            p.send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(0)
+                    .key("cmd")
+                    .payload(v),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    })
+    .await
+    .unwrap()
 }
