@@ -65,6 +65,19 @@ fn member(bootstrap: &str, group: &str, assignor: &str) -> BaseConsumer {
         .unwrap()
 }
 
+/// Leaves the group and waits (up to 5 s) until the revocation is handled, before the consumer
+/// is dropped: rust-rdkafka's drop handles a rebalance event still queued by asking librdkafka's
+/// main thread for the rebalance protocol, which can wait for ever while the consumer closes.
+fn leave(c: BaseConsumer) {
+    c.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !assigned(&c).is_empty() && Instant::now() < deadline {
+        let _ = c.poll(Duration::from_millis(20));
+    }
+    // The revocation's own event, if it is still queued.
+    let _ = c.poll(Duration::from_millis(20));
+}
+
 fn assigned(c: &BaseConsumer) -> BTreeSet<i32> {
     c.assignment()
         .map(|a| a.elements().iter().map(|e| e.partition()).collect())
@@ -119,8 +132,7 @@ async fn rebalance_when_one_of_three_leaves(assignor: &str) {
         });
         let mut members = members;
         let leaving = members.pop().unwrap();
-        leaving.unsubscribe();
-        drop(leaving); // LeaveGroup on close
+        leave(leaving); // LeaveGroup on close
         let refs: Vec<&BaseConsumer> = members.iter().collect();
         poll_until(&refs, "after one left", |s| {
             covers_evenly(s, 6) && s.iter().all(|x| x.len() == 3)
@@ -399,7 +411,7 @@ async fn churning_members_still_consume_every_record() {
             } else if round % 4 == 3 && members.len() > 1 {
                 let leaving = members.remove(0);
                 let _ = leaving.commit_consumer_state(CommitMode::Sync);
-                leaving.unsubscribe();
+                leave(leaving);
             }
             // Each member takes at most 10 records a round, so the work is spread over many
             // rounds and many generations.
@@ -434,6 +446,7 @@ async fn churning_members_still_consume_every_record() {
             }
         }
         eprintln!("churn: {round} rounds");
+        members.into_iter().for_each(leave);
         seen
     })
     .await
