@@ -178,6 +178,9 @@ pub(crate) async fn init_producer(session: &mut Session) -> Result<Producer, Dev
 /// Produce requests outstanding on the session stream at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 5;
 
+/// The longest a batch whose linger has passed is held open for want of a request slot.
+const MAX_HOLD: Duration = Duration::from_secs(1);
+
 /// A produce request written to the session and not yet answered.
 struct InFlight {
     correlation: i32,
@@ -434,7 +437,7 @@ impl Worker {
             }
             // Nothing to send now: wait for a command, a response, a linger deadline or the
             // next retry.
-            let mut wake = self.open.values().map(|o| o.deadline).min();
+            let mut wake = self.next_seal(Instant::now());
             // The back-off matters only while no setup runs (one started by a subscription
             // may run past it; waking for it then would spin).
             if !self.queue.is_empty() && !self.awaiting_answers() && self.setup.is_none() {
@@ -582,16 +585,50 @@ impl Worker {
     }
 
     /// Seals the open batches whose linger has passed (all of them when `all`), oldest first.
+    ///
+    /// While connected, a batch whose linger has passed is sealed only when a request slot is
+    /// free for it; until then it stays open and keeps taking records, as in Kafka's producers.
+    /// So when the broker or the link is slow, a device sends fewer, larger requests instead of
+    /// a queue of small ones, each a round trip. A batch is sealed regardless once it has
+    /// waited [`MAX_HOLD`] past its linger, so that its records reach the buffer file.
     fn seal_due(&mut self, now: Instant, all: bool) {
+        let mut room = if self.session.is_some() {
+            MAX_IN_FLIGHT.saturating_sub(self.in_flight.len() + self.skip.len() + self.queue.len())
+        } else {
+            usize::MAX
+        };
         let due: Vec<Tp> = self
             .open_order
             .iter()
-            .filter(|tp| all || self.open.get(*tp).is_some_and(|o| o.deadline <= now))
+            .filter(|tp| {
+                all || self.open.get(*tp).is_some_and(|o| {
+                    let due = o.deadline <= now && (room > 0 || o.deadline + MAX_HOLD <= now);
+                    if due {
+                        room = room.saturating_sub(1);
+                    }
+                    due
+                })
+            })
             .cloned()
             .collect();
         for tp in due {
             self.seal(&tp);
         }
+    }
+
+    /// When the loop must next look at the open batches: the earliest linger deadline still
+    /// ahead, or for a batch held open past it, when it must be sealed regardless.
+    fn next_seal(&self, now: Instant) -> Option<Instant> {
+        self.open
+            .values()
+            .map(|o| {
+                if o.deadline > now {
+                    o.deadline
+                } else {
+                    o.deadline + MAX_HOLD
+                }
+            })
+            .min()
     }
 
     /// Turns the open records of `tp` into a batch with the next sequence numbers.

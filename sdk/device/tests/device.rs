@@ -1427,3 +1427,93 @@ async fn a_group_subscription_resumes_after_its_last_commit_across_device_and_br
     device.close().await;
     broker.shutdown().await;
 }
+
+/// A UDP relay between one device and `broker` that holds every datagram for `delay` in each
+/// direction, in order, as a slow cellular link does. Returns the address the device dials.
+async fn slow_link(broker: SocketAddr, delay: Duration) -> SocketAddr {
+    use std::sync::{Arc, OnceLock};
+    use tokio::net::UdpSocket;
+    use tokio::sync::mpsc;
+
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(broker).await.unwrap();
+    let device = Arc::new(OnceLock::<SocketAddr>::new());
+    let addr = front.local_addr().unwrap();
+
+    // Each direction: a reader stamps datagrams with when they are due, a writer sends them
+    // then, so the order holds.
+    let (to_broker, mut for_broker) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let (to_device, mut for_device) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    {
+        let (front, device) = (front.clone(), device.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                let _ = device.set(from);
+                let _ = to_broker.send((Instant::now() + delay, buf[..n].to_vec()));
+            }
+        });
+    }
+    {
+        let back = back.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = back.recv(&mut buf).await {
+                let _ = to_device.send((Instant::now() + delay, buf[..n].to_vec()));
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while let Some((due, d)) = for_broker.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            let _ = back.send(&d).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Some((due, d)) = for_device.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if let Some(to) = device.get() {
+                let _ = front.send_to(&d, to).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_slow_link_batches_grow_so_the_device_keeps_up() {
+    // A 200 ms round trip is 40 lingers of 5 ms. Were each linger's records a request of their
+    // own, the 5 requests in flight would carry 25 lingers' worth a second, and a device
+    // reading 1,000 times a second would fall further behind every second.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut cfg = device_config(&broker);
+    cfg.server = slow_link(cfg.server, Duration::from_millis(100)).await;
+    let device = Device::connect(cfg).await.unwrap();
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut deliveries = Vec::new();
+    for i in 0..300 {
+        tick.tick().await;
+        for j in 0..10 {
+            let d = device.enqueue("slow-link", 0, None, &reading(i * 10 + j));
+            deliveries.push(d.unwrap());
+        }
+    }
+    let sending = started.elapsed();
+    expect_offsets(deliveries, 0).await;
+    let all_acknowledged = started.elapsed();
+    // 3 s of readings: acknowledged about a second later (set-up and the last round trips);
+    // with a request per linger it took 12 s.
+    assert!(
+        all_acknowledged < sending + Duration::from_secs(4),
+        "3,000 readings sent in {sending:?} were all acknowledged only after {all_acknowledged:?}"
+    );
+    device.close().await;
+
+    let values = read_values(broker.bootstrap(), "slow-link", 3000).await;
+    assert_eq!(values, (0..3000).map(reading).collect::<Vec<_>>());
+    broker.shutdown().await;
+}
