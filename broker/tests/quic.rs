@@ -1064,6 +1064,20 @@ async fn an_unauthenticated_device_sends_little_and_must_authenticate_in_time() 
     );
     assert_eq!(failures(), 1);
 
+    // Three streams each begin a request of 300 KiB, which alone would be allowed: together they
+    // hold more than the connection may before authenticating, and it is closed.
+    let raw = connect(&broker).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = raw.session().await;
+        let _ = s.send.write_all(&(300i32 << 10).to_be_bytes()).await;
+        let _ = s.send.write_all(&vec![0u8; 200 * 1024]).await;
+        streams.push(s);
+    }
+    let reason = close_reason(&raw).await;
+    assert!(reason.contains("over all streams"), "{reason}");
+    assert_eq!(failures(), 2);
+
     // ApiVersions only, with keep-alives: closed once the timeout has passed.
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(200)));
@@ -1071,7 +1085,7 @@ async fn an_unauthenticated_device_sends_little_and_must_authenticate_in_time() 
     assert!(idler.session().await.answers().await);
     let reason = close_reason(&idler).await;
     assert!(reason.contains("no SASL authentication within"), "{reason}");
-    assert_eq!(failures(), 2);
+    assert_eq!(failures(), 3);
 
     // Authenticated in time: the connection stays past the timeout and is served.
     let ok = connect(&broker).await;
@@ -1095,7 +1109,7 @@ async fn an_unauthenticated_device_sends_little_and_must_authenticate_in_time() 
         (0, 0),
         "a request over 512 KiB is served once authenticated"
     );
-    assert_eq!(failures(), 2);
+    assert_eq!(failures(), 3);
     broker.shutdown().await;
 }
 

@@ -11,7 +11,8 @@
 //! successful SaslAuthenticate is not handled: the session ends and the listener is asked to close
 //! the whole connection with the reason; after a failed SaslAuthenticate a TCP connection ends
 //! once the answer is written. Until it has authenticated, such a connection may send requests
-//! of at most [`auth::MAX_UNAUTHENTICATED_REQUEST_BYTES`], and a TCP one must authenticate
+//! of at most [`auth::MAX_UNAUTHENTICATED_REQUEST_BYTES`], and its streams may hold no more than
+//! that together ([`auth::PreAuthHold`]); a TCP one must authenticate
 //! within `broker.handshake_timeout` (the QUIC listener times the whole connection itself).
 //!
 //! A request a quota policy throttled (`Ctx::throttle_ms`, set by `plugins::quota`) mutes the
@@ -195,6 +196,7 @@ pub async fn serve_halves<R, W>(
     // (A sleep, not an Instant sum, so that no configured value can overflow.)
     let auth_deadline = tokio::time::sleep(auth_timeout);
     tokio::pin!(auth_deadline);
+    let mut pre_auth = auth::PreAuthHold::new(session.identity.clone());
     'conn: loop {
         // Handle every complete frame already buffered before reading again.
         loop {
@@ -217,11 +219,7 @@ pub async fn serve_halves<R, W>(
                         "authentication required: a request of {size} bytes before SASL \
                          authentication (at most {max} until then)"
                     );
-                    tracing::info!(%peer, listener, %reason, "closing connection");
-                    if !session.identity.is_closing() {
-                        metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    session.identity.close(reason, false);
+                    refuse_unauthenticated(&session, &broker, reason);
                     break 'conn;
                 }
                 Err(e) => {
@@ -336,11 +334,7 @@ pub async fn serve_halves<R, W>(
                     "authentication required: no SASL authentication within {auth_timeout:?} \
                      (broker.handshake_timeout)"
                 );
-                tracing::info!(%peer, listener, %reason, "closing connection");
-                if !session.identity.is_closing() {
-                    metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                session.identity.close(reason, false);
+                refuse_unauthenticated(&session, &broker, reason);
                 break;
             }
         };
@@ -356,6 +350,22 @@ pub async fn serve_halves<R, W>(
                 tracing::debug!(%peer, listener, error = %e, "read failed");
                 break;
             }
+        }
+        // Before authentication the connection's streams share one budget (a QUIC client could
+        // otherwise hold the per-request limit on each of its streams).
+        if session.identity.awaits_sasl() {
+            let held = pre_auth.set(buf.len());
+            if held > auth::MAX_UNAUTHENTICATED_REQUEST_BYTES {
+                let reason = format!(
+                    "authentication required: {held} bytes of requests held before SASL \
+                     authentication (at most {} until then, over all streams)",
+                    auth::MAX_UNAUTHENTICATED_REQUEST_BYTES
+                );
+                refuse_unauthenticated(&session, &broker, reason);
+                break;
+            }
+        } else {
+            pre_auth.set(0);
         }
     }
     // Before the responses already queued are written and the stream finished, so that the
@@ -382,6 +392,17 @@ pub async fn serve_halves<R, W>(
     }
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(%peer, listener, "connection closed");
+}
+
+/// Ends a connection that has not authenticated, telling the client `reason`; counted as one
+/// authentication failure of the connection however many of its streams end so.
+fn refuse_unauthenticated(session: &Session, broker: &Broker, reason: String) {
+    let (peer, listener) = (session.peer, session.listener.name());
+    tracing::info!(%peer, listener, %reason, "closing connection");
+    if !session.identity.is_closing() {
+        broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    session.identity.close(reason, false);
 }
 
 /// What a client sending this instead of a Kafka frame most likely speaks, for the log line.

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -204,10 +205,45 @@ pub enum AuthError {
     NotEnabled,
 }
 
-/// The largest request a connection that must authenticate may send before it has: ample for
-/// ApiVersions and the SASL requests, and small enough that unauthenticated clients cannot make
-/// the broker hold much (Kafka's `sasl.server.max.receive.size`, 512 KiB).
+/// The largest request a connection that must authenticate may send before it has, and the most
+/// bytes all its streams together may hold unread until then: ample for ApiVersions and the SASL
+/// requests, and small enough that unauthenticated clients cannot make the broker hold much
+/// (Kafka's `sasl.server.max.receive.size`, 512 KiB).
 pub const MAX_UNAUTHENTICATED_REQUEST_BYTES: usize = 512 * 1024;
+
+/// What one stream (one TCP connection, or one QUIC stream) holds of request bytes before its
+/// connection has authenticated, counted on the connection's [`Identity`], so that all its streams
+/// together are held to [`MAX_UNAUTHENTICATED_REQUEST_BYTES`]. Dropping it releases its share.
+pub struct PreAuthHold {
+    identity: Arc<Identity>,
+    held: usize,
+}
+
+impl PreAuthHold {
+    pub fn new(identity: Arc<Identity>) -> PreAuthHold {
+        PreAuthHold { identity, held: 0 }
+    }
+
+    /// This stream now holds `bytes`; returns what the connection's streams hold together.
+    pub fn set(&mut self, bytes: usize) -> usize {
+        let counter = &self.identity.held_before_auth;
+        let total = if bytes >= self.held {
+            let more = bytes - self.held;
+            counter.fetch_add(more, Ordering::Relaxed) + more
+        } else {
+            let less = self.held - bytes;
+            counter.fetch_sub(less, Ordering::Relaxed) - less
+        };
+        self.held = bytes;
+        total
+    }
+}
+
+impl Drop for PreAuthHold {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
 
 /// Why and how a connection is to be closed ([`Identity::close`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +264,9 @@ pub struct Identity {
     tokens: Option<Arc<Tokens>>,
     /// Set when the connection must be closed.
     close: watch::Sender<Option<Closing>>,
+    /// Request bytes the connection's streams hold before it has authenticated
+    /// ([`PreAuthHold`]).
+    held_before_auth: AtomicUsize,
 }
 
 impl Identity {
@@ -240,6 +279,7 @@ impl Identity {
             principal: cell,
             tokens,
             close: watch::channel(None).0,
+            held_before_auth: AtomicUsize::new(0),
         })
     }
 
