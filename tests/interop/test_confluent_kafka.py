@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 from confluent_kafka import (TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException,
-                             Producer, TopicPartition)
-from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
-                                   ConfigSource, NewPartitions, NewTopic, OffsetSpec)
+                             Producer, TopicCollection, TopicPartition)
+from confluent_kafka.admin import (AclOperation, AdminClient, AlterConfigOpType, ConfigEntry,
+                                   ConfigResource, ConfigSource, NewPartitions, NewTopic,
+                                   OffsetSpec)
 
 from ck_util import (BASE_TS, assert_same_records, conf, consumer_conf, create_topic,
                      produce_records, record_set)
@@ -60,6 +61,36 @@ def test_admin_create_list_describe_delete(broker):
     with pytest.raises(KafkaException) as e:
         list(gone.values())[0].result(timeout=10)
     assert e.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_admin_says_every_operation_is_allowed(broker):
+    """Asked for the operations a principal may perform (include_authorized_operations), the
+    broker, which has no ACLs, names every one the resource has, as Kafka without an authorizer
+    does; tools use the list to decide what to offer (delete a group, alter a topic)."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic, group = unique("ck-ops"), unique("ck-ops-g")
+    create_topic(admin, topic, 1)
+    c = Consumer(consumer_conf(broker.bootstrap, group))
+    try:
+        c.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+    finally:
+        c.close()
+    op = AclOperation
+
+    got = admin.describe_topics(TopicCollection([topic]), include_authorized_operations=True)
+    assert set(got[topic].result(timeout=10).authorized_operations) == {
+        op.READ, op.WRITE, op.CREATE, op.DELETE, op.ALTER, op.DESCRIBE, op.DESCRIBE_CONFIGS,
+        op.ALTER_CONFIGS}
+    cluster = admin.describe_cluster(include_authorized_operations=True).result(timeout=10)
+    assert set(cluster.authorized_operations) == {
+        op.CREATE, op.ALTER, op.DESCRIBE, op.CLUSTER_ACTION, op.DESCRIBE_CONFIGS,
+        op.ALTER_CONFIGS, op.IDEMPOTENT_WRITE}
+    got = admin.describe_consumer_groups([group], include_authorized_operations=True)
+    assert set(got[group].result(timeout=10).authorized_operations) == {
+        op.READ, op.DESCRIBE, op.DELETE}
+    # Not asked: none are named.
+    got = admin.describe_consumer_groups([group])
+    assert not got[group].result(timeout=10).authorized_operations
 
 
 def test_admin_create_partitions_and_alter_configs(broker):

@@ -145,7 +145,8 @@ def test_commit_and_resume(broker):
 def test_delete_group_offsets(broker):
     """OffsetDelete (kafka-consumer-groups --delete-offsets): the partitions' committed offsets
     go; a topic the group's live members subscribe to keeps its offsets
-    (GROUP_SUBSCRIBED_TO_TOPIC); an unknown group is GROUP_ID_NOT_FOUND."""
+    (GROUP_SUBSCRIBED_TO_TOPIC); a partition the broker does not have is
+    UNKNOWN_TOPIC_OR_PARTITION; an unknown group is GROUP_ID_NOT_FOUND."""
     a_topic, b_topic, group = unique("kp-del-a"), unique("kp-del-b"), unique("kp-del-g")
     p = producer(broker)
     try:
@@ -164,6 +165,11 @@ def test_delete_group_offsets(broker):
         assert got[b] is kafka.errors.GroupSubscribedToTopicError
         offsets = admin.list_group_offsets(group)[group]  # kafka-python 3: by group
         assert a not in offsets and offsets[b].offset == 1, offsets
+        # Partitions the broker does not have: UNKNOWN_TOPIC_OR_PARTITION, as in Kafka.
+        nosuch, beyond = TopicPartition(unique("kp-none"), 0), TopicPartition(a_topic, 5)
+        got = admin.delete_group_offsets(group, [nosuch, beyond])
+        assert got[nosuch] is kafka.errors.UnknownTopicOrPartitionError, got
+        assert got[beyond] is kafka.errors.UnknownTopicOrPartitionError, got
         c.close()
         # Once the group is empty, b's offsets can go too.
         got = admin.delete_group_offsets(group, [b])

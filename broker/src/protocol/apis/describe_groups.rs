@@ -1,12 +1,18 @@
-//! DescribeGroups (key 15): state, protocol and members of each group.
+//! DescribeGroups (key 15): state, protocol and members of each group, and when asked (v3+)
+//! the operations allowed on it ([`authorized`]).
 
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
-use super::s;
+use super::{authorized, s};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let operations = if req.include_authorized_operations {
+        authorized::GROUP
+    } else {
+        authorized::NOT_ASKED
+    };
     let groups = req
         .groups
         .into_iter()
@@ -16,6 +22,7 @@ pub async fn handle(ctx: Ctx, req: DescribeGroupsRequest) -> DescribeGroupsRespo
                 .with_group_state(s(d.state.as_str()))
                 .with_protocol_type(s(d.protocol_type))
                 .with_protocol_data(s(d.protocol))
+                .with_authorized_operations(operations)
                 .with_members(
                     d.members
                         .into_iter()

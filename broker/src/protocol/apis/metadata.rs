@@ -2,7 +2,8 @@
 //!
 //! This broker is every partition's leader and only replica. With `allow_auto_topic_creation`
 //! (v4+; always for older versions) and `broker.auto_create_topics`, unknown topics are created
-//! with the default partition count, as Kafka does.
+//! with the default partition count, as Kafka does. Asked for (v8+), the operations allowed on
+//! each topic and the cluster are every one there is ([`authorized`]).
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::metadata_response::{
@@ -10,7 +11,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
-use super::s;
+use super::{authorized, s};
 use crate::broker::now_ms;
 use crate::catalog::Topic;
 use crate::protocol::Ctx;
@@ -52,7 +53,18 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
             }
         }
     }
+    if req.include_topic_authorized_operations {
+        for t in topics.iter_mut().filter(|t| t.error_code == 0) {
+            t.topic_authorized_operations = authorized::TOPIC;
+        }
+    }
+    let cluster_operations = if req.include_cluster_authorized_operations {
+        authorized::CLUSTER
+    } else {
+        authorized::NOT_ASKED
+    };
     MetadataResponse::default()
+        .with_cluster_authorized_operations(cluster_operations)
         .with_brokers(vec![broker])
         .with_cluster_id(Some(s(b.cluster_id.clone())))
         .with_controller_id(node)

@@ -1,22 +1,46 @@
 //! OffsetDelete (key 47): removes a group's committed offsets for some partitions
 //! (`kafka-consumer-groups --delete-offsets`, AdminClient `deleteConsumerGroupOffsets`). Offsets
-//! of topics the group's active members subscribe to stay, with GROUP_SUBSCRIBED_TO_TOPIC.
+//! of topics the group's active members subscribe to stay, with GROUP_SUBSCRIBED_TO_TOPIC;
+//! partitions this broker does not have get UNKNOWN_TOPIC_OR_PARTITION.
 
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
+use kafka_protocol::error::ResponseError;
+
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    // As in Kafka, partitions this broker does not have are answered UNKNOWN_TOPIC_OR_PARTITION
+    // and not asked of the group.
+    let catalog = &ctx.broker.catalog;
+    let known: Vec<Vec<bool>> = req
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = catalog.get(&t.name);
+            t.partitions
+                .iter()
+                .map(|p| {
+                    topic
+                        .as_ref()
+                        .is_some_and(|k| k.partition(p.partition_index).is_some())
+                })
+                .collect()
+        })
+        .collect();
     let partitions: Vec<(String, i32)> = req
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&known)
+        .flat_map(|(t, known)| {
             t.partitions
                 .iter()
-                .map(|p| (t.name.to_string(), p.partition_index))
+                .zip(known)
+                .filter(|(_, k)| **k)
+                .map(|(p, _)| (t.name.to_string(), p.partition_index))
         })
         .collect();
     let codes = match ctx.broker.groups.delete_offsets(&req.group_id, &partitions) {
@@ -27,14 +51,21 @@ pub async fn handle(ctx: Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse 
     let topics = req
         .topics
         .into_iter()
-        .map(|t| {
+        .zip(known)
+        .map(|(t, known)| {
             let partitions = t
                 .partitions
                 .iter()
-                .map(|p| {
+                .zip(known)
+                .map(|(p, known)| {
+                    let code = if known {
+                        codes.next().unwrap_or(0)
+                    } else {
+                        ResponseError::UnknownTopicOrPartition.code()
+                    };
                     OffsetDeleteResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(codes.next().unwrap_or(0))
+                        .with_error_code(code)
                 })
                 .collect();
             OffsetDeleteResponseTopic::default()
