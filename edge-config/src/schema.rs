@@ -353,8 +353,9 @@ pub struct GroupsConfig {
     /// rebalance (`group.initial.rebalance.delay.ms`). Default 0s, which suits a single edge node.
     #[serde(with = "units::duration")]
     pub initial_rebalance_delay: Duration,
-    /// How long committed offsets of an empty group are kept (`offsets.retention.minutes`).
-    /// Default 7d.
+    /// How long committed offsets of an empty group are kept (`offsets.retention.minutes`),
+    /// and, in a live group, those of topics no member subscribes to any more after their last
+    /// commit (KIP-496; looked at once a minute). Default 7d.
     #[serde(with = "units::duration")]
     pub offsets_retention: Duration,
 }

@@ -178,6 +178,18 @@ impl Group {
         Some(topics)
     }
 
+    /// Drops the committed offsets of `partitions` (already removed from the store).
+    pub(crate) fn forget_offsets(&mut self, partitions: &[(String, i32)]) {
+        for (topic, partition) in partitions {
+            if let Some(parts) = self.offsets.get_mut(topic) {
+                parts.remove(partition);
+                if parts.is_empty() {
+                    self.offsets.remove(topic);
+                }
+            }
+        }
+    }
+
     pub fn new(id: String, initial_rebalance_delay: Duration, now: Instant) -> Self {
         Group {
             id,

@@ -55,6 +55,9 @@ pub use types::*;
 
 /// How often the timer task applies deadlines.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a live group's offsets of topics it no longer subscribes to are looked at (Kafka's
+/// `offsets.retention.check.interval.ms` is 10 minutes).
+const UNSUBSCRIBED_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long an Empty group without offsets is kept before it is forgotten (Kafka removes such
 /// groups on its offset-expiration pass, every 10 minutes by default).
@@ -71,7 +74,8 @@ pub struct GroupConfig {
     /// new member up to the rebalance timeout (Kafka default 3 s; 0 completes at once).
     pub initial_rebalance_delay: Duration,
     /// How long the offsets of an Empty group are kept after it became empty and after its last
-    /// commit (Kafka default 7 days). Zero keeps them forever.
+    /// commit, and in a Stable group of consumers those of topics no member subscribes to any
+    /// more after their commit (KIP-496) (Kafka default 7 days). Zero keeps them forever.
     pub offsets_retention: Duration,
 }
 
@@ -105,11 +109,23 @@ impl Clock {
             Clock::Manual(m) => m.now(),
         }
     }
+
+    /// The wall-clock time, milliseconds since the Unix epoch (offset commit timestamps).
+    pub fn wall_ms(&self) -> i64 {
+        match self {
+            Clock::Tokio => wall_clock_ms(),
+            Clock::Manual(m) => m.wall_ms(),
+        }
+    }
 }
 
 /// A hand-driven clock for deterministic tests; clones share the same time.
 #[derive(Debug, Clone)]
-pub struct ManualClock(Arc<Mutex<Instant>>);
+pub struct ManualClock {
+    now: Arc<Mutex<Instant>>,
+    /// When the clock was made, on both clocks: its wall time moves with it.
+    origin: (Instant, i64),
+}
 
 impl Default for ManualClock {
     fn default() -> Self {
@@ -120,17 +136,27 @@ impl Default for ManualClock {
 impl ManualClock {
     /// A clock stopped at the current instant.
     pub fn new() -> Self {
-        ManualClock(Arc::new(Mutex::new(Instant::now())))
+        let now = Instant::now();
+        ManualClock {
+            now: Arc::new(Mutex::new(now)),
+            origin: (now, wall_clock_ms()),
+        }
     }
 
     /// The clock's time.
     pub fn now(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.now)
+    }
+
+    /// The clock's wall time, milliseconds since the Unix epoch.
+    pub fn wall_ms(&self) -> i64 {
+        let (instant, wall) = self.origin;
+        wall + self.now().duration_since(instant).as_millis() as i64
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += by;
+        *lock(&self.now) += by;
     }
 }
 
@@ -147,6 +173,8 @@ struct Inner {
     groups: Mutex<HashMap<String, Group>>,
     /// Serializes store calls with the in-memory offset updates that follow them.
     store_lock: Mutex<()>,
+    /// When [`GroupCoordinator::expire_unsubscribed_offsets`] runs next.
+    next_unsubscribed_check: Mutex<Instant>,
     /// When a failed membership save was last logged: the save is tried again every tick, the
     /// warning written at most every [`STORE_WARNING_EVERY`].
     store_warned: Mutex<Option<std::time::Instant>>,
@@ -235,6 +263,7 @@ impl GroupCoordinator {
                 clock,
                 groups: Mutex::new(groups),
                 store_lock: Mutex::new(()),
+                next_unsubscribed_check: Mutex::new(now),
                 store_warned: Mutex::new(None),
             }),
         })
@@ -457,7 +486,7 @@ impl GroupCoordinator {
         if let Err(e) = check {
             return fill(&mut |_| Err(e.clone()));
         }
-        let wall = wall_clock_ms();
+        let wall = self.inner.clock.wall_ms();
         let mut batch: Vec<(String, i32, CommittedOffset)> = Vec::new();
         for t in &req.topics {
             for p in &t.partitions {
@@ -661,14 +690,7 @@ impl GroupCoordinator {
                 .collect());
         }
         if let Some(group) = self.groups().get_mut(group_id) {
-            for (topic, partition) in &deletable {
-                if let Some(parts) = group.offsets.get_mut(topic) {
-                    parts.remove(partition);
-                    if parts.is_empty() {
-                        group.offsets.remove(topic);
-                    }
-                }
-            }
+            group.forget_offsets(&deletable);
         }
         Ok(codes)
     }
@@ -720,7 +742,8 @@ impl GroupCoordinator {
     }
 
     /// Applies every passed deadline: session expiries, rebalance and sync timeouts, pending
-    /// member ids, and offset retention of Empty groups. Called by [`spawn_timers`](Self::spawn_timers).
+    /// member ids, offset retention of Empty groups, and (once a minute) of live groups' topics
+    /// they no longer subscribe to. Called by [`spawn_timers`](Self::spawn_timers).
     pub fn tick(&self) {
         let now = self.now();
         let retention = self.inner.config.offsets_retention;
@@ -742,6 +765,10 @@ impl GroupCoordinator {
                     .collect()
             }
         };
+        if !retention.is_zero() && now >= *lock(&self.inner.next_unsubscribed_check) {
+            *lock(&self.inner.next_unsubscribed_check) = now + UNSUBSCRIBED_CHECK_INTERVAL;
+            self.expire_unsubscribed_offsets(retention);
+        }
         for id in expired {
             let result = self.remove_empty_group(&id, |g| {
                 if offsets_expired(g, now, retention) {
@@ -755,6 +782,50 @@ impl GroupCoordinator {
             }
         }
         self.save_memberships();
+    }
+
+    /// KIP-496: in a Stable group of consumers, the offsets of topics no member subscribes to
+    /// any more expire `retention` after they were committed, as in Kafka since 2.4 (those of
+    /// an Empty group go with the group, above). A group whose subscriptions cannot be read
+    /// keeps everything.
+    fn expire_unsubscribed_offsets(&self, retention: Duration) {
+        let cutoff = self
+            .inner
+            .clock
+            .wall_ms()
+            .saturating_sub(retention.as_millis() as i64);
+        // Held throughout, so that no commit lands between the choice and the deletion.
+        let _store_guard = lock(&self.inner.store_lock);
+        let due: Vec<(String, Vec<(String, i32)>)> = self
+            .groups()
+            .values()
+            .filter(|g| g.state == GroupState::Stable && !g.members.is_empty())
+            .filter_map(|g| {
+                let subscribed = g.subscribed_topics()?;
+                let parts: Vec<(String, i32)> = g
+                    .offsets
+                    .iter()
+                    .filter(|(topic, _)| !subscribed.contains(*topic))
+                    .flat_map(|(topic, parts)| {
+                        parts
+                            .iter()
+                            .filter(|(_, o)| o.commit_timestamp_ms <= cutoff)
+                            .map(|(p, _)| (topic.clone(), *p))
+                    })
+                    .collect();
+                (!parts.is_empty()).then(|| (g.id.clone(), parts))
+            })
+            .collect();
+        for (id, parts) in due {
+            if let Err(e) = self.inner.store.delete_offsets(&id, &parts) {
+                warn!(group = %id, error = %e, "expiring offsets failed in the store");
+                continue;
+            }
+            if let Some(g) = self.groups().get_mut(&id) {
+                g.forget_offsets(&parts);
+            }
+            tracing::info!(group = %id, partitions = parts.len(), "offsets of topics the group no longer subscribes to expired");
+        }
     }
 
     /// Spawns the task that calls [`tick`](Self::tick) every [`TICK_INTERVAL`]. The task ends

@@ -1259,3 +1259,78 @@ async fn timer_task_expires_members_on_the_tokio_clock() {
         .expect("timer task ends with the coordinator")
         .unwrap();
 }
+
+/// Consumer-protocol metadata subscribing to `topics` (ConsumerProtocolSubscription v0).
+fn subscription(topics: &[&str]) -> Bytes {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let sub = ConsumerProtocolSubscription::default().with_topics(
+        topics
+            .iter()
+            .map(|t| StrBytes::from(t.to_string()))
+            .collect(),
+    );
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&0i16.to_be_bytes());
+    sub.encode(&mut out, 0).unwrap();
+    out.freeze()
+}
+
+/// KIP-496: while a consumer group is live, the offsets of a topic none of its members subscribes
+/// to any more expire `offsets_retention` after their commit; the subscribed topic's stay.
+#[tokio::test]
+async fn a_live_groups_offsets_of_a_topic_it_left_expire_after_retention() {
+    let h = harness(Duration::ZERO);
+    let mut join = join_req("g", "", "c0");
+    join.protocols = vec![JoinProtocol {
+        name: "range".into(),
+        metadata: subscription(&["now"]),
+    }];
+    let handle = h.spawn_join(join);
+    h.run_until_done(std::slice::from_ref(&handle)).await;
+    let joined = handle.await.unwrap().unwrap();
+    let (member, generation) = (joined.member_id.clone(), joined.generation_id);
+    h.sync(sync_req("g", generation, &member, &[(&member, "a")]))
+        .await
+        .unwrap();
+    assert_eq!(h.state("g"), GroupState::Stable);
+    for topic in ["now", "before"] {
+        let req = commit_req("g", generation, &member, topic, &[(0, 5)]);
+        commit_result(&h.coord.commit_offsets(&req)).unwrap();
+    }
+    let committed = |h: &Harness| -> Vec<String> {
+        let mut topics: Vec<String> = h
+            .coord
+            .fetch_offsets("g", None)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        topics.sort();
+        topics
+    };
+
+    // The member stays (heartbeats) while the retention passes.
+    let step = Duration::from_secs(5);
+    let mut waited = Duration::ZERO;
+    while waited < Duration::from_secs(3600) {
+        h.advance(step);
+        waited += step;
+        h.coord.heartbeat(&hb("g", generation, &member)).unwrap();
+        if waited == Duration::from_secs(3540) {
+            assert_eq!(
+                committed(&h),
+                ["before", "now"],
+                "kept within the retention"
+            );
+        }
+    }
+    // Looked at once a minute: within one more minute "before" has gone.
+    for _ in 0..12 {
+        h.advance(step);
+        h.coord.heartbeat(&hb("g", generation, &member)).unwrap();
+    }
+    assert_eq!(committed(&h), ["now"]);
+    assert_eq!(h.state("g"), GroupState::Stable);
+    assert_eq!(h.store.load().unwrap().len(), 1, "gone from the store too");
+}
