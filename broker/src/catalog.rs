@@ -66,9 +66,9 @@ impl Partition {
 
     /// Checks produce data as an append would (framing, sizes, every record), without taking
     /// the log's lock for the walk: for the plugin chain, which decodes the records first.
-    pub fn check_records(&self, records: &[u8]) -> Result<(), StorageError> {
+    pub fn check_records(&self, records: &[u8], now_ms: i64) -> Result<(), StorageError> {
         let config = self.log().config().clone();
-        storage::check_produce_records(records, &config, false)
+        storage::check_produce_records(records, &config, false, now_ms)
     }
 
     /// Appends a producer's record batches and wakes waiting fetches. With `flush = "always"`
@@ -98,7 +98,7 @@ impl Partition {
         // that appends and fetches of the partition do not wait for the walk. A config change
         // between the two applies from the next append.
         let config = self.log().config().clone();
-        storage::check_produce_records(records, &config, rewritten)?;
+        storage::check_produce_records(records, &config, rewritten, now_ms)?;
         let run = || self.log().append_walked(records, now_ms, rewritten);
         let syncs = matches!(config.flush, storage::FlushPolicy::Always);
         let multi_thread = tokio::runtime::Handle::try_current()
@@ -492,7 +492,14 @@ pub fn to_storage_config(cfg: &edge_config::LogConfig) -> storage::LogConfig {
         log_append_time: cfg.timestamp_type == edge_config::TimestampType::LogAppendTime,
         max_message_bytes: cfg.max_message_bytes,
         delete_retention_ms: cfg.delete_retention.as_millis() as i64,
+        timestamp_before_max_ms: cfg.timestamp_before_max.map(millis),
+        timestamp_after_max_ms: cfg.timestamp_after_max.map(millis),
     }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

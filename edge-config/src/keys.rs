@@ -278,6 +278,16 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "How long tombstones survive compaction, so consumers see the delete.",
             ),
             key(
+                "timestamp_before_max",
+                Duration,
+                "CreateTime topics: refuse a batch holding a record whose own timestamp is\nolder than this (INVALID_TIMESTAMP). \"forever\" (or -1) = no bound.",
+            ),
+            key(
+                "timestamp_after_max",
+                Duration,
+                "CreateTime topics: refuse a batch holding a record whose own timestamp is\nfurther ahead than this, e.g. from a device whose clock runs ahead; such\nrecords otherwise outlive retention. \"forever\" (or -1) = no bound.",
+            ),
+            key(
                 "retention_check_interval",
                 Duration,
                 "How often retention and compaction look for work. Allowed: more than 0s.",

@@ -311,6 +311,18 @@ pub struct LogConfig {
     /// (`delete.retention.ms`). Default 1d.
     #[serde(with = "units::duration")]
     pub delete_retention: Duration,
+    /// How far in the past a record's own timestamp may be, for CreateTime topics
+    /// (`message.timestamp.before.max.ms`): a batch with an older record is refused with
+    /// INVALID_TIMESTAMP. Default `None` ("forever"), no bound.
+    #[serde(with = "units::opt_duration")]
+    pub timestamp_before_max: Option<Duration>,
+    /// How far in the future a record's own timestamp may be, for CreateTime topics
+    /// (`message.timestamp.after.max.ms`). A device whose clock runs ahead writes records that
+    /// time-based retention keeps until that future has passed; a bound refuses them instead
+    /// (INVALID_TIMESTAMP), which loses the reading unless the producer fixes its clock.
+    /// Default `None` ("forever"), no bound.
+    #[serde(with = "units::opt_duration")]
+    pub timestamp_after_max: Option<Duration>,
     /// How often retention and compaction look for work. Default 5m. Shorter frees space sooner
     /// and costs more directory scans.
     #[serde(with = "units::duration")]
@@ -331,6 +343,8 @@ impl Default for LogConfig {
             timestamp_type: TimestampType::CreateTime,
             max_message_bytes: 1_048_588,
             delete_retention: secs(DAY),
+            timestamp_before_max: None,
+            timestamp_after_max: None,
             retention_check_interval: secs(5 * 60),
         }
     }

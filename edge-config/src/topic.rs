@@ -38,6 +38,8 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "delete.retention.ms",
     "index.interval.bytes",
     "flush.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.after.max.ms",
     "compression.type",
     "min.insync.replicas",
     "unclean.leader.election.enable",
@@ -50,8 +52,6 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "preallocate",
     "flush.messages",
     "message.timestamp.difference.max.ms",
-    "message.timestamp.before.max.ms",
-    "message.timestamp.after.max.ms",
     "remote.storage.enable",
     "local.retention.ms",
     "local.retention.bytes",
@@ -122,17 +122,7 @@ pub const FIXED_TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
     (
         "message.timestamp.difference.max.ms",
         "9223372036854775807",
-        "record timestamps are not checked against the clock",
-    ),
-    (
-        "message.timestamp.before.max.ms",
-        "9223372036854775807",
-        "record timestamps are not checked against the clock",
-    ),
-    (
-        "message.timestamp.after.max.ms",
-        "9223372036854775807",
-        "record timestamps are not checked against the clock",
+        "it is gone from Kafka 4.0: use message.timestamp.before.max.ms and message.timestamp.after.max.ms",
     ),
     (
         "remote.storage.enable",
@@ -235,6 +225,17 @@ impl Value<'_> {
         }
     }
 
+    /// Milliseconds `>= 0`, or 9223372036854775807 (Kafka's "no bound") for `None`.
+    fn bound_millis(&self) -> Result<Option<Duration>, ConfigError> {
+        match self.integer("an integer number of milliseconds")? {
+            i64::MAX => Ok(None),
+            n if n >= 0 => Ok(Some(Duration::from_millis(n as u64))),
+            n => Err(self.error(format!(
+                "{n} is out of range; allowed: 0 or more (9223372036854775807: no bound)"
+            ))),
+        }
+    }
+
     /// Bytes `>= 0`, or -1 for `None`.
     fn opt_bytes(&self) -> Result<Option<u64>, ConfigError> {
         let expected = "an integer number of bytes, or -1 for unlimited";
@@ -276,6 +277,8 @@ impl LogConfig {
             "max.message.bytes" => self.max_message_bytes = v.bytes(MESSAGE_BYTES)?,
             "delete.retention.ms" => self.delete_retention = v.millis(0)?,
             "index.interval.bytes" => self.index_interval_bytes = v.bytes(INDEX_INTERVAL_BYTES)?,
+            "message.timestamp.before.max.ms" => self.timestamp_before_max = v.bound_millis()?,
+            "message.timestamp.after.max.ms" => self.timestamp_after_max = v.bound_millis()?,
             "flush.ms" => match v.millis(0)? {
                 d if d.is_zero() => self.flush = FlushPolicy::Always,
                 d if d.as_millis() == i64::MAX as u128 => self.flush = FlushPolicy::Never,
@@ -331,6 +334,14 @@ impl LogConfig {
                 self.index_interval_bytes.to_string(),
             ),
             ("flush.ms", flush_ms.to_string()),
+            (
+                "message.timestamp.before.max.ms",
+                self.timestamp_before_max.map_or(i64::MAX.to_string(), ms),
+            ),
+            (
+                "message.timestamp.after.max.ms",
+                self.timestamp_after_max.map_or(i64::MAX.to_string(), ms),
+            ),
         ];
         configs.extend(
             FIXED_TOPIC_CONFIGS

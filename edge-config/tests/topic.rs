@@ -99,6 +99,8 @@ fn defaults_render_with_kafka_names_and_units() {
         ("delete.retention.ms", "86400000"),
         ("index.interval.bytes", "4096"),
         ("flush.ms", "1000"),
+        ("message.timestamp.before.max.ms", "9223372036854775807"),
+        ("message.timestamp.after.max.ms", "9223372036854775807"),
     ];
     let got: Vec<(&str, &str)> = configs.iter().map(|(n, v)| (*n, v.as_str())).collect();
     assert_eq!(got[..expected.len()], expected);
@@ -127,6 +129,8 @@ fn rendered_configs_apply_back_to_the_same_config() {
         timestamp_type: TimestampType::LogAppendTime,
         max_message_bytes: 4 << 20,
         delete_retention: Duration::from_secs(60),
+        timestamp_before_max: Some(Duration::from_secs(30 * 86_400)),
+        timestamp_after_max: Some(Duration::from_secs(3600)),
         ..LogConfig::default()
     };
     for flush in [
@@ -167,13 +171,19 @@ fn bad_overrides_name_the_config() {
         format!(
             "unknown topic config retention.hours; allowed: segment.bytes, segment.ms, \
              retention.ms, retention.bytes, cleanup.policy, message.timestamp.type, \
-             max.message.bytes, delete.retention.ms, index.interval.bytes, flush.ms, {}",
+             max.message.bytes, delete.retention.ms, index.interval.bytes, flush.ms, \
+             message.timestamp.before.max.ms, message.timestamp.after.max.ms, {}",
             FIXED_TOPIC_CONFIGS
                 .iter()
                 .map(|(n, ..)| *n)
                 .collect::<Vec<_>>()
                 .join(", ")
         )
+    );
+    assert_eq!(
+        apply_err("message.timestamp.after.max.ms", "-1"),
+        "topic config message.timestamp.after.max.ms: -1 is out of range; allowed: 0 or more \
+         (9223372036854775807: no bound)"
     );
     assert_eq!(
         apply_err("retention.ms", "7d"),

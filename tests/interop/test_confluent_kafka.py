@@ -249,6 +249,50 @@ def test_max_timestamp_after_delete_records(broker):
     assert max_ts() == (3, BASE_TS + 8000)
 
 
+def test_record_timestamps_held_to_the_topics_bounds(broker):
+    """message.timestamp.before.max.ms / after.max.ms: a batch with a record dated further from
+    the broker's clock is refused with INVALID_TIMESTAMP (a device whose clock runs a year
+    ahead would otherwise write records that outlive retention); within the bounds, and on a
+    LogAppendTime topic, records are stored."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic, stamped = unique("ck-tsbound"), unique("ck-tsbound-lat")
+    bounds = {"message.timestamp.before.max.ms": str(86_400_000),
+              "message.timestamp.after.max.ms": str(60_000)}
+    create_topic(admin, topic, 1, bounds)
+    create_topic(admin, stamped, 1, {**bounds, "message.timestamp.type": "LogAppendTime"})
+    res = ConfigResource("topic", topic)
+    configs = admin.describe_configs([res])[res].result(timeout=10)
+    assert configs["message.timestamp.after.max.ms"].value == "60000"
+
+    now = int(time.time() * 1000)
+    p = Producer(conf(broker.bootstrap))
+    results = {}
+
+    def send(t, name, ts):
+        def report(err, msg):
+            results[(t, name)] = err
+        p.produce(t, value=name.encode(), timestamp=ts, on_delivery=report)
+        assert p.flush(30) == 0
+
+    send(topic, "now", now)
+    send(topic, "a-year-ahead", now + 365 * 86_400_000)
+    send(topic, "two-days-old", now - 2 * 86_400_000)
+    send(stamped, "a-year-ahead", now + 365 * 86_400_000)
+    assert results[(topic, "now")] is None
+    for name in ("a-year-ahead", "two-days-old"):
+        err = results[(topic, name)]
+        assert err is not None and err.code() == KafkaError.INVALID_TIMESTAMP, (name, err)
+    assert results[(stamped, "a-year-ahead")] is None, "LogAppendTime topics stamp instead"
+
+    c = Consumer(consumer_conf(broker.bootstrap, unique("ck-g")))
+    try:
+        c.subscribe([topic])
+        msgs = ck_consume(c, 1, settle=1.0)
+    finally:
+        c.close()
+    assert [m.value() for m in msgs] == [b"now"]
+
+
 def test_log_append_time_topic(broker):
     """A topic with message.timestamp.type=LogAppendTime stamps records with the broker's
     clock and says so in the batch (consumers see TIMESTAMP_LOG_APPEND_TIME)."""

@@ -12,6 +12,7 @@ pub fn storage_code(e: &StorageError) -> i16 {
     match e {
         StorageError::CorruptRecord { .. } => E::CorruptMessage.code(),
         StorageError::InvalidRecord { .. } => E::InvalidRecord.code(),
+        StorageError::InvalidTimestamp { .. } => E::InvalidTimestamp.code(),
         StorageError::MessageTooLarge { .. } => E::MessageTooLarge.code(),
         StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         StorageError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),

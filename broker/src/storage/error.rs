@@ -65,6 +65,10 @@ pub enum StorageError {
     /// topic, control batch from a client, empty produce data).
     #[error("invalid record: {reason}")]
     InvalidRecord { reason: String },
+    /// A record's own timestamp is further from the broker's clock than the topic's
+    /// `message.timestamp.before.max.ms` / `after.max.ms` allow.
+    #[error("invalid timestamp: {reason}")]
+    InvalidTimestamp { reason: String },
     /// One batch is larger than `max.message.bytes`.
     #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
     MessageTooLarge { size: u64, max: u64 },

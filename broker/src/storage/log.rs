@@ -240,7 +240,7 @@ impl PartitionLog {
         rewritten: bool,
         walk: bool,
     ) -> Result<AppendInfo, StorageError> {
-        let batches = check_produce_data(records, &self.config, rewritten, walk)?;
+        let batches = check_produce_data(records, &self.config, rewritten, walk, now_ms)?;
         let mut staged = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
         let mut written: Vec<(usize, BatchHeader)> = Vec::with_capacity(batches.len());
@@ -698,6 +698,7 @@ fn check_produce_data(
     config: &LogConfig,
     rewritten: bool,
     walk: bool,
+    now_ms: i64,
 ) -> Result<Vec<(usize, BatchHeader)>, StorageError> {
     if records.is_empty() {
         return Err(invalid("produce data holds no record batch".into()));
@@ -748,7 +749,7 @@ fn check_produce_data(
         // records: open them (decompressed as a stream, within a bound) so a lying or
         // damaged batch is refused here rather than stopping the partition's readers.
         if walk {
-            check_stored_records(&rest[..size as usize], &h, config, pos)?;
+            check_stored_records(&rest[..size as usize], &h, config, pos, now_ms)?;
         }
         out.push((pos, h));
         pos += size as usize;
@@ -758,13 +759,15 @@ fn check_produce_data(
 
 /// Checks produce data as an append to a log with `config` does, records included, without
 /// the log: run it before taking the log's lock, then append with
-/// [`PartitionLog::append_walked`], so the walk (and any decompression) holds no lock.
+/// [`PartitionLog::append_walked`], so the walk (and any decompression) holds no lock. `now_ms`
+/// is the clock record timestamps are checked against.
 pub fn check_produce_records(
     records: &[u8],
     config: &LogConfig,
     rewritten: bool,
+    now_ms: i64,
 ) -> Result<(), StorageError> {
-    check_produce_data(records, config, rewritten, true).map(|_| ())
+    check_produce_data(records, config, rewritten, true, now_ms).map(|_| ())
 }
 
 fn invalid(reason: String) -> StorageError {

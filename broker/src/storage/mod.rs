@@ -94,6 +94,10 @@ pub struct LogConfig {
     pub max_message_bytes: u64,
     /// `delete.retention.ms`: how long tombstones survive compaction. Default 1 day.
     pub delete_retention_ms: i64,
+    /// `message.timestamp.before.max.ms` / `after.max.ms`: how far a CreateTime record's own
+    /// timestamp may be behind or ahead of the append's `now_ms`. Default none (no bound).
+    pub timestamp_before_max_ms: Option<i64>,
+    pub timestamp_after_max_ms: Option<i64>,
 }
 
 impl Default for LogConfig {
@@ -110,6 +114,8 @@ impl Default for LogConfig {
             log_append_time: false,
             max_message_bytes: 1_048_588,
             delete_retention_ms: 24 * 3600 * 1000,
+            timestamp_before_max_ms: None,
+            timestamp_after_max_ms: None,
         }
     }
 }

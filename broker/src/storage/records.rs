@@ -37,6 +37,9 @@ pub struct RecordRules {
     pub inflate_limit: u64,
     /// Every record needs a key (compacted topics).
     pub keys_required: bool,
+    /// Every record's own timestamp must lie in this range (CreateTime topics with
+    /// `message.timestamp.before.max.ms` or `after.max.ms` set): `(earliest, latest)` in ms.
+    pub timestamps: Option<(i64, i64)>,
 }
 
 /// Why the records of a batch were refused.
@@ -47,6 +50,8 @@ pub enum RecordsError {
     Corrupt(BatchError),
     /// Well formed but not storable here.
     Invalid(String),
+    /// A record's timestamp is outside the topic's bounds (INVALID_TIMESTAMP).
+    Timestamp(String),
 }
 
 /// [`check_records`] with the rules of a log with `config`, its refusal as the append's error
@@ -56,10 +61,19 @@ pub(super) fn check_stored_records(
     h: &BatchHeader,
     config: &super::LogConfig,
     pos: usize,
+    now_ms: i64,
 ) -> Result<(), super::StorageError> {
+    let bounded =
+        config.timestamp_before_max_ms.is_some() || config.timestamp_after_max_ms.is_some();
+    let timestamps = (bounded && !config.log_append_time).then(|| {
+        let before = config.timestamp_before_max_ms.unwrap_or(i64::MAX);
+        let after = config.timestamp_after_max_ms.unwrap_or(i64::MAX);
+        (now_ms.saturating_sub(before), now_ms.saturating_add(after))
+    });
     let rules = RecordRules {
         inflate_limit: config.max_message_bytes.saturating_mul(INFLATE_FACTOR),
         keys_required: config.compact,
+        timestamps,
     };
     check_records(batch, h, rules).map_err(|e| match e {
         RecordsError::Corrupt(source) => super::StorageError::CorruptRecord {
@@ -67,6 +81,9 @@ pub(super) fn check_stored_records(
             source,
         },
         RecordsError::Invalid(reason) => super::StorageError::InvalidRecord {
+            reason: format!("batch at byte {pos}: {reason}"),
+        },
+        RecordsError::Timestamp(reason) => super::StorageError::InvalidTimestamp {
             reason: format!("batch at byte {pos}: {reason}"),
         },
     })
@@ -141,6 +158,17 @@ pub fn check_records(
         Walk::NoKey => {
             RecordsError::Invalid("compacted topics require a key on every record".into())
         }
+        Walk::Timestamp { index, ts } => {
+            let (earliest, latest) = rules.timestamps.unwrap_or((i64::MIN, i64::MAX));
+            let (side, key) = if ts < earliest {
+                ("before", "message.timestamp.before.max.ms")
+            } else {
+                ("after", "message.timestamp.after.max.ms")
+            };
+            RecordsError::Timestamp(format!(
+                "record {index} has timestamp {ts}, outside [{earliest}, {latest}]: too far {side}                  the broker's clock for the topic's {key}"
+            ))
+        }
         Walk::Window => RecordsError::Invalid(format!(
             "the zstd frame asks for a window over {} MiB (compression levels above 19 \
              streamed); this broker decodes up to that",
@@ -153,6 +181,11 @@ pub fn check_records(
 enum Walk {
     Inflated,
     NoKey,
+    /// Record `index`'s timestamp `ts` is outside `RecordRules::timestamps`.
+    Timestamp {
+        index: i32,
+        ts: i64,
+    },
     Window,
     Bad(String),
     Io(io::Error),
@@ -187,7 +220,13 @@ fn walk<R: BufRead>(r: &mut R, h: &BatchHeader, rules: RecordRules) -> Result<()
             index: i,
         };
         rec.take(1)?; // attributes
-        rec.varint()?; // timestampDelta
+        let timestamp_delta = rec.varint()?;
+        if let Some((earliest, latest)) = rules.timestamps {
+            let ts = h.first_timestamp.saturating_add(timestamp_delta);
+            if ts < earliest || ts > latest {
+                return Err(Walk::Timestamp { index: i, ts });
+            }
+        }
         let delta = rec.varint()?;
         if delta <= prev_delta || delta > h.last_offset_delta as i64 {
             return Err(bad(format!(
@@ -456,6 +495,7 @@ mod tests {
     const RULES: RecordRules = RecordRules {
         inflate_limit: 1 << 20,
         keys_required: false,
+        timestamps: None,
     };
 
     fn check(batch: &[u8], rules: RecordRules) -> Result<(), RecordsError> {
@@ -632,6 +672,32 @@ mod tests {
             let b = encode_batch(&[kv("a", "1", 1), no_key.clone()], codec, -1, -1, -1);
             assert!(matches!(check(&b, rules), Err(RecordsError::Invalid(_))));
             assert_eq!(check(&b, RULES), Ok(()));
+        }
+    }
+
+    /// With bounds, every record's own timestamp (the batch's first timestamp plus its delta,
+    /// which may be negative) must lie within them, compressed or not.
+    #[test]
+    fn record_timestamps_are_held_to_the_bounds() {
+        let recs = [kv("a", "1", 1_000), kv("b", "2", 900), kv("c", "3", 1_100)];
+        let bounded = |earliest, latest| RecordRules {
+            timestamps: Some((earliest, latest)),
+            ..RULES
+        };
+        for codec in ALL_CODECS {
+            let b = encode_batch(&recs, codec, -1, -1, -1);
+            assert_eq!(check(&b, bounded(900, 1_100)), Ok(()), "{codec:?}");
+            assert_eq!(check(&b, RULES), Ok(()), "{codec:?} unbounded");
+            let early = check(&b, bounded(901, 1_100));
+            assert!(
+                matches!(&early, Err(RecordsError::Timestamp(m)) if m.contains("record 1 has timestamp 900") && m.contains("before.max.ms")),
+                "{codec:?}: {early:?}"
+            );
+            let late = check(&b, bounded(900, 1_099));
+            assert!(
+                matches!(&late, Err(RecordsError::Timestamp(m)) if m.contains("record 2 has timestamp 1100") && m.contains("after.max.ms")),
+                "{codec:?}: {late:?}"
+            );
         }
     }
 }

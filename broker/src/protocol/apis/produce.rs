@@ -78,7 +78,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 Some(chain) => {
                     // The chain decodes the records: refuse what an append would refuse (a
                     // batch that inflates past its bound included) before it does.
-                    if let Err(e) = partition.check_records(&records) {
+                    if let Err(e) = partition.check_records(&records, now_ms()) {
                         refuse(&mut out, &ctx, &e);
                         partitions.push(out);
                         continue;
