@@ -1,4 +1,5 @@
-//! Admin HTTP: health and Prometheus metrics reflect real traffic.
+//! Admin: health and Prometheus metrics over HTTP reflect real traffic; DescribeLogDirs reports
+//! the data dir and each partition's bytes on disk.
 
 mod common;
 
@@ -76,5 +77,151 @@ async fn health_and_metrics_report_traffic() {
         "{m}"
     );
     assert!(get(admin, "/nope").await.starts_with("HTTP/1.1 404"));
+    broker.shutdown().await;
+}
+
+/// Bytes of the `.log` segment files in `dir`: what a partition's log takes on disk.
+fn segment_bytes(dir: &std::path::Path) -> i64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| std::fs::metadata(p).unwrap().len() as i64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_log_dirs_reports_the_data_dir_and_partition_sizes() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+    use kafka_protocol::messages::describe_log_dirs_response::DescribeLogDirsResult;
+    use kafka_protocol::messages::{CreateTopicsRequest, DescribeLogDirsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn name(t: &str) -> TopicName {
+        TopicName(StrBytes::from_string(t.to_string()))
+    }
+    /// (topic, partition, size, offset lag, is future) of each partition in `result`.
+    fn sizes(result: &DescribeLogDirsResult) -> Vec<(String, i32, i64, i64, bool)> {
+        result
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        t.name.to_string(),
+                        p.partition_index,
+                        p.partition_size,
+                        p.offset_lag,
+                        p.is_future_key,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = common::RawClient::connect(&broker.bootstrap()).await;
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        CreatableTopic::default()
+            .with_name(name("disk-a"))
+            .with_num_partitions(2)
+            .with_replication_factor(1),
+        CreatableTopic::default()
+            .with_name(name("disk-b"))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    let r = c.call(&create, 5).await;
+    assert!(r.topics.iter().all(|t| t.error_code == 0), "{r:?}");
+    for (topic, partition, n) in [("disk-a", 0, 3), ("disk-a", 1, 1), ("disk-b", 0, 2)] {
+        let records: Vec<_> = (0..n)
+            .map(|i| common::record(i, None, b"reading", 1_700_000_000_000))
+            .collect();
+        let batch = common::encode_batch(&records, kafka_protocol::records::Compression::None);
+        let r = c
+            .call(&common::produce_request(topic, partition, -1, batch), 9)
+            .await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let on_disk = |topic: &str, partition: i32| {
+        let size = segment_bytes(&dir.path().join(format!("{topic}-{partition}")));
+        assert!(size > 0, "{topic}-{partition} holds records");
+        size
+    };
+    let log_dir = std::path::absolute(dir.path()).unwrap();
+
+    let asked = |topics: &[(&str, &[i32])]| {
+        DescribeLogDirsRequest::default().with_topics(Some(
+            topics
+                .iter()
+                .map(|(t, ps)| {
+                    DescribableLogDirTopic::default()
+                        .with_topic(name(t))
+                        .with_partitions(ps.to_vec())
+                })
+                .collect(),
+        ))
+    };
+    for v in 1..=4 {
+        // Null: every partition of every topic, each with its log's bytes on disk.
+        let r = c
+            .call(&DescribeLogDirsRequest::default().with_topics(None), v)
+            .await;
+        assert_eq!(r.error_code, 0, "v{v}");
+        assert_eq!(r.results.len(), 1, "v{v}: one log dir");
+        let result = &r.results[0];
+        assert_eq!(result.error_code, 0, "v{v}");
+        assert_eq!(result.log_dir.as_str(), log_dir.to_str().unwrap(), "v{v}");
+        if v >= 4 {
+            // The data dir's file system: its size, and what is free of it.
+            let (total, usable) = (result.total_bytes, result.usable_bytes);
+            assert!(
+                total > 0 && (0..=total).contains(&usable),
+                "v{v}: {total} {usable}"
+            );
+        } else {
+            assert_eq!((result.total_bytes, result.usable_bytes), (-1, -1), "v{v}");
+        }
+        let mut all = sizes(result);
+        all.sort();
+        assert_eq!(
+            all,
+            vec![
+                ("disk-a".to_string(), 0, on_disk("disk-a", 0), 0, false),
+                ("disk-a".to_string(), 1, on_disk("disk-a", 1), 0, false),
+                ("disk-b".to_string(), 0, on_disk("disk-b", 0), 0, false),
+            ],
+            "v{v}"
+        );
+
+        // Named: only what was asked for and exists; an unknown topic, an unknown partition and
+        // a topic with no partitions asked for are left out; a partition asked twice is one.
+        let r = c
+            .call(
+                &asked(&[
+                    ("disk-a", &[1, 7, 1]),
+                    ("no-such-topic", &[0]),
+                    ("disk-b", &[]),
+                ]),
+                v,
+            )
+            .await;
+        assert_eq!(r.results.len(), 1, "v{v}");
+        assert_eq!(
+            sizes(&r.results[0]),
+            vec![("disk-a".to_string(), 1, on_disk("disk-a", 1), 0, false)],
+            "v{v}"
+        );
+        assert_eq!(r.results[0].topics.len(), 1, "v{v}");
+
+        // Empty: no topics, but still the log dir.
+        let r = c.call(&asked(&[]), v).await;
+        assert_eq!(r.results.len(), 1, "v{v}");
+        assert_eq!(r.results[0].error_code, 0, "v{v}");
+        assert_eq!(r.results[0].log_dir.as_str(), log_dir.to_str().unwrap());
+        assert!(r.results[0].topics.is_empty(), "v{v}: {:?}", r.results[0]);
+    }
     broker.shutdown().await;
 }

@@ -328,3 +328,27 @@ def test_sasl_plain_login(broker_factory):
         bad = producer(b, **{**login, "sasl_plain_password": "guess"},
                        max_block_ms=5000, reconnect_backoff_max_ms=200)
         bad.send(topic, value=b"never").get(timeout=10)
+
+
+# --- admin: log dirs --------------------------------------------------------------------------
+
+def test_describe_log_dirs(broker):
+    """describe_log_dirs() (DescribeLogDirs): the data dir, with the bytes of the produced
+    topic's log."""
+    topic = unique("kp-log-dirs")
+    p = producer(broker)
+    for i in range(5):
+        p.send(topic, key=b"k", value=f"reading-{i}".encode(), partition=0).get(timeout=30)
+    p.close()
+    a = admin_client(broker)
+    try:
+        res = a.describe_log_dirs()
+        assert len(res) == 1, res
+        dirs = res[0]["log_dirs"]
+        assert [(d["error_code"], d["log_dir"]) for d in dirs] == \
+            [(0, str(broker.data_dir.absolute()))], dirs
+        sizes = {(t["name"], part["partition_index"]): part["partition_size"]
+                 for t in dirs[0]["topics"] for part in t["partitions"]}
+        assert sizes.get((topic, 0), 0) > 0, sizes
+    finally:
+        a.close()
