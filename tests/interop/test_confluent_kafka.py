@@ -93,6 +93,27 @@ def test_admin_says_every_operation_is_allowed(broker):
     assert not got[group].result(timeout=10).authorized_operations
 
 
+def test_admin_describes_the_brokers_settings(broker):
+    """The broker resource lists, besides the [log] defaults, the settings Kafka tools look for
+    under Kafka's names, each as the config file set it or as Kafka's default, read-only."""
+    admin = AdminClient(conf(broker.bootstrap))
+    res = ConfigResource("broker", "1")
+    configs = admin.describe_configs([res])[res].result(timeout=10)
+    want = {
+        "node.id": ("1", ConfigSource.STATIC_BROKER_CONFIG),
+        "log.dirs": (str(broker.data_dir), ConfigSource.STATIC_BROKER_CONFIG),
+        "num.partitions": ("1", ConfigSource.DEFAULT_CONFIG),
+        "auto.create.topics.enable": ("true", ConfigSource.DEFAULT_CONFIG),
+        "offsets.retention.minutes": ("10080", ConfigSource.DEFAULT_CONFIG),
+        # Runnel starts a new group at once; Kafka waits 3 s for more members.
+        "group.initial.rebalance.delay.ms": ("0", ConfigSource.STATIC_BROKER_CONFIG),
+        "log.retention.hours": ("168", ConfigSource.DEFAULT_CONFIG),
+    }
+    got = {k: (configs[k].value, ConfigSource(configs[k].source)) for k in want if k in configs}
+    assert got == want
+    assert all(c.is_read_only for c in configs.values())
+
+
 def test_admin_create_partitions_and_alter_configs(broker):
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-grow")

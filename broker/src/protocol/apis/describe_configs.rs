@@ -2,7 +2,8 @@
 //! as a per-topic override (DYNAMIC_TOPIC_CONFIG), set by the broker's `[log]` section
 //! (STATIC_BROKER_CONFIG) or Kafka's default (DEFAULT_CONFIG), with synonyms on request; for the
 //! broker resource, the `[log]` settings under Kafka's broker config names (`log.retention.ms`,
-//! `message.max.bytes`, ...).
+//! `message.max.bytes`, ...) and the other settings Kafka tools look for (`num.partitions`,
+//! `auto.create.topics.enable`, `log.dirs`, the group timeouts, ...).
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_configs_response::{
@@ -108,6 +109,87 @@ fn default_synonym(k: &str, broker_name: &str, value: String) -> (String, String
     }
 }
 
+/// The broker's settings outside `[log]` under Kafka's broker config names: (name, value,
+/// Kafka's default where it has one (a value equal to it is reported as the default), type).
+/// Read-only, as the whole broker resource is: they change with the config file and a restart.
+fn broker_settings(
+    cfg: &edge_config::Config,
+) -> Vec<(&'static str, String, Option<&'static str>, i8)> {
+    let ms = |d: std::time::Duration| edge_config::units::duration_millis(d).to_string();
+    let node = cfg.broker.node_id.to_string();
+    vec![
+        ("node.id", node.clone(), None, 3),
+        ("broker.id", node, None, 3),
+        (
+            "log.dirs",
+            cfg.broker.data_dir.display().to_string(),
+            None,
+            2,
+        ),
+        (
+            "num.partitions",
+            cfg.broker.default_partitions.to_string(),
+            Some("1"),
+            3,
+        ),
+        (
+            "auto.create.topics.enable",
+            cfg.broker.auto_create_topics.to_string(),
+            Some("true"),
+            1,
+        ),
+        (
+            "default.replication.factor",
+            cfg.broker.default_replication_factor.to_string(),
+            Some("1"),
+            3,
+        ),
+        (
+            "socket.request.max.bytes",
+            cfg.broker.max_request_bytes.to_string(),
+            Some("104857600"),
+            3,
+        ),
+        (
+            "connections.max.idle.ms",
+            ms(cfg.broker.connections_max_idle),
+            Some("600000"),
+            5,
+        ),
+        ("log.retention.hours", "168".to_string(), Some("168"), 3),
+        (
+            "log.retention.check.interval.ms",
+            ms(cfg.log.retention_check_interval),
+            Some("300000"),
+            5,
+        ),
+        (
+            "offsets.retention.minutes",
+            (cfg.groups.offsets_retention.as_secs() / 60).to_string(),
+            Some("10080"),
+            3,
+        ),
+        (
+            "group.min.session.timeout.ms",
+            ms(cfg.groups.min_session_timeout),
+            Some("6000"),
+            3,
+        ),
+        (
+            "group.max.session.timeout.ms",
+            ms(cfg.groups.max_session_timeout),
+            Some("1800000"),
+            3,
+        ),
+        (
+            "group.initial.rebalance.delay.ms",
+            ms(cfg.groups.initial_rebalance_delay),
+            Some("3000"),
+            3,
+        ),
+    ]
+}
+
 /// One config as reported: name, value, source, type, and its synonyms (name, value, source),
 /// most specific first.
 type Entry = (String, String, i8, i8, Vec<(String, String, i8)>);
@@ -179,7 +261,7 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                     }
                 },
                 // The broker's own names (log.retention.ms, message.max.bytes, ...), as Kafka
-                // reports its broker configs.
+                // reports its broker configs, then those of its other settings.
                 RESOURCE_BROKER => broker_values
                     .iter()
                     .map(|(k, v)| {
@@ -187,6 +269,23 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                         let source = synonyms[0].2;
                         (broker_name(k), v.clone(), source, config_type(k), synonyms)
                     })
+                    .chain(broker_settings(&b.config).into_iter().map(
+                        |(name, value, kafka_default, ty)| {
+                            let mut synonyms = Vec::new();
+                            if kafka_default != Some(value.as_str()) {
+                                synonyms.push((
+                                    name.to_string(),
+                                    value.clone(),
+                                    SOURCE_STATIC_BROKER,
+                                ));
+                            }
+                            if let Some(d) = kafka_default {
+                                synonyms.push((name.to_string(), d.to_string(), SOURCE_DEFAULT));
+                            }
+                            let source = synonyms[0].2;
+                            (name.to_string(), value, source, ty, synonyms)
+                        },
+                    ))
                     .collect(),
                 other => {
                     out.error_code = E::InvalidRequest.code();
