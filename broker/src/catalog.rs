@@ -492,6 +492,7 @@ pub fn to_storage_config(cfg: &edge_config::LogConfig) -> storage::LogConfig {
         log_append_time: cfg.timestamp_type == edge_config::TimestampType::LogAppendTime,
         max_message_bytes: cfg.max_message_bytes,
         delete_retention_ms: cfg.delete_retention.as_millis() as i64,
+        min_cleanable_dirty_ratio: cfg.min_cleanable_dirty_ratio,
         timestamp_before_max_ms: cfg.timestamp_before_max.map(millis),
         timestamp_after_max_ms: cfg.timestamp_after_max.map(millis),
     }

@@ -88,6 +88,10 @@ fn typed(kind: Kind, text: &str) -> Value {
             Ok(n) => Value::Integer(n),
             Err(_) => Value::String(text.to_owned()),
         },
+        Kind::Float => match text.trim().parse::<f64>() {
+            Ok(n) => Value::Float(n),
+            Err(_) => Value::String(text.to_owned()),
+        },
         // An array of tables from an env string fails deserialization, naming the variable.
         Kind::Text | Kind::Choice | Kind::Addr | Kind::Tables => Value::String(text.to_owned()),
     }

@@ -13,6 +13,8 @@ pub(crate) enum Kind {
     Bool,
     /// An integer.
     Int,
+    /// A number with a fraction.
+    Float,
     /// Free text: a path or host name; never reinterpreted as a number.
     Text,
     /// One of a fixed set of strings.
@@ -278,6 +280,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "How long tombstones survive compaction, so consumers see the delete.",
             ),
             key(
+                "min_cleanable_dirty_ratio",
+                Float,
+                "Compacted topics: clean a partition again once this share of its sealed data\nis new (0.0 = whenever a segment was sealed; Kafka's default is 0.5).\nAllowed: 0.0..=1.0.",
+            ),
+            key(
                 "timestamp_before_max",
                 Duration,
                 "CreateTime topics: refuse a batch holding a record whose own timestamp is\nolder than this (INVALID_TIMESTAMP). \"forever\" (or -1) = no bound.",
@@ -452,6 +459,7 @@ mod tests {
             let ok = match value {
                 toml::Value::Boolean(_) => kind == Kind::Bool,
                 toml::Value::Integer(_) => matches!(kind, Kind::Int | Kind::Bytes),
+                toml::Value::Float(_) => kind == Kind::Float,
                 toml::Value::String(_) => kind != Kind::Bool && kind != Kind::Int,
                 toml::Value::Array(_) => kind == Kind::Tables,
                 _ => false,

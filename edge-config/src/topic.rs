@@ -38,6 +38,7 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "delete.retention.ms",
     "index.interval.bytes",
     "flush.ms",
+    "min.cleanable.dirty.ratio",
     "message.timestamp.before.max.ms",
     "message.timestamp.after.max.ms",
     "compression.type",
@@ -58,6 +59,7 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "compression.gzip.level",
     "compression.lz4.level",
     "compression.zstd.level",
+    "file.delete.delay.ms",
 ];
 
 /// Kafka topic configs this broker has one value of by design: (name, that value, why). They are
@@ -154,6 +156,11 @@ pub const FIXED_TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
         "3",
         "batches are stored as the producer compressed them",
     ),
+    (
+        "file.delete.delay.ms",
+        "60000",
+        "a deleted segment's file goes once no fetch reads it",
+    ),
 ];
 
 /// Parses one override value; errors name the Kafka config.
@@ -225,6 +232,20 @@ impl Value<'_> {
         }
     }
 
+    /// A number in 0.0..=1.0.
+    fn ratio(&self) -> Result<f64, ConfigError> {
+        let n: f64 = self.text.trim().parse().map_err(|_| {
+            self.error(format!(
+                "invalid value {:?}; expected a number from 0.0 to 1.0",
+                self.text
+            ))
+        })?;
+        if !(0.0..=1.0).contains(&n) {
+            return Err(self.error(format!("{n} is out of range; allowed: 0.0..=1.0")));
+        }
+        Ok(n)
+    }
+
     /// Milliseconds `>= 0`, or 9223372036854775807 (Kafka's "no bound") for `None`.
     fn bound_millis(&self) -> Result<Option<Duration>, ConfigError> {
         match self.integer("an integer number of milliseconds")? {
@@ -277,6 +298,7 @@ impl LogConfig {
             "max.message.bytes" => self.max_message_bytes = v.bytes(MESSAGE_BYTES)?,
             "delete.retention.ms" => self.delete_retention = v.millis(0)?,
             "index.interval.bytes" => self.index_interval_bytes = v.bytes(INDEX_INTERVAL_BYTES)?,
+            "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio = v.ratio()?,
             "message.timestamp.before.max.ms" => self.timestamp_before_max = v.bound_millis()?,
             "message.timestamp.after.max.ms" => self.timestamp_after_max = v.bound_millis()?,
             "flush.ms" => match v.millis(0)? {
@@ -334,6 +356,10 @@ impl LogConfig {
                 self.index_interval_bytes.to_string(),
             ),
             ("flush.ms", flush_ms.to_string()),
+            (
+                "min.cleanable.dirty.ratio",
+                format!("{:?}", self.min_cleanable_dirty_ratio),
+            ),
             (
                 "message.timestamp.before.max.ms",
                 self.timestamp_before_max.map_or(i64::MAX.to_string(), ms),

@@ -177,6 +177,11 @@ impl Config {
             });
         }
         c.positive("log.retention_check_interval", log.retention_check_interval)?;
+        c.range(
+            "log.min_cleanable_dirty_ratio",
+            log.min_cleanable_dirty_ratio,
+            0.0..=1.0,
+        )?;
 
         let groups = &self.groups;
         c.positive("groups.min_session_timeout", groups.min_session_timeout)?;

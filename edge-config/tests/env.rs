@@ -163,8 +163,8 @@ fn unknown_env_keys_are_errors_naming_the_variable() {
         parse("", &[("RUNNEL_LOG__", "1")]).unwrap_err(),
         "env RUNNEL_LOG__: unknown key log.; allowed keys: segment_bytes, segment_age, retention, \
          retention_bytes, index_interval_bytes, flush, flush_interval, cleanup_policy, \
-         timestamp_type, max_message_bytes, delete_retention, timestamp_before_max, \
-         timestamp_after_max, retention_check_interval"
+         timestamp_type, max_message_bytes, delete_retention, min_cleanable_dirty_ratio, \
+         timestamp_before_max, timestamp_after_max, retention_check_interval"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LISTENERS__KAFKA", "x")]).unwrap_err(),

@@ -99,6 +99,7 @@ fn defaults_render_with_kafka_names_and_units() {
         ("delete.retention.ms", "86400000"),
         ("index.interval.bytes", "4096"),
         ("flush.ms", "1000"),
+        ("min.cleanable.dirty.ratio", "0.0"),
         ("message.timestamp.before.max.ms", "9223372036854775807"),
         ("message.timestamp.after.max.ms", "9223372036854775807"),
     ];
@@ -129,6 +130,7 @@ fn rendered_configs_apply_back_to_the_same_config() {
         timestamp_type: TimestampType::LogAppendTime,
         max_message_bytes: 4 << 20,
         delete_retention: Duration::from_secs(60),
+        min_cleanable_dirty_ratio: 0.25,
         timestamp_before_max: Some(Duration::from_secs(30 * 86_400)),
         timestamp_after_max: Some(Duration::from_secs(3600)),
         ..LogConfig::default()
@@ -172,13 +174,18 @@ fn bad_overrides_name_the_config() {
             "unknown topic config retention.hours; allowed: segment.bytes, segment.ms, \
              retention.ms, retention.bytes, cleanup.policy, message.timestamp.type, \
              max.message.bytes, delete.retention.ms, index.interval.bytes, flush.ms, \
-             message.timestamp.before.max.ms, message.timestamp.after.max.ms, {}",
+             min.cleanable.dirty.ratio, message.timestamp.before.max.ms, \
+             message.timestamp.after.max.ms, {}",
             FIXED_TOPIC_CONFIGS
                 .iter()
                 .map(|(n, ..)| *n)
                 .collect::<Vec<_>>()
                 .join(", ")
         )
+    );
+    assert_eq!(
+        apply_err("min.cleanable.dirty.ratio", "1.5"),
+        "topic config min.cleanable.dirty.ratio: 1.5 is out of range; allowed: 0.0..=1.0"
     );
     assert_eq!(
         apply_err("message.timestamp.after.max.ms", "-1"),

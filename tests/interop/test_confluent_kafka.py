@@ -25,7 +25,8 @@ from interop_util import ck_consume, unique, wait_for
 def test_admin_create_list_describe_delete(broker):
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-admin")
-    create_topic(admin, topic, 3, {"retention.ms": "3600000", "cleanup.policy": "compact"})
+    create_topic(admin, topic, 3, {"retention.ms": "3600000", "cleanup.policy": "compact",
+                                   "min.cleanable.dirty.ratio": "0.1"})
 
     md = admin.list_topics(timeout=10)
     assert [(b.id, b.host, b.port) for b in md.brokers.values()] == \
@@ -41,6 +42,7 @@ def test_admin_create_list_describe_delete(broker):
     configs = admin.describe_configs([res])[res].result(timeout=10)
     assert configs["retention.ms"].value == "3600000"
     assert configs["cleanup.policy"].value == "compact"
+    assert configs["min.cleanable.dirty.ratio"].value == "0.1"
     assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
     # Keys the topic does not override still come back, with their default.
     assert "max.message.bytes" in configs

@@ -313,11 +313,21 @@ impl PartitionLog {
     }
 
     /// A compaction pass when the policy asks for one and there is something to do (new sealed
-    /// data, or a tombstone due to expire); `None` otherwise. Cheap: run the pass itself
+    /// data, at least `min.cleanable.dirty.ratio` of it, or a tombstone due to expire); `None`
+    /// otherwise. Cheap: run the pass itself
     /// ([`CompactionPass::run`]) after releasing the log.
     pub fn start_compaction(&self, now_ms: i64) -> Result<Option<CompactionPass>, StorageError> {
         let state = self.compaction;
-        let new_data = self.active().base_offset > state.clean_through;
+        // The share of sealed bytes written since the last cleaning (all of it after a restart).
+        let sealed = &self.segments[..self.segments.len().saturating_sub(1)];
+        let dirty: u64 = sealed
+            .iter()
+            .filter(|s| s.base_offset >= state.clean_through)
+            .map(|s| s.size)
+            .sum();
+        let total: u64 = sealed.iter().map(|s| s.size).sum();
+        let new_data =
+            dirty > 0 && dirty as f64 >= self.config.min_cleanable_dirty_ratio * total as f64;
         let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t);
         // Not while a rolled segment awaits its seal: the pass would read it before it is durable
         // and a seal running across the swap could write stale index files.
@@ -497,6 +507,39 @@ mod tests {
                     .base_offset,
                 end
             );
+        }
+    }
+
+    /// `min.cleanable.dirty.ratio`: once cleaned, a log is cleaned again only when that share
+    /// of its sealed bytes is new; at 0 whenever a segment has been sealed since.
+    #[test]
+    fn cleaning_again_waits_for_the_dirty_ratio() {
+        for (ratio, removed_early) in [(0.5, 0), (0.0, 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                min_cleanable_dirty_ratio: ratio,
+                ..cfg()
+            };
+            let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
+            let put = |log: &mut PartitionLog, key: &str, value: &str| {
+                let b = encode_batch(&[kv(key, value, NOW)], Compression::None, -1, -1, -1);
+                log.append(&b, NOW).unwrap();
+            };
+            // One batch per segment: k0..k3 sealed, k4 active; the first pass finds all clean.
+            for k in ["k0", "k1", "k2", "k3", "k4"] {
+                put(&mut log, k, "old");
+            }
+            assert_eq!(log.maintenance(NOW).unwrap().records_removed, 0);
+            // k4 sealed: 1 of 5 sealed segments new.
+            put(&mut log, "k0", "new");
+            let r = log.maintenance(NOW).unwrap();
+            assert_eq!(r.records_removed, removed_early, "ratio {ratio}");
+            // Four more sealed: 5 of 9 new at 0.5 (all the old values go).
+            for k in ["k1", "k2", "k3", "k4"] {
+                put(&mut log, k, "new");
+            }
+            let r = log.maintenance(NOW).unwrap();
+            assert_eq!(r.records_removed, 5 - removed_early, "ratio {ratio}");
         }
     }
 

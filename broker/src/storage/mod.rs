@@ -70,7 +70,7 @@ pub enum FlushPolicy {
 }
 
 /// Per-topic log settings (Kafka topic config names in the field docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll when the active segment would grow past this. Default 1 GiB.
     pub segment_bytes: u64,
@@ -94,6 +94,9 @@ pub struct LogConfig {
     pub max_message_bytes: u64,
     /// `delete.retention.ms`: how long tombstones survive compaction. Default 1 day.
     pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: the share of sealed data new since the last cleaning at
+    /// which a compacted log is cleaned again. Default 0 (whenever a segment was sealed since).
+    pub min_cleanable_dirty_ratio: f64,
     /// `message.timestamp.before.max.ms` / `after.max.ms`: how far a CreateTime record's own
     /// timestamp may be behind or ahead of the append's `now_ms`. Default none (no bound).
     pub timestamp_before_max_ms: Option<i64>,
@@ -114,6 +117,7 @@ impl Default for LogConfig {
             log_append_time: false,
             max_message_bytes: 1_048_588,
             delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ratio: 0.0,
             timestamp_before_max_ms: None,
             timestamp_after_max_ms: None,
         }

@@ -21,7 +21,8 @@ const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
 /// Each topic config with its broker-level name (Kafka's synonyms, which the broker resource
-/// lists) and its type (Kafka's `ConfigType`: 1 boolean, 2 string, 3 int, 5 long, 7 list).
+/// lists) and its type (Kafka's `ConfigType`: 1 boolean, 2 string, 3 int, 5 long, 6 double,
+/// 7 list).
 const NAMES: &[(&str, &str, i8)] = &[
     ("segment.bytes", "log.segment.bytes", 3),
     ("segment.ms", "log.roll.ms", 5),
@@ -33,6 +34,12 @@ const NAMES: &[(&str, &str, i8)] = &[
     ("delete.retention.ms", "log.cleaner.delete.retention.ms", 5),
     ("index.interval.bytes", "log.index.interval.bytes", 3),
     ("flush.ms", "log.flush.interval.ms", 5),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+        6,
+    ),
+    ("file.delete.delay.ms", "log.segment.delete.delay.ms", 5),
     ("compression.type", "compression.type", 2),
     ("min.insync.replicas", "min.insync.replicas", 3),
     (
