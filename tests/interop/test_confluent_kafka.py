@@ -9,8 +9,9 @@ import pytest
 import subprocess
 import sys
 
-from confluent_kafka import (TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException,
-                             Producer, TopicCollection, TopicPartition)
+from confluent_kafka import (TIMESTAMP_LOG_APPEND_TIME, Consumer, ConsumerGroupType,
+                             KafkaError, KafkaException, Producer, TopicCollection,
+                             TopicPartition)
 from confluent_kafka.admin import (AclOperation, AdminClient, AlterConfigOpType, ConfigEntry,
                                    ConfigResource, ConfigSource, NewPartitions, NewTopic,
                                    OffsetSpec)
@@ -114,6 +115,27 @@ def test_admin_describes_the_brokers_settings(broker):
     got = {k: (configs[k].value, ConfigSource(configs[k].source)) for k in want if k in configs}
     assert got == want
     assert all(c.is_read_only for c in configs.values())
+
+
+def test_admin_lists_groups_by_type(broker):
+    """ListGroups v5: every group here is a classic one (KIP-848's consumer protocol is not
+    served), so a filter for the consumer type lists none of them, as Kafka 4.0 does."""
+    admin = AdminClient(conf(broker.bootstrap))
+    topic, group = unique("ck-types"), unique("ck-types-g")
+    create_topic(admin, topic, 1)
+    c = Consumer(consumer_conf(broker.bootstrap, group))
+    try:
+        c.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+    finally:
+        c.close()
+
+    def listed(**filters):
+        res = admin.list_consumer_groups(**filters).result(timeout=10)
+        return {g.group_id: g.type for g in res.valid}
+
+    assert listed()[group] == ConsumerGroupType.CLASSIC
+    assert group in listed(types={ConsumerGroupType.CLASSIC})
+    assert group not in listed(types={ConsumerGroupType.CONSUMER})
 
 
 def test_admin_create_partitions_and_alter_configs(broker):

@@ -350,7 +350,7 @@ fn groups_routes(d: &mut Dispatcher) {
         .add::<LeaveGroupRequest, _, _>(0, 5, leave_group::handle)
         .add::<OffsetCommitRequest, _, _>(2, 8, offset_commit::handle)
         .add::<OffsetFetchRequest, _, _>(1, 8, offset_fetch::handle)
-        .add::<ListGroupsRequest, _, _>(0, 4, list_groups::handle)
+        .add::<ListGroupsRequest, _, _>(0, 5, list_groups::handle)
         .add::<DescribeGroupsRequest, _, _>(0, 5, describe_groups::handle)
         .add::<DeleteGroupsRequest, _, _>(0, 2, delete_groups::handle)
         .add::<OffsetDeleteRequest, _, _>(0, 0, offset_delete::handle);
