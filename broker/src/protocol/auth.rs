@@ -227,7 +227,10 @@ impl PreAuthHold {
     /// This stream now holds `bytes`; returns what the connection's streams hold together.
     pub fn set(&mut self, bytes: usize) -> usize {
         let counter = &self.identity.held_before_auth;
-        let total = if bytes >= self.held {
+        if bytes == self.held {
+            return counter.load(Ordering::Relaxed);
+        }
+        let total = if bytes > self.held {
             let more = bytes - self.held;
             counter.fetch_add(more, Ordering::Relaxed) + more
         } else {
