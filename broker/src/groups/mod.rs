@@ -793,13 +793,17 @@ impl GroupCoordinator {
             .inner
             .clock
             .wall_ms()
-            .saturating_sub(retention.as_millis() as i64);
+            .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         // Held throughout, so that no commit lands between the choice and the deletion.
         let _store_guard = lock(&self.inner.store_lock);
         let due: Vec<(String, Vec<(String, i32)>)> = self
             .groups()
             .values()
-            .filter(|g| g.state == GroupState::Stable && !g.members.is_empty())
+            .filter(|g| {
+                g.state == GroupState::Stable
+                    && !g.members.is_empty()
+                    && g.protocol_type.as_deref() == Some("consumer")
+            })
             .filter_map(|g| {
                 let subscribed = g.subscribed_topics()?;
                 let parts: Vec<(String, i32)> = g

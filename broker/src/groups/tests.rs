@@ -1298,6 +1298,30 @@ async fn a_live_groups_offsets_of_a_topic_it_left_expire_after_retention() {
         let req = commit_req("g", generation, &member, topic, &[(0, 5)]);
         commit_result(&h.coord.commit_offsets(&req)).unwrap();
     }
+    // A live group of another protocol (Kafka Connect's, say) keeps its offsets: only consumer
+    // groups say what they subscribe to.
+    let mut join = join_req("connect", "", "w0");
+    join.protocol_type = "connect".into();
+    let handle = h.spawn_join(join);
+    h.run_until_done(std::slice::from_ref(&handle)).await;
+    let worker = handle.await.unwrap().unwrap();
+    let (worker_id, worker_generation) = (worker.member_id.clone(), worker.generation_id);
+    let mut sync = sync_req(
+        "connect",
+        worker_generation,
+        &worker_id,
+        &[(&worker_id, "a")],
+    );
+    sync.protocol_type = Some("connect".into());
+    h.sync(sync).await.unwrap();
+    let req = commit_req(
+        "connect",
+        worker_generation,
+        &worker_id,
+        "configs",
+        &[(0, 1)],
+    );
+    commit_result(&h.coord.commit_offsets(&req)).unwrap();
     let committed = |h: &Harness| -> Vec<String> {
         let mut topics: Vec<String> = h
             .coord
@@ -1317,6 +1341,9 @@ async fn a_live_groups_offsets_of_a_topic_it_left_expire_after_retention() {
         h.advance(step);
         waited += step;
         h.coord.heartbeat(&hb("g", generation, &member)).unwrap();
+        h.coord
+            .heartbeat(&hb("connect", worker_generation, &worker_id))
+            .unwrap();
         if waited == Duration::from_secs(3540) {
             assert_eq!(
                 committed(&h),
@@ -1329,8 +1356,13 @@ async fn a_live_groups_offsets_of_a_topic_it_left_expire_after_retention() {
     for _ in 0..12 {
         h.advance(step);
         h.coord.heartbeat(&hb("g", generation, &member)).unwrap();
+        h.coord
+            .heartbeat(&hb("connect", worker_generation, &worker_id))
+            .unwrap();
     }
     assert_eq!(committed(&h), ["now"]);
     assert_eq!(h.state("g"), GroupState::Stable);
-    assert_eq!(h.store.load().unwrap().len(), 1, "gone from the store too");
+    assert_eq!(h.state("connect"), GroupState::Stable);
+    assert_eq!(h.coord.fetch_offsets("connect", None).unwrap().len(), 1);
+    assert_eq!(h.store.load().unwrap().len(), 2, "gone from the store too");
 }

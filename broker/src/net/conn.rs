@@ -259,8 +259,9 @@ pub async fn serve_halves<R, W>(
                     req.api_key
                 );
                 tracing::info!(%peer, listener, client_id = %client_id, %reason, "closing connection");
-                metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                session.identity.close(reason, false);
+                if session.identity.close(reason, false) {
+                    metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 break 'conn;
             }
             let (api, version) = (req.api_key, req.header.request_api_version);
@@ -319,6 +320,10 @@ pub async fn serve_halves<R, W>(
                 }
             }
         }
+        // What is left unhandled counts against the budget while this stream waits.
+        if session.identity.awaits_sasl() {
+            pre_auth.set(buf.len());
+        }
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = shutdown.changed() => break,
@@ -355,7 +360,8 @@ pub async fn serve_halves<R, W>(
         // otherwise hold the per-request limit on each of its streams).
         if session.identity.awaits_sasl() {
             let held = pre_auth.set(buf.len());
-            if held > auth::MAX_UNAUTHENTICATED_REQUEST_BYTES {
+            // (Plus one frame's 4-byte size prefix, so that a single request may be the limit.)
+            if held > auth::MAX_UNAUTHENTICATED_REQUEST_BYTES + 4 {
                 let reason = format!(
                     "authentication required: {held} bytes of requests held before SASL \
                      authentication (at most {} until then, over all streams)",
@@ -399,10 +405,9 @@ pub async fn serve_halves<R, W>(
 fn refuse_unauthenticated(session: &Session, broker: &Broker, reason: String) {
     let (peer, listener) = (session.peer, session.listener.name());
     tracing::info!(%peer, listener, %reason, "closing connection");
-    if !session.identity.is_closing() {
+    if session.identity.close(reason, false) {
         broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
-    session.identity.close(reason, false);
 }
 
 /// What a client sending this instead of a Kafka frame most likely speaks, for the log line.

@@ -413,8 +413,9 @@ async fn serve_connection(
                          (broker.handshake_timeout)"
                     );
                     tracing::info!(%peer, %reason, "closing QUIC connection");
-                    broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                    link.identity.close(reason, false);
+                    if link.identity.close(reason, false) {
+                        broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 continue;
             }

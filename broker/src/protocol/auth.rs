@@ -356,7 +356,8 @@ impl Identity {
     /// Asks the listener to close the connection, telling the client `reason`; with
     /// `after_reply`, once the client had a moment to read the response being sent. The first
     /// request to close wins.
-    pub fn close(&self, reason: String, after_reply: bool) {
+    /// Returns whether this call was the first (so that a refusal is counted once).
+    pub fn close(&self, reason: String, after_reply: bool) -> bool {
         self.close.send_if_modified(|r| {
             if r.is_some() {
                 return false;
@@ -366,7 +367,7 @@ impl Identity {
                 after_reply,
             });
             true
-        });
+        })
     }
 
     /// Whether [`Identity::close`] was called.

@@ -166,7 +166,8 @@ pub fn check_records(
                 ("after", "message.timestamp.after.max.ms")
             };
             RecordsError::Timestamp(format!(
-                "record {index} has timestamp {ts}, outside [{earliest}, {latest}]: too far {side}                  the broker's clock for the topic's {key}"
+                "record {index} has timestamp {ts}, outside [{earliest}, {latest}]: too far {side} \
+                 the broker's clock for the topic's {key}"
             ))
         }
         Walk::Window => RecordsError::Invalid(format!(
@@ -223,7 +224,8 @@ fn walk<R: BufRead>(r: &mut R, h: &BatchHeader, rules: RecordRules) -> Result<()
         let timestamp_delta = rec.varint()?;
         if let Some((earliest, latest)) = rules.timestamps {
             let ts = h.first_timestamp.saturating_add(timestamp_delta);
-            if ts < earliest || ts > latest {
+            // A record without a timestamp (-1, as Kafka's NO_TIMESTAMP) is not checked.
+            if ts != -1 && (ts < earliest || ts > latest) {
                 return Err(Walk::Timestamp { index: i, ts });
             }
         }
@@ -693,6 +695,9 @@ mod tests {
                 matches!(&early, Err(RecordsError::Timestamp(m)) if m.contains("record 1 has timestamp 900") && m.contains("before.max.ms")),
                 "{codec:?}: {early:?}"
             );
+            // A record without a timestamp (-1) is not checked, as in Kafka.
+            let untimed = encode_batch(&[kv("d", "4", -1)], codec, -1, -1, -1);
+            assert_eq!(check(&untimed, bounded(900, 1_100)), Ok(()), "{codec:?}");
             let late = check(&b, bounded(900, 1_099));
             assert!(
                 matches!(&late, Err(RecordsError::Timestamp(m)) if m.contains("record 2 has timestamp 1100") && m.contains("after.max.ms")),

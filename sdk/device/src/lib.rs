@@ -196,9 +196,9 @@ pub struct DeviceConfig {
     pub trust: Trust,
     /// The Kafka client id sent with every request.
     pub client_id: String,
-    /// How long a record may wait for more records to share its batch. While 5 produce
-    /// requests are unanswered the batch keeps taking records past it, until one is answered
-    /// (at most a second more).
+    /// How long a record may wait for more records to share its batch. While 5 batches are
+    /// unanswered or waiting to be sent, the batch keeps taking records past it until one is
+    /// answered (at most a second more).
     pub linger: Duration,
     /// A batch is sent as soon as it holds this many records (at least 1).
     pub max_batch_records: usize,
@@ -219,7 +219,7 @@ pub struct DeviceConfig {
     /// that records buffered when the process exits are delivered by the next device started
     /// on the file. One device uses a file at a time (`<file>.lock`). A record reaches the file
     /// when its batch is sealed: after `linger`, a little later while the device works through
-    /// a burst, or up to a second later while 5 requests are unanswered, so the last records
+    /// a burst, or up to a second later while 5 batches are unanswered, so the last records
     /// queued before a crash may be missing; call [`Device::flush`] or [`Device::close`] before
     /// a planned exit.
     pub buffer_file: Option<PathBuf>,

@@ -418,7 +418,10 @@ impl Worker {
                 return;
             }
             let urgent = !self.flushes.is_empty() || self.closing.is_some();
-            self.seal_due(Instant::now(), urgent);
+            // One instant for sealing and for the next wake-up, so that a linger ending
+            // between the two is not taken for a batch held open.
+            let now = Instant::now();
+            self.seal_due(now, urgent);
             if self.queue.is_empty() && self.open.is_empty() && self.in_flight.is_empty() {
                 for f in self.flushes.drain(..) {
                     let _ = f.send(());
@@ -437,7 +440,7 @@ impl Worker {
             }
             // Nothing to send now: wait for a command, a response, a linger deadline or the
             // next retry.
-            let mut wake = self.next_seal(Instant::now());
+            let mut wake = self.next_seal(now);
             // The back-off matters only while no setup runs (one started by a subscription
             // may run past it; waking for it then would spin).
             if !self.queue.is_empty() && !self.awaiting_answers() && self.setup.is_none() {
@@ -587,7 +590,8 @@ impl Worker {
     /// Seals the open batches whose linger has passed (all of them when `all`), oldest first.
     ///
     /// While connected, a batch whose linger has passed is sealed only when a request slot is
-    /// free for it; until then it stays open and keeps taking records, as in Kafka's producers.
+    /// free for it (fewer than [`MAX_IN_FLIGHT`] batches unanswered or sealed and waiting to
+    /// go); until then it stays open and keeps taking records, as in Kafka's producers.
     /// So when the broker or the link is slow, a device sends fewer, larger requests instead of
     /// a queue of small ones, each a round trip. A batch is sealed regardless once it has
     /// waited [`MAX_HOLD`] past its linger, so that its records reach the buffer file.
