@@ -66,34 +66,41 @@ def test_admin_create_list_describe_delete(broker):
     assert e.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
 
 
+def group_with_a_commit(broker, admin, prefix: str) -> str:
+    """A new group without members that has committed offset 0 of partition 0 of a new topic of
+    the same (unique) name; returns that name."""
+    name = unique(prefix)
+    create_topic(admin, name, 1)
+    c = Consumer(consumer_conf(broker.bootstrap, name))
+    try:
+        c.commit(offsets=[TopicPartition(name, 0, 0)], asynchronous=False)
+    finally:
+        c.close()
+    return name
+
+
 def test_admin_says_every_operation_is_allowed(broker):
     """Asked for the operations a principal may perform (include_authorized_operations), the
     broker, which has no ACLs, names every one the resource has, as Kafka without an authorizer
     does; tools use the list to decide what to offer (delete a group, alter a topic)."""
     admin = AdminClient(conf(broker.bootstrap))
-    topic, group = unique("ck-ops"), unique("ck-ops-g")
-    create_topic(admin, topic, 1)
-    c = Consumer(consumer_conf(broker.bootstrap, group))
-    try:
-        c.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
-    finally:
-        c.close()
+    name = group_with_a_commit(broker, admin, "ck-ops")  # a topic and a group
     op = AclOperation
 
-    got = admin.describe_topics(TopicCollection([topic]), include_authorized_operations=True)
-    assert set(got[topic].result(timeout=10).authorized_operations) == {
+    got = admin.describe_topics(TopicCollection([name]), include_authorized_operations=True)
+    assert set(got[name].result(timeout=10).authorized_operations) == {
         op.READ, op.WRITE, op.CREATE, op.DELETE, op.ALTER, op.DESCRIBE, op.DESCRIBE_CONFIGS,
         op.ALTER_CONFIGS}
     cluster = admin.describe_cluster(include_authorized_operations=True).result(timeout=10)
     assert set(cluster.authorized_operations) == {
         op.CREATE, op.ALTER, op.DESCRIBE, op.CLUSTER_ACTION, op.DESCRIBE_CONFIGS,
         op.ALTER_CONFIGS, op.IDEMPOTENT_WRITE}
-    got = admin.describe_consumer_groups([group], include_authorized_operations=True)
-    assert set(got[group].result(timeout=10).authorized_operations) == {
+    got = admin.describe_consumer_groups([name], include_authorized_operations=True)
+    assert set(got[name].result(timeout=10).authorized_operations) == {
         op.READ, op.DESCRIBE, op.DELETE}
     # Not asked: none are named.
-    got = admin.describe_consumer_groups([group])
-    assert not got[group].result(timeout=10).authorized_operations
+    got = admin.describe_consumer_groups([name])
+    assert not got[name].result(timeout=10).authorized_operations
 
 
 def test_admin_describes_the_brokers_settings(broker):
@@ -121,13 +128,7 @@ def test_admin_lists_groups_by_type(broker):
     """ListGroups v5: every group here is a classic one (KIP-848's consumer protocol is not
     served), so a filter for the consumer type lists none of them, as Kafka 4.0 does."""
     admin = AdminClient(conf(broker.bootstrap))
-    topic, group = unique("ck-types"), unique("ck-types-g")
-    create_topic(admin, topic, 1)
-    c = Consumer(consumer_conf(broker.bootstrap, group))
-    try:
-        c.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
-    finally:
-        c.close()
+    group = group_with_a_commit(broker, admin, "ck-types")
 
     def listed(**filters):
         res = admin.list_consumer_groups(**filters).result(timeout=10)
