@@ -43,6 +43,8 @@ pub struct Broker {
     /// Loaded plugins and topic chains (`[plugins]`), swapped whole by a reload
     /// ([`Broker::reload_plugins`]); empty when none are configured.
     pub plugins: PluginSet,
+    /// What the `[federation]` forwarders report.
+    pub federation: crate::federation::Stats,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -148,8 +150,11 @@ pub async fn start_broker_from(
         dispatcher: protocol::routes(),
         metrics: Metrics::default(),
         plugins,
+        federation: Default::default(),
         config,
     });
+
+    let federation = crate::federation::connect(&broker, &broker.config.federation)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -214,6 +219,7 @@ pub async fn start_broker_from(
         broker.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.extend(federation.spawn(&broker, &shutdown_rx));
     Ok(BrokerHandle {
         broker,
         kafka_addr,

@@ -25,6 +25,7 @@ mod alloc;
 pub mod broker;
 pub mod catalog;
 pub mod cli;
+pub mod federation;
 pub mod groups;
 pub mod meta;
 pub mod net;

@@ -363,6 +363,27 @@ pub(crate) const SECTIONS: &[Section] = &[
             ),
         ],
     },
+    Section {
+        path: "federation",
+        doc: "Forwarding of local topics to central Kafka clusters (store and forward): records stay in\nthe local log, subject to its retention, until the remote cluster has acknowledged them.",
+        keys: &[
+            key(
+                "retry_backoff",
+                Duration,
+                "Wait after a failed send before the records are sent again; doubles after each\nfailure in a row, up to retry_backoff_max.",
+            ),
+            key(
+                "retry_backoff_max",
+                Duration,
+                "The longest wait between two tries of a failed send.",
+            ),
+            key(
+                "links",
+                Tables,
+                "Remote clusters, one [[federation.links]] table each:\n  name = \"central\"               # in logs and metrics; unique\n  bootstrap_servers = \"kafka:9092\"\n  topics = [\"readings\", \"alerts.*\"] # names, or prefixes ending in '*'\n  remote_topic = \"site-7.{topic}\"  # default \"{topic}\"\n  [federation.links.client]        # librdkafka producer properties (TLS, SASL, compression)\n  \"security.protocol\" = \"SASL_SSL\"",
+            ),
+        ],
+    },
 ];
 
 /// The section with this dotted path, if it holds keys.
@@ -472,7 +493,14 @@ mod tests {
     fn allowed_names_in_file_order() {
         assert_eq!(
             allowed_under(""),
-            ["broker", "listeners", "log", "groups", "plugins"]
+            [
+                "broker",
+                "listeners",
+                "log",
+                "groups",
+                "plugins",
+                "federation"
+            ]
         );
         assert_eq!(
             allowed_under("listeners"),

@@ -51,6 +51,7 @@
 
 mod env;
 mod error;
+mod federation;
 mod keys;
 mod load;
 mod plugins;
@@ -63,6 +64,7 @@ mod validate;
 
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, Location};
+pub use federation::{FederationConfig, FederationLink, RESERVED_CLIENT_KEYS};
 pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig, QuotaApi, QuotaBinding};
 pub use schema::{
     AdminListener, BrokerConfig, CleanupPolicy, Config, FlushPolicy, GroupsConfig, KafkaListener,

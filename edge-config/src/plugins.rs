@@ -554,21 +554,24 @@ on_error = "fail-open"
         );
 
         let unknown = GOOD.replace("chain = [\"hot\"]", "chain = [\"cold\"]");
-        // Located at the `[[plugins.bindings]]` header of the entry.
+        // Located at the key's own line in the entry.
         let e = Config::from_toml_str(&unknown, "runnel.toml", &[]).unwrap_err();
         assert_eq!(e.key(), Some("plugins.bindings[0].chain"));
         let text = e.to_string();
         assert!(
-            text.starts_with("runnel.toml:10: ")
+            text.starts_with("runnel.toml:12: ")
                 && text.contains("\"cold\" is not a loaded plugin"),
             "{text}"
         );
 
         let extra = GOOD.replace("config = \"temp > 20\"", "config = \"x\"\nconfg = 1");
-        let e = Config::from_toml_str(&extra, "runnel.toml", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("confg"), "{e}");
+        let e = Config::from_toml_str(&extra, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.load[0].confg"));
+        let line = extra.lines().position(|l| l == "confg = 1").unwrap() + 1;
+        assert!(
+            e.to_string().starts_with(&format!("runnel.toml:{line}: ")),
+            "{e}"
+        );
 
         let big = GOOD.replace("call_timeout = \"50ms\"", "memory_limit = \"8GiB\"");
         let e = Config::from_toml_str(&big, "runnel.toml", &[])

@@ -42,8 +42,26 @@ fn collect(table: &DeTable<'_>, prefix: &str, out: &mut Vec<Entry>) {
             value_span: value.span(),
             is_table,
         });
-        if let DeValue::Table(inner) = value.get_ref() {
-            collect(inner, &path, out);
+        match value.get_ref() {
+            DeValue::Table(inner) => collect(inner, &path, out),
+            // The entries of an array of tables (`[[plugins.load]]`) by index: `plugins.load[0]`.
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let DeValue::Table(inner) = item.get_ref() {
+                        let at = format!("{path}[{i}]");
+                        out.push(Entry {
+                            path: at.clone(),
+                            parent: path.clone(),
+                            name: format!("[{i}]"),
+                            key_span: item.span(),
+                            value_span: item.span(),
+                            is_table: true,
+                        });
+                        collect(inner, &at, out);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// `[plugins]`: WebAssembly plugins and the topics that run them.
     pub plugins: crate::PluginsConfig,
+    /// `[federation]`: local topics forwarded to central Kafka clusters.
+    pub federation: crate::FederationConfig,
 }
 
 /// `[broker]`: identity, data directory and limits of this node.

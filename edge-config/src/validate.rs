@@ -95,6 +95,20 @@ impl Checker<'_> {
 
 /// Whether two TCP listeners would fail to bind both: same non-zero port, and the same IP or
 /// either one a wildcard. Port 0 asks the OS for a free port, so it never clashes.
+/// An error in an entry of an array of tables (`plugins.load[2].path`), at the line of that
+/// key if the file set it, else at the entry's, else at the array's.
+fn entry_error(provenance: &Provenance, key: String, message: String) -> ConfigError {
+    let entry = key
+        .rsplit_once('.')
+        .map_or(key.as_str(), |(entry, _)| entry);
+    let array = key.split('[').next().unwrap_or(&key);
+    ConfigError::Invalid {
+        at: provenance.locate_first(&[&key, entry, array]),
+        key,
+        message,
+    }
+}
+
 fn tcp_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
@@ -205,13 +219,11 @@ impl Config {
             crate::plugins::MEMORY_LIMIT,
         )?;
         if let Err((key, message)) = plugins.check() {
-            // Entries of an array of tables have no line of their own: locate the array.
-            let array = key.split('[').next().unwrap_or(&key);
-            return Err(ConfigError::Invalid {
-                at: provenance.locate(array),
-                key,
-                message,
-            });
+            return Err(entry_error(provenance, key, message));
+        }
+        c.positive("federation.retry_backoff", self.federation.retry_backoff)?;
+        if let Err((key, message)) = self.federation.check() {
+            return Err(entry_error(provenance, key, message));
         }
         Ok(())
     }

@@ -261,6 +261,7 @@ impl Metrics {
         );
         render_groups(&mut out, broker);
         render_plugins(&mut out, broker);
+        render_federation(&mut out, broker);
         out
     }
 }
@@ -384,6 +385,65 @@ fn render_plugins(out: &mut String, broker: &Broker) {
             let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {v}", label(plugin));
         }
     }
+}
+
+/// Per federation link its counters, and per forwarded partition the records not yet
+/// acknowledged by the remote cluster; nothing when no link is configured.
+fn render_federation(out: &mut String, broker: &Broker) {
+    let links = broker.federation.links();
+    if links.is_empty() {
+        return;
+    }
+    let families: [(&str, &str); 3] = [
+        (
+            "runnel_federation_forwarded_records_total",
+            "Records the remote cluster acknowledged, by link.",
+        ),
+        (
+            "runnel_federation_errors_total",
+            "Errors talking to the remote cluster, by link: failed connections and sends (each send tried again after a backoff).",
+        ),
+        (
+            "runnel_federation_skipped_records_total",
+            "Records not forwarded: deleted by retention before they were sent, or refused by the remote cluster for themselves.",
+        ),
+    ];
+    for (i, (name, help)) in families.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (link, stats) in &links {
+            let v = match i {
+                0 => stats.forwarded.load(Ordering::Relaxed),
+                1 => stats.errors.load(Ordering::Relaxed),
+                _ => stats.skipped.load(Ordering::Relaxed),
+            };
+            let _ = writeln!(out, "{name}{{link=\"{}\"}} {v}", label(link));
+        }
+    }
+    let mut pending = String::new();
+    for c in broker.federation.cursors() {
+        let Some(p) = broker
+            .catalog
+            .get(&c.topic)
+            .and_then(|t| t.partition(c.partition))
+        else {
+            continue;
+        };
+        let end = p.log().log_end_offset();
+        let _ = writeln!(
+            pending,
+            "runnel_federation_pending_records{{link=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+            label(&c.link),
+            label(&c.topic),
+            c.partition,
+            (end - c.next).max(0)
+        );
+    }
+    gauge_family(
+        out,
+        "runnel_federation_pending_records",
+        "Offsets of each forwarded partition not yet acknowledged by the link's remote cluster.",
+        &pending,
+    );
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {

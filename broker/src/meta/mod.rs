@@ -5,6 +5,7 @@
 //! | `topics` | topic name | [`TopicRecord`] as TOML text |
 //! | `group_offsets` | (group, topic, partition) | (offset, leader epoch, metadata, commit time ms) |
 //! | `counters` | name | i64 (`next_producer_id`) |
+//! | `federation_cursors` | (link, topic, partition) | next local offset to forward |
 //!
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
@@ -33,6 +34,9 @@ type OffsetTable<'tx> =
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
 /// Group id -> its membership after the last completed rebalance ([`Membership::encode`]).
 const GROUP_MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("group_members");
+/// (federation link, topic, partition) -> the next local offset to forward.
+const FEDERATION_CURSORS: TableDefinition<(&str, &str, i32), i64> =
+    TableDefinition::new("federation_cursors");
 
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
 /// out are skipped after a restart, which Kafka allows (ids only need to be unique).
@@ -112,6 +116,7 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     tx.open_table(GROUP_OFFSETS)?;
     tx.open_table(COUNTERS)?;
     tx.open_table(GROUP_MEMBERS)?;
+    tx.open_table(FEDERATION_CURSORS)?;
     tx.commit()?;
     Ok(db)
 }
@@ -237,6 +242,41 @@ impl MetaStore {
             // Committed offsets of a deleted topic go with it, as in Kafka.
             tx.open_table(GROUP_OFFSETS)?
                 .retain(|(_, topic, _), _| topic != name)?;
+            // So that a topic made again under the name is forwarded from its start.
+            tx.open_table(FEDERATION_CURSORS)?
+                .retain(|(_, topic, _), _| topic != name)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The next offset of `topic`/`partition` that federation `link` has to forward, if it
+    /// has forwarded any.
+    pub fn federation_cursor(
+        &self,
+        link: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(FEDERATION_CURSORS)?;
+            Ok(table.get((link, topic, partition))?.map(|v| v.value()))
+        })
+    }
+
+    /// Remembers that everything of `topic`/`partition` before `next` reached `link`'s cluster.
+    pub fn set_federation_cursor(
+        &self,
+        link: &str,
+        topic: &str,
+        partition: i32,
+        next: i64,
+    ) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            tx.open_table(FEDERATION_CURSORS)?
+                .insert((link, topic, partition), next)?;
             tx.commit()?;
             Ok(())
         })

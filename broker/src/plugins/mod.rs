@@ -48,7 +48,7 @@
 pub mod host;
 pub mod output;
 pub mod quota;
-mod raw;
+pub(crate) mod raw;
 pub mod reload;
 
 use std::collections::HashMap;

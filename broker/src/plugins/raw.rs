@@ -25,6 +25,7 @@ pub type Malformed = String;
 /// One record of a batch, located in the batch bytes.
 #[derive(Debug, Clone)]
 struct Span {
+    offset_delta: i32,
     timestamp: i64,
     key: Option<Range<usize>>,
     value: Option<Range<usize>>,
@@ -33,6 +34,17 @@ struct Span {
     headers: usize,
     /// From the key's length to the end of the record: what a rebuilt record copies.
     tail: Range<usize>,
+}
+
+/// One record's fields, borrowed from its batch.
+pub struct RecordView<'a> {
+    pub offset_delta: i32,
+    /// The batch's first timestamp plus the record's delta (for CreateTime batches).
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// In order; a name given twice is here twice.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
 }
 
 /// The records of one uncompressed v2 batch.
@@ -122,7 +134,7 @@ impl<'a> Records<'a> {
             }
             pos += 1; // attributes (unused)
             let delta = varlong(batch, &mut pos, 10)?;
-            varint(batch, &mut pos)?; // offset delta: renumbered on rebuild
+            let offset_delta = varint(batch, &mut pos)?; // renumbered on rebuild
             let tail_start = pos;
             let key = bytes_field(batch, &mut pos, end, "key")?;
             let value = bytes_field(batch, &mut pos, end, "value")?;
@@ -137,6 +149,7 @@ impl<'a> Records<'a> {
                 return Err("record fields do not fill the record".into());
             }
             spans.push(Span {
+                offset_delta,
                 timestamp: h.first_timestamp.wrapping_add(delta),
                 key,
                 value,
@@ -156,6 +169,29 @@ impl<'a> Records<'a> {
 
     pub fn len(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Record `i` (below [`Records::len`]) as its fields in the batch.
+    pub fn record(&self, i: usize) -> RecordView<'a> {
+        let s = &self.spans[i];
+        let field = |r: &Option<Range<usize>>| r.clone().map(|r| &self.batch[r]);
+        let mut headers = Vec::with_capacity(s.header_count as usize);
+        let mut pos = s.headers;
+        for _ in 0..s.header_count {
+            // Checked by `parse`, UTF-8 keys included.
+            let Ok((key, value)) = header(self.batch, &mut pos, s.tail.end) else {
+                break;
+            };
+            let key = std::str::from_utf8(&self.batch[key]).unwrap_or_default();
+            headers.push((key, field(&value)));
+        }
+        RecordView {
+            offset_delta: s.offset_delta,
+            timestamp: s.timestamp,
+            key: field(&s.key),
+            value: field(&s.value),
+            headers,
+        }
     }
 
     /// The batch frame of `sdk/wit/plugin.wit` for the records `which` (indexes, in order):
