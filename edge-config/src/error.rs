@@ -47,6 +47,32 @@ impl fmt::Display for At<'_> {
     }
 }
 
+/// `" (did you mean X?)"` for the allowed name nearest to the last part of a dotted key, when
+/// it is near enough to be a typo; nothing otherwise. It comes before the list of allowed names,
+/// which clients may cut short.
+struct DidYouMean<'a, S>(&'a str, &'a [S]);
+
+impl<S: AsRef<str>> fmt::Display for DidYouMean<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DidYouMean(key, allowed) = self;
+        // A key path (`log.retenton`) is compared by its last part; a topic config name whole.
+        let name = match allowed.iter().any(|a| a.as_ref().contains('.')) {
+            true => *key,
+            false => key.rsplit('.').next().unwrap_or(key),
+        };
+        let nearest = allowed
+            .iter()
+            .map(|a| (strsim::levenshtein(name, a.as_ref()), a.as_ref()))
+            .min();
+        match nearest {
+            Some((distance, a)) if distance <= 2.max(name.len() / 5) => {
+                write!(f, " (did you mean {a}?)")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// An invalid configuration, or a config file that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -62,7 +88,7 @@ pub enum ConfigError {
     #[error("{}{message}", At(at))]
     Syntax { at: Location, message: String },
     /// A key (or section) that the schema does not have.
-    #[error("{}unknown key {key}; allowed keys: {}", At(at), allowed.join(", "))]
+    #[error("{}unknown key {key}{}; allowed keys: {}", At(at), DidYouMean(key, allowed), allowed.join(", "))]
     UnknownKey {
         at: Location,
         key: String,
@@ -91,7 +117,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A per-topic config name that [`crate::LogConfig::apply_topic_override`] does not know.
-    #[error("unknown topic config {name}; allowed: {}", allowed.join(", "))]
+    #[error("unknown topic config {name}{}; allowed: {}", DidYouMean(name, allowed), allowed.join(", "))]
     UnknownTopicConfig {
         name: String,
         allowed: &'static [&'static str],

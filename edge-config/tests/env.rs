@@ -151,13 +151,13 @@ fn bad_env_values_name_the_variable_and_key() {
 fn unknown_env_keys_are_errors_naming_the_variable() {
     assert_eq!(
         parse("", &[("RUNNEL_LISTENERS__KAFKA__ADRESS", "0.0.0.0:9092")]).unwrap_err(),
-        "env RUNNEL_LISTENERS__KAFKA__ADRESS: unknown key listeners.kafka.adress; \
-         allowed keys: enabled, address, sasl_plain_file"
+        "env RUNNEL_LISTENERS__KAFKA__ADRESS: unknown key listeners.kafka.adress \
+         (did you mean address?); allowed keys: enabled, address, sasl_plain_file"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LISTENER__KAFKA__ADDRESS", "0.0.0.0:9092")]).unwrap_err(),
-        "env RUNNEL_LISTENER__KAFKA__ADDRESS: unknown key listener; \
-         allowed keys: broker, listeners, log, groups, plugins, federation"
+        "env RUNNEL_LISTENER__KAFKA__ADDRESS: unknown key listener \
+         (did you mean listeners?); allowed keys: broker, listeners, log, groups, plugins, federation"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LOG__", "1")]).unwrap_err(),

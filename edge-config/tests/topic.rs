@@ -168,6 +168,12 @@ fn rendered_configs_apply_back_to_the_same_config() {
 
 #[test]
 fn bad_overrides_name_the_config() {
+    // A typo is named before the list of allowed names, which clients may cut short.
+    assert!(
+        apply_err("retention.msx", "1").starts_with(
+            "unknown topic config retention.msx (did you mean retention.ms?); allowed: "
+        )
+    );
     assert_eq!(
         apply_err("retention.hours", "1"),
         format!(
