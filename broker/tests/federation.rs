@@ -902,3 +902,155 @@ async fn records_retention_deleted_before_forwarding_are_skipped_and_counted() {
     edge.shutdown().await;
     central.shutdown().await;
 }
+
+/// The `seq` header of each record: which record of [`records`] it is.
+fn seqs(records: &[Rec]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            let seq = r.headers.iter().find(|(k, _)| k == "seq");
+            let value = seq.and_then(|(_, v)| v.clone()).unwrap_or_default();
+            String::from_utf8(value).unwrap()
+        })
+        .collect()
+}
+
+/// A refused record in a chunk that librdkafka sends as several batches: the batches after the
+/// refused one get through while the forwarder looks for the refused record, and none of their
+/// records is sent twice. (The records sent again alone arrive after their successors.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_among_several_batches_costs_no_duplicate() {
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = common::start(central_dir.path()).await;
+    create_topic_with(
+        &central.bootstrap(),
+        "site-a.readings",
+        &[("max.message.bytes", "4000")],
+    )
+    .await;
+    let edge_dir = tempfile::tempdir().unwrap();
+    let mut cfg = edge_config(edge_dir.path(), &central.bootstrap(), &["readings"]);
+    let client = &mut cfg.federation.links[0].client;
+    client.insert("batch.num.messages".into(), "5".into());
+    client.insert("linger.ms".into(), "20".into());
+    let edge = common::start_with(cfg).await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+
+    // Only records with headers carry their number; give every one headers.
+    let mut sent = records(0..60, 1);
+    for (i, (_, r)) in sent.iter_mut().enumerate() {
+        r.headers = vec![("seq".to_owned(), Some(i.to_string().into_bytes()))];
+    }
+    sent[12].1.value = Some(vec![b'x'; 20_000]);
+    let produced = produce(&edge.bootstrap(), "readings", 1, &sent).await;
+    let link = [("link", "central")];
+    await_metrics(
+        &edge,
+        &[
+            ("runnel_federation_skipped_records_total", &link, 1.0),
+            (PENDING, &pending_labels("readings", "0"), 0.0),
+        ],
+    )
+    .await;
+    await_remote(&central, "site-a.readings", &[59]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = read_topic(&central.bootstrap(), "site-a.readings", 1).await;
+    let mut got_seqs = seqs(&got[0]);
+    got_seqs.sort();
+    let mut want_seqs: Vec<String> = seqs(&produced[0])
+        .into_iter()
+        .filter(|s| s != "12")
+        .collect();
+    want_seqs.sort();
+    assert_eq!(got_seqs, want_seqs, "each record but the refused one, once");
+
+    edge.shutdown().await;
+    central.shutdown().await;
+}
+
+/// A topic deleted while its forwarder waits for the uplink, and made again under the same
+/// name: the new topic is forwarded from its start, whatever the old one's cursor was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_made_again_under_its_name_is_forwarded_from_its_start() {
+    let addr = unused_addr();
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = start_central_at(central_dir.path(), addr).await;
+    let edge_dir = tempfile::tempdir().unwrap();
+    let cfg = edge_config(edge_dir.path(), &addr.to_string(), &["readings"]);
+    let edge = common::start_with(cfg).await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    produce(&edge.bootstrap(), "readings", 1, &records(0..10, 1)).await;
+    await_remote(&central, "site-a.readings", &[10]).await;
+    central.shutdown().await;
+    produce(&edge.bootstrap(), "readings", 1, &records(10..110, 1)).await;
+    // The forwarder now waits for the uplink with a chunk in flight.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    edge.broker.catalog.delete_topic("readings").unwrap();
+    let central = start_central_at(central_dir.path(), addr).await;
+    await_remote(&central, "site-a.readings", &[110]).await;
+
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    produce(&edge.bootstrap(), "readings", 1, &records(200..205, 1)).await;
+    await_remote(&central, "site-a.readings", &[115]).await;
+
+    edge.shutdown().await;
+    central.shutdown().await;
+}
+
+/// With librdkafka's queue full and the uplink down, a shutdown still ends (in about the
+/// grace given to acknowledgements).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_client_queue_does_not_hold_up_shutdown() {
+    let addr = unused_addr();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let mut cfg = edge_config(edge_dir.path(), &addr.to_string(), &["readings"]);
+    cfg.federation.links[0]
+        .client
+        .insert("queue.buffering.max.messages".into(), "50".into());
+    let edge = common::start_with(cfg).await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    produce(&edge.bootstrap(), "readings", 1, &records(0..500, 1)).await;
+    // The forwarder queues records only once it has seen the remote topic: the uplink is up
+    // first, then goes.
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = start_central_at(central_dir.path(), addr).await;
+    await_remote(&central, "site-a.readings", &[1]).await;
+    central.shutdown().await;
+    produce(&edge.bootstrap(), "readings", 1, &records(500..1000, 1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let done = tokio::time::timeout(Duration::from_secs(30), edge.shutdown()).await;
+    assert!(done.is_ok(), "the edge's shutdown did not end in 30 s");
+}
+
+/// The state a power cut can leave with `flush = "interval"`: the cursor was saved past the
+/// log end that recovery keeps. The records produced after the restart reuse those offsets and
+/// must be forwarded all the same, even when the uplink comes up only later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_after_a_cut_tail_are_forwarded_though_the_cursor_was_past_them() {
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge = common::start(edge_dir.path()).await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    produce(&edge.bootstrap(), "readings", 1, &records(0..5, 1)).await;
+    // As if records 5..20 had been forwarded, the cursor saved, and the log's tail lost.
+    let topic = edge.broker.catalog.get("readings").unwrap();
+    edge.broker
+        .meta
+        .set_federation_cursor("central", ("readings", topic.id.as_u128()), 0, 20)
+        .unwrap();
+    edge.shutdown().await;
+
+    let addr = unused_addr();
+    let cfg = edge_config(edge_dir.path(), &addr.to_string(), &["readings"]);
+    let edge = common::start_with(cfg).await;
+    let fresh = produce(&edge.bootstrap(), "readings", 1, &records(5..35, 1)).await;
+    assert_eq!(log_ends(&edge, "readings"), [35]);
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = start_central_at(central_dir.path(), addr).await;
+    await_remote(&central, "site-a.readings", &[30]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = read_topic(&central.bootstrap(), "site-a.readings", 1).await;
+    assert_records("site-a.readings/0", &got[0], &fresh[0]);
+
+    edge.shutdown().await;
+    central.shutdown().await;
+}

@@ -39,7 +39,7 @@ pub struct FederationConfig {
     /// in a row, up to `retry_backoff_max`. Default 1s.
     #[serde(with = "units::duration")]
     pub retry_backoff: Duration,
-    /// The longest wait between two tries. Default 30s.
+    /// The longest wait between two tries. Default 30s; at most 1d.
     #[serde(with = "units::duration")]
     pub retry_backoff_max: Duration,
     /// `[[federation.links]]`: one per remote cluster. Default none: nothing is forwarded.
@@ -85,6 +85,7 @@ fn same_name() -> String {
 /// Producer properties the forwarder sets itself: ordering and no loss depend on them.
 pub const RESERVED_CLIENT_KEYS: &[&str] = &[
     "bootstrap.servers",
+    "enable.gapless.guarantee",
     "metadata.broker.list",
     "enable.idempotence",
     "acks",
@@ -114,6 +115,12 @@ impl FederationLink {
 impl FederationConfig {
     /// Cross-field checks, as (the key at fault, what is wrong).
     pub(crate) fn check(&self) -> Result<(), (String, String)> {
+        if self.retry_backoff_max > Duration::from_secs(24 * 60 * 60) {
+            return Err((
+                "federation.retry_backoff_max".into(),
+                "is more than a day; allowed: up to 1d".into(),
+            ));
+        }
         if self.retry_backoff > self.retry_backoff_max {
             return Err((
                 "federation.retry_backoff".into(),
@@ -156,7 +163,8 @@ impl FederationConfig {
             }
             for t in &link.topics {
                 let stem = t.strip_suffix('*').unwrap_or(t);
-                if stem.contains('*') || (stem.is_empty() && t.is_empty()) || !topic_chars(stem) {
+                let exact = stem.len() == t.len();
+                if stem.contains('*') || (exact && !topic_name(t)) || !topic_chars(stem) {
                     return Err((
                         format!("{key}.topics"),
                         format!(
@@ -165,8 +173,7 @@ impl FederationConfig {
                     ));
                 }
             }
-            let remote = link.remote_name("t");
-            if remote.is_empty() || !topic_chars(&remote) {
+            if !topic_name(&link.remote_name("t")) {
                 return Err((
                     format!("{key}.remote_topic"),
                     format!(
@@ -175,7 +182,8 @@ impl FederationConfig {
                     ),
                 ));
             }
-            if !link.remote_topic.contains("{topic}") && link.topics.len() > 1 {
+            let many = link.topics.len() > 1 || link.topics.iter().any(|t| t.ends_with('*'));
+            if !link.remote_topic.contains("{topic}") && many {
                 return Err((
                     format!("{key}.remote_topic"),
                     format!(
@@ -200,6 +208,11 @@ impl FederationConfig {
         }
         Ok(())
     }
+}
+
+/// A name Kafka takes for a topic: 1 to 249 of these characters, and not `.` or `..`.
+fn topic_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 249 && s != "." && s != ".." && topic_chars(s)
 }
 
 fn topic_chars(s: &str) -> bool {
@@ -315,6 +328,23 @@ remote_topic = "site-7.{topic}"
             ..Default::default()
         };
         assert_eq!(two.check().unwrap_err().0, "federation.links[1].name");
+        assert_eq!(
+            check(link(&["sensors.*"], "all")),
+            "federation.links[0].remote_topic"
+        );
+        assert_eq!(
+            check(link(&[".."], "x.{topic}")),
+            "federation.links[0].topics"
+        );
+        assert_eq!(
+            check(link(&["a"], "..")),
+            "federation.links[0].remote_topic"
+        );
+        let long = "x".repeat(250);
+        assert_eq!(
+            check(link(&["a"], &long)),
+            "federation.links[0].remote_topic"
+        );
         let everything = FederationConfig {
             links: vec![link(&["*"], "{topic}")],
             ..Default::default()

@@ -93,8 +93,6 @@ impl Checker<'_> {
     }
 }
 
-/// Whether two TCP listeners would fail to bind both: same non-zero port, and the same IP or
-/// either one a wildcard. Port 0 asks the OS for a free port, so it never clashes.
 /// An error in an entry of an array of tables (`plugins.load[2].path`), at the line of that
 /// key if the file set it, else at the entry's, else at the array's.
 fn entry_error(provenance: &Provenance, key: String, message: String) -> ConfigError {
@@ -109,6 +107,8 @@ fn entry_error(provenance: &Provenance, key: String, message: String) -> ConfigE
     }
 }
 
+/// Whether two TCP listeners would fail to bind both: same non-zero port, and the same IP or
+/// either one a wildcard. Port 0 asks the OS for a free port, so it never clashes.
 fn tcp_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()

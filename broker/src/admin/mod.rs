@@ -394,29 +394,28 @@ fn render_federation(out: &mut String, broker: &Broker) {
     if links.is_empty() {
         return;
     }
-    let families: [(&str, &str); 3] = [
+    type Read = fn(&crate::federation::LinkStats) -> u64;
+    let families: [(&str, &str, Read); 3] = [
         (
             "runnel_federation_forwarded_records_total",
             "Records the remote cluster acknowledged, by link.",
+            |s| s.forwarded.load(Ordering::Relaxed),
         ),
         (
             "runnel_federation_errors_total",
             "Errors talking to the remote cluster, by link: failed connections and sends (each send tried again after a backoff).",
+            |s| s.errors.load(Ordering::Relaxed),
         ),
         (
             "runnel_federation_skipped_records_total",
-            "Records not forwarded: deleted by retention before they were sent, or refused by the remote cluster for themselves.",
+            "Records not forwarded: deleted by retention before they were sent, refused by the remote cluster for themselves, or in a damaged batch.",
+            |s| s.skipped.load(Ordering::Relaxed),
         ),
     ];
-    for (i, (name, help)) in families.into_iter().enumerate() {
+    for (name, help, read) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (link, stats) in &links {
-            let v = match i {
-                0 => stats.forwarded.load(Ordering::Relaxed),
-                1 => stats.errors.load(Ordering::Relaxed),
-                _ => stats.skipped.load(Ordering::Relaxed),
-            };
-            let _ = writeln!(out, "{name}{{link=\"{}\"}} {v}", label(link));
+            let _ = writeln!(out, "{name}{{link=\"{}\"}} {}", label(link), read(stats));
         }
     }
     let mut pending = String::new();

@@ -66,7 +66,9 @@ async fn wait_for_signal() {
 }
 
 pub fn validate(file: &Path) -> anyhow::Result<()> {
-    Config::load(Some(file))?;
+    let config = Config::load(Some(file))?;
+    crate::federation::check_clients(&config.federation)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     out!("{}: ok", file.display());
     Ok(())
 }

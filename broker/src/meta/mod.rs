@@ -5,7 +5,7 @@
 //! | `topics` | topic name | [`TopicRecord`] as TOML text |
 //! | `group_offsets` | (group, topic, partition) | (offset, leader epoch, metadata, commit time ms) |
 //! | `counters` | name | i64 (`next_producer_id`) |
-//! | `federation_cursors` | (link, topic, partition) | next local offset to forward |
+//! | `federation_cursors` | (link, topic, partition) | (topic id, next local offset to forward) |
 //!
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
@@ -34,8 +34,9 @@ type OffsetTable<'tx> =
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
 /// Group id -> its membership after the last completed rebalance ([`Membership::encode`]).
 const GROUP_MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("group_members");
-/// (federation link, topic, partition) -> the next local offset to forward.
-const FEDERATION_CURSORS: TableDefinition<(&str, &str, i32), i64> =
+/// (federation link, topic, partition) -> (topic id, the next local offset to forward). The id
+/// tells a topic made again under the same name from the one the cursor was for.
+const FEDERATION_CURSORS: TableDefinition<(&str, &str, i32), (u128, i64)> =
     TableDefinition::new("federation_cursors");
 
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
@@ -251,32 +252,34 @@ impl MetaStore {
     }
 
     /// The next offset of `topic`/`partition` that federation `link` has to forward, if it
-    /// has forwarded any.
+    /// has forwarded any of the topic with id `topic_id`.
     pub fn federation_cursor(
         &self,
         link: &str,
-        topic: &str,
+        (topic, topic_id): (&str, u128),
         partition: i32,
     ) -> Result<Option<i64>, MetaError> {
         self.with_db(|db| {
             let tx = db.begin_read()?;
             let table = tx.open_table(FEDERATION_CURSORS)?;
-            Ok(table.get((link, topic, partition))?.map(|v| v.value()))
+            let row = table.get((link, topic, partition))?.map(|v| v.value());
+            Ok(row.filter(|(id, _)| *id == topic_id).map(|(_, next)| next))
         })
     }
 
-    /// Remembers that everything of `topic`/`partition` before `next` reached `link`'s cluster.
+    /// Remembers that everything of `topic`/`partition` (the topic with id `topic_id`) before
+    /// `next` reached `link`'s cluster.
     pub fn set_federation_cursor(
         &self,
         link: &str,
-        topic: &str,
+        (topic, topic_id): (&str, u128),
         partition: i32,
         next: i64,
     ) -> Result<(), MetaError> {
         self.with_db(|db| {
             let tx = db.begin_write()?;
             tx.open_table(FEDERATION_CURSORS)?
-                .insert((link, topic, partition), next)?;
+                .insert((link, topic, partition), (topic_id, next))?;
             tx.commit()?;
             Ok(())
         })

@@ -141,6 +141,9 @@ fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.groups != new.groups {
         out.push("groups");
     }
+    if running.federation != new.federation {
+        out.push("federation");
+    }
     out
 }
 
@@ -156,6 +159,8 @@ mod tests {
         b.log.segment_bytes += 1;
         b.plugins.call_timeout = Duration::from_secs(1);
         assert_eq!(changed_sections(&a, &b), vec!["log"]);
+        b.federation.retry_backoff_max = Duration::from_secs(60);
+        assert_eq!(changed_sections(&a, &b), vec!["log", "federation"]);
     }
 
     #[test]

@@ -1,0 +1,537 @@
+//! One forwarded partition: the cursor, the chunk in flight, and what a failure does to them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
+use tokio::sync::watch;
+
+use super::{Link, LinkProducer, SCAN_INTERVAL, pause, stopped, stopping};
+use crate::broker::Broker;
+use crate::catalog::{Partition, Topic};
+use crate::plugins::raw::Records;
+use crate::storage::{self, BatchHeader, StorageError};
+
+/// Most bytes of log a forwarder reads at once (at least one batch).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Most records a forwarder has unacknowledged at once.
+const CHUNK_RECORDS: usize = 10_000;
+/// How often a moving cursor is written to redb at most.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stopping forwarder waits for acknowledgements already asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait for the remote cluster's metadata or a topic creation.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Forwards one local partition.
+pub(super) struct Forwarder {
+    broker: Arc<Broker>,
+    link: Arc<Link>,
+    topic: Arc<Topic>,
+    partition: Arc<Partition>,
+    remote: String,
+}
+
+/// The cursor of a partition and what is known past it.
+struct Cursor {
+    /// Every record before it was acknowledged (or skipped).
+    next: i64,
+    /// Records at or past `next` that were acknowledged already: a chunk that failed part way
+    /// is sent again without them.
+    delivered: BTreeSet<i64>,
+    /// A record refused with the batch it went in: sent alone next, to see whether it is the
+    /// one refused.
+    refused: Option<i64>,
+    saved: i64,
+    saved_at: Instant,
+    /// The value `/metrics` reads.
+    shown: Arc<AtomicI64>,
+}
+
+impl Cursor {
+    fn moved_to(&mut self, next: i64) {
+        self.next = next;
+        self.delivered = self.delivered.split_off(&next);
+        self.shown.store(next, Ordering::Relaxed);
+    }
+}
+
+/// What became of a chunk.
+struct Outcome {
+    /// Offsets the remote cluster acknowledged.
+    delivered: Vec<i64>,
+    /// The first record not acknowledged, and why; `None` if all were.
+    failed: Option<(i64, KafkaError)>,
+    /// The offset after the chunk: where the cursor goes if nothing failed.
+    end: i64,
+}
+
+impl Forwarder {
+    pub(super) fn new(
+        broker: &Arc<Broker>,
+        link: &Arc<Link>,
+        topic: &Arc<Topic>,
+        partition: Arc<Partition>,
+    ) -> Forwarder {
+        Forwarder {
+            broker: broker.clone(),
+            link: link.clone(),
+            remote: link.spec.remote_name(&topic.name),
+            topic: topic.clone(),
+            partition,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.link.spec.name
+    }
+
+    fn topic_id(&self) -> (&str, u128) {
+        (&self.topic.name, self.topic.id.as_u128())
+    }
+
+    /// Whether the topic this forwarder reads is still the catalog's (not deleted, not made
+    /// again under its name).
+    fn topic_alive(&self) -> bool {
+        self.broker
+            .catalog
+            .get(&self.topic.name)
+            .is_some_and(|t| Arc::ptr_eq(&t, &self.topic))
+    }
+
+    pub(super) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let index = self.partition.index;
+        let shown = self
+            .broker
+            .federation
+            .cursor(self.name(), &self.topic.name, index);
+        let stored = self
+            .broker
+            .meta
+            .federation_cursor(self.name(), self.topic_id(), index);
+        match stored {
+            Ok(stored) => {
+                let next = stored.unwrap_or_else(|| self.partition.log().log_start_offset());
+                shown.store(next, Ordering::Relaxed);
+                let mut cursor = Cursor {
+                    next,
+                    delivered: BTreeSet::new(),
+                    refused: None,
+                    saved: next,
+                    saved_at: Instant::now(),
+                    shown,
+                };
+                self.forward(&mut cursor, &mut shutdown).await;
+                if cursor.next != cursor.saved {
+                    self.save(&mut cursor);
+                }
+            }
+            Err(e) => {
+                tracing::error!(link = %self.name(), topic = %self.topic.name, partition = index, error = %e, "cannot read the federation cursor; the partition is not forwarded until the next scan");
+            }
+        }
+        self.broker
+            .federation
+            .forget(self.name(), &self.topic.name, index);
+    }
+
+    /// Forwards chunk after chunk until shutdown or the topic's deletion.
+    async fn forward(&self, cursor: &mut Cursor, shutdown: &mut watch::Receiver<bool>) {
+        let (topic, index) = (&self.topic.name, self.partition.index);
+        let mut backoff = self.link.backoff.0;
+        while !stopping(shutdown) && self.topic_alive() {
+            let remote_partitions = tokio::select! {
+                r = self.remote_partitions() => r,
+                _ = stopped(shutdown) => continue,
+            };
+            let remote_partitions = match remote_partitions {
+                Ok(n) => n,
+                Err(e) => {
+                    self.link.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(link = %self.name(), remote_topic = %self.remote, error = %e, retry_in = ?backoff, "remote cluster not reachable; records wait in the local log");
+                    pause(shutdown, &mut backoff, self.link.backoff.1).await;
+                    continue;
+                }
+            };
+            let appended = self.partition.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let chunk = match self.read(cursor) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    tracing::error!(link = %self.name(), %topic, partition = index, offset = cursor.next, error = %e, "cannot read the local log");
+                    pause(shutdown, &mut backoff, self.link.backoff.1).await;
+                    continue;
+                }
+            };
+            let Some((bytes, end)) = chunk else {
+                // Caught up: save a moved cursor once a second has passed since the last save.
+                let dirty = cursor.next != cursor.saved;
+                let wait = match dirty {
+                    true => SAVE_INTERVAL.saturating_sub(cursor.saved_at.elapsed()),
+                    // A topic deleted while idle, or a retention pass: look again now and then.
+                    false => SCAN_INTERVAL,
+                };
+                tokio::select! {
+                    _ = &mut appended => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(shutdown) => {}
+                }
+                if dirty && cursor.saved_at.elapsed() >= SAVE_INTERVAL {
+                    self.save(cursor);
+                }
+                continue;
+            };
+            let target = index % remote_partitions;
+            let only = cursor.refused.filter(|&at| at == cursor.next).map(|_| 1);
+            let producer = self.link.producer();
+            let outcome = self
+                .send(&producer, &bytes, cursor, end, target, only, shutdown)
+                .await;
+            let acknowledged = outcome.delivered.len() as u64;
+            self.link
+                .stats
+                .forwarded
+                .fetch_add(acknowledged, Ordering::Relaxed);
+            cursor.delivered.extend(outcome.delivered);
+            match outcome.failed {
+                None => {
+                    cursor.moved_to(outcome.end);
+                    cursor.refused = None;
+                    backoff = self.link.backoff.0;
+                    if self.link.context.0.troubled.swap(false, Ordering::Relaxed) {
+                        tracing::info!(link = %self.name(), "the remote cluster acknowledges records again");
+                    }
+                }
+                Some((offset, error)) if refused(&error) && only.is_some() => {
+                    self.link.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, "the remote cluster refused a record sent alone; it is skipped");
+                    cursor.moved_to(offset + 1);
+                    cursor.refused = None;
+                }
+                Some((offset, error)) => {
+                    // Everything before the first failure was acknowledged.
+                    cursor.moved_to(offset);
+                    if refused(&error) {
+                        cursor.refused = Some(offset);
+                    } else if !stopping(shutdown) {
+                        self.link.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, retry_in = ?backoff, "forwarding failed; trying again");
+                        self.link.replace_producer(&producer);
+                        self.link.remote_topics.lock().await.remove(&self.remote);
+                        pause(shutdown, &mut backoff, self.link.backoff.1).await;
+                    }
+                }
+            }
+            if cursor.next != cursor.saved && cursor.saved_at.elapsed() >= SAVE_INTERVAL {
+                self.save(cursor);
+            }
+        }
+    }
+
+    /// Writes the cursor to redb, unless the topic was deleted meanwhile (its cursors went
+    /// with it).
+    fn save(&self, cursor: &mut Cursor) {
+        if !self.topic_alive() {
+            return;
+        }
+        let (topic, index) = (&self.topic.name, self.partition.index);
+        let saved = self.broker.meta.set_federation_cursor(
+            self.name(),
+            self.topic_id(),
+            index,
+            cursor.next,
+        );
+        match saved {
+            Ok(()) => {
+                cursor.saved = cursor.next;
+                cursor.saved_at = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(link = %self.name(), %topic, partition = index, error = %e, "cannot save the federation cursor; records may be sent again after a restart")
+            }
+        }
+    }
+
+    /// The batches from the cursor on (at most [`CHUNK_BYTES`], at least one batch) and the
+    /// offset after the last of them; `None` at the log end. Moves the cursor into the log: up
+    /// to the log start if retention deleted records before they were forwarded, down to the
+    /// log end if the log ends before it, and past a batch that fails its checks.
+    fn read(&self, cursor: &mut Cursor) -> Result<Option<(Bytes, i64)>, StorageError> {
+        loop {
+            let plan = {
+                let log = self.partition.log();
+                let (start, end) = (log.log_start_offset(), log.log_end_offset());
+                if cursor.next < start {
+                    let lost = (start - cursor.next) as u64;
+                    self.link.stats.skipped.fetch_add(lost, Ordering::Relaxed);
+                    tracing::warn!(link = %self.name(), topic = %self.topic.name, partition = self.partition.index, from = cursor.next, to = start, "retention deleted records before they were forwarded; they are skipped");
+                    cursor.moved_to(start);
+                } else if cursor.next > end {
+                    cursor.moved_to(end);
+                }
+                if cursor.next == end {
+                    return Ok(None);
+                }
+                log.plan_read(cursor.next, CHUNK_BYTES)?
+            };
+            let bytes = plan.read()?;
+            let end = storage::parse_batches(&bytes)
+                .map_while(Result::ok)
+                .map(|(_, h, _)| h.next_offset())
+                .last();
+            if let Some(end) = end {
+                return Ok(Some((bytes, end)));
+            }
+            // The first batch fails its checks (appends were checked, so the file is damaged):
+            // skip it if its header says how far it goes, else wait for an operator.
+            let Some((_, damage)) = storage::parse_batches(&bytes).find_map(Result::err) else {
+                return Ok(None);
+            };
+            match BatchHeader::parse(&bytes) {
+                Ok(h) if h.next_offset() > cursor.next => {
+                    let lost = (h.next_offset() - cursor.next) as u64;
+                    self.link.stats.skipped.fetch_add(lost, Ordering::Relaxed);
+                    tracing::error!(link = %self.name(), topic = %self.topic.name, partition = self.partition.index, from = cursor.next, to = h.next_offset(), error = %damage, "a stored batch fails its checks; its records are skipped");
+                    cursor.moved_to(h.next_offset());
+                }
+                _ => {
+                    return Err(StorageError::CorruptRecord {
+                        position: 0,
+                        source: damage,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends the records of `bytes` from the cursor on (`only` that many if given; none the
+    /// cursor knows were delivered) and waits for every acknowledgement, at most
+    /// [`SHUTDOWN_GRACE`] once shutdown is asked for.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        producer: &LinkProducer,
+        bytes: &Bytes,
+        cursor: &Cursor,
+        mut end: i64,
+        target: i32,
+        only: Option<usize>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Outcome {
+        let limit = only.unwrap_or(CHUNK_RECORDS);
+        let mut pending: Vec<(i64, DeliveryFuture)> = Vec::new();
+        let mut unsent = None;
+        'batches: for batch in storage::parse_batches(bytes) {
+            let Ok((pos, h, raw)) = batch else { break };
+            if h.next_offset() <= cursor.next || h.is_control() {
+                continue;
+            }
+            let plain = plain_batch(bytes.slice(pos..pos + raw.len()), &h);
+            let parsed = plain
+                .as_ref()
+                .map_err(String::clone)
+                .and_then(|plain| Records::parse(plain, &h));
+            let records = match parsed {
+                Ok(records) => records,
+                Err(e) => {
+                    // Stored batches passed the same reading on produce: a damaged file.
+                    tracing::error!(link = %self.name(), topic = %self.topic.name, partition = self.partition.index, offset = h.base_offset, error = %e, "a stored batch cannot be read; it is skipped");
+                    self.link
+                        .stats
+                        .skipped
+                        .fetch_add(h.record_count.max(0) as u64, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            for i in 0..records.len() {
+                let r = records.record(i);
+                let offset = h.base_offset + i64::from(r.offset_delta);
+                if offset < cursor.next || cursor.delivered.contains(&offset) {
+                    continue;
+                }
+                if pending.len() >= limit {
+                    end = offset;
+                    break 'batches;
+                }
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                for &(key, value) in &r.headers {
+                    headers = headers.insert(Header { key, value });
+                }
+                let mut record = FutureRecord::<[u8], [u8]>::to(&self.remote)
+                    .partition(target)
+                    .headers(headers);
+                if let Some(k) = r.key {
+                    record = record.key(k);
+                }
+                if let Some(v) = r.value {
+                    record = record.payload(v);
+                }
+                let timestamp = match h.is_log_append_time() {
+                    true => h.max_timestamp,
+                    false => r.timestamp,
+                };
+                if timestamp >= 0 {
+                    record = record.timestamp(timestamp);
+                }
+                loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            pending.push((offset, delivery));
+                            break;
+                        }
+                        // librdkafka's queue is full (other partitions, or the uplink is down):
+                        // wait for room.
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                                _ = stopped(shutdown) => {}
+                            }
+                            if stopping(shutdown) {
+                                unsent = Some((offset, KafkaError::Canceled));
+                                break 'batches;
+                            }
+                        }
+                        Err((error, _)) => {
+                            unsent = Some((offset, error));
+                            break 'batches;
+                        }
+                    }
+                }
+            }
+        }
+        // Every acknowledgement is awaited, failures or not: a record after a failed one may
+        // still get through, and must then not be sent again.
+        let mut delivered = Vec::with_capacity(pending.len());
+        let mut failed: Option<(i64, KafkaError)> = None;
+        let mut waiting = pending.into_iter();
+        {
+            let settle = async {
+                for (offset, delivery) in waiting.by_ref() {
+                    match delivery.await {
+                        Ok(Ok(_)) => delivered.push(offset),
+                        Ok(Err((error, _))) => {
+                            failed.get_or_insert((offset, error));
+                        }
+                        Err(_) => {
+                            failed.get_or_insert((offset, KafkaError::Canceled));
+                        }
+                    }
+                }
+            };
+            tokio::pin!(settle);
+            tokio::select! {
+                _ = &mut settle => {}
+                _ = stopped(shutdown) => {
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut settle).await;
+                }
+            }
+        }
+        // Not settled within the grace: not known to be delivered.
+        let first_waiting = waiting
+            .next()
+            .map(|(offset, _)| (offset, KafkaError::Canceled));
+        let failed = [failed, first_waiting, unsent]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(offset, _)| *offset);
+        Outcome {
+            delivered,
+            failed,
+            end,
+        }
+    }
+
+    /// The partition count of the remote topic, which is created if it is missing.
+    async fn remote_partitions(&self) -> Result<i32, KafkaError> {
+        let mut known = self.link.remote_topics.lock().await;
+        if let Some(&n) = known.get(&self.remote) {
+            return Ok(n);
+        }
+        let partitions = self.topic.partition_count();
+        let new = NewTopic::new(&self.remote, partitions, TopicReplication::Fixed(-1));
+        let options = AdminOptions::new()
+            .request_timeout(Some(ADMIN_TIMEOUT))
+            .operation_timeout(Some(ADMIN_TIMEOUT));
+        let created = self.link.admin.create_topics([&new], &options).await?;
+        for result in created {
+            match result {
+                Ok(_) => {
+                    tracing::info!(link = %self.name(), remote_topic = %self.remote, partitions, "created the remote topic")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // Not allowed to create topics there: the remote's own auto-creation, or an
+                // operator, may still make it; the metadata below says.
+                Err((_, code)) => {
+                    tracing::warn!(link = %self.name(), remote_topic = %self.remote, error = %code, "cannot create the remote topic")
+                }
+            }
+        }
+        let producer = self.link.producer();
+        let remote = self.remote.clone();
+        let count = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&remote), ADMIN_TIMEOUT);
+            drop(producer);
+            metadata.map(|m| {
+                m.topics()
+                    .first()
+                    .filter(|t| t.error().is_none())
+                    .map(|t| t.partitions().len() as i32)
+            })
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)??
+        .filter(|&n| n > 0)
+        .ok_or(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))?;
+        known.insert(self.remote.clone(), count);
+        Ok(count)
+    }
+}
+
+/// A stored batch with its records uncompressed (the header's codec bits left as they were),
+/// for [`Records::parse`]. Every stored batch passed the broker's bounded decompression on
+/// produce; the decoders here are kafka-protocol's.
+fn plain_batch(raw: Bytes, h: &BatchHeader) -> Result<Bytes, String> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let mut payload = raw.slice(storage::BATCH_HEADER_LEN..);
+    let all = |b: &mut Bytes| Ok(b.split_off(0));
+    let records = match h.compression() {
+        0 => return Ok(raw),
+        1 => Gzip::decompress(&mut payload, all),
+        2 => Snappy::decompress(&mut payload, all),
+        3 => Lz4::decompress(&mut payload, all),
+        4 => Zstd::decompress(&mut payload, all),
+        codec => return Err(format!("compression codec {codec} is unknown")),
+    }
+    .map_err(|e| format!("the records cannot be decompressed: {e:#}"))?;
+    let mut plain = bytes::BytesMut::with_capacity(storage::BATCH_HEADER_LEN + records.len());
+    plain.extend_from_slice(&raw[..storage::BATCH_HEADER_LEN]);
+    plain.extend_from_slice(&records);
+    Ok(plain.freeze())
+}
+
+/// Errors about a record itself (or the batch it went in), which sending it again as it is
+/// cannot cure.
+fn refused(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidTimestamp
+        )
+    )
+}
