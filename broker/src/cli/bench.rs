@@ -9,7 +9,9 @@
 //!    delivery report of each record, p50/p99/max.
 //!
 //! `runnel bench devices` is the device benchmark instead (`bench_devices.rs`): many QUIC
-//! devices, or as many librdkafka producers over TCP, sending acknowledged readings.
+//! devices, or as many librdkafka producers over TCP, sending acknowledged readings;
+//! `bench plugins` and `bench federation` measure a filter plugin and forwarding to a central
+//! cluster.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +71,9 @@ pub enum BenchMode {
     /// Produce throughput with a filter plugin on the topic versus none (a broker in this
     /// process), and how long loading a compiled plugin and a hot reload take.
     Plugins(super::bench_plugins::PluginsArgs),
+    /// A gateway forwarding to a central cluster (two brokers in this process): forwarded
+    /// records/s live and catching up after an outage, and the latency from edge to central.
+    Federation(super::bench_federation::FederationArgs),
 }
 
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -318,6 +323,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         Some(BenchMode::Devices(d)) => return super::bench_devices::run(d),
         Some(BenchMode::Plugins(p)) => return super::bench_plugins::run(p),
+        Some(BenchMode::Federation(f)) => return super::bench_federation::run(f),
         None => {}
     }
     let tag = crate::broker::now_ms();

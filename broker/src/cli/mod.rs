@@ -14,6 +14,7 @@ macro_rules! out {
 
 mod bench;
 mod bench_devices;
+mod bench_federation;
 mod bench_plugins;
 mod client;
 mod groups;
