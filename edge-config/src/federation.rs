@@ -66,20 +66,59 @@ pub struct FederationLink {
     /// The remote cluster's `bootstrap.servers`: `host:port`, comma-separated.
     pub bootstrap_servers: String,
     /// Local topics to forward: exact names, or prefixes ending in `*` (`"sensors.*"`). Topics
-    /// created later that match are picked up within a few seconds.
+    /// created later that match are picked up as they are made.
     pub topics: Vec<String>,
     /// The remote topic's name; `{topic}` stands for the local name. Default `"{topic}"`.
     #[serde(default = "same_name")]
     pub remote_topic: String,
     /// librdkafka producer properties for this link (TLS, SASL, compression, batching).
     /// `bootstrap.servers` comes from `bootstrap_servers`; idempotence, `acks` and the message
-    /// timeout are set by the broker and may not be given here. Default none.
-    #[serde(default)]
+    /// timeout are set by the broker and may not be given here. Values may be strings,
+    /// numbers or booleans (`"linger.ms" = 50`). Default none.
+    #[serde(default, deserialize_with = "client_properties")]
     pub client: BTreeMap<String, String>,
 }
 
 fn same_name() -> String {
     "{topic}".to_owned()
+}
+
+/// librdkafka properties: every value is a string to librdkafka, so TOML numbers and booleans
+/// are taken as the string they would be written as.
+fn client_properties<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Property;
+    impl serde::de::Visitor<'_> for Property {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string, a number or a boolean")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    struct Value(String);
+    impl<'de> Deserialize<'de> for Value {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(Property).map(Value)
+        }
+    }
+    let map = BTreeMap::<String, Value>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, Value(v))| (k, v)).collect())
 }
 
 /// Producer properties the forwarder sets itself: ordering and no loss depend on them.
@@ -281,6 +320,26 @@ remote_topic = "site-7.{topic}"
         assert_eq!(e.key(), Some("federation.links[0].topics"));
         let at = format!("runnel.toml:{}: ", line_of(&none, "topics"));
         assert!(e.to_string().starts_with(&at), "{e}");
+    }
+
+    #[test]
+    fn client_numbers_and_booleans_are_taken_as_librdkafka_strings() {
+        let file = FILE.replace(
+            "\"compression.type\" = \"zstd\"",
+            "\"linger.ms\" = 50\n\"enable.ssl.certificate.verification\" = false\n\"batch.size\" = 1e5",
+        );
+        let c = crate::Config::from_toml_str(&file, "runnel.toml", &[]).unwrap();
+        let client = &c.federation.links[0].client;
+        assert_eq!(client["linger.ms"], "50");
+        assert_eq!(client["enable.ssl.certificate.verification"], "false");
+        assert_eq!(client["batch.size"], "100000");
+
+        let table = FILE.replace("\"compression.type\" = \"zstd\"", "\"linger.ms\" = [50]");
+        let e = crate::Config::from_toml_str(&table, "runnel.toml", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("a string, a number or a boolean"),
+            "{e}"
+        );
     }
 
     #[test]
