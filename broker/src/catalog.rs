@@ -159,6 +159,8 @@ pub struct Catalog {
     defaults: edge_config::LogConfig,
     meta: MetaStore,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Woken when a topic or partitions are added (federation links pick them up at once).
+    pub added: Notify,
 }
 
 impl Catalog {
@@ -174,6 +176,7 @@ impl Catalog {
             defaults,
             meta,
             topics: RwLock::new(BTreeMap::new()),
+            added: Notify::new(),
         };
         for (name, rec) in catalog.meta.topics()? {
             let id = Uuid::parse_str(&rec.id).unwrap_or_else(|_| Uuid::new_v4());
@@ -334,6 +337,7 @@ impl Catalog {
             configs: RwLock::new(configs),
         });
         topics.insert(name.to_string(), topic.clone());
+        self.added.notify_waiters();
         tracing::info!(topic = %name, partitions, "topic created");
         Ok(topic)
     }
@@ -398,6 +402,7 @@ impl Catalog {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .extend(added);
+        self.added.notify_waiters();
         Ok(())
     }
 

@@ -1022,6 +1022,51 @@ async fn a_full_client_queue_does_not_hold_up_shutdown() {
     assert!(done.is_ok(), "the edge's shutdown did not end in 30 s");
 }
 
+/// A clean shutdown of the edge while the uplink is down, with each partition's chunk waiting
+/// in librdkafka's queue past the shutdown grace: once both brokers are back, every record
+/// arrives, once. (The first record of each waiting chunk was lost before: the cursor was
+/// saved past it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_edge_shutdown_while_the_uplink_is_down_loses_nothing() {
+    let addr = unused_addr();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let config = || edge_config(edge_dir.path(), &addr.to_string(), &["readings"]);
+    let edge = common::start_with(config()).await;
+    create_topic(&edge.bootstrap(), "readings", 3).await;
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = start_central_at(central_dir.path(), addr).await;
+    let first = produce(&edge.bootstrap(), "readings", 3, &records(0..30, 3)).await;
+    await_remote(&central, "site-a.readings", &[10, 10, 10]).await;
+
+    central.shutdown().await;
+    let second = produce(&edge.bootstrap(), "readings", 3, &records(30..330, 3)).await;
+    // The forwarders hand the records to librdkafka, which holds them for the broker's return.
+    let pending: Vec<_> = ["0", "1", "2"]
+        .map(|p| pending_labels("readings", p))
+        .into_iter()
+        .collect();
+    await_metrics(
+        &edge,
+        &pending
+            .iter()
+            .map(|labels| (PENDING, &labels[..], 100.0))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    edge.shutdown().await;
+
+    let central = start_central_at(central_dir.path(), addr).await;
+    let edge = common::start_with(config()).await;
+    let all: Vec<Vec<Rec>> = (0..3)
+        .map(|p| [first[p].clone(), second[p].clone()].concat())
+        .collect();
+    assert_remote(&central, "site-a.readings", &all).await;
+
+    edge.shutdown().await;
+    central.shutdown().await;
+}
+
 /// The state a power cut can leave with `flush = "interval"`: the cursor was saved past the
 /// log end that recovery keeps. The records produced after the restart reuse those offsets and
 /// must be forwarded all the same, even when the uplink comes up only later.

@@ -45,9 +45,10 @@ struct Cursor {
     /// Records at or past `next` that were acknowledged already: a chunk that failed part way
     /// is sent again without them.
     delivered: BTreeSet<i64>,
-    /// A record refused with the batch it went in: sent alone next, to see whether it is the
-    /// one refused.
-    refused: Option<i64>,
+    /// Most records the next chunk may hold. Halved when the remote cluster refuses a batch
+    /// for its contents, so the refused record is found in a few rounds and the records around
+    /// it get through; doubled again, up to [`CHUNK_RECORDS`], by each chunk that is taken.
+    limit: usize,
     saved: i64,
     saved_at: Instant,
     /// The value `/metrics` reads.
@@ -68,6 +69,8 @@ struct Outcome {
     delivered: Vec<i64>,
     /// The first record not acknowledged, and why; `None` if all were.
     failed: Option<(i64, KafkaError)>,
+    /// How many records the remote cluster refused for their contents (with their batch).
+    refused: usize,
     /// The offset after the chunk: where the cursor goes if nothing failed.
     end: i64,
 }
@@ -122,11 +125,17 @@ impl Forwarder {
                 let mut cursor = Cursor {
                     next,
                     delivered: BTreeSet::new(),
-                    refused: None,
+                    limit: CHUNK_RECORDS,
                     saved: next,
                     saved_at: Instant::now(),
-                    shown,
+                    shown: shown.clone(),
                 };
+                // A new partition's starting point is saved at once: if retention deletes
+                // records before they are sent and the broker restarts meanwhile, the saved
+                // cursor shows what was skipped.
+                if stored.is_none() {
+                    self.save(&mut cursor);
+                }
                 self.forward(&mut cursor, &mut shutdown).await;
                 if cursor.next != cursor.saved {
                     self.save(&mut cursor);
@@ -138,7 +147,7 @@ impl Forwarder {
         }
         self.broker
             .federation
-            .forget(self.name(), &self.topic.name, index);
+            .forget(self.name(), &self.topic.name, index, &shown);
     }
 
     /// Forwards chunk after chunk until shutdown or the topic's deletion.
@@ -189,10 +198,10 @@ impl Forwarder {
                 continue;
             };
             let target = index % remote_partitions;
-            let only = cursor.refused.filter(|&at| at == cursor.next).map(|_| 1);
+            let limit = cursor.limit;
             let producer = self.link.producer();
             let outcome = self
-                .send(&producer, &bytes, cursor, end, target, only, shutdown)
+                .send(&producer, &bytes, cursor, end, target, limit, shutdown)
                 .await;
             let acknowledged = outcome.delivered.len() as u64;
             self.link
@@ -203,23 +212,22 @@ impl Forwarder {
             match outcome.failed {
                 None => {
                     cursor.moved_to(outcome.end);
-                    cursor.refused = None;
+                    cursor.limit = (limit * 2).min(CHUNK_RECORDS);
                     backoff = self.link.backoff.0;
                     if self.link.context.0.troubled.swap(false, Ordering::Relaxed) {
                         tracing::info!(link = %self.name(), "the remote cluster acknowledges records again");
                     }
                 }
-                Some((offset, error)) if refused(&error) && only.is_some() => {
+                Some((offset, error)) if refused(&error) && limit == 1 => {
                     self.link.stats.skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, "the remote cluster refused a record sent alone; it is skipped");
                     cursor.moved_to(offset + 1);
-                    cursor.refused = None;
                 }
                 Some((offset, error)) => {
                     // Everything before the first failure was acknowledged.
                     cursor.moved_to(offset);
                     if refused(&error) {
-                        cursor.refused = Some(offset);
+                        cursor.limit = outcome.refused.clamp(1, limit).div_ceil(2);
                     } else if !stopping(shutdown) {
                         self.link.stats.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, retry_in = ?backoff, "forwarding failed; trying again");
@@ -311,7 +319,7 @@ impl Forwarder {
         }
     }
 
-    /// Sends the records of `bytes` from the cursor on (`only` that many if given; none the
+    /// Sends the records of `bytes` from the cursor on (at most `limit` of them; none the
     /// cursor knows were delivered) and waits for every acknowledgement, at most
     /// [`SHUTDOWN_GRACE`] once shutdown is asked for.
     #[allow(clippy::too_many_arguments)]
@@ -322,10 +330,9 @@ impl Forwarder {
         cursor: &Cursor,
         mut end: i64,
         target: i32,
-        only: Option<usize>,
+        limit: usize,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Outcome {
-        let limit = only.unwrap_or(CHUNK_RECORDS);
         let mut pending: Vec<(i64, DeliveryFuture)> = Vec::new();
         let mut unsent = None;
         'batches: for batch in storage::parse_batches(bytes) {
@@ -411,19 +418,24 @@ impl Forwarder {
         // still get through, and must then not be sent again.
         let mut delivered = Vec::with_capacity(pending.len());
         let mut failed: Option<(i64, KafkaError)> = None;
-        let mut waiting = pending.into_iter();
+        // How many acknowledgements have come, in order: the one after them is the first still
+        // awaited when the grace runs out (it stays in `pending` until it has settled).
+        let mut settled = 0;
+        let mut refused_records = 0;
         {
             let settle = async {
-                for (offset, delivery) in waiting.by_ref() {
+                for (offset, delivery) in pending.iter_mut() {
                     match delivery.await {
-                        Ok(Ok(_)) => delivered.push(offset),
+                        Ok(Ok(_)) => delivered.push(*offset),
                         Ok(Err((error, _))) => {
-                            failed.get_or_insert((offset, error));
+                            refused_records += usize::from(refused(&error));
+                            failed.get_or_insert((*offset, error));
                         }
                         Err(_) => {
-                            failed.get_or_insert((offset, KafkaError::Canceled));
+                            failed.get_or_insert((*offset, KafkaError::Canceled));
                         }
                     }
+                    settled += 1;
                 }
             };
             tokio::pin!(settle);
@@ -435,9 +447,9 @@ impl Forwarder {
             }
         }
         // Not settled within the grace: not known to be delivered.
-        let first_waiting = waiting
-            .next()
-            .map(|(offset, _)| (offset, KafkaError::Canceled));
+        let first_waiting = pending
+            .get(settled)
+            .map(|(offset, _)| (*offset, KafkaError::Canceled));
         let failed = [failed, first_waiting, unsent]
             .into_iter()
             .flatten()
@@ -445,6 +457,7 @@ impl Forwarder {
         Outcome {
             delivered,
             failed,
+            refused: refused_records,
             end,
         }
     }

@@ -23,9 +23,9 @@
 //!   timestamp of each record are kept; a record without a timestamp gets the send time.
 //! - A record the remote cluster refuses for itself (too large, invalid) is skipped with an
 //!   ERROR line and counted. The remote answers for a whole batch, so the records around it are
-//!   sent again alone until the refused one is found; they arrive after the records that
-//!   followed them. Other failures are tried again after `retry_backoff`, doubling up to
-//!   `retry_backoff_max`.
+//!   sent again in halves, then alone, until the refused one is found (a few rounds, not one per
+//!   record); they may arrive after records that followed them. Other failures are tried again
+//!   after `retry_backoff`, doubling up to `retry_backoff_max`.
 
 mod forwarder;
 
@@ -48,11 +48,16 @@ use uuid::Uuid;
 use crate::broker::Broker;
 use forwarder::Forwarder;
 
-/// How often a link looks for new topics and partitions that match it.
+/// How often a link looks for new topics and partitions that match it, besides when the
+/// catalog says some were added.
 const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Bytes librdkafka may hold queued for a link unless its `client` settings say otherwise
 /// (librdkafka's own default is 1 GiB); a full queue holds the forwarders back.
 const QUEUE_KBYTES: &str = "65536";
+/// Largest produce request a link's producer makes unless its `client` settings say otherwise:
+/// Kafka's largest request by default (`socket.request.max.bytes`, also runnel's
+/// `max_request_bytes`), so any record the edge stored can be sent.
+const MESSAGE_MAX_BYTES: &str = "104857600";
 
 /// What the forwarders report, for `/metrics`.
 #[derive(Default)]
@@ -88,17 +93,26 @@ impl Stats {
         links.entry(name.to_owned()).or_default().clone()
     }
 
+    /// A new gauge for a partition's forwarder, in place of any earlier forwarder's (of a
+    /// topic deleted and made again under its name, say).
     fn cursor(&self, link: &str, topic: &str, partition: i32) -> Arc<AtomicI64> {
         let mut parts = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        parts
-            .entry((link.to_owned(), topic.to_owned(), partition))
-            .or_default()
-            .clone()
+        let gauge = Arc::new(AtomicI64::new(0));
+        parts.insert(
+            (link.to_owned(), topic.to_owned(), partition),
+            gauge.clone(),
+        );
+        gauge
     }
 
-    fn forget(&self, link: &str, topic: &str, partition: i32) {
+    /// Drops a partition's gauge, unless a forwarder of a topic made again under the same name
+    /// has taken it over meanwhile.
+    fn forget(&self, link: &str, topic: &str, partition: i32, gauge: &Arc<AtomicI64>) {
         let mut parts = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        parts.remove(&(link.to_owned(), topic.to_owned(), partition));
+        let key = (link.to_owned(), topic.to_owned(), partition);
+        if parts.get(&key).is_some_and(|g| Arc::ptr_eq(g, gauge)) {
+            parts.remove(&key);
+        }
     }
 
     /// Each link's counters, by link name.
@@ -249,8 +263,19 @@ fn producer_config(spec: &FederationLink) -> ClientConfig {
         .set("acks", "all")
         // 0 = no timeout: a chunk waits in librdkafka, retried, until the cluster answers.
         .set("message.timeout.ms", "0");
-    if !spec.client.contains_key("queue.buffering.max.kbytes") {
-        c.set("queue.buffering.max.kbytes", QUEUE_KBYTES);
+    let defaults = [
+        ("queue.buffering.max.kbytes", QUEUE_KBYTES),
+        // librdkafka's own 1,000,000 would refuse records the broker took (its default
+        // max.message.bytes is 1,048,588); the remote topic's limit still applies.
+        ("message.max.bytes", MESSAGE_MAX_BYTES),
+        // A remote topic deleted while forwarded must not come back through the remote's
+        // auto-creation (with its default partition count): the forwarder makes it again.
+        ("allow.auto.create.topics", "false"),
+    ];
+    for (key, value) in defaults {
+        if !spec.client.contains_key(key) {
+            c.set(key, value);
+        }
     }
     c
 }
@@ -361,6 +386,10 @@ async fn run_link(broker: Arc<Broker>, link: Arc<Link>, mut shutdown: watch::Rec
     let mut running: HashMap<(Uuid, i32), JoinHandle<()>> = HashMap::new();
     while !stopping(&shutdown) {
         running.retain(|_, task| !task.is_finished());
+        // Armed before the catalog is read, so a topic added meanwhile is not missed.
+        let added = broker.catalog.added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
         for topic in broker.catalog.list() {
             if !link.spec.forwards(&topic.name) {
                 continue;
@@ -375,6 +404,7 @@ async fn run_link(broker: Arc<Broker>, link: Arc<Link>, mut shutdown: watch::Rec
             }
         }
         tokio::select! {
+            _ = &mut added => {}
             _ = tokio::time::sleep(SCAN_INTERVAL) => {}
             _ = stopped(&mut shutdown) => {}
         }
