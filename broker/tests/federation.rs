@@ -620,6 +620,48 @@ async fn a_prefix_pattern_picks_up_new_topics_and_leaves_others_local() {
     central.shutdown().await;
 }
 
+/// A local topic whose remote name Kafka would refuse (longer than 249 characters once the
+/// template's prefix is added) is left local with an ERROR line, instead of being tried again
+/// for ever; the link's other topics are forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_remote_name_is_too_long_stays_local_and_others_are_forwarded() {
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = common::start(central_dir.path()).await;
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge = common::start_with(edge_config(
+        edge_dir.path(),
+        &central.bootstrap(),
+        &["sensors.*"],
+    ))
+    .await;
+    let long = format!("sensors.{}", "x".repeat(240));
+    create_topic(&edge.bootstrap(), &long, 1).await;
+    produce(&edge.bootstrap(), &long, 1, &records(0..10, 1)).await;
+    create_topic(&edge.bootstrap(), "sensors.ok", 1).await;
+    let ok = produce(&edge.bootstrap(), "sensors.ok", 1, &records(0..10, 1)).await;
+
+    assert_remote(&central, "site-a.sensors.ok", &ok).await;
+    let remote: Vec<String> = central
+        .broker
+        .catalog
+        .list()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(remote, ["site-a.sensors.ok"]);
+    assert!(
+        edge.broker
+            .federation
+            .cursors()
+            .iter()
+            .all(|c| c.topic != long),
+        "a forwarder runs for the topic whose remote name is too long"
+    );
+
+    edge.shutdown().await;
+    central.shutdown().await;
+}
+
 /// The forwarded counter counts each record once, and every partition's pending gauge comes
 /// back to 0 once the remote has acknowledged everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

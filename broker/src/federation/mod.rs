@@ -29,7 +29,7 @@
 
 mod forwarder;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,9 +283,17 @@ fn producer_config(spec: &FederationLink) -> ClientConfig {
 /// Checks that librdkafka takes each link's `client` settings, without connecting: for
 /// `runnel config validate` and start-up. The error names the link's key.
 pub fn check_clients(config: &FederationConfig) -> anyhow::Result<()> {
+    /// Keeps librdkafka's log lines out of a check.
+    struct Quiet;
+    impl ClientContext for Quiet {
+        fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+        fn error(&self, _: KafkaError, _: &str) {}
+    }
     for (i, spec) in config.links.iter().enumerate() {
-        // librdkafka connects only once a client has something to do.
-        let made: Result<FutureProducer, KafkaError> = producer_config(spec).create();
+        let mut client = producer_config(spec);
+        // With no bootstrap servers librdkafka connects nowhere; it checks everything else.
+        client.remove("bootstrap.servers");
+        let made: Result<FutureProducer<Quiet>, KafkaError> = client.create_with_context(Quiet);
         if let Err(e) = made {
             anyhow::bail!(
                 "federation.links[{i}].client ({:?}): librdkafka refuses the settings: {e}",
@@ -384,6 +392,8 @@ impl Links {
 /// Keeps a forwarder running for every partition the link matches, until shutdown.
 async fn run_link(broker: Arc<Broker>, link: Arc<Link>, mut shutdown: watch::Receiver<bool>) {
     let mut running: HashMap<(Uuid, i32), JoinHandle<()>> = HashMap::new();
+    // Topics whose remote name Kafka would refuse (too long, say), reported once each.
+    let mut unnamable: HashSet<Uuid> = HashSet::new();
     while !stopping(&shutdown) {
         running.retain(|_, task| !task.is_finished());
         // Armed before the catalog is read, so a topic added meanwhile is not missed.
@@ -392,6 +402,13 @@ async fn run_link(broker: Arc<Broker>, link: Arc<Link>, mut shutdown: watch::Rec
         added.as_mut().enable();
         for topic in broker.catalog.list() {
             if !link.spec.forwards(&topic.name) {
+                continue;
+            }
+            let remote = link.spec.remote_name(&topic.name);
+            if let Err(e) = crate::catalog::validate_topic_name(&remote) {
+                if unnamable.insert(topic.id) {
+                    tracing::error!(link = %link.spec.name, topic = %topic.name, %remote, error = %e, "the remote topic name is not a valid Kafka topic name; this topic is not forwarded");
+                }
                 continue;
             }
             for partition in topic.partitions() {
