@@ -163,7 +163,12 @@ impl Forwarder {
                 Ok(n) => n,
                 Err(e) => {
                     self.link.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(link = %self.name(), remote_topic = %self.remote, error = %e, retry_in = ?backoff, "remote cluster not reachable; records wait in the local log");
+                    // Every partition's forwarder retries: one line a minute per link at most.
+                    self.link.context.0.troubled.store(true, Ordering::Relaxed);
+                    self.link.context.warn(&format!(
+                        "cannot make sure of the remote topic {} ({e}); records wait in the local log",
+                        self.remote
+                    ));
                     pause(shutdown, &mut backoff, self.link.backoff.1).await;
                     continue;
                 }
