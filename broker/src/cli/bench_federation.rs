@@ -27,14 +27,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use edge_config::{Config, FederationLink};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Runtime;
 
+use super::bench_plugins::{Counts, median};
 use crate::BrokerHandle;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -68,25 +69,6 @@ const DEADLINE: Duration = Duration::from_secs(300);
 const REMOTE_PREFIX: &str = "central.";
 /// The send time written into a warm-up record of the latency measure.
 const WARM_UP: u64 = 0;
-
-/// Delivery reports: how many succeeded and failed.
-#[derive(Default)]
-struct Counts {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Counts {}
-
-impl ProducerContext for Counts {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
 
 /// What one run measured.
 struct Run {
@@ -459,11 +441,6 @@ fn one_run(pair: &mut Pair, run: usize, args: &FederationArgs) -> anyhow::Result
         catch_up_per_s,
         latency,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 pub fn run(args: FederationArgs) -> anyhow::Result<()> {

@@ -43,9 +43,9 @@ pub struct PluginsArgs {
 
 /// Delivery reports: how many succeeded and failed.
 #[derive(Default)]
-struct Counts {
-    ok: AtomicU64,
-    failed: AtomicU64,
+pub(super) struct Counts {
+    pub(super) ok: AtomicU64,
+    pub(super) failed: AtomicU64,
 }
 
 impl ClientContext for Counts {}
@@ -139,7 +139,7 @@ fn produce(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<f64> {
     Ok(n as f64 / secs)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
