@@ -966,6 +966,55 @@ async fn retention_while_the_uplink_is_down(restart_edge: bool) {
     central.shutdown().await;
 }
 
+/// A record just under the brokers' default limit (max.message.bytes 1,048,588) but over
+/// librdkafka's own default message.max.bytes (1,000,000) is forwarded, not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_brokers_take_by_default_is_forwarded_though_over_librdkafkas_default() {
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = common::start(central_dir.path()).await;
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge = common::start_with(edge_config(
+        edge_dir.path(),
+        &central.bootstrap(),
+        &["readings"],
+    ))
+    .await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    let producer: FutureProducer = common::client_config(&edge.bootstrap())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let sizes = [5, 1_020_000, 5];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let value = vec![b'a' + i as u8; size];
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to("readings")
+                    .payload(&value)
+                    .partition(0),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+
+    await_remote(&central, "site-a.readings", &[3]).await;
+    let got = read_topic(&central.bootstrap(), "site-a.readings", 1).await;
+    let values: Vec<Option<Vec<u8>>> = got[0].iter().map(|r| r.value.clone()).collect();
+    let want: Vec<Option<Vec<u8>>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| Some(vec![b'a' + i as u8; size]))
+        .collect();
+    assert!(
+        values == want,
+        "the records at central differ in size or content"
+    );
+
+    edge.shutdown().await;
+    central.shutdown().await;
+}
+
 /// The `seq` header of each record: which record of [`records`] it is.
 fn seqs(records: &[Rec]) -> Vec<String> {
     records
