@@ -134,6 +134,16 @@ fn edge_config(dir: &Path, central: &str, topics: &[&str]) -> Config {
     cfg
 }
 
+/// A central broker, and an edge forwarding `topics` to it with [`edge_config`]; the data
+/// directories are removed when the third value is dropped.
+async fn start_pair(topics: &[&str]) -> (BrokerHandle, BrokerHandle, [tempfile::TempDir; 2]) {
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = common::start(central_dir.path()).await;
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge = common::start_with(edge_config(edge_dir.path(), &central.bootstrap(), topics)).await;
+    (central, edge, [central_dir, edge_dir])
+}
+
 /// A central broker listening on exactly `addr`. Binding may fail for a moment after an
 /// earlier broker on that address shut down, so it is tried again until the deadline.
 async fn start_central_at(dir: &Path, addr: SocketAddr) -> BrokerHandle {
@@ -353,16 +363,6 @@ async fn assert_remote(central: &BrokerHandle, topic: &str, want: &[Vec<Rec>]) {
     );
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: runnel\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// The value of the series `name` with exactly `labels` in a Prometheus text exposition,
 /// whatever order the labels are written in.
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -404,7 +404,7 @@ async fn await_metrics(edge: &BrokerHandle, want: &[Series<'_>]) {
     let admin = edge.admin_addr.expect("the admin listener is on");
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let text = http_get(admin, "/metrics").await;
+        let text = common::http_get(admin, "/metrics").await;
         let wrong: Vec<_> = want
             .iter()
             .map(|(name, labels, value)| (name, labels, value, metric(&text, name, labels)))
@@ -428,15 +428,7 @@ async fn await_metrics(edge: &BrokerHandle, want: &[Series<'_>]) {
 /// partition for partition and in order, and the remote topic is made with two partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_arrive_with_keys_values_headers_and_timestamps_in_order() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central = common::start(central_dir.path()).await;
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = common::start_with(edge_config(
-        edge_dir.path(),
-        &central.bootstrap(),
-        &["readings", "sensors.*"],
-    ))
-    .await;
+    let (central, edge, _dirs) = start_pair(&["readings", "sensors.*"]).await;
     create_topic(&edge.bootstrap(), "readings", 2).await;
 
     let want = produce(&edge.bootstrap(), "readings", 2, &records(0..2000, 2)).await;
@@ -571,15 +563,7 @@ async fn a_clean_edge_shutdown_while_forwarding_sends_nothing_twice() {
 /// created through the admin API or automatically by a producer; other topics stay local.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_pattern_picks_up_new_topics_and_leaves_others_local() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central = common::start(central_dir.path()).await;
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = common::start_with(edge_config(
-        edge_dir.path(),
-        &central.bootstrap(),
-        &["sensors.*"],
-    ))
-    .await;
+    let (central, edge, _dirs) = start_pair(&["sensors.*"]).await;
     let b = edge.bootstrap();
 
     // "other" first: by the time the matching topics have arrived, it has had its chance.
@@ -625,15 +609,7 @@ async fn a_prefix_pattern_picks_up_new_topics_and_leaves_others_local() {
 /// for ever; the link's other topics are forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_whose_remote_name_is_too_long_stays_local_and_others_are_forwarded() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central = common::start(central_dir.path()).await;
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = common::start_with(edge_config(
-        edge_dir.path(),
-        &central.bootstrap(),
-        &["sensors.*"],
-    ))
-    .await;
+    let (central, edge, _dirs) = start_pair(&["sensors.*"]).await;
     let long = format!("sensors.{}", "x".repeat(240));
     create_topic(&edge.bootstrap(), &long, 1).await;
     produce(&edge.bootstrap(), &long, 1, &records(0..10, 1)).await;
@@ -666,15 +642,7 @@ async fn a_topic_whose_remote_name_is_too_long_stays_local_and_others_are_forwar
 /// back to 0 once the remote has acknowledged everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_forwarded_records_and_pending_returns_to_zero() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central = common::start(central_dir.path()).await;
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = common::start_with(edge_config(
-        edge_dir.path(),
-        &central.bootstrap(),
-        &["readings"],
-    ))
-    .await;
+    let (central, edge, _dirs) = start_pair(&["readings"]).await;
     create_topic(&edge.bootstrap(), "readings", 2).await;
 
     let want = produce(&edge.bootstrap(), "readings", 2, &records(0..400, 2)).await;
@@ -736,15 +704,7 @@ async fn a_new_link_forwards_from_the_log_start() {
 /// it (a record's headers are a list, not a map), from stored batches of every codec.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_name_given_twice_arrives_twice_in_order() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central = common::start(central_dir.path()).await;
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = common::start_with(edge_config(
-        edge_dir.path(),
-        &central.bootstrap(),
-        &["readings"],
-    ))
-    .await;
+    let (central, edge, _dirs) = start_pair(&["readings"]).await;
     create_topic(&edge.bootstrap(), "readings", 1).await;
 
     // Stored batches of every codec: the forwarder reads the records out of each.
@@ -950,7 +910,7 @@ async fn retention_while_the_uplink_is_down(restart_edge: bool) {
     // (retention may go on deleting forwarded segments afterwards).
     let link = [("link", "central")];
     await_metrics(&edge, &[(PENDING, &pending_labels("readings", "0"), 0.0)]).await;
-    let text = http_get(edge.admin_addr.unwrap(), "/metrics").await;
+    let text = common::http_get(edge.admin_addr.unwrap(), "/metrics").await;
     let skipped = metric(&text, "runnel_federation_skipped_records_total", &link).unwrap();
     assert!(skipped > 0.0 && skipped < 200.0, "{skipped} skipped");
     let start = skipped as i64;
@@ -970,15 +930,7 @@ async fn retention_while_the_uplink_is_down(restart_edge: bool) {
 /// librdkafka's own default message.max.bytes (1,000,000) is forwarded, not skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_brokers_take_by_default_is_forwarded_though_over_librdkafkas_default() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central = common::start(central_dir.path()).await;
-    let edge_dir = tempfile::tempdir().unwrap();
-    let edge = common::start_with(edge_config(
-        edge_dir.path(),
-        &central.bootstrap(),
-        &["readings"],
-    ))
-    .await;
+    let (central, edge, _dirs) = start_pair(&["readings"]).await;
     create_topic(&edge.bootstrap(), "readings", 1).await;
     let producer: FutureProducer = common::client_config(&edge.bootstrap())
         .set("message.max.bytes", "2000000")

@@ -727,7 +727,7 @@ async fn dead_letter_takes_failed_batches_and_a_failing_plugin_is_disabled() {
     );
 
     let admin = broker.admin_addr.unwrap();
-    let m = http_get(admin, "/metrics").await;
+    let m = common::http_get(admin, "/metrics").await;
     assert!(
         m.contains("runnel_plugin_calls_total{plugin=\"trapper\"} 6"),
         "{m}"
@@ -753,16 +753,6 @@ async fn dead_letter_takes_failed_batches_and_a_failing_plugin_is_disabled() {
         "{m}"
     );
     broker.shutdown().await;
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: runnel\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// With `broker.auto_create_topics = false`, a transform routing to a missing topic fails its
@@ -924,7 +914,7 @@ async fn a_batch_that_does_not_decode_is_refused_before_the_chain_runs() {
         assert_eq!(p.error_code, code, "{what}: {:?}", p.error_message);
     }
     // Refused before the chain: the plugin was called for the first batch only.
-    let metrics = http_get(broker.admin_addr.unwrap(), "/metrics").await;
+    let metrics = common::http_get(broker.admin_addr.unwrap(), "/metrics").await;
     assert!(
         metrics.contains("runnel_plugin_calls_total{plugin=\"hot\"} 1\n"),
         "{metrics}"

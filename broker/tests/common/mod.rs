@@ -15,6 +15,17 @@ use runnel::{BrokerHandle, Config, start_broker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The whole HTTP/1.1 response (status line, headers, body) to a GET of `path` on `addr`: for
+/// the admin listener's `/metrics` and endpoints.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: runnel\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 /// A config for tests: data in `dir`, Kafka on 127.0.0.1:0, nothing else listening.
 pub fn test_config(dir: &Path) -> Config {
     let mut cfg = Config::default();
