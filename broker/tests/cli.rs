@@ -343,3 +343,36 @@ fn example_configs_validate() {
     }
     assert!(n > 0, "examples/configs holds configs");
 }
+
+/// `runnel bench quic-floor` on a small fleet: every device's requests come back from the echo
+/// child, and the report gives the round trips and both sides' CPU.
+#[test]
+fn bench_quic_floor_reports_the_round_trips_of_a_small_fleet() {
+    let out = runnel(&[
+        "bench",
+        "quic-floor",
+        "--devices",
+        "20",
+        "--interval",
+        "50ms",
+        "--duration",
+        "2s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 20 devices x 20 round trips/s = 400 offered; a loaded machine may finish fewer.
+    let done: f64 = text
+        .split_once("devices, ")
+        .and_then(|(_, rest)| rest.split_once(" round trips/s of 400 offered"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no round-trip count in {text:?}"));
+    assert!(done > 100.0, "{text}");
+    assert!(
+        text.contains("cpu per round trip: devices ") && !text.contains("? us"),
+        "{text}"
+    );
+}

@@ -74,6 +74,9 @@ pub enum BenchMode {
     /// A gateway forwarding to a central cluster (two brokers in this process): forwarded
     /// records/s live and catching up after an outage, and the latency from edge to central.
     Federation(super::bench_federation::FederationArgs),
+    /// The QUIC round trips of `bench devices` in quinn alone (an echo server, no broker, no
+    /// SDK): the floor under the devices bench on this machine.
+    QuicFloor(super::bench_quic_floor::QuicFloorArgs),
 }
 
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -324,6 +327,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Devices(d)) => return super::bench_devices::run(d),
         Some(BenchMode::Plugins(p)) => return super::bench_plugins::run(p),
         Some(BenchMode::Federation(f)) => return super::bench_federation::run(f),
+        Some(BenchMode::QuicFloor(q)) => return super::bench_quic_floor::run(q),
         None => {}
     }
     let tag = crate::broker::now_ms();

@@ -206,7 +206,7 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
 }
 
 /// User + system CPU seconds of `pid` ("self" for this process).
-fn cpu_secs(pid: &str) -> Option<f64> {
+pub(super) fn cpu_secs(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();

@@ -16,6 +16,7 @@ mod bench;
 mod bench_devices;
 mod bench_federation;
 mod bench_plugins;
+mod bench_quic_floor;
 mod client;
 mod groups;
 mod plugin;

@@ -573,7 +573,7 @@ async fn produce_datagram(
 pub const SOCKET_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The listener's UDP socket, with [`SOCKET_RECEIVE_BUFFER`] asked for.
-fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
@@ -622,7 +622,7 @@ fn server_identity(
 
 /// Returns `dir/cert.pem` and `dir/key.pem`, creating a self-signed certificate for `localhost`
 /// and `127.0.0.1` when either file is missing.
-fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(crate) fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     if cert.is_file() && key.is_file() {
