@@ -1,5 +1,5 @@
-//! SASL PLAIN on the Kafka listeners (`sasl_plain_file`): librdkafka clients with the right
-//! credentials produce and consume as `User:<user>`; wrong or missing credentials get an
+//! SASL PLAIN and SCRAM on the Kafka listeners (`sasl_plain_file`): librdkafka clients with the
+//! right credentials produce and consume as `User:<user>`; wrong or missing credentials get an
 //! authentication error, the connection is closed and nothing is written.
 
 mod common;
@@ -22,11 +22,16 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(5);
 
 const USERS: &str = "# users of the plaintext listener\nalice a11ce-s3cret\nbob b0b-s3cret\n";
 
-/// A librdkafka config for `bootstrap` logging in as `user` with `secret`.
+/// A librdkafka config for `bootstrap` logging in as `user` with `secret` over SASL PLAIN.
 fn sasl_client(bootstrap: &str, user: &str, secret: &str) -> ClientConfig {
+    sasl_client_with("PLAIN", bootstrap, user, secret)
+}
+
+/// The same with the SASL `mechanism` given.
+fn sasl_client_with(mechanism: &str, bootstrap: &str, user: &str, secret: &str) -> ClientConfig {
     let mut c = common::client_config(bootstrap);
     c.set("security.protocol", "SASL_PLAINTEXT")
-        .set("sasl.mechanism", "PLAIN")
+        .set("sasl.mechanism", mechanism)
         .set("sasl.username", user)
         .set("sasl.password", secret);
     c
@@ -147,6 +152,99 @@ async fn clients_log_in_with_sasl_plain_and_the_others_are_refused() {
     .await
     .unwrap();
     assert_eq!(broker.broker.metrics.records_in.load(Ordering::Relaxed), 11);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_log_in_with_scram_sha_256_and_512_and_wrong_passwords_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    // bob is changing his password: both work until the old line goes.
+    std::fs::write(&users, format!("{USERS}bob b0b-n3w\n")).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let records = || broker.broker.metrics.records_in.load(Ordering::Relaxed);
+
+    for (mechanism, user, secret) in [
+        ("SCRAM-SHA-256", "alice", "a11ce-s3cret"),
+        ("SCRAM-SHA-512", "bob", "b0b-s3cret"),
+        ("SCRAM-SHA-512", "bob", "b0b-n3w"),
+    ] {
+        let before = records();
+        let c = sasl_client_with(mechanism, &bootstrap, user, secret);
+        produce(&c, "scram", 3, DELIVERED_WITHIN)
+            .await
+            .unwrap_or_else(|e| panic!("{mechanism} as {user}: {e}"));
+        assert_eq!(records(), before + 3, "{mechanism} as {user}");
+    }
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    for p in ["User:alice", "User:bob"] {
+        assert!(
+            metrics.contains(&format!("runnel_authenticated_total{{principal=\"{p}\"}}")),
+            "{metrics}"
+        );
+    }
+
+    // A wrong password, another user's password, a user who does not exist: refused, and
+    // nothing is written.
+    let failures = broker.broker.metrics.auth_failures.load(Ordering::Relaxed);
+    let before = records();
+    for (mechanism, user, secret) in [
+        ("SCRAM-SHA-256", "alice", "guess"),
+        ("SCRAM-SHA-512", "alice", "b0b-s3cret"),
+        ("SCRAM-SHA-256", "mallory", "a11ce-s3cret"),
+    ] {
+        let c = sasl_client_with(mechanism, &bootstrap, user, secret);
+        let err = produce(&c, "scram", 1, REFUSED_WITHIN).await.unwrap_err();
+        assert!(!err.is_empty(), "{mechanism} as {user}");
+    }
+    assert_eq!(records(), before);
+    assert!(broker.broker.metrics.auth_failures.load(Ordering::Relaxed) >= failures + 3);
+
+    // The broker says why over the wire, and which mechanisms it has.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let hs = raw
+        .call(
+            &SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_static_str("SCRAM-SHA-256")),
+            1,
+        )
+        .await;
+    assert_eq!(hs.error_code, 0);
+    let offered: Vec<&str> = hs.mechanisms.iter().map(|m| m.as_str()).collect();
+    assert_eq!(offered, ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]);
+    let first = raw
+        .call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"n,,n=alice,r=0123456789abcdef")),
+            2,
+        )
+        .await;
+    assert_eq!(first.error_code, 0);
+    let challenge = String::from_utf8(first.auth_bytes.to_vec()).unwrap();
+    assert!(
+        challenge.starts_with("r=0123456789abcdef") && challenge.ends_with(",i=4096"),
+        "{challenge}"
+    );
+    let nonce = challenge.split(',').next().unwrap();
+    let last = format!("c=biws,{nonce},p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let refused = raw
+        .call(
+            &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(last)),
+            2,
+        )
+        .await;
+    assert_eq!(
+        refused.error_code,
+        kafka_protocol::error::ResponseError::SaslAuthenticationFailed.code()
+    );
+    let message = refused.error_message.unwrap();
+    assert!(
+        message.contains("wrong password for user \"alice\""),
+        "{message}"
+    );
     broker.shutdown().await;
 }
 

@@ -135,10 +135,11 @@ pub struct KafkaListener {
     #[serde(deserialize_with = "units::socket_addr::deserialize")]
     pub address: SocketAddr,
     /// Default `""`: no authentication, every client is `User:ANONYMOUS`. When set, a file of
-    /// `<user> <secret>` lines (`#` comments): clients must authenticate with SASL PLAIN first
-    /// (librdkafka: `security.protocol=SASL_PLAINTEXT`, `sasl.mechanism=PLAIN`) and are
-    /// `User:<user>`. Read at start-up and again when it changes. PLAIN sends the secret in the
-    /// clear here: prefer the TLS listener's `sasl_plain_file` off a trusted network.
+    /// `<user> <secret>` lines (`#` comments): clients must authenticate with SASL PLAIN,
+    /// SCRAM-SHA-256 or SCRAM-SHA-512 first (librdkafka: `security.protocol=SASL_PLAINTEXT`,
+    /// `sasl.mechanism=SCRAM-SHA-256`) and are `User:<user>`. Read at start-up and again when it
+    /// changes. PLAIN sends the secret in the clear here: use SCRAM, or the TLS listener, off a
+    /// trusted network.
     pub sasl_plain_file: PathBuf,
 }
 
@@ -171,10 +172,10 @@ pub struct TlsListener {
     /// every client must present a certificate signed by this CA, and its subject becomes the
     /// client's principal.
     pub client_ca: PathBuf,
-    /// Default `""`. When set, clients must authenticate with SASL PLAIN against this file of
-    /// `<user> <secret>` lines (librdkafka: `security.protocol=SASL_SSL`,
-    /// `sasl.mechanism=PLAIN`) and are `User:<user>`, whatever certificate they present. Read
-    /// at start-up and again when it changes.
+    /// Default `""`. When set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or
+    /// SCRAM-SHA-512 against this file of `<user> <secret>` lines (librdkafka:
+    /// `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-256`) and are `User:<user>`,
+    /// whatever certificate they present. Read at start-up and again when it changes.
     pub sasl_plain_file: PathBuf,
 }
 

@@ -310,11 +310,12 @@ def test_end_offsets_and_offsets_for_times(broker):
 
 
 
-def test_sasl_plain_login(broker_factory):
-    """kafka-python's SASL PLAIN against a listener with `sasl_plain_file`: the right secret
-    produces and consumes; a wrong one fails to connect."""
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_sasl_login(broker_factory, mechanism):
+    """kafka-python's SASL (PLAIN, and its own SCRAM client) against a listener with
+    `sasl_plain_file`: the right secret produces and consumes; a wrong one fails to connect."""
     b = broker_factory(sasl_users={"alice": "a11ce-s3cret"})
-    login = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+    login = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": mechanism,
              "sasl_plain_username": "alice", "sasl_plain_password": "a11ce-s3cret"}
     topic = unique("kp-sasl")
     p = producer(b, **login)

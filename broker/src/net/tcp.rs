@@ -18,13 +18,13 @@ use crate::broker::Broker;
 use crate::protocol::auth::{Identity, TokenFile};
 use crate::protocol::{ListenerKind, Session};
 
-/// The listener's SASL PLAIN credentials: `None` when `path` is empty (no authentication);
+/// The listener's SASL users (PLAIN and SCRAM): `None` when `path` is empty (no authentication);
 /// a file that cannot be read or parsed is an error naming `key` and the line.
 pub fn sasl_file(path: &Path, key: &str) -> anyhow::Result<Option<Arc<TokenFile>>> {
     if path.as_os_str().is_empty() {
         return Ok(None);
     }
-    let file = TokenFile::open(path).with_context(|| key.to_string())?;
+    let file = TokenFile::open_users(path).with_context(|| key.to_string())?;
     Ok(Some(Arc::new(file)))
 }
 

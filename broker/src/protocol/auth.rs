@@ -24,16 +24,44 @@ use std::time::SystemTime;
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
 
+use super::scram::{Scram, ScramError, ScramExchange, ScramUser, Step};
+
 /// The principal of a client that proved nothing.
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
 
-/// The one SASL mechanism the broker serves.
+/// SASL PLAIN: the user name and the secret in the clear (over TLS, or a trusted network).
 pub const PLAIN: &str = "PLAIN";
 
-/// Device tokens: SHA-256 of a token -> the device name it belongs to.
+/// The SASL mechanisms a listener with credentials serves, in the order the handshake names them.
+pub const MECHANISMS: [&str; 3] = [PLAIN, "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// Credentials: device tokens (QUIC), or users and their passwords (a Kafka listener's
+/// `sasl_plain_file`). A secret is found by its SHA-256 (for PLAIN, where a device may give its
+/// token alone). Users' secrets are kept too, so that their SCRAM keys can be derived on first
+/// use; device tokens are kept only as their SHA-256, and devices log in with PLAIN only.
 #[derive(Debug, Default)]
 pub struct Tokens {
     by_digest: HashMap<[u8; 32], String>,
+    /// Some for a users file (SCRAM offered).
+    users: Option<HashMap<String, User>>,
+}
+
+/// One user's (or device's) secrets, and the SCRAM keys made from them.
+struct User {
+    secrets: Vec<String>,
+    /// One salt for all the user's secrets, so that a proof can be checked against each.
+    salt: Vec<u8>,
+    /// By [`Scram`] mechanism.
+    scram: [OnceLock<Arc<ScramUser>>; 2],
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("User")
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a token file could not be read.
@@ -66,18 +94,38 @@ fn digest(token: &[u8]) -> [u8; 32] {
 impl Tokens {
     /// Reads a token file: one `<device-name> <token>` per line, blank lines and `#` comments
     /// ignored. A token may belong to one device only.
-    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
+    pub fn load(path: &Path, users: bool) -> Result<Tokens, TokenFileError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
             path: shown.clone(),
             source,
         })?;
-        Tokens::parse(&text, &shown)
+        if users {
+            Tokens::parse_users(&text, &shown)
+        } else {
+            Tokens::parse(&text, &shown)
+        }
     }
 
     /// Parses the text of a token file; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Tokens, TokenFileError> {
-        let mut tokens = Tokens::default();
+        Tokens::parse_with(text, path, None)
+    }
+
+    /// Parses a users file: the same lines, `<user> <secret>`, whose secrets SCRAM may use.
+    pub fn parse_users(text: &str, path: &str) -> Result<Tokens, TokenFileError> {
+        Tokens::parse_with(text, path, Some(HashMap::new()))
+    }
+
+    fn parse_with(
+        text: &str,
+        path: &str,
+        users: Option<HashMap<String, User>>,
+    ) -> Result<Tokens, TokenFileError> {
+        let mut tokens = Tokens {
+            by_digest: HashMap::new(),
+            users,
+        };
         for (i, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -101,6 +149,18 @@ impl Tokens {
                     device,
                 });
             }
+            let Some(users) = tokens.users.as_mut() else {
+                continue;
+            };
+            users
+                .entry(device.to_string())
+                .or_insert_with(|| User {
+                    secrets: Vec::new(),
+                    salt: super::scram::new_salt(),
+                    scram: Default::default(),
+                })
+                .secrets
+                .push(token.to_string());
         }
         if tokens.by_digest.is_empty() {
             return Err(TokenFileError::Empty { path: path.into() });
@@ -111,6 +171,27 @@ impl Tokens {
     /// The device a token belongs to.
     pub fn device(&self, token: &[u8]) -> Option<&str> {
         self.by_digest.get(&digest(token)).map(String::as_str)
+    }
+
+    /// The SASL mechanisms these credentials serve.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        match self.users {
+            Some(_) => &MECHANISMS,
+            None => &MECHANISMS[..1],
+        }
+    }
+
+    /// `user`'s SCRAM keys for `mechanism`, derived from the user's secrets the first time.
+    pub fn scram_user(&self, mechanism: Scram, user: &str) -> Option<Arc<ScramUser>> {
+        let u = self.users.as_ref()?.get(user)?;
+        let keys = u.scram[mechanism as usize].get_or_init(|| {
+            Arc::new(ScramUser::derive(
+                mechanism,
+                u.secrets.iter().map(|s| s.as_bytes()),
+                u.salt.clone(),
+            ))
+        });
+        Some(keys.clone())
     }
 }
 
@@ -132,6 +213,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 #[derive(Debug)]
 pub struct TokenFile {
     path: PathBuf,
+    /// A users file ([`Tokens::parse_users`]) rather than device tokens.
+    users: bool,
     state: Mutex<TokenState>,
 }
 
@@ -147,12 +230,23 @@ struct TokenState {
 }
 
 impl TokenFile {
-    /// Reads the file; at start-up a bad file is an error (the broker does not start).
+    /// Reads a device token file; at start-up a bad file is an error (the broker does not
+    /// start).
     pub fn open(path: &Path) -> Result<TokenFile, TokenFileError> {
+        TokenFile::open_with(path, false)
+    }
+
+    /// Reads a users file (a Kafka listener's `sasl_plain_file`: PLAIN and SCRAM).
+    pub fn open_users(path: &Path) -> Result<TokenFile, TokenFileError> {
+        TokenFile::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, users: bool) -> Result<TokenFile, TokenFileError> {
         let good = stamp(path);
-        let tokens = Arc::new(Tokens::load(path)?);
+        let tokens = Arc::new(Tokens::load(path, users)?);
         Ok(TokenFile {
             path: path.to_owned(),
+            users,
             state: Mutex::new(TokenState {
                 tokens,
                 good,
@@ -176,7 +270,7 @@ impl TokenFile {
         if Some(now) == state.good || Some(now) == state.bad {
             return state.tokens.clone();
         }
-        match Tokens::load(&self.path) {
+        match Tokens::load(&self.path, self.users) {
             Ok(tokens) => {
                 tracing::info!(path = %self.path.display(), devices = tokens.by_digest.len(), "token file read again");
                 state.tokens = Arc::new(tokens);
@@ -203,6 +297,17 @@ pub enum AuthError {
     AlreadyAuthenticated,
     #[error("this listener does not use SASL (no token_file or sasl_plain_file is set)")]
     NotEnabled,
+    #[error("{0}")]
+    Scram(#[from] ScramError),
+}
+
+/// What a SaslAuthenticate leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authenticated {
+    /// The client is `principal`; `reply` goes back to it (SCRAM's server-final message).
+    Done { principal: String, reply: Vec<u8> },
+    /// The exchange goes on: `reply` is the server's challenge.
+    Continue(Vec<u8>),
 }
 
 /// The largest request a connection that must authenticate may send before it has, and the most
@@ -270,6 +375,9 @@ pub struct Identity {
     /// Request bytes the connection's streams hold before it has authenticated
     /// ([`PreAuthHold`]).
     held_before_auth: AtomicUsize,
+    /// The SCRAM exchange the handshake chose; none for PLAIN (also when a client
+    /// authenticates without a handshake, as the PLAIN-only broker took it).
+    scram: Mutex<Option<ScramExchange>>,
 }
 
 impl Identity {
@@ -283,6 +391,7 @@ impl Identity {
             tokens,
             close: watch::channel(None).0,
             held_before_auth: AtomicUsize::new(0),
+            scram: Mutex::new(None),
         })
     }
 
@@ -324,6 +433,54 @@ impl Identity {
                 api,
                 ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
             )
+    }
+
+    /// The SASL mechanisms this connection may use (none without SASL).
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        self.tokens.as_ref().map_or(&[], |t| t.mechanisms())
+    }
+
+    /// Takes the mechanism a SaslHandshake names for the authentication that follows; false
+    /// (and nothing changed) when it is not one of [`Identity::mechanisms`].
+    pub fn choose_mechanism(&self, name: &str) -> bool {
+        if !self.mechanisms().contains(&name) {
+            return false;
+        }
+        let exchange = Scram::from_name(name).map(ScramExchange::new);
+        *self.scram.lock().unwrap_or_else(|e| e.into_inner()) = exchange;
+        true
+    }
+
+    /// Handles one SaslAuthenticate message with the mechanism chosen (PLAIN unless a
+    /// handshake chose SCRAM). On success the principal is that of the whole connection.
+    pub fn authenticate(&self, message: &[u8]) -> Result<Authenticated, AuthError> {
+        let tokens = self.tokens.as_ref().ok_or(AuthError::NotEnabled)?;
+        if self.principal().is_some() {
+            return Err(AuthError::AlreadyAuthenticated);
+        }
+        let mut scram = self.scram.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(exchange) = scram.as_mut() else {
+            drop(scram);
+            let principal = self.authenticate_plain(message)?;
+            return Ok(Authenticated::Done {
+                principal,
+                reply: Vec::new(),
+            });
+        };
+        let mechanism = exchange.mechanism();
+        match exchange.step(message, |user| tokens.scram_user(mechanism, user))? {
+            Step::Challenge(challenge) => Ok(Authenticated::Continue(challenge)),
+            Step::Success { user, server_final } => {
+                let principal = format!("User:{user}");
+                self.principal
+                    .set(principal.clone())
+                    .map_err(|_| AuthError::AlreadyAuthenticated)?;
+                Ok(Authenticated::Done {
+                    principal,
+                    reply: server_final,
+                })
+            }
+        }
     }
 
     /// Checks a SASL PLAIN message (`authzid NUL user NUL token`, RFC 4616) and on success
@@ -483,6 +640,29 @@ mod tests {
             Err(AuthError::AlreadyAuthenticated)
         );
         assert_eq!(id.principal(), Some("User:sensor-7"));
+    }
+
+    #[test]
+    fn users_files_offer_scram_and_device_tokens_only_plain() {
+        let devices = Identity::sasl(tokens());
+        assert_eq!(devices.mechanisms(), ["PLAIN"]);
+        assert!(!devices.choose_mechanism("SCRAM-SHA-256"));
+        assert!(devices.choose_mechanism("PLAIN"));
+        let users = Identity::sasl(Arc::new(Tokens::parse_users("alice pw\n", "f").unwrap()));
+        assert_eq!(
+            users.mechanisms(),
+            ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+        );
+        assert!(!users.choose_mechanism("GSSAPI"));
+        assert!(users.choose_mechanism("SCRAM-SHA-512"));
+        // The handshake's mechanism is the one SaslAuthenticate uses: a SCRAM first message is
+        // answered with the server's challenge, and nobody is logged in yet.
+        let Ok(Authenticated::Continue(challenge)) = users.authenticate(b"n,,n=alice,r=abc") else {
+            panic!("no challenge")
+        };
+        assert!(challenge.starts_with(b"r=abc"));
+        assert_eq!(users.principal(), None);
+        assert!(Identity::anonymous().mechanisms().is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod apis;
 pub mod auth;
 pub mod error;
 pub mod frame;
+pub mod scram;
 
 use std::collections::BTreeMap;
 use std::future::Future;

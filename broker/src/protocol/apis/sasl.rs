@@ -1,13 +1,14 @@
-//! SaslHandshake (key 17) and SaslAuthenticate (key 36): the PLAIN mechanism, checked against
-//! the listener's credentials: QUIC device tokens, or a Kafka listener's `sasl_plain_file`
-//! (`protocol::auth`).
+//! SaslHandshake (key 17) and SaslAuthenticate (key 36), checked against the listener's
+//! credentials: a Kafka listener's `sasl_plain_file` (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512), or
+//! QUIC device tokens (PLAIN) (`protocol::auth`, `protocol::scram`).
 //!
 //! Only handshake v1 is served: v0 would switch the connection to raw SASL frames, so a v0
 //! handshake is answered with UNSUPPORTED_VERSION. v0 is still advertised, because librdkafka
 //! up to at least 2.0 (Debian's kcat) starts SASL only with a broker that lists handshake v0,
-//! and then sends v1 when SaslAuthenticate is listed too. A listener
-//! without tokens answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
-//! SaslAuthenticate (like a second one after success) with ILLEGAL_SASL_STATE. A
+//! and then sends v1 when SaslAuthenticate is listed too. The handshake's mechanism is the one
+//! the following SaslAuthenticate messages use (PLAIN without a handshake). A listener
+//! without credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list,
+//! and SaslAuthenticate (like one after success) with ILLEGAL_SASL_STATE. A
 //! failed authentication is answered with SASL_AUTHENTICATION_FAILED and its reason, and the
 //! connection is then closed with that reason ([`crate::protocol::auth::Identity::close`]).
 
@@ -21,7 +22,7 @@ use kafka_protocol::messages::{
 
 use super::s;
 use crate::protocol::Ctx;
-use crate::protocol::auth::{AuthError, PLAIN};
+use crate::protocol::auth::{AuthError, Authenticated};
 
 pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResponse {
     if ctx.api_version < 1 {
@@ -32,8 +33,9 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
         return SaslHandshakeResponse::default()
             .with_error_code(E::UnsupportedSaslMechanism.code());
     }
-    let mut out = SaslHandshakeResponse::default().with_mechanisms(vec![s(PLAIN)]);
-    if *req.mechanism != *PLAIN {
+    let mut out = SaslHandshakeResponse::default()
+        .with_mechanisms(identity.mechanisms().iter().map(|m| s(*m)).collect());
+    if !identity.choose_mechanism(&req.mechanism) {
         out.error_code = E::UnsupportedSaslMechanism.code();
     }
     out
@@ -42,11 +44,12 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
 pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthenticateResponse {
     let session = &ctx.session;
     let out = SaslAuthenticateResponse::default().with_auth_bytes(Bytes::new());
-    match session.identity.authenticate_plain(&req.auth_bytes) {
-        Ok(principal) => {
+    match session.identity.authenticate(&req.auth_bytes) {
+        Ok(Authenticated::Continue(challenge)) => out.with_auth_bytes(Bytes::from(challenge)),
+        Ok(Authenticated::Done { principal, reply }) => {
             ctx.broker.metrics.count_authenticated(&principal);
             tracing::info!(peer = %session.peer, listener = session.listener.name(), %principal, client_id = %ctx.client_id, "authenticated");
-            out
+            out.with_auth_bytes(Bytes::from(reply))
         }
         Err(e @ (AuthError::AlreadyAuthenticated | AuthError::NotEnabled)) => out
             .with_error_code(E::IllegalSaslState.code())

@@ -1,0 +1,567 @@
+//! The server side of SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677), as Kafka serves
+//! them in SaslAuthenticate (KIP-84): two client messages, each answered by one of ours.
+//!
+//! 1. client-first `n,,n=<user>,r=<client nonce>` -> server-first
+//!    `r=<client nonce><server nonce>,s=<salt>,i=<iterations>`;
+//! 2. client-final `c=biws,r=<nonce>,p=<proof>` -> server-final `v=<server signature>`.
+//!
+//! The server keeps, per user, a salt and for each of the user's passwords the StoredKey and
+//! ServerKey derived from it ([`ScramUser`]); the proof is checked against each, so a user whose
+//! password is being changed may log in with either, as with PLAIN. Passwords are used as their
+//! UTF-8 bytes, without SASLprep, as Kafka does. Channel binding, SCRAM extensions (Kafka's
+//! `tokenauth` for delegation tokens) and an authorization id other than the user are refused.
+//! An unknown user is given a made-up salt and refused only after its proof, so the first
+//! answer does not tell which users exist.
+
+use std::num::NonZeroU32;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ring::rand::SecureRandom as _;
+use ring::{digest, hmac, pbkdf2};
+
+/// The two SCRAM mechanisms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scram {
+    Sha256,
+    Sha512,
+}
+
+impl Scram {
+    /// The SASL mechanism name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "SCRAM-SHA-256",
+            Scram::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Scram> {
+        [Scram::Sha256, Scram::Sha512]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+
+    fn hmac(self) -> hmac::Algorithm {
+        match self {
+            Scram::Sha256 => hmac::HMAC_SHA256,
+            Scram::Sha512 => hmac::HMAC_SHA512,
+        }
+    }
+
+    fn digest(self) -> &'static digest::Algorithm {
+        match self {
+            Scram::Sha256 => &digest::SHA256,
+            Scram::Sha512 => &digest::SHA512,
+        }
+    }
+
+    fn pbkdf2(self) -> pbkdf2::Algorithm {
+        match self {
+            Scram::Sha256 => pbkdf2::PBKDF2_HMAC_SHA256,
+            Scram::Sha512 => pbkdf2::PBKDF2_HMAC_SHA512,
+        }
+    }
+}
+
+/// Iterations of the salted password: Kafka's minimum, and what `kafka-configs` uses by default.
+pub const ITERATIONS: u32 = 4096;
+
+/// Bytes of a made salt and of the server's nonce.
+const RANDOM_BYTES: usize = 24;
+
+fn random(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0; n];
+    // The system's randomness does not fail on the platforms the broker runs on; were it to,
+    // an all-zero salt or nonce would still leave the proof check sound.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes
+}
+
+/// A new random salt for a user's keys.
+pub fn new_salt() -> Vec<u8> {
+    random(RANDOM_BYTES)
+}
+
+/// What the server keeps of one user's passwords for one mechanism (RFC 5802, section 3).
+#[derive(Debug)]
+pub struct ScramUser {
+    salt: Vec<u8>,
+    iterations: u32,
+    /// StoredKey and ServerKey of each password.
+    keys: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ScramUser {
+    /// Derives the keys of `passwords` with `salt` (PBKDF2 with [`ITERATIONS`]).
+    pub fn derive<'a>(
+        mechanism: Scram,
+        passwords: impl IntoIterator<Item = &'a [u8]>,
+        salt: Vec<u8>,
+    ) -> ScramUser {
+        let iterations = ITERATIONS;
+        let keys = passwords
+            .into_iter()
+            .map(|password| {
+                let mut salted = vec![0; mechanism.digest().output_len()];
+                pbkdf2::derive(
+                    mechanism.pbkdf2(),
+                    NonZeroU32::new(iterations).expect("non-zero"),
+                    &salt,
+                    password,
+                    &mut salted,
+                );
+                let key = hmac::Key::new(mechanism.hmac(), &salted);
+                let client_key = hmac::sign(&key, b"Client Key");
+                let stored = digest::digest(mechanism.digest(), client_key.as_ref());
+                let server_key = hmac::sign(&key, b"Server Key");
+                (stored.as_ref().to_vec(), server_key.as_ref().to_vec())
+            })
+            .collect();
+        ScramUser {
+            salt,
+            iterations,
+            keys,
+        }
+    }
+}
+
+/// Why a SCRAM exchange failed; the text goes to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScramError {
+    #[error("malformed SCRAM message: {0}")]
+    Malformed(&'static str),
+    #[error("SCRAM channel binding is not supported")]
+    ChannelBinding,
+    #[error("SCRAM extension {0:?} is not supported")]
+    Extension(String),
+    #[error("the authorization id must be the user name")]
+    AuthorizationId,
+    #[error("the nonce of the final SCRAM message is not the one agreed")]
+    Nonce,
+    #[error("unknown user or wrong password for user {0:?}")]
+    BadCredentials(String),
+    #[error("the SCRAM exchange is over")]
+    Over,
+}
+
+/// What the server answers to a client message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The server-first message; the exchange goes on.
+    Challenge(Vec<u8>),
+    /// The proof holds: `user` is authenticated, and the server-final message proves the
+    /// server knew the password too.
+    Success { user: String, server_final: Vec<u8> },
+}
+
+/// The server's side of one SCRAM exchange on one connection.
+#[derive(Debug)]
+pub struct ScramExchange {
+    mechanism: Scram,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Start,
+    Challenged {
+        user: String,
+        /// None for an unknown user, who is refused after the proof.
+        keys: Option<std::sync::Arc<ScramUser>>,
+        gs2_header: String,
+        client_first_bare: String,
+        server_first: String,
+        nonce: String,
+    },
+    Over,
+}
+
+impl ScramExchange {
+    pub fn new(mechanism: Scram) -> ScramExchange {
+        ScramExchange {
+            mechanism,
+            state: State::Start,
+        }
+    }
+
+    pub fn mechanism(&self) -> Scram {
+        self.mechanism
+    }
+
+    /// Handles the next client message; `user_keys` finds a user's keys for this mechanism.
+    /// After an error the exchange is over.
+    pub fn step(
+        &mut self,
+        message: &[u8],
+        user_keys: impl FnOnce(&str) -> Option<std::sync::Arc<ScramUser>>,
+    ) -> Result<Step, ScramError> {
+        let nonce = BASE64.encode(random(RANDOM_BYTES));
+        self.step_with(message, user_keys, nonce)
+    }
+
+    fn step_with(
+        &mut self,
+        message: &[u8],
+        user_keys: impl FnOnce(&str) -> Option<std::sync::Arc<ScramUser>>,
+        server_nonce: String,
+    ) -> Result<Step, ScramError> {
+        let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        match std::mem::replace(&mut self.state, State::Over) {
+            State::Start => {
+                let first = ClientFirst::parse(text)?;
+                let keys = user_keys(&first.user);
+                let (salt, iterations) = match &keys {
+                    Some(k) => (k.salt.clone(), k.iterations),
+                    None => (new_salt(), ITERATIONS),
+                };
+                let nonce = format!("{}{server_nonce}", first.nonce);
+                let server_first = format!("r={nonce},s={},i={iterations}", BASE64.encode(&salt));
+                let challenge = server_first.clone().into_bytes();
+                self.state = State::Challenged {
+                    user: first.user,
+                    keys,
+                    gs2_header: first.gs2_header,
+                    client_first_bare: first.bare,
+                    server_first,
+                    nonce,
+                };
+                Ok(Step::Challenge(challenge))
+            }
+            State::Challenged {
+                user,
+                keys,
+                gs2_header,
+                client_first_bare,
+                server_first,
+                nonce,
+            } => {
+                let (without_proof, proof) = text
+                    .rsplit_once(",p=")
+                    .ok_or(ScramError::Malformed("no proof"))?;
+                let mut attributes = without_proof.split(',');
+                let binding = attributes
+                    .next()
+                    .and_then(|a| a.strip_prefix("c="))
+                    .ok_or(ScramError::Malformed("no channel binding attribute"))?;
+                if BASE64.decode(binding).ok().as_deref() != Some(gs2_header.as_bytes()) {
+                    return Err(ScramError::ChannelBinding);
+                }
+                let agreed = attributes
+                    .next()
+                    .and_then(|a| a.strip_prefix("r="))
+                    .ok_or(ScramError::Malformed("no nonce"))?;
+                if agreed != nonce {
+                    return Err(ScramError::Nonce);
+                }
+                if let Some(extension) = attributes.next() {
+                    return Err(ScramError::Extension(extension.to_string()));
+                }
+                let proof = BASE64
+                    .decode(proof)
+                    .map_err(|_| ScramError::Malformed("the proof is not base64"))?;
+                let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+                let refused = ScramError::BadCredentials(user.clone());
+                let keys = keys.ok_or_else(|| refused.clone())?;
+                let alg = self.mechanism.hmac();
+                let server_key = keys
+                    .keys
+                    .iter()
+                    .find(|(stored_key, _)| {
+                        proof_holds(self.mechanism, &proof, stored_key, &auth_message)
+                    })
+                    .map(|(_, server_key)| server_key)
+                    .ok_or(refused)?;
+                let signature =
+                    hmac::sign(&hmac::Key::new(alg, server_key), auth_message.as_bytes());
+                Ok(Step::Success {
+                    user,
+                    server_final: format!("v={}", BASE64.encode(signature)).into_bytes(),
+                })
+            }
+            State::Over => Err(ScramError::Over),
+        }
+    }
+}
+
+/// Whether `proof` shows the client knew the password whose StoredKey is `stored_key`:
+/// ClientKey = proof XOR HMAC(StoredKey, AuthMessage), and H(ClientKey) must be StoredKey.
+fn proof_holds(mechanism: Scram, proof: &[u8], stored_key: &[u8], auth_message: &str) -> bool {
+    let signature = hmac::sign(
+        &hmac::Key::new(mechanism.hmac(), stored_key),
+        auth_message.as_bytes(),
+    );
+    if proof.len() != signature.as_ref().len() {
+        return false;
+    }
+    let client_key: Vec<u8> = proof
+        .iter()
+        .zip(signature.as_ref())
+        .map(|(p, s)| p ^ s)
+        .collect();
+    let hashed = digest::digest(mechanism.digest(), &client_key);
+    // Compared without stopping at the first difference.
+    hashed.as_ref().len() == stored_key.len()
+        && hashed
+            .as_ref()
+            .iter()
+            .zip(stored_key)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// A parsed client-first message.
+struct ClientFirst {
+    gs2_header: String,
+    bare: String,
+    user: String,
+    nonce: String,
+}
+
+impl ClientFirst {
+    fn parse(text: &str) -> Result<ClientFirst, ScramError> {
+        // gs2-header: a channel-binding flag, an optional authorization id, each ended by ','.
+        let (flag, rest) = text
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no GS2 header"))?;
+        match flag {
+            "n" | "y" => {}
+            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            _ => return Err(ScramError::Malformed("bad channel-binding flag")),
+        }
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no GS2 header"))?;
+        let authzid = match authzid {
+            "" => None,
+            a => Some(unescape(
+                a.strip_prefix("a=")
+                    .ok_or(ScramError::Malformed("bad authorization id"))?,
+            )?),
+        };
+        let mut attributes = bare.split(',');
+        let user = attributes
+            .next()
+            .and_then(|a| a.strip_prefix("n="))
+            .ok_or(ScramError::Malformed("no user name"))?;
+        let user = unescape(user)?;
+        if user.is_empty() {
+            return Err(ScramError::Malformed("empty user name"));
+        }
+        let nonce = attributes
+            .next()
+            .and_then(|a| a.strip_prefix("r="))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+            .ok_or(ScramError::Malformed("no nonce"))?;
+        if let Some(extension) = attributes.next() {
+            return Err(ScramError::Extension(extension.to_string()));
+        }
+        if authzid.is_some_and(|a| a != user) {
+            return Err(ScramError::AuthorizationId);
+        }
+        Ok(ClientFirst {
+            gs2_header: text[..flag.len() + 1 + rest.len() - bare.len()].to_string(),
+            bare: bare.to_string(),
+            user,
+            nonce: nonce.to_string(),
+        })
+    }
+}
+
+/// A SCRAM `saslname`: `=2C` is ',' and `=3D` is '='; any other '=' is an error.
+fn unescape(name: &str) -> Result<String, ScramError> {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(i) = rest.find('=') {
+        out.push_str(&rest[..i]);
+        match rest.get(i + 1..i + 3) {
+            Some("2C") => out.push(','),
+            Some("3D") => out.push('='),
+            _ => return Err(ScramError::Malformed("bad escape in a name")),
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// RFC 7677, section 3: user "user", password "pencil".
+    #[test]
+    fn the_rfc_7677_exchange() {
+        let salt = BASE64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let user = Arc::new(ScramUser::derive(Scram::Sha256, [&b"pencil"[..]], salt));
+        let mut x = ScramExchange::new(Scram::Sha256);
+        let first = x
+            .step_with(
+                b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+                |u| (u == "user").then(|| user.clone()),
+                "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into(),
+            )
+            .unwrap();
+        assert_eq!(
+            first,
+            Step::Challenge(
+                b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+                    .to_vec()
+            )
+        );
+        let last = x
+            .step_with(
+                b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+                |_| unreachable!(),
+                String::new(),
+            )
+            .unwrap();
+        assert_eq!(
+            last,
+            Step::Success {
+                user: "user".into(),
+                server_final: b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()
+            }
+        );
+        assert_eq!(x.step(b"n,,n=user,r=a", |_| None), Err(ScramError::Over));
+    }
+
+    fn challenged(mechanism: Scram, passwords: &[&str], first: &str) -> ScramExchange {
+        let keys = Arc::new(ScramUser::derive(
+            mechanism,
+            passwords.iter().map(|p| p.as_bytes()),
+            new_salt(),
+        ));
+        let mut x = ScramExchange::new(mechanism);
+        x.step_with(
+            first.as_bytes(),
+            |u| (u == "alice").then(|| keys.clone()),
+            "server".into(),
+        )
+        .unwrap();
+        x
+    }
+
+    /// The client's side, written from RFC 5802, section 3.
+    fn client_final(x: &ScramExchange, password: &str) -> String {
+        let State::Challenged {
+            keys,
+            client_first_bare,
+            server_first,
+            nonce,
+            ..
+        } = &x.state
+        else {
+            panic!("not challenged")
+        };
+        let m = x.mechanism;
+        let salt = &keys.as_ref().unwrap().salt;
+        let mut salted = vec![0; m.digest().output_len()];
+        let n = NonZeroU32::new(ITERATIONS).unwrap();
+        pbkdf2::derive(m.pbkdf2(), n, salt, password.as_bytes(), &mut salted);
+        let client_key = hmac::sign(&hmac::Key::new(m.hmac(), &salted), b"Client Key");
+        let stored = digest::digest(m.digest(), client_key.as_ref());
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth = format!("{client_first_bare},{server_first},{without_proof}");
+        let signature = hmac::sign(&hmac::Key::new(m.hmac(), stored.as_ref()), auth.as_bytes());
+        let proof: Vec<u8> = client_key
+            .as_ref()
+            .iter()
+            .zip(signature.as_ref())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        format!("{without_proof},p={}", BASE64.encode(proof))
+    }
+
+    #[test]
+    fn either_password_of_a_user_logs_in_with_sha_512_and_a_wrong_one_does_not() {
+        for (password, ok) in [("old", true), ("new", true), ("neither", false)] {
+            let mut x = challenged(Scram::Sha512, &["old", "new"], "n,,n=alice,r=abc");
+            let last = client_final(&x, password);
+            let step = x.step(last.as_bytes(), |_| unreachable!());
+            match step {
+                Ok(Step::Success { user, .. }) => assert!(ok && user == "alice"),
+                Err(e) => assert!(!ok && e == ScramError::BadCredentials("alice".into())),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_user_is_challenged_like_a_known_one_and_refused_after_the_proof() {
+        let mut x = ScramExchange::new(Scram::Sha256);
+        let Ok(Step::Challenge(first)) = x.step(b"n,,n=mallory,r=abc", |_| None) else {
+            panic!()
+        };
+        let first = String::from_utf8(first).unwrap();
+        assert!(first.starts_with("r=abc") && first.contains(",s=") && first.ends_with(",i=4096"));
+        let nonce = first.split(',').next().unwrap();
+        let last = format!("c=biws,{nonce},p={}", BASE64.encode([0u8; 32]));
+        assert_eq!(
+            x.step(last.as_bytes(), |_| None),
+            Err(ScramError::BadCredentials("mallory".into()))
+        );
+    }
+
+    #[test]
+    fn bad_client_messages_are_refused_with_the_reason() {
+        let first = |m: &str| ScramExchange::new(Scram::Sha256).step(m.as_bytes(), |_| None);
+        assert_eq!(
+            first("p=tls-unique,,n=a,r=b"),
+            Err(ScramError::ChannelBinding)
+        );
+        assert_eq!(
+            first("n,,n=a,r=b,tokenauth=true"),
+            Err(ScramError::Extension("tokenauth=true".into()))
+        );
+        assert_eq!(
+            first("n,a=bob,n=alice,r=b"),
+            Err(ScramError::AuthorizationId)
+        );
+        assert!(first("n,a=alice,n=alice,r=b").is_ok());
+        assert_eq!(
+            first("n,,n=a=2Xb,r=b"),
+            Err(ScramError::Malformed("bad escape in a name"))
+        );
+        assert_eq!(first("n,,r=b"), Err(ScramError::Malformed("no user name")));
+        assert_eq!(first("n,,n=a"), Err(ScramError::Malformed("no nonce")));
+        assert_eq!(
+            first("garbage"),
+            Err(ScramError::Malformed("no GS2 header"))
+        );
+        assert_eq!(
+            ScramExchange::new(Scram::Sha256).step(&[0xff, 0xfe], |_| None),
+            Err(ScramError::Malformed("not UTF-8"))
+        );
+        // The escaped name is the user: "a,b=c".
+        let mut x = ScramExchange::new(Scram::Sha256);
+        let mut asked = String::new();
+        x.step(b"n,,n=a=2Cb=3Dc,r=xyz", |u| {
+            asked = u.to_string();
+            None
+        })
+        .unwrap();
+        assert_eq!(asked, "a,b=c");
+
+        let mut x = challenged(Scram::Sha256, &["pw"], "n,,n=alice,r=abc");
+        let good = client_final(&x, "pw");
+        let wrong_nonce = good.replace("r=abcserver", "r=abcother");
+        assert_eq!(
+            x.step(wrong_nonce.as_bytes(), |_| None),
+            Err(ScramError::Nonce)
+        );
+        let mut x = challenged(Scram::Sha256, &["pw"], "n,,n=alice,r=abc");
+        let bound = good.replace("c=biws", "c=cD10bHMtdW5pcXVlLCw=");
+        assert_eq!(
+            x.step(bound.as_bytes(), |_| None),
+            Err(ScramError::ChannelBinding)
+        );
+        let mut x = challenged(Scram::Sha256, &["pw"], "n,,n=alice,r=abc");
+        assert_eq!(
+            x.step(b"c=biws,r=abcserver", |_| None),
+            Err(ScramError::Malformed("no proof"))
+        );
+    }
+}
