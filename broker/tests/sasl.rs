@@ -245,6 +245,31 @@ async fn clients_log_in_with_scram_sha_256_and_512_and_wrong_passwords_are_refus
         message.contains("wrong password for user \"alice\""),
         "{message}"
     );
+    assert!(raw.is_closed().await, "closed after the failed login");
+
+    // Starting again in the middle of an exchange (to try another user name) ends the
+    // connection, as in Kafka.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let scram =
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("SCRAM-SHA-512"));
+    assert_eq!(raw.call(&scram, 1).await.error_code, 0);
+    let first = raw
+        .call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"n,,n=alice,r=abc")),
+            2,
+        )
+        .await;
+    assert_eq!(first.error_code, 0);
+    let again = raw.call(&scram, 1).await;
+    assert_eq!(
+        again.error_code,
+        kafka_protocol::error::ResponseError::IllegalSaslState.code()
+    );
+    assert!(
+        raw.is_closed().await,
+        "closed after a handshake mid-exchange"
+    );
     broker.shutdown().await;
 }
 

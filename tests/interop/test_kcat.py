@@ -175,32 +175,35 @@ def test_tls_refuses_untrusted_ca(broker, other_tls_material):
     assert "certificate verify failed" in r.stderr or "SSL" in r.stderr, r.stderr
 
 
-# --- SASL PLAIN -------------------------------------------------------------------------------
+# --- SASL PLAIN and SCRAM ----------------------------------------------------------------------
 
 USERS = {"alice": "a11ce-s3cret", "bob": "b0b-s3cret"}
 
 
-def sasl(protocol: str, user: str, secret: str) -> list[str]:
-    return ["-X", f"security.protocol={protocol}", "-X", "sasl.mechanism=PLAIN",
+def sasl(protocol: str, user: str, secret: str, mechanism: str = "PLAIN") -> list[str]:
+    return ["-X", f"security.protocol={protocol}", "-X", f"sasl.mechanism={mechanism}",
             "-X", f"sasl.username={user}", "-X", f"sasl.password={secret}"]
 
 
-def test_sasl_plain_over_plaintext_and_tls(broker_factory, tls_material):
+@pytest.mark.parametrize("produce_with,consume_with", [
+    ("PLAIN", "PLAIN"), ("SCRAM-SHA-256", "SCRAM-SHA-512")])
+def test_sasl_over_plaintext_and_tls(broker_factory, tls_material, produce_with, consume_with):
     b = broker_factory(tls=True, sasl_users=USERS)
     topic = unique("kcat-sasl")
     records = [(f"k{i}", f"logged-in-{i}") for i in range(5)]
     lines = "".join(f"{k}:{v}\n" for k, v in records)
-    kcat(b.bootstrap, "-P", "-t", topic, "-K:", *sasl("SASL_PLAINTEXT", "alice", USERS["alice"]),
-         input=lines)
+    kcat(b.bootstrap, "-P", "-t", topic, "-K:",
+         *sasl("SASL_PLAINTEXT", "alice", USERS["alice"], produce_with), input=lines)
     got = kcat(b.tls_bootstrap, "-C", "-t", topic, "-e", "-o", "beginning", "-f", "%k:%s\n",
                "-X", f"ssl.ca.location={tls_material.ca_cert}",
-               *sasl("SASL_SSL", "bob", USERS["bob"])).stdout
+               *sasl("SASL_SSL", "bob", USERS["bob"], consume_with)).stdout
     assert got == expected_text(records)
 
 
-def test_sasl_plain_refuses_a_wrong_secret(broker_factory):
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_sasl_refuses_a_wrong_secret(broker_factory, mechanism):
     b = broker_factory(sasl_users=USERS)
     r = run(["kcat", "-b", b.bootstrap, "-L", "-m", "5", *TIMEOUTS,
-             *sasl("SASL_PLAINTEXT", "alice", "guess")], timeout=30, check=False)
+             *sasl("SASL_PLAINTEXT", "alice", "guess", mechanism)], timeout=30, check=False)
     assert r.returncode != 0, r.stdout
     assert "uthentication" in r.stderr, r.stderr

@@ -46,11 +46,10 @@ pub struct Tokens {
     users: Option<HashMap<String, User>>,
 }
 
-/// One user's (or device's) secrets, and the SCRAM keys made from them.
+/// One user's secrets, and the SCRAM keys made from them (one salt for all of them, so that a
+/// proof can be checked against each).
 struct User {
     secrets: Vec<String>,
-    /// One salt for all the user's secrets, so that a proof can be checked against each.
-    salt: Vec<u8>,
     /// By [`Scram`] mechanism.
     scram: [OnceLock<Arc<ScramUser>>; 2],
 }
@@ -156,7 +155,6 @@ impl Tokens {
                 .entry(device.to_string())
                 .or_insert_with(|| User {
                     secrets: Vec::new(),
-                    salt: super::scram::new_salt(),
                     scram: Default::default(),
                 })
                 .secrets
@@ -181,14 +179,19 @@ impl Tokens {
         }
     }
 
-    /// `user`'s SCRAM keys for `mechanism`, derived from the user's secrets the first time.
+    /// `user`'s SCRAM keys for `mechanism`, derived from the user's secrets the first time
+    /// (none without randomness for the salt).
     pub fn scram_user(&self, mechanism: Scram, user: &str) -> Option<Arc<ScramUser>> {
         let u = self.users.as_ref()?.get(user)?;
+        if let Some(keys) = u.scram[mechanism as usize].get() {
+            return Some(keys.clone());
+        }
+        let salt = super::scram::salt(user).ok()?;
         let keys = u.scram[mechanism as usize].get_or_init(|| {
             Arc::new(ScramUser::derive(
                 mechanism,
                 u.secrets.iter().map(|s| s.as_bytes()),
-                u.salt.clone(),
+                salt,
             ))
         });
         Some(keys.clone())
@@ -299,6 +302,15 @@ pub enum AuthError {
     NotEnabled,
     #[error("{0}")]
     Scram(#[from] ScramError),
+}
+
+/// Why a SaslHandshake is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeRefused {
+    /// The mechanism is not served here.
+    Unsupported,
+    /// A SCRAM exchange is under way on this connection.
+    MidExchange,
 }
 
 /// What a SaslAuthenticate leads to.
@@ -440,15 +452,19 @@ impl Identity {
         self.tokens.as_ref().map_or(&[], |t| t.mechanisms())
     }
 
-    /// Takes the mechanism a SaslHandshake names for the authentication that follows; false
-    /// (and nothing changed) when it is not one of [`Identity::mechanisms`].
-    pub fn choose_mechanism(&self, name: &str) -> bool {
+    /// Takes the mechanism a SaslHandshake names for the authentication that follows. Refused
+    /// when it is not one of [`Identity::mechanisms`] (nothing changes), and while a SCRAM
+    /// exchange is under way: a client may not start again with another user name.
+    pub fn choose_mechanism(&self, name: &str) -> Result<(), HandshakeRefused> {
         if !self.mechanisms().contains(&name) {
-            return false;
+            return Err(HandshakeRefused::Unsupported);
         }
-        let exchange = Scram::from_name(name).map(ScramExchange::new);
-        *self.scram.lock().unwrap_or_else(|e| e.into_inner()) = exchange;
-        true
+        let mut scram = self.scram.lock().unwrap_or_else(|e| e.into_inner());
+        if scram.as_ref().is_some_and(ScramExchange::under_way) {
+            return Err(HandshakeRefused::MidExchange);
+        }
+        *scram = Scram::from_name(name).map(ScramExchange::new);
+        Ok(())
     }
 
     /// Handles one SaslAuthenticate message with the mechanism chosen (PLAIN unless a
@@ -646,15 +662,21 @@ mod tests {
     fn users_files_offer_scram_and_device_tokens_only_plain() {
         let devices = Identity::sasl(tokens());
         assert_eq!(devices.mechanisms(), ["PLAIN"]);
-        assert!(!devices.choose_mechanism("SCRAM-SHA-256"));
-        assert!(devices.choose_mechanism("PLAIN"));
+        assert_eq!(
+            devices.choose_mechanism("SCRAM-SHA-256"),
+            Err(HandshakeRefused::Unsupported)
+        );
+        assert_eq!(devices.choose_mechanism("PLAIN"), Ok(()));
         let users = Identity::sasl(Arc::new(Tokens::parse_users("alice pw\n", "f").unwrap()));
         assert_eq!(
             users.mechanisms(),
             ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
         );
-        assert!(!users.choose_mechanism("GSSAPI"));
-        assert!(users.choose_mechanism("SCRAM-SHA-512"));
+        assert_eq!(
+            users.choose_mechanism("GSSAPI"),
+            Err(HandshakeRefused::Unsupported)
+        );
+        assert_eq!(users.choose_mechanism("SCRAM-SHA-512"), Ok(()));
         // The handshake's mechanism is the one SaslAuthenticate uses: a SCRAM first message is
         // answered with the server's challenge, and nobody is logged in yet.
         let Ok(Authenticated::Continue(challenge)) = users.authenticate(b"n,,n=alice,r=abc") else {
@@ -662,6 +684,11 @@ mod tests {
         };
         assert!(challenge.starts_with(b"r=abc"));
         assert_eq!(users.principal(), None);
+        // Starting again under way, say with another user name, is refused.
+        assert_eq!(
+            users.choose_mechanism("SCRAM-SHA-512"),
+            Err(HandshakeRefused::MidExchange)
+        );
         assert!(Identity::anonymous().mechanisms().is_empty());
     }
 

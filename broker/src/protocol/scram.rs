@@ -8,10 +8,14 @@
 //! The server keeps, per user, a salt and for each of the user's passwords the StoredKey and
 //! ServerKey derived from it ([`ScramUser`]); the proof is checked against each, so a user whose
 //! password is being changed may log in with either, as with PLAIN. Passwords are used as their
-//! UTF-8 bytes, without SASLprep, as Kafka does. Channel binding, SCRAM extensions (Kafka's
-//! `tokenauth` for delegation tokens) and an authorization id other than the user are refused.
-//! An unknown user is given a made-up salt and refused only after its proof, so the first
-//! answer does not tell which users exist.
+//! UTF-8 bytes, without SASLprep, as Kafka does. Channel binding, mandatory extensions (`m=`),
+//! Kafka's `tokenauth` extension (delegation tokens) and an authorization id other than the user
+//! are refused; other extensions are ignored, as RFC 5802 asks.
+//!
+//! Which users exist is not told: every salt, a known user's or not, is an HMAC of the user name
+//! under a key made when the broker starts, so it is the same at every attempt (and across
+//! reloads of the users file), and an unknown user's proof is checked against made-up keys and
+//! refused like a wrong password.
 
 use std::num::NonZeroU32;
 
@@ -70,26 +74,42 @@ pub const ITERATIONS: u32 = 4096;
 /// Bytes of a made salt and of the server's nonce.
 const RANDOM_BYTES: usize = 24;
 
-fn random(n: usize) -> Vec<u8> {
+fn random(n: usize) -> Result<Vec<u8>, ScramError> {
     let mut bytes = vec![0; n];
-    // The system's randomness does not fail on the platforms the broker runs on; were it to,
-    // an all-zero salt or nonce would still leave the proof check sound.
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    bytes
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ScramError::NoRandomness)?;
+    Ok(bytes)
 }
 
-/// A new random salt for a user's keys.
-pub fn new_salt() -> Vec<u8> {
-    random(RANDOM_BYTES)
+/// `user`'s salt: an HMAC of the name under a key made once per process, so that a user's salt
+/// stays the same from one attempt to the next whether the user exists or not.
+pub fn salt(user: &str) -> Result<Vec<u8>, ScramError> {
+    static KEY: std::sync::OnceLock<Option<hmac::Key>> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        random(32)
+            .ok()
+            .map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k))
+    });
+    let key = key.as_ref().ok_or(ScramError::NoRandomness)?;
+    Ok(hmac::sign(key, user.as_bytes()).as_ref()[..RANDOM_BYTES].to_vec())
 }
 
 /// What the server keeps of one user's passwords for one mechanism (RFC 5802, section 3).
-#[derive(Debug)]
 pub struct ScramUser {
     salt: Vec<u8>,
     iterations: u32,
     /// StoredKey and ServerKey of each password.
     keys: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ScramUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys: with a StoredKey and one overheard exchange a user can be impersonated.
+        f.debug_struct("ScramUser")
+            .field("passwords", &self.keys.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScramUser {
@@ -133,6 +153,10 @@ pub enum ScramError {
     Malformed(&'static str),
     #[error("SCRAM channel binding is not supported")]
     ChannelBinding,
+    #[error("the c= attribute of the final SCRAM message does not match the GS2 header")]
+    BindingMismatch,
+    #[error("no randomness for SCRAM on this machine")]
+    NoRandomness,
     #[error("SCRAM extension {0:?} is not supported")]
     Extension(String),
     #[error("the authorization id must be the user name")]
@@ -172,6 +196,7 @@ enum State {
         gs2_header: String,
         client_first_bare: String,
         server_first: String,
+        client_nonce: String,
         nonce: String,
     },
     Over,
@@ -189,6 +214,11 @@ impl ScramExchange {
         self.mechanism
     }
 
+    /// Whether the server's challenge was sent and the client's proof is awaited.
+    pub fn under_way(&self) -> bool {
+        matches!(self.state, State::Challenged { .. })
+    }
+
     /// Handles the next client message; `user_keys` finds a user's keys for this mechanism.
     /// After an error the exchange is over.
     pub fn step(
@@ -196,7 +226,10 @@ impl ScramExchange {
         message: &[u8],
         user_keys: impl FnOnce(&str) -> Option<std::sync::Arc<ScramUser>>,
     ) -> Result<Step, ScramError> {
-        let nonce = BASE64.encode(random(RANDOM_BYTES));
+        let nonce = match self.state {
+            State::Start => BASE64.encode(random(RANDOM_BYTES)?),
+            _ => String::new(),
+        };
         self.step_with(message, user_keys, nonce)
     }
 
@@ -213,7 +246,7 @@ impl ScramExchange {
                 let keys = user_keys(&first.user);
                 let (salt, iterations) = match &keys {
                     Some(k) => (k.salt.clone(), k.iterations),
-                    None => (new_salt(), ITERATIONS),
+                    None => (salt(&first.user)?, ITERATIONS),
                 };
                 let nonce = format!("{}{server_nonce}", first.nonce);
                 let server_first = format!("r={nonce},s={},i={iterations}", BASE64.encode(&salt));
@@ -224,6 +257,7 @@ impl ScramExchange {
                     gs2_header: first.gs2_header,
                     client_first_bare: first.bare,
                     server_first,
+                    client_nonce: first.nonce,
                     nonce,
                 };
                 Ok(Step::Challenge(challenge))
@@ -234,6 +268,7 @@ impl ScramExchange {
                 gs2_header,
                 client_first_bare,
                 server_first,
+                client_nonce,
                 nonce,
             } => {
                 let (without_proof, proof) = text
@@ -245,24 +280,31 @@ impl ScramExchange {
                     .and_then(|a| a.strip_prefix("c="))
                     .ok_or(ScramError::Malformed("no channel binding attribute"))?;
                 if BASE64.decode(binding).ok().as_deref() != Some(gs2_header.as_bytes()) {
-                    return Err(ScramError::ChannelBinding);
+                    return Err(ScramError::BindingMismatch);
                 }
                 let agreed = attributes
                     .next()
                     .and_then(|a| a.strip_prefix("r="))
                     .ok_or(ScramError::Malformed("no nonce"))?;
-                if agreed != nonce {
+                // librdkafka before 2.6.1 (Debian's and Ubuntu's kcat among them) repeats its own
+                // nonce before the agreed one (confluentinc/librdkafka#4895); Kafka 3.8.1 to 3.9
+                // took that, and so do we. The server's fresh nonce is in it either way, and the
+                // proof covers the message as sent.
+                if agreed != nonce && agreed.strip_prefix(client_nonce.as_str()) != Some(&nonce) {
                     return Err(ScramError::Nonce);
                 }
-                if let Some(extension) = attributes.next() {
-                    return Err(ScramError::Extension(extension.to_string()));
-                }
+                // Extensions after the nonce are ignored (RFC 5802, section 5.1).
                 let proof = BASE64
                     .decode(proof)
                     .map_err(|_| ScramError::Malformed("the proof is not base64"))?;
                 let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
                 let refused = ScramError::BadCredentials(user.clone());
-                let keys = keys.ok_or_else(|| refused.clone())?;
+                let Some(keys) = keys else {
+                    // The same work as for a wrong password, against keys nobody has.
+                    let made_up = vec![0; self.mechanism.digest().output_len()];
+                    proof_holds(self.mechanism, &proof, &made_up, &auth_message);
+                    return Err(refused);
+                };
                 let alg = self.mechanism.hmac();
                 let server_key = keys
                     .keys
@@ -340,9 +382,12 @@ impl ClientFirst {
             )?),
         };
         let mut attributes = bare.split(',');
-        let user = attributes
-            .next()
-            .and_then(|a| a.strip_prefix("n="))
+        let user = attributes.next().unwrap_or_default();
+        if user.starts_with("m=") {
+            return Err(ScramError::Extension(user.to_string()));
+        }
+        let user = user
+            .strip_prefix("n=")
             .ok_or(ScramError::Malformed("no user name"))?;
         let user = unescape(user)?;
         if user.is_empty() {
@@ -353,8 +398,9 @@ impl ClientFirst {
             .and_then(|a| a.strip_prefix("r="))
             .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b)))
             .ok_or(ScramError::Malformed("no nonce"))?;
-        if let Some(extension) = attributes.next() {
-            return Err(ScramError::Extension(extension.to_string()));
+        // Kafka's delegation tokens are not served; other extensions are ignored.
+        if let Some(token) = attributes.find(|a| a.starts_with("tokenauth=")) {
+            return Err(ScramError::Extension(token.to_string()));
         }
         if authzid.is_some_and(|a| a != user) {
             return Err(ScramError::AuthorizationId);
@@ -432,7 +478,7 @@ mod tests {
         let keys = Arc::new(ScramUser::derive(
             mechanism,
             passwords.iter().map(|p| p.as_bytes()),
-            new_salt(),
+            salt("alice").unwrap(),
         ));
         let mut x = ScramExchange::new(mechanism);
         x.step_with(
@@ -446,11 +492,18 @@ mod tests {
 
     /// The client's side, written from RFC 5802, section 3.
     fn client_final(x: &ScramExchange, password: &str) -> String {
+        let State::Challenged { nonce, .. } = &x.state else {
+            panic!("not challenged")
+        };
+        client_final_with_nonce(x, password, nonce)
+    }
+
+    /// The same, sending `nonce` as the agreed one.
+    fn client_final_with_nonce(x: &ScramExchange, password: &str, nonce: &str) -> String {
         let State::Challenged {
             keys,
             client_first_bare,
             server_first,
-            nonce,
             ..
         } = &x.state
         else {
@@ -490,6 +543,27 @@ mod tests {
     }
 
     #[test]
+    fn the_nonce_old_librdkafka_sends_is_taken_and_no_other() {
+        // Before 2.6.1 librdkafka sends its own nonce and then the agreed one, which already
+        // starts with it; the proof is computed over that message.
+        let mut x = challenged(Scram::Sha256, &["pw"], "n,,n=alice,r=abc");
+        let twice = client_final_with_nonce(&x, "pw", "abcabcserver");
+        assert!(matches!(
+            x.step(twice.as_bytes(), |_| None),
+            Ok(Step::Success { .. })
+        ));
+        for other in ["abcabcabcserver", "xabcserver", "abcserve", "server"] {
+            let mut x = challenged(Scram::Sha256, &["pw"], "n,,n=alice,r=abc");
+            let last = client_final_with_nonce(&x, "pw", other);
+            assert_eq!(
+                x.step(last.as_bytes(), |_| None),
+                Err(ScramError::Nonce),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
     fn an_unknown_user_is_challenged_like_a_known_one_and_refused_after_the_proof() {
         let mut x = ScramExchange::new(Scram::Sha256);
         let Ok(Step::Challenge(first)) = x.step(b"n,,n=mallory,r=abc", |_| None) else {
@@ -497,6 +571,18 @@ mod tests {
         };
         let first = String::from_utf8(first).unwrap();
         assert!(first.starts_with("r=abc") && first.contains(",s=") && first.ends_with(",i=4096"));
+        // Asked again, the same salt, as a known user's would be.
+        let salt = |message: &[u8]| match ScramExchange::new(Scram::Sha256).step(message, |_| None)
+        {
+            Ok(Step::Challenge(c)) => String::from_utf8(c)
+                .unwrap()
+                .split(',')
+                .nth(1)
+                .map(String::from),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(salt(b"n,,n=mallory,r=x"), salt(b"n,,n=mallory,r=y"));
+        assert_ne!(salt(b"n,,n=mallory,r=x"), salt(b"n,,n=trudy,r=x"));
         let nonce = first.split(',').next().unwrap();
         let last = format!("c=biws,{nonce},p={}", BASE64.encode([0u8; 32]));
         assert_eq!(
@@ -516,6 +602,11 @@ mod tests {
             first("n,,n=a,r=b,tokenauth=true"),
             Err(ScramError::Extension("tokenauth=true".into()))
         );
+        assert_eq!(
+            first("n,,m=future,n=a,r=b"),
+            Err(ScramError::Extension("m=future".into()))
+        );
+        assert!(first("n,,n=a,r=b,x=ignored").is_ok());
         assert_eq!(
             first("n,a=bob,n=alice,r=b"),
             Err(ScramError::AuthorizationId)
@@ -556,7 +647,7 @@ mod tests {
         let bound = good.replace("c=biws", "c=cD10bHMtdW5pcXVlLCw=");
         assert_eq!(
             x.step(bound.as_bytes(), |_| None),
-            Err(ScramError::ChannelBinding)
+            Err(ScramError::BindingMismatch)
         );
         let mut x = challenged(Scram::Sha256, &["pw"], "n,,n=alice,r=abc");
         assert_eq!(

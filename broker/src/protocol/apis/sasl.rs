@@ -22,7 +22,7 @@ use kafka_protocol::messages::{
 
 use super::s;
 use crate::protocol::Ctx;
-use crate::protocol::auth::{AuthError, Authenticated};
+use crate::protocol::auth::{AuthError, Authenticated, HandshakeRefused};
 
 pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResponse {
     if ctx.api_version < 1 {
@@ -33,12 +33,20 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
         return SaslHandshakeResponse::default()
             .with_error_code(E::UnsupportedSaslMechanism.code());
     }
-    let mut out = SaslHandshakeResponse::default()
+    let out = SaslHandshakeResponse::default()
         .with_mechanisms(identity.mechanisms().iter().map(|m| s(*m)).collect());
-    if !identity.choose_mechanism(&req.mechanism) {
-        out.error_code = E::UnsupportedSaslMechanism.code();
+    match identity.choose_mechanism(&req.mechanism) {
+        Ok(()) => out,
+        Err(HandshakeRefused::Unsupported) => {
+            out.with_error_code(E::UnsupportedSaslMechanism.code())
+        }
+        Err(HandshakeRefused::MidExchange) => {
+            // As Kafka: anything but the exchange's next message ends the connection.
+            let reason = "a SASL handshake in the middle of a SCRAM exchange".to_string();
+            refuse(&ctx, reason);
+            out.with_error_code(E::IllegalSaslState.code())
+        }
     }
-    out
 }
 
 pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthenticateResponse {
@@ -56,14 +64,20 @@ pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthent
             .with_error_message(Some(s(e.to_string()))),
         Err(e) => {
             let reason = format!("authentication failed: {e}");
-            tracing::info!(peer = %session.peer, listener = session.listener.name(), client_id = %ctx.client_id, %reason, "closing connection");
-            ctx.broker
-                .metrics
-                .auth_failures
-                .fetch_add(1, Ordering::Relaxed);
-            session.identity.close(reason.clone(), true);
+            refuse(&ctx, reason.clone());
             out.with_error_code(E::SaslAuthenticationFailed.code())
                 .with_error_message(Some(s(reason)))
         }
     }
+}
+
+/// Counts a refused authentication and closes the connection once the answer is sent.
+fn refuse(ctx: &Ctx, reason: String) {
+    let session = &ctx.session;
+    tracing::info!(peer = %session.peer, listener = session.listener.name(), client_id = %ctx.client_id, %reason, "closing connection");
+    ctx.broker
+        .metrics
+        .auth_failures
+        .fetch_add(1, Ordering::Relaxed);
+    session.identity.close(reason, true);
 }
