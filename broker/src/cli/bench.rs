@@ -79,6 +79,20 @@ pub enum BenchMode {
     QuicFloor(super::bench_quic_floor::QuicFloorArgs),
 }
 
+/// Appends `text` and a newline to `path` (the `--markdown` file of the benches).
+pub(super) fn append_markdown(
+    path: &std::path::Path,
+    text: std::fmt::Arguments<'_>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{text}").with_context(|| format!("cannot write {}", path.display()))
+}
+
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     edge_config::units::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?}"))
 }
@@ -366,21 +380,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         l.max_us as f64 / 1000.0
     );
     if let Some(path) = &args.markdown {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        writeln!(
-            f,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            args.label,
-            args.records,
-            p1.rate(),
-            pall.rate(),
-            c.rate(),
-            l.p50_us as f64 / 1000.0,
-            l.p99_us as f64 / 1000.0
+        super::bench::append_markdown(
+            path,
+            format_args!(
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+                args.label,
+                args.records,
+                p1.rate(),
+                pall.rate(),
+                c.rate(),
+                l.p50_us as f64 / 1000.0,
+                l.p99_us as f64 / 1000.0
+            ),
         )?;
     }
     Ok(())

@@ -361,25 +361,22 @@ fn report(
         udp_drops.map_or("?".to_string(), |d| d.to_string())
     );
     if let Some(path) = &args.markdown {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        writeln!(
-            f,
-            "| {} | {transport} | {} | {} | {rate:.0} | {:.2} | {:.2} | {} | {} | {} |",
-            args.label,
-            args.devices,
-            (args.devices as f64 * args.rate) as u64,
-            pct(0.50),
-            pct(0.99),
-            mem.map_or("?".to_string(), |(h, _)| format!(
-                "{:.0}",
-                h as f64 / 1024.0
-            )),
-            cpu(o.broker_cpu),
-            cpu(o.client_cpu),
+        super::bench::append_markdown(
+            path,
+            format_args!(
+                "| {} | {transport} | {} | {} | {rate:.0} | {:.2} | {:.2} | {} | {} | {} |",
+                args.label,
+                args.devices,
+                (args.devices as f64 * args.rate) as u64,
+                pct(0.50),
+                pct(0.99),
+                mem.map_or("?".to_string(), |(h, _)| format!(
+                    "{:.0}",
+                    h as f64 / 1024.0
+                )),
+                cpu(o.broker_cpu),
+                cpu(o.client_cpu),
+            ),
         )?;
     }
     Ok(())

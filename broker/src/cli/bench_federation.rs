@@ -511,16 +511,12 @@ pub fn run(args: FederationArgs) -> anyhow::Result<()> {
         args.rate
     );
     if let Some(path) = &args.markdown {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        writeln!(
-            f,
-            "\n| federation bench ({} x {} B, {} partitions, median of {}) | |\n| --- | ---: |\n| produced to the edge | {produced:.0} records/s |\n| forwarded, live | {live:.0} records/s |\n| forwarded, catch-up after an outage | {catch_up:.0} records/s |\n| first record after central's return | {noticed:.0} ms |\n| latency edge to central consumer at {} records/s, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |",
-            args.records, args.record_size, args.partitions, args.runs, args.rate
+        super::bench::append_markdown(
+            path,
+            format_args!(
+                "\n| federation bench ({} x {} B, {} partitions, median of {}) | |\n| --- | ---: |\n| produced to the edge | {produced:.0} records/s |\n| forwarded, live | {live:.0} records/s |\n| forwarded, catch-up after an outage | {catch_up:.0} records/s |\n| first record after central's return | {noticed:.0} ms |\n| latency edge to central consumer at {} records/s, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |",
+                args.records, args.record_size, args.partitions, args.runs, args.rate
+            ),
         )?;
     }
     Ok(())

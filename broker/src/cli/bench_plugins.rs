@@ -266,16 +266,12 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     out!("load compiled  {load_ms:.2} ms (median of 5: engine, cached artifact, instance, init)");
     out!("hot reload     {reload_ms:.2} ms (median of 5: read config, load, swap)");
     if let Some(path) = &args.markdown {
-        use std::io::Write as _;
-        let mut f_out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        writeln!(
-            f_out,
-            "\n| plugin bench | records/s (median of {}) |\n| --- | ---: |\n| no plugin | {p:.0} |\n| JSON filter `{}` | {f:.0} ({cost:.1}% lower) |\n| plugin time per call / per record | {per_call_us:.1} us / {per_record_ns:.0} ns |\n| plugin call alone, per record (median / fastest of {CALLS}) | {alone_ns:.0} ns / {alone_best:.0} ns |\n| load compiled plugin / hot reload | {load_ms:.2} ms / {reload_ms:.2} ms |",
-            args.runs, args.config
+        super::bench::append_markdown(
+            path,
+            format_args!(
+                "\n| plugin bench | records/s (median of {}) |\n| --- | ---: |\n| no plugin | {p:.0} |\n| JSON filter `{}` | {f:.0} ({cost:.1}% lower) |\n| plugin time per call / per record | {per_call_us:.1} us / {per_record_ns:.0} ns |\n| plugin call alone, per record (median / fastest of {CALLS}) | {alone_ns:.0} ns / {alone_best:.0} ns |\n| load compiled plugin / hot reload | {load_ms:.2} ms / {reload_ms:.2} ms |",
+                args.runs, args.config
+            ),
         )?;
     }
     Ok(())

@@ -171,22 +171,19 @@ fn report(
         per_trip(server),
     );
     if let Some(path) = &args.markdown {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        writeln!(
-            f,
-            "| {} | {} | {:?} | {offered:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {share} |",
-            args.label,
-            args.devices,
-            args.interval,
-            trips / secs,
-            pct(0.50),
-            pct(0.99),
-            per_trip(clients),
-            per_trip(server),
+        super::bench::append_markdown(
+            path,
+            format_args!(
+                "| {} | {} | {:?} | {offered:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {share} |",
+                args.label,
+                args.devices,
+                args.interval,
+                trips / secs,
+                pct(0.50),
+                pct(0.99),
+                per_trip(clients),
+                per_trip(server),
+            ),
         )?;
     }
     Ok(())
