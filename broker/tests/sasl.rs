@@ -8,7 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{MetadataRequest, SaslAuthenticateRequest, SaslHandshakeRequest};
+use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+use kafka_protocol::messages::{
+    DescribeUserScramCredentialsRequest, MetadataRequest, SaslAuthenticateRequest,
+    SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -269,6 +273,58 @@ async fn clients_log_in_with_scram_sha_256_and_512_and_wrong_passwords_are_refus
     assert!(
         raw.is_closed().await,
         "closed after a handshake mid-exchange"
+    );
+
+    // DescribeUserScramCredentials lists the users of the file, each with both mechanisms.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    assert_eq!(login(&mut raw, b"\0bob\0b0b-n3w").await.error_code, 0);
+    let all = raw
+        .call(&DescribeUserScramCredentialsRequest::default(), 0)
+        .await;
+    let described: Vec<(String, Vec<(i8, i32)>)> = all
+        .results
+        .iter()
+        .map(|r| {
+            let infos = r
+                .credential_infos
+                .iter()
+                .map(|i| (i.mechanism, i.iterations))
+                .collect();
+            (r.user.to_string(), infos)
+        })
+        .collect();
+    let both = vec![(1, 4096), (2, 4096)];
+    assert_eq!(
+        described,
+        [
+            ("alice".to_string(), both.clone()),
+            ("bob".to_string(), both)
+        ]
+    );
+    let name = |n: &'static str| UserName::default().with_name(StrBytes::from_static_str(n));
+    let some = raw
+        .call(
+            &DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+                name("alice"),
+                name("nobody"),
+                name("bob"),
+                name("bob"),
+            ])),
+            0,
+        )
+        .await;
+    let codes: Vec<(String, i16)> = some
+        .results
+        .iter()
+        .map(|r| (r.user.to_string(), r.error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("alice".to_string(), 0),
+            ("nobody".to_string(), 91), // RESOURCE_NOT_FOUND
+            ("bob".to_string(), 92),    // DUPLICATE_RESOURCE
+        ]
     );
     broker.shutdown().await;
 }

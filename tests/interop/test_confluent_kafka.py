@@ -139,6 +139,24 @@ def test_admin_lists_groups_by_type(broker):
     assert group not in listed(types={ConsumerGroupType.CONSUMER})
 
 
+def test_admin_describes_the_scram_users(broker_factory):
+    """describe_user_scram_credentials() (DescribeUserScramCredentials) over a SCRAM login: the
+    users of the listener's file, each with both mechanisms at 4,096 iterations; a user who is
+    not there is RESOURCE_NOT_FOUND."""
+    b = broker_factory(sasl_users={"alice": "a11ce-s3cret", "bob": "b0b-s3cret"})
+    admin = AdminClient({"bootstrap.servers": b.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                         "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "bob",
+                         "sasl.password": "b0b-s3cret"})
+    users = admin.describe_user_scram_credentials().result(timeout=30)
+    assert sorted(users) == ["alice", "bob"]
+    infos = sorted((str(i.mechanism), i.iterations) for i in users["alice"].scram_credential_infos)
+    assert infos == [("ScramMechanism.SCRAM_SHA_256", 4096), ("ScramMechanism.SCRAM_SHA_512", 4096)]
+    missing = admin.describe_user_scram_credentials(["zed"])["zed"]
+    with pytest.raises(KafkaException) as e:
+        missing.result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.RESOURCE_NOT_FOUND
+
+
 def test_admin_create_partitions_and_alter_configs(broker):
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-grow")

@@ -447,6 +447,19 @@ impl Identity {
             )
     }
 
+    /// The users of this connection's listener who may log in with SCRAM, sorted by name (none
+    /// without a users file).
+    pub fn scram_users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .tokens
+            .as_ref()
+            .and_then(|t| t.users.as_ref())
+            .map(|u| u.keys().cloned().collect())
+            .unwrap_or_default();
+        users.sort();
+        users
+    }
+
     /// The SASL mechanisms this connection may use (none without SASL).
     pub fn mechanisms(&self) -> &'static [&'static str] {
         self.tokens.as_ref().map_or(&[], |t| t.mechanisms())

@@ -334,6 +334,7 @@ pub fn routes() -> Dispatcher {
     .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
     .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
     .add::<DescribeLogDirsRequest, _, _>(1, 4, describe_log_dirs::handle)
+    .add::<DescribeUserScramCredentialsRequest, _, _>(0, 0, describe_user_scram_credentials::handle)
     .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle)
     .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
     .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);

@@ -40,6 +40,15 @@ impl Scram {
         }
     }
 
+    /// Kafka's number for the mechanism (`ScramMechanism`), as DescribeUserScramCredentials
+    /// gives it.
+    pub fn kafka_type(self) -> i8 {
+        match self {
+            Scram::Sha256 => 1,
+            Scram::Sha512 => 2,
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Scram> {
         [Scram::Sha256, Scram::Sha512]
             .into_iter()
