@@ -236,10 +236,16 @@ impl ScramExchange {
         user_keys: impl FnOnce(&str) -> Option<std::sync::Arc<ScramUser>>,
     ) -> Result<Step, ScramError> {
         let nonce = match self.state {
-            State::Start => BASE64.encode(random(RANDOM_BYTES)?),
-            _ => String::new(),
+            State::Start => random(RANDOM_BYTES).map(|n| BASE64.encode(n)),
+            _ => Ok(String::new()),
         };
-        self.step_with(message, user_keys, nonce)
+        match nonce {
+            Ok(nonce) => self.step_with(message, user_keys, nonce),
+            Err(e) => {
+                self.state = State::Over;
+                Err(e)
+            }
+        }
     }
 
     fn step_with(
@@ -248,8 +254,9 @@ impl ScramExchange {
         user_keys: impl FnOnce(&str) -> Option<std::sync::Arc<ScramUser>>,
         server_nonce: String,
     ) -> Result<Step, ScramError> {
+        let state = std::mem::replace(&mut self.state, State::Over);
         let text = std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        match std::mem::replace(&mut self.state, State::Over) {
+        match state {
             State::Start => {
                 let first = ClientFirst::parse(text)?;
                 let keys = user_keys(&first.user);
@@ -631,10 +638,12 @@ mod tests {
             first("garbage"),
             Err(ScramError::Malformed("no GS2 header"))
         );
+        let mut x = ScramExchange::new(Scram::Sha256);
         assert_eq!(
-            ScramExchange::new(Scram::Sha256).step(&[0xff, 0xfe], |_| None),
+            x.step(&[0xff, 0xfe], |_| None),
             Err(ScramError::Malformed("not UTF-8"))
         );
+        assert_eq!(x.step(b"n,,n=a,r=b", |_| None), Err(ScramError::Over));
         // The escaped name is the user: "a,b=c".
         let mut x = ScramExchange::new(Scram::Sha256);
         let mut asked = String::new();
