@@ -275,6 +275,24 @@ async fn clients_log_in_with_scram_sha_256_and_512_and_wrong_passwords_are_refus
         "closed after a handshake mid-exchange"
     );
 
+    // A mechanism not served: the list, and the connection closed, as Kafka does.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let gssapi = raw
+        .call(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("GSSAPI")),
+            1,
+        )
+        .await;
+    assert_eq!(
+        gssapi.error_code,
+        kafka_protocol::error::ResponseError::UnsupportedSaslMechanism.code()
+    );
+    assert_eq!(gssapi.mechanisms.len(), 3);
+    assert!(
+        raw.is_closed().await,
+        "closed after an unsupported mechanism"
+    );
+
     // DescribeUserScramCredentials lists the users of the file, each with both mechanisms.
     let mut raw = common::RawClient::connect(&bootstrap).await;
     assert_eq!(login(&mut raw, b"\0bob\0b0b-n3w").await.error_code, 0);

@@ -6,11 +6,13 @@
 //! handshake is answered with UNSUPPORTED_VERSION. v0 is still advertised, because librdkafka
 //! up to at least 2.0 (Debian's kcat) starts SASL only with a broker that lists handshake v0,
 //! and then sends v1 when SaslAuthenticate is listed too. The handshake's mechanism is the one
-//! the following SaslAuthenticate messages use (PLAIN without a handshake). A listener
-//! without credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list,
-//! and SaslAuthenticate (like one after success) with ILLEGAL_SASL_STATE. A
-//! failed authentication is answered with SASL_AUTHENTICATION_FAILED and its reason, and the
-//! connection is then closed with that reason ([`crate::protocol::auth::Identity::close`]).
+//! the following SaslAuthenticate messages use (PLAIN without a handshake); one it does not
+//! serve is answered UNSUPPORTED_SASL_MECHANISM with the list, and the connection closed, as
+//! is a handshake in the middle of a SCRAM exchange (ILLEGAL_SASL_STATE). A listener without
+//! credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
+//! SaslAuthenticate (like one after success) with ILLEGAL_SASL_STATE. A failed authentication
+//! is answered with SASL_AUTHENTICATION_FAILED and its reason, and the connection is then
+//! closed with that reason ([`crate::protocol::auth::Identity::close`]).
 
 use std::sync::atomic::Ordering;
 
@@ -38,6 +40,12 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
     match identity.choose_mechanism(&req.mechanism) {
         Ok(()) => out,
         Err(HandshakeRefused::Unsupported) => {
+            // As Kafka, the connection ends: the client is told which mechanisms there are.
+            let reason = format!(
+                "SASL mechanism {:?} is not served here",
+                req.mechanism.as_str()
+            );
+            refuse(&ctx, reason);
             out.with_error_code(E::UnsupportedSaslMechanism.code())
         }
         Err(HandshakeRefused::MidExchange) => {
