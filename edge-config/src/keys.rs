@@ -125,7 +125,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "sasl_plain_file",
                 Text,
-                "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_PLAINTEXT,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nEach secret belongs to one user. Read at start-up and again when it changes.",
+                "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_PLAINTEXT,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nA user may have two lines (both secrets work); a # after a space starts a\ncomment. Read at start-up and again when it changes.",
             ),
         ],
     },
@@ -157,7 +157,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "sasl_plain_file",
                 Text,
-                "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_SSL,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nEach secret belongs to one user. Read at start-up and again when it changes.",
+                "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_SSL,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nA user may have two lines (both secrets work); a # after a space starts a\ncomment. Read at start-up and again when it changes.",
             ),
         ],
     },

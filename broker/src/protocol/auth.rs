@@ -36,11 +36,13 @@ pub const PLAIN: &str = "PLAIN";
 pub const MECHANISMS: [&str; 3] = [PLAIN, "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// Credentials: device tokens (QUIC), or users and their passwords (a Kafka listener's
-/// `sasl_plain_file`). A secret is found by its SHA-256 (for PLAIN, where a device may give its
-/// token alone). Users' secrets are kept too, so that their SCRAM keys can be derived on first
-/// use; device tokens are kept only as their SHA-256, and devices log in with PLAIN only.
+/// `sasl_plain_file`). A device token is found by its SHA-256, since a device may give its
+/// token alone, so a token belongs to one device; device tokens are kept only as their SHA-256,
+/// and devices log in with PLAIN only. Users are found by name, and two users may have the
+/// same password; their secrets are kept, so that their SCRAM keys can be derived on first use.
 #[derive(Debug, Default)]
 pub struct Tokens {
+    /// Device tokens (empty for a users file).
     by_digest: HashMap<[u8; 32], String>,
     /// Some for a users file (SCRAM offered).
     users: Option<HashMap<String, User>>,
@@ -50,6 +52,8 @@ pub struct Tokens {
 /// proof can be checked against each).
 struct User {
     secrets: Vec<String>,
+    /// SHA-256 of each secret, for PLAIN.
+    digests: Vec<[u8; 32]>,
     /// By [`Scram`] mechanism.
     scram: [OnceLock<Arc<ScramUser>>; 2],
 }
@@ -71,16 +75,33 @@ pub enum TokenFileError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}:{line}: expected \"<device-name> <token>\"")]
-    BadLine { path: String, line: usize },
+    #[error("{path}:{line}: expected \"{expected}\"")]
+    BadLine {
+        path: String,
+        line: usize,
+        expected: &'static str,
+    },
     #[error("{path}:{line}: this token is already given to {device}")]
     Duplicate {
         path: String,
         line: usize,
         device: String,
     },
-    #[error("{path}: no tokens")]
-    Empty { path: String },
+    #[error("{path}: no {what}")]
+    Empty { path: String, what: &'static str },
+}
+
+/// `line` without its comment: a `#` at the start of the line or after a space starts one; a
+/// `#` inside a secret is part of it.
+fn without_comment(line: &str) -> &str {
+    let mut after_space = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && after_space {
+            return &line[..i];
+        }
+        after_space = c.is_whitespace();
+    }
+    line
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -91,8 +112,8 @@ fn digest(token: &[u8]) -> [u8; 32] {
 }
 
 impl Tokens {
-    /// Reads a token file: one `<device-name> <token>` per line, blank lines and `#` comments
-    /// ignored. A token may belong to one device only.
+    /// Reads a token file: one `<device-name> <token>` per line (`<user> <secret>` in a users
+    /// file), blank lines and `#` comments ignored. A token may belong to one device only.
     pub fn load(path: &Path, users: bool) -> Result<Tokens, TokenFileError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
@@ -125,8 +146,12 @@ impl Tokens {
             by_digest: HashMap::new(),
             users,
         };
+        let (expected, what) = match tokens.users {
+            Some(_) => ("<user> <secret>", "users"),
+            None => ("<device-name> <token>", "tokens"),
+        };
         for (i, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
+            let line = without_comment(line).trim();
             if line.is_empty() {
                 continue;
             }
@@ -136,9 +161,18 @@ impl Tokens {
                 return Err(TokenFileError::BadLine {
                     path: path.into(),
                     line: i + 1,
+                    expected,
                 });
             };
-            if let Some(device) = tokens
+            if let Some(users) = tokens.users.as_mut() {
+                let user = users.entry(device.to_string()).or_insert_with(|| User {
+                    secrets: Vec::new(),
+                    digests: Vec::new(),
+                    scram: Default::default(),
+                });
+                user.secrets.push(token.to_string());
+                user.digests.push(digest(token.as_bytes()));
+            } else if let Some(device) = tokens
                 .by_digest
                 .insert(digest(token.as_bytes()), device.to_string())
             {
@@ -148,27 +182,42 @@ impl Tokens {
                     device,
                 });
             }
-            let Some(users) = tokens.users.as_mut() else {
-                continue;
-            };
-            users
-                .entry(device.to_string())
-                .or_insert_with(|| User {
-                    secrets: Vec::new(),
-                    scram: Default::default(),
-                })
-                .secrets
-                .push(token.to_string());
         }
-        if tokens.by_digest.is_empty() {
-            return Err(TokenFileError::Empty { path: path.into() });
+        if tokens.entries() == 0 {
+            return Err(TokenFileError::Empty {
+                path: path.into(),
+                what,
+            });
         }
         Ok(tokens)
     }
 
-    /// The device a token belongs to.
+    /// The device a token belongs to (device tokens only).
     pub fn device(&self, token: &[u8]) -> Option<&str> {
         self.by_digest.get(&digest(token)).map(String::as_str)
+    }
+
+    /// How many devices or users there are.
+    pub fn entries(&self) -> usize {
+        self.users
+            .as_ref()
+            .map_or(self.by_digest.len(), HashMap::len)
+    }
+
+    /// Who a PLAIN login of `user` (which may be empty for a device token) with `secret` is.
+    fn plain_login(&self, user: &str, secret: &[u8]) -> Option<&str> {
+        let Some(users) = &self.users else {
+            return self
+                .device(secret)
+                .filter(|d| user.is_empty() || *d == user);
+        };
+        let (name, u) = users.get_key_value(user)?;
+        let d = digest(secret);
+        // Every digest compared in full, without stopping at the first difference.
+        let matches = u.digests.iter().fold(false, |found, x| {
+            found | (x.iter().zip(&d).fold(0u8, |a, (p, q)| a | (p ^ q)) == 0)
+        });
+        matches.then_some(name.as_str())
     }
 
     /// The SASL mechanisms these credentials serve.
@@ -239,6 +288,18 @@ impl TokenFile {
         TokenFile::open_with(path, false)
     }
 
+    fn kind(&self) -> &'static str {
+        if self.users {
+            "users file"
+        } else {
+            "token file"
+        }
+    }
+
+    fn entries(&self) -> &'static str {
+        if self.users { "users" } else { "tokens" }
+    }
+
     /// Reads a users file (a Kafka listener's `sasl_plain_file`: PLAIN and SCRAM).
     pub fn open_users(path: &Path) -> Result<TokenFile, TokenFileError> {
         TokenFile::open_with(path, true)
@@ -264,7 +325,7 @@ impl TokenFile {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let Some(now) = stamp(&self.path) else {
             if !state.gone {
-                tracing::warn!(path = %self.path.display(), "token file is gone; the tokens read last stay in force");
+                tracing::warn!(path = %self.path.display(), "{} is gone; the {} read last stay in force", self.kind(), self.entries());
                 state.gone = true;
             }
             return state.tokens.clone();
@@ -275,13 +336,13 @@ impl TokenFile {
         }
         match Tokens::load(&self.path, self.users) {
             Ok(tokens) => {
-                tracing::info!(path = %self.path.display(), devices = tokens.by_digest.len(), "token file read again");
+                tracing::info!(path = %self.path.display(), entries = tokens.entries(), "{} read again", self.kind());
                 state.tokens = Arc::new(tokens);
                 state.good = Some(now);
                 state.bad = None;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "token file changed but cannot be used; the tokens read last stay in force");
+                tracing::warn!(error = %e, "{} changed but cannot be used; the {} read last stay in force", self.kind(), self.entries());
                 state.bad = Some(now);
             }
         }
@@ -298,6 +359,8 @@ pub enum AuthError {
     BadToken { user: String },
     #[error("this connection is already authenticated")]
     AlreadyAuthenticated,
+    #[error("the authorization id must be the user name")]
+    AuthorizationId,
     #[error("this listener does not use SASL (no token_file or sasl_plain_file is set)")]
     NotEnabled,
     #[error("{0}")]
@@ -521,15 +584,18 @@ impl Identity {
             return Err(AuthError::AlreadyAuthenticated);
         }
         let mut parts = message.split(|&b| b == 0);
-        let (Some(_authzid), Some(user), Some(token), None) =
+        let (Some(authzid), Some(user), Some(token), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
         };
         let user = String::from_utf8_lossy(user).into_owned();
+        // As Kafka: an authorization id, when given, must be the user.
+        if !authzid.is_empty() && authzid != user.as_bytes() {
+            return Err(AuthError::AuthorizationId);
+        }
         let device = tokens
-            .device(token)
-            .filter(|d| user.is_empty() || *d == user)
+            .plain_login(&user, token)
             .ok_or_else(|| AuthError::BadToken { user: user.clone() })?;
         let principal = format!("User:{device}");
         // Two streams racing to authenticate: the first one wins, the other is refused.
@@ -601,7 +667,44 @@ mod tests {
         assert_eq!(bad, "f:1: expected \"<device-name> <token>\"");
         let dup = Tokens::parse("a x\nb x\n", "f").unwrap_err().to_string();
         assert_eq!(dup, "f:2: this token is already given to a");
-        assert!(Tokens::parse("# nothing\n", "f").is_err());
+        assert_eq!(
+            Tokens::parse("# nothing\n", "f").unwrap_err().to_string(),
+            "f: no tokens"
+        );
+    }
+
+    #[test]
+    fn users_files_take_shared_passwords_and_hashes_inside_secrets() {
+        let t = Tokens::parse_users(
+            "# users\nalice same#pw\nbob same#pw # bob's\ncarol c4rol\n",
+            "users",
+        )
+        .unwrap();
+        assert_eq!(t.entries(), 3);
+        assert_eq!(t.plain_login("alice", b"same#pw"), Some("alice"));
+        assert_eq!(t.plain_login("bob", b"same#pw"), Some("bob"));
+        assert_eq!(t.plain_login("bob", b"same"), None);
+        assert_eq!(t.plain_login("carol", b"same#pw"), None);
+        assert_eq!(t.plain_login("", b"c4rol"), None, "a user names themself");
+        assert_eq!(
+            Tokens::parse_users("dave my pass\n", "users")
+                .unwrap_err()
+                .to_string(),
+            "users:1: expected \"<user> <secret>\""
+        );
+        assert_eq!(
+            Tokens::parse_users("\n", "users").unwrap_err().to_string(),
+            "users: no users"
+        );
+        let id = Identity::sasl(Arc::new(t));
+        assert_eq!(
+            id.authenticate_plain(b"bob\0alice\0same#pw"),
+            Err(AuthError::AuthorizationId)
+        );
+        assert_eq!(
+            id.authenticate_plain(b"alice\0alice\0same#pw").as_deref(),
+            Ok("User:alice")
+        );
     }
 
     #[test]
