@@ -217,6 +217,70 @@ async fn produce_fails_when_the_broker_refuses_records() {
     broker.shutdown().await;
 }
 
+/// A refused login ends the client commands at once with the broker's reason, not after
+/// librdkafka's timeouts with a transport error; the right password works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_stop_at_a_refused_login_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice a11ce-s3cret\n").unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let login = |password: &str| {
+            [
+                "-X",
+                "security.protocol=SASL_PLAINTEXT",
+                "-X",
+                "sasl.mechanism=SCRAM-SHA-256",
+                "-X",
+                "sasl.username=alice",
+                "-X",
+                &format!("sasl.password={password}"),
+            ]
+            .map(String::from)
+        };
+        let run = |args: &[&str], password: &str, input: &[u8]| {
+            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            all.extend(["-b".to_string(), b.clone()]);
+            all.extend(login(password));
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let started = std::time::Instant::now();
+            let out = runnel_with_input(&all, input);
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                started.elapsed(),
+            )
+        };
+        for args in [
+            &["produce", "logins"][..],
+            &["topics", "list"][..],
+            &["consume", "logins", "--max", "1"][..],
+        ] {
+            let (ok, err, took) = run(args, "guess", b"reading\n");
+            assert!(!ok, "{args:?}: {err}");
+            assert!(
+                err.contains("the broker refused the login")
+                    && err.contains("wrong password for user"),
+                "{args:?}: {err}"
+            );
+            // librdkafka's own timeouts are 10 s (metadata) and 30 s (flush).
+            assert!(
+                took < std::time::Duration::from_secs(8),
+                "{args:?} took {took:?}"
+            );
+        }
+        let (ok, err, _) = run(&["produce", "logins"], "a11ce-s3cret", b"reading\n");
+        assert!(ok, "{err}");
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
 /// `runnel groups`: describe shows committed offsets, lag and the member holding a partition;
 /// reset-offsets plans, refuses while the group has members, and commits with --execute;
 /// delete removes the group.

@@ -92,9 +92,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::List { conn } => {
             let consumer = plain_consumer(&conn)?;
-            let md = consumer
-                .fetch_metadata(None, TIMEOUT)
-                .context("metadata request failed")?;
+            let md = metadata(&consumer, None)?;
             for t in md.topics() {
                 out!("{}", t.name());
             }
@@ -102,9 +100,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Describe { name, conn } => {
             let consumer = plain_consumer(&conn)?;
-            let md = consumer
-                .fetch_metadata(Some(&name), TIMEOUT)
-                .context("metadata request failed")?;
+            let md = metadata(&consumer, Some(&name))?;
             let Some(t) = md.topics().first() else {
                 bail!("no metadata for {name}")
             };
@@ -131,10 +127,68 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer> {
+fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer<AuthWatch>> {
     conn.client_config()?
-        .create()
+        .create_with_context(AuthWatch::default())
         .context("cannot create a Kafka client")
+}
+
+/// Keeps the first login the broker refused, so that a command stops with that reason at once
+/// instead of retrying until its timeout and then naming a transport error. Other client errors
+/// are logged, as librdkafka's default does.
+#[derive(Default)]
+struct AuthWatch {
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for AuthWatch {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Authentication) {
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| reason.to_string());
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for AuthWatch {}
+
+impl AuthWatch {
+    /// Fails with the broker's reason once a login was refused.
+    fn check(&self) -> anyhow::Result<()> {
+        match &*self.refused.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => bail!("the broker refused the login: {why}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The cluster's metadata (of `topic` only, if given), or why the broker refused it: a refused
+/// login rather than the transport failure librdkafka reports after its timeout.
+fn metadata(
+    consumer: &BaseConsumer<AuthWatch>,
+    topic: Option<&str>,
+) -> anyhow::Result<rdkafka::metadata::Metadata> {
+    // Asked in short steps: librdkafka hands its error events (a refused login among them) to
+    // the context only when the client is polled, and a refused client would otherwise wait
+    // out the whole timeout.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match consumer.fetch_metadata(topic, Duration::from_millis(500)) {
+            Ok(md) => return Ok(md),
+            Err(e) => {
+                // No assignment yet: polling only serves the client's events.
+                let _ = consumer.poll(Duration::from_millis(50));
+                consumer.context().check()?;
+                if Instant::now() >= deadline {
+                    return Err(e).context("metadata request failed");
+                }
+            }
+        }
+    }
 }
 
 /// Counts the records the broker refused (or that could not be delivered), keeping the first
@@ -143,9 +197,14 @@ fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer> {
 struct Deliveries {
     failed: std::sync::atomic::AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
+    auth: AuthWatch,
 }
 
-impl rdkafka::ClientContext for Deliveries {}
+impl rdkafka::ClientContext for Deliveries {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.auth.error(error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -192,6 +251,7 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
                     ),
                     r,
                 )) => {
+                    producer.context().auth.check()?;
                     pending = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -200,9 +260,18 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
         }
         count += 1;
     }
-    producer
-        .flush(Duration::from_secs(30))
-        .context("flush failed")?;
+    // Flushed in short steps, so that a refused login ends the command at once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        producer.context().auth.check()?;
+        match producer.flush(Duration::from_millis(100)) {
+            Ok(()) => break,
+            Err(rdkafka::error::KafkaError::Flush(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            )) if Instant::now() < deadline => {}
+            Err(e) => return Err(e).context("flush failed"),
+        }
+    }
     if producer.in_flight_count() > 0 {
         bail!(
             "{} records were not acknowledged",
@@ -256,10 +325,10 @@ pub fn consume(
             .set("group.id", "runnel-cli")
             .set("enable.auto.commit", "false"),
     };
-    let consumer: BaseConsumer = cfg.create().context("cannot create a Kafka consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .context("metadata request failed")?;
+    let consumer: BaseConsumer<AuthWatch> = cfg
+        .create_with_context(AuthWatch::default())
+        .context("cannot create a Kafka consumer")?;
+    let md = metadata(&consumer, Some(topic))?;
     let missing = md
         .topics()
         .iter()
@@ -292,6 +361,7 @@ pub fn consume(
     let mut seen = 0u64;
     let mut last = Instant::now();
     while max.is_none_or(|m| seen < m) {
+        consumer.context().check()?;
         match consumer.poll(Duration::from_millis(200)) {
             None => {
                 if idle_timeout.is_some_and(|t| last.elapsed() >= t) {
@@ -306,7 +376,10 @@ pub fn consume(
                     break;
                 }
             }
-            Some(Err(e)) => bail!("consume failed: {e}"),
+            Some(Err(e)) => {
+                consumer.context().check()?;
+                bail!("consume failed: {e}")
+            }
             Some(Ok(m)) => {
                 last = Instant::now();
                 let written = (|| {
