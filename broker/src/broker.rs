@@ -45,6 +45,8 @@ pub struct Broker {
     pub plugins: PluginSet,
     /// What the `[federation]` forwarders report.
     pub federation: crate::federation::Stats,
+    /// The ACLs and the decisions made from them (`[acls]`).
+    pub acls: crate::acl::Authorizer,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -139,6 +141,8 @@ pub async fn start_broker_from(
     )
     .map_err(|e| anyhow::anyhow!("cannot load committed offsets: {e}"))?;
     let cluster_id = cluster_id(&data_dir)?;
+    let acls =
+        crate::acl::Authorizer::open(&config.acls, meta.clone()).context("cannot read the ACLs")?;
     let plugins = PluginSet::load(&config.plugins, data_dir.join("plugin-cache"), config_file)
         .context("cannot load the plugins")?;
     let broker = Arc::new(Broker {
@@ -151,6 +155,7 @@ pub async fn start_broker_from(
         metrics: Metrics::default(),
         plugins,
         federation: Default::default(),
+        acls,
         config,
     });
 

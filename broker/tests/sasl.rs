@@ -62,25 +62,6 @@ async fn produce(c: &ClientConfig, topic: &str, n: usize, timeout: Duration) -> 
     producer.flush(timeout).map_err(|e| e.to_string())
 }
 
-/// SaslHandshake (PLAIN) and SaslAuthenticate with `plain` (`authzid NUL user NUL secret`).
-async fn login(
-    raw: &mut common::RawClient,
-    plain: &'static [u8],
-) -> kafka_protocol::messages::SaslAuthenticateResponse {
-    let hs = raw
-        .call(
-            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
-            1,
-        )
-        .await;
-    assert_eq!(hs.error_code, 0);
-    raw.call(
-        &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(plain)),
-        2,
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_log_in_with_sasl_plain_and_the_others_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,7 +276,7 @@ async fn clients_log_in_with_scram_sha_256_and_512_and_wrong_passwords_are_refus
 
     // DescribeUserScramCredentials lists the users of the file, each with both mechanisms.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    assert_eq!(login(&mut raw, b"\0bob\0b0b-n3w").await.error_code, 0);
+    assert_eq!(raw.login_plain(b"\0bob\0b0b-n3w").await.error_code, 0);
     let all = raw
         .call(&DescribeUserScramCredentialsRequest::default(), 0)
         .await;
@@ -380,7 +361,7 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
 
     // A bad secret: SASL_AUTHENTICATION_FAILED with the reason, then the connection ends.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    let auth = login(&mut raw, b"\0alice\0guess").await;
+    let auth = raw.login_plain(b"\0alice\0guess").await;
     assert_eq!(auth.error_code, 58, "SASL_AUTHENTICATION_FAILED");
     let reason = auth.error_message.unwrap().to_string();
     assert!(reason.contains("alice"), "{reason}");
@@ -388,7 +369,7 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
 
     // The right secret: authenticated, then served.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    let auth = login(&mut raw, b"\0bob\0b0b-s3cret").await;
+    let auth = raw.login_plain(b"\0bob\0b0b-s3cret").await;
     assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
     let md = raw.call(&MetadataRequest::default(), 9).await;
     assert_eq!(md.brokers.len(), 1);
@@ -430,7 +411,7 @@ async fn before_login_requests_are_small_and_the_login_is_timed() {
 
     // A client that logs in stays past the timeout and may send large requests.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    let auth = login(&mut raw, b"\0bob\0b0b-s3cret").await;
+    let auth = raw.login_plain(b"\0bob\0b0b-s3cret").await;
     assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let big_topic = "t".repeat(200);

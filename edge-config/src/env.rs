@@ -92,6 +92,13 @@ fn typed(kind: Kind, text: &str) -> Value {
             Ok(n) => Value::Float(n),
             Err(_) => Value::String(text.to_owned()),
         },
+        Kind::List => Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| Value::String(item.to_owned()))
+                .collect(),
+        ),
         // An array of tables from an env string fails deserialization, naming the variable.
         Kind::Text | Kind::Choice | Kind::Addr | Kind::Tables => Value::String(text.to_owned()),
     }

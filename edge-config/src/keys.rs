@@ -27,6 +27,8 @@ pub(crate) enum Kind {
     Duration,
     /// An array of tables (`[[plugins.load]]`); not settable from the environment.
     Tables,
+    /// An array of strings; from the environment, comma-separated.
+    List,
 }
 
 /// One key of a section.
@@ -328,6 +330,27 @@ pub(crate) const SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        path: "acls",
+        doc: "Authorization by Kafka ACLs, on every listener (Kafka, TLS and QUIC).",
+        keys: &[
+            key(
+                "enabled",
+                Bool,
+                "Check every request against the ACLs. false = every principal may do everything.\nACLs are managed with Kafka's CreateAcls, DescribeAcls and DeleteAcls (kafka-acls.sh,\nadmin clients) and kept in the metadata database. Allowed: true, false.",
+            ),
+            key(
+                "super_users",
+                List,
+                "Principals allowed everything, such as [\"User:admin\"]. Without one, only an ACL\ncan let anyone create ACLs. From the environment: comma-separated.",
+            ),
+            key(
+                "allow_if_no_acl",
+                Bool,
+                "Allow what is done to a resource that no ACL names (Kafka's\nallow.everyone.if.no.acl.found). false = what no ACL allows is refused.",
+            ),
+        ],
+    },
+    Section {
         path: "plugins",
         doc: "WebAssembly plugins: filters and transforms with the topics that run them on produce, and quota policies.",
         keys: &[
@@ -482,7 +505,7 @@ mod tests {
                 toml::Value::Integer(_) => matches!(kind, Kind::Int | Kind::Bytes),
                 toml::Value::Float(_) => kind == Kind::Float,
                 toml::Value::String(_) => kind != Kind::Bool && kind != Kind::Int,
-                toml::Value::Array(_) => kind == Kind::Tables,
+                toml::Value::Array(_) => matches!(kind, Kind::Tables | Kind::List),
                 _ => false,
             };
             assert!(ok, "{path} has kind {kind:?} but default {value}");
@@ -498,6 +521,7 @@ mod tests {
                 "listeners",
                 "log",
                 "groups",
+                "acls",
                 "plugins",
                 "federation"
             ]

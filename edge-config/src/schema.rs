@@ -40,6 +40,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[groups]`: the consumer-group coordinator.
     pub groups: GroupsConfig,
+    /// `[acls]`: who may do what (Kafka ACLs), checked on every listener.
+    pub acls: AclsConfig,
     /// `[plugins]`: WebAssembly plugins and the topics that run them.
     pub plugins: crate::PluginsConfig,
     /// `[federation]`: local topics forwarded to central Kafka clusters.
@@ -392,6 +394,22 @@ impl Default for GroupsConfig {
             offsets_retention: secs(7 * DAY),
         }
     }
+}
+
+/// `[acls]`: authorization by Kafka ACLs.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclsConfig {
+    /// Check every request against the ACLs (Kafka's `authorizer.class.name`). Default false:
+    /// every principal may do everything. ACLs are managed with Kafka's CreateAcls, DescribeAcls
+    /// and DeleteAcls (`kafka-acls.sh`, an admin client) and kept in the metadata database.
+    pub enabled: bool,
+    /// Principals allowed everything whatever the ACLs say (Kafka's `super.users`), such as
+    /// `["User:admin"]`. Default none. With none, only ACLs can let anyone manage ACLs.
+    pub super_users: Vec<String>,
+    /// Allow an operation on a resource that no ACL names at all (Kafka's
+    /// `allow.everyone.if.no.acl.found`). Default false: what no ACL allows is refused.
+    pub allow_if_no_acl: bool,
 }
 
 /// A string value that is not one of an enum's spellings.

@@ -210,6 +210,14 @@ impl Config {
             ));
         }
         c.positive("groups.offsets_retention", groups.offsets_retention)?;
+        for user in &self.acls.super_users {
+            if user.strip_prefix("User:").is_none_or(str::is_empty) {
+                return Err(c.invalid(
+                    "acls.super_users",
+                    format!("{user:?} is not a principal; write it as \"User:<name>\""),
+                ));
+            }
+        }
 
         let plugins = &self.plugins;
         c.positive("plugins.call_timeout", plugins.call_timeout)?;
@@ -371,6 +379,22 @@ mod tests {
         assert!(at("[listeners.quic]\nmax_streams = 1025\n").contains("max_streams"));
         let cfg = load("[listeners.quic]\nmax_streams = 64\n").unwrap();
         assert_eq!(cfg.listeners.quic.max_streams, 64);
+    }
+
+    #[test]
+    fn super_users_are_principals_and_come_from_the_environment_as_a_list() {
+        let err = Config::from_toml_str("[acls]\nsuper_users = [\"admin\"]\n", "r.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.toml:2: acls.super_users"), "{err}");
+        assert!(err.contains("\"User:<name>\""), "{err}");
+        let env = [(
+            "RUNNEL_ACLS__SUPER_USERS".to_string(),
+            "User:admin, User:ops".to_string(),
+        )];
+        let c = Config::from_toml_str("", "r.toml", &env).unwrap();
+        assert_eq!(c.acls.super_users, ["User:admin", "User:ops"]);
+        assert!(!c.acls.enabled);
     }
 
     #[test]

@@ -95,7 +95,8 @@ class Broker:
     """
 
     def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, tls: TlsMaterial | None,
-                 sasl_users: dict[str, str] | None = None, quic: bool = False):
+                 sasl_users: dict[str, str] | None = None, quic: bool = False,
+                 super_users: list[str] | None = None):
         self.binary = binary
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,8 @@ class Broker:
         # of its self-signed certificate as the broker logs it.
         self.quic_port = free_port(socket.SOCK_DGRAM) if quic else None
         self.fingerprint: str | None = None
+        # With super users, ACLs are on (`[acls]`) and these principals may do everything.
+        self.super_users = super_users
         self.config_path = workdir / "runnel.toml"
         self.log_path = workdir / "broker.log"
         self.log_path.touch()
@@ -158,6 +161,9 @@ class Broker:
         else:
             lines += ["enabled = false"]
         lines += ["[listeners.admin]", "enabled = false"]
+        if self.super_users:
+            names = ", ".join(f'"{u}"' for u in self.super_users)
+            lines += ["[acls]", "enabled = true", f"super_users = [{names}]"]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def running(self) -> bool:
@@ -301,9 +307,10 @@ def broker_factory(runnel_bin, tls_material, tmp_path_factory):
     made: list[Broker] = []
 
     def make(tls: bool = False, start: bool = True,
-             sasl_users: dict[str, str] | None = None, quic: bool = False) -> Broker:
+             sasl_users: dict[str, str] | None = None, quic: bool = False,
+             super_users: list[str] | None = None) -> Broker:
         b = Broker(runnel_bin, tmp_path_factory.mktemp("broker"), tls_material if tls else None,
-                   sasl_users, quic)
+                   sasl_users, quic, super_users)
         made.append(b)
         if start:
             b.start()

@@ -12,9 +12,10 @@ import sys
 from confluent_kafka import (TIMESTAMP_LOG_APPEND_TIME, Consumer, ConsumerGroupType,
                              KafkaError, KafkaException, Producer, TopicCollection,
                              TopicPartition)
-from confluent_kafka.admin import (AclOperation, AdminClient, AlterConfigOpType, ConfigEntry,
+from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation,
+                                   AclPermissionType, AdminClient, AlterConfigOpType, ConfigEntry,
                                    ConfigResource, ConfigSource, NewPartitions, NewTopic,
-                                   OffsetSpec)
+                                   OffsetSpec, ResourcePatternType, ResourceType)
 
 from ck_util import (BASE_TS, assert_same_records, conf, consumer_conf, create_topic,
                      produce_records, record_set)
@@ -155,6 +156,62 @@ def test_admin_describes_the_scram_users(broker_factory):
     with pytest.raises(KafkaException) as e:
         missing.result(timeout=30)
     assert e.value.args[0].code() == KafkaError.RESOURCE_NOT_FOUND
+
+
+def test_admin_manages_acls_that_decide_who_writes(broker_factory):
+    """create_acls, describe_acls and delete_acls by a super user of a broker with ACLs on: a
+    prefixed Write ACL lets alice produce to the topics it names and to no other
+    (TOPIC_AUTHORIZATION_FAILED, nothing written); once it is deleted she is refused there too;
+    she may not make ACLs herself, and her topic operations say what she may do."""
+    b = broker_factory(sasl_users={"admin": "adm1n-s3cret", "alice": "a11ce-s3cret"},
+                       super_users=["User:admin"])
+
+    def as_user(user: str, secret: str) -> dict:
+        return {**conf(b.bootstrap), "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": user, "sasl.password": secret}
+
+    admin = AdminClient(as_user("admin", "adm1n-s3cret"))
+    for t in ("ck-acl.readings", "ck-closed"):
+        create_topic(admin, t, 1)
+    write = AclBinding(ResourceType.TOPIC, "ck-acl.", ResourcePatternType.PREFIXED, "User:alice",
+                       "*", AclOperation.WRITE, AclPermissionType.ALLOW)
+    admin.create_acls([write])[write].result(timeout=15)
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                  AclOperation.ANY, AclPermissionType.ANY)
+    assert admin.describe_acls(everything).result(timeout=15) == [write]
+
+    def produce(topic: str) -> KafkaError | None:
+        outcome = []
+        p = Producer({**as_user("alice", "a11ce-s3cret"), "message.timeout.ms": 10000})
+        p.produce(topic, b"21.5", on_delivery=lambda err, msg: outcome.append(err))
+        p.flush(15)
+        assert len(outcome) == 1, "one delivery report"
+        return outcome[0]
+
+    assert produce("ck-acl.readings") is None
+    refused = produce("ck-closed")
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    ends = admin.list_offsets({TopicPartition("ck-closed", 0): OffsetSpec.latest()})
+    assert ends[TopicPartition("ck-closed", 0)].result(timeout=15).offset == 0
+
+    alice = AdminClient(as_user("alice", "a11ce-s3cret"))
+    read = AclBinding(ResourceType.TOPIC, "ck-closed", ResourcePatternType.LITERAL, "User:alice",
+                      "*", AclOperation.READ, AclPermissionType.ALLOW)
+    with pytest.raises(KafkaException) as e:
+        alice.create_acls([read])[read].result(timeout=15)
+    assert e.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    # librdkafka reads DescribeAcls' CLUSTER_AUTHORIZATION_FAILED but reports no ACLs instead.
+    assert alice.describe_acls(everything).result(timeout=15) == []
+    ops = alice.describe_topics(TopicCollection(["ck-acl.readings"]),
+                                include_authorized_operations=True)
+    assert set(ops["ck-acl.readings"].result(timeout=15).authorized_operations) == {
+        AclOperation.WRITE, AclOperation.DESCRIBE}
+
+    deleted = admin.delete_acls([everything])[everything].result(timeout=15)
+    assert deleted == [write]
+    assert admin.describe_acls(everything).result(timeout=15) == []
+    refused = produce("ck-acl.readings")
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def test_admin_create_partitions_and_alter_configs(broker):

@@ -331,6 +331,77 @@ def test_sasl_login(broker_factory, mechanism):
         bad.send(topic, value=b"never").get(timeout=10)
 
 
+def test_acls_from_the_admin_client_decide_who_writes_reads_and_joins(broker_factory):
+    """KafkaAdminClient's create_acls, describe_acls and delete_acls, by a super user of a
+    broker with ACLs on; the ACLs hold for kafka-python's producer and group consumer: alice
+    writes and bob reads in group kp-dash; bob may not write, join another group or list ACLs."""
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType,
+                             ACLResourcePatternType, ResourcePattern, ResourcePatternFilter,
+                             ResourceType)
+    b = broker_factory(sasl_users={"admin": "adm1n-s3cret", "alice": "a11ce-s3cret",
+                                   "bob": "b0b-s3cret"}, super_users=["User:admin"])
+
+    def login(user: str, secret: str) -> dict:
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": user, "sasl_plain_password": secret}
+
+    alice, bob = login("alice", "a11ce-s3cret"), login("bob", "b0b-s3cret")
+    admin = KafkaAdminClient(bootstrap_servers=b.bootstrap, request_timeout_ms=10000,
+                             **login("admin", "adm1n-s3cret"))
+    topic = unique("kp-acl")
+
+    def allow(principal: str, kind, name: str, op) -> ACL:
+        return ACL(principal, "*", op, ACLPermissionType.ALLOW,
+                   ResourcePattern(kind, name, ACLResourcePatternType.LITERAL))
+
+    acls = [allow("User:alice", ResourceType.TOPIC, topic, ACLOperation.WRITE),
+            allow("User:alice", ResourceType.TOPIC, topic, ACLOperation.CREATE),
+            allow("User:bob", ResourceType.TOPIC, topic, ACLOperation.READ),
+            allow("User:bob", ResourceType.GROUP, "kp-dash", ACLOperation.READ)]
+    made = admin.create_acls(acls)
+    assert (made["succeeded"], made["failed"]) == (acls, [])
+    everything = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                           ResourcePatternFilter(ResourceType.ANY, None,
+                                                 ACLResourcePatternType.ANY))
+    listed, error = admin.describe_acls(everything)
+    assert error is kafka.errors.NoError and sorted(map(repr, listed)) == sorted(map(repr, acls))
+
+    p = producer(b, **alice)
+    for i in range(3):
+        p.send(topic, value=f"r{i}".encode()).get(timeout=30)
+    p.close()
+    c = consumer(b, topic, group_id="kp-dash", **bob)
+    assert [r.value for r in read(c, 3)] == [b"r0", b"r1", b"r2"]
+    c.commit()
+    c.close()
+
+    # Bob may write to no topic: his (idempotent) producer may not even get a producer id, as
+    # in Kafka (KIP-679); without idempotence the topic refuses him.
+    p = producer(b, max_block_ms=10000, **bob)
+    with pytest.raises(kafka.errors.KafkaError, match="ClusterAuthorizationFailed"):
+        p.send(topic, value=b"never").get(timeout=30)
+    p.close()
+    p = producer(b, max_block_ms=10000, enable_idempotence=False, **bob)
+    with pytest.raises(kafka.errors.TopicAuthorizationFailedError):
+        p.send(topic, value=b"never").get(timeout=30)
+    p.close()
+    c = consumer(b, topic, group_id="kp-other", **bob)
+    with pytest.raises(kafka.errors.GroupAuthorizationFailedError):
+        for _ in range(20):
+            c.poll(timeout_ms=500)
+    c.close()
+    bob_admin = KafkaAdminClient(bootstrap_servers=b.bootstrap, request_timeout_ms=10000, **bob)
+    with pytest.raises(kafka.errors.ClusterAuthorizationFailedError):
+        bob_admin.describe_acls(everything)
+    bob_admin.close()
+
+    results = admin.delete_acls([everything])
+    assert len(results) == 1 and results[0][2] is kafka.errors.NoError
+    assert sorted(map(repr, results[0][1])) == sorted(map(repr, acls))
+    assert admin.describe_acls(everything)[0] == []
+    admin.close()
+
+
 # --- admin: log dirs --------------------------------------------------------------------------
 
 def test_describe_log_dirs(broker):

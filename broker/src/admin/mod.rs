@@ -55,6 +55,8 @@ pub struct Metrics {
     pub quic_datagrams_dropped: AtomicU64,
     /// Connections refused for a failed or missing authentication.
     pub auth_failures: AtomicU64,
+    /// Operations an ACL check refused (`[acls]`): one per topic, group or cluster check.
+    pub acl_denied: AtomicU64,
     /// Successful authentications (client certificate or SASL) by principal. One entry per
     /// device that ever authenticated: as many as the token file or the CA allows.
     authenticated: Mutex<BTreeMap<String, u64>>,
@@ -78,6 +80,7 @@ impl Default for Metrics {
             quic_datagrams_total: AtomicU64::new(0),
             quic_datagrams_dropped: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
+            acl_denied: AtomicU64::new(0),
             authenticated: Mutex::new(BTreeMap::new()),
             requests: (0..MAX_API_KEY).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -190,6 +193,12 @@ impl Metrics {
             "runnel_auth_failures_total",
             "Connections refused for a failed or missing authentication.",
             self.auth_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_acl_denied_total",
+            "Operations on a topic, group or the cluster that the ACLs refused.",
+            self.acl_denied.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,

@@ -6,6 +6,7 @@
 //! | `group_offsets` | (group, topic, partition) | (offset, leader epoch, metadata, commit time ms) |
 //! | `counters` | name | i64 (`next_producer_id`) |
 //! | `federation_cursors` | (link, topic, partition) | (topic id, next local offset to forward) |
+//! | `acls` | (resource type, pattern type, name, principal, host, operation, permission) | () |
 //!
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
@@ -15,13 +16,14 @@
 //! opened again. The store therefore closes it on such an error and opens it again at the next
 //! use, so metadata writes work again as soon as the disk does, without a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::acl::Acl;
 use crate::groups::{CommittedOffset, Membership, OffsetStore, StoreError};
 
 const TOPICS: TableDefinition<&str, &str> = TableDefinition::new("topics");
@@ -38,6 +40,12 @@ const GROUP_MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("group_
 /// tells a topic made again under the same name from the one the cursor was for.
 const FEDERATION_CURSORS: TableDefinition<(&str, &str, i32), (u128, i64)> =
     TableDefinition::new("federation_cursors");
+
+/// The ACLs in force (`crate::acl`), by their wire codes: (resource type, pattern type, resource
+/// name, principal, host, operation, permission).
+type AclRow =
+    TableDefinition<'static, (i8, i8, &'static str, &'static str, &'static str, i8, i8), ()>;
+const ACLS: AclRow = TableDefinition::new("acls");
 
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
 /// out are skipped after a restart, which Kafka allows (ids only need to be unique).
@@ -118,8 +126,22 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     tx.open_table(COUNTERS)?;
     tx.open_table(GROUP_MEMBERS)?;
     tx.open_table(FEDERATION_CURSORS)?;
+    tx.open_table(ACLS)?;
     tx.commit()?;
     Ok(db)
+}
+
+/// The `acls` key of an ACL.
+fn acl_key(acl: &Acl) -> (i8, i8, &str, &str, &str, i8, i8) {
+    (
+        acl.resource_type.code(),
+        acl.pattern.code(),
+        &acl.name,
+        &acl.principal,
+        &acl.host,
+        acl.operation.code(),
+        acl.permission.code(),
+    )
 }
 
 impl MetaError {
@@ -280,6 +302,56 @@ impl MetaStore {
             let tx = db.begin_write()?;
             tx.open_table(FEDERATION_CURSORS)?
                 .insert((link, topic, partition), (topic_id, next))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The ACLs kept; a row whose codes are no longer known is skipped with a warning.
+    pub fn acls(&self) -> Result<BTreeSet<Acl>, MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(ACLS)?;
+            let mut out = BTreeSet::new();
+            for row in table.iter()? {
+                let (key, _) = row?;
+                let (rt, pattern, name, principal, host, op, perm) = key.value();
+                match Acl::new((rt, name, pattern), principal, host, op, perm) {
+                    Ok(acl) => {
+                        out.insert(acl);
+                    }
+                    Err(e) => tracing::warn!(name, principal, error = %e, "unreadable ACL skipped"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Keeps `acls`, in one transaction.
+    pub fn put_acls(&self, acls: &[Acl]) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(ACLS)?;
+                for acl in acls {
+                    table.insert(acl_key(acl), ())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Forgets `acls`, in one transaction.
+    pub fn delete_acls(&self, acls: &BTreeSet<Acl>) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(ACLS)?;
+                for acl in acls {
+                    table.remove(acl_key(acl))?;
+                }
+            }
             tx.commit()?;
             Ok(())
         })

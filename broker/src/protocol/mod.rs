@@ -30,6 +30,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::{Encodable, Request as KafkaRequest};
 
+use crate::acl;
 use crate::broker::Broker;
 
 /// Which kind of listener a connection arrived on.
@@ -75,6 +76,60 @@ pub struct Ctx {
     /// reads and clears it after the response and mutes itself that long. One cell per
     /// connection: requests on a connection are handled one at a time.
     pub throttle_ms: Arc<AtomicU32>,
+}
+
+impl Ctx {
+    /// Who sent the request, for the ACLs.
+    pub fn asker(&self) -> acl::Asker<'_> {
+        acl::Asker {
+            // An unauthenticated SASL connection gets no further than SaslAuthenticate.
+            principal: self.session.identity.principal().unwrap_or(auth::ANONYMOUS),
+            host: self.session.peer.ip(),
+        }
+    }
+
+    /// Whether the ACLs let the client perform `op` on the resource; a refusal is counted and
+    /// logged at debug.
+    pub fn allowed(&self, op: acl::Operation, resource: acl::ResourceType, name: &str) -> bool {
+        let who = self.asker();
+        let allowed = self.broker.acls.allowed(who, op, resource, name);
+        if !allowed {
+            self.refused(op, resource, name);
+        }
+        allowed
+    }
+
+    /// Whether the client may see the resource (Describe), for requests that list what there
+    /// is: what it may not see is left out, not refused, so nothing is counted.
+    pub fn sees(&self, resource: acl::ResourceType, name: &str) -> bool {
+        self.broker
+            .acls
+            .allowed(self.asker(), acl::Operation::Describe, resource, name)
+    }
+
+    /// The operations the client may perform on the resource, as Metadata and DescribeGroups
+    /// report them when asked, or `apis::OPERATIONS_NOT_ASKED`.
+    pub fn operations(&self, asked: bool, resource: acl::ResourceType, name: &str) -> i32 {
+        if !asked {
+            return apis::OPERATIONS_NOT_ASKED;
+        }
+        self.broker.acls.operations(self.asker(), resource, name)
+    }
+
+    /// Whether the client may perform `op` on the cluster.
+    pub fn allowed_on_cluster(&self, op: acl::Operation) -> bool {
+        self.allowed(op, acl::ResourceType::Cluster, acl::CLUSTER_NAME)
+    }
+
+    /// Counts and logs a refusal by the ACLs.
+    pub fn refused(&self, op: acl::Operation, resource: acl::ResourceType, name: &str) {
+        self.broker
+            .metrics
+            .acl_denied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let who = self.asker();
+        tracing::debug!(principal = who.principal, host = %who.host, ?op, ?resource, name, "refused by the ACLs");
+    }
 }
 
 /// What the connection does once a request is handled.
@@ -335,6 +390,9 @@ pub fn routes() -> Dispatcher {
     .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
     .add::<DescribeLogDirsRequest, _, _>(1, 4, describe_log_dirs::handle)
     .add::<DescribeUserScramCredentialsRequest, _, _>(0, 0, describe_user_scram_credentials::handle)
+    .add::<DescribeAclsRequest, _, _>(1, 3, describe_acls::handle)
+    .add::<CreateAclsRequest, _, _>(1, 3, create_acls::handle)
+    .add::<DeleteAclsRequest, _, _>(1, 3, delete_acls::handle)
     .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle)
     .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
     .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);

@@ -100,6 +100,26 @@ impl RawClient {
         decode_response::<R>(frame, version, self.correlation)
     }
 
+    /// SaslHandshake (PLAIN) and SaslAuthenticate with `plain` (`authzid NUL user NUL secret`).
+    pub async fn login_plain(
+        &mut self,
+        plain: &'static [u8],
+    ) -> kafka_protocol::messages::SaslAuthenticateResponse {
+        use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+        let hs = self
+            .call(
+                &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+                1,
+            )
+            .await;
+        assert_eq!(hs.error_code, 0);
+        self.call(
+            &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(plain)),
+            2,
+        )
+        .await
+    }
+
     pub async fn send_frame(&mut self, body: &[u8]) {
         let mut buf = BytesMut::with_capacity(body.len() + 4);
         buf.put_i32(body.len() as i32);

@@ -1,5 +1,7 @@
 //! CreateTopics (key 19). Partition count and replication factor -1 mean the broker defaults.
-//! Manual replica assignments are accepted only when they name this broker alone.
+//! Manual replica assignments are accepted only when they name this broker alone. The client
+//! needs Create on the cluster or on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED;
+//! the topic's configs come back only if it may DescribeConfigs the topic.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::s;
+use crate::acl::{Operation, ResourceType};
 use crate::broker::now_ms;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
@@ -24,6 +27,14 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
     let mut results = Vec::new();
     for t in req.topics {
         let mut out = CreatableTopicResult::default().with_name(t.name.clone());
+        if !super::metadata::may_create(&ctx, &t.name) {
+            out.error_code = E::TopicAuthorizationFailed.code();
+            out.error_message = Some(s(
+                "creating a topic needs Create on the cluster or the topic",
+            ));
+            results.push(out);
+            continue;
+        }
         let partitions = if !t.assignments.is_empty() {
             t.assignments.len() as i32
         } else if t.num_partitions == -1 {
@@ -67,6 +78,17 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                 out.topic_id = topic.id;
                 out.num_partitions = partitions;
                 out.replication_factor = rf;
+                let who = ctx.asker();
+                if !b.acls.allowed(
+                    who,
+                    Operation::DescribeConfigs,
+                    ResourceType::Topic,
+                    &t.name,
+                ) {
+                    out.topic_config_error_code = E::TopicAuthorizationFailed.code();
+                    results.push(out);
+                    continue;
+                }
                 out.configs = Some(
                     b.catalog
                         .effective_configs(&topic)

@@ -1,8 +1,12 @@
-//! DeleteGroups (key 42): only empty groups; their committed offsets go with them.
+//! DeleteGroups (key 42): only empty groups; their committed offsets go with them. The client
+//! needs Delete on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED.
+
+use kafka_protocol::error::ResponseError as E;
 
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
@@ -10,9 +14,13 @@ pub async fn handle(ctx: Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse 
         .groups_names
         .into_iter()
         .map(|id| {
-            let code = match ctx.broker.groups.delete_group(&id) {
-                Ok(()) => 0,
-                Err(e) => e.kafka_code(),
+            let code = if !ctx.allowed(Operation::Delete, ResourceType::Group, &id) {
+                E::GroupAuthorizationFailed.code()
+            } else {
+                match ctx.broker.groups.delete_group(&id) {
+                    Ok(()) => 0,
+                    Err(e) => e.kafka_code(),
+                }
             };
             DeletableGroupResult::default()
                 .with_group_id(id)

@@ -1,4 +1,5 @@
 //! DeleteRecords (key 21): advance a partition's log start offset (-1 means the high watermark).
+//! The client needs Delete on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::delete_records_response::{
@@ -6,6 +7,7 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
 
@@ -15,7 +17,8 @@ pub async fn handle(ctx: Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespons
         .topics
         .into_iter()
         .map(|t| {
-            let topic = catalog.get(&t.name);
+            let refused = !ctx.allowed(Operation::Delete, ResourceType::Topic, &t.name);
+            let topic = catalog.get(&t.name).filter(|_| !refused);
             let partitions = t
                 .partitions
                 .into_iter()
@@ -24,6 +27,7 @@ pub async fn handle(ctx: Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespons
                         .with_partition_index(p.partition_index)
                         .with_low_watermark(-1);
                     match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                        None if refused => out.error_code = E::TopicAuthorizationFailed.code(),
                         None => out.error_code = E::UnknownTopicOrPartition.code(),
                         Some(part) => {
                             let mut log = part.log();

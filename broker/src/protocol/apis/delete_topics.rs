@@ -1,10 +1,12 @@
-//! DeleteTopics (key 20): by name (v1-5) or by name or topic id (v6).
+//! DeleteTopics (key 20): by name (v1-5) or by name or topic id (v6). The client needs Delete
+//! on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED, whether it exists or not.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 
 use super::s;
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
 
@@ -22,11 +24,23 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
             let mut out = DeletableTopicResult::default()
                 .with_name(name.clone())
                 .with_topic_id(id);
+            if let Some(n) = &name
+                && !ctx.allowed(Operation::Delete, ResourceType::Topic, n)
+            {
+                out.error_code = E::TopicAuthorizationFailed.code();
+                return out;
+            }
             let topic = match &name {
                 Some(n) => catalog.get(n),
                 None => catalog.get_by_id(id),
             };
             match topic {
+                Some(t)
+                    if name.is_none()
+                        && !ctx.allowed(Operation::Delete, ResourceType::Topic, &t.name) =>
+                {
+                    out.error_code = E::TopicAuthorizationFailed.code();
+                }
                 None => {
                     out.error_code = if name.is_some() {
                         E::UnknownTopicOrPartition.code()

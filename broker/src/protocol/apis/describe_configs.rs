@@ -3,7 +3,8 @@
 //! (STATIC_BROKER_CONFIG) or Kafka's default (DEFAULT_CONFIG), with synonyms on request; for the
 //! broker resource, the `[log]` settings under Kafka's broker config names (`log.retention.ms`,
 //! `message.max.bytes`, ...) and the other settings Kafka tools look for (`num.partitions`,
-//! `auto.create.topics.enable`, `log.dirs`, the group timeouts, ...).
+//! `auto.create.topics.enable`, `log.dirs`, the group timeouts, ...). The client needs
+//! DescribeConfigs on the topic, or on the cluster for the broker (`crate::acl`).
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_configs_response::{
@@ -12,7 +13,23 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::s;
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
+
+/// Whether the ACLs refuse the client `op` (DescribeConfigs or AlterConfigs) on a config
+/// resource: TOPIC_AUTHORIZATION_FAILED for a topic, CLUSTER_AUTHORIZATION_FAILED for the broker.
+pub(crate) fn refused(ctx: &Ctx, op: Operation, resource_type: i8, name: &str) -> Option<i16> {
+    let (resource, name, code) = match resource_type {
+        RESOURCE_TOPIC => (ResourceType::Topic, name, E::TopicAuthorizationFailed),
+        RESOURCE_BROKER => (
+            ResourceType::Cluster,
+            crate::acl::CLUSTER_NAME,
+            E::ClusterAuthorizationFailed,
+        ),
+        _ => return None,
+    };
+    (!ctx.allowed(op, resource, name)).then_some(code.code())
+}
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
@@ -244,6 +261,14 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             let mut out = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
+            if let Some(code) = refused(
+                &ctx,
+                Operation::DescribeConfigs,
+                r.resource_type,
+                &r.resource_name,
+            ) {
+                return out.with_error_code(code);
+            }
             let entries: Vec<Entry> = match r.resource_type {
                 RESOURCE_TOPIC => match b.catalog.get(&r.resource_name) {
                     Some(t) => b

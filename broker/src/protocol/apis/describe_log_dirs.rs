@@ -6,6 +6,8 @@
 //! an offset lag of 0 and `is_future_key` false. Topics and partitions it does not have are left
 //! out, as Kafka leaves them out. v4 adds the size of the data dir's file system and the bytes
 //! free on it for the broker (statvfs), or -1 (unknown to clients) when they cannot be read.
+//! The client needs Describe on the cluster (`crate::acl`); without it, as in Kafka, the answer
+//! lists no directory and (v3+) carries CLUSTER_AUTHORIZATION_FAILED.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,6 +23,11 @@ use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
     let catalog = &ctx.broker.catalog;
+    if !ctx.allowed_on_cluster(crate::acl::Operation::Describe) {
+        return DescribeLogDirsResponse::default().with_error_code(
+            kafka_protocol::error::ResponseError::ClusterAuthorizationFailed.code(),
+        );
+    }
     // Each topic with the partitions of it that exist and were asked for; a name or partition
     // asked for twice is described once.
     let chosen: Vec<(Arc<Topic>, Vec<Arc<Partition>>)> = match req.topics {

@@ -5,7 +5,8 @@
 //! iterations, made from the file. A listener without a users file has none. As in Kafka, a user
 //! asked for who has none is RESOURCE_NOT_FOUND, and a user asked for twice DUPLICATE_RESOURCE.
 //! Credentials are not altered over the protocol (AlterUserScramCredentials is not served):
-//! the file is where users are added and removed.
+//! the file is where users are added and removed. The client needs Describe on the cluster
+//! (`crate::acl`), else CLUSTER_AUTHORIZATION_FAILED.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,11 @@ pub async fn handle(
     ctx: Ctx,
     req: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
+    if !ctx.allowed_on_cluster(crate::acl::Operation::Describe) {
+        return DescribeUserScramCredentialsResponse::default()
+            .with_error_code(E::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(s("describing users needs Describe on the cluster")));
+    }
     let known = ctx.session.identity.scram_users();
     let described = |user: &str| {
         let infos = [Scram::Sha256, Scram::Sha512]

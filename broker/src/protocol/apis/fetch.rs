@@ -9,6 +9,9 @@
 //! Quota policies with `apis = ["fetch"]` are asked about the built response
 //! ([`quota::fetch`]), with the bytes it returns, as Kafka's fetch quotas count them.
 //!
+//! A topic the client may not Read (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
+//! its partitions, whether it exists or not.
+//!
 //! Fetch sessions (KIP-227) are not kept: every response carries session id 0, which tells the
 //! client to keep sending full fetch requests.
 
@@ -23,6 +26,7 @@ use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 
+use crate::acl::{Operation, ResourceType};
 use crate::catalog::Partition;
 use crate::plugins::quota;
 use crate::protocol::Ctx;
@@ -36,6 +40,8 @@ struct Wanted {
     topic: TopicName,
     partition: i32,
     log: Option<Arc<Partition>>,
+    /// Refused by the ACLs.
+    refused: bool,
     offset: i64,
     max_bytes: usize,
 }
@@ -51,12 +57,14 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let catalog = &ctx.broker.catalog;
     let mut wanted = Vec::new();
     for t in &req.topics {
-        let topic = catalog.get(&t.topic);
+        let refused = !ctx.allowed(Operation::Read, ResourceType::Topic, &t.topic);
+        let topic = catalog.get(&t.topic).filter(|_| !refused);
         for p in &t.partitions {
             wanted.push(Wanted {
                 topic: t.topic.clone(),
                 partition: p.partition,
                 log: topic.as_ref().and_then(|t| t.partition(p.partition)),
+                refused,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
             });
@@ -129,6 +137,10 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<(TopicName, PartitionDa
     for w in wanted {
         let mut data = PartitionData::default().with_partition_index(w.partition);
         match &w.log {
+            None if w.refused => {
+                data.error_code = E::TopicAuthorizationFailed.code();
+                any_error = true;
+            }
             None => {
                 data.error_code = E::UnknownTopicOrPartition.code();
                 any_error = true;

@@ -2,13 +2,15 @@
 //! coordinators (key type 1) are refused, since transactions are not supported, with
 //! TRANSACTIONAL_ID_AUTHORIZATION_FAILED and a message saying so: the one answer every client
 //! takes as final (librdkafka retried any other error code until `init_transactions` timed out;
-//! the Java client and kafka-python fail at once too).
+//! the Java client and kafka-python fail at once too). A group the client may not Describe
+//! (`crate::acl`) gets GROUP_AUTHORIZATION_FAILED.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::s;
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 const GROUP: i8 = 0;
@@ -29,11 +31,21 @@ pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorRes
             Some(s("only group coordinators exist on this broker")),
         ),
     };
+    let refused =
+        |key: &str| error == 0 && !ctx.allowed(Operation::Describe, ResourceType::Group, key);
     if ctx.api_version >= 4 {
         let coordinators = req
             .coordinator_keys
             .into_iter()
             .map(|key| {
+                if refused(&key) {
+                    return Coordinator::default()
+                        .with_key(key)
+                        .with_node_id(BrokerId(-1))
+                        .with_host(s(""))
+                        .with_port(-1)
+                        .with_error_code(E::GroupAuthorizationFailed.code());
+                }
                 Coordinator::default()
                     .with_key(key)
                     .with_node_id(if error == 0 { node } else { BrokerId(-1) })
@@ -45,6 +57,11 @@ pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorRes
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
+    let (error, message) = if refused(&req.key) {
+        (E::GroupAuthorizationFailed.code(), None)
+    } else {
+        (error, message)
+    };
     if error != 0 {
         return FindCoordinatorResponse::default()
             .with_error_code(error)

@@ -31,6 +31,15 @@ pub async fn handle(
             let mut out = AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
+            if let Some(code) = super::describe_configs::refused(
+                &ctx,
+                crate::acl::Operation::AlterConfigs,
+                r.resource_type,
+                &r.resource_name,
+            ) {
+                out.error_code = code;
+                return out;
+            }
             if r.resource_type != RESOURCE_TOPIC {
                 out.error_code = E::InvalidRequest.code();
                 out.error_message = Some(s("only topic configs can be altered at run time"));

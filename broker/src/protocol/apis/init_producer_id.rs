@@ -3,6 +3,8 @@
 //! Transactions are not supported: a request with a transactional id is refused with
 //! INVALID_REQUEST (non-retriable, so the client fails fast instead of retrying) and a log line.
 //! An idempotent producer that asks again (v3+, after an unknown-producer error) gets a fresh id.
+//! With ACLs (`crate::acl`), the client needs IdempotentWrite on the cluster or Write on some
+//! topic (KIP-679), else CLUSTER_AUTHORIZATION_FAILED.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
@@ -16,6 +18,15 @@ pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdRespo
     if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
         tracing::info!(client_id = %ctx.client_id, "transactional producer refused: transactions are not supported");
         out.error_code = E::InvalidRequest.code();
+        return out;
+    }
+    if !ctx.broker.acls.may_write_idempotently(ctx.asker()) {
+        ctx.refused(
+            crate::acl::Operation::IdempotentWrite,
+            crate::acl::ResourceType::Cluster,
+            crate::acl::CLUSTER_NAME,
+        );
+        out.error_code = E::ClusterAuthorizationFailed.code();
         return out;
     }
     match ctx.broker.meta.next_producer_id() {

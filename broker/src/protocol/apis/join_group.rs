@@ -1,15 +1,22 @@
 //! JoinGroup (key 11): converts to the coordinator's plain types and back. The call waits until
-//! the rebalance completes (or the member gets MEMBER_ID_REQUIRED).
+//! the rebalance completes (or the member gets MEMBER_ID_REQUIRED). The client needs Read on the
+//! group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED.
+
+use kafka_protocol::error::ResponseError as E;
 
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::s;
+use crate::acl::{Operation, ResourceType};
 use crate::groups::{GroupError, JoinProtocol, JoinRequest};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: JoinGroupRequest) -> JoinGroupResponse {
     let v = ctx.api_version;
+    if !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id) {
+        return failed(v, E::GroupAuthorizationFailed.code(), String::new());
+    }
     let plain = JoinRequest {
         group_id: req.group_id.to_string(),
         member_id: req.member_id.to_string(),
@@ -59,13 +66,18 @@ pub async fn handle(ctx: Ctx, req: JoinGroupRequest) -> JoinGroupResponse {
                 GroupError::MemberIdRequired { member_id } => member_id.clone(),
                 _ => String::new(),
             };
-            // v0-6 responses carry a non-null protocol name; leave it empty on error.
-            let protocol_name = if v >= 7 { None } else { Some(s("")) };
-            JoinGroupResponse::default()
-                .with_error_code(e.kafka_code())
-                .with_generation_id(-1)
-                .with_protocol_name(protocol_name)
-                .with_member_id(s(member_id))
+            failed(v, e.kafka_code(), member_id)
         }
     }
+}
+
+/// The answer of a join that failed with `code`, for version `v`.
+fn failed(v: i16, code: i16, member_id: String) -> JoinGroupResponse {
+    // v0-6 responses carry a non-null protocol name; leave it empty on error.
+    let protocol_name = if v >= 7 { None } else { Some(s("")) };
+    JoinGroupResponse::default()
+        .with_error_code(code)
+        .with_generation_id(-1)
+        .with_protocol_name(protocol_name)
+        .with_member_id(s(member_id))
 }

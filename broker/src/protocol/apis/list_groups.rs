@@ -1,11 +1,13 @@
 //! ListGroups (key 16), with the v4 states filter and the v5 types filter. Every group here is
 //! a `classic` one (the KIP-848 `consumer` protocol is not served), so a types filter without
-//! `classic` lists none, as Kafka 4.0 lists no classic group for it.
+//! `classic` lists none, as Kafka 4.0 lists no classic group for it. A client that may not
+//! Describe the cluster sees only the groups it may Describe (`crate::acl`).
 
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
 use super::s;
+use crate::acl::{CLUSTER_NAME, Operation, ResourceType};
 use crate::protocol::Ctx;
 
 /// The type of every group this broker keeps.
@@ -21,11 +23,18 @@ pub async fn handle(ctx: Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
     if typed_out {
         return ListGroupsResponse::default();
     }
+    let all = ctx.broker.acls.allowed(
+        ctx.asker(),
+        Operation::Describe,
+        ResourceType::Cluster,
+        CLUSTER_NAME,
+    );
     let groups = ctx
         .broker
         .groups
         .list_groups(&filter)
         .into_iter()
+        .filter(|g| all || ctx.sees(ResourceType::Group, &g.group_id))
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(s(g.group_id)))

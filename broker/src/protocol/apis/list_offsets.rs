@@ -1,5 +1,6 @@
 //! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3, v7+) or the first offset
-//! at or after a timestamp.
+//! at or after a timestamp. A topic the client may not Describe (`crate::acl`) gets
+//! TOPIC_AUTHORIZATION_FAILED.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::list_offsets_response::{
@@ -7,6 +8,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
 
@@ -20,6 +22,7 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
         .topics
         .into_iter()
         .map(|t| {
+            let refused = !ctx.allowed(Operation::Describe, ResourceType::Topic, &t.name);
             let topic = catalog.get(&t.name);
             let partitions = t
                 .partitions
@@ -31,6 +34,10 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         .with_offset(-1);
                     if ctx.api_version >= 4 {
                         out.leader_epoch = 0;
+                    }
+                    if refused {
+                        out.error_code = E::TopicAuthorizationFailed.code();
+                        return out;
                     }
                     let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index))
                     else {

@@ -1,5 +1,8 @@
 //! OffsetCommit (key 8): a group's committed positions, durable in redb before the reply.
 //! Partitions of topics this broker does not have get UNKNOWN_TOPIC_OR_PARTITION, as in Kafka.
+//! The client needs Read on the group and on each topic (`crate::acl`): without the first every
+//! partition gets GROUP_AUTHORIZATION_FAILED, without the second the topic's partitions get
+//! TOPIC_AUTHORIZATION_FAILED.
 //!
 //! Versions 2-8 go through the codec; version 1, which the codec no longer reads (Kafka 4.0
 //! dropped it), is read here ([`handle_v1`]): sarama before 1.41 commits with it unless
@@ -17,6 +20,7 @@ use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse
 use kafka_protocol::protocol::StrBytes;
 
 use super::s;
+use crate::acl::{Operation, ResourceType};
 use crate::groups::{OffsetCommitPartition, OffsetCommitRequest as Plain, OffsetCommitTopic};
 use crate::protocol::{Ctx, DispatchError, Reply, encode_response, frame};
 
@@ -99,9 +103,23 @@ fn decode_v1(mut b: Bytes) -> Option<OffsetCommitRequest> {
 
 pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let catalog = &ctx.broker.catalog;
-    let mut unknown: Vec<(TopicName, Vec<i32>)> = Vec::new();
+    // Partitions not committed, by topic, with the error each gets.
+    let mut failed: Vec<(TopicName, Vec<i32>, i16)> = Vec::new();
     let mut topics = Vec::new();
+    let group_refused = !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id);
     for t in req.topics {
+        let refused = if group_refused {
+            Some(E::GroupAuthorizationFailed.code())
+        } else if !ctx.allowed(Operation::Read, ResourceType::Topic, &t.name) {
+            Some(E::TopicAuthorizationFailed.code())
+        } else {
+            None
+        };
+        if let Some(code) = refused {
+            let parts = t.partitions.iter().map(|p| p.partition_index).collect();
+            failed.push((t.name, parts, code));
+            continue;
+        }
         let known = catalog.get(&t.name);
         let mut parts = Vec::new();
         let mut missing = Vec::new();
@@ -126,7 +144,7 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
             }
         }
         if !missing.is_empty() {
-            unknown.push((t.name.clone(), missing));
+            failed.push((t.name.clone(), missing, E::UnknownTopicOrPartition.code()));
         }
         if !parts.is_empty() {
             topics.push(OffsetCommitTopic {
@@ -165,7 +183,7 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
             })
             .collect()
     };
-    for (name, parts) in unknown {
+    for (name, parts, code) in failed {
         out.push(
             OffsetCommitResponseTopic::default()
                 .with_name(name)
@@ -175,7 +193,7 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
                         .map(|p| {
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p)
-                                .with_error_code(E::UnknownTopicOrPartition.code())
+                                .with_error_code(code)
                         })
                         .collect(),
                 ),

@@ -1,7 +1,9 @@
 //! OffsetDelete (key 47): removes a group's committed offsets for some partitions
 //! (`kafka-consumer-groups --delete-offsets`, AdminClient `deleteConsumerGroupOffsets`). Offsets
 //! of topics the group's active members subscribe to stay, with GROUP_SUBSCRIBED_TO_TOPIC;
-//! partitions this broker does not have get UNKNOWN_TOPIC_OR_PARTITION.
+//! partitions this broker does not have get UNKNOWN_TOPIC_OR_PARTITION. The client needs Delete
+//! on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED, and Read on each topic, else
+//! its partitions get TOPIC_AUTHORIZATION_FAILED and keep their offsets.
 
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
@@ -10,17 +12,28 @@ use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use kafka_protocol::error::ResponseError;
 
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     // As in Kafka, partitions this broker does not have are answered UNKNOWN_TOPIC_OR_PARTITION
     // and not asked of the group.
     let catalog = &ctx.broker.catalog;
+    if !ctx.allowed(Operation::Delete, ResourceType::Group, &req.group_id) {
+        return OffsetDeleteResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| ctx.allowed(Operation::Read, ResourceType::Topic, &t.name))
+        .collect();
     let known: Vec<Vec<bool>> = req
         .topics
         .iter()
-        .map(|t| {
-            let topic = catalog.get(&t.name);
+        .zip(&readable)
+        .map(|(t, readable)| {
+            let topic = catalog.get(&t.name).filter(|_| *readable);
             t.partitions
                 .iter()
                 .map(|p| {
@@ -52,7 +65,8 @@ pub async fn handle(ctx: Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse 
         .topics
         .into_iter()
         .zip(known)
-        .map(|(t, known)| {
+        .zip(readable)
+        .map(|((t, known), readable)| {
             let partitions = t
                 .partitions
                 .iter()
@@ -60,6 +74,8 @@ pub async fn handle(ctx: Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse 
                 .map(|(p, known)| {
                     let code = if known {
                         codes.next().unwrap_or(0)
+                    } else if !readable {
+                        ResponseError::TopicAuthorizationFailed.code()
                     } else {
                         ResponseError::UnknownTopicOrPartition.code()
                     };

@@ -1,5 +1,10 @@
 //! OffsetFetch (key 9): committed offsets of one group (v1-7) or several (v8). A null topic
 //! list means every partition the group has committed; never-committed partitions answer -1.
+//! The client needs Describe on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED; a
+//! topic it may not Describe gets TOPIC_AUTHORIZATION_FAILED when named, and is left out of a
+//! request for every partition.
+
+use kafka_protocol::error::ResponseError as E;
 
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -8,23 +13,64 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 
 use super::s;
-use crate::groups::{FetchedTopic, GroupError, OffsetFetchTopic};
+use crate::acl::{Operation, ResourceType};
+use crate::groups::{FetchedPartition, FetchedTopic, GroupError, OffsetFetchTopic};
 use crate::protocol::Ctx;
 
+/// The group's offsets of `topics` (all when `None`), each topic with the error code its
+/// partitions get; or the error code of the whole group.
 fn fetch(
     ctx: &Ctx,
     group: &str,
     topics: Option<Vec<(TopicName, Vec<i32>)>>,
-) -> Result<Vec<FetchedTopic>, GroupError> {
+) -> Result<Vec<(FetchedTopic, i16)>, i16> {
+    if !ctx.allowed(Operation::Describe, ResourceType::Group, group) {
+        return Err(E::GroupAuthorizationFailed.code());
+    }
+    let mut refused = Vec::new();
     let plain: Option<Vec<OffsetFetchTopic>> = topics.map(|ts| {
         ts.into_iter()
-            .map(|(name, partitions)| OffsetFetchTopic {
-                name: name.to_string(),
-                partitions,
+            .filter_map(|(name, partitions)| {
+                if ctx.allowed(Operation::Describe, ResourceType::Topic, &name) {
+                    return Some(OffsetFetchTopic {
+                        name: name.to_string(),
+                        partitions,
+                    });
+                }
+                let partitions = partitions
+                    .into_iter()
+                    .map(|partition| FetchedPartition {
+                        partition,
+                        offset: -1,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                    })
+                    .collect();
+                refused.push(FetchedTopic {
+                    name: name.to_string(),
+                    partitions,
+                });
+                None
             })
             .collect()
     });
-    ctx.broker.groups.fetch_offsets(group, plain.as_deref())
+    let every = plain.is_none();
+    let fetched = ctx
+        .broker
+        .groups
+        .fetch_offsets(group, plain.as_deref())
+        .map_err(|e: GroupError| e.kafka_code())?;
+    let mut out: Vec<(FetchedTopic, i16)> = fetched
+        .into_iter()
+        .filter(|t| !every || ctx.sees(ResourceType::Topic, &t.name))
+        .map(|t| (t, 0))
+        .collect();
+    out.extend(
+        refused
+            .into_iter()
+            .map(|t| (t, E::TopicAuthorizationFailed.code())),
+    );
+    Ok(out)
 }
 
 pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
@@ -43,7 +89,7 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                     Ok(topics) => {
                         out.topics = topics
                             .into_iter()
-                            .map(|t| {
+                            .map(|(t, code)| {
                                 OffsetFetchResponseTopics::default()
                                     .with_name(TopicName(s(t.name)))
                                     .with_partitions(
@@ -55,13 +101,14 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                                                     .with_committed_offset(p.offset)
                                                     .with_committed_leader_epoch(p.leader_epoch)
                                                     .with_metadata(Some(s(p.metadata)))
+                                                    .with_error_code(code)
                                             })
                                             .collect(),
                                     )
                             })
                             .collect()
                     }
-                    Err(e) => out.error_code = e.kafka_code(),
+                    Err(code) => out.error_code = code,
                 }
                 out
             })
@@ -77,7 +124,7 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
         Ok(topics) => OffsetFetchResponse::default().with_topics(
             topics
                 .into_iter()
-                .map(|t| {
+                .map(|(t, code)| {
                     OffsetFetchResponseTopic::default()
                         .with_name(TopicName(s(t.name)))
                         .with_partitions(
@@ -89,12 +136,13 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                                         .with_committed_offset(p.offset)
                                         .with_committed_leader_epoch(p.leader_epoch)
                                         .with_metadata(Some(s(p.metadata)))
+                                        .with_error_code(code)
                                 })
                                 .collect(),
                         )
                 })
                 .collect(),
         ),
-        Err(e) => OffsetFetchResponse::default().with_error_code(e.kafka_code()),
+        Err(code) => OffsetFetchResponse::default().with_error_code(code),
     }
 }

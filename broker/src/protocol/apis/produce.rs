@@ -9,6 +9,9 @@
 //! fsync) is done, exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
 //!
+//! A topic the client may not Write (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
+//! its partitions, whether it exists or not, and nothing of it is written.
+//!
 //! Quota policies (`[[plugins.quotas]]`, [`quota::produce`]) are asked once per topic before
 //! anything is appended: a rejected topic's partitions get POLICY_VIOLATION and the policy's
 //! reason, and nothing of that topic is written; a throttle is accepted and answered with
@@ -23,6 +26,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::s;
+use crate::acl::{Operation, ResourceType};
 use crate::broker::{Broker, now_ms};
 use crate::catalog::CatalogError;
 use crate::plugins::quota::{self, Decision};
@@ -42,6 +46,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             Some(Decision::Reject(reason)) => Some(reason),
             _ => None,
         };
+        let writable = ctx.allowed(Operation::Write, ResourceType::Topic, &topic_data.name);
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let mut out = PartitionProduceResponse::default()
@@ -49,6 +54,15 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_base_offset(-1)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
+            if !writable {
+                out.error_code = E::TopicAuthorizationFailed.code();
+                ctx.broker
+                    .metrics
+                    .produce_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                partitions.push(out);
+                continue;
+            }
             if let Some(reason) = rejected {
                 out.error_code = E::PolicyViolation.code();
                 out.error_message = Some(s(format!("rejected by a quota policy: {reason}")));
