@@ -285,6 +285,123 @@ async fn client_commands_stop_at_a_refused_login_with_the_reason() {
 /// reset-offsets plans, refuses while the group has members, and commits with --execute;
 /// delete removes the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "admin adm1n-s3cret\nalice a11ce-s3cret\n").unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    cfg.acls.enabled = true;
+    cfg.acls.super_users = vec!["User:admin".into()];
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    const ADMIN: (&str, &str) = ("admin", "adm1n-s3cret");
+    const ALICE: (&str, &str) = ("alice", "a11ce-s3cret");
+    tokio::task::spawn_blocking(move || {
+        let run = |(user, secret): (&str, &str), args: &[&str], input: &[u8]| {
+            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            all.extend(
+                [
+                    "-b",
+                    &b,
+                    "-X",
+                    "security.protocol=SASL_PLAINTEXT",
+                    "-X",
+                    "sasl.mechanism=SCRAM-SHA-256",
+                    "-X",
+                    &format!("sasl.username={user}"),
+                    "-X",
+                    &format!("sasl.password={secret}"),
+                ]
+                .map(String::from),
+            );
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let out = runnel_with_input(&all, input);
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, out, err) = run(
+            ADMIN,
+            &[
+                "acls",
+                "add",
+                "--topic",
+                "sensors.",
+                "--prefixed",
+                "--principal",
+                "User:alice",
+                "--operation",
+                "write",
+                "--operation",
+                "create",
+            ],
+            b"",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(
+            out,
+            "created\ttopic\tsensors.\tprefixed\tUser:alice\t*\tWRITE\tALLOW\n\
+             created\ttopic\tsensors.\tprefixed\tUser:alice\t*\tCREATE\tALLOW\n"
+        );
+        // Alice writes where the ACLs let her, and is refused elsewhere.
+        let (ok, _, err) = run(ALICE, &["produce", "sensors.t1"], b"21.5\n");
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(ALICE, &["produce", "other"], b"21.5\n");
+        assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+        // She may not make ACLs herself.
+        let (ok, _, err) = run(
+            ALICE,
+            &[
+                "acls",
+                "add",
+                "--topic",
+                "other",
+                "--principal",
+                "User:alice",
+                "--operation",
+                "write",
+            ],
+            b"",
+        );
+        assert!(!ok && err.contains("needs Alter on the cluster"), "{err}");
+        let (ok, out, err) = run(
+            ADMIN,
+            &["acls", "list", "--topic", "sensors.t1", "--matching"],
+            b"",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        let (ok, out, err) = run(
+            ADMIN,
+            &[
+                "acls",
+                "remove",
+                "--principal",
+                "User:alice",
+                "--operation",
+                "write",
+            ],
+            b"",
+        );
+        assert!(ok, "{err}");
+        assert_eq!(
+            out,
+            "removed\ttopic\tsensors.\tprefixed\tUser:alice\t*\tWRITE\tALLOW\n"
+        );
+        let (ok, _, err) = run(ALICE, &["produce", "sensors.t1"], b"21.6\n");
+        assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+        let (ok, _, err) = run(ADMIN, &["acls", "remove"], b"");
+        assert!(!ok && err.contains("say which ACLs to remove"), "{err}");
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_commands_describe_reset_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let broker = common::start(dir.path()).await;

@@ -12,6 +12,7 @@ macro_rules! out {
     }};
 }
 
+mod acls;
 mod bench;
 mod bench_devices;
 mod bench_federation;
@@ -56,6 +57,9 @@ enum Command {
     /// groups, as Kafka's kafka-consumer-groups does.
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// List, add and remove ACLs (the broker needs ACLs on), as Kafka's kafka-acls does.
+    #[command(subcommand)]
+    Acls(AclsCommand),
     /// Produce lines from stdin: `value`, or `key<TAB>value` when the line holds a tab.
     Produce {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -93,6 +97,32 @@ enum Command {
         /// Stop after this long without a record (e.g. 5s); by default wait forever.
         #[arg(long)]
         idle_timeout: Option<humantime_arg::Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclsCommand {
+    /// The ACLs matching the filter (all without one), one per line: resource type, name,
+    /// pattern, principal, host, operation, permission.
+    List {
+        #[command(flatten)]
+        filter: acls::Filter,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Allow (or with --deny, deny) a principal operations on a topic, group or the cluster.
+    Add {
+        #[command(flatten)]
+        acl: acls::NewAcl,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove the ACLs matching the filter (a resource, a principal, or both) and print them.
+    Remove {
+        #[command(flatten)]
+        filter: acls::Filter,
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
@@ -341,6 +371,9 @@ pub fn main() -> ExitCode {
         }
         Command::Topics(cmd) => client::topics(cmd),
         Command::Groups(cmd) => groups::run(cmd),
+        Command::Acls(AclsCommand::List { filter, conn }) => acls::list(&conn, &filter),
+        Command::Acls(AclsCommand::Add { acl, conn }) => acls::add(&conn, &acl),
+        Command::Acls(AclsCommand::Remove { filter, conn }) => acls::remove(&conn, &filter),
         Command::Bench(args) => bench::run(*args),
         Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
         Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),
