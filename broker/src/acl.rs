@@ -16,7 +16,7 @@
 //! suits the tens or hundreds of ACLs of an edge site. With `acls.enabled = false` (the default)
 //! every check allows, and the ACL APIs answer SECURITY_DISABLED, as Kafka without an authorizer.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -221,12 +221,6 @@ impl Acl {
         }
     }
 
-    /// Whether this ACL is about `principal` connecting from `host`.
-    fn concerns(&self, principal: &str, host: &str) -> bool {
-        (self.principal == principal || self.principal == ANY_USER)
-            && (self.host == WILDCARD || self.host == host)
-    }
-
     /// Whether this ACL, if it allows, allows `op`.
     fn allows(&self, op: Operation) -> bool {
         use Operation::*;
@@ -341,6 +335,26 @@ impl AclFilter {
     }
 }
 
+/// The address a client connects from, written as ACL hosts are, once needed.
+struct Host {
+    ip: IpAddr,
+    text: std::cell::OnceCell<String>,
+}
+
+impl Host {
+    fn of(ip: IpAddr) -> Host {
+        Host {
+            ip: ip.to_canonical(),
+            text: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Whether an ACL's host (`*` or an address) matches.
+    fn matches(&self, acl_host: &str) -> bool {
+        acl_host == WILDCARD || acl_host == self.text.get_or_init(|| self.ip.to_string())
+    }
+}
+
 /// Who asks: the principal of a connection and the address it comes from.
 #[derive(Debug, Clone, Copy)]
 pub struct Asker<'a> {
@@ -354,7 +368,51 @@ pub struct Authorizer {
     super_users: HashSet<String>,
     allow_if_no_acl: bool,
     meta: MetaStore,
-    acls: RwLock<Arc<BTreeSet<Acl>>>,
+    acls: RwLock<Arc<InForce>>,
+}
+
+/// The ACLs in force, and the same grouped by resource type and principal, so that a check
+/// reads only those of the principal asking and of `User:*` (a site with an ACL or two per
+/// device has thousands). Made again whole at each change, which is rare.
+struct InForce {
+    all: Arc<BTreeSet<Acl>>,
+    by_principal: HashMap<String, HashMap<ResourceType, Vec<Acl>>>,
+}
+
+impl InForce {
+    fn new(all: BTreeSet<Acl>) -> InForce {
+        let mut by_principal: HashMap<String, HashMap<ResourceType, Vec<Acl>>> = HashMap::new();
+        for acl in &all {
+            by_principal
+                .entry(acl.principal.clone())
+                .or_default()
+                .entry(acl.resource_type)
+                .or_default()
+                .push(acl.clone());
+        }
+        InForce {
+            all: Arc::new(all),
+            by_principal,
+        }
+    }
+
+    /// The ACLs on resources of type `resource` that concern `principal`: its own and those of
+    /// every user.
+    fn of<'a>(&'a self, resource: ResourceType, principal: &str) -> impl Iterator<Item = &'a Acl> {
+        let list = |p: &str| {
+            self.by_principal
+                .get(p)
+                .and_then(|kinds| kinds.get(&resource))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        let everyone = if principal == ANY_USER {
+            &[][..]
+        } else {
+            list(ANY_USER)
+        };
+        list(principal).iter().chain(everyone)
+    }
 }
 
 impl Authorizer {
@@ -366,7 +424,7 @@ impl Authorizer {
             super_users: config.super_users.iter().cloned().collect(),
             allow_if_no_acl: config.allow_if_no_acl,
             meta,
-            acls: RwLock::new(Arc::new(acls)),
+            acls: RwLock::new(Arc::new(InForce::new(acls))),
         };
         if authorizer.enabled {
             let admins = authorizer
@@ -396,6 +454,10 @@ impl Authorizer {
 
     /// The ACLs in force now.
     pub fn acls(&self) -> Arc<BTreeSet<Acl>> {
+        self.in_force().all.clone()
+    }
+
+    fn in_force(&self) -> Arc<InForce> {
         self.acls
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -413,16 +475,11 @@ impl Authorizer {
         if !self.enabled || self.super_users.contains(who.principal) {
             return true;
         }
-        let host = who.host.to_canonical().to_string();
-        let acls = self.acls();
-        let mut named = false;
+        let host = Host::of(who.host);
+        let now = self.in_force();
         let mut allowed = false;
-        for acl in acls
-            .iter()
-            .filter(|a| a.resource_type == resource && a.names(name))
-        {
-            named = true;
-            if !acl.concerns(who.principal, &host) {
+        for acl in now.of(resource, who.principal) {
+            if !acl.names(name) || !host.matches(&acl.host) {
                 continue;
             }
             match acl.permission {
@@ -433,7 +490,12 @@ impl Authorizer {
                 _ => {}
             }
         }
-        allowed || (!named && self.allow_if_no_acl)
+        allowed
+            || (self.allow_if_no_acl
+                && !now
+                    .all
+                    .iter()
+                    .any(|a| a.resource_type == resource && a.names(name)))
     }
 
     /// Whether `who` may write as an idempotent producer: IdempotentWrite on the cluster, or
@@ -448,15 +510,14 @@ impl Authorizer {
         ) {
             return true;
         }
-        let host = who.host.to_canonical().to_string();
-        let acls = self.acls();
+        let host = Host::of(who.host);
+        let now = self.in_force();
         let writes = |a: &&Acl| {
-            a.resource_type == ResourceType::Topic
-                && a.concerns(who.principal, &host)
+            host.matches(&a.host)
                 && (a.operation == Operation::Write || a.operation == Operation::All)
         };
-        let denies: Vec<&Acl> = acls
-            .iter()
+        let denies: Vec<&Acl> = now
+            .of(ResourceType::Topic, who.principal)
             .filter(writes)
             .filter(|a| a.permission == Permission::Deny)
             .collect();
@@ -468,11 +529,14 @@ impl Authorizer {
                 (PatternType::Literal, PatternType::Prefixed) => false,
             })
         };
-        acls.iter()
+        now.of(ResourceType::Topic, who.principal)
             .filter(writes)
             .any(|a| a.permission == Permission::Allow && !covered(a))
             || (self.allow_if_no_acl
-                && !acls.iter().any(|a| a.resource_type == ResourceType::Topic))
+                && !now
+                    .all
+                    .iter()
+                    .any(|a| a.resource_type == ResourceType::Topic))
     }
 
     /// The operations `who` may perform on the resource, as the bit field Metadata and
@@ -493,9 +557,9 @@ impl Authorizer {
         self.meta
             .put_acls(acls)
             .map_err(|e| AclError::Store(e.to_string()))?;
-        let mut next = BTreeSet::clone(&current);
+        let mut next = BTreeSet::clone(&current.all);
         next.extend(acls.iter().cloned());
-        *current = Arc::new(next);
+        *current = Arc::new(InForce::new(next));
         Ok(())
     }
 
@@ -508,7 +572,14 @@ impl Authorizer {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let selected: Vec<Vec<Acl>> = filters
             .iter()
-            .map(|f| current.iter().filter(|a| f.selects(a)).cloned().collect())
+            .map(|f| {
+                current
+                    .all
+                    .iter()
+                    .filter(|a| f.selects(a))
+                    .cloned()
+                    .collect()
+            })
             .collect();
         let gone: BTreeSet<Acl> = selected.iter().flatten().cloned().collect();
         if gone.is_empty() {
@@ -517,8 +588,8 @@ impl Authorizer {
         self.meta
             .delete_acls(&gone)
             .map_err(|e| AclError::Store(e.to_string()))?;
-        let next: BTreeSet<Acl> = current.difference(&gone).cloned().collect();
-        *current = Arc::new(next);
+        let next: BTreeSet<Acl> = current.all.difference(&gone).cloned().collect();
+        *current = Arc::new(InForce::new(next));
         Ok(selected)
     }
 }
@@ -601,6 +672,40 @@ mod tests {
         assert_eq!(a.operations(alice, Topic, "site-1"), (1 << 4) | (1 << 8));
         assert!(a.may_write_idempotently(alice));
         assert!(!a.may_write_idempotently(asker("User:bob")));
+    }
+
+    #[test]
+    fn a_fleet_of_devices_each_writes_under_its_own_prefix() {
+        let acls: Vec<Acl> = (0..1000)
+            .map(|d| {
+                acl(
+                    Topic,
+                    &format!("site-1/dev-{d}/"),
+                    Prefixed,
+                    &format!("User:dev-{d}"),
+                    Write,
+                    Allow,
+                )
+            })
+            .chain([acl(
+                Topic,
+                "site-1/commands",
+                Literal,
+                "User:*",
+                Read,
+                Allow,
+            )])
+            .collect();
+        let (a, _dir) = authorizer(on(), &acls);
+        let dev = asker("User:dev-500");
+        assert!(a.allowed(dev, Write, Topic, "site-1/dev-500/temp"));
+        assert!(!a.allowed(dev, Write, Topic, "site-1/dev-501/temp"));
+        assert!(!a.allowed(dev, Write, Topic, "site-1/dev-50"));
+        assert!(a.allowed(dev, Read, Topic, "site-1/commands"));
+        assert!(a.allowed(asker("User:other"), Describe, Topic, "site-1/commands"));
+        assert!(!a.allowed(asker("User:other"), Write, Topic, "site-1/dev-1/temp"));
+        assert!(a.may_write_idempotently(dev));
+        assert!(!a.may_write_idempotently(asker("User:other")));
     }
 
     #[test]
