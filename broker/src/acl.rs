@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use edge_config::AclsConfig;
 
@@ -187,27 +187,36 @@ impl Acl {
         if name.is_empty() {
             return invalid("the resource name is empty".into());
         }
-        if resource_type == ResourceType::Cluster
-            && (pattern, name) != (PatternType::Literal, CLUSTER_NAME)
-        {
-            return invalid(format!(
-                "the cluster resource is the literal name {CLUSTER_NAME:?}"
-            ));
+        if resource_type == ResourceType::Cluster && name != CLUSTER_NAME {
+            return invalid(format!("the cluster resource is named {CLUSTER_NAME:?}"));
         }
         if !is_principal(principal) {
             return invalid(format!(
                 "{principal:?} is not a principal (write it as User:<name>, or User:* for all)"
             ));
         }
-        if host.is_empty() {
-            return invalid("the host is empty (give an IP address, or * for any)".into());
-        }
+        // Hosts are compared as text, so each address is kept in one form (`::1` for Java's
+        // `0:0:0:0:0:0:0:1`, an IPv4-mapped address as IPv4): a deny written otherwise would
+        // never match. A name is refused for the same reason: the client's address is what is
+        // compared.
+        let host = if host == WILDCARD {
+            WILDCARD.to_string()
+        } else {
+            match host.parse::<IpAddr>() {
+                Ok(ip) => ip.to_canonical().to_string(),
+                Err(_) => {
+                    return invalid(format!(
+                        "host {host:?} is not an IP address (give one, or * for any)"
+                    ));
+                }
+            }
+        };
         Ok(Acl {
             resource_type,
             pattern,
             name: name.to_string(),
             principal: principal.to_string(),
-            host: host.to_string(),
+            host,
             operation,
             permission,
         })
@@ -300,13 +309,6 @@ impl AclFilter {
                 None => return invalid(format!("permission filter {code} is not valid")),
             },
         };
-        if let Some(p) = principal
-            && !is_principal(p)
-        {
-            return invalid(format!(
-                "{p:?} is not a principal (write it as User:<name>)"
-            ));
-        }
         Ok(AclFilter {
             resource_type,
             name: name.map(str::to_string),
@@ -369,6 +371,9 @@ pub struct Authorizer {
     allow_if_no_acl: bool,
     meta: MetaStore,
     acls: RwLock<Arc<InForce>>,
+    /// Held by a change (create, delete) from its read of the ACLs to its swap, so that two
+    /// changes at once do not lose one another.
+    changing: Mutex<()>,
 }
 
 /// The ACLs in force, and the same grouped by resource type and principal, so that a check
@@ -425,6 +430,7 @@ impl Authorizer {
             allow_if_no_acl: config.allow_if_no_acl,
             meta,
             acls: RwLock::new(Arc::new(InForce::new(acls))),
+            changing: Mutex::new(()),
         };
         if authorizer.enabled {
             let admins = authorizer
@@ -460,7 +466,7 @@ impl Authorizer {
     fn in_force(&self) -> Arc<InForce> {
         self.acls
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -532,11 +538,10 @@ impl Authorizer {
         now.of(ResourceType::Topic, who.principal)
             .filter(writes)
             .any(|a| a.permission == Permission::Allow && !covered(a))
+            // As Kafka's `authorizeByResourceType`: with allow_if_no_acl, a topic no ACL names
+            // (Kafka asks about one called "hardcode") may be written.
             || (self.allow_if_no_acl
-                && !now
-                    .all
-                    .iter()
-                    .any(|a| a.resource_type == ResourceType::Topic))
+                && self.allowed(who, Operation::Write, ResourceType::Topic, "hardcode"))
     }
 
     /// The operations `who` may perform on the resource, as the bit field Metadata and
@@ -550,26 +555,28 @@ impl Authorizer {
 
     /// Adds `acls` (one metadata transaction); one already in force is not added twice.
     pub fn create(&self, acls: &[Acl]) -> Result<(), AclError> {
-        let mut current = self
-            .acls
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_change_at_a_time = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.in_force();
         self.meta
             .put_acls(acls)
             .map_err(|e| AclError::Store(e.to_string()))?;
         let mut next = BTreeSet::clone(&current.all);
         next.extend(acls.iter().cloned());
-        *current = Arc::new(InForce::new(next));
+        self.swap(next);
         Ok(())
+    }
+
+    /// Puts `next` in force; checks meanwhile wait only for the swap.
+    fn swap(&self, next: BTreeSet<Acl>) {
+        let next = Arc::new(InForce::new(next));
+        *self.acls.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
     /// Removes every ACL one of `filters` selects (one metadata transaction) and returns, for
     /// each filter, those it selected.
     pub fn delete(&self, filters: &[AclFilter]) -> Result<Vec<Vec<Acl>>, AclError> {
-        let mut current = self
-            .acls
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_change_at_a_time = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.in_force();
         let selected: Vec<Vec<Acl>> = filters
             .iter()
             .map(|f| {
@@ -588,8 +595,7 @@ impl Authorizer {
         self.meta
             .delete_acls(&gone)
             .map_err(|e| AclError::Store(e.to_string()))?;
-        let next: BTreeSet<Acl> = current.all.difference(&gone).cloned().collect();
-        *current = Arc::new(InForce::new(next));
+        self.swap(current.all.difference(&gone).cloned().collect());
         Ok(selected)
     }
 }
@@ -720,6 +726,16 @@ mod tests {
             host: ip.parse().unwrap(),
         };
         assert!(a.allowed(at("10.0.0.7"), Read, Topic, "t"));
+        // Hosts are kept in one form, whatever form they were given in.
+        let java = Acl::new((2, "t", 3), "User:a", "0:0:0:0:0:0:0:1", 3, 2).unwrap();
+        assert_eq!(java.host, "::1");
+        assert_eq!(
+            Acl::new((2, "t", 3), "User:a", "::FFFF:10.0.0.7", 3, 2)
+                .unwrap()
+                .host,
+            "10.0.0.7"
+        );
+        assert!(Acl::new((2, "t", 3), "User:a", "localhost", 3, 2).is_err());
         assert!(a.allowed(at("::ffff:10.0.0.7"), Read, Topic, "t"));
         assert!(!a.allowed(at("10.0.0.8"), Read, Topic, "t"));
         assert!(a.allowed(asker("User:admin"), Alter, Cluster, CLUSTER_NAME));
@@ -733,6 +749,8 @@ mod tests {
         );
         assert!(b.allowed(asker("User:bob"), Write, Topic, "u"));
         assert!(!b.allowed(asker("User:bob"), Read, Topic, "t"));
+        // Bob may write topics no ACL names, so he may have a producer id (as in Kafka).
+        assert!(b.may_write_idempotently(asker("User:bob")));
 
         let (off, _dir) = authorizer(AclsConfig::default(), &[]);
         assert!(off.allowed(asker("User:ANONYMOUS"), Alter, Cluster, CLUSTER_NAME));

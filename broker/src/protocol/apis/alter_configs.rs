@@ -25,6 +25,7 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                 &r.resource_name,
             ) {
                 out.error_code = code;
+                out.error_message = None;
                 return out;
             }
             if r.resource_type != RESOURCE_TOPIC {

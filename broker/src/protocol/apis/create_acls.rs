@@ -48,11 +48,19 @@ pub async fn handle(ctx: Ctx, req: CreateAclsRequest) -> CreateAclsResponse {
         })
         .collect();
     let valid: Vec<Acl> = checked.iter().filter_map(|r| r.clone().ok()).collect();
+    let valid_count = valid.len();
     let broker = ctx.broker.clone();
     let stored = match tokio::task::spawn_blocking(move || broker.acls.create(&valid)).await {
         Ok(result) => result,
         Err(e) => Err(AclError::Store(e.to_string())),
     };
+    if stored.is_ok() {
+        tracing::info!(
+            count = valid_count,
+            principal = ctx.asker().principal,
+            "ACLs created"
+        );
+    }
     let results = checked
         .into_iter()
         .map(|r| {
@@ -60,7 +68,7 @@ pub async fn handle(ctx: Ctx, req: CreateAclsRequest) -> CreateAclsResponse {
                 (Err(e), _) => Some((E::InvalidRequest, e.to_string())),
                 (Ok(_), Err(e)) => Some((E::UnknownServerError, e.to_string())),
                 (Ok(acl), Ok(())) => {
-                    tracing::info!(?acl, principal = ctx.asker().principal, "ACL created");
+                    tracing::debug!(?acl, "ACL created");
                     None
                 }
             };

@@ -57,7 +57,11 @@ pub async fn handle(ctx: Ctx, req: DeleteAclsRequest) -> DeleteAclsResponse {
         Err(e) => Err(AclError::Store(e.to_string())),
     };
     let mut deleted = match deleted {
-        Ok(lists) => lists.into_iter(),
+        Ok(lists) => {
+            let count: usize = lists.iter().map(Vec::len).sum();
+            tracing::info!(count, principal = ctx.asker().principal, "ACLs deleted");
+            lists.into_iter()
+        }
         Err(e) => return refused(E::UnknownServerError, &e.to_string()),
     };
     let results = checked
@@ -70,7 +74,7 @@ pub async fn handle(ctx: Ctx, req: DeleteAclsRequest) -> DeleteAclsResponse {
                     .unwrap_or_default()
                     .into_iter()
                     .map(|acl| {
-                        tracing::info!(?acl, principal = ctx.asker().principal, "ACL deleted");
+                        tracing::debug!(?acl, "ACL deleted");
                         DeleteAclsMatchingAcl::default()
                             .with_resource_type(acl.resource_type.code())
                             .with_resource_name(s(acl.name))

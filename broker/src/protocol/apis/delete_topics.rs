@@ -39,6 +39,10 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
                     if name.is_none()
                         && !ctx.allowed(Operation::Delete, ResourceType::Topic, &t.name) =>
                 {
+                    // Named only to a client that may see it, as Kafka does.
+                    if ctx.sees(ResourceType::Topic, &t.name) {
+                        out.name = Some(TopicName(s(t.name.to_string())));
+                    }
                     out.error_code = E::TopicAuthorizationFailed.code();
                 }
                 None => {

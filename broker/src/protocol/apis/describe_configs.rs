@@ -267,7 +267,7 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                 r.resource_type,
                 &r.resource_name,
             ) {
-                return out.with_error_code(code);
+                return out.with_error_code(code).with_error_message(None);
             }
             let entries: Vec<Entry> = match r.resource_type {
                 RESOURCE_TOPIC => match b.catalog.get(&r.resource_name) {

@@ -137,12 +137,17 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<(TopicName, PartitionDa
     for w in wanted {
         let mut data = PartitionData::default().with_partition_index(w.partition);
         match &w.log {
-            None if w.refused => {
-                data.error_code = E::TopicAuthorizationFailed.code();
-                any_error = true;
-            }
             None => {
-                data.error_code = E::UnknownTopicOrPartition.code();
+                // No log to describe: -1, as Kafka answers, so that no client takes the
+                // partition for an empty one.
+                data.high_watermark = -1;
+                data.last_stable_offset = -1;
+                data.log_start_offset = -1;
+                data.error_code = if w.refused {
+                    E::TopicAuthorizationFailed.code()
+                } else {
+                    E::UnknownTopicOrPartition.code()
+                };
                 any_error = true;
             }
             Some(p) => {

@@ -38,6 +38,7 @@ pub async fn handle(
                 &r.resource_name,
             ) {
                 out.error_code = code;
+                out.error_message = None;
                 return out;
             }
             if r.resource_type != RESOURCE_TOPIC {
