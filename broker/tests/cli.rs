@@ -58,6 +58,30 @@ fn config_default_is_valid_and_validate_names_key_and_line() {
         err.contains("bad.toml:5") && err.contains("log.flush") && err.contains("always"),
         "{err}"
     );
+
+    // The users file is read as the broker would read it: a line without a secret is named.
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice a11ce-s3cret\nbob\n").unwrap();
+    let with_users = dir.path().join("users.toml");
+    std::fs::write(
+        &with_users,
+        format!("[listeners.kafka]\nsasl_plain_file = {:?}\n", users),
+    )
+    .unwrap();
+    let out = runnel(&["config", "validate", with_users.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("listeners.kafka.sasl_plain_file") && err.contains(":2"),
+        "{err}"
+    );
+    std::fs::write(&users, "alice a11ce-s3cret\nbob b0b-s3cret\n").unwrap();
+    let out = runnel(&["config", "validate", with_users.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,35 @@ pub fn validate(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(Some(file))?;
     crate::federation::check_clients(&config.federation)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    // The files of users and device tokens, as the broker would read them at start-up.
+    let l = &config.listeners;
+    let quic_tokens = l.quic.enabled && l.quic.client_auth == edge_config::QuicClientAuth::Token;
+    let credentials = [
+        (
+            l.kafka.enabled,
+            "listeners.kafka.sasl_plain_file",
+            &l.kafka.sasl_plain_file,
+            true,
+        ),
+        (
+            l.kafka_tls.enabled,
+            "listeners.kafka_tls.sasl_plain_file",
+            &l.kafka_tls.sasl_plain_file,
+            true,
+        ),
+        (
+            quic_tokens,
+            "listeners.quic.token_file",
+            &l.quic.token_file,
+            false,
+        ),
+    ];
+    for (used, key, path, users) in credentials {
+        if used && !path.as_os_str().is_empty() {
+            crate::protocol::auth::Tokens::load(path, users)
+                .map_err(|e| anyhow::anyhow!("{}: {key}: {e}", file.display()))?;
+        }
+    }
     out!("{}: ok", file.display());
     Ok(())
 }
