@@ -47,6 +47,8 @@ pub struct Broker {
     pub federation: crate::federation::Stats,
     /// The ACLs and the decisions made from them (`[acls]`).
     pub acls: crate::acl::Authorizer,
+    /// SCRAM credentials made with AlterUserScramCredentials.
+    pub scram: Arc<crate::protocol::scram_store::ScramStore>,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -143,6 +145,8 @@ pub async fn start_broker_from(
     let cluster_id = cluster_id(&data_dir)?;
     let acls =
         crate::acl::Authorizer::open(&config.acls, meta.clone()).context("cannot read the ACLs")?;
+    let scram = crate::protocol::scram_store::ScramStore::open(meta.clone())
+        .context("cannot read the SCRAM credentials")?;
     let plugins = PluginSet::load(&config.plugins, data_dir.join("plugin-cache"), config_file)
         .context("cannot load the plugins")?;
     let broker = Arc::new(Broker {
@@ -156,6 +160,7 @@ pub async fn start_broker_from(
         plugins,
         federation: Default::default(),
         acls,
+        scram: Arc::new(scram),
         config,
     });
 

@@ -452,3 +452,124 @@ async fn a_bad_credentials_file_stops_the_start_naming_the_key_and_line() {
     assert!(err.contains("listeners.kafka.sasl_plain_file"), "{err}");
     assert!(err.contains("users:2"), "{err}");
 }
+
+/// A SCRAM-SHA-256 salted password, as a client computes it for AlterUserScramCredentials.
+fn salted_sha256(password: &str, salt: &[u8], iterations: u32) -> Bytes {
+    let mut out = vec![0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(iterations).unwrap(),
+        salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    Bytes::from(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_credentials_altered_over_the_protocol_log_in_and_bad_ones_are_refused() {
+    use kafka_protocol::error::ResponseError as E;
+    use kafka_protocol::messages::AlterUserScramCredentialsRequest;
+    use kafka_protocol::messages::alter_user_scram_credentials_request::{
+        ScramCredentialDeletion, ScramCredentialUpsertion,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, USERS).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    // Everyone may do what no ACL names; bob may not alter the cluster; alice may do anything.
+    cfg.acls.enabled = true;
+    cfg.acls.allow_if_no_acl = true;
+    cfg.acls.super_users = vec!["User:alice".into()];
+    let broker = common::start_with(cfg).await;
+    let deny = runnel::acl::Acl::new((4, "kafka-cluster", 3), "User:bob", "*", 7, 2).unwrap();
+    broker.broker.acls.create(&[deny]).unwrap();
+    let bootstrap = broker.bootstrap();
+    let records = || broker.broker.metrics.records_in.load(Ordering::Relaxed);
+    let upsert = |user: &str, mechanism: i8, iterations: i32, password: &str| {
+        ScramCredentialUpsertion::default()
+            .with_name(StrBytes::from_string(user.into()))
+            .with_mechanism(mechanism)
+            .with_iterations(iterations)
+            .with_salt(Bytes::from_static(b"pepper-and-salt"))
+            .with_salted_password(salted_sha256(
+                password,
+                b"pepper-and-salt",
+                iterations as u32,
+            ))
+    };
+    let mut admin = common::RawClient::connect(&bootstrap).await;
+    assert_eq!(
+        admin.login_plain(b"\0alice\0a11ce-s3cret").await.error_code,
+        0
+    );
+    let answer = admin
+        .call(
+            &AlterUserScramCredentialsRequest::default()
+                .with_upsertions(vec![
+                    // bob's SCRAM-SHA-256 password changes; his file password stays for PLAIN.
+                    upsert("bob", 1, 8192, "b0b-n3w"),
+                    upsert("", 1, 4096, "x"),
+                    upsert("carl", 3, 4096, "x"),
+                    upsert("dina", 1, 100, "x"),
+                    upsert("erin", 1, 4096, "x"),
+                    upsert("erin", 1, 4096, "y"),
+                ])
+                .with_deletions(vec![
+                    ScramCredentialDeletion::default()
+                        .with_name(StrBytes::from_static_str("alice"))
+                        .with_mechanism(2),
+                ]),
+            0,
+        )
+        .await;
+    let got: Vec<(String, i16)> = answer
+        .results
+        .iter()
+        .map(|r| (r.user.to_string(), r.error_code))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("alice".to_string(), E::ResourceNotFound.code()),
+            ("bob".to_string(), 0),
+            (String::new(), E::UnacceptableCredential.code()),
+            ("carl".to_string(), E::UnsupportedSaslMechanism.code()),
+            ("dina".to_string(), E::UnacceptableCredential.code()),
+            ("erin".to_string(), E::DuplicateResource.code()),
+        ]
+    );
+    // bob logs in with SCRAM-SHA-256 with the new password only; PLAIN and SCRAM-SHA-512 go on
+    // with the file's.
+    for (mechanism, secret) in [
+        ("SCRAM-SHA-256", "b0b-n3w"),
+        ("PLAIN", "b0b-s3cret"),
+        ("SCRAM-SHA-512", "b0b-s3cret"),
+    ] {
+        let c = sasl_client_with(mechanism, &bootstrap, "bob", secret);
+        produce(&c, "altered", 1, DELIVERED_WITHIN)
+            .await
+            .unwrap_or_else(|e| panic!("{mechanism} with {secret}: {e}"));
+    }
+    let before = records();
+    let old = sasl_client_with("SCRAM-SHA-256", &bootstrap, "bob", "b0b-s3cret");
+    assert!(produce(&old, "altered", 1, REFUSED_WITHIN).await.is_err());
+    assert_eq!(records(), before);
+
+    // Only a principal allowed Alter on the cluster may alter credentials.
+    let mut bob = common::RawClient::connect(&bootstrap).await;
+    assert_eq!(bob.login_plain(b"\0bob\0b0b-s3cret").await.error_code, 0);
+    let answer = bob
+        .call(
+            &AlterUserScramCredentialsRequest::default()
+                .with_upsertions(vec![upsert("bob", 1, 4096, "mine")]),
+            0,
+        )
+        .await;
+    assert_eq!(
+        answer.results[0].error_code,
+        E::ClusterAuthorizationFailed.code()
+    );
+    broker.shutdown().await;
+}

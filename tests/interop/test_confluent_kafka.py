@@ -214,6 +214,58 @@ def test_admin_manages_acls_that_decide_who_writes(broker_factory):
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
+def test_admin_alters_scram_users_who_then_log_in(broker_factory):
+    """alter_user_scram_credentials() (AlterUserScramCredentials): a user made over the protocol
+    (librdkafka salts the password; the broker never sees it) logs in with SCRAM-SHA-512 and
+    produces, is described with its iteration count, survives a restart, and once deleted is
+    refused; a deletion of a users-file user is RESOURCE_NOT_FOUND and too few iterations
+    UNACCEPTABLE_CREDENTIAL."""
+    from confluent_kafka.admin import (ScramCredentialInfo, ScramMechanism,
+                                       UserScramCredentialDeletion,
+                                       UserScramCredentialUpsertion)
+    b = broker_factory(sasl_users={"admin": "adm1n-s3cret"})
+
+    def as_user(user: str, secret: str) -> dict:
+        return {**conf(b.bootstrap), "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": user, "sasl.password": secret}
+
+    admin = AdminClient(as_user("admin", "adm1n-s3cret"))
+    sha512 = ScramMechanism.SCRAM_SHA_512
+    made = admin.alter_user_scram_credentials([
+        UserScramCredentialUpsertion("carol", ScramCredentialInfo(sha512, 8192), b"c4r0l-s3cret")])
+    made["carol"].result(timeout=15)
+    infos = admin.describe_user_scram_credentials(["carol"])["carol"].result(timeout=15)
+    assert [(i.mechanism, i.iterations) for i in infos.scram_credential_infos] == [(sha512, 8192)]
+
+    def delivered(user: str, secret: str, within_ms: int = 8000) -> KafkaError | None:
+        outcome = []
+        p = Producer({**as_user(user, secret), "message.timeout.ms": within_ms})
+        p.produce("ck-scram-users", b"r", on_delivery=lambda err, msg: outcome.append(err))
+        p.flush(within_ms / 1000 + 4)
+        return outcome[0] if outcome else KafkaError(KafkaError._MSG_TIMED_OUT)
+
+    assert delivered("carol", "c4r0l-s3cret") is None
+    assert delivered("carol", "guess", 2000) is not None
+    b.restart()
+    admin = AdminClient(as_user("admin", "adm1n-s3cret"))
+    assert delivered("carol", "c4r0l-s3cret") is None, "kept across a restart"
+
+    bad = admin.alter_user_scram_credentials([
+        UserScramCredentialDeletion("admin", sha512),
+        UserScramCredentialUpsertion("dave", ScramCredentialInfo(sha512, 1000), b"d4ve")])
+    with pytest.raises(KafkaException) as e:
+        bad["admin"].result(timeout=15)
+    assert e.value.args[0].code() == KafkaError.RESOURCE_NOT_FOUND
+    with pytest.raises(KafkaException) as e:
+        bad["dave"].result(timeout=15)
+    assert e.value.args[0].code() == KafkaError.UNACCEPTABLE_CREDENTIAL
+
+    gone = admin.alter_user_scram_credentials([UserScramCredentialDeletion("carol", sha512)])
+    gone["carol"].result(timeout=15)
+    assert delivered("carol", "c4r0l-s3cret", 2000) is not None
+    assert sorted(admin.describe_user_scram_credentials().result(timeout=15)) == ["admin"]
+
+
 def test_admin_create_partitions_and_alter_configs(broker):
     admin = AdminClient(conf(broker.bootstrap))
     topic = unique("ck-grow")

@@ -7,6 +7,7 @@
 //! | `counters` | name | i64 (`next_producer_id`) |
 //! | `federation_cursors` | (link, topic, partition) | (topic id, next local offset to forward) |
 //! | `acls` | (resource type, pattern type, name, principal, host, operation, permission) | () |
+//! | `scram_credentials` | (user, mechanism) | (salt, iterations, StoredKey, ServerKey) |
 //!
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
@@ -25,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::acl::Acl;
 use crate::groups::{CommittedOffset, Membership, OffsetStore, StoreError};
+use crate::protocol::scram::{Scram, ScramUser};
+use crate::protocol::scram_store::Credentials;
 
 const TOPICS: TableDefinition<&str, &str> = TableDefinition::new("topics");
 /// (group, topic, partition) -> (offset, leader epoch, metadata, commit time ms).
@@ -46,6 +49,15 @@ const FEDERATION_CURSORS: TableDefinition<(&str, &str, i32), (u128, i64)> =
 type AclRow =
     TableDefinition<'static, (i8, i8, &'static str, &'static str, &'static str, i8, i8), ()>;
 const ACLS: AclRow = TableDefinition::new("acls");
+
+/// SCRAM credentials made with AlterUserScramCredentials: (user, Kafka's mechanism number) ->
+/// (salt, iterations, StoredKey, ServerKey).
+type ScramRow = TableDefinition<
+    'static,
+    (&'static str, i8),
+    (&'static [u8], u32, &'static [u8], &'static [u8]),
+>;
+const SCRAM_CREDENTIALS: ScramRow = TableDefinition::new("scram_credentials");
 
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
 /// out are skipped after a restart, which Kafka allows (ids only need to be unique).
@@ -127,6 +139,7 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     tx.open_table(GROUP_MEMBERS)?;
     tx.open_table(FEDERATION_CURSORS)?;
     tx.open_table(ACLS)?;
+    tx.open_table(SCRAM_CREDENTIALS)?;
     tx.commit()?;
     Ok(db)
 }
@@ -350,6 +363,64 @@ impl MetaStore {
                 let mut table = tx.open_table(ACLS)?;
                 for acl in acls {
                     table.remove(acl_key(acl))?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The SCRAM credentials kept; a row of an unknown mechanism is skipped with a warning.
+    pub fn scram_credentials(&self) -> Result<Credentials, MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(SCRAM_CREDENTIALS)?;
+            let mut out = Credentials::new();
+            for row in table.iter()? {
+                let (key, value) = row?;
+                let (user, code) = key.value();
+                let (salt, iterations, stored, server) = value.value();
+                let Some(mechanism) = Scram::from_kafka_type(code) else {
+                    tracing::warn!(
+                        user,
+                        code,
+                        "SCRAM credential of an unknown mechanism skipped"
+                    );
+                    continue;
+                };
+                let keys = ScramUser::from_keys(
+                    salt.to_vec(),
+                    iterations,
+                    stored.to_vec(),
+                    server.to_vec(),
+                );
+                out.insert((user.to_string(), mechanism), Arc::new(keys));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Keeps `puts` and forgets `deletes`, in one transaction.
+    pub fn change_scram_credentials(
+        &self,
+        puts: &[(String, Scram, Arc<ScramUser>)],
+        deletes: &[(String, Scram)],
+    ) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(SCRAM_CREDENTIALS)?;
+                for (user, mechanism) in deletes {
+                    table.remove((user.as_str(), mechanism.kafka_type()))?;
+                }
+                for (user, mechanism, keys) in puts {
+                    let Some((stored, server)) = keys.first_keys() else {
+                        continue;
+                    };
+                    table.insert(
+                        (user.as_str(), mechanism.kafka_type()),
+                        (keys.salt(), keys.iterations(), stored, server),
+                    )?;
                 }
             }
             tx.commit()?;

@@ -93,7 +93,7 @@ async fn accept_loop(
             advertised_port: bound.port() as i32,
             // SASL names the client; without it a verified certificate may (below).
             identity: match &sasl {
-                Some(file) => Identity::sasl(file.current()),
+                Some(file) => Identity::sasl_users(file.current(), broker.scram.clone()),
                 None => Identity::anonymous(),
             },
         };

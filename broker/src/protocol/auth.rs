@@ -25,6 +25,7 @@ use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
 
 use super::scram::{Scram, ScramError, ScramExchange, ScramUser, Step};
+use super::scram_store::ScramStore;
 
 /// The principal of a client that proved nothing.
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
@@ -445,6 +446,9 @@ pub struct Identity {
     principal: OnceLock<String>,
     /// Some: the client must authenticate with SASL PLAIN against these tokens.
     tokens: Option<Arc<Tokens>>,
+    /// SCRAM credentials made over the protocol, which a Kafka listener's users may log in
+    /// with too (before those of `tokens`).
+    scram_store: Option<Arc<ScramStore>>,
     /// Set when the connection must be closed.
     close: watch::Sender<Option<Closing>>,
     /// Request bytes the connection's streams hold before it has authenticated
@@ -464,6 +468,7 @@ impl Identity {
         Arc::new(Identity {
             principal: cell,
             tokens,
+            scram_store: None,
             close: watch::channel(None).0,
             held_before_auth: AtomicUsize::new(0),
             scram: Mutex::new(None),
@@ -483,6 +488,14 @@ impl Identity {
     /// A client that must authenticate with SASL PLAIN and one of `tokens` first.
     pub fn sasl(tokens: Arc<Tokens>) -> Arc<Identity> {
         Identity::new(None, Some(tokens))
+    }
+
+    /// A client of a Kafka listener with a users file: SASL PLAIN or SCRAM against `users`, or
+    /// SCRAM against the credentials of `store`.
+    pub fn sasl_users(users: Arc<Tokens>, store: Arc<ScramStore>) -> Arc<Identity> {
+        let mut identity = Identity::new(None, Some(users));
+        Arc::get_mut(&mut identity).expect("just made").scram_store = Some(store);
+        identity
     }
 
     /// The principal, once known (`None` while a SASL client has not authenticated).
@@ -560,7 +573,13 @@ impl Identity {
             });
         };
         let mechanism = exchange.mechanism();
-        match exchange.step(message, |user| tokens.scram_user(mechanism, user))? {
+        let lookup = |user: &str| {
+            self.scram_store
+                .as_ref()
+                .and_then(|store| store.get(mechanism, user))
+                .or_else(|| tokens.scram_user(mechanism, user))
+        };
+        match exchange.step(message, lookup)? {
             Step::Challenge(challenge) => Ok(Authenticated::Continue(challenge)),
             Step::Success { user, server_final } => {
                 let principal = format!("User:{user}");

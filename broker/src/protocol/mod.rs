@@ -17,6 +17,7 @@ pub mod auth;
 pub mod error;
 pub mod frame;
 pub mod scram;
+pub mod scram_store;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -390,6 +391,7 @@ pub fn routes() -> Dispatcher {
     .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
     .add::<DescribeLogDirsRequest, _, _>(1, 4, describe_log_dirs::handle)
     .add::<DescribeUserScramCredentialsRequest, _, _>(0, 0, describe_user_scram_credentials::handle)
+    .add::<AlterUserScramCredentialsRequest, _, _>(0, 0, alter_user_scram_credentials::handle)
     .add::<DescribeAclsRequest, _, _>(1, 3, describe_acls::handle)
     .add::<CreateAclsRequest, _, _>(1, 3, create_acls::handle)
     .add::<DeleteAclsRequest, _, _>(1, 3, delete_acls::handle)

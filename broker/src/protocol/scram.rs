@@ -25,7 +25,7 @@ use ring::rand::SecureRandom as _;
 use ring::{digest, hmac, pbkdf2};
 
 /// The two SCRAM mechanisms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scram {
     Sha256,
     Sha512,
@@ -47,6 +47,13 @@ impl Scram {
             Scram::Sha256 => 1,
             Scram::Sha512 => 2,
         }
+    }
+
+    /// The mechanism with Kafka's number `code`.
+    pub fn from_kafka_type(code: i8) -> Option<Scram> {
+        [Scram::Sha256, Scram::Sha512]
+            .into_iter()
+            .find(|m| m.kafka_type() == code)
     }
 
     pub fn from_name(name: &str) -> Option<Scram> {
@@ -153,6 +160,59 @@ impl ScramUser {
             keys,
         }
     }
+}
+
+impl ScramUser {
+    /// The keys of a password the client salted itself (AlterUserScramCredentials sends the
+    /// salted password, never the password).
+    pub fn from_salted_password(
+        mechanism: Scram,
+        salt: Vec<u8>,
+        iterations: u32,
+        salted: &[u8],
+    ) -> ScramUser {
+        let key = hmac::Key::new(mechanism.hmac(), salted);
+        let client_key = hmac::sign(&key, b"Client Key");
+        let stored = digest::digest(mechanism.digest(), client_key.as_ref());
+        let server_key = hmac::sign(&key, b"Server Key");
+        ScramUser {
+            salt,
+            iterations,
+            keys: vec![(stored.as_ref().to_vec(), server_key.as_ref().to_vec())],
+        }
+    }
+
+    /// A user kept as Kafka keeps one: salt, iterations, StoredKey and ServerKey.
+    pub fn from_keys(
+        salt: Vec<u8>,
+        iterations: u32,
+        stored_key: Vec<u8>,
+        server_key: Vec<u8>,
+    ) -> ScramUser {
+        ScramUser {
+            salt,
+            iterations,
+            keys: vec![(stored_key, server_key)],
+        }
+    }
+
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
+    }
+
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// StoredKey and ServerKey of the user's first password.
+    pub fn first_keys(&self) -> Option<(&[u8], &[u8])> {
+        self.keys.first().map(|(a, b)| (a.as_slice(), b.as_slice()))
+    }
+}
+
+/// Bytes of a salted password for `mechanism` (the digest's size).
+pub fn salted_password_len(mechanism: Scram) -> usize {
+    mechanism.digest().output_len()
 }
 
 /// Why a SCRAM exchange failed; the text goes to the client.

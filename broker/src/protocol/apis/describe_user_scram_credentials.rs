@@ -4,8 +4,8 @@
 //! came in on (its `sasl_plain_file`), all of them when none are named; each has SCRAM-SHA-256 and SCRAM-SHA-512 at 4,096
 //! iterations, made from the file. A listener without a users file has none. As in Kafka, a user
 //! asked for who has none is RESOURCE_NOT_FOUND, and a user asked for twice DUPLICATE_RESOURCE.
-//! Credentials are not altered over the protocol (AlterUserScramCredentials is not served):
-//! the file is where users are added and removed. The client needs Describe on the cluster
+//! Users made with AlterUserScramCredentials (`scram_store`) are listed too, with their own
+//! mechanisms and iteration counts. The client needs Describe on the cluster
 //! (`crate::acl`), else CLUSTER_AUTHORIZATION_FAILED.
 
 use std::collections::BTreeMap;
@@ -31,22 +31,37 @@ pub async fn handle(
             .with_error_code(E::ClusterAuthorizationFailed.code())
             .with_error_message(Some(s("describing users needs Describe on the cluster")));
     }
-    let known = ctx.session.identity.scram_users();
+    // Each user's mechanisms and iterations: the users file's, then those made with
+    // AlterUserScramCredentials, which take precedence.
+    let mut known: BTreeMap<String, BTreeMap<Scram, u32>> = BTreeMap::new();
+    for user in ctx.session.identity.scram_users() {
+        known.insert(
+            user,
+            BTreeMap::from([(Scram::Sha256, ITERATIONS), (Scram::Sha512, ITERATIONS)]),
+        );
+    }
+    for ((user, mechanism), keys) in ctx.broker.scram.all().iter() {
+        known
+            .entry(user.clone())
+            .or_default()
+            .insert(*mechanism, keys.iterations());
+    }
     let described = |user: &str| {
-        let infos = [Scram::Sha256, Scram::Sha512]
-            .map(|m| {
+        let infos = known[user]
+            .iter()
+            .map(|(m, iterations)| {
                 CredentialInfo::default()
                     .with_mechanism(m.kafka_type())
-                    .with_iterations(ITERATIONS as i32)
+                    .with_iterations(*iterations as i32)
             })
-            .to_vec();
+            .collect();
         DescribeUserScramCredentialsResult::default()
             .with_user(s(user))
             .with_credential_infos(infos)
     };
     // Null or empty asks for every user, as in Kafka.
     let results = match req.users.filter(|u| !u.is_empty()) {
-        None => known.iter().map(|u| described(u)).collect(),
+        None => known.keys().map(|u| described(u)).collect(),
         Some(asked) => {
             // Each name once, in the order first asked, with how often it was asked.
             let mut times: BTreeMap<&str, usize> = BTreeMap::new();
@@ -72,7 +87,7 @@ pub async fn handle(
                             E::DuplicateResource,
                             "the user is asked for more than once in the request",
                         )
-                    } else if known.binary_search_by(|k| k.as_str().cmp(user)).is_ok() {
+                    } else if known.contains_key(user) {
                         described(user)
                     } else {
                         refused(

@@ -2,6 +2,7 @@
 //! `protocol::routes()` with the versions it serves.
 
 pub mod alter_configs;
+pub mod alter_user_scram_credentials;
 pub mod api_versions;
 pub mod create_acls;
 pub mod create_partitions;
