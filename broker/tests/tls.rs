@@ -244,3 +244,29 @@ async fn sasl_over_tls_names_the_client_even_with_a_certificate() {
     assert!(!metrics.contains("User:sensor-7"), "{metrics}");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_client_principal_dn_a_certificate_names_its_client_as_kafka_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut cfg = tls_config(dir.path());
+    cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
+    cfg.listeners.kafka_tls.client_principal = edge_config::CertPrincipal::Dn;
+    let broker = common::start_with(cfg).await;
+    let tcp = tokio::net::TcpStream::connect(broker.kafka_tls_addr.unwrap())
+        .await
+        .unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut ok = connector(&pki, true).connect(name, tcp).await.unwrap();
+    let v: ApiVersionsResponse = call(&mut ok, &ApiVersionsRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(v.error_code, 0);
+    // rcgen's client certificate has the subject CN=rcgen self signed cert.
+    let m = broker.broker.metrics.render(&broker.broker);
+    assert!(
+        m.contains("runnel_authenticated_total{principal=\"User:CN=rcgen self signed cert\"} 1"),
+        "{m}"
+    );
+    broker.shutdown().await;
+}

@@ -157,6 +157,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "PEM CA certificate(s). \"\" = clients need no certificate; when set, every\nclient must present a certificate signed by this CA.",
             ),
             key(
+                "client_principal",
+                Choice,
+                "With client_ca: a client certificate's principal. cn = User:<CN>;\ndn = User:<subject DN> as Kafka writes it (User:CN=alice,OU=eng,O=Acme), so\nACLs written for Kafka apply. Allowed: cn, dn.",
+            ),
+            key(
                 "sasl_plain_file",
                 Text,
                 "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_SSL,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nA user may have two lines (both secrets work); a # after a space starts a\ncomment. Read at start-up and again when it changes.",
@@ -202,6 +207,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "client_ca",
                 Text,
                 "PEM CA certificate(s) that sign device certificates. Required with\nclient_auth = \"mtls\".",
+            ),
+            key(
+                "client_principal",
+                Choice,
+                "With client_auth = \"mtls\": a device certificate's principal. cn = User:<CN>;\ndn = User:<subject DN> as Kafka writes it. Allowed: cn, dn.",
             ),
             key(
                 "token_file",

@@ -174,6 +174,9 @@ pub struct TlsListener {
     /// every client must present a certificate signed by this CA, and its subject becomes the
     /// client's principal.
     pub client_ca: PathBuf,
+    /// With `client_ca`: the principal of a client certificate. Default `cn`: `User:<CN>`;
+    /// `dn`: `User:<subject DN>`, as Kafka names it (`User:CN=alice,OU=eng,O=Acme`).
+    pub client_principal: CertPrincipal,
     /// Default `""`. When set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or
     /// SCRAM-SHA-512 against this file of `<user> <secret>` lines (librdkafka:
     /// `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-256`) and are `User:<user>`,
@@ -189,6 +192,7 @@ impl Default for TlsListener {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
+            client_principal: CertPrincipal::Cn,
             sasl_plain_file: PathBuf::new(),
         }
     }
@@ -225,8 +229,11 @@ pub struct QuicListener {
     /// suits a listener on loopback or a closed network. See [`QuicClientAuth`].
     pub client_auth: QuicClientAuth,
     /// PEM CA certificate(s) that sign device certificates. Required with `client_auth = "mtls"`;
-    /// a device's principal is `User:<CN of its certificate>`.
+    /// a device's principal is `User:<CN of its certificate>` (see `client_principal`).
     pub client_ca: PathBuf,
+    /// With `client_auth = "mtls"`: the principal of a device certificate. Default `cn`:
+    /// `User:<CN>`; `dn`: `User:<subject DN>`, as Kafka names it.
+    pub client_principal: CertPrincipal,
     /// Text file of device tokens, one `<device-name> <token>` per line (`#` starts a comment).
     /// Required with `client_auth = "token"`; a device presenting a token is `User:<device-name>`.
     /// Read at start-up and again when it changes; keep it readable by the broker's user only.
@@ -244,6 +251,7 @@ impl Default for QuicListener {
             max_streams: 16,
             client_auth: QuicClientAuth::None,
             client_ca: PathBuf::new(),
+            client_principal: CertPrincipal::Cn,
             token_file: PathBuf::new(),
         }
     }
@@ -546,6 +554,22 @@ pub enum TimestampType {
 string_enum!(TimestampType {
     CreateTime => ["CreateTime"],
     LogAppendTime => ["LogAppendTime"],
+});
+
+/// What a verified client certificate's principal is made of (`client_principal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum CertPrincipal {
+    /// `User:<CN>`: the subject's common name.
+    #[default]
+    Cn,
+    /// `User:<DN>`: the whole subject as Kafka writes it by default (RFC 2253, most specific
+    /// first: `User:CN=sensor-7,OU=plant-2,O=Acme`), so that ACLs written for Kafka apply.
+    Dn,
+}
+
+string_enum!(CertPrincipal {
+    Cn => ["cn"],
+    Dn => ["dn"],
 });
 
 /// How QUIC devices authenticate (`listeners.quic.client_auth`).

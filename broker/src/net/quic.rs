@@ -131,7 +131,8 @@ pub fn transport(idle_timeout: Duration, max_streams: u32) -> anyhow::Result<Tra
 #[derive(Clone)]
 enum Auth {
     None,
-    Certificate,
+    /// A client certificate, whose subject makes the principal as given.
+    Certificate(edge_config::CertPrincipal),
     Token(Arc<TokenFile>),
 }
 
@@ -145,7 +146,7 @@ pub async fn listen(
     let fingerprint = fingerprint(&chain[0]);
     let auth = match cfg.client_auth {
         QuicClientAuth::None => Auth::None,
-        QuicClientAuth::Mtls => Auth::Certificate,
+        QuicClientAuth::Mtls => Auth::Certificate(cfg.client_principal),
         QuicClientAuth::Token => Auth::Token(Arc::new(
             TokenFile::open(&cfg.token_file).context("listeners.quic.token_file")?,
         )),
@@ -234,7 +235,7 @@ async fn accept_loop(
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::info!(%peer, error = %e, "QUIC handshake failed");
-                    if matches!(auth, Auth::Certificate) && refused_certificate(&e) {
+                    if matches!(auth, Auth::Certificate(_)) && refused_certificate(&e) {
                         broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
                     }
                     return;
@@ -257,7 +258,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            if let (Auth::Certificate, Some(principal)) = (&auth, identity.principal()) {
+            if let (Auth::Certificate(_), Some(principal)) = (&auth, identity.principal()) {
                 broker.metrics.count_authenticated(principal);
             }
             let link = Link {
@@ -346,14 +347,14 @@ fn identify(auth: &Auth, conn: &quinn::Connection) -> Result<Arc<Identity>, Stri
     match auth {
         Auth::None => Ok(Identity::anonymous()),
         Auth::Token(file) => Ok(Identity::sasl(file.current())),
-        Auth::Certificate => {
+        Auth::Certificate(how) => {
             // The verifier has checked the chain against client_ca; the leaf names the device.
             let leaf = conn
                 .peer_identity()
                 .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
                 .and_then(|chain| chain.first().cloned())
                 .ok_or("no client certificate")?;
-            let principal = super::tls::principal_of(&leaf)
+            let principal = super::tls::principal_of(&leaf, *how)
                 .ok_or("the client certificate has no subject common name (CN)")?;
             Ok(Identity::certified(principal))
         }

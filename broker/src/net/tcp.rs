@@ -117,7 +117,12 @@ async fn accept_loop(
                                 .1
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
-                                .and_then(|leaf| super::tls::principal_of(leaf));
+                                .and_then(|leaf| {
+                                    super::tls::principal_of(
+                                        leaf,
+                                        broker.config.listeners.kafka_tls.client_principal,
+                                    )
+                                });
                             let session = match principal.filter(|_| sasl.is_none()) {
                                 Some(p) => {
                                     broker.metrics.count_authenticated(&p);

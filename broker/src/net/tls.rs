@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
+use edge_config::CertPrincipal;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -48,12 +49,76 @@ pub fn client_verifier(
         .with_context(|| key.to_string())
 }
 
-/// `User:<CN>` from the subject of a (verified) client certificate, or `None` when it has no
-/// common name.
-pub fn principal_of(cert: &[u8]) -> Option<String> {
+/// The principal of a (verified) client certificate: `User:<CN>` of its subject, or with
+/// [`CertPrincipal::Dn`] `User:<subject DN>` as Kafka writes it; `None` when it has no common
+/// name (or, for a DN, no subject).
+pub fn principal_of(cert: &[u8], how: CertPrincipal) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
-    Some(format!("User:{cn}"))
+    match how {
+        CertPrincipal::Cn => {
+            let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+            Some(format!("User:{cn}"))
+        }
+        CertPrincipal::Dn => rfc2253(parsed.subject()).map(|dn| format!("User:{dn}")),
+    }
+}
+
+/// A distinguished name as Java's `X500Principal.getName()` writes it, the form of Kafka's
+/// default TLS principal (RFC 2253): the RDNs from the last encoded (most specific) to the first,
+/// joined by `,`, the attributes of one RDN by `+`; the keywords CN, C, L, ST, O, OU, STREET,
+/// DC and UID, other attribute types as their dotted OID with `#` and the value's DER in hex;
+/// `,+"\<>;` escaped with `\`, as are a leading `#` or space and a trailing space.
+fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
+    use x509_parser::asn1_rs::ToDer as _;
+    let mut rdns = Vec::new();
+    for rdn in name.iter_rdn() {
+        let mut attrs = Vec::new();
+        for attr in rdn.iter() {
+            let oid = attr.attr_type().to_id_string();
+            let keyword = match oid.as_str() {
+                "2.5.4.3" => Some("CN"),
+                "2.5.4.6" => Some("C"),
+                "2.5.4.7" => Some("L"),
+                "2.5.4.8" => Some("ST"),
+                "2.5.4.10" => Some("O"),
+                "2.5.4.11" => Some("OU"),
+                "2.5.4.9" => Some("STREET"),
+                "0.9.2342.19200300.100.1.25" => Some("DC"),
+                "0.9.2342.19200300.100.1.1" => Some("UID"),
+                _ => None,
+            };
+            match (keyword, attr.as_str()) {
+                (Some(k), Ok(value)) => attrs.push(format!("{k}={}", escape_dn_value(value))),
+                _ => {
+                    let der = attr.attr_value().to_der_vec().ok()?;
+                    let hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
+                    attrs.push(format!("{oid}=#{hex}"));
+                }
+            }
+        }
+        rdns.push(attrs.join("+"));
+    }
+    if rdns.is_empty() {
+        return None;
+    }
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+/// An attribute value escaped as RFC 2253 asks.
+fn escape_dn_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Warns when the server certificate `leaf` (from config key `key`) has expired or expires
@@ -119,12 +184,45 @@ mod tests {
             .push(rcgen::DnType::CommonName, "sensor-42");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        assert_eq!(principal_of(cert.der()).as_deref(), Some("User:sensor-42"));
+        assert_eq!(
+            principal_of(cert.der(), CertPrincipal::Cn).as_deref(),
+            Some("User:sensor-42")
+        );
         // rcgen's default subject is a CN too; without any subject there is no principal.
         let mut bare = rcgen::CertificateParams::new(vec!["dev.local".to_string()]).unwrap();
         bare.distinguished_name = rcgen::DistinguishedName::new();
         let cert = bare.self_signed(&key).unwrap();
-        assert_eq!(principal_of(cert.der()), None);
-        assert_eq!(principal_of(b"not a certificate"), None);
+        assert_eq!(principal_of(cert.der(), CertPrincipal::Cn), None);
+        assert_eq!(principal_of(cert.der(), CertPrincipal::Dn), None);
+        assert_eq!(principal_of(b"not a certificate", CertPrincipal::Dn), None);
+    }
+
+    #[test]
+    fn the_dn_principal_is_written_as_kafka_writes_it() {
+        let mut params = rcgen::CertificateParams::new(vec!["dev.local".to_string()]).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CountryName, "DE");
+        dn.push(rcgen::DnType::OrganizationName, "Acme, Inc.");
+        dn.push(rcgen::DnType::OrganizationalUnitName, "plant 2");
+        dn.push(rcgen::DnType::CommonName, "#sensor-42 ");
+        dn.push(
+            rcgen::DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            rcgen::DnValue::Ia5String("ops@acme.example".try_into().unwrap()),
+        );
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // Most specific first; the e-mail address as Java writes an attribute it has no
+        // keyword for: its OID and the DER of the value (IA5String, tag 0x16).
+        let hex: String = b"ops@acme.example"
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            principal_of(cert.der(), CertPrincipal::Dn).unwrap(),
+            format!(
+                "User:1.2.840.113549.1.9.1=#1610{hex},CN=\\#sensor-42\\ ,OU=plant 2,O=Acme\\, Inc.,C=DE"
+            )
+        );
     }
 }
