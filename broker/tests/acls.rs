@@ -349,6 +349,25 @@ async fn without_acls_every_client_may_do_everything_and_the_acl_apis_say_so() {
         )
         .await;
     assert_eq!(made.results[0].error_code, E::SecurityDisabled.code());
+    // A client that proved nothing may not give itself a login, ACLs or not.
+    let upsert = kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+        .with_name(st("admin"))
+        .with_mechanism(1)
+        .with_iterations(4096)
+        .with_salt(bytes::Bytes::from_static(b"salt"))
+        .with_salted_password(bytes::Bytes::from(vec![7u8; 32]));
+    let altered = raw
+        .call(
+            &kafka_protocol::messages::AlterUserScramCredentialsRequest::default()
+                .with_upsertions(vec![upsert]),
+            0,
+        )
+        .await;
+    assert_eq!(
+        altered.results[0].error_code,
+        E::ClusterAuthorizationFailed.code()
+    );
+    assert!(broker.broker.scram.all().is_empty());
     let md = raw
         .call(
             &MetadataRequest::default()

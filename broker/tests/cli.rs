@@ -82,6 +82,19 @@ fn config_default_is_valid_and_validate_names_key_and_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // So are the certificate and key of an enabled TLS listener.
+    let tls = dir.path().join("tls.toml");
+    let missing = dir.path().join("missing.pem");
+    std::fs::write(
+        &tls,
+        format!("[listeners.kafka_tls]\nenabled = true\ncert = {missing:?}\nkey = {missing:?}\n"),
+    )
+    .unwrap();
+    let out = runnel(&["config", "validate", tls.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("listeners.kafka_tls.cert"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +432,15 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
         assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
         let (ok, _, err) = run(ADMIN, &["acls", "remove"], b"");
         assert!(!ok && err.contains("say which ACLs to remove"), "{err}");
+        // A refused login stops the command at once, with the broker's reason.
+        let started = std::time::Instant::now();
+        let (ok, _, err) = run(("admin", "guess"), &["acls", "list"], b"");
+        assert!(!ok && err.contains("the broker refused the login"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
     })
     .await
     .unwrap();

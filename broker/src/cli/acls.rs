@@ -16,9 +16,10 @@ use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use rdkafka::admin::AdminClient;
 use rdkafka::bindings as rd;
+use rdkafka::client::DefaultClientContext;
 
 use super::Conn;
-use super::client::{AuthWatch, TIMEOUT};
+use super::client::TIMEOUT;
 
 /// What kind of resource an ACL names, and its name.
 #[derive(Args, Clone, Debug)]
@@ -141,7 +142,16 @@ impl<T> Drop for Owned<T> {
     }
 }
 
+/// Longest string the Kafka protocol carries (a signed 16-bit length).
+const MAX_STRING: usize = i16::MAX as usize;
+
 fn cstring(what: &str, text: &str) -> anyhow::Result<CString> {
+    if text.len() > MAX_STRING {
+        bail!(
+            "{what} has {} bytes; Kafka allows at most {MAX_STRING}",
+            text.len()
+        );
+    }
     CString::new(text).with_context(|| format!("{what} {text:?} holds a NUL byte"))
 }
 
@@ -153,6 +163,22 @@ fn text(p: *const c_char) -> String {
     // SAFETY: librdkafka returns NUL-terminated strings that live as long as their object,
     // which outlives this copy.
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// A name as one column of a tab-separated line: control characters (a tab, a newline) written
+/// as escapes, so that the columns hold.
+fn column(p: *const c_char) -> String {
+    text(p)
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// The message of a librdkafka error object, if there is one.
@@ -191,32 +217,41 @@ fn describe(acl: *const rd::rd_kafka_AclBinding_t) -> String {
         ));
         format!(
             "{kind}\t{}\t{pattern}\t{}\t{}\t{op}\t{permission}",
-            text(rd::rd_kafka_AclBinding_name(acl)),
-            text(rd::rd_kafka_AclBinding_principal(acl)),
-            text(rd::rd_kafka_AclBinding_host(acl)),
+            column(rd::rd_kafka_AclBinding_name(acl)),
+            column(rd::rd_kafka_AclBinding_principal(acl)),
+            column(rd::rd_kafka_AclBinding_host(acl)),
         )
     }
 }
 
-/// An admin client of `conn` and a queue for the results of its requests.
+/// An admin client of `conn`, a queue for the results of its requests, and its main queue,
+/// where its errors and log lines arrive.
 struct Session {
-    admin: AdminClient<AuthWatch>,
+    admin: AdminClient<DefaultClientContext>,
     queue: Owned<rd::rd_kafka_queue_t>,
+    main: Owned<rd::rd_kafka_queue_t>,
 }
 
 impl Session {
     fn open(conn: &Conn) -> anyhow::Result<Session> {
-        let admin: AdminClient<AuthWatch> = conn
+        let admin: AdminClient<DefaultClientContext> = conn
             .client_config()?
-            .create_with_context(AuthWatch::default())
+            .create()
             .context("cannot create a Kafka admin client")?;
         // SAFETY: the client handle is live for as long as `admin`; the session's `Drop`
         // destroys the queue before `admin` goes.
-        let queue = unsafe { rd::rd_kafka_queue_new(admin.inner().native_ptr()) };
+        let (queue, main) = unsafe {
+            let rk = admin.inner().native_ptr();
+            (rd::rd_kafka_queue_new(rk), rd::rd_kafka_queue_get_main(rk))
+        };
         Ok(Session {
             admin,
             queue: Owned {
                 ptr: queue,
+                destroy: rd::rd_kafka_queue_destroy,
+            },
+            main: Owned {
+                ptr: main,
                 destroy: rd::rd_kafka_queue_destroy,
             },
         })
@@ -231,8 +266,9 @@ impl Session {
     fn result(&self) -> anyhow::Result<Owned<rd::rd_kafka_event_t>> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
+            self.serve_main()?;
             // SAFETY: the queue is live; a returned event is owned by the guard.
-            let ev = unsafe { rd::rd_kafka_queue_poll(self.queue.ptr, 500) };
+            let ev = unsafe { rd::rd_kafka_queue_poll(self.queue.ptr, 200) };
             if !ev.is_null() {
                 let ev = Owned {
                     ptr: ev,
@@ -249,9 +285,52 @@ impl Session {
                 }
                 return Ok(ev);
             }
-            self.admin.inner().context().check()?;
             if Instant::now() >= deadline {
-                bail!("no answer from the broker within {}s", TIMEOUT.as_secs());
+                bail!(
+                    "no answer from the broker within {}s (is it reachable, and are the -X \
+                     security settings those of its listener?)",
+                    TIMEOUT.as_secs()
+                );
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Reads the client's own events: a login the broker refused ends the command with the
+    /// broker's reason; other errors and log lines go to the log (at debug: librdkafka retries
+    /// them, and the command's own timeout reports a broker it cannot reach).
+    fn serve_main(&self) -> anyhow::Result<()> {
+        loop {
+            // SAFETY: the main queue is live; a returned event is owned by the guard.
+            let ev = unsafe { rd::rd_kafka_queue_poll(self.main.ptr, 0) };
+            if ev.is_null() {
+                return Ok(());
+            }
+            let ev = Owned {
+                ptr: ev,
+                destroy: rd::rd_kafka_event_destroy,
+            };
+            // SAFETY: `ev` is live; its strings are copied before it is destroyed.
+            unsafe {
+                match rd::rd_kafka_event_type(ev.ptr) {
+                    rd::RD_KAFKA_EVENT_ERROR => {
+                        let why = text(rd::rd_kafka_event_error_string(ev.ptr));
+                        if rd::rd_kafka_event_error(ev.ptr)
+                            == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__AUTHENTICATION
+                        {
+                            bail!("the broker refused the login: {why}");
+                        }
+                        tracing::debug!("librdkafka: {why}");
+                    }
+                    rd::RD_KAFKA_EVENT_LOG => {
+                        let (mut fac, mut line, mut level) = (ptr::null(), ptr::null(), 0);
+                        if rd::rd_kafka_event_log(ev.ptr, &mut fac, &mut line, &mut level) == 0 {
+                            tracing::debug!("librdkafka {}: {}", text(fac), text(line));
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -259,11 +338,14 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // The queue before the client it belongs to.
-        let queue = std::mem::replace(&mut self.queue.ptr, ptr::null_mut());
-        if !queue.is_null() {
-            // SAFETY: made by `rd_kafka_queue_new` on this session's client, destroyed once.
-            unsafe { rd::rd_kafka_queue_destroy(queue) }
+        // The queues before the client they belong to.
+        for q in [&mut self.queue.ptr, &mut self.main.ptr] {
+            let queue = std::mem::replace(q, ptr::null_mut());
+            if !queue.is_null() {
+                // SAFETY: made by `rd_kafka_queue_new` or `rd_kafka_queue_get_main` on this
+                // session's client, destroyed once.
+                unsafe { rd::rd_kafka_queue_destroy(queue) }
+            }
         }
     }
 }
@@ -352,9 +434,21 @@ pub(super) fn add(conn: &Conn, acl: &NewAcl) -> anyhow::Result<()> {
     let Some((kind, name)) = acl.resource.named() else {
         bail!("say which resource: --topic NAME, --group ID or --cluster");
     };
+    if acl.resource.cluster && acl.prefixed {
+        bail!("--prefixed names a prefix of topic or group names; the cluster has none");
+    }
     let name_c = cstring("the resource name", name)?;
     let principal = cstring("the principal", &acl.principal)?;
-    let host = cstring("the host", &acl.host)?;
+    // An address in the form the broker keeps it (it keeps `::1` for `0:0:0:0:0:0:0:1`), so
+    // that what is printed is what is stored.
+    let host = match acl.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => acl.host.clone(),
+    };
+    let host = cstring("the host", &host)?;
+    let mut operations = acl.operations.clone();
+    operations.sort_by_key(|op| op.code() as u32);
+    operations.dedup();
     let pattern = if acl.prefixed {
         RD_KAFKA_RESOURCE_PATTERN_PREFIXED
     } else {
@@ -366,7 +460,7 @@ pub(super) fn add(conn: &Conn, acl: &NewAcl) -> anyhow::Result<()> {
         rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW
     };
     let mut bindings = Vec::new();
-    for op in &acl.operations {
+    for op in &operations {
         let mut errstr = [0 as c_char; 512];
         // SAFETY: as in `binding_filter`.
         let made = unsafe {
@@ -428,6 +522,12 @@ pub(super) fn add(conn: &Conn, acl: &NewAcl) -> anyhow::Result<()> {
 
 /// Deletes the ACLs `filter` selects and prints them.
 pub(super) fn remove(conn: &Conn, filter: &Filter) -> anyhow::Result<()> {
+    if filter.matching {
+        bail!(
+            "--matching is for list (it selects every ACL that applies to a name, whoever it is \
+             for); remove takes the ACLs' own resource and pattern"
+        );
+    }
     if filter.resource.named().is_none() && filter.principal.is_none() {
         bail!(
             "say which ACLs to remove: a resource (--topic, --group, --cluster) or a --principal, \

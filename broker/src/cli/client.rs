@@ -137,7 +137,7 @@ fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer<AuthWatch>> {
 /// instead of retrying until its timeout and then naming a transport error. Other client errors
 /// are logged, as librdkafka's default does.
 #[derive(Default)]
-pub(super) struct AuthWatch {
+struct AuthWatch {
     refused: std::sync::Mutex<Option<String>>,
 }
 
@@ -158,7 +158,7 @@ impl rdkafka::consumer::ConsumerContext for AuthWatch {}
 
 impl AuthWatch {
     /// Fails with the broker's reason once a login was refused.
-    pub(super) fn check(&self) -> anyhow::Result<()> {
+    fn check(&self) -> anyhow::Result<()> {
         match &*self.refused.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(why) => bail!("the broker refused the login: {why}"),
             None => Ok(()),

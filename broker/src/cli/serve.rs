@@ -69,8 +69,28 @@ pub fn validate(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(Some(file))?;
     crate::federation::check_clients(&config.federation)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    // The files of users and device tokens, as the broker would read them at start-up.
+    // The certificates, keys and CAs of the enabled listeners, and the files of users and
+    // device tokens, as the broker would read them at start-up.
     let l = &config.listeners;
+    let at = |e: anyhow::Error| anyhow::anyhow!("{}: {e:#}", file.display());
+    if l.kafka_tls.enabled {
+        crate::net::tls::acceptor(&l.kafka_tls).map_err(at)?;
+    }
+    if l.quic.enabled {
+        // Without cert and key the broker makes its own certificate: nothing to read yet.
+        if !l.quic.cert.as_os_str().is_empty() || !l.quic.key.as_os_str().is_empty() {
+            crate::net::quic::server_identity(&l.quic, &config.broker.data_dir).map_err(at)?;
+        }
+        if l.quic.client_auth == edge_config::QuicClientAuth::Mtls {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            crate::net::tls::client_verifier(
+                &l.quic.client_ca,
+                "listeners.quic.client_ca",
+                provider,
+            )
+            .map_err(at)?;
+        }
+    }
     let quic_tokens = l.quic.enabled && l.quic.client_auth == edge_config::QuicClientAuth::Token;
     let credentials = [
         (

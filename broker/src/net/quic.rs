@@ -596,7 +596,7 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket>
 
 /// The certificate chain and key: the configured PEM files, or the self-signed pair in
 /// `<data_dir>/quic/` (made on first use).
-fn server_identity(
+pub(crate) fn server_identity(
     cfg: &edge_config::QuicListener,
     data_dir: &Path,
 ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {

@@ -9,8 +9,14 @@
 //! (UNSUPPORTED_SASL_MECHANISM), fewer than 4,096 or more than 16,384 iterations, an empty salt
 //! or a salted password of the wrong length (UNACCEPTABLE_CREDENTIAL), a user and mechanism
 //! changed twice (DUPLICATE_RESOURCE), or the deletion of a credential not made this way
-//! (RESOURCE_NOT_FOUND: users of a users file are removed from the file). The client needs Alter
-//! on the cluster (`crate::acl`), else CLUSTER_AUTHORIZATION_FAILED.
+//! (RESOURCE_NOT_FOUND: users of a users file are removed from the file).
+//!
+//! Who may: with ACLs on, a client allowed Alter on the cluster (`crate::acl`); with ACLs off,
+//! only a client that logged in with SASL on a Kafka listener (a user of a users file, or one
+//! made here). Kafka without an authorizer lets any client alter credentials; here the plaintext
+//! listener on loopback and the QUIC listener serve clients that proved nothing by default, and
+//! such a client could otherwise give itself any user's login. Others get
+//! CLUSTER_AUTHORIZATION_FAILED.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +27,9 @@ use kafka_protocol::messages::{
 };
 
 use super::s;
-use crate::protocol::Ctx;
 use crate::protocol::scram::{ITERATIONS, Scram, ScramUser, salted_password_len};
 use crate::protocol::scram_store::Change;
+use crate::protocol::{Ctx, ListenerKind};
 
 /// Kafka's bounds on the iteration count of a SCRAM credential.
 const MAX_ITERATIONS: i32 = 16_384;
@@ -125,7 +131,12 @@ pub async fn handle(
         .collect();
     users.sort_by_key(|(_, order, _)| *order);
 
-    let refused = !ctx.allowed_on_cluster(crate::acl::Operation::Alter);
+    let refused = if ctx.broker.acls.enabled() {
+        !ctx.allowed_on_cluster(crate::acl::Operation::Alter)
+    } else {
+        let session = &ctx.session;
+        session.listener == ListenerKind::Quic || !session.identity.uses_sasl()
+    };
     let mut changes = Vec::new();
     let mut results: Vec<(String, Option<Refusal>)> = Vec::new();
     for (user, _, r) in users {
@@ -134,7 +145,13 @@ pub async fn handle(
                 user,
                 Some((
                     E::ClusterAuthorizationFailed,
-                    "altering credentials needs Alter on the cluster".to_string(),
+                    if ctx.broker.acls.enabled() {
+                        "altering credentials needs Alter on the cluster".to_string()
+                    } else {
+                        "altering credentials needs a SASL login on a Kafka listener (or ACLs \
+                         allowing Alter on the cluster)"
+                            .to_string()
+                    },
                 )),
             )),
             Ok(mut c) => {

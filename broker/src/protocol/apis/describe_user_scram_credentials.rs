@@ -27,9 +27,22 @@ pub async fn handle(
     req: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
     if !ctx.allowed_on_cluster(crate::acl::Operation::Describe) {
+        // No top-level message: librdkafka 2.12 keeps a pointer to it after freeing it and
+        // crashes the client; it writes its own text for the code.
+        let asked = req.users.unwrap_or_default();
+        let results = asked
+            .iter()
+            .map(|u| {
+                DescribeUserScramCredentialsResult::default()
+                    .with_user(u.name.clone())
+                    .with_error_code(E::ClusterAuthorizationFailed.code())
+                    .with_error_message(Some(s("describing users needs Describe on the cluster")))
+            })
+            .collect();
         return DescribeUserScramCredentialsResponse::default()
             .with_error_code(E::ClusterAuthorizationFailed.code())
-            .with_error_message(Some(s("describing users needs Describe on the cluster")));
+            .with_error_message(None)
+            .with_results(results);
     }
     // Each user's mechanisms and iterations: the users file's, then those made with
     // AlterUserScramCredentials, which take precedence.
@@ -90,10 +103,7 @@ pub async fn handle(
                     } else if known.contains_key(user) {
                         described(user)
                     } else {
-                        refused(
-                            E::ResourceNotFound,
-                            "the user has no SCRAM credentials on this listener",
-                        )
+                        refused(E::ResourceNotFound, "the user has no SCRAM credentials")
                     }
                 })
                 .collect()
