@@ -63,12 +63,19 @@ fn acl(rt: i8, name: &str, pattern: i8, principal: &str, op: i8, perm: i8) -> Ac
 
 /// A raw connection logged in as the super user.
 async fn admin(bootstrap: &str) -> common::RawClient {
-    let mut raw = common::RawClient::connect(bootstrap).await;
-    assert_eq!(
-        raw.login_plain(b"\0admin\0adm1n-s3cret").await.error_code,
-        0
-    );
-    raw
+    common::RawClient::logged_in(bootstrap, b"\0admin\0adm1n-s3cret").await
+}
+
+/// DescribeAcls for every ACL.
+fn every_acl() -> DescribeAclsRequest {
+    DescribeAclsRequest::default()
+        .with_resource_type_filter(ANY)
+        .with_resource_name_filter(None)
+        .with_principal_filter(None)
+        .with_host_filter(None)
+        .with_pattern_type_filter(ANY)
+        .with_operation(ANY)
+        .with_permission_type(ANY)
 }
 
 /// Sends one reading as a producer on `c`; the error code of a failed delivery.
@@ -217,11 +224,7 @@ async fn acls_decide_who_writes_reads_and_joins_and_survive_a_restart() {
     drop(outsider);
 
     // Bob's metadata lists only what he may see, with what he may do to it.
-    let mut raw_bob = common::RawClient::connect(&bootstrap).await;
-    assert_eq!(
-        raw_bob.login_plain(b"\0bob\0b0b-s3cret").await.error_code,
-        0
-    );
+    let mut raw_bob = common::RawClient::logged_in(&bootstrap, b"\0bob\0b0b-s3cret").await;
     let md = raw_bob
         .call(
             &MetadataRequest::default()
@@ -249,19 +252,7 @@ async fn acls_decide_who_writes_reads_and_joins_and_survive_a_restart() {
         E::TopicAuthorizationFailed.code()
     );
     // Nor may he list or make ACLs.
-    let listed = raw_bob
-        .call(
-            &DescribeAclsRequest::default()
-                .with_resource_type_filter(ANY)
-                .with_resource_name_filter(None)
-                .with_principal_filter(None)
-                .with_host_filter(None)
-                .with_pattern_type_filter(ANY)
-                .with_operation(ANY)
-                .with_permission_type(ANY),
-            3,
-        )
-        .await;
+    let listed = raw_bob.call(&every_acl(), 3).await;
     assert_eq!(listed.error_code, E::ClusterAuthorizationFailed.code());
 
     // The super user deletes bob's read ACL; his next request is refused.
@@ -293,19 +284,7 @@ async fn acls_decide_who_writes_reads_and_joins_and_survive_a_restart() {
     // The three left are kept across a restart.
     let broker = common::start_with(cfg).await;
     let mut root = admin(&broker.bootstrap()).await;
-    let listed = root
-        .call(
-            &DescribeAclsRequest::default()
-                .with_resource_type_filter(ANY)
-                .with_resource_name_filter(None)
-                .with_principal_filter(None)
-                .with_host_filter(None)
-                .with_pattern_type_filter(ANY)
-                .with_operation(ANY)
-                .with_permission_type(ANY),
-            3,
-        )
-        .await;
+    let listed = root.call(&every_acl(), 3).await;
     assert_eq!(listed.error_code, 0);
     let mut kept: Vec<(String, String, i8)> = listed
         .resources

@@ -499,11 +499,7 @@ async fn scram_credentials_altered_over_the_protocol_log_in_and_bad_ones_are_ref
                 iterations as u32,
             ))
     };
-    let mut admin = common::RawClient::connect(&bootstrap).await;
-    assert_eq!(
-        admin.login_plain(b"\0alice\0a11ce-s3cret").await.error_code,
-        0
-    );
+    let mut admin = common::RawClient::logged_in(&bootstrap, b"\0alice\0a11ce-s3cret").await;
     let answer = admin
         .call(
             &AlterUserScramCredentialsRequest::default()
@@ -558,8 +554,7 @@ async fn scram_credentials_altered_over_the_protocol_log_in_and_bad_ones_are_ref
     assert_eq!(records(), before);
 
     // Only a principal allowed Alter on the cluster may alter credentials.
-    let mut bob = common::RawClient::connect(&bootstrap).await;
-    assert_eq!(bob.login_plain(b"\0bob\0b0b-s3cret").await.error_code, 0);
+    let mut bob = common::RawClient::logged_in(&bootstrap, b"\0bob\0b0b-s3cret").await;
     let answer = bob
         .call(
             &AlterUserScramCredentialsRequest::default()

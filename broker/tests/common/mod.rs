@@ -100,6 +100,14 @@ impl RawClient {
         decode_response::<R>(frame, version, self.correlation)
     }
 
+    /// A connection to `addr` logged in with SASL PLAIN as `plain` (`NUL user NUL secret`).
+    pub async fn logged_in(addr: &str, plain: &'static [u8]) -> RawClient {
+        let mut raw = RawClient::connect(addr).await;
+        let auth = raw.login_plain(plain).await;
+        assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
+        raw
+    }
+
     /// SaslHandshake (PLAIN) and SaslAuthenticate with `plain` (`authzid NUL user NUL secret`).
     pub async fn login_plain(
         &mut self,

@@ -46,7 +46,15 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             Some(Decision::Reject(reason)) => Some(reason),
             _ => None,
         };
-        let writable = ctx.allowed(Operation::Write, ResourceType::Topic, &topic_data.name);
+        // What every partition of the topic gets when the ACLs or a quota policy refuse it.
+        let refusal = if !ctx.allowed(Operation::Write, ResourceType::Topic, &topic_data.name) {
+            Some((E::TopicAuthorizationFailed.code(), None))
+        } else {
+            rejected.map(|reason| {
+                let why = format!("rejected by a quota policy: {reason}");
+                (E::PolicyViolation.code(), Some(why))
+            })
+        };
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let mut out = PartitionProduceResponse::default()
@@ -54,18 +62,9 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_base_offset(-1)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(-1);
-            if !writable {
-                out.error_code = E::TopicAuthorizationFailed.code();
-                ctx.broker
-                    .metrics
-                    .produce_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                partitions.push(out);
-                continue;
-            }
-            if let Some(reason) = rejected {
-                out.error_code = E::PolicyViolation.code();
-                out.error_message = Some(s(format!("rejected by a quota policy: {reason}")));
+            if let Some((code, why)) = &refusal {
+                out.error_code = *code;
+                out.error_message = why.clone().map(s);
                 ctx.broker
                     .metrics
                     .produce_errors
