@@ -346,7 +346,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "enabled",
                 Bool,
-                "Check every request against the ACLs. false = every principal may do everything.\nACLs are managed with Kafka's CreateAcls, DescribeAcls and DeleteAcls (kafka-acls.sh,\nadmin clients) and kept in the metadata database. Allowed: true, false.",
+                "Check every request against the ACLs. false = every principal may do everything.\nACLs are managed with runnel acls, kafka-acls.sh or an admin client (Kafka's\nCreateAcls, DescribeAcls, DeleteAcls) and kept in the metadata database.\nAllowed: true, false.",
             ),
             key(
                 "super_users",

@@ -409,8 +409,9 @@ impl Default for GroupsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AclsConfig {
     /// Check every request against the ACLs (Kafka's `authorizer.class.name`). Default false:
-    /// every principal may do everything. ACLs are managed with Kafka's CreateAcls, DescribeAcls
-    /// and DeleteAcls (`kafka-acls.sh`, an admin client) and kept in the metadata database.
+    /// every principal may do everything. ACLs are managed with `runnel acls`, `kafka-acls.sh`
+    /// or an admin client (Kafka's CreateAcls, DescribeAcls and DeleteAcls) and kept in the
+    /// metadata database.
     pub enabled: bool,
     /// Principals allowed everything whatever the ACLs say (Kafka's `super.users`), such as
     /// `["User:admin"]`. Default none. With none, only ACLs can let anyone manage ACLs.
