@@ -433,15 +433,15 @@ impl Authorizer {
             changing: Mutex::new(()),
         };
         if authorizer.enabled {
-            let admins = authorizer
-                .acls()
-                .iter()
-                .any(|a| a.resource_type == ResourceType::Cluster && a.allows(Operation::Alter));
+            let admins = authorizer.acls().iter().any(|a| {
+                a.resource_type == ResourceType::Cluster
+                    && a.permission == Permission::Allow
+                    && a.allows(Operation::Alter)
+            });
             if authorizer.super_users.is_empty() && !admins && !authorizer.allow_if_no_acl {
                 tracing::warn!(
                     "acls.enabled with no super user and no ACL allowing Alter on the cluster: \
-                     no client can create ACLs, so every request is refused; name one in \
-                     acls.super_users"
+                     no client can create or remove ACLs; name one in acls.super_users"
                 );
             }
             tracing::info!(
