@@ -558,7 +558,8 @@ fn example_configs_validate() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = runnel(&["config", "validate", path.to_str().unwrap()]);
+            // Their certificates and users files are where a gateway keeps them, not here.
+            let out = runnel(&["config", "validate", "--skip-files", path.to_str().unwrap()]);
             assert!(
                 out.status.success(),
                 "{}: {}",

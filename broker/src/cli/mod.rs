@@ -171,8 +171,15 @@ struct Admin {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Parse and validate FILE (and RUNNEL_* overrides); print the first error with its line.
-    Validate { file: PathBuf },
+    /// Parse and validate FILE (and RUNNEL_* overrides), and read the certificates, keys, CAs,
+    /// users and token files it names as the broker would; print the first error with its line.
+    Validate {
+        file: PathBuf,
+        /// Check the config alone, not the files it names (for a config written for another
+        /// machine).
+        #[arg(long)]
+        skip_files: bool,
+    },
     /// Print the default config file, every key commented.
     Default,
 }
@@ -364,7 +371,9 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
-        Command::Config(ConfigCommand::Validate { file }) => serve::validate(&file),
+        Command::Config(ConfigCommand::Validate { file, skip_files }) => {
+            serve::validate(&file, !skip_files)
+        }
         Command::Config(ConfigCommand::Default) => {
             out!("{}", edge_config::Config::default_toml().trim_end());
             Ok(())
