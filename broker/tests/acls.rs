@@ -38,12 +38,7 @@ const DENY: i8 = 2;
 const ALLOW: i8 = 3;
 
 fn sasl_client(bootstrap: &str, user: &str, secret: &str) -> ClientConfig {
-    let mut c = common::client_config(bootstrap);
-    c.set("security.protocol", "SASL_PLAINTEXT")
-        .set("sasl.mechanism", "SCRAM-SHA-256")
-        .set("sasl.username", user)
-        .set("sasl.password", secret);
-    c
+    common::sasl_client_config("SCRAM-SHA-256", bootstrap, user, secret)
 }
 
 fn st(text: &str) -> StrBytes {

@@ -14,6 +14,41 @@ fn runnel(args: &[&str]) -> std::process::Output {
 }
 
 /// Runs `runnel` with `input` on its standard input.
+/// Runs `runnel ARGS -b BOOTSTRAP` logged in with SCRAM-SHA-256 as `user` with `secret`, `input`
+/// on stdin: (success, stdout, stderr, how long it took).
+fn runnel_as(
+    bootstrap: &str,
+    (user, secret): (&str, &str),
+    args: &[&str],
+    input: &[u8],
+) -> (bool, String, String, std::time::Duration) {
+    let login = [
+        "-b".to_string(),
+        bootstrap.to_string(),
+        "-X".to_string(),
+        "security.protocol=SASL_PLAINTEXT".to_string(),
+        "-X".to_string(),
+        "sasl.mechanism=SCRAM-SHA-256".to_string(),
+        "-X".to_string(),
+        format!("sasl.username={user}"),
+        "-X".to_string(),
+        format!("sasl.password={secret}"),
+    ];
+    let all: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(login.iter().map(String::as_str))
+        .collect();
+    let started = std::time::Instant::now();
+    let out = runnel_with_input(&all, input);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
 fn runnel_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(args)
@@ -266,31 +301,9 @@ async fn client_commands_stop_at_a_refused_login_with_the_reason() {
     let broker = common::start_with(cfg).await;
     let b = broker.bootstrap();
     tokio::task::spawn_blocking(move || {
-        let login = |password: &str| {
-            [
-                "-X",
-                "security.protocol=SASL_PLAINTEXT",
-                "-X",
-                "sasl.mechanism=SCRAM-SHA-256",
-                "-X",
-                "sasl.username=alice",
-                "-X",
-                &format!("sasl.password={password}"),
-            ]
-            .map(String::from)
-        };
         let run = |args: &[&str], password: &str, input: &[u8]| {
-            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            all.extend(["-b".to_string(), b.clone()]);
-            all.extend(login(password));
-            let all: Vec<&str> = all.iter().map(String::as_str).collect();
-            let started = std::time::Instant::now();
-            let out = runnel_with_input(&all, input);
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-                started.elapsed(),
-            )
+            let (ok, _, err, took) = runnel_as(&b, ("alice", password), args, input);
+            (ok, err, took)
         };
         for args in [
             &["produce", "logins"][..],
@@ -318,9 +331,8 @@ async fn client_commands_stop_at_a_refused_login_with_the_reason() {
     broker.shutdown().await;
 }
 
-/// `runnel groups`: describe shows committed offsets, lag and the member holding a partition;
-/// reset-offsets plans, refuses while the group has members, and commits with --execute;
-/// delete removes the group.
+/// `runnel acls`: add, list and remove ACLs that the broker then enforces on the other client
+/// commands; a refused login stops it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
     let dir = tempfile::tempdir().unwrap();
@@ -335,30 +347,9 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
     const ADMIN: (&str, &str) = ("admin", "adm1n-s3cret");
     const ALICE: (&str, &str) = ("alice", "a11ce-s3cret");
     tokio::task::spawn_blocking(move || {
-        let run = |(user, secret): (&str, &str), args: &[&str], input: &[u8]| {
-            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            all.extend(
-                [
-                    "-b",
-                    &b,
-                    "-X",
-                    "security.protocol=SASL_PLAINTEXT",
-                    "-X",
-                    "sasl.mechanism=SCRAM-SHA-256",
-                    "-X",
-                    &format!("sasl.username={user}"),
-                    "-X",
-                    &format!("sasl.password={secret}"),
-                ]
-                .map(String::from),
-            );
-            let all: Vec<&str> = all.iter().map(String::as_str).collect();
-            let out = runnel_with_input(&all, input);
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
+        let run = |who: (&str, &str), args: &[&str], input: &[u8]| {
+            let (ok, out, err, _) = runnel_as(&b, who, args, input);
+            (ok, out, err)
         };
         let (ok, out, err) = run(
             ADMIN,
@@ -447,6 +438,9 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
     broker.shutdown().await;
 }
 
+/// `runnel groups`: describe shows committed offsets, lag and the member holding a partition;
+/// reset-offsets plans, refuses while the group has members, and commits with --execute;
+/// delete removes the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_commands_describe_reset_and_delete() {
     let dir = tempfile::tempdir().unwrap();

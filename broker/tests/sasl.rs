@@ -33,12 +33,7 @@ fn sasl_client(bootstrap: &str, user: &str, secret: &str) -> ClientConfig {
 
 /// The same with the SASL `mechanism` given.
 fn sasl_client_with(mechanism: &str, bootstrap: &str, user: &str, secret: &str) -> ClientConfig {
-    let mut c = common::client_config(bootstrap);
-    c.set("security.protocol", "SASL_PLAINTEXT")
-        .set("sasl.mechanism", mechanism)
-        .set("sasl.username", user)
-        .set("sasl.password", secret);
-    c
+    common::sasl_client_config(mechanism, bootstrap, user, secret)
 }
 
 /// Produces `n` readings with a producer on `c`, each delivered within `timeout` (a fresh

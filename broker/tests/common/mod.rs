@@ -69,6 +69,21 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// [`client_config`] logging in over SASL_PLAINTEXT with `mechanism` as `user` with `secret`.
+pub fn sasl_client_config(
+    mechanism: &str,
+    bootstrap: &str,
+    user: &str,
+    secret: &str,
+) -> ClientConfig {
+    let mut c = client_config(bootstrap);
+    c.set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanism", mechanism)
+        .set("sasl.username", user)
+        .set("sasl.password", secret);
+    c
+}
+
 /// A raw Kafka protocol connection for byte-level tests.
 pub struct RawClient {
     pub stream: TcpStream,
