@@ -278,10 +278,14 @@ async fn committed_offsets_resume_after_a_broker_restart() {
 /// Counts the partition assignments a consumer is given.
 /// Sets its flag when dropped: a failed assertion then stops a consumer thread instead of
 /// hanging the test (a runtime waits for its blocking tasks when it is dropped).
-struct StopOnDrop(Arc<AtomicBool>);
+/// Stops the consumer thread when the test ends; a test that panicked also marks it failed.
+struct StopOnDrop(Arc<AtomicBool>, Arc<AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.1.store(true, Ordering::SeqCst);
+        }
         self.0.store(true, Ordering::SeqCst);
     }
 }
@@ -319,12 +323,14 @@ async fn a_consumer_keeps_its_partitions_across_a_broker_restart() {
     let assignments = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
     let consumer = {
-        let (b, assignments, seen, stop) = (
+        let (b, assignments, seen, stop, failed) = (
             bootstrap.clone(),
             assignments.clone(),
             seen.clone(),
             stop.clone(),
+            failed.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let c: BaseConsumer<CountingAssignments> = common::client_config(&b)
@@ -345,9 +351,14 @@ async fn a_consumer_keeps_its_partitions_across_a_broker_restart() {
                     let _ = c.commit_message(&m, CommitMode::Async);
                 }
             }
+            if failed.load(Ordering::SeqCst) {
+                // The test failed and its broker is gone: closing would wait for the group's
+                // coordinator without end, and hide the failure behind a hung test.
+                std::mem::forget(c);
+            }
         })
     };
-    let _stop_on_failure = StopOnDrop(stop.clone());
+    let _stop_on_failure = StopOnDrop(stop.clone(), failed.clone());
     let wait_for = |n: usize| {
         let seen = seen.clone();
         async move {
