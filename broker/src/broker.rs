@@ -49,6 +49,8 @@ pub struct Broker {
     pub acls: crate::acl::Authorizer,
     /// SCRAM credentials made with AlterUserScramCredentials.
     pub scram: Arc<crate::protocol::scram_store::ScramStore>,
+    /// The peer brokers (`[cluster]`); `None` for a broker alone.
+    pub cluster: Option<crate::replication::Cluster>,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -130,8 +132,16 @@ pub async fn start_broker_from(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
-    let catalog = Catalog::open(&data_dir, config.log.clone(), meta.clone(), now_ms())
-        .context("cannot open the partition logs")?;
+    let cluster = crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster);
+    let replicas = cluster.as_ref().map_or(1, |c| c.replication_factor());
+    let catalog = Catalog::open(
+        &data_dir,
+        config.log.clone(),
+        meta.clone(),
+        replicas,
+        now_ms(),
+    )
+    .context("cannot open the partition logs")?;
     let groups = GroupCoordinator::new(
         GroupConfig {
             min_session_timeout: config.groups.min_session_timeout,
@@ -161,6 +171,7 @@ pub async fn start_broker_from(
         federation: Default::default(),
         acls,
         scram: Arc::new(scram),
+        cluster,
         config,
     });
 
@@ -229,7 +240,18 @@ pub async fn start_broker_from(
         broker.clone(),
         shutdown_rx.clone(),
     )));
-    tasks.extend(federation.spawn(&broker, &shutdown_rx));
+    // Only the leader forwards: a follower's copies would be sent twice.
+    if broker.cluster.as_ref().is_none_or(|c| c.is_leader()) {
+        tasks.extend(federation.spawn(&broker, &shutdown_rx));
+    }
+    tasks.extend(crate::replication::follower::spawn(
+        broker.clone(),
+        shutdown_rx.clone(),
+    ));
+    tasks.extend(crate::replication::spawn_leader_tick(
+        broker.clone(),
+        shutdown_rx.clone(),
+    ));
     Ok(BrokerHandle {
         broker,
         kafka_addr,

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::meta::{MetaError, MetaStore, TopicRecord};
+use crate::replication::ReplicaState;
 use crate::storage::{self, PartitionLog, StorageError};
 
 /// Longest topic name Kafka accepts.
@@ -35,8 +36,10 @@ pub enum CatalogError {
     TopicCollides { name: String, existing: String },
     #[error("invalid partition count {count}: {reason}")]
     InvalidPartitions { count: i32, reason: String },
-    #[error("invalid replication factor {0}: this broker has one node")]
-    InvalidReplicationFactor(i16),
+    #[error(
+        "invalid replication factor {given}: every topic has one replica on each of the {brokers} broker(s)"
+    )]
+    InvalidReplicationFactor { given: i16, brokers: i16 },
     #[error("invalid config {key}={value}: {reason}")]
     InvalidConfig {
         key: String,
@@ -54,7 +57,10 @@ pub struct Partition {
     pub topic: Arc<str>,
     pub index: i32,
     log: Mutex<PartitionLog>,
+    /// Woken by every append, and on a cluster's leader when the high watermark moves.
     pub appended: Notify,
+    /// Followers' positions and the high watermark (`crate::replication`).
+    pub replica: ReplicaState,
 }
 
 impl Partition {
@@ -159,6 +165,8 @@ pub struct Catalog {
     defaults: edge_config::LogConfig,
     meta: MetaStore,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Brokers holding a copy of every topic: the only replication factor there is.
+    replicas: i16,
     /// Woken when a topic or partitions are added (federation links pick them up at once).
     pub added: Notify,
 }
@@ -169,6 +177,7 @@ impl Catalog {
         data_dir: &Path,
         defaults: edge_config::LogConfig,
         meta: MetaStore,
+        replicas: i16,
         now_ms: i64,
     ) -> Result<Self, CatalogError> {
         let catalog = Catalog {
@@ -176,6 +185,7 @@ impl Catalog {
             defaults,
             meta,
             topics: RwLock::new(BTreeMap::new()),
+            replicas,
             added: Notify::new(),
         };
         for (name, rec) in catalog.meta.topics()? {
@@ -221,6 +231,7 @@ impl Catalog {
         Ok(Arc::new(Partition {
             topic: topic.clone(),
             index,
+            replica: ReplicaState::new(log.log_end_offset(), now_ms),
             log: Mutex::new(log),
             appended: Notify::new(),
         }))
@@ -270,6 +281,11 @@ impl Catalog {
         self.read().values().cloned().collect()
     }
 
+    /// Brokers holding a copy of every topic (1 for a broker alone).
+    pub fn replicas(&self) -> i16 {
+        self.replicas
+    }
+
     pub fn create_topic(
         &self,
         name: &str,
@@ -279,15 +295,43 @@ impl Catalog {
         validate_only: bool,
         now_ms: i64,
     ) -> Result<Arc<Topic>, CatalogError> {
+        if replication_factor != self.replicas {
+            return Err(CatalogError::InvalidReplicationFactor {
+                given: replication_factor,
+                brokers: self.replicas,
+            });
+        }
+        self.create(name, None, partitions, configs, validate_only, now_ms)
+    }
+
+    /// A follower's copy of a topic of the leader, with the leader's id.
+    pub fn create_replica_topic(
+        &self,
+        name: &str,
+        id: Uuid,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<Arc<Topic>, CatalogError> {
+        self.create(name, Some(id), partitions, configs, false, now_ms)
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        id: Option<Uuid>,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+        now_ms: i64,
+    ) -> Result<Arc<Topic>, CatalogError> {
+        let replication_factor = self.replicas;
         validate_topic_name(name)?;
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(CatalogError::InvalidPartitions {
                 count: partitions,
                 reason: format!("allowed 1..={MAX_PARTITIONS}"),
             });
-        }
-        if replication_factor != 1 {
-            return Err(CatalogError::InvalidReplicationFactor(replication_factor));
         }
         let config = self.log_config(&configs)?;
         let mut topics = self.write();
@@ -303,7 +347,7 @@ impl Catalog {
             });
         }
         let name: Arc<str> = name.into();
-        let id = Uuid::new_v4();
+        let id = id.unwrap_or_else(Uuid::new_v4);
         if validate_only {
             return Ok(Arc::new(Topic {
                 name,

@@ -33,6 +33,7 @@ pub mod meta;
 pub mod net;
 pub mod plugins;
 pub mod protocol;
+pub mod replication;
 pub mod storage;
 
 pub use broker::{Broker, BrokerHandle, start_broker, start_broker_from};

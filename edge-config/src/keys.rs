@@ -361,6 +361,37 @@ pub(crate) const SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        path: "cluster",
+        doc: "Peer brokers holding copies of this one's topics: one leader takes writes, the others follow.",
+        keys: &[
+            key(
+                "brokers",
+                List,
+                "Every broker of the cluster, this one included, as \"<node_id>@<host>:<port>\":\nthe plaintext Kafka listener as peers and clients reach it. Empty = this broker\nalone. Every broker copies every topic. From the environment: comma-separated.",
+            ),
+            key(
+                "leader",
+                Int,
+                "Node id of the broker that takes writes and serves consumers; 0 = the lowest id\nin brokers. To move the lead, change it on every broker and restart them.",
+            ),
+            key(
+                "min_insync_replicas",
+                Int,
+                "Brokers (the leader included) that must be in sync for a write with acks=all;\nwith fewer it is refused (NOT_ENOUGH_REPLICAS) and nothing is written.",
+            ),
+            key(
+                "replica_lag_time_max",
+                Duration,
+                "A follower that has not caught up with the leader for this long leaves the\nin-sync set, and acks=all writes stop waiting for it.",
+            ),
+            key(
+                "replica_fetch_wait",
+                Duration,
+                "Longest a follower's fetch waits at the leader for new records.",
+            ),
+        ],
+    },
+    Section {
         path: "plugins",
         doc: "WebAssembly plugins: filters and transforms with the topics that run them on produce, and quota policies.",
         keys: &[
@@ -532,6 +563,7 @@ mod tests {
                 "log",
                 "groups",
                 "acls",
+                "cluster",
                 "plugins",
                 "federation"
             ]

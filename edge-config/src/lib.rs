@@ -67,8 +67,8 @@ pub use error::{ConfigError, Location};
 pub use federation::{FederationConfig, FederationLink, RESERVED_CLIENT_KEYS};
 pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig, QuotaApi, QuotaBinding};
 pub use schema::{
-    AclsConfig, AdminListener, BrokerConfig, CertPrincipal, CleanupPolicy, Config, FlushPolicy,
-    GroupsConfig, KafkaListener, ListenersConfig, LogConfig, QuicClientAuth, QuicListener,
-    TimestampType, TlsListener, UnknownValue,
+    AclsConfig, AdminListener, BrokerConfig, CertPrincipal, CleanupPolicy, ClusterBroker,
+    ClusterConfig, Config, FlushPolicy, GroupsConfig, KafkaListener, ListenersConfig, LogConfig,
+    QuicClientAuth, QuicListener, TimestampType, TlsListener, UnknownValue,
 };
 pub use topic::{FIXED_TOPIC_CONFIGS, TOPIC_CONFIG_NAMES};

@@ -42,6 +42,8 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// `[acls]`: who may do what (Kafka ACLs), checked on every listener.
     pub acls: AclsConfig,
+    /// `[cluster]`: the peer brokers this one replicates with.
+    pub cluster: ClusterConfig,
     /// `[plugins]`: WebAssembly plugins and the topics that run them.
     pub plugins: crate::PluginsConfig,
     /// `[federation]`: local topics forwarded to central Kafka clusters.
@@ -419,6 +421,93 @@ pub struct AclsConfig {
     /// Allow an operation on a resource that no ACL names at all (Kafka's
     /// `allow.everyone.if.no.acl.found`). Default false: what no ACL allows is refused.
     pub allow_if_no_acl: bool,
+}
+
+/// `[cluster]`: brokers that hold copies of each other's topics.
+///
+/// One broker of the cluster, the leader, takes every write and serves every consumer; the
+/// others follow it: they copy its topics, configs and record batches (the same offsets, the
+/// same bytes) as Kafka's followers do, so that a write acknowledged with acks=all is on every
+/// in-sync broker's disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Every broker of the cluster, this one included, as `"<node_id>@<host>:<port>"`: the
+    /// address of its plaintext Kafka listener as peers and clients reach it. Default none: a
+    /// broker alone.
+    pub brokers: Vec<String>,
+    /// Node id of the broker that takes writes. Default 0: the lowest id in `brokers`. To move
+    /// the lead to another broker, change it on every broker and restart them.
+    pub leader: i32,
+    /// Least number of in-sync brokers (the leader included) for a write with acks=all to be
+    /// taken (Kafka's `min.insync.replicas`). Default 1. With fewer, such writes are refused
+    /// with NOT_ENOUGH_REPLICAS and nothing is written.
+    pub min_insync_replicas: i32,
+    /// A follower that has not caught up with the leader's log end for this long leaves the
+    /// in-sync set (Kafka's `replica.lag.time.max.ms`). Default 30s.
+    #[serde(with = "units::duration")]
+    pub replica_lag_time_max: Duration,
+    /// Longest a follower's fetch waits at the leader for new records (Kafka's
+    /// `replica.fetch.wait.max.ms`). Default 500ms.
+    #[serde(with = "units::duration")]
+    pub replica_fetch_wait: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            brokers: Vec::new(),
+            leader: 0,
+            min_insync_replicas: 1,
+            replica_lag_time_max: secs(30),
+            replica_fetch_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One entry of `cluster.brokers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterBroker {
+    pub node_id: i32,
+    /// `host:port` as written.
+    pub address: String,
+}
+
+impl ClusterConfig {
+    /// The entries of `brokers`, parsed; the error names the entry and what is wrong.
+    pub fn parsed_brokers(&self) -> Result<Vec<ClusterBroker>, String> {
+        let mut out: Vec<ClusterBroker> = Vec::with_capacity(self.brokers.len());
+        for entry in &self.brokers {
+            let shape = || format!("{entry:?} is not \"<node_id>@<host>:<port>\"");
+            let (id, address) = entry.split_once('@').ok_or_else(shape)?;
+            let node_id: i32 = id.trim().parse().map_err(|_| shape())?;
+            if node_id < 0 {
+                return Err(format!("{entry:?}: a node id is 0 or more"));
+            }
+            let (host, port) = address.rsplit_once(':').ok_or_else(shape)?;
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(shape());
+            }
+            if out.iter().any(|b| b.node_id == node_id) {
+                return Err(format!("node id {node_id} is named twice"));
+            }
+            out.push(ClusterBroker {
+                node_id,
+                address: address.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The leader's node id: `leader`, or the lowest id of `brokers` when it is 0. `None`
+    /// without brokers.
+    pub fn leader_id(&self) -> Option<i32> {
+        let brokers = self.parsed_brokers().ok()?;
+        if self.leader != 0 {
+            return Some(self.leader);
+        }
+        brokers.iter().map(|b| b.node_id).min()
+    }
 }
 
 /// A string value that is not one of an enum's spellings.

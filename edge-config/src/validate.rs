@@ -219,6 +219,40 @@ impl Config {
             }
         }
 
+        let cluster = &self.cluster;
+        let brokers = cluster
+            .parsed_brokers()
+            .map_err(|why| c.invalid("cluster.brokers", why))?;
+        if !brokers.is_empty() {
+            if !brokers.iter().any(|b| b.node_id == self.broker.node_id) {
+                return Err(c.conflict(
+                    &["cluster.brokers", "broker.node_id"],
+                    format!(
+                        "this broker (broker.node_id = {}) is not one of them",
+                        self.broker.node_id
+                    ),
+                ));
+            }
+            if cluster.leader != 0 && !brokers.iter().any(|b| b.node_id == cluster.leader) {
+                return Err(c.conflict(
+                    &["cluster.leader", "cluster.brokers"],
+                    format!("node {} is not one of cluster.brokers", cluster.leader),
+                ));
+            }
+        }
+        let replicas = brokers.len().max(1) as i32;
+        if !(1..=replicas).contains(&cluster.min_insync_replicas) {
+            return Err(c.invalid(
+                "cluster.min_insync_replicas",
+                format!(
+                    "{} is not between 1 and the number of brokers ({replicas})",
+                    cluster.min_insync_replicas
+                ),
+            ));
+        }
+        c.positive("cluster.replica_lag_time_max", cluster.replica_lag_time_max)?;
+        c.positive("cluster.replica_fetch_wait", cluster.replica_fetch_wait)?;
+
         let plugins = &self.plugins;
         c.positive("plugins.call_timeout", plugins.call_timeout)?;
         c.bytes(
@@ -345,6 +379,44 @@ const QUIC_MAX_STREAMS: u32 = 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_brokers_are_checked_and_name_the_key_and_line() {
+        let c = |toml: &str| Config::from_toml_str(toml, "r.toml", &[]);
+        let err = c("[cluster]\nbrokers = [\"1@a:9092\", \"b:9092\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.toml:2: cluster.brokers"), "{err}");
+        assert!(err.contains("\"b:9092\" is not"), "{err}");
+        let err = c("[cluster]\nbrokers = [\"1@a:9092\", \"1@b:9092\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node id 1 is named twice"), "{err}");
+        let err = c("[broker]\nnode_id = 3\n[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker.node_id = 3"), "{err}");
+        let err = c("[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\nleader = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.toml:3: cluster.leader"), "{err}");
+        let err = c("[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\nmin_insync_replicas = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.min_insync_replicas"), "{err}");
+        let ok =
+            c("[cluster]\nbrokers = [\"2@b:9092\", \"1@[::1]:9092\"]\nmin_insync_replicas = 2\n")
+                .unwrap();
+        assert_eq!(ok.cluster.leader_id(), Some(1));
+        assert_eq!(
+            ok.cluster.parsed_brokers().unwrap()[1],
+            crate::ClusterBroker {
+                node_id: 1,
+                address: "[::1]:9092".into()
+            }
+        );
+        assert_eq!(Config::default().cluster.leader_id(), None);
+    }
 
     #[test]
     fn quic_auth_needs_its_file_and_idle_timeout_is_bounded() {

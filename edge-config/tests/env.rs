@@ -157,7 +157,7 @@ fn unknown_env_keys_are_errors_naming_the_variable() {
     assert_eq!(
         parse("", &[("RUNNEL_LISTENER__KAFKA__ADDRESS", "0.0.0.0:9092")]).unwrap_err(),
         "env RUNNEL_LISTENER__KAFKA__ADDRESS: unknown key listener \
-         (did you mean listeners?); allowed keys: broker, listeners, log, groups, acls, plugins, federation"
+         (did you mean listeners?); allowed keys: broker, listeners, log, groups, acls, cluster, plugins, federation"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LOG__", "1")]).unwrap_err(),

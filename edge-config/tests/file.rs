@@ -316,7 +316,7 @@ fn unknown_key_names_line_and_allowed_keys() {
     );
     assert_eq!(
         error("[brokers]\nnode_id = 1\n"),
-        "runnel.toml:1: unknown key brokers (did you mean broker?); allowed keys: broker, listeners, log, groups, acls, plugins, federation"
+        "runnel.toml:1: unknown key brokers (did you mean broker?); allowed keys: broker, listeners, log, groups, acls, cluster, plugins, federation"
     );
     assert_eq!(
         error("[listeners.http]\nenabled = true\n"),

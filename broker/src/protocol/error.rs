@@ -36,7 +36,7 @@ pub fn catalog_code(e: &CatalogError) -> i16 {
         CatalogError::InvalidTopicName { .. } => E::InvalidTopicException.code(),
         CatalogError::TopicCollides { .. } => E::InvalidTopicException.code(),
         CatalogError::InvalidPartitions { .. } => E::InvalidPartitions.code(),
-        CatalogError::InvalidReplicationFactor(_) => E::InvalidReplicationFactor.code(),
+        CatalogError::InvalidReplicationFactor { .. } => E::InvalidReplicationFactor.code(),
         CatalogError::InvalidConfig { .. } => E::InvalidConfig.code(),
         CatalogError::Storage(s) => storage_code(s),
         CatalogError::Meta(m) => {

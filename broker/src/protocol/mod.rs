@@ -118,6 +118,30 @@ impl Ctx {
     }
 
     /// Whether the client may perform `op` on the cluster.
+    /// Why this broker does not serve a request on the group `id`: NOT_COORDINATOR on a
+    /// cluster's follower (the leader coordinates every group), GROUP_AUTHORIZATION_FAILED when
+    /// the ACLs refuse `op`.
+    pub fn group_refusal(&self, op: acl::Operation, id: &str) -> Option<i16> {
+        use kafka_protocol::error::ResponseError as E;
+        if self.follows() {
+            return Some(E::NotCoordinator.code());
+        }
+        (!self.allowed(op, acl::ResourceType::Group, id))
+            .then_some(E::GroupAuthorizationFailed.code())
+    }
+
+    /// NOT_CONTROLLER on a cluster's follower, for the requests that change topics: the leader
+    /// (Metadata's controller) takes them.
+    pub fn controller_refusal(&self) -> Option<i16> {
+        use kafka_protocol::error::ResponseError as E;
+        self.follows().then_some(E::NotController.code())
+    }
+
+    /// Whether this broker follows another in a cluster (`crate::replication`).
+    pub fn follows(&self) -> bool {
+        self.broker.cluster.as_ref().is_some_and(|c| !c.is_leader())
+    }
+
     pub fn allowed_on_cluster(&self, op: acl::Operation) -> bool {
         self.allowed(op, acl::ResourceType::Cluster, acl::CLUSTER_NAME)
     }

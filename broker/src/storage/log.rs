@@ -282,11 +282,7 @@ impl PartitionLog {
         let sync = self.config.flush == FlushPolicy::Always;
         self.active_mut().append(&out, &written, sync, now_ms)?;
         self.producers.commit(staged);
-        if sync {
-            self.last_flush_ms = now_ms;
-        } else {
-            self.unflushed = true;
-        }
+        self.mark_appended(sync, now_ms);
         Ok(AppendInfo {
             base_offset: written[0].1.base_offset,
             last_offset: next - 1,
@@ -301,9 +297,24 @@ impl PartitionLog {
         })
     }
 
+    /// Notes an append for the flush policy: fsynced already (`synced`) or left to the next
+    /// flush.
+    pub(super) fn mark_appended(&mut self, synced: bool, now_ms: i64) {
+        if synced {
+            self.last_flush_ms = now_ms;
+        } else {
+            self.unflushed = true;
+        }
+    }
+
     /// Roll before writing `len` more bytes ending at `last_offset` if the active segment is
     /// too big, too old, or its indexes would overflow.
-    fn maybe_roll(&mut self, len: u64, last_offset: i64, now_ms: i64) -> Result<(), StorageError> {
+    pub(super) fn maybe_roll(
+        &mut self,
+        len: u64,
+        last_offset: i64,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
         let active = self.active();
         if active.size == 0 {
             return Ok(());
@@ -416,6 +427,35 @@ impl PartitionLog {
             if seg.base_offset > fetch_offset && seg.size > 0 {
                 break;
             }
+        }
+        Ok(plan)
+    }
+
+    /// [`PartitionLog::plan_read`] of the batches below `limit` only: a leader's high
+    /// watermark, which consumers do not read past. `limit` is a batch boundary (a follower's
+    /// log end); at or past the log end it limits nothing.
+    pub fn plan_read_below(
+        &self,
+        fetch_offset: i64,
+        max_bytes: usize,
+        limit: i64,
+    ) -> Result<ReadPlan, StorageError> {
+        let mut plan = self.plan_read(fetch_offset, max_bytes)?;
+        if limit >= self.log_end_offset() {
+            return Ok(plan);
+        }
+        if fetch_offset >= limit {
+            plan.segments.clear();
+            return Ok(plan);
+        }
+        let seg = &self.segments[self.segment_for(limit)];
+        let cut = seg.view().find_position(seg.index_position(limit), limit)?;
+        plan.segments
+            .retain(|(v, _)| v.base_offset <= seg.base_offset);
+        if let (Some(cut), Some((last, _))) = (cut, plan.segments.last_mut())
+            && last.base_offset == seg.base_offset
+        {
+            last.size = last.size.min(cut);
         }
         Ok(plan)
     }
@@ -657,7 +697,7 @@ impl PartitionLog {
         self.segments.last().expect("a log always has a segment")
     }
 
-    fn active_mut(&mut self) -> &mut Segment {
+    pub(super) fn active_mut(&mut self) -> &mut Segment {
         self.segments
             .last_mut()
             .expect("a log always has a segment")

@@ -1175,3 +1175,127 @@ fn transactional_and_control_batches_are_refused() {
     }
     assert_eq!(log.log_end_offset(), 0);
 }
+
+/// The whole log as stored, from its start.
+fn stored(log: &PartitionLog) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = log.log_start_offset();
+    while at < log.log_end_offset() {
+        let bytes = log.read(at, 1 << 20).unwrap();
+        at = headers(&bytes).last().unwrap().next_offset();
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+#[test]
+fn a_replica_stores_the_leaders_batches_byte_for_byte() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let small = LogConfig {
+        segment_bytes: 300,
+        ..cfg()
+    };
+    let mut leader = open(ld.path(), small.clone());
+    let mut follower = open(fd.path(), small);
+    for i in 0..6 {
+        leader.append(&batch(3, NOW + i), NOW).unwrap();
+    }
+    leader.append(&idem(2, 7, 0, 0), NOW).unwrap();
+    // Fetched in two parts, the second overlapping the first (a fetch may start inside a
+    // batch the follower has): the overlap is skipped.
+    let all = stored(&leader);
+    let cut = headers(&all)[..3]
+        .iter()
+        .map(|h| h.total_size())
+        .sum::<usize>();
+    let info = follower.append_replica(&all[..cut], NOW).unwrap().unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (0, 8));
+    follower.append_replica(&all, NOW).unwrap().unwrap();
+    assert_eq!(follower.append_replica(&all, NOW).unwrap(), None);
+    assert_eq!(stored(&follower), all);
+    assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+    // The producer's state came along: its next batch is in sequence on the follower too.
+    follower.append(&idem(1, 7, 0, 2), NOW).unwrap();
+    // A damaged batch is refused and nothing of it is written.
+    let mut bad = leader.read(0, 1).unwrap().to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let mut fresh = open(tempfile::tempdir().unwrap().path(), cfg());
+    assert!(fresh.append_replica(&bad, NOW).is_err());
+    assert_eq!(fresh.log_end_offset(), 0);
+}
+
+#[test]
+fn a_replica_cuts_its_log_back_to_a_batch_boundary_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = LogConfig {
+        segment_bytes: 300,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), small.clone());
+    for i in 0..8 {
+        log.append(&batch(3, NOW + i), NOW).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    let before = stored(&log);
+    // Offset 10 is inside the batch 9..=11: the cut lands at 9.
+    log.truncate_to(10, NOW).unwrap();
+    assert_eq!(log.log_end_offset(), 9);
+    let kept = headers(&before)[..3]
+        .iter()
+        .map(|h| h.total_size())
+        .sum::<usize>();
+    assert_eq!(stored(&log), &before[..kept]);
+    // The cut holds across a restart, and appends go on from it.
+    drop(log);
+    let mut log = open(dir.path(), small.clone());
+    assert_eq!(log.log_end_offset(), 9);
+    assert_eq!(log.append(&batch(1, NOW), NOW).unwrap().base_offset, 9);
+    // Behind the leader's log start: the log starts again, empty, where the leader's does.
+    log.restart_at(500, NOW).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+    drop(log);
+    let log = open(dir.path(), small);
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+}
+
+#[test]
+fn reads_below_a_limit_stop_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 300,
+            ..cfg()
+        },
+    );
+    for i in 0..8 {
+        log.append(&batch(3, NOW + i), NOW).unwrap();
+    }
+    let below = |from: i64, limit: i64| {
+        let bytes = log
+            .plan_read_below(from, 1 << 20, limit)
+            .unwrap()
+            .read()
+            .unwrap();
+        headers(&bytes)
+            .iter()
+            .map(|h| h.base_offset)
+            .collect::<Vec<_>>()
+    };
+    // Read through segment after segment, never past offset 15.
+    let mut seen = Vec::new();
+    let mut at = 0;
+    loop {
+        let got = below(at, 15);
+        let Some(&last) = got.last() else { break };
+        seen.extend(got);
+        at = last + 3;
+    }
+    assert_eq!(seen, [0, 3, 6, 9, 12]);
+    assert!(below(15, 15).is_empty());
+    assert_eq!(
+        below(0, 24).len(),
+        headers(&log.read(0, 1 << 20).unwrap()).len()
+    );
+}

@@ -11,6 +11,7 @@
 //! | `segment.rs` | one `.log` file: scan/recovery, append with rollback, positional reads |
 //! | `producer.rs` | idempotent-producer sequence/epoch state |
 //! | `log.rs` | [`PartitionLog`]: open, validate, append, read, roll, flush, lookups |
+//! | `replica.rs` | a follower's appends of the leader's batches, and its cuts |
 //! | `retention.rs` | time/size retention and DeleteRecords |
 //! | `compaction.rs` | key-based compaction of sealed segments |
 //!
@@ -36,6 +37,7 @@ mod index;
 mod log;
 mod producer;
 mod records;
+mod replica;
 mod retention;
 mod segment;
 #[cfg(test)]

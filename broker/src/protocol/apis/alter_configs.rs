@@ -28,6 +28,10 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                 out.error_message = None;
                 return out;
             }
+            if let Some(code) = ctx.controller_refusal() {
+                out.error_code = code;
+                return out;
+            }
             if r.resource_type != RESOURCE_TOPIC {
                 out.error_code = E::InvalidRequest.code();
                 out.error_message = Some(s("only topic configs can be altered at run time"));

@@ -19,6 +19,10 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
         .into_iter()
         .map(|t| {
             let mut out = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            if let Some(code) = ctx.controller_refusal() {
+                out.error_code = code;
+                return out;
+            }
             if !ctx.allowed(Operation::Alter, ResourceType::Topic, &t.name) {
                 out.error_code = E::TopicAuthorizationFailed.code();
                 return out;

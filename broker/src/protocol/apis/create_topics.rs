@@ -27,6 +27,11 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
     let mut results = Vec::new();
     for t in req.topics {
         let mut out = CreatableTopicResult::default().with_name(t.name.clone());
+        if let Some(code) = ctx.controller_refusal() {
+            out.error_code = code;
+            results.push(out);
+            continue;
+        }
         if !super::metadata::may_create(&ctx, &t.name) {
             out.error_code = E::TopicAuthorizationFailed.code();
             out.error_message = Some(s(
@@ -43,7 +48,7 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
             t.num_partitions
         };
         let rf = if t.replication_factor == -1 {
-            b.config.broker.default_replication_factor
+            b.catalog.replicas()
         } else {
             t.replication_factor
         };

@@ -1,12 +1,10 @@
 //! DeleteGroups (key 42): only empty groups; their committed offsets go with them. The client
 //! needs Delete on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED.
 
-use kafka_protocol::error::ResponseError as E;
-
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
-use crate::acl::{Operation, ResourceType};
+use crate::acl::Operation;
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
@@ -14,8 +12,8 @@ pub async fn handle(ctx: Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse 
         .groups_names
         .into_iter()
         .map(|id| {
-            let code = if !ctx.allowed(Operation::Delete, ResourceType::Group, &id) {
-                E::GroupAuthorizationFailed.code()
+            let code = if let Some(code) = ctx.group_refusal(Operation::Delete, &id) {
+                code
             } else {
                 match ctx.broker.groups.delete_group(&id) {
                     Ok(()) => 0,

@@ -27,12 +27,18 @@ pub async fn handle(ctx: Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespons
                         .with_partition_index(p.partition_index)
                         .with_low_watermark(-1);
                     match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                        Some(_) if ctx.follows() => out.error_code = E::NotLeaderOrFollower.code(),
                         None if refused => out.error_code = E::TopicAuthorizationFailed.code(),
                         None => out.error_code = E::UnknownTopicOrPartition.code(),
                         Some(part) => {
                             let mut log = part.log();
+                            // -1: all that consumers can read (the high watermark).
                             let target = if p.offset == -1 {
-                                log.log_end_offset()
+                                crate::replication::readable_end(
+                                    ctx.broker.cluster.as_ref(),
+                                    &part,
+                                    log.log_end_offset(),
+                                )
                             } else {
                                 p.offset
                             };

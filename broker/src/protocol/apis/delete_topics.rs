@@ -24,6 +24,10 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
             let mut out = DeletableTopicResult::default()
                 .with_name(name.clone())
                 .with_topic_id(id);
+            if let Some(code) = ctx.controller_refusal() {
+                out.error_code = code;
+                return out;
+            }
             if let Some(n) = &name
                 && !ctx.allowed(Operation::Delete, ResourceType::Topic, n)
             {

@@ -164,7 +164,7 @@ fn broker_settings(
         ),
         (
             "default.replication.factor",
-            cfg.broker.default_replication_factor.to_string(),
+            cfg.cluster.brokers.len().max(1).to_string(),
             Some("1"),
             3,
         ),

@@ -5,8 +5,6 @@
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
-use kafka_protocol::error::ResponseError as E;
-
 use super::s;
 use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
@@ -16,10 +14,10 @@ pub async fn handle(ctx: Ctx, req: DescribeGroupsRequest) -> DescribeGroupsRespo
         .groups
         .into_iter()
         .map(|id| {
-            if !ctx.allowed(Operation::Describe, ResourceType::Group, &id) {
+            if let Some(code) = ctx.group_refusal(Operation::Describe, &id) {
                 return DescribedGroup::default()
                     .with_group_id(id)
-                    .with_error_code(E::GroupAuthorizationFailed.code())
+                    .with_error_code(code)
                     .with_authorized_operations(super::OPERATIONS_NOT_ASKED);
             }
             let operations =

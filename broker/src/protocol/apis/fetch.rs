@@ -12,6 +12,11 @@
 //! A topic the client may not Read (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
 //! its partitions, whether it exists or not.
 //!
+//! In a cluster (`crate::replication`), consumers fetch from the leader and read below its high
+//! watermark; a follower answers them NOT_LEADER_OR_FOLLOWER. A fetch carrying a follower's node
+//! id (a replica fetch; it needs ClusterAction on the cluster) reads up to the log end, and
+//! tells the leader how far the follower's log reaches.
+//!
 //! Fetch sessions (KIP-227) are not kept: every response carries session id 0, which tells the
 //! client to keep sending full fetch requests.
 
@@ -31,6 +36,7 @@ use crate::catalog::Partition;
 use crate::plugins::quota;
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
+use crate::replication;
 use crate::storage::{ReadPlan, StorageError};
 
 /// Upper bound on a long-poll, whatever the client asks.
@@ -46,6 +52,17 @@ struct Wanted {
     max_bytes: usize,
 }
 
+/// Who a fetch is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// A consumer: reads below the high watermark.
+    Consumer,
+    /// A follower broker of this leader: reads to the log end.
+    Follower(i32),
+    /// Every partition is answered with this error code.
+    Refused(i16),
+}
+
 pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
     let mut response = read(&ctx, req).await;
     quota::fetch(&ctx, &mut response).await;
@@ -55,9 +72,11 @@ pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
 /// The response: whatever the log holds once `min_bytes` are there or the wait is over.
 async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let catalog = &ctx.broker.catalog;
+    let reader = reader(ctx, &req);
     let mut wanted = Vec::new();
     for t in &req.topics {
-        let refused = !ctx.allowed(Operation::Read, ResourceType::Topic, &t.topic);
+        let refused = matches!(reader, Reader::Consumer)
+            && !ctx.allowed(Operation::Read, ResourceType::Topic, &t.topic);
         let topic = catalog.get(&t.topic).filter(|_| !refused);
         for p in &t.partitions {
             wanted.push(Wanted {
@@ -74,6 +93,15 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let min_bytes = req.min_bytes.max(0) as usize;
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + wait;
+    if let (Reader::Follower(id), Some(cluster)) = (reader, &ctx.broker.cluster) {
+        let now = crate::broker::now_ms();
+        for w in &wanted {
+            if let Some(p) = &w.log {
+                let end = p.log().log_end_offset();
+                replication::follower_fetched(cluster, p, id, w.offset, end, now);
+            }
+        }
+    }
 
     loop {
         // Register for wake-ups before reading, so an append between the read and the wait is
@@ -86,7 +114,7 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         for n in &mut notified {
             n.as_mut().enable();
         }
-        let (parts, total, any_error) = read_all(&wanted, max_bytes);
+        let (parts, total, any_error) = read_all(ctx, reader, &wanted, max_bytes);
         let done = total >= min_bytes.max(1)
             || any_error
             || notified.is_empty()
@@ -104,7 +132,7 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
             Poll::Pending
         });
         if tokio::time::timeout_at(deadline, any_append).await.is_err() {
-            let (parts, total, _) = read_all(&wanted, max_bytes);
+            let (parts, total, _) = read_all(ctx, reader, &wanted, max_bytes);
             tracing::trace!(
                 bytes = total,
                 waited_ms = wait.as_millis() as u64,
@@ -130,12 +158,61 @@ fn respond(parts: Vec<(TopicName, PartitionData)>) -> FetchResponse {
     FetchResponse::default().with_responses(responses)
 }
 
-fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<(TopicName, PartitionData)>, usize, bool) {
+/// Who the fetch reads for: a consumer, a follower of this leader, or nobody this broker
+/// serves.
+fn reader(ctx: &Ctx, req: &FetchRequest) -> Reader {
+    let replica = if ctx.api_version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let cluster = ctx.broker.cluster.as_ref();
+    if replica < 0 {
+        return match cluster {
+            Some(c) if !c.is_leader() => Reader::Refused(E::NotLeaderOrFollower.code()),
+            _ => Reader::Consumer,
+        };
+    }
+    match cluster {
+        Some(c) if c.is_leader() && c.followers().any(|id| id == replica) => {
+            if ctx.allowed_on_cluster(Operation::ClusterAction) {
+                Reader::Follower(replica)
+            } else {
+                Reader::Refused(E::ClusterAuthorizationFailed.code())
+            }
+        }
+        _ => {
+            tracing::debug!(
+                replica,
+                "a replica fetch from a broker that is not a follower here"
+            );
+            Reader::Refused(E::NotLeaderOrFollower.code())
+        }
+    }
+}
+
+fn read_all(
+    ctx: &Ctx,
+    reader: Reader,
+    wanted: &[Wanted],
+    max_bytes: usize,
+) -> (Vec<(TopicName, PartitionData)>, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
     let mut out = Vec::with_capacity(wanted.len());
+    let cluster = ctx.broker.cluster.as_ref();
     for w in wanted {
         let mut data = PartitionData::default().with_partition_index(w.partition);
+        if let Reader::Refused(code) = reader {
+            data.high_watermark = -1;
+            data.last_stable_offset = -1;
+            data.log_start_offset = -1;
+            data.error_code = code;
+            data.records = Some(Bytes::new());
+            any_error = true;
+            out.push((w.topic.clone(), data));
+            continue;
+        }
         match &w.log {
             None => {
                 // No log to describe: -1, as Kafka answers, so that no client takes the
@@ -159,10 +236,15 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<(TopicName, PartitionDa
                 };
                 let plan = {
                     let log = p.log();
-                    data.high_watermark = log.log_end_offset();
-                    data.last_stable_offset = data.high_watermark;
+                    let end = log.log_end_offset();
+                    let readable = replication::readable_end(cluster, p, end);
+                    data.high_watermark = readable;
+                    data.last_stable_offset = readable;
                     data.log_start_offset = log.log_start_offset();
-                    (budget > 0).then(|| log.plan_read(w.offset, budget))
+                    (budget > 0).then(|| match reader {
+                        Reader::Follower(_) => log.plan_read(w.offset, budget),
+                        _ => log.plan_read_below(w.offset, budget, readable),
+                    })
                 };
                 // Read with the log unlocked: appends to the partition go on meanwhile.
                 match plan.map(|plan| plan.and_then(ReadPlan::read)) {

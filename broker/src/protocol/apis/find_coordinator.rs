@@ -17,9 +17,24 @@ const GROUP: i8 = 0;
 const TRANSACTION: i8 = 1;
 
 pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let node = BrokerId(ctx.broker.node_id);
-    let host = s(ctx.session.advertised_host.clone());
-    let port = ctx.session.advertised_port;
+    // In a cluster the leader coordinates every group.
+    let leader = ctx
+        .broker
+        .cluster
+        .as_ref()
+        .filter(|c| c.leader != ctx.broker.node_id)
+        .and_then(|c| c.address_of(c.leader).map(|a| (c.leader, a)));
+    let (node, host, port) = match leader {
+        Some((id, address)) => {
+            let (host, port) = super::metadata::split_address(address);
+            (BrokerId(id), s(host.to_string()), port)
+        }
+        None => (
+            BrokerId(ctx.broker.node_id),
+            s(ctx.session.advertised_host.clone()),
+            ctx.session.advertised_port,
+        ),
+    };
     let (error, message) = match req.key_type {
         GROUP => (0, None),
         TRANSACTION => (

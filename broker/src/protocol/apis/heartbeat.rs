@@ -1,17 +1,15 @@
 //! Heartbeat (key 12): keeps a member alive; REBALANCE_IN_PROGRESS tells it to rejoin. The
 //! client needs Read on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED.
 
-use kafka_protocol::error::ResponseError as E;
-
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
-use crate::acl::{Operation, ResourceType};
+use crate::acl::Operation;
 use crate::groups::HeartbeatRequest as Plain;
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: HeartbeatRequest) -> HeartbeatResponse {
-    if !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id) {
-        return HeartbeatResponse::default().with_error_code(E::GroupAuthorizationFailed.code());
+    if let Some(code) = ctx.group_refusal(Operation::Read, &req.group_id) {
+        return HeartbeatResponse::default().with_error_code(code);
     }
     let plain = Plain {
         group_id: req.group_id.to_string(),

@@ -2,20 +2,18 @@
 //! the rebalance completes (or the member gets MEMBER_ID_REQUIRED). The client needs Read on the
 //! group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED.
 
-use kafka_protocol::error::ResponseError as E;
-
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::s;
-use crate::acl::{Operation, ResourceType};
+use crate::acl::Operation;
 use crate::groups::{GroupError, JoinProtocol, JoinRequest};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: JoinGroupRequest) -> JoinGroupResponse {
     let v = ctx.api_version;
-    if !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id) {
-        return failed(v, E::GroupAuthorizationFailed.code(), String::new());
+    if let Some(code) = ctx.group_refusal(Operation::Read, &req.group_id) {
+        return failed(v, code, String::new());
     }
     let plain = JoinRequest {
         group_id: req.group_id.to_string(),

@@ -1,20 +1,18 @@
 //! LeaveGroup (key 13): one member (v0-2) or a batch of members and static instances (v3+).
 //! The client needs Read on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED.
 
-use kafka_protocol::error::ResponseError as E;
-
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::s;
-use crate::acl::{Operation, ResourceType};
+use crate::acl::Operation;
 use crate::groups::{LeaveRequest, LeavingMember};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: LeaveGroupRequest) -> LeaveGroupResponse {
     let v = ctx.api_version;
-    if !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id) {
-        return LeaveGroupResponse::default().with_error_code(E::GroupAuthorizationFailed.code());
+    if let Some(code) = ctx.group_refusal(Operation::Read, &req.group_id) {
+        return LeaveGroupResponse::default().with_error_code(code);
     }
     let members = if v >= 3 {
         req.members

@@ -23,6 +23,11 @@ pub async fn handle(ctx: Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
     if typed_out {
         return ListGroupsResponse::default();
     }
+    if ctx.follows() {
+        // The leader coordinates every group.
+        return ListGroupsResponse::default()
+            .with_error_code(kafka_protocol::error::ResponseError::NotCoordinator.code());
+    }
     let all = ctx.broker.acls.allowed(
         ctx.asker(),
         Operation::Describe,

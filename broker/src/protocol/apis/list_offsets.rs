@@ -11,6 +11,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
+use crate::replication;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -18,6 +19,7 @@ const MAX_TIMESTAMP: i64 = -3;
 
 pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let catalog = &ctx.broker.catalog;
+    let follows = ctx.broker.cluster.as_ref().is_some_and(|c| !c.is_leader());
     let topics = req
         .topics
         .into_iter()
@@ -39,6 +41,10 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         out.error_code = E::TopicAuthorizationFailed.code();
                         return out;
                     }
+                    if follows {
+                        out.error_code = E::NotLeaderOrFollower.code();
+                        return out;
+                    }
                     let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index))
                     else {
                         out.error_code = E::UnknownTopicOrPartition.code();
@@ -46,7 +52,14 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     };
                     let log = part.log();
                     match p.timestamp {
-                        LATEST => out.offset = log.log_end_offset(),
+                        // What consumers may read: the high watermark in a cluster.
+                        LATEST => {
+                            out.offset = replication::readable_end(
+                                ctx.broker.cluster.as_ref(),
+                                &part,
+                                log.log_end_offset(),
+                            )
+                        }
                         EARLIEST => out.offset = log.log_start_offset(),
                         MAX_TIMESTAMP => {
                             if let Ok(Some((ts, offset))) = log.max_timestamp() {

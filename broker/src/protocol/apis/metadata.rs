@@ -1,6 +1,10 @@
 //! Metadata (key 3): this broker, the topics asked for (or all), their partitions.
 //!
-//! This broker is every partition's leader and only replica. With `allow_auto_topic_creation`
+//! A broker alone is every partition's leader and only replica. In a cluster
+//! (`crate::replication`) every broker of `cluster.brokers` is listed, the leader leads every
+//! partition and is the controller, every broker is a replica, and the in-sync set is the
+//! leader's (a follower tells what it last heard); a follower creates no topic itself: it asks the leader to
+//! auto-create it and answers LEADER_NOT_AVAILABLE, which clients retry. With `allow_auto_topic_creation`
 //! (v4+; always for older versions) and `broker.auto_create_topics`, unknown topics are created
 //! with the default partition count, as Kafka does.
 //!
@@ -21,6 +25,7 @@ use crate::broker::now_ms;
 use crate::catalog::Topic;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
+use crate::replication;
 
 pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
     let b = &ctx.broker;
@@ -29,13 +34,31 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
         .with_node_id(node)
         .with_host(s(ctx.session.advertised_host.clone()))
         .with_port(ctx.session.advertised_port);
+    let brokers = match &b.cluster {
+        None => vec![broker],
+        Some(c) => c
+            .brokers
+            .iter()
+            .map(|peer| {
+                if peer.node_id == b.node_id {
+                    return broker.clone();
+                }
+                let (host, port) = split_address(&peer.address);
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(peer.node_id))
+                    .with_host(s(host.to_string()))
+                    .with_port(port)
+            })
+            .collect(),
+    };
+    let leader = b.cluster.as_ref().map_or(node, |c| BrokerId(c.leader));
     let auto_create = b.config.broker.auto_create_topics
         && (ctx.api_version < 4 || req.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match req.topics {
         // v1+: null means all topics; v0: an empty list means all topics.
-        None => topics.extend(visible(&ctx, node)),
-        Some(list) if list.is_empty() && ctx.api_version == 0 => topics.extend(visible(&ctx, node)),
+        None => topics.extend(visible(&ctx)),
+        Some(list) if list.is_empty() && ctx.api_version == 0 => topics.extend(visible(&ctx)),
         Some(list) => {
             for wanted in list {
                 let topic = match (&wanted.name, wanted.topic_id.is_nil()) {
@@ -52,7 +75,7 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
                     (None, true) => Err(E::InvalidRequest.code()),
                 };
                 topics.push(match topic {
-                    Ok(t) => describe(&t, node),
+                    Ok(t) => describe(&ctx, &t),
                     Err(code) => MetadataResponseTopic::default()
                         .with_error_code(code)
                         .with_name(wanted.name.clone())
@@ -76,9 +99,9 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
     );
     MetadataResponse::default()
         .with_cluster_authorized_operations(cluster_operations)
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id(Some(s(b.cluster_id.clone())))
-        .with_controller_id(node)
+        .with_controller_id(leader)
         .with_topics(topics)
 }
 
@@ -93,6 +116,12 @@ fn lookup(ctx: &Ctx, name: &TopicName, auto_create: bool) -> Result<std::sync::A
     if !auto_create {
         return Err(E::UnknownTopicOrPartition.code());
     }
+    if b.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
+        if may_create(ctx, name) {
+            replication::follower::ask_leader_to_create(b, name);
+        }
+        return Err(E::LeaderNotAvailable.code());
+    }
     if !may_create(ctx, name) {
         return Err(E::TopicAuthorizationFailed.code());
     }
@@ -100,7 +129,7 @@ fn lookup(ctx: &Ctx, name: &TopicName, auto_create: bool) -> Result<std::sync::A
     match b.catalog.create_topic(
         name,
         cfg.default_partitions,
-        1,
+        b.catalog.replicas(),
         Default::default(),
         false,
         now_ms(),
@@ -131,27 +160,43 @@ pub(crate) fn may_create(ctx: &Ctx, name: &str) -> bool {
 }
 
 /// Every topic the client may Describe.
-fn visible(ctx: &Ctx, node: BrokerId) -> Vec<MetadataResponseTopic> {
+fn visible(ctx: &Ctx) -> Vec<MetadataResponseTopic> {
     let list = ctx.broker.catalog.list();
     list.iter()
         .filter(|t| ctx.sees(ResourceType::Topic, &t.name))
-        .map(|t| describe(t, node))
+        .map(|t| describe(ctx, t))
         .collect()
 }
 
-fn describe(t: &Topic, node: BrokerId) -> MetadataResponseTopic {
-    let partitions = (0..t.partition_count())
+fn describe(ctx: &Ctx, t: &Topic) -> MetadataResponseTopic {
+    let b = &ctx.broker;
+    let now = now_ms();
+    let partitions = t
+        .partitions()
+        .iter()
         .map(|p| {
+            let (leader, replicas, isr) = match &b.cluster {
+                None => (b.node_id, vec![b.node_id], vec![b.node_id]),
+                Some(c) => (c.leader, c.replicas(), replication::isr(c, p, now)),
+            };
+            let ids = |v: Vec<i32>| v.into_iter().map(BrokerId).collect();
             MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
+                .with_partition_index(p.index)
+                .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(0)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(ids(replicas))
+                .with_isr_nodes(ids(isr))
         })
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(s(t.name.to_string()))))
         .with_topic_id(t.id)
         .with_partitions(partitions)
+}
+
+/// `host:port` (or `[v6]:port`) as Metadata gives it: the host and the port.
+pub(crate) fn split_address(address: &str) -> (&str, i32) {
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "9092"));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port.parse().unwrap_or(9092))
 }

@@ -106,10 +106,10 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
     // Partitions not committed, by topic, with the error each gets.
     let mut failed: Vec<(TopicName, Vec<i32>, i16)> = Vec::new();
     let mut topics = Vec::new();
-    let group_refused = !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id);
+    let group_refused = ctx.group_refusal(Operation::Read, &req.group_id);
     for t in req.topics {
-        let refused = if group_refused {
-            Some(E::GroupAuthorizationFailed.code())
+        let refused = if group_refused.is_some() {
+            group_refused
         } else if !ctx.allowed(Operation::Read, ResourceType::Topic, &t.name) {
             Some(E::TopicAuthorizationFailed.code())
         } else {

@@ -19,9 +19,8 @@ pub async fn handle(ctx: Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse 
     // As in Kafka, partitions this broker does not have are answered UNKNOWN_TOPIC_OR_PARTITION
     // and not asked of the group.
     let catalog = &ctx.broker.catalog;
-    if !ctx.allowed(Operation::Delete, ResourceType::Group, &req.group_id) {
-        return OffsetDeleteResponse::default()
-            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    if let Some(code) = ctx.group_refusal(Operation::Delete, &req.group_id) {
+        return OffsetDeleteResponse::default().with_error_code(code);
     }
     let readable: Vec<bool> = req
         .topics

@@ -24,8 +24,8 @@ fn fetch(
     group: &str,
     topics: Option<Vec<(TopicName, Vec<i32>)>>,
 ) -> Result<Vec<(FetchedTopic, i16)>, i16> {
-    if !ctx.allowed(Operation::Describe, ResourceType::Group, group) {
-        return Err(E::GroupAuthorizationFailed.code());
+    if let Some(code) = ctx.group_refusal(Operation::Describe, group) {
+        return Err(code);
     }
     let mut refused = Vec::new();
     let plain: Option<Vec<OffsetFetchTopic>> = topics.map(|ts| {

@@ -4,9 +4,13 @@
 //! ([`plugins::run_chain`] may drop, rewrite or route records and re-encode the batch; records
 //! routed to other topics are appended after the produced partition's own append succeeded and
 //! was not a retried duplicate, so a retry does not route them twice); storage checks CRC,
-//! magic and sizes, enforces idempotent-producer sequences and stamps offsets. This broker is the
-//! only replica, so acks=all is acknowledged once the append (and, with `flush = "always"`, its
-//! fsync) is done, exactly when acks=1 is. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
+//! magic and sizes, enforces idempotent-producer sequences and stamps offsets. On a broker alone
+//! acks=all is acknowledged once the append (and, with `flush = "always"`, its fsync) is done,
+//! exactly when acks=1 is. In a cluster (`crate::replication`) only the leader takes writes (a
+//! follower answers NOT_LEADER_OR_FOLLOWER); acks=all needs `cluster.min_insync_replicas`
+//! brokers in sync before anything is written (else NOT_ENOUGH_REPLICAS) and is answered once
+//! every in-sync follower has the records (else REQUEST_TIMED_OUT after the request's timeout,
+//! the records staying written, as in Kafka). Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
 //!
 //! A topic the client may not Write (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
@@ -33,12 +37,20 @@ use crate::plugins::quota::{self, Decision};
 use crate::plugins::{self, ChainOutput, ProduceFilterError};
 use crate::protocol::error::storage_code;
 use crate::protocol::{Ctx, Outcome, Reply, frame};
+use crate::replication::{self, Replicated};
 
 pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let catalog = &ctx.broker.catalog;
     // One snapshot for the whole request: a plugin reload meanwhile does not split it.
     let plugin_set = ctx.broker.plugins.current();
     let decisions = quota::produce(&ctx, &req).await;
+    let cluster = ctx.broker.cluster.as_ref();
+    let follows = cluster.is_some_and(|c| !c.is_leader());
+    let all_acks = req.acks == -1;
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+    // Appended partitions whose acks=all answer waits for the followers: (topic, partition
+    // response, the partition, the log end to reach).
+    let mut waits = Vec::new();
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for (t, topic_data) in req.topic_data.into_iter().enumerate() {
         let topic = catalog.get(&topic_data.name);
@@ -47,7 +59,11 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             _ => None,
         };
         // What every partition of the topic gets when the ACLs or a quota policy refuse it.
-        let refusal = if !ctx.allowed(Operation::Write, ResourceType::Topic, &topic_data.name) {
+        let refusal = if follows {
+            let leader = cluster.map_or(0, |c| c.leader);
+            let why = format!("this broker follows broker {leader}, which takes the writes");
+            Some((E::NotLeaderOrFollower.code(), Some(why)))
+        } else if !ctx.allowed(Operation::Write, ResourceType::Topic, &topic_data.name) {
             Some((E::TopicAuthorizationFailed.code(), None))
         } else {
             rejected.map(|reason| {
@@ -77,6 +93,17 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
+            if let Some(c) = cluster.filter(|_| all_acks)
+                && !replication::enough_in_sync(c, &partition, now_ms())
+            {
+                out.error_code = E::NotEnoughReplicas.code();
+                out.error_message = Some(s(format!(
+                    "fewer than cluster.min_insync_replicas = {} brokers are in sync",
+                    c.min_insync_replicas
+                )));
+                partitions.push(out);
+                continue;
+            }
             let Some(records) = pd.records.filter(|r| !r.is_empty()) else {
                 out.error_code = E::CorruptMessage.code();
                 out.error_message = Some(s("produce request without records"));
@@ -152,6 +179,13 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                     out.base_offset = info.base_offset;
                     out.log_append_time_ms = info.log_append_time;
                     out.log_start_offset = info.log_start_offset;
+                    if let Some(c) = cluster {
+                        let end = info.last_offset + 1;
+                        replication::advance(c, &partition, end, now_ms());
+                        if all_acks {
+                            waits.push((responses.len(), partitions.len(), partition.clone(), end));
+                        }
+                    }
                     if !info.duplicate {
                         ctx.broker
                             .metrics
@@ -171,6 +205,18 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_name(topic_data.name)
                 .with_partition_responses(partitions),
         );
+    }
+    if let Some(c) = cluster {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (t, p, partition, end) in waits {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let code = match replication::wait_replicated(c, &partition, end, left).await {
+                Replicated::Yes => continue,
+                Replicated::TooFewInSync => E::NotEnoughReplicasAfterAppend,
+                Replicated::TimedOut => E::RequestTimedOut,
+            };
+            responses[t].partition_responses[p].error_code = code.code();
+        }
     }
     let throttle_time_ms = decisions.map_or(0, |d| quota::throttle(&ctx, &d));
     ProduceResponse::default()
@@ -231,7 +277,7 @@ fn routed_partitions(broker: &Broker, name: &str) -> Option<i32> {
     match broker.catalog.create_topic(
         name,
         cfg.default_partitions,
-        1,
+        broker.catalog.replicas(),
         Default::default(),
         false,
         now_ms(),

@@ -1,18 +1,16 @@
 //! SyncGroup (key 14): the leader hands in assignments; every member waits for its own. The
 //! client needs Read on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED.
 
-use kafka_protocol::error::ResponseError as E;
-
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
 use super::s;
-use crate::acl::{Operation, ResourceType};
+use crate::acl::Operation;
 use crate::groups::{SyncAssignment, SyncRequest};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: SyncGroupRequest) -> SyncGroupResponse {
-    if !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id) {
-        return SyncGroupResponse::default().with_error_code(E::GroupAuthorizationFailed.code());
+    if let Some(code) = ctx.group_refusal(Operation::Read, &req.group_id) {
+        return SyncGroupResponse::default().with_error_code(code);
     }
     let plain = SyncRequest {
         group_id: req.group_id.to_string(),

@@ -1,0 +1,469 @@
+//! A follower: copies the leader's topics and record batches.
+//!
+//! One task per follower broker, with one connection to the leader. It alternates two things:
+//! * every [`SYNC_EVERY`] (and whenever a fetch names a partition the leader does not have),
+//!   it reads the leader's topics (Metadata) and their overrides (DescribeConfigs) and makes
+//!   the local catalog match: topics created with the leader's ids, partitions added, configs
+//!   set, topics the leader no longer has deleted;
+//! * in between, replica fetches of every local partition from its log end, long-polling at the
+//!   leader for up to `cluster.replica_fetch_wait`; what comes back is appended unchanged
+//!   ([`crate::storage::PartitionLog::append_replica`]).
+//!
+//! Before the first fetch of a connection, and whenever a fetch goes past the leader's log end,
+//! the logs are reconciled ([`reconcile`]): this broker may have led once and taken records no
+//! follower copied, and the new leader may have other records at those offsets. The last batch
+//! of each local partition is compared with the leader's batch at the same offset (base offset
+//! and CRC: a follower stores the leader's bytes, so equal batches have equal CRCs); where they
+//! differ the local batch is cut off, and the one before compared, until they agree. Behind the
+//! leader's log start, the partition starts again there.
+//! A lost connection is retried with a growing pause (up to 5 s); nothing is lost meanwhile:
+//! the next fetch starts where the log ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{
+    BrokerId, DescribeConfigsRequest, FetchRequest, MetadataRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::Cluster;
+use super::peer::Peer;
+use crate::broker::{Broker, now_ms};
+use crate::catalog::{CatalogError, Partition};
+
+/// How often the leader's topics are read again.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
+/// Bytes one replica fetch asks for, and per partition.
+pub(crate) const FETCH_MAX_BYTES: i32 = 32 * 1024 * 1024;
+const PARTITION_MAX_BYTES: i32 = 4 * 1024 * 1024;
+/// Versions spoken to the leader (a Runnel broker of the same build): Fetch v12 is the last
+/// with the replica id in the request body and topics by name.
+const FETCH_VERSION: i16 = 12;
+const METADATA_VERSION: i16 = 12;
+const DESCRIBE_CONFIGS_VERSION: i16 = 4;
+const RESOURCE_TOPIC: i8 = 2;
+const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+
+/// Starts following the leader, if this broker is a follower.
+pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+    let cluster = broker.cluster.clone().filter(|c| !c.is_leader())?;
+    Some(tokio::spawn(async move {
+        let address = cluster
+            .address_of(cluster.leader)
+            .unwrap_or_default()
+            .to_string();
+        let mut pause = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = follow(&broker, &cluster, &address) => r,
+            };
+            if let Err(e) = result {
+                // Said once per outage, then every 30 tries, not at every retry.
+                if failures.is_multiple_of(30) {
+                    tracing::warn!(leader = cluster.leader, %address, error = %format!("{e:#}"), "cannot follow the leader; retrying");
+                }
+                failures += 1;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                pause = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }))
+}
+
+/// A client asked this follower for a topic it does not have, to be auto-created: the leader
+/// is asked to create it (with a Metadata request, as a client would), and the follower reads
+/// the leader's topics again before its next fetch. The client is meanwhile answered
+/// LEADER_NOT_AVAILABLE and asks again.
+pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
+    let Some(cluster) = broker.cluster.clone().filter(|c| !c.is_leader()) else {
+        return;
+    };
+    let Some(address) = cluster.address_of(cluster.leader).map(str::to_string) else {
+        return;
+    };
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(topic.clone())))),
+            ]))
+            .with_allow_auto_topic_creation(true);
+        let asked = async {
+            let mut peer = Peer::connect(&address, cluster.node_id).await?;
+            peer.call(&request, METADATA_VERSION).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            Ok(Ok(_)) => cluster.resync.store(true, Ordering::Release),
+            Ok(Err(e)) => {
+                tracing::warn!(%topic, error = %format!("{e:#}"), "cannot ask the leader to create a topic")
+            }
+            Err(_) => tracing::warn!(%topic, "the leader did not answer a topic creation in 10 s"),
+        }
+    });
+}
+
+/// One connection's worth of following; returns only with an error.
+async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Result<()> {
+    let mut peer = Peer::connect(address, cluster.node_id).await?;
+    sync_topics(broker, &mut peer).await?;
+    reconcile(broker, cluster, &mut peer).await?;
+    tracing::info!(leader = cluster.leader, %address, "following the leader");
+    let mut synced = Instant::now();
+    loop {
+        if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
+            sync_topics(broker, &mut peer).await?;
+            synced = Instant::now();
+        }
+        let request = fetch_request(broker, cluster);
+        if request.topics.is_empty() {
+            tokio::time::sleep(cluster.replica_fetch_wait).await;
+            synced = Instant::now() - SYNC_EVERY;
+            continue;
+        }
+        let response = peer.call(&request, FETCH_VERSION).await?;
+        if response.error_code != 0 {
+            bail!(
+                "the leader refused the replica fetch: {:?}",
+                E::try_from_code(response.error_code)
+            );
+        }
+        let mut unknown = false;
+        let mut diverged = false;
+        for topic in response.responses {
+            let Some(local) = broker.catalog.get(&topic.topic) else {
+                unknown = true;
+                continue;
+            };
+            for data in topic.partitions {
+                let Some(p) = local.partition(data.partition_index) else {
+                    unknown = true;
+                    continue;
+                };
+                match apply(&p, &data) {
+                    Applied::Done => {}
+                    Applied::Unknown => unknown = true,
+                    Applied::Diverged => diverged = true,
+                }
+            }
+        }
+        if unknown {
+            synced = Instant::now() - SYNC_EVERY;
+        }
+        if diverged {
+            reconcile(broker, cluster, &mut peer).await?;
+        }
+    }
+}
+
+/// A replica fetch of every local partition from its log end.
+fn fetch_request(broker: &Broker, cluster: &Cluster) -> FetchRequest {
+    let topics = broker
+        .catalog
+        .list()
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions()
+                .iter()
+                .map(|p| {
+                    FetchPartition::default()
+                        .with_partition(p.index)
+                        .with_fetch_offset(p.log().log_end_offset())
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(PARTITION_MAX_BYTES)
+                })
+                .collect();
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(t.name.to_string())))
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchRequest::default()
+        .with_replica_id(BrokerId(cluster.node_id))
+        .with_max_wait_ms(cluster.replica_fetch_wait.as_millis() as i32)
+        .with_min_bytes(1)
+        .with_max_bytes(FETCH_MAX_BYTES)
+        .with_isolation_level(0)
+        .with_topics(topics)
+}
+
+/// What became of one partition of a replica fetch.
+enum Applied {
+    Done,
+    /// The leader does not know the partition: the topics are read again.
+    Unknown,
+    /// The local log goes past the leader's: the logs are reconciled.
+    Diverged,
+}
+
+/// Applies one partition of a replica fetch.
+fn apply(p: &Partition, data: &PartitionData) -> Applied {
+    let now = now_ms();
+    let code = data.error_code;
+    if code == E::UnknownTopicOrPartition.code() {
+        return Applied::Unknown;
+    }
+    let mut log = p.log();
+    let result = if code == E::OffsetOutOfRange.code() {
+        let end = log.log_end_offset();
+        if end >= data.log_start_offset {
+            return Applied::Diverged;
+        }
+        tracing::info!(topic = %p.topic, partition = p.index, from = end, to = data.log_start_offset, "behind the leader's log start: the partition starts again there");
+        log.restart_at(data.log_start_offset, now)
+    } else if code != 0 {
+        tracing::warn!(topic = %p.topic, partition = p.index, error = ?E::try_from_code(code), "the leader refused a partition of the replica fetch");
+        return Applied::Done;
+    } else {
+        match data.records.as_deref() {
+            Some(records) if !records.is_empty() => log.append_replica(records, now).map(|_| ()),
+            _ => Ok(()),
+        }
+        .and_then(|()| {
+            // Records the leader deleted (DeleteRecords, retention) go here too.
+            let start = data.log_start_offset.min(log.log_end_offset());
+            if start > log.log_start_offset() {
+                log.delete_records_before(start).map(|_| ())
+            } else {
+                Ok(())
+            }
+        })
+    };
+    let end = log.log_end_offset();
+    drop(log);
+    if let Err(e) = result {
+        tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot store the leader's records");
+    }
+    super::set_high_watermark(p, data.high_watermark.min(end));
+    Applied::Done
+}
+
+/// Cuts every local partition back to the last batch it shares with the leader (see the
+/// module docs). One fetch asks for the leader's batch at the base offset of each partition's
+/// last batch; the partitions that differ are cut and asked again.
+async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> {
+    let mut pending: Vec<Arc<Partition>> = broker
+        .catalog
+        .list()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .collect();
+    let mut cut = 0usize;
+    while !pending.is_empty() {
+        let mut asked = HashMap::new();
+        for p in pending.drain(..) {
+            let last = p.log().last_batch()?;
+            if let Some(h) = last {
+                asked.insert((p.topic.clone(), p.index), (p, h));
+            }
+        }
+        if asked.is_empty() {
+            break;
+        }
+        let mut by_topic: BTreeMap<Arc<str>, Vec<FetchPartition>> = BTreeMap::new();
+        for ((topic, index), (_, h)) in &asked {
+            by_topic.entry(topic.clone()).or_default().push(
+                FetchPartition::default()
+                    .with_partition(*index)
+                    .with_fetch_offset(h.base_offset)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(1),
+            );
+        }
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(cluster.node_id))
+            .with_max_wait_ms(0)
+            .with_min_bytes(0)
+            .with_max_bytes(FETCH_MAX_BYTES)
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        FetchTopic::default()
+                            .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                            .with_partitions(parts)
+                    })
+                    .collect(),
+            );
+        let response = peer.call(&request, FETCH_VERSION).await?;
+        let now = now_ms();
+        for topic in response.responses {
+            for data in topic.partitions {
+                let key = (Arc::<str>::from(topic.topic.as_str()), data.partition_index);
+                let Some((p, ours)) = asked.remove(&key) else {
+                    continue;
+                };
+                if data.error_code == E::UnknownTopicOrPartition.code() {
+                    continue;
+                }
+                let theirs = data
+                    .records
+                    .as_deref()
+                    .and_then(|r| crate::storage::BatchHeader::parse(r).ok());
+                let same = data.error_code == 0
+                    && theirs
+                        .is_some_and(|h| h.base_offset == ours.base_offset && h.crc == ours.crc);
+                if same {
+                    continue;
+                }
+                let mut log = p.log();
+                if data.error_code == E::OffsetOutOfRange.code()
+                    && ours.base_offset < data.log_start_offset
+                {
+                    log.restart_at(data.log_start_offset, now)?;
+                    continue;
+                }
+                log.truncate_to(ours.base_offset, now)?;
+                cut += 1;
+                if log.log_end_offset() > log.log_start_offset() {
+                    drop(log);
+                    pending.push(p);
+                }
+            }
+        }
+    }
+    if cut > 0 {
+        tracing::warn!(
+            batches = cut,
+            "cut batches the leader does not have (taken while this broker led, never copied)"
+        );
+    }
+    Ok(())
+}
+
+/// Makes the local topics those of the leader.
+async fn sync_topics(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
+    let metadata = peer
+        .call(
+            &MetadataRequest::default()
+                .with_topics(None)
+                .with_allow_auto_topic_creation(false),
+            METADATA_VERSION,
+        )
+        .await?;
+    let mut leader: BTreeMap<String, (Uuid, i32, Vec<Vec<i32>>)> = BTreeMap::new();
+    for t in metadata.topics.iter().filter(|t| t.error_code == 0) {
+        let Some(name) = &t.name else { continue };
+        let mut isr: Vec<(i32, Vec<i32>)> = t
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.isr_nodes.iter().map(|n| n.0).collect()))
+            .collect();
+        isr.sort_by_key(|(i, _)| *i);
+        leader.insert(
+            name.to_string(),
+            (
+                t.topic_id,
+                t.partitions.len() as i32,
+                isr.into_iter().map(|(_, n)| n).collect(),
+            ),
+        );
+    }
+    let overrides = topic_overrides(peer, leader.keys()).await?;
+    let now = now_ms();
+    for (name, (id, partitions, isr)) in &leader {
+        let configs = overrides.get(name).cloned().unwrap_or_default();
+        let local = match broker.catalog.get(name) {
+            Some(t) if t.id == *id => Some(t),
+            Some(_) => {
+                tracing::info!(topic = %name, "the leader's topic of this name is a new one: deleting the old copy");
+                broker.catalog.delete_topic(name)?;
+                None
+            }
+            None => None,
+        };
+        let topic = match local {
+            Some(t) => {
+                if t.partition_count() < *partitions {
+                    broker
+                        .catalog
+                        .create_partitions(name, *partitions, false, now)?;
+                }
+                if t.configs() != configs {
+                    let changes = configs.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                    broker.catalog.alter_configs(name, changes, false, false)?;
+                }
+                t
+            }
+            None => match broker
+                .catalog
+                .create_replica_topic(name, *id, *partitions, configs, now)
+            {
+                Ok(t) => t,
+                Err(CatalogError::InvalidConfig { key, value, reason }) => {
+                    tracing::error!(topic = %name, %key, %value, %reason, "cannot copy the leader's topic: its config is not valid here");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        for (p, isr) in topic.partitions().iter().zip(isr) {
+            super::set_reported_isr(p, isr.clone());
+        }
+    }
+    for t in broker.catalog.list() {
+        if !leader.contains_key(&*t.name) {
+            tracing::info!(topic = %t.name, "the leader has no such topic any more: deleting the copy");
+            broker.catalog.delete_topic(&t.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// The per-topic overrides of `topics` at the leader.
+async fn topic_overrides(
+    peer: &mut Peer,
+    topics: impl Iterator<Item = &String>,
+) -> anyhow::Result<HashMap<String, BTreeMap<String, String>>> {
+    let resources: Vec<_> = topics
+        .map(|t| {
+            DescribeConfigsResource::default()
+                .with_resource_type(RESOURCE_TOPIC)
+                .with_resource_name(StrBytes::from_string(t.clone()))
+        })
+        .collect();
+    if resources.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let response = peer
+        .call(
+            &DescribeConfigsRequest::default().with_resources(resources),
+            DESCRIBE_CONFIGS_VERSION,
+        )
+        .await?;
+    Ok(response
+        .results
+        .into_iter()
+        .filter(|r| r.error_code == 0)
+        .map(|r| {
+            let overrides = r
+                .configs
+                .into_iter()
+                .filter(|c| c.config_source == DYNAMIC_TOPIC_CONFIG)
+                .filter_map(|c| Some((c.name.to_string(), c.value?.to_string())))
+                .collect();
+            (r.resource_name.to_string(), overrides)
+        })
+        .collect())
+}

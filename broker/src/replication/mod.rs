@@ -1,0 +1,337 @@
+//! Replication to peer brokers (`[cluster]`): one leader, followers that copy it.
+//!
+//! The brokers of a cluster are named in `cluster.brokers`; one of them, the leader, takes
+//! every write and serves every consumer, group and admin request; the others follow it. A
+//! follower ([`follower`]) keeps the leader's topics (names, ids, partition counts, configs) and
+//! fetches its record batches with Kafka's replica Fetch (a Fetch request carrying the
+//! follower's node id), appending them unchanged at the same offsets.
+//!
+//! The leader learns from each replica fetch how far the follower's log reaches, and keeps, per
+//! partition ([`ReplicaState`]):
+//! * the in-sync set (ISR): the leader, and each follower that caught up with the leader's log
+//!   end within `cluster.replica_lag_time_max` (Kafka's rule: a fetch from at least the log end
+//!   the leader had at the follower's previous fetch counts as caught up);
+//! * the high watermark: the lowest log end among the in-sync brokers. Consumers read below it
+//!   only, and a produce with acks=all is answered once it covers the produced records.
+//!
+//! With fewer in-sync brokers than `cluster.min_insync_replicas`, a produce with acks=all is
+//! refused (NOT_ENOUGH_REPLICAS) and nothing is written. A broker alone (no `[cluster]`) has no
+//! followers: its high watermark is its log end and nothing here runs.
+//!
+//! Leadership is fixed by the config (`cluster.leader`); there is no automatic failover. A
+//! broker that starts as a follower cuts its log back where the leader's ends (records it took
+//! as a leader that no follower copied), so moving the lead by hand loses only writes that were
+//! not acknowledged with acks=all.
+
+pub mod follower;
+mod peer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edge_config::{ClusterBroker, ClusterConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::catalog::Partition;
+
+/// The cluster as this broker sees it: who is in it, who leads.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub node_id: i32,
+    pub leader: i32,
+    /// Every broker, this one included, sorted by node id.
+    pub brokers: Vec<ClusterBroker>,
+    pub min_insync_replicas: i32,
+    pub replica_lag_time_max: Duration,
+    pub replica_fetch_wait: Duration,
+    /// Set when a follower should read the leader's topics again before its next fetch.
+    resync: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// The cluster of a validated config, or `None` for a broker alone.
+    pub fn from_config(node_id: i32, config: &ClusterConfig) -> Option<Cluster> {
+        let mut brokers = config.parsed_brokers().ok()?;
+        if brokers.is_empty() {
+            return None;
+        }
+        brokers.sort_by_key(|b| b.node_id);
+        Some(Cluster {
+            node_id,
+            leader: config.leader_id()?,
+            brokers,
+            min_insync_replicas: config.min_insync_replicas,
+            replica_lag_time_max: config.replica_lag_time_max,
+            replica_fetch_wait: config.replica_fetch_wait,
+            resync: Arc::default(),
+        })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node_id == self.leader
+    }
+
+    /// The followers' node ids.
+    pub fn followers(&self) -> impl Iterator<Item = i32> + '_ {
+        self.brokers
+            .iter()
+            .map(|b| b.node_id)
+            .filter(|&id| id != self.leader)
+    }
+
+    /// Every replica of a partition, the leader first (Metadata's `replica_nodes`).
+    pub fn replicas(&self) -> Vec<i32> {
+        std::iter::once(self.leader)
+            .chain(self.followers())
+            .collect()
+    }
+
+    pub fn replication_factor(&self) -> i16 {
+        self.brokers.len() as i16
+    }
+
+    pub fn address_of(&self, node_id: i32) -> Option<&str> {
+        self.brokers
+            .iter()
+            .find(|b| b.node_id == node_id)
+            .map(|b| b.address.as_str())
+    }
+
+    fn lag_max_ms(&self) -> i64 {
+        self.replica_lag_time_max.as_millis() as i64
+    }
+}
+
+/// Where one follower's copy of a partition stands, as the leader last heard.
+#[derive(Debug, Clone, Copy)]
+struct FollowerPosition {
+    /// The follower's log end: the offset of its last fetch.
+    log_end: i64,
+    /// When it last fetched, and the leader's log end then.
+    last_fetch_ms: i64,
+    leader_end_at_last_fetch: i64,
+    /// When it last had everything the leader had (Kafka's lastCaughtUpTimeMs).
+    caught_up_ms: i64,
+}
+
+/// The replication state of one partition.
+///
+/// On a leader: its followers' positions and the high watermark. On a follower: the in-sync
+/// set the leader last reported (for Metadata). On a broker alone: unused, and the high
+/// watermark is the log end.
+#[derive(Debug)]
+pub struct ReplicaState {
+    high_watermark: AtomicI64,
+    /// Positions of the followers heard from; a follower not heard from since the partition
+    /// was opened counts as caught up at `opened_ms` with the log end of that time.
+    followers: Mutex<HashMap<i32, FollowerPosition>>,
+    opened_ms: i64,
+    opened_end: i64,
+    /// The ISR a follower learnt from the leader.
+    reported_isr: Mutex<Vec<i32>>,
+}
+
+impl ReplicaState {
+    /// The state of a partition opened with `log_end`: everything already in the log counts
+    /// as replicated (a restarted leader does not keep its followers' positions).
+    pub fn new(log_end: i64, now_ms: i64) -> ReplicaState {
+        ReplicaState {
+            high_watermark: AtomicI64::new(log_end),
+            followers: Mutex::new(HashMap::new()),
+            opened_ms: now_ms,
+            opened_end: log_end,
+            reported_isr: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn followers(&self) -> std::sync::MutexGuard<'_, HashMap<i32, FollowerPosition>> {
+        self.followers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn position(&self, followers: &HashMap<i32, FollowerPosition>, id: i32) -> FollowerPosition {
+        followers.get(&id).copied().unwrap_or(FollowerPosition {
+            log_end: self.opened_end,
+            last_fetch_ms: self.opened_ms,
+            leader_end_at_last_fetch: self.opened_end,
+            caught_up_ms: self.opened_ms,
+        })
+    }
+}
+
+/// The offset consumers read below: the high watermark on a leader, the log end on a broker
+/// alone.
+pub fn readable_end(cluster: Option<&Cluster>, p: &Partition, log_end: i64) -> i64 {
+    match cluster {
+        Some(_) => p
+            .replica
+            .high_watermark
+            .load(Ordering::Acquire)
+            .min(log_end),
+        None => log_end,
+    }
+}
+
+/// The in-sync set of a partition on the leader, the leader first.
+pub fn isr(cluster: &Cluster, p: &Partition, now_ms: i64) -> Vec<i32> {
+    if !cluster.is_leader() {
+        let reported = p
+            .replica
+            .reported_isr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        return if reported.is_empty() {
+            cluster.replicas()
+        } else {
+            reported
+        };
+    }
+    let followers = p.replica.followers();
+    std::iter::once(cluster.leader)
+        .chain(
+            cluster
+                .followers()
+                .filter(|&id| in_sync(cluster, &p.replica.position(&followers, id), now_ms)),
+        )
+        .collect()
+}
+
+fn in_sync(cluster: &Cluster, f: &FollowerPosition, now_ms: i64) -> bool {
+    now_ms - f.caught_up_ms <= cluster.lag_max_ms()
+}
+
+/// A follower's fetch from `offset` reached the leader, whose log ends at `leader_end`: its
+/// position is noted and the high watermark moved if it can.
+pub fn follower_fetched(
+    cluster: &Cluster,
+    p: &Partition,
+    follower: i32,
+    offset: i64,
+    leader_end: i64,
+    now_ms: i64,
+) {
+    {
+        let mut followers = p.replica.followers();
+        let mut f = p.replica.position(&followers, follower);
+        if offset >= leader_end {
+            f.caught_up_ms = now_ms;
+        } else if offset >= f.leader_end_at_last_fetch {
+            f.caught_up_ms = f.caught_up_ms.max(f.last_fetch_ms);
+        }
+        f.log_end = offset;
+        f.last_fetch_ms = now_ms;
+        f.leader_end_at_last_fetch = leader_end;
+        followers.insert(follower, f);
+    }
+    advance(cluster, p, leader_end, now_ms);
+}
+
+/// Moves the high watermark up to the lowest log end of the in-sync brokers (never down), and
+/// wakes what waits on it: consumers' long polls and acks=all produces. Returns the high
+/// watermark.
+pub fn advance(cluster: &Cluster, p: &Partition, leader_end: i64, now_ms: i64) -> i64 {
+    let low = {
+        let followers = p.replica.followers();
+        cluster
+            .followers()
+            .map(|id| p.replica.position(&followers, id))
+            .filter(|f| in_sync(cluster, f, now_ms))
+            .map(|f| f.log_end)
+            .fold(leader_end, i64::min)
+    };
+    let before = p.replica.high_watermark.fetch_max(low, Ordering::AcqRel);
+    if low > before {
+        p.appended.notify_waiters();
+    }
+    before.max(low)
+}
+
+/// Whether a produce with acks=all may be taken now: enough brokers in sync.
+pub fn enough_in_sync(cluster: &Cluster, p: &Partition, now_ms: i64) -> bool {
+    isr(cluster, p, now_ms).len() as i32 >= cluster.min_insync_replicas
+}
+
+/// How a wait for acks=all ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replicated {
+    Yes,
+    /// The in-sync set shrank below `min_insync_replicas` meanwhile.
+    TooFewInSync,
+    TimedOut,
+}
+
+/// Waits until the high watermark reaches `end` (every in-sync broker has the records before
+/// it), for at most `timeout`.
+pub async fn wait_replicated(
+    cluster: &Cluster,
+    p: &Partition,
+    end: i64,
+    timeout: Duration,
+) -> Replicated {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // A follower leaving the in-sync set moves the high watermark without any fetch or append
+    // to wake us: look again at least this often.
+    let recheck = Duration::from_millis(100);
+    loop {
+        let notified = p.appended.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = crate::broker::now_ms();
+        let leader_end = p.log().log_end_offset();
+        if advance(cluster, p, leader_end, now) >= end {
+            return Replicated::Yes;
+        }
+        if !enough_in_sync(cluster, p, now) {
+            return Replicated::TooFewInSync;
+        }
+        let until = deadline.min(tokio::time::Instant::now() + recheck);
+        if tokio::time::timeout_at(until, notified).await.is_err()
+            && tokio::time::Instant::now() >= deadline
+        {
+            return Replicated::TimedOut;
+        }
+    }
+}
+
+/// On the leader, moves every partition's high watermark once in a while: a follower leaving
+/// the in-sync set lets it move with no fetch or append to do it.
+pub fn spawn_leader_tick(
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let cluster = broker.cluster.clone().filter(|c| c.is_leader())?;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let now = crate::broker::now_ms();
+            for topic in broker.catalog.list() {
+                for p in topic.partitions() {
+                    let end = p.log().log_end_offset();
+                    advance(&cluster, &p, end, now);
+                }
+            }
+        }
+    }))
+}
+
+/// What a follower learnt of a partition's in-sync set from the leader.
+pub(crate) fn set_reported_isr(p: &Partition, isr: Vec<i32>) {
+    *p.replica
+        .reported_isr
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = isr;
+}
+
+/// Records a follower has in its log beyond the leader's high watermark it last heard: kept
+/// for Metadata on followers, nothing reads below it.
+pub(crate) fn set_high_watermark(p: &Partition, hw: i64) {
+    p.replica.high_watermark.store(hw, Ordering::Release);
+}

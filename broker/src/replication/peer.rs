@@ -1,0 +1,72 @@
+//! A follower's connection to its leader: Kafka requests over plaintext TCP, encoded and
+//! decoded with the kafka-protocol crate, one at a time.
+
+use anyhow::{Context as _, bail};
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Largest response taken from a leader: a fetch asks for at most
+/// [`super::follower::FETCH_MAX_BYTES`], plus one batch over that (KIP-74).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+pub(crate) struct Peer {
+    stream: BufReader<TcpStream>,
+    correlation_id: i32,
+    client_id: StrBytes,
+}
+
+impl Peer {
+    pub(crate) async fn connect(address: &str, node_id: i32) -> anyhow::Result<Peer> {
+        let stream = TcpStream::connect(address)
+            .await
+            .with_context(|| format!("cannot connect to the leader at {address}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Peer {
+            stream: BufReader::new(stream),
+            correlation_id: 0,
+            client_id: StrBytes::from_string(format!("runnel-replica-{node_id}")),
+        })
+    }
+
+    /// Sends `req` at `version` and reads its response.
+    pub(crate) async fn call<R: Request>(
+        &mut self,
+        req: &R,
+        version: i16,
+    ) -> anyhow::Result<R::Response> {
+        let api = ApiKey::try_from(R::KEY).map_err(|_| anyhow::anyhow!("API key {}", R::KEY))?;
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let mut buf = BytesMut::with_capacity(256);
+        buf.put_i32(0);
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(self.client_id.clone()))
+            .encode(&mut buf, api.request_header_version(version))?;
+        req.encode(&mut buf, version)?;
+        let size = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream.get_mut().write_all(&buf).await?;
+
+        let size = self.stream.read_i32().await.context("the leader closed")?;
+        if size < 0 || size as usize > MAX_RESPONSE_BYTES {
+            bail!("the leader sent a response frame of {size} bytes");
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        self.stream.read_exact(&mut frame).await?;
+        let mut frame = frame.freeze();
+        let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))?;
+        if header.correlation_id != self.correlation_id {
+            bail!(
+                "the leader answered correlation id {} to request {}",
+                header.correlation_id,
+                self.correlation_id
+            );
+        }
+        R::Response::decode(&mut frame, version)
+    }
+}

@@ -1,0 +1,427 @@
+//! Replication to peer brokers (`[cluster]`), with real brokers on real sockets and librdkafka
+//! clients: followers hold the leader's batches byte for byte, acks=all waits for the in-sync
+//! followers and is refused without enough of them, a follower that was down catches up, and a
+//! broker that led and then follows cuts its log back to the new leader's.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, FindCoordinatorRequest, GroupId, JoinGroupRequest, MetadataRequest,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use runnel::broker::BrokerHandle;
+
+use common::{RawClient, produce_request};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two brokers' ports and data directories.
+struct Pair {
+    ports: [u16; 2],
+    dirs: [tempfile::TempDir; 2],
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            ports: [free_port(), free_port()],
+            dirs: [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()],
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{},127.0.0.1:{}", self.ports[0], self.ports[1])
+    }
+
+    fn address(&self, node: i32) -> String {
+        format!("127.0.0.1:{}", self.ports[node as usize - 1])
+    }
+
+    /// Starts broker `node` (1 or 2) of the pair, with `leader` leading.
+    async fn start(&self, node: i32, leader: i32, min_insync: i32) -> BrokerHandle {
+        let i = node as usize - 1;
+        let mut cfg = common::test_config(self.dirs[i].path());
+        cfg.broker.node_id = node;
+        cfg.listeners.kafka.address = self.address(node).parse().unwrap();
+        cfg.cluster.brokers = vec![
+            format!("1@{}", self.address(1)),
+            format!("2@{}", self.address(2)),
+        ];
+        cfg.cluster.leader = leader;
+        cfg.cluster.min_insync_replicas = min_insync;
+        cfg.cluster.replica_lag_time_max = Duration::from_secs(2);
+        cfg.cluster.replica_fetch_wait = Duration::from_millis(100);
+        common::start_with(cfg).await
+    }
+}
+
+/// One record batch holding `value`, for raw produce requests.
+fn batch(value: &[u8]) -> Bytes {
+    let record = common::record(0, Some(b"k"), value, runnel::broker::now_ms());
+    common::encode_batch(&[record], kafka_protocol::records::Compression::None)
+}
+
+fn producer(bootstrap: &str, acks: &str) -> FutureProducer {
+    common::client_config(bootstrap)
+        .set("acks", acks)
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, n: usize, tag: &str) {
+    for i in 0..n {
+        let value = format!("{tag}-{i}");
+        producer
+            .send(
+                FutureRecord::<str, str>::to(topic).payload(&value).key("k"),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("produced");
+    }
+}
+
+/// Every record of partition 0 of `topic`, read through `bootstrap` with librdkafka.
+fn consume(bootstrap: &str, topic: &str, expected: usize) -> Vec<(i64, String)> {
+    let consumer: BaseConsumer = common::client_config(bootstrap)
+        .set("group.id", "replication-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            // A broker of the cluster that is down is reported as an error; the leader's
+            // records still come.
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    assert!(
+                        matches!(
+                            e.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure)
+                        ),
+                        "{e}"
+                    );
+                    continue;
+                }
+            };
+            let value = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+            out.push((m.offset(), value));
+        }
+    }
+    out
+}
+
+/// The bytes of every segment file of `topic`-0 under `data_dir`, in order.
+fn segment_bytes(data_dir: &Path, topic: &str) -> Vec<u8> {
+    let dir = data_dir.join(format!("{topic}-0"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect()
+}
+
+/// Waits until `cond` holds, for up to 20 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_end(handle: &BrokerHandle, topic: &str) -> i64 {
+    handle
+        .broker
+        .catalog
+        .get(topic)
+        .and_then(|t| t.partition(0))
+        .map_or(-1, |p| p.log().log_end_offset())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 2).await;
+    let follower = pair.start(2, 1, 2).await;
+
+    // Clients may start from either broker: the metadata sends them to the leader.
+    let p = producer(&pair.bootstrap(), "all");
+    produce(&p, "readings", 300, "r").await;
+
+    // The follower knows the topic, with the leader's id, and lists both brokers.
+    let mut raw = RawClient::connect(&pair.address(2)).await;
+    let md = raw
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await;
+    assert_eq!(md.brokers.len(), 2);
+    assert_eq!(md.controller_id.0, 1);
+    let topic = md
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref().map(|n| n.as_str()) == Some("readings"))
+        .expect("the follower has the topic");
+    assert_eq!(
+        topic.topic_id,
+        leader.broker.catalog.get("readings").unwrap().id
+    );
+    let part = &topic.partitions[0];
+    assert_eq!(part.leader_id.0, 1);
+    assert_eq!(
+        part.replica_nodes.iter().map(|n| n.0).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        part.isr_nodes.iter().map(|n| n.0).collect::<Vec<_>>(),
+        [1, 2]
+    );
+
+    // Every acks=all record is on the follower when it was acknowledged.
+    assert_eq!(log_end(&follower, "readings"), 300);
+
+    // Consumers started on the follower are sent to the leader and read everything.
+    let read = consume(&pair.address(2), "readings", 300);
+    assert_eq!(read.len(), 300);
+    assert!(
+        read.iter()
+            .enumerate()
+            .all(|(i, (o, v))| *o == i as i64 && *v == format!("r-{i}"))
+    );
+
+    // A consumer or producer talking to the follower's partitions directly is told to go to
+    // the leader.
+    let resp = raw
+        .call(&produce_request("readings", 0, -1, batch(b"x")), 9)
+        .await;
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        E::NotLeaderOrFollower.code()
+    );
+
+    // Groups are coordinated by the leader, and topics changed there: the follower sends
+    // clients to it.
+    let found = raw
+        .call(
+            &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
+            3,
+        )
+        .await;
+    assert_eq!((found.error_code, found.node_id.0), (0, 1));
+    assert_eq!(found.port, pair.ports[0] as i32);
+    let joined = raw
+        .call(
+            &JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_session_timeout_ms(10_000)
+                .with_protocol_type(StrBytes::from_static_str("consumer")),
+            5,
+        )
+        .await;
+    assert_eq!(joined.error_code, E::NotCoordinator.code());
+    let created = raw
+        .call(
+            &CreateTopicsRequest::default().with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("elsewhere")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(-1),
+            ]),
+            5,
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, E::NotController.code());
+
+    // A group consumer started on the follower joins at the leader and reads everything.
+    let consumer: rdkafka::consumer::StreamConsumer = common::client_config(&pair.address(2))
+        .set("group.id", "readers")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["readings"]).unwrap();
+    let mut seen = 0;
+    while seen < 300 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("records within 30 s")
+            .expect("a record");
+        assert_eq!(m.offset(), seen);
+        seen += 1;
+    }
+    consumer
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    drop(consumer);
+
+    leader.shutdown().await;
+    follower.shutdown().await;
+    let a = segment_bytes(pair.dirs[0].path(), "readings");
+    let b = segment_bytes(pair.dirs[1].path(), "readings");
+    assert!(!a.is_empty());
+    assert!(a == b, "the follower's segments differ from the leader's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 2).await;
+    let follower = pair.start(2, 1, 2).await;
+    let p = producer(&pair.address(1), "all");
+    produce(&p, "t", 10, "a").await;
+    eventually("the follower's copy", || log_end(&follower, "t") == 10).await;
+
+    follower.shutdown().await;
+    // Until the follower has been silent for replica_lag_time_max, it is still in sync: an
+    // acks=all write waits for it, and times out (the record is written, as in Kafka).
+    let mut raw = RawClient::connect(&pair.address(1)).await;
+    let mut req = produce_request("t", 0, -1, batch(b"waits"));
+    req.timeout_ms = 500;
+    let started = Instant::now();
+    let resp = raw.call(&req, 9).await;
+    let code = resp.responses[0].partition_responses[0].error_code;
+    assert_eq!(
+        code,
+        E::RequestTimedOut.code(),
+        "{:?}",
+        E::try_from_code(code)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    // Once it has left the in-sync set, acks=all is refused and nothing is written; acks=1
+    // goes on.
+    let end = log_end(&leader, "t");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = raw
+        .call(&produce_request("t", 0, -1, batch(b"refused")), 9)
+        .await;
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        E::NotEnoughReplicas.code()
+    );
+    assert_eq!(log_end(&leader, "t"), end);
+    let md = raw
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await;
+    assert_eq!(
+        md.topics[0].partitions[0]
+            .isr_nodes
+            .iter()
+            .map(|n| n.0)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    let one = producer(&pair.address(1), "1");
+    produce(&one, "t", 20, "b").await;
+    // Consumers read the acks=1 records: the in-sync set is the leader alone.
+    assert_eq!(consume(&pair.address(1), "t", 31).len(), 31);
+
+    // Back, the follower fetches what it missed, rejoins the in-sync set, and acks=all works.
+    let follower = pair.start(2, 1, 2).await;
+    eventually("the follower to catch up", || {
+        log_end(&follower, "t") == log_end(&leader, "t")
+    })
+    .await;
+    produce(&p, "t", 5, "c").await;
+    assert_eq!(log_end(&follower, "t"), 36);
+    let md = raw
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await;
+    assert_eq!(md.topics[0].partitions[0].isr_nodes.len(), 2);
+
+    // Topics made, changed and deleted on the leader are made, changed and deleted on the
+    // follower.
+    let admin: rdkafka::admin::AdminClient<_> =
+        common::client_config(&pair.address(1)).create().unwrap();
+    let opts = rdkafka::admin::AdminOptions::new();
+    let new = rdkafka::admin::NewTopic::new("made", 3, rdkafka::admin::TopicReplication::Fixed(2))
+        .set("retention.ms", "3600000");
+    let made = admin.create_topics([&new], &opts).await.unwrap();
+    assert!(made[0].is_ok(), "{made:?}");
+    eventually("the follower to make the topic", || {
+        follower.broker.catalog.get("made").is_some_and(|t| {
+            t.partition_count() == 3
+                && t.configs().get("retention.ms").map(String::as_str) == Some("3600000")
+        })
+    })
+    .await;
+    // Another replication factor than the cluster's is refused.
+    let bad = rdkafka::admin::NewTopic::new("bad", 1, rdkafka::admin::TopicReplication::Fixed(1));
+    let refused = admin.create_topics([&bad], &opts).await.unwrap();
+    assert!(refused[0].is_err(), "{refused:?}");
+    admin.delete_topics(&["made"], &opts).await.unwrap();
+    eventually("the follower to delete the topic", || {
+        follower.broker.catalog.get("made").is_none()
+    })
+    .await;
+
+    leader.shutdown().await;
+    follower.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_led_and_then_follows_cuts_its_log_back_to_the_new_leaders() {
+    let pair = Pair::new();
+    let one = pair.start(1, 1, 1).await;
+    let two = pair.start(2, 1, 1).await;
+    let p = producer(&pair.address(1), "all");
+    produce(&p, "t", 10, "a").await;
+    eventually("the follower's copy", || log_end(&two, "t") == 10).await;
+    // Broker 2 stops; broker 1 takes more writes (acks=1) that nobody copies.
+    two.shutdown().await;
+    produce(&producer(&pair.address(1), "1"), "t", 5, "lost").await;
+    one.shutdown().await;
+    drop(p);
+
+    // The lead moves to broker 2 by config; broker 1 comes back as its follower.
+    let two = pair.start(2, 2, 1).await;
+    let p = producer(&pair.address(2), "all");
+    produce(&p, "t", 3, "b").await;
+    let one = pair.start(1, 2, 1).await;
+    eventually("broker 1 to follow broker 2", || log_end(&one, "t") == 13).await;
+    let read = consume(&pair.address(2), "t", 13);
+    let values: Vec<&str> = read.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(values.len(), 13);
+    assert!(
+        values[..10]
+            .iter()
+            .enumerate()
+            .all(|(i, v)| *v == format!("a-{i}"))
+    );
+    assert_eq!(&values[10..], ["b-0", "b-1", "b-2"]);
+    one.shutdown().await;
+    two.shutdown().await;
+    assert!(
+        segment_bytes(pair.dirs[0].path(), "t") == segment_bytes(pair.dirs[1].path(), "t"),
+        "broker 1 kept records broker 2 does not have"
+    );
+}
