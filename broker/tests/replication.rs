@@ -61,6 +61,8 @@ impl Pair {
         let mut cfg = common::test_config(self.dirs[i].path());
         cfg.broker.node_id = node;
         cfg.listeners.kafka.address = self.address(node).parse().unwrap();
+        cfg.listeners.admin.enabled = true;
+        cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
         cfg.cluster.brokers = vec![
             format!("1@{}", self.address(1)),
             format!("2@{}", self.address(2)),
@@ -340,6 +342,15 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
             .collect::<Vec<_>>(),
         [1]
     );
+    let metrics = common::http_get(leader.admin_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("runnel_replication_under_replicated_partitions 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runnel_replication_in_sync_replicas{topic=\"t\",partition=\"0\"} 1"),
+        "{metrics}"
+    );
     let one = producer(&pair.address(1), "1");
     produce(&one, "t", 20, "b").await;
     // Consumers read the acks=1 records: the in-sync set is the leader alone.
@@ -357,6 +368,22 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
         .call(&MetadataRequest::default().with_topics(None), 12)
         .await;
     assert_eq!(md.topics[0].partitions[0].isr_nodes.len(), 2);
+    let metrics = common::http_get(leader.admin_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("runnel_replication_under_replicated_partitions 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "runnel_replication_follower_lag_records{follower=\"2\",topic=\"t\",partition=\"0\"} 0"
+        ),
+        "{metrics}"
+    );
+    let metrics = common::http_get(follower.admin_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("runnel_replication_following 1"),
+        "{metrics}"
+    );
 
     // Topics made, changed and deleted on the leader are made, changed and deleted on the
     // follower.

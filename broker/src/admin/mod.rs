@@ -271,6 +271,7 @@ impl Metrics {
         render_groups(&mut out, broker);
         render_plugins(&mut out, broker);
         render_federation(&mut out, broker);
+        render_replication(&mut out, broker);
         out
     }
 }
@@ -393,6 +394,76 @@ fn render_plugins(out: &mut String, broker: &Broker) {
             };
             let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {v}", label(plugin));
         }
+    }
+}
+
+/// In a cluster: per partition its high watermark and in-sync set; on the leader how far each
+/// follower lags and how many partitions lack a follower; on a follower whether it follows.
+fn render_replication(out: &mut String, broker: &Broker) {
+    let Some(cluster) = &broker.cluster else {
+        return;
+    };
+    let now = crate::broker::now_ms();
+    let (mut hws, mut isrs, mut lags) = (String::new(), String::new(), String::new());
+    let mut under = 0;
+    for topic in broker.catalog.list() {
+        for p in topic.partitions() {
+            let labels = format!("topic=\"{}\",partition=\"{}\"", label(&topic.name), p.index);
+            let end = p.log().log_end_offset();
+            let hw = crate::replication::readable_end(Some(cluster), &p, end);
+            let isr = crate::replication::isr(cluster, &p, now).len();
+            let _ = writeln!(hws, "runnel_replication_high_watermark{{{labels}}} {hw}");
+            let _ = writeln!(
+                isrs,
+                "runnel_replication_in_sync_replicas{{{labels}}} {isr}"
+            );
+            if cluster.is_leader() {
+                under += usize::from(isr < cluster.brokers.len());
+                for (id, follower_end) in crate::replication::follower_ends(cluster, &p) {
+                    let _ = writeln!(
+                        lags,
+                        "runnel_replication_follower_lag_records{{follower=\"{id}\",{labels}}} {}",
+                        (end - follower_end).max(0)
+                    );
+                }
+            }
+        }
+    }
+    gauge_family(
+        out,
+        "runnel_replication_high_watermark",
+        "Offset consumers read below: what every in-sync broker holds (on a follower, as last heard from the leader).",
+        &hws,
+    );
+    gauge_family(
+        out,
+        "runnel_replication_in_sync_replicas",
+        "Brokers in the partition's in-sync set, the leader included.",
+        &isrs,
+    );
+    if cluster.is_leader() {
+        gauge_family(
+            out,
+            "runnel_replication_follower_lag_records",
+            "Offsets of the leader's log a follower has not fetched yet.",
+            &lags,
+        );
+        gauge_family(
+            out,
+            "runnel_replication_under_replicated_partitions",
+            "Partitions with a follower out of the in-sync set (Kafka's UnderReplicatedPartitions).",
+            &format!("runnel_replication_under_replicated_partitions {under}\n"),
+        );
+    } else {
+        gauge_family(
+            out,
+            "runnel_replication_following",
+            "1 while this follower is connected to the leader and fetching.",
+            &format!(
+                "runnel_replication_following {}\n",
+                u8::from(cluster.following())
+            ),
+        );
     }
 }
 

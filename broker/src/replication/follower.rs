@@ -129,6 +129,15 @@ async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Re
     sync_topics(broker, &mut peer).await?;
     reconcile(broker, cluster, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
+    cluster.following.store(true, Ordering::Relaxed);
+    // Cleared however this connection ends (an error, or shutdown dropping the future).
+    struct NotFollowing<'a>(&'a Cluster);
+    impl Drop for NotFollowing<'_> {
+        fn drop(&mut self) {
+            self.0.following.store(false, Ordering::Relaxed);
+        }
+    }
+    let _following = NotFollowing(cluster);
     let mut synced = Instant::now();
     loop {
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {

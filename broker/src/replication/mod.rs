@@ -50,6 +50,8 @@ pub struct Cluster {
     pub replica_fetch_wait: Duration,
     /// Set when a follower should read the leader's topics again before its next fetch.
     resync: Arc<AtomicBool>,
+    /// On a follower: whether it is connected to the leader and fetching.
+    following: Arc<AtomicBool>,
 }
 
 impl Cluster {
@@ -68,6 +70,7 @@ impl Cluster {
             replica_lag_time_max: config.replica_lag_time_max,
             replica_fetch_wait: config.replica_fetch_wait,
             resync: Arc::default(),
+            following: Arc::default(),
         })
     }
 
@@ -99,6 +102,11 @@ impl Cluster {
             .iter()
             .find(|b| b.node_id == node_id)
             .map(|b| b.address.as_str())
+    }
+
+    /// On a follower: whether it is connected to the leader and fetching.
+    pub fn following(&self) -> bool {
+        self.following.load(Ordering::Relaxed)
     }
 
     fn lag_max_ms(&self) -> i64 {
@@ -248,6 +256,16 @@ pub fn advance(cluster: &Cluster, p: &Partition, leader_end: i64, now_ms: i64) -
         p.appended.notify_waiters();
     }
     before.max(low)
+}
+
+/// On the leader, each follower's log end for `p` as last heard (the log end at start-up for
+/// one not heard from).
+pub fn follower_ends(cluster: &Cluster, p: &Partition) -> Vec<(i32, i64)> {
+    let followers = p.replica.followers();
+    cluster
+        .followers()
+        .map(|id| (id, p.replica.position(&followers, id).log_end))
+        .collect()
 }
 
 /// Whether a produce with acks=all may be taken now: enough brokers in sync.
