@@ -34,7 +34,8 @@ pub fn now_ms() -> i64 {
 pub struct Broker {
     pub config: Config,
     pub node_id: i32,
-    pub cluster_id: String,
+    /// The id Metadata reports; a follower takes its leader's (`Broker::adopt_cluster_id`).
+    cluster_id: std::sync::RwLock<String>,
     pub catalog: Catalog,
     pub meta: MetaStore,
     pub groups: GroupCoordinator,
@@ -96,6 +97,28 @@ impl BrokerHandle {
 }
 
 impl Broker {
+    /// The cluster id clients see in Metadata.
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the leader's cluster id (a follower does at each sync), so that clients see one
+    /// cluster whichever broker they ask, and keeps it in the data dir.
+    pub fn adopt_cluster_id(&self, id: &str) {
+        if id.is_empty() || self.cluster_id() == id {
+            return;
+        }
+        let path = self.config.broker.data_dir.join("cluster.id");
+        if let Err(e) = std::fs::write(&path, id) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot keep the leader's cluster id");
+        }
+        tracing::info!(cluster_id = id, "took the leader's cluster id");
+        *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+    }
+
     /// Reloads `[plugins]` (from the config file the broker was started with, if any) and swaps
     /// the new plugins in without touching connections; logs the outcome. Blocking.
     pub fn reload_plugins(&self) -> Result<ReloadReport, ReloadError> {
@@ -161,7 +184,7 @@ pub async fn start_broker_from(
         .context("cannot load the plugins")?;
     let broker = Arc::new(Broker {
         node_id: config.broker.node_id,
-        cluster_id,
+        cluster_id: std::sync::RwLock::new(cluster_id),
         catalog,
         meta,
         groups: groups.clone(),

@@ -190,6 +190,11 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
         .await;
     assert_eq!(md.brokers.len(), 2);
     assert_eq!(md.controller_id.0, 1);
+    // One cluster, whichever broker a client asks.
+    assert_eq!(
+        md.cluster_id.as_ref().map(|id| id.to_string()),
+        Some(leader.broker.cluster_id())
+    );
     let topic = md
         .topics
         .iter()
@@ -319,10 +324,18 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
         E::try_from_code(code)
     );
     assert!(started.elapsed() >= Duration::from_millis(450));
+    // A write still waiting when the follower leaves the in-sync set (2 s after its last
+    // fetch) is answered NOT_ENOUGH_REPLICAS_AFTER_APPEND: written, but not replicated.
+    req.timeout_ms = 10_000;
+    let resp = raw.call(&req, 9).await;
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        E::NotEnoughReplicasAfterAppend.code()
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
     // Once it has left the in-sync set, acks=all is refused and nothing is written; acks=1
     // goes on.
     let end = log_end(&leader, "t");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let resp = raw
         .call(&produce_request("t", 0, -1, batch(b"refused")), 9)
         .await;
@@ -354,7 +367,7 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
     let one = producer(&pair.address(1), "1");
     produce(&one, "t", 20, "b").await;
     // Consumers read the acks=1 records: the in-sync set is the leader alone.
-    assert_eq!(consume(&pair.address(1), "t", 31).len(), 31);
+    assert_eq!(consume(&pair.address(1), "t", 32).len(), 32);
 
     // Back, the follower fetches what it missed, rejoins the in-sync set, and acks=all works.
     let follower = pair.start(2, 1, 2).await;
@@ -363,7 +376,7 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
     })
     .await;
     produce(&p, "t", 5, "c").await;
-    assert_eq!(log_end(&follower, "t"), 36);
+    assert_eq!(log_end(&follower, "t"), 37);
     let md = raw
         .call(&MetadataRequest::default().with_topics(None), 12)
         .await;

@@ -86,7 +86,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "default_replication_factor",
                 Int,
-                "Replication factor given to a CreateTopics request that asks for -1 (the broker's\ndefault). This broker is the only replica of its topics. Allowed: 1.",
+                "Replication factor given to a CreateTopics request that asks for -1 on a broker\nalone. Allowed: 1. In a [cluster] every broker holds every topic: the factor is\nthe number of brokers there.",
             ),
             key(
                 "max_request_bytes",

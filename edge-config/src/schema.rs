@@ -72,8 +72,9 @@ pub struct BrokerConfig {
     /// Partitions of an auto-created topic, or of a CreateTopics request that asks for -1.
     /// Default 1. Each partition costs open segment files and an index in memory.
     pub default_partitions: i32,
-    /// Replication factor given to a CreateTopics request that asks for -1. Only 1 is allowed:
-    /// this broker is the only replica of its topics (auto-created topics get 1 as well).
+    /// Replication factor given to a CreateTopics request that asks for -1 on a broker alone.
+    /// Only 1 is allowed. In a `[cluster]` every broker holds every topic, so the factor there
+    /// is the number of brokers.
     pub default_replication_factor: i16,
     /// Largest request frame accepted; the size prefix is checked before any allocation.
     /// Default 100MiB. A connection may hold up to this much memory while a request is read.

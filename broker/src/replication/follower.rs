@@ -371,6 +371,9 @@ async fn sync_topics(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             METADATA_VERSION,
         )
         .await?;
+    if let Some(id) = &metadata.cluster_id {
+        broker.adopt_cluster_id(id);
+    }
     let mut leader: BTreeMap<String, (Uuid, i32, Vec<Vec<i32>>)> = BTreeMap::new();
     for t in metadata.topics.iter().filter(|t| t.error_code == 0) {
         let Some(name) = &t.name else { continue };

@@ -283,7 +283,8 @@ pub enum Replicated {
 }
 
 /// Waits until the high watermark reaches `end` (every in-sync broker has the records before
-/// it), for at most `timeout`.
+/// it), for at most `timeout`. As in Kafka, reaching it with fewer than `min_insync_replicas`
+/// in sync (a follower left the set meanwhile) is not enough.
 pub async fn wait_replicated(
     cluster: &Cluster,
     p: &Partition,
@@ -300,11 +301,12 @@ pub async fn wait_replicated(
         notified.as_mut().enable();
         let now = crate::broker::now_ms();
         let leader_end = p.log().log_end_offset();
+        let enough = enough_in_sync(cluster, p, now);
+        if !enough {
+            return Replicated::TooFewInSync;
+        }
         if advance(cluster, p, leader_end, now) >= end {
             return Replicated::Yes;
-        }
-        if !enough_in_sync(cluster, p, now) {
-            return Replicated::TooFewInSync;
         }
         let until = deadline.min(tokio::time::Instant::now() + recheck);
         if tokio::time::timeout_at(until, notified).await.is_err()

@@ -100,7 +100,7 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
     MetadataResponse::default()
         .with_cluster_authorized_operations(cluster_operations)
         .with_brokers(brokers)
-        .with_cluster_id(Some(s(b.cluster_id.clone())))
+        .with_cluster_id(Some(s(b.cluster_id())))
         .with_controller_id(leader)
         .with_topics(topics)
 }
