@@ -290,6 +290,16 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
         .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
         .unwrap();
     drop(consumer);
+    // The committed offsets reach the follower too: made leader, it knows where the group
+    // stopped.
+    eventually("the follower to have the group's offsets", || {
+        follower
+            .broker
+            .groups
+            .fetch_offsets("readers", None)
+            .is_ok_and(|t| t.len() == 1 && t[0].partitions[0].offset == 300)
+    })
+    .await;
 
     leader.shutdown().await;
     follower.shutdown().await;

@@ -5,6 +5,8 @@
 //!   it reads the leader's topics (Metadata) and their overrides (DescribeConfigs) and makes
 //!   the local catalog match: topics created with the leader's ids, partitions added, configs
 //!   set, topics the leader no longer has deleted;
+//! * at the same time, the consumer groups' committed offsets (ListGroups, OffsetFetch): a
+//!   follower that is made leader knows where each group stopped;
 //! * in between, replica fetches of every local partition from its log end, long-polling at the
 //!   leader for up to `cluster.replica_fetch_wait`; what comes back is appended unchanged
 //!   ([`crate::storage::PartitionLog::append_replica`]).
@@ -29,8 +31,10 @@ use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    BrokerId, DescribeConfigsRequest, FetchRequest, MetadataRequest, TopicName,
+    BrokerId, DescribeConfigsRequest, FetchRequest, GroupId, ListGroupsRequest, MetadataRequest,
+    OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
@@ -41,6 +45,9 @@ use super::Cluster;
 use super::peer::Peer;
 use crate::broker::{Broker, now_ms};
 use crate::catalog::{CatalogError, Partition};
+use crate::groups::{
+    OffsetCommitPartition, OffsetCommitRequest as CommitRequest, OffsetCommitTopic,
+};
 
 /// How often the leader's topics are read again.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
@@ -52,6 +59,8 @@ const PARTITION_MAX_BYTES: i32 = 4 * 1024 * 1024;
 const FETCH_VERSION: i16 = 12;
 const METADATA_VERSION: i16 = 12;
 const DESCRIBE_CONFIGS_VERSION: i16 = 4;
+const LIST_GROUPS_VERSION: i16 = 4;
+const OFFSET_FETCH_VERSION: i16 = 8;
 const RESOURCE_TOPIC: i8 = 2;
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 
@@ -142,6 +151,7 @@ async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Re
     loop {
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
             sync_topics(broker, &mut peer).await?;
+            sync_offsets(broker, &mut peer).await?;
             synced = Instant::now();
         }
         let request = fetch_request(broker, cluster);
@@ -438,6 +448,98 @@ async fn sync_topics(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
         if !leader.contains_key(&*t.name) {
             tracing::info!(topic = %t.name, "the leader has no such topic any more: deleting the copy");
             broker.catalog.delete_topic(&t.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the local committed offsets those of the leader: offsets that differ are committed
+/// here (as a commit without a generation, which an empty group takes), groups the leader no
+/// longer has are deleted.
+async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
+    let listed = peer
+        .call(&ListGroupsRequest::default(), LIST_GROUPS_VERSION)
+        .await?;
+    if listed.error_code != 0 {
+        bail!(
+            "the leader refused ListGroups: {:?}",
+            E::try_from_code(listed.error_code)
+        );
+    }
+    let ids: Vec<String> = listed
+        .groups
+        .iter()
+        .map(|g| g.group_id.to_string())
+        .collect();
+    for local in broker.groups.list_groups(&[]) {
+        if !ids.contains(&local.group_id) {
+            let _ = broker.groups.delete_group(&local.group_id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let request = OffsetFetchRequest::default().with_groups(
+        ids.iter()
+            .map(|id| {
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(StrBytes::from_string(id.clone())))
+                    .with_topics(None)
+            })
+            .collect(),
+    );
+    let fetched = peer.call(&request, OFFSET_FETCH_VERSION).await?;
+    for group in fetched.groups.iter().filter(|g| g.error_code == 0) {
+        let id = group.group_id.to_string();
+        let local = broker.groups.fetch_offsets(&id, None).unwrap_or_default();
+        let known = |topic: &str, partition: i32| {
+            local
+                .iter()
+                .find(|t| t.name == topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+                .map(|p| (p.offset, p.leader_epoch, p.metadata.clone()))
+        };
+        let topics: Vec<OffsetCommitTopic> = group
+            .topics
+            .iter()
+            .map(|t| OffsetCommitTopic {
+                name: t.name.to_string(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .filter(|p| p.error_code == 0 && p.committed_offset >= 0)
+                    .filter(|p| {
+                        let metadata = p.metadata.as_deref().unwrap_or_default().to_string();
+                        known(&t.name, p.partition_index)
+                            != Some((p.committed_offset, p.committed_leader_epoch, metadata))
+                    })
+                    .map(|p| OffsetCommitPartition {
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.metadata.as_ref().map(|m| m.to_string()),
+                        commit_timestamp_ms: None,
+                    })
+                    .collect(),
+            })
+            .filter(|t: &OffsetCommitTopic| !t.partitions.is_empty())
+            .collect();
+        if topics.is_empty() {
+            continue;
+        }
+        let results = broker.groups.commit_offsets(&CommitRequest {
+            group_id: id.clone(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+            topics,
+        });
+        if let Some(e) = results
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .find_map(|p| p.result.as_ref().err())
+        {
+            tracing::warn!(group = %id, error = %e, "cannot copy the leader's committed offsets");
         }
     }
     Ok(())
