@@ -96,7 +96,8 @@ class Broker:
 
     def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, tls: TlsMaterial | None,
                  sasl_users: dict[str, str] | None = None, quic: bool = False,
-                 super_users: list[str] | None = None):
+                 super_users: list[str] | None = None, node_id: int = 1,
+                 port: int | None = None, extra_config: str = ""):
         self.binary = binary
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,10 @@ class Broker:
         # With users, both Kafka listeners ask for SASL PLAIN (`sasl_plain_file`).
         self.sasl_users = sasl_users
         self.users_path = workdir / "users"
-        self.port = free_port()
+        self.port = port or free_port()
+        # A cluster's brokers (`[cluster]` in `extra_config`) each have their own node id.
+        self.node_id = node_id
+        self.extra_config = extra_config
         self.tls_port = free_port() if tls else None
         # With a QUIC listener, `start` also waits for it and sets `fingerprint`, the SHA-256
         # of its self-signed certificate as the broker logs it.
@@ -139,6 +143,7 @@ class Broker:
         lines = [
             "[broker]",
             f'data_dir = "{self.data_dir}"',
+            f"node_id = {self.node_id}",
             "[listeners.kafka]",
             f'address = "127.0.0.1:{self.port}"',
             *sasl,
@@ -164,6 +169,8 @@ class Broker:
         if self.super_users:
             names = ", ".join(f'"{u}"' for u in self.super_users)
             lines += ["[acls]", "enabled = true", f"super_users = [{names}]"]
+        if self.extra_config:
+            lines += [self.extra_config]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def running(self) -> bool:
@@ -315,6 +322,31 @@ def broker_factory(runnel_bin, tls_material, tmp_path_factory):
         if start:
             b.start()
         return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def cluster_factory(runnel_bin, tmp_path_factory):
+    """Makes clusters of brokers (`[cluster]`), started, private to one test: broker 1 leads,
+    and the others follow it. `replica_lag_time_max` is 3 s, so a stopped follower leaves the
+    in-sync set quickly."""
+    made: list[Broker] = []
+
+    def make(size: int = 2, min_insync: int = 2) -> list[Broker]:
+        ports = [free_port() for _ in range(size)]
+        names = ", ".join(f'"{i + 1}@127.0.0.1:{p}"' for i, p in enumerate(ports))
+        extra = (f"[cluster]\nbrokers = [{names}]\nmin_insync_replicas = {min_insync}\n"
+                 'replica_lag_time_max = "3s"\nreplica_fetch_wait = "100ms"')
+        brokers = [Broker(runnel_bin, tmp_path_factory.mktemp(f"node{i + 1}"), None,
+                          node_id=i + 1, port=p, extra_config=extra)
+                   for i, p in enumerate(ports)]
+        made.extend(brokers)
+        for b in brokers:
+            b.start()
+        return brokers
 
     yield make
     for b in made:
