@@ -77,6 +77,9 @@ pub enum BenchMode {
     /// The QUIC round trips of `bench devices` in quinn alone (an echo server, no broker, no
     /// SDK): the floor under the devices bench on this machine.
     QuicFloor(super::bench_quic_floor::QuicFloorArgs),
+    /// Produce throughput and acks=all latency of a broker alone against a leader with a
+    /// follower (`[cluster]`, brokers in this process).
+    Replication(super::bench_replication::ReplicationArgs),
 }
 
 /// Appends `text` and a newline to `path` (the `--markdown` file of the benches).
@@ -157,7 +160,8 @@ fn create_topic(args: &BenchArgs, name: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let topic = NewTopic::new(name, args.partitions, TopicReplication::Fixed(1));
+    // -1: the broker's default replication factor (every broker of a Runnel cluster).
+    let topic = NewTopic::new(name, args.partitions, TopicReplication::Fixed(-1));
     let res = rt
         .block_on(admin.create_topics(
             [&topic],
@@ -190,18 +194,22 @@ fn send(p: &ThreadedProducer<Reports>, topic: &str, payload: &[u8]) -> anyhow::R
     }
 }
 
-struct Throughput {
+pub(super) struct Throughput {
     records: u64,
     secs: f64,
 }
 
 impl Throughput {
-    fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.records as f64 / self.secs
     }
 }
 
-fn produce_phase(args: &BenchArgs, topic: &str, acks: &str) -> anyhow::Result<Throughput> {
+pub(super) fn produce_phase(
+    args: &BenchArgs,
+    topic: &str,
+    acks: &str,
+) -> anyhow::Result<Throughput> {
     create_topic(args, topic)?;
     let p = producer(args, acks, false, "5")?;
     let payload = vec![b'x'; args.record_size];
@@ -295,14 +303,14 @@ fn consume_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Throughput> {
     Ok(Throughput { records, secs })
 }
 
-struct Latency {
+pub(super) struct Latency {
     sent: u64,
-    p50_us: u32,
-    p99_us: u32,
+    pub(super) p50_us: u32,
+    pub(super) p99_us: u32,
     max_us: u32,
 }
 
-fn latency_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Latency> {
+pub(super) fn latency_phase(args: &BenchArgs, topic: &str) -> anyhow::Result<Latency> {
     create_topic(args, topic)?;
     let p = producer(args, "all", true, "0")?;
     let payload = vec![b'y'; args.record_size];
@@ -342,6 +350,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Plugins(p)) => return super::bench_plugins::run(p),
         Some(BenchMode::Federation(f)) => return super::bench_federation::run(f),
         Some(BenchMode::QuicFloor(q)) => return super::bench_quic_floor::run(q),
+        Some(BenchMode::Replication(r)) => return super::bench_replication::run(r),
         None => {}
     }
     let tag = crate::broker::now_ms();

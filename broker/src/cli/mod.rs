@@ -18,6 +18,7 @@ mod bench_devices;
 mod bench_federation;
 mod bench_plugins;
 mod bench_quic_floor;
+mod bench_replication;
 mod client;
 mod groups;
 mod plugin;
