@@ -165,6 +165,18 @@ pub async fn start_broker_from(
         now_ms(),
     )
     .context("cannot open the partition logs")?;
+    if cluster.is_some() {
+        let max_seen = catalog
+            .list()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .filter_map(|p| p.log().max_producer_id())
+            .max();
+        if let Some(max_seen) = max_seen {
+            meta.raise_producer_ids(crate::replication::producer_count_above(max_seen))
+                .context("cannot update the producer id counter")?;
+        }
+    }
     let groups = GroupCoordinator::new(
         GroupConfig {
             min_session_timeout: config.groups.min_session_timeout,
@@ -198,6 +210,9 @@ pub async fn start_broker_from(
         config,
     });
 
+    if broker.cluster.is_some() {
+        crate::replication::checkpoint::restore(&broker);
+    }
     let federation = crate::federation::connect(&broker, &broker.config.federation)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -271,7 +286,7 @@ pub async fn start_broker_from(
         broker.clone(),
         shutdown_rx.clone(),
     ));
-    tasks.extend(crate::replication::spawn_leader_tick(
+    tasks.extend(crate::replication::spawn_tick(
         broker.clone(),
         shutdown_rx.clone(),
     ));

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, FindCoordinatorRequest, GroupId, JoinGroupRequest, MetadataRequest,
-    TopicName,
+    CreateTopicsRequest, DeleteRecordsRequest, FindCoordinatorRequest, GroupId,
+    InitProducerIdRequest, JoinGroupRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -474,4 +477,157 @@ async fn a_broker_that_led_and_then_follows_cuts_its_log_back_to_the_new_leaders
         segment_bytes(pair.dirs[0].path(), "t") == segment_bytes(pair.dirs[1].path(), "t"),
         "broker 1 kept records broker 2 does not have"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_get_ids_no_other_broker_gives_and_a_follower_catches_up_past_deleted_records() {
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 2).await;
+    let follower = pair.start(2, 1, 2).await;
+
+    // InitProducerId goes to any broker: each broker's ids are its own.
+    let mut ids = Vec::new();
+    for node in [1, 2, 1, 2] {
+        let mut raw = RawClient::connect(&pair.address(node)).await;
+        let r = raw
+            .call(
+                &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000),
+                4,
+            )
+            .await;
+        assert_eq!(r.error_code, 0);
+        ids.push(r.producer_id.0);
+    }
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "{ids:?}");
+    // Idempotent producers started at either broker both write every record.
+    let idempotent = |node: i32| -> FutureProducer {
+        common::client_config(&pair.address(node))
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap()
+    };
+    let (a, b) = (idempotent(1), idempotent(2));
+    produce(&a, "ids", 5, "a").await;
+    produce(&b, "ids", 5, "b").await;
+    assert_eq!(log_end(&leader, "ids"), 10);
+
+    // The follower is away while the leader's log start moves into the middle of a batch.
+    follower.shutdown().await;
+    let records: Vec<_> = (0..100)
+        .map(|i| common::record(i, Some(b"k"), b"v", runnel::broker::now_ms()))
+        .collect();
+    let one_batch = common::encode_batch(&records, kafka_protocol::records::Compression::None);
+    let mut raw = RawClient::connect(&pair.address(1)).await;
+    let made = raw
+        .call(
+            &MetadataRequest::default()
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_static_str("straddle")))),
+                ]))
+                .with_allow_auto_topic_creation(true),
+            12,
+        )
+        .await;
+    assert_eq!(made.topics[0].error_code, 0);
+    let resp = raw
+        .call(&produce_request("straddle", 0, 1, one_batch), 9)
+        .await;
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+    // Records only the leader has are not readable (nor deletable) until the follower has
+    // left the in-sync set.
+    eventually("the high watermark to pass the batch", || {
+        let p = leader
+            .broker
+            .catalog
+            .get("straddle")
+            .unwrap()
+            .partition(0)
+            .unwrap();
+        let end = p.log().log_end_offset();
+        runnel::replication::readable_end(leader.broker.cluster.as_ref(), &p, end) == 100
+    })
+    .await;
+    let deleted = raw
+        .call(
+            &DeleteRecordsRequest::default().with_topics(vec![
+                DeleteRecordsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("straddle")))
+                    .with_partitions(vec![
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(50),
+                    ]),
+            ]),
+            2,
+        )
+        .await;
+    assert_eq!(deleted.topics[0].partitions[0].low_watermark, 50);
+    // Back, it starts its copy at that batch, with the leader's log start, and rejoins.
+    let follower = pair.start(2, 1, 2).await;
+    eventually("the follower to copy the straddling batch", || {
+        follower
+            .broker
+            .catalog
+            .get("straddle")
+            .and_then(|t| t.partition(0))
+            .is_some_and(|p| {
+                let log = p.log();
+                (log.log_start_offset(), log.log_end_offset()) == (50, 100)
+            })
+    })
+    .await;
+    produce(&producer(&pair.address(1), "all"), "straddle", 1, "c").await;
+    leader.shutdown().await;
+    follower.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_that_disagree_on_the_leader_keep_their_data() {
+    let pair = Pair::new();
+    let one = pair.start(1, 1, 1).await;
+    let two = pair.start(2, 1, 1).await;
+    produce(&producer(&pair.address(1), "all"), "t", 10, "a").await;
+    eventually("the follower's copy", || log_end(&two, "t") == 10).await;
+    // Broker 1 is restarted believing broker 2 leads, while broker 2 still follows broker 1:
+    // each refuses the other's replica fetches, and neither cuts or deletes anything.
+    one.shutdown().await;
+    let one = pair.start(1, 2, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(log_end(&one, "t"), 10);
+    assert_eq!(log_end(&two, "t"), 10);
+    assert!(!one.broker.cluster.as_ref().unwrap().following());
+    assert!(!two.broker.cluster.as_ref().unwrap().following());
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_keeps_records_only_it_has_unread_until_the_in_sync_set_allows() {
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 1).await;
+    let follower = pair.start(2, 1, 1).await;
+    produce(&producer(&pair.address(1), "all"), "t", 10, "a").await;
+    eventually("the follower's copy", || log_end(&follower, "t") == 10).await;
+    follower.shutdown().await;
+    // acks=1 records the follower never copies, then the leader restarts at once (the
+    // follower still counts as in sync, so they are above the high watermark).
+    produce(&producer(&pair.address(1), "1"), "t", 5, "b").await;
+    let hw = |b: &BrokerHandle| {
+        let p = b.broker.catalog.get("t").unwrap().partition(0).unwrap();
+        let end = p.log().log_end_offset();
+        runnel::replication::readable_end(b.broker.cluster.as_ref(), &p, end)
+    };
+    assert_eq!(hw(&leader), 10);
+    leader.shutdown().await;
+    let leader = pair.start(1, 1, 1).await;
+    // The saved high watermark holds after the restart: consumers do not see the 5 records...
+    assert_eq!(log_end(&leader, "t"), 15);
+    assert_eq!(hw(&leader), 10);
+    // ...until the follower, silent since, has left the in-sync set (2 s).
+    eventually("the in-sync set to shrink", || hw(&leader) == 15).await;
+    leader.shutdown().await;
 }

@@ -482,8 +482,8 @@ impl ClusterConfig {
             let shape = || format!("{entry:?} is not \"<node_id>@<host>:<port>\"");
             let (id, address) = entry.split_once('@').ok_or_else(shape)?;
             let node_id: i32 = id.trim().parse().map_err(|_| shape())?;
-            if node_id < 0 {
-                return Err(format!("{entry:?}: a node id is 0 or more"));
+            if !(0..=65_535).contains(&node_id) {
+                return Err(format!("{entry:?}: a node id in a cluster is 0..=65535"));
             }
             let (host, port) = address.rsplit_once(':').ok_or_else(shape)?;
             if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {

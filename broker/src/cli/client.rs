@@ -52,7 +52,8 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                         .with_context(|| format!("--config {c}: expected KEY=VALUE"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+            // -1: the broker's default (every broker of a cluster holds every topic).
+            let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(-1));
             for (k, v) in &pairs {
                 topic = topic.set(k, v);
             }

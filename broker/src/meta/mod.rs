@@ -430,6 +430,32 @@ impl MetaStore {
 
     /// Hands out a fresh producer id. Ids are reserved from redb in blocks so that an
     /// idempotent producer's start-up costs no disk write most of the time.
+    /// Makes the producer id counter at least `min` (in a cluster, each broker's ids are made
+    /// from its own counter: `crate::replication::producer_id`).
+    pub fn raise_producer_ids(&self, min: i64) -> Result<(), MetaError> {
+        let mut ids = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(COUNTERS)?;
+                let next = table
+                    .get("next_producer_id")?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                if next < min {
+                    table.insert("next_producer_id", min)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        if ids.0 < min {
+            // The block in hand is below it: take a new one at the next call.
+            *ids = (0, 0);
+        }
+        Ok(())
+    }
+
     pub fn next_producer_id(&self) -> Result<i64, MetaError> {
         let mut ids = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.0 >= ids.1 {

@@ -117,7 +117,6 @@ impl Ctx {
         self.broker.acls.operations(self.asker(), resource, name)
     }
 
-    /// Whether the client may perform `op` on the cluster.
     /// Why this broker does not serve a request on the group `id`: NOT_COORDINATOR on a
     /// cluster's follower (the leader coordinates every group), GROUP_AUTHORIZATION_FAILED when
     /// the ACLs refuse `op`.
@@ -142,6 +141,7 @@ impl Ctx {
         self.broker.cluster.as_ref().is_some_and(|c| !c.is_leader())
     }
 
+    /// Whether the client may perform `op` on the cluster.
     pub fn allowed_on_cluster(&self, op: acl::Operation) -> bool {
         self.allowed(op, acl::ResourceType::Cluster, acl::CLUSTER_NAME)
     }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -49,6 +49,8 @@ use crate::groups::{
     OffsetCommitPartition, OffsetCommitRequest as CommitRequest, OffsetCommitTopic,
 };
 
+/// Longest a request to the leader may take beyond the fetch's own wait.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the leader's topics are read again.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 /// Bytes one replica fetch asks for, and per partition.
@@ -119,7 +121,7 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
             ]))
             .with_allow_auto_topic_creation(true);
         let asked = async {
-            let mut peer = Peer::connect(&address, cluster.node_id).await?;
+            let mut peer = Peer::connect(&address, cluster.node_id, PEER_TIMEOUT).await?;
             peer.call(&request, METADATA_VERSION).await
         };
         match tokio::time::timeout(Duration::from_secs(10), asked).await {
@@ -134,8 +136,10 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
 
 /// One connection's worth of following; returns only with an error.
 async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Result<()> {
-    let mut peer = Peer::connect(address, cluster.node_id).await?;
-    sync_topics(broker, &mut peer).await?;
+    let timeout = PEER_TIMEOUT + cluster.replica_fetch_wait;
+    let mut peer = Peer::connect(address, cluster.node_id, timeout).await?;
+    check_leader(cluster, &mut peer).await?;
+    sync_topics(broker, cluster, &mut peer).await?;
     reconcile(broker, cluster, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
     cluster.following.store(true, Ordering::Relaxed);
@@ -150,7 +154,7 @@ async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Re
     let mut synced = Instant::now();
     loop {
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
-            sync_topics(broker, &mut peer).await?;
+            sync_topics(broker, cluster, &mut peer).await?;
             sync_offsets(broker, &mut peer).await?;
             synced = Instant::now();
         }
@@ -179,7 +183,7 @@ async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Re
                     unknown = true;
                     continue;
                 };
-                match apply(&p, &data) {
+                match apply(&p, &data)? {
                     Applied::Done => {}
                     Applied::Unknown => unknown = true,
                     Applied::Diverged => diverged = true,
@@ -187,6 +191,11 @@ async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Re
             }
         }
         if unknown {
+            if synced.elapsed() < Duration::from_secs(1) {
+                // Read the topics just now and still unknown (a topic that cannot be made
+                // here): do not ask again at once.
+                tokio::time::sleep(cluster.replica_fetch_wait).await;
+            }
             synced = Instant::now() - SYNC_EVERY;
         }
         if diverged {
@@ -236,24 +245,29 @@ enum Applied {
     Diverged,
 }
 
-/// Applies one partition of a replica fetch.
-fn apply(p: &Partition, data: &PartitionData) -> Applied {
+/// Applies one partition of a replica fetch. An error ends the connection (it is made again
+/// after a pause): a partition the leader refuses, or that cannot be stored here.
+fn apply(p: &Partition, data: &PartitionData) -> anyhow::Result<Applied> {
     let now = now_ms();
     let code = data.error_code;
     if code == E::UnknownTopicOrPartition.code() {
-        return Applied::Unknown;
+        return Ok(Applied::Unknown);
     }
     let mut log = p.log();
     let result = if code == E::OffsetOutOfRange.code() {
         let end = log.log_end_offset();
         if end >= data.log_start_offset {
-            return Applied::Diverged;
+            return Ok(Applied::Diverged);
         }
         tracing::info!(topic = %p.topic, partition = p.index, from = end, to = data.log_start_offset, "behind the leader's log start: the partition starts again there");
         log.restart_at(data.log_start_offset, now)
     } else if code != 0 {
-        tracing::warn!(topic = %p.topic, partition = p.index, error = ?E::try_from_code(code), "the leader refused a partition of the replica fetch");
-        return Applied::Done;
+        bail!(
+            "the leader refused {}-{} in a replica fetch: {:?}",
+            p.topic,
+            p.index,
+            E::try_from_code(code)
+        );
     } else {
         match data.records.as_deref() {
             Some(records) if !records.is_empty() => log.append_replica(records, now).map(|_| ()),
@@ -271,11 +285,38 @@ fn apply(p: &Partition, data: &PartitionData) -> Applied {
     };
     let end = log.log_end_offset();
     drop(log);
-    if let Err(e) = result {
-        tracing::error!(topic = %p.topic, partition = p.index, error = %e, "cannot store the leader's records");
-    }
+    result.with_context(|| {
+        format!(
+            "cannot store the leader's records of {}-{}",
+            p.topic, p.index
+        )
+    })?;
     super::set_high_watermark(p, data.high_watermark.min(end));
-    Applied::Done
+    Ok(Applied::Done)
+}
+
+/// Asks the leader for an empty replica fetch: a broker that does not lead (the brokers'
+/// `cluster.leader` differ) or that the ACLs keep this broker from fetching says so, before
+/// anything local is changed after what it says.
+async fn check_leader(cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> {
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(cluster.node_id))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(FETCH_MAX_BYTES);
+    let response = peer.call(&request, FETCH_VERSION).await?;
+    match E::try_from_code(response.error_code) {
+        None => Ok(()),
+        Some(E::NotLeaderOrFollower) => bail!(
+            "broker {} does not take this broker as its follower: is cluster.leader the same on every broker?",
+            cluster.leader
+        ),
+        Some(E::ClusterAuthorizationFailed) => bail!(
+            "broker {} refuses this broker's replica fetches: with ACLs, its principal needs ClusterAction on the cluster",
+            cluster.leader
+        ),
+        Some(e) => bail!("broker {} refuses replica fetches: {e:?}", cluster.leader),
+    }
 }
 
 /// Cuts every local partition back to the last batch it shares with the leader (see the
@@ -333,8 +374,17 @@ async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyho
                 let Some((p, ours)) = asked.remove(&key) else {
                     continue;
                 };
-                if data.error_code == E::UnknownTopicOrPartition.code() {
+                let code = data.error_code;
+                if code == E::UnknownTopicOrPartition.code() {
                     continue;
+                }
+                if code != 0 && code != E::OffsetOutOfRange.code() {
+                    bail!(
+                        "the leader refused {}-{} while comparing logs: {:?}",
+                        p.topic,
+                        p.index,
+                        E::try_from_code(code)
+                    );
                 }
                 let theirs = data
                     .records
@@ -372,7 +422,7 @@ async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyho
 }
 
 /// Makes the local topics those of the leader.
-async fn sync_topics(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
+async fn sync_topics(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> {
     let metadata = peer
         .call(
             &MetadataRequest::default()
@@ -381,6 +431,13 @@ async fn sync_topics(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             METADATA_VERSION,
         )
         .await?;
+    if metadata.controller_id.0 != cluster.leader {
+        bail!(
+            "broker {} says broker {} leads: is cluster.leader the same on every broker?",
+            cluster.leader,
+            metadata.controller_id.0
+        );
+    }
     if let Some(id) = &metadata.cluster_id {
         broker.adopt_cluster_id(id);
     }
@@ -444,13 +501,51 @@ async fn sync_topics(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             super::set_reported_isr(p, isr.clone());
         }
     }
-    for t in broker.catalog.list() {
-        if !leader.contains_key(&*t.name) {
-            tracing::info!(topic = %t.name, "the leader has no such topic any more: deleting the copy");
-            broker.catalog.delete_topic(&t.name)?;
-        }
+    let missing: Vec<String> = broker
+        .catalog
+        .list()
+        .iter()
+        .filter(|t| !leader.contains_key(&*t.name))
+        .map(|t| t.name.to_string())
+        .collect();
+    for name in gone(peer, missing).await? {
+        tracing::info!(topic = %name, "the leader has no such topic any more: deleting the copy");
+        broker.catalog.delete_topic(&name)?;
     }
     Ok(())
+}
+
+/// Which of `names` (topics the leader did not list) the leader says do not exist: a topic
+/// the ACLs hide from this broker is not listed either, and must not be deleted for it.
+async fn gone(peer: &mut Peer, names: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let topics = names
+        .iter()
+        .map(|n| {
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(n.clone()))))
+        })
+        .collect();
+    let asked = peer
+        .call(
+            &MetadataRequest::default()
+                .with_topics(Some(topics))
+                .with_allow_auto_topic_creation(false),
+            METADATA_VERSION,
+        )
+        .await?;
+    let mut out = Vec::new();
+    for t in asked.topics {
+        let Some(name) = t.name else { continue };
+        if t.error_code == E::UnknownTopicOrPartition.code() {
+            out.push(name.to_string());
+        } else if t.error_code != 0 {
+            tracing::warn!(topic = %name.as_str(), error = ?E::try_from_code(t.error_code), "the leader does not describe a topic to this broker: keeping the copy");
+        }
+    }
+    Ok(out)
 }
 
 /// Makes the local committed offsets those of the leader: offsets that differ are committed

@@ -23,6 +23,7 @@
 //! as a leader that no follower copied), so moving the lead by hand loses only writes that were
 //! not acknowledged with acks=all.
 
+pub mod checkpoint;
 pub mod follower;
 mod peer;
 
@@ -138,7 +139,7 @@ pub struct ReplicaState {
     /// was opened counts as caught up at `opened_ms` with the log end of that time.
     followers: Mutex<HashMap<i32, FollowerPosition>>,
     opened_ms: i64,
-    opened_end: i64,
+    opened_end: AtomicI64,
     /// The ISR a follower learnt from the leader.
     reported_isr: Mutex<Vec<i32>>,
 }
@@ -151,9 +152,15 @@ impl ReplicaState {
             high_watermark: AtomicI64::new(log_end),
             followers: Mutex::new(HashMap::new()),
             opened_ms: now_ms,
-            opened_end: log_end,
+            opened_end: AtomicI64::new(log_end),
             reported_isr: Mutex::new(Vec::new()),
         }
+    }
+
+    /// At start-up, the high watermark saved last time: followers not heard from yet count as
+    /// holding the log up to it ([`checkpoint`]).
+    pub(crate) fn restore(&self, high_watermark: i64) {
+        self.opened_end.store(high_watermark, Ordering::Release);
     }
 
     fn followers(&self) -> std::sync::MutexGuard<'_, HashMap<i32, FollowerPosition>> {
@@ -161,13 +168,33 @@ impl ReplicaState {
     }
 
     fn position(&self, followers: &HashMap<i32, FollowerPosition>, id: i32) -> FollowerPosition {
+        let opened_end = self.opened_end.load(Ordering::Acquire);
         followers.get(&id).copied().unwrap_or(FollowerPosition {
-            log_end: self.opened_end,
+            log_end: opened_end,
             last_fetch_ms: self.opened_ms,
-            leader_end_at_last_fetch: self.opened_end,
+            leader_end_at_last_fetch: opened_end,
             caught_up_ms: self.opened_ms,
         })
     }
+}
+
+/// Bits of a producer id that name the broker that made it, in a cluster.
+const PRODUCER_ID_NODE_BITS: u32 = 16;
+
+/// The producer id made from a broker's `n`-th count. A broker alone hands out `n` itself; in a
+/// cluster every broker hands out ids (InitProducerId goes to any broker) and any may lead
+/// later, so the ids carry the node id in their low bits: no two brokers make the same id.
+pub fn producer_id(cluster: Option<&Cluster>, n: i64) -> i64 {
+    match cluster {
+        None => n,
+        Some(c) => ((n + 1) << PRODUCER_ID_NODE_BITS) | i64::from(c.node_id),
+    }
+}
+
+/// The least producer id count that makes ids above `max_seen`, the highest id in the logs
+/// (which may come from before the cluster, or from another broker).
+pub fn producer_count_above(max_seen: i64) -> i64 {
+    (max_seen >> PRODUCER_ID_NODE_BITS) + 1
 }
 
 /// The offset consumers read below: the high watermark on a leader, the log end on a broker
@@ -306,7 +333,13 @@ pub async fn wait_replicated(
             return Replicated::TooFewInSync;
         }
         if advance(cluster, p, leader_end, now) >= end {
-            return Replicated::Yes;
+            // The leader's tick may have moved the high watermark because a follower just
+            // left the set: the set must still be large enough when the records are covered.
+            return if enough_in_sync(cluster, p, crate::broker::now_ms()) {
+                Replicated::Yes
+            } else {
+                Replicated::TooFewInSync
+            };
         }
         let until = deadline.min(tokio::time::Instant::now() + recheck);
         if tokio::time::timeout_at(until, notified).await.is_err()
@@ -317,28 +350,45 @@ pub async fn wait_replicated(
     }
 }
 
-/// On the leader, moves every partition's high watermark once in a while: a follower leaving
-/// the in-sync set lets it move with no fetch or append to do it.
-pub fn spawn_leader_tick(
+/// The periodic work of a cluster's broker: on the leader, every partition's high watermark is
+/// moved twice a second (a follower leaving the in-sync set lets it move with no fetch or append
+/// to do it); on every broker, the high watermarks are saved every 5 s while they change, and at
+/// shutdown ([`checkpoint`]).
+pub fn spawn_tick(
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
-    let cluster = broker.cluster.clone().filter(|c| c.is_leader())?;
+    let cluster = broker.cluster.clone()?;
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        let mut saved = String::new();
+        for n in 0u64.. {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
                 _ = tick.tick() => {}
             }
-            let now = crate::broker::now_ms();
-            for topic in broker.catalog.list() {
-                for p in topic.partitions() {
-                    let end = p.log().log_end_offset();
-                    advance(&cluster, &p, end, now);
+            if cluster.is_leader() {
+                let now = crate::broker::now_ms();
+                for topic in broker.catalog.list() {
+                    for p in topic.partitions() {
+                        let end = p.log().log_end_offset();
+                        advance(&cluster, &p, end, now);
+                    }
                 }
             }
+            if n % 10 == 9 {
+                let b = broker.clone();
+                let mut last = std::mem::take(&mut saved);
+                saved = tokio::task::spawn_blocking(move || {
+                    checkpoint::save(&b, &mut last);
+                    last
+                })
+                .await
+                .unwrap_or_default();
+            }
         }
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || checkpoint::save(&b, &mut saved)).await;
     }))
 }
 

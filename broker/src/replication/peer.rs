@@ -1,6 +1,8 @@
 //! A follower's connection to its leader: Kafka requests over plaintext TCP, encoded and
 //! decoded with the kafka-protocol crate, one at a time.
 
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -16,18 +18,28 @@ pub(crate) struct Peer {
     stream: BufReader<TcpStream>,
     correlation_id: i32,
     client_id: StrBytes,
+    /// Longest a request may take, its answer included (Kafka's `replica.socket.timeout.ms`):
+    /// a leader whose machine went away without closing the connection is noticed.
+    timeout: Duration,
 }
 
 impl Peer {
-    pub(crate) async fn connect(address: &str, node_id: i32) -> anyhow::Result<Peer> {
-        let stream = TcpStream::connect(address)
+    /// Connects to `address`; every request must be answered within `timeout`.
+    pub(crate) async fn connect(
+        address: &str,
+        node_id: i32,
+        timeout: Duration,
+    ) -> anyhow::Result<Peer> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
-            .with_context(|| format!("cannot connect to the leader at {address}"))?;
+            .map_err(|_| anyhow::anyhow!("no answer from {address} in {timeout:?}"))?
+            .with_context(|| format!("cannot connect to {address}"))?;
         stream.set_nodelay(true)?;
         Ok(Peer {
             stream: BufReader::new(stream),
             correlation_id: 0,
             client_id: StrBytes::from_string(format!("runnel-replica-{node_id}")),
+            timeout,
         })
     }
 
@@ -37,6 +49,13 @@ impl Peer {
         req: &R,
         version: i16,
     ) -> anyhow::Result<R::Response> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.exchange(req, version))
+            .await
+            .map_err(|_| anyhow::anyhow!("the leader did not answer in {timeout:?}"))?
+    }
+
+    async fn exchange<R: Request>(&mut self, req: &R, version: i16) -> anyhow::Result<R::Response> {
         let api = ApiKey::try_from(R::KEY).map_err(|_| anyhow::anyhow!("API key {}", R::KEY))?;
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let mut buf = BytesMut::with_capacity(256);

@@ -467,6 +467,11 @@ impl PartitionLog {
             .saturating_sub(1)
     }
 
+    /// The highest producer id that wrote to this log (of the producers whose state is kept).
+    pub fn max_producer_id(&self) -> Option<i64> {
+        self.producers.max_producer_id()
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset
     }

@@ -1299,3 +1299,25 @@ fn reads_below_a_limit_stop_at_it() {
         headers(&log.read(0, 1 << 20).unwrap()).len()
     );
 }
+
+#[test]
+fn an_empty_replica_starts_at_a_batch_the_leaders_log_start_falls_in() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = open(ld.path(), cfg());
+    leader.append(&batch(100, NOW), NOW).unwrap();
+    leader.delete_records_before(50).unwrap();
+    let mut follower = open(fd.path(), cfg());
+    // The follower was told the leader's log starts at 50, and got the batch 0..=99.
+    follower.restart_at(50, NOW).unwrap();
+    let info = follower
+        .append_replica(&leader.read(50, 1 << 20).unwrap(), NOW)
+        .unwrap()
+        .unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (0, 99));
+    follower.delete_records_before(50).unwrap();
+    assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (50, 100));
+    // A log that holds batches is not restarted for one that overlaps its end.
+    let mut other = open(tempfile::tempdir().unwrap().path(), cfg());
+    other.append(&batch(10, NOW), NOW).unwrap();
+    assert!(other.append_replica(&leader.read(50, 1 << 20).unwrap(), NOW).is_err());
+}

@@ -49,6 +49,7 @@ pub use batch::*;
 pub(crate) use compaction::empty_batch;
 pub use compaction::{CompactionOutcome, CompactionPass};
 pub use error::{BatchError, StorageError};
+pub(crate) use index::write_file_atomic;
 pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan, check_produce_records};
 
 /// When appended data is fsynced.

@@ -58,6 +58,11 @@ pub(crate) struct ProducerStates {
 }
 
 impl ProducerStates {
+    /// The highest producer id with a state here.
+    pub(crate) fn max_producer_id(&self) -> Option<i64> {
+        self.map.keys().copied().max()
+    }
+
     /// Check `h` against the state, where `staged` holds entries already updated by earlier
     /// batches of the same append (looked up first).
     pub(crate) fn check(

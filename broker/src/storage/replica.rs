@@ -15,7 +15,8 @@ use crate::storage::error::io_err;
 impl PartitionLog {
     /// Appends batches as the leader stored them, keeping their offsets and bytes. Batches that
     /// end before the log end are skipped (a fetch may start inside one); gaps are kept (the
-    /// leader's compaction leaves them). Every batch's CRC is checked before anything is
+    /// leader's compaction leaves them). An empty log whose start falls inside the first batch
+    /// (the leader's log start is there) starts again at that batch. Every batch's CRC is checked before anything is
     /// written. `None` when nothing was new.
     pub fn append_replica(
         &mut self,
@@ -49,6 +50,13 @@ impl PartitionLog {
             if h.last_offset() < next {
                 pos += size;
                 continue;
+            }
+            if h.base_offset < next && first.is_none() && self.holds_no_batch() {
+                // The leader's log starts inside this batch (DeleteRecords), and this empty
+                // log where the leader's does: it starts at the batch instead, the offsets
+                // below the leader's start to be deleted again by the caller.
+                self.restart_at(h.base_offset, now_ms)?;
+                next = h.base_offset;
             }
             if h.base_offset < next {
                 return Err(StorageError::InvalidRecord {
@@ -85,6 +93,10 @@ impl PartitionLog {
             duplicate: false,
             record_count,
         }))
+    }
+
+    fn holds_no_batch(&self) -> bool {
+        self.segments.iter().all(|s| s.size == 0)
     }
 
     /// The header of the last batch in the log, `None` when the log holds none: what a

@@ -1,5 +1,6 @@
 //! CreateTopics (key 19). Partition count and replication factor -1 mean the broker defaults.
-//! Manual replica assignments are accepted only when they name this broker alone. The client
+//! Manual replica assignments are accepted only when each partition's names every broker
+//! (this one alone, or every broker of the cluster): that is where every partition is. The client
 //! needs Create on the cluster or on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED;
 //! the topic's configs come back only if it may DescribeConfigs the topic.
 
@@ -52,13 +53,21 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
         } else {
             t.replication_factor
         };
-        let foreign = t
-            .assignments
-            .iter()
-            .any(|a| a.broker_ids.iter().any(|id| id.0 != b.node_id));
-        if foreign {
+        let mut everyone = b
+            .cluster
+            .as_ref()
+            .map_or_else(|| vec![b.node_id], |c| c.replicas());
+        everyone.sort_unstable();
+        let elsewhere = t.assignments.iter().any(|a| {
+            let mut ids: Vec<i32> = a.broker_ids.iter().map(|id| id.0).collect();
+            ids.sort_unstable();
+            ids != everyone
+        });
+        if elsewhere {
             out.error_code = E::InvalidReplicaAssignment.code();
-            out.error_message = Some(s(format!("only broker {} exists", b.node_id)));
+            out.error_message = Some(s(format!(
+                "every partition has one replica on each broker: {everyone:?}"
+            )));
             results.push(out);
             continue;
         }

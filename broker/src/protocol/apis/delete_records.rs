@@ -32,17 +32,15 @@ pub async fn handle(ctx: Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespons
                         None => out.error_code = E::UnknownTopicOrPartition.code(),
                         Some(part) => {
                             let mut log = part.log();
-                            // -1: all that consumers can read (the high watermark).
-                            let target = if p.offset == -1 {
-                                crate::replication::readable_end(
-                                    ctx.broker.cluster.as_ref(),
-                                    &part,
-                                    log.log_end_offset(),
-                                )
-                            } else {
-                                p.offset
-                            };
-                            if target < 0 || target > log.log_end_offset() {
+                            // Up to what consumers can read (the high watermark in a
+                            // cluster); -1 is all of it.
+                            let readable = crate::replication::readable_end(
+                                ctx.broker.cluster.as_ref(),
+                                &part,
+                                log.log_end_offset(),
+                            );
+                            let target = if p.offset == -1 { readable } else { p.offset };
+                            if target < 0 || target > readable {
                                 out.error_code = E::OffsetOutOfRange.code();
                             } else {
                                 match log.delete_records_before(target) {

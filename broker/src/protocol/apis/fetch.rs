@@ -21,7 +21,6 @@
 //! client to keep sending full fetch requests.
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -73,6 +72,12 @@ pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
 async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let catalog = &ctx.broker.catalog;
     let reader = reader(ctx, &req);
+    // A refused replica fetch also says so for the whole request, as Kafka does: a follower
+    // must not take an empty answer for an empty leader.
+    let top_error = match reader {
+        Reader::Refused(code) if replica_id(ctx, &req) >= 0 => code,
+        _ => 0,
+    };
     let mut wanted = Vec::new();
     for t in &req.topics {
         let refused = matches!(reader, Reader::Consumer)
@@ -103,29 +108,38 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         }
     }
 
+    let follower = matches!(reader, Reader::Follower(_));
     loop {
         // Register for wake-ups before reading, so an append between the read and the wait is
-        // not missed.
+        // not missed. A follower's fetch is also woken by a topic or partition made here.
         let mut notified: Vec<_> = wanted
             .iter()
             .filter_map(|w| w.log.as_ref())
             .map(|p| Box::pin(p.appended.notified()))
+            .chain(follower.then(|| Box::pin(catalog.added.notified())))
             .collect();
         for n in &mut notified {
             n.as_mut().enable();
         }
-        let (parts, total, any_error) = read_all(ctx, reader, &wanted, max_bytes);
+        let (mut parts, total, any_error) = read_all(ctx, reader, &wanted, max_bytes);
+        let unasked = if follower {
+            unasked(ctx, &wanted)
+        } else {
+            Vec::new()
+        };
         let done = total >= min_bytes.max(1)
             || any_error
+            || !unasked.is_empty()
             || notified.is_empty()
             || tokio::time::Instant::now() >= deadline;
         if done || (min_bytes == 0 && total == 0 && wait.is_zero()) {
             tracing::trace!(bytes = total, partitions = wanted.len(), "fetch answered");
-            return respond(parts);
+            parts.extend(unasked);
+            return respond(parts, top_error);
         }
         let any_append = poll_fn(|cx| {
             for n in notified.iter_mut() {
-                if Pin::new(n).poll(cx).is_ready() {
+                if n.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
             }
@@ -138,12 +152,38 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
                 waited_ms = wait.as_millis() as u64,
                 "fetch answered after max wait"
             );
-            return respond(parts);
+            return respond(parts, top_error);
         }
     }
 }
 
-fn respond(parts: Vec<(TopicName, PartitionData)>) -> FetchResponse {
+/// For a follower's fetch: every partition here that it did not ask for (a topic or partitions
+/// made since it last read the topics), answered without records so that it reads the topics
+/// again at once instead of at its next periodic sync, and acks=all writes to a new topic do not
+/// wait for that.
+fn unasked(ctx: &Ctx, wanted: &[Wanted]) -> Vec<(TopicName, PartitionData)> {
+    let asked: std::collections::HashSet<(&str, i32)> = wanted
+        .iter()
+        .map(|w| (w.topic.as_str(), w.partition))
+        .collect();
+    let mut out = Vec::new();
+    for t in ctx.broker.catalog.list() {
+        for p in t.partitions() {
+            if !asked.contains(&(&*t.name, p.index)) {
+                let name = TopicName(super::s(t.name.to_string()));
+                let data = PartitionData::default()
+                    .with_partition_index(p.index)
+                    .with_records(Some(Bytes::new()));
+                out.push((name, data));
+            }
+        }
+    }
+    out
+}
+
+/// The response of `parts`; `top_error` is the request's own error code (a refused replica
+/// fetch).
+fn respond(parts: Vec<(TopicName, PartitionData)>, top_error: i16) -> FetchResponse {
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
     for (topic, data) in parts {
         match responses.last_mut() {
@@ -155,17 +195,24 @@ fn respond(parts: Vec<(TopicName, PartitionData)>) -> FetchResponse {
             ),
         }
     }
-    FetchResponse::default().with_responses(responses)
+    FetchResponse::default()
+        .with_error_code(top_error)
+        .with_responses(responses)
+}
+
+/// The node id of the broker fetching, -1 for a consumer.
+fn replica_id(ctx: &Ctx, req: &FetchRequest) -> i32 {
+    if ctx.api_version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    }
 }
 
 /// Who the fetch reads for: a consumer, a follower of this leader, or nobody this broker
 /// serves.
 fn reader(ctx: &Ctx, req: &FetchRequest) -> Reader {
-    let replica = if ctx.api_version >= 15 {
-        req.replica_state.replica_id.0
-    } else {
-        req.replica_id.0
-    };
+    let replica = replica_id(ctx, req);
     let cluster = ctx.broker.cluster.as_ref();
     if replica < 0 {
         return match cluster {

@@ -30,7 +30,8 @@ pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdRespo
         return out;
     }
     match ctx.broker.meta.next_producer_id() {
-        Ok(id) => {
+        Ok(n) => {
+            let id = crate::replication::producer_id(ctx.broker.cluster.as_ref(), n);
             out.producer_id = ProducerId(id);
             out.producer_epoch = 0;
         }

@@ -24,9 +24,9 @@ pub async fn handle(ctx: Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
         return ListGroupsResponse::default();
     }
     if ctx.follows() {
-        // The leader coordinates every group.
-        return ListGroupsResponse::default()
-            .with_error_code(kafka_protocol::error::ResponseError::NotCoordinator.code());
+        // The leader coordinates every group: a follower lists none, as a Kafka broker lists
+        // only the groups it coordinates (admin clients ask every broker).
+        return ListGroupsResponse::default();
     }
     let all = ctx.broker.acls.allowed(
         ctx.asker(),

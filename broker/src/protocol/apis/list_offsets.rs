@@ -51,28 +51,30 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         return out;
                     };
                     let log = part.log();
+                    // What consumers may read: below the high watermark in a cluster. A
+                    // timestamp found at or above it is not there yet.
+                    let readable = replication::readable_end(
+                        ctx.broker.cluster.as_ref(),
+                        &part,
+                        log.log_end_offset(),
+                    );
                     match p.timestamp {
-                        // What consumers may read: the high watermark in a cluster.
-                        LATEST => {
-                            out.offset = replication::readable_end(
-                                ctx.broker.cluster.as_ref(),
-                                &part,
-                                log.log_end_offset(),
-                            )
-                        }
+                        LATEST => out.offset = readable,
                         EARLIEST => out.offset = log.log_start_offset(),
                         MAX_TIMESTAMP => {
-                            if let Ok(Some((ts, offset))) = log.max_timestamp() {
+                            if let Ok(Some((ts, offset))) = log.max_timestamp()
+                                && offset < readable
+                            {
                                 out.timestamp = ts;
                                 out.offset = offset;
                             }
                         }
                         ts if ts >= 0 => match log.offset_for_timestamp(ts) {
-                            Ok(Some((offset, found))) => {
+                            Ok(Some((offset, found))) if offset < readable => {
                                 out.offset = offset;
                                 out.timestamp = found;
                             }
-                            Ok(None) => {}
+                            Ok(_) => {}
                             Err(e) => out.error_code = storage_code(&e),
                         },
                         _ => out.error_code = E::InvalidRequest.code(),
