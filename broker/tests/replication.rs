@@ -60,6 +60,17 @@ impl Pair {
 
     /// Starts broker `node` (1 or 2) of the pair, with `leader` leading.
     async fn start(&self, node: i32, leader: i32, min_insync: i32) -> BrokerHandle {
+        self.start_with(node, leader, min_insync, |_| {}).await
+    }
+
+    /// [`Pair::start`] with `tweak` applied to the config last.
+    async fn start_with(
+        &self,
+        node: i32,
+        leader: i32,
+        min_insync: i32,
+        tweak: impl FnOnce(&mut edge_config::Config),
+    ) -> BrokerHandle {
         let i = node as usize - 1;
         let mut cfg = common::test_config(self.dirs[i].path());
         cfg.broker.node_id = node;
@@ -74,6 +85,7 @@ impl Pair {
         cfg.cluster.min_insync_replicas = min_insync;
         cfg.cluster.replica_lag_time_max = Duration::from_secs(2);
         cfg.cluster.replica_fetch_wait = Duration::from_millis(100);
+        tweak(&mut cfg);
         common::start_with(cfg).await
     }
 }
@@ -630,4 +642,56 @@ async fn a_restarted_leader_keeps_records_only_it_has_unread_until_the_in_sync_s
     // ...until the follower, silent since, has left the in-sync set (2 s).
     eventually("the in-sync set to shrink", || hw(&leader) == 15).await;
     leader.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_logs_in_to_a_leader_that_asks_for_sasl_and_acls() {
+    let pair = Pair::new();
+    let users = pair.dirs[0].path().join("users");
+    std::fs::write(&users, "replica r3plica\napp app-secret\n").unwrap();
+    let secured = |password: &'static str| {
+        let users = users.clone();
+        move |cfg: &mut edge_config::Config| {
+            cfg.listeners.kafka.sasl_plain_file = users;
+            cfg.acls.enabled = true;
+            cfg.acls.super_users = vec!["User:replica".into(), "User:app".into()];
+            cfg.cluster.sasl_mechanism = "SCRAM-SHA-512".into();
+            cfg.cluster.sasl_username = "replica".into();
+            cfg.cluster.sasl_password = password.into();
+        }
+    };
+    let leader = pair.start_with(1, 1, 2, secured("r3plica")).await;
+    let follower = pair.start_with(2, 1, 2, secured("r3plica")).await;
+    let app: FutureProducer =
+        common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")
+            .set("acks", "all")
+            .create()
+            .unwrap();
+    produce(&app, "secured", 20, "s").await;
+    assert_eq!(log_end(&follower, "secured"), 20);
+    assert!(follower.broker.cluster.as_ref().unwrap().following());
+
+    // With a wrong password the follower is refused, keeps its copy, and leaves the in-sync
+    // set: acks=all writes are refused with min_insync_replicas = 2.
+    follower.shutdown().await;
+    let follower = pair.start_with(2, 1, 2, secured("wrong")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!follower.broker.cluster.as_ref().unwrap().following());
+    assert_eq!(log_end(&follower, "secured"), 20);
+    let impatient: FutureProducer =
+        common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")
+            .set("acks", "all")
+            .set("message.timeout.ms", "2000")
+            .create()
+            .unwrap();
+    let refused = impatient
+        .send(
+            FutureRecord::<str, str>::to("secured").payload("x"),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(log_end(&leader, "secured"), 20, "a refused write was stored");
+    leader.shutdown().await;
+    follower.shutdown().await;
 }

@@ -389,6 +389,17 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Duration,
                 "Longest a follower's fetch waits at the leader for new records.",
             ),
+            key(
+                "sasl_mechanism",
+                Choice,
+                "How a follower logs in to the leader's listener when it asks for SASL; the\nfollower is then User:<sasl_username> to the leader's ACLs. \"\" = no login.\nAllowed: \"\", SCRAM-SHA-512, SCRAM-SHA-256, PLAIN.",
+            ),
+            key("sasl_username", Text, "The user a follower logs in as."),
+            key(
+                "sasl_password",
+                Text,
+                "That user's password. Keep this file readable by the broker only.",
+            ),
         ],
     },
     Section {

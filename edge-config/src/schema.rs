@@ -452,7 +452,18 @@ pub struct ClusterConfig {
     /// `replica.fetch.wait.max.ms`). Default 500ms.
     #[serde(with = "units::duration")]
     pub replica_fetch_wait: Duration,
+    /// How a follower logs in to the leader's plaintext listener when that listener asks for
+    /// SASL (`sasl_plain_file`): `"SCRAM-SHA-512"`, `"SCRAM-SHA-256"` or `"PLAIN"`. Default `""`:
+    /// no login. The follower is then `User:<sasl_username>` to the leader's ACLs.
+    pub sasl_mechanism: String,
+    /// The user a follower logs in as. Default `""`.
+    pub sasl_username: String,
+    /// That user's password. Default `""`. Readable by whoever reads this file: keep it 0600.
+    pub sasl_password: String,
 }
+
+/// The SASL mechanisms a follower can log in to its leader with.
+pub const CLUSTER_SASL_MECHANISMS: &[&str] = &["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"];
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -462,6 +473,9 @@ impl Default for ClusterConfig {
             min_insync_replicas: 1,
             replica_lag_time_max: secs(30),
             replica_fetch_wait: Duration::from_millis(500),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
         }
     }
 }

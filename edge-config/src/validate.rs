@@ -250,6 +250,28 @@ impl Config {
                 ),
             ));
         }
+        if !cluster.sasl_mechanism.is_empty() {
+            if !crate::schema::CLUSTER_SASL_MECHANISMS.contains(&cluster.sasl_mechanism.as_str()) {
+                return Err(c.invalid(
+                    "cluster.sasl_mechanism",
+                    format!(
+                        "{:?} is not one of \"\", {}",
+                        cluster.sasl_mechanism,
+                        crate::schema::CLUSTER_SASL_MECHANISMS.join(", ")
+                    ),
+                ));
+            }
+            if cluster.sasl_username.is_empty() || cluster.sasl_password.is_empty() {
+                return Err(c.conflict(
+                    &[
+                        "cluster.sasl_mechanism",
+                        "cluster.sasl_username",
+                        "cluster.sasl_password",
+                    ],
+                    "a SASL login needs cluster.sasl_username and cluster.sasl_password".into(),
+                ));
+            }
+        }
         c.positive("cluster.replica_lag_time_max", cluster.replica_lag_time_max)?;
         c.positive("cluster.replica_fetch_wait", cluster.replica_fetch_wait)?;
 

@@ -491,6 +491,103 @@ impl ClientFirst {
 }
 
 /// A SCRAM `saslname`: `=2C` is ',' and `=3D` is '='; any other '=' is an error.
+/// The client's side of a SCRAM exchange (RFC 5802, section 3), for a broker that logs in to
+/// another (a follower to its leader): [`ScramClient::first`], then [`ScramClient::last`] with
+/// the server's first message, then [`ScramClient::verify`] with its final one.
+pub struct ScramClient {
+    mechanism: Scram,
+    password: String,
+    client_first_bare: String,
+    nonce: String,
+    /// AuthMessage and the ServerKey, once the last message is made.
+    expect: Option<(String, Vec<u8>)>,
+}
+
+impl ScramClient {
+    pub fn new(mechanism: Scram, user: &str, password: &str) -> Result<ScramClient, ScramError> {
+        let nonce = BASE64.encode(random(RANDOM_BYTES)?);
+        let user = user.replace('=', "=3D").replace(',', "=2C");
+        Ok(ScramClient {
+            mechanism,
+            password: password.to_string(),
+            client_first_bare: format!("n={user},r={nonce}"),
+            nonce,
+            expect: None,
+        })
+    }
+
+    /// The client's first message.
+    pub fn first(&self) -> Vec<u8> {
+        format!("n,,{}", self.client_first_bare).into_bytes()
+    }
+
+    /// The client's final message, from the server's first.
+    pub fn last(&mut self, server_first: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let server_first = std::str::from_utf8(server_first)
+            .map_err(|_| ScramError::Malformed("server-first is not UTF-8"))?;
+        let field = |name: &str| {
+            server_first
+                .split(',')
+                .find_map(|f| f.strip_prefix(name))
+                .ok_or(ScramError::Malformed("server-first lacks a field"))
+        };
+        let nonce = field("r=")?;
+        if !nonce.starts_with(&self.nonce) {
+            return Err(ScramError::Malformed(
+                "the server's nonce does not extend ours",
+            ));
+        }
+        let salt = BASE64
+            .decode(field("s=")?)
+            .map_err(|_| ScramError::Malformed("bad salt"))?;
+        let iterations = field("i=")?
+            .parse::<u32>()
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or(ScramError::Malformed("bad iteration count"))?;
+        let m = self.mechanism;
+        let mut salted = vec![0; m.digest().output_len()];
+        pbkdf2::derive(
+            m.pbkdf2(),
+            iterations,
+            &salt,
+            self.password.as_bytes(),
+            &mut salted,
+        );
+        let key = hmac::Key::new(m.hmac(), &salted);
+        let client_key = hmac::sign(&key, b"Client Key");
+        let stored = digest::digest(m.digest(), client_key.as_ref());
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let signature = hmac::sign(&hmac::Key::new(m.hmac(), stored.as_ref()), auth.as_bytes());
+        let proof: Vec<u8> = client_key
+            .as_ref()
+            .iter()
+            .zip(signature.as_ref())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        let server_key = hmac::sign(&key, b"Server Key").as_ref().to_vec();
+        self.expect = Some((auth, server_key));
+        Ok(format!("{without_proof},p={}", BASE64.encode(proof)).into_bytes())
+    }
+
+    /// Checks the server's final message: it proves the server knows the password's keys.
+    pub fn verify(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let (auth, server_key) = self
+            .expect
+            .as_ref()
+            .ok_or(ScramError::Malformed("no final message was sent"))?;
+        let sent = std::str::from_utf8(server_final)
+            .ok()
+            .and_then(|s| s.strip_prefix("v="))
+            .and_then(|v| BASE64.decode(v).ok())
+            .ok_or(ScramError::Malformed("bad server-final"))?;
+        let key = hmac::Key::new(self.mechanism.hmac(), server_key);
+        hmac::verify(&key, auth.as_bytes(), &sent)
+            .map_err(|_| ScramError::Malformed("the server's signature does not hold"))
+    }
+}
+
 fn unescape(name: &str) -> Result<String, ScramError> {
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
@@ -548,6 +645,37 @@ mod tests {
             }
         );
         assert_eq!(x.step(b"n,,n=user,r=a", |_| None), Err(ScramError::Over));
+    }
+
+    #[test]
+    fn the_client_side_logs_in_and_checks_the_server() {
+        for m in [Scram::Sha256, Scram::Sha512] {
+            for (password, ok) in [("secret", true), ("wrong", false)] {
+                let keys = Arc::new(ScramUser::derive(
+                    m,
+                    [b"secret".as_slice()],
+                    salt("a,b=c").unwrap(),
+                ));
+                let mut client = ScramClient::new(m, "a,b=c", password).unwrap();
+                let mut server = ScramExchange::new(m);
+                let Ok(Step::Challenge(first)) =
+                    server.step(&client.first(), |u| (u == "a,b=c").then(|| keys.clone()))
+                else {
+                    panic!("no challenge")
+                };
+                let last = client.last(&first).unwrap();
+                match server.step(&last, |_| unreachable!()) {
+                    Ok(Step::Success { user, server_final }) => {
+                        assert!(ok);
+                        assert_eq!(user, "a,b=c");
+                        client.verify(&server_final).unwrap();
+                        assert!(client.verify(b"v=AAAA").is_err());
+                    }
+                    Err(ScramError::BadCredentials(_)) => assert!(!ok),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 
     fn challenged(mechanism: Scram, passwords: &[&str], first: &str) -> ScramExchange {

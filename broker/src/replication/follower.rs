@@ -122,6 +122,9 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
             .with_allow_auto_topic_creation(true);
         let asked = async {
             let mut peer = Peer::connect(&address, cluster.node_id, PEER_TIMEOUT).await?;
+            if let Some(login) = &cluster.login {
+                peer.login(login).await?;
+            }
             peer.call(&request, METADATA_VERSION).await
         };
         match tokio::time::timeout(Duration::from_secs(10), asked).await {
@@ -138,6 +141,9 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
 async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Result<()> {
     let timeout = PEER_TIMEOUT + cluster.replica_fetch_wait;
     let mut peer = Peer::connect(address, cluster.node_id, timeout).await?;
+    if let Some(login) = &cluster.login {
+        peer.login(login).await?;
+    }
     check_leader(cluster, &mut peer).await?;
     sync_topics(broker, cluster, &mut peer).await?;
     reconcile(broker, cluster, &mut peer).await?;

@@ -27,6 +27,8 @@ pub mod checkpoint;
 pub mod follower;
 mod peer;
 
+pub use peer::Login;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,8 @@ pub struct Cluster {
     resync: Arc<AtomicBool>,
     /// On a follower: whether it is connected to the leader and fetching.
     following: Arc<AtomicBool>,
+    /// How a follower logs in to the leader, if it must.
+    pub login: Option<Login>,
 }
 
 impl Cluster {
@@ -72,6 +76,11 @@ impl Cluster {
             replica_fetch_wait: config.replica_fetch_wait,
             resync: Arc::default(),
             following: Arc::default(),
+            login: (!config.sasl_mechanism.is_empty()).then(|| Login {
+                mechanism: config.sasl_mechanism.clone(),
+                username: config.sasl_username.clone(),
+                password: config.sasl_password.clone(),
+            }),
         })
     }
 

@@ -1,14 +1,37 @@
 //! A follower's connection to its leader: Kafka requests over plaintext TCP, encoded and
-//! decoded with the kafka-protocol crate, one at a time.
+//! decoded with the kafka-protocol crate, one at a time, after a SASL login when the cluster
+//! has one (`cluster.sasl_mechanism`).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::{BufMut, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+use crate::protocol::scram::{Scram, ScramClient};
+
+/// A follower's SASL login to its leader (`cluster.sasl_*`).
+#[derive(Clone)]
+pub struct Login {
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("Login")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Largest response taken from a leader: a fetch asks for at most
 /// [`super::follower::FETCH_MAX_BYTES`], plus one batch over that (KIP-74).
@@ -41,6 +64,58 @@ impl Peer {
             client_id: StrBytes::from_string(format!("runnel-replica-{node_id}")),
             timeout,
         })
+    }
+
+    /// Logs in with SASL (SaslHandshake, then SaslAuthenticate once for PLAIN, twice for SCRAM,
+    /// whose server signature is checked).
+    pub(crate) async fn login(&mut self, login: &Login) -> anyhow::Result<()> {
+        let handshake = self
+            .call(
+                &SaslHandshakeRequest::default()
+                    .with_mechanism(StrBytes::from_string(login.mechanism.clone())),
+                1,
+            )
+            .await?;
+        if handshake.error_code != 0 {
+            let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
+            bail!(
+                "the leader does not take SASL {} (it offers {offered:?})",
+                login.mechanism
+            );
+        }
+        match Scram::from_name(&login.mechanism) {
+            None => {
+                let plain = format!("\0{}\0{}", login.username, login.password);
+                self.authenticate(plain.into_bytes()).await?;
+            }
+            Some(mechanism) => {
+                let mut client = ScramClient::new(mechanism, &login.username, &login.password)?;
+                let server_first = self.authenticate(client.first()).await?;
+                let last = client.last(&server_first)?;
+                let server_final = self.authenticate(last).await?;
+                client.verify(&server_final)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn authenticate(&mut self, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        let response = self
+            .call(
+                &SaslAuthenticateRequest::default().with_auth_bytes(bytes.into()),
+                2,
+            )
+            .await?;
+        if response.error_code != 0 {
+            bail!(
+                "the leader refused the login: {}",
+                response
+                    .error_message
+                    .as_ref()
+                    .map_or("no reason given", |m| m.as_str())
+            );
+        }
+        Ok(response.auth_bytes.to_vec())
     }
 
     /// Sends `req` at `version` and reads its response.

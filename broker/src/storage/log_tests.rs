@@ -1315,9 +1315,16 @@ fn an_empty_replica_starts_at_a_batch_the_leaders_log_start_falls_in() {
         .unwrap();
     assert_eq!((info.base_offset, info.last_offset), (0, 99));
     follower.delete_records_before(50).unwrap();
-    assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (50, 100));
+    assert_eq!(
+        (follower.log_start_offset(), follower.log_end_offset()),
+        (50, 100)
+    );
     // A log that holds batches is not restarted for one that overlaps its end.
     let mut other = open(tempfile::tempdir().unwrap().path(), cfg());
     other.append(&batch(10, NOW), NOW).unwrap();
-    assert!(other.append_replica(&leader.read(50, 1 << 20).unwrap(), NOW).is_err());
+    assert!(
+        other
+            .append_replica(&leader.read(50, 1 << 20).unwrap(), NOW)
+            .is_err()
+    );
 }
