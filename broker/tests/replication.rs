@@ -691,7 +691,108 @@ async fn a_follower_logs_in_to_a_leader_that_asks_for_sasl_and_acls() {
         )
         .await;
     assert!(refused.is_err());
-    assert_eq!(log_end(&leader, "secured"), 20, "a refused write was stored");
+    assert_eq!(
+        log_end(&leader, "secured"),
+        20,
+        "a refused write was stored"
+    );
+    leader.shutdown().await;
+    follower.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_the_acls_hide_things_from_keeps_its_configs_and_groups() {
+    use runnel::acl::{Acl, Operation, PatternType, Permission, ResourceType};
+    let pair = Pair::new();
+    let users = pair.dirs[0].path().join("users");
+    std::fs::write(&users, "replica r3plica\n").unwrap();
+    let secured = |super_users: Vec<String>| {
+        let users = users.clone();
+        move |cfg: &mut edge_config::Config| {
+            cfg.listeners.kafka.sasl_plain_file = users;
+            cfg.acls.enabled = true;
+            cfg.acls.super_users = super_users;
+            cfg.cluster.sasl_mechanism = "PLAIN".into();
+            cfg.cluster.sasl_username = "replica".into();
+            cfg.cluster.sasl_password = "r3plica".into();
+        }
+    };
+    let everything = vec!["User:replica".to_string()];
+    let leader = pair.start_with(1, 1, 1, secured(everything.clone())).await;
+    let follower = pair.start_with(2, 1, 1, secured(everything)).await;
+    // A topic with an override and a group with offsets, made on the leader.
+    let now = runnel::broker::now_ms();
+    leader
+        .broker
+        .catalog
+        .create_topic(
+            "kept",
+            1,
+            2,
+            [("retention.ms".into(), "-1".into())].into(),
+            false,
+            now,
+        )
+        .unwrap();
+    let commit = runnel::groups::OffsetCommitRequest {
+        group_id: "g".into(),
+        generation_id: -1,
+        member_id: String::new(),
+        group_instance_id: None,
+        topics: vec![runnel::groups::OffsetCommitTopic {
+            name: "kept".into(),
+            partitions: vec![runnel::groups::OffsetCommitPartition {
+                partition: 0,
+                offset: 0,
+                leader_epoch: -1,
+                metadata: None,
+                commit_timestamp_ms: None,
+            }],
+        }],
+    };
+    leader.broker.groups.commit_offsets(&commit);
+    let copied = |f: &BrokerHandle| {
+        let config = f.broker.catalog.get("kept").map(|t| t.configs());
+        let offsets = f.broker.groups.fetch_offsets("g", None).unwrap_or_default();
+        config.is_some_and(|c| c.get("retention.ms").map(String::as_str) == Some("-1"))
+            && offsets.len() == 1
+    };
+    eventually("the follower's copies", || copied(&follower)).await;
+
+    // The replica may now fetch and see topic names, nothing more: it must not take what the
+    // ACLs hide for what the leader lacks.
+    let allow = |resource_type, name: &str, operation| Acl {
+        resource_type,
+        pattern: PatternType::Literal,
+        name: name.into(),
+        principal: "User:replica".into(),
+        host: "*".into(),
+        operation,
+        permission: Permission::Allow,
+    };
+    leader
+        .broker
+        .acls
+        .create(&[
+            allow(
+                ResourceType::Cluster,
+                runnel::acl::CLUSTER_NAME,
+                Operation::ClusterAction,
+            ),
+            allow(ResourceType::Topic, "*", Operation::Describe),
+        ])
+        .unwrap();
+    leader.shutdown().await;
+    let leader = pair.start_with(1, 1, 1, secured(Vec::new())).await;
+    eventually("the follower to follow again", || {
+        follower.broker.cluster.as_ref().unwrap().following()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        copied(&follower),
+        "the follower dropped a config or a group the ACLs hide"
+    );
     leader.shutdown().await;
     follower.shutdown().await;
 }

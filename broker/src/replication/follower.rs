@@ -44,7 +44,7 @@ use uuid::Uuid;
 use super::Cluster;
 use super::peer::Peer;
 use crate::broker::{Broker, now_ms};
-use crate::catalog::{CatalogError, Partition};
+use crate::catalog::Partition;
 use crate::groups::{
     OffsetCommitPartition, OffsetCommitRequest as CommitRequest, OffsetCommitTopic,
 };
@@ -76,17 +76,27 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
             .to_string();
         let mut pause = Duration::from_millis(100);
         let mut failures = 0u32;
+        let mut last_error = String::new();
         loop {
             let started = Instant::now();
+            let mut established = false;
             let result = tokio::select! {
                 _ = shutdown.changed() => return,
-                r = follow(&broker, &cluster, &address) => r,
+                r = follow(&broker, &cluster, &address, &mut established) => r,
             };
+            if established {
+                // A new outage: said at once.
+                failures = 0;
+                last_error.clear();
+                pause = Duration::from_millis(100);
+            }
             if let Err(e) = result {
-                // Said once per outage, then every 30 tries, not at every retry.
-                if failures.is_multiple_of(30) {
-                    tracing::warn!(leader = cluster.leader, %address, error = %format!("{e:#}"), "cannot follow the leader; retrying");
+                // Said when it starts or its reason changes, then every 30 tries.
+                let error = format!("{e:#}");
+                if failures.is_multiple_of(30) || error != last_error {
+                    tracing::warn!(leader = cluster.leader, %address, %error, "cannot follow the leader; retrying");
                 }
+                last_error = error;
                 failures += 1;
             }
             if started.elapsed() > Duration::from_secs(10) {
@@ -138,7 +148,12 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
 }
 
 /// One connection's worth of following; returns only with an error.
-async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Result<()> {
+async fn follow(
+    broker: &Broker,
+    cluster: &Cluster,
+    address: &str,
+    established: &mut bool,
+) -> anyhow::Result<()> {
     let timeout = PEER_TIMEOUT + cluster.replica_fetch_wait;
     let mut peer = Peer::connect(address, cluster.node_id, timeout).await?;
     if let Some(login) = &cluster.login {
@@ -148,6 +163,7 @@ async fn follow(broker: &Broker, cluster: &Cluster, address: &str) -> anyhow::Re
     sync_topics(broker, cluster, &mut peer).await?;
     reconcile(broker, cluster, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
+    *established = true;
     cluster.following.store(true, Ordering::Relaxed);
     // Cleared however this connection ends (an error, or shutdown dropping the future).
     struct NotFollowing<'a>(&'a Cluster);
@@ -335,7 +351,7 @@ async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyho
         .iter()
         .flat_map(|t| t.partitions())
         .collect();
-    let mut cut = 0usize;
+    let mut cut = 0u64;
     while !pending.is_empty() {
         let mut asked = HashMap::new();
         for p in pending.drain(..) {
@@ -409,8 +425,17 @@ async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyho
                     log.restart_at(data.log_start_offset, now)?;
                     continue;
                 }
-                log.truncate_to(ours.base_offset, now)?;
-                cut += 1;
+                // Records below the leader's high watermark are on every in-sync broker: the
+                // logs may agree up to there, so the first cut goes there at once (what the
+                // two have alike above it is fetched again), and the next ones batch by batch.
+                let before = log.log_end_offset();
+                let to = if data.high_watermark >= 0 {
+                    ours.base_offset.min(data.high_watermark)
+                } else {
+                    ours.base_offset
+                };
+                log.truncate_to(to, now)?;
+                cut += (before - log.log_end_offset()).max(0) as u64;
                 if log.log_end_offset() > log.log_start_offset() {
                     drop(log);
                     pending.push(p);
@@ -420,8 +445,8 @@ async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyho
     }
     if cut > 0 {
         tracing::warn!(
-            batches = cut,
-            "cut batches the leader does not have (taken while this broker led, never copied)"
+            offsets = cut,
+            "cut records the leader does not have, or has other records at (taken while this broker led, never copied; what the two have alike is fetched again)"
         );
     }
     Ok(())
@@ -465,48 +490,7 @@ async fn sync_topics(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> any
             ),
         );
     }
-    let overrides = topic_overrides(peer, leader.keys()).await?;
-    let now = now_ms();
-    for (name, (id, partitions, isr)) in &leader {
-        let configs = overrides.get(name).cloned().unwrap_or_default();
-        let local = match broker.catalog.get(name) {
-            Some(t) if t.id == *id => Some(t),
-            Some(_) => {
-                tracing::info!(topic = %name, "the leader's topic of this name is a new one: deleting the old copy");
-                broker.catalog.delete_topic(name)?;
-                None
-            }
-            None => None,
-        };
-        let topic = match local {
-            Some(t) => {
-                if t.partition_count() < *partitions {
-                    broker
-                        .catalog
-                        .create_partitions(name, *partitions, false, now)?;
-                }
-                if t.configs() != configs {
-                    let changes = configs.into_iter().map(|(k, v)| (k, Some(v))).collect();
-                    broker.catalog.alter_configs(name, changes, false, false)?;
-                }
-                t
-            }
-            None => match broker
-                .catalog
-                .create_replica_topic(name, *id, *partitions, configs, now)
-            {
-                Ok(t) => t,
-                Err(CatalogError::InvalidConfig { key, value, reason }) => {
-                    tracing::error!(topic = %name, %key, %value, %reason, "cannot copy the leader's topic: its config is not valid here");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            },
-        };
-        for (p, isr) in topic.partitions().iter().zip(isr) {
-            super::set_reported_isr(p, isr.clone());
-        }
-    }
+    // Topics the leader dropped go first: a new topic may reuse a name ('.' against '_').
     let missing: Vec<String> = broker
         .catalog
         .list()
@@ -518,7 +502,68 @@ async fn sync_topics(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> any
         tracing::info!(topic = %name, "the leader has no such topic any more: deleting the copy");
         broker.catalog.delete_topic(&name)?;
     }
+    let overrides = topic_overrides(peer, leader.keys()).await?;
+    let now = now_ms();
+    for (name, (id, partitions, isr)) in &leader {
+        // A topic that cannot be copied is skipped (and said why): the others go on.
+        let copied = match overrides.get(name) {
+            Some(configs) => copy_topic(broker, name, *id, *partitions, configs, now),
+            None => Err(anyhow::anyhow!(
+                "the leader does not describe its configs to this broker (with ACLs, it needs DescribeConfigs on the topic)"
+            )),
+        };
+        match copied {
+            Ok(topic) => {
+                for (p, isr) in topic.partitions().iter().zip(isr) {
+                    super::set_reported_isr(p, isr.clone());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %name, error = %format!("{e:#}"), "cannot copy the leader's topic; the others are copied")
+            }
+        }
+    }
     Ok(())
+}
+
+/// Makes the local copy of the leader's topic `name` match it: its id (a copy of an older topic
+/// of that name is deleted), its partitions and its overrides.
+fn copy_topic(
+    broker: &Broker,
+    name: &str,
+    id: Uuid,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+    now: i64,
+) -> anyhow::Result<Arc<crate::catalog::Topic>> {
+    match broker.catalog.get(name) {
+        Some(t) if t.id == id => {
+            if t.partition_count() < partitions {
+                broker
+                    .catalog
+                    .create_partitions(name, partitions, false, now)?;
+            }
+            if t.configs() != *configs {
+                let changes = configs
+                    .clone()
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect();
+                broker.catalog.alter_configs(name, changes, false, false)?;
+            }
+            Ok(t)
+        }
+        Some(_) => {
+            tracing::info!(topic = %name, "the leader's topic of this name is a new one: deleting the old copy");
+            broker.catalog.delete_topic(name)?;
+            copy_topic(broker, name, id, partitions, configs, now)
+        }
+        None => {
+            Ok(broker
+                .catalog
+                .create_replica_topic(name, id, partitions, configs.clone(), now)?)
+        }
+    }
 }
 
 /// Which of `names` (topics the leader did not list) the leader says do not exist: a topic
@@ -556,7 +601,8 @@ async fn gone(peer: &mut Peer, names: Vec<String>) -> anyhow::Result<Vec<String>
 
 /// Makes the local committed offsets those of the leader: offsets that differ are committed
 /// here (as a commit without a generation, which an empty group takes), groups the leader no
-/// longer has are deleted.
+/// longer has are deleted. ListGroups leaves out what the ACLs hide, so a local group it does
+/// not list is asked for by name, and deleted only if the leader answers it has no offsets.
 async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
     let listed = peer
         .call(&ListGroupsRequest::default(), LIST_GROUPS_VERSION)
@@ -567,14 +613,15 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             E::try_from_code(listed.error_code)
         );
     }
-    let ids: Vec<String> = listed
+    let listed: Vec<String> = listed
         .groups
         .iter()
         .map(|g| g.group_id.to_string())
         .collect();
+    let mut ids = listed.clone();
     for local in broker.groups.list_groups(&[]) {
         if !ids.contains(&local.group_id) {
-            let _ = broker.groups.delete_group(&local.group_id);
+            ids.push(local.group_id);
         }
     }
     if ids.is_empty() {
@@ -590,8 +637,16 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             .collect(),
     );
     let fetched = peer.call(&request, OFFSET_FETCH_VERSION).await?;
-    for group in fetched.groups.iter().filter(|g| g.error_code == 0) {
+    for group in &fetched.groups {
         let id = group.group_id.to_string();
+        if group.error_code != 0 {
+            tracing::debug!(group = %id, error = ?E::try_from_code(group.error_code), "the leader does not give this broker a group's offsets");
+            continue;
+        }
+        if !listed.contains(&id) && group.topics.is_empty() {
+            let _ = broker.groups.delete_group(&id);
+            continue;
+        }
         let local = broker.groups.fetch_offsets(&id, None).unwrap_or_default();
         let known = |topic: &str, partition: i32| {
             local

@@ -371,6 +371,8 @@ pub fn spawn_tick(
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut saved = String::new();
+        // Per follower, the partitions it was out of the in-sync set of at the last tick.
+        let mut out_of_sync: HashMap<i32, usize> = HashMap::new();
         for n in 0u64.. {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -378,12 +380,22 @@ pub fn spawn_tick(
             }
             if cluster.is_leader() {
                 let now = crate::broker::now_ms();
+                let mut out: HashMap<i32, (usize, String)> = HashMap::new();
                 for topic in broker.catalog.list() {
                     for p in topic.partitions() {
                         let end = p.log().log_end_offset();
                         advance(&cluster, &p, end, now);
+                        let isr = isr(&cluster, &p, now);
+                        for id in cluster.followers().filter(|id| !isr.contains(id)) {
+                            let entry = out.entry(id).or_default();
+                            entry.0 += 1;
+                            if entry.1.is_empty() {
+                                entry.1 = format!("{}-{}", p.topic, p.index);
+                            }
+                        }
                     }
                 }
+                log_in_sync_changes(&cluster, &mut out_of_sync, out);
             }
             if n % 10 == 9 {
                 let b = broker.clone();
@@ -399,6 +411,29 @@ pub fn spawn_tick(
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || checkpoint::save(&b, &mut saved)).await;
     }))
+}
+
+/// Logs, per follower, when it leaves the in-sync set of partitions or is back in all of them
+/// (Kafka's "Shrinking ISR" and "Expanding ISR", one line per follower rather than per
+/// partition).
+fn log_in_sync_changes(
+    cluster: &Cluster,
+    last: &mut HashMap<i32, usize>,
+    now: HashMap<i32, (usize, String)>,
+) {
+    for id in cluster.followers() {
+        let before = last.get(&id).copied().unwrap_or(0);
+        let (count, example) = now.get(&id).cloned().unwrap_or_default();
+        if count > before {
+            tracing::warn!(follower = id, partitions = count, example = %example, "a follower left the in-sync set: it has not caught up for cluster.replica_lag_time_max");
+        } else if count == 0 && before > 0 {
+            tracing::info!(
+                follower = id,
+                "a follower is back in the in-sync set of every partition"
+            );
+        }
+        last.insert(id, count);
+    }
 }
 
 /// What a follower learnt of a partition's in-sync set from the leader.
