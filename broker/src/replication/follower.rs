@@ -161,7 +161,7 @@ async fn follow(
     }
     check_leader(cluster, &mut peer).await?;
     sync_topics(broker, cluster, &mut peer).await?;
-    reconcile(broker, cluster, &mut peer).await?;
+    reconcile(broker, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
     *established = true;
     cluster.following.store(true, Ordering::Relaxed);
@@ -221,7 +221,7 @@ async fn follow(
             synced = Instant::now() - SYNC_EVERY;
         }
         if diverged {
-            reconcile(broker, cluster, &mut peer).await?;
+            reconcile(broker, &mut peer).await?;
         }
     }
 }
@@ -344,7 +344,12 @@ async fn check_leader(cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> 
 /// Cuts every local partition back to the last batch it shares with the leader (see the
 /// module docs). One fetch asks for the leader's batch at the base offset of each partition's
 /// last batch; the partitions that differ are cut and asked again.
-async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> {
+///
+/// The fetches are a consumer's (no replica id): a replica fetch tells the leader where the
+/// follower's log ends, and a log not yet cut back would lie about it (the leader would count
+/// records the follower holds other ones at as replicated). A consumer's fetch reads below the
+/// high watermark only, which is all the comparison needs: above it, the log is cut anyway.
+async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
     let mut pending: Vec<Arc<Partition>> = broker
         .catalog
         .list()
@@ -374,7 +379,7 @@ async fn reconcile(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyho
             );
         }
         let request = FetchRequest::default()
-            .with_replica_id(BrokerId(cluster.node_id))
+            .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(0)
             .with_min_bytes(0)
             .with_max_bytes(FETCH_MAX_BYTES)
