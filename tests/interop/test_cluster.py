@@ -111,3 +111,38 @@ def test_acks_all_is_refused_once_the_follower_is_out_of_sync(cluster_factory):
     finally:
         c.close()
     assert [m.value() for m in msgs] == [b"before", b"acks-1", b"after"]
+
+
+def test_three_brokers_keep_taking_acks_all_with_one_follower_down(cluster_factory):
+    leader, second, third = cluster_factory(size=3, min_insync=2)
+    topic = unique("cl-three")
+    p = Producer(conf(second.bootstrap, acks="all"))
+    for i in range(20):
+        p.produce(topic, value=f"v{i}".encode())
+    assert p.flush(30) == 0
+
+    third.stop()
+    # Two of three in sync still meet min_insync_replicas = 2: acks=all goes on, before and
+    # after the stopped follower leaves the in-sync set.
+    for i in range(20, 40):
+        p.produce(topic, value=f"v{i}".encode())
+    assert p.flush(30) == 0
+    wait_for(lambda: sorted(AdminClient(conf(leader.bootstrap)).list_topics(topic, timeout=10)
+                            .topics[topic].partitions[0].isrs) == [1, 2],
+             15, what="the in-sync set to drop broker 3")
+    kp = KafkaProducer(bootstrap_servers=second.bootstrap, acks="all", request_timeout_ms=10000)
+    for i in range(40, 60):
+        kp.send(topic, value=f"v{i}".encode())
+    kp.flush(30)
+    kp.close()
+
+    # Broker 3 comes back and catches up; a consumer at it reads all 60 through the leader.
+    third.start()
+    wait_for(lambda: sorted(AdminClient(conf(leader.bootstrap)).list_topics(topic, timeout=10)
+                            .topics[topic].partitions[0].isrs) == [1, 2, 3],
+             20, what="broker 3 to rejoin the in-sync set")
+    c = KafkaConsumer(topic, bootstrap_servers=third.bootstrap, auto_offset_reset="earliest",
+                      enable_auto_commit=False, consumer_timeout_ms=10000)
+    values = [m.value.decode() for m in c]
+    c.close()
+    assert values == [f"v{i}" for i in range(60)]
