@@ -143,7 +143,8 @@ fn measure(
             p99_ms: latency.p99_us as f64 / 1000.0,
         })
     })();
-    for b in brokers {
+    // The follower first: it would warn that it lost its leader.
+    for b in brokers.into_iter().rev() {
         rt.block_on(b.shutdown());
     }
     let _ = std::fs::remove_dir_all(dir);
