@@ -21,7 +21,7 @@
 //! A lost connection is retried with a growing pause (up to 5 s); nothing is lost meanwhile:
 //! the next fetch starts where the log ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -160,7 +160,9 @@ async fn follow(
         peer.login(login).await?;
     }
     check_leader(cluster, &mut peer).await?;
-    sync_topics(broker, cluster, &mut peer).await?;
+    // Topics that could not be copied, with why: said again only when the reason changes.
+    let mut warned: HashMap<String, String> = HashMap::new();
+    sync_topics(broker, cluster, &mut peer, &mut warned).await?;
     reconcile(broker, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
     *established = true;
@@ -174,9 +176,11 @@ async fn follow(
     }
     let _following = NotFollowing(cluster);
     let mut synced = Instant::now();
+    // Topics the leader named that are not here, as of the last fetch that named any.
+    let mut still_unknown: HashSet<String> = HashSet::new();
     loop {
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
-            sync_topics(broker, cluster, &mut peer).await?;
+            sync_topics(broker, cluster, &mut peer, &mut warned).await?;
             sync_offsets(broker, &mut peer).await?;
             synced = Instant::now();
         }
@@ -193,33 +197,38 @@ async fn follow(
                 E::try_from_code(response.error_code)
             );
         }
-        let mut unknown = false;
+        let mut unknown: HashSet<String> = HashSet::new();
         let mut diverged = false;
         for topic in response.responses {
             let Some(local) = broker.catalog.get(&topic.topic) else {
-                unknown = true;
+                unknown.insert(topic.topic.to_string());
                 continue;
             };
             for data in topic.partitions {
                 let Some(p) = local.partition(data.partition_index) else {
-                    unknown = true;
+                    unknown.insert(topic.topic.to_string());
                     continue;
                 };
                 match apply(&p, &data)? {
                     Applied::Done => {}
-                    Applied::Unknown => unknown = true,
+                    Applied::Unknown => {
+                        unknown.insert(topic.topic.to_string());
+                    }
                     Applied::Diverged => diverged = true,
                 }
             }
         }
-        if unknown {
-            if synced.elapsed() < Duration::from_secs(1) {
-                // Read the topics just now and still unknown (a topic that cannot be made
-                // here): do not ask again at once.
+        if !unknown.is_empty() {
+            if unknown.is_subset(&still_unknown) {
+                // Known already and not copied at the last read of the topics (a topic that
+                // cannot be made here): the periodic read tries again; meanwhile the leader
+                // answers at once, so do not ask it in a loop.
                 tokio::time::sleep(cluster.replica_fetch_wait).await;
+            } else {
+                synced = Instant::now() - SYNC_EVERY;
             }
-            synced = Instant::now() - SYNC_EVERY;
         }
+        still_unknown = unknown;
         if diverged {
             reconcile(broker, &mut peer).await?;
         }
@@ -360,16 +369,23 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
     while !pending.is_empty() {
         let mut asked = HashMap::new();
         for p in pending.drain(..) {
-            let last = p.log().last_batch()?;
-            if let Some(h) = last {
-                asked.insert((p.topic.clone(), p.index), (p, h));
+            let (last, end) = {
+                let log = p.log();
+                (log.last_batch()?, log.log_end_offset())
+            };
+            // Below the high watermark this broker last knew, its records were on every
+            // in-sync broker: nothing there is compared (compaction, which each broker runs on
+            // its own, rewrites those batches differently anyway).
+            let floor = super::readable_end(broker.cluster.as_ref(), &p, end);
+            if let Some(h) = last.filter(|h| h.base_offset >= floor) {
+                asked.insert((p.topic.clone(), p.index), (p, h, floor));
             }
         }
         if asked.is_empty() {
             break;
         }
         let mut by_topic: BTreeMap<Arc<str>, Vec<FetchPartition>> = BTreeMap::new();
-        for ((topic, index), (_, h)) in &asked {
+        for ((topic, index), (_, h, _)) in &asked {
             by_topic.entry(topic.clone()).or_default().push(
                 FetchPartition::default()
                     .with_partition(*index)
@@ -395,10 +411,11 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             );
         let response = peer.call(&request, FETCH_VERSION).await?;
         let now = now_ms();
+        let mut answered = 0usize;
         for topic in response.responses {
             for data in topic.partitions {
                 let key = (Arc::<str>::from(topic.topic.as_str()), data.partition_index);
-                let Some((p, ours)) = asked.remove(&key) else {
+                let Some((p, ours, floor)) = asked.remove(&key) else {
                     continue;
                 };
                 let code = data.error_code;
@@ -416,28 +433,34 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
                 let theirs = data
                     .records
                     .as_deref()
+                    .filter(|r| !r.is_empty())
                     .and_then(|r| crate::storage::BatchHeader::parse(r).ok());
-                let same = data.error_code == 0
+                if code == 0 && theirs.is_none() && ours.base_offset < data.high_watermark {
+                    // The leader has records there but the response had no room left for
+                    // them (its byte limit): asked again, nothing cut.
+                    pending.push(p);
+                    continue;
+                }
+                answered += 1;
+                if code == 0
                     && theirs
-                        .is_some_and(|h| h.base_offset == ours.base_offset && h.crc == ours.crc);
-                if same {
+                        .is_some_and(|h| h.base_offset == ours.base_offset && h.crc == ours.crc)
+                {
                     continue;
                 }
                 let mut log = p.log();
-                if data.error_code == E::OffsetOutOfRange.code()
-                    && ours.base_offset < data.log_start_offset
-                {
+                if code == E::OffsetOutOfRange.code() && ours.base_offset < data.log_start_offset {
                     log.restart_at(data.log_start_offset, now)?;
                     continue;
                 }
-                // Records below the leader's high watermark are on every in-sync broker: the
-                // logs may agree up to there, so the first cut goes there at once (what the
-                // two have alike above it is fetched again), and the next ones batch by batch.
+                // Where the leader has nothing (its committed log ends at its high watermark),
+                // the log is cut there at once; where it has another batch, no lower than what
+                // this broker knew to be committed, then batch by batch.
                 let before = log.log_end_offset();
-                let to = if data.high_watermark >= 0 {
-                    ours.base_offset.min(data.high_watermark)
-                } else {
-                    ours.base_offset
+                let leader_end = data.high_watermark.max(0);
+                let to = match theirs {
+                    None => ours.base_offset.min(leader_end),
+                    Some(_) => ours.base_offset.min(leader_end).max(floor),
                 };
                 log.truncate_to(to, now)?;
                 cut += (before - log.log_end_offset()).max(0) as u64;
@@ -446,6 +469,9 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
                     pending.push(p);
                 }
             }
+        }
+        if answered == 0 && !pending.is_empty() {
+            bail!("the leader answered none of the partitions being compared");
         }
     }
     if cut > 0 {
@@ -458,7 +484,12 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
 }
 
 /// Makes the local topics those of the leader.
-async fn sync_topics(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> {
+async fn sync_topics(
+    broker: &Broker,
+    cluster: &Cluster,
+    peer: &mut Peer,
+    warned: &mut HashMap<String, String>,
+) -> anyhow::Result<()> {
     let metadata = peer
         .call(
             &MetadataRequest::default()
@@ -506,6 +537,7 @@ async fn sync_topics(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> any
     for name in gone(peer, missing).await? {
         tracing::info!(topic = %name, "the leader has no such topic any more: deleting the copy");
         broker.catalog.delete_topic(&name)?;
+        broker.groups.topic_deleted(&name);
     }
     let overrides = topic_overrides(peer, leader.keys()).await?;
     let now = now_ms();
@@ -519,12 +551,17 @@ async fn sync_topics(broker: &Broker, cluster: &Cluster, peer: &mut Peer) -> any
         };
         match copied {
             Ok(topic) => {
+                warned.remove(name);
                 for (p, isr) in topic.partitions().iter().zip(isr) {
                     super::set_reported_isr(p, isr.clone());
                 }
             }
             Err(e) => {
-                tracing::warn!(topic = %name, error = %format!("{e:#}"), "cannot copy the leader's topic; the others are copied")
+                let error = format!("{e:#}");
+                if warned.get(name) != Some(&error) {
+                    tracing::warn!(topic = %name, %error, "cannot copy the leader's topic; the others are copied");
+                    warned.insert(name.clone(), error);
+                }
             }
         }
     }
@@ -561,6 +598,7 @@ fn copy_topic(
         Some(_) => {
             tracing::info!(topic = %name, "the leader's topic of this name is a new one: deleting the old copy");
             broker.catalog.delete_topic(name)?;
+            broker.groups.topic_deleted(name);
             copy_topic(broker, name, id, partitions, configs, now)
         }
         None => {
@@ -685,6 +723,33 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             })
             .filter(|t: &OffsetCommitTopic| !t.partitions.is_empty())
             .collect();
+        // Offsets here that the leader's list lacks: deleted there (OffsetDelete, expiry), or
+        // hidden from this broker by the ACLs. Asked for by name, they are deleted here only if
+        // the leader answers that they are not committed.
+        let theirs: HashSet<(&str, i32)> = group
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.as_str(), p.partition_index))
+            })
+            .collect();
+        let only_here: Vec<(String, i32)> = local
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.clone(), p.partition))
+            })
+            .filter(|(t, p)| !theirs.contains(&(t.as_str(), *p)))
+            .collect();
+        if !only_here.is_empty() {
+            let gone = uncommitted(peer, &id, &only_here).await?;
+            if !gone.is_empty() {
+                let _ = broker.groups.delete_offsets(&id, &gone);
+            }
+        }
         if topics.is_empty() {
             continue;
         }
@@ -704,6 +769,45 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Which of `partitions` the leader says group `id` has no offset for (asked by name, so that a
+/// partition the ACLs hide is answered with an error, not as uncommitted).
+async fn uncommitted(
+    peer: &mut Peer,
+    id: &str,
+    partitions: &[(String, i32)],
+) -> anyhow::Result<Vec<(String, i32)>> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in partitions {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    let topics = by_topic
+        .into_iter()
+        .map(|(t, ps)| {
+            kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopics::default()
+                .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                .with_partition_indexes(ps)
+        })
+        .collect();
+    let request = OffsetFetchRequest::default().with_groups(vec![
+        OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(StrBytes::from_string(id.to_string())))
+            .with_topics(Some(topics)),
+    ]);
+    let response = peer.call(&request, OFFSET_FETCH_VERSION).await?;
+    Ok(response
+        .groups
+        .iter()
+        .filter(|g| g.error_code == 0)
+        .flat_map(|g| &g.topics)
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter(|p| p.error_code == 0 && p.committed_offset < 0)
+                .map(move |p| (t.name.to_string(), p.partition_index))
+        })
+        .collect())
 }
 
 /// The per-topic overrides of `topics` at the leader.
