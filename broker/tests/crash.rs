@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,14 +15,6 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// (offset, payload) of one record.
 type Stored = (i64, Vec<u8>);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn spawn_broker(dir: &Path, port: u16) -> Child {
     spawn_broker_with(dir, port, "[listeners.quic]\nenabled = false\n")
@@ -87,7 +78,7 @@ fn read_all(bootstrap: &str, topic: &str, expect_at_least: usize) -> Vec<(i64, V
 #[allow(clippy::zombie_processes)] // the child is killed and waited for once the kill point is reached
 async fn kill_9_during_acks_all_production_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let mut child = spawn_broker(dir.path(), port);
 
@@ -295,7 +286,7 @@ async fn a_full_disk_fails_produce_with_storage_error_and_corrupts_nothing() {
     let produce = |records: Bytes| common::produce_request("full", 0, -1, records);
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let mut child = spawn_limited(dir.path(), port, 2048);
     let mut c = common::RawClient::connect(&bootstrap).await;
@@ -356,7 +347,7 @@ async fn a_full_disk_fails_produce_with_storage_error_and_corrupts_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_reconnects_at_once_after_the_broker_crashes_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let quic = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -119,14 +119,6 @@ fn keys_until(bootstrap: &str, last: usize) -> Vec<usize> {
     panic!("key {last} never arrived; got {keys:?}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,8 +282,8 @@ async fn sighup_reloads_a_running_broker_and_the_cli_reload_reports_errors() {
     let file = dir.path().join("runnel.toml");
     let wasm = wasm_dir().join("json_filter.wasm");
     let data = dir.path().join("data");
-    let kafka = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
+    let kafka = format!("127.0.0.1:{}", common::free_port());
+    let admin = format!("127.0.0.1:{}", common::free_port());
     write_config(&file, &data, &kafka, &admin, &wasm, "temp > 20");
     let serve = Serve(
         Command::new(env!("CARGO_BIN_EXE_runnel"))

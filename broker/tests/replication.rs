@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,21 +19,12 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, JoinGroupRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use runnel::broker::BrokerHandle;
 
 use common::{RawClient, produce_request};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Two brokers' ports and data directories.
 struct Pair {
@@ -45,7 +35,7 @@ struct Pair {
 impl Pair {
     fn new() -> Pair {
         Pair {
-            ports: [free_port(), free_port()],
+            ports: [common::free_port(), common::free_port()],
             dirs: [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()],
         }
     }
@@ -120,15 +110,7 @@ async fn produce(producer: &FutureProducer, topic: &str, n: usize, tag: &str) {
 
 /// Every record of partition 0 of `topic`, read through `bootstrap` with librdkafka.
 fn consume(bootstrap: &str, topic: &str, expected: usize) -> Vec<(i64, String)> {
-    let consumer: BaseConsumer = common::client_config(bootstrap)
-        .set("group.id", "replication-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = common::reader(bootstrap, topic);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.len() < expected && Instant::now() < deadline {

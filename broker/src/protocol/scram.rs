@@ -545,30 +545,15 @@ impl ScramClient {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or(ScramError::Malformed("bad iteration count"))?;
-        let m = self.mechanism;
-        let mut salted = vec![0; m.digest().output_len()];
-        pbkdf2::derive(
-            m.pbkdf2(),
-            iterations,
-            &salt,
+        let (last, auth, server_key) = final_message(
+            self.mechanism,
             self.password.as_bytes(),
-            &mut salted,
+            (&salt, iterations),
+            (&self.client_first_bare, server_first),
+            nonce,
         );
-        let key = hmac::Key::new(m.hmac(), &salted);
-        let client_key = hmac::sign(&key, b"Client Key");
-        let stored = digest::digest(m.digest(), client_key.as_ref());
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth = format!("{},{server_first},{without_proof}", self.client_first_bare);
-        let signature = hmac::sign(&hmac::Key::new(m.hmac(), stored.as_ref()), auth.as_bytes());
-        let proof: Vec<u8> = client_key
-            .as_ref()
-            .iter()
-            .zip(signature.as_ref())
-            .map(|(a, b)| a ^ b)
-            .collect();
-        let server_key = hmac::sign(&key, b"Server Key").as_ref().to_vec();
         self.expect = Some((auth, server_key));
-        Ok(format!("{without_proof},p={}", BASE64.encode(proof)).into_bytes())
+        Ok(last.into_bytes())
     }
 
     /// Checks the server's final message: it proves the server knows the password's keys.
@@ -586,6 +571,35 @@ impl ScramClient {
         hmac::verify(&key, auth.as_bytes(), &sent)
             .map_err(|_| ScramError::Malformed("the server's signature does not hold"))
     }
+}
+
+/// A client's final message for `password` salted as the server said, agreeing on `nonce`
+/// after the first messages `firsts` (client-first-bare, server-first); with the AuthMessage and
+/// the ServerKey that check the server's signature.
+fn final_message(
+    m: Scram,
+    password: &[u8],
+    (salt, iterations): (&[u8], NonZeroU32),
+    (client_first_bare, server_first): (&str, &str),
+    nonce: &str,
+) -> (String, String, Vec<u8>) {
+    let mut salted = vec![0; m.digest().output_len()];
+    pbkdf2::derive(m.pbkdf2(), iterations, salt, password, &mut salted);
+    let key = hmac::Key::new(m.hmac(), &salted);
+    let client_key = hmac::sign(&key, b"Client Key");
+    let stored = digest::digest(m.digest(), client_key.as_ref());
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth = format!("{client_first_bare},{server_first},{without_proof}");
+    let signature = hmac::sign(&hmac::Key::new(m.hmac(), stored.as_ref()), auth.as_bytes());
+    let proof: Vec<u8> = client_key
+        .as_ref()
+        .iter()
+        .zip(signature.as_ref())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let server_key = hmac::sign(&key, b"Server Key").as_ref().to_vec();
+    let last = format!("{without_proof},p={}", BASE64.encode(proof));
+    (last, auth, server_key)
 }
 
 fn unescape(name: &str) -> Result<String, ScramError> {
@@ -713,23 +727,10 @@ mod tests {
         else {
             panic!("not challenged")
         };
-        let m = x.mechanism;
         let salt = &keys.as_ref().unwrap().salt;
-        let mut salted = vec![0; m.digest().output_len()];
         let n = NonZeroU32::new(ITERATIONS).unwrap();
-        pbkdf2::derive(m.pbkdf2(), n, salt, password.as_bytes(), &mut salted);
-        let client_key = hmac::sign(&hmac::Key::new(m.hmac(), &salted), b"Client Key");
-        let stored = digest::digest(m.digest(), client_key.as_ref());
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth = format!("{client_first_bare},{server_first},{without_proof}");
-        let signature = hmac::sign(&hmac::Key::new(m.hmac(), stored.as_ref()), auth.as_bytes());
-        let proof: Vec<u8> = client_key
-            .as_ref()
-            .iter()
-            .zip(signature.as_ref())
-            .map(|(a, b)| a ^ b)
-            .collect();
-        format!("{without_proof},p={}", BASE64.encode(proof))
+        let firsts = (client_first_bare.as_str(), server_first.as_str());
+        final_message(x.mechanism, password.as_bytes(), (salt, n), firsts, nonce).0
     }
 
     #[test]

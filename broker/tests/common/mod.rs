@@ -59,6 +59,16 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// A loopback TCP port free now, for a listener whose address must be known before it starts
+/// (a cluster's brokers name each other's).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A librdkafka client config pointed at `bootstrap`, with test-friendly timeouts.
 pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
