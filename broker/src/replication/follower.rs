@@ -1,8 +1,8 @@
 //! A follower: copies the leader's topics and record batches.
 //!
 //! One task per follower broker, with one connection to the leader. It alternates two things:
-//! * every [`SYNC_EVERY`] (and whenever a fetch names a partition the leader does not have),
-//!   it reads the leader's topics (Metadata) and their overrides (DescribeConfigs) and makes
+//! * every [`SYNC_EVERY`] (and whenever the leader's answer to a fetch names a partition this
+//!   broker does not have), it reads the leader's topics (Metadata) and their overrides (DescribeConfigs) and makes
 //!   the local catalog match: topics created with the leader's ids, partitions added, configs
 //!   set, topics the leader no longer has deleted;
 //! * at the same time, the consumer groups' committed offsets (ListGroups, OffsetFetch): a
@@ -14,10 +14,11 @@
 //! Before the first fetch of a connection, and whenever a fetch goes past the leader's log end,
 //! the logs are reconciled ([`reconcile`]): this broker may have led once and taken records no
 //! follower copied, and the new leader may have other records at those offsets. The last batch
-//! of each local partition is compared with the leader's batch at the same offset (base offset
-//! and CRC: a follower stores the leader's bytes, so equal batches have equal CRCs); where they
-//! differ the local batch is cut off, and the one before compared, until they agree. Behind the
-//! leader's log start, the partition starts again there.
+//! of each local partition above the high watermark this broker last knew is compared with the
+//! leader's batch at the same offset (base offset and CRC: a follower stores the leader's bytes,
+//! so equal batches have equal CRCs). Where the leader has nothing, the log is cut to the
+//! leader's high watermark; where it has another batch, batch by batch, never below the high
+//! watermark known here. Behind the leader's log start, the partition starts again there.
 //! A lost connection is retried with a growing pause (up to 5 s); nothing is lost meanwhile:
 //! the next fetch starts where the log ends.
 
