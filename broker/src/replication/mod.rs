@@ -19,9 +19,10 @@
 //! followers: its high watermark is its log end and nothing here runs.
 //!
 //! Leadership is fixed by the config (`cluster.leader`); there is no automatic failover. A
-//! broker that starts as a follower cuts its log back where the leader's ends (records it took
-//! as a leader that no follower copied), so moving the lead by hand loses only writes that were
-//! not acknowledged with acks=all.
+//! broker that starts as a follower cuts from its log, above the high watermark it knew, what
+//! the leader does not have (records it took as a leader that no follower copied), so moving the
+//! lead by hand to a broker that was in sync loses only writes that were not acknowledged with
+//! acks=all.
 
 pub mod checkpoint;
 pub mod follower;
