@@ -323,7 +323,12 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
     let pair = Pair::new();
-    let leader = pair.start(1, 1, 2).await;
+    // A stopped follower stays in sync for 4 s: room for the first check on a loaded machine.
+    let leader = pair
+        .start_with(1, 1, 2, |c| {
+            c.cluster.replica_lag_time_max = Duration::from_secs(4)
+        })
+        .await;
     let follower = pair.start(2, 1, 2).await;
     let p = producer(&pair.address(1), "all");
     produce(&p, "t", 10, "a").await;
@@ -345,7 +350,7 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
         E::try_from_code(code)
     );
     assert!(started.elapsed() >= Duration::from_millis(450));
-    // A write still waiting when the follower leaves the in-sync set (2 s after its last
+    // A write still waiting when the follower leaves the in-sync set (4 s after its last
     // fetch) is answered NOT_ENOUGH_REPLICAS_AFTER_APPEND: written, but not replicated.
     req.timeout_ms = 10_000;
     let resp = raw.call(&req, 9).await;
@@ -353,7 +358,7 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
         resp.responses[0].partition_responses[0].error_code,
         E::NotEnoughReplicasAfterAppend.code()
     );
-    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(started.elapsed() < Duration::from_secs(9));
     // Once it has left the in-sync set, acks=all is refused and nothing is written; acks=1
     // goes on.
     let end = log_end(&leader, "t");
@@ -623,7 +628,10 @@ async fn brokers_that_disagree_on_the_leader_keep_their_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_keeps_records_only_it_has_unread_until_the_in_sync_set_allows() {
     let pair = Pair::new();
-    let leader = pair.start(1, 1, 1).await;
+    // A follower counts as in sync for 8 s after its last fetch: room for the checks below on a
+    // loaded machine.
+    let lag = |c: &mut edge_config::Config| c.cluster.replica_lag_time_max = Duration::from_secs(8);
+    let leader = pair.start_with(1, 1, 1, lag).await;
     let follower = pair.start(2, 1, 1).await;
     produce(&producer(&pair.address(1), "all"), "t", 10, "a").await;
     eventually("the follower's copy", || log_end(&follower, "t") == 10).await;
@@ -638,11 +646,11 @@ async fn a_restarted_leader_keeps_records_only_it_has_unread_until_the_in_sync_s
     };
     assert_eq!(hw(&leader), 10);
     leader.shutdown().await;
-    let leader = pair.start(1, 1, 1).await;
+    let leader = pair.start_with(1, 1, 1, lag).await;
     // The saved high watermark holds after the restart: consumers do not see the 5 records...
     assert_eq!(log_end(&leader, "t"), 15);
     assert_eq!(hw(&leader), 10);
-    // ...until the follower, silent since, has left the in-sync set (2 s).
+    // ...until the follower, silent since, has left the in-sync set (8 s after the start).
     eventually("the in-sync set to shrink", || hw(&leader) == 15).await;
     leader.shutdown().await;
 }

@@ -60,13 +60,20 @@ pub fn init_logs() {
 }
 
 /// A loopback TCP port free now, for a listener whose address must be known before it starts
-/// (a cluster's brokers name each other's).
+/// (a cluster's brokers name each other's, a restarted broker keeps its own). Taken below the
+/// kernel's ephemeral range (32768 and up by default), so that no client connection of a test
+/// running meanwhile takes it as its own port before the broker binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A librdkafka client config pointed at `bootstrap`, with test-friendly timeouts.
