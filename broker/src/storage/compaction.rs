@@ -30,13 +30,18 @@
 //! consistent sequences, and for LogAppendTime its maxTimestamp; offsets, timestamps, headers
 //! and producer id/epoch of kept records are preserved. A batch that loses all records is dropped,
 //! except the last batch of each producer, which is kept as an empty (61-byte) batch so that the
-//! producer's epoch and sequence survive a restart (Kafka does the same). Control batches are
-//! copied unchanged (transactions are not supported yet).
+//! producer's epoch and sequence survive a restart (Kafka does the same).
+//!
+//! Transactions: the records of a transaction count for their keys only once it commits; an
+//! aborted transaction's batches lose all their records (Kafka's cleaner removes them too), so
+//! an aborted value never hides the committed one before it; the batches of a transaction not
+//! yet ended are copied unchanged. Markers (control batches) are copied unchanged and kept
+//! (Kafka removes them after `delete.retention.ms`).
 //!
 //! Segments are cleaned one by one (no merging of small segments). Cost: every maintenance run
 //! that has new sealed data or a pending tombstone decodes the whole log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 
 use bytes::{Bytes, BytesMut};
@@ -49,6 +54,7 @@ use super::batch::*;
 use super::error::{StorageError, io_err};
 use super::log::PartitionLog;
 use super::segment::{OpenMode, Segment, SegmentView, index_path, log_path, timeindex_path};
+use super::txn::{Marker, marker_of};
 
 fn codec(context: &'static str) -> impl Fn(anyhow::Error) -> StorageError {
     move |e| StorageError::Codec {
@@ -141,6 +147,10 @@ pub(crate) fn empty_batch(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
     out
 }
 
+/// Producer id -> the base offsets of its open transaction's batches, and the (key, offset) of
+/// their records, which count once the transaction commits.
+type OpenTxns = HashMap<i64, (Vec<i64>, Vec<(Bytes, i64)>)>;
+
 /// Visit (header, bytes) of every batch of a segment.
 fn for_each_batch(
     seg: &SegmentView,
@@ -214,22 +224,47 @@ impl CompactionPass {
     fn clean(&self, now_ms: i64, cleaned: &mut Vec<Cleaned>) -> Result<Option<i64>, StorageError> {
         let mut latest: HashMap<Bytes, i64> = HashMap::new();
         let mut last_batch: HashMap<i64, i64> = HashMap::new();
+        // A transaction's keys count once it commits; an aborted one's batches are dropped, an
+        // undecided one's are kept as they are.
+        let mut open: OpenTxns = HashMap::new();
+        let mut aborted: HashSet<i64> = HashSet::new();
+        let newest = |latest: &mut HashMap<Bytes, i64>, k: Bytes, offset: i64| {
+            let at = latest.entry(k).or_insert(offset);
+            *at = (*at).max(offset);
+        };
         for seg in &self.views {
             for_each_batch(seg, |h, bytes| {
                 if h.has_producer_id() {
                     last_batch.insert(h.producer_id, h.base_offset);
                 }
                 if h.is_control() {
+                    if let Some((batches, keys)) = open.remove(&h.producer_id) {
+                        if marker_of(bytes) == Some(Marker::Commit) {
+                            for (k, offset) in keys {
+                                newest(&mut latest, k, offset);
+                            }
+                        } else {
+                            aborted.extend(batches);
+                        }
+                    }
                     return Ok(());
                 }
-                for r in decode(bytes)? {
+                let records = decode(bytes)?;
+                if h.is_transactional() {
+                    let (batches, keys) = open.entry(h.producer_id).or_default();
+                    batches.push(h.base_offset);
+                    keys.extend(records.into_iter().filter_map(|r| Some((r.key?, r.offset))));
+                    return Ok(());
+                }
+                for r in records {
                     if let Some(k) = r.key {
-                        latest.insert(Bytes::copy_from_slice(&k), r.offset);
+                        newest(&mut latest, k, r.offset);
                     }
                 }
                 Ok(())
             })?;
         }
+        let undecided: HashSet<i64> = open.into_values().flat_map(|(b, _)| b).collect();
         let retention = self.delete_retention_ms;
         let mut next_expiry: Option<i64> = None;
         for seg in &self.views[..self.views.len() - 1] {
@@ -238,15 +273,19 @@ impl CompactionPass {
             let mut removed = 0u64;
             let mut kept_tombstone = false;
             for_each_batch(seg, |h, bytes| {
-                if h.is_control() {
+                if h.is_control() || undecided.contains(&h.base_offset) {
                     out.extend_from_slice(bytes);
                     return Ok(());
                 }
                 let records = decode(bytes)?;
                 let total = records.len();
+                let dropped = aborted.contains(&h.base_offset);
                 let kept: Vec<Record> = records
                     .into_iter()
                     .filter(|r| {
+                        if dropped {
+                            return false;
+                        }
                         let Some(k) = &r.key else { return false };
                         if latest.get(k) != Some(&r.offset) {
                             return false;
@@ -449,6 +488,44 @@ mod tests {
             out.extend(decode_all(&got));
         }
         out
+    }
+
+    #[test]
+    fn aborted_records_go_and_undecided_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let plain =
+            |k: &str, v: &str| encode_batch(&[kv(k, v, NOW)], Compression::None, -1, -1, -1);
+        log.append(&plain("a", "a0"), NOW).unwrap(); // 0
+        log.append(&transactional_batch(&[kv("a", "a1", NOW)], 5, 0, 0), NOW)
+            .unwrap(); // 1
+        log.append_marker(5, 0, Marker::Abort, NOW).unwrap(); // 2
+        log.append(&transactional_batch(&[kv("b", "b1", NOW)], 6, 0, 0), NOW)
+            .unwrap(); // 3, no end yet
+        log.append(&plain("b", "b0"), NOW).unwrap(); // 4
+        log.append(&plain("c", "c0"), NOW).unwrap(); // 5, active
+        let r = log.maintenance(NOW + 10).unwrap();
+        // The aborted a1 goes and does not hide a0; the undecided b1 stays, though b0 is newer.
+        assert_eq!(r.records_removed, 1);
+        let offsets: Vec<i64> = contents(&log).iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, vec![0, 2, 3, 4, 5]);
+        assert_eq!(log.last_stable_offset(6), 3);
+        // Once committed, a transaction's value is the newest for its key.
+        log.append(&transactional_batch(&[kv("a", "a2", NOW)], 7, 0, 0), NOW)
+            .unwrap(); // 6
+        log.append_marker(7, 0, Marker::Commit, NOW).unwrap(); // 7
+        log.append_marker(6, 0, Marker::Abort, NOW).unwrap(); // 8
+        log.append(&plain("d", "d0"), NOW).unwrap(); // 9, active
+        log.maintenance(NOW + 20).unwrap();
+        let got = contents(&log);
+        let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+        // a0 (replaced by a2) and b1 (aborted) are gone; markers stay.
+        assert_eq!(offsets, vec![2, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(log.last_stable_offset(10), 10);
+        // The state read from the cleaned log agrees.
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        assert_eq!(log.last_stable_offset(10), 10);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::index::write_file_atomic;
 use super::producer::{ProducerStates, SeqCheck};
 use super::records::check_stored_records;
 use super::segment::{OpenMode, Segment, SegmentView};
+use super::txn::{AbortedTxn, Marker, TxnState, marker_batch, marker_of};
 use super::{AppendInfo, FlushPolicy, LogConfig, MaintenanceReport};
 
 /// File holding the log start offset set by DeleteRecords (decimal text).
@@ -103,6 +104,8 @@ pub struct PartitionLog {
     pub(super) segments: Vec<Segment>,
     pub(super) log_start_offset: i64,
     pub(super) producers: ProducerStates,
+    /// Transactions open in this partition, and the aborted ones (`txn.rs`).
+    pub(super) txns: TxnState,
     /// `now_ms` of the last fsync of the active segment.
     last_flush_ms: i64,
     /// Appended data not yet fsynced.
@@ -178,11 +181,30 @@ impl PartitionLog {
             .max(checkpoint.unwrap_or(0))
             .min(log_end);
         let mut producers = ProducerStates::default();
+        let mut txns = TxnState::default();
         for seg in &segments {
-            seg.for_each_header(0, |_, h| {
+            let mut failed = None;
+            seg.for_each_header(0, |pos, h| {
                 producers.replay(h);
+                // A marker is read whole (78 bytes): whether it commits or aborts is in its
+                // record.
+                let marker = if h.is_control() && h.is_transactional() {
+                    match seg.read_range(pos, pos + h.total_size() as u64) {
+                        Ok(b) => marker_of(&b),
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    }
+                } else {
+                    None
+                };
+                txns.observe(h, marker);
                 true
             })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         Ok(PartitionLog {
             dir,
@@ -190,6 +212,7 @@ impl PartitionLog {
             segments,
             log_start_offset: log_start,
             producers,
+            txns,
             last_flush_ms: now_ms,
             unflushed: false,
             compaction: CompactionState::default(),
@@ -282,6 +305,9 @@ impl PartitionLog {
         let sync = self.config.flush == FlushPolicy::Always;
         self.active_mut().append(&out, &written, sync, now_ms)?;
         self.producers.commit(staged);
+        for (_, h) in &written {
+            self.txns.observe(h, None);
+        }
         self.mark_appended(sync, now_ms);
         Ok(AppendInfo {
             base_offset: written[0].1.base_offset,
@@ -295,6 +321,61 @@ impl PartitionLog {
             duplicate: false,
             record_count,
         })
+    }
+
+    /// Ends `producer_id`'s transaction in this partition with a COMMIT or ABORT marker (the
+    /// transaction coordinator's write) and returns the marker's offset. Written whether or not
+    /// a transaction is open here, as Kafka's coordinator does (a retried end is harmless). The
+    /// marker's epoch becomes the producer's: batches of an older epoch are fenced from here on.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        now_ms: i64,
+    ) -> Result<i64, StorageError> {
+        let mut batch = marker_batch(producer_id, producer_epoch, marker, 0, now_ms);
+        let offset = self.log_end_offset();
+        set_base_offset(&mut batch, offset);
+        if self.config.log_append_time {
+            set_log_append_time(&mut batch, now_ms);
+        }
+        let h = BatchHeader::parse(&batch).expect("a marker's header");
+        self.maybe_roll(batch.len() as u64, offset, now_ms)?;
+        let sync = self.config.flush == FlushPolicy::Always;
+        self.active_mut().append(&batch, &[(0, h)], sync, now_ms)?;
+        self.producers.replay(&h);
+        self.txns.observe(&h, Some(marker));
+        self.mark_appended(sync, now_ms);
+        Ok(offset)
+    }
+
+    /// The last stable offset below `high_watermark`: the first offset of the oldest
+    /// transaction open here, or the high watermark when there is none or it starts above.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        self.txns
+            .first_open()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// The producers with a transaction open here, with the epoch each last wrote with.
+    pub fn open_transactions(&self) -> Vec<(i64, i16)> {
+        self.txns
+            .open_producers()
+            .map(|pid| (pid, self.producers.epoch_of(pid).unwrap_or(0)))
+            .collect()
+    }
+
+    /// Whether `producer_id` has a transaction open in this partition.
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.txns.is_open(producer_id)
+    }
+
+    /// The aborted transactions whose records a read from `from` below `to` may hold, for a
+    /// read_committed consumer to drop.
+    pub fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.txns
+            .aborted_between(from.max(self.log_start_offset), to)
     }
 
     /// Notes an append for the flush policy: fsynced already (`synced`) or left to the next
@@ -608,6 +689,7 @@ impl PartitionLog {
     pub fn maintenance(&mut self, now_ms: i64) -> Result<MaintenanceReport, StorageError> {
         self.seal_all()?;
         let mut report = self.retention(now_ms)?;
+        self.txns.forget_below(self.log_start_offset);
         self.compact(now_ms, &mut report)?;
         report.log_start_offset = self.log_start_offset;
         Ok(report)
@@ -784,11 +866,10 @@ fn check_produce_data(
                 "control batches are written by coordinators only".into(),
             ));
         }
-        if h.is_transactional() {
-            return Err(invalid(
-                "transactional batches are refused: this broker does not support transactions"
-                    .into(),
-            ));
+        if h.is_transactional() && !h.has_producer_id() {
+            return Err(invalid(format!(
+                "transactional batch at byte {pos} has no producer id"
+            )));
         }
         // The offsets a batch takes come from its header, and every consumer decodes its
         // records: open them (decompressed as a stream, within a bound) so a lying or

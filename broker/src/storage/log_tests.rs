@@ -1158,10 +1158,13 @@ fn rewritten_idempotent_batches_keep_the_sequence_span() {
 }
 
 #[test]
-fn transactional_and_control_batches_are_refused() {
+fn control_batches_and_transactional_batches_without_a_producer_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), cfg());
-    for (bit, why) in [(ATTR_TRANSACTIONAL, "transactions"), (0x20, "coordinators")] {
+    for (bit, why) in [
+        (ATTR_TRANSACTIONAL, "no producer id"),
+        (0x20, "coordinators"),
+    ] {
         let mut b = batch(2, NOW);
         let attrs = i16::from_be_bytes([b[21], b[22]]) | bit;
         b[21..23].copy_from_slice(&attrs.to_be_bytes());
@@ -1174,6 +1177,73 @@ fn transactional_and_control_batches_are_refused() {
         }
     }
     assert_eq!(log.log_end_offset(), 0);
+}
+
+#[test]
+fn markers_end_transactions_and_the_state_survives_a_reopen() {
+    use super::{AbortedTxn, Marker};
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    let two = [kv("a", "1", NOW), kv("b", "2", NOW)];
+    assert_eq!(
+        log.append(&transactional_batch(&two, 7, 0, 0), NOW)
+            .unwrap()
+            .base_offset,
+        0
+    );
+    assert_eq!(
+        log.append(&transactional_batch(&two, 8, 0, 0), NOW)
+            .unwrap()
+            .base_offset,
+        2
+    );
+    assert_eq!(log.append(&batch(1, NOW), NOW).unwrap().base_offset, 4);
+    // Both open: the stable part ends where producer 7's transaction starts.
+    assert_eq!(log.last_stable_offset(5), 0);
+    assert!(log.has_open_transaction(7) && log.has_open_transaction(8));
+    assert_eq!(log.append_marker(7, 0, Marker::Abort, NOW).unwrap(), 5);
+    assert_eq!(log.last_stable_offset(6), 2);
+    assert_eq!(log.append_marker(8, 0, Marker::Commit, NOW).unwrap(), 6);
+    assert_eq!(log.last_stable_offset(7), 7);
+    // A high watermark below the open transactions bounds it too.
+    assert_eq!(log.last_stable_offset(3), 3);
+    let aborted = AbortedTxn {
+        producer_id: 7,
+        first_offset: 0,
+        last_offset: 5,
+    };
+    let check = |log: &PartitionLog| {
+        assert_eq!(log.aborted_transactions(0, 7), vec![aborted]);
+        assert_eq!(log.aborted_transactions(5, 7), vec![aborted]);
+        assert!(log.aborted_transactions(6, 7).is_empty());
+        assert!(!log.has_open_transaction(7) && !log.has_open_transaction(8));
+        assert_eq!(log.last_stable_offset(7), 7);
+    };
+    check(&log);
+    // A marker is a control batch consumers recognise: read back, it says what it is.
+    let read = log.read(5, 1 << 20).unwrap();
+    let h = headers(&read)[0];
+    assert!(h.is_control() && h.is_transactional() && h.producer_id == 7);
+    drop(log);
+    let mut log = open(dir.path(), cfg());
+    check(&log);
+    // An open transaction is rebuilt too.
+    log.append(&transactional_batch(&two, 8, 0, 2), NOW)
+        .unwrap();
+    drop(log);
+    let mut log = open(dir.path(), cfg());
+    assert_eq!(log.last_stable_offset(9), 7);
+    assert_eq!(log.open_transactions(), vec![(8, 0)]);
+    // A marker with a newer epoch (the coordinator fenced the producer) fences the old epoch
+    // here; the new epoch starts at any sequence.
+    log.append_marker(8, 1, Marker::Abort, NOW).unwrap();
+    match log.append(&transactional_batch(&two, 8, 0, 4), NOW) {
+        Err(StorageError::InvalidProducerEpoch { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    log.append(&transactional_batch(&two, 8, 1, 0), NOW)
+        .unwrap();
+    assert_eq!(log.last_stable_offset(12), 10);
 }
 
 /// The whole log as stored, from its start.

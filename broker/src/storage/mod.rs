@@ -10,6 +10,7 @@
 //! | `index.rs` | sparse offset and time indexes (memory image + file format) |
 //! | `segment.rs` | one `.log` file: scan/recovery, append with rollback, positional reads |
 //! | `producer.rs` | idempotent-producer sequence/epoch state |
+//! | `txn.rs` | open and aborted transactions, the last stable offset, transaction markers |
 //! | `log.rs` | [`PartitionLog`]: open, validate, append, read, roll, flush, lookups |
 //! | `replica.rs` | a follower's appends of the leader's batches, and its cuts |
 //! | `retention.rs` | time/size retention and DeleteRecords |
@@ -42,6 +43,7 @@ mod retention;
 mod segment;
 #[cfg(test)]
 mod testutil;
+mod txn;
 
 use std::time::Duration;
 
@@ -51,6 +53,7 @@ pub use compaction::{CompactionOutcome, CompactionPass};
 pub use error::{BatchError, StorageError};
 pub(crate) use index::write_file_atomic;
 pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan, check_produce_records};
+pub use txn::{AbortedTxn, Marker};
 
 /// When appended data is fsynced.
 ///

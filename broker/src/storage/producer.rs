@@ -1,5 +1,5 @@
-//! Idempotent-producer state of one partition (Kafka's ProducerStateManager, without
-//! transactions).
+//! Idempotent-producer state of one partition (Kafka's ProducerStateManager; which transactions
+//! are open is `txn.rs`).
 //!
 //! For every producerId seen in a non-control batch: the current epoch and the metadata of its
 //! last [`MAX_CACHED_BATCHES`] batches (first/last sequence, first/last offset).
@@ -61,6 +61,11 @@ impl ProducerStates {
     /// The highest producer id with a state here.
     pub(crate) fn max_producer_id(&self) -> Option<i64> {
         self.map.keys().copied().max()
+    }
+
+    /// The epoch `producer_id` last wrote (or a marker fenced it) with.
+    pub(crate) fn epoch_of(&self, producer_id: i64) -> Option<i16> {
+        self.map.get(&producer_id).map(|e| e.epoch)
     }
 
     /// Check `h` against the state, where `staged` holds entries already updated by earlier
@@ -142,9 +147,28 @@ impl ProducerStates {
         self.map.extend(staged);
     }
 
-    /// Replay a stored batch (open-time rebuild, compaction rebuild): no checks.
+    /// Replay a stored batch (open-time rebuild, compaction rebuild, a transaction marker just
+    /// written): no checks. A marker with a newer epoch makes it the producer's (the coordinator
+    /// fenced the older one), with no batches yet.
     pub(crate) fn replay(&mut self, h: &BatchHeader) {
-        if !h.has_producer_id() || h.is_control() {
+        if !h.has_producer_id() {
+            return;
+        }
+        if h.is_control() {
+            match self.map.get_mut(&h.producer_id) {
+                Some(entry) if h.producer_epoch > entry.epoch => {
+                    entry.epoch = h.producer_epoch;
+                    entry.batches.clear();
+                }
+                Some(_) => {}
+                None => {
+                    let entry = ProducerEntry {
+                        epoch: h.producer_epoch,
+                        batches: VecDeque::new(),
+                    };
+                    self.map.insert(h.producer_id, entry);
+                }
+            }
             return;
         }
         let entry = self

@@ -81,8 +81,13 @@ impl PartitionLog {
         self.maybe_roll(data.len() as u64, next - 1, now_ms)?;
         let sync = self.config.flush == FlushPolicy::Always;
         self.active_mut().append(data, &batches, sync, now_ms)?;
-        for (_, h) in &batches {
+        for (at, h) in &batches {
             self.producers.replay(h);
+            let marker = h
+                .is_control()
+                .then(|| super::txn::marker_of(&data[*at..*at + h.total_size()]))
+                .flatten();
+            self.txns.observe(h, marker);
         }
         self.mark_appended(sync, now_ms);
         Ok(Some(AppendInfo {

@@ -89,6 +89,15 @@ pub fn encode_batch(
     buf.to_vec()
 }
 
+/// `encode_batch` of a transactional producer's batch (the transactional bit set).
+pub fn transactional_batch(recs: &[TestRec], producer_id: i64, epoch: i16, seq: i32) -> Vec<u8> {
+    let mut b = encode_batch(recs, Compression::None, producer_id, epoch, seq);
+    let attributes = i16::from_be_bytes([b[21], b[22]]) | super::ATTR_TRANSACTIONAL;
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    super::rewrite_crc(&mut b);
+    b
+}
+
 /// Decode all batches back to (offset, record).
 pub fn decode_all(bytes: &[u8]) -> Vec<(i64, TestRec)> {
     let mut buf = Bytes::copy_from_slice(bytes);
