@@ -52,6 +52,8 @@ pub struct Broker {
     pub scram: Arc<crate::protocol::scram_store::ScramStore>,
     /// The peer brokers (`[cluster]`); `None` for a broker alone.
     pub cluster: Option<crate::replication::Cluster>,
+    /// The transaction coordinator (on a cluster's leader; a follower's stays unused).
+    pub transactions: crate::transactions::Transactions,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -192,6 +194,8 @@ pub async fn start_broker_from(
         crate::acl::Authorizer::open(&config.acls, meta.clone()).context("cannot read the ACLs")?;
     let scram = crate::protocol::scram_store::ScramStore::open(meta.clone())
         .context("cannot read the SCRAM credentials")?;
+    let transactions = crate::transactions::Transactions::load(&meta)
+        .context("cannot read the transactions' state")?;
     let plugins = PluginSet::load(&config.plugins, data_dir.join("plugin-cache"), config_file)
         .context("cannot load the plugins")?;
     let broker = Arc::new(Broker {
@@ -207,6 +211,7 @@ pub async fn start_broker_from(
         acls,
         scram: Arc::new(scram),
         cluster,
+        transactions,
         config,
     });
 
@@ -268,6 +273,12 @@ pub async fn start_broker_from(
         admin_addr = Some(addr);
         tasks.push(task);
     }
+    if broker.cluster.as_ref().is_none_or(|c| c.is_leader()) {
+        tasks.push(tokio::spawn(transaction_ticks(
+            broker.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let timers = groups.spawn_timers();
     let mut stop_timers = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -300,6 +311,21 @@ pub async fn start_broker_from(
         shutdown,
         tasks,
     })
+}
+
+/// The transaction coordinator's start (orphaned transactions aborted, ends left halfway
+/// finished) and then its check every second (timeouts).
+async fn transaction_ticks(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    broker.transactions.tick(&broker, now_ms());
+    broker.transactions.abort_orphans(&broker, now_ms());
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => broker.transactions.tick(&broker, now_ms()),
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// The cluster id clients see in Metadata: made once per data dir and kept in it.

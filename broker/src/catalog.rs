@@ -94,6 +94,23 @@ impl Partition {
         self.append_with(records, now_ms, true)
     }
 
+    /// Ends a producer's transaction in this partition with a marker (the transaction
+    /// coordinator's write, `crate::transactions`) and wakes waiting fetches: a read_committed
+    /// consumer may now read past the transaction.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        marker: storage::Marker,
+        now_ms: i64,
+    ) -> Result<i64, StorageError> {
+        let offset = self
+            .log()
+            .append_marker(producer_id, epoch, marker, now_ms)?;
+        self.appended.notify_waiters();
+        Ok(offset)
+    }
+
     fn append_with(
         &self,
         records: &[u8],

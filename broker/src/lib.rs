@@ -13,6 +13,7 @@
 //! | [`storage`] | the segment log of one partition: segments, indexes, recovery, retention, compaction |
 //! | [`meta`] | redb: topics, committed offsets, producer ids, federation cursors, ACLs |
 //! | [`groups`] | the consumer-group coordinator |
+//! | [`transactions`] | the transaction coordinator: transactional producers, their markers |
 //! | [`plugins`] | the wasmtime host: loading, caching, limits, the topic filter chains |
 //! | [`cli`] | the `runnel` command line |
 //!
@@ -35,6 +36,7 @@ pub mod plugins;
 pub mod protocol;
 pub mod replication;
 pub mod storage;
+pub mod transactions;
 
 pub use broker::{Broker, BrokerHandle, start_broker, start_broker_from};
 pub use edge_config::Config;

@@ -172,31 +172,3 @@ async fn flush_always_serves_producers_and_consumers() {
     );
     broker.shutdown().await;
 }
-
-/// Transactions are not supported: a transactional librdkafka producer learns it at once, with
-/// a fatal error that says so, instead of retrying until `init_transactions` times out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transactional_producer_is_refused_at_once_and_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = common::start(dir.path()).await;
-    let producer: FutureProducer = common::client_config(&broker.bootstrap())
-        .set("transactional.id", "tx-1")
-        .create()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let result =
-        tokio::task::spawn_blocking(move || producer.init_transactions(Duration::from_secs(30)))
-            .await
-            .unwrap();
-    let err = result.expect_err("transactions are refused").to_string();
-    assert!(
-        err.contains("transactions are not supported by this broker"),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "refused after {:?}",
-        started.elapsed()
-    );
-    broker.shutdown().await;
-}

@@ -542,6 +542,67 @@ impl GroupCoordinator {
         })
     }
 
+    /// TxnOffsetCommit v3+'s membership check: a member of the group's current generation, as
+    /// an OffsetCommit would be checked (a group unknown here, or a request without a
+    /// generation, passes). Nothing is stored: the offsets wait for the transaction's commit.
+    pub fn check_transactional_commit(
+        &self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+    ) -> Result<(), GroupError> {
+        let now = self.now();
+        let mut groups = self.groups();
+        let Some(group) = groups.get_mut(group_id) else {
+            return Ok(());
+        };
+        group.poll(now);
+        if generation_id < 0 && member_id.is_empty() && group_instance_id.is_none() {
+            return Ok(());
+        }
+        let req = OffsetCommitRequest {
+            group_id: group_id.to_string(),
+            generation_id,
+            member_id: member_id.to_string(),
+            group_instance_id: group_instance_id.map(str::to_string),
+            topics: Vec::new(),
+        };
+        group.check_commit(&req, now)
+    }
+
+    /// Stores the offsets a transaction committed (its TxnOffsetCommits, applied when it
+    /// commits), whatever the group's members are doing meanwhile, as Kafka does.
+    pub fn commit_transactional(
+        &self,
+        group_id: &str,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+    ) -> Result<(), GroupError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let now = self.now();
+        let _store_guard = lock(&self.inner.store_lock);
+        self.inner
+            .store
+            .commit(group_id, &offsets)
+            .map_err(GroupError::Store)?;
+        let cfg = &self.inner.config;
+        let mut groups = self.groups();
+        let group = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(group_id.to_string(), cfg.initial_rebalance_delay, now));
+        for (topic, partition, offset) in offsets {
+            group
+                .offsets
+                .entry(topic)
+                .or_default()
+                .insert(partition, offset);
+        }
+        group.last_commit = now;
+        Ok(())
+    }
+
     /// OffsetFetch for one group (the multi-group form of v8 calls this per group). `None`
     /// topics returns every committed partition of the group.
     pub fn fetch_offsets(

@@ -8,6 +8,7 @@
 //! | `federation_cursors` | (link, topic, partition) | (topic id, next local offset to forward) |
 //! | `acls` | (resource type, pattern type, name, principal, host, operation, permission) | () |
 //! | `scram_credentials` | (user, mechanism) | (salt, iterations, StoredKey, ServerKey) |
+//! | `transactions` | transactional id | the coordinator's state of it (`crate::transactions`), as JSON |
 //!
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
@@ -58,6 +59,9 @@ type ScramRow = TableDefinition<
     (&'static [u8], u32, &'static [u8], &'static [u8]),
 >;
 const SCRAM_CREDENTIALS: ScramRow = TableDefinition::new("scram_credentials");
+
+/// Transactional id -> the transaction coordinator's state of it, as JSON.
+const TRANSACTIONS: TableDefinition<&str, &str> = TableDefinition::new("transactions");
 
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
 /// out are skipped after a restart, which Kafka allows (ids only need to be unique).
@@ -140,6 +144,7 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     tx.open_table(FEDERATION_CURSORS)?;
     tx.open_table(ACLS)?;
     tx.open_table(SCRAM_CREDENTIALS)?;
+    tx.open_table(TRANSACTIONS)?;
     tx.commit()?;
     Ok(db)
 }
@@ -315,6 +320,36 @@ impl MetaStore {
             let tx = db.begin_write()?;
             tx.open_table(FEDERATION_CURSORS)?
                 .insert((link, topic, partition), (topic_id, next))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every transactional id's coordinator state, as [`MetaStore::put_transaction`] stored it.
+    pub fn transactions(&self) -> Result<Vec<(String, String)>, MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(TRANSACTIONS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value().to_string()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Stores a transactional id's coordinator state (`None` removes it).
+    pub fn put_transaction(&self, id: &str, state: Option<&str>) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(TRANSACTIONS)?;
+                match state {
+                    Some(s) => table.insert(id, s)?,
+                    None => table.remove(id)?,
+                };
+            }
             tx.commit()?;
             Ok(())
         })

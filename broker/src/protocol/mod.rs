@@ -420,6 +420,10 @@ pub fn routes() -> Dispatcher {
     .add::<CreateAclsRequest, _, _>(1, 3, create_acls::handle)
     .add::<DeleteAclsRequest, _, _>(1, 3, delete_acls::handle)
     .add::<InitProducerIdRequest, _, _>(0, 4, init_producer_id::handle)
+    .add::<AddPartitionsToTxnRequest, _, _>(0, 3, add_partitions_to_txn::handle)
+    .add::<AddOffsetsToTxnRequest, _, _>(0, 3, add_offsets_to_txn::handle)
+    .add::<EndTxnRequest, _, _>(0, 3, end_txn::handle)
+    .add::<TxnOffsetCommitRequest, _, _>(0, 3, txn_offset_commit::handle)
     .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
     .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);
     groups_routes(&mut d);

@@ -17,6 +17,10 @@
 //! id (a replica fetch; it needs ClusterAction on the cluster) reads up to the log end, and
 //! tells the leader how far the follower's log reaches.
 //!
+//! Transactions: every partition reports its last stable offset (below the oldest open
+//! transaction). A read_committed consumer (isolation level 1) reads below it, and gets the
+//! aborted transactions its records overlap, whose records it drops (`storage::txn`).
+//!
 //! Fetch sessions (KIP-227) are not kept: every response carries session id 0, which tells the
 //! client to keep sending full fetch requests.
 
@@ -27,8 +31,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError as E;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
 
 use crate::acl::{Operation, ResourceType};
 use crate::catalog::Partition;
@@ -95,6 +101,7 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         }
     }
     let max_bytes = req.max_bytes.max(0) as usize;
+    let read_committed = req.isolation_level == 1 && matches!(reader, Reader::Consumer);
     let min_bytes = req.min_bytes.max(0) as usize;
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + wait;
@@ -121,7 +128,8 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         for n in &mut notified {
             n.as_mut().enable();
         }
-        let (mut parts, total, any_error) = read_all(ctx, reader, &wanted, max_bytes);
+        let (mut parts, total, any_error) =
+            read_all(ctx, reader, &wanted, max_bytes, read_committed);
         let unasked = if follower {
             unasked(ctx, &wanted)
         } else {
@@ -146,7 +154,7 @@ async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
             Poll::Pending
         });
         if tokio::time::timeout_at(deadline, any_append).await.is_err() {
-            let (parts, total, _) = read_all(ctx, reader, &wanted, max_bytes);
+            let (parts, total, _) = read_all(ctx, reader, &wanted, max_bytes, read_committed);
             tracing::trace!(
                 bytes = total,
                 waited_ms = wait.as_millis() as u64,
@@ -243,6 +251,7 @@ fn read_all(
     reader: Reader,
     wanted: &[Wanted],
     max_bytes: usize,
+    read_committed: bool,
 ) -> (Vec<(TopicName, PartitionData)>, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
@@ -285,12 +294,26 @@ fn read_all(
                     let log = p.log();
                     let end = log.log_end_offset();
                     let readable = replication::readable_end(cluster, p, end);
+                    let stable = log.last_stable_offset(readable);
                     data.high_watermark = readable;
-                    data.last_stable_offset = readable;
+                    data.last_stable_offset = stable;
                     data.log_start_offset = log.log_start_offset();
+                    let below = if read_committed { stable } else { readable };
+                    if read_committed {
+                        let aborted = log
+                            .aborted_transactions(w.offset, below)
+                            .into_iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.producer_id))
+                                    .with_first_offset(a.first_offset)
+                            })
+                            .collect();
+                        data.aborted_transactions = Some(aborted);
+                    }
                     (budget > 0).then(|| match reader {
                         Reader::Follower(_) => log.plan_read(w.offset, budget),
-                        _ => log.plan_read_below(w.offset, budget, readable),
+                        _ => log.plan_read_below(w.offset, budget, below),
                     })
                 };
                 // Read with the log unlocked: appends to the partition go on meanwhile.

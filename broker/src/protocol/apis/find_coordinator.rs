@@ -1,9 +1,7 @@
-//! FindCoordinator (key 10): this broker coordinates every group (key type 0). Transaction
-//! coordinators (key type 1) are refused, since transactions are not supported, with
-//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED and a message saying so: the one answer every client
-//! takes as final (librdkafka retried any other error code until `init_transactions` timed out;
-//! the Java client and kafka-python fail at once too). A group the client may not Describe
-//! (`crate::acl`) gets GROUP_AUTHORIZATION_FAILED.
+//! FindCoordinator (key 10): this broker (a cluster's leader) coordinates every group (key type
+//! 0) and every transactional id (key type 1). A group the client may not Describe
+//! (`crate::acl`) gets GROUP_AUTHORIZATION_FAILED, a transactional id it may not Describe
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -35,19 +33,22 @@ pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorRes
             ctx.session.advertised_port,
         ),
     };
-    let (error, message) = match req.key_type {
-        GROUP => (0, None),
+    let (error, message, resource, refusal) = match req.key_type {
+        GROUP => (0, None, ResourceType::Group, E::GroupAuthorizationFailed),
         TRANSACTION => (
-            E::TransactionalIdAuthorizationFailed.code(),
-            Some(s("transactions are not supported by this broker (Runnel)")),
+            0,
+            None,
+            ResourceType::TransactionalId,
+            E::TransactionalIdAuthorizationFailed,
         ),
         _ => (
             E::InvalidRequest.code(),
-            Some(s("only group coordinators exist on this broker")),
+            Some(s("only group and transaction coordinators exist")),
+            ResourceType::Group,
+            E::GroupAuthorizationFailed,
         ),
     };
-    let refused =
-        |key: &str| error == 0 && !ctx.allowed(Operation::Describe, ResourceType::Group, key);
+    let refused = |key: &str| error == 0 && !ctx.allowed(Operation::Describe, resource, key);
     if ctx.api_version >= 4 {
         let coordinators = req
             .coordinator_keys
@@ -59,7 +60,7 @@ pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorRes
                         .with_node_id(BrokerId(-1))
                         .with_host(s(""))
                         .with_port(-1)
-                        .with_error_code(E::GroupAuthorizationFailed.code());
+                        .with_error_code(refusal.code());
                 }
                 Coordinator::default()
                     .with_key(key)
@@ -73,7 +74,7 @@ pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorRes
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     let (error, message) = if refused(&req.key) {
-        (E::GroupAuthorizationFailed.code(), None)
+        (refusal.code(), None)
     } else {
         (error, message)
     };

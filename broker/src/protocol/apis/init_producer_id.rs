@@ -1,7 +1,9 @@
-//! InitProducerId (key 22): a producer id for idempotent producers.
+//! InitProducerId (key 22): a producer id for idempotent and transactional producers.
 //!
-//! Transactions are not supported: a request with a transactional id is refused with
-//! INVALID_REQUEST (non-retriable, so the client fails fast instead of retrying) and a log line.
+//! With a transactional id the transaction coordinator answers (`crate::transactions`): the
+//! id's producer id with its epoch bumped, which fences the previous producer of the id, after
+//! aborting a transaction it left open. That needs Write on the transactional id (else
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED); a cluster's follower answers NOT_COORDINATOR.
 //! An idempotent producer that asks again (v3+, after an unknown-producer error) gets a fresh id.
 //! With ACLs (`crate::acl`), the client needs IdempotentWrite on the cluster or Write on some
 //! topic (KIP-679), else CLUSTER_AUTHORIZATION_FAILED.
@@ -9,15 +11,40 @@
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
+use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let mut out = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
-        tracing::info!(client_id = %ctx.client_id, "transactional producer refused: transactions are not supported");
-        out.error_code = E::InvalidRequest.code();
+    if let Some(id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+        if ctx.follows() {
+            out.error_code = E::NotCoordinator.code();
+            return out;
+        }
+        if !ctx.allowed(Operation::Write, ResourceType::TransactionalId, id) {
+            out.error_code = E::TransactionalIdAuthorizationFailed.code();
+            return out;
+        }
+        let expected = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+        let result = ctx.broker.transactions.init_producer(
+            &ctx.broker,
+            id,
+            req.transaction_timeout_ms,
+            expected,
+            crate::broker::now_ms(),
+        );
+        match result {
+            Ok((producer_id, epoch)) => {
+                out.producer_id = ProducerId(producer_id);
+                out.producer_epoch = epoch;
+            }
+            Err(e) => {
+                tracing::debug!(transactional_id = %id.as_str(), error = %e, "InitProducerId refused");
+                out.error_code = e.code();
+            }
+        }
         return out;
     }
     if !ctx.broker.acls.may_write_idempotently(ctx.asker()) {

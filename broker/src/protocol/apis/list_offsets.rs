@@ -1,5 +1,7 @@
 //! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3, v7+) or the first offset
-//! at or after a timestamp. A topic the client may not Describe (`crate::acl`) gets
+//! at or after a timestamp. With isolation level read_committed (v2+) "latest" is the last
+//! stable offset (below the oldest open transaction), as a read_committed consumer sees the
+//! partition's end. A topic the client may not Describe (`crate::acl`) gets
 //! TOPIC_AUTHORIZATION_FAILED.
 
 use kafka_protocol::error::ResponseError as E;
@@ -19,6 +21,7 @@ const MAX_TIMESTAMP: i64 = -3;
 
 pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let catalog = &ctx.broker.catalog;
+    let read_committed = req.isolation_level == 1;
     let follows = ctx.broker.cluster.as_ref().is_some_and(|c| !c.is_leader());
     let topics = req
         .topics
@@ -53,11 +56,14 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     let log = part.log();
                     // What consumers may read: below the high watermark in a cluster. A
                     // timestamp found at or above it is not there yet.
-                    let readable = replication::readable_end(
+                    let mut readable = replication::readable_end(
                         ctx.broker.cluster.as_ref(),
                         &part,
                         log.log_end_offset(),
                     );
+                    if read_committed {
+                        readable = log.last_stable_offset(readable);
+                    }
                     match p.timestamp {
                         LATEST => out.offset = readable,
                         EARLIEST => out.offset = log.log_start_offset(),

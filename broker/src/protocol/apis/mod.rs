@@ -1,6 +1,8 @@
 //! One file per Kafka API. Each `handle(ctx, request) -> response` is registered in
 //! `protocol::routes()` with the versions it serves.
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod alter_user_scram_credentials;
 pub mod api_versions;
@@ -16,6 +18,7 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_user_scram_credentials;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -32,6 +35,7 @@ pub mod offset_fetch;
 pub mod produce;
 pub mod sasl;
 pub mod sync_group;
+pub mod txn_offset_commit;
 
 use kafka_protocol::protocol::StrBytes;
 

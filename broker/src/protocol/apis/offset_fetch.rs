@@ -3,6 +3,11 @@
 //! The client needs Describe on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED; a
 //! topic it may not Describe gets TOPIC_AUTHORIZATION_FAILED when named, and is left out of a
 //! request for every partition.
+//!
+//! With `require_stable` (v7+, KIP-447; librdkafka's read_committed consumers set it) a
+//! partition whose offset an ongoing transaction has staged (`crate::transactions`) answers
+//! UNSTABLE_OFFSET_COMMIT, which the client retries, so that it does not start from the offset
+//! the transaction is about to replace.
 
 use kafka_protocol::error::ResponseError as E;
 
@@ -74,6 +79,14 @@ fn fetch(
 }
 
 pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
+    let txns = &ctx.broker.transactions;
+    let code_of = |group: &str, topic: &str, partition: i32, code: i16| {
+        if code == 0 && req.require_stable && txns.has_staged_offset(group, topic, partition) {
+            E::UnstableOffsetCommit.code()
+        } else {
+            code
+        }
+    };
     if ctx.api_version >= 8 {
         let groups = req
             .groups
@@ -91,7 +104,7 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                             .into_iter()
                             .map(|(t, code)| {
                                 OffsetFetchResponseTopics::default()
-                                    .with_name(TopicName(s(t.name)))
+                                    .with_name(TopicName(s(t.name.clone())))
                                     .with_partitions(
                                         t.partitions
                                             .into_iter()
@@ -101,7 +114,12 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                                                     .with_committed_offset(p.offset)
                                                     .with_committed_leader_epoch(p.leader_epoch)
                                                     .with_metadata(Some(s(p.metadata)))
-                                                    .with_error_code(code)
+                                                    .with_error_code(code_of(
+                                                        &g.group_id,
+                                                        &t.name,
+                                                        p.partition,
+                                                        code,
+                                                    ))
                                             })
                                             .collect(),
                                     )
@@ -126,7 +144,7 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                 .into_iter()
                 .map(|(t, code)| {
                     OffsetFetchResponseTopic::default()
-                        .with_name(TopicName(s(t.name)))
+                        .with_name(TopicName(s(t.name.clone())))
                         .with_partitions(
                             t.partitions
                                 .into_iter()
@@ -136,7 +154,12 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                                         .with_committed_offset(p.offset)
                                         .with_committed_leader_epoch(p.leader_epoch)
                                         .with_metadata(Some(s(p.metadata)))
-                                        .with_error_code(code)
+                                        .with_error_code(code_of(
+                                            &req.group_id,
+                                            &t.name,
+                                            p.partition,
+                                            code,
+                                        ))
                                 })
                                 .collect(),
                         )

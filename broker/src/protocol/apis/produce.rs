@@ -16,6 +16,12 @@
 //! A topic the client may not Write (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
 //! its partitions, whether it exists or not, and nothing of it is written.
 //!
+//! A transactional producer's batches are appended only to partitions added to its ongoing
+//! transaction (`crate::transactions`): otherwise INVALID_TXN_STATE, INVALID_PRODUCER_EPOCH for
+//! a fenced epoch, INVALID_PRODUCER_ID_MAPPING for a producer id no transactional id has. A
+//! plugin chain may filter and transform them, not route them to other topics (where they
+//! would not be part of the transaction): POLICY_VIOLATION.
+//!
 //! Quota policies (`[[plugins.quotas]]`, [`quota::produce`]) are asked once per topic before
 //! anything is appended: a rejected topic's partitions get POLICY_VIOLATION and the policy's
 //! reason, and nothing of that topic is written; a throttle is accepted and answered with
@@ -159,6 +165,19 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 }
             };
             let records = chained.records;
+            // A transactional producer's batches go only to a partition added to its ongoing
+            // transaction (checked with the coordinator held, `crate::transactions`).
+            let transactional = crate::storage::BatchHeader::parse(&records)
+                .ok()
+                .filter(|h| h.is_transactional() && h.has_producer_id());
+            if transactional.is_some() && !chained.routed.is_empty() {
+                out.error_code = E::PolicyViolation.code();
+                out.error_message = Some(s(
+                    "a plugin routed records of a transaction to other topics, where they would not be part of it",
+                ));
+                partitions.push(out);
+                continue;
+            }
             if records.is_empty() {
                 // The plugins dropped or routed every record: nothing to append here, and no
                 // offset to report.
@@ -166,10 +185,37 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             }
-            let result = if chained.rewritten {
-                partition.append_rewritten(&records, now_ms())
-            } else {
-                partition.append(&records, now_ms())
+            let append = || {
+                if chained.rewritten {
+                    partition.append_rewritten(&records, now_ms())
+                } else {
+                    partition.append(&records, now_ms())
+                }
+            };
+            let result = match transactional {
+                None => append(),
+                Some(h) => {
+                    let producer = (h.producer_id, h.producer_epoch);
+                    let at = (&*partition.topic, pd.index);
+                    match ctx
+                        .broker
+                        .transactions
+                        .append_verified(producer, at, append)
+                    {
+                        Ok(result) => result,
+                        Err(refusal) => {
+                            tracing::debug!(topic = %partition.topic, partition = pd.index, error = %refusal, "transactional produce refused");
+                            out.error_code = refusal.code();
+                            out.error_message = Some(s(refusal.to_string()));
+                            ctx.broker
+                                .metrics
+                                .produce_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            partitions.push(out);
+                            continue;
+                        }
+                    }
+                }
             };
             match result {
                 Ok(info) => {

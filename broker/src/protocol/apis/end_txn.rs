@@ -1,0 +1,47 @@
+//! EndTxn (key 26): commits or aborts a transactional producer's transaction: a marker in every
+//! partition it added, and on commit the consumer offsets it staged stored
+//! (`crate::transactions`). Ending it again the same way (a retry) succeeds.
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
+
+use crate::acl::{Operation, ResourceType};
+use crate::protocol::Ctx;
+
+pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
+    let id = req.transactional_id.to_string();
+    let code = match coordinator_refusal(&ctx, &id) {
+        Some(code) => code,
+        None => {
+            let ended = ctx.broker.transactions.end_transaction(
+                &ctx.broker,
+                &id,
+                (req.producer_id.0, req.producer_epoch),
+                req.committed,
+                crate::broker::now_ms(),
+            );
+            match ended {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::debug!(transactional_id = %id, error = %e, "EndTxn refused");
+                    e.code()
+                }
+            }
+        }
+    };
+    EndTxnResponse::default()
+        .with_error_code(code)
+        .with_producer_id(req.producer_id)
+        .with_producer_epoch(req.producer_epoch)
+}
+
+/// Why this broker does not take a transactional request for `id`: NOT_COORDINATOR on a
+/// cluster's follower (the leader coordinates), TRANSACTIONAL_ID_AUTHORIZATION_FAILED when the
+/// client may not Write the transactional id.
+pub(crate) fn coordinator_refusal(ctx: &Ctx, id: &str) -> Option<i16> {
+    if ctx.follows() {
+        return Some(E::NotCoordinator.code());
+    }
+    (!ctx.allowed(Operation::Write, ResourceType::TransactionalId, id))
+        .then_some(E::TransactionalIdAuthorizationFailed.code())
+}

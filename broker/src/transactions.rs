@@ -1,0 +1,644 @@
+//! The transaction coordinator: Kafka's exactly-once producers (`transactional.id`).
+//!
+//! One coordinator per broker (a cluster's leader; followers answer NOT_COORDINATOR), holding
+//! per transactional id: the producer id and epoch it was given, its timeout, and the
+//! transaction in progress (the partitions and groups added to it, the offsets its
+//! TxnOffsetCommits staged). Every change is stored in redb (`transactions` table) before it is
+//! answered, so a restart finds open transactions open and completes ones it was ending.
+//!
+//! The life of a transaction, as in Kafka:
+//! - **InitProducerId** with the id: a first one gets a new producer id, epoch 0; a later one
+//!   bumps the epoch, which fences the previous producer of the id (its requests get
+//!   PRODUCER_FENCED, its batches INVALID_PRODUCER_EPOCH); a transaction it left open is
+//!   aborted first;
+//! - **AddPartitionsToTxn** / **AddOffsetsToTxn** start it (state Ongoing) and name what it
+//!   writes; a transactional batch is appended only to a partition added to the producer's
+//!   ongoing transaction, checked under this coordinator's lock so that no batch lands after
+//!   its transaction's marker ([`Transactions::append_verified`]);
+//! - **TxnOffsetCommit** stages a consumer group's offsets in it;
+//! - **EndTxn** writes a COMMIT or ABORT marker to every partition added (`storage::txn`) and,
+//!   on commit, stores the staged offsets; then the transaction is complete;
+//! - a transaction open longer than its timeout is aborted and the epoch bumped, fencing the
+//!   stalled producer, as Kafka's coordinator does.
+//!
+//! A marker that cannot be written (a full disk) leaves the transaction in PrepareCommit or
+//! PrepareAbort; the end is tried again by the client's retry, the periodic check and at start.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use kafka_protocol::error::ResponseError as E;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::groups::CommittedOffset;
+use crate::storage::Marker;
+
+/// The longest transaction timeout a producer may ask for (Kafka's
+/// `transaction.max.timeout.ms` default, 15 minutes).
+pub const MAX_TIMEOUT_MS: i32 = 900_000;
+
+/// Where a transactional id's transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStatus {
+    /// No transaction since the producer id was handed out.
+    Empty,
+    Ongoing,
+    /// Ending: markers being written.
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnStatus {
+    /// Kafka's name of the state (DescribeTransactions, ListTransactions).
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnStatus::Empty => "Empty",
+            TxnStatus::Ongoing => "Ongoing",
+            TxnStatus::PrepareCommit => "PrepareCommit",
+            TxnStatus::PrepareAbort => "PrepareAbort",
+            TxnStatus::CompleteCommit => "CompleteCommit",
+            TxnStatus::CompleteAbort => "CompleteAbort",
+        }
+    }
+}
+
+/// An offset a TxnOffsetCommit staged, stored when the transaction commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedOffset {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// One transactional id, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub timeout_ms: i32,
+    pub status: TxnStatus,
+    /// The partitions added to the transaction in progress (or being ended).
+    pub partitions: BTreeSet<(String, i32)>,
+    pub groups: BTreeSet<String>,
+    pub offsets: Vec<StagedOffset>,
+    /// When the transaction in progress started (its first add), ms since the epoch.
+    pub started_ms: i64,
+}
+
+/// Why a transactional request is refused; each maps to Kafka's error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    #[error(
+        "producer epoch {given} of transactional id {id} was fenced: epoch {current} is current"
+    )]
+    Fenced {
+        id: String,
+        given: i16,
+        current: i16,
+    },
+    #[error("producer id {producer_id} is not the one of transactional id {id}")]
+    UnknownProducer { id: String, producer_id: i64 },
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("transaction timeout {0} ms is not within 1..={MAX_TIMEOUT_MS} ms")]
+    InvalidTimeout(i32),
+    #[error("the transaction is being ended; try again")]
+    Concurrent,
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl TxnError {
+    pub fn code(&self) -> i16 {
+        match self {
+            TxnError::Fenced { .. } => E::ProducerFenced.code(),
+            TxnError::UnknownProducer { .. } => E::InvalidProducerIdMapping.code(),
+            TxnError::InvalidState(_) => E::InvalidTxnState.code(),
+            TxnError::InvalidTimeout(_) => E::InvalidTransactionTimeout.code(),
+            TxnError::Concurrent => E::ConcurrentTransactions.code(),
+            TxnError::Storage(_) => E::CoordinatorNotAvailable.code(),
+        }
+    }
+}
+
+/// Why a transactional batch may not be appended ([`Transactions::append_verified`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchRefusal {
+    #[error("producer id {0} has no transactional id on this broker")]
+    UnknownProducer(i64),
+    #[error("producer {producer_id} epoch {given} was fenced: epoch {current} is current")]
+    Fenced {
+        producer_id: i64,
+        given: i16,
+        current: i16,
+    },
+    #[error("{topic}-{partition} was not added to producer {producer_id}'s ongoing transaction")]
+    NotInTransaction {
+        producer_id: i64,
+        topic: String,
+        partition: i32,
+    },
+}
+
+impl BatchRefusal {
+    pub fn code(&self) -> i16 {
+        match self {
+            BatchRefusal::UnknownProducer(_) => E::InvalidProducerIdMapping.code(),
+            BatchRefusal::Fenced { .. } => E::InvalidProducerEpoch.code(),
+            BatchRefusal::NotInTransaction { .. } => E::InvalidTxnState.code(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    txns: HashMap<String, Txn>,
+    /// Producer id -> its transactional id.
+    by_producer: HashMap<i64, String>,
+}
+
+/// The coordinator. Its lock is taken before a partition's, never after.
+#[derive(Default)]
+pub struct Transactions {
+    inner: Mutex<Inner>,
+}
+
+impl Transactions {
+    /// The coordinator with what redb holds; a record that cannot be read is skipped with a
+    /// warning (its producer then starts again with a new id).
+    pub fn load(meta: &crate::meta::MetaStore) -> Result<Transactions, crate::meta::MetaError> {
+        let mut inner = Inner::default();
+        for (id, json) in meta.transactions()? {
+            match serde_json::from_str::<Txn>(&json) {
+                Ok(t) => {
+                    inner.by_producer.insert(t.producer_id, id.clone());
+                    inner.txns.insert(id, t);
+                }
+                Err(e) => {
+                    tracing::warn!(transactional_id = %id, error = %e, "an unreadable transaction record is skipped")
+                }
+            }
+        }
+        Ok(Transactions {
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of every transactional id's state (DescribeTransactions, ListTransactions).
+    pub fn snapshot(&self) -> Vec<(String, Txn)> {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
+            .txns
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Whether an ongoing transaction has staged an offset of `group` for `topic`-`partition`
+    /// (OffsetFetch's `require_stable`).
+    pub fn has_staged_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.lock().txns.values().any(|t| {
+            matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit)
+                && t.offsets
+                    .iter()
+                    .any(|o| o.group == group && o.topic == topic && o.partition == partition)
+        })
+    }
+
+    /// InitProducerId for `id`: (producer id, epoch). `expected` is the producer id and epoch
+    /// the client says it had (v3+), `None` for a new producer.
+    pub fn init_producer(
+        &self,
+        broker: &Broker,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+        now_ms: i64,
+    ) -> Result<(i64, i16), TxnError> {
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(TxnError::InvalidTimeout(timeout_ms));
+        }
+        let mut inner = self.lock();
+        let mut txn = match inner.txns.get(id) {
+            None => {
+                let n = broker
+                    .meta
+                    .next_producer_id()
+                    .map_err(|e| TxnError::Storage(e.to_string()))?;
+                Txn {
+                    producer_id: crate::replication::producer_id(broker.cluster.as_ref(), n),
+                    epoch: 0,
+                    timeout_ms,
+                    status: TxnStatus::Empty,
+                    partitions: BTreeSet::new(),
+                    groups: BTreeSet::new(),
+                    offsets: Vec::new(),
+                    started_ms: now_ms,
+                }
+            }
+            Some(t) => {
+                let mut t = t.clone();
+                if let Some((pid, epoch)) = expected
+                    && (pid != t.producer_id || epoch != t.epoch)
+                {
+                    return Err(TxnError::Fenced {
+                        id: id.to_string(),
+                        given: epoch,
+                        current: t.epoch,
+                    });
+                }
+                match t.status {
+                    TxnStatus::Ongoing => {
+                        // The previous producer left it open: abort it under the new epoch,
+                        // which the markers carry to the partitions (fencing it there too).
+                        bump(broker, &mut t)?;
+                        end(broker, id, &mut t, false, now_ms)?;
+                    }
+                    TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
+                        let commit = t.status == TxnStatus::PrepareCommit;
+                        end(broker, id, &mut t, commit, now_ms)?;
+                        bump(broker, &mut t)?;
+                    }
+                    _ => bump(broker, &mut t)?,
+                }
+                t.timeout_ms = timeout_ms;
+                t
+            }
+        };
+        txn.timeout_ms = timeout_ms;
+        store(broker, id, &txn)?;
+        let previous = inner.txns.insert(id.to_string(), txn.clone());
+        if let Some(p) = previous.filter(|p| p.producer_id != txn.producer_id) {
+            inner.by_producer.remove(&p.producer_id);
+        }
+        inner.by_producer.insert(txn.producer_id, id.to_string());
+        Ok((txn.producer_id, txn.epoch))
+    }
+
+    /// AddPartitionsToTxn: starts the transaction if none is in progress.
+    pub fn add_partitions(
+        &self,
+        broker: &Broker,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        partitions: &[(String, i32)],
+        now_ms: i64,
+    ) -> Result<(), TxnError> {
+        self.change(broker, id, (producer_id, epoch), now_ms, |t| {
+            t.partitions.extend(partitions.iter().cloned());
+            Ok(())
+        })
+    }
+
+    /// AddOffsetsToTxn: the transaction will commit offsets of `group`.
+    pub fn add_group(
+        &self,
+        broker: &Broker,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        group: &str,
+        now_ms: i64,
+    ) -> Result<(), TxnError> {
+        self.change(broker, id, (producer_id, epoch), now_ms, |t| {
+            t.groups.insert(group.to_string());
+            Ok(())
+        })
+    }
+
+    /// TxnOffsetCommit: stages `offsets` of `group` (a later one for a partition replaces the
+    /// earlier).
+    pub fn stage_offsets(
+        &self,
+        broker: &Broker,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        group: &str,
+        offsets: Vec<StagedOffset>,
+    ) -> Result<(), TxnError> {
+        let mut inner = self.lock();
+        let t = checked(&mut inner, id, producer_id, epoch)?;
+        if t.status != TxnStatus::Ongoing || !t.groups.contains(group) {
+            return Err(TxnError::InvalidState(format!(
+                "group {group} was not added to transactional id {id}'s transaction (AddOffsetsToTxn)"
+            )));
+        }
+        let mut next = t.clone();
+        for o in offsets {
+            next.offsets
+                .retain(|s| (&s.group, &s.topic, s.partition) != (&o.group, &o.topic, o.partition));
+            next.offsets.push(o);
+        }
+        store(broker, id, &next)?;
+        *t = next;
+        Ok(())
+    }
+
+    /// EndTxn: commits or aborts the transaction in progress. Ending one already ended the
+    /// same way (a retry) succeeds; so does ending when none was started.
+    pub fn end_transaction(
+        &self,
+        broker: &Broker,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        commit: bool,
+        now_ms: i64,
+    ) -> Result<(), TxnError> {
+        let mut inner = self.lock();
+        let t = checked(&mut inner, id, producer_id, epoch)?;
+        let mut next = t.clone();
+        let result = match (t.status, commit) {
+            (TxnStatus::Ongoing, _) => end(broker, id, &mut next, commit, now_ms),
+            (TxnStatus::PrepareCommit, true) | (TxnStatus::PrepareAbort, false) => {
+                end(broker, id, &mut next, commit, now_ms)
+            }
+            (TxnStatus::CompleteCommit, true)
+            | (TxnStatus::CompleteAbort, false)
+            | (TxnStatus::Empty, _) => Ok(()),
+            (status, _) => Err(TxnError::InvalidState(format!(
+                "cannot {} transactional id {id}'s transaction: it is {}",
+                if commit { "commit" } else { "abort" },
+                status.name()
+            ))),
+        };
+        *t = next;
+        result
+    }
+
+    /// Appends `append`'s transactional batches of producer `producer_id` to `topic`-`partition`
+    /// if it was added to the producer's ongoing transaction, with this coordinator locked, so
+    /// that the transaction cannot end between the check and the append.
+    pub fn append_verified<R>(
+        &self,
+        (producer_id, epoch): (i64, i16),
+        (topic, partition): (&str, i32),
+        append: impl FnOnce() -> R,
+    ) -> Result<R, BatchRefusal> {
+        let inner = self.lock();
+        let t = inner
+            .by_producer
+            .get(&producer_id)
+            .and_then(|id| inner.txns.get(id))
+            .filter(|t| t.producer_id == producer_id)
+            .ok_or(BatchRefusal::UnknownProducer(producer_id))?;
+        if epoch != t.epoch {
+            return Err(BatchRefusal::Fenced {
+                producer_id,
+                given: epoch,
+                current: t.epoch,
+            });
+        }
+        let added = t.status == TxnStatus::Ongoing
+            && t.partitions.contains(&(topic.to_string(), partition));
+        if !added {
+            return Err(BatchRefusal::NotInTransaction {
+                producer_id,
+                topic: topic.to_string(),
+                partition,
+            });
+        }
+        Ok(append())
+    }
+
+    /// The periodic check: aborts the transactions open longer than their timeout (bumping the
+    /// epoch, so the stalled producer is fenced), and finishes ends a failed write left halfway.
+    pub fn tick(&self, broker: &Broker, now_ms: i64) {
+        let mut inner = self.lock();
+        let ids: Vec<String> = inner.txns.keys().cloned().collect();
+        for id in ids {
+            let Some(t) = inner.txns.get_mut(&id) else {
+                continue;
+            };
+            let mut next = t.clone();
+            let result = match t.status {
+                TxnStatus::Ongoing if now_ms - t.started_ms > i64::from(t.timeout_ms) => {
+                    tracing::info!(transactional_id = %id, producer_id = t.producer_id, timeout_ms = t.timeout_ms, "a transaction open past its timeout is aborted");
+                    bump(broker, &mut next)
+                        .and_then(|()| end(broker, &id, &mut next, false, now_ms))
+                }
+                TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
+                    let commit = t.status == TxnStatus::PrepareCommit;
+                    end(broker, &id, &mut next, commit, now_ms)
+                }
+                _ => continue,
+            };
+            if let Err(e) = &result {
+                tracing::warn!(transactional_id = %id, error = %e, "ending a transaction failed; tried again at the next check");
+            }
+            *t = next;
+        }
+        // An epoch bump may have given a producer a new id.
+        inner.by_producer = inner
+            .txns
+            .iter()
+            .map(|(id, t)| (t.producer_id, id.clone()))
+            .collect();
+    }
+
+    /// At the start of a coordinator: every transaction open in a partition log that no
+    /// ongoing transaction here accounts for (its coordinator state was lost, or another broker
+    /// led when it began) is aborted there, so that it does not hold back read_committed
+    /// consumers for ever.
+    pub fn abort_orphans(&self, broker: &Broker, now_ms: i64) {
+        let inner = self.lock();
+        for topic in broker.catalog.list() {
+            for p in topic.partitions() {
+                let open = p.log().open_transactions();
+                for (producer_id, epoch) in open {
+                    let known = inner
+                        .by_producer
+                        .get(&producer_id)
+                        .and_then(|id| inner.txns.get(id))
+                        .is_some_and(|t| {
+                            t.status != TxnStatus::Empty
+                                && t.partitions.contains(&(topic.name.to_string(), p.index))
+                        });
+                    if known {
+                        continue;
+                    }
+                    tracing::warn!(topic = %topic.name, partition = p.index, producer_id, "a transaction open in the log with no coordinator state is aborted");
+                    if let Err(e) = p.append_marker(producer_id, epoch, Marker::Abort, now_ms) {
+                        tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "cannot abort an orphaned transaction");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on `id`'s transaction after the producer checks, starting a transaction if
+    /// none is in progress, and stores the result.
+    fn change(
+        &self,
+        broker: &Broker,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        now_ms: i64,
+        f: impl FnOnce(&mut Txn) -> Result<(), TxnError>,
+    ) -> Result<(), TxnError> {
+        let mut inner = self.lock();
+        let t = checked(&mut inner, id, producer_id, epoch)?;
+        let mut next = t.clone();
+        match next.status {
+            TxnStatus::Ongoing => {}
+            TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
+                return Err(TxnError::Concurrent);
+            }
+            _ => {
+                next.status = TxnStatus::Ongoing;
+                next.partitions.clear();
+                next.groups.clear();
+                next.offsets.clear();
+                next.started_ms = now_ms;
+            }
+        }
+        f(&mut next)?;
+        store(broker, id, &next)?;
+        *t = next;
+        Ok(())
+    }
+}
+
+/// `id`'s state, if `producer_id` and `epoch` are its producer's.
+fn checked<'a>(
+    inner: &'a mut Inner,
+    id: &str,
+    producer_id: i64,
+    epoch: i16,
+) -> Result<&'a mut Txn, TxnError> {
+    let t = inner
+        .txns
+        .get_mut(id)
+        .filter(|t| t.producer_id == producer_id)
+        .ok_or_else(|| TxnError::UnknownProducer {
+            id: id.to_string(),
+            producer_id,
+        })?;
+    if t.epoch != epoch {
+        return Err(TxnError::Fenced {
+            id: id.to_string(),
+            given: epoch,
+            current: t.epoch,
+        });
+    }
+    Ok(t)
+}
+
+/// The next epoch of `t`'s producer; a new producer id once the epochs run out.
+fn bump(broker: &Broker, t: &mut Txn) -> Result<(), TxnError> {
+    if t.epoch < i16::MAX - 1 {
+        t.epoch += 1;
+        return Ok(());
+    }
+    let n = broker
+        .meta
+        .next_producer_id()
+        .map_err(|e| TxnError::Storage(e.to_string()))?;
+    t.producer_id = crate::replication::producer_id(broker.cluster.as_ref(), n);
+    t.epoch = 0;
+    Ok(())
+}
+
+/// Ends `t`'s transaction: Prepare stored, a marker to each partition, the staged offsets
+/// stored on commit, Complete stored. A partition whose marker fails stays in `t` for the next
+/// try; a deleted one is skipped.
+fn end(broker: &Broker, id: &str, t: &mut Txn, commit: bool, now_ms: i64) -> Result<(), TxnError> {
+    t.status = if commit {
+        TxnStatus::PrepareCommit
+    } else {
+        TxnStatus::PrepareAbort
+    };
+    store(broker, id, t)?;
+    let marker = if commit {
+        Marker::Commit
+    } else {
+        Marker::Abort
+    };
+    let mut failed = None;
+    let partitions = std::mem::take(&mut t.partitions);
+    for (topic, index) in partitions {
+        let Some(p) = broker.catalog.get(&topic).and_then(|x| x.partition(index)) else {
+            continue;
+        };
+        match p.append_marker(t.producer_id, t.epoch, marker, now_ms) {
+            Ok(offset) => {
+                if let Some(c) = &broker.cluster {
+                    crate::replication::advance(c, &p, offset + 1, now_ms);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%topic, partition = index, error = %e, "a transaction marker could not be written");
+                failed = Some(e.to_string());
+                t.partitions.insert((topic, index));
+            }
+        }
+    }
+    if let Some(e) = failed {
+        store(broker, id, t)?;
+        return Err(TxnError::Storage(format!(
+            "a transaction marker could not be written: {e}"
+        )));
+    }
+    if commit {
+        let mut by_group: HashMap<String, Vec<(String, i32, CommittedOffset)>> = HashMap::new();
+        for o in std::mem::take(&mut t.offsets) {
+            by_group.entry(o.group).or_default().push((
+                o.topic,
+                o.partition,
+                CommittedOffset {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata: o.metadata,
+                    commit_timestamp_ms: now_ms,
+                },
+            ));
+        }
+        for (group, offsets) in by_group {
+            if let Err(e) = broker.groups.commit_transactional(&group, offsets.clone()) {
+                // Put back for the next try; the markers are written.
+                t.offsets.extend(
+                    offsets
+                        .into_iter()
+                        .map(|(topic, partition, o)| StagedOffset {
+                            group: group.clone(),
+                            topic,
+                            partition,
+                            offset: o.offset,
+                            leader_epoch: o.leader_epoch,
+                            metadata: o.metadata,
+                        }),
+                );
+                store(broker, id, t)?;
+                return Err(TxnError::Storage(format!(
+                    "the transaction's offsets of group {group} could not be stored: {e}"
+                )));
+            }
+        }
+    }
+    t.status = if commit {
+        TxnStatus::CompleteCommit
+    } else {
+        TxnStatus::CompleteAbort
+    };
+    t.groups.clear();
+    t.offsets.clear();
+    store(broker, id, t)
+}
+
+fn store(broker: &Broker, id: &str, t: &Txn) -> Result<(), TxnError> {
+    let json = serde_json::to_string(t).map_err(|e| TxnError::Storage(e.to_string()))?;
+    broker
+        .meta
+        .put_transaction(id, Some(&json))
+        .map_err(|e| TxnError::Storage(format!("cannot store the transaction state: {e}")))
+}
