@@ -25,6 +25,7 @@
 //! PrepareAbort; the end is tried again by the client's retry, the periodic check and at start.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use kafka_protocol::error::ResponseError as E;
@@ -127,6 +128,9 @@ impl TxnError {
     }
 }
 
+/// Transaction markers written: each partition with the offset after its marker.
+pub type Markers = Vec<(std::sync::Arc<crate::catalog::Partition>, i64)>;
+
 /// Why a transactional batch may not be appended ([`Transactions::append_verified`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchRefusal {
@@ -167,6 +171,10 @@ struct Inner {
 #[derive(Default)]
 pub struct Transactions {
     inner: Mutex<Inner>,
+    /// Transactions ended, since the start (`runnel_transactions_*_total`).
+    pub committed: AtomicU64,
+    pub aborted: AtomicU64,
+    pub timed_out: AtomicU64,
 }
 
 impl Transactions {
@@ -187,6 +195,7 @@ impl Transactions {
         }
         Ok(Transactions {
             inner: Mutex::new(inner),
+            ..Transactions::default()
         })
     }
 
@@ -204,6 +213,20 @@ impl Transactions {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Transactions in progress (Ongoing, or being ended).
+    pub fn ongoing(&self) -> usize {
+        self.lock()
+            .txns
+            .values()
+            .filter(|t| {
+                matches!(
+                    t.status,
+                    TxnStatus::Ongoing | TxnStatus::PrepareCommit | TxnStatus::PrepareAbort
+                )
+            })
+            .count()
     }
 
     /// Whether an ongoing transaction has staged an offset of `group` for `topic`-`partition`
@@ -264,11 +287,11 @@ impl Transactions {
                         // The previous producer left it open: abort it under the new epoch,
                         // which the markers carry to the partitions (fencing it there too).
                         bump(broker, &mut t)?;
-                        end(broker, id, &mut t, false, now_ms)?;
+                        self.end(broker, id, &mut t, false, now_ms, &mut Vec::new())?;
                     }
                     TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                         let commit = t.status == TxnStatus::PrepareCommit;
-                        end(broker, id, &mut t, commit, now_ms)?;
+                        self.end(broker, id, &mut t, commit, now_ms, &mut Vec::new())?;
                         bump(broker, &mut t)?;
                     }
                     _ => bump(broker, &mut t)?,
@@ -345,8 +368,10 @@ impl Transactions {
         Ok(())
     }
 
-    /// EndTxn: commits or aborts the transaction in progress. Ending one already ended the
-    /// same way (a retry) succeeds; so does ending when none was started.
+    /// EndTxn: commits or aborts the transaction in progress, and returns the markers written
+    /// (partition, offset after the marker): in a cluster the answer waits for the followers
+    /// to have them. Ending one already ended the same way (a retry) succeeds; so does ending
+    /// when none was started.
     pub fn end_transaction(
         &self,
         broker: &Broker,
@@ -354,14 +379,16 @@ impl Transactions {
         (producer_id, epoch): (i64, i16),
         commit: bool,
         now_ms: i64,
-    ) -> Result<(), TxnError> {
+    ) -> Result<Markers, TxnError> {
         let mut inner = self.lock();
         let t = checked(&mut inner, id, producer_id, epoch)?;
         let mut next = t.clone();
+        let mut written = Vec::new();
         let result = match (t.status, commit) {
-            (TxnStatus::Ongoing, _) => end(broker, id, &mut next, commit, now_ms),
-            (TxnStatus::PrepareCommit, true) | (TxnStatus::PrepareAbort, false) => {
-                end(broker, id, &mut next, commit, now_ms)
+            (TxnStatus::Ongoing, _)
+            | (TxnStatus::PrepareCommit, true)
+            | (TxnStatus::PrepareAbort, false) => {
+                self.end(broker, id, &mut next, commit, now_ms, &mut written)
             }
             (TxnStatus::CompleteCommit, true)
             | (TxnStatus::CompleteAbort, false)
@@ -373,7 +400,7 @@ impl Transactions {
             ))),
         };
         *t = next;
-        result
+        result.map(|()| written)
     }
 
     /// Appends `append`'s transactional batches of producer `producer_id` to `topic`-`partition`
@@ -424,12 +451,14 @@ impl Transactions {
             let result = match t.status {
                 TxnStatus::Ongoing if now_ms - t.started_ms > i64::from(t.timeout_ms) => {
                     tracing::info!(transactional_id = %id, producer_id = t.producer_id, timeout_ms = t.timeout_ms, "a transaction open past its timeout is aborted");
-                    bump(broker, &mut next)
-                        .and_then(|()| end(broker, &id, &mut next, false, now_ms))
+                    self.timed_out.fetch_add(1, Ordering::Relaxed);
+                    bump(broker, &mut next).and_then(|()| {
+                        self.end(broker, &id, &mut next, false, now_ms, &mut Vec::new())
+                    })
                 }
                 TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                     let commit = t.status == TxnStatus::PrepareCommit;
-                    end(broker, &id, &mut next, commit, now_ms)
+                    self.end(broker, &id, &mut next, commit, now_ms, &mut Vec::new())
                 }
                 _ => continue,
             };
@@ -474,6 +503,109 @@ impl Transactions {
                 }
             }
         }
+    }
+
+    /// Ends `t`'s transaction: Prepare stored, a marker to each partition, the staged offsets
+    /// stored on commit, Complete stored. A partition whose marker fails stays in `t` for the next
+    /// try; a deleted one is skipped.
+    fn end(
+        &self,
+        broker: &Broker,
+        id: &str,
+        t: &mut Txn,
+        commit: bool,
+        now_ms: i64,
+        written: &mut Markers,
+    ) -> Result<(), TxnError> {
+        t.status = if commit {
+            TxnStatus::PrepareCommit
+        } else {
+            TxnStatus::PrepareAbort
+        };
+        store(broker, id, t)?;
+        let marker = if commit {
+            Marker::Commit
+        } else {
+            Marker::Abort
+        };
+        let mut failed = None;
+        let partitions = std::mem::take(&mut t.partitions);
+        for (topic, index) in partitions {
+            let Some(p) = broker.catalog.get(&topic).and_then(|x| x.partition(index)) else {
+                continue;
+            };
+            match p.append_marker(t.producer_id, t.epoch, marker, now_ms) {
+                Ok(offset) => {
+                    if let Some(c) = &broker.cluster {
+                        crate::replication::advance(c, &p, offset + 1, now_ms);
+                    }
+                    written.push((p, offset + 1));
+                }
+                Err(e) => {
+                    tracing::warn!(%topic, partition = index, error = %e, "a transaction marker could not be written");
+                    failed = Some(e.to_string());
+                    t.partitions.insert((topic, index));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            store(broker, id, t)?;
+            return Err(TxnError::Storage(format!(
+                "a transaction marker could not be written: {e}"
+            )));
+        }
+        if commit {
+            let mut by_group: HashMap<String, Vec<(String, i32, CommittedOffset)>> = HashMap::new();
+            for o in std::mem::take(&mut t.offsets) {
+                by_group.entry(o.group).or_default().push((
+                    o.topic,
+                    o.partition,
+                    CommittedOffset {
+                        offset: o.offset,
+                        leader_epoch: o.leader_epoch,
+                        metadata: o.metadata,
+                        commit_timestamp_ms: now_ms,
+                    },
+                ));
+            }
+            for (group, offsets) in by_group {
+                if let Err(e) = broker.groups.commit_transactional(&group, offsets.clone()) {
+                    // Put back for the next try; the markers are written.
+                    t.offsets
+                        .extend(
+                            offsets
+                                .into_iter()
+                                .map(|(topic, partition, o)| StagedOffset {
+                                    group: group.clone(),
+                                    topic,
+                                    partition,
+                                    offset: o.offset,
+                                    leader_epoch: o.leader_epoch,
+                                    metadata: o.metadata,
+                                }),
+                        );
+                    store(broker, id, t)?;
+                    return Err(TxnError::Storage(format!(
+                        "the transaction's offsets of group {group} could not be stored: {e}"
+                    )));
+                }
+            }
+        }
+        t.status = if commit {
+            TxnStatus::CompleteCommit
+        } else {
+            TxnStatus::CompleteAbort
+        };
+        t.groups.clear();
+        t.offsets.clear();
+        store(broker, id, t)?;
+        let ended = if commit {
+            &self.committed
+        } else {
+            &self.aborted
+        };
+        ended.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Runs `f` on `id`'s transaction after the producer checks, starting a transaction if
@@ -547,92 +679,6 @@ fn bump(broker: &Broker, t: &mut Txn) -> Result<(), TxnError> {
     t.producer_id = crate::replication::producer_id(broker.cluster.as_ref(), n);
     t.epoch = 0;
     Ok(())
-}
-
-/// Ends `t`'s transaction: Prepare stored, a marker to each partition, the staged offsets
-/// stored on commit, Complete stored. A partition whose marker fails stays in `t` for the next
-/// try; a deleted one is skipped.
-fn end(broker: &Broker, id: &str, t: &mut Txn, commit: bool, now_ms: i64) -> Result<(), TxnError> {
-    t.status = if commit {
-        TxnStatus::PrepareCommit
-    } else {
-        TxnStatus::PrepareAbort
-    };
-    store(broker, id, t)?;
-    let marker = if commit {
-        Marker::Commit
-    } else {
-        Marker::Abort
-    };
-    let mut failed = None;
-    let partitions = std::mem::take(&mut t.partitions);
-    for (topic, index) in partitions {
-        let Some(p) = broker.catalog.get(&topic).and_then(|x| x.partition(index)) else {
-            continue;
-        };
-        match p.append_marker(t.producer_id, t.epoch, marker, now_ms) {
-            Ok(offset) => {
-                if let Some(c) = &broker.cluster {
-                    crate::replication::advance(c, &p, offset + 1, now_ms);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%topic, partition = index, error = %e, "a transaction marker could not be written");
-                failed = Some(e.to_string());
-                t.partitions.insert((topic, index));
-            }
-        }
-    }
-    if let Some(e) = failed {
-        store(broker, id, t)?;
-        return Err(TxnError::Storage(format!(
-            "a transaction marker could not be written: {e}"
-        )));
-    }
-    if commit {
-        let mut by_group: HashMap<String, Vec<(String, i32, CommittedOffset)>> = HashMap::new();
-        for o in std::mem::take(&mut t.offsets) {
-            by_group.entry(o.group).or_default().push((
-                o.topic,
-                o.partition,
-                CommittedOffset {
-                    offset: o.offset,
-                    leader_epoch: o.leader_epoch,
-                    metadata: o.metadata,
-                    commit_timestamp_ms: now_ms,
-                },
-            ));
-        }
-        for (group, offsets) in by_group {
-            if let Err(e) = broker.groups.commit_transactional(&group, offsets.clone()) {
-                // Put back for the next try; the markers are written.
-                t.offsets.extend(
-                    offsets
-                        .into_iter()
-                        .map(|(topic, partition, o)| StagedOffset {
-                            group: group.clone(),
-                            topic,
-                            partition,
-                            offset: o.offset,
-                            leader_epoch: o.leader_epoch,
-                            metadata: o.metadata,
-                        }),
-                );
-                store(broker, id, t)?;
-                return Err(TxnError::Storage(format!(
-                    "the transaction's offsets of group {group} could not be stored: {e}"
-                )));
-            }
-        }
-    }
-    t.status = if commit {
-        TxnStatus::CompleteCommit
-    } else {
-        TxnStatus::CompleteAbort
-    };
-    t.groups.clear();
-    t.offsets.clear();
-    store(broker, id, t)
 }
 
 fn store(broker: &Broker, id: &str, t: &Txn) -> Result<(), TxnError> {

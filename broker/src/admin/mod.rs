@@ -106,12 +106,6 @@ impl Metrics {
     /// Prometheus text exposition of the counters and of every partition's gauges.
     pub fn render(&self, broker: &Broker) -> String {
         let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
         let _ = writeln!(
             out,
             "# HELP runnel_connections_open Kafka sessions open now: TCP and TLS connections, and QUIC streams.\n# TYPE runnel_connections_open gauge\nrunnel_connections_open {}",
@@ -235,6 +229,7 @@ impl Metrics {
         );
         let mut starts = String::new();
         let mut sizes = String::new();
+        let mut stable = String::new();
         for topic in broker.catalog.list() {
             for p in topic.partitions() {
                 let log = p.log();
@@ -254,6 +249,16 @@ impl Metrics {
                     "runnel_log_size_bytes{{{labels}}} {}",
                     log.size_bytes()
                 );
+                let readable = crate::replication::readable_end(
+                    broker.cluster.as_ref(),
+                    &p,
+                    log.log_end_offset(),
+                );
+                let _ = writeln!(
+                    stable,
+                    "runnel_log_last_stable_offset{{{labels}}} {}",
+                    log.last_stable_offset(readable)
+                );
             }
         }
         gauge_family(
@@ -268,12 +273,27 @@ impl Metrics {
             "Bytes on disk of each partition's segments.",
             &sizes,
         );
+        gauge_family(
+            &mut out,
+            "runnel_log_last_stable_offset",
+            "Offset below which read_committed consumers read: the oldest open transaction's first offset, else the high watermark.",
+            &stable,
+        );
+        render_transactions(&mut out, broker);
         render_groups(&mut out, broker);
         render_plugins(&mut out, broker);
         render_federation(&mut out, broker);
         render_replication(&mut out, broker);
         out
     }
+}
+
+/// One counter without labels: its HELP and TYPE lines and its value.
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
 }
 
 /// One gauge family: its HELP and TYPE lines, then its samples (`name{labels} value` lines).
@@ -287,6 +307,35 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// The transaction coordinator: transactions in progress, and how the ended ones ended.
+fn render_transactions(out: &mut String, broker: &Broker) {
+    let t = &broker.transactions;
+    gauge_family(
+        out,
+        "runnel_transactions_ongoing",
+        "Transactions in progress (begun by a transactional producer, not yet ended).",
+        &format!("runnel_transactions_ongoing {}\n", t.ongoing()),
+    );
+    counter(
+        out,
+        "runnel_transactions_committed_total",
+        "Transactions committed.",
+        t.committed.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "runnel_transactions_aborted_total",
+        "Transactions aborted: by their producer, by a new producer of the transactional id, or past their timeout.",
+        t.aborted.load(Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "runnel_transactions_timed_out_total",
+        "Transactions the coordinator aborted because they ran past their timeout.",
+        t.timed_out.load(Ordering::Relaxed),
+    );
 }
 
 /// Consumer groups: members of each, and per committed partition the committed offset and the

@@ -1,12 +1,17 @@
 //! EndTxn (key 26): commits or aborts a transactional producer's transaction: a marker in every
 //! partition it added, and on commit the consumer offsets it staged stored
-//! (`crate::transactions`). Ending it again the same way (a retry) succeeds.
+//! (`crate::transactions`). Ending it again the same way (a retry) succeeds. In a cluster the
+//! answer waits (up to 30 s) for the in-sync followers to have the markers, as acks=all would,
+//! so that a transaction answered committed stays committed when the lead moves.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
 use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
+
+/// How long EndTxn waits for the followers to copy the markers.
+const REPLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
     let id = req.transactional_id.to_string();
@@ -21,7 +26,21 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
                 crate::broker::now_ms(),
             );
             match ended {
-                Ok(()) => 0,
+                Ok(markers) => {
+                    if let Some(c) = &ctx.broker.cluster {
+                        let deadline = tokio::time::Instant::now() + REPLICATION_WAIT;
+                        for (p, end) in markers {
+                            let left =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
+                            let replicated =
+                                crate::replication::wait_replicated(c, &p, end, left).await;
+                            if replicated != crate::replication::Replicated::Yes {
+                                tracing::info!(transactional_id = %id, topic = %p.topic, partition = p.index, ?replicated, "a transaction marker is not on every in-sync follower yet");
+                            }
+                        }
+                    }
+                    0
+                }
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, error = %e, "EndTxn refused");
                     e.code()
