@@ -31,6 +31,10 @@ pub(super) struct Resource {
     /// A consumer group id (with --prefixed, a prefix; `*` for every group).
     #[arg(long)]
     group: Option<String>,
+    /// A transactional producer's `transactional.id` (with --prefixed, a prefix; `*` for
+    /// every one).
+    #[arg(long)]
+    transactional_id: Option<String>,
     /// The cluster (creating topics, managing ACLs, idempotent producers).
     #[arg(long)]
     cluster: bool,
@@ -40,10 +44,16 @@ impl Resource {
     /// The librdkafka resource type and name, if one is given.
     fn named(&self) -> Option<(rd::rd_kafka_ResourceType_t, &str)> {
         use rd::rd_kafka_ResourceType_t::*;
-        match (&self.topic, &self.group, self.cluster) {
-            (Some(t), _, _) => Some((RD_KAFKA_RESOURCE_TOPIC, t)),
-            (_, Some(g), _) => Some((RD_KAFKA_RESOURCE_GROUP, g)),
-            (_, _, true) => Some((RD_KAFKA_RESOURCE_BROKER, "kafka-cluster")),
+        match (
+            &self.topic,
+            &self.group,
+            &self.transactional_id,
+            self.cluster,
+        ) {
+            (Some(t), ..) => Some((RD_KAFKA_RESOURCE_TOPIC, t)),
+            (_, Some(g), ..) => Some((RD_KAFKA_RESOURCE_GROUP, g)),
+            (_, _, Some(id), _) => Some((RD_KAFKA_RESOURCE_TRANSACTIONAL_ID, id)),
+            (.., true) => Some((RD_KAFKA_RESOURCE_BROKER, "kafka-cluster")),
             _ => None,
         }
     }
@@ -203,6 +213,9 @@ fn describe(acl: *const rd::rd_kafka_AclBinding_t) -> String {
     unsafe {
         let kind = match rd::rd_kafka_AclBinding_restype(acl) {
             rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_BROKER => "cluster".to_string(),
+            rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TRANSACTIONAL_ID => {
+                "transactional-id".to_string()
+            }
             t => text(rd::rd_kafka_ResourceType_name(t)).to_lowercase(),
         };
         let pattern = text(rd::rd_kafka_ResourcePatternType_name(
@@ -432,10 +445,12 @@ pub(super) fn list(conn: &Conn, filter: &Filter) -> anyhow::Result<()> {
 pub(super) fn add(conn: &Conn, acl: &NewAcl) -> anyhow::Result<()> {
     use rd::rd_kafka_ResourcePatternType_t::*;
     let Some((kind, name)) = acl.resource.named() else {
-        bail!("say which resource: --topic NAME, --group ID or --cluster");
+        bail!("say which resource: --topic NAME, --group ID, --transactional-id ID or --cluster");
     };
     if acl.resource.cluster && acl.prefixed {
-        bail!("--prefixed names a prefix of topic or group names; the cluster has none");
+        bail!(
+            "--prefixed names a prefix of topic, group or transactional id names; the cluster has none"
+        );
     }
     let name_c = cstring("the resource name", name)?;
     let principal = cstring("the principal", &acl.principal)?;
@@ -530,7 +545,8 @@ pub(super) fn remove(conn: &Conn, filter: &Filter) -> anyhow::Result<()> {
     }
     if filter.resource.named().is_none() && filter.principal.is_none() {
         bail!(
-            "say which ACLs to remove: a resource (--topic, --group, --cluster) or a --principal, \
+            "say which ACLs to remove: a resource (--topic, --group, --transactional-id, --cluster) \
+             or a --principal, \
              or both"
         );
     }
