@@ -1169,3 +1169,76 @@ async fn records_after_a_cut_tail_are_forwarded_though_the_cursor_was_past_them(
     edge.shutdown().await;
     central.shutdown().await;
 }
+
+/// Only what transactions commit leaves the edge, as a read_committed consumer would see it: an
+/// aborted transaction's records stay behind, and the records after a transaction still open
+/// wait until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_committed_transactions_are_forwarded() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let (central, edge, _dirs) = start_pair(&["readings"]).await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    let bootstrap = edge.bootstrap();
+    let timeout = Duration::from_secs(30);
+    let send = move |p: &BaseProducer, value: &str| {
+        p.send(
+            BaseRecord::<[u8], [u8]>::to("readings")
+                .partition(0)
+                .payload(value.as_bytes()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        p.flush(timeout).unwrap();
+    };
+    let open = tokio::task::spawn_blocking(move || {
+        let p: BaseProducer = common::client_config(&bootstrap)
+            .set("transactional.id", "edge-aggregator")
+            .create()
+            .unwrap();
+        p.init_transactions(timeout).unwrap();
+        p.begin_transaction().unwrap();
+        send(&p, "committed");
+        p.commit_transaction(timeout).unwrap();
+        p.begin_transaction().unwrap();
+        send(&p, "aborted");
+        p.abort_transaction(timeout).unwrap();
+        p.begin_transaction().unwrap();
+        send(&p, "open");
+        p
+    })
+    .await
+    .unwrap();
+    let after = Rec {
+        key: None,
+        value: Some(b"after the open transaction".to_vec()),
+        headers: Vec::new(),
+        timestamp: Timestamp::CreateTime(now_ms()),
+    };
+    produce(&edge.bootstrap(), "readings", 1, &[(0, after)]).await;
+
+    let values = |got: Vec<Vec<Rec>>| -> Vec<String> {
+        got[0]
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into())
+            .collect()
+    };
+    await_remote(&central, "site-a.readings", &[1]).await;
+    // A while later, still only the committed record: the rest waits for the open transaction.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(log_ends(&central, "site-a.readings"), [1]);
+    let got = read_topic(&central.bootstrap(), "site-a.readings", 1).await;
+    assert_eq!(values(got), ["committed"]);
+
+    tokio::task::spawn_blocking(move || open.commit_transaction(timeout).unwrap())
+        .await
+        .unwrap();
+    await_remote(&central, "site-a.readings", &[3]).await;
+    let got = read_topic(&central.bootstrap(), "site-a.readings", 1).await;
+    assert_eq!(
+        values(got),
+        ["committed", "open", "after the open transaction"],
+        "the aborted record stays on the edge"
+    );
+    edge.shutdown().await;
+    central.shutdown().await;
+}

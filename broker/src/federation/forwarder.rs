@@ -273,7 +273,9 @@ impl Forwarder {
     }
 
     /// The batches from the cursor on (at most [`CHUNK_BYTES`], at least one batch) and the
-    /// offset after the last of them; `None` at the log end. Moves the cursor into the log: up
+    /// offset after the last of them; `None` at the log end, or at the first record of a
+    /// transaction not ended yet (only what is decided is forwarded: committed records, and
+    /// aborted ones to be skipped by [`Forwarder::send`]). Moves the cursor into the log: up
     /// to the log start if retention deleted records before they were forwarded, down to the
     /// log end if the log ends before it, and past a batch that fails its checks.
     fn read(&self, cursor: &mut Cursor) -> Result<Option<(Bytes, i64)>, StorageError> {
@@ -289,10 +291,11 @@ impl Forwarder {
                 } else if cursor.next > end {
                     cursor.moved_to(end);
                 }
-                if cursor.next == end {
+                let stable = log.last_stable_offset(end);
+                if cursor.next >= stable {
                     return Ok(None);
                 }
-                log.plan_read(cursor.next, CHUNK_BYTES)?
+                log.plan_read_below(cursor.next, CHUNK_BYTES, stable)?
             };
             let bytes = plan.read()?;
             let end = storage::parse_batches(&bytes)
@@ -340,9 +343,18 @@ impl Forwarder {
     ) -> Outcome {
         let mut pending: Vec<(i64, DeliveryFuture)> = Vec::new();
         let mut unsent = None;
+        // Aborted transactions' records stay here, as a read_committed consumer's would.
+        let aborted = self.partition.log().aborted_transactions(cursor.next, end);
+        let was_aborted = |h: &BatchHeader| {
+            h.is_transactional()
+                && aborted.iter().any(|a| {
+                    a.producer_id == h.producer_id
+                        && (a.first_offset..a.last_offset).contains(&h.base_offset)
+                })
+        };
         'batches: for batch in storage::parse_batches(bytes) {
             let Ok((pos, h, raw)) = batch else { break };
-            if h.next_offset() <= cursor.next || h.is_control() {
+            if h.next_offset() <= cursor.next || h.is_control() || was_aborted(&h) {
                 continue;
             }
             let plain = plain_batch(bytes.slice(pos..pos + raw.len()), &h);

@@ -351,11 +351,13 @@ impl PartitionLog {
     }
 
     /// The last stable offset below `high_watermark`: the first offset of the oldest
-    /// transaction open here, or the high watermark when there is none or it starts above.
+    /// transaction open here, or the high watermark when there is none or it starts above;
+    /// never below the log start (DeleteRecords or retention may have removed the start of an
+    /// open transaction).
     pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
-        self.txns
-            .first_open()
-            .map_or(high_watermark, |first| first.min(high_watermark))
+        self.txns.first_open().map_or(high_watermark, |first| {
+            first.max(self.log_start_offset).min(high_watermark)
+        })
     }
 
     /// The producers with a transaction open here, with the epoch each last wrote with.
