@@ -807,3 +807,96 @@ async fn a_follower_the_acls_hide_things_from_keeps_its_configs_and_groups() {
     leader.shutdown().await;
     follower.shutdown().await;
 }
+
+/// Transactions in a cluster: a commit is answered once the follower holds its markers; when
+/// the lead moves to that follower, read_committed consumers there see the committed records,
+/// the transaction left open under the old leader is aborted by the new one (its coordinator
+/// state stayed with the old leader), and the transactional id starts again on the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_transactions_survive_a_move_of_the_lead_and_open_ones_are_aborted() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let pair = Pair::new();
+    let one = pair.start(1, 1, 2).await;
+    let two = pair.start(2, 1, 2).await;
+    // The topic exists on both before the transaction starts.
+    produce(&producer(&pair.address(1), "all"), "t", 1, "plain").await;
+    eventually("the follower's copy", || log_end(&two, "t") == 1).await;
+    let timeout = Duration::from_secs(30);
+    let transactional = |bootstrap: String| {
+        move || {
+            let p: BaseProducer = common::client_config(&bootstrap)
+                .set("transactional.id", "moving")
+                .create()
+                .unwrap();
+            p.init_transactions(timeout).unwrap();
+            p
+        }
+    };
+    let send = move |p: &BaseProducer, values: &[&str]| {
+        for v in values {
+            p.send(BaseRecord::<str, str>::to("t").partition(0).payload(v))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        p.flush(timeout).unwrap();
+    };
+    let open = tokio::task::spawn_blocking({
+        let start = transactional(pair.address(1));
+        move || {
+            let p = start();
+            p.begin_transaction().unwrap();
+            send(&p, &["c-0", "c-1"]);
+            p.commit_transaction(timeout).unwrap();
+            p
+        }
+    })
+    .await
+    .unwrap();
+    // Answered committed: the follower has the records and the marker (offsets 1-3).
+    assert_eq!(log_end(&two, "t"), 4, "the commit waited for the follower");
+    let open = tokio::task::spawn_blocking(move || {
+        open.begin_transaction().unwrap();
+        send(&open, &["open-0"]);
+        open
+    })
+    .await
+    .unwrap();
+    eventually("the follower's copy of the open transaction", || {
+        log_end(&two, "t") == 5
+    })
+    .await;
+    two.shutdown().await;
+    one.shutdown().await;
+    tokio::task::spawn_blocking(move || drop(open))
+        .await
+        .unwrap();
+
+    // Broker 2 leads, alone for now.
+    let two = pair.start(2, 2, 1).await;
+    eventually("the new leader to abort the open transaction", || {
+        let p = two.broker.catalog.get("t").unwrap().partition(0).unwrap();
+        let log = p.log();
+        log.log_end_offset() == 6 && log.last_stable_offset(6) == 6
+    })
+    .await;
+    tokio::task::spawn_blocking({
+        let start = transactional(pair.address(2));
+        move || {
+            let p = start();
+            p.begin_transaction().unwrap();
+            send(&p, &["c-after"]);
+            p.commit_transaction(timeout).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let read = tokio::task::spawn_blocking({
+        let address = pair.address(2);
+        move || consume(&address, "t", 4)
+    })
+    .await
+    .unwrap();
+    let values: Vec<&str> = read.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(values, ["plain-0", "c-0", "c-1", "c-after"]);
+    two.shutdown().await;
+}
