@@ -39,6 +39,11 @@ use crate::storage::Marker;
 /// `transaction.max.timeout.ms` default, 15 minutes).
 pub const MAX_TIMEOUT_MS: i32 = 900_000;
 
+/// How long a transactional id with no transaction in progress is kept unused before it is
+/// forgotten (Kafka's `transactional.id.expiration.ms` default, 7 days); a producer using it
+/// later starts again with a new producer id.
+pub const EXPIRATION_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// Where a transactional id's transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnStatus {
@@ -90,6 +95,9 @@ pub struct Txn {
     pub offsets: Vec<StagedOffset>,
     /// When the transaction in progress started (its first add), ms since the epoch.
     pub started_ms: i64,
+    /// When the id's producer last began, added to or ended a transaction, or got its id.
+    #[serde(default)]
+    pub used_ms: i64,
 }
 
 /// Why a transactional request is refused; each maps to Kafka's error code.
@@ -269,6 +277,7 @@ impl Transactions {
                     groups: BTreeSet::new(),
                     offsets: Vec::new(),
                     started_ms: now_ms,
+                    used_ms: now_ms,
                 }
             }
             Some(t) => {
@@ -301,6 +310,7 @@ impl Transactions {
             }
         };
         txn.timeout_ms = timeout_ms;
+        txn.used_ms = now_ms;
         store(broker, id, &txn)?;
         let previous = inner.txns.insert(id.to_string(), txn.clone());
         if let Some(p) = previous.filter(|p| p.producer_id != txn.producer_id) {
@@ -439,7 +449,8 @@ impl Transactions {
     }
 
     /// The periodic check: aborts the transactions open longer than their timeout (bumping the
-    /// epoch, so the stalled producer is fenced), and finishes ends a failed write left halfway.
+    /// epoch, so the stalled producer is fenced), finishes ends a failed write left halfway, and
+    /// forgets the ids unused for [`EXPIRATION_MS`].
     pub fn tick(&self, broker: &Broker, now_ms: i64) {
         let mut inner = self.lock();
         let ids: Vec<String> = inner.txns.keys().cloned().collect();
@@ -447,6 +458,22 @@ impl Transactions {
             let Some(t) = inner.txns.get_mut(&id) else {
                 continue;
             };
+            let idle = matches!(
+                t.status,
+                TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
+            );
+            if idle && now_ms - t.used_ms > EXPIRATION_MS {
+                match broker.meta.put_transaction(&id, None) {
+                    Ok(()) => {
+                        tracing::info!(transactional_id = %id, "a transactional id unused for 7 days is forgotten");
+                        inner.txns.remove(&id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(transactional_id = %id, error = %e, "cannot forget an unused transactional id")
+                    }
+                }
+                continue;
+            }
             let mut next = t.clone();
             let result = match t.status {
                 TxnStatus::Ongoing if now_ms - t.started_ms > i64::from(t.timeout_ms) => {
@@ -522,6 +549,7 @@ impl Transactions {
         } else {
             TxnStatus::PrepareAbort
         };
+        t.used_ms = now_ms;
         store(broker, id, t)?;
         let marker = if commit {
             Marker::Commit
@@ -634,6 +662,7 @@ impl Transactions {
                 next.started_ms = now_ms;
             }
         }
+        next.used_ms = now_ms;
         f(&mut next)?;
         store(broker, id, &next)?;
         *t = next;

@@ -26,7 +26,7 @@ pub async fn handle(ctx: Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnRes
             Ok(()) => 0,
             Err(e) => {
                 tracing::debug!(transactional_id = %id, error = %e, "AddOffsetsToTxn refused");
-                e.code()
+                super::end_txn::for_version(e.code(), ctx.api_version, 2)
             }
         }
     };

@@ -55,7 +55,7 @@ pub async fn handle(ctx: Ctx, req: AddPartitionsToTxnRequest) -> AddPartitionsTo
                 Ok(()) => Some(0),
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, error = %e, "AddPartitionsToTxn refused");
-                    Some(e.code())
+                    Some(super::end_txn::for_version(e.code(), ctx.api_version, 2))
                 }
             }
         }

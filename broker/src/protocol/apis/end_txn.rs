@@ -43,7 +43,7 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
                 }
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, error = %e, "EndTxn refused");
-                    e.code()
+                    for_version(e.code(), ctx.api_version, 2)
                 }
             }
         }
@@ -52,6 +52,16 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
         .with_error_code(code)
         .with_producer_id(req.producer_id)
         .with_producer_epoch(req.producer_epoch)
+}
+
+/// PRODUCER_FENCED as a request version from before it (KIP-588) knows it:
+/// INVALID_PRODUCER_EPOCH below `since`, as Kafka answers.
+pub(crate) fn for_version(code: i16, version: i16, since: i16) -> i16 {
+    if version < since && code == E::ProducerFenced.code() {
+        E::InvalidProducerEpoch.code()
+    } else {
+        code
+    }
 }
 
 /// Why this broker does not take a transactional request for `id`: NOT_COORDINATOR on a

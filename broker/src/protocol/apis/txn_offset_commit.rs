@@ -75,7 +75,7 @@ pub async fn handle(ctx: Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitRes
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, %group, error = %e, "TxnOffsetCommit refused");
-                    e.code()
+                    super::end_txn::for_version(e.code(), ctx.api_version, 3)
                 }
             }
         }

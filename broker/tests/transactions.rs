@@ -1,0 +1,949 @@
+//! Kafka transactions (`transactional.id`) end to end: real librdkafka producers and consumers
+//! against a real broker on real sockets, and raw protocol requests for the refusals a client
+//! library never provokes.
+//!
+//! What is shown: a read_committed consumer reads exactly the committed records and nothing at
+//! or past an open transaction (the last stable offset, LSO), a transaction's end takes one
+//! offset in every partition it wrote (the marker), consumer offsets are stored with a commit and
+//! dropped with an abort, a new producer of a transactional id fences the old one and aborts what
+//! it left open, the coordinator aborts a transaction open past its timeout, committed and open
+//! transactions survive a restart, and the coordinator's refusals carry Kafka's error codes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, BrokerId, CreateTopicsRequest,
+    EndTxnRequest, InitProducerIdRequest, ListOffsetsRequest, ProducerId, TopicName,
+    TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use common::RawClient;
+
+/// The bound on every blocking client call and every wait for records.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// ListOffsets isolation levels.
+const READ_UNCOMMITTED: i8 = 0;
+const READ_COMMITTED: i8 = 1;
+
+/// A record as a consumer delivered it: (partition, offset, payload).
+type Read = (i32, i64, String);
+
+/// A broker on `dir` whose auto-created topics have `partitions` partitions.
+async fn start(dir: &Path, partitions: i32) -> runnel::BrokerHandle {
+    let mut cfg = common::test_config(dir);
+    cfg.broker.default_partitions = partitions;
+    common::start_with(cfg).await
+}
+
+/// A transactional producer of `id` whose transactions time out after `timeout_ms` (librdkafka
+/// wants its message and socket timeouts no longer than that).
+fn txn_producer(bootstrap: &str, id: &str, timeout_ms: u32) -> FutureProducer {
+    common::client_config(bootstrap)
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", timeout_ms.to_string())
+        .set("message.timeout.ms", timeout_ms.min(20_000).to_string())
+        .set("socket.timeout.ms", timeout_ms.min(10_000).to_string())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+fn plain_producer(bootstrap: &str) -> FutureProducer {
+    common::client_config(bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// Sends `value` to `topic`-`partition` and waits for its acknowledgement: its offset.
+async fn send(p: &FutureProducer, topic: &str, partition: i32, value: &str) -> i64 {
+    p.send(
+        FutureRecord::<(), str>::to(topic)
+            .payload(value)
+            .partition(partition),
+        WAIT,
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .unwrap_or_else(|e| panic!("{value} to {topic}-{partition} acknowledged: {e}"))
+    .offset
+}
+
+/// Runs a blocking librdkafka call off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+async fn init(p: &FutureProducer) {
+    let p = p.clone();
+    blocking(move || p.init_transactions(WAIT))
+        .await
+        .expect("init_transactions");
+}
+
+fn begin(p: &FutureProducer) {
+    p.begin_transaction().expect("begin_transaction");
+}
+
+async fn commit(p: &FutureProducer) -> KafkaResult<()> {
+    let p = p.clone();
+    blocking(move || p.commit_transaction(WAIT)).await
+}
+
+/// Aborts `p`'s transaction once everything sent is acknowledged (librdkafka purges what is
+/// still queued at an abort, which would leave nothing aborted to look at).
+async fn abort(p: &FutureProducer) -> KafkaResult<()> {
+    let p = p.clone();
+    blocking(move || {
+        p.flush(WAIT)?;
+        p.abort_transaction(WAIT)
+    })
+    .await
+}
+
+/// Asserts `e` is the fatal error of a producer whose transactional id another producer took.
+fn assert_fenced(e: &KafkaError) {
+    let KafkaError::Transaction(err) = e else {
+        panic!("a transaction error, not {e}");
+    };
+    assert!(err.is_fatal(), "a fenced producer's error is fatal: {e}");
+    assert!(
+        matches!(
+            err.code(),
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        ),
+        "fenced: {e}"
+    );
+}
+
+/// Everything a new consumer with `isolation` (read_committed or read_uncommitted) reads from
+/// partitions `0..partitions` of `topic` from the beginning until it is at the end of each (for
+/// read_committed, the last stable offset).
+async fn read(bootstrap: &str, topic: &str, partitions: i32, isolation: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = common::client_config(bootstrap)
+        .set("group.id", "txn-readers")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let what = format!("{isolation} read of {topic}");
+    blocking(move || {
+        let mut out = Vec::new();
+        let mut at_end = HashSet::new();
+        let deadline = Instant::now() + WAIT;
+        while at_end.len() < partitions as usize {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not at the end of every partition in {WAIT:?}; read {out:?}"
+            );
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    at_end.remove(&m.partition());
+                    let value = String::from_utf8(m.payload().unwrap_or_default().to_vec());
+                    out.push((m.partition(), m.offset(), value.unwrap()));
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => panic!("{what}: {e}"),
+            }
+        }
+        out
+    })
+    .await
+}
+
+/// `reads` by partition, each in the order delivered.
+fn by_partition(reads: &[Read]) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let mut out: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    for (p, offset, value) in reads {
+        out.entry(*p).or_default().push((*offset, value.clone()));
+    }
+    out
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+/// ListOffsets "latest" of `topic`-`partition` with `isolation`: the log end, or for
+/// read_committed the last stable offset.
+async fn latest(raw: &mut RawClient, topic: &str, partition: i32, isolation: i8) -> i64 {
+    let r = raw
+        .call(
+            &ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_isolation_level(isolation)
+                .with_topics(vec![
+                    ListOffsetsTopic::default()
+                        .with_name(TopicName(s(topic)))
+                        .with_partitions(vec![
+                            ListOffsetsPartition::default()
+                                .with_partition_index(partition)
+                                .with_timestamp(-1),
+                        ]),
+                ]),
+            5,
+        )
+        .await;
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0, "ListOffsets {topic}-{partition}");
+    p.offset
+}
+
+/// Records of transactions, as a test wrote them: (topic, partition, value).
+type Records = &'static [(&'static str, i32, &'static str)];
+
+/// A record sent in a transaction: where it is, and whether its transaction committed.
+struct Sent {
+    topic: &'static str,
+    read: Read,
+    committed: bool,
+}
+
+/// Transactions on three partitions of two topics, in order: T1 commits, T2 aborts, T3 commits.
+/// A read_committed consumer reads T1's and T3's records, in order, and none of T2's; a
+/// read_uncommitted one reads all of them; and every transaction's end takes one offset in each
+/// partition it wrote, which no consumer is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_reads_exactly_the_committed_records_of_every_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 3).await;
+    let bootstrap = broker.bootstrap();
+    let producer = txn_producer(&bootstrap, "ledger-tx", 60_000);
+    init(&producer).await;
+
+    // (commits, records as (topic, partition, value)).
+    let txns: [(bool, Records); 3] = [
+        (
+            true,
+            &[
+                ("ledger", 0, "t1-l0-a"),
+                ("ledger", 0, "t1-l0-b"),
+                ("ledger", 1, "t1-l1-a"),
+                ("audit", 2, "t1-a2-a"),
+            ],
+        ),
+        (
+            false,
+            &[
+                ("ledger", 0, "t2-l0-a"),
+                ("ledger", 0, "t2-l0-b"),
+                ("ledger", 2, "t2-l2-a"),
+                ("audit", 2, "t2-a2-a"),
+            ],
+        ),
+        (
+            true,
+            &[
+                ("ledger", 0, "t3-l0-a"),
+                ("ledger", 1, "t3-l1-a"),
+                ("audit", 2, "t3-a2-a"),
+            ],
+        ),
+    ];
+    // The offsets Kafka gives: each record the next one of its partition, and each
+    // transaction's end one more in every partition it wrote (its marker).
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    let mut sent = Vec::new();
+    for (committed, records) in txns {
+        begin(&producer);
+        let mut written = HashSet::new();
+        for &(topic, partition, value) in records {
+            let offset = send(&producer, topic, partition, value).await;
+            let expected = next.entry((topic, partition)).or_insert(0);
+            assert_eq!(offset, *expected, "offset of {value}");
+            *expected += 1;
+            written.insert((topic, partition));
+            sent.push(Sent {
+                topic,
+                read: (partition, offset, value.to_string()),
+                committed,
+            });
+        }
+        if committed {
+            commit(&producer).await.expect("commit_transaction");
+        } else {
+            abort(&producer).await.expect("abort_transaction");
+        }
+        for tp in written {
+            *next.get_mut(&tp).unwrap() += 1;
+        }
+    }
+
+    for topic in ["ledger", "audit"] {
+        let expected = |only_committed: bool| {
+            let reads: Vec<Read> = sent
+                .iter()
+                .filter(|s| s.topic == topic && (s.committed || !only_committed))
+                .map(|s| s.read.clone())
+                .collect();
+            by_partition(&reads)
+        };
+        let committed = read(&bootstrap, topic, 3, "read_committed").await;
+        assert_eq!(
+            by_partition(&committed),
+            expected(true),
+            "{topic}: read_committed"
+        );
+        let uncommitted = read(&bootstrap, topic, 3, "read_uncommitted").await;
+        assert_eq!(
+            by_partition(&uncommitted),
+            expected(false),
+            "{topic}: read_uncommitted"
+        );
+    }
+    // The markers are in the logs: each partition ends past its last record by one marker.
+    let mut raw = RawClient::connect(&bootstrap).await;
+    for (&(topic, partition), &end) in &next {
+        for isolation in [READ_UNCOMMITTED, READ_COMMITTED] {
+            assert_eq!(
+                latest(&mut raw, topic, partition, isolation).await,
+                end,
+                "{topic}-{partition} log end (isolation {isolation})"
+            );
+        }
+    }
+    assert_eq!(next[&("ledger", 0)], 8, "5 records and 3 markers");
+    broker.shutdown().await;
+}
+
+/// An open transaction holds read_committed consumers back at its first offset (the last stable
+/// offset): neither its records nor a plain record written after it are delivered until it
+/// commits. ListOffsets "latest" says so: the LSO for READ_COMMITTED, the log end for
+/// READ_UNCOMMITTED, the same once the transaction has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_holds_back_read_committed_readers_until_it_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 1).await;
+    let bootstrap = broker.bootstrap();
+    let plain = plain_producer(&bootstrap);
+    let producer = txn_producer(&bootstrap, "held-tx", 60_000);
+    init(&producer).await;
+
+    assert_eq!(send(&plain, "held", 0, "before").await, 0);
+    begin(&producer);
+    assert_eq!(send(&producer, "held", 0, "txn-a").await, 1);
+    assert_eq!(send(&producer, "held", 0, "txn-b").await, 2);
+    producer.flush(WAIT).unwrap();
+    assert_eq!(send(&plain, "held", 0, "after").await, 3);
+
+    let committed = read(&bootstrap, "held", 1, "read_committed").await;
+    assert_eq!(committed, vec![(0, 0, "before".to_string())]);
+    let uncommitted = read(&bootstrap, "held", 1, "read_uncommitted").await;
+    let values: Vec<&str> = uncommitted.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(values, ["before", "txn-a", "txn-b", "after"]);
+    let mut raw = RawClient::connect(&bootstrap).await;
+    assert_eq!(latest(&mut raw, "held", 0, READ_COMMITTED).await, 1, "LSO");
+    assert_eq!(latest(&mut raw, "held", 0, READ_UNCOMMITTED).await, 4);
+
+    commit(&producer).await.expect("commit_transaction");
+    let committed = read(&bootstrap, "held", 1, "read_committed").await;
+    let expected: Vec<Read> = [(0, "before"), (1, "txn-a"), (2, "txn-b"), (3, "after")]
+        .into_iter()
+        .map(|(o, v)| (0, o, v.to_string()))
+        .collect();
+    assert_eq!(committed, expected);
+    // The marker took offset 4.
+    assert_eq!(latest(&mut raw, "held", 0, READ_COMMITTED).await, 5);
+    assert_eq!(latest(&mut raw, "held", 0, READ_UNCOMMITTED).await, 5);
+    broker.shutdown().await;
+}
+
+/// Polls `consumer` (a group member) until it has delivered `n` records, for up to 10 s.
+fn consume(consumer: &BaseConsumer, n: usize) -> Vec<Read> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} records in {WAIT:?}: {out:?}"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                let value = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+                out.push((m.partition(), m.offset(), value));
+            }
+            Some(Err(e)) => panic!("consuming: {e}"),
+        }
+    }
+    out
+}
+
+/// The offsets of `tpl`'s partitions of `topic`, by partition.
+fn offsets(tpl: &TopicPartitionList, topic: &str) -> BTreeMap<i32, Offset> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}
+
+/// Consume-transform-produce: a group member's positions sent to the transaction
+/// (`send_offsets_to_transaction`) become the group's committed offsets when it commits, and
+/// change nothing when it aborts; the transformed records follow the same fate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_offsets_commit_with_the_transaction_and_not_with_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 2).await;
+    let bootstrap = broker.bootstrap();
+    let plain = plain_producer(&bootstrap);
+    for i in 0..10 {
+        send(&plain, "in", i % 2, &format!("in-{i}")).await;
+    }
+    let b = bootstrap.clone();
+    let first = blocking(move || {
+        let consumer: BaseConsumer = common::client_config(&b)
+            .set("group.id", "etl")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["in"]).unwrap();
+        let producer: BaseProducer = common::client_config(&b)
+            .set("transactional.id", "etl-tx")
+            .create()
+            .unwrap();
+        producer.init_transactions(WAIT).expect("init_transactions");
+        let transform = |records: &[Read]| {
+            for (p, _, value) in records {
+                let out = value.replace("in-", "out-");
+                producer
+                    .send(BaseRecord::<(), str>::to("out").payload(&out).partition(*p))
+                    .expect("queued");
+            }
+        };
+
+        // Committed with the transaction.
+        let first = consume(&consumer, 6);
+        producer.begin_transaction().unwrap();
+        transform(&first);
+        let position = consumer.position().unwrap();
+        let group = consumer.group_metadata().expect("a group member");
+        producer
+            .send_offsets_to_transaction(&position, &group, WAIT)
+            .expect("send_offsets_to_transaction");
+        producer.commit_transaction(WAIT).expect("commit");
+        let committed = consumer.committed(WAIT).unwrap();
+        let at_commit = offsets(&position, "in");
+        // Six records of five a partition: some of each.
+        assert_eq!(
+            at_commit.values().filter_map(|o| o.to_raw()).sum::<i64>(),
+            6,
+            "the positions after 6 records: {at_commit:?}"
+        );
+        assert_eq!(
+            offsets(&committed, "in"),
+            at_commit,
+            "committed = positions"
+        );
+
+        // Dropped with an abort.
+        let second = consume(&consumer, 4);
+        producer.begin_transaction().unwrap();
+        transform(&second);
+        let position = consumer.position().unwrap();
+        assert_eq!(
+            offsets(&position, "in"),
+            BTreeMap::from([(0, Offset::Offset(5)), (1, Offset::Offset(5))])
+        );
+        producer
+            .send_offsets_to_transaction(&position, &group, WAIT)
+            .expect("send_offsets_to_transaction");
+        producer.flush(WAIT).unwrap();
+        producer.abort_transaction(WAIT).expect("abort");
+        let committed = consumer.committed(WAIT).unwrap();
+        assert_eq!(
+            offsets(&committed, "in"),
+            at_commit,
+            "unchanged by the abort"
+        );
+        first
+    })
+    .await;
+
+    // The transformed records: those of the first six committed, the other four aborted.
+    let values = |reads: &[Read]| {
+        let mut v: Vec<String> = reads.iter().map(|r| r.2.replace("in-", "out-")).collect();
+        v.sort();
+        v
+    };
+    let committed = read(&bootstrap, "out", 2, "read_committed").await;
+    assert_eq!(values(&committed), values(&first));
+    let uncommitted = read(&bootstrap, "out", 2, "read_uncommitted").await;
+    assert_eq!(uncommitted.len(), 10, "{uncommitted:?}");
+    broker.shutdown().await;
+}
+
+/// A second producer of a transactional id fences the first: the first's open transaction is
+/// aborted (its records never reach read_committed consumers, nor hold them back), and its
+/// commit fails with a fatal error. The second's transactions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_producer_of_the_id_aborts_the_old_ones_transaction_and_fences_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 1).await;
+    let bootstrap = broker.bootstrap();
+    let old = txn_producer(&bootstrap, "fx", 60_000);
+    init(&old).await;
+    begin(&old);
+    assert_eq!(send(&old, "fenced", 0, "old-a").await, 0);
+    assert_eq!(send(&old, "fenced", 0, "old-b").await, 1);
+
+    let new = txn_producer(&bootstrap, "fx", 60_000);
+    init(&new).await;
+    // The old transaction ended (its abort marker at 2): nothing is held back.
+    let mut raw = RawClient::connect(&bootstrap).await;
+    assert_eq!(latest(&mut raw, "fenced", 0, READ_COMMITTED).await, 3);
+
+    let err = commit(&old)
+        .await
+        .expect_err("the fenced producer cannot commit");
+    assert_fenced(&err);
+
+    begin(&new);
+    assert_eq!(send(&new, "fenced", 0, "new-a").await, 3);
+    commit(&new).await.expect("commit_transaction");
+
+    let committed = read(&bootstrap, "fenced", 1, "read_committed").await;
+    assert_eq!(committed, vec![(0, 3, "new-a".to_string())]);
+    let uncommitted = read(&bootstrap, "fenced", 1, "read_uncommitted").await;
+    let values: Vec<&str> = uncommitted.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(values, ["old-a", "old-b", "new-a"]);
+    broker.shutdown().await;
+}
+
+/// A transaction open past its `transaction.timeout.ms` is aborted by the coordinator: read
+/// committed consumers read past it (a plain record written after it is delivered, its own
+/// records are not), and its producer's late commit fails: it was fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_past_its_timeout_is_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 1).await;
+    let bootstrap = broker.bootstrap();
+    let producer = txn_producer(&bootstrap, "slow-tx", 1000);
+    init(&producer).await;
+    begin(&producer);
+    assert_eq!(send(&producer, "stalled", 0, "txn-a").await, 0);
+    assert_eq!(send(&producer, "stalled", 0, "txn-b").await, 1);
+    producer.flush(WAIT).unwrap();
+    let plain = plain_producer(&bootstrap);
+    assert_eq!(send(&plain, "stalled", 0, "later").await, 2);
+
+    // The coordinator looks every second: aborted within about two.
+    let mut raw = RawClient::connect(&bootstrap).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while latest(&mut raw, "stalled", 0, READ_COMMITTED).await == 0 {
+        assert!(Instant::now() < deadline, "still open after 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Aborted: its marker at 3 ends the log, and nothing is held back.
+    assert_eq!(latest(&mut raw, "stalled", 0, READ_UNCOMMITTED).await, 4);
+    assert_eq!(latest(&mut raw, "stalled", 0, READ_COMMITTED).await, 4);
+    let committed = read(&bootstrap, "stalled", 1, "read_committed").await;
+    assert_eq!(committed, vec![(0, 2, "later".to_string())]);
+
+    // The abort bumped the producer's epoch, as Kafka's coordinator does: the producer is
+    // fenced.
+    let late = commit(&producer).await;
+    assert_fenced(&late.expect_err("a commit after the timeout's abort fails"));
+    // Still aborted, and nothing more written.
+    let committed = read(&bootstrap, "stalled", 1, "read_committed").await;
+    assert_eq!(committed, vec![(0, 2, "later".to_string())]);
+    broker.shutdown().await;
+}
+
+/// A restart keeps both a committed transaction and an open one: the committed records are read
+/// committed, the open transaction still holds read_committed consumers back, until a new
+/// producer of its transactional id aborts it; then what was written after it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_and_open_transactions_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.default_partitions = 1;
+    let broker = common::start_with(cfg.clone()).await;
+    let bootstrap = broker.bootstrap();
+    let producer = txn_producer(&bootstrap, "durable-tx", 60_000);
+    init(&producer).await;
+    begin(&producer);
+    assert_eq!(send(&producer, "durable", 0, "done-a").await, 0);
+    assert_eq!(send(&producer, "durable", 0, "done-b").await, 1);
+    commit(&producer).await.expect("commit_transaction");
+    begin(&producer);
+    assert_eq!(send(&producer, "durable", 0, "open-a").await, 3);
+    assert_eq!(send(&producer, "durable", 0, "open-b").await, 4);
+    producer.flush(WAIT).unwrap();
+    let plain = plain_producer(&bootstrap);
+    assert_eq!(send(&plain, "durable", 0, "plain").await, 5);
+    drop(plain);
+    broker.shutdown().await;
+    // The producer stays as it was, unable to reach the restarted broker (a new port).
+
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let done = vec![(0, 0, "done-a".to_string()), (0, 1, "done-b".to_string())];
+    assert_eq!(read(&bootstrap, "durable", 1, "read_committed").await, done);
+    let mut raw = RawClient::connect(&bootstrap).await;
+    assert_eq!(latest(&mut raw, "durable", 0, READ_COMMITTED).await, 3);
+    assert_eq!(latest(&mut raw, "durable", 0, READ_UNCOMMITTED).await, 6);
+    // The coordinator's checks after the start leave it open (its timeout is a minute).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(latest(&mut raw, "durable", 0, READ_COMMITTED).await, 3);
+
+    let successor = txn_producer(&bootstrap, "durable-tx", 60_000);
+    init(&successor).await;
+    assert_eq!(latest(&mut raw, "durable", 0, READ_COMMITTED).await, 7);
+    let mut expected = done;
+    expected.push((0, 5, "plain".to_string()));
+    assert_eq!(
+        read(&bootstrap, "durable", 1, "read_committed").await,
+        expected
+    );
+    blocking(move || drop(producer)).await;
+    broker.shutdown().await;
+}
+
+/// One transactional record batch of `producer_id` at `epoch`, for raw produce requests.
+fn txn_batch(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Bytes {
+    let mut r = common::record(0, Some(b"k"), value, runnel::broker::now_ms());
+    r.transactional = true;
+    r.producer_id = producer_id;
+    r.producer_epoch = epoch;
+    r.sequence = sequence;
+    common::encode_batch(&[r], kafka_protocol::records::Compression::None)
+}
+
+fn add_partitions(
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+    partitions: &[(&str, i32)],
+) -> AddPartitionsToTxnRequest {
+    AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(s(id)))
+        .with_v3_and_below_producer_id(ProducerId(producer_id))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(
+            partitions
+                .iter()
+                .map(|(t, p)| {
+                    AddPartitionsToTxnTopic::default()
+                        .with_name(TopicName(s(t)))
+                        .with_partitions(vec![*p])
+                })
+                .collect(),
+        )
+}
+
+/// Each partition's error code in an AddPartitionsToTxn (v0-3) response.
+fn codes(r: &AddPartitionsToTxnResponse) -> BTreeMap<(String, i32), i16> {
+    r.results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| {
+            t.results_by_partition.iter().map(|p| {
+                (
+                    (t.name.to_string(), p.partition_index),
+                    p.partition_error_code,
+                )
+            })
+        })
+        .collect()
+}
+
+fn end_txn(id: &str, (producer_id, epoch): (i64, i16), commit: bool) -> EndTxnRequest {
+    EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(s(id)))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_committed(commit)
+}
+
+async fn init_raw(raw: &mut RawClient, id: &str, version: i16) -> (i64, i16) {
+    let r = raw
+        .call(
+            &InitProducerIdRequest::default()
+                .with_transactional_id(Some(TransactionalId(s(id))))
+                .with_transaction_timeout_ms(60_000),
+            version,
+        )
+        .await;
+    assert_eq!(r.error_code, 0, "InitProducerId {id}");
+    (r.producer_id.0, r.producer_epoch)
+}
+
+/// Creates `name` with one partition.
+async fn create_topic(raw: &mut RawClient, name: &str) {
+    let created = raw
+        .call(
+            &CreateTopicsRequest::default().with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(s(name)))
+                    .with_num_partitions(1)
+                    .with_replication_factor(-1),
+            ]),
+            5,
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0, "{name} created");
+}
+
+/// The coordinator's refusals on the wire: a transactional batch for a partition not added to
+/// the transaction gets INVALID_TXN_STATE and is not written; AddPartitionsToTxn naming an
+/// unknown topic adds nothing (UNKNOWN_TOPIC_OR_PARTITION for it, OPERATION_NOT_ATTEMPTED for
+/// the rest); a fenced epoch gets INVALID_PRODUCER_EPOCH on Produce and PRODUCER_FENCED on
+/// EndTxn, which leaves the transaction open for its current producer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinators_refusals_carry_kafkas_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    create_topic(&mut raw, "raw-txn").await;
+    let id = "raw-tx";
+    let produce = |batch: Bytes| {
+        common::produce_request("raw-txn", 0, -1, batch)
+            .with_transactional_id(Some(TransactionalId(s(id))))
+    };
+    let produce_code = |r: &kafka_protocol::messages::ProduceResponse| {
+        r.responses[0].partition_responses[0].error_code
+    };
+
+    let (pid, epoch) = init_raw(&mut raw, id, 4).await;
+    let r = raw.call(&produce(txn_batch(pid, epoch, 0, b"v")), 7).await;
+    assert_eq!(produce_code(&r), E::InvalidTxnState.code(), "not added");
+    assert_eq!(latest(&mut raw, "raw-txn", 0, READ_UNCOMMITTED).await, 0);
+
+    let r = raw
+        .call(
+            &add_partitions(id, (pid, epoch), &[("raw-txn", 0), ("no-such-topic", 0)]),
+            3,
+        )
+        .await;
+    let expected = BTreeMap::from([
+        (
+            ("no-such-topic".to_string(), 0),
+            E::UnknownTopicOrPartition.code(),
+        ),
+        (("raw-txn".to_string(), 0), E::OperationNotAttempted.code()),
+    ]);
+    assert_eq!(codes(&r), expected);
+    let r = raw.call(&produce(txn_batch(pid, epoch, 0, b"v")), 7).await;
+    assert_eq!(produce_code(&r), E::InvalidTxnState.code(), "nothing added");
+    assert_eq!(latest(&mut raw, "raw-txn", 0, READ_UNCOMMITTED).await, 0);
+
+    // A second InitProducerId fences the first epoch.
+    let (pid2, epoch2) = init_raw(&mut raw, id, 4).await;
+    assert_eq!((pid2, epoch2), (pid, epoch + 1));
+    let r = raw
+        .call(&add_partitions(id, (pid, epoch), &[("raw-txn", 0)]), 3)
+        .await;
+    assert_eq!(
+        codes(&r)[&("raw-txn".to_string(), 0)],
+        E::ProducerFenced.code()
+    );
+    let r = raw
+        .call(&add_partitions(id, (pid, epoch2), &[("raw-txn", 0)]), 3)
+        .await;
+    assert_eq!(codes(&r)[&("raw-txn".to_string(), 0)], 0);
+    let r = raw.call(&produce(txn_batch(pid, epoch, 0, b"v")), 7).await;
+    assert_eq!(
+        produce_code(&r),
+        E::InvalidProducerEpoch.code(),
+        "old epoch"
+    );
+    let r = raw.call(&produce(txn_batch(pid, epoch2, 0, b"v")), 7).await;
+    assert_eq!(produce_code(&r), 0);
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
+
+    let r = raw.call(&end_txn(id, (pid, epoch), true), 3).await;
+    assert_eq!(r.error_code, E::ProducerFenced.code());
+    assert_eq!(
+        latest(&mut raw, "raw-txn", 0, READ_COMMITTED).await,
+        0,
+        "still open"
+    );
+    let r = raw.call(&end_txn(id, (pid, epoch2), true), 3).await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(
+        latest(&mut raw, "raw-txn", 0, READ_COMMITTED).await,
+        2,
+        "committed"
+    );
+    broker.shutdown().await;
+}
+
+/// Clients older than PRODUCER_FENCED (KIP-588, Kafka 2.7) are told of a fenced epoch with
+/// INVALID_PRODUCER_EPOCH, the code they know, as Kafka's broker does: EndTxn and
+/// AddPartitionsToTxn v0-1. From v2 they get PRODUCER_FENCED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_client_is_told_invalid_producer_epoch_when_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    create_topic(&mut raw, "old-client").await;
+    let id = "old-client-tx";
+    let fenced = init_raw(&mut raw, id, 1).await;
+    let current = init_raw(&mut raw, id, 1).await;
+    assert_eq!(current, (fenced.0, fenced.1 + 1));
+    let old = |v: i16| {
+        if v < 2 {
+            E::InvalidProducerEpoch.code()
+        } else {
+            E::ProducerFenced.code()
+        }
+    };
+    // (request, version, code got, code expected), all of them before asserting.
+    let mut answers = Vec::new();
+    for v in 0..=3 {
+        let r = raw.call(&end_txn(id, fenced, false), v).await;
+        answers.push(("EndTxn", v, r.error_code, old(v)));
+        let r = raw
+            .call(&add_partitions(id, fenced, &[("old-client", 0)]), v)
+            .await;
+        let code = codes(&r).into_values().next().unwrap_or(0);
+        answers.push(("AddPartitionsToTxn", v, code, old(v)));
+    }
+    let wrong: Vec<_> = answers.iter().filter(|a| a.2 != a.3).collect();
+    assert!(
+        wrong.is_empty(),
+        "(request, version, got, expected): {wrong:?}"
+    );
+    broker.shutdown().await;
+}
+
+/// DescribeTransactions and ListTransactions (`kafka-transactions.sh`) show a transaction in
+/// progress with its partitions; a transactional id unused for 7 days (Kafka's
+/// `transactional.id.expiration.ms`) is forgotten, also across a restart, and its producer then
+/// starts again under a new producer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_listed_and_an_unused_id_is_forgotten_after_seven_days() {
+    use kafka_protocol::messages::{DescribeTransactionsRequest, ListTransactionsRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    create_topic(&mut raw, "listed").await;
+    let (pid, epoch) = init_raw(&mut raw, "lister", 3).await;
+    let added = raw
+        .call(
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(s("lister")))
+                .with_v3_and_below_producer_id(ProducerId(pid))
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![
+                    AddPartitionsToTxnTopic::default()
+                        .with_name(TopicName(s("listed")))
+                        .with_partitions(vec![0]),
+                ]),
+            3,
+        )
+        .await;
+    assert_eq!(
+        added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        0
+    );
+    let describe = |id: &str| {
+        DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s(id))])
+    };
+    let d = raw.call(&describe("lister"), 0).await;
+    let state = &d.transaction_states[0];
+    assert_eq!(state.error_code, 0);
+    assert_eq!(state.transaction_state.as_str(), "Ongoing");
+    assert_eq!((state.producer_id.0, state.producer_epoch), (pid, epoch));
+    assert_eq!(state.transaction_timeout_ms, 60_000);
+    assert!(state.transaction_start_time_ms > 0);
+    assert_eq!(state.topics.len(), 1);
+    assert_eq!(state.topics[0].topic.as_str(), "listed");
+    assert_eq!(state.topics[0].partitions, [0]);
+    let l = raw
+        .call(
+            &ListTransactionsRequest::default()
+                .with_state_filters(vec![s("Ongoing"), s("Sleeping")])
+                .with_duration_filter(-1),
+            1,
+        )
+        .await;
+    assert_eq!(l.transaction_states.len(), 1);
+    assert_eq!(l.transaction_states[0].transactional_id.as_str(), "lister");
+    assert_eq!(
+        l.unknown_state_filters
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>(),
+        ["Sleeping"]
+    );
+    let unknown = raw.call(&describe("nobody"), 0).await;
+    assert_eq!(
+        unknown.transaction_states[0].error_code,
+        E::TransactionalIdNotFound.code()
+    );
+
+    // Ended, then unused: forgotten once 7 days have passed, not before.
+    let ended = raw
+        .call(
+            &EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("lister")))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_committed(true),
+            3,
+        )
+        .await;
+    assert_eq!(ended.error_code, 0);
+    let now = runnel::broker::now_ms();
+    let b = &broker.broker;
+    b.transactions
+        .tick(b, now + runnel::transactions::EXPIRATION_MS - 60_000);
+    let d = raw.call(&describe("lister"), 0).await;
+    assert_eq!(
+        d.transaction_states[0].transaction_state.as_str(),
+        "CompleteCommit"
+    );
+    b.transactions
+        .tick(b, now + runnel::transactions::EXPIRATION_MS + 60_000);
+    let d = raw.call(&describe("lister"), 0).await;
+    assert_eq!(
+        d.transaction_states[0].error_code,
+        E::TransactionalIdNotFound.code()
+    );
+    drop(raw);
+    broker.shutdown().await;
+
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    let d = raw.call(&describe("lister"), 0).await;
+    assert_eq!(
+        d.transaction_states[0].error_code,
+        E::TransactionalIdNotFound.code()
+    );
+    let (again, epoch) = init_raw(&mut raw, "lister", 3).await;
+    assert!(
+        again != pid && epoch == 0,
+        "a new producer id: {again} (was {pid})"
+    );
+    broker.shutdown().await;
+}
