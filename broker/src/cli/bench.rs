@@ -11,7 +11,7 @@
 //! `runnel bench devices` is the device benchmark instead (`bench_devices.rs`): many QUIC
 //! devices, or as many librdkafka producers over TCP, sending acknowledged readings;
 //! `bench plugins` and `bench federation` measure a filter plugin and forwarding to a central
-//! cluster.
+//! cluster; `bench transactions` what exactly-once costs.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +80,9 @@ pub enum BenchMode {
     /// Produce throughput and acks=all latency of a broker alone against a leader with a
     /// follower (`[cluster]`, brokers in this process).
     Replication(super::bench_replication::ReplicationArgs),
+    /// What exactly-once costs: an idempotent producer against transactional ones committing
+    /// every N records, and read_committed against read_uncommitted consumers.
+    Transactions(super::bench_transactions::TransactionsArgs),
 }
 
 /// Appends `text` and a newline to `path` (the `--markdown` file of the benches).
@@ -351,6 +354,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Federation(f)) => return super::bench_federation::run(f),
         Some(BenchMode::QuicFloor(q)) => return super::bench_quic_floor::run(q),
         Some(BenchMode::Replication(r)) => return super::bench_replication::run(r),
+        Some(BenchMode::Transactions(t)) => return super::bench_transactions::run(t),
         None => {}
     }
     let tag = crate::broker::now_ms();

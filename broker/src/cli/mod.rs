@@ -19,6 +19,7 @@ mod bench_federation;
 mod bench_plugins;
 mod bench_quic_floor;
 mod bench_replication;
+mod bench_transactions;
 mod client;
 mod groups;
 mod plugin;
