@@ -598,3 +598,46 @@ fn bench_quic_floor_reports_the_round_trips_of_a_small_fleet() {
         "{text}"
     );
 }
+
+/// `runnel bench transactions` against a broker: every phase completes (a transaction that
+/// failed to commit, or a consumer that stalled, fails the run) and the report names each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_transactions_runs_every_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    let out = tokio::task::spawn_blocking(move || {
+        runnel(&[
+            "bench",
+            "transactions",
+            "--bootstrap",
+            &bootstrap,
+            "--records",
+            "2000",
+            "--per-transaction",
+            "100,1000",
+        ])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for phase in [
+        "idempotent producer:",
+        "transactions of    100 records:",
+        "transactions of   1000 records:",
+        "consume read_committed",
+        "consume read_uncommitted",
+    ] {
+        assert!(text.contains(phase), "{phase} missing from {text}");
+    }
+    // 2,000 records in transactions of 100, then of 1000: 20 + 2 commits, each one marker.
+    let end = |topic: &str| {
+        let t = broker.broker.catalog.list();
+        let t = t.iter().find(|t| t.name.starts_with(topic)).unwrap();
+        t.partition(0).unwrap().log().log_end_offset()
+    };
+    assert_eq!(end("bench-txn100-"), 2020);
+    assert_eq!(end("bench-txn1000-"), 2002);
+    broker.shutdown().await;
+}
