@@ -515,19 +515,7 @@ impl GroupCoordinator {
         if let Err(e) = &stored {
             warn!(group = %req.group_id, error = %e, "offset commit failed in the store");
         } else if !batch.is_empty() {
-            let cfg = &self.inner.config;
-            let mut groups = self.groups();
-            let group = groups.entry(req.group_id.clone()).or_insert_with(|| {
-                Group::new(req.group_id.clone(), cfg.initial_rebalance_delay, now)
-            });
-            for (topic, partition, offset) in batch {
-                group
-                    .offsets
-                    .entry(topic)
-                    .or_default()
-                    .insert(partition, offset);
-            }
-            group.last_commit = now;
+            self.remember_offsets(&req.group_id, batch, now);
         }
         fill(&mut |p| {
             let size = p.metadata.as_ref().map_or(0, |m| m.len());
@@ -587,6 +575,17 @@ impl GroupCoordinator {
             .store
             .commit(group_id, &offsets)
             .map_err(GroupError::Store)?;
+        self.remember_offsets(group_id, offsets, now);
+        Ok(())
+    }
+
+    /// Offsets just stored, made the group's (which is made if it does not exist).
+    fn remember_offsets(
+        &self,
+        group_id: &str,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+        now: Instant,
+    ) {
         let cfg = &self.inner.config;
         let mut groups = self.groups();
         let group = groups
@@ -600,7 +599,6 @@ impl GroupCoordinator {
                 .insert(partition, offset);
         }
         group.last_commit = now;
-        Ok(())
     }
 
     /// OffsetFetch for one group (the multi-group form of v8 calls this per group). `None`

@@ -140,18 +140,14 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                     match filtered {
                         Ok(Ok(chained)) => chained,
                         Ok(Err(e)) => {
-                            out.error_code = match e {
+                            let code = match e {
                                 ProduceFilterError::Plugin(_)
                                 | ProduceFilterError::Idempotent { .. } => {
                                     E::PolicyViolation.code()
                                 }
                                 ProduceFilterError::Corrupt(_) => E::CorruptMessage.code(),
                             };
-                            out.error_message = Some(s(e.to_string()));
-                            ctx.broker
-                                .metrics
-                                .produce_errors
-                                .fetch_add(1, Ordering::Relaxed);
+                            fail(&mut out, &ctx, code, e.to_string());
                             partitions.push(out);
                             continue;
                         }
@@ -205,12 +201,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                         Ok(result) => result,
                         Err(refusal) => {
                             tracing::debug!(topic = %partition.topic, partition = pd.index, error = %refusal, "transactional produce refused");
-                            out.error_code = refusal.code();
-                            out.error_message = Some(s(refusal.to_string()));
-                            ctx.broker
-                                .metrics
-                                .produce_errors
-                                .fetch_add(1, Ordering::Relaxed);
+                            fail(&mut out, &ctx, refusal.code(), refusal.to_string());
                             partitions.push(out);
                             continue;
                         }
@@ -301,8 +292,13 @@ pub fn unacknowledged_end(response: &ProduceResponse) -> Outcome {
 /// Answers a partition with the storage layer's refusal, counted in
 /// `runnel_produce_errors_total`.
 fn refuse(out: &mut PartitionProduceResponse, ctx: &Ctx, e: &crate::storage::StorageError) {
-    out.error_code = storage_code(e);
-    out.error_message = Some(s(e.to_string()));
+    fail(out, ctx, storage_code(e), e.to_string());
+}
+
+/// Answers a partition with `code` and `message`, counted in `runnel_produce_errors_total`.
+fn fail(out: &mut PartitionProduceResponse, ctx: &Ctx, code: i16, message: String) {
+    out.error_code = code;
+    out.error_message = Some(s(message));
     ctx.broker
         .metrics
         .produce_errors
