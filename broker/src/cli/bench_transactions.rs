@@ -1,7 +1,7 @@
 //! `runnel bench transactions`: what exactly-once costs, against any Kafka-compatible broker
 //! (`--bootstrap`), each phase on a fresh topic:
 //! 1. an idempotent producer (acks=all), `--records` records as fast as they are acknowledged:
-//!    the baseline;
+//!    the baseline (after a warm-up of a tenth of that);
 //! 2. a transactional producer committing every `--per-transaction` records, for each size
 //!    given: records/s over the whole run, and how long each commit took (p50, p99), from the
 //!    call to its return: waiting for the transaction's last records, then EndTxn;
@@ -176,6 +176,13 @@ pub fn run(args: TransactionsArgs) -> anyhow::Result<()> {
         "bench transactions: {} records of {} bytes per phase against {}",
         args.records, args.record_size, args.bootstrap
     );
+    // A warm-up first, so that the baseline does not pay for the first connections and the
+    // broker's first segment files alone.
+    let warm_up = TransactionsArgs {
+        records: args.records / 10,
+        ..args.clone()
+    };
+    idempotent(&warm_up, &topic("warm-up"))?;
     let base = idempotent(&args, &topic("idempotent"))?;
     eprintln!(
         "idempotent producer:           {:>10.0} records/s",
