@@ -313,16 +313,32 @@ pub async fn start_broker_from(
     })
 }
 
+/// Runs `f`, which waits for the disk (an fsync), off the async worker it is called on
+/// (`block_in_place` on a multi-thread runtime; a plain call otherwise), so that the worker's
+/// other connections are served meanwhile.
+pub fn waiting_for_disk<R>(f: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// The transaction coordinator's start (orphaned transactions aborted, ends left halfway
 /// finished) and then its check every second (timeouts).
 async fn transaction_ticks(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    broker.transactions.tick(&broker, now_ms());
-    broker.transactions.abort_orphans(&broker, now_ms());
+    let txns = &broker.transactions;
+    waiting_for_disk(|| {
+        txns.tick(&broker, now_ms());
+        txns.abort_orphans(&broker, now_ms());
+    });
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = every.tick() => broker.transactions.tick(&broker, now_ms()),
+            _ = every.tick() => waiting_for_disk(|| txns.tick(&broker, now_ms())),
             _ = shutdown.changed() => return,
         }
     }

@@ -123,11 +123,8 @@ impl Partition {
         let config = self.log().config().clone();
         storage::check_produce_records(records, &config, rewritten, now_ms)?;
         let run = || self.log().append_walked(records, now_ms, rewritten);
-        let syncs = matches!(config.flush, storage::FlushPolicy::Always);
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let result = if syncs && multi_thread {
-            tokio::task::block_in_place(run)
+        let result = if matches!(config.flush, storage::FlushPolicy::Always) {
+            crate::broker::waiting_for_disk(run)
         } else {
             run()
         };

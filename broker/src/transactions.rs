@@ -98,6 +98,11 @@ pub struct Txn {
     /// When the id's producer last began, added to or ended a transaction, or got its id.
     #[serde(default)]
     pub used_ms: i64,
+    /// The epoch a producer last bumped its own epoch from (InitProducerId naming its producer
+    /// id and epoch): a retry of that request (its answer lost) gets the same answer again
+    /// instead of being fenced.
+    #[serde(default)]
+    pub previous_epoch: Option<i16>,
 }
 
 /// Why a transactional request is refused; each maps to Kafka's error code.
@@ -142,7 +147,7 @@ pub type Markers = Vec<(std::sync::Arc<crate::catalog::Partition>, i64)>;
 /// Why a transactional batch may not be appended ([`Transactions::append_verified`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchRefusal {
-    #[error("producer id {0} has no transactional id on this broker")]
+    #[error("producer id {0} is not the producer of the request's transactional id")]
     UnknownProducer(i64),
     #[error("producer {producer_id} epoch {given} was fenced: epoch {current} is current")]
     Fenced {
@@ -278,10 +283,19 @@ impl Transactions {
                     offsets: Vec::new(),
                     started_ms: now_ms,
                     used_ms: now_ms,
+                    previous_epoch: None,
                 }
             }
             Some(t) => {
                 let mut t = t.clone();
+                let retried = expected.is_some_and(|(pid, epoch)| {
+                    pid == t.producer_id
+                        && Some(epoch) == t.previous_epoch
+                        && t.status != TxnStatus::Ongoing
+                });
+                if retried {
+                    return Ok((t.producer_id, t.epoch));
+                }
                 if let Some((pid, epoch)) = expected
                     && (pid != t.producer_id || epoch != t.epoch)
                 {
@@ -291,12 +305,12 @@ impl Transactions {
                         current: t.epoch,
                     });
                 }
+                let before = (t.producer_id, t.epoch);
                 match t.status {
                     TxnStatus::Ongoing => {
                         // The previous producer left it open: abort it under the new epoch,
                         // which the markers carry to the partitions (fencing it there too).
-                        bump(broker, &mut t)?;
-                        self.end(broker, id, &mut t, false, now_ms, &mut Vec::new())?;
+                        fence_and_abort(self, broker, id, &mut t, now_ms)?;
                     }
                     TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                         let commit = t.status == TxnStatus::PrepareCommit;
@@ -305,6 +319,10 @@ impl Transactions {
                     }
                     _ => bump(broker, &mut t)?,
                 }
+                // Only a producer bumping its own epoch may retry; a new producer of the id
+                // fences every earlier epoch, so a zombie cannot pass for a retry.
+                t.previous_epoch =
+                    (expected.is_some() && t.producer_id == before.0).then_some(before.1);
                 t.timeout_ms = timeout_ms;
                 t
             }
@@ -380,8 +398,8 @@ impl Transactions {
 
     /// EndTxn: commits or aborts the transaction in progress, and returns the markers written
     /// (partition, offset after the marker): in a cluster the answer waits for the followers
-    /// to have them. Ending one already ended the same way (a retry) succeeds; so does ending
-    /// when none was started.
+    /// to have them. Ending one already ended the same way (a retry) succeeds; ending when none
+    /// was started is INVALID_TXN_STATE, as in Kafka (clients do not send it then).
     pub fn end_transaction(
         &self,
         broker: &Broker,
@@ -400,9 +418,7 @@ impl Transactions {
             | (TxnStatus::PrepareAbort, false) => {
                 self.end(broker, id, &mut next, commit, now_ms, &mut written)
             }
-            (TxnStatus::CompleteCommit, true)
-            | (TxnStatus::CompleteAbort, false)
-            | (TxnStatus::Empty, _) => Ok(()),
+            (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => Ok(()),
             (status, _) => Err(TxnError::InvalidState(format!(
                 "cannot {} transactional id {id}'s transaction: it is {}",
                 if commit { "commit" } else { "abort" },
@@ -414,19 +430,21 @@ impl Transactions {
     }
 
     /// Appends `append`'s transactional batches of producer `producer_id` to `topic`-`partition`
-    /// if it was added to the producer's ongoing transaction, with this coordinator locked, so
-    /// that the transaction cannot end between the check and the append.
+    /// if the producer is transactional id `id`'s (the one the request names, which the ACLs
+    /// let the client write) and the partition was added to its ongoing transaction, with this
+    /// coordinator locked, so that the transaction cannot end between the check and the
+    /// append.
     pub fn append_verified<R>(
         &self,
+        id: &str,
         (producer_id, epoch): (i64, i16),
         (topic, partition): (&str, i32),
         append: impl FnOnce() -> R,
     ) -> Result<R, BatchRefusal> {
         let inner = self.lock();
         let t = inner
-            .by_producer
-            .get(&producer_id)
-            .and_then(|id| inner.txns.get(id))
+            .txns
+            .get(id)
             .filter(|t| t.producer_id == producer_id)
             .ok_or(BatchRefusal::UnknownProducer(producer_id))?;
         if epoch != t.epoch {
@@ -479,9 +497,7 @@ impl Transactions {
                 TxnStatus::Ongoing if now_ms - t.started_ms > i64::from(t.timeout_ms) => {
                     tracing::info!(transactional_id = %id, producer_id = t.producer_id, timeout_ms = t.timeout_ms, "a transaction open past its timeout is aborted");
                     self.timed_out.fetch_add(1, Ordering::Relaxed);
-                    bump(broker, &mut next).and_then(|()| {
-                        self.end(broker, &id, &mut next, false, now_ms, &mut Vec::new())
-                    })
+                    fence_and_abort(self, broker, &id, &mut next, now_ms)
                 }
                 TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                     let commit = t.status == TxnStatus::PrepareCommit;
@@ -693,6 +709,26 @@ fn checked<'a>(
         });
     }
     Ok(t)
+}
+
+/// Aborts `t`'s transaction in progress and fences its producer: the markers carry the next
+/// epoch; when the producer id's epochs are used up, they carry the last one (so the partitions
+/// close the transaction of that producer id) and the id gets a new producer id afterwards,
+/// which fences the old one as well.
+fn fence_and_abort(
+    coordinator: &Transactions,
+    broker: &Broker,
+    id: &str,
+    t: &mut Txn,
+    now_ms: i64,
+) -> Result<(), TxnError> {
+    if t.epoch < i16::MAX - 1 {
+        t.epoch += 1;
+        return coordinator.end(broker, id, t, false, now_ms, &mut Vec::new());
+    }
+    coordinator.end(broker, id, t, false, now_ms, &mut Vec::new())?;
+    bump(broker, t)?;
+    store(broker, id, t)
 }
 
 /// The next epoch of `t`'s producer; a new producer id once the epochs run out.

@@ -947,3 +947,162 @@ async fn transactions_are_listed_and_an_unused_id_is_forgotten_after_seven_days(
     );
     broker.shutdown().await;
 }
+
+/// A Produce of transactional batches needs the request's transactional id, and the producer
+/// id to be that id's: without one, or with the producer id of another transactional id (one
+/// the client may write, guessing another's producer id), the request gets
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED or INVALID_PRODUCER_ID_MAPPING and nothing is written,
+/// so no client can add records to another producer's transaction. A batch outside a
+/// transaction from a producer with one open in the partition gets INVALID_TXN_STATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_batches_need_their_own_transactional_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    create_topic(&mut raw, "owned").await;
+    let (alice, epoch) = init_raw(&mut raw, "alice-tx", 4).await;
+    init_raw(&mut raw, "bob-tx", 4).await;
+    let r = raw
+        .call(
+            &add_partitions("alice-tx", (alice, epoch), &[("owned", 0)]),
+            3,
+        )
+        .await;
+    assert_eq!(codes(&r)[&("owned".to_string(), 0)], 0);
+    let produce = |id: Option<&str>, batch: Bytes| {
+        common::produce_request("owned", 0, -1, batch)
+            .with_transactional_id(id.map(|id| TransactionalId(s(id))))
+    };
+    let code = |r: &kafka_protocol::messages::ProduceResponse| {
+        r.responses[0].partition_responses[0].error_code
+    };
+    let r = raw
+        .call(&produce(None, txn_batch(alice, epoch, 0, b"x")), 7)
+        .await;
+    assert_eq!(code(&r), E::TransactionalIdAuthorizationFailed.code());
+    let r = raw
+        .call(
+            &produce(Some("bob-tx"), txn_batch(alice, epoch, 0, b"x")),
+            7,
+        )
+        .await;
+    assert_eq!(code(&r), E::InvalidProducerIdMapping.code());
+    assert_eq!(latest(&mut raw, "owned", 0, READ_UNCOMMITTED).await, 0);
+
+    let r = raw
+        .call(
+            &produce(Some("alice-tx"), txn_batch(alice, epoch, 0, b"a")),
+            7,
+        )
+        .await;
+    assert_eq!(code(&r), 0);
+    // The same producer id and epoch, the next sequence, but not transactional.
+    let mut outside = common::record(0, Some(b"k"), b"outside", runnel::broker::now_ms());
+    (
+        outside.producer_id,
+        outside.producer_epoch,
+        outside.sequence,
+    ) = (alice, epoch, 1);
+    let plain = common::encode_batch(&[outside], kafka_protocol::records::Compression::None);
+    let r = raw.call(&produce(None, plain), 7).await;
+    assert_eq!(code(&r), E::InvalidTxnState.code());
+    assert_eq!(latest(&mut raw, "owned", 0, READ_UNCOMMITTED).await, 1);
+    broker.shutdown().await;
+}
+
+/// InitProducerId retried by a producer that bumped its own epoch (the answer lost) gets the
+/// same answer again rather than PRODUCER_FENCED; a producer fenced by a new instance of its
+/// transactional id cannot pass for such a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_epoch_bump_is_answered_again_and_a_zombie_stays_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    let bump = |(pid, epoch): (i64, i16)| {
+        InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(s("bumper"))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+    };
+    let (pid, epoch) = init_raw(&mut raw, "bumper", 4).await;
+    let first = raw.call(&bump((pid, epoch)), 4).await;
+    assert_eq!(first.error_code, 0);
+    assert_eq!(
+        (first.producer_id.0, first.producer_epoch),
+        (pid, epoch + 1)
+    );
+    let again = raw.call(&bump((pid, epoch)), 4).await;
+    assert_eq!(again.error_code, 0, "a retry");
+    assert_eq!(
+        (again.producer_id.0, again.producer_epoch),
+        (pid, epoch + 1)
+    );
+    // A new instance fences every earlier epoch, the one bumped from included.
+    let (_, fencing) = init_raw(&mut raw, "bumper", 4).await;
+    assert_eq!(fencing, epoch + 2);
+    let zombie = raw.call(&bump((pid, epoch + 1)), 4).await;
+    assert_eq!(zombie.error_code, E::ProducerFenced.code());
+    broker.shutdown().await;
+}
+
+/// When a producer id's epochs are used up, the transaction a new instance finds open is
+/// aborted under the old producer id (so the partition closes it and read_committed readers go
+/// on), and the transactional id goes on under a new producer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_id_out_of_epochs_aborts_its_transaction_and_gets_a_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    // The id's stored state, as the coordinator keeps it: an epoch before the last.
+    let old = {
+        let meta = runnel::meta::MetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let pid = meta.next_producer_id().unwrap();
+        let txn = runnel::transactions::Txn {
+            producer_id: pid,
+            epoch: i16::MAX - 2,
+            timeout_ms: 60_000,
+            status: runnel::transactions::TxnStatus::CompleteCommit,
+            partitions: Default::default(),
+            groups: Default::default(),
+            offsets: Vec::new(),
+            started_ms: 0,
+            used_ms: runnel::broker::now_ms(),
+            previous_epoch: None,
+        };
+        let json = serde_json::to_string(&txn).unwrap();
+        meta.put_transaction("tired", Some(&json)).unwrap();
+        pid
+    };
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    create_topic(&mut raw, "tired").await;
+    let (pid, epoch) = init_raw(&mut raw, "tired", 4).await;
+    assert_eq!((pid, epoch), (old, i16::MAX - 1), "the last epoch");
+    let r = raw
+        .call(&add_partitions("tired", (pid, epoch), &[("tired", 0)]), 3)
+        .await;
+    assert_eq!(codes(&r)[&("tired".to_string(), 0)], 0);
+    let r = raw
+        .call(
+            &common::produce_request("tired", 0, -1, txn_batch(pid, epoch, 0, b"open"))
+                .with_transactional_id(Some(TransactionalId(s("tired")))),
+            7,
+        )
+        .await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(latest(&mut raw, "tired", 0, READ_COMMITTED).await, 0);
+
+    let (new_pid, new_epoch) = init_raw(&mut raw, "tired", 4).await;
+    assert!(new_pid != pid && new_epoch == 0, "{new_pid}/{new_epoch}");
+    // Record 0, then the abort marker at 1: nothing is open any more.
+    assert_eq!(latest(&mut raw, "tired", 0, READ_UNCOMMITTED).await, 2);
+    assert_eq!(latest(&mut raw, "tired", 0, READ_COMMITTED).await, 2);
+    let r = raw
+        .call(&add_partitions("tired", (pid, epoch), &[("tired", 0)]), 3)
+        .await;
+    assert_eq!(
+        codes(&r)[&("tired".to_string(), 0)],
+        E::InvalidProducerIdMapping.code(),
+        "the old producer id is no longer the id's"
+    );
+    broker.shutdown().await;
+}

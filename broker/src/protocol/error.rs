@@ -17,6 +17,7 @@ pub fn storage_code(e: &StorageError) -> i16 {
         StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         StorageError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
         StorageError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),
+        StorageError::OutsideTransaction { .. } => E::InvalidTxnState.code(),
         StorageError::Io { .. } => {
             tracing::error!(error = %e, "storage I/O error");
             E::KafkaStorageError.code()

@@ -12,6 +12,7 @@
 //! | `OffsetOutOfRange` | OFFSET_OUT_OF_RANGE (1) |
 //! | `OutOfOrderSequence` | OUT_OF_ORDER_SEQUENCE_NUMBER (45) |
 //! | `InvalidProducerEpoch` | INVALID_PRODUCER_EPOCH (47) |
+//! | `OutsideTransaction` | INVALID_TXN_STATE (48) |
 //! | `Io`, `Codec` | KAFKA_STORAGE_ERROR (56) / UNKNOWN_SERVER_ERROR (-1) |
 
 use std::io;
@@ -89,6 +90,11 @@ pub enum StorageError {
         epoch: i16,
         current: i16,
     },
+    /// A batch outside a transaction from a producer with a transaction open here.
+    #[error(
+        "producer {producer_id} has a transaction open in this partition: its batches must be transactional until it ends"
+    )]
+    OutsideTransaction { producer_id: i64 },
     /// A file operation failed; in-memory state was restored to what is on disk.
     #[error("i/o error on {}: {source}{}", path.display(), limit_hint(source))]
     Io {

@@ -272,6 +272,11 @@ impl PartitionLog {
         let mut record_count = 0i64;
         for h in &batches {
             let (pos, h) = (h.0, h.1);
+            if h.has_producer_id() && !h.is_transactional() && self.txns.is_open(h.producer_id) {
+                return Err(StorageError::OutsideTransaction {
+                    producer_id: h.producer_id,
+                });
+            }
             if let SeqCheck::Duplicate(meta) = self.producers.check(&staged, &h)? {
                 duplicates.push(meta);
                 continue;

@@ -1234,6 +1234,11 @@ fn markers_end_transactions_and_the_state_survives_a_reopen() {
     let mut log = open(dir.path(), cfg());
     assert_eq!(log.last_stable_offset(9), 7);
     assert_eq!(log.open_transactions(), vec![(8, 0)]);
+    // Until it ends, the producer's batches here must be transactional.
+    match log.append(&idem(1, 8, 0, 4), NOW) {
+        Err(StorageError::OutsideTransaction { producer_id: 8 }) => {}
+        other => panic!("{other:?}"),
+    }
     // A marker with a newer epoch (the coordinator fenced the producer) fences the old epoch
     // here; the new epoch starts at any sequence.
     log.append_marker(8, 1, Marker::Abort, NOW).unwrap();

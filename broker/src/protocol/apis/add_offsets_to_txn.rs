@@ -15,13 +15,15 @@ pub async fn handle(ctx: Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnRes
     } else if !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id) {
         E::GroupAuthorizationFailed.code()
     } else {
-        let added = ctx.broker.transactions.add_group(
-            &ctx.broker,
-            &id,
-            (req.producer_id.0, req.producer_epoch),
-            &req.group_id,
-            crate::broker::now_ms(),
-        );
+        let added = crate::broker::waiting_for_disk(|| {
+            ctx.broker.transactions.add_group(
+                &ctx.broker,
+                &id,
+                (req.producer_id.0, req.producer_epoch),
+                &req.group_id,
+                crate::broker::now_ms(),
+            )
+        });
         match added {
             Ok(()) => 0,
             Err(e) => {

@@ -44,13 +44,15 @@ pub async fn handle(ctx: Ctx, req: AddPartitionsToTxnRequest) -> AddPartitionsTo
         None => {
             let partitions: Vec<(String, i32)> =
                 wanted.iter().map(|(t, p, _)| (t.to_string(), *p)).collect();
-            let added = ctx.broker.transactions.add_partitions(
-                &ctx.broker,
-                &id,
-                producer,
-                &partitions,
-                crate::broker::now_ms(),
-            );
+            let added = crate::broker::waiting_for_disk(|| {
+                ctx.broker.transactions.add_partitions(
+                    &ctx.broker,
+                    &id,
+                    producer,
+                    &partitions,
+                    crate::broker::now_ms(),
+                )
+            });
             match added {
                 Ok(()) => Some(0),
                 Err(e) => {

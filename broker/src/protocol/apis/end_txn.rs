@@ -18,13 +18,15 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
     let code = match coordinator_refusal(&ctx, &id) {
         Some(code) => code,
         None => {
-            let ended = ctx.broker.transactions.end_transaction(
-                &ctx.broker,
-                &id,
-                (req.producer_id.0, req.producer_epoch),
-                req.committed,
-                crate::broker::now_ms(),
-            );
+            let ended = crate::broker::waiting_for_disk(|| {
+                ctx.broker.transactions.end_transaction(
+                    &ctx.broker,
+                    &id,
+                    (req.producer_id.0, req.producer_epoch),
+                    req.committed,
+                    crate::broker::now_ms(),
+                )
+            });
             match ended {
                 Ok(markers) => {
                     if let Some(c) = &ctx.broker.cluster {

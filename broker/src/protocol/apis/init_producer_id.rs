@@ -18,7 +18,12 @@ pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdRespo
     let mut out = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    if let Some(id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+    if req.transactional_id.as_ref().is_some_and(|t| t.is_empty()) {
+        // Kafka's answer: an empty id is neither a transactional id nor none.
+        out.error_code = E::InvalidRequest.code();
+        return out;
+    }
+    if let Some(id) = &req.transactional_id {
         if ctx.follows() {
             out.error_code = E::NotCoordinator.code();
             return out;
@@ -28,13 +33,15 @@ pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdRespo
             return out;
         }
         let expected = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
-        let result = ctx.broker.transactions.init_producer(
-            &ctx.broker,
-            id,
-            req.transaction_timeout_ms,
-            expected,
-            crate::broker::now_ms(),
-        );
+        let result = crate::broker::waiting_for_disk(|| {
+            ctx.broker.transactions.init_producer(
+                &ctx.broker,
+                id,
+                req.transaction_timeout_ms,
+                expected,
+                crate::broker::now_ms(),
+            )
+        });
         match result {
             Ok((producer_id, epoch)) => {
                 out.producer_id = ProducerId(producer_id);

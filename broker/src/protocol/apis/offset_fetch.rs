@@ -80,11 +80,13 @@ fn fetch(
 
 pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let txns = &ctx.broker.transactions;
-    let code_of = |group: &str, topic: &str, partition: i32, code: i16| {
-        if code == 0 && req.require_stable && txns.has_staged_offset(group, topic, partition) {
-            E::UnstableOffsetCommit.code()
+    // (offset, error code) of a partition: no offset and UNSTABLE_OFFSET_COMMIT while a
+    // transaction has one staged and the client asked for stable offsets only.
+    let stable = |group: &str, topic: &str, p: &FetchedPartition, code: i16| {
+        if code == 0 && req.require_stable && txns.has_staged_offset(group, topic, p.partition) {
+            (-1, E::UnstableOffsetCommit.code())
         } else {
-            code
+            (p.offset, code)
         }
     };
     if ctx.api_version >= 8 {
@@ -109,17 +111,14 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                                         t.partitions
                                             .into_iter()
                                             .map(|p| {
+                                                let (offset, code) =
+                                                    stable(&g.group_id, &t.name, &p, code);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(p.partition)
-                                                    .with_committed_offset(p.offset)
+                                                    .with_committed_offset(offset)
                                                     .with_committed_leader_epoch(p.leader_epoch)
                                                     .with_metadata(Some(s(p.metadata)))
-                                                    .with_error_code(code_of(
-                                                        &g.group_id,
-                                                        &t.name,
-                                                        p.partition,
-                                                        code,
-                                                    ))
+                                                    .with_error_code(code)
                                             })
                                             .collect(),
                                     )
@@ -149,17 +148,13 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                             t.partitions
                                 .into_iter()
                                 .map(|p| {
+                                    let (offset, code) = stable(&req.group_id, &t.name, &p, code);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p.partition)
-                                        .with_committed_offset(p.offset)
+                                        .with_committed_offset(offset)
                                         .with_committed_leader_epoch(p.leader_epoch)
                                         .with_metadata(Some(s(p.metadata)))
-                                        .with_error_code(code_of(
-                                            &req.group_id,
-                                            &t.name,
-                                            p.partition,
-                                            code,
-                                        ))
+                                        .with_error_code(code)
                                 })
                                 .collect(),
                         )

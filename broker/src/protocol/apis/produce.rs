@@ -18,7 +18,10 @@
 //!
 //! A transactional producer's batches are appended only to partitions added to its ongoing
 //! transaction (`crate::transactions`): otherwise INVALID_TXN_STATE, INVALID_PRODUCER_EPOCH for
-//! a fenced epoch, INVALID_PRODUCER_ID_MAPPING for a producer id no transactional id has. A
+//! a fenced epoch, INVALID_PRODUCER_ID_MAPPING for a producer id that is not the one of the
+//! request's transactional id. A request with transactional batches and no transactional id,
+//! or one the client may not Write (`crate::acl`), gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED on
+//! every partition, and nothing of it is written. A
 //! plugin chain may filter and transform them, not route them to other topics (where they
 //! would not be part of the transaction): POLICY_VIOLATION.
 //!
@@ -53,6 +56,20 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let cluster = ctx.broker.cluster.as_ref();
     let follows = cluster.is_some_and(|c| !c.is_leader());
     let all_acks = req.acks == -1;
+    // Transactional batches need the request's transactional id, and Write on it: else nothing
+    // of the request is written (Kafka refuses the whole request the same way).
+    let transactional_id = req.transactional_id.as_ref().map(|t| t.to_string());
+    let carries_transaction = req.topic_data.iter().any(|t| {
+        t.partition_data.iter().any(|p| {
+            p.records.as_ref().is_some_and(|r| {
+                crate::storage::BatchHeader::parse(r).is_ok_and(|h| h.is_transactional())
+            })
+        })
+    });
+    let transaction_refused = carries_transaction
+        && !transactional_id
+            .as_deref()
+            .is_some_and(|id| ctx.allowed(Operation::Write, ResourceType::TransactionalId, id));
     let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
     // Appended partitions whose acks=all answer waits for the followers: (topic, partition
     // response, the partition, the log end to reach).
@@ -69,6 +86,15 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             let leader = cluster.map_or(0, |c| c.leader);
             let why = format!("this broker follows broker {leader}, which takes the writes");
             Some((E::NotLeaderOrFollower.code(), Some(why)))
+        } else if transaction_refused {
+            let why = match &transactional_id {
+                None => "transactional batches need the request's transactional id",
+                Some(_) => "the client may not write the request's transactional id",
+            };
+            Some((
+                E::TransactionalIdAuthorizationFailed.code(),
+                Some(why.to_string()),
+            ))
         } else if !ctx.allowed(Operation::Write, ResourceType::Topic, &topic_data.name) {
             Some((E::TopicAuthorizationFailed.code(), None))
         } else {
@@ -193,11 +219,15 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 Some(h) => {
                     let producer = (h.producer_id, h.producer_epoch);
                     let at = (&*partition.topic, pd.index);
-                    match ctx
-                        .broker
-                        .transactions
-                        .append_verified(producer, at, append)
-                    {
+                    // Present: a request without one was refused above.
+                    let id = transactional_id.as_deref().unwrap_or_default();
+                    // The coordinator may be held by a transaction's end writing its state.
+                    let verified = crate::broker::waiting_for_disk(|| {
+                        ctx.broker
+                            .transactions
+                            .append_verified(id, producer, at, append)
+                    });
+                    match verified {
                         Ok(result) => result,
                         Err(refusal) => {
                             tracing::debug!(topic = %partition.topic, partition = pd.index, error = %refusal, "transactional produce refused");

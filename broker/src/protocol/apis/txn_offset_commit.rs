@@ -20,6 +20,8 @@ pub async fn handle(ctx: Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitRes
     let group = req.group_id.to_string();
     let whole = if let Some(code) = super::end_txn::coordinator_refusal(&ctx, &id) {
         Some(code)
+    } else if group.is_empty() {
+        Some(E::InvalidGroupId.code())
     } else if !ctx.allowed(Operation::Read, ResourceType::Group, &group) {
         Some(E::GroupAuthorizationFailed.code())
     } else if ctx.api_version >= 3 {
@@ -64,13 +66,15 @@ pub async fn handle(ctx: Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitRes
                     })
                 })
                 .collect();
-            let staged = ctx.broker.transactions.stage_offsets(
-                &ctx.broker,
-                &id,
-                (req.producer_id.0, req.producer_epoch),
-                &group,
-                offsets,
-            );
+            let staged = crate::broker::waiting_for_disk(|| {
+                ctx.broker.transactions.stage_offsets(
+                    &ctx.broker,
+                    &id,
+                    (req.producer_id.0, req.producer_epoch),
+                    &group,
+                    offsets,
+                )
+            });
             match staged {
                 Ok(()) => 0,
                 Err(e) => {
