@@ -722,6 +722,8 @@ fn fence_and_abort(
     t: &mut Txn,
     now_ms: i64,
 ) -> Result<(), TxnError> {
+    // A fenced producer's earlier epochs are no retries.
+    t.previous_epoch = None;
     if t.epoch < i16::MAX - 1 {
         t.epoch += 1;
         return coordinator.end(broker, id, t, false, now_ms, &mut Vec::new());

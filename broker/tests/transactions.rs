@@ -1012,7 +1012,7 @@ async fn transactional_batches_need_their_own_transactional_id() {
 
 /// InitProducerId retried by a producer that bumped its own epoch (the answer lost) gets the
 /// same answer again rather than PRODUCER_FENCED; a producer fenced by a new instance of its
-/// transactional id cannot pass for such a retry.
+/// transactional id, or by the coordinator for a timeout, cannot pass for such a retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_epoch_bump_is_answered_again_and_a_zombie_stays_fenced() {
     let dir = tempfile::tempdir().unwrap();
@@ -1043,6 +1043,25 @@ async fn a_retried_epoch_bump_is_answered_again_and_a_zombie_stays_fenced() {
     assert_eq!(fencing, epoch + 2);
     let zombie = raw.call(&bump((pid, epoch + 1)), 4).await;
     assert_eq!(zombie.error_code, E::ProducerFenced.code());
+    // So does the coordinator fencing a transaction past its timeout.
+    let bumped = raw.call(&bump((pid, epoch + 2)), 4).await;
+    assert_eq!(bumped.producer_epoch, epoch + 3);
+    create_topic(&mut raw, "bumped").await;
+    let r = raw
+        .call(
+            &add_partitions("bumper", (pid, epoch + 3), &[("bumped", 0)]),
+            3,
+        )
+        .await;
+    assert_eq!(codes(&r)[&("bumped".to_string(), 0)], 0);
+    let b = &broker.broker;
+    b.transactions.tick(b, runnel::broker::now_ms() + 120_000);
+    let zombie = raw.call(&bump((pid, epoch + 2)), 4).await;
+    assert_eq!(
+        zombie.error_code,
+        E::ProducerFenced.code(),
+        "timed out, fenced"
+    );
     broker.shutdown().await;
 }
 
