@@ -37,3 +37,28 @@ def test_kafkajs_round_trip_with_a_consumer_group(broker):
     # The group's committed offsets add up to every record read.
     committed = sum(int(p["offset"]) for t in out["offsets"] for p in t["partitions"])
     assert committed == count
+
+
+@pytest.mark.skipif(not os.environ.get("KAFKAJS_DIR"), reason="run through scripts/interop.sh, which installs kafkajs")
+def test_kafkajs_transactions_commit_abort_and_send_offsets(broker):
+    """kafkajs's transactional producer: commit 2 records, abort 2, commit 1 with a consumer
+    group's offset (sendOffsets); kafkajs's consumer (read_committed by default) gets exactly
+    the 3 committed records, the marker offsets are gaps, and the group's offset is the one the
+    transaction committed."""
+    env = dict(os.environ, NODE_PATH=os.path.join(os.environ["KAFKAJS_DIR"], "node_modules"))
+    r = subprocess.run(
+        ["node", str(HERE / "kafkajs_transactions.js"), broker.bootstrap, "kafkajs-txn-out",
+         "kafkajs-txn-in", "kafkajs-txn-group"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    seen = [(int(m["offset"]), m["value"]) for m in out["seen"]]
+    # 0-1 committed, 2 the commit marker, 3-4 aborted, 5 the abort marker, 6 committed, 7 marker.
+    assert seen == [(0, "committed-1"), (1, "committed-2"), (6, "committed-3")], seen
+    assert [int(p["high"]) for p in out["ends"]] == [8], out["ends"]
+    committed = {int(p["partition"]): int(p["offset"]) for t in out["offsets"] for p in t["partitions"]}
+    assert committed == {0: 5}, out["offsets"]
