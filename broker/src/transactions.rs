@@ -24,7 +24,7 @@
 //! A marker that cannot be written (a full disk) leaves the transaction in PrepareCommit or
 //! PrepareAbort; the end is tried again by the client's retry, the periodic check and at start.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -242,15 +242,16 @@ impl Transactions {
             .count()
     }
 
-    /// Whether an ongoing transaction has staged an offset of `group` for `topic`-`partition`
+    /// The (group, topic, partition) of every offset an ongoing transaction has staged
     /// (OffsetFetch's `require_stable`).
-    pub fn has_staged_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
-        self.lock().txns.values().any(|t| {
-            matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit)
-                && t.offsets
-                    .iter()
-                    .any(|o| o.group == group && o.topic == topic && o.partition == partition)
-        })
+    pub fn staged_offsets(&self) -> HashSet<(String, String, i32)> {
+        self.lock()
+            .txns
+            .values()
+            .filter(|t| matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit))
+            .flat_map(|t| &t.offsets)
+            .map(|o| (o.group.clone(), o.topic.clone(), o.partition))
+            .collect()
     }
 
     /// InitProducerId for `id`: (producer id, epoch). `expected` is the producer id and epoch
@@ -306,24 +307,31 @@ impl Transactions {
                     });
                 }
                 let before = (t.producer_id, t.epoch);
-                match t.status {
-                    TxnStatus::Ongoing => {
-                        // The previous producer left it open: abort it under the new epoch,
-                        // which the markers carry to the partitions (fencing it there too).
-                        fence_and_abort(self, broker, id, &mut t, now_ms)?;
-                    }
+                let ended = match t.status {
+                    // The previous producer left it open: abort it under the new epoch, which
+                    // the markers carry to the partitions (fencing it there too).
+                    TxnStatus::Ongoing => self.fence_and_abort(broker, id, &mut t, now_ms),
                     TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                         let commit = t.status == TxnStatus::PrepareCommit;
-                        self.end(broker, id, &mut t, commit, now_ms, &mut Vec::new())?;
-                        bump(broker, &mut t)?;
+                        self.end(broker, id, &mut t, commit, now_ms, &mut Vec::new())
+                            .and_then(|()| bump(broker, &mut t))
                     }
-                    _ => bump(broker, &mut t)?,
+                    _ => bump(broker, &mut t),
+                };
+                if let Err(e) = ended {
+                    // What was done stays done (a bumped epoch fences the old producer; an end
+                    // left halfway is finished by the next try or the periodic check).
+                    let previous = inner.txns.insert(id.to_string(), t.clone());
+                    if let Some(p) = previous.filter(|p| p.producer_id != t.producer_id) {
+                        inner.by_producer.remove(&p.producer_id);
+                    }
+                    inner.by_producer.insert(t.producer_id, id.to_string());
+                    return Err(e);
                 }
                 // Only a producer bumping its own epoch may retry; a new producer of the id
                 // fences every earlier epoch, so a zombie cannot pass for a retry.
                 t.previous_epoch =
                     (expected.is_some() && t.producer_id == before.0).then_some(before.1);
-                t.timeout_ms = timeout_ms;
                 t
             }
         };
@@ -497,7 +505,7 @@ impl Transactions {
                 TxnStatus::Ongoing if now_ms - t.started_ms > i64::from(t.timeout_ms) => {
                     tracing::info!(transactional_id = %id, producer_id = t.producer_id, timeout_ms = t.timeout_ms, "a transaction open past its timeout is aborted");
                     self.timed_out.fetch_add(1, Ordering::Relaxed);
-                    fence_and_abort(self, broker, &id, &mut next, now_ms)
+                    self.fence_and_abort(broker, &id, &mut next, now_ms)
                 }
                 TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                     let commit = t.status == TxnStatus::PrepareCommit;
@@ -519,29 +527,37 @@ impl Transactions {
     }
 
     /// At the start of a coordinator: every transaction open in a partition log that no
-    /// ongoing transaction here accounts for (its coordinator state was lost, or another broker
-    /// led when it began) is aborted there, so that it does not hold back read_committed
-    /// consumers for ever.
+    /// ongoing transaction here accounts for is ended there, so that it does not hold back
+    /// read_committed consumers for ever. One its producer's stored state says committed (the
+    /// marker was lost with the unflushed tail of the log at a power cut, the state being
+    /// stored durably) is committed; any other (its state lost, or begun under another leader)
+    /// is aborted.
     pub fn abort_orphans(&self, broker: &Broker, now_ms: i64) {
         let inner = self.lock();
         for topic in broker.catalog.list() {
             for p in topic.partitions() {
                 let open = p.log().open_transactions();
                 for (producer_id, epoch) in open {
-                    let known = inner
+                    let state = inner
                         .by_producer
                         .get(&producer_id)
                         .and_then(|id| inner.txns.get(id))
-                        .is_some_and(|t| {
-                            t.status != TxnStatus::Empty
-                                && t.partitions.contains(&(topic.name.to_string(), p.index))
-                        });
-                    if known {
-                        continue;
-                    }
-                    tracing::warn!(topic = %topic.name, partition = p.index, producer_id, "a transaction open in the log with no coordinator state is aborted");
-                    if let Err(e) = p.append_marker(producer_id, epoch, Marker::Abort, now_ms) {
-                        tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "cannot abort an orphaned transaction");
+                        .filter(|t| t.producer_id == producer_id);
+                    let here = (topic.name.to_string(), p.index);
+                    let (marker, epoch) = match state {
+                        Some(t)
+                            if t.status == TxnStatus::Ongoing && t.partitions.contains(&here) =>
+                        {
+                            continue;
+                        }
+                        Some(t) if t.status == TxnStatus::CompleteCommit => {
+                            (Marker::Commit, t.epoch)
+                        }
+                        _ => (Marker::Abort, epoch),
+                    };
+                    tracing::warn!(topic = %topic.name, partition = p.index, producer_id, ?marker, "a transaction open in the log that the coordinator does not account for is ended");
+                    if let Err(e) = p.append_marker(producer_id, epoch, marker, now_ms) {
+                        tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "cannot end a transaction left open in the log");
                     }
                 }
             }
@@ -652,6 +668,28 @@ impl Transactions {
         Ok(())
     }
 
+    /// Aborts `t`'s transaction in progress and fences its producer: the markers carry the next
+    /// epoch; when the producer id's epochs are used up, they carry the last one (so the partitions
+    /// close the transaction of that producer id) and the id gets a new producer id afterwards,
+    /// which fences the old one as well.
+    fn fence_and_abort(
+        &self,
+        broker: &Broker,
+        id: &str,
+        t: &mut Txn,
+        now_ms: i64,
+    ) -> Result<(), TxnError> {
+        // A fenced producer's earlier epochs are no retries.
+        t.previous_epoch = None;
+        if t.epoch < i16::MAX - 1 {
+            t.epoch += 1;
+            return self.end(broker, id, t, false, now_ms, &mut Vec::new());
+        }
+        self.end(broker, id, t, false, now_ms, &mut Vec::new())?;
+        bump(broker, t)?;
+        store(broker, id, t)
+    }
+
     /// Runs `f` on `id`'s transaction after the producer checks, starting a transaction if
     /// none is in progress, and stores the result.
     fn change(
@@ -709,28 +747,6 @@ fn checked<'a>(
         });
     }
     Ok(t)
-}
-
-/// Aborts `t`'s transaction in progress and fences its producer: the markers carry the next
-/// epoch; when the producer id's epochs are used up, they carry the last one (so the partitions
-/// close the transaction of that producer id) and the id gets a new producer id afterwards,
-/// which fences the old one as well.
-fn fence_and_abort(
-    coordinator: &Transactions,
-    broker: &Broker,
-    id: &str,
-    t: &mut Txn,
-    now_ms: i64,
-) -> Result<(), TxnError> {
-    // A fenced producer's earlier epochs are no retries.
-    t.previous_epoch = None;
-    if t.epoch < i16::MAX - 1 {
-        t.epoch += 1;
-        return coordinator.end(broker, id, t, false, now_ms, &mut Vec::new());
-    }
-    coordinator.end(broker, id, t, false, now_ms, &mut Vec::new())?;
-    bump(broker, t)?;
-    store(broker, id, t)
 }
 
 /// The next epoch of `t`'s producer; a new producer id once the epochs run out.

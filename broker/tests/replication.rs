@@ -511,7 +511,9 @@ async fn producers_get_ids_no_other_broker_gives_and_a_follower_catches_up_past_
         let mut raw = RawClient::connect(&pair.address(node)).await;
         let r = raw
             .call(
-                &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000),
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_transaction_timeout_ms(60_000),
                 4,
             )
             .await;
@@ -875,7 +877,7 @@ async fn committed_transactions_survive_a_move_of_the_lead_and_open_ones_are_abo
     let two = pair.start(2, 2, 1).await;
     eventually("the new leader to abort the open transaction", || {
         let p = two.broker.catalog.get("t").unwrap().partition(0).unwrap();
-        let log = p.log();
+        let mut log = p.log();
         log.log_end_offset() == 6 && log.last_stable_offset(6) == 6
     })
     .await;

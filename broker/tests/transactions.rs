@@ -953,7 +953,8 @@ async fn transactions_are_listed_and_an_unused_id_is_forgotten_after_seven_days(
 /// the client may write, guessing another's producer id), the request gets
 /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED or INVALID_PRODUCER_ID_MAPPING and nothing is written,
 /// so no client can add records to another producer's transaction. A batch outside a
-/// transaction from a producer with one open in the partition gets INVALID_TXN_STATE.
+/// transaction from a producer with one open in the partition gets INVALID_TXN_STATE, and no
+/// batch slips past these checks behind another batch of the same data (INVALID_RECORD).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_batches_need_their_own_transactional_id() {
     let dir = tempfile::tempdir().unwrap();
@@ -1004,8 +1005,50 @@ async fn transactional_batches_need_their_own_transactional_id() {
         outside.sequence,
     ) = (alice, epoch, 1);
     let plain = common::encode_batch(&[outside], kafka_protocol::records::Compression::None);
-    let r = raw.call(&produce(None, plain), 7).await;
+    let r = raw.call(&produce(None, plain.clone()), 7).await;
     assert_eq!(code(&r), E::InvalidTxnState.code());
+    assert_eq!(latest(&mut raw, "owned", 0, READ_UNCOMMITTED).await, 1);
+
+    // A transactional batch behind another batch is looked at too.
+    let behind = |first: &Bytes, second: Bytes| {
+        let mut both = first.to_vec();
+        both.extend_from_slice(&second);
+        Bytes::from(both)
+    };
+    let unrelated = common::encode_batch(
+        &[common::record(0, None, b"plain", runnel::broker::now_ms())],
+        kafka_protocol::records::Compression::None,
+    );
+    let r = raw
+        .call(
+            &produce(None, behind(&unrelated, txn_batch(424_242, 0, 0, b"x"))),
+            7,
+        )
+        .await;
+    assert_eq!(code(&r), E::TransactionalIdAuthorizationFailed.code());
+    let r = raw
+        .call(
+            &produce(
+                Some("alice-tx"),
+                behind(&unrelated, txn_batch(alice, epoch, 1, b"x")),
+            ),
+            7,
+        )
+        .await;
+    assert_eq!(code(&r), E::InvalidRecord.code(), "mixed batches");
+    let r = raw
+        .call(
+            &produce(
+                Some("alice-tx"),
+                behind(
+                    &txn_batch(alice, epoch, 1, b"x"),
+                    txn_batch(424_242, 0, 0, b"y"),
+                ),
+            ),
+            7,
+        )
+        .await;
+    assert_eq!(code(&r), E::InvalidRecord.code(), "two producers");
     assert_eq!(latest(&mut raw, "owned", 0, READ_UNCOMMITTED).await, 1);
     broker.shutdown().await;
 }
@@ -1123,5 +1166,68 @@ async fn a_producer_id_out_of_epochs_aborts_its_transaction_and_gets_a_new_id() 
         E::InvalidProducerIdMapping.code(),
         "the old producer id is no longer the id's"
     );
+    broker.shutdown().await;
+}
+
+/// A power cut can take the log's unflushed tail (`log.flush = "interval"`) while the
+/// coordinator's state, written durably, says committed: a commit marker lost that way is
+/// written again at the start, so the transaction stays committed (and does not hold
+/// read_committed readers back, nor get aborted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_marker_lost_with_the_log_tail_is_written_again_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::test_config(dir.path());
+    let broker = common::start_with(cfg.clone()).await;
+    let bootstrap = broker.bootstrap();
+    let producer = txn_producer(&bootstrap, "lost-marker-tx", 60_000);
+    init(&producer).await;
+    begin(&producer);
+    assert_eq!(send(&producer, "lost-marker", 0, "kept-a").await, 0);
+    assert_eq!(send(&producer, "lost-marker", 0, "kept-b").await, 1);
+    commit(&producer).await.expect("commit_transaction");
+    drop(producer);
+    broker.shutdown().await;
+
+    // The marker (offset 2, the last batch of the segment) is gone, the records stay.
+    let segment = dir
+        .path()
+        .join("lost-marker-0")
+        .join("00000000000000000000.log");
+    let bytes = std::fs::read(&segment).unwrap();
+    let marker_at = {
+        let mut pos = 0;
+        let mut last = 0;
+        while pos < bytes.len() {
+            last = pos;
+            let len = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().unwrap());
+            pos += 12 + len as usize;
+        }
+        last
+    };
+    let attributes = i16::from_be_bytes([bytes[marker_at + 21], bytes[marker_at + 22]]);
+    assert_eq!(attributes & 0x30, 0x30, "the last batch is the marker");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(marker_at as u64)
+        .unwrap();
+    for index in ["index", "timeindex"] {
+        let _ = std::fs::remove_file(segment.with_extension(index));
+    }
+
+    let broker = common::start_with(cfg).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    let deadline = Instant::now() + WAIT;
+    while latest(&mut raw, "lost-marker", 0, READ_COMMITTED).await != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the commit marker is not written again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = read(&broker.bootstrap(), "lost-marker", 1, "read_committed").await;
+    let values: Vec<&str> = got.iter().map(|(_, _, v)| v.as_str()).collect();
+    assert_eq!(values, ["kept-a", "kept-b"], "committed, not aborted");
     broker.shutdown().await;
 }

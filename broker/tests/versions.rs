@@ -289,7 +289,9 @@ async fn every_version_of_every_api_answers() {
     for v in range(ApiKey::InitProducerId) {
         let r = c
             .call(
-                &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000),
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_transaction_timeout_ms(60_000),
                 v,
             )
             .await;

@@ -232,7 +232,7 @@ impl Metrics {
         let mut stable = String::new();
         for topic in broker.catalog.list() {
             for p in topic.partitions() {
-                let log = p.log();
+                let mut log = p.log();
                 let labels = format!("topic=\"{}\",partition=\"{}\"", topic.name, p.index);
                 let _ = writeln!(
                     out,
@@ -316,7 +316,10 @@ fn render_transactions(out: &mut String, broker: &Broker) {
         out,
         "runnel_transactions_ongoing",
         "Transactions in progress (begun by a transactional producer, not yet ended).",
-        &format!("runnel_transactions_ongoing {}\n", t.ongoing()),
+        &format!(
+            "runnel_transactions_ongoing {}\n",
+            crate::broker::waiting_for_disk(|| t.ongoing())
+        ),
     );
     counter(
         out,

@@ -281,7 +281,7 @@ impl Forwarder {
     fn read(&self, cursor: &mut Cursor) -> Result<Option<(Bytes, i64)>, StorageError> {
         loop {
             let plan = {
-                let log = self.partition.log();
+                let mut log = self.partition.log();
                 let (start, end) = (log.log_start_offset(), log.log_end_offset());
                 if cursor.next < start {
                     let lost = (start - cursor.next) as u64;

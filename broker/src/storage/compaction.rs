@@ -524,7 +524,7 @@ mod tests {
         assert_eq!(log.last_stable_offset(10), 10);
         // The state read from the cleaned log agrees.
         drop(log);
-        let log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
         assert_eq!(log.last_stable_offset(10), 10);
     }
 

@@ -356,13 +356,14 @@ impl PartitionLog {
     }
 
     /// The last stable offset below `high_watermark`: the first offset of the oldest
-    /// transaction open here, or the high watermark when there is none or it starts above;
-    /// never below the log start (DeleteRecords or retention may have removed the start of an
-    /// open transaction).
-    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
-        self.txns.first_open().map_or(high_watermark, |first| {
-            first.max(self.log_start_offset).min(high_watermark)
-        })
+    /// transaction open here or ended by a marker not below the high watermark yet (`txn.rs`),
+    /// or the high watermark when there is none or it starts above; never below the log start
+    /// (DeleteRecords or retention may have removed the start of an open transaction).
+    pub fn last_stable_offset(&mut self, high_watermark: i64) -> i64 {
+        let start = self.log_start_offset;
+        self.txns
+            .first_unstable(high_watermark)
+            .map_or(high_watermark, |first| first.max(start).min(high_watermark))
     }
 
     /// The producers with a transaction open here, with the epoch each last wrote with.
@@ -374,7 +375,8 @@ impl PartitionLog {
     }
 
     /// Whether `producer_id` has a transaction open in this partition.
-    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_open_transaction(&self, producer_id: i64) -> bool {
         self.txns.is_open(producer_id)
     }
 

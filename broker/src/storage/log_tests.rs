@@ -1204,6 +1204,9 @@ fn markers_end_transactions_and_the_state_survives_a_reopen() {
     assert_eq!(log.append_marker(7, 0, Marker::Abort, NOW).unwrap(), 5);
     assert_eq!(log.last_stable_offset(6), 2);
     assert_eq!(log.append_marker(8, 0, Marker::Commit, NOW).unwrap(), 6);
+    // Until the high watermark passes the marker (a follower copied it), the transaction still
+    // holds read_committed readers back.
+    assert_eq!(log.last_stable_offset(6), 2);
     assert_eq!(log.last_stable_offset(7), 7);
     // A high watermark below the open transactions bounds it too.
     assert_eq!(log.last_stable_offset(3), 3);
@@ -1212,21 +1215,21 @@ fn markers_end_transactions_and_the_state_survives_a_reopen() {
         first_offset: 0,
         last_offset: 5,
     };
-    let check = |log: &PartitionLog| {
+    let check = |log: &mut PartitionLog| {
         assert_eq!(log.aborted_transactions(0, 7), vec![aborted]);
         assert_eq!(log.aborted_transactions(5, 7), vec![aborted]);
         assert!(log.aborted_transactions(6, 7).is_empty());
         assert!(!log.has_open_transaction(7) && !log.has_open_transaction(8));
         assert_eq!(log.last_stable_offset(7), 7);
     };
-    check(&log);
+    check(&mut log);
     // A marker is a control batch consumers recognise: read back, it says what it is.
     let read = log.read(5, 1 << 20).unwrap();
     let h = headers(&read)[0];
     assert!(h.is_control() && h.is_transactional() && h.producer_id == 7);
     drop(log);
     let mut log = open(dir.path(), cfg());
-    check(&log);
+    check(&mut log);
     // An open transaction is rebuilt too.
     log.append(&transactional_batch(&two, 8, 0, 2), NOW)
         .unwrap();

@@ -11,14 +11,16 @@
 //!   aborted list.
 //!
 //! The **last stable offset** (LSO) is the first offset of the oldest transaction still open, or
-//! the high watermark when none is: read_committed consumers read below it. They drop the
+//! ended by a marker at or above the high watermark (not on every in-sync replica yet: a move of
+//! the lead could still lose that marker, and the new leader would abort the transaction), or
+//! the high watermark when there is none: read_committed consumers read below it. They drop the
 //! records of the aborted transactions a fetch response lists (Kafka's `AbortedTransactions`,
 //! the ones that overlap what was read) and the markers themselves.
 //!
 //! The state is rebuilt from the log on open (see `log.rs`), the same way on a leader and on a
 //! follower, whose log holds the leader's batches byte for byte.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::batch::{ATTR_CONTROL, ATTR_TRANSACTIONAL, BATCH_HEADER_LEN, BatchHeader, rewrite_crc};
 
@@ -53,7 +55,14 @@ pub(crate) struct TxnState {
     open: HashMap<i64, i64>,
     /// In the order of their markers (so by `last_offset`).
     aborted: Vec<AbortedTxn>,
+    /// Transactions ended lately, (first offset, marker offset) in marker order, until the high
+    /// watermark passes their marker; at most [`MAX_ENDED`].
+    ended: VecDeque<(i64, i64)>,
 }
+
+/// Ended transactions remembered for the last stable offset: far more than end while a
+/// follower copies a marker (the high watermark trails the log end by a fetch).
+const MAX_ENDED: usize = 1000;
 
 impl TxnState {
     /// Takes a stored batch into account; `marker` is what a control batch says
@@ -63,8 +72,23 @@ impl TxnState {
             return;
         }
         if h.is_control() {
-            let first = self.open.remove(&h.producer_id);
-            if let (Some(first_offset), Some(Marker::Abort)) = (first, marker) {
+            let Some(first_offset) = self.open.remove(&h.producer_id) else {
+                return;
+            };
+            self.ended.push_back((first_offset, h.base_offset));
+            if self.ended.len() > MAX_ENDED {
+                self.ended.pop_front();
+            }
+            // A marker that cannot be read counts as an abort: its records are then never
+            // shown to read_committed consumers (compaction drops them likewise).
+            if marker != Some(Marker::Commit) {
+                if marker.is_none() {
+                    tracing::warn!(
+                        producer_id = h.producer_id,
+                        offset = h.base_offset,
+                        "a transaction marker cannot be read; taken as an abort"
+                    );
+                }
                 self.aborted.push(AbortedTxn {
                     producer_id: h.producer_id,
                     first_offset,
@@ -76,9 +100,18 @@ impl TxnState {
         }
     }
 
-    /// The first offset of the oldest transaction open here, if any.
-    pub(crate) fn first_open(&self) -> Option<i64> {
-        self.open.values().copied().min()
+    /// The first offset of the oldest transaction open here, or ended by a marker at or above
+    /// `high_watermark`, if any. Forgets the ended ones whose marker is below it.
+    pub(crate) fn first_unstable(&mut self, high_watermark: i64) -> Option<i64> {
+        while self
+            .ended
+            .front()
+            .is_some_and(|&(_, marker)| marker < high_watermark)
+        {
+            self.ended.pop_front();
+        }
+        let ended = self.ended.iter().map(|&(first, _)| first);
+        self.open.values().copied().chain(ended).min()
     }
 
     /// The producers with a transaction open here.
@@ -243,12 +276,14 @@ mod tests {
         s.observe(&header(1, 0, false), None);
         s.observe(&header(2, 1, false), None);
         s.observe(&header(1, 2, false), None);
-        assert_eq!(s.first_open(), Some(0));
+        assert_eq!(s.first_unstable(3), Some(0));
         s.observe(&header(1, 3, true), Some(Marker::Abort));
-        assert_eq!(s.first_open(), Some(1));
+        // Ended, but its marker (3) is not below the high watermark yet.
+        assert_eq!(s.first_unstable(3), Some(0));
+        assert_eq!(s.first_unstable(4), Some(1));
         assert!(!s.is_open(1) && s.is_open(2));
         s.observe(&header(2, 4, true), Some(Marker::Commit));
-        assert_eq!(s.first_open(), None);
+        assert_eq!(s.first_unstable(5), None);
         let aborted = AbortedTxn {
             producer_id: 1,
             first_offset: 0,
@@ -260,7 +295,13 @@ mod tests {
         // A marker without an open transaction (a coordinator retrying) changes nothing.
         s.observe(&header(1, 5, true), Some(Marker::Abort));
         assert_eq!(s.aborted_count(), 1);
+        // One that cannot be read counts as an abort.
+        s.observe(&header(3, 6, false), None);
+        s.observe(&header(3, 7, true), None);
+        assert_eq!(s.aborted_count(), 2);
         s.forget_below(4);
+        assert_eq!(s.aborted_count(), 1);
+        s.forget_below(8);
         assert_eq!(s.aborted_count(), 0);
     }
 }

@@ -10,7 +10,7 @@ use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
     let id = req.transactional_id.to_string();
-    let code = if let Some(code) = super::end_txn::coordinator_refusal(&ctx, &id) {
+    let code = if let Some(code) = super::coordinator_refusal(&ctx, &id) {
         code
     } else if !ctx.allowed(Operation::Read, ResourceType::Group, &req.group_id) {
         E::GroupAuthorizationFailed.code()
@@ -28,7 +28,7 @@ pub async fn handle(ctx: Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnRes
             Ok(()) => 0,
             Err(e) => {
                 tracing::debug!(transactional_id = %id, error = %e, "AddOffsetsToTxn refused");
-                super::end_txn::for_version(e.code(), ctx.api_version, 2)
+                super::for_version(e.code(), ctx.api_version, 2)
             }
         }
     };

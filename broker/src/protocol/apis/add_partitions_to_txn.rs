@@ -38,7 +38,7 @@ pub async fn handle(ctx: Ctx, req: AddPartitionsToTxnRequest) -> AddPartitionsTo
             wanted.push((t.name.clone(), p, refusal));
         }
     }
-    let whole = match super::end_txn::coordinator_refusal(&ctx, &id) {
+    let whole = match super::coordinator_refusal(&ctx, &id) {
         Some(code) => Some(code),
         None if wanted.iter().any(|w| w.2.is_some()) => None,
         None => {
@@ -57,7 +57,7 @@ pub async fn handle(ctx: Ctx, req: AddPartitionsToTxnRequest) -> AddPartitionsTo
                 Ok(()) => Some(0),
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, error = %e, "AddPartitionsToTxn refused");
-                    Some(super::end_txn::for_version(e.code(), ctx.api_version, 2))
+                    Some(super::for_version(e.code(), ctx.api_version, 2))
                 }
             }
         }

@@ -18,7 +18,10 @@ use crate::protocol::Ctx;
 use crate::transactions::TxnStatus;
 
 pub async fn handle(ctx: Ctx, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
-    let known: BTreeMap<String, _> = ctx.broker.transactions.snapshot().into_iter().collect();
+    let txns = &ctx.broker.transactions;
+    let known: BTreeMap<String, _> = crate::broker::waiting_for_disk(|| txns.snapshot())
+        .into_iter()
+        .collect();
     let states = req
         .transactional_ids
         .into_iter()

@@ -2,12 +2,13 @@
 //! partition it added, and on commit the consumer offsets it staged stored
 //! (`crate::transactions`). Ending it again the same way (a retry) succeeds. In a cluster the
 //! answer waits (up to 30 s) for the in-sync followers to have the markers, as acks=all would,
-//! so that a transaction answered committed stays committed when the lead moves.
+//! so that a transaction answered committed stays committed when the lead moves; past that it
+//! answers anyway (the markers are on the leader, and read_committed consumers do not read the
+//! transaction until the followers have them, `storage::txn`), and a move of the lead before
+//! they do aborts it.
 
-use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
-use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 /// How long EndTxn waits for the followers to copy the markers.
@@ -15,7 +16,7 @@ const REPLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(30)
 
 pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
     let id = req.transactional_id.to_string();
-    let code = match coordinator_refusal(&ctx, &id) {
+    let code = match super::coordinator_refusal(&ctx, &id) {
         Some(code) => code,
         None => {
             let ended = crate::broker::waiting_for_disk(|| {
@@ -45,7 +46,7 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
                 }
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, error = %e, "EndTxn refused");
-                    for_version(e.code(), ctx.api_version, 2)
+                    super::for_version(e.code(), ctx.api_version, 2)
                 }
             }
         }
@@ -54,25 +55,4 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
         .with_error_code(code)
         .with_producer_id(req.producer_id)
         .with_producer_epoch(req.producer_epoch)
-}
-
-/// PRODUCER_FENCED as a request version from before it (KIP-588) knows it:
-/// INVALID_PRODUCER_EPOCH below `since`, as Kafka answers.
-pub(crate) fn for_version(code: i16, version: i16, since: i16) -> i16 {
-    if version < since && code == E::ProducerFenced.code() {
-        E::InvalidProducerEpoch.code()
-    } else {
-        code
-    }
-}
-
-/// Why this broker does not take a transactional request for `id`: NOT_COORDINATOR on a
-/// cluster's follower (the leader coordinates), TRANSACTIONAL_ID_AUTHORIZATION_FAILED when the
-/// client may not Write the transactional id.
-pub(crate) fn coordinator_refusal(ctx: &Ctx, id: &str) -> Option<i16> {
-    if ctx.follows() {
-        return Some(E::NotCoordinator.code());
-    }
-    (!ctx.allowed(Operation::Write, ResourceType::TransactionalId, id))
-        .then_some(E::TransactionalIdAuthorizationFailed.code())
 }

@@ -291,7 +291,7 @@ fn read_all(
                     w.max_bytes.min(max_bytes.saturating_sub(total))
                 };
                 let plan = {
-                    let log = p.log();
+                    let mut log = p.log();
                     let end = log.log_end_offset();
                     let readable = replication::readable_end(cluster, p, end);
                     let stable = log.last_stable_offset(readable);

@@ -49,7 +49,7 @@ pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdRespo
             }
             Err(e) => {
                 tracing::debug!(transactional_id = %id.as_str(), error = %e, "InitProducerId refused");
-                out.error_code = super::end_txn::for_version(e.code(), ctx.api_version, 4);
+                out.error_code = super::for_version(e.code(), ctx.api_version, 4);
             }
         }
         return out;

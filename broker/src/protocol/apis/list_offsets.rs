@@ -53,7 +53,7 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         out.error_code = E::UnknownTopicOrPartition.code();
                         return out;
                     };
-                    let log = part.log();
+                    let mut log = part.log();
                     // What consumers may read: below the high watermark in a cluster. A
                     // timestamp found at or above it is not there yet.
                     let mut readable = replication::readable_end(

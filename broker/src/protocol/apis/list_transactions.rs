@@ -40,9 +40,8 @@ pub async fn handle(ctx: Ctx, req: ListTransactionsRequest) -> ListTransactionsR
     let listed = if ctx.follows() {
         Vec::new()
     } else {
-        ctx.broker
-            .transactions
-            .snapshot()
+        let txns = &ctx.broker.transactions;
+        crate::broker::waiting_for_disk(|| txns.snapshot())
             .into_iter()
             .filter(|(id, t)| {
                 let state_ok = req.state_filters.is_empty()

@@ -39,7 +39,11 @@ pub mod sasl;
 pub mod sync_group;
 pub mod txn_offset_commit;
 
+use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::protocol::StrBytes;
+
+use crate::acl::{Operation, ResourceType};
+use crate::protocol::Ctx;
 
 /// A `StrBytes` from an owned or borrowed string.
 pub(crate) fn s(v: impl Into<String>) -> StrBytes {
@@ -52,3 +56,24 @@ pub(crate) const ACLS_OFF: &str = "ACLs are off on this broker (set acls.enabled
 /// The bit field Metadata and DescribeGroups return for authorized operations that were not
 /// asked for (`include_*_authorized_operations` false).
 pub(crate) const OPERATIONS_NOT_ASKED: i32 = i32::MIN;
+
+/// PRODUCER_FENCED as a request version from before it (KIP-588) knows it:
+/// INVALID_PRODUCER_EPOCH below `since`, as Kafka answers.
+pub(crate) fn for_version(code: i16, version: i16, since: i16) -> i16 {
+    if version < since && code == E::ProducerFenced.code() {
+        E::InvalidProducerEpoch.code()
+    } else {
+        code
+    }
+}
+
+/// Why this broker does not take a transactional request for `id`: NOT_COORDINATOR on a
+/// cluster's follower (the leader coordinates), TRANSACTIONAL_ID_AUTHORIZATION_FAILED when the
+/// client may not Write the transactional id.
+pub(crate) fn coordinator_refusal(ctx: &Ctx, id: &str) -> Option<i16> {
+    if ctx.follows() {
+        return Some(E::NotCoordinator.code());
+    }
+    (!ctx.allowed(Operation::Write, ResourceType::TransactionalId, id))
+        .then_some(E::TransactionalIdAuthorizationFailed.code())
+}

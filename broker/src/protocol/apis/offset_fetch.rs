@@ -79,11 +79,17 @@ fn fetch(
 }
 
 pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
-    let txns = &ctx.broker.transactions;
+    let staged = if req.require_stable {
+        let txns = &ctx.broker.transactions;
+        crate::broker::waiting_for_disk(|| txns.staged_offsets())
+    } else {
+        Default::default()
+    };
     // (offset, error code) of a partition: no offset and UNSTABLE_OFFSET_COMMIT while a
     // transaction has one staged and the client asked for stable offsets only.
     let stable = |group: &str, topic: &str, p: &FetchedPartition, code: i16| {
-        if code == 0 && req.require_stable && txns.has_staged_offset(group, topic, p.partition) {
+        let key = (group.to_string(), topic.to_string(), p.partition);
+        if code == 0 && staged.contains(&key) {
             (-1, E::UnstableOffsetCommit.code())
         } else {
             (p.offset, code)

@@ -61,9 +61,9 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let transactional_id = req.transactional_id.as_ref().map(|t| t.to_string());
     let carries_transaction = req.topic_data.iter().any(|t| {
         t.partition_data.iter().any(|p| {
-            p.records.as_ref().is_some_and(|r| {
-                crate::storage::BatchHeader::parse(r).is_ok_and(|h| h.is_transactional())
-            })
+            p.records
+                .as_ref()
+                .is_some_and(|r| transaction_of(r) != Ok(None))
         })
     });
     let transaction_refused = carries_transaction
@@ -189,14 +189,17 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             let records = chained.records;
             // A transactional producer's batches go only to a partition added to its ongoing
             // transaction (checked with the coordinator held, `crate::transactions`).
-            let transactional = crate::storage::BatchHeader::parse(&records)
-                .ok()
-                .filter(|h| h.is_transactional() && h.has_producer_id());
+            let transactional = match transaction_of(&records) {
+                Ok(t) => t,
+                Err(why) => {
+                    fail(&mut out, &ctx, E::InvalidRecord.code(), why.to_string());
+                    partitions.push(out);
+                    continue;
+                }
+            };
             if transactional.is_some() && !chained.routed.is_empty() {
-                out.error_code = E::PolicyViolation.code();
-                out.error_message = Some(s(
-                    "a plugin routed records of a transaction to other topics, where they would not be part of it",
-                ));
+                let why = "a plugin routed records of a transaction to other topics, where they would not be part of it";
+                fail(&mut out, &ctx, E::PolicyViolation.code(), why.to_string());
                 partitions.push(out);
                 continue;
             }
@@ -216,8 +219,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             };
             let result = match transactional {
                 None => append(),
-                Some(h) => {
-                    let producer = (h.producer_id, h.producer_epoch);
+                Some(producer) => {
                     let at = (&*partition.topic, pd.index);
                     // Present: a request without one was refused above.
                     let id = transactional_id.as_deref().unwrap_or_default();
@@ -317,6 +319,33 @@ pub fn unacknowledged_end(response: &ProduceResponse) -> Outcome {
     }
     tracing::info!(partitions = %failed.trim_end(), "a produce with acks=0 was refused");
     Outcome::Close("a produce with acks=0 was refused (the close is its only answer, as in Kafka)")
+}
+
+/// The producer (id, epoch) whose transaction the batches of one partition's data belong to,
+/// `None` when no batch is transactional. Every batch is looked at: data that mixes
+/// transactional batches with others, or holds batches of two producers, is refused (Kafka
+/// takes one batch per partition), so that no batch slips past the coordinator's checks
+/// behind another. A damaged tail ends the walk; the append refuses it.
+fn transaction_of(records: &[u8]) -> Result<Option<(i64, i16)>, &'static str> {
+    let mut producer = None;
+    let mut plain = false;
+    let mut pos = 0;
+    while let Some(Ok(h)) = records.get(pos..).map(crate::storage::BatchHeader::parse) {
+        if h.is_transactional() {
+            let p = (h.producer_id, h.producer_epoch);
+            if producer.is_some_and(|q| q != p) || !h.has_producer_id() {
+                return Err("transactional batches of more than one producer, or of none");
+            }
+            producer = Some(p);
+        } else {
+            plain = true;
+        }
+        pos += h.total_size();
+    }
+    if producer.is_some() && plain {
+        return Err("transactional batches mixed with batches outside the transaction");
+    }
+    Ok(producer)
 }
 
 /// Answers a partition with the storage layer's refusal, counted in

@@ -18,7 +18,7 @@ use crate::transactions::StagedOffset;
 pub async fn handle(ctx: Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
     let id = req.transactional_id.to_string();
     let group = req.group_id.to_string();
-    let whole = if let Some(code) = super::end_txn::coordinator_refusal(&ctx, &id) {
+    let whole = if let Some(code) = super::coordinator_refusal(&ctx, &id) {
         Some(code)
     } else if group.is_empty() {
         Some(E::InvalidGroupId.code())
@@ -79,7 +79,7 @@ pub async fn handle(ctx: Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitRes
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, %group, error = %e, "TxnOffsetCommit refused");
-                    super::end_txn::for_version(e.code(), ctx.api_version, 3)
+                    super::for_version(e.code(), ctx.api_version, 3)
                 }
             }
         }
