@@ -10,19 +10,19 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 
 
+def run_node(script: str, *args: str) -> dict:
+    """Runs one of the kafkajs programs here; what it reports on its last line."""
+    env = dict(os.environ, NODE_PATH=os.path.join(os.environ["KAFKAJS_DIR"], "node_modules"))
+    r = subprocess.run(["node", str(HERE / script), *args], capture_output=True, text=True,
+                       env=env, timeout=90)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(not os.environ.get("KAFKAJS_DIR"), reason="run through scripts/interop.sh, which installs kafkajs")
 def test_kafkajs_round_trip_with_a_consumer_group(broker):
     count = 60
-    env = dict(os.environ, NODE_PATH=os.path.join(os.environ["KAFKAJS_DIR"], "node_modules"))
-    r = subprocess.run(
-        ["node", str(HERE / "kafkajs_roundtrip.js"), broker.bootstrap, "kafkajs-topic", "kafkajs-group", str(count)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_node("kafkajs_roundtrip.js", broker.bootstrap, "kafkajs-topic", "kafkajs-group", str(count))
     assert out["listed"]
     seen = out["seen"]
     assert sorted(int(m["seq"]) for m in seen) == list(range(count))
@@ -45,17 +45,8 @@ def test_kafkajs_transactions_commit_abort_and_send_offsets(broker):
     group's offset (sendOffsets); kafkajs's consumer (read_committed by default) gets exactly
     the 3 committed records, the marker offsets are gaps, and the group's offset is the one the
     transaction committed."""
-    env = dict(os.environ, NODE_PATH=os.path.join(os.environ["KAFKAJS_DIR"], "node_modules"))
-    r = subprocess.run(
-        ["node", str(HERE / "kafkajs_transactions.js"), broker.bootstrap, "kafkajs-txn-out",
-         "kafkajs-txn-in", "kafkajs-txn-group"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_node("kafkajs_transactions.js", broker.bootstrap, "kafkajs-txn-out", "kafkajs-txn-in",
+                   "kafkajs-txn-group")
     seen = [(int(m["offset"]), m["value"]) for m in out["seen"]]
     # 0-1 committed, 2 the commit marker, 3-4 aborted, 5 the abort marker, 6 committed, 7 marker.
     assert seen == [(0, "committed-1"), (1, "committed-2"), (6, "committed-3")], seen
