@@ -50,6 +50,8 @@ pub struct Broker {
     pub acls: crate::acl::Authorizer,
     /// SCRAM credentials made with AlterUserScramCredentials.
     pub scram: Arc<crate::protocol::scram_store::ScramStore>,
+    /// Byte-rate quotas per user and client id, set with AlterClientQuotas.
+    pub client_quotas: crate::client_quotas::ClientQuotas,
     /// The peer brokers (`[cluster]`); `None` for a broker alone.
     pub cluster: Option<crate::replication::Cluster>,
     /// The transaction coordinator (on a cluster's leader; a follower's stays unused).
@@ -93,6 +95,16 @@ impl BrokerHandle {
                     tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "flush at shutdown failed");
                 }
             }
+        }
+        // Connections end on the shutdown signal, a moment after it: wait for the last of them
+        // to let go of the broker, so that the metadata database is closed when this returns
+        // and a broker started again on the same data directory can open it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&self.broker) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&self.broker) > 1 {
+            tracing::warn!("broker still in use 5 s after the shutdown signal");
         }
         tracing::info!("broker stopped");
     }
@@ -194,6 +206,8 @@ pub async fn start_broker_from(
         crate::acl::Authorizer::open(&config.acls, meta.clone()).context("cannot read the ACLs")?;
     let scram = crate::protocol::scram_store::ScramStore::open(meta.clone())
         .context("cannot read the SCRAM credentials")?;
+    let client_quotas = crate::client_quotas::ClientQuotas::open(meta.clone())
+        .context("cannot read the client quotas")?;
     let transactions = crate::transactions::Transactions::load(&meta)
         .context("cannot read the transactions' state")?;
     let plugins = PluginSet::load(&config.plugins, data_dir.join("plugin-cache"), config_file)
@@ -210,6 +224,7 @@ pub async fn start_broker_from(
         federation: Default::default(),
         acls,
         scram: Arc::new(scram),
+        client_quotas,
         cluster,
         transactions,
         config,
