@@ -28,6 +28,7 @@ mod alloc;
 pub mod broker;
 pub mod catalog;
 pub mod cli;
+pub mod client_quotas;
 pub mod federation;
 pub mod groups;
 pub mod meta;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub produce_errors: AtomicU64,
     /// Requests a quota policy throttled (`[[plugins.quotas]]`).
     pub quota_throttled: AtomicU64,
+    /// Produce and fetch requests a client quota throttled (`crate::client_quotas`).
+    pub client_quota_throttled: AtomicU64,
     /// Requests a quota policy rejected, for at least one topic.
     pub quota_rejected: AtomicU64,
     /// QUIC connections whose handshake completed (one per device connection, not per stream).
@@ -74,6 +76,7 @@ impl Default for Metrics {
             records_in: AtomicU64::new(0),
             produce_errors: AtomicU64::new(0),
             quota_throttled: AtomicU64::new(0),
+            client_quota_throttled: AtomicU64::new(0),
             quota_rejected: AtomicU64::new(0),
             quic_connections_total: AtomicU64::new(0),
             quic_connections_open: AtomicI64::new(0),
@@ -157,6 +160,12 @@ impl Metrics {
             "runnel_quota_throttled_total",
             "Requests throttled by a quota policy.",
             self.quota_throttled.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_client_quota_throttled_total",
+            "Produce and fetch requests throttled by a client quota (producer_byte_rate, consumer_byte_rate).",
+            self.client_quota_throttled.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

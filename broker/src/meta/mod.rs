@@ -63,6 +63,21 @@ const SCRAM_CREDENTIALS: ScramRow = TableDefinition::new("scram_credentials");
 /// Transactional id -> the transaction coordinator's state of it, as JSON.
 const TRANSACTIONS: TableDefinition<&str, &str> = TableDefinition::new("transactions");
 
+/// Client quotas (`crate::client_quotas`): (user kind, user, client-id kind, client-id, quota
+/// key) -> value. A kind is 0 for an entity without that part, 1 for the default entity, 2 for a
+/// named one (whose name is the string beside it).
+type QuotaRow = TableDefinition<'static, (i8, &'static str, i8, &'static str, &'static str), f64>;
+const CLIENT_QUOTAS: QuotaRow = TableDefinition::new("client_quotas");
+
+/// One part of a client quota's entity as kept: its kind and name (see [`CLIENT_QUOTAS`]).
+pub type QuotaPart = (i8, String);
+
+/// One client quota as kept: the entity's user and client-id parts, the key, the value.
+pub type QuotaRecord = (QuotaPart, QuotaPart, String, f64);
+
+/// One change of a client quota: as a [`QuotaRecord`], with no value for a removal.
+pub type QuotaChange = (QuotaPart, QuotaPart, String, Option<f64>);
+
 /// How many producer ids one redb write reserves; ids in a reserved block that were never handed
 /// out are skipped after a restart, which Kafka allows (ids only need to be unique).
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -145,6 +160,7 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     tx.open_table(ACLS)?;
     tx.open_table(SCRAM_CREDENTIALS)?;
     tx.open_table(TRANSACTIONS)?;
+    tx.open_table(CLIENT_QUOTAS)?;
     tx.commit()?;
     Ok(db)
 }
@@ -349,6 +365,48 @@ impl MetaStore {
                     Some(s) => table.insert(id, s)?,
                     None => table.remove(id)?,
                 };
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every client quota kept.
+    pub fn client_quotas(&self) -> Result<Vec<QuotaRecord>, MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(CLIENT_QUOTAS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (key, value) = row?;
+                let (uk, user, ck, client, name) = key.value();
+                out.push((
+                    (uk, user.to_string()),
+                    (ck, client.to_string()),
+                    name.to_string(),
+                    value.value(),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Sets the quotas with a value and removes those without, in one transaction.
+    pub fn change_client_quotas(
+        &self,
+        changes: &[QuotaChange],
+    ) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(CLIENT_QUOTAS)?;
+                for ((uk, user), (ck, client), name, value) in changes {
+                    let key = (*uk, user.as_str(), *ck, client.as_str(), name.as_str());
+                    match value {
+                        Some(v) => table.insert(key, *v)?,
+                        None => table.remove(key)?,
+                    };
+                }
             }
             tx.commit()?;
             Ok(())

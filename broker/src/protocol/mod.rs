@@ -416,6 +416,8 @@ pub fn routes() -> Dispatcher {
     .add::<DescribeLogDirsRequest, _, _>(1, 4, describe_log_dirs::handle)
     .add::<DescribeUserScramCredentialsRequest, _, _>(0, 0, describe_user_scram_credentials::handle)
     .add::<AlterUserScramCredentialsRequest, _, _>(0, 0, alter_user_scram_credentials::handle)
+    .add::<DescribeClientQuotasRequest, _, _>(0, 1, describe_client_quotas::handle)
+    .add::<AlterClientQuotasRequest, _, _>(0, 1, alter_client_quotas::handle)
     .add::<DescribeAclsRequest, _, _>(1, 3, describe_acls::handle)
     .add::<CreateAclsRequest, _, _>(1, 3, create_acls::handle)
     .add::<DeleteAclsRequest, _, _>(1, 3, delete_acls::handle)

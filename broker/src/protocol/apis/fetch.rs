@@ -9,6 +9,11 @@
 //! Quota policies with `apis = ["fetch"]` are asked about the built response
 //! ([`quota::fetch`]), with the bytes it returns, as Kafka's fetch quotas count them.
 //!
+//! A consumer under a `consumer_byte_rate` (`crate::client_quotas`) gets at most what its
+//! quota has left (the first batch still whole), is charged the record bytes returned and told
+//! to wait when that puts it over; one that asks while over its quota is answered at once with
+//! no records and the time to wait, as Kafka answers it. Replica fetches are not counted.
+//!
 //! A topic the client may not Read (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
 //! its partitions, whether it exists or not.
 //!
@@ -38,6 +43,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicNam
 
 use crate::acl::{Operation, ResourceType};
 use crate::catalog::Partition;
+use crate::client_quotas::{self, Allowance, QuotaKey};
 use crate::plugins::quota;
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
@@ -68,9 +74,33 @@ enum Reader {
     Refused(i16),
 }
 
-pub async fn handle(ctx: Ctx, req: FetchRequest) -> FetchResponse {
+pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
+    let consumer = replica_id(&ctx, &req) < 0;
+    if consumer {
+        match client_quotas::allowance(&ctx, QuotaKey::ConsumerByteRate) {
+            Allowance::Unlimited => {}
+            // Bounded by what the quota has left; the first batch still passes whole.
+            Allowance::Bytes(left) => {
+                req.max_bytes = req.max_bytes.min(left.min(i32::MAX as u64) as i32);
+                req.min_bytes = req.min_bytes.min(req.max_bytes);
+            }
+            Allowance::Throttled(ms) => {
+                return FetchResponse::default().with_throttle_time_ms(ms as i32);
+            }
+        }
+    }
     let mut response = read(&ctx, req).await;
     quota::fetch(&ctx, &mut response).await;
+    if consumer {
+        let bytes: u64 = response
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
+            .sum();
+        let owed = client_quotas::charge(&ctx, QuotaKey::ConsumerByteRate, bytes);
+        response.throttle_time_ms = response.throttle_time_ms.max(owed);
+    }
     response
 }
 
@@ -284,9 +314,10 @@ fn read_all(
                 any_error = true;
             }
             Some(p) => {
-                // After the first batch, stay within the response budget.
+                // Within the partition's and the response's budgets; the first batch of the
+                // response passes whole, however large (KIP-74).
                 let budget = if total == 0 {
-                    w.max_bytes.max(1)
+                    w.max_bytes.min(max_bytes).max(1)
                 } else {
                     w.max_bytes.min(max_bytes.saturating_sub(total))
                 };

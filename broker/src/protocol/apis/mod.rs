@@ -3,6 +3,7 @@
 
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
+pub mod alter_client_quotas;
 pub mod alter_configs;
 pub mod alter_user_scram_credentials;
 pub mod api_versions;
@@ -14,6 +15,7 @@ pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_acls;
+pub mod describe_client_quotas;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
@@ -52,6 +54,10 @@ pub(crate) fn s(v: impl Into<String>) -> StrBytes {
 
 /// Why the ACL APIs are refused while ACLs are off.
 pub(crate) const ACLS_OFF: &str = "ACLs are off on this broker (set acls.enabled = true)";
+
+/// Why a cluster's follower refuses the client quota APIs.
+pub(crate) const QUOTAS_ON_LEADER: &str =
+    "client quotas are kept and enforced by the cluster's leader (Metadata's controller)";
 
 /// The bit field Metadata and DescribeGroups return for authorized operations that were not
 /// asked for (`include_*_authorized_operations` false).

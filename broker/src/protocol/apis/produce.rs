@@ -28,7 +28,9 @@
 //! Quota policies (`[[plugins.quotas]]`, [`quota::produce`]) are asked once per topic before
 //! anything is appended: a rejected topic's partitions get POLICY_VIOLATION and the policy's
 //! reason, and nothing of that topic is written; a throttle is accepted and answered with
-//! `throttle_time_ms` (the connection is muted that long).
+//! `throttle_time_ms` (the connection is muted that long). A client over its
+//! `producer_byte_rate` (`crate::client_quotas`) is answered the same way, after its records
+//! are written; the longer throttle of the two is the one given.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,6 +44,7 @@ use super::s;
 use crate::acl::{Operation, ResourceType};
 use crate::broker::{Broker, now_ms};
 use crate::catalog::CatalogError;
+use crate::client_quotas::{self, QuotaKey};
 use crate::plugins::quota::{self, Decision};
 use crate::plugins::{self, ChainOutput, ProduceFilterError};
 use crate::protocol::error::storage_code;
@@ -71,6 +74,12 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             .as_deref()
             .is_some_and(|id| ctx.allowed(Operation::Write, ResourceType::TransactionalId, id));
     let timeout = std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let produced_bytes: u64 = req
+        .topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
+        .sum();
     // Appended partitions whose acks=all answer waits for the followers: (topic, partition
     // response, the partition, the log end to reach).
     let mut waits = Vec::new();
@@ -287,7 +296,9 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             responses[t].partition_responses[p].error_code = code.code();
         }
     }
-    let throttle_time_ms = decisions.map_or(0, |d| quota::throttle(&ctx, &d));
+    let policy_throttle = decisions.map_or(0, |d| quota::throttle(&ctx, &d));
+    let quota_throttle = client_quotas::charge(&ctx, QuotaKey::ProducerByteRate, produced_bytes);
+    let throttle_time_ms = policy_throttle.max(quota_throttle);
     ProduceResponse::default()
         .with_responses(responses)
         .with_throttle_time_ms(throttle_time_ms)

@@ -1,0 +1,759 @@
+//! Kafka client quotas: byte rates per user and client id, as Kafka enforces them, set with
+//! AlterClientQuotas (`kafka-configs --alter --add-config producer_byte_rate=1048576
+//! --entity-type users --entity-name alice`, an admin client's `alterClientQuotas`) and kept in
+//! the metadata database across restarts.
+//!
+//! The map:
+//! - [`Entity`]: what a quota is set on: a user, a client id, or a user and a client id; each
+//!   part a name or the default (`--entity-default`), as in Kafka.
+//! - [`ClientQuotas`]: the quotas in force ([`ClientQuotas::alter`], [`ClientQuotas::describe`])
+//!   and the byte counts of the clients they apply to ([`ClientQuotas::charge`],
+//!   [`ClientQuotas::allowance`]).
+//! - Callers: `protocol::apis::produce` charges the record bytes it appended and answers with
+//!   the throttle; `protocol::apis::fetch` bounds a consumer's response by what its quota has
+//!   left, answers a consumer over its quota at once with nothing and the time to wait, and
+//!   charges the record bytes it returns. Replica fetches of a cluster's followers are exempt,
+//!   as in Kafka.
+//!
+//! Which quota applies to a request: for each key separately, the first entity that has one, in
+//! Kafka's order: user and client id, user and default client id, user, default user and client
+//! id, default user and default client id, default user, client id, default client id. The
+//! clients counted together are Kafka's too: a quota on a user (or the default user) is shared
+//! by all that user's client ids, one on a client id by all users of that client id, and one on
+//! a pair counts that pair alone. The user is the principal's name (`alice` of `User:alice`;
+//! `ANONYMOUS` for a client that proved nothing).
+//!
+//! How a rate is held: a token bucket per counted group of clients, filled at the quota's rate
+//! and holding at most one second of it ([`BURST`]). A request takes its bytes out; a bucket
+//! below zero answers with the time it takes to fill back to zero, which the client is told
+//! (`throttle_time_ms`) and for which its connection is muted (`net::conn`), as Kafka does
+//! since KIP-219. A throttle is at most [`quota::MAX_THROTTLE_MS`], the cap the quota plugins
+//! have too; the debt behind it is bounded the same way, so a client is never held for longer.
+//!
+//! Not enforced: `request_percentage` (share of request-handling time) and
+//! `controller_mutation_rate`, and quotas on IP addresses (`connection_creation_rate`):
+//! AlterClientQuotas refuses them with the reason instead of keeping a quota that does nothing.
+//! Quota plugins (`plugins::quota`) throttle and reject by any rule besides; a request gets the
+//! longer of the two throttles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use crate::meta::{MetaError, MetaStore};
+use crate::plugins::quota;
+use crate::protocol::Ctx;
+
+/// The entity types of a quota, as the protocol names them.
+pub const USER: &str = "user";
+pub const CLIENT_ID: &str = "client-id";
+pub const IP: &str = "ip";
+
+/// How many seconds of its rate a bucket holds: the burst a client may send at once after a
+/// quiet second, before it is throttled.
+pub const BURST: f64 = 1.0;
+
+/// Buckets kept before idle ones (full again) are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
+/// What a quota limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QuotaKey {
+    /// Record bytes produced per second.
+    ProducerByteRate,
+    /// Record bytes fetched per second.
+    ConsumerByteRate,
+}
+
+impl QuotaKey {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaKey::ProducerByteRate => "producer_byte_rate",
+            QuotaKey::ConsumerByteRate => "consumer_byte_rate",
+        }
+    }
+
+    /// The key of `name`, or why it is refused.
+    pub fn parse(name: &str) -> Result<QuotaKey, String> {
+        match name {
+            "producer_byte_rate" => Ok(QuotaKey::ProducerByteRate),
+            "consumer_byte_rate" => Ok(QuotaKey::ConsumerByteRate),
+            "request_percentage" | "controller_mutation_rate" => Err(format!(
+                "{name} is not enforced by this broker (producer_byte_rate and \
+                 consumer_byte_rate are)"
+            )),
+            _ => Err(format!(
+                "{name:?} is not a client quota (producer_byte_rate or consumer_byte_rate)"
+            )),
+        }
+    }
+}
+
+/// One part of an entity: a name, or the default for every name without a quota of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Name {
+    Default,
+    Named(String),
+}
+
+impl Name {
+    fn as_option(&self) -> Option<&str> {
+        match self {
+            Name::Default => None,
+            Name::Named(n) => Some(n),
+        }
+    }
+
+    /// The kind and name kept in the metadata database (`meta::CLIENT_QUOTAS`).
+    fn stored(part: &Option<Name>) -> (i8, String) {
+        match part {
+            None => (0, String::new()),
+            Some(Name::Default) => (1, String::new()),
+            Some(Name::Named(n)) => (2, n.clone()),
+        }
+    }
+
+    fn from_stored((kind, name): (i8, String)) -> Option<Option<Name>> {
+        match kind {
+            0 => Some(None),
+            1 => Some(Some(Name::Default)),
+            2 => Some(Some(Name::Named(name))),
+            _ => None,
+        }
+    }
+}
+
+/// What a quota is set on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Entity {
+    pub user: Option<Name>,
+    pub client_id: Option<Name>,
+}
+
+impl Entity {
+    /// The entity of a request's (type, name) components; a missing name is the default.
+    pub fn from_components<'a>(
+        parts: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Result<Entity, String> {
+        let mut entity = Entity::default();
+        for (kind, name) in parts {
+            let name = match name {
+                Some(n) => Name::Named(n.to_string()),
+                None => Name::Default,
+            };
+            let slot = match kind {
+                USER => &mut entity.user,
+                CLIENT_ID => &mut entity.client_id,
+                IP => {
+                    return Err("quotas on IP addresses (connection_creation_rate) are not \
+                                enforced by this broker"
+                        .to_string());
+                }
+                other => return Err(format!("{other:?} is not an entity type (user, client-id)")),
+            };
+            if slot.replace(name).is_some() {
+                return Err(format!("the entity names {kind} twice"));
+            }
+        }
+        if entity.user.is_none() && entity.client_id.is_none() {
+            return Err("the entity is empty (name a user, a client id or both)".to_string());
+        }
+        Ok(entity)
+    }
+
+    /// The entity's (type, name) components, user first; `None` is the default.
+    pub fn components(&self) -> Vec<(&'static str, Option<&str>)> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(u) = &self.user {
+            out.push((USER, u.as_option()));
+        }
+        if let Some(c) = &self.client_id {
+            out.push((CLIENT_ID, c.as_option()));
+        }
+        out
+    }
+
+    fn part(&self, kind: &str) -> Option<&Name> {
+        match kind {
+            USER => self.user.as_ref(),
+            CLIENT_ID => self.client_id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// How a filter of DescribeClientQuotas matches one entity type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// That name.
+    Exact(String),
+    /// The default entity.
+    Default,
+    /// Any entity of the type, the default included.
+    Any,
+}
+
+/// A DescribeClientQuotas filter: its components, and whether entities may have parts the
+/// filter does not name (`strict` false).
+pub struct Filter {
+    pub components: Vec<(String, Match)>,
+    pub strict: bool,
+}
+
+impl Filter {
+    /// Checks the filter: known entity types, each at most once.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = Vec::new();
+        for (kind, _) in &self.components {
+            match kind.as_str() {
+                USER | CLIENT_ID => {}
+                IP => return Err("quotas on IP addresses are not kept by this broker".into()),
+                other => return Err(format!("{other:?} is not an entity type (user, client-id)")),
+            }
+            if seen.contains(&kind) {
+                return Err(format!("the filter names {kind} twice"));
+            }
+            seen.push(kind);
+        }
+        Ok(())
+    }
+
+    fn matches(&self, entity: &Entity) -> bool {
+        let named = |kind: &str| self.components.iter().any(|(k, _)| k == kind);
+        if self.strict
+            && ((entity.user.is_some() && !named(USER))
+                || (entity.client_id.is_some() && !named(CLIENT_ID)))
+        {
+            return false;
+        }
+        self.components
+            .iter()
+            .all(|(kind, m)| match (entity.part(kind), m) {
+                (None, _) => false,
+                (Some(_), Match::Any) => true,
+                (Some(Name::Default), Match::Default) => true,
+                (Some(Name::Named(n)), Match::Exact(want)) => n == want,
+                _ => false,
+            })
+    }
+}
+
+/// One change of an AlterClientQuotas entry: a value to set, or `None` to remove the key.
+pub type Change = (QuotaKey, Option<f64>);
+
+/// The quotas of each entity.
+type Table = BTreeMap<Entity, BTreeMap<QuotaKey, f64>>;
+
+/// Whose bytes a bucket counts: the key, and the user and client id of the counted group (""
+/// for a part the quota does not tell apart).
+type BucketKey = (QuotaKey, String, String);
+
+struct Bucket {
+    /// Bytes that may still pass before a throttle; below zero, owed.
+    credit: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, rate: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.credit = (self.credit + elapsed * rate).min(rate * BURST);
+        self.at = now;
+    }
+}
+
+/// What a consumer's quota lets its next fetch return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowance {
+    /// No quota applies.
+    Unlimited,
+    /// At most this many bytes (the first batch always passes whole, as for `max_bytes`).
+    Bytes(u64),
+    /// Nothing before this many milliseconds.
+    Throttled(u32),
+}
+
+/// The client quotas in force and the byte counts they are held to.
+pub struct ClientQuotas {
+    meta: MetaStore,
+    table: RwLock<Arc<Table>>,
+    /// Whether any quota is set: when none is, requests skip every lookup.
+    any: AtomicBool,
+    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+    /// Held by a change from its read to its swap, so that two at once lose nothing.
+    changing: Mutex<()>,
+}
+
+impl std::fmt::Debug for ClientQuotas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientQuotas")
+            .field("entities", &self.current().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientQuotas {
+    /// The quotas kept in `meta`; a row that cannot be read is skipped with a warning.
+    pub fn open(meta: MetaStore) -> Result<ClientQuotas, MetaError> {
+        let mut table = Table::new();
+        for record in meta.client_quotas()? {
+            let ((uk, user), (ck, client), key, value) = record;
+            let parts = Name::from_stored((uk, user)).zip(Name::from_stored((ck, client)));
+            match (parts, QuotaKey::parse(&key)) {
+                (Some((user, client_id)), Ok(k)) => {
+                    let entity = Entity { user, client_id };
+                    table.entry(entity).or_default().insert(k, value);
+                }
+                _ => tracing::warn!(key, "unreadable client quota skipped"),
+            }
+        }
+        let quotas = ClientQuotas {
+            meta,
+            any: AtomicBool::new(!table.is_empty()),
+            table: RwLock::new(Arc::new(table)),
+            buckets: Mutex::new(HashMap::new()),
+            changing: Mutex::new(()),
+        };
+        Ok(quotas)
+    }
+
+    fn current(&self) -> Arc<Table> {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The entities the filter matches, with their quotas.
+    pub fn describe(&self, filter: &Filter) -> Vec<(Entity, Vec<(QuotaKey, f64)>)> {
+        self.current()
+            .iter()
+            .filter(|(entity, _)| filter.matches(entity))
+            .map(|(entity, values)| {
+                let values = values.iter().map(|(k, v)| (*k, *v)).collect();
+                (entity.clone(), values)
+            })
+            .collect()
+    }
+
+    /// Applies the changes of each entity in one metadata transaction; they take effect at once.
+    pub fn alter(&self, changes: &[(Entity, Vec<Change>)]) -> Result<(), MetaError> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rows = Vec::new();
+        let mut next = Table::clone(&self.current());
+        for (entity, ops) in changes {
+            let quotas = next.entry(entity.clone()).or_default();
+            for (key, value) in ops {
+                rows.push((
+                    Name::stored(&entity.user),
+                    Name::stored(&entity.client_id),
+                    key.name().to_string(),
+                    *value,
+                ));
+                match value {
+                    Some(v) => quotas.insert(*key, *v),
+                    None => quotas.remove(key),
+                };
+            }
+            if quotas.is_empty() {
+                next.remove(entity);
+            }
+        }
+        self.meta.change_client_quotas(&rows)?;
+        self.any.store(!next.is_empty(), Ordering::Relaxed);
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The quota of `key` for `user` and `client_id`, and the group of clients it counts
+    /// together (Kafka's order; see the module's documentation).
+    fn resolve(&self, key: QuotaKey, user: &str, client_id: &str) -> Option<(BucketKey, f64)> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let table = self.current();
+        let named = |n: &str| Some(Name::Named(n.to_string()));
+        let default = || Some(Name::Default);
+        // (user part, client-id part, whether the group tells users apart, client ids apart)
+        let order = [
+            (named(user), named(client_id), true, true),
+            (named(user), default(), true, true),
+            (named(user), None, true, false),
+            (default(), named(client_id), true, true),
+            (default(), default(), true, true),
+            (default(), None, true, false),
+            (None, named(client_id), false, true),
+            (None, default(), false, true),
+        ];
+        order.into_iter().find_map(|(u, c, by_user, by_client)| {
+            let entity = Entity {
+                user: u,
+                client_id: c,
+            };
+            let rate = *table.get(&entity)?.get(&key)?;
+            let group = (
+                key,
+                if by_user { user } else { "" }.to_string(),
+                if by_client { client_id } else { "" }.to_string(),
+            );
+            Some((group, rate))
+        })
+    }
+
+    /// Takes `bytes` from the quota of `key` that applies to the client; the throttle it earns
+    /// in milliseconds (0 when within its quota or under none).
+    pub fn charge(&self, key: QuotaKey, user: &str, client_id: &str, bytes: u64) -> u32 {
+        self.charge_at(key, user, client_id, bytes, Instant::now())
+    }
+
+    fn charge_at(
+        &self,
+        key: QuotaKey,
+        user: &str,
+        client_id: &str,
+        bytes: u64,
+        now: Instant,
+    ) -> u32 {
+        let Some((group, rate)) = self.resolve(key, user, client_id) else {
+            return 0;
+        };
+        let max_debt = rate * f64::from(quota::MAX_THROTTLE_MS) / 1000.0;
+        self.with_bucket(group, rate, now, |b| {
+            b.credit = (b.credit - bytes as f64).max(-max_debt);
+            owed_ms(b.credit, rate)
+        })
+    }
+
+    /// What the quota of `key` lets the client take now, without taking it.
+    pub fn allowance(&self, key: QuotaKey, user: &str, client_id: &str) -> Allowance {
+        self.allowance_at(key, user, client_id, Instant::now())
+    }
+
+    fn allowance_at(&self, key: QuotaKey, user: &str, client_id: &str, now: Instant) -> Allowance {
+        let Some((group, rate)) = self.resolve(key, user, client_id) else {
+            return Allowance::Unlimited;
+        };
+        self.with_bucket(group, rate, now, |b| match owed_ms(b.credit, rate) {
+            0 => Allowance::Bytes(b.credit.max(0.0) as u64),
+            ms => Allowance::Throttled(ms),
+        })
+    }
+
+    fn with_bucket<T>(
+        &self,
+        group: BucketKey,
+        rate: f64,
+        now: Instant,
+        f: impl FnOnce(&mut Bucket) -> T,
+    ) -> T {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&group) {
+            // A bucket idle for longer than it takes to fill is full: dropping it loses nothing.
+            let full_after = std::time::Duration::from_secs_f64(BURST + 1.0);
+            buckets.retain(|_, b| now.saturating_duration_since(b.at) < full_after);
+        }
+        let bucket = buckets.entry(group).or_insert(Bucket {
+            credit: rate * BURST,
+            at: now,
+        });
+        bucket.refill(rate, now);
+        f(bucket)
+    }
+}
+
+/// The user and client id a request's quotas are looked up by.
+fn client_of(ctx: &Ctx) -> (&str, &str) {
+    (user_of(ctx.asker().principal), &ctx.client_id)
+}
+
+/// Takes `bytes` from the client's quota of `key`: the throttle it earns (ms), handed to the
+/// connection to mute it and counted.
+pub fn charge(ctx: &Ctx, key: QuotaKey, bytes: u64) -> i32 {
+    let quotas = &ctx.broker.client_quotas;
+    if !quotas.any.load(Ordering::Relaxed) {
+        return 0;
+    }
+    let (user, client_id) = client_of(ctx);
+    let ms = quotas.charge(key, user, client_id, bytes);
+    if ms > 0 {
+        throttled(ctx, key, user, client_id, ms);
+    }
+    ms as i32
+}
+
+/// What the client's quota of `key` lets it take now; a throttle is handed to the connection
+/// and counted as [`charge`]'s.
+pub fn allowance(ctx: &Ctx, key: QuotaKey) -> Allowance {
+    let quotas = &ctx.broker.client_quotas;
+    if !quotas.any.load(Ordering::Relaxed) {
+        return Allowance::Unlimited;
+    }
+    let (user, client_id) = client_of(ctx);
+    let allowance = quotas.allowance(key, user, client_id);
+    if let Allowance::Throttled(ms) = allowance {
+        throttled(ctx, key, user, client_id, ms);
+    }
+    allowance
+}
+
+fn throttled(ctx: &Ctx, key: QuotaKey, user: &str, client_id: &str, ms: u32) {
+    ctx.broker
+        .metrics
+        .client_quota_throttled
+        .fetch_add(1, Ordering::Relaxed);
+    ctx.throttle_ms.fetch_max(ms, Ordering::Relaxed);
+    tracing::trace!(
+        user,
+        client_id,
+        quota = key.name(),
+        ms,
+        "throttled by a client quota"
+    );
+}
+
+/// Milliseconds until a bucket at `credit` is back at zero.
+fn owed_ms(credit: f64, rate: f64) -> u32 {
+    if credit >= 0.0 || rate <= 0.0 {
+        return 0;
+    }
+    let ms = (-credit / rate * 1000.0).ceil();
+    (ms as u32).clamp(1, quota::MAX_THROTTLE_MS)
+}
+
+/// The user part of a principal: `alice` of `User:alice`.
+pub fn user_of(principal: &str) -> &str {
+    principal.strip_prefix("User:").unwrap_or(principal)
+}
+
+/// Checks a quota's value: a positive number, and for a byte rate a whole one (Kafka's keys
+/// are LONG).
+pub fn check_value(key: QuotaKey, value: f64) -> Result<(), String> {
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("{}: {value} is not a positive number", key.name()));
+    }
+    if value.fract() != 0.0 {
+        return Err(format!("{}: {value} is not a whole number", key.name()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn quotas(dir: &std::path::Path) -> ClientQuotas {
+        ClientQuotas::open(MetaStore::open(&dir.join("meta.redb")).unwrap()).unwrap()
+    }
+
+    fn entity(user: Option<Option<&str>>, client: Option<Option<&str>>) -> Entity {
+        let part = |p: Option<Option<&str>>| {
+            p.map(|n| n.map_or(Name::Default, |n| Name::Named(n.to_string())))
+        };
+        Entity {
+            user: part(user),
+            client_id: part(client),
+        }
+    }
+
+    fn set(q: &ClientQuotas, e: Entity, key: QuotaKey, v: f64) {
+        q.alter(&[(e, vec![(key, Some(v))])]).unwrap();
+    }
+
+    #[test]
+    fn kafkas_order_picks_the_quota_and_the_group_it_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quotas(dir.path());
+        let p = QuotaKey::ProducerByteRate;
+        assert_eq!(q.resolve(p, "alice", "app"), None);
+        set(&q, entity(None, Some(None)), p, 8.0);
+        let at = |u: &str, c: &str| q.resolve(p, u, c).map(|((_, u, c), r)| (u, c, r));
+        assert_eq!(at("alice", "app"), Some(("".into(), "app".into(), 8.0)));
+        set(&q, entity(None, Some(Some("app"))), p, 7.0);
+        assert_eq!(at("alice", "app"), Some(("".into(), "app".into(), 7.0)));
+        set(&q, entity(Some(None), None), p, 6.0);
+        assert_eq!(at("alice", "app"), Some(("alice".into(), "".into(), 6.0)));
+        set(&q, entity(Some(None), Some(None)), p, 5.0);
+        assert_eq!(
+            at("alice", "app"),
+            Some(("alice".into(), "app".into(), 5.0))
+        );
+        set(&q, entity(Some(None), Some(Some("app"))), p, 4.0);
+        assert_eq!(
+            at("alice", "app"),
+            Some(("alice".into(), "app".into(), 4.0))
+        );
+        set(&q, entity(Some(Some("alice")), None), p, 3.0);
+        assert_eq!(at("alice", "app"), Some(("alice".into(), "".into(), 3.0)));
+        set(&q, entity(Some(Some("alice")), Some(None)), p, 2.0);
+        assert_eq!(
+            at("alice", "app"),
+            Some(("alice".into(), "app".into(), 2.0))
+        );
+        set(&q, entity(Some(Some("alice")), Some(Some("app"))), p, 1.0);
+        assert_eq!(
+            at("alice", "app"),
+            Some(("alice".into(), "app".into(), 1.0))
+        );
+        // Another user falls to the defaults; the consumer key is resolved on its own.
+        assert_eq!(at("bob", "app"), Some(("bob".into(), "app".into(), 4.0)));
+        assert_eq!(q.resolve(QuotaKey::ConsumerByteRate, "alice", "app"), None);
+    }
+
+    #[test]
+    fn a_bucket_throttles_for_the_time_its_debt_takes_to_pay() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quotas(dir.path());
+        let p = QuotaKey::ProducerByteRate;
+        set(&q, entity(Some(Some("alice")), None), p, 1000.0);
+        let t0 = Instant::now();
+        // A second's worth passes at once; 500 more are owed: half a second.
+        assert_eq!(q.charge_at(p, "alice", "a", 1000, t0), 0);
+        assert_eq!(q.charge_at(p, "alice", "b", 500, t0), 500);
+        assert_eq!(
+            q.allowance_at(p, "alice", "a", t0 + Duration::from_millis(100)),
+            Allowance::Throttled(400)
+        );
+        // Paid back, then refilled: 300 bytes after 0.8 s.
+        assert_eq!(
+            q.allowance_at(p, "alice", "a", t0 + Duration::from_millis(800)),
+            Allowance::Bytes(300)
+        );
+        // Never more than a second's worth, and a debt of at most the longest throttle.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            q.allowance_at(p, "alice", "a", later),
+            Allowance::Bytes(1000)
+        );
+        assert_eq!(
+            q.charge_at(p, "alice", "a", 10_000_000, later),
+            quota::MAX_THROTTLE_MS
+        );
+        let after = later + Duration::from_millis(u64::from(quota::MAX_THROTTLE_MS));
+        assert_eq!(q.allowance_at(p, "alice", "a", after), Allowance::Bytes(0));
+        // Other users are not counted with alice.
+        assert_eq!(q.charge_at(p, "bob", "a", 10, t0), 0);
+    }
+
+    #[test]
+    fn quotas_survive_a_restart_and_removal_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = entity(Some(None), Some(Some("app")));
+        {
+            let q = quotas(dir.path());
+            q.alter(&[(
+                e.clone(),
+                vec![
+                    (QuotaKey::ProducerByteRate, Some(1024.0)),
+                    (QuotaKey::ConsumerByteRate, Some(2048.0)),
+                ],
+            )])
+            .unwrap();
+        }
+        let q = quotas(dir.path());
+        let all = Filter {
+            components: vec![],
+            strict: false,
+        };
+        assert_eq!(
+            q.describe(&all),
+            vec![(
+                e.clone(),
+                vec![
+                    (QuotaKey::ProducerByteRate, 1024.0),
+                    (QuotaKey::ConsumerByteRate, 2048.0)
+                ]
+            )]
+        );
+        q.alter(&[(e.clone(), vec![(QuotaKey::ProducerByteRate, None)])])
+            .unwrap();
+        q.alter(&[(e, vec![(QuotaKey::ConsumerByteRate, None)])])
+            .unwrap();
+        assert!(q.describe(&all).is_empty());
+        assert_eq!(q.resolve(QuotaKey::ConsumerByteRate, "x", "app"), None);
+        drop(q);
+        assert!(quotas(dir.path()).describe(&all).is_empty());
+    }
+
+    #[test]
+    fn filters_match_as_kafkas() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quotas(dir.path());
+        let p = QuotaKey::ProducerByteRate;
+        let alice = entity(Some(Some("alice")), None);
+        let alice_app = entity(Some(Some("alice")), Some(Some("app")));
+        let default_user = entity(Some(None), None);
+        let app = entity(None, Some(Some("app")));
+        for e in [&alice, &alice_app, &default_user, &app] {
+            set(&q, e.clone(), p, 10.0);
+        }
+        let found = |components: Vec<(&str, Match)>, strict| -> Vec<Entity> {
+            let filter = Filter {
+                components: components
+                    .into_iter()
+                    .map(|(k, m)| (k.to_string(), m))
+                    .collect(),
+                strict,
+            };
+            filter.check().unwrap();
+            q.describe(&filter).into_iter().map(|(e, _)| e).collect()
+        };
+        let exact = |n: &str| Match::Exact(n.to_string());
+        assert_eq!(
+            found(vec![(USER, exact("alice"))], false),
+            vec![alice.clone(), alice_app.clone()]
+        );
+        assert_eq!(
+            found(vec![(USER, exact("alice"))], true),
+            vec![alice.clone()]
+        );
+        assert_eq!(
+            found(vec![(USER, Match::Default)], false),
+            vec![default_user.clone()]
+        );
+        assert_eq!(
+            found(vec![(USER, Match::Any)], true),
+            vec![default_user.clone(), alice.clone()]
+        );
+        assert_eq!(
+            found(vec![(CLIENT_ID, Match::Any)], false),
+            vec![app.clone(), alice_app.clone()]
+        );
+        assert_eq!(found(vec![], true), Vec::<Entity>::new());
+        assert_eq!(found(vec![], false).len(), 4);
+        let twice = Filter {
+            components: vec![(USER.into(), Match::Any), (USER.into(), Match::Default)],
+            strict: false,
+        };
+        assert!(twice.check().is_err());
+    }
+
+    #[test]
+    fn entities_and_values_are_checked() {
+        let ok = Entity::from_components([(USER, Some("alice")), (CLIENT_ID, None)]).unwrap();
+        assert_eq!(ok, entity(Some(Some("alice")), Some(None)));
+        assert_eq!(
+            ok.components(),
+            vec![(USER, Some("alice")), (CLIENT_ID, None)]
+        );
+        for bad in [
+            vec![],
+            vec![(USER, Some("a")), (USER, Some("b"))],
+            vec![("group", Some("g"))],
+            vec![(IP, Some("10.0.0.1"))],
+        ] {
+            assert!(Entity::from_components(bad.clone()).is_err(), "{bad:?}");
+        }
+        assert!(QuotaKey::parse("request_percentage").is_err());
+        assert!(QuotaKey::parse("bogus").is_err());
+        let p = QuotaKey::ProducerByteRate;
+        assert!(check_value(p, 1024.0).is_ok());
+        for bad in [0.0, -1.0, 1.5, f64::NAN, f64::INFINITY] {
+            assert!(check_value(p, bad).is_err(), "{bad}");
+        }
+        assert_eq!(user_of("User:alice"), "alice");
+        assert_eq!(user_of("CN=device-7"), "CN=device-7");
+    }
+}

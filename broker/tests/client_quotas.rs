@@ -1,0 +1,719 @@
+//! Kafka client quotas end to end: AlterClientQuotas and DescribeClientQuotas on the wire,
+//! quotas kept across a restart, producers and consumers (librdkafka and raw clients) held to
+//! their byte rates, per user (SASL) and per client id, and who may change them.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::RawClient;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+use kafka_protocol::messages::create_acls_request::AclCreation;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    AlterClientQuotasRequest, AlterClientQuotasResponse, CreateAclsRequest, CreateTopicsRequest,
+    DescribeClientQuotasRequest, DescribeClientQuotasResponse, FetchRequest, FetchResponse,
+    ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::records::Compression;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const USERS: &str = "admin adm1n-s3cret\nalice a11ce-s3cret\nbob b0b-s3cret\n";
+
+fn st(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+/// A raw connection sending as a chosen client id.
+struct Client {
+    raw: RawClient,
+    id: &'static str,
+    correlation: i32,
+}
+
+impl Client {
+    async fn connect(addr: &str, id: &'static str) -> Client {
+        Client {
+            raw: RawClient::connect(addr).await,
+            id,
+            correlation: 0,
+        }
+    }
+
+    /// Logged in with SASL PLAIN (`NUL user NUL secret`).
+    async fn logged_in(addr: &str, id: &'static str, plain: &'static [u8]) -> Client {
+        Client {
+            raw: RawClient::logged_in(addr, plain).await,
+            id,
+            correlation: 10,
+        }
+    }
+
+    /// Sends `req` and returns its response and how long the answer took.
+    async fn call<R: Request>(&mut self, req: &R, version: i16) -> (R::Response, Duration) {
+        self.correlation += 1;
+        let frame = common::request_frame(req, version, self.correlation, self.id);
+        let sent = Instant::now();
+        self.raw.send_raw(&frame).await;
+        let answer = self.raw.read_frame().await.expect("a response");
+        let took = sent.elapsed();
+        let response = common::decode_response::<R>(answer, version, self.correlation);
+        (response, took)
+    }
+
+    async fn create(&mut self, topic: &str) {
+        let req = CreateTopicsRequest::default().with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(st(topic)))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ]);
+        let (r, _) = self.call(&req, 5).await;
+        assert_eq!(r.topics[0].error_code, 0);
+    }
+
+    async fn produce(&mut self, topic: &str, size: usize) -> ProduceResponse {
+        let record = common::record(0, None, &vec![b'x'; size], 1_700_000_000_000);
+        let batch = common::encode_batch(&[record], Compression::None);
+        let req = common::produce_request(topic, 0, -1, batch);
+        let (r, _) = self.call(&req, 9).await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        r
+    }
+
+    async fn fetch(&mut self, topic: &str, offset: i64) -> (FetchResponse, Duration) {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(st(topic)))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(8 << 20),
+                    ]),
+            ]);
+        self.call(&req, 12).await
+    }
+
+    async fn alter(&mut self, entries: Vec<EntryData>, validate_only: bool) -> Vec<(i16, String)> {
+        let req = AlterClientQuotasRequest::default()
+            .with_entries(entries)
+            .with_validate_only(validate_only);
+        let (r, _): (AlterClientQuotasResponse, _) = self.call(&req, 1).await;
+        r.entries
+            .iter()
+            .map(|e| {
+                let message = e.error_message.as_ref().map(|m| m.to_string());
+                if e.error_code == 0 {
+                    assert_eq!(message, None, "no message on success");
+                }
+                (e.error_code, message.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// The quotas the filter finds: (entity as `type=name` parts, `<default>` for the default,
+    /// sorted values), sorted; or the error.
+    async fn describe(
+        &mut self,
+        components: Vec<(&str, i8, Option<&str>)>,
+        strict: bool,
+    ) -> Result<Vec<(String, Vec<(String, f64)>)>, (i16, String)> {
+        let components = components
+            .into_iter()
+            .map(|(t, m, name)| {
+                ComponentData::default()
+                    .with_entity_type(st(t))
+                    .with_match_type(m)
+                    .with_match(name.map(st))
+            })
+            .collect();
+        let req = DescribeClientQuotasRequest::default()
+            .with_components(components)
+            .with_strict(strict);
+        let (r, _): (DescribeClientQuotasResponse, _) = self.call(&req, 1).await;
+        if r.error_code != 0 {
+            let message = r.error_message.map(|m| m.to_string()).unwrap_or_default();
+            return Err((r.error_code, message));
+        }
+        let mut out: Vec<_> = r
+            .entries
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                let entity = e
+                    .entity
+                    .iter()
+                    .map(|p| {
+                        let name = p.entity_name.as_ref().map_or("<default>", |n| n.as_str());
+                        format!("{}={name}", p.entity_type.as_str())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut values: Vec<_> = e
+                    .values
+                    .iter()
+                    .map(|v| (v.key.to_string(), v.value))
+                    .collect();
+                values.sort_by(|a, b| a.0.cmp(&b.0));
+                (entity, values)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// An AlterClientQuotas entry: the entity's (type, name) parts (`None`: the default) and the
+/// (key, value) to set, or to remove with `None`.
+fn entry(entity: &[(&str, Option<&str>)], ops: &[(&str, Option<f64>)]) -> EntryData {
+    EntryData::default()
+        .with_entity(
+            entity
+                .iter()
+                .map(|(t, n)| {
+                    EntityData::default()
+                        .with_entity_type(st(t))
+                        .with_entity_name(n.map(st))
+                })
+                .collect(),
+        )
+        .with_ops(
+            ops.iter()
+                .map(|(k, v)| {
+                    OpData::default()
+                        .with_key(st(k))
+                        .with_value(v.unwrap_or(0.0))
+                        .with_remove(v.is_none())
+                })
+                .collect(),
+        )
+}
+
+fn values(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::test_config(dir.path());
+    let broker = common::start_with(cfg.clone()).await;
+    let mut admin = Client::connect(&broker.bootstrap(), "admin").await;
+
+    let answers = admin
+        .alter(
+            vec![
+                entry(
+                    &[("user", Some("alice"))],
+                    &[("producer_byte_rate", Some(1024.0))],
+                ),
+                entry(
+                    &[("user", Some("alice")), ("client-id", None)],
+                    &[
+                        ("consumer_byte_rate", Some(4096.0)),
+                        ("producer_byte_rate", Some(2048.0)),
+                    ],
+                ),
+                entry(
+                    &[("client-id", None)],
+                    &[("consumer_byte_rate", Some(8192.0))],
+                ),
+                // Each of these is refused alone, with its reason.
+                entry(
+                    &[("ip", Some("10.0.0.1"))],
+                    &[("connection_creation_rate", Some(5.0))],
+                ),
+                entry(
+                    &[("user", Some("bob"))],
+                    &[("request_percentage", Some(50.0))],
+                ),
+                entry(&[("user", Some("bob"))], &[("fetch_rate", Some(5.0))]),
+                entry(
+                    &[("user", Some("bob"))],
+                    &[("producer_byte_rate", Some(1.5))],
+                ),
+                entry(
+                    &[("user", Some("bob"))],
+                    &[("producer_byte_rate", Some(-1.0))],
+                ),
+                entry(
+                    &[("user", Some("a")), ("user", Some("b"))],
+                    &[("producer_byte_rate", Some(1.0))],
+                ),
+                entry(&[], &[("producer_byte_rate", Some(1.0))]),
+            ],
+            false,
+        )
+        .await;
+    assert_eq!(
+        &answers[..3],
+        &[(0, String::new()), (0, String::new()), (0, String::new())]
+    );
+    for (code, message) in &answers[3..] {
+        assert_eq!(*code, E::InvalidRequest.code(), "{message}");
+    }
+    let why: Vec<&str> = answers[3..].iter().map(|(_, m)| m.as_str()).collect();
+    assert!(why[0].contains("IP addresses"), "{}", why[0]);
+    assert!(
+        why[1].contains("request_percentage is not enforced"),
+        "{}",
+        why[1]
+    );
+    assert!(why[2].contains("not a client quota"), "{}", why[2]);
+    assert!(why[3].contains("not a whole number"), "{}", why[3]);
+    assert!(why[4].contains("not a positive number"), "{}", why[4]);
+    assert!(why[5].contains("twice"), "{}", why[5]);
+    assert!(why[6].contains("empty"), "{}", why[6]);
+    // validate_only checks and keeps nothing.
+    let checked = admin
+        .alter(
+            vec![entry(
+                &[("user", Some("carol"))],
+                &[("producer_byte_rate", Some(10.0))],
+            )],
+            true,
+        )
+        .await;
+    assert_eq!(checked, vec![(0, String::new())]);
+
+    let all = vec![
+        (
+            "client-id=<default>".to_string(),
+            values(&[("consumer_byte_rate", 8192.0)]),
+        ),
+        (
+            "user=alice".to_string(),
+            values(&[("producer_byte_rate", 1024.0)]),
+        ),
+        (
+            "user=alice,client-id=<default>".to_string(),
+            values(&[
+                ("consumer_byte_rate", 4096.0),
+                ("producer_byte_rate", 2048.0),
+            ]),
+        ),
+    ];
+    assert_eq!(admin.describe(vec![], false).await, Ok(all.clone()));
+    // Filters: exact (0), default (1), any (2); strict leaves out entities with other parts.
+    assert_eq!(
+        admin.describe(vec![("user", 0, Some("alice"))], true).await,
+        Ok(vec![all[1].clone()])
+    );
+    assert_eq!(
+        admin
+            .describe(vec![("user", 0, Some("alice"))], false)
+            .await,
+        Ok(vec![all[1].clone(), all[2].clone()])
+    );
+    assert_eq!(
+        admin.describe(vec![("client-id", 1, None)], false).await,
+        Ok(vec![all[0].clone(), all[2].clone()])
+    );
+    assert_eq!(
+        admin.describe(vec![("client-id", 2, None)], true).await,
+        Ok(vec![all[0].clone()])
+    );
+    assert_eq!(
+        admin.describe(vec![("user", 0, Some("bob"))], false).await,
+        Ok(vec![])
+    );
+    let bad = admin.describe(vec![("group", 2, None)], false).await;
+    assert!(
+        matches!(&bad, Err((code, m)) if *code == E::InvalidRequest.code() && m.contains("group")),
+        "{bad:?}"
+    );
+    let bad = admin.describe(vec![("user", 7, None)], false).await;
+    assert!(
+        matches!(&bad, Err((code, _)) if *code == E::InvalidRequest.code()),
+        "{bad:?}"
+    );
+
+    drop(admin);
+    broker.shutdown().await;
+    let broker = common::start_with(cfg.clone()).await;
+    let mut admin = Client::connect(&broker.bootstrap(), "admin").await;
+    assert_eq!(admin.describe(vec![], false).await, Ok(all.clone()));
+    // Removing a key (and one that is not set) leaves the others; the last key takes the
+    // entity with it.
+    let removed = admin
+        .alter(
+            vec![
+                entry(
+                    &[("user", Some("alice")), ("client-id", None)],
+                    &[("producer_byte_rate", None)],
+                ),
+                entry(&[("user", Some("alice"))], &[("producer_byte_rate", None)]),
+                entry(&[("user", Some("nobody"))], &[("consumer_byte_rate", None)]),
+            ],
+            false,
+        )
+        .await;
+    assert!(removed.iter().all(|(code, _)| *code == 0), "{removed:?}");
+    let left = vec![
+        all[0].clone(),
+        (
+            "user=alice,client-id=<default>".to_string(),
+            values(&[("consumer_byte_rate", 4096.0)]),
+        ),
+    ];
+    assert_eq!(admin.describe(vec![], false).await, Ok(left.clone()));
+    drop(admin);
+    broker.shutdown().await;
+    let broker = common::start_with(cfg).await;
+    let mut admin = Client::connect(&broker.bootstrap(), "admin").await;
+    assert_eq!(admin.describe(vec![], false).await, Ok(left));
+    broker.shutdown().await;
+}
+
+/// A client id over its producer_byte_rate has its records written and is told to wait the
+/// time its debt takes to pay (KIP-219: the answer at once, the connection muted after it);
+/// other client ids are not counted with it, and removing the quota frees it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_over_its_producer_byte_rate_is_throttled_and_muted() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut admin = Client::connect(&addr, "admin").await;
+    admin.create("metered").await;
+    let set = admin
+        .alter(
+            vec![entry(
+                &[("client-id", Some("greedy"))],
+                &[("producer_byte_rate", Some(51200.0))],
+            )],
+            false,
+        )
+        .await;
+    assert_eq!(set, vec![(0, String::new())]);
+    let mut greedy = Client::connect(&addr, "greedy").await;
+    let first = Instant::now();
+    // 40KiB of the 50KiB a second holds: no throttle.
+    let r = greedy.produce("metered", 40 * 1024).await;
+    assert_eq!(r.throttle_time_ms, 0);
+    // 40KiB more: 30KiB owed, 600 ms at 50KiB/s (less what refilled in between).
+    let r = greedy.produce("metered", 40 * 1024).await;
+    let answered = Instant::now();
+    let between = (answered - first).as_millis() as i32;
+    let throttle = r.throttle_time_ms;
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
+    assert!(
+        throttle <= 610 && throttle + between + 10 >= 600,
+        "throttle {throttle} ms, {between} ms after the first produce"
+    );
+    // Muted: the next request is handled only once the throttle has passed.
+    greedy.produce("metered", 10).await;
+    let muted = answered.elapsed();
+    assert!(
+        muted >= Duration::from_millis(throttle as u64 * 9 / 10),
+        "answered {muted:?} after a throttle of {throttle} ms"
+    );
+    // Another client id is free.
+    let mut other = Client::connect(&addr, "other").await;
+    for _ in 0..3 {
+        assert_eq!(
+            other.produce("metered", 40 * 1024).await.throttle_time_ms,
+            0
+        );
+    }
+    let throttled = broker
+        .broker
+        .metrics
+        .client_quota_throttled
+        .load(Ordering::Relaxed);
+    assert!(throttled >= 1, "{throttled}");
+    // Without the quota, greedy is free again at once.
+    let removed = admin
+        .alter(
+            vec![entry(
+                &[("client-id", Some("greedy"))],
+                &[("producer_byte_rate", None)],
+            )],
+            false,
+        )
+        .await;
+    assert_eq!(removed, vec![(0, String::new())]);
+    for _ in 0..3 {
+        assert_eq!(
+            greedy.produce("metered", 40 * 1024).await.throttle_time_ms,
+            0
+        );
+    }
+    broker.shutdown().await;
+}
+
+/// A librdkafka producer flat out under a default client-id quota is held to the rate, and a
+/// librdkafka consumer under a consumer_byte_rate reads every record, in order, no faster than
+/// its rate; each client id of the default counts alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_clients_are_held_to_their_byte_rates_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    let rate = 256.0 * 1024.0;
+    let mut admin = Client::connect(&bootstrap, "admin").await;
+    let set = admin
+        .alter(
+            vec![entry(
+                &[("client-id", None)],
+                &[
+                    ("producer_byte_rate", Some(rate)),
+                    ("consumer_byte_rate", Some(rate)),
+                ],
+            )],
+            false,
+        )
+        .await;
+    assert_eq!(set, vec![(0, String::new())]);
+
+    let producer: FutureProducer = common::client_config(&bootstrap)
+        .set("client.id", "bulk-writer")
+        .set("linger.ms", "5")
+        .set("batch.size", "16384")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::<(), _>::to("metered")
+                .payload("warm-up")
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let count = 256usize;
+    let start = Instant::now();
+    let mut futures = Vec::new();
+    for i in 0..count {
+        let value = format!("{i:06}").repeat(4096 / 6);
+        let rec = FutureRecord::<(), _>::to("metered")
+            .payload(&value)
+            .partition(0);
+        futures.push(producer.send_result(rec).map_err(|(e, _)| e).unwrap());
+    }
+    for f in futures {
+        f.await.unwrap().unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let bytes = (count * 4092) as f64;
+    // A second's worth passes at once, and the last request's debt is paid after its answer.
+    let floor = (bytes - rate - 16.0 * 1024.0) / rate;
+    eprintln!("produce: 1MiB at a 256KiB/s quota in {elapsed:.2} s (floor {floor:.2} s)");
+    assert!(
+        elapsed >= floor,
+        "{elapsed:.2} s < {floor:.2} s: over the rate"
+    );
+    assert!(
+        bytes / elapsed >= rate / 2.0,
+        "{:.0} KiB/s: held far below the quota",
+        bytes / elapsed / 1024.0
+    );
+    let after_produce = broker
+        .broker
+        .metrics
+        .client_quota_throttled
+        .load(Ordering::Relaxed);
+    assert!(after_produce >= 5, "{after_produce}");
+
+    // The consumer is another client id: a bucket of its own, full.
+    let consumer: BaseConsumer = common::client_config(&bootstrap)
+        .set("client.id", "bulk-reader")
+        .set("group.id", "quota-readers")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["metered"]).unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < count + 1 && start.elapsed() < Duration::from_secs(60) {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            seen.push((m.offset(), m.payload().unwrap().to_vec()));
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    assert_eq!(seen.len(), count + 1, "every record read");
+    assert_eq!(seen[0], (0, b"warm-up".to_vec()));
+    for (i, (offset, value)) in seen[1..].iter().enumerate() {
+        assert_eq!(*offset, i as i64 + 1);
+        assert_eq!(value, &format!("{i:06}").repeat(4096 / 6).into_bytes());
+    }
+    let floor = (bytes - rate - 16.0 * 1024.0) / rate;
+    eprintln!("consume: 1MiB at a 256KiB/s quota in {elapsed:.2} s (floor {floor:.2} s)");
+    assert!(
+        elapsed >= floor,
+        "{elapsed:.2} s < {floor:.2} s: over the rate"
+    );
+    let after_consume = broker
+        .broker
+        .metrics
+        .client_quota_throttled
+        .load(Ordering::Relaxed);
+    assert!(
+        after_consume > after_produce,
+        "the consumer was throttled too"
+    );
+    broker.shutdown().await;
+}
+
+/// A consumer's fetch is bounded by what its quota has left (the first batch still whole) and
+/// charged what it returns; a fetch of the same client id while it owes is answered with no
+/// records and the time to wait, and the next fetch after the mute reads on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_over_the_consumer_byte_rate_gets_nothing_and_the_time_to_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut writer = Client::connect(&addr, "writer").await;
+    writer.create("readings").await;
+    let batch = 90 * 1024;
+    for _ in 0..4 {
+        writer.produce("readings", batch).await;
+    }
+    let set = writer
+        .alter(
+            vec![entry(
+                &[("client-id", Some("reader"))],
+                &[("consumer_byte_rate", Some(102400.0))],
+            )],
+            false,
+        )
+        .await;
+    assert_eq!(set, vec![(0, String::new())]);
+    let mut reader = Client::connect(&addr, "reader").await;
+    let mut twin = Client::connect(&addr, "reader").await;
+    let records = |r: &FetchResponse| r.responses[0].partitions[0].records.as_ref().unwrap().len();
+    // A second of 100KiB: one 90KiB batch (two would cross it), 10KiB left.
+    let (r, _) = reader.fetch("readings", 0).await;
+    assert!(
+        records(&r) > batch && records(&r) < 2 * batch,
+        "{} bytes",
+        records(&r)
+    );
+    assert_eq!(r.throttle_time_ms, 0);
+    // 10KiB left: still one whole batch, and 80KiB owed: 800 ms.
+    let (r, _) = reader.fetch("readings", 1).await;
+    assert!(
+        records(&r) > batch && records(&r) < 2 * batch,
+        "{} bytes",
+        records(&r)
+    );
+    let owed = r.throttle_time_ms;
+    assert!(owed > 500 && owed <= 810, "{owed} ms");
+    // The same client id on another connection owes it too: nothing, and the time to wait.
+    let (r, _) = twin.fetch("readings", 2).await;
+    assert!(r.responses.is_empty(), "no records while over the quota");
+    assert!(
+        r.throttle_time_ms > 0 && r.throttle_time_ms <= owed,
+        "{}",
+        r.throttle_time_ms
+    );
+    // The throttled connection is muted for the throttle, then reads on.
+    let (r, took) = reader.fetch("readings", 2).await;
+    assert!(
+        took >= Duration::from_millis(owed as u64 * 9 / 10),
+        "{took:?}"
+    );
+    assert!(records(&r) > batch, "{} bytes", records(&r));
+    broker.shutdown().await;
+}
+
+/// User quotas apply to the SASL principal (`alice` of `User:alice`), shared by all her client
+/// ids; with ACLs on, changing or reading quotas takes AlterConfigs / DescribeConfigs on the
+/// cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_quotas_follow_the_principal_and_need_cluster_rights() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, USERS).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    cfg.acls.enabled = true;
+    cfg.acls.super_users = vec!["User:admin".into()];
+    cfg.acls.allow_if_no_acl = true;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+
+    // With an ACL on the cluster, allow_if_no_acl no longer lets everyone alter its configs.
+    let mut admin = Client::logged_in(&addr, "a", b"\0admin\0adm1n-s3cret").await;
+    admin.create("shared").await;
+    let creation = AclCreation::default()
+        .with_resource_type(4) // cluster
+        .with_resource_name(st("kafka-cluster"))
+        .with_resource_pattern_type(3) // literal
+        .with_principal(st("User:carol"))
+        .with_host(st("*"))
+        .with_operation(11) // AlterConfigs
+        .with_permission_type(3); // allow
+    let (made, _) = admin
+        .call(
+            &CreateAclsRequest::default().with_creations(vec![creation]),
+            3,
+        )
+        .await;
+    assert_eq!(
+        made.results[0].error_code, 0,
+        "{:?}",
+        made.results[0].error_message
+    );
+    let mut bob = Client::logged_in(&addr, "b", b"\0bob\0b0b-s3cret").await;
+    let refused = bob
+        .alter(
+            vec![entry(
+                &[("user", Some("bob"))],
+                &[("producer_byte_rate", None)],
+            )],
+            false,
+        )
+        .await;
+    assert_eq!(
+        refused[0].0,
+        E::ClusterAuthorizationFailed.code(),
+        "{refused:?}"
+    );
+    let refused = bob.describe(vec![], false).await;
+    assert!(
+        matches!(&refused, Err((code, _)) if *code == E::ClusterAuthorizationFailed.code()),
+        "{refused:?}"
+    );
+
+    let set = admin
+        .alter(
+            vec![entry(
+                &[("user", Some("alice"))],
+                &[("producer_byte_rate", Some(51200.0))],
+            )],
+            false,
+        )
+        .await;
+    assert_eq!(set, vec![(0, String::new())]);
+    // Alice's two client ids share her 50KiB a second; bob's are free.
+    let mut alice_1 = Client::logged_in(&addr, "alice-1", b"\0alice\0a11ce-s3cret").await;
+    let mut alice_2 = Client::logged_in(&addr, "alice-2", b"\0alice\0a11ce-s3cret").await;
+    assert_eq!(
+        alice_1.produce("shared", 40 * 1024).await.throttle_time_ms,
+        0
+    );
+    let r = alice_2.produce("shared", 40 * 1024).await;
+    assert!(
+        r.throttle_time_ms > 0,
+        "alice's second client id shares her quota"
+    );
+    for _ in 0..3 {
+        assert_eq!(bob.produce("shared", 40 * 1024).await.throttle_time_ms, 0);
+    }
+    broker.shutdown().await;
+}

@@ -1,0 +1,122 @@
+"""Kafka client quotas against runnel: kafka-python sets and reads them with its own
+AlterClientQuotas / DescribeClientQuotas codecs (what `kafka-configs --entity-type clients`
+sends), and confluent-kafka (librdkafka) clients under them are throttled the Kafka way: the
+producer's throttle callback reports the broker's throttle time, both clients are held to their
+byte rate, and every record arrives, in order.
+
+Quotas here are set on client ids made for each test, never on a default entity: the broker is
+shared with the other interop tests.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from kafka import KafkaAdminClient
+from kafka.protocol.admin import AlterClientQuotasRequest, DescribeClientQuotasRequest
+
+from ck_util import conf, consumer_conf, create_topic
+from interop_util import unique
+
+RATE = 128 * 1024  # bytes a second
+COUNT = 96
+VALUE = 4096  # bytes: COUNT * VALUE is 3 seconds of RATE
+
+
+def _send(admin: KafkaAdminClient, request):
+    return admin._manager.run(admin._manager.send, request)
+
+
+def set_quotas(admin: KafkaAdminClient, client_id: str, quotas: dict, remove=False):
+    Entry = AlterClientQuotasRequest.EntryData
+    entry = Entry(
+        entity=[Entry.EntityData(entity_type="client-id", entity_name=client_id)],
+        ops=[Entry.OpData(key=k, value=float(v), remove=remove) for k, v in quotas.items()],
+    )
+    response = _send(admin, AlterClientQuotasRequest(entries=[entry], validate_only=False))
+    return [(e.error_code, e.error_message) for e in response.entries]
+
+
+def describe(admin: KafkaAdminClient, client_id: str) -> dict:
+    component = DescribeClientQuotasRequest.ComponentData(
+        entity_type="client-id", match_type=0, match=client_id)
+    response = _send(admin, DescribeClientQuotasRequest(components=[component], strict=True))
+    assert response.error_code == 0, response.error_message
+    out = {}
+    for entry in response.entries:
+        entity = tuple((e.entity_type, e.entity_name) for e in entry.entity)
+        out[entity] = {v.key: v.value for v in entry.values}
+    return out
+
+
+def test_kafka_python_sets_describes_and_removes_quotas(broker):
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    try:
+        cid = unique("quota-admin")
+        assert set_quotas(admin, cid, {"producer_byte_rate": 2048,
+                                       "consumer_byte_rate": 4096}) == [(0, None)]
+        assert describe(admin, cid) == {
+            (("client-id", cid),): {"producer_byte_rate": 2048.0, "consumer_byte_rate": 4096.0}}
+        # A key the broker does not enforce is refused with the reason, nothing changed.
+        [(code, message)] = set_quotas(admin, cid, {"request_percentage": 50})
+        assert code == 42 and "not enforced" in message, (code, message)  # INVALID_REQUEST
+        assert set_quotas(admin, cid, {"producer_byte_rate": 0}, remove=True) == [(0, None)]
+        assert describe(admin, cid) == {(("client-id", cid),): {"consumer_byte_rate": 4096.0}}
+        assert set_quotas(admin, cid, {"consumer_byte_rate": 0}, remove=True) == [(0, None)]
+        assert describe(admin, cid) == {}
+    finally:
+        admin.close()
+
+
+def test_librdkafka_clients_are_held_to_their_byte_rates(broker):
+    topic = unique("quota-topic")
+    writer, reader = unique("quota-writer"), unique("quota-reader")
+    create_topic(AdminClient(conf(broker.bootstrap)), topic, 1)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    try:
+        assert set_quotas(admin, writer, {"producer_byte_rate": RATE}) == [(0, None)]
+        assert set_quotas(admin, reader, {"consumer_byte_rate": RATE}) == [(0, None)]
+
+        throttles = []
+        producer = Producer(conf(broker.bootstrap, client_id=writer, linger_ms=5,
+                                 batch_size=16384,
+                                 throttle_cb=lambda event: throttles.append(event)))
+        payloads = [(b"%06d" % i) * (VALUE // 6) for i in range(COUNT)]
+        delivered = []
+        started = time.monotonic()
+        for p in payloads:
+            producer.produce(topic, p, partition=0,
+                             on_delivery=lambda err, msg: delivered.append((err, msg.offset())))
+            producer.poll(0)
+        assert producer.flush(60) == 0
+        producer_took = time.monotonic() - started
+        assert [e for e, _ in delivered if e is not None] == []
+        assert [o for _, o in delivered] == list(range(COUNT))
+        sent = COUNT * len(payloads[0])
+        # A second's worth passes at once; the last request's debt is paid after its answer.
+        floor = (sent - RATE - 16384) / RATE
+        assert producer_took >= floor, (producer_took, floor)
+        assert throttles, "librdkafka reported no throttle"
+        assert max(t.throttle_time for t in throttles) > 0
+        assert all(t.broker_id == 1 for t in throttles), [t.broker_id for t in throttles]
+
+        consumer = Consumer(consumer_conf(broker.bootstrap, unique("quota-group"),
+                                          **{"client.id": reader}))
+        consumer.subscribe([topic])
+        got = []
+        started = time.monotonic()
+        while len(got) < COUNT and time.monotonic() - started < 60:
+            m = consumer.poll(0.5)
+            if m is not None:
+                assert m.error() is None, m.error()
+                got.append((m.offset(), m.value()))
+        consumer_took = time.monotonic() - started
+        consumer.close()
+        assert got == list(enumerate(payloads))
+        assert consumer_took >= floor, (consumer_took, floor)
+    finally:
+        set_quotas(admin, writer, {"producer_byte_rate": 0}, remove=True)
+        set_quotas(admin, reader, {"consumer_byte_rate": 0}, remove=True)
+        admin.close()
