@@ -331,6 +331,118 @@ async fn client_commands_stop_at_a_refused_login_with_the_reason() {
     broker.shutdown().await;
 }
 
+/// `runnel quotas`: set, list and remove client quotas, over SASL SCRAM, that the broker then
+/// holds clients to; a client without AlterConfigs on the cluster is refused with the reason,
+/// and properties or values it cannot use are named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_commands_set_list_and_remove_the_quotas_the_broker_enforces() {
+    use runnel::client_quotas::QuotaKey;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "admin adm1n-s3cret\nalice a11ce-s3cret\n").unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    cfg.acls.enabled = true;
+    cfg.acls.super_users = vec!["User:admin".into()];
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    let admin = ("admin", "adm1n-s3cret");
+    let (b2, quotas) = (b.clone(), broker.broker.clone());
+    tokio::task::spawn_blocking(move || {
+        let b = b2;
+        let run = |who, args: &[&str]| {
+            let (ok, out, err, _) = runnel_as(&b, who, args, b"");
+            (ok, out, err)
+        };
+        let (ok, _, err) = run(
+            ("alice", "a11ce-s3cret"),
+            &[
+                "quotas",
+                "set",
+                "--user",
+                "alice",
+                "producer_byte_rate=1GiB",
+            ],
+        );
+        assert!(!ok && err.contains("ClusterAuthorizationFailed"), "{err}");
+        let set = [
+            "quotas",
+            "set",
+            "--client-id",
+            "sensor-7",
+            "producer_byte_rate=50KiB",
+            "consumer_byte_rate=1MiB",
+        ];
+        let (ok, _, err) = run(admin, &set);
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(
+            admin,
+            &[
+                "quotas",
+                "set",
+                "--user-default",
+                "--client-default",
+                "producer_byte_rate=2048",
+            ],
+        );
+        assert!(ok, "{err}");
+        let (ok, out, err) = run(admin, &["quotas", "list"]);
+        assert!(ok, "{err}");
+        assert_eq!(
+            out,
+            "client-id=sensor-7\tconsumer_byte_rate=1048576\tproducer_byte_rate=51200\n\
+             user=<default> client-id=<default>\tproducer_byte_rate=2048\n"
+        );
+        let (ok, out, _) = run(admin, &["quotas", "list", "--client-id", "sensor-7"]);
+        assert!(ok);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        // In force, in Kafka's order: the default user's default client id (2048 bytes a
+        // second) comes before sensor-7's own quota. 3KiB owes 1KiB: half a second.
+        let over =
+            quotas
+                .client_quotas
+                .charge(QuotaKey::ProducerByteRate, "alice", "sensor-7", 3 * 1024);
+        assert!((450..=500).contains(&over), "{over} ms");
+        // What the broker refuses, and what the command cannot send, are named.
+        let (ok, _, err) = run(
+            admin,
+            &["quotas", "set", "--user", "bob", "request_percentage=50"],
+        );
+        assert!(
+            !ok && err.contains("request_percentage is not enforced"),
+            "{err}"
+        );
+        let (ok, _, err) = run(admin, &["quotas", "set", "producer_byte_rate=1"]);
+        assert!(!ok && err.contains("name the entity"), "{err}");
+        let (ok, _, err) = run(admin, &["quotas", "list", "-X", "ssl.keystore.location=/x"]);
+        assert!(
+            !ok && err.contains("-X ssl.keystore.location: not taken"),
+            "{err}"
+        );
+        let (ok, _, err) = run(
+            admin,
+            &[
+                "quotas",
+                "remove",
+                "--client-id",
+                "sensor-7",
+                "producer_byte_rate",
+                "consumer_byte_rate",
+            ],
+        );
+        assert!(ok, "{err}");
+        let (ok, out, _) = run(admin, &["quotas", "list"]);
+        assert!(ok);
+        assert_eq!(
+            out,
+            "user=<default> client-id=<default>\tproducer_byte_rate=2048\n"
+        );
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
 /// `runnel acls`: add, list and remove ACLs that the broker then enforces on the other client
 /// commands; a refused login stops it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

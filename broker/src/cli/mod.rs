@@ -23,6 +23,7 @@ mod bench_transactions;
 mod client;
 mod groups;
 mod plugin;
+mod quotas;
 mod serve;
 
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ enum Command {
     /// List, add and remove ACLs (the broker needs ACLs on), as Kafka's kafka-acls does.
     #[command(subcommand)]
     Acls(AclsCommand),
+    /// List, set and remove client quotas (byte rates per user and client id), as Kafka's
+    /// kafka-configs --entity-type users|clients does.
+    #[command(subcommand)]
+    Quotas(QuotasCommand),
     /// Produce lines from stdin: `value`, or `key<TAB>value` when the line holds a tab.
     Produce {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -123,6 +128,36 @@ enum AclsCommand {
     Remove {
         #[command(flatten)]
         filter: acls::Filter,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotasCommand {
+    /// The quotas set, one entity per line (all, or those of the user and client id given).
+    List {
+        #[command(flatten)]
+        entity: quotas::Entity,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set quotas of a user, a client id or both: producer_byte_rate=1MiB,
+    /// consumer_byte_rate=512KiB (bytes a second).
+    Set {
+        #[command(flatten)]
+        entity: quotas::Entity,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        quotas: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove quotas of a user, a client id or both, by key (e.g. producer_byte_rate).
+    Remove {
+        #[command(flatten)]
+        entity: quotas::Entity,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -385,6 +420,15 @@ pub fn main() -> ExitCode {
         Command::Acls(AclsCommand::List { filter, conn }) => acls::list(&conn, &filter),
         Command::Acls(AclsCommand::Add { acl, conn }) => acls::add(&conn, &acl),
         Command::Acls(AclsCommand::Remove { filter, conn }) => acls::remove(&conn, &filter),
+        Command::Quotas(QuotasCommand::List { entity, conn }) => quotas::list(&conn, &entity),
+        Command::Quotas(QuotasCommand::Set {
+            entity,
+            quotas,
+            conn,
+        }) => quotas::set(&conn, &entity, &quotas),
+        Command::Quotas(QuotasCommand::Remove { entity, keys, conn }) => {
+            quotas::remove(&conn, &entity, &keys)
+        }
         Command::Bench(args) => bench::run(*args),
         Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
         Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),

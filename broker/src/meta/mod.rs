@@ -392,10 +392,7 @@ impl MetaStore {
     }
 
     /// Sets the quotas with a value and removes those without, in one transaction.
-    pub fn change_client_quotas(
-        &self,
-        changes: &[QuotaChange],
-    ) -> Result<(), MetaError> {
+    pub fn change_client_quotas(&self, changes: &[QuotaChange]) -> Result<(), MetaError> {
         self.with_db(|db| {
             let tx = db.begin_write()?;
             {

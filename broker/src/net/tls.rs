@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// The certificates in a PEM file; `key` is the config key that named it (for errors).
-fn pem_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn pem_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("{key}: cannot read {}", path.display()))?
         .collect::<Result<_, _>>()

@@ -26,7 +26,7 @@
 
 pub mod checkpoint;
 pub mod follower;
-mod peer;
+pub(crate) mod peer;
 
 pub use peer::Login;
 

@@ -1,7 +1,9 @@
 //! A follower's connection to its leader: Kafka requests over plaintext TCP, encoded and
 //! decoded with the kafka-protocol crate, one at a time, after a SASL login when the cluster
-//! has one (`cluster.sasl_mechanism`).
+//! has one (`cluster.sasl_mechanism`). The command line's requests that no librdkafka API sends
+//! (`runnel quotas`) go the same way, over TLS too ([`Peer::connect_as`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -10,7 +12,7 @@ use kafka_protocol::messages::{
     ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::protocol::scram::{Scram, ScramClient};
@@ -37,10 +39,16 @@ impl std::fmt::Debug for Login {
 /// [`super::follower::FETCH_MAX_BYTES`], plus one batch over that (KIP-74).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
+/// A connection to a broker: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 pub(crate) struct Peer {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Stream>>,
     correlation_id: i32,
     client_id: StrBytes,
+    /// How errors name the other side: "the leader", "the broker".
+    who: &'static str,
     /// Longest a request may take, its answer included (Kafka's `replica.socket.timeout.ms`):
     /// a leader whose machine went away without closing the connection is noticed.
     timeout: Duration,
@@ -53,15 +61,46 @@ impl Peer {
         node_id: i32,
         timeout: Duration,
     ) -> anyhow::Result<Peer> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        let client_id = format!("runnel-replica-{node_id}");
+        Peer::connect_as(address, &client_id, "the leader", None, timeout).await
+    }
+
+    /// Connects to `address` as `client_id`, over TLS when `tls` is given (its config and the
+    /// name the broker's certificate must carry); errors call the broker `who`.
+    pub(crate) async fn connect_as(
+        address: &str,
+        client_id: &str,
+        who: &'static str,
+        tls: Option<(
+            Arc<rustls::ClientConfig>,
+            rustls_pki_types::ServerName<'static>,
+        )>,
+        timeout: Duration,
+    ) -> anyhow::Result<Peer> {
+        let connecting = async {
+            let tcp = TcpStream::connect(address)
+                .await
+                .with_context(|| format!("cannot connect to {address}"))?;
+            tcp.set_nodelay(true)?;
+            let stream: Box<dyn Stream> = match tls {
+                None => Box::new(tcp),
+                Some((config, name)) => Box::new(
+                    tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await
+                        .with_context(|| format!("TLS handshake with {address} failed"))?,
+                ),
+            };
+            anyhow::Ok(stream)
+        };
+        let stream = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| anyhow::anyhow!("no answer from {address} in {timeout:?}"))?
-            .with_context(|| format!("cannot connect to {address}"))?;
-        stream.set_nodelay(true)?;
+            .map_err(|_| anyhow::anyhow!("no answer from {address} in {timeout:?}"))??;
         Ok(Peer {
             stream: BufReader::new(stream),
             correlation_id: 0,
-            client_id: StrBytes::from_string(format!("runnel-replica-{node_id}")),
+            client_id: StrBytes::from_string(client_id.to_string()),
+            who,
             timeout,
         })
     }
@@ -79,7 +118,8 @@ impl Peer {
         if handshake.error_code != 0 {
             let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
             bail!(
-                "the leader does not take SASL {} (it offers {offered:?})",
+                "{} does not take SASL {} (it offers {offered:?})",
+                self.who,
                 login.mechanism
             );
         }
@@ -108,7 +148,8 @@ impl Peer {
             .await?;
         if response.error_code != 0 {
             bail!(
-                "the leader refused the login: {}",
+                "{} refused the login: {}",
+                self.who,
                 response
                     .error_message
                     .as_ref()
@@ -124,10 +165,10 @@ impl Peer {
         req: &R,
         version: i16,
     ) -> anyhow::Result<R::Response> {
-        let timeout = self.timeout;
+        let (timeout, who) = (self.timeout, self.who);
         tokio::time::timeout(timeout, self.exchange(req, version))
             .await
-            .map_err(|_| anyhow::anyhow!("the leader did not answer in {timeout:?}"))?
+            .map_err(|_| anyhow::anyhow!("{who} did not answer in {timeout:?}"))?
     }
 
     async fn exchange<R: Request>(&mut self, req: &R, version: i16) -> anyhow::Result<R::Response> {
@@ -144,11 +185,18 @@ impl Peer {
         req.encode(&mut buf, version)?;
         let size = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&size.to_be_bytes());
-        self.stream.get_mut().write_all(&buf).await?;
+        let who = self.who;
+        let writer = self.stream.get_mut();
+        writer.write_all(&buf).await?;
+        writer.flush().await?;
 
-        let size = self.stream.read_i32().await.context("the leader closed")?;
+        let size = self
+            .stream
+            .read_i32()
+            .await
+            .with_context(|| format!("{who} closed the connection"))?;
         if size < 0 || size as usize > MAX_RESPONSE_BYTES {
-            bail!("the leader sent a response frame of {size} bytes");
+            bail!("{who} sent a response frame of {size} bytes");
         }
         let mut frame = BytesMut::zeroed(size as usize);
         self.stream.read_exact(&mut frame).await?;
@@ -156,7 +204,7 @@ impl Peer {
         let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))?;
         if header.correlation_id != self.correlation_id {
             bail!(
-                "the leader answered correlation id {} to request {}",
+                "{who} answered correlation id {} to request {}",
                 header.correlation_id,
                 self.correlation_id
             );
