@@ -37,7 +37,7 @@
 //! longer of the two throttles.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -56,6 +56,10 @@ pub const BURST: f64 = 1.0;
 
 /// Buckets kept before idle ones (full again) are dropped.
 const MAX_BUCKETS: usize = 10_000;
+
+/// Kafka's other client quota keys, which this broker does not enforce: setting one is
+/// refused, removing one changes nothing (none can be set).
+pub const UNENFORCED: [&str; 2] = ["request_percentage", "controller_mutation_rate"];
 
 /// What a quota limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,7 +83,7 @@ impl QuotaKey {
         match name {
             "producer_byte_rate" => Ok(QuotaKey::ProducerByteRate),
             "consumer_byte_rate" => Ok(QuotaKey::ConsumerByteRate),
-            "request_percentage" | "controller_mutation_rate" => Err(format!(
+            _ if UNENFORCED.contains(&name) => Err(format!(
                 "{name} is not enforced by this broker (producer_byte_rate and \
                  consumer_byte_rate are)"
             )),
@@ -239,19 +243,64 @@ impl Filter {
     }
 }
 
+/// What one part of an entity is, whatever the name: the shape of the entities a quota lookup
+/// tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Absent,
+    Default,
+    Named,
+}
+
+impl Part {
+    fn of(name: &Option<Name>) -> Part {
+        match name {
+            None => Part::Absent,
+            Some(Name::Default) => Part::Default,
+            Some(Name::Named(_)) => Part::Named,
+        }
+    }
+}
+
+/// The entities a client's quota is looked up in, first match wins: Kafka's order.
+const ORDER: [(Part, Part); 8] = [
+    (Part::Named, Part::Named),
+    (Part::Named, Part::Default),
+    (Part::Named, Part::Absent),
+    (Part::Default, Part::Named),
+    (Part::Default, Part::Default),
+    (Part::Default, Part::Absent),
+    (Part::Absent, Part::Named),
+    (Part::Absent, Part::Default),
+];
+
+fn shape_bit(user: Part, client_id: Part) -> u16 {
+    1 << (user as u16 * 3 + client_id as u16)
+}
+
+/// The shapes of the entities that have a quota, as bits of [`shape_bit`].
+fn shapes(table: &Table) -> u16 {
+    table.keys().fold(0, |bits, e| {
+        bits | shape_bit(Part::of(&e.user), Part::of(&e.client_id))
+    })
+}
+
 /// One change of an AlterClientQuotas entry: a value to set, or `None` to remove the key.
 pub type Change = (QuotaKey, Option<f64>);
 
 /// The quotas of each entity.
 type Table = BTreeMap<Entity, BTreeMap<QuotaKey, f64>>;
 
-/// Whose bytes a bucket counts: the key, and the user and client id of the counted group (""
-/// for a part the quota does not tell apart).
-type BucketKey = (QuotaKey, String, String);
+/// Whose bytes a bucket counts: the key, the shape of the entity whose quota it is (a
+/// [`shape_bit`]), and the user and client id of the counted group ("" for a part the quota
+/// does not tell apart).
+type BucketKey = (QuotaKey, u16, String, String);
 
 struct Bucket {
     /// Bytes that may still pass before a throttle; below zero, owed.
     credit: f64,
+    /// The rate it was last filled at.
+    rate: f64,
     at: Instant,
 }
 
@@ -259,8 +308,21 @@ impl Bucket {
     fn refill(&mut self, rate: f64, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.credit = (self.credit + elapsed * rate).min(rate * BURST);
+        self.rate = rate;
         self.at = now;
     }
+
+    /// Whether it would be full by `now`: then it holds nothing a new bucket would not.
+    fn full_by(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.credit + elapsed * self.rate >= self.rate * BURST
+    }
+}
+
+/// The buckets of the clients under a quota, and when full ones were last dropped.
+struct Buckets {
+    map: HashMap<BucketKey, Bucket>,
+    swept: Instant,
 }
 
 /// What a consumer's quota lets its next fetch return.
@@ -278,9 +340,10 @@ pub enum Allowance {
 pub struct ClientQuotas {
     meta: MetaStore,
     table: RwLock<Arc<Table>>,
-    /// Whether any quota is set: when none is, requests skip every lookup.
-    any: AtomicBool,
-    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+    /// The shapes of the entities with a quota ([`shapes`]): a lookup only tries those, and
+    /// when none is set requests skip every lookup.
+    shapes: AtomicU16,
+    buckets: Mutex<Buckets>,
     /// Held by a change from its read to its swap, so that two at once lose nothing.
     changing: Mutex<()>,
 }
@@ -310,9 +373,12 @@ impl ClientQuotas {
         }
         let quotas = ClientQuotas {
             meta,
-            any: AtomicBool::new(!table.is_empty()),
+            shapes: AtomicU16::new(shapes(&table)),
             table: RwLock::new(Arc::new(table)),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
             changing: Mutex::new(()),
         };
         Ok(quotas)
@@ -361,41 +427,44 @@ impl ClientQuotas {
             }
         }
         self.meta.change_client_quotas(&rows)?;
-        self.any.store(!next.is_empty(), Ordering::Relaxed);
+        // (A lookup between the two stores may miss the change: that request goes by the
+        // quotas before it.)
+        let bits = shapes(&next);
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        self.shapes.store(bits, Ordering::Relaxed);
         Ok(())
     }
 
     /// The quota of `key` for `user` and `client_id`, and the group of clients it counts
     /// together (Kafka's order; see the module's documentation).
     fn resolve(&self, key: QuotaKey, user: &str, client_id: &str) -> Option<(BucketKey, f64)> {
-        if !self.any.load(Ordering::Relaxed) {
+        let shapes = self.shapes.load(Ordering::Relaxed);
+        if shapes == 0 {
             return None;
         }
         let table = self.current();
-        let named = |n: &str| Some(Name::Named(n.to_string()));
-        let default = || Some(Name::Default);
-        // (user part, client-id part, whether the group tells users apart, client ids apart)
-        let order = [
-            (named(user), named(client_id), true, true),
-            (named(user), default(), true, true),
-            (named(user), None, true, false),
-            (default(), named(client_id), true, true),
-            (default(), default(), true, true),
-            (default(), None, true, false),
-            (None, named(client_id), false, true),
-            (None, default(), false, true),
-        ];
-        order.into_iter().find_map(|(u, c, by_user, by_client)| {
+        let part = |kind: Part, name: &str| match kind {
+            Part::Absent => None,
+            Part::Default => Some(Name::Default),
+            Part::Named => Some(Name::Named(name.to_string())),
+        };
+        ORDER.into_iter().find_map(|(u, c)| {
+            // Shapes no quota has are skipped without building their entity.
+            if shapes & shape_bit(u, c) == 0 {
+                return None;
+            }
             let entity = Entity {
-                user: u,
-                client_id: c,
+                user: part(u, user),
+                client_id: part(c, client_id),
             };
             let rate = *table.get(&entity)?.get(&key)?;
+            // A quota on a user (or the default user) alone counts all its client ids
+            // together; one that names no user counts all users of a client id together.
             let group = (
                 key,
-                if by_user { user } else { "" }.to_string(),
-                if by_client { client_id } else { "" }.to_string(),
+                shape_bit(u, c),
+                if u == Part::Absent { "" } else { user }.to_string(),
+                if c == Part::Absent { "" } else { client_id }.to_string(),
             );
             Some((group, rate))
         })
@@ -447,14 +516,20 @@ impl ClientQuotas {
         now: Instant,
         f: impl FnOnce(&mut Bucket) -> T,
     ) -> T {
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&group) {
-            // A bucket idle for longer than it takes to fill is full: dropping it loses nothing.
-            let full_after = std::time::Duration::from_secs_f64(BURST + 1.0);
-            buckets.retain(|_, b| now.saturating_duration_since(b.at) < full_after);
+        let mut guard = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let Buckets { map, swept } = &mut *guard;
+        // Full buckets are dropped (a new one starts full: nothing is lost), at most once a
+        // second, so a fleet of more client ids than that does not pay a sweep per request.
+        if map.len() >= MAX_BUCKETS
+            && !map.contains_key(&group)
+            && now.saturating_duration_since(*swept) >= std::time::Duration::from_secs(1)
+        {
+            map.retain(|_, b| !b.full_by(now));
+            *swept = now;
         }
-        let bucket = buckets.entry(group).or_insert(Bucket {
+        let bucket = map.entry(group).or_insert(Bucket {
             credit: rate * BURST,
+            rate,
             at: now,
         });
         bucket.refill(rate, now);
@@ -471,7 +546,7 @@ fn client_of(ctx: &Ctx) -> (&str, &str) {
 /// connection to mute it and counted.
 pub fn charge(ctx: &Ctx, key: QuotaKey, bytes: u64) -> i32 {
     let quotas = &ctx.broker.client_quotas;
-    if !quotas.any.load(Ordering::Relaxed) {
+    if quotas.shapes.load(Ordering::Relaxed) == 0 {
         return 0;
     }
     let (user, client_id) = client_of(ctx);
@@ -486,7 +561,7 @@ pub fn charge(ctx: &Ctx, key: QuotaKey, bytes: u64) -> i32 {
 /// and counted as [`charge`]'s.
 pub fn allowance(ctx: &Ctx, key: QuotaKey) -> Allowance {
     let quotas = &ctx.broker.client_quotas;
-    if !quotas.any.load(Ordering::Relaxed) {
+    if quotas.shapes.load(Ordering::Relaxed) == 0 {
         return Allowance::Unlimited;
     }
     let (user, client_id) = client_of(ctx);
@@ -530,10 +605,20 @@ pub fn user_of(principal: &str) -> &str {
 /// are LONG).
 pub fn check_value(key: QuotaKey, value: f64) -> Result<(), String> {
     if !value.is_finite() || value <= 0.0 {
-        return Err(format!("{}: {value} is not a positive number", key.name()));
+        return Err(format!(
+            "{}: {value:?} is not a positive number",
+            key.name()
+        ));
     }
     if value.fract() != 0.0 {
-        return Err(format!("{}: {value} is not a whole number", key.name()));
+        return Err(format!("{}: {value:?} is not a whole number", key.name()));
+    }
+    // Kafka's byte rates are LONG values.
+    if value >= i64::MAX as f64 {
+        return Err(format!(
+            "{}: {value:?} is more than a LONG holds (9223372036854775807)",
+            key.name()
+        ));
     }
     Ok(())
 }
@@ -569,7 +654,7 @@ mod tests {
         let p = QuotaKey::ProducerByteRate;
         assert_eq!(q.resolve(p, "alice", "app"), None);
         set(&q, entity(None, Some(None)), p, 8.0);
-        let at = |u: &str, c: &str| q.resolve(p, u, c).map(|((_, u, c), r)| (u, c, r));
+        let at = |u: &str, c: &str| q.resolve(p, u, c).map(|((_, _, u, c), r)| (u, c, r));
         assert_eq!(at("alice", "app"), Some(("".into(), "app".into(), 8.0)));
         set(&q, entity(None, Some(Some("app"))), p, 7.0);
         assert_eq!(at("alice", "app"), Some(("".into(), "app".into(), 7.0)));
@@ -635,6 +720,30 @@ mod tests {
         assert_eq!(q.allowance_at(p, "alice", "a", after), Allowance::Bytes(0));
         // Other users are not counted with alice.
         assert_eq!(q.charge_at(p, "bob", "a", 10, t0), 0);
+    }
+
+    #[test]
+    fn dropping_idle_buckets_keeps_a_debt() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quotas(dir.path());
+        let p = QuotaKey::ConsumerByteRate;
+        set(&q, entity(None, Some(Some("debtor"))), p, 1000.0);
+        set(&q, entity(None, Some(None)), p, 1e9);
+        let t0 = Instant::now();
+        assert_eq!(q.charge_at(p, "u", "debtor", 30_000, t0), 29_000);
+        // More client ids than the table keeps, seconds later: the full buckets go, the debt
+        // stays.
+        let later = t0 + Duration::from_millis(1500);
+        for i in 0..MAX_BUCKETS {
+            q.charge_at(p, "u", &format!("client-{i}"), 1, later);
+        }
+        q.charge_at(p, "u", "one-more", 1, later + Duration::from_millis(1500));
+        let buckets = q.buckets.lock().unwrap().map.len();
+        assert_eq!(buckets, 2, "the debtor's and the new one's are kept");
+        assert_eq!(
+            q.allowance_at(p, "u", "debtor", t0 + Duration::from_secs(3)),
+            Allowance::Throttled(26_000)
+        );
     }
 
     #[test]
@@ -750,7 +859,7 @@ mod tests {
         assert!(QuotaKey::parse("bogus").is_err());
         let p = QuotaKey::ProducerByteRate;
         assert!(check_value(p, 1024.0).is_ok());
-        for bad in [0.0, -1.0, 1.5, f64::NAN, f64::INFINITY] {
+        for bad in [0.0, -1.0, 1.5, f64::NAN, f64::INFINITY, 1e300, 5e-324] {
             assert!(check_value(p, bad).is_err(), "{bad}");
         }
         assert_eq!(user_of("User:alice"), "alice");

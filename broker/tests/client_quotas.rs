@@ -717,3 +717,80 @@ async fn user_quotas_follow_the_principal_and_need_cluster_rights() {
     }
     broker.shutdown().await;
 }
+
+/// A client that closes its connection while muted by a throttle has none of the requests it
+/// sent after the throttled one handled: a producer that gave up on them (a request timeout
+/// shorter than the throttle) would otherwise see them written and write them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_behind_a_throttle_are_dropped_when_the_client_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut admin = Client::connect(&addr, "admin").await;
+    admin.create("pipelined").await;
+    let set = admin
+        .alter(
+            vec![entry(
+                &[("client-id", Some("leaver"))],
+                &[("producer_byte_rate", Some(1000.0))],
+            )],
+            false,
+        )
+        .await;
+    assert_eq!(set, vec![(0, String::new())]);
+    let log_end = || {
+        broker
+            .broker
+            .catalog
+            .get("pipelined")
+            .and_then(|t| t.partition(0))
+            .map_or(-1, |p| p.log().log_end_offset())
+    };
+    for version in [9, 5] {
+        let mut leaver = RawClient::connect(&addr).await;
+        let big = common::record(0, None, &[b'x'; 3000], 1_700_000_000_000);
+        let small = common::record(0, None, b"after", 1_700_000_000_000);
+        let first = common::produce_request(
+            "pipelined",
+            0,
+            1,
+            common::encode_batch(&[big], Compression::None),
+        );
+        let second = common::produce_request(
+            "pipelined",
+            0,
+            1,
+            common::encode_batch(&[small], Compression::None),
+        );
+        // Both in one write: the second is read with the first, before the throttle.
+        let mut frames = common::request_frame(&first, version, 1, "leaver").to_vec();
+        frames.extend_from_slice(&common::request_frame(&second, version, 2, "leaver"));
+        let before = log_end();
+        leaver.send_raw(&frames).await;
+        if version >= 6 {
+            // KIP-219: the answer comes at once, then the mute.
+            let answer = leaver.read_frame().await.expect("the first answer");
+            let r = common::decode_response::<kafka_protocol::messages::ProduceRequest>(
+                answer, version, 1,
+            );
+            assert!(r.throttle_time_ms >= 1500, "{}", r.throttle_time_ms);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(log_end(), before + 1, "the first request is written");
+        drop(leaver);
+        // Past the throttle (about 2 s of the quota, and the bucket is deeper in debt each
+        // round): the second request was never handled.
+        tokio::time::sleep(Duration::from_millis(if version >= 6 {
+            2500
+        } else {
+            6000
+        }))
+        .await;
+        assert_eq!(
+            log_end(),
+            before + 1,
+            "produce v{version}: a request sent before the client left was written after"
+        );
+    }
+    broker.shutdown().await;
+}

@@ -220,3 +220,77 @@ async fn mid_batch_fetch_returns_the_whole_batch_and_list_offsets_finds_times() 
     assert_eq!((offset, ts), (19, t0 + 109_000), "max timestamp");
     broker.shutdown().await;
 }
+
+/// KIP-74: a response stays within `max_bytes` and each partition within its
+/// `partition_max_bytes`, except the first batch of the first non-empty partition, which comes
+/// whole however large; after it, a partition whose next batch does not fit returns nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_batch_of_a_response_may_exceed_its_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let req = CreateTopicsRequest::default().with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(name("limits"))
+            .with_num_partitions(3)
+            .with_replication_factor(1),
+    ]);
+    assert_eq!(c.call(&req, 5).await.topics[0].error_code, 0);
+    let value = vec![b'v'; 1000];
+    let one = common::encode_batch(
+        &[common::record(0, None, &value, 1_700_000_000_000)],
+        Compression::None,
+    );
+    let size = one.len();
+    for p in 0..3 {
+        for _ in 0..2 {
+            let r = c
+                .call(&common::produce_request("limits", p, -1, one.clone()), 9)
+                .await;
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        }
+    }
+    let fetch = |max_bytes: usize, partition_max: usize| {
+        FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(max_bytes as i32)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(name("limits"))
+                    .with_partitions(
+                        (0..3)
+                            .map(|p| {
+                                FetchPartition::default()
+                                    .with_partition(p)
+                                    .with_partition_max_bytes(partition_max as i32)
+                            })
+                            .collect(),
+                    ),
+            ])
+    };
+    // (max_bytes, partition_max_bytes) -> bytes returned per partition.
+    let cases = [
+        ((size + size / 2, 1 << 20), [size, 0, 0]),
+        ((size * 2, 1 << 20), [size * 2, 0, 0]),
+        ((size * 3, size + size / 2), [size, size, size]),
+        ((1 << 20, size / 2), [size, 0, 0]),
+        ((1, 1), [size, 0, 0]),
+        ((1 << 20, 1 << 20), [size * 2, size * 2, size * 2]),
+    ];
+    for ((max_bytes, partition_max), expected) in cases {
+        let r = c.call(&fetch(max_bytes, partition_max), 4).await;
+        let got: Vec<usize> = r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| {
+                assert_eq!(p.error_code, 0);
+                p.records.as_ref().map_or(0, |b| b.len())
+            })
+            .collect();
+        assert_eq!(
+            got, expected,
+            "max_bytes {max_bytes}, partition_max_bytes {partition_max}"
+        );
+    }
+    broker.shutdown().await;
+}

@@ -902,3 +902,58 @@ async fn committed_transactions_survive_a_move_of_the_lead_and_open_ones_are_abo
     assert_eq!(values, ["plain-0", "c-0", "c-1", "c-after"]);
     two.shutdown().await;
 }
+
+/// A follower forwards client quota requests to the leader, which keeps and enforces the quotas
+/// (as Kafka's brokers forward them to the controller), and answers NOT_CONTROLLER with the
+/// reason when the leader cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_client_quota_requests_to_the_leader() {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
+    use runnel::client_quotas::{Filter, QuotaKey};
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 1).await;
+    let follower = pair.start(2, 1, 1).await;
+    let st = |s: &str| StrBytes::from_string(s.to_string());
+    let alter = AlterClientQuotasRequest::default().with_entries(vec![
+        EntryData::default()
+            .with_entity(vec![
+                EntityData::default()
+                    .with_entity_type(st("client-id"))
+                    .with_entity_name(Some(st("meter-9"))),
+            ])
+            .with_ops(vec![
+                OpData::default()
+                    .with_key(st("producer_byte_rate"))
+                    .with_value(4096.0),
+            ]),
+    ]);
+    let mut raw = RawClient::connect(&pair.address(2)).await;
+    let r = raw.call(&alter, 1).await;
+    assert_eq!(
+        r.entries[0].error_code, 0,
+        "{:?}",
+        r.entries[0].error_message
+    );
+    let all = Filter {
+        components: vec![],
+        strict: false,
+    };
+    let kept = leader.broker.client_quotas.describe(&all);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].1, vec![(QuotaKey::ProducerByteRate, 4096.0)]);
+    assert!(follower.broker.client_quotas.describe(&all).is_empty());
+    let described = raw.call(&DescribeClientQuotasRequest::default(), 1).await;
+    assert_eq!(described.error_code, 0);
+    let entries = described.entries.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].entity[0].entity_name.as_deref(), Some("meter-9"));
+    assert_eq!(entries[0].values[0].value, 4096.0);
+
+    leader.shutdown().await;
+    let r = raw.call(&alter, 1).await;
+    assert_eq!(r.entries[0].error_code, 41, "NOT_CONTROLLER");
+    let why = r.entries[0].error_message.as_deref().unwrap_or_default();
+    assert!(why.contains("could not forward"), "{why}");
+    follower.shutdown().await;
+}

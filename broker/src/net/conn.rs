@@ -15,8 +15,10 @@
 //! that together ([`auth::PreAuthHold`]); a TCP one must authenticate
 //! within `broker.handshake_timeout` (the QUIC listener times the whole connection itself).
 //!
-//! A request a quota policy throttled (`Ctx::throttle_ms`, set by `plugins::quota`) mutes the
-//! connection for that long: no further request is read or handled meanwhile. KIP-219 clients
+//! A request a quota policy or a client quota throttled (`Ctx::throttle_ms`, set by
+//! `plugins::quota` and `client_quotas`) mutes the connection for that long: no further request
+//! is handled meanwhile, and a client that closes the connection meanwhile has none of what it
+//! sent after that request handled ([`wait_muted`]). KIP-219 clients
 //! (produce v6+, fetch v8+) get the response first and then the mute; older versions get the
 //! response after it, as Kafka does.
 
@@ -133,6 +135,32 @@ pub enum Refusal {
     /// A frame that is not a request the broker serves: a negative size, a malformed header or
     /// body, an unknown API or version.
     Malformed,
+}
+
+/// Waits out a quota's mute: no request is handled meanwhile. The connection is still read (up
+/// to `limit` bytes held), only to notice a client that goes away: then, or at shutdown, this
+/// returns false and the connection ends without handling what it had sent after the throttled
+/// request (a producer that timed out and closed would otherwise have it written after it has
+/// given up on it, and write it again on its next connection).
+async fn wait_muted<R: ReadSide>(
+    mute: Duration,
+    rd: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let until = tokio::time::sleep(mute);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => return true,
+            _ = shutdown.changed() => return false,
+            read = rd.read_buf(buf), if buf.len() < limit => match read {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            },
+        }
+    }
 }
 
 /// The reading half of a connection.
@@ -287,11 +315,8 @@ pub async fn serve_halves<R, W>(
             };
             let mute = Duration::from_millis(throttle_ms.swap(0, Ordering::Relaxed) as u64);
             let mute_first = !mute.is_zero() && !quota::respond_before_mute(api, version);
-            if mute_first {
-                tokio::select! {
-                    _ = tokio::time::sleep(mute) => {}
-                    _ = shutdown.changed() => break 'conn,
-                }
+            if mute_first && !wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await {
+                break 'conn;
             }
             match response {
                 Outcome::Respond(bytes) => {
@@ -314,9 +339,8 @@ pub async fn serve_halves<R, W>(
             }
             if !mute.is_zero() && !mute_first {
                 tracing::trace!(%peer, client_id = %client_id, ?mute, "connection muted by a quota");
-                tokio::select! {
-                    _ = tokio::time::sleep(mute) => {}
-                    _ = shutdown.changed() => break 'conn,
+                if !wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await {
+                    break 'conn;
                 }
             }
         }

@@ -30,6 +30,10 @@ pub(crate) mod peer;
 
 pub use peer::Login;
 
+/// How long a follower waits for the leader's answer to a request it forwards
+/// ([`Cluster::forward`]).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +91,24 @@ impl Cluster {
 
     pub fn is_leader(&self) -> bool {
         self.node_id == self.leader
+    }
+
+    /// Sends `req` to the leader as this broker (logged in with `cluster.sasl_*`) and returns
+    /// its answer: for the requests a follower forwards, as Kafka's brokers forward theirs to
+    /// the controller. One connection per request: these are rare admin requests.
+    pub async fn forward<R: kafka_protocol::protocol::Request>(
+        &self,
+        req: &R,
+        version: i16,
+    ) -> anyhow::Result<R::Response> {
+        let address = self
+            .address_of(self.leader)
+            .ok_or_else(|| anyhow::anyhow!("no address for the leader, node {}", self.leader))?;
+        let mut peer = peer::Peer::connect(address, self.node_id, FORWARD_TIMEOUT).await?;
+        if let Some(login) = &self.login {
+            peer.login(login).await?;
+        }
+        peer.call(req, version).await
     }
 
     /// The followers' node ids.

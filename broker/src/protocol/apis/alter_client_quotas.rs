@@ -4,12 +4,17 @@
 //! `AdminClient.alterClientQuotas`. They take effect at once and are kept across restarts.
 //!
 //! As in Kafka, each entry is answered alone: an entry with an unknown or repeated entity type,
-//! a key that is not a byte rate, or a value that is not a positive whole number gets
-//! INVALID_REQUEST with the reason and changes nothing; the valid entries are kept in one
+//! a key that is not a byte rate, or a value that is not a positive whole number a LONG holds
+//! gets INVALID_REQUEST with the reason and changes nothing; the valid entries are kept in one
 //! metadata transaction (`validate_only` checks them and keeps nothing). Removing a quota that
-//! is not set is not an error. The client needs AlterConfigs on the cluster (`crate::acl`),
-//! else CLUSTER_AUTHORIZATION_FAILED. In a cluster the leader keeps and enforces the quotas: a
-//! follower answers NOT_CONTROLLER.
+//! is not set is not an error, nor is removing `request_percentage` or
+//! `controller_mutation_rate` (Kafka's keys this broker does not enforce, so none is set).
+//!
+//! The client needs AlterConfigs on the cluster (`crate::acl`), else
+//! CLUSTER_AUTHORIZATION_FAILED. In a cluster the leader keeps and enforces the quotas: a
+//! follower forwards the request to it (`Cluster::forward`, as this broker: its cluster login
+//! needs AlterConfigs there) and answers with its answer, or NOT_CONTROLLER when it cannot reach
+//! it.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::alter_client_quotas_request::EntryData as AskedEntry;
@@ -18,20 +23,23 @@ use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasRespon
 
 use super::s;
 use crate::acl::Operation;
-use crate::client_quotas::{Change, Entity, QuotaKey, check_value};
+use crate::client_quotas::{Change, Entity, QuotaKey, UNENFORCED, check_value};
 use crate::protocol::Ctx;
 
 /// An entry's entity and changes, or the error code and reason it is refused with.
 type Checked = Result<(Entity, Vec<Change>), (E, String)>;
 
 pub async fn handle(ctx: Ctx, req: AlterClientQuotasRequest) -> AlterClientQuotasResponse {
-    let refusal = if ctx.controller_refusal().is_some() {
-        Some((E::NotController, super::QUOTAS_ON_LEADER.to_string()))
-    } else if !ctx.allowed_on_cluster(Operation::AlterConfigs) {
+    let refusal = if !ctx.allowed_on_cluster(Operation::AlterConfigs) {
         Some((
             E::ClusterAuthorizationFailed,
             "altering client quotas needs AlterConfigs on the cluster".to_string(),
         ))
+    } else if let Some(cluster) = ctx.broker.cluster.as_ref().filter(|_| ctx.follows()) {
+        match cluster.forward(&req, ctx.api_version).await {
+            Ok(answer) => return answer,
+            Err(e) => Some((E::NotController, super::leader_unreachable(cluster, &e))),
+        }
     } else {
         None
     };
@@ -113,6 +121,9 @@ fn check(entry: &AskedEntry) -> Result<(Entity, Vec<Change>), String> {
     )?;
     let mut changes: Vec<Change> = Vec::with_capacity(entry.ops.len());
     for op in &entry.ops {
+        if op.remove && UNENFORCED.contains(&op.key.as_str()) {
+            continue;
+        }
         let key = QuotaKey::parse(&op.key)?;
         if changes.iter().any(|(k, _)| *k == key) {
             return Err(format!("{} is changed twice", key.name()));

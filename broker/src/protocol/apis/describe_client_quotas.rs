@@ -4,7 +4,8 @@
 //! entity of its type (2); a strict filter leaves out entities with parts it does not name. The
 //! client needs DescribeConfigs on the cluster (`crate::acl`), else
 //! CLUSTER_AUTHORIZATION_FAILED; a bad filter gets INVALID_REQUEST with the reason. In a cluster
-//! the leader keeps the quotas: a follower answers NOT_CONTROLLER.
+//! the leader keeps the quotas: a follower forwards the request to it (`Cluster::forward`), or
+//! answers NOT_CONTROLLER when it cannot reach it.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_client_quotas_response::{EntityData, EntryData, ValueData};
@@ -22,14 +23,17 @@ pub async fn handle(ctx: Ctx, req: DescribeClientQuotasRequest) -> DescribeClien
             .with_error_message(Some(s(message)))
             .with_entries(None)
     };
-    if ctx.controller_refusal().is_some() {
-        return refuse(E::NotController, super::QUOTAS_ON_LEADER.into());
-    }
     if !ctx.allowed_on_cluster(Operation::DescribeConfigs) {
         return refuse(
             E::ClusterAuthorizationFailed,
             "describing client quotas needs DescribeConfigs on the cluster".into(),
         );
+    }
+    if let Some(cluster) = ctx.broker.cluster.as_ref().filter(|_| ctx.follows()) {
+        return match cluster.forward(&req, ctx.api_version).await {
+            Ok(answer) => answer,
+            Err(e) => refuse(E::NotController, super::leader_unreachable(cluster, &e)),
+        };
     }
     let mut components = Vec::new();
     for c in &req.components {
@@ -44,7 +48,16 @@ pub async fn handle(ctx: Ctx, req: DescribeClientQuotasRequest) -> DescribeClien
                     ),
                 );
             }
-            (1, _) => Match::Default,
+            (1, None) => Match::Default,
+            (1, Some(_)) => {
+                return refuse(
+                    E::InvalidRequest,
+                    format!(
+                        "a match on the default {} names no entity (match must be null)",
+                        c.entity_type.as_str()
+                    ),
+                );
+            }
             (2, _) => Match::Any,
             (other, _) => {
                 return refuse(

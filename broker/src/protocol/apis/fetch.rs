@@ -314,9 +314,11 @@ fn read_all(
                 any_error = true;
             }
             Some(p) => {
-                // Within the partition's and the response's budgets; the first batch of the
-                // response passes whole, however large (KIP-74).
-                let budget = if total == 0 {
+                // Within the partition's and the response's budgets; only the first batch of
+                // the response passes whole however large (KIP-74): after it, a partition whose
+                // next batch does not fit returns nothing.
+                let first = total == 0;
+                let budget = if first {
                     w.max_bytes.min(max_bytes).max(1)
                 } else {
                     w.max_bytes.min(max_bytes.saturating_sub(total))
@@ -348,7 +350,8 @@ fn read_all(
                     })
                 };
                 // Read with the log unlocked: appends to the partition go on meanwhile.
-                match plan.map(|plan| plan.and_then(ReadPlan::read)) {
+                let within = |plan: ReadPlan| if first { plan } else { plan.within_budget() };
+                match plan.map(|plan| plan.map(within).and_then(ReadPlan::read)) {
                     None => data.records = Some(Bytes::new()),
                     Some(Ok(records)) => {
                         total += records.len();

@@ -55,9 +55,16 @@ pub(crate) fn s(v: impl Into<String>) -> StrBytes {
 /// Why the ACL APIs are refused while ACLs are off.
 pub(crate) const ACLS_OFF: &str = "ACLs are off on this broker (set acls.enabled = true)";
 
-/// Why a cluster's follower refuses the client quota APIs.
-pub(crate) const QUOTAS_ON_LEADER: &str =
-    "client quotas are kept and enforced by the cluster's leader (Metadata's controller)";
+/// Why a follower could not forward a request to the cluster's leader.
+pub(crate) fn leader_unreachable(
+    cluster: &crate::replication::Cluster,
+    e: &anyhow::Error,
+) -> String {
+    format!(
+        "this broker follows node {}, which keeps this, and could not forward the request: {e:#}",
+        cluster.leader
+    )
+}
 
 /// The bit field Metadata and DescribeGroups return for authorized operations that were not
 /// asked for (`include_*_authorized_operations` false).
