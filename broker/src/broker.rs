@@ -88,6 +88,17 @@ impl BrokerHandle {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Connections end on the shutdown signal, a moment after it: wait for the last of them
+        // to let go of the broker (appends they finish land before the flush below, and the
+        // metadata database is closed when this returns, so that a broker started again on the
+        // same data directory can open it).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&self.broker) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&self.broker) > 1 {
+            tracing::warn!("broker still in use 5 s after the shutdown signal");
+        }
         let now = now_ms();
         for topic in self.broker.catalog.list() {
             for p in topic.partitions() {
@@ -95,16 +106,6 @@ impl BrokerHandle {
                     tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "flush at shutdown failed");
                 }
             }
-        }
-        // Connections end on the shutdown signal, a moment after it: wait for the last of them
-        // to let go of the broker, so that the metadata database is closed when this returns
-        // and a broker started again on the same data directory can open it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while Arc::strong_count(&self.broker) > 1 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        if Arc::strong_count(&self.broker) > 1 {
-            tracing::warn!("broker still in use 5 s after the shutdown signal");
         }
         tracing::info!("broker stopped");
     }

@@ -9,8 +9,9 @@
 //! - [`ClientQuotas`]: the quotas in force ([`ClientQuotas::alter`], [`ClientQuotas::describe`])
 //!   and the byte counts of the clients they apply to ([`ClientQuotas::charge`],
 //!   [`ClientQuotas::allowance`]).
-//! - Callers: `protocol::apis::produce` charges the record bytes it appended and answers with
-//!   the throttle; `protocol::apis::fetch` bounds a consumer's response by what its quota has
+//! - Callers: `protocol::apis::produce` charges the record bytes of the request (after its
+//!   appends; refused partitions count too, as Kafka counts the request) and answers with the
+//!   throttle; `protocol::apis::fetch` bounds a consumer's response by what its quota has
 //!   left, answers a consumer over its quota at once with nothing and the time to wait, and
 //!   charges the record bytes it returns. Replica fetches of a cluster's followers are exempt,
 //!   as in Kafka.
@@ -37,7 +38,7 @@
 //! longer of the two throttles.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -291,6 +292,19 @@ pub type Change = (QuotaKey, Option<f64>);
 /// The quotas of each entity.
 type Table = BTreeMap<Entity, BTreeMap<QuotaKey, f64>>;
 
+/// The quotas in force and the shapes of their entities ([`shapes`]), swapped together.
+struct InForce {
+    quotas: Table,
+    shapes: u16,
+}
+
+impl InForce {
+    fn new(quotas: Table) -> Arc<InForce> {
+        let shapes = shapes(&quotas);
+        Arc::new(InForce { quotas, shapes })
+    }
+}
+
 /// Whose bytes a bucket counts: the key, the shape of the entity whose quota it is (a
 /// [`shape_bit`]), and the user and client id of the counted group ("" for a part the quota
 /// does not tell apart).
@@ -307,7 +321,9 @@ struct Bucket {
 impl Bucket {
     fn refill(&mut self, rate: f64, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.credit = (self.credit + elapsed * rate).min(rate * BURST);
+        // Never more than a second's worth, and never a debt longer than the longest throttle
+        // at the rate now in force (the quota may have been lowered since it was run up).
+        self.credit = (self.credit + elapsed * rate).clamp(-max_debt(rate), rate * BURST);
         self.rate = rate;
         self.at = now;
     }
@@ -339,10 +355,9 @@ pub enum Allowance {
 /// The client quotas in force and the byte counts they are held to.
 pub struct ClientQuotas {
     meta: MetaStore,
-    table: RwLock<Arc<Table>>,
-    /// The shapes of the entities with a quota ([`shapes`]): a lookup only tries those, and
-    /// when none is set requests skip every lookup.
-    shapes: AtomicU16,
+    table: RwLock<Arc<InForce>>,
+    /// Whether any quota is set: when none is, requests skip every lookup.
+    any: AtomicBool,
     buckets: Mutex<Buckets>,
     /// Held by a change from its read to its swap, so that two at once lose nothing.
     changing: Mutex<()>,
@@ -351,7 +366,7 @@ pub struct ClientQuotas {
 impl std::fmt::Debug for ClientQuotas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientQuotas")
-            .field("entities", &self.current().len())
+            .field("entities", &self.current().quotas.len())
             .finish_non_exhaustive()
     }
 }
@@ -373,8 +388,8 @@ impl ClientQuotas {
         }
         let quotas = ClientQuotas {
             meta,
-            shapes: AtomicU16::new(shapes(&table)),
-            table: RwLock::new(Arc::new(table)),
+            any: AtomicBool::new(!table.is_empty()),
+            table: RwLock::new(InForce::new(table)),
             buckets: Mutex::new(Buckets {
                 map: HashMap::new(),
                 swept: Instant::now(),
@@ -384,7 +399,7 @@ impl ClientQuotas {
         Ok(quotas)
     }
 
-    fn current(&self) -> Arc<Table> {
+    fn current(&self) -> Arc<InForce> {
         self.table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -394,6 +409,7 @@ impl ClientQuotas {
     /// The entities the filter matches, with their quotas.
     pub fn describe(&self, filter: &Filter) -> Vec<(Entity, Vec<(QuotaKey, f64)>)> {
         self.current()
+            .quotas
             .iter()
             .filter(|(entity, _)| filter.matches(entity))
             .map(|(entity, values)| {
@@ -407,7 +423,7 @@ impl ClientQuotas {
     pub fn alter(&self, changes: &[(Entity, Vec<Change>)]) -> Result<(), MetaError> {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rows = Vec::new();
-        let mut next = Table::clone(&self.current());
+        let mut next = Table::clone(&self.current().quotas);
         for (entity, ops) in changes {
             let quotas = next.entry(entity.clone()).or_default();
             for (key, value) in ops {
@@ -427,19 +443,16 @@ impl ClientQuotas {
             }
         }
         self.meta.change_client_quotas(&rows)?;
-        // (A lookup between the two stores may miss the change: that request goes by the
-        // quotas before it.)
-        let bits = shapes(&next);
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        self.shapes.store(bits, Ordering::Relaxed);
+        let any = !next.is_empty();
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = InForce::new(next);
+        self.any.store(any, Ordering::Relaxed);
         Ok(())
     }
 
     /// The quota of `key` for `user` and `client_id`, and the group of clients it counts
     /// together (Kafka's order; see the module's documentation).
     fn resolve(&self, key: QuotaKey, user: &str, client_id: &str) -> Option<(BucketKey, f64)> {
-        let shapes = self.shapes.load(Ordering::Relaxed);
-        if shapes == 0 {
+        if !self.any.load(Ordering::Relaxed) {
             return None;
         }
         let table = self.current();
@@ -450,14 +463,14 @@ impl ClientQuotas {
         };
         ORDER.into_iter().find_map(|(u, c)| {
             // Shapes no quota has are skipped without building their entity.
-            if shapes & shape_bit(u, c) == 0 {
+            if table.shapes & shape_bit(u, c) == 0 {
                 return None;
             }
             let entity = Entity {
                 user: part(u, user),
                 client_id: part(c, client_id),
             };
-            let rate = *table.get(&entity)?.get(&key)?;
+            let rate = *table.quotas.get(&entity)?.get(&key)?;
             // A quota on a user (or the default user) alone counts all its client ids
             // together; one that names no user counts all users of a client id together.
             let group = (
@@ -487,9 +500,8 @@ impl ClientQuotas {
         let Some((group, rate)) = self.resolve(key, user, client_id) else {
             return 0;
         };
-        let max_debt = rate * f64::from(quota::MAX_THROTTLE_MS) / 1000.0;
         self.with_bucket(group, rate, now, |b| {
-            b.credit = (b.credit - bytes as f64).max(-max_debt);
+            b.credit = (b.credit - bytes as f64).max(-max_debt(rate));
             owed_ms(b.credit, rate)
         })
     }
@@ -546,7 +558,7 @@ fn client_of(ctx: &Ctx) -> (&str, &str) {
 /// connection to mute it and counted.
 pub fn charge(ctx: &Ctx, key: QuotaKey, bytes: u64) -> i32 {
     let quotas = &ctx.broker.client_quotas;
-    if quotas.shapes.load(Ordering::Relaxed) == 0 {
+    if !quotas.any.load(Ordering::Relaxed) {
         return 0;
     }
     let (user, client_id) = client_of(ctx);
@@ -561,7 +573,7 @@ pub fn charge(ctx: &Ctx, key: QuotaKey, bytes: u64) -> i32 {
 /// and counted as [`charge`]'s.
 pub fn allowance(ctx: &Ctx, key: QuotaKey) -> Allowance {
     let quotas = &ctx.broker.client_quotas;
-    if quotas.shapes.load(Ordering::Relaxed) == 0 {
+    if !quotas.any.load(Ordering::Relaxed) {
         return Allowance::Unlimited;
     }
     let (user, client_id) = client_of(ctx);
@@ -585,6 +597,11 @@ fn throttled(ctx: &Ctx, key: QuotaKey, user: &str, client_id: &str, ms: u32) {
         ms,
         "throttled by a client quota"
     );
+}
+
+/// The most a bucket at `rate` may owe: what the longest throttle pays back.
+fn max_debt(rate: f64) -> f64 {
+    rate * f64::from(quota::MAX_THROTTLE_MS) / 1000.0
 }
 
 /// Milliseconds until a bucket at `credit` is back at zero.
@@ -720,6 +737,31 @@ mod tests {
         assert_eq!(q.allowance_at(p, "alice", "a", after), Allowance::Bytes(0));
         // Other users are not counted with alice.
         assert_eq!(q.charge_at(p, "bob", "a", 10, t0), 0);
+    }
+
+    #[test]
+    fn a_lowered_quota_holds_a_debt_to_its_longest_throttle() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quotas(dir.path());
+        let c = QuotaKey::ConsumerByteRate;
+        let e = entity(None, Some(Some("reader")));
+        set(&q, e.clone(), c, 1_000_000.0);
+        let t0 = Instant::now();
+        // 30 MB owed at 1 MB/s: the longest throttle.
+        assert_eq!(
+            q.charge_at(c, "u", "reader", 31_000_000, t0),
+            quota::MAX_THROTTLE_MS
+        );
+        // At 1 KB/s that debt would take 8 hours: it is held to 30 s of the new rate.
+        set(&q, e, c, 1000.0);
+        assert_eq!(
+            q.allowance_at(c, "u", "reader", t0),
+            Allowance::Throttled(quota::MAX_THROTTLE_MS)
+        );
+        assert_eq!(
+            q.allowance_at(c, "u", "reader", t0 + Duration::from_secs(31)),
+            Allowance::Bytes(1000)
+        );
     }
 
     #[test]

@@ -216,9 +216,10 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
     let mut ca = None;
     let mut client_id = "runnel-quotas".to_string();
     for p in &conn.properties {
+        // (Not echoed: it may be a password with a typo.)
         let (key, value) = p
             .split_once('=')
-            .with_context(|| format!("-X {p}: expected KEY=VALUE"))?;
+            .context("a -X property without '=': expected KEY=VALUE")?;
         match key {
             "security.protocol" => protocol = value.to_ascii_lowercase(),
             "sasl.mechanism" | "sasl.mechanisms" => mechanism = Some(value.to_ascii_uppercase()),

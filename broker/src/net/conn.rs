@@ -137,26 +137,35 @@ pub enum Refusal {
     Malformed,
 }
 
+/// How a mute ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Muted {
+    Over,
+    /// The client ended its side of the connection (or a read failed).
+    ClientGone,
+    ShuttingDown,
+}
+
 /// Waits out a quota's mute: no request is handled meanwhile. The connection is still read (up
-/// to `limit` bytes held), only to notice a client that goes away: then, or at shutdown, this
-/// returns false and the connection ends without handling what it had sent after the throttled
-/// request (a producer that timed out and closed would otherwise have it written after it has
-/// given up on it, and write it again on its next connection).
+/// to `limit` bytes held), only to notice a client that goes away: the connection then ends
+/// without handling what it had sent after the throttled request (a producer that timed out and
+/// closed would otherwise have it written after it gave up on it, and write it again on its
+/// next connection).
 async fn wait_muted<R: ReadSide>(
     mute: Duration,
     rd: &mut R,
     buf: &mut BytesMut,
     limit: usize,
     shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Muted {
     let until = tokio::time::sleep(mute);
     tokio::pin!(until);
     loop {
         tokio::select! {
-            _ = &mut until => return true,
-            _ = shutdown.changed() => return false,
+            _ = &mut until => return Muted::Over,
+            _ = shutdown.changed() => return Muted::ShuttingDown,
             read = rd.read_buf(buf), if buf.len() < limit => match read {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return Muted::ClientGone,
                 Ok(_) => {}
             },
         }
@@ -315,8 +324,15 @@ pub async fn serve_halves<R, W>(
             };
             let mute = Duration::from_millis(throttle_ms.swap(0, Ordering::Relaxed) as u64);
             let mute_first = !mute.is_zero() && !quota::respond_before_mute(api, version);
-            if mute_first && !wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await {
-                break 'conn;
+            // The response is sent even when the client ends its side during the mute (a
+            // half-close after its last request): only what it sent after is not handled.
+            let mut gone = false;
+            if mute_first {
+                match wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await {
+                    Muted::Over => {}
+                    Muted::ClientGone => gone = true,
+                    Muted::ShuttingDown => break 'conn,
+                }
             }
             match response {
                 Outcome::Respond(bytes) => {
@@ -331,6 +347,9 @@ pub async fn serve_halves<R, W>(
                     break 'conn;
                 }
             }
+            if gone {
+                break 'conn;
+            }
             if session.identity.is_closing() && session.listener != ListenerKind::Quic {
                 // A failed SASL authentication on a TCP listener: the answer is queued and the
                 // connection ends once it is written. (A QUIC listener closes the whole
@@ -339,7 +358,7 @@ pub async fn serve_halves<R, W>(
             }
             if !mute.is_zero() && !mute_first {
                 tracing::trace!(%peer, client_id = %client_id, ?mute, "connection muted by a quota");
-                if !wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await {
+                if wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await != Muted::Over {
                     break 'conn;
                 }
             }

@@ -471,9 +471,14 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
                 }
             }
         }
-        if answered == 0 && !pending.is_empty() {
+        // Partitions the response left out (a response throttled by a client quota on this
+        // broker's login has none) are asked again, after the throttle as a client waits it.
+        pending.extend(asked.into_values().map(|(p, _, _)| p));
+        let throttle = Duration::from_millis(response.throttle_time_ms.max(0) as u64);
+        if answered == 0 && !pending.is_empty() && throttle.is_zero() {
             bail!("the leader answered none of the partitions being compared");
         }
+        tokio::time::sleep(throttle).await;
     }
     if cut > 0 {
         tracing::warn!(

@@ -30,10 +30,6 @@ pub(crate) mod peer;
 
 pub use peer::Login;
 
-/// How long a follower waits for the leader's answer to a request it forwards
-/// ([`Cluster::forward`]).
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +41,13 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::catalog::Partition;
+
+/// How long a follower waits for the leader's answer to a request it forwards
+/// ([`Cluster::forward`]).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The start of the client id a broker's requests to another carry (`runnel-replica-<node>`).
+pub const PEER_CLIENT_ID_PREFIX: &str = "runnel-replica-";
 
 /// The cluster as this broker sees it: who is in it, who leads.
 #[derive(Debug, Clone)]

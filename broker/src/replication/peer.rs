@@ -61,7 +61,7 @@ impl Peer {
         node_id: i32,
         timeout: Duration,
     ) -> anyhow::Result<Peer> {
-        let client_id = format!("runnel-replica-{node_id}");
+        let client_id = format!("{}{node_id}", super::PEER_CLIENT_ID_PREFIX);
         Peer::connect_as(address, &client_id, "the leader", None, timeout).await
     }
 

@@ -12,9 +12,10 @@
 //!
 //! The client needs AlterConfigs on the cluster (`crate::acl`), else
 //! CLUSTER_AUTHORIZATION_FAILED. In a cluster the leader keeps and enforces the quotas: a
-//! follower forwards the request to it (`Cluster::forward`, as this broker: its cluster login
-//! needs AlterConfigs there) and answers with its answer, or NOT_CONTROLLER when it cannot reach
-//! it.
+//! follower checks the client's rights with its own ACLs (ACLs are kept per broker), then
+//! forwards the request to the leader as itself (`apis::forward_to_leader`: its cluster login
+//! needs AlterConfigs there) and answers with the leader's answer, or NOT_CONTROLLER when it
+//! cannot reach it.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::alter_client_quotas_request::EntryData as AskedEntry;
@@ -35,13 +36,12 @@ pub async fn handle(ctx: Ctx, req: AlterClientQuotasRequest) -> AlterClientQuota
             E::ClusterAuthorizationFailed,
             "altering client quotas needs AlterConfigs on the cluster".to_string(),
         ))
-    } else if let Some(cluster) = ctx.broker.cluster.as_ref().filter(|_| ctx.follows()) {
-        match cluster.forward(&req, ctx.api_version).await {
-            Ok(answer) => return answer,
-            Err(e) => Some((E::NotController, super::leader_unreachable(cluster, &e))),
-        }
     } else {
-        None
+        match super::forward_to_leader(&ctx, &req).await {
+            None => None,
+            Some(Ok(answer)) => return answer,
+            Some(Err(why)) => Some((E::NotController, why)),
+        }
     };
     let checked: Vec<Checked> = req
         .entries

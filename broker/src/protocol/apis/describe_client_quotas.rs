@@ -29,11 +29,10 @@ pub async fn handle(ctx: Ctx, req: DescribeClientQuotasRequest) -> DescribeClien
             "describing client quotas needs DescribeConfigs on the cluster".into(),
         );
     }
-    if let Some(cluster) = ctx.broker.cluster.as_ref().filter(|_| ctx.follows()) {
-        return match cluster.forward(&req, ctx.api_version).await {
-            Ok(answer) => answer,
-            Err(e) => refuse(E::NotController, super::leader_unreachable(cluster, &e)),
-        };
+    match super::forward_to_leader(&ctx, &req).await {
+        None => {}
+        Some(Ok(answer)) => return answer,
+        Some(Err(why)) => return refuse(E::NotController, why),
     }
     let mut components = Vec::new();
     for c in &req.components {

@@ -55,14 +55,44 @@ pub(crate) fn s(v: impl Into<String>) -> StrBytes {
 /// Why the ACL APIs are refused while ACLs are off.
 pub(crate) const ACLS_OFF: &str = "ACLs are off on this broker (set acls.enabled = true)";
 
-/// Why a follower could not forward a request to the cluster's leader.
-pub(crate) fn leader_unreachable(
-    cluster: &crate::replication::Cluster,
-    e: &anyhow::Error,
-) -> String {
-    format!(
-        "this broker follows node {}, which keeps this, and could not forward the request: {e:#}",
-        cluster.leader
+/// On a cluster's follower, `req` forwarded to the leader (which keeps what it changes or
+/// reads, as Kafka's controller does) and its answer, or why it could not be: `None` on a
+/// broker that is not a follower. The client's rights are checked here first, by the caller. A
+/// request another broker forwarded is not passed on again: two brokers that each take the
+/// other for the leader would pass it back and forth.
+pub(crate) async fn forward_to_leader<R: kafka_protocol::protocol::Request>(
+    ctx: &Ctx,
+    req: &R,
+) -> Option<Result<R::Response, String>> {
+    let cluster = ctx.broker.cluster.as_ref().filter(|_| ctx.follows())?;
+    if ctx
+        .client_id
+        .starts_with(crate::replication::PEER_CLIENT_ID_PREFIX)
+    {
+        return Some(Err(format!(
+            "forwarded by another broker, which takes this one for the leader; this one \
+             follows node {}: the brokers disagree on the leader",
+            cluster.leader
+        )));
+    }
+    tracing::info!(
+        api = R::KEY,
+        principal = ctx.asker().principal,
+        leader = cluster.leader,
+        "request forwarded to the leader"
+    );
+    Some(
+        cluster
+            .forward(req, ctx.api_version)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %format!("{e:#}"), leader = cluster.leader, "cannot forward a request to the leader");
+                format!(
+                    "this broker follows node {}, which keeps this, and could not forward the \
+                     request to it",
+                    cluster.leader
+                )
+            }),
     )
 }
 
