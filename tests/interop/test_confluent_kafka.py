@@ -744,3 +744,31 @@ def test_tls_admin_produce_consume(broker, tls_material):
     assert len(msgs) == len(records)
     assert_same_records(msgs, records, 2)
     assert [tp.offset for tp in committed] == [10, 10]
+
+
+def test_a_consumer_with_a_tight_receive_limit_reads_large_records_on_many_partitions(broker):
+    """librdkafka refuses a response larger than receive.message.max.bytes (which it needs to be
+    at least fetch.max.bytes + 512): a response may exceed fetch.max.bytes only by its first
+    batch (KIP-74), never by one more batch per partition, or such a consumer is stuck."""
+    topic = unique("big-records")
+    create_topic(AdminClient(conf(broker.bootstrap)), topic, 4)
+    producer = Producer(conf(broker.bootstrap))
+    values = [(b"%02d" % i) * 450_000 for i in range(12)]
+    for i, v in enumerate(values):
+        producer.produce(topic, v, partition=i % 4)
+        assert producer.flush(20) == 0
+    consumer = Consumer(consumer_conf(broker.bootstrap, unique("big-group"),
+                                      **{"fetch.max.bytes": 1_000_000,
+                                         "receive.message.max.bytes": 1_100_000}))
+    consumer.subscribe([topic])
+    got = {}
+    deadline = time.monotonic() + 60
+    while len(got) < len(values) and time.monotonic() < deadline:
+        m = consumer.poll(0.5)
+        if m is not None:
+            assert m.error() is None, m.error()
+            got[(m.partition(), m.offset())] = m.value()
+    consumer.close()
+    assert sorted(got.values()) == sorted(values)
+    for (partition, offset), value in got.items():
+        assert value == values[offset * 4 + partition]

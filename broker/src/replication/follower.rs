@@ -179,13 +179,15 @@ async fn follow(
     let mut synced = Instant::now();
     // Topics the leader named that are not here, as of the last fetch that named any.
     let mut still_unknown: HashSet<String> = HashSet::new();
+    let mut round = 0usize;
     loop {
+        round = round.wrapping_add(1);
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
             sync_topics(broker, cluster, &mut peer, &mut warned).await?;
             sync_offsets(broker, &mut peer).await?;
             synced = Instant::now();
         }
-        let request = fetch_request(broker, cluster);
+        let request = fetch_request(broker, cluster, round);
         if request.topics.is_empty() {
             tokio::time::sleep(cluster.replica_fetch_wait).await;
             synced = Instant::now() - SYNC_EVERY;
@@ -236,29 +238,37 @@ async fn follow(
     }
 }
 
-/// A replica fetch of every local partition from its log end.
-fn fetch_request(broker: &Broker, cluster: &Cluster) -> FetchRequest {
-    let topics = broker
-        .catalog
-        .list()
-        .into_iter()
-        .map(|t| {
-            let partitions = t
-                .partitions()
-                .iter()
-                .map(|p| {
-                    FetchPartition::default()
-                        .with_partition(p.index)
-                        .with_fetch_offset(p.log().log_end_offset())
-                        .with_log_start_offset(-1)
-                        .with_partition_max_bytes(PARTITION_MAX_BYTES)
-                })
-                .collect();
-            FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(t.name.to_string())))
-                .with_partitions(partitions)
-        })
-        .collect();
+/// A replica fetch of every local partition from its log end, starting at the `round`-th
+/// partition and wrapping around: only the response's first batch may be larger than what is
+/// left of its budget (KIP-74), so the order turns from fetch to fetch, as librdkafka's does,
+/// and no partition waits for the ones before it to go idle.
+fn fetch_request(broker: &Broker, cluster: &Cluster, round: usize) -> FetchRequest {
+    let mut wanted: Vec<(Arc<str>, FetchPartition)> = Vec::new();
+    for t in broker.catalog.list() {
+        for p in t.partitions().iter() {
+            let asked = FetchPartition::default()
+                .with_partition(p.index)
+                .with_fetch_offset(p.log().log_end_offset())
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(PARTITION_MAX_BYTES);
+            wanted.push((t.name.clone(), asked));
+        }
+    }
+    if !wanted.is_empty() {
+        let start = round % wanted.len();
+        wanted.rotate_left(start);
+    }
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (name, asked) in wanted {
+        match topics.last_mut() {
+            Some(last) if last.topic.as_str() == &*name => last.partitions.push(asked),
+            _ => topics.push(
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(name.to_string())))
+                    .with_partitions(vec![asked]),
+            ),
+        }
+    }
     FetchRequest::default()
         .with_replica_id(BrokerId(cluster.node_id))
         .with_max_wait_ms(cluster.replica_fetch_wait.as_millis() as i32)
@@ -392,7 +402,10 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
                     .with_partition(*index)
                     .with_fetch_offset(h.base_offset)
                     .with_log_start_offset(-1)
-                    .with_partition_max_bytes(1),
+                    // Only the first batch is compared, but it must fit: past the first
+                    // partition of the response, a batch larger than its budget is not sent
+                    // (KIP-74) and its partition is asked again in the next round.
+                    .with_partition_max_bytes(PARTITION_MAX_BYTES),
             );
         }
         let request = FetchRequest::default()

@@ -80,16 +80,26 @@ impl PendingSeal {
 pub struct ReadPlan {
     fetch_offset: i64,
     max_bytes: usize,
+    /// Whether the first batch is read whatever its size (KIP-74), as by default.
+    first_whole: bool,
     /// Views of the segments to look in, in order, each with the position to look from.
     segments: Vec<(SegmentView, u64)>,
 }
 
 impl ReadPlan {
+    /// This read within `max_bytes` even for its first batch: none when that is larger. For
+    /// the partitions of a fetch response after its first non-empty one, as Kafka reads them.
+    pub fn within_budget(mut self) -> ReadPlan {
+        self.first_whole = false;
+        self
+    }
+
     /// The batches, as [`PartitionLog::read`] returns them.
     pub fn read(self) -> Result<Bytes, StorageError> {
         for (seg, from) in &self.segments {
             if let Some(pos) = seg.find_position(*from, self.fetch_offset)? {
-                return Ok(Bytes::from(seg.read_batches(pos, self.max_bytes)?));
+                let batches = seg.read_batches(pos, self.max_bytes, self.first_whole)?;
+                return Ok(Bytes::from(batches));
             }
         }
         Ok(Bytes::new())
@@ -503,6 +513,7 @@ impl PartitionLog {
         let mut plan = ReadPlan {
             fetch_offset,
             max_bytes,
+            first_whole: true,
             segments: Vec::new(),
         };
         if fetch_offset == end {

@@ -534,13 +534,22 @@ impl SegmentView {
         find_position(&self.file, &self.path, self.size, index_position, offset)
     }
 
-    /// Whole batches from `start`: at least one, then more while the total stays <= `max_bytes`.
+    /// Whole batches from `start` while the total stays <= `max_bytes`; with `first_whole`,
+    /// the first one however large (KIP-74).
     pub(crate) fn read_batches(
         &self,
         start: u64,
         max_bytes: usize,
+        first_whole: bool,
     ) -> Result<Vec<u8>, StorageError> {
-        read_batches(&self.file, &self.path, self.size, start, max_bytes)
+        read_batches(
+            &self.file,
+            &self.path,
+            self.size,
+            start,
+            max_bytes,
+            first_whole,
+        )
     }
 
     /// Whether the segment's path still names this file: false once the segment was deleted
@@ -676,15 +685,16 @@ fn find_position(
     Ok(found)
 }
 
-/// Whole batches from `start` (a batch boundary below `size`): at least one, then more while
-/// the total stays <= `max_bytes`. Reads the range once and finds the batch boundaries in the
-/// bytes read, instead of a read per batch header.
+/// Whole batches from `start` (a batch boundary below `size`) while the total stays <=
+/// `max_bytes`; with `first_whole`, at least one. Reads the range once and finds the batch
+/// boundaries in the bytes read, instead of a read per batch header.
 fn read_batches(
     file: &File,
     path: &Path,
     size: u64,
     start: u64,
     max_bytes: usize,
+    first_whole: bool,
 ) -> Result<Vec<u8>, StorageError> {
     let end = size.min(start.saturating_add(max_bytes as u64));
     let mut buf = read_range(file, path, start, end)?;
@@ -697,6 +707,9 @@ fn read_batches(
             break;
         }
         whole = next;
+    }
+    if whole == 0 && !first_whole {
+        return Ok(Vec::new());
     }
     if whole == 0 {
         // The first batch alone is larger than max_bytes (or its header did not fit): it is

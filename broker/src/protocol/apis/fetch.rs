@@ -1,8 +1,7 @@
 //! Fetch (key 1): whole record batches from the partition logs, with long-poll.
 //!
 //! The response holds at most `max_bytes` (and `partition_max_bytes` per partition), except that
-//! the first non-empty partition always gets at least one whole batch, however large (KIP-74),
-//! and so does every later partition while the response is under `max_bytes` (see `read_all`).
+//! the first non-empty partition always gets at least one whole batch, however large (KIP-74).
 //! A fetch that starts in the middle of a batch gets the whole batch; the client skips the
 //! records before its offset. When less than `min_bytes` is available the request waits up to
 //! `max_wait_ms`, woken early by any append to one of its partitions.
@@ -315,13 +314,14 @@ fn read_all(
                 any_error = true;
             }
             Some(p) => {
-                // Within the partition's and the response's budgets, but a partition with any
-                // budget left gets at least its next batch whole (KIP-74 asks that only of the
-                // response's first batch): without fetch sessions, which would rotate the
-                // partitions, a partition behind a busy one must not wait for it to go idle
-                // (a follower's catch-up and its comparison of logs rely on this). A response
-                // is over `max_bytes` by at most one batch per partition.
-                let budget = if total == 0 {
+                // Within the partition's and the response's budgets; only the first batch of
+                // the response passes whole however large (KIP-74): after it, a partition whose
+                // next batch does not fit returns nothing, so that a response is never larger
+                // than `max_bytes` or its first batch (clients size their receive buffer by
+                // it). Clients rotate the order of their partitions so that none waits for the
+                // ones before it to go idle (librdkafka does; so does a follower here).
+                let first = total == 0;
+                let budget = if first {
                     w.max_bytes.min(max_bytes).max(1)
                 } else {
                     w.max_bytes.min(max_bytes.saturating_sub(total))
@@ -353,7 +353,8 @@ fn read_all(
                     })
                 };
                 // Read with the log unlocked: appends to the partition go on meanwhile.
-                match plan.map(|plan| plan.and_then(ReadPlan::read)) {
+                let within = |plan: ReadPlan| if first { plan } else { plan.within_budget() };
+                match plan.map(|plan| plan.map(within).and_then(ReadPlan::read)) {
                     None => data.records = Some(Bytes::new()),
                     Some(Ok(records)) => {
                         total += records.len();
