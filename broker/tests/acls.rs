@@ -126,12 +126,7 @@ fn next(consumer: &BaseConsumer) -> Result<String, KafkaError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acls_decide_who_writes_reads_and_joins_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, USERS).unwrap();
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka.sasl_plain_file = users;
-    cfg.acls.enabled = true;
-    cfg.acls.super_users = vec!["User:admin".into()];
+    let cfg = common::secured_config(dir.path(), USERS);
     let broker = common::start_with(cfg.clone()).await;
     let bootstrap = broker.bootstrap();
 

@@ -338,12 +338,7 @@ async fn client_commands_stop_at_a_refused_login_with_the_reason() {
 async fn quotas_commands_set_list_and_remove_the_quotas_the_broker_enforces() {
     use runnel::client_quotas::QuotaKey;
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "admin adm1n-s3cret\nalice a11ce-s3cret\n").unwrap();
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka.sasl_plain_file = users;
-    cfg.acls.enabled = true;
-    cfg.acls.super_users = vec!["User:admin".into()];
+    let cfg = common::secured_config(dir.path(), "admin adm1n-s3cret\nalice a11ce-s3cret\n");
     let broker = common::start_with(cfg).await;
     let b = broker.bootstrap();
     let admin = ("admin", "adm1n-s3cret");
@@ -448,12 +443,7 @@ async fn quotas_commands_set_list_and_remove_the_quotas_the_broker_enforces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, "admin adm1n-s3cret\nalice a11ce-s3cret\n").unwrap();
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka.sasl_plain_file = users;
-    cfg.acls.enabled = true;
-    cfg.acls.super_users = vec!["User:admin".into()];
+    let cfg = common::secured_config(dir.path(), "admin adm1n-s3cret\nalice a11ce-s3cret\n");
     let broker = common::start_with(cfg).await;
     let b = broker.bootstrap();
     const ADMIN: (&str, &str) = ("admin", "adm1n-s3cret");

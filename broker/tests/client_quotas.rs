@@ -7,19 +7,19 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::NamedClient as Client;
 use common::RawClient;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
 use kafka_protocol::messages::create_acls_request::AclCreation;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    AlterClientQuotasRequest, AlterClientQuotasResponse, CreateAclsRequest, CreateTopicsRequest,
+    AlterClientQuotasRequest, AlterClientQuotasResponse, CreateAclsRequest,
     DescribeClientQuotasRequest, DescribeClientQuotasResponse, FetchRequest, FetchResponse,
     ProduceResponse, TopicName,
 };
-use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -31,54 +31,8 @@ fn st(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_string())
 }
 
-/// A raw connection sending as a chosen client id.
-struct Client {
-    raw: RawClient,
-    id: &'static str,
-    correlation: i32,
-}
-
+// What these tests add to the raw connections of `common` that send as a client id.
 impl Client {
-    async fn connect(addr: &str, id: &'static str) -> Client {
-        Client {
-            raw: RawClient::connect(addr).await,
-            id,
-            correlation: 0,
-        }
-    }
-
-    /// Logged in with SASL PLAIN (`NUL user NUL secret`).
-    async fn logged_in(addr: &str, id: &'static str, plain: &'static [u8]) -> Client {
-        Client {
-            raw: RawClient::logged_in(addr, plain).await,
-            id,
-            correlation: 10,
-        }
-    }
-
-    /// Sends `req` and returns its response and how long the answer took.
-    async fn call<R: Request>(&mut self, req: &R, version: i16) -> (R::Response, Duration) {
-        self.correlation += 1;
-        let frame = common::request_frame(req, version, self.correlation, self.id);
-        let sent = Instant::now();
-        self.raw.send_raw(&frame).await;
-        let answer = self.raw.read_frame().await.expect("a response");
-        let took = sent.elapsed();
-        let response = common::decode_response::<R>(answer, version, self.correlation);
-        (response, took)
-    }
-
-    async fn create(&mut self, topic: &str) {
-        let req = CreateTopicsRequest::default().with_topics(vec![
-            CreatableTopic::default()
-                .with_name(TopicName(st(topic)))
-                .with_num_partitions(1)
-                .with_replication_factor(1),
-        ]);
-        let (r, _) = self.call(&req, 5).await;
-        assert_eq!(r.topics[0].error_code, 0);
-    }
-
     async fn produce(&mut self, topic: &str, size: usize) -> ProduceResponse {
         let record = common::record(0, None, &vec![b'x'; size], 1_700_000_000_000);
         let batch = common::encode_batch(&[record], Compression::None);
@@ -638,12 +592,7 @@ async fn a_fetch_over_the_consumer_byte_rate_gets_nothing_and_the_time_to_wait()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_quotas_follow_the_principal_and_need_cluster_rights() {
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    std::fs::write(&users, USERS).unwrap();
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka.sasl_plain_file = users;
-    cfg.acls.enabled = true;
-    cfg.acls.super_users = vec!["User:admin".into()];
+    let mut cfg = common::secured_config(dir.path(), USERS);
     cfg.acls.allow_if_no_acl = true;
     let broker = common::start_with(cfg).await;
     let addr = broker.bootstrap();

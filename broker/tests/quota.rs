@@ -4,19 +4,19 @@
 
 mod common;
 
+use common::NamedClient as Client;
+
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::RawClient;
 use common::wasm::wasm_dir;
 use edge_config::{OnError, PluginSpec, QuotaApi, QuotaBinding};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, FetchRequest, FetchResponse, MetadataRequest, ProduceResponse, TopicName,
+    FetchRequest, FetchResponse, MetadataRequest, ProduceResponse, TopicName,
 };
-use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -45,47 +45,8 @@ fn name(t: &str) -> TopicName {
     TopicName(StrBytes::from_string(t.to_string()))
 }
 
-/// A raw connection that sends as a chosen client id and times each answer.
-struct Client {
-    raw: RawClient,
-    id: &'static str,
-    correlation: i32,
-}
-
+// What these tests add to the raw connections of `common` that send as a client id.
 impl Client {
-    async fn connect(addr: &str, id: &'static str) -> Client {
-        Client {
-            raw: RawClient::connect(addr).await,
-            id,
-            correlation: 0,
-        }
-    }
-
-    /// Sends `req` and returns its response and how long the answer took.
-    async fn call<R: Request>(&mut self, req: &R, version: i16) -> (R::Response, Duration) {
-        self.correlation += 1;
-        let frame = common::request_frame(req, version, self.correlation, self.id);
-        let sent = Instant::now();
-        self.raw.send_raw(&frame).await;
-        let answer = self.raw.read_frame().await.expect("a response");
-        let took = sent.elapsed();
-        (
-            common::decode_response::<R>(answer, version, self.correlation),
-            took,
-        )
-    }
-
-    async fn create(&mut self, topic: &str) {
-        let req = CreateTopicsRequest::default().with_topics(vec![
-            CreatableTopic::default()
-                .with_name(name(topic))
-                .with_num_partitions(1)
-                .with_replication_factor(1),
-        ]);
-        let (r, _) = self.call(&req, 5).await;
-        assert_eq!(r.topics[0].error_code, 0);
-    }
-
     /// Produces one record of `size` bytes to partition 0 of `topic`.
     async fn produce(
         &mut self,

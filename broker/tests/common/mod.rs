@@ -76,6 +76,19 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// [`test_config`] with data in `dir/data` and SASL (PLAIN and SCRAM) on the Kafka listener
+/// for the `<user> <secret>` lines of `users` (written to `dir/users`), and ACLs on with
+/// `User:admin` a super user.
+pub fn secured_config(dir: &Path, users: &str) -> Config {
+    let file = dir.join("users");
+    std::fs::write(&file, users).unwrap();
+    let mut cfg = test_config(&dir.join("data"));
+    cfg.listeners.kafka.sasl_plain_file = file;
+    cfg.acls.enabled = true;
+    cfg.acls.super_users = vec!["User:admin".into()];
+    cfg
+}
+
 /// A librdkafka client config pointed at `bootstrap`, with test-friendly timeouts.
 pub fn client_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -99,6 +112,59 @@ pub fn sasl_client_config(
         .set("sasl.username", user)
         .set("sasl.password", secret);
     c
+}
+
+/// A raw connection that sends as a chosen client id and times each answer (for quotas, which
+/// count per client id, and the mutes they put on a connection).
+pub struct NamedClient {
+    pub raw: RawClient,
+    pub id: &'static str,
+    correlation: i32,
+}
+
+impl NamedClient {
+    pub async fn connect(addr: &str, id: &'static str) -> NamedClient {
+        NamedClient {
+            raw: RawClient::connect(addr).await,
+            id,
+            correlation: 0,
+        }
+    }
+
+    /// Logged in with SASL PLAIN as `plain` (`NUL user NUL secret`).
+    pub async fn logged_in(addr: &str, id: &'static str, plain: &'static [u8]) -> NamedClient {
+        NamedClient {
+            raw: RawClient::logged_in(addr, plain).await,
+            id,
+            correlation: 10,
+        }
+    }
+
+    /// Sends `req` and returns its response and how long the answer took.
+    pub async fn call<R: Request>(&mut self, req: &R, version: i16) -> (R::Response, Duration) {
+        self.correlation += 1;
+        let frame = request_frame(req, version, self.correlation, self.id);
+        let sent = std::time::Instant::now();
+        self.raw.send_raw(&frame).await;
+        let answer = self.raw.read_frame().await.expect("a response");
+        let took = sent.elapsed();
+        let response = decode_response::<R>(answer, version, self.correlation);
+        (response, took)
+    }
+
+    /// Creates `topic` with one partition.
+    pub async fn create(&mut self, topic: &str) {
+        use kafka_protocol::messages::create_topics_request::CreatableTopic;
+        use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+        let req = CreateTopicsRequest::default().with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ]);
+        let (r, _) = self.call(&req, 5).await;
+        assert_eq!(r.topics[0].error_code, 0);
+    }
 }
 
 /// A raw Kafka protocol connection for byte-level tests.
