@@ -333,7 +333,8 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
 
 /// A client id over its producer_byte_rate has its records written and is told to wait the
 /// time its debt takes to pay (KIP-219: the answer at once, the connection muted after it);
-/// other client ids are not counted with it, and removing the quota frees it at once.
+/// other client ids under the same (default) quota are not counted with it, and removing the
+/// quotas frees it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_over_its_producer_byte_rate_is_throttled_and_muted() {
     let dir = tempfile::tempdir().unwrap();
@@ -341,16 +342,18 @@ async fn a_client_id_over_its_producer_byte_rate_is_throttled_and_muted() {
     let addr = broker.bootstrap();
     let mut admin = Client::connect(&addr, "admin").await;
     admin.create("metered").await;
-    let set = admin
-        .alter(
-            vec![entry(
+    // greedy's own quota, and the same for every other client id, each counted alone.
+    let quotas = |value| {
+        vec![
+            entry(
                 &[("client-id", Some("greedy"))],
-                &[("producer_byte_rate", Some(51200.0))],
-            )],
-            false,
-        )
-        .await;
-    assert_eq!(set, vec![(0, String::new())]);
+                &[("producer_byte_rate", value)],
+            ),
+            entry(&[("client-id", None)], &[("producer_byte_rate", value)]),
+        ]
+    };
+    let set = admin.alter(quotas(Some(51200.0)), false).await;
+    assert_eq!(set, vec![(0, String::new()), (0, String::new())]);
     let mut greedy = Client::connect(&addr, "greedy").await;
     let first = Instant::now();
     // 40KiB of the 50KiB a second holds: no throttle.
@@ -374,31 +377,24 @@ async fn a_client_id_over_its_producer_byte_rate_is_throttled_and_muted() {
         muted >= Duration::from_millis(throttle as u64),
         "answered {muted:?} after the throttled request was sent, throttle {throttle} ms"
     );
-    // Another client id is free.
+    // Another client id under the default has a bucket of its own: full, whatever greedy owes;
+    // and its quota holds it too.
     let mut other = Client::connect(&addr, "other").await;
-    for _ in 0..3 {
-        assert_eq!(
-            other.produce("metered", 40 * 1024).await.throttle_time_ms,
-            0
-        );
-    }
+    assert_eq!(
+        other.produce("metered", 40 * 1024).await.throttle_time_ms,
+        0
+    );
+    let r = other.produce("metered", 100 * 1024).await;
+    assert!(r.throttle_time_ms > 0, "the default quota holds other too");
     let throttled = broker
         .broker
         .metrics
         .client_quota_throttled
         .load(Ordering::Relaxed);
     assert!(throttled >= 1, "{throttled}");
-    // Without the quota, greedy is free again at once.
-    let removed = admin
-        .alter(
-            vec![entry(
-                &[("client-id", Some("greedy"))],
-                &[("producer_byte_rate", None)],
-            )],
-            false,
-        )
-        .await;
-    assert_eq!(removed, vec![(0, String::new())]);
+    // Without the quotas, greedy is free again at once.
+    let removed = admin.alter(quotas(None), false).await;
+    assert_eq!(removed, vec![(0, String::new()), (0, String::new())]);
     for _ in 0..3 {
         assert_eq!(
             greedy.produce("metered", 40 * 1024).await.throttle_time_ms,
