@@ -29,7 +29,8 @@
 //! below zero answers with the time it takes to fill back to zero, which the client is told
 //! (`throttle_time_ms`) and for which its connection is muted (`net::conn`), as Kafka does
 //! since KIP-219. A throttle is at most [`quota::MAX_THROTTLE_MS`], the cap the quota plugins
-//! have too; the debt behind it is bounded the same way, so a client is never held for longer.
+//! have too, and the debt behind it is bounded the same way (at the rate in force: a lowered
+//! quota does not hold a client for the hours its old debt would take at the new rate).
 //!
 //! Not enforced: `request_percentage` (share of request-handling time) and
 //! `controller_mutation_rate`, and quotas on IP addresses (`connection_creation_rate`):
