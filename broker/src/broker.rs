@@ -170,7 +170,7 @@ pub async fn start_broker_from(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
-    let cluster = crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster);
+    let cluster = crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster)?;
     let replicas = cluster.as_ref().map_or(1, |c| c.replication_factor());
     let catalog = Catalog::open(
         &data_dir,

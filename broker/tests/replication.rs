@@ -957,3 +957,156 @@ async fn a_follower_forwards_client_quota_requests_to_the_leader() {
     assert!(why.contains("could not forward"), "{why}");
     follower.shutdown().await;
 }
+
+/// A CA, a certificate for 127.0.0.1 that both brokers serve on their TLS listeners, and a
+/// client certificate with the common name `cn`, written as PEM files to `dir`: ca.pem,
+/// server.pem, server.key, `<cn>.pem`, `<cn>.key`.
+fn make_pki(dir: &Path, cn: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Subjects of their own: OpenSSL (librdkafka) takes a certificate whose subject is its
+    // issuer's for self-signed, and rcgen gives every certificate the same one by default.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "runnel test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "runnel test broker");
+    let server = server_params.signed_by(&server_key, &ca).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, cn);
+    let client = client_params.signed_by(&client_key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(format!("{cn}.pem")), client.pem()).unwrap();
+    std::fs::write(dir.join(format!("{cn}.key")), client_key.serialize_pem()).unwrap();
+}
+
+/// With `cluster.tls` a follower reaches the leader's TLS listener, checks its certificate and
+/// presents its own, and is the certificate's principal to the leader's ACLs; TLS clients are
+/// sent to the brokers' TLS listeners (`cluster.tls_brokers`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reaches_the_leader_over_tls_with_its_certificate() {
+    let pair = Pair::new();
+    let pki = pair.dirs[0].path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_pki(&pki, "replica");
+    let other_ca = pair.dirs[1].path().join("pki");
+    std::fs::create_dir(&other_ca).unwrap();
+    make_pki(&other_ca, "stranger");
+    let users = pair.dirs[0].path().join("users");
+    std::fs::write(&users, "app app-secret\n").unwrap();
+    let tls_ports = [common::free_port(), common::free_port()];
+    let tls_address = |node: i32| format!("127.0.0.1:{}", tls_ports[node as usize - 1]);
+    // The plaintext listeners ask for SASL and the cluster has no login: the follower can
+    // only be let in by its certificate, over TLS.
+    let secured = |node: i32, ca: &Path| {
+        let (pki, ca, users) = (pki.clone(), ca.join("ca.pem"), users.clone());
+        let (own, one, two) = (tls_address(node), tls_address(1), tls_address(2));
+        move |cfg: &mut edge_config::Config| {
+            cfg.listeners.kafka.sasl_plain_file = users;
+            let tls = &mut cfg.listeners.kafka_tls;
+            tls.enabled = true;
+            tls.address = own.parse().unwrap();
+            tls.cert = pki.join("server.pem");
+            tls.key = pki.join("server.key");
+            tls.client_ca = pki.join("ca.pem");
+            cfg.acls.enabled = true;
+            cfg.acls.super_users = vec!["User:replica".into(), "User:app".into()];
+            cfg.cluster.tls_brokers = vec![format!("1@{one}"), format!("2@{two}")];
+            cfg.cluster.tls = true;
+            cfg.cluster.tls_ca = ca;
+            cfg.cluster.tls_cert = pki.join("replica.pem");
+            cfg.cluster.tls_key = pki.join("replica.key");
+        }
+    };
+    let leader = pair.start_with(1, 1, 2, secured(1, &pki)).await;
+    let follower = pair.start_with(2, 1, 2, secured(2, &pki)).await;
+    let app: FutureProducer =
+        common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")
+            .set("acks", "all")
+            .create()
+            .unwrap();
+    // acks=all with min_insync_replicas = 2: answered only once the follower has the records.
+    produce(&app, "over-tls", 20, "t").await;
+    assert_eq!(log_end(&follower, "over-tls"), 20);
+    assert!(follower.broker.cluster.as_ref().unwrap().following());
+
+    // A TLS consumer that knows only the follower's TLS listener is sent to the leader's TLS
+    // listener (Metadata, FindCoordinator) and reads every record in its group.
+    let consumer: rdkafka::consumer::StreamConsumer = common::client_config(&tls_address(2))
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", pki.join("ca.pem").to_str().unwrap())
+        .set(
+            "ssl.certificate.location",
+            pki.join("replica.pem").to_str().unwrap(),
+        )
+        .set(
+            "ssl.key.location",
+            pki.join("replica.key").to_str().unwrap(),
+        )
+        .set("group.id", "tls-readers")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["over-tls"]).unwrap();
+    let mut read = Vec::new();
+    while read.len() < 20 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a record over TLS within 30 s")
+            .expect("a record, not an error");
+        read.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("t-{i}")).collect();
+    assert_eq!(read, expected);
+    drop(consumer);
+
+    // A follower that does not trust the leader's certificate does not follow: it keeps its
+    // copy, leaves the in-sync set, and acks=all writes are refused.
+    follower.shutdown().await;
+    let follower = pair.start_with(2, 1, 2, secured(2, &other_ca)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!follower.broker.cluster.as_ref().unwrap().following());
+    assert_eq!(log_end(&follower, "over-tls"), 20);
+    let impatient: FutureProducer =
+        common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")
+            .set("acks", "all")
+            .set("message.timeout.ms", "2000")
+            .create()
+            .unwrap();
+    let refused = impatient
+        .send(
+            FutureRecord::<str, str>::to("over-tls").payload("x"),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(refused.is_err(), "acks=all taken without the follower");
+    leader.shutdown().await;
+    follower.shutdown().await;
+}
+
+/// A cluster whose TLS files cannot be read does not start, and says which key named them.
+#[tokio::test]
+async fn a_cluster_with_an_unreadable_tls_ca_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.cluster.brokers = vec!["1@127.0.0.1:1".into(), "2@127.0.0.1:2".into()];
+    cfg.cluster.tls_brokers = vec!["1@127.0.0.1:3".into(), "2@127.0.0.1:4".into()];
+    cfg.cluster.leader = 2;
+    cfg.cluster.tls = true;
+    cfg.cluster.tls_ca = dir.path().join("missing.pem");
+    let error = match runnel::start_broker(cfg).await {
+        Ok(_) => panic!("a broker started without its cluster.tls_ca"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("cluster.tls_ca"), "{error}");
+}

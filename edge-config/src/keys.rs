@@ -400,6 +400,31 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Text,
                 "That user's password. Keep this file readable by the broker only.",
             ),
+            key(
+                "tls_brokers",
+                List,
+                "Every broker's TLS Kafka listener, as \"<node_id>@<host>:<port>\" with the ids of\nbrokers. Metadata on a TLS listener names these. Empty = TLS clients are sent to\nthe plaintext addresses. From the environment: comma-separated.",
+            ),
+            key(
+                "tls",
+                Bool,
+                "Followers reach the leader over TLS at its tls_brokers address, checking its\ncertificate against tls_ca. false = plaintext, to its brokers address.",
+            ),
+            key(
+                "tls_ca",
+                Text,
+                "PEM CA certificate(s) the leader's certificate must be signed by. Required with tls.",
+            ),
+            key(
+                "tls_cert",
+                Text,
+                "PEM certificate chain a follower presents to a leader whose TLS listener asks for\none (client_ca). \"\" = none.",
+            ),
+            key(
+                "tls_key",
+                Text,
+                "PEM private key of tls_cert. Keep it readable by the broker's user only.",
+            ),
         ],
     },
     Section {

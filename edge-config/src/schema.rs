@@ -460,6 +460,24 @@ pub struct ClusterConfig {
     pub sasl_username: String,
     /// That user's password. Default `""`. Readable by whoever reads this file: keep it 0600.
     pub sasl_password: String,
+    /// Every broker's TLS Kafka listener (`[listeners.kafka_tls]`), as `"<node_id>@<host>:<port>"`
+    /// with the node ids of `brokers`. Default none. When given, Metadata and FindCoordinator on
+    /// a TLS listener name these addresses, so that a TLS client sent to another broker reaches
+    /// its TLS listener; without them it is sent to the plaintext one.
+    pub tls_brokers: Vec<String>,
+    /// Followers reach the leader over TLS, at its `tls_brokers` address, checking its
+    /// certificate against `tls_ca` (Kafka's `security.inter.broker.protocol=SSL`). Default
+    /// false: plaintext, to its `brokers` address.
+    pub tls: bool,
+    /// PEM CA certificate(s) the leader's TLS certificate must be signed by. Required with `tls`.
+    /// The leader's certificate must name the host of its `tls_brokers` address.
+    pub tls_ca: PathBuf,
+    /// PEM certificate chain a follower presents to the leader, for a leader whose TLS listener
+    /// asks for one (`client_ca`); it is then `User:<CN>` to the leader's ACLs unless it also
+    /// logs in with SASL. Default `""`: none.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`. Keep it readable by the broker's user only.
+    pub tls_key: PathBuf,
 }
 
 /// The SASL mechanisms a follower can log in to its leader with.
@@ -476,6 +494,11 @@ impl Default for ClusterConfig {
             sasl_mechanism: String::new(),
             sasl_username: String::new(),
             sasl_password: String::new(),
+            tls_brokers: Vec::new(),
+            tls: false,
+            tls_ca: PathBuf::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -491,27 +514,12 @@ pub struct ClusterBroker {
 impl ClusterConfig {
     /// The entries of `brokers`, parsed; the error names the entry and what is wrong.
     pub fn parsed_brokers(&self) -> Result<Vec<ClusterBroker>, String> {
-        let mut out: Vec<ClusterBroker> = Vec::with_capacity(self.brokers.len());
-        for entry in &self.brokers {
-            let shape = || format!("{entry:?} is not \"<node_id>@<host>:<port>\"");
-            let (id, address) = entry.split_once('@').ok_or_else(shape)?;
-            let node_id: i32 = id.trim().parse().map_err(|_| shape())?;
-            if !(0..=65_535).contains(&node_id) {
-                return Err(format!("{entry:?}: a node id in a cluster is 0..=65535"));
-            }
-            let (host, port) = address.rsplit_once(':').ok_or_else(shape)?;
-            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-                return Err(shape());
-            }
-            if out.iter().any(|b| b.node_id == node_id) {
-                return Err(format!("node id {node_id} is named twice"));
-            }
-            out.push(ClusterBroker {
-                node_id,
-                address: address.to_string(),
-            });
-        }
-        Ok(out)
+        parse_brokers(&self.brokers)
+    }
+
+    /// The entries of `tls_brokers`, parsed as [`ClusterConfig::parsed_brokers`] does.
+    pub fn parsed_tls_brokers(&self) -> Result<Vec<ClusterBroker>, String> {
+        parse_brokers(&self.tls_brokers)
     }
 
     /// The leader's node id: `leader`, or the lowest id of `brokers` when it is 0. `None`
@@ -523,6 +531,31 @@ impl ClusterConfig {
         }
         brokers.iter().map(|b| b.node_id).min()
     }
+}
+
+/// `"<node_id>@<host>:<port>"` entries, parsed; the error names the entry and what is wrong.
+fn parse_brokers(entries: &[String]) -> Result<Vec<ClusterBroker>, String> {
+    let mut out: Vec<ClusterBroker> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let shape = || format!("{entry:?} is not \"<node_id>@<host>:<port>\"");
+        let (id, address) = entry.split_once('@').ok_or_else(shape)?;
+        let node_id: i32 = id.trim().parse().map_err(|_| shape())?;
+        if !(0..=65_535).contains(&node_id) {
+            return Err(format!("{entry:?}: a node id in a cluster is 0..=65535"));
+        }
+        let (host, port) = address.rsplit_once(':').ok_or_else(shape)?;
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(shape());
+        }
+        if out.iter().any(|b| b.node_id == node_id) {
+            return Err(format!("node id {node_id} is named twice"));
+        }
+        out.push(ClusterBroker {
+            node_id,
+            address: address.to_string(),
+        });
+    }
+    Ok(out)
 }
 
 /// A string value that is not one of an enum's spellings.

@@ -272,6 +272,56 @@ impl Config {
                 ));
             }
         }
+        let tls_brokers = cluster
+            .parsed_tls_brokers()
+            .map_err(|why| c.invalid("cluster.tls_brokers", why))?;
+        if !tls_brokers.is_empty() {
+            let ids = |list: &[crate::ClusterBroker]| {
+                let mut ids: Vec<i32> = list.iter().map(|b| b.node_id).collect();
+                ids.sort_unstable();
+                ids
+            };
+            if ids(&tls_brokers) != ids(&brokers) {
+                return Err(c.conflict(
+                    &["cluster.tls_brokers", "cluster.brokers"],
+                    "must name the same node ids as cluster.brokers, one TLS listener each".into(),
+                ));
+            }
+        }
+        if cluster.tls {
+            if tls_brokers.is_empty() {
+                return Err(c.conflict(
+                    &["cluster.tls_brokers", "cluster.tls"],
+                    "required when cluster.tls = true: every broker's TLS listener, where \
+                     followers reach the leader"
+                        .into(),
+                ));
+            }
+            if cluster.tls_ca.as_os_str().is_empty() {
+                return Err(c.conflict(
+                    &["cluster.tls_ca", "cluster.tls"],
+                    "required when cluster.tls = true: the CA file the leader's certificate is \
+                     checked against"
+                        .into(),
+                ));
+            }
+        }
+        let (has_cert, has_key) = (
+            !cluster.tls_cert.as_os_str().is_empty(),
+            !cluster.tls_key.as_os_str().is_empty(),
+        );
+        if has_cert != has_key {
+            return Err(c.conflict(
+                &["cluster.tls_cert", "cluster.tls_key"],
+                "a follower's certificate needs both cluster.tls_cert and cluster.tls_key".into(),
+            ));
+        }
+        if has_cert && !cluster.tls {
+            return Err(c.conflict(
+                &["cluster.tls_cert", "cluster.tls"],
+                "a follower presents a certificate only over TLS: set cluster.tls = true".into(),
+            ));
+        }
         c.positive("cluster.replica_lag_time_max", cluster.replica_lag_time_max)?;
         c.positive("cluster.replica_fetch_wait", cluster.replica_fetch_wait)?;
 

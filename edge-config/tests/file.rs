@@ -402,6 +402,59 @@ fn contradictions() {
 }
 
 #[test]
+fn tls_between_brokers_is_checked_key_by_key() {
+    let cluster = "[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\n";
+    let tls_brokers = "tls_brokers = [\"1@a:9096\", \"2@b:9096\"]\n";
+    let whole = format!("{cluster}{tls_brokers}tls = true\ntls_ca = \"ca.pem\"\n");
+    let config = parse(&whole).unwrap();
+    assert!(config.cluster.tls);
+    assert_eq!(
+        config.cluster.parsed_tls_brokers().unwrap()[1].address,
+        "b:9096"
+    );
+    parse(&format!(
+        "{whole}tls_cert = \"r.pem\"\ntls_key = \"r.key\"\n"
+    ))
+    .unwrap();
+    // TLS addresses without TLS between brokers: for clients only.
+    parse(&format!("{cluster}{tls_brokers}")).unwrap();
+
+    assert_eq!(
+        error(&format!(
+            "{cluster}tls_brokers = [\"1@a:9096\", \"3@c:9096\"]\n"
+        )),
+        "runnel.toml:3: cluster.tls_brokers: must name the same node ids as cluster.brokers, one \
+         TLS listener each"
+    );
+    assert_eq!(
+        error(&format!("{cluster}tls_brokers = [\"1@a\"]\n")),
+        "runnel.toml:3: cluster.tls_brokers: \"1@a\" is not \"<node_id>@<host>:<port>\""
+    );
+    assert_eq!(
+        error(&format!("{cluster}tls = true\ntls_ca = \"ca.pem\"\n")),
+        "runnel.toml:3: cluster.tls_brokers: required when cluster.tls = true: every broker's TLS \
+         listener, where followers reach the leader"
+    );
+    assert_eq!(
+        error(&format!("{cluster}{tls_brokers}tls = true\n")),
+        "runnel.toml:4: cluster.tls_ca: required when cluster.tls = true: the CA file the leader's \
+         certificate is checked against"
+    );
+    assert_eq!(
+        error(&format!("{whole}tls_key = \"r.key\"\n")),
+        "runnel.toml:6: cluster.tls_cert: a follower's certificate needs both cluster.tls_cert \
+         and cluster.tls_key"
+    );
+    assert_eq!(
+        error(&format!(
+            "{cluster}{tls_brokers}tls_cert = \"r.pem\"\ntls_key = \"r.key\"\n"
+        )),
+        "runnel.toml:4: cluster.tls_cert: a follower presents a certificate only over TLS: set \
+         cluster.tls = true"
+    );
+}
+
+#[test]
 fn keys_left_at_their_default_are_located_as_default() {
     let mut config = Config::default();
     config.log.flush_interval = Duration::ZERO;

@@ -286,16 +286,7 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
 async fn connect(address: &str, settings: &Settings) -> anyhow::Result<Peer> {
     let tls = match &settings.tls {
         None => None,
-        Some(config) => {
-            let host = address
-                .rsplit_once(':')
-                .map_or(address, |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = rustls_pki_types::ServerName::try_from(host.to_string())
-                .with_context(|| format!("{host} is not a host name for TLS"))?;
-            Some((config.clone(), name))
-        }
+        Some(config) => Some((config.clone(), crate::replication::server_name(address)?)),
     };
     let mut peer =
         Peer::connect_as(address, &settings.client_id, "the broker", tls, TIMEOUT).await?;

@@ -71,10 +71,7 @@ const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
     let cluster = broker.cluster.clone().filter(|c| !c.is_leader())?;
     Some(tokio::spawn(async move {
-        let address = cluster
-            .address_of(cluster.leader)
-            .unwrap_or_default()
-            .to_string();
+        let address = cluster.leader_address().to_string();
         let mut pause = Duration::from_millis(100);
         let mut failures = 0u32;
         let mut last_error = String::new();
@@ -120,9 +117,6 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
     let Some(cluster) = broker.cluster.clone().filter(|c| !c.is_leader()) else {
         return;
     };
-    let Some(address) = cluster.address_of(cluster.leader).map(str::to_string) else {
-        return;
-    };
     let topic = topic.to_string();
     tokio::spawn(async move {
         let request = MetadataRequest::default()
@@ -132,10 +126,7 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
             ]))
             .with_allow_auto_topic_creation(true);
         let asked = async {
-            let mut peer = Peer::connect(&address, cluster.node_id, PEER_TIMEOUT).await?;
-            if let Some(login) = &cluster.login {
-                peer.login(login).await?;
-            }
+            let mut peer = cluster.connect_to_leader(PEER_TIMEOUT).await?;
             peer.call(&request, METADATA_VERSION).await
         };
         match tokio::time::timeout(Duration::from_secs(10), asked).await {
@@ -156,10 +147,7 @@ async fn follow(
     established: &mut bool,
 ) -> anyhow::Result<()> {
     let timeout = PEER_TIMEOUT + cluster.replica_fetch_wait;
-    let mut peer = Peer::connect(address, cluster.node_id, timeout).await?;
-    if let Some(login) = &cluster.login {
-        peer.login(login).await?;
-    }
+    let mut peer = cluster.connect_to_leader(timeout).await?;
     check_leader(cluster, &mut peer).await?;
     // Topics that could not be copied, with why: said again only when the reason changes.
     let mut warned: HashMap<String, String> = HashMap::new();

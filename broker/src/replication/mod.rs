@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::catalog::Partition;
+use crate::protocol::ListenerKind;
 
 /// How long a follower waits for the leader's answer to a request it forwards
 /// ([`Cluster::forward`]).
@@ -65,19 +66,32 @@ pub struct Cluster {
     following: Arc<AtomicBool>,
     /// How a follower logs in to the leader, if it must.
     pub login: Option<Login>,
+    /// Every broker's TLS listener (`cluster.tls_brokers`), sorted by node id; empty when not
+    /// given.
+    pub tls_brokers: Vec<ClusterBroker>,
+    /// With `cluster.tls`: how this broker's connections to the leader are secured.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Cluster {
-    /// The cluster of a validated config, or `None` for a broker alone.
-    pub fn from_config(node_id: i32, config: &ClusterConfig) -> Option<Cluster> {
-        let mut brokers = config.parsed_brokers().ok()?;
-        if brokers.is_empty() {
-            return None;
-        }
+    /// The cluster of a validated config, or `None` for a broker alone. Fails when the TLS
+    /// files of `cluster.tls_*` cannot be read.
+    pub fn from_config(node_id: i32, config: &ClusterConfig) -> anyhow::Result<Option<Cluster>> {
+        let mut brokers = config.parsed_brokers().map_err(anyhow::Error::msg)?;
+        let (false, Some(leader)) = (brokers.is_empty(), config.leader_id()) else {
+            return Ok(None);
+        };
         brokers.sort_by_key(|b| b.node_id);
-        Some(Cluster {
+        let mut tls_brokers = config.parsed_tls_brokers().map_err(anyhow::Error::msg)?;
+        tls_brokers.sort_by_key(|b| b.node_id);
+        let tls = if config.tls {
+            Some(client_tls(config)?)
+        } else {
+            None
+        };
+        Ok(Some(Cluster {
             node_id,
-            leader: config.leader_id()?,
+            leader,
             brokers,
             min_insync_replicas: config.min_insync_replicas,
             replica_lag_time_max: config.replica_lag_time_max,
@@ -89,29 +103,55 @@ impl Cluster {
                 username: config.sasl_username.clone(),
                 password: config.sasl_password.clone(),
             }),
-        })
+            tls_brokers,
+            tls,
+        }))
     }
 
     pub fn is_leader(&self) -> bool {
         self.node_id == self.leader
     }
 
-    /// Sends `req` to the leader as this broker (logged in with `cluster.sasl_*`) and returns
-    /// its answer: for the requests a follower forwards, as Kafka's brokers forward theirs to
-    /// the controller. One connection per request: these are rare admin requests.
+    /// Sends `req` to the leader as this broker and returns its answer: for the requests a
+    /// follower forwards, as Kafka's brokers forward theirs to the controller. One connection
+    /// per request: these are rare admin requests.
     pub async fn forward<R: kafka_protocol::protocol::Request>(
         &self,
         req: &R,
         version: i16,
     ) -> anyhow::Result<R::Response> {
-        let address = self
-            .address_of(self.leader)
-            .ok_or_else(|| anyhow::anyhow!("no address for the leader, node {}", self.leader))?;
-        let mut peer = peer::Peer::connect(address, self.node_id, FORWARD_TIMEOUT).await?;
+        let mut peer = self.connect_to_leader(FORWARD_TIMEOUT).await?;
+        peer.call(req, version).await
+    }
+
+    /// Where this broker reaches the leader: its `tls_brokers` address with `cluster.tls`, its
+    /// `brokers` address without.
+    pub fn leader_address(&self) -> &str {
+        let list = if self.tls.is_some() {
+            &self.tls_brokers
+        } else {
+            &self.brokers
+        };
+        list.iter()
+            .find(|b| b.node_id == self.leader)
+            .map_or("", |b| b.address.as_str())
+    }
+
+    /// A connection to the leader as this broker: over TLS with `cluster.tls`, logged in with
+    /// `cluster.sasl_*` when set; every request on it must be answered within `timeout`.
+    pub(crate) async fn connect_to_leader(&self, timeout: Duration) -> anyhow::Result<peer::Peer> {
+        let address = self.leader_address();
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => Some((config.clone(), server_name(address)?)),
+        };
+        let client_id = format!("{PEER_CLIENT_ID_PREFIX}{}", self.node_id);
+        let mut peer =
+            peer::Peer::connect_as(address, &client_id, "the leader", tls, timeout).await?;
         if let Some(login) = &self.login {
             peer.login(login).await?;
         }
-        peer.call(req, version).await
+        Ok(peer)
     }
 
     /// The followers' node ids.
@@ -133,9 +173,14 @@ impl Cluster {
         self.brokers.len() as i16
     }
 
-    pub fn address_of(&self, node_id: i32) -> Option<&str> {
-        self.brokers
-            .iter()
+    /// Where clients of `listener` reach broker `node_id`: its `tls_brokers` address for a TLS
+    /// listener when those are given, else its `brokers` address.
+    pub fn address_of(&self, node_id: i32, listener: ListenerKind) -> Option<&str> {
+        let list = match listener {
+            ListenerKind::Tls if !self.tls_brokers.is_empty() => &self.tls_brokers,
+            _ => &self.brokers,
+        };
+        list.iter()
             .find(|b| b.node_id == node_id)
             .map(|b| b.address.as_str())
     }
@@ -148,6 +193,54 @@ impl Cluster {
     fn lag_max_ms(&self) -> i64 {
         self.replica_lag_time_max.as_millis() as i64
     }
+}
+
+/// The TLS client config of `cluster.tls`: the leader's certificate checked against `tls_ca`,
+/// and the follower's own certificate when `tls_cert` is set.
+fn client_tls(config: &ClusterConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context as _;
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::net::tls::pem_certs(&config.tls_ca, "cluster.tls_ca")? {
+        roots.add(cert).with_context(|| {
+            format!(
+                "cluster.tls_ca: unusable CA certificate in {}",
+                config.tls_ca.display()
+            )
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let tls = if config.tls_cert.as_os_str().is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let chain = crate::net::tls::pem_certs(&config.tls_cert, "cluster.tls_cert")?;
+        let key = PrivateKeyDer::from_pem_file(&config.tls_key).with_context(|| {
+            format!(
+                "cluster.tls_key: no usable private key in {}",
+                config.tls_key.display()
+            )
+        })?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .context("cluster.tls_cert and cluster.tls_key do not make a usable pair")?
+    };
+    Ok(Arc::new(tls))
+}
+
+/// The name a broker's TLS certificate must carry: the host of its `host:port` address.
+pub(crate) fn server_name(address: &str) -> anyhow::Result<rustls_pki_types::ServerName<'static>> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| anyhow::anyhow!("{host} is not a host name for TLS"))
 }
 
 /// Where one follower's copy of a partition stands, as the leader last heard.

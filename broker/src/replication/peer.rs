@@ -1,7 +1,7 @@
-//! A follower's connection to its leader: Kafka requests over plaintext TCP, encoded and
-//! decoded with the kafka-protocol crate, one at a time, after a SASL login when the cluster
-//! has one (`cluster.sasl_mechanism`). The command line's requests that no librdkafka API sends
-//! (`runnel quotas`) go the same way, over TLS too ([`Peer::connect_as`]).
+//! A follower's connection to its leader: Kafka requests over TCP or TLS (`cluster.tls`),
+//! encoded and decoded with the kafka-protocol crate, one at a time, after a SASL login when
+//! the cluster has one (`cluster.sasl_mechanism`). The command line's requests that no
+//! librdkafka API sends (`runnel quotas`) go the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,16 +55,6 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// Connects to `address`; every request must be answered within `timeout`.
-    pub(crate) async fn connect(
-        address: &str,
-        node_id: i32,
-        timeout: Duration,
-    ) -> anyhow::Result<Peer> {
-        let client_id = format!("{}{node_id}", super::PEER_CLIENT_ID_PREFIX);
-        Peer::connect_as(address, &client_id, "the leader", None, timeout).await
-    }
-
     /// Connects to `address` as `client_id`, over TLS when `tls` is given (its config and the
     /// name the broker's certificate must carry); errors call the broker `who`.
     pub(crate) async fn connect_as(

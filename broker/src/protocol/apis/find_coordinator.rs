@@ -21,7 +21,10 @@ pub async fn handle(ctx: Ctx, req: FindCoordinatorRequest) -> FindCoordinatorRes
         .cluster
         .as_ref()
         .filter(|c| c.leader != ctx.broker.node_id)
-        .and_then(|c| c.address_of(c.leader).map(|a| (c.leader, a)));
+        .and_then(|c| {
+            c.address_of(c.leader, ctx.session.listener)
+                .map(|a| (c.leader, a))
+        });
     let (node, host, port) = match leader {
         Some((id, address)) => {
             let (host, port) = super::metadata::split_address(address);

@@ -43,7 +43,10 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
                 if peer.node_id == b.node_id {
                     return broker.clone();
                 }
-                let (host, port) = split_address(&peer.address);
+                let address = c
+                    .address_of(peer.node_id, ctx.session.listener)
+                    .unwrap_or(&peer.address);
+                let (host, port) = split_address(address);
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(peer.node_id))
                     .with_host(s(host.to_string()))
