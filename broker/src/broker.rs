@@ -202,6 +202,10 @@ pub async fn start_broker_from(
         Arc::new(meta.clone()),
     )
     .map_err(|e| anyhow::anyhow!("cannot load committed offsets: {e}"))?;
+    if cluster.as_ref().is_some_and(|c| !c.is_leader()) {
+        // Members it restored from when it led would refuse the leader's offsets.
+        groups.forget_members();
+    }
     let cluster_id = cluster_id(&data_dir)?;
     let acls =
         crate::acl::Authorizer::open(&config.acls, meta.clone()).context("cannot read the ACLs")?;

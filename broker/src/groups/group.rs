@@ -1093,6 +1093,20 @@ impl Group {
         self.try_complete_join(now);
     }
 
+    /// Forgets every member, keeping the committed offsets: the group is Empty and its saved
+    /// membership goes. For a broker that stops coordinating (it starts as a follower).
+    pub fn dismiss(&mut self, now: Instant) {
+        if self.members.is_empty() {
+            return;
+        }
+        self.members.clear();
+        self.static_members.clear();
+        self.leader = None;
+        self.protocol_name = None;
+        self.rebalance = None;
+        self.transition(GroupState::Empty, now);
+    }
+
     /// Marks the group deleted (DeleteGroups); only an Empty group may be deleted.
     pub fn mark_dead(&mut self, now: Instant) {
         self.transition(GroupState::Dead, now);

@@ -352,6 +352,19 @@ impl GroupCoordinator {
         }
     }
 
+    /// Forgets every group's members, keeping the committed offsets, and the memberships saved
+    /// for a restart: for a broker that starts as a follower. What it saved while it led
+    /// belongs to a coordinator it no longer is; kept, those members would hold their groups
+    /// until their sessions ran out, and the leader's offsets, copied as commits without a
+    /// generation (which only an empty group takes), would be refused meanwhile.
+    pub fn forget_members(&self) {
+        let now = self.now();
+        for group in self.groups().values_mut() {
+            group.dismiss(now);
+        }
+        self.save_memberships();
+    }
+
     /// Saves the membership of every group whose rebalance completed or that emptied since the
     /// last call. The snapshots are taken and written under the store lock, so they reach the
     /// store in the order the groups changed. A failed write is logged and tried again on the

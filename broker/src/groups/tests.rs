@@ -1001,6 +1001,50 @@ async fn group_membership_survives_a_restart() {
     );
 }
 
+/// A broker that led and restarts as a follower forgets the members it saved, so that the
+/// leader's offsets, copied as commits without a generation, are taken at once; the offsets it
+/// had stay, and nothing is restored after the next restart either.
+#[tokio::test]
+async fn a_coordinator_that_forgets_its_members_keeps_the_offsets_and_takes_generationless_commits()
+{
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 2).await;
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("g", generation, &ids[0], "t", &[(0, 5)]));
+    assert_eq!(commit_result(&r), Ok(()));
+
+    let follower = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    // Restored, a copy without a generation is refused while the members are there.
+    let copy = commit_req("g", -1, "", "t", &[(0, 9)]);
+    assert!(commit_result(&follower.commit_offsets(&copy)).is_err());
+    follower.forget_members();
+    let described = follower.describe_group("g").unwrap();
+    assert_eq!(described.state, GroupState::Empty);
+    assert!(described.members.is_empty());
+    assert_eq!(
+        follower.heartbeat(&hb("g", generation, &ids[0])),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(commit_result(&follower.commit_offsets(&copy)), Ok(()));
+    assert!(h.store.load_memberships().unwrap().is_empty());
+
+    let again = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    assert_eq!(again.describe_group("g").unwrap().state, GroupState::Empty);
+    let offsets = again.fetch_offsets("g", None).unwrap();
+    assert_eq!(offsets[0].partitions[0].offset, 9);
+}
+
 #[tokio::test]
 async fn store_failure_fails_the_commit_not_the_broker() {
     let h = harness(Duration::ZERO);
