@@ -13,7 +13,6 @@ fn runnel(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Runs `runnel` with `input` on its standard input.
 /// Runs `runnel ARGS -b BOOTSTRAP` logged in with SCRAM-SHA-256 as `user` with `secret`, `input`
 /// on stdin: (success, stdout, stderr, how long it took).
 fn runnel_as(
@@ -49,6 +48,7 @@ fn runnel_as(
     )
 }
 
+/// Runs `runnel` with `input` on its standard input.
 fn runnel_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(args)
@@ -325,6 +325,109 @@ async fn client_commands_stop_at_a_refused_login_with_the_reason() {
         }
         let (ok, err, _) = run(&["produce", "logins"], "a11ce-s3cret", b"reading\n");
         assert!(ok, "{err}");
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
+/// Client properties from a file (`-F`, or `RUNNEL_CLIENT_CONFIG`), as kcat takes them, so
+/// that a password need not be on the command line; -X overrides the file, and a line or a
+/// property a command cannot use is named by file and line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_properties_come_from_a_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice a11ce-s3cret\n").unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users;
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    let file = dir.path().join("alice.properties");
+    std::fs::write(
+        &file,
+        "# alice's login\nsecurity.protocol=SASL_PLAINTEXT\nsasl.mechanism = SCRAM-SHA-256\n\n\
+         sasl.username=alice\nsasl.password=a11ce-s3cret\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.properties");
+    std::fs::write(&bad, "security.protocol=SASL_PLAINTEXT\nsasl.password\n").unwrap();
+    let mtls = dir.path().join("mtls.properties");
+    std::fs::write(
+        &mtls,
+        "security.protocol=ssl\nssl.certificate.location=me.pem\n",
+    )
+    .unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (file, bad, mtls) = (path(&file), path(&bad), path(&mtls));
+    tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str], env: Option<&str>, input: &[u8]| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel"));
+            cmd.args(args).args(["-b", &b]);
+            cmd.env_remove("RUNNEL_CLIENT_CONFIG");
+            if let Some(f) = env {
+                cmd.env("RUNNEL_CLIENT_CONFIG", f);
+            }
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, _, err) = run(&["produce", "logins", "-F", &file], None, b"from-a-file\n");
+        assert!(ok, "{err}");
+        let (ok, out, err) = run(
+            &[
+                "consume",
+                "logins",
+                "--from-beginning",
+                "--max",
+                "1",
+                "--idle-timeout",
+                "20s",
+            ],
+            Some(&file),
+            b"",
+        );
+        assert!(ok && out.contains("from-a-file"), "{out} {err}");
+        let (ok, _, err) = run(&["quotas", "list", "-F", &file], None, b"");
+        assert!(ok, "{err}");
+
+        // -X wins over the file.
+        let (ok, _, err) = run(
+            &["topics", "list", "-F", &file, "-X", "sasl.password=guess"],
+            None,
+            b"",
+        );
+        assert!(!ok && err.contains("the broker refused the login"), "{err}");
+
+        let (ok, _, err) = run(&["topics", "list", "-F", &bad], None, b"");
+        assert!(
+            !ok && err.contains(&format!("{bad}:2: expected KEY=VALUE")),
+            "{err}"
+        );
+        let (ok, _, err) = run(&["quotas", "list", "-F", &mtls], None, b"");
+        assert!(
+            !ok && err.contains(&format!("{mtls}:2: ssl.certificate.location: not taken")),
+            "{err}"
+        );
+        let (ok, _, err) = run(
+            &["topics", "list", "-F", "/nonexistent.properties"],
+            None,
+            b"",
+        );
+        assert!(
+            !ok && err.contains("-F /nonexistent.properties: cannot read it"),
+            "{err}"
+        );
     })
     .await
     .unwrap();

@@ -360,18 +360,81 @@ struct Conn {
     /// A librdkafka client property, e.g. -X security.protocol=ssl (repeatable), as in kcat.
     #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
     properties: Vec<String>,
+    /// A file of librdkafka client properties, one KEY=VALUE per line (`#` comments), as kcat's
+    /// -F: keeps secrets such as sasl.password off the command line. -X properties override it.
+    #[arg(
+        short = 'F',
+        long = "config-file",
+        value_name = "FILE",
+        env = "RUNNEL_CLIENT_CONFIG"
+    )]
+    config_file: Option<PathBuf>,
+}
+
+/// One client property and where it was given.
+struct Property {
+    key: String,
+    value: String,
+    /// `-X`, or `<file>:<line>`.
+    from: String,
+}
+
+impl Property {
+    /// How errors name it: `-X KEY` or `FILE:LINE: KEY` (never with its value: it may be a
+    /// password).
+    fn name(&self) -> String {
+        if self.from == "-X" {
+            format!("-X {}", self.key)
+        } else {
+            format!("{}: {}", self.from, self.key)
+        }
+    }
 }
 
 impl Conn {
-    /// A librdkafka config with the bootstrap servers and every -X property set.
+    /// Every client property: the -F file's, then the -X ones (a later one wins).
+    fn properties(&self) -> anyhow::Result<Vec<Property>> {
+        use anyhow::Context as _;
+        let mut out = Vec::new();
+        if let Some(path) = &self.config_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("-F {}: cannot read it", path.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let from = format!("{}:{}", path.display(), i + 1);
+                let (key, value) = line
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("{from}: expected KEY=VALUE"))?;
+                out.push(Property {
+                    key: key.trim().to_string(),
+                    value: value.trim().to_string(),
+                    from,
+                });
+            }
+        }
+        for p in &self.properties {
+            // (The whole argument is not echoed: it may be a password with a typo.)
+            let (key, value) = p
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("a -X property without '=': expected KEY=VALUE"))?;
+            out.push(Property {
+                key: key.to_string(),
+                value: value.to_string(),
+                from: "-X".to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A librdkafka config with the bootstrap servers and every property set.
     fn client_config(&self) -> anyhow::Result<rdkafka::config::ClientConfig> {
         let mut cfg = rdkafka::config::ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap);
-        for p in &self.properties {
-            let (k, v) = p
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("-X {p}: expected KEY=VALUE"))?;
-            cfg.set(k, v);
+        for p in self.properties()? {
+            cfg.set(p.key, p.value);
         }
         Ok(cfg)
     }

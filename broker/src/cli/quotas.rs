@@ -215,12 +215,9 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
     let (mut mechanism, mut username, mut password) = (None, None, None);
     let mut ca = None;
     let mut client_id = "runnel-quotas".to_string();
-    for p in &conn.properties {
-        // (Not echoed: it may be a password with a typo.)
-        let (key, value) = p
-            .split_once('=')
-            .context("a -X property without '=': expected KEY=VALUE")?;
-        match key {
+    for p in conn.properties()? {
+        let value = p.value.as_str();
+        match p.key.as_str() {
             "security.protocol" => protocol = value.to_ascii_lowercase(),
             "sasl.mechanism" | "sasl.mechanisms" => mechanism = Some(value.to_ascii_uppercase()),
             "sasl.username" => username = Some(value.to_string()),
@@ -228,8 +225,9 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
             "ssl.ca.location" => ca = Some(std::path::PathBuf::from(value)),
             "client.id" => client_id = value.to_string(),
             _ => bail!(
-                "-X {key}: not taken by `runnel quotas`, which talks to the broker itself \
-                 (librdkafka has no client-quota API); it takes {TAKEN}"
+                "{}: not taken by `runnel quotas`, which talks to the broker itself \
+                 (librdkafka has no client-quota API); it takes {TAKEN}",
+                p.name()
             ),
         }
     }
