@@ -130,6 +130,25 @@ fn config_default_is_valid_and_validate_names_key_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("listeners.kafka_tls.cert"), "{err}");
+
+    // And those of TLS between brokers, as the broker would read them.
+    common::make_pki(dir.path(), "replica");
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        format!(
+            "[listeners.kafka_tls]\nenabled = true\ncert = {cert:?}\nkey = {key:?}\n\
+             [cluster]\nbrokers = [\"1@127.0.0.1:9092\", \"2@127.0.0.1:9192\"]\n\
+             tls_brokers = [\"1@127.0.0.1:9096\", \"2@127.0.0.1:9196\"]\n\
+             leader = 2\ntls = true\ntls_ca = {missing:?}\n"
+        ),
+    )
+    .unwrap();
+    let out = runnel(&["config", "validate", cluster.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cluster.tls_ca: cannot read"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,6 +450,77 @@ async fn client_properties_come_from_a_file_too() {
     })
     .await
     .unwrap();
+    broker.shutdown().await;
+}
+
+/// `runnel quotas` over mutual TLS: it presents the certificate of -X ssl.certificate.location
+/// and ssl.key.location, and without one the broker's refusal is what the command says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_commands_present_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_pki(dir.path(), "operator");
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    let tls = &mut cfg.listeners.kafka_tls;
+    tls.enabled = true;
+    tls.address = "127.0.0.1:0".parse().unwrap();
+    tls.cert = dir.path().join("server.pem");
+    tls.key = dir.path().join("server.key");
+    tls.client_ca = dir.path().join("ca.pem");
+    let broker = common::start_with(cfg).await;
+    let address = broker.kafka_tls_addr.expect("a TLS listener").to_string();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("operator.pem"), file("operator.key"));
+    let quotas = broker.broker.clone();
+    tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str], with_cert: bool| {
+            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            all.extend([
+                "-b".into(),
+                address.clone(),
+                "-X".into(),
+                "security.protocol=ssl".into(),
+            ]);
+            all.extend(["-X".into(), format!("ssl.ca.location={ca}")]);
+            if with_cert {
+                all.extend(["-X".into(), format!("ssl.certificate.location={cert}")]);
+                all.extend(["-X".into(), format!("ssl.key.location={key}")]);
+            }
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let out = runnel(&all);
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, _, err) = run(
+            &[
+                "quotas",
+                "set",
+                "--client-id",
+                "meter",
+                "producer_byte_rate=64KiB",
+            ],
+            true,
+        );
+        assert!(ok, "{err}");
+        let (ok, out, err) = run(&["quotas", "list"], true);
+        assert!(
+            ok && out.contains("meter") && out.contains("65536"),
+            "{out} {err}"
+        );
+        let (ok, _, err) = run(&["quotas", "list"], false);
+        assert!(!ok && err.contains("CertificateRequired"), "{err}");
+    })
+    .await
+    .unwrap();
+    let set = quotas
+        .client_quotas
+        .describe(&runnel::client_quotas::Filter {
+            components: Vec::new(),
+            strict: false,
+        });
+    assert_eq!(set.len(), 1, "{set:?}");
     broker.shutdown().await;
 }
 

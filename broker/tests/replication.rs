@@ -958,38 +958,6 @@ async fn a_follower_forwards_client_quota_requests_to_the_leader() {
     follower.shutdown().await;
 }
 
-/// A CA, a certificate for 127.0.0.1 that both brokers serve on their TLS listeners, and a
-/// client certificate with the common name `cn`, written as PEM files to `dir`: ca.pem,
-/// server.pem, server.key, `<cn>.pem`, `<cn>.key`.
-fn make_pki(dir: &Path, cn: &str) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Subjects of their own: OpenSSL (librdkafka) takes a certificate whose subject is its
-    // issuer's for self-signed, and rcgen gives every certificate the same one by default.
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "runnel test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "runnel test broker");
-    let server = server_params.signed_by(&server_key, &ca).unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, cn);
-    let client = client_params.signed_by(&client_key, &ca).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-    std::fs::write(dir.join(format!("{cn}.pem")), client.pem()).unwrap();
-    std::fs::write(dir.join(format!("{cn}.key")), client_key.serialize_pem()).unwrap();
-}
-
 /// With `cluster.tls` a follower reaches the leader's TLS listener, checks its certificate and
 /// presents its own, and is the certificate's principal to the leader's ACLs; TLS clients are
 /// sent to the brokers' TLS listeners (`cluster.tls_brokers`).
@@ -998,10 +966,10 @@ async fn a_follower_reaches_the_leader_over_tls_with_its_certificate() {
     let pair = Pair::new();
     let pki = pair.dirs[0].path().join("pki");
     std::fs::create_dir(&pki).unwrap();
-    make_pki(&pki, "replica");
+    common::make_pki(&pki, "replica");
     let other_ca = pair.dirs[1].path().join("pki");
     std::fs::create_dir(&other_ca).unwrap();
-    make_pki(&other_ca, "stranger");
+    common::make_pki(&other_ca, "stranger");
     let users = pair.dirs[0].path().join("users");
     std::fs::write(&users, "app app-secret\n").unwrap();
     let tls_ports = [common::free_port(), common::free_port()];

@@ -288,6 +288,16 @@ impl Config {
                 ));
             }
         }
+        if !tls_brokers.is_empty() && !self.listeners.kafka_tls.enabled {
+            return Err(c.conflict(
+                &["cluster.tls_brokers", "listeners.kafka_tls.enabled"],
+                format!(
+                    "names this broker's TLS listener (node {}), but listeners.kafka_tls is not \
+                     enabled",
+                    self.broker.node_id
+                ),
+            ));
+        }
         if cluster.tls {
             if tls_brokers.is_empty() {
                 return Err(c.conflict(

@@ -403,7 +403,8 @@ fn contradictions() {
 
 #[test]
 fn tls_between_brokers_is_checked_key_by_key() {
-    let cluster = "[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\n";
+    let cluster = "[listeners.kafka_tls]\nenabled = true\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+                   [cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\n";
     let tls_brokers = "tls_brokers = [\"1@a:9096\", \"2@b:9096\"]\n";
     let whole = format!("{cluster}{tls_brokers}tls = true\ntls_ca = \"ca.pem\"\n");
     let config = parse(&whole).unwrap();
@@ -423,34 +424,41 @@ fn tls_between_brokers_is_checked_key_by_key() {
         error(&format!(
             "{cluster}tls_brokers = [\"1@a:9096\", \"3@c:9096\"]\n"
         )),
-        "runnel.toml:3: cluster.tls_brokers: must name the same node ids as cluster.brokers, one \
+        "runnel.toml:7: cluster.tls_brokers: must name the same node ids as cluster.brokers, one \
          TLS listener each"
     );
     assert_eq!(
         error(&format!("{cluster}tls_brokers = [\"1@a\"]\n")),
-        "runnel.toml:3: cluster.tls_brokers: \"1@a\" is not \"<node_id>@<host>:<port>\""
+        "runnel.toml:7: cluster.tls_brokers: \"1@a\" is not \"<node_id>@<host>:<port>\""
     );
     assert_eq!(
         error(&format!("{cluster}tls = true\ntls_ca = \"ca.pem\"\n")),
-        "runnel.toml:3: cluster.tls_brokers: required when cluster.tls = true: every broker's TLS \
+        "runnel.toml:7: cluster.tls_brokers: required when cluster.tls = true: every broker's TLS \
          listener, where followers reach the leader"
     );
     assert_eq!(
         error(&format!("{cluster}{tls_brokers}tls = true\n")),
-        "runnel.toml:4: cluster.tls_ca: required when cluster.tls = true: the CA file the leader's \
+        "runnel.toml:8: cluster.tls_ca: required when cluster.tls = true: the CA file the leader's \
          certificate is checked against"
     );
     assert_eq!(
         error(&format!("{whole}tls_key = \"r.key\"\n")),
-        "runnel.toml:6: cluster.tls_cert: a follower's certificate needs both cluster.tls_cert \
+        "runnel.toml:10: cluster.tls_cert: a follower's certificate needs both cluster.tls_cert \
          and cluster.tls_key"
     );
     assert_eq!(
         error(&format!(
             "{cluster}{tls_brokers}tls_cert = \"r.pem\"\ntls_key = \"r.key\"\n"
         )),
-        "runnel.toml:4: cluster.tls_cert: a follower presents a certificate only over TLS: set \
+        "runnel.toml:8: cluster.tls_cert: a follower presents a certificate only over TLS: set \
          cluster.tls = true"
+    );
+    assert_eq!(
+        error(&format!(
+            "[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\n{tls_brokers}"
+        )),
+        "runnel.toml:3: cluster.tls_brokers: names this broker's TLS listener (node 1), but \
+         listeners.kafka_tls is not enabled"
     );
 }
 

@@ -208,12 +208,12 @@ struct Settings {
 
 /// The `-X` properties this command takes.
 const TAKEN: &str = "security.protocol, sasl.mechanism, sasl.username, sasl.password, \
-                     ssl.ca.location, client.id";
+                     ssl.ca.location, ssl.certificate.location, ssl.key.location, client.id";
 
 fn settings(conn: &Conn) -> anyhow::Result<Settings> {
     let mut protocol = "plaintext".to_string();
     let (mut mechanism, mut username, mut password) = (None, None, None);
-    let mut ca = None;
+    let (mut ca, mut cert, mut key) = (None, None, None);
     let mut client_id = "runnel-quotas".to_string();
     for p in conn.properties()? {
         let value = p.value.as_str();
@@ -223,6 +223,8 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
             "sasl.username" => username = Some(value.to_string()),
             "sasl.password" => password = Some(value.to_string()),
             "ssl.ca.location" => ca = Some(std::path::PathBuf::from(value)),
+            "ssl.certificate.location" => cert = Some(std::path::PathBuf::from(value)),
+            "ssl.key.location" => key = Some(std::path::PathBuf::from(value)),
             "client.id" => client_id = value.to_string(),
             _ => bail!(
                 "{}: not taken by `runnel quotas`, which talks to the broker itself \
@@ -258,18 +260,20 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
             "TLS needs -X ssl.ca.location=CA.pem: this command does not read the system's \
              trust store",
         )?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in crate::net::tls::pem_certs(&ca, "ssl.ca.location")? {
-            roots.add(cert).with_context(|| {
-                format!("ssl.ca.location: a bad certificate in {}", ca.display())
-            })?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Some(Arc::new(config))
+        let identity = match (&cert, &key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                (cert.as_path(), "ssl.certificate.location"),
+                (key.as_path(), "ssl.key.location"),
+            )),
+            _ => bail!(
+                "a client certificate needs -X ssl.certificate.location and -X ssl.key.location"
+            ),
+        };
+        Some(crate::net::tls::client_config(
+            (&ca, "ssl.ca.location"),
+            identity,
+        )?)
     } else {
         None
     };

@@ -78,8 +78,8 @@ pub fn validate(file: &Path, read_files: bool) -> anyhow::Result<()> {
 
 /// Reads what `config` (from `file`) names as the broker would at start-up.
 fn read_named_files(file: &Path, config: &Config) -> anyhow::Result<()> {
-    // The certificates, keys and CAs of the enabled listeners, then their users and device
-    // token files.
+    // The certificates, keys and CAs of the enabled listeners and of TLS between brokers, then
+    // the listeners' users and device token files.
     let l = &config.listeners;
     let at = |e: anyhow::Error| anyhow::anyhow!("{}: {e:#}", file.display());
     if l.kafka_tls.enabled {
@@ -100,6 +100,8 @@ fn read_named_files(file: &Path, config: &Config) -> anyhow::Result<()> {
             .map_err(at)?;
         }
     }
+    // A follower's certificate, key and CA for TLS to its leader.
+    crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster).map_err(at)?;
     let quic_tokens = l.quic.enabled && l.quic.client_auth == edge_config::QuicClientAuth::Token;
     let credentials = [
         (

@@ -172,6 +172,46 @@ pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// A file named by a config key or a client property (for errors).
+pub(crate) type Named<'a> = (&'a Path, &'a str);
+
+/// A TLS client config (connections to another broker): the server's certificate checked
+/// against the CAs in `ca`, and with `identity` the certificate chain and private key presented
+/// to a server that asks for one.
+pub(crate) fn client_config(
+    ca: Named<'_>,
+    identity: Option<(Named<'_>, Named<'_>)>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let (ca_path, ca_key) = ca;
+    let mut roots = RootCertStore::empty();
+    for cert in pem_certs(ca_path, ca_key)? {
+        roots.add(cert).with_context(|| {
+            format!("{ca_key}: unusable CA certificate in {}", ca_path.display())
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(((cert_path, cert_key), (key_path, key_key))) => {
+            let chain = pem_certs(cert_path, cert_key)?;
+            if let Some(leaf) = chain.first() {
+                warn_if_expiring(leaf, cert_key);
+            }
+            let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
+                format!("{key_key}: no usable private key in {}", key_path.display())
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .with_context(|| format!("{cert_key} and {key_key} do not make a usable pair"))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,9 +89,11 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
                 pause = Duration::from_millis(100);
             }
             if let Err(e) = result {
-                // Said when it starts or its reason changes, then every 30 tries.
+                // Said when it starts or its reason changes, then every 30 tries. Numbers
+                // do not count as a change: an expired certificate's error carries the time.
                 let error = format!("{e:#}");
-                if failures.is_multiple_of(30) || error != last_error {
+                let reason = |e: &str| e.replace(|c: char| c.is_ascii_digit(), "");
+                if failures.is_multiple_of(30) || reason(&error) != reason(&last_error) {
                     tracing::warn!(leader = cluster.leader, %address, %error, "cannot follow the leader; retrying");
                 }
                 last_error = error;
@@ -117,6 +119,17 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
     let Some(cluster) = broker.cluster.clone().filter(|c| !c.is_leader()) else {
         return;
     };
+    {
+        // Clients ask again every few hundred milliseconds until the topic is there: one
+        // request to the leader a second per topic is enough.
+        let mut asked = cluster.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        asked.retain(|_, at| now.duration_since(*at) < Duration::from_secs(1));
+        if asked.contains_key(topic) {
+            return;
+        }
+        asked.insert(topic.to_string(), now);
+    }
     let topic = topic.to_string();
     tokio::spawn(async move {
         let request = MetadataRequest::default()
@@ -130,7 +143,15 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
             peer.call(&request, METADATA_VERSION).await
         };
         match tokio::time::timeout(Duration::from_secs(10), asked).await {
-            Ok(Ok(_)) => cluster.resync.store(true, Ordering::Release),
+            Ok(Ok(answer)) => {
+                let code = answer.topics.first().map_or(0, |t| t.error_code);
+                if code == 0 || code == E::LeaderNotAvailable.code() {
+                    cluster.resync.store(true, Ordering::Release);
+                } else {
+                    // Often the ACLs: the leader checks Create for this broker's principal.
+                    tracing::warn!(%topic, error = ?E::try_from_code(code).unwrap_or(E::UnknownServerError), "the leader did not create a topic a client asked this broker for");
+                }
+            }
             Ok(Err(e)) => {
                 tracing::warn!(%topic, error = %format!("{e:#}"), "cannot ask the leader to create a topic")
             }

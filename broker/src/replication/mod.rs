@@ -64,6 +64,8 @@ pub struct Cluster {
     resync: Arc<AtomicBool>,
     /// On a follower: whether it is connected to the leader and fetching.
     following: Arc<AtomicBool>,
+    /// On a follower: the topics it last asked the leader to create, and when.
+    creating: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     /// How a follower logs in to the leader, if it must.
     pub login: Option<Login>,
     /// Every broker's TLS listener (`cluster.tls_brokers`), sorted by node id; empty when not
@@ -98,6 +100,7 @@ impl Cluster {
             replica_fetch_wait: config.replica_fetch_wait,
             resync: Arc::default(),
             following: Arc::default(),
+            creating: Arc::default(),
             login: (!config.sasl_mechanism.is_empty()).then(|| Login {
                 mechanism: config.sasl_mechanism.clone(),
                 username: config.sasl_username.clone(),
@@ -198,38 +201,11 @@ impl Cluster {
 /// The TLS client config of `cluster.tls`: the leader's certificate checked against `tls_ca`,
 /// and the follower's own certificate when `tls_cert` is set.
 fn client_tls(config: &ClusterConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use anyhow::Context as _;
-    use rustls_pki_types::PrivateKeyDer;
-    use rustls_pki_types::pem::PemObject as _;
-
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in crate::net::tls::pem_certs(&config.tls_ca, "cluster.tls_ca")? {
-        roots.add(cert).with_context(|| {
-            format!(
-                "cluster.tls_ca: unusable CA certificate in {}",
-                config.tls_ca.display()
-            )
-        })?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let tls = if config.tls_cert.as_os_str().is_empty() {
-        builder.with_no_client_auth()
-    } else {
-        let chain = crate::net::tls::pem_certs(&config.tls_cert, "cluster.tls_cert")?;
-        let key = PrivateKeyDer::from_pem_file(&config.tls_key).with_context(|| {
-            format!(
-                "cluster.tls_key: no usable private key in {}",
-                config.tls_key.display()
-            )
-        })?;
-        builder
-            .with_client_auth_cert(chain, key)
-            .context("cluster.tls_cert and cluster.tls_key do not make a usable pair")?
-    };
-    Ok(Arc::new(tls))
+    let identity = (!config.tls_cert.as_os_str().is_empty()).then_some((
+        (config.tls_cert.as_path(), "cluster.tls_cert"),
+        (config.tls_key.as_path(), "cluster.tls_key"),
+    ));
+    crate::net::tls::client_config((&config.tls_ca, "cluster.tls_ca"), identity)
 }
 
 /// The name a broker's TLS certificate must carry: the host of its `host:port` address.

@@ -186,6 +186,10 @@ impl Peer {
             .await
             .with_context(|| format!("{who} closed the connection"))?;
         if size < 0 || size as usize > MAX_RESPONSE_BYTES {
+            // A TLS record (an alert: 0x15, version 3.x) where a Kafka frame was expected.
+            if (size as u32) >> 16 == 0x1503 {
+                bail!("{who} answered with TLS: that address is a TLS listener");
+            }
             bail!("{who} sent a response frame of {size} bytes");
         }
         let mut frame = BytesMut::zeroed(size as usize);
