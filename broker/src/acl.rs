@@ -572,6 +572,23 @@ impl Authorizer {
         *self.acls.write().unwrap_or_else(PoisonError::into_inner) = next;
     }
 
+    /// Makes `next` the ACLs in force (one metadata transaction): a follower's copy of its
+    /// leader's. Returns how many were added and removed.
+    pub fn replace_all(&self, next: BTreeSet<Acl>) -> Result<(usize, usize), AclError> {
+        let _one_change_at_a_time = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.in_force();
+        let added: Vec<Acl> = next.difference(&current.all).cloned().collect();
+        let removed: BTreeSet<Acl> = current.all.difference(&next).cloned().collect();
+        if added.is_empty() && removed.is_empty() {
+            return Ok((0, 0));
+        }
+        self.meta
+            .replace_acls(&added, &removed)
+            .map_err(|e| AclError::Store(e.to_string()))?;
+        self.swap(next);
+        Ok((added.len(), removed.len()))
+    }
+
     /// Removes every ACL one of `filters` selects (one metadata transaction) and returns, for
     /// each filter, those it selected.
     pub fn delete(&self, filters: &[AclFilter]) -> Result<Vec<Vec<Acl>>, AclError> {

@@ -371,14 +371,14 @@ async fn client_properties_come_from_a_file_too() {
     .unwrap();
     let bad = dir.path().join("bad.properties");
     std::fs::write(&bad, "security.protocol=SASL_PLAINTEXT\nsasl.password\n").unwrap();
-    let mtls = dir.path().join("mtls.properties");
+    let other = dir.path().join("other.properties");
     std::fs::write(
-        &mtls,
-        "security.protocol=ssl\nssl.certificate.location=me.pem\n",
+        &other,
+        "security.protocol=ssl\nssl.endpoint.identification.algorithm=none\n",
     )
     .unwrap();
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let (file, bad, mtls) = (path(&file), path(&bad), path(&mtls));
+    let (file, bad, other) = (path(&file), path(&bad), path(&other));
     tokio::task::spawn_blocking(move || {
         let run = |args: &[&str], env: Option<&str>, input: &[u8]| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel"));
@@ -433,9 +433,11 @@ async fn client_properties_come_from_a_file_too() {
             !ok && err.contains(&format!("{bad}:2: expected KEY=VALUE")),
             "{err}"
         );
-        let (ok, _, err) = run(&["quotas", "list", "-F", &mtls], None, b"");
+        let (ok, _, err) = run(&["quotas", "list", "-F", &other], None, b"");
         assert!(
-            !ok && err.contains(&format!("{mtls}:2: ssl.certificate.location: not taken")),
+            !ok && err.contains(&format!(
+                "{other}:2: ssl.endpoint.identification.algorithm: not taken"
+            )),
             "{err}"
         );
         let (ok, _, err) = run(

@@ -1078,3 +1078,106 @@ async fn a_cluster_with_an_unreadable_tls_ca_does_not_start() {
     };
     assert!(error.contains("cluster.tls_ca"), "{error}");
 }
+
+/// ACLs are the cluster's, kept by the leader: CreateAcls and DeleteAcls sent to a follower are
+/// forwarded to it, and followers copy the leader's ACLs (dropping ones only they had), so that
+/// a client that bootstraps from a follower is judged as at the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
+    use kafka_protocol::messages::create_acls_request::AclCreation;
+    use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+    use kafka_protocol::messages::{CreateAclsRequest, DeleteAclsRequest};
+    use runnel::acl::{Acl, Operation, PatternType, Permission, ResourceType};
+    let pair = Pair::new();
+    let users = pair.dirs[0].path().join("users");
+    std::fs::write(&users, "replica r3plica\nadmin adm1n\n").unwrap();
+    let secured = {
+        let users = users.clone();
+        move |cfg: &mut edge_config::Config| {
+            cfg.listeners.kafka.sasl_plain_file = users;
+            cfg.acls.enabled = true;
+            cfg.acls.super_users = vec!["User:replica".into(), "User:admin".into()];
+            cfg.cluster.sasl_mechanism = "PLAIN".into();
+            cfg.cluster.sasl_username = "replica".into();
+            cfg.cluster.sasl_password = "r3plica".into();
+        }
+    };
+    let leader = pair.start_with(1, 1, 1, secured.clone()).await;
+    let follower = pair.start_with(2, 1, 1, secured).await;
+    let st = |s: &str| StrBytes::from_string(s.to_string());
+    let read_for = |principal: &str, topic: &str| Acl {
+        resource_type: ResourceType::Topic,
+        pattern: PatternType::Literal,
+        name: topic.into(),
+        principal: principal.into(),
+        host: "*".into(),
+        operation: Operation::Read,
+        permission: Permission::Allow,
+    };
+    let holds = |h: &BrokerHandle, acl: &Acl| h.broker.acls.acls().contains(acl);
+
+    // Made through the follower: kept by the leader, and copied back.
+    let mut admin = RawClient::logged_in(&pair.address(2), b"\0admin\0adm1n").await;
+    let created = admin
+        .call(
+            &CreateAclsRequest::default().with_creations(vec![
+                AclCreation::default()
+                    .with_resource_type(ResourceType::Topic.code())
+                    .with_resource_name(st("readings"))
+                    .with_resource_pattern_type(PatternType::Literal.code())
+                    .with_principal(st("User:reader"))
+                    .with_host(st("*"))
+                    .with_operation(Operation::Read.code())
+                    .with_permission_type(Permission::Allow.code()),
+            ]),
+            3,
+        )
+        .await;
+    assert_eq!(created.results[0].error_code, 0, "{created:?}");
+    let reader = read_for("User:reader", "readings");
+    assert!(holds(&leader, &reader), "the leader keeps it at once");
+    eventually("the follower's copy", || holds(&follower, &reader)).await;
+
+    // One only the follower had (made before it joined, say) goes; one made on the leader comes.
+    let stray = read_for("User:stray", "readings");
+    follower
+        .broker
+        .acls
+        .create(std::slice::from_ref(&stray))
+        .unwrap();
+    let other = read_for("User:other", "alerts");
+    leader
+        .broker
+        .acls
+        .create(std::slice::from_ref(&other))
+        .unwrap();
+    eventually("the copy to match the leader's", || {
+        !holds(&follower, &stray) && holds(&follower, &other)
+    })
+    .await;
+    assert_eq!(follower.broker.acls.acls(), leader.broker.acls.acls());
+
+    // Deleted through the follower: gone from both.
+    let deleted = admin
+        .call(
+            &DeleteAclsRequest::default().with_filters(vec![
+                DeleteAclsFilter::default()
+                    .with_resource_type_filter(ResourceType::Topic.code())
+                    .with_resource_name_filter(Some(st("readings")))
+                    .with_pattern_type_filter(PatternType::Literal.code())
+                    .with_principal_filter(Some(st("User:reader")))
+                    .with_host_filter(None)
+                    .with_operation(runnel::acl::ANY)
+                    .with_permission_type(runnel::acl::ANY),
+            ]),
+            3,
+        )
+        .await;
+    assert_eq!(deleted.filter_results[0].error_code, 0, "{deleted:?}");
+    assert_eq!(deleted.filter_results[0].matching_acls.len(), 1);
+    assert!(!holds(&leader, &reader));
+    eventually("the follower to drop it", || !holds(&follower, &reader)).await;
+    assert!(holds(&follower, &other));
+    leader.shutdown().await;
+    follower.shutdown().await;
+}

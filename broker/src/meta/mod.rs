@@ -445,6 +445,24 @@ impl MetaStore {
         })
     }
 
+    /// Keeps `added` and forgets `removed`, in one transaction.
+    pub fn replace_acls(&self, added: &[Acl], removed: &BTreeSet<Acl>) -> Result<(), MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            {
+                let mut table = tx.open_table(ACLS)?;
+                for acl in removed {
+                    table.remove(acl_key(acl))?;
+                }
+                for acl in added {
+                    table.insert(acl_key(acl), ())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Forgets `acls`, in one transaction.
     pub fn delete_acls(&self, acls: &BTreeSet<Acl>) -> Result<(), MetaError> {
         self.with_db(|db| {

@@ -22,7 +22,7 @@
 //! A lost connection is retried with a growing pause (up to 5 s); nothing is lost meanwhile:
 //! the next fetch starts where the log ends.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -34,8 +34,8 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    BrokerId, DescribeConfigsRequest, FetchRequest, GroupId, ListGroupsRequest, MetadataRequest,
-    OffsetFetchRequest, TopicName,
+    BrokerId, DescribeAclsRequest, DescribeConfigsRequest, FetchRequest, GroupId,
+    ListGroupsRequest, MetadataRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 use super::Cluster;
 use super::peer::Peer;
+use crate::acl::Acl;
 use crate::broker::{Broker, now_ms};
 use crate::catalog::Partition;
 use crate::groups::{
@@ -64,6 +65,7 @@ const METADATA_VERSION: i16 = 12;
 const DESCRIBE_CONFIGS_VERSION: i16 = 4;
 const LIST_GROUPS_VERSION: i16 = 4;
 const OFFSET_FETCH_VERSION: i16 = 8;
+const DESCRIBE_ACLS_VERSION: i16 = 3;
 const RESOURCE_TOPIC: i8 = 2;
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 
@@ -173,6 +175,9 @@ async fn follow(
     // Topics that could not be copied, with why: said again only when the reason changes.
     let mut warned: HashMap<String, String> = HashMap::new();
     sync_topics(broker, cluster, &mut peer, &mut warned).await?;
+    // The last refusal of the leader's ACLs: said again only when it changes.
+    let mut acls_refused: Option<i16> = None;
+    sync_acls(broker, &mut peer, &mut acls_refused).await?;
     reconcile(broker, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
     *established = true;
@@ -193,6 +198,7 @@ async fn follow(
         round = round.wrapping_add(1);
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
             sync_topics(broker, cluster, &mut peer, &mut warned).await?;
+            sync_acls(broker, &mut peer, &mut acls_refused).await?;
             sync_offsets(broker, &mut peer).await?;
             synced = Instant::now();
         }
@@ -668,6 +674,70 @@ async fn gone(peer: &mut Peer, names: Vec<String>) -> anyhow::Result<Vec<String>
         }
     }
     Ok(out)
+}
+
+/// Makes the local ACLs the leader's, as Kafka's ACLs are the cluster's, kept by its
+/// controller: read with DescribeAcls, which needs Describe on the cluster for this broker's
+/// principal. A leader without ACLs (SECURITY_DISABLED) leaves the local ones alone; so does a
+/// refusal, said once per reason (`refused`), or an ACL this broker cannot take.
+async fn sync_acls(
+    broker: &Broker,
+    peer: &mut Peer,
+    refused: &mut Option<i16>,
+) -> anyhow::Result<()> {
+    use crate::acl::ANY;
+    let request = DescribeAclsRequest::default()
+        .with_resource_type_filter(ANY)
+        .with_resource_name_filter(None)
+        .with_pattern_type_filter(ANY)
+        .with_principal_filter(None)
+        .with_host_filter(None)
+        .with_operation(ANY)
+        .with_permission_type(ANY);
+    let answer = peer.call(&request, DESCRIBE_ACLS_VERSION).await?;
+    if answer.error_code != 0 {
+        if answer.error_code != E::SecurityDisabled.code() && *refused != Some(answer.error_code) {
+            tracing::warn!(
+                error = ?E::try_from_code(answer.error_code).unwrap_or(E::UnknownServerError),
+                reason = answer.error_message.as_deref().unwrap_or_default(),
+                "the leader does not give this broker its ACLs: keeping this broker's own"
+            );
+        }
+        *refused = Some(answer.error_code);
+        return Ok(());
+    }
+    *refused = None;
+    let mut acls = BTreeSet::new();
+    for resource in &answer.resources {
+        for d in &resource.acls {
+            let acl = Acl::new(
+                (
+                    resource.resource_type,
+                    &resource.resource_name,
+                    resource.pattern_type,
+                ),
+                &d.principal,
+                &d.host,
+                d.operation,
+                d.permission_type,
+            );
+            match acl {
+                Ok(acl) => {
+                    acls.insert(acl);
+                }
+                Err(e) => {
+                    // A copy without it would allow or refuse what the leader does not.
+                    tracing::warn!(error = %e, resource = %resource.resource_name.as_str(), "an ACL of the leader's cannot be taken here: keeping this broker's own");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let (added, removed) = broker.acls.replace_all(acls)?;
+    if added + removed > 0 {
+        tracing::info!(added, removed, "ACLs copied from the leader");
+    }
+    Ok(())
 }
 
 /// Makes the local committed offsets those of the leader: offsets that differ are committed

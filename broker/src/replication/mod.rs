@@ -188,6 +188,12 @@ impl Cluster {
             .map(|b| b.address.as_str())
     }
 
+    /// On a follower: read the leader's topics, ACLs and offsets again before the next fetch
+    /// (after a change forwarded to it).
+    pub fn copy_soon(&self) {
+        self.resync.store(true, Ordering::Release);
+    }
+
     /// On a follower: whether it is connected to the leader and fetching.
     pub fn following(&self) -> bool {
         self.following.load(Ordering::Relaxed)

@@ -12,7 +12,7 @@
 //!
 //! The client needs AlterConfigs on the cluster (`crate::acl`), else
 //! CLUSTER_AUTHORIZATION_FAILED. In a cluster the leader keeps and enforces the quotas: a
-//! follower checks the client's rights with its own ACLs (ACLs are kept per broker), then
+//! follower checks the client's rights with its copy of the leader's ACLs, then
 //! forwards the request to the leader as itself (`apis::forward_to_leader`: its cluster login
 //! needs AlterConfigs there) and answers with the leader's answer, or NOT_CONTROLLER when it
 //! cannot reach it.

@@ -3,6 +3,8 @@
 //! alone (a bad one gets INVALID_REQUEST with the reason, the others are made), and the valid
 //! ones are kept in one metadata transaction. An ACL already in force is not made twice.
 //! With `acls.enabled = false` every entry gets SECURITY_DISABLED, as Kafka without an authorizer.
+//! In a cluster the leader keeps the ACLs: a follower checks the client's rights with its copy,
+//! then forwards the request to the leader (`apis::forward_to_leader`) and copies the result.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
@@ -33,6 +35,17 @@ pub async fn handle(ctx: Ctx, req: CreateAclsRequest) -> CreateAclsResponse {
             E::ClusterAuthorizationFailed,
             "creating ACLs needs Alter on the cluster",
         );
+    }
+    // In a cluster the leader keeps the ACLs and its followers copy them.
+    match super::forward_to_leader(&ctx, &req).await {
+        None => {}
+        Some(Ok(answer)) => {
+            if let Some(cluster) = &ctx.broker.cluster {
+                cluster.copy_soon();
+            }
+            return answer;
+        }
+        Some(Err(why)) => return refused(E::NotController, &why),
     }
     let checked: Vec<Result<Acl, AclError>> = req
         .creations

@@ -2,7 +2,8 @@
 //! and answers, per filter, those it removed, for `kafka-acls --remove` and
 //! `AdminClient.deleteAcls`. The client needs Alter on the cluster. A bad filter gets
 //! INVALID_REQUEST and removes nothing; the others are applied in one metadata transaction.
-//! With `acls.enabled = false` every filter gets SECURITY_DISABLED.
+//! With `acls.enabled = false` every filter gets SECURITY_DISABLED. In a cluster a follower
+//! forwards the request to the leader, which keeps the ACLs, as CreateAcls does.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::delete_acls_response::{
@@ -32,6 +33,17 @@ pub async fn handle(ctx: Ctx, req: DeleteAclsRequest) -> DeleteAclsResponse {
             E::ClusterAuthorizationFailed,
             "deleting ACLs needs Alter on the cluster",
         );
+    }
+    // In a cluster the leader keeps the ACLs and its followers copy them.
+    match super::forward_to_leader(&ctx, &req).await {
+        None => {}
+        Some(Ok(answer)) => {
+            if let Some(cluster) = &ctx.broker.cluster {
+                cluster.copy_soon();
+            }
+            return answer;
+        }
+        Some(Err(why)) => return refused(E::NotController, &why),
     }
     let checked: Vec<Result<AclFilter, AclError>> = req
         .filters
