@@ -226,3 +226,50 @@ async fn config_sources_and_synonyms_follow_kafka() {
     );
     broker.shutdown().await;
 }
+
+/// DescribeCluster (AdminClient.describeCluster) gives the brokers, controller and cluster id
+/// Metadata gives, at every version; the controllers' endpoints are not served, as by a Kafka
+/// broker; the cluster's operations come when asked for.
+#[tokio::test]
+async fn describe_cluster_agrees_with_metadata() {
+    use kafka_protocol::error::ResponseError as E;
+    use kafka_protocol::messages::DescribeClusterRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.node_id = 7;
+    let broker = common::start_with(cfg).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let metadata = c
+        .call(
+            &MetadataRequest::default().with_topics(Some(Vec::new())),
+            12,
+        )
+        .await;
+    for version in 0..=2 {
+        let r = c.call(&DescribeClusterRequest::default(), version).await;
+        assert_eq!(r.error_code, 0, "v{version}: {r:?}");
+        assert_eq!(Some(&r.cluster_id), metadata.cluster_id.as_ref());
+        assert_eq!(r.controller_id, metadata.controller_id);
+        assert_eq!(r.controller_id.0, 7);
+        assert_eq!(r.brokers.len(), 1);
+        assert_eq!(r.brokers[0].broker_id.0, 7);
+        assert_eq!(r.brokers[0].host, metadata.brokers[0].host);
+        assert_eq!(r.brokers[0].port, broker.kafka_addr.unwrap().port() as i32);
+        assert!(!r.brokers[0].is_fenced);
+        assert_eq!(r.cluster_authorized_operations, i32::MIN, "not asked for");
+    }
+    let r = c
+        .call(
+            &DescribeClusterRequest::default().with_include_cluster_authorized_operations(true),
+            1,
+        )
+        .await;
+    assert_ne!(r.cluster_authorized_operations, i32::MIN);
+    assert!(r.cluster_authorized_operations > 0, "{r:?}");
+    let r = c
+        .call(&DescribeClusterRequest::default().with_endpoint_type(2), 1)
+        .await;
+    assert_eq!(r.error_code, E::UnsupportedEndpointType.code());
+    assert!(r.brokers.is_empty());
+    broker.shutdown().await;
+}

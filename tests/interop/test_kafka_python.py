@@ -424,3 +424,23 @@ def test_describe_log_dirs(broker):
         assert sizes.get((topic, 0), 0) > 0, sizes
     finally:
         a.close()
+
+
+def test_describe_cluster(broker):
+    """describe_cluster() (DescribeCluster, with a fallback to Metadata that must not be taken):
+    this broker, the controller and the cluster id, with the operations allowed on the
+    cluster."""
+    a = admin_client(broker)
+    try:
+        got = a.describe_cluster()
+        host, port = broker.bootstrap.rsplit(":", 1)
+        assert got["controller_id"] == 1, got
+        assert [(b["broker_id"], b["host"], b["port"], b["is_fenced"]) for b in got["brokers"]] \
+            == [(1, host, int(port), False)], got
+        assert got["cluster_id"], got
+        # Metadata, the fallback, carries no is_fenced; without ACLs every operation is allowed.
+        assert set(got["authorized_operations"]) == {
+            "CREATE", "ALTER", "DESCRIBE", "CLUSTER_ACTION", "DESCRIBE_CONFIGS", "ALTER_CONFIGS",
+            "IDEMPOTENT_WRITE"}, got
+    finally:
+        a.close()

@@ -414,6 +414,7 @@ pub fn routes() -> Dispatcher {
     .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
     .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
     .add::<DescribeLogDirsRequest, _, _>(1, 4, describe_log_dirs::handle)
+    .add::<DescribeClusterRequest, _, _>(0, 2, describe_cluster::handle)
     .add::<DescribeUserScramCredentialsRequest, _, _>(0, 0, describe_user_scram_credentials::handle)
     .add::<AlterUserScramCredentialsRequest, _, _>(0, 0, alter_user_scram_credentials::handle)
     .add::<DescribeClientQuotasRequest, _, _>(0, 1, describe_client_quotas::handle)

@@ -30,30 +30,15 @@ use crate::replication;
 pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
     let b = &ctx.broker;
     let node = BrokerId(b.node_id);
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(node)
-        .with_host(s(ctx.session.advertised_host.clone()))
-        .with_port(ctx.session.advertised_port);
-    let brokers = match &b.cluster {
-        None => vec![broker],
-        Some(c) => c
-            .brokers
-            .iter()
-            .map(|peer| {
-                if peer.node_id == b.node_id {
-                    return broker.clone();
-                }
-                let address = c
-                    .address_of(peer.node_id, ctx.session.listener)
-                    .unwrap_or(&peer.address);
-                let (host, port) = split_address(address);
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(peer.node_id))
-                    .with_host(s(host.to_string()))
-                    .with_port(port)
-            })
-            .collect(),
-    };
+    let brokers = brokers(&ctx)
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(s(host))
+                .with_port(port)
+        })
+        .collect();
     let leader = b.cluster.as_ref().map_or(node, |c| BrokerId(c.leader));
     let auto_create = b.config.broker.auto_create_topics
         && (ctx.api_version < 4 || req.allow_auto_topic_creation);
@@ -195,6 +180,34 @@ fn describe(ctx: &Ctx, t: &Topic) -> MetadataResponseTopic {
         .with_name(Some(TopicName(s(t.name.to_string()))))
         .with_topic_id(t.id)
         .with_partitions(partitions)
+}
+
+/// Every broker as clients of this connection's listener reach it: node id, host and port.
+/// This broker is where the client is; the others of a cluster are at the addresses of
+/// `cluster.brokers` (or `cluster.tls_brokers` for a TLS listener).
+pub(crate) fn brokers(ctx: &Ctx) -> Vec<(i32, String, i32)> {
+    let b = &ctx.broker;
+    let this = (
+        b.node_id,
+        ctx.session.advertised_host.clone(),
+        ctx.session.advertised_port,
+    );
+    let Some(c) = &b.cluster else {
+        return vec![this];
+    };
+    c.brokers
+        .iter()
+        .map(|peer| {
+            if peer.node_id == b.node_id {
+                return this.clone();
+            }
+            let address = c
+                .address_of(peer.node_id, ctx.session.listener)
+                .unwrap_or(&peer.address);
+            let (host, port) = split_address(address);
+            (peer.node_id, host.to_string(), port)
+        })
+        .collect()
 }
 
 /// `host:port` (or `[v6]:port`) as Metadata gives it: the host and the port.
