@@ -377,6 +377,73 @@ async fn an_open_transaction_holds_back_read_committed_readers_until_it_commits(
     broker.shutdown().await;
 }
 
+/// DescribeProducers (`kafka-transactions.sh describe-producers`, `find-hanging`): each
+/// producer a partition keeps a state for, idempotent or transactional, with its last sequence
+/// and the start of the transaction it has open there, which ends with the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_producers_shows_each_producer_and_its_open_transaction() {
+    use kafka_protocol::messages::DescribeProducersRequest;
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 1).await;
+    let bootstrap = broker.bootstrap();
+    let idempotent: FutureProducer = common::client_config(&bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for (i, value) in ["a", "b", "c"].into_iter().enumerate() {
+        assert_eq!(send(&idempotent, "described", 0, value).await, i as i64);
+    }
+    let producer = txn_producer(&bootstrap, "described-tx", 60_000);
+    init(&producer).await;
+    begin(&producer);
+    assert_eq!(send(&producer, "described", 0, "t1").await, 3);
+    assert_eq!(send(&producer, "described", 0, "t2").await, 4);
+    producer.flush(WAIT).unwrap();
+
+    let mut raw = RawClient::connect(&bootstrap).await;
+    let ask = DescribeProducersRequest::default().with_topics(vec![
+        TopicRequest::default()
+            .with_name(TopicName(s("described")))
+            .with_partition_indexes(vec![0, 7]),
+    ]);
+    let started = runnel::broker::now_ms();
+    let answer = raw.call(&ask, 0).await;
+    let partitions = &answer.topics[0].partitions;
+    assert_eq!(partitions[0].error_code, 0, "{answer:?}");
+    assert_eq!(
+        partitions[1].error_code,
+        E::UnknownTopicOrPartition.code(),
+        "{answer:?}"
+    );
+    // (producer id order: the idempotent producer got its id first)
+    let states: Vec<(i32, i64, i32)> = partitions[0]
+        .active_producers
+        .iter()
+        .map(|p| {
+            assert!(p.producer_id.0 >= 0 && p.producer_epoch >= 0, "{p:?}");
+            let age = started - p.last_timestamp;
+            assert!((0..60_000).contains(&age), "last timestamp {p:?}");
+            (
+                p.last_sequence,
+                p.current_txn_start_offset,
+                p.coordinator_epoch,
+            )
+        })
+        .collect();
+    assert_eq!(states, [(2, -1, -1), (1, 3, -1)], "{answer:?}");
+
+    commit(&producer).await.expect("commit_transaction");
+    let answer = raw.call(&ask, 0).await;
+    let open: Vec<i64> = answer.topics[0].partitions[0]
+        .active_producers
+        .iter()
+        .map(|p| p.current_txn_start_offset)
+        .collect();
+    assert_eq!(open, [-1, -1], "committed: {answer:?}");
+    broker.shutdown().await;
+}
+
 /// Polls `consumer` (a group member) until it has delivered `n` records, for up to 10 s.
 fn consume(consumer: &BaseConsumer, n: usize) -> Vec<Read> {
     let mut out = Vec::new();

@@ -428,6 +428,7 @@ pub fn routes() -> Dispatcher {
     .add::<EndTxnRequest, _, _>(0, 3, end_txn::handle)
     .add::<TxnOffsetCommitRequest, _, _>(0, 3, txn_offset_commit::handle)
     .add::<DescribeTransactionsRequest, _, _>(0, 0, describe_transactions::handle)
+    .add::<DescribeProducersRequest, _, _>(0, 0, describe_producers::handle)
     .add::<ListTransactionsRequest, _, _>(0, 1, list_transactions::handle)
     .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
     .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);

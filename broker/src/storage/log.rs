@@ -106,6 +106,19 @@ impl ReadPlan {
     }
 }
 
+/// What a partition keeps of one producer (DescribeProducers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The sequence of its last record here; -1 when none is kept.
+    pub last_sequence: i32,
+    /// The largest timestamp of its last batch or transaction marker.
+    pub last_timestamp: i64,
+    /// The first offset of its transaction open here, if one is.
+    pub transaction_start: Option<i64>,
+}
+
 /// One partition's log. See the module docs of `storage` for the invariants.
 pub struct PartitionLog {
     pub(super) dir: PathBuf,
@@ -382,6 +395,24 @@ impl PartitionLog {
             .open_producers()
             .map(|pid| (pid, self.producers.epoch_of(pid).unwrap_or(0)))
             .collect()
+    }
+
+    /// The idempotent and transactional producers whose state this partition keeps
+    /// (DescribeProducers), by producer id.
+    pub fn active_producers(&self) -> Vec<ActiveProducer> {
+        let mut out: Vec<ActiveProducer> = self
+            .producers
+            .all()
+            .map(|(producer_id, entry)| ActiveProducer {
+                producer_id,
+                epoch: entry.epoch,
+                last_sequence: entry.batches.back().map_or(-1, |b| b.last_seq),
+                last_timestamp: entry.last_timestamp,
+                transaction_start: self.txns.open_since(producer_id),
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
     }
 
     /// Whether `producer_id` has a transaction open in this partition.

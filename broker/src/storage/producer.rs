@@ -39,6 +39,8 @@ pub(crate) struct BatchMeta {
 pub(crate) struct ProducerEntry {
     pub(crate) epoch: i16,
     pub(crate) batches: VecDeque<BatchMeta>,
+    /// The largest timestamp of its last batch or marker (DescribeProducers).
+    pub(crate) last_timestamp: i64,
 }
 
 /// Outcome of [`ProducerStates::check`].
@@ -137,6 +139,7 @@ impl ProducerStates {
                 .unwrap_or(ProducerEntry {
                     epoch: h.producer_epoch,
                     batches: VecDeque::new(),
+                    last_timestamp: h.max_timestamp,
                 })
         });
         apply(entry, h);
@@ -159,12 +162,14 @@ impl ProducerStates {
                 Some(entry) if h.producer_epoch > entry.epoch => {
                     entry.epoch = h.producer_epoch;
                     entry.batches.clear();
+                    entry.last_timestamp = h.max_timestamp;
                 }
-                Some(_) => {}
+                Some(entry) => entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp),
                 None => {
                     let entry = ProducerEntry {
                         epoch: h.producer_epoch,
                         batches: VecDeque::new(),
+                        last_timestamp: h.max_timestamp,
                     };
                     self.map.insert(h.producer_id, entry);
                 }
@@ -177,8 +182,14 @@ impl ProducerStates {
             .or_insert_with(|| ProducerEntry {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
+                last_timestamp: h.max_timestamp,
             });
         apply(entry, h);
+    }
+
+    /// Every producer with a state here: its id and entry.
+    pub(crate) fn all(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> + '_ {
+        self.map.iter().map(|(&pid, entry)| (pid, entry))
     }
 
     #[cfg(test)]
@@ -195,6 +206,7 @@ fn apply(entry: &mut ProducerEntry, h: &BatchHeader) {
     // An empty batch (left by compaction, or by plugins that dropped every record of an
     // idempotent batch) is remembered like any other: it carries the sequence span it covered,
     // so a retry of it is a duplicate and the batch after it is in sequence.
+    entry.last_timestamp = h.max_timestamp;
     entry.batches.push_back(BatchMeta {
         first_seq: h.base_sequence,
         last_seq: h.last_sequence(),

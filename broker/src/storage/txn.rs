@@ -119,6 +119,11 @@ impl TxnState {
         self.open.keys().copied()
     }
 
+    /// The first offset of the transaction `producer_id` has open here, if any.
+    pub(crate) fn open_since(&self, producer_id: i64) -> Option<i64> {
+        self.open.get(&producer_id).copied()
+    }
+
     /// Whether `producer_id` has a transaction open here.
     pub(crate) fn is_open(&self, producer_id: i64) -> bool {
         self.open.contains_key(&producer_id)
