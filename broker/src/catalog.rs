@@ -111,6 +111,33 @@ impl Partition {
         Ok(offset)
     }
 
+    /// A marker a WriteTxnMarkers request asks for (an operator ending a hanging
+    /// transaction): as [`Partition::append_marker`], but refused with INVALID_PRODUCER_EPOCH
+    /// when `epoch` is older than the producer's here (a newer producer of the id fenced it).
+    pub fn append_requested_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        marker: storage::Marker,
+        now_ms: i64,
+    ) -> Result<i64, StorageError> {
+        let offset = {
+            let mut log = self.log();
+            if let Some(current) = log.producer_epoch(producer_id)
+                && epoch < current
+            {
+                return Err(StorageError::InvalidProducerEpoch {
+                    producer_id,
+                    epoch,
+                    current,
+                });
+            }
+            log.append_marker(producer_id, epoch, marker, now_ms)?
+        };
+        self.appended.notify_waiters();
+        Ok(offset)
+    }
+
     fn append_with(
         &self,
         records: &[u8],

@@ -444,6 +444,89 @@ async fn describe_producers_shows_each_producer_and_its_open_transaction() {
     broker.shutdown().await;
 }
 
+/// WriteTxnMarkers as operators send it (`kafka-transactions.sh abort`, after
+/// `find-hanging`): an abort marker ends the transaction open in the partition, so that
+/// read_committed readers move past it; one older than the producer's epoch is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_aborts_an_open_transaction_with_write_txn_markers() {
+    use kafka_protocol::messages::WriteTxnMarkersRequest;
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), 1).await;
+    let bootstrap = broker.bootstrap();
+    let producer = txn_producer(&bootstrap, "hanging-tx", 60_000);
+    init(&producer).await;
+    begin(&producer);
+    assert_eq!(send(&producer, "hanging", 0, "stuck").await, 0);
+    producer.flush(WAIT).unwrap();
+    let mut raw = RawClient::connect(&bootstrap).await;
+    assert_eq!(latest(&mut raw, "hanging", 0, READ_COMMITTED).await, 0);
+
+    let (pid, epoch) = {
+        let p = broker
+            .broker
+            .catalog
+            .get("hanging")
+            .unwrap()
+            .partition(0)
+            .unwrap();
+        let open = p.log().open_transactions();
+        assert_eq!(open.len(), 1, "{open:?}");
+        open[0]
+    };
+    let abort = |epoch: i16, partitions: Vec<i32>| {
+        WriteTxnMarkersRequest::default().with_markers(vec![
+            WritableTxnMarker::default()
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_transaction_result(false)
+                .with_coordinator_epoch(-1)
+                .with_topics(vec![
+                    WritableTxnMarkerTopic::default()
+                        .with_name(TopicName(s("hanging")))
+                        .with_partition_indexes(partitions),
+                ]),
+        ])
+    };
+    let codes = |r: &kafka_protocol::messages::WriteTxnMarkersResponse| -> Vec<i16> {
+        r.markers[0].topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.error_code)
+            .collect()
+    };
+    let stale = raw.call(&abort(epoch - 1, vec![0]), 1).await;
+    assert_eq!(codes(&stale), [E::InvalidProducerEpoch.code()]);
+    assert_eq!(
+        latest(&mut raw, "hanging", 0, READ_COMMITTED).await,
+        0,
+        "still open"
+    );
+
+    let done = raw.call(&abort(epoch, vec![0, 3]), 1).await;
+    assert_eq!(
+        codes(&done),
+        [0, E::UnknownTopicOrPartition.code()],
+        "{done:?}"
+    );
+    // The marker took offset 1: read_committed readers may read to the end, and the record
+    // was aborted.
+    assert_eq!(latest(&mut raw, "hanging", 0, READ_COMMITTED).await, 2);
+    let committed = read(&bootstrap, "hanging", 1, "read_committed").await;
+    assert!(committed.is_empty(), "{committed:?}");
+    let p = broker
+        .broker
+        .catalog
+        .get("hanging")
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    assert!(p.log().open_transactions().is_empty());
+    broker.shutdown().await;
+}
+
 /// Polls `consumer` (a group member) until it has delivered `n` records, for up to 10 s.
 fn consume(consumer: &BaseConsumer, n: usize) -> Vec<Read> {
     let mut out = Vec::new();

@@ -532,3 +532,42 @@ def test_kafka_python_send_offsets_to_transaction(broker):
         p.close(timeout=10)
     out, _ = kp_read(broker, dst, "read_committed", 4)
     assert [v for _, v in out] == first + [b"sentinel"], out
+
+
+def test_kafka_python_finds_and_aborts_a_hanging_transaction(broker):
+    """The operator's way out of a hanging transaction, with kafka-python's admin client:
+    describe_producers (DescribeProducers) shows the transaction open in the partition and where
+    it starts, abort_transaction (WriteTxnMarkers) ends it, and read_committed readers then read
+    to the end of the partition."""
+    from kafka import KafkaAdminClient, KafkaProducer, TopicPartition as KTP
+    from kafka.admin import AbortTransactionSpec
+
+    topic = unique("kp-hanging")
+    create_topic(AdminClient(conf(broker.bootstrap)), topic, 1)
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=unique("kp-hang"),
+                      transaction_timeout_ms=60000, request_timeout_ms=10000, max_block_ms=20000)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        assert p.send(topic, value=b"stuck", partition=0).get(timeout=10).offset == 0
+        p.flush(timeout=10)
+        tp = KTP(topic, 0)
+        producers = admin.describe_producers([tp])[tp].active_producers
+        assert len(producers) == 1, producers
+        open_one = producers[0]
+        assert open_one.current_transaction_start_offset == 0, open_one
+        assert open_one.last_sequence == 0, open_one
+        _, end = kp_read(broker, topic, "read_committed", 0, timeout=1, settle=0)
+        assert end == 0, f"the open transaction holds read_committed readers at 0: {end}"
+
+        admin.abort_transaction(AbortTransactionSpec(
+            topic_partition=tp, producer_id=open_one.producer_id,
+            producer_epoch=open_one.producer_epoch))
+        after = admin.describe_producers([tp])[tp].active_producers
+        assert [x.current_transaction_start_offset for x in after] == [-1], after
+        got, end = kp_read(broker, topic, "read_committed", 0, timeout=1, settle=0.5)
+        assert (got, end) == ([], 2), f"aborted, and the marker took offset 1: {got} {end}"
+    finally:
+        admin.close()
+        p.close(timeout=5)

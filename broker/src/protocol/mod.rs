@@ -429,6 +429,7 @@ pub fn routes() -> Dispatcher {
     .add::<TxnOffsetCommitRequest, _, _>(0, 3, txn_offset_commit::handle)
     .add::<DescribeTransactionsRequest, _, _>(0, 0, describe_transactions::handle)
     .add::<DescribeProducersRequest, _, _>(0, 0, describe_producers::handle)
+    .add::<WriteTxnMarkersRequest, _, _>(1, 1, write_txn_markers::handle)
     .add::<ListTransactionsRequest, _, _>(0, 1, list_transactions::handle)
     .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
     .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);

@@ -389,6 +389,11 @@ impl PartitionLog {
             .map_or(high_watermark, |first| first.max(start).min(high_watermark))
     }
 
+    /// The epoch `producer_id` last wrote here with (or a marker fenced it with).
+    pub fn producer_epoch(&self, producer_id: i64) -> Option<i16> {
+        self.producers.epoch_of(producer_id)
+    }
+
     /// The producers with a transaction open here, with the epoch each last wrote with.
     pub fn open_transactions(&self) -> Vec<(i64, i16)> {
         self.txns

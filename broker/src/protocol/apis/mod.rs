@@ -42,6 +42,7 @@ pub mod produce;
 pub mod sasl;
 pub mod sync_group;
 pub mod txn_offset_commit;
+pub mod write_txn_markers;
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::protocol::StrBytes;
