@@ -241,6 +241,26 @@ async fn acls_decide_who_writes_reads_and_joins_and_survive_a_restart() {
         latest(&mut raw_bob, "secret").await.0,
         E::TopicAuthorizationFailed.code()
     );
+    // Nothing on the cluster is his, Describe included: no operation is named, by Metadata or
+    // DescribeCluster, as Kafka answers.
+    let md = raw_bob
+        .call(
+            &MetadataRequest::default()
+                .with_topics(Some(Vec::new()))
+                .with_include_cluster_authorized_operations(true),
+            10,
+        )
+        .await;
+    assert_eq!(md.cluster_authorized_operations, 0);
+    let described = raw_bob
+        .call(
+            &kafka_protocol::messages::DescribeClusterRequest::default()
+                .with_include_cluster_authorized_operations(true),
+            1,
+        )
+        .await;
+    assert_eq!(described.error_code, 0);
+    assert_eq!(described.cluster_authorized_operations, 0);
     // Nor may he list or make ACLs.
     let listed = raw_bob.call(&every_acl(), 3).await;
     assert_eq!(listed.error_code, E::ClusterAuthorizationFailed.code());

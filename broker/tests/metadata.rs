@@ -269,7 +269,11 @@ async fn describe_cluster_agrees_with_metadata() {
     let r = c
         .call(&DescribeClusterRequest::default().with_endpoint_type(2), 1)
         .await;
-    assert_eq!(r.error_code, E::UnsupportedEndpointType.code());
+    assert_eq!(r.error_code, E::MismatchedEndpointType.code());
     assert!(r.brokers.is_empty());
+    let r = c
+        .call(&DescribeClusterRequest::default().with_endpoint_type(9), 1)
+        .await;
+    assert_eq!(r.error_code, E::UnsupportedEndpointType.code());
     broker.shutdown().await;
 }

@@ -1090,20 +1090,31 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
     use runnel::acl::{Acl, Operation, PatternType, Permission, ResourceType};
     let pair = Pair::new();
     let users = pair.dirs[0].path().join("users");
-    std::fs::write(&users, "replica r3plica\nadmin adm1n\n").unwrap();
-    let secured = {
+    std::fs::write(&users, "replica r3plica\nadmin adm1n\nmallory m4llory\n").unwrap();
+    // Mallory is a super user on the follower only (its own config): the leader, which keeps
+    // the ACLs, still judges her requests by its own rights.
+    let secured = |super_users: &'static [&'static str]| {
         let users = users.clone();
         move |cfg: &mut edge_config::Config| {
             cfg.listeners.kafka.sasl_plain_file = users;
             cfg.acls.enabled = true;
-            cfg.acls.super_users = vec!["User:replica".into(), "User:admin".into()];
+            cfg.acls.super_users = super_users.iter().map(|u| u.to_string()).collect();
             cfg.cluster.sasl_mechanism = "PLAIN".into();
             cfg.cluster.sasl_username = "replica".into();
             cfg.cluster.sasl_password = "r3plica".into();
         }
     };
-    let leader = pair.start_with(1, 1, 1, secured.clone()).await;
-    let follower = pair.start_with(2, 1, 1, secured).await;
+    let leader = pair
+        .start_with(1, 1, 1, secured(&["User:replica", "User:admin"]))
+        .await;
+    let follower = pair
+        .start_with(
+            2,
+            1,
+            1,
+            secured(&["User:replica", "User:admin", "User:mallory"]),
+        )
+        .await;
     let st = |s: &str| StrBytes::from_string(s.to_string());
     let read_for = |principal: &str, topic: &str| Acl {
         resource_type: ResourceType::Topic,
@@ -1135,8 +1146,8 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
         .await;
     assert_eq!(created.results[0].error_code, 0, "{created:?}");
     let reader = read_for("User:reader", "readings");
-    assert!(holds(&leader, &reader), "the leader keeps it at once");
-    eventually("the follower's copy", || holds(&follower, &reader)).await;
+    assert!(holds(&leader, &reader), "the leader keeps it");
+    assert!(holds(&follower, &reader), "copied back before the answer");
 
     // One only the follower had (made before it joined, say) goes; one made on the leader comes.
     let stray = read_for("User:stray", "readings");
@@ -1157,6 +1168,31 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
     .await;
     assert_eq!(follower.broker.acls.acls(), leader.broker.acls.acls());
 
+    // Forwarded as Mallory (an Envelope naming her), not as the follower: refused.
+    let mut mallory = RawClient::logged_in(&pair.address(2), b"\0mallory\0m4llory").await;
+    let grab = read_for("User:mallory", "*");
+    let refused = mallory
+        .call(
+            &CreateAclsRequest::default().with_creations(vec![
+                AclCreation::default()
+                    .with_resource_type(ResourceType::Topic.code())
+                    .with_resource_name(st("*"))
+                    .with_resource_pattern_type(PatternType::Literal.code())
+                    .with_principal(st("User:mallory"))
+                    .with_host(st("*"))
+                    .with_operation(Operation::Read.code())
+                    .with_permission_type(Permission::Allow.code()),
+            ]),
+            3,
+        )
+        .await;
+    assert_eq!(
+        refused.results[0].error_code,
+        E::ClusterAuthorizationFailed.code(),
+        "{refused:?}"
+    );
+    assert!(!holds(&leader, &grab) && !holds(&follower, &grab));
+
     // Deleted through the follower: gone from both.
     let deleted = admin
         .call(
@@ -1176,7 +1212,7 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
     assert_eq!(deleted.filter_results[0].error_code, 0, "{deleted:?}");
     assert_eq!(deleted.filter_results[0].matching_acls.len(), 1);
     assert!(!holds(&leader, &reader));
-    eventually("the follower to drop it", || !holds(&follower, &reader)).await;
+    assert!(!holds(&follower, &reader), "dropped before the answer");
     assert!(holds(&follower, &other));
     leader.shutdown().await;
     follower.shutdown().await;

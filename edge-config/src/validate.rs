@@ -326,6 +326,12 @@ impl Config {
                 "a follower's certificate needs both cluster.tls_cert and cluster.tls_key".into(),
             ));
         }
+        if !cluster.tls_ca.as_os_str().is_empty() && !cluster.tls {
+            return Err(c.conflict(
+                &["cluster.tls_ca", "cluster.tls"],
+                "the leader's certificate is checked only over TLS: set cluster.tls = true".into(),
+            ));
+        }
         if has_cert && !cluster.tls {
             return Err(c.conflict(
                 &["cluster.tls_cert", "cluster.tls"],

@@ -454,6 +454,11 @@ fn tls_between_brokers_is_checked_key_by_key() {
          cluster.tls = true"
     );
     assert_eq!(
+        error(&format!("{cluster}{tls_brokers}tls_ca = \"ca.pem\"\n")),
+        "runnel.toml:8: cluster.tls_ca: the leader's certificate is checked only over TLS: set \
+         cluster.tls = true"
+    );
+    assert_eq!(
         error(&format!(
             "[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\n{tls_brokers}"
         )),

@@ -1094,7 +1094,8 @@ impl Group {
     }
 
     /// Forgets every member, keeping the committed offsets: the group is Empty and its saved
-    /// membership goes. For a broker that stops coordinating (it starts as a follower).
+    /// membership goes. For a broker that starts as a follower, before it serves anything:
+    /// members restored from the store have no join or sync waiting, so none is answered.
     pub fn dismiss(&mut self, now: Instant) {
         if self.members.is_empty() {
             return;

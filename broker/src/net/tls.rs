@@ -134,9 +134,9 @@ pub fn warn_if_expiring(leaf: &[u8], key: &str) {
         .map_or(0, |d| d.as_secs() as i64);
     let left = not_after.timestamp() - now;
     if left <= 0 {
-        tracing::warn!(key, %not_after, "the server certificate has expired: clients will refuse it");
+        tracing::warn!(key, %not_after, "this certificate has expired: the other side will refuse it");
     } else if left < 30 * 24 * 3600 {
-        tracing::warn!(key, %not_after, days_left = left / (24 * 3600), "the server certificate expires soon");
+        tracing::warn!(key, %not_after, days_left = left / (24 * 3600), "this certificate expires soon");
     }
 }
 

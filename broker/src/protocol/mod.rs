@@ -418,6 +418,7 @@ pub fn routes() -> Dispatcher {
     .add::<DescribeUserScramCredentialsRequest, _, _>(0, 0, describe_user_scram_credentials::handle)
     .add::<AlterUserScramCredentialsRequest, _, _>(0, 0, alter_user_scram_credentials::handle)
     .add::<DescribeClientQuotasRequest, _, _>(0, 1, describe_client_quotas::handle)
+    .add::<EnvelopeRequest, _, _>(0, 0, envelope::handle)
     .add::<AlterClientQuotasRequest, _, _>(0, 1, alter_client_quotas::handle)
     .add::<DescribeAclsRequest, _, _>(1, 3, describe_acls::handle)
     .add::<CreateAclsRequest, _, _>(1, 3, create_acls::handle)

@@ -151,7 +151,17 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
                     cluster.resync.store(true, Ordering::Release);
                 } else {
                     // Often the ACLs: the leader checks Create for this broker's principal.
-                    tracing::warn!(%topic, error = ?E::try_from_code(code).unwrap_or(E::UnknownServerError), "the leader did not create a topic a client asked this broker for");
+                    // Clients keep asking: said once a minute per topic.
+                    let mut said = cluster
+                        .create_refused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    said.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+                    if !said.contains_key(&topic) {
+                        said.insert(topic.clone(), now);
+                        tracing::warn!(%topic, error = ?E::try_from_code(code).unwrap_or(E::UnknownServerError), "the leader did not create a topic a client asked this broker for");
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -176,7 +186,7 @@ async fn follow(
     let mut warned: HashMap<String, String> = HashMap::new();
     sync_topics(broker, cluster, &mut peer, &mut warned).await?;
     // The last refusal of the leader's ACLs: said again only when it changes.
-    let mut acls_refused: Option<i16> = None;
+    let mut acls_refused: Option<String> = None;
     sync_acls(broker, &mut peer, &mut acls_refused).await?;
     reconcile(broker, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
@@ -679,34 +689,76 @@ async fn gone(peer: &mut Peer, names: Vec<String>) -> anyhow::Result<Vec<String>
 /// Makes the local ACLs the leader's, as Kafka's ACLs are the cluster's, kept by its
 /// controller: read with DescribeAcls, which needs Describe on the cluster for this broker's
 /// principal. A leader without ACLs (SECURITY_DISABLED) leaves the local ones alone; so does a
-/// refusal, said once per reason (`refused`), or an ACL this broker cannot take.
+/// refusal, or an ACL this broker cannot take: said once per reason (`refused`).
 async fn sync_acls(
     broker: &Broker,
     peer: &mut Peer,
-    refused: &mut Option<i16>,
+    refused: &mut Option<String>,
 ) -> anyhow::Result<()> {
+    let answer = peer
+        .call(&every_acl_request(), DESCRIBE_ACLS_VERSION)
+        .await?;
+    take_leaders_acls(broker, &answer, refused)
+}
+
+/// DescribeAcls for every ACL.
+fn every_acl_request() -> DescribeAclsRequest {
     use crate::acl::ANY;
-    let request = DescribeAclsRequest::default()
+    DescribeAclsRequest::default()
         .with_resource_type_filter(ANY)
         .with_resource_name_filter(None)
         .with_pattern_type_filter(ANY)
         .with_principal_filter(None)
         .with_host_filter(None)
         .with_operation(ANY)
-        .with_permission_type(ANY);
-    let answer = peer.call(&request, DESCRIBE_ACLS_VERSION).await?;
-    if answer.error_code != 0 {
-        if answer.error_code != E::SecurityDisabled.code() && *refused != Some(answer.error_code) {
-            tracing::warn!(
-                error = ?E::try_from_code(answer.error_code).unwrap_or(E::UnknownServerError),
-                reason = answer.error_message.as_deref().unwrap_or_default(),
-                "the leader does not give this broker its ACLs: keeping this broker's own"
+        .with_permission_type(ANY)
+}
+
+/// Reads the leader's ACLs again now, on a follower (after forwarding a change to them, so that
+/// the client's next request here is judged by them).
+pub async fn copy_acls_now(broker: &Broker) -> anyhow::Result<()> {
+    let Some(cluster) = broker.cluster.as_ref().filter(|c| !c.is_leader()) else {
+        return Ok(());
+    };
+    let answer = cluster
+        .forward(&every_acl_request(), DESCRIBE_ACLS_VERSION)
+        .await?;
+    take_leaders_acls(broker, &answer, &mut None)
+}
+
+/// [`sync_acls`] with the leader's answer.
+fn take_leaders_acls(
+    broker: &Broker,
+    answer: &kafka_protocol::messages::DescribeAclsResponse,
+    refused: &mut Option<String>,
+) -> anyhow::Result<()> {
+    let mut say_once = |reason: String, message: &str| {
+        if refused.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(%reason, "{message}");
+        }
+        *refused = Some(reason);
+    };
+    if answer.error_code == E::SecurityDisabled.code() {
+        if broker.acls.enabled() {
+            say_once(
+                "the leader has acls.enabled = false".into(),
+                "this broker keeps its own ACLs, and ACL changes sent to it fail: enable ACLs on \
+                 the leader, or disable them here",
             );
         }
-        *refused = Some(answer.error_code);
         return Ok(());
     }
-    *refused = None;
+    if answer.error_code != 0 {
+        let error = E::try_from_code(answer.error_code).unwrap_or(E::UnknownServerError);
+        say_once(
+            format!(
+                "{error:?}: {}",
+                answer.error_message.as_deref().unwrap_or_default()
+            ),
+            "the leader does not give this broker its ACLs: keeping this broker's own",
+        );
+        return Ok(());
+    }
     let mut acls = BTreeSet::new();
     for resource in &answer.resources {
         for d in &resource.acls {
@@ -727,15 +779,25 @@ async fn sync_acls(
                 }
                 Err(e) => {
                     // A copy without it would allow or refuse what the leader does not.
-                    tracing::warn!(error = %e, resource = %resource.resource_name.as_str(), "an ACL of the leader's cannot be taken here: keeping this broker's own");
+                    say_once(
+                        format!("{e} (resource {})", resource.resource_name.as_str()),
+                        "an ACL of the leader's cannot be taken here: keeping this broker's own",
+                    );
                     return Ok(());
                 }
             }
         }
     }
+    *refused = None;
     let (added, removed) = broker.acls.replace_all(acls)?;
-    if added + removed > 0 {
-        tracing::info!(added, removed, "ACLs copied from the leader");
+    if removed > 0 {
+        tracing::warn!(
+            added,
+            removed,
+            "ACLs copied from the leader: ACLs only this broker had are removed"
+        );
+    } else if added > 0 {
+        tracing::info!(added, "ACLs copied from the leader");
     }
     Ok(())
 }

@@ -66,6 +66,8 @@ pub struct Cluster {
     following: Arc<AtomicBool>,
     /// On a follower: the topics it last asked the leader to create, and when.
     creating: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    /// On a follower: the topics whose creation the leader refused, and when that was said.
+    create_refused: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     /// How a follower logs in to the leader, if it must.
     pub login: Option<Login>,
     /// Every broker's TLS listener (`cluster.tls_brokers`), sorted by node id; empty when not
@@ -101,6 +103,7 @@ impl Cluster {
             resync: Arc::default(),
             following: Arc::default(),
             creating: Arc::default(),
+            create_refused: Arc::default(),
             login: (!config.sasl_mechanism.is_empty()).then(|| Login {
                 mechanism: config.sasl_mechanism.clone(),
                 username: config.sasl_username.clone(),
@@ -125,6 +128,48 @@ impl Cluster {
     ) -> anyhow::Result<R::Response> {
         let mut peer = self.connect_to_leader(FORWARD_TIMEOUT).await?;
         peer.call(req, version).await
+    }
+
+    /// Sends a client's request to the leader inside an Envelope (KIP-590) that names the
+    /// client's principal and address, so that the leader judges it as the client's: for the
+    /// admin requests a follower forwards (ACLs, client quotas). Returns the leader's answer.
+    pub async fn forward_as<R: kafka_protocol::protocol::Request>(
+        &self,
+        req: &R,
+        version: i16,
+        client: (&str, std::net::IpAddr, &str),
+    ) -> anyhow::Result<R::Response> {
+        use bytes::Bytes;
+        use kafka_protocol::messages::{ApiKey, EnvelopeRequest, RequestHeader, ResponseHeader};
+        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+        let (principal, host, client_id) = client;
+        let api = ApiKey::try_from(R::KEY).map_err(|_| anyhow::anyhow!("API key {}", R::KEY))?;
+        let mut inner = bytes::BytesMut::with_capacity(256);
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_client_id(Some(StrBytes::from_string(client_id.to_string())))
+            .encode(&mut inner, api.request_header_version(version))?;
+        req.encode(&mut inner, version)?;
+        let address = match host {
+            std::net::IpAddr::V4(ip) => Bytes::copy_from_slice(&ip.octets()),
+            std::net::IpAddr::V6(ip) => Bytes::copy_from_slice(&ip.octets()),
+        };
+        let envelope = EnvelopeRequest::default()
+            .with_request_data(inner.freeze())
+            .with_request_principal(Some(Bytes::copy_from_slice(principal.as_bytes())))
+            .with_client_host_address(address);
+        let mut peer = self.connect_to_leader(FORWARD_TIMEOUT).await?;
+        let answer = peer.call(&envelope, 0).await?;
+        if answer.error_code != 0 {
+            let error = kafka_protocol::error::ResponseError::try_from_code(answer.error_code);
+            anyhow::bail!("the leader refused the forwarded request: {error:?}");
+        }
+        let mut data = answer
+            .response_data
+            .ok_or_else(|| anyhow::anyhow!("the leader's Envelope answer has no response"))?;
+        ResponseHeader::decode(&mut data, api.response_header_version(version))?;
+        Ok(R::Response::decode(&mut data, version)?)
     }
 
     /// Where this broker reaches the leader: its `tls_brokers` address with `cluster.tls`, its

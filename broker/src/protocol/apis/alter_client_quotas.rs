@@ -12,10 +12,10 @@
 //!
 //! The client needs AlterConfigs on the cluster (`crate::acl`), else
 //! CLUSTER_AUTHORIZATION_FAILED. In a cluster the leader keeps and enforces the quotas: a
-//! follower checks the client's rights with its copy of the leader's ACLs, then
-//! forwards the request to the leader as itself (`apis::forward_to_leader`: its cluster login
-//! needs AlterConfigs there) and answers with the leader's answer, or NOT_CONTROLLER when it
-//! cannot reach it.
+//! follower checks the client's rights with its copy of the leader's ACLs, then forwards the
+//! request to the leader in an Envelope naming the client (`apis::forward_to_leader`), whose
+//! rights the leader checks again, and answers with the leader's answer, or NOT_CONTROLLER when
+//! it cannot reach it.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::alter_client_quotas_request::EntryData as AskedEntry;

@@ -4,7 +4,8 @@
 //! ones are kept in one metadata transaction. An ACL already in force is not made twice.
 //! With `acls.enabled = false` every entry gets SECURITY_DISABLED, as Kafka without an authorizer.
 //! In a cluster the leader keeps the ACLs: a follower checks the client's rights with its copy,
-//! then forwards the request to the leader (`apis::forward_to_leader`) and copies the result.
+//! then forwards the request to the leader (`apis::forward_to_leader`) and copies the leader's
+//! ACLs again before it answers.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
@@ -40,8 +41,13 @@ pub async fn handle(ctx: Ctx, req: CreateAclsRequest) -> CreateAclsResponse {
     match super::forward_to_leader(&ctx, &req).await {
         None => {}
         Some(Ok(answer)) => {
-            if let Some(cluster) = &ctx.broker.cluster {
-                cluster.copy_soon();
+            // Copied before the answer, so that the client's next request here is judged by
+            // what it just changed.
+            if let Err(e) = crate::replication::follower::copy_acls_now(&ctx.broker).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot copy the leader's ACLs after a change");
+                if let Some(cluster) = &ctx.broker.cluster {
+                    cluster.copy_soon();
+                }
             }
             return answer;
         }

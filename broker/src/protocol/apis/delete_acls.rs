@@ -38,8 +38,13 @@ pub async fn handle(ctx: Ctx, req: DeleteAclsRequest) -> DeleteAclsResponse {
     match super::forward_to_leader(&ctx, &req).await {
         None => {}
         Some(Ok(answer)) => {
-            if let Some(cluster) = &ctx.broker.cluster {
-                cluster.copy_soon();
+            // Copied before the answer, so that the client's next request here is judged by
+            // what it just changed.
+            if let Err(e) = crate::replication::follower::copy_acls_now(&ctx.broker).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot copy the leader's ACLs after a change");
+                if let Some(cluster) = &ctx.broker.cluster {
+                    cluster.copy_soon();
+                }
             }
             return answer;
         }

@@ -80,13 +80,11 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
             name,
         );
     }
-    let cluster_operations = ctx.operations(
-        req.include_cluster_authorized_operations,
-        ResourceType::Cluster,
-        crate::acl::CLUSTER_NAME,
-    );
     MetadataResponse::default()
-        .with_cluster_authorized_operations(cluster_operations)
+        .with_cluster_authorized_operations(cluster_operations(
+            &ctx,
+            req.include_cluster_authorized_operations,
+        ))
         .with_brokers(brokers)
         .with_cluster_id(Some(s(b.cluster_id())))
         .with_controller_id(leader)
@@ -180,6 +178,16 @@ fn describe(ctx: &Ctx, t: &Topic) -> MetadataResponseTopic {
         .with_name(Some(TopicName(s(t.name.to_string()))))
         .with_topic_id(t.id)
         .with_partitions(partitions)
+}
+
+/// The operations the client may perform on the cluster, when `asked`: none (0) without
+/// Describe on it, as Kafka answers Metadata and DescribeCluster.
+pub(crate) fn cluster_operations(ctx: &Ctx, asked: bool) -> i32 {
+    let name = crate::acl::CLUSTER_NAME;
+    if asked && !ctx.sees(ResourceType::Cluster, name) {
+        return 0;
+    }
+    ctx.operations(asked, ResourceType::Cluster, name)
 }
 
 /// Every broker as clients of this connection's listener reach it: node id, host and port.

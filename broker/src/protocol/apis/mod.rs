@@ -24,6 +24,7 @@ pub mod describe_producers;
 pub mod describe_transactions;
 pub mod describe_user_scram_credentials;
 pub mod end_txn;
+pub mod envelope;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -59,10 +60,11 @@ pub(crate) fn s(v: impl Into<String>) -> StrBytes {
 pub(crate) const ACLS_OFF: &str = "ACLs are off on this broker (set acls.enabled = true)";
 
 /// On a cluster's follower, `req` forwarded to the leader (which keeps what it changes or
-/// reads, as Kafka's controller does) and its answer, or why it could not be: `None` on a
-/// broker that is not a follower. The client's rights are checked here first, by the caller. A
-/// request another broker forwarded is not passed on again: two brokers that each take the
-/// other for the leader would pass it back and forth.
+/// reads, as Kafka's controller does) in an Envelope naming the client, and its answer, or why
+/// it could not be: `None` on a broker that is not a follower. The client's rights are checked
+/// here first, by the caller, and again by the leader. A request another broker forwarded is
+/// not passed on again (the leader's Envelope handler also refuses on a follower): two brokers
+/// that each take the other for the leader would pass it back and forth.
 pub(crate) async fn forward_to_leader<R: kafka_protocol::protocol::Request>(
     ctx: &Ctx,
     req: &R,
@@ -84,9 +86,11 @@ pub(crate) async fn forward_to_leader<R: kafka_protocol::protocol::Request>(
         leader = cluster.leader,
         "request forwarded to the leader"
     );
+    let who = ctx.asker();
+    let client = (who.principal, who.host, &*ctx.client_id);
     Some(
         cluster
-            .forward(req, ctx.api_version)
+            .forward_as(req, ctx.api_version, client)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %format!("{e:#}"), leader = cluster.leader, "cannot forward a request to the leader");
