@@ -169,7 +169,7 @@ impl Cluster {
             .response_data
             .ok_or_else(|| anyhow::anyhow!("the leader's Envelope answer has no response"))?;
         ResponseHeader::decode(&mut data, api.response_header_version(version))?;
-        Ok(R::Response::decode(&mut data, version)?)
+        R::Response::decode(&mut data, version)
     }
 
     /// Where this broker reaches the leader: its `tls_brokers` address with `cluster.tls`, its
