@@ -369,6 +369,16 @@ async fn client_properties_come_from_a_file_too() {
          sasl.username=alice\nsasl.password=a11ce-s3cret\n",
     )
     .unwrap();
+    let everything = dir.path().join("everything.properties");
+    std::fs::write(
+        &everything,
+        format!(
+            "{}bootstrap.servers={}\n",
+            std::fs::read_to_string(&file).unwrap(),
+            broker.bootstrap()
+        ),
+    )
+    .unwrap();
     let bad = dir.path().join("bad.properties");
     std::fs::write(&bad, "security.protocol=SASL_PLAINTEXT\nsasl.password\n").unwrap();
     let other = dir.path().join("other.properties");
@@ -378,12 +388,17 @@ async fn client_properties_come_from_a_file_too() {
     )
     .unwrap();
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let (file, bad, other) = (path(&file), path(&bad), path(&other));
+    let (file, bad, other, everything) = (path(&file), path(&bad), path(&other), path(&everything));
     tokio::task::spawn_blocking(move || {
         let run = |args: &[&str], env: Option<&str>, input: &[u8]| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel"));
-            cmd.args(args).args(["-b", &b]);
+            cmd.args(args);
+            // A file that names the brokers needs no -b.
+            if !args.iter().any(|a| a.ends_with("everything.properties")) {
+                cmd.args(["-b", &b]);
+            }
             cmd.env_remove("RUNNEL_CLIENT_CONFIG");
+            cmd.env_remove("RUNNEL_BOOTSTRAP");
             if let Some(f) = env {
                 cmd.env("RUNNEL_CLIENT_CONFIG", f);
             }
@@ -418,6 +433,13 @@ async fn client_properties_come_from_a_file_too() {
         );
         assert!(ok && out.contains("from-a-file"), "{out} {err}");
         let (ok, _, err) = run(&["quotas", "list", "-F", &file], None, b"");
+        assert!(ok, "{err}");
+        let (ok, out, err) = run(&["topics", "list", "-F", &everything], None, b"");
+        assert!(
+            ok && out.contains("logins"),
+            "bootstrap.servers from the file: {out} {err}"
+        );
+        let (ok, _, err) = run(&["quotas", "list", "-F", &everything], None, b"");
         assert!(ok, "{err}");
 
         // -X wins over the file.

@@ -349,14 +349,10 @@ impl ResetToArgs {
 
 #[derive(Args, Clone)]
 struct Conn {
-    /// Broker to connect to (any Kafka-compatible broker).
-    #[arg(
-        long,
-        short,
-        default_value = "127.0.0.1:9092",
-        env = "RUNNEL_BOOTSTRAP"
-    )]
-    bootstrap: String,
+    /// Broker to connect to (any Kafka-compatible broker) [default: bootstrap.servers of the
+    /// client properties, else 127.0.0.1:9092]
+    #[arg(long, short, env = "RUNNEL_BOOTSTRAP")]
+    bootstrap: Option<String>,
     /// A librdkafka client property, e.g. -X security.protocol=ssl (repeatable), as in kcat.
     #[arg(short = 'X', long = "property", value_name = "KEY=VALUE")]
     properties: Vec<String>,
@@ -370,6 +366,9 @@ struct Conn {
     )]
     config_file: Option<PathBuf>,
 }
+
+/// The client property `-b` stands for.
+const BOOTSTRAP: &str = "bootstrap.servers";
 
 /// One client property and where it was given.
 struct Property {
@@ -429,13 +428,27 @@ impl Conn {
         Ok(out)
     }
 
-    /// A librdkafka config with the bootstrap servers and every property set.
+    /// The brokers to bootstrap from: `-b` (or `RUNNEL_BOOTSTRAP`), else the properties'
+    /// `bootstrap.servers`, else this machine's default listener.
+    fn bootstrap(&self) -> anyhow::Result<String> {
+        if let Some(b) = &self.bootstrap {
+            return Ok(b.clone());
+        }
+        let given = self
+            .properties()?
+            .into_iter()
+            .rev()
+            .find(|p| p.key == BOOTSTRAP);
+        Ok(given.map_or_else(|| "127.0.0.1:9092".to_string(), |p| p.value))
+    }
+
+    /// A librdkafka config with the bootstrap servers and every other property set.
     fn client_config(&self) -> anyhow::Result<rdkafka::config::ClientConfig> {
         let mut cfg = rdkafka::config::ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.bootstrap);
         for p in self.properties()? {
             cfg.set(p.key, p.value);
         }
+        cfg.set(BOOTSTRAP, self.bootstrap()?);
         Ok(cfg)
     }
 }

@@ -207,8 +207,9 @@ struct Settings {
 }
 
 /// The `-X` properties this command takes.
-const TAKEN: &str = "security.protocol, sasl.mechanism, sasl.username, sasl.password, \
-                     ssl.ca.location, ssl.certificate.location, ssl.key.location, client.id";
+const TAKEN: &str = "bootstrap.servers, security.protocol, sasl.mechanism, sasl.username, \
+                     sasl.password, ssl.ca.location, ssl.certificate.location, ssl.key.location, \
+                     client.id";
 
 fn settings(conn: &Conn) -> anyhow::Result<Settings> {
     let mut protocol = "plaintext".to_string();
@@ -226,6 +227,8 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
             "ssl.certificate.location" => cert = Some(std::path::PathBuf::from(value)),
             "ssl.key.location" => key = Some(std::path::PathBuf::from(value)),
             "client.id" => client_id = value.to_string(),
+            // Taken by `Conn::bootstrap` when -b is not given.
+            "bootstrap.servers" => {}
             _ => bail!(
                 "{}: not taken by `runnel quotas`, which talks to the broker itself \
                  (librdkafka has no client-quota API); it takes {TAKEN}",
@@ -302,8 +305,8 @@ async fn connect(address: &str, settings: &Settings) -> anyhow::Result<Peer> {
 /// or the cluster does not say).
 async fn controller(conn: &Conn) -> anyhow::Result<Peer> {
     let settings = settings(conn)?;
-    let bootstrap = conn
-        .bootstrap
+    let servers = conn.bootstrap()?;
+    let bootstrap = servers
         .split(',')
         .map(str::trim)
         .find(|b| !b.is_empty())
