@@ -1042,8 +1042,17 @@ async fn a_follower_reaches_the_leader_over_tls_with_its_certificate() {
     // copy, leaves the in-sync set, and acks=all writes are refused.
     follower.shutdown().await;
     let follower = pair.start_with(2, 1, 2, secured(2, &other_ca)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!follower.broker.cluster.as_ref().unwrap().following());
+    let cluster = follower.broker.cluster.clone().unwrap();
+    eventually("the follower to say why it does not follow", || {
+        cluster.follow_error().is_some()
+    })
+    .await;
+    let why = cluster.follow_error().unwrap();
+    assert!(
+        why.contains("TLS handshake") && why.contains("invalid peer certificate"),
+        "{why}"
+    );
+    assert!(!cluster.following());
     assert_eq!(log_end(&follower, "over-tls"), 20);
     let impatient: FutureProducer =
         common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")

@@ -98,6 +98,10 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
                 if failures.is_multiple_of(30) || reason(&error) != reason(&last_error) {
                     tracing::warn!(leader = cluster.leader, %address, %error, "cannot follow the leader; retrying");
                 }
+                *cluster
+                    .follow_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
                 last_error = error;
                 failures += 1;
             }
@@ -192,6 +196,10 @@ async fn follow(
     tracing::info!(leader = cluster.leader, %address, "following the leader");
     *established = true;
     cluster.following.store(true, Ordering::Relaxed);
+    *cluster
+        .follow_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = None;
     // Cleared however this connection ends (an error, or shutdown dropping the future).
     struct NotFollowing<'a>(&'a Cluster);
     impl Drop for NotFollowing<'_> {

@@ -64,6 +64,8 @@ pub struct Cluster {
     resync: Arc<AtomicBool>,
     /// On a follower: whether it is connected to the leader and fetching.
     following: Arc<AtomicBool>,
+    /// On a follower: why it last could not follow the leader, until it follows again.
+    follow_error: Arc<Mutex<Option<String>>>,
     /// On a follower: the topics it last asked the leader to create, and when.
     creating: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     /// On a follower: the topics whose creation the leader refused, and when that was said.
@@ -102,6 +104,7 @@ impl Cluster {
             replica_fetch_wait: config.replica_fetch_wait,
             resync: Arc::default(),
             following: Arc::default(),
+            follow_error: Arc::default(),
             creating: Arc::default(),
             create_refused: Arc::default(),
             login: (!config.sasl_mechanism.is_empty()).then(|| Login {
@@ -237,6 +240,14 @@ impl Cluster {
     /// (after a change forwarded to it).
     pub fn copy_soon(&self) {
         self.resync.store(true, Ordering::Release);
+    }
+
+    /// On a follower: why it last could not follow the leader, while it does not.
+    pub fn follow_error(&self) -> Option<String> {
+        self.follow_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// On a follower: whether it is connected to the leader and fetching.
