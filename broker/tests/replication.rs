@@ -1138,21 +1138,20 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
 
     // Made through the follower: kept by the leader, and copied back.
     let mut admin = RawClient::logged_in(&pair.address(2), b"\0admin\0adm1n").await;
-    let created = admin
-        .call(
-            &CreateAclsRequest::default().with_creations(vec![
-                AclCreation::default()
-                    .with_resource_type(ResourceType::Topic.code())
-                    .with_resource_name(st("readings"))
-                    .with_resource_pattern_type(PatternType::Literal.code())
-                    .with_principal(st("User:reader"))
-                    .with_host(st("*"))
-                    .with_operation(Operation::Read.code())
-                    .with_permission_type(Permission::Allow.code()),
-            ]),
-            3,
-        )
-        .await;
+    // CreateAcls of Read on `topic` for `principal`.
+    let create_read = |principal: &str, topic: &str| {
+        CreateAclsRequest::default().with_creations(vec![
+            AclCreation::default()
+                .with_resource_type(ResourceType::Topic.code())
+                .with_resource_name(st(topic))
+                .with_resource_pattern_type(PatternType::Literal.code())
+                .with_principal(st(principal))
+                .with_host(st("*"))
+                .with_operation(Operation::Read.code())
+                .with_permission_type(Permission::Allow.code()),
+        ])
+    };
+    let created = admin.call(&create_read("User:reader", "readings"), 3).await;
     assert_eq!(created.results[0].error_code, 0, "{created:?}");
     let reader = read_for("User:reader", "readings");
     assert!(holds(&leader, &reader), "the leader keeps it");
@@ -1180,21 +1179,7 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
     // Forwarded as Mallory (an Envelope naming her), not as the follower: refused.
     let mut mallory = RawClient::logged_in(&pair.address(2), b"\0mallory\0m4llory").await;
     let grab = read_for("User:mallory", "*");
-    let refused = mallory
-        .call(
-            &CreateAclsRequest::default().with_creations(vec![
-                AclCreation::default()
-                    .with_resource_type(ResourceType::Topic.code())
-                    .with_resource_name(st("*"))
-                    .with_resource_pattern_type(PatternType::Literal.code())
-                    .with_principal(st("User:mallory"))
-                    .with_host(st("*"))
-                    .with_operation(Operation::Read.code())
-                    .with_permission_type(Permission::Allow.code()),
-            ]),
-            3,
-        )
-        .await;
+    let refused = mallory.call(&create_read("User:mallory", "*"), 3).await;
     assert_eq!(
         refused.results[0].error_code,
         E::ClusterAuthorizationFailed.code(),

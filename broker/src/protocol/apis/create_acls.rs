@@ -38,19 +38,9 @@ pub async fn handle(ctx: Ctx, req: CreateAclsRequest) -> CreateAclsResponse {
         );
     }
     // In a cluster the leader keeps the ACLs and its followers copy them.
-    match super::forward_to_leader(&ctx, &req).await {
+    match super::forward_acl_change(&ctx, &req).await {
         None => {}
-        Some(Ok(answer)) => {
-            // Copied before the answer, so that the client's next request here is judged by
-            // what it just changed.
-            if let Err(e) = crate::replication::follower::copy_acls_now(&ctx.broker).await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot copy the leader's ACLs after a change");
-                if let Some(cluster) = &ctx.broker.cluster {
-                    cluster.copy_soon();
-                }
-            }
-            return answer;
-        }
+        Some(Ok(answer)) => return answer,
         Some(Err(why)) => return refused(E::NotController, &why),
     }
     let checked: Vec<Result<Acl, AclError>> = req

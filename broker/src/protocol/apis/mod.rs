@@ -103,6 +103,25 @@ pub(crate) async fn forward_to_leader<R: kafka_protocol::protocol::Request>(
     )
 }
 
+/// [`forward_to_leader`] for a change to the ACLs, which the follower then copies again from the
+/// leader before it answers, so that the client's next request here is judged by what it just
+/// changed.
+pub(crate) async fn forward_acl_change<R: kafka_protocol::protocol::Request>(
+    ctx: &Ctx,
+    req: &R,
+) -> Option<Result<R::Response, String>> {
+    let answer = forward_to_leader(ctx, req).await?;
+    if answer.is_ok()
+        && let Err(e) = crate::replication::follower::copy_acls_now(&ctx.broker).await
+    {
+        tracing::warn!(error = %format!("{e:#}"), "cannot copy the leader's ACLs after a change");
+        if let Some(cluster) = &ctx.broker.cluster {
+            cluster.copy_soon();
+        }
+    }
+    Some(answer)
+}
+
 /// The bit field Metadata and DescribeGroups return for authorized operations that were not
 /// asked for (`include_*_authorized_operations` false).
 pub(crate) const OPERATIONS_NOT_ASKED: i32 = i32::MIN;
