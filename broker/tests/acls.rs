@@ -442,3 +442,57 @@ async fn acls_hold_for_devices_over_quic_as_for_kafka_clients() {
     assert!(denied >= 1, "{denied}");
     broker.shutdown().await;
 }
+
+/// Envelope (KIP-590), which followers use to forward a client's admin request to the leader:
+/// only a ClusterAction holder may send one, only for what followers forward, and the request
+/// inside is judged by the rights of the principal it names, not the sender's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_is_judged_by_the_principal_it_names() {
+    use kafka_protocol::messages::{CreateTopicsRequest, EnvelopeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_with(common::secured_config(dir.path(), USERS)).await;
+    let bootstrap = broker.bootstrap();
+    let wrap = |inner: bytes::Bytes, principal: &str| {
+        EnvelopeRequest::default()
+            .with_request_data(inner.slice(4..))
+            .with_request_principal(Some(bytes::Bytes::copy_from_slice(principal.as_bytes())))
+            .with_client_host_address(bytes::Bytes::from_static(&[10, 0, 0, 7]))
+    };
+    let grant = CreateAclsRequest::default()
+        .with_creations(vec![acl(TOPIC, "*", LITERAL, "User:bob", ALL, ALLOW)]);
+    let create = common::request_frame(&grant, 3, 1, "forwarded");
+
+    // Bob may not send one, whoever it names.
+    let mut bob = common::RawClient::logged_in(&bootstrap, b"\0bob\0b0b-s3cret").await;
+    let answer = bob.call(&wrap(create.clone(), "User:admin"), 0).await;
+    assert_eq!(answer.error_code, E::ClusterAuthorizationFailed.code());
+    assert!(answer.response_data.is_none());
+    // The super user may; the request inside is Bob's, who may not create ACLs.
+    let mut root = admin(&bootstrap).await;
+    let answer = root.call(&wrap(create.clone(), "User:bob"), 0).await;
+    assert_eq!(answer.error_code, 0, "{answer:?}");
+    let inner: kafka_protocol::messages::CreateAclsResponse =
+        common::decode_response::<CreateAclsRequest>(answer.response_data.unwrap(), 3, 1);
+    assert_eq!(
+        inner.results[0].error_code,
+        E::ClusterAuthorizationFailed.code()
+    );
+    assert!(broker.broker.acls.acls().is_empty(), "nothing was granted");
+    // Named as the super user, it is made.
+    let answer = root.call(&wrap(create, "User:admin"), 0).await;
+    let inner = common::decode_response::<CreateAclsRequest>(answer.response_data.unwrap(), 3, 1);
+    assert_eq!(inner.results[0].error_code, 0);
+    assert_eq!(broker.broker.acls.acls().len(), 1);
+
+    // Only what followers forward, and only what parses.
+    let topics = common::request_frame(&CreateTopicsRequest::default(), 7, 2, "forwarded");
+    let answer = root.call(&wrap(topics, "User:admin"), 0).await;
+    assert_eq!(answer.error_code, E::InvalidRequest.code());
+    let garbage = bytes::Bytes::from_static(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+    let answer = root.call(&wrap(garbage, "User:admin"), 0).await;
+    assert_eq!(answer.error_code, E::InvalidRequest.code());
+    let grant = common::request_frame(&grant, 3, 3, "forwarded");
+    let answer = root.call(&wrap(grant, "no colon"), 0).await;
+    assert_eq!(answer.error_code, E::InvalidRequest.code());
+    broker.shutdown().await;
+}
