@@ -379,6 +379,8 @@ async fn client_properties_come_from_a_file_too() {
         ),
     )
     .unwrap();
+    let typo = dir.path().join("typo.properties");
+    std::fs::write(&typo, "sasl.pasword=TopSecret-123\n").unwrap();
     let bad = dir.path().join("bad.properties");
     std::fs::write(&bad, "security.protocol=SASL_PLAINTEXT\nsasl.password\n").unwrap();
     let other = dir.path().join("other.properties");
@@ -388,7 +390,13 @@ async fn client_properties_come_from_a_file_too() {
     )
     .unwrap();
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let (file, bad, other, everything) = (path(&file), path(&bad), path(&other), path(&everything));
+    let (file, bad, other, everything, typo) = (
+        path(&file),
+        path(&bad),
+        path(&other),
+        path(&everything),
+        path(&typo),
+    );
     tokio::task::spawn_blocking(move || {
         let run = |args: &[&str], env: Option<&str>, input: &[u8]| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_runnel"));
@@ -450,6 +458,12 @@ async fn client_properties_come_from_a_file_too() {
         );
         assert!(!ok && err.contains("the broker refused the login"), "{err}");
 
+        // A mistyped key is named, its value (a password, say) never.
+        let (ok, _, err) = run(&["topics", "list", "-F", &typo], None, b"");
+        assert!(
+            !ok && err.contains("sasl.pasword") && !err.contains("TopSecret"),
+            "{err}"
+        );
         let (ok, _, err) = run(&["topics", "list", "-F", &bad], None, b"");
         assert!(
             !ok && err.contains(&format!("{bad}:2: expected KEY=VALUE")),

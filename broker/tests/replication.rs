@@ -1186,6 +1186,27 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
         "{refused:?}"
     );
     assert!(!holds(&leader, &grab) && !holds(&follower, &grab));
+    // Nor may she mint a login on the follower for a user the leader trusts (SCRAM credentials
+    // are made on the leader, as the client there).
+    let upsert = kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+        .with_name(st("admin"))
+        .with_mechanism(1)
+        .with_iterations(4096)
+        .with_salt(Bytes::from_static(b"chosen-salt"))
+        .with_salted_password(Bytes::from(vec![7u8; 32]));
+    let minted = mallory
+        .call(
+            &kafka_protocol::messages::AlterUserScramCredentialsRequest::default()
+                .with_upsertions(vec![upsert]),
+            0,
+        )
+        .await;
+    assert_eq!(
+        minted.results[0].error_code,
+        E::ClusterAuthorizationFailed.code(),
+        "{minted:?}"
+    );
+    assert!(follower.broker.scram.all().is_empty() && leader.broker.scram.all().is_empty());
 
     // Deleted through the follower: gone from both.
     let deleted = admin

@@ -250,7 +250,7 @@ impl Session {
         let admin: AdminClient<DefaultClientContext> = conn
             .client_config()?
             .create()
-            .context("cannot create a Kafka admin client")?;
+            .map_err(|e| super::client_error(e, "cannot create a Kafka admin client"))?;
         // SAFETY: the client handle is live for as long as `admin`; the session's `Drop`
         // destroys the queue before `admin` goes.
         let (queue, main) = unsafe {

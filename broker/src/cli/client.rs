@@ -33,7 +33,7 @@ pub(super) fn admin_options() -> AdminOptions {
 pub(super) fn admin(conn: &Conn) -> anyhow::Result<AdminClient<DefaultClientContext>> {
     conn.client_config()?
         .create()
-        .context("cannot create a Kafka admin client")
+        .map_err(|e| super::client_error(e, "cannot create a Kafka admin client"))
 }
 
 pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
@@ -131,7 +131,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
 fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer<AuthWatch>> {
     conn.client_config()?
         .create_with_context(AuthWatch::default())
-        .context("cannot create a Kafka client")
+        .map_err(|e| super::client_error(e, "cannot create a Kafka client"))
 }
 
 /// Keeps the first login the broker refused, so that a command stops with that reason at once
@@ -229,7 +229,7 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
         .set("compression.codec", compression)
         .set("linger.ms", "5")
         .create_with_context(Deliveries::default())
-        .context("cannot create a Kafka producer")?;
+        .map_err(|e| super::client_error(e, "cannot create a Kafka producer"))?;
     let stdin = std::io::stdin();
     let mut count = 0u64;
     for line in stdin.lock().lines() {
@@ -328,7 +328,7 @@ pub fn consume(
     };
     let consumer: BaseConsumer<AuthWatch> = cfg
         .create_with_context(AuthWatch::default())
-        .context("cannot create a Kafka consumer")?;
+        .map_err(|e| super::client_error(e, "cannot create a Kafka consumer"))?;
     let md = metadata(&consumer, Some(topic))?;
     let missing = md
         .topics()

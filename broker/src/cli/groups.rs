@@ -37,7 +37,7 @@ fn group_client(conn: &Conn, group: &str) -> anyhow::Result<BaseConsumer> {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
-        .context("cannot create a Kafka client")
+        .map_err(|e| super::client_error(e, "cannot create a Kafka client"))
 }
 
 fn list(conn: &Conn) -> anyhow::Result<()> {

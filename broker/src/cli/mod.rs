@@ -367,6 +367,17 @@ struct Conn {
     config_file: Option<PathBuf>,
 }
 
+/// A librdkafka client that could not be made (`what`), said without the value of a property
+/// it refused: it may be a password with a typo in its key.
+fn client_error(e: rdkafka::error::KafkaError, what: &str) -> anyhow::Error {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, _) => {
+            anyhow::anyhow!("{what}: {key}: {description}")
+        }
+        other => anyhow::anyhow!("{what}: {other}"),
+    }
+}
+
 /// The client property `-b` stands for.
 const BOOTSTRAP: &str = "bootstrap.servers";
 

@@ -191,7 +191,7 @@ async fn follow(
     sync_topics(broker, cluster, &mut peer, &mut warned).await?;
     // The last refusal of the leader's ACLs: said again only when it changes.
     let mut acls_refused: Option<String> = None;
-    sync_acls(broker, &mut peer, &mut acls_refused).await?;
+    sync_acls(broker, &mut peer, &mut acls_refused, true).await?;
     reconcile(broker, &mut peer).await?;
     tracing::info!(leader = cluster.leader, %address, "following the leader");
     *established = true;
@@ -216,7 +216,7 @@ async fn follow(
         round = round.wrapping_add(1);
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
             sync_topics(broker, cluster, &mut peer, &mut warned).await?;
-            sync_acls(broker, &mut peer, &mut acls_refused).await?;
+            sync_acls(broker, &mut peer, &mut acls_refused, false).await?;
             sync_offsets(broker, &mut peer).await?;
             synced = Instant::now();
         }
@@ -697,16 +697,19 @@ async fn gone(peer: &mut Peer, names: Vec<String>) -> anyhow::Result<Vec<String>
 /// Makes the local ACLs the leader's, as Kafka's ACLs are the cluster's, kept by its
 /// controller: read with DescribeAcls, which needs Describe on the cluster for this broker's
 /// principal. A leader without ACLs (SECURITY_DISABLED) leaves the local ones alone; so does a
-/// refusal, or an ACL this broker cannot take: said once per reason (`refused`).
+/// refusal, or an ACL this broker cannot take: said once per reason (`refused`). ACLs the
+/// `first` copy of a connection removes were this broker's own (or deleted while it was away):
+/// a warning; later removals are the leader's deletions.
 async fn sync_acls(
     broker: &Broker,
     peer: &mut Peer,
     refused: &mut Option<String>,
+    first: bool,
 ) -> anyhow::Result<()> {
     let answer = peer
         .call(&every_acl_request(), DESCRIBE_ACLS_VERSION)
         .await?;
-    take_leaders_acls(broker, &answer, refused)
+    take_leaders_acls(broker, &answer, refused, first)
 }
 
 /// DescribeAcls for every ACL.
@@ -731,7 +734,7 @@ pub async fn copy_acls_now(broker: &Broker) -> anyhow::Result<()> {
     let answer = cluster
         .forward(&every_acl_request(), DESCRIBE_ACLS_VERSION)
         .await?;
-    take_leaders_acls(broker, &answer, &mut None)
+    take_leaders_acls(broker, &answer, &mut None, false)
 }
 
 /// [`sync_acls`] with the leader's answer.
@@ -739,6 +742,7 @@ fn take_leaders_acls(
     broker: &Broker,
     answer: &kafka_protocol::messages::DescribeAclsResponse,
     refused: &mut Option<String>,
+    first: bool,
 ) -> anyhow::Result<()> {
     let mut say_once = |reason: String, message: &str| {
         if refused.as_deref() != Some(reason.as_str()) {
@@ -798,14 +802,14 @@ fn take_leaders_acls(
     }
     *refused = None;
     let (added, removed) = broker.acls.replace_all(acls)?;
-    if removed > 0 {
+    if removed > 0 && first {
         tracing::warn!(
             added,
             removed,
-            "ACLs copied from the leader: ACLs only this broker had are removed"
+            "ACLs copied from the leader: ACLs it does not have are removed here"
         );
-    } else if added > 0 {
-        tracing::info!(added, "ACLs copied from the leader");
+    } else if added + removed > 0 {
+        tracing::info!(added, removed, "ACLs copied from the leader");
     }
     Ok(())
 }

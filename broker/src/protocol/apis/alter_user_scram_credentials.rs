@@ -17,6 +17,10 @@
 //! listener on loopback and the QUIC listener serve clients that proved nothing by default, and
 //! such a client could otherwise give itself any user's login. Others get
 //! CLUSTER_AUTHORIZATION_FAILED.
+//!
+//! In a cluster a follower forwards the request to the leader in an Envelope (judged there by
+//! the client's rights; with ACLs off the leader refuses it, as a client that did not log in on
+//! it), so credentials made over the protocol are the leader's, and log clients in there only.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +48,36 @@ pub async fn handle(
     ctx: Ctx,
     req: AlterUserScramCredentialsRequest,
 ) -> AlterUserScramCredentialsResponse {
+    let refused = if ctx.broker.acls.enabled() {
+        !ctx.allowed_on_cluster(crate::acl::Operation::Alter)
+    } else {
+        let session = &ctx.session;
+        session.listener == ListenerKind::Quic || !session.identity.uses_sasl()
+    };
+    // In a cluster the credentials are made on the leader, judged by the client's rights there
+    // (an Envelope): a follower's own super users or users may not mint a login that the leader
+    // would then take forwarded requests from.
+    if !refused {
+        match super::forward_to_leader(&ctx, &req).await {
+            None => {}
+            Some(Ok(answer)) => return answer,
+            Some(Err(why)) => {
+                let results = req
+                    .deletions
+                    .iter()
+                    .map(|d| d.name.clone())
+                    .chain(req.upsertions.iter().map(|u| u.name.clone()))
+                    .map(|user| {
+                        AlterUserScramCredentialsResult::default()
+                            .with_user(user)
+                            .with_error_code(E::NotController.code())
+                            .with_error_message(Some(s(why.as_str())))
+                    })
+                    .collect();
+                return AlterUserScramCredentialsResponse::default().with_results(results);
+            }
+        }
+    }
     // Users in the order first named, each with its changes or the first error among them.
     let mut users: BTreeMap<String, (usize, UserChanges)> = BTreeMap::new();
     let mut seen: BTreeMap<(String, i8), usize> = BTreeMap::new();
@@ -131,12 +165,6 @@ pub async fn handle(
         .collect();
     users.sort_by_key(|(_, order, _)| *order);
 
-    let refused = if ctx.broker.acls.enabled() {
-        !ctx.allowed_on_cluster(crate::acl::Operation::Alter)
-    } else {
-        let session = &ctx.session;
-        session.listener == ListenerKind::Quic || !session.identity.uses_sasl()
-    };
     let mut changes = Vec::new();
     let mut results: Vec<(String, Option<Refusal>)> = Vec::new();
     for (user, _, r) in users {

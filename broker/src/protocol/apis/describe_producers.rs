@@ -2,8 +2,9 @@
 //! partition asked keeps a state for, with their epoch, last sequence and timestamp and the
 //! start of a transaction they have open there (`kafka-transactions.sh describe-producers` and
 //! `find-hanging`, `AdminClient.describeProducers`). The client needs Read on the topic, else
-//! TOPIC_AUTHORIZATION_FAILED; an unknown partition gets UNKNOWN_TOPIC_OR_PARTITION, and a
-//! cluster's follower NOT_LEADER_OR_FOLLOWER. The coordinator epoch is not kept: -1.
+//! TOPIC_AUTHORIZATION_FAILED; an unknown partition gets UNKNOWN_TOPIC_OR_PARTITION. As in
+//! Kafka every replica answers (`--broker-id`): a follower with the state its copy of the log
+//! gives. The coordinator epoch is not kept: -1.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_producers_response::{
@@ -29,8 +30,6 @@ pub async fn handle(ctx: Ctx, req: DescribeProducersRequest) -> DescribeProducer
                     let out = PartitionResponse::default().with_partition_index(index);
                     let error = if refused {
                         E::TopicAuthorizationFailed
-                    } else if ctx.follows() {
-                        E::NotLeaderOrFollower
                     } else {
                         let Some(part) = topic.as_ref().and_then(|t| t.partition(index)) else {
                             return out.with_error_code(E::UnknownTopicOrPartition.code());

@@ -4,8 +4,8 @@
 //! (a follower answers NOT_CONTROLLER: two brokers that each take the other for the leader do
 //! not pass a request back and forth), only from a principal with ClusterAction on the cluster
 //! (the followers; else CLUSTER_AUTHORIZATION_FAILED), and only for the requests followers
-//! forward: CreateAcls, DeleteAcls, AlterClientQuotas, DescribeClientQuotas (else
-//! INVALID_REQUEST). The principal travels as its UTF-8 text (`User:alice`): only Runnel brokers
+//! forward: CreateAcls, DeleteAcls, AlterClientQuotas, DescribeClientQuotas,
+//! AlterUserScramCredentials (else INVALID_REQUEST). The principal travels as its UTF-8 text (`User:alice`): only Runnel brokers
 //! send it.
 
 use std::net::{IpAddr, SocketAddr};
@@ -19,11 +19,12 @@ use crate::acl::Operation;
 use crate::protocol::{Ctx, Outcome, Session, auth, frame};
 
 /// What a follower forwards.
-const FORWARDED: [ApiKey; 4] = [
+const FORWARDED: [ApiKey; 5] = [
     ApiKey::CreateAcls,
     ApiKey::DeleteAcls,
     ApiKey::AlterClientQuotas,
     ApiKey::DescribeClientQuotas,
+    ApiKey::AlterUserScramCredentials,
 ];
 
 pub async fn handle(ctx: Ctx, req: EnvelopeRequest) -> EnvelopeResponse {

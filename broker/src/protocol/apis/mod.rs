@@ -93,10 +93,11 @@ pub(crate) async fn forward_to_leader<R: kafka_protocol::protocol::Request>(
             .forward_as(req, ctx.api_version, client)
             .await
             .map_err(|e| {
-                tracing::warn!(error = %format!("{e:#}"), leader = cluster.leader, "cannot forward a request to the leader");
+                let error = format!("{e:#}");
+                tracing::warn!(%error, leader = cluster.leader, "cannot forward a request to the leader");
                 format!(
                     "this broker follows node {}, which keeps this, and could not forward the \
-                     request to it",
+                     request to it: {error}",
                     cluster.leader
                 )
             }),
