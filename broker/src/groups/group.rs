@@ -1093,6 +1093,11 @@ impl Group {
         self.try_complete_join(now);
     }
 
+    /// How many members the group has.
+    pub fn members_len(&self) -> usize {
+        self.members.len()
+    }
+
     /// Forgets every member, keeping the committed offsets: the group is Empty and its saved
     /// membership goes. For a broker that starts as a follower, before it serves anything:
     /// members restored from the store have no join or sync waiting, so none is answered.

@@ -359,8 +359,16 @@ impl GroupCoordinator {
     /// generation (which only an empty group takes), would be refused meanwhile.
     pub fn forget_members(&self) {
         let now = self.now();
+        let mut forgotten = 0;
         for group in self.groups().values_mut() {
+            forgotten += usize::from(group.members_len() > 0);
             group.dismiss(now);
+        }
+        if forgotten > 0 {
+            tracing::info!(
+                groups = forgotten,
+                "group members restored are forgotten: this broker follows, the leader coordinates"
+            );
         }
         self.save_memberships();
     }
