@@ -104,11 +104,7 @@ impl Partition {
         marker: storage::Marker,
         now_ms: i64,
     ) -> Result<i64, StorageError> {
-        let offset = self
-            .log()
-            .append_marker(producer_id, epoch, marker, now_ms)?;
-        self.appended.notify_waiters();
-        Ok(offset)
+        self.write_marker(producer_id, epoch, marker, now_ms, false)
     }
 
     /// A marker a WriteTxnMarkers request asks for (an operator ending a hanging
@@ -121,9 +117,23 @@ impl Partition {
         marker: storage::Marker,
         now_ms: i64,
     ) -> Result<i64, StorageError> {
+        self.write_marker(producer_id, epoch, marker, now_ms, true)
+    }
+
+    /// Writes a marker, refused first when `fenced_if_older` and `epoch` is older than the
+    /// producer's (checked under the same lock as the write), and wakes waiting fetches.
+    fn write_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        marker: storage::Marker,
+        now_ms: i64,
+        fenced_if_older: bool,
+    ) -> Result<i64, StorageError> {
         let offset = {
             let mut log = self.log();
-            if let Some(current) = log.producer_epoch(producer_id)
+            if fenced_if_older
+                && let Some(current) = log.producer_epoch(producer_id)
                 && epoch < current
             {
                 return Err(StorageError::InvalidProducerEpoch {

@@ -152,6 +152,24 @@ fn segment_bytes(data_dir: &Path, topic: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Whether a write with acks=all to `topic` at broker 1 of `pair`, by the SCRAM user `app`
+/// (`app-secret`), is refused within 3 s (min_insync_replicas not met).
+async fn acks_all_refused(pair: &Pair, topic: &str) -> bool {
+    let impatient: FutureProducer =
+        common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")
+            .set("acks", "all")
+            .set("message.timeout.ms", "2000")
+            .create()
+            .unwrap();
+    impatient
+        .send(
+            FutureRecord::<str, str>::to(topic).payload("x"),
+            Duration::from_secs(3),
+        )
+        .await
+        .is_err()
+}
+
 /// Waits until `cond` holds, for up to 20 s.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -691,19 +709,7 @@ async fn a_follower_logs_in_to_a_leader_that_asks_for_sasl_and_acls() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!follower.broker.cluster.as_ref().unwrap().following());
     assert_eq!(log_end(&follower, "secured"), 20);
-    let impatient: FutureProducer =
-        common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")
-            .set("acks", "all")
-            .set("message.timeout.ms", "2000")
-            .create()
-            .unwrap();
-    let refused = impatient
-        .send(
-            FutureRecord::<str, str>::to("secured").payload("x"),
-            Duration::from_secs(3),
-        )
-        .await;
-    assert!(refused.is_err());
+    assert!(acks_all_refused(&pair, "secured").await);
     assert_eq!(
         log_end(&leader, "secured"),
         20,
@@ -1054,19 +1060,30 @@ async fn a_follower_reaches_the_leader_over_tls_with_its_certificate() {
     );
     assert!(!cluster.following());
     assert_eq!(log_end(&follower, "over-tls"), 20);
-    let impatient: FutureProducer =
-        common::sasl_client_config("SCRAM-SHA-256", &pair.address(1), "app", "app-secret")
-            .set("acks", "all")
-            .set("message.timeout.ms", "2000")
-            .create()
-            .unwrap();
-    let refused = impatient
-        .send(
-            FutureRecord::<str, str>::to("over-tls").payload("x"),
-            Duration::from_secs(3),
-        )
-        .await;
-    assert!(refused.is_err(), "acks=all taken without the follower");
+    // Once it has left the in-sync set (replica_lag_time_max), acks=all is refused and nothing
+    // is written (before, a write is taken and waits for it).
+    let out_of_sync = "runnel_replication_in_sync_replicas{topic=\"over-tls\",partition=\"0\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = common::http_get(leader.admin_addr.unwrap(), "/metrics").await;
+        if metrics.contains(out_of_sync) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the in-sync set did not shrink: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        acks_all_refused(&pair, "over-tls").await,
+        "acks=all taken without the follower"
+    );
+    assert_eq!(
+        log_end(&leader, "over-tls"),
+        20,
+        "a refused write was stored"
+    );
     leader.shutdown().await;
     follower.shutdown().await;
 }
