@@ -198,6 +198,10 @@ pub async fn start_broker_from(
             max_session_timeout: config.groups.max_session_timeout,
             initial_rebalance_delay: config.groups.initial_rebalance_delay,
             offsets_retention: config.groups.offsets_retention,
+            consumer: crate::groups::ConsumerSettings {
+                session_timeout: config.groups.consumer_session_timeout,
+                heartbeat_interval: config.groups.consumer_heartbeat_interval,
+            },
         },
         Arc::new(meta.clone()),
     )

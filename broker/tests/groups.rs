@@ -518,3 +518,292 @@ async fn a_deleted_topic_takes_its_committed_offsets_with_it() {
     );
     broker.shutdown().await;
 }
+
+// ---- The consumer group protocol (KIP-848, `group.protocol=consumer`) ------------------------
+
+/// A broker that tells consumer-protocol members to heartbeat every 200 ms and drops them
+/// after 3 s of silence, so partitions move within a test's patience.
+async fn consumer_protocol_broker(dir: &std::path::Path) -> runnel::BrokerHandle {
+    let mut cfg = common::test_config(dir);
+    cfg.groups.consumer_heartbeat_interval = Duration::from_millis(200);
+    cfg.groups.consumer_session_timeout = Duration::from_secs(3);
+    common::start_with(cfg).await
+}
+
+/// A librdkafka consumer of the consumer group protocol: the broker assigns, so no assignor,
+/// session timeout or heartbeat interval is set here (librdkafka refuses them).
+fn protocol_member(bootstrap: &str, group: &str, assignor: Option<&str>) -> BaseConsumer {
+    let mut config = common::client_config(bootstrap);
+    config
+        .set("group.id", group)
+        .set("group.protocol", "consumer")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    if let Some(assignor) = assignor {
+        config.set("group.remote.assignor", assignor);
+    }
+    config.create().unwrap()
+}
+
+/// Polls `c` until it has read `n` records, returning their payloads; panics after 30 s.
+fn read_records(c: &BaseConsumer, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {n} records",
+            got.len()
+        );
+        match c.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => got.push(String::from_utf8_lossy(m.payload().unwrap()).into_owned()),
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_group_shares_partitions_as_members_come_and_go() {
+    use kafka_protocol::messages::{ConsumerGroupDescribeRequest, GroupId};
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = consumer_protocol_broker(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "kip848", 6).await;
+    produce(&bootstrap, "kip848", 6, 10).await;
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let first = protocol_member(&b, "g848", None);
+        first.subscribe(&["kip848"]).unwrap();
+        poll_until(&[&first], "one member", |s| s[0].len() == 6);
+        let others: Vec<BaseConsumer> = (0..2).map(|_| protocol_member(&b, "g848", None)).collect();
+        for m in &others {
+            m.subscribe(&["kip848"]).unwrap();
+        }
+        let mut members = vec![first];
+        members.extend(others);
+        let refs: Vec<&BaseConsumer> = members.iter().collect();
+        poll_until(&refs, "three members", |s| {
+            covers_evenly(s, 6) && s.iter().all(|x| x.len() == 2)
+        });
+        leave(members.pop().unwrap());
+        let refs: Vec<&BaseConsumer> = members.iter().collect();
+        poll_until(&refs, "after one left", |s| {
+            covers_evenly(s, 6) && s.iter().all(|x| x.len() == 3)
+        });
+    })
+    .await
+    .unwrap();
+
+    // ConsumerGroupDescribe shows the group the way kafka-consumer-groups.sh reads it.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let described = raw
+        .call(
+            &ConsumerGroupDescribeRequest::default()
+                .with_group_ids(vec![GroupId(StrBytes::from_static_str("g848"))]),
+            1,
+        )
+        .await;
+    let group = &described.groups[0];
+    assert_eq!(group.error_code, 0);
+    assert_eq!(group.assignor_name.as_str(), "uniform");
+    assert!(group.group_epoch >= 3, "{}", group.group_epoch);
+    assert!(
+        ["Stable", "Reconciling", "Empty"].contains(&group.group_state.as_str()),
+        "{}",
+        group.group_state.as_str()
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_commits_resume_in_a_new_member_and_range_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = consumer_protocol_broker(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "kip848r", 4).await;
+    produce(&bootstrap, "kip848r", 4, 5).await;
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = protocol_member(&b, "g848r", Some("range"));
+        c.subscribe(&["kip848r"]).unwrap();
+        let got = read_records(&c, 20);
+        let distinct: BTreeSet<&String> = got.iter().collect();
+        assert_eq!(distinct.len(), 20, "{got:?}");
+        c.commit_consumer_state(CommitMode::Sync).unwrap();
+        let d = protocol_member(&b, "g848r", Some("range"));
+        d.subscribe(&["kip848r"]).unwrap();
+        // Range over two members: contiguous halves.
+        poll_until(&[&c, &d], "two members under range", |s| {
+            let mut s = s.to_vec();
+            s.sort();
+            s == [BTreeSet::from([0, 1]), BTreeSet::from([2, 3])]
+        });
+        leave(c);
+        leave(d);
+    })
+    .await
+    .unwrap();
+    produce(&bootstrap, "kip848r", 4, 1).await;
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let e = protocol_member(&b, "g848r", None);
+        e.subscribe(&["kip848r"]).unwrap();
+        // Only the four records produced after the commit.
+        let mut got = read_records(&e, 4);
+        got.sort();
+        assert_eq!(got, ["p0-0", "p1-0", "p2-0", "p3-0"]);
+        assert!(e.poll(Duration::from_millis(500)).is_none());
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{
+        ConsumerGroupHeartbeatRequest, DescribeGroupsRequest, GroupId, JoinGroupRequest,
+        ListGroupsRequest, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = consumer_protocol_broker(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "kip848w", 2).await;
+    let topic_id = broker.broker.catalog.get("kip848w").unwrap().id;
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let heartbeat = |member: &str, epoch: i32| {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("gw")))
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(if epoch == 0 { 5000 } else { -1 })
+    };
+    let join = |member: &str| {
+        heartbeat(member, 0)
+            .with_subscribed_topic_names(Some(vec![TopicName(StrBytes::from_static_str(
+                "kip848w",
+            ))]))
+            .with_topic_partitions(Some(Vec::new()))
+    };
+
+    // Refused: no member id in v1, a bad regex, an unknown assignor, a wrong epoch.
+    let r = raw.call(&join(""), 1).await;
+    assert_eq!(r.error_code, 42, "{:?}", r.error_message);
+    let r = raw
+        .call(
+            &join("m1").with_subscribed_topic_regex(Some(StrBytes::from_static_str("(["))),
+            1,
+        )
+        .await;
+    assert_eq!(r.error_code, 42);
+    assert!(
+        r.error_message
+            .unwrap()
+            .contains("invalid SubscribedTopicRegex")
+    );
+    let r = raw
+        .call(
+            &join("m1").with_server_assignor(Some(StrBytes::from_static_str("sticky"))),
+            1,
+        )
+        .await;
+    assert_eq!(r.error_code, 112);
+
+    let first = raw.call(&join("m1"), 1).await;
+    assert_eq!(first.error_code, 0, "{:?}", first.error_message);
+    assert_eq!(first.heartbeat_interval_ms, 200);
+    let given = first.assignment.unwrap().topic_partitions;
+    assert_eq!(given.len(), 1);
+    assert_eq!(given[0].topic_id, topic_id);
+    assert_eq!(given[0].partitions, [0, 1]);
+    let r = raw.call(&heartbeat("m1", first.member_epoch + 5), 1).await;
+    assert_eq!(r.error_code, 110);
+
+    // A classic member cannot join while the group has consumer-protocol members.
+    let classic = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("gw")))
+        .with_session_timeout_ms(6000)
+        .with_rebalance_timeout_ms(6000)
+        .with_member_id(StrBytes::from_static_str(""))
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+        ]);
+    assert_eq!(raw.call(&classic, 5).await.error_code, 23);
+
+    // ListGroups v5 tells the type; DescribeGroups shows the group as older tools read it.
+    let listed = raw
+        .call(
+            &ListGroupsRequest::default()
+                .with_types_filter(vec![StrBytes::from_static_str("consumer")]),
+            5,
+        )
+        .await;
+    let listed: Vec<(&str, &str)> = listed
+        .groups
+        .iter()
+        .map(|g| (g.group_id.as_str(), g.group_type.as_str()))
+        .collect();
+    assert_eq!(listed, [("gw", "consumer")]);
+    let described = raw
+        .call(
+            &DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(StrBytes::from_static_str("gw"))]),
+            5,
+        )
+        .await;
+    let g = &described.groups[0];
+    assert_eq!(g.protocol_type.as_str(), "consumer");
+    assert_eq!(g.protocol_data.as_str(), "uniform");
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.members[0].member_id.as_str(), "m1");
+
+    // m2 joins; m1 goes silent. After m1's session (3 s) m2 holds both partitions, having
+    // been given nothing m1 still held meanwhile.
+    let second = raw.call(&join("m2"), 1).await;
+    assert_eq!(second.error_code, 0);
+    let mut epoch = second.member_epoch;
+    let mut owned: Vec<i32> = Vec::new();
+    let started = Instant::now();
+    while owned.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "m2 holds {owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = raw
+            .call(
+                &heartbeat("m2", epoch).with_topic_partitions(Some(vec![
+                    TopicPartitions::default()
+                        .with_topic_id(topic_id)
+                        .with_partitions(owned.clone()),
+                ])),
+                1,
+            )
+            .await;
+        assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+        epoch = r.member_epoch;
+        if let Some(a) = r.assignment {
+            owned = a
+                .topic_partitions
+                .iter()
+                .flat_map(|t| t.partitions.clone())
+                .collect();
+            if started.elapsed() < Duration::from_millis(2500) {
+                assert!(owned.is_empty(), "given {owned:?} while m1 held them");
+            }
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    let r = raw.call(&heartbeat("m1", first.member_epoch), 1).await;
+    assert_eq!(r.error_code, 25, "m1 was removed");
+    broker.shutdown().await;
+}

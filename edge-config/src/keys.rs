@@ -337,6 +337,16 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Duration,
                 "How long committed offsets of an empty group are kept.",
             ),
+            key(
+                "consumer_session_timeout",
+                Duration,
+                "Consumers of the consumer group protocol (group.protocol=consumer) that have\nnot heartbeated for this long leave their group.",
+            ),
+            key(
+                "consumer_heartbeat_interval",
+                Duration,
+                "How often consumers of the consumer group protocol heartbeat. Allowed: less\nthan consumer_session_timeout.",
+            ),
         ],
     },
     Section {

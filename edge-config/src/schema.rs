@@ -394,6 +394,16 @@ pub struct GroupsConfig {
     /// commit (KIP-496; looked at once a minute). Default 7d.
     #[serde(with = "units::duration")]
     pub offsets_retention: Duration,
+    /// Consumers of the consumer group protocol (KIP-848, `group.protocol=consumer`) that have
+    /// not heartbeated for this long leave their group (`group.consumer.session.timeout.ms`).
+    /// Default 45s.
+    #[serde(with = "units::duration")]
+    pub consumer_session_timeout: Duration,
+    /// How often consumers of the consumer group protocol are told to heartbeat
+    /// (`group.consumer.heartbeat.interval.ms`); a partition given up by one consumer reaches
+    /// the next within about this long. Default 5s; less than consumer_session_timeout.
+    #[serde(with = "units::duration")]
+    pub consumer_heartbeat_interval: Duration,
 }
 
 impl Default for GroupsConfig {
@@ -403,6 +413,8 @@ impl Default for GroupsConfig {
             max_session_timeout: secs(30 * 60),
             initial_rebalance_delay: Duration::ZERO,
             offsets_retention: secs(7 * DAY),
+            consumer_session_timeout: secs(45),
+            consumer_heartbeat_interval: secs(5),
         }
     }
 }

@@ -210,6 +210,23 @@ impl Config {
             ));
         }
         c.positive("groups.offsets_retention", groups.offsets_retention)?;
+        c.positive(
+            "groups.consumer_heartbeat_interval",
+            groups.consumer_heartbeat_interval,
+        )?;
+        if groups.consumer_heartbeat_interval >= groups.consumer_session_timeout {
+            return Err(c.conflict(
+                &[
+                    "groups.consumer_heartbeat_interval",
+                    "groups.consumer_session_timeout",
+                ],
+                format!(
+                    "{} is not less than groups.consumer_session_timeout ({})",
+                    format_duration(groups.consumer_heartbeat_interval),
+                    format_duration(groups.consumer_session_timeout)
+                ),
+            ));
+        }
         for user in &self.acls.super_users {
             if user.strip_prefix("User:").is_none_or(str::is_empty) {
                 return Err(c.invalid(

@@ -315,9 +315,9 @@ def broker_factory(runnel_bin, tls_material, tmp_path_factory):
 
     def make(tls: bool = False, start: bool = True,
              sasl_users: dict[str, str] | None = None, quic: bool = False,
-             super_users: list[str] | None = None) -> Broker:
+             super_users: list[str] | None = None, extra_config: str = "") -> Broker:
         b = Broker(runnel_bin, tmp_path_factory.mktemp("broker"), tls_material if tls else None,
-                   sasl_users, quic, super_users)
+                   sasl_users, quic, super_users, extra_config=extra_config)
         made.append(b)
         if start:
             b.start()

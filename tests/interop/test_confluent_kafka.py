@@ -126,8 +126,8 @@ def test_admin_describes_the_brokers_settings(broker):
 
 
 def test_admin_lists_groups_by_type(broker):
-    """ListGroups v5: every group here is a classic one (KIP-848's consumer protocol is not
-    served), so a filter for the consumer type lists none of them, as Kafka 4.0 does."""
+    """ListGroups v5: a group of classic consumers is listed as classic, and a filter for the
+    consumer type (KIP-848's groups) leaves it out, as Kafka 4.0 does."""
     admin = AdminClient(conf(broker.bootstrap))
     group = group_with_a_commit(broker, admin, "ck-types")
 
@@ -138,6 +138,54 @@ def test_admin_lists_groups_by_type(broker):
     assert listed()[group] == ConsumerGroupType.CLASSIC
     assert group in listed(types={ConsumerGroupType.CLASSIC})
     assert group not in listed(types={ConsumerGroupType.CONSUMER})
+
+
+def test_consumer_group_protocol(broker_factory):
+    """group.protocol=consumer (KIP-848, GA in librdkafka 2.12): the broker assigns the
+    partitions. Two members split four partitions, between them read every record once, are
+    described and listed as a consumer-type group, and the one left takes all four back."""
+    b = broker_factory(extra_config='[groups]\nconsumer_heartbeat_interval = "300ms"')
+    admin = AdminClient(conf(b.bootstrap))
+    topic, group = unique("ck-848"), unique("ck-848-g")
+    create_topic(admin, topic, 4)
+    producer = Producer(conf(b.bootstrap))
+    for i in range(40):
+        producer.produce(topic, value=f"r{i}".encode(), partition=i % 4)
+    assert producer.flush(30) == 0
+    members = [Consumer({**conf(b.bootstrap), "group.id": group, "group.protocol": "consumer",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "client.id": f"m{i}"}) for i in range(2)]
+    for c in members:
+        c.subscribe([topic])
+    values = []
+
+    def split_evenly():
+        for c in members:
+            m = c.poll(0.1)
+            if m is not None and not m.error():
+                values.append(m.value())
+                c.commit(message=m, asynchronous=False)
+        held = [{tp.partition for tp in c.assignment()} for c in members]
+        return all(len(h) == 2 for h in held) and held[0] | held[1] == {0, 1, 2, 3}
+    wait_for(split_evenly, timeout=30, interval=0, what="two members holding two partitions each")
+    wait_for(lambda: split_evenly() and len(values) >= 40, timeout=30, interval=0,
+             what="every record read")
+    assert sorted(values) == sorted(f"r{i}".encode() for i in range(40))
+
+    described = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    assert described.type == ConsumerGroupType.CONSUMER
+    assert sorted(m.client_id for m in described.members) == ["m0", "m1"]
+    held = sorted(tp.partition for m in described.members
+                  for tp in m.assignment.topic_partitions)
+    assert held == [0, 1, 2, 3]
+    listed = admin.list_consumer_groups(types={ConsumerGroupType.CONSUMER}).result(timeout=10)
+    assert group in {g.group_id for g in listed.valid}
+
+    members.pop().close()
+    rest = members[0]
+    wait_for(lambda: rest.poll(0.1) is None and len(rest.assignment()) == 4, timeout=30,
+             interval=0, what="the member that stays holding all four partitions")
+    rest.close()
 
 
 def test_admin_describes_the_scram_users(broker_factory):

@@ -87,6 +87,27 @@ pub enum GroupError {
     /// GROUP_SUBSCRIBED_TO_TOPIC (86): OffsetDelete of a topic the group's members consume.
     #[error("the group is subscribed to the topic")]
     GroupSubscribedToTopic,
+    /// INVALID_REQUEST (42): a ConsumerGroupHeartbeat that breaks the protocol's rules.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// FENCED_MEMBER_EPOCH (110): a consumer-protocol member's epoch is not the coordinator's;
+    /// it must join again (epoch 0).
+    #[error("member epoch {given} is fenced: the member's epoch is {current}; join again")]
+    FencedMemberEpoch { given: i32, current: i32 },
+    /// UNRELEASED_INSTANCE_ID (111): a static member's instance id is still held by another
+    /// member id.
+    #[error("instance id {instance_id} is still held by member {member_id}")]
+    UnreleasedInstanceId {
+        instance_id: String,
+        member_id: String,
+    },
+    /// UNSUPPORTED_ASSIGNOR (112).
+    #[error("assignor {0:?} is not one of this broker's: uniform, range")]
+    UnsupportedAssignor(String),
+    /// STALE_MEMBER_EPOCH (113): an OffsetCommit at an older epoch for partitions the member no
+    /// longer holds.
+    #[error("member epoch {given} is stale: the member's epoch is {current}")]
+    StaleMemberEpoch { given: i32, current: i32 },
     /// A store failure while committing or deleting (a full disk); reported as
     /// COORDINATOR_NOT_AVAILABLE (15), which clients retry, as Kafka answers a commit it could
     /// not write.
@@ -113,6 +134,11 @@ impl GroupError {
             GroupError::MemberIdRequired { .. } => 79,
             GroupError::FencedInstanceId => 82,
             GroupError::GroupSubscribedToTopic => 86,
+            GroupError::InvalidRequest(_) => 42,
+            GroupError::FencedMemberEpoch { .. } => 110,
+            GroupError::UnreleasedInstanceId { .. } => 111,
+            GroupError::UnsupportedAssignor(_) => 112,
+            GroupError::StaleMemberEpoch { .. } => 113,
         }
     }
 }

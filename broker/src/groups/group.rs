@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::consumer::ConsumerGroup;
 use super::error::GroupError;
 use super::offsets::{CommittedOffset, MemberRecord, Membership};
 use super::types::*;
@@ -160,6 +161,8 @@ pub(crate) struct Group {
     last_completed: Option<Membership>,
     /// `last_completed` changed since it was last saved.
     membership_changed: bool,
+    /// Members of the consumer protocol (KIP-848); none in a classic group.
+    pub consumer: ConsumerGroup,
 }
 
 impl Group {
@@ -168,6 +171,9 @@ impl Group {
     /// subscription cannot be read (then every topic counts as subscribed).
     pub(crate) fn subscribed_topics(&self) -> Option<std::collections::HashSet<String>> {
         let mut topics = std::collections::HashSet::new();
+        if self.uses_consumer_protocol() {
+            return Some(self.consumer.subscribed_topics().into_iter().collect());
+        }
         if self.members.is_empty() || self.protocol_type.as_deref() != Some("consumer") {
             return Some(topics);
         }
@@ -191,6 +197,7 @@ impl Group {
     }
 
     pub fn new(id: String, initial_rebalance_delay: Duration, now: Instant) -> Self {
+        let id_for_consumer = id.clone();
         Group {
             id,
             state: GroupState::Empty,
@@ -210,6 +217,7 @@ impl Group {
             last_commit: now,
             last_completed: None,
             membership_changed: false,
+            consumer: ConsumerGroup::new(id_for_consumer),
         }
     }
 
@@ -327,6 +335,7 @@ impl Group {
     /// True when nothing is left: the coordinator may forget the group.
     pub fn is_idle_and_empty(&self) -> bool {
         self.state == GroupState::Empty
+            && self.consumer.is_empty()
             && self.offsets.is_empty()
             && self.pending_members.is_empty()
     }
@@ -452,7 +461,10 @@ impl Group {
             GroupState::CompletingRebalance | GroupState::Stable => {
                 self.update_member_and_rebalance(req, now)
             }
-            GroupState::Empty | GroupState::Dead => Outcome::Now(Err(GroupError::UnknownMemberId)),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Outcome::Now(Err(GroupError::UnknownMemberId)),
         }
     }
 
@@ -630,7 +642,10 @@ impl Group {
             // The leader may already hold the old member id in its assignment: rebalance.
             GroupState::CompletingRebalance => self.prepare_rebalance(now),
             GroupState::PreparingRebalance => {}
-            GroupState::Empty | GroupState::Dead => {
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {
                 return Outcome::Now(Err(GroupError::UnknownMemberId));
             }
         }
@@ -864,7 +879,10 @@ impl Group {
                 self.maybe_prepare_rebalance(now)
             }
             GroupState::PreparingRebalance => self.try_complete_join(now),
-            GroupState::Empty | GroupState::Dead => {}
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {}
         }
     }
 
@@ -890,7 +908,10 @@ impl Group {
             return Outcome::Now(Err(GroupError::InconsistentGroupProtocol));
         }
         match self.state {
-            GroupState::Empty | GroupState::Dead => Outcome::Now(Err(GroupError::UnknownMemberId)),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Outcome::Now(Err(GroupError::UnknownMemberId)),
             GroupState::PreparingRebalance => Outcome::Now(Err(GroupError::RebalanceInProgress)),
             GroupState::Stable => {
                 self.pending_sync.remove(&req.member_id);
@@ -981,7 +1002,10 @@ impl Group {
             req.generation_id,
         )?;
         match self.state {
-            GroupState::Empty | GroupState::Dead => Err(GroupError::UnknownMemberId),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Err(GroupError::UnknownMemberId),
             GroupState::PreparingRebalance => {
                 self.touch(&req.member_id, now);
                 Err(GroupError::RebalanceInProgress)
@@ -1033,6 +1057,16 @@ impl Group {
         if self.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
+        if self.uses_consumer_protocol() {
+            let partitions: Vec<(String, i32)> = req
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.partition)))
+                .collect();
+            return self
+                .consumer
+                .check_commit(&req.member_id, req.generation_id, &partitions);
+        }
         let managed =
             req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
         if managed {
@@ -1060,6 +1094,9 @@ impl Group {
     /// Applies every deadline that has passed: pending member ids, member sessions, the sync
     /// deadline, and the rebalance (initial delay or rebalance timeout).
     pub fn poll(&mut self, now: Instant) {
+        if self.consumer.poll(now) && self.consumer.is_empty() {
+            self.empty_since = now;
+        }
         let before = self.pending_members.len();
         self.pending_members.retain(|_, deadline| *deadline > now);
         if self.pending_members.len() != before {
@@ -1093,15 +1130,30 @@ impl Group {
         self.try_complete_join(now);
     }
 
-    /// How many members the group has.
+    /// How many members the group has (of either protocol).
     pub fn members_len(&self) -> usize {
-        self.members.len()
+        self.members.len() + self.consumer.members_len()
+    }
+
+    /// Whether the group is one of the consumer protocol (KIP-848): it has such members, or
+    /// had them last and no classic member joined since.
+    pub fn uses_consumer_protocol(&self) -> bool {
+        self.members.is_empty() && (!self.consumer.is_empty() || self.consumer.used())
+    }
+
+    /// The state ListGroups and DescribeGroups show.
+    pub fn listed_state(&self) -> GroupState {
+        if !self.uses_consumer_protocol() || self.state == GroupState::Dead {
+            return self.state;
+        }
+        self.consumer.state()
     }
 
     /// Forgets every member, keeping the committed offsets: the group is Empty and its saved
     /// membership goes. For a broker that starts as a follower, before it serves anything:
     /// members restored from the store have no join or sync waiting, so none is answered.
     pub fn dismiss(&mut self, now: Instant) {
+        self.consumer.dismiss();
         if self.members.is_empty() {
             return;
         }

@@ -27,6 +27,7 @@
 //! lazily before each operation on a group and by `tick`, which [`GroupCoordinator::spawn_timers`]
 //! calls every 100 ms.
 
+pub mod consumer;
 pub mod error;
 mod group;
 pub mod offsets;
@@ -45,6 +46,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::warn;
 
+pub use consumer::{
+    Assignment, ConsumerGroupDescription, ConsumerHeartbeat, ConsumerHeartbeatReply,
+    ConsumerMemberDescription, ConsumerSettings, TopicView,
+};
 pub use error::{GroupError, StartError, StoreError};
 use group::{Group, Outcome};
 pub use offsets::{
@@ -77,11 +82,14 @@ pub struct GroupConfig {
     /// commit, and in a Stable group of consumers those of topics no member subscribes to any
     /// more after their commit (KIP-496) (Kafka default 7 days). Zero keeps them forever.
     pub offsets_retention: Duration,
+    /// Session timeout and heartbeat interval of the consumer protocol's members (KIP-848).
+    pub consumer: ConsumerSettings,
 }
 
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
+            consumer: ConsumerSettings::default(),
             min_session_timeout: Duration::from_secs(6),
             max_session_timeout: Duration::from_secs(30 * 60),
             initial_rebalance_delay: Duration::from_secs(3),
@@ -313,6 +321,14 @@ impl GroupCoordinator {
                 None => return Err(GroupError::UnknownMemberId),
             };
             group.poll(now);
+            if !group.consumer.is_empty() {
+                // Kafka answers so while a group has members of the consumer protocol.
+                return Err(GroupError::InconsistentGroupProtocol);
+            }
+            if group.uses_consumer_protocol() {
+                // An empty group of the consumer protocol becomes a classic one.
+                group.consumer = consumer::ConsumerGroup::new(group_id.clone());
+            }
             let outcome = group.join(req, uuid_like(), now);
             group.poll(now);
             if group.is_idle_and_empty() && group.members.is_empty() && group.generation == 0 {
@@ -681,11 +697,17 @@ impl GroupCoordinator {
                 let wanted = states_filter.is_empty()
                     || states_filter
                         .iter()
-                        .any(|s| GroupState::parse(s) == Some(g.state));
+                        .any(|s| GroupState::parse(s) == Some(g.listed_state()));
+                let consumer = g.uses_consumer_protocol();
                 (wanted && g.state != GroupState::Dead).then(|| ListedGroup {
                     group_id: g.id.clone(),
-                    protocol_type: g.protocol_type.clone().unwrap_or_default(),
-                    state: g.state,
+                    protocol_type: if consumer {
+                        "consumer".to_string()
+                    } else {
+                        g.protocol_type.clone().unwrap_or_default()
+                    },
+                    state: g.listed_state(),
+                    group_type: if consumer { "consumer" } else { "classic" },
                 })
             })
             .collect();
@@ -693,11 +715,76 @@ impl GroupCoordinator {
         listed
     }
 
+    /// ConsumerGroupHeartbeat (KIP-848): joins, leaves, or keeps a member of a group of the
+    /// consumer protocol alive, and tells it its assignment. `view` is every topic the group may
+    /// subscribe to. A group with classic members refuses it (GROUP_ID_NOT_FOUND, as Kafka
+    /// answers when it does not convert groups).
+    pub fn consumer_heartbeat(
+        &self,
+        req: ConsumerHeartbeat,
+        view: &TopicView,
+    ) -> Result<ConsumerHeartbeatReply, GroupError> {
+        if req.group_id.is_empty() {
+            return Err(GroupError::InvalidRequest(
+                "GroupId can't be empty".to_string(),
+            ));
+        }
+        let now = self.now();
+        let mut groups = self.groups();
+        let cfg = &self.inner.config;
+        let group = match groups.get_mut(&req.group_id) {
+            Some(g) => g,
+            None if req.member_epoch == 0 => {
+                groups.entry(req.group_id.clone()).or_insert_with(|| {
+                    Group::new(req.group_id.clone(), cfg.initial_rebalance_delay, now)
+                })
+            }
+            None => return Err(GroupError::UnknownMemberId),
+        };
+        group.poll(now);
+        if !group.members.is_empty() || group.state == GroupState::Dead {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        let reply = group.consumer.heartbeat(req, view, cfg.consumer, now);
+        if group.consumer.is_empty() {
+            group.empty_since = now;
+        }
+        reply
+    }
+
+    /// ConsumerGroupDescribe for one group: GROUP_ID_NOT_FOUND for a group that does not
+    /// exist or is a classic one.
+    pub fn consumer_describe(
+        &self,
+        group_id: &str,
+    ) -> Result<ConsumerGroupDescription, GroupError> {
+        let now = self.now();
+        let mut groups = self.groups();
+        match groups.get_mut(group_id) {
+            Some(g) if g.uses_consumer_protocol() && g.state != GroupState::Dead => {
+                g.poll(now);
+                Ok(g.consumer.describe())
+            }
+            _ => Err(GroupError::GroupIdNotFound),
+        }
+    }
+
     /// DescribeGroups for one group. Unknown groups are described as Dead, as Kafka does.
     pub fn describe_group(&self, group_id: &str) -> Result<GroupDescription, GroupError> {
         let now = self.now();
         let mut groups = self.groups();
         Ok(match groups.get_mut(group_id) {
+            Some(g) if g.uses_consumer_protocol() => {
+                g.poll(now);
+                let (protocol, members) = g.consumer.classic_view();
+                GroupDescription {
+                    group_id: group_id.to_owned(),
+                    state: g.listed_state(),
+                    protocol_type: "consumer".to_string(),
+                    protocol,
+                    members,
+                }
+            }
             Some(g) => {
                 g.poll(now);
                 g.describe()
@@ -795,6 +882,9 @@ impl GroupCoordinator {
                 return Err(GroupError::GroupIdNotFound);
             };
             group.poll(now);
+            if !group.consumer.is_empty() {
+                return Err(GroupError::NonEmptyGroup);
+            }
             match group.state {
                 GroupState::Empty => {}
                 GroupState::Dead => return Err(GroupError::GroupIdNotFound),
@@ -930,6 +1020,7 @@ impl GroupCoordinator {
 
 fn offsets_expired(g: &Group, now: Instant, retention: Duration) -> bool {
     g.state == GroupState::Empty
+        && g.consumer.is_empty()
         && !g.offsets.is_empty()
         && now >= g.empty_since + retention
         && now >= g.last_commit + retention

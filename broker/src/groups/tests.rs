@@ -24,6 +24,7 @@ fn config(initial_delay: Duration) -> GroupConfig {
         max_session_timeout: Duration::from_secs(300),
         initial_rebalance_delay: initial_delay,
         offsets_retention: Duration::from_secs(3600),
+        consumer: ConsumerSettings::default(),
     }
 }
 
@@ -845,7 +846,8 @@ async fn offsets_commit_fetch_and_survive_restart() {
         vec![ListedGroup {
             group_id: "simple".into(),
             protocol_type: String::new(),
-            state: GroupState::Empty
+            state: GroupState::Empty,
+            group_type: "classic",
         }]
     );
 

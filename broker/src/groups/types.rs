@@ -18,8 +18,12 @@ pub enum GroupState {
     PreparingRebalance,
     /// Joins answered; waiting for the leader's SyncGroup (Kafka's AwaitingSync).
     CompletingRebalance,
-    /// Assignment handed out.
+    /// Assignment handed out (classic); every member holds its target (consumer protocol).
     Stable,
+    /// Consumer protocol (KIP-848): the target assignment is being computed.
+    Assigning,
+    /// Consumer protocol: members are moving to the target assignment.
+    Reconciling,
     /// Deleted, or unknown (DescribeGroups of a group that does not exist).
     Dead,
 }
@@ -33,6 +37,8 @@ impl GroupState {
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
             GroupState::Dead => "Dead",
+            GroupState::Assigning => "Assigning",
+            GroupState::Reconciling => "Reconciling",
         }
     }
 
@@ -44,6 +50,8 @@ impl GroupState {
             GroupState::CompletingRebalance,
             GroupState::Stable,
             GroupState::Dead,
+            GroupState::Assigning,
+            GroupState::Reconciling,
         ]
         .into_iter()
         .find(|s| s.as_str().eq_ignore_ascii_case(name))
@@ -254,6 +262,8 @@ pub struct ListedGroup {
     pub protocol_type: String,
     /// v4+.
     pub state: GroupState,
+    /// v5+: "classic", or "consumer" for a group of the consumer protocol (KIP-848).
+    pub group_type: &'static str,
 }
 
 /// One member in DescribeGroups.

@@ -446,12 +446,14 @@ fn groups_routes(d: &mut Dispatcher) {
         .add::<SyncGroupRequest, _, _>(0, 5, sync_group::handle)
         .add::<HeartbeatRequest, _, _>(0, 4, heartbeat::handle)
         .add::<LeaveGroupRequest, _, _>(0, 5, leave_group::handle)
-        .add::<OffsetCommitRequest, _, _>(2, 8, offset_commit::handle)
-        .add::<OffsetFetchRequest, _, _>(1, 8, offset_fetch::handle)
+        .add::<OffsetCommitRequest, _, _>(2, 9, offset_commit::handle)
+        .add::<OffsetFetchRequest, _, _>(1, 9, offset_fetch::handle)
         .add::<ListGroupsRequest, _, _>(0, 5, list_groups::handle)
         .add::<DescribeGroupsRequest, _, _>(0, 5, describe_groups::handle)
         .add::<DeleteGroupsRequest, _, _>(0, 2, delete_groups::handle)
-        .add::<OffsetDeleteRequest, _, _>(0, 0, offset_delete::handle);
+        .add::<OffsetDeleteRequest, _, _>(0, 0, offset_delete::handle)
+        .add::<ConsumerGroupHeartbeatRequest, _, _>(0, 1, consumer_group_heartbeat::handle)
+        .add::<ConsumerGroupDescribeRequest, _, _>(0, 1, consumer_group_describe::handle);
 }
 
 #[cfg(test)]

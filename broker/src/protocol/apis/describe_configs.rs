@@ -194,6 +194,18 @@ fn broker_settings(
             3,
         ),
         (
+            "group.consumer.session.timeout.ms",
+            ms(cfg.groups.consumer_session_timeout),
+            Some("45000"),
+            3,
+        ),
+        (
+            "group.consumer.heartbeat.interval.ms",
+            ms(cfg.groups.consumer_heartbeat_interval),
+            Some("5000"),
+            3,
+        ),
+        (
             "group.min.session.timeout.ms",
             ms(cfg.groups.min_session_timeout),
             Some("6000"),
