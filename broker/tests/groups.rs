@@ -307,6 +307,17 @@ impl rdkafka::consumer::ConsumerContext for CountingAssignments {
 /// member's heartbeats go on and there is no rebalance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_keeps_its_partitions_across_a_broker_restart() {
+    keeps_its_partitions_across_a_broker_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_protocol_member_keeps_its_partitions_across_a_broker_restart() {
+    keeps_its_partitions_across_a_broker_restart(true).await;
+}
+
+/// One consumer reads 40 records, the broker restarts, it reads 40 more: with no second
+/// assignment and no record twice. `consumer_protocol`: KIP-848's protocol, else the classic.
+async fn keeps_its_partitions_across_a_broker_restart(consumer_protocol: bool) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -315,6 +326,8 @@ async fn a_consumer_keeps_its_partitions_across_a_broker_restart() {
         .port();
     let mut cfg = common::test_config(dir.path());
     cfg.listeners.kafka.address = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.groups.consumer_heartbeat_interval = Duration::from_millis(300);
+    cfg.groups.consumer_session_timeout = Duration::from_secs(10);
     let broker = common::start_with(cfg.clone()).await;
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "steady", 2).await;
@@ -333,12 +346,19 @@ async fn a_consumer_keeps_its_partitions_across_a_broker_restart() {
             failed.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            let c: BaseConsumer<CountingAssignments> = common::client_config(&b)
+            let mut config = common::client_config(&b);
+            config
                 .set("group.id", "g-steady")
-                .set("session.timeout.ms", "10000")
-                .set("heartbeat.interval.ms", "300")
                 .set("auto.offset.reset", "earliest")
-                .set("enable.auto.commit", "false")
+                .set("enable.auto.commit", "false");
+            if consumer_protocol {
+                config.set("group.protocol", "consumer");
+            } else {
+                config
+                    .set("session.timeout.ms", "10000")
+                    .set("heartbeat.interval.ms", "300");
+            }
+            let c: BaseConsumer<CountingAssignments> = config
                 .create_with_context(CountingAssignments(assignments))
                 .unwrap();
             c.subscribe(&["steady"]).unwrap();
@@ -805,5 +825,71 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
     assert!(started.elapsed() >= Duration::from_millis(2500));
     let r = raw.call(&heartbeat("m1", first.member_epoch), 1).await;
     assert_eq!(r.error_code, 25, "m1 was removed");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_members_are_known_after_a_broker_restart() {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    use kafka_protocol::messages::{ConsumerGroupHeartbeatRequest, GroupId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.kafka.address = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let broker = common::start_with(cfg.clone()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "kip848s", 3).await;
+    let topic_id = broker.broker.catalog.get("kip848s").unwrap().id;
+    let heartbeat = |member: &str, epoch: i32, owned: Vec<i32>| {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("gs")))
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(5000)
+            .with_subscribed_topic_names(Some(vec![TopicName(StrBytes::from_static_str(
+                "kip848s",
+            ))]))
+            .with_topic_partitions(Some(vec![
+                TopicPartitions::default()
+                    .with_topic_id(topic_id)
+                    .with_partitions(owned),
+            ]))
+    };
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let a = raw.call(&heartbeat("a", 0, vec![]), 1).await;
+    let b = raw.call(&heartbeat("b", 0, vec![]), 1).await;
+    let a_owned = a.assignment.unwrap().topic_partitions[0].partitions.clone();
+    // a gives up what goes to b; then b takes it.
+    let a2 = raw.call(&heartbeat("a", a.member_epoch, a_owned), 1).await;
+    let a_kept = a2.assignment.unwrap().topic_partitions[0]
+        .partitions
+        .clone();
+    let a3 = raw
+        .call(&heartbeat("a", a2.member_epoch, a_kept.clone()), 1)
+        .await;
+    let b2 = raw.call(&heartbeat("b", b.member_epoch, vec![]), 1).await;
+    let b_owned = b2.assignment.unwrap().topic_partitions[0]
+        .partitions
+        .clone();
+    assert_eq!(a_kept.len() + b_owned.len(), 3);
+    // The group is saved at the coordinator's next tick (100 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.shutdown().await;
+
+    let broker = common::start_with(cfg).await;
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    for (member, epoch, owned) in [
+        ("a", a3.member_epoch, a_kept),
+        ("b", b2.member_epoch, b_owned),
+    ] {
+        let r = raw.call(&heartbeat(member, epoch, owned.clone()), 1).await;
+        assert_eq!(r.error_code, 0, "{member}: {:?}", r.error_message);
+        assert_eq!(r.member_epoch, epoch, "{member} goes on at its epoch");
+        // Its whole assignment is sent again, unchanged.
+        let again = r.assignment.unwrap().topic_partitions[0].partitions.clone();
+        assert_eq!(again, owned);
+    }
     broker.shutdown().await;
 }

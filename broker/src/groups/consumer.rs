@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::info;
 use uuid::Uuid;
@@ -163,6 +164,56 @@ pub struct ConsumerGroup {
     target: BTreeMap<String, Assignment>,
     /// The subscribed topics (name, id, partitions) the target was computed from.
     metadata: Vec<(String, Uuid, i32)>,
+    /// Something a restart needs changed since the group was last saved ([`Self::save`]).
+    dirty: bool,
+}
+
+/// A group as the store keeps it ([`ConsumerGroup::save`]): what a restarted coordinator needs
+/// to recognise its members' next heartbeats, as Kafka's reloads its groups. Sessions start
+/// again at the restart.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    format: u8,
+    epoch: i32,
+    assignment_epoch: i32,
+    /// (name, topic id, partitions).
+    metadata: Vec<(String, String, i32)>,
+    members: Vec<SavedMember>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedMember {
+    id: String,
+    instance_id: Option<String>,
+    rack_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    epoch: i32,
+    previous_epoch: i32,
+    /// 0 stable, 1 revoking, 2 waiting for partitions others hold.
+    state: u8,
+    rebalance_timeout_ms: u64,
+    topic_names: Vec<String>,
+    regex: Option<String>,
+    assignor: Option<String>,
+    assigned: Vec<(String, Vec<i32>)>,
+    pending_revocation: Vec<(String, Vec<i32>)>,
+    target: Vec<(String, Vec<i32>)>,
+}
+
+/// The format [`Saved`] is written in.
+const SAVED_FORMAT: u8 = 1;
+
+fn save_assignment(a: &Assignment) -> Vec<(String, Vec<i32>)> {
+    a.iter()
+        .map(|(t, ps)| (t.to_string(), ps.iter().copied().collect()))
+        .collect()
+}
+
+fn restore_assignment(a: Vec<(String, Vec<i32>)>) -> Option<Assignment> {
+    a.into_iter()
+        .map(|(t, ps)| Some((Uuid::parse_str(&t).ok()?, ps.into_iter().collect())))
+        .collect()
 }
 
 fn contains(a: &Assignment, topic: Uuid, partition: i32) -> bool {
@@ -206,6 +257,117 @@ impl ConsumerGroup {
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// Whether the group changed since this was last asked; clears the mark.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks the group to be saved again (its last save failed).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// The bytes the store keeps for the group; `None` when it has no members (nothing to keep).
+    pub fn save(&self) -> Option<Vec<u8>> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let saved = Saved {
+            format: SAVED_FORMAT,
+            epoch: self.epoch,
+            assignment_epoch: self.assignment_epoch,
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(n, id, p)| (n.clone(), id.to_string(), *p))
+                .collect(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| SavedMember {
+                    id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    epoch: m.epoch,
+                    previous_epoch: m.previous_epoch,
+                    state: match m.state {
+                        MemberState::Stable => 0,
+                        MemberState::UnrevokedPartitions => 1,
+                        MemberState::UnreleasedPartitions => 2,
+                    },
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+                    topic_names: m.topic_names.iter().cloned().collect(),
+                    regex: m.regex.as_ref().map(|(p, _)| p.clone()),
+                    assignor: m.assignor.clone(),
+                    assigned: save_assignment(&m.assigned),
+                    pending_revocation: save_assignment(&m.pending_revocation),
+                    target: save_assignment(&self.target.get(id).cloned().unwrap_or_default()),
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&saved).ok()
+    }
+
+    /// A group from [`Self::save`]'s bytes, its members' sessions starting `now`; `None` when
+    /// the bytes are not that (its members then join again, as after a restart without them).
+    pub fn restore(
+        group_id: String,
+        bytes: &[u8],
+        settings: ConsumerSettings,
+        now: Instant,
+    ) -> Option<ConsumerGroup> {
+        let saved: Saved = serde_json::from_slice(bytes).ok()?;
+        if saved.format != SAVED_FORMAT {
+            return None;
+        }
+        let mut group = ConsumerGroup::new(group_id);
+        group.epoch = saved.epoch;
+        group.assignment_epoch = saved.assignment_epoch;
+        group.metadata = saved
+            .metadata
+            .into_iter()
+            .map(|(n, id, p)| Some((n, Uuid::parse_str(&id).ok()?, p)))
+            .collect::<Option<_>>()?;
+        for m in saved.members {
+            let state = match m.state {
+                0 => MemberState::Stable,
+                1 => MemberState::UnrevokedPartitions,
+                _ => MemberState::UnreleasedPartitions,
+            };
+            let regex = match m.regex {
+                Some(p) => Some((p.clone(), compile(&p).ok()?)),
+                None => None,
+            };
+            group
+                .target
+                .insert(m.id.clone(), restore_assignment(m.target)?);
+            group.members.insert(
+                m.id,
+                Member {
+                    instance_id: m.instance_id,
+                    rack_id: m.rack_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    epoch: m.epoch,
+                    previous_epoch: m.previous_epoch,
+                    state,
+                    rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
+                    topic_names: m.topic_names.into_iter().collect(),
+                    regex,
+                    assignor: m.assignor,
+                    assigned: restore_assignment(m.assigned)?,
+                    pending_revocation: restore_assignment(m.pending_revocation)?,
+                    revoking_since: (state == MemberState::UnrevokedPartitions).then_some(now),
+                    session_deadline: now + settings.session_timeout,
+                    last_sent: None,
+                },
+            );
+        }
+        Some(group)
     }
 
     pub fn members_len(&self) -> usize {
@@ -435,6 +597,7 @@ impl ConsumerGroup {
     }
 
     fn remove(&mut self, member_id: &str, _now: Instant) {
+        self.dirty = true;
         self.members.remove(member_id);
         self.target.remove(member_id);
         self.epoch += 1;
@@ -447,6 +610,7 @@ impl ConsumerGroup {
     /// Removes every member (a broker that starts as a cluster's follower).
     pub fn dismiss(&mut self) {
         if !self.members.is_empty() {
+            self.dirty = true;
             self.members.clear();
             self.target.clear();
             self.metadata.clear();
@@ -498,6 +662,7 @@ impl ConsumerGroup {
         }
         if changed {
             self.epoch += 1;
+            self.dirty = true;
         }
         if self.assignment_epoch < self.epoch {
             self.target = self.compute_target();
@@ -632,6 +797,7 @@ impl ConsumerGroup {
             .flat_map(|(_, m)| pairs(&m.assigned).chain(pairs(&m.pending_revocation)))
             .collect();
         let assignment_epoch = self.assignment_epoch;
+        self.dirty = true;
         let member = self.members.get_mut(member_id).expect("looked up above");
         member.pending_revocation.clear();
         member.revoking_since = None;

@@ -264,6 +264,21 @@ impl GroupCoordinator {
                 .or_insert_with(|| Group::new(group, config.initial_rebalance_delay, now))
                 .restore(membership, now);
         }
+        for (group, saved) in store.load_consumer_groups()? {
+            let Some(consumer) =
+                consumer::ConsumerGroup::restore(group.clone(), &saved, config.consumer, now)
+            else {
+                // Its members join again, as after a restart without it.
+                warn!(group = %group, "unreadable consumer-protocol group; ignored");
+                continue;
+            };
+            let g = groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(group, config.initial_rebalance_delay, now));
+            if g.members.is_empty() {
+                g.consumer = consumer;
+            }
+        }
         Ok(GroupCoordinator {
             inner: Arc::new(Inner {
                 config,
@@ -328,6 +343,8 @@ impl GroupCoordinator {
             if group.uses_consumer_protocol() {
                 // An empty group of the consumer protocol becomes a classic one.
                 group.consumer = consumer::ConsumerGroup::new(group_id.clone());
+                // Whatever was saved of it goes at the next tick.
+                group.consumer.mark_dirty();
             }
             let outcome = group.join(req, uuid_like(), now);
             group.poll(now);
@@ -394,6 +411,7 @@ impl GroupCoordinator {
     /// store in the order the groups changed. A failed write is logged and tried again on the
     /// next call (the next tick at the latest); meanwhile the store holds the one before.
     fn save_memberships(&self) {
+        self.save_consumer_groups();
         if !self.groups().values().any(|g| g.membership_changed()) {
             return;
         }
@@ -422,6 +440,38 @@ impl GroupCoordinator {
         for group in failed {
             if let Some(g) = groups.get_mut(&group) {
                 g.mark_membership_unsaved();
+            }
+        }
+    }
+
+    /// Saves the groups of the consumer protocol that changed since the last tick (members,
+    /// epochs, assignments; not heartbeats alone), so that a restarted coordinator knows their
+    /// members. A failed save is tried again at the next tick.
+    fn save_consumer_groups(&self) {
+        let _store_guard = lock(&self.inner.store_lock);
+        let changes: Vec<(String, Option<Vec<u8>>)> = self
+            .groups()
+            .iter_mut()
+            .filter_map(|(id, g)| {
+                g.consumer
+                    .take_dirty()
+                    .then(|| (id.clone(), g.consumer.save()))
+            })
+            .collect();
+        for (group, saved) in changes {
+            if let Err(e) = self
+                .inner
+                .store
+                .save_consumer_group(&group, saved.as_deref())
+            {
+                let mut warned = lock(&self.inner.store_warned);
+                if warned.is_none_or(|t| t.elapsed() >= STORE_WARNING_EVERY) {
+                    warn!(group = %group, error = %e, "saving the group's members failed; retried every tick (this line at most every 10 s)");
+                    *warned = Some(std::time::Instant::now());
+                }
+                if let Some(g) = self.groups().get_mut(&group) {
+                    g.consumer.mark_dirty();
+                }
             }
         }
     }

@@ -170,6 +170,11 @@ pub trait OffsetStore: Send + Sync + 'static {
         group: &str,
         membership: Option<&Membership>,
     ) -> Result<(), StoreError>;
+    /// Every saved group of the consumer protocol (KIP-848), as `ConsumerGroup::save` wrote it.
+    fn load_consumer_groups(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Saves a group of the consumer protocol, replacing what was saved before; `None` removes
+    /// it. `delete_group` removes it too.
+    fn save_consumer_group(&self, group: &str, saved: Option<&[u8]>) -> Result<(), StoreError>;
 }
 
 type OffsetKey = (String, String, i32);
@@ -180,6 +185,7 @@ type OffsetKey = (String, String, i32);
 pub struct MemoryOffsetStore {
     offsets: Mutex<BTreeMap<OffsetKey, CommittedOffset>>,
     memberships: Mutex<BTreeMap<String, Membership>>,
+    consumer_groups: Mutex<BTreeMap<String, Vec<u8>>>,
     failing: Mutex<bool>,
 }
 
@@ -250,6 +256,10 @@ impl OffsetStore for MemoryOffsetStore {
         self.check()?;
         self.map().retain(|(g, _, _), _| g != group);
         self.memberships().remove(group);
+        self.consumer_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
         Ok(())
     }
 
@@ -286,6 +296,27 @@ impl OffsetStore for MemoryOffsetStore {
         match membership {
             Some(m) => saved.insert(group.to_owned(), m.clone()),
             None => saved.remove(group),
+        };
+        Ok(())
+    }
+
+    fn load_consumer_groups(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let groups = self
+            .consumer_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(groups.iter().map(|(g, b)| (g.clone(), b.clone())).collect())
+    }
+
+    fn save_consumer_group(&self, group: &str, saved: Option<&[u8]>) -> Result<(), StoreError> {
+        self.check()?;
+        let mut groups = self
+            .consumer_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match saved {
+            Some(b) => groups.insert(group.to_owned(), b.to_vec()),
+            None => groups.remove(group),
         };
         Ok(())
     }

@@ -40,6 +40,9 @@ type OffsetTable<'tx> =
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
 /// Group id -> its membership after the last completed rebalance ([`Membership::encode`]).
 const GROUP_MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("group_members");
+/// Group id -> a group of the consumer protocol (KIP-848) as `ConsumerGroup::save` wrote it.
+const GROUP_CONSUMER_MEMBERS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("group_consumer_members");
 /// (federation link, topic, partition) -> (topic id, the next local offset to forward). The id
 /// tells a topic made again under the same name from the one the cursor was for.
 const FEDERATION_CURSORS: TableDefinition<(&str, &str, i32), (u128, i64)> =
@@ -156,6 +159,7 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     tx.open_table(GROUP_OFFSETS)?;
     tx.open_table(COUNTERS)?;
     tx.open_table(GROUP_MEMBERS)?;
+    tx.open_table(GROUP_CONSUMER_MEMBERS)?;
     tx.open_table(FEDERATION_CURSORS)?;
     tx.open_table(ACLS)?;
     tx.open_table(SCRAM_CREDENTIALS)?;
@@ -642,6 +646,7 @@ impl OffsetStore for MetaStore {
             tx.open_table(GROUP_OFFSETS)?
                 .retain(|(g, _, _), _| g != group)?;
             tx.open_table(GROUP_MEMBERS)?.remove(group)?;
+            tx.open_table(GROUP_CONSUMER_MEMBERS)?.remove(group)?;
             Ok(())
         })
     }
@@ -688,6 +693,31 @@ impl OffsetStore for MetaStore {
             let mut table = tx.open_table(GROUP_MEMBERS)?;
             match membership {
                 Some(m) => table.insert(group, m.encode().as_slice())?,
+                None => table.remove(group)?,
+            };
+            Ok(())
+        })
+    }
+
+    fn load_consumer_groups(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let run = |db: &Database| -> Result<_, MetaError> {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(GROUP_CONSUMER_MEMBERS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        };
+        self.with_db(run).map_err(StoreError::new)
+    }
+
+    fn save_consumer_group(&self, group: &str, saved: Option<&[u8]>) -> Result<(), StoreError> {
+        self.write_groups(|tx| {
+            let mut table = tx.open_table(GROUP_CONSUMER_MEMBERS)?;
+            match saved {
+                Some(b) => table.insert(group, b)?,
                 None => table.remove(group)?,
             };
             Ok(())
