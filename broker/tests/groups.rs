@@ -758,6 +758,28 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
                 .with_metadata(bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
         ]);
     assert_eq!(raw.call(&classic, 5).await.error_code, 23);
+    // Nor the reverse: a group with a classic member refuses consumer-protocol members, and
+    // says why.
+    let classic = classic.with_group_id(GroupId(StrBytes::from_static_str("gw-classic")));
+    let first_join = raw.call(&classic, 5).await;
+    assert_eq!(first_join.error_code, 79, "MEMBER_ID_REQUIRED");
+    let joined = raw
+        .call(&classic.clone().with_member_id(first_join.member_id), 5)
+        .await;
+    assert_eq!(joined.error_code, 0);
+    let r = raw
+        .call(
+            &join("m9").with_group_id(GroupId(StrBytes::from_static_str("gw-classic"))),
+            1,
+        )
+        .await;
+    assert_eq!(r.error_code, 69);
+    assert!(
+        r.error_message
+            .unwrap()
+            .contains("member(s) of the classic protocol"),
+        "the reason is given"
+    );
 
     // ListGroups v5 tells the type; DescribeGroups shows the group as older tools read it.
     let listed = raw
@@ -773,6 +795,14 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
         .map(|g| (g.group_id.as_str(), g.group_type.as_str()))
         .collect();
     assert_eq!(listed, [("gw", "consumer")]);
+    let listed = raw.call(&ListGroupsRequest::default(), 5).await;
+    let mut listed: Vec<(&str, &str)> = listed
+        .groups
+        .iter()
+        .map(|g| (g.group_id.as_str(), g.group_type.as_str()))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [("gw", "consumer"), ("gw-classic", "classic")]);
     let described = raw
         .call(
             &DescribeGroupsRequest::default()

@@ -77,6 +77,10 @@ pub enum GroupError {
     /// GROUP_ID_NOT_FOUND (69).
     #[error("group id not found")]
     GroupIdNotFound,
+    /// GROUP_ID_NOT_FOUND (69) for a request of one group protocol to a group of the other
+    /// (Kafka's answer when it does not convert the group); says which.
+    #[error("{0}")]
+    OtherProtocol(String),
     /// MEMBER_ID_REQUIRED (79): the JoinGroup response must carry `member_id`, which the client
     /// sends back in its next JoinGroup.
     #[error("member id required (assigned {member_id})")]
@@ -130,7 +134,7 @@ impl GroupError {
             GroupError::InvalidSessionTimeout { .. } => 26,
             GroupError::RebalanceInProgress => 27,
             GroupError::NonEmptyGroup => 68,
-            GroupError::GroupIdNotFound => 69,
+            GroupError::GroupIdNotFound | GroupError::OtherProtocol(_) => 69,
             GroupError::MemberIdRequired { .. } => 79,
             GroupError::FencedInstanceId => 82,
             GroupError::GroupSubscribedToTopic => 86,

@@ -792,8 +792,16 @@ impl GroupCoordinator {
             None => return Err(GroupError::UnknownMemberId),
         };
         group.poll(now);
-        if !group.members.is_empty() || group.state == GroupState::Dead {
+        if group.state == GroupState::Dead {
             return Err(GroupError::GroupIdNotFound);
+        }
+        if !group.members.is_empty() {
+            return Err(GroupError::OtherProtocol(format!(
+                "group {} has {} member(s) of the classic protocol; a group is of one protocol \
+                 at a time here: stop them before consumers with group.protocol=consumer join",
+                group.id,
+                group.members.len()
+            )));
         }
         let reply = group.consumer.heartbeat(req, view, cfg.consumer, now);
         if group.consumer.is_empty() {
