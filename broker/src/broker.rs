@@ -249,11 +249,24 @@ pub async fn start_broker_from(
     let mut kafka_addr = None;
     let mut kafka_tls_addr = None;
     let listeners = &broker.config.listeners;
+    // One checker of OAUTHBEARER tokens for the listeners that take them.
+    let oauth = if (listeners.kafka.enabled && listeners.kafka.sasl_oauthbearer)
+        || (listeners.kafka_tls.enabled && listeners.kafka_tls.sasl_oauthbearer)
+    {
+        Some(Arc::new(crate::protocol::oauth::OAuthValidator::open(
+            oauth_settings(&broker.config.oauthbearer),
+        )?))
+    } else {
+        None
+    };
     if listeners.kafka.enabled {
-        let sasl = net::tcp::sasl_file(
-            &listeners.kafka.sasl_plain_file,
-            "listeners.kafka.sasl_plain_file",
-        )?;
+        let sasl = net::tcp::Sasl {
+            users: net::tcp::sasl_file(
+                &listeners.kafka.sasl_plain_file,
+                "listeners.kafka.sasl_plain_file",
+            )?,
+            oauth: oauth.clone().filter(|_| listeners.kafka.sasl_oauthbearer),
+        };
         let (addr, task) = net::tcp::listen(
             broker.clone(),
             listeners.kafka.address,
@@ -267,10 +280,15 @@ pub async fn start_broker_from(
     }
     if listeners.kafka_tls.enabled {
         let acceptor = net::tls::acceptor(&listeners.kafka_tls)?;
-        let sasl = net::tcp::sasl_file(
-            &listeners.kafka_tls.sasl_plain_file,
-            "listeners.kafka_tls.sasl_plain_file",
-        )?;
+        let sasl = net::tcp::Sasl {
+            users: net::tcp::sasl_file(
+                &listeners.kafka_tls.sasl_plain_file,
+                "listeners.kafka_tls.sasl_plain_file",
+            )?,
+            oauth: oauth
+                .clone()
+                .filter(|_| listeners.kafka_tls.sasl_oauthbearer),
+        };
         let (addr, task) = net::tcp::listen(
             broker.clone(),
             listeners.kafka_tls.address,
@@ -335,6 +353,17 @@ pub async fn start_broker_from(
         shutdown,
         tasks,
     })
+}
+
+/// What `[oauthbearer]` says, for the token checker.
+pub fn oauth_settings(c: &edge_config::OAuthBearerConfig) -> crate::protocol::oauth::OAuthSettings {
+    crate::protocol::oauth::OAuthSettings {
+        jwks_file: c.jwks_file.clone(),
+        expected_issuer: c.expected_issuer.clone(),
+        expected_audience: c.expected_audience.clone(),
+        principal_claim: c.principal_claim.clone(),
+        clock_skew: c.clock_skew,
+    }
 }
 
 /// Runs `f`, which waits for the disk (an fsync), off the async worker it is called on

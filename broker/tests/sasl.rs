@@ -563,3 +563,232 @@ async fn scram_credentials_altered_over_the_protocol_log_in_and_bad_ones_are_ref
     );
     broker.shutdown().await;
 }
+
+// ---- SASL OAUTHBEARER ------------------------------------------------------------------------
+
+/// An identity provider for tests: an ES256 key pair whose public half is a JWKS file.
+struct TestIdp {
+    key: ring::signature::EcdsaKeyPair,
+    kid: &'static str,
+}
+
+impl TestIdp {
+    fn new(kid: &'static str) -> TestIdp {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        TestIdp { key, kid }
+    }
+
+    fn jwks(&self) -> String {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let point = self.key.public_key().as_ref();
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"{}","x":"{}","y":"{}"}}]}}"#,
+            self.kid,
+            b64.encode(&point[1..33]),
+            b64.encode(&point[33..65])
+        )
+    }
+
+    /// A token for `sub`, issued by the test issuer for `aud`, expiring in `ttl_s` seconds.
+    fn token(&self, sub: &str, aud: &str, ttl_s: i64) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let header = b64.encode(format!(
+            r#"{{"alg":"ES256","typ":"JWT","kid":"{}"}}"#,
+            self.kid
+        ));
+        let claims = b64.encode(format!(
+            r#"{{"sub":"{sub}","iss":"https://idp.test","aud":"{aud}","iat":{now},"exp":{}}}"#,
+            now + ttl_s
+        ));
+        let signed = format!("{header}.{claims}");
+        let sig = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", b64.encode(sig.as_ref()))
+    }
+}
+
+/// A librdkafka client context that logs in with `token` (librdkafka asks for it, and again
+/// before it expires).
+struct BearerContext {
+    token: String,
+    sub: String,
+    /// The outcome of the last delivery.
+    delivered: std::sync::Mutex<Option<Result<(), String>>>,
+}
+
+impl rdkafka::ClientContext for BearerContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        Ok(rdkafka::client::OAuthToken {
+            token: self.token.clone(),
+            principal_name: self.sub.clone(),
+            lifetime_ms: now_ms + 600_000,
+        })
+    }
+}
+
+impl rdkafka::producer::ProducerContext for BearerContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        *self.delivered.lock().unwrap() =
+            Some(result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
+    }
+}
+
+/// Produces one record with a producer that logs in with `token`: `Ok` once delivered.
+fn produce_with_token(bootstrap: &str, token: String, sub: &str) -> Result<(), String> {
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+    let producer: BaseProducer<BearerContext> = common::client_config(bootstrap)
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanism", "OAUTHBEARER")
+        .set("message.timeout.ms", "5000")
+        .create_with_context(BearerContext {
+            token,
+            sub: sub.to_string(),
+            delivered: Default::default(),
+        })
+        .map_err(|e| e.to_string())?;
+    producer
+        .send(BaseRecord::<(), _>::to("tokens").payload("reading"))
+        .map_err(|(e, _)| e.to_string())?;
+    producer
+        .flush(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let delivered = producer.context().delivered.lock().unwrap().take();
+    delivered.unwrap_or_else(|| Err("no delivery report".to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_log_in_with_oauthbearer_tokens_and_bad_tokens_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = TestIdp::new("key-1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, idp.jwks()).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_oauthbearer = true;
+    cfg.oauthbearer.jwks_file = jwks.clone();
+    cfg.oauthbearer.expected_issuer = "https://idp.test".into();
+    cfg.oauthbearer.expected_audience = vec!["runnel".into()];
+    // The principal a token names is the one ACLs judge.
+    cfg.acls.enabled = true;
+    cfg.acls.super_users = vec!["User:gateway-7".into()];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+
+    let b = bootstrap.clone();
+    let token = idp.token("gateway-7", "runnel", 600);
+    tokio::task::spawn_blocking(move || produce_with_token(&b, token, "gateway-7"))
+        .await
+        .unwrap()
+        .expect("a good token logs in and produces");
+    let end = broker
+        .broker
+        .catalog
+        .get("tokens")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .log()
+        .log_end_offset();
+    assert_eq!(end, 1);
+    // Another subject logs in, but the ACLs know it as User:intruder, who may not write.
+    let b = bootstrap.clone();
+    let token = idp.token("intruder", "runnel", 600);
+    let err = tokio::task::spawn_blocking(move || produce_with_token(&b, token, "intruder"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("uthoriz"), "{err}");
+
+    // Refused at login, each with its reason: expired, for another audience, signed by a key
+    // the broker does not have, not a JWT.
+    let stranger = TestIdp::new("key-1");
+    for (token, reason) in [
+        (idp.token("gateway-7", "runnel", -120), "expired"),
+        (idp.token("gateway-7", "elsewhere", 600), "audience"),
+        (
+            stranger.token("gateway-7", "runnel", 600),
+            "signature does not verify",
+        ),
+        ("not-a-jwt".to_string(), "not a signed JWT"),
+    ] {
+        let mut raw = common::RawClient::connect(&bootstrap).await;
+        let hs = raw
+            .call(
+                &SaslHandshakeRequest::default()
+                    .with_mechanism(StrBytes::from_static_str("OAUTHBEARER")),
+                1,
+            )
+            .await;
+        assert_eq!(hs.error_code, 0);
+        assert_eq!(
+            hs.mechanisms.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            ["OAUTHBEARER"]
+        );
+        let message = format!("n,,\x01auth=Bearer {token}\x01\x01");
+        let auth = raw
+            .call(
+                &kafka_protocol::messages::SaslAuthenticateRequest::default()
+                    .with_auth_bytes(Bytes::from(message)),
+                1,
+            )
+            .await;
+        assert_eq!(auth.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+        let said = auth.error_message.unwrap().to_string();
+        assert!(said.contains(reason), "{said}");
+        assert!(raw.is_closed().await);
+    }
+
+    // The provider rotates its key: the broker reads the new JWKS without a restart (a new
+    // key id, so the file changes length too, whatever the file system's time resolution).
+    let rotated = TestIdp::new("rotated-key");
+    std::fs::write(&jwks, rotated.jwks()).unwrap();
+    let b = bootstrap.clone();
+    let token = rotated.token("gateway-7", "runnel", 600);
+    tokio::task::spawn_blocking(move || produce_with_token(&b, token, "gateway-7"))
+        .await
+        .unwrap()
+        .expect("a token of the new key logs in");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauthbearer_without_keys_names_the_key_and_a_bad_jwks_file_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_oauthbearer = true;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("listeners.kafka.sasl_oauthbearer"), "{err}");
+    assert!(err.contains("oauthbearer.jwks_file"), "{err}");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    cfg.oauthbearer.jwks_file = jwks;
+    let err = match runnel::start_broker(cfg).await {
+        Ok(_) => panic!("started with no keys"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("oauthbearer.jwks_file") && err.contains("no RSA or EC"),
+        "{err}"
+    );
+}

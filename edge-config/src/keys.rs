@@ -129,6 +129,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Text,
                 "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_PLAINTEXT,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nA user may have two lines (both secrets work); a # after a space starts a\ncomment. Read at start-up and again when it changes.",
             ),
+            key(
+                "sasl_oauthbearer",
+                Bool,
+                "Take SASL OAUTHBEARER logins: JSON Web Tokens checked as [oauthbearer] says\n(librdkafka: sasl.mechanism=OAUTHBEARER); the client is User:<sub>. With it,\nclients must authenticate. Allowed: true, false.",
+            ),
         ],
     },
     Section {
@@ -165,6 +170,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "sasl_plain_file",
                 Text,
                 "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_SSL,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nA user may have two lines (both secrets work); a # after a space starts a\ncomment. Read at start-up and again when it changes.",
+            ),
+            key(
+                "sasl_oauthbearer",
+                Bool,
+                "Take SASL OAUTHBEARER logins: JSON Web Tokens checked as [oauthbearer] says\n(librdkafka: sasl.mechanism=OAUTHBEARER); the client is User:<sub>. With it,\nclients must authenticate. Allowed: true, false.",
             ),
         ],
     },
@@ -367,6 +377,37 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "allow_if_no_acl",
                 Bool,
                 "Allow what is done to a resource that no ACL names (Kafka's\nallow.everyone.if.no.acl.found). false = what no ACL allows is refused.",
+            ),
+        ],
+    },
+    Section {
+        path: "oauthbearer",
+        doc: "SASL OAUTHBEARER for the listeners with sasl_oauthbearer = true: tokens of an\nidentity provider, checked as Kafka's JWKS validator checks them.",
+        keys: &[
+            key(
+                "jwks_file",
+                Text,
+                "The identity provider's signing keys: the JWKS document its jwks_uri serves,\nsaved to a file. Read at start-up and again when it changes (keys rotate\nwithout a restart). Required by sasl_oauthbearer.",
+            ),
+            key(
+                "expected_issuer",
+                Text,
+                "The iss a token must carry. \"\" = any.",
+            ),
+            key(
+                "expected_audience",
+                List,
+                "A token's aud must name one of these. [] = any. From the environment:\ncomma-separated.",
+            ),
+            key(
+                "principal_claim",
+                Text,
+                "The claim naming the principal: User:<value>. Allowed: not empty.",
+            ),
+            key(
+                "clock_skew",
+                Duration,
+                "How far apart the broker's and the provider's clocks may be when expiry and\nnot-before times are checked.",
             ),
         ],
     },
@@ -609,6 +650,7 @@ mod tests {
                 "log",
                 "groups",
                 "acls",
+                "oauthbearer",
                 "cluster",
                 "plugins",
                 "federation"

@@ -42,6 +42,8 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// `[acls]`: who may do what (Kafka ACLs), checked on every listener.
     pub acls: AclsConfig,
+    /// `[oauthbearer]`: how SASL OAUTHBEARER tokens are checked.
+    pub oauthbearer: OAuthBearerConfig,
     /// `[cluster]`: the peer brokers this one replicates with.
     pub cluster: ClusterConfig,
     /// `[plugins]`: WebAssembly plugins and the topics that run them.
@@ -146,6 +148,11 @@ pub struct KafkaListener {
     /// changes. PLAIN sends the secret in the clear here: use SCRAM, or the TLS listener, off a
     /// trusted network.
     pub sasl_plain_file: PathBuf,
+    /// Take SASL OAUTHBEARER logins: JSON Web Tokens of the identity provider `[oauthbearer]`
+    /// names (librdkafka: `sasl.mechanism=OAUTHBEARER`), the client being `User:<sub>`.
+    /// Default false. With it, clients must authenticate (with this or with the users of
+    /// `sasl_plain_file`).
+    pub sasl_oauthbearer: bool,
 }
 
 impl Default for KafkaListener {
@@ -154,6 +161,7 @@ impl Default for KafkaListener {
             enabled: true,
             address: loopback(9092),
             sasl_plain_file: PathBuf::new(),
+            sasl_oauthbearer: false,
         }
     }
 }
@@ -185,6 +193,9 @@ pub struct TlsListener {
     /// `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-256`) and are `User:<user>`,
     /// whatever certificate they present. Read at start-up and again when it changes.
     pub sasl_plain_file: PathBuf,
+    /// Take SASL OAUTHBEARER logins (`[oauthbearer]`; librdkafka: `security.protocol=SASL_SSL`,
+    /// `sasl.mechanism=OAUTHBEARER`), the client being `User:<sub>`. Default false.
+    pub sasl_oauthbearer: bool,
 }
 
 impl Default for TlsListener {
@@ -197,6 +208,7 @@ impl Default for TlsListener {
             client_ca: PathBuf::new(),
             client_principal: CertPrincipal::Cn,
             sasl_plain_file: PathBuf::new(),
+            sasl_oauthbearer: false,
         }
     }
 }
@@ -415,6 +427,43 @@ impl Default for GroupsConfig {
             offsets_retention: secs(7 * DAY),
             consumer_session_timeout: secs(45),
             consumer_heartbeat_interval: secs(5),
+        }
+    }
+}
+
+/// `[oauthbearer]`: SASL OAUTHBEARER (KIP-255, KIP-768), for the listeners with
+/// `sasl_oauthbearer = true`: a client logs in with a JSON Web Token its identity provider
+/// (Keycloak, Entra ID, Okta, ...) signed, checked as Kafka's JWKS validator checks it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthBearerConfig {
+    /// The identity provider's public signing keys, a JWKS document (`{"keys": [...]}`, what its
+    /// `jwks_uri` serves) saved to a file; read at start-up and again when it changes, so keys
+    /// rotate without a restart (Kafka's `sasl.oauthbearer.jwks.endpoint.url` with a `file:`
+    /// URL). Required by `sasl_oauthbearer`.
+    pub jwks_file: PathBuf,
+    /// The `iss` a token must carry (`sasl.oauthbearer.expected.issuer`). Default `""`: any.
+    pub expected_issuer: String,
+    /// A token's `aud` must name one of these (`sasl.oauthbearer.expected.audience`). Default
+    /// none: any.
+    pub expected_audience: Vec<String>,
+    /// The claim whose value names the principal, `User:<value>`
+    /// (`sasl.oauthbearer.sub.claim.name`). Default `sub`.
+    pub principal_claim: String,
+    /// How far apart the broker's and the provider's clocks may be when expiry and not-before
+    /// times are checked (`sasl.oauthbearer.clock.skew.seconds`). Default 30s.
+    #[serde(with = "units::duration")]
+    pub clock_skew: Duration,
+}
+
+impl Default for OAuthBearerConfig {
+    fn default() -> Self {
+        OAuthBearerConfig {
+            jwks_file: PathBuf::new(),
+            expected_issuer: String::new(),
+            expected_audience: Vec::new(),
+            principal_claim: "sub".to_string(),
+            clock_skew: secs(30),
         }
     }
 }

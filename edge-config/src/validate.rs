@@ -377,6 +377,32 @@ impl Config {
 
     fn check_listeners(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
         let l = &self.listeners;
+        let oauth = &self.oauthbearer;
+        for (used, key) in [
+            (
+                l.kafka.enabled && l.kafka.sasl_oauthbearer,
+                "listeners.kafka.sasl_oauthbearer",
+            ),
+            (
+                l.kafka_tls.enabled && l.kafka_tls.sasl_oauthbearer,
+                "listeners.kafka_tls.sasl_oauthbearer",
+            ),
+        ] {
+            if used && oauth.jwks_file.as_os_str().is_empty() {
+                return Err(c.conflict(
+                    &[key, "oauthbearer.jwks_file"],
+                    "needs oauthbearer.jwks_file: the identity provider's keys (JWKS) to check \
+                     tokens with"
+                        .to_string(),
+                ));
+            }
+        }
+        if oauth.principal_claim.trim().is_empty() {
+            return Err(c.invalid(
+                "oauthbearer.principal_claim",
+                "must name a claim (such as \"sub\")".to_string(),
+            ));
+        }
         if l.kafka_tls.enabled {
             for (name, file) in [("cert", &l.kafka_tls.cert), ("key", &l.kafka_tls.key)] {
                 if file.as_os_str().is_empty() {

@@ -152,12 +152,13 @@ fn unknown_env_keys_are_errors_naming_the_variable() {
     assert_eq!(
         parse("", &[("RUNNEL_LISTENERS__KAFKA__ADRESS", "0.0.0.0:9092")]).unwrap_err(),
         "env RUNNEL_LISTENERS__KAFKA__ADRESS: unknown key listeners.kafka.adress \
-         (did you mean address?); allowed keys: enabled, address, sasl_plain_file"
+         (did you mean address?); allowed keys: enabled, address, sasl_plain_file, \
+         sasl_oauthbearer"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LISTENER__KAFKA__ADDRESS", "0.0.0.0:9092")]).unwrap_err(),
         "env RUNNEL_LISTENER__KAFKA__ADDRESS: unknown key listener \
-         (did you mean listeners?); allowed keys: broker, listeners, log, groups, acls, cluster, plugins, federation"
+         (did you mean listeners?); allowed keys: broker, listeners, log, groups, acls, oauthbearer, cluster, plugins, federation"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LOG__", "1")]).unwrap_err(),
@@ -169,7 +170,7 @@ fn unknown_env_keys_are_errors_naming_the_variable() {
     assert_eq!(
         parse("", &[("RUNNEL_LISTENERS__KAFKA", "x")]).unwrap_err(),
         "env RUNNEL_LISTENERS__KAFKA: listeners.kafka: is a section, not a key; \
-         set one of its keys: enabled, address, sasl_plain_file"
+         set one of its keys: enabled, address, sasl_plain_file, sasl_oauthbearer"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LOG__FLUSH__MODE", "x")]).unwrap_err(),

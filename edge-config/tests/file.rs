@@ -312,11 +312,11 @@ adress = \"0.0.0.0:9092\"
 fn unknown_key_names_line_and_allowed_keys() {
     assert_eq!(
         error(MISSPELT),
-        "runnel.toml:7: unknown key listeners.kafka.adress (did you mean address?); allowed keys: enabled, address, sasl_plain_file"
+        "runnel.toml:7: unknown key listeners.kafka.adress (did you mean address?); allowed keys: enabled, address, sasl_plain_file, sasl_oauthbearer"
     );
     assert_eq!(
         error("[brokers]\nnode_id = 1\n"),
-        "runnel.toml:1: unknown key brokers (did you mean broker?); allowed keys: broker, listeners, log, groups, acls, cluster, plugins, federation"
+        "runnel.toml:1: unknown key brokers (did you mean broker?); allowed keys: broker, listeners, log, groups, acls, oauthbearer, cluster, plugins, federation"
     );
     assert_eq!(
         error("[listeners.http]\nenabled = true\n"),

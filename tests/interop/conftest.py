@@ -97,7 +97,8 @@ class Broker:
     def __init__(self, binary: pathlib.Path, workdir: pathlib.Path, tls: TlsMaterial | None,
                  sasl_users: dict[str, str] | None = None, quic: bool = False,
                  super_users: list[str] | None = None, node_id: int = 1,
-                 port: int | None = None, extra_config: str = ""):
+                 port: int | None = None, extra_config: str = "",
+                 kafka_listener_config: str = ""):
         self.binary = binary
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,8 @@ class Broker:
         # A cluster's brokers (`[cluster]` in `extra_config`) each have their own node id.
         self.node_id = node_id
         self.extra_config = extra_config
+        # More keys of `[listeners.kafka]` (`sasl_oauthbearer = true`).
+        self.kafka_listener_config = kafka_listener_config
         self.tls_port = free_port() if tls else None
         # With a QUIC listener, `start` also waits for it and sets `fingerprint`, the SHA-256
         # of its self-signed certificate as the broker logs it.
@@ -147,6 +150,7 @@ class Broker:
             "[listeners.kafka]",
             f'address = "127.0.0.1:{self.port}"',
             *sasl,
+            *([self.kafka_listener_config] if self.kafka_listener_config else []),
             "[listeners.kafka_tls]",
         ]
         if self.tls:
@@ -315,9 +319,11 @@ def broker_factory(runnel_bin, tls_material, tmp_path_factory):
 
     def make(tls: bool = False, start: bool = True,
              sasl_users: dict[str, str] | None = None, quic: bool = False,
-             super_users: list[str] | None = None, extra_config: str = "") -> Broker:
+             super_users: list[str] | None = None, extra_config: str = "",
+             kafka_listener_config: str = "") -> Broker:
         b = Broker(runnel_bin, tmp_path_factory.mktemp("broker"), tls_material if tls else None,
-                   sasl_users, quic, super_users, extra_config=extra_config)
+                   sasl_users, quic, super_users, extra_config=extra_config,
+                   kafka_listener_config=kafka_listener_config)
         made.append(b)
         if start:
             b.start()

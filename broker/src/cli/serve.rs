@@ -100,6 +100,14 @@ fn read_named_files(file: &Path, config: &Config) -> anyhow::Result<()> {
             .map_err(at)?;
         }
     }
+    if (l.kafka.enabled && l.kafka.sasl_oauthbearer)
+        || (l.kafka_tls.enabled && l.kafka_tls.sasl_oauthbearer)
+    {
+        crate::protocol::oauth::OAuthValidator::open(crate::broker::oauth_settings(
+            &config.oauthbearer,
+        ))
+        .map_err(at)?;
+    }
     // A follower's certificate, key and CA for TLS to its leader.
     crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster).map_err(at)?;
     let quic_tokens = l.quic.enabled && l.quic.client_auth == edge_config::QuicClientAuth::Token;

@@ -1,6 +1,7 @@
 //! The TCP accept loop, shared by the plaintext and the TLS Kafka listener.
 //!
-//! A listener with a `sasl_plain_file` makes every connection authenticate with SASL PLAIN
+//! A listener with a `sasl_plain_file` or `sasl_oauthbearer` makes every connection
+//! authenticate with SASL (PLAIN, SCRAM or OAUTHBEARER)
 //! before anything else (`protocol::auth`); a failed authentication is answered and the
 //! connection then closed (`net::conn`).
 
@@ -16,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use crate::protocol::auth::{Identity, TokenFile};
+use crate::protocol::oauth::OAuthValidator;
 use crate::protocol::{ListenerKind, Session};
 
 /// The listener's SASL users (PLAIN and SCRAM): `None` when `path` is empty (no authentication);
@@ -28,12 +30,27 @@ pub fn sasl_file(path: &Path, key: &str) -> anyhow::Result<Option<Arc<TokenFile>
     Ok(Some(Arc::new(file)))
 }
 
+/// How a listener's clients authenticate with SASL: none of the two, and they do not.
+#[derive(Clone, Default)]
+pub struct Sasl {
+    /// `sasl_plain_file`: users for PLAIN and SCRAM.
+    pub users: Option<Arc<TokenFile>>,
+    /// `sasl_oauthbearer`: the token checker.
+    pub oauth: Option<Arc<OAuthValidator>>,
+}
+
+impl Sasl {
+    fn required(&self) -> bool {
+        self.users.is_some() || self.oauth.is_some()
+    }
+}
+
 /// Binds `addr` and spawns the accept loop. Returns the bound address (port 0 picks one).
 pub async fn listen(
     broker: Arc<Broker>,
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
-    sasl: Option<Arc<TokenFile>>,
+    sasl: Sasl,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
@@ -57,7 +74,7 @@ async fn accept_loop(
     listener: TcpListener,
     bound: SocketAddr,
     tls: Option<TlsAcceptor>,
-    sasl: Option<Arc<TokenFile>>,
+    sasl: Sasl,
     kind: ListenerKind,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -92,9 +109,14 @@ async fn accept_loop(
             advertised_host: advertised_host.clone(),
             advertised_port: bound.port() as i32,
             // SASL names the client; without it a verified certificate may (below).
-            identity: match &sasl {
-                Some(file) => Identity::sasl_users(file.current(), broker.scram.clone()),
-                None => Identity::anonymous(),
+            identity: if sasl.required() {
+                Identity::sasl_listener(
+                    sasl.users.as_ref().map(|file| file.current()),
+                    broker.scram.clone(),
+                    sasl.oauth.clone(),
+                )
+            } else {
+                Identity::anonymous()
             },
         };
 
@@ -123,7 +145,7 @@ async fn accept_loop(
                                         broker.config.listeners.kafka_tls.client_principal,
                                     )
                                 });
-                            let session = match principal.filter(|_| sasl.is_none()) {
+                            let session = match principal.filter(|_| !sasl.required()) {
                                 Some(p) => {
                                     broker.metrics.count_authenticated(&p);
                                     Session {

@@ -24,6 +24,7 @@ use std::time::SystemTime;
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
 
+use super::oauth::{OAUTHBEARER, OAuthError, OAuthValidator};
 use super::scram::{Scram, ScramError, ScramExchange, ScramUser, Step};
 use super::scram_store::ScramStore;
 
@@ -366,6 +367,8 @@ pub enum AuthError {
     NotEnabled,
     #[error("{0}")]
     Scram(#[from] ScramError),
+    #[error("{0}")]
+    OAuth(#[from] OAuthError),
 }
 
 /// Why a SaslHandshake is refused.
@@ -457,6 +460,10 @@ pub struct Identity {
     /// The SCRAM exchange the handshake chose; none for PLAIN (also when a client
     /// authenticates without a handshake, as the PLAIN-only broker took it).
     scram: Mutex<Option<ScramExchange>>,
+    /// Some: the listener takes OAUTHBEARER tokens, checked by this.
+    oauth: Option<Arc<OAuthValidator>>,
+    /// The handshake chose OAUTHBEARER.
+    oauth_chosen: std::sync::atomic::AtomicBool,
 }
 
 impl Identity {
@@ -472,6 +479,8 @@ impl Identity {
             close: watch::channel(None).0,
             held_before_auth: AtomicUsize::new(0),
             scram: Mutex::new(None),
+            oauth: None,
+            oauth_chosen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -498,6 +507,21 @@ impl Identity {
         identity
     }
 
+    /// A client of a Kafka listener that takes SASL: PLAIN and SCRAM for the users of
+    /// `users` (and SCRAM for those of `store`) when it has a users file, OAUTHBEARER tokens
+    /// when `oauth` is given. At least one of the two.
+    pub fn sasl_listener(
+        users: Option<Arc<Tokens>>,
+        store: Arc<ScramStore>,
+        oauth: Option<Arc<OAuthValidator>>,
+    ) -> Arc<Identity> {
+        let mut identity = Identity::new(None, users);
+        let this = Arc::get_mut(&mut identity).expect("just made");
+        this.scram_store = Some(store);
+        this.oauth = oauth;
+        identity
+    }
+
     /// The principal, once known (`None` while a SASL client has not authenticated).
     pub fn principal(&self) -> Option<&str> {
         self.principal.get().map(String::as_str)
@@ -505,7 +529,7 @@ impl Identity {
 
     /// Whether this connection takes SASL.
     pub fn uses_sasl(&self) -> bool {
-        self.tokens.is_some()
+        self.tokens.is_some() || self.oauth.is_some()
     }
 
     /// Whether this connection must still authenticate with SASL.
@@ -538,7 +562,13 @@ impl Identity {
 
     /// The SASL mechanisms this connection may use (none without SASL).
     pub fn mechanisms(&self) -> &'static [&'static str] {
-        self.tokens.as_ref().map_or(&[], |t| t.mechanisms())
+        const WITH_OAUTH: [&str; 4] = [MECHANISMS[0], MECHANISMS[1], MECHANISMS[2], OAUTHBEARER];
+        match (&self.tokens, &self.oauth) {
+            (Some(t), None) => t.mechanisms(),
+            (Some(_), Some(_)) => &WITH_OAUTH,
+            (None, Some(_)) => &WITH_OAUTH[3..],
+            (None, None) => &[],
+        }
     }
 
     /// Takes the mechanism a SaslHandshake names for the authentication that follows. Refused
@@ -553,16 +583,33 @@ impl Identity {
             return Err(HandshakeRefused::MidExchange);
         }
         *scram = Scram::from_name(name).map(ScramExchange::new);
+        self.oauth_chosen
+            .store(name == OAUTHBEARER, Ordering::Relaxed);
         Ok(())
     }
 
     /// Handles one SaslAuthenticate message with the mechanism chosen (PLAIN unless a
     /// handshake chose SCRAM). On success the principal is that of the whole connection.
     pub fn authenticate(&self, message: &[u8]) -> Result<Authenticated, AuthError> {
-        let tokens = self.tokens.as_ref().ok_or(AuthError::NotEnabled)?;
         if self.principal().is_some() {
             return Err(AuthError::AlreadyAuthenticated);
         }
+        if let Some(oauth) = &self.oauth
+            && self.oauth_chosen.load(Ordering::Relaxed)
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let principal = oauth.authenticate(message, now)?;
+            self.principal
+                .set(principal.clone())
+                .map_err(|_| AuthError::AlreadyAuthenticated)?;
+            return Ok(Authenticated::Done {
+                principal,
+                reply: Vec::new(),
+            });
+        }
+        let tokens = self.tokens.as_ref().ok_or(AuthError::NotEnabled)?;
         let mut scram = self.scram.lock().unwrap_or_else(|e| e.into_inner());
         let Some(exchange) = scram.as_mut() else {
             drop(scram);

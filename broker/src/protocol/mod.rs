@@ -16,6 +16,7 @@ pub mod apis;
 pub mod auth;
 pub mod error;
 pub mod frame;
+pub mod oauth;
 pub mod scram;
 pub mod scram_store;
 

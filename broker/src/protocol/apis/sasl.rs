@@ -1,6 +1,7 @@
 //! SaslHandshake (key 17) and SaslAuthenticate (key 36), checked against the listener's
-//! credentials: a Kafka listener's `sasl_plain_file` (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512), or
-//! QUIC device tokens (PLAIN) (`protocol::auth`, `protocol::scram`).
+//! credentials: a Kafka listener's `sasl_plain_file` (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512)
+//! and, with `sasl_oauthbearer`, the identity provider's tokens (OAUTHBEARER), or QUIC device
+//! tokens (PLAIN) (`protocol::auth`, `protocol::scram`, `protocol::oauth`).
 //!
 //! Only handshake v1 is served: v0 would switch the connection to raw SASL frames, so a v0
 //! handshake is answered with UNSUPPORTED_VERSION. v0 is still advertised, because librdkafka
