@@ -99,6 +99,8 @@ impl BrokerHandle {
         if Arc::strong_count(&self.broker) > 1 {
             tracing::warn!("broker still in use 5 s after the shutdown signal");
         }
+        // What changed of the groups' members in the last tick.
+        self.broker.groups.flush();
         let now = now_ms();
         for topic in self.broker.catalog.list() {
             for p in topic.partitions() {

@@ -29,9 +29,10 @@ pub type TopicView = BTreeMap<String, (Uuid, i32)>;
 /// The assignors the coordinator has (`group.remote.assignor`); the first is the default.
 pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
 
-/// How long a member may take to revoke partitions when its heartbeat did not say
-/// (`rebalance_timeout_ms` -1 on its first heartbeat): Kafka's `max.poll.interval.ms` default.
-const DEFAULT_REBALANCE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest subscription regex taken, and the most memory its compiled form may take: a regex
+/// is compiled per member, and matched against every topic at each of its heartbeats.
+const MAX_REGEX_LEN: usize = 1024;
+const MAX_REGEX_BYTES: usize = 256 * 1024;
 
 /// The coordinator's settings for these groups (Kafka's `group.consumer.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,9 @@ pub struct ConsumerHeartbeat {
     pub subscribed_topic_names: Option<Vec<String>>,
     /// `None`: unchanged; empty: none.
     pub subscribed_topic_regex: Option<String>,
+    /// `subscribed_topic_regex` compiled ([`compile_regex`]) before the coordinator's lock is
+    /// taken; compiled here when not.
+    pub compiled_regex: Option<regex::Regex>,
     /// `None`: unchanged.
     pub server_assignor: Option<String>,
     /// The partitions the member holds; `None`: unchanged since its last heartbeat.
@@ -86,7 +90,7 @@ pub struct ConsumerHeartbeatReply {
 }
 
 /// Where a member is in reaching its target assignment (Kafka's `MemberState`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum MemberState {
     /// It holds its target (at the assignment epoch).
     Stable,
@@ -109,6 +113,11 @@ struct Member {
     topic_names: BTreeSet<String>,
     /// The regex's text, and the compiled regex (anchored to whole names, as Kafka's).
     regex: Option<(String, regex::Regex)>,
+    /// The topics `regex` matched at the member's last heartbeat, of those it may see.
+    regex_topics: BTreeSet<String>,
+    /// The member epoch at which it was given each partition it holds: an OffsetCommit at an
+    /// older epoch is taken for a partition held since then.
+    assigned_at: HashMap<(Uuid, i32), i32>,
     assignor: Option<String>,
     assigned: Assignment,
     pending_revocation: Assignment,
@@ -121,11 +130,7 @@ struct Member {
 
 impl Member {
     fn subscribes(&self, topic: &str) -> bool {
-        self.topic_names.contains(topic)
-            || self
-                .regex
-                .as_ref()
-                .is_some_and(|(_, re)| !topic.starts_with("__") && re.is_match(topic))
+        self.topic_names.contains(topic) || self.regex_topics.contains(topic)
     }
 }
 
@@ -190,11 +195,13 @@ struct SavedMember {
     client_host: String,
     epoch: i32,
     previous_epoch: i32,
-    /// 0 stable, 1 revoking, 2 waiting for partitions others hold.
-    state: u8,
+    state: MemberState,
     rebalance_timeout_ms: u64,
     topic_names: Vec<String>,
     regex: Option<String>,
+    /// What `regex` matched of the topics the member may see, at its last heartbeat.
+    #[serde(default)]
+    regex_topics: Vec<String>,
     assignor: Option<String>,
     assigned: Vec<(String, Vec<i32>)>,
     pending_revocation: Vec<(String, Vec<i32>)>,
@@ -240,11 +247,49 @@ fn filter(a: &Assignment, mut keep: impl FnMut(Uuid, i32) -> bool) -> Assignment
 }
 
 /// Compiles a subscription regex (Kafka's RE2 syntax, which the `regex` crate shares) to match
-/// whole topic names.
-fn compile(pattern: &str) -> Result<regex::Regex, GroupError> {
-    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-        GroupError::InvalidRequest(format!("invalid SubscribedTopicRegex {pattern:?}: {e}"))
-    })
+/// whole topic names; a long or costly one is refused.
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, GroupError> {
+    let invalid = |why: String| GroupError::InvalidRegularExpression(why);
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(invalid(format!(
+            "SubscribedTopicRegex is {} bytes long; at most {MAX_REGEX_LEN} are taken",
+            pattern.len()
+        )));
+    }
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(MAX_REGEX_BYTES)
+        .build()
+        .map_err(|e| invalid(format!("invalid SubscribedTopicRegex {pattern:?}: {e}")))
+}
+
+/// Kafka's checks of a heartbeat's fields, before anything changes.
+fn check_request(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
+    let invalid = |why: &str| Err(GroupError::InvalidRequest(why.to_string()));
+    if req.member_epoch < -2 {
+        return invalid("MemberEpoch is invalid");
+    }
+    if req.member_id.is_empty() && req.member_epoch != 0 {
+        return invalid("MemberId can't be empty");
+    }
+    if req.member_epoch == 0 {
+        if req.rebalance_timeout_ms < 0 {
+            return invalid("RebalanceTimeoutMs must be provided in first request");
+        }
+        if req.owned.as_ref().is_none_or(|o| !o.is_empty()) {
+            return invalid("TopicPartitions must be empty when (re-)joining");
+        }
+        if req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none() {
+            return invalid(
+                "SubscribedTopicNames or SubscribedTopicRegex must be set in first request",
+            );
+        }
+    }
+    if let Some(assignor) = &req.server_assignor
+        && !ASSIGNORS.contains(&assignor.as_str())
+    {
+        return Err(GroupError::UnsupportedAssignor(assignor.clone()));
+    }
+    Ok(())
 }
 
 impl ConsumerGroup {
@@ -262,6 +307,11 @@ impl ConsumerGroup {
     /// Whether the group changed since this was last asked; clears the mark.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Whether the group changed since it was last saved.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
     /// Marks the group to be saved again (its last save failed).
@@ -294,14 +344,11 @@ impl ConsumerGroup {
                     client_host: m.client_host.clone(),
                     epoch: m.epoch,
                     previous_epoch: m.previous_epoch,
-                    state: match m.state {
-                        MemberState::Stable => 0,
-                        MemberState::UnrevokedPartitions => 1,
-                        MemberState::UnreleasedPartitions => 2,
-                    },
+                    state: m.state,
                     rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
                     topic_names: m.topic_names.iter().cloned().collect(),
                     regex: m.regex.as_ref().map(|(p, _)| p.clone()),
+                    regex_topics: m.regex_topics.iter().cloned().collect(),
                     assignor: m.assignor.clone(),
                     assigned: save_assignment(&m.assigned),
                     pending_revocation: save_assignment(&m.pending_revocation),
@@ -333,18 +380,17 @@ impl ConsumerGroup {
             .map(|(n, id, p)| Some((n, Uuid::parse_str(&id).ok()?, p)))
             .collect::<Option<_>>()?;
         for m in saved.members {
-            let state = match m.state {
-                0 => MemberState::Stable,
-                1 => MemberState::UnrevokedPartitions,
-                _ => MemberState::UnreleasedPartitions,
-            };
+            let state = m.state;
             let regex = match m.regex {
-                Some(p) => Some((p.clone(), compile(&p).ok()?)),
+                Some(p) => Some((p.clone(), compile_regex(&p).ok()?)),
                 None => None,
             };
             group
                 .target
                 .insert(m.id.clone(), restore_assignment(m.target)?);
+            let assigned = restore_assignment(m.assigned)?;
+            // When each partition was given is not kept: commits at the restored epoch only.
+            let assigned_at = pairs(&assigned).map(|tp| (tp, m.epoch)).collect();
             group.members.insert(
                 m.id,
                 Member {
@@ -358,8 +404,10 @@ impl ConsumerGroup {
                     rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
                     topic_names: m.topic_names.into_iter().collect(),
                     regex,
+                    regex_topics: m.regex_topics.into_iter().collect(),
+                    assigned_at,
                     assignor: m.assignor,
-                    assigned: restore_assignment(m.assigned)?,
+                    assigned,
                     pending_revocation: restore_assignment(m.pending_revocation)?,
                     revoking_since: (state == MemberState::UnrevokedPartitions).then_some(now),
                     session_deadline: now + settings.session_timeout,
@@ -401,23 +449,21 @@ impl ConsumerGroup {
         self.metadata.iter().map(|(n, _, _)| n.clone()).collect()
     }
 
-    /// Handles one heartbeat. `view` is every topic now; `settings` the coordinator's.
+    /// Handles one heartbeat. `view` is every topic now; `may_describe` tells the topics the
+    /// member's principal may see (a regex subscription gets only those, as in Kafka 4);
+    /// `settings` the coordinator's.
     pub fn heartbeat(
         &mut self,
         mut req: ConsumerHeartbeat,
         view: &TopicView,
+        may_describe: &dyn Fn(&str) -> bool,
         settings: ConsumerSettings,
         now: Instant,
     ) -> Result<ConsumerHeartbeatReply, GroupError> {
         if let Some(owned) = &mut req.owned {
             owned.retain(|_, partitions| !partitions.is_empty());
         }
-        if let Some(assignor) = &req.server_assignor
-            && !assignor.is_empty()
-            && !ASSIGNORS.contains(&assignor.as_str())
-        {
-            return Err(GroupError::UnsupportedAssignor(assignor.clone()));
-        }
+        check_request(&req)?;
         let regex = match req.subscribed_topic_regex.as_deref() {
             Some(p) if !p.is_empty() => {
                 // Compiled once per member and pattern, not on every heartbeat that repeats it.
@@ -426,9 +472,10 @@ impl ConsumerGroup {
                     .get(&req.member_id)
                     .and_then(|m| m.regex.clone())
                     .filter(|(q, _)| q == p);
-                Some(Some(match known {
-                    Some(compiled) => compiled,
-                    None => (p.to_string(), compile(p)?),
+                Some(Some(match (known, req.compiled_regex.take()) {
+                    (Some(compiled), _) => compiled,
+                    (None, Some(re)) => (p.to_string(), re),
+                    (None, None) => (p.to_string(), compile_regex(p)?),
                 }))
             }
             Some(_) => Some(None),
@@ -438,7 +485,7 @@ impl ConsumerGroup {
         // the subscribed topics change. Once per heartbeat, as in Kafka.
         let mut changed = false;
         let member_id = match req.member_epoch {
-            -2 | -1 => return self.leave(&req, now),
+            -2 | -1 => return self.leave(&req),
             0 => {
                 let (id, new) = self.join(&req, now)?;
                 changed |= new;
@@ -459,6 +506,13 @@ impl ConsumerGroup {
                         given: epoch,
                         current: member.epoch,
                     });
+                }
+                if let Some(instance) = &req.instance_id
+                    && self
+                        .holder_of(instance)
+                        .is_some_and(|h| *h != req.member_id)
+                {
+                    return Err(GroupError::FencedInstanceId);
                 }
                 req.member_id.clone()
             }
@@ -488,10 +542,19 @@ impl ConsumerGroup {
                 member.topic_names = names;
             }
             if let Some(regex) = regex {
-                let before = member.regex.as_ref().map(|(p, _)| p.clone());
-                changed |= before != regex.as_ref().map(|(p, _)| p.clone());
                 member.regex = regex;
             }
+            // The topics its regex matches now, of those it may see; internal ones never.
+            let matched: BTreeSet<String> = match &member.regex {
+                Some((_, re)) => view
+                    .keys()
+                    .filter(|t| !t.starts_with("__") && re.is_match(t) && may_describe(t))
+                    .cloned()
+                    .collect(),
+                None => BTreeSet::new(),
+            };
+            changed |= member.regex_topics != matched;
+            member.regex_topics = matched;
         }
         self.refresh(view, changed);
         self.reconcile(&member_id, req.owned.as_ref(), now);
@@ -512,6 +575,14 @@ impl ConsumerGroup {
         })
     }
 
+    /// The member holding a static member's instance id, if one does.
+    fn holder_of(&self, instance: &str) -> Option<&String> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some(instance))
+            .map(|(id, _)| id)
+    }
+
     /// A member's first heartbeat (epoch 0), or a member that lost its state joining again
     /// with its id: it keeps what it was given and is sent all of it.
     /// Returns the member's id, and whether it is new.
@@ -529,24 +600,13 @@ impl ConsumerGroup {
             member.last_sent = None;
             return Ok((id, false));
         }
-        if req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none() {
-            return Err(GroupError::InvalidRequest(
-                "a member's first heartbeat must name its subscription \
-                 (SubscribedTopicNames or SubscribedTopicRegex)"
-                    .to_string(),
-            ));
-        }
         if let Some(instance) = &req.instance_id
-            && let Some((other, _)) = self
-                .members
-                .iter()
-                .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
+            && let Some(other) = self.holder_of(instance)
         {
-            let other = other.clone();
             // A static member coming back: it replaces its old self only once that one left.
             return Err(GroupError::UnreleasedInstanceId {
                 instance_id: instance.clone(),
-                member_id: other,
+                member_id: other.clone(),
             });
         }
         info!(group = %self.group_id, member = %id, client = %req.client_id, "member joins (consumer protocol)");
@@ -560,13 +620,11 @@ impl ConsumerGroup {
                 epoch: 0,
                 previous_epoch: -1,
                 state: MemberState::Stable,
-                rebalance_timeout: if req.rebalance_timeout_ms >= 0 {
-                    Duration::from_millis(req.rebalance_timeout_ms as u64)
-                } else {
-                    DEFAULT_REBALANCE_TIMEOUT
-                },
+                rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64),
                 topic_names: BTreeSet::new(),
                 regex: None,
+                regex_topics: BTreeSet::new(),
+                assigned_at: HashMap::new(),
                 assignor: None,
                 assigned: Assignment::new(),
                 pending_revocation: Assignment::new(),
@@ -578,16 +636,12 @@ impl ConsumerGroup {
         Ok((id, true))
     }
 
-    fn leave(
-        &mut self,
-        req: &ConsumerHeartbeat,
-        now: Instant,
-    ) -> Result<ConsumerHeartbeatReply, GroupError> {
+    fn leave(&mut self, req: &ConsumerHeartbeat) -> Result<ConsumerHeartbeatReply, GroupError> {
         if !self.members.contains_key(&req.member_id) {
             return Err(GroupError::UnknownMemberId);
         }
         info!(group = %self.group_id, member = %req.member_id, "member leaves (consumer protocol)");
-        self.remove(&req.member_id, now);
+        self.remove(&req.member_id);
         Ok(ConsumerHeartbeatReply {
             member_id: req.member_id.clone(),
             member_epoch: req.member_epoch,
@@ -596,7 +650,7 @@ impl ConsumerGroup {
         })
     }
 
-    fn remove(&mut self, member_id: &str, _now: Instant) {
+    fn remove(&mut self, member_id: &str) {
         self.dirty = true;
         self.members.remove(member_id);
         self.target.remove(member_id);
@@ -643,7 +697,7 @@ impl ConsumerGroup {
             .collect();
         for (id, reason) in &gone {
             info!(group = %self.group_id, member = %id, reason, "member removed (consumer protocol)");
-            self.remove(id, now);
+            self.remove(id);
         }
         !gone.is_empty()
     }
@@ -712,81 +766,107 @@ impl ConsumerGroup {
             }
             return target;
         }
-        // Uniform: balanced, and sticky (a member keeps what its previous target gave it, up to
-        // its share), then every partition left goes to the subscriber holding fewest.
-        let all: Vec<(String, Uuid, i32)> = self
+        self.uniform(target)
+    }
+
+    /// The uniform assignor: as even as the subscriptions allow, and sticky.
+    ///
+    /// First the shares: the partitions of the topics with the fewest subscribers go first,
+    /// each to the subscriber with the fewest so far (ties to the one that held most before,
+    /// then by id), so a member that alone reads a big topic does not starve the members that
+    /// share a small one. Then the partitions: each member keeps what its previous target gave
+    /// it, up to its share, and the rest go to the subscribers furthest below theirs.
+    fn uniform(&self, mut target: BTreeMap<String, Assignment>) -> BTreeMap<String, Assignment> {
+        let subscribers: BTreeMap<&str, Vec<&String>> = self
             .metadata
             .iter()
-            .flat_map(|(name, id, n)| (0..*n).map(move |p| (name.clone(), *id, p)))
+            .map(|(name, _, _)| {
+                let ids = self
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.subscribes(name))
+                    .map(|(id, _)| id)
+                    .collect();
+                (name.as_str(), ids)
+            })
             .collect();
-        let eligible = self
-            .members
-            .values()
-            .filter(|m| self.metadata.iter().any(|(n, _, _)| m.subscribes(n)))
-            .count()
-            .max(1);
-        let base = all.len() / eligible;
-        let mut extra = all.len() % eligible;
-        let valid = |member: &Member, t: Uuid, p: i32| {
-            self.metadata
-                .iter()
-                .any(|(name, id, n)| *id == t && p < *n && member.subscribes(name))
-        };
-        let mut keepers: Vec<(&String, Assignment)> = self
+        let mut topics: Vec<&(String, Uuid, i32)> = self.metadata.iter().collect();
+        topics.sort_by_key(|(name, _, _)| (subscribers[name.as_str()].len(), name.clone()));
+        // What each member keeps of its previous target: still subscribed, still there.
+        let kept: HashMap<&String, Vec<(Uuid, i32)>> = self
             .members
             .iter()
             .map(|(id, m)| {
                 let previous = self.target.get(id).cloned().unwrap_or_default();
-                (id, filter(&previous, |t, p| valid(m, t, p)))
+                let valid = filter(&previous, |t, p| {
+                    self.metadata
+                        .iter()
+                        .any(|(name, tid, n)| *tid == t && p < *n && m.subscribes(name))
+                });
+                (id, pairs(&valid).collect())
             })
             .collect();
-        keepers.sort_by_key(|(id, kept)| (std::cmp::Reverse(pairs(kept).count()), (*id).clone()));
-        let mut taken: BTreeSet<(Uuid, i32)> = BTreeSet::new();
-        for (id, kept) in keepers {
-            let cap = base + usize::from(extra > 0);
-            let a = target.get_mut(id).expect("every member has an entry");
-            for (t, p) in pairs(&kept).take(cap) {
-                if taken.insert((t, p)) {
-                    insert(a, t, p);
+        let mut share: HashMap<&String, usize> = HashMap::new();
+        for (name, _, n) in &topics {
+            for _ in 0..*n {
+                let fewest = subscribers[name.as_str()].iter().min_by_key(|id| {
+                    let had = kept.get(**id).map_or(0, Vec::len);
+                    (
+                        share.get(**id).copied().unwrap_or(0),
+                        std::cmp::Reverse(had),
+                        (**id).clone(),
+                    )
+                });
+                if let Some(id) = fewest {
+                    *share.entry(id).or_default() += 1;
                 }
             }
-            if pairs(a).count() > base && extra > 0 {
-                extra -= 1;
-            }
         }
-        for (name, t, p) in all {
-            if taken.contains(&(t, p)) {
-                continue;
+        let mut count: HashMap<&String, usize> = HashMap::new();
+        let mut taken: BTreeSet<(Uuid, i32)> = BTreeSet::new();
+        for (id, previous) in &kept {
+            let a = target.get_mut(*id).expect("every member has an entry");
+            let quota = share.get(id).copied().unwrap_or(0);
+            for (t, p) in previous.iter().take(quota) {
+                taken.insert((*t, *p));
+                insert(a, *t, *p);
             }
-            let fewest = self
-                .members
-                .iter()
-                .filter(|(_, m)| m.subscribes(&name))
-                .map(|(id, _)| id)
-                .min_by_key(|id| (pairs(&target[*id]).count(), (*id).clone()));
-            if let Some(id) = fewest {
-                let id = id.clone();
-                insert(target.get_mut(&id).expect("member"), t, p);
+            count.insert(id, previous.len().min(quota));
+        }
+        for (name, t, n) in &topics {
+            for p in 0..*n {
+                if taken.contains(&(*t, p)) {
+                    continue;
+                }
+                let neediest = subscribers[name.as_str()].iter().min_by_key(|id| {
+                    let have = count.get(**id).copied().unwrap_or(0);
+                    let quota = share.get(**id).copied().unwrap_or(0);
+                    (have >= quota, have, (**id).clone())
+                });
+                if let Some(id) = neediest {
+                    *count.entry(id).or_default() += 1;
+                    insert(
+                        target.get_mut(*id).expect("every member has an entry"),
+                        *t,
+                        p,
+                    );
+                }
             }
         }
         target
     }
 
-    /// Moves `member_id` towards its target (Kafka's `CurrentAssignmentBuilder`).
+    /// Moves `member_id` towards its target (Kafka's `CurrentAssignmentBuilder`). `owned`: the
+    /// partitions the member says it holds, when it says.
     fn reconcile(&mut self, member_id: &str, owned: Option<&Assignment>, now: Instant) {
         let target = self.target.get(member_id).cloned().unwrap_or_default();
         let Some(member) = self.members.get(member_id) else {
             return;
         };
+        let gave_up =
+            |a: &Assignment| owned.is_some_and(|o| pairs(a).all(|(t, p)| !contains(o, t, p)));
         match member.state {
-            MemberState::UnrevokedPartitions => {
-                let revoked = owned.is_some_and(|o| {
-                    pairs(&member.pending_revocation).all(|(t, p)| !contains(o, t, p))
-                });
-                if !revoked {
-                    return;
-                }
-            }
+            MemberState::UnrevokedPartitions if !gave_up(&member.pending_revocation) => return,
             MemberState::Stable if member.epoch == self.assignment_epoch => return,
             _ => {}
         }
@@ -802,11 +882,16 @@ impl ConsumerGroup {
         member.pending_revocation.clear();
         member.revoking_since = None;
         let revoke = filter(&member.assigned, |t, p| !contains(&target, t, p));
-        if !revoke.is_empty() {
-            member.assigned = filter(&member.assigned, |t, p| contains(&target, t, p));
+        member.assigned = filter(&member.assigned, |t, p| contains(&target, t, p));
+        // Partitions to give up that the member says it no longer holds (a member that joined
+        // again holds none) need no round trip.
+        if !revoke.is_empty() && !gave_up(&revoke) {
             member.pending_revocation = revoke;
             member.revoking_since = Some(now);
             member.state = MemberState::UnrevokedPartitions;
+            member
+                .assigned_at
+                .retain(|tp, _| contains(&member.assigned, tp.0, tp.1));
             return;
         }
         let assigned = filter(&target, |t, p| {
@@ -821,12 +906,21 @@ impl ConsumerGroup {
         } else {
             MemberState::UnreleasedPartitions
         };
+        let epoch = member.epoch;
+        member
+            .assigned_at
+            .retain(|tp, _| contains(&assigned, tp.0, tp.1));
+        for tp in pairs(&assigned) {
+            member.assigned_at.entry(tp).or_insert(epoch);
+        }
         member.assigned = assigned;
     }
 
-    /// Checks an OffsetCommit's member and epoch (Kafka's rules for these groups): a request
-    /// without a member commits only to a group without members; a member commits at its epoch,
-    /// or at an older one for partitions it still holds. `partitions` by topic name.
+    /// Checks an OffsetCommit's member and epoch: a request without a member commits only to
+    /// a group without members; a member commits at its epoch, or at an older one for
+    /// partitions it has held since that epoch (so a commit in flight while its epoch moved on
+    /// is taken, and one for a partition it gave up and got back since is not).
+    /// `partitions` by topic name; none (TxnOffsetCommit's check) needs the exact epoch.
     pub fn check_commit(
         &self,
         member_id: &str,
@@ -847,12 +941,17 @@ impl ConsumerGroup {
         if epoch == member.epoch {
             return Ok(());
         }
-        let holds = |name: &str, p: i32| {
+        let held_since = |name: &str, p: i32| {
             self.metadata
                 .iter()
-                .any(|(n, id, _)| n == name && contains(&member.assigned, *id, p))
+                .find(|(n, _, _)| n == name)
+                .and_then(|(_, id, _)| member.assigned_at.get(&(*id, p)))
+                .is_some_and(|since| *since <= epoch)
         };
-        if epoch < member.epoch && partitions.iter().all(|(n, p)| holds(n, *p)) {
+        if epoch < member.epoch
+            && !partitions.is_empty()
+            && partitions.iter().all(|(n, p)| held_since(n, *p))
+        {
             return Ok(());
         }
         Err(GroupError::StaleMemberEpoch {
@@ -997,6 +1096,11 @@ mod tests {
         }
     }
 
+    /// Every topic may be seen.
+    fn visible(_: &str) -> bool {
+        true
+    }
+
     fn parts(a: &Assignment, topic: Uuid) -> Vec<i32> {
         a.get(&topic)
             .map(|p| p.iter().copied().collect())
@@ -1008,36 +1112,52 @@ mod tests {
         let mut g = ConsumerGroup::new("g".into());
         let now = Instant::now();
         let v = view(4);
-        let a = g.heartbeat(join("a", &["t"]), &v, settings(), now).unwrap();
+        let a = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         assert_eq!(a.member_epoch, 1);
         let a_owned = a.assignment.clone().unwrap();
         assert_eq!(parts(&a_owned, T), vec![0, 1, 2, 3]);
 
         // b joins: the target splits the partitions, but a still holds them all.
-        let b = g.heartbeat(join("b", &["t"]), &v, settings(), now).unwrap();
+        let b = g
+            .heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         assert_eq!(b.member_epoch, 2);
         assert_eq!(b.assignment, Some(Assignment::new()), "nothing is free yet");
         assert_eq!(g.state(), GroupState::Reconciling);
 
         // a is told to give two up, at its old epoch.
         let a2 = g
-            .heartbeat(beat("a", 1, &a_owned), &v, settings(), now)
+            .heartbeat(beat("a", 1, &a_owned), &v, &visible, settings(), now)
             .unwrap();
         assert_eq!(a2.member_epoch, 1);
         let kept = a2.assignment.clone().unwrap();
         assert_eq!(parts(&kept, T).len(), 2);
         // b still gets nothing while a has not confirmed.
         let b2 = g
-            .heartbeat(beat("b", 2, &Assignment::new()), &v, settings(), now)
+            .heartbeat(
+                beat("b", 2, &Assignment::new()),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
             .unwrap();
         assert_eq!(b2.assignment, None);
         // a confirms (it owns only what it kept): it reaches epoch 2, and b gets the rest.
         let a3 = g
-            .heartbeat(beat("a", 1, &kept), &v, settings(), now)
+            .heartbeat(beat("a", 1, &kept), &v, &visible, settings(), now)
             .unwrap();
         assert_eq!(a3.member_epoch, 2);
         let b3 = g
-            .heartbeat(beat("b", 2, &Assignment::new()), &v, settings(), now)
+            .heartbeat(
+                beat("b", 2, &Assignment::new()),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
             .unwrap();
         let b_owned = b3.assignment.unwrap();
         let mut all: Vec<i32> = parts(&kept, T);
@@ -1045,7 +1165,7 @@ mod tests {
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3]);
         assert_eq!(parts(&b_owned, T).len(), 2);
-        g.heartbeat(beat("b", 2, &b_owned), &v, settings(), now)
+        g.heartbeat(beat("b", 2, &b_owned), &v, &visible, settings(), now)
             .unwrap();
         assert_eq!(g.state(), GroupState::Stable);
     }
@@ -1055,24 +1175,46 @@ mod tests {
         let mut g = ConsumerGroup::new("g".into());
         let now = Instant::now();
         let v = view(2);
-        let a = g.heartbeat(join("a", &["t"]), &v, settings(), now).unwrap();
+        let a = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         let err = g
-            .heartbeat(beat("a", 7, &Assignment::new()), &v, settings(), now)
+            .heartbeat(
+                beat("a", 7, &Assignment::new()),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
             .unwrap_err();
         assert_eq!(err.kafka_code(), 110, "{err}");
         let err = g
-            .heartbeat(beat("nobody", 1, &Assignment::new()), &v, settings(), now)
+            .heartbeat(
+                beat("nobody", 1, &Assignment::new()),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
             .unwrap_err();
         assert_eq!(err.kafka_code(), 25);
-        let b = g.heartbeat(join("b", &["t"]), &v, settings(), now).unwrap();
+        let b = g
+            .heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         assert_eq!(b.assignment, Some(Assignment::new()));
         let owned = a.assignment.unwrap();
         let leave = g
-            .heartbeat(beat("a", -1, &owned), &v, settings(), now)
+            .heartbeat(beat("a", -1, &owned), &v, &visible, settings(), now)
             .unwrap();
         assert_eq!(leave.member_epoch, -1);
         let b2 = g
-            .heartbeat(beat("b", 2, &Assignment::new()), &v, settings(), now)
+            .heartbeat(
+                beat("b", 2, &Assignment::new()),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
             .unwrap();
         assert_eq!(parts(&b2.assignment.unwrap(), T), vec![0, 1]);
         assert!(b2.member_epoch > 2);
@@ -1083,18 +1225,27 @@ mod tests {
         let mut g = ConsumerGroup::new("g".into());
         let now = Instant::now();
         let v = view(2);
-        let a = g.heartbeat(join("a", &["t"]), &v, settings(), now).unwrap();
+        let a = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         let owned = a.assignment.unwrap();
-        g.heartbeat(join("b", &["t"]), &v, settings(), now).unwrap();
+        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         // a is asked to revoke one partition and never does: after its rebalance timeout (5 s)
         // it is removed, although it still heartbeats.
-        g.heartbeat(beat("a", 1, &owned), &v, settings(), now)
+        g.heartbeat(beat("a", 1, &owned), &v, &visible, settings(), now)
             .unwrap();
         let later = now + Duration::from_secs(4);
-        g.heartbeat(beat("a", 1, &owned), &v, settings(), later)
+        g.heartbeat(beat("a", 1, &owned), &v, &visible, settings(), later)
             .unwrap();
-        g.heartbeat(beat("b", 2, &Assignment::new()), &v, settings(), later)
-            .unwrap();
+        g.heartbeat(
+            beat("b", 2, &Assignment::new()),
+            &v,
+            &visible,
+            settings(),
+            later,
+        )
+        .unwrap();
         assert!(!g.poll(later));
         assert!(g.poll(now + Duration::from_secs(6)));
         assert_eq!(g.members_len(), 1);
@@ -1102,6 +1253,7 @@ mod tests {
             .heartbeat(
                 beat("b", 2, &Assignment::new()),
                 &v,
+                &visible,
                 settings(),
                 now + Duration::from_secs(6),
             )
@@ -1121,10 +1273,10 @@ mod tests {
         let v = view(5);
         let mut req = join("a", &["t", "u"]);
         req.server_assignor = Some("range".into());
-        g.heartbeat(req, &v, settings(), now).unwrap();
+        g.heartbeat(req, &v, &visible, settings(), now).unwrap();
         let mut req = join("b", &["t", "u"]);
         req.server_assignor = Some("range".into());
-        g.heartbeat(req, &v, settings(), now).unwrap();
+        g.heartbeat(req, &v, &visible, settings(), now).unwrap();
         let d = g.describe();
         assert_eq!(d.assignor, "range");
         let targets: Vec<(Vec<i32>, Vec<i32>)> = d
@@ -1148,6 +1300,7 @@ mod tests {
                     ..join("c", &["t"])
                 },
                 &v,
+                &visible,
                 settings(),
                 now,
             )
@@ -1161,7 +1314,8 @@ mod tests {
         let now = Instant::now();
         let v = view(6);
         for id in ["a", "b", "c"] {
-            g.heartbeat(join(id, &["t"]), &v, settings(), now).unwrap();
+            g.heartbeat(join(id, &["t"]), &v, &visible, settings(), now)
+                .unwrap();
         }
         let before: Vec<Vec<i32>> = g
             .describe()
@@ -1179,6 +1333,7 @@ mod tests {
                 &Assignment::new(),
             ),
             &grown,
+            &visible,
             settings(),
             now,
         )
@@ -1211,7 +1366,7 @@ mod tests {
             subscribed_topic_regex: Some("sensors\\..*".into()),
             ..join("a", &[])
         };
-        let a = g.heartbeat(req, &v, settings(), now).unwrap();
+        let a = g.heartbeat(req, &v, &visible, settings(), now).unwrap();
         let got = a.assignment.unwrap();
         assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![T, U]);
         let bad = ConsumerHeartbeat {
@@ -1219,8 +1374,8 @@ mod tests {
             subscribed_topic_regex: Some("(".into()),
             ..join("b", &[])
         };
-        let err = g.heartbeat(bad, &v, settings(), now).unwrap_err();
-        assert_eq!(err.kafka_code(), 42);
+        let err = g.heartbeat(bad, &v, &visible, settings(), now).unwrap_err();
+        assert_eq!(err.kafka_code(), 128, "INVALID_REGULAR_EXPRESSION");
         assert!(
             err.to_string().contains("invalid SubscribedTopicRegex"),
             "{err}"
@@ -1230,7 +1385,7 @@ mod tests {
             ..join("c", &[])
         };
         assert_eq!(
-            g.heartbeat(none, &v, settings(), now)
+            g.heartbeat(none, &v, &visible, settings(), now)
                 .unwrap_err()
                 .kafka_code(),
             42
@@ -1246,18 +1401,27 @@ mod tests {
             g.check_commit("", -1, &[("t".into(), 0)]).is_ok(),
             "empty group"
         );
-        let a = g.heartbeat(join("a", &["t"]), &v, settings(), now).unwrap();
+        let a = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         assert_eq!(g.check_commit("", -1, &[]).unwrap_err().kafka_code(), 25);
         assert_eq!(g.check_commit("x", 1, &[]).unwrap_err().kafka_code(), 25);
         assert!(g.check_commit("a", 1, &[("t".into(), 0)]).is_ok());
         // b joins and a keeps partition 0 or 1 only; its epoch moves to 2 once it revoked.
-        g.heartbeat(join("b", &["t"]), &v, settings(), now).unwrap();
+        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
         let kept = g
-            .heartbeat(beat("a", 1, &a.assignment.unwrap()), &v, settings(), now)
+            .heartbeat(
+                beat("a", 1, &a.assignment.unwrap()),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
             .unwrap()
             .assignment
             .unwrap();
-        g.heartbeat(beat("a", 1, &kept), &v, settings(), now)
+        g.heartbeat(beat("a", 1, &kept), &v, &visible, settings(), now)
             .unwrap();
         let mine = parts(&kept, T)[0];
         assert!(g.check_commit("a", 2, &[("t".into(), 1 - mine)]).is_ok());
@@ -1267,5 +1431,326 @@ mod tests {
             .check_commit("a", 1, &[("t".into(), 1 - mine)])
             .unwrap_err();
         assert_eq!(err.kafka_code(), 113);
+    }
+
+    #[test]
+    fn members_with_different_subscriptions_are_balanced_per_topic() {
+        // a and b read t (4 partitions); c reads t and u (20 partitions). Kafka's uniform
+        // assignor gives a and b two partitions of t each, c all of u.
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = TopicView::from([("t".to_string(), (T, 4)), ("u".to_string(), (U, 20))]);
+        g.heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        g.heartbeat(join("c", &["t", "u"]), &v, &visible, settings(), now)
+            .unwrap();
+        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        let d = g.describe();
+        let target = |id: &str| {
+            let m = d.members.iter().find(|m| m.member_id == id).unwrap();
+            (
+                parts(&m.target_assignment, T).len(),
+                parts(&m.target_assignment, U).len(),
+            )
+        };
+        assert_eq!(
+            (target("a"), target("b"), target("c")),
+            ((2, 0), (2, 0), (0, 20))
+        );
+    }
+
+    #[test]
+    fn a_lost_reply_is_forgiven_and_static_members_keep_their_ids() {
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = view(2);
+        let a = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        let owned = a.assignment.unwrap();
+        // b joins, a is told to give one up (its epoch stays 1), gives it up and moves to 2;
+        // the reply that said so is lost: a heartbeats again at epoch 1 with what it holds.
+        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        let kept = g
+            .heartbeat(beat("a", 1, &owned), &v, &visible, settings(), now)
+            .unwrap();
+        let kept = kept.assignment.unwrap();
+        let moved = g
+            .heartbeat(beat("a", 1, &kept), &v, &visible, settings(), now)
+            .unwrap();
+        assert_eq!(moved.member_epoch, 2);
+        let again = g
+            .heartbeat(beat("a", 1, &kept), &v, &visible, settings(), now)
+            .unwrap();
+        assert_eq!(
+            again.member_epoch, 2,
+            "the previous epoch with what it holds: forgiven"
+        );
+        // At the previous epoch but claiming what it gave up: fenced.
+        let err = g
+            .heartbeat(beat("a", 1, &owned), &v, &visible, settings(), now)
+            .unwrap_err();
+        assert_eq!(err.kafka_code(), 110);
+
+        let mut s1 = join("s1", &["t"]);
+        s1.instance_id = Some("pump-7".into());
+        g.heartbeat(s1, &v, &visible, settings(), now).unwrap();
+        let mut s2 = join("s2", &["t"]);
+        s2.instance_id = Some("pump-7".into());
+        let err = g.heartbeat(s2, &v, &visible, settings(), now).unwrap_err();
+        assert_eq!(err.kafka_code(), 111, "UNRELEASED_INSTANCE_ID");
+        let mut stolen = beat(
+            "b",
+            g.describe().members[1].member_epoch,
+            &Assignment::new(),
+        );
+        stolen.instance_id = Some("pump-7".into());
+        let err = g
+            .heartbeat(stolen, &v, &visible, settings(), now)
+            .unwrap_err();
+        assert_eq!(err.kafka_code(), 82, "FENCED_INSTANCE_ID");
+    }
+
+    #[test]
+    fn malformed_heartbeats_are_refused_as_kafka_refuses_them() {
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = view(2);
+        let cases = [
+            (beat("a", -3, &Assignment::new()), 42),
+            (beat("", 4, &Assignment::new()), 42),
+            (
+                ConsumerHeartbeat {
+                    rebalance_timeout_ms: -1,
+                    ..join("a", &["t"])
+                },
+                42,
+            ),
+            (
+                ConsumerHeartbeat {
+                    owned: None,
+                    ..join("a", &["t"])
+                },
+                42,
+            ),
+            (
+                ConsumerHeartbeat {
+                    owned: Some(Assignment::from([(T, BTreeSet::from([0]))])),
+                    ..join("a", &["t"])
+                },
+                42,
+            ),
+            (
+                ConsumerHeartbeat {
+                    server_assignor: Some(String::new()),
+                    ..join("a", &["t"])
+                },
+                112,
+            ),
+            (
+                ConsumerHeartbeat {
+                    subscribed_topic_regex: Some("x{1000}{1000}".into()),
+                    ..join("a", &[])
+                },
+                128,
+            ),
+        ];
+        for (req, code) in cases {
+            let err = g.heartbeat(req, &v, &visible, settings(), now).unwrap_err();
+            assert_eq!(err.kafka_code(), code, "{err}");
+        }
+        assert!(g.is_empty() && !g.used(), "nothing changed");
+    }
+
+    #[test]
+    fn regex_matches_only_topics_the_member_may_see() {
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = view(2);
+        let req = ConsumerHeartbeat {
+            subscribed_topic_names: None,
+            subscribed_topic_regex: Some(".*".into()),
+            ..join("a", &[])
+        };
+        let only_t = |topic: &str| topic == "t";
+        let a = g.heartbeat(req, &v, &only_t, settings(), now).unwrap();
+        assert_eq!(
+            a.assignment.unwrap().keys().copied().collect::<Vec<_>>(),
+            vec![T]
+        );
+    }
+
+    #[test]
+    fn commits_at_an_older_epoch_only_for_partitions_held_since() {
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = view(2);
+        let a = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        let owned = a.assignment.unwrap();
+        // b joins and leaves: a gives one partition up at epoch 1 and gets it back at epoch 3.
+        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        let kept = g
+            .heartbeat(beat("a", 1, &owned), &v, &visible, settings(), now)
+            .unwrap();
+        let kept = kept.assignment.unwrap();
+        let gone = 1 - parts(&kept, T)[0];
+        g.heartbeat(beat("a", 1, &kept), &v, &visible, settings(), now)
+            .unwrap();
+        g.heartbeat(
+            beat("b", -1, &Assignment::new()),
+            &v,
+            &visible,
+            settings(),
+            now,
+        )
+        .unwrap();
+        let back = g
+            .heartbeat(beat("a", 2, &kept), &v, &visible, settings(), now)
+            .unwrap();
+        assert_eq!(back.member_epoch, 3);
+        assert_eq!(parts(&back.assignment.unwrap(), T), vec![0, 1]);
+        let mine = parts(&kept, T)[0];
+        assert!(
+            g.check_commit("a", 1, &[("t".into(), mine)]).is_ok(),
+            "held since epoch 1"
+        );
+        let err = g.check_commit("a", 1, &[("t".into(), gone)]).unwrap_err();
+        assert_eq!(
+            err.kafka_code(),
+            113,
+            "given up at 2, back at 3: an epoch-1 commit is stale"
+        );
+        assert_eq!(
+            g.check_commit("a", 1, &[]).unwrap_err().kafka_code(),
+            113,
+            "TxnOffsetCommit"
+        );
+        assert!(g.check_commit("a", 3, &[]).is_ok());
+    }
+
+    #[test]
+    fn a_saved_group_comes_back_as_it_was() {
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = view(4);
+        let req = ConsumerHeartbeat {
+            subscribed_topic_names: Some(vec!["t".into()]),
+            subscribed_topic_regex: Some("u".into()),
+            ..join("a", &[])
+        };
+        let a = g.heartbeat(req, &v, &visible, settings(), now).unwrap();
+        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        g.heartbeat(
+            beat("a", a.member_epoch, &a.assignment.unwrap()),
+            &v,
+            &visible,
+            settings(),
+            now,
+        )
+        .unwrap();
+        let saved = g.save().unwrap();
+        let back = ConsumerGroup::restore("g".into(), &saved, settings(), now).unwrap();
+        assert_eq!(back.describe(), g.describe());
+        assert_eq!(back.metadata, g.metadata);
+        // A member of the restored group heartbeats and nothing moves.
+        let mut back = back;
+        let d = g.describe();
+        let b = d.members.iter().find(|m| m.member_id == "b").unwrap();
+        let r = back
+            .heartbeat(
+                beat("b", b.member_epoch, &b.assignment),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(r.member_epoch, b.member_epoch);
+        assert_eq!(back.epoch, g.epoch, "no epoch bump");
+    }
+
+    /// The protocol's promise: whatever members do, no partition is held (assigned or being
+    /// revoked) by two members at once, and once everyone heartbeats with what it was told,
+    /// every partition is held.
+    #[test]
+    fn no_partition_is_ever_held_twice() {
+        let v = view(7);
+        let ids = ["a", "b", "c", "d"];
+        for seed in 0..200u64 {
+            let mut rng = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut next = |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let mut g = ConsumerGroup::new("g".into());
+            let mut now = Instant::now();
+            // What each client believes: its epoch and the partitions it holds.
+            let mut clients: HashMap<&str, (i32, Assignment)> = HashMap::new();
+            for _ in 0..300 {
+                let id = ids[next(4) as usize];
+                now += Duration::from_millis(next(500));
+                let req = match clients.get(id) {
+                    None => join(id, &["t"]),
+                    Some(_) if next(10) == 0 => beat(id, -1, &Assignment::new()),
+                    Some((epoch, held)) => beat(id, *epoch, held),
+                };
+                let leaving = req.member_epoch == -1;
+                match g.heartbeat(req, &v, &visible, settings(), now) {
+                    Ok(r) if leaving => {
+                        assert_eq!(r.member_epoch, -1);
+                        clients.remove(id);
+                    }
+                    Ok(r) => {
+                        let held = clients.get(id).map(|c| c.1.clone()).unwrap_or_default();
+                        clients.insert(id, (r.member_epoch, r.assignment.unwrap_or(held)));
+                    }
+                    Err(_) => {
+                        clients.remove(id);
+                    }
+                }
+                g.poll(now);
+                // One the coordinator dropped (session or rebalance timeout) is fenced: it
+                // learns so at its next heartbeat and may commit nothing meanwhile.
+                clients.retain(|id, _| g.members.contains_key(*id));
+                let mut seen = BTreeSet::new();
+                for m in g.members.values() {
+                    for tp in pairs(&m.assigned).chain(pairs(&m.pending_revocation)) {
+                        assert!(seen.insert(tp), "seed {seed}: {tp:?} held twice");
+                    }
+                }
+                // What the clients hold never overlaps either.
+                let mut held = BTreeSet::new();
+                for (_, a) in clients.values() {
+                    for tp in pairs(a) {
+                        assert!(held.insert(tp), "seed {seed}: clients both hold {tp:?}");
+                    }
+                }
+            }
+            // Everyone heartbeats a few times with what it was told: all partitions held.
+            for _ in 0..4 {
+                for id in ids {
+                    if let Some((epoch, held)) = clients.get(id).cloned() {
+                        let r = g
+                            .heartbeat(beat(id, epoch, &held), &v, &visible, settings(), now)
+                            .unwrap();
+                        clients.insert(id, (r.member_epoch, r.assignment.unwrap_or(held)));
+                    }
+                }
+            }
+            if !clients.is_empty() {
+                let total: usize = clients.values().map(|(_, a)| pairs(a).count()).sum();
+                assert_eq!(total, 7, "seed {seed}: every partition is held");
+            }
+        }
     }
 }

@@ -106,8 +106,12 @@ pub enum GroupError {
         member_id: String,
     },
     /// UNSUPPORTED_ASSIGNOR (112).
-    #[error("assignor {0:?} is not one of this broker's: uniform, range")]
+    #[error("assignor {name:?} is not one of this broker's: {}", super::consumer::ASSIGNORS.join(", "), name = .0)]
     UnsupportedAssignor(String),
+    /// INVALID_REGULAR_EXPRESSION (128): a subscription regex that does not compile, or is too
+    /// long or costly.
+    #[error("{0}")]
+    InvalidRegularExpression(String),
     /// STALE_MEMBER_EPOCH (113): an OffsetCommit at an older epoch for partitions the member no
     /// longer holds.
     #[error("member epoch {given} is stale: the member's epoch is {current}")]
@@ -143,6 +147,7 @@ impl GroupError {
             GroupError::UnreleasedInstanceId { .. } => 111,
             GroupError::UnsupportedAssignor(_) => 112,
             GroupError::StaleMemberEpoch { .. } => 113,
+            GroupError::InvalidRegularExpression(_) => 128,
         }
     }
 }

@@ -1,15 +1,20 @@
-//! The consumer-group coordinator: Kafka's classic group protocol (clients assign partitions).
+//! The consumer-group coordinator: Kafka's classic group protocol (clients assign partitions)
+//! and KIP-848's consumer protocol (the coordinator assigns).
 //!
 //! # Map
 //! - `mod.rs` (this file): [`GroupConfig`], [`Clock`], and [`GroupCoordinator`], the cheap `Clone`
 //!   handle every connection shares. It owns the lock, the offset store calls and the timers.
 //! - [`types`]: the plain request/response structs the protocol layer converts Kafka messages to
 //!   and from (JoinGroup v0-v9, SyncGroup v0-v5, Heartbeat v0-v4, LeaveGroup v0-v5, OffsetCommit
-//!   v0-v8, OffsetFetch v0-v8, ListGroups v0-v4, DescribeGroups v0-v5, DeleteGroups v0-v2).
+//!   v0-v9, OffsetFetch v0-v9, ListGroups v0-v5, DescribeGroups v0-v5, DeleteGroups v0-v2).
 //! - `group.rs`: one group's state machine, no locks, no I/O, time passed in.
+//! - [`consumer`]: a group's members under the consumer protocol (ConsumerGroupHeartbeat v0-v1,
+//!   ConsumerGroupDescribe v0-v1): epochs, the target assignment, reconciliation. A group is of
+//!   one protocol at a time; its offsets are the same either way.
 //! - [`offsets`]: [`OffsetStore`] (the broker implements it over redb) and [`MemoryOffsetStore`]:
-//!   committed offsets, and each group's [`Membership`] after its last completed rebalance, saved
-//!   by `sync` and `leave` and on each tick, and restored at start so that members go on.
+//!   committed offsets, and each group's members ([`Membership`] after a classic group's last
+//!   completed rebalance; a consumer-protocol group as [`consumer::ConsumerGroup::save`] writes
+//!   it), saved as they change and restored at start so that members go on.
 //! - [`error`]: [`GroupError`] with [`GroupError::kafka_code`].
 //!
 //! # Concurrency
@@ -277,6 +282,9 @@ impl GroupCoordinator {
                 .or_insert_with(|| Group::new(group, config.initial_rebalance_delay, now));
             if g.members.is_empty() {
                 g.consumer = consumer;
+            } else {
+                // The group is a classic one now: what was saved of it goes at the first tick.
+                g.consumer.mark_dirty();
             }
         }
         Ok(GroupCoordinator {
@@ -448,6 +456,9 @@ impl GroupCoordinator {
     /// epochs, assignments; not heartbeats alone), so that a restarted coordinator knows their
     /// members. A failed save is tried again at the next tick.
     fn save_consumer_groups(&self) {
+        if !self.groups().values().any(|g| g.consumer.is_dirty()) {
+            return;
+        }
         let _store_guard = lock(&self.inner.store_lock);
         let changes: Vec<(String, Option<Vec<u8>>)> = self
             .groups()
@@ -474,6 +485,12 @@ impl GroupCoordinator {
                 }
             }
         }
+    }
+
+    /// Saves what changed of the groups' members (both protocols) now: at shutdown, so that
+    /// nothing of the last 100 ms is lost.
+    pub fn flush(&self) {
+        self.save_memberships();
     }
 
     /// Heartbeat: keeps the member's session alive; REBALANCE_IN_PROGRESS asks it to rejoin.
@@ -767,46 +784,61 @@ impl GroupCoordinator {
 
     /// ConsumerGroupHeartbeat (KIP-848): joins, leaves, or keeps a member of a group of the
     /// consumer protocol alive, and tells it its assignment. `view` is every topic the group may
-    /// subscribe to. A group with classic members refuses it (GROUP_ID_NOT_FOUND, as Kafka
-    /// answers when it does not convert groups).
+    /// subscribe to, `may_describe` says which of them the member's principal may see. A group
+    /// with classic members refuses it (GROUP_ID_NOT_FOUND, as Kafka answers when it does not
+    /// convert groups). A change to the group (members, epochs, assignments) is saved before
+    /// the answer, so that a restarted coordinator knows what its members were told.
     pub fn consumer_heartbeat(
         &self,
         req: ConsumerHeartbeat,
         view: &TopicView,
+        may_describe: &dyn Fn(&str) -> bool,
     ) -> Result<ConsumerHeartbeatReply, GroupError> {
         if req.group_id.is_empty() {
             return Err(GroupError::InvalidRequest(
                 "GroupId can't be empty".to_string(),
             ));
         }
-        let now = self.now();
-        let mut groups = self.groups();
-        let cfg = &self.inner.config;
-        let group = match groups.get_mut(&req.group_id) {
-            Some(g) => g,
-            None if req.member_epoch == 0 => {
-                groups.entry(req.group_id.clone()).or_insert_with(|| {
-                    Group::new(req.group_id.clone(), cfg.initial_rebalance_delay, now)
-                })
+        let group_id = req.group_id.clone();
+        let reply = {
+            let now = self.now();
+            let mut groups = self.groups();
+            let cfg = &self.inner.config;
+            let group = match groups.get_mut(&group_id) {
+                Some(g) => g,
+                None if req.member_epoch == 0 => {
+                    groups.entry(group_id.clone()).or_insert_with(|| {
+                        Group::new(group_id.clone(), cfg.initial_rebalance_delay, now)
+                    })
+                }
+                None => return Err(GroupError::UnknownMemberId),
+            };
+            group.poll(now);
+            if group.state == GroupState::Dead {
+                return Err(GroupError::GroupIdNotFound);
             }
-            None => return Err(GroupError::UnknownMemberId),
+            if !group.members.is_empty() {
+                return Err(GroupError::OtherProtocol(format!(
+                    "group {} has {} member(s) of the classic protocol; a group is of one \
+                     protocol at a time here: stop them before consumers with \
+                     group.protocol=consumer join",
+                    group.id,
+                    group.members.len()
+                )));
+            }
+            let reply = group
+                .consumer
+                .heartbeat(req, view, may_describe, cfg.consumer, now);
+            if group.consumer.is_empty() {
+                group.empty_since = now;
+            }
+            if group.is_idle_and_empty() && !group.consumer.used() {
+                // Made for a first heartbeat that failed at once.
+                groups.remove(&group_id);
+            }
+            reply
         };
-        group.poll(now);
-        if group.state == GroupState::Dead {
-            return Err(GroupError::GroupIdNotFound);
-        }
-        if !group.members.is_empty() {
-            return Err(GroupError::OtherProtocol(format!(
-                "group {} has {} member(s) of the classic protocol; a group is of one protocol \
-                 at a time here: stop them before consumers with group.protocol=consumer join",
-                group.id,
-                group.members.len()
-            )));
-        }
-        let reply = group.consumer.heartbeat(req, view, cfg.consumer, now);
-        if group.consumer.is_empty() {
-            group.empty_since = now;
-        }
+        self.save_consumer_groups();
         reply
     }
 
@@ -1028,9 +1060,10 @@ impl GroupCoordinator {
             .groups()
             .values()
             .filter(|g| {
-                g.state == GroupState::Stable
+                let classic = g.state == GroupState::Stable
                     && !g.members.is_empty()
-                    && g.protocol_type.as_deref() == Some("consumer")
+                    && g.protocol_type.as_deref() == Some("consumer");
+                classic || (g.uses_consumer_protocol() && !g.consumer.is_empty())
             })
             .filter_map(|g| {
                 let subscribed = g.subscribed_topics()?;

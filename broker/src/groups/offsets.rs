@@ -218,6 +218,12 @@ impl MemoryOffsetStore {
         self.memberships.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn consumer_groups(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.consumer_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         if *self.failing.lock().unwrap_or_else(|e| e.into_inner()) {
             Err(StoreError::new("injected failure"))
@@ -256,10 +262,7 @@ impl OffsetStore for MemoryOffsetStore {
         self.check()?;
         self.map().retain(|(g, _, _), _| g != group);
         self.memberships().remove(group);
-        self.consumer_groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(group);
+        self.consumer_groups().remove(group);
         Ok(())
     }
 
@@ -301,19 +304,13 @@ impl OffsetStore for MemoryOffsetStore {
     }
 
     fn load_consumer_groups(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let groups = self
-            .consumer_groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let groups = self.consumer_groups();
         Ok(groups.iter().map(|(g, b)| (g.clone(), b.clone())).collect())
     }
 
     fn save_consumer_group(&self, group: &str, saved: Option<&[u8]>) -> Result<(), StoreError> {
         self.check()?;
-        let mut groups = self
-            .consumer_groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut groups = self.consumer_groups();
         match saved {
             Some(b) => groups.insert(group.to_owned(), b.to_vec()),
             None => groups.remove(group),

@@ -1,7 +1,8 @@
 //! ConsumerGroupDescribe (key 69, v0-v1): groups of the consumer group protocol (KIP-848), with
 //! each member's current and target assignment. A classic or unknown group gets
 //! GROUP_ID_NOT_FOUND, as in Kafka; a group the client may not Describe,
-//! GROUP_AUTHORIZATION_FAILED.
+//! GROUP_AUTHORIZATION_FAILED; a group whose members hold a topic the client may not Describe,
+//! TOPIC_AUTHORIZATION_FAILED (the answer would name it).
 
 use kafka_protocol::messages::consumer_group_describe_response::{
     Assignment, DescribedGroup, Member, TopicPartitions,
@@ -32,6 +33,21 @@ pub async fn handle(ctx: Ctx, req: ConsumerGroupDescribeRequest) -> ConsumerGrou
                         "group {} is not a group of the consumer protocol here",
                         id.as_str()
                     )))),
+                Ok(d)
+                    if d.members.iter().any(|m| {
+                        let topics = m.assignment.keys().chain(m.target_assignment.keys());
+                        topics.into_iter().any(|id| {
+                            ctx.broker
+                                .catalog
+                                .get_by_id(*id)
+                                .is_some_and(|t| !ctx.sees(ResourceType::Topic, &t.name))
+                        })
+                    }) =>
+                {
+                    refused.with_error_code(
+                        kafka_protocol::error::ResponseError::TopicAuthorizationFailed.code(),
+                    )
+                }
                 Ok(d) => DescribedGroup::default()
                     .with_group_id(id.clone())
                     .with_group_state(s(d.state.as_str()))

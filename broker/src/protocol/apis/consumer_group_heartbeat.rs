@@ -44,6 +44,15 @@ pub async fn handle(
             "MemberId can't be empty in version 1 and later".to_string(),
         );
     }
+    // Compiled here, before the coordinator's lock is taken: a costly regex holds up only
+    // its own request.
+    let compiled_regex = match req.subscribed_topic_regex.as_deref() {
+        Some(p) if !p.is_empty() => match crate::groups::consumer::compile_regex(p) {
+            Ok(re) => Some(re),
+            Err(e) => return refuse(e.kafka_code(), e.to_string()),
+        },
+        _ => None,
+    };
     let view: TopicView = ctx
         .broker
         .catalog
@@ -62,6 +71,7 @@ pub async fn handle(
             .subscribed_topic_names
             .map(|names| names.into_iter().map(|n| n.to_string()).collect()),
         subscribed_topic_regex: req.subscribed_topic_regex.map(|r| r.to_string()),
+        compiled_regex,
         server_assignor: req.server_assignor.map(|a| a.to_string()),
         owned: req.topic_partitions.map(|topics| {
             let mut owned = crate::groups::Assignment::new();
@@ -76,7 +86,12 @@ pub async fn handle(
         client_id: ctx.client_id.to_string(),
         client_host: format!("/{}", ctx.session.peer.ip()),
     };
-    match ctx.broker.groups.consumer_heartbeat(plain, &view) {
+    let may_describe = |topic: &str| ctx.sees(ResourceType::Topic, topic);
+    match ctx
+        .broker
+        .groups
+        .consumer_heartbeat(plain, &view, &may_describe)
+    {
         Ok(reply) => ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(s(reply.member_id)))
             .with_member_epoch(reply.member_epoch)
