@@ -350,7 +350,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "consumer_session_timeout",
                 Duration,
-                "Consumers of the consumer group protocol (group.protocol=consumer) that have\nnot heartbeated for this long leave their group.",
+                "Consumers of the consumer group protocol (group.protocol=consumer) that have\nnot heartbeated for this long leave their group. Allowed: up to 1h.",
             ),
             key(
                 "consumer_heartbeat_interval",
@@ -407,7 +407,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "clock_skew",
                 Duration,
-                "How far apart the broker's and the provider's clocks may be when expiry and\nnot-before times are checked.",
+                "How far apart the broker's and the provider's clocks may be when expiry and\nnot-before times are checked. Allowed: up to 1d.",
             ),
         ],
     },

@@ -214,6 +214,13 @@ impl Config {
             "groups.consumer_heartbeat_interval",
             groups.consumer_heartbeat_interval,
         )?;
+        if groups.consumer_session_timeout > std::time::Duration::from_secs(60 * 60) {
+            return Err(c.out_of_range(
+                "groups.consumer_session_timeout",
+                format_duration(groups.consumer_session_timeout),
+                "at most 1h",
+            ));
+        }
         if groups.consumer_heartbeat_interval >= groups.consumer_session_timeout {
             return Err(c.conflict(
                 &[
@@ -396,6 +403,13 @@ impl Config {
                         .to_string(),
                 ));
             }
+        }
+        if oauth.clock_skew > std::time::Duration::from_secs(24 * 60 * 60) {
+            return Err(c.out_of_range(
+                "oauthbearer.clock_skew",
+                format_duration(oauth.clock_skew),
+                "at most 1d",
+            ));
         }
         if oauth.principal_claim.trim().is_empty() {
             return Err(c.invalid(

@@ -271,6 +271,15 @@ fn check_request(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
     if req.member_id.is_empty() && req.member_epoch != 0 {
         return invalid("MemberId can't be empty");
     }
+    if req.instance_id.as_deref() == Some("") {
+        return invalid("InstanceId can't be empty");
+    }
+    if req.rack_id.as_deref() == Some("") {
+        return invalid("RackId can't be empty");
+    }
+    if req.member_epoch == -2 && req.instance_id.is_none() {
+        return invalid("InstanceId can't be null for a static member's leave (epoch -2)");
+    }
     if req.member_epoch == 0 {
         if req.rebalance_timeout_ms < 0 {
             return invalid("RebalanceTimeoutMs must be provided in first request");
@@ -544,11 +553,12 @@ impl ConsumerGroup {
             if let Some(regex) = regex {
                 member.regex = regex;
             }
-            // The topics its regex matches now, of those it may see; internal ones never.
+            // The topics its regex matches now, of those it may see (the catalog has none of
+            // Kafka's internal topics, which a regex never matches).
             let matched: BTreeSet<String> = match &member.regex {
                 Some((_, re)) => view
                     .keys()
-                    .filter(|t| !t.starts_with("__") && re.is_match(t) && may_describe(t))
+                    .filter(|t| re.is_match(t) && may_describe(t))
                     .cloned()
                     .collect(),
                 None => BTreeSet::new(),
@@ -584,7 +594,9 @@ impl ConsumerGroup {
     }
 
     /// A member's first heartbeat (epoch 0), or a member that lost its state joining again
-    /// with its id: it keeps what it was given and is sent all of it.
+    /// with its id. The latter replaces the member it was: whatever still runs as the old one
+    /// is fenced at its next heartbeat (its epoch is gone), and the new one is given again
+    /// what the old one held (its target stays, so the assignment sticks).
     /// Returns the member's id, and whether it is new.
     fn join(
         &mut self,
@@ -596,9 +608,8 @@ impl ConsumerGroup {
         } else {
             req.member_id.clone()
         };
-        if let Some(member) = self.members.get_mut(&id) {
-            member.last_sent = None;
-            return Ok((id, false));
+        if self.members.remove(&id).is_some() {
+            info!(group = %self.group_id, member = %id, "member joins again (epoch 0): its earlier self is fenced");
         }
         if let Some(instance) = &req.instance_id
             && let Some(other) = self.holder_of(instance)
@@ -803,7 +814,21 @@ impl ConsumerGroup {
                         .iter()
                         .any(|(name, tid, n)| *tid == t && p < *n && m.subscribes(name))
                 });
-                (id, pairs(&valid).collect())
+                // Kept first: partitions of the topics fewest others could take.
+                let mut valid: Vec<(Uuid, i32)> = pairs(&valid).collect();
+                valid.sort_by_key(|(t, p)| {
+                    let name = self
+                        .metadata
+                        .iter()
+                        .find(|(_, tid, _)| tid == t)
+                        .map_or("", |(n, _, _)| n.as_str());
+                    (
+                        subscribers.get(name).map_or(0, Vec::len),
+                        name.to_string(),
+                        *p,
+                    )
+                });
+                (id, valid)
             })
             .collect();
         let mut share: HashMap<&String, usize> = HashMap::new();
@@ -1458,6 +1483,33 @@ mod tests {
             (target("a"), target("b"), target("c")),
             ((2, 0), (2, 0), (0, 20))
         );
+
+        // One member reads both topics and holds everything; another joins for one topic: the
+        // first keeps the topic only it reads and gives up the shared one, whichever of the
+        // two topics' ids sorts first.
+        for (first, second) in [(T, U), (U, T)] {
+            let mut g = ConsumerGroup::new("g".into());
+            let v = TopicView::from([
+                ("hx1".to_string(), (first, 6)),
+                ("hx2".to_string(), (second, 6)),
+            ]);
+            g.heartbeat(join("b", &["hx1", "hx2"]), &v, &visible, settings(), now)
+                .unwrap();
+            g.heartbeat(join("a", &["hx2"]), &v, &visible, settings(), now)
+                .unwrap();
+            let d = g.describe();
+            let sizes: Vec<(String, usize)> = d
+                .members
+                .iter()
+                .map(|m| (m.member_id.clone(), pairs(&m.target_assignment).count()))
+                .collect();
+            assert_eq!(sizes, [("a".to_string(), 6), ("b".to_string(), 6)]);
+            let a = d.members.iter().find(|m| m.member_id == "a").unwrap();
+            assert_eq!(
+                a.target_assignment.keys().copied().collect::<Vec<_>>(),
+                [second]
+            );
+        }
     }
 
     #[test]
@@ -1562,6 +1614,53 @@ mod tests {
             assert_eq!(err.kafka_code(), code, "{err}");
         }
         assert!(g.is_empty() && !g.used(), "nothing changed");
+        let more = [
+            (
+                ConsumerHeartbeat {
+                    instance_id: Some(String::new()),
+                    ..join("a", &["t"])
+                },
+                42,
+            ),
+            (
+                ConsumerHeartbeat {
+                    rack_id: Some(String::new()),
+                    ..join("a", &["t"])
+                },
+                42,
+            ),
+            (beat("a", -2, &Assignment::new()), 42),
+        ];
+        for (req, code) in more {
+            let err = g.heartbeat(req, &v, &visible, settings(), now).unwrap_err();
+            assert_eq!(err.kafka_code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn joining_again_with_a_live_members_id_fences_the_earlier_one() {
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = view(3);
+        let old = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        let held = old.assignment.unwrap();
+        let new = g
+            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
+            .unwrap();
+        assert!(new.member_epoch > old.member_epoch);
+        assert_eq!(new.assignment.unwrap(), held, "given again what it held");
+        let err = g
+            .heartbeat(
+                beat("a", old.member_epoch, &held),
+                &v,
+                &visible,
+                settings(),
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(err.kafka_code(), 110, "the earlier one is fenced");
     }
 
     #[test]
