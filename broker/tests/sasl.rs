@@ -788,7 +788,7 @@ async fn oauthbearer_without_keys_names_the_key_and_a_bad_jwks_file_stops_the_st
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        err.contains("oauthbearer.jwks_file") && err.contains("no RSA or EC"),
+        err.contains("oauthbearer.jwks_file") && err.contains("no usable RSA or EC"),
         "{err}"
     );
 }

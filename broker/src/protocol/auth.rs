@@ -365,6 +365,8 @@ pub enum AuthError {
     AuthorizationId,
     #[error("this listener does not use SASL (no token_file or sasl_plain_file is set)")]
     NotEnabled,
+    #[error("this listener takes OAUTHBEARER only: a SaslHandshake must choose it first")]
+    HandshakeFirst,
     #[error("{0}")]
     Scram(#[from] ScramError),
     #[error("{0}")]
@@ -609,7 +611,11 @@ impl Identity {
                 reply: Vec::new(),
             });
         }
-        let tokens = self.tokens.as_ref().ok_or(AuthError::NotEnabled)?;
+        let tokens = match (&self.tokens, &self.oauth) {
+            (Some(tokens), _) => tokens,
+            (None, Some(_)) => return Err(AuthError::HandshakeFirst),
+            (None, None) => return Err(AuthError::NotEnabled),
+        };
         let mut scram = self.scram.lock().unwrap_or_else(|e| e.into_inner());
         let Some(exchange) = scram.as_mut() else {
             drop(scram);

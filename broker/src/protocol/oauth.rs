@@ -53,6 +53,20 @@ pub enum OAuthError {
     },
     #[error("the token has no {0:?} claim to name the principal")]
     NoPrincipal(String),
+    #[error("the token's {0:?} claim has control characters")]
+    BadPrincipal(String),
+    #[error("the token's {0:?} claim is not a number of seconds")]
+    BadTime(String),
+    #[error("the token has no issue time (iat)")]
+    NoIssueTime,
+    #[error("key {kid:?} is for {key}, the token is signed with {token}")]
+    KeyAlgorithm {
+        kid: String,
+        key: String,
+        token: String,
+    },
+    #[error("the authorization id {asked:?} is not the token's principal {principal:?}")]
+    AuthorizationId { asked: String, principal: String },
 }
 
 /// What a broker checks OAUTHBEARER tokens against (`[oauthbearer]`).
@@ -65,9 +79,15 @@ pub struct OAuthSettings {
     pub clock_skew: Duration,
 }
 
-/// One verification key of a JWKS.
+/// One verification key of a JWKS, with the algorithm it is for when the JWKS says.
 #[derive(Debug, Clone)]
-enum Key {
+struct Key {
+    alg: Option<String>,
+    material: KeyMaterial,
+}
+
+#[derive(Debug, Clone)]
+enum KeyMaterial {
     Rsa {
         n: Vec<u8>,
         e: Vec<u8>,
@@ -92,6 +112,8 @@ struct Jwk {
     #[serde(rename = "use", default)]
     use_: Option<String>,
     #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
     n: Option<String>,
     #[serde(default)]
     e: Option<String>,
@@ -115,44 +137,62 @@ fn b64(field: &str, value: Option<&String>) -> Result<Vec<u8>, String> {
 }
 
 impl Keys {
-    /// Reads a JWKS document (`{"keys": [...]}`); keys of other types or uses are skipped,
-    /// as Kafka's validator skips them.
+    /// Reads a JWKS document (`{"keys": [...]}`). Keys of other types or uses are skipped, as
+    /// Kafka's validator skips them, and so is a malformed key (with a warning), so that one
+    /// bad entry does not take the provider's other keys with it; at least one must be good.
     fn parse(text: &str) -> Result<Keys, String> {
         let set: JwkSet =
             serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut keys = HashMap::new();
         for jwk in set.keys {
-            if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
-                continue;
-            }
-            let key = match jwk.kty.as_str() {
-                "RSA" => Key::Rsa {
-                    n: b64("n", jwk.n.as_ref())?,
-                    e: b64("e", jwk.e.as_ref())?,
-                },
-                "EC" => {
-                    let (p384, len) = match jwk.crv.as_deref() {
-                        Some("P-256") => (false, 32),
-                        Some("P-384") => (true, 48),
-                        _ => continue,
-                    };
-                    let (x, y) = (b64("x", jwk.x.as_ref())?, b64("y", jwk.y.as_ref())?);
-                    if x.len() != len || y.len() != len {
-                        return Err("an EC key's x or y has the wrong length".to_string());
+            let kid = jwk.kid.clone().unwrap_or_default();
+            match Keys::key(jwk) {
+                Ok(None) => {}
+                Ok(Some(key)) => {
+                    if keys.insert(kid.clone(), key).is_some() {
+                        tracing::warn!(kid = %kid, "two keys of the JWKS have this id; the last is used");
                     }
-                    let mut point = vec![0x04];
-                    point.extend_from_slice(&x);
-                    point.extend_from_slice(&y);
-                    Key::Ec { p384, point }
                 }
-                _ => continue,
-            };
-            keys.insert(jwk.kid.unwrap_or_default(), key);
+                Err(e) => tracing::warn!(kid = %kid, error = %e, "a key of the JWKS is skipped"),
+            }
         }
         if keys.is_empty() {
-            return Err("no RSA or EC signing key in it".to_string());
+            return Err("no usable RSA or EC signing key in it".to_string());
         }
         Ok(Keys(keys))
+    }
+
+    /// One key of a JWKS: `None` for one that is not for signatures by RSA or EC.
+    fn key(jwk: Jwk) -> Result<Option<Key>, String> {
+        if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+            return Ok(None);
+        }
+        let material = match jwk.kty.as_str() {
+            "RSA" => KeyMaterial::Rsa {
+                n: b64("n", jwk.n.as_ref())?,
+                e: b64("e", jwk.e.as_ref())?,
+            },
+            "EC" => {
+                let (p384, len) = match jwk.crv.as_deref() {
+                    Some("P-256") => (false, 32),
+                    Some("P-384") => (true, 48),
+                    _ => return Ok(None),
+                };
+                let (x, y) = (b64("x", jwk.x.as_ref())?, b64("y", jwk.y.as_ref())?);
+                if x.len() != len || y.len() != len {
+                    return Err("an EC key's x or y has the wrong length".to_string());
+                }
+                let mut point = vec![0x04];
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                KeyMaterial::Ec { p384, point }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Key {
+            alg: jwk.alg,
+            material,
+        }))
     }
 }
 
@@ -168,8 +208,9 @@ fn stamp(path: &Path) -> Option<Stamp> {
 #[derive(Debug)]
 pub struct OAuthValidator {
     settings: OAuthSettings,
-    /// The keys in force, and the version of the file they were read from.
-    keys: Mutex<(Arc<Keys>, Option<Stamp>)>,
+    /// The keys in force, the version of the file they were read from, and whether the file
+    /// was missing at the last look (said once).
+    keys: Mutex<(Arc<Keys>, Option<Stamp>, bool)>,
 }
 
 #[derive(Deserialize)]
@@ -177,7 +218,14 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
 }
+
+/// The signature algorithms taken.
+const ALGORITHMS: [&str; 8] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+];
 
 impl OAuthValidator {
     /// Reads the JWKS file; a file that cannot be read or holds no key is an error (the broker
@@ -190,7 +238,7 @@ impl OAuthValidator {
         let keys = Keys::parse(&text)
             .map_err(|e| anyhow::anyhow!("oauthbearer.jwks_file {}: {e}", path.display()))?;
         Ok(OAuthValidator {
-            keys: Mutex::new((Arc::new(keys), version)),
+            keys: Mutex::new((Arc::new(keys), version, false)),
             settings,
         })
     }
@@ -200,6 +248,10 @@ impl OAuthValidator {
     fn keys(&self) -> Arc<Keys> {
         let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let now = stamp(&self.settings.jwks_file);
+        if now.is_none() && !state.2 {
+            tracing::warn!(path = %self.settings.jwks_file.display(), "the JWKS file is gone; the keys read last stay in force");
+        }
+        state.2 = now.is_none();
         if now.is_none() || now == state.1 {
             return state.0.clone();
         }
@@ -223,11 +275,21 @@ impl OAuthValidator {
     /// Checks a SaslAuthenticate message of the OAUTHBEARER mechanism at `now` (Unix seconds)
     /// and returns the principal (`User:<claim>`).
     pub fn authenticate(&self, message: &[u8], now: i64) -> Result<String, OAuthError> {
-        let token = bearer_token(message)?;
-        self.validate(token, now)
+        let (authzid, token) = client_first(message)?;
+        let name = self.validate(token, now)?;
+        // As Kafka: an authorization id, when given, must be the token's principal.
+        if let Some(asked) = authzid
+            && asked != name
+        {
+            return Err(OAuthError::AuthorizationId {
+                asked: asked.to_string(),
+                principal: name,
+            });
+        }
+        Ok(format!("User:{name}"))
     }
 
-    /// Checks a JWT and returns the principal it names.
+    /// Checks a JWT and returns the name of the principal it names (`User:` not prefixed).
     pub fn validate(&self, token: &str, now: i64) -> Result<String, OAuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(OAuthError::NotAJwt("longer than 64 KiB".to_string()));
@@ -247,6 +309,16 @@ impl OAuthValidator {
         };
         let header: Header = serde_json::from_slice(&decode("header", header_b64)?)
             .map_err(|e| OAuthError::NotAJwt(format!("its header: {e}")))?;
+        if !ALGORITHMS.contains(&header.alg.as_str()) {
+            return Err(OAuthError::Algorithm(header.alg));
+        }
+        if header.crit.is_some() {
+            // RFC 7515 4.1.11: a token naming extensions the broker does not know is refused.
+            return Err(OAuthError::NotAJwt(
+                "its header names critical extensions (crit), which are not understood here"
+                    .to_string(),
+            ));
+        }
         let signature = decode("signature", sig_b64)?;
         // What was signed: the header and payload as sent, with the dot between them.
         let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
@@ -263,22 +335,43 @@ impl OAuthValidator {
                     .filter(|_| kid.is_empty() && keys.0.len() == 1)
             })
             .ok_or_else(|| OAuthError::UnknownKey(kid.clone()))?;
-        verify(&header.alg, key, signed, &signature)?;
+        if key.alg.as_ref().is_some_and(|a| *a != header.alg) {
+            return Err(OAuthError::KeyAlgorithm {
+                kid,
+                key: key.alg.clone().unwrap_or_default(),
+                token: header.alg,
+            });
+        }
+        verify(&header.alg, &key.material, signed, &signature)?;
         let claims: serde_json::Value = serde_json::from_slice(&decode("payload", payload_b64)?)
             .map_err(|e| OAuthError::NotAJwt(format!("its claims: {e}")))?;
         self.check_claims(&claims, now)
     }
 
+    /// Kafka's checks of a token's claims (its `BrokerJwtValidator`): expiry and issue time
+    /// required, not-before when given, issuer and audience when configured, and the principal
+    /// claim a non-empty string (trimmed), of which the principal's name is made.
     fn check_claims(&self, claims: &serde_json::Value, now: i64) -> Result<String, OAuthError> {
         let s = &self.settings;
-        let skew = s.clock_skew.as_secs() as i64;
-        let time = |name: &str| claims.get(name).and_then(serde_json::Value::as_f64);
-        let exp = time("exp").ok_or(OAuthError::NoExpiry)? as i64;
-        if now > exp + skew {
+        let skew = i64::try_from(s.clock_skew.as_secs()).unwrap_or(i64::MAX);
+        let time = |name: &str| -> Result<Option<i64>, OAuthError> {
+            match claims.get(name) {
+                None => Ok(None),
+                // Whole seconds; a fraction is dropped, a huge value saturates.
+                Some(v) => v
+                    .as_f64()
+                    .filter(|t| t.is_finite())
+                    .map(|t| Some(t as i64))
+                    .ok_or_else(|| OAuthError::BadTime(name.to_string())),
+            }
+        };
+        let exp = time("exp")?.ok_or(OAuthError::NoExpiry)?;
+        if now > exp.saturating_add(skew) {
             return Err(OAuthError::Expired(exp));
         }
-        if let Some(nbf) = time("nbf").map(|t| t as i64)
-            && now + skew < nbf
+        time("iat")?.ok_or(OAuthError::NoIssueTime)?;
+        if let Some(nbf) = time("nbf")?
+            && now.saturating_add(skew) < nbf
         {
             return Err(OAuthError::NotYetValid(nbf));
         }
@@ -310,33 +403,48 @@ impl OAuthValidator {
         let name = claims
             .get(&s.principal_claim)
             .and_then(|v| v.as_str())
+            .map(str::trim)
             .filter(|v| !v.is_empty())
             .ok_or_else(|| OAuthError::NoPrincipal(s.principal_claim.clone()))?;
-        Ok(format!("User:{name}"))
+        // The name goes into logs and ACL decisions: no line breaks or other control bytes.
+        if name.chars().any(char::is_control) {
+            return Err(OAuthError::BadPrincipal(s.principal_claim.clone()));
+        }
+        Ok(name.to_string())
     }
 }
 
-/// The token of an OAUTHBEARER client's first message (RFC 7628 section 3.1):
-/// `n,[a=<authzid>],` then `\x01`-separated `key=value` pairs among which
-/// `auth=Bearer <token>`, ending with `\x01\x01`.
-fn bearer_token(message: &[u8]) -> Result<&str, OAuthError> {
+/// The authorization id and the token of an OAUTHBEARER client's first message (RFC 7628
+/// section 3.1), read as strictly as Kafka reads it: the GS2 header `n,` then `a=<authzid>` or
+/// nothing and `,`; then `\x01`-separated `key=value` pairs, among them `auth=Bearer <token>`;
+/// then `\x01\x01`.
+fn client_first(message: &[u8]) -> Result<(Option<&str>, &str), OAuthError> {
     let text = std::str::from_utf8(message).map_err(|_| OAuthError::Malformed)?;
-    let (gs2, rest) = text.split_once('\x01').ok_or(OAuthError::Malformed)?;
-    if !(gs2.starts_with("n,") || gs2.starts_with("y,")) {
-        return Err(OAuthError::Malformed);
-    }
-    let auth = rest
-        .split('\x01')
-        .find_map(|kv| kv.strip_prefix("auth="))
+    let rest = text.strip_prefix("n,").ok_or(OAuthError::Malformed)?;
+    let (authzid, rest) = rest.split_once(',').ok_or(OAuthError::Malformed)?;
+    let authzid = match authzid {
+        "" => None,
+        a => Some(a.strip_prefix("a=").ok_or(OAuthError::Malformed)?),
+    };
+    let pairs = rest
+        .strip_prefix('\x01')
+        .and_then(|r| r.strip_suffix("\x01\x01"))
         .ok_or(OAuthError::Malformed)?;
-    let (scheme, token) = auth.split_once(' ').ok_or(OAuthError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(OAuthError::Malformed);
+    let mut token = None;
+    for kv in pairs.split('\x01') {
+        let (key, value) = kv.split_once('=').ok_or(OAuthError::Malformed)?;
+        if key == "auth" {
+            let (scheme, t) = value.split_once(' ').ok_or(OAuthError::Malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") || t.trim().is_empty() {
+                return Err(OAuthError::Malformed);
+            }
+            token = Some(t.trim());
+        }
     }
-    Ok(token.trim())
+    Ok((authzid, token.ok_or(OAuthError::Malformed)?))
 }
 
-fn verify(alg: &str, key: &Key, signed: &[u8], sig: &[u8]) -> Result<(), OAuthError> {
+fn verify(alg: &str, key: &KeyMaterial, signed: &[u8], sig: &[u8]) -> Result<(), OAuthError> {
     use signature::VerificationAlgorithm;
     let rsa: Option<&'static signature::RsaParameters> = match alg {
         "RS256" => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
@@ -353,10 +461,12 @@ fn verify(alg: &str, key: &Key, signed: &[u8], sig: &[u8]) -> Result<(), OAuthEr
         _ => None,
     };
     let ok = match (key, rsa, ec) {
-        (Key::Rsa { n, e }, Some(params), _) => signature::RsaPublicKeyComponents { n, e }
+        (KeyMaterial::Rsa { n, e }, Some(params), _) => signature::RsaPublicKeyComponents { n, e }
             .verify(params, signed, sig)
             .is_ok(),
-        (Key::Ec { p384, point }, _, Some((algorithm, wants_p384))) if *p384 == wants_p384 => {
+        (KeyMaterial::Ec { p384, point }, _, Some((algorithm, wants_p384)))
+            if *p384 == wants_p384 =>
+        {
             UnparsedPublicKey::new(algorithm, point)
                 .verify(signed, sig)
                 .is_ok()
@@ -440,7 +550,7 @@ mod tests {
         assert_eq!(err(&good, NOW + 331), OAuthError::Expired(NOW + 300));
         assert_eq!(
             v.validate(&good, NOW + 320).unwrap(),
-            "User:gateway-7",
+            "gateway-7",
             "within the skew"
         );
         let later = token(&pair, "k1", &claims(&format!(r#","nbf":{}"#, NOW + 100)));
@@ -495,11 +605,102 @@ mod tests {
     }
 
     #[test]
+    fn kafkas_stricter_rules_hold_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = key_pair();
+        let v = validator(dir.path(), &jwks("k1", &pair));
+        let err = |t: &str| v.validate(t, NOW).unwrap_err();
+        let with = |extra: &str| token(&pair, "k1", &claims(extra));
+        // A far-future expiry neither overflows nor is refused.
+        let far = claims("").replace(&format!("{}", NOW + 300), "1e300");
+        assert_eq!(
+            v.validate(&token(&pair, "k1", &far), NOW).unwrap(),
+            "gateway-7"
+        );
+        assert_eq!(
+            err(&with(r#","nbf":"soon""#)),
+            OAuthError::BadTime("nbf".into())
+        );
+        let no_iat = claims("").replace(&format!(r#","iat":{NOW}"#), "");
+        assert_eq!(err(&token(&pair, "k1", &no_iat)), OAuthError::NoIssueTime);
+        // The principal: trimmed, never blank, never with control characters.
+        let spaced = claims("").replace("gateway-7", " gateway-7 ");
+        assert_eq!(
+            v.validate(&token(&pair, "k1", &spaced), NOW).unwrap(),
+            "gateway-7"
+        );
+        let blank = claims("").replace("gateway-7", "   ");
+        assert!(matches!(
+            err(&token(&pair, "k1", &blank)),
+            OAuthError::NoPrincipal(_)
+        ));
+        let forged = claims("").replace("gateway-7", "bob\\nINFO principal=User:admin");
+        assert!(matches!(
+            err(&token(&pair, "k1", &forged)),
+            OAuthError::BadPrincipal(_)
+        ));
+        // Critical header extensions are not understood, so refused.
+        let header = B64URL.encode(r#"{"alg":"ES256","kid":"k1","crit":["exp"]}"#);
+        let payload = B64URL.encode(claims(""));
+        let signed = format!("{header}.{payload}");
+        let sig = pair.sign(&SystemRandom::new(), signed.as_bytes()).unwrap();
+        let crit = format!("{signed}.{}", B64URL.encode(sig.as_ref()));
+        assert!(matches!(err(&crit), OAuthError::NotAJwt(_)));
+        // alg none is named as such whatever the key id.
+        let none = format!("{}.{}.", B64URL.encode(r#"{"alg":"none"}"#), payload);
+        assert_eq!(err(&none), OAuthError::Algorithm("none".into()));
+        // The client's first message: only the `n,` header, an authorization id that is the
+        // principal's name, and both terminators.
+        let good = with("");
+        let ok = format!("n,a=gateway-7,\x01auth=Bearer {good}\x01\x01");
+        assert_eq!(
+            v.authenticate(ok.as_bytes(), NOW).unwrap(),
+            "User:gateway-7"
+        );
+        let other = format!("n,a=admin,\x01auth=Bearer {good}\x01\x01");
+        assert!(matches!(
+            v.authenticate(other.as_bytes(), NOW),
+            Err(OAuthError::AuthorizationId { .. })
+        ));
+        let ext = format!("n,,\x01host=edge\x01auth=Bearer {good}\x01\x01");
+        assert!(
+            v.authenticate(ext.as_bytes(), NOW).is_ok(),
+            "extensions are allowed"
+        );
+        for bad in [
+            format!("y,,\x01auth=Bearer {good}\x01\x01"),
+            format!("n,garbage\x01auth=Bearer {good}\x01\x01"),
+            format!("n,,\x01auth=Bearer {good}"),
+        ] {
+            assert_eq!(
+                v.authenticate(bad.as_bytes(), NOW),
+                Err(OAuthError::Malformed),
+                "{bad:?}"
+            );
+        }
+        // A key that says which algorithm it is for takes only that one.
+        let point = pair.public_key().as_ref();
+        let pinned = format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES384","x":"{}","y":"{}"}}]}}"#,
+            B64URL.encode(&point[1..33]),
+            B64URL.encode(&point[33..65])
+        );
+        let pinned_dir = dir.path().join("pinned");
+        std::fs::create_dir_all(&pinned_dir).unwrap();
+        let v2 = validator(&pinned_dir, &pinned);
+        assert!(matches!(
+            v2.validate(&good, NOW),
+            Err(OAuthError::KeyAlgorithm { .. })
+        ));
+    }
+
+    #[test]
     fn rotated_keys_apply_without_a_restart_and_a_broken_file_keeps_the_last() {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = (key_pair(), key_pair());
         let v = validator(dir.path(), &jwks("old", &old));
         assert!(v.validate(&token(&old, "old", &claims("")), NOW).is_ok());
+        assert!(Keys::parse(r#"{"keys":[{"kty":"RSA","kid":"bad"}]}"#).is_err());
         let path = dir.path().join("jwks.json");
         std::fs::write(&path, jwks("new-key", &new)).unwrap();
         assert!(

@@ -11,9 +11,10 @@
 //! serve is answered UNSUPPORTED_SASL_MECHANISM with the list, and the connection closed, as
 //! is a handshake in the middle of a SCRAM exchange (ILLEGAL_SASL_STATE). A listener without
 //! credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
-//! SaslAuthenticate (like one after success) with ILLEGAL_SASL_STATE. A failed authentication
-//! is answered with SASL_AUTHENTICATION_FAILED and its reason, and the connection is then
-//! closed with that reason ([`crate::protocol::auth::Identity::close`]).
+//! SaslAuthenticate (like one after success, and a handshake after success: a connection logs
+//! in once) with ILLEGAL_SASL_STATE. A failed authentication is answered with
+//! SASL_AUTHENTICATION_FAILED and its reason, and the connection is then closed with that
+//! reason ([`crate::protocol::auth::Identity::close`]).
 
 use std::sync::atomic::Ordering;
 
@@ -38,6 +39,10 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
     }
     let out = SaslHandshakeResponse::default()
         .with_mechanisms(identity.mechanisms().iter().map(|m| s(*m)).collect());
+    if identity.principal().is_some() {
+        // As Kafka: a connection logs in once (no re-authentication, KIP-368, is offered).
+        return out.with_error_code(E::IllegalSaslState.code());
+    }
     match identity.choose_mechanism(&req.mechanism) {
         Ok(()) => out,
         Err(HandshakeRefused::Unsupported) => {
