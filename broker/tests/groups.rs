@@ -698,9 +698,13 @@ async fn consumer_protocol_commits_resume_in_a_new_member_and_range_is_honoured(
 async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
     use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
     use kafka_protocol::messages::{
         ConsumerGroupHeartbeatRequest, DescribeGroupsRequest, GroupId, JoinGroupRequest,
-        ListGroupsRequest, TopicName,
+        ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     let dir = tempfile::tempdir().unwrap();
@@ -758,6 +762,57 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
     assert_eq!(given[0].partitions, [0, 1]);
     let r = raw.call(&heartbeat("m1", first.member_epoch + 5), 1).await;
     assert_eq!(r.error_code, 110);
+
+    // Offsets: a member commits with v9 (its epoch), not older versions; OffsetFetch v9 checks
+    // the member and epoch it names.
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("gw")))
+        .with_member_id(StrBytes::from_static_str("m1"))
+        .with_generation_id_or_member_epoch(first.member_epoch)
+        .with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("kip848w")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(7),
+                ]),
+        ]);
+    let code =
+        |r: &kafka_protocol::messages::OffsetCommitResponse| r.topics[0].partitions[0].error_code;
+    assert_eq!(
+        code(&raw.call(&commit, 8).await),
+        35,
+        "UNSUPPORTED_VERSION below v9"
+    );
+    assert_eq!(code(&raw.call(&commit, 9).await), 0);
+    let stale = commit
+        .clone()
+        .with_generation_id_or_member_epoch(first.member_epoch - 1);
+    assert_eq!(code(&raw.call(&stale, 9).await), 113, "STALE_MEMBER_EPOCH");
+    let fetch = |member: Option<&'static str>, epoch: i32| {
+        OffsetFetchRequest::default().with_groups(vec![
+            OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("gw")))
+                .with_member_id(member.map(StrBytes::from_static_str))
+                .with_member_epoch(epoch)
+                .with_topics(None),
+        ])
+    };
+    let got = raw.call(&fetch(Some("m1"), first.member_epoch), 9).await;
+    assert_eq!(got.groups[0].error_code, 0);
+    assert_eq!(got.groups[0].topics[0].partitions[0].committed_offset, 7);
+    let got = raw
+        .call(&fetch(Some("m1"), first.member_epoch + 1), 9)
+        .await;
+    assert_eq!(got.groups[0].error_code, 113);
+    let got = raw.call(&fetch(Some("nobody"), 3), 9).await;
+    assert_eq!(got.groups[0].error_code, 25);
+    let got = raw.call(&fetch(None, -1), 9).await;
+    assert_eq!(
+        got.groups[0].error_code, 0,
+        "an admin client names no member"
+    );
 
     // A classic member cannot join while the group has consumer-protocol members.
     let classic = JoinGroupRequest::default()

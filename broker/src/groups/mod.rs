@@ -842,6 +842,37 @@ impl GroupCoordinator {
         reply
     }
 
+    /// Whether `group_id` is a group of the consumer protocol (KIP-848).
+    pub fn uses_consumer_protocol(&self, group_id: &str) -> bool {
+        self.groups()
+            .get(group_id)
+            .is_some_and(|g| g.uses_consumer_protocol())
+    }
+
+    /// OffsetFetch v9's check of a consumer-protocol member, as Kafka's: none named (an admin
+    /// client) passes; a named one must be a member at the epoch given (UNKNOWN_MEMBER_ID,
+    /// STALE_MEMBER_EPOCH). Classic groups and unknown ones pass.
+    pub fn check_fetch_member(
+        &self,
+        group_id: &str,
+        member_id: Option<&str>,
+        member_epoch: i32,
+    ) -> Result<(), GroupError> {
+        let now = self.now();
+        let mut groups = self.groups();
+        let Some(g) = groups.get_mut(group_id) else {
+            return Ok(());
+        };
+        g.poll(now);
+        match member_id {
+            // With no partitions named, only the member's own epoch passes.
+            Some(id) if g.uses_consumer_protocol() => {
+                g.consumer.check_commit(id, member_epoch, &[])
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// ConsumerGroupDescribe for one group: GROUP_ID_NOT_FOUND for a group that does not
     /// exist or is a classic one.
     pub fn consumer_describe(

@@ -106,7 +106,17 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
     // Partitions not committed, by topic, with the error each gets.
     let mut failed: Vec<(TopicName, Vec<i32>, i16)> = Vec::new();
     let mut topics = Vec::new();
-    let group_refused = ctx.group_refusal(Operation::Read, &req.group_id);
+    let group_refused = ctx
+        .group_refusal(Operation::Read, &req.group_id)
+        .or_else(|| {
+            // As Kafka: a member of the consumer protocol commits with v9 or later, which
+            // carries its member epoch (librdkafka and the Java client do).
+            let member = !req.member_id.is_empty() || req.generation_id_or_member_epoch >= 0;
+            (ctx.api_version < 9
+                && member
+                && ctx.broker.groups.uses_consumer_protocol(&req.group_id))
+            .then_some(E::UnsupportedVersion.code())
+        });
     for t in req.topics {
         let refused = if group_refused.is_some() {
             group_refused

@@ -106,7 +106,17 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                         .collect()
                 });
                 let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                match fetch(&ctx, &g.group_id, topics) {
+                // v9: a consumer-protocol member names itself and its epoch, checked as Kafka
+                // checks them (after the ACLs, which `fetch` applies).
+                let member = g.member_id.as_deref();
+                let checked = |topics| {
+                    ctx.broker
+                        .groups
+                        .check_fetch_member(&g.group_id, member, g.member_epoch)
+                        .map(|()| topics)
+                        .map_err(|e| e.kafka_code())
+                };
+                match fetch(&ctx, &g.group_id, topics).and_then(checked) {
                     Ok(topics) => {
                         out.topics = topics
                             .into_iter()
