@@ -29,7 +29,10 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# OAUTHBEARER's OIDC token fetching in librdkafka (the runnel client commands' login test).
+pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "interop: installing ${need_apt[*]}"
   as_root apt-get update -qq

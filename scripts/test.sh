@@ -5,14 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# librdkafka (built from source by the rdkafka crate) needs a C compiler, make, and the zlib
-# and OpenSSL headers (TLS and SASL SCRAM for federation links and the client commands); curl
-# and the others are not used.
+# librdkafka (built from source by the rdkafka crate) needs a C compiler, make, and the zlib,
+# OpenSSL and libcurl headers (TLS, SASL SCRAM, and OAUTHBEARER's OIDC token fetching for
+# federation links and the client commands; without libcurl's headers librdkafka builds
+# without OIDC).
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 [ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ck_util import conf
-from interop_util import ck_consume, unique, wait_for
+from interop_util import ck_consume, run, unique, wait_for
 
 ISSUER = "https://idp.test/realms/edge"
 
@@ -93,47 +93,77 @@ def test_token_callback_logs_in_and_a_foreign_token_is_refused_with_the_reason(i
     assert "issuer" in said and "elsewhere" in said, said
 
 
+class TokenEndpoint:
+    """An identity provider's token endpoint (OAuth client credentials): answers every POST
+    with a token for `sub`, and keeps what it was asked."""
+
+    def __init__(self, idp: Idp, sub: str):
+        asked = self.asked = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                asked.append((self.headers.get("Authorization", ""), body))
+                answer = json.dumps({"access_token": idp.token(sub), "token_type": "bearer",
+                                     "expires_in": 600}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/token"
+
+    def oidc_conf(self) -> dict:
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER",
+                "sasl.oauthbearer.method": "oidc", "sasl.oauthbearer.client.id": "gateway",
+                "sasl.oauthbearer.client.secret": "s3cret",
+                "sasl.oauthbearer.token.endpoint.url": self.url}
+
+
 def test_oidc_client_credentials_flow_against_a_token_endpoint(idp_broker):
     """librdkafka's own OIDC support (`sasl.oauthbearer.method=oidc`): it asks the provider's
     token endpoint for a token with its client id and secret, as applications configured for
     Keycloak or Entra ID do, and logs in with it."""
     idp, b = idp_broker
-    asked = []
-
-    class TokenEndpoint(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            asked.append((self.headers.get("Authorization", ""), body))
-            answer = json.dumps({"access_token": idp.token("sensor-gateway"),
-                                 "token_type": "bearer", "expires_in": 600}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = TokenEndpoint(idp, "sensor-gateway")
     try:
         topic = unique("oauth-oidc")
-        p = Producer({**conf(b.bootstrap), "security.protocol": "SASL_PLAINTEXT",
-                      "sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.method": "oidc",
-                      "sasl.oauthbearer.client.id": "gateway",
-                      "sasl.oauthbearer.client.secret": "s3cret",
-                      "sasl.oauthbearer.token.endpoint.url":
-                          f"http://127.0.0.1:{server.server_port}/token"})
+        p = Producer({**conf(b.bootstrap), **endpoint.oidc_conf()})
         p.produce(topic, value=b"over oidc")
         assert p.flush(30) == 0
-        assert asked, "the token endpoint was asked"
-        auth, body = asked[0]
+        assert endpoint.asked, "the token endpoint was asked"
+        auth, body = endpoint.asked[0]
         assert auth == "Basic " + base64.b64encode(b"gateway:s3cret").decode()
         assert "grant_type=client_credentials" in body
         assert "principal=User:sensor-gateway" in b.log_text().replace('"', "")
     finally:
-        server.shutdown()
+        endpoint.server.shutdown()
+
+
+def test_runnel_cli_logs_in_over_oidc(idp_broker, runnel_bin):
+    """The `runnel` client commands' librdkafka fetches tokens too: produce and consume over
+    an OAUTHBEARER listener with the same properties as any librdkafka client."""
+    idp, b = idp_broker
+    endpoint = TokenEndpoint(idp, "cli-user")
+    try:
+        topic = unique("oauth-cli")
+        props = [arg for k, v in endpoint.oidc_conf().items() for arg in ("-X", f"{k}={v}")]
+        produced = run([str(runnel_bin), "produce", topic, "-b", b.bootstrap, *props],
+                       input="one\ntwo\n")
+        assert produced.returncode == 0, produced.stderr
+        consumed = run([str(runnel_bin), "consume", topic, "-b", b.bootstrap, *props,
+                        "--from-beginning", "--idle-timeout", "3s"])
+        assert consumed.returncode == 0, consumed.stderr
+        assert consumed.stdout.split() == ["one", "two"]
+        assert "principal=User:cli-user" in b.log_text().replace('"', "")
+    finally:
+        endpoint.server.shutdown()
 
 
 def test_kafka_python_token_provider(idp_broker):
