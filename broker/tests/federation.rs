@@ -1242,3 +1242,55 @@ async fn only_committed_transactions_are_forwarded() {
     edge.shutdown().await;
     central.shutdown().await;
 }
+
+/// A central cluster that takes OAUTHBEARER logins only, as Confluent Cloud or a Keycloak-
+/// secured Kafka does: the link's librdkafka fetches its token from the identity provider's
+/// token endpoint (OIDC client credentials) and forwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_logs_in_to_the_central_cluster_with_oidc_tokens() {
+    let idp = std::sync::Arc::new(common::TestIdp::new("central-key"));
+    let central_dir = tempfile::tempdir().unwrap();
+    let jwks = central_dir.path().join("jwks.json");
+    std::fs::write(&jwks, idp.jwks()).unwrap();
+    let mut cfg = common::test_config(&central_dir.path().join("data"));
+    cfg.listeners.kafka.sasl_oauthbearer = true;
+    cfg.oauthbearer.jwks_file = jwks;
+    cfg.oauthbearer.expected_issuer = "https://idp.test".into();
+    cfg.oauthbearer.expected_audience = vec!["runnel".into()];
+    let central = common::start_with(cfg).await;
+    let url = common::token_endpoint(idp, "site-a-gateway").await;
+
+    let edge_dir = tempfile::tempdir().unwrap();
+    let mut cfg = edge_config(edge_dir.path(), &central.bootstrap(), &["readings"]);
+    cfg.federation.links[0].client.extend([
+        (
+            "security.protocol".to_string(),
+            "SASL_PLAINTEXT".to_string(),
+        ),
+        ("sasl.mechanism".to_string(), "OAUTHBEARER".to_string()),
+        ("sasl.oauthbearer.method".to_string(), "oidc".to_string()),
+        (
+            "sasl.oauthbearer.client.id".to_string(),
+            "site-a".to_string(),
+        ),
+        (
+            "sasl.oauthbearer.client.secret".to_string(),
+            "s3cret".to_string(),
+        ),
+        ("sasl.oauthbearer.token.endpoint.url".to_string(), url),
+    ]);
+    let edge = common::start_with(cfg).await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    let want = produce(&edge.bootstrap(), "readings", 1, &records(0..50, 1)).await;
+    // The central broker takes OAUTHBEARER logins only, so the records are checked in its log.
+    await_remote(&central, "site-a.readings", &[50]).await;
+    assert_eq!(log_ends(&central, "site-a.readings"), [50]);
+    assert_eq!(want[0].len(), 50);
+    let metrics = central.broker.metrics.render(&central.broker);
+    assert!(
+        metrics.contains(r#"runnel_authenticated_total{principal="User:site-a-gateway"}"#),
+        "{metrics}"
+    );
+    edge.shutdown().await;
+    central.shutdown().await;
+}

@@ -566,60 +566,6 @@ async fn scram_credentials_altered_over_the_protocol_log_in_and_bad_ones_are_ref
 
 // ---- SASL OAUTHBEARER ------------------------------------------------------------------------
 
-/// An identity provider for tests: an ES256 key pair whose public half is a JWKS file.
-struct TestIdp {
-    key: ring::signature::EcdsaKeyPair,
-    kid: &'static str,
-}
-
-impl TestIdp {
-    fn new(kid: &'static str) -> TestIdp {
-        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        TestIdp { key, kid }
-    }
-
-    fn jwks(&self) -> String {
-        use base64::Engine as _;
-        use ring::signature::KeyPair as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let point = self.key.public_key().as_ref();
-        format!(
-            r#"{{"keys":[{{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"{}","x":"{}","y":"{}"}}]}}"#,
-            self.kid,
-            b64.encode(&point[1..33]),
-            b64.encode(&point[33..65])
-        )
-    }
-
-    /// A token for `sub`, issued by the test issuer for `aud`, expiring in `ttl_s` seconds.
-    fn token(&self, sub: &str, aud: &str, ttl_s: i64) -> String {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let header = b64.encode(format!(
-            r#"{{"alg":"ES256","typ":"JWT","kid":"{}"}}"#,
-            self.kid
-        ));
-        let claims = b64.encode(format!(
-            r#"{{"sub":"{sub}","iss":"https://idp.test","aud":"{aud}","iat":{now},"exp":{}}}"#,
-            now + ttl_s
-        ));
-        let signed = format!("{header}.{claims}");
-        let sig = self
-            .key
-            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
-            .unwrap();
-        format!("{signed}.{}", b64.encode(sig.as_ref()))
-    }
-}
-
 /// A librdkafka client context that logs in with `token` (librdkafka asks for it, and again
 /// before it expires).
 struct BearerContext {
@@ -681,7 +627,7 @@ fn produce_with_token(bootstrap: &str, token: String, sub: &str) -> Result<(), S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_log_in_with_oauthbearer_tokens_and_bad_tokens_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let idp = TestIdp::new("key-1");
+    let idp = common::TestIdp::new("key-1");
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, idp.jwks()).unwrap();
     let mut cfg = common::test_config(&dir.path().join("data"));
@@ -722,7 +668,7 @@ async fn clients_log_in_with_oauthbearer_tokens_and_bad_tokens_are_refused_with_
 
     // Refused at login, each with its reason: expired, for another audience, signed by a key
     // the broker does not have, not a JWT.
-    let stranger = TestIdp::new("key-1");
+    let stranger = common::TestIdp::new("key-1");
     for (token, reason) in [
         (idp.token("gateway-7", "runnel", -120), "expired"),
         (idp.token("gateway-7", "elsewhere", 600), "audience"),
@@ -761,7 +707,7 @@ async fn clients_log_in_with_oauthbearer_tokens_and_bad_tokens_are_refused_with_
 
     // The provider rotates its key: the broker reads the new JWKS without a restart (a new
     // key id, so the file changes length too, whatever the file system's time resolution).
-    let rotated = TestIdp::new("rotated-key");
+    let rotated = common::TestIdp::new("rotated-key");
     std::fs::write(&jwks, rotated.jwks()).unwrap();
     let b = bootstrap.clone();
     let token = rotated.token("gateway-7", "runnel", 600);

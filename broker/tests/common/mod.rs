@@ -457,3 +457,110 @@ pub fn make_pki(dir: &Path, cn: &str) {
     std::fs::write(dir.join(format!("{cn}.pem")), client.pem()).unwrap();
     std::fs::write(dir.join(format!("{cn}.key")), client_key.serialize_pem()).unwrap();
 }
+
+// ---- SASL OAUTHBEARER ------------------------------------------------------------------------
+
+/// An identity provider for tests: an ES256 key pair whose public half is a JWKS file.
+pub struct TestIdp {
+    key: ring::signature::EcdsaKeyPair,
+    kid: &'static str,
+}
+
+impl TestIdp {
+    pub fn new(kid: &'static str) -> TestIdp {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        TestIdp { key, kid }
+    }
+
+    pub fn jwks(&self) -> String {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let point = self.key.public_key().as_ref();
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"{}","x":"{}","y":"{}"}}]}}"#,
+            self.kid,
+            b64.encode(&point[1..33]),
+            b64.encode(&point[33..65])
+        )
+    }
+
+    /// A token for `sub`, issued by the test issuer for `aud`, expiring in `ttl_s` seconds.
+    pub fn token(&self, sub: &str, aud: &str, ttl_s: i64) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let header = b64.encode(format!(
+            r#"{{"alg":"ES256","typ":"JWT","kid":"{}"}}"#,
+            self.kid
+        ));
+        let claims = b64.encode(format!(
+            r#"{{"sub":"{sub}","iss":"https://idp.test","aud":"{aud}","iat":{now},"exp":{}}}"#,
+            now + ttl_s
+        ));
+        let signed = format!("{header}.{claims}");
+        let sig = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", b64.encode(sig.as_ref()))
+    }
+}
+
+/// An identity provider's token endpoint (OAuth client credentials) on loopback: answers every
+/// request with a fresh token of `idp` for `sub` (issuer `https://idp.test`, audience
+/// `runnel`). Returns its URL; it serves until the test's runtime ends.
+pub async fn token_endpoint(idp: std::sync::Arc<TestIdp>, sub: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let idp = idp.clone();
+            tokio::spawn(async move {
+                // The request: headers, then as many body bytes as Content-Length says.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let body = format!(
+                    r#"{{"access_token":"{}","token_type":"bearer","expires_in":600}}"#,
+                    idp.token(sub, "runnel", 600)
+                );
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
