@@ -1126,6 +1126,21 @@ mod tests {
         true
     }
 
+    /// Over a group of two partitions of t: a joins and holds both, b joins, a is told to keep
+    /// one. Returns what a held and what it keeps (a's epoch stays 1 until it confirms).
+    fn a_then_b(g: &mut ConsumerGroup, v: &TopicView, now: Instant) -> (Assignment, Assignment) {
+        let a = g
+            .heartbeat(join("a", &["t"]), v, &visible, settings(), now)
+            .unwrap();
+        let owned = a.assignment.unwrap();
+        g.heartbeat(join("b", &["t"]), v, &visible, settings(), now)
+            .unwrap();
+        let kept = g
+            .heartbeat(beat("a", 1, &owned), v, &visible, settings(), now)
+            .unwrap();
+        (owned, kept.assignment.unwrap())
+    }
+
     fn parts(a: &Assignment, topic: Uuid) -> Vec<i32> {
         a.get(&topic)
             .map(|p| p.iter().copied().collect())
@@ -1517,18 +1532,9 @@ mod tests {
         let mut g = ConsumerGroup::new("g".into());
         let now = Instant::now();
         let v = view(2);
-        let a = g
-            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
-            .unwrap();
-        let owned = a.assignment.unwrap();
-        // b joins, a is told to give one up (its epoch stays 1), gives it up and moves to 2;
-        // the reply that said so is lost: a heartbeats again at epoch 1 with what it holds.
-        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
-            .unwrap();
-        let kept = g
-            .heartbeat(beat("a", 1, &owned), &v, &visible, settings(), now)
-            .unwrap();
-        let kept = kept.assignment.unwrap();
+        // a gives one up and moves to epoch 2; the reply that said so is lost: a heartbeats
+        // again at epoch 1 with what it holds.
+        let (owned, kept) = a_then_b(&mut g, &v, now);
         let moved = g
             .heartbeat(beat("a", 1, &kept), &v, &visible, settings(), now)
             .unwrap();
@@ -1686,17 +1692,8 @@ mod tests {
         let mut g = ConsumerGroup::new("g".into());
         let now = Instant::now();
         let v = view(2);
-        let a = g
-            .heartbeat(join("a", &["t"]), &v, &visible, settings(), now)
-            .unwrap();
-        let owned = a.assignment.unwrap();
         // b joins and leaves: a gives one partition up at epoch 1 and gets it back at epoch 3.
-        g.heartbeat(join("b", &["t"]), &v, &visible, settings(), now)
-            .unwrap();
-        let kept = g
-            .heartbeat(beat("a", 1, &owned), &v, &visible, settings(), now)
-            .unwrap();
-        let kept = kept.assignment.unwrap();
+        let (_, kept) = a_then_b(&mut g, &v, now);
         let gone = 1 - parts(&kept, T)[0];
         g.heartbeat(beat("a", 1, &kept), &v, &visible, settings(), now)
             .unwrap();
