@@ -355,8 +355,15 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
     assert_eq!(hs.error_code, 35, "UNSUPPORTED_VERSION");
 
     // A bad secret: SASL_AUTHENTICATION_FAILED with the reason, then the connection ends.
+    // It is answered after Kafka's 100 ms pause, which slows guessing.
     let mut raw = common::RawClient::connect(&bootstrap).await;
+    let asked = std::time::Instant::now();
     let auth = raw.login_plain(b"\0alice\0guess").await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(auth.error_code, 58, "SASL_AUTHENTICATION_FAILED");
     let reason = auth.error_message.unwrap().to_string();
     assert!(reason.contains("alice"), "{reason}");

@@ -13,7 +13,8 @@
 //! credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
 //! SaslAuthenticate (like one after success, and a handshake after success: a connection logs
 //! in once) with ILLEGAL_SASL_STATE. A failed authentication is answered with
-//! SASL_AUTHENTICATION_FAILED and its reason, and the connection is then closed with that
+//! SASL_AUTHENTICATION_FAILED and its reason, 100 ms later (Kafka's
+//! `connection.failed.authentication.delay.ms`), and the connection is then closed with that
 //! reason ([`crate::protocol::auth::Identity::close`]).
 
 use std::sync::atomic::Ordering;
@@ -27,6 +28,9 @@ use kafka_protocol::messages::{
 use super::s;
 use crate::protocol::Ctx;
 use crate::protocol::auth::{AuthError, Authenticated, HandshakeRefused};
+
+/// How long a failed authentication waits before it is answered (Kafka's default 100 ms).
+const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResponse {
     if ctx.api_version < 1 {
@@ -78,6 +82,9 @@ pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthent
             .with_error_message(Some(s(e.to_string()))),
         Err(e) => {
             let reason = format!("authentication failed: {e}");
+            // As Kafka (`connection.failed.authentication.delay.ms`): a failed login is answered
+            // after a pause, so that guessing passwords or tokens is slow.
+            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
             refuse(&ctx, reason.clone());
             out.with_error_code(E::SaslAuthenticationFailed.code())
                 .with_error_message(Some(s(reason)))
