@@ -87,11 +87,13 @@ pub async fn handle(
         client_host: format!("/{}", ctx.session.peer.ip()),
     };
     let may_describe = |topic: &str| ctx.sees(ResourceType::Topic, topic);
-    match ctx
-        .broker
-        .groups
-        .consumer_heartbeat(plain, &view, &may_describe)
-    {
+    // A heartbeat that changes the group saves it (a redb write) before the answer.
+    let reply = crate::broker::waiting_for_disk(|| {
+        ctx.broker
+            .groups
+            .consumer_heartbeat(plain, &view, &may_describe)
+    });
+    match reply {
         Ok(reply) => ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(s(reply.member_id)))
             .with_member_epoch(reply.member_epoch)
