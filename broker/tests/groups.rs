@@ -977,7 +977,7 @@ async fn consumer_protocol_members_are_known_after_a_broker_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.shutdown().await;
 
-    let broker = common::start_with(cfg).await;
+    let broker = common::start_with(cfg.clone()).await;
     let mut raw = common::RawClient::connect(&bootstrap).await;
     for (member, epoch, owned) in [
         ("a", a3.member_epoch, a_kept),
@@ -990,5 +990,29 @@ async fn consumer_protocol_members_are_known_after_a_broker_restart() {
         let again = r.assignment.unwrap().topic_partitions[0].partitions.clone();
         assert_eq!(again, owned);
     }
+    for member in ["a", "b"] {
+        let left = raw.call(&heartbeat(member, -1, Vec::new()), 1).await;
+        assert_eq!(left.error_code, 0);
+    }
+    broker.shutdown().await;
+
+    // Empty, it is still a group of the consumer protocol after another restart.
+    let broker = common::start_with(cfg).await;
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let listed = raw
+        .call(&kafka_protocol::messages::ListGroupsRequest::default(), 5)
+        .await;
+    let listed: Vec<(&str, &str, &str)> = listed
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.group_id.as_str(),
+                g.group_type.as_str(),
+                g.group_state.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("gs", "consumer", "Empty")]);
     broker.shutdown().await;
 }

@@ -328,9 +328,10 @@ impl ConsumerGroup {
         self.dirty = true;
     }
 
-    /// The bytes the store keeps for the group; `None` when it has no members (nothing to keep).
+    /// The bytes the store keeps for the group, members or not (an empty group stays one of
+    /// the consumer protocol across a restart); `None` for one no member ever joined.
     pub fn save(&self) -> Option<Vec<u8>> {
-        if self.members.is_empty() {
+        if !self.used() {
             return None;
         }
         let saved = Saved {

@@ -1038,13 +1038,19 @@ impl GroupCoordinator {
     pub fn tick(&self) {
         let now = self.now();
         let retention = self.inner.config.offsets_retention;
+        // Empty consumer-protocol groups forgotten here, whose saved rows go too.
+        let mut forgotten = Vec::new();
         let expired: Vec<String> = {
             let mut groups = self.groups();
             for g in groups.values_mut() {
                 g.poll(now);
             }
-            groups.retain(|_, g| {
-                !(g.is_idle_and_empty() && now >= g.empty_since + EMPTY_GROUP_RETENTION)
+            groups.retain(|id, g| {
+                let forget = g.is_idle_and_empty() && now >= g.empty_since + EMPTY_GROUP_RETENTION;
+                if forget && g.consumer.used() {
+                    forgotten.push(id.clone());
+                }
+                !forget
             });
             if retention.is_zero() {
                 Vec::new()
@@ -1056,6 +1062,18 @@ impl GroupCoordinator {
                     .collect()
             }
         };
+        if !forgotten.is_empty() {
+            let _store_guard = lock(&self.inner.store_lock);
+            for id in forgotten {
+                // Unless a member joined it again meanwhile (its save holds the store lock too).
+                if self.groups().get(&id).is_some_and(|g| g.consumer.used()) {
+                    continue;
+                }
+                if let Err(e) = self.inner.store.save_consumer_group(&id, None) {
+                    warn!(group = %id, error = %e, "forgetting an empty group's saved members failed");
+                }
+            }
+        }
         if !retention.is_zero() && now >= *lock(&self.inner.next_unsubscribed_check) {
             *lock(&self.inner.next_unsubscribed_check) = now + UNSUBSCRIBED_CHECK_INTERVAL;
             self.expire_unsubscribed_offsets(retention);

@@ -1412,3 +1412,40 @@ async fn a_live_groups_offsets_of_a_topic_it_left_expire_after_retention() {
     assert_eq!(h.coord.fetch_offsets("connect", None).unwrap().len(), 1);
     assert_eq!(h.store.load().unwrap().len(), 2, "gone from the store too");
 }
+
+#[test]
+fn a_consumer_protocol_group_is_saved_as_it_changes_and_forgotten_when_long_empty() {
+    let h = harness(Duration::ZERO);
+    let id = uuid::Uuid::from_u128(7);
+    let view = TopicView::from([("t".to_string(), (id, 2))]);
+    let visible = |_: &str| true;
+    let join = ConsumerHeartbeat {
+        group_id: "cg".into(),
+        member_id: "m".into(),
+        member_epoch: 0,
+        rebalance_timeout_ms: 5_000,
+        subscribed_topic_names: Some(vec!["t".into()]),
+        owned: Some(Assignment::new()),
+        ..Default::default()
+    };
+    let joined = h.coord.consumer_heartbeat(join, &view, &visible).unwrap();
+    // Saved before the answer: a restart now would know the member.
+    assert_eq!(h.store.load_consumer_groups().unwrap().len(), 1);
+    let leave = ConsumerHeartbeat {
+        group_id: "cg".into(),
+        member_id: "m".into(),
+        member_epoch: -1,
+        ..Default::default()
+    };
+    h.coord.consumer_heartbeat(leave, &view, &visible).unwrap();
+    assert!(joined.member_epoch > 0);
+    // Empty, it stays a group of the consumer protocol (kept for a restart too)...
+    assert_eq!(h.coord.list_groups(&[])[0].group_type, "consumer");
+    assert_eq!(h.store.load_consumer_groups().unwrap().len(), 1);
+    // ...until an empty group without offsets is forgotten, row and all.
+    h.clock
+        .advance(EMPTY_GROUP_RETENTION + Duration::from_secs(1));
+    h.coord.tick();
+    assert!(h.coord.list_groups(&[]).is_empty());
+    assert!(h.store.load_consumer_groups().unwrap().is_empty());
+}
