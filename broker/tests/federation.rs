@@ -1281,11 +1281,10 @@ async fn a_link_logs_in_to_the_central_cluster_with_oidc_tokens() {
     ]);
     let edge = common::start_with(cfg).await;
     create_topic(&edge.bootstrap(), "readings", 1).await;
-    let want = produce(&edge.bootstrap(), "readings", 1, &records(0..50, 1)).await;
+    produce(&edge.bootstrap(), "readings", 1, &records(0..50, 1)).await;
     // The central broker takes OAUTHBEARER logins only, so the records are checked in its log.
     await_remote(&central, "site-a.readings", &[50]).await;
     assert_eq!(log_ends(&central, "site-a.readings"), [50]);
-    assert_eq!(want[0].len(), 50);
     let metrics = central.broker.metrics.render(&central.broker);
     assert!(
         metrics.contains(r#"runnel_authenticated_total{principal="User:site-a-gateway"}"#),

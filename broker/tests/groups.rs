@@ -317,6 +317,10 @@ async fn a_consumer_protocol_member_keeps_its_partitions_across_a_broker_restart
 
 /// One consumer reads 40 records, the broker restarts, it reads 40 more: with no second
 /// assignment and no record twice. `consumer_protocol`: KIP-848's protocol, else the classic.
+/// Under the consumer protocol librdkafka reports no second assignment even when it had to
+/// join again with the same partitions, so there this checks that consuming goes on, every
+/// record once; that the broker knows its members after a restart is checked over the wire
+/// (`consumer_protocol_members_are_known_after_a_broker_restart`).
 async fn keeps_its_partitions_across_a_broker_restart(consumer_protocol: bool) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
