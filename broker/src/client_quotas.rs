@@ -1,4 +1,5 @@
-//! Kafka client quotas: byte rates per user and client id, as Kafka enforces them, set with
+//! Kafka client quotas per user and client id, as Kafka enforces them: byte rates, the share of
+//! request-handling time, and the rate of topic and partition changes; set with
 //! AlterClientQuotas (`kafka-configs --alter --add-config producer_byte_rate=1048576
 //! --entity-type users --entity-name alice`, an admin client's `alterClientQuotas`) and kept in
 //! the metadata database across restarts.
@@ -15,6 +16,18 @@
 //!   left, answers a consumer over its quota at once with nothing and the time to wait, and
 //!   charges the record bytes it returns. Replica fetches of a cluster's followers are exempt,
 //!   as in Kafka.
+//! - `request_percentage` (KIP-124): `protocol::Typed` times each request's decoding, the polls
+//!   of its handler and its encoding (the time a runtime thread spent on it: not the time it
+//!   waited, say for a long poll or for replicas) and charges it, in seconds, to a quota of
+//!   `request_percentage / 100` seconds a second (100 is one thread's whole time, as in Kafka).
+//!   Exempt, as in Kafka: SASL's requests, the requests between brokers (Envelope,
+//!   WriteTxnMarkers, replica fetches) and those of a cluster's followers.
+//! - `controller_mutation_rate` (KIP-599): partitions created (CreateTopics, CreatePartitions)
+//!   and deleted (DeleteTopics) a second. From CreateTopics v6, DeleteTopics v5 and
+//!   CreatePartitions v3 on the quota is strict: a topic asked for while the client's bucket is
+//!   empty gets THROTTLING_QUOTA_EXCEEDED (the clients retry it after the throttle) and the
+//!   others go on; older versions are let through and throttled after, as Kafka does.
+//!   `validate_only` requests are neither refused nor charged.
 //!
 //! Which quota applies to a request: for each key separately, the first entity that has one, in
 //! Kafka's order: user and client id, user and default client id, user, default user and client
@@ -32,20 +45,27 @@
 //! have too, and the debt behind it is bounded the same way (at the rate in force: a lowered
 //! quota does not hold a client for the hours its old debt would take at the new rate).
 //!
-//! Not enforced: `request_percentage` (share of request-handling time) and
-//! `controller_mutation_rate`, and quotas on IP addresses (`connection_creation_rate`):
-//! AlterClientQuotas refuses them with the reason instead of keeping a quota that does nothing.
+//! Every response with a `throttle_time_ms` carries the longest throttle of its request,
+//! whichever quota set it (`protocol::Typed`).
+//!
+//! Not enforced: quotas on IP addresses (`connection_creation_rate`): AlterClientQuotas refuses
+//! them with the reason instead of keeping a quota that does nothing.
 //! Quota plugins (`plugins::quota`) throttle and reject by any rule besides; a request gets the
 //! longer of the two throttles.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
+use kafka_protocol::messages::{ApiKey, FetchRequest};
+
+use crate::acl::{CLUSTER_NAME, Operation, ResourceType};
 use crate::meta::{MetaError, MetaStore};
 use crate::plugins::quota;
 use crate::protocol::Ctx;
+use crate::replication::PEER_CLIENT_ID_PREFIX;
 
 /// The entity types of a quota, as the protocol names them.
 pub const USER: &str = "user";
@@ -59,10 +79,6 @@ pub const BURST: f64 = 1.0;
 /// Buckets kept before idle ones (full again) are dropped.
 const MAX_BUCKETS: usize = 10_000;
 
-/// Kafka's other client quota keys, which this broker does not enforce: setting one is
-/// refused, removing one changes nothing (none can be set).
-pub const UNENFORCED: [&str; 2] = ["request_percentage", "controller_mutation_rate"];
-
 /// What a quota limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum QuotaKey {
@@ -70,6 +86,10 @@ pub enum QuotaKey {
     ProducerByteRate,
     /// Record bytes fetched per second.
     ConsumerByteRate,
+    /// Percent of one runtime thread's time spent on the client's requests.
+    RequestPercentage,
+    /// Partitions created or deleted per second.
+    ControllerMutationRate,
 }
 
 impl QuotaKey {
@@ -77,6 +97,8 @@ impl QuotaKey {
         match self {
             QuotaKey::ProducerByteRate => "producer_byte_rate",
             QuotaKey::ConsumerByteRate => "consumer_byte_rate",
+            QuotaKey::RequestPercentage => "request_percentage",
+            QuotaKey::ControllerMutationRate => "controller_mutation_rate",
         }
     }
 
@@ -85,13 +107,23 @@ impl QuotaKey {
         match name {
             "producer_byte_rate" => Ok(QuotaKey::ProducerByteRate),
             "consumer_byte_rate" => Ok(QuotaKey::ConsumerByteRate),
-            _ if UNENFORCED.contains(&name) => Err(format!(
-                "{name} is not enforced by this broker (producer_byte_rate and \
-                 consumer_byte_rate are)"
-            )),
+            "request_percentage" => Ok(QuotaKey::RequestPercentage),
+            "controller_mutation_rate" => Ok(QuotaKey::ControllerMutationRate),
             _ => Err(format!(
-                "{name:?} is not a client quota (producer_byte_rate or consumer_byte_rate)"
+                "{name:?} is not a client quota (producer_byte_rate, consumer_byte_rate, \
+                 request_percentage or controller_mutation_rate)"
             )),
+        }
+    }
+}
+
+impl QuotaKey {
+    /// The rate a bucket of this key fills at, from the quota's value: the amounts charged are
+    /// bytes, partitions, or seconds of a thread's time for `request_percentage`.
+    fn rate(self, value: f64) -> f64 {
+        match self {
+            QuotaKey::RequestPercentage => value / 100.0,
+            _ => value,
         }
     }
 }
@@ -304,6 +336,13 @@ impl InForce {
         let shapes = shapes(&quotas);
         Arc::new(InForce { quotas, shapes })
     }
+
+    /// Whether some entity has a `request_percentage`: then requests are timed.
+    fn times_requests(&self) -> bool {
+        self.quotas
+            .values()
+            .any(|keys| keys.contains_key(&QuotaKey::RequestPercentage))
+    }
 }
 
 /// Whose bytes a bucket counts: the key, the shape of the entity whose quota it is (a
@@ -342,12 +381,13 @@ struct Buckets {
     swept: Instant,
 }
 
-/// What a consumer's quota lets its next fetch return.
+/// What a quota lets the client take now: for a consumer's, what its next fetch may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allowance {
     /// No quota applies.
     Unlimited,
-    /// At most this many bytes (the first batch always passes whole, as for `max_bytes`).
+    /// At most this much (for a fetch, the first batch always passes whole, as for
+    /// `max_bytes`).
     Bytes(u64),
     /// Nothing before this many milliseconds.
     Throttled(u32),
@@ -359,6 +399,8 @@ pub struct ClientQuotas {
     table: RwLock<Arc<InForce>>,
     /// Whether any quota is set: when none is, requests skip every lookup.
     any: AtomicBool,
+    /// Whether a `request_percentage` is set: when none is, requests are not timed.
+    timing: AtomicBool,
     buckets: Mutex<Buckets>,
     /// Held by a change from its read to its swap, so that two at once lose nothing.
     changing: Mutex<()>,
@@ -387,10 +429,12 @@ impl ClientQuotas {
                 _ => tracing::warn!(key, "unreadable client quota skipped"),
             }
         }
+        let in_force = InForce::new(table);
         let quotas = ClientQuotas {
             meta,
-            any: AtomicBool::new(!table.is_empty()),
-            table: RwLock::new(InForce::new(table)),
+            any: AtomicBool::new(!in_force.quotas.is_empty()),
+            timing: AtomicBool::new(in_force.times_requests()),
+            table: RwLock::new(in_force),
             buckets: Mutex::new(Buckets {
                 map: HashMap::new(),
                 swept: Instant::now(),
@@ -444,9 +488,11 @@ impl ClientQuotas {
             }
         }
         self.meta.change_client_quotas(&rows)?;
-        let any = !next.is_empty();
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = InForce::new(next);
+        let next = InForce::new(next);
+        let (any, timing) = (!next.quotas.is_empty(), next.times_requests());
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = next;
         self.any.store(any, Ordering::Relaxed);
+        self.timing.store(timing, Ordering::Relaxed);
         Ok(())
     }
 
@@ -471,7 +517,7 @@ impl ClientQuotas {
                 user: part(u, user),
                 client_id: part(c, client_id),
             };
-            let rate = *table.quotas.get(&entity)?.get(&key)?;
+            let rate = key.rate(*table.quotas.get(&entity)?.get(&key)?);
             // A quota on a user (or the default user) alone counts all its client ids
             // together; one that names no user counts all users of a client id together.
             let group = (
@@ -484,10 +530,16 @@ impl ClientQuotas {
         })
     }
 
-    /// Takes `bytes` from the quota of `key` that applies to the client; the throttle it earns
-    /// in milliseconds (0 when within its quota or under none).
-    pub fn charge(&self, key: QuotaKey, user: &str, client_id: &str, bytes: u64) -> u32 {
-        self.charge_at(key, user, client_id, bytes, Instant::now())
+    /// Whether requests are timed for a `request_percentage` quota.
+    pub fn times_requests(&self) -> bool {
+        self.timing.load(Ordering::Relaxed)
+    }
+
+    /// Takes `amount` (bytes, partitions or seconds, as `key` counts) from the quota of `key`
+    /// that applies to the client; the throttle it earns in milliseconds (0 when within its
+    /// quota or under none).
+    pub fn charge(&self, key: QuotaKey, user: &str, client_id: &str, amount: f64) -> u32 {
+        self.charge_at(key, user, client_id, amount, Instant::now())
     }
 
     fn charge_at(
@@ -495,14 +547,14 @@ impl ClientQuotas {
         key: QuotaKey,
         user: &str,
         client_id: &str,
-        bytes: u64,
+        amount: f64,
         now: Instant,
     ) -> u32 {
         let Some((group, rate)) = self.resolve(key, user, client_id) else {
             return 0;
         };
         self.with_bucket(group, rate, now, |b| {
-            b.credit = (b.credit - bytes as f64).max(-max_debt(rate));
+            b.credit = (b.credit - amount).max(-max_debt(rate));
             owed_ms(b.credit, rate)
         })
     }
@@ -555,15 +607,15 @@ fn client_of(ctx: &Ctx) -> (&str, &str) {
     (user_of(ctx.asker().principal), &ctx.client_id)
 }
 
-/// Takes `bytes` from the client's quota of `key`: the throttle it earns (ms), handed to the
-/// connection to mute it and counted.
-pub fn charge(ctx: &Ctx, key: QuotaKey, bytes: u64) -> i32 {
+/// Takes `amount` (bytes, partitions or seconds) from the client's quota of `key`: the
+/// throttle it earns (ms), handed to the connection to mute it and counted.
+pub fn charge(ctx: &Ctx, key: QuotaKey, amount: f64) -> i32 {
     let quotas = &ctx.broker.client_quotas;
     if !quotas.any.load(Ordering::Relaxed) {
         return 0;
     }
     let (user, client_id) = client_of(ctx);
-    let ms = quotas.charge(key, user, client_id, bytes);
+    let ms = quotas.charge(key, user, client_id, amount);
     if ms > 0 {
         throttled(ctx, key, user, client_id, ms);
     }
@@ -583,6 +635,53 @@ pub fn allowance(ctx: &Ctx, key: QuotaKey) -> Allowance {
         throttled(ctx, key, user, client_id, ms);
     }
     allowance
+}
+
+/// Whether a request is one whose handling time counts against `request_percentage`: a quota
+/// of it is set, and the request is not exempt. Exempt, as in Kafka: SASL's requests (Kafka
+/// answers them outside its request handlers), the requests only brokers send (Envelope,
+/// WriteTxnMarkers, replica fetches), and every request of a cluster's follower (its client id
+/// says so, and it holds ClusterAction).
+pub fn timed(ctx: &Ctx, api: ApiKey, request: &dyn Any) -> bool {
+    if !ctx.broker.client_quotas.times_requests() {
+        return false;
+    }
+    let between_brokers = match api {
+        ApiKey::SaslHandshake
+        | ApiKey::SaslAuthenticate
+        | ApiKey::Envelope
+        | ApiKey::WriteTxnMarkers => true,
+        ApiKey::Fetch => request
+            .downcast_ref::<FetchRequest>()
+            .is_some_and(|f| f.replica_id.0 >= 0 || f.replica_state.replica_id.0 >= 0),
+        _ => false,
+    };
+    let follower = || {
+        ctx.client_id.starts_with(PEER_CLIENT_ID_PREFIX)
+            && ctx.broker.acls.allowed(
+                ctx.asker(),
+                Operation::ClusterAction,
+                ResourceType::Cluster,
+                CLUSTER_NAME,
+            )
+    };
+    !between_brokers && !follower()
+}
+
+/// Whether the client may make topic and partition changes now, by its
+/// `controller_mutation_rate`: `Err(ms)`, the throttle it is under, when its quota is used up
+/// (the throttle is handed to the connection and counted as [`charge`]'s).
+pub fn may_mutate(ctx: &Ctx) -> Result<(), u32> {
+    match allowance(ctx, QuotaKey::ControllerMutationRate) {
+        Allowance::Throttled(ms) => Err(ms),
+        Allowance::Unlimited | Allowance::Bytes(_) => Ok(()),
+    }
+}
+
+/// What a topic or partition change refused by [`may_mutate`] is answered with
+/// (THROTTLING_QUOTA_EXCEEDED).
+pub fn mutation_refusal(ms: u32) -> String {
+    format!("the client's controller_mutation_rate quota is used up: try again in {ms} ms")
 }
 
 fn throttled(ctx: &Ctx, key: QuotaKey, user: &str, client_id: &str, ms: u32) {
@@ -619,14 +718,20 @@ pub fn user_of(principal: &str) -> &str {
     principal.strip_prefix("User:").unwrap_or(principal)
 }
 
-/// Checks a quota's value: a positive number, and for a byte rate a whole one (Kafka's keys
-/// are LONG).
+/// Checks a quota's value: a positive number, and for a byte rate a whole one (Kafka's byte
+/// rates are LONG, its other keys DOUBLE).
 pub fn check_value(key: QuotaKey, value: f64) -> Result<(), String> {
     if !value.is_finite() || value <= 0.0 {
         return Err(format!(
             "{}: {value:?} is not a positive number",
             key.name()
         ));
+    }
+    if matches!(
+        key,
+        QuotaKey::RequestPercentage | QuotaKey::ControllerMutationRate
+    ) {
+        return Ok(());
     }
     if value.fract() != 0.0 {
         return Err(format!("{}: {value:?} is not a whole number", key.name()));
@@ -713,8 +818,8 @@ mod tests {
         set(&q, entity(Some(Some("alice")), None), p, 1000.0);
         let t0 = Instant::now();
         // A second's worth passes at once; 500 more are owed: half a second.
-        assert_eq!(q.charge_at(p, "alice", "a", 1000, t0), 0);
-        assert_eq!(q.charge_at(p, "alice", "b", 500, t0), 500);
+        assert_eq!(q.charge_at(p, "alice", "a", 1000.0, t0), 0);
+        assert_eq!(q.charge_at(p, "alice", "b", 500.0, t0), 500);
         assert_eq!(
             q.allowance_at(p, "alice", "a", t0 + Duration::from_millis(100)),
             Allowance::Throttled(400)
@@ -731,13 +836,13 @@ mod tests {
             Allowance::Bytes(1000)
         );
         assert_eq!(
-            q.charge_at(p, "alice", "a", 10_000_000, later),
+            q.charge_at(p, "alice", "a", 10_000_000.0, later),
             quota::MAX_THROTTLE_MS
         );
         let after = later + Duration::from_millis(u64::from(quota::MAX_THROTTLE_MS));
         assert_eq!(q.allowance_at(p, "alice", "a", after), Allowance::Bytes(0));
         // Other users are not counted with alice.
-        assert_eq!(q.charge_at(p, "bob", "a", 10, t0), 0);
+        assert_eq!(q.charge_at(p, "bob", "a", 10.0, t0), 0);
     }
 
     #[test]
@@ -750,7 +855,7 @@ mod tests {
         let t0 = Instant::now();
         // 30 MB owed at 1 MB/s: the longest throttle.
         assert_eq!(
-            q.charge_at(c, "u", "reader", 31_000_000, t0),
+            q.charge_at(c, "u", "reader", 31_000_000.0, t0),
             quota::MAX_THROTTLE_MS
         );
         // At 1 KB/s that debt would take 8 hours: it is held to 30 s of the new rate.
@@ -773,14 +878,14 @@ mod tests {
         set(&q, entity(None, Some(Some("debtor"))), p, 1000.0);
         set(&q, entity(None, Some(None)), p, 1e9);
         let t0 = Instant::now();
-        assert_eq!(q.charge_at(p, "u", "debtor", 30_000, t0), 29_000);
+        assert_eq!(q.charge_at(p, "u", "debtor", 30_000.0, t0), 29_000);
         // More client ids than the table keeps, seconds later: the full buckets go, the debt
         // stays.
         let later = t0 + Duration::from_millis(1500);
         for i in 0..MAX_BUCKETS {
-            q.charge_at(p, "u", &format!("client-{i}"), 1, later);
+            q.charge_at(p, "u", &format!("client-{i}"), 1.0, later);
         }
-        q.charge_at(p, "u", "one-more", 1, later + Duration::from_millis(1500));
+        q.charge_at(p, "u", "one-more", 1.0, later + Duration::from_millis(1500));
         let buckets = q.buckets.lock().unwrap().map.len();
         assert_eq!(buckets, 2, "the debtor's and the new one's are kept");
         assert_eq!(
@@ -827,6 +932,56 @@ mod tests {
         assert_eq!(q.resolve(QuotaKey::ConsumerByteRate, "x", "app"), None);
         drop(q);
         assert!(quotas(dir.path()).describe(&all).is_empty());
+    }
+
+    #[test]
+    fn request_time_and_mutations_are_rates_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quotas(dir.path());
+        let t0 = Instant::now();
+        // 10% of a thread: 0.1 s of handling a second, at most 0.1 s at once.
+        set(
+            &q,
+            entity(Some(Some("alice")), None),
+            QuotaKey::RequestPercentage,
+            10.0,
+        );
+        let r = QuotaKey::RequestPercentage;
+        assert_eq!(q.charge_at(r, "alice", "a", 0.05, t0), 0);
+        // 0.3 s more leaves 0.25 s owed: 2.5 s at 0.1 s a second.
+        assert_eq!(q.charge_at(r, "alice", "a", 0.3, t0), 2500);
+        assert_eq!(
+            q.allowance_at(r, "alice", "a", t0 + Duration::from_millis(2000)),
+            Allowance::Throttled(500)
+        );
+        assert!(matches!(
+            q.allowance_at(r, "alice", "a", t0 + Duration::from_millis(2500)),
+            Allowance::Bytes(_)
+        ));
+        // Two partitions a second: a topic of 6 goes through on a full bucket and leaves
+        // 4 owed, so the next change waits 2 s.
+        set(
+            &q,
+            entity(Some(Some("alice")), None),
+            QuotaKey::ControllerMutationRate,
+            2.0,
+        );
+        let m = QuotaKey::ControllerMutationRate;
+        assert!(matches!(
+            q.allowance_at(m, "alice", "a", t0),
+            Allowance::Bytes(2)
+        ));
+        assert_eq!(q.charge_at(m, "alice", "a", 6.0, t0), 2000);
+        assert_eq!(
+            q.allowance_at(m, "alice", "a", t0 + Duration::from_millis(1500)),
+            Allowance::Throttled(500)
+        );
+        // The keys count apart: bob has neither.
+        assert_eq!(q.allowance_at(m, "bob", "a", t0), Allowance::Unlimited);
+        assert!(q.times_requests());
+        q.alter(&[(entity(Some(Some("alice")), None), vec![(r, None)])])
+            .unwrap();
+        assert!(!q.times_requests());
     }
 
     #[test]
@@ -898,12 +1053,27 @@ mod tests {
         ] {
             assert!(Entity::from_components(bad.clone()).is_err(), "{bad:?}");
         }
-        assert!(QuotaKey::parse("request_percentage").is_err());
+        assert_eq!(
+            QuotaKey::parse("request_percentage"),
+            Ok(QuotaKey::RequestPercentage)
+        );
         assert!(QuotaKey::parse("bogus").is_err());
         let p = QuotaKey::ProducerByteRate;
         assert!(check_value(p, 1024.0).is_ok());
         for bad in [0.0, -1.0, 1.5, f64::NAN, f64::INFINITY, 1e300, 5e-324] {
             assert!(check_value(p, bad).is_err(), "{bad}");
+        }
+        // Kafka's other keys are DOUBLE: fractions and values over 100% are fine.
+        for key in [
+            QuotaKey::RequestPercentage,
+            QuotaKey::ControllerMutationRate,
+        ] {
+            for good in [0.5, 1.0, 250.0] {
+                assert!(check_value(key, good).is_ok(), "{good}");
+            }
+            for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+                assert!(check_value(key, bad).is_err(), "{bad}");
+            }
         }
         assert_eq!(user_of("User:alice"), "alice");
         assert_eq!(user_of("CN=device-7"), "CN=device-7");

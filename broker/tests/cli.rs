@@ -624,20 +624,34 @@ async fn quotas_commands_set_list_and_remove_the_quotas_the_broker_enforces() {
         assert_eq!(out.lines().count(), 1, "{out}");
         // In force, in Kafka's order: the default user's default client id (2048 bytes a
         // second) comes before sensor-7's own quota. 3KiB owes 1KiB: half a second.
-        let over =
-            quotas
-                .client_quotas
-                .charge(QuotaKey::ProducerByteRate, "alice", "sensor-7", 3 * 1024);
+        let over = quotas.client_quotas.charge(
+            QuotaKey::ProducerByteRate,
+            "alice",
+            "sensor-7",
+            3.0 * 1024.0,
+        );
         assert!((450..=500).contains(&over), "{over} ms");
+        // Kafka's other two keys, which are not whole numbers.
+        let bob = ["--user", "bob"];
+        let keys = ["request_percentage", "controller_mutation_rate"];
+        let set = [
+            &["quotas", "set"][..],
+            &bob,
+            &["request_percentage=50", "controller_mutation_rate=2.5"],
+        ];
+        let (ok, _, err) = run(admin, &set.concat());
+        assert!(ok, "{err}");
+        let (ok, out, err) = run(admin, &[&["quotas", "list"][..], &bob].concat());
+        assert!(ok, "{err}");
+        assert_eq!(
+            out,
+            "user=bob\tcontroller_mutation_rate=2.5\trequest_percentage=50\n"
+        );
+        let (ok, _, err) = run(admin, &[&["quotas", "remove"][..], &bob, &keys].concat());
+        assert!(ok, "{err}");
         // What the broker refuses, and what the command cannot send, are named.
-        let (ok, _, err) = run(
-            admin,
-            &["quotas", "set", "--user", "bob", "request_percentage=50"],
-        );
-        assert!(
-            !ok && err.contains("request_percentage is not enforced"),
-            "{err}"
-        );
+        let (ok, _, err) = run(admin, &["quotas", "set", "--user", "bob", "fetch_rate=5"]);
+        assert!(!ok && err.contains("not a client quota"), "{err}");
         let (ok, _, err) = run(admin, &["quotas", "set", "producer_byte_rate=1"]);
         assert!(!ok && err.contains("name the entity"), "{err}");
         let (ok, _, err) = run(admin, &["quotas", "list", "-X", "ssl.keystore.location=/x"]);

@@ -12,12 +12,15 @@ use common::RawClient;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
 use kafka_protocol::messages::create_acls_request::AclCreation;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
     AlterClientQuotasRequest, AlterClientQuotasResponse, CreateAclsRequest,
-    DescribeClientQuotasRequest, DescribeClientQuotasResponse, FetchRequest, FetchResponse,
-    ProduceResponse, TopicName,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeClientQuotasRequest,
+    DescribeClientQuotasResponse, FetchRequest, FetchResponse, MetadataRequest, ProduceResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
@@ -191,7 +194,7 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
                 ),
                 entry(
                     &[("user", Some("bob"))],
-                    &[("request_percentage", Some(50.0))],
+                    &[("request_percentage", Some(0.0))],
                 ),
                 entry(&[("user", Some("bob"))], &[("fetch_rate", Some(5.0))]),
                 entry(
@@ -220,11 +223,7 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
     }
     let why: Vec<&str> = answers[3..].iter().map(|(_, m)| m.as_str()).collect();
     assert!(why[0].contains("IP addresses"), "{}", why[0]);
-    assert!(
-        why[1].contains("request_percentage is not enforced"),
-        "{}",
-        why[1]
-    );
+    assert!(why[1].contains("not a positive number"), "{}", why[1]);
     assert!(why[2].contains("not a client quota"), "{}", why[2]);
     assert!(why[3].contains("not a whole number"), "{}", why[3]);
     assert!(why[4].contains("not a positive number"), "{}", why[4]);
@@ -738,5 +737,162 @@ async fn requests_behind_a_throttle_are_dropped_when_the_client_leaves() {
             "produce v{version}: a request sent before the client left was written after"
         );
     }
+    broker.shutdown().await;
+}
+
+/// request_percentage: the time the broker spends on a client id's requests is charged to it;
+/// over its share the answer carries the throttle (here a Metadata response, KIP-219: answered
+/// at once, the connection muted after), other client ids are not held, and removing the quota
+/// frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_over_its_request_percentage_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut admin = Client::connect(&addr, "admin").await;
+    for i in 0..20 {
+        admin.create(&format!("listed-{i}")).await;
+    }
+    // 0.01% of a thread: 100 us of handling a second, at most 100 us at once.
+    let quota = |value| {
+        vec![entry(
+            &[("client-id", Some("busy"))],
+            &[("request_percentage", value)],
+        )]
+    };
+    assert_eq!(
+        admin.alter(quota(Some(0.01)), false).await,
+        vec![(0, String::new())]
+    );
+    let metadata = MetadataRequest::default().with_topics(None);
+    let mut busy = Client::connect(&addr, "busy").await;
+    let mut throttled = None;
+    for _ in 0..200 {
+        let sent = Instant::now();
+        let (r, _) = busy.call(&metadata, 12).await;
+        if r.throttle_time_ms > 0 {
+            throttled = Some((r.throttle_time_ms, sent));
+            break;
+        }
+    }
+    let (throttle, sent) = throttled.expect("200 Metadata requests within 100 us a second");
+    assert!(throttle <= 30_000, "{throttle} ms");
+    // Muted: the next request is handled once the throttle has passed.
+    let (r, _) = busy.call(&metadata, 12).await;
+    assert_eq!(r.topics.len(), 20);
+    let muted = sent.elapsed();
+    assert!(
+        muted >= Duration::from_millis(throttle as u64),
+        "answered {muted:?} after the throttled request was sent, throttle {throttle} ms"
+    );
+    // Another client id has no quota and is never held.
+    let mut other = Client::connect(&addr, "other").await;
+    for _ in 0..50 {
+        assert_eq!(other.call(&metadata, 12).await.0.throttle_time_ms, 0);
+    }
+    // Without the quota, busy is not charged any more.
+    assert_eq!(
+        admin.alter(quota(None), false).await,
+        vec![(0, String::new())]
+    );
+    let mut busy = Client::connect(&addr, "busy").await;
+    for _ in 0..50 {
+        assert_eq!(busy.call(&metadata, 12).await.0.throttle_time_ms, 0);
+    }
+    broker.shutdown().await;
+}
+
+/// controller_mutation_rate: partitions created and deleted count against it; once it is used
+/// up, CreateTopics v6+, CreatePartitions v3+ and DeleteTopics v5+ refuse each topic with
+/// THROTTLING_QUOTA_EXCEEDED and the time to wait (a topic failing another check still gets
+/// that check's error; validate_only passes), while older versions are let through and
+/// throttled, as in Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_mutation_rate_refuses_changes_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut admin = Client::connect(&addr, "admin").await;
+    admin.create("existing").await;
+    let quota = vec![entry(
+        &[("client-id", Some("creator"))],
+        &[("controller_mutation_rate", Some(2.0))],
+    )];
+    assert_eq!(admin.alter(quota, false).await, vec![(0, String::new())]);
+    let create = |names: &[&str], partitions: i32, validate_only: bool| {
+        CreateTopicsRequest::default()
+            .with_validate_only(validate_only)
+            .with_topics(
+                names
+                    .iter()
+                    .map(|n| {
+                        CreatableTopic::default()
+                            .with_name(TopicName(st(n)))
+                            .with_num_partitions(partitions)
+                            .with_replication_factor(1)
+                    })
+                    .collect(),
+            )
+    };
+    // A full bucket (2) lets 6 partitions through and owes 4: 2 s.
+    let mut first = Client::connect(&addr, "creator").await;
+    let (r, _) = first.call(&create(&["six"], 6, false), 7).await;
+    assert_eq!(r.topics[0].error_code, 0);
+    assert!(
+        (1900..=2000).contains(&r.throttle_time_ms),
+        "{}",
+        r.throttle_time_ms
+    );
+    // The same client id on another connection (the first is muted) is refused now.
+    let mut second = Client::connect(&addr, "creator").await;
+    let (r, _) = second
+        .call(&create(&["later", "existing"], 1, false), 7)
+        .await;
+    let throttled = E::ThrottlingQuotaExceeded.code();
+    assert_eq!(r.topics[0].error_code, throttled);
+    let why = r.topics[0]
+        .error_message
+        .as_deref()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains("controller_mutation_rate"), "{why}");
+    assert_eq!(r.topics[1].error_code, E::TopicAlreadyExists.code());
+    assert!(r.throttle_time_ms > 0);
+    assert!(broker.broker.catalog.get("later").is_none());
+    // validate_only is neither refused nor charged.
+    let mut third = Client::connect(&addr, "creator").await;
+    let (r, _) = third.call(&create(&["later"], 1, true), 7).await;
+    assert_eq!(r.topics[0].error_code, 0);
+    let grow = CreatePartitionsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            CreatePartitionsTopic::default()
+                .with_name(TopicName(st("six")))
+                .with_count(8),
+        ]);
+    let mut fourth = Client::connect(&addr, "creator").await;
+    let (r, _) = fourth.call(&grow, 3).await;
+    assert_eq!(r.results[0].error_code, throttled);
+    let delete = DeleteTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topic_names(vec![TopicName(st("six"))]);
+    let mut fifth = Client::connect(&addr, "creator").await;
+    let (r, _) = fifth.call(&delete, 5).await;
+    assert_eq!(r.responses[0].error_code, throttled);
+    assert_eq!(
+        broker.broker.catalog.get("six").unwrap().partition_count(),
+        6
+    );
+    // An older CreateTopics is let through and throttled.
+    let mut old = Client::connect(&addr, "creator").await;
+    let (r, _) = old.call(&create(&["old-version"], 1, false), 5).await;
+    assert_eq!(r.topics[0].error_code, 0);
+    assert!(r.throttle_time_ms > 0);
+    // Once the debt is paid, changes go through again.
+    tokio::time::sleep(Duration::from_millis(r.throttle_time_ms as u64 + 100)).await;
+    let mut later = Client::connect(&addr, "creator").await;
+    let (r, _) = later.call(&delete, 5).await;
+    assert_eq!(r.responses[0].error_code, 0);
+    assert!(broker.broker.catalog.get("six").is_none());
     broker.shutdown().await;
 }

@@ -59,9 +59,9 @@ def test_kafka_python_sets_describes_and_removes_quotas(broker):
                                        "consumer_byte_rate": 4096}) == [(0, None)]
         assert describe(admin, cid) == {
             (("client-id", cid),): {"producer_byte_rate": 2048.0, "consumer_byte_rate": 4096.0}}
-        # A key the broker does not enforce is refused with the reason, nothing changed.
-        [(code, message)] = set_quotas(admin, cid, {"request_percentage": 50})
-        assert code == 42 and "not enforced" in message, (code, message)  # INVALID_REQUEST
+        # A value no quota can have is refused with the reason, nothing changed.
+        [(code, message)] = set_quotas(admin, cid, {"request_percentage": -5})
+        assert code == 42 and "not a positive number" in message, (code, message)  # INVALID_REQUEST
         assert set_quotas(admin, cid, {"producer_byte_rate": 0}, remove=True) == [(0, None)]
         assert describe(admin, cid) == {(("client-id", cid),): {"consumer_byte_rate": 4096.0}}
         assert set_quotas(admin, cid, {"consumer_byte_rate": 0}, remove=True) == [(0, None)]
@@ -119,4 +119,41 @@ def test_librdkafka_clients_are_held_to_their_byte_rates(broker):
     finally:
         set_quotas(admin, writer, {"producer_byte_rate": 0}, remove=True)
         set_quotas(admin, reader, {"consumer_byte_rate": 0}, remove=True)
+        admin.close()
+
+
+def test_librdkafka_is_throttled_by_request_time_and_topic_changes(broker):
+    """request_percentage and controller_mutation_rate reach librdkafka as throttles: its
+    throttle callback reports them from a Metadata answer and a CreateTopics answer (librdkafka
+    sends CreateTopics v4, below the strict v6, so the change goes through and is throttled)."""
+    busy, creator = unique("quota-busy"), unique("quota-creator")
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    try:
+        # 0.01% of a thread: 100 us of the broker's time a second.
+        assert set_quotas(admin, busy, {"request_percentage": 0.01}) == [(0, None)]
+        assert set_quotas(admin, creator, {"controller_mutation_rate": 1}) == [(0, None)]
+
+        throttles = []
+        client = AdminClient(conf(broker.bootstrap, client_id=busy,
+                                  throttle_cb=lambda event: throttles.append(event)))
+        deadline = time.monotonic() + 30
+        while not any(t.throttle_time > 0 for t in throttles) and time.monotonic() < deadline:
+            client.list_topics(timeout=30)
+            client.poll(0.1)
+        assert any(t.throttle_time > 0 for t in throttles), "no throttle reported in 30 s"
+
+        throttles.clear()
+        creating = AdminClient(conf(broker.bootstrap, client_id=creator,
+                                    throttle_cb=lambda event: throttles.append(event)))
+        # 4 partitions on a bucket of 1 a second: through, 3 s owed.
+        create_topic(creating, unique("mutated"), 4)
+        deadline = time.monotonic() + 10
+        while not throttles and time.monotonic() < deadline:
+            creating.poll(0.1)
+        # (confluent-kafka gives the throttle in seconds.)
+        assert throttles and max(t.throttle_time for t in throttles) >= 2.0, \
+            [t.throttle_time for t in throttles]
+    finally:
+        set_quotas(admin, busy, {"request_percentage": 0}, remove=True)
+        set_quotas(admin, creator, {"controller_mutation_rate": 0}, remove=True)
         admin.close()

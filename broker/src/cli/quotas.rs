@@ -135,7 +135,8 @@ pub(super) fn list(conn: &Conn, entity: &Entity) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets `KEY=VALUE` quotas of the entity; byte rates take sizes (`1MiB` = 1,048,576 a second).
+/// Sets `KEY=VALUE` quotas of the entity; byte rates take sizes (`1MiB` = 1,048,576 a second),
+/// the other keys numbers.
 pub(super) fn set(conn: &Conn, entity: &Entity, quotas: &[String]) -> anyhow::Result<()> {
     let ops = quotas
         .iter()
@@ -143,10 +144,18 @@ pub(super) fn set(conn: &Conn, entity: &Entity, quotas: &[String]) -> anyhow::Re
             let (key, value) = q
                 .split_once('=')
                 .with_context(|| format!("{q}: expected KEY=VALUE"))?;
-            let value = match edge_config::units::parse_bytes(value) {
+            let size = key
+                .ends_with("_byte_rate")
+                .then(|| edge_config::units::parse_bytes(value))
+                .flatten();
+            let value = match size {
                 Some(bytes) => bytes as f64,
                 None => value.parse::<f64>().ok().with_context(|| {
-                    format!("{q}: {value:?} is not a number (or a size, e.g. 512KiB)")
+                    if key.ends_with("_byte_rate") {
+                        format!("{q}: {value:?} is not a number (or a size, e.g. 512KiB)")
+                    } else {
+                        format!("{q}: {value:?} is not a number")
+                    }
                 })?,
             };
             Ok(OpData::default().with_key(st(key)).with_value(value))

@@ -433,13 +433,41 @@ pub fn throttle(ctx: &Ctx, decisions: &[Decision]) -> i32 {
 
 /// Whether a throttled response of `api` at `version` is sent before the connection is muted
 /// (clients that throttle themselves, KIP-219) or after (older versions, which Kafka answered
-/// late instead).
+/// late instead). The versions are those KIP-219 added; APIs newer than it throttle
+/// themselves in every version.
 pub fn respond_before_mute(api: ApiKey, version: i16) -> bool {
-    match api {
-        ApiKey::Produce => version >= 6,
-        ApiKey::Fetch => version >= 8,
-        _ => true,
-    }
+    let since = match api {
+        ApiKey::Produce => 6,
+        ApiKey::Fetch => 8,
+        ApiKey::Metadata => 6,
+        ApiKey::ListOffsets => 3,
+        ApiKey::OffsetCommit | ApiKey::OffsetFetch => 4,
+        ApiKey::JoinGroup | ApiKey::CreateTopics => 3,
+        ApiKey::FindCoordinator
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::SyncGroup
+        | ApiKey::DescribeGroups
+        | ApiKey::ListGroups
+        | ApiKey::ApiVersions
+        | ApiKey::DeleteTopics
+        | ApiKey::DescribeConfigs => 2,
+        ApiKey::DeleteRecords
+        | ApiKey::InitProducerId
+        | ApiKey::AddPartitionsToTxn
+        | ApiKey::AddOffsetsToTxn
+        | ApiKey::EndTxn
+        | ApiKey::TxnOffsetCommit
+        | ApiKey::DescribeAcls
+        | ApiKey::CreateAcls
+        | ApiKey::DeleteAcls
+        | ApiKey::AlterConfigs
+        | ApiKey::DescribeLogDirs
+        | ApiKey::CreatePartitions
+        | ApiKey::DeleteGroups => 1,
+        _ => 0,
+    };
+    version >= since
 }
 
 #[cfg(test)]
@@ -492,5 +520,9 @@ mod tests {
         assert!(!respond_before_mute(ApiKey::Produce, 5));
         assert!(respond_before_mute(ApiKey::Fetch, 8));
         assert!(!respond_before_mute(ApiKey::Fetch, 7));
+        assert!(respond_before_mute(ApiKey::Metadata, 6));
+        assert!(!respond_before_mute(ApiKey::Metadata, 5));
+        assert!(!respond_before_mute(ApiKey::CreateTopics, 2));
+        assert!(respond_before_mute(ApiKey::ConsumerGroupHeartbeat, 0));
     }
 }

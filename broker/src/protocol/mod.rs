@@ -9,6 +9,10 @@
 //! from it, so an advertised version always has a handler. Registering an API twice panics at
 //! start-up (a programming error, never reachable from the network).
 //!
+//! Around every handler (`Typed`): a request under a `request_percentage` client quota is timed
+//! (decoding, the polls of its handler, encoding) and charged (`client_quotas::timed`), and the
+//! response's `throttle_time_ms` is raised to the longest throttle any quota gave the request.
+//!
 //! Handlers never touch files; they call the catalog, the partition logs and the group
 //! coordinator, and map their typed errors to Kafka error codes in `error.rs`.
 
@@ -26,7 +30,8 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
@@ -34,6 +39,7 @@ use kafka_protocol::protocol::{Encodable, Request as KafkaRequest};
 
 use crate::acl;
 use crate::broker::Broker;
+use crate::client_quotas::{self, QuotaKey};
 
 /// Which kind of listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +220,7 @@ struct Typed<R: KafkaRequest, F> {
 impl<R, F, Fut> Route for Typed<R, F>
 where
     R: KafkaRequest + Send + 'static,
-    R::Response: Send + 'static,
+    R::Response: Throttle + Send + 'static,
     F: Fn(Ctx, R) -> Fut + Send + Sync,
     Fut: Future<Output = R::Response> + Send + 'static,
 {
@@ -226,6 +232,7 @@ where
         let api = req.api_key;
         let version = req.header.request_api_version;
         let correlation_id = req.header.correlation_id;
+        let decoding = ctx.broker.client_quotas.times_requests().then(Instant::now);
         let mut body = req.body;
         let decoded = R::decode(&mut body, version).map_err(|e| DispatchError::BadBody {
             api,
@@ -234,16 +241,139 @@ where
         })?;
         let silent = (self.silent)(&decoded);
         let silent_end = self.silent_end;
+        // A request under a request_percentage quota keeps a copy of its context to be charged.
+        let timed = decoding
+            .filter(|_| client_quotas::timed(&ctx, api, &decoded))
+            .map(|start| (ctx.clone(), start.elapsed()));
+        let throttle = ctx.throttle_ms.clone();
         let fut = (self.handler)(ctx, decoded);
         Ok(Box::pin(async move {
-            let response = fut.await;
+            let (mut response, timed) = match timed {
+                None => (fut.await, None),
+                Some((ctx, decoded_in)) => {
+                    let (response, polled) = polled_for(fut).await;
+                    let spent = decoded_in + polled;
+                    client_quotas::charge(&ctx, QuotaKey::RequestPercentage, spent.as_secs_f64());
+                    (response, Some(ctx))
+                }
+            };
             if silent {
                 return (silent_end)(&response);
             }
-            encode_response(api, version, correlation_id, &response)
+            let ms = throttle.load(Ordering::Relaxed);
+            if ms > 0 {
+                response.raise_throttle(ms.min(i32::MAX as u32) as i32);
+            }
+            let encoding = timed.as_ref().map(|_| Instant::now());
+            let out = encode_response(api, version, correlation_id, &response);
+            if let (Some(ctx), Some(start)) = (timed, encoding) {
+                // Charged after the response is made: its throttle shows on the next request.
+                let quotas = &ctx.broker.client_quotas;
+                let (user, client_id) = (
+                    client_quotas::user_of(ctx.asker().principal),
+                    &*ctx.client_id,
+                );
+                quotas.charge(
+                    QuotaKey::RequestPercentage,
+                    user,
+                    client_id,
+                    start.elapsed().as_secs_f64(),
+                );
+            }
+            out
         }))
     }
 }
+
+/// Runs `fut` to its end, with the time spent inside its polls: the time a runtime thread
+/// worked on it, not the time it waited.
+async fn polled_for<F: Future>(fut: F) -> (F::Output, Duration) {
+    let mut fut = std::pin::pin!(fut);
+    let mut spent = Duration::ZERO;
+    let output = std::future::poll_fn(|cx| {
+        let start = Instant::now();
+        let poll = fut.as_mut().poll(cx);
+        spent += start.elapsed();
+        poll
+    })
+    .await;
+    (output, spent)
+}
+
+/// A response's `throttle_time_ms`, raised to the longest throttle any quota gave its request.
+/// (A version without the field leaves it out when encoding.)
+pub trait Throttle {
+    fn raise_throttle(&mut self, ms: i32);
+}
+
+macro_rules! throttle_time_ms {
+    ($($response:ident),* $(,)?) => {$(
+        impl Throttle for kafka_protocol::messages::$response {
+            fn raise_throttle(&mut self, ms: i32) {
+                self.throttle_time_ms = self.throttle_time_ms.max(ms);
+            }
+        }
+    )*};
+}
+
+macro_rules! no_throttle_time_ms {
+    ($($response:ident),* $(,)?) => {$(
+        impl Throttle for kafka_protocol::messages::$response {
+            fn raise_throttle(&mut self, _ms: i32) {}
+        }
+    )*};
+}
+
+throttle_time_ms!(
+    ProduceResponse,
+    FetchResponse,
+    ListOffsetsResponse,
+    MetadataResponse,
+    CreateTopicsResponse,
+    DeleteTopicsResponse,
+    CreatePartitionsResponse,
+    DescribeConfigsResponse,
+    AlterConfigsResponse,
+    IncrementalAlterConfigsResponse,
+    DeleteRecordsResponse,
+    DescribeLogDirsResponse,
+    DescribeClusterResponse,
+    DescribeUserScramCredentialsResponse,
+    AlterUserScramCredentialsResponse,
+    DescribeClientQuotasResponse,
+    AlterClientQuotasResponse,
+    DescribeAclsResponse,
+    CreateAclsResponse,
+    DeleteAclsResponse,
+    InitProducerIdResponse,
+    AddPartitionsToTxnResponse,
+    AddOffsetsToTxnResponse,
+    EndTxnResponse,
+    TxnOffsetCommitResponse,
+    DescribeTransactionsResponse,
+    DescribeProducersResponse,
+    ListTransactionsResponse,
+    FindCoordinatorResponse,
+    JoinGroupResponse,
+    SyncGroupResponse,
+    HeartbeatResponse,
+    LeaveGroupResponse,
+    OffsetCommitResponse,
+    OffsetFetchResponse,
+    ListGroupsResponse,
+    DescribeGroupsResponse,
+    DeleteGroupsResponse,
+    OffsetDeleteResponse,
+    ConsumerGroupHeartbeatResponse,
+    ConsumerGroupDescribeResponse,
+);
+
+no_throttle_time_ms!(
+    EnvelopeResponse,
+    WriteTxnMarkersResponse,
+    SaslHandshakeResponse,
+    SaslAuthenticateResponse,
+);
 
 /// Encodes a whole response frame: size, response header, body.
 pub fn encode_response<M: Encodable>(
@@ -285,7 +415,7 @@ impl Dispatcher {
     fn add<R, F, Fut>(&mut self, min: i16, max: i16, handler: F) -> &mut Self
     where
         R: KafkaRequest + Send + 'static,
-        R::Response: Send + 'static,
+        R::Response: Throttle + Send + 'static,
         F: Fn(Ctx, R) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R::Response> + Send + 'static,
     {
@@ -302,7 +432,7 @@ impl Dispatcher {
     ) -> &mut Self
     where
         R: KafkaRequest + Send + 'static,
-        R::Response: Send + 'static,
+        R::Response: Throttle + Send + 'static,
         F: Fn(Ctx, R) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R::Response> + Send + 'static,
     {

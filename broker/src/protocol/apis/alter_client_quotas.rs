@@ -3,12 +3,12 @@
 //! --entity-type users --entity-name alice` (or `--entity-default`, `--delete-config`) and
 //! `AdminClient.alterClientQuotas`. They take effect at once and are kept across restarts.
 //!
-//! As in Kafka, each entry is answered alone: an entry with an unknown or repeated entity type,
-//! a key that is not a byte rate, or a value that is not a positive whole number a LONG holds
-//! gets INVALID_REQUEST with the reason and changes nothing; the valid entries are kept in one
-//! metadata transaction (`validate_only` checks them and keeps nothing). Removing a quota that
-//! is not set is not an error, nor is removing `request_percentage` or
-//! `controller_mutation_rate` (Kafka's keys this broker does not enforce, so none is set).
+//! As in Kafka, each entry is answered alone: an entry with an unknown or repeated entity type
+//! (or an IP address, whose quotas this broker does not enforce), an unknown key, or a value
+//! that is not positive (for a byte rate, not a whole number a LONG holds) gets INVALID_REQUEST
+//! with the reason and changes nothing; the valid entries are kept in one metadata transaction
+//! (`validate_only` checks them and keeps nothing). Removing a quota that is not set is not an
+//! error.
 //!
 //! The client needs AlterConfigs on the cluster (`crate::acl`), else
 //! CLUSTER_AUTHORIZATION_FAILED. In a cluster the leader keeps and enforces the quotas: a
@@ -24,7 +24,7 @@ use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasRespon
 
 use super::s;
 use crate::acl::Operation;
-use crate::client_quotas::{Change, Entity, QuotaKey, UNENFORCED, check_value};
+use crate::client_quotas::{Change, Entity, QuotaKey, check_value};
 use crate::protocol::Ctx;
 
 /// An entry's entity and changes, or the error code and reason it is refused with.
@@ -121,9 +121,6 @@ fn check(entry: &AskedEntry) -> Result<(Entity, Vec<Change>), String> {
     )?;
     let mut changes: Vec<Change> = Vec::with_capacity(entry.ops.len());
     for op in &entry.ops {
-        if op.remove && UNENFORCED.contains(&op.key.as_str()) {
-            continue;
-        }
         let key = QuotaKey::parse(&op.key)?;
         if changes.iter().any(|(k, _)| *k == key) {
             return Err(format!("{} is changed twice", key.name()));

@@ -1,5 +1,8 @@
 //! CreatePartitions (key 37): grow a topic's partition count. The client needs Alter on the
-//! topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED.
+//! topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED. The partitions added count against
+//! the client's `controller_mutation_rate` (`crate::client_quotas`); from v3 a topic asked for
+//! while that quota is used up gets THROTTLING_QUOTA_EXCEEDED, once it has passed every other
+//! check, as in Kafka.
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
@@ -9,11 +12,13 @@ use kafka_protocol::error::ResponseError as E;
 use super::s;
 use crate::acl::{Operation, ResourceType};
 use crate::broker::now_ms;
+use crate::client_quotas::{self, QuotaKey};
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
 
 pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let catalog = &ctx.broker.catalog;
+    let strict = ctx.api_version >= 3;
     let results = req
         .topics
         .into_iter()
@@ -27,10 +32,32 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
                 out.error_code = E::TopicAuthorizationFailed.code();
                 return out;
             }
-            if let Err(e) = catalog.create_partitions(&t.name, t.count, req.validate_only, now_ms())
-            {
-                out.error_code = catalog_code(&e);
-                out.error_message = Some(s(e.to_string()));
+            let throttled = if strict && !req.validate_only {
+                client_quotas::may_mutate(&ctx).err()
+            } else {
+                None
+            };
+            let had = catalog
+                .get(&t.name)
+                .map_or(0, |topic| topic.partition_count());
+            let validate_only = req.validate_only || throttled.is_some();
+            match (
+                catalog.create_partitions(&t.name, t.count, validate_only, now_ms()),
+                throttled,
+            ) {
+                (Ok(()), Some(ms)) => {
+                    out.error_code = E::ThrottlingQuotaExceeded.code();
+                    out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
+                }
+                (Ok(()), None) if !req.validate_only => {
+                    let added = f64::from(t.count - had);
+                    client_quotas::charge(&ctx, QuotaKey::ControllerMutationRate, added);
+                }
+                (Ok(()), None) => {}
+                (Err(e), _) => {
+                    out.error_code = catalog_code(&e);
+                    out.error_message = Some(s(e.to_string()));
+                }
             }
             out
         })

@@ -3,6 +3,10 @@
 //! (this one alone, or every broker of the cluster): that is where every partition is. The client
 //! needs Create on the cluster or on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED;
 //! the topic's configs come back only if it may DescribeConfigs the topic.
+//!
+//! The partitions created count against the client's `controller_mutation_rate`
+//! (`crate::client_quotas`); from v6 a topic asked for while that quota is used up gets
+//! THROTTLING_QUOTA_EXCEEDED, once it has passed every other check, as in Kafka.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +19,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use super::s;
 use crate::acl::{Operation, ResourceType};
 use crate::broker::now_ms;
+use crate::client_quotas::{self, QuotaKey};
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
 
@@ -25,6 +30,7 @@ const SOURCE_DEFAULT: i8 = 5;
 
 pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
     let b = &ctx.broker;
+    let strict = ctx.api_version >= 6;
     let mut results = Vec::new();
     for t in req.topics {
         let mut out = CreatableTopicResult::default().with_name(t.name.clone());
@@ -80,15 +86,29 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                     .map(|v| (c.name.to_string(), v.to_string()))
             })
             .collect();
-        match b.catalog.create_topic(
+        let throttled = if strict && !req.validate_only {
+            client_quotas::may_mutate(&ctx).err()
+        } else {
+            None
+        };
+        let created = b.catalog.create_topic(
             &t.name,
             partitions,
             rf,
             configs,
-            req.validate_only,
+            req.validate_only || throttled.is_some(),
             now_ms(),
-        ) {
-            Ok(topic) => {
+        );
+        match (created, throttled) {
+            (Ok(_), Some(ms)) => {
+                out.error_code = E::ThrottlingQuotaExceeded.code();
+                out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
+            }
+            (Ok(topic), None) => {
+                if !req.validate_only {
+                    let created = f64::from(partitions);
+                    client_quotas::charge(&ctx, QuotaKey::ControllerMutationRate, created);
+                }
                 out.topic_id = topic.id;
                 out.num_partitions = partitions;
                 out.replication_factor = rf;
@@ -120,7 +140,7 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                         .collect(),
                 );
             }
-            Err(e) => {
+            (Err(e), _) => {
                 out.error_code = catalog_code(&e);
                 out.error_message = Some(s(e.to_string()));
             }

@@ -1,5 +1,8 @@
 //! DeleteTopics (key 20): by name (v1-5) or by name or topic id (v6). The client needs Delete
 //! on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED, whether it exists or not.
+//! The partitions deleted count against the client's `controller_mutation_rate`
+//! (`crate::client_quotas`); from v5 a topic asked for while that quota is used up gets
+//! THROTTLING_QUOTA_EXCEEDED, as in Kafka.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -7,11 +10,13 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 
 use super::s;
 use crate::acl::{Operation, ResourceType};
+use crate::client_quotas::{self, QuotaKey};
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
 
 pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let catalog = &ctx.broker.catalog;
+    let strict = ctx.api_version >= 5;
     let mut wanted: Vec<(Option<TopicName>, uuid::Uuid)> = req
         .topic_names
         .into_iter()
@@ -59,8 +64,17 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
                 Some(t) => {
                     out.name = Some(TopicName(s(t.name.to_string())));
                     out.topic_id = t.id;
+                    if strict && let Err(ms) = client_quotas::may_mutate(&ctx) {
+                        out.error_code = E::ThrottlingQuotaExceeded.code();
+                        out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
+                        return out;
+                    }
+                    let deleted = f64::from(t.partition_count());
                     match catalog.delete_topic(&t.name) {
-                        Ok(()) => ctx.broker.groups.topic_deleted(&t.name),
+                        Ok(()) => {
+                            ctx.broker.groups.topic_deleted(&t.name);
+                            client_quotas::charge(&ctx, QuotaKey::ControllerMutationRate, deleted);
+                        }
                         Err(e) => {
                             out.error_code = catalog_code(&e);
                             out.error_message = Some(s(e.to_string()));

@@ -98,7 +98,7 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
             .flat_map(|t| &t.partitions)
             .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
             .sum();
-        let owed = client_quotas::charge(&ctx, QuotaKey::ConsumerByteRate, bytes);
+        let owed = client_quotas::charge(&ctx, QuotaKey::ConsumerByteRate, bytes as f64);
         response.throttle_time_ms = response.throttle_time_ms.max(owed);
     }
     response

@@ -297,7 +297,8 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
         }
     }
     let policy_throttle = decisions.map_or(0, |d| quota::throttle(&ctx, &d));
-    let quota_throttle = client_quotas::charge(&ctx, QuotaKey::ProducerByteRate, produced_bytes);
+    let quota_throttle =
+        client_quotas::charge(&ctx, QuotaKey::ProducerByteRate, produced_bytes as f64);
     let throttle_time_ms = policy_throttle.max(quota_throttle);
     ProduceResponse::default()
         .with_responses(responses)
