@@ -378,6 +378,162 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
     broker.shutdown().await;
 }
 
+/// How many times `principal` logged in, from the broker's metrics.
+fn logins(broker: &runnel::BrokerHandle, principal: &str) -> u64 {
+    let line = format!("runnel_authenticated_total{{principal=\"{principal}\"}} ");
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// With `broker.connections_max_reauth`, a login lasts that long (SaslAuthenticate says so),
+/// and the client logs in again on its connection (KIP-368): librdkafka does, and produces on
+/// without a gap; a connection that does not is closed at its next request; a re-login as
+/// another principal, or by a user removed from the users file meanwhile, is refused and the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_run_out_and_clients_log_in_again_on_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, USERS).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_plain_file = users.clone();
+    cfg.broker.connections_max_reauth = Duration::from_millis(1500);
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let handshake =
+        || SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+    let plain = |m: &'static [u8]| {
+        SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(m))
+    };
+
+    // The login says how long it lasts; before then it is renewed on the connection, not as
+    // someone else.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let auth = raw.login_plain(b"\0alice\0a11ce-s3cret").await;
+    assert_eq!((auth.error_code, auth.session_lifetime_ms), (0, 1500));
+    assert_eq!(raw.call(&handshake(), 1).await.error_code, 0);
+    let again = raw.call(&plain(b"\0alice\0a11ce-s3cret"), 2).await;
+    assert_eq!((again.error_code, again.session_lifetime_ms), (0, 1500));
+    assert_eq!(
+        raw.call(&MetadataRequest::default(), 9).await.brokers.len(),
+        1
+    );
+    assert_eq!(raw.call(&handshake(), 1).await.error_code, 0);
+    let other = raw.call(&plain(b"\0bob\0b0b-s3cret"), 2).await;
+    assert_eq!(other.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    let why = other.error_message.unwrap().to_string();
+    assert!(why.contains("User:alice"), "{why}");
+    assert!(raw.is_closed().await);
+
+    // A login that ran out: anything but logging in again closes the connection unanswered.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    assert_eq!(
+        raw.login_plain(b"\0alice\0a11ce-s3cret").await.error_code,
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    raw.send_raw(&common::request_frame(
+        &MetadataRequest::default(),
+        9,
+        7,
+        "raw",
+    ))
+    .await;
+    assert!(
+        raw.read_frame().await.is_none(),
+        "no answer after the login ran out"
+    );
+
+    // librdkafka logs in again by itself: a producer keeps delivering across several
+    // lifetimes, every record delivered.
+    let before = logins(&broker, "User:alice");
+    let c = sasl_client(&bootstrap, "alice", "a11ce-s3cret");
+    let producer: FutureProducer = c
+        .clone()
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let value = format!("reading-{sent}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to("renewed").payload(&value),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e.to_string())
+            .expect("delivered across re-logins");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed = logins(&broker, "User:alice") - before;
+    assert!(renewed >= 3, "{renewed} logins in 5 s at a 1.5 s lifetime");
+    let stored = broker
+        .broker
+        .catalog
+        .get("renewed")
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    assert_eq!(stored.log().log_end_offset(), sent);
+
+    // A user removed from the users file loses the connections it has at its next re-login.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    assert_eq!(raw.login_plain(b"\0bob\0b0b-s3cret").await.error_code, 0);
+    std::fs::write(&users, "alice a11ce-s3cret\n").unwrap();
+    assert_eq!(raw.call(&handshake(), 1).await.error_code, 0);
+    let revoked = raw.call(&plain(b"\0bob\0b0b-s3cret"), 2).await;
+    assert_eq!(revoked.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    assert!(raw.is_closed().await);
+    broker.shutdown().await;
+}
+
+/// An OAUTHBEARER login lasts no longer than its token, whatever `connections_max_reauth`
+/// allows; a re-login brings a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauthbearer_login_lasts_no_longer_than_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = common::TestIdp::new("key-1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, idp.jwks()).unwrap();
+    let mut cfg = common::test_config(&dir.path().join("data"));
+    cfg.listeners.kafka.sasl_oauthbearer = true;
+    cfg.oauthbearer.jwks_file = jwks;
+    cfg.broker.connections_max_reauth = Duration::from_secs(3600);
+    let broker = common::start_with(cfg).await;
+    let mut raw = common::RawClient::connect(&broker.bootstrap()).await;
+    let mut login = async |token: String| {
+        let handshake = SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_static_str("OAUTHBEARER"));
+        assert_eq!(raw.call(&handshake, 1).await.error_code, 0);
+        let message = format!("n,,\x01auth=Bearer {token}\x01\x01");
+        let auth = raw
+            .call(
+                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message)),
+                2,
+            )
+            .await;
+        assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
+        auth.session_lifetime_ms
+    };
+    let first = login(idp.token("gateway-7", "runnel", 60)).await;
+    assert!(
+        (55_000..=60_000).contains(&first),
+        "{first} ms for a token of 60 s"
+    );
+    let second = login(idp.token("gateway-7", "runnel", 600)).await;
+    assert!(
+        (595_000..=600_000).contains(&second),
+        "{second} ms for a token of 600 s"
+    );
+    broker.shutdown().await;
+}
+
 /// Until it has logged in, a client may send small requests only (Kafka's
 /// `sasl.server.max.receive.size`, 512 KiB), and it must log in within
 /// `broker.handshake_timeout`: an unauthenticated client cannot make the broker hold a large

@@ -108,6 +108,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Duration,
                 "A Kafka connection (TCP or TLS) that sends nothing for this long is closed, as\nKafka's connections.max.idle.ms (QUIC has listeners.quic.idle_timeout).\nAllowed: more than 0s (\"10m\", \"30s\" or milliseconds).",
             ),
+            key(
+                "connections_max_reauth",
+                Duration,
+                "The longest a SASL login on a Kafka listener lasts before the client must log in\nagain on its connection (Kafka's connections.max.reauth.ms; an OAUTHBEARER login\nlasts no longer than its token). 0 (the default): for the connection's life.\nAllowed: 0s or more (\"1h\", \"10m\" or milliseconds).",
+            ),
         ],
     },
     Section {

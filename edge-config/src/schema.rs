@@ -97,6 +97,13 @@ pub struct BrokerConfig {
     /// connections have their own `listeners.quic.idle_timeout`.
     #[serde(with = "units::duration")]
     pub connections_max_idle: Duration,
+    /// The longest a SASL login on a Kafka listener lasts before the client must log in again
+    /// on the same connection (KIP-368, Kafka's `connections.max.reauth.ms`); an OAUTHBEARER
+    /// login lasts no longer than its token. A connection that does not log in again in time is
+    /// closed at its next request, so a removed user or an expired token loses its connections
+    /// within this time. Default 0: logins last as long as their connection, as in Kafka.
+    #[serde(with = "units::duration")]
+    pub connections_max_reauth: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -112,6 +119,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             handshake_timeout: secs(10),
             connections_max_idle: secs(600),
+            connections_max_reauth: Duration::ZERO,
         }
     }
 }

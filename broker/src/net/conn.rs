@@ -301,6 +301,11 @@ pub async fn serve_halves<R, W>(
                 }
                 break 'conn;
             }
+            if let Some(reason) = session.identity.expired_for(req.api_key) {
+                tracing::info!(%peer, listener, client_id = %client_id, %reason, "closing connection");
+                session.identity.close(reason, false);
+                break 'conn;
+            }
             let (api, version) = (req.api_key, req.header.request_api_version);
             let ctx = Ctx {
                 broker: broker.clone(),

@@ -111,9 +111,10 @@ async fn accept_loop(
             // SASL names the client; without it a verified certificate may (below).
             identity: if sasl.required() {
                 Identity::sasl_listener(
-                    sasl.users.as_ref().map(|file| file.current()),
+                    sasl.users.clone(),
                     broker.scram.clone(),
                     sasl.oauth.clone(),
+                    Some(broker.config.broker.connections_max_reauth),
                 )
             } else {
                 Identity::anonymous()

@@ -11,15 +11,23 @@
 //!   SaslHandshake and SaslAuthenticate is refused, and a refusal or a failed authentication asks
 //!   the listener to close the whole connection with the reason ([`Identity::closed`]).
 //!
+//! Re-authentication (KIP-368): on a Kafka listener with `broker.connections_max_reauth` set, a
+//! SASL login lasts that long at most (an OAUTHBEARER one no longer than its token), which
+//! SaslAuthenticate tells the client (`session_lifetime_ms`). Before then the client logs in
+//! again on the same connection, with the same mechanism and as the same principal (a
+//! SaslHandshake starts it); a connection whose login has run out may send nothing but that, and
+//! is closed otherwise. So a removed user, a changed password or an expired token ends the
+//! connections made with it within that time, as in Kafka.
+//!
 //! Tokens are kept as SHA-256 digests, so looking one up takes the same time whatever its bytes.
 //! A [`TokenFile`] is read again when it changes, so devices are added or revoked without a
 //! restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
@@ -361,6 +369,10 @@ pub enum AuthError {
     BadToken { user: String },
     #[error("this connection is already authenticated")]
     AlreadyAuthenticated,
+    #[error(
+        "re-authentication as {now} on a connection of {was}: a connection keeps its principal"
+    )]
+    OtherPrincipal { was: String, now: String },
     #[error("the authorization id must be the user name")]
     AuthorizationId,
     #[error("this listener does not use SASL (no token_file or sasl_plain_file is set)")]
@@ -380,13 +392,24 @@ pub enum HandshakeRefused {
     Unsupported,
     /// A SCRAM exchange is under way on this connection.
     MidExchange,
+    /// The connection has logged in, and logins do not expire here
+    /// (`broker.connections_max_reauth` is 0).
+    LoggedIn,
+    /// A re-authentication named another mechanism than the login's.
+    OtherMechanism { was: &'static str },
 }
 
 /// What a SaslAuthenticate leads to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Authenticated {
     /// The client is `principal`; `reply` goes back to it (SCRAM's server-final message).
-    Done { principal: String, reply: Vec<u8> },
+    /// `lifetime_ms`: how long the login lasts before the client must log in again (0: for
+    /// ever), as SaslAuthenticate's `session_lifetime_ms`.
+    Done {
+        principal: String,
+        reply: Vec<u8>,
+        lifetime_ms: i64,
+    },
     /// The exchange goes on: `reply` is the server's challenge.
     Continue(Vec<u8>),
 }
@@ -434,6 +457,17 @@ impl Drop for PreAuthHold {
     }
 }
 
+/// One step of a SASL exchange, before it is taken as the connection's login.
+enum Exchanged {
+    Challenge(Vec<u8>),
+    Done {
+        principal: String,
+        reply: Vec<u8>,
+        /// An OAUTHBEARER token's `exp`.
+        token_expiry: Option<i64>,
+    },
+}
+
 /// Why and how a connection is to be closed ([`Identity::close`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closing {
@@ -466,6 +500,32 @@ pub struct Identity {
     oauth: Option<Arc<OAuthValidator>>,
     /// The handshake chose OAUTHBEARER.
     oauth_chosen: std::sync::atomic::AtomicBool,
+    /// Some: logins last at most this long (KIP-368, `broker.connections_max_reauth`).
+    max_reauth: Option<Duration>,
+    /// The users file `tokens` was read from: a re-authentication is checked against what it
+    /// holds then, so that a removed user or a changed password is refused.
+    users_file: Option<Arc<TokenFile>>,
+    /// The mechanism of the last handshake, and of the login.
+    login: Mutex<Login>,
+    /// When the login runs out, in [`mono_ms`]; `u64::MAX` for never.
+    expires_at: AtomicU64,
+}
+
+/// The mechanisms of a connection's SASL exchanges.
+#[derive(Debug, Default)]
+struct Login {
+    /// Named by the last SaslHandshake.
+    chosen: Option<&'static str>,
+    /// The login's (PLAIN when it came without a handshake).
+    mechanism: Option<&'static str>,
+    /// A SaslHandshake after the login started a re-authentication, not yet done.
+    again: bool,
+}
+
+/// Milliseconds since this process first asked: a clock that never goes back.
+fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Identity {
@@ -483,6 +543,10 @@ impl Identity {
             scram: Mutex::new(None),
             oauth: None,
             oauth_chosen: std::sync::atomic::AtomicBool::new(false),
+            max_reauth: None,
+            users_file: None,
+            login: Mutex::new(Login::default()),
+            expires_at: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -512,15 +576,19 @@ impl Identity {
     /// A client of a Kafka listener that takes SASL: PLAIN and SCRAM for the users of
     /// `users` (and SCRAM for those of `store`) when it has a users file, OAUTHBEARER tokens
     /// when `oauth` is given. At least one of the two.
+    /// Logins last at most `max_reauth` (none: for ever).
     pub fn sasl_listener(
-        users: Option<Arc<Tokens>>,
+        users: Option<Arc<TokenFile>>,
         store: Arc<ScramStore>,
         oauth: Option<Arc<OAuthValidator>>,
+        max_reauth: Option<Duration>,
     ) -> Arc<Identity> {
-        let mut identity = Identity::new(None, users);
+        let mut identity = Identity::new(None, users.as_ref().map(|file| file.current()));
         let this = Arc::get_mut(&mut identity).expect("just made");
         this.scram_store = Some(store);
         this.oauth = oauth;
+        this.max_reauth = max_reauth.filter(|d| !d.is_zero());
+        this.users_file = users;
         identity
     }
 
@@ -542,11 +610,27 @@ impl Identity {
     /// Whether a request of `api` may be handled now. Before authentication only the requests
     /// that lead to it are.
     pub fn admits(&self, api: ApiKey) -> bool {
-        self.principal().is_some()
-            || matches!(
-                api,
-                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
-            )
+        self.principal().is_some() || Identity::leads_to_login(api)
+    }
+
+    fn leads_to_login(api: ApiKey) -> bool {
+        matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        )
+    }
+
+    /// Why a request of `api` ends the connection: its login has run out and the request does
+    /// not log in again (KIP-368).
+    pub fn expired_for(&self, api: ApiKey) -> Option<String> {
+        let at = self.expires_at.load(Ordering::Relaxed);
+        if at == u64::MAX || Identity::leads_to_login(api) || mono_ms() < at {
+            return None;
+        }
+        Some(format!(
+            "the SASL login ran out (broker.connections_max_reauth, or its token's expiry) and \
+             the client sent {api:?} instead of logging in again"
+        ))
     }
 
     /// The users of this connection's listener who may log in with SCRAM, sorted by name (none
@@ -576,10 +660,25 @@ impl Identity {
     /// Takes the mechanism a SaslHandshake names for the authentication that follows. Refused
     /// when it is not one of [`Identity::mechanisms`] (nothing changes), and while a SCRAM
     /// exchange is under way: a client may not start again with another user name.
+    /// After the login, a handshake starts a re-authentication, where logins expire, with the
+    /// login's mechanism only.
     pub fn choose_mechanism(&self, name: &str) -> Result<(), HandshakeRefused> {
-        if !self.mechanisms().contains(&name) {
+        let Some(&name) = self.mechanisms().iter().find(|m| **m == name) else {
             return Err(HandshakeRefused::Unsupported);
+        };
+        let mut login = self.login.lock().unwrap_or_else(|e| e.into_inner());
+        if self.principal().is_some() {
+            if self.max_reauth.is_none() {
+                return Err(HandshakeRefused::LoggedIn);
+            }
+            let was = login.mechanism.unwrap_or(PLAIN);
+            if was != name {
+                return Err(HandshakeRefused::OtherMechanism { was });
+            }
+            login.again = true;
         }
+        login.chosen = Some(name);
+        drop(login);
         let mut scram = self.scram.lock().unwrap_or_else(|e| e.into_inner());
         if scram.as_ref().is_some_and(ScramExchange::under_way) {
             return Err(HandshakeRefused::MidExchange);
@@ -591,27 +690,87 @@ impl Identity {
     }
 
     /// Handles one SaslAuthenticate message with the mechanism chosen (PLAIN unless a
-    /// handshake chose SCRAM). On success the principal is that of the whole connection.
+    /// handshake chose SCRAM). On success the principal is that of the whole connection; in a
+    /// re-authentication it must be the one it had.
     pub fn authenticate(&self, message: &[u8]) -> Result<Authenticated, AuthError> {
-        if self.principal().is_some() {
+        let again = self.principal().is_some();
+        if again && !self.login.lock().unwrap_or_else(|e| e.into_inner()).again {
             return Err(AuthError::AlreadyAuthenticated);
         }
+        let (principal, reply, token_expiry) = match self.exchange(message, again)? {
+            Exchanged::Challenge(challenge) => return Ok(Authenticated::Continue(challenge)),
+            Exchanged::Done {
+                principal,
+                reply,
+                token_expiry,
+            } => (principal, reply, token_expiry),
+        };
+        let mut login = self.login.lock().unwrap_or_else(|e| e.into_inner());
+        if again {
+            let was = self.principal().unwrap_or_default();
+            if was != principal {
+                return Err(AuthError::OtherPrincipal {
+                    was: was.to_string(),
+                    now: principal,
+                });
+            }
+            login.again = false;
+        } else {
+            // Two streams racing to authenticate: the first one wins, the other is refused.
+            self.principal
+                .set(principal.clone())
+                .map_err(|_| AuthError::AlreadyAuthenticated)?;
+            login.mechanism = Some(login.chosen.unwrap_or(PLAIN));
+        }
+        let lifetime_ms = self.start_lifetime(token_expiry);
+        Ok(Authenticated::Done {
+            principal,
+            reply,
+            lifetime_ms,
+        })
+    }
+
+    /// Starts the login's lifetime: `broker.connections_max_reauth`, no longer than its token
+    /// (`exp`, seconds since the epoch). Returns it in milliseconds, 0 for no end.
+    fn start_lifetime(&self, token_expiry: Option<i64>) -> i64 {
+        let Some(max) = self.max_reauth else {
+            return 0;
+        };
+        let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+        let ms = match token_expiry {
+            Some(exp) => {
+                let now_ms = crate::broker::now_ms();
+                max_ms.min(exp.saturating_mul(1000).saturating_sub(now_ms).max(0))
+            }
+            None => max_ms,
+        };
+        let at = mono_ms().saturating_add(ms as u64);
+        self.expires_at.store(at, Ordering::Relaxed);
+        ms
+    }
+
+    /// One message of the chosen mechanism's exchange (`again`: a re-authentication).
+    fn exchange(&self, message: &[u8], again: bool) -> Result<Exchanged, AuthError> {
         if let Some(oauth) = &self.oauth
             && self.oauth_chosen.load(Ordering::Relaxed)
         {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
-            let principal = oauth.authenticate(message, now)?;
-            self.principal
-                .set(principal.clone())
-                .map_err(|_| AuthError::AlreadyAuthenticated)?;
-            return Ok(Authenticated::Done {
+            let (principal, exp) = oauth.authenticate_until(message, now)?;
+            return Ok(Exchanged::Done {
                 principal,
                 reply: Vec::new(),
+                token_expiry: Some(exp),
             });
         }
-        let tokens = match (&self.tokens, &self.oauth) {
+        // Logged in already: the users file as it is now.
+        let now = self
+            .users_file
+            .as_ref()
+            .filter(|_| again)
+            .map(|f| f.current());
+        let tokens = match (now.or_else(|| self.tokens.clone()), &self.oauth) {
             (Some(tokens), _) => tokens,
             (None, Some(_)) => return Err(AuthError::HandshakeFirst),
             (None, None) => return Err(AuthError::NotEnabled),
@@ -619,10 +778,10 @@ impl Identity {
         let mut scram = self.scram.lock().unwrap_or_else(|e| e.into_inner());
         let Some(exchange) = scram.as_mut() else {
             drop(scram);
-            let principal = self.authenticate_plain(message)?;
-            return Ok(Authenticated::Done {
-                principal,
+            return Ok(Exchanged::Done {
+                principal: plain_principal(&tokens, message)?,
                 reply: Vec::new(),
+                token_expiry: None,
             });
         };
         let mechanism = exchange.mechanism();
@@ -633,17 +792,12 @@ impl Identity {
                 .or_else(|| tokens.scram_user(mechanism, user))
         };
         match exchange.step(message, lookup)? {
-            Step::Challenge(challenge) => Ok(Authenticated::Continue(challenge)),
-            Step::Success { user, server_final } => {
-                let principal = format!("User:{user}");
-                self.principal
-                    .set(principal.clone())
-                    .map_err(|_| AuthError::AlreadyAuthenticated)?;
-                Ok(Authenticated::Done {
-                    principal,
-                    reply: server_final,
-                })
-            }
+            Step::Challenge(challenge) => Ok(Exchanged::Challenge(challenge)),
+            Step::Success { user, server_final } => Ok(Exchanged::Done {
+                principal: format!("User:{user}"),
+                reply: server_final,
+                token_expiry: None,
+            }),
         }
     }
 
@@ -651,32 +805,42 @@ impl Identity {
     /// returns the principal, now that of the whole connection. An empty user name is allowed
     /// (the token names the device); a non-empty one must be the token's device.
     pub fn authenticate_plain(&self, message: &[u8]) -> Result<String, AuthError> {
-        let tokens = self.tokens.as_ref().ok_or(AuthError::NotEnabled)?;
+        if self.tokens.is_none() {
+            return Err(AuthError::NotEnabled);
+        }
         if self.principal().is_some() {
             return Err(AuthError::AlreadyAuthenticated);
         }
-        let mut parts = message.split(|&b| b == 0);
-        let (Some(authzid), Some(user), Some(token), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Malformed);
-        };
-        let user = String::from_utf8_lossy(user).into_owned();
-        // As Kafka: an authorization id, when given, must be the user.
-        if !authzid.is_empty() && authzid != user.as_bytes() {
-            return Err(AuthError::AuthorizationId);
-        }
-        let device = tokens
-            .plain_login(&user, token)
-            .ok_or_else(|| AuthError::BadToken { user: user.clone() })?;
-        let principal = format!("User:{device}");
+        let tokens = self.tokens.as_ref().ok_or(AuthError::NotEnabled)?;
+        let principal = plain_principal(tokens, message)?;
         // Two streams racing to authenticate: the first one wins, the other is refused.
         self.principal
             .set(principal.clone())
             .map_err(|_| AuthError::AlreadyAuthenticated)?;
         Ok(principal)
     }
+}
 
+/// The principal a SASL PLAIN message proves against `tokens`.
+fn plain_principal(tokens: &Tokens, message: &[u8]) -> Result<String, AuthError> {
+    let mut parts = message.split(|&b| b == 0);
+    let (Some(authzid), Some(user), Some(token), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let user = String::from_utf8_lossy(user).into_owned();
+    // As Kafka: an authorization id, when given, must be the user.
+    if !authzid.is_empty() && authzid != user.as_bytes() {
+        return Err(AuthError::AuthorizationId);
+    }
+    let device = tokens
+        .plain_login(&user, token)
+        .ok_or_else(|| AuthError::BadToken { user: user.clone() })?;
+    Ok(format!("User:{device}"))
+}
+
+impl Identity {
     /// Asks the listener to close the connection, telling the client `reason`; with
     /// `after_reply`, once the client had a moment to read the response being sent. The first
     /// request to close wins.
@@ -777,6 +941,65 @@ mod tests {
             id.authenticate_plain(b"alice\0alice\0same#pw").as_deref(),
             Ok("User:alice")
         );
+    }
+
+    #[test]
+    fn a_login_lasts_its_lifetime_and_is_renewed_with_its_mechanism_as_its_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = crate::meta::MetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let store = Arc::new(ScramStore::open(meta).unwrap());
+        let path = dir.path().join("users");
+        std::fs::write(&path, "alice pw\nbob pw2\n").unwrap();
+        let users = Arc::new(TokenFile::open_users(&path).unwrap());
+        let lifetime = Some(Duration::from_millis(300));
+        let id = Identity::sasl_listener(Some(users.clone()), store.clone(), None, lifetime);
+        id.choose_mechanism(PLAIN).unwrap();
+        let done = |result: Result<Authenticated, AuthError>| match result {
+            Ok(Authenticated::Done {
+                principal,
+                lifetime_ms,
+                ..
+            }) => (principal, lifetime_ms),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            done(id.authenticate(b"\0alice\0pw")),
+            ("User:alice".to_string(), 300)
+        );
+        assert_eq!(id.expired_for(ApiKey::Metadata), None);
+        // Again only after a handshake, with the login's mechanism, as the same principal.
+        assert_eq!(
+            id.authenticate(b"\0alice\0pw"),
+            Err(AuthError::AlreadyAuthenticated)
+        );
+        assert_eq!(
+            id.choose_mechanism("SCRAM-SHA-256"),
+            Err(HandshakeRefused::OtherMechanism { was: PLAIN })
+        );
+        id.choose_mechanism(PLAIN).unwrap();
+        assert!(matches!(
+            id.authenticate(b"\0bob\0pw2"),
+            Err(AuthError::OtherPrincipal { .. })
+        ));
+        assert_eq!(id.principal(), Some("User:alice"));
+        // Run out: nothing but logging in again is taken.
+        std::thread::sleep(Duration::from_millis(350));
+        let why = id.expired_for(ApiKey::Metadata).expect("ran out");
+        assert!(why.contains("connections_max_reauth"), "{why}");
+        assert_eq!(id.expired_for(ApiKey::SaslHandshake), None);
+        assert_eq!(id.expired_for(ApiKey::SaslAuthenticate), None);
+        id.choose_mechanism(PLAIN).unwrap();
+        assert_eq!(done(id.authenticate(b"\0alice\0pw")).1, 300);
+        assert_eq!(id.expired_for(ApiKey::Metadata), None);
+        // Without a lifetime a login lasts as long as its connection, and is made once.
+        let once = Identity::sasl_listener(Some(users), store, None, Some(Duration::ZERO));
+        once.choose_mechanism(PLAIN).unwrap();
+        assert_eq!(done(once.authenticate(b"\0alice\0pw")).1, 0);
+        assert_eq!(
+            once.choose_mechanism(PLAIN),
+            Err(HandshakeRefused::LoggedIn)
+        );
+        assert_eq!(once.expired_for(ApiKey::Metadata), None);
     }
 
     #[test]

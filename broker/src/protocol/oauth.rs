@@ -275,8 +275,19 @@ impl OAuthValidator {
     /// Checks a SaslAuthenticate message of the OAUTHBEARER mechanism at `now` (Unix seconds)
     /// and returns the principal (`User:<claim>`).
     pub fn authenticate(&self, message: &[u8], now: i64) -> Result<String, OAuthError> {
+        self.authenticate_until(message, now)
+            .map(|(principal, _)| principal)
+    }
+
+    /// [`OAuthValidator::authenticate`], with the token's expiry (`exp`, seconds since the
+    /// epoch), beyond which the login must not last (`broker.connections_max_reauth`).
+    pub fn authenticate_until(
+        &self,
+        message: &[u8],
+        now: i64,
+    ) -> Result<(String, i64), OAuthError> {
         let (authzid, token) = client_first(message)?;
-        let name = self.validate(token, now)?;
+        let (name, exp) = self.validate_until(token, now)?;
         // As Kafka: an authorization id, when given, must be the token's principal.
         if let Some(asked) = authzid
             && asked != name
@@ -286,11 +297,16 @@ impl OAuthValidator {
                 principal: name,
             });
         }
-        Ok(format!("User:{name}"))
+        Ok((format!("User:{name}"), exp))
     }
 
     /// Checks a JWT and returns the name of the principal it names (`User:` not prefixed).
     pub fn validate(&self, token: &str, now: i64) -> Result<String, OAuthError> {
+        self.validate_until(token, now).map(|(name, _)| name)
+    }
+
+    /// [`OAuthValidator::validate`], with the token's expiry.
+    fn validate_until(&self, token: &str, now: i64) -> Result<(String, i64), OAuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(OAuthError::NotAJwt("longer than 64 KiB".to_string()));
         }
@@ -351,7 +367,11 @@ impl OAuthValidator {
     /// Kafka's checks of a token's claims (its `BrokerJwtValidator`): expiry and issue time
     /// required, not-before when given, issuer and audience when configured, and the principal
     /// claim a non-empty string (trimmed), of which the principal's name is made.
-    fn check_claims(&self, claims: &serde_json::Value, now: i64) -> Result<String, OAuthError> {
+    fn check_claims(
+        &self,
+        claims: &serde_json::Value,
+        now: i64,
+    ) -> Result<(String, i64), OAuthError> {
         let s = &self.settings;
         let skew = i64::try_from(s.clock_skew.as_secs()).unwrap_or(i64::MAX);
         let time = |name: &str| -> Result<Option<i64>, OAuthError> {
@@ -410,7 +430,7 @@ impl OAuthValidator {
         if name.chars().any(char::is_control) {
             return Err(OAuthError::BadPrincipal(s.principal_claim.clone()));
         }
-        Ok(name.to_string())
+        Ok((name.to_string(), exp))
     }
 }
 

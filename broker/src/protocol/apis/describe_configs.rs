@@ -180,6 +180,12 @@ fn broker_settings(
             Some("600000"),
             5,
         ),
+        (
+            "connections.max.reauth.ms",
+            ms(cfg.broker.connections_max_reauth),
+            Some("0"),
+            5,
+        ),
         ("log.retention.hours", "168".to_string(), Some("168"), 3),
         (
             "log.retention.check.interval.ms",

@@ -11,8 +11,14 @@
 //! serve is answered UNSUPPORTED_SASL_MECHANISM with the list, and the connection closed, as
 //! is a handshake in the middle of a SCRAM exchange (ILLEGAL_SASL_STATE). A listener without
 //! credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
-//! SaslAuthenticate (like one after success, and a handshake after success: a connection logs
-//! in once) with ILLEGAL_SASL_STATE. A failed authentication is answered with
+//! SaslAuthenticate (like one after success) with ILLEGAL_SASL_STATE.
+//!
+//! With `broker.connections_max_reauth` set, SaslAuthenticate v1+ tells the client how long its
+//! login lasts (`session_lifetime_ms`), and a handshake after the login starts a
+//! re-authentication (KIP-368): with the login's mechanism (else ILLEGAL_SASL_STATE and the
+//! connection closed), as the same principal (else SASL_AUTHENTICATION_FAILED and closed).
+//! Without it a handshake after the login is answered ILLEGAL_SASL_STATE: a connection logs in
+//! once. A failed authentication is answered with
 //! SASL_AUTHENTICATION_FAILED and its reason, 100 ms later (Kafka's
 //! `connection.failed.authentication.delay.ms`), and the connection is then closed with that
 //! reason ([`crate::protocol::auth::Identity::close`]).
@@ -43,12 +49,18 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
     }
     let out = SaslHandshakeResponse::default()
         .with_mechanisms(identity.mechanisms().iter().map(|m| s(*m)).collect());
-    if identity.principal().is_some() {
-        // As Kafka: a connection logs in once (no re-authentication, KIP-368, is offered).
-        return out.with_error_code(E::IllegalSaslState.code());
-    }
     match identity.choose_mechanism(&req.mechanism) {
         Ok(()) => out,
+        // As Kafka without connections.max.reauth.ms: a connection logs in once.
+        Err(HandshakeRefused::LoggedIn) => out.with_error_code(E::IllegalSaslState.code()),
+        Err(HandshakeRefused::OtherMechanism { was }) => {
+            let reason = format!(
+                "re-authentication with {:?} on a connection that logged in with {was}",
+                req.mechanism.as_str()
+            );
+            refuse(&ctx, reason);
+            out.with_error_code(E::IllegalSaslState.code())
+        }
         Err(HandshakeRefused::Unsupported) => {
             // As Kafka, the connection ends: the client is told which mechanisms there are.
             let reason = format!(
@@ -70,12 +82,23 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
 pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthenticateResponse {
     let session = &ctx.session;
     let out = SaslAuthenticateResponse::default().with_auth_bytes(Bytes::new());
+    let again = session.identity.principal().is_some();
     match session.identity.authenticate(&req.auth_bytes) {
         Ok(Authenticated::Continue(challenge)) => out.with_auth_bytes(Bytes::from(challenge)),
-        Ok(Authenticated::Done { principal, reply }) => {
+        Ok(Authenticated::Done {
+            principal,
+            reply,
+            lifetime_ms,
+        }) => {
             ctx.broker.metrics.count_authenticated(&principal);
-            tracing::info!(peer = %session.peer, listener = session.listener.name(), %principal, client_id = %ctx.client_id, "authenticated");
+            let (peer, listener) = (session.peer, session.listener.name());
+            if again {
+                tracing::debug!(%peer, listener, %principal, client_id = %ctx.client_id, lifetime_ms, "authenticated again");
+            } else {
+                tracing::info!(%peer, listener, %principal, client_id = %ctx.client_id, lifetime_ms, "authenticated");
+            }
             out.with_auth_bytes(Bytes::from(reply))
+                .with_session_lifetime_ms(lifetime_ms)
         }
         Err(e @ (AuthError::AlreadyAuthenticated | AuthError::NotEnabled)) => out
             .with_error_code(E::IllegalSaslState.code())
