@@ -16,18 +16,22 @@
 //!   left, answers a consumer over its quota at once with nothing and the time to wait, and
 //!   charges the record bytes it returns. Replica fetches of a cluster's followers are exempt,
 //!   as in Kafka.
-//! - `request_percentage` (KIP-124): `protocol::Typed` times each request's decoding, the polls
-//!   of its handler and its encoding (the time a runtime thread spent on it: not the time it
-//!   waited, say for a long poll or for replicas) and charges it, in seconds, to a quota of
-//!   `request_percentage / 100` seconds a second (100 is one thread's whole time, as in Kafka).
-//!   Exempt, as in Kafka: SASL's requests, the requests between brokers (Envelope,
-//!   WriteTxnMarkers, replica fetches) and those of a cluster's followers.
+//! - `request_percentage` (KIP-124): `protocol::Typed` times each request's decoding and the
+//!   polls of its handler (the time a runtime thread spent on it: not the time it waited, say
+//!   for a long poll or for replicas; not the blocking work it handed to other threads, such as
+//!   plugin calls) and charges it, in seconds, to a quota of `request_percentage / 100` seconds
+//!   a second (100 is one thread's whole time, as in Kafka). Its throttle is at most a second,
+//!   Kafka's quota window. Exempt, as in Kafka: SASL's requests, the requests only brokers send
+//!   (Envelope, WriteTxnMarkers, replica fetches), and produce requests with acks 0.
 //! - `controller_mutation_rate` (KIP-599): partitions created (CreateTopics, CreatePartitions)
 //!   and deleted (DeleteTopics) a second. From CreateTopics v6, DeleteTopics v5 and
-//!   CreatePartitions v3 on the quota is strict: a topic asked for while the client's bucket is
-//!   empty gets THROTTLING_QUOTA_EXCEEDED (the clients retry it after the throttle) and the
-//!   others go on; older versions are let through and throttled after, as Kafka does.
-//!   `validate_only` requests are neither refused nor charged.
+//!   CreatePartitions v3 on the quota is strict ([`take`]): a topic that passes every other
+//!   check goes through whole while the client's bucket is not in debt, without a throttle, and
+//!   one asked for while it is gets THROTTLING_QUOTA_EXCEEDED and the time to wait (the admin
+//!   clients retry it then) while the others go on; older versions are let through and
+//!   throttled after ([`charge`]), as Kafka does. Its debt is not capped (a change of thousands
+//!   of partitions holds further changes back for as long as they take at the rate, as in
+//!   Kafka); `validate_only` requests are neither refused nor charged.
 //!
 //! Which quota applies to a request: for each key separately, the first entity that has one, in
 //! Kafka's order: user and client id, user and default client id, user, default user and client
@@ -41,9 +45,10 @@
 //! and holding at most one second of it ([`BURST`]). A request takes its bytes out; a bucket
 //! below zero answers with the time it takes to fill back to zero, which the client is told
 //! (`throttle_time_ms`) and for which its connection is muted (`net::conn`), as Kafka does
-//! since KIP-219. A throttle is at most [`quota::MAX_THROTTLE_MS`], the cap the quota plugins
-//! have too, and the debt behind it is bounded the same way (at the rate in force: a lowered
-//! quota does not hold a client for the hours its old debt would take at the new rate).
+//! since KIP-219. A byte rate's throttle is at most [`quota::MAX_THROTTLE_MS`], the cap the
+//! quota plugins have too, and the debt behind it is bounded the same way (at the rate in
+//! force: a lowered quota does not hold a client for the hours its old debt would take at the
+//! new rate); `request_percentage` and `controller_mutation_rate` are bounded as above.
 //!
 //! Every response with a `throttle_time_ms` carries the longest throttle of its request,
 //! whichever quota set it (`protocol::Typed`).
@@ -65,7 +70,6 @@ use crate::acl::{CLUSTER_NAME, Operation, ResourceType};
 use crate::meta::{MetaError, MetaStore};
 use crate::plugins::quota;
 use crate::protocol::Ctx;
-use crate::replication::PEER_CLIENT_ID_PREFIX;
 
 /// The entity types of a quota, as the protocol names them.
 pub const USER: &str = "user";
@@ -124,6 +128,23 @@ impl QuotaKey {
         match self {
             QuotaKey::RequestPercentage => value / 100.0,
             _ => value,
+        }
+    }
+
+    /// The longest throttle of this key: for request time Kafka's quota window (a second).
+    fn max_throttle_ms(self) -> u32 {
+        match self {
+            QuotaKey::RequestPercentage => 1000,
+            _ => quota::MAX_THROTTLE_MS,
+        }
+    }
+
+    /// The most a bucket of this key at `rate` may owe: what its longest throttle pays back;
+    /// for partition changes, anything, as in Kafka.
+    fn max_debt(self, rate: f64) -> f64 {
+        match self {
+            QuotaKey::ControllerMutationRate => f64::INFINITY,
+            _ => rate * f64::from(self.max_throttle_ms()) / 1000.0,
         }
     }
 }
@@ -351,7 +372,7 @@ impl InForce {
 type BucketKey = (QuotaKey, u16, String, String);
 
 struct Bucket {
-    /// Bytes that may still pass before a throttle; below zero, owed.
+    /// Bytes (partitions, seconds) that may still pass before a throttle; below zero, owed.
     credit: f64,
     /// The rate it was last filled at.
     rate: f64,
@@ -359,11 +380,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn refill(&mut self, rate: f64, now: Instant) {
+    fn refill(&mut self, key: QuotaKey, rate: f64, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         // Never more than a second's worth, and never a debt longer than the longest throttle
         // at the rate now in force (the quota may have been lowered since it was run up).
-        self.credit = (self.credit + elapsed * rate).clamp(-max_debt(rate), rate * BURST);
+        self.credit = (self.credit + elapsed * rate).clamp(-key.max_debt(rate), rate * BURST);
         self.rate = rate;
         self.at = now;
     }
@@ -554,9 +575,41 @@ impl ClientQuotas {
             return 0;
         };
         self.with_bucket(group, rate, now, |b| {
-            b.credit = (b.credit - amount).max(-max_debt(rate));
-            owed_ms(b.credit, rate)
+            b.credit = (b.credit - amount).max(-key.max_debt(rate));
+            owed_ms(key, b.credit, rate)
         })
+    }
+
+    /// Takes `amount` from the quota of `key` that applies to the client if its bucket is not
+    /// in debt (Kafka's strict quota: what is asked goes through whole while anything is left,
+    /// without a throttle); `Err`: the throttle it is under (ms), nothing taken.
+    pub fn take(&self, key: QuotaKey, user: &str, client_id: &str, amount: f64) -> Result<(), u32> {
+        self.take_at(key, user, client_id, amount, Instant::now())
+    }
+
+    fn take_at(
+        &self,
+        key: QuotaKey,
+        user: &str,
+        client_id: &str,
+        amount: f64,
+        now: Instant,
+    ) -> Result<(), u32> {
+        let Some((group, rate)) = self.resolve(key, user, client_id) else {
+            return Ok(());
+        };
+        self.with_bucket(group, rate, now, |b| match owed_ms(key, b.credit, rate) {
+            0 => {
+                b.credit = (b.credit - amount).max(-key.max_debt(rate));
+                Ok(())
+            }
+            ms => Err(ms),
+        })
+    }
+
+    /// Whether a quota of `key` applies to the client.
+    pub fn limits(&self, key: QuotaKey, user: &str, client_id: &str) -> bool {
+        self.resolve(key, user, client_id).is_some()
     }
 
     /// What the quota of `key` lets the client take now, without taking it.
@@ -568,7 +621,7 @@ impl ClientQuotas {
         let Some((group, rate)) = self.resolve(key, user, client_id) else {
             return Allowance::Unlimited;
         };
-        self.with_bucket(group, rate, now, |b| match owed_ms(b.credit, rate) {
+        self.with_bucket(group, rate, now, |b| match owed_ms(key, b.credit, rate) {
             0 => Allowance::Bytes(b.credit.max(0.0) as u64),
             ms => Allowance::Throttled(ms),
         })
@@ -592,12 +645,13 @@ impl ClientQuotas {
             map.retain(|_, b| !b.full_by(now));
             *swept = now;
         }
+        let key = group.0;
         let bucket = map.entry(group).or_insert(Bucket {
             credit: rate * BURST,
             rate,
             at: now,
         });
-        bucket.refill(rate, now);
+        bucket.refill(key, rate, now);
         f(bucket)
     }
 }
@@ -639,25 +693,17 @@ pub fn allowance(ctx: &Ctx, key: QuotaKey) -> Allowance {
 
 /// Whether a request is one whose handling time counts against `request_percentage`: a quota
 /// of it is set, and the request is not exempt. Exempt, as in Kafka: SASL's requests (Kafka
-/// answers them outside its request handlers), the requests only brokers send (Envelope,
-/// WriteTxnMarkers, replica fetches), and every request of a cluster's follower (its client id
-/// says so, and it holds ClusterAction).
+/// answers them outside its request handlers) and the requests only brokers send (Envelope,
+/// WriteTxnMarkers, the replica fetches of a client allowed ClusterAction). (Produce requests
+/// with acks 0, also exempt, are left out by the caller.)
 pub fn timed(ctx: &Ctx, api: ApiKey, request: &dyn Any) -> bool {
     if !ctx.broker.client_quotas.times_requests() {
         return false;
     }
-    let between_brokers = match api {
-        ApiKey::SaslHandshake
-        | ApiKey::SaslAuthenticate
-        | ApiKey::Envelope
-        | ApiKey::WriteTxnMarkers => true,
-        ApiKey::Fetch => request
+    let replica_fetch = || {
+        request
             .downcast_ref::<FetchRequest>()
-            .is_some_and(|f| f.replica_id.0 >= 0 || f.replica_state.replica_id.0 >= 0),
-        _ => false,
-    };
-    let follower = || {
-        ctx.client_id.starts_with(PEER_CLIENT_ID_PREFIX)
+            .is_some_and(|f| f.replica_id.0 >= 0 || f.replica_state.replica_id.0 >= 0)
             && ctx.broker.acls.allowed(
                 ctx.asker(),
                 Operation::ClusterAction,
@@ -665,20 +711,50 @@ pub fn timed(ctx: &Ctx, api: ApiKey, request: &dyn Any) -> bool {
                 CLUSTER_NAME,
             )
     };
-    !between_brokers && !follower()
-}
-
-/// Whether the client may make topic and partition changes now, by its
-/// `controller_mutation_rate`: `Err(ms)`, the throttle it is under, when its quota is used up
-/// (the throttle is handed to the connection and counted as [`charge`]'s).
-pub fn may_mutate(ctx: &Ctx) -> Result<(), u32> {
-    match allowance(ctx, QuotaKey::ControllerMutationRate) {
-        Allowance::Throttled(ms) => Err(ms),
-        Allowance::Unlimited | Allowance::Bytes(_) => Ok(()),
+    match api {
+        ApiKey::SaslHandshake
+        | ApiKey::SaslAuthenticate
+        | ApiKey::Envelope
+        | ApiKey::WriteTxnMarkers => false,
+        ApiKey::Fetch => !replica_fetch(),
+        _ => true,
     }
 }
 
-/// What a topic or partition change refused by [`may_mutate`] is answered with
+/// Whether a quota of `key` applies to the client.
+pub fn limits(ctx: &Ctx, key: QuotaKey) -> bool {
+    let quotas = &ctx.broker.client_quotas;
+    if !quotas.any.load(Ordering::Relaxed) {
+        return false;
+    }
+    let (user, client_id) = client_of(ctx);
+    quotas.limits(key, user, client_id)
+}
+
+/// Takes `amount` from the client's quota of `key` if it is not in debt (Kafka's strict
+/// quota, for `controller_mutation_rate` from CreateTopics v6, CreatePartitions v3 and
+/// DeleteTopics v5): `Err(ms)`, the throttle it is under, when it is; that throttle is handed
+/// to the connection and counted as [`charge`]'s. What goes through is not throttled.
+pub fn take(ctx: &Ctx, key: QuotaKey, amount: f64) -> Result<(), u32> {
+    let quotas = &ctx.broker.client_quotas;
+    if !quotas.any.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let (user, client_id) = client_of(ctx);
+    quotas.take(key, user, client_id, amount).inspect_err(|ms| {
+        throttled(ctx, key, user, client_id, *ms);
+    })
+}
+
+/// Gives back what [`take`] took for a change that then failed.
+pub fn give_back(ctx: &Ctx, key: QuotaKey, amount: f64) {
+    let (user, client_id) = client_of(ctx);
+    ctx.broker
+        .client_quotas
+        .charge(key, user, client_id, -amount);
+}
+
+/// What a topic or partition change refused by [`take`] is answered with
 /// (THROTTLING_QUOTA_EXCEEDED).
 pub fn mutation_refusal(ms: u32) -> String {
     format!("the client's controller_mutation_rate quota is used up: try again in {ms} ms")
@@ -699,18 +775,14 @@ fn throttled(ctx: &Ctx, key: QuotaKey, user: &str, client_id: &str, ms: u32) {
     );
 }
 
-/// The most a bucket at `rate` may owe: what the longest throttle pays back.
-fn max_debt(rate: f64) -> f64 {
-    rate * f64::from(quota::MAX_THROTTLE_MS) / 1000.0
-}
-
-/// Milliseconds until a bucket at `credit` is back at zero.
-fn owed_ms(credit: f64, rate: f64) -> u32 {
+/// Milliseconds until a bucket of `key` at `credit` is back at zero, at most the key's longest
+/// throttle.
+fn owed_ms(key: QuotaKey, credit: f64, rate: f64) -> u32 {
     if credit >= 0.0 || rate <= 0.0 {
         return 0;
     }
     let ms = (-credit / rate * 1000.0).ceil();
-    (ms as u32).clamp(1, quota::MAX_THROTTLE_MS)
+    (ms as u32).clamp(1, key.max_throttle_ms())
 }
 
 /// The user part of a principal: `alice` of `User:alice`.
@@ -731,6 +803,10 @@ pub fn check_value(key: QuotaKey, value: f64) -> Result<(), String> {
         key,
         QuotaKey::RequestPercentage | QuotaKey::ControllerMutationRate
     ) {
+        // A rate too small for the buckets to tell from none.
+        if key.rate(value) < 1e-9 {
+            return Err(format!("{}: {value:?} is too small", key.name()));
+        }
         return Ok(());
     }
     if value.fract() != 0.0 {
@@ -939,48 +1015,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = quotas(dir.path());
         let t0 = Instant::now();
+        let alice = || entity(Some(Some("alice")), None);
         // 10% of a thread: 0.1 s of handling a second, at most 0.1 s at once.
-        set(
-            &q,
-            entity(Some(Some("alice")), None),
-            QuotaKey::RequestPercentage,
-            10.0,
-        );
+        set(&q, alice(), QuotaKey::RequestPercentage, 10.0);
         let r = QuotaKey::RequestPercentage;
         assert_eq!(q.charge_at(r, "alice", "a", 0.05, t0), 0);
-        // 0.3 s more leaves 0.25 s owed: 2.5 s at 0.1 s a second.
-        assert_eq!(q.charge_at(r, "alice", "a", 0.3, t0), 2500);
-        assert_eq!(
-            q.allowance_at(r, "alice", "a", t0 + Duration::from_millis(2000)),
-            Allowance::Throttled(500)
-        );
+        // 0.08 s more leaves 0.03 s owed: 300 ms at 0.1 s a second.
+        assert_eq!(q.charge_at(r, "alice", "a", 0.08, t0), 300);
+        // A long request owes at most a second's worth: Kafka's quota window.
+        assert_eq!(q.charge_at(r, "alice", "a", 5.0, t0), 1000);
         assert!(matches!(
-            q.allowance_at(r, "alice", "a", t0 + Duration::from_millis(2500)),
+            q.allowance_at(r, "alice", "a", t0 + Duration::from_millis(600)),
+            Allowance::Throttled(400..=401)
+        ));
+        assert!(matches!(
+            q.allowance_at(r, "alice", "a", t0 + Duration::from_millis(1000)),
             Allowance::Bytes(_)
         ));
-        // Two partitions a second: a topic of 6 goes through on a full bucket and leaves
-        // 4 owed, so the next change waits 2 s.
-        set(
-            &q,
-            entity(Some(Some("alice")), None),
-            QuotaKey::ControllerMutationRate,
-            2.0,
-        );
+        // Two partitions a second, strict: a change of 6 goes through whole on a bucket that
+        // is not in debt, and the next waits the 2 s the debt takes.
+        set(&q, alice(), QuotaKey::ControllerMutationRate, 2.0);
         let m = QuotaKey::ControllerMutationRate;
-        assert!(matches!(
-            q.allowance_at(m, "alice", "a", t0),
-            Allowance::Bytes(2)
-        ));
-        assert_eq!(q.charge_at(m, "alice", "a", 6.0, t0), 2000);
-        assert_eq!(
-            q.allowance_at(m, "alice", "a", t0 + Duration::from_millis(1500)),
-            Allowance::Throttled(500)
-        );
+        assert_eq!(q.take_at(m, "alice", "a", 6.0, t0), Ok(()));
+        assert_eq!(q.take_at(m, "alice", "a", 1.0, t0), Err(2000));
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(q.take_at(m, "alice", "a", 1.0, later), Err(500));
+        let paid = t0 + Duration::from_secs(2);
+        assert_eq!(q.take_at(m, "alice", "a", 1.0, paid), Ok(()));
+        // Its debt is not capped, unlike a byte rate's: 10,000 partitions at 2 a second hold
+        // further changes for 5,000 s (each throttle at most 30 s).
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(q.take_at(m, "alice", "a", 10_000.0, t1), Ok(()));
+        assert_eq!(q.take_at(m, "alice", "a", 1.0, t1), Err(30_000));
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(q.take_at(m, "alice", "a", 1.0, t2), Err(30_000));
         // The keys count apart: bob has neither.
-        assert_eq!(q.allowance_at(m, "bob", "a", t0), Allowance::Unlimited);
+        assert!(q.limits(m, "alice", "a") && !q.limits(m, "bob", "a"));
+        assert_eq!(q.take_at(m, "bob", "a", 100.0, t2), Ok(()));
         assert!(q.times_requests());
-        q.alter(&[(entity(Some(Some("alice")), None), vec![(r, None)])])
-            .unwrap();
+        q.alter(&[(alice(), vec![(r, None)])]).unwrap();
         assert!(!q.times_requests());
     }
 
@@ -1071,7 +1144,7 @@ mod tests {
             for good in [0.5, 1.0, 250.0] {
                 assert!(check_value(key, good).is_ok(), "{good}");
             }
-            for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300] {
                 assert!(check_value(key, bad).is_err(), "{bad}");
             }
         }

@@ -18,9 +18,9 @@
 //! A request a quota policy or a client quota throttled (`Ctx::throttle_ms`, set by
 //! `plugins::quota` and `client_quotas`) mutes the connection for that long: no further request
 //! is handled meanwhile, and a client that closes the connection meanwhile has none of what it
-//! sent after that request handled ([`wait_muted`]). KIP-219 clients
-//! (produce v6+, fetch v8+) get the response first and then the mute; older versions get the
-//! response after it, as Kafka does.
+//! sent after that request handled ([`wait_muted`]). The response goes first, whatever its
+//! version, as Kafka sends it since 2.0 (KIP-219): clients of the newer versions hold back by
+//! themselves, and older ones find their next request waiting out the mute.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -31,7 +31,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
-use crate::plugins::quota;
 use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 
 /// Warnings about a client's bad input written per minute, broker-wide; beyond them the lines go
@@ -306,7 +305,7 @@ pub async fn serve_halves<R, W>(
                 session.identity.close(reason, false);
                 break 'conn;
             }
-            let (api, version) = (req.api_key, req.header.request_api_version);
+            let version = req.header.request_api_version;
             let ctx = Ctx {
                 broker: broker.clone(),
                 session: session.clone(),
@@ -328,17 +327,6 @@ pub async fn serve_halves<R, W>(
                 _ = shutdown.changed() => break 'conn,
             };
             let mute = Duration::from_millis(throttle_ms.swap(0, Ordering::Relaxed) as u64);
-            let mute_first = !mute.is_zero() && !quota::respond_before_mute(api, version);
-            // The response is sent even when the client ends its side during the mute (a
-            // half-close after its last request): only what it sent after is not handled.
-            let mut gone = false;
-            if mute_first {
-                match wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await {
-                    Muted::Over => {}
-                    Muted::ClientGone => gone = true,
-                    Muted::ShuttingDown => break 'conn,
-                }
-            }
             match response {
                 Outcome::Respond(bytes) => {
                     if tx.send(bytes).await.is_err() {
@@ -352,16 +340,13 @@ pub async fn serve_halves<R, W>(
                     break 'conn;
                 }
             }
-            if gone {
-                break 'conn;
-            }
             if session.identity.is_closing() && session.listener != ListenerKind::Quic {
                 // A failed SASL authentication on a TCP listener: the answer is queued and the
                 // connection ends once it is written. (A QUIC listener closes the whole
                 // connection itself, with the reason.)
                 break 'conn;
             }
-            if !mute.is_zero() && !mute_first {
+            if !mute.is_zero() {
                 tracing::trace!(%peer, client_id = %client_id, ?mute, "connection muted by a quota");
                 if wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await != Muted::Over {
                     break 'conn;

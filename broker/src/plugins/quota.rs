@@ -16,10 +16,9 @@
 //!   records and get POLICY_VIOLATION.
 //! - Throttling: the longest throttle of a request becomes its `throttle_time_ms`, and the
 //!   connection is muted that long ([`Ctx::throttle_ms`], read by `net::conn`): no further
-//!   request of that connection is read or handled until the time has passed. Clients that
-//!   throttle themselves (KIP-219: produce v6+, fetch v8+) get the response at once and the
-//!   connection is muted after it; older versions get the response after the delay
-//!   ([`respond_before_mute`]).
+//!   request of that connection is read or handled until the time has passed. The response is
+//!   sent at once, whatever its version, as Kafka does since 2.0 (KIP-219): clients of the newer
+//!   versions hold back by themselves, older ones find their next request waiting.
 //!
 //! Invariants:
 //! - No policy matches -> no call, no allocation: [`Quotas::matching`] returns `None` before
@@ -431,45 +430,6 @@ pub fn throttle(ctx: &Ctx, decisions: &[Decision]) -> i32 {
     ms.min(i32::MAX as u32) as i32
 }
 
-/// Whether a throttled response of `api` at `version` is sent before the connection is muted
-/// (clients that throttle themselves, KIP-219) or after (older versions, which Kafka answered
-/// late instead). The versions are those KIP-219 added; APIs newer than it throttle
-/// themselves in every version.
-pub fn respond_before_mute(api: ApiKey, version: i16) -> bool {
-    let since = match api {
-        ApiKey::Produce => 6,
-        ApiKey::Fetch => 8,
-        ApiKey::Metadata => 6,
-        ApiKey::ListOffsets => 3,
-        ApiKey::OffsetCommit | ApiKey::OffsetFetch => 4,
-        ApiKey::JoinGroup | ApiKey::CreateTopics => 3,
-        ApiKey::FindCoordinator
-        | ApiKey::Heartbeat
-        | ApiKey::LeaveGroup
-        | ApiKey::SyncGroup
-        | ApiKey::DescribeGroups
-        | ApiKey::ListGroups
-        | ApiKey::ApiVersions
-        | ApiKey::DeleteTopics
-        | ApiKey::DescribeConfigs => 2,
-        ApiKey::DeleteRecords
-        | ApiKey::InitProducerId
-        | ApiKey::AddPartitionsToTxn
-        | ApiKey::AddOffsetsToTxn
-        | ApiKey::EndTxn
-        | ApiKey::TxnOffsetCommit
-        | ApiKey::DescribeAcls
-        | ApiKey::CreateAcls
-        | ApiKey::DeleteAcls
-        | ApiKey::AlterConfigs
-        | ApiKey::DescribeLogDirs
-        | ApiKey::CreatePartitions
-        | ApiKey::DeleteGroups => 1,
-        _ => 0,
-    };
-    version >= since
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,17 +472,5 @@ mod tests {
         for cut in 0..buf.len() {
             count_records(&buf[..cut]);
         }
-    }
-
-    #[test]
-    fn kip_219_versions_get_the_response_first() {
-        assert!(respond_before_mute(ApiKey::Produce, 6));
-        assert!(!respond_before_mute(ApiKey::Produce, 5));
-        assert!(respond_before_mute(ApiKey::Fetch, 8));
-        assert!(!respond_before_mute(ApiKey::Fetch, 7));
-        assert!(respond_before_mute(ApiKey::Metadata, 6));
-        assert!(!respond_before_mute(ApiKey::Metadata, 5));
-        assert!(!respond_before_mute(ApiKey::CreateTopics, 2));
-        assert!(respond_before_mute(ApiKey::ConsumerGroupHeartbeat, 0));
     }
 }

@@ -10,7 +10,7 @@
 //! start-up (a programming error, never reachable from the network).
 //!
 //! Around every handler (`Typed`): a request under a `request_percentage` client quota is timed
-//! (decoding, the polls of its handler, encoding) and charged (`client_quotas::timed`), and the
+//! (decoding and the polls of its handler) and charged (`client_quotas::timed`), and the
 //! response's `throttle_time_ms` is raised to the longest throttle any quota gave the request.
 //!
 //! Handlers never touch files; they call the catalog, the partition logs and the group
@@ -241,20 +241,21 @@ where
         })?;
         let silent = (self.silent)(&decoded);
         let silent_end = self.silent_end;
-        // A request under a request_percentage quota keeps a copy of its context to be charged.
+        // A request under a request_percentage quota keeps a copy of its context to be charged
+        // (one that takes no answer, a produce with acks 0, is exempt, as in Kafka).
         let timed = decoding
-            .filter(|_| client_quotas::timed(&ctx, api, &decoded))
+            .filter(|_| !silent && client_quotas::timed(&ctx, api, &decoded))
             .map(|start| (ctx.clone(), start.elapsed()));
         let throttle = ctx.throttle_ms.clone();
         let fut = (self.handler)(ctx, decoded);
         Ok(Box::pin(async move {
-            let (mut response, timed) = match timed {
-                None => (fut.await, None),
+            let mut response = match timed {
+                None => fut.await,
                 Some((ctx, decoded_in)) => {
                     let (response, polled) = polled_for(fut).await;
                     let spent = decoded_in + polled;
                     client_quotas::charge(&ctx, QuotaKey::RequestPercentage, spent.as_secs_f64());
-                    (response, Some(ctx))
+                    response
                 }
             };
             if silent {
@@ -264,23 +265,7 @@ where
             if ms > 0 {
                 response.raise_throttle(ms.min(i32::MAX as u32) as i32);
             }
-            let encoding = timed.as_ref().map(|_| Instant::now());
-            let out = encode_response(api, version, correlation_id, &response);
-            if let (Some(ctx), Some(start)) = (timed, encoding) {
-                // Charged after the response is made: its throttle shows on the next request.
-                let quotas = &ctx.broker.client_quotas;
-                let (user, client_id) = (
-                    client_quotas::user_of(ctx.asker().principal),
-                    &*ctx.client_id,
-                );
-                quotas.charge(
-                    QuotaKey::RequestPercentage,
-                    user,
-                    client_id,
-                    start.elapsed().as_secs_f64(),
-                );
-            }
-            out
+            encode_response(api, version, correlation_id, &response)
         }))
     }
 }

@@ -32,29 +32,39 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
                 out.error_code = E::TopicAuthorizationFailed.code();
                 return out;
             }
-            let throttled = if strict && !req.validate_only {
-                client_quotas::may_mutate(&ctx).err()
-            } else {
-                None
-            };
+            // Under a strict controller_mutation_rate the change is checked, then the partitions
+            // it adds are taken from the quota, then it is made, in Kafka's order.
+            let mutations = QuotaKey::ControllerMutationRate;
+            let limited = strict && !req.validate_only && client_quotas::limits(&ctx, mutations);
             let had = catalog
                 .get(&t.name)
                 .map_or(0, |topic| topic.partition_count());
-            let validate_only = req.validate_only || throttled.is_some();
-            match (
-                catalog.create_partitions(&t.name, t.count, validate_only, now_ms()),
-                throttled,
-            ) {
-                (Ok(()), Some(ms)) => {
-                    out.error_code = E::ThrottlingQuotaExceeded.code();
-                    out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
+            let added = f64::from(t.count.saturating_sub(had).max(0));
+            if limited {
+                let checked = catalog.create_partitions(&t.name, t.count, true, now_ms());
+                match checked.map(|()| client_quotas::take(&ctx, mutations, added)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(ms)) => {
+                        out.error_code = E::ThrottlingQuotaExceeded.code();
+                        out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
+                        return out;
+                    }
+                    Err(e) => {
+                        out.error_code = catalog_code(&e);
+                        out.error_message = Some(s(e.to_string()));
+                        return out;
+                    }
                 }
-                (Ok(()), None) if !req.validate_only => {
-                    let added = f64::from(t.count - had);
-                    client_quotas::charge(&ctx, QuotaKey::ControllerMutationRate, added);
+            }
+            match catalog.create_partitions(&t.name, t.count, req.validate_only, now_ms()) {
+                Ok(()) if !strict && !req.validate_only => {
+                    client_quotas::charge(&ctx, mutations, added);
                 }
-                (Ok(()), None) => {}
-                (Err(e), _) => {
+                Ok(()) => {}
+                Err(e) => {
+                    if limited {
+                        client_quotas::give_back(&ctx, mutations, added);
+                    }
                     out.error_code = catalog_code(&e);
                     out.error_message = Some(s(e.to_string()));
                 }

@@ -86,28 +86,47 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                     .map(|v| (c.name.to_string(), v.to_string()))
             })
             .collect();
-        let throttled = if strict && !req.validate_only {
-            client_quotas::may_mutate(&ctx).err()
-        } else {
-            None
-        };
+        // Under a strict controller_mutation_rate the topic is checked, then its partitions are
+        // taken from the quota, then it is made, in Kafka's order.
+        let mutations = QuotaKey::ControllerMutationRate;
+        let limited = strict && !req.validate_only && client_quotas::limits(&ctx, mutations);
+        if limited {
+            let checked =
+                b.catalog
+                    .create_topic(&t.name, partitions, rf, configs.clone(), true, now_ms());
+            let taken =
+                checked.map(|_| client_quotas::take(&ctx, mutations, f64::from(partitions)));
+            match taken {
+                Ok(Ok(())) => {}
+                Ok(Err(ms)) => {
+                    out.error_code = E::ThrottlingQuotaExceeded.code();
+                    out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
+                    results.push(out);
+                    continue;
+                }
+                Err(e) => {
+                    out.error_code = catalog_code(&e);
+                    out.error_message = Some(s(e.to_string()));
+                    results.push(out);
+                    continue;
+                }
+            }
+        }
         let created = b.catalog.create_topic(
             &t.name,
             partitions,
             rf,
             configs,
-            req.validate_only || throttled.is_some(),
+            req.validate_only,
             now_ms(),
         );
-        match (created, throttled) {
-            (Ok(_), Some(ms)) => {
-                out.error_code = E::ThrottlingQuotaExceeded.code();
-                out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
-            }
-            (Ok(topic), None) => {
-                if !req.validate_only {
-                    let created = f64::from(partitions);
-                    client_quotas::charge(&ctx, QuotaKey::ControllerMutationRate, created);
+        if created.is_err() && limited {
+            client_quotas::give_back(&ctx, mutations, f64::from(partitions));
+        }
+        match created {
+            Ok(topic) => {
+                if !strict && !req.validate_only {
+                    client_quotas::charge(&ctx, mutations, f64::from(partitions));
                 }
                 out.topic_id = topic.id;
                 out.num_partitions = partitions;
@@ -140,7 +159,7 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                         .collect(),
                 );
             }
-            (Err(e), _) => {
+            Err(e) => {
                 out.error_code = catalog_code(&e);
                 out.error_message = Some(s(e.to_string()));
             }

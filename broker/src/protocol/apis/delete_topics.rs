@@ -64,18 +64,24 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
                 Some(t) => {
                     out.name = Some(TopicName(s(t.name.to_string())));
                     out.topic_id = t.id;
-                    if strict && let Err(ms) = client_quotas::may_mutate(&ctx) {
+                    let mutations = QuotaKey::ControllerMutationRate;
+                    let deleted = f64::from(t.partition_count());
+                    if strict && let Err(ms) = client_quotas::take(&ctx, mutations, deleted) {
                         out.error_code = E::ThrottlingQuotaExceeded.code();
                         out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
                         return out;
                     }
-                    let deleted = f64::from(t.partition_count());
                     match catalog.delete_topic(&t.name) {
                         Ok(()) => {
                             ctx.broker.groups.topic_deleted(&t.name);
-                            client_quotas::charge(&ctx, QuotaKey::ControllerMutationRate, deleted);
+                            if !strict {
+                                client_quotas::charge(&ctx, mutations, deleted);
+                            }
                         }
                         Err(e) => {
+                            if strict {
+                                client_quotas::give_back(&ctx, mutations, deleted);
+                            }
                             out.error_code = catalog_code(&e);
                             out.error_message = Some(s(e.to_string()));
                         }
