@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Metrics};
 use crate::catalog::Catalog;
 use crate::groups::{GroupConfig, GroupCoordinator};
+use crate::log_budget::{LogBudget, within_budget};
 use crate::meta::MetaStore;
 use crate::net;
 use crate::plugins::{PluginSet, ReloadError, ReloadReport};
@@ -413,6 +414,10 @@ fn cluster_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Errors of the background storage work (seals, flushes, retention) logged per minute: on a
+/// full disk every partition fails at every check.
+static STORAGE_ERRORS: LogBudget = LogBudget::new(30);
+
 /// Seals the segments rolled since the last check: fsyncs them and writes their index files
 /// without the partition's lock, so appends go on. A failed seal is tried again next time.
 fn seal_rolled(p: &crate::catalog::Partition) {
@@ -421,7 +426,7 @@ fn seal_rolled(p: &crate::catalog::Partition) {
         match seal.run() {
             Ok(()) => p.log().seal_done(&seal),
             Err(e) => {
-                tracing::error!(topic = %p.topic, partition = p.index, segment = seal.base_offset(), error = %e, "sealing a rolled segment failed; trying again at the next check")
+                within_budget!(STORAGE_ERRORS, error, topic = %p.topic, partition = p.index, segment = seal.base_offset(), error = %e, "sealing a rolled segment failed; trying again at the next check")
             }
         }
     }
@@ -509,12 +514,12 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
                     };
                     let synced = started.and_then(|f| f.map_or(Ok(()), |f| f.sync()));
                     if let Err(e) = synced {
-                        tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush failed");
+                        within_budget!(STORAGE_ERRORS, error, topic = %topic.name, partition = p.index, error = %e, "flush failed");
                         p.log().flush_failed();
                     }
                     if run_maintenance
                         && let Err(e) = maintain(&p, now) {
-                            tracing::error!(topic = %topic.name, partition = p.index, error = %e, "retention/compaction failed");
+                            within_budget!(STORAGE_ERRORS, error, topic = %topic.name, partition = p.index, error = %e, "retention/compaction failed");
                         }
                 }
             }

@@ -52,6 +52,26 @@ pub enum CatalogError {
     Storage(#[from] StorageError),
 }
 
+/// Whether `dir` holds a segment file that is not empty: a partition's records.
+fn holds_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name().to_str().is_some_and(|n| n.ends_with(".log"))
+                && e.metadata().is_ok_and(|m| m.len() > 0)
+        })
+    })
+}
+
+/// Renames `dir` to `<dir>~<why>-<ms>` (`~` is never in a topic's name, so the result cannot be
+/// taken for a partition) and returns the new path.
+fn set_aside(dir: &Path, why: &str, now_ms: i64) -> std::io::Result<PathBuf> {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(format!("~{why}-{now_ms}"));
+    let aside = PathBuf::from(name);
+    std::fs::rename(dir, &aside)?;
+    Ok(aside)
+}
+
 /// One partition: its log and the notifier that wakes long-polling fetches.
 pub struct Partition {
     pub topic: Arc<str>,
@@ -239,12 +259,18 @@ impl Catalog {
             replicas,
             added: Notify::new(),
         };
-        for (name, rec) in catalog.meta.topics()? {
+        let records = catalog.meta.topics()?;
+        catalog.look_over_data_dir(&records);
+        for (name, rec) in records {
             let id = Uuid::parse_str(&rec.id).unwrap_or_else(|_| Uuid::new_v4());
             let config = catalog.log_config(&rec.configs)?;
             let name: Arc<str> = name.into();
             let mut parts = Vec::new();
             for p in 0..rec.partitions {
+                let dir = catalog.partition_dir(&name, p);
+                if !dir.exists() {
+                    tracing::warn!(dir = %dir.display(), topic = %name, partition = p, "a partition directory is missing: the partition starts again, empty, at offset 0 (its records are gone)");
+                }
                 parts.push(catalog.open_partition(&name, p, config.clone(), now_ms)?);
             }
             let topic = Topic {
@@ -269,6 +295,74 @@ impl Catalog {
 
     fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
         self.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    /// At start: finishes deletions a stop interrupted (directories set aside as
+    /// `<dir>~deleted-<ms>`; `~` is never in a topic's name), and warns of partition directories
+    /// the metadata does not know (a metadata database lost or replaced): they are left as they
+    /// are, and a topic made again under their name sets them aside instead of reusing or
+    /// deleting them.
+    fn look_over_data_dir(&self, known: &[(String, TopicRecord)]) {
+        let known: std::collections::HashSet<String> = known
+            .iter()
+            .flat_map(|(name, rec)| (0..rec.partitions).map(move |p| format!("{name}-{p}")))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
+            return;
+        };
+        let mut unknown = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !path.is_dir() {
+                continue;
+            }
+            if name.contains('~') {
+                if !name.contains("~deleted-") {
+                    continue;
+                }
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove a deleted partition's directory");
+                }
+                continue;
+            }
+            let is_partition = name
+                .rsplit_once('-')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if is_partition && !known.contains(&name) && holds_segments(&path) {
+                unknown.push(name);
+            }
+        }
+        if unknown.is_empty() {
+            return;
+        }
+        unknown.sort();
+        const SHOWN: usize = 10;
+        tracing::warn!(
+            data_dir = %self.data_dir.display(),
+            count = unknown.len(),
+            dirs = %unknown.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "),
+            "partition directories holding records are not in the metadata database (meta.redb lost or replaced?): they are left as they are, and a topic made under their name sets them aside as <dir>~orphaned-<ms>"
+        );
+    }
+
+    /// Makes sure a new partition starts empty: a directory already at its place (records of
+    /// an earlier topic of the name that the metadata forgot, or that a stop interrupted the
+    /// deletion of) is set aside as `<dir>~orphaned-<ms>`, never deleted.
+    fn clear_place(&self, topic: &str, partition: i32, now_ms: i64) -> Result<(), CatalogError> {
+        let dir = self.partition_dir(topic, partition);
+        if !holds_segments(&dir) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(());
+        }
+        let aside = set_aside(&dir, "orphaned", now_ms).map_err(|e| StorageError::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        tracing::warn!(dir = %dir.display(), kept_as = %aside.display(), "a directory with records was in the way of a new partition: it is kept aside, not deleted");
+        Ok(())
     }
 
     fn open_partition(
@@ -412,7 +506,7 @@ impl Catalog {
         for p in 0..partitions {
             // A directory left over from an earlier topic of the same name would resurrect its
             // records; a new topic starts empty.
-            let _ = std::fs::remove_dir_all(self.partition_dir(&name, p));
+            self.clear_place(&name, p, now_ms)?;
             parts.push(self.open_partition(&name, p, config.clone(), now_ms)?);
         }
         self.meta.put_topic(
@@ -444,9 +538,12 @@ impl Catalog {
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
         self.meta.delete_topic(name)?;
         for p in topic.partitions() {
+            // Set aside first, so that a stop in the middle leaves a directory the next start
+            // finishes deleting rather than one taken for a partition.
             let dir = self.partition_dir(name, p.index);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove partition directory");
+            let doomed = set_aside(&dir, "deleted", crate::broker::now_ms()).unwrap_or(dir);
+            if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                tracing::warn!(dir = %doomed.display(), error = %e, "cannot remove partition directory");
             }
             // Wake fetchers so they notice the topic is gone.
             p.appended.notify_waiters();
@@ -480,7 +577,7 @@ impl Catalog {
         let config = self.log_config(&topic.configs())?;
         let mut added = Vec::new();
         for p in current..count {
-            let _ = std::fs::remove_dir_all(self.partition_dir(name, p));
+            self.clear_place(name, p, now_ms)?;
             added.push(self.open_partition(&topic.name, p, config.clone(), now_ms)?);
         }
         self.meta.put_topic(
@@ -623,5 +720,64 @@ mod tests {
             assert!(validate_topic_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+    }
+
+    /// Records the metadata does not know (its database lost) are never deleted: a topic made
+    /// again under their name sets them aside; a deletion a stop interrupted is finished at the
+    /// next start.
+    #[test]
+    fn records_the_metadata_does_not_know_are_set_aside_never_deleted() {
+        use crate::storage::testutil::{encode_batch, kv};
+        const NOW: i64 = 1_700_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let open = |meta: &str| {
+            let meta = MetaStore::open(&dir.path().join(meta)).unwrap();
+            Catalog::open(&data, edge_config::LogConfig::default(), meta, 1, NOW).unwrap()
+        };
+        let entries = |prefix: &str| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&data)
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.starts_with(prefix))
+                .collect();
+            names.sort();
+            names
+        };
+        let catalog = open("meta-1.redb");
+        let topic = catalog
+            .create_topic("k", 2, 1, BTreeMap::new(), false, NOW)
+            .unwrap();
+        let none = kafka_protocol::records::Compression::None;
+        let batch = encode_batch(&[kv("a", "1", NOW)], none, -1, -1, -1);
+        topic.partition(0).unwrap().append(&batch, NOW).unwrap();
+        drop((topic, catalog));
+
+        // Another metadata database over the same data dir: k is unknown, its records stay.
+        let catalog = open("meta-2.redb");
+        assert!(catalog.get("k").is_none());
+        assert_eq!(entries("k-"), ["k-0", "k-1"]);
+        let topic = catalog
+            .create_topic("k", 2, 1, BTreeMap::new(), false, NOW)
+            .unwrap();
+        assert_eq!(topic.partition(0).unwrap().log().log_end_offset(), 0);
+        let aside = entries("k-0~orphaned-");
+        assert_eq!(aside.len(), 1, "{:?}", entries(""));
+        assert!(holds_segments(&data.join(&aside[0])));
+
+        // Deleting leaves nothing of the topic behind.
+        drop(topic);
+        catalog.delete_topic("k").unwrap();
+        assert_eq!(entries("k-"), aside);
+        // A deletion a stop interrupted is finished at the next start.
+        let interrupted = data.join("gone-0~deleted-5");
+        std::fs::create_dir_all(&interrupted).unwrap();
+        std::fs::write(interrupted.join("00000000000000000000.log"), b"x").unwrap();
+        drop(catalog);
+        let _catalog = open("meta-2.redb");
+        assert!(!interrupted.exists());
+        assert_eq!(entries("k-"), aside, "kept aside across starts");
     }
 }

@@ -31,6 +31,7 @@ pub mod cli;
 pub mod client_quotas;
 pub mod federation;
 pub mod groups;
+mod log_budget;
 pub mod meta;
 pub mod net;
 pub mod plugins;

@@ -81,7 +81,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "default_partitions",
                 Int,
-                "Partitions of an auto-created topic. Each costs open files and an index.\nAllowed: 1..=10000.",
+                "Partitions of an auto-created topic. Each costs an open file per segment and an index.\nAllowed: 1..=10000.",
             ),
             key(
                 "default_replication_factor",

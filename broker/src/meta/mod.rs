@@ -99,6 +99,12 @@ pub enum MetaError {
     /// Closed after an I/O error and not opened again yet (tried at most every second).
     #[error("metadata database closed after an I/O error: {0}")]
     Closed(String),
+    /// redb gave up on what it read (it panics on some damaged pages).
+    #[error(
+        "metadata database is damaged ({0}); restore meta.redb from a backup (the data dir's \
+         partition directories hold the records)"
+    )]
+    Damaged(String),
 }
 
 macro_rules! db_err {
@@ -243,9 +249,18 @@ impl MetaStore {
                 }
             }
         };
-        let result = f(&db);
+        // redb panics on some damaged pages: that is an error of this call, not a crash.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&db)))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a read failed");
+                Err(MetaError::Damaged(why.to_string()))
+            });
         match &result {
-            Err(e) if e.is_io() => {
+            Err(e) if e.is_io() || matches!(e, MetaError::Damaged(_)) => {
                 tracing::warn!(error = %e, "metadata database failed an I/O operation; it is closed and opened again at a use a second or more later");
                 drop(db);
                 slot.closed = Some((std::time::Instant::now(), e.to_string()));
@@ -814,6 +829,18 @@ mod tests {
         store.commit("g", &[("t".to_string(), 0, c)])
     }
 
+    /// redb panics on some damaged pages (a QA run found one in a flipped offsets row): that
+    /// is this call's error, naming the damage, and not the end of the process.
+    #[test]
+    fn a_panic_inside_redb_is_an_error_that_says_the_database_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let read: Result<(), MetaError> =
+            store.with_db(|_| panic!("range end index 224 out of range for slice of length 12"));
+        let why = read.unwrap_err().to_string();
+        assert!(why.contains("damaged") && why.contains("224"), "{why}");
+        assert!(why.contains("restore meta.redb"), "{why}");
+    }
     #[test]
     fn writes_work_again_once_the_disk_does_without_a_restart() {
         let disk = Disk::default();

@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
+use crate::log_budget::{LogBudget, within_budget};
 use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 
 /// Warnings about a client's bad input written per minute, broker-wide; beyond them the lines go
@@ -38,50 +39,12 @@ use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 /// with a broken firmware) sending bad frames must not fill the gateway's log.
 const BAD_INPUT_WARNINGS_PER_MINUTE: u32 = 20;
 
-/// The budget of [`BAD_INPUT_WARNINGS_PER_MINUTE`].
-struct WarnBudget {
-    minute: AtomicU64,
-    used: AtomicU32,
-    held_back: AtomicU64,
-}
-
-static BAD_INPUT: WarnBudget = WarnBudget {
-    minute: AtomicU64::new(0),
-    used: AtomicU32::new(0),
-    held_back: AtomicU64::new(0),
-};
-
-impl WarnBudget {
-    /// `Some(held back since the last warning)` when a warning may be written now.
-    fn take(&self) -> Option<u64> {
-        self.take_at(crate::broker::now_ms().max(0) as u64 / 60_000)
-    }
-
-    /// [`WarnBudget::take`] in minute `minute` of the clock.
-    fn take_at(&self, minute: u64) -> Option<u64> {
-        if self.minute.swap(minute, Ordering::Relaxed) != minute {
-            self.used.store(0, Ordering::Relaxed);
-        }
-        if self.used.fetch_add(1, Ordering::Relaxed) < BAD_INPUT_WARNINGS_PER_MINUTE {
-            Some(self.held_back.swap(0, Ordering::Relaxed))
-        } else {
-            self.held_back.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
+static BAD_INPUT: LogBudget = LogBudget::new(BAD_INPUT_WARNINGS_PER_MINUTE);
 
 /// `tracing::warn!` within the bad-input budget, `tracing::debug!` beyond it.
 macro_rules! warn_bad_input {
     ($($arg:tt)+) => {
-        match BAD_INPUT.take() {
-            Some(0) => tracing::warn!($($arg)+),
-            Some(held_back) => {
-                tracing::warn!(held_back, "bad-input warnings held back (at most {BAD_INPUT_WARNINGS_PER_MINUTE} a minute; the rest at debug)");
-                tracing::warn!($($arg)+)
-            }
-            None => tracing::debug!($($arg)+),
-        }
+        within_budget!(BAD_INPUT, warn, $($arg)+)
     };
 }
 
@@ -497,22 +460,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bad_input_warnings_are_held_back_beyond_the_budget_and_counted() {
-        let budget = WarnBudget {
-            minute: AtomicU64::new(0),
-            used: AtomicU32::new(0),
-            held_back: AtomicU64::new(0),
-        };
-        let n = BAD_INPUT_WARNINGS_PER_MINUTE as usize;
-        let first: Vec<_> = (0..n + 5).map(|_| budget.take_at(7)).collect();
-        assert!(first[..n].iter().all(|t| *t == Some(0)));
-        assert!(first[n..].iter().all(Option::is_none));
-        // The next minute: the first warning says how many were held back.
-        assert_eq!(budget.take_at(8), Some(5));
-        assert_eq!(budget.take_at(8), Some(0));
-    }
 
     #[test]
     fn tls_and_http_sent_to_a_kafka_listener_are_named() {

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
+use crate::log_budget::{LogBudget, within_budget};
 use crate::protocol::auth::{Identity, TokenFile};
 use crate::protocol::oauth::OAuthValidator;
 use crate::protocol::{ListenerKind, Session};
@@ -29,6 +30,9 @@ pub fn sasl_file(path: &Path, key: &str) -> anyhow::Result<Option<Arc<TokenFile>
     let file = TokenFile::open_users(path).with_context(|| key.to_string())?;
     Ok(Some(Arc::new(file)))
 }
+
+/// Failed accepts logged per minute (out of file descriptors, every try fails).
+static ACCEPT_ERRORS: LogBudget = LogBudget::new(6);
 
 /// How a listener's clients authenticate with SASL: none of the two, and they do not.
 #[derive(Clone, Default)]
@@ -94,8 +98,9 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning, and say so a few times
+                    // a minute, not twenty times a second.
+                    within_budget!(ACCEPT_ERRORS, warn, error = %e, "accept failed{}", crate::storage::limit_hint(&e));
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }

@@ -110,8 +110,8 @@ pub enum StorageError {
     },
 }
 
-/// What to do about running out of file descriptors (one per partition, one per connection).
-fn limit_hint(e: &io::Error) -> &'static str {
+/// What to do about running out of file descriptors (one per segment, one per connection).
+pub(crate) fn limit_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::EMFILE) => {
             " (the process's open-files limit: raise it, e.g. LimitNOFILE= in the systemd unit or ulimit -n)"

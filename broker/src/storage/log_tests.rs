@@ -7,7 +7,7 @@ use kafka_protocol::records::Compression;
 
 use super::batch::*;
 use super::error::{BatchError, StorageError};
-use super::segment::{FAIL_AFTER_BYTES, index_path, log_path};
+use super::segment::{FAIL_AFTER_BYTES, index_path, log_path, timeindex_path};
 use super::testutil::*;
 use super::{FlushPolicy, LogConfig, PartitionLog};
 
@@ -728,6 +728,55 @@ fn retention_by_time_and_bytes() {
     drop(log);
     let log = open(dir.path(), cfg());
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (6, 10));
+}
+
+/// A segment file removed by hand (an operator freeing a full disk) counts as deleted when
+/// retention gets to it; retention goes on instead of failing at every check.
+#[test]
+fn retention_takes_a_segment_removed_by_hand_as_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = batch(2, NOW).len() as u64;
+    let config = LogConfig {
+        segment_bytes: 1,
+        retention_ms: None,
+        retention_bytes: Some(2 * one),
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config);
+    for _ in 0..5 {
+        log.append(&batch(2, NOW), NOW).unwrap();
+    }
+    fs::remove_file(log_path(dir.path(), 0)).unwrap();
+    let r = log.maintenance(NOW).unwrap();
+    assert_eq!(r.segments_deleted, 3);
+    assert_eq!(log.segment_bases(), vec![6, 8]);
+}
+
+/// A sealed segment whose index files cannot be written at start (as on a full disk) is
+/// served from its index in memory: the start does not fail.
+#[test]
+fn index_files_that_cannot_be_written_at_start_leave_the_log_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 3000,
+        index_interval_bytes: 100,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    for i in 0..40 {
+        log.append(&batch(2, NOW + i), NOW).unwrap();
+    }
+    let all = log.read(0, usize::MAX).unwrap();
+    log.close().unwrap();
+    // The first segment's index files give way to directories: writing them fails.
+    for path in [index_path(dir.path(), 0), timeindex_path(dir.path(), 0)] {
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("in-the-way"), b"").unwrap();
+    }
+    let log = open(dir.path(), config);
+    assert_eq!(log.read(0, usize::MAX).unwrap(), all);
+    check_every_offset(&log);
 }
 
 #[test]

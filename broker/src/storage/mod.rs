@@ -42,7 +42,7 @@ mod replica;
 mod retention;
 mod segment;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod txn;
 
 use std::time::Duration;
@@ -50,6 +50,7 @@ use std::time::Duration;
 pub use batch::*;
 pub(crate) use compaction::empty_batch;
 pub use compaction::{CompactionOutcome, CompactionPass};
+pub(crate) use error::limit_hint;
 pub use error::{BatchError, StorageError};
 pub(crate) use index::write_file_atomic;
 pub use log::{PartitionLog, PendingFlush, PendingSeal, ReadPlan, check_produce_records};

@@ -252,7 +252,11 @@ impl Segment {
             // A segment whose seal never ran (a crash after its roll) may have data only in the
             // page cache: make it durable before the index files that vouch for it.
             seg.sync()?;
-            seg.write_index_files()?;
+            // The index files only spare the next start this scan: without them (say, on a
+            // full disk) the segment is served from the index in memory.
+            if let Err(e) = seg.write_index_files() {
+                warn!(file = %seg.path.display(), error = %e, "cannot write the index files of a sealed segment; its index is kept in memory and the files written at a later start");
+            }
         }
         Ok(seg)
     }
@@ -481,7 +485,13 @@ impl Segment {
     /// Delete the segment's files (the open descriptor stays usable until dropped), with any
     /// tail a start-up cut from it and kept beside it ([`keep_discarded`]).
     pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
-        fs::remove_file(&self.path).map_err(io_err(&self.path))?;
+        // A log file already gone (removed by hand, say on a full disk) is as good as deleted.
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(&self.path)(e));
+            }
+            _ => {}
+        }
         let _ = fs::remove_file(index_path(&self.dir, self.base_offset));
         let _ = fs::remove_file(timeindex_path(&self.dir, self.base_offset));
         let kept = format!("{:020}.log.discarded-", self.base_offset);

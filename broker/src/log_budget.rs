@@ -1,0 +1,72 @@
+//! Log lines that a fault can repeat many times a second (a client's bad frames, a full disk
+//! failing every write, a process out of file descriptors) are held to a budget per minute,
+//! broker-wide per kind: beyond it they go to debug, and the next line written says how many
+//! were held back. A fault must not fill the gateway's disk with its own log.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// A budget of log lines per minute of the clock.
+pub(crate) struct LogBudget {
+    per_minute: u32,
+    minute: AtomicU64,
+    used: AtomicU32,
+    held_back: AtomicU64,
+}
+
+impl LogBudget {
+    pub(crate) const fn new(per_minute: u32) -> LogBudget {
+        LogBudget {
+            per_minute,
+            minute: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one written)` when a line may be written now.
+    pub(crate) fn take(&self) -> Option<u64> {
+        self.take_at(crate::broker::now_ms().max(0) as u64 / 60_000)
+    }
+
+    /// [`LogBudget::take`] in minute `minute` of the clock.
+    fn take_at(&self, minute: u64) -> Option<u64> {
+        if self.minute.swap(minute, Ordering::Relaxed) != minute {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_minute {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// A `tracing` event at `$level` within `$budget` (a [`LogBudget`]), at debug beyond it, with
+/// `held_back` added to the first line written after lines were held back.
+macro_rules! within_budget {
+    ($budget:expr, $level:ident, $($arg:tt)+) => {
+        match $budget.take() {
+            Some(0) => tracing::$level!($($arg)+),
+            Some(held_back) => tracing::$level!(held_back, $($arg)+),
+            None => tracing::debug!($($arg)+),
+        }
+    };
+}
+pub(crate) use within_budget;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_beyond_the_budget_are_held_back_and_counted() {
+        let budget = LogBudget::new(20);
+        let first: Vec<_> = (0..25).map(|_| budget.take_at(7)).collect();
+        assert!(first[..20].iter().all(|t| *t == Some(0)));
+        assert!(first[20..].iter().all(Option::is_none));
+        // The next minute: the first line says how many were held back.
+        assert_eq!(budget.take_at(8), Some(5));
+        assert_eq!(budget.take_at(8), Some(0));
+    }
+}
