@@ -503,21 +503,32 @@ impl Catalog {
             }));
         }
         let mut parts = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            // A directory left over from an earlier topic of the same name would resurrect its
-            // records; a new topic starts empty.
-            self.clear_place(&name, p, now_ms)?;
-            parts.push(self.open_partition(&name, p, config.clone(), now_ms)?);
-        }
-        self.meta.put_topic(
-            &name,
-            &TopicRecord {
+        // The directories made for it, removed again if the topic cannot be made (a full disk,
+        // too many open files): a failed CreateTopics leaves nothing behind.
+        let mut made = Vec::new();
+        let mut make = || -> Result<(), CatalogError> {
+            for p in 0..partitions {
+                // A directory left over from an earlier topic of the same name would resurrect
+                // its records; a new topic starts empty.
+                self.clear_place(&name, p, now_ms)?;
+                made.push(self.partition_dir(&name, p));
+                parts.push(self.open_partition(&name, p, config.clone(), now_ms)?);
+            }
+            let record = TopicRecord {
                 id: id.simple().to_string(),
                 partitions,
                 replication_factor,
                 configs: configs.clone(),
-            },
-        )?;
+            };
+            Ok(self.meta.put_topic(&name, &record)?)
+        };
+        if let Err(e) = make() {
+            drop(parts);
+            for dir in made {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(e);
+        }
         let topic = Arc::new(Topic {
             name: name.clone(),
             id,
@@ -776,8 +787,16 @@ mod tests {
         std::fs::create_dir_all(&interrupted).unwrap();
         std::fs::write(interrupted.join("00000000000000000000.log"), b"x").unwrap();
         drop(catalog);
-        let _catalog = open("meta-2.redb");
+        let catalog = open("meta-2.redb");
         assert!(!interrupted.exists());
         assert_eq!(entries("k-"), aside, "kept aside across starts");
+
+        // A topic that cannot be made (here a file is in the way of its second partition)
+        // leaves no directory behind.
+        std::fs::write(data.join("t-1"), b"").unwrap();
+        let failed = catalog.create_topic("t", 3, 1, BTreeMap::new(), false, NOW);
+        assert!(failed.is_err());
+        assert_eq!(entries("t-"), ["t-1"], "only the file that was in the way");
+        assert!(catalog.get("t").is_none());
     }
 }

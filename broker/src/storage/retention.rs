@@ -62,13 +62,20 @@ impl PartitionLog {
                 end,
             });
         }
-        if offset > self.log_start_offset {
-            self.log_start_offset = offset;
-            self.write_log_start()?;
-        }
+        // The segments wholly below the new start go first: on a full disk that frees the room
+        // the start's file needs.
         let mut report = MaintenanceReport::default();
-        while self.segments.len() > 1 && self.segments[1].base_offset <= self.log_start_offset {
+        while self.segments.len() > 1 && self.segments[1].base_offset <= offset {
             self.delete_oldest(&mut report)?;
+        }
+        if offset > self.log_start_offset {
+            let was = self.log_start_offset;
+            self.log_start_offset = offset;
+            if let Err(e) = self.write_log_start() {
+                // Where a start would find it: the file's offset, or the first segment's.
+                self.log_start_offset = was;
+                return Err(e);
+            }
         }
         Ok(self.log_start_offset)
     }
