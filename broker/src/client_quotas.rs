@@ -1,5 +1,6 @@
 //! Kafka client quotas per user and client id, as Kafka enforces them: byte rates, the share of
-//! request-handling time, and the rate of topic and partition changes; set with
+//! request-handling time, and the rate of topic and partition changes; and per IP address, the
+//! rate of new connections; set with
 //! AlterClientQuotas (`kafka-configs --alter --add-config producer_byte_rate=1048576
 //! --entity-type users --entity-name alice`, an admin client's `alterClientQuotas`) and kept in
 //! the metadata database across restarts.
@@ -32,6 +33,10 @@
 //!   throttled after ([`charge`]), as Kafka does. Its debt is not capped (a change of thousands
 //!   of partitions holds further changes back for as long as they take at the rate, as in
 //!   Kafka); `validate_only` requests are neither refused nor charged.
+//! - `connection_creation_rate` (KIP-612) on an IP address, or the default IP (each address
+//!   counted alone): new connections a second from it, on every client listener; one over it
+//!   is closed at once (TCP, TLS) or refused (QUIC) ([`ClientQuotas::take_connection`]). IP
+//!   entities take this key only, and it is taken by them only, as in Kafka.
 //!
 //! Which quota applies to a request: for each key separately, the first entity that has one, in
 //! Kafka's order: user and client id, user and default client id, user, default user and client
@@ -53,13 +58,12 @@
 //! Every response with a `throttle_time_ms` carries the longest throttle of its request,
 //! whichever quota set it (`protocol::Typed`).
 //!
-//! Not enforced: quotas on IP addresses (`connection_creation_rate`): AlterClientQuotas refuses
-//! them with the reason instead of keeping a quota that does nothing.
 //! Quota plugins (`plugins::quota`) throttle and reject by any rule besides; a request gets the
 //! longer of the two throttles.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
@@ -67,6 +71,8 @@ use std::time::Instant;
 use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use crate::acl::{CLUSTER_NAME, Operation, ResourceType};
+use crate::broker::Broker;
+use crate::log_budget::{LogBudget, within_budget};
 use crate::meta::{MetaError, MetaStore};
 use crate::plugins::quota;
 use crate::protocol::Ctx;
@@ -94,6 +100,8 @@ pub enum QuotaKey {
     RequestPercentage,
     /// Partitions created or deleted per second.
     ControllerMutationRate,
+    /// Connections opened per second from an IP address.
+    ConnectionCreationRate,
 }
 
 impl QuotaKey {
@@ -103,6 +111,7 @@ impl QuotaKey {
             QuotaKey::ConsumerByteRate => "consumer_byte_rate",
             QuotaKey::RequestPercentage => "request_percentage",
             QuotaKey::ControllerMutationRate => "controller_mutation_rate",
+            QuotaKey::ConnectionCreationRate => "connection_creation_rate",
         }
     }
 
@@ -113,9 +122,10 @@ impl QuotaKey {
             "consumer_byte_rate" => Ok(QuotaKey::ConsumerByteRate),
             "request_percentage" => Ok(QuotaKey::RequestPercentage),
             "controller_mutation_rate" => Ok(QuotaKey::ControllerMutationRate),
+            "connection_creation_rate" => Ok(QuotaKey::ConnectionCreationRate),
             _ => Err(format!(
                 "{name:?} is not a client quota (producer_byte_rate, consumer_byte_rate, \
-                 request_percentage or controller_mutation_rate)"
+                 request_percentage, controller_mutation_rate or connection_creation_rate)"
             )),
         }
     }
@@ -183,11 +193,13 @@ impl Name {
     }
 }
 
-/// What a quota is set on.
+/// What a quota is set on: a user, a client id or both; or an IP address alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Entity {
     pub user: Option<Name>,
     pub client_id: Option<Name>,
+    /// A named IP address is kept in its canonical form (`IpAddr`'s, IPv4 for a mapped one).
+    pub ip: Option<Name>,
 }
 
 impl Entity {
@@ -204,21 +216,77 @@ impl Entity {
             let slot = match kind {
                 USER => &mut entity.user,
                 CLIENT_ID => &mut entity.client_id,
-                IP => {
-                    return Err("quotas on IP addresses (connection_creation_rate) are not \
-                                enforced by this broker"
-                        .to_string());
+                IP => &mut entity.ip,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not an entity type (user, client-id, ip)"
+                    ));
                 }
-                other => return Err(format!("{other:?} is not an entity type (user, client-id)")),
+            };
+            let name = match (kind, name) {
+                (IP, Name::Named(n)) => match n.parse::<IpAddr>() {
+                    Ok(addr) => Name::Named(addr.to_canonical().to_string()),
+                    Err(_) => return Err(format!("{n:?} is not an IP address")),
+                },
+                (_, name) => name,
             };
             if slot.replace(name).is_some() {
                 return Err(format!("the entity names {kind} twice"));
             }
         }
-        if entity.user.is_none() && entity.client_id.is_none() {
-            return Err("the entity is empty (name a user, a client id or both)".to_string());
+        if entity.ip.is_some() && (entity.user.is_some() || entity.client_id.is_some()) {
+            return Err(
+                "an IP address quota names the address alone (no user or client id)".into(),
+            );
+        }
+        if entity.user.is_none() && entity.client_id.is_none() && entity.ip.is_none() {
+            return Err("the entity is empty (name a user, a client id or both, or an IP)".into());
         }
         Ok(entity)
+    }
+
+    /// Whether `key` may be set on this entity: connection_creation_rate on an IP address and
+    /// the other keys on users and client ids, as Kafka has it.
+    pub fn takes(&self, key: QuotaKey) -> Result<(), String> {
+        match (self.ip.is_some(), key == QuotaKey::ConnectionCreationRate) {
+            (true, false) => Err(format!(
+                "{}: an IP address takes connection_creation_rate only",
+                key.name()
+            )),
+            (false, true) => {
+                Err("connection_creation_rate is set on an IP address (entity type ip)".to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The parts kept in the metadata database (`meta::CLIENT_QUOTAS`): (kind, name) of the
+    /// user and of the client id; an IP entity's address takes the user's place, kinds 3
+    /// (default) and 4 (named).
+    fn stored(&self) -> ((i8, String), (i8, String)) {
+        match &self.ip {
+            Some(Name::Default) => ((3, String::new()), (0, String::new())),
+            Some(Name::Named(ip)) => ((4, ip.clone()), (0, String::new())),
+            None => (Name::stored(&self.user), Name::stored(&self.client_id)),
+        }
+    }
+
+    fn from_stored(user: (i8, String), client: (i8, String)) -> Option<Entity> {
+        match user {
+            (3, _) => Some(Entity {
+                ip: Some(Name::Default),
+                ..Entity::default()
+            }),
+            (4, ip) => Some(Entity {
+                ip: Some(Name::Named(ip)),
+                ..Entity::default()
+            }),
+            user => Some(Entity {
+                user: Name::from_stored(user)?,
+                client_id: Name::from_stored(client)?,
+                ip: None,
+            }),
+        }
     }
 
     /// The entity's (type, name) components, user first; `None` is the default.
@@ -230,6 +298,9 @@ impl Entity {
         if let Some(c) = &self.client_id {
             out.push((CLIENT_ID, c.as_option()));
         }
+        if let Some(ip) = &self.ip {
+            out.push((IP, ip.as_option()));
+        }
         out
     }
 
@@ -237,6 +308,7 @@ impl Entity {
         match kind {
             USER => self.user.as_ref(),
             CLIENT_ID => self.client_id.as_ref(),
+            IP => self.ip.as_ref(),
             _ => None,
         }
     }
@@ -266,9 +338,12 @@ impl Filter {
         let mut seen = Vec::new();
         for (kind, _) in &self.components {
             match kind.as_str() {
-                USER | CLIENT_ID => {}
-                IP => return Err("quotas on IP addresses are not kept by this broker".into()),
-                other => return Err(format!("{other:?} is not an entity type (user, client-id)")),
+                USER | CLIENT_ID | IP => {}
+                other => {
+                    return Err(format!(
+                        "{other:?} is not an entity type (user, client-id, ip)"
+                    ));
+                }
             }
             if seen.contains(&kind) {
                 return Err(format!("the filter names {kind} twice"));
@@ -282,7 +357,8 @@ impl Filter {
         let named = |kind: &str| self.components.iter().any(|(k, _)| k == kind);
         if self.strict
             && ((entity.user.is_some() && !named(USER))
-                || (entity.client_id.is_some() && !named(CLIENT_ID)))
+                || (entity.client_id.is_some() && !named(CLIENT_ID))
+                || (entity.ip.is_some() && !named(IP)))
         {
             return false;
         }
@@ -335,7 +411,7 @@ fn shape_bit(user: Part, client_id: Part) -> u16 {
 
 /// The shapes of the entities that have a quota, as bits of [`shape_bit`].
 fn shapes(table: &Table) -> u16 {
-    table.keys().fold(0, |bits, e| {
+    table.keys().filter(|e| e.ip.is_none()).fold(0, |bits, e| {
         bits | shape_bit(Part::of(&e.user), Part::of(&e.client_id))
     })
 }
@@ -441,10 +517,11 @@ impl ClientQuotas {
         let mut table = Table::new();
         for record in meta.client_quotas()? {
             let ((uk, user), (ck, client), key, value) = record;
-            let parts = Name::from_stored((uk, user)).zip(Name::from_stored((ck, client)));
-            match (parts, QuotaKey::parse(&key)) {
-                (Some((user, client_id)), Ok(k)) => {
-                    let entity = Entity { user, client_id };
+            match (
+                Entity::from_stored((uk, user), (ck, client)),
+                QuotaKey::parse(&key),
+            ) {
+                (Some(entity), Ok(k)) => {
                     table.entry(entity).or_default().insert(k, value);
                 }
                 _ => tracing::warn!(key, "unreadable client quota skipped"),
@@ -492,10 +569,11 @@ impl ClientQuotas {
         let mut next = Table::clone(&self.current().quotas);
         for (entity, ops) in changes {
             let quotas = next.entry(entity.clone()).or_default();
+            let (user, client_id) = entity.stored();
             for (key, value) in ops {
                 rows.push((
-                    Name::stored(&entity.user),
-                    Name::stored(&entity.client_id),
+                    user.clone(),
+                    client_id.clone(),
                     key.name().to_string(),
                     *value,
                 ));
@@ -537,6 +615,7 @@ impl ClientQuotas {
             let entity = Entity {
                 user: part(u, user),
                 client_id: part(c, client_id),
+                ip: None,
             };
             let rate = key.rate(*table.quotas.get(&entity)?.get(&key)?);
             // A quota on a user (or the default user) alone counts all its client ids
@@ -604,6 +683,59 @@ impl ClientQuotas {
                 Ok(())
             }
             ms => Err(ms),
+        })
+    }
+
+    /// Counts a new connection from `ip` against its `connection_creation_rate` (the address's
+    /// own, else the default IP's, each address counted alone): `Err(ms)` when the address is
+    /// over it, and the connection is to be turned away.
+    pub fn take_connection(&self, ip: IpAddr) -> Result<(), u32> {
+        if !self.any.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let key = QuotaKey::ConnectionCreationRate;
+        let ip = ip.to_canonical().to_string();
+        let table = self.current();
+        let quota = |name: Name| {
+            let entity = Entity {
+                ip: Some(name),
+                ..Entity::default()
+            };
+            table.quotas.get(&entity)?.get(&key).copied()
+        };
+        let Some(rate) = quota(Name::Named(ip.clone())).or_else(|| quota(Name::Default)) else {
+            return Ok(());
+        };
+        self.with_bucket(
+            (key, 0, ip, String::new()),
+            rate,
+            Instant::now(),
+            |b| match owed_ms(key, b.credit, rate) {
+                0 => {
+                    b.credit -= 1.0;
+                    Ok(())
+                }
+                ms => Err(ms),
+            },
+        )
+    }
+
+    /// Whether a `connection_creation_rate` applies to connections from `ip`.
+    pub fn limits_connections(&self, ip: IpAddr) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let ip = ip.to_canonical().to_string();
+        let table = self.current();
+        [Name::Named(ip), Name::Default].into_iter().any(|name| {
+            let entity = Entity {
+                ip: Some(name),
+                ..Entity::default()
+            };
+            table
+                .quotas
+                .get(&entity)
+                .is_some_and(|q| q.contains_key(&QuotaKey::ConnectionCreationRate))
         })
     }
 
@@ -721,6 +853,26 @@ pub fn timed(ctx: &Ctx, api: ApiKey, request: &dyn Any) -> bool {
     }
 }
 
+/// Connections turned away by a `connection_creation_rate`, logged per minute.
+static REFUSED_CONNECTIONS: LogBudget = LogBudget::new(10);
+
+/// Whether a new connection from `peer` on `listener` may go on by its address's
+/// `connection_creation_rate` ([`ClientQuotas::take_connection`]); one that may not is counted
+/// as a throttle and logged (within a budget), and the caller closes or refuses it.
+pub fn admit_connection(broker: &Broker, peer: SocketAddr, listener: &str) -> bool {
+    match broker.client_quotas.take_connection(peer.ip()) {
+        Ok(()) => true,
+        Err(ms) => {
+            broker
+                .metrics
+                .client_quota_throttled
+                .fetch_add(1, Ordering::Relaxed);
+            within_budget!(REFUSED_CONNECTIONS, info, %peer, listener, retry_in_ms = ms, "connection turned away: its address is over its connection_creation_rate");
+            false
+        }
+    }
+}
+
 /// Whether a quota of `key` applies to the client.
 pub fn limits(ctx: &Ctx, key: QuotaKey) -> bool {
     let quotas = &ctx.broker.client_quotas;
@@ -790,8 +942,8 @@ pub fn user_of(principal: &str) -> &str {
     principal.strip_prefix("User:").unwrap_or(principal)
 }
 
-/// Checks a quota's value: a positive number, and for a byte rate a whole one (Kafka's byte
-/// rates are LONG, its other keys DOUBLE).
+/// Checks a quota's value: a positive number, and for a byte rate or a connection rate a whole
+/// one (Kafka's byte rates are LONG, its connection rate an INT, its other keys DOUBLE).
 pub fn check_value(key: QuotaKey, value: f64) -> Result<(), String> {
     if !value.is_finite() || value <= 0.0 {
         return Err(format!(
@@ -811,6 +963,17 @@ pub fn check_value(key: QuotaKey, value: f64) -> Result<(), String> {
     }
     if value.fract() != 0.0 {
         return Err(format!("{}: {value:?} is not a whole number", key.name()));
+    }
+    if key == QuotaKey::ConnectionCreationRate {
+        // Kafka's connection_creation_rate is an INT.
+        return if value > f64::from(i32::MAX) {
+            Err(format!(
+                "{}: {value:?} is more than an INT holds (2147483647)",
+                key.name()
+            ))
+        } else {
+            Ok(())
+        };
     }
     // Kafka's byte rates are LONG values.
     if value >= i64::MAX as f64 {
@@ -839,6 +1002,7 @@ mod tests {
         Entity {
             user: part(user),
             client_id: part(client),
+            ip: None,
         }
     }
 
@@ -1058,6 +1222,48 @@ mod tests {
     }
 
     #[test]
+    fn connections_are_counted_per_address_and_kept_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = quotas(dir.path());
+        let rate = |ip: Option<&str>, v: f64| {
+            let entity = Entity::from_components([(IP, ip)]).unwrap();
+            q.alter(&[(entity, vec![(QuotaKey::ConnectionCreationRate, Some(v))])])
+                .unwrap();
+        };
+        rate(Some("10.0.0.1"), 1.0);
+        rate(None, 3.0);
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let (two, three): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "::1".parse().unwrap());
+        // 10.0.0.1's own rate: one, and the one after it while not in debt.
+        assert!(q.take_connection(one).is_ok() && q.take_connection(one).is_ok());
+        assert!(q.take_connection(one).is_err());
+        // The default: each address its own bucket of three.
+        for ip in [two, three] {
+            assert!((0..4).all(|_| q.take_connection(ip).is_ok()), "{ip}");
+            assert!(q.take_connection(ip).is_err());
+        }
+        assert!(q.limits_connections(two));
+        drop(q);
+        let q = quotas(dir.path());
+        let kept: Vec<_> = q
+            .describe(&Filter {
+                components: vec![(IP.to_string(), Match::Any)],
+                strict: true,
+            })
+            .into_iter()
+            .map(|(e, v)| (e.ip, v))
+            .collect();
+        let rate = QuotaKey::ConnectionCreationRate;
+        assert_eq!(
+            kept,
+            vec![
+                (Some(Name::Default), vec![(rate, 3.0)]),
+                (Some(Name::Named("10.0.0.1".into())), vec![(rate, 1.0)]),
+            ]
+        );
+    }
+
+    #[test]
     fn filters_match_as_kafkas() {
         let dir = tempfile::tempdir().unwrap();
         let q = quotas(dir.path());
@@ -1122,9 +1328,21 @@ mod tests {
             vec![],
             vec![(USER, Some("a")), (USER, Some("b"))],
             vec![("group", Some("g"))],
-            vec![(IP, Some("10.0.0.1"))],
+            vec![(IP, Some("10.0.0.1")), (CLIENT_ID, None)],
+            vec![(IP, Some("10.0.0"))],
         ] {
             assert!(Entity::from_components(bad.clone()).is_err(), "{bad:?}");
+        }
+        // An address is kept in its canonical form; it takes connection_creation_rate only.
+        let ip = Entity::from_components([(IP, Some("::ffff:192.0.2.7"))]).unwrap();
+        assert_eq!(ip.components(), vec![(IP, Some("192.0.2.7"))]);
+        assert!(ip.takes(QuotaKey::ConnectionCreationRate).is_ok());
+        assert!(ip.takes(QuotaKey::ProducerByteRate).is_err());
+        assert!(ok.takes(QuotaKey::ConnectionCreationRate).is_err());
+        let c = QuotaKey::ConnectionCreationRate;
+        assert!(check_value(c, 20.0).is_ok());
+        for bad in [0.5, 2.5, 3e9] {
+            assert!(check_value(c, bad).is_err(), "{bad}");
         }
         assert_eq!(
             QuotaKey::parse("request_percentage"),

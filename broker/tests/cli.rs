@@ -649,6 +649,31 @@ async fn quotas_commands_set_list_and_remove_the_quotas_the_broker_enforces() {
         );
         let (ok, _, err) = run(admin, &[&["quotas", "remove"][..], &bob, &keys].concat());
         assert!(ok, "{err}");
+        // An IP address's connection rate.
+        let ip = ["--ip", "10.1.2.3"];
+        let (ok, _, err) = run(
+            admin,
+            &[
+                &["quotas", "set"][..],
+                &ip,
+                &["connection_creation_rate=20"],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{err}");
+        let (ok, out, err) = run(admin, &[&["quotas", "list"][..], &ip].concat());
+        assert!(ok, "{err}");
+        assert_eq!(out, "ip=10.1.2.3\tconnection_creation_rate=20\n");
+        let (ok, _, err) = run(
+            admin,
+            &[
+                &["quotas", "remove"][..],
+                &ip,
+                &["connection_creation_rate"],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{err}");
         // What the broker refuses, and what the command cannot send, are named.
         let (ok, _, err) = run(admin, &["quotas", "set", "--user", "bob", "fetch_rate=5"]);
         assert!(!ok && err.contains("not a client quota"), "{err}");

@@ -17,7 +17,7 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    AlterClientQuotasRequest, AlterClientQuotasResponse, CreateAclsRequest,
+    AlterClientQuotasRequest, AlterClientQuotasResponse, ApiVersionsRequest, CreateAclsRequest,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeClientQuotasRequest,
     DescribeClientQuotasResponse, FetchRequest, FetchResponse, MetadataRequest, ProduceResponse,
     TopicName,
@@ -187,9 +187,23 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
                     &[("client-id", None)],
                     &[("consumer_byte_rate", Some(8192.0))],
                 ),
+                // An IPv4 address as IPv6 gives it: kept as the IPv4 address.
+                entry(
+                    &[("ip", Some("::ffff:10.0.0.1"))],
+                    &[("connection_creation_rate", Some(5.0))],
+                ),
                 // Each of these is refused alone, with its reason.
                 entry(
-                    &[("ip", Some("10.0.0.1"))],
+                    &[("ip", Some("10.0.0.1")), ("user", Some("bob"))],
+                    &[("connection_creation_rate", Some(5.0))],
+                ),
+                entry(
+                    &[("ip", Some("gateway.local"))],
+                    &[("connection_creation_rate", Some(5.0))],
+                ),
+                entry(&[("ip", None)], &[("producer_byte_rate", Some(5.0))]),
+                entry(
+                    &[("user", Some("bob"))],
                     &[("connection_creation_rate", Some(5.0))],
                 ),
                 entry(
@@ -214,21 +228,25 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
             false,
         )
         .await;
-    assert_eq!(
-        &answers[..3],
-        &[(0, String::new()), (0, String::new()), (0, String::new())]
-    );
-    for (code, message) in &answers[3..] {
+    assert_eq!(&answers[..4], vec![(0, String::new()); 4]);
+    for (code, message) in &answers[4..] {
         assert_eq!(*code, E::InvalidRequest.code(), "{message}");
     }
-    let why: Vec<&str> = answers[3..].iter().map(|(_, m)| m.as_str()).collect();
-    assert!(why[0].contains("IP addresses"), "{}", why[0]);
-    assert!(why[1].contains("not a positive number"), "{}", why[1]);
-    assert!(why[2].contains("not a client quota"), "{}", why[2]);
-    assert!(why[3].contains("not a whole number"), "{}", why[3]);
+    let why: Vec<&str> = answers[4..].iter().map(|(_, m)| m.as_str()).collect();
+    assert!(why[0].contains("address alone"), "{}", why[0]);
+    assert!(why[1].contains("not an IP address"), "{}", why[1]);
+    assert!(
+        why[2].contains("connection_creation_rate only"),
+        "{}",
+        why[2]
+    );
+    assert!(why[3].contains("set on an IP address"), "{}", why[3]);
     assert!(why[4].contains("not a positive number"), "{}", why[4]);
-    assert!(why[5].contains("twice"), "{}", why[5]);
-    assert!(why[6].contains("empty"), "{}", why[6]);
+    assert!(why[5].contains("not a client quota"), "{}", why[5]);
+    assert!(why[6].contains("not a whole number"), "{}", why[6]);
+    assert!(why[7].contains("not a positive number"), "{}", why[7]);
+    assert!(why[8].contains("twice"), "{}", why[8]);
+    assert!(why[9].contains("empty"), "{}", why[9]);
     // validate_only checks and keeps nothing.
     let checked = admin
         .alter(
@@ -241,7 +259,7 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
         .await;
     assert_eq!(checked, vec![(0, String::new())]);
 
-    let all = vec![
+    let all = [
         (
             "client-id=<default>".to_string(),
             values(&[("consumer_byte_rate", 8192.0)]),
@@ -258,7 +276,16 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
             ]),
         ),
     ];
-    assert_eq!(admin.describe(vec![], false).await, Ok(all.clone()));
+    let ip = (
+        "ip=10.0.0.1".to_string(),
+        values(&[("connection_creation_rate", 5.0)]),
+    );
+    let everything = vec![all[0].clone(), ip.clone(), all[1].clone(), all[2].clone()];
+    assert_eq!(admin.describe(vec![], false).await, Ok(everything.clone()));
+    assert_eq!(
+        admin.describe(vec![("ip", 2, None)], true).await,
+        Ok(vec![ip.clone()])
+    );
     // Filters: exact (0), default (1), any (2); strict leaves out entities with other parts.
     assert_eq!(
         admin.describe(vec![("user", 0, Some("alice"))], true).await,
@@ -297,7 +324,7 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
     broker.shutdown().await;
     let broker = common::start_with(cfg.clone()).await;
     let mut admin = Client::connect(&broker.bootstrap(), "admin").await;
-    assert_eq!(admin.describe(vec![], false).await, Ok(all.clone()));
+    assert_eq!(admin.describe(vec![], false).await, Ok(everything));
     // Removing a key (and one that is not set) leaves the others; the last key takes the
     // entity with it.
     let removed = admin
@@ -309,6 +336,10 @@ async fn quotas_are_set_described_checked_and_kept_across_a_restart() {
                 ),
                 entry(&[("user", Some("alice"))], &[("producer_byte_rate", None)]),
                 entry(&[("user", Some("nobody"))], &[("consumer_byte_rate", None)]),
+                entry(
+                    &[("ip", Some("10.0.0.1"))],
+                    &[("connection_creation_rate", None)],
+                ),
             ],
             false,
         )
@@ -916,5 +947,67 @@ async fn controller_mutation_rate_refuses_changes_over_it() {
     let (r, _) = later.call(&delete, 5).await;
     assert_eq!(r.responses[0].error_code, 0);
     assert!(broker.broker.catalog.get("twenty").is_none());
+    broker.shutdown().await;
+}
+
+/// connection_creation_rate on an IP address (KIP-612): connections from it over the rate are
+/// closed at once, unanswered; the default IP counts each address alone; removing the quota
+/// lets every connection in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_an_addresss_rate_are_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let addr = broker.bootstrap();
+    let mut admin = Client::connect(&addr, "admin").await;
+    // Two connections a second from this address (the default IP's 1000 do not apply to it).
+    let quotas = |value: Option<f64>| {
+        vec![
+            entry(
+                &[("ip", Some("127.0.0.1"))],
+                &[("connection_creation_rate", value)],
+            ),
+            entry(
+                &[("ip", None)],
+                &[("connection_creation_rate", value.map(|v| v * 500.0))],
+            ),
+        ]
+    };
+    assert_eq!(admin.alter(quotas(Some(2.0)), false).await.len(), 2);
+    // Eight connections at once, each asking for ApiVersions: a full bucket (2) lets the first
+    // through and the one after it (not yet in debt); the rest are closed unanswered.
+    let answered = async || {
+        // Connected all first, so that little refills between the connections.
+        let mut conns = Vec::new();
+        for _ in 0..8 {
+            conns.push(common::RawClient::connect(&addr).await);
+        }
+        let mut served = 0;
+        for mut raw in conns {
+            let frame = common::request_frame(&ApiVersionsRequest::default(), 3, 1, "counted");
+            raw.send_raw(&frame).await;
+            served += usize::from(raw.read_frame().await.is_some());
+        }
+        served
+    };
+    let served = answered().await;
+    assert!(
+        (2..=4).contains(&served),
+        "{served} of 8 connections served"
+    );
+    let refused = broker
+        .broker
+        .metrics
+        .client_quota_throttled
+        .load(Ordering::Relaxed);
+    assert!(refused >= 4, "{refused} turned away");
+    // A second later the address has room again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut raw = common::RawClient::connect(&addr).await;
+    let frame = common::request_frame(&ApiVersionsRequest::default(), 3, 1, "later");
+    raw.send_raw(&frame).await;
+    assert!(raw.read_frame().await.is_some());
+    // Without the quotas every connection is served.
+    assert_eq!(admin.alter(quotas(None), false).await.len(), 2);
+    assert_eq!(answered().await, 8);
     broker.shutdown().await;
 }

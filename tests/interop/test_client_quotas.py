@@ -70,6 +70,39 @@ def test_kafka_python_sets_describes_and_removes_quotas(broker):
         admin.close()
 
 
+def test_kafka_python_sets_an_ip_addresss_connection_rate(broker):
+    """`kafka-configs --entity-type ips`: an address takes connection_creation_rate (an address
+    not used by the other tests, so nothing is turned away here)."""
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    Entry = AlterClientQuotasRequest.EntryData
+    ip = [Entry.EntityData(entity_type="ip", entity_name="192.0.2.77")]
+
+    def alter(ops):
+        request = AlterClientQuotasRequest(entries=[Entry(entity=ip, ops=ops)],
+                                           validate_only=False)
+        return [(e.error_code, e.error_message) for e in _send(admin, request).entries]
+
+    def described():
+        component = DescribeClientQuotasRequest.ComponentData(
+            entity_type="ip", match_type=0, match="192.0.2.77")
+        response = _send(admin, DescribeClientQuotasRequest(components=[component], strict=True))
+        assert response.error_code == 0, response.error_message
+        return [{v.key: v.value for v in e.values} for e in response.entries]
+
+    try:
+        assert alter([Entry.OpData(key="connection_creation_rate", value=20.0,
+                                   remove=False)]) == [(0, None)]
+        assert described() == [{"connection_creation_rate": 20.0}]
+        [(code, message)] = alter([Entry.OpData(key="producer_byte_rate", value=1024.0,
+                                                remove=False)])
+        assert code == 42 and "connection_creation_rate only" in message, (code, message)
+        assert alter([Entry.OpData(key="connection_creation_rate", value=0.0,
+                                   remove=True)]) == [(0, None)]
+        assert described() == []
+    finally:
+        admin.close()
+
+
 def test_librdkafka_clients_are_held_to_their_byte_rates(broker):
     topic = unique("quota-topic")
     writer, reader = unique("quota-writer"), unique("quota-reader")

@@ -144,7 +144,8 @@ enum QuotasCommand {
     },
     /// Set quotas of a user, a client id or both: producer_byte_rate=1MiB,
     /// consumer_byte_rate=512KiB (bytes a second), request_percentage=50 (percent of one
-    /// thread's time), controller_mutation_rate=10 (partitions created or deleted a second).
+    /// thread's time), controller_mutation_rate=10 (partitions created or deleted a second);
+    /// of an IP address: connection_creation_rate=20 (connections a second).
     Set {
         #[command(flatten)]
         entity: quotas::Entity,

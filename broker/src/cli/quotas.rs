@@ -25,11 +25,12 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::Conn;
 use super::client::{TIMEOUT, runtime};
-use crate::client_quotas::{CLIENT_ID, USER};
+use crate::client_quotas::{CLIENT_ID, IP, USER};
 use crate::replication::Login;
 use crate::replication::peer::Peer;
 
-/// The user and client id a command is about; for `list`, a filter (none: every quota).
+/// The user and client id (or the IP address) a command is about; for `list`, a filter (none:
+/// every quota).
 #[derive(Args, Clone, Debug)]
 pub(super) struct Entity {
     /// A user: the principal's name (`alice` for User:alice; ANONYMOUS for clients that did
@@ -45,6 +46,12 @@ pub(super) struct Entity {
     /// The default client id: every client id without a quota of its own.
     #[arg(long)]
     client_default: bool,
+    /// An IP address, for connection_creation_rate (alone: not with a user or client id).
+    #[arg(long, conflicts_with_all = ["ip_default", "user", "user_default", "client_id", "client_default"])]
+    ip: Option<String>,
+    /// The default IP address: every address without a quota of its own, each counted alone.
+    #[arg(long, conflicts_with_all = ["user", "user_default", "client_id", "client_default"])]
+    ip_default: bool,
 }
 
 impl Entity {
@@ -61,6 +68,11 @@ impl Entity {
         } else if self.client_default {
             parts.push((CLIENT_ID, None));
         }
+        if let Some(ip) = &self.ip {
+            parts.push((IP, Some(ip.as_str())));
+        } else if self.ip_default {
+            parts.push((IP, None));
+        }
         parts
     }
 
@@ -69,7 +81,7 @@ impl Entity {
         if parts.is_empty() {
             bail!(
                 "name the entity: --user NAME or --user-default, --client-id NAME or \
-                 --client-default, or one of each"
+                 --client-default, or one of each; or --ip ADDRESS or --ip-default"
             );
         }
         Ok(parts)

@@ -216,6 +216,19 @@ async fn accept_loop(
             incoming.refuse();
             continue;
         };
+        // A connection_creation_rate counts addresses that answered a retry: a spoofed source
+        // address must not use up a real one's quota.
+        let peer = incoming.remote_address();
+        if broker.client_quotas.limits_connections(peer.ip()) {
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                let _ = incoming.retry();
+                continue;
+            }
+            if !crate::client_quotas::admit_connection(&broker, peer, "quic") {
+                incoming.refuse();
+                continue;
+            }
+        }
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         let advertised_host = advertised_host.clone();

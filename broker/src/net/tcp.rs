@@ -107,6 +107,10 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        if !crate::client_quotas::admit_connection(&broker, peer, kind.name()) {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let session = Session {
             peer,

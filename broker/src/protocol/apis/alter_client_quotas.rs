@@ -3,10 +3,11 @@
 //! --entity-type users --entity-name alice` (or `--entity-default`, `--delete-config`) and
 //! `AdminClient.alterClientQuotas`. They take effect at once and are kept across restarts.
 //!
-//! As in Kafka, each entry is answered alone: an entry with an unknown or repeated entity type
-//! (or an IP address, whose quotas this broker does not enforce), an unknown key, or a value
-//! that is not positive (for a byte rate, not a whole number a LONG holds) gets INVALID_REQUEST
-//! with the reason and changes nothing; the valid entries are kept in one metadata transaction
+//! As in Kafka, each entry is answered alone: an entry with an unknown or repeated entity type,
+//! an IP address beside a user or client id or one that is not an address, an unknown key or
+//! one the entity does not take (connection_creation_rate is for IP addresses, and they take
+//! nothing else), or a value that is not positive (for a byte rate, not a whole number a LONG
+//! holds) gets INVALID_REQUEST with the reason and changes nothing; the valid entries are kept in one metadata transaction
 //! (`validate_only` checks them and keeps nothing). Removing a quota that is not set is not an
 //! error.
 //!
@@ -122,6 +123,7 @@ fn check(entry: &AskedEntry) -> Result<(Entity, Vec<Change>), String> {
     let mut changes: Vec<Change> = Vec::with_capacity(entry.ops.len());
     for op in &entry.ops {
         let key = QuotaKey::parse(&op.key)?;
+        entity.takes(key)?;
         if changes.iter().any(|(k, _)| *k == key) {
             return Err(format!("{} is changed twice", key.name()));
         }
