@@ -493,17 +493,26 @@ async fn logins_run_out_and_clients_log_in_again_on_their_connection() {
     broker.shutdown().await;
 }
 
+/// A broker config in `dir` whose plaintext listener takes OAUTHBEARER tokens of the identity
+/// provider returned, with the JWKS file it reads.
+fn oauthbearer_config(
+    dir: &std::path::Path,
+) -> (common::TestIdp, std::path::PathBuf, runnel::Config) {
+    let idp = common::TestIdp::new("key-1");
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, idp.jwks()).unwrap();
+    let mut cfg = common::test_config(&dir.join("data"));
+    cfg.listeners.kafka.sasl_oauthbearer = true;
+    cfg.oauthbearer.jwks_file = jwks.clone();
+    (idp, jwks, cfg)
+}
+
 /// An OAUTHBEARER login lasts no longer than its token, whatever `connections_max_reauth`
 /// allows; a re-login brings a new token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oauthbearer_login_lasts_no_longer_than_its_token() {
     let dir = tempfile::tempdir().unwrap();
-    let idp = common::TestIdp::new("key-1");
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, idp.jwks()).unwrap();
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka.sasl_oauthbearer = true;
-    cfg.oauthbearer.jwks_file = jwks;
+    let (idp, _, mut cfg) = oauthbearer_config(dir.path());
     cfg.broker.connections_max_reauth = Duration::from_secs(3600);
     let broker = common::start_with(cfg).await;
     let mut raw = common::RawClient::connect(&broker.bootstrap()).await;
@@ -790,12 +799,7 @@ fn produce_with_token(bootstrap: &str, token: String, sub: &str) -> Result<(), S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_log_in_with_oauthbearer_tokens_and_bad_tokens_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let idp = common::TestIdp::new("key-1");
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, idp.jwks()).unwrap();
-    let mut cfg = common::test_config(&dir.path().join("data"));
-    cfg.listeners.kafka.sasl_oauthbearer = true;
-    cfg.oauthbearer.jwks_file = jwks.clone();
+    let (idp, jwks, mut cfg) = oauthbearer_config(dir.path());
     cfg.oauthbearer.expected_issuer = "https://idp.test".into();
     cfg.oauthbearer.expected_audience = vec!["runnel".into()];
     // The principal a token names is the one ACLs judge.

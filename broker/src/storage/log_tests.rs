@@ -497,20 +497,27 @@ fn recovery_discards_garbage_and_rolled_empty_segments_work() {
     check_every_offset(&log);
 }
 
-#[test]
-fn corrupt_index_files_are_rebuilt() {
-    let dir = tempfile::tempdir().unwrap();
+/// A closed log of 40 small batches over several segments with dense indexes: its config and
+/// every byte it returns.
+fn several_indexed_segments(dir: &std::path::Path) -> (LogConfig, bytes::Bytes) {
     let config = LogConfig {
         segment_bytes: 3000,
         index_interval_bytes: 100,
         ..cfg()
     };
-    let mut log = open(dir.path(), config.clone());
+    let mut log = open(dir, config.clone());
     for i in 0..40 {
         log.append(&batch(2, NOW + i), NOW).unwrap();
     }
     let all = log.read(0, usize::MAX).unwrap();
     log.close().unwrap();
+    (config, all)
+}
+
+#[test]
+fn corrupt_index_files_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, all) = several_indexed_segments(dir.path());
     let ip = index_path(dir.path(), 0);
     let good = fs::read(&ip).unwrap();
     assert!(good.len() >= 16);
@@ -757,17 +764,7 @@ fn retention_takes_a_segment_removed_by_hand_as_deleted() {
 #[test]
 fn index_files_that_cannot_be_written_at_start_leave_the_log_served() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_bytes: 3000,
-        index_interval_bytes: 100,
-        ..cfg()
-    };
-    let mut log = open(dir.path(), config.clone());
-    for i in 0..40 {
-        log.append(&batch(2, NOW + i), NOW).unwrap();
-    }
-    let all = log.read(0, usize::MAX).unwrap();
-    log.close().unwrap();
+    let (config, all) = several_indexed_segments(dir.path());
     // The first segment's index files give way to directories: writing them fails.
     for path in [index_path(dir.path(), 0), timeindex_path(dir.path(), 0)] {
         fs::remove_file(&path).unwrap();
