@@ -320,11 +320,18 @@ impl Catalog {
                 continue;
             }
             if name.contains('~') {
-                if !name.contains("~deleted-") {
-                    continue;
-                }
-                if let Err(e) = std::fs::remove_dir_all(&path) {
-                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove a deleted partition's directory");
+                let deleted = name.rsplit_once("~deleted-").is_some_and(|(_, ms)| {
+                    !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())
+                });
+                if deleted {
+                    match std::fs::remove_dir_all(&path) {
+                        Ok(()) => {
+                            tracing::info!(dir = %path.display(), "removed the directory of a partition whose deletion a stop interrupted")
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %path.display(), error = %e, "cannot remove a deleted partition's directory")
+                        }
+                    }
                 }
                 continue;
             }
@@ -547,16 +554,33 @@ impl Catalog {
             .write()
             .remove(name)
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
-        self.meta.delete_topic(name)?;
-        for p in topic.partitions() {
-            // Set aside first, so that a stop in the middle leaves a directory the next start
-            // finishes deleting rather than one taken for a partition.
-            let dir = self.partition_dir(name, p.index);
-            let doomed = set_aside(&dir, "deleted", crate::broker::now_ms()).unwrap_or(dir);
-            if let Err(e) = std::fs::remove_dir_all(&doomed) {
-                tracing::warn!(dir = %doomed.display(), error = %e, "cannot remove partition directory");
+        // Every directory is set aside before the metadata forgets the topic, so that a stop
+        // at any point leaves either the topic whole or directories the next start finishes
+        // deleting, never directories taken for partitions nobody knows.
+        let now = crate::broker::now_ms();
+        let doomed: Vec<(PathBuf, PathBuf)> = topic
+            .partitions()
+            .iter()
+            .map(|p| {
+                let dir = self.partition_dir(name, p.index);
+                let aside = set_aside(&dir, "deleted", now).unwrap_or_else(|_| dir.clone());
+                (dir, aside)
+            })
+            .collect();
+        if let Err(e) = self.meta.delete_topic(name) {
+            for (dir, aside) in &doomed {
+                let _ = std::fs::rename(aside, dir);
             }
-            // Wake fetchers so they notice the topic is gone.
+            self.write().insert(name.to_string(), topic);
+            return Err(e.into());
+        }
+        for (_, aside) in doomed {
+            if let Err(e) = std::fs::remove_dir_all(&aside) {
+                tracing::warn!(dir = %aside.display(), error = %e, "cannot remove partition directory");
+            }
+        }
+        // Wake fetchers so they notice the topic is gone.
+        for p in topic.partitions() {
             p.appended.notify_waiters();
         }
         tracing::info!(topic = %name, "topic deleted");

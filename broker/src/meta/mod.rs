@@ -261,7 +261,7 @@ impl MetaStore {
             });
         match &result {
             Err(e) if e.is_io() || matches!(e, MetaError::Damaged(_)) => {
-                tracing::warn!(error = %e, "metadata database failed an I/O operation; it is closed and opened again at a use a second or more later");
+                tracing::warn!(error = %e, "metadata database failed an operation; it is closed and opened again at a use a second or more later");
                 drop(db);
                 slot.closed = Some((std::time::Instant::now(), e.to_string()));
             }

@@ -6,7 +6,11 @@
 use kafka_protocol::error::ResponseError as E;
 
 use crate::catalog::CatalogError;
+use crate::log_budget::{LogBudget, within_budget};
 use crate::storage::StorageError;
+
+/// Storage I/O errors of requests logged per minute (a full disk fails every produce).
+static IO_ERRORS: LogBudget = LogBudget::new(30);
 
 pub fn storage_code(e: &StorageError) -> i16 {
     match e {
@@ -19,7 +23,8 @@ pub fn storage_code(e: &StorageError) -> i16 {
         StorageError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),
         StorageError::OutsideTransaction { .. } => E::InvalidTxnState.code(),
         StorageError::Io { .. } => {
-            tracing::error!(error = %e, "storage I/O error");
+            // A full disk fails every produce request: said within a budget.
+            within_budget!(IO_ERRORS, error, error = %e, "storage I/O error");
             E::KafkaStorageError.code()
         }
         #[allow(unreachable_patterns)]
