@@ -428,6 +428,25 @@ async fn logins_run_out_and_clients_log_in_again_on_their_connection() {
     assert!(why.contains("User:alice"), "{why}");
     assert!(raw.is_closed().await);
 
+    // Between a re-login's handshake and its SaslAuthenticate nothing else is taken.
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    assert_eq!(
+        raw.login_plain(b"\0alice\0a11ce-s3cret").await.error_code,
+        0
+    );
+    assert_eq!(raw.call(&handshake(), 1).await.error_code, 0);
+    raw.send_raw(&common::request_frame(
+        &MetadataRequest::default(),
+        9,
+        5,
+        "raw",
+    ))
+    .await;
+    assert!(
+        raw.read_frame().await.is_none(),
+        "no answer in the middle of a re-login"
+    );
+
     // A login that ran out: anything but logging in again closes the connection unanswered.
     let mut raw = common::RawClient::connect(&bootstrap).await;
     assert_eq!(
@@ -508,39 +527,53 @@ fn oauthbearer_config(
 }
 
 /// An OAUTHBEARER login lasts no longer than its token, whatever `connections_max_reauth`
-/// allows; a re-login brings a new token.
+/// allows, and also when it is 0 (as in Kafka); a re-login brings a new token, and a client
+/// that keeps using the connection past the token's expiry without one is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oauthbearer_login_lasts_no_longer_than_its_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let (idp, _, mut cfg) = oauthbearer_config(dir.path());
-    cfg.broker.connections_max_reauth = Duration::from_secs(3600);
-    let broker = common::start_with(cfg).await;
-    let mut raw = common::RawClient::connect(&broker.bootstrap()).await;
-    let mut login = async |token: String| {
-        let handshake = SaslHandshakeRequest::default()
-            .with_mechanism(StrBytes::from_static_str("OAUTHBEARER"));
-        assert_eq!(raw.call(&handshake, 1).await.error_code, 0);
-        let message = format!("n,,\x01auth=Bearer {token}\x01\x01");
-        let auth = raw
-            .call(
-                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message)),
-                2,
-            )
-            .await;
-        assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
-        auth.session_lifetime_ms
-    };
-    let first = login(idp.token("gateway-7", "runnel", 60)).await;
-    assert!(
-        (55_000..=60_000).contains(&first),
-        "{first} ms for a token of 60 s"
-    );
-    let second = login(idp.token("gateway-7", "runnel", 600)).await;
-    assert!(
-        (595_000..=600_000).contains(&second),
-        "{second} ms for a token of 600 s"
-    );
-    broker.shutdown().await;
+    for max_reauth in [Duration::from_secs(3600), Duration::ZERO] {
+        let dir = tempfile::tempdir().unwrap();
+        let (idp, _, mut cfg) = oauthbearer_config(dir.path());
+        cfg.broker.connections_max_reauth = max_reauth;
+        let broker = common::start_with(cfg).await;
+        let mut raw = common::RawClient::connect(&broker.bootstrap()).await;
+        let mut login = async |token: String| {
+            let handshake = SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_static_str("OAUTHBEARER"));
+            assert_eq!(raw.call(&handshake, 1).await.error_code, 0);
+            let message = format!("n,,\x01auth=Bearer {token}\x01\x01");
+            let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
+            let auth = raw.call(&request, 2).await;
+            assert_eq!(auth.error_code, 0, "{:?}", auth.error_message);
+            auth.session_lifetime_ms
+        };
+        let first = login(idp.token("gateway-7", "runnel", 60)).await;
+        assert!(
+            (55_000..=60_000).contains(&first),
+            "{first} ms for a token of 60 s"
+        );
+        let second = login(idp.token("gateway-7", "runnel", 600)).await;
+        assert!(
+            (595_000..=600_000).contains(&second),
+            "{second} ms for a token of 600 s"
+        );
+        // A token with a second left: the connection ends when it does.
+        let short = login(idp.token("gateway-7", "runnel", 1)).await;
+        assert!(short <= 1000, "{short} ms");
+        tokio::time::sleep(Duration::from_millis(short as u64 + 200)).await;
+        raw.send_raw(&common::request_frame(
+            &MetadataRequest::default(),
+            9,
+            9,
+            "raw",
+        ))
+        .await;
+        assert!(
+            raw.read_frame().await.is_none(),
+            "closed after the token's expiry"
+        );
+        broker.shutdown().await;
+    }
 }
 
 /// Until it has logged in, a client may send small requests only (Kafka's

@@ -111,7 +111,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "connections_max_reauth",
                 Duration,
-                "The longest a SASL login on a Kafka listener lasts before the client must log in\nagain on its connection (Kafka's connections.max.reauth.ms; an OAUTHBEARER login\nlasts no longer than its token). 0 (the default): for the connection's life.\nAllowed: 0s or more (\"1h\", \"10m\" or milliseconds).",
+                "The longest a SASL login on a Kafka listener lasts before the client must log in\nagain on its connection (Kafka's connections.max.reauth.ms; an OAUTHBEARER login\nlasts no longer than its token in any case). 0 (the default): PLAIN and SCRAM\nlogins last the connection's life.\nAllowed: 0s or more (\"1h\", \"10m\" or milliseconds).",
             ),
         ],
     },

@@ -101,7 +101,8 @@ pub struct BrokerConfig {
     /// on the same connection (KIP-368, Kafka's `connections.max.reauth.ms`); an OAUTHBEARER
     /// login lasts no longer than its token. A connection that does not log in again in time is
     /// closed at its next request, so a removed user or an expired token loses its connections
-    /// within this time. Default 0: logins last as long as their connection, as in Kafka.
+    /// within this time. Default 0: PLAIN and SCRAM logins last as long as their connection, as
+    /// in Kafka (OAUTHBEARER ones end with their token whatever this is).
     #[serde(with = "units::duration")]
     pub connections_max_reauth: Duration,
 }

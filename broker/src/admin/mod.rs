@@ -43,7 +43,8 @@ pub struct Metrics {
     pub produce_errors: AtomicU64,
     /// Requests a quota policy throttled (`[[plugins.quotas]]`).
     pub quota_throttled: AtomicU64,
-    /// Produce and fetch requests a client quota throttled (`crate::client_quotas`).
+    /// Requests a client quota throttled and connections one turned away
+    /// (`crate::client_quotas`).
     pub client_quota_throttled: AtomicU64,
     /// Requests a quota policy rejected, for at least one topic.
     pub quota_rejected: AtomicU64,
@@ -164,7 +165,7 @@ impl Metrics {
         counter(
             &mut out,
             "runnel_client_quota_throttled_total",
-            "Produce and fetch requests throttled by a client quota (producer_byte_rate, consumer_byte_rate).",
+            "Requests throttled by a Kafka client quota (byte rates, request_percentage, controller_mutation_rate), and connections turned away by a connection_creation_rate.",
             self.client_quota_throttled.load(Ordering::Relaxed),
         );
         counter(

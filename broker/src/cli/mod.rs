@@ -63,8 +63,8 @@ enum Command {
     /// List, add and remove ACLs (the broker needs ACLs on), as Kafka's kafka-acls does.
     #[command(subcommand)]
     Acls(AclsCommand),
-    /// List, set and remove client quotas (byte rates per user and client id), as Kafka's
-    /// kafka-configs --entity-type users|clients does.
+    /// List, set and remove client quotas (per user and client id, or per IP address), as
+    /// Kafka's kafka-configs --entity-type users|clients|ips does.
     #[command(subcommand)]
     Quotas(QuotasCommand),
     /// Produce lines from stdin: `value`, or `key<TAB>value` when the line holds a tab.

@@ -253,10 +253,18 @@ pub async fn serve_halves<R, W>(
             }
             metrics.count_request(req.api_key);
             if !session.identity.admits(req.api_key) {
-                let reason = format!(
-                    "authentication required: {:?} refused before SASL authentication",
-                    req.api_key
-                );
+                let reason = if session.identity.principal().is_some() {
+                    format!(
+                        "{:?} refused in the middle of a SASL re-authentication (only \
+                         SaslAuthenticate may follow its SaslHandshake)",
+                        req.api_key
+                    )
+                } else {
+                    format!(
+                        "authentication required: {:?} refused before SASL authentication",
+                        req.api_key
+                    )
+                };
                 tracing::info!(%peer, listener, client_id = %client_id, %reason, "closing connection");
                 if session.identity.close(reason, false) {
                     metrics.auth_failures.fetch_add(1, Ordering::Relaxed);

@@ -12,12 +12,13 @@
 //!   the listener to close the whole connection with the reason ([`Identity::closed`]).
 //!
 //! Re-authentication (KIP-368): on a Kafka listener with `broker.connections_max_reauth` set, a
-//! SASL login lasts that long at most (an OAUTHBEARER one no longer than its token), which
-//! SaslAuthenticate tells the client (`session_lifetime_ms`). Before then the client logs in
-//! again on the same connection, with the same mechanism and as the same principal (a
-//! SaslHandshake starts it); a connection whose login has run out may send nothing but that, and
-//! is closed otherwise. So a removed user, a changed password or an expired token ends the
-//! connections made with it within that time, as in Kafka.
+//! SASL login lasts that long at most; an OAUTHBEARER login lasts no longer than its token in
+//! any case, as in Kafka. SaslAuthenticate tells the client (`session_lifetime_ms`). Before then
+//! the client logs in again on the same connection, with the same mechanism and as the same
+//! principal (a SaslHandshake starts it, and nothing but SaslAuthenticate may follow it until
+//! it is done); a connection whose login has run out may send nothing but that, and is closed
+//! otherwise. So a removed user, a changed password or an expired token ends the connections
+//! made with it within that time, as in Kafka.
 //!
 //! Tokens are kept as SHA-256 digests, so looking one up takes the same time whatever its bytes.
 //! A [`TokenFile`] is read again when it changes, so devices are added or revoked without a
@@ -373,6 +374,14 @@ pub enum AuthError {
         "re-authentication as {now} on a connection of {was}: a connection keeps its principal"
     )]
     OtherPrincipal { was: String, now: String },
+    #[error(
+        "re-authentication with {now} on a connection that logged in with {was}: a connection \
+         keeps its mechanism"
+    )]
+    OtherMechanism {
+        was: &'static str,
+        now: &'static str,
+    },
     #[error("the authorization id must be the user name")]
     AuthorizationId,
     #[error("this listener does not use SASL (no token_file or sasl_plain_file is set)")]
@@ -395,8 +404,6 @@ pub enum HandshakeRefused {
     /// The connection has logged in, and logins do not expire here
     /// (`broker.connections_max_reauth` is 0).
     LoggedIn,
-    /// A re-authentication named another mechanism than the login's.
-    OtherMechanism { was: &'static str },
 }
 
 /// What a SaslAuthenticate leads to.
@@ -509,6 +516,9 @@ pub struct Identity {
     login: Mutex<Login>,
     /// When the login runs out, in [`mono_ms`]; `u64::MAX` for never.
     expires_at: AtomicU64,
+    /// A re-authentication is under way ([`Login::again`], read without the lock): only
+    /// SaslAuthenticate is taken until it is done.
+    reauthenticating: std::sync::atomic::AtomicBool,
 }
 
 /// The mechanisms of a connection's SASL exchanges.
@@ -520,6 +530,9 @@ struct Login {
     mechanism: Option<&'static str>,
     /// A SaslHandshake after the login started a re-authentication, not yet done.
     again: bool,
+    /// The re-authentication's handshake named another mechanism than the login's: its
+    /// SaslAuthenticate is refused, saying so (as Kafka answers it).
+    other_mechanism: Option<&'static str>,
 }
 
 /// Milliseconds since this process first asked: a clock that never goes back.
@@ -547,6 +560,7 @@ impl Identity {
             users_file: None,
             login: Mutex::new(Login::default()),
             expires_at: AtomicU64::new(u64::MAX),
+            reauthenticating: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -610,6 +624,10 @@ impl Identity {
     /// Whether a request of `api` may be handled now. Before authentication only the requests
     /// that lead to it are.
     pub fn admits(&self, api: ApiKey) -> bool {
+        if self.reauthenticating.load(Ordering::Relaxed) {
+            // As Kafka: between a re-authentication's handshake and its end, nothing else.
+            return api == ApiKey::SaslAuthenticate;
+        }
         self.principal().is_some() || Identity::leads_to_login(api)
     }
 
@@ -668,14 +686,17 @@ impl Identity {
         };
         let mut login = self.login.lock().unwrap_or_else(|e| e.into_inner());
         if self.principal().is_some() {
-            if self.max_reauth.is_none() {
+            // A login that lasts for ever is not made again.
+            if self.expires_at.load(Ordering::Relaxed) == u64::MAX {
                 return Err(HandshakeRefused::LoggedIn);
             }
             let was = login.mechanism.unwrap_or(PLAIN);
-            if was != name {
-                return Err(HandshakeRefused::OtherMechanism { was });
-            }
+            login.other_mechanism = (was != name).then_some(name);
             login.again = true;
+            self.reauthenticating.store(true, Ordering::Relaxed);
+            if was != name {
+                return Ok(());
+            }
         }
         login.chosen = Some(name);
         drop(login);
@@ -694,8 +715,15 @@ impl Identity {
     /// re-authentication it must be the one it had.
     pub fn authenticate(&self, message: &[u8]) -> Result<Authenticated, AuthError> {
         let again = self.principal().is_some();
-        if again && !self.login.lock().unwrap_or_else(|e| e.into_inner()).again {
-            return Err(AuthError::AlreadyAuthenticated);
+        if again {
+            let login = self.login.lock().unwrap_or_else(|e| e.into_inner());
+            if !login.again {
+                return Err(AuthError::AlreadyAuthenticated);
+            }
+            if let Some(now) = login.other_mechanism {
+                let was = login.mechanism.unwrap_or(PLAIN);
+                return Err(AuthError::OtherMechanism { was, now });
+            }
         }
         let (principal, reply, token_expiry) = match self.exchange(message, again)? {
             Exchanged::Challenge(challenge) => return Ok(Authenticated::Continue(challenge)),
@@ -715,6 +743,7 @@ impl Identity {
                 });
             }
             login.again = false;
+            self.reauthenticating.store(false, Ordering::Relaxed);
         } else {
             // Two streams racing to authenticate: the first one wins, the other is refused.
             self.principal
@@ -730,19 +759,23 @@ impl Identity {
         })
     }
 
-    /// Starts the login's lifetime: `broker.connections_max_reauth`, no longer than its token
-    /// (`exp`, seconds since the epoch). Returns it in milliseconds, 0 for no end.
+    /// Starts the login's lifetime: `broker.connections_max_reauth`, and no longer than its
+    /// token (`exp`, seconds since the epoch) whatever that is, as Kafka has it. Returns it in
+    /// milliseconds, 0 for no end (and 0 for a token already past its `exp`, within the clock
+    /// skew allowed: the login then ends at the next request, as in Kafka).
     fn start_lifetime(&self, token_expiry: Option<i64>) -> i64 {
-        let Some(max) = self.max_reauth else {
-            return 0;
-        };
-        let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
-        let ms = match token_expiry {
-            Some(exp) => {
-                let now_ms = crate::broker::now_ms();
-                max_ms.min(exp.saturating_mul(1000).saturating_sub(now_ms).max(0))
+        let max_ms = self
+            .max_reauth
+            .map(|max| i64::try_from(max.as_millis()).unwrap_or(i64::MAX));
+        let ms = match (token_expiry, max_ms) {
+            (None, None) => return 0,
+            (None, Some(max)) => max,
+            (Some(exp), max) => {
+                let left = exp
+                    .saturating_mul(1000)
+                    .saturating_sub(crate::broker::now_ms());
+                left.max(0).min(max.unwrap_or(i64::MAX))
             }
-            None => max_ms,
         };
         let at = mono_ms().saturating_add(ms as u64);
         self.expires_at.store(at, Ordering::Relaxed);
@@ -972,10 +1005,20 @@ mod tests {
             id.authenticate(b"\0alice\0pw"),
             Err(AuthError::AlreadyAuthenticated)
         );
-        assert_eq!(
-            id.choose_mechanism("SCRAM-SHA-256"),
-            Err(HandshakeRefused::OtherMechanism { was: PLAIN })
+        // Another mechanism: the handshake is taken, its SaslAuthenticate refused with why.
+        id.choose_mechanism("SCRAM-SHA-256").unwrap();
+        assert!(
+            !id.admits(ApiKey::Metadata),
+            "nothing but SaslAuthenticate meanwhile"
         );
+        assert!(id.admits(ApiKey::SaslAuthenticate));
+        assert!(matches!(
+            id.authenticate(b"n,,n=alice,r=abc"),
+            Err(AuthError::OtherMechanism {
+                was: PLAIN,
+                now: "SCRAM-SHA-256"
+            })
+        ));
         id.choose_mechanism(PLAIN).unwrap();
         assert!(matches!(
             id.authenticate(b"\0bob\0pw2"),

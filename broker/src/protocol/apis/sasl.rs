@@ -13,12 +13,12 @@
 //! credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
 //! SaslAuthenticate (like one after success) with ILLEGAL_SASL_STATE.
 //!
-//! With `broker.connections_max_reauth` set, SaslAuthenticate v1+ tells the client how long its
-//! login lasts (`session_lifetime_ms`), and a handshake after the login starts a
-//! re-authentication (KIP-368): with the login's mechanism (else ILLEGAL_SASL_STATE and the
-//! connection closed), as the same principal (else SASL_AUTHENTICATION_FAILED and closed).
-//! Without it a handshake after the login is answered ILLEGAL_SASL_STATE: a connection logs in
-//! once. A failed authentication is answered with
+//! A login with an end (`broker.connections_max_reauth`, an OAUTHBEARER token's expiry) is told
+//! to the client by SaslAuthenticate v1+ (`session_lifetime_ms`), and a handshake after it
+//! starts a re-authentication (KIP-368), whose SaslAuthenticate must be of the login's
+//! mechanism and principal, else SASL_AUTHENTICATION_FAILED with the reason and the connection
+//! closed (as Kafka answers a changed mechanism: at the SaslAuthenticate, with a message). A
+//! login without an end is made once: a handshake after it is answered ILLEGAL_SASL_STATE. A failed authentication is answered with
 //! SASL_AUTHENTICATION_FAILED and its reason, 100 ms later (Kafka's
 //! `connection.failed.authentication.delay.ms`), and the connection is then closed with that
 //! reason ([`crate::protocol::auth::Identity::close`]).
@@ -53,14 +53,6 @@ pub async fn handshake(ctx: Ctx, req: SaslHandshakeRequest) -> SaslHandshakeResp
         Ok(()) => out,
         // As Kafka without connections.max.reauth.ms: a connection logs in once.
         Err(HandshakeRefused::LoggedIn) => out.with_error_code(E::IllegalSaslState.code()),
-        Err(HandshakeRefused::OtherMechanism { was }) => {
-            let reason = format!(
-                "re-authentication with {:?} on a connection that logged in with {was}",
-                req.mechanism.as_str()
-            );
-            refuse(&ctx, reason);
-            out.with_error_code(E::IllegalSaslState.code())
-        }
         Err(HandshakeRefused::Unsupported) => {
             // As Kafka, the connection ends: the client is told which mechanisms there are.
             let reason = format!(
