@@ -311,6 +311,7 @@ impl Catalog {
             return;
         };
         let mut unknown = Vec::new();
+        let mut set_aside_dirs = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
@@ -332,6 +333,8 @@ impl Catalog {
                             tracing::warn!(dir = %path.display(), error = %e, "cannot remove a deleted partition's directory")
                         }
                     }
+                } else if name.contains("~orphaned-") {
+                    set_aside_dirs.push(name);
                 }
                 continue;
             }
@@ -341,6 +344,15 @@ impl Catalog {
             if is_partition && !known.contains(&name) && holds_segments(&path) {
                 unknown.push(name);
             }
+        }
+        if !set_aside_dirs.is_empty() {
+            set_aside_dirs.sort();
+            tracing::warn!(
+                data_dir = %self.data_dir.display(),
+                count = set_aside_dirs.len(),
+                dirs = %set_aside_dirs.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+                "directories with records were set aside when topics were made again under their names: the broker does not read them; remove them once they are not needed"
+            );
         }
         if unknown.is_empty() {
             return;
