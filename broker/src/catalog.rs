@@ -52,14 +52,17 @@ pub enum CatalogError {
     Storage(#[from] StorageError),
 }
 
-/// Whether `dir` holds a segment file that is not empty: a partition's records.
+/// Whether `dir` holds a segment file that is not empty: a partition's records. A directory
+/// that cannot be read (out of file descriptors, say) is taken to hold some: it is never
+/// deleted on a guess.
 fn holds_segments(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.flatten().any(|e| {
             e.file_name().to_str().is_some_and(|n| n.ends_with(".log"))
-                && e.metadata().is_ok_and(|m| m.len() > 0)
-        })
-    })
+                && e.metadata().map_or(true, |m| m.len() > 0)
+        }),
+        Err(_) => dir.is_dir(),
+    }
 }
 
 /// Renames `dir` to `<dir>~<why>-<ms>` (`~` is never in a topic's name, so the result cannot be
@@ -240,6 +243,10 @@ pub struct Catalog {
     replicas: i16,
     /// Woken when a topic or partitions are added (federation links pick them up at once).
     pub added: Notify,
+    /// Held by every change of the topics (create, delete, more partitions) from its first look
+    /// to its last rename, so that a topic made while one of its name is being deleted does
+    /// not have its directories renamed and removed by that deletion.
+    changing: Mutex<()>,
 }
 
 impl Catalog {
@@ -258,6 +265,7 @@ impl Catalog {
             topics: RwLock::new(BTreeMap::new()),
             replicas,
             added: Notify::new(),
+            changing: Mutex::new(()),
         };
         let records = catalog.meta.topics()?;
         catalog.look_over_data_dir(&records);
@@ -298,7 +306,9 @@ impl Catalog {
     }
 
     /// At start: finishes deletions a stop interrupted (directories set aside as
-    /// `<dir>~deleted-<ms>`; `~` is never in a topic's name), and warns of partition directories
+    /// `<dir>~deleted-<ms>`; `~` is never in a topic's name) after the metadata forgot their
+    /// topic, and puts back those of a deletion the stop came before (the metadata still knows
+    /// the topic: the deletion was never answered), and warns of partition directories
     /// the metadata does not know (a metadata database lost or replaced): they are left as they
     /// are, and a topic made again under their name sets them aside instead of reusing or
     /// deleting them.
@@ -324,7 +334,18 @@ impl Catalog {
                 let deleted = name.rsplit_once("~deleted-").is_some_and(|(_, ms)| {
                     !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())
                 });
-                if deleted {
+                let was = name.split_once('~').map_or("", |(dir, _)| dir);
+                if deleted && known.contains(was) && !self.data_dir.join(was).exists() {
+                    let back = self.data_dir.join(was);
+                    match std::fs::rename(&path, &back) {
+                        Ok(()) => {
+                            tracing::warn!(dir = %back.display(), "a partition directory a stopped deletion had set aside is put back: the metadata still knows its topic")
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %path.display(), error = %e, "cannot put back a partition directory a stopped deletion had set aside")
+                        }
+                    }
+                } else if deleted {
                     match std::fs::remove_dir_all(&path) {
                         Ok(()) => {
                             tracing::info!(dir = %path.display(), "removed the directory of a partition whose deletion a stop interrupted")
@@ -489,6 +510,7 @@ impl Catalog {
         validate_only: bool,
         now_ms: i64,
     ) -> Result<Arc<Topic>, CatalogError> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let replication_factor = self.replicas;
         validate_topic_name(name)?;
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
@@ -562,6 +584,7 @@ impl Catalog {
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), CatalogError> {
+        let changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let topic = self
             .write()
             .remove(name)
@@ -586,6 +609,8 @@ impl Catalog {
             self.write().insert(name.to_string(), topic);
             return Err(e.into());
         }
+        // Renamed and forgotten: a topic of the name may be made again while they go.
+        drop(changing);
         for (_, aside) in doomed {
             if let Err(e) = std::fs::remove_dir_all(&aside) {
                 tracing::warn!(dir = %aside.display(), error = %e, "cannot remove partition directory");
@@ -606,6 +631,7 @@ impl Catalog {
         validate_only: bool,
         now_ms: i64,
     ) -> Result<(), CatalogError> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let topic = self
             .get(name)
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
@@ -818,13 +844,22 @@ mod tests {
         drop(topic);
         catalog.delete_topic("k").unwrap();
         assert_eq!(entries("k-"), aside);
-        // A deletion a stop interrupted is finished at the next start.
+        // A deletion a stop interrupted after the metadata forgot the topic is finished at the
+        // next start; one it interrupted before (the topic still known) is undone.
         let interrupted = data.join("gone-0~deleted-5");
         std::fs::create_dir_all(&interrupted).unwrap();
         std::fs::write(interrupted.join("00000000000000000000.log"), b"x").unwrap();
-        drop(catalog);
+        let kept = catalog
+            .create_topic("kept", 1, 1, BTreeMap::new(), false, NOW)
+            .unwrap();
+        kept.partition(0).unwrap().append(&batch, NOW).unwrap();
+        drop((kept, catalog));
+        std::fs::rename(data.join("kept-0"), data.join("kept-0~deleted-6")).unwrap();
         let catalog = open("meta-2.redb");
         assert!(!interrupted.exists());
+        let kept = catalog.get("kept").unwrap().partition(0).unwrap();
+        assert_eq!(kept.log().log_end_offset(), 1, "put back with its record");
+        assert!(!data.join("kept-0~deleted-6").exists());
         assert_eq!(entries("k-"), aside, "kept aside across starts");
 
         // A topic that cannot be made (here a file is in the way of its second partition)

@@ -34,9 +34,11 @@
 //!   of partitions holds further changes back for as long as they take at the rate, as in
 //!   Kafka); `validate_only` requests are neither refused nor charged.
 //! - `connection_creation_rate` (KIP-612) on an IP address, or the default IP (each address
-//!   counted alone): new connections a second from it, on every client listener; one over it
-//!   is closed at once (TCP, TLS) or refused (QUIC) ([`ClientQuotas::take_connection`]). IP
-//!   entities take this key only, and it is taken by them only, as in Kafka.
+//!   counted alone): new connections a second from it, on every client listener of the broker
+//!   that keeps the quotas (a cluster's leader); one over it is closed once its throttle has
+//!   passed (TCP, TLS, as Kafka delays the close) or refused (QUIC)
+//!   ([`ClientQuotas::take_connection`]). IP entities take this key only, and it is taken by
+//!   them only, as in Kafka.
 //!
 //! Which quota applies to a request: for each key separately, the first entity that has one, in
 //! Kafka's order: user and client id, user and default client id, user, default user and client
@@ -368,6 +370,11 @@ impl Filter {
                 (None, _) => false,
                 (Some(_), Match::Any) => true,
                 (Some(Name::Default), Match::Default) => true,
+                (Some(Name::Named(n)), Match::Exact(want)) if kind == IP => {
+                    // Addresses are kept canonical: so is the one asked for.
+                    want.parse::<IpAddr>()
+                        .map_or(n == want, |ip| *n == ip.to_canonical().to_string())
+                }
                 (Some(Name::Named(n)), Match::Exact(want)) => n == want,
                 _ => false,
             })
@@ -857,18 +864,19 @@ pub fn timed(ctx: &Ctx, api: ApiKey, request: &dyn Any) -> bool {
 static REFUSED_CONNECTIONS: LogBudget = LogBudget::new(10);
 
 /// Whether a new connection from `peer` on `listener` may go on by its address's
-/// `connection_creation_rate` ([`ClientQuotas::take_connection`]); one that may not is counted
-/// as a throttle and logged (within a budget), and the caller closes or refuses it.
-pub fn admit_connection(broker: &Broker, peer: SocketAddr, listener: &str) -> bool {
+/// `connection_creation_rate` ([`ClientQuotas::take_connection`]); one that may not (`Err`: the
+/// throttle, ms) is counted as a throttle and logged (within a budget), and the caller closes
+/// or refuses it.
+pub fn admit_connection(broker: &Broker, peer: SocketAddr, listener: &str) -> Result<(), u32> {
     match broker.client_quotas.take_connection(peer.ip()) {
-        Ok(()) => true,
+        Ok(()) => Ok(()),
         Err(ms) => {
             broker
                 .metrics
                 .client_quota_throttled
                 .fetch_add(1, Ordering::Relaxed);
             within_budget!(REFUSED_CONNECTIONS, info, %peer, listener, retry_in_ms = ms, "connection turned away: its address is over its connection_creation_rate");
-            false
+            Err(ms)
         }
     }
 }

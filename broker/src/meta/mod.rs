@@ -99,10 +99,11 @@ pub enum MetaError {
     /// Closed after an I/O error and not opened again yet (tried at most every second).
     #[error("metadata database closed after an I/O error: {0}")]
     Closed(String),
-    /// redb gave up on what it read (it panics on some damaged pages).
+    /// Reading or writing it panicked: redb does on some damaged pages.
     #[error(
-        "metadata database is damaged ({0}); restore meta.redb from a backup (the data dir's \
-         partition directories hold the records)"
+        "metadata database may be damaged: an operation on it panicked ({0}); if it happens \
+         again at every start, restore meta.redb from a backup (the data dir's partition \
+         directories hold the records)"
     )]
     Damaged(String),
 }

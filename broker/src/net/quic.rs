@@ -224,7 +224,7 @@ async fn accept_loop(
                 let _ = incoming.retry();
                 continue;
             }
-            if !crate::client_quotas::admit_connection(&broker, peer, "quic") {
+            if crate::client_quotas::admit_connection(&broker, peer, "quic").is_err() {
                 incoming.refuse();
                 continue;
             }

@@ -107,8 +107,8 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
-        if !crate::client_quotas::admit_connection(&broker, peer, kind.name()) {
-            drop(stream);
+        if let Err(ms) = crate::client_quotas::admit_connection(&broker, peer, kind.name()) {
+            hold_then_close(stream, ms);
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -193,4 +193,26 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Connections over their address's connection_creation_rate held open before they are closed.
+static HELD_OVER_RATE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// At most this many of them are held; beyond, one is closed at once.
+const MAX_HELD_OVER_RATE: usize = 1024;
+
+/// Closes a connection its address's connection_creation_rate turned away once the throttle
+/// (`ms`, at most a second) has passed, as Kafka delays the close: a client does not come back
+/// in a tight loop. It holds no `max_connections` slot meanwhile.
+fn hold_then_close(stream: tokio::net::TcpStream, ms: u32) {
+    use std::sync::atomic::Ordering;
+    if HELD_OVER_RATE.fetch_add(1, Ordering::Relaxed) >= MAX_HELD_OVER_RATE {
+        HELD_OVER_RATE.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(ms.min(1000)))).await;
+        drop(stream);
+        HELD_OVER_RATE.fetch_sub(1, Ordering::Relaxed);
+    });
 }

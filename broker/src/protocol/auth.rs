@@ -642,7 +642,10 @@ impl Identity {
     /// not log in again (KIP-368).
     pub fn expired_for(&self, api: ApiKey) -> Option<String> {
         let at = self.expires_at.load(Ordering::Relaxed);
-        if at == u64::MAX || Identity::leads_to_login(api) || mono_ms() < at {
+        // As Kafka: a handshake starts the login again, and its SaslAuthenticate ends it.
+        let logs_in = api == ApiKey::SaslHandshake
+            || (api == ApiKey::SaslAuthenticate && self.reauthenticating.load(Ordering::Relaxed));
+        if at == u64::MAX || logs_in || mono_ms() < at {
             return None;
         }
         Some(format!(
@@ -1030,7 +1033,7 @@ mod tests {
         let why = id.expired_for(ApiKey::Metadata).expect("ran out");
         assert!(why.contains("connections_max_reauth"), "{why}");
         assert_eq!(id.expired_for(ApiKey::SaslHandshake), None);
-        assert_eq!(id.expired_for(ApiKey::SaslAuthenticate), None);
+        assert!(id.expired_for(ApiKey::ApiVersions).is_some());
         id.choose_mechanism(PLAIN).unwrap();
         assert_eq!(done(id.authenticate(b"\0alice\0pw")).1, 300);
         assert_eq!(id.expired_for(ApiKey::Metadata), None);
