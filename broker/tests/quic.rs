@@ -618,6 +618,57 @@ async fn connections_over_max_connections_are_refused_and_the_others_keep_workin
     broker.shutdown().await;
 }
 
+/// connection_creation_rate on the address (KIP-612) holds QUIC connections too: each
+/// connection proves its address with a retry first, and those over the rate are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_addresss_rate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_with(quic_config(dir.path())).await;
+    let quotas = &broker.broker.client_quotas;
+    let one_a_second = |value: Option<f64>| {
+        let local = runnel::client_quotas::Entity::from_components([("ip", Some("127.0.0.1"))]);
+        let change = (
+            runnel::client_quotas::QuotaKey::ConnectionCreationRate,
+            value,
+        );
+        quotas.alter(&[(local.unwrap(), vec![change])]).unwrap();
+    };
+    one_a_second(Some(1.0));
+    let try_connect = || {
+        connect_with(
+            broker.quic_addr.unwrap(),
+            broker.quic_fingerprint.as_deref().unwrap(),
+            b"runnel",
+        )
+    };
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..4 {
+        match try_connect().await {
+            Ok(device) => kept.push(device),
+            Err(_) => refused += 1,
+        }
+    }
+    // A full bucket (1) lets one through and one more while not in debt.
+    assert!(
+        (1..=2).contains(&kept.len()),
+        "{} of 4 connected",
+        kept.len()
+    );
+    assert!(refused >= 2, "{refused} refused");
+    assert!(count(&broker.broker.metrics.client_quota_throttled) >= 2);
+    // The connections it let in work; once the debt is paid another one gets in.
+    let mut s = kept[0].session().await;
+    assert!(s.answers().await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(try_connect().await.is_ok());
+    one_a_second(None);
+    for _ in 0..4 {
+        assert!(try_connect().await.is_ok(), "no quota, no refusal");
+    }
+    broker.shutdown().await;
+}
+
 // ---- idle timeout, migration, identity, datagrams, 0-RTT ----
 
 /// Connects with a raw quinn client whose transport is `transport` (keep-alives, idle timeout).
