@@ -136,11 +136,17 @@ fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer<AuthWatch>> {
 
 /// Keeps the first login the broker refused, so that a command stops with that reason at once
 /// instead of retrying until its timeout and then naming a transport error. Other client errors
-/// are logged, as librdkafka's default does.
+/// are logged, as librdkafka's default does, but an error repeated (librdkafka reports an
+/// unreachable broker twice a second) only every [`REPEAT_AFTER`].
 #[derive(Default)]
 struct AuthWatch {
     refused: std::sync::Mutex<Option<String>>,
+    /// When each kind of error was last logged.
+    logged: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
+
+/// How long an error already logged is not logged again.
+const REPEAT_AFTER: Duration = Duration::from_secs(10);
 
 impl rdkafka::ClientContext for AuthWatch {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
@@ -149,8 +155,16 @@ impl rdkafka::ClientContext for AuthWatch {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert_with(|| reason.to_string());
-        } else {
-            tracing::error!("librdkafka: {error}: {reason}");
+            return;
+        }
+        let kind = error.to_string();
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let repeated = logged
+            .get(&kind)
+            .is_some_and(|at| at.elapsed() < REPEAT_AFTER);
+        if !repeated {
+            tracing::error!("librdkafka: {kind}: {reason}");
+            logged.insert(kind, Instant::now());
         }
     }
 }
