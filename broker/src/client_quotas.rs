@@ -472,6 +472,25 @@ impl Bucket {
         self.at = now;
     }
 
+    /// Takes `amount` out, down to the key's longest debt; the throttle it earns (ms).
+    fn charge(&mut self, key: QuotaKey, rate: f64, amount: f64) -> u32 {
+        self.credit = (self.credit - amount).max(-key.max_debt(rate));
+        owed_ms(key, self.credit, rate)
+    }
+
+    /// Takes `amount` out if the bucket is not in debt (Kafka's strict quota: what is asked goes
+    /// through whole while anything is left, without a throttle); `Err`: the throttle it is
+    /// under (ms), nothing taken.
+    fn take(&mut self, key: QuotaKey, rate: f64, amount: f64) -> Result<(), u32> {
+        match owed_ms(key, self.credit, rate) {
+            0 => {
+                self.charge(key, rate, amount);
+                Ok(())
+            }
+            ms => Err(ms),
+        }
+    }
+
     /// Whether it would be full by `now`: then it holds nothing a new bucket would not.
     fn full_by(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
@@ -660,10 +679,7 @@ impl ClientQuotas {
         let Some((group, rate)) = self.resolve(key, user, client_id) else {
             return 0;
         };
-        self.with_bucket(group, rate, now, |b| {
-            b.credit = (b.credit - amount).max(-key.max_debt(rate));
-            owed_ms(key, b.credit, rate)
-        })
+        self.with_bucket(group, rate, now, |b| b.charge(key, rate, amount))
     }
 
     /// Takes `amount` from the quota of `key` that applies to the client if its bucket is not
@@ -684,66 +700,49 @@ impl ClientQuotas {
         let Some((group, rate)) = self.resolve(key, user, client_id) else {
             return Ok(());
         };
-        self.with_bucket(group, rate, now, |b| match owed_ms(key, b.credit, rate) {
-            0 => {
-                b.credit = (b.credit - amount).max(-key.max_debt(rate));
-                Ok(())
-            }
-            ms => Err(ms),
-        })
+        self.with_bucket(group, rate, now, |b| b.take(key, rate, amount))
+    }
+
+    /// The `connection_creation_rate` of `ip` (canonical): the address's own, else the default
+    /// IP's; none when neither is set.
+    fn connection_rate(&self, ip: &str) -> Option<f64> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let table = self.current();
+        [Name::Named(ip.to_string()), Name::Default]
+            .into_iter()
+            .find_map(|name| {
+                let entity = Entity {
+                    ip: Some(name),
+                    ..Entity::default()
+                };
+                table
+                    .quotas
+                    .get(&entity)?
+                    .get(&QuotaKey::ConnectionCreationRate)
+                    .copied()
+            })
     }
 
     /// Counts a new connection from `ip` against its `connection_creation_rate` (the address's
     /// own, else the default IP's, each address counted alone): `Err(ms)` when the address is
     /// over it, and the connection is to be turned away.
     pub fn take_connection(&self, ip: IpAddr) -> Result<(), u32> {
-        if !self.any.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let key = QuotaKey::ConnectionCreationRate;
         let ip = ip.to_canonical().to_string();
-        let table = self.current();
-        let quota = |name: Name| {
-            let entity = Entity {
-                ip: Some(name),
-                ..Entity::default()
-            };
-            table.quotas.get(&entity)?.get(&key).copied()
-        };
-        let Some(rate) = quota(Name::Named(ip.clone())).or_else(|| quota(Name::Default)) else {
+        let Some(rate) = self.connection_rate(&ip) else {
             return Ok(());
         };
-        self.with_bucket(
-            (key, 0, ip, String::new()),
-            rate,
-            Instant::now(),
-            |b| match owed_ms(key, b.credit, rate) {
-                0 => {
-                    b.credit -= 1.0;
-                    Ok(())
-                }
-                ms => Err(ms),
-            },
-        )
+        let key = QuotaKey::ConnectionCreationRate;
+        self.with_bucket((key, 0, ip, String::new()), rate, Instant::now(), |b| {
+            b.take(key, rate, 1.0)
+        })
     }
 
     /// Whether a `connection_creation_rate` applies to connections from `ip`.
     pub fn limits_connections(&self, ip: IpAddr) -> bool {
-        if !self.any.load(Ordering::Relaxed) {
-            return false;
-        }
-        let ip = ip.to_canonical().to_string();
-        let table = self.current();
-        [Name::Named(ip), Name::Default].into_iter().any(|name| {
-            let entity = Entity {
-                ip: Some(name),
-                ..Entity::default()
-            };
-            table
-                .quotas
-                .get(&entity)
-                .is_some_and(|q| q.contains_key(&QuotaKey::ConnectionCreationRate))
-        })
+        self.connection_rate(&ip.to_canonical().to_string())
+            .is_some()
     }
 
     /// Whether a quota of `key` applies to the client.
