@@ -19,6 +19,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+/// Whether the broker closes `raw` instead of answering a Metadata request sent on it.
+async fn unanswered(raw: &mut common::RawClient) -> bool {
+    let metadata = common::request_frame(&MetadataRequest::default(), 9, 99, "raw");
+    raw.send_raw(&metadata).await;
+    raw.read_frame().await.is_none()
+}
+
 /// How long a delivery that must succeed may take.
 const DELIVERED_WITHIN: Duration = Duration::from_secs(20);
 /// How long a producer that must be refused gets to fail.
@@ -335,14 +342,7 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
 
     // Anything but authentication first closes the connection unanswered.
     let mut raw = common::RawClient::connect(&bootstrap).await;
-    raw.send_raw(&common::request_frame(
-        &MetadataRequest::default(),
-        9,
-        1,
-        "raw",
-    ))
-    .await;
-    assert!(raw.read_frame().await.is_none(), "no answer before SASL");
+    assert!(unanswered(&mut raw).await, "no answer before SASL");
 
     // Handshake v0 (raw SASL frames after it) is not served; it is said so.
     let mut raw = common::RawClient::connect(&bootstrap).await;
@@ -435,15 +435,8 @@ async fn logins_run_out_and_clients_log_in_again_on_their_connection() {
         0
     );
     assert_eq!(raw.call(&handshake(), 1).await.error_code, 0);
-    raw.send_raw(&common::request_frame(
-        &MetadataRequest::default(),
-        9,
-        5,
-        "raw",
-    ))
-    .await;
     assert!(
-        raw.read_frame().await.is_none(),
+        unanswered(&mut raw).await,
         "no answer in the middle of a re-login"
     );
 
@@ -454,15 +447,8 @@ async fn logins_run_out_and_clients_log_in_again_on_their_connection() {
         0
     );
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    raw.send_raw(&common::request_frame(
-        &MetadataRequest::default(),
-        9,
-        7,
-        "raw",
-    ))
-    .await;
     assert!(
-        raw.read_frame().await.is_none(),
+        unanswered(&mut raw).await,
         "no answer after the login ran out"
     );
 
@@ -561,15 +547,8 @@ async fn an_oauthbearer_login_lasts_no_longer_than_its_token() {
         let short = login(idp.token("gateway-7", "runnel", 1)).await;
         assert!(short <= 1000, "{short} ms");
         tokio::time::sleep(Duration::from_millis(short as u64 + 200)).await;
-        raw.send_raw(&common::request_frame(
-            &MetadataRequest::default(),
-            9,
-            9,
-            "raw",
-        ))
-        .await;
         assert!(
-            raw.read_frame().await.is_none(),
+            unanswered(&mut raw).await,
             "closed after the token's expiry"
         );
         broker.shutdown().await;

@@ -717,17 +717,7 @@ fn retention_by_time_and_bytes() {
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (10, 12));
 
     let dir = tempfile::tempdir().unwrap();
-    let one = batch(2, NOW).len() as u64;
-    let config = LogConfig {
-        segment_bytes: 1,
-        retention_ms: None,
-        retention_bytes: Some(2 * one),
-        ..cfg()
-    };
-    let mut log = open(dir.path(), config);
-    for _ in 0..5 {
-        log.append(&batch(2, NOW), NOW).unwrap();
-    }
+    let (mut log, one) = five_segments_over_a_two_batch_retention(dir.path());
     let r = log.maintenance(NOW).unwrap();
     assert_eq!((r.segments_deleted, r.bytes_deleted), (3, 3 * one));
     assert_eq!(log.size_bytes(), 2 * one);
@@ -737,11 +727,9 @@ fn retention_by_time_and_bytes() {
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (6, 10));
 }
 
-/// A segment file removed by hand (an operator freeing a full disk) counts as deleted when
-/// retention gets to it; retention goes on instead of failing at every check.
-#[test]
-fn retention_takes_a_segment_removed_by_hand_as_deleted() {
-    let dir = tempfile::tempdir().unwrap();
+/// A log of five one-batch segments (two records each) whose retention.bytes keeps two
+/// batches, and the size of one batch.
+fn five_segments_over_a_two_batch_retention(dir: &std::path::Path) -> (PartitionLog, u64) {
     let one = batch(2, NOW).len() as u64;
     let config = LogConfig {
         segment_bytes: 1,
@@ -749,10 +737,19 @@ fn retention_takes_a_segment_removed_by_hand_as_deleted() {
         retention_bytes: Some(2 * one),
         ..cfg()
     };
-    let mut log = open(dir.path(), config);
+    let mut log = open(dir, config);
     for _ in 0..5 {
         log.append(&batch(2, NOW), NOW).unwrap();
     }
+    (log, one)
+}
+
+/// A segment file removed by hand (an operator freeing a full disk) counts as deleted when
+/// retention gets to it; retention goes on instead of failing at every check.
+#[test]
+fn retention_takes_a_segment_removed_by_hand_as_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = five_segments_over_a_two_batch_retention(dir.path());
     fs::remove_file(log_path(dir.path(), 0)).unwrap();
     let r = log.maintenance(NOW).unwrap();
     assert_eq!(r.segments_deleted, 3);
