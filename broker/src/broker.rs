@@ -53,6 +53,8 @@ pub struct Broker {
     pub scram: Arc<crate::protocol::scram_store::ScramStore>,
     /// Byte-rate quotas per user and client id, set with AlterClientQuotas.
     pub client_quotas: crate::client_quotas::ClientQuotas,
+    /// Consumers' incremental fetch sessions (KIP-227).
+    pub fetch_sessions: crate::protocol::fetch_sessions::FetchSessions,
     /// The peer brokers (`[cluster]`); `None` for a broker alone.
     pub cluster: Option<crate::replication::Cluster>,
     /// The transaction coordinator (on a cluster's leader; a follower's stays unused).
@@ -237,6 +239,9 @@ pub async fn start_broker_from(
         acls,
         scram: Arc::new(scram),
         client_quotas,
+        fetch_sessions: crate::protocol::fetch_sessions::FetchSessions::new(
+            config.broker.max_fetch_sessions,
+        ),
         cluster,
         transactions,
         config,

@@ -294,3 +294,165 @@ async fn only_the_first_batch_of_a_response_may_exceed_its_limits() {
     }
     broker.shutdown().await;
 }
+
+/// A Fetch v12 on `session` at `epoch` naming `(partition, offset)` of `topic`, waiting up to
+/// `max_wait_ms` for a byte.
+fn session_fetch(
+    topic: &str,
+    session: i32,
+    epoch: i32,
+    parts: &[(i32, i64)],
+    max_wait_ms: i32,
+) -> FetchRequest {
+    let partitions: Vec<_> = parts
+        .iter()
+        .map(|&(p, offset)| {
+            FetchPartition::default()
+                .with_partition(p)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)
+        })
+        .collect();
+    let topics = if partitions.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(partitions),
+        ]
+    };
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_id(session)
+        .with_session_epoch(epoch)
+        .with_topics(topics)
+}
+
+/// The (partition, record count) of each partition a fetch answered.
+fn answered(r: &kafka_protocol::messages::FetchResponse) -> Vec<(i32, usize)> {
+    r.responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| {
+            let mut bytes = p.records.clone().unwrap_or_default();
+            let mut n = 0;
+            while !bytes.is_empty() {
+                n += RecordBatchDecoder::decode(&mut bytes)
+                    .unwrap()
+                    .records
+                    .len();
+            }
+            (p.partition_index, n)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_fetch_sessions_answer_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(name("sess"))
+            .with_num_partitions(3)
+            .with_replication_factor(1),
+    ]);
+    assert_eq!(c.call(&create, 5).await.topics[0].error_code, 0);
+    let produce_to =
+        |p: i32, n: usize| common::produce_request("sess", p, -1, batch(n, 1_700_000_000_000));
+    assert_eq!(
+        c.call(&produce_to(0, 4), 9).await.responses[0].partition_responses[0].error_code,
+        0
+    );
+
+    // A full fetch with epoch 0 makes a session and answers every partition.
+    let all = [(0, 0), (1, 0), (2, 0)];
+    let r = c.call(&session_fetch("sess", 0, 0, &all, 0), 12).await;
+    assert_eq!(r.error_code, 0);
+    let id = r.session_id;
+    assert_ne!(id, 0, "a session was made");
+    assert_eq!(answered(&r), [(0, 4), (1, 0), (2, 0)]);
+
+    // Partition 0's new offset, nothing new anywhere: answered empty once the wait is over.
+    let t = Instant::now();
+    let r = c
+        .call(&session_fetch("sess", id, 1, &[(0, 4)], 300), 12)
+        .await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(280),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!((r.error_code, r.session_id), (0, id));
+    assert_eq!(answered(&r), []);
+
+    // Records on partition 2, with no partition named: only it is answered, early.
+    let mut p = RawClient::connect(&broker.bootstrap()).await;
+    let appended = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.call(&produce_to(2, 3), 9).await
+    });
+    let t = Instant::now();
+    let r = call_within(
+        &mut c,
+        &session_fetch("sess", id, 2, &[], 20_000),
+        12,
+        77,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(10), "woken by the append");
+    assert_eq!(
+        appended.await.unwrap().responses[0].partition_responses[0].error_code,
+        0
+    );
+    assert_eq!((r.error_code, r.session_id), (0, id));
+    assert_eq!(answered(&r), [(2, 3)]);
+
+    // Partition 2 moves on and partition 1 is forgotten: partition 0 gets new records.
+    assert_eq!(
+        c.call(&produce_to(0, 2), 9).await.responses[0].partition_responses[0].error_code,
+        0
+    );
+    let mut forget = session_fetch("sess", id, 3, &[(2, 3)], 0);
+    forget.forgotten_topics_data = vec![
+        kafka_protocol::messages::fetch_request::ForgottenTopic::default()
+            .with_topic(name("sess"))
+            .with_partitions(vec![1]),
+    ];
+    let r = c.call(&forget, 12).await;
+    assert_eq!(answered(&r), [(0, 2)]);
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    assert!(metrics.contains("runnel_fetch_sessions 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("runnel_fetch_session_partitions 2\n"),
+        "{metrics}"
+    );
+
+    // The same epoch again, a session that does not exist, a v6 fetch: Kafka's answers.
+    let r = c.call(&session_fetch("sess", id, 3, &[], 0), 12).await;
+    assert_eq!(
+        (r.error_code, r.session_id),
+        (71, 0),
+        "INVALID_FETCH_SESSION_EPOCH"
+    );
+    assert!(r.responses.is_empty());
+    let r = c
+        .call(&session_fetch("sess", id ^ 0x55, 1, &[], 0), 12)
+        .await;
+    assert_eq!(r.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+    let r = c.call(&session_fetch("sess", 0, 0, &all, 0), 6).await;
+    assert_eq!((r.error_code, r.session_id, answered(&r).len()), (0, 0, 3));
+
+    // Epoch -1 closes the session and fetches in full without one.
+    let r = c.call(&session_fetch("sess", id, -1, &all, 0), 12).await;
+    assert_eq!((r.error_code, r.session_id), (0, 0));
+    assert_eq!(answered(&r), [(0, 6), (1, 0), (2, 3)]);
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    assert!(metrics.contains("runnel_fetch_sessions 0\n"), "{metrics}");
+    broker.shutdown().await;
+}

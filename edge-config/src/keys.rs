@@ -113,6 +113,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Duration,
                 "The longest a SASL login on a Kafka listener lasts before the client must log in\nagain on its connection (Kafka's connections.max.reauth.ms; an OAUTHBEARER login\nlasts no longer than its token in any case). 0 (the default): PLAIN and SCRAM\nlogins last the connection's life.\nAllowed: 0s or more (\"1h\", \"10m\" or milliseconds).",
             ),
+            key(
+                "max_fetch_sessions",
+                Int,
+                "Consumers' incremental fetch sessions (KIP-227) kept at once, as Kafka's\nmax.incremental.fetch.session.cache.slots; about 150 bytes per partition each\nfetches. 0: none, every fetch is a full one. Allowed: 0..=100000.",
+            ),
         ],
     },
     Section {

@@ -105,6 +105,11 @@ pub struct BrokerConfig {
     /// in Kafka (OAUTHBEARER ones end with their token whatever this is).
     #[serde(with = "units::duration")]
     pub connections_max_reauth: Duration,
+    /// Consumers' incremental fetch sessions (KIP-227) kept at once, as Kafka's
+    /// `max.incremental.fetch.session.cache.slots`: a consumer in a session sends and gets only
+    /// the partitions that changed. Default 1000; 0 keeps none (every fetch is then a full one,
+    /// which all clients handle). Each costs about 150 bytes per partition it fetches.
+    pub max_fetch_sessions: usize,
 }
 
 impl Default for BrokerConfig {
@@ -121,6 +126,7 @@ impl Default for BrokerConfig {
             handshake_timeout: secs(10),
             connections_max_idle: secs(600),
             connections_max_reauth: Duration::ZERO,
+            max_fetch_sessions: 1000,
         }
     }
 }

@@ -160,6 +160,13 @@ impl Config {
             return Err(c.out_of_range("broker.max_connections", 0, "1 or more"));
         }
         c.positive("broker.handshake_timeout", broker.handshake_timeout)?;
+        if broker.max_fetch_sessions > 100_000 {
+            return Err(c.out_of_range(
+                "broker.max_fetch_sessions",
+                broker.max_fetch_sessions,
+                "0..=100000",
+            ));
+        }
         c.positive("broker.connections_max_idle", broker.connections_max_idle)?;
 
         self.check_listeners(&c)?;

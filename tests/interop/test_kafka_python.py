@@ -444,3 +444,56 @@ def test_describe_cluster(broker):
             "IDEMPOTENT_WRITE"}, got
     finally:
         a.close()
+
+
+# --- incremental fetch sessions (KIP-227) -----------------------------------------------------
+
+def test_incremental_fetch_sessions_across_a_restart(fresh_broker):
+    """kafka-python fetches in an incremental session (its default): a consumer of four
+    partitions reads waves of records written to one partition at a time, each once and in
+    order, while its requests name only what changed; a broker restart loses the session, and
+    the client makes a new one."""
+    from kafka.admin import NewTopic
+
+    b = fresh_broker
+    topic = unique("kp-sess")
+    a = admin_client(b)
+    a.create_topics([NewTopic(topic, 4, 1)])
+    a.close()
+    p = producer(b, retries=10)
+    c = consumer(b, fetch_max_wait_ms=200)
+    c.assign([TopicPartition(topic, i) for i in range(4)])
+    got: list = []
+
+    def session():
+        handlers = c._fetcher._session_handlers
+        assert len(handlers) == 1, handlers
+        meta = next(iter(handlers.values())).next_metadata
+        return meta.session_id, meta.epoch
+
+    def wave(n: int) -> None:
+        part = n % 4
+        for i in range(25):
+            p.send(topic, value=f"w{n}-{i}".encode(), partition=part)
+        p.flush(timeout=30)
+        got.extend(read(c, 25, timeout=30))
+
+    for n in range(4):
+        wave(n)
+    before, epoch = session()
+    assert before != 0 and epoch >= 4, f"no incremental session was used: {(before, epoch)}"
+    assert b.restart() == 0
+    for n in range(4, 8):
+        wave(n)
+    after, epoch = session()
+    assert after not in (0, before) and epoch >= 3, (before, after, epoch)
+    c.close()
+    p.close()
+
+    by_part: dict = {}
+    for r in got:
+        by_part.setdefault(r.partition, []).append((r.offset, r.value.decode()))
+    for part in range(4):
+        expected = [(i, f"w{n}-{j}") for i, (n, j) in
+                    enumerate((n, j) for n in (part, part + 4) for j in range(25))]
+        assert by_part.get(part) == expected, f"partition {part}: {by_part.get(part)}"

@@ -204,6 +204,17 @@ impl Metrics {
             "Operations on a topic, group or the cluster that the ACLs refused.",
             self.acl_denied.load(Ordering::Relaxed),
         );
+        let (sessions, cached) = broker.fetch_sessions.counts();
+        let _ = writeln!(
+            out,
+            "# HELP runnel_fetch_sessions Consumers' incremental fetch sessions open now (KIP-227).\n# TYPE runnel_fetch_sessions gauge\nrunnel_fetch_sessions {sessions}\n# HELP runnel_fetch_session_partitions Partitions remembered in the fetch sessions.\n# TYPE runnel_fetch_session_partitions gauge\nrunnel_fetch_session_partitions {cached}"
+        );
+        counter(
+            &mut out,
+            "runnel_fetch_session_evictions_total",
+            "Fetch sessions evicted to make room for new ones (broker.max_fetch_sessions).",
+            broker.fetch_sessions.evictions(),
+        );
         let _ = writeln!(
             out,
             "# HELP runnel_authenticated_total Successful authentications by principal.\n# TYPE runnel_authenticated_total counter"

@@ -19,6 +19,7 @@
 pub mod apis;
 pub mod auth;
 pub mod error;
+pub mod fetch_sessions;
 pub mod frame;
 pub mod oauth;
 pub mod scram;

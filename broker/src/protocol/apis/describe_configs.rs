@@ -186,6 +186,12 @@ fn broker_settings(
             Some("0"),
             5,
         ),
+        (
+            "max.incremental.fetch.session.cache.slots",
+            cfg.broker.max_fetch_sessions.to_string(),
+            Some("1000"),
+            3,
+        ),
         ("log.retention.hours", "168".to_string(), Some("168"), 3),
         (
             "log.retention.check.interval.ms",

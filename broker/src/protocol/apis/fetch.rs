@@ -26,8 +26,8 @@
 //! transaction). A read_committed consumer (isolation level 1) reads below it, and gets the
 //! aborted transactions its records overlap, whose records it drops (`storage::txn`).
 //!
-//! Fetch sessions (KIP-227) are not kept: every response carries session id 0, which tells the
-//! client to keep sending full fetch requests.
+//! Incremental fetch sessions (KIP-227, v7+): a consumer may have the broker remember its
+//! partitions and send, and be sent, only what changed (`protocol::fetch_sessions`).
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -47,6 +47,7 @@ use crate::client_quotas::{self, Allowance, QuotaKey};
 use crate::plugins::quota;
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
+use crate::protocol::fetch_sessions::FetchSessions;
 use crate::replication;
 use crate::storage::{ReadPlan, StorageError};
 
@@ -76,6 +77,12 @@ enum Reader {
 
 pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
     let consumer = replica_id(&ctx, &req) < 0;
+    let sessions = &ctx.broker.fetch_sessions;
+    let principal = ctx.asker().principal;
+    let begun = match sessions.begin(&mut req, ctx.api_version, principal) {
+        Ok(begun) => begun,
+        Err(code) => return FetchResponse::default().with_error_code(code),
+    };
     if consumer {
         match client_quotas::allowance(&ctx, QuotaKey::ConsumerByteRate) {
             Allowance::Unlimited => {}
@@ -84,13 +91,13 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
                 req.max_bytes = req.max_bytes.min(left.min(i32::MAX as u64) as i32);
                 req.min_bytes = req.min_bytes.min(req.max_bytes);
             }
-            Allowance::Throttled(ms) => {
-                return FetchResponse::default().with_throttle_time_ms(ms as i32);
-            }
+            Allowance::Throttled(ms) => return FetchSessions::throttled(&begun, ms as i32),
         }
     }
-    let mut response = read(&ctx, req).await;
+    let mut response = read(&ctx, &req).await;
     quota::fetch(&ctx, &mut response).await;
+    // After the quota policies: a partition they refused is answered with its error.
+    sessions.finish(begun, &req, principal, &mut response);
     if consumer {
         let bytes: u64 = response
             .responses
@@ -105,13 +112,13 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
 }
 
 /// The response: whatever the log holds once `min_bytes` are there or the wait is over.
-async fn read(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
+async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     let catalog = &ctx.broker.catalog;
-    let reader = reader(ctx, &req);
+    let reader = reader(ctx, req);
     // A refused replica fetch also says so for the whole request, as Kafka does: a follower
     // must not take an empty answer for an empty leader.
     let top_error = match reader {
-        Reader::Refused(code) if replica_id(ctx, &req) >= 0 => code,
+        Reader::Refused(code) if replica_id(ctx, req) >= 0 => code,
         _ => 0,
     };
     let mut wanted = Vec::new();
