@@ -53,6 +53,8 @@ pub struct Broker {
     pub scram: Arc<crate::protocol::scram_store::ScramStore>,
     /// Byte-rate quotas per user and client id, set with AlterClientQuotas.
     pub client_quotas: crate::client_quotas::ClientQuotas,
+    /// Kafka connections open per address, and their limits (`broker.max_connections_per_ip`).
+    pub connections_per_ip: crate::net::per_ip::PerIp,
     /// Consumers' incremental fetch sessions (KIP-227).
     pub fetch_sessions: crate::protocol::fetch_sessions::FetchSessions,
     /// The peer brokers (`[cluster]`); `None` for a broker alone.
@@ -239,6 +241,7 @@ pub async fn start_broker_from(
         acls,
         scram: Arc::new(scram),
         client_quotas,
+        connections_per_ip: crate::net::per_ip::PerIp::from_config(&config.broker),
         fetch_sessions: crate::protocol::fetch_sessions::FetchSessions::new(
             config.broker.max_fetch_sessions,
         ),

@@ -1011,3 +1011,52 @@ async fn connections_over_an_addresss_rate_are_turned_away() {
     assert_eq!(answered().await, 8);
     broker.shutdown().await;
 }
+
+/// Answers ApiVersions on `c`: the connection is served.
+async fn served(c: &mut RawClient) -> bool {
+    let r = c
+        .call(&kafka_protocol::messages::ApiVersionsRequest::default(), 3)
+        .await;
+    r.error_code == 0 && !r.api_keys.is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_an_address_limit_are_closed_and_a_closed_one_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.max_connections_per_ip = 2;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut first = RawClient::connect(&addr).await;
+    let mut second = RawClient::connect(&addr).await;
+    assert!(served(&mut first).await && served(&mut second).await);
+    let mut third = RawClient::connect(&addr).await;
+    assert!(third.is_closed().await, "a third from 127.0.0.1 is closed");
+    assert_eq!(
+        broker
+            .broker
+            .metrics
+            .connections_over_ip_limit
+            .load(Ordering::Relaxed),
+        1
+    );
+    let ip = "127.0.0.1".parse().unwrap();
+    assert_eq!(broker.broker.connections_per_ip.open_from(ip), 2);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.broker.connections_per_ip.open_from(ip) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's slot comes back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = RawClient::connect(&addr).await;
+    assert!(served(&mut again).await && served(&mut second).await);
+    let text = broker.broker.metrics.render(&broker.broker);
+    assert!(
+        text.contains("runnel_connections_over_ip_limit_total 1\n"),
+        "{text}"
+    );
+    broker.shutdown().await;
+}

@@ -99,6 +99,16 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "Client connections open at once on each listener; over it, TCP connections wait\nto be accepted and QUIC connections are refused. Each costs a task, buffers and a\nfile descriptor. Allowed: 1 or more.",
             ),
             key(
+                "max_connections_per_ip",
+                Int,
+                "Connections open at once from one IP address on the Kafka listeners (TCP and\nTLS together), as Kafka's max.connections.per.ip; one more is closed when\naccepted. QUIC devices are not counted; peer brokers are.\n0 (the default): no limit. Allowed: 0 or more.",
+            ),
+            key(
+                "max_connections_per_ip_overrides",
+                List,
+                "Other limits for some addresses, as Kafka's max.connections.per.ip.overrides:\n[\"192.0.2.7:200\", \"::1:50\"] (0 refuses the address). From the environment:\ncomma-separated.",
+            ),
+            key(
                 "handshake_timeout",
                 Duration,
                 "Time a new connection has to finish its TLS or QUIC handshake.\nAllowed: more than 0s (\"10s\", \"250ms\" or milliseconds).",

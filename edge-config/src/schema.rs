@@ -86,6 +86,14 @@ pub struct BrokerConfig {
     /// accepted and QUIC connections are refused (CONNECTION_REFUSED).
     /// Default 10000. Each connection costs a task, buffers and a file descriptor.
     pub max_connections: usize,
+    /// Connections open at once from one IP address on the Kafka listeners together (TCP and
+    /// TLS), as Kafka's `max.connections.per.ip`; one more is closed as soon as it is accepted.
+    /// Default 0: no limit. QUIC devices are not counted (many may share one address behind a
+    /// NAT); peer brokers are, so give their addresses room in the overrides.
+    pub max_connections_per_ip: usize,
+    /// Other limits for some addresses, as Kafka's `max.connections.per.ip.overrides`:
+    /// `"<ip>:<count>"` entries such as `"192.0.2.7:200"` (0 refuses the address). Default none.
+    pub max_connections_per_ip_overrides: Vec<String>,
     /// Time a new connection has to finish its TLS or QUIC handshake before it is closed, and,
     /// where it must log in (SASL PLAIN, QUIC tokens), to authenticate after that. Default 10s.
     /// Longer tolerates slow links; shorter frees slots held by idle or hostile peers sooner.
@@ -112,6 +120,27 @@ pub struct BrokerConfig {
     pub max_fetch_sessions: usize,
 }
 
+impl BrokerConfig {
+    /// `max_connections_per_ip_overrides`, parsed: each address (canonical: an IPv4-mapped IPv6
+    /// address is its IPv4 one) and its limit; the error names the entry and what is wrong.
+    pub fn parsed_ip_overrides(&self) -> Result<Vec<(std::net::IpAddr, usize)>, String> {
+        let mut out = Vec::with_capacity(self.max_connections_per_ip_overrides.len());
+        for entry in &self.max_connections_per_ip_overrides {
+            let shape = || format!("{entry:?} is not \"<ip>:<count>\", such as \"192.0.2.7:200\"");
+            let (ip, count) = entry.trim().rsplit_once(':').ok_or_else(shape)?;
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            let ip: std::net::IpAddr = ip.parse().map_err(|_| shape())?;
+            let count: usize = count.trim().parse().map_err(|_| shape())?;
+            let ip = ip.to_canonical();
+            if out.iter().any(|(seen, _)| *seen == ip) {
+                return Err(format!("{ip} is named twice"));
+            }
+            out.push((ip, count));
+        }
+        Ok(out)
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
@@ -123,6 +152,8 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             max_request_bytes: 100 * MIB,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
+            max_connections_per_ip_overrides: Vec::new(),
             handshake_timeout: secs(10),
             connections_max_idle: secs(600),
             connections_max_reauth: Duration::ZERO,

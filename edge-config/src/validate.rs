@@ -160,6 +160,9 @@ impl Config {
             return Err(c.out_of_range("broker.max_connections", 0, "1 or more"));
         }
         c.positive("broker.handshake_timeout", broker.handshake_timeout)?;
+        broker
+            .parsed_ip_overrides()
+            .map_err(|why| c.invalid("broker.max_connections_per_ip_overrides", why))?;
         if broker.max_fetch_sessions > 100_000 {
             return Err(c.out_of_range(
                 "broker.max_fetch_sessions",
@@ -603,6 +606,40 @@ mod tests {
         assert!(at("[listeners.quic]\nmax_streams = 1025\n").contains("max_streams"));
         let cfg = load("[listeners.quic]\nmax_streams = 64\n").unwrap();
         assert_eq!(cfg.listeners.quic.max_streams, 64);
+    }
+
+    #[test]
+    fn connection_limit_overrides_name_an_address_and_a_count() {
+        let at = |toml: &str| {
+            Config::from_toml_str(toml, "r.toml", &[])
+                .unwrap_err()
+                .to_string()
+        };
+        let err = at("[broker]\nmax_connections_per_ip_overrides = [\"gateway:5\"]\n");
+        assert!(
+            err.contains("r.toml:2: broker.max_connections_per_ip_overrides"),
+            "{err}"
+        );
+        assert!(err.contains("\"<ip>:<count>\""), "{err}");
+        let err = at(
+            "[broker]\nmax_connections_per_ip_overrides = [\"10.0.0.1:1\", \"::ffff:10.0.0.1:2\"]\n",
+        );
+        assert!(err.contains("10.0.0.1 is named twice"), "{err}");
+        let env = [(
+            "RUNNEL_BROKER__MAX_CONNECTIONS_PER_IP_OVERRIDES".to_string(),
+            "192.0.2.7:200, [::1]:0".to_string(),
+        )];
+        let c = Config::from_toml_str("[broker]\nmax_connections_per_ip = 50\n", "r.toml", &env)
+            .unwrap();
+        assert_eq!(c.broker.max_connections_per_ip, 50);
+        let parsed = c.broker.parsed_ip_overrides().unwrap();
+        assert_eq!(
+            parsed,
+            [
+                ("192.0.2.7".parse().unwrap(), 200),
+                ("::1".parse().unwrap(), 0)
+            ]
+        );
     }
 
     #[test]

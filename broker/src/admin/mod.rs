@@ -35,6 +35,9 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Connections closed because of a bad frame or request.
     pub connections_rejected: AtomicU64,
+    /// Connections closed at once because their address had `broker.max_connections_per_ip`
+    /// open.
+    pub connections_over_ip_limit: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Records appended by produce requests (duplicates from idempotent retries excluded).
@@ -72,6 +75,7 @@ impl Default for Metrics {
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
+            connections_over_ip_limit: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             records_in: AtomicU64::new(0),
@@ -131,6 +135,12 @@ impl Metrics {
             "runnel_connections_rejected_total",
             "Connections closed for a bad frame or request.",
             self.connections_rejected.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "runnel_connections_over_ip_limit_total",
+            "Kafka connections closed when accepted: their address had broker.max_connections_per_ip (or its override) open.",
+            self.connections_over_ip_limit.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

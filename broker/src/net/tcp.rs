@@ -33,6 +33,8 @@ pub fn sasl_file(path: &Path, key: &str) -> anyhow::Result<Option<Arc<TokenFile>
 
 /// Failed accepts logged per minute (out of file descriptors, every try fails).
 static ACCEPT_ERRORS: LogBudget = LogBudget::new(6);
+/// Connections closed for their address's `max_connections_per_ip`, said a minute.
+static OVER_IP_LIMIT: LogBudget = LogBudget::new(10);
 
 /// How a listener's clients authenticate with SASL: none of the two, and they do not.
 #[derive(Clone, Default)]
@@ -107,6 +109,18 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
+        let ip_slot = match broker.connections_per_ip.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                broker
+                    .metrics
+                    .connections_over_ip_limit
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                within_budget!(OVER_IP_LIMIT, info, %peer, listener = kind.name(), limit, "connection closed: its address has broker.max_connections_per_ip connections open");
+                drop(stream);
+                continue;
+            }
+        };
         if let Err(ms) = crate::client_quotas::admit_connection(&broker, peer, kind.name()) {
             hold_then_close(stream, ms);
             continue;
@@ -136,6 +150,7 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             match tls {
                 None => super::conn::serve(broker, stream, session, shutdown).await,
                 Some(acceptor) => {

@@ -187,6 +187,21 @@ fn broker_settings(
             5,
         ),
         (
+            "max.connections.per.ip",
+            match cfg.broker.max_connections_per_ip {
+                0 => i32::MAX.to_string(),
+                n => n.to_string(),
+            },
+            Some("2147483647"),
+            3,
+        ),
+        (
+            "max.connections.per.ip.overrides",
+            cfg.broker.max_connections_per_ip_overrides.join(","),
+            Some(""),
+            2,
+        ),
+        (
             "max.incremental.fetch.session.cache.slots",
             cfg.broker.max_fetch_sessions.to_string(),
             Some("1000"),
