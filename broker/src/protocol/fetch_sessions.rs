@@ -327,6 +327,9 @@ impl Session {
     /// Applies an incremental fetch's changes: its partitions added or updated, then the
     /// forgotten ones removed, as Kafka does.
     fn update(&mut self, topics: &[FetchTopic], forgotten: &[ForgottenTopic]) {
+        if topics.is_empty() && forgotten.is_empty() {
+            return;
+        }
         let mut at = self.index();
         let mut added = Vec::new();
         let mut updates = Vec::new();
@@ -415,15 +418,24 @@ impl Session {
     /// notes what they are told now, and moves those that returned records to the end of the
     /// session's order.
     fn answer(&mut self, response: &mut FetchResponse) {
-        let at = self.index();
+        // The answer lists the session's partitions in its order: found by walking both, with
+        // a map only if that ever fails.
+        let mut next = 0;
+        let mut at: Option<HashMap<(&str, i32), usize>> = None;
         let mut told = Vec::new();
         let mut with_records = Vec::new();
         for t in &mut response.responses {
             t.partitions.retain(|p| {
-                let Some(&i) = at.get(&(t.topic.as_str(), p.partition_index)) else {
+                let key = (t.topic.as_str(), p.partition_index);
+                let found = match self.partitions.get(next) {
+                    Some(c) if (c.topic.as_str(), c.fetch.partition) == key => Some(next),
+                    _ => at.get_or_insert_with(|| self.index()).get(&key).copied(),
+                };
+                let Some(i) = found else {
                     // Not the session's (a follower's unasked partitions): passed on as is.
                     return true;
                 };
+                next = i + 1;
                 let now = Told::of(p);
                 let has_records = p.records.as_ref().is_some_and(|r| !r.is_empty());
                 let changed = has_records || p.error_code != 0 || self.partitions[i].told != now;
