@@ -198,6 +198,16 @@ async fn topics_produce_and_consume_commands_round_trip() {
         let out = runnel(&["topics", "describe", "cli", "-b", &b]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("partitions: 2"), "{text}");
+        assert!(text.contains("  configs: retention.ms=3600000\n"), "{text}");
+        let out = runnel(&["topics", "describe", "nosuch", "-b", &b]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "topic nosuch: UnknownTopicOrPartition (Broker: Unknown topic or partition)"
+            ),
+            "{err}"
+        );
 
         let out = runnel_with_input(
             &["produce", "cli", "-b", &b],
@@ -248,6 +258,27 @@ async fn topics_produce_and_consume_commands_round_trip() {
         ]);
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+
+        // A null value (a tombstone) is printed as null, apart from an empty one.
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = common::client_config(&b).create().unwrap();
+        producer
+            .send(BaseRecord::<str, [u8]>::to("cli").key("gone").partition(0))
+            .unwrap();
+        producer
+            .send(
+                BaseRecord::<str, [u8]>::to("cli")
+                    .key("empty")
+                    .payload(b"")
+                    .partition(0),
+            )
+            .unwrap();
+        producer.flush(std::time::Duration::from_secs(10)).unwrap();
+        let out = runnel(&["consume", "cli", "--group", "cli-g", "--max", "2", "-b", &b]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "gone\tnull\nempty\t\n"
+        );
 
         let out = runnel(&["topics", "delete", "cli", "-b", &b]);
         assert!(out.status.success());

@@ -106,7 +106,10 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                 bail!("no metadata for {name}")
             };
             if let Some(e) = t.error() {
-                bail!("topic {name}: {:?}", e);
+                bail!(
+                    "topic {name}: {}",
+                    rdkafka::types::RDKafkaErrorCode::from(e)
+                );
             }
             out!("topic: {}  partitions: {}", t.name(), t.partitions().len());
             for p in t.partitions() {
@@ -122,6 +125,22 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                     low,
                     high
                 );
+            }
+            // The topic's own configs, as kafka-topics --describe lists them.
+            let admin = admin(&conn)?;
+            let specifier = rdkafka::admin::ResourceSpecifier::Topic(&name);
+            let described =
+                runtime()?.block_on(admin.describe_configs([&specifier], &admin_options()))?;
+            let mut own: Vec<String> = described
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.entries)
+                .filter(|e| e.source == rdkafka::admin::ConfigSource::DynamicTopic)
+                .map(|e| format!("{}={}", e.name, e.value.unwrap_or_default()))
+                .collect();
+            own.sort();
+            if !own.is_empty() {
+                out!("  configs: {}", own.join(" "));
             }
             Ok(())
         }
@@ -402,7 +421,9 @@ pub fn consume(
                         out.write_all(k)?;
                         out.write_all(b"\t")?;
                     }
-                    out.write_all(m.payload().unwrap_or_default())?;
+                    // A null value (a tombstone) as kafka-console-consumer prints it, apart
+                    // from an empty one.
+                    out.write_all(m.payload().unwrap_or(b"null"))?;
                     out.write_all(b"\n")
                 })();
                 if let Err(e) = written {

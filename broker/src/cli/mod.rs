@@ -86,7 +86,8 @@ enum Command {
     /// Measure produce and consume throughput and produce latency against a broker
     /// (`bench devices`: many QUIC devices sending acknowledged readings).
     Bench(Box<bench::BenchArgs>),
-    /// Print records as `value`, or `key<TAB>value` for keyed records.
+    /// Print records as `value`, or `key<TAB>value` for keyed records (`null` for a null value,
+    /// a tombstone).
     Consume {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         topic: String,
