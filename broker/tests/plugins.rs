@@ -752,6 +752,16 @@ async fn dead_letter_takes_failed_batches_and_a_failing_plugin_is_disabled() {
         m.contains("runnel_plugin_disabled{plugin=\"hot\"} 0"),
         "{m}"
     );
+    // GET /plugins (and so `runnel plugin list`) says which is disabled.
+    let response = common::http_get(admin, "/plugins").await;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let list: runnel::admin::plugins::PluginList = serde_json::from_str(body).unwrap();
+    let state: Vec<(&str, bool)> = list
+        .plugins
+        .iter()
+        .map(|p| (p.name.as_str(), p.disabled))
+        .collect();
+    assert_eq!(state, [("trapper", true), ("hot", false)]);
     broker.shutdown().await;
 }
 
@@ -937,6 +947,104 @@ async fn a_batch_that_does_not_decode_is_refused_before_the_chain_runs() {
     assert_eq!(
         values,
         vec![br#"{"temp":30}"#.to_vec(), br#"{"temp":50}"#.to_vec()]
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_waits_for_the_plugin_s_instances_and_none_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin("hot", "json_filter.wasm", "temp > 20")];
+    cfg.plugins.bindings = vec![bind("burst", &["hot"], OnError::FailClosed)];
+    let broker = common::start_with(cfg).await;
+    let plugins = broker.broker.plugins.current();
+    let hot = plugins.loaded[0].clone();
+    // Many more calls at once than the plugin has instances (its share of the pooling
+    // allocator): each waits for one, and none fails or counts against the plugin.
+    let calls = 6 * runnel::plugins::host::CALLS_PER_PLUGIN as usize;
+    let records: Vec<_> = (0..3000)
+        .map(|i| {
+            let value = format!("{{\"temp\": {}}}", 15 + i % 10);
+            common::record(i, None, value.as_bytes(), 1_700_000_000_000)
+        })
+        .collect();
+    let frame = runnel::plugins::frame_records("burst", 0, &records);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(calls));
+    let threads: Vec<_> = (0..calls)
+        .map(|_| {
+            let (hot, frame, start) = (hot.clone(), frame.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                hot.call(frame, Ok).map(|answer| answer.len())
+            })
+        })
+        .collect();
+    for t in threads {
+        let answer = t.join().unwrap();
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    assert_eq!(
+        hot.stats.faults.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(!hot.is_disabled());
+    let instances = hot
+        .stats
+        .instantiations
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        instances <= runnel::plugins::host::CALLS_PER_PLUGIN as u64,
+        "{instances} instances"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_over_the_topic_s_size_limit_is_split_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.disable_after = 0;
+    cfg.plugins.load = vec![plugin("trapper", "faulty_filter.wasm", "trap")];
+    let mut dl = bind("big", &["trapper"], OnError::DeadLetter);
+    dl.dead_letter_topic = Some("big-failed".into());
+    cfg.plugins.bindings = vec![dl];
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    common::NamedClient::connect(&addr, "admin")
+        .await
+        .create("big")
+        .await;
+    let mut c = common::RawClient::connect(&addr).await;
+    // Just under max.message.bytes as produced; the headers each dead-letter record gains
+    // (topic, partition, plugin, error) take the copy well over it.
+    let value = [b'v'; 90];
+    let records: Vec<_> = (0..9_000)
+        .map(|i| {
+            common::record(
+                i,
+                Some(format!("k{i}").as_bytes()),
+                &value,
+                1_700_000_000_000,
+            )
+        })
+        .collect();
+    let batch = common::encode_batch(&records, kafka_protocol::records::Compression::None);
+    assert!(batch.len() < 1_048_588, "{}", batch.len());
+    let r = c
+        .call(&common::produce_request("big", 0, -1, batch), 9)
+        .await;
+    let part = &r.responses[0].partition_responses[0];
+    assert_eq!((part.error_code, part.error_message.as_deref()), (0, None));
+    assert_eq!(
+        log_end(&broker, "big"),
+        0,
+        "nothing kept in the topic itself"
+    );
+    assert_eq!(
+        log_end(&broker, "big-failed"),
+        9_000,
+        "every record in the dead-letter topic"
     );
     broker.shutdown().await;
 }

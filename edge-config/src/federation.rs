@@ -250,7 +250,7 @@ impl FederationConfig {
 }
 
 /// A name Kafka takes for a topic: 1 to 249 of these characters, and not `.` or `..`.
-fn topic_name(s: &str) -> bool {
+pub(crate) fn topic_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 249 && s != "." && s != ".." && topic_chars(s)
 }
 

@@ -505,7 +505,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "call_timeout",
                 Duration,
-                "Longest one plugin call (one batch, one plugin) may run; then it fails and the\nbinding's on_error decides. Bounds what a looping plugin costs per batch.",
+                "Longest one plugin call (one batch, one plugin) may run, by the wall clock (waits\nfor a CPU count); then it fails and the binding's on_error decides. Bounds what a\nlooping plugin costs per batch. Default 1s. Allowed: more than 0s.",
             ),
             key(
                 "memory_limit",

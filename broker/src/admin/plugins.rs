@@ -28,6 +28,10 @@ pub struct PluginInfo {
     pub instantiations: u64,
     /// Wall time spent in its calls, in microseconds.
     pub busy_us: u64,
+    /// Disabled after `plugins.disable_after` failed calls in a row, until a reload or restart
+    /// (its bindings apply their `on_error`).
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// The body of `GET /plugins`.
@@ -41,7 +45,7 @@ pub struct PluginList {
 pub async fn list(State(broker): State<Arc<Broker>>) -> Json<PluginList> {
     let set = broker.plugins.current();
     let section = broker.plugins.section();
-    let info = |name: &str, kind: &str, stats: &Stats| {
+    let info = |name: &str, kind: &str, stats: &Stats, disabled: bool| {
         let path = section
             .load
             .iter()
@@ -63,6 +67,7 @@ pub async fn list(State(broker): State<Arc<Broker>>) -> Json<PluginList> {
             faults: stats.faults.load(Ordering::Relaxed),
             instantiations: stats.instantiations.load(Ordering::Relaxed),
             busy_us: stats.busy_nanos.load(Ordering::Relaxed) / 1000,
+            disabled,
         }
     };
     let mut plugins: Vec<PluginInfo> = set
@@ -73,14 +78,14 @@ pub async fn list(State(broker): State<Arc<Broker>>) -> Json<PluginList> {
                 Kind::Filter => "filter",
                 Kind::Transform => "transform",
             };
-            info(p.name(), kind, &p.stats)
+            info(p.name(), kind, &p.stats, p.is_disabled())
         })
         .collect();
     plugins.extend(
         set.quotas
             .loaded
             .iter()
-            .map(|q| info(q.name(), "quota", &q.stats)),
+            .map(|q| info(q.name(), "quota", &q.stats, false)),
     );
     Json(PluginList {
         reloads: broker.plugins.reloads(),

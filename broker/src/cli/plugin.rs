@@ -60,9 +60,10 @@ pub fn list(admin: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     out!(
-        "{:<20} {:<9} {:>10} {:>8} {:>9} {:>12} {:>10}  TOPICS  PATH",
+        "{:<20} {:<9} {:<8} {:>10} {:>8} {:>9} {:>12} {:>10}  TOPICS  PATH",
         "NAME",
         "KIND",
+        "STATE",
         "CALLS",
         "FAULTS",
         "INSTANCES",
@@ -75,9 +76,10 @@ pub fn list(admin: &str) -> anyhow::Result<()> {
             .checked_div(p.calls)
             .map_or_else(|| "-".to_string(), |us| format!("{us}us"));
         out!(
-            "{:<20} {:<9} {:>10} {:>8} {:>9} {:>12} {:>10}  {}  {}",
+            "{:<20} {:<9} {:<8} {:>10} {:>8} {:>9} {:>12} {:>10}  {}  {}",
             p.name,
             p.kind,
+            if p.disabled { "disabled" } else { "ok" },
             p.calls,
             p.faults,
             p.instantiations,

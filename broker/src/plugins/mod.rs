@@ -23,7 +23,7 @@
 //!   that topic as they are (its own chain does not run on them, so chains cannot loop), in the
 //!   partition [`output::partition_for`] picks, auto-creating the topic when the broker
 //!   auto-creates topics (else the call fails: the binding's policy applies).
-//! - Idempotent producers (baseSequence >= 0): the re-encoded batch keeps the producer's
+//! - Idempotent producers (a producer id and baseSequence >= 0): the re-encoded batch keeps the producer's
 //!   baseSequence and its lastOffsetDelta (the original count - 1) even when it holds fewer
 //!   records, so it spans the sequence numbers the producer used and its next batch is in
 //!   sequence; the offsets of dropped records stay unused, as after compaction. A batch that
@@ -63,6 +63,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+use crate::log_budget::{LogBudget, within_budget};
 use crate::storage::{self, BatchHeader};
 
 pub use host::{Host, HostLimits, Kind, Plugin};
@@ -166,8 +167,8 @@ impl Plugins {
             memory_limit: config.memory_limit,
             disable_after: config.disable_after,
         };
-        // Instances alive at once: a few concurrent calls per plugin.
-        let max_instances = (config.load.len() as u32 * 8).max(16);
+        // Instances alive at once: each plugin's calls at once (a quota policy has one).
+        let max_instances = config.load.len() as u32 * host::CALLS_PER_PLUGIN;
         let host = Host::new(limits, cache_dir, max_instances)?;
         let mut by_name = HashMap::new();
         let mut loaded = Vec::new();
@@ -229,6 +230,33 @@ pub struct RoutedBatch {
     pub records: Bytes,
 }
 
+impl RoutedBatch {
+    /// The batch's records as two batches of half as many each (with its compression), for a
+    /// target topic whose `max.message.bytes` the whole is over; `None` for a single record,
+    /// or a batch that does not decode.
+    pub fn halves(&self) -> Option<[RoutedBatch; 2]> {
+        let set = RecordBatchDecoder::decode(&mut self.records.clone()).ok()?;
+        let mut first = set.records;
+        if first.len() < 2 {
+            return None;
+        }
+        let second = first.split_off(first.len() / 2);
+        let half = |records| {
+            encode(records, set.compression, -1)
+                .ok()
+                .map(|b| RoutedBatch {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    records: Bytes::from(b),
+                })
+        };
+        Some([half(first)?, half(second)?])
+    }
+}
+
+/// Failed plugin calls said a minute.
+static CALL_FAILED: LogBudget = LogBudget::new(20);
+
 /// Runs `chain` over every batch of one produce partition's record data. `partitions` tells
 /// the partition count of a topic a record is routed to, creating the topic if the broker
 /// auto-creates topics, or `None` when there is no such topic. Blocking (wasm calls): the
@@ -269,7 +297,7 @@ pub fn run_chain(
             };
             changed = true;
             routed.extend(ran.routed);
-            if h.base_sequence >= 0 {
+            if idempotent(&h) {
                 rewritten = true;
             }
             push_rewritten(&mut out, &raw, &h, ran.batch);
@@ -286,7 +314,7 @@ pub fn run_chain(
         changed = true;
         routed.extend(ran.routed);
         let kept = ran.records;
-        if h.base_sequence >= 0 {
+        if idempotent(&h) {
             // Idempotent: keep the producer's sequence span (see the module docs).
             if kept.len() > h.record_count.max(0) as usize {
                 return Err(ProduceFilterError::Idempotent {
@@ -323,12 +351,19 @@ struct BatchRun {
     routed: Vec<(String, Record)>,
 }
 
+/// Whether a batch is an idempotent producer's, whose sequence span a rewrite keeps: it has a
+/// producer id and a sequence, as storage takes it (a sequence without a producer id means
+/// nothing, as in Kafka).
+fn idempotent(h: &BatchHeader) -> bool {
+    h.producer_id >= 0 && h.base_sequence >= 0
+}
+
 /// Appends the batch a chain made of the produced batch `raw` (header `h`) to `out`: `batch` is
 /// the kept records re-encoded, `None` when none were kept. For an idempotent producer the
 /// batch keeps the producer's sequence span (see the module docs): its lastOffsetDelta is the
 /// produced one, and a batch with no records left still goes in, empty.
 fn push_rewritten(out: &mut BytesMut, raw: &[u8], h: &BatchHeader, batch: Option<Vec<u8>>) {
-    let idempotent = h.base_sequence >= 0;
+    let idempotent = idempotent(h);
     match batch {
         Some(mut batch) => {
             if idempotent {
@@ -458,7 +493,9 @@ fn on_failure(
         // Said once, with the reason, when the plugin was disabled.
         tracing::debug!(topic, partition, error = %e, policy, "plugin disabled; on_error applies");
     } else {
-        tracing::warn!(topic, partition, error = %e, policy, "plugin failed; on_error applies");
+        // A plugin that fails now and then never reaches disable_after: its failures are
+        // said within a budget (each is counted in runnel_plugin_faults_total).
+        within_budget!(CALL_FAILED, warn, topic, partition, error = %e, policy, "plugin failed; on_error applies");
     }
     match chain.on_error {
         OnError::FailOpen => Ok(None),

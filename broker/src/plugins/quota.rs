@@ -46,8 +46,12 @@ use wasmtime::component::{ComponentType, Lift, Lower, TypedFunc};
 use super::PluginError;
 use super::host::{Host, Linked, State, Stats};
 use crate::broker::now_ms;
+use crate::log_budget::{LogBudget, within_budget};
 use crate::protocol::Ctx;
 use crate::storage::BatchHeader;
+
+/// Failed quota calls said a minute (each is counted in runnel_plugin_faults_total).
+static CALL_FAILED: LogBudget = LogBudget::new(20);
 
 /// The `request-info` record of the `quota` world (`sdk/wit/plugin.wit`); field order is the
 /// WIT order.
@@ -262,12 +266,12 @@ pub fn ask(policies: &[Matched], requests: &[RequestInfo], now_ms: i64) -> Vec<D
                     Ok(d) => d,
                     Err(e) => match m.on_error {
                         OnError::FailOpen => {
-                            tracing::warn!(topic = %request.topic, error = %e, "quota call failed; request allowed (fail-open)");
+                            within_budget!(CALL_FAILED, warn, topic = %request.topic, error = %e, "quota call failed; request allowed (fail-open)");
                             Decision::Allow
                         }
                         // The config refuses dead-letter for quota policies; reject if it ever came.
                         OnError::FailClosed | OnError::DeadLetter => {
-                            tracing::warn!(topic = %request.topic, error = %e, "quota call failed; request rejected (fail-closed)");
+                            within_budget!(CALL_FAILED, warn, topic = %request.topic, error = %e, "quota call failed; request rejected (fail-closed)");
                             Decision::Reject(e.to_string())
                         }
                     },

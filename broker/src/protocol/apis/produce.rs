@@ -45,11 +45,13 @@ use crate::acl::{Operation, ResourceType};
 use crate::broker::{Broker, now_ms};
 use crate::catalog::CatalogError;
 use crate::client_quotas::{self, QuotaKey};
+use crate::log_budget::{LogBudget, within_budget};
 use crate::plugins::quota::{self, Decision};
 use crate::plugins::{self, ChainOutput, ProduceFilterError};
 use crate::protocol::error::storage_code;
 use crate::protocol::{Ctx, Outcome, Reply, frame};
 use crate::replication::{self, Replicated};
+use crate::storage::StorageError;
 
 pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let catalog = &ctx.broker.catalog;
@@ -214,8 +216,11 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             }
             if records.is_empty() {
                 // The plugins dropped or routed every record: nothing to append here, and no
-                // offset to report.
-                append_routed(&ctx.broker, chained.routed);
+                // offset to report; but records routed and not stored are lost unless the
+                // producer hears of it.
+                if let Err(why) = append_routed(&ctx.broker, chained.routed) {
+                    fail(&mut out, &ctx, E::KafkaStorageError.code(), why);
+                }
                 partitions.push(out);
                 continue;
             }
@@ -252,7 +257,9 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             match result {
                 Ok(info) => {
                     if !info.duplicate {
-                        append_routed(&ctx.broker, chained.routed);
+                        // The producer's records are stored: a copy that fails is counted
+                        // and logged, not reported (see `append_routed`).
+                        let _ = append_routed(&ctx.broker, chained.routed);
                     }
                     out.base_offset = info.base_offset;
                     out.log_append_time_ms = info.log_append_time;
@@ -404,20 +411,27 @@ fn routed_partitions(broker: &Broker, name: &str) -> Option<i32> {
     }
 }
 
-/// Appends the batches a chain routed to other topics. The produce they came from is already
-/// stored, so a failure here is logged and counted (`runnel_produce_errors_total`), not
-/// reported to the producer.
-fn append_routed(broker: &Arc<Broker>, routed: Vec<plugins::RoutedBatch>) {
-    for batch in routed {
+/// Appends the batches a chain routed to other topics. A batch over its topic's
+/// `max.message.bytes` (say, records that a dead-letter copy made larger with its headers) is
+/// split until its parts fit. Returns the first failure, for a produce whose own partition
+/// keeps nothing (every record went elsewhere), which then reports it; a produce whose records
+/// are stored counts and logs it (`runnel_produce_errors_total`), as its producer can do
+/// nothing about a copy.
+fn append_routed(broker: &Arc<Broker>, routed: Vec<plugins::RoutedBatch>) -> Result<(), String> {
+    let mut first_error = Ok(());
+    let mut queue: std::collections::VecDeque<plugins::RoutedBatch> = routed.into();
+    while let Some(batch) = queue.pop_front() {
         let partition = broker
             .catalog
             .get(&batch.topic)
             .and_then(|t| t.partition(batch.partition));
         let result = match &partition {
-            Some(p) => p
-                .append(&batch.records, now_ms())
-                .map_err(|e| e.to_string()),
-            None => Err("the topic or partition no longer exists".into()),
+            Some(p) => p.append(&batch.records, now_ms()),
+            None => {
+                let e = "the topic or partition no longer exists".to_string();
+                routed_failed(broker, &batch, &e, &mut first_error);
+                continue;
+            }
         };
         match result {
             Ok(info) => {
@@ -426,16 +440,42 @@ fn append_routed(broker: &Arc<Broker>, routed: Vec<plugins::RoutedBatch>) {
                     .records_in
                     .fetch_add(info.record_count as u64, Ordering::Relaxed);
             }
-            Err(e) => {
-                tracing::warn!(topic = %batch.topic, partition = batch.partition, error = %e, "records a plugin routed could not be appended");
-                broker
-                    .metrics
-                    .produce_errors
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e @ StorageError::MessageTooLarge { .. }) => match batch.halves() {
+                Some([a, b]) => {
+                    queue.push_front(b);
+                    queue.push_front(a);
+                }
+                None => routed_failed(broker, &batch, &e.to_string(), &mut first_error),
+            },
+            Err(e) => routed_failed(broker, &batch, &e.to_string(), &mut first_error),
         }
     }
+    first_error
 }
+
+/// Routed records that could not be appended: counted, logged (within a budget) and kept as
+/// the first failure.
+fn routed_failed(
+    broker: &Broker,
+    batch: &plugins::RoutedBatch,
+    error: &str,
+    first_error: &mut Result<(), String>,
+) {
+    within_budget!(ROUTED_FAILED, warn, topic = %batch.topic, partition = batch.partition, error, "records a plugin routed could not be appended");
+    broker
+        .metrics
+        .produce_errors
+        .fetch_add(1, Ordering::Relaxed);
+    if first_error.is_ok() {
+        *first_error = Err(format!(
+            "records a plugin routed to {}-{} could not be appended: {error}",
+            batch.topic, batch.partition
+        ));
+    }
+}
+
+/// Routed appends that failed, said a minute.
+static ROUTED_FAILED: LogBudget = LogBudget::new(10);
 
 /// Answers a produce v0-2 request with UNSUPPORTED_VERSION for every partition it names. The
 /// kafka-protocol crate no longer carries these versions, so the small v0-2 layout is read and
