@@ -1293,3 +1293,53 @@ async fn a_link_logs_in_to_the_central_cluster_with_oidc_tokens() {
     edge.shutdown().await;
     central.shutdown().await;
 }
+
+/// In a cluster, a link forwards only what every in-sync broker has (below the high
+/// watermark): records only the leader holds wait until its follower has them or has left the
+/// in-sync set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_only_records_below_the_high_watermark_are_forwarded() {
+    use kafka_protocol::messages::CreateTopicsRequest;
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = common::start(central_dir.path()).await;
+    let edge_dir = tempfile::tempdir().unwrap();
+    let mut cfg = edge_config(edge_dir.path(), &central.bootstrap(), &["hw"]);
+    let port = common::free_port();
+    cfg.listeners.kafka.address = format!("127.0.0.1:{port}").parse().unwrap();
+    // Broker 2 never starts: it counts as in sync until replica_lag_time_max has passed.
+    cfg.cluster.brokers = vec![
+        format!("1@127.0.0.1:{port}"),
+        format!("2@{}", unused_addr()),
+    ];
+    cfg.cluster.replica_lag_time_max = Duration::from_secs(4);
+    let edge = common::start_with(cfg).await;
+    let mut c = common::RawClient::connect(&edge.bootstrap()).await;
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        CreatableTopic::default()
+            .with_name(kafka_protocol::messages::TopicName("hw".into()))
+            .with_num_partitions(1)
+            .with_replication_factor(-1),
+    ]);
+    assert_eq!(c.call(&create, 5).await.topics[0].error_code, 0);
+    let batch = common::encode_batch(
+        &[common::record(0, None, b"only on the leader", now_ms())],
+        kafka_protocol::records::Compression::None,
+    );
+    let written = Instant::now();
+    let r = c.call(&common::produce_request("hw", 0, 1, batch), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        log_ends(&central, "site-a.hw").iter().all(|&end| end == 0),
+        "forwarded above the high watermark"
+    );
+    assert!(
+        written.elapsed() < Duration::from_secs(4),
+        "the check ran in time"
+    );
+    // Broker 2 leaves the in-sync set: the record is every in-sync broker's, and goes.
+    await_remote(&central, "site-a.hw", &[1]).await;
+    edge.shutdown().await;
+    central.shutdown().await;
+}

@@ -291,7 +291,14 @@ impl Forwarder {
                 } else if cursor.next > end {
                     cursor.moved_to(end);
                 }
-                let stable = log.last_stable_offset(end);
+                // In a cluster, only what every in-sync broker has (below the high watermark):
+                // the central cluster must not get records a change of leader could cut.
+                let readable = crate::replication::readable_end(
+                    self.broker.cluster.as_ref(),
+                    &self.partition,
+                    end,
+                );
+                let stable = log.last_stable_offset(readable);
                 if cursor.next >= stable {
                     return Ok(None);
                 }
