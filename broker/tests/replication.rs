@@ -1249,3 +1249,83 @@ async fn followers_copy_the_leaders_acls_and_forward_changes_to_it() {
     leader.shutdown().await;
     follower.shutdown().await;
 }
+
+/// A leader that comes back without records its follower holds (a power cut took its log's
+/// unsynced tail; here the tail is cut off by hand) takes no writes that would give those
+/// offsets to other records, the follower keeps its copy without asking in a loop, and moving
+/// the lead to the follower brings every acknowledged record back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_records_its_follower_holds_takes_no_writes_until_the_lead_moves() {
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 2).await;
+    let follower = pair.start(2, 1, 2).await;
+    produce(&producer(&pair.address(1), "all"), "t", 20, "acked").await;
+    eventually("the follower's copy", || log_end(&follower, "t") == 20).await;
+    leader.shutdown().await;
+    let segment = pair.dirs[0]
+        .path()
+        .join("t-0")
+        .join("00000000000000000000.log");
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let leader = pair.start(1, 1, 2).await;
+    let end = log_end(&leader, "t");
+    assert!(end < 20, "the torn tail is cut at start: {end}");
+    let partition = leader
+        .broker
+        .catalog
+        .get("t")
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    // Known at once from the high watermark it saved; then the follower's fetch names it.
+    assert!(runnel::replication::lost_records(&partition).is_some());
+    eventually("the follower's fetch to tell the leader", || {
+        runnel::replication::lost_records(&partition).is_some_and(|why| why.contains("broker 2"))
+    })
+    .await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let r = c
+        .call(&produce_request("t", 0, 1, batch(b"other")), 9)
+        .await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, E::KafkaStorageError.code());
+    let why = p.error_message.as_deref().unwrap_or_default();
+    assert!(why.contains("move the lead to broker 2"), "{why}");
+    assert_eq!(log_end(&leader, "t"), end, "nothing written");
+    // The follower keeps what it has, asking again at the pace of a long poll, not in a loop.
+    let fetches = |b: &BrokerHandle| {
+        let text = b.broker.metrics.render(&b.broker);
+        text.lines()
+            .find_map(|l| l.strip_prefix("runnel_requests_total{api=\"Fetch\"} "))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = fetches(&leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = fetches(&leader) - before;
+    assert!(asked < 100, "{asked} fetches in 2 s");
+    assert_eq!(log_end(&follower, "t"), 20);
+    // The lead moves to broker 2, as docs/replication.md says: every acknowledged record is
+    // there, and broker 1 copies them back.
+    leader.shutdown().await;
+    follower.shutdown().await;
+    let new_leader = pair.start(2, 2, 1).await;
+    let old_leader = pair.start(1, 2, 1).await;
+    eventually("broker 1 to copy the records back", || {
+        log_end(&old_leader, "t") == 20
+    })
+    .await;
+    let address = pair.address(2);
+    let got = tokio::task::spawn_blocking(move || consume(&address, "t", 20))
+        .await
+        .unwrap();
+    let want: Vec<String> = (0..20).map(|i| format!("acked-{i}")).collect();
+    assert_eq!(got.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(), want);
+    old_leader.shutdown().await;
+    new_leader.shutdown().await;
+}

@@ -6,6 +6,17 @@
 //! One line per partition, `<high watermark> <partition> <topic>`, written whole (a temporary
 //! file renamed over the old one) every few seconds while it changes and at shutdown. A partition
 //! missing from the file (the cluster's first start) starts with its log end.
+//!
+//! A leader whose log ends below the high watermark it saved lost records every in-sync broker
+//! had (a power cut took the log's unsynced tail): it takes no writes to that partition until a
+//! follower shows it holds them (then the lead must move there) or `replica_lag_time_max` passes
+//! without one ([`super::lost_records`]).
+//!
+//! `<data_dir>/replication-leader` names the broker whose records the log holds above its high
+//! watermark: this one while it leads, the leader once it has compared logs with it as a
+//! follower. A follower cuts records its leader does not have only when they may be its own
+//! (taken while it led, or from another leader): records the same leader gave it are kept, as
+//! the leader lost them ([`super::follower`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +25,28 @@ use super::{ReplicaState, set_high_watermark};
 use crate::broker::Broker;
 
 const FILE: &str = "replication-checkpoint";
+const LEADER_FILE: &str = "replication-leader";
+
+/// The broker whose records the log holds above its high watermark, as last written; `None`
+/// when unknown (a data directory from before this file).
+pub fn records_leader(data_dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(data_dir.join(LEADER_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Notes that the log's records above its high watermark are `node`'s.
+pub fn set_records_leader(data_dir: &Path, node: i32) {
+    let path = data_dir.join(LEADER_FILE);
+    if records_leader(data_dir) == Some(node) {
+        return;
+    }
+    if let Err(e) = crate::storage::write_file_atomic(&path, format!("{node}\n").as_bytes()) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot note whose records the log holds");
+    }
+}
 
 fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE)
@@ -44,13 +77,26 @@ fn read(data_dir: &Path) -> HashMap<(String, i32), i64> {
     out
 }
 
-/// Sets every partition's high watermark from the file (never above its log end).
+/// Sets every partition's high watermark from the file (never above its log end). On a leader,
+/// a log that ends below it lost records: see the module docs.
 pub fn restore(broker: &Broker) {
-    let saved = read(&broker.config.broker.data_dir);
+    let data_dir = &broker.config.broker.data_dir;
+    let saved = read(data_dir);
+    let leader = broker.cluster.as_ref().filter(|c| c.is_leader());
+    if let Some(c) = leader {
+        set_records_leader(data_dir, c.node_id);
+    }
     for topic in broker.catalog.list() {
         for p in topic.partitions() {
             if let Some(&hw) = saved.get(&(topic.name.to_string(), p.index)) {
                 let end = p.log().log_end_offset();
+                if let Some(c) = leader
+                    && hw > end
+                {
+                    tracing::error!(topic = %topic.name, partition = p.index, log_end = end, high_watermark = hw,
+                        "the log ends below the high watermark it had: records every in-sync broker had are missing here (a power cut took the log's unsynced tail?); the partition takes no writes until a follower shows it has them (then move the lead there) or cluster.replica_lag_time_max passes");
+                    super::lost_at_start(&p, hw, crate::broker::now_ms() + c.lag_max_ms());
+                }
                 let hw = hw.min(end).max(0);
                 ReplicaState::restore(&p.replica, hw);
                 set_high_watermark(&p, hw);

@@ -50,6 +50,7 @@ use crate::catalog::Partition;
 use crate::groups::{
     OffsetCommitPartition, OffsetCommitRequest as CommitRequest, OffsetCommitTopic,
 };
+use crate::log_budget::{LogBudget, within_budget};
 
 /// Longest a request to the leader may take beyond the fetch's own wait.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,11 +70,22 @@ const DESCRIBE_ACLS_VERSION: i16 = 3;
 const RESOURCE_TOPIC: i8 = 2;
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 
+/// Leaders found behind this follower, said a minute.
+static LEADER_BEHIND: LogBudget = LogBudget::new(2);
+
+/// "following the leader" lines a minute.
+static FOLLOWING: LogBudget = LogBudget::new(3);
+
 /// Starts following the leader, if this broker is a follower.
 pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
     let cluster = broker.cluster.clone().filter(|c| !c.is_leader())?;
     Some(tokio::spawn(async move {
         let address = cluster.leader_address().to_string();
+        // Whether records above the high watermark may be this broker's own (taken while it
+        // led, or another leader's) and so cut where the leader does not have them; once the
+        // logs were compared with this leader, they are all its.
+        let data_dir = broker.config.broker.data_dir.clone();
+        let mut may_cut = super::checkpoint::records_leader(&data_dir) != Some(cluster.leader);
         let mut pause = Duration::from_millis(100);
         let mut failures = 0u32;
         let mut last_error = String::new();
@@ -82,10 +94,14 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
             let mut established = false;
             let result = tokio::select! {
                 _ = shutdown.changed() => return,
-                r = follow(&broker, &cluster, &address, &mut established) => r,
+                r = follow(&broker, &cluster, &address, &mut established, &mut may_cut) => r,
             };
-            if established {
-                // A new outage: said at once.
+            // A new outage after a while of following: said at once, and tried again soon. A
+            // connection that fails right after it was made (say, on the first records it
+            // fetched) is the same outage going on: its pause keeps growing and its reason is
+            // said as any other's, not at every try.
+            let followed_a_while = started.elapsed() > Duration::from_secs(10);
+            if established && followed_a_while {
                 failures = 0;
                 last_error.clear();
                 pause = Duration::from_millis(100);
@@ -105,7 +121,7 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
                 last_error = error;
                 failures += 1;
             }
-            if started.elapsed() > Duration::from_secs(10) {
+            if followed_a_while {
                 pause = Duration::from_millis(100);
             }
             tokio::select! {
@@ -182,6 +198,7 @@ async fn follow(
     cluster: &Cluster,
     address: &str,
     established: &mut bool,
+    may_cut: &mut bool,
 ) -> anyhow::Result<()> {
     let timeout = PEER_TIMEOUT + cluster.replica_fetch_wait;
     let mut peer = cluster.connect_to_leader(timeout).await?;
@@ -192,8 +209,13 @@ async fn follow(
     // The last refusal of the leader's ACLs: said again only when it changes.
     let mut acls_refused: Option<String> = None;
     sync_acls(broker, &mut peer, &mut acls_refused, true).await?;
-    reconcile(broker, &mut peer).await?;
-    tracing::info!(leader = cluster.leader, %address, "following the leader");
+    reconcile(broker, &mut peer, *may_cut).await?;
+    if *may_cut {
+        super::checkpoint::set_records_leader(&broker.config.broker.data_dir, cluster.leader);
+        *may_cut = false;
+    }
+    // A connection that keeps failing right after it is made says so a few times a minute.
+    within_budget!(FOLLOWING, info, leader = cluster.leader, %address, "following the leader");
     *established = true;
     cluster.following.store(true, Ordering::Relaxed);
     *cluster
@@ -265,8 +287,17 @@ async fn follow(
             }
         }
         still_unknown = unknown;
-        if diverged {
-            reconcile(broker, &mut peer).await?;
+        if diverged && reconcile(broker, &mut peer, *may_cut).await? == 0 {
+            // The leader's log ends before records this broker knows every in-sync broker had
+            // (below its high watermark): the leader lost them, and nothing here is cut. Said,
+            // and asked again at the pace of a long poll rather than in a loop.
+            within_budget!(
+                LEADER_BEHIND,
+                warn,
+                leader = cluster.leader,
+                "the leader's log ends before records every in-sync broker had: it lost them (a power cut?); it takes no writes to those partitions until the lead moves here or to another in-sync follower (docs/replication.md)"
+            );
+            tokio::time::sleep(cluster.replica_fetch_wait).await;
         }
     }
 }
@@ -402,7 +433,7 @@ async fn check_leader(cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> 
 /// follower's log ends, and a log not yet cut back would lie about it (the leader would count
 /// records the follower holds other ones at as replicated). A consumer's fetch reads below the
 /// high watermark only, which is all the comparison needs: above it, the log is cut anyway.
-async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
+async fn reconcile(broker: &Broker, peer: &mut Peer, may_cut: bool) -> anyhow::Result<u64> {
     let mut pending: Vec<Arc<Partition>> = broker
         .catalog
         .list()
@@ -500,6 +531,12 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
                     log.restart_at(data.log_start_offset, now)?;
                     continue;
                 }
+                if !may_cut {
+                    // These records came from this leader: where it has none or others now,
+                    // it lost them, and this copy is the one left. Kept; the leader, told by
+                    // the next fetch, takes no writes there.
+                    continue;
+                }
                 // Where the leader has nothing (its committed log ends at its high watermark),
                 // the log is cut there at once; where it has another batch, no lower than what
                 // this broker knew to be committed, then batch by batch.
@@ -529,10 +566,10 @@ async fn reconcile(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
     if cut > 0 {
         tracing::warn!(
             offsets = cut,
-            "cut records the leader does not have, or has other records at (taken while this broker led, never copied; what the two have alike is fetched again)"
+            "cut records above the leader's high watermark, or where it has other records (taken while this broker led and never copied, or not yet committed when the leader restarted; what the two have alike is fetched again)"
         );
     }
-    Ok(())
+    Ok(cut)
 }
 
 /// Makes the local topics those of the leader.

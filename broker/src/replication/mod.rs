@@ -22,7 +22,8 @@
 //! broker that starts as a follower cuts from its log, above the high watermark it knew, what
 //! the leader does not have (records it took as a leader that no follower copied), so moving the
 //! lead by hand to a broker that was in sync loses only writes that were not acknowledged with
-//! acks=all.
+//! acks=all. Records the same leader gave it are never cut: a leader without them lost them (a
+//! power cut), and takes no writes to the partition until the lead moves ([`lost_records`]).
 
 pub mod checkpoint;
 pub mod follower;
@@ -41,6 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::catalog::Partition;
+use crate::log_budget::{LogBudget, within_budget};
 use crate::protocol::ListenerKind;
 
 /// How long a follower waits for the leader's answer to a request it forwards
@@ -308,6 +310,15 @@ pub struct ReplicaState {
     opened_end: AtomicI64,
     /// The ISR a follower learnt from the leader.
     reported_isr: Mutex<Vec<i32>>,
+    /// On a leader: the furthest log end a follower reported beyond this broker's own, and
+    /// which follower; -1 while none did. Set, the leader lost records its followers hold (a
+    /// power cut took its log's unsynced tail) and takes no writes to the partition, which
+    /// would give the same offsets to other records.
+    follower_ahead: AtomicI64,
+    /// -1 when it was the saved high watermark at start, with no follower heard of yet; then
+    /// it holds until `ahead_until_ms`.
+    follower_ahead_node: std::sync::atomic::AtomicI32,
+    ahead_until_ms: AtomicI64,
 }
 
 impl ReplicaState {
@@ -320,6 +331,9 @@ impl ReplicaState {
             opened_ms: now_ms,
             opened_end: AtomicI64::new(log_end),
             reported_isr: Mutex::new(Vec::new()),
+            follower_ahead: AtomicI64::new(-1),
+            follower_ahead_node: std::sync::atomic::AtomicI32::new(-1),
+            ahead_until_ms: AtomicI64::new(0),
         }
     }
 
@@ -415,6 +429,24 @@ pub fn follower_fetched(
     leader_end: i64,
     now_ms: i64,
 ) {
+    if offset > leader_end {
+        // The follower has records this log does not: not caught up, and its position is not
+        // taken (writes here would be acknowledged for offsets that hold other records there).
+        let before = p.replica.follower_ahead.fetch_max(offset, Ordering::AcqRel);
+        // The follower that holds the most is the one to lead.
+        let named = if offset >= before {
+            p.replica
+                .follower_ahead_node
+                .swap(follower, Ordering::AcqRel)
+        } else {
+            follower
+        };
+        if offset > before || named != follower {
+            within_budget!(AHEAD, error, topic = %p.topic, partition = p.index, follower, follower_log_end = offset, log_end = leader_end,
+                "a follower holds records this leader lost (its log's unsynced tail, in a power cut?); the partition takes no writes: move the lead to that follower (docs/replication.md, Moving the lead)");
+        }
+        return;
+    }
     {
         let mut followers = p.replica.followers();
         let mut f = p.replica.position(&followers, follower);
@@ -429,6 +461,48 @@ pub fn follower_fetched(
         followers.insert(follower, f);
     }
     advance(cluster, p, leader_end, now_ms);
+}
+
+/// At start, a leader's log ending below its saved high watermark `hw`: writes wait for a
+/// follower to say it holds the records, until `until_ms` ([`lost_records`]).
+pub(crate) fn lost_at_start(p: &Partition, hw: i64, until_ms: i64) {
+    p.replica.ahead_until_ms.store(until_ms, Ordering::Release);
+    p.replica.follower_ahead.fetch_max(hw, Ordering::AcqRel);
+}
+
+/// Followers found ahead of their leader, said a minute.
+static AHEAD: LogBudget = LogBudget::new(10);
+
+/// On a leader: why a partition takes no writes, when a follower reported holding records this
+/// leader's log does not (see [`follower_fetched`]).
+pub fn lost_records(p: &Partition) -> Option<String> {
+    let ahead = p.replica.follower_ahead.load(Ordering::Acquire);
+    if ahead < 0 {
+        return None;
+    }
+    let log_end = p.log().log_end_offset();
+    let node = p.replica.follower_ahead_node.load(Ordering::Acquire);
+    if node < 0 {
+        // Known from the saved high watermark only: until a follower says, or for a while.
+        let until = p.replica.ahead_until_ms.load(Ordering::Acquire);
+        return (ahead > log_end && crate::broker::now_ms() < until).then(|| {
+            format!(
+                "this leader's log of {}-{} ends at {log_end}, below the high watermark {ahead} \
+                 it had: it lost records every in-sync broker had, and takes no writes until a \
+                 follower shows it has them (then move the lead there) or \
+                 cluster.replica_lag_time_max passes",
+                p.topic, p.index
+            )
+        });
+    }
+    (ahead > log_end).then(|| {
+        format!(
+            "this leader's log of {}-{} ends at {log_end}, before broker {node}'s ({ahead}): it \
+             lost records its followers hold, and takes no writes; move the lead to broker {node} \
+             (docs/replication.md)",
+            p.topic, p.index
+        )
+    })
 }
 
 /// Moves the high watermark up to the lowest log end of the in-sync brokers (never down), and
