@@ -165,8 +165,15 @@ impl Forwarder {
                     self.link.stats.errors.fetch_add(1, Ordering::Relaxed);
                     // Every partition's forwarder retries: one line a minute per link at most.
                     self.link.context.0.troubled.store(true, Ordering::Relaxed);
+                    // A timeout says little: the cluster's last error (a refused login) says why.
+                    let last = self
+                        .link
+                        .context
+                        .last_error()
+                        .map(|l| format!("; the cluster's last error: {l}"))
+                        .unwrap_or_default();
                     self.link.context.warn(&format!(
-                        "cannot make sure of the remote topic {} ({e}); records wait in the local log",
+                        "cannot make sure of the remote topic {} ({e}{last}); records wait in the local log",
                         self.remote
                     ));
                     pause(shutdown, &mut backoff, self.link.backoff.1).await;
@@ -498,17 +505,17 @@ impl Forwarder {
             .request_timeout(Some(ADMIN_TIMEOUT))
             .operation_timeout(Some(ADMIN_TIMEOUT));
         let created = self.link.admin.create_topics([&new], &options).await?;
+        let mut refused = None;
         for result in created {
             match result {
                 Ok(_) => {
                     tracing::info!(link = %self.name(), remote_topic = %self.remote, partitions, "created the remote topic")
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                // Not allowed to create topics there: the remote's own auto-creation, or an
-                // operator, may still make it; the metadata below says.
-                Err((_, code)) => {
-                    tracing::warn!(link = %self.name(), remote_topic = %self.remote, error = %code, "cannot create the remote topic")
-                }
+                // Not allowed to create topics there (a link given only Write, say): the topic
+                // may exist all the same, or be made by the remote's own auto-creation or an
+                // operator; the metadata below says, and only its absence is an error.
+                Err((_, code)) => refused = Some(code),
             }
         }
         let producer = self.link.producer();
@@ -527,10 +534,20 @@ impl Forwarder {
         })
         .await
         .map_err(|_| KafkaError::Canceled)??
-        .filter(|&n| n > 0)
-        .ok_or(KafkaError::MetadataFetch(
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-        ))?;
+        .filter(|&n| n > 0);
+        let count = match (count, refused) {
+            (Some(n), _) => n,
+            // Missing, and this link may not create it: that is the reason to give.
+            (None, Some(code)) => return Err(KafkaError::AdminOp(code)),
+            (None, None) => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
+        };
+        if let Some(code) = refused {
+            tracing::debug!(link = %self.name(), remote_topic = %self.remote, error = %code, "the remote topic exists; this link may not create topics there");
+        }
         known.insert(self.remote.clone(), count);
         Ok(count)
     }

@@ -152,9 +152,21 @@ struct ContextInner {
     last_warn: Mutex<(Option<Instant>, u64)>,
     /// Set by an error, cleared by the next acknowledged chunk (which logs that it is over).
     troubled: AtomicBool,
+    /// The last error librdkafka reported (a refused login, an unreachable broker), for the
+    /// lines that would otherwise only say that something timed out.
+    last_error: Mutex<Option<String>>,
 }
 
 impl LinkContext {
+    /// The last error librdkafka reported, if any.
+    fn last_error(&self) -> Option<String> {
+        self.0
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn warn(&self, what: &str) {
         let mut last = self.0.last_warn.lock().unwrap_or_else(|p| p.into_inner());
         if last.0.is_some_and(|at| at.elapsed() < LOG_EVERY) {
@@ -181,7 +193,9 @@ impl ClientContext for LinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.0.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.0.troubled.store(true, Ordering::Relaxed);
-        self.warn(&format!("{error}: {reason}"));
+        let what = format!("{error}: {reason}");
+        *self.0.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.clone());
+        self.warn(&what);
     }
 }
 
@@ -320,6 +334,7 @@ pub fn connect(broker: &Broker, config: &FederationConfig) -> anyhow::Result<Lin
             stats: stats.clone(),
             last_warn: Mutex::new((None, 0)),
             troubled: AtomicBool::new(false),
+            last_error: Mutex::new(None),
         }));
         let err = |e: KafkaError| {
             anyhow::anyhow!(
