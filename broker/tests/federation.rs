@@ -899,6 +899,20 @@ async fn retention_while_the_uplink_is_down(restart_edge: bool) {
         assert!(Instant::now() < deadline, "retention deleted nothing");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // While the uplink is still down, what retention deleted is no longer pending.
+    loop {
+        let start = partition.log().log_start_offset();
+        let text = common::http_get(edge.admin_addr.unwrap(), "/metrics").await;
+        let pending = metric(&text, PENDING, &pending_labels("readings", "0"));
+        if pending == Some((200 - start) as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pending {pending:?} with the log starting at {start}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(partition);
     if restart_edge {
         edge.shutdown().await;

@@ -590,14 +590,19 @@ fn render_federation(out: &mut String, broker: &Broker) {
         else {
             continue;
         };
-        let end = p.log().log_end_offset();
+        let (start, end) = {
+            let log = p.log();
+            (log.log_start_offset(), log.log_end_offset())
+        };
+        // Records retention deleted before they were sent are no longer pending: they are
+        // counted as skipped when the link reaches them.
         let _ = writeln!(
             pending,
             "runnel_federation_pending_records{{link=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
             label(&c.link),
             label(&c.topic),
             c.partition,
-            (end - c.next).max(0)
+            (end - c.next.max(start)).max(0)
         );
     }
     gauge_family(
