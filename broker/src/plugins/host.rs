@@ -73,6 +73,12 @@ impl Host {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
+            // Each linear memory reserves address space for what it may grow to, not the 4 GiB
+            // (plus guard) by default: a plugin's instances then take about 1 GiB of address
+            // space instead of 64, which an arm64 gateway's 39-bit address space (512 GiB)
+            // needs to hold several plugins and a reload. Bounds checks become explicit.
+            .memory_reservation(limits.memory_limit.next_multiple_of(64 << 10))
+            .memory_guard_size(64 << 10)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine {
             message: format!("{e:#}"),
