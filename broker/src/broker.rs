@@ -252,6 +252,8 @@ pub async fn start_broker_from(
 
     if broker.cluster.is_some() {
         crate::replication::checkpoint::restore(&broker);
+    } else {
+        crate::replication::checkpoint::forget_records_leader(&broker.config.broker.data_dir);
     }
     let federation = crate::federation::connect(&broker, &broker.config.federation)?;
 

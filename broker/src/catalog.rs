@@ -93,6 +93,16 @@ impl Partition {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// On a cluster's leader, refuses every write while it lost records a follower holds
+    /// (`crate::replication::lost_records`): they would take offsets that hold other records
+    /// there.
+    fn check_not_lost(&self) -> Result<(), StorageError> {
+        match crate::replication::lost_records(self) {
+            None => Ok(()),
+            Some(reason) => Err(StorageError::LostRecords { reason }),
+        }
+    }
+
     /// Checks produce data as an append would (framing, sizes, every record), without taking
     /// the log's lock for the walk: for the plugin chain, which decodes the records first.
     pub fn check_records(&self, records: &[u8], now_ms: i64) -> Result<(), StorageError> {
@@ -153,6 +163,7 @@ impl Partition {
         now_ms: i64,
         fenced_if_older: bool,
     ) -> Result<i64, StorageError> {
+        self.check_not_lost()?;
         let offset = {
             let mut log = self.log();
             if fenced_if_older
@@ -177,6 +188,7 @@ impl Partition {
         now_ms: i64,
         rewritten: bool,
     ) -> Result<storage::AppendInfo, StorageError> {
+        self.check_not_lost()?;
         // Every record is read (compressed batches decompressed) before the lock is taken, so
         // that appends and fetches of the partition do not wait for the walk. A config change
         // between the two applies from the next append.

@@ -264,14 +264,23 @@ impl CallSlots {
         }
     }
 
-    /// Waits for a free slot and takes it until the guard is dropped.
-    fn take(&self) -> CallSlot<'_> {
+    /// Waits up to `wait` for a free slot and takes it until the guard is dropped.
+    fn take(&self, wait: Duration) -> Option<CallSlot<'_>> {
+        let deadline = Instant::now() + wait;
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            free = self
+                .freed
+                .wait_timeout(free, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         *free -= 1;
-        CallSlot(self)
+        Some(CallSlot(self))
     }
 }
 
@@ -590,6 +599,10 @@ impl Plugin {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match &result {
             Ok(_) => self.failures_in_a_row.store(0, Ordering::Relaxed),
+            // Not the plugin's doing: counted as a fault, not towards disable_after.
+            Err(PluginError::Busy { .. }) => {
+                self.stats.faults.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => self.failed(e),
         }
         result
@@ -615,7 +628,14 @@ impl Plugin {
         // Each call holds an instance, so a plugin never has more than its slots alive: its
         // share of the pooling allocator, which a burst of calls therefore cannot exhaust (for
         // itself or for the other plugins); calls beyond wait for an instance to be free.
-        let _slot = self.slots.take();
+        // Waiting is bounded as a call is: an overloaded broker fails the call (its binding's
+        // on_error decides) rather than piling requests up on the blocking threads.
+        let Some(_slot) = self.slots.take(self.limits.call_timeout) else {
+            return Err(PluginError::Busy {
+                name: self.name.clone(),
+                limit: self.limits.call_timeout,
+            });
+        };
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut live = match idle {
             Some(live) => live,

@@ -117,6 +117,10 @@ pub enum PluginError {
     BadAnswer { name: String, message: String },
     #[error("plugin {name}: disabled after failing plugins.disable_after calls in a row")]
     Disabled { name: String },
+    /// Every instance was busy for `plugins.call_timeout`: the broker is overloaded, the plugin
+    /// did nothing wrong (not counted towards `disable_after`).
+    #[error("plugin {name}: every instance stayed busy for plugins.call_timeout ({limit:?})")]
+    Busy { name: String, limit: Duration },
 }
 
 /// Why a produce batch was refused by the plugin path.

@@ -274,7 +274,7 @@ impl FetchSessions {
                 }
                 partitions.push(Cached {
                     topic: topic.clone(),
-                    fetch: p.clone(),
+                    fetch: owned(p),
                     told: Told::NEVER,
                 });
             }
@@ -350,7 +350,7 @@ impl Session {
             .collect();
         drop(at);
         for (i, p) in updates {
-            self.partitions[i].fetch = p.clone();
+            self.partitions[i].fetch = owned(p);
         }
         let mut names: HashMap<&str, TopicName> = HashMap::new();
         let mut new = Vec::with_capacity(added.len());
@@ -361,7 +361,7 @@ impl Session {
                 .clone();
             new.push(Cached {
                 topic: name,
-                fetch: p.clone(),
+                fetch: owned(p),
                 // Answered at its first read.
                 told: Told::NEVER,
             });
@@ -473,6 +473,14 @@ impl Session {
 /// The epoch after `epoch`: 1 after the largest.
 fn next_epoch(epoch: i32) -> i32 {
     if epoch == i32::MAX { 1 } else { epoch + 1 }
+}
+
+/// A partition as the client asked for it, without the unknown tagged fields, whose bytes are
+/// slices of the request's frame (a crafted tag would keep a whole frame alive per session).
+fn owned(p: &FetchPartition) -> FetchPartition {
+    let mut owned = p.clone();
+    owned.unknown_tagged_fields = Default::default();
+    owned
 }
 
 /// A topic name that does not keep the request's frame alive.

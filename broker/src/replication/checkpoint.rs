@@ -8,9 +8,9 @@
 //! missing from the file (the cluster's first start) starts with its log end.
 //!
 //! A leader whose log ends below the high watermark it saved lost records every in-sync broker
-//! had (a power cut took the log's unsynced tail): it takes no writes to that partition until a
-//! follower shows it holds them (then the lead must move there) or `replica_lag_time_max` passes
-//! without one ([`super::lost_records`]).
+//! had (a power cut took the log's unsynced tail): it takes no writes to that partition until
+//! every follower has said how far its log goes, nor while one holds records it lacks (then the
+//! lead must move there) ([`super::lost_records`]).
 //!
 //! `<data_dir>/replication-leader` names the broker whose records the log holds above its high
 //! watermark: this one while it leads, the leader once it has compared logs with it as a
@@ -35,6 +35,19 @@ pub fn records_leader(data_dir: &Path) -> Option<i32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// A broker alone: whatever it takes is its own, so the note of another leader's records goes
+/// (a follower again later compares its log with its leader as one that led).
+pub fn forget_records_leader(data_dir: &Path) {
+    let path = data_dir.join(LEADER_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove the note of whose records the log holds")
+        }
+    }
 }
 
 /// Notes that the log's records above its high watermark are `node`'s.
@@ -90,12 +103,10 @@ pub fn restore(broker: &Broker) {
         for p in topic.partitions() {
             if let Some(&hw) = saved.get(&(topic.name.to_string(), p.index)) {
                 let end = p.log().log_end_offset();
-                if let Some(c) = leader
-                    && hw > end
-                {
+                if leader.is_some() && hw > end {
                     tracing::error!(topic = %topic.name, partition = p.index, log_end = end, high_watermark = hw,
-                        "the log ends below the high watermark it had: records every in-sync broker had are missing here (a power cut took the log's unsynced tail?); the partition takes no writes until a follower shows it has them (then move the lead there) or cluster.replica_lag_time_max passes");
-                    super::lost_at_start(&p, hw, crate::broker::now_ms() + c.lag_max_ms());
+                        "the log ends below the high watermark it had: records every in-sync broker had are missing here (a power cut took the log's unsynced tail?); the partition takes no writes until every follower has said how far its log goes (move the lead to one that has them)");
+                    super::lost_at_start(&p, hw);
                 }
                 let hw = hw.min(end).max(0);
                 ReplicaState::restore(&p.replica, hw);

@@ -70,6 +70,9 @@ const DESCRIBE_ACLS_VERSION: i16 = 3;
 const RESOURCE_TOPIC: i8 = 2;
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 
+/// Partitions where the leader took other records over ones it lost, said a minute.
+static OTHER_RECORDS: LogBudget = LogBudget::new(5);
+
 /// Leaders found behind this follower, said a minute.
 static LEADER_BEHIND: LogBudget = LogBudget::new(2);
 
@@ -534,7 +537,12 @@ async fn reconcile(broker: &Broker, peer: &mut Peer, may_cut: bool) -> anyhow::R
                 if !may_cut {
                     // These records came from this leader: where it has none or others now,
                     // it lost them, and this copy is the one left. Kept; the leader, told by
-                    // the next fetch, takes no writes there.
+                    // the next fetch, takes no writes there. Where it took others in their
+                    // place (before any follower could tell it), the logs differ: said.
+                    if theirs.is_some() {
+                        within_budget!(OTHER_RECORDS, error, topic = %p.topic, partition = p.index, offset = ours.base_offset,
+                            "the leader holds other records at offsets this broker copied from it: it lost them (a power cut?) and took new ones there; this copy is kept and the partition cannot be followed until the lead moves here (docs/replication.md)");
+                    }
                     continue;
                 }
                 // Where the leader has nothing (its committed log ends at its high watermark),

@@ -314,11 +314,21 @@ pub struct ReplicaState {
     /// which follower; -1 while none did. Set, the leader lost records its followers hold (a
     /// power cut took its log's unsynced tail) and takes no writes to the partition, which
     /// would give the same offsets to other records.
-    follower_ahead: AtomicI64,
-    /// -1 when it was the saved high watermark at start, with no follower heard of yet; then
-    /// it holds until `ahead_until_ms`.
-    follower_ahead_node: std::sync::atomic::AtomicI32,
-    ahead_until_ms: AtomicI64,
+    lost: Mutex<Lost>,
+    /// Whether `lost` blocks writes now: read without the lock by every append.
+    blocked: AtomicBool,
+}
+
+/// On a leader: what says it lost records (see [`lost_records`]).
+#[derive(Debug, Default)]
+struct Lost {
+    /// At start the log ended below this high watermark, saved before; cleared once every
+    /// follower has fetched from no further than the log end.
+    below_saved: Option<i64>,
+    /// The followers heard from since start.
+    heard: std::collections::HashSet<i32>,
+    /// Followers whose last fetch started past this log's end, with that offset.
+    ahead: HashMap<i32, i64>,
 }
 
 impl ReplicaState {
@@ -331,9 +341,8 @@ impl ReplicaState {
             opened_ms: now_ms,
             opened_end: AtomicI64::new(log_end),
             reported_isr: Mutex::new(Vec::new()),
-            follower_ahead: AtomicI64::new(-1),
-            follower_ahead_node: std::sync::atomic::AtomicI32::new(-1),
-            ahead_until_ms: AtomicI64::new(0),
+            lost: Mutex::new(Lost::default()),
+            blocked: AtomicBool::new(false),
         }
     }
 
@@ -341,6 +350,10 @@ impl ReplicaState {
     /// holding the log up to it ([`checkpoint`]).
     pub(crate) fn restore(&self, high_watermark: i64) {
         self.opened_end.store(high_watermark, Ordering::Release);
+    }
+
+    fn lost(&self) -> std::sync::MutexGuard<'_, Lost> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn followers(&self) -> std::sync::MutexGuard<'_, HashMap<i32, FollowerPosition>> {
@@ -429,23 +442,27 @@ pub fn follower_fetched(
     leader_end: i64,
     now_ms: i64,
 ) {
-    if offset > leader_end {
-        // The follower has records this log does not: not caught up, and its position is not
-        // taken (writes here would be acknowledged for offsets that hold other records there).
-        let before = p.replica.follower_ahead.fetch_max(offset, Ordering::AcqRel);
-        // The follower that holds the most is the one to lead.
-        let named = if offset >= before {
-            p.replica
-                .follower_ahead_node
-                .swap(follower, Ordering::AcqRel)
+    if offset > leader_end || p.replica.blocked.load(Ordering::Acquire) {
+        let mut lost = p.replica.lost();
+        lost.heard.insert(follower);
+        if offset > leader_end {
+            if lost.ahead.insert(follower, offset) != Some(offset) {
+                within_budget!(AHEAD, error, topic = %p.topic, partition = p.index, follower, follower_log_end = offset, log_end = leader_end,
+                    "a follower holds records this leader lost (its log's unsynced tail, in a power cut?); the partition takes no writes: move the lead to that follower (docs/replication.md, Moving the lead)");
+            }
         } else {
-            follower
-        };
-        if offset > before || named != follower {
-            within_budget!(AHEAD, error, topic = %p.topic, partition = p.index, follower, follower_log_end = offset, log_end = leader_end,
-                "a follower holds records this leader lost (its log's unsynced tail, in a power cut?); the partition takes no writes: move the lead to that follower (docs/replication.md, Moving the lead)");
+            lost.ahead.remove(&follower);
         }
-        return;
+        if lost.ahead.is_empty() && cluster.followers().all(|id| lost.heard.contains(&id)) {
+            lost.below_saved = None;
+        }
+        let blocked = lost.below_saved.is_some() || !lost.ahead.is_empty();
+        p.replica.blocked.store(blocked, Ordering::Release);
+        if offset > leader_end {
+            // Not caught up, and its position is not taken: writes here would be acknowledged
+            // for offsets that hold other records there.
+            return;
+        }
     }
     {
         let mut followers = p.replica.followers();
@@ -463,43 +480,40 @@ pub fn follower_fetched(
     advance(cluster, p, leader_end, now_ms);
 }
 
-/// At start, a leader's log ending below its saved high watermark `hw`: writes wait for a
-/// follower to say it holds the records, until `until_ms` ([`lost_records`]).
-pub(crate) fn lost_at_start(p: &Partition, hw: i64, until_ms: i64) {
-    p.replica.ahead_until_ms.store(until_ms, Ordering::Release);
-    p.replica.follower_ahead.fetch_max(hw, Ordering::AcqRel);
+/// At start, a leader's log ending below its saved high watermark `hw`: writes wait until
+/// every follower has said how far its log goes ([`lost_records`]).
+pub(crate) fn lost_at_start(p: &Partition, hw: i64) {
+    p.replica.lost().below_saved = Some(hw);
+    p.replica.blocked.store(true, Ordering::Release);
 }
 
 /// Followers found ahead of their leader, said a minute.
 static AHEAD: LogBudget = LogBudget::new(10);
 
-/// On a leader: why a partition takes no writes, when a follower reported holding records this
-/// leader's log does not (see [`follower_fetched`]).
+/// On a leader: why a partition takes no writes, if it lost records. A follower's fetch
+/// starting past the log's end says it holds records this leader does not: no write is taken
+/// while one does (whatever writes would do to the log's end), and the lead must move to it.
+/// A log that ended at start below the high watermark saved before takes none until every
+/// follower has said how far its log goes. Every append to the partition checks it
+/// (`catalog::Partition`).
 pub fn lost_records(p: &Partition) -> Option<String> {
-    let ahead = p.replica.follower_ahead.load(Ordering::Acquire);
-    if ahead < 0 {
+    if !p.replica.blocked.load(Ordering::Acquire) {
         return None;
     }
-    let log_end = p.log().log_end_offset();
-    let node = p.replica.follower_ahead_node.load(Ordering::Acquire);
-    if node < 0 {
-        // Known from the saved high watermark only: until a follower says, or for a while.
-        let until = p.replica.ahead_until_ms.load(Ordering::Acquire);
-        return (ahead > log_end && crate::broker::now_ms() < until).then(|| {
-            format!(
-                "this leader's log of {}-{} ends at {log_end}, below the high watermark {ahead} \
-                 it had: it lost records every in-sync broker had, and takes no writes until a \
-                 follower shows it has them (then move the lead there) or \
-                 cluster.replica_lag_time_max passes",
-                p.topic, p.index
-            )
-        });
+    let lost = p.replica.lost();
+    // The follower that holds the most is the one to lead.
+    if let Some((node, end)) = lost.ahead.iter().max_by_key(|(id, end)| (**end, -**id)) {
+        return Some(format!(
+            "this leader's log of {}-{} lacks records broker {node} holds (up to {end}): it lost \
+             them, and takes no writes; move the lead to broker {node} (docs/replication.md)",
+            p.topic, p.index
+        ));
     }
-    (ahead > log_end).then(|| {
+    lost.below_saved.map(|hw| {
         format!(
-            "this leader's log of {}-{} ends at {log_end}, before broker {node}'s ({ahead}): it \
-             lost records its followers hold, and takes no writes; move the lead to broker {node} \
-             (docs/replication.md)",
+            "this leader's log of {}-{} ends below the high watermark {hw} it had: it lost \
+             records every in-sync broker had, and takes no writes until every follower has said \
+             how far its log goes (docs/replication.md)",
             p.topic, p.index
         )
     })

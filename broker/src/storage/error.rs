@@ -95,6 +95,10 @@ pub enum StorageError {
         "producer {producer_id} has a transaction open in this partition: its batches must be transactional until it ends"
     )]
     OutsideTransaction { producer_id: i64 },
+    /// A cluster's leader lost records its followers hold (`crate::replication::lost_records`):
+    /// the partition takes no writes until the lead moves.
+    #[error("{reason}")]
+    LostRecords { reason: String },
     /// A file operation failed; in-memory state was restored to what is on disk.
     #[error("i/o error on {}: {source}{}", path.display(), limit_hint(source))]
     Io {

@@ -136,13 +136,6 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
-            if cluster.is_some()
-                && let Some(why) = replication::lost_records(&partition)
-            {
-                fail(&mut out, &ctx, E::KafkaStorageError.code(), why);
-                partitions.push(out);
-                continue;
-            }
             if let Some(c) = cluster.filter(|_| all_acks)
                 && !replication::enough_in_sync(c, &partition, now_ms())
             {
