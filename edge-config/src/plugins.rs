@@ -61,9 +61,9 @@ pub struct PluginsConfig {
     #[serde(with = "units::duration")]
     pub call_timeout: Duration,
     /// Linear memory one plugin instance may grow to; a call that needs more traps and fails.
-    /// Default 64MiB. Each instance reserves address space for this much (twice, for the
-    /// components that have two memories), and a plugin has up to 8 instances, one per call
-    /// running at once.
+    /// Default 64MiB. A plugin has up to 4 instances, one per call running at once; each
+    /// reserves 8 GiB of address space (not memory) whatever this is, so that bounds checks
+    /// are left to guard pages: 32 GiB a plugin, twice that during a reload.
     #[serde(with = "units::bytes")]
     pub memory_limit: u64,
     /// A plugin whose calls fail this many times in a row is disabled until the next reload or
