@@ -227,7 +227,10 @@ pub async fn start_broker_from(
     let transactions = crate::transactions::Transactions::load(&meta)
         .context("cannot read the transactions' state")?;
     let plugins = PluginSet::load(&config.plugins, data_dir.join("plugin-cache"), config_file)
-        .context("cannot load the plugins")?;
+        .map_err(|e| match e.config_key(&config.plugins) {
+            Some(key) => anyhow::anyhow!("cannot load the plugins: {key}: {e}"),
+            None => anyhow::anyhow!("cannot load the plugins: {e}"),
+        })?;
     let broker = Arc::new(Broker {
         node_id: config.broker.node_id,
         cluster_id: std::sync::RwLock::new(cluster_id),

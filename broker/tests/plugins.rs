@@ -188,14 +188,44 @@ async fn a_plugin_that_refuses_its_config_or_is_not_a_component_stops_start_up()
     cfg.plugins.load = vec![plugin("bad", "json_filter.wasm", "temp >")];
     let e = runnel::start_broker(cfg.clone()).await.err().unwrap();
     let e = format!("{e:#}");
-    assert!(e.contains("plugin bad: init refused its config"), "{e}");
+    assert!(
+        e.contains("plugins.load[0]: plugin bad: init refused its config"),
+        "{e}"
+    );
 
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm not really").unwrap();
     cfg.plugins.load[0].path = junk;
     let e = runnel::start_broker(cfg).await.err().unwrap();
     let e = format!("{e:#}");
-    assert!(e.contains("plugin bad: not a valid component"), "{e}");
+    assert!(
+        e.contains("plugins.load[0]: plugin bad: not a valid component"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "one line, not a dump of the file: {e}");
+
+    // `runnel config validate` loads them as serve does.
+    let file = dir.path().join("runnel.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[broker]\ndata_dir = {:?}\n[[plugins.load]]\nname = \"bad\"\npath = {:?}\nconfig = \"temp >\"\n",
+            dir.path().join("data"),
+            wasm_dir().join("json_filter.wasm"),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["config", "validate"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plugins.load[0]: plugin bad: init refused its config"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

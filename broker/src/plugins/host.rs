@@ -180,7 +180,7 @@ impl Host {
         }
         let compile_err = |e: wasmtime::Error| PluginError::Compile {
             name: name.to_owned(),
-            message: format!("{e:#}"),
+            message: first_line(&format!("{e:#}")),
         };
         let artifact = self
             .engine
@@ -242,6 +242,12 @@ enum Level {
 const GUEST_TARGET: &str = "runnel::plugins::guest";
 /// Lines a plugin may write per second (and in a burst), over all its instances.
 const GUEST_LINES_PER_SEC: f64 = 100.0;
+/// The first line of a compiler's error: for a file that is not wasm at all it goes on with a
+/// dump of the bytes it read.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_string()
+}
+
 /// Calls of one filter or transform plugin that run at once, at most; the pooling allocator
 /// has room for this many instances of every plugin loaded. Each reserves about 8 GiB of
 /// address space (two 4 GiB linear memory slots): 32 GiB a plugin, twice that during a reload,
@@ -766,7 +772,7 @@ impl Host {
             })
             .map_err(|e| PluginError::Compile {
                 name: name.to_owned(),
-                message: format!("{e:#}"),
+                message: first_line(&format!("{e:#}")),
             })
     }
 }

@@ -123,6 +123,35 @@ pub enum PluginError {
     Busy { name: String, limit: Duration },
 }
 
+impl PluginError {
+    /// The plugin the error is about, if it is about one.
+    pub fn plugin(&self) -> Option<&str> {
+        use PluginError::*;
+        match self {
+            Engine { .. } => None,
+            Read { name, .. }
+            | Compile { name, .. }
+            | Interface { name, .. }
+            | World { name, .. }
+            | Init { name, .. }
+            | Timeout { name, .. }
+            | MemoryLimit { name, .. }
+            | Trap { name, .. }
+            | Failed { name, .. }
+            | BadAnswer { name, .. }
+            | Disabled { name }
+            | Busy { name, .. } => Some(name),
+        }
+    }
+
+    /// Where in `config` the plugin it is about was named (`plugins.load[i]`), for a load error.
+    pub fn config_key(&self, config: &PluginsConfig) -> Option<String> {
+        let name = self.plugin()?;
+        let i = config.load.iter().position(|p| p.name == name)?;
+        Some(format!("plugins.load[{i}]"))
+    }
+}
+
 /// Why a produce batch was refused by the plugin path.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceFilterError {
