@@ -310,10 +310,9 @@ pub struct ReplicaState {
     opened_end: AtomicI64,
     /// The ISR a follower learnt from the leader.
     reported_isr: Mutex<Vec<i32>>,
-    /// On a leader: the furthest log end a follower reported beyond this broker's own, and
-    /// which follower; -1 while none did. Set, the leader lost records its followers hold (a
-    /// power cut took its log's unsynced tail) and takes no writes to the partition, which
-    /// would give the same offsets to other records.
+    /// On a leader: what says it lost records its followers hold (a power cut took its log's
+    /// unsynced tail); while it does, the partition takes no writes, which would give the same
+    /// offsets to other records.
     lost: Mutex<Lost>,
     /// Whether `lost` blocks writes now: read without the lock by every append.
     blocked: AtomicBool,
