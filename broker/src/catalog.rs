@@ -565,7 +565,9 @@ impl Catalog {
                 // its records; a new topic starts empty.
                 self.clear_place(&name, p, now_ms)?;
                 made.push(self.partition_dir(&name, p));
-                parts.push(self.open_partition(&name, p, config.clone(), now_ms)?);
+                let partition = self.open_partition(&name, p, config.clone(), now_ms)?;
+                partition.replica.made_at(now_ms);
+                parts.push(partition);
             }
             let record = TopicRecord {
                 id: id.simple().to_string(),
@@ -663,7 +665,9 @@ impl Catalog {
         let mut added = Vec::new();
         for p in current..count {
             self.clear_place(name, p, now_ms)?;
-            added.push(self.open_partition(&topic.name, p, config.clone(), now_ms)?);
+            let partition = self.open_partition(&topic.name, p, config.clone(), now_ms)?;
+            partition.replica.made_at(now_ms);
+            added.push(partition);
         }
         self.meta.put_topic(
             name,

@@ -1297,6 +1297,20 @@ async fn a_leader_that_lost_records_its_follower_holds_takes_no_writes_until_the
     assert_eq!(p.error_code, E::KafkaStorageError.code());
     let why = p.error_message.as_deref().unwrap_or_default();
     assert!(why.contains("move the lead to broker 2"), "{why}");
+    // acks=all too, with that reason rather than the in-sync set it shrank.
+    let r = c
+        .call(&produce_request("t", 0, -1, batch(b"other")), 9)
+        .await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, E::KafkaStorageError.code());
+    assert!(
+        p.error_message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("move the lead to broker 2"),
+        "{:?}",
+        p.error_message
+    );
     assert_eq!(log_end(&leader, "t"), end, "nothing written");
     // The follower keeps what it has, asking again at the pace of a long poll, not in a loop.
     let fetches = |b: &BrokerHandle| {
@@ -1328,4 +1342,63 @@ async fn a_leader_that_lost_records_its_follower_holds_takes_no_writes_until_the
     assert_eq!(got.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(), want);
     old_leader.shutdown().await;
     new_leader.shutdown().await;
+}
+
+/// A topic deleted and made again under its name while a follower holds the old one's records
+/// is not taken for records the leader lost: writes go on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_made_again_is_not_taken_for_lost_records() {
+    use kafka_protocol::messages::DeleteTopicsRequest;
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 1).await;
+    let follower = pair.start(2, 1, 1).await;
+    produce(&producer(&pair.address(1), "all"), "t", 30, "old").await;
+    eventually("the follower's copy", || log_end(&follower, "t") == 30).await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let deleted = c
+        .call(
+            &DeleteTopicsRequest::default().with_topics(vec![
+                DeleteTopicState::default()
+                    .with_name(Some(TopicName(StrBytes::from_static_str("t")))),
+            ]),
+            6,
+        )
+        .await;
+    assert_eq!(deleted.responses[0].error_code, 0);
+    let created = c
+        .call(
+            &CreateTopicsRequest::default().with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(-1),
+            ]),
+            5,
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0);
+    let partition = leader
+        .broker
+        .catalog
+        .get("t")
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut written = 0;
+    while Instant::now() < until {
+        assert_eq!(runnel::replication::lost_records(&partition), None);
+        let r = c.call(&produce_request("t", 0, 1, batch(b"new")), 9).await;
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.error_message.as_deref()), (0, None));
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("the follower to copy the new topic", || {
+        log_end(&follower, "t") == written
+    })
+    .await;
+    follower.shutdown().await;
+    leader.shutdown().await;
 }

@@ -234,6 +234,8 @@ async fn follow(
     }
     let _following = NotFollowing(cluster);
     let mut synced = Instant::now();
+    // Fetches in a row that found the leader's log ending before this one's.
+    let mut behind_rounds = 0u32;
     // Topics the leader named that are not here, as of the last fetch that named any.
     let mut still_unknown: HashSet<String> = HashSet::new();
     let mut round = 0usize;
@@ -291,16 +293,24 @@ async fn follow(
         }
         still_unknown = unknown;
         if diverged && reconcile(broker, &mut peer, *may_cut).await? == 0 {
-            // The leader's log ends before records this broker knows every in-sync broker had
-            // (below its high watermark): the leader lost them, and nothing here is cut. Said,
-            // and asked again at the pace of a long poll rather than in a loop.
-            within_budget!(
-                LEADER_BEHIND,
-                warn,
-                leader = cluster.leader,
-                "the leader's log ends before records every in-sync broker had: it lost them (a power cut?); it takes no writes to those partitions until the lead moves here or to another in-sync follower (docs/replication.md)"
-            );
+            // The leader's log ends before records this broker copied from it. A topic deleted
+            // and made again under the same name looks so until the topics are read again
+            // (this copy is then dropped): read them first. If it goes on, the leader lost
+            // the records, and nothing here is cut. Said, and asked again at the pace of a
+            // long poll rather than in a loop.
+            if behind_rounds > 0 {
+                within_budget!(
+                    LEADER_BEHIND,
+                    warn,
+                    leader = cluster.leader,
+                    "the leader's log ends before records this broker copied from it: it lost them (a power cut?); it takes no writes to those partitions until the lead moves here or to another in-sync follower (docs/replication.md)"
+                );
+            }
+            behind_rounds += 1;
+            synced = Instant::now() - SYNC_EVERY;
             tokio::time::sleep(cluster.replica_fetch_wait).await;
+        } else if !diverged {
+            behind_rounds = 0;
         }
     }
 }

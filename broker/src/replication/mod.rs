@@ -316,7 +316,15 @@ pub struct ReplicaState {
     lost: Mutex<Lost>,
     /// Whether `lost` blocks writes now: read without the lock by every append.
     blocked: AtomicBool,
+    /// When the partition was made here (0: opened at start): a follower's fetch past the end
+    /// of a partition just made is its copy of an earlier topic of the same name.
+    made_ms: AtomicI64,
 }
+
+/// How long after a partition is made a follower's fetch past its end is taken for a copy of
+/// an earlier topic of the same name (deleted and made again), which the follower drops at its
+/// next read of the leader's topics, not for records the leader lost.
+const JUST_MADE: i64 = 30_000;
 
 /// On a leader: what says it lost records (see [`lost_records`]).
 #[derive(Debug, Default)]
@@ -342,6 +350,7 @@ impl ReplicaState {
             reported_isr: Mutex::new(Vec::new()),
             lost: Mutex::new(Lost::default()),
             blocked: AtomicBool::new(false),
+            made_ms: AtomicI64::new(0),
         }
     }
 
@@ -349,6 +358,11 @@ impl ReplicaState {
     /// holding the log up to it ([`checkpoint`]).
     pub(crate) fn restore(&self, high_watermark: i64) {
         self.opened_end.store(high_watermark, Ordering::Release);
+    }
+
+    /// Notes that the partition was made now, not opened at start.
+    pub(crate) fn made_at(&self, now_ms: i64) {
+        self.made_ms.store(now_ms, Ordering::Release);
     }
 
     fn lost(&self) -> std::sync::MutexGuard<'_, Lost> {
@@ -441,6 +455,11 @@ pub fn follower_fetched(
     leader_end: i64,
     now_ms: i64,
 ) {
+    let made = p.replica.made_ms.load(Ordering::Acquire);
+    if offset > leader_end && made > 0 && now_ms - made < JUST_MADE {
+        // The follower's copy of the topic this one replaced: not caught up, and no alarm.
+        return;
+    }
     if offset > leader_end || p.replica.blocked.load(Ordering::Acquire) {
         let mut lost = p.replica.lost();
         lost.heard.insert(follower);

@@ -136,6 +136,15 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
+            // A leader that lost records says so before anything else (its followers holding
+            // them are out of its in-sync set, which would otherwise be the reason given).
+            if cluster.is_some()
+                && let Some(why) = replication::lost_records(&partition)
+            {
+                fail(&mut out, &ctx, E::KafkaStorageError.code(), why);
+                partitions.push(out);
+                continue;
+            }
             if let Some(c) = cluster.filter(|_| all_acks)
                 && !replication::enough_in_sync(c, &partition, now_ms())
             {
