@@ -3,6 +3,7 @@ resume, admin topics, group listing and description, end_offsets and offsets_for
 
 from __future__ import annotations
 
+import os
 import time
 
 import kafka
@@ -497,3 +498,84 @@ def test_incremental_fetch_sessions_across_a_restart(fresh_broker):
         expected = [(i, f"w{n}-{j}") for i, (n, j) in
                     enumerate((n, j) for n in (part, part + 4) for j in range(25))]
         assert by_part.get(part) == expected, f"partition {part}: {by_part.get(part)}"
+
+
+# --- compaction of compressed batches -----------------------------------------------------------
+
+def test_compaction_keeps_offsets_and_repeated_headers_of_compressed_batches(broker_factory):
+    """A compacted topic whose lz4 batches lose some records to the cleaner: the kept records
+    are read back by kafka-python and librdkafka (confluent-kafka) at their own offsets, with
+    every header as produced, a name given twice included (Kafka keeps both)."""
+    from confluent_kafka import Consumer
+
+    b = broker_factory(extra_config='[log]\nretention_check_interval = "200ms"')
+    topic = unique("kp-compact")
+    a = admin_client(b)
+    try:
+        res = a.create_topics({topic: {"num_partitions": 1, "replication_factor": 1,
+                                       "configs": {"cleanup.policy": "compact",
+                                                   "segment.bytes": "2048"}}})
+        assert [t["error_code"] for t in res["topics"]] == [0], res
+    finally:
+        a.close()
+    # Six lz4 batches of four records: "shared", a key of its own, "shared" again, another of
+    # its own. The cleaner keeps two records of each batch, the first of them not its first
+    # (three of the last, whose second "shared" is the latest). Fillers of random bytes, each
+    # its own batch, roll the segments so the last batch is cleaned too.
+    records = []
+    for round_ in range(6):
+        for i, key in enumerate(["shared", f"own-{round_}-a", "shared", f"own-{round_}-b"]):
+            records.append({"key": key.encode(),
+                            "value": f"r{round_}-{i}-{'x' * 40}".encode(),
+                            "headers": [("trace", b"a"), ("site", f"s{i}".encode()),
+                                        ("trace", b"b"), ("empty", b"")],
+                            "timestamp": BASE_TS + round_ * 100 + i,
+                            "partition": 0})
+    p = producer(b, compression_type="lz4", linger_ms=50, batch_size=64 * 1024)
+    try:
+        for round_ in range(6):
+            send_all(p, topic, records[round_ * 4:(round_ + 1) * 4])
+        for i in range(12):
+            send_all(p, topic, [{"key": f"filler-{i}".encode(), "value": os.urandom(600),
+                                 "headers": [], "timestamp": BASE_TS + 10_000 + i,
+                                 "partition": 0}])
+    finally:
+        p.close()
+    want = [(o, r) for o, r in enumerate(records)
+            if r["key"] != b"shared" or o == 22]
+    assert len(want) == 13
+
+    def kept_by_kafka_python():
+        c = consumer(b, group_id=None)
+        c.assign([TopicPartition(topic, 0)])
+        try:
+            got = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (not got or got[-1].offset < 35):
+                for recs in c.poll(timeout_ms=300).values():
+                    got.extend(recs)
+            return [r for r in got if not r.key.startswith(b"filler-")]
+        finally:
+            c.close()
+
+    got = wait_for(lambda: (lambda g: g if len(g) == len(want) else None)(kept_by_kafka_python()),
+                   30, interval=0.5, what="the cleaner to leave the latest record of each key")
+    assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in got] == \
+        [(o, r["key"], r["value"], r["headers"], r["timestamp"]) for o, r in want]
+
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": unique("kp-compact-g"),
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        c.subscribe([topic])
+        msgs = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(msgs) < len(want) + 12:
+            m = c.poll(0.5)
+            if m is not None:
+                assert m.error() is None, m.error()
+                msgs.append(m)
+    finally:
+        c.close()
+    kept = [m for m in msgs if not m.key().startswith(b"filler-")]
+    assert [(m.offset(), m.key(), m.value(), m.headers()) for m in kept] == \
+        [(o, r["key"], r["value"], r["headers"]) for o, r in want]

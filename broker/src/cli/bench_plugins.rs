@@ -33,6 +33,9 @@ pub struct PluginsArgs {
     /// Records per run and topic.
     #[arg(long, default_value_t = 1_000_000)]
     pub records: u64,
+    /// The producer's `compression.codec` (none, gzip, snappy, lz4, zstd).
+    #[arg(long, default_value = "none")]
+    pub compression: String,
     /// Runs per topic (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -98,9 +101,10 @@ fn record(value: Vec<u8>) -> Record {
 }
 
 /// Produces `n` readings to `topic` and returns records/s (acknowledged).
-fn produce(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<f64> {
+fn produce(bootstrap: &str, topic: &str, n: u64, codec: &str) -> anyhow::Result<f64> {
     let p: ThreadedProducer<Counts> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        .set("compression.codec", codec)
         .set("acks", "1")
         .set("linger.ms", "5")
         .set("batch.num.messages", "1000")
@@ -175,15 +179,16 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     let handle = runtime.block_on(crate::start_broker(cfg))?;
     let bootstrap = handle.bootstrap();
     out!(
-        "bench plugins: {} x 100-byte JSON readings per run, {} runs per topic, filter {} ({:?})",
+        "bench plugins: {} x 100-byte JSON readings per run ({}), {} runs per topic, filter {} ({:?})",
         args.records,
+        args.compression,
         args.runs,
         wasm.display(),
         args.config
     );
     // Warm up both topics (creation, page cache, plugin instances).
-    produce(&bootstrap, "plain", 20_000)?;
-    produce(&bootstrap, "filtered", 20_000)?;
+    produce(&bootstrap, "plain", 20_000, &args.compression)?;
+    produce(&bootstrap, "filtered", 20_000, &args.compression)?;
     let set = handle.broker.plugins.current();
     let stats = &set.loaded[0].stats;
     let (calls0, busy0) = (
@@ -192,8 +197,8 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     );
     let (mut plain, mut filtered) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
-        let a = produce(&bootstrap, "plain", args.records)?;
-        let b = produce(&bootstrap, "filtered", args.records)?;
+        let a = produce(&bootstrap, "plain", args.records, &args.compression)?;
+        let b = produce(&bootstrap, "filtered", args.records, &args.compression)?;
         out!(
             "  run {}: no plugin {a:.0} records/s, filter {b:.0} records/s",
             run + 1

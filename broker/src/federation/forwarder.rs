@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::{Link, LinkProducer, SCAN_INTERVAL, pause, stopped, stopping};
 use crate::broker::Broker;
 use crate::catalog::{Partition, Topic};
-use crate::plugins::raw::Records;
+use crate::storage::record_spans::{Records, plain_batch};
 use crate::storage::{self, BatchHeader, StorageError};
 
 /// Most bytes of log a forwarder reads at once (at least one batch).
@@ -551,28 +551,6 @@ impl Forwarder {
         known.insert(self.remote.clone(), count);
         Ok(count)
     }
-}
-
-/// A stored batch with its records uncompressed (the header's codec bits left as they were),
-/// for [`Records::parse`]. Every stored batch passed the broker's bounded decompression on
-/// produce; the decoders here are kafka-protocol's.
-fn plain_batch(raw: Bytes, h: &BatchHeader) -> Result<Bytes, String> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
-    let mut payload = raw.slice(storage::BATCH_HEADER_LEN..);
-    let all = |b: &mut Bytes| Ok(b.split_off(0));
-    let records = match h.compression() {
-        0 => return Ok(raw),
-        1 => Gzip::decompress(&mut payload, all),
-        2 => Snappy::decompress(&mut payload, all),
-        3 => Lz4::decompress(&mut payload, all),
-        4 => Zstd::decompress(&mut payload, all),
-        codec => return Err(format!("compression codec {codec} is unknown")),
-    }
-    .map_err(|e| format!("the records cannot be decompressed: {e:#}"))?;
-    let mut plain = bytes::BytesMut::with_capacity(storage::BATCH_HEADER_LEN + records.len());
-    plain.extend_from_slice(&raw[..storage::BATCH_HEADER_LEN]);
-    plain.extend_from_slice(&records);
-    Ok(plain.freeze())
 }
 
 /// Errors about a record itself (or the batch it went in), which sending it again as it is

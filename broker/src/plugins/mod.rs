@@ -15,9 +15,10 @@
 //!   chain unchanged (every filter kept all, every transform gave back the same records and routed
 //!   none) are stored byte for byte as received. Otherwise the records for the produced partition
 //!   are re-encoded with the producer's codec as ONE batch, keeping the producer's attributes,
-//!   id and epoch ([`reencode`]). A chain of filters only over an uncompressed batch takes a
-//!   shorter way to the same bytes: records framed from the batch in place and the kept ones
-//!   copied into the new batch, nothing decoded ([`raw`]).
+//!   id and epoch ([`reencode`]). A chain of filters only takes a shorter way: records framed from
+//!   the (uncompressed) batch in place and the kept ones copied into the new batch, nothing
+//!   decoded ([`raw`]), so every header stays as produced (the decoder keeps one header of a
+//!   name given twice).
 //! - A chain runs filters and transforms in order. A transform's outputs without a topic go on
 //!   through the rest of the chain; outputs naming a topic leave the chain and are appended to
 //!   that topic as they are (its own chain does not run on them, so chains cannot loop), in the
@@ -64,6 +65,7 @@ use kafka_protocol::records::{
 };
 
 use crate::log_budget::{LogBudget, within_budget};
+use crate::storage::record_spans::{self, Records};
 use crate::storage::{self, BatchHeader};
 
 pub use host::{Host, HostLimits, Kind, Plugin};
@@ -322,8 +324,9 @@ pub fn run_chain(
             out.extend_from_slice(&raw);
             continue;
         }
-        if h.compression() == 0 && chain.plugins.iter().all(|p| p.kind() == Kind::Filter) {
-            // Filters over an uncompressed batch: in place, without decoding it (see `raw`).
+        if chain.plugins.iter().all(|p| p.kind() == Kind::Filter) {
+            // Filters only: over the batch's records in place, without decoding them (see `raw`).
+            compression = codec_of(&h)?;
             let Some(ran) = run_filters_raw(chain, topic, partition, &raw, &h, partitions)? else {
                 out.extend_from_slice(&raw);
                 continue;
@@ -558,7 +561,23 @@ fn on_failure(
     }
 }
 
-/// What a chain of filters made of an uncompressed batch (see [`raw`]).
+/// The codec a batch's header names.
+fn codec_of(h: &BatchHeader) -> Result<Compression, ProduceFilterError> {
+    Ok(match h.compression() {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        other => {
+            return Err(ProduceFilterError::Corrupt(format!(
+                "compression codec {other} is unknown"
+            )));
+        }
+    })
+}
+
+/// What a chain of filters made of a batch (see [`raw`]).
 struct RawRun {
     /// The kept records as a new batch; `None` when none is left.
     batch: Option<Vec<u8>>,
@@ -566,8 +585,8 @@ struct RawRun {
     routed: Vec<(String, Record)>,
 }
 
-/// Runs a chain of filters over the uncompressed batch `batch` (header `h`) in place; `None`
-/// when every record was kept.
+/// Runs a chain of filters over the records of `batch` (header `h`) in place, uncompressed
+/// first if they are compressed; `None` when every record was kept.
 fn run_filters_raw(
     chain: &Chain,
     topic: &str,
@@ -578,13 +597,14 @@ fn run_filters_raw(
 ) -> Result<Option<RawRun>, ProduceFilterError> {
     // The decoder checks the CRC; so must this path, since it writes a new one.
     storage::check_batch(batch).map_err(|e| ProduceFilterError::Corrupt(e.to_string()))?;
-    let records = raw::Records::parse(batch, h).map_err(ProduceFilterError::Corrupt)?;
+    let plain = record_spans::plain_batch(batch.clone(), h).map_err(ProduceFilterError::Corrupt)?;
+    let records = Records::parse(&plain, h).map_err(ProduceFilterError::Corrupt)?;
     let mut kept: Vec<usize> = (0..records.len()).collect();
     for plugin in &chain.plugins {
         if kept.is_empty() {
             break;
         }
-        let frame = records.frame(topic, partition, &kept);
+        let frame = raw::frame(&records, topic, partition, &kept);
         let result = plugin.call(frame, |bitmap| {
             check_bitmap(&bitmap, kept.len()).map(|()| bitmap)
         });
@@ -617,8 +637,15 @@ fn run_filters_raw(
     if kept.len() == records.len() {
         return Ok(None);
     }
+    let batch = match kept.is_empty() {
+        true => None,
+        false => Some(
+            record_spans::compressed(records.rebuild(&kept))
+                .map_err(ProduceFilterError::Corrupt)?,
+        ),
+    };
     Ok(Some(RawRun {
-        batch: (!kept.is_empty()).then(|| records.rebuild(&kept)),
+        batch,
         routed: Vec::new(),
     }))
 }

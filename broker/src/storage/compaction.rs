@@ -22,13 +22,12 @@
 //!    the old or the new log (leftover `.cleaned` files are deleted on open, missing indexes
 //!    are rebuilt).
 //!
-//! Batches that keep all their records are copied byte for byte. Partially kept batches are
-//! re-encoded with kafka-protocol's `RecordBatchEncoder` using the original compression; each
-//! record's `sequence` is set to `baseSequence + offsetDelta` because the encoder starts a new
-//! batch whenever `offset - sequence` changes. The header is then patched so the batch keeps its
-//! original attributes (timestamp type, transactional), its last offset (lastOffsetDelta) and
-//! consistent sequences, and for LogAppendTime its maxTimestamp; offsets, timestamps, headers
-//! and producer id/epoch of kept records are preserved. A batch that loses all records is dropped,
+//! Batches that keep all their records are copied byte for byte. Partially kept batches keep
+//! their kept records byte for byte too ([`Records::keep_offsets`]: every header, a name given
+//! twice included, each record's offset and timestamp deltas), in a batch with the original's
+//! header (base offset, first timestamp, lastOffsetDelta, attributes, producer id, epoch and
+//! base sequence, as Kafka's cleaner keeps them for v2 batches) but its record count, length,
+//! CreateTime max timestamp and CRC, compressed again with the original codec. A batch that loses all records is dropped,
 //! except the last batch of each producer, which is kept as an empty (61-byte) batch so that the
 //! producer's epoch and sequence survive a restart (Kafka does the same).
 //!
@@ -44,89 +43,38 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-};
+use bytes::Bytes;
 
 use super::MaintenanceReport;
 use super::batch::*;
 use super::error::{StorageError, io_err};
 use super::log::PartitionLog;
+use super::record_spans::{self, Records};
 use super::segment::{OpenMode, Segment, SegmentView, index_path, log_path, timeindex_path};
 use super::txn::{Marker, marker_of};
 
-fn codec(context: &'static str) -> impl Fn(anyhow::Error) -> StorageError {
-    move |e| StorageError::Codec {
-        context,
-        reason: e.to_string(),
-    }
+fn codec(context: &'static str) -> impl Fn(String) -> StorageError {
+    move |reason| StorageError::Codec { context, reason }
 }
 
-/// Decode the records of one stored batch.
-fn decode(bytes: &[u8]) -> Result<Vec<Record>, StorageError> {
-    let set = RecordBatchDecoder::decode(&mut Bytes::copy_from_slice(bytes))
-        .map_err(codec("compaction decode"))?;
-    Ok(set.records)
+/// The batch `bytes` (header `h`) with its records uncompressed, for [`Records::parse`].
+fn plain(bytes: &[u8], h: &BatchHeader) -> Result<Bytes, StorageError> {
+    record_spans::plain_batch(Bytes::copy_from_slice(bytes), h).map_err(codec("compaction decode"))
 }
 
-fn compression_of(h: &BatchHeader) -> Result<Compression, StorageError> {
-    Ok(match h.compression() {
-        0 => Compression::None,
-        1 => Compression::Gzip,
-        2 => Compression::Snappy,
-        3 => Compression::Lz4,
-        4 => Compression::Zstd,
-        other => {
-            return Err(StorageError::Codec {
-                context: "compaction",
-                reason: format!("unknown compression {other}"),
-            });
-        }
+/// The (key, offset, is a tombstone) of each record of a plain batch.
+fn keys<'a>(
+    records: &'a Records<'_>,
+    h: &'a BatchHeader,
+) -> impl Iterator<Item = (Option<&'a [u8]>, i64, bool)> + 'a {
+    let (batch, spans) = records.parts();
+    spans.iter().map(move |s| {
+        (
+            s.key.clone().map(|k| &batch[k]),
+            h.base_offset + i64::from(s.offset_delta),
+            s.value.is_none(),
+        )
     })
-}
-
-/// Re-encode the kept records of batch `h` as one batch that keeps `h`'s last offset.
-fn reencode(h: &BatchHeader, mut kept: Vec<Record>) -> Result<Vec<u8>, StorageError> {
-    for r in &mut kept {
-        r.sequence = h
-            .base_sequence
-            .wrapping_add((r.offset - h.base_offset) as i32);
-    }
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: compression_of(h)?,
-    };
-    RecordBatchEncoder::encode(&mut buf, &kept, &options).map_err(codec("compaction encode"))?;
-    let mut out = buf.to_vec();
-    let nh = BatchHeader::parse(&out).map_err(|e| StorageError::Codec {
-        context: "compaction encode",
-        reason: e.to_string(),
-    })?;
-    if nh.total_size() != out.len() {
-        return Err(StorageError::Codec {
-            context: "compaction encode",
-            reason: "encoder split the records into several batches".into(),
-        });
-    }
-    put_i16(&mut out, ATTRIBUTES_POS, h.attributes);
-    put_i32(
-        &mut out,
-        LAST_OFFSET_DELTA_POS,
-        (h.last_offset() - nh.base_offset) as i32,
-    );
-    let seq = if h.base_sequence < 0 {
-        h.base_sequence
-    } else {
-        increment_sequence(h.base_sequence, (nh.base_offset - h.base_offset) as i32)
-    };
-    put_i32(&mut out, BASE_SEQUENCE_POS, seq);
-    if h.is_log_append_time() {
-        put_i64(&mut out, MAX_TIMESTAMP_POS, h.max_timestamp);
-    }
-    rewrite_crc(&mut out);
-    Ok(out)
 }
 
 /// A header-only copy of `batch`: no records, same offsets range, producer fields and sequence.
@@ -249,17 +197,18 @@ impl CompactionPass {
                     }
                     return Ok(());
                 }
-                let records = decode(bytes)?;
+                let plain = plain(bytes, h)?;
+                let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
+                let keyed = keys(&records, h)
+                    .filter_map(|(k, offset, _)| Some((Bytes::copy_from_slice(k?), offset)));
                 if h.is_transactional() {
                     let (batches, keys) = open.entry(h.producer_id).or_default();
                     batches.push(h.base_offset);
-                    keys.extend(records.into_iter().filter_map(|r| Some((r.key?, r.offset))));
+                    keys.extend(keyed);
                     return Ok(());
                 }
-                for r in records {
-                    if let Some(k) = r.key {
-                        newest(&mut latest, k, r.offset);
-                    }
+                for (k, offset) in keyed {
+                    newest(&mut latest, k, offset);
                 }
                 Ok(())
             })?;
@@ -277,20 +226,21 @@ impl CompactionPass {
                     out.extend_from_slice(bytes);
                     return Ok(());
                 }
-                let records = decode(bytes)?;
+                let plain = plain(bytes, h)?;
+                let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
                 let total = records.len();
                 let dropped = aborted.contains(&h.base_offset);
-                let kept: Vec<Record> = records
-                    .into_iter()
-                    .filter(|r| {
+                let kept: Vec<usize> = keys(&records, h)
+                    .enumerate()
+                    .filter(|(_, (key, offset, tombstone))| {
                         if dropped {
                             return false;
                         }
-                        let Some(k) = &r.key else { return false };
-                        if latest.get(k) != Some(&r.offset) {
+                        let Some(k) = key else { return false };
+                        if latest.get(*k) != Some(offset) {
                             return false;
                         }
-                        if r.value.is_none() {
+                        if *tombstone {
                             if tombstones_expired {
                                 return false;
                             }
@@ -298,12 +248,15 @@ impl CompactionPass {
                         }
                         true
                     })
+                    .map(|(i, _)| i)
                     .collect();
                 removed += (total - kept.len()) as u64;
                 if kept.len() == total {
                     out.extend_from_slice(bytes);
                 } else if !kept.is_empty() {
-                    out.extend_from_slice(&reencode(h, kept)?);
+                    let batch = record_spans::compressed(records.keep_offsets(h, &kept))
+                        .map_err(codec("compaction encode"))?;
+                    out.extend_from_slice(&batch);
                 } else if h.has_producer_id()
                     && last_batch.get(&h.producer_id) == Some(&h.base_offset)
                 {
@@ -459,6 +412,7 @@ mod tests {
     use super::*;
     use crate::storage::testutil::*;
     use crate::storage::{FlushPolicy, LogConfig};
+    use kafka_protocol::records::Compression;
 
     const NOW: i64 = 1_700_000_000_000;
     const DAY: i64 = 24 * 3600 * 1000;
@@ -843,8 +797,9 @@ mod tests {
         log.maintenance(NOW).unwrap();
         let got = log.read(0, usize::MAX).unwrap();
         let h = check_batch(&got).unwrap();
-        assert_eq!((h.base_offset, h.last_offset(), h.record_count), (1, 3, 2));
-        assert_eq!((h.base_sequence, h.last_sequence()), (1, 3));
+        // As Kafka's cleaner: the batch keeps its base offset and sequence.
+        assert_eq!((h.base_offset, h.last_offset(), h.record_count), (0, 3, 2));
+        assert_eq!((h.base_sequence, h.last_sequence()), (0, 3));
         assert_eq!(
             (h.producer_id, h.producer_epoch, h.compression()),
             (11, 2, 1)
@@ -854,5 +809,41 @@ mod tests {
             recs,
             vec![(1, kv("b", "1", NOW + 1)), (2, kv("a", "2", NOW + 2))]
         );
+    }
+
+    /// Records a cleaning keeps keep every header, a name given twice included, in every
+    /// codec (kafka-protocol's record type keeps one header per name).
+    #[test]
+    fn kept_records_keep_repeated_headers() {
+        for codec in ALL_CODECS {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+            let mut recs = vec![
+                kv("a", "1", NOW),
+                kv("b", "1", NOW + 1),
+                kv("a", "2", NOW + 2),
+            ];
+            recs[1].headers = vec![
+                ("trace".into(), Some(Bytes::from_static(b"x"))),
+                ("trace".into(), Some(Bytes::from_static(b"y"))),
+                ("trace".into(), None),
+            ];
+            log.append(&hand_built_batch(&recs, codec), NOW).unwrap();
+            log.append(
+                &encode_batch(&[kv("z", "z", NOW)], Compression::None, -1, -1, -1),
+                NOW,
+            )
+            .unwrap();
+            let r = log.maintenance(NOW).unwrap();
+            assert_eq!(r.records_removed, 1, "{codec:?}");
+            let got = log.read(0, usize::MAX).unwrap();
+            let first = check_batch(&got).unwrap();
+            let kept = read_spans(&got[..first.total_size()]);
+            assert_eq!(
+                kept,
+                vec![(1, recs[1].clone()), (2, recs[2].clone())],
+                "{codec:?}"
+            );
+        }
     }
 }

@@ -37,6 +37,7 @@ mod error;
 mod index;
 mod log;
 mod producer;
+pub(crate) mod record_spans;
 mod records;
 mod replica;
 mod retention;

@@ -1,0 +1,404 @@
+//! The records of a batch as spans of its bytes: read and copied without decoding them into
+//! values, so every field, every header included, stays as produced.
+//!
+//! kafka-protocol's `Record` keeps a record's headers in a map, so a header name given twice
+//! (Kafka allows it) comes out of its decoder once. Where the broker rewrites a batch's records
+//! it works on spans instead: [`plain_batch`] uncompresses a batch's records (header kept),
+//! [`Records::parse`] finds each record's fields in them, and the kept records are copied into a
+//! new batch, which [`compressed`] compresses again with the batch's codec.
+//!
+//! - [`Records::rebuild`] (plugin filters): the kept records renumbered from offset delta 0,
+//!   rewriting only what changes in each (its length, timestamp delta and offset delta). For an
+//!   uncompressed batch this is byte for byte what `RecordBatchEncoder` makes of the kept
+//!   records (the tests check it): first timestamp = the smallest kept timestamp, max timestamp
+//!   = the largest, the producer's header fields (base offset, leader epoch, attributes,
+//!   producer id and epoch, base sequence) kept; but two headers of one name stay two.
+//! - [`Records::keep_offsets`] (compaction): the kept records copied whole, so each keeps its
+//!   offset and timestamp deltas; the batch keeps its base offset, first timestamp,
+//!   lastOffsetDelta and sequences, as Kafka's cleaner keeps them for v2 batches.
+//!
+//! Record layout: see [`super::records`].
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::storage::{self, BATCH_HEADER_LEN, BatchHeader, LENGTH_POS};
+
+/// A malformed record in a batch whose header and CRC were fine.
+pub type Malformed = String;
+
+/// One record of a batch, located in the (plain) batch bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Span {
+    /// Where the record starts (its length).
+    start: usize,
+    pub(crate) offset_delta: i32,
+    pub(crate) timestamp: i64,
+    pub(crate) key: Option<Range<usize>>,
+    pub(crate) value: Option<Range<usize>>,
+    pub(crate) header_count: u32,
+    /// Where the headers start (after their count).
+    pub(crate) headers: usize,
+    /// From the key's length to the end of the record: what a rebuilt record copies.
+    pub(crate) tail: Range<usize>,
+}
+
+/// One record's fields, borrowed from its batch.
+pub struct RecordView<'a> {
+    pub offset_delta: i32,
+    /// The batch's first timestamp plus the record's delta (for CreateTime batches).
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// In order; a name given twice is here twice.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+/// The records of one plain v2 batch (uncompressed, or made so by [`plain_batch`]).
+pub struct Records<'a> {
+    batch: &'a [u8],
+    spans: Vec<Span>,
+}
+
+/// A zigzag varint of at most `max` bytes at `*pos` (Kafka's varint and varlong).
+fn varlong(buf: &[u8], pos: &mut usize, max: usize) -> Result<i64, Malformed> {
+    let mut raw = 0u64;
+    for i in 0..max {
+        let Some(&b) = buf.get(*pos + i) else { break };
+        raw |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            *pos += i + 1;
+            return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
+        }
+    }
+    Err(format!("bad varint at byte {pos}"))
+}
+
+fn varint(buf: &[u8], pos: &mut usize) -> Result<i32, Malformed> {
+    let v = varlong(buf, pos, 5)?;
+    i32::try_from(v).map_err(|_| format!("varint {v} out of range"))
+}
+
+/// A length-prefixed field (-1 = null) at `*pos`, within `end`.
+fn bytes_field(
+    buf: &[u8],
+    pos: &mut usize,
+    end: usize,
+    what: &str,
+) -> Result<Option<Range<usize>>, Malformed> {
+    match varint(buf, pos)? {
+        -1 => Ok(None),
+        len if len < 0 => Err(format!("record {what} length {len}")),
+        len => {
+            let start = *pos;
+            *pos = start + len as usize;
+            if *pos > end {
+                return Err(format!("record {what} runs past its record"));
+            }
+            Ok(Some(start..*pos))
+        }
+    }
+}
+
+/// Appends a zigzag varint.
+fn put_varlong(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push(z as u8 | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// A header (key, value) at `*pos`, within `end`.
+pub(crate) fn header(
+    buf: &[u8],
+    pos: &mut usize,
+    end: usize,
+) -> Result<(Range<usize>, Option<Range<usize>>), Malformed> {
+    let key = bytes_field(buf, pos, end, "header key")?
+        .ok_or_else(|| "record header key is null".to_string())?;
+    if std::str::from_utf8(&buf[key.clone()]).is_err() {
+        return Err("record header key is not UTF-8".into());
+    }
+    let value = bytes_field(buf, pos, end, "header value")?;
+    Ok((key, value))
+}
+
+impl<'a> Records<'a> {
+    /// Finds the records of `batch` (a whole batch with header `h`, uncompressed or from
+    /// [`plain_batch`]): they must tile the batch exactly and be as many as the header says.
+    pub fn parse(batch: &'a [u8], h: &BatchHeader) -> Result<Records<'a>, Malformed> {
+        let count = usize::try_from(h.record_count)
+            .map_err(|_| format!("record count {}", h.record_count))?;
+        let mut spans = Vec::with_capacity(count.min(batch.len() / 7));
+        let mut pos = BATCH_HEADER_LEN;
+        while pos < batch.len() {
+            let start = pos;
+            let len = varint(batch, &mut pos)?;
+            let end = pos + usize::try_from(len).map_err(|_| format!("record length {len}"))?;
+            if end > batch.len() {
+                return Err("record runs past the batch".into());
+            }
+            pos += 1; // attributes (unused)
+            let delta = varlong(batch, &mut pos, 10)?;
+            let offset_delta = varint(batch, &mut pos)?; // renumbered on rebuild
+            let tail_start = pos;
+            let key = bytes_field(batch, &mut pos, end, "key")?;
+            let value = bytes_field(batch, &mut pos, end, "value")?;
+            let header_count = varint(batch, &mut pos)?;
+            let header_count =
+                u32::try_from(header_count).map_err(|_| format!("header count {header_count}"))?;
+            let headers = pos;
+            for _ in 0..header_count {
+                header(batch, &mut pos, end)?;
+            }
+            if pos != end {
+                return Err("record fields do not fill the record".into());
+            }
+            spans.push(Span {
+                start,
+                offset_delta,
+                timestamp: h.first_timestamp.wrapping_add(delta),
+                key,
+                value,
+                header_count,
+                headers,
+                tail: tail_start..end,
+            });
+        }
+        if spans.len() != count {
+            return Err(format!(
+                "batch holds {} records, its header says {count}",
+                spans.len()
+            ));
+        }
+        Ok(Records { batch, spans })
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The batch the records are in, and where each is.
+    pub(crate) fn parts(&self) -> (&'a [u8], &[Span]) {
+        (self.batch, &self.spans)
+    }
+
+    /// Record `i` (below [`Records::len`]) as its fields in the batch.
+    pub fn record(&self, i: usize) -> RecordView<'a> {
+        let s = &self.spans[i];
+        let field = |r: &Option<Range<usize>>| r.clone().map(|r| &self.batch[r]);
+        let mut headers = Vec::with_capacity(s.header_count as usize);
+        let mut pos = s.headers;
+        for _ in 0..s.header_count {
+            // Checked by `parse`, UTF-8 keys included.
+            let Ok((key, value)) = header(self.batch, &mut pos, s.tail.end) else {
+                break;
+            };
+            let key = std::str::from_utf8(&self.batch[key]).unwrap_or_default();
+            headers.push((key, field(&value)));
+        }
+        RecordView {
+            offset_delta: s.offset_delta,
+            timestamp: s.timestamp,
+            key: field(&s.key),
+            value: field(&s.value),
+            headers,
+        }
+    }
+
+    /// A new plain batch holding the records `kept` (indexes, in order, at least one)
+    /// renumbered from offset delta 0, with the producer's header fields; lastOffsetDelta =
+    /// kept - 1 and the CRC computed (the caller patches lastOffsetDelta for an idempotent
+    /// producer). For a compressed batch, pass it through [`compressed`].
+    pub fn rebuild(&self, kept: &[usize]) -> Vec<u8> {
+        let spans = || kept.iter().map(|&i| &self.spans[i]);
+        let first = spans().map(|s| s.timestamp).min().unwrap_or_default();
+        let max = spans().map(|s| s.timestamp).max().unwrap_or_default();
+        let mut out = Vec::with_capacity(self.batch.len());
+        out.extend_from_slice(&self.batch[..BATCH_HEADER_LEN]);
+        let mut prefix = Vec::with_capacity(16);
+        for (delta, s) in spans().enumerate() {
+            prefix.clear();
+            prefix.push(0); // record attributes
+            put_varlong(&mut prefix, s.timestamp.wrapping_sub(first));
+            put_varlong(&mut prefix, delta as i64);
+            put_varlong(&mut out, (prefix.len() + s.tail.len()) as i64);
+            out.extend_from_slice(&prefix);
+            out.extend_from_slice(&self.batch[s.tail.clone()]);
+        }
+        let length = (out.len() - storage::LOG_OVERHEAD) as i32;
+        storage::put_i32(&mut out, LENGTH_POS, length);
+        storage::put_i32(
+            &mut out,
+            storage::LAST_OFFSET_DELTA_POS,
+            kept.len() as i32 - 1,
+        );
+        storage::put_i64(&mut out, storage::FIRST_TIMESTAMP_POS, first);
+        storage::put_i64(&mut out, storage::MAX_TIMESTAMP_POS, max);
+        storage::put_i32(&mut out, storage::RECORD_COUNT_POS, kept.len() as i32);
+        storage::rewrite_crc(&mut out);
+        out
+    }
+
+    /// A new plain batch holding the records `kept` (indexes, in order, at least one) as they
+    /// are: each keeps its offset and timestamp deltas, the batch its header fields but the
+    /// record count, the length, for CreateTime the max timestamp (the largest kept), and the
+    /// CRC. For a compressed batch, pass it through [`compressed`].
+    pub fn keep_offsets(&self, h: &BatchHeader, kept: &[usize]) -> Vec<u8> {
+        let spans = || kept.iter().map(|&i| &self.spans[i]);
+        let mut out = Vec::with_capacity(self.batch.len());
+        out.extend_from_slice(&self.batch[..BATCH_HEADER_LEN]);
+        for s in spans() {
+            out.extend_from_slice(&self.batch[s.start..s.tail.end]);
+        }
+        let length = (out.len() - storage::LOG_OVERHEAD) as i32;
+        storage::put_i32(&mut out, LENGTH_POS, length);
+        if !h.is_log_append_time() {
+            let max = spans()
+                .map(|s| s.timestamp)
+                .max()
+                .unwrap_or(h.max_timestamp);
+            storage::put_i64(&mut out, storage::MAX_TIMESTAMP_POS, max);
+        }
+        storage::put_i32(&mut out, storage::RECORD_COUNT_POS, kept.len() as i32);
+        storage::rewrite_crc(&mut out);
+        out
+    }
+}
+
+/// A batch with its records uncompressed (the header's codec bits left as they were), for
+/// [`Records::parse`]; an uncompressed batch as it is. Every stored batch passed the broker's
+/// bounded decompression on produce, and so did a produced one before a plugin sees it; the
+/// decoders here are kafka-protocol's.
+pub fn plain_batch(raw: Bytes, h: &BatchHeader) -> Result<Bytes, String> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let mut payload = raw.slice(BATCH_HEADER_LEN..);
+    let all = |b: &mut Bytes| Ok(b.split_off(0));
+    let records = match h.compression() {
+        0 => return Ok(raw),
+        1 => Gzip::decompress(&mut payload, all),
+        2 => Snappy::decompress(&mut payload, all),
+        3 => Lz4::decompress(&mut payload, all),
+        4 => Zstd::decompress(&mut payload, all),
+        codec => return Err(format!("compression codec {codec} is unknown")),
+    }
+    .map_err(|e| format!("the records cannot be decompressed: {e:#}"))?;
+    let mut plain = BytesMut::with_capacity(BATCH_HEADER_LEN + records.len());
+    plain.extend_from_slice(&raw[..BATCH_HEADER_LEN]);
+    plain.extend_from_slice(&records);
+    Ok(plain.freeze())
+}
+
+/// The plain batch `plain` (from [`Records::rebuild`] or [`Records::keep_offsets`], its length
+/// set) with its records compressed by the codec its header names, its length and CRC set.
+pub fn compressed(plain: Vec<u8>) -> Result<Vec<u8>, String> {
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+    let h = BatchHeader::parse(&plain).map_err(|e| e.to_string())?;
+    let records = &plain[BATCH_HEADER_LEN..];
+    let mut out = BytesMut::with_capacity(plain.len());
+    out.extend_from_slice(&plain[..BATCH_HEADER_LEN]);
+    let put = |b: &mut BytesMut| {
+        b.extend_from_slice(records);
+        Ok(())
+    };
+    match h.compression() {
+        0 => {
+            let mut plain = plain;
+            storage::rewrite_crc(&mut plain);
+            return Ok(plain);
+        }
+        1 => Gzip::compress(&mut out, put),
+        2 => Snappy::compress(&mut out, put),
+        3 => Lz4::compress(&mut out, put),
+        4 => Zstd::compress(&mut out, put),
+        codec => return Err(format!("compression codec {codec} is unknown")),
+    }
+    .map_err(|e| format!("the records cannot be compressed: {e:#}"))?;
+    let mut out = out.to_vec();
+    let length = (out.len() - storage::LOG_OVERHEAD) as i32;
+    storage::put_i32(&mut out, LENGTH_POS, length);
+    storage::rewrite_crc(&mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testutil::*;
+
+    /// Five records, the second with header "a" twice around a null "n".
+    fn records() -> Vec<TestRec> {
+        let mut recs: Vec<TestRec> = (0..5)
+            .map(|i| kv(&format!("k{i}"), "value", 1_000 + i))
+            .collect();
+        recs[1].headers = vec![
+            ("a".into(), Some(Bytes::from_static(b"1"))),
+            ("n".into(), None),
+            ("a".into(), Some(Bytes::from_static(b"2"))),
+        ];
+        recs
+    }
+
+    /// A header name given twice stays twice through uncompressing, rebuilding, keeping
+    /// offsets and compressing again, in every codec; kept offsets and timestamps stay.
+    #[test]
+    fn repeated_headers_and_offsets_survive_every_rewrite() {
+        let recs = records();
+        for codec in ALL_CODECS {
+            let raw = Bytes::from(hand_built_batch(&recs, codec));
+            let h = storage::check_batch(&raw).unwrap();
+            assert_eq!(read_spans(&raw)[1], (1, recs[1].clone()), "{codec:?}");
+            let plain = plain_batch(raw.clone(), &h).unwrap();
+            let spans = Records::parse(&plain, &h).unwrap();
+            // Compaction's copy: records 1 and 3 keep offsets 1 and 3 in a batch based at 0.
+            let kept = compressed(spans.keep_offsets(&h, &[1, 3])).unwrap();
+            let kh = storage::check_batch(&kept).unwrap();
+            assert_eq!(
+                (kh.base_offset, kh.last_offset(), kh.record_count),
+                (h.base_offset, h.last_offset(), 2)
+            );
+            assert_eq!(
+                (kh.compression(), kh.max_timestamp),
+                (h.compression(), 1_003)
+            );
+            let expected = vec![(1, recs[1].clone()), (3, recs[3].clone())];
+            assert_eq!(read_spans(&kept), expected, "{codec:?}");
+            // kafka-protocol's decoder reads it too (one "a" header, as it does).
+            let decoded = decode_all(&kept);
+            assert_eq!(decoded.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 3]);
+            // The plugin filters' copy: renumbered from 0.
+            let rebuilt = compressed(spans.rebuild(&[1, 4])).unwrap();
+            let expected = vec![(0, recs[1].clone()), (1, recs[4].clone())];
+            assert_eq!(read_spans(&rebuilt), expected, "{codec:?}");
+        }
+    }
+
+    /// Every truncation and every corrupted length is refused, never a panic.
+    #[test]
+    fn malformed_records_are_refused() {
+        let raw = hand_built_batch(&records(), kafka_protocol::records::Compression::None);
+        let h = storage::check_batch(&raw).unwrap();
+        for cut in BATCH_HEADER_LEN..raw.len() {
+            assert!(Records::parse(&raw[..cut], &h).is_err(), "cut at {cut}");
+        }
+        for at in BATCH_HEADER_LEN..raw.len() {
+            for b in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut bad = raw.clone();
+                bad[at] = b;
+                if let Ok(recs) = Records::parse(&bad, &h) {
+                    // A change inside a key, value or header value can still parse.
+                    let all: Vec<usize> = (0..recs.len()).collect();
+                    (0..recs.len()).for_each(|i| drop(recs.record(i)));
+                    recs.rebuild(&all);
+                    recs.keep_offsets(&h, &all);
+                }
+            }
+        }
+        let mut wrong_count = h;
+        wrong_count.record_count = 4;
+        assert!(Records::parse(&raw, &wrong_count).is_err());
+    }
+}
