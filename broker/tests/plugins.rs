@@ -392,6 +392,73 @@ async fn filters_over_compressed_batches_keep_repeated_headers() {
     broker.shutdown().await;
 }
 
+/// A transform's output and a dead-letter copy keep a header name given twice, as Kafka keeps
+/// it (a decode into kafka-protocol's record kept one per name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_and_dead_letters_keep_repeated_headers() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![
+        plugin(
+            "tag",
+            "redact_enrich.wasm",
+            r#"{"headers": {"site": "north"}}"#,
+        ),
+        plugin("trapper", "faulty_filter.wasm", "trap"),
+    ];
+    let mut dl = bind("failing", &["trapper"], OnError::DeadLetter);
+    dl.dead_letter_topic = Some("failing-dlt".into());
+    cfg.plugins.bindings = vec![bind("tagged", &["tag"], OnError::FailClosed), dl];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let trace = |v| ("trace".to_string(), v);
+    for (topic, codec) in [("tagged", "zstd"), ("failing", "lz4")] {
+        let p = producer(&bootstrap, codec, &[]);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "trace",
+                value: Some("a"),
+            })
+            .insert(Header {
+                key: "trace",
+                value: Some("b"),
+            });
+        let rec = FutureRecord::to(topic)
+            .key("k")
+            .payload("reading")
+            .headers(headers)
+            .partition(0);
+        if let Err((e, _)) = p.send(rec, Duration::from_secs(10)).await {
+            panic!("{topic}: delivery failed: {e}");
+        }
+    }
+    let got = consume(&bootstrap, "tagged", "reading").await;
+    assert_eq!(
+        got[0].headers,
+        vec![
+            trace("a".into()),
+            trace("b".into()),
+            ("site".into(), "north".into())
+        ]
+    );
+    let got = consume(&bootstrap, "failing-dlt", "reading").await;
+    let names: Vec<&str> = got[0].headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "trace",
+            "trace",
+            DLT_PLUGIN,
+            DLT_ERROR,
+            DLT_TOPIC,
+            DLT_PARTITION
+        ]
+    );
+    assert_eq!(got[0].headers[..2], [trace("a".into()), trace("b".into())]);
+    broker.shutdown().await;
+}
+
 /// A record as consumed: key, value and headers as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
@@ -1071,7 +1138,12 @@ async fn a_burst_of_calls_waits_for_the_plugin_s_instances_and_none_fails() {
     let records: Vec<_> = (0..3000)
         .map(|i| {
             let value = format!("{{\"temp\": {}}}", 15 + i % 10);
-            common::record(i, None, value.as_bytes(), 1_700_000_000_000)
+            runnel::plugins::OwnedRecord {
+                timestamp: 1_700_000_000_000 + i,
+                key: None,
+                value: Some(value.into()),
+                headers: Vec::new(),
+            }
         })
         .collect();
     let frame = runnel::plugins::frame_records("burst", 0, &records);

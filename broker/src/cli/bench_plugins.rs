@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use edge_config::{Binding, Config, OnError, PluginSpec};
-use kafka_protocol::records::{Record, TimestampType};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use crate::plugins::{Host, HostLimits};
+use crate::storage::record_spans::OwnedRecord;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct PluginsArgs {
@@ -82,21 +82,12 @@ pub fn reading(i: u64) -> Vec<u8> {
 }
 
 /// A reading as the broker decodes it from a produce request.
-fn record(value: Vec<u8>) -> Record {
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
+fn record(value: Vec<u8>) -> OwnedRecord {
+    OwnedRecord {
         timestamp: 1_700_000_000_000,
         key: None,
         value: Some(Bytes::from(value)),
-        headers: Default::default(),
+        headers: Vec::new(),
     }
 }
 
@@ -236,7 +227,7 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<()> {
     // readings, called `CALLS` times in a row on one instance; the median is what the machine's
     // noise leaves least touched.
     const CALLS: usize = 301;
-    let readings: Vec<Record> = (0..1000).map(|i| record(reading(i))).collect();
+    let readings: Vec<OwnedRecord> = (0..1000).map(|i| record(reading(i))).collect();
     let frame = crate::plugins::frame_records("filtered", 0, &readings);
     let plugin = new_host()?.load("filter", &wasm, &args.config)?;
     let mut alone = Vec::with_capacity(CALLS);

@@ -9,15 +9,13 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use edge_config::{PluginSpec, PluginsConfig};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::Record;
 use serde_json::value::RawValue;
 
 use crate::admin::plugins::PluginList;
 use crate::plugins::output::parse_output;
 use crate::plugins::quota::{Decision, QuotaPolicy, RequestInfo};
 use crate::plugins::{Host, HostLimits, Kind, Plugin, PluginError, check_bitmap, frame_records};
+use crate::storage::record_spans::OwnedRecord;
 
 fn agent() -> ureq::Agent {
     // Non-2xx answers carry a JSON error body worth showing.
@@ -227,7 +225,11 @@ fn api_name(key: i16) -> &'static str {
     }
 }
 
-fn test_batches(plugin: &Plugin, records: &[Record], args: &TestArgs<'_>) -> anyhow::Result<()> {
+fn test_batches(
+    plugin: &Plugin,
+    records: &[OwnedRecord],
+    args: &TestArgs<'_>,
+) -> anyhow::Result<()> {
     let size = if args.batch == 0 {
         records.len().max(1)
     } else {
@@ -323,7 +325,7 @@ fn test_batches(plugin: &Plugin, records: &[Record], args: &TestArgs<'_>) -> any
     Ok(())
 }
 
-fn header_list(r: &Record) -> Vec<(String, Option<Vec<u8>>)> {
+fn header_list(r: &OwnedRecord) -> Vec<(String, Option<Vec<u8>>)> {
     r.headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_ref().map(|v| v.to_vec())))
@@ -355,7 +357,7 @@ fn show(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(String, Option<Vec
 /// A sample record: `{"key": "d1", "value": {...} | "text" | null, "headers": {"h": "v"},
 /// "timestamp": 1700000000000}`; every field optional. A JSON value that is not a string is
 /// written as compact JSON text, as a producer of JSON would send it.
-fn sample_record(line: &str) -> anyhow::Result<Record> {
+fn sample_record(line: &str) -> anyhow::Result<OwnedRecord> {
     // Raw values keep a JSON value's text exactly as written (field order, spacing).
     let obj: BTreeMap<String, Box<RawValue>> =
         serde_json::from_str(line).context("not a JSON object")?;
@@ -368,12 +370,12 @@ fn sample_record(line: &str) -> anyhow::Result<Record> {
             t => Some(Bytes::copy_from_slice(t.as_bytes())),
         })
     };
-    let mut headers = IndexMap::new();
+    let mut headers = Vec::new();
     if let Some(h) = obj.get("headers") {
         let h: BTreeMap<String, Box<RawValue>> =
             serde_json::from_str(h.get()).context("\"headers\" is an object of name: value")?;
         for (k, v) in h {
-            headers.insert(StrBytes::from_string(k), bytes(Some(&v))?);
+            headers.push((k, bytes(Some(&v))?));
         }
     }
     let timestamp = match obj.get("timestamp") {
@@ -381,13 +383,11 @@ fn sample_record(line: &str) -> anyhow::Result<Record> {
         Some(t) => serde_json::from_str::<i64>(t.get())
             .context("\"timestamp\" is milliseconds since the epoch")?,
     };
-    Ok(Record {
+    Ok(OwnedRecord {
+        timestamp,
+        key: bytes(obj.get("key").map(|v| &**v))?,
+        value: bytes(obj.get("value").map(|v| &**v))?,
         headers,
-        ..crate::storage::plain_record(
-            timestamp,
-            bytes(obj.get("key").map(|v| &**v))?,
-            bytes(obj.get("value").map(|v| &**v))?,
-        )
     })
 }
 /// A sample request for a quota policy: `{"client_id": "c1", "principal": "User:ANONYMOUS",

@@ -11,14 +11,14 @@
 //!
 //! Invariants:
 //! - A topic without a binding never reaches this module: its batches stay zero-copy.
-//! - A batch is decoded only when its topic has a chain; batches whose records come out of the
-//!   chain unchanged (every filter kept all, every transform gave back the same records and routed
-//!   none) are stored byte for byte as received. Otherwise the records for the produced partition
-//!   are re-encoded with the producer's codec as ONE batch, keeping the producer's attributes,
-//!   id and epoch ([`reencode`]). A chain of filters only takes a shorter way: records framed from
-//!   the (uncompressed) batch in place and the kept ones copied into the new batch, nothing
-//!   decoded ([`raw`]), so every header stays as produced (the decoder keeps one header of a
-//!   name given twice).
+//! - A batch is decoded only when its topic has a chain, into [`OwnedRecord`]s (every header
+//!   in order, a name given twice kept twice, as Kafka keeps it); batches whose records come
+//!   out of the chain unchanged (every filter kept all, every transform gave back the same
+//!   records and routed none) are stored byte for byte as received. Otherwise the records for
+//!   the produced partition are re-encoded with the producer's codec as ONE batch, keeping the
+//!   producer's attributes, id and epoch ([`reencode`]). A chain of filters only takes a
+//!   shorter way: records framed from the (uncompressed) batch in place and the kept ones
+//!   copied into the new batch, no record values made ([`raw`]).
 //! - A chain runs filters and transforms in order. A transform's outputs without a topic go on
 //!   through the rest of the chain; outputs naming a topic leave the chain and are appended to
 //!   that topic as they are (its own chain does not run on them, so chains cannot loop), in the
@@ -59,15 +59,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edge_config::{OnError, PluginsConfig};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 
 use crate::log_budget::{LogBudget, within_budget};
 use crate::storage::record_spans::{self, Records};
 use crate::storage::{self, BatchHeader};
 
+pub use crate::storage::record_spans::OwnedRecord;
 pub use host::{Host, HostLimits, Kind, Plugin};
 pub use output::{OutRecord, partition_for};
 pub use reload::{PluginSet, ReloadError, ReloadReport};
@@ -270,14 +267,14 @@ impl RoutedBatch {
     /// target topic whose `max.message.bytes` the whole is over; `None` for a single record,
     /// or a batch that does not decode.
     pub fn halves(&self) -> Option<[RoutedBatch; 2]> {
-        let set = RecordBatchDecoder::decode(&mut self.records.clone()).ok()?;
-        let mut first = set.records;
+        let h = storage::check_batch(&self.records).ok()?;
+        let mut first = decode(&self.records, &h).ok()?;
         if first.len() < 2 {
             return None;
         }
         let second = first.split_off(first.len() / 2);
-        let half = |records| {
-            encode(records, set.compression, -1)
+        let half = |records: Vec<OwnedRecord>| {
+            record_spans::encode(&self.records, &records)
                 .ok()
                 .map(|b| RoutedBatch {
                     topic: self.topic.clone(),
@@ -306,8 +303,9 @@ pub fn run_chain(
     let mut out = BytesMut::new();
     let mut changed = false;
     let mut rewritten = false;
-    let mut routed: Vec<(String, Record)> = Vec::new();
-    let mut compression = Compression::None;
+    let mut routed: Vec<(String, OwnedRecord)> = Vec::new();
+    // The codec routed records are stored with: the producer's.
+    let mut codec = 0;
     let mut pos = 0;
     while pos < records.len() {
         let h = BatchHeader::parse(&records[pos..])
@@ -326,7 +324,7 @@ pub fn run_chain(
         }
         if chain.plugins.iter().all(|p| p.kind() == Kind::Filter) {
             // Filters only: over the batch's records in place, without decoding them (see `raw`).
-            compression = codec_of(&h)?;
+            codec = h.compression();
             let Some(ran) = run_filters_raw(chain, topic, partition, &raw, &h, partitions)? else {
                 out.extend_from_slice(&raw);
                 continue;
@@ -339,10 +337,8 @@ pub fn run_chain(
             push_rewritten(&mut out, &raw, &h, ran.batch);
             continue;
         }
-        let set = RecordBatchDecoder::decode(&mut raw.clone())
-            .map_err(|e| ProduceFilterError::Corrupt(format!("{e:#}")))?;
-        compression = set.compression;
-        let ran = run_batch(chain, topic, partition, set.records, partitions)?;
+        codec = h.compression();
+        let ran = run_batch(chain, topic, partition, decode(&raw, &h)?, partitions)?;
         if !ran.changed {
             out.extend_from_slice(&raw);
             continue;
@@ -362,7 +358,7 @@ pub fn run_chain(
         }
         let batch = match kept.is_empty() {
             true => None,
-            false => Some(reencode(&h, kept, set.compression)?),
+            false => Some(reencode(&raw, &kept)?),
         };
         push_rewritten(&mut out, &raw, &h, batch);
     }
@@ -373,7 +369,7 @@ pub fn run_chain(
             records.clone()
         },
         rewritten,
-        routed: encode_routed(routed, compression, partitions)?,
+        routed: encode_routed(routed, codec, partitions)?,
     })
 }
 
@@ -382,9 +378,9 @@ struct BatchRun {
     /// Whether anything differs from the batch as produced.
     changed: bool,
     /// The records for the produced partition.
-    records: Vec<Record>,
+    records: Vec<OwnedRecord>,
     /// Records for other topics.
-    routed: Vec<(String, Record)>,
+    routed: Vec<(String, OwnedRecord)>,
 }
 
 /// Whether a batch is an idempotent producer's, whose sequence span a rewrite keeps: it has a
@@ -421,14 +417,14 @@ fn run_batch(
     chain: &Chain,
     topic: &str,
     partition: i32,
-    original: Vec<Record>,
+    original: Vec<OwnedRecord>,
     partitions: &dyn Fn(&str) -> Option<i32>,
 ) -> Result<BatchRun, ProduceFilterError> {
     // `records` starts as the batch as produced; a copy of that is kept only when a plugin
     // changes it and a later failure could send the batch to the dead-letter topic.
     let dead_letter = chain.on_error == OnError::DeadLetter;
     let mut records = original;
-    let mut original: Option<Vec<Record>> = None;
+    let mut original: Option<Vec<OwnedRecord>> = None;
     let mut routed = Vec::new();
     let mut changed = false;
     for plugin in &chain.plugins {
@@ -470,17 +466,20 @@ fn run_batch(
                     Ok(outs)
                 })
                 .map(|outs| {
-                    let template = records.first().cloned();
                     let mut mine = Vec::with_capacity(outs.len());
                     for o in outs {
-                        let Some(template) = &template else { break };
-                        let r = to_record(template, &o);
+                        let r = OwnedRecord {
+                            timestamp: o.timestamp,
+                            key: o.key,
+                            value: o.value,
+                            headers: o.headers,
+                        };
                         match o.topic {
                             None => mine.push(r),
                             Some(t) => routed.push((t, r)),
                         }
                     }
-                    changed |= !routed.is_empty() || !same_records(&records, &mine);
+                    changed |= !routed.is_empty() || records != mine;
                     let before = std::mem::replace(&mut records, mine);
                     if dead_letter && original.is_none() {
                         original = Some(before);
@@ -522,8 +521,8 @@ fn on_failure(
     topic: &str,
     partition: i32,
     partitions: &dyn Fn(&str) -> Option<i32>,
-    as_produced: impl FnOnce() -> Result<Vec<Record>, ProduceFilterError>,
-) -> Result<Option<Vec<(String, Record)>>, ProduceFilterError> {
+    as_produced: impl FnOnce() -> Result<Vec<OwnedRecord>, ProduceFilterError>,
+) -> Result<Option<Vec<(String, OwnedRecord)>>, ProduceFilterError> {
     let policy = chain.on_error.as_str();
     if matches!(e, PluginError::Disabled { .. }) {
         // Said once, with the reason, when the plugin was disabled.
@@ -561,20 +560,13 @@ fn on_failure(
     }
 }
 
-/// The codec a batch's header names.
-fn codec_of(h: &BatchHeader) -> Result<Compression, ProduceFilterError> {
-    Ok(match h.compression() {
-        0 => Compression::None,
-        1 => Compression::Gzip,
-        2 => Compression::Snappy,
-        3 => Compression::Lz4,
-        4 => Compression::Zstd,
-        other => {
-            return Err(ProduceFilterError::Corrupt(format!(
-                "compression codec {other} is unknown"
-            )));
-        }
-    })
+/// The records of the batch `raw` (header `h`), every header as produced.
+fn decode(raw: &Bytes, h: &BatchHeader) -> Result<Vec<OwnedRecord>, ProduceFilterError> {
+    // The CRC first: the batch is written again with a new one.
+    storage::check_batch(raw).map_err(|e| ProduceFilterError::Corrupt(e.to_string()))?;
+    let plain = record_spans::plain_batch(raw.clone(), h).map_err(ProduceFilterError::Corrupt)?;
+    let records = Records::parse(&plain, h).map_err(ProduceFilterError::Corrupt)?;
+    Ok(records.owned(&plain))
 }
 
 /// What a chain of filters made of a batch (see [`raw`]).
@@ -582,7 +574,7 @@ struct RawRun {
     /// The kept records as a new batch; `None` when none is left.
     batch: Option<Vec<u8>>,
     /// Dead letters.
-    routed: Vec<(String, Record)>,
+    routed: Vec<(String, OwnedRecord)>,
 }
 
 /// Runs a chain of filters over the records of `batch` (header `h`) in place, uncompressed
@@ -595,7 +587,7 @@ fn run_filters_raw(
     h: &BatchHeader,
     partitions: &dyn Fn(&str) -> Option<i32>,
 ) -> Result<Option<RawRun>, ProduceFilterError> {
-    // The decoder checks the CRC; so must this path, since it writes a new one.
+    // The CRC first: the batch is written again with a new one.
     storage::check_batch(batch).map_err(|e| ProduceFilterError::Corrupt(e.to_string()))?;
     let plain = record_spans::plain_batch(batch.clone(), h).map_err(ProduceFilterError::Corrupt)?;
     let records = Records::parse(&plain, h).map_err(ProduceFilterError::Corrupt)?;
@@ -618,11 +610,7 @@ fn run_filters_raw(
                 });
             }
             Err(e) => {
-                let as_produced = || {
-                    RecordBatchDecoder::decode(&mut batch.clone())
-                        .map(|set| set.records)
-                        .map_err(|e| ProduceFilterError::Corrupt(format!("{e:#}")))
-                };
+                let as_produced = || Ok(records.owned(&plain));
                 if let Some(routed) =
                     on_failure(chain, plugin, e, topic, partition, partitions, as_produced)?
                 {
@@ -663,81 +651,53 @@ pub fn check_bitmap(bitmap: &[u8], count: usize) -> Result<(), String> {
     }
 }
 
-/// A transform output as a record of the produced batch (`template` gives the batch fields).
-fn to_record(template: &Record, o: &OutRecord) -> Record {
-    let mut r = template.clone();
-    r.timestamp = o.timestamp;
-    r.key = o.key.clone();
-    r.value = o.value.clone();
-    r.headers = Default::default();
-    for (k, v) in &o.headers {
-        r.headers
-            .insert(StrBytes::from_string(k.clone()), v.clone());
-    }
-    r
-}
-
-/// Whether two record lists carry the same timestamps, keys, values and headers in order.
-fn same_records(a: &[Record], b: &[Record]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.timestamp == y.timestamp
-                && x.key == y.key
-                && x.value == y.value
-                && x.headers == y.headers
-        })
-}
-
 /// A produced record as it goes to the dead-letter topic: unchanged, plus the DLT headers.
 fn dead_letter(
-    mut r: Record,
+    mut r: OwnedRecord,
     plugin: &str,
     e: &PluginError,
     topic: &str,
     partition: i32,
-) -> Record {
-    let header = |v: String| Some(Bytes::from(v));
-    r.headers.insert(
-        StrBytes::from_static_str(DLT_PLUGIN),
-        header(plugin.to_owned()),
-    );
+) -> OwnedRecord {
+    let added = [
+        (DLT_PLUGIN, plugin.to_owned()),
+        (DLT_ERROR, e.to_string()),
+        (DLT_TOPIC, topic.to_owned()),
+        (DLT_PARTITION, partition.to_string()),
+    ];
+    // A record dead-lettered before (copied back by hand, say) gets this failure's headers.
     r.headers
-        .insert(StrBytes::from_static_str(DLT_ERROR), header(e.to_string()));
-    r.headers.insert(
-        StrBytes::from_static_str(DLT_TOPIC),
-        header(topic.to_owned()),
-    );
-    r.headers.insert(
-        StrBytes::from_static_str(DLT_PARTITION),
-        header(partition.to_string()),
+        .retain(|(k, _)| !added.iter().any(|(name, _)| k == name));
+    r.headers.extend(
+        added
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Some(Bytes::from(v)))),
     );
     r
 }
 
 /// Groups routed records by (topic, partition) in first-seen order and encodes each group as
-/// one batch without a producer id, with the producer's codec.
+/// one batch without a producer id, with the producer's `codec`.
 fn encode_routed(
-    routed: Vec<(String, Record)>,
-    compression: Compression,
+    routed: Vec<(String, OwnedRecord)>,
+    codec: i16,
     partitions: &dyn Fn(&str) -> Option<i32>,
 ) -> Result<Vec<RoutedBatch>, ProduceFilterError> {
-    let mut groups: Vec<((String, i32), Vec<Record>)> = Vec::new();
-    for (topic, mut r) in routed {
+    let mut groups: Vec<((String, i32), Vec<OwnedRecord>)> = Vec::new();
+    for (topic, r) in routed {
         let count = partitions(&topic).unwrap_or(1);
         let p = partition_for(r.key.as_deref(), count);
-        r.transactional = false;
-        r.producer_id = -1;
-        r.producer_epoch = -1;
-        r.timestamp_type = TimestampType::Creation;
         match groups.iter_mut().find(|(k, _)| k.0 == topic && k.1 == p) {
             Some((_, g)) => g.push(r),
             None => groups.push(((topic, p), vec![r])),
         }
     }
+    let template = record_spans::header_without_producer(codec);
     groups
         .into_iter()
         .map(|((topic, partition), records)| {
-            let batch = encode(records, compression, -1)?;
+            let batch = record_spans::encode(&template, &records)
+                .map_err(|e| ProduceFilterError::Corrupt(format!("re-encode: {e}")))?;
             Ok(RoutedBatch {
                 topic,
                 partition,
@@ -747,51 +707,15 @@ fn encode_routed(
         .collect()
 }
 
-/// Encodes `records` as ONE batch with contiguous offset deltas from 0 and `base_sequence`.
-fn encode(
-    mut records: Vec<Record>,
-    compression: Compression,
-    base_sequence: i32,
-) -> Result<Vec<u8>, ProduceFilterError> {
-    // The encoder starts a new batch whenever `offset - sequence` changes: keep it constant.
-    for (i, r) in records.iter_mut().enumerate() {
-        r.offset = i as i64;
-        r.sequence = i as i32;
-    }
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &options)
-        .map_err(|e| ProduceFilterError::Corrupt(format!("re-encode: {e:#}")))?;
-    let mut out = buf.to_vec();
-    let nh = BatchHeader::parse(&out).map_err(|e| ProduceFilterError::Corrupt(e.to_string()))?;
-    if nh.total_size() != out.len() {
-        return Err(ProduceFilterError::Corrupt(
-            "re-encode split the records into several batches".into(),
-        ));
-    }
-    storage::put_i32(&mut out, storage::BASE_SEQUENCE_POS, base_sequence);
-    storage::rewrite_crc(&mut out);
-    Ok(out)
-}
-
-/// Re-encodes the records of the batch `h` as one batch with contiguous offset deltas, the
-/// producer's compression, attributes, producer id, epoch and base sequence.
-fn reencode(
-    h: &BatchHeader,
-    kept: Vec<Record>,
-    compression: Compression,
-) -> Result<Vec<u8>, ProduceFilterError> {
-    let mut out = encode(kept, compression, h.base_sequence)?;
-    storage::put_i16(&mut out, storage::ATTRIBUTES_POS, h.attributes);
-    storage::rewrite_crc(&mut out);
-    Ok(out)
+/// The records `kept` of the produced batch `raw` as one batch with contiguous offset deltas,
+/// the producer's compression, attributes, producer id, epoch and base sequence.
+fn reencode(raw: &[u8], kept: &[OwnedRecord]) -> Result<Vec<u8>, ProduceFilterError> {
+    record_spans::encode(raw, kept)
+        .map_err(|e| ProduceFilterError::Corrupt(format!("re-encode: {e}")))
 }
 
 /// Writes the batch frame of `sdk/wit/plugin.wit` for `records`.
-pub fn frame_records(topic: &str, partition: i32, records: &[Record]) -> Vec<u8> {
+pub fn frame_records(topic: &str, partition: i32, records: &[OwnedRecord]) -> Vec<u8> {
     fn nullable(buf: &mut Vec<u8>, v: Option<&[u8]>) {
         match v {
             None => buf.extend_from_slice(&(-1i32).to_le_bytes()),
@@ -836,24 +760,23 @@ pub fn frame_records(topic: &str, partition: i32, records: &[Record]) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::protocol::StrBytes;
+    use crate::storage::testutil::*;
+    use kafka_protocol::records::Compression;
 
-    fn record(key: Option<&'static [u8]>, value: Option<&'static [u8]>) -> Record {
-        crate::storage::plain_record(
-            0x0102,
-            key.map(Bytes::from_static),
-            value.map(Bytes::from_static),
-        )
+    fn record(key: Option<&'static [u8]>, value: Option<&'static [u8]>) -> OwnedRecord {
+        OwnedRecord {
+            timestamp: 0x0102,
+            key: key.map(Bytes::from_static),
+            value: value.map(Bytes::from_static),
+            headers: Vec::new(),
+        }
     }
 
     /// The exact bytes of the frame documented in sdk/wit/plugin.wit.
     #[test]
     fn frame_layout_is_exact() {
         let mut r = record(Some(b"k"), None);
-        r.headers.insert(
-            StrBytes::from_static_str("h"),
-            Some(Bytes::from_static(b"v")),
-        );
+        r.headers.push(("h".into(), Some(Bytes::from_static(b"v"))));
         let frame = frame_records("t", 2, &[r, record(None, Some(b"xy"))]);
         let mut want = vec![1u8, 1, 0, b't', 2, 0, 0, 0, 2, 0, 0, 0];
         want.extend_from_slice(&0x0102i64.to_le_bytes());
@@ -869,28 +792,49 @@ mod tests {
     }
 
     /// Kept records are re-encoded as one batch with contiguous offsets and the producer's
-    /// attributes.
+    /// attributes, every header kept.
     #[test]
     fn reencode_makes_one_contiguous_batch() {
-        let mut records: Vec<Record> = (0..5).map(|_| record(None, Some(b"v"))).collect();
-        for (i, r) in records.iter_mut().enumerate() {
-            r.offset = i as i64;
-        }
-        let mut buf = BytesMut::new();
-        let opts = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::Lz4,
-        };
-        RecordBatchEncoder::encode(&mut buf, &records, &opts).unwrap();
-        let h = BatchHeader::parse(&buf).unwrap();
-        let kept = vec![records[1].clone(), records[4].clone()];
-        let out = reencode(&h, kept, Compression::Lz4).unwrap();
+        let mut recs: Vec<TestRec> = (0..5)
+            .map(|i| kv(&format!("k{i}"), "v", 1_000 + i))
+            .collect();
+        recs[4].headers = vec![
+            ("h".into(), Some(Bytes::from_static(b"1"))),
+            ("h".into(), Some(Bytes::from_static(b"2"))),
+        ];
+        let raw = Bytes::from(hand_built_batch(&recs, Compression::Lz4));
+        let h = BatchHeader::parse(&raw).unwrap();
+        let all = decode(&raw, &h).unwrap();
+        let kept = vec![all[1].clone(), all[4].clone()];
+        let out = reencode(&raw, &kept).unwrap();
         let nh = storage::check_batch(&out).unwrap();
         assert_eq!((nh.record_count, nh.last_offset_delta), (2, 1));
         assert_eq!(nh.attributes, h.attributes);
         assert_eq!(nh.base_sequence, -1);
-        let set = RecordBatchDecoder::decode(&mut Bytes::from(out)).unwrap();
-        assert_eq!(set.records.len(), 2);
-        assert_eq!(set.compression, Compression::Lz4);
+        assert_eq!(
+            read_spans(&out),
+            vec![(0, recs[1].clone()), (1, recs[4].clone())]
+        );
+    }
+
+    /// A dead-lettered record keeps its headers, a name given twice included, and gets this
+    /// failure's dead-letter headers in place of any it carried.
+    #[test]
+    fn dead_letters_keep_headers_and_replace_old_dead_letter_ones() {
+        let mut r = record(Some(b"k"), Some(b"v"));
+        let h = |k: &str, v: &str| (k.to_owned(), Some(Bytes::copy_from_slice(v.as_bytes())));
+        r.headers = vec![h("a", "1"), h(DLT_PLUGIN, "earlier"), h("a", "2")];
+        let e = PluginError::Timeout {
+            name: "p".into(),
+            limit: Duration::from_millis(5),
+        };
+        let out = dead_letter(r, "p", &e, "readings", 3);
+        let names: Vec<&str> = out.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "a", DLT_PLUGIN, DLT_ERROR, DLT_TOPIC, DLT_PARTITION]
+        );
+        assert_eq!(out.headers[2], h(DLT_PLUGIN, "p"));
+        assert_eq!(out.headers[5], h(DLT_PARTITION, "3"));
     }
 }

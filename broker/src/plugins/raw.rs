@@ -1,12 +1,11 @@
 //! Filters over a batch's records in place: the fast path of [`super::run_chain`] for chains
 //! of filters only.
 //!
-//! The general path decodes a batch into `kafka_protocol` [`Record`](kafka_protocol::records::Record)
-//! values (a `Bytes` handle per key and value, a header map per record), frames them, and
-//! re-encodes the kept ones. A chain of filters needs none of that: the batch's records are
-//! found as spans of its (uncompressed) bytes ([`storage::record_spans`]), [`frame`] writes the
-//! plugin frame straight from them, and the kept records are copied into a new batch, every
-//! header as produced.
+//! The general path decodes a batch into [`OwnedRecord`](super::OwnedRecord) values (a `Bytes`
+//! handle per key, value and header), frames them, and encodes the kept ones. A chain of
+//! filters needs none of that: the batch's records are found as spans of its (uncompressed)
+//! bytes ([`crate::storage::record_spans`]), [`frame`] writes the plugin frame straight from
+//! them, and the kept records are copied into a new batch as they are.
 
 use std::ops::Range;
 
@@ -56,6 +55,7 @@ pub fn frame(records: &Records<'_>, topic: &str, partition: i32, which: &[usize]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::record_spans::OwnedRecord;
     use crate::storage::{self, BATCH_HEADER_LEN};
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::protocol::StrBytes;
@@ -102,6 +102,20 @@ mod tests {
         buf.to_vec()
     }
 
+    /// A record kafka-protocol's decoder read, as the chain holds records.
+    fn owned(r: &Record) -> OwnedRecord {
+        OwnedRecord {
+            timestamp: r.timestamp,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
     /// Framing in place gives the same frame as framing decoded records, and rebuilding the
     /// kept ones gives the same batch as re-encoding them.
     #[test]
@@ -116,13 +130,13 @@ mod tests {
             assert_eq!(recs.len(), decoded.len());
             for pick in [1usize, 2, 3, 7] {
                 let which: Vec<usize> = (0..n as usize).filter(|i| i % pick == 0).collect();
-                let chosen: Vec<Record> = which.iter().map(|&i| decoded[i].clone()).collect();
+                let chosen: Vec<OwnedRecord> = which.iter().map(|&i| owned(&decoded[i])).collect();
                 assert_eq!(
                     frame(&recs, "topic", 3, &which),
                     crate::plugins::frame_records("topic", 3, &chosen)
                 );
                 let rebuilt = recs.rebuild(&which);
-                let reencoded = super::super::reencode(&h, chosen, Compression::None).unwrap();
+                let reencoded = super::super::reencode(&raw, &chosen).unwrap();
                 assert_eq!(rebuilt, reencoded, "n {n} every {pick}");
                 storage::check_batch(&rebuilt).unwrap();
             }
@@ -155,8 +169,8 @@ mod tests {
             let nh = storage::check_batch(&rebuilt).unwrap();
             assert_eq!(nh.compression(), h.compression(), "{compression:?}");
             assert!(rebuilt.len() > BATCH_HEADER_LEN);
-            let chosen: Vec<Record> = which.iter().map(|&i| records[i].clone()).collect();
-            let reencoded = super::super::reencode(&h, chosen, compression).unwrap();
+            let chosen: Vec<OwnedRecord> = which.iter().map(|&i| owned(&records[i])).collect();
+            let reencoded = super::super::reencode(&raw, &chosen).unwrap();
             let decode = |b: Vec<u8>| {
                 RecordBatchDecoder::decode(&mut Bytes::from(b))
                     .unwrap()
