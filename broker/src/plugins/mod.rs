@@ -802,7 +802,7 @@ mod tests {
             ("h".into(), Some(Bytes::from_static(b"1"))),
             ("h".into(), Some(Bytes::from_static(b"2"))),
         ];
-        let raw = Bytes::from(hand_built_batch(&recs, Compression::Lz4));
+        let raw = Bytes::from(broker_encoded_batch(&recs, Compression::Lz4));
         let h = BatchHeader::parse(&raw).unwrap();
         let all = decode(&raw, &h).unwrap();
         let kept = vec![all[1].clone(), all[4].clone()];

@@ -828,7 +828,8 @@ mod tests {
                 ("trace".into(), Some(Bytes::from_static(b"y"))),
                 ("trace".into(), None),
             ];
-            log.append(&hand_built_batch(&recs, codec), NOW).unwrap();
+            log.append(&broker_encoded_batch(&recs, codec), NOW)
+                .unwrap();
             log.append(
                 &encode_batch(&[kv("z", "z", NOW)], Compression::None, -1, -1, -1),
                 NOW,

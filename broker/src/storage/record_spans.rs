@@ -266,16 +266,7 @@ impl<'a> Records<'a> {
             out.extend_from_slice(&prefix);
             out.extend_from_slice(&self.batch[s.tail.clone()]);
         }
-        let length = (out.len() - storage::LOG_OVERHEAD) as i32;
-        storage::put_i32(&mut out, LENGTH_POS, length);
-        storage::put_i32(
-            &mut out,
-            storage::LAST_OFFSET_DELTA_POS,
-            kept.len() as i32 - 1,
-        );
-        storage::put_i64(&mut out, storage::FIRST_TIMESTAMP_POS, first);
-        storage::put_i64(&mut out, storage::MAX_TIMESTAMP_POS, max);
-        storage::put_i32(&mut out, storage::RECORD_COUNT_POS, kept.len() as i32);
+        renumbered(&mut out, kept.len(), first, max);
         storage::rewrite_crc(&mut out);
         out
     }
@@ -375,17 +366,20 @@ pub fn encode(template: &[u8], records: &[OwnedRecord]) -> Result<Vec<u8>, Strin
         put_varlong(&mut out, body.len() as i64);
         out.extend_from_slice(&body);
     }
-    let length = (out.len() - storage::LOG_OVERHEAD) as i32;
-    storage::put_i32(&mut out, LENGTH_POS, length);
-    storage::put_i32(
-        &mut out,
-        storage::LAST_OFFSET_DELTA_POS,
-        records.len() as i32 - 1,
-    );
-    storage::put_i64(&mut out, storage::FIRST_TIMESTAMP_POS, first);
-    storage::put_i64(&mut out, storage::MAX_TIMESTAMP_POS, max);
-    storage::put_i32(&mut out, storage::RECORD_COUNT_POS, records.len() as i32);
+    renumbered(&mut out, records.len(), first, max);
     compressed(out)
+}
+
+/// Sets the header fields of a plain batch of `count` records numbered from offset delta 0,
+/// timestamps `first` to `max`: its length, lastOffsetDelta, first and max timestamps and
+/// record count (not the CRC).
+fn renumbered(batch: &mut [u8], count: usize, first: i64, max: i64) {
+    let length = (batch.len() - storage::LOG_OVERHEAD) as i32;
+    storage::put_i32(batch, LENGTH_POS, length);
+    storage::put_i32(batch, storage::LAST_OFFSET_DELTA_POS, count as i32 - 1);
+    storage::put_i64(batch, storage::FIRST_TIMESTAMP_POS, first);
+    storage::put_i64(batch, storage::MAX_TIMESTAMP_POS, max);
+    storage::put_i32(batch, storage::RECORD_COUNT_POS, count as i32);
 }
 
 /// A batch with its records uncompressed (the header's codec bits left as they were), for
@@ -467,7 +461,7 @@ mod tests {
     fn repeated_headers_and_offsets_survive_every_rewrite() {
         let recs = records();
         for codec in ALL_CODECS {
-            let raw = Bytes::from(hand_built_batch(&recs, codec));
+            let raw = Bytes::from(broker_encoded_batch(&recs, codec));
             let h = storage::check_batch(&raw).unwrap();
             assert_eq!(read_spans(&raw)[1], (1, recs[1].clone()), "{codec:?}");
             let plain = plain_batch(raw.clone(), &h).unwrap();
@@ -502,7 +496,7 @@ mod tests {
     fn encode_round_trips_and_matches_the_encoder() {
         let recs = records();
         for codec in ALL_CODECS {
-            let raw = Bytes::from(hand_built_batch(&recs, codec));
+            let raw = Bytes::from(broker_encoded_batch(&recs, codec));
             let h = storage::check_batch(&raw).unwrap();
             let plain = plain_batch(raw.clone(), &h).unwrap();
             let owned = Records::parse(&plain, &h).unwrap().owned(&plain);
@@ -533,7 +527,7 @@ mod tests {
     /// Every truncation and every corrupted length is refused, never a panic.
     #[test]
     fn malformed_records_are_refused() {
-        let raw = hand_built_batch(&records(), kafka_protocol::records::Compression::None);
+        let raw = broker_encoded_batch(&records(), kafka_protocol::records::Compression::None);
         let h = storage::check_batch(&raw).unwrap();
         for cut in BATCH_HEADER_LEN..raw.len() {
             assert!(Records::parse(&raw[..cut], &h).is_err(), "cut at {cut}");

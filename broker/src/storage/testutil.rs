@@ -122,57 +122,22 @@ pub fn decode_all(bytes: &[u8]) -> Vec<(i64, TestRec)> {
         .collect()
 }
 
-/// Appends a zigzag varint.
-fn put_varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push(z as u8 | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-/// [`encode_batch`] without a producer id, its records written here rather than by the
-/// encoder, so a header name may repeat (kafka-protocol's record keeps one per name).
-pub fn hand_built_batch(recs: &[TestRec], compression: Compression) -> Vec<u8> {
-    let field = |out: &mut Vec<u8>, v: Option<&[u8]>| match v {
-        None => put_varint(out, -1),
-        Some(v) => {
-            put_varint(out, v.len() as i64);
-            out.extend_from_slice(v);
-        }
-    };
-    let header_only: Vec<TestRec> = recs
+/// [`encode_batch`] without a producer id, written by the broker's own encoder
+/// (`record_spans::encode`), so a header name may repeat (kafka-protocol's record keeps one
+/// per name).
+pub fn broker_encoded_batch(recs: &[TestRec], compression: Compression) -> Vec<u8> {
+    use crate::storage::record_spans::{OwnedRecord, encode, header_without_producer};
+    let codec = ALL_CODECS.iter().position(|c| *c == compression).unwrap() as i16;
+    let records: Vec<OwnedRecord> = recs
         .iter()
-        .map(|r| TestRec {
-            headers: vec![],
-            ..r.clone()
+        .map(|r| OwnedRecord {
+            timestamp: r.ts,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.clone(),
         })
         .collect();
-    let template = encode_batch(&header_only, Compression::None, -1, -1, -1);
-    let first = crate::storage::BatchHeader::parse(&template)
-        .unwrap()
-        .first_timestamp;
-    let mut out = template[..crate::storage::BATCH_HEADER_LEN].to_vec();
-    for (i, r) in recs.iter().enumerate() {
-        let mut body = vec![0u8];
-        put_varint(&mut body, r.ts - first);
-        put_varint(&mut body, i as i64);
-        field(&mut body, r.key.as_deref());
-        field(&mut body, r.value.as_deref());
-        put_varint(&mut body, r.headers.len() as i64);
-        for (k, v) in &r.headers {
-            field(&mut body, Some(k.as_bytes()));
-            field(&mut body, v.as_deref());
-        }
-        put_varint(&mut out, body.len() as i64);
-        out.extend_from_slice(&body);
-    }
-    let codec = ALL_CODECS.iter().position(|c| *c == compression).unwrap() as i16;
-    crate::storage::put_i16(&mut out, crate::storage::ATTRIBUTES_POS, codec);
-    let length = (out.len() - crate::storage::LOG_OVERHEAD) as i32;
-    crate::storage::put_i32(&mut out, crate::storage::LENGTH_POS, length);
-    crate::storage::record_spans::compressed(out).unwrap()
+    encode(&header_without_producer(codec), &records).unwrap()
 }
 
 /// The (offset, record) of every record in `bytes` (whole batches), headers as they are
