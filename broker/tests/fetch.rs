@@ -456,3 +456,84 @@ async fn incremental_fetch_sessions_answer_only_what_changed() {
     assert!(metrics.contains("runnel_fetch_sessions 0\n"), "{metrics}");
     broker.shutdown().await;
 }
+
+/// Fetches sent ahead and never read hold no more than about one answer each (Kafka handles a
+/// connection's next request once the previous answer is sent): the broker stops handling the
+/// connection's requests while its answers wait to be written. Once the client reads, every
+/// answer comes, in order, each no larger than `broker.fetch_max_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_sent_ahead_wait_for_their_answers_to_be_read() {
+    use kafka_protocol::messages::ApiKey;
+    const CAP: usize = 6 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.fetch_max_bytes = CAP as u64;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let mut c = RawClient::connect(&addr).await;
+    setup(&mut c, "ahead").await;
+    // 40 batches of about 512 KiB of incompressible bytes: 20 MiB.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for b in 0..40 {
+        let records: Vec<_> = (0..8)
+            .map(|i| {
+                let value: Vec<u8> = (0..64 * 1024)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                common::record(i, None, &value, 1_700_000_000_000 + b)
+            })
+            .collect();
+        produce(
+            &mut c,
+            "ahead",
+            common::encode_batch(&records, Compression::None),
+        )
+        .await;
+    }
+    let fetches = || broker.broker.metrics.requests_of(ApiKey::Fetch);
+    let before = fetches();
+    let mut reader = RawClient::connect(&addr).await;
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("ahead"))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(64 << 20),
+                ]),
+        ]);
+    for correlation in 0..10 {
+        reader
+            .send_raw(&common::request_frame(&req, 4, 100 + correlation, "ahead"))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let handled = fetches() - before;
+    assert!(
+        (1..=3).contains(&handled),
+        "{handled} of 10 fetches handled while their answers were not read"
+    );
+    for correlation in 0..10 {
+        let frame = reader.read_frame().await.expect("an answer");
+        let r = common::decode_response::<FetchRequest>(frame, 4, 100 + correlation);
+        let bytes = r.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .map_or(0, |b| b.len());
+        assert!(
+            (CAP - (600 << 10)..=CAP).contains(&bytes),
+            "an answer of {bytes} bytes (cap {CAP})"
+        );
+    }
+    assert_eq!(fetches() - before, 10);
+    broker.shutdown().await;
+}

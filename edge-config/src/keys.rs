@@ -128,6 +128,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Int,
                 "Consumers' incremental fetch sessions (KIP-227) kept at once, as Kafka's\nmax.incremental.fetch.session.cache.slots; about 150 bytes per partition each\nfetches. 0: none, every fetch is a full one. Allowed: 0..=100000.",
             ),
+            key(
+                "fetch_max_bytes",
+                Bytes,
+                "The most record bytes one Fetch answer carries whatever the consumer asks, as\nKafka's fetch.max.bytes (answers are built in memory). Allowed: 1KiB..=2GiB\n(\"55MiB\", \"8MB\" or bytes).",
+            ),
         ],
     },
     Section {

@@ -118,6 +118,12 @@ pub struct BrokerConfig {
     /// the partitions that changed. Default 1000; 0 keeps none (every fetch is then a full one,
     /// which all clients handle). Each costs about 150 bytes per partition it fetches.
     pub max_fetch_sessions: usize,
+    /// The most record bytes one Fetch answer carries, whatever the consumer asks for, as
+    /// Kafka's `fetch.max.bytes` (55MiB there and here). An answer is built in memory before
+    /// it is sent, so this bounds what one consumer's fetch costs; a consumer given less asks
+    /// again (a first batch larger than this is still sent whole, as in Kafka).
+    #[serde(with = "units::bytes")]
+    pub fetch_max_bytes: u64,
 }
 
 impl BrokerConfig {
@@ -158,6 +164,7 @@ impl Default for BrokerConfig {
             connections_max_idle: secs(600),
             connections_max_reauth: Duration::ZERO,
             max_fetch_sessions: 1000,
+            fetch_max_bytes: 55 * MIB,
         }
     }
 }

@@ -171,6 +171,11 @@ impl Config {
             ));
         }
         c.positive("broker.connections_max_idle", broker.connections_max_idle)?;
+        c.bytes(
+            "broker.fetch_max_bytes",
+            broker.fetch_max_bytes,
+            REQUEST_BYTES,
+        )?;
 
         self.check_listeners(&c)?;
 

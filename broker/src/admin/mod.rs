@@ -102,6 +102,13 @@ impl Metrics {
         }
     }
 
+    /// Requests of `api` read so far.
+    pub fn requests_of(&self, api: ApiKey) -> u64 {
+        self.requests
+            .get(api as i16 as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     /// Counts a successful authentication of `principal`.
     pub fn count_authenticated(&self, principal: &str) {
         let mut map = self

@@ -2,7 +2,9 @@
 //!
 //! Requests on a connection are handled one at a time, as Kafka does, so responses keep the
 //! request order clients rely on; a writer task lets the next request be read and handled while
-//! the previous response is still being written. A bad frame (negative or oversized length,
+//! the previous response is still being written, up to [`QUEUED_RESPONSE_BYTES`] of responses
+//! not yet written: past that the next request waits, so a client that sends requests ahead and
+//! does not read the answers holds one answer beyond that, not one per request. A bad frame (negative or oversized length,
 //! malformed header or body, unknown API) closes this connection only, with a log line (a warning,
 //! at most [`BAD_INPUT_WARNINGS_PER_MINUTE`] of them broker-wide, the rest at debug); where
 //! the transport can say why ([`ReadSide::refuse`]: a QUIC stream's STOP_SENDING code), the
@@ -50,6 +52,27 @@ macro_rules! warn_bad_input {
 
 /// Responses queued for the writer before the reader waits.
 const WRITE_QUEUE: usize = 64;
+
+/// Bytes of responses queued for the writer and not yet written past which the next request
+/// waits until they are. Small answers (produce acknowledgements) flow as before; a fetch
+/// answer of megabytes is written before the next request is handled, as Kafka handles a
+/// connection's next request only once the previous answer is sent.
+const QUEUED_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The bytes of responses handed to the writer and not yet written, and a wake-up each time
+/// some are. A writer that ends sets it to zero: nothing it was given will be written.
+#[derive(Default)]
+struct Queued {
+    bytes: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Queued {
+    fn written(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.drained.notify_one();
+    }
+}
 
 /// Bytes written at a time, so that a large response to a slow reader shows as progress.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -182,7 +205,14 @@ pub async fn serve_halves<R, W>(
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let activity = Arc::new(Activity::new());
-    let writer = tokio::spawn(write_loop(wr, rx, broker.clone(), activity.clone()));
+    let queued = Arc::new(Queued::default());
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        broker.clone(),
+        activity.clone(),
+        queued.clone(),
+    ));
     let max = broker.config.broker.max_request_bytes as usize;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut client_id: Arc<str> = Arc::from("");
@@ -300,8 +330,21 @@ pub async fn serve_halves<R, W>(
             let mute = Duration::from_millis(throttle_ms.swap(0, Ordering::Relaxed) as u64);
             match response {
                 Outcome::Respond(bytes) => {
+                    queued.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                     if tx.send(bytes).await.is_err() {
                         break 'conn;
+                    }
+                    // A client that does not read its answers holds no more of them.
+                    while queued.bytes.load(Ordering::Acquire) > QUEUED_RESPONSE_BYTES {
+                        tokio::select! {
+                            _ = queued.drained.notified() => {}
+                            _ = shutdown.changed() => break 'conn,
+                            _ = tokio::time::sleep_until(activity.idle_at(idle)), if closes_idle => {
+                                if activity.idle_at(idle) <= tokio::time::Instant::now() {
+                                    break 'conn; // the writer is given up below
+                                }
+                            }
+                        }
                     }
                 }
                 Outcome::Silent => {}
@@ -436,7 +479,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Bytes>,
     broker: Arc<Broker>,
     activity: Arc<Activity>,
+    queued: Arc<Queued>,
 ) {
+    /// However the writer ends (a failed write, aborted), the reader stops waiting for it.
+    struct Ended(Arc<Queued>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.bytes.store(0, Ordering::Release);
+            self.0.drained.notify_one();
+        }
+    }
+    let _ended = Ended(queued.clone());
     let write = async |wr: &mut W, response: Bytes| {
         broker
             .metrics
@@ -446,6 +499,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             wr.write_all(chunk).await?;
             activity.touch();
         }
+        queued.written(response.len());
         std::io::Result::Ok(())
     };
     while let Some(first) = rx.recv().await {

@@ -202,6 +202,12 @@ fn broker_settings(
             2,
         ),
         (
+            "fetch.max.bytes",
+            cfg.broker.fetch_max_bytes.to_string(),
+            Some("57671680"),
+            3,
+        ),
+        (
             "max.incremental.fetch.session.cache.slots",
             cfg.broker.max_fetch_sessions.to_string(),
             Some("1000"),

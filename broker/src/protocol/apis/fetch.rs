@@ -1,7 +1,9 @@
 //! Fetch (key 1): whole record batches from the partition logs, with long-poll.
 //!
-//! The response holds at most `max_bytes` (and `partition_max_bytes` per partition), except that
-//! the first non-empty partition always gets at least one whole batch, however large (KIP-74).
+//! The response holds at most `max_bytes` (and `partition_max_bytes` per partition), for a
+//! consumer no more than `broker.fetch_max_bytes` (Kafka's `fetch.max.bytes`: the answer is
+//! built in memory), except that the first non-empty partition always gets at least one whole
+//! batch, however large (KIP-74).
 //! A fetch that starts in the middle of a batch gets the whole batch; the client skips the
 //! records before its offset. When less than `min_bytes` is available the request waits up to
 //! `max_wait_ms`, woken early by any append to one of its partitions.
@@ -84,6 +86,15 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
         Err(code) => return FetchResponse::default().with_error_code(code),
     };
     if consumer {
+        // The broker's bound on an answer (Kafka's fetch.max.bytes): it is built in memory.
+        let cap = ctx
+            .broker
+            .config
+            .broker
+            .fetch_max_bytes
+            .min(i32::MAX as u64) as i32;
+        req.max_bytes = req.max_bytes.min(cap);
+        req.min_bytes = req.min_bytes.min(req.max_bytes);
         match client_quotas::allowance(&ctx, QuotaKey::ConsumerByteRate) {
             Allowance::Unlimited => {}
             // Bounded by what the quota has left; the first batch still passes whole.
