@@ -424,7 +424,7 @@ async fn acls_hold_for_devices_over_quic_as_for_kafka_clients() {
         0
     );
     match device.send("pump-2.flow", None, b"spoofed").await {
-        Err(runnel_device::DeviceError::Broker { code }) => {
+        Err(runnel_device::DeviceError::Broker { code, .. }) => {
             assert_eq!(code, E::TopicAuthorizationFailed.code())
         }
         other => panic!("refused with TOPIC_AUTHORIZATION_FAILED, got {other:?}"),

@@ -303,17 +303,26 @@ pub enum DeviceError {
     /// The broker could not be reached or the connection was lost.
     #[error("cannot reach the broker: {0}")]
     Connect(String),
-    /// The TLS handshake failed: wrong fingerprint, untrusted certificate, bad CA file, ALPN.
+    /// The TLS handshake failed: wrong fingerprint, untrusted certificate, refused client
+    /// certificate, ALPN. (A CA, certificate or key file that cannot be read is a
+    /// [`DeviceError::Config`].)
     #[error("TLS handshake with the broker failed: {0}")]
     Tls(String),
     /// The broker sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The broker refused the request (for a send: the record) with this Kafka error code.
-    #[error("the broker refused the request: {} (Kafka error code {code})", error_text(*code))]
+    #[error(
+        "the broker refused the request: {} (Kafka error code {code}){}",
+        error_text(*code),
+        message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+    )]
     Broker {
         /// The Kafka error code (e.g. 10 `MESSAGE_TOO_LARGE`).
         code: i16,
+        /// The broker's reason, where it gave one (a quota policy's or a plugin's refusal, a
+        /// record over a limit).
+        message: Option<String>,
     },
     /// The record cannot be sent as it is (e.g. a negative timestamp); nothing was queued.
     #[error("invalid record: {0}")]

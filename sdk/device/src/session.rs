@@ -227,6 +227,10 @@ impl Session {
             Err(quinn::WriteError::Stopped(code)) if code.into_inner() == STOP_TOO_LARGE as u64 => {
                 Err(DeviceError::Broker {
                     code: crate::worker::MESSAGE_TOO_LARGE,
+                    message: Some(
+                        "the broker stopped the stream: a request was over its max_request_bytes"
+                            .into(),
+                    ),
                 })
             }
             Err(e) => Err(DeviceError::Connect(e.to_string())),
@@ -432,33 +436,45 @@ pub(crate) fn client_tls(
             })),
         Trust::CaPem(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| DeviceError::Tls(format!("{}: {e}", path.display())))?;
+            let bad = |e: &dyn std::fmt::Display| {
+                DeviceError::Config(format!("CA file {}: {e}", path.display()))
+            };
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?;
             for c in certs {
-                let c = c.map_err(|e| DeviceError::Tls(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(c)
-                    .map_err(|e| DeviceError::Tls(format!("{}: {e}", path.display())))?;
+                let c = c.map_err(|e| bad(&e))?;
+                roots.add(c).map_err(|e| bad(&e))?;
             }
             builder.with_root_certificates(roots)
         }
     };
     let mut tls = match identity {
         Identity::Certificate { cert, key } => {
-            let bad = |e: &dyn std::fmt::Display, p: &std::path::Path| {
-                DeviceError::Tls(format!("client certificate {}: {e}", p.display()))
+            // Files that cannot be used are the device's configuration, found before any
+            // handshake.
+            let bad = |what: &str, e: &dyn std::fmt::Display, p: &std::path::Path| {
+                DeviceError::Config(format!("{what} {}: {e}", p.display()))
             };
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| bad(&e, cert))?
+                .map_err(|e| bad("client certificate", &e, cert))?
                 .collect::<Result<_, _>>()
-                .map_err(|e| bad(&e, cert))?;
+                .map_err(|e| bad("client certificate", &e, cert))?;
             if chain.is_empty() {
-                return Err(bad(&"no certificate in the file", cert));
+                return Err(bad(
+                    "client certificate",
+                    &"no certificate in the file",
+                    cert,
+                ));
             }
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&e, key))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| DeviceError::Tls(format!("client certificate and key: {e}")))?
+            let key_path = key;
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|e| bad("client key", &e, key_path))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                DeviceError::Config(format!(
+                    "client certificate {} and key {} do not go together: {e}",
+                    cert.display(),
+                    key_path.display()
+                ))
+            })?
         }
         Identity::None | Identity::Token { .. } => builder.with_no_client_auth(),
     };

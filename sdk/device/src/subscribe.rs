@@ -517,7 +517,10 @@ impl Subscription {
 fn checked(code: i16) -> Result<(), DeviceError> {
     match code {
         0 => Ok(()),
-        code => Err(DeviceError::Broker { code }),
+        code => Err(DeviceError::Broker {
+            code,
+            message: None,
+        }),
     }
 }
 

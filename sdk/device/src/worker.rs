@@ -167,6 +167,7 @@ pub(crate) async fn init_producer(session: &mut Session) -> Result<Producer, Dev
     if resp.error_code != 0 {
         return Err(DeviceError::Broker {
             code: resp.error_code,
+            message: None,
         });
     }
     Ok(Producer {
@@ -724,7 +725,7 @@ impl Worker {
             }
             // The broker stopped the stream over a request too large: this one, or one in
             // flight. Which one shows once the answers to those before it are read.
-            Err(DeviceError::Broker { code }) if code == MESSAGE_TOO_LARGE => {
+            Err(DeviceError::Broker { code, .. }) if code == MESSAGE_TOO_LARGE => {
                 self.draining = true;
             }
             Err(e) => {
@@ -835,6 +836,7 @@ impl Worker {
             return;
         };
         let (code, base_offset) = (part.error_code, part.base_offset);
+        let message = part.error_message.as_ref().map(|m| m.to_string());
         if code != 0 && code != DUPLICATE_SEQUENCE_NUMBER {
             // The broker may have lost the producer's state for it (say, the topic was deleted
             // and made again): one batch at a time again until one is acknowledged.
@@ -902,7 +904,7 @@ impl Worker {
                 // sent again on a new session.
                 let batch = self.in_flight.pop_front().expect("head batch").batch;
                 self.behind_a_refusal();
-                self.refuse(batch, c);
+                self.refuse(batch, c, message);
             }
         }
     }
@@ -913,7 +915,11 @@ impl Worker {
     /// unacknowledged one, already out of `in_flight`, with the later ones back in `queue`.
     fn too_large(&mut self, batch: Batch) {
         if batch.records.len() < 2 {
-            return self.refuse(batch, MESSAGE_TOO_LARGE);
+            return self.refuse(
+                batch,
+                MESSAGE_TOO_LARGE,
+                Some("the reading alone is over the topic's max.message.bytes".into()),
+            );
         }
         // From now on the partition's batches hold at most half as much: those sealed later,
         // and those already queued or gathering, which would be refused as well (each refusal
@@ -948,9 +954,14 @@ impl Worker {
     /// Fails `batch`, which the broker did not store (Kafka error `code`): later batches of its
     /// partition move down to its sequence numbers. `batch` is the oldest unacknowledged one,
     /// with the later ones back in `queue`.
-    fn refuse(&mut self, batch: Batch, code: i16) {
+    fn refuse(&mut self, batch: Batch, code: i16, message: Option<String>) {
         give_back_sequences(&batch, &mut self.queue, &mut self.next_sequence);
-        self.finish(batch, true, |_| Err(DeviceError::Broker { code }));
+        self.finish(batch, true, |_| {
+            Err(DeviceError::Broker {
+                code,
+                message: message.clone(),
+            })
+        });
     }
 
     /// The broker refused the oldest batch in flight, and did not store it. Later requests

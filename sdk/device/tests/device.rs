@@ -588,6 +588,54 @@ async fn a_broker_that_forgot_the_producer_gets_everything_in_order() {
     broker.shutdown().await;
 }
 
+/// Identity files that cannot be used are the device's configuration, named as what they are,
+/// found before any connection: not a failed handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_identity_files_are_config_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dev-1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let (cert_path, key_path, other_path) = (
+        dir.path().join("dev.pem"),
+        dir.path().join("dev.key"),
+        dir.path().join("other.key"),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&other_path, other_key.serialize_pem()).unwrap();
+    let missing = dir.path().join("missing.key");
+    let attempt = |key: &std::path::Path| {
+        let mut cfg = DeviceConfig::new(
+            "127.0.0.1:9".parse().unwrap(),
+            Trust::Fingerprint("00".repeat(32)),
+        );
+        cfg.identity = runnel_device::Identity::Certificate {
+            cert: cert_path.clone(),
+            key: key.to_path_buf(),
+        };
+        Device::start(cfg)
+    };
+    match attempt(&missing).await.err() {
+        Some(DeviceError::Config(m)) => {
+            assert!(
+                m.starts_with("client key ") && m.contains("missing.key"),
+                "{m}"
+            )
+        }
+        other => panic!("a config error naming the key, got {other:?}"),
+    }
+    match attempt(&other_path).await.err() {
+        Some(DeviceError::Config(m)) => assert!(m.contains("do not go together"), "{m}"),
+        other => panic!("a config error for a key of another certificate, got {other:?}"),
+    }
+    let device = attempt(&key_path).await.expect("a usable identity");
+    device.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_certificate_from_a_trusted_ca_is_verified_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -717,7 +765,7 @@ async fn a_batch_too_large_for_the_broker_is_split_and_one_reading_too_large_fai
         .collect();
     expect_offsets(acks, 0).await;
     let too_big = device.send("split", None, &vec![b'y'; 5000]).await;
-    assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
+    assert_eq!(refusal(too_big), Some(10));
     let after = device.send("split", None, &value(100)).await.unwrap();
     assert_eq!(after.offset, 100);
     device.close().await;
@@ -862,7 +910,14 @@ async fn a_batch_refused_for_good_with_others_in_flight_keeps_the_connection() {
         let e = tokio::time::timeout(Duration::from_secs(30), d)
             .await
             .expect("answered in time");
-        assert_eq!(e.err(), Some(DeviceError::Broker { code: 87 }));
+        // INVALID_RECORD, with the broker's reason.
+        match e {
+            Err(DeviceError::Broker {
+                code: 87,
+                message: Some(m),
+            }) => assert!(m.contains("key"), "{m}"),
+            other => panic!("refused with INVALID_RECORD and a reason, got {other:?}"),
+        }
     }
     expect_offsets(keyed, 1).await;
     assert_eq!(
@@ -914,7 +969,7 @@ async fn a_request_over_the_brokers_max_request_bytes_is_split_on_the_same_conne
     )
     .await
     .expect("refused in time");
-    assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
+    assert_eq!(refusal(too_big), Some(10));
     let after = device.send("limited", None, &value(200)).await.unwrap();
     assert_eq!(after.offset, 200);
 
@@ -979,11 +1034,7 @@ async fn a_refusal_while_a_stopped_write_drains_blames_the_right_batch() {
         let wait = |d| tokio::time::timeout(Duration::from_secs(30), d);
         assert_eq!(wait(r1).await.unwrap().unwrap().offset, 0, "round {round}");
         assert_eq!(wait(r2).await.unwrap().unwrap().offset, 1, "round {round}");
-        assert_eq!(
-            wait(x).await.unwrap().err(),
-            Some(DeviceError::Broker { code: 10 }),
-            "round {round}"
-        );
+        assert_eq!(refusal(wait(x).await.unwrap()), Some(10), "round {round}");
         device.close().await;
     }
     broker.shutdown().await;
@@ -1018,7 +1069,7 @@ async fn a_refusal_with_every_stream_taken_reconnects_quickly() {
         .collect();
     expect_offsets(acks, 0).await;
     let too_big = device.send("orders-in", None, &vec![b'y'; 20_000]).await;
-    assert_eq!(too_big.err(), Some(DeviceError::Broker { code: 10 }));
+    assert_eq!(refusal(too_big), Some(10));
     let after = device.send("orders-in", None, b"fits").await.unwrap();
     assert_eq!(after.offset, 200);
     // A few REOPEN_WAITs (2 s) and reconnects, well under a stall on the 30 s request timeout.
@@ -1516,4 +1567,12 @@ async fn over_a_slow_link_batches_grow_so_the_device_keeps_up() {
     let values = read_values(broker.bootstrap(), "slow-link", 3000).await;
     assert_eq!(values, (0..3000).map(reading).collect::<Vec<_>>());
     broker.shutdown().await;
+}
+
+/// The Kafka error code a send was refused with, if it was.
+fn refusal<T>(r: Result<T, DeviceError>) -> Option<i16> {
+    match r {
+        Err(DeviceError::Broker { code, .. }) => Some(code),
+        _ => None,
+    }
 }
