@@ -2,6 +2,10 @@
 //! failing every write, a process out of file descriptors) are held to a budget per minute,
 //! broker-wide per kind: beyond it they go to debug, and the next line written says how many
 //! were held back. A fault must not fill the gateway's disk with its own log.
+//!
+//! Text a client chose (a client id, a topic or user name it sent) goes into a log line or an
+//! error message through [`client_text`]: cut to a length and with control characters escaped,
+//! so a client can neither forge log lines nor make one line megabytes long.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -42,6 +46,28 @@ impl LogBudget {
     }
 }
 
+/// Characters of a client's text kept by [`client_text`].
+const CLIENT_TEXT_CHARS: usize = 200;
+
+/// `text` as sent by a client, fit for a log line or an error message: control characters
+/// (newlines, escapes) written as escapes, and at most [`CLIENT_TEXT_CHARS`] characters, with
+/// how many bytes were left out.
+pub(crate) fn client_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(CLIENT_TEXT_CHARS + 32));
+    for (shown, (i, c)) in text.char_indices().enumerate() {
+        if shown == CLIENT_TEXT_CHARS {
+            out.push_str(&format!("...({} more bytes)", text.len() - i));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A `tracing` event at `$level` within `$budget` (a [`LogBudget`]), at debug beyond it, with
 /// `held_back` added to the first line written after lines were held back.
 macro_rules! within_budget {
@@ -58,6 +84,19 @@ pub(crate) use within_budget;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_text_is_cut_and_cannot_break_a_line() {
+        assert_eq!(client_text("sensor-7"), "sensor-7");
+        assert_eq!(
+            client_text("a\n2026-12-06 INFO forged\r\u{1b}[31m"),
+            "a\\n2026-12-06 INFO forged\\r\\u{1b}[31m"
+        );
+        let long = "é".repeat(1000);
+        let shown = client_text(&long);
+        assert!(shown.starts_with(&"é".repeat(200)));
+        assert!(shown.ends_with("...(1600 more bytes)"), "{shown}");
+    }
 
     #[test]
     fn lines_beyond_the_budget_are_held_back_and_counted() {

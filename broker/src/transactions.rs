@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
 use crate::groups::CommittedOffset;
+use crate::log_budget::client_text;
 use crate::storage::Marker;
 
 /// The longest transaction timeout a producer may ask for (Kafka's
@@ -202,7 +203,7 @@ impl Transactions {
                     inner.txns.insert(id, t);
                 }
                 Err(e) => {
-                    tracing::warn!(transactional_id = %id, error = %e, "an unreadable transaction record is skipped")
+                    tracing::warn!(transactional_id = %client_text(&id), error = %e, "an unreadable transaction record is skipped")
                 }
             }
         }
@@ -491,11 +492,11 @@ impl Transactions {
             if idle && now_ms - t.used_ms > EXPIRATION_MS {
                 match broker.meta.put_transaction(&id, None) {
                     Ok(()) => {
-                        tracing::info!(transactional_id = %id, "a transactional id unused for 7 days is forgotten");
+                        tracing::info!(transactional_id = %client_text(&id), "a transactional id unused for 7 days is forgotten");
                         inner.txns.remove(&id);
                     }
                     Err(e) => {
-                        tracing::warn!(transactional_id = %id, error = %e, "cannot forget an unused transactional id")
+                        tracing::warn!(transactional_id = %client_text(&id), error = %e, "cannot forget an unused transactional id")
                     }
                 }
                 continue;
@@ -503,7 +504,7 @@ impl Transactions {
             let mut next = t.clone();
             let result = match t.status {
                 TxnStatus::Ongoing if now_ms - t.started_ms > i64::from(t.timeout_ms) => {
-                    tracing::info!(transactional_id = %id, producer_id = t.producer_id, timeout_ms = t.timeout_ms, "a transaction open past its timeout is aborted");
+                    tracing::info!(transactional_id = %client_text(&id), producer_id = t.producer_id, timeout_ms = t.timeout_ms, "a transaction open past its timeout is aborted");
                     self.timed_out.fetch_add(1, Ordering::Relaxed);
                     self.fence_and_abort(broker, &id, &mut next, now_ms)
                 }
@@ -514,7 +515,7 @@ impl Transactions {
                 _ => continue,
             };
             if let Err(e) = &result {
-                tracing::warn!(transactional_id = %id, error = %e, "ending a transaction failed; tried again at the next check");
+                tracing::warn!(transactional_id = %client_text(&id), error = %e, "ending a transaction failed; tried again at the next check");
             }
             *t = next;
         }

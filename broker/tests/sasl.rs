@@ -369,6 +369,21 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
     assert!(reason.contains("alice"), "{reason}");
     assert!(raw.is_closed().await, "closed after the failed login");
 
+    // A user name of 100,000 bytes, a newline in it: answered all the same, the name cut and
+    // escaped in the reason (the whole of it made the answer too long to encode).
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let mut plain = b"\0forged\nINFO ".to_vec();
+    plain.extend(std::iter::repeat_n(b'u', 100_000));
+    plain.extend_from_slice(b"\0guess");
+    let auth = raw.login_plain(Box::leak(plain.into_boxed_slice())).await;
+    assert_eq!(auth.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    let reason = auth.error_message.unwrap().to_string();
+    assert!(
+        reason.len() < 500 && reason.contains("forged\\nINFO uuu") && reason.contains("more bytes"),
+        "{reason}"
+    );
+    assert!(raw.is_closed().await, "closed after the failed login");
+
     // The right secret: authenticated, then served.
     let mut raw = common::RawClient::connect(&bootstrap).await;
     let auth = raw.login_plain(b"\0bob\0b0b-s3cret").await;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::error::GroupError;
 use super::types::GroupState;
+use crate::log_budget::client_text;
 
 /// Partitions by topic id, as ConsumerGroupHeartbeat carries them.
 pub type Assignment = BTreeMap<Uuid, BTreeSet<i32>>;
@@ -610,7 +611,7 @@ impl ConsumerGroup {
             req.member_id.clone()
         };
         if self.members.remove(&id).is_some() {
-            info!(group = %self.group_id, member = %id, "member joins again (epoch 0): its earlier self is fenced");
+            info!(group = %client_text(&self.group_id), member = %client_text(&id), "member joins again (epoch 0): its earlier self is fenced");
         }
         if let Some(instance) = &req.instance_id
             && let Some(other) = self.holder_of(instance)
@@ -621,7 +622,7 @@ impl ConsumerGroup {
                 member_id: other.clone(),
             });
         }
-        info!(group = %self.group_id, member = %id, client = %req.client_id, "member joins (consumer protocol)");
+        info!(group = %client_text(&self.group_id), member = %client_text(&id), client = %client_text(&req.client_id), "member joins (consumer protocol)");
         self.members.insert(
             id.clone(),
             Member {
@@ -652,7 +653,7 @@ impl ConsumerGroup {
         if !self.members.contains_key(&req.member_id) {
             return Err(GroupError::UnknownMemberId);
         }
-        info!(group = %self.group_id, member = %req.member_id, "member leaves (consumer protocol)");
+        info!(group = %client_text(&self.group_id), member = %client_text(&req.member_id), "member leaves (consumer protocol)");
         self.remove(&req.member_id);
         Ok(ConsumerHeartbeatReply {
             member_id: req.member_id.clone(),
@@ -708,7 +709,7 @@ impl ConsumerGroup {
             })
             .collect();
         for (id, reason) in &gone {
-            info!(group = %self.group_id, member = %id, reason, "member removed (consumer protocol)");
+            info!(group = %client_text(&self.group_id), member = %client_text(id), reason, "member removed (consumer protocol)");
             self.remove(id);
         }
         !gone.is_empty()

@@ -28,6 +28,7 @@ use super::consumer::ConsumerGroup;
 use super::error::GroupError;
 use super::offsets::{CommittedOffset, MemberRecord, Membership};
 use super::types::*;
+use crate::log_budget::client_text;
 
 /// How long a brand-new member may wait in a JoinGroup before it is dropped (Kafka's
 /// `NewMemberJoinTimeoutMs`): its session timer cannot run yet, and a client that gave up and
@@ -305,7 +306,7 @@ impl Group {
         self.protocol_name = Some(saved.protocol_name);
         self.last_completed = Some(kept);
         self.state = GroupState::Stable;
-        info!(group = %self.id, generation = self.generation, members = self.members.len(),
+        info!(group = %client_text(&self.id), generation = self.generation, members = self.members.len(),
             "group membership restored");
     }
 
@@ -361,7 +362,7 @@ impl Group {
     }
 
     fn transition(&mut self, to: GroupState, now: Instant) {
-        debug!(group = %self.id, from = self.state.as_str(), to = to.as_str(), "group state");
+        debug!(group = %client_text(&self.id), from = self.state.as_str(), to = to.as_str(), "group state");
         if to == GroupState::Empty {
             self.empty_since = now;
         }
@@ -417,7 +418,7 @@ impl Group {
         if req.require_known_member_id {
             let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
             self.pending_members.insert(new_id.clone(), now + session);
-            debug!(group = %self.id, member = %new_id, "member id required");
+            debug!(group = %client_text(&self.id), member = %client_text(&new_id), "member id required");
             return Outcome::Now(Err(GroupError::MemberIdRequired { member_id: new_id }));
         }
         self.add_member_and_rebalance(req, new_id, now)
@@ -530,7 +531,7 @@ impl Group {
         if let Some(instance) = &req.group_instance_id {
             self.static_members.insert(instance.clone(), id.clone());
         }
-        info!(group = %self.id, member = %id, instance = ?req.group_instance_id, reason = ?req.reason, "member joins");
+        info!(group = %client_text(&self.id), member = %client_text(&id), instance = ?req.group_instance_id, reason = ?req.reason, "member joins");
         self.members.push(Member {
             id,
             instance_id: req.group_instance_id,
@@ -608,7 +609,7 @@ impl Group {
         if self.pending_sync.remove(&old_id) {
             self.pending_sync.insert(new_id.clone());
         }
-        info!(group = %self.id, old = %old_id, new = %new_id, instance = ?req.group_instance_id, "static member replaced");
+        info!(group = %client_text(&self.id), old = %client_text(&old_id), new = %client_text(&new_id), instance = ?req.group_instance_id, "static member replaced");
         // Saved too, whatever the state: a restart must know the instance's new member id, or
         // it would fence the live consumer.
         if let Some(saved) = self.last_completed.as_mut() {
@@ -683,7 +684,7 @@ impl Group {
                 initial: None,
             }
         });
-        info!(group = %self.id, generation = self.generation, members = self.members.len(), "preparing rebalance");
+        info!(group = %client_text(&self.id), generation = self.generation, members = self.members.len(), "preparing rebalance");
         self.transition(GroupState::PreparingRebalance, now);
     }
 
@@ -744,7 +745,7 @@ impl Group {
             .map(|m| m.id.clone())
             .collect();
         for id in absent {
-            info!(group = %self.id, member = %id, "member did not rejoin in time; removed");
+            info!(group = %client_text(&self.id), member = %client_text(&id), "member did not rejoin in time; removed");
             self.remove_member(&id, now);
         }
         if !self.members.is_empty() && !self.elect_joined_leader() {
@@ -761,13 +762,13 @@ impl Group {
         self.generation += 1;
         if self.members.is_empty() {
             self.protocol_name = None;
-            info!(group = %self.id, generation = self.generation, "group is empty");
+            info!(group = %client_text(&self.id), generation = self.generation, "group is empty");
             self.transition(GroupState::Empty, now);
             return;
         }
         self.protocol_name = self.select_protocol();
         self.transition(GroupState::CompletingRebalance, now);
-        info!(group = %self.id, generation = self.generation, protocol = ?self.protocol_name,
+        info!(group = %client_text(&self.id), generation = self.generation, protocol = ?self.protocol_name,
             leader = ?self.leader, members = self.members.len(), "rebalance complete");
         let list = self.member_list();
         let base = self.join_response("", false);
@@ -937,7 +938,7 @@ impl Group {
                         m.assignment = given.remove(&m.id).unwrap_or_default();
                     }
                     if !given.is_empty() {
-                        debug!(group = %self.id, unknown = ?given.keys().collect::<Vec<_>>(), "leader assigned to unknown members");
+                        debug!(group = %client_text(&self.id), unknown = ?given.keys().collect::<Vec<_>>(), "leader assigned to unknown members");
                     }
                     let protocol_type = self.protocol_type.clone();
                     let protocol_name = self.protocol_name.clone();
@@ -949,7 +950,7 @@ impl Group {
                         };
                         m.answer_sync(Ok(response), now);
                     }
-                    info!(group = %self.id, generation = self.generation, "assignment received; group stable");
+                    info!(group = %client_text(&self.id), generation = self.generation, "assignment received; group stable");
                     self.transition(GroupState::Stable, now);
                 }
                 Outcome::Wait(rx)
@@ -1041,7 +1042,7 @@ impl Group {
         } else {
             return Err(GroupError::UnknownMemberId);
         };
-        info!(group = %self.id, member = %id, reason = ?member.reason, "member leaves");
+        info!(group = %client_text(&self.id), member = %client_text(&id), reason = ?member.reason, "member leaves");
         self.remove_member_and_rebalance(&id, now);
         Ok(())
     }
@@ -1109,7 +1110,7 @@ impl Group {
             .map(|m| m.id.clone())
             .collect();
         for id in expired {
-            info!(group = %self.id, member = %id, "session timeout; member removed");
+            info!(group = %client_text(&self.id), member = %client_text(&id), "session timeout; member removed");
             self.remove_member_and_rebalance(&id, now);
         }
         if self.sync_deadline.is_some_and(|d| now >= d) {
@@ -1120,7 +1121,7 @@ impl Group {
             ) && !self.pending_sync.is_empty()
             {
                 let missing: Vec<String> = self.pending_sync.drain().collect();
-                info!(group = %self.id, members = ?missing, "members did not send SyncGroup in time; removed");
+                info!(group = %client_text(&self.id), members = ?missing, "members did not send SyncGroup in time; removed");
                 for id in missing {
                     self.remove_member(&id, now);
                 }

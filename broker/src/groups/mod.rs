@@ -63,6 +63,8 @@ pub use offsets::{
 };
 pub use types::*;
 
+use crate::log_budget::client_text;
+
 /// How often the timer task applies deadlines.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a live group's offsets of topics it no longer subscribes to are looked at (Kafka's
@@ -274,7 +276,7 @@ impl GroupCoordinator {
                 consumer::ConsumerGroup::restore(group.clone(), &saved, config.consumer, now)
             else {
                 // Its members join again, as after a restart without it.
-                warn!(group = %group, "unreadable consumer-protocol group; ignored");
+                warn!(group = %client_text(&group), "unreadable consumer-protocol group; ignored");
                 continue;
             };
             let g = groups
@@ -438,7 +440,7 @@ impl GroupCoordinator {
             if let Err(e) = saved {
                 let mut warned = lock(&self.inner.store_warned);
                 if warned.is_none_or(|t| t.elapsed() >= STORE_WARNING_EVERY) {
-                    warn!(group = %group, error = %e, "saving the group membership failed; retried every tick (this line at most every 10 s)");
+                    warn!(group = %client_text(&group), error = %e, "saving the group membership failed; retried every tick (this line at most every 10 s)");
                     *warned = Some(std::time::Instant::now());
                 }
                 failed.push(group);
@@ -477,7 +479,7 @@ impl GroupCoordinator {
             {
                 let mut warned = lock(&self.inner.store_warned);
                 if warned.is_none_or(|t| t.elapsed() >= STORE_WARNING_EVERY) {
-                    warn!(group = %group, error = %e, "saving the group's members failed; retried every tick (this line at most every 10 s)");
+                    warn!(group = %client_text(&group), error = %e, "saving the group's members failed; retried every tick (this line at most every 10 s)");
                     *warned = Some(std::time::Instant::now());
                 }
                 if let Some(g) = self.groups().get_mut(&group) {
@@ -617,7 +619,7 @@ impl GroupCoordinator {
             self.inner.store.commit(&req.group_id, &batch)
         };
         if let Err(e) = &stored {
-            warn!(group = %req.group_id, error = %e, "offset commit failed in the store");
+            warn!(group = %client_text(&req.group_id), error = %e, "offset commit failed in the store");
         } else if !batch.is_empty() {
             self.remember_offsets(&req.group_id, batch, now);
         }
@@ -970,7 +972,7 @@ impl GroupCoordinator {
             .map(|(p, _)| p.clone())
             .collect();
         if let Err(e) = self.inner.store.delete_offsets(group_id, &deletable) {
-            warn!(group = %group_id, error = %e, "deleting offsets failed in the store");
+            warn!(group = %client_text(group_id), error = %e, "deleting offsets failed in the store");
             let failed = GroupError::Store(e).kafka_code();
             return Ok(codes
                 .iter()
@@ -1023,7 +1025,7 @@ impl GroupCoordinator {
                 Ok(())
             }
             Err(e) => {
-                warn!(group = %group_id, error = %e, "deleting group offsets failed in the store");
+                warn!(group = %client_text(group_id), error = %e, "deleting group offsets failed in the store");
                 if let Some(g) = groups.get_mut(group_id) {
                     g.revive(now);
                 }
@@ -1070,7 +1072,7 @@ impl GroupCoordinator {
                     continue;
                 }
                 if let Err(e) = self.inner.store.save_consumer_group(&id, None) {
-                    warn!(group = %id, error = %e, "forgetting an empty group's saved members failed");
+                    warn!(group = %client_text(&id), error = %e, "forgetting an empty group's saved members failed");
                 }
             }
         }
@@ -1087,7 +1089,7 @@ impl GroupCoordinator {
                 }
             });
             if result.is_ok() {
-                tracing::info!(group = %id, "offsets expired; group removed");
+                tracing::info!(group = %client_text(&id), "offsets expired; group removed");
             }
         }
         self.save_memberships();
@@ -1132,13 +1134,13 @@ impl GroupCoordinator {
             .collect();
         for (id, parts) in due {
             if let Err(e) = self.inner.store.delete_offsets(&id, &parts) {
-                warn!(group = %id, error = %e, "expiring offsets failed in the store");
+                warn!(group = %client_text(&id), error = %e, "expiring offsets failed in the store");
                 continue;
             }
             if let Some(g) = self.groups().get_mut(&id) {
                 g.forget_offsets(&parts);
             }
-            tracing::info!(group = %id, partitions = parts.len(), "offsets of topics the group no longer subscribes to expired");
+            tracing::info!(group = %client_text(&id), partitions = parts.len(), "offsets of topics the group no longer subscribes to expired");
         }
     }
 

@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
-use crate::log_budget::{LogBudget, within_budget};
+use crate::log_budget::{LogBudget, client_text, within_budget};
 use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 
 /// Warnings about a client's bad input written per minute, broker-wide; beyond them the lines go
@@ -42,6 +42,12 @@ use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 const BAD_INPUT_WARNINGS_PER_MINUTE: u32 = 20;
 
 static BAD_INPUT: LogBudget = LogBudget::new(BAD_INPUT_WARNINGS_PER_MINUTE);
+
+/// Connections refused for requests before authentication, said a minute.
+static REFUSED: LogBudget = LogBudget::new(60);
+
+/// Connections closed in the middle of a request frame, said a minute.
+static MID_FRAME: LogBudget = LogBudget::new(20);
 
 /// `tracing::warn!` within the bad-input budget, `tracing::debug!` beyond it.
 macro_rules! warn_bad_input {
@@ -295,14 +301,14 @@ pub async fn serve_halves<R, W>(
                         req.api_key
                     )
                 };
-                tracing::info!(%peer, listener, client_id = %client_id, %reason, "closing connection");
+                within_budget!(REFUSED, info, %peer, listener, client_id = %client_text(&client_id), %reason, "closing connection");
                 if session.identity.close(reason, false) {
                     metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
                 }
                 break 'conn;
             }
             if let Some(reason) = session.identity.expired_for(req.api_key) {
-                tracing::info!(%peer, listener, client_id = %client_id, %reason, "closing connection");
+                tracing::info!(%peer, listener, client_id = %client_text(&client_id), %reason, "closing connection");
                 session.identity.close(reason, false);
                 break 'conn;
             }
@@ -317,7 +323,7 @@ pub async fn serve_halves<R, W>(
             let reply = match broker.dispatcher.dispatch(ctx, req) {
                 Ok(r) => r,
                 Err(e) => {
-                    warn_bad_input!(%peer, listener, closing, client_id = %client_id, error = %e, "request not served");
+                    warn_bad_input!(%peer, listener, closing, client_id = %client_text(&client_id), error = %e, "request not served");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(Refusal::Malformed);
                     break 'conn;
@@ -349,7 +355,7 @@ pub async fn serve_halves<R, W>(
                 }
                 Outcome::Silent => {}
                 Outcome::Close(reason) => {
-                    tracing::info!(%peer, listener, client_id = %client_id, reason, "closing the {closing}");
+                    tracing::info!(%peer, listener, client_id = %client_text(&client_id), reason, "closing the {closing}");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }
@@ -361,7 +367,7 @@ pub async fn serve_halves<R, W>(
                 break 'conn;
             }
             if !mute.is_zero() {
-                tracing::trace!(%peer, client_id = %client_id, ?mute, "connection muted by a quota");
+                tracing::trace!(%peer, client_id = %client_text(&client_id), ?mute, "connection muted by a quota");
                 if wait_muted(mute, &mut rd, &mut buf, max, &mut shutdown).await != Muted::Over {
                     break 'conn;
                 }
@@ -393,7 +399,7 @@ pub async fn serve_halves<R, W>(
         match read {
             Ok(0) => {
                 if !buf.is_empty() {
-                    tracing::info!(%peer, listener, pending = buf.len(), "connection closed mid-frame");
+                    within_budget!(MID_FRAME, info, %peer, listener, pending = buf.len(), "connection closed mid-frame");
                 }
                 break;
             }
@@ -451,7 +457,7 @@ pub async fn serve_halves<R, W>(
 /// authentication failure of the connection however many of its streams end so.
 fn refuse_unauthenticated(session: &Session, broker: &Broker, reason: String) {
     let (peer, listener) = (session.peer, session.listener.name());
-    tracing::info!(%peer, listener, %reason, "closing connection");
+    within_budget!(REFUSED, info, %peer, listener, %reason, "closing connection");
     if session.identity.close(reason, false) {
         broker.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
     }

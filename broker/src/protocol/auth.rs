@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use super::oauth::{OAUTHBEARER, OAuthError, OAuthValidator};
 use super::scram::{Scram, ScramError, ScramExchange, ScramUser, Step};
 use super::scram_store::ScramStore;
+use crate::log_budget::client_text;
 
 /// The principal of a client that proved nothing.
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
@@ -366,12 +367,16 @@ impl TokenFile {
 pub enum AuthError {
     #[error("malformed SASL PLAIN message (expected authzid NUL user NUL token)")]
     Malformed,
-    #[error("unknown token or password, or one that does not belong to user {user:?}")]
+    #[error(
+        "unknown token or password, or one that does not belong to user \"{}\"",
+        client_text(user)
+    )]
     BadToken { user: String },
     #[error("this connection is already authenticated")]
     AlreadyAuthenticated,
     #[error(
-        "re-authentication as {now} on a connection of {was}: a connection keeps its principal"
+        "re-authentication as {} on a connection of {was}: a connection keeps its principal",
+        client_text(now)
     )]
     OtherPrincipal { was: String, now: String },
     #[error(

@@ -24,6 +24,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::rand::SecureRandom as _;
 use ring::{digest, hmac, pbkdf2};
 
+use crate::log_budget::client_text;
+
 /// The two SCRAM mechanisms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scram {
@@ -226,13 +228,13 @@ pub enum ScramError {
     BindingMismatch,
     #[error("no randomness for SCRAM on this machine")]
     NoRandomness,
-    #[error("SCRAM extension {0:?} is not supported")]
+    #[error("SCRAM extension \"{}\" is not supported", client_text(.0))]
     Extension(String),
     #[error("the authorization id must be the user name")]
     AuthorizationId,
     #[error("the nonce of the final SCRAM message is not the one agreed")]
     Nonce,
-    #[error("unknown user or wrong password for user {0:?}")]
+    #[error("unknown user or wrong password for user \"{}\"", client_text(.0))]
     BadCredentials(String),
     #[error("the SCRAM exchange is over")]
     Over,

@@ -50,7 +50,7 @@ use crate::catalog::Partition;
 use crate::groups::{
     OffsetCommitPartition, OffsetCommitRequest as CommitRequest, OffsetCommitTopic,
 };
-use crate::log_budget::{LogBudget, within_budget};
+use crate::log_budget::{LogBudget, client_text, within_budget};
 
 /// Longest a request to the leader may take beyond the fetch's own wait.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -910,7 +910,7 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
     for group in &fetched.groups {
         let id = group.group_id.to_string();
         if group.error_code != 0 {
-            tracing::debug!(group = %id, error = ?E::try_from_code(group.error_code), "the leader does not give this broker a group's offsets");
+            tracing::debug!(group = %client_text(&id), error = ?E::try_from_code(group.error_code), "the leader does not give this broker a group's offsets");
             continue;
         }
         if !listed.contains(&id) && group.topics.is_empty() {
@@ -992,7 +992,7 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             .flat_map(|t| &t.partitions)
             .find_map(|p| p.result.as_ref().err())
         {
-            tracing::warn!(group = %id, error = %e, "cannot copy the leader's committed offsets");
+            tracing::warn!(group = %client_text(&id), error = %e, "cannot copy the leader's committed offsets");
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
 
 use crate::acl::{Operation, ResourceType};
+use crate::log_budget::client_text;
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
@@ -27,7 +28,7 @@ pub async fn handle(ctx: Ctx, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnRes
         match added {
             Ok(()) => 0,
             Err(e) => {
-                tracing::debug!(transactional_id = %id, error = %e, "AddOffsetsToTxn refused");
+                tracing::debug!(transactional_id = %client_text(&id), error = %e, "AddOffsetsToTxn refused");
                 super::for_version(e.code(), ctx.api_version, 2)
             }
         }

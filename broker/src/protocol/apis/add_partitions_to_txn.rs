@@ -13,6 +13,7 @@ use kafka_protocol::messages::add_partitions_to_txn_response::{
 use kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
 
 use crate::acl::{Operation, ResourceType};
+use crate::log_budget::client_text;
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse {
@@ -56,7 +57,7 @@ pub async fn handle(ctx: Ctx, req: AddPartitionsToTxnRequest) -> AddPartitionsTo
             match added {
                 Ok(()) => Some(0),
                 Err(e) => {
-                    tracing::debug!(transactional_id = %id, error = %e, "AddPartitionsToTxn refused");
+                    tracing::debug!(transactional_id = %client_text(&id), error = %e, "AddPartitionsToTxn refused");
                     Some(super::for_version(e.code(), ctx.api_version, 2))
                 }
             }

@@ -9,6 +9,7 @@
 
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
+use crate::log_budget::client_text;
 use crate::protocol::Ctx;
 
 /// How long EndTxn waits for the followers to copy the markers.
@@ -38,14 +39,14 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
                             let replicated =
                                 crate::replication::wait_replicated(c, &p, end, left).await;
                             if replicated != crate::replication::Replicated::Yes {
-                                tracing::info!(transactional_id = %id, topic = %p.topic, partition = p.index, ?replicated, "a transaction marker is not on every in-sync follower yet");
+                                tracing::info!(transactional_id = %client_text(&id), topic = %p.topic, partition = p.index, ?replicated, "a transaction marker is not on every in-sync follower yet");
                             }
                         }
                     }
                     0
                 }
                 Err(e) => {
-                    tracing::debug!(transactional_id = %id, error = %e, "EndTxn refused");
+                    tracing::debug!(transactional_id = %client_text(&id), error = %e, "EndTxn refused");
                     super::for_version(e.code(), ctx.api_version, 2)
                 }
             }

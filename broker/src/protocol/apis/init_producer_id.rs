@@ -12,6 +12,7 @@ use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
 use crate::acl::{Operation, ResourceType};
+use crate::log_budget::client_text;
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdResponse {
@@ -48,7 +49,7 @@ pub async fn handle(ctx: Ctx, req: InitProducerIdRequest) -> InitProducerIdRespo
                 out.producer_epoch = epoch;
             }
             Err(e) => {
-                tracing::debug!(transactional_id = %id.as_str(), error = %e, "InitProducerId refused");
+                tracing::debug!(transactional_id = %client_text(id.as_str()), error = %e, "InitProducerId refused");
                 out.error_code = super::for_version(e.code(), ctx.api_version, 4);
             }
         }

@@ -45,7 +45,7 @@ use crate::acl::{Operation, ResourceType};
 use crate::broker::{Broker, now_ms};
 use crate::catalog::CatalogError;
 use crate::client_quotas::{self, QuotaKey};
-use crate::log_budget::{LogBudget, within_budget};
+use crate::log_budget::{LogBudget, client_text, within_budget};
 use crate::plugins::quota::{self, Decision};
 use crate::plugins::{self, ChainOutput, ProduceFilterError};
 use crate::protocol::error::storage_code;
@@ -321,12 +321,16 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
         .with_throttle_time_ms(throttle_time_ms)
 }
 
+/// Refused acks=0 produces said a minute (a client can send thousands a second).
+static ACKS0_REFUSED: LogBudget = LogBudget::new(20);
+
 /// How a produce with acks=0 ends: silently when every partition took its records; otherwise
 /// the connection is closed, as Kafka does, since the producer cannot be answered: it sees the
 /// connection drop, reconnects and refreshes its metadata instead of sending into a void. The
 /// partitions and their reasons are logged.
 pub fn unacknowledged_end(response: &ProduceResponse) -> Outcome {
     let mut failed = String::new();
+    let mut listed = 0;
     for t in &response.responses {
         for p in t.partition_responses.iter().filter(|p| p.error_code != 0) {
             if !failed.is_empty() {
@@ -334,18 +338,26 @@ pub fn unacknowledged_end(response: &ProduceResponse) -> Outcome {
             }
             let code = E::try_from_code(p.error_code).map(|e| e.to_string());
             let why = p.error_message.as_deref().unwrap_or("");
+            listed += 1;
+            if listed > 10 {
+                continue;
+            }
             failed.push_str(&format!(
-                "{}-{}: {} {why}",
-                t.name.as_str(),
+                "{}-{}: {} {}",
+                client_text(t.name.as_str()),
                 p.index,
-                code.unwrap_or_default()
+                code.unwrap_or_default(),
+                client_text(why)
             ));
         }
     }
     if failed.is_empty() {
         return Outcome::Silent;
     }
-    tracing::info!(partitions = %failed.trim_end(), "a produce with acks=0 was refused");
+    if listed > 10 {
+        failed.push_str(&format!("; and {} more", listed - 10));
+    }
+    within_budget!(ACKS0_REFUSED, info, partitions = %failed.trim_end(), "a produce with acks=0 was refused");
     Outcome::Close("a produce with acks=0 was refused (the close is its only answer, as in Kafka)")
 }
 

@@ -32,6 +32,7 @@ use kafka_protocol::messages::{
 };
 
 use super::s;
+use crate::log_budget::{LogBudget, client_text, within_budget};
 use crate::protocol::Ctx;
 use crate::protocol::auth::{AuthError, Authenticated, HandshakeRefused};
 
@@ -85,9 +86,9 @@ pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthent
             ctx.broker.metrics.count_authenticated(&principal);
             let (peer, listener) = (session.peer, session.listener.name());
             if again {
-                tracing::debug!(%peer, listener, %principal, client_id = %ctx.client_id, lifetime_ms, "authenticated again");
+                tracing::debug!(%peer, listener, %principal, client_id = %client_text(&ctx.client_id), lifetime_ms, "authenticated again");
             } else {
-                tracing::info!(%peer, listener, %principal, client_id = %ctx.client_id, lifetime_ms, "authenticated");
+                tracing::info!(%peer, listener, %principal, client_id = %client_text(&ctx.client_id), lifetime_ms, "authenticated");
             }
             out.with_auth_bytes(Bytes::from(reply))
                 .with_session_lifetime_ms(lifetime_ms)
@@ -107,10 +108,14 @@ pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthent
     }
 }
 
+/// Refused logins said a minute (a client guessing passwords makes one a second per
+/// connection, and may open many).
+static REFUSED: LogBudget = LogBudget::new(60);
+
 /// Counts a refused authentication and closes the connection once the answer is sent.
 fn refuse(ctx: &Ctx, reason: String) {
     let session = &ctx.session;
-    tracing::info!(peer = %session.peer, listener = session.listener.name(), client_id = %ctx.client_id, %reason, "closing connection");
+    within_budget!(REFUSED, info, peer = %session.peer, listener = session.listener.name(), client_id = %client_text(&ctx.client_id), %reason, "closing connection");
     ctx.broker
         .metrics
         .auth_failures

@@ -12,6 +12,7 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
 use crate::acl::{Operation, ResourceType};
+use crate::log_budget::client_text;
 use crate::protocol::Ctx;
 use crate::transactions::StagedOffset;
 
@@ -78,7 +79,7 @@ pub async fn handle(ctx: Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitRes
             match staged {
                 Ok(()) => 0,
                 Err(e) => {
-                    tracing::debug!(transactional_id = %id, %group, error = %e, "TxnOffsetCommit refused");
+                    tracing::debug!(transactional_id = %client_text(&id), group = %client_text(&group), error = %e, "TxnOffsetCommit refused");
                     super::for_version(e.code(), ctx.api_version, 3)
                 }
             }
