@@ -18,6 +18,8 @@ struct Pki {
     ca_der: CertificateDer<'static>,
     client_chain: Vec<CertificateDer<'static>>,
     client_key_der: Vec<u8>,
+    /// A client certificate of the same CA whose subject has two CNs (admin, then eve).
+    two_cn_chain: Vec<CertificateDer<'static>>,
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, written to `dir`.
@@ -35,6 +37,16 @@ fn make_pki(dir: &Path) -> Pki {
         .unwrap()
         .signed_by(&client_key, &ca)
         .unwrap();
+    let mut two_cn = CertificateParams::new(vec!["sensor-8".to_string()]).unwrap();
+    two_cn.distinguished_name = rcgen::DistinguishedName::new();
+    two_cn
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "admin");
+    // rcgen keeps one value per attribute type: the second CN by its OID.
+    two_cn
+        .distinguished_name
+        .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 3]), "eve");
+    let two_cn = two_cn.signed_by(&client_key, &ca).unwrap();
     std::fs::write(dir.join("server.pem"), server.pem() + &ca.pem()).unwrap();
     std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
@@ -42,10 +54,17 @@ fn make_pki(dir: &Path) -> Pki {
         ca_der: ca.der().clone(),
         client_chain: vec![client.der().clone()],
         client_key_der: client_key.serialize_der(),
+        two_cn_chain: vec![two_cn.der().clone()],
     }
 }
 
 fn connector(pki: &Pki, with_client_cert: bool) -> TlsConnector {
+    let chain = with_client_cert.then(|| pki.client_chain.clone());
+    connector_with(pki, chain)
+}
+
+/// A TLS client trusting the test CA, presenting `chain` (with the client key) if given.
+fn connector_with(pki: &Pki, chain: Option<Vec<CertificateDer<'static>>>) -> TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der.clone()).unwrap();
@@ -53,13 +72,12 @@ fn connector(pki: &Pki, with_client_cert: bool) -> TlsConnector {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let config = if with_client_cert {
-        let key = PrivateKeyDer::try_from(pki.client_key_der.clone()).unwrap();
-        builder
-            .with_client_auth_cert(pki.client_chain.clone(), key)
-            .unwrap()
-    } else {
-        builder.with_no_client_auth()
+    let config = match chain {
+        Some(chain) => {
+            let key = PrivateKeyDer::try_from(pki.client_key_der.clone()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
     };
     TlsConnector::from(Arc::new(config))
 }
@@ -268,5 +286,37 @@ async fn with_client_principal_dn_a_certificate_names_its_client_as_kafka_does()
         m.contains("runnel_authenticated_total{principal=\"User:CN=rcgen self signed cert\"} 1"),
         "{m}"
     );
+    broker.shutdown().await;
+}
+
+/// A certificate from the trusted CA whose subject holds two CNs names no one client: the
+/// connection is closed and counted as a failed authentication (one reading of it took the
+/// first CN, which could be a super user's), while a certificate of one CN is served.
+#[tokio::test]
+async fn a_certificate_of_two_common_names_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut cfg = tls_config(dir.path());
+    cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
+    let broker = common::start_with(cfg).await;
+    let addr = broker.kafka_tls_addr.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut two = connector_with(&pki, Some(pki.two_cn_chain.clone()))
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let refused = call(&mut two, &ApiVersionsRequest::default(), 3).await;
+    assert!(refused.is_err(), "served: {refused:?}");
+    let m = broker.broker.metrics.render(&broker.broker);
+    assert!(m.contains("runnel_auth_failures_total 1"), "{m}");
+    assert!(!m.contains("User:admin") && !m.contains("User:eve"), "{m}");
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut one = connector(&pki, true).connect(name, tcp).await.unwrap();
+    let v: ApiVersionsResponse = call(&mut one, &ApiVersionsRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(v.error_code, 0);
     broker.shutdown().await;
 }

@@ -367,12 +367,7 @@ fn identify(auth: &Auth, conn: &quinn::Connection) -> Result<Arc<Identity>, Stri
                 .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
                 .and_then(|chain| chain.first().cloned())
                 .ok_or("no client certificate")?;
-            let principal = super::tls::principal_of(&leaf, *how).ok_or(match how {
-                edge_config::CertPrincipal::Cn => {
-                    "the client certificate has no subject common name (CN)"
-                }
-                edge_config::CertPrincipal::Dn => "the client certificate has no subject",
-            })?;
+            let principal = super::tls::principal_of(&leaf, *how)?;
             Ok(Identity::certified(principal))
         }
     }

@@ -158,25 +158,36 @@ async fn accept_loop(
                         tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
                     match accepted {
                         Ok(Ok(tls_stream)) => {
-                            // With `client_ca` set, the verified certificate names the client.
+                            // With `client_ca` set, the verified certificate names the client
+                            // (unless it logs in with SASL); one that names no one client is
+                            // refused, as Kafka refuses a principal it cannot build.
                             let principal = tls_stream
                                 .get_ref()
                                 .1
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
-                                .and_then(|leaf| {
+                                .filter(|_| !sasl.required())
+                                .map(|leaf| {
                                     super::tls::principal_of(
                                         leaf,
                                         broker.config.listeners.kafka_tls.client_principal,
                                     )
                                 });
-                            let session = match principal.filter(|_| !sasl.required()) {
-                                Some(p) => {
+                            let session = match principal {
+                                Some(Ok(p)) => {
                                     broker.metrics.count_authenticated(&p);
                                     Session {
                                         identity: Identity::certified(p),
                                         ..session
                                     }
+                                }
+                                Some(Err(reason)) => {
+                                    broker
+                                        .metrics
+                                        .auth_failures
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    within_budget!(CERT_REFUSED, info, %peer, reason, "closing connection");
+                                    return;
                                 }
                                 None => session,
                             };
@@ -209,6 +220,9 @@ async fn accept_loop(
         });
     }
 }
+
+/// Client certificates refused for the principal they name, said a minute.
+static CERT_REFUSED: LogBudget = LogBudget::new(60);
 
 /// Connections over their address's connection_creation_rate held open before they are closed.
 static HELD_OVER_RATE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -50,16 +50,29 @@ pub fn client_verifier(
 }
 
 /// The principal of a (verified) client certificate: `User:<CN>` of its subject, or with
-/// [`CertPrincipal::Dn`] `User:<subject DN>` as Kafka writes it; `None` when it has no common
-/// name (or, for a DN, no subject).
-pub fn principal_of(cert: &[u8], how: CertPrincipal) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+/// [`CertPrincipal::Dn`] `User:<subject DN>` as Kafka writes it. Refused, with the reason, when
+/// it has no common name (or, for a DN, no subject), or more than one: a subject of two CNs
+/// names no one client (one reading would take the first, another the last).
+pub fn principal_of(cert: &[u8], how: CertPrincipal) -> Result<String, &'static str> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|_| "the client certificate cannot be read")?;
     match how {
         CertPrincipal::Cn => {
-            let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?;
-            Some(format!("User:{cn}"))
+            let mut names = parsed.subject().iter_common_name();
+            let cn = names
+                .next()
+                .ok_or("the client certificate has no subject common name (CN)")?;
+            if names.next().is_some() {
+                return Err("the client certificate's subject has more than one common name (CN)");
+            }
+            let cn = cn
+                .as_str()
+                .map_err(|_| "the client certificate's common name (CN) is not text")?;
+            Ok(format!("User:{cn}"))
         }
-        CertPrincipal::Dn => rfc2253(parsed.subject()).map(|dn| format!("User:{dn}")),
+        CertPrincipal::Dn => rfc2253(parsed.subject())
+            .map(|dn| format!("User:{dn}"))
+            .ok_or("the client certificate has no subject"),
     }
 }
 
@@ -226,15 +239,33 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(
             principal_of(cert.der(), CertPrincipal::Cn).as_deref(),
-            Some("User:sensor-42")
+            Ok("User:sensor-42")
         );
         // rcgen's default subject is a CN too; without any subject there is no principal.
         let mut bare = rcgen::CertificateParams::new(vec!["dev.local".to_string()]).unwrap();
         bare.distinguished_name = rcgen::DistinguishedName::new();
         let cert = bare.self_signed(&key).unwrap();
-        assert_eq!(principal_of(cert.der(), CertPrincipal::Cn), None);
-        assert_eq!(principal_of(cert.der(), CertPrincipal::Dn), None);
-        assert_eq!(principal_of(b"not a certificate", CertPrincipal::Dn), None);
+        assert!(principal_of(cert.der(), CertPrincipal::Cn).is_err());
+        assert!(principal_of(cert.der(), CertPrincipal::Dn).is_err());
+        assert!(principal_of(b"not a certificate", CertPrincipal::Dn).is_err());
+        // Two CNs (as `openssl req -subj "/CN=admin/CN=eve"` makes; rcgen keeps one value per
+        // attribute type, so the second is given by its OID): no principal, whichever order;
+        // as a DN both are named.
+        for names in [["admin", "eve"], ["eve", "admin"]] {
+            let mut two = rcgen::CertificateParams::new(vec!["dev.local".to_string()]).unwrap();
+            two.distinguished_name = rcgen::DistinguishedName::new();
+            two.distinguished_name
+                .push(rcgen::DnType::CommonName, names[0]);
+            two.distinguished_name
+                .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 3]), names[1]);
+            let cert = two.self_signed(&key).unwrap();
+            assert_eq!(
+                principal_of(cert.der(), CertPrincipal::Cn),
+                Err("the client certificate's subject has more than one common name (CN)")
+            );
+            let dn = principal_of(cert.der(), CertPrincipal::Dn).unwrap();
+            assert!(dn.contains("CN=admin") && dn.contains("CN=eve"), "{dn}");
+        }
     }
 
     #[test]
