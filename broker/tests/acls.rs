@@ -215,6 +215,29 @@ async fn acls_decide_who_writes_reads_and_joins_and_survive_a_restart() {
 
     // Bob's metadata lists only what he may see, with what he may do to it.
     let mut raw_bob = common::RawClient::logged_in(&bootstrap, b"\0bob\0b0b-s3cret").await;
+    // OffsetFetch of the group he may not use: v1 has no top-level error code, so each
+    // partition asked for carries GROUP_AUTHORIZATION_FAILED, as Kafka answers; v2 the top.
+    for version in [1, 2] {
+        use kafka_protocol::messages::OffsetFetchRequest;
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        let req = OffsetFetchRequest::default()
+            .with_group_id(st("ops").into())
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(st("sensors.t1").into())
+                    .with_partition_indexes(vec![0]),
+            ]));
+        let r = raw_bob.call(&req, version).await;
+        let codes: Vec<i16> = r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect();
+        match version {
+            1 => assert_eq!(codes, [30], "v1"),
+            _ => assert_eq!((r.error_code, codes.len()), (30, 0), "v2"),
+        }
+    }
     let md = raw_bob
         .call(
             &MetadataRequest::default()

@@ -1,6 +1,7 @@
 //! OffsetFetch (key 9): committed offsets of one group (v1-7) or several (v8). A null topic
 //! list means every partition the group has committed; never-committed partitions answer -1.
-//! The client needs Describe on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED; a
+//! The client needs Describe on the group (`crate::acl`), else GROUP_AUTHORIZATION_FAILED (in
+//! v0-1, which have no top-level error code, on each partition asked for, as Kafka does); a
 //! topic it may not Describe gets TOPIC_AUTHORIZATION_FAILED when named, and is left out of a
 //! request for every partition.
 //!
@@ -148,11 +149,14 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
-    let topics = req.topics.map(|ts| {
+    let topics: Option<Vec<(TopicName, Vec<i32>)>> = req.topics.map(|ts| {
         ts.into_iter()
             .map(|t| (t.name, t.partition_indexes))
             .collect()
     });
+    // v0-1 have no top-level error code: as Kafka, a refusal of the group goes to each
+    // partition asked for.
+    let asked = (ctx.api_version < 2).then(|| topics.clone().unwrap_or_default());
     match fetch(&ctx, &req.group_id, topics) {
         Ok(topics) => OffsetFetchResponse::default().with_topics(
             topics
@@ -177,6 +181,29 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                 })
                 .collect(),
         ),
-        Err(code) => OffsetFetchResponse::default().with_error_code(code),
+        Err(code) => match asked {
+            None => OffsetFetchResponse::default().with_error_code(code),
+            Some(asked) => OffsetFetchResponse::default().with_topics(
+                asked
+                    .into_iter()
+                    .map(|(name, partitions)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(name)
+                            .with_partitions(
+                                partitions
+                                    .into_iter()
+                                    .map(|p| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(-1)
+                                            .with_metadata(Some(s("")))
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        },
     }
 }
