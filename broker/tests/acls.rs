@@ -404,7 +404,7 @@ async fn acls_hold_for_devices_over_quic_as_for_kafka_clients() {
     use runnel::acl::{Acl, Operation, PatternType, Permission, ResourceType};
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "sensor-7 s3cret-7\n").unwrap();
+    std::fs::write(&tokens, "sensor-7 s3cret-7\ndisplay-1 s3cret-d\n").unwrap();
     let mut cfg = common::test_config(&dir.path().join("data"));
     cfg.listeners.quic.enabled = true;
     cfg.listeners.quic.address = "127.0.0.1:0".parse().unwrap();
@@ -422,10 +422,18 @@ async fn acls_hold_for_devices_over_quic_as_for_kafka_clients() {
         operation: op,
         permission: Permission::Allow,
     };
+    // A display may read its one topic and do nothing else.
+    let reads = Acl {
+        pattern: PatternType::Literal,
+        name: "sensor-7.temp".into(),
+        principal: "User:display-1".into(),
+        operation: Operation::Read,
+        ..own(Operation::Read)
+    };
     broker
         .broker
         .acls
-        .create(&[own(Operation::Write), own(Operation::Create)])
+        .create(&[own(Operation::Write), own(Operation::Create), reads])
         .unwrap();
 
     let mut device = runnel_device::DeviceConfig::new(
@@ -457,6 +465,41 @@ async fn acls_hold_for_devices_over_quic_as_for_kafka_clients() {
         broker.broker.catalog.get("pump-2.flow").is_none(),
         "not created"
     );
+
+    // A device the ACLs let only read connects all the same (it gets no producer id) and
+    // subscribes; a send of its waits for rights it does not have.
+    let mut display = runnel_device::DeviceConfig::new(
+        broker.quic_addr.unwrap(),
+        runnel_device::Trust::Fingerprint(broker.quic_fingerprint.clone().unwrap()),
+    );
+    display.identity = runnel_device::Identity::Token {
+        device: "display-1".into(),
+        token: "s3cret-d".into(),
+    };
+    let display = runnel_device::Device::connect(display)
+        .await
+        .expect("a read-only device connects");
+    let mut sub = display
+        .subscribe("sensor-7.temp", 0, runnel_device::StartAt::Earliest)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("read in time")
+        .unwrap();
+    assert_eq!(m.value.as_deref(), Some(&b"21.5"[..]));
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(500),
+        display.send("sensor-7.temp", None, b"22"),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "a send without rights is not acknowledged"
+    );
+    drop(sub);
+    // (Dropped, not closed: a close would wait for the send to be delivered.)
+    drop(display);
     let denied = broker
         .broker
         .metrics

@@ -43,7 +43,8 @@ const BAD_INPUT_WARNINGS_PER_MINUTE: u32 = 20;
 
 static BAD_INPUT: LogBudget = LogBudget::new(BAD_INPUT_WARNINGS_PER_MINUTE);
 
-/// Connections refused for requests before authentication, said a minute.
+/// Connections closed for what a client sent (requests before authentication, a refused
+/// acks=0 produce), said a minute.
 static REFUSED: LogBudget = LogBudget::new(60);
 
 /// Connections closed in the middle of a request frame, said a minute.
@@ -355,7 +356,7 @@ pub async fn serve_halves<R, W>(
                 }
                 Outcome::Silent => {}
                 Outcome::Close(reason) => {
-                    tracing::info!(%peer, listener, client_id = %client_text(&client_id), reason, "closing the {closing}");
+                    within_budget!(REFUSED, info, %peer, listener, client_id = %client_text(&client_id), reason, "closing the {closing}");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     break 'conn;
                 }

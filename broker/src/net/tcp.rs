@@ -211,15 +211,20 @@ async fn accept_loop(
                                     .auth_failures
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            tracing::info!(%peer, error = %e, "TLS handshake failed")
+                            within_budget!(HANDSHAKE_FAILED, info, %peer, error = %e, "TLS handshake failed")
                         }
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            within_budget!(HANDSHAKE_FAILED, info, %peer, "TLS handshake timed out")
+                        }
                     }
                 }
             }
         });
     }
 }
+
+/// Failed TLS handshakes said a minute (anyone who can reach the port can fail one).
+static HANDSHAKE_FAILED: LogBudget = LogBudget::new(60);
 
 /// Client certificates refused for the principal they name, said a minute.
 static CERT_REFUSED: LogBudget = LogBudget::new(60);

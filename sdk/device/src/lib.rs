@@ -438,7 +438,9 @@ impl Device {
     /// Connects to the broker and initialises an idempotent producer. Fails with
     /// [`DeviceError::Tls`] when the broker's certificate is not trusted and
     /// [`DeviceError::Connect`] when it cannot be reached; after this first connection, losses
-    /// are handled in the background.
+    /// are handled in the background. A device the broker's ACLs let only read (no Write on
+    /// any topic) connects without a producer id, for its subscriptions; its sends are
+    /// buffered until the broker gives it one (a warning says why).
     pub async fn connect(config: DeviceConfig) -> Result<Device, DeviceError> {
         let config = own_config(config);
         config.check()?;
@@ -458,12 +460,19 @@ impl Device {
             }
         };
         let producer = match producer {
-            Ok(p) => p,
+            Ok(p) => Some(p),
+            // Connected and authenticated, but the ACLs give no producer id: a device that only
+            // subscribes goes on; its sends wait, buffered, for the rights (said at warn).
+            Err(DeviceError::Broker { code, .. })
+                if code == worker::CLUSTER_AUTHORIZATION_FAILED =>
+            {
+                None
+            }
             Err(e) => return Err(session.explain(e).await),
         };
         let start = worker::Start {
             session: Some(session),
-            producer: Some(producer),
+            producer,
             file,
             restored,
         };

@@ -71,6 +71,7 @@ const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
 const UNKNOWN_PRODUCER_ID: i16 = 59;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
+pub(crate) const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
 
 pub(crate) enum Cmd {
     Record {
@@ -165,9 +166,14 @@ pub(crate) async fn init_producer(session: &mut Session) -> Result<Producer, Dev
         .with_producer_epoch(-1);
     let resp = session.call(&req, INIT_PRODUCER_ID_VERSION).await?;
     if resp.error_code != 0 {
+        let message = (resp.error_code == CLUSTER_AUTHORIZATION_FAILED).then(|| {
+            "the device may not produce: an idempotent producer id needs Write on some topic \
+             (or IdempotentWrite on the cluster) in the broker's ACLs"
+                .to_string()
+        });
         return Err(DeviceError::Broker {
             code: resp.error_code,
-            message: None,
+            message,
         });
     }
     Ok(Producer {
@@ -517,10 +523,11 @@ impl Worker {
                         self.requeue_in_flight();
                         self.drop_session();
                     }
-                    // Opened once a connection is made (now, unless one is being made).
+                    // Opened once a connection is made (now, unless one is being made). A
+                    // subscription needs no producer id: a device that may only read gets none.
                     self.stream_waiters.push(reply);
                     if self.setup.is_none() {
-                        self.start_setup(None);
+                        self.start_setup(None, false);
                     }
                 }
             },
@@ -528,11 +535,11 @@ impl Worker {
     }
 
     /// Starts [`prepare`] beside the loop with the session (if any), asking for a producer id
-    /// when there is none and for `topic`'s metadata.
-    fn start_setup(&mut self, topic: Option<String>) {
+    /// when there is none and `to_send`, and for `topic`'s metadata.
+    fn start_setup(&mut self, topic: Option<String>, to_send: bool) {
         let session = self.session.take();
         let fresh_stream = std::mem::take(&mut self.stream_ended);
-        let need_producer = self.producer.is_none();
+        let need_producer = to_send && self.producer.is_none();
         self.setup = Some(Box::pin(prepare(
             self.cfg.clone(),
             session,
@@ -547,9 +554,11 @@ impl Worker {
         let p = match prepared {
             Ok(p) => p,
             Err(e) => {
-                if matches!(e, DeviceError::Refused(_) | DeviceError::Tls(_)) {
-                    // The device's identity or trust is wrong, not the network: said once at
-                    // warn (and again if the reason changes), as retrying will not mend it.
+                let may_not_produce = matches!(e, DeviceError::Broker { code, .. } if code == CLUSTER_AUTHORIZATION_FAILED);
+                if matches!(e, DeviceError::Refused(_) | DeviceError::Tls(_)) || may_not_produce {
+                    // The device's identity, trust or rights are wrong, not the network: said
+                    // once at warn (and again if the reason changes), as retrying will not mend
+                    // it until the broker's config changes.
                     let reason = e.to_string();
                     if self.refused.as_ref() != Some(&reason) {
                         tracing::warn!(error = %e, "the broker refuses this device; buffering and trying again");
@@ -702,7 +711,7 @@ impl Worker {
         }) else {
             let lookup =
                 (!self.known_topics.contains(&topic) || self.session.is_none()).then_some(topic);
-            self.start_setup(lookup);
+            self.start_setup(lookup, true);
             return;
         };
         let (Some(batch), Some(session)) = (self.queue.front(), self.session.as_mut()) else {
