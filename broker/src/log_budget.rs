@@ -50,8 +50,9 @@ impl LogBudget {
 const CLIENT_TEXT_CHARS: usize = 200;
 
 /// `text` as sent by a client, fit for a log line or an error message: control characters
-/// (newlines, escapes) written as escapes, and at most [`CLIENT_TEXT_CHARS`] characters, with
-/// how many bytes were left out.
+/// (newlines, escapes), quotes and backslashes written as escapes (a quoted name cannot end its
+/// quotes and add fields), and at most [`CLIENT_TEXT_CHARS`] characters, with how many bytes
+/// were left out.
 pub(crate) fn client_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(CLIENT_TEXT_CHARS + 32));
     for (shown, (i, c)) in text.char_indices().enumerate() {
@@ -59,7 +60,7 @@ pub(crate) fn client_text(text: &str) -> String {
             out.push_str(&format!("...({} more bytes)", text.len() - i));
             break;
         }
-        if c.is_control() {
+        if c.is_control() || c == '"' || c == '\\' {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -88,6 +89,10 @@ mod tests {
     #[test]
     fn client_text_is_cut_and_cannot_break_a_line() {
         assert_eq!(client_text("sensor-7"), "sensor-7");
+        assert_eq!(
+            client_text(r#"x" principal="User:admin"#),
+            r#"x\" principal=\"User:admin"#
+        );
         assert_eq!(
             client_text("a\n2026-12-06 INFO forged\r\u{1b}[31m"),
             "a\\n2026-12-06 INFO forged\\r\\u{1b}[31m"

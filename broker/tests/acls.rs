@@ -497,6 +497,38 @@ async fn acls_hold_for_devices_over_quic_as_for_kafka_clients() {
         waiting.is_err(),
         "a send without rights is not acknowledged"
     );
+    // With that send waiting (the device asks again for a producer id after a back-off), the
+    // connection and its subscription go on: no new connection in 3 s.
+    let quic_connections = || {
+        let m = broker.broker.metrics.render(&broker.broker);
+        m.lines()
+            .find_map(|l| l.strip_prefix("runnel_quic_connections_total "))
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .expect("the QUIC connections metric")
+    };
+    let before = quic_connections();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        quic_connections(),
+        before,
+        "the read-only device reconnected"
+    );
+    let mut sensor = runnel_device::DeviceConfig::new(
+        broker.quic_addr.unwrap(),
+        runnel_device::Trust::Fingerprint(broker.quic_fingerprint.clone().unwrap()),
+    );
+    sensor.identity = runnel_device::Identity::Token {
+        device: "sensor-7".into(),
+        token: "s3cret-7".into(),
+    };
+    let sensor = runnel_device::Device::connect(sensor).await.unwrap();
+    sensor.send("sensor-7.temp", None, b"22.5").await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("read in time")
+        .unwrap();
+    assert_eq!(m.value.as_deref(), Some(&b"22.5"[..]));
+    sensor.close().await;
     drop(sub);
     // (Dropped, not closed: a close would wait for the send to be delivered.)
     drop(display);

@@ -483,7 +483,7 @@ fn protocol_hint(buf: &[u8]) -> Option<&'static str> {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     broker: Arc<Broker>,
     activity: Arc<Activity>,
     queued: Arc<Queued>,
@@ -497,6 +497,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ended = Ended(queued.clone());
+    // Dropped before `_ended` (locals go in reverse order): once the reader may no longer
+    // queue a response, the count is cleared, so no response it queued is waited for.
+    let mut rx = rx;
     let write = async |wr: &mut W, response: Bytes| {
         broker
             .metrics

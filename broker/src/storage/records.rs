@@ -211,8 +211,11 @@ fn bad(reason: String) -> Walk {
 fn walk<R: BufRead>(r: &mut R, h: &BatchHeader, rules: RecordRules) -> Result<(), Walk> {
     let mut prev_delta: i64 = -1;
     for i in 0..h.record_count {
-        let len = read_varint(r)?;
-        if len < 0 {
+        let len = read_varint(r, 5).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => bad(format!("record {i} has a length of over 5 bytes")),
+            _ => Walk::from(e),
+        })?;
+        if !(0..=i64::from(i32::MAX)).contains(&len) {
             return Err(bad(format!("record {i} has length {len}")));
         }
         let mut rec = Record {
@@ -221,7 +224,7 @@ fn walk<R: BufRead>(r: &mut R, h: &BatchHeader, rules: RecordRules) -> Result<()
             index: i,
         };
         rec.take(1)?; // attributes
-        let timestamp_delta = rec.varint()?;
+        let timestamp_delta = rec.varlong()?;
         if let Some((earliest, latest)) = rules.timestamps {
             let ts = h.first_timestamp.saturating_add(timestamp_delta);
             // A record without a timestamp (-1, as Kafka's NO_TIMESTAMP) is not checked.
@@ -281,13 +284,40 @@ impl<R: BufRead> Record<'_, R> {
         ))
     }
 
+    /// A varlong (at most 10 bytes): the timestamp delta.
+    fn varlong(&mut self) -> Result<i64, Walk> {
+        self.zigzag(10)
+    }
+
+    /// A varint (at most 5 bytes, an i32), as Kafka's clients read every other field: one
+    /// written longer, or out of range, is refused here rather than stored for a consumer (or
+    /// the broker's own cleaner) to fail on.
     fn varint(&mut self) -> Result<i64, Walk> {
+        let v = self.zigzag(5)?;
+        if i32::try_from(v).is_err() {
+            return Err(bad(format!(
+                "record {} has a varint {v} out of range",
+                self.index
+            )));
+        }
+        Ok(v)
+    }
+
+    fn zigzag(&mut self, max: usize) -> Result<i64, Walk> {
         let mut limited = (&mut *self.r).take(self.left);
-        let read = read_varint(&mut limited);
+        let read = read_varint(&mut limited, max);
         self.left = limited.limit();
-        read.map_err(|e| match Walk::from(e) {
-            Walk::Bad(_) => self.overrun(),
-            other => other,
+        read.map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                return bad(format!(
+                    "record {} has a varint of over {max} bytes",
+                    self.index
+                ));
+            }
+            match Walk::from(e) {
+                Walk::Bad(_) => self.overrun(),
+                other => other,
+            }
         })
     }
 
@@ -349,10 +379,11 @@ impl<R: BufRead> Record<'_, R> {
     }
 }
 
-/// A zigzag varint of at most 10 bytes (a varlong; a varint's range is checked by its use).
-fn read_varint(r: &mut impl BufRead) -> io::Result<i64> {
+/// A zigzag varint of at most `max` bytes (10 for a varlong, 5 for a varint); a longer one is
+/// an `InvalidData` error.
+fn read_varint(r: &mut impl BufRead, max: usize) -> io::Result<i64> {
     let mut raw = 0u64;
-    for i in 0..10 {
+    for i in 0..max {
         let byte = match r.fill_buf()?.first() {
             Some(&b) => b,
             None => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -365,7 +396,7 @@ fn read_varint(r: &mut impl BufRead) -> io::Result<i64> {
     }
     Err(io::Error::new(
         io::ErrorKind::InvalidData,
-        "a varint longer than 10 bytes",
+        format!("a varint longer than {max} bytes"),
     ))
 }
 
@@ -577,6 +608,26 @@ mod tests {
         // the record itself is fine
         let good = [16u8, 0, 0, 0, 2, b'k', 2, b'v', 0];
         assert_eq!(check(&with_payload(&plain, &good[..]), RULES), Ok(()));
+        // A varint padded to 5 bytes is still one (Kafka's clients read it); to 6 it is not, nor
+        // is a 5-byte one past i32 (a key length of 2^31): such a record would stop every reader
+        // of the partition, the broker's cleaner too.
+        let five = [
+            24u8, 0, 0, 0, 0x82, 0x80, 0x80, 0x80, 0x00, b'k', 2, b'v', 0,
+        ];
+        assert_eq!(check(&with_payload(&plain, &five), RULES), Ok(()));
+        let six = [
+            26u8, 0, 0, 0, 0x82, 0x80, 0x80, 0x80, 0x80, 0x00, b'k', 2, b'v', 0,
+        ];
+        assert!(is_corrupt(check(&with_payload(&plain, &six), RULES)));
+        let wide = [
+            24u8, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10, b'k', 2, b'v', 0,
+        ];
+        assert!(is_corrupt(check(&with_payload(&plain, &wide), RULES)));
+        // A timestamp delta is a varlong: 6 bytes are fine.
+        let ts = [
+            26u8, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 0, 2, b'k', 2, b'v', 0,
+        ];
+        assert_eq!(check(&with_payload(&plain, &ts), RULES), Ok(()));
     }
 
     #[test]

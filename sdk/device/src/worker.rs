@@ -254,7 +254,9 @@ struct Prepared {
     session: Session,
     /// A new connection: what the old one knew (topics, a partial response) is gone.
     reconnected: bool,
-    producer: Option<Producer>,
+    /// A producer id when one was asked for, or the broker's refusal of one (the ACLs give the
+    /// device no Write): the session is good all the same, for subscriptions.
+    producer: Option<Result<Producer, DeviceError>>,
     /// The topic looked up with Metadata.
     topic: Option<String>,
 }
@@ -301,9 +303,15 @@ async fn set_up(
     session: &mut Session,
     need_producer: bool,
     topic: Option<&str>,
-) -> Result<Option<Producer>, DeviceError> {
+) -> Result<Option<Result<Producer, DeviceError>>, DeviceError> {
     let producer = if need_producer {
-        Some(init_producer(session).await?)
+        match init_producer(session).await {
+            Ok(p) => Some(Ok(p)),
+            Err(e @ DeviceError::Broker { code, .. }) if code == CLUSTER_AUTHORIZATION_FAILED => {
+                Some(Err(e))
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
@@ -554,11 +562,9 @@ impl Worker {
         let p = match prepared {
             Ok(p) => p,
             Err(e) => {
-                let may_not_produce = matches!(e, DeviceError::Broker { code, .. } if code == CLUSTER_AUTHORIZATION_FAILED);
-                if matches!(e, DeviceError::Refused(_) | DeviceError::Tls(_)) || may_not_produce {
-                    // The device's identity, trust or rights are wrong, not the network: said
-                    // once at warn (and again if the reason changes), as retrying will not mend
-                    // it until the broker's config changes.
+                if matches!(e, DeviceError::Refused(_) | DeviceError::Tls(_)) {
+                    // The device's identity or trust is wrong, not the network: said once at
+                    // warn (and again if the reason changes), as retrying will not mend it.
                     let reason = e.to_string();
                     if self.refused.as_ref() != Some(&reason) {
                         tracing::warn!(error = %e, "the broker refuses this device; buffering and trying again");
@@ -583,8 +589,21 @@ impl Worker {
             // The broker may have lost topics (a wiped data dir): look them up again.
             self.known_topics.clear();
         }
-        if let Some(producer) = p.producer {
-            self.new_producer(producer);
+        // Connected: whatever back-off an earlier failure set no longer applies.
+        self.retry_at = None;
+        match p.producer {
+            Some(Ok(producer)) => self.new_producer(producer),
+            Some(Err(e)) => {
+                // The ACLs give this device no producer id: its sends wait, buffered, and it
+                // asks again after a back-off; the connection and its subscriptions go on.
+                let reason = e.to_string();
+                if self.refused.as_ref() != Some(&reason) {
+                    tracing::warn!(error = %e, "the broker does not let this device produce; buffering and asking again");
+                    self.refused = Some(reason);
+                }
+                self.back_off();
+            }
+            None => {}
         }
         if let Some(topic) = p.topic {
             self.known_topics.insert(topic);
@@ -592,8 +611,6 @@ impl Worker {
         for w in self.stream_waiters.drain(..) {
             spawn_open_stream(p.session.connection(), p.session.client_id().clone(), w);
         }
-        // Connected: whatever back-off an earlier failure set no longer applies.
-        self.retry_at = None;
         self.session = Some(p.session);
     }
 
