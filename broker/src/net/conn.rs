@@ -4,8 +4,9 @@
 //! request order clients rely on; a writer task lets the next request be read and handled while
 //! the previous response is still being written, up to [`QUEUED_RESPONSE_BYTES`] of responses
 //! not yet written: past that the next request waits, so a client that sends requests ahead and
-//! does not read the answers holds one answer beyond that, not one per request. A bad frame (negative or oversized length,
-//! malformed header or body, unknown API) closes this connection only, with a log line (a warning,
+//! does not read the answers holds one answer beyond that, not one per request. A bad frame
+//! (negative or oversized length, malformed header or body, unknown API) closes this
+//! connection only, with a log line (a warning,
 //! at most [`BAD_INPUT_WARNINGS_PER_MINUTE`] of them broker-wide, the rest at debug); where
 //! the transport can say why ([`ReadSide::refuse`]: a QUIC stream's STOP_SENDING code), the
 //! client is told which of the two it was, so that a device can split a batch too large. On a

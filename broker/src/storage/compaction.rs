@@ -27,9 +27,10 @@
 //! twice included, each record's offset and timestamp deltas), in a batch with the original's
 //! header (base offset, first timestamp, lastOffsetDelta, attributes, producer id, epoch and
 //! base sequence, as Kafka's cleaner keeps them for v2 batches) but its record count, length,
-//! CreateTime max timestamp and CRC, compressed again with the original codec. A batch that loses all records is dropped,
-//! except the last batch of each producer, which is kept as an empty (61-byte) batch so that the
-//! producer's epoch and sequence survive a restart (Kafka does the same).
+//! CreateTime max timestamp and CRC, compressed again with the original codec. A batch that
+//! loses all records is dropped, except the last batch of each producer, which is kept as an
+//! empty (61-byte) batch so that the producer's epoch and sequence survive a restart (Kafka
+//! does the same).
 //!
 //! Transactions: the records of a transaction count for their keys only once it commits; an
 //! aborted transaction's batches lose all their records (Kafka's cleaner removes them too), so

@@ -16,6 +16,9 @@
 //! - [`Records::keep_offsets`] (compaction): the kept records copied whole, so each keeps its
 //!   offset and timestamp deltas; the batch keeps its base offset, first timestamp,
 //!   lastOffsetDelta and sequences, as Kafka's cleaner keeps them for v2 batches.
+//! - [`Records::owned`] and [`encode`] (plugin transforms, dead-letter copies, routed
+//!   batches): records as [`OwnedRecord`] values (headers a list), and a new batch of such
+//!   records with the header fields of a template batch.
 //!
 //! Record layout: see [`super::records`].
 
