@@ -179,6 +179,22 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Produces `n` records tagged `tag` to the new topic `topic` with `p` and waits until
+/// `follower` holds all of them.
+async fn produce_copied(
+    p: &FutureProducer,
+    follower: &BrokerHandle,
+    topic: &str,
+    n: usize,
+    tag: &str,
+) {
+    produce(p, topic, n, tag).await;
+    eventually("the follower's copy", || {
+        log_end(follower, topic) == n as i64
+    })
+    .await;
+}
+
 fn log_end(handle: &BrokerHandle, topic: &str) -> i64 {
     handle
         .broker
@@ -349,8 +365,7 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
         .await;
     let follower = pair.start(2, 1, 2).await;
     let p = producer(&pair.address(1), "all");
-    produce(&p, "t", 10, "a").await;
-    eventually("the follower's copy", || log_end(&follower, "t") == 10).await;
+    produce_copied(&p, &follower, "t", 10, "a").await;
 
     follower.shutdown().await;
     // Until the follower has been silent for replica_lag_time_max, it is still in sync: an
@@ -485,8 +500,7 @@ async fn a_broker_that_led_and_then_follows_cuts_its_log_back_to_the_new_leaders
         .await;
     let two = pair.start(2, 1, 1).await;
     let p = producer(&pair.address(1), "all");
-    produce(&p, "t", 10, "a").await;
-    eventually("the follower's copy", || log_end(&two, "t") == 10).await;
+    produce_copied(&p, &two, "t", 10, "a").await;
     // Broker 2 stops; broker 1 takes more writes (acks=1) that nobody copies.
     two.shutdown().await;
     produce(&producer(&pair.address(1), "1"), "t", 5, "lost").await;
@@ -630,8 +644,7 @@ async fn brokers_that_disagree_on_the_leader_keep_their_data() {
     let pair = Pair::new();
     let one = pair.start(1, 1, 1).await;
     let two = pair.start(2, 1, 1).await;
-    produce(&producer(&pair.address(1), "all"), "t", 10, "a").await;
-    eventually("the follower's copy", || log_end(&two, "t") == 10).await;
+    produce_copied(&producer(&pair.address(1), "all"), &two, "t", 10, "a").await;
     // Broker 1 is restarted believing broker 2 leads, while broker 2 still follows broker 1:
     // each refuses the other's replica fetches, and neither cuts or deletes anything.
     one.shutdown().await;
@@ -653,8 +666,7 @@ async fn a_restarted_leader_keeps_records_only_it_has_unread_until_the_in_sync_s
     let lag = |c: &mut edge_config::Config| c.cluster.replica_lag_time_max = Duration::from_secs(8);
     let leader = pair.start_with(1, 1, 1, lag).await;
     let follower = pair.start(2, 1, 1).await;
-    produce(&producer(&pair.address(1), "all"), "t", 10, "a").await;
-    eventually("the follower's copy", || log_end(&follower, "t") == 10).await;
+    produce_copied(&producer(&pair.address(1), "all"), &follower, "t", 10, "a").await;
     follower.shutdown().await;
     // acks=1 records the follower never copies, then the leader restarts at once (the
     // follower still counts as in sync, so they are above the high watermark).
@@ -827,8 +839,7 @@ async fn committed_transactions_survive_a_move_of_the_lead_and_open_ones_are_abo
     let one = pair.start(1, 1, 2).await;
     let two = pair.start(2, 1, 2).await;
     // The topic exists on both before the transaction starts.
-    produce(&producer(&pair.address(1), "all"), "t", 1, "plain").await;
-    eventually("the follower's copy", || log_end(&two, "t") == 1).await;
+    produce_copied(&producer(&pair.address(1), "all"), &two, "t", 1, "plain").await;
     let timeout = Duration::from_secs(30);
     let transactional = |bootstrap: String| {
         move || {
@@ -1259,8 +1270,14 @@ async fn a_leader_that_lost_records_its_follower_holds_takes_no_writes_until_the
     let pair = Pair::new();
     let leader = pair.start(1, 1, 2).await;
     let follower = pair.start(2, 1, 2).await;
-    produce(&producer(&pair.address(1), "all"), "t", 20, "acked").await;
-    eventually("the follower's copy", || log_end(&follower, "t") == 20).await;
+    produce_copied(
+        &producer(&pair.address(1), "all"),
+        &follower,
+        "t",
+        20,
+        "acked",
+    )
+    .await;
     leader.shutdown().await;
     let segment = pair.dirs[0]
         .path()
@@ -1353,8 +1370,14 @@ async fn a_topic_made_again_is_not_taken_for_lost_records() {
     let pair = Pair::new();
     let leader = pair.start(1, 1, 1).await;
     let follower = pair.start(2, 1, 1).await;
-    produce(&producer(&pair.address(1), "all"), "t", 30, "old").await;
-    eventually("the follower's copy", || log_end(&follower, "t") == 30).await;
+    produce_copied(
+        &producer(&pair.address(1), "all"),
+        &follower,
+        "t",
+        30,
+        "old",
+    )
+    .await;
     let mut c = RawClient::connect(&pair.address(1)).await;
     let deleted = c
         .call(
