@@ -354,6 +354,24 @@ async fn a_failed_login_is_answered_with_the_reason_and_the_connection_closed() 
         .await;
     assert_eq!(hs.error_code, 35, "UNSUPPORTED_VERSION");
 
+    // SaslAuthenticate before a handshake, even with the right secret: ILLEGAL_SASL_STATE with
+    // why, and the connection ends (Kafka closes it).
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let auth = raw
+        .call(
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"\0bob\0b0b-s3cret")),
+            2,
+        )
+        .await;
+    assert_eq!(auth.error_code, 34, "ILLEGAL_SASL_STATE");
+    let reason = auth.error_message.unwrap().to_string();
+    assert!(reason.contains("SaslHandshake"), "{reason}");
+    assert!(
+        raw.is_closed().await,
+        "closed after SaslAuthenticate without a handshake"
+    );
+
     // A bad secret: SASL_AUTHENTICATION_FAILED with the reason, then the connection ends.
     // It is answered after Kafka's 100 ms pause, which slows guessing.
     let mut raw = common::RawClient::connect(&bootstrap).await;

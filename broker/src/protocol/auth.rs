@@ -391,8 +391,11 @@ pub enum AuthError {
     AuthorizationId,
     #[error("this listener does not use SASL (no token_file or sasl_plain_file is set)")]
     NotEnabled,
-    #[error("this listener takes OAUTHBEARER only: a SaslHandshake must choose it first")]
-    HandshakeFirst,
+    #[error(
+        "SaslAuthenticate before a SaslHandshake: a client names its mechanism with a \
+         SaslHandshake (v1) first"
+    )]
+    NoHandshake,
     #[error("{0}")]
     Scram(#[from] ScramError),
     #[error("{0}")]
@@ -505,8 +508,7 @@ pub struct Identity {
     /// Request bytes the connection's streams hold before it has authenticated
     /// ([`PreAuthHold`]).
     held_before_auth: AtomicUsize,
-    /// The SCRAM exchange the handshake chose; none for PLAIN (also when a client
-    /// authenticates without a handshake, as the PLAIN-only broker took it).
+    /// The SCRAM exchange the handshake chose; none for PLAIN.
     scram: Mutex<Option<ScramExchange>>,
     /// Some: the listener takes OAUTHBEARER tokens, checked by this.
     oauth: Option<Arc<OAuthValidator>>,
@@ -531,7 +533,7 @@ pub struct Identity {
 struct Login {
     /// Named by the last SaslHandshake.
     chosen: Option<&'static str>,
-    /// The login's (PLAIN when it came without a handshake).
+    /// The login's.
     mechanism: Option<&'static str>,
     /// A SaslHandshake after the login started a re-authentication, not yet done.
     again: bool,
@@ -723,6 +725,13 @@ impl Identity {
     /// re-authentication it must be the one it had.
     pub fn authenticate(&self, message: &[u8]) -> Result<Authenticated, AuthError> {
         let again = self.principal().is_some();
+        if !again && self.uses_sasl() {
+            // As Kafka: before a login, only ApiVersions and SaslHandshake are taken.
+            let login = self.login.lock().unwrap_or_else(|e| e.into_inner());
+            if login.chosen.is_none() {
+                return Err(AuthError::NoHandshake);
+            }
+        }
         if again {
             let login = self.login.lock().unwrap_or_else(|e| e.into_inner());
             if !login.again {
@@ -757,7 +766,7 @@ impl Identity {
             self.principal
                 .set(principal.clone())
                 .map_err(|_| AuthError::AlreadyAuthenticated)?;
-            login.mechanism = Some(login.chosen.unwrap_or(PLAIN));
+            login.mechanism = login.chosen;
         }
         let lifetime_ms = self.start_lifetime(token_expiry);
         Ok(Authenticated::Done {
@@ -813,7 +822,7 @@ impl Identity {
             .map(|f| f.current());
         let tokens = match (now.or_else(|| self.tokens.clone()), &self.oauth) {
             (Some(tokens), _) => tokens,
-            (None, Some(_)) => return Err(AuthError::HandshakeFirst),
+            (None, Some(_)) => return Err(AuthError::NoHandshake),
             (None, None) => return Err(AuthError::NotEnabled),
         };
         let mut scram = self.scram.lock().unwrap_or_else(|e| e.into_inner());
@@ -1134,10 +1143,20 @@ mod tests {
             users.mechanisms(),
             ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
         );
+        // A SaslAuthenticate must follow a handshake, which names its mechanism.
+        assert!(matches!(
+            users.authenticate(b"\0alice\0pw"),
+            Err(AuthError::NoHandshake)
+        ));
+        assert_eq!(users.principal(), None);
         assert_eq!(
             users.choose_mechanism("GSSAPI"),
             Err(HandshakeRefused::Unsupported)
         );
+        assert!(matches!(
+            users.authenticate(b"\0alice\0pw"),
+            Err(AuthError::NoHandshake)
+        ));
         assert_eq!(users.choose_mechanism("SCRAM-SHA-512"), Ok(()));
         // The handshake's mechanism is the one SaslAuthenticate uses: a SCRAM first message is
         // answered with the server's challenge, and nobody is logged in yet.

@@ -7,9 +7,10 @@
 //! handshake is answered with UNSUPPORTED_VERSION. v0 is still advertised, because librdkafka
 //! up to at least 2.0 (Debian's kcat) starts SASL only with a broker that lists handshake v0,
 //! and then sends v1 when SaslAuthenticate is listed too. The handshake's mechanism is the one
-//! the following SaslAuthenticate messages use (PLAIN without a handshake); one it does not
-//! serve is answered UNSUPPORTED_SASL_MECHANISM with the list, and the connection closed, as
-//! is a handshake in the middle of a SCRAM exchange (ILLEGAL_SASL_STATE). A listener without
+//! the following SaslAuthenticate messages use; one it does not serve is answered
+//! UNSUPPORTED_SASL_MECHANISM with the list, and the connection closed, as is a handshake in the
+//! middle of a SCRAM exchange (ILLEGAL_SASL_STATE) and a SaslAuthenticate before any handshake
+//! (ILLEGAL_SASL_STATE; Kafka closes such a connection without an answer). A listener without
 //! credentials answers the handshake with UNSUPPORTED_SASL_MECHANISM and an empty list, and
 //! SaslAuthenticate (like one after success) with ILLEGAL_SASL_STATE.
 //!
@@ -96,6 +97,13 @@ pub async fn authenticate(ctx: Ctx, req: SaslAuthenticateRequest) -> SaslAuthent
         Err(e @ (AuthError::AlreadyAuthenticated | AuthError::NotEnabled)) => out
             .with_error_code(E::IllegalSaslState.code())
             .with_error_message(Some(s(e.to_string()))),
+        Err(e @ AuthError::NoHandshake) => {
+            // As Kafka, which closes such a connection (it takes nothing but ApiVersions and
+            // SaslHandshake first); the client is told why.
+            refuse(&ctx, e.to_string());
+            out.with_error_code(E::IllegalSaslState.code())
+                .with_error_message(Some(s(e.to_string())))
+        }
         Err(e) => {
             let reason = format!("authentication failed: {e}");
             // As Kafka (`connection.failed.authentication.delay.ms`): a failed login is answered
