@@ -244,6 +244,13 @@ async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
     let r = c.call(&produce("errs", 0, corrupt.freeze()), 9).await;
     assert_eq!(error_of(&r), 2, "CORRUPT_MESSAGE for a bad CRC");
 
+    for acks in [2, 3, -2] {
+        let r = c
+            .call(&produce("errs", 0, batch(1, 10)).with_acks(acks), 9)
+            .await;
+        assert_eq!(error_of(&r), 21, "INVALID_REQUIRED_ACKS for acks={acks}");
+    }
+
     let r = c.call(&produce("errs", 0, batch(1, 10_001)), 9).await;
     assert_eq!(error_of(&r), 10, "MESSAGE_TOO_LARGE");
     let r = c.call(&produce("errs", 0, batch(1, 9_000)), 9).await;

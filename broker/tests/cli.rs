@@ -353,6 +353,122 @@ async fn produce_fails_when_the_broker_refuses_records() {
     broker.shutdown().await;
 }
 
+/// Lines are bytes (a value need not be UTF-8); a produce the broker cannot take says why; a
+/// consumer stopped with Ctrl-C commits what it printed and leaves its group at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_takes_bytes_and_says_why_and_an_interrupted_consumer_commits_and_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.auto_create_topics = false;
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    tokio::task::spawn_blocking(move || {
+        assert!(
+            runnel(&["topics", "create", "bin", "-b", &b])
+                .status
+                .success()
+        );
+        let input = b"plain\n\xff\xfe\tv\x00\xc3\n\xf0\x28\x8c\x28\r\nlast";
+        let out = runnel_with_input(&["produce", "bin", "-b", &b], input);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("4 records produced to bin"), "{err}");
+        let out = runnel(&["consume", "bin", "--from-beginning", "--max", "4", "-b", &b]);
+        assert_eq!(
+            out.stdout,
+            b"plain\n\xff\xfe\tv\x00\xc3\n\xf0\x28\x8c\x28\nlast\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // A topic that does not exist, where the broker makes none on produce: said, not only
+        // "timed out".
+        let out = runnel_with_input(
+            &[
+                "produce",
+                "nosuch",
+                "-b",
+                &b,
+                "-X",
+                "message.timeout.ms=1500",
+            ],
+            b"x\n",
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("1 of 1 records were refused")
+                && err.contains("topic nosuch does not exist"),
+            "{err}"
+        );
+        // What Kafka refuses, refused before anything is sent.
+        let out = runnel_with_input(&["produce", "bin", "--acks", "2", "-b", &b], b"x\n");
+        assert!(!out.status.success());
+        let out = runnel_with_input(&["produce", "bin", "--acks", "-1", "-b", &b], b"y\n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = runnel(&["consume", "bin", "--idle-timeout", "3", "-b", &b]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("needs a unit"),
+            "{err}"
+        );
+
+        // Ctrl-C: what was printed is committed and the group is left, not held for the
+        // session timeout.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args([
+                "consume",
+                "bin",
+                "--group",
+                "ctrl-c",
+                "--from-beginning",
+                "-b",
+                &b,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut printed = 0;
+        let mut line = Vec::new();
+        while printed < 5 {
+            line.clear();
+            let n = std::io::BufRead::read_until(&mut stdout, b'\n', &mut line).unwrap();
+            assert!(n > 0, "the consumer ended early");
+            printed += 1;
+        }
+        let interrupted = std::time::Instant::now();
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        assert!(interrupted.elapsed() < std::time::Duration::from_secs(10));
+        let out = runnel(&["groups", "describe", "ctrl-c", "-b", &b]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Empty, 0 member(s)"), "{text}");
+        let committed: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("bin "))
+            .map(|l| l.split_whitespace().nth(2).unwrap())
+            .collect();
+        assert_eq!(committed, ["5"], "{text}");
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
 /// A refused login ends the client commands at once with the broker's reason, not after
 /// librdkafka's timeouts with a transport error; the right password works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

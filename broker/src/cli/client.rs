@@ -2,6 +2,8 @@
 //! and any other Kafka-compatible broker alike.
 
 use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -162,6 +164,8 @@ struct AuthWatch {
     refused: std::sync::Mutex<Option<String>>,
     /// When each kind of error was last logged.
     logged: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// A consumer that joins no group: the group's refusals do not matter.
+    groupless: bool,
 }
 
 /// How long an error already logged is not logged again.
@@ -174,6 +178,12 @@ impl rdkafka::ClientContext for AuthWatch {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert_with(|| reason.to_string());
+            return;
+        }
+        if self.groupless
+            && error.rdkafka_error_code()
+                == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed)
+        {
             return;
         }
         let kind = error.to_string();
@@ -226,11 +236,11 @@ fn metadata(
 }
 
 /// Counts the records the broker refused (or that could not be delivered), keeping the first
-/// reason.
+/// reason, and whether it was the delivery timeout.
 #[derive(Default)]
 struct Deliveries {
     failed: std::sync::atomic::AtomicU64,
-    first_error: std::sync::Mutex<Option<String>>,
+    first_error: std::sync::Mutex<Option<(String, bool)>>,
     auth: AuthWatch,
 }
 
@@ -250,29 +260,59 @@ impl ProducerContext for Deliveries {
             self.first_error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| e.to_string());
+                .get_or_insert_with(|| {
+                    let timed_out = e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut);
+                    (e.to_string(), timed_out)
+                });
         }
     }
 }
 
+/// How long `produce` waits for a record's acknowledgement unless `-X message.timeout.ms`
+/// says otherwise: librdkafka retries what the broker refuses for a while (a partition with
+/// too few replicas in sync, say) until then.
+const DELIVERY_TIMEOUT_MS: &str = "30000";
+
 pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<Deliveries> = conn
-        .client_config()?
+    let mut cfg = conn.client_config()?;
+    if cfg.get("message.timeout.ms").is_none() {
+        cfg.set("message.timeout.ms", DELIVERY_TIMEOUT_MS);
+    }
+    let delivery_timeout = Duration::from_millis(
+        cfg.get("message.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(300_000),
+    );
+    let producer: ThreadedProducer<Deliveries> = cfg
         .set("acks", acks)
         .set("compression.codec", compression)
         .set("linger.ms", "5")
         .create_with_context(Deliveries::default())
         .map_err(|e| super::client_error(e, "cannot create a Kafka producer"))?;
-    let stdin = std::io::stdin();
+    // Lines are bytes, not text: a value need not be UTF-8, as with kafka-console-producer.
+    let mut stdin = std::io::stdin().lock();
+    let mut line = Vec::new();
     let mut count = 0u64;
-    for line in stdin.lock().lines() {
-        let line = line.context("reading stdin")?;
-        let (key, value) = match line.split_once('\t') {
-            Some((k, v)) => (Some(k.to_string()), v.to_string()),
-            None => (None, line),
+    let read_error = loop {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line) {
+            Ok(0) => break None,
+            Ok(_) => {}
+            Err(e) => break Some(e),
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        let (key, value) = match line.iter().position(|&b| b == b'\t') {
+            Some(tab) => (Some(&line[..tab]), &line[tab + 1..]),
+            None => (None, &line[..]),
         };
-        let mut record = BaseRecord::<String, String>::to(topic).payload(&value);
-        if let Some(k) = &key {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+        if let Some(k) = key {
             record = record.key(k);
         }
         let mut pending = record;
@@ -289,13 +329,14 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
                     pending = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => bail!("produce failed: {e}"),
+                Err((e, _)) => bail!("produce failed after {count} records were sent: {e}"),
             }
         }
         count += 1;
-    }
-    // Flushed in short steps, so that a refused login ends the command at once.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    };
+    // Flushed in short steps, so that a refused login ends the command at once. A record not
+    // acknowledged within the delivery timeout comes back as failed, so this ends too.
+    let deadline = Instant::now() + delivery_timeout + Duration::from_secs(5);
     loop {
         producer.context().auth.check()?;
         match producer.flush(Duration::from_millis(100)) {
@@ -303,34 +344,94 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
             Err(rdkafka::error::KafkaError::Flush(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
             )) if Instant::now() < deadline => {}
-            Err(e) => return Err(e).context("flush failed"),
+            Err(e) => {
+                let why = why_undelivered(&producer, topic, acks);
+                return Err(e).with_context(|| {
+                    format!(
+                        "{} of {count} records were not acknowledged{why}",
+                        producer.in_flight_count()
+                    )
+                });
+            }
         }
-    }
-    if producer.in_flight_count() > 0 {
-        bail!(
-            "{} records were not acknowledged",
-            producer.in_flight_count()
-        );
     }
     let failed = producer
         .context()
         .failed
         .load(std::sync::atomic::Ordering::Relaxed);
+    let produced = format!("{} produced to {topic}", records(count - failed.min(count)));
     if failed > 0 {
-        let why = producer
+        let first = producer
             .context()
             .first_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_default();
+            .take();
+        let (why, timed_out) = first.unwrap_or_default();
+        let diagnosis = if timed_out {
+            why_undelivered(&producer, topic, acks)
+        } else {
+            String::new()
+        };
         bail!(
-            "{failed} of {count} records were refused by the broker or not delivered (first: {why}); {} produced to {topic}",
-            count - failed
+            "{failed} of {count} records were refused by the broker or not delivered (first: {why}){diagnosis}; {produced}"
         );
     }
-    eprintln!("produced {count} records to {topic}");
+    if let Some(e) = read_error {
+        bail!("reading stdin: {e}; the lines before it were sent: {produced}");
+    }
+    eprintln!("{produced}");
     Ok(())
+}
+
+/// "1 record", "2 records".
+fn records(n: u64) -> String {
+    format!("{n} record{}", if n == 1 { "" } else { "s" })
+}
+
+/// Why records may not have been acknowledged in time, from the topic's metadata: librdkafka
+/// retries what the broker refuses (NOT_ENOUGH_REPLICAS, an unknown topic) until the delivery
+/// timeout and then reports only the timeout. Empty when the metadata shows nothing amiss.
+fn why_undelivered(producer: &ThreadedProducer<Deliveries>, topic: &str, acks: &str) -> String {
+    let md = match producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+    {
+        Ok(md) => md,
+        Err(e) => return format!(" (the broker did not answer a metadata request either: {e})"),
+    };
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return String::new();
+    };
+    if t.error().is_some() || t.partitions().is_empty() {
+        return format!(
+            " (topic {topic} does not exist, and the broker does not create topics on \
+             produce: `runnel topics create {topic}` makes it)"
+        );
+    }
+    let mut why = Vec::new();
+    for p in t.partitions() {
+        if p.leader() < 0 {
+            why.push(format!("partition {} has no leader", p.id()));
+        } else if matches!(acks, "all" | "-1") && p.isr().len() < p.replicas().len() {
+            why.push(format!(
+                "partition {} has {} of its {} replicas in sync",
+                p.id(),
+                p.isr().len(),
+                p.replicas().len()
+            ));
+        }
+    }
+    if why.is_empty() {
+        return String::new();
+    }
+    let acks_all = if matches!(acks, "all" | "-1") {
+        "; acks=all needs min.insync.replicas of them (the broker answers NOT_ENOUGH_REPLICAS, \
+         which the client retries until message.timeout.ms)"
+    } else {
+        ""
+    };
+    format!(" ({}{acks_all})", why.join(", "))
 }
 
 pub fn consume(
@@ -354,13 +455,20 @@ pub fn consume(
             .set("group.id", g)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false"),
-        // librdkafka needs a group id even for manual assignment; nothing is committed.
+        // Without a group the partitions are assigned by hand and nothing is committed.
+        // librdkafka needs a group id all the same (it looks up the group's coordinator, which
+        // the ACLs may refuse: that is ignored below, as nothing is asked of the group).
         None => cfg
             .set("group.id", "runnel-cli")
             .set("enable.auto.commit", "false"),
     };
+    let stop = stop_on_signal();
+    let watch = AuthWatch {
+        groupless: group.is_none(),
+        ..AuthWatch::default()
+    };
     let consumer: BaseConsumer<AuthWatch> = cfg
-        .create_with_context(AuthWatch::default())
+        .create_with_context(watch)
         .map_err(|e| super::client_error(e, "cannot create a Kafka consumer"))?;
     let md = metadata(&consumer, Some(topic))?;
     let missing = md
@@ -394,7 +502,7 @@ pub fn consume(
     let mut out = stdout.lock();
     let mut seen = 0u64;
     let mut last = Instant::now();
-    while max.is_none_or(|m| seen < m) {
+    while max.is_none_or(|m| seen < m) && !stop.load(Ordering::Relaxed) {
         consumer.context().check()?;
         match consumer.poll(Duration::from_millis(200)) {
             None => {
@@ -410,6 +518,13 @@ pub fn consume(
                     break;
                 }
             }
+            // librdkafka reconnects and finds the new leader or coordinator by itself (the
+            // client's context has said what happened).
+            Some(Err(e)) if passes(&e) => {}
+            Some(Err(e))
+                if group.is_none()
+                    && e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed) => {}
             Some(Err(e)) => {
                 consumer.context().check()?;
                 bail!("consume failed: {e}")
@@ -444,5 +559,59 @@ pub fn consume(
     if group.is_some() && seen > 0 {
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
     }
+    // Dropping the consumer leaves the group at once, rather than after its session timeout.
+    drop(consumer);
     Ok(())
+}
+
+/// Whether a consumer's error passes by itself: the broker restarting or unreachable for a
+/// while, a leader or coordinator moving.
+fn passes(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::OperationTimedOut
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+                | C::CoordinatorLoadInProgress
+        )
+    )
+}
+
+/// Set once the process is asked to stop (Ctrl-C, SIGTERM), so that a command can end
+/// cleanly: a consumer commits what it printed and leaves its group. A second signal ends the
+/// process at once.
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let Ok(rt) = runtime() else {
+        return stop;
+    };
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            flag.store(true, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            std::process::exit(130);
+        });
+    });
+    stop
 }

@@ -73,8 +73,9 @@ enum Command {
         topic: String,
         #[command(flatten)]
         conn: Conn,
-        /// acks: 0, 1 or all.
-        #[arg(long, default_value = "all")]
+        /// acks: 0, 1 or all (-1).
+        #[arg(long, default_value = "all", allow_hyphen_values = true,
+              value_parser = ["0", "1", "all", "-1"])]
         acks: String,
         /// Compression codec: none, gzip, snappy, lz4 or zstd.
         #[arg(long, default_value = "none")]
@@ -474,6 +475,11 @@ mod humantime_arg {
     impl std::str::FromStr for Duration {
         type Err = String;
         fn from_str(s: &str) -> Result<Self, String> {
+            // A bare number would be milliseconds (as in the config); on a command line "3"
+            // is too easily meant as seconds, so a unit is asked for.
+            if s.trim().bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("{s:?} needs a unit, e.g. {s}s or {s}ms"));
+            }
             edge_config::units::parse_duration(s)
                 .map(Duration)
                 .ok_or_else(|| format!("invalid duration {s:?}; e.g. 5s, 250ms, 2m"))

@@ -108,6 +108,10 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             ))
         } else if !ctx.allowed(Operation::Write, ResourceType::Topic, &topic_data.name) {
             Some((E::TopicAuthorizationFailed.code(), None))
+        } else if !matches!(req.acks, -1..=1) {
+            // As Kafka: nothing is written, whatever a broker could have made of it.
+            let why = format!("acks must be -1 (all), 0 or 1, not {}", req.acks);
+            Some((E::InvalidRequiredAcks.code(), Some(why)))
         } else {
             rejected.map(|reason| {
                 let why = format!("rejected by a quota policy: {reason}");
