@@ -436,8 +436,10 @@ pub async fn serve_halves<R, W>(
     }
     drop(tx);
     // The responses already queued are written, unless the client stops reading them: a
-    // writer that moves no byte for the idle limit is given up, so that the connection does not
-    // hold its `max_connections` slot for ever.
+    // writer that moves no byte for the idle limit (counted from now: a connection closed as
+    // idle has used its limit up) is given up, so that the connection does not hold its
+    // `max_connections` slot for ever.
+    activity.touch();
     let mut writer = writer;
     loop {
         tokio::select! {
