@@ -129,7 +129,40 @@ fn one_line(message: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    lines.join("; ")
+    in_words(&lines.join("; "))
+}
+
+/// serde's "expected i32" and the like, said for someone writing a config rather than Rust.
+fn in_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 9] = [
+        (
+            "expected i32",
+            "expected a whole number from -2147483648 to 2147483647",
+        ),
+        ("expected i64", "expected a whole number"),
+        (
+            "expected i16",
+            "expected a whole number from -32768 to 32767",
+        ),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number from 0 up"),
+        ("expected usize", "expected a whole number from 0 up"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    let mut out = message.to_owned();
+    for (rust, words) in TYPES {
+        if let Some(at) = out.find(rust)
+            && !out[at + rust.len()..].starts_with(|c: char| c.is_alphanumeric())
+        {
+            out.replace_range(at..at + rust.len(), words);
+        }
+    }
+    out
 }
 
 /// Rejects keys the schema does not have and sections given a non-table value, reporting the

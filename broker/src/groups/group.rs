@@ -531,7 +531,7 @@ impl Group {
         if let Some(instance) = &req.group_instance_id {
             self.static_members.insert(instance.clone(), id.clone());
         }
-        info!(group = %client_text(&self.id), member = %client_text(&id), instance = ?req.group_instance_id, reason = ?req.reason, "member joins");
+        info!(group = %client_text(&self.id), member = %client_text(&id), instance = req.group_instance_id.as_deref().map(client_text), reason = req.reason.as_deref().map(client_text), "member joins");
         self.members.push(Member {
             id,
             instance_id: req.group_instance_id,
@@ -609,7 +609,7 @@ impl Group {
         if self.pending_sync.remove(&old_id) {
             self.pending_sync.insert(new_id.clone());
         }
-        info!(group = %client_text(&self.id), old = %client_text(&old_id), new = %client_text(&new_id), instance = ?req.group_instance_id, "static member replaced");
+        info!(group = %client_text(&self.id), old = %client_text(&old_id), new = %client_text(&new_id), instance = req.group_instance_id.as_deref().map(client_text), "static member replaced");
         // Saved too, whatever the state: a restart must know the instance's new member id, or
         // it would fence the live consumer.
         if let Some(saved) = self.last_completed.as_mut() {
@@ -768,8 +768,8 @@ impl Group {
         }
         self.protocol_name = self.select_protocol();
         self.transition(GroupState::CompletingRebalance, now);
-        info!(group = %client_text(&self.id), generation = self.generation, protocol = ?self.protocol_name,
-            leader = ?self.leader, members = self.members.len(), "rebalance complete");
+        info!(group = %client_text(&self.id), generation = self.generation, protocol = self.protocol_name.as_deref().map(client_text),
+            leader = self.leader.as_deref().map(client_text), members = self.members.len(), "rebalance complete");
         let list = self.member_list();
         let base = self.join_response("", false);
         for m in &mut self.members {
@@ -1042,7 +1042,7 @@ impl Group {
         } else {
             return Err(GroupError::UnknownMemberId);
         };
-        info!(group = %client_text(&self.id), member = %client_text(&id), reason = ?member.reason, "member leaves");
+        info!(group = %client_text(&self.id), member = %client_text(&id), reason = member.reason.as_deref().map(client_text), "member leaves");
         self.remove_member_and_rebalance(&id, now);
         Ok(())
     }
@@ -1121,7 +1121,7 @@ impl Group {
             ) && !self.pending_sync.is_empty()
             {
                 let missing: Vec<String> = self.pending_sync.drain().collect();
-                info!(group = %client_text(&self.id), members = ?missing, "members did not send SyncGroup in time; removed");
+                info!(group = %client_text(&self.id), members = %missing.iter().map(|m| client_text(m)).collect::<Vec<_>>().join(", "), "members did not send SyncGroup in time; removed");
                 for id in missing {
                     self.remove_member(&id, now);
                 }

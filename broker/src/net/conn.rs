@@ -278,7 +278,7 @@ pub async fn serve_halves<R, W>(
             let req = match frame::decode_request(frame) {
                 Ok(r) => r,
                 Err(e) => {
-                    warn_bad_input!(%peer, listener, closing, ?correlation_id, error = %e, "bad request");
+                    warn_bad_input!(%peer, listener, closing, correlation_id, error = %e, "bad request");
                     metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
                     refused = Some(Refusal::Malformed);
                     break 'conn;

@@ -743,7 +743,7 @@ async fn gone(peer: &mut Peer, names: Vec<String>) -> anyhow::Result<Vec<String>
         if t.error_code == E::UnknownTopicOrPartition.code() {
             out.push(name.to_string());
         } else if t.error_code != 0 {
-            tracing::warn!(topic = %name.as_str(), error = ?E::try_from_code(t.error_code), "the leader does not describe a topic to this broker: keeping the copy");
+            tracing::warn!(topic = %name.as_str(), error = ?E::try_from_code(t.error_code).unwrap_or(E::UnknownServerError), "the leader does not describe a topic to this broker: keeping the copy");
         }
     }
     Ok(out)
