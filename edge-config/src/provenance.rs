@@ -155,6 +155,12 @@ impl Provenance {
         }
     }
 
+    /// Whether `path` was set (in the file or from the environment) rather than left at its
+    /// default.
+    pub fn is_set(&self, path: &str) -> bool {
+        self.set.contains_key(path)
+    }
+
     /// The location of the first of `paths` that was set explicitly, else of the first one.
     pub fn locate_first(&self, paths: &[&str]) -> Location {
         paths

@@ -664,6 +664,13 @@ fn parse_brokers(entries: &[String]) -> Result<Vec<ClusterBroker>, String> {
         if out.iter().any(|b| b.node_id == node_id) {
             return Err(format!("node id {node_id} is named twice"));
         }
+        if let Some(other) = out.iter().find(|b| b.address.eq_ignore_ascii_case(address)) {
+            return Err(format!(
+                "nodes {} and {node_id} have the same address {address}: each broker needs \
+                 its own listener",
+                other.node_id
+            ));
+        }
         out.push(ClusterBroker {
             node_id,
             address: address.to_string(),

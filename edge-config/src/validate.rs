@@ -197,6 +197,22 @@ impl Config {
         }
         let max_message =
             *MESSAGE_BYTES.start()..=broker.max_request_bytes.min(*MESSAGE_BYTES.end());
+        if log.max_message_bytes > *max_message.end()
+            && provenance.is_set("broker.max_request_bytes")
+            && !provenance.is_set("log.max_message_bytes")
+        {
+            // The request limit was lowered under the batch limit's default: that is the key
+            // to name.
+            return Err(c.conflict(
+                &["broker.max_request_bytes"],
+                format!(
+                    "{} is less than log.max_message_bytes ({}, its default): a produce \
+                     request must hold the largest batch; lower log.max_message_bytes too",
+                    format_bytes(broker.max_request_bytes),
+                    format_bytes(log.max_message_bytes)
+                ),
+            ));
+        }
         if !max_message.contains(&log.max_message_bytes) {
             return Err(ConfigError::OutOfRange {
                 at: provenance.locate_first(&["log.max_message_bytes", "broker.max_request_bytes"]),
@@ -399,6 +415,18 @@ impl Config {
 
     fn check_listeners(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
         let l = &self.listeners;
+        if !(l.kafka.enabled || l.kafka_tls.enabled || l.quic.enabled) {
+            return Err(c.conflict(
+                &[
+                    "listeners.kafka.enabled",
+                    "listeners.kafka_tls.enabled",
+                    "listeners.quic.enabled",
+                ],
+                "no client listener is enabled (kafka, kafka_tls or quic): nothing could \
+                 produce or consume"
+                    .into(),
+            ));
+        }
         let oauth = &self.oauthbearer;
         for (used, key) in [
             (
@@ -552,6 +580,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("node id 1 is named twice"), "{err}");
+        let err = c("[cluster]\nbrokers = [\"1@127.0.0.1:9092\", \"2@127.0.0.1:9092\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("r.toml:2: cluster.brokers")
+                && err.contains("nodes 1 and 2 have the same address 127.0.0.1:9092"),
+            "{err}"
+        );
         let err = c("[broker]\nnode_id = 3\n[cluster]\nbrokers = [\"1@a:9092\", \"2@b:9092\"]\n")
             .unwrap_err()
             .to_string();

@@ -384,6 +384,12 @@ fn contradictions() {
         "runnel.toml:2: listeners.admin.address: 127.0.0.1:9094 clashes with \
          listeners.kafka.address (0.0.0.0:9094); enabled TCP listeners need different ports"
     );
+    assert_eq!(
+        error("[listeners.kafka]\nenabled = false\n[listeners.quic]\nenabled = false\n"),
+        "runnel.toml:2: listeners.kafka.enabled: no client listener is enabled (kafka, kafka_tls \
+         or quic): nothing could produce or consume"
+    );
+    parse("[listeners.kafka]\nenabled = false\n").unwrap();
     // Same port but a disabled listener, UDP vs TCP, or port 0: no clash.
     parse("[listeners.admin]\nenabled = false\naddress = \"127.0.0.1:9092\"\n").unwrap();
     parse("[listeners.quic]\naddress = \"127.0.0.1:9092\"\n").unwrap();
@@ -504,7 +510,16 @@ fn keys_left_at_their_default_are_located_as_default() {
         parse("[log]\nflush = \"interval\"\n[broker]\nmax_request_bytes = \"1KiB\"\n").unwrap_err();
     assert_eq!(
         e.to_string(),
-        "runnel.toml:4: log.max_message_bytes: 1048588 is out of range; \
+        "runnel.toml:4: broker.max_request_bytes: 1KiB is less than log.max_message_bytes \
+         (1048588, its default): a produce request must hold the largest batch; lower \
+         log.max_message_bytes too"
+    );
+    // Both set: the batch limit is the one out of range.
+    let e = parse("[broker]\nmax_request_bytes = \"1KiB\"\n[log]\nmax_message_bytes = 2048\n")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "runnel.toml:4: log.max_message_bytes: 2KiB is out of range; \
          allowed: 1..=1KiB (broker.max_request_bytes)"
     );
     let e = Config::from_toml_str(
