@@ -160,7 +160,7 @@ fn describe(conn: &Conn, group: &str) -> anyhow::Result<()> {
     let client = group_client(conn, group)?;
     let info = describe_group(&client, group)?;
     let offsets = committed(&client, &all_partitions(&client)?)?;
-    if offsets.is_empty() && info.members.is_empty() {
+    if offsets.is_empty() && info.members.is_empty() && info.state == "Dead" {
         bail!("consumer group {group} does not exist (no members and no committed offsets)");
     }
     let owners: BTreeMap<&(String, i32), &Member> = info
