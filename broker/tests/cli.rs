@@ -928,6 +928,25 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
             b"",
         );
         assert!(!ok && err.contains("needs Alter on the cluster"), "{err}");
+        // An operation the resource has no use for is refused, as kafka-acls does.
+        let (ok, _, err) = run(
+            ADMIN,
+            &[
+                "acls",
+                "add",
+                "--group",
+                "g",
+                "--principal",
+                "User:alice",
+                "--operation",
+                "write",
+            ],
+            b"",
+        );
+        assert!(
+            !ok && err.contains("a group takes the operations all, read, describe, delete, not write"),
+            "{err}"
+        );
         let (ok, out, err) = run(
             ADMIN,
             &["acls", "list", "--topic", "sensors.t1", "--matching"],

@@ -59,6 +59,44 @@ impl Resource {
     }
 }
 
+impl Resource {
+    /// The resource type's name and the operations ACLs on it may name (as kafka-acls has
+    /// them).
+    fn operations(&self) -> (&'static str, &'static [Op]) {
+        use Op::*;
+        if self.topic.is_some() {
+            let ops = &[
+                All,
+                Read,
+                Write,
+                Create,
+                Delete,
+                Alter,
+                Describe,
+                DescribeConfigs,
+                AlterConfigs,
+            ];
+            ("a topic", ops)
+        } else if self.group.is_some() {
+            ("a group", &[All, Read, Describe, Delete])
+        } else if self.transactional_id.is_some() {
+            ("a transactional id", &[All, Describe, Write])
+        } else {
+            let ops = &[
+                All,
+                Create,
+                ClusterAction,
+                DescribeConfigs,
+                AlterConfigs,
+                IdempotentWrite,
+                Alter,
+                Describe,
+            ];
+            ("the cluster", ops)
+        }
+    }
+}
+
 /// An operation an ACL allows or denies.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Op {
@@ -76,6 +114,12 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// As given on the command line.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
     fn code(self) -> rd::rd_kafka_AclOperation_t {
         use rd::rd_kafka_AclOperation_t::*;
         match self {
@@ -450,6 +494,16 @@ pub(super) fn add(conn: &Conn, acl: &NewAcl) -> anyhow::Result<()> {
     if acl.resource.cluster && acl.prefixed {
         bail!(
             "--prefixed names a prefix of topic, group or transactional id names; the cluster has none"
+        );
+    }
+    // As kafka-acls: an operation the resource type has no use for is refused, not stored.
+    let (what, valid) = acl.resource.operations();
+    if let Some(op) = acl.operations.iter().find(|op| !valid.contains(op)) {
+        let names: Vec<String> = valid.iter().map(|v| v.name()).collect();
+        bail!(
+            "{what} takes the operations {}, not {}",
+            names.join(", "),
+            op.name()
         );
     }
     let name_c = cstring("the resource name", name)?;

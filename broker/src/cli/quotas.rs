@@ -173,7 +173,13 @@ pub(super) fn set(conn: &Conn, entity: &Entity, quotas: &[String]) -> anyhow::Re
             Ok(OpData::default().with_key(st(key)).with_value(value))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    alter(conn, entity, ops)
+    let said: Vec<String> = ops
+        .iter()
+        .map(|op| format!("{}={}", op.key.as_str(), op.value))
+        .collect();
+    alter(conn, entity, ops)?;
+    println!("set\t{}\t{}", entity_text(entity)?, said.join("\t"));
+    Ok(())
 }
 
 /// Removes quotas of the entity, by key.
@@ -182,7 +188,19 @@ pub(super) fn remove(conn: &Conn, entity: &Entity, keys: &[String]) -> anyhow::R
         .iter()
         .map(|k| OpData::default().with_key(st(k)).with_remove(true))
         .collect();
-    alter(conn, entity, ops)
+    alter(conn, entity, ops)?;
+    println!("removed\t{}\t{}", entity_text(entity)?, keys.join("\t"));
+    Ok(())
+}
+
+/// The entity as `list` prints it: `user=bob client-id=<default>`.
+fn entity_text(entity: &Entity) -> anyhow::Result<String> {
+    Ok(entity
+        .required()?
+        .into_iter()
+        .map(|(kind, name)| format!("{kind}={}", name.unwrap_or("<default>")))
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 fn alter(conn: &Conn, entity: &Entity, ops: Vec<OpData>) -> anyhow::Result<()> {
