@@ -944,7 +944,8 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
             b"",
         );
         assert!(
-            !ok && err.contains("a group takes the operations all, read, describe, delete, not write"),
+            !ok && err
+                .contains("a group takes the operations all, read, describe, delete, not write"),
             "{err}"
         );
         let (ok, out, err) = run(

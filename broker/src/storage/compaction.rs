@@ -38,7 +38,8 @@
 //! yet ended are copied unchanged. Markers (control batches) are copied unchanged and kept
 //! (Kafka removes them after `delete.retention.ms`).
 //!
-//! Segments are cleaned one by one (no merging of small segments). Cost: every maintenance run
+//! Segments are cleaned one by one; those left empty are deleted (but the first, which holds
+//! the log start offset), though small ones are not merged. Cost: every maintenance run
 //! that has new sealed data or a pending tombstone decodes the whole log.
 
 use std::collections::{HashMap, HashSet};
@@ -367,10 +368,35 @@ impl PartitionLog {
             report.segments_compacted += 1;
             report.records_removed += c.removed;
         }
+        self.drop_emptied_segments(report)?;
         self.compaction = CompactionState {
             clean_through: outcome.active_base,
             next_tombstone_expiry: outcome.next_tombstone_expiry,
         };
+        Ok(())
+    }
+
+    /// Deletes the sealed segments compaction has emptied (every record they held was
+    /// superseded), so that a compacted log keeps as many files as its live data needs, not
+    /// one per segment ever written (Kafka's cleaner merges such segments into their
+    /// neighbours). The first segment stays, so that the log start offset stays where it is,
+    /// and a fetch of an offset in a deleted one's range is answered from the next batch, as
+    /// for any gap compaction leaves.
+    fn drop_emptied_segments(
+        &mut self,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), StorageError> {
+        let mut i = 1;
+        while i + 1 < self.segments.len() {
+            if self.segments[i].size > 0 {
+                i += 1;
+                continue;
+            }
+            self.segments[i].delete_files()?;
+            let seg = self.segments.remove(i);
+            self.unsealed.retain(|&b| b != seg.base_offset);
+            report.segments_deleted += 1;
+        }
         Ok(())
     }
 
@@ -443,6 +469,59 @@ mod tests {
             out.extend(decode_all(&got));
         }
         out
+    }
+
+    #[test]
+    fn emptied_segments_are_deleted_and_their_offsets_read_from_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        // 60 one-record segments over 3 keys: each key's last value is in the last 3.
+        for i in 0..60 {
+            let key = ["a", "b", "c"][i % 3];
+            let batch = encode_batch(
+                &[kv(key, &format!("{key}{i}"), NOW)],
+                Compression::None,
+                -1,
+                -1,
+                -1,
+            );
+            log.append(&batch, NOW).unwrap();
+        }
+        assert_eq!(log.segment_count(), 60);
+        let r = log.maintenance(NOW + 10).unwrap();
+        assert_eq!(r.records_removed, 57);
+        // The first segment (emptied, but it holds the log start) and those of a, b and c.
+        assert_eq!(log.segment_count(), 4);
+        assert_eq!(r.segments_deleted, 56);
+        let files = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log")
+            })
+            .count();
+        assert_eq!(files, 4);
+        let expect = vec![
+            (57, kv("a", "a57", NOW)),
+            (58, kv("b", "b58", NOW)),
+            (59, kv("c", "c59", NOW)),
+        ];
+        assert_eq!(contents(&log), expect);
+        assert_eq!(log.log_start_offset(), 0);
+        // Any offset of a deleted segment reads from the next batch kept.
+        for off in [0, 1, 30, 56] {
+            let got = decode_all(&log.read(off, 1).unwrap());
+            assert_eq!(got[0].0, 57, "fetch at {off}");
+        }
+        // And so after a restart.
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 60));
+        assert_eq!(contents(&log), expect);
+        assert_eq!(decode_all(&log.read(20, 1).unwrap())[0].0, 57);
     }
 
     #[test]
