@@ -119,6 +119,17 @@ impl BrokerHandle {
 }
 
 impl Broker {
+    /// The brokers that hold a replica of every partition, sorted: this one alone, or every
+    /// broker of the cluster.
+    pub fn replica_ids(&self) -> Vec<i32> {
+        let mut ids = self
+            .cluster
+            .as_ref()
+            .map_or_else(|| vec![self.node_id], |c| c.replicas());
+        ids.sort_unstable();
+        ids
+    }
+
     /// The cluster id clients see in Metadata.
     pub fn cluster_id(&self) -> String {
         self.cluster_id

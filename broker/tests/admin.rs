@@ -225,3 +225,93 @@ async fn describe_log_dirs_reports_the_data_dir_and_partition_sizes() {
     }
     broker.shutdown().await;
 }
+
+/// CreateTopics and CreatePartitions take replica assignments only where the partitions are
+/// (each on every broker: this one alone here) and in the shape Kafka asks for; anything else
+/// is INVALID_REPLICA_ASSIGNMENT (or INVALID_REQUEST) and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_assignments_are_checked_as_kafka_checks_them() {
+    use kafka_protocol::messages::create_partitions_request::{
+        CreatePartitionsAssignment, CreatePartitionsTopic,
+    };
+    use kafka_protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic,
+    };
+    use kafka_protocol::messages::{
+        BrokerId, CreatePartitionsRequest, CreateTopicsRequest, MetadataRequest, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = common::RawClient::connect(&broker.bootstrap()).await;
+    let name = |t: &str| TopicName(StrBytes::from_string(t.to_string()));
+    let on = |ids: &[i32]| ids.iter().map(|&i| BrokerId(i)).collect::<Vec<_>>();
+    let me = broker.broker.node_id;
+    let assigned = |partitions: &[i32]| {
+        partitions
+            .iter()
+            .map(|&p| {
+                CreatableReplicaAssignment::default()
+                    .with_partition_index(p)
+                    .with_broker_ids(on(&[me]))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut create = async |topic: &str, assignments, partitions: i32| {
+        let r = c
+            .call(
+                &CreateTopicsRequest::default().with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(name(topic))
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(-1)
+                        .with_assignments(assignments),
+                ]),
+                5,
+            )
+            .await;
+        (r.topics[0].error_code, r.topics[0].num_partitions)
+    };
+    // A gap in the partitions, or a count beside the assignments: refused.
+    assert_eq!(create("gap", assigned(&[0, 2]), -1).await.0, 39);
+    assert_eq!(create("both", assigned(&[0, 1]), 2).await.0, 42);
+    assert_eq!(create("assigned", assigned(&[0, 1]), -1).await, (0, 2));
+
+    let mut grow = async |count: i32, assignments: Option<Vec<&[i32]>>| {
+        let assignments = assignments.map(|a| {
+            a.into_iter()
+                .map(|ids| CreatePartitionsAssignment::default().with_broker_ids(on(ids)))
+                .collect()
+        });
+        let r = c
+            .call(
+                &CreatePartitionsRequest::default()
+                    .with_timeout_ms(5000)
+                    .with_topics(vec![
+                        CreatePartitionsTopic::default()
+                            .with_name(name("assigned"))
+                            .with_count(count)
+                            .with_assignments(assignments),
+                    ]),
+                2,
+            )
+            .await;
+        r.results[0].error_code
+    };
+    // A broker that does not exist, one assignment too many: refused, nothing added.
+    assert_eq!(grow(3, Some(vec![&[9]])).await, 39);
+    assert_eq!(grow(3, Some(vec![&[me], &[me]])).await, 39);
+    assert_eq!(grow(3, Some(vec![&[me]])).await, 0);
+    let md = c
+        .call(
+            &MetadataRequest::default().with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(name("assigned"))),
+            ])),
+            9,
+        )
+        .await;
+    assert_eq!(md.topics[0].partitions.len(), 3);
+    broker.shutdown().await;
+}

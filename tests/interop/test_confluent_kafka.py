@@ -432,6 +432,19 @@ def test_admin_list_offsets_and_delete_records(broker):
         c.close()
     assert [(m.offset(), m.value()) for m in msgs] == [(2, b"r2"), (3, b"r3"), (4, b"r4")]
 
+    # A compacted topic keeps its keys' latest values: DeleteRecords is refused, as in Kafka.
+    compacted = unique("ck-compacted")
+    create_topic(admin, compacted, 1, {"cleanup.policy": "compact"})
+    produce_records(Producer(conf(broker.bootstrap)), compacted,
+                    [{"partition": 0, "key": b"k", "value": b"v", "headers": None,
+                      "timestamp": BASE_TS}])
+    ctp = TopicPartition(compacted, 0, 1)
+    with pytest.raises(KafkaException) as refused:
+        admin.delete_records([ctp])[TopicPartition(compacted, 0)].result(timeout=10)
+    assert refused.value.args[0].code() == KafkaError.POLICY_VIOLATION
+    assert admin.list_offsets({TopicPartition(compacted, 0): OffsetSpec.earliest()})[
+        TopicPartition(compacted, 0)].result(timeout=10).offset == 0
+
 
 def test_max_timestamp_offset_within_one_batch(broker):
     """ListOffsets MAX_TIMESTAMP (KIP-734) names the record that holds the largest

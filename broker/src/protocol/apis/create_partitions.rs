@@ -1,9 +1,12 @@
-//! CreatePartitions (key 37): grow a topic's partition count. The client needs Alter on the
+//! CreatePartitions (key 37): grow a topic's partition count. Replica assignments, if given, are
+//! one per partition added, each naming every broker (where every partition is), else
+//! INVALID_REPLICA_ASSIGNMENT, as Kafka checks them. The client needs Alter on the
 //! topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED. The partitions added count against
 //! the client's `controller_mutation_rate` (`crate::client_quotas`); from v3 a topic asked for
 //! while that quota is used up gets THROTTLING_QUOTA_EXCEEDED, once it has passed every other
 //! check, as in Kafka.
 
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
@@ -30,6 +33,11 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
             }
             if !ctx.allowed(Operation::Alter, ResourceType::Topic, &t.name) {
                 out.error_code = E::TopicAuthorizationFailed.code();
+                return out;
+            }
+            if let Some(why) = assignment_refusal(&ctx, &t) {
+                out.error_code = E::InvalidReplicaAssignment.code();
+                out.error_message = Some(s(why));
                 return out;
             }
             // Under a strict controller_mutation_rate the change is checked, then the partitions
@@ -73,4 +81,37 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
         })
         .collect();
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// Why the replica assignments of the partitions `t` adds cannot be taken (as Kafka checks
+/// them): one assignment per new partition, each naming where every partition is.
+fn assignment_refusal(ctx: &Ctx, t: &CreatePartitionsTopic) -> Option<String> {
+    let assignments = t.assignments.as_ref()?;
+    let had = ctx
+        .broker
+        .catalog
+        .get(&t.name)
+        .map_or(0, |topic| topic.partition_count());
+    let adding = t.count.saturating_sub(had).max(0);
+    if assignments.len() != adding as usize {
+        return Some(format!(
+            "{} replica assignments for the {adding} partitions added",
+            assignments.len()
+        ));
+    }
+    let everyone = ctx.broker.replica_ids();
+    assignments.iter().find_map(|a| {
+        let ids: Vec<i32> = a.broker_ids.iter().map(|id| id.0).collect();
+        misplaced(&ids, &everyone)
+    })
+}
+
+/// Why a partition cannot have its replicas on `ids`: every partition has one replica on each
+/// of `everyone` (sorted), this broker alone or every broker of the cluster.
+pub(super) fn misplaced(ids: &[i32], everyone: &[i32]) -> Option<String> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    (sorted != everyone).then(|| {
+        format!("every partition has one replica on each broker: {everyone:?}, not {ids:?}")
+    })
 }

@@ -1,6 +1,8 @@
 //! CreateTopics (key 19). Partition count and replication factor -1 mean the broker defaults.
 //! Manual replica assignments are accepted only when each partition's names every broker
-//! (this one alone, or every broker of the cluster): that is where every partition is. The client
+//! (this one alone, or every broker of the cluster): that is where every partition is; as in
+//! Kafka they must cover partitions 0, 1, 2... in order (else INVALID_REPLICA_ASSIGNMENT) and
+//! come without a partition count or replication factor (else INVALID_REQUEST). The client
 //! needs Create on the cluster or on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED;
 //! the topic's configs come back only if it may DescribeConfigs the topic.
 //!
@@ -59,21 +61,38 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
         } else {
             t.replication_factor
         };
-        let mut everyone = b
-            .cluster
-            .as_ref()
-            .map_or_else(|| vec![b.node_id], |c| c.replicas());
-        everyone.sort_unstable();
-        let elsewhere = t.assignments.iter().any(|a| {
-            let mut ids: Vec<i32> = a.broker_ids.iter().map(|id| id.0).collect();
-            ids.sort_unstable();
-            ids != everyone
-        });
-        if elsewhere {
-            out.error_code = E::InvalidReplicaAssignment.code();
-            out.error_message = Some(s(format!(
-                "every partition has one replica on each broker: {everyone:?}"
-            )));
+        let everyone = b.replica_ids();
+        let refusal = if !t.assignments.is_empty()
+            && (t.num_partitions != -1 || t.replication_factor != -1)
+        {
+            // As Kafka: one or the other.
+            Some((
+                E::InvalidRequest,
+                "numPartitions and replicationFactor must be -1 when replica assignments are given"
+                    .to_string(),
+            ))
+        } else if t
+            .assignments
+            .iter()
+            .enumerate()
+            .any(|(i, a)| a.partition_index != i as i32)
+        {
+            Some((
+                E::InvalidReplicaAssignment,
+                "the assignments' partitions must be 0, 1, 2 and so on, in order".to_string(),
+            ))
+        } else {
+            t.assignments
+                .iter()
+                .find_map(|a| {
+                    let ids: Vec<i32> = a.broker_ids.iter().map(|id| id.0).collect();
+                    super::create_partitions::misplaced(&ids, &everyone)
+                })
+                .map(|why| (E::InvalidReplicaAssignment, why))
+        };
+        if let Some((code, why)) = refusal {
+            out.error_code = code.code();
+            out.error_message = Some(s(why));
             results.push(out);
             continue;
         }

@@ -1,5 +1,6 @@
 //! DeleteRecords (key 21): advance a partition's log start offset (-1 means the high watermark).
-//! The client needs Delete on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED.
+//! The client needs Delete on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED; a topic
+//! without the `delete` cleanup policy (compact only) answers POLICY_VIOLATION, as in Kafka.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::delete_records_response::{
@@ -40,7 +41,11 @@ pub async fn handle(ctx: Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespons
                                 log.log_end_offset(),
                             );
                             let target = if p.offset == -1 { readable } else { p.offset };
-                            if target < 0 || target > readable {
+                            if !log.config().delete {
+                                // As Kafka: a compacted topic keeps each key's latest value;
+                                // records go from it only by compaction.
+                                out.error_code = E::PolicyViolation.code();
+                            } else if target < 0 || target > readable {
                                 out.error_code = E::OffsetOutOfRange.code();
                             } else {
                                 match log.delete_records_before(target) {
