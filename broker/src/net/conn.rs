@@ -252,10 +252,14 @@ pub async fn serve_halves<R, W>(
                 }
                 Ok(None) => break,
                 Err(frame::FrameError::TooLarge { size, max }) if unauthenticated => {
-                    let reason = format!(
-                        "authentication required: a request of {size} bytes before SASL \
-                         authentication (at most {max} until then)"
-                    );
+                    let reason = match protocol_hint(&buf) {
+                        // Most often a client speaking another protocol: say which.
+                        Some(hint) => format!("not a Kafka request: {hint}"),
+                        None => format!(
+                            "authentication required: a request of {size} bytes before SASL \
+                             authentication (at most {max} until then)"
+                        ),
+                    };
                     refuse_unauthenticated(&session, &broker, reason);
                     break 'conn;
                 }
