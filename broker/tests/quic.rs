@@ -540,11 +540,21 @@ async fn shutdown_closes_quic_connections() {
     let device = connect(&broker).await;
     let mut s = device.session().await;
     assert!(s.answers().await);
+    // Connected, no stream open.
+    let idle = connect(&broker).await;
     let started = Instant::now();
     broker.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(5));
-    let closed = tokio::time::timeout(Duration::from_secs(5), device.conn.closed()).await;
-    assert!(closed.is_ok(), "the device sees the close");
+    // Both see the close, with why.
+    for d in [&device, &idle] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), d.conn.closed())
+            .await
+            .expect("the device sees the close");
+        let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+            panic!("closed by the broker with a reason: {closed:?}");
+        };
+        assert_eq!(&close.reason[..], b"broker shutting down");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

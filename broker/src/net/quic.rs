@@ -432,7 +432,15 @@ async fn serve_connection(
                 }
                 continue;
             }
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => {
+                // Held open for the endpoint's close, which tells the device why (dropped
+                // here, it would be closed with no reason).
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
+                });
+                break;
+            }
         };
         tokio::spawn(super::conn::serve_halves(
             broker.clone(),
