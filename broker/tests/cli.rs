@@ -199,6 +199,47 @@ async fn topics_produce_and_consume_commands_round_trip() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("partitions: 2"), "{text}");
         assert!(text.contains("  configs: retention.ms=3600000\n"), "{text}");
+        // Altered as kafka-topics --alter and kafka-configs --alter do; a bad value refused
+        // with the broker's reason, nothing changed.
+        let out = runnel(&[
+            "topics",
+            "alter",
+            "cli",
+            "--partitions",
+            "3",
+            "--config",
+            "segment.ms=600000",
+            "--delete-config",
+            "retention.ms",
+            "-b",
+            &b,
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "topic cli: 3 partitions\ntopic cli: configs: segment.ms=600000\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = runnel(&[
+            "topics",
+            "alter",
+            "cli",
+            "--config",
+            "retention.ms=soon",
+            "-b",
+            &b,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(r#"invalid value "soon""#),
+            "{err}"
+        );
+        let out = runnel(&["topics", "describe", "cli", "-b", &b]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains("partitions: 3") && text.contains("  configs: segment.ms=600000\n"),
+            "{text}"
+        );
         let out = runnel(&["topics", "describe", "nosuch", "-b", &b]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);

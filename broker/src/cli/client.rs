@@ -46,14 +46,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             configs,
             conn,
         } => {
-            let pairs: Vec<(String, String)> = configs
-                .iter()
-                .map(|c| {
-                    c.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .with_context(|| format!("--config {c}: expected KEY=VALUE"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            let pairs = config_pairs(&configs)?;
             // -1: the broker's default (every broker of a cluster holds every topic).
             let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(-1));
             for (k, v) in &pairs {
@@ -67,21 +60,20 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                     // librdkafka's admin result carries the code without the broker's message:
                     // say what is wrong with the configs given, by the same check Runnel runs.
                     Err((t, code @ rdkafka::types::RDKafkaErrorCode::InvalidConfig)) => {
-                        let why = pairs.iter().find_map(|(k, v)| {
-                            edge_config::LogConfig::default()
-                                .apply_topic_override(k, v)
-                                .err()
-                        });
-                        match why {
-                            Some(why) => bail!("cannot create topic {t}: {code}: {why}"),
-                            None => bail!("cannot create topic {t}: {code}"),
-                        }
+                        bail!("cannot create topic {t}: {code}{}", config_refusal(&pairs))
                     }
                     Err((t, code)) => bail!("cannot create topic {t}: {code}"),
                 }
             }
             Ok(())
         }
+        TopicsCommand::Alter {
+            name,
+            partitions,
+            configs,
+            delete_configs,
+            conn,
+        } => alter_topic(&conn, &name, partitions, &configs, &delete_configs),
         TopicsCommand::Delete { name, conn } => {
             let admin = admin(&conn)?;
             let results = runtime()?.block_on(admin.delete_topics(&[&name], &admin_options()))?;
@@ -129,24 +121,135 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                 );
             }
             // The topic's own configs, as kafka-topics --describe lists them.
-            let admin = admin(&conn)?;
-            let specifier = rdkafka::admin::ResourceSpecifier::Topic(&name);
-            let described =
-                runtime()?.block_on(admin.describe_configs([&specifier], &admin_options()))?;
-            let mut own: Vec<String> = described
-                .into_iter()
-                .flatten()
-                .flat_map(|r| r.entries)
-                .filter(|e| e.source == rdkafka::admin::ConfigSource::DynamicTopic)
-                .map(|e| format!("{}={}", e.name, e.value.unwrap_or_default()))
-                .collect();
-            own.sort();
+            let own = own_configs(&admin(&conn)?, &name)?;
             if !own.is_empty() {
+                let own: Vec<String> = own.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 out!("  configs: {}", own.join(" "));
             }
             Ok(())
         }
     }
+}
+
+/// `KEY=VALUE` arguments as pairs.
+fn config_pairs(configs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    configs
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--config {c}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// What is wrong with the configs given, by the same check Runnel runs: librdkafka's admin
+/// results carry INVALID_CONFIG without the broker's message.
+fn config_refusal(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .find_map(|(k, v)| {
+            edge_config::LogConfig::default()
+                .apply_topic_override(k, v)
+                .err()
+        })
+        .map_or_else(String::new, |why| format!(": {why}"))
+}
+
+/// A topic's own config overrides, sorted by name.
+fn own_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let specifier = rdkafka::admin::ResourceSpecifier::Topic(topic);
+    let described = runtime()?.block_on(admin.describe_configs([&specifier], &admin_options()))?;
+    let mut own = std::collections::BTreeMap::new();
+    for result in described {
+        let result = result.map_err(|code| anyhow::anyhow!("topic {topic}: {code}"))?;
+        for e in result.entries {
+            if e.source == rdkafka::admin::ConfigSource::DynamicTopic {
+                own.insert(e.name, e.value.unwrap_or_default());
+            }
+        }
+    }
+    Ok(own)
+}
+
+fn alter_topic(
+    conn: &Conn,
+    name: &str,
+    partitions: Option<i32>,
+    configs: &[String],
+    delete_configs: &[String],
+) -> anyhow::Result<()> {
+    if partitions.is_none() && configs.is_empty() && delete_configs.is_empty() {
+        bail!("say what to change: --partitions N, --config KEY=VALUE or --delete-config KEY");
+    }
+    let pairs = config_pairs(configs)?;
+    let admin = admin(conn)?;
+    if let Some(n) = partitions {
+        let count = usize::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("--partitions {n}: expected a number of partitions"))?;
+        let new = rdkafka::admin::NewPartitions::new(name, count);
+        for r in runtime()?.block_on(admin.create_partitions([&new], &admin_options()))? {
+            match r {
+                Ok(t) => out!("topic {t}: {count} partitions"),
+                Err((t, code)) => bail!("cannot change the partitions of {t}: {code}"),
+            }
+        }
+    }
+    if pairs.is_empty() && delete_configs.is_empty() {
+        return Ok(());
+    }
+    // IncrementalAlterConfigs, sent by the broker's own client (as `runnel quotas`): librdkafka
+    // here has only the legacy AlterConfigs, which replaces every override, and its result
+    // drops the broker's refusal.
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    let st = |t: &str| kafka_protocol::protocol::StrBytes::from_string(t.to_string());
+    const SET: i8 = 0;
+    const DELETE: i8 = 1;
+    const TOPIC: i8 = 2;
+    let changes = pairs
+        .iter()
+        .map(|(k, v)| {
+            AlterableConfig::default()
+                .with_name(st(k))
+                .with_config_operation(SET)
+                .with_value(Some(st(v)))
+        })
+        .chain(delete_configs.iter().map(|k| {
+            AlterableConfig::default()
+                .with_name(st(k))
+                .with_config_operation(DELETE)
+        }))
+        .collect();
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(TOPIC)
+            .with_resource_name(st(name))
+            .with_configs(changes),
+    ]);
+    let response = runtime()?.block_on(async {
+        let mut peer = super::quotas::controller(conn).await?;
+        peer.call(&request, 0).await
+    })?;
+    match response.responses.first() {
+        Some(r) if r.error_code != 0 => bail!(
+            "cannot change the configs of {name}: {}",
+            super::quotas::refusal(r.error_code, r.error_message.as_deref())
+        ),
+        Some(_) => {}
+        None => bail!("the broker answered with no result"),
+    }
+    let own = own_configs(&admin, name)?;
+    let shown: Vec<String> = own.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out!("topic {name}: configs: {}", shown.join(" "));
+    Ok(())
 }
 
 fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer<AuthWatch>> {

@@ -227,9 +227,11 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum TopicsCommand {
+    /// Create a topic, as kafka-topics --create.
     Create {
         name: String,
-        #[arg(long, default_value_t = 1)]
+        /// Number of partitions (-1: the broker's default, broker.default_partitions).
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
         partitions: i32,
         /// Topic config override, e.g. --config retention.ms=3600000 (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
@@ -237,15 +239,34 @@ enum TopicsCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The names of the topics, one per line.
     List {
         #[command(flatten)]
         conn: Conn,
     },
+    /// A topic's partitions (leader, replicas, in-sync replicas, offsets) and its own configs.
     Describe {
         name: String,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Add partitions to a topic, or set or remove its config overrides, as kafka-topics
+    /// --alter and kafka-configs --alter do.
+    Alter {
+        name: String,
+        /// The new number of partitions (more than it has: partitions are never removed).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// A config override to set, e.g. --config retention.ms=3600000 (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// A config override to remove, back to the broker's default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a topic and its records.
     Delete {
         name: String,
         #[command(flatten)]

@@ -229,7 +229,7 @@ fn alter(conn: &Conn, entity: &Entity, ops: Vec<OpData>) -> anyhow::Result<()> {
     }
 }
 
-fn refusal(code: i16, message: Option<&str>) -> String {
+pub(super) fn refusal(code: i16, message: Option<&str>) -> String {
     let name = ResponseError::try_from_code(code)
         .map_or_else(|| format!("error {code}"), |e| format!("{e:?}"));
     match message.filter(|m| !m.is_empty()) {
@@ -342,7 +342,7 @@ async fn connect(address: &str, settings: &Settings) -> anyhow::Result<Peer> {
 
 /// A connection to the cluster's controller (the bootstrap broker when it is the controller
 /// or the cluster does not say).
-async fn controller(conn: &Conn) -> anyhow::Result<Peer> {
+pub(super) async fn controller(conn: &Conn) -> anyhow::Result<Peer> {
     let settings = settings(conn)?;
     let servers = conn.bootstrap()?;
     let bootstrap = servers
