@@ -177,6 +177,13 @@ async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad
     };
     // One reading acknowledged before the reload.
     one_more_acked().await;
+    let calls = async || {
+        let (_, body) = http(&admin, "GET", "/plugins").await;
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        list["plugins"][0]["calls"].as_u64().unwrap()
+    };
+    let before = calls().await;
+    assert!(before >= 1);
 
     write_config(
         &file,
@@ -193,6 +200,8 @@ async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad
     assert_eq!(report["bindings"], 1);
     // Port 0 in the file differs from nothing the running broker has: no restart needed.
     assert_eq!(report["needs_restart"], serde_json::json!([]));
+    // The plugin's counters go on from where they were.
+    assert!(calls().await >= before);
 
     // After: temp > 25 keeps only 30.
     produce(&p, &[(3, 22), (4, 30)]).await;

@@ -498,6 +498,21 @@ pub struct Stats {
     pub busy_nanos: AtomicU64,
 }
 
+impl Stats {
+    /// Adds the counts of `earlier` (the same plugin before a reload), so that the counters
+    /// go on from where they were, as counters do while the process lives.
+    pub fn carry_from(&self, earlier: &Stats) {
+        for (now, was) in [
+            (&self.calls, &earlier.calls),
+            (&self.faults, &earlier.faults),
+            (&self.instantiations, &earlier.instantiations),
+            (&self.busy_nanos, &earlier.busy_nanos),
+        ] {
+            now.fetch_add(was.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
 /// A loaded filter or transform plugin.
 pub struct Plugin {
     name: String,
