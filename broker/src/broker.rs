@@ -185,8 +185,14 @@ pub async fn start_broker_from(
     config_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<BrokerHandle> {
     let data_dir = config.broker.data_dir.clone();
+    if data_dir.exists() && !data_dir.is_dir() {
+        anyhow::bail!(
+            "broker.data_dir {} is a file, not a directory",
+            data_dir.display()
+        );
+    }
     std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+        .with_context(|| format!("cannot create broker.data_dir {}", data_dir.display()))?;
     let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
     let cluster = crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster)?;
     let replicas = cluster.as_ref().map_or(1, |c| c.replication_factor());

@@ -331,7 +331,21 @@ fn metadata(
                 let _ = consumer.poll(Duration::from_millis(50));
                 consumer.context().check()?;
                 if Instant::now() >= deadline {
-                    return Err(e).context("metadata request failed");
+                    use rdkafka::types::RDKafkaErrorCode as C;
+                    let hint = match e.rdkafka_error_code() {
+                        Some(
+                            C::BrokerTransportFailure
+                            | C::AllBrokersDown
+                            | C::OperationTimedOut
+                            | C::RequestTimedOut,
+                        ) => {
+                            " (no answer: is the broker at that address, and does this client \
+                             use its listener's security.protocol? A SASL or TLS listener closes \
+                             a client that does not log in or speak TLS; see -X)"
+                        }
+                        _ => "",
+                    };
+                    return Err(e).context(format!("metadata request failed{hint}"));
                 }
             }
         }
