@@ -148,7 +148,11 @@ fn config_default_is_valid_and_validate_names_key_and_line() {
     let out = runnel(&["config", "validate", cluster.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("cluster.tls_ca: cannot read"), "{err}");
+    // With the line that names the file, as other config errors.
+    assert!(
+        err.contains("cluster.toml:10: cluster.tls_ca: cannot read"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

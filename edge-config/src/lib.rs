@@ -65,6 +65,7 @@ mod validate;
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::{ConfigError, Location};
 pub use federation::{FederationConfig, FederationLink, RESERVED_CLIENT_KEYS};
+pub use load::key_line;
 pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig, QuotaApi, QuotaBinding};
 pub use schema::{
     AclsConfig, AdminListener, BrokerConfig, CertPrincipal, CleanupPolicy, ClusterBroker,

@@ -59,6 +59,19 @@ impl Config {
     }
 }
 
+/// The line of the config file at `path` that sets `key` (a dotted path such as
+/// `listeners.kafka_tls.cert`), for errors found after loading (a file the key names that
+/// cannot be read). `None` when the file does not set it or cannot be read.
+pub fn key_line(path: &Path, key: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let document = DeTable::parse(&text).ok()?;
+    let entries = provenance::entries(document.get_ref());
+    match Provenance::from_file("", &text, &entries).locate(key) {
+        Location::Line { line, .. } => Some(line),
+        _ => None,
+    }
+}
+
 /// Env overrides, deserialization and validation of an already key-checked document.
 fn finish(
     mut table: Table,

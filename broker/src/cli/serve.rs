@@ -81,7 +81,23 @@ fn read_named_files(file: &Path, config: &Config) -> anyhow::Result<()> {
     // The certificates, keys and CAs of the enabled listeners and of TLS between brokers, then
     // the listeners' users and device token files.
     let l = &config.listeners;
-    let at = |e: anyhow::Error| anyhow::anyhow!("{}: {e:#}", file.display());
+    // "<key>: why" errors get the key's line, as config errors have.
+    let at = |e: anyhow::Error| {
+        let text = format!("{e:#}");
+        let line = text
+            .split_once(": ")
+            .filter(|(key, _)| {
+                key.contains('.')
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c))
+            })
+            .and_then(|(key, _)| edge_config::key_line(file, key));
+        match line {
+            Some(line) => anyhow::anyhow!("{}:{line}: {text}", file.display()),
+            None => anyhow::anyhow!("{}: {text}", file.display()),
+        }
+    };
     if l.kafka_tls.enabled {
         crate::net::tls::acceptor(&l.kafka_tls).map_err(at)?;
     }
