@@ -310,8 +310,9 @@ pub fn check_clients(config: &FederationConfig) -> anyhow::Result<()> {
         let made: Result<FutureProducer<Quiet>, KafkaError> = client.create_with_context(Quiet);
         if let Err(e) = made {
             anyhow::bail!(
-                "federation.links[{i}].client ({:?}): librdkafka refuses the settings: {e}",
-                spec.name
+                "federation.links[{i}].client ({:?}): librdkafka refuses the settings: {}",
+                spec.name,
+                settings_refusal(&e)
             );
         }
     }
@@ -338,8 +339,9 @@ pub fn connect(broker: &Broker, config: &FederationConfig) -> anyhow::Result<Lin
         }));
         let err = |e: KafkaError| {
             anyhow::anyhow!(
-                "federation.links[{i}].client ({:?}): librdkafka refuses the settings: {e}",
-                spec.name
+                "federation.links[{i}].client ({:?}): librdkafka refuses the settings: {}",
+                spec.name,
+                settings_refusal(&e)
             )
         };
         let client = producer_config(spec);
@@ -472,5 +474,16 @@ async fn pause(
     tokio::select! {
         _ = tokio::time::sleep(wait) => !stopping(shutdown),
         _ = stopped(shutdown) => false,
+    }
+}
+
+/// What librdkafka says of a setting it refuses, without the Debug-like tail of its error
+/// ("... \"bogus.prop\" bogus.prop 1").
+fn settings_refusal(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            format!("{key} = {value:?}: {description}")
+        }
+        other => other.to_string(),
     }
 }
