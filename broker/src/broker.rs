@@ -495,6 +495,7 @@ fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storag
                 partition = p.index,
                 segments = report.segments_compacted,
                 records_removed = report.records_removed,
+                emptied_segments_deleted = report.segments_deleted,
                 pass_ms = ran.as_millis() as u64,
                 swap_ms = (started.elapsed() - ran).as_millis() as u64,
                 "compaction removed records (the log was locked only for the swap)"

@@ -444,6 +444,15 @@ def test_admin_list_offsets_and_delete_records(broker):
     assert refused.value.args[0].code() == KafkaError.POLICY_VIOLATION
     assert admin.list_offsets({TopicPartition(compacted, 0): OffsetSpec.earliest()})[
         TopicPartition(compacted, 0)].result(timeout=10).offset == 0
+    # With delete among its policies, records may be deleted.
+    both = unique("ck-compact-delete")
+    create_topic(admin, both, 1, {"cleanup.policy": "compact,delete"})
+    produce_records(Producer(conf(broker.bootstrap)), both,
+                    [{"partition": 0, "key": f"k{i}".encode(), "value": b"v", "headers": None,
+                      "timestamp": BASE_TS} for i in range(2)])
+    deleted = admin.delete_records([TopicPartition(both, 0, 1)])[
+        TopicPartition(both, 0)].result(timeout=10)
+    assert deleted.low_watermark == 1
 
 
 def test_max_timestamp_offset_within_one_batch(broker):

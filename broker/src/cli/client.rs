@@ -187,22 +187,30 @@ fn alter_topic(
     }
     let pairs = config_pairs(configs)?;
     let admin = admin(conn)?;
+    let rt = runtime()?;
+    // Connected before anything changes, so that settings it cannot use change nothing.
+    let changes_configs = !pairs.is_empty() || !delete_configs.is_empty();
+    let mut peer = if changes_configs {
+        Some(rt.block_on(super::quotas::controller(conn))?)
+    } else {
+        None
+    };
     if let Some(n) = partitions {
         let count = usize::try_from(n)
             .ok()
             .filter(|&n| n > 0)
             .with_context(|| format!("--partitions {n}: expected a number of partitions"))?;
         let new = rdkafka::admin::NewPartitions::new(name, count);
-        for r in runtime()?.block_on(admin.create_partitions([&new], &admin_options()))? {
+        for r in rt.block_on(admin.create_partitions([&new], &admin_options()))? {
             match r {
                 Ok(t) => out!("topic {t}: {count} partitions"),
                 Err((t, code)) => bail!("cannot change the partitions of {t}: {code}"),
             }
         }
     }
-    if pairs.is_empty() && delete_configs.is_empty() {
+    let Some(peer) = peer.as_mut() else {
         return Ok(());
-    }
+    };
     // IncrementalAlterConfigs, sent by the broker's own client (as `runnel quotas`): librdkafka
     // here has only the legacy AlterConfigs, which replaces every override, and its result
     // drops the broker's refusal.
@@ -234,10 +242,7 @@ fn alter_topic(
             .with_resource_name(st(name))
             .with_configs(changes),
     ]);
-    let response = runtime()?.block_on(async {
-        let mut peer = super::quotas::controller(conn).await?;
-        peer.call(&request, 0).await
-    })?;
+    let response = rt.block_on(peer.call(&request, 0))?;
     match response.responses.first() {
         Some(r) if r.error_code != 0 => bail!(
             "cannot change the configs of {name}: {}",
@@ -393,14 +398,20 @@ const DELIVERY_TIMEOUT_MS: &str = "30000";
 
 pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyhow::Result<()> {
     let mut cfg = conn.client_config()?;
-    if cfg.get("message.timeout.ms").is_none() {
+    // (delivery.timeout.ms is librdkafka's other name for it; 0 waits for ever.)
+    let given = cfg
+        .get("message.timeout.ms")
+        .or_else(|| cfg.get("delivery.timeout.ms"))
+        .map(str::to_string);
+    if given.is_none() {
         cfg.set("message.timeout.ms", DELIVERY_TIMEOUT_MS);
     }
-    let delivery_timeout = Duration::from_millis(
-        cfg.get("message.timeout.ms")
-            .and_then(|ms| ms.parse().ok())
-            .unwrap_or(300_000),
-    );
+    let delivery_timeout = match given.as_deref().unwrap_or(DELIVERY_TIMEOUT_MS).parse() {
+        Ok(0) => None,
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        // librdkafka refuses it when the producer is made.
+        Err(_) => None,
+    };
     let producer: ThreadedProducer<Deliveries> = cfg
         .set("acks", acks)
         .set("compression.codec", compression)
@@ -453,14 +464,14 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
     };
     // Flushed in short steps, so that a refused login ends the command at once. A record not
     // acknowledged within the delivery timeout comes back as failed, so this ends too.
-    let deadline = Instant::now() + delivery_timeout + Duration::from_secs(5);
+    let deadline = delivery_timeout.map(|t| Instant::now() + t + Duration::from_secs(5));
     loop {
         producer.context().auth.check()?;
         match producer.flush(Duration::from_millis(100)) {
             Ok(()) => break,
             Err(rdkafka::error::KafkaError::Flush(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-            )) if Instant::now() < deadline => {}
+            )) if deadline.is_none_or(|d| Instant::now() < d) => {}
             Err(e) => {
                 let why = why_undelivered(&producer, topic, acks);
                 return Err(e).with_context(|| {
@@ -520,10 +531,19 @@ fn why_undelivered(producer: &ThreadedProducer<Deliveries>, topic: &str, acks: &
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
         return String::new();
     };
-    if t.error().is_some() || t.partitions().is_empty() {
+    let unknown = t.error().map(rdkafka::types::RDKafkaErrorCode::from)
+        == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
+    if let Some(e) = t.error().filter(|_| !unknown) {
         return format!(
-            " (topic {topic} does not exist, and the broker does not create topics on \
-             produce: `runnel topics create {topic}` makes it)"
+            " (topic {topic}: {})",
+            rdkafka::types::RDKafkaErrorCode::from(e)
+        );
+    }
+    if unknown || t.partitions().is_empty() {
+        return format!(
+            " (topic {topic} does not exist and was not made on produce: the broker's \
+             auto_create_topics is off, or the client may not create it; `runnel topics create \
+             {topic}` makes it)"
         );
     }
     let mut why = Vec::new();

@@ -251,7 +251,9 @@ enum TopicsCommand {
         conn: Conn,
     },
     /// Add partitions to a topic, or set or remove its config overrides, as kafka-topics
-    /// --alter and kafka-configs --alter do.
+    /// --alter and kafka-configs --alter do. Config changes are sent by Runnel's own Kafka
+    /// client (librdkafka has no IncrementalAlterConfigs here), which takes the -X properties
+    /// of plaintext, TLS and SASL PLAIN/SCRAM logins only.
     Alter {
         name: String,
         /// The new number of partitions (more than it has: partitions are never removed).

@@ -172,7 +172,7 @@ pub fn test(args: TestArgs<'_>) -> anyhow::Result<()> {
                 path: args.wasm.to_path_buf(),
                 config: args.config.to_owned(),
             };
-            let policy = QuotaPolicy::load(&host, &spec)?;
+            let policy = QuotaPolicy::load(&host, &spec, Default::default())?;
             out!("{name}: quota policy, loaded in {:.1} ms", ms(started));
             let mut failed = 0;
             for (n, line) in &lines {

@@ -269,8 +269,9 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
             // Taken by `Conn::bootstrap` when -b is not given.
             "bootstrap.servers" => {}
             _ => bail!(
-                "{}: not taken by `runnel quotas`, which talks to the broker itself \
-                 (librdkafka has no client-quota API); it takes {TAKEN}",
+                "{}: not taken by this command (`runnel quotas`, `runnel topics alter \
+                 --config`), which talks to the broker itself (librdkafka has no API for it); \
+                 it takes {TAKEN}",
                 p.name()
             ),
         }

@@ -226,6 +226,7 @@ pub async fn serve_halves<R, W>(
     let mut client_id: Arc<str> = Arc::from("");
     let throttle_ms = Arc::new(AtomicU32::new(0));
     let mut refused = None;
+    let mut closed_idle = false;
     // QUIC streams live under the QUIC idle timeout instead.
     let closes_idle = session.listener != ListenerKind::Quic;
     let idle = broker.config.broker.connections_max_idle;
@@ -391,6 +392,7 @@ pub async fn serve_halves<R, W>(
                     continue 'conn; // the writer moved bytes meanwhile
                 }
                 tracing::info!(%peer, listener, idle = ?idle, pending = buf.len(), "closing an idle connection (broker.connections_max_idle)");
+                closed_idle = true;
                 break;
             }
             _ = &mut auth_deadline, if closes_idle && session.identity.awaits_sasl() => {
@@ -440,14 +442,36 @@ pub async fn serve_halves<R, W>(
     }
     drop(tx);
     // The responses already queued are written, unless the client stops reading them: a
-    // writer that moves no byte for the idle limit (counted from now: a connection closed as
-    // idle has used its limit up) is given up, so that the connection does not hold its
-    // `max_connections` slot for ever.
-    activity.touch();
+    // writer that moves no byte for the idle limit is given up, so that the connection does not
+    // hold its `max_connections` slot for ever. A connection closed as idle has used its limit
+    // up: its writer (with nothing left to write, as a rule) gets a moment to finish.
     let mut writer = writer;
+    if closed_idle {
+        if tokio::time::timeout(IDLE_CLOSE_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    } else {
+        give_up_unread(&mut writer, &activity, idle, closes_idle, peer, listener).await;
+    }
+    metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%peer, listener, "connection closed");
+}
+
+/// Waits for `writer` to write what is queued, giving it up when it moves no byte for `idle`.
+async fn give_up_unread(
+    writer: &mut tokio::task::JoinHandle<()>,
+    activity: &Activity,
+    idle: Duration,
+    closes_idle: bool,
+    peer: std::net::SocketAddr,
+    listener: &str,
+) {
     loop {
         tokio::select! {
-            _ = &mut writer => break,
+            _ = &mut *writer => break,
             _ = tokio::time::sleep_until(activity.idle_at(idle)), if closes_idle => {
                 if activity.idle_at(idle) <= tokio::time::Instant::now() {
                     tracing::info!(%peer, listener, "giving up a connection whose client does not read its responses");
@@ -457,8 +481,6 @@ pub async fn serve_halves<R, W>(
             }
         }
     }
-    metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(%peer, listener, "connection closed");
 }
 
 /// Ends a connection that has not authenticated, telling the client `reason`; counted as one
@@ -487,6 +509,9 @@ fn protocol_hint(buf: &[u8]) -> Option<&'static str> {
         None
     }
 }
+
+/// How long the writer of a connection closed as idle has to finish.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,

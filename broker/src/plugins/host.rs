@@ -124,7 +124,7 @@ impl Host {
                 pre,
                 idle: Mutex::new(Vec::new()),
                 slots: CallSlots::new(CALLS_PER_PLUGIN),
-                stats: Stats::default(),
+                stats: Arc::default(),
                 failures_in_a_row: AtomicU32::new(0),
                 disabled: AtomicBool::new(false),
             })
@@ -498,21 +498,6 @@ pub struct Stats {
     pub busy_nanos: AtomicU64,
 }
 
-impl Stats {
-    /// Adds the counts of `earlier` (the same plugin before a reload), so that the counters
-    /// go on from where they were, as counters do while the process lives.
-    pub fn carry_from(&self, earlier: &Stats) {
-        for (now, was) in [
-            (&self.calls, &earlier.calls),
-            (&self.faults, &earlier.faults),
-            (&self.instantiations, &earlier.instantiations),
-            (&self.busy_nanos, &earlier.busy_nanos),
-        ] {
-            now.fetch_add(was.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-}
-
 /// A loaded filter or transform plugin.
 pub struct Plugin {
     name: String,
@@ -525,7 +510,9 @@ pub struct Plugin {
     idle: Mutex<Vec<Live>>,
     /// Calls that may run at once; the others wait for one to end.
     slots: CallSlots,
-    pub stats: Stats,
+    /// Shared with the plugin of the same name before a reload and after it, so that its
+    /// counters go on (as counters do while the process lives).
+    pub stats: Arc<Stats>,
     /// Failed calls since the last successful one.
     failures_in_a_row: AtomicU32,
     /// Set once, after `disable_after` failures in a row; never cleared (a reload or restart

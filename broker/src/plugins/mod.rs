@@ -189,8 +189,13 @@ pub struct Plugins {
 }
 
 impl Plugins {
-    /// Loads the plugins of `config` (compiling into, or loading from, `cache_dir`).
-    pub fn load(config: &PluginsConfig, cache_dir: PathBuf) -> Result<Plugins, PluginError> {
+    /// Loads the plugins of `config` (compiling into, or loading from, `cache_dir`). A plugin
+    /// named as one of `earlier` (the set a reload replaces) keeps counting in its counters.
+    pub fn load(
+        config: &PluginsConfig,
+        cache_dir: PathBuf,
+        earlier: Option<&Plugins>,
+    ) -> Result<Plugins, PluginError> {
         if config.load.is_empty() {
             return Ok(Plugins::default());
         }
@@ -208,7 +213,12 @@ impl Plugins {
             if config.is_quota_plugin(&spec.name) {
                 continue; // a quota-world plugin: loaded by `quota::Quotas::load` below
             }
-            let plugin = Arc::new(host.load(&spec.name, &spec.path, &spec.config)?);
+            let mut plugin = host.load(&spec.name, &spec.path, &spec.config)?;
+            let was = earlier.and_then(|e| e.loaded.iter().find(|p| p.name() == spec.name));
+            if let Some(was) = was {
+                plugin.stats = was.stats.clone();
+            }
+            let plugin = Arc::new(plugin);
             tracing::info!(plugin = %spec.name, kind = ?plugin.kind(), path = %spec.path.display(), "plugin loaded");
             by_name.insert(spec.name.clone(), plugin.clone());
             loaded.push(plugin);
@@ -226,7 +236,7 @@ impl Plugins {
                 (b.topic.clone(), Arc::new(chain))
             })
             .collect();
-        let quotas = quota::Quotas::load(&host, config)?;
+        let quotas = quota::Quotas::load(&host, config, earlier.map(|e| &e.quotas))?;
         Ok(Plugins {
             loaded,
             chains,

@@ -97,18 +97,24 @@ pub struct QuotaPolicy {
     linked: Linked,
     config: String,
     live: Mutex<Option<Live>>,
-    pub stats: Stats,
+    /// Shared across reloads, as a filter's ([`crate::plugins::host::Plugin::stats`]).
+    pub stats: Arc<Stats>,
 }
 
 impl QuotaPolicy {
     /// Links the component of `spec` and builds its instance (running `init`), so a plugin of
     /// the wrong world or a config its `init` refuses fails at start-up.
-    pub fn load(host: &Host, spec: &PluginSpec) -> Result<QuotaPolicy, PluginError> {
+    /// `stats`: the counters it counts in (those of the policy a reload replaces, or new).
+    pub fn load(
+        host: &Host,
+        spec: &PluginSpec,
+        stats: Arc<Stats>,
+    ) -> Result<QuotaPolicy, PluginError> {
         let policy = QuotaPolicy {
             linked: host.link(&spec.name, &spec.path)?,
             config: spec.config.clone(),
             live: Mutex::new(None),
-            stats: Stats::default(),
+            stats,
         };
         let live = policy.instantiate()?;
         *policy.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(live);
@@ -196,14 +202,22 @@ pub struct Quotas {
 
 impl Quotas {
     /// Loads the plugins named by `[[plugins.quotas]]` entries (each once) into `host`.
-    pub fn load(host: &Host, config: &PluginsConfig) -> Result<Quotas, PluginError> {
+    /// A policy named as one of `earlier` (the set a reload replaces) keeps its counters.
+    pub fn load(
+        host: &Host,
+        config: &PluginsConfig,
+        earlier: Option<&Quotas>,
+    ) -> Result<Quotas, PluginError> {
         let mut loaded: Vec<Arc<QuotaPolicy>> = Vec::new();
         for spec in config
             .load
             .iter()
             .filter(|s| config.is_quota_plugin(&s.name))
         {
-            let policy = QuotaPolicy::load(host, spec)?;
+            let stats = earlier
+                .and_then(|e| e.loaded.iter().find(|p| p.name() == spec.name))
+                .map_or_else(Arc::default, |p| p.stats.clone());
+            let policy = QuotaPolicy::load(host, spec, stats)?;
             tracing::info!(plugin = %spec.name, path = %spec.path.display(), "quota policy loaded");
             loaded.push(Arc::new(policy));
         }

@@ -63,7 +63,7 @@ impl PluginSet {
         cache_dir: PathBuf,
         config_file: Option<PathBuf>,
     ) -> Result<PluginSet, PluginError> {
-        let plugins = Plugins::load(config, cache_dir.clone())?;
+        let plugins = Plugins::load(config, cache_dir.clone(), None)?;
         Ok(PluginSet {
             current: ArcSwap::from_pointee(plugins),
             section: Mutex::new(config.clone()),
@@ -105,20 +105,7 @@ impl PluginSet {
             }
             None => (section.clone(), Vec::new()),
         };
-        let plugins = Plugins::load(&new_section, self.cache_dir.clone())?;
-        // The counters of a plugin loaded again go on from the old instances' (the calls
-        // those still finish after the swap are not counted).
-        let old = self.current();
-        for p in &plugins.loaded {
-            if let Some(was) = old.loaded.iter().find(|o| o.name() == p.name()) {
-                p.stats.carry_from(&was.stats);
-            }
-        }
-        for q in &plugins.quotas.loaded {
-            if let Some(was) = old.quotas.loaded.iter().find(|o| o.name() == q.name()) {
-                q.stats.carry_from(&was.stats);
-            }
-        }
+        let plugins = Plugins::load(&new_section, self.cache_dir.clone(), Some(&self.current()))?;
         let report = ReloadReport {
             plugins: plugins.loaded.len() + plugins.quotas.loaded.len(),
             bindings: new_section.bindings.len() + new_section.quotas.len(),

@@ -720,9 +720,9 @@ impl Identity {
         Ok(())
     }
 
-    /// Handles one SaslAuthenticate message with the mechanism chosen (PLAIN unless a
-    /// handshake chose SCRAM). On success the principal is that of the whole connection; in a
-    /// re-authentication it must be the one it had.
+    /// Handles one SaslAuthenticate message with the mechanism the handshake chose (none
+    /// chosen: refused, [`AuthError::NoHandshake`]). On success the principal is that of the
+    /// whole connection; in a re-authentication it must be the one it had.
     pub fn authenticate(&self, message: &[u8]) -> Result<Authenticated, AuthError> {
         let again = self.principal().is_some();
         if !again && self.uses_sasl() {

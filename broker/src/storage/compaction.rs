@@ -350,6 +350,7 @@ impl PartitionLog {
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
         let mut cleaned = outcome.cleaned.into_iter();
+        let mut emptied = Vec::new();
         while let Some(c) = cleaned.next() {
             let sealed = self.segments.len() - 1;
             let current = self.segments[..sealed]
@@ -367,8 +368,11 @@ impl PartitionLog {
             }
             report.segments_compacted += 1;
             report.records_removed += c.removed;
+            if self.segments[i].size == 0 {
+                emptied.push(c.base);
+            }
         }
-        self.drop_emptied_segments(report)?;
+        self.drop_emptied_segments(&emptied, report)?;
         self.compaction = CompactionState {
             clean_through: outcome.active_base,
             next_tombstone_expiry: outcome.next_tombstone_expiry,
@@ -376,20 +380,24 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Deletes the sealed segments compaction has emptied (every record they held was
-    /// superseded), so that a compacted log keeps as many files as its live data needs, not
+    /// Deletes the sealed segments at `bases` that this pass emptied (every record they held
+    /// was superseded), so that a compacted log keeps as many files as its live data needs, not
     /// one per segment ever written (Kafka's cleaner merges such segments into their
     /// neighbours). The first segment stays, so that the log start offset stays where it is,
     /// and a fetch of an offset in a deleted one's range is answered from the next batch, as
-    /// for any gap compaction leaves.
+    /// for any gap compaction leaves. A segment empty for another reason (a start-up cut its
+    /// torn tail, keeping the cut bytes beside it) is not this pass's to delete.
     fn drop_emptied_segments(
         &mut self,
+        bases: &[i64],
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
-        let mut i = 1;
-        while i + 1 < self.segments.len() {
+        for &base in bases {
+            let sealed = self.segments.len() - 1;
+            let Some(i) = (1..sealed).find(|&i| self.segments[i].base_offset == base) else {
+                continue;
+            };
             if self.segments[i].size > 0 {
-                i += 1;
                 continue;
             }
             self.segments[i].delete_files()?;
@@ -522,6 +530,50 @@ mod tests {
         assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 60));
         assert_eq!(contents(&log), expect);
         assert_eq!(decode_all(&log.read(20, 1).unwrap())[0].0, 57);
+    }
+
+    #[test]
+    fn a_segment_empty_for_another_reason_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        for (i, key) in ["a", "b", "c", "a", "d"].iter().enumerate() {
+            let batch = encode_batch(
+                &[kv(key, &format!("{key}{i}"), NOW)],
+                Compression::None,
+                -1,
+                -1,
+                -1,
+            );
+            log.append(&batch, NOW).unwrap();
+        }
+        drop(log);
+        // Segment 2 (key c) lost its bytes, as a start-up that cut a torn tail leaves one.
+        let path = log_path(dir.path(), 2);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let r = log.maintenance(NOW + 10).unwrap();
+        // a0 goes and its segment with it; the segment emptied by the cut stays.
+        assert_eq!(r.records_removed, 1);
+        assert_eq!(r.segments_deleted, 0, "the first segment stays");
+        assert!(path.exists());
+        log.append(
+            &encode_batch(&[kv("b", "b5", NOW)], Compression::None, -1, -1, -1),
+            NOW,
+        )
+        .unwrap();
+        let r = log.maintenance(NOW + 20).unwrap();
+        assert_eq!(
+            (r.records_removed, r.segments_deleted),
+            (1, 1),
+            "b1's segment"
+        );
+        assert!(path.exists());
+        assert!(!log_path(dir.path(), 1).exists());
     }
 
     #[test]

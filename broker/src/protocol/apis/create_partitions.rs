@@ -86,13 +86,11 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
 /// Why the replica assignments of the partitions `t` adds cannot be taken (as Kafka checks
 /// them): one assignment per new partition, each naming where every partition is.
 fn assignment_refusal(ctx: &Ctx, t: &CreatePartitionsTopic) -> Option<String> {
-    let assignments = t.assignments.as_ref()?;
-    let had = ctx
-        .broker
-        .catalog
-        .get(&t.name)
-        .map_or(0, |topic| topic.partition_count());
-    let adding = t.count.saturating_sub(had).max(0);
+    // (An empty list is taken as none: kafka-protocol's default request carries one.)
+    let assignments = t.assignments.as_ref().filter(|a| !a.is_empty())?;
+    // An unknown topic or a count that adds nothing is refused for that, as Kafka checks.
+    let had = ctx.broker.catalog.get(&t.name)?.partition_count();
+    let adding = t.count.checked_sub(had).filter(|&n| n > 0)?;
     if assignments.len() != adding as usize {
         return Some(format!(
             "{} replica assignments for the {adding} partitions added",
