@@ -726,15 +726,6 @@ fn reencode(raw: &[u8], kept: &[OwnedRecord]) -> Result<Vec<u8>, ProduceFilterEr
 
 /// Writes the batch frame of `sdk/wit/plugin.wit` for `records`.
 pub fn frame_records(topic: &str, partition: i32, records: &[OwnedRecord]) -> Vec<u8> {
-    fn nullable(buf: &mut Vec<u8>, v: Option<&[u8]>) {
-        match v {
-            None => buf.extend_from_slice(&(-1i32).to_le_bytes()),
-            Some(v) => {
-                buf.extend_from_slice(&(v.len() as i32).to_le_bytes());
-                buf.extend_from_slice(v);
-            }
-        }
-    }
     let payload: usize = records
         .iter()
         .map(|r| {
@@ -746,25 +737,44 @@ pub fn frame_records(topic: &str, partition: i32, records: &[OwnedRecord]) -> Ve
                     .sum::<usize>()
         })
         .sum();
+    let mut buf = frame_start(topic, partition, records.len(), payload);
+    for r in records {
+        buf.extend_from_slice(&r.timestamp.to_le_bytes());
+        put_nullable(&mut buf, r.key.as_deref());
+        put_nullable(&mut buf, r.value.as_deref());
+        buf.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+        for (k, v) in &r.headers {
+            buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            buf.extend_from_slice(k.as_bytes());
+            put_nullable(&mut buf, v.as_deref());
+        }
+    }
+    buf
+}
+
+/// A batch frame's first 11 bytes and topic (version 1, topic, partition, record count), in a
+/// buffer with room for `payload` bytes of records after them.
+pub(crate) fn frame_start(topic: &str, partition: i32, count: usize, payload: usize) -> Vec<u8> {
     let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
     let mut buf = Vec::with_capacity(11 + topic.len() + payload);
     buf.push(1);
     buf.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     buf.extend_from_slice(topic);
     buf.extend_from_slice(&partition.to_le_bytes());
-    buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    for r in records {
-        buf.extend_from_slice(&r.timestamp.to_le_bytes());
-        nullable(&mut buf, r.key.as_deref());
-        nullable(&mut buf, r.value.as_deref());
-        buf.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
-        for (k, v) in &r.headers {
-            buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            buf.extend_from_slice(k.as_bytes());
-            nullable(&mut buf, v.as_deref());
+    buf.extend_from_slice(&(count as u32).to_le_bytes());
+    buf
+}
+
+/// A frame's nullable field: its length (-1 for null), then its bytes.
+#[inline]
+pub(crate) fn put_nullable(buf: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        None => buf.extend_from_slice(&(-1i32).to_le_bytes()),
+        Some(v) => {
+            buf.extend_from_slice(&(v.len() as i32).to_le_bytes());
+            buf.extend_from_slice(v);
         }
     }
-    buf
 }
 
 #[cfg(test)]

@@ -14,29 +14,15 @@ use crate::storage::record_spans::{Records, header};
 /// The batch frame of `sdk/wit/plugin.wit` for the records `which` (indexes, in order) of
 /// `records`: the same bytes as [`super::frame_records`] writes for them.
 pub fn frame(records: &Records<'_>, topic: &str, partition: i32, which: &[usize]) -> Vec<u8> {
-    fn nullable(out: &mut Vec<u8>, batch: &[u8], field: &Option<Range<usize>>) {
-        match field {
-            None => out.extend_from_slice(&(-1i32).to_le_bytes()),
-            Some(r) => {
-                out.extend_from_slice(&(r.len() as i32).to_le_bytes());
-                out.extend_from_slice(&batch[r.clone()]);
-            }
-        }
-    }
     let (batch, spans) = records.parts();
-    let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
+    let field = |r: &Option<Range<usize>>| r.as_ref().map(|r| &batch[r.clone()]);
     let payload: usize = which.iter().map(|&i| 24 + 2 * spans[i].tail.len()).sum();
-    let mut out = Vec::with_capacity(11 + topic.len() + payload);
-    out.push(1);
-    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(topic);
-    out.extend_from_slice(&partition.to_le_bytes());
-    out.extend_from_slice(&(which.len() as u32).to_le_bytes());
+    let mut out = super::frame_start(topic, partition, which.len(), payload);
     for &i in which {
         let s = &spans[i];
         out.extend_from_slice(&s.timestamp.to_le_bytes());
-        nullable(&mut out, batch, &s.key);
-        nullable(&mut out, batch, &s.value);
+        super::put_nullable(&mut out, field(&s.key));
+        super::put_nullable(&mut out, field(&s.value));
         out.extend_from_slice(&s.header_count.to_le_bytes());
         let mut pos = s.headers;
         for _ in 0..s.header_count {
@@ -46,7 +32,7 @@ pub fn frame(records: &Records<'_>, topic: &str, partition: i32, which: &[usize]
             };
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
             out.extend_from_slice(&batch[key]);
-            nullable(&mut out, batch, &value);
+            super::put_nullable(&mut out, field(&value));
         }
     }
     out
