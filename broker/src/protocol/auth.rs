@@ -372,6 +372,9 @@ pub enum AuthError {
         client_text(user)
     )]
     BadToken { user: String },
+    /// A login of a Kafka listener's users file (no device tokens there).
+    #[error("unknown user \"{}\" or wrong password", client_text(user))]
+    BadPassword { user: String },
     #[error("this connection is already authenticated")]
     AlreadyAuthenticated,
     #[error(
@@ -884,9 +887,13 @@ fn plain_principal(tokens: &Tokens, message: &[u8]) -> Result<String, AuthError>
     if !authzid.is_empty() && authzid != user.as_bytes() {
         return Err(AuthError::AuthorizationId);
     }
-    let device = tokens
-        .plain_login(&user, token)
-        .ok_or_else(|| AuthError::BadToken { user: user.clone() })?;
+    let device = tokens.plain_login(&user, token).ok_or_else(|| {
+        if tokens.users.is_some() {
+            AuthError::BadPassword { user: user.clone() }
+        } else {
+            AuthError::BadToken { user: user.clone() }
+        }
+    })?;
     Ok(format!("User:{device}"))
 }
 
