@@ -228,6 +228,8 @@ async fn topics_produce_and_consume_commands_round_trip() {
             "topics",
             "alter",
             "cli",
+            "--partitions",
+            "4",
             "--config",
             "retention.ms=soon",
             "-b",
@@ -238,6 +240,7 @@ async fn topics_produce_and_consume_commands_round_trip() {
             !out.status.success() && err.contains(r#"invalid value "soon""#),
             "{err}"
         );
+        // Refused before anything changed: the partitions are as they were too.
         let out = runnel(&["topics", "describe", "cli", "-b", &b]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(

@@ -188,12 +188,18 @@ fn alter_topic(
     let pairs = config_pairs(configs)?;
     let admin = admin(conn)?;
     let rt = runtime()?;
-    // Connected before anything changes, so that settings it cannot use change nothing.
-    let changes_configs = !pairs.is_empty() || !delete_configs.is_empty();
-    let mut peer = if changes_configs {
-        Some(rt.block_on(super::quotas::controller(conn))?)
-    } else {
-        None
+    // The config changes are checked by the broker (validate_only) before anything changes,
+    // so that a refused value leaves the partitions as they were too.
+    let configs_request = (!pairs.is_empty() || !delete_configs.is_empty())
+        .then(|| incremental_alter_request(name, &pairs, delete_configs));
+    let mut peer = match &configs_request {
+        Some(request) => {
+            let mut peer = rt.block_on(super::quotas::controller(conn))?;
+            let checked = request.clone().with_validate_only(true);
+            config_refusal_of(name, rt.block_on(peer.call(&checked, 0))?)?;
+            Some(peer)
+        }
+        None => None,
     };
     if let Some(n) = partitions {
         let count = usize::try_from(n)
@@ -208,12 +214,24 @@ fn alter_topic(
             }
         }
     }
-    let Some(peer) = peer.as_mut() else {
+    let (Some(peer), Some(request)) = (peer.as_mut(), configs_request) else {
         return Ok(());
     };
-    // IncrementalAlterConfigs, sent by the broker's own client (as `runnel quotas`): librdkafka
-    // here has only the legacy AlterConfigs, which replaces every override, and its result
-    // drops the broker's refusal.
+    config_refusal_of(name, rt.block_on(peer.call(&request, 0))?)?;
+    let own = own_configs(&admin, name)?;
+    let shown: Vec<String> = own.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out!("topic {name}: configs: {}", shown.join(" "));
+    Ok(())
+}
+
+/// IncrementalAlterConfigs of topic `name`: `pairs` set, `deletes` removed. Sent by the
+/// broker's own client (as `runnel quotas`): librdkafka here has only the legacy AlterConfigs,
+/// which replaces every override, and rust-rdkafka's result of it drops the broker's refusal.
+fn incremental_alter_request(
+    name: &str,
+    pairs: &[(String, String)],
+    deletes: &[String],
+) -> kafka_protocol::messages::IncrementalAlterConfigsRequest {
     use kafka_protocol::messages::IncrementalAlterConfigsRequest;
     use kafka_protocol::messages::incremental_alter_configs_request::{
         AlterConfigsResource, AlterableConfig,
@@ -230,31 +248,33 @@ fn alter_topic(
                 .with_config_operation(SET)
                 .with_value(Some(st(v)))
         })
-        .chain(delete_configs.iter().map(|k| {
+        .chain(deletes.iter().map(|k| {
             AlterableConfig::default()
                 .with_name(st(k))
                 .with_config_operation(DELETE)
         }))
         .collect();
-    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+    IncrementalAlterConfigsRequest::default().with_resources(vec![
         AlterConfigsResource::default()
             .with_resource_type(TOPIC)
             .with_resource_name(st(name))
             .with_configs(changes),
-    ]);
-    let response = rt.block_on(peer.call(&request, 0))?;
+    ])
+}
+
+/// The broker's refusal of an IncrementalAlterConfigs of topic `name`, as an error.
+fn config_refusal_of(
+    name: &str,
+    response: kafka_protocol::messages::IncrementalAlterConfigsResponse,
+) -> anyhow::Result<()> {
     match response.responses.first() {
         Some(r) if r.error_code != 0 => bail!(
             "cannot change the configs of {name}: {}",
             super::quotas::refusal(r.error_code, r.error_message.as_deref())
         ),
-        Some(_) => {}
+        Some(_) => Ok(()),
         None => bail!("the broker answered with no result"),
     }
-    let own = own_configs(&admin, name)?;
-    let shown: Vec<String> = own.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    out!("topic {name}: configs: {}", shown.join(" "));
-    Ok(())
 }
 
 fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer<AuthWatch>> {
