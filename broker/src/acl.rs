@@ -105,8 +105,9 @@ pub const ANY: i8 = 1;
 /// The wire code of MATCH, the pattern filter that finds every ACL applying to a name.
 pub const MATCH: i8 = 2;
 
-/// The operations of each resource type, as Metadata and DescribeGroups report them.
-fn operations_of(resource: ResourceType) -> &'static [Operation] {
+/// The operations of each resource type, as Metadata and DescribeGroups report them (and, with
+/// All, those kafka-acls lets an ACL name).
+pub(crate) fn operations_of(resource: ResourceType) -> &'static [Operation] {
     use Operation::*;
     match resource {
         ResourceType::Topic => &[

@@ -993,7 +993,7 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
         );
         assert!(
             !ok && err
-                .contains("a group takes the operations all, read, describe, delete, not write"),
+                .contains("a group takes the operations all, read, delete, describe, not write"),
             "{err}"
         );
         let (ok, out, err) = run(

@@ -60,39 +60,17 @@ impl Resource {
 }
 
 impl Resource {
-    /// The resource type's name and the operations ACLs on it may name (as kafka-acls has
-    /// them).
-    fn operations(&self) -> (&'static str, &'static [Op]) {
-        use Op::*;
+    /// The resource type's name and kind.
+    fn kind(&self) -> (&'static str, crate::acl::ResourceType) {
+        use crate::acl::ResourceType;
         if self.topic.is_some() {
-            let ops = &[
-                All,
-                Read,
-                Write,
-                Create,
-                Delete,
-                Alter,
-                Describe,
-                DescribeConfigs,
-                AlterConfigs,
-            ];
-            ("a topic", ops)
+            ("a topic", ResourceType::Topic)
         } else if self.group.is_some() {
-            ("a group", &[All, Read, Describe, Delete])
+            ("a group", ResourceType::Group)
         } else if self.transactional_id.is_some() {
-            ("a transactional id", &[All, Describe, Write])
+            ("a transactional id", ResourceType::TransactionalId)
         } else {
-            let ops = &[
-                All,
-                Create,
-                ClusterAction,
-                DescribeConfigs,
-                AlterConfigs,
-                IdempotentWrite,
-                Alter,
-                Describe,
-            ];
-            ("the cluster", ops)
+            ("the cluster", ResourceType::Cluster)
         }
     }
 }
@@ -497,7 +475,17 @@ pub(super) fn add(conn: &Conn, acl: &NewAcl) -> anyhow::Result<()> {
         );
     }
     // As kafka-acls: an operation the resource type has no use for is refused, not stored.
-    let (what, valid) = acl.resource.operations();
+    let (what, resource_type) = acl.resource.kind();
+    let valid: Vec<Op> = Op::value_variants()
+        .iter()
+        .copied()
+        .filter(|op| {
+            *op == Op::All
+                || crate::acl::operations_of(resource_type)
+                    .iter()
+                    .any(|o| o.code() == op.code() as i8)
+        })
+        .collect();
     if let Some(op) = acl.operations.iter().find(|op| !valid.contains(op)) {
         let names: Vec<String> = valid.iter().map(|v| v.name()).collect();
         bail!(

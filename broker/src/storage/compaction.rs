@@ -479,6 +479,11 @@ mod tests {
         out
     }
 
+    /// An uncompressed batch of one record, `key` = `value`, at NOW.
+    fn one(key: &str, value: &str) -> Vec<u8> {
+        encode_batch(&[kv(key, value, NOW)], Compression::None, -1, -1, -1)
+    }
+
     #[test]
     fn emptied_segments_are_deleted_and_their_offsets_read_from_the_next_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -486,14 +491,7 @@ mod tests {
         // 60 one-record segments over 3 keys: each key's last value is in the last 3.
         for i in 0..60 {
             let key = ["a", "b", "c"][i % 3];
-            let batch = encode_batch(
-                &[kv(key, &format!("{key}{i}"), NOW)],
-                Compression::None,
-                -1,
-                -1,
-                -1,
-            );
-            log.append(&batch, NOW).unwrap();
+            log.append(&one(key, &format!("{key}{i}")), NOW).unwrap();
         }
         assert_eq!(log.segment_count(), 60);
         let r = log.maintenance(NOW + 10).unwrap();
@@ -537,14 +535,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
         for (i, key) in ["a", "b", "c", "a", "d"].iter().enumerate() {
-            let batch = encode_batch(
-                &[kv(key, &format!("{key}{i}"), NOW)],
-                Compression::None,
-                -1,
-                -1,
-                -1,
-            );
-            log.append(&batch, NOW).unwrap();
+            log.append(&one(key, &format!("{key}{i}")), NOW).unwrap();
         }
         drop(log);
         // Segment 2 (key c) lost its bytes, as a start-up that cut a torn tail leaves one.
@@ -561,11 +552,7 @@ mod tests {
         assert_eq!(r.records_removed, 1);
         assert_eq!(r.segments_deleted, 0, "the first segment stays");
         assert!(path.exists());
-        log.append(
-            &encode_batch(&[kv("b", "b5", NOW)], Compression::None, -1, -1, -1),
-            NOW,
-        )
-        .unwrap();
+        log.append(&one("b", "b5"), NOW).unwrap();
         let r = log.maintenance(NOW + 20).unwrap();
         assert_eq!(
             (r.records_removed, r.segments_deleted),
