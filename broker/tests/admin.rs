@@ -273,9 +273,9 @@ async fn replica_assignments_are_checked_as_kafka_checks_them() {
             .await;
         (r.topics[0].error_code, r.topics[0].num_partitions)
     };
-    // A gap in the partitions, or a count beside the assignments: refused.
+    // A gap in the partitions, or a count that contradicts the assignments: refused.
     assert_eq!(create("gap", assigned(&[0, 2]), -1).await.0, 39);
-    assert_eq!(create("both", assigned(&[0, 1]), 2).await.0, 42);
+    assert_eq!(create("both", assigned(&[0, 1]), 3).await.0, 42);
     assert_eq!(create("assigned", assigned(&[0, 1]), -1).await, (0, 2));
 
     let mut grow = async |count: i32, assignments: Option<Vec<&[i32]>>| {

@@ -2,7 +2,8 @@
 //! Manual replica assignments are accepted only when each partition's names every broker
 //! (this one alone, or every broker of the cluster): that is where every partition is; as in
 //! Kafka they must cover partitions 0, 1, 2... in order (else INVALID_REPLICA_ASSIGNMENT) and
-//! come without a partition count or replication factor (else INVALID_REQUEST). The client
+//! come without a partition count or replication factor that contradicts them (else
+//! INVALID_REQUEST). The client
 //! needs Create on the cluster or on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED;
 //! the topic's configs come back only if it may DescribeConfigs the topic.
 //!
@@ -62,13 +63,19 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
             t.replication_factor
         };
         let everyone = b.replica_ids();
-        let refusal = if !t.assignments.is_empty()
-            && (t.num_partitions != -1 || t.replication_factor != -1)
-        {
-            // As Kafka: one or the other.
+        // Kafka asks for -1 beside assignments; a client that repeats what the assignments say
+        // (their count, their replicas) is taken too, one that contradicts them is not.
+        let contradicts = !t.assignments.is_empty()
+            && ((t.num_partitions != -1 && t.num_partitions as usize != t.assignments.len())
+                || (t.replication_factor != -1
+                    && t.assignments
+                        .iter()
+                        .any(|a| a.broker_ids.len() != t.replication_factor as usize)));
+        let refusal = if contradicts {
             Some((
                 E::InvalidRequest,
-                "numPartitions and replicationFactor must be -1 when replica assignments are given"
+                "numPartitions and replicationFactor must be -1 (or what the replica \
+                 assignments say) when assignments are given"
                     .to_string(),
             ))
         } else if t
