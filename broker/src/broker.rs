@@ -487,15 +487,16 @@ fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storag
         let outcome = pass.run(now)?;
         let ran = started.elapsed();
         let mut report = crate::storage::MaintenanceReport::default();
-        p.log().finish_compaction(outcome, now, &mut report)?;
-        // Passes that remove nothing (a new segment with no key repeated) are not logged.
-        if report.records_removed > 0 {
+        p.log().finish_compaction(outcome, &mut report)?;
+        // Passes that change nothing (a new segment with no key repeated, nothing to merge)
+        // are not logged.
+        if report.records_removed > 0 || report.segments_deleted > 0 {
             tracing::info!(
                 topic = %p.topic,
                 partition = p.index,
-                segments = report.segments_compacted,
+                segments_written = report.segments_compacted,
                 records_removed = report.records_removed,
-                emptied_segments_deleted = report.segments_deleted,
+                segments_merged_or_emptied = report.segments_deleted,
                 pass_ms = ran.as_millis() as u64,
                 swap_ms = (started.elapsed() - ran).as_millis() as u64,
                 "compaction removed records (the log was locked only for the swap)"

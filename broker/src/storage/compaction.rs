@@ -14,13 +14,27 @@
 //!    wrote the segment (`Segment::written_ms`; not the records' own timestamps, which may be
 //!    far in the past). Kafka before 3.1 timed them by segment files' modification times too;
 //!    since KIP-534 it stores a delete horizon in the batch, which this broker does not write;
-//! 3. a segment where nothing is dropped is left untouched; otherwise it is rewritten to
-//!    `{base}.log.cleaned` and fsynced; then, with the log again, its index files are removed,
-//!    the cleaned file is renamed over `{base}.log` and the segment reopened, which rebuilds and
-//!    writes its indexes. A segment that changed in between (retention or DeleteRecords removed
-//!    it) keeps what it has and its cleaned file is deleted. A crash at any point leaves either
-//!    the old or the new log (leftover `.cleaned` files are deleted on open, missing indexes
-//!    are rebuilt).
+//! 3. adjacent sealed segments are cleaned into one while what they keep fits `segment.bytes`
+//!    (and the index's 32-bit relative offsets and positions), as Kafka's cleaner groups them,
+//!    so a compacted log keeps about as many segments as its live data fills, not one per
+//!    segment ever rolled. A group ends at a segment that keeps a tombstone (its
+//!    `delete.retention.ms` clock is the time its segment was written: a merge must not move
+//!    it later) and around a segment already empty when the pass began (one a start-up cut to
+//!    nothing keeps the cut bytes beside it: not this pass's to delete). A lone segment that
+//!    loses nothing is left untouched; any other group is written to `{base}.log.cleaned` (base
+//!    = its first segment's), fsynced, with its index files beside it (`.index.cleaned`,
+//!    `.timeindex.cleaned`), all without the lock;
+//! 4. with the log again, the groups whose segments are all still as the pass read them are
+//!    swapped in; the others' files are deleted (retention, DeleteRecords or a follower's
+//!    truncation changed the log meanwhile). The swap is crash-safe in three steps, each ended
+//!    by one fsync of the directory for all groups: every `{base}.log.cleaned` is renamed to
+//!    `{base}.log.swap` (the commit); the segments each replaces are deleted, and the first's
+//!    index files; each `.swap` is renamed to `{base}.log` and its index files into place. A
+//!    start-up that finds a `.swap` completes it ([`complete_interrupted_swaps`]): it deletes
+//!    the segments whose base offset lies inside the swap's offsets and renames it. A group
+//!    left with nothing is deleted without a swap, except one that starts the log, which is
+//!    kept as an empty segment so that the log start offset stays where it is. A crash before
+//!    the commit leaves the old segments (leftover `.cleaned` files are deleted on open).
 //!
 //! Batches that keep all their records are copied byte for byte. Partially kept batches keep
 //! their kept records byte for byte too ([`Records::keep_offsets`]: every header, a name given
@@ -38,12 +52,14 @@
 //! yet ended are copied unchanged. Markers (control batches) are copied unchanged and kept
 //! (Kafka removes them after `delete.retention.ms`).
 //!
-//! Segments are cleaned one by one; those left empty are deleted (but the first, which holds
-//! the log start offset), though small ones are not merged. Cost: every maintenance run
-//! that has new sealed data or a pending tombstone decodes the whole log.
+//! Cost: every maintenance run that has new sealed data (at least `min.cleanable.dirty.ratio`
+//! of the sealed log) or a pending tombstone decodes the whole log, and rewrites each group that
+//! loses a record or merges segments. The swap holds the log only for renames, deletes and three
+//! directory fsyncs: the cleaned segments come with their indexes, nothing is read again.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
@@ -52,7 +68,10 @@ use super::batch::*;
 use super::error::{StorageError, io_err};
 use super::log::PartitionLog;
 use super::record_spans::{self, Records};
-use super::segment::{OpenMode, Segment, SegmentView, index_path, log_path, timeindex_path};
+use super::segment::{
+    Segment, SegmentView, cleaned_path, delete_segment_files, index_path, log_path,
+    next_offset_of_file, swap_path, timeindex_path,
+};
 use super::txn::{Marker, marker_of};
 
 fn codec(context: &'static str) -> impl Fn(String) -> StorageError {
@@ -130,13 +149,16 @@ pub(crate) struct CompactionState {
 /// A compaction pass taken out of the log ([`PartitionLog::start_compaction`]): run it without
 /// the log's lock, then hand the outcome to [`PartitionLog::finish_compaction`].
 pub struct CompactionPass {
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     /// Every segment as it was; the last one was the active segment.
     views: Vec<SegmentView>,
     delete_retention_ms: i64,
+    /// `segment.bytes`: the most a group of cleaned segments may hold.
+    segment_bytes: u64,
+    index_interval: u64,
 }
 
-/// What a [`CompactionPass`] made: cleaned copies of sealed segments, to be swapped in.
+/// What a [`CompactionPass`] made: cleaned groups of sealed segments, to be swapped in.
 pub struct CompactionOutcome {
     cleaned: Vec<Cleaned>,
     /// Base offset of the active segment when the pass started.
@@ -144,23 +166,103 @@ pub struct CompactionOutcome {
     next_tombstone_expiry: Option<i64>,
 }
 
+/// Adjacent sealed segments cleaned into one.
 struct Cleaned {
-    base: i64,
-    /// The segment's size when the pass read it: if it changed, the copy is stale.
-    size: u64,
-    path: std::path::PathBuf,
+    /// (base offset, size when the pass read it) of each segment it replaces, in log order: if
+    /// any of them changed since, the group is stale.
+    members: Vec<(i64, u64)>,
+    /// What they keep, open on `{base}.log.cleaned` with its indexes (`base` is the first
+    /// member's); empty when every record of the group went.
+    segment: Segment,
     removed: u64,
 }
 
+impl Cleaned {
+    fn base(&self) -> i64 {
+        self.members[0].0
+    }
+
+    /// Deletes the group's files, cleaned or committed (a stale or abandoned group).
+    fn discard(&self, dir: &Path) {
+        let base = self.base();
+        for p in cleaned_files(dir, base)
+            .into_iter()
+            .chain([swap_path(dir, base)])
+        {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// The log and index files of a cleaned segment at `base`.
+fn cleaned_files(dir: &Path, base: i64) -> [PathBuf; 3] {
+    [
+        log_path(dir, base),
+        index_path(dir, base),
+        timeindex_path(dir, base),
+    ]
+    .map(|p| cleaned_path(&p))
+}
+
+/// A group of segments being cleaned into one. A first member that keeps everything is held
+/// in memory until a second one joins, so that a lone segment that keeps everything is not
+/// written again.
+#[derive(Default)]
+struct Group {
+    members: Vec<(i64, u64)>,
+    held: Option<(Vec<u8>, i64)>,
+    segment: Option<Segment>,
+    size: u64,
+    removed: u64,
+}
+
+impl Group {
+    fn base(&self) -> i64 {
+        self.members[0].0
+    }
+
+    /// Whether `len` more bytes whose last offset is at most `last` fit the group.
+    fn fits(&self, len: u64, last: i64, segment_bytes: u64) -> bool {
+        self.size + len <= segment_bytes.min(u32::MAX as u64)
+            && last - self.base() <= i32::MAX as i64
+    }
+}
+
+/// One sealed segment cleaned: its kept batches, how many records went, and whether it keeps a
+/// tombstone.
+struct Kept {
+    bytes: Vec<u8>,
+    removed: u64,
+    kept_tombstone: bool,
+}
+
+/// What the first read of a pass learned about the whole log.
+struct Latest {
+    /// key -> offset of its latest value.
+    latest: HashMap<Bytes, i64>,
+    /// producer id -> base offset of its last batch.
+    last_batch: HashMap<i64, i64>,
+    /// Base offsets of the batches of aborted transactions.
+    aborted: HashSet<i64>,
+    /// Base offsets of the batches of transactions not yet ended.
+    undecided: HashSet<i64>,
+}
+
 impl CompactionPass {
-    /// Reads the viewed segments, and writes and fsyncs a cleaned copy of each sealed one that
-    /// loses records. Needs no lock: the views hold their file handles and sizes.
+    /// Reads the viewed segments, and writes and fsyncs the cleaned groups of sealed segments.
+    /// Needs no lock: the views hold their file handles and sizes.
     pub fn run(self, now_ms: i64) -> Result<CompactionOutcome, StorageError> {
         let mut cleaned = Vec::new();
-        let result = self.clean(now_ms, &mut cleaned);
+        let mut group = None;
+        let result = self.clean(now_ms, &mut cleaned, &mut group);
         if result.is_err() {
             for c in &cleaned {
-                let _ = fs::remove_file(&c.path);
+                c.discard(&self.dir);
+            }
+            if let Some(g) = group {
+                for p in cleaned_files(&self.dir, g.base()) {
+                    let _ = fs::remove_file(p);
+                }
             }
         }
         let next_tombstone_expiry = result?;
@@ -171,7 +273,95 @@ impl CompactionPass {
         })
     }
 
-    fn clean(&self, now_ms: i64, cleaned: &mut Vec<Cleaned>) -> Result<Option<i64>, StorageError> {
+    fn clean(
+        &self,
+        now_ms: i64,
+        cleaned: &mut Vec<Cleaned>,
+        group: &mut Option<Group>,
+    ) -> Result<Option<i64>, StorageError> {
+        let latest = self.latest()?;
+        let mut next_expiry: Option<i64> = None;
+        let sealed = &self.views[..self.views.len() - 1];
+        for (i, seg) in sealed.iter().enumerate() {
+            if seg.size == 0 {
+                // Empty before this pass (a start-up cut it to nothing): not this pass's to
+                // merge or delete.
+                self.close(group.take(), cleaned)?;
+                continue;
+            }
+            // Whether the segment joins the group is decided before it is cleaned, from its
+            // size and offsets as they are (what it keeps is no larger), so that no more than
+            // one segment's kept batches are in memory at a time; what this pass leaves small
+            // merges at the next.
+            let last = self.views[i + 1].base_offset - 1;
+            if group
+                .as_ref()
+                .is_some_and(|g| !g.fits(seg.size, last, self.segment_bytes))
+            {
+                self.close(group.take(), cleaned)?;
+            }
+            let g = group.get_or_insert_with(Group::default);
+            if let Some((bytes, written)) = g.held.take() {
+                // A second segment joins: the group is written.
+                let mut out =
+                    Segment::create_cleaned(&self.dir, g.base(), self.index_interval, written)?;
+                out.append_copied(&bytes, written)?;
+                g.segment = Some(out);
+            }
+            let kept = self.clean_segment(seg, &latest, now_ms)?;
+            if kept.kept_tombstone {
+                let t = seg.written_ms.saturating_add(self.delete_retention_ms);
+                next_expiry = Some(next_expiry.map_or(t, |n| n.min(t)));
+            }
+            g.members.push((seg.base_offset, seg.size));
+            g.size += kept.bytes.len() as u64;
+            g.removed += kept.removed;
+            match &mut g.segment {
+                Some(out) => out.append_copied(&kept.bytes, seg.written_ms)?,
+                None if kept.removed == 0 => g.held = Some((kept.bytes, seg.written_ms)),
+                None => {
+                    let mut out = Segment::create_cleaned(
+                        &self.dir,
+                        g.base(),
+                        self.index_interval,
+                        seg.written_ms,
+                    )?;
+                    out.append_copied(&kept.bytes, seg.written_ms)?;
+                    g.segment = Some(out);
+                }
+            }
+            if kept.kept_tombstone {
+                self.close(group.take(), cleaned)?;
+            }
+        }
+        self.close(group.take(), cleaned)?;
+        Ok(next_expiry)
+    }
+
+    /// Ends a group: one that was written is made durable and joins the outcome.
+    fn close(&self, group: Option<Group>, cleaned: &mut Vec<Cleaned>) -> Result<(), StorageError> {
+        let Some(Group {
+            members,
+            segment: Some(segment),
+            removed,
+            ..
+        }) = group
+        else {
+            return Ok(());
+        };
+        cleaned.push(Cleaned {
+            members,
+            segment,
+            removed,
+        });
+        cleaned
+            .last_mut()
+            .map_or(Ok(()), |c| c.segment.finish_cleaned())
+    }
+
+    /// Reads every batch of the viewed log (the active segment included) for the latest offset
+    /// of each key and what became of each transaction.
+    fn latest(&self) -> Result<Latest, StorageError> {
         let mut latest: HashMap<Bytes, i64> = HashMap::new();
         let mut last_batch: HashMap<i64, i64> = HashMap::new();
         // A transaction's keys count once it commits; an aborted one's batches are dropped, an
@@ -215,81 +405,161 @@ impl CompactionPass {
                 Ok(())
             })?;
         }
-        let undecided: HashSet<i64> = open.into_values().flat_map(|(b, _)| b).collect();
-        let retention = self.delete_retention_ms;
-        let mut next_expiry: Option<i64> = None;
-        for seg in &self.views[..self.views.len() - 1] {
-            let tombstones_expired = now_ms.saturating_sub(seg.written_ms) > retention;
-            let mut out = Vec::with_capacity(seg.size as usize);
-            let mut removed = 0u64;
-            let mut kept_tombstone = false;
-            for_each_batch(seg, |h, bytes| {
-                if h.is_control() || undecided.contains(&h.base_offset) {
-                    out.extend_from_slice(bytes);
-                    return Ok(());
-                }
-                let plain = plain(bytes, h)?;
-                let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
-                let total = records.len();
-                let dropped = aborted.contains(&h.base_offset);
-                let kept: Vec<usize> = keys(&records, h)
-                    .enumerate()
-                    .filter(|(_, (key, offset, tombstone))| {
-                        if dropped {
-                            return false;
-                        }
-                        let Some(k) = key else { return false };
-                        if latest.get(*k) != Some(offset) {
-                            return false;
-                        }
-                        if *tombstone {
-                            if tombstones_expired {
-                                return false;
-                            }
-                            kept_tombstone = true;
-                        }
-                        true
-                    })
-                    .map(|(i, _)| i)
-                    .collect();
-                removed += (total - kept.len()) as u64;
-                if kept.len() == total {
-                    out.extend_from_slice(bytes);
-                } else if !kept.is_empty() {
-                    let batch = record_spans::compressed(records.keep_offsets(h, &kept))
-                        .map_err(codec("compaction encode"))?;
-                    out.extend_from_slice(&batch);
-                } else if h.has_producer_id()
-                    && last_batch.get(&h.producer_id) == Some(&h.base_offset)
-                {
-                    out.extend_from_slice(&empty_batch(bytes, h));
-                }
-                Ok(())
-            })?;
-            if kept_tombstone {
-                let t = seg.written_ms.saturating_add(retention);
-                next_expiry = Some(next_expiry.map_or(t, |n| n.min(t)));
-            }
-            if removed == 0 {
-                continue;
-            }
-            let path = log_path(&self.dir, seg.base_offset).with_extension("log.cleaned");
-            let f = fs::File::create(&path).map_err(io_err(&path))?;
-            cleaned.push(Cleaned {
-                base: seg.base_offset,
-                size: seg.size,
-                path: path.clone(),
-                removed,
-            });
-            std::io::Write::write_all(&mut &f, &out).map_err(io_err(&path))?;
-            // The copy keeps the time its segment was written: its tombstones' clock.
-            let written = std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(seg.written_ms.max(0) as u64);
-            f.set_modified(written).map_err(io_err(&path))?;
-            f.sync_all().map_err(io_err(&path))?;
-        }
-        Ok(next_expiry)
+        let undecided = open.into_values().flat_map(|(b, _)| b).collect();
+        Ok(Latest {
+            latest,
+            last_batch,
+            aborted,
+            undecided,
+        })
     }
+
+    /// The batches of sealed segment `seg` with only the records to keep (see the module docs).
+    fn clean_segment(
+        &self,
+        seg: &SegmentView,
+        log: &Latest,
+        now_ms: i64,
+    ) -> Result<Kept, StorageError> {
+        let tombstones_expired = now_ms.saturating_sub(seg.written_ms) > self.delete_retention_ms;
+        let mut kept = Kept {
+            bytes: Vec::with_capacity(seg.size as usize),
+            removed: 0,
+            kept_tombstone: false,
+        };
+        for_each_batch(seg, |h, bytes| {
+            if h.is_control() || log.undecided.contains(&h.base_offset) {
+                kept.bytes.extend_from_slice(bytes);
+                return Ok(());
+            }
+            let plain = plain(bytes, h)?;
+            let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
+            let total = records.len();
+            let dropped = log.aborted.contains(&h.base_offset);
+            let keep: Vec<usize> = keys(&records, h)
+                .enumerate()
+                .filter(|(_, (key, offset, tombstone))| {
+                    if dropped {
+                        return false;
+                    }
+                    let Some(k) = key else { return false };
+                    if log.latest.get(*k) != Some(offset) {
+                        return false;
+                    }
+                    if *tombstone {
+                        if tombstones_expired {
+                            return false;
+                        }
+                        kept.kept_tombstone = true;
+                    }
+                    true
+                })
+                .map(|(i, _)| i)
+                .collect();
+            kept.removed += (total - keep.len()) as u64;
+            if keep.len() == total {
+                kept.bytes.extend_from_slice(bytes);
+            } else if !keep.is_empty() {
+                let batch = record_spans::compressed(records.keep_offsets(h, &keep))
+                    .map_err(codec("compaction encode"))?;
+                kept.bytes.extend_from_slice(&batch);
+            } else if h.has_producer_id()
+                && log.last_batch.get(&h.producer_id) == Some(&h.base_offset)
+            {
+                kept.bytes.extend_from_slice(&empty_batch(bytes, h));
+            }
+            Ok(())
+        })?;
+        Ok(kept)
+    }
+}
+
+/// Completes the swaps a crash interrupted after a pass committed them (step 4 of the module
+/// docs): for each `{base}.log.swap` in `dir`, the segments whose base offset lies after `base`
+/// and below the swap's next offset are deleted (their kept records are in it; a segment
+/// after its last batch gave it nothing and stays), the base segment's index files too, and
+/// the swap becomes `{base}.log`. Runs when a log is opened, before its segments are listed.
+pub(super) fn complete_interrupted_swaps(dir: &Path) -> Result<(), StorageError> {
+    let mut swaps = Vec::new();
+    let mut logs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(base) = name
+            .strip_suffix(".log.swap")
+            .and_then(super::log::parse_base)
+        {
+            swaps.push(base);
+        } else if let Some(base) = name.strip_suffix(".log").and_then(super::log::parse_base) {
+            logs.push(base);
+        }
+    }
+    if swaps.is_empty() {
+        return Ok(());
+    }
+    swaps.sort_unstable();
+    for &base in &swaps {
+        let swap = swap_path(dir, base);
+        let next = next_offset_of_file(&swap, base)?;
+        let replaced: Vec<i64> = logs
+            .iter()
+            .copied()
+            .filter(|&b| b > base && b < next)
+            .collect();
+        for &b in &replaced {
+            delete_segment_files(dir, b)?;
+        }
+        for p in [index_path(dir, base), timeindex_path(dir, base)] {
+            remove_if_there(&p)?;
+        }
+        let path = log_path(dir, base);
+        fs::rename(&swap, &path).map_err(io_err(&path))?;
+        tracing::warn!(
+            segment = %path.display(),
+            replaced_segments = replaced.len(),
+            "completed a compaction swap that a stop had interrupted"
+        );
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test seam: when `Some(n)`, a swap on this thread stops with an error at its n-th stop
+    /// (1: after the commit; 2: after deleting each replaced segment; 3: after the deletes),
+    /// leaving the files as a crash there would.
+    static STOP_SWAP_AT: std::cell::Cell<Option<u8>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn stop_here(step: u8, dir: &Path) -> Result<(), StorageError> {
+    if STOP_SWAP_AT.get() == Some(step) {
+        return Err(StorageError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("stopped for a test"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+fn stop_here(_step: u8, _dir: &Path) -> Result<(), StorageError> {
+    Ok(())
+}
+
+fn remove_if_there(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 impl PartitionLog {
@@ -301,7 +571,7 @@ impl PartitionLog {
     ) -> Result<(), StorageError> {
         if let Some(pass) = self.start_compaction(now_ms)? {
             let outcome = pass.run(now_ms)?;
-            self.finish_compaction(outcome, now_ms, report)?;
+            self.finish_compaction(outcome, report)?;
         }
         Ok(())
     }
@@ -338,41 +608,39 @@ impl PartitionLog {
             dir: self.dir.clone(),
             views,
             delete_retention_ms: self.config.delete_retention_ms,
+            segment_bytes: self.config.segment_bytes,
+            index_interval: self.config.index_interval_bytes,
         }))
     }
 
-    /// Swaps in the segments a pass cleaned, except those that changed since it started (their
-    /// cleaned copies are deleted), and remembers how far the log is clean.
+    /// Swaps in the groups a pass cleaned, except those whose segments changed since it started
+    /// (their files are deleted), and remembers how far the log is clean (step 4 of the module
+    /// docs).
     pub fn finish_compaction(
         &mut self,
         outcome: CompactionOutcome,
-        now_ms: i64,
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
-        let mut cleaned = outcome.cleaned.into_iter();
-        let mut emptied = Vec::new();
-        while let Some(c) = cleaned.next() {
-            let sealed = self.segments.len() - 1;
-            let current = self.segments[..sealed]
-                .iter()
-                .position(|s| s.base_offset == c.base && s.size == c.size);
-            let Some(i) = current else {
-                let _ = fs::remove_file(&c.path);
-                continue;
-            };
-            if let Err(e) = self.replace_segment(i, &c.path, now_ms) {
-                for rest in cleaned {
-                    let _ = fs::remove_file(&rest.path);
+        let dir = self.dir.clone();
+        let mut swaps = Vec::new();
+        for c in outcome.cleaned {
+            match self.replaced_by(&c) {
+                Some(i) if c.segment.size == 0 && i > 0 => {
+                    // Nothing left and not the log's first segment: the segments just go.
+                    c.discard(&dir);
+                    for &(base, _) in &c.members {
+                        self.delete_segment(base)?;
+                        report.segments_deleted += 1;
+                    }
+                    report.records_removed += c.removed;
                 }
-                return Err(e);
-            }
-            report.segments_compacted += 1;
-            report.records_removed += c.removed;
-            if self.segments[i].size == 0 {
-                emptied.push(c.base);
+                Some(_) => swaps.push(c),
+                None => c.discard(&dir),
             }
         }
-        self.drop_emptied_segments(&emptied, report)?;
+        if !swaps.is_empty() {
+            self.swap_in(swaps, report)?;
+        }
         self.compaction = CompactionState {
             clean_through: outcome.active_base,
             next_tombstone_expiry: outcome.next_tombstone_expiry,
@@ -380,65 +648,86 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Deletes the sealed segments at `bases` that this pass emptied (every record they held
-    /// was superseded), so that a compacted log keeps as many files as its live data needs, not
-    /// one per segment ever written (Kafka's cleaner merges such segments into their
-    /// neighbours). The first segment stays, so that the log start offset stays where it is,
-    /// and a fetch of an offset in a deleted one's range is answered from the next batch, as
-    /// for any gap compaction leaves. A segment empty for another reason (a start-up cut its
-    /// torn tail, keeping the cut bytes beside it) is not this pass's to delete.
-    fn drop_emptied_segments(
-        &mut self,
-        bases: &[i64],
-        report: &mut MaintenanceReport,
-    ) -> Result<(), StorageError> {
-        for &base in bases {
-            let sealed = self.segments.len() - 1;
-            let Some(i) = (1..sealed).find(|&i| self.segments[i].base_offset == base) else {
-                continue;
-            };
-            if self.segments[i].size > 0 {
-                continue;
-            }
+    /// Where the sealed segments a group replaces start in the log, if they are all still there
+    /// as the pass read them.
+    fn replaced_by(&self, c: &Cleaned) -> Option<usize> {
+        let sealed = &self.segments[..self.segments.len() - 1];
+        let i = sealed.iter().position(|s| s.base_offset == c.base())?;
+        let now = sealed.get(i..i + c.members.len())?;
+        now.iter()
+            .zip(&c.members)
+            .all(|(s, &(base, size))| s.base_offset == base && s.size == size)
+            .then_some(i)
+    }
+
+    /// Deletes the sealed segment at `base` from the log and the disk.
+    fn delete_segment(&mut self, base: i64) -> Result<(), StorageError> {
+        if let Some(i) = self.segments.iter().position(|s| s.base_offset == base) {
             self.segments[i].delete_files()?;
-            let seg = self.segments.remove(i);
-            self.unsealed.retain(|&b| b != seg.base_offset);
-            report.segments_deleted += 1;
+            self.segments.remove(i);
+            self.unsealed.retain(|&b| b != base);
         }
         Ok(())
     }
 
-    /// Replace sealed segment `i` with its fsynced cleaned copy `cleaned` (see the module docs
-    /// for the order).
-    fn replace_segment(
+    /// The crash-safe swap of cleaned groups (module docs, step 4): commit every group as a
+    /// `.swap`, delete what they replace, rename them into place; one directory fsync after each
+    /// step. A failure before the commit's fsync abandons every group (the log is as it was);
+    /// after it, what is left is for [`complete_interrupted_swaps`] at the next start.
+    fn swap_in(
         &mut self,
-        i: usize,
-        cleaned: &std::path::Path,
-        now_ms: i64,
+        swaps: Vec<Cleaned>,
+        report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
-        let base = self.segments[i].base_offset;
-        let path = log_path(&self.dir, base);
-        for p in [index_path(&self.dir, base), timeindex_path(&self.dir, base)] {
-            if let Err(e) = fs::remove_file(&p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(StorageError::Io { path: p, source: e });
+        let dir = self.dir.clone();
+        let commit = swaps.iter().try_for_each(|c| {
+            let cleaned = cleaned_path(&log_path(&dir, c.base()));
+            let swap = swap_path(&dir, c.base());
+            fs::rename(&cleaned, &swap).map_err(io_err(&swap))
+        });
+        if let Err(e) = commit.and_then(|()| sync_dir(&dir)) {
+            for c in &swaps {
+                c.discard(&dir);
+            }
+            return Err(e);
+        }
+        stop_here(1, &dir)?;
+        for c in &swaps {
+            for &(base, _) in &c.members[1..] {
+                delete_segment_files(&dir, base)?;
+                stop_here(2, &dir)?;
+            }
+            for p in [index_path(&dir, c.base()), timeindex_path(&dir, c.base())] {
+                remove_if_there(&p)?;
             }
         }
-        fs::rename(cleaned, &path).map_err(io_err(&path))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
-        let mut seg = Segment::open(
-            &self.dir,
-            base,
-            self.config.index_interval_bytes,
-            OpenMode::Sealed,
-            now_ms,
-        )?;
-        seg.written_ms = self.segments[i].written_ms;
-        self.segments[i] = seg;
-        Ok(())
+        sync_dir(&dir)?;
+        stop_here(3, &dir)?;
+        for c in swaps {
+            let base = c.base();
+            let path = log_path(&dir, base);
+            fs::rename(swap_path(&dir, base), &path).map_err(io_err(&path))?;
+            for p in [index_path(&dir, base), timeindex_path(&dir, base)] {
+                if let Err(e) = fs::rename(cleaned_path(&p), &p) {
+                    // The index is in memory; the next start rebuilds the file from the log.
+                    tracing::warn!(file = %p.display(), error = %e, "cannot put a compacted segment's index file in place");
+                }
+            }
+            let i = self
+                .segments
+                .iter()
+                .position(|s| s.base_offset == base)
+                .expect("checked by replaced_by, and the log was held since");
+            let replaced = c.members.len();
+            self.segments.splice(i..i + replaced, [c.segment]);
+            for &(b, _) in &c.members {
+                self.unsealed.retain(|&u| u != b);
+            }
+            report.segments_compacted += 1;
+            report.segments_deleted += replaced - 1;
+            report.records_removed += c.removed;
+        }
+        sync_dir(&dir)
     }
 }
 
@@ -561,6 +850,218 @@ mod tests {
         );
         assert!(path.exists());
         assert!(!log_path(dir.path(), 1).exists());
+    }
+
+    /// The `.log` files in `dir`, and whether anything a pass writes is left there.
+    fn log_files(dir: &std::path::Path) -> (usize, usize) {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let logs = names.iter().filter(|n| n.ends_with(".log")).count();
+        let left = names
+            .iter()
+            .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap"))
+            .count();
+        (logs, left)
+    }
+
+    /// A log rolled after every batch, then allowed `segment_bytes` per segment.
+    fn one_per_segment(
+        dir: &std::path::Path,
+        batches: &[Vec<u8>],
+        segment_bytes: u64,
+    ) -> PartitionLog {
+        let mut log = PartitionLog::open(
+            dir,
+            LogConfig {
+                index_interval_bytes: 1,
+                ..cfg()
+            },
+            NOW,
+        )
+        .unwrap();
+        for b in batches {
+            log.append(b, NOW).unwrap();
+        }
+        log.seal_all().unwrap();
+        log.set_config(LogConfig {
+            segment_bytes,
+            index_interval_bytes: 1,
+            ..cfg()
+        });
+        log
+    }
+
+    #[test]
+    fn small_segments_are_merged_up_to_segment_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        // 60 one-record segments, every key different: compaction removes nothing.
+        let batches: Vec<Vec<u8>> = (0..60).map(|i| one(&format!("k{i:02}"), "v")).collect();
+        let size = batches[0].len() as u64;
+        let mut log = one_per_segment(dir.path(), &batches, 10 * size);
+        let before = contents(&log);
+        assert_eq!(before.len(), 60);
+        let r = log.maintenance(NOW + 10).unwrap();
+        // The 59 sealed ones become 6 of at most 10 batches; the active one stays.
+        assert_eq!(r.records_removed, 0);
+        assert_eq!((r.segments_compacted, r.segments_deleted), (6, 53));
+        assert_eq!(log.segment_bases(), vec![0, 10, 20, 30, 40, 50, 59]);
+        assert_eq!(log_files(dir.path()), (7, 0));
+        assert_eq!(contents(&log), before);
+        for off in 0..60 {
+            let got = decode_all(&log.read(off, 1).unwrap());
+            assert_eq!(got[0], before[off as usize], "fetch at {off}");
+        }
+        // A segment rolled later joins the last group while it has room.
+        let config = log.config().clone();
+        log.set_config(LogConfig {
+            segment_bytes: 1,
+            ..config.clone()
+        });
+        log.append(&one("k60", "v"), NOW).unwrap();
+        log.set_config(config);
+        log.seal_all().unwrap();
+        let r = log.maintenance(NOW + 20).unwrap();
+        assert_eq!((r.segments_compacted, r.segments_deleted), (1, 1));
+        assert_eq!(log.segment_bases(), vec![0, 10, 20, 30, 40, 50, 60]);
+        let r = log.maintenance(NOW + 30).unwrap();
+        assert_eq!(r, MaintenanceReport::default(), "nothing new to do");
+        // The index files the pass wrote are those a start-up would build from the log.
+        let written: Vec<Vec<u8>> = [index_path(dir.path(), 10), timeindex_path(dir.path(), 10)]
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert!(!written[0].is_empty());
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        assert_eq!(contents(&log)[..60], before[..]);
+        drop(log);
+        std::fs::remove_file(index_path(dir.path(), 10)).unwrap();
+        std::fs::remove_file(timeindex_path(dir.path(), 10)).unwrap();
+        let log = PartitionLog::open(
+            dir.path(),
+            LogConfig {
+                index_interval_bytes: 1,
+                ..cfg()
+            },
+            NOW,
+        )
+        .unwrap();
+        let rebuilt: Vec<Vec<u8>> = [index_path(dir.path(), 10), timeindex_path(dir.path(), 10)]
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert_eq!(written, rebuilt);
+        assert_eq!(contents(&log)[..60], before[..]);
+    }
+
+    #[test]
+    fn merged_segments_keep_only_the_latest_values_and_the_first_base() {
+        let dir = tempfile::tempdir().unwrap();
+        // 60 one-record segments over 3 keys: each key's last value is in the last 3.
+        let batches: Vec<Vec<u8>> = (0..60)
+            .map(|i| {
+                let key = ["a", "b", "c"][i % 3];
+                one(key, &format!("{key}{i}"))
+            })
+            .collect();
+        let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
+        let r = log.maintenance(NOW + 10).unwrap();
+        assert_eq!(r.records_removed, 57);
+        // One segment at the log's start holding a57 and b58, and the active one with c59.
+        assert_eq!(log.segment_bases(), vec![0, 59]);
+        assert_eq!(log_files(dir.path()), (2, 0));
+        let expect = vec![
+            (57, kv("a", "a57", NOW)),
+            (58, kv("b", "b58", NOW)),
+            (59, kv("c", "c59", NOW)),
+        ];
+        assert_eq!(contents(&log), expect);
+        assert_eq!(log.log_start_offset(), 0);
+        assert_eq!(decode_all(&log.read(3, 1).unwrap())[0].0, 57);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 60));
+        assert_eq!(contents(&log), expect);
+    }
+
+    #[test]
+    fn a_segment_keeping_a_tombstone_ends_a_merge_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![
+            one("a", "a0"),
+            encode_batch(&[tombstone("b", NOW)], Compression::None, -1, -1, -1),
+            one("c", "c0"),
+            one("d", "d0"),
+            one("e", "e0"), // active
+        ];
+        let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
+        log.maintenance(NOW + 10).unwrap();
+        // Merging c and d into b's segment would start b's delete.retention.ms clock again.
+        assert_eq!(log.segment_bases(), vec![0, 2, 4]);
+        log.append(&one("f", "f0"), NOW).unwrap();
+        // Once the tombstone's time is up it goes, and the segments merge.
+        log.maintenance(NOW + DAY + 20).unwrap();
+        assert_eq!(log.segment_bases(), vec![0, 4]);
+        let keys: Vec<Bytes> = contents(&log)
+            .into_iter()
+            .map(|(_, r)| r.key.unwrap())
+            .collect();
+        assert_eq!(keys, ["a", "c", "d", "e", "f"]);
+    }
+
+    /// The log of `one_per_segment` over `batches` after a pass whose swap stopped at `step`
+    /// and a restart.
+    fn stopped_at(step: u8, batches: &[Vec<u8>]) -> (tempfile::TempDir, PartitionLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = one_per_segment(dir.path(), batches, 1 << 20);
+        STOP_SWAP_AT.set(Some(step));
+        let stopped = log.maintenance(NOW + 10);
+        STOP_SWAP_AT.set(None);
+        assert!(stopped.is_err(), "stop {step}");
+        drop(log);
+        let log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        assert_eq!(log_files(dir.path()).1, 0, "stop {step}: nothing left over");
+        (dir, log)
+    }
+
+    #[test]
+    fn a_swap_stopped_at_any_step_is_completed_at_the_next_start() {
+        // x0 y0 z0 y1 | w0: the group of the first four keeps x0, z0 and y1.
+        let batches = vec![
+            one("x", "x0"),
+            one("y", "y0"),
+            one("z", "z0"),
+            one("y", "y1"),
+            one("w", "w0"),
+        ];
+        let expect = vec![
+            (0, kv("x", "x0", NOW)),
+            (2, kv("z", "z0", NOW)),
+            (3, kv("y", "y1", NOW)),
+            (4, kv("w", "w0", NOW)),
+        ];
+        for step in 1..=3 {
+            let (_dir, log) = stopped_at(step, &batches);
+            assert_eq!(contents(&log), expect, "stop {step}");
+            assert_eq!(log.segment_bases(), vec![0, 4], "stop {step}");
+            assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 5));
+        }
+    }
+
+    #[test]
+    fn a_stopped_swap_keeps_the_segments_after_its_last_batch() {
+        // x0 y0 | y1: the group of the first two keeps only x0, at offset 0. A start-up that
+        // completes its swap deletes no segment at 1 or later: y0's stays (y1 supersedes it,
+        // so the next pass removes it), and nothing overlaps.
+        let batches = vec![one("x", "x0"), one("y", "y0"), one("y", "y1")];
+        let (_dir, mut log) = stopped_at(1, &batches);
+        assert_eq!(log.segment_bases(), vec![0, 1, 2]);
+        assert_eq!(offsets(&log), vec![0, 1, 2]);
+        let r = log.maintenance(NOW + 20).unwrap();
+        assert_eq!(r.records_removed, 1);
+        assert_eq!(offsets(&log), vec![0, 2]);
     }
 
     #[test]
@@ -780,8 +1281,7 @@ mod tests {
             .unwrap();
         let outcome = pass.run(NOW + 10).unwrap();
         let mut report = MaintenanceReport::default();
-        log.finish_compaction(outcome, NOW + 10, &mut report)
-            .unwrap();
+        log.finish_compaction(outcome, &mut report).unwrap();
         // The pass saw a1 as the latest "a": only a0 went.
         assert_eq!(report.records_removed, 1);
         assert_eq!(offsets(&log), vec![1, 2, 3, 4, 5]);
@@ -814,12 +1314,11 @@ mod tests {
         let outcome = pass.run(NOW + 10).unwrap();
         assert_eq!(
             leftover_cleaned_files(dir.path()),
-            1,
-            "a0's segment was cleaned"
+            3,
+            "a0's segment was cleaned, with its two index files"
         );
         let mut report = MaintenanceReport::default();
-        log.finish_compaction(outcome, NOW + 10, &mut report)
-            .unwrap();
+        log.finish_compaction(outcome, &mut report).unwrap();
         assert_eq!(report.segments_compacted, 0);
         assert_eq!(
             leftover_cleaned_files(dir.path()),

@@ -1,7 +1,8 @@
 //! [`PartitionLog`]: open/recover, validate and append, read, roll, flush, timestamp lookups.
 //!
 //! Open (recovery):
-//! 1. leftovers of interrupted operations (`*.cleaned`, `*.tmp`, index files without a `.log`)
+//! 1. a compaction swap a crash interrupted after its commit (`*.log.swap`) is completed, and
+//!    leftovers of interrupted operations (`*.cleaned`, `*.tmp`, index files without a `.log`)
 //!    are deleted;
 //! 2. sealed segments are opened from their index files (only the batches after the last index
 //!    entry are re-scanned); missing, corrupt or inconsistent index files are rebuilt by a full
@@ -148,6 +149,7 @@ impl PartitionLog {
     ) -> Result<PartitionLog, StorageError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        super::compaction::complete_interrupted_swaps(&dir)?;
         let mut bases = Vec::new();
         let mut index_files = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
@@ -956,7 +958,7 @@ fn invalid(reason: String) -> StorageError {
     StorageError::InvalidRecord { reason }
 }
 
-fn parse_base(stem: &str) -> Option<i64> {
+pub(super) fn parse_base(stem: &str) -> Option<i64> {
     if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
         stem.parse().ok()
     } else {

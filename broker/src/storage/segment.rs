@@ -33,6 +33,54 @@ pub(crate) fn index_path(dir: &Path, base: i64) -> PathBuf {
 pub(crate) fn timeindex_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{base:020}.timeindex"))
 }
+/// `path` with `.cleaned` added: where compaction writes a file that is to replace `path`.
+pub(crate) fn cleaned_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".cleaned");
+    PathBuf::from(name)
+}
+/// Where compaction's cleaned segment waits, committed, while the segments it replaces are
+/// deleted (see `compaction.rs`).
+pub(crate) fn swap_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.log.swap"))
+}
+
+/// Deletes the files of the segment at `base`: its log (already gone is as good as deleted),
+/// its index files and any tail a start-up cut from it and kept beside it ([`keep_discarded`]).
+pub(crate) fn delete_segment_files(dir: &Path, base: i64) -> Result<(), StorageError> {
+    let path = log_path(dir, base);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+        _ => {}
+    }
+    let _ = fs::remove_file(index_path(dir, base));
+    let _ = fs::remove_file(timeindex_path(dir, base));
+    let kept = format!("{base:020}.log.discarded-");
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&kept))
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// The offset after the last whole batch of the segment file at `path` whose first offset is
+/// `base` (`base` when it holds none), from its batch headers alone.
+pub(crate) fn next_offset_of_file(path: &Path, base: i64) -> Result<i64, StorageError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    let mut next = base;
+    // A damaged batch ends what is counted; opening the segment later cuts it.
+    let _ = for_each_header(&file, path, size, 0, |_, h| {
+        next = h.next_offset();
+        true
+    });
+    Ok(next)
+}
 
 /// Copies bytes `from..to` of a segment file into `<segment>.discarded-<now_ms>` (synced),
 /// returning its path.
@@ -483,26 +531,71 @@ impl Segment {
     }
 
     /// Delete the segment's files (the open descriptor stays usable until dropped), with any
-    /// tail a start-up cut from it and kept beside it ([`keep_discarded`]).
+    /// tail a start-up cut from it and kept beside it ([`delete_segment_files`]).
     pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
-        // A log file already gone (removed by hand, say on a full disk) is as good as deleted.
-        match fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err(&self.path)(e));
-            }
-            _ => {}
+        delete_segment_files(&self.dir, self.base_offset)
+    }
+
+    /// An empty segment that compaction fills at `{base}.log.cleaned`, named for the
+    /// `{base}.log` it becomes when the pass's outcome is swapped in; `written_ms` is the time
+    /// the broker wrote the first segment it replaces.
+    pub(crate) fn create_cleaned(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u64,
+        written_ms: i64,
+    ) -> Result<Segment, StorageError> {
+        let path = log_path(dir, base_offset);
+        let at = cleaned_path(&path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&at)
+            .map_err(io_err(&at))?;
+        Ok(Segment::empty(
+            dir,
+            base_offset,
+            index_interval,
+            written_ms,
+            Arc::new(file),
+            path,
+        ))
+    }
+
+    /// Appends whole, checked batches copied from another segment of the log, written by the
+    /// broker at `written_ms`.
+    pub(crate) fn append_copied(
+        &mut self,
+        data: &[u8],
+        written_ms: i64,
+    ) -> Result<(), StorageError> {
+        let mut batches = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            let h = BatchHeader::parse(&data[pos..])
+                .map_err(|e| corrupt(&self.path, self.size + pos as u64, e))?;
+            batches.push((pos, h));
+            pos += h.total_size();
         }
-        let _ = fs::remove_file(index_path(&self.dir, self.base_offset));
-        let _ = fs::remove_file(timeindex_path(&self.dir, self.base_offset));
-        let kept = format!("{:020}.log.discarded-", self.base_offset);
-        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&kept))
-            {
-                let _ = fs::remove_file(entry.path());
-            }
+        self.append(data, &batches, false, written_ms)
+    }
+
+    /// Makes a segment from [`Segment::create_cleaned`] durable: the latest time the broker
+    /// wrote what it holds becomes its file's modification time (its tombstones' clock after a
+    /// restart), the data is fsynced, and its index files are written beside it as
+    /// `{base}.index.cleaned` and `{base}.timeindex.cleaned`.
+    pub(crate) fn finish_cleaned(&mut self) -> Result<(), StorageError> {
+        let at = cleaned_path(&self.path);
+        let written =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.written_ms.max(0) as u64);
+        self.file.set_modified(written).map_err(io_err(&at))?;
+        self.file.sync_all().map_err(io_err(&at))?;
+        self.seal();
+        for (path, bytes) in self.index_files() {
+            let path = cleaned_path(&path);
+            write_file_atomic(&path, &bytes).map_err(io_err(&path))?;
         }
         Ok(())
     }
