@@ -329,7 +329,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "min_cleanable_dirty_ratio",
                 Float,
-                "Compacted topics: clean a partition again once this share of its sealed data\nis new (0.0 = whenever a segment was sealed; Kafka's default is 0.5).\nAllowed: 0.0..=1.0.",
+                "Compacted topics: clean a partition again once this share of its sealed data\nis new (Kafka's default; 0.0 = whenever a segment is sealed: a smaller disk for\nseveral times the writes). Allowed: 0.0..=1.0.",
             ),
             key(
                 "timestamp_before_max",

@@ -99,7 +99,7 @@ fn defaults_render_with_kafka_names_and_units() {
         ("delete.retention.ms", "86400000"),
         ("index.interval.bytes", "4096"),
         ("flush.ms", "1000"),
-        ("min.cleanable.dirty.ratio", "0.0"),
+        ("min.cleanable.dirty.ratio", "0.5"),
         ("message.timestamp.before.max.ms", "9223372036854775807"),
         ("message.timestamp.after.max.ms", "9223372036854775807"),
     ];

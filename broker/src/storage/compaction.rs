@@ -746,6 +746,7 @@ mod tests {
             compact: true,
             delete: false,
             segment_bytes: 1,
+            min_cleanable_dirty_ratio: 0.0,
             flush: FlushPolicy::Never,
             ..LogConfig::default()
         }

@@ -103,7 +103,8 @@ pub struct LogConfig {
     /// `delete.retention.ms`: how long tombstones survive compaction. Default 1 day.
     pub delete_retention_ms: i64,
     /// `min.cleanable.dirty.ratio`: the share of sealed data new since the last cleaning at
-    /// which a compacted log is cleaned again. Default 0 (whenever a segment was sealed since).
+    /// which a compacted log is cleaned again. Default 0.5, Kafka's (0: whenever a segment was
+    /// sealed since).
     pub min_cleanable_dirty_ratio: f64,
     /// `message.timestamp.before.max.ms` / `after.max.ms`: how far a CreateTime record's own
     /// timestamp may be behind or ahead of the append's `now_ms`. Default none (no bound).
@@ -125,7 +126,7 @@ impl Default for LogConfig {
             log_append_time: false,
             max_message_bytes: 1_048_588,
             delete_retention_ms: 24 * 3600 * 1000,
-            min_cleanable_dirty_ratio: 0.0,
+            min_cleanable_dirty_ratio: 0.5,
             timestamp_before_max_ms: None,
             timestamp_after_max_ms: None,
         }
