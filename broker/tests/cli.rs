@@ -1024,6 +1024,12 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
         assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
         let (ok, _, err) = run(ADMIN, &["acls", "remove"], b"");
         assert!(!ok && err.contains("say which ACLs to remove"), "{err}");
+        // Listing needs Describe on the cluster: alice is refused, not told "no ACLs matched".
+        let (ok, out, err) = run(ALICE, &["acls", "list"], b"");
+        assert!(
+            !ok && out.is_empty() && err.contains("the broker refused: ClusterAuthorizationFailed"),
+            "{out}{err}"
+        );
         // A refused login stops the command at once, with the broker's reason.
         let started = std::time::Instant::now();
         let (ok, _, err) = run(("admin", "guess"), &["acls", "list"], b"");

@@ -14,12 +14,13 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
+use kafka_protocol::messages::DescribeAclsRequest;
 use rdkafka::admin::AdminClient;
 use rdkafka::bindings as rd;
 use rdkafka::client::DefaultClientContext;
 
 use super::Conn;
-use super::client::TIMEOUT;
+use super::client::{TIMEOUT, runtime};
 
 /// What kind of resource an ACL names, and its name.
 #[derive(Args, Clone, Debug)]
@@ -452,13 +453,32 @@ pub(super) fn list(conn: &Conn, filter: &Filter) -> anyhow::Result<()> {
             out!("{}", describe(*acls.add(i)));
         }
         if n == 0 {
-            // librdkafka drops DescribeAcls' error code (CLUSTER_AUTHORIZATION_FAILED,
-            // SECURITY_DISABLED): an empty answer may be a refusal.
-            eprintln!(
-                "no ACLs matched (listing them needs Describe on the cluster, and ACLs on in the \
-                 broker; librdkafka does not report a refusal)"
-            );
+            not_refused(conn)?;
+            eprintln!("no ACLs matched");
         }
+    }
+    Ok(())
+}
+
+/// librdkafka drops DescribeAcls' error code (CLUSTER_AUTHORIZATION_FAILED, SECURITY_DISABLED),
+/// so an empty answer is asked again through the broker's own client, which reads it: a
+/// refusal is an error, not "no ACLs matched".
+fn not_refused(conn: &Conn) -> anyhow::Result<()> {
+    const ANY: i8 = 1;
+    let request = DescribeAclsRequest::default()
+        .with_resource_type_filter(ANY)
+        .with_pattern_type_filter(ANY)
+        .with_operation(ANY)
+        .with_permission_type(ANY);
+    let response = runtime()?.block_on(async {
+        let mut peer = super::quotas::controller(conn).await?;
+        peer.call(&request, 1).await
+    })?;
+    if response.error_code != 0 {
+        bail!(
+            "the broker refused: {}",
+            super::quotas::refusal(response.error_code, response.error_message.as_deref())
+        );
     }
     Ok(())
 }
