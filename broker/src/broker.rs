@@ -465,12 +465,19 @@ fn seal_rolled(p: &crate::catalog::Partition) {
 /// Retention, then a compaction pass if one is due; the pass reads and rewrites segments without
 /// the partition's lock, so producers and consumers of the partition are not held up by it.
 /// Segments rolled since the seal step are sealed first, as a pass waits for pending seals.
-fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storage::StorageError> {
+fn maintain(
+    cluster: Option<&crate::replication::Cluster>,
+    p: &crate::catalog::Partition,
+    now: i64,
+) -> Result<(), crate::storage::StorageError> {
     seal_rolled(p);
     let (retained, pass) = {
         let mut log = p.log();
         let retained = log.retention(now)?;
-        (retained, log.start_compaction(now)?)
+        // Compaction looks only below the high watermark: a record above it may yet be cut by a
+        // truncation, and must not have removed the value it supersedes.
+        let limit = crate::replication::readable_end(cluster, p, log.log_end_offset());
+        (retained, log.start_compaction(now, limit)?)
     };
     if retained.segments_deleted > 0 {
         tracing::info!(
@@ -487,7 +494,7 @@ fn maintain(p: &crate::catalog::Partition, now: i64) -> Result<(), crate::storag
         let outcome = pass.run(now)?;
         let ran = started.elapsed();
         let mut report = crate::storage::MaintenanceReport::default();
-        p.log().finish_compaction(outcome, &mut report)?;
+        p.log().finish_compaction(outcome, now, &mut report)?;
         // Passes that change nothing (a new segment with no key repeated, nothing to merge)
         // are not logged.
         if report.records_removed > 0 || report.segments_deleted > 0 {
@@ -550,7 +557,7 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
                         p.log().flush_failed();
                     }
                     if run_maintenance
-                        && let Err(e) = maintain(&p, now) {
+                        && let Err(e) = maintain(b.cluster.as_ref(), &p, now) {
                             within_budget!(STORAGE_ERRORS, error, topic = %topic.name, partition = p.index, error = %e, "retention/compaction failed");
                         }
                 }

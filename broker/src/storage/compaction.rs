@@ -6,35 +6,47 @@
 //! 0. with the log: views of every segment as it is now (file handles, sizes); producers
 //!    go on appending to the active segment meanwhile, which only adds records newer than the
 //!    pass looks at, so at worst a record that could go stays until the next pass;
-//! 1. decode every batch of the viewed log (active segment included) and build
-//!    key -> latest offset, plus producerId -> base offset of its last batch;
-//! 2. for each sealed segment, keep a record only if it is the latest for its key; drop records
-//!    without a key (they cannot be produced to a compacted topic, but may predate the policy);
-//!    drop tombstones (null value) once `delete_retention_ms` has passed since the broker last
-//!    wrote the segment (`Segment::written_ms`; not the records' own timestamps, which may be
-//!    far in the past). Kafka before 3.1 timed them by segment files' modification times too;
-//!    since KIP-534 it stores a delete horizon in the batch, which this broker does not write;
+//! 1. decode every batch of the viewed log (active segment included) below the pass's limit,
+//!    the high watermark (the log end on a broker alone: a record a follower's truncation may
+//!    yet cut must not supersede the value it would leave), and build key -> latest offset,
+//!    plus producerId -> base offset of its last batch;
+//! 2. for each sealed segment below the limit, keep a record only if it is the latest for its
+//!    key; drop records without a key (they cannot be produced to a compacted topic, but may
+//!    predate the policy); drop a tombstone (null value) once `delete_retention_ms` has passed
+//!    since the broker last wrote its segment (`Segment::written_ms`; not the records' own
+//!    timestamps, which may be far in the past), and only below where the last *complete* pass
+//!    (one that swapped in every group it cleaned) stopped, so the values it hides are gone
+//!    before it goes: never a tombstone removed while an older value of its key stays (Kafka
+//!    also drops tombstones only from the part of the log cleaned before). Kafka before 3.1
+//!    timed them by segment files' modification times too; since KIP-534 it stores a delete
+//!    horizon in the batch, which this broker does not write;
 //! 3. adjacent sealed segments are cleaned into one while what they keep fits `segment.bytes`
 //!    (and the index's 32-bit relative offsets and positions), as Kafka's cleaner groups them,
 //!    so a compacted log keeps about as many segments as its live data fills, not one per
 //!    segment ever rolled. A group ends at a segment that keeps a tombstone (its
-//!    `delete.retention.ms` clock is the time its segment was written: a merge must not move
-//!    it later) and around a segment already empty when the pass began (one a start-up cut to
+//!    `delete.retention.ms` clock is the time its segment was written, and a merged segment
+//!    takes the latest of its members': merging newer segments into it would move the clock
+//!    on with each pass) and around a segment already empty when the pass began (one a start-up cut to
 //!    nothing keeps the cut bytes beside it: not this pass's to delete). A lone segment that
 //!    loses nothing is left untouched; any other group is written to `{base}.log.cleaned` (base
 //!    = its first segment's), fsynced, with its index files beside it (`.index.cleaned`,
 //!    `.timeindex.cleaned`), all without the lock;
 //! 4. with the log again, the groups whose segments are all still as the pass read them are
 //!    swapped in; the others' files are deleted (retention, DeleteRecords or a follower's
-//!    truncation changed the log meanwhile). The swap is crash-safe in three steps, each ended
-//!    by one fsync of the directory for all groups: every `{base}.log.cleaned` is renamed to
-//!    `{base}.log.swap` (the commit); the segments each replaces are deleted, and the first's
-//!    index files; each `.swap` is renamed to `{base}.log` and its index files into place. A
+//!    truncation changed the log meanwhile: another size or another file), and the pass does
+//!    not count as complete. The swap is crash-safe in three steps, each ended by one fsync of
+//!    the directory for all groups: every `{base}.log.cleaned` is renamed to `{base}.log.swap`
+//!    (the commit); the segments each replaces are deleted, and the first's index files, and
+//!    the groups left with nothing (deleted without a swap, except one that starts the log,
+//!    which is kept as an empty segment so that the log start offset stays where it is); each
+//!    `.swap` is renamed to `{base}.log` and its index files into place. Any subset of the
+//!    groups going in keeps the log right: a record is removed only for a newer one of its key
+//!    that stays, or as a tombstone whose older values a complete pass already removed. A
 //!    start-up that finds a `.swap` completes it ([`complete_interrupted_swaps`]): it deletes
-//!    the segments whose base offset lies inside the swap's offsets and renames it. A group
-//!    left with nothing is deleted without a swap, except one that starts the log, which is
-//!    kept as an empty segment so that the log start offset stays where it is. A crash before
-//!    the commit leaves the old segments (leftover `.cleaned` files are deleted on open).
+//!    the segments whose base offset lies inside the swap's offsets and renames it; an error
+//!    after the commit while the broker runs does the same at once, by reading the partition
+//!    again from the disk. A crash before the commit leaves the old segments (leftover
+//!    `.cleaned` files are deleted on open).
 //!
 //! Batches that keep all their records are copied byte for byte. Partially kept batches keep
 //! their kept records byte for byte too ([`Records::keep_offsets`]: every header, a name given
@@ -140,7 +152,10 @@ fn for_each_batch(
 /// When compaction last ran to completion, to skip runs with nothing to do.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CompactionState {
-    /// Base offset of the active segment at the last run: sealed data below it is clean.
+    /// Where the last pass that swapped in every group it cleaned stopped (the active segment's
+    /// base, or the first segment reaching the high watermark): the sealed data below it is
+    /// clean, and its tombstones may go once `delete.retention.ms` has passed, since that pass
+    /// removed every older value they hide. 0 after a start.
     clean_through: i64,
     /// Earliest time a kept tombstone becomes removable.
     next_tombstone_expiry: Option<i64>,
@@ -152,6 +167,12 @@ pub struct CompactionPass {
     dir: PathBuf,
     /// Every segment as it was; the last one was the active segment.
     views: Vec<SegmentView>,
+    /// Records at or above it are not looked at, and segments reaching it are not cleaned:
+    /// the high watermark in a cluster (records above it may yet be cut by a truncation, and
+    /// must not supersede the values they would leave), the log end on a broker alone.
+    limit: i64,
+    /// Tombstones below it may go ([`CompactionState::clean_through`] when the pass began).
+    tombstones_below: i64,
     delete_retention_ms: i64,
     /// `segment.bytes`: the most a group of cleaned segments may hold.
     segment_bytes: u64,
@@ -161,16 +182,17 @@ pub struct CompactionPass {
 /// What a [`CompactionPass`] made: cleaned groups of sealed segments, to be swapped in.
 pub struct CompactionOutcome {
     cleaned: Vec<Cleaned>,
-    /// Base offset of the active segment when the pass started.
-    active_base: i64,
+    /// Where the pass stopped cleaning: the base of the active segment when it started, or of
+    /// the first sealed segment reaching its limit.
+    cleaned_through: i64,
     next_tombstone_expiry: Option<i64>,
 }
 
 /// Adjacent sealed segments cleaned into one.
 struct Cleaned {
-    /// (base offset, size when the pass read it) of each segment it replaces, in log order: if
-    /// any of them changed since, the group is stale.
-    members: Vec<(i64, u64)>,
+    /// The segments it replaces, as the pass read them, in log order: if any of them changed
+    /// since (another file, another size), the group is stale.
+    members: Vec<SegmentView>,
     /// What they keep, open on `{base}.log.cleaned` with its indexes (`base` is the first
     /// member's); empty when every record of the group went.
     segment: Segment,
@@ -179,7 +201,7 @@ struct Cleaned {
 
 impl Cleaned {
     fn base(&self) -> i64 {
-        self.members[0].0
+        self.members[0].base_offset
     }
 
     /// Deletes the group's files, cleaned or committed (a stale or abandoned group).
@@ -209,7 +231,7 @@ fn cleaned_files(dir: &Path, base: i64) -> [PathBuf; 3] {
 /// written again.
 #[derive(Default)]
 struct Group {
-    members: Vec<(i64, u64)>,
+    members: Vec<SegmentView>,
     held: Option<(Vec<u8>, i64)>,
     segment: Option<Segment>,
     size: u64,
@@ -217,14 +239,10 @@ struct Group {
 }
 
 impl Group {
-    fn base(&self) -> i64 {
-        self.members[0].0
-    }
-
     /// Whether `len` more bytes whose last offset is at most `last` fit the group.
     fn fits(&self, len: u64, last: i64, segment_bytes: u64) -> bool {
-        self.size + len <= segment_bytes.min(u32::MAX as u64)
-            && last - self.base() <= i32::MAX as i64
+        let base = self.members.first().map_or(last, |m| m.base_offset);
+        self.size + len <= segment_bytes.min(u32::MAX as u64) && last - base <= i32::MAX as i64
     }
 }
 
@@ -259,30 +277,37 @@ impl CompactionPass {
             for c in &cleaned {
                 c.discard(&self.dir);
             }
-            if let Some(g) = group {
-                for p in cleaned_files(&self.dir, g.base()) {
+            if let Some(first) = group.as_ref().and_then(|g| g.members.first()) {
+                for p in cleaned_files(&self.dir, first.base_offset) {
                     let _ = fs::remove_file(p);
                 }
             }
         }
-        let next_tombstone_expiry = result?;
+        let (cleaned_through, next_tombstone_expiry) = result?;
         Ok(CompactionOutcome {
             cleaned,
-            active_base: self.views.last().map_or(0, |v| v.base_offset),
+            cleaned_through,
             next_tombstone_expiry,
         })
     }
 
+    /// Cleans the sealed segments below the limit; returns where it stopped and when a kept
+    /// tombstone is next due.
     fn clean(
         &self,
         now_ms: i64,
         cleaned: &mut Vec<Cleaned>,
         group: &mut Option<Group>,
-    ) -> Result<Option<i64>, StorageError> {
+    ) -> Result<(i64, Option<i64>), StorageError> {
         let latest = self.latest()?;
         let mut next_expiry: Option<i64> = None;
         let sealed = &self.views[..self.views.len() - 1];
+        let mut cleaned_through = self.views.last().map_or(0, |v| v.base_offset);
         for (i, seg) in sealed.iter().enumerate() {
+            if self.views[i + 1].base_offset > self.limit {
+                cleaned_through = seg.base_offset;
+                break;
+            }
             if seg.size == 0 {
                 // Empty before this pass (a start-up cut it to nothing): not this pass's to
                 // merge or delete.
@@ -301,10 +326,12 @@ impl CompactionPass {
                 self.close(group.take(), cleaned)?;
             }
             let g = group.get_or_insert_with(Group::default);
+            g.members.push(seg.clone());
+            let base = g.members[0].base_offset;
             if let Some((bytes, written)) = g.held.take() {
                 // A second segment joins: the group is written.
                 let mut out =
-                    Segment::create_cleaned(&self.dir, g.base(), self.index_interval, written)?;
+                    Segment::create_cleaned(&self.dir, base, self.index_interval, written)?;
                 out.append_copied(&bytes, written)?;
                 g.segment = Some(out);
             }
@@ -313,7 +340,6 @@ impl CompactionPass {
                 let t = seg.written_ms.saturating_add(self.delete_retention_ms);
                 next_expiry = Some(next_expiry.map_or(t, |n| n.min(t)));
             }
-            g.members.push((seg.base_offset, seg.size));
             g.size += kept.bytes.len() as u64;
             g.removed += kept.removed;
             match &mut g.segment {
@@ -322,7 +348,7 @@ impl CompactionPass {
                 None => {
                     let mut out = Segment::create_cleaned(
                         &self.dir,
-                        g.base(),
+                        base,
                         self.index_interval,
                         seg.written_ms,
                     )?;
@@ -335,7 +361,7 @@ impl CompactionPass {
             }
         }
         self.close(group.take(), cleaned)?;
-        Ok(next_expiry)
+        Ok((cleaned_through, next_expiry))
     }
 
     /// Ends a group: one that was written is made durable and joins the outcome.
@@ -374,6 +400,9 @@ impl CompactionPass {
         };
         for seg in &self.views {
             for_each_batch(seg, |h, bytes| {
+                if h.last_offset() >= self.limit {
+                    return Ok(());
+                }
                 if h.has_producer_id() {
                     last_batch.insert(h.producer_id, h.base_offset);
                 }
@@ -447,7 +476,7 @@ impl CompactionPass {
                         return false;
                     }
                     if *tombstone {
-                        if tombstones_expired {
+                        if tombstones_expired && *offset < self.tombstones_below {
                             return false;
                         }
                         kept.kept_tombstone = true;
@@ -563,24 +592,30 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 impl PartitionLog {
-    /// One whole compaction pass with the log held (see the module docs).
+    /// One whole compaction pass with the log held (see the module docs), on a broker alone
+    /// (every record counts: the limit is the log end).
     pub(super) fn compact(
         &mut self,
         now_ms: i64,
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
-        if let Some(pass) = self.start_compaction(now_ms)? {
+        if let Some(pass) = self.start_compaction(now_ms, self.log_end_offset())? {
             let outcome = pass.run(now_ms)?;
-            self.finish_compaction(outcome, report)?;
+            self.finish_compaction(outcome, now_ms, report)?;
         }
         Ok(())
     }
 
     /// A compaction pass when the policy asks for one and there is something to do (new sealed
     /// data, at least `min.cleanable.dirty.ratio` of it, or a tombstone due to expire); `None`
-    /// otherwise. Cheap: run the pass itself
+    /// otherwise. `limit` is the high watermark (the log end on a broker alone): what is at or
+    /// above it is neither looked at nor cleaned. Cheap: run the pass itself
     /// ([`CompactionPass::run`]) after releasing the log.
-    pub fn start_compaction(&self, now_ms: i64) -> Result<Option<CompactionPass>, StorageError> {
+    pub fn start_compaction(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Option<CompactionPass>, StorageError> {
         let state = self.compaction;
         // The share of sealed bytes written since the last cleaning (all of it after a restart).
         let sealed = &self.segments[..self.segments.len().saturating_sub(1)];
@@ -607,6 +642,8 @@ impl PartitionLog {
         Ok(Some(CompactionPass {
             dir: self.dir.clone(),
             views,
+            limit,
+            tombstones_below: state.clean_through,
             delete_retention_ms: self.config.delete_retention_ms,
             segment_bytes: self.config.segment_bytes,
             index_interval: self.config.index_interval_bytes,
@@ -614,37 +651,43 @@ impl PartitionLog {
     }
 
     /// Swaps in the groups a pass cleaned, except those whose segments changed since it started
-    /// (their files are deleted), and remembers how far the log is clean (step 4 of the module
-    /// docs).
+    /// (their files are deleted), and remembers how far the log is clean when every group went
+    /// in (step 4 of the module docs). An error after the swap's commit reads the log again from
+    /// the disk, which completes the swap as a start-up would.
     pub fn finish_compaction(
         &mut self,
         outcome: CompactionOutcome,
+        now_ms: i64,
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
         let dir = self.dir.clone();
         let mut swaps = Vec::new();
+        let mut drops = Vec::new();
+        let mut complete = true;
         for c in outcome.cleaned {
             match self.replaced_by(&c) {
+                // Nothing left and not the log's first segment: the segments just go.
                 Some(i) if c.segment.size == 0 && i > 0 => {
-                    // Nothing left and not the log's first segment: the segments just go.
                     c.discard(&dir);
-                    for &(base, _) in &c.members {
-                        self.delete_segment(base)?;
-                        report.segments_deleted += 1;
-                    }
-                    report.records_removed += c.removed;
+                    drops.push(c);
                 }
                 Some(_) => swaps.push(c),
-                None => c.discard(&dir),
+                None => {
+                    complete = false;
+                    c.discard(&dir);
+                }
             }
         }
-        if !swaps.is_empty() {
-            self.swap_in(swaps, report)?;
+        commit_swaps(&dir, &swaps)?;
+        if let Err(e) = self.apply_swaps(swaps, drops, report) {
+            tracing::error!(dir = %dir.display(), error = %e, "a compaction swap failed after its commit; reading the partition again from the disk, which completes it");
+            self.reopen(now_ms)?;
+            return Err(e);
         }
-        self.compaction = CompactionState {
-            clean_through: outcome.active_base,
-            next_tombstone_expiry: outcome.next_tombstone_expiry,
-        };
+        self.compaction.next_tombstone_expiry = outcome.next_tombstone_expiry;
+        if complete {
+            self.compaction.clean_through = outcome.cleaned_through;
+        }
         Ok(())
     }
 
@@ -656,53 +699,52 @@ impl PartitionLog {
         let now = sealed.get(i..i + c.members.len())?;
         now.iter()
             .zip(&c.members)
-            .all(|(s, &(base, size))| s.base_offset == base && s.size == size)
+            .all(|(s, m)| m.is_of(s) && s.base_offset == m.base_offset && s.size == m.size)
             .then_some(i)
     }
 
-    /// Deletes the sealed segment at `base` from the log and the disk.
-    fn delete_segment(&mut self, base: i64) -> Result<(), StorageError> {
-        if let Some(i) = self.segments.iter().position(|s| s.base_offset == base) {
-            self.segments[i].delete_files()?;
-            self.segments.remove(i);
-            self.unsealed.retain(|&b| b != base);
-        }
-        Ok(())
-    }
-
-    /// The crash-safe swap of cleaned groups (module docs, step 4): commit every group as a
-    /// `.swap`, delete what they replace, rename them into place; one directory fsync after each
-    /// step. A failure before the commit's fsync abandons every group (the log is as it was);
-    /// after it, what is left is for [`complete_interrupted_swaps`] at the next start.
-    fn swap_in(
+    /// What follows the commit of a swap (module docs, step 4): the segments each swap replaces
+    /// are deleted, and those of the groups left with nothing (every record they held is
+    /// superseded by one kept in this log, swapped in or not); the swaps are renamed into
+    /// place; one directory fsync after each step.
+    fn apply_swaps(
         &mut self,
         swaps: Vec<Cleaned>,
+        drops: Vec<Cleaned>,
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
         let dir = self.dir.clone();
-        let commit = swaps.iter().try_for_each(|c| {
-            let cleaned = cleaned_path(&log_path(&dir, c.base()));
-            let swap = swap_path(&dir, c.base());
-            fs::rename(&cleaned, &swap).map_err(io_err(&swap))
-        });
-        if let Err(e) = commit.and_then(|()| sync_dir(&dir)) {
-            for c in &swaps {
-                c.discard(&dir);
-            }
-            return Err(e);
-        }
         stop_here(1, &dir)?;
         for c in &swaps {
-            for &(base, _) in &c.members[1..] {
-                delete_segment_files(&dir, base)?;
+            for m in &c.members[1..] {
+                delete_segment_files(&dir, m.base_offset)?;
                 stop_here(2, &dir)?;
             }
             for p in [index_path(&dir, c.base()), timeindex_path(&dir, c.base())] {
                 remove_if_there(&p)?;
             }
         }
+        for c in &drops {
+            for m in &c.members {
+                delete_segment_files(&dir, m.base_offset)?;
+            }
+        }
+        if swaps.is_empty() && drops.is_empty() {
+            return Ok(());
+        }
         sync_dir(&dir)?;
         stop_here(3, &dir)?;
+        for c in drops {
+            for m in &c.members {
+                self.segments.retain(|s| s.base_offset != m.base_offset);
+                self.unsealed.retain(|&b| b != m.base_offset);
+            }
+            report.segments_deleted += c.members.len();
+            report.records_removed += c.removed;
+        }
+        if swaps.is_empty() {
+            return Ok(());
+        }
         for c in swaps {
             let base = c.base();
             let path = log_path(&dir, base);
@@ -720,8 +762,8 @@ impl PartitionLog {
                 .expect("checked by replaced_by, and the log was held since");
             let replaced = c.members.len();
             self.segments.splice(i..i + replaced, [c.segment]);
-            for &(b, _) in &c.members {
-                self.unsealed.retain(|&u| u != b);
+            for m in &c.members {
+                self.unsealed.retain(|&u| u != m.base_offset);
             }
             report.segments_compacted += 1;
             report.segments_deleted += replaced - 1;
@@ -729,6 +771,28 @@ impl PartitionLog {
         }
         sync_dir(&dir)
     }
+}
+
+/// The commit of a swap (module docs, step 4): every group's `{base}.log.cleaned` is renamed
+/// `{base}.log.swap`, then the directory fsynced. On failure every group is abandoned and the
+/// log is as it was.
+fn commit_swaps(dir: &Path, swaps: &[Cleaned]) -> Result<(), StorageError> {
+    if swaps.is_empty() {
+        return Ok(());
+    }
+    let committed = swaps
+        .iter()
+        .try_for_each(|c| {
+            let swap = swap_path(dir, c.base());
+            fs::rename(cleaned_path(&log_path(dir, c.base())), &swap).map_err(io_err(&swap))
+        })
+        .and_then(|()| sync_dir(dir));
+    if committed.is_err() {
+        for c in swaps {
+            c.discard(dir);
+        }
+    }
+    committed
 }
 
 #[cfg(test)]
@@ -1065,6 +1129,153 @@ mod tests {
         assert_eq!(offsets(&log), vec![0, 2]);
     }
 
+    /// (key, value) of everything readable.
+    fn pairs(log: &PartitionLog) -> Vec<(String, Option<String>)> {
+        let text = |b: Option<Bytes>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
+        contents(log)
+            .into_iter()
+            .map(|(_, r)| (text(r.key).unwrap(), text(r.value)))
+            .collect()
+    }
+
+    #[test]
+    fn a_tombstone_goes_only_after_a_complete_pass_removed_what_it_hides() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![
+            one("x", "x0"),
+            one("k", "v"),
+            one("y", "y0"),
+            encode_batch(&[tombstone("k", NOW)], Compression::None, -1, -1, -1),
+            one("z", "z0"),
+            one("w", "w0"),
+        ];
+        let size = batches[0].len() as u64;
+        let mut log = one_per_segment(dir.path(), &batches, 2 * size + 2);
+        // Long after the tombstone was written, a first pass runs while DeleteRecords removes
+        // x0's segment: the group holding k=v is stale and stays as it was.
+        let later = NOW + 2 * DAY;
+        let pass = log.start_compaction(later, i64::MAX).unwrap().unwrap();
+        assert_eq!(log.delete_records_before(1).unwrap(), 1);
+        let outcome = pass.run(later).unwrap();
+        log.finish_compaction(outcome, later, &mut MaintenanceReport::default())
+            .unwrap();
+        assert!(pairs(&log).contains(&("k".into(), Some("v".into()))));
+        // The tombstone stayed with it, and goes once a complete pass has removed k=v.
+        assert!(pairs(&log).contains(&("k".into(), None)));
+        log.append(&one("q", "q0"), later).unwrap();
+        log.maintenance(later + 10).unwrap();
+        assert_eq!(
+            pairs(&log).iter().filter(|(k, _)| k == "k").count(),
+            1,
+            "k=v went, its tombstone stays: no complete pass ran before this one"
+        );
+        log.maintenance(later + 20).unwrap();
+        let keys: Vec<String> = pairs(&log).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["y", "z", "w", "q"]);
+    }
+
+    #[test]
+    fn the_first_pass_after_a_start_keeps_expired_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![
+            one("k", "v"),
+            encode_batch(&[tombstone("k", NOW)], Compression::None, -1, -1, -1),
+            one("w", "w0"),
+        ];
+        let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
+        log.maintenance(NOW + 2 * DAY).unwrap();
+        assert_eq!(
+            pairs(&log),
+            [("k".into(), None), ("w".into(), Some("w0".into()))]
+        );
+        log.maintenance(NOW + 2 * DAY + 10).unwrap();
+        assert_eq!(pairs(&log), [("w".into(), Some("w0".into()))]);
+    }
+
+    #[test]
+    fn records_at_or_above_the_limit_supersede_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![
+            one("k", "v0"),
+            one("a", "a0"),
+            one("k", "v1"),
+            one("b", "b0"),
+        ];
+        let mut log = one_per_segment(dir.path(), &batches, 1);
+        // The high watermark is 2: k=v1 may yet be cut by a truncation.
+        let pass = log.start_compaction(NOW + 10, 2).unwrap().unwrap();
+        let outcome = pass.run(NOW + 10).unwrap();
+        let mut report = MaintenanceReport::default();
+        log.finish_compaction(outcome, NOW + 10, &mut report)
+            .unwrap();
+        assert_eq!(report.records_removed, 0);
+        assert_eq!(offsets(&log), [0, 1, 2, 3]);
+        // Once it is below the high watermark, it does.
+        let pass = log.start_compaction(NOW + 20, 4).unwrap().unwrap();
+        let outcome = pass.run(NOW + 20).unwrap();
+        log.finish_compaction(outcome, NOW + 20, &mut report)
+            .unwrap();
+        assert_eq!(offsets(&log), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_pass_over_files_opened_again_since_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![one("k", "v0"), one("k", "v1"), one("b", "b0")];
+        let mut log = one_per_segment(dir.path(), &batches, 1);
+        let pass = log.start_compaction(NOW + 10, i64::MAX).unwrap().unwrap();
+        // A follower's truncation opens the log again (the same bases and sizes, other files).
+        log.reopen(NOW).unwrap();
+        let outcome = pass.run(NOW + 10).unwrap();
+        let mut report = MaintenanceReport::default();
+        log.finish_compaction(outcome, NOW + 10, &mut report)
+            .unwrap();
+        assert_eq!(report.segments_compacted, 0);
+        assert_eq!(log_files(dir.path()), (3, 0));
+        assert_eq!(offsets(&log), [0, 1, 2]);
+    }
+
+    #[test]
+    fn an_error_after_the_commit_completes_the_swap_in_place() {
+        let batches = vec![
+            one("x", "x0"),
+            one("y", "y0"),
+            one("z", "z0"),
+            one("y", "y1"),
+            one("w", "w0"),
+        ];
+        for step in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
+            STOP_SWAP_AT.set(Some(step));
+            let stopped = log.maintenance(NOW + 10);
+            STOP_SWAP_AT.set(None);
+            assert!(stopped.is_err(), "stop {step}");
+            // The log was read again from the disk: the swap is done, nothing left over.
+            assert_eq!(log.segment_bases(), [0, 4], "stop {step}");
+            assert_eq!(log_files(dir.path()), (2, 0), "stop {step}");
+            assert_eq!(offsets(&log), [0, 2, 3, 4], "stop {step}");
+            // Retention then deletes what it deletes, and nothing comes back at the next start.
+            log.set_config(LogConfig {
+                retention_ms: Some(DAY),
+                delete: true,
+                ..log.config().clone()
+            });
+            let fresh = [kv("v", "v0", NOW + 3 * DAY)];
+            log.append(
+                &encode_batch(&fresh, Compression::None, -1, -1, -1),
+                NOW + 3 * DAY,
+            )
+            .unwrap();
+            log.retention(NOW + 3 * DAY).unwrap();
+            assert_eq!(log.log_start_offset(), 4, "stop {step}");
+            drop(log);
+            let log = PartitionLog::open(dir.path(), cfg(), NOW + 3 * DAY).unwrap();
+            assert_eq!(log.log_start_offset(), 4, "stop {step}");
+            assert_eq!(offsets(&log), [4, 5], "stop {step}");
+        }
+    }
+
     #[test]
     fn aborted_records_go_and_undecided_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
@@ -1273,7 +1484,7 @@ mod tests {
         }
         log.seal_all().unwrap();
         let pass = log
-            .start_compaction(NOW + 10)
+            .start_compaction(NOW + 10, i64::MAX)
             .unwrap()
             .expect("sealed data");
         // The log is free while the pass runs: a newer "a" arrives (and rolls the segment).
@@ -1282,7 +1493,8 @@ mod tests {
             .unwrap();
         let outcome = pass.run(NOW + 10).unwrap();
         let mut report = MaintenanceReport::default();
-        log.finish_compaction(outcome, &mut report).unwrap();
+        log.finish_compaction(outcome, NOW + 10, &mut report)
+            .unwrap();
         // The pass saw a1 as the latest "a": only a0 went.
         assert_eq!(report.records_removed, 1);
         assert_eq!(offsets(&log), vec![1, 2, 3, 4, 5]);
@@ -1307,7 +1519,7 @@ mod tests {
         }
         log.seal_all().unwrap();
         let pass = log
-            .start_compaction(NOW + 10)
+            .start_compaction(NOW + 10, i64::MAX)
             .unwrap()
             .expect("sealed data");
         // DeleteRecords drops the first segment (the one the pass cleans) meanwhile.
@@ -1319,7 +1531,8 @@ mod tests {
             "a0's segment was cleaned, with its two index files"
         );
         let mut report = MaintenanceReport::default();
-        log.finish_compaction(outcome, &mut report).unwrap();
+        log.finish_compaction(outcome, NOW + 10, &mut report)
+            .unwrap();
         assert_eq!(report.segments_compacted, 0);
         assert_eq!(
             leftover_cleaned_files(dir.path()),

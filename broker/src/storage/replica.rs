@@ -170,7 +170,7 @@ impl PartitionLog {
 
     /// Opens the directory again, as at start-up: segments, indexes and producer states are
     /// read from what is now on disk.
-    fn reopen(&mut self, now_ms: i64) -> Result<(), StorageError> {
+    pub(super) fn reopen(&mut self, now_ms: i64) -> Result<(), StorageError> {
         *self = PartitionLog::open(self.dir.clone(), self.config.clone(), now_ms)?;
         Ok(())
     }

@@ -46,12 +46,15 @@ pub(crate) fn swap_path(dir: &Path, base: i64) -> PathBuf {
 }
 
 /// Deletes the files of the segment at `base`: its log (already gone is as good as deleted),
-/// its index files and any tail a start-up cut from it and kept beside it ([`keep_discarded`]).
+/// any compacted copy of it waiting to replace it (`.log.swap`, which a start-up would
+/// otherwise put back), its index files and any tail a start-up cut from it and kept beside it
+/// ([`keep_discarded`]).
 pub(crate) fn delete_segment_files(dir: &Path, base: i64) -> Result<(), StorageError> {
-    let path = log_path(dir, base);
-    match fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
-        _ => {}
+    for path in [swap_path(dir, base), log_path(dir, base)] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+            _ => {}
+        }
     }
     let _ = fs::remove_file(index_path(dir, base));
     let _ = fs::remove_file(timeindex_path(dir, base));
@@ -605,6 +608,7 @@ impl Segment {
 /// ([`Segment::view`]). A sealed segment does not change; an active one only grows, so the first
 /// `size` bytes stay as seen. A segment that compaction replaced or retention deleted meanwhile
 /// is still read as it was: the handle keeps the old file.
+#[derive(Clone)]
 pub(crate) struct SegmentView {
     pub(crate) base_offset: i64,
     pub(crate) size: u64,
@@ -614,6 +618,12 @@ pub(crate) struct SegmentView {
 }
 
 impl SegmentView {
+    /// Whether `seg` is the segment this is a view of (its file, not one opened again or made
+    /// anew at the same base offset since).
+    pub(crate) fn is_of(&self, seg: &Segment) -> bool {
+        Arc::ptr_eq(&self.file, &seg.file)
+    }
+
     /// Visit batch headers from `pos` to `size`; `f` returns false to stop.
     pub(crate) fn for_each_header(
         &self,
