@@ -174,6 +174,8 @@ pub struct CompactionPass {
     /// Tombstones below it may go ([`CompactionState::clean_through`] when the pass began).
     tombstones_below: i64,
     delete_retention_ms: i64,
+    /// `retention.ms` when the topic also deletes by time (`compact,delete`).
+    retention_ms: Option<i64>,
     /// `segment.bytes`: the most a group of cleaned segments may hold.
     segment_bytes: u64,
     index_interval: u64,
@@ -232,6 +234,8 @@ fn cleaned_files(dir: &Path, base: i64) -> [PathBuf; 3] {
 #[derive(Default)]
 struct Group {
     members: Vec<SegmentView>,
+    /// The maxTimestamp of the first member's first batch (`NO_TIMESTAMP` if none).
+    start_ts: i64,
     held: Option<(Vec<u8>, i64)>,
     segment: Option<Segment>,
     size: u64,
@@ -303,6 +307,7 @@ impl CompactionPass {
         let mut next_expiry: Option<i64> = None;
         let sealed = &self.views[..self.views.len() - 1];
         let mut cleaned_through = self.views.last().map_or(0, |v| v.base_offset);
+        let kept_aside = self.with_kept_tails();
         for (i, seg) in sealed.iter().enumerate() {
             if self.views[i + 1].base_offset > self.limit {
                 cleaned_through = seg.base_offset;
@@ -319,13 +324,27 @@ impl CompactionPass {
             // one segment's kept batches are in memory at a time; what this pass leaves small
             // merges at the next.
             let last = self.views[i + 1].base_offset - 1;
-            if group
-                .as_ref()
-                .is_some_and(|g| !g.fits(seg.size, last, self.segment_bytes))
-            {
+            let joins = group.as_ref().is_some_and(|g| {
+                g.fits(seg.size, last, self.segment_bytes)
+                    && self.joins_in_time(g.start_ts, seg.max_timestamp)
+                    // A cut tail kept beside the segment goes with the segment's own files, when
+                    // retention deletes it; merged into another, it would go now.
+                    && !kept_aside.contains(&seg.base_offset)
+            });
+            if !joins {
                 self.close(group.take(), cleaned)?;
             }
-            let g = group.get_or_insert_with(Group::default);
+            let mut start_ts = NO_TIMESTAMP;
+            if group.is_none() {
+                seg.for_each_header(0, |_, h| {
+                    start_ts = h.max_timestamp;
+                    false
+                })?;
+            }
+            let g = group.get_or_insert_with(|| Group {
+                start_ts,
+                ..Group::default()
+            });
             g.members.push(seg.clone());
             let base = g.members[0].base_offset;
             if let Some((bytes, written)) = g.held.take() {
@@ -362,6 +381,34 @@ impl CompactionPass {
         }
         self.close(group.take(), cleaned)?;
         Ok((cleaned_through, next_expiry))
+    }
+
+    /// On a topic that also deletes by time, whether a segment whose newest record is at
+    /// `max_timestamp` may join a group whose first batch is at `start_ts`: retention deletes a
+    /// segment by its newest record, so a group must not span more than a tenth of
+    /// `retention.ms`, or its oldest records would outlive their time (and merging every new
+    /// segment into the first would keep the whole log).
+    fn joins_in_time(&self, start_ts: i64, max_timestamp: i64) -> bool {
+        self.retention_ms.is_none_or(|r| {
+            start_ts != NO_TIMESTAMP
+                && max_timestamp != NO_TIMESTAMP
+                && max_timestamp.saturating_sub(start_ts) <= r / 10
+        })
+    }
+
+    /// Base offsets of the segments with a tail a start-up cut and kept beside them
+    /// (`{base}.log.discarded-*`).
+    fn with_kept_tails(&self) -> HashSet<i64> {
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let (stem, _) = name.to_str()?.split_once(".log.discarded-")?;
+                super::log::parse_base(stem)
+            })
+            .collect()
     }
 
     /// Ends a group: one that was written is made durable and joins the outcome.
@@ -545,10 +592,10 @@ pub(super) fn complete_interrupted_swaps(dir: &Path) -> Result<(), StorageError>
         }
         let path = log_path(dir, base);
         fs::rename(&swap, &path).map_err(io_err(&path))?;
-        tracing::warn!(
+        tracing::info!(
             segment = %path.display(),
-            replaced_segments = replaced.len(),
-            "completed a compaction swap that a stop had interrupted"
+            segments_deleted_now = replaced.len(),
+            "completed a compaction swap that a stop interrupted after its commit"
         );
     }
     sync_dir(dir)
@@ -645,6 +692,7 @@ impl PartitionLog {
             limit,
             tombstones_below: state.clean_through,
             delete_retention_ms: self.config.delete_retention_ms,
+            retention_ms: self.config.retention_ms.filter(|_| self.config.delete),
             segment_bytes: self.config.segment_bytes,
             index_interval: self.config.index_interval_bytes,
         }))
@@ -1274,6 +1322,47 @@ mod tests {
             assert_eq!(log.log_start_offset(), 4, "stop {step}");
             assert_eq!(offsets(&log), [4, 5], "stop {step}");
         }
+    }
+
+    #[test]
+    fn on_a_compact_delete_topic_a_merge_spans_a_tenth_of_retention_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |segment_bytes| LogConfig {
+            delete: true,
+            retention_ms: Some(10_000),
+            segment_bytes,
+            ..cfg()
+        };
+        let mut log = PartitionLog::open(dir.path(), config(1), NOW).unwrap();
+        // Ten one-record segments, 500 ms apart, every key different.
+        for i in 0..10 {
+            let rec = [kv(&format!("k{i}"), "v", NOW + 500 * i)];
+            log.append(&encode_batch(&rec, Compression::None, -1, -1, -1), NOW)
+                .unwrap();
+        }
+        log.seal_all().unwrap();
+        log.set_config(config(1 << 20));
+        log.maintenance(NOW + 5_000).unwrap();
+        // Groups of at most 1 s (a tenth of retention.ms) from their first batch.
+        assert_eq!(log.segment_bases(), [0, 3, 6, 9]);
+        // So retention still deletes the oldest records in their time.
+        log.maintenance(NOW + 11_200).unwrap();
+        assert_eq!(log.log_start_offset(), 3);
+        assert_eq!(offsets(&log), [3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_segment_with_a_kept_tail_is_not_merged_into_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<Vec<u8>> = ["a", "b", "c", "d"].iter().map(|k| one(k, "v")).collect();
+        let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
+        // What a start-up cut from segment 2 and kept beside it, for an operator.
+        let kept = dir.path().join(format!("{:020}.log.discarded-{NOW}", 2));
+        std::fs::write(&kept, b"torn").unwrap();
+        log.maintenance(NOW + 10).unwrap();
+        assert_eq!(log.segment_bases(), [0, 2, 3]);
+        assert!(kept.exists());
+        assert_eq!(offsets(&log), [0, 1, 2, 3]);
     }
 
     #[test]

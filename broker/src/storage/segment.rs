@@ -462,6 +462,7 @@ impl Segment {
             base_offset: self.base_offset,
             size: self.size,
             written_ms: self.written_ms,
+            max_timestamp: self.max_timestamp,
             file: self.file.clone(),
             path: self.path.clone(),
         }
@@ -613,6 +614,8 @@ pub(crate) struct SegmentView {
     pub(crate) base_offset: i64,
     pub(crate) size: u64,
     pub(crate) written_ms: i64,
+    /// The segment's largest batch maxTimestamp, `NO_TIMESTAMP` when empty.
+    pub(crate) max_timestamp: i64,
     file: Arc<File>,
     path: PathBuf,
 }
