@@ -393,7 +393,8 @@ pub struct LogConfig {
     #[serde(with = "units::duration")]
     pub delete_retention: Duration,
     /// How much of a compacted partition's sealed data must be new since its last cleaning before
-    /// compaction runs again (`min.cleanable.dirty.ratio`), 0.0..=1.0. Default 0.5, Kafka's: a
+    /// compaction runs again (`min.cleanable.dirty.ratio`; 64 new segments also start a pass,
+    /// to merge small ones), 0.0..=1.0. Default 0.5, Kafka's: a
     /// pass rewrites what it cleans, so cleaning whenever a segment is sealed (0.0) writes the
     /// log again each time, several times the ingest (flash wears), for a smaller disk.
     pub min_cleanable_dirty_ratio: f64,

@@ -149,6 +149,11 @@ fn for_each_batch(
     Ok(())
 }
 
+/// New sealed segments that start a pass whatever their share of the log: segments that roll
+/// often (a small `segment.ms`) cost a file and a descriptor each until a pass merges them,
+/// and would pile up by the hundreds before `min.cleanable.dirty.ratio` is reached.
+const MERGE_AT_SEGMENTS: usize = 64;
+
 /// When compaction last ran to completion, to skip runs with nothing to do.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CompactionState {
@@ -654,7 +659,8 @@ impl PartitionLog {
     }
 
     /// A compaction pass when the policy asks for one and there is something to do (new sealed
-    /// data, at least `min.cleanable.dirty.ratio` of it, or a tombstone due to expire); `None`
+    /// data, at least `min.cleanable.dirty.ratio` of it or [`MERGE_AT_SEGMENTS`] segments, or a
+    /// tombstone due to expire); `None`
     /// otherwise. `limit` is the high watermark (the log end on a broker alone): what is at or
     /// above it is neither looked at nor cleaned. Cheap: run the pass itself
     /// ([`CompactionPass::run`]) after releasing the log.
@@ -672,8 +678,13 @@ impl PartitionLog {
             .map(|s| s.size)
             .sum();
         let total: u64 = sealed.iter().map(|s| s.size).sum();
-        let new_data =
-            dirty > 0 && dirty as f64 >= self.config.min_cleanable_dirty_ratio * total as f64;
+        let dirty_segments = sealed
+            .iter()
+            .filter(|s| s.base_offset >= state.clean_through)
+            .count();
+        let new_data = dirty > 0
+            && (dirty as f64 >= self.config.min_cleanable_dirty_ratio * total as f64
+                || dirty_segments >= MERGE_AT_SEGMENTS);
         let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t);
         // Not while a rolled segment awaits its seal: the pass would read it before it is durable
         // and a seal running across the swap could write stale index files.
@@ -1363,6 +1374,44 @@ mod tests {
         assert_eq!(log.segment_bases(), [0, 2, 3]);
         assert!(kept.exists());
         assert_eq!(offsets(&log), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn many_new_small_segments_start_a_pass_below_the_dirty_ratio() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = "x".repeat(100_000);
+        let mut batches = vec![one("big", &big)];
+        batches.extend((0..3).map(|i| one(&format!("k{i}"), "v")));
+        let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
+        let ratio = |log: &mut PartitionLog, segment_bytes| {
+            log.set_config(LogConfig {
+                segment_bytes,
+                min_cleanable_dirty_ratio: 0.5,
+                ..log.config().clone()
+            })
+        };
+        ratio(&mut log, 1 << 20);
+        log.maintenance(NOW + 10).unwrap();
+        assert_eq!(log.segment_bases(), [0, 3]);
+        // New one-record segments are far from half the log, but 64 of them start a pass.
+        let add = |log: &mut PartitionLog, from: usize, n: usize| {
+            ratio(log, 1);
+            for i in from..from + n {
+                log.append(&one(&format!("n{i}"), "v"), NOW).unwrap();
+            }
+            log.seal_all().unwrap();
+            ratio(log, 1 << 20);
+        };
+        add(&mut log, 0, 63);
+        assert_eq!(
+            log.maintenance(NOW + 20).unwrap(),
+            MaintenanceReport::default()
+        );
+        assert_eq!(log.segment_count(), 65);
+        add(&mut log, 63, 1);
+        log.maintenance(NOW + 30).unwrap();
+        assert_eq!(log.segment_bases(), [0, 67]);
+        assert_eq!(offsets(&log).len(), 68);
     }
 
     #[test]
