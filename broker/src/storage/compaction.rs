@@ -897,6 +897,15 @@ mod tests {
         encode_batch(&[kv(key, value, NOW)], Compression::None, -1, -1, -1)
     }
 
+    /// What compaction keeps of 60 one-record batches over keys a, b, c in turn.
+    fn last_of_60_over_3_keys() -> Vec<(i64, TestRec)> {
+        vec![
+            (57, kv("a", "a57", NOW)),
+            (58, kv("b", "b58", NOW)),
+            (59, kv("c", "c59", NOW)),
+        ]
+    }
+
     #[test]
     fn emptied_segments_are_deleted_and_their_offsets_read_from_the_next_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -923,11 +932,7 @@ mod tests {
             })
             .count();
         assert_eq!(files, 4);
-        let expect = vec![
-            (57, kv("a", "a57", NOW)),
-            (58, kv("b", "b58", NOW)),
-            (59, kv("c", "c59", NOW)),
-        ];
+        let expect = last_of_60_over_3_keys();
         assert_eq!(contents(&log), expect);
         assert_eq!(log.log_start_offset(), 0);
         // Any offset of a deleted segment reads from the next batch kept.
@@ -1096,11 +1101,7 @@ mod tests {
         // One segment at the log's start holding a57 and b58, and the active one with c59.
         assert_eq!(log.segment_bases(), vec![0, 59]);
         assert_eq!(log_files(dir.path()), (2, 0));
-        let expect = vec![
-            (57, kv("a", "a57", NOW)),
-            (58, kv("b", "b58", NOW)),
-            (59, kv("c", "c59", NOW)),
-        ];
+        let expect = last_of_60_over_3_keys();
         assert_eq!(contents(&log), expect);
         assert_eq!(log.log_start_offset(), 0);
         assert_eq!(decode_all(&log.read(3, 1).unwrap())[0].0, 57);

@@ -180,22 +180,34 @@ impl Segment {
         now_ms: i64,
     ) -> Result<Segment, StorageError> {
         let path = log_path(dir, base_offset);
+        let seg = Segment::empty_file(dir, base_offset, index_interval, now_ms, &path)?;
+        let _ = fs::remove_file(index_path(dir, base_offset));
+        let _ = fs::remove_file(timeindex_path(dir, base_offset));
+        Ok(seg)
+    }
+
+    /// An empty segment named `{base}.log` whose file is made (or emptied) at `at`.
+    fn empty_file(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u64,
+        now_ms: i64,
+        at: &Path,
+    ) -> Result<Segment, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let _ = fs::remove_file(index_path(dir, base_offset));
-        let _ = fs::remove_file(timeindex_path(dir, base_offset));
+            .open(at)
+            .map_err(io_err(at))?;
         Ok(Segment::empty(
             dir,
             base_offset,
             index_interval,
             now_ms,
             Arc::new(file),
-            path,
+            log_path(dir, base_offset),
         ))
     }
 
@@ -549,23 +561,8 @@ impl Segment {
         index_interval: u64,
         written_ms: i64,
     ) -> Result<Segment, StorageError> {
-        let path = log_path(dir, base_offset);
-        let at = cleaned_path(&path);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&at)
-            .map_err(io_err(&at))?;
-        Ok(Segment::empty(
-            dir,
-            base_offset,
-            index_interval,
-            written_ms,
-            Arc::new(file),
-            path,
-        ))
+        let at = cleaned_path(&log_path(dir, base_offset));
+        Segment::empty_file(dir, base_offset, index_interval, written_ms, &at)
     }
 
     /// Appends whole, checked batches copied from another segment of the log, written by the
