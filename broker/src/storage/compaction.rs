@@ -897,6 +897,11 @@ mod tests {
         encode_batch(&[kv(key, value, NOW)], Compression::None, -1, -1, -1)
     }
 
+    /// An uncompressed batch of one tombstone for `key`, at NOW.
+    fn gone(key: &str) -> Vec<u8> {
+        encode_batch(&[tombstone(key, NOW)], Compression::None, -1, -1, -1)
+    }
+
     /// What compaction keeps of 60 one-record batches over keys a, b, c in turn.
     fn last_of_60_over_3_keys() -> Vec<(i64, TestRec)> {
         vec![
@@ -1116,7 +1121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let batches = vec![
             one("a", "a0"),
-            encode_batch(&[tombstone("b", NOW)], Compression::None, -1, -1, -1),
+            gone("b"),
             one("c", "c0"),
             one("d", "d0"),
             one("e", "e0"), // active
@@ -1205,7 +1210,7 @@ mod tests {
             one("x", "x0"),
             one("k", "v"),
             one("y", "y0"),
-            encode_batch(&[tombstone("k", NOW)], Compression::None, -1, -1, -1),
+            gone("k"),
             one("z", "z0"),
             one("w", "w0"),
         ];
@@ -1237,11 +1242,7 @@ mod tests {
     #[test]
     fn the_first_pass_after_a_start_keeps_expired_tombstones() {
         let dir = tempfile::tempdir().unwrap();
-        let batches = vec![
-            one("k", "v"),
-            encode_batch(&[tombstone("k", NOW)], Compression::None, -1, -1, -1),
-            one("w", "w0"),
-        ];
+        let batches = vec![one("k", "v"), gone("k"), one("w", "w0")];
         let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
         log.maintenance(NOW + 2 * DAY).unwrap();
         assert_eq!(
