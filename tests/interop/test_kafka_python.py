@@ -505,7 +505,10 @@ def test_incremental_fetch_sessions_across_a_restart(fresh_broker):
 def test_compaction_keeps_offsets_and_repeated_headers_of_compressed_batches(broker_factory):
     """A compacted topic whose lz4 batches lose some records to the cleaner: the kept records
     are read back by kafka-python and librdkafka (confluent-kafka) at their own offsets, with
-    every header as produced, a name given twice included (Kafka keeps both)."""
+    every header as produced, a name given twice included (Kafka keeps both), and their own
+    timestamps, also in the batch that keeps a tombstone: the cleaner stores the tombstone's
+    delete horizon as that batch's first timestamp (KIP-534) and rewrites its records'
+    timestamp deltas against it."""
     from confluent_kafka import Consumer
 
     b = broker_factory(extra_config='[log]\nretention_check_interval = "200ms"')
@@ -531,6 +534,8 @@ def test_compaction_keeps_offsets_and_repeated_headers_of_compressed_batches(bro
                                         ("trace", b"b"), ("empty", b"")],
                             "timestamp": BASE_TS + round_ * 100 + i,
                             "partition": 0})
+    # The last batch's own key is deleted in it: a tombstone kept beside the latest "shared".
+    records[23]["value"] = None
     p = producer(b, compression_type="lz4", linger_ms=50, batch_size=64 * 1024)
     try:
         for round_ in range(6):
@@ -577,5 +582,5 @@ def test_compaction_keeps_offsets_and_repeated_headers_of_compressed_batches(bro
     finally:
         c.close()
     kept = [m for m in msgs if not m.key().startswith(b"filler-")]
-    assert [(m.offset(), m.key(), m.value(), m.headers()) for m in kept] == \
-        [(o, r["key"], r["value"], r["headers"]) for o, r in want]
+    assert [(m.offset(), m.key(), m.value(), m.headers(), m.timestamp()[1]) for m in kept] == \
+        [(o, r["key"], r["value"], r["headers"], r["timestamp"]) for o, r in want]

@@ -168,6 +168,11 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & ATTR_CONTROL != 0
     }
+    /// Whether compaction stored its tombstones' delete horizon in the first timestamp
+    /// (KIP-534): the time after which they may go.
+    pub fn delete_horizon(&self) -> Option<i64> {
+        (self.attributes & ATTR_DELETE_HORIZON != 0).then_some(self.first_timestamp)
+    }
     /// True for idempotent or transactional producers.
     pub fn has_producer_id(&self) -> bool {
         self.producer_id > NO_PRODUCER_ID

@@ -12,21 +12,23 @@
 //!    plus producerId -> base offset of its last batch;
 //! 2. for each sealed segment below the limit, keep a record only if it is the latest for its
 //!    key; drop records without a key (they cannot be produced to a compacted topic, but may
-//!    predate the policy); drop a tombstone (null value) once `delete_retention_ms` has passed
-//!    since the broker last wrote its segment (`Segment::written_ms`; not the records' own
-//!    timestamps, which may be far in the past), and only below where the last *complete* pass
-//!    (one that swapped in every group it cleaned) stopped, so the values it hides are gone
-//!    before it goes: never a tombstone removed while an older value of its key stays (Kafka
-//!    also drops tombstones only from the part of the log cleaned before). Kafka before 3.1
-//!    timed them by segment files' modification times too; since KIP-534 it stores a delete
-//!    horizon in the batch, which this broker does not write;
+//!    predate the policy); drop a tombstone (null value) once its delete horizon has passed,
+//!    and only below where the last *complete* pass (one that swapped in every group it
+//!    cleaned) stopped, so the values it hides are gone before it goes: never a tombstone
+//!    removed while an older value of its key stays (Kafka also drops tombstones only from the
+//!    part of the log cleaned before). The horizon is `delete_retention_ms` after the broker
+//!    wrote the tombstone's segment (`Segment::written_ms`; not the records' own timestamps,
+//!    which may be far in the past). The first pass that writes a batch keeping a tombstone
+//!    stores that horizon in it, as KIP-534 does (the delete-horizon attribute, the horizon as
+//!    the batch's first timestamp, each record's timestamp delta rewritten against it so its
+//!    timestamp stays), so merging the segment with newer ones, which gives the merged file a
+//!    later write time, does not move the tombstone's clock. Kafka stores the time of that
+//!    first cleaning plus `delete.retention.ms`, so it may keep a tombstone longer;
 //! 3. adjacent sealed segments are cleaned into one while what they keep fits `segment.bytes`
 //!    (and the index's 32-bit relative offsets and positions), as Kafka's cleaner groups them,
 //!    so a compacted log keeps about as many segments as its live data fills, not one per
-//!    segment ever rolled. A group ends at a segment that keeps a tombstone (its
-//!    `delete.retention.ms` clock is the time its segment was written, and a merged segment
-//!    takes the latest of its members': merging newer segments into it would move the clock
-//!    on with each pass) and around a segment already empty when the pass began (one a start-up cut to
+//!    segment ever rolled, tombstones or not. A group ends around a segment already empty when
+//!    the pass began (one a start-up cut to
 //!    nothing keeps the cut bytes beside it: not this pass's to delete). A lone segment that
 //!    loses nothing is left untouched; any other group is written to `{base}.log.cleaned` (base
 //!    = its first segment's), fsynced, with its index files beside it (`.index.cleaned`,
@@ -48,12 +50,14 @@
 //!    again from the disk. A crash before the commit leaves the old segments (leftover
 //!    `.cleaned` files are deleted on open).
 //!
-//! Batches that keep all their records are copied byte for byte. Partially kept batches keep
+//! Batches that keep all their records are copied byte for byte, unless a tombstone's horizon
+//! is to be stored in them. Partially kept batches keep
 //! their kept records byte for byte too ([`Records::keep_offsets`]: every header, a name given
 //! twice included, each record's offset and timestamp deltas), in a batch with the original's
 //! header (base offset, first timestamp, lastOffsetDelta, attributes, producer id, epoch and
 //! base sequence, as Kafka's cleaner keeps them for v2 batches) but its record count, length,
-//! CreateTime max timestamp and CRC, compressed again with the original codec. A batch that
+//! CreateTime max timestamp and CRC, compressed again with the original codec (a batch that
+//! takes a horizon also its first timestamp, attributes and timestamp deltas). A batch that
 //! loses all records is dropped, except the last batch of each producer, which is kept as an
 //! empty (61-byte) batch so that the producer's epoch and sequence survive a restart (Kafka
 //! does the same).
@@ -255,12 +259,12 @@ impl Group {
     }
 }
 
-/// One sealed segment cleaned: its kept batches, how many records went, and whether it keeps a
-/// tombstone.
+/// One sealed segment cleaned: its kept batches, how many records went, and the earliest delete
+/// horizon of the tombstones it keeps.
 struct Kept {
     bytes: Vec<u8>,
     removed: u64,
-    kept_tombstone: bool,
+    next_tombstone_expiry: Option<i64>,
 }
 
 /// What the first read of a pass learned about the whole log.
@@ -360,10 +364,7 @@ impl CompactionPass {
                 g.segment = Some(out);
             }
             let kept = self.clean_segment(seg, &latest, now_ms)?;
-            if kept.kept_tombstone {
-                let t = seg.written_ms.saturating_add(self.delete_retention_ms);
-                next_expiry = Some(next_expiry.map_or(t, |n| n.min(t)));
-            }
+            next_expiry = earliest(next_expiry, kept.next_tombstone_expiry);
             g.size += kept.bytes.len() as u64;
             g.removed += kept.removed;
             match &mut g.segment {
@@ -379,9 +380,6 @@ impl CompactionPass {
                     out.append_copied(&kept.bytes, seg.written_ms)?;
                     g.segment = Some(out);
                 }
-            }
-            if kept.kept_tombstone {
-                self.close(group.take(), cleaned)?;
             }
         }
         self.close(group.take(), cleaned)?;
@@ -502,11 +500,10 @@ impl CompactionPass {
         log: &Latest,
         now_ms: i64,
     ) -> Result<Kept, StorageError> {
-        let tombstones_expired = now_ms.saturating_sub(seg.written_ms) > self.delete_retention_ms;
         let mut kept = Kept {
             bytes: Vec::with_capacity(seg.size as usize),
             removed: 0,
-            kept_tombstone: false,
+            next_tombstone_expiry: None,
         };
         for_each_batch(seg, |h, bytes| {
             if h.is_control() || log.undecided.contains(&h.base_offset) {
@@ -517,6 +514,11 @@ impl CompactionPass {
             let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
             let total = records.len();
             let dropped = log.aborted.contains(&h.base_offset);
+            // The tombstones' delete horizon: stored in the batch by the pass that first wrote
+            // it with a tombstone, else `delete.retention.ms` after the segment was written.
+            let stored = h.delete_horizon();
+            let horizon = stored.unwrap_or(seg.written_ms.saturating_add(self.delete_retention_ms));
+            let mut keeps_tombstone = false;
             let keep: Vec<usize> = keys(&records, h)
                 .enumerate()
                 .filter(|(_, (key, offset, tombstone))| {
@@ -528,20 +530,26 @@ impl CompactionPass {
                         return false;
                     }
                     if *tombstone {
-                        if tombstones_expired && *offset < self.tombstones_below {
+                        if now_ms > horizon && *offset < self.tombstones_below {
                             return false;
                         }
-                        kept.kept_tombstone = true;
+                        keeps_tombstone = true;
                     }
                     true
                 })
                 .map(|(i, _)| i)
                 .collect();
             kept.removed += (total - keep.len()) as u64;
-            if keep.len() == total {
+            if keeps_tombstone {
+                kept.next_tombstone_expiry = earliest(kept.next_tombstone_expiry, Some(horizon));
+            }
+            // A tombstone's horizon goes into its batch when the batch is first written again,
+            // so that merging its segment with later ones (a new write time) does not move it.
+            let store_horizon = (keeps_tombstone && stored.is_none()).then_some(horizon);
+            if keep.len() == total && store_horizon.is_none() {
                 kept.bytes.extend_from_slice(bytes);
             } else if !keep.is_empty() {
-                let batch = record_spans::compressed(records.keep_offsets(h, &keep))
+                let batch = record_spans::compressed(records.keep_offsets(h, &keep, store_horizon))
                     .map_err(codec("compaction encode"))?;
                 kept.bytes.extend_from_slice(&batch);
             } else if h.has_producer_id()
@@ -552,6 +560,14 @@ impl CompactionPass {
             Ok(())
         })?;
         Ok(kept)
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -1116,8 +1132,16 @@ mod tests {
         assert_eq!(contents(&log), expect);
     }
 
+    /// The keys readable in `log`, in offset order.
+    fn keys_of(log: &PartitionLog) -> Vec<String> {
+        contents(log)
+            .into_iter()
+            .map(|(_, r)| String::from_utf8(r.key.unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
     #[test]
-    fn a_segment_keeping_a_tombstone_ends_a_merge_until_it_expires() {
+    fn a_tombstone_keeps_its_horizon_in_its_batch_while_its_segment_merges() {
         let dir = tempfile::tempdir().unwrap();
         let batches = vec![
             one("a", "a0"),
@@ -1128,17 +1152,32 @@ mod tests {
         ];
         let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
         log.maintenance(NOW + 10).unwrap();
-        // Merging c and d into b's segment would start b's delete.retention.ms clock again.
-        assert_eq!(log.segment_bases(), vec![0, 2, 4]);
-        log.append(&one("f", "f0"), NOW).unwrap();
-        // Once the tombstone's time is up it goes, and the segments merge.
-        log.maintenance(NOW + DAY + 20).unwrap();
+        // b's tombstone merges with the segments around it; its batch now says when it may
+        // go: delete.retention.ms after the broker stored it.
         assert_eq!(log.segment_bases(), vec![0, 4]);
-        let keys: Vec<Bytes> = contents(&log)
-            .into_iter()
-            .map(|(_, r)| r.key.unwrap())
-            .collect();
-        assert_eq!(keys, ["a", "c", "d", "e", "f"]);
+        let stored = log.read(1, 1).unwrap();
+        let (_, h, _) = parse_batches(&stored).next().unwrap().unwrap();
+        assert_eq!((h.base_offset, h.delete_horizon()), (1, Some(NOW + DAY)));
+        assert_eq!(contents(&log)[1], (1, tombstone("b", NOW)));
+        // Half a day later, newer segments merge into the same segment: a new write time for
+        // its file, the same horizon for the tombstone.
+        let later = NOW + DAY / 2;
+        let config = log.config().clone();
+        log.set_config(LogConfig {
+            segment_bytes: 1,
+            ..config.clone()
+        });
+        log.append(&one("f", "f0"), later).unwrap();
+        log.append(&one("g", "g0"), later).unwrap();
+        log.set_config(config);
+        log.maintenance(later + 10).unwrap();
+        assert_eq!(log.segment_bases(), vec![0, 6]);
+        assert_eq!(keys_of(&log), ["a", "b", "c", "d", "e", "f", "g"]);
+        assert_eq!(log.maintenance(NOW + DAY - 10).unwrap().records_removed, 0);
+        // Its day is up: it goes, on the time it was stored.
+        assert_eq!(log.maintenance(NOW + DAY + 20).unwrap().records_removed, 1);
+        assert_eq!(keys_of(&log), ["a", "c", "d", "e", "f", "g"]);
+        assert_eq!(log.segment_bases(), vec![0, 6]);
     }
 
     /// The log of `one_per_segment` over `batches` after a pass whose swap stopped at `step`

@@ -36,6 +36,8 @@ pub type Malformed = String;
 pub(crate) struct Span {
     /// Where the record starts (its length).
     start: usize,
+    /// The record's attributes byte (unused by Kafka so far, kept as it is).
+    attributes: u8,
     pub(crate) offset_delta: i32,
     pub(crate) timestamp: i64,
     pub(crate) key: Option<Range<usize>>,
@@ -154,7 +156,8 @@ impl<'a> Records<'a> {
             if end > batch.len() {
                 return Err("record runs past the batch".into());
             }
-            pos += 1; // attributes (unused)
+            let attributes = *batch.get(pos).ok_or("record runs past the batch")?;
+            pos += 1;
             let delta = varlong(batch, &mut pos, 10)?;
             let offset_delta = varint(batch, &mut pos)?; // renumbered on rebuild
             let tail_start = pos;
@@ -172,6 +175,7 @@ impl<'a> Records<'a> {
             }
             spans.push(Span {
                 start,
+                attributes,
                 offset_delta,
                 timestamp: h.first_timestamp.wrapping_add(delta),
                 key,
@@ -278,12 +282,43 @@ impl<'a> Records<'a> {
     /// are: each keeps its offset and timestamp deltas, the batch its header fields but the
     /// record count, the length, for CreateTime the max timestamp (the largest kept), and the
     /// CRC. For a compressed batch, pass it through [`compressed`].
-    pub fn keep_offsets(&self, h: &BatchHeader, kept: &[usize]) -> Vec<u8> {
+    ///
+    /// With a `delete_horizon` (KIP-534), the batch's first timestamp becomes the horizon and
+    /// its attributes say so; each record's timestamp delta is rewritten against it, so every
+    /// record keeps its timestamp (base + delta, as consumers compute it).
+    pub fn keep_offsets(
+        &self,
+        h: &BatchHeader,
+        kept: &[usize],
+        delete_horizon: Option<i64>,
+    ) -> Vec<u8> {
         let spans = || kept.iter().map(|&i| &self.spans[i]);
-        let mut out = Vec::with_capacity(self.batch.len());
+        let mut out = Vec::with_capacity(self.batch.len() + 8 * kept.len());
         out.extend_from_slice(&self.batch[..BATCH_HEADER_LEN]);
-        for s in spans() {
-            out.extend_from_slice(&self.batch[s.start..s.tail.end]);
+        match delete_horizon {
+            None => {
+                for s in spans() {
+                    out.extend_from_slice(&self.batch[s.start..s.tail.end]);
+                }
+            }
+            Some(horizon) => {
+                let mut prefix = Vec::with_capacity(16);
+                for s in spans() {
+                    prefix.clear();
+                    prefix.push(s.attributes);
+                    put_varlong(&mut prefix, s.timestamp.wrapping_sub(horizon));
+                    put_varlong(&mut prefix, i64::from(s.offset_delta));
+                    put_varlong(&mut out, (prefix.len() + s.tail.len()) as i64);
+                    out.extend_from_slice(&prefix);
+                    out.extend_from_slice(&self.batch[s.tail.clone()]);
+                }
+                storage::put_i64(&mut out, storage::FIRST_TIMESTAMP_POS, horizon);
+                storage::put_i16(
+                    &mut out,
+                    storage::ATTRIBUTES_POS,
+                    h.attributes | storage::ATTR_DELETE_HORIZON,
+                );
+            }
         }
         let length = (out.len() - storage::LOG_OVERHEAD) as i32;
         storage::put_i32(&mut out, LENGTH_POS, length);
@@ -470,7 +505,7 @@ mod tests {
             let plain = plain_batch(raw.clone(), &h).unwrap();
             let spans = Records::parse(&plain, &h).unwrap();
             // Compaction's copy: records 1 and 3 keep offsets 1 and 3 in a batch based at 0.
-            let kept = compressed(spans.keep_offsets(&h, &[1, 3])).unwrap();
+            let kept = compressed(spans.keep_offsets(&h, &[1, 3], None)).unwrap();
             let kh = storage::check_batch(&kept).unwrap();
             assert_eq!(
                 (kh.base_offset, kh.last_offset(), kh.record_count),
@@ -485,6 +520,24 @@ mod tests {
             // kafka-protocol's decoder reads it too (one "a" header, as it does).
             let decoded = decode_all(&kept);
             assert_eq!(decoded.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 3]);
+            // With a delete horizon far from the records' times (deltas of 9 bytes and
+            // negative ones): the header carries it, every record keeps its timestamp.
+            for horizon in [i64::MAX / 2, -5] {
+                let tagged = compressed(spans.keep_offsets(&h, &[1, 3], Some(horizon))).unwrap();
+                let th = storage::check_batch(&tagged).unwrap();
+                assert_eq!(th.delete_horizon(), Some(horizon), "{codec:?}");
+                assert_eq!(
+                    (th.compression(), th.max_timestamp, th.last_offset()),
+                    (h.compression(), 1_003, h.last_offset())
+                );
+                assert_eq!(h.delete_horizon(), None);
+                assert_eq!(read_spans(&tagged), expected, "{codec:?} at {horizon}");
+                let decoded = decode_all(&tagged);
+                assert_eq!(
+                    decoded.iter().map(|r| (r.0, r.1.ts)).collect::<Vec<_>>(),
+                    vec![(1, recs[1].ts), (3, recs[3].ts)]
+                );
+            }
             // The plugin filters' copy: renumbered from 0.
             let rebuilt = compressed(spans.rebuild(&[1, 4])).unwrap();
             let expected = vec![(0, recs[1].clone()), (1, recs[4].clone())];
@@ -544,7 +597,8 @@ mod tests {
                     let all: Vec<usize> = (0..recs.len()).collect();
                     (0..recs.len()).for_each(|i| drop(recs.record(i)));
                     recs.rebuild(&all);
-                    recs.keep_offsets(&h, &all);
+                    recs.keep_offsets(&h, &all, None);
+                    recs.keep_offsets(&h, &all, Some(i64::MIN));
                 }
             }
         }

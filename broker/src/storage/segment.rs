@@ -158,7 +158,8 @@ pub(crate) struct Segment {
     /// When the broker last wrote to the segment: the append's `now_ms`, or after a restart the
     /// file's modification time. Its tombstones are kept `delete.retention.ms` past it (record
     /// timestamps are the producers' and may be far in the past; Kafka before 3.1 also timed
-    /// them by the files); compaction gives a rewritten file the time of the one it replaces.
+    /// them by the files) until compaction stores that horizon in their batches; compaction
+    /// gives a rewritten file the latest time of those it replaces.
     pub(crate) written_ms: i64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
@@ -584,8 +585,8 @@ impl Segment {
     }
 
     /// Makes a segment from [`Segment::create_cleaned`] durable: the latest time the broker
-    /// wrote what it holds becomes its file's modification time (its tombstones' clock after a
-    /// restart), the data is fsynced, and its index files are written beside it as
+    /// wrote what it holds becomes its file's modification time (after a restart, the clock of
+    /// any tombstone whose batch has no horizon yet), the data is fsynced, and its index files are written beside it as
     /// `{base}.index.cleaned` and `{base}.timeindex.cleaned`.
     pub(crate) fn finish_cleaned(&mut self) -> Result<(), StorageError> {
         let at = cleaned_path(&self.path);
