@@ -134,7 +134,22 @@ pub(crate) fn empty_batch(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
 
 /// Producer id -> the base offsets of its open transaction's batches, and the (key, offset) of
 /// their records, which count once the transaction commits.
-type OpenTxns = HashMap<i64, (Vec<i64>, Vec<(Bytes, i64)>)>;
+type OpenTxns = HashMap<i64, (Vec<i64>, Vec<(KeyHash, i64)>)>;
+
+/// A record key as a pass remembers it: the first 16 bytes of its SHA-256, as Kafka's cleaner
+/// keeps a digest of each key rather than the key. The map of a log's keys then costs about 25
+/// bytes a key whatever the keys' lengths, where keeping the keys cost their bytes, an
+/// allocation and a 32-byte handle each; two keys of one log sharing a digest is as likely as
+/// a random 128-bit collision, and no producer can make one on purpose.
+type KeyHash = [u8; 16];
+
+fn key_hash(key: &[u8]) -> KeyHash {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
 
 /// Visit (header, bytes) of every batch of a segment.
 fn for_each_batch(
@@ -270,7 +285,7 @@ struct Kept {
 /// What the first read of a pass learned about the whole log.
 struct Latest {
     /// key -> offset of its latest value.
-    latest: HashMap<Bytes, i64>,
+    latest: HashMap<KeyHash, i64>,
     /// producer id -> base offset of its last batch.
     last_batch: HashMap<i64, i64>,
     /// Base offsets of the batches of aborted transactions.
@@ -438,13 +453,13 @@ impl CompactionPass {
     /// Reads every batch of the viewed log (the active segment included) for the latest offset
     /// of each key and what became of each transaction.
     fn latest(&self) -> Result<Latest, StorageError> {
-        let mut latest: HashMap<Bytes, i64> = HashMap::new();
+        let mut latest: HashMap<KeyHash, i64> = HashMap::new();
         let mut last_batch: HashMap<i64, i64> = HashMap::new();
         // A transaction's keys count once it commits; an aborted one's batches are dropped, an
         // undecided one's are kept as they are.
         let mut open: OpenTxns = HashMap::new();
         let mut aborted: HashSet<i64> = HashSet::new();
-        let newest = |latest: &mut HashMap<Bytes, i64>, k: Bytes, offset: i64| {
+        let newest = |latest: &mut HashMap<KeyHash, i64>, k: KeyHash, offset: i64| {
             let at = latest.entry(k).or_insert(offset);
             *at = (*at).max(offset);
         };
@@ -470,8 +485,8 @@ impl CompactionPass {
                 }
                 let plain = plain(bytes, h)?;
                 let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
-                let keyed = keys(&records, h)
-                    .filter_map(|(k, offset, _)| Some((Bytes::copy_from_slice(k?), offset)));
+                let keyed =
+                    keys(&records, h).filter_map(|(k, offset, _)| Some((key_hash(k?), offset)));
                 if h.is_transactional() {
                     let (batches, keys) = open.entry(h.producer_id).or_default();
                     batches.push(h.base_offset);
@@ -526,7 +541,7 @@ impl CompactionPass {
                         return false;
                     }
                     let Some(k) = key else { return false };
-                    if log.latest.get(*k) != Some(offset) {
+                    if log.latest.get(&key_hash(k)) != Some(offset) {
                         return false;
                     }
                     if *tombstone {

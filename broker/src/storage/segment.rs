@@ -586,8 +586,8 @@ impl Segment {
 
     /// Makes a segment from [`Segment::create_cleaned`] durable: the latest time the broker
     /// wrote what it holds becomes its file's modification time (after a restart, the clock of
-    /// any tombstone whose batch has no horizon yet), the data is fsynced, and its index files are written beside it as
-    /// `{base}.index.cleaned` and `{base}.timeindex.cleaned`.
+    /// any tombstone whose batch has no horizon yet), the data is fsynced, and its index files
+    /// are written beside it as `{base}.index.cleaned` and `{base}.timeindex.cleaned`.
     pub(crate) fn finish_cleaned(&mut self) -> Result<(), StorageError> {
         let at = cleaned_path(&self.path);
         let written =
