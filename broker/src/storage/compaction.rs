@@ -151,21 +151,120 @@ fn key_hash(key: &[u8]) -> KeyHash {
     out
 }
 
-/// Visit (header, bytes) of every batch of a segment.
+/// What a pass reads of a segment at a time (whole batches; a larger batch alone), and gathers
+/// of kept batches before writing them.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The most of a segment's kept batches a pass holds in memory while it cannot yet tell whether
+/// the segment is to be written at all (a lone segment that keeps every record is not). Past
+/// it the pass only counts what the segment loses, and reads it again if it must be written.
+const HOLD_BYTES: usize = 4 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Test seam: [`HOLD_BYTES`] for passes run on this thread.
+    static HOLD_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(HOLD_BYTES) };
+}
+
+fn hold_limit() -> usize {
+    #[cfg(test)]
+    return HOLD_LIMIT.get();
+    #[cfg(not(test))]
+    HOLD_BYTES
+}
+
+/// Visit (header, bytes) of every batch of a segment, reading it [`CHUNK_BYTES`] at a time.
 fn for_each_batch(
     seg: &SegmentView,
     mut f: impl FnMut(&BatchHeader, &[u8]) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
-    let mut batches = Vec::new();
-    seg.for_each_header(0, |pos, h| {
-        batches.push((pos, *h));
-        true
-    })?;
-    for (pos, h) in batches {
-        let bytes = seg.read_range(pos, pos + h.total_size() as u64)?;
-        f(&h, &bytes)?;
+    let mut pos = 0u64;
+    while pos < seg.size {
+        let chunk = seg.read_batches(pos, CHUNK_BYTES, true)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut at = 0;
+        while at < chunk.len() {
+            // Whole batches, whose headers `read_batches` parsed.
+            let h = BatchHeader::parse(&chunk[at..])
+                .map_err(|e| codec("compaction read")(e.to_string()))?;
+            let end = at + h.total_size();
+            f(&h, &chunk[at..end])?;
+            at = end;
+        }
+        pos += chunk.len() as u64;
     }
     Ok(())
+}
+
+/// A cleaned segment being written, its kept batches gathered [`CHUNK_BYTES`] at a time.
+struct Out {
+    segment: Segment,
+    buf: Vec<u8>,
+    /// When the broker wrote the segment whose batches are being gathered.
+    written_ms: i64,
+}
+
+impl Out {
+    fn create(pass: &CompactionPass, base: i64, written_ms: i64) -> Result<Out, StorageError> {
+        Ok(Out {
+            segment: Segment::create_cleaned(&pass.dir, base, pass.index_interval, written_ms)?,
+            buf: Vec::new(),
+            written_ms,
+        })
+    }
+
+    /// Goes on with the batches of a segment the broker wrote at `written_ms`.
+    fn member(&mut self, written_ms: i64) -> Result<(), StorageError> {
+        self.flush()?;
+        self.written_ms = written_ms;
+        Ok(())
+    }
+
+    fn push(&mut self, batches: &[u8]) -> Result<(), StorageError> {
+        if self.buf.len() + batches.len() > CHUNK_BYTES {
+            self.flush()?;
+        }
+        if batches.len() >= CHUNK_BYTES {
+            return self.segment.append_copied(batches, self.written_ms);
+        }
+        self.buf.extend_from_slice(batches);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if !self.buf.is_empty() {
+            self.segment.append_copied(&self.buf, self.written_ms)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Written whole: fsynced, with its index files beside it.
+    fn finish(mut self) -> Result<Segment, StorageError> {
+        self.flush()?;
+        self.segment.finish_cleaned()?;
+        Ok(self.segment)
+    }
+}
+
+/// How a group's first segment is being cleaned, before the pass knows whether it is written.
+enum First {
+    /// Its kept batches so far, up to [`HOLD_BYTES`].
+    Holding(Vec<u8>),
+    /// It lost a record: written.
+    Writing(Out),
+    /// More than [`HOLD_BYTES`] kept and nothing lost by then: only counting from there.
+    Counting,
+}
+
+/// A group's first segment, not written because it loses nothing, until a second one joins.
+enum Held {
+    /// Its kept batches (tombstones may have taken their horizon).
+    Bytes(Vec<u8>),
+    /// Too large to hold: cleaned again when written.
+    Again,
 }
 
 /// New sealed segments that start a pass whatever their share of the log: segments that roll
@@ -253,15 +352,15 @@ fn cleaned_files(dir: &Path, base: i64) -> [PathBuf; 3] {
 }
 
 /// A group of segments being cleaned into one. A first member that keeps everything is held
-/// in memory until a second one joins, so that a lone segment that keeps everything is not
+/// ([`Held`]) until a second one joins, so that a lone segment that keeps everything is not
 /// written again.
 #[derive(Default)]
 struct Group {
     members: Vec<SegmentView>,
     /// The maxTimestamp of the first member's first batch (`NO_TIMESTAMP` if none).
     start_ts: i64,
-    held: Option<(Vec<u8>, i64)>,
-    segment: Option<Segment>,
+    held: Option<Held>,
+    out: Option<Out>,
     size: u64,
     removed: u64,
 }
@@ -274,10 +373,11 @@ impl Group {
     }
 }
 
-/// One sealed segment cleaned: its kept batches, how many records went, and the earliest delete
-/// horizon of the tombstones it keeps.
+/// One sealed segment cleaned: the size of its kept batches, how many records went, and the
+/// earliest delete horizon of the tombstones it keeps.
+#[derive(Default)]
 struct Kept {
-    bytes: Vec<u8>,
+    size: u64,
     removed: u64,
     next_tombstone_expiry: Option<i64>,
 }
@@ -370,35 +470,78 @@ impl CompactionPass {
                 ..Group::default()
             });
             g.members.push(seg.clone());
-            let base = g.members[0].base_offset;
-            if let Some((bytes, written)) = g.held.take() {
-                // A second segment joins: the group is written.
-                let mut out =
-                    Segment::create_cleaned(&self.dir, base, self.index_interval, written)?;
-                out.append_copied(&bytes, written)?;
-                g.segment = Some(out);
-            }
-            let kept = self.clean_segment(seg, &latest, now_ms)?;
-            next_expiry = earliest(next_expiry, kept.next_tombstone_expiry);
-            g.size += kept.bytes.len() as u64;
-            g.removed += kept.removed;
-            match &mut g.segment {
-                Some(out) => out.append_copied(&kept.bytes, seg.written_ms)?,
-                None if kept.removed == 0 => g.held = Some((kept.bytes, seg.written_ms)),
-                None => {
-                    let mut out = Segment::create_cleaned(
-                        &self.dir,
-                        base,
-                        self.index_interval,
-                        seg.written_ms,
-                    )?;
-                    out.append_copied(&kept.bytes, seg.written_ms)?;
-                    g.segment = Some(out);
+            let first = &g.members[0];
+            if let Some(held) = g.held.take() {
+                // A second segment joins: the group is written, from its first segment.
+                let mut out = Out::create(self, first.base_offset, first.written_ms)?;
+                match held {
+                    Held::Bytes(bytes) => out.push(&bytes)?,
+                    Held::Again => {
+                        self.clean_segment(first, &latest, now_ms, |b, _| out.push(b))?;
+                    }
                 }
+                g.out = Some(out);
             }
+            let kept = match &mut g.out {
+                Some(out) => {
+                    out.member(seg.written_ms)?;
+                    self.clean_segment(seg, &latest, now_ms, |b, _| out.push(b))?
+                }
+                None => self.clean_first(seg, &latest, now_ms, g)?,
+            };
+            next_expiry = earliest(next_expiry, kept.next_tombstone_expiry);
+            g.size += kept.size;
+            g.removed += kept.removed;
         }
         self.close(group.take(), cleaned)?;
         Ok((cleaned_through, next_expiry))
+    }
+
+    /// Cleans `seg`, the first segment of group `g`: written if it loses a record, else held
+    /// ([`Held`]) until a second segment joins. Its kept batches are held in memory up to
+    /// [`HOLD_BYTES`]; a larger segment that loses a record only after that is read again.
+    fn clean_first(
+        &self,
+        seg: &SegmentView,
+        latest: &Latest,
+        now_ms: i64,
+        g: &mut Group,
+    ) -> Result<Kept, StorageError> {
+        let mut state = First::Holding(Vec::new());
+        let kept = self.clean_segment(seg, latest, now_ms, |b, removed| {
+            match &mut state {
+                First::Holding(held) if held.len() + b.len() <= hold_limit() => {
+                    held.extend_from_slice(b);
+                }
+                First::Holding(held) if removed > 0 => {
+                    let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
+                    out.push(held)?;
+                    out.push(b)?;
+                    state = First::Writing(out);
+                }
+                First::Holding(_) => state = First::Counting,
+                First::Writing(out) => out.push(b)?,
+                First::Counting => {}
+            }
+            Ok(())
+        })?;
+        match state {
+            First::Holding(held) if kept.removed == 0 => g.held = Some(Held::Bytes(held)),
+            First::Counting if kept.removed == 0 => g.held = Some(Held::Again),
+            First::Holding(held) => {
+                let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
+                out.push(&held)?;
+                g.out = Some(out);
+            }
+            First::Writing(out) => g.out = Some(out),
+            First::Counting => {
+                // It lost a record past the first HOLD_BYTES: read again, written this time.
+                let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
+                self.clean_segment(seg, latest, now_ms, |b, _| out.push(b))?;
+                g.out = Some(out);
+            }
+        }
+        Ok(kept)
     }
 
     /// On a topic that also deletes by time, whether a segment whose newest record is at
@@ -433,21 +576,30 @@ impl CompactionPass {
     fn close(&self, group: Option<Group>, cleaned: &mut Vec<Cleaned>) -> Result<(), StorageError> {
         let Some(Group {
             members,
-            segment: Some(segment),
+            out: Some(out),
             removed,
             ..
         }) = group
         else {
             return Ok(());
         };
-        cleaned.push(Cleaned {
-            members,
-            segment,
-            removed,
-        });
-        cleaned
-            .last_mut()
-            .map_or(Ok(()), |c| c.segment.finish_cleaned())
+        let base = members[0].base_offset;
+        match out.finish() {
+            Ok(segment) => {
+                cleaned.push(Cleaned {
+                    members,
+                    segment,
+                    removed,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                for p in cleaned_files(&self.dir, base) {
+                    let _ = fs::remove_file(p);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Reads every batch of the viewed log (the active segment included) for the latest offset
@@ -508,22 +660,20 @@ impl CompactionPass {
         })
     }
 
-    /// The batches of sealed segment `seg` with only the records to keep (see the module docs).
+    /// Cleans sealed segment `seg`: hands `emit` each batch with only the records to keep (see
+    /// the module docs) and how many records the segment lost so far.
     fn clean_segment(
         &self,
         seg: &SegmentView,
         log: &Latest,
         now_ms: i64,
+        mut emit: impl FnMut(&[u8], u64) -> Result<(), StorageError>,
     ) -> Result<Kept, StorageError> {
-        let mut kept = Kept {
-            bytes: Vec::with_capacity(seg.size as usize),
-            removed: 0,
-            next_tombstone_expiry: None,
-        };
+        let mut kept = Kept::default();
         for_each_batch(seg, |h, bytes| {
             if h.is_control() || log.undecided.contains(&h.base_offset) {
-                kept.bytes.extend_from_slice(bytes);
-                return Ok(());
+                kept.size += bytes.len() as u64;
+                return emit(bytes, kept.removed);
             }
             let plain = plain(bytes, h)?;
             let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
@@ -561,18 +711,23 @@ impl CompactionPass {
             // A tombstone's horizon goes into its batch when the batch is first written again,
             // so that merging its segment with later ones (a new write time) does not move it.
             let store_horizon = (keeps_tombstone && stored.is_none()).then_some(horizon);
-            if keep.len() == total && store_horizon.is_none() {
-                kept.bytes.extend_from_slice(bytes);
+            let rewritten;
+            let out = if keep.len() == total && store_horizon.is_none() {
+                bytes
             } else if !keep.is_empty() {
-                let batch = record_spans::compressed(records.keep_offsets(h, &keep, store_horizon))
+                rewritten = record_spans::compressed(records.keep_offsets(h, &keep, store_horizon))
                     .map_err(codec("compaction encode"))?;
-                kept.bytes.extend_from_slice(&batch);
+                &rewritten[..]
             } else if h.has_producer_id()
                 && log.last_batch.get(&h.producer_id) == Some(&h.base_offset)
             {
-                kept.bytes.extend_from_slice(&empty_batch(bytes, h));
-            }
-            Ok(())
+                rewritten = empty_batch(bytes, h);
+                &rewritten[..]
+            } else {
+                return Ok(());
+            };
+            kept.size += out.len() as u64;
+            emit(out, kept.removed)
         })?;
         Ok(kept)
     }
@@ -1193,6 +1348,119 @@ mod tests {
         assert_eq!(log.maintenance(NOW + DAY + 20).unwrap().records_removed, 1);
         assert_eq!(keys_of(&log), ["a", "c", "d", "e", "f", "g"]);
         assert_eq!(log.segment_bases(), vec![0, 6]);
+    }
+
+    /// Every file in `dir`, by name.
+    fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, fs::read(&path).unwrap())
+            })
+            .collect()
+    }
+
+    /// A pass writes the same files whatever it may hold in memory: segments far larger than
+    /// the hold that lose a record at their start, at their end or not at all (one keeping a
+    /// tombstone, whose horizon would be stored if it were written), alone or merged.
+    #[test]
+    fn a_pass_writes_the_same_whatever_it_holds_in_memory() {
+        // Five segments of 40 batches: unique keys but for a tombstone in the 1st, and one
+        // superseded record in the 2nd (its last), the 3rd (its first) and the 4th (its middle).
+        let segments: Vec<Vec<Vec<u8>>> = (0..5)
+            .map(|s| {
+                (0..40)
+                    .map(|i| match (s, i) {
+                        (1, 39) | (2, 0) | (3, 20) => one(&format!("old{s}"), "superseded"),
+                        (0, 7) => gone("lonely"),
+                        (4, 30..33) => one(&format!("old{}", i - 29), "newer"),
+                        _ => one(&format!("k{s}-{i:02}"), "value"),
+                    })
+                    .collect()
+            })
+            .collect();
+        let segment_size: u64 = segments[0].iter().map(|b| b.len() as u64).sum();
+        let run = |hold: usize, merge: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let config = LogConfig {
+                index_interval_bytes: 100,
+                ..cfg()
+            };
+            let mut log = PartitionLog::open(dir.path(), config.clone(), NOW).unwrap();
+            log.set_config(LogConfig {
+                segment_bytes: 1 << 30,
+                ..config.clone()
+            });
+            for (s, batches) in segments.iter().enumerate() {
+                if s > 0 {
+                    log.roll(NOW).unwrap();
+                }
+                for b in batches {
+                    log.append(b, NOW).unwrap();
+                }
+            }
+            log.seal_all().unwrap();
+            // Each segment alone, or the first three's kept records fit in one.
+            let segment_bytes = if merge {
+                3 * segment_size
+            } else {
+                segment_size
+            };
+            log.set_config(LogConfig {
+                segment_bytes,
+                ..config
+            });
+            let first = fs::read(log_path(dir.path(), 0)).unwrap();
+            HOLD_LIMIT.set(hold);
+            let report = log.maintenance(NOW + 10);
+            HOLD_LIMIT.set(HOLD_BYTES);
+            let report = report.unwrap();
+            let keys = keys_of(&log);
+            let stored = log.read(7, 1).unwrap();
+            let (_, tombstone, _) = parse_batches(&stored).next().unwrap().unwrap();
+            (dir, report, keys, log.segment_bases(), first, tombstone)
+        };
+        for merge in [false, true] {
+            let (want_dir, want, want_keys, want_bases, first, tombstone) = run(HOLD_BYTES, merge);
+            assert_eq!(tombstone.base_offset, 7);
+            assert_eq!(want.records_removed, 3);
+            assert_eq!(want_keys.len(), 5 * 40 - 3);
+            assert!(want_keys.contains(&"lonely".to_string()));
+            if merge {
+                // The first, keeping everything, is written with the two after it, its
+                // tombstone's horizon stored.
+                assert_eq!(want_bases, vec![0, 120, 160]);
+                assert_eq!(tombstone.delete_horizon(), Some(NOW + DAY));
+            } else {
+                // The first segment loses nothing and is left as it was: its tombstone's batch
+                // has no horizon stored.
+                assert_eq!((want.segments_compacted, want_bases.len()), (3, 5));
+                assert_eq!(tombstone.delete_horizon(), None);
+                let after = fs::read(log_path(want_dir.path(), 0)).unwrap();
+                assert!(after == first, "the first segment was written again");
+            }
+            for hold in [0, 1, 300, 2_000] {
+                let (dir, report, keys, bases, ..) = run(hold, merge);
+                assert_eq!(
+                    (report, &keys, &bases),
+                    (want.clone(), &want_keys, &want_bases),
+                    "hold {hold}, merge {merge}"
+                );
+                let (got, want_files) = (files_of(dir.path()), files_of(want_dir.path()));
+                assert_eq!(
+                    got.keys().collect::<Vec<_>>(),
+                    want_files.keys().collect::<Vec<_>>()
+                );
+                for (name, bytes) in &got {
+                    assert!(
+                        bytes == &want_files[name],
+                        "{name} differs: hold {hold}, merge {merge}"
+                    );
+                }
+            }
+        }
     }
 
     /// The log of `one_per_segment` over `batches` after a pass whose swap stopped at `step`

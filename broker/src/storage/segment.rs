@@ -634,10 +634,6 @@ impl SegmentView {
         for_each_header(&self.file, &self.path, self.size, pos, f)
     }
 
-    pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
-        read_range(&self.file, &self.path, start, end)
-    }
-
     /// Position of the batch containing `offset`, or of the first batch after it (gaps), looking
     /// from `index_position` ([`Segment::index_position`]); `None` if every batch ends before it.
     pub(crate) fn find_position(
