@@ -5,12 +5,14 @@ Starts `runnel serve` (the binary given) on free ports with maintenance every se
 compacted topic of one partition (--segment-bytes, --segment-ms, --dirty as its
 min.cleanable.dirty.ratio when given), and for --duration seconds has one confluent-kafka
 producer (acks=all, idempotent, linger 5 ms) write --rate records/s of --value-size bytes over
---keys random keys. Every 5 s it prints the partition's segment files, the broker's open
+--keys random keys (or, with --lifecycle, creates keys and deletes each 1,000 records later).
+Every 5 s it prints the partition's segment files, the broker's open
 descriptors and RSS. At the end it reads the topic back and counts keys whose latest
 acknowledged value is missing or wrong (must be 0), and prints one RESULT line: producer
-latency p50/p99 and the seconds whose p99 passed 50 ms, the most segments and descriptors, peak
-RSS, bytes the broker wrote to disk over bytes produced, and the median and largest pass and
-swap times from the broker's compaction log lines (a pass that changes nothing is not logged).
+latency p50/p99 and the seconds whose p99 passed 50 ms, the most segments and descriptors, the
+largest RSS sampled and the broker's peak (VmHWM), bytes the broker wrote to disk over bytes
+produced, and the median and largest pass and swap times from the broker's compaction log
+lines (a pass that changes nothing is not logged).
 
     ./scripts/bench_compaction.py target/release/runnel --segment-bytes 1048576 --keys 100000
     ./scripts/bench_compaction.py target/release/runnel --segment-ms 100 --rate 200 --keys 50000
@@ -51,6 +53,11 @@ def main():
     ap.add_argument("--rate", type=int, default=4000)
     ap.add_argument("--keys", type=int, default=100_000)
     ap.add_argument("--value-size", type=int, default=100)
+    ap.add_argument("--lifecycle", action="store_true",
+                    help="keys are created and deleted 1,000 records later, never reused "
+                         "(a tombstone in every segment); --keys is then not used")
+    ap.add_argument("--key-size", type=int, default=0,
+                    help="pad keys to this many bytes (device ids are often 30-40)")
     ap.add_argument("--duration", type=float, default=90.0)
     ap.add_argument("--label", default="")
     args = ap.parse_args()
@@ -117,7 +124,14 @@ def run(args, broker, bootstrap, work, log_path):
     while time.time() - start < args.duration:
         due = int((time.time() - start) * args.rate)
         while sent < due:
-            key, value = f"k{rng.randrange(args.keys)}", f"{sent}:{pad}"
+            if args.lifecycle:
+                # Even records create s<n>, odd ones delete the key created 1,000 records ago.
+                n = sent // 2 - (sent % 2) * 500
+                key = f"s{max(n, 0)}"
+                value = None if sent % 2 else f"{sent}:{pad}"
+            else:
+                key, value = f"k{rng.randrange(args.keys)}", f"{sent}:{pad}"
+            key = key.rjust(args.key_size, "-")
             try:
                 producer.produce("state", key=key, value=value,
                                  callback=delivered(key, value, time.time()))
@@ -125,7 +139,7 @@ def run(args, broker, bootstrap, work, log_path):
                 producer.poll(0.01)
                 continue
             sent += 1
-            produced += len(key) + len(value)
+            produced += len(key) + len(value or "")
         producer.poll(0.002)
         if time.time() >= next_sample:
             segments = [f for f in os.listdir(partition_dir) if f.endswith(".log")]
@@ -137,6 +151,8 @@ def run(args, broker, bootstrap, work, log_path):
                   f"sent={sent} acknowledged={len(latencies)}", flush=True)
             next_sample += 5
     producer.flush(120)
+    with open(f"/proc/{broker.pid}/status") as f:
+        rss_peak = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) // 1024
     with open(f"/proc/{broker.pid}/io") as f:
         written = int(dict(line.split(": ") for line in f.read().splitlines())["write_bytes"])
 
@@ -168,6 +184,7 @@ def run(args, broker, bootstrap, work, log_path):
           f"seconds_p99_over_50ms={sum(1 for x in p99s if x > 50)}/{len(p99s)} "
           f"segments_last={samples[-1][0] if samples else 0} segments_max={max((s[0] for s in samples), default=0)} "
           f"fds_max={max((s[1] for s in samples), default=0)} rss_max={max((s[2] for s in samples), default=0)}MiB "
+          f"rss_peak={rss_peak}MiB "
           f"disk_written/produced={written / max(produced, 1):.1f} "
           f"passes_logged={len(passes)} pass_ms_median={statistics.median(passes) if passes else 0} "
           f"swap_ms_median={statistics.median(swaps) if swaps else 0} swap_ms_max={max(swaps, default=0)}")

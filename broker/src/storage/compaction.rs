@@ -72,6 +72,10 @@
 //! of the sealed log) or a pending tombstone decodes the whole log, and rewrites each group that
 //! loses a record or merges segments. The swap holds the log only for renames, deletes and three
 //! directory fsyncs: the cleaned segments come with their indexes, nothing is read again.
+//! Memory: a digest and an offset for each key of the log ([`KeyHash`]), and a few megabytes
+//! whatever the segments' size: segments are read [`CHUNK_BYTES`] at a time and what they keep
+//! is written as it goes, but for a group's first segment, held up to [`HOLD_BYTES`] until the
+//! pass knows whether it is written at all.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
