@@ -65,8 +65,13 @@
 //! Transactions: the records of a transaction count for their keys only once it commits; an
 //! aborted transaction's batches lose all their records (Kafka's cleaner removes them too), so
 //! an aborted value never hides the committed one before it; the batches of a transaction not
-//! yet ended are copied unchanged. Markers (control batches) are copied unchanged and kept
-//! (Kafka removes them after `delete.retention.ms`).
+//! yet ended are copied unchanged. A marker (control batch) is kept while any batch of its
+//! transaction is left in the log (the pass read one since the producer's previous marker) and
+//! while it is its producer's last batch (the producer's epoch must survive a restart); past
+//! that it is a tombstone of sorts, as in Kafka: its horizon is stored in it when it is next
+//! written, and it goes once the horizon has passed, so that a compacted topic written with
+//! transactions (Kafka Streams' changelogs with exactly-once) does not keep a marker per
+//! transaction for ever.
 //!
 //! Cost: every maintenance run that has new sealed data (at least `min.cleanable.dirty.ratio`
 //! of the sealed log) or a pending tombstone decodes the whole log, and rewrites each group that
@@ -267,9 +272,15 @@ enum First {
 enum Held {
     /// Its kept batches (tombstones may have taken their horizon).
     Bytes(Vec<u8>),
-    /// Too large to hold: cleaned again when written.
-    Again,
+    /// Too large to hold: cleaned again when written, from the transactions read before it.
+    Again(TxnsRead),
 }
+
+/// The producers whose transactional batches a pass has read since their last marker: a
+/// marker may go only once none of its transaction's batches is left in the log, which the
+/// pass knows when it reads the marker having read none (Kafka's rule). A batch that goes in
+/// this very pass counts as read: its group may yet be left out of the swap.
+type TxnsRead = HashSet<i64>;
 
 /// New sealed segments that start a pass whatever their share of the log: segments that roll
 /// often (a small `segment.ms`) cost a file and a descriptor each until a pass merges them,
@@ -436,6 +447,7 @@ impl CompactionPass {
         let sealed = &self.views[..self.views.len() - 1];
         let mut cleaned_through = self.views.last().map_or(0, |v| v.base_offset);
         let kept_aside = self.with_kept_tails();
+        let mut txns = TxnsRead::new();
         for (i, seg) in sealed.iter().enumerate() {
             if self.views[i + 1].base_offset > self.limit {
                 cleaned_through = seg.base_offset;
@@ -480,8 +492,9 @@ impl CompactionPass {
                 let mut out = Out::create(self, first.base_offset, first.written_ms)?;
                 match held {
                     Held::Bytes(bytes) => out.push(&bytes)?,
-                    Held::Again => {
-                        self.clean_segment(first, &latest, now_ms, |b, _| out.push(b))?;
+                    Held::Again(mut before) => {
+                        let push = |b: &[u8], _| out.push(b);
+                        self.clean_segment(first, &latest, now_ms, &mut before, push)?;
                     }
                 }
                 g.out = Some(out);
@@ -489,9 +502,9 @@ impl CompactionPass {
             let kept = match &mut g.out {
                 Some(out) => {
                     out.member(seg.written_ms)?;
-                    self.clean_segment(seg, &latest, now_ms, |b, _| out.push(b))?
+                    self.clean_segment(seg, &latest, now_ms, &mut txns, |b, _| out.push(b))?
                 }
-                None => self.clean_first(seg, &latest, now_ms, g)?,
+                None => self.clean_first(seg, &latest, now_ms, &mut txns, g)?,
             };
             next_expiry = earliest(next_expiry, kept.next_tombstone_expiry);
             g.size += kept.size;
@@ -509,10 +522,12 @@ impl CompactionPass {
         seg: &SegmentView,
         latest: &Latest,
         now_ms: i64,
+        txns: &mut TxnsRead,
         g: &mut Group,
     ) -> Result<Kept, StorageError> {
+        let mut before = txns.clone();
         let mut state = First::Holding(Vec::new());
-        let kept = self.clean_segment(seg, latest, now_ms, |b, removed| {
+        let kept = self.clean_segment(seg, latest, now_ms, txns, |b, removed| {
             match &mut state {
                 First::Holding(held) if held.len() + b.len() <= hold_limit() => {
                     held.extend_from_slice(b);
@@ -531,7 +546,7 @@ impl CompactionPass {
         })?;
         match state {
             First::Holding(held) if kept.removed == 0 => g.held = Some(Held::Bytes(held)),
-            First::Counting if kept.removed == 0 => g.held = Some(Held::Again),
+            First::Counting if kept.removed == 0 => g.held = Some(Held::Again(before)),
             First::Holding(held) => {
                 let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
                 out.push(&held)?;
@@ -541,7 +556,7 @@ impl CompactionPass {
             First::Counting => {
                 // It lost a record past the first HOLD_BYTES: read again, written this time.
                 let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
-                self.clean_segment(seg, latest, now_ms, |b, _| out.push(b))?;
+                self.clean_segment(seg, latest, now_ms, &mut before, |b, _| out.push(b))?;
                 g.out = Some(out);
             }
         }
@@ -665,17 +680,57 @@ impl CompactionPass {
     }
 
     /// Cleans sealed segment `seg`: hands `emit` each batch with only the records to keep (see
-    /// the module docs) and how many records the segment lost so far.
+    /// the module docs) and how many records the segment lost so far. `txns`: the
+    /// transactions read before it, and after it when it returns.
     fn clean_segment(
         &self,
         seg: &SegmentView,
         log: &Latest,
         now_ms: i64,
+        txns: &mut TxnsRead,
         mut emit: impl FnMut(&[u8], u64) -> Result<(), StorageError>,
     ) -> Result<Kept, StorageError> {
         let mut kept = Kept::default();
         for_each_batch(seg, |h, bytes| {
-            if h.is_control() || log.undecided.contains(&h.base_offset) {
+            // A tombstone's or a marker's delete horizon: stored in the batch by the pass that
+            // first wrote it keeping one, else `delete.retention.ms` after the segment was
+            // written.
+            let stored = h.delete_horizon();
+            let horizon = stored.unwrap_or(seg.written_ms.saturating_add(self.delete_retention_ms));
+            if h.is_control() {
+                // A marker goes once none of its transaction's batches is left, its horizon
+                // has passed, and it is not its producer's last batch (whose epoch must
+                // survive a restart), as in Kafka.
+                let removable = !txns.remove(&h.producer_id)
+                    && marker_of(bytes).is_some()
+                    && log.last_batch.get(&h.producer_id) != Some(&h.base_offset);
+                if !removable {
+                    kept.size += bytes.len() as u64;
+                    return emit(bytes, kept.removed);
+                }
+                if now_ms > horizon && h.base_offset < self.tombstones_below {
+                    kept.removed += h.record_count.max(0) as u64;
+                    return Ok(());
+                }
+                kept.next_tombstone_expiry = earliest(kept.next_tombstone_expiry, Some(horizon));
+                let tagged;
+                let out = if stored.is_some() {
+                    bytes
+                } else {
+                    let plain = plain(bytes, h)?;
+                    let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
+                    let all: Vec<usize> = (0..records.len()).collect();
+                    tagged = record_spans::compressed(records.keep_offsets(h, &all, Some(horizon)))
+                        .map_err(codec("compaction encode"))?;
+                    &tagged[..]
+                };
+                kept.size += out.len() as u64;
+                return emit(out, kept.removed);
+            }
+            if h.is_transactional() {
+                txns.insert(h.producer_id);
+            }
+            if log.undecided.contains(&h.base_offset) {
                 kept.size += bytes.len() as u64;
                 return emit(bytes, kept.removed);
             }
@@ -683,10 +738,6 @@ impl CompactionPass {
             let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
             let total = records.len();
             let dropped = log.aborted.contains(&h.base_offset);
-            // The tombstones' delete horizon: stored in the batch by the pass that first wrote
-            // it with a tombstone, else `delete.retention.ms` after the segment was written.
-            let stored = h.delete_horizon();
-            let horizon = stored.unwrap_or(seg.written_ms.saturating_add(self.delete_retention_ms));
             let mut keeps_tombstone = false;
             let keep: Vec<usize> = keys(&records, h)
                 .enumerate()
@@ -1778,6 +1829,121 @@ mod tests {
         drop(log);
         let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
         assert_eq!(log.last_stable_offset(10), 10);
+    }
+
+    /// The base offset and whether it is a control batch, of every batch in the log.
+    fn batches_of(log: &PartitionLog) -> Vec<(i64, bool)> {
+        let mut out = Vec::new();
+        let mut off = log.log_start_offset();
+        while off < log.log_end_offset() {
+            let got = log.read(off, usize::MAX).unwrap();
+            if got.is_empty() {
+                break;
+            }
+            for r in parse_batches(&got) {
+                let (_, h, _) = r.unwrap();
+                out.push((h.base_offset, h.is_control()));
+                off = h.next_offset();
+            }
+        }
+        out
+    }
+
+    /// A marker goes once nothing of its transaction is left and its horizon has passed, but
+    /// not while a batch of its transaction stays, nor when it is its producer's last batch;
+    /// the transaction state read from the log after a restart agrees.
+    #[test]
+    fn a_marker_goes_once_its_transaction_left_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let txn = |k: &str, v: &str, pid: i64, seq: i32| {
+            transactional_batch(&[kv(k, v, NOW)], pid, 0, seq)
+        };
+        log.append(&txn("a", "a0", 5, 0), NOW).unwrap(); // 0
+        log.append_marker(5, 0, Marker::Commit, NOW).unwrap(); // 1: a0 is superseded below
+        log.append(&txn("b", "b0", 6, 0), NOW).unwrap(); // 2
+        log.append_marker(6, 0, Marker::Abort, NOW).unwrap(); // 3: b0 aborted
+        log.append(&txn("c", "c0", 7, 0), NOW).unwrap(); // 4
+        log.append_marker(7, 0, Marker::Commit, NOW).unwrap(); // 5: c0 stays
+        log.append(&one("a", "a1"), NOW).unwrap(); // 6
+        for pid in [5, 6, 7] {
+            // Each producer's next transaction, so that none of the markers above is its last.
+            log.append(&txn("z", "z", pid, 1), NOW).unwrap(); // 7, 9, 11
+            log.append_marker(pid, 0, Marker::Commit, NOW).unwrap(); // 8, 10, 12
+        }
+        log.append(&one("y", "y"), NOW).unwrap(); // 13, active
+        let all: Vec<(i64, bool)> = (0..14)
+            .map(|o| (o, [1, 3, 5, 8, 10, 12].contains(&o)))
+            .collect();
+        assert_eq!(batches_of(&log), all);
+        // The first pass removes a0, b0 and the first two z; it read their batches, so it
+        // keeps every marker.
+        let r = log.maintenance(NOW + 10).unwrap();
+        assert_eq!(r.records_removed, 4);
+        let markers = [
+            (1, true),
+            (3, true),
+            (5, true),
+            (8, true),
+            (10, true),
+            (12, true),
+        ];
+        let after_first: Vec<(i64, bool)> = [(4, false), (6, false)]
+            .into_iter()
+            .chain(markers)
+            .chain([(11, false), (13, false)])
+            .collect();
+        let mut sorted = after_first.clone();
+        sorted.sort();
+        assert_eq!(batches_of(&log), sorted);
+        // Later passes find markers 1 and 3 with nothing of theirs left; they go once their
+        // horizon (a day after they were stored) has passed.
+        log.append(&one("x", "x"), NOW).unwrap(); // 14
+        // Merged now: the markers that may go are written with their horizon.
+        log.set_config(LogConfig {
+            segment_bytes: 1 << 20,
+            ..cfg()
+        });
+        assert_eq!(log.maintenance(NOW + 20).unwrap().records_removed, 0);
+        // The emptied first segment (it holds the log start), one merged, the active one.
+        assert_eq!(log.segment_count(), 3);
+        for (offset, horizon) in [(1, Some(NOW + DAY)), (3, Some(NOW + DAY)), (5, None)] {
+            let got = log.read(offset, 1).unwrap();
+            let (_, h, bytes) = parse_batches(&got).next().unwrap().unwrap();
+            assert_eq!((h.base_offset, h.delete_horizon()), (offset, horizon));
+            assert!(marker_of(bytes).is_some(), "marker {offset} reads as one");
+        }
+        assert_eq!(log.maintenance(NOW + DAY - 10).unwrap().records_removed, 0);
+        let r = log.maintenance(NOW + DAY + 30).unwrap();
+        assert_eq!(r.records_removed, 2);
+        let left = [
+            (4, false),
+            (5, true),
+            (6, false),
+            (8, true),
+            (10, true),
+            (11, false),
+            (12, true),
+        ];
+        assert_eq!(batches_of(&log)[..7], left);
+        // 5 stays beside c0; 8, 10 and 12 are their producers' last batches.
+        assert_eq!(log.maintenance(NOW + 3 * DAY).unwrap().records_removed, 0);
+        assert_eq!(log.open_transactions(), vec![]);
+        assert_eq!(log.last_stable_offset(15), 15);
+        drop(log);
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW + 3 * DAY).unwrap();
+        assert_eq!(batches_of(&log)[..7], left);
+        assert_eq!(log.open_transactions(), vec![]);
+        assert_eq!(log.last_stable_offset(15), 15);
+        assert_eq!(log.aborted_transactions(0, 15), vec![]);
+        for pid in [5, 6, 7] {
+            assert_eq!(log.producer_epoch(pid), Some(0), "producer {pid}");
+        }
+        let keys: Vec<String> = keys_of(&log)
+            .into_iter()
+            .filter(|k| !k.starts_with('\0'))
+            .collect();
+        assert_eq!(keys, ["c", "a", "z", "y", "x"]);
     }
 
     #[test]
