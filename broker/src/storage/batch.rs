@@ -280,6 +280,17 @@ pub(crate) fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     rewrite_crc(batch);
 }
 
+/// Clears the delete-horizon attribute (bit 6) of a produced batch: only compaction stores a
+/// horizon, so that a tombstone stays readable for `delete.retention.ms` after the broker stored
+/// it whatever the producer sent (Kafka keeps a producer's bit; a copy of batches read from a
+/// compacted Kafka topic would carry horizons already past). Each record's timestamp is the
+/// first timestamp plus its delta either way, so none changes. Recomputes the CRC.
+pub(crate) fn clear_delete_horizon(batch: &mut [u8]) {
+    let attrs = i16_at(batch, ATTRIBUTES_POS) & !ATTR_DELETE_HORIZON;
+    batch[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&attrs.to_be_bytes());
+    rewrite_crc(batch);
+}
+
 /// Write an i32/i16/i64 field in place (the caller rewrites the CRC afterwards).
 pub(crate) fn put_i32(batch: &mut [u8], pos: usize, v: i32) {
     batch[pos..pos + 4].copy_from_slice(&v.to_be_bytes());

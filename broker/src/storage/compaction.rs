@@ -148,8 +148,9 @@ type OpenTxns = HashMap<i64, (Vec<i64>, Vec<(KeyHash, i64)>)>;
 /// A record key as a pass remembers it: the first 16 bytes of its SHA-256, as Kafka's cleaner
 /// keeps a digest of each key rather than the key. The map of a log's keys then costs about 25
 /// bytes a key whatever the keys' lengths, where keeping the keys cost their bytes, an
-/// allocation and a 32-byte handle each; two keys of one log sharing a digest is as likely as
-/// a random 128-bit collision, and no producer can make one on purpose.
+/// allocation and a 32-byte handle each. Two keys of one log sharing a digest is as likely as
+/// a random 128-bit collision; making two collide on purpose takes about 2^64 hashes, and
+/// another producer's key cannot be matched.
 type KeyHash = [u8; 16];
 
 fn key_hash(key: &[u8]) -> KeyHash {
@@ -460,9 +461,10 @@ impl CompactionPass {
                 continue;
             }
             // Whether the segment joins the group is decided before it is cleaned, from its
-            // size and offsets as they are (what it keeps is no larger), so that no more than
-            // one segment's kept batches are in memory at a time; what this pass leaves small
-            // merges at the next.
+            // size and offsets as they are (what it keeps is no larger but for a few bytes a
+            // record where a horizon is stored, which `segment.bytes`, at most 2 GiB, leaves
+            // room for in the index's 32-bit positions), so that the pass writes as it reads;
+            // what this pass leaves small merges at the next.
             let last = self.views[i + 1].base_offset - 1;
             let joins = group.as_ref().is_some_and(|g| {
                 g.fits(seg.size, last, self.segment_bytes)
@@ -1944,6 +1946,36 @@ mod tests {
             .filter(|k| !k.starts_with('\0'))
             .collect();
         assert_eq!(keys, ["c", "a", "z", "y", "x"]);
+    }
+
+    /// A delete horizon in a produced batch is not the broker's: the tombstone stays for
+    /// delete.retention.ms after it was stored, and its timestamp is the one produced.
+    #[test]
+    fn a_horizon_a_producer_set_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let mut tagged = gone("k");
+        let attributes = i16::from_be_bytes([tagged[21], tagged[22]]) | ATTR_DELETE_HORIZON;
+        tagged[21..23].copy_from_slice(&attributes.to_be_bytes());
+        rewrite_crc(&mut tagged);
+        assert_eq!(
+            BatchHeader::parse(&tagged).unwrap().delete_horizon(),
+            Some(NOW)
+        );
+        log.append(&one("k", "v"), NOW).unwrap(); // 0
+        log.append(&tagged, NOW).unwrap(); // 1: a horizon already past
+        log.append(&one("x", "x"), NOW).unwrap(); // 2
+        log.append(&one("y", "y"), NOW).unwrap(); // 3, active
+        let stored = log.read(1, 1).unwrap();
+        let (_, h, _) = parse_batches(&stored).next().unwrap().unwrap();
+        assert_eq!(h.delete_horizon(), None);
+        assert_eq!(contents(&log)[1], (1, tombstone("k", NOW)));
+        assert_eq!(log.maintenance(NOW + 10).unwrap().records_removed, 1);
+        for at in [NOW + 20, NOW + 30, NOW + DAY - 10] {
+            log.maintenance(at).unwrap();
+            assert_eq!(offsets(&log), vec![1, 2, 3], "at {at}");
+        }
+        assert_eq!(log.maintenance(NOW + DAY + 10).unwrap().records_removed, 1);
     }
 
     #[test]

@@ -26,7 +26,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use super::batch::{BatchHeader, NO_TIMESTAMP, check_batch, set_base_offset, set_log_append_time};
+use super::batch::{
+    BatchHeader, NO_TIMESTAMP, check_batch, clear_delete_horizon, set_base_offset,
+    set_log_append_time,
+};
 use super::compaction::CompactionState;
 use super::error::{StorageError, io_err};
 use super::index::write_file_atomic;
@@ -312,6 +315,9 @@ impl PartitionLog {
             set_base_offset(b, next);
             if self.config.log_append_time {
                 set_log_append_time(b, now_ms);
+            }
+            if h.delete_horizon().is_some() {
+                clear_delete_horizon(b);
             }
             let h = BatchHeader::parse(b).expect("validated header");
             self.producers.stage(&mut staged, &h);

@@ -159,7 +159,7 @@ pub(crate) struct Segment {
     /// file's modification time. Its tombstones are kept `delete.retention.ms` past it (record
     /// timestamps are the producers' and may be far in the past; Kafka before 3.1 also timed
     /// them by the files) until compaction stores that horizon in their batches; compaction
-    /// gives a rewritten file the latest time of those it replaces.
+    /// gives a rewritten file the latest time of the segments whose batches it keeps.
     pub(crate) written_ms: i64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
