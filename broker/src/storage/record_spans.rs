@@ -538,6 +538,18 @@ mod tests {
                     vec![(1, recs[1].ts), (3, recs[3].ts)]
                 );
             }
+            // A LogAppendTime batch keeps its type and its max timestamp, which readers give
+            // every record of it.
+            let mut appended = raw.to_vec();
+            storage::set_log_append_time(&mut appended, 77_777);
+            let ah = storage::check_batch(&appended).unwrap();
+            let plain = plain_batch(Bytes::from(appended), &ah).unwrap();
+            let spans_at = Records::parse(&plain, &ah).unwrap();
+            let tagged = compressed(spans_at.keep_offsets(&ah, &[1, 3], Some(5))).unwrap();
+            let th = storage::check_batch(&tagged).unwrap();
+            assert!(th.is_log_append_time(), "{codec:?}");
+            assert_eq!((th.max_timestamp, th.delete_horizon()), (77_777, Some(5)));
+            assert_eq!(read_spans(&tagged), expected, "{codec:?}");
             // The plugin filters' copy: renumbered from 0.
             let rebuilt = compressed(spans.rebuild(&[1, 4])).unwrap();
             let expected = vec![(0, recs[1].clone()), (1, recs[4].clone())];
