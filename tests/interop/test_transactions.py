@@ -571,3 +571,61 @@ def test_kafka_python_finds_and_aborts_a_hanging_transaction(broker):
     finally:
         admin.close()
         p.close(timeout=5)
+
+
+# --- transactions on a compacted topic ---------------------------------------------------------
+
+def control_batches(data_dir, topic: str) -> int:
+    """The control batches (transaction markers) in the partition's segment files, read from
+    the v2 batch headers (attributes bit 5)."""
+    parts = [d for d in data_dir.rglob(f"{topic}-0") if d.is_dir()]
+    assert len(parts) == 1, parts
+    count = 0
+    for seg in parts[0].glob("*.log"):
+        data = seg.read_bytes()
+        pos = 0
+        while pos + 61 <= len(data):
+            length = int.from_bytes(data[pos + 8:pos + 12], "big")
+            attributes = int.from_bytes(data[pos + 21:pos + 23], "big")
+            count += bool(attributes & 0x20)
+            pos += 12 + length
+    return count
+
+
+def test_a_compacted_changelog_keeps_no_marker_per_transaction(broker_factory):
+    """A compacted topic written by a transactional producer, one key rewritten in each of 30
+    transactions (as Kafka Streams writes a changelog under exactly-once): once the cleaner has
+    removed the superseded values and delete.retention.ms has passed, their transactions'
+    markers go too, as in Kafka; read_committed still reads the latest value, the LSO is the
+    high watermark, and after a restart the producer commits again."""
+    b = broker_factory(extra_config='[log]\nretention_check_interval = "200ms"')
+    topic = unique("txn-changelog")
+    admin = AdminClient(conf(b.bootstrap))
+    create_topic(admin, topic, 1, {"cleanup.policy": "compact", "segment.ms": "100",
+                                   "delete.retention.ms": "1000",
+                                   "min.cleanable.dirty.ratio": "0"})
+    p = txn_producer(b.bootstrap)
+    for i in range(30):
+        p.begin_transaction()
+        p.produce(topic, key=b"state", value=f"v{i}".encode(), partition=0)
+        p.commit_transaction(15)
+        time.sleep(0.15)  # each transaction in a segment of its own
+    # 60 offsets: each transaction's record and its marker.
+    wait_for(lambda: control_batches(b.data_dir, topic) <= 2, 30, interval=0.5,
+             what="the markers of the superseded transactions to go")
+    rows = read_back(b.bootstrap, [(topic, 0)], "read_committed", 1)
+    assert values(rows) == [b"v29"], rows
+    wait_for(lambda: (lambda o: o[0] == o[1] == 60)(stable_and_high(admin, topic)), 10,
+             what="the LSO to be the high watermark (60)")
+    assert b.stop() == 0
+    b.start()
+    rows = read_back(b.bootstrap, [(topic, 0)], "read_committed", 1)
+    assert values(rows) == [b"v29"], rows
+    admin = AdminClient(conf(b.bootstrap))
+    wait_for(lambda: (lambda o: o[0] == o[1] == 60)(stable_and_high(admin, topic)), 10,
+             what="the LSO to be the high watermark after a restart")
+    p.begin_transaction()
+    p.produce(topic, key=b"state", value=b"after", partition=0)
+    p.commit_transaction(15)
+    rows = read_back(b.bootstrap, [(topic, 0)], "read_committed", 1)
+    assert values(rows) == [b"after"], rows

@@ -277,11 +277,12 @@ enum Held {
     Again(TxnsRead),
 }
 
-/// The producers whose transactional batches a pass has read since their last marker: a
-/// marker may go only once none of its transaction's batches is left in the log, which the
-/// pass knows when it reads the marker having read none (Kafka's rule). A batch that goes in
-/// this very pass counts as read: its group may yet be left out of the swap.
-type TxnsRead = HashSet<i64>;
+/// The producers whose transactional batches a pass has read since their last marker, and
+/// whether it kept any of them: a marker may go only once none of its transaction's batches is
+/// left in the log, which the pass knows when it reads the marker having read none (Kafka's
+/// rule). A batch that goes in this very pass counts as read (its group may yet be left out of
+/// the swap), but makes the marker due at the next pass.
+type TxnsRead = HashMap<i64, bool>;
 
 /// New sealed segments that start a pass whatever their share of the log: segments that roll
 /// often (a small `segment.ms`) cost a file and a descriptor each until a pass merges them,
@@ -703,10 +704,15 @@ impl CompactionPass {
                 // A marker goes once none of its transaction's batches is left, its horizon
                 // has passed, and it is not its producer's last batch (whose epoch must
                 // survive a restart), as in Kafka.
-                let removable = !txns.remove(&h.producer_id)
-                    && marker_of(bytes).is_some()
+                let read = txns.remove(&h.producer_id);
+                let eligible = marker_of(bytes).is_some()
                     && log.last_batch.get(&h.producer_id) != Some(&h.base_offset);
-                if !removable {
+                if !eligible || read.is_some() {
+                    if eligible && read == Some(false) {
+                        // Its transaction's last batches go now: the next pass may take it.
+                        let due = Some(horizon);
+                        kept.next_tombstone_expiry = earliest(kept.next_tombstone_expiry, due);
+                    }
                     kept.size += bytes.len() as u64;
                     return emit(bytes, kept.removed);
                 }
@@ -730,9 +736,10 @@ impl CompactionPass {
                 return emit(out, kept.removed);
             }
             if h.is_transactional() {
-                txns.insert(h.producer_id);
+                txns.entry(h.producer_id).or_insert(false);
             }
             if log.undecided.contains(&h.base_offset) {
+                txns.insert(h.producer_id, true);
                 kept.size += bytes.len() as u64;
                 return emit(bytes, kept.removed);
             }
@@ -783,6 +790,9 @@ impl CompactionPass {
             } else {
                 return Ok(());
             };
+            if h.is_transactional() {
+                txns.insert(h.producer_id, true);
+            }
             kept.size += out.len() as u64;
             emit(out, kept.removed)
         })?;
@@ -1946,6 +1956,29 @@ mod tests {
             .filter(|k| !k.starts_with('\0'))
             .collect();
         assert_eq!(keys, ["c", "a", "z", "y", "x"]);
+    }
+
+    /// A pass that removes the last of a transaction's batches keeps its marker (its swap may
+    /// yet not go in) but makes it due: a later run takes it without new data.
+    #[test]
+    fn a_marker_whose_transaction_just_went_is_due_without_new_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        log.append(&transactional_batch(&[kv("a", "a0", NOW)], 5, 0, 0), NOW)
+            .unwrap(); // 0
+        log.append_marker(5, 0, Marker::Commit, NOW).unwrap(); // 1
+        log.append(&one("a", "a1"), NOW).unwrap(); // 2
+        log.append(&transactional_batch(&[kv("b", "b0", NOW)], 5, 0, 1), NOW)
+            .unwrap(); // 3
+        log.append_marker(5, 0, Marker::Commit, NOW).unwrap(); // 4
+        log.append(&one("y", "y"), NOW).unwrap(); // 5, active
+        assert_eq!(log.maintenance(NOW + 10).unwrap().records_removed, 1);
+        assert_eq!(log.maintenance(NOW + 20).unwrap().records_removed, 0);
+        assert_eq!(log.maintenance(NOW + DAY + 10).unwrap().records_removed, 1);
+        assert_eq!(
+            batches_of(&log),
+            [(2, false), (3, false), (4, true), (5, false)]
+        );
     }
 
     /// A delete horizon in a produced batch is not the broker's: the tombstone stays for
