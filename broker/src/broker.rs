@@ -474,9 +474,11 @@ fn maintain(
     let (retained, pass) = {
         let mut log = p.log();
         let retained = log.retention(now)?;
-        // Compaction looks only below the high watermark: a record above it may yet be cut by a
-        // truncation, and must not have removed the value it supersedes.
-        let limit = crate::replication::readable_end(cluster, p, log.log_end_offset());
+        // Compaction looks only below the high watermark (a record above it may yet be cut by a
+        // truncation, and must not have removed the value it supersedes) and the last stable
+        // offset (what read_committed consumers cannot read yet must not remove what they can).
+        let hw = crate::replication::readable_end(cluster, p, log.log_end_offset());
+        let limit = log.last_stable_offset(hw);
         (retained, log.start_compaction(now, limit)?)
     };
     if retained.segments_deleted > 0 {

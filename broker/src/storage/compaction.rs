@@ -7,9 +7,11 @@
 //!    go on appending to the active segment meanwhile, which only adds records newer than the
 //!    pass looks at, so at worst a record that could go stays until the next pass;
 //! 1. decode every batch of the viewed log (active segment included) below the pass's limit,
-//!    the high watermark (the log end on a broker alone: a record a follower's truncation may
-//!    yet cut must not supersede the value it would leave), and build key -> latest offset,
-//!    plus producerId -> base offset of its last batch;
+//!    the last stable offset below the high watermark (the log end on a broker alone): a record
+//!    a follower's truncation may yet cut must not supersede the value it would leave, nor may
+//!    a record read_committed consumers cannot read yet (behind an open transaction), as
+//!    Kafka's cleaner stops there too; build key -> latest offset, plus producerId -> base
+//!    offset of its last batch;
 //! 2. for each sealed segment below the limit, keep a record only if it is the latest for its
 //!    key; drop records without a key (they cannot be produced to a compacted topic, but may
 //!    predate the policy); drop a tombstone (null value) once its delete horizon has passed,
@@ -141,9 +143,16 @@ pub(crate) fn empty_batch(batch: &[u8], h: &BatchHeader) -> Vec<u8> {
     out
 }
 
-/// Producer id -> the base offsets of its open transaction's batches, and the (key, offset) of
-/// their records, which count once the transaction commits.
-type OpenTxns = HashMap<i64, (Vec<i64>, Vec<(KeyHash, i64)>)>;
+/// An open transaction as the first read of a pass finds it.
+#[derive(Default)]
+struct OpenTxn {
+    /// The base offsets of its batches.
+    batches: Vec<i64>,
+    /// The (key, offset) of their records, which count once it commits.
+    keys: Vec<(KeyHash, i64)>,
+    /// The base offsets of its batches holding a tombstone with no horizon stored yet.
+    tombstones: Vec<i64>,
+}
 
 /// A record key as a pass remembers it: the first 16 bytes of its SHA-256, as Kafka's cleaner
 /// keeps a digest of each key rather than the key. The map of a log's keys then costs about 25
@@ -308,8 +317,9 @@ pub struct CompactionPass {
     /// Every segment as it was; the last one was the active segment.
     views: Vec<SegmentView>,
     /// Records at or above it are not looked at, and segments reaching it are not cleaned:
-    /// the high watermark in a cluster (records above it may yet be cut by a truncation, and
-    /// must not supersede the values they would leave), the log end on a broker alone.
+    /// the last stable offset below the high watermark in a cluster (records above it may yet
+    /// be cut by a truncation, and must not supersede the values they would leave) or the log
+    /// end on a broker alone.
     limit: i64,
     /// Tombstones below it may go ([`CompactionState::clean_through`] when the pass began).
     tombstones_below: i64,
@@ -409,6 +419,10 @@ struct Latest {
     aborted: HashSet<i64>,
     /// Base offsets of the batches of transactions not yet ended.
     undecided: HashSet<i64>,
+    /// Base offset of a committed batch holding a tombstone with no horizon stored -> when the
+    /// broker wrote its commit (its marker's segment's write time): a delete counts from then,
+    /// since read_committed consumers could not read it before.
+    committed_at: HashMap<i64, i64>,
 }
 
 impl CompactionPass {
@@ -631,8 +645,9 @@ impl CompactionPass {
         let mut last_batch: HashMap<i64, i64> = HashMap::new();
         // A transaction's keys count once it commits; an aborted one's batches are dropped, an
         // undecided one's are kept as they are.
-        let mut open: OpenTxns = HashMap::new();
+        let mut open: HashMap<i64, OpenTxn> = HashMap::new();
         let mut aborted: HashSet<i64> = HashSet::new();
+        let mut committed_at: HashMap<i64, i64> = HashMap::new();
         let newest = |latest: &mut HashMap<KeyHash, i64>, k: KeyHash, offset: i64| {
             let at = latest.entry(k).or_insert(offset);
             *at = (*at).max(offset);
@@ -646,13 +661,16 @@ impl CompactionPass {
                     last_batch.insert(h.producer_id, h.base_offset);
                 }
                 if h.is_control() {
-                    if let Some((batches, keys)) = open.remove(&h.producer_id) {
+                    if let Some(txn) = open.remove(&h.producer_id) {
                         if marker_of(bytes) == Some(Marker::Commit) {
-                            for (k, offset) in keys {
+                            for (k, offset) in txn.keys {
                                 newest(&mut latest, k, offset);
                             }
+                            for base in txn.tombstones {
+                                committed_at.insert(base, seg.written_ms);
+                            }
                         } else {
-                            aborted.extend(batches);
+                            aborted.extend(txn.batches);
                         }
                     }
                     return Ok(());
@@ -662,9 +680,12 @@ impl CompactionPass {
                 let keyed =
                     keys(&records, h).filter_map(|(k, offset, _)| Some((key_hash(k?), offset)));
                 if h.is_transactional() {
-                    let (batches, keys) = open.entry(h.producer_id).or_default();
-                    batches.push(h.base_offset);
-                    keys.extend(keyed);
+                    let txn = open.entry(h.producer_id).or_default();
+                    txn.batches.push(h.base_offset);
+                    txn.keys.extend(keyed);
+                    if h.delete_horizon().is_none() && keys(&records, h).any(|(_, _, t)| t) {
+                        txn.tombstones.push(h.base_offset);
+                    }
                     return Ok(());
                 }
                 for (k, offset) in keyed {
@@ -673,12 +694,13 @@ impl CompactionPass {
                 Ok(())
             })?;
         }
-        let undecided = open.into_values().flat_map(|(b, _)| b).collect();
+        let undecided = open.into_values().flat_map(|t| t.batches).collect();
         Ok(Latest {
             latest,
             last_batch,
             aborted,
             undecided,
+            committed_at,
         })
     }
 
@@ -697,9 +719,13 @@ impl CompactionPass {
         for_each_batch(seg, |h, bytes| {
             // A tombstone's or a marker's delete horizon: stored in the batch by the pass that
             // first wrote it keeping one, else `delete.retention.ms` after the segment was
-            // written.
+            // written (or, in a transaction, its commit).
             let stored = h.delete_horizon();
-            let horizon = stored.unwrap_or(seg.written_ms.saturating_add(self.delete_retention_ms));
+            let written = log
+                .committed_at
+                .get(&h.base_offset)
+                .map_or(seg.written_ms, |&c| c.max(seg.written_ms));
+            let horizon = stored.unwrap_or(written.saturating_add(self.delete_retention_ms));
             if h.is_control() {
                 // A marker goes once none of its transaction's batches is left, its horizon
                 // has passed, and it is not its producer's last batch (whose epoch must
@@ -898,13 +924,14 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 impl PartitionLog {
     /// One whole compaction pass with the log held (see the module docs), on a broker alone
-    /// (every record counts: the limit is the log end).
+    /// (the limit is the last stable offset below the log end).
     pub(super) fn compact(
         &mut self,
         now_ms: i64,
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
-        if let Some(pass) = self.start_compaction(now_ms, self.log_end_offset())? {
+        let limit = self.last_stable_offset(self.log_end_offset());
+        if let Some(pass) = self.start_compaction(now_ms, limit)? {
             let outcome = pass.run(now_ms)?;
             self.finish_compaction(outcome, now_ms, report)?;
         }
@@ -914,8 +941,8 @@ impl PartitionLog {
     /// A compaction pass when the policy asks for one and there is something to do (new sealed
     /// data, at least `min.cleanable.dirty.ratio` of it or [`MERGE_AT_SEGMENTS`] segments, or a
     /// tombstone due to expire); `None`
-    /// otherwise. `limit` is the high watermark (the log end on a broker alone): what is at or
-    /// above it is neither looked at nor cleaned. Cheap: run the pass itself
+    /// otherwise. `limit` is the last stable offset below the high watermark (the log end on a
+    /// broker alone): what is at or above it is neither looked at nor cleaned. Cheap: run the pass itself
     /// ([`CompactionPass::run`]) after releasing the log.
     pub fn start_compaction(
         &self,
@@ -1978,6 +2005,84 @@ mod tests {
         assert_eq!(
             batches_of(&log),
             [(2, false), (3, false), (4, true), (5, false)]
+        );
+    }
+
+    /// Nothing at or above the last stable offset counts: behind an open transaction, deletes
+    /// that read_committed consumers cannot read yet do not remove the values they can.
+    #[test]
+    fn records_behind_an_open_transaction_supersede_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        for k in ["k0", "k1", "k2"] {
+            log.append(&one(k, "v"), NOW).unwrap(); // 0, 1, 2
+        }
+        log.append(&transactional_batch(&[kv("t", "t0", NOW)], 9, 0, 0), NOW)
+            .unwrap(); // 3, open
+        for k in ["k0", "k1", "k2"] {
+            log.append(&gone(k), NOW).unwrap(); // 4, 5, 6
+        }
+        log.append(&one("x", "x"), NOW).unwrap(); // 7, active
+        for at in [NOW + 10, NOW + 20, NOW + DAY + 10] {
+            log.maintenance(at).unwrap();
+            assert_eq!(offsets(&log), (0..8).collect::<Vec<_>>(), "at {at}");
+        }
+        // Committed: the values go, the deletes stay for a pass at least.
+        log.append_marker(9, 0, Marker::Commit, NOW + DAY + 20)
+            .unwrap(); // 8
+        log.append(&one("y", "y"), NOW + DAY + 20).unwrap(); // 9, active
+        let r = log.maintenance(NOW + DAY + 30).unwrap();
+        assert_eq!(r.records_removed, 3);
+        assert_eq!(offsets(&log), vec![3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    /// A delete in a transaction counts from its commit: read_committed consumers could not
+    /// read it before, however long the transaction stayed open.
+    #[test]
+    fn a_tombstone_in_a_transaction_counts_from_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        log.append(&one("k", "v"), NOW).unwrap(); // 0
+        log.append(&transactional_batch(&[tombstone("k", NOW)], 9, 0, 0), NOW)
+            .unwrap(); // 1, open for a day
+        log.append(&one("x", "x"), NOW).unwrap(); // 2
+        let commit = NOW + DAY + 100;
+        log.append_marker(9, 0, Marker::Commit, commit).unwrap(); // 3
+        log.append(&one("y", "y"), commit).unwrap(); // 4, active
+        assert_eq!(log.maintenance(commit + 10).unwrap().records_removed, 1);
+        log.append(&one("z", "z"), commit).unwrap(); // 5
+        log.maintenance(commit + 20).unwrap();
+        log.maintenance(commit + DAY - 10).unwrap();
+        assert_eq!(offsets(&log), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            log.maintenance(commit + DAY + 10).unwrap().records_removed,
+            1
+        );
+        assert_eq!(offsets(&log), vec![2, 3, 4, 5]);
+    }
+
+    /// ListOffsets by time on a LogAppendTime log finds the first record compaction left in a
+    /// batch, not the batch's base offset.
+    #[test]
+    fn a_time_lookup_in_a_compacted_log_append_time_batch_finds_its_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            log_append_time: true,
+            ..cfg()
+        };
+        let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
+        let recs = [kv("k0", "v", NOW), kv("k1", "v", NOW), kv("k2", "v", NOW)];
+        log.append(&encode_batch(&recs, Compression::Lz4, -1, -1, -1), NOW + 5)
+            .unwrap(); // 0..=2
+        log.append(&one("k0", "w"), NOW + 6).unwrap(); // 3
+        log.append(&one("k1", "w"), NOW + 7).unwrap(); // 4
+        log.append(&one("y", "y"), NOW + 8).unwrap(); // 5, active
+        assert_eq!(log.maintenance(NOW + 10).unwrap().records_removed, 2);
+        assert_eq!(offsets(&log), vec![2, 3, 4, 5]);
+        assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((2, NOW + 5)));
+        assert_eq!(
+            log.offset_for_timestamp(NOW + 6).unwrap(),
+            Some((3, NOW + 6))
         );
     }
 

@@ -649,20 +649,17 @@ impl PartitionLog {
                 }
             })?;
             let Some((pos, h)) = found else { continue };
-            if h.is_log_append_time() {
-                return Ok(Some((
-                    h.base_offset.max(self.log_start_offset),
-                    h.max_timestamp,
-                )));
-            }
             let bytes = seg.read_range(pos, pos + h.total_size() as u64)?;
+            // A LogAppendTime batch's records all have its maxTimestamp; its first record may
+            // not be at its base offset once compaction removed some.
+            let append_time = h.is_log_append_time().then_some(h.max_timestamp);
             let exact = RecordBatchDecoder::decode(&mut Bytes::from(bytes))
                 .ok()
                 .and_then(|set| {
                     set.records
                         .iter()
-                        .find(|r| r.timestamp >= ts && r.offset >= self.log_start_offset)
-                        .map(|r| (r.offset, r.timestamp))
+                        .map(|r| (r.offset, append_time.unwrap_or(r.timestamp)))
+                        .find(|&(offset, t)| t >= ts && offset >= self.log_start_offset)
                 });
             return Ok(Some(exact.unwrap_or((
                 h.base_offset.max(self.log_start_offset),
