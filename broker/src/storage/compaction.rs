@@ -20,18 +20,20 @@
 //!    removed while an older value of its key stays (Kafka also drops tombstones only from the
 //!    part of the log cleaned before). The horizon is `delete_retention_ms` after the broker
 //!    wrote the tombstone's segment (`Segment::written_ms`; not the records' own timestamps,
-//!    which may be far in the past). The first pass that writes a batch keeping a tombstone
-//!    stores that horizon in it, as KIP-534 does (the delete-horizon attribute, the horizon as
-//!    the batch's first timestamp, each record's timestamp delta rewritten against it so its
-//!    timestamp stays), so merging the segment with newer ones, which gives the merged file a
-//!    later write time, does not move the tombstone's clock. Kafka stores the time of that
-//!    first cleaning plus `delete.retention.ms`, so it may keep a tombstone longer;
+//!    which may be far in the past), or, in a transaction, its commit marker's segment (what
+//!    read_committed consumers could not read was not deleted for them). The first pass that
+//!    writes a batch keeping a tombstone stores that horizon in it, as KIP-534 does (the
+//!    delete-horizon attribute, the horizon as the batch's first timestamp, each record's
+//!    timestamp delta rewritten against it so its timestamp stays), so merging the segment
+//!    with newer ones, which gives the merged file a later write time, does not move the
+//!    tombstone's clock. Kafka stores the time of that first cleaning plus
+//!    `delete.retention.ms`, so it may keep a tombstone longer;
 //! 3. adjacent sealed segments are cleaned into one while what they keep fits `segment.bytes`
 //!    (and the index's 32-bit relative offsets and positions), as Kafka's cleaner groups them,
 //!    so a compacted log keeps about as many segments as its live data fills, not one per
 //!    segment ever rolled, tombstones or not. A group ends around a segment already empty when
-//!    the pass began (one a start-up cut to
-//!    nothing keeps the cut bytes beside it: not this pass's to delete). A lone segment that
+//!    the pass began (one a start-up cut to nothing keeps the cut bytes beside it: not this
+//!    pass's to delete). A lone segment that
 //!    loses nothing is left untouched; any other group is written to `{base}.log.cleaned` (base
 //!    = its first segment's), fsynced, with its index files beside it (`.index.cleaned`,
 //!    `.timeindex.cleaned`), all without the lock;
@@ -53,11 +55,11 @@
 //!    `.cleaned` files are deleted on open).
 //!
 //! Batches that keep all their records are copied byte for byte, unless a tombstone's horizon
-//! is to be stored in them. Partially kept batches keep
-//! their kept records byte for byte too ([`Records::keep_offsets`]: every header, a name given
-//! twice included, each record's offset and timestamp deltas), in a batch with the original's
-//! header (base offset, first timestamp, lastOffsetDelta, attributes, producer id, epoch and
-//! base sequence, as Kafka's cleaner keeps them for v2 batches) but its record count, length,
+//! is to be stored in them. Partially kept batches keep their kept records byte for byte too
+//! ([`Records::keep_offsets`]: every header, a name given twice included, each record's offset
+//! and timestamp deltas), in a batch with the original's header (base offset, first
+//! timestamp, lastOffsetDelta, attributes, producer id, epoch and base sequence, as Kafka's
+//! cleaner keeps them for v2 batches) but its record count, length,
 //! CreateTime max timestamp and CRC, compressed again with the original codec (a batch that
 //! takes a horizon also its first timestamp, attributes and timestamp deltas). A batch that
 //! loses all records is dropped, except the last batch of each producer, which is kept as an
@@ -940,10 +942,10 @@ impl PartitionLog {
 
     /// A compaction pass when the policy asks for one and there is something to do (new sealed
     /// data, at least `min.cleanable.dirty.ratio` of it or [`MERGE_AT_SEGMENTS`] segments, or a
-    /// tombstone due to expire); `None`
-    /// otherwise. `limit` is the last stable offset below the high watermark (the log end on a
-    /// broker alone): what is at or above it is neither looked at nor cleaned. Cheap: run the pass itself
-    /// ([`CompactionPass::run`]) after releasing the log.
+    /// tombstone or marker due to go); `None` otherwise. `limit` is the last stable offset
+    /// below the high watermark (the log end on a broker alone): what is at or above it is
+    /// neither looked at nor cleaned. Cheap: run the pass itself ([`CompactionPass::run`])
+    /// after releasing the log.
     pub fn start_compaction(
         &self,
         now_ms: i64,
