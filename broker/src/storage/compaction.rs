@@ -1157,8 +1157,8 @@ mod tests {
         }
     }
 
-    /// key -> value of everything readable, in offset order.
-    fn contents(log: &PartitionLog) -> Vec<(i64, TestRec)> {
+    /// The whole log as fetches from its start read it, in order.
+    fn reads(log: &PartitionLog) -> Vec<Bytes> {
         let mut out = Vec::new();
         let mut off = log.log_start_offset();
         while off < log.log_end_offset() {
@@ -1169,9 +1169,14 @@ mod tests {
             for r in parse_batches(&got) {
                 off = r.unwrap().1.next_offset();
             }
-            out.extend(decode_all(&got));
+            out.push(got);
         }
         out
+    }
+
+    /// key -> value of everything readable, in offset order.
+    fn contents(log: &PartitionLog) -> Vec<(i64, TestRec)> {
+        reads(log).iter().flat_map(|got| decode_all(got)).collect()
     }
 
     /// An uncompressed batch of one record, `key` = `value`, at NOW.
@@ -1875,16 +1880,10 @@ mod tests {
     /// The base offset and whether it is a control batch, of every batch in the log.
     fn batches_of(log: &PartitionLog) -> Vec<(i64, bool)> {
         let mut out = Vec::new();
-        let mut off = log.log_start_offset();
-        while off < log.log_end_offset() {
-            let got = log.read(off, usize::MAX).unwrap();
-            if got.is_empty() {
-                break;
-            }
+        for got in reads(log) {
             for r in parse_batches(&got) {
                 let (_, h, _) = r.unwrap();
                 out.push((h.base_offset, h.is_control()));
-                off = h.next_offset();
             }
         }
         out
