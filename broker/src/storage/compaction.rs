@@ -21,7 +21,9 @@
 //!    part of the log cleaned before). The horizon is `delete_retention_ms` after the broker
 //!    wrote the tombstone's segment (`Segment::written_ms`; not the records' own timestamps,
 //!    which may be far in the past), or, in a transaction, its commit marker's segment (what
-//!    read_committed consumers could not read was not deleted for them). The first pass that
+//!    read_committed consumers could not read was not deleted for them); a pass that first
+//!    reaches a tombstone after that (behind another producer's open transaction, or with no
+//!    pass for that long) counts from its own time, as Kafka does. The first pass that
 //!    writes a batch keeping a tombstone stores that horizon in it, as KIP-534 does (the
 //!    delete-horizon attribute, the horizon as the batch's first timestamp, each record's
 //!    timestamp delta rewritten against it so its timestamp stays), so merging the segment
@@ -34,7 +36,7 @@
 //!    segment ever rolled, tombstones or not. A group ends around a segment already empty when
 //!    the pass began (one a start-up cut to nothing keeps the cut bytes beside it: not this
 //!    pass's to delete). A lone segment that
-//!    loses nothing is left untouched; any other group is written to `{base}.log.cleaned` (base
+//!    loses nothing (and takes no late horizon) is left untouched; any other group is written to `{base}.log.cleaned` (base
 //!    = its first segment's), fsynced, with its index files beside it (`.index.cleaned`,
 //!    `.timeindex.cleaned`), all without the lock;
 //! 4. with the log again, the groups whose segments are all still as the pass read them are
@@ -274,7 +276,7 @@ impl Out {
 enum First {
     /// Its kept batches so far, up to [`HOLD_BYTES`].
     Holding(Vec<u8>),
-    /// It lost a record: written.
+    /// It lost a record, or took a horizon it must keep: written.
     Writing(Out),
     /// More than [`HOLD_BYTES`] kept and nothing lost by then: only counting from there.
     Counting,
@@ -308,6 +310,8 @@ pub(crate) struct CompactionState {
     /// clean, and its tombstones may go once `delete.retention.ms` has passed, since that pass
     /// removed every older value they hide. 0 after a start.
     clean_through: i64,
+    /// Whether a pass that swapped in every group it cleaned ran since the start.
+    cleaned_once: bool,
     /// Earliest time a kept tombstone becomes removable.
     next_tombstone_expiry: Option<i64>,
 }
@@ -325,6 +329,9 @@ pub struct CompactionPass {
     limit: i64,
     /// Tombstones below it may go ([`CompactionState::clean_through`] when the pass began).
     tombstones_below: i64,
+    /// The same, if a complete pass ran since the start: a tombstone at or above it is one
+    /// this pass reaches first.
+    first_reached_from: Option<i64>,
     delete_retention_ms: i64,
     /// `retention.ms` when the topic also deletes by time (`compact,delete`).
     retention_ms: Option<i64>,
@@ -402,13 +409,22 @@ impl Group {
     }
 }
 
-/// One sealed segment cleaned: the size of its kept batches, how many records went, and the
-/// earliest delete horizon of the tombstones it keeps.
+/// One sealed segment cleaned: the size of its kept batches, how many records went, the
+/// earliest delete horizon of the tombstones it keeps, and how many batches keep a tombstone
+/// first seen late (whose horizon must be written).
 #[derive(Default)]
 struct Kept {
     size: u64,
     removed: u64,
     next_tombstone_expiry: Option<i64>,
+    late: u64,
+}
+
+impl Kept {
+    /// Whether the segment must be written: it lost a record or took a horizon it must keep.
+    fn changed(&self) -> u64 {
+        self.removed + self.late
+    }
 }
 
 /// What the first read of a pass learned about the whole log.
@@ -546,12 +562,12 @@ impl CompactionPass {
     ) -> Result<Kept, StorageError> {
         let mut before = txns.clone();
         let mut state = First::Holding(Vec::new());
-        let kept = self.clean_segment(seg, latest, now_ms, txns, |b, removed| {
+        let kept = self.clean_segment(seg, latest, now_ms, txns, |b, changed| {
             match &mut state {
                 First::Holding(held) if held.len() + b.len() <= hold_limit() => {
                     held.extend_from_slice(b);
                 }
-                First::Holding(held) if removed > 0 => {
+                First::Holding(held) if changed > 0 => {
                     let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
                     out.push(held)?;
                     out.push(b)?;
@@ -564,8 +580,8 @@ impl CompactionPass {
             Ok(())
         })?;
         match state {
-            First::Holding(held) if kept.removed == 0 => g.held = Some(Held::Bytes(held)),
-            First::Counting if kept.removed == 0 => g.held = Some(Held::Again(before)),
+            First::Holding(held) if kept.changed() == 0 => g.held = Some(Held::Bytes(held)),
+            First::Counting if kept.changed() == 0 => g.held = Some(Held::Again(before)),
             First::Holding(held) => {
                 let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
                 out.push(&held)?;
@@ -573,7 +589,7 @@ impl CompactionPass {
             }
             First::Writing(out) => g.out = Some(out),
             First::Counting => {
-                // It lost a record past the first HOLD_BYTES: read again, written this time.
+                // It changed past the first HOLD_BYTES: read again, written this time.
                 let mut out = Out::create(self, seg.base_offset, seg.written_ms)?;
                 self.clean_segment(seg, latest, now_ms, &mut before, |b, _| out.push(b))?;
                 g.out = Some(out);
@@ -707,7 +723,7 @@ impl CompactionPass {
     }
 
     /// Cleans sealed segment `seg`: hands `emit` each batch with only the records to keep (see
-    /// the module docs) and how many records the segment lost so far. `txns`: the
+    /// the module docs) and whether the segment must be written so far ([`Kept::changed`]). `txns`: the
     /// transactions read before it, and after it when it returns.
     fn clean_segment(
         &self,
@@ -742,7 +758,7 @@ impl CompactionPass {
                         kept.next_tombstone_expiry = earliest(kept.next_tombstone_expiry, due);
                     }
                     kept.size += bytes.len() as u64;
-                    return emit(bytes, kept.removed);
+                    return emit(bytes, kept.changed());
                 }
                 if now_ms > horizon && h.base_offset < self.tombstones_below {
                     kept.removed += h.record_count.max(0) as u64;
@@ -761,7 +777,7 @@ impl CompactionPass {
                     &tagged[..]
                 };
                 kept.size += out.len() as u64;
-                return emit(out, kept.removed);
+                return emit(out, kept.changed());
             }
             if h.is_transactional() {
                 txns.entry(h.producer_id).or_insert(false);
@@ -769,8 +785,20 @@ impl CompactionPass {
             if log.undecided.contains(&h.base_offset) {
                 txns.insert(h.producer_id, true);
                 kept.size += bytes.len() as u64;
-                return emit(bytes, kept.removed);
+                return emit(bytes, kept.changed());
             }
+            // A delete first seen after that horizon (a pass that stops where an earlier one did
+            // not reach; it was behind an open transaction, so read_committed consumers could
+            // not read it, or no pass ran for that long) counts from now, as Kafka counts from
+            // the first cleaning that sees it; its batch is written to keep that.
+            let late = stored.is_none()
+                && self.first_reached_from.is_some_and(|b| h.base_offset >= b)
+                && now_ms >= horizon;
+            let horizon = if late {
+                now_ms.saturating_add(self.delete_retention_ms)
+            } else {
+                horizon
+            };
             let plain = plain(bytes, h)?;
             let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
             let total = records.len();
@@ -799,6 +827,7 @@ impl CompactionPass {
             kept.removed += (total - keep.len()) as u64;
             if keeps_tombstone {
                 kept.next_tombstone_expiry = earliest(kept.next_tombstone_expiry, Some(horizon));
+                kept.late += u64::from(late);
             }
             // A tombstone's horizon goes into its batch when the batch is first written again,
             // so that merging its segment with later ones (a new write time) does not move it.
@@ -822,7 +851,7 @@ impl CompactionPass {
                 txns.insert(h.producer_id, true);
             }
             kept.size += out.len() as u64;
-            emit(out, kept.removed)
+            emit(out, kept.changed())
         })?;
         Ok(kept)
     }
@@ -984,6 +1013,7 @@ impl PartitionLog {
             views,
             limit,
             tombstones_below: state.clean_through,
+            first_reached_from: state.cleaned_once.then_some(state.clean_through),
             delete_retention_ms: self.config.delete_retention_ms,
             retention_ms: self.config.retention_ms.filter(|_| self.config.delete),
             segment_bytes: self.config.segment_bytes,
@@ -1028,6 +1058,7 @@ impl PartitionLog {
         self.compaction.next_tombstone_expiry = outcome.next_tombstone_expiry;
         if complete {
             self.compaction.clean_through = outcome.cleaned_through;
+            self.compaction.cleaned_once = true;
         }
         Ok(())
     }
@@ -2085,6 +2116,36 @@ mod tests {
             log.offset_for_timestamp(NOW + 6).unwrap(),
             Some((3, NOW + 6))
         );
+    }
+
+    /// A delete first seen after its horizon (it was behind another producer's open
+    /// transaction) counts from the pass that first sees it, as in Kafka, and that pass writes
+    /// the horizon into it even in a segment that loses nothing.
+    #[test]
+    fn a_delete_first_seen_late_counts_from_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        log.append(&transactional_batch(&[kv("t", "t0", NOW)], 9, 0, 0), NOW)
+            .unwrap(); // 0, open for a day: passes stop at the log's first segment
+        log.append(&one("k", "v"), NOW).unwrap(); // 1
+        log.append(&gone("k"), NOW).unwrap(); // 2
+        log.append(&one("x", "x"), NOW).unwrap(); // 3
+        log.append(&one("y", "y"), NOW).unwrap(); // 4, active
+        assert_eq!(log.maintenance(NOW + 10).unwrap().records_removed, 0);
+        let commit = NOW + DAY + 100;
+        log.append_marker(9, 0, Marker::Commit, commit).unwrap(); // 5
+        log.append(&one("z", "z"), commit).unwrap(); // 6, active
+        let seen = commit + 10;
+        assert_eq!(log.maintenance(seen).unwrap().records_removed, 1);
+        let stored = log.read(2, 1).unwrap();
+        let (_, h, _) = parse_batches(&stored).next().unwrap().unwrap();
+        assert_eq!((h.base_offset, h.delete_horizon()), (2, Some(seen + DAY)));
+        for at in [seen + 10, seen + DAY - 10] {
+            log.maintenance(at).unwrap();
+            assert_eq!(offsets(&log), vec![0, 2, 3, 4, 5, 6], "at {at}");
+        }
+        assert_eq!(log.maintenance(seen + DAY + 10).unwrap().records_removed, 1);
+        assert_eq!(offsets(&log), vec![0, 3, 4, 5, 6]);
     }
 
     /// A delete horizon in a produced batch is not the broker's: the tombstone stays for
