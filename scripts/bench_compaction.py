@@ -25,18 +25,11 @@ import random
 import re
 import socket
 import statistics
-import subprocess
-import tempfile
 import time
 
+from bench_broker import Broker
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quantile(xs, q):
@@ -62,27 +55,12 @@ def main():
     ap.add_argument("--label", default="")
     args = ap.parse_args()
 
-    kafka, admin_port = free_port(), free_port()
-    work = tempfile.mkdtemp(prefix="runnel-compaction-")
-    config = os.path.join(work, "runnel.toml")
-    with open(config, "w") as f:
-        f.write(f'[broker]\ndata_dir = "{work}/data"\n'
-                f'[listeners.kafka]\naddress = "127.0.0.1:{kafka}"\n'
-                f'[listeners.quic]\nenabled = false\n'
-                f'[listeners.admin]\naddress = "127.0.0.1:{admin_port}"\n'
-                f'[log]\nretention_check_interval = "1s"\n')
-    log_path = os.path.join(work, "broker.log")
-    broker = subprocess.Popen([args.runnel, "serve", "--config", config],
-                              stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
-    bootstrap = f"127.0.0.1:{kafka}"
-    try:
-        run(args, broker, bootstrap, work, log_path)
-    finally:
-        broker.terminate()
-        broker.wait()
+    with Broker(args.runnel, "runnel-compaction-", log='retention_check_interval = "1s"') as b:
+        run(args, b)
 
 
-def run(args, broker, bootstrap, work, log_path):
+def run(args, b):
+    bootstrap, work, log_path = b.bootstrap, b.work, b.log_path
     host, port = bootstrap.split(":")
     for _ in range(100):
         try:
@@ -143,17 +121,17 @@ def run(args, broker, bootstrap, work, log_path):
         producer.poll(0.002)
         if time.time() >= next_sample:
             segments = [f for f in os.listdir(partition_dir) if f.endswith(".log")]
-            fds = len(os.listdir(f"/proc/{broker.pid}/fd"))
-            with open(f"/proc/{broker.pid}/status") as f:
+            fds = len(os.listdir(f"/proc/{b.pid}/fd"))
+            with open(f"/proc/{b.pid}/status") as f:
                 rss = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) // 1024
             samples.append((len(segments), fds, rss))
             print(f"t={time.time() - start:.0f}s segments={len(segments)} fds={fds} rss={rss}MiB "
                   f"sent={sent} acknowledged={len(latencies)}", flush=True)
             next_sample += 5
     producer.flush(120)
-    with open(f"/proc/{broker.pid}/status") as f:
+    with open(f"/proc/{b.pid}/status") as f:
         rss_peak = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) // 1024
-    with open(f"/proc/{broker.pid}/io") as f:
+    with open(f"/proc/{b.pid}/io") as f:
         written = int(dict(line.split(": ") for line in f.read().splitlines())["write_bytes"])
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-compaction",

@@ -17,20 +17,12 @@ import argparse
 import os
 import random
 import re
-import socket
-import subprocess
-import tempfile
 import time
 import urllib.request
 
+from bench_broker import Broker
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid):
@@ -46,17 +38,8 @@ def main():
     ap.add_argument("--partitions", type=int, default=200)
     ap.add_argument("--duration", type=float, default=12.0)
     args = ap.parse_args()
-    kafka, admin = free_port(), free_port()
-    work = tempfile.mkdtemp(prefix="runnel-sessions-")
-    config = os.path.join(work, "runnel.toml")
-    with open(config, "w") as f:
-        f.write(f'[broker]\ndata_dir = "{work}/data"\nmax_fetch_sessions = {args.sessions}\n'
-                f'[listeners.kafka]\naddress = "127.0.0.1:{kafka}"\n'
-                f'[listeners.quic]\nenabled = false\n'
-                f'[listeners.admin]\naddress = "127.0.0.1:{admin}"\n')
-    broker = subprocess.Popen([args.runnel, "serve", "--config", config],
-                              stdout=subprocess.DEVNULL, stderr=open(f"{work}/broker.log", "w"))
-    bootstrap = f"127.0.0.1:{kafka}"
+    b = Broker(args.runnel, "runnel-sessions-", broker=f"max_fetch_sessions = {args.sessions}")
+    broker, bootstrap, admin = b.process, b.bootstrap, b.admin_port
 
     def metrics():
         text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
