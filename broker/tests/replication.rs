@@ -1425,3 +1425,130 @@ async fn a_topic_made_again_is_not_taken_for_lost_records() {
     follower.shutdown().await;
     leader.shutdown().await;
 }
+
+/// The first batch of `topic`-0 on `handle`, as its log holds it.
+fn first_batch(handle: &BrokerHandle, topic: &str) -> runnel::storage::BatchHeader {
+    let p = handle
+        .broker
+        .catalog
+        .get(topic)
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let bytes = p.log().read(0, 1).unwrap();
+    runnel::storage::check_batch(&bytes).unwrap()
+}
+
+/// A follower that starts with records above the high watermark it saved (a kill between two
+/// saves) compares its last batch with the leader's. Where the leader compacted that batch
+/// meanwhile, the two differ only by the records compaction removed: the follower keeps its
+/// copy and fetches on from its log end. (It used to take the compacted batch for records
+/// another leader took in their place: one that may cut its records cut them and fetched them
+/// again, one that may not said the leader had lost them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_a_batch_its_leader_compacted_while_it_was_down() {
+    // Some records of the batch removed on the leader, then all of them.
+    follower_keeps_a_compacted_batch(3).await;
+    follower_keeps_a_compacted_batch(5).await;
+}
+
+/// See [`a_follower_keeps_a_batch_its_leader_compacted_while_it_was_down`]: the first
+/// `superseded` of the batch's five keys get new values on the leader.
+async fn follower_keeps_a_compacted_batch(superseded: i64) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let pair = Pair::new();
+    let compacting =
+        |c: &mut edge_config::Config| c.log.retention_check_interval = Duration::from_millis(100);
+    // The follower does not compact during the test: what it holds is what it copied.
+    let not_compacting =
+        |c: &mut edge_config::Config| c.log.retention_check_interval = Duration::from_secs(3600);
+    let leader = pair.start_with(1, 1, 1, compacting).await;
+    let follower = pair.start_with(2, 1, 1, not_compacting).await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let config = |k: &'static str, v: &'static str| {
+        CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str(k))
+            .with_value(Some(StrBytes::from_static_str(v)))
+    };
+    let created = c
+        .call(
+            &CreateTopicsRequest::default().with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("c")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(-1)
+                    .with_configs(vec![
+                        config("cleanup.policy", "compact"),
+                        config("segment.bytes", "1024"),
+                        config("min.cleanable.dirty.ratio", "0.01"),
+                    ]),
+            ]),
+            5,
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0);
+    // One batch of five keys, copied by the follower.
+    let now = runnel::broker::now_ms();
+    let keys = [b"k0", b"k1", b"k2", b"k3", b"k4"];
+    let batch_of = |value: &[u8]| {
+        let records: Vec<_> = (0..5)
+            .map(|i| common::record(i, Some(keys[i as usize]), value, now))
+            .collect();
+        common::encode_batch(&records, kafka_protocol::records::Compression::None)
+    };
+    let r = c
+        .call(&produce_request("c", 0, 1, batch_of(b"first")), 9)
+        .await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    eventually("the follower's copy", || log_end(&follower, "c") == 5).await;
+    let copied = first_batch(&follower, "c");
+    assert_eq!(copied.record_count, 5);
+    // Stopped; the high watermark it saved is set back to before the batch, as if it were
+    // killed before saving it, and the note of whose records it holds goes, so it may cut.
+    follower.shutdown().await;
+    let dir = pair.dirs[1].path();
+    std::fs::write(dir.join("replication-checkpoint"), "0 0 c\n").unwrap();
+    std::fs::remove_file(dir.join("replication-leader")).unwrap();
+    // Meanwhile keys of it get new values on the leader, in a segment of their own (the first
+    // is full), and its compaction removes them from the first batch.
+    let records: Vec<_> = (0..superseded)
+        .map(|i| common::record(i, Some(keys[i as usize]), &[b'n'; 300], now))
+        .collect();
+    let newer = common::encode_batch(&records, kafka_protocol::records::Compression::None);
+    let r = c.call(&produce_request("c", 0, 1, newer), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 5);
+    let r = c.call(&produce_request("c", 0, 1, batch(b"roll")), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    eventually("the leader to compact the first batch", || {
+        let first = first_batch(&leader, "c");
+        if superseded < 5 {
+            first.record_count == 5 - superseded as i32
+        } else {
+            first.base_offset == 5
+        }
+    })
+    .await;
+    let compacted = first_batch(&leader, "c");
+    if superseded < 5 {
+        assert_eq!(
+            (compacted.base_offset, compacted.last_offset()),
+            (0, 4),
+            "the batch keeps its offsets"
+        );
+        assert_ne!(compacted.crc, copied.crc);
+    }
+    let follower = pair.start_with(2, 1, 1, not_compacting).await;
+    let end = 5 + superseded + 1;
+    eventually("the follower to catch up", || {
+        log_end(&follower, "c") == end
+    })
+    .await;
+    let kept = first_batch(&follower, "c");
+    assert_eq!(
+        (kept.crc, kept.record_count),
+        (copied.crc, 5),
+        "the follower's copy is kept, not cut and fetched again"
+    );
+    follower.shutdown().await;
+    leader.shutdown().await;
+}

@@ -16,11 +16,12 @@
 //! follower copied, and the new leader may have other records at those offsets. The last batch
 //! of each local partition above the high watermark this broker last knew is compared with the
 //! leader's batch at the same offset (base offset and CRC: a follower stores the leader's bytes,
-//! so equal batches have equal CRCs). Where the leader has nothing, the log is cut to the
-//! leader's high watermark; where it has another batch, batch by batch, never below the high
-//! watermark known here. Behind the leader's log start, the partition starts again there.
-//! A lost connection is retried with a growing pause (up to 5 s); nothing is lost meanwhile:
-//! the next fetch starts where the log ends.
+//! so equal batches have equal CRCs; a batch the leader compacted since it was copied is the
+//! same batch with records removed, or gone with all of them, and counts as equal). Where the
+//! leader has nothing, the log is cut to the leader's high watermark; where it has another
+//! batch, batch by batch, never below the high watermark known here. Behind the leader's log
+//! start, the partition starts again there. A lost connection is retried with a growing pause
+//! (up to 5 s); nothing is lost meanwhile: the next fetch starts where the log ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -539,6 +540,12 @@ async fn reconcile(broker: &Broker, peer: &mut Peer, may_cut: bool) -> anyhow::R
                 {
                     continue;
                 }
+                if code == 0
+                    && let (Some(h), Some(records)) = (theirs, data.records.as_ref())
+                    && compacted_since(&p, &ours, &h, records)?
+                {
+                    continue;
+                }
                 let mut log = p.log();
                 if code == E::OffsetOutOfRange.code() && ours.base_offset < data.log_start_offset {
                     log.restart_at(data.log_start_offset, now)?;
@@ -588,6 +595,31 @@ async fn reconcile(broker: &Broker, peer: &mut Peer, may_cut: bool) -> anyhow::R
         );
     }
     Ok(cut)
+}
+
+/// Whether the leader's first batch from `ours`' base offset (`theirs`, at the start of
+/// `records`) is this broker's last batch `ours` as the leader's compaction left it since it
+/// was copied: the batch with some of its records removed (its CRC is another), or none of its
+/// records left (the leader's next batch starts past it). Either way the logs hold the same
+/// records where both hold any; nothing is cut. Records taken in this batch's place, while
+/// another broker led, are another batch (see [`crate::storage::record_spans::compacted_from`]).
+fn compacted_since(
+    p: &Partition,
+    ours: &crate::storage::BatchHeader,
+    theirs: &crate::storage::BatchHeader,
+    records: &bytes::Bytes,
+) -> anyhow::Result<bool> {
+    if theirs.base_offset > ours.last_offset() {
+        // The leader has no record in this batch's offsets, below its high watermark where a
+        // consumer's fetch reads: offsets are dense but for what compaction removed.
+        return Ok(true);
+    }
+    if theirs.base_offset != ours.base_offset {
+        return Ok(false);
+    }
+    let plan = p.log().plan_read(ours.base_offset, 1)?;
+    let mine = plan.read()?;
+    Ok(crate::storage::record_spans::compacted_from(records, &mine))
 }
 
 /// Makes the local topics those of the leader.

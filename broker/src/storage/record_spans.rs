@@ -475,6 +475,50 @@ pub fn compressed(plain: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Whether `theirs` is `ours` as a compaction pass may have left it: the same producer batch
+/// (base offset, lastOffsetDelta, producer id, epoch and base sequence, attributes but the
+/// delete-horizon bit, all of which a pass keeps), each of its records one of `ours` at the
+/// same offset with the same timestamp, key, value and headers. A follower's copy of a batch
+/// its leader compacted since differs in CRC only so; a batch the leader took in its place
+/// (another producer's, or the same producer's under another sequence) does not.
+pub fn compacted_from(theirs: &Bytes, ours: &Bytes) -> bool {
+    let whole = |b: &Bytes| {
+        let h = storage::check_batch(b).ok()?;
+        let plain = plain_batch(b.slice(..h.total_size()), &h).ok()?;
+        Some((h, plain))
+    };
+    let (Some((t, theirs)), Some((o, ours))) = (whole(theirs), whole(ours)) else {
+        return false;
+    };
+    let fields = |h: &BatchHeader| {
+        (
+            h.base_offset,
+            h.last_offset_delta,
+            h.producer_id,
+            h.producer_epoch,
+            h.base_sequence,
+            h.attributes & !storage::ATTR_DELETE_HORIZON,
+        )
+    };
+    if fields(&t) != fields(&o) {
+        return false;
+    }
+    let (Ok(theirs), Ok(ours)) = (Records::parse(&theirs, &t), Records::parse(&ours, &o)) else {
+        return false;
+    };
+    // Both in offset order: each of theirs is found by walking ours forward.
+    let mut mine = (0..ours.len()).map(|i| ours.record(i));
+    (0..theirs.len()).all(|i| {
+        let r = theirs.record(i);
+        mine.by_ref()
+            .find(|m| m.offset_delta >= r.offset_delta)
+            .is_some_and(|m| {
+                (m.offset_delta, m.timestamp, m.key, m.value, &m.headers)
+                    == (r.offset_delta, r.timestamp, r.key, r.value, &r.headers)
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,6 +634,59 @@ mod tests {
         let raw = Bytes::from(want.clone());
         let owned = Records::parse(&raw, &h).unwrap().owned(&raw);
         assert_eq!(encode(&header_without_producer(0), &owned).unwrap(), want);
+    }
+
+    /// A compaction pass's copy of a batch is known for one, with or without a delete horizon,
+    /// in every codec; a batch with another record, another producer sequence or the records at
+    /// other offsets is not, nor a cut or damaged one.
+    #[test]
+    fn compacted_copies_are_told_from_other_batches() {
+        let recs = records();
+        for codec in ALL_CODECS {
+            let raw = Bytes::from(broker_encoded_batch(&recs, codec));
+            let h = storage::check_batch(&raw).unwrap();
+            let plain = plain_batch(raw.clone(), &h).unwrap();
+            let spans = Records::parse(&plain, &h).unwrap();
+            let copy = |kept: &[usize], horizon| {
+                Bytes::from(compressed(spans.keep_offsets(&h, kept, horizon)).unwrap())
+            };
+            for horizon in [None, Some(i64::MAX / 2), Some(-5)] {
+                for kept in [&[0, 1, 2, 3, 4][..], &[1, 3], &[4], &[0]] {
+                    let c = copy(kept, horizon);
+                    assert!(compacted_from(&c, &raw), "{codec:?} {kept:?} {horizon:?}");
+                    assert!(!compacted_from(&raw, &c) || kept.len() == recs.len());
+                }
+            }
+            assert!(compacted_from(&raw, &raw));
+            // Another value at a kept offset.
+            let mut other = recs.clone();
+            other[3].value = Some(Bytes::from_static(b"another"));
+            let other = Bytes::from(broker_encoded_batch(&other, codec));
+            assert!(!compacted_from(&other, &raw), "{codec:?}");
+            // The same records at other offsets (renumbered, as a plugin filter does).
+            let moved = Bytes::from(compressed(spans.rebuild(&[1, 3])).unwrap());
+            assert!(!compacted_from(&moved, &raw), "{codec:?}");
+            // Cut short, or a byte changed (its CRC no longer holds).
+            let c = copy(&[1, 3], None);
+            assert!(!compacted_from(&c.slice(..c.len() - 1), &raw));
+            let mut damaged = c.to_vec();
+            *damaged.last_mut().unwrap() ^= 1;
+            assert!(!compacted_from(&Bytes::from(damaged), &raw));
+        }
+        // The same records from another producer batch: another sequence, another producer.
+        let batch = |pid, seq| {
+            Bytes::from(encode_batch(
+                &recs,
+                kafka_protocol::records::Compression::None,
+                pid,
+                0,
+                seq,
+            ))
+        };
+        assert!(compacted_from(&batch(7, 0), &batch(7, 0)));
+        assert!(!compacted_from(&batch(7, 5), &batch(7, 0)));
+        assert!(!compacted_from(&batch(8, 0), &batch(7, 0)));
+        assert!(!compacted_from(&batch(-1, -1), &batch(7, 0)));
     }
 
     /// Every truncation and every corrupted length is refused, never a panic.
