@@ -189,14 +189,14 @@ async fn topics_produce_and_consume_commands_round_trip() {
             "create",
             "cli-2",
             "--config",
-            "min.insync.replicas=2",
+            "min.compaction.lag.ms=60000",
             "-b",
             &b,
         ]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("min.insync.replicas") && err.contains(r#"only "1" is supported"#),
+            err.contains("min.compaction.lag.ms") && err.contains(r#"only "0" is supported"#),
             "{err}"
         );
         let out = runnel(&["topics", "describe", "cli", "-b", &b]);
@@ -246,6 +246,27 @@ async fn topics_produce_and_consume_commands_round_trip() {
         assert!(
             text.contains("partitions: 3") && text.contains("  configs: segment.ms=600000\n"),
             "{text}"
+        );
+        // Fewer partitions: refused with the count it has; the last own config deleted: said.
+        let out = runnel(&["topics", "alter", "cli", "--partitions", "2", "-b", &b]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("(it has 3: partitions can be added, not removed)"),
+            "{err}"
+        );
+        let out = runnel(&[
+            "topics",
+            "alter",
+            "cli",
+            "--delete-config",
+            "segment.ms",
+            "-b",
+            &b,
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "topic cli: configs: none of its own (the broker's defaults)\n"
         );
         let out = runnel(&["topics", "describe", "nosuch", "-b", &b]);
         assert!(!out.status.success());
@@ -410,6 +431,15 @@ async fn produce_takes_bytes_and_says_why_and_an_interrupted_consumer_commits_an
     cfg.broker.auto_create_topics = false;
     let broker = common::start_with(cfg).await;
     let b = broker.bootstrap();
+    let inner = broker.broker.clone();
+    // The producer ids of the batches of bin-0, in order.
+    let producers = move || {
+        let p = inner.catalog.get("bin").unwrap().partition(0).unwrap();
+        let bytes = p.log().read(0, 1 << 20).unwrap();
+        runnel::storage::parse_batches(&bytes)
+            .map(|b| b.unwrap().1.producer_id)
+            .collect::<Vec<_>>()
+    };
     tokio::task::spawn_blocking(move || {
         assert!(
             runnel(&["topics", "create", "bin", "-b", &b])
@@ -511,6 +541,20 @@ async fn produce_takes_bytes_and_says_why_and_an_interrupted_consumer_commits_an
             .map(|l| l.split_whitespace().nth(2).unwrap())
             .collect();
         assert_eq!(committed, ["5"], "{text}");
+
+        // With acks=all the producer is idempotent (a retried write is stored once): its
+        // batches carry a producer id; with acks=1, or when told not to be, they do not.
+        let out = runnel_with_input(&["produce", "bin", "--acks", "1", "-b", &b], b"z\n");
+        assert!(out.status.success());
+        let args = ["produce", "bin", "-b", &b, "-X", "enable.idempotence=false"];
+        assert!(runnel_with_input(&args, b"w\n").status.success());
+        let ids = producers();
+        let (idempotent, plain) = ids.split_at(ids.len().saturating_sub(2));
+        assert!(
+            idempotent.len() >= 2 && idempotent.iter().all(|&id| id >= 0),
+            "{ids:?}"
+        );
+        assert_eq!(plain, [-1, -1]);
     })
     .await
     .unwrap();

@@ -210,7 +210,16 @@ fn alter_topic(
         for r in rt.block_on(admin.create_partitions([&new], &admin_options()))? {
             match r {
                 Ok(t) => out!("topic {t}: {count} partitions"),
-                Err((t, code)) => bail!("cannot change the partitions of {t}: {code}"),
+                Err((t, code)) => {
+                    // librdkafka keeps the broker's message from us: the likely reason, said.
+                    let has = metadata(&plain_consumer(conn)?, Some(name))
+                        .ok()
+                        .and_then(|md| md.topics().first().map(|t| t.partitions().len()))
+                        .filter(|&has| has >= count)
+                        .map(|has| format!(" (it has {has}: partitions can be added, not removed)"))
+                        .unwrap_or_default();
+                    bail!("cannot change the partitions of {t}: {code}{has}")
+                }
             }
         }
     }
@@ -220,7 +229,11 @@ fn alter_topic(
     config_refusal_of(name, rt.block_on(peer.call(&request, 0))?)?;
     let own = own_configs(&admin, name)?;
     let shown: Vec<String> = own.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    out!("topic {name}: configs: {}", shown.join(" "));
+    if shown.is_empty() {
+        out!("topic {name}: configs: none of its own (the broker's defaults)");
+    } else {
+        out!("topic {name}: configs: {}", shown.join(" "));
+    }
     Ok(())
 }
 
@@ -432,6 +445,13 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
         // librdkafka refuses it when the producer is made.
         Err(_) => None,
     };
+    // Idempotent unless told otherwise, as Kafka's own producers are since 3.0: a retry of a
+    // write the broker stored but could not acknowledge (say, a follower left the in-sync set
+    // before it copied the write) is not stored twice. It needs acks=all.
+    let all_acks = matches!(acks, "all" | "-1");
+    if all_acks && cfg.get("enable.idempotence").is_none() {
+        cfg.set("enable.idempotence", "true");
+    }
     let producer: ThreadedProducer<Deliveries> = cfg
         .set("acks", acks)
         .set("compression.codec", compression)

@@ -358,20 +358,44 @@ impl ResetToArgs {
         } else if let Some(n) = self.shift_by {
             ResetTo::ShiftBy(n)
         } else if let Some(t) = &self.to_datetime {
-            let at = humantime::parse_rfc3339_weak(t).map_err(|e| {
-                anyhow::anyhow!("--to-datetime {t}: {e} (expected e.g. 2026-12-04T09:30:00Z)")
-            })?;
-            let ms = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|_| anyhow::anyhow!("--to-datetime {t}: before 1970"))?
-                .as_millis();
-            ResetTo::Datetime(ms as i64)
+            ResetTo::Datetime(
+                epoch_millis(t).map_err(|e| anyhow::anyhow!("--to-datetime {t}: {e}"))?,
+            )
         } else {
             anyhow::bail!(
                 "say where to: --to-earliest, --to-latest, --to-offset, --shift-by or --to-datetime"
             )
         })
     }
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time: `2026-12-04T09:30:00Z`, with a zone
+/// offset (`+02:00`, `-0500`), or without one (UTC).
+fn epoch_millis(t: &str) -> anyhow::Result<i64> {
+    let example = "expected e.g. 2026-12-04T09:30:00Z or 2026-12-04T10:30:00+01:00";
+    // A zone offset is a sign after the time of day, then hours and minutes.
+    let time_starts = t.find(['T', 't', ' ']).unwrap_or(t.len());
+    let (local, offset_secs) = match t[time_starts..].rfind(['+', '-']) {
+        Some(i) => {
+            let (local, zone) = t.split_at(time_starts + i);
+            let digits: String = zone[1..].chars().filter(|&c| c != ':').collect();
+            let (hours, minutes) = match (digits.len(), digits.parse::<i64>()) {
+                (4, Ok(n)) if n / 100 < 24 && n % 100 < 60 => (n / 100, n % 100),
+                (2, Ok(h)) if h < 24 => (h, 0),
+                _ => anyhow::bail!("zone offset {zone} is not +hh:mm or -hh:mm ({example})"),
+            };
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            (local, sign * (hours * 3600 + minutes * 60))
+        }
+        None => (t, 0),
+    };
+    let at =
+        humantime::parse_rfc3339_weak(local).map_err(|e| anyhow::anyhow!("{e} ({example})"))?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow::anyhow!("before 1970"))?
+        .as_millis() as i64;
+    Ok(ms - offset_secs * 1000)
 }
 
 #[derive(Args, Clone)]
@@ -625,7 +649,38 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::error_chain;
+    use super::{epoch_millis, error_chain};
+
+    /// --to-datetime takes RFC 3339 times with any zone offset, as Kafka's tool does.
+    #[test]
+    fn datetimes_take_zone_offsets() {
+        let utc = 1_796_376_600_000; // 2026-12-04T09:30:00Z
+        for t in [
+            "2026-12-04T09:30:00Z",
+            "2026-12-04T09:30:00",
+            "2026-12-04T09:30:00+00:00",
+            "2026-12-04T11:30:00+02:00",
+            "2026-12-04T04:30:00-05:00",
+            "2026-12-04T04:30:00-0500",
+            "2026-12-04T14:00:00+04:30",
+            "2026-12-04T10:30:00+01",
+        ] {
+            assert_eq!(epoch_millis(t).unwrap(), utc, "{t}");
+        }
+        assert_eq!(
+            epoch_millis("2026-12-04T11:30:00.250+02:00").unwrap(),
+            utc + 250
+        );
+        for bad in [
+            "2026-12-04T09:30:00+2:00",
+            "2026-12-04T09:30:00+25:00",
+            "2026-13-04T09:30:00Z",
+            "yesterday",
+        ] {
+            let e = epoch_millis(bad).unwrap_err().to_string();
+            assert!(e.contains("expected e.g."), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn a_cause_the_message_repeats_is_written_once() {
