@@ -198,7 +198,7 @@ pub async fn start_broker_from(
     let replicas = cluster.as_ref().map_or(1, |c| c.replication_factor());
     let catalog = Catalog::open(
         &data_dir,
-        config.log.clone(),
+        config.topic_defaults(),
         meta.clone(),
         replicas,
         now_ms(),

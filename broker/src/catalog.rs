@@ -781,6 +781,7 @@ pub fn to_storage_config(cfg: &edge_config::LogConfig) -> storage::LogConfig {
         min_cleanable_dirty_ratio: cfg.min_cleanable_dirty_ratio,
         timestamp_before_max_ms: cfg.timestamp_before_max.map(millis),
         timestamp_after_max_ms: cfg.timestamp_after_max.map(millis),
+        min_insync_replicas: cfg.min_insync_replicas,
     }
 }
 

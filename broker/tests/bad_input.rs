@@ -267,6 +267,20 @@ async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
     let r = c.call(&produce("errs", 0, batch(5, 10)), 9).await;
     assert_eq!(error_of(&r), 0);
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
+    // Each refused partition is counted, the unknown ones too: 2 unknown, 1 corrupt, 3 bad
+    // acks, 1 too large.
+    let metrics = broker.broker.metrics.render(&broker.broker);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "runnel_produce_errors_total 7"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("produce_errors"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     broker.shutdown().await;
 }
 

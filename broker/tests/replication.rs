@@ -1552,3 +1552,126 @@ async fn follower_keeps_a_compacted_batch(superseded: i64) {
     follower.shutdown().await;
     leader.shutdown().await;
 }
+
+/// The value of `min.insync.replicas` DescribeConfigs reports for `topic` at `c`'s broker.
+async fn min_insync_of(c: &mut RawClient, topic: &str) -> String {
+    use kafka_protocol::messages::DescribeConfigsRequest;
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    let r = c
+        .call(
+            &DescribeConfigsRequest::default().with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_string(topic.to_string()))
+                    .with_configuration_keys(Some(vec![StrBytes::from_static_str(
+                        "min.insync.replicas",
+                    )])),
+            ]),
+            4,
+        )
+        .await;
+    let result = &r.results[0];
+    assert_eq!(result.error_code, 0, "{:?}", result.error_message);
+    result.configs[0]
+        .value
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+/// A topic's own `min.insync.replicas` wins over `cluster.min_insync_replicas`, as in Kafka:
+/// with the follower down, acks=all writes to a topic set to 1 are taken and those to a topic
+/// on the cluster's 2 refused; DescribeConfigs reports each topic's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_min_insync_replicas_overrides_the_clusters() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 2).await;
+    let follower = pair.start(2, 1, 2).await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let topic = |name: &'static str, min_insync: Option<&'static str>| {
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_num_partitions(1)
+            .with_replication_factor(-1)
+            .with_configs(
+                min_insync
+                    .map(|v| {
+                        CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_static_str("min.insync.replicas"))
+                            .with_value(Some(StrBytes::from_static_str(v)))
+                    })
+                    .into_iter()
+                    .collect(),
+            )
+    };
+    let created = c
+        .call(
+            &CreateTopicsRequest::default()
+                .with_topics(vec![topic("one", Some("1")), topic("two", None)]),
+            5,
+        )
+        .await;
+    assert!(
+        created.topics.iter().all(|t| t.error_code == 0),
+        "{created:?}"
+    );
+    assert_eq!(min_insync_of(&mut c, "one").await, "1");
+    assert_eq!(min_insync_of(&mut c, "two").await, "2");
+    follower.shutdown().await;
+    // Once the follower is out of the in-sync set, the topic on the cluster's value refuses
+    // acks=all writes before writing anything.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        let r = c.call(&produce_request("two", 0, -1, batch(b"x")), 9).await;
+        let p = r.responses[0].partition_responses[0].clone();
+        if p.error_code == E::NotEnoughReplicas.code() || Instant::now() > deadline {
+            break p;
+        }
+    };
+    assert_eq!(refusal.error_code, E::NotEnoughReplicas.code());
+    let why = refusal.error_message.unwrap_or_default();
+    assert!(why.contains("min.insync.replicas = 2"), "{why}");
+    // The topic set to 1 takes them.
+    for _ in 0..3 {
+        let r = c.call(&produce_request("one", 0, -1, batch(b"y")), 9).await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    assert_eq!(log_end(&leader, "one"), 3);
+    leader.shutdown().await;
+}
+
+/// A broker alone is its topics' only replica: a topic asking for two in sync refuses acks=all
+/// writes (as a Kafka topic of replication factor 1 does) and takes acks=1 ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_alone_refuses_acks_all_to_a_topic_needing_two_in_sync() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let created = c
+        .call(
+            &CreateTopicsRequest::default().with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("two")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(-1)
+                    .with_configs(vec![
+                        CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_static_str("min.insync.replicas"))
+                            .with_value(Some(StrBytes::from_static_str("2"))),
+                    ]),
+            ]),
+            5,
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0);
+    assert_eq!(min_insync_of(&mut c, "two").await, "2");
+    let r = c.call(&produce_request("two", 0, -1, batch(b"x")), 9).await;
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, E::NotEnoughReplicas.code());
+    let r = c.call(&produce_request("two", 0, 1, batch(b"x")), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(log_end(&broker, "two"), 1, "only the acks=1 write");
+    broker.shutdown().await;
+}

@@ -414,6 +414,11 @@ pub struct LogConfig {
     /// and costs more directory scans.
     #[serde(with = "units::duration")]
     pub retention_check_interval: Duration,
+    /// Least number of in-sync brokers for a write with acks=all (`min.insync.replicas`). Not
+    /// a `[log]` key: the broker-wide default is `cluster.min_insync_replicas`
+    /// ([`crate::Config::topic_defaults`]); a topic may override it.
+    #[serde(skip)]
+    pub min_insync_replicas: i32,
 }
 
 impl Default for LogConfig {
@@ -434,6 +439,7 @@ impl Default for LogConfig {
             timestamp_before_max: None,
             timestamp_after_max: None,
             retention_check_interval: secs(5 * 60),
+            min_insync_replicas: 1,
         }
     }
 }

@@ -41,8 +41,8 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "min.cleanable.dirty.ratio",
     "message.timestamp.before.max.ms",
     "message.timestamp.after.max.ms",
-    "compression.type",
     "min.insync.replicas",
+    "compression.type",
     "unclean.leader.election.enable",
     "leader.replication.throttled.replicas",
     "follower.replication.throttled.replicas",
@@ -72,24 +72,19 @@ pub const FIXED_TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
         "batches are stored as the producer compressed them",
     ),
     (
-        "min.insync.replicas",
-        "1",
-        "this broker is the only replica of its topics",
-    ),
-    (
         "unclean.leader.election.enable",
         "false",
-        "this broker is the only replica of its topics",
+        "the lead moves only by configuration, to a broker an operator chose (docs/replication.md)",
     ),
     (
         "leader.replication.throttled.replicas",
         "",
-        "this broker is the only replica of its topics",
+        "replication is not throttled",
     ),
     (
         "follower.replication.throttled.replicas",
         "",
-        "this broker is the only replica of its topics",
+        "replication is not throttled",
     ),
     (
         "min.compaction.lag.ms",
@@ -257,6 +252,15 @@ impl Value<'_> {
         }
     }
 
+    /// A whole number from 1 (Kafka's int config of at least 1).
+    fn count(&self) -> Result<i32, ConfigError> {
+        let n = self.integer("a whole number of 1 or more")?;
+        match i32::try_from(n) {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(self.error(format!("{n} is out of range; allowed: 1..={}", i32::MAX))),
+        }
+    }
+
     /// Bytes `>= 0`, or -1 for `None`.
     fn opt_bytes(&self) -> Result<Option<u64>, ConfigError> {
         let expected = "an integer number of bytes, or -1 for unlimited";
@@ -301,6 +305,7 @@ impl LogConfig {
             "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio = v.ratio()?,
             "message.timestamp.before.max.ms" => self.timestamp_before_max = v.bound_millis()?,
             "message.timestamp.after.max.ms" => self.timestamp_after_max = v.bound_millis()?,
+            "min.insync.replicas" => self.min_insync_replicas = v.count()?,
             "flush.ms" => match v.millis(0)? {
                 d if d.is_zero() => self.flush = FlushPolicy::Always,
                 d if d.as_millis() == i64::MAX as u128 => self.flush = FlushPolicy::Never,
@@ -368,6 +373,7 @@ impl LogConfig {
                 "message.timestamp.after.max.ms",
                 self.timestamp_after_max.map_or(i64::MAX.to_string(), ms),
             ),
+            ("min.insync.replicas", self.min_insync_replicas.to_string()),
         ];
         configs.extend(
             FIXED_TOPIC_CONFIGS

@@ -526,6 +526,14 @@ impl Config {
 }
 
 impl Config {
+    /// What every topic starts from: `[log]`, with `min.insync.replicas` from `[cluster]`.
+    pub fn topic_defaults(&self) -> crate::LogConfig {
+        crate::LogConfig {
+            min_insync_replicas: self.cluster.min_insync_replicas,
+            ..self.log.clone()
+        }
+    }
+
     fn check_quic(&self, c: &Checker<'_>) -> Result<(), ConfigError> {
         let q = &self.listeners.quic;
         if q.idle_timeout < Duration::from_millis(1) || q.idle_timeout > QUIC_IDLE_MAX {

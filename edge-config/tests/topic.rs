@@ -42,6 +42,7 @@ fn kafka_names_map_onto_log_config() {
         ("delete.retention.ms", "1000"),
         ("index.interval.bytes", "0"),
         ("flush.ms", "500"),
+        ("min.insync.replicas", "2"),
     ]);
     assert_eq!(log.segment_bytes, 1 << 20);
     assert_eq!(log.segment_age, Duration::from_secs(3600));
@@ -54,6 +55,7 @@ fn kafka_names_map_onto_log_config() {
     assert_eq!(log.index_interval_bytes, 0);
     assert_eq!(log.flush, FlushPolicy::Interval);
     assert_eq!(log.flush_interval, Duration::from_millis(500));
+    assert_eq!(log.min_insync_replicas, 2);
 }
 
 #[test]
@@ -102,6 +104,7 @@ fn defaults_render_with_kafka_names_and_units() {
         ("min.cleanable.dirty.ratio", "0.5"),
         ("message.timestamp.before.max.ms", "9223372036854775807"),
         ("message.timestamp.after.max.ms", "9223372036854775807"),
+        ("min.insync.replicas", "1"),
     ];
     let got: Vec<(&str, &str)> = configs.iter().map(|(n, v)| (*n, v.as_str())).collect();
     assert_eq!(got[..expected.len()], expected);
@@ -111,7 +114,6 @@ fn defaults_render_with_kafka_names_and_units() {
         .map(|(n, v, _)| (*n, *v))
         .collect();
     assert_eq!(got[expected.len()..], fixed);
-    assert!(fixed.contains(&("min.insync.replicas", "1")));
     assert!(fixed.contains(&("compression.type", "producer")));
     assert!(fixed.contains(&("unclean.leader.election.enable", "false")));
 }
@@ -133,6 +135,7 @@ fn rendered_configs_apply_back_to_the_same_config() {
         min_cleanable_dirty_ratio: 0.25,
         timestamp_before_max: Some(Duration::from_secs(30 * 86_400)),
         timestamp_after_max: Some(Duration::from_secs(3600)),
+        min_insync_replicas: 3,
         ..LogConfig::default()
     };
     for flush in [
@@ -181,7 +184,7 @@ fn bad_overrides_name_the_config() {
              retention.ms, retention.bytes, cleanup.policy, message.timestamp.type, \
              max.message.bytes, delete.retention.ms, index.interval.bytes, flush.ms, \
              min.cleanable.dirty.ratio, message.timestamp.before.max.ms, \
-             message.timestamp.after.max.ms, {}",
+             message.timestamp.after.max.ms, min.insync.replicas, {}",
             FIXED_TOPIC_CONFIGS
                 .iter()
                 .map(|(n, ..)| *n)
@@ -229,6 +232,14 @@ fn bad_overrides_name_the_config() {
         apply_err("flush.ms", "-1"),
         "topic config flush.ms: -1 is out of range; allowed: 0 or more"
     );
+    for bad in ["0", "-1", "2147483648"] {
+        assert_eq!(
+            apply_err("min.insync.replicas", bad),
+            format!(
+                "topic config min.insync.replicas: {bad} is out of range; allowed: 1..=2147483647"
+            )
+        );
+    }
     assert_eq!(
         apply_err("max.message.bytes", "0"),
         "topic config max.message.bytes: 0 is out of range; allowed: 1..=2147483648 (1..=2GiB)"
@@ -242,8 +253,6 @@ fn fixed_configs_take_their_one_value() {
     let mut log = LogConfig::default();
     log.apply_topic_override("compression.type", "producer")
         .unwrap();
-    log.apply_topic_override("min.insync.replicas", "1")
-        .unwrap();
     assert_eq!(log, LogConfig::default(), "nothing to change");
     let err = log
         .apply_topic_override("compression.type", "zstd")
@@ -253,11 +262,6 @@ fn fixed_configs_take_their_one_value() {
         err.contains("compression.type") && err.contains("as the producer compressed"),
         "{err}"
     );
-    let err = log
-        .apply_topic_override("min.insync.replicas", "2")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("only replica"), "{err}");
     // What provisioning tools copy from a Kafka cluster's defaults is accepted and changes
     // nothing; another value is refused with the reason.
     for (name, value) in [

@@ -342,7 +342,7 @@ def test_admin_create_partitions_and_alter_configs(broker):
 
 
 def test_admin_fixed_configs_take_their_one_value(broker):
-    """compression.type=producer, min.insync.replicas=1 and the other Kafka defaults that
+    """compression.type=producer, min.compaction.lag.ms=0 and the other Kafka defaults that
     manifests copied from a cluster set are what this broker does anyway: accepted; any other
     value is INVALID_CONFIG with the reason."""
     admin = AdminClient(conf(broker.bootstrap))
@@ -361,12 +361,13 @@ def test_admin_fixed_configs_take_their_one_value(broker):
     got = admin.describe_configs([res])[res].result(timeout=10)
     assert {k: got[k].value for k in fixed} == fixed
     other = unique("ck-fixed")
-    refused = admin.create_topics([NewTopic(other, 1, 1, config={"min.insync.replicas": "2"})],
-                                  operation_timeout=10)[other]
+    refused = admin.create_topics(
+        [NewTopic(other, 1, 1, config={"min.compaction.lag.ms": "60000"})],
+        operation_timeout=10)[other]
     with pytest.raises(KafkaException) as e:
         refused.result(timeout=10)
     assert e.value.args[0].code() == KafkaError.INVALID_CONFIG
-    assert "only replica" in e.value.args[0].str()
+    assert "compaction may clean any record" in e.value.args[0].str()
 
 
 def test_admin_append_and_subtract_cleanup_policy(broker):

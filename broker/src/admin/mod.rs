@@ -170,7 +170,7 @@ impl Metrics {
         counter(
             &mut out,
             "runnel_produce_errors_total",
-            "Partition appends refused with an error.",
+            "Partitions of produce requests answered with an error: refused, or not replicated in time (acks=all).",
             self.produce_errors.load(Ordering::Relaxed),
         );
         counter(

@@ -14,8 +14,9 @@
 //! * the high watermark: the lowest log end among the in-sync brokers. Consumers read below it
 //!   only, and a produce with acks=all is answered once it covers the produced records.
 //!
-//! With fewer in-sync brokers than `cluster.min_insync_replicas`, a produce with acks=all is
-//! refused (NOT_ENOUGH_REPLICAS) and nothing is written. A broker alone (no `[cluster]`) has no
+//! With fewer in-sync brokers than the topic's `min.insync.replicas` (by default
+//! `cluster.min_insync_replicas`), a produce with acks=all is refused (NOT_ENOUGH_REPLICAS) and
+//! nothing is written. A broker alone (no `[cluster]`) has no
 //! followers: its high watermark is its log end and nothing here runs.
 //!
 //! Leadership is fixed by the config (`cluster.leader`); there is no automatic failover. A
@@ -59,7 +60,6 @@ pub struct Cluster {
     pub leader: i32,
     /// Every broker, this one included, sorted by node id.
     pub brokers: Vec<ClusterBroker>,
-    pub min_insync_replicas: i32,
     pub replica_lag_time_max: Duration,
     pub replica_fetch_wait: Duration,
     /// Set when a follower should read the leader's topics again before its next fetch.
@@ -101,7 +101,6 @@ impl Cluster {
             node_id,
             leader,
             brokers,
-            min_insync_replicas: config.min_insync_replicas,
             replica_lag_time_max: config.replica_lag_time_max,
             replica_fetch_wait: config.replica_fetch_wait,
             resync: Arc::default(),
@@ -569,7 +568,20 @@ pub fn follower_ends(cluster: &Cluster, p: &Partition) -> Vec<(i32, i64)> {
 
 /// Whether a produce with acks=all may be taken now: enough brokers in sync.
 pub fn enough_in_sync(cluster: &Cluster, p: &Partition, now_ms: i64) -> bool {
-    isr(cluster, p, now_ms).len() as i32 >= cluster.min_insync_replicas
+    too_few_in_sync(Some(cluster), p, now_ms).is_none()
+}
+
+/// Why a produce with acks=all may not be taken now: fewer brokers in sync than the topic's
+/// `min.insync.replicas` (a broker alone is its only replica, as a Kafka topic of replication
+/// factor 1 is).
+pub fn too_few_in_sync(cluster: Option<&Cluster>, p: &Partition, now_ms: i64) -> Option<String> {
+    let needed = p.log().config().min_insync_replicas;
+    let in_sync = cluster.map_or(1, |c| isr(c, p, now_ms).len());
+    (in_sync < usize::try_from(needed).unwrap_or(0)).then(|| {
+        format!(
+            "{in_sync} of the min.insync.replicas = {needed} brokers a write with acks=all needs are in sync"
+        )
+    })
 }
 
 /// How a wait for acks=all ended.

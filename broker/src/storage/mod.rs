@@ -110,6 +110,9 @@ pub struct LogConfig {
     /// timestamp may be behind or ahead of the append's `now_ms`. Default none (no bound).
     pub timestamp_before_max_ms: Option<i64>,
     pub timestamp_after_max_ms: Option<i64>,
+    /// `min.insync.replicas`: kept with the topic's other configs, used by replication, not
+    /// here. Default 1.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for LogConfig {
@@ -129,6 +132,7 @@ impl Default for LogConfig {
             min_cleanable_dirty_ratio: 0.5,
             timestamp_before_max_ms: None,
             timestamp_after_max_ms: None,
+            min_insync_replicas: 1,
         }
     }
 }

@@ -266,7 +266,7 @@ type Entry = (String, String, i8, i8, Vec<(String, String, i8)>);
 pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let b = &ctx.broker;
     // What `[log]` sets (the broker's static config) and Kafka's defaults, by topic config name.
-    let broker_values = b.config.log.to_topic_configs();
+    let broker_values = b.config.topic_defaults().to_topic_configs();
     let defaults = edge_config::LogConfig::default().to_topic_configs();
     let lookup = |list: &[(&'static str, String)], k: &str| {
         list.iter()

@@ -7,10 +7,10 @@
 //! magic and sizes, enforces idempotent-producer sequences and stamps offsets. On a broker alone
 //! acks=all is acknowledged once the append (and, with `flush = "always"`, its fsync) is done,
 //! exactly when acks=1 is. In a cluster (`crate::replication`) only the leader takes writes (a
-//! follower answers NOT_LEADER_OR_FOLLOWER); acks=all needs `cluster.min_insync_replicas`
-//! brokers in sync before anything is written (else NOT_ENOUGH_REPLICAS) and is answered once
-//! every in-sync follower has the records (else REQUEST_TIMED_OUT after the request's timeout,
-//! the records staying written, as in Kafka). Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
+//! follower answers NOT_LEADER_OR_FOLLOWER); acks=all needs the topic's `min.insync.replicas`
+//! (by default `cluster.min_insync_replicas`) brokers in sync before anything is written (else
+//! NOT_ENOUGH_REPLICAS) and is answered once every in-sync follower has the records (else
+//! REQUEST_TIMED_OUT after the request's timeout, the records staying written, as in Kafka). Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
 //! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
 //!
 //! A topic the client may not Write (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
@@ -128,15 +128,13 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             if let Some((code, why)) = &refusal {
                 out.error_code = *code;
                 out.error_message = why.clone().map(s);
-                ctx.broker
-                    .metrics
-                    .produce_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                count_error(&ctx);
                 partitions.push(out);
                 continue;
             }
             let Some(partition) = topic.as_ref().and_then(|t| t.partition(pd.index)) else {
                 out.error_code = E::UnknownTopicOrPartition.code();
+                count_error(&ctx);
                 partitions.push(out);
                 continue;
             };
@@ -149,20 +147,16 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             }
-            if let Some(c) = cluster.filter(|_| all_acks)
-                && !replication::enough_in_sync(c, &partition, now_ms())
+            if all_acks
+                && let Some(why) = replication::too_few_in_sync(cluster, &partition, now_ms())
             {
-                out.error_code = E::NotEnoughReplicas.code();
-                out.error_message = Some(s(format!(
-                    "fewer than cluster.min_insync_replicas = {} brokers are in sync",
-                    c.min_insync_replicas
-                )));
+                fail(&mut out, &ctx, E::NotEnoughReplicas.code(), why);
                 partitions.push(out);
                 continue;
             }
             let Some(records) = pd.records.filter(|r| !r.is_empty()) else {
-                out.error_code = E::CorruptMessage.code();
-                out.error_message = Some(s("produce request without records"));
+                let why = "produce request without records".to_string();
+                fail(&mut out, &ctx, E::CorruptMessage.code(), why);
                 partitions.push(out);
                 continue;
             };
@@ -204,6 +198,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                         Err(join) => {
                             tracing::error!(error = %join, "plugin task failed");
                             out.error_code = E::UnknownServerError.code();
+                            count_error(&ctx);
                             partitions.push(out);
                             continue;
                         }
@@ -314,6 +309,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 Replicated::TimedOut => E::RequestTimedOut,
             };
             responses[t].partition_responses[p].error_code = code.code();
+            count_error(&ctx);
         }
     }
     let policy_throttle = decisions.map_or(0, |d| quota::throttle(&ctx, &d));
@@ -402,6 +398,11 @@ fn refuse(out: &mut PartitionProduceResponse, ctx: &Ctx, e: &crate::storage::Sto
 fn fail(out: &mut PartitionProduceResponse, ctx: &Ctx, code: i16, message: String) {
     out.error_code = code;
     out.error_message = Some(s(message));
+    count_error(ctx);
+}
+
+/// Counts a partition answered with an error in `runnel_produce_errors_total`.
+fn count_error(ctx: &Ctx) {
     ctx.broker
         .metrics
         .produce_errors
