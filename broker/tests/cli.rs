@@ -94,6 +94,28 @@ fn config_default_is_valid_and_validate_names_key_and_line() {
         "{err}"
     );
 
+    // A federation link's librdkafka property that librdkafka refuses: its line too, when
+    // validated and when the broker starts.
+    let link = dir.path().join("link.toml");
+    std::fs::write(
+        &link,
+        "[[federation.links]]\nname = \"c\"\nbootstrap_servers = \"127.0.0.1:1\"\n\
+         topics = [\"t\"]\n\n[federation.links.client]\n\"bogus.prop\" = \"1\"\n",
+    )
+    .unwrap();
+    for command in [&["config", "validate"][..], &["serve", "--config"]] {
+        let mut args = command.to_vec();
+        args.push(link.to_str().unwrap());
+        let out = runnel(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("link.toml:6: federation.links[0].client: link \"c\"")
+                && err.contains("bogus.prop"),
+            "{command:?}: {err}"
+        );
+    }
+
     // The users file is read as the broker would read it: a line without a secret is named.
     let users = dir.path().join("users");
     std::fs::write(&users, "alice a11ce-s3cret\nbob\n").unwrap();

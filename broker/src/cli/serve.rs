@@ -19,7 +19,18 @@ pub fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let handle = crate::start_broker_from(config, config_file).await?;
+        let handle = match crate::start_broker_from(config, config_file.clone()).await {
+            Ok(handle) => handle,
+            // A setting the broker could not use at start-up (a certificate it cannot read, a
+            // federation client librdkafka refuses) is named with its line.
+            Err(e) => {
+                let text = format!("{e:#}");
+                return Err(match config_file.and_then(|f| Some((key_line(&f, &text)?, f))) {
+                    Some((line, file)) => anyhow::anyhow!("{}:{line}: {text}", file.display()),
+                    None => e,
+                });
+            }
+        };
         if let Some(addr) = handle.kafka_addr {
             tracing::info!(bootstrap = %addr, data_dir = %handle.broker.config.broker.data_dir.display(), "runnel is serving Kafka");
         }
@@ -67,8 +78,7 @@ async fn wait_for_signal() {
 
 pub fn validate(file: &Path, read_files: bool) -> anyhow::Result<()> {
     let config = Config::load(Some(file))?;
-    crate::federation::check_clients(&config.federation)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    crate::federation::check_clients(&config.federation).map_err(|e| with_key_line(file, e))?;
     if read_files {
         read_named_files(file, &config)?;
     }
@@ -76,28 +86,33 @@ pub fn validate(file: &Path, read_files: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The line of `file` that sets the key an error's `text` starts with ("<key>: why").
+fn key_line(file: &Path, text: &str) -> Option<usize> {
+    text.split_once(": ")
+        .filter(|(key, _)| {
+            key.contains('.')
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c))
+        })
+        .and_then(|(key, _)| edge_config::key_line(file, key))
+}
+
+/// `e` with the config file and, for a "<key>: why" error, the key's line, as config errors have.
+fn with_key_line(file: &Path, e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    match key_line(file, &text) {
+        Some(line) => anyhow::anyhow!("{}:{line}: {text}", file.display()),
+        None => anyhow::anyhow!("{}: {text}", file.display()),
+    }
+}
+
 /// Reads what `config` (from `file`) names as the broker would at start-up.
 fn read_named_files(file: &Path, config: &Config) -> anyhow::Result<()> {
     // The certificates, keys and CAs of the enabled listeners and of TLS between brokers, then
     // the listeners' users and device token files.
     let l = &config.listeners;
-    // "<key>: why" errors get the key's line, as config errors have.
-    let at = |e: anyhow::Error| {
-        let text = format!("{e:#}");
-        let line = text
-            .split_once(": ")
-            .filter(|(key, _)| {
-                key.contains('.')
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c))
-            })
-            .and_then(|(key, _)| edge_config::key_line(file, key));
-        match line {
-            Some(line) => anyhow::anyhow!("{}:{line}: {text}", file.display()),
-            None => anyhow::anyhow!("{}: {text}", file.display()),
-        }
-    };
+    let at = |e| with_key_line(file, e);
     if l.kafka_tls.enabled {
         crate::net::tls::acceptor(&l.kafka_tls).map_err(at)?;
     }

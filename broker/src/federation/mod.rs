@@ -310,7 +310,7 @@ pub fn check_clients(config: &FederationConfig) -> anyhow::Result<()> {
         let made: Result<FutureProducer<Quiet>, KafkaError> = client.create_with_context(Quiet);
         if let Err(e) = made {
             anyhow::bail!(
-                "federation.links[{i}].client ({:?}): librdkafka refuses the settings: {}",
+                "federation.links[{i}].client: link {:?}: librdkafka refuses the settings: {}",
                 spec.name,
                 settings_refusal(&e)
             );
@@ -339,7 +339,7 @@ pub fn connect(broker: &Broker, config: &FederationConfig) -> anyhow::Result<Lin
         }));
         let err = |e: KafkaError| {
             anyhow::anyhow!(
-                "federation.links[{i}].client ({:?}): librdkafka refuses the settings: {}",
+                "federation.links[{i}].client: link {:?}: librdkafka refuses the settings: {}",
                 spec.name,
                 settings_refusal(&e)
             )
