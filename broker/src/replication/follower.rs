@@ -17,9 +17,10 @@
 //! of each local partition above the high watermark this broker last knew is compared with the
 //! leader's batch at the same offset (base offset and CRC: a follower stores the leader's bytes,
 //! so equal batches have equal CRCs; a batch the leader compacted since it was copied is the
-//! same batch with records removed, or gone with all of them, and counts as equal). Where the
-//! leader has nothing, the log is cut to the leader's high watermark; where it has another
-//! batch, batch by batch, never below the high watermark known here. Behind the leader's log
+//! same batch with records removed and counts as equal, one whose records it removed all of is
+//! cut without a word). Where the leader has nothing, the log is cut to the leader's high
+//! watermark; where it has another batch, batch by batch, never below the high watermark known
+//! here. Behind the leader's log
 //! start, the partition starts again there. A lost connection is retried with a growing pause
 //! (up to 5 s); nothing is lost meanwhile: the next fetch starts where the log ends.
 
@@ -547,6 +548,19 @@ async fn reconcile(broker: &Broker, peer: &mut Peer, may_cut: bool) -> anyhow::R
                     continue;
                 }
                 let mut log = p.log();
+                if code == 0 && theirs.is_some_and(|h| h.base_offset > ours.last_offset()) {
+                    // The leader has no record at this batch's offsets, below its high
+                    // watermark: its compaction removed them all, whether this broker's copy
+                    // was of its records or of others taken before it led. Cut without a word
+                    // (no key loses its latest value: what removed them is on the leader), and
+                    // the batch before compared in turn.
+                    log.truncate_to(ours.base_offset, now)?;
+                    if log.log_end_offset() > log.log_start_offset() {
+                        drop(log);
+                        pending.push(p);
+                    }
+                    continue;
+                }
                 if code == E::OffsetOutOfRange.code() && ours.base_offset < data.log_start_offset {
                     log.restart_at(data.log_start_offset, now)?;
                     continue;
@@ -599,21 +613,16 @@ async fn reconcile(broker: &Broker, peer: &mut Peer, may_cut: bool) -> anyhow::R
 
 /// Whether the leader's first batch from `ours`' base offset (`theirs`, at the start of
 /// `records`) is this broker's last batch `ours` as the leader's compaction left it since it
-/// was copied: the batch with some of its records removed (its CRC is another), or none of its
-/// records left (the leader's next batch starts past it). Either way the logs hold the same
-/// records where both hold any; nothing is cut. Records taken in this batch's place, while
-/// another broker led, are another batch (see [`crate::storage::record_spans::compacted_from`]).
+/// was copied: the batch with some of its records removed (its CRC is another). The logs hold
+/// the same records where both hold any; nothing is cut. Records taken in this batch's place,
+/// while another broker led, are another batch (see
+/// [`crate::storage::record_spans::compacted_from`]).
 fn compacted_since(
     p: &Partition,
     ours: &crate::storage::BatchHeader,
     theirs: &crate::storage::BatchHeader,
     records: &bytes::Bytes,
 ) -> anyhow::Result<bool> {
-    if theirs.base_offset > ours.last_offset() {
-        // The leader has no record in this batch's offsets, below its high watermark where a
-        // consumer's fetch reads: offsets are dense but for what compaction removed.
-        return Ok(true);
-    }
     if theirs.base_offset != ours.base_offset {
         return Ok(false);
     }

@@ -477,8 +477,9 @@ pub fn compressed(plain: Vec<u8>) -> Result<Vec<u8>, String> {
 
 /// Whether `theirs` is `ours` as a compaction pass may have left it: the same producer batch
 /// (base offset, lastOffsetDelta, producer id, epoch and base sequence, attributes but the
-/// delete-horizon bit, all of which a pass keeps), each of its records one of `ours` at the
-/// same offset with the same timestamp, key, value and headers. A follower's copy of a batch
+/// delete-horizon bit, and a LogAppendTime batch's append time, all of which a pass keeps),
+/// each of its records one of `ours` at the same offset with the same timestamp, key, value and
+/// headers. A follower's copy of a batch
 /// its leader compacted since differs in CRC only so; a batch the leader took in its place
 /// (another producer's, or the same producer's under another sequence) does not.
 pub fn compacted_from(theirs: &Bytes, ours: &Bytes) -> bool {
@@ -498,6 +499,7 @@ pub fn compacted_from(theirs: &Bytes, ours: &Bytes) -> bool {
             h.producer_epoch,
             h.base_sequence,
             h.attributes & !storage::ATTR_DELETE_HORIZON,
+            h.is_log_append_time().then_some(h.max_timestamp),
         )
     };
     if fields(&t) != fields(&o) {
@@ -666,6 +668,15 @@ mod tests {
             // The same records at other offsets (renumbered, as a plugin filter does).
             let moved = Bytes::from(compressed(spans.rebuild(&[1, 3])).unwrap());
             assert!(!compacted_from(&moved, &raw), "{codec:?}");
+            // A LogAppendTime batch appended at another time (a retry a new leader stored).
+            let at = |t| {
+                let mut b = raw.to_vec();
+                storage::set_log_append_time(&mut b, t);
+                Bytes::from(b)
+            };
+            let (first, again) = (at(77_777), at(88_888));
+            assert!(compacted_from(&first, &first));
+            assert!(!compacted_from(&again, &first), "{codec:?}");
             // Cut short, or a byte changed (its CRC no longer holds).
             let c = copy(&[1, 3], None);
             assert!(!compacted_from(&c.slice(..c.len() - 1), &raw));
