@@ -215,6 +215,16 @@ pub async fn start_broker_from(
             meta.raise_producer_ids(crate::replication::producer_count_above(max_seen))
                 .context("cannot update the producer id counter")?;
         }
+        // Builds before min.insync.replicas was a topic config took `1` (Kafka's default,
+        // copied from manifests) and went on with the cluster's value: said, since it counts now.
+        let cluster_value = config.cluster.min_insync_replicas;
+        for topic in catalog.list() {
+            let own = topic.configs().get("min.insync.replicas").cloned();
+            if let Some(own) = own.filter(|v| v.parse().is_ok_and(|v: i32| v < cluster_value)) {
+                tracing::warn!(topic = %topic.name, min_insync_replicas = %own, cluster_min_insync_replicas = cluster_value,
+                    "the topic's own min.insync.replicas is below cluster.min_insync_replicas: acks=all writes to it need fewer brokers in sync (delete the override to use the cluster's)");
+            }
+        }
     }
     let groups = GroupCoordinator::new(
         GroupConfig {

@@ -212,8 +212,9 @@ fn alter_topic(
                 Ok(t) => out!("topic {t}: {count} partitions"),
                 Err((t, code)) => {
                     // librdkafka keeps the broker's message from us: the likely reason, said.
-                    let has = metadata(&plain_consumer(conn)?, Some(name))
+                    let has = plain_consumer(conn)
                         .ok()
+                        .and_then(|c| metadata(&c, Some(name)).ok())
                         .and_then(|md| md.topics().first().map(|t| t.partitions().len()))
                         .filter(|&has| has >= count)
                         .map(|has| format!(" (it has {has}: partitions can be added, not removed)"))

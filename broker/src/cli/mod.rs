@@ -395,7 +395,10 @@ fn epoch_millis(t: &str) -> anyhow::Result<i64> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| anyhow::anyhow!("before 1970"))?
         .as_millis() as i64;
-    Ok(ms - offset_secs * 1000)
+    let ms = ms - offset_secs * 1000;
+    // Negative times are ListOffsets' "latest" and "earliest", not times.
+    anyhow::ensure!(ms >= 0, "before 1970");
+    Ok(ms)
 }
 
 #[derive(Args, Clone)]
@@ -671,6 +674,8 @@ mod tests {
             epoch_millis("2026-12-04T11:30:00.250+02:00").unwrap(),
             utc + 250
         );
+        assert!(epoch_millis("1970-01-01T00:59:59.999+01:00").is_err());
+        assert_eq!(epoch_millis("1970-01-01T01:00:00+01:00").unwrap(), 0);
         for bad in [
             "2026-12-04T09:30:00+2:00",
             "2026-12-04T09:30:00+25:00",

@@ -141,6 +141,15 @@ fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.groups != new.groups {
         out.push("groups");
     }
+    if running.acls != new.acls {
+        out.push("acls");
+    }
+    if running.oauthbearer != new.oauthbearer {
+        out.push("oauthbearer");
+    }
+    if running.cluster != new.cluster {
+        out.push("cluster");
+    }
     if running.federation != new.federation {
         out.push("federation");
     }
@@ -161,6 +170,11 @@ mod tests {
         assert_eq!(changed_sections(&a, &b), vec!["log"]);
         b.federation.retry_backoff_max = Duration::from_secs(60);
         assert_eq!(changed_sections(&a, &b), vec!["log", "federation"]);
+        b.cluster.min_insync_replicas = 2;
+        assert_eq!(
+            changed_sections(&a, &b),
+            vec!["log", "cluster", "federation"]
+        );
     }
 
     #[test]

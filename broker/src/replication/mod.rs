@@ -602,6 +602,30 @@ pub async fn wait_replicated(
     end: i64,
     timeout: Duration,
 ) -> Replicated {
+    wait_for_high_watermark(cluster, p, end, timeout, true).await
+}
+
+/// [`wait_replicated`] whatever the topic's `min.insync.replicas`: until every broker in sync
+/// has the records before `end`, for transaction markers (which a topic asking for more
+/// brokers than are in sync must not skip the wait for).
+pub async fn wait_copied_in_sync(
+    cluster: &Cluster,
+    p: &Partition,
+    end: i64,
+    timeout: Duration,
+) -> Replicated {
+    wait_for_high_watermark(cluster, p, end, timeout, false).await
+}
+
+async fn wait_for_high_watermark(
+    cluster: &Cluster,
+    p: &Partition,
+    end: i64,
+    timeout: Duration,
+    min_insync: bool,
+) -> Replicated {
+    // Markers wait for the brokers in sync, however few.
+    let enough = |now| !min_insync || enough_in_sync(cluster, p, now);
     let deadline = tokio::time::Instant::now() + timeout;
     // A follower leaving the in-sync set moves the high watermark without any fetch or append
     // to wake us: look again at least this often.
@@ -612,14 +636,13 @@ pub async fn wait_replicated(
         notified.as_mut().enable();
         let now = crate::broker::now_ms();
         let leader_end = p.log().log_end_offset();
-        let enough = enough_in_sync(cluster, p, now);
-        if !enough {
+        if !enough(now) {
             return Replicated::TooFewInSync;
         }
         if advance(cluster, p, leader_end, now) >= end {
             // The leader's tick may have moved the high watermark because a follower just
             // left the set: the set must still be large enough when the records are covered.
-            return if enough_in_sync(cluster, p, crate::broker::now_ms()) {
+            return if enough(crate::broker::now_ms()) {
                 Replicated::Yes
             } else {
                 Replicated::TooFewInSync

@@ -37,7 +37,7 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
                             let left =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
                             let replicated =
-                                crate::replication::wait_replicated(c, &p, end, left).await;
+                                crate::replication::wait_copied_in_sync(c, &p, end, left).await;
                             if replicated != crate::replication::Replicated::Yes {
                                 tracing::info!(transactional_id = %client_text(&id), topic = %p.topic, partition = p.index, ?replicated, "a transaction marker is not on every in-sync follower yet");
                             }
