@@ -523,8 +523,11 @@ impl Device {
     /// acknowledgement, retry or buffering, so it may be lost (or, rarely, stored twice). Waits
     /// only for room in the connection's send buffer. Fails with
     /// [`DeviceError::DatagramTooLarge`] when the encoded reading does not fit one datagram
-    /// (about 1,000 bytes of key, value, headers, topic name and client id always fit), and [`DeviceError::Datagram`] while
-    /// the device is not connected or the broker takes no datagrams.
+    /// (about 1,000 bytes of key, value, headers, topic name and client id always fit), and
+    /// [`DeviceError::Datagram`] while the device is not connected or the broker takes no
+    /// datagrams. What the broker refuses is dropped there, unsaid: a datagram creates no
+    /// topic (send one acknowledged reading first, or create it), and readings to a topic that
+    /// does not exist are lost (`runnel_quic_datagrams_dropped_total` counts them).
     pub async fn send_datagram(
         &self,
         topic: &str,

@@ -492,7 +492,7 @@ fn pinned_fingerprint(f: &str) -> Result<String, DeviceError> {
         .map(|c| c.to_ascii_uppercase())
         .collect();
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(DeviceError::Tls(format!(
+        return Err(DeviceError::Config(format!(
             "the pinned fingerprint {f:?} is not a SHA-256 fingerprint (32 hex pairs, as the \
              broker prints it: AB:CD:...)"
         )));
