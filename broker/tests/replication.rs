@@ -1389,18 +1389,7 @@ async fn a_topic_made_again_is_not_taken_for_lost_records() {
         )
         .await;
     assert_eq!(deleted.responses[0].error_code, 0);
-    let created = c
-        .call(
-            &CreateTopicsRequest::default().with_topics(vec![
-                CreatableTopic::default()
-                    .with_name(TopicName(StrBytes::from_static_str("t")))
-                    .with_num_partitions(1)
-                    .with_replication_factor(-1),
-            ]),
-            5,
-        )
-        .await;
-    assert_eq!(created.topics[0].error_code, 0);
+    create_topic(&mut c, "t", &[]).await;
     let partition = leader
         .broker
         .catalog
@@ -1424,6 +1413,30 @@ async fn a_topic_made_again_is_not_taken_for_lost_records() {
     .await;
     follower.shutdown().await;
     leader.shutdown().await;
+}
+
+/// Creates `name` (one partition) with `configs` through `c`, and checks it was made.
+async fn create_topic(c: &mut RawClient, name: &str, configs: &[(&str, &str)]) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let st = |t: &str| StrBytes::from_string(t.to_string());
+    let topic = CreatableTopic::default()
+        .with_name(TopicName(st(name)))
+        .with_num_partitions(1)
+        .with_replication_factor(-1)
+        .with_configs(
+            configs
+                .iter()
+                .map(|(k, v)| {
+                    CreatableTopicConfig::default()
+                        .with_name(st(k))
+                        .with_value(Some(st(v)))
+                })
+                .collect(),
+        );
+    let created = c
+        .call(&CreateTopicsRequest::default().with_topics(vec![topic]), 5)
+        .await;
+    assert_eq!(created.topics[0].error_code, 0, "{created:?}");
 }
 
 /// The first batch of `topic`-0 on `handle`, as its log holds it.
@@ -1455,7 +1468,6 @@ async fn a_follower_keeps_a_batch_its_leader_compacted_while_it_was_down() {
 /// See [`a_follower_keeps_a_batch_its_leader_compacted_while_it_was_down`]: the first
 /// `superseded` of the batch's five keys get new values on the leader.
 async fn follower_keeps_a_compacted_batch(superseded: i64) {
-    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     let pair = Pair::new();
     let compacting =
         |c: &mut edge_config::Config| c.log.retention_check_interval = Duration::from_millis(100);
@@ -1465,28 +1477,16 @@ async fn follower_keeps_a_compacted_batch(superseded: i64) {
     let leader = pair.start_with(1, 1, 1, compacting).await;
     let follower = pair.start_with(2, 1, 1, not_compacting).await;
     let mut c = RawClient::connect(&pair.address(1)).await;
-    let config = |k: &'static str, v: &'static str| {
-        CreatableTopicConfig::default()
-            .with_name(StrBytes::from_static_str(k))
-            .with_value(Some(StrBytes::from_static_str(v)))
-    };
-    let created = c
-        .call(
-            &CreateTopicsRequest::default().with_topics(vec![
-                CreatableTopic::default()
-                    .with_name(TopicName(StrBytes::from_static_str("c")))
-                    .with_num_partitions(1)
-                    .with_replication_factor(-1)
-                    .with_configs(vec![
-                        config("cleanup.policy", "compact"),
-                        config("segment.bytes", "1024"),
-                        config("min.cleanable.dirty.ratio", "0.01"),
-                    ]),
-            ]),
-            5,
-        )
-        .await;
-    assert_eq!(created.topics[0].error_code, 0);
+    create_topic(
+        &mut c,
+        "c",
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "1024"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    )
+    .await;
     // One batch of five keys, copied by the follower.
     let now = runnel::broker::now_ms();
     let keys = [b"k0", b"k1", b"k2", b"k3", b"k4"];
@@ -1589,38 +1589,12 @@ async fn min_insync_of(c: &mut RawClient, topic: &str) -> String {
 /// on the cluster's 2 refused; DescribeConfigs reports each topic's value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topics_min_insync_replicas_overrides_the_clusters() {
-    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     let pair = Pair::new();
     let leader = pair.start(1, 1, 2).await;
     let follower = pair.start(2, 1, 2).await;
     let mut c = RawClient::connect(&pair.address(1)).await;
-    let topic = |name: &'static str, min_insync: Option<&'static str>| {
-        CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str(name)))
-            .with_num_partitions(1)
-            .with_replication_factor(-1)
-            .with_configs(
-                min_insync
-                    .map(|v| {
-                        CreatableTopicConfig::default()
-                            .with_name(StrBytes::from_static_str("min.insync.replicas"))
-                            .with_value(Some(StrBytes::from_static_str(v)))
-                    })
-                    .into_iter()
-                    .collect(),
-            )
-    };
-    let created = c
-        .call(
-            &CreateTopicsRequest::default()
-                .with_topics(vec![topic("one", Some("1")), topic("two", None)]),
-            5,
-        )
-        .await;
-    assert!(
-        created.topics.iter().all(|t| t.error_code == 0),
-        "{created:?}"
-    );
+    create_topic(&mut c, "one", &[("min.insync.replicas", "1")]).await;
+    create_topic(&mut c, "two", &[]).await;
     assert_eq!(min_insync_of(&mut c, "one").await, "1");
     assert_eq!(min_insync_of(&mut c, "two").await, "2");
     follower.shutdown().await;
@@ -1650,27 +1624,10 @@ async fn a_topics_min_insync_replicas_overrides_the_clusters() {
 /// writes (as a Kafka topic of replication factor 1 does) and takes acks=1 ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_alone_refuses_acks_all_to_a_topic_needing_two_in_sync() {
-    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     let dir = tempfile::tempdir().unwrap();
     let broker = common::start(dir.path()).await;
     let mut c = RawClient::connect(&broker.bootstrap()).await;
-    let created = c
-        .call(
-            &CreateTopicsRequest::default().with_topics(vec![
-                CreatableTopic::default()
-                    .with_name(TopicName(StrBytes::from_static_str("two")))
-                    .with_num_partitions(1)
-                    .with_replication_factor(-1)
-                    .with_configs(vec![
-                        CreatableTopicConfig::default()
-                            .with_name(StrBytes::from_static_str("min.insync.replicas"))
-                            .with_value(Some(StrBytes::from_static_str("2"))),
-                    ]),
-            ]),
-            5,
-        )
-        .await;
-    assert_eq!(created.topics[0].error_code, 0);
+    create_topic(&mut c, "two", &[("min.insync.replicas", "2")]).await;
     assert_eq!(min_insync_of(&mut c, "two").await, "2");
     let r = c.call(&produce_request("two", 0, -1, batch(b"x")), 9).await;
     let p = &r.responses[0].partition_responses[0];
