@@ -25,9 +25,12 @@ pub fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
             // federation client librdkafka refuses) is named with its line.
             Err(e) => {
                 let text = format!("{e:#}");
-                return Err(match config_file.and_then(|f| Some((key_line(&f, &text)?, f))) {
-                    Some((line, file)) => anyhow::anyhow!("{}:{line}: {text}", file.display()),
-                    None => e,
+                let line = config_file.as_deref().and_then(|f| key_line(f, &text));
+                return Err(match (config_file, line) {
+                    (Some(file), Some(line)) => {
+                        anyhow::anyhow!("{}:{line}: {text}", file.display())
+                    }
+                    _ => e,
                 });
             }
         };

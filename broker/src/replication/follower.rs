@@ -20,9 +20,9 @@
 //! same batch with records removed and counts as equal, one whose records it removed all of is
 //! cut without a word). Where the leader has nothing, the log is cut to the leader's high
 //! watermark; where it has another batch, batch by batch, never below the high watermark known
-//! here. Behind the leader's log
-//! start, the partition starts again there. A lost connection is retried with a growing pause
-//! (up to 5 s); nothing is lost meanwhile: the next fetch starts where the log ends.
+//! here. Behind the leader's log start, the partition starts again there. A lost connection is
+//! retried with a growing pause (up to 5 s); nothing is lost meanwhile: the next fetch starts
+//! where the log ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

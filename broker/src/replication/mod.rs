@@ -16,8 +16,8 @@
 //!
 //! With fewer in-sync brokers than the topic's `min.insync.replicas` (by default
 //! `cluster.min_insync_replicas`), a produce with acks=all is refused (NOT_ENOUGH_REPLICAS) and
-//! nothing is written. A broker alone (no `[cluster]`) has no
-//! followers: its high watermark is its log end and nothing here runs.
+//! nothing is written. A broker alone (no `[cluster]`) has no followers: its high watermark is
+//! its log end and nothing here runs.
 //!
 //! Leadership is fixed by the config (`cluster.leader`); there is no automatic failover. A
 //! broker that starts as a follower cuts from its log, above the high watermark it knew, what

@@ -479,9 +479,9 @@ pub fn compressed(plain: Vec<u8>) -> Result<Vec<u8>, String> {
 /// (base offset, lastOffsetDelta, producer id, epoch and base sequence, attributes but the
 /// delete-horizon bit, and a LogAppendTime batch's append time, all of which a pass keeps),
 /// each of its records one of `ours` at the same offset with the same timestamp, key, value and
-/// headers. A follower's copy of a batch
-/// its leader compacted since differs in CRC only so; a batch the leader took in its place
-/// (another producer's, or the same producer's under another sequence) does not.
+/// headers. A follower's copy of a batch its leader compacted since differs in CRC only so; a
+/// batch the leader took in its place (another producer's, or the same producer's under another
+/// sequence) does not.
 pub fn compacted_from(theirs: &Bytes, ours: &Bytes) -> bool {
     let whole = |b: &Bytes| {
         let h = storage::check_batch(b).ok()?;

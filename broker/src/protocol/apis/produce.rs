@@ -10,8 +10,9 @@
 //! follower answers NOT_LEADER_OR_FOLLOWER); acks=all needs the topic's `min.insync.replicas`
 //! (by default `cluster.min_insync_replicas`) brokers in sync before anything is written (else
 //! NOT_ENOUGH_REPLICAS) and is answered once every in-sync follower has the records (else
-//! REQUEST_TIMED_OUT after the request's timeout, the records staying written, as in Kafka). Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`)
-//! but answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
+//! REQUEST_TIMED_OUT after the request's timeout, the records staying written, as in Kafka).
+//! Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`) but answered with
+//! UNSUPPORTED_VERSION by [`refuse_legacy`].
 //!
 //! A topic the client may not Write (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
 //! its partitions, whether it exists or not, and nothing of it is written.
