@@ -137,7 +137,26 @@ async fn config_sources_and_synonyms_follow_kafka() {
                 ]),
         ])
         .with_timeout_ms(5000);
-    assert_eq!(c.call(&create, 5).await.topics[0].error_code, 0);
+    let created = c.call(&create, 5).await;
+    assert_eq!(created.topics[0].error_code, 0);
+    // The configs CreateTopics answers with carry the sources DescribeConfigs gives (below):
+    // the topic's own, the broker's config file, Kafka's default.
+    let source_of = |k: &str| {
+        let configs = created.topics[0].configs.as_ref().unwrap();
+        configs
+            .iter()
+            .find(|c| c.name.as_str() == k)
+            .unwrap()
+            .config_source
+    };
+    assert_eq!(
+        (
+            source_of("segment.bytes"),
+            source_of("retention.ms"),
+            source_of("max.message.bytes")
+        ),
+        (1, 4, 5)
+    );
     let describe = |resource_type: i8, resource: &str| {
         DescribeConfigsRequest::default()
             .with_resources(vec![

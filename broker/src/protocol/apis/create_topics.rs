@@ -28,7 +28,9 @@ use crate::protocol::error::catalog_code;
 
 /// DescribeConfigs/CreateTopics config source: a per-topic override.
 const SOURCE_TOPIC: i8 = 1;
-/// Config source: the broker's default.
+/// Config source: the broker's config file (a value other than Kafka's default).
+const SOURCE_STATIC_BROKER: i8 = 4;
+/// Config source: Kafka's default.
 const SOURCE_DEFAULT: i8 = 5;
 
 pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
@@ -168,19 +170,27 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                     results.push(out);
                     continue;
                 }
+                // Sources as DescribeConfigs gives them.
+                let kafka_defaults = edge_config::LogConfig::default().to_topic_configs();
+                let source = |name: &str, value: &str, is_override: bool| {
+                    if is_override {
+                        SOURCE_TOPIC
+                    } else if kafka_defaults.iter().any(|(n, v)| *n == name && v == value) {
+                        SOURCE_DEFAULT
+                    } else {
+                        SOURCE_STATIC_BROKER
+                    }
+                };
                 out.configs = Some(
                     b.catalog
                         .effective_configs(&topic)
                         .into_iter()
                         .map(|(name, value, is_override)| {
+                            let source = source(&name, &value, is_override);
                             CreatableTopicConfigs::default()
                                 .with_name(s(name))
                                 .with_value(Some(s(value)))
-                                .with_config_source(if is_override {
-                                    SOURCE_TOPIC
-                                } else {
-                                    SOURCE_DEFAULT
-                                })
+                                .with_config_source(source)
                         })
                         .collect(),
                 );
