@@ -489,7 +489,15 @@ fn maintain(
         // offset (what read_committed consumers cannot read yet must not remove what they can).
         let hw = crate::replication::readable_end(cluster, p, log.log_end_offset());
         let limit = log.last_stable_offset(hw);
-        (retained, log.start_compaction(now, limit)?)
+        // On a leader, deletes stay until every follower has copied them (as far as it heard).
+        let copied_below = cluster
+            .filter(|c| c.is_leader())
+            .and_then(|c| {
+                let ends = crate::replication::follower_ends(c, p);
+                ends.into_iter().map(|(_, end)| end).min()
+            })
+            .unwrap_or(i64::MAX);
+        (retained, log.start_compaction(now, limit, copied_below)?)
     };
     if retained.segments_deleted > 0 {
         tracing::info!(

@@ -1637,3 +1637,97 @@ async fn a_broker_alone_refuses_acks_all_to_a_topic_needing_two_in_sync() {
     assert_eq!(log_end(&broker, "two"), 1, "only the acks=1 write");
     broker.shutdown().await;
 }
+
+/// Every record of `topic`-0 on `handle` as (key, whether it is a tombstone), in offset order.
+fn keys_of(handle: &BrokerHandle, topic: &str) -> Vec<(String, bool)> {
+    let p = handle
+        .broker
+        .catalog
+        .get(topic)
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    let (start, end) = {
+        let log = p.log();
+        (log.log_start_offset(), log.log_end_offset())
+    };
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let mut bytes = p.log().read(at, 1 << 20).unwrap();
+        if bytes.is_empty() {
+            break;
+        }
+        while !bytes.is_empty() {
+            let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).unwrap();
+            for r in set.records {
+                let key = String::from_utf8(r.key.unwrap_or_default().to_vec()).unwrap();
+                out.push((key, r.value.is_none()));
+                at = r.offset + 1;
+            }
+        }
+    }
+    out
+}
+
+/// On a compacted topic a leader keeps a delete, past its `delete.retention.ms`, until every
+/// follower has copied it: a follower down longer than that gets it when it comes back (it kept
+/// the deleted key's value, and would have served it had the lead moved there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
+    let pair = Pair::new();
+    let compacting =
+        |c: &mut edge_config::Config| c.log.retention_check_interval = Duration::from_millis(100);
+    let leader = pair.start_with(1, 1, 1, compacting).await;
+    let follower = pair.start_with(2, 1, 1, compacting).await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    create_topic(
+        &mut c,
+        "d",
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "100"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "1000"),
+        ],
+    )
+    .await;
+    // One record to partition 0 of `d`, acks=1.
+    async fn produce(c: &mut RawClient, key: &[u8], value: Option<&[u8]>) {
+        let mut r = common::record(0, Some(key), b"", runnel::broker::now_ms());
+        r.value = value.map(Bytes::copy_from_slice);
+        let batch = common::encode_batch(&[r], kafka_protocol::records::Compression::None);
+        let r = c.call(&produce_request("d", 0, 1, batch), 9).await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    produce(&mut c, b"dev7", Some(b"v1")).await;
+    eventually("the follower's copy", || log_end(&follower, "d") == 1).await;
+    follower.shutdown().await;
+    // The delete, then writes for 4 s: the leader's passes run past its horizon.
+    produce(&mut c, b"dev7", None).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        produce(&mut c, b"filler", Some(b"f")).await;
+    }
+    let keys = keys_of(&leader, "d");
+    assert!(
+        !keys.contains(&("dev7".into(), false)),
+        "the value went: {keys:?}"
+    );
+    assert!(
+        keys.contains(&("dev7".into(), true)),
+        "the delete waits for the follower: {keys:?}"
+    );
+    let follower = pair.start_with(2, 1, 1, compacting).await;
+    eventually("the follower to copy the delete", || {
+        keys_of(&follower, "d").contains(&("dev7".into(), true))
+    })
+    .await;
+    // Then it goes on the leader, at its next passes (a new segment rolls one in).
+    eventually("the leader to remove the delete", || {
+        !keys_of(&leader, "d").iter().any(|(k, _)| k == "dev7")
+    })
+    .await;
+    follower.shutdown().await;
+    leader.shutdown().await;
+}

@@ -18,7 +18,9 @@
 //!    and only below where the last *complete* pass (one that swapped in every group it
 //!    cleaned) stopped, so the values it hides are gone before it goes: never a tombstone
 //!    removed while an older value of its key stays (Kafka also drops tombstones only from the
-//!    part of the log cleaned before). The horizon is `delete_retention_ms` after the broker
+//!    part of the log cleaned before); on a cluster's leader, only below where every follower's
+//!    log reaches as far as the leader heard, so a follower that was away longer than
+//!    `delete.retention.ms` still gets the deletes (Kafka's followers can miss them). The horizon is `delete_retention_ms` after the broker
 //!    wrote the tombstone's segment (`Segment::written_ms`; not the records' own timestamps,
 //!    which may be far in the past), or, in a transaction, its commit marker's segment (what
 //!    read_committed consumers could not read was not deleted for them); a pass that first
@@ -314,6 +316,10 @@ pub(crate) struct CompactionState {
     cleaned_once: bool,
     /// Earliest time a kept tombstone becomes removable.
     next_tombstone_expiry: Option<i64>,
+    /// The bound below which the last pass could remove tombstones, if it kept one past its
+    /// horizon above it (a follower had not copied it): the next pass is due when the bound
+    /// moves, not at every check.
+    held_below: Option<i64>,
 }
 
 /// A compaction pass taken out of the log ([`PartitionLog::start_compaction`]): run it without
@@ -327,7 +333,8 @@ pub struct CompactionPass {
     /// be cut by a truncation, and must not supersede the values they would leave) or the log
     /// end on a broker alone.
     limit: i64,
-    /// Tombstones below it may go ([`CompactionState::clean_through`] when the pass began).
+    /// Tombstones (and transaction markers) below it may go: [`CompactionState::clean_through`]
+    /// when the pass began, or less where a follower's log ends below it.
     tombstones_below: i64,
     /// The same, if a complete pass ran since the start: a tombstone at or above it is one
     /// this pass reaches first.
@@ -347,6 +354,8 @@ pub struct CompactionOutcome {
     /// the first sealed segment reaching its limit.
     cleaned_through: i64,
     next_tombstone_expiry: Option<i64>,
+    /// [`CompactionState::held_below`] after this pass.
+    held_below: Option<i64>,
 }
 
 /// Adjacent sealed segments cleaned into one.
@@ -417,6 +426,8 @@ struct Kept {
     size: u64,
     removed: u64,
     next_tombstone_expiry: Option<i64>,
+    /// Whether it keeps a tombstone or marker past its horizon, at or above the bound.
+    held: bool,
     late: u64,
 }
 
@@ -424,6 +435,16 @@ impl Kept {
     /// Whether the segment must be written: it lost a record or took a horizon it must keep.
     fn changed(&self) -> u64 {
         self.removed + self.late
+    }
+
+    /// Notes a tombstone or marker kept with delete horizon `horizon`: due to go then, or, past
+    /// it, held by the pass's bound.
+    fn keeps_until(&mut self, now_ms: i64, horizon: i64) {
+        if now_ms > horizon {
+            self.held = true;
+        } else {
+            self.next_tombstone_expiry = earliest(self.next_tombstone_expiry, Some(horizon));
+        }
     }
 }
 
@@ -460,24 +481,26 @@ impl CompactionPass {
                 }
             }
         }
-        let (cleaned_through, next_tombstone_expiry) = result?;
+        let (cleaned_through, next_tombstone_expiry, held) = result?;
         Ok(CompactionOutcome {
             cleaned,
             cleaned_through,
             next_tombstone_expiry,
+            held_below: held.then_some(self.tombstones_below),
         })
     }
 
-    /// Cleans the sealed segments below the limit; returns where it stopped and when a kept
-    /// tombstone is next due.
+    /// Cleans the sealed segments below the limit; returns where it stopped, when a kept
+    /// tombstone is next due, and whether one past its horizon was held by the bound.
     fn clean(
         &self,
         now_ms: i64,
         cleaned: &mut Vec<Cleaned>,
         group: &mut Option<Group>,
-    ) -> Result<(i64, Option<i64>), StorageError> {
+    ) -> Result<(i64, Option<i64>, bool), StorageError> {
         let latest = self.latest()?;
         let mut next_expiry: Option<i64> = None;
+        let mut held = false;
         let sealed = &self.views[..self.views.len() - 1];
         let mut cleaned_through = self.views.last().map_or(0, |v| v.base_offset);
         let kept_aside = self.with_kept_tails();
@@ -542,11 +565,12 @@ impl CompactionPass {
                 None => self.clean_first(seg, &latest, now_ms, &mut txns, g)?,
             };
             next_expiry = earliest(next_expiry, kept.next_tombstone_expiry);
+            held |= kept.held;
             g.size += kept.size;
             g.removed += kept.removed;
         }
         self.close(group.take(), cleaned)?;
-        Ok((cleaned_through, next_expiry))
+        Ok((cleaned_through, next_expiry, held))
     }
 
     /// Cleans `seg`, the first segment of group `g`: written if it loses a record, else held
@@ -764,7 +788,7 @@ impl CompactionPass {
                     kept.removed += h.record_count.max(0) as u64;
                     return Ok(());
                 }
-                kept.next_tombstone_expiry = earliest(kept.next_tombstone_expiry, Some(horizon));
+                kept.keeps_until(now_ms, horizon);
                 let tagged;
                 let out = if stored.is_some() {
                     bytes
@@ -826,7 +850,7 @@ impl CompactionPass {
                 .collect();
             kept.removed += (total - keep.len()) as u64;
             if keeps_tombstone {
-                kept.next_tombstone_expiry = earliest(kept.next_tombstone_expiry, Some(horizon));
+                kept.keeps_until(now_ms, horizon);
                 kept.late += u64::from(late);
             }
             // A tombstone's horizon goes into its batch when the batch is first written again,
@@ -962,7 +986,7 @@ impl PartitionLog {
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
         let limit = self.last_stable_offset(self.log_end_offset());
-        if let Some(pass) = self.start_compaction(now_ms, limit)? {
+        if let Some(pass) = self.start_compaction(now_ms, limit, i64::MAX)? {
             let outcome = pass.run(now_ms)?;
             self.finish_compaction(outcome, now_ms, report)?;
         }
@@ -979,8 +1003,10 @@ impl PartitionLog {
         &self,
         now_ms: i64,
         limit: i64,
+        copied_below: i64,
     ) -> Result<Option<CompactionPass>, StorageError> {
         let state = self.compaction;
+        let tombstones_below = state.clean_through.min(copied_below);
         // The share of sealed bytes written since the last cleaning (all of it after a restart).
         let sealed = &self.segments[..self.segments.len().saturating_sub(1)];
         let dirty: u64 = sealed
@@ -996,7 +1022,8 @@ impl PartitionLog {
         let new_data = dirty > 0
             && (dirty as f64 >= self.config.min_cleanable_dirty_ratio * total as f64
                 || dirty_segments >= MERGE_AT_SEGMENTS);
-        let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t);
+        let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t)
+            || state.held_below.is_some_and(|b| tombstones_below > b);
         // Not while a rolled segment awaits its seal: the pass would read it before it is durable
         // and a seal running across the swap could write stale index files.
         let sealing = !self.unsealed.is_empty();
@@ -1012,7 +1039,7 @@ impl PartitionLog {
             dir: self.dir.clone(),
             views,
             limit,
-            tombstones_below: state.clean_through,
+            tombstones_below,
             first_reached_from: state.cleaned_once.then_some(state.clean_through),
             delete_retention_ms: self.config.delete_retention_ms,
             retention_ms: self.config.retention_ms.filter(|_| self.config.delete),
@@ -1056,9 +1083,15 @@ impl PartitionLog {
             return Err(e);
         }
         self.compaction.next_tombstone_expiry = outcome.next_tombstone_expiry;
+        self.compaction.held_below = outcome.held_below;
         if complete {
             self.compaction.clean_through = outcome.cleaned_through;
             self.compaction.cleaned_once = true;
+        } else if outcome.held_below.is_some() {
+            // Its bound did not move (no complete pass): looked at again at the next check.
+            self.compaction.held_below = None;
+            self.compaction.next_tombstone_expiry =
+                earliest(outcome.next_tombstone_expiry, Some(now_ms));
         }
         Ok(())
     }
@@ -1673,7 +1706,10 @@ mod tests {
         // Long after the tombstone was written, a first pass runs while DeleteRecords removes
         // x0's segment: the group holding k=v is stale and stays as it was.
         let later = NOW + 2 * DAY;
-        let pass = log.start_compaction(later, i64::MAX).unwrap().unwrap();
+        let pass = log
+            .start_compaction(later, i64::MAX, i64::MAX)
+            .unwrap()
+            .unwrap();
         assert_eq!(log.delete_records_before(1).unwrap(), 1);
         let outcome = pass.run(later).unwrap();
         log.finish_compaction(outcome, later, &mut MaintenanceReport::default())
@@ -1707,6 +1743,39 @@ mod tests {
         assert_eq!(pairs(&log), [("w".into(), Some("w0".into()))]);
     }
 
+    /// On a leader, a tombstone past its horizon stays while a follower's log ends at or below
+    /// it (that follower would never get the delete), without a pass at every check meanwhile;
+    /// once the followers have copied it, the next check removes it.
+    #[test]
+    fn a_tombstone_waits_for_every_follower_to_copy_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![one("k", "v"), gone("k"), one("w", "w0")];
+        let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
+        let later = NOW + 2 * DAY;
+        // Whether a pass was due, run if so.
+        let pass = |log: &mut PartitionLog, now, copied_below| {
+            let Some(pass) = log.start_compaction(now, i64::MAX, copied_below).unwrap() else {
+                return false;
+            };
+            let outcome = pass.run(now).unwrap();
+            let mut report = MaintenanceReport::default();
+            log.finish_compaction(outcome, now, &mut report).unwrap();
+            true
+        };
+        let tombstone = [("k".into(), None), ("w".into(), Some("w0".into()))];
+        // A follower's log ends at the tombstone (offset 1): the first pass removes k=v.
+        assert!(pass(&mut log, later, 1));
+        assert_eq!(pairs(&log), tombstone);
+        // The part of the log cleaned before grew: due again, and the follower still holds it.
+        assert!(pass(&mut log, later + 10, 1));
+        assert_eq!(pairs(&log), tombstone);
+        // Nothing moved since: no pass.
+        assert!(!pass(&mut log, later + 20, 1));
+        // The follower copied it.
+        assert!(pass(&mut log, later + 30, 2));
+        assert_eq!(pairs(&log), [("w".into(), Some("w0".into()))]);
+    }
+
     #[test]
     fn records_at_or_above_the_limit_supersede_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -1718,7 +1787,10 @@ mod tests {
         ];
         let mut log = one_per_segment(dir.path(), &batches, 1);
         // The high watermark is 2: k=v1 may yet be cut by a truncation.
-        let pass = log.start_compaction(NOW + 10, 2).unwrap().unwrap();
+        let pass = log
+            .start_compaction(NOW + 10, 2, i64::MAX)
+            .unwrap()
+            .unwrap();
         let outcome = pass.run(NOW + 10).unwrap();
         let mut report = MaintenanceReport::default();
         log.finish_compaction(outcome, NOW + 10, &mut report)
@@ -1726,7 +1798,10 @@ mod tests {
         assert_eq!(report.records_removed, 0);
         assert_eq!(offsets(&log), [0, 1, 2, 3]);
         // Once it is below the high watermark, it does.
-        let pass = log.start_compaction(NOW + 20, 4).unwrap().unwrap();
+        let pass = log
+            .start_compaction(NOW + 20, 4, i64::MAX)
+            .unwrap()
+            .unwrap();
         let outcome = pass.run(NOW + 20).unwrap();
         log.finish_compaction(outcome, NOW + 20, &mut report)
             .unwrap();
@@ -1738,7 +1813,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let batches = vec![one("k", "v0"), one("k", "v1"), one("b", "b0")];
         let mut log = one_per_segment(dir.path(), &batches, 1);
-        let pass = log.start_compaction(NOW + 10, i64::MAX).unwrap().unwrap();
+        let pass = log
+            .start_compaction(NOW + 10, i64::MAX, i64::MAX)
+            .unwrap()
+            .unwrap();
         // A follower's truncation opens the log again (the same bases and sizes, other files).
         log.reopen(NOW).unwrap();
         let outcome = pass.run(NOW + 10).unwrap();
@@ -2338,7 +2416,7 @@ mod tests {
         }
         log.seal_all().unwrap();
         let pass = log
-            .start_compaction(NOW + 10, i64::MAX)
+            .start_compaction(NOW + 10, i64::MAX, i64::MAX)
             .unwrap()
             .expect("sealed data");
         // The log is free while the pass runs: a newer "a" arrives (and rolls the segment).
@@ -2373,7 +2451,7 @@ mod tests {
         }
         log.seal_all().unwrap();
         let pass = log
-            .start_compaction(NOW + 10, i64::MAX)
+            .start_compaction(NOW + 10, i64::MAX, i64::MAX)
             .unwrap()
             .expect("sealed data");
         // DeleteRecords drops the first segment (the one the pass cleans) meanwhile.
