@@ -501,6 +501,25 @@ async fn produce_takes_bytes_and_says_why_and_an_interrupted_consumer_commits_an
                 && err.contains("topic nosuch does not exist"),
             "{err}"
         );
+        // A topic asking for more replicas in sync than a broker alone has: said too.
+        let args = [
+            "topics",
+            "create",
+            "two",
+            "--config",
+            "min.insync.replicas=2",
+            "-b",
+            &b,
+        ];
+        assert!(runnel(&args).status.success());
+        let args = ["produce", "two", "-b", &b, "-X", "message.timeout.ms=1500"];
+        let out = runnel_with_input(&args, b"x\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("topic two sets min.insync.replicas = 2 and 1 of its replicas"),
+            "{err}"
+        );
         // What Kafka refuses, refused before anything is sent.
         let out = runnel_with_input(&["produce", "bin", "--acks", "2", "-b", &b], b"x\n");
         assert!(!out.status.success());

@@ -514,7 +514,7 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
             )) if deadline.is_none_or(|d| Instant::now() < d) => {}
             Err(e) => {
-                let why = why_undelivered(&producer, topic, acks);
+                let why = why_undelivered(conn, &producer, topic, acks);
                 return Err(e).with_context(|| {
                     format!(
                         "{} of {count} records were not acknowledged{why}",
@@ -538,7 +538,7 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
             .take();
         let (why, timed_out) = first.unwrap_or_default();
         let diagnosis = if timed_out {
-            why_undelivered(&producer, topic, acks)
+            why_undelivered(conn, &producer, topic, acks)
         } else {
             String::new()
         };
@@ -561,7 +561,12 @@ fn records(n: u64) -> String {
 /// Why records may not have been acknowledged in time, from the topic's metadata: librdkafka
 /// retries what the broker refuses (NOT_ENOUGH_REPLICAS, an unknown topic) until the delivery
 /// timeout and then reports only the timeout. Empty when the metadata shows nothing amiss.
-fn why_undelivered(producer: &ThreadedProducer<Deliveries>, topic: &str, acks: &str) -> String {
+fn why_undelivered(
+    conn: &Conn,
+    producer: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    acks: &str,
+) -> String {
     let md = match producer
         .client()
         .fetch_metadata(Some(topic), Duration::from_secs(5))
@@ -599,6 +604,22 @@ fn why_undelivered(producer: &ThreadedProducer<Deliveries>, topic: &str, acks: &
                 p.replicas().len()
             ));
         }
+    }
+    // Every replica in sync, yet fewer than the topic asks for (a broker alone is its topics'
+    // only replica).
+    let own_min = || {
+        let own = own_configs(&admin(conn).ok()?, topic).ok()?;
+        own.get("min.insync.replicas")?.parse::<usize>().ok()
+    };
+    if why.is_empty()
+        && matches!(acks, "all" | "-1")
+        && let Some(needed) = own_min()
+        && let Some(in_sync) = t.partitions().iter().map(|p| p.isr().len()).min()
+        && in_sync < needed
+    {
+        return format!(
+            " (topic {topic} sets min.insync.replicas = {needed} and {in_sync} of its replicas              are in sync: the broker answers acks=all with NOT_ENOUGH_REPLICAS, which the              client retries until message.timeout.ms)"
+        );
     }
     if why.is_empty() {
         return String::new();
