@@ -20,10 +20,11 @@
 //!    removed while an older value of its key stays (Kafka also drops tombstones only from the
 //!    part of the log cleaned before); on a cluster's leader, only below where every follower's
 //!    log reaches as far as the leader heard, so a follower that was away longer than
-//!    `delete.retention.ms` still gets the deletes (Kafka's followers can miss them). The horizon is `delete_retention_ms` after the broker
-//!    wrote the tombstone's segment (`Segment::written_ms`; not the records' own timestamps,
-//!    which may be far in the past), or, in a transaction, its commit marker's segment (what
-//!    read_committed consumers could not read was not deleted for them); a pass that first
+//!    `delete.retention.ms` still gets the deletes (Kafka's followers can miss them). The
+//!    horizon is `delete_retention_ms` after the broker wrote the tombstone's segment
+//!    (`Segment::written_ms`; not the records' own timestamps, which may be far in the past),
+//!    or, in a transaction, its commit marker's segment (what read_committed consumers could
+//!    not read was not deleted for them); a pass that first
 //!    reaches a tombstone after that (behind another producer's open transaction, or with no
 //!    pass for that long) counts from its own time, as Kafka does. The first pass that
 //!    writes a batch keeping a tombstone stores that horizon in it, as KIP-534 does (the
@@ -997,8 +998,9 @@ impl PartitionLog {
     /// data, at least `min.cleanable.dirty.ratio` of it or [`MERGE_AT_SEGMENTS`] segments, or a
     /// tombstone or marker due to go); `None` otherwise. `limit` is the last stable offset
     /// below the high watermark (the log end on a broker alone): what is at or above it is
-    /// neither looked at nor cleaned. Cheap: run the pass itself ([`CompactionPass::run`])
-    /// after releasing the log.
+    /// neither looked at nor cleaned. `copied_below` is, on a cluster's leader, the lowest log
+    /// end of its followers (`i64::MAX` elsewhere): no delete at or above it goes. Cheap: run
+    /// the pass itself ([`CompactionPass::run`]) after releasing the log.
     pub fn start_compaction(
         &self,
         now_ms: i64,
