@@ -96,11 +96,16 @@ fn config_default_is_valid_and_validate_names_key_and_line() {
 
     // A federation link's librdkafka property that librdkafka refuses: its line too, when
     // validated and when the broker starts.
+    // (The data directory a started broker makes is the test's, not the working directory's.)
     let link = dir.path().join("link.toml");
     std::fs::write(
         &link,
-        "[[federation.links]]\nname = \"c\"\nbootstrap_servers = \"127.0.0.1:1\"\n\
-         topics = [\"t\"]\n\n[federation.links.client]\n\"bogus.prop\" = \"1\"\n",
+        format!(
+            "[[federation.links]]\nname = \"c\"\nbootstrap_servers = \"127.0.0.1:1\"\n\
+             topics = [\"t\"]\n\n[federation.links.client]\n\"bogus.prop\" = \"1\"\n\n\
+             [broker]\ndata_dir = {:?}\n",
+            dir.path().join("link-data")
+        ),
     )
     .unwrap();
     for command in [&["config", "validate"][..], &["serve", "--config"]] {
