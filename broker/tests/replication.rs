@@ -1439,6 +1439,34 @@ async fn create_topic(c: &mut RawClient, name: &str, configs: &[(&str, &str)]) {
     assert_eq!(created.topics[0].error_code, 0, "{created:?}");
 }
 
+/// A config change: retention and compaction look for work every `every`.
+fn checks_every(every: Duration) -> impl Fn(&mut edge_config::Config) + Copy {
+    move |c| c.log.retention_check_interval = every
+}
+
+/// A pair with broker 1 leading and one broker in sync enough, the leader compacting at once
+/// (checks every 100 ms) and the follower as `follower_checks` says, and the compacted topic
+/// `topic` (with `configs` besides) made on the leader; with a client of the leader.
+async fn compacting_pair(
+    follower_checks: impl Fn(&mut edge_config::Config),
+    topic: &str,
+    configs: &[(&str, &str)],
+) -> (Pair, BrokerHandle, BrokerHandle, RawClient) {
+    let pair = Pair::new();
+    let leader = pair
+        .start_with(1, 1, 1, checks_every(Duration::from_millis(100)))
+        .await;
+    let follower = pair.start_with(2, 1, 1, follower_checks).await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let compact = [
+        ("cleanup.policy", "compact"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+    ];
+    let all: Vec<(&str, &str)> = compact.iter().chain(configs).copied().collect();
+    create_topic(&mut c, topic, &all).await;
+    (pair, leader, follower, c)
+}
+
 /// The first batch of `topic`-0 on `handle`, as its log holds it.
 fn first_batch(handle: &BrokerHandle, topic: &str) -> runnel::storage::BatchHeader {
     let p = handle
@@ -1468,25 +1496,10 @@ async fn a_follower_keeps_a_batch_its_leader_compacted_while_it_was_down() {
 /// See [`a_follower_keeps_a_batch_its_leader_compacted_while_it_was_down`]: the first
 /// `superseded` of the batch's five keys get new values on the leader.
 async fn follower_keeps_a_compacted_batch(superseded: i64) {
-    let pair = Pair::new();
-    let compacting =
-        |c: &mut edge_config::Config| c.log.retention_check_interval = Duration::from_millis(100);
     // The follower does not compact during the test: what it holds is what it copied.
-    let not_compacting =
-        |c: &mut edge_config::Config| c.log.retention_check_interval = Duration::from_secs(3600);
-    let leader = pair.start_with(1, 1, 1, compacting).await;
-    let follower = pair.start_with(2, 1, 1, not_compacting).await;
-    let mut c = RawClient::connect(&pair.address(1)).await;
-    create_topic(
-        &mut c,
-        "c",
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.bytes", "1024"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-        ],
-    )
-    .await;
+    let not_compacting = checks_every(Duration::from_secs(3600));
+    let (pair, leader, follower, mut c) =
+        compacting_pair(not_compacting, "c", &[("segment.bytes", "1024")]).await;
     // One batch of five keys, copied by the follower.
     let now = runnel::broker::now_ms();
     let keys = [b"k0", b"k1", b"k2", b"k3", b"k4"];
@@ -1675,21 +1688,11 @@ fn keys_of(handle: &BrokerHandle, topic: &str) -> Vec<(String, bool)> {
 /// the deleted key's value, and would have served it had the lead moved there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
-    let pair = Pair::new();
-    let compacting =
-        |c: &mut edge_config::Config| c.log.retention_check_interval = Duration::from_millis(100);
-    let leader = pair.start_with(1, 1, 1, compacting).await;
-    let follower = pair.start_with(2, 1, 1, compacting).await;
-    let mut c = RawClient::connect(&pair.address(1)).await;
-    create_topic(
-        &mut c,
+    let compacting = checks_every(Duration::from_millis(100));
+    let (pair, leader, follower, mut c) = compacting_pair(
+        compacting,
         "d",
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.ms", "100"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("delete.retention.ms", "1000"),
-        ],
+        &[("segment.ms", "100"), ("delete.retention.ms", "1000")],
     )
     .await;
     // One record to partition 0 of `d`, acks=1.
