@@ -24,23 +24,22 @@
 //!    horizon is `delete_retention_ms` after the broker wrote the tombstone's segment
 //!    (`Segment::written_ms`; not the records' own timestamps, which may be far in the past),
 //!    or, in a transaction, its commit marker's segment (what read_committed consumers could
-//!    not read was not deleted for them); a pass that first
-//!    reaches a tombstone after that (behind another producer's open transaction, or with no
-//!    pass for that long) counts from its own time, as Kafka does. The first pass that
-//!    writes a batch keeping a tombstone stores that horizon in it, as KIP-534 does (the
-//!    delete-horizon attribute, the horizon as the batch's first timestamp, each record's
-//!    timestamp delta rewritten against it so its timestamp stays), so merging the segment
-//!    with newer ones, which gives the merged file a later write time, does not move the
-//!    tombstone's clock. Kafka stores the time of that first cleaning plus
-//!    `delete.retention.ms`, so it may keep a tombstone longer;
+//!    not read was not deleted for them); a pass that first reaches a tombstone after that
+//!    (behind another producer's open transaction, or with no pass for that long) counts from
+//!    its own time, as Kafka does. The first pass that writes a batch keeping a tombstone
+//!    stores that horizon in it, as KIP-534 does (the delete-horizon attribute, the horizon as
+//!    the batch's first timestamp, each record's timestamp delta rewritten against it so its
+//!    timestamp stays), so merging the segment with newer ones, which gives the merged file a
+//!    later write time, does not move the tombstone's clock. Kafka stores the time of that
+//!    first cleaning plus `delete.retention.ms`, so it may keep a tombstone longer;
 //! 3. adjacent sealed segments are cleaned into one while what they keep fits `segment.bytes`
 //!    (and the index's 32-bit relative offsets and positions), as Kafka's cleaner groups them,
 //!    so a compacted log keeps about as many segments as its live data fills, not one per
 //!    segment ever rolled, tombstones or not. A group ends around a segment already empty when
 //!    the pass began (one a start-up cut to nothing keeps the cut bytes beside it: not this
-//!    pass's to delete). A lone segment that
-//!    loses nothing (and takes no late horizon) is left untouched; any other group is written to `{base}.log.cleaned` (base
-//!    = its first segment's), fsynced, with its index files beside it (`.index.cleaned`,
+//!    pass's to delete). A lone segment that loses nothing (and takes no late horizon) is left
+//!    untouched; any other group is written to `{base}.log.cleaned` (base = its first
+//!    segment's), fsynced, with its index files beside it (`.index.cleaned`,
 //!    `.timeindex.cleaned`), all without the lock;
 //! 4. with the log again, the groups whose segments are all still as the pass read them are
 //!    swapped in; the others' files are deleted (retention, DeleteRecords or a follower's
