@@ -448,7 +448,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "leader",
                 Int,
-                "Node id of the broker that takes writes and serves consumers; 0 = the lowest id\nin brokers. To move the lead, change it on every broker and restart them.",
+                "Node id of the broker that takes writes and serves consumers; 0 = the lowest id\nin brokers. To move the lead, change it on every broker and restart them.\nAllowed: 0 or the id of one of brokers.",
             ),
             key(
                 "min_insync_replicas",

@@ -126,7 +126,7 @@ fn value_error(merged: &str, error: &toml::de::Error, provenance: &Provenance) -
     match path {
         Some(path) => ConfigError::Invalid {
             at: provenance.locate(&path),
-            message,
+            message: with_allowed(message, &path),
             key: path,
         },
         None => ConfigError::Syntax {
@@ -176,6 +176,33 @@ fn in_words(message: &str) -> String {
         }
     }
     out
+}
+
+/// A number of the wrong type or size names what the key allows ("0 or more") rather than the
+/// range of the Rust type that holds it ("from -2147483648 to 2147483647"), when its
+/// documentation says.
+fn with_allowed(message: String, path: &str) -> String {
+    let Some(at) = message.find("expected a whole number") else {
+        return message;
+    };
+    let Some(allowed) = keys::key_at(path).and_then(|key| allowed_in(key.doc)) else {
+        return message;
+    };
+    format!(
+        "{}expected a whole number; allowed: {allowed}",
+        &message[..at]
+    )
+}
+
+/// The "Allowed: ..." sentence of a key's documentation, on one line, without its full stop.
+fn allowed_in(doc: &str) -> Option<String> {
+    let (_, rest) = doc.split_once("Allowed: ")?;
+    let rest = rest.replace('\n', " ");
+    let sentence = match rest.find(". ") {
+        Some(end) => &rest[..end],
+        None => rest.trim_end().trim_end_matches('.'),
+    };
+    Some(sentence.to_owned())
 }
 
 /// Rejects keys the schema does not have and sections given a non-table value, reporting the

@@ -294,16 +294,22 @@ fn malformed_values_name_line_and_key() {
         error("[broker]\nauto_create_topics = \"yes\"\n"),
         "runnel.toml:2: broker.auto_create_topics: invalid type: string \"yes\", expected true or false"
     );
-    // Rust's type names are not shown.
+    // Rust's type names are not shown, nor the range of the type holding the value when the
+    // key allows less.
     assert_eq!(
         error("[broker]\nnode_id = \"abc\"\n"),
-        "runnel.toml:2: broker.node_id: invalid type: string \"abc\", expected a whole number \
-         from -2147483648 to 2147483647"
+        "runnel.toml:2: broker.node_id: invalid type: string \"abc\", expected a whole number; \
+         allowed: 0 or more"
     );
     assert_eq!(
         error("[broker]\nnode_id = 99999999999\n"),
         "runnel.toml:2: broker.node_id: invalid value: integer `99999999999`, expected a whole \
-         number from -2147483648 to 2147483647"
+         number; allowed: 0 or more"
+    );
+    assert_eq!(
+        error("[broker]\ndefault_partitions = 2.5\n"),
+        "runnel.toml:2: broker.default_partitions: invalid type: floating point `2.5`, expected \
+         a whole number; allowed: 1..=10000"
     );
 }
 
