@@ -316,10 +316,11 @@ pub(crate) struct CompactionState {
     cleaned_once: bool,
     /// Earliest time a kept tombstone becomes removable.
     next_tombstone_expiry: Option<i64>,
-    /// The bound below which the last pass could remove tombstones, if it kept one past its
-    /// horizon above it (a follower had not copied it): the next pass is due when the bound
-    /// moves, not at every check.
-    held_below: Option<i64>,
+    /// The offset of the first tombstone or marker the last pass kept past its horizon because
+    /// it was at or above the pass's bound (a follower had not copied it, or the part of the
+    /// log cleaned before ended below it): the next pass is due when the bound passes it, not
+    /// at every check nor whenever a slow follower's log end moves.
+    held_from: Option<i64>,
 }
 
 /// A compaction pass taken out of the log ([`PartitionLog::start_compaction`]): run it without
@@ -354,8 +355,8 @@ pub struct CompactionOutcome {
     /// the first sealed segment reaching its limit.
     cleaned_through: i64,
     next_tombstone_expiry: Option<i64>,
-    /// [`CompactionState::held_below`] after this pass.
-    held_below: Option<i64>,
+    /// [`CompactionState::held_from`] after this pass.
+    held_from: Option<i64>,
 }
 
 /// Adjacent sealed segments cleaned into one.
@@ -426,8 +427,9 @@ struct Kept {
     size: u64,
     removed: u64,
     next_tombstone_expiry: Option<i64>,
-    /// Whether it keeps a tombstone or marker past its horizon, at or above the bound.
-    held: bool,
+    /// The offset of the first tombstone or marker it keeps past its horizon, at or above the
+    /// bound.
+    held: Option<i64>,
     late: u64,
 }
 
@@ -437,11 +439,11 @@ impl Kept {
         self.removed + self.late
     }
 
-    /// Notes a tombstone or marker kept with delete horizon `horizon`: due to go then, or, past
-    /// it, held by the pass's bound.
-    fn keeps_until(&mut self, now_ms: i64, horizon: i64) {
+    /// Notes a tombstone or marker at `offset` kept with delete horizon `horizon`: due to go
+    /// then, or, past it, held by the pass's bound.
+    fn keeps_until(&mut self, now_ms: i64, horizon: i64, offset: i64) {
         if now_ms > horizon {
-            self.held = true;
+            self.held = earliest(self.held, Some(offset));
         } else {
             self.next_tombstone_expiry = earliest(self.next_tombstone_expiry, Some(horizon));
         }
@@ -486,21 +488,21 @@ impl CompactionPass {
             cleaned,
             cleaned_through,
             next_tombstone_expiry,
-            held_below: held.then_some(self.tombstones_below),
+            held_from: held,
         })
     }
 
     /// Cleans the sealed segments below the limit; returns where it stopped, when a kept
-    /// tombstone is next due, and whether one past its horizon was held by the bound.
+    /// tombstone is next due, and the first one past its horizon held by the bound.
     fn clean(
         &self,
         now_ms: i64,
         cleaned: &mut Vec<Cleaned>,
         group: &mut Option<Group>,
-    ) -> Result<(i64, Option<i64>, bool), StorageError> {
+    ) -> Result<(i64, Option<i64>, Option<i64>), StorageError> {
         let latest = self.latest()?;
         let mut next_expiry: Option<i64> = None;
-        let mut held = false;
+        let mut held = None;
         let sealed = &self.views[..self.views.len() - 1];
         let mut cleaned_through = self.views.last().map_or(0, |v| v.base_offset);
         let kept_aside = self.with_kept_tails();
@@ -565,7 +567,7 @@ impl CompactionPass {
                 None => self.clean_first(seg, &latest, now_ms, &mut txns, g)?,
             };
             next_expiry = earliest(next_expiry, kept.next_tombstone_expiry);
-            held |= kept.held;
+            held = earliest(held, kept.held);
             g.size += kept.size;
             g.removed += kept.removed;
         }
@@ -788,7 +790,7 @@ impl CompactionPass {
                     kept.removed += h.record_count.max(0) as u64;
                     return Ok(());
                 }
-                kept.keeps_until(now_ms, horizon);
+                kept.keeps_until(now_ms, horizon, h.base_offset);
                 let tagged;
                 let out = if stored.is_some() {
                     bytes
@@ -827,7 +829,8 @@ impl CompactionPass {
             let records = Records::parse(&plain, h).map_err(codec("compaction decode"))?;
             let total = records.len();
             let dropped = log.aborted.contains(&h.base_offset);
-            let mut keeps_tombstone = false;
+            // The offset of the first tombstone it keeps.
+            let mut keeps_tombstone = None;
             let keep: Vec<usize> = keys(&records, h)
                 .enumerate()
                 .filter(|(_, (key, offset, tombstone))| {
@@ -842,20 +845,20 @@ impl CompactionPass {
                         if now_ms > horizon && *offset < self.tombstones_below {
                             return false;
                         }
-                        keeps_tombstone = true;
+                        keeps_tombstone = earliest(keeps_tombstone, Some(*offset));
                     }
                     true
                 })
                 .map(|(i, _)| i)
                 .collect();
             kept.removed += (total - keep.len()) as u64;
-            if keeps_tombstone {
-                kept.keeps_until(now_ms, horizon);
+            if let Some(first) = keeps_tombstone {
+                kept.keeps_until(now_ms, horizon, first);
                 kept.late += u64::from(late);
             }
             // A tombstone's horizon goes into its batch when the batch is first written again,
             // so that merging its segment with later ones (a new write time) does not move it.
-            let store_horizon = (keeps_tombstone && stored.is_none()).then_some(horizon);
+            let store_horizon = (keeps_tombstone.is_some() && stored.is_none()).then_some(horizon);
             let rewritten;
             let out = if keep.len() == total && store_horizon.is_none() {
                 bytes
@@ -1024,7 +1027,7 @@ impl PartitionLog {
             && (dirty as f64 >= self.config.min_cleanable_dirty_ratio * total as f64
                 || dirty_segments >= MERGE_AT_SEGMENTS);
         let tombstones_due = state.next_tombstone_expiry.is_some_and(|t| now_ms > t)
-            || state.held_below.is_some_and(|b| tombstones_below > b);
+            || state.held_from.is_some_and(|held| tombstones_below > held);
         // Not while a rolled segment awaits its seal: the pass would read it before it is durable
         // and a seal running across the swap could write stale index files.
         let sealing = !self.unsealed.is_empty();
@@ -1084,13 +1087,13 @@ impl PartitionLog {
             return Err(e);
         }
         self.compaction.next_tombstone_expiry = outcome.next_tombstone_expiry;
-        self.compaction.held_below = outcome.held_below;
+        self.compaction.held_from = outcome.held_from;
         if complete {
             self.compaction.clean_through = outcome.cleaned_through;
             self.compaction.cleaned_once = true;
-        } else if outcome.held_below.is_some() {
+        } else if outcome.held_from.is_some() {
             // Its bound did not move (no complete pass): looked at again at the next check.
-            self.compaction.held_below = None;
+            self.compaction.held_from = None;
             self.compaction.next_tombstone_expiry =
                 earliest(outcome.next_tombstone_expiry, Some(now_ms));
         }
@@ -1745,12 +1748,19 @@ mod tests {
     }
 
     /// On a leader, a tombstone past its horizon stays while a follower's log ends at or below
-    /// it (that follower would never get the delete), without a pass at every check meanwhile;
-    /// once the followers have copied it, the next check removes it.
+    /// it (that follower would never get the delete), without a pass at every check meanwhile,
+    /// nor whenever a slow follower's log end moves short of it; once the followers have copied
+    /// it, the next check removes it.
     #[test]
     fn a_tombstone_waits_for_every_follower_to_copy_it() {
         let dir = tempfile::tempdir().unwrap();
-        let batches = vec![one("k", "v"), gone("k"), one("w", "w0")];
+        let batches = vec![
+            one("k", "v"),
+            one("a", "a0"),
+            one("b", "b0"),
+            gone("k"),
+            one("w", "w0"),
+        ];
         let mut log = one_per_segment(dir.path(), &batches, 1 << 20);
         let later = NOW + 2 * DAY;
         // Whether a pass was due, run if so.
@@ -1763,18 +1773,21 @@ mod tests {
             log.finish_compaction(outcome, now, &mut report).unwrap();
             true
         };
-        let tombstone = [("k".into(), None), ("w".into(), Some("w0".into()))];
-        // A follower's log ends at the tombstone (offset 1): the first pass removes k=v.
+        let keys = |log: &PartitionLog| -> Vec<String> {
+            pairs(log).into_iter().map(|(k, _)| k).collect()
+        };
+        // A follower's log ends at offset 1: the first pass removes k=v and keeps the tombstone
+        // (offset 3).
         assert!(pass(&mut log, later, 1));
-        assert_eq!(pairs(&log), tombstone);
-        // The part of the log cleaned before grew: due again, and the follower still holds it.
-        assert!(pass(&mut log, later + 10, 1));
-        assert_eq!(pairs(&log), tombstone);
+        assert_eq!(keys(&log), ["a", "b", "k", "w"]);
         // Nothing moved since: no pass.
-        assert!(!pass(&mut log, later + 20, 1));
+        assert!(!pass(&mut log, later + 10, 1));
+        // The follower moves, short of the tombstone: no pass either.
+        assert!(!pass(&mut log, later + 20, 2));
+        assert!(!pass(&mut log, later + 30, 3));
         // The follower copied it.
-        assert!(pass(&mut log, later + 30, 2));
-        assert_eq!(pairs(&log), [("w".into(), Some("w0".into()))]);
+        assert!(pass(&mut log, later + 40, 4));
+        assert_eq!(keys(&log), ["a", "b", "w"]);
     }
 
     #[test]
