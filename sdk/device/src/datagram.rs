@@ -10,11 +10,10 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 
 use crate::DeviceError;
+use crate::record_batch::Writer;
 
 /// The Produce version a datagram carries.
 pub(crate) const PRODUCE_VERSION: i16 = 9;
@@ -25,31 +24,14 @@ pub(crate) fn encode(
     now: i64,
     client_id: &str,
 ) -> Result<Bytes, DeviceError> {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
+    let record = crate::record_batch::Out {
+        key: reading.key.as_deref(),
+        value: &reading.value,
+        headers: &reading.headers,
         timestamp: reading.timestamp.unwrap_or(now),
-        key: reading.key.clone(),
-        value: Some(reading.value.clone()),
-        headers: crate::record::kafka_headers(&reading.headers),
     };
-    let mut batch = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut batch,
-        std::slice::from_ref(&record),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .map_err(|e| DeviceError::Protocol(e.to_string()))?;
+    let batch = crate::record_batch::encode([record], Writer::NONE, Compression::None)
+        .map_err(DeviceError::Protocol)?;
     let req = ProduceRequest::default()
         .with_acks(0)
         .with_timeout_ms(0)
@@ -59,7 +41,7 @@ pub(crate) fn encode(
                 .with_partition_data(vec![
                     PartitionProduceData::default()
                         .with_index(reading.partition)
-                        .with_records(Some(batch.freeze())),
+                        .with_records(Some(batch)),
                 ]),
         ]);
     let header = RequestHeader::default()

@@ -71,6 +71,7 @@ mod buffer;
 mod datagram;
 mod link;
 mod record;
+mod record_batch;
 mod session;
 mod subscribe;
 mod worker;

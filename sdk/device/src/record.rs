@@ -54,25 +54,19 @@ impl Record {
         self
     }
 
-    /// Adds a Kafka record header. Header keys are unique within a record: a key given again
-    /// replaces the earlier value, in its place. (Kafka itself allows a key twice; the codec
-    /// this SDK reads and writes records with keeps one value per key.)
+    /// Adds a Kafka record header after those added before. As in Kafka, a name may be given
+    /// more than once: consumers get every value, in order.
     pub fn header(self, key: impl Into<String>, value: impl AsRef<[u8]>) -> Record {
-        self.set_header(key.into(), Some(Bytes::copy_from_slice(value.as_ref())))
+        self.add_header(key.into(), Some(Bytes::copy_from_slice(value.as_ref())))
     }
 
-    /// Adds a Kafka record header with a null value (Kafka tells it apart from an empty one),
-    /// under the same rule as [`Record::header`].
+    /// Adds a Kafka record header with a null value (Kafka tells it apart from an empty one).
     pub fn null_header(self, key: impl Into<String>) -> Record {
-        self.set_header(key.into(), None)
+        self.add_header(key.into(), None)
     }
 
-    fn set_header(mut self, key: String, value: Option<Bytes>) -> Record {
-        let key = StrBytes::from_string(key);
-        match self.headers.iter_mut().find(|(k, _)| *k == key) {
-            Some(h) => h.1 = value,
-            None => self.headers.push((key, value)),
-        }
+    fn add_header(mut self, key: String, value: Option<Bytes>) -> Record {
+        self.headers.push((StrBytes::from_string(key), value));
         self
     }
 
@@ -106,27 +100,27 @@ impl Record {
     }
 }
 
-/// Headers as the Kafka record codec takes them.
-pub(crate) fn kafka_headers<H>(headers: &[(StrBytes, Option<Bytes>)]) -> H
-where
-    H: FromIterator<(StrBytes, Option<Bytes>)>,
-{
-    headers.iter().cloned().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_header_given_again_replaces_the_value_in_place() {
+    fn a_header_given_again_is_kept_beside_the_first_in_order() {
         let r = Record::new("t", "v")
             .header("a", "1")
             .header("b", "2")
             .header("a", "3")
             .null_header("b");
         let got: Vec<_> = r.headers().collect();
-        assert_eq!(got, [("a", Some(&b"3"[..])), ("b", None)]);
+        assert_eq!(
+            got,
+            [
+                ("a", Some(&b"1"[..])),
+                ("b", Some(&b"2"[..])),
+                ("a", Some(&b"3"[..])),
+                ("b", None)
+            ]
+        );
     }
 
     #[test]

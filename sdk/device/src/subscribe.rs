@@ -36,7 +36,6 @@ use kafka_protocol::messages::{
     OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
-use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::DeviceError;
@@ -109,8 +108,7 @@ pub struct Message {
     pub timestamp: i64,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
-    /// The record's Kafka headers, in order (a key that a producer repeated appears once, with
-    /// its last value).
+    /// The record's Kafka headers, in order, a name as often as the producer gave it.
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
@@ -488,11 +486,10 @@ impl Subscription {
             if len < 0 || data.len() < 12 + len as usize {
                 break;
             }
-            let mut one = data.split_to(12 + len as usize);
-            let set = RecordBatchDecoder::decode(&mut one)
-                .map_err(|e| DeviceError::Protocol(format!("bad record batch: {e}")))?;
-            for r in set.records {
-                if r.control || r.offset < self.next_offset {
+            let one = data.split_to(12 + len as usize);
+            let records = crate::record_batch::decode(one).map_err(DeviceError::Protocol)?;
+            for r in records {
+                if r.offset < self.next_offset {
                     continue;
                 }
                 self.ready.push_back(Message {
@@ -500,11 +497,7 @@ impl Subscription {
                     timestamp: r.timestamp,
                     key: r.key,
                     value: r.value,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect(),
+                    headers: r.headers,
                 });
             }
             self.next_offset = self.next_offset.max(base + last_delta as i64 + 1);

@@ -43,13 +43,12 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, MetadataRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::buffer::{FileBuffer, Restored};
+use crate::record_batch;
 use crate::session::{self, Read, Session};
 use crate::{Ack, DeviceConfig, DeviceError};
 
@@ -92,7 +91,7 @@ pub(crate) type Stream = (quinn::SendStream, quinn::RecvStream);
 pub(crate) struct Pending {
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Bytes,
-    /// Kafka record headers, keys unique.
+    /// Kafka record headers, in order (a name may be repeated).
     pub(crate) headers: Vec<(StrBytes, Option<Bytes>)>,
     pub(crate) timestamp: i64,
     /// Bytes reserved in the buffer, released when the record is acknowledged or failed.
@@ -1158,37 +1157,19 @@ fn produce_request(
     acks: i16,
     compression: Compression,
 ) -> ProduceRequest {
-    let records: Vec<Record> = batch
-        .records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: producer.id,
-            producer_epoch: producer.epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder keeps records in one batch only while sequences advance with offsets.
-            sequence: batch.base_sequence.wrapping_add(i as i32) & i32::MAX,
-            timestamp: r.timestamp,
-            key: r.key.clone(),
-            value: Some(r.value.clone()),
-            headers: crate::record::kafka_headers(&r.headers),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("v2 batches encode with every codec the crate is built with");
+    let records = batch.records.iter().map(|r| record_batch::Out {
+        key: r.key.as_deref(),
+        value: &r.value,
+        headers: &r.headers,
+        timestamp: r.timestamp,
+    });
+    let writer = record_batch::Writer {
+        producer_id: producer.id,
+        producer_epoch: producer.epoch,
+        base_sequence: batch.base_sequence,
+    };
+    let records = record_batch::encode(records, writer, compression)
+        .expect("a batch holds a record, and encodes with every codec the crate is built with");
     ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(PRODUCE_TIMEOUT_MS)
@@ -1198,7 +1179,7 @@ fn produce_request(
                 .with_partition_data(vec![
                     PartitionProduceData::default()
                         .with_index(batch.tp.1)
-                        .with_records(Some(buf.freeze())),
+                        .with_records(Some(records)),
                 ]),
         ])
 }

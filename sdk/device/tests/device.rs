@@ -191,6 +191,7 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
         kafka_headers(&got[0]),
         [
             ("content-type".into(), Some(b"application/json".to_vec())),
+            ("unit".into(), Some(b"celsius".to_vec())),
             ("unit".into(), Some(b"kelvin".to_vec())),
             ("empty".into(), Some(vec![])),
             ("calibrated".into(), None),
@@ -211,8 +212,8 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
         assert_eq!(kafka_headers(m), want, "headers of {i}");
     }
 
-    // A subscription sees the same headers, and those of a Kafka client's records, null values
-    // included.
+    // A subscription sees the same headers, and those of a Kafka client's records, repeated
+    // names and null values included.
     tokio::task::spawn_blocking({
         let bootstrap = broker.bootstrap();
         move || {
@@ -232,6 +233,10 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
                 .insert(Header::<&[u8]> {
                     key: "flag",
                     value: None,
+                })
+                .insert(Header {
+                    key: "trace",
+                    value: Some("def"),
                 });
             p.send(
                 BaseRecord::<str, str>::to("tagged")
@@ -252,9 +257,13 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
         .unwrap();
     let m = sub.next().await.unwrap();
     let names: Vec<_> = m.headers.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["content-type", "unit", "empty", "calibrated"]);
-    assert_eq!(m.headers[1].1.as_deref(), Some(&b"kelvin"[..]));
-    assert_eq!(m.headers[3].1, None);
+    assert_eq!(
+        names,
+        ["content-type", "unit", "unit", "empty", "calibrated"]
+    );
+    assert_eq!(m.headers[1].1.as_deref(), Some(&b"celsius"[..]));
+    assert_eq!(m.headers[2].1.as_deref(), Some(&b"kelvin"[..]));
+    assert_eq!(m.headers[4].1, None);
     assert_eq!(m.timestamp, measured);
     for _ in 1..50 {
         sub.next().await.unwrap();
@@ -266,6 +275,7 @@ async fn records_with_headers_and_their_own_timestamps_read_back_exactly() {
         [
             ("trace".to_string(), Some(bytes::Bytes::from_static(b"abc"))),
             ("flag".to_string(), None),
+            ("trace".to_string(), Some(bytes::Bytes::from_static(b"def"))),
         ]
     );
     drop(sub);
