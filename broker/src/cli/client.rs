@@ -334,9 +334,26 @@ impl rdkafka::ClientContext for AuthWatch {
             .get(&kind)
             .is_some_and(|at| at.elapsed() < REPEAT_AFTER);
         if !repeated {
-            tracing::error!("librdkafka: {kind}: {reason}");
+            use rdkafka::types::RDKafkaErrorCode as C;
+            match error.rdkafka_error_code() {
+                // librdkafka connects again by itself (a broker restarting, say).
+                Some(C::BrokerTransportFailure | C::AllBrokersDown) => {
+                    tracing::warn!("librdkafka: {kind}: {reason} (retrying)")
+                }
+                _ => tracing::error!("librdkafka: {kind}: {reason}"),
+            }
             logged.insert(kind, Instant::now());
         }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        // A lost or refused connection: `error` above reports it once every REPEAT_AFTER, where
+        // librdkafka logs it at each attempt.
+        if facility == "FAIL" {
+            tracing::debug!(target: "librdkafka", "{facility} {message}");
+            return;
+        }
+        rdkafka::client::DefaultClientContext.log(level, facility, message);
     }
 }
 
@@ -403,6 +420,10 @@ struct Deliveries {
 impl rdkafka::ClientContext for Deliveries {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.auth.error(error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.auth.log(level, facility, message);
     }
 }
 
