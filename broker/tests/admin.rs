@@ -315,3 +315,200 @@ async fn replica_assignments_are_checked_as_kafka_checks_them() {
     assert_eq!(md.topics[0].partitions.len(), 3);
     broker.shutdown().await;
 }
+
+/// A request naming a topic or resource twice, a topic by both name and id (or neither), or a
+/// config with a null value is refused with INVALID_REQUEST (INVALID_CONFIG for CreateTopics'
+/// null values) and changes nothing, as Kafka's controller refuses them; a broker resource
+/// answers for this broker only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothing() {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{
+        AlterConfigsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+        DescribeConfigsRequest, IncrementalAlterConfigsRequest, TopicName, alter_configs_request,
+        incremental_alter_configs_request as inc,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    const INVALID_REQUEST: i16 = 42;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let catalog = &broker.broker.catalog;
+    let mut c = common::RawClient::connect(&broker.bootstrap()).await;
+    let s = |t: &str| StrBytes::from_string(t.to_string());
+    let name = |t: &str| TopicName(s(t));
+    let topic = |t: &str, partitions: i32| {
+        CreatableTopic::default()
+            .with_name(name(t))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+    };
+    let create = CreateTopicsRequest::default().with_topics(vec![
+        topic("twice", 1),
+        topic("once", 2),
+        topic("twice", 3),
+    ]);
+    let r = c.call(&create, 7).await;
+    let answers: Vec<(&str, i16)> = r
+        .topics
+        .iter()
+        .map(|t| (t.name.as_str(), t.error_code))
+        .collect();
+    assert_eq!(answers, [("twice", INVALID_REQUEST), ("once", 0)]);
+    assert!(catalog.get("twice").is_none(), "neither entry made");
+    let null = topic("null-config", 1).with_configs(vec![
+        CreatableTopicConfig::default()
+            .with_name(s("retention.ms"))
+            .with_value(None),
+    ]);
+    let r = c
+        .call(&CreateTopicsRequest::default().with_topics(vec![null]), 7)
+        .await;
+    assert_eq!(r.topics[0].error_code, 40, "INVALID_CONFIG");
+    assert!(catalog.get("null-config").is_none());
+
+    let grow = |count| {
+        CreatePartitionsTopic::default()
+            .with_name(name("once"))
+            .with_count(count)
+    };
+    let r = c
+        .call(
+            &CreatePartitionsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![grow(3), grow(4)]),
+            3,
+        )
+        .await;
+    assert_eq!(r.results.len(), 1);
+    assert_eq!(r.results[0].error_code, INVALID_REQUEST);
+    assert_eq!(catalog.get("once").unwrap().partition_count(), 2);
+
+    // A topic id that is not the topic's (it was made again since) beside its name: the topic
+    // made since is not deleted. Neither a name nor an id, or a name given twice: refused.
+    let id = catalog.get("once").unwrap().id;
+    let by = |n: Option<&str>, id| {
+        DeleteTopicState::default()
+            .with_name(n.map(name))
+            .with_topic_id(id)
+    };
+    for (states, what) in [
+        (
+            vec![by(Some("once"), uuid::Uuid::new_v4())],
+            "name and a stale id",
+        ),
+        (vec![by(Some("once"), id)], "name and its id"),
+        (vec![by(None, uuid::Uuid::nil())], "neither"),
+        (
+            vec![
+                by(Some("once"), uuid::Uuid::nil()),
+                by(Some("once"), uuid::Uuid::nil()),
+            ],
+            "the name twice",
+        ),
+        (vec![by(None, id), by(None, id)], "the id twice"),
+    ] {
+        let r = c
+            .call(&DeleteTopicsRequest::default().with_topics(states), 6)
+            .await;
+        assert_eq!(r.responses.len(), 1, "{what}");
+        assert_eq!(r.responses[0].error_code, INVALID_REQUEST, "{what}");
+        assert!(catalog.get("once").is_some(), "{what}: deleted");
+    }
+
+    // Configs: a resource twice, a key twice, a null value to SET.
+    let altered = |op: i8, key: &str, value: Option<&str>| {
+        inc::AlterableConfig::default()
+            .with_name(s(key))
+            .with_config_operation(op)
+            .with_value(value.map(s))
+    };
+    let resource = |configs| {
+        inc::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s("once"))
+            .with_configs(configs)
+    };
+    let set = |v: &str| altered(0, "retention.ms", Some(v));
+    for (resources, what) in [
+        (
+            vec![resource(vec![set("1000")]), resource(vec![set("2000")])],
+            "resource twice",
+        ),
+        (vec![resource(vec![set("1000"), set("2000")])], "key twice"),
+        (
+            vec![resource(vec![altered(0, "retention.ms", None)])],
+            "null value",
+        ),
+    ] {
+        let r = c
+            .call(
+                &IncrementalAlterConfigsRequest::default().with_resources(resources),
+                1,
+            )
+            .await;
+        assert_eq!(r.responses.len(), 1, "{what}");
+        assert_eq!(r.responses[0].error_code, INVALID_REQUEST, "{what}");
+    }
+    assert_eq!(catalog.get("once").unwrap().configs().len(), 0);
+    // With an override, AlterConfigs' null value does not remove it.
+    let r = c
+        .call(
+            &IncrementalAlterConfigsRequest::default()
+                .with_resources(vec![resource(vec![set("5000")])]),
+            1,
+        )
+        .await;
+    assert_eq!(r.responses[0].error_code, 0);
+    let r = c
+        .call(
+            &AlterConfigsRequest::default().with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("once"))
+                    .with_configs(vec![
+                        alter_configs_request::AlterableConfig::default()
+                            .with_name(s("retention.ms"))
+                            .with_value(None),
+                    ]),
+            ]),
+            1,
+        )
+        .await;
+    assert_eq!(r.responses[0].error_code, INVALID_REQUEST);
+    assert_eq!(
+        catalog
+            .get("once")
+            .unwrap()
+            .configs()
+            .get("retention.ms")
+            .map(String::as_str),
+        Some("5000")
+    );
+
+    // Broker configs: this broker's id, or "" (the cluster's defaults); another id or a name
+    // that is no id is refused.
+    let me = broker.broker.node_id;
+    for (resource_name, code) in [
+        (me.to_string(), 0),
+        (String::new(), 0),
+        ((me + 6).to_string(), INVALID_REQUEST),
+        ("abc".to_string(), INVALID_REQUEST),
+    ] {
+        let r = c
+            .call(
+                &DescribeConfigsRequest::default().with_resources(vec![
+                    DescribeConfigsResource::default()
+                        .with_resource_type(4)
+                        .with_resource_name(s(&resource_name)),
+                ]),
+                4,
+            )
+            .await;
+        assert_eq!(r.results[0].error_code, code, "broker {resource_name:?}");
+    }
+    broker.shutdown().await;
+}

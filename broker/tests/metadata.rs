@@ -224,7 +224,9 @@ async fn config_sources_and_synonyms_follow_kafka() {
     assert_eq!(get("max.message.bytes").config_source, 5);
     assert_eq!(get("cleanup.policy").config_type, 7, "a list");
 
-    let r = c.call(&describe(4, "0"), 4).await;
+    let r = c
+        .call(&describe(4, &broker.broker.node_id.to_string()), 4)
+        .await;
     let names: Vec<&str> = r.results[0]
         .configs
         .iter()

@@ -1,6 +1,8 @@
-//! AlterConfigs (key 33): replace a topic's overrides with the given set.
+//! AlterConfigs (key 33): replace a topic's overrides with the given set. A resource given
+//! twice, a key given twice or a null value is refused (INVALID_REQUEST), as in Kafka.
 
 use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::alter_configs_request::AlterConfigsResource as Resource;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
@@ -11,13 +13,34 @@ use crate::protocol::error::catalog_code;
 
 pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let catalog = &ctx.broker.catalog;
+    let key = |r: &Resource| (r.resource_type, r.resource_name.clone());
+    let twice = super::repeated(req.resources.iter().map(key));
+    let mut answered = std::collections::HashSet::new();
     let responses = req
         .resources
         .into_iter()
+        // One answer for a resource given twice, none of its entries applied.
+        .filter(|r| !twice.contains(&key(r)) || answered.insert(key(r)))
         .map(|r| {
             let mut out = AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
+            // As Kafka's brokers check a request before its resources.
+            let refusal = if twice.contains(&key(&r)) {
+                Some("Each resource must appear at most once.".to_string())
+            } else if !super::repeated(r.configs.iter().map(|c| c.name.clone())).is_empty() {
+                Some("Error due to duplicate config keys".to_string())
+            } else {
+                r.configs
+                    .iter()
+                    .find(|c| c.value.is_none())
+                    .map(|c| format!("Null value not supported for : {}", c.name.as_str()))
+            };
+            if let Some(why) = refusal {
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s(why));
+                return out;
+            }
             if let Some(code) = super::describe_configs::refused(
                 &ctx,
                 crate::acl::Operation::AlterConfigs,

@@ -22,11 +22,20 @@ use crate::protocol::error::catalog_code;
 pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let catalog = &ctx.broker.catalog;
     let strict = ctx.api_version >= 3;
+    let twice = super::repeated(req.topics.iter().map(|t| t.name.clone()));
+    let mut answered = std::collections::HashSet::new();
     let results = req
         .topics
         .into_iter()
+        // One answer for a name given twice, none of its entries applied.
+        .filter(|t| !twice.contains(&t.name) || answered.insert(t.name.clone()))
         .map(|t| {
             let mut out = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            if twice.contains(&t.name) {
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s("Duplicate topic name."));
+                return out;
+            }
             if let Some(code) = ctx.controller_refusal() {
                 out.error_code = code;
                 return out;

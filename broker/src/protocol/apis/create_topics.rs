@@ -37,8 +37,28 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
     let b = &ctx.broker;
     let strict = ctx.api_version >= 6;
     let mut results = Vec::new();
+    let twice = super::repeated(req.topics.iter().map(|t| t.name.clone()));
+    let mut answered = std::collections::HashSet::new();
     for t in req.topics {
         let mut out = CreatableTopicResult::default().with_name(t.name.clone());
+        if twice.contains(&t.name) {
+            // One answer for the name, none of its entries made.
+            if answered.insert(t.name.clone()) {
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s("Duplicate topic name."));
+                results.push(out);
+            }
+            continue;
+        }
+        if let Some(c) = t.configs.iter().find(|c| c.value.is_none()) {
+            out.error_code = E::InvalidConfig.code();
+            out.error_message = Some(s(format!(
+                "Null value not supported for topic configs: {}",
+                c.name.as_str()
+            )));
+            results.push(out);
+            continue;
+        }
         if let Some(code) = ctx.controller_refusal() {
             out.error_code = code;
             results.push(out);

@@ -2,7 +2,9 @@
 //! on the topic (`crate::acl`), else TOPIC_AUTHORIZATION_FAILED, whether it exists or not.
 //! The partitions deleted count against the client's `controller_mutation_rate`
 //! (`crate::client_quotas`); from v5 a topic asked for while that quota is used up gets
-//! THROTTLING_QUOTA_EXCEEDED, as in Kafka.
+//! THROTTLING_QUOTA_EXCEEDED, as in Kafka. As Kafka's controller does, a topic named by both
+//! its name and an id (which may be a stale one), by neither, or twice is refused
+//! (INVALID_REQUEST) and not deleted.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -23,12 +25,38 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
         .map(|n| (Some(n), uuid::Uuid::nil()))
         .collect();
     wanted.extend(req.topics.into_iter().map(|t| (t.name, t.topic_id)));
+    let names_twice = super::repeated(wanted.iter().filter_map(|(n, _)| n.clone()));
+    let ids_twice = super::repeated(wanted.iter().map(|(_, id)| *id).filter(|id| !id.is_nil()));
+    let mut answered = std::collections::HashSet::new();
     let responses = wanted
         .into_iter()
+        // One answer for a topic given twice, which is not deleted.
+        .filter(|(name, id)| match name {
+            Some(n) if names_twice.contains(n) => {
+                answered.insert((Some(n.clone()), uuid::Uuid::nil()))
+            }
+            _ if ids_twice.contains(id) => answered.insert((None, *id)),
+            _ => true,
+        })
         .map(|(name, id)| {
             let mut out = DeletableTopicResult::default()
                 .with_name(name.clone())
                 .with_topic_id(id);
+            // As Kafka's controller checks them: a topic is named by its name or its id.
+            let refusal = match &name {
+                Some(n) if names_twice.contains(n) => Some("Duplicate topic name."),
+                None if ids_twice.contains(&id) => Some("Duplicate topic id."),
+                Some(_) if !id.is_nil() => {
+                    Some("You may not specify both topic name and topic id.")
+                }
+                None if id.is_nil() => Some("Neither topic name nor id were specified."),
+                _ => None,
+            };
+            if let Some(why) = refusal {
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s(why));
+                return out;
+            }
             if let Some(code) = ctx.controller_refusal() {
                 out.error_code = code;
                 return out;

@@ -33,6 +33,24 @@ pub(crate) fn refused(ctx: &Ctx, op: Operation, resource_type: i8, name: &str) -
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
+
+/// Why a broker resource named `name` is not this broker's (`me`), as Kafka says it: a broker
+/// answers for itself only ("" asks for the cluster's defaults).
+fn other_broker(name: &str, me: i32) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    match name.parse::<i32>() {
+        Ok(id) if id == me => None,
+        Ok(id) => Some(format!(
+            "Unexpected broker id, expected {me}, but received {id}"
+        )),
+        Err(_) => Some(format!(
+            "Node id must be an integer, but it is: {}",
+            crate::log_budget::client_text(name)
+        )),
+    }
+}
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
@@ -313,6 +331,13 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                 &r.resource_name,
             ) {
                 return out.with_error_code(code).with_error_message(None);
+            }
+            if let Some(why) = other_broker(&r.resource_name, b.config.broker.node_id)
+                .filter(|_| r.resource_type == RESOURCE_BROKER)
+            {
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s(why));
+                return out;
             }
             let entries: Vec<Entry> = match r.resource_type {
                 RESOURCE_TOPIC => match b.catalog.get(&r.resource_name) {

@@ -58,6 +58,21 @@ pub(crate) fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
+/// The items given more than once: a request naming a topic or resource twice is refused for
+/// it (INVALID_REQUEST, as Kafka's controller does) rather than applied twice.
+pub(crate) fn repeated<T: std::hash::Hash + Eq>(
+    items: impl IntoIterator<Item = T>,
+) -> std::collections::HashSet<T> {
+    let mut seen = std::collections::HashSet::new();
+    let mut twice = std::collections::HashSet::new();
+    for item in items {
+        if let Some(again) = seen.replace(item) {
+            twice.insert(again);
+        }
+    }
+    twice
+}
+
 /// Why the ACL APIs are refused while ACLs are off.
 pub(crate) const ACLS_OFF: &str = "ACLs are off on this broker (set acls.enabled = true)";
 
