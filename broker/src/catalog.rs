@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::log_budget::{LogBudget, within_budget};
 use crate::meta::{MetaError, MetaStore, TopicRecord};
 use crate::replication::ReplicaState;
 use crate::storage::{self, PartitionLog, StorageError};
@@ -21,6 +22,16 @@ use crate::storage::{self, PartitionLog, StorageError};
 const MAX_TOPIC_NAME: usize = 249;
 /// Most partitions one topic may have on this broker.
 pub const MAX_PARTITIONS: i32 = 10_000;
+
+/// The share of the process's open-files limit that new partitions may not take (each holds a
+/// file per segment): kept for connections, segments rolled later and a restart's opening of
+/// every partition. A tenth of the limit, and at least [`OPEN_FILES_KEPT_MIN`].
+const OPEN_FILES_KEPT_SHARE: u64 = 10;
+const OPEN_FILES_KEPT_MIN: u64 = 256;
+/// How long a count of the open files is used before counting again (partitions made since
+/// are added to it).
+const OPEN_FILES_RECOUNT: std::time::Duration = std::time::Duration::from_secs(1);
+static OPEN_FILES_REFUSALS: LogBudget = LogBudget::new(6);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -45,6 +56,15 @@ pub enum CatalogError {
         key: String,
         value: String,
         reason: String,
+    },
+    #[error(
+        "{partitions} more partition(s) would leave fewer than {kept} of the broker's {limit} open files free ({open} open, one per segment and connection): delete topics, or raise the broker's open-files limit (ulimit -n, systemd's LimitNOFILE)"
+    )]
+    OpenFiles {
+        partitions: i32,
+        open: u64,
+        limit: u64,
+        kept: u64,
     },
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -259,6 +279,9 @@ pub struct Catalog {
     /// to its last rename, so that a topic made while one of its name is being deleted does
     /// not have its directories renamed and removed by that deletion.
     changing: Mutex<()>,
+    /// The files this process had open when last counted, and when, plus the partitions made
+    /// since ([`Catalog::room_for`]).
+    open_files: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Catalog {
@@ -278,6 +301,7 @@ impl Catalog {
             replicas,
             added: Notify::new(),
             changing: Mutex::new(()),
+            open_files: Mutex::new(None),
         };
         let records = catalog.meta.topics()?;
         catalog.look_over_data_dir(&records);
@@ -544,6 +568,7 @@ impl Catalog {
                 existing: existing.to_string(),
             });
         }
+        self.room_for(partitions)?;
         let name: Arc<str> = name.into();
         let id = id.unwrap_or_else(Uuid::new_v4);
         if validate_only {
@@ -595,6 +620,55 @@ impl Catalog {
         self.added.notify_waiters();
         tracing::info!(topic = %name, partitions, "topic created");
         Ok(topic)
+    }
+
+    /// Refuses `partitions` new partitions when they would leave less than a tenth of the
+    /// process's open-files limit free (a request auto-creating thousands of topics, say, would
+    /// otherwise leave the broker unable to accept a connection, then to open its partitions at
+    /// the next start). Counted as it is made: one file a partition.
+    fn room_for(&self, partitions: i32) -> Result<(), CatalogError> {
+        let Some((open, limit)) = self.open_files() else {
+            return Ok(());
+        };
+        let kept = (limit / OPEN_FILES_KEPT_SHARE).max(OPEN_FILES_KEPT_MIN);
+        let wanted = u64::try_from(partitions).unwrap_or(0);
+        if open.saturating_add(wanted).saturating_add(kept) > limit {
+            let refused = CatalogError::OpenFiles {
+                partitions,
+                open,
+                limit,
+                kept,
+            };
+            within_budget!(
+                OPEN_FILES_REFUSALS,
+                warn,
+                "new partitions refused: {refused}"
+            );
+            return Err(refused);
+        }
+        let mut counted = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, n)) = counted.as_mut() {
+            *n += wanted;
+        }
+        Ok(())
+    }
+
+    /// The files this process has open and its limit, if both can be known (Linux's
+    /// `/proc/self/fd`); counted at most every [`OPEN_FILES_RECOUNT`].
+    fn open_files(&self) -> Option<(u64, u64)> {
+        let (limit, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+        if limit == rlimit::INFINITY {
+            return None;
+        }
+        let mut counted = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
+        match *counted {
+            Some((at, open)) if at.elapsed() < OPEN_FILES_RECOUNT => Some((open, limit)),
+            _ => {
+                let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+                *counted = Some((std::time::Instant::now(), open));
+                Some((open, limit))
+            }
+        }
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), CatalogError> {
@@ -658,6 +732,7 @@ impl Catalog {
                 ),
             });
         }
+        self.room_for(count - current)?;
         if validate_only {
             return Ok(());
         }

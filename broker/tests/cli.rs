@@ -1338,3 +1338,112 @@ async fn bench_transactions_runs_every_phase() {
     assert_eq!(end("bench-txn1000-"), 2002);
     broker.shutdown().await;
 }
+
+/// One request auto-creating more topics than the broker's open-files limit allows gets
+/// POLICY_VIOLATION for those past a tenth of the limit kept free, so the broker still takes
+/// connections, and opens every partition it made when started again under the same limit
+/// (without the check it could do neither: each partition holds a file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_restart() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\
+             [listeners.quic]\nenabled = false\n[listeners.admin]\nenabled = false\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let bootstrap = format!("127.0.0.1:{port}");
+    // `ulimit -n` lowers the hard limit too, so the broker cannot raise it.
+    let serve = || {
+        Command::new("sh")
+            .args(["-c", "ulimit -n 400 && exec \"$0\" serve --config \"$1\""])
+            .arg(env!("CARGO_BIN_EXE_runnel"))
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let connected = async |bootstrap: &str| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(bootstrap).await {
+                return common::RawClient::from_stream(s);
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the broker never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let broker = serve();
+    let mut c = connected(&bootstrap).await;
+    let topics = (0..600)
+        .map(|i| {
+            MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(format!("t{i}")))))
+        })
+        .collect();
+    let request = MetadataRequest::default()
+        .with_topics(Some(topics))
+        .with_allow_auto_topic_creation(true);
+    let r = c.call(&request, 12).await;
+    let made = r.topics.iter().filter(|t| t.error_code == 0).count();
+    let refused = r.topics.iter().filter(|t| t.error_code == 44).count();
+    let codes: std::collections::BTreeSet<i16> = r.topics.iter().map(|t| t.error_code).collect();
+    assert_eq!(
+        made + refused,
+        600,
+        "only made or POLICY_VIOLATION: {codes:?}"
+    );
+    assert!(made >= 50 && refused > 0, "{made} made, {refused} refused");
+    // Connections are still taken.
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = connected(&bootstrap).await;
+        client.call(&ApiVersionsRequest::default(), 3).await;
+        clients.push(client);
+    }
+    drop(clients);
+    drop(c);
+
+    assert!(
+        Command::new("kill")
+            .arg(broker.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = broker.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&stopped.stderr);
+    assert!(
+        log.contains("new partitions refused") && log.contains("open files"),
+        "{log}"
+    );
+    // Started again under the same limit: every partition opens, and clients connect.
+    let mut broker = serve();
+    let mut c = connected(&bootstrap).await;
+    let all = c
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await;
+    assert_eq!(all.topics.len(), made);
+    assert!(all.topics.iter().all(|t| t.error_code == 0));
+    for _ in 0..20 {
+        connected(&bootstrap)
+            .await
+            .call(&ApiVersionsRequest::default(), 3)
+            .await;
+    }
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}

@@ -45,6 +45,8 @@ pub fn catalog_code(e: &CatalogError) -> i16 {
         CatalogError::InvalidPartitions { .. } => E::InvalidPartitions.code(),
         CatalogError::InvalidReplicationFactor { .. } => E::InvalidReplicationFactor.code(),
         CatalogError::InvalidConfig { .. } => E::InvalidConfig.code(),
+        // Not one of Kafka's errors: a limit of this broker, which asking again does not lift.
+        CatalogError::OpenFiles { .. } => E::PolicyViolation.code(),
         CatalogError::Storage(s) => storage_code(s),
         CatalogError::Meta(m) => {
             tracing::error!(error = %m, "metadata error");
