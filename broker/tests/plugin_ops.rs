@@ -55,9 +55,15 @@ chain = ["hot"]
 
 /// An HTTP/1.1 request to the admin listener; the status code and body.
 async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    http_from(addr, method, path, None).await
+}
+
+/// [`http`] with an `Origin` header, as a browser sends from a web page.
+async fn http_from(addr: &str, method: &str, path: &str, origin: Option<&str>) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: runnel\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: runnel\r\n{origin}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
@@ -193,6 +199,17 @@ async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad
         &wasm,
         "temp > 25",
     );
+    // Not from a web page (a cross-site form post): nothing is reloaded.
+    let (status, body) = http_from(
+        &admin,
+        "POST",
+        "/plugins/reload",
+        Some("http://evil.example"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http(&admin, "GET", "/plugins").await;
+    assert!(status == 200 && body.contains("\"reloads\":0"), "{body}");
     let (status, body) = http(&admin, "POST", "/plugins/reload").await;
     assert_eq!(status, 200, "{body}");
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();

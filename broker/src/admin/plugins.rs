@@ -101,7 +101,20 @@ pub struct ReloadFailure {
 
 pub async fn reload(
     State(broker): State<Arc<Broker>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<ReloadReport>, (StatusCode, Json<ReloadFailure>)> {
+    // A web page in a browser on the gateway could POST here (a form needs no preflight);
+    // browsers say where the request comes from, `runnel plugin reload` and curl do not.
+    if headers.contains_key(axum::http::header::ORIGIN) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            Json(ReloadFailure {
+                error: "a request from a web page (it has an Origin header) may not reload the \
+                        config"
+                    .into(),
+            }),
+        ));
+    }
     let b = broker.clone();
     match tokio::task::spawn_blocking(move || b.reload_plugins()).await {
         Ok(Ok(report)) => Ok(Json(report)),
