@@ -725,12 +725,12 @@ impl Catalog {
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
         let current = topic.partition_count();
         if count <= current || count > MAX_PARTITIONS {
-            return Err(CatalogError::InvalidPartitions {
-                count,
-                reason: format!(
-                    "topic {name} has {current}; the new count must be larger and at most {MAX_PARTITIONS}"
-                ),
-            });
+            let reason = if count <= current {
+                format!("topic {name} has {current}: partitions can be added, not removed")
+            } else {
+                format!("a topic has at most {MAX_PARTITIONS}")
+            };
+            return Err(CatalogError::InvalidPartitions { count, reason });
         }
         self.room_for(count - current)?;
         if validate_only {

@@ -274,14 +274,67 @@ async fn topics_produce_and_consume_commands_round_trip() {
             text.contains("partitions: 3") && text.contains("  configs: segment.ms=600000\n"),
             "{text}"
         );
-        // Fewer partitions: refused with the count it has; the last own config deleted: said.
+        // Fewer partitions: refused with the count it has (the broker's reason, which
+        // librdkafka does not pass on); deleting a config the topic does not set: refused, as
+        // kafka-configs does; the last own config deleted: said.
         let out = runnel(&["topics", "alter", "cli", "--partitions", "2", "-b", &b]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success()
-                && err.contains("(it has 3: partitions can be added, not removed)"),
+                && err.contains("topic cli has 3: partitions can be added, not removed"),
             "{err}"
         );
+        let args = [
+            "topics",
+            "alter",
+            "cli",
+            "--delete-config",
+            "segment.mss",
+            "-b",
+            &b,
+        ];
+        let out = runnel(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("no config of its own named segment.mss")
+                && err.contains("its own: segment.ms"),
+            "{err}"
+        );
+        // A name that collides with another in metric names, and a replication factor other
+        // than the brokers': the broker's reason.
+        let out = runnel(&["topics", "create", "c.l.i", "-b", &b]);
+        assert!(out.status.success());
+        let out = runnel(&["topics", "create", "c_l_i", "-b", &b]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(r#"collides with the existing topic "c.l.i""#),
+            "{err}"
+        );
+        let args = [
+            "topics",
+            "create",
+            "three",
+            "--replication-factor",
+            "3",
+            "-b",
+            &b,
+        ];
+        let err = String::from_utf8_lossy(&runnel(&args).stderr).into_owned();
+        assert!(
+            err.contains("InvalidReplicationFactor: invalid replication factor 3"),
+            "{err}"
+        );
+        let args = [
+            "topics",
+            "create",
+            "one",
+            "--replication-factor",
+            "1",
+            "-b",
+            &b,
+        ];
+        assert!(runnel(&args).status.success());
         let out = runnel(&[
             "topics",
             "alter",

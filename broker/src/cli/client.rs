@@ -43,12 +43,14 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
         TopicsCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
             conn,
         } => {
             let pairs = config_pairs(&configs)?;
             // -1: the broker's default (every broker of a cluster holds every topic).
-            let mut topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(-1));
+            let replication = TopicReplication::Fixed(replication_factor);
+            let mut topic = NewTopic::new(&name, partitions, replication);
             for (k, v) in &pairs {
                 topic = topic.set(k, v);
             }
@@ -58,11 +60,18 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
                 match r {
                     Ok(t) => out!("created topic {t}"),
                     // librdkafka's admin result carries the code without the broker's message:
-                    // say what is wrong with the configs given, by the same check Runnel runs.
-                    Err((t, code @ rdkafka::types::RDKafkaErrorCode::InvalidConfig)) => {
-                        bail!("cannot create topic {t}: {code}{}", config_refusal(&pairs))
-                    }
-                    Err((t, code)) => bail!("cannot create topic {t}: {code}"),
+                    // the broker's reason, asked again without changing anything, else what is
+                    // wrong with the configs given, by the same check Runnel runs.
+                    Err((t, code)) => match refusal_of_create(
+                        &conn,
+                        &topic_request(&name, partitions, replication_factor, &pairs),
+                    ) {
+                        Some(why) => bail!("cannot create topic {t}: {why}"),
+                        None if code == rdkafka::types::RDKafkaErrorCode::InvalidConfig => {
+                            bail!("cannot create topic {t}: {code}{}", config_refusal(&pairs))
+                        }
+                        None => bail!("cannot create topic {t}: {code}"),
+                    },
                 }
             }
             Ok(())
@@ -188,6 +197,26 @@ fn alter_topic(
     let pairs = config_pairs(configs)?;
     let admin = admin(conn)?;
     let rt = runtime()?;
+    // As kafka-configs: deleting a config the topic does not set is a mistake (a typo, say).
+    if !delete_configs.is_empty() {
+        let own = own_configs(&admin, name)?;
+        let unset: Vec<&str> = delete_configs
+            .iter()
+            .filter(|k| !own.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        if !unset.is_empty() {
+            bail!(
+                "topic {name} has no config of its own named {}: nothing to delete (its own: {})",
+                unset.join(", "),
+                if own.is_empty() {
+                    "none".to_string()
+                } else {
+                    own.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
+            );
+        }
+    }
     // The config changes are checked by the broker (validate_only) before anything changes,
     // so that a refused value leaves the partitions as they were too.
     let configs_request = (!pairs.is_empty() || !delete_configs.is_empty())
@@ -211,7 +240,11 @@ fn alter_topic(
             match r {
                 Ok(t) => out!("topic {t}: {count} partitions"),
                 Err((t, code)) => {
-                    // librdkafka keeps the broker's message from us: the likely reason, said.
+                    // librdkafka keeps the broker's message from us: asked again, without
+                    // changing anything, else the likely reason.
+                    if let Some(why) = refusal_of_partitions(conn, name, n) {
+                        bail!("cannot change the partitions of {t}: {why}");
+                    }
                     let has = plain_consumer(conn)
                         .ok()
                         .and_then(|c| metadata(&c, Some(name)).ok())
@@ -236,6 +269,79 @@ fn alter_topic(
         out!("topic {name}: configs: {}", shown.join(" "));
     }
     Ok(())
+}
+
+/// The CreateTopics request for `name`, as validate_only: what librdkafka sent, to be asked
+/// again by Runnel's own client for the broker's reason.
+fn topic_request(
+    name: &str,
+    partitions: i32,
+    replication_factor: i32,
+    pairs: &[(String, String)],
+) -> kafka_protocol::messages::CreateTopicsRequest {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+    let st = |t: &str| kafka_protocol::protocol::StrBytes::from_string(t.to_string());
+    let configs = pairs
+        .iter()
+        .map(|(k, v)| {
+            CreatableTopicConfig::default()
+                .with_name(st(k))
+                .with_value(Some(st(v)))
+        })
+        .collect();
+    CreateTopicsRequest::default()
+        .with_validate_only(true)
+        .with_timeout_ms(10_000)
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(st(name)))
+                .with_num_partitions(partitions)
+                .with_replication_factor(i16::try_from(replication_factor).unwrap_or(i16::MAX))
+                .with_configs(configs),
+        ])
+}
+
+/// The broker's reason for refusing `request` (validate_only), asked by Runnel's own client;
+/// `None` if it cannot be asked (a login it does not speak, say) or gives none.
+fn refusal_of_create(
+    conn: &Conn,
+    request: &kafka_protocol::messages::CreateTopicsRequest,
+) -> Option<String> {
+    let answer = runtime().ok()?.block_on(async {
+        let mut peer = super::quotas::controller(conn).await.ok()?;
+        peer.call(request, 5).await.ok()
+    })?;
+    let t = answer.topics.first().filter(|t| t.error_code != 0)?;
+    Some(super::quotas::refusal(
+        t.error_code,
+        t.error_message.as_deref(),
+    ))
+}
+
+/// [`refusal_of_create`] for growing topic `name` to `count` partitions.
+fn refusal_of_partitions(conn: &Conn, name: &str, count: i32) -> Option<String> {
+    use kafka_protocol::messages::CreatePartitionsRequest;
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    let request = CreatePartitionsRequest::default()
+        .with_validate_only(true)
+        .with_timeout_ms(10_000)
+        .with_topics(vec![
+            CreatePartitionsTopic::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_string(name.to_string()),
+                ))
+                .with_count(count),
+        ]);
+    let answer = runtime().ok()?.block_on(async {
+        let mut peer = super::quotas::controller(conn).await.ok()?;
+        peer.call(&request, 1).await.ok()
+    })?;
+    let t = answer.results.first().filter(|t| t.error_code != 0)?;
+    Some(super::quotas::refusal(
+        t.error_code,
+        t.error_message.as_deref(),
+    ))
 }
 
 /// IncrementalAlterConfigs of topic `name`: `pairs` set, `deletes` removed. Sent by the

@@ -233,6 +233,10 @@ enum TopicsCommand {
         /// Number of partitions (-1: the broker's default, broker.default_partitions).
         #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
         partitions: i32,
+        /// Copies of each partition: every broker holds every topic, so the number of brokers
+        /// (1 for a broker alone) or -1 (that number, the default), as kafka-topics takes it.
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        replication_factor: i32,
         /// Topic config override, e.g. --config retention.ms=3600000 (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
