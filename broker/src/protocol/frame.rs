@@ -65,7 +65,7 @@ pub struct Request {
 
 /// Reads the request header from a frame body. The header's own version depends on the API key
 /// and version, so those are peeked first.
-pub fn decode_request(mut frame: Bytes) -> Result<Request, FrameError> {
+pub fn decode_request(frame: Bytes) -> Result<Request, FrameError> {
     if frame.len() < 8 {
         return Err(FrameError::TooShort { size: frame.len() });
     }
@@ -84,17 +84,47 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, FrameError> {
     } else {
         api_key.request_header_version(api_version)
     };
-    let header =
-        RequestHeader::decode(&mut frame, header_version).map_err(|e| FrameError::BadHeader {
-            api: api_key,
-            version: api_version,
-            reason: one_line(&e),
-        })?;
+    let mut body = frame.clone();
+    let mut decoded = RequestHeader::decode(&mut body, header_version);
+    if decoded.is_err()
+        && header_version >= 1
+        && let Some(fixed) = client_id_made_utf8(&frame)
+    {
+        body = fixed;
+        decoded = RequestHeader::decode(&mut body, header_version);
+    }
+    let header = decoded.map_err(|e| FrameError::BadHeader {
+        api: api_key,
+        version: api_version,
+        reason: one_line(&e),
+    })?;
     Ok(Request {
         api_key,
         header,
-        body: frame,
+        body,
     })
+}
+
+/// The frame with its client id (a header v1+ field: a 16-bit length, then the bytes) made
+/// valid UTF-8, each byte that is not replaced by U+FFFD, as Kafka's Java broker reads it; `None`
+/// if it has no such client id or the id is valid (the header is wrong elsewhere).
+fn client_id_made_utf8(frame: &Bytes) -> Option<Bytes> {
+    let len = i16::from_be_bytes([*frame.get(8)?, *frame.get(9)?]);
+    let end = 10 + usize::try_from(len).ok()?;
+    let id = frame.get(10..end)?;
+    if std::str::from_utf8(id).is_ok() {
+        return None;
+    }
+    let mut text = String::from_utf8_lossy(id).into_owned();
+    while text.len() > i16::MAX as usize {
+        text.pop();
+    }
+    let mut out = BytesMut::with_capacity(frame.len() + text.len());
+    out.extend_from_slice(&frame[..8]);
+    out.extend_from_slice(&(text.len() as i16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&frame[end..]);
+    Some(out.freeze())
 }
 
 /// Peeks the correlation id of a frame that failed to decode, for the log line.
@@ -187,6 +217,26 @@ mod tests {
         assert_eq!(req.header.correlation_id, 42);
         assert_eq!(req.header.client_id.as_deref(), Some("rdkafka"));
         assert_eq!(&req.body[..], b"BODY");
+    }
+
+    /// A client id that is not UTF-8 is read as Kafka's Java broker reads it (each bad byte as
+    /// U+FFFD), in headers with and without tagged fields, and the body is kept.
+    #[test]
+    fn a_client_id_that_is_not_utf8_is_read_with_replacements() {
+        for (version, tags) in [(8, b"".as_slice()), (12, b"\0".as_slice())] {
+            let mut b = BytesMut::new();
+            b.put_i16(ApiKey::Metadata as i16);
+            b.put_i16(version);
+            b.put_i32(7);
+            b.put_i16(4);
+            b.put_slice(b"a\xffb\xc3");
+            b.put_slice(tags);
+            b.put_slice(b"BODY");
+            let req = decode_request(b.freeze()).unwrap();
+            assert_eq!(req.header.correlation_id, 7);
+            assert_eq!(req.header.client_id.as_deref(), Some("a\u{fffd}b\u{fffd}"));
+            assert_eq!(&req.body[..], b"BODY", "v{version}");
+        }
     }
 
     #[test]
