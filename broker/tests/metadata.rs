@@ -222,6 +222,21 @@ async fn config_sources_and_synonyms_follow_kafka() {
     );
     // Neither: DEFAULT_CONFIG (5).
     assert_eq!(get("max.message.bytes").config_source, 5);
+    // Documentation only when asked for.
+    assert_eq!(get("retention.ms").documentation, None);
+    let documented = c
+        .call(
+            &describe(2, "described").with_include_documentation(true),
+            4,
+        )
+        .await;
+    assert!(
+        documented.results[0]
+            .configs
+            .iter()
+            .all(|e| e.documentation.as_deref().is_some_and(|d| d.len() > 20)),
+        "{documented:?}"
+    );
     assert_eq!(get("cleanup.policy").config_type, 7, "a list");
 
     let r = c

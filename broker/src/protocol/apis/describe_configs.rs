@@ -129,6 +129,102 @@ const NAMES: &[(&str, &str, i8)] = &[
     ("compression.zstd.level", "compression.zstd.level", 3),
 ];
 
+/// What a topic config does, as DescribeConfigs tells a client that asks for documentation
+/// (v3+); the broker-level name of one is looked up by its topic name.
+fn documentation(name: &str) -> Option<&'static str> {
+    let topic_name = NAMES
+        .iter()
+        .find(|(n, bn, _)| *n == name || *bn == name)
+        .map_or(name, |(n, _, _)| n);
+    Some(match topic_name {
+        "segment.bytes" => {
+            "The size at which a partition's active segment file is closed and a new one started."
+        }
+        "segment.ms" => {
+            "The age at which a partition's active segment is closed, even if not full, so that retention and compaction can act on it."
+        }
+        "retention.ms" => {
+            "How long records are kept before their segment may be deleted (-1: no time limit). Applies with cleanup.policy delete."
+        }
+        "retention.bytes" => {
+            "The most bytes a partition keeps before its oldest segments are deleted (-1: no size limit)."
+        }
+        "cleanup.policy" => {
+            "What happens to old segments: delete (by retention.ms and retention.bytes), compact (keep the latest record of each key), or both."
+        }
+        "message.timestamp.type" => {
+            "Whether records keep the timestamp the producer gave (CreateTime) or take the broker's clock when written (LogAppendTime)."
+        }
+        "max.message.bytes" => {
+            "The largest record batch the broker accepts for the topic, after compression."
+        }
+        "delete.retention.ms" => {
+            "On compacted topics, how long a tombstone (a null value) and a transaction marker are kept after compaction reaches them, so consumers can see the delete."
+        }
+        "index.interval.bytes" => {
+            "How many bytes of records lie between two entries of a segment's offset index."
+        }
+        "flush.ms" => {
+            "How often written records are forced to disk with fsync; otherwise the operating system writes them when it chooses."
+        }
+        "min.cleanable.dirty.ratio" => {
+            "The share of a compacted partition written since its last cleaning at which it is cleaned again."
+        }
+        "file.delete.delay.ms" => {
+            "How long a deleted segment's files wait before they are removed from disk."
+        }
+        "compression.type" => {
+            "The codec the broker stores batches with; producer keeps the producer's."
+        }
+        "min.insync.replicas" => {
+            "The least number of in-sync replicas for a write with acks=all to be accepted."
+        }
+        "unclean.leader.election.enable" => {
+            "Whether a replica that is not in sync may become leader, losing records."
+        }
+        "leader.replication.throttled.replicas" => {
+            "Replicas whose replication traffic is throttled on the leader's side."
+        }
+        "follower.replication.throttled.replicas" => {
+            "Replicas whose replication traffic is throttled on the follower's side."
+        }
+        "min.compaction.lag.ms" => "The least time a record stays uncompacted after it is written.",
+        "max.compaction.lag.ms" => "The longest a record may stay uncompacted after it is written.",
+        "segment.index.bytes" => "The size of a segment's offset index file.",
+        "segment.jitter.ms" => {
+            "A random time subtracted from segment.ms, so that segments of many partitions do not roll at once."
+        }
+        "preallocate" => "Whether a new segment file is allocated on disk at its full size.",
+        "flush.messages" => "How many records are written between two fsyncs of the partition.",
+        "message.timestamp.difference.max.ms" => {
+            "The largest difference allowed between a CreateTime record's timestamp and the broker's clock (replaced by the before and after bounds)."
+        }
+        "message.timestamp.before.max.ms" => {
+            "How far in the past a CreateTime record's timestamp may be, compared with the broker's clock."
+        }
+        "message.timestamp.after.max.ms" => {
+            "How far in the future a CreateTime record's timestamp may be, compared with the broker's clock."
+        }
+        "remote.storage.enable" => {
+            "Whether the topic's older segments are moved to remote (tiered) storage."
+        }
+        "local.retention.ms" => {
+            "With remote storage, how long segments stay on local disk (-2: retention.ms)."
+        }
+        "local.retention.bytes" => {
+            "With remote storage, how many bytes stay on local disk (-2: retention.bytes)."
+        }
+        "compression.gzip.level" => {
+            "The gzip level the broker compresses with, when it compresses."
+        }
+        "compression.lz4.level" => "The lz4 level the broker compresses with, when it compresses.",
+        "compression.zstd.level" => {
+            "The zstd level the broker compresses with, when it compresses."
+        }
+        _ => return None,
+    })
+}
+
 /// Topic configs whose Kafka default lives under an hours key: Kafka reports that default as
 /// the synonym `log.retention.hours=168`, not under the milliseconds name the broker sets.
 const DEFAULT_IN_HOURS: &[(&str, &str)] = &[
@@ -416,7 +512,12 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                     } else {
                         Vec::new()
                     };
+                    let doc = req
+                        .include_documentation
+                        .then(|| documentation(&k))
+                        .flatten();
                     DescribeConfigsResourceResult::default()
+                        .with_documentation(doc.map(s))
                         .with_name(s(k))
                         .with_value(Some(s(v)))
                         .with_config_source(source)
