@@ -61,6 +61,9 @@ pub struct Broker {
     pub cluster: Option<crate::replication::Cluster>,
     /// The transaction coordinator (on a cluster's leader; a follower's stays unused).
     pub transactions: crate::transactions::Transactions,
+    /// Why the storage failed, once an fsync of a partition's data did
+    /// ([`Broker::storage_failed`]); `/health` reports it and `runnel serve` stops on it.
+    pub storage_failure: watch::Sender<Option<String>>,
 }
 
 /// A started broker. Dropping it does not stop the broker; call [`BrokerHandle::shutdown`].
@@ -119,6 +122,20 @@ impl BrokerHandle {
 }
 
 impl Broker {
+    /// Notes that an fsync of partition data failed (`what`): the first time, logged, and
+    /// `/health` and `runnel serve` learn of it. The partition itself already refuses writes
+    /// and reads (`PartitionLog::failed`).
+    pub fn storage_failed(&self, what: &str) {
+        let first = self.storage_failure.send_if_modified(|failure| {
+            failure.is_none() && {
+                *failure = Some(what.to_string());
+                true
+            }
+        });
+        if first {
+            tracing::error!(failure = %what, "an fsync of partition data failed: records acknowledged since the last good one may not be on the disk, so the partition takes no more writes and serves no reads; restart the broker, which reads the log back from the disk and cuts what did not reach it (Kafka takes the log directory offline the same way)");
+        }
+    }
     /// The brokers that hold a replica of every partition, sorted: this one alone, or every
     /// broker of the cluster.
     pub fn replica_ids(&self) -> Vec<i32> {
@@ -277,6 +294,7 @@ pub async fn start_broker_from(
         ),
         cluster,
         transactions,
+        storage_failure: watch::channel(None).0,
         config,
     });
 
@@ -466,6 +484,7 @@ fn seal_rolled(p: &crate::catalog::Partition) {
         match seal.run() {
             Ok(()) => p.log().seal_done(&seal),
             Err(e) => {
+                let e = p.log().note_error(e);
                 within_budget!(STORAGE_ERRORS, error, topic = %p.topic, partition = p.index, segment = seal.base_offset(), error = %e, "sealing a rolled segment failed; trying again at the next check")
             }
         }
@@ -579,7 +598,14 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
                     let synced = started.and_then(|f| f.map_or(Ok(()), |f| f.sync()));
                     if let Err(e) = synced {
                         within_budget!(STORAGE_ERRORS, error, topic = %topic.name, partition = p.index, error = %e, "flush failed");
-                        p.log().flush_failed();
+                        let mut log = p.log();
+                        log.flush_failed();
+                        log.note_error(e);
+                    }
+                    // A failed fsync here or on any write path fails the broker's storage.
+                    let failed = p.log().failed().map(str::to_string);
+                    if let Some(reason) = failed {
+                        b.storage_failed(&format!("{}-{}: {reason}", topic.name, p.index));
                     }
                     if run_maintenance
                         && let Err(e) = maintain(b.cluster.as_ref(), &p, now) {

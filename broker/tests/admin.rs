@@ -512,3 +512,92 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
     }
     broker.shutdown().await;
 }
+
+/// Once an fsync of a partition's data fails, what was acknowledged since the last good one may
+/// not be on the disk whatever a later fsync says: the partition refuses writes and reads
+/// (KAFKA_STORAGE_ERROR, with the reason) instead of acknowledging more, and `/health` reports
+/// the failure (`runnel serve` then stops, as Kafka halts). The failure is injected where an
+/// fsync's error enters the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_writes_and_reads_and_makes_the_broker_unhealthy() {
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use runnel::storage::StorageError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.admin.enabled = true;
+    cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
+    let broker = common::start_with(cfg).await;
+    let admin = broker.admin_addr.unwrap();
+    let mut c = common::RawClient::connect(&broker.bootstrap()).await;
+    let produce = || {
+        let records = [common::record(0, None, b"r", 1_700_000_000_000)];
+        let batch = common::encode_batch(&records, kafka_protocol::records::Compression::None);
+        common::produce_request("synced", 0, -1, batch)
+    };
+    let now = runnel::broker::now_ms();
+    let catalog = &broker.broker.catalog;
+    catalog
+        .create_topic("synced", 1, 1, Default::default(), false, now)
+        .unwrap();
+    let r = c.call(&produce(), 9).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert!(get(admin, "/health").await.starts_with("HTTP/1.1 200"));
+
+    let p = broker
+        .broker
+        .catalog
+        .get("synced")
+        .unwrap()
+        .partition(0)
+        .unwrap();
+    p.log().note_error(StorageError::Sync {
+        path: dir.path().join("synced-0/00000000000000000000.log"),
+        source: std::io::Error::from_raw_os_error(libc::EIO),
+    });
+    let r = c.call(&produce(), 9).await;
+    let refused = &r.responses[0].partition_responses[0];
+    assert_eq!(refused.error_code, 56, "KAFKA_STORAGE_ERROR");
+    let why = refused.error_message.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("fsync of") && why.contains("restarted"),
+        "{why}"
+    );
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("synced"),
+                ))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let r = c.call(&fetch, 12).await;
+    assert_eq!(r.responses[0].partitions[0].error_code, 56);
+    assert_eq!(
+        p.log().log_end_offset(),
+        1,
+        "nothing written after the failure"
+    );
+    // The flusher notices within its tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let h = get(admin, "/health").await;
+        if h.starts_with("HTTP/1.1 503") || std::time::Instant::now() > deadline {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        health.starts_with("HTTP/1.1 503") && health.contains("storage failed: synced-0"),
+        "{health}"
+    );
+    assert!(broker.broker.storage_failure.borrow().is_some());
+    broker.shutdown().await;
+}

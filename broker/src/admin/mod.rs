@@ -632,6 +632,24 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
 /// `ok` while the broker can serve; 503 with the reason when its metadata database cannot be
 /// read (offset commits, topic changes and new producer ids would fail).
 async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
+    if let Some(failure) = broker.storage_failure.borrow().clone() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: storage failed: {failure}\n"),
+        )
+            .into_response();
+    }
+    let free = free_bytes(&broker.config.broker.data_dir);
+    if free.is_some_and(|free| free < FULL_BELOW) {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: the data directory's filesystem is full ({} bytes free): producers get KAFKA_STORAGE_ERROR\n",
+                free.unwrap_or(0)
+            ),
+        )
+            .into_response();
+    }
     let b = broker.clone();
     match tokio::task::spawn_blocking(move || b.meta.check()).await {
         Ok(Ok(())) => "ok\n".into_response(),
@@ -642,6 +660,16 @@ async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
             .into_response(),
         Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// Free bytes under which `/health` calls the data directory's filesystem full: less than a
+/// produce request of a few batches.
+const FULL_BELOW: u64 = 1 << 20;
+
+/// The bytes an unprivileged writer may still use on the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Binds the admin listener and serves it until shutdown.

@@ -41,11 +41,22 @@ pub fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
             tracing::info!(address = %addr, fingerprint = %fp, "runnel is serving devices over QUIC (pin this SHA-256 fingerprint)");
         }
         let reloader = tokio::spawn(reload_on_sighup(handle.broker.clone()));
-        wait_for_signal().await;
+        let mut storage = handle.broker.storage_failure.subscribe();
+        // As Kafka halts when its last log directory fails: a supervisor (systemd's
+        // Restart=on-failure) starts the broker again, which reads its logs back from the disk.
+        let failed = tokio::select! {
+            _ = wait_for_signal() => None,
+            failure = storage.wait_for(Option::is_some) => failure.ok().and_then(|f| f.clone()),
+        };
         reloader.abort();
         tracing::info!("shutting down");
         handle.shutdown().await;
-        Ok(())
+        match failed {
+            Some(failure) => Err(anyhow::anyhow!(
+                "stopped: the storage failed ({failure}); start runnel again to read the logs back from the disk"
+            )),
+            None => Ok(()),
+        }
     })
 }
 

@@ -22,7 +22,13 @@ pub fn storage_code(e: &StorageError) -> i16 {
         StorageError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
         StorageError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),
         StorageError::OutsideTransaction { .. } => E::InvalidTxnState.code(),
-        StorageError::LostRecords { .. } => E::KafkaStorageError.code(),
+        StorageError::LostRecords { .. } | StorageError::Failed { .. } => {
+            E::KafkaStorageError.code()
+        }
+        StorageError::Sync { .. } => {
+            within_budget!(IO_ERRORS, error, error = %e, "storage I/O error");
+            E::KafkaStorageError.code()
+        }
         StorageError::Io { .. } => {
             // A full disk fails every produce request: said within a budget.
             within_budget!(IO_ERRORS, error, error = %e, "storage I/O error");

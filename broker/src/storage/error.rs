@@ -99,6 +99,21 @@ pub enum StorageError {
     /// the partition takes no writes until the lead moves.
     #[error("{reason}")]
     LostRecords { reason: String },
+    /// An fsync of a segment's data failed: what was written since the last one that succeeded
+    /// may not be on the disk, whatever a later fsync says (Linux may drop the pages it could
+    /// not write and report success the next time).
+    #[error("fsync of {} failed: {source}{}", path.display(), limit_hint(source))]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The partition's log had an fsync fail ([`StorageError::Sync`]): it takes no writes and
+    /// serves no reads until the broker reads it back from the disk at its next start.
+    #[error(
+        "the partition's storage failed ({reason}): it takes no writes and serves no reads until the broker is restarted, which reads its log back from the disk"
+    )]
+    Failed { reason: String },
     /// A file operation failed; in-memory state was restored to what is on disk.
     #[error("i/o error on {}: {source}{}", path.display(), limit_hint(source))]
     Io {

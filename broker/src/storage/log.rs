@@ -141,6 +141,12 @@ pub struct PartitionLog {
     pub(super) compaction: CompactionState,
     /// Base offsets of rolled segments not yet fsynced, nor their index files written.
     pub(super) unsealed: Vec<i64>,
+    /// Why an fsync of this log's data failed, if one did ([`StorageError::Sync`]): what was
+    /// written since the last good one may be lost whatever a later fsync says, so the log
+    /// takes no writes and serves no reads (which could hand out records a restart will not
+    /// find) until the broker reads it back from the disk at its next start, as Kafka takes a
+    /// log directory offline.
+    failed: Option<String>,
 }
 
 impl PartitionLog {
@@ -245,7 +251,33 @@ impl PartitionLog {
             unflushed: false,
             compaction: CompactionState::default(),
             unsealed: Vec::new(),
+            failed: None,
         })
+    }
+
+    /// Refuses with [`StorageError::Failed`] once an fsync of the log failed.
+    pub(super) fn check_not_failed(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(reason) => Err(StorageError::Failed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Notes an error of a write or fsync of the log's data: a failed fsync fails the log
+    /// ([`PartitionLog::failed`]). Returns the error.
+    pub fn note_error(&mut self, e: StorageError) -> StorageError {
+        if matches!(e, StorageError::Sync { .. }) && self.failed.is_none() {
+            self.failed = Some(e.to_string());
+        }
+        e
+    }
+
+    /// Why an fsync of this log's data failed, if one did: the log then takes no writes and
+    /// serves no reads until the broker is restarted.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Validate and append the batches of one produce partition (all or none).
@@ -291,6 +323,7 @@ impl PartitionLog {
         rewritten: bool,
         walk: bool,
     ) -> Result<AppendInfo, StorageError> {
+        self.check_not_failed()?;
         let batches = check_produce_data(records, &self.config, rewritten, walk, now_ms)?;
         let mut staged = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
@@ -339,7 +372,9 @@ impl PartitionLog {
         }
         self.maybe_roll(out.len() as u64, next - 1, now_ms)?;
         let sync = self.config.flush == FlushPolicy::Always;
-        self.active_mut().append(&out, &written, sync, now_ms)?;
+        self.active_mut()
+            .append(&out, &written, sync, now_ms)
+            .map_err(|e| self.note_error(e))?;
         self.producers.commit(staged);
         for (_, h) in &written {
             self.txns.observe(h, None);
@@ -370,6 +405,7 @@ impl PartitionLog {
         marker: Marker,
         now_ms: i64,
     ) -> Result<i64, StorageError> {
+        self.check_not_failed()?;
         let mut batch = marker_batch(producer_id, producer_epoch, marker, 0, now_ms);
         let offset = self.log_end_offset();
         set_base_offset(&mut batch, offset);
@@ -379,7 +415,9 @@ impl PartitionLog {
         let h = BatchHeader::parse(&batch).expect("a marker's header");
         self.maybe_roll(batch.len() as u64, offset, now_ms)?;
         let sync = self.config.flush == FlushPolicy::Always;
-        self.active_mut().append(&batch, &[(0, h)], sync, now_ms)?;
+        self.active_mut()
+            .append(&batch, &[(0, h)], sync, now_ms)
+            .map_err(|e| self.note_error(e))?;
         self.producers.replay(&h);
         self.txns.observe(&h, Some(marker));
         self.mark_appended(sync, now_ms);
@@ -525,6 +563,7 @@ impl PartitionLog {
             match seal.run() {
                 Ok(()) => self.seal_done(&seal),
                 Err(e) => {
+                    let e = self.note_error(e);
                     first_error.get_or_insert(e);
                 }
             }
@@ -546,6 +585,7 @@ impl PartitionLog {
     /// that a consumer reading (maybe from disk, maybe megabytes) never holds up the producers
     /// of the partition. Cheap: offset checks and an index lookup, no I/O.
     pub fn plan_read(&self, fetch_offset: i64, max_bytes: usize) -> Result<ReadPlan, StorageError> {
+        self.check_not_failed()?;
         let (start, end) = (self.log_start_offset, self.log_end_offset());
         if fetch_offset < start || fetch_offset > end {
             return Err(StorageError::OffsetOutOfRange {
@@ -806,7 +846,7 @@ impl PartitionLog {
     pub fn flush(&mut self, now_ms: i64) -> Result<(), StorageError> {
         let sealed = self.seal_all();
         if self.unflushed {
-            self.active().sync()?;
+            self.active().sync().map_err(|e| self.note_error(e))?;
             self.unflushed = false;
         }
         self.last_flush_ms = now_ms;

@@ -23,6 +23,7 @@ impl PartitionLog {
         records: &[u8],
         now_ms: i64,
     ) -> Result<Option<AppendInfo>, StorageError> {
+        self.check_not_failed()?;
         let mut next = self.log_end_offset();
         let mut batches: Vec<(usize, BatchHeader)> = Vec::new();
         let mut first = None;
@@ -80,7 +81,9 @@ impl PartitionLog {
         let base_offset = batches[0].1.base_offset;
         self.maybe_roll(data.len() as u64, next - 1, now_ms)?;
         let sync = self.config.flush == FlushPolicy::Always;
-        self.active_mut().append(data, &batches, sync, now_ms)?;
+        self.active_mut()
+            .append(data, &batches, sync, now_ms)
+            .map_err(|e| self.note_error(e))?;
         for (at, h) in &batches {
             self.producers.replay(h);
             let marker = h

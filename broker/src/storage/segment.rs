@@ -434,15 +434,24 @@ impl Segment {
     ) -> Result<(), StorageError> {
         let pos = self.size;
         let res = write_at(&self.file, data, pos)
-            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
-        if let Err(source) = res {
+            .map_err(|e| (false, e))
+            .and_then(|()| {
+                if sync {
+                    self.file.sync_data().map_err(|e| (true, e))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err((synced, source)) = res {
             if let Err(e) = self.file.set_len(pos) {
                 // Bytes past `size` are never read and are overwritten or truncated later.
                 warn!(file = %self.path.display(), error = %e, "could not truncate after failed write");
             }
-            return Err(StorageError::Io {
-                path: self.path.clone(),
-                source,
+            let path = self.path.clone();
+            return Err(if synced {
+                StorageError::Sync { path, source }
+            } else {
+                StorageError::Io { path, source }
             });
         }
         for (off, h) in batches {
@@ -533,7 +542,10 @@ impl Segment {
     }
 
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(io_err(&self.path))
+        self.file.sync_data().map_err(|source| StorageError::Sync {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Whether another `len` bytes ending at `last_offset` would overflow the u32 positions or
@@ -674,7 +686,10 @@ impl SegmentView {
 
     /// fsync the segment's file (all of it, also what was appended after the view was taken).
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(io_err(&self.path))
+        self.file.sync_data().map_err(|source| StorageError::Sync {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
