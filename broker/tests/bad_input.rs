@@ -267,13 +267,32 @@ async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
     let r = c.call(&produce("errs", 0, batch(5, 10)), 9).await;
     assert_eq!(error_of(&r), 0);
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
+
+    // Within max.message.bytes but larger than the topic's segment.bytes: refused, as Kafka
+    // refuses it, rather than stored in a segment of its own.
+    let configs = [("segment.bytes".to_string(), "4096".to_string())].into();
+    let now = runnel::broker::now_ms();
+    let catalog = &broker.broker.catalog;
+    catalog
+        .create_topic("small-segments", 1, 1, configs, false, now)
+        .unwrap();
+    let r = c
+        .call(&produce("small-segments", 0, batch(1, 5_000)), 9)
+        .await;
+    assert_eq!(error_of(&r), 18, "RECORD_LIST_TOO_LARGE");
+    let r = c
+        .call(&produce("small-segments", 0, batch(1, 3_000)), 9)
+        .await;
+    assert_eq!(error_of(&r), 0);
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
+
     // Each refused partition is counted, the unknown ones too: 2 unknown, 1 corrupt, 3 bad
-    // acks, 1 too large.
+    // acks, 1 too large, 1 larger than a segment.
     let metrics = broker.broker.metrics.render(&broker.broker);
     assert!(
         metrics
             .lines()
-            .any(|l| l == "runnel_produce_errors_total 7"),
+            .any(|l| l == "runnel_produce_errors_total 8"),
         "{}",
         metrics
             .lines()

@@ -1523,9 +1523,13 @@ async fn follower_keeps_a_compacted_batch(superseded: i64) {
     std::fs::write(dir.join("replication-checkpoint"), "0 0 c\n").unwrap();
     std::fs::remove_file(dir.join("replication-leader")).unwrap();
     // Meanwhile keys of it get new values on the leader, in a segment of their own (the first
-    // is full), and its compaction removes them from the first batch.
+    // cannot take them), and its compaction removes them from the first batch. The batch is
+    // about 1,000 bytes, within segment.bytes (a client's larger one is refused, as in Kafka),
+    // so the small one after it rolls the segment again: 61 bytes of batch header, 11 of each
+    // record's framing beside its value.
+    let value = vec![b'n'; (1000 - 61) / superseded as usize - 11];
     let records: Vec<_> = (0..superseded)
-        .map(|i| common::record(i, Some(keys[i as usize]), &[b'n'; 300], now))
+        .map(|i| common::record(i, Some(keys[i as usize]), &value, now))
         .collect();
     let newer = common::encode_batch(&records, kafka_protocol::records::Compression::None);
     let r = c.call(&produce_request("c", 0, 1, newer), 9).await;

@@ -18,6 +18,7 @@ pub fn storage_code(e: &StorageError) -> i16 {
         StorageError::InvalidRecord { .. } => E::InvalidRecord.code(),
         StorageError::InvalidTimestamp { .. } => E::InvalidTimestamp.code(),
         StorageError::MessageTooLarge { .. } => E::MessageTooLarge.code(),
+        StorageError::LargerThanSegment { .. } => E::RecordListTooLarge.code(),
         StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
         StorageError::OutOfOrderSequence { .. } => E::OutOfOrderSequenceNumber.code(),
         StorageError::InvalidProducerEpoch { .. } => E::InvalidProducerEpoch.code(),

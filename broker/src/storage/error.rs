@@ -9,6 +9,7 @@
 //! | `CorruptRecord` | CORRUPT_MESSAGE (2) |
 //! | `InvalidRecord` | INVALID_RECORD (87) |
 //! | `MessageTooLarge` | MESSAGE_TOO_LARGE (10) |
+//! | `LargerThanSegment` | RECORD_LIST_TOO_LARGE (18) |
 //! | `OffsetOutOfRange` | OFFSET_OUT_OF_RANGE (1) |
 //! | `OutOfOrderSequence` | OUT_OF_ORDER_SEQUENCE_NUMBER (45) |
 //! | `InvalidProducerEpoch` | INVALID_PRODUCER_EPOCH (47) |
@@ -73,6 +74,10 @@ pub enum StorageError {
     /// One batch is larger than `max.message.bytes`.
     #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
     MessageTooLarge { size: u64, max: u64 },
+    /// A partition's produce data is larger than the topic's `segment.bytes`: no segment could
+    /// hold it (Kafka refuses it the same way).
+    #[error("record batches of {size} bytes exceed the topic's segment.bytes {segment_bytes}")]
+    LargerThanSegment { size: u64, segment_bytes: u64 },
     /// A read or DeleteRecords below the log start or past the log end.
     #[error("offset {offset} is outside the log [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },

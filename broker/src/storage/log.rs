@@ -987,13 +987,21 @@ fn check_produce_data(
 /// Checks produce data as an append to a log with `config` does, records included, without
 /// the log: run it before taking the log's lock, then append with
 /// [`PartitionLog::append_walked`], so the walk (and any decompression) holds no lock. `now_ms`
-/// is the clock record timestamps are checked against.
+/// is the clock record timestamps are checked against. A client's produce data larger than
+/// `segment.bytes` is refused here, as Kafka refuses it (the log itself takes it, in a segment of
+/// its own: tests make one segment per batch that way).
 pub fn check_produce_records(
     records: &[u8],
     config: &LogConfig,
     rewritten: bool,
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    if records.len() as u64 > config.segment_bytes {
+        return Err(StorageError::LargerThanSegment {
+            size: records.len() as u64,
+            segment_bytes: config.segment_bytes,
+        });
+    }
     check_produce_data(records, config, rewritten, true, now_ms).map(|_| ())
 }
 

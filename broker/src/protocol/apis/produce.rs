@@ -467,7 +467,9 @@ fn append_routed(broker: &Arc<Broker>, routed: Vec<plugins::RoutedBatch>) -> Res
                     .records_in
                     .fetch_add(info.record_count as u64, Ordering::Relaxed);
             }
-            Err(e @ StorageError::MessageTooLarge { .. }) => match batch.halves() {
+            Err(
+                e @ (StorageError::MessageTooLarge { .. } | StorageError::LargerThanSegment { .. }),
+            ) => match batch.halves() {
                 Some([a, b]) => {
                     queue.push_front(b);
                     queue.push_front(a);
