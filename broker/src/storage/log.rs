@@ -209,7 +209,29 @@ impl PartitionLog {
                 now_ms,
             )?);
         }
+        // Only compaction (which drops a segment left empty) and a damaged segment's cut tail
+        // leave offsets in no segment; a removed file does too, and must not go unsaid.
+        if !config.compact {
+            for missing in offsets_in_no_segment(&segments) {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    from = missing.start(),
+                    to = missing.end(),
+                    "offsets {}..={} are in no segment file (one removed, or cut short?): consumers skip them",
+                    missing.start(),
+                    missing.end()
+                );
+            }
+        }
         let log_end = segments.last().map(|s| s.next_offset).unwrap_or(0);
+        if let Some(start) = checkpoint.filter(|&start| start > log_end) {
+            tracing::warn!(
+                dir = %dir.display(),
+                log_start = start,
+                log_end,
+                "the log-start-offset file is past the log's end: every record is hidden, and the next is written at {log_end}"
+            );
+        }
         let log_start = segments[0]
             .base_offset
             .max(checkpoint.unwrap_or(0))
@@ -1005,6 +1027,15 @@ pub fn check_produce_records(
     check_produce_data(records, config, rewritten, true, now_ms).map(|_| ())
 }
 
+/// The offsets between one segment's end and the next one's base.
+pub(super) fn offsets_in_no_segment(segments: &[Segment]) -> Vec<std::ops::RangeInclusive<i64>> {
+    segments
+        .windows(2)
+        .filter(|pair| pair[1].base_offset > pair[0].next_offset)
+        .map(|pair| pair[0].next_offset..=pair[1].base_offset - 1)
+        .collect()
+}
+
 fn invalid(reason: String) -> StorageError {
     StorageError::InvalidRecord { reason }
 }
@@ -1020,7 +1051,13 @@ pub(super) fn parse_base(stem: &str) -> Option<i64> {
 fn read_log_start(dir: &Path) -> Result<Option<i64>, StorageError> {
     let path = dir.join(LOG_START_FILE);
     match fs::read_to_string(&path) {
-        Ok(s) => Ok(s.trim().parse().ok()),
+        Ok(s) => {
+            let start = s.trim().parse().ok();
+            if start.is_none() {
+                tracing::warn!(file = %path.display(), "the log start offset it holds is unreadable: the log starts at its first segment");
+            }
+            Ok(start)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StorageError::Io { path, source: e }),
     }

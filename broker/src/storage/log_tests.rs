@@ -1449,3 +1449,26 @@ fn an_empty_replica_starts_at_a_batch_the_leaders_log_start_falls_in() {
             .is_err()
     );
 }
+
+/// A segment file removed from the middle of a log leaves offsets in no segment: found at the
+/// next open (the broker warns of them), and none in a log opened whole.
+#[test]
+fn offsets_a_removed_segment_held_are_found_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    for _ in 0..4 {
+        log.append(&batch(5, NOW), NOW).unwrap();
+    }
+    drop(log);
+    let log = open(dir.path(), config.clone());
+    assert!(super::log::offsets_in_no_segment(&log.segments).is_empty());
+    drop(log);
+    std::fs::remove_file(log_path(dir.path(), 10)).unwrap();
+    let log = open(dir.path(), config);
+    assert_eq!(super::log::offsets_in_no_segment(&log.segments), [10..=14]);
+    assert_eq!(log.log_end_offset(), 20);
+}

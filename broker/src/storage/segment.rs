@@ -291,15 +291,19 @@ impl Segment {
                     file = %seg.path.display(),
                     valid_bytes = end,
                     discarded_bytes = file_len - end,
+                    from_offset = seg.next_offset,
                     kept_in = %kept.display(),
-                    "truncating torn or corrupt tail of log segment"
+                    "truncating torn or corrupt tail of log segment: what was stored from offset {} on in it is cut",
+                    seg.next_offset
                 ),
                 Err(e) => warn!(
                     file = %seg.path.display(),
                     valid_bytes = end,
                     discarded_bytes = file_len - end,
+                    from_offset = seg.next_offset,
                     error = %e,
-                    "truncating torn or corrupt tail of log segment; the cut bytes could not be kept"
+                    "truncating torn or corrupt tail of log segment: what was stored from offset {} on in it is cut, and the cut bytes could not be kept",
+                    seg.next_offset
                 ),
             }
             seg.file.set_len(end).map_err(io_err(&seg.path))?;
