@@ -629,8 +629,10 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// `ok` while the broker can serve; 503 with the reason when its metadata database cannot be
-/// read (offset commits, topic changes and new producer ids would fail).
+/// `ok` while the broker can serve; 503 with the reason after an fsync of partition data failed
+/// (`Broker::storage_failed`), while the data directory's filesystem is full (every produce
+/// fails), or while the metadata database cannot be read (offset commits, topic changes and new
+/// producer ids would fail).
 async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
     if let Some(failure) = broker.storage_failure.borrow().clone() {
         return (
