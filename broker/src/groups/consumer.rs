@@ -718,10 +718,16 @@ impl ConsumerGroup {
     /// Recomputes the target when the group epoch moved or the subscribed topics changed (a
     /// topic created, deleted or given more partitions).
     fn refresh(&mut self, view: &TopicView, mut changed: bool) {
-        let metadata: Vec<(String, Uuid, i32)> = view
-            .iter()
-            .filter(|(name, _)| self.members.values().any(|m| m.subscribes(name)))
-            .map(|(name, (id, n))| (name.clone(), *id, *n))
+        // From the members' subscriptions, not the broker's topics: a heartbeat costs the
+        // group's subscriptions, however many topics the broker has.
+        let subscribed: BTreeSet<&String> = self
+            .members
+            .values()
+            .flat_map(|m| m.topic_names.iter().chain(&m.regex_topics))
+            .collect();
+        let metadata: Vec<(String, Uuid, i32)> = subscribed
+            .into_iter()
+            .filter_map(|name| view.get(name).map(|(id, n)| (name.clone(), *id, *n)))
             .collect();
         if metadata != self.metadata {
             changed = true;
@@ -789,22 +795,35 @@ impl ConsumerGroup {
     /// then by id), so a member that alone reads a big topic does not starve the members that
     /// share a small one. Then the partitions: each member keeps what its previous target gave
     /// it, up to its share, and the rest go to the subscribers furthest below theirs.
+    ///
+    /// Each choice takes the least of a heap of the topic's subscribers, so a target costs
+    /// about the partitions times the log of the members, not their product: a burst of joins
+    /// recomputes it at each.
     fn uniform(&self, mut target: BTreeMap<String, Assignment>) -> BTreeMap<String, Assignment> {
-        let subscribers: BTreeMap<&str, Vec<&String>> = self
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        // Each topic's subscribers, in member id order.
+        let mut subscribers: BTreeMap<&str, Vec<&String>> = self
             .metadata
             .iter()
-            .map(|(name, _, _)| {
-                let ids = self
-                    .members
-                    .iter()
-                    .filter(|(_, m)| m.subscribes(name))
-                    .map(|(id, _)| id)
-                    .collect();
-                (name.as_str(), ids)
-            })
+            .map(|(name, _, _)| (name.as_str(), Vec::new()))
             .collect();
+        for (id, m) in &self.members {
+            for name in m.topic_names.iter().chain(&m.regex_topics) {
+                if let Some(ids) = subscribers.get_mut(name.as_str())
+                    && ids.last() != Some(&id)
+                {
+                    ids.push(id);
+                }
+            }
+        }
         let mut topics: Vec<&(String, Uuid, i32)> = self.metadata.iter().collect();
         topics.sort_by_key(|(name, _, _)| (subscribers[name.as_str()].len(), name.clone()));
+        let by_id: HashMap<Uuid, (&str, i32)> = self
+            .metadata
+            .iter()
+            .map(|(name, id, n)| (*id, (name.as_str(), *n)))
+            .collect();
         // What each member keeps of its previous target: still subscribed, still there.
         let kept: HashMap<&String, Vec<(Uuid, i32)>> = self
             .members
@@ -812,41 +831,36 @@ impl ConsumerGroup {
             .map(|(id, m)| {
                 let previous = self.target.get(id).cloned().unwrap_or_default();
                 let valid = filter(&previous, |t, p| {
-                    self.metadata
-                        .iter()
-                        .any(|(name, tid, n)| *tid == t && p < *n && m.subscribes(name))
+                    by_id
+                        .get(&t)
+                        .is_some_and(|(name, n)| p < *n && m.subscribes(name))
                 });
                 // Kept first: partitions of the topics fewest others could take.
                 let mut valid: Vec<(Uuid, i32)> = pairs(&valid).collect();
                 valid.sort_by_key(|(t, p)| {
-                    let name = self
-                        .metadata
-                        .iter()
-                        .find(|(_, tid, _)| tid == t)
-                        .map_or("", |(n, _, _)| n.as_str());
-                    (
-                        subscribers.get(name).map_or(0, Vec::len),
-                        name.to_string(),
-                        *p,
-                    )
+                    let name = by_id.get(t).map_or("", |(name, _)| name);
+                    (subscribers.get(name).map_or(0, Vec::len), name, *p)
                 });
                 (id, valid)
             })
             .collect();
         let mut share: HashMap<&String, usize> = HashMap::new();
         for (name, _, n) in &topics {
+            // The subscriber with the fewest so far, then the one that held most, then by id.
+            let mut fewest: BinaryHeap<Reverse<(usize, Reverse<usize>, &String)>> = subscribers
+                [name.as_str()]
+            .iter()
+            .map(|&id| {
+                let had = kept.get(id).map_or(0, Vec::len);
+                Reverse((share.get(id).copied().unwrap_or(0), Reverse(had), id))
+            })
+            .collect();
             for _ in 0..*n {
-                let fewest = subscribers[name.as_str()].iter().min_by_key(|id| {
-                    let had = kept.get(**id).map_or(0, Vec::len);
-                    (
-                        share.get(**id).copied().unwrap_or(0),
-                        std::cmp::Reverse(had),
-                        (**id).clone(),
-                    )
-                });
-                if let Some(id) = fewest {
-                    *share.entry(id).or_default() += 1;
-                }
+                let Some(Reverse((have, had, id))) = fewest.pop() else {
+                    break;
+                };
+                share.insert(id, have + 1);
+                fewest.push(Reverse((have + 1, had, id)));
             }
         }
         let mut count: HashMap<&String, usize> = HashMap::new();
@@ -861,23 +875,30 @@ impl ConsumerGroup {
             count.insert(id, previous.len().min(quota));
         }
         for (name, t, n) in &topics {
+            // The subscriber furthest below its share (one at it last), then by id.
+            let key = |id: &'_ String, have: usize| {
+                let quota = share.get(id).copied().unwrap_or(0);
+                (have >= quota, have)
+            };
+            let mut neediest: BinaryHeap<Reverse<((bool, usize), &String)>> = subscribers
+                [name.as_str()]
+            .iter()
+            .map(|&id| Reverse((key(id, count.get(id).copied().unwrap_or(0)), id)))
+            .collect();
             for p in 0..*n {
                 if taken.contains(&(*t, p)) {
                     continue;
                 }
-                let neediest = subscribers[name.as_str()].iter().min_by_key(|id| {
-                    let have = count.get(**id).copied().unwrap_or(0);
-                    let quota = share.get(**id).copied().unwrap_or(0);
-                    (have >= quota, have, (**id).clone())
-                });
-                if let Some(id) = neediest {
-                    *count.entry(id).or_default() += 1;
-                    insert(
-                        target.get_mut(*id).expect("every member has an entry"),
-                        *t,
-                        p,
-                    );
-                }
+                let Some(Reverse(((_, have), id))) = neediest.pop() else {
+                    break;
+                };
+                count.insert(id, have + 1);
+                neediest.push(Reverse((key(id, have + 1), id)));
+                insert(
+                    target.get_mut(id).expect("every member has an entry"),
+                    *t,
+                    p,
+                );
             }
         }
         target
@@ -1348,6 +1369,150 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err.kafka_code(), 112);
+    }
+
+    /// The uniform assignor as it was first written (a scan of every subscriber for each
+    /// partition): the oracle the heap-based one must agree with.
+    fn reference_uniform(
+        g: &ConsumerGroup,
+        mut target: BTreeMap<String, Assignment>,
+    ) -> BTreeMap<String, Assignment> {
+        let subscribers: BTreeMap<&str, Vec<&String>> = g
+            .metadata
+            .iter()
+            .map(|(name, _, _)| {
+                let ids = g
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.subscribes(name))
+                    .map(|(id, _)| id)
+                    .collect();
+                (name.as_str(), ids)
+            })
+            .collect();
+        let mut topics: Vec<&(String, Uuid, i32)> = g.metadata.iter().collect();
+        topics.sort_by_key(|(name, _, _)| (subscribers[name.as_str()].len(), name.clone()));
+        // What each member keeps of its previous target: still subscribed, still there.
+        let kept: HashMap<&String, Vec<(Uuid, i32)>> = g
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let previous = g.target.get(id).cloned().unwrap_or_default();
+                let valid = filter(&previous, |t, p| {
+                    g.metadata
+                        .iter()
+                        .any(|(name, tid, n)| *tid == t && p < *n && m.subscribes(name))
+                });
+                // Kept first: partitions of the topics fewest others could take.
+                let mut valid: Vec<(Uuid, i32)> = pairs(&valid).collect();
+                valid.sort_by_key(|(t, p)| {
+                    let name = g
+                        .metadata
+                        .iter()
+                        .find(|(_, tid, _)| tid == t)
+                        .map_or("", |(n, _, _)| n.as_str());
+                    (
+                        subscribers.get(name).map_or(0, Vec::len),
+                        name.to_string(),
+                        *p,
+                    )
+                });
+                (id, valid)
+            })
+            .collect();
+        let mut share: HashMap<&String, usize> = HashMap::new();
+        for (name, _, n) in &topics {
+            for _ in 0..*n {
+                let fewest = subscribers[name.as_str()].iter().min_by_key(|id| {
+                    let had = kept.get(**id).map_or(0, Vec::len);
+                    (
+                        share.get(**id).copied().unwrap_or(0),
+                        std::cmp::Reverse(had),
+                        (**id).clone(),
+                    )
+                });
+                if let Some(id) = fewest {
+                    *share.entry(id).or_default() += 1;
+                }
+            }
+        }
+        let mut count: HashMap<&String, usize> = HashMap::new();
+        let mut taken: BTreeSet<(Uuid, i32)> = BTreeSet::new();
+        for (id, previous) in &kept {
+            let a = target.get_mut(*id).expect("every member has an entry");
+            let quota = share.get(id).copied().unwrap_or(0);
+            for (t, p) in previous.iter().take(quota) {
+                taken.insert((*t, *p));
+                insert(a, *t, *p);
+            }
+            count.insert(id, previous.len().min(quota));
+        }
+        for (name, t, n) in &topics {
+            for p in 0..*n {
+                if taken.contains(&(*t, p)) {
+                    continue;
+                }
+                let neediest = subscribers[name.as_str()].iter().min_by_key(|id| {
+                    let have = count.get(**id).copied().unwrap_or(0);
+                    let quota = share.get(**id).copied().unwrap_or(0);
+                    (have >= quota, have, (**id).clone())
+                });
+                if let Some(id) = neediest {
+                    *count.entry(id).or_default() += 1;
+                    insert(
+                        target.get_mut(*id).expect("every member has an entry"),
+                        *t,
+                        p,
+                    );
+                }
+            }
+        }
+        target
+    }
+
+    /// The heap-based uniform assignor gives exactly the targets of the first, scanning one,
+    /// over groups of random subscriptions that members join and leave.
+    #[test]
+    fn uniform_agrees_with_the_scanning_reference() {
+        let names = ["a", "b", "c", "d"];
+        let ids: Vec<Uuid> = (1..=4).map(Uuid::from_u128).collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let now = Instant::now();
+        for _ in 0..40 {
+            let view: TopicView = names
+                .iter()
+                .zip(&ids)
+                .map(|(n, id)| (n.to_string(), (*id, 1 + next(12) as i32)))
+                .collect();
+            let mut g = ConsumerGroup::new("g".into());
+            let mut members = Vec::new();
+            for step in 0..12 {
+                if members.len() > 2 && next(4) == 0 {
+                    let gone: String = members.remove(next(members.len() as u64) as usize);
+                    g.remove(&gone);
+                } else {
+                    let id = format!("m{step}");
+                    let topics: Vec<&str> =
+                        names.iter().copied().filter(|_| next(2) == 0).collect();
+                    let topics = if topics.is_empty() { vec!["a"] } else { topics };
+                    g.heartbeat(join(&id, &topics), &view, &visible, settings(), now)
+                        .unwrap();
+                    members.push(id);
+                }
+                let empty: BTreeMap<String, Assignment> = g
+                    .members
+                    .keys()
+                    .map(|id| (id.clone(), Assignment::new()))
+                    .collect();
+                assert_eq!(g.uniform(empty.clone()), reference_uniform(&g, empty));
+            }
+        }
     }
 
     #[test]
