@@ -726,11 +726,17 @@ async fn scram_credentials_altered_over_the_protocol_log_in_and_bad_ones_are_ref
                     upsert("dina", 1, 100, "x"),
                     upsert("erin", 1, 4096, "x"),
                     upsert("erin", 1, 4096, "y"),
+                    upsert("fred", 1, 4096, "x"),
                 ])
                 .with_deletions(vec![
                     ScramCredentialDeletion::default()
                         .with_name(StrBytes::from_static_str("alice"))
                         .with_mechanism(2),
+                    // Deleted and made in one request: named twice, whatever else is wrong
+                    // (it has no credential to delete), as Kafka checks.
+                    ScramCredentialDeletion::default()
+                        .with_name(StrBytes::from_static_str("fred"))
+                        .with_mechanism(1),
                 ]),
             0,
         )
@@ -744,6 +750,7 @@ async fn scram_credentials_altered_over_the_protocol_log_in_and_bad_ones_are_ref
         got,
         [
             ("alice".to_string(), E::ResourceNotFound.code()),
+            ("fred".to_string(), E::DuplicateResource.code()),
             ("bob".to_string(), 0),
             (String::new(), E::UnacceptableCredential.code()),
             ("carl".to_string(), E::UnsupportedSaslMechanism.code()),

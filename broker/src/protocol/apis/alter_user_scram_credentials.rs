@@ -80,15 +80,23 @@ pub async fn handle(
     }
     // Users in the order first named, each with its changes or the first error among them.
     let mut users: BTreeMap<String, (usize, UserChanges)> = BTreeMap::new();
-    let mut seen: BTreeMap<(String, i8), usize> = BTreeMap::new();
+    // A credential named twice is refused before anything else is checked, as in Kafka.
+    let twice = super::repeated(
+        req.deletions
+            .iter()
+            .map(|d| (d.name.to_string(), d.mechanism))
+            .chain(
+                req.upsertions
+                    .iter()
+                    .map(|u| (u.name.to_string(), u.mechanism)),
+            ),
+    );
     let mut add = |user: &str, mechanism: i8, change: Result<Change, Refusal>| {
         let order = users.len();
         let entry = users
             .entry(user.to_string())
             .or_insert_with(|| (order, Ok(Vec::new())));
-        let times = seen.entry((user.to_string(), mechanism)).or_default();
-        *times += 1;
-        let change = if *times > 1 {
+        let change = if twice.contains(&(user.to_string(), mechanism)) {
             Err((
                 E::DuplicateResource,
                 "a credential is altered twice in the request".to_string(),
