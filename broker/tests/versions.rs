@@ -525,6 +525,54 @@ async fn every_version_of_every_api_answers() {
         assert_eq!(r.responses[0].error_code, 0, "DeleteTopics v{v}");
         calls += 1;
     }
+    // No election is ever needed (one broker leads every partition), and no reassignment is
+    // ever in progress: as Kafka answers in those cases.
+    let now = runnel::broker::now_ms();
+    let catalog = &broker.broker.catalog;
+    catalog
+        .create_topic("elect", 1, 1, Default::default(), false, now)
+        .unwrap();
+    for v in range(ApiKey::ElectLeaders) {
+        let asked = elect_leaders_request::TopicPartitions::default()
+            .with_topic(topic("elect"))
+            .with_partitions(vec![0, 7]);
+        let r = c
+            .call(
+                &ElectLeadersRequest::default()
+                    .with_topic_partitions(Some(vec![asked]))
+                    .with_timeout_ms(1000),
+                v,
+            )
+            .await;
+        let codes: Vec<i16> = r.replica_election_results[0]
+            .partition_result
+            .iter()
+            .map(|p| p.error_code)
+            .collect();
+        assert_eq!(
+            codes,
+            [84, 3],
+            "ElectLeaders v{v}: ELECTION_NOT_NEEDED, unknown"
+        );
+        let all = c
+            .call(
+                &ElectLeadersRequest::default().with_topic_partitions(None),
+                v,
+            )
+            .await;
+        assert!(all.replica_election_results.is_empty(), "ElectLeaders v{v}");
+        calls += 1;
+    }
+    for v in range(ApiKey::ListPartitionReassignments) {
+        let r = c
+            .call(
+                &ListPartitionReassignmentsRequest::default().with_timeout_ms(1000),
+                v,
+            )
+            .await;
+        assert_eq!((r.error_code, r.topics.len()), (0, 0));
+        calls += 1;
+    }
     assert!(calls > 100, "{calls} calls");
     broker.shutdown().await;
 }

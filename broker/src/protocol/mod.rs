@@ -324,6 +324,8 @@ throttle_time_ms!(
     DeleteRecordsResponse,
     DescribeLogDirsResponse,
     DescribeClusterResponse,
+    ElectLeadersResponse,
+    ListPartitionReassignmentsResponse,
     DescribeUserScramCredentialsResponse,
     AlterUserScramCredentialsResponse,
     DescribeClientQuotasResponse,
@@ -532,6 +534,8 @@ pub fn routes() -> Dispatcher {
     .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)
     .add::<DescribeLogDirsRequest, _, _>(1, 4, describe_log_dirs::handle)
     .add::<DescribeClusterRequest, _, _>(0, 2, describe_cluster::handle)
+    .add::<ElectLeadersRequest, _, _>(0, 2, elect_leaders::handle)
+    .add::<ListPartitionReassignmentsRequest, _, _>(0, 0, list_partition_reassignments::handle)
     .add::<DescribeUserScramCredentialsRequest, _, _>(0, 0, describe_user_scram_credentials::handle)
     .add::<AlterUserScramCredentialsRequest, _, _>(0, 0, alter_user_scram_credentials::handle)
     .add::<DescribeClientQuotasRequest, _, _>(0, 1, describe_client_quotas::handle)
