@@ -588,6 +588,12 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
             let now = now_ms();
             for topic in b.catalog.list() {
                 for p in topic.partitions() {
+                    // A failed log (a failed fsync) is left as it is until the broker starts again.
+                    let failed = p.log().failed().map(str::to_string);
+                    if let Some(reason) = failed {
+                        b.storage_failed(&format!("{}-{}: {reason}", topic.name, p.index));
+                        continue;
+                    }
                     // Rolled segments first, so that they are synced before the active one.
                     seal_rolled(&p);
                     // The fsync itself runs without the log's lock, so appends go on.

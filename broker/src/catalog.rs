@@ -556,6 +556,10 @@ impl Catalog {
             });
         }
         let config = self.log_config(&configs)?;
+        // A follower copies what its leader took, whatever its own count says.
+        if id.is_none() {
+            self.room_for(partitions)?;
+        }
         let mut topics = self.write();
         if topics.contains_key(name) {
             return Err(CatalogError::TopicExists(name.to_string()));
@@ -568,7 +572,6 @@ impl Catalog {
                 existing: existing.to_string(),
             });
         }
-        self.room_for(partitions)?;
         let name: Arc<str> = name.into();
         let id = id.unwrap_or_else(Uuid::new_v4);
         if validate_only {
@@ -609,6 +612,7 @@ impl Catalog {
             }
             return Err(e);
         }
+        self.opened(partitions);
         let topic = Arc::new(Topic {
             name: name.clone(),
             id,
@@ -646,11 +650,15 @@ impl Catalog {
             );
             return Err(refused);
         }
+        Ok(())
+    }
+
+    /// Adds `partitions` made since the last count of the open files to it.
+    fn opened(&self, partitions: i32) {
         let mut counted = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, n)) = counted.as_mut() {
-            *n += wanted;
+            *n += u64::try_from(partitions).unwrap_or(0);
         }
-        Ok(())
     }
 
     /// The files this process has open and its limit, if both can be known (Linux's
@@ -712,11 +720,14 @@ impl Catalog {
         Ok(())
     }
 
+    /// Grows topic `name` to `count` partitions. `replica`: a follower copying its leader's
+    /// count, which the open-files guard does not hold back.
     pub fn create_partitions(
         &self,
         name: &str,
         count: i32,
         validate_only: bool,
+        replica: bool,
         now_ms: i64,
     ) -> Result<(), CatalogError> {
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
@@ -732,7 +743,9 @@ impl Catalog {
             };
             return Err(CatalogError::InvalidPartitions { count, reason });
         }
-        self.room_for(count - current)?;
+        if !replica {
+            self.room_for(count - current)?;
+        }
         if validate_only {
             return Ok(());
         }
@@ -758,6 +771,7 @@ impl Catalog {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .extend(added);
+        self.opened(count - current);
         self.added.notify_waiters();
         Ok(())
     }

@@ -510,6 +510,19 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
             .await;
         assert_eq!(r.results[0].error_code, code, "broker {resource_name:?}");
     }
+
+    // A topic by its id alone, and by name and id in another entry: the second is refused for
+    // naming both, the first deletes the topic (not a duplicate, as Kafka counts them).
+    let id = catalog.get("once").unwrap().id;
+    let r = c
+        .call(
+            &DeleteTopicsRequest::default().with_topics(vec![by(None, id), by(Some("once"), id)]),
+            6,
+        )
+        .await;
+    let codes: Vec<i16> = r.responses.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, [0, INVALID_REQUEST]);
+    assert!(catalog.get("once").is_none());
     broker.shutdown().await;
 }
 

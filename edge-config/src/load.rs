@@ -188,8 +188,14 @@ fn with_allowed(message: String, path: &str) -> String {
     let Some(allowed) = keys::key_at(path).and_then(|key| allowed_in(key.doc)) else {
         return message;
     };
+    // A number too large for the type (which "0 or more" does not say) keeps its bound.
+    let most = message[at..]
+        .rsplit_once(" to ")
+        .filter(|_| message.contains("invalid value"))
+        .map(|(_, max)| format!(", at most {max}"))
+        .unwrap_or_default();
     format!(
-        "{}expected a whole number; allowed: {allowed}",
+        "{}expected a whole number; allowed: {allowed}{most}",
         &message[..at]
     )
 }

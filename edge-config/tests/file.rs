@@ -304,7 +304,7 @@ fn malformed_values_name_line_and_key() {
     assert_eq!(
         error("[broker]\nnode_id = 99999999999\n"),
         "runnel.toml:2: broker.node_id: invalid value: integer `99999999999`, expected a whole \
-         number; allowed: 0 or more"
+         number; allowed: 0 or more, at most 2147483647"
     );
     assert_eq!(
         error("[broker]\ndefault_partitions = 2.5\n"),

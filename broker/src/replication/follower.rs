@@ -731,7 +731,7 @@ fn copy_topic(
             if t.partition_count() < partitions {
                 broker
                     .catalog
-                    .create_partitions(name, partitions, false, now)?;
+                    .create_partitions(name, partitions, false, true, now)?;
             }
             if t.configs() != *configs {
                 let changes = configs

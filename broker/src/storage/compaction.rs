@@ -1009,6 +1009,7 @@ impl PartitionLog {
         limit: i64,
         copied_below: i64,
     ) -> Result<Option<CompactionPass>, StorageError> {
+        self.check_not_failed()?;
         let state = self.compaction;
         let tombstones_below = state.clean_through.min(copied_below);
         // The share of sealed bytes written since the last cleaning (all of it after a restart).

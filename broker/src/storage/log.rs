@@ -146,7 +146,7 @@ pub struct PartitionLog {
     /// takes no writes and serves no reads (which could hand out records a restart will not
     /// find) until the broker reads it back from the disk at its next start, as Kafka takes a
     /// log directory offline.
-    failed: Option<String>,
+    pub(super) failed: Option<String>,
 }
 
 impl PartitionLog {
@@ -552,7 +552,13 @@ impl PartitionLog {
     /// released ([`PendingSeal::run`]) and reported back with [`PartitionLog::seal_done`]; a
     /// seal that failed is started again next time. Cheap: the index files are encoded, nothing
     /// is written.
+    /// None once an fsync of the log failed: a retried fsync may succeed though the data never
+    /// reached the disk, and the index files a seal writes would make the next start trust the
+    /// segment instead of reading it whole.
     pub fn start_seals(&self) -> Vec<PendingSeal> {
+        if self.failed.is_some() {
+            return Vec::new();
+        }
         self.unsealed
             .iter()
             .filter_map(|&base| {
@@ -580,6 +586,7 @@ impl PartitionLog {
     /// Runs the pending seals here, with the log held (shutdown, [`PartitionLog::flush`]); all
     /// of them are tried, the first failure is returned and the failed ones stay pending.
     pub(crate) fn seal_all(&mut self) -> Result<(), StorageError> {
+        self.check_not_failed()?;
         let mut first_error = None;
         for seal in self.start_seals() {
             match seal.run() {
@@ -694,6 +701,7 @@ impl PartitionLog {
     /// for LogAppendTime batches every record has the batch's maxTimestamp. If the batch cannot
     /// be decoded, its base offset and maxTimestamp are returned.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        self.check_not_failed()?;
         for seg in &self.segments {
             if seg.max_timestamp == NO_TIMESTAMP
                 || seg.max_timestamp < ts
@@ -736,6 +744,7 @@ impl PartitionLog {
     /// such record when several share it. Exact to the record, as Kafka 3.8+ (KIP-734): the
     /// winning batch is decoded. `None` for an empty log.
     pub fn max_timestamp(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        self.check_not_failed()?;
         let start = self.log_start_offset;
         // The whole batch holding the largest timestamp: (timestamp, segment, position, header).
         let mut best: Option<(i64, usize, u64, BatchHeader)> = None;
@@ -846,6 +855,7 @@ impl PartitionLog {
     /// sync may or may not cover it). If the sync fails, [`PartitionLog::flush_failed`] marks
     /// the data unflushed again.
     pub fn start_flush(&mut self, now_ms: i64) -> Result<Option<PendingFlush>, StorageError> {
+        self.check_not_failed()?;
         if !self.unflushed {
             self.last_flush_ms = now_ms;
             return Ok(None);
@@ -866,6 +876,8 @@ impl PartitionLog {
     /// fsync everything: the rolled segments not yet sealed, then the active segment (also when
     /// a seal fails, whose error is then returned).
     pub fn flush(&mut self, now_ms: i64) -> Result<(), StorageError> {
+        // After a failed fsync, a retried one proves nothing (see `start_seals`).
+        self.check_not_failed()?;
         let sealed = self.seal_all();
         if self.unflushed {
             self.active().sync().map_err(|e| self.note_error(e))?;
@@ -1018,13 +1030,16 @@ pub fn check_produce_records(
     rewritten: bool,
     now_ms: i64,
 ) -> Result<(), StorageError> {
+    // After the batches' own checks, as in Kafka: a batch over max.message.bytes is
+    // MESSAGE_TOO_LARGE (which producers split on), a damaged one CORRUPT_MESSAGE.
+    check_produce_data(records, config, rewritten, true, now_ms)?;
     if records.len() as u64 > config.segment_bytes {
         return Err(StorageError::LargerThanSegment {
             size: records.len() as u64,
             segment_bytes: config.segment_bytes,
         });
     }
-    check_produce_data(records, config, rewritten, true, now_ms).map(|_| ())
+    Ok(())
 }
 
 /// The offsets between one segment's end and the next one's base.

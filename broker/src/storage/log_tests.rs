@@ -1472,3 +1472,47 @@ fn offsets_a_removed_segment_held_are_found_missing() {
     assert_eq!(super::log::offsets_in_no_segment(&log.segments), [10..=14]);
     assert_eq!(log.log_end_offset(), 20);
 }
+
+/// A failed write is the write's error; a failed fsync fails the log: no appends, reads, seals,
+/// flushes, truncations or DeleteRecords until it is opened again from the disk (a retried
+/// fsync may succeed though the data never reached it).
+#[test]
+fn a_failed_fsync_fails_the_log_and_a_failed_write_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    log.append(&batch(2, NOW), NOW).unwrap();
+    log.append(&batch(2, NOW), NOW).unwrap();
+    let io = |kind| std::io::Error::from(kind);
+    let e = log.note_error(StorageError::Io {
+        path: dir.path().join("x"),
+        source: io(std::io::ErrorKind::StorageFull),
+    });
+    assert!(matches!(e, StorageError::Io { .. }));
+    assert_eq!(log.failed(), None);
+    log.append(&batch(1, NOW), NOW).unwrap();
+
+    log.note_error(StorageError::Sync {
+        path: dir.path().join("x"),
+        source: io(std::io::ErrorKind::Other),
+    });
+    assert!(log.failed().is_some_and(|f| f.contains("fsync of")));
+    let failed = |r: Result<(), StorageError>| matches!(r, Err(StorageError::Failed { .. }));
+    assert!(failed(log.append(&batch(1, NOW), NOW).map(|_| ())));
+    assert!(failed(log.read(0, 1 << 20).map(|_| ())));
+    assert!(failed(log.flush(NOW)));
+    assert!(failed(log.start_flush(NOW).map(|_| ())));
+    assert!(log.start_seals().is_empty());
+    assert!(failed(log.truncate_to(1, NOW)));
+    assert!(failed(log.delete_records_before(1).map(|_| ())));
+    assert!(failed(log.offset_for_timestamp(NOW).map(|_| ())));
+    assert_eq!(log.log_end_offset(), 5, "nothing written after the failure");
+    drop(log);
+    // Opened again (the broker's next start): it reads what is on the disk and works.
+    let mut log = open(dir.path(), config);
+    assert_eq!(log.failed(), None);
+    log.append(&batch(1, NOW), NOW).unwrap();
+}

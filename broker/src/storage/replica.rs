@@ -131,6 +131,7 @@ impl PartitionLog {
     /// holding `offset` goes too): what a follower does with records the leader does not have.
     /// At or below the log start the log is emptied and starts at `offset`.
     pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> Result<(), StorageError> {
+        self.check_not_failed()?;
         if offset >= self.log_end_offset() {
             return Ok(());
         }
@@ -151,7 +152,10 @@ impl PartitionLog {
                 .open(&path)
                 .map_err(io_err(&path))?;
             file.set_len(cut).map_err(io_err(&path))?;
-            file.sync_all().map_err(io_err(&path))?;
+            // Unsynced, the cut records could come back after a crash.
+            if let Err(source) = file.sync_all() {
+                return Err(self.note_error(StorageError::Sync { path, source }));
+            }
             let _ = fs::remove_file(index_path(&self.dir, active.base_offset));
             let _ = fs::remove_file(timeindex_path(&self.dir, active.base_offset));
         }
@@ -161,6 +165,7 @@ impl PartitionLog {
     /// Empties the log and starts it at `offset`: a follower whose log is behind the leader's
     /// log start, or that has nothing in common with it.
     pub fn restart_at(&mut self, offset: i64, now_ms: i64) -> Result<(), StorageError> {
+        self.check_not_failed()?;
         self.seal_all()?;
         for seg in self.segments.drain(..) {
             seg.delete_files()?;
@@ -174,7 +179,10 @@ impl PartitionLog {
     /// Opens the directory again, as at start-up: segments, indexes and producer states are
     /// read from what is now on disk.
     pub(super) fn reopen(&mut self, now_ms: i64) -> Result<(), StorageError> {
+        let failed = self.failed.take();
         *self = PartitionLog::open(self.dir.clone(), self.config.clone(), now_ms)?;
+        // What a failed fsync left is not known before the broker starts again.
+        self.failed = failed;
         Ok(())
     }
 }

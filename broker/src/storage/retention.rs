@@ -54,6 +54,7 @@ impl PartitionLog {
     /// segments that end at or before it. Returns the log start offset. `offset` above the log
     /// end is `OffsetOutOfRange` (the protocol layer maps Kafka's -1 "high watermark" itself).
     pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, StorageError> {
+        self.check_not_failed()?;
         let end = self.log_end_offset();
         if offset < 0 || offset > end {
             return Err(StorageError::OffsetOutOfRange {

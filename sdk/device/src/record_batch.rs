@@ -423,6 +423,17 @@ mod tests {
         for len in 0..batch.len() {
             assert!(decode(batch.slice(..len)).is_err(), "cut at {len}");
         }
+        // Damage the CRC does not catch (its writer's own bug): the record parser's checks,
+        // never a panic nor a read past the batch.
+        for at in CRC_FROM..batch.len() {
+            for value in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut bad = batch.to_vec();
+                bad[at] = value;
+                let crc = crc32c::crc32c(&bad[CRC_FROM..]);
+                bad[CRC_FROM - 4..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+                let _ = decode(Bytes::from(bad));
+            }
+        }
         assert!(encode([], Writer::NONE, Compression::None).is_err());
     }
 

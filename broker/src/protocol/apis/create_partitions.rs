@@ -58,7 +58,7 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
                 .map_or(0, |topic| topic.partition_count());
             let added = f64::from(t.count.saturating_sub(had).max(0));
             if limited {
-                let checked = catalog.create_partitions(&t.name, t.count, true, now_ms());
+                let checked = catalog.create_partitions(&t.name, t.count, true, false, now_ms());
                 match checked.map(|()| client_quotas::take(&ctx, mutations, added)) {
                     Ok(Ok(())) => {}
                     Ok(Err(ms)) => {
@@ -73,7 +73,7 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
                     }
                 }
             }
-            match catalog.create_partitions(&t.name, t.count, req.validate_only, now_ms()) {
+            match catalog.create_partitions(&t.name, t.count, req.validate_only, false, now_ms()) {
                 Ok(()) if !strict && !req.validate_only => {
                     client_quotas::charge(&ctx, mutations, added);
                 }

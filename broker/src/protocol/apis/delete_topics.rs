@@ -25,17 +25,29 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
         .map(|n| (Some(n), uuid::Uuid::nil()))
         .collect();
     wanted.extend(req.topics.into_iter().map(|t| (t.name, t.topic_id)));
-    let names_twice = super::repeated(wanted.iter().filter_map(|(n, _)| n.clone()));
-    let ids_twice = super::repeated(wanted.iter().map(|(_, id)| *id).filter(|id| !id.is_nil()));
+    // Duplicates among the entries that name a topic one way only, as Kafka's controller counts
+    // them (an entry with both is refused for that).
+    let names_twice = super::repeated(
+        wanted
+            .iter()
+            .filter(|(_, id)| id.is_nil())
+            .filter_map(|(n, _)| n.clone()),
+    );
+    let ids_twice = super::repeated(
+        wanted
+            .iter()
+            .filter(|(n, id)| n.is_none() && !id.is_nil())
+            .map(|(_, id)| *id),
+    );
     let mut answered = std::collections::HashSet::new();
     let responses = wanted
         .into_iter()
         // One answer for a topic given twice, which is not deleted.
         .filter(|(name, id)| match name {
-            Some(n) if names_twice.contains(n) => {
+            Some(n) if id.is_nil() && names_twice.contains(n) => {
                 answered.insert((Some(n.clone()), uuid::Uuid::nil()))
             }
-            _ if ids_twice.contains(id) => answered.insert((None, *id)),
+            None if ids_twice.contains(id) => answered.insert((None, *id)),
             _ => true,
         })
         .map(|(name, id)| {
@@ -44,7 +56,7 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
                 .with_topic_id(id);
             // As Kafka's controller checks them: a topic is named by its name or its id.
             let refusal = match &name {
-                Some(n) if names_twice.contains(n) => Some("Duplicate topic name."),
+                Some(n) if id.is_nil() && names_twice.contains(n) => Some("Duplicate topic name."),
                 None if ids_twice.contains(&id) => Some("Duplicate topic id."),
                 Some(_) if !id.is_nil() => {
                     Some("You may not specify both topic name and topic id.")

@@ -43,10 +43,10 @@ fn other_broker(name: &str, me: i32) -> Option<String> {
     match name.parse::<i32>() {
         Ok(id) if id == me => None,
         Ok(id) => Some(format!(
-            "Unexpected broker id, expected {me}, but received {id}"
+            "Unexpected broker id, expected {me} or empty string, but received {id}"
         )),
         Err(_) => Some(format!(
-            "Node id must be an integer, but it is: {}",
+            "Broker id must be an integer, but it is: {}",
             crate::log_budget::client_text(name)
         )),
     }

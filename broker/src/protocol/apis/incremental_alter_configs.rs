@@ -44,10 +44,14 @@ pub async fn handle(
             } else if !super::repeated(r.configs.iter().map(|c| c.name.clone())).is_empty() {
                 Some("Error due to duplicate config keys".to_string())
             } else {
-                r.configs
+                let null: Vec<&str> = r
+                    .configs
                     .iter()
-                    .find(|c| c.config_operation == SET && c.value.is_none())
-                    .map(|c| format!("Null value not supported for : {}", c.name.as_str()))
+                    .filter(|c| c.config_operation != DELETE && c.value.is_none())
+                    .map(|c| c.name.as_str())
+                    .collect();
+                (!null.is_empty())
+                    .then(|| format!("Null value not supported for : {}", null.join(", ")))
             };
             if let Some(why) = refusal {
                 out.error_code = E::InvalidRequest.code();
