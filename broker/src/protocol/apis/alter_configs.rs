@@ -26,20 +26,14 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
             // As Kafka's brokers check a request before its resources.
-            let refusal = if twice.contains(&key(&r)) {
-                Some("Each resource must appear at most once.".to_string())
-            } else if !super::repeated(r.configs.iter().map(|c| c.name.clone())).is_empty() {
-                Some("Error due to duplicate config keys".to_string())
-            } else {
-                let null: Vec<&str> = r
-                    .configs
+            let refusal = super::config_resource_refusal(
+                twice.contains(&key(&r)),
+                r.configs.iter().map(|c| c.name.as_str()),
+                r.configs
                     .iter()
                     .filter(|c| c.value.is_none())
-                    .map(|c| c.name.as_str())
-                    .collect();
-                (!null.is_empty())
-                    .then(|| format!("Null value not supported for : {}", null.join(", ")))
-            };
+                    .map(|c| c.name.as_str()),
+            );
             if let Some(why) = refusal {
                 out.error_code = E::InvalidRequest.code();
                 out.error_message = Some(s(why));

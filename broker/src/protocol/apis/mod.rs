@@ -75,6 +75,24 @@ pub(crate) fn repeated<T: std::hash::Hash + Eq>(
     twice
 }
 
+/// Why a resource of an AlterConfigs or IncrementalAlterConfigs request is refused before
+/// anything else is looked at, as Kafka's brokers check it: named twice in the request, a key
+/// given twice, or keys without a value (`nulls`: those of operations that need one).
+pub(crate) fn config_resource_refusal<'a>(
+    resource_twice: bool,
+    keys: impl Iterator<Item = &'a str>,
+    nulls: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    if resource_twice {
+        return Some("Each resource must appear at most once.".to_string());
+    }
+    if !repeated(keys).is_empty() {
+        return Some("Error due to duplicate config keys".to_string());
+    }
+    let nulls: Vec<&str> = nulls.collect();
+    (!nulls.is_empty()).then(|| format!("Null value not supported for : {}", nulls.join(", ")))
+}
+
 /// Why the ACL APIs are refused while ACLs are off.
 pub(crate) const ACLS_OFF: &str = "ACLs are off on this broker (set acls.enabled = true)";
 
