@@ -608,10 +608,12 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
                         log.flush_failed();
                         log.note_error(e);
                     }
-                    // A failed fsync here or on any write path fails the broker's storage.
+                    // A failed fsync here or on any write path fails the broker's storage; no
+                    // retention or compaction on what is left of the log.
                     let failed = p.log().failed().map(str::to_string);
                     if let Some(reason) = failed {
                         b.storage_failed(&format!("{}-{}: {reason}", topic.name, p.index));
+                        continue;
                     }
                     if run_maintenance
                         && let Err(e) = maintain(b.cluster.as_ref(), &p, now) {
