@@ -20,14 +20,22 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_metrics_report_traffic() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::test_config(dir.path());
+/// A broker in `dir` with its admin HTTP listener on a free port, and that port's address.
+async fn with_admin_listener(
+    dir: &std::path::Path,
+) -> (runnel::BrokerHandle, std::net::SocketAddr) {
+    let mut cfg = common::test_config(dir);
     cfg.listeners.admin.enabled = true;
     cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
     let broker = common::start_with(cfg).await;
     let admin = broker.admin_addr.unwrap();
+    (broker, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_report_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, admin) = with_admin_listener(dir.path()).await;
     assert!(get(admin, "/health").await.starts_with("HTTP/1.1 200"));
 
     let p: FutureProducer = common::client_config(&broker.bootstrap()).create().unwrap();
@@ -538,11 +546,7 @@ async fn a_failed_fsync_stops_writes_and_reads_and_makes_the_broker_unhealthy() 
     use runnel::storage::StorageError;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::test_config(dir.path());
-    cfg.listeners.admin.enabled = true;
-    cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
-    let broker = common::start_with(cfg).await;
-    let admin = broker.admin_addr.unwrap();
+    let (broker, admin) = with_admin_listener(dir.path()).await;
     let mut c = common::RawClient::connect(&broker.bootstrap()).await;
     let produce = || {
         let records = [common::record(0, None, b"r", 1_700_000_000_000)];
