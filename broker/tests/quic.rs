@@ -542,6 +542,24 @@ async fn shutdown_closes_quic_connections() {
     assert!(s.answers().await);
     // Connected, no stream open.
     let idle = connect(&broker).await;
+    // The broker's side of the handshake done for both (a connect returns once the device's
+    // side is): a close before it can carry no reason (RFC 9000, 10.2.3).
+    let open = || {
+        broker
+            .broker
+            .metrics
+            .quic_connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        open(),
+        2,
+        "both connections established on the broker's side"
+    );
     let started = Instant::now();
     broker.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(5));
