@@ -392,6 +392,7 @@ pub async fn start_broker_from(
         broker.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(return_free_memory(shutdown_rx.clone())));
     // Only the leader forwards: a follower's copies would be sent twice.
     if broker.cluster.as_ref().is_none_or(|c| c.is_leader()) {
         tasks.extend(federation.spawn(&broker, &shutdown_rx));
@@ -455,6 +456,38 @@ async fn transaction_ticks(broker: Arc<Broker>, mut shutdown: watch::Receiver<bo
             _ = every.tick() => waiting_for_disk(|| txns.tick(&broker, now_ms())),
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// How often the heap's free pages are handed back to the kernel.
+const RETURN_FREE_MEMORY_EVERY: Duration = Duration::from_secs(30);
+
+/// Hands the malloc heaps' free pages back to the kernel every
+/// [`RETURN_FREE_MEMORY_EVERY`], so that the broker's resident memory falls again after a burst
+/// (see [`crate::alloc::return_free_memory`]). A trim runs off the async workers.
+async fn return_free_memory(mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(RETURN_FREE_MEMORY_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let _ = tokio::task::spawn_blocking(|| {
+            let started = std::time::Instant::now();
+            let before = crate::admin::process::resident_bytes();
+            if crate::alloc::return_free_memory() {
+                let after = crate::admin::process::resident_bytes();
+                tracing::debug!(
+                    took_us = started.elapsed().as_micros() as u64,
+                    resident_before = before,
+                    resident_after = after,
+                    "free heap memory returned to the kernel"
+                );
+            }
+        })
+        .await;
     }
 }
 

@@ -59,6 +59,16 @@ async fn health_and_metrics_report_traffic() {
     assert!(m.contains("runnel_records_in_total 7"), "{m}");
     assert!(m.contains("runnel_requests_total{api=\"Produce\"}"), "{m}");
     assert!(m.contains("runnel_connections_open "), "{m}");
+    // The process's own figures, under the names Prometheus' client libraries use.
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(m.contains(&format!("\n{family} ")), "{family} missing: {m}");
+    }
 
     // A group that committed offset 3 of the 7: its committed offset and lag 4, and no members
     // once its consumer is gone.

@@ -4,7 +4,8 @@
 //! Unauthenticated by design; keep it on a trusted interface.
 //!
 //! The counters live in [`Metrics`], updated with relaxed atomics on the data path; partition
-//! gauges (log start and end offsets, size on disk) are read from the catalog when scraped.
+//! gauges (log start and end offsets, size on disk) are read from the catalog when scraped;
+//! the process's own figures (CPU, memory, open files) are in [`process`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::broker::Broker;
 
 pub mod plugins;
+pub mod process;
 
 /// Highest Kafka API key we keep a request counter for.
 const MAX_API_KEY: usize = 128;
@@ -322,6 +324,7 @@ impl Metrics {
         render_plugins(&mut out, broker);
         render_federation(&mut out, broker);
         render_replication(&mut out, broker);
+        process::render(&mut out);
         out
     }
 }
