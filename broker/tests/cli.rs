@@ -1278,6 +1278,7 @@ async fn groups_commands_describe_reset_and_delete() {
             (&["--shift-by", "3"], "3"),
             (&["--shift-by", "-1"], "2"),
             (&["--to-offset", "99"], "10"),
+            (&["--to-offset", "-5"], "0"),
             (&["--to-datetime", "2000-01-01T00:00:00Z"], "0"),
             (&["--to-latest"], "10"),
         ] {

@@ -329,8 +329,9 @@ struct ResetToArgs {
     /// The log end offset.
     #[arg(long)]
     to_latest: bool,
-    /// This offset (moved into the log's range when outside it).
-    #[arg(long, value_name = "OFFSET")]
+    /// This offset (moved into the log's range when outside it, so a negative one means the
+    /// earliest).
+    #[arg(long, value_name = "OFFSET", allow_negative_numbers = true)]
     to_offset: Option<i64>,
     /// The committed offset plus N (N may be negative).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
