@@ -236,7 +236,8 @@ pub struct TlsListener {
     pub key: PathBuf,
     /// PEM CA certificate(s). Default `""`: clients are not asked for a certificate. When set,
     /// every client must present a certificate signed by this CA, and its subject becomes the
-    /// client's principal.
+    /// client's principal. Client certificates must be X.509 version 3: version 1 ones (which
+    /// Kafka's Java TLS takes) are refused, with a WARN that says so.
     pub client_ca: PathBuf,
     /// With `client_ca`: the principal of a client certificate. Default `cn`: `User:<CN>`;
     /// `dn`: `User:<subject DN>`, as Kafka names it (`User:CN=alice,OU=eng,O=Acme`).

@@ -44,9 +44,95 @@ pub fn client_verifier(
             .add(ca)
             .with_context(|| format!("{key}: unusable CA certificate"))?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .with_context(|| key.to_string())
+        .with_context(|| key.to_string())?;
+    Ok(Arc::new(SaysWhyVersion1(webpki)))
+}
+
+/// The WebPKI verifier, which says in the log why it refused a client certificate of X.509
+/// version 1: the TLS alert the client gets (`certificate_unknown`) cannot say it, and Kafka's
+/// Java TLS accepts such certificates (`openssl x509 -req` without extensions makes them), so
+/// a gateway taking over from Kafka could otherwise refuse its clients with no reason given.
+#[derive(Debug)]
+struct SaysWhyVersion1(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+/// Version 1 certificates refused, said a minute.
+static VERSION_1_REFUSED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new(60);
+
+/// The subject of the first X.509 version 1 certificate of a chain, if it holds one.
+fn version_1_subject(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Option<String> {
+    std::iter::once(end_entity)
+        .chain(intermediates)
+        .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+        .find(|(_, c)| c.version() == x509_parser::x509::X509Version::V1)
+        .map(|(_, c)| c.subject().to_string())
+}
+
+impl rustls::server::danger::ClientCertVerifier for SaysWhyVersion1 {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|_| {
+                if let Some(subject) = version_1_subject(end_entity, intermediates) {
+                    crate::log_budget::within_budget!(
+                        VERSION_1_REFUSED,
+                        warn,
+                        subject,
+                        "refused a client certificate chain holding an X.509 version 1 \
+                         certificate: only version 3 certificates are accepted (Kafka's Java TLS \
+                         also takes version 1); issue it again as version 3, e.g. with \
+                         `openssl x509 -req ... -extfile <(echo basicConstraints=CA:FALSE)`"
+                    );
+                }
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
 }
 
 /// The principal of a (verified) client certificate: `User:<CN>` of its subject, or with
@@ -80,7 +166,7 @@ pub fn principal_of(cert: &[u8], how: CertPrincipal) -> Result<String, &'static 
 /// default TLS principal (RFC 2253): the RDNs from the last encoded (most specific) to the first,
 /// joined by `,`, the attributes of one RDN by `+`; the keywords CN, C, L, ST, O, OU, STREET,
 /// DC and UID, other attribute types as their dotted OID with `#` and the value's DER in hex;
-/// `,+"\<>;` escaped with `\`, as are a leading `#` or space and a trailing space.
+/// `,=+<>#;"\` escaped with `\` wherever they are, as are a leading and a trailing space.
 fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
     use x509_parser::asn1_rs::ToDer as _;
     let mut rdns = Vec::new();
@@ -123,8 +209,9 @@ fn escape_dn_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let last = value.chars().count().saturating_sub(1);
     for (i, c) in value.chars().enumerate() {
-        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
-            || (i == 0 && (c == '#' || c == ' '))
+        // Java escapes `=` and `#` wherever they are, more than RFC 2253 asks.
+        let special = matches!(c, ',' | '=' | '+' | '<' | '>' | '#' | ';' | '"' | '\\')
+            || (i == 0 && c == ' ')
             || (i == last && c == ' ');
         if special {
             out.push('\\');
@@ -229,6 +316,114 @@ pub(crate) fn client_config(
 mod tests {
     use super::*;
 
+    /// A DER element: tag, length, body.
+    fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match body.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A CA (version 3, as rcgen makes them) and a client certificate of X.509 version 1 that
+    /// it signed (no version field, no extensions: what `openssl x509 -req` without `-extfile`
+    /// makes), written by hand since rcgen makes only version 3.
+    fn ca_and_version_1_client() -> (
+        rcgen::Certificate,
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        CertificateDer<'static>,
+    ) {
+        use rcgen::PublicKeyData as _;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let ca = (ca_cert, ca);
+        let (_, parsed_ca) = x509_parser::parse_x509_certificate(ca.0.der()).unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let ecdsa_sha256 = der(
+            0x30,
+            &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+        );
+        let subject = der(
+            0x30,
+            &der(
+                0x31,
+                &der(
+                    0x30,
+                    &[der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"v1-device")].concat(),
+                ),
+            ),
+        );
+        let validity = der(
+            0x30,
+            &[der(0x17, b"200101000000Z"), der(0x17, b"491231235959Z")].concat(),
+        );
+        let tbs = der(
+            0x30,
+            &[
+                der(0x02, &[0x01, 0x23]),
+                ecdsa_sha256.clone(),
+                parsed_ca.subject().as_raw().to_vec(),
+                validity,
+                subject,
+                client_key.subject_public_key_info(),
+            ]
+            .concat(),
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &ca_key.serialize_der(),
+            &rng,
+        )
+        .unwrap();
+        let signature = signer.sign(&rng, &tbs).unwrap();
+        let bits = [&[0u8][..], signature.as_ref()].concat();
+        let cert = der(0x30, &[tbs, ecdsa_sha256, der(0x03, &bits)].concat());
+        (
+            ca.0,
+            rcgen::Issuer::new(ca.1, ca_key),
+            CertificateDer::from(cert),
+        )
+    }
+
+    #[test]
+    fn a_version_1_client_certificate_is_refused_and_named() {
+        let (ca, issuer, v1) = ca_and_version_1_client();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&v1).unwrap();
+        assert_eq!(parsed.version(), x509_parser::x509::X509Version::V1);
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = client_verifier(&ca_file, "client_ca", provider).unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        // WebPKI refuses version 1 (if it ever takes them, the wrapper can go).
+        let refused = verifier.verify_client_cert(&v1, &[], now).unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("UnsupportedCertVersion"),
+            "{refused:?}"
+        );
+        assert_eq!(version_1_subject(&v1, &[]).as_deref(), Some("CN=v1-device"));
+        // A version 3 certificate from the same CA passes and is not taken for one.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "v3-device");
+        let v3 = params.signed_by(&key, &issuer).unwrap();
+        assert!(verifier.verify_client_cert(v3.der(), &[], now).is_ok());
+        assert_eq!(version_1_subject(v3.der(), &[]), None);
+        // Nor is a version 1 certificate in the chain missed behind a version 3 one.
+        assert!(version_1_subject(v3.der(), std::slice::from_ref(&v1)).is_some());
+    }
+
     #[test]
     fn principal_is_the_subject_common_name() {
         let mut params = rcgen::CertificateParams::new(vec!["dev.local".to_string()]).unwrap();
@@ -274,7 +469,7 @@ mod tests {
         let mut dn = rcgen::DistinguishedName::new();
         dn.push(rcgen::DnType::CountryName, "DE");
         dn.push(rcgen::DnType::OrganizationName, "Acme, Inc.");
-        dn.push(rcgen::DnType::OrganizationalUnitName, "plant 2");
+        dn.push(rcgen::DnType::OrganizationalUnitName, "plant 2 #7=a");
         dn.push(rcgen::DnType::CommonName, "#sensor-42 ");
         dn.push(
             rcgen::DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
@@ -292,7 +487,7 @@ mod tests {
         assert_eq!(
             principal_of(cert.der(), CertPrincipal::Dn).unwrap(),
             format!(
-                "User:1.2.840.113549.1.9.1=#1610{hex},CN=\\#sensor-42\\ ,OU=plant 2,O=Acme\\, Inc.,C=DE"
+                "User:1.2.840.113549.1.9.1=#1610{hex},CN=\\#sensor-42\\ ,OU=plant 2 \\#7\\=a,O=Acme\\, Inc.,C=DE"
             )
         );
     }
