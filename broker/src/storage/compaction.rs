@@ -368,6 +368,9 @@ struct Cleaned {
     /// member's); empty when every record of the group went.
     segment: Segment,
     removed: u64,
+    /// Offsets of the transaction markers it removed: once it is swapped in, an aborted
+    /// transaction ended by one is no longer listed to read_committed consumers.
+    markers_removed: Vec<i64>,
 }
 
 impl Cleaned {
@@ -409,6 +412,7 @@ struct Group {
     out: Option<Out>,
     size: u64,
     removed: u64,
+    markers_removed: Vec<i64>,
 }
 
 impl Group {
@@ -431,6 +435,8 @@ struct Kept {
     /// bound.
     held: Option<i64>,
     late: u64,
+    /// Offsets of the markers that went.
+    markers_removed: Vec<i64>,
 }
 
 impl Kept {
@@ -570,6 +576,7 @@ impl CompactionPass {
             held = earliest(held, kept.held);
             g.size += kept.size;
             g.removed += kept.removed;
+            g.markers_removed.extend(kept.markers_removed);
         }
         self.close(group.take(), cleaned)?;
         Ok((cleaned_through, next_expiry, held))
@@ -658,6 +665,7 @@ impl CompactionPass {
             members,
             out: Some(out),
             removed,
+            markers_removed,
             ..
         }) = group
         else {
@@ -670,6 +678,7 @@ impl CompactionPass {
                     members,
                     segment,
                     removed,
+                    markers_removed,
                 });
                 Ok(())
             }
@@ -788,6 +797,7 @@ impl CompactionPass {
                 }
                 if now_ms > horizon && h.base_offset < self.tombstones_below {
                     kept.removed += h.record_count.max(0) as u64;
+                    kept.markers_removed.push(h.base_offset);
                     return Ok(());
                 }
                 kept.keeps_until(now_ms, horizon, h.base_offset);
@@ -1082,11 +1092,20 @@ impl PartitionLog {
             }
         }
         commit_swaps(&dir, &swaps)?;
+        let markers_removed: HashSet<i64> = swaps
+            .iter()
+            .chain(&drops)
+            .flat_map(|c| c.markers_removed.iter().copied())
+            .collect();
         if let Err(e) = self.apply_swaps(swaps, drops, report) {
             tracing::error!(dir = %dir.display(), error = %e, "a compaction swap failed after its commit; reading the partition again from the disk, which completes it");
             self.reopen(now_ms)?;
             return Err(e);
         }
+        // An aborted transaction whose marker went has none of its records left either (a marker
+        // goes only then): listing it would make read_committed consumers drop its producer's
+        // later batches while they wait for a marker that is not there.
+        self.txns.forget_aborted_at(&markers_removed);
         self.compaction.next_tombstone_expiry = outcome.next_tombstone_expiry;
         self.compaction.held_from = outcome.held_from;
         if complete {
@@ -2068,8 +2087,18 @@ mod tests {
             assert!(marker_of(bytes).is_some(), "marker {offset} reads as one");
         }
         assert_eq!(log.maintenance(NOW + DAY - 10).unwrap().records_removed, 0);
+        // While its marker stays, b0's aborted transaction is listed (its consumers skip to it).
+        let b_aborted = crate::storage::AbortedTxn {
+            producer_id: 6,
+            first_offset: 2,
+            last_offset: 3,
+        };
+        assert_eq!(log.aborted_transactions(0, 15), vec![b_aborted]);
         let r = log.maintenance(NOW + DAY + 30).unwrap();
         assert_eq!(r.records_removed, 2);
+        // Once it went, no longer: a consumer told of it would drop producer 6's later batches
+        // (10 and 11 here) waiting for a marker that is not there. As the log read again says.
+        assert_eq!(log.aborted_transactions(0, 15), vec![]);
         let left = [
             (4, false),
             (5, true),

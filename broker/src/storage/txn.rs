@@ -146,6 +146,14 @@ impl TxnState {
         self.aborted.drain(..cut);
     }
 
+    /// Forgets the aborted transactions whose markers are at `markers` (compaction removed
+    /// them).
+    pub(crate) fn forget_aborted_at(&mut self, markers: &std::collections::HashSet<i64>) {
+        if !markers.is_empty() {
+            self.aborted.retain(|a| !markers.contains(&a.last_offset));
+        }
+    }
+
     /// How many aborted transactions are remembered.
     #[cfg(test)]
     pub(crate) fn aborted_count(&self) -> usize {

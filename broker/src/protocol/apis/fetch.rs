@@ -344,6 +344,7 @@ fn read_all(
                 } else {
                     w.max_bytes.min(max_bytes.saturating_sub(total))
                 };
+                let mut aborted = Vec::new();
                 let plan = {
                     let mut log = p.log();
                     let end = log.log_end_offset();
@@ -353,17 +354,10 @@ fn read_all(
                     data.last_stable_offset = stable;
                     data.log_start_offset = log.log_start_offset();
                     let below = if read_committed { stable } else { readable };
+                    // Taken with the plan, so that both see the log as it was (a compaction
+                    // swapped in after it removes no transaction the read may return).
                     if read_committed {
-                        let aborted = log
-                            .aborted_transactions(w.offset, below)
-                            .into_iter()
-                            .map(|a| {
-                                AbortedTransaction::default()
-                                    .with_producer_id(ProducerId(a.producer_id))
-                                    .with_first_offset(a.first_offset)
-                            })
-                            .collect();
-                        data.aborted_transactions = Some(aborted);
+                        aborted = log.aborted_transactions(w.offset, below);
                     }
                     (budget > 0).then(|| match reader {
                         Reader::Follower(_) => log.plan_read(w.offset, budget),
@@ -372,7 +366,26 @@ fn read_all(
                 };
                 // Read with the log unlocked: appends to the partition go on meanwhile.
                 let within = |plan: ReadPlan| if first { plan } else { plan.within_budget() };
-                match plan.map(|plan| plan.map(within).and_then(ReadPlan::read)) {
+                let read = plan.map(|plan| plan.map(within).and_then(ReadPlan::read));
+                if read_committed {
+                    // The aborted transactions that overlap what is returned, as Kafka lists
+                    // them: not every one up to the last stable offset.
+                    let to = match &read {
+                        Some(Ok(records)) => end_offset_of(records).unwrap_or(w.offset),
+                        _ => w.offset,
+                    };
+                    let listed = aborted
+                        .iter()
+                        .filter(|a| a.first_offset < to)
+                        .map(|a| {
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(a.producer_id))
+                                .with_first_offset(a.first_offset)
+                        })
+                        .collect();
+                    data.aborted_transactions = Some(listed);
+                }
+                match read {
                     None => data.records = Some(Bytes::new()),
                     Some(Ok(records)) => {
                         total += records.len();
@@ -392,4 +405,19 @@ fn read_all(
         out.push((w.topic.clone(), data));
     }
     (out, total, any_error)
+}
+
+/// The offset after the last batch of `records` (a read returns whole batches), if it holds
+/// one.
+fn end_offset_of(records: &[u8]) -> Option<i64> {
+    let mut pos = 0;
+    let mut end = None;
+    while pos < records.len() {
+        let Ok(h) = crate::storage::BatchHeader::parse(&records[pos..]) else {
+            break;
+        };
+        end = Some(h.next_offset());
+        pos += h.total_size();
+    }
+    end
 }
