@@ -264,6 +264,16 @@ async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
         "nothing was written before"
     );
 
+    // Two batches for one partition: INVALID_RECORD as Kafka's LogValidator, nothing written.
+    let two = [batch(1, 10), batch(2, 10)].concat();
+    let r = c.call(&produce("errs", 0, two.into()), 9).await;
+    assert_eq!(error_of(&r), 87, "INVALID_RECORD for two batches");
+    let why = &r.responses[0].partition_responses[0].error_message;
+    assert!(
+        why.as_ref().is_some_and(|m| m.contains("holds 2")),
+        "{why:?}"
+    );
+
     let r = c.call(&produce("errs", 0, batch(5, 10)), 9).await;
     assert_eq!(error_of(&r), 0);
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
@@ -287,12 +297,12 @@ async fn produce_errors_have_their_kafka_codes_and_write_nothing() {
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 0);
 
     // Each refused partition is counted, the unknown ones too: 2 unknown, 1 corrupt, 3 bad
-    // acks, 1 too large, 1 larger than a segment.
+    // acks, 1 too large, 1 of two batches, 1 larger than a segment.
     let metrics = broker.broker.metrics.render(&broker.broker);
     assert!(
         metrics
             .lines()
-            .any(|l| l == "runnel_produce_errors_total 8"),
+            .any(|l| l == "runnel_produce_errors_total 9"),
         "{}",
         metrics
             .lines()

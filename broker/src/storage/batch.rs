@@ -218,6 +218,17 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
+/// The headers of the batches back to back in `buf`, read without checking the batches (no
+/// CRC); stops at the first that cannot be read.
+pub fn headers(buf: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let h = BatchHeader::parse(buf.get(pos..)?).ok()?;
+        pos += h.total_size();
+        Some(h)
+    })
+}
+
 /// Iterate the checked batches of a buffer holding whole batches back to back.
 /// Yields `(position, header, batch bytes)`; on the first error yields `(position, error)` once
 /// and stops.

@@ -371,7 +371,9 @@ fn read_all(
                     // The aborted transactions that overlap what is returned, as Kafka lists
                     // them: not every one up to the last stable offset.
                     let to = match &read {
-                        Some(Ok(records)) => end_offset_of(records).unwrap_or(w.offset),
+                        Some(Ok(records)) => crate::storage::headers(records)
+                            .last()
+                            .map_or(w.offset, |h| h.next_offset()),
                         _ => w.offset,
                     };
                     let listed = aborted
@@ -405,19 +407,4 @@ fn read_all(
         out.push((w.topic.clone(), data));
     }
     (out, total, any_error)
-}
-
-/// The offset after the last batch of `records` (a read returns whole batches), if it holds
-/// one.
-fn end_offset_of(records: &[u8]) -> Option<i64> {
-    let mut pos = 0;
-    let mut end = None;
-    while pos < records.len() {
-        let Ok(h) = crate::storage::BatchHeader::parse(&records[pos..]) else {
-            break;
-        };
-        end = Some(h.next_offset());
-        pos += h.total_size();
-    }
-    end
 }

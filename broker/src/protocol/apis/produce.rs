@@ -161,6 +161,17 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             };
+            // Produce v3 and later carry one record batch per partition (Kafka's LogValidator
+            // refuses more); no client sends more.
+            let batches = crate::storage::headers(&records).count();
+            if batches > 1 {
+                let why = format!(
+                    "produce data for a partition must be one record batch; it holds {batches}"
+                );
+                fail(&mut out, &ctx, E::InvalidRecord.code(), why);
+                partitions.push(out);
+                continue;
+            }
             let chained = match plugin_set.chain(&partition.topic) {
                 None => ChainOutput {
                     records,
