@@ -226,6 +226,10 @@ impl Entity {
                 }
             };
             let name = match (kind, name) {
+                // As Kafka refuses it: the default entity is the one without a name.
+                (_, Name::Named(n)) if n.is_empty() => {
+                    return Err(format!("an empty {kind} name is not supported"));
+                }
                 (IP, Name::Named(n)) => match n.parse::<IpAddr>() {
                     Ok(addr) => Name::Named(addr.to_canonical().to_string()),
                     Err(_) => return Err(format!("{n:?} is not an IP address")),
@@ -1337,6 +1341,9 @@ mod tests {
             vec![("group", Some("g"))],
             vec![(IP, Some("10.0.0.1")), (CLIENT_ID, None)],
             vec![(IP, Some("10.0.0"))],
+            vec![(USER, Some(""))],
+            vec![(USER, Some("alice")), (CLIENT_ID, Some(""))],
+            vec![(IP, Some(""))],
         ] {
             assert!(Entity::from_components(bad.clone()).is_err(), "{bad:?}");
         }

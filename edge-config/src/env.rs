@@ -92,8 +92,10 @@ fn typed(kind: Kind, text: &str) -> Value {
             Ok(n) => Value::Float(n),
             Err(_) => Value::String(text.to_owned()),
         },
+        // Split on `;` when the text holds one (as Kafka's super.users: a principal's DN holds
+        // commas), else on `,`.
         Kind::List => Value::Array(
-            text.split(',')
+            text.split(if text.contains(';') { ';' } else { ',' })
                 .map(str::trim)
                 .filter(|item| !item.is_empty())
                 .map(|item| Value::String(item.to_owned()))

@@ -539,7 +539,9 @@ pub struct AclsConfig {
     /// metadata database.
     pub enabled: bool,
     /// Principals allowed everything whatever the ACLs say (Kafka's `super.users`), such as
-    /// `["User:admin"]`. Default none. With none, only ACLs can let anyone manage ACLs.
+    /// `["User:admin"]`. Default none. With none, only ACLs can let anyone manage ACLs. From
+    /// the environment, separate them with `;` when a DN holds commas
+    /// (`RUNNEL_ACLS__SUPER_USERS="User:CN=admin,O=Acme;User:bob"`).
     pub super_users: Vec<String>,
     /// Allow an operation on a resource that no ACL names at all (Kafka's
     /// `allow.everyone.if.no.acl.found`). Default false: what no ACL allows is refused.

@@ -705,6 +705,16 @@ mod tests {
         let c = Config::from_toml_str("", "r.toml", &env).unwrap();
         assert_eq!(c.acls.super_users, ["User:admin", "User:ops"]);
         assert!(!c.acls.enabled);
+        // Principals whose DNs hold commas are separated by `;`, as in Kafka's super.users.
+        let env = [(
+            "RUNNEL_ACLS__SUPER_USERS".to_string(),
+            "User:CN=admin,OU=eng,O=Acme; User:bob;".to_string(),
+        )];
+        let c = Config::from_toml_str("", "r.toml", &env).unwrap();
+        assert_eq!(
+            c.acls.super_users,
+            ["User:CN=admin,OU=eng,O=Acme", "User:bob"]
+        );
     }
 
     #[test]
