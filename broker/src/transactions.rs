@@ -255,6 +255,36 @@ impl Transactions {
             .collect()
     }
 
+    /// A plain OffsetCommit stored `partitions` of `group`: what an open transaction staged for
+    /// them before is not stored when it commits, as in Kafka, where a transaction's offset
+    /// counts only if it was written after the group's committed one (an offset reset while a
+    /// transaction is open stays). A failed store of the transaction is logged; its offsets
+    /// are then dropped at the next change of it or a restart keeps them.
+    pub fn superseded_by_plain_commit(
+        &self,
+        broker: &Broker,
+        group: &str,
+        partitions: &HashSet<(String, i32)>,
+    ) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for (id, t) in inner.txns.iter_mut() {
+            let staged = |o: &StagedOffset| {
+                o.group == group && partitions.contains(&(o.topic.clone(), o.partition))
+            };
+            let open = matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit);
+            if !open || !t.offsets.iter().any(staged) {
+                continue;
+            }
+            t.offsets.retain(|o| !staged(o));
+            if let Err(e) = store(broker, id, t) {
+                tracing::warn!(transactional_id = %id, error = %e, "cannot store a transaction whose staged offsets a plain commit replaced");
+            }
+        }
+    }
+
     /// InitProducerId for `id`: (producer id, epoch). `expected` is the producer id and epoch
     /// the client says it had (v3+), `None` for a new producer.
     pub fn init_producer(

@@ -1531,3 +1531,102 @@ async fn a_fetch_lists_only_the_aborted_transactions_it_returns_records_of() {
     assert_eq!(listed(&r), firsts);
     broker.shutdown().await;
 }
+
+/// A plain OffsetCommit after a transaction staged an offset for the same partition wins when
+/// the transaction commits, as in Kafka (a transaction's offset counts only if written after
+/// the committed one): an offset reset while a transaction is open stays. An offset staged
+/// after the plain commit is stored by the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_commit_after_the_transaction_staged_its_offset_wins() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        AddOffsetsToTxnRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest,
+        TxnOffsetCommitRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut raw = RawClient::connect(&broker.bootstrap()).await;
+    create_topic(&mut raw, "src").await;
+    let pid = init_raw(&mut raw, "resetter", 3).await;
+    let group = || GroupId(s("etl"));
+    let stage = |offset: i64| {
+        TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(s("resetter")))
+            .with_group_id(group())
+            .with_producer_id(ProducerId(pid.0))
+            .with_producer_epoch(pid.1)
+            .with_generation_id(-1)
+            .with_topics(vec![
+                TxnOffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s("src")))
+                    .with_partitions(vec![
+                        TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(offset),
+                    ]),
+            ])
+    };
+    let plain = |offset: i64| {
+        OffsetCommitRequest::default()
+            .with_group_id(group())
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s("src")))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(offset),
+                    ]),
+            ])
+    };
+    let add_group = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(s("resetter")))
+        .with_producer_id(ProducerId(pid.0))
+        .with_producer_epoch(pid.1)
+        .with_group_id(group());
+    let fetch = OffsetFetchRequest::default().with_groups(vec![
+        OffsetFetchRequestGroup::default()
+            .with_group_id(group())
+            .with_topics(None),
+    ]);
+    let mut committed = async |raw: &mut RawClient| -> i64 {
+        let r = raw.call(&fetch, 8).await;
+        r.groups[0].topics[0].partitions[0].committed_offset
+    };
+
+    // Staged 9, then a plain commit of 5: the transaction's commit leaves 5.
+    assert_eq!(raw.call(&add_group, 3).await.error_code, 0);
+    let r = raw.call(&stage(9), 3).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let r = raw.call(&plain(5), 8).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    assert_eq!(
+        raw.call(&end_txn("resetter", pid, true), 3)
+            .await
+            .error_code,
+        0
+    );
+    assert_eq!(committed(&mut raw).await, 5);
+
+    // A plain commit of 3, then staged 7: the commit stores 7.
+    let r = raw.call(&plain(3), 8).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    assert_eq!(raw.call(&add_group, 3).await.error_code, 0);
+    let r = raw.call(&stage(7), 3).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    assert_eq!(
+        raw.call(&end_txn("resetter", pid, true), 3)
+            .await
+            .error_code,
+        0
+    );
+    assert_eq!(committed(&mut raw).await, 7);
+    broker.shutdown().await;
+}

@@ -8,6 +8,8 @@
 //! dropped it), is read here ([`handle_v1`]): sarama before 1.41 commits with it unless
 //! `Consumer.Offsets.Retention` is set, and Go gateways run such sarama builds for years.
 
+use std::collections::HashSet;
+
 use bytes::{Buf, Bytes};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::offset_commit_request::{
@@ -173,9 +175,18 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
     let mut out: Vec<OffsetCommitResponseTopic> = if plain.topics.is_empty() {
         Vec::new()
     } else {
+        let results = ctx.broker.groups.commit_offsets(&plain);
+        let stored: HashSet<(String, i32)> = results
+            .iter()
+            .flat_map(|t| {
+                let stored = t.partitions.iter().filter(|p| p.result.is_ok());
+                stored.map(|p| (t.name.clone(), p.partition))
+            })
+            .collect();
         ctx.broker
-            .groups
-            .commit_offsets(&plain)
+            .transactions
+            .superseded_by_plain_commit(&ctx.broker, &plain.group_id, &stored);
+        results
             .into_iter()
             .map(|t| {
                 OffsetCommitResponseTopic::default()
