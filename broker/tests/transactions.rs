@@ -1596,7 +1596,7 @@ async fn a_plain_commit_after_the_transaction_staged_its_offset_wins() {
             .with_group_id(group())
             .with_topics(None),
     ]);
-    let mut committed = async |raw: &mut RawClient| -> i64 {
+    let committed = async |raw: &mut RawClient| -> i64 {
         let r = raw.call(&fetch, 8).await;
         r.groups[0].topics[0].partitions[0].committed_offset
     };
