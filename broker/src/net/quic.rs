@@ -632,12 +632,7 @@ pub(crate) fn server_identity(
         bail!("listeners.quic.cert: no certificate in {}", cert.display());
     }
     super::tls::warn_if_expiring(&chain[0], "listeners.quic.cert");
-    let key = PrivateKeyDer::from_pem_file(&key).with_context(|| {
-        format!(
-            "listeners.quic.key: no usable private key in {}",
-            key.display()
-        )
-    })?;
+    let key = super::tls::pem_key(&key, "listeners.quic.key")?;
     Ok((chain, key))
 }
 

@@ -26,6 +26,26 @@ pub(crate) fn pem_certs(path: &Path, key: &str) -> anyhow::Result<Vec<Certificat
     Ok(certs)
 }
 
+/// The private key in a PEM file; `key` is the config key that named it (for errors). An
+/// encrypted key is refused with what to do: the broker has no passphrase to open it with.
+pub(crate) fn pem_key(path: &Path, key: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+            anyhow::anyhow!(
+                "{key}: the private key in {} is encrypted; give it without a passphrase \
+                 (e.g. `openssl pkey -in {0} -out key.pem`, readable by the broker's user only)",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!(
+                "{key}: no usable private key in {}",
+                path.display()
+            ))
+        }
+    })
+}
+
 fn certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     pem_certs(path, &format!("listeners.kafka_tls.{key}"))
 }
@@ -248,12 +268,7 @@ pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsAcceptor> {
     if let Some(leaf) = chain.first() {
         warn_if_expiring(leaf, "listeners.kafka_tls.cert");
     }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).with_context(|| {
-        format!(
-            "listeners.kafka_tls.key: no usable private key in {}",
-            cfg.key.display()
-        )
-    })?;
+    let key = pem_key(&cfg.key, "listeners.kafka_tls.key")?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -266,9 +281,13 @@ pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsAcceptor> {
             provider,
         )?)
     };
-    let config = builder
-        .with_single_cert(chain, key)
-        .context("listeners.kafka_tls: certificate and key do not match")?;
+    let config = builder.with_single_cert(chain, key).with_context(|| {
+        format!(
+            "listeners.kafka_tls: the certificate in {} and the key in {} do not match",
+            cfg.cert.display(),
+            cfg.key.display()
+        )
+    })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -301,12 +320,14 @@ pub(crate) fn client_config(
             if let Some(leaf) = chain.first() {
                 warn_if_expiring(leaf, cert_key);
             }
-            let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
-                format!("{key_key}: no usable private key in {}", key_path.display())
-            })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .with_context(|| format!("{cert_key} and {key_key} do not make a usable pair"))?
+            let key = pem_key(key_path, key_key)?;
+            builder.with_client_auth_cert(chain, key).with_context(|| {
+                format!(
+                    "{cert_key} and {key_key}: the certificate in {} and the key in {} do not match",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            })?
         }
     };
     Ok(Arc::new(config))
@@ -391,6 +412,49 @@ mod tests {
             rcgen::Issuer::new(ca.1, ca_key),
             CertificateDer::from(cert),
         )
+    }
+
+    #[test]
+    fn key_file_errors_say_what_is_wrong_and_name_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gw.local".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let cert_file = write("gw.crt", &cert.pem());
+        let other_file = write("other.key", &other_key.serialize_pem());
+        // What `openssl pkcs8 -topk8` writes with a passphrase (the body is not looked at).
+        let encrypted = write(
+            "locked.key",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0w\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
+        let err = pem_key(&encrypted, "listeners.kafka_tls.key").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("locked.key is encrypted"), "{text}");
+        let err = pem_key(&cert_file, "listeners.kafka_tls.key").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no usable private key in"),
+            "{err:#}"
+        );
+        // A certificate with another certificate's key: both files named.
+        let listener = edge_config::TlsListener {
+            cert: cert_file,
+            key: other_file,
+            ..Default::default()
+        };
+        let err = acceptor(&listener).err().unwrap();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("gw.crt") && text.contains("other.key") && text.contains("do not match"),
+            "{text}"
+        );
     }
 
     #[test]
