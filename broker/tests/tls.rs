@@ -206,6 +206,72 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     broker.shutdown().await;
 }
 
+/// `client_auth = "requested"` (Kafka's `ssl.client.auth=requested`): a client without a
+/// certificate is served as anonymous, one with a certificate of the CA is named by it, and one
+/// with a certificate the CA did not sign is still refused.
+#[tokio::test]
+async fn with_client_auth_requested_a_certificate_is_optional_but_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut cfg = tls_config(dir.path());
+    cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
+    cfg.listeners.kafka_tls.client_auth = edge_config::TlsClientAuth::Requested;
+    let broker = common::start_with(cfg).await;
+    let tls_addr = broker.kafka_tls_addr.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let metrics = || broker.broker.metrics.render(&broker.broker);
+
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut bare = connector(&pki, false)
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let v: ApiVersionsResponse = call(&mut bare, &ApiVersionsRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(v.error_code, 0);
+    assert!(
+        !metrics().contains("runnel_authenticated_total{"),
+        "{}",
+        metrics()
+    );
+
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let mut named = connector(&pki, true)
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let v: ApiVersionsResponse = call(&mut named, &ApiVersionsRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(v.error_code, 0);
+    assert!(
+        metrics()
+            .contains("runnel_authenticated_total{principal=\"User:rcgen self signed cert\"} 1"),
+        "{}",
+        metrics()
+    );
+
+    // Signed by no trusted CA: refused, even though a certificate is only requested.
+    let key = KeyPair::try_from(pki.client_key_der.as_slice()).unwrap();
+    let intruder = CertificateParams::new(vec!["intruder".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let refused = match connector_with(&pki, Some(vec![intruder.der().clone()]))
+        .connect(name, tcp)
+        .await
+    {
+        Err(_) => true,
+        Ok(mut s) => call(&mut s, &ApiVersionsRequest::default(), 3)
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate of another CA is refused");
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn sasl_over_tls_names_the_client_even_with_a_certificate() {
     use kafka_protocol::messages::{

@@ -187,6 +187,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "PEM CA certificate(s). \"\" = clients need no certificate; when set, every\nclient must present a certificate signed by this CA.",
             ),
             key(
+                "client_auth",
+                Choice,
+                "With client_ca: required = every client presents a certificate; requested =\na client without one is User:ANONYMOUS (or its SASL user), as Kafka's\nssl.client.auth. Allowed: required, requested.",
+            ),
+            key(
                 "client_principal",
                 Choice,
                 "With client_ca: a client certificate's principal. cn = User:<CN>;\ndn = User:<subject DN> as Kafka writes it (User:CN=alice,OU=eng,O=Acme), so\nACLs written for Kafka apply. Allowed: cn, dn.",

@@ -70,6 +70,7 @@ pub use plugins::{Binding, OnError, PluginSpec, PluginsConfig, QuotaApi, QuotaBi
 pub use schema::{
     AclsConfig, AdminListener, BrokerConfig, CertPrincipal, CleanupPolicy, ClusterBroker,
     ClusterConfig, Config, FlushPolicy, GroupsConfig, KafkaListener, ListenersConfig, LogConfig,
-    OAuthBearerConfig, QuicClientAuth, QuicListener, TimestampType, TlsListener, UnknownValue,
+    OAuthBearerConfig, QuicClientAuth, QuicListener, TimestampType, TlsClientAuth, TlsListener,
+    UnknownValue,
 };
 pub use topic::{FIXED_TOPIC_CONFIGS, TOPIC_CONFIG_NAMES};

@@ -239,6 +239,10 @@ pub struct TlsListener {
     /// client's principal. Client certificates must be X.509 version 3: version 1 ones (which
     /// Kafka's Java TLS takes) are refused, with a WARN that says so.
     pub client_ca: PathBuf,
+    /// With `client_ca`: whether a client must present a certificate (Kafka's
+    /// `ssl.client.auth`). Default `required`; `requested`: a client without one is served as
+    /// `User:ANONYMOUS` (or its SASL user), one with one must present a valid one.
+    pub client_auth: TlsClientAuth,
     /// With `client_ca`: the principal of a client certificate. Default `cn`: `User:<CN>`;
     /// `dn`: `User:<subject DN>`, as Kafka names it (`User:CN=alice,OU=eng,O=Acme`).
     pub client_principal: CertPrincipal,
@@ -260,6 +264,7 @@ impl Default for TlsListener {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
+            client_auth: TlsClientAuth::Required,
             client_principal: CertPrincipal::Cn,
             sasl_plain_file: PathBuf::new(),
             sasl_oauthbearer: false,
@@ -823,6 +828,22 @@ pub enum TimestampType {
 string_enum!(TimestampType {
     CreateTime => ["CreateTime"],
     LogAppendTime => ["LogAppendTime"],
+});
+
+/// Whether the TLS listener requires a client certificate (`client_auth`, Kafka's
+/// `ssl.client.auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TlsClientAuth {
+    /// Every client presents a certificate signed by `client_ca`.
+    #[default]
+    Required,
+    /// A client may present one (then checked) or none.
+    Requested,
+}
+
+string_enum!(TlsClientAuth {
+    Required => ["required"],
+    Requested => ["requested"],
 });
 
 /// What a verified client certificate's principal is made of (`client_principal`).

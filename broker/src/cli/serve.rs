@@ -140,6 +140,7 @@ fn read_named_files(file: &Path, config: &Config) -> anyhow::Result<()> {
             crate::net::tls::client_verifier(
                 &l.quic.client_ca,
                 "listeners.quic.client_ca",
+                true,
                 provider,
             )
             .map_err(at)?;

@@ -159,6 +159,7 @@ pub async fn listen(
         QuicClientAuth::Mtls => builder.with_client_cert_verifier(super::tls::client_verifier(
             &cfg.client_ca,
             "listeners.quic.client_ca",
+            true,
             provider,
         )?),
         _ => builder.with_no_client_auth(),

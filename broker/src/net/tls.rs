@@ -50,12 +50,14 @@ fn certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>>
     pem_certs(path, &format!("listeners.kafka_tls.{key}"))
 }
 
-/// A verifier that requires a client certificate signed by one of the CAs in `ca_file` (named
-/// by the config key `key`). Without one the handshake fails with a TLS alert
-/// (`certificate_required`, `unknown_ca`, `bad_certificate`, ...).
+/// A verifier of client certificates signed by one of the CAs in `ca_file` (named by the config
+/// key `key`), which `mandatory` requires: without one the handshake then fails with a TLS
+/// alert (`certificate_required`); a certificate presented is always checked (`unknown_ca`,
+/// `bad_certificate`, ...).
 pub fn client_verifier(
     ca_file: &Path,
     key: &str,
+    mandatory: bool,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
     let mut roots = RootCertStore::empty();
@@ -64,9 +66,13 @@ pub fn client_verifier(
             .add(ca)
             .with_context(|| format!("{key}: unusable CA certificate"))?;
     }
-    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .with_context(|| key.to_string())?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if mandatory {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let webpki = builder.build().with_context(|| key.to_string())?;
     Ok(Arc::new(SaysWhyVersion1(webpki)))
 }
 
@@ -278,6 +284,7 @@ pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsAcceptor> {
         builder.with_client_cert_verifier(client_verifier(
             &cfg.client_ca,
             "listeners.kafka_tls.client_ca",
+            cfg.client_auth == edge_config::TlsClientAuth::Required,
             provider,
         )?)
     };
@@ -466,7 +473,7 @@ mod tests {
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = client_verifier(&ca_file, "client_ca", provider).unwrap();
+        let verifier = client_verifier(&ca_file, "client_ca", true, provider).unwrap();
         let now = rustls_pki_types::UnixTime::now();
         // WebPKI refuses version 1 (if it ever takes them, the wrapper can go).
         let refused = verifier.verify_client_cert(&v1, &[], now).unwrap_err();
