@@ -230,6 +230,24 @@ async fn topics_produce_and_consume_commands_round_trip() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("partitions: 2"), "{text}");
         assert!(text.contains("  configs: retention.ms=3600000\n"), "{text}");
+        // Without a name, every topic, as kafka-topics --describe; on one broker no partition
+        // is under-replicated or without a leader.
+        let out = runnel(&["topics", "describe", "-b", &b]);
+        let all = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(all.contains(&text), "{all}");
+        let stdout = |args: &[&str]| {
+            let out = runnel(args);
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let topics = all.lines().filter(|l| l.starts_with("topic: ")).count();
+        assert_eq!(
+            topics,
+            stdout(&["topics", "list", "-b", &b]).lines().count()
+        );
+        for filter in ["--under-replicated-partitions", "--unavailable-partitions"] {
+            assert_eq!(stdout(&["topics", "describe", filter, "-b", &b]), "");
+        }
         // Altered as kafka-topics --alter and kafka-configs --alter do; a bad value refused
         // with the broker's reason, nothing changed.
         let out = runnel(&[

@@ -423,6 +423,13 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
         metrics.contains("runnel_replication_in_sync_replicas{topic=\"t\",partition=\"0\"} 1"),
         "{metrics}"
     );
+    // As kafka-topics --describe --under-replicated-partitions: that partition.
+    let under = under_replicated(&pair.address(1)).await;
+    assert!(
+        under.contains("topic: t ")
+            && under.contains("partition 0  leader 1  replicas [1, 2]  isr [1]"),
+        "{under}"
+    );
     let one = producer(&pair.address(1), "1");
     produce(&one, "t", 20, "b").await;
     // Consumers read the acks=1 records: the in-sync set is the leader alone.
@@ -445,6 +452,7 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
         metrics.contains("runnel_replication_under_replicated_partitions 0"),
         "{metrics}"
     );
+    assert_eq!(under_replicated(&pair.address(1)).await, "");
     assert!(
         metrics.contains(
             "runnel_replication_follower_lag_records{follower=\"2\",topic=\"t\",partition=\"0\"} 0"
@@ -1737,4 +1745,20 @@ async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
     .await;
     follower.shutdown().await;
     leader.shutdown().await;
+}
+
+/// What `runnel topics describe --under-replicated-partitions` prints against `bootstrap`.
+async fn under_replicated(bootstrap: &str) -> String {
+    let bootstrap = bootstrap.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["topics", "describe", "--under-replicated-partitions"])
+            .args(["-b", &bootstrap])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }

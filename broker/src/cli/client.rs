@@ -102,38 +102,67 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TopicsCommand::Describe { name, conn } => {
+        TopicsCommand::Describe {
+            name,
+            under_replicated_partitions,
+            unavailable_partitions,
+            conn,
+        } => {
             let consumer = plain_consumer(&conn)?;
-            let md = metadata(&consumer, Some(&name))?;
-            let Some(t) = md.topics().first() else {
-                bail!("no metadata for {name}")
+            let md = metadata(&consumer, name.as_deref())?;
+            if let Some(name) = &name {
+                let Some(t) = md.topics().first() else {
+                    bail!("no metadata for {name}")
+                };
+                if let Some(e) = t.error() {
+                    bail!(
+                        "topic {name}: {}",
+                        rdkafka::types::RDKafkaErrorCode::from(e)
+                    );
+                }
+            }
+            let shown = |p: &rdkafka::metadata::MetadataPartition| {
+                if under_replicated_partitions {
+                    p.isr().len() < p.replicas().len()
+                } else if unavailable_partitions {
+                    p.leader() < 0
+                } else {
+                    true
+                }
             };
-            if let Some(e) = t.error() {
-                bail!(
-                    "topic {name}: {}",
-                    rdkafka::types::RDKafkaErrorCode::from(e)
-                );
-            }
-            out!("topic: {}  partitions: {}", t.name(), t.partitions().len());
-            for p in t.partitions() {
-                let (low, high) = consumer
-                    .fetch_watermarks(&name, p.id(), TIMEOUT)
-                    .unwrap_or((-1, -1));
-                out!(
-                    "  partition {}  leader {}  replicas {:?}  isr {:?}  offsets {}..{}",
-                    p.id(),
-                    p.leader(),
-                    p.replicas(),
-                    p.isr(),
-                    low,
-                    high
-                );
-            }
-            // The topic's own configs, as kafka-topics --describe lists them.
-            let own = own_configs(&admin(&conn)?, &name)?;
-            if !own.is_empty() {
-                let own: Vec<String> = own.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                out!("  configs: {}", own.join(" "));
+            let filtered = under_replicated_partitions || unavailable_partitions;
+            let admin = admin(&conn)?;
+            let mut topics: Vec<_> = md.topics().iter().collect();
+            topics.sort_by_key(|t| t.name());
+            for t in topics {
+                let partitions: Vec<_> = t.partitions().iter().filter(|p| shown(p)).collect();
+                if filtered && partitions.is_empty() {
+                    continue;
+                }
+                out!("topic: {}  partitions: {}", t.name(), t.partitions().len());
+                for p in partitions {
+                    let (low, high) = consumer
+                        .fetch_watermarks(t.name(), p.id(), TIMEOUT)
+                        .unwrap_or((-1, -1));
+                    out!(
+                        "  partition {}  leader {}  replicas {:?}  isr {:?}  offsets {}..{}",
+                        p.id(),
+                        p.leader(),
+                        p.replicas(),
+                        p.isr(),
+                        low,
+                        high
+                    );
+                }
+                // The topic's own configs, as kafka-topics --describe lists them.
+                if !filtered {
+                    let own = own_configs(&admin, t.name())?;
+                    if !own.is_empty() {
+                        let own: Vec<String> =
+                            own.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        out!("  configs: {}", own.join(" "));
+                    }
+                }
             }
             Ok(())
         }

@@ -248,9 +248,17 @@ enum TopicsCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// A topic's partitions (leader, replicas, in-sync replicas, offsets) and its own configs.
+    /// A topic's partitions (leader, replicas, in-sync replicas, offsets) and its own configs;
+    /// every topic's without a name, as kafka-topics --describe.
     Describe {
-        name: String,
+        name: Option<String>,
+        /// Only the partitions with fewer in-sync replicas than replicas (and only the topics
+        /// holding any), as kafka-topics --under-replicated-partitions.
+        #[arg(long)]
+        under_replicated_partitions: bool,
+        /// Only the partitions without a leader, as kafka-topics --unavailable-partitions.
+        #[arg(long, conflicts_with = "under_replicated_partitions")]
+        unavailable_partitions: bool,
         #[command(flatten)]
         conn: Conn,
     },
