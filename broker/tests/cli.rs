@@ -1240,6 +1240,12 @@ async fn groups_commands_describe_reset_and_delete() {
             line.split_whitespace().map(String::from).collect()
         };
         assert_eq!(row()[..5], ["gt", "0", "4", "10", "6"]);
+        // Every group, as kafka-consumer-groups --describe --all-groups: this one among them.
+        let all = ok(runnel(&["groups", "describe", "--all-groups", "-b", &b]));
+        let one = ok(runnel(&["groups", "describe", "gg", "-b", &b]));
+        assert!(all.contains(&one), "{all}");
+        let err = runnel(&["groups", "describe", "-b", &b]);
+        assert!(!err.status.success(), "a group or --all-groups is needed");
         let listed = ok(runnel(&["groups", "list", "-b", &b]));
         assert!(
             listed

@@ -17,7 +17,20 @@ use super::{Conn, GroupsCommand, ResetTo};
 pub fn run(cmd: GroupsCommand) -> anyhow::Result<()> {
     match cmd {
         GroupsCommand::List { conn } => list(&conn),
-        GroupsCommand::Describe { group, conn } => describe(&conn, &group),
+        GroupsCommand::Describe {
+            group: Some(group),
+            conn,
+            ..
+        } => describe(&conn, &group),
+        GroupsCommand::Describe { conn, .. } => {
+            for (i, group) in group_names(&conn)?.iter().enumerate() {
+                if i > 0 {
+                    out!("");
+                }
+                describe(&conn, group)?;
+            }
+            Ok(())
+        }
         GroupsCommand::ResetOffsets {
             group,
             topics,
@@ -52,6 +65,17 @@ fn list(conn: &Conn) -> anyhow::Result<()> {
         out!("{:<32} {:<20} {}", g.name(), g.state(), g.members().len());
     }
     Ok(())
+}
+
+/// The names of the broker's groups, sorted.
+fn group_names(conn: &Conn) -> anyhow::Result<Vec<String>> {
+    let client = group_client(conn, "runnel-cli")?;
+    let list = client
+        .fetch_group_list(None, TIMEOUT)
+        .context("listing the consumer groups failed")?;
+    let mut names: Vec<String> = list.groups().iter().map(|g| g.name().to_string()).collect();
+    names.sort();
+    Ok(names)
 }
 
 /// A group as its coordinator describes it.

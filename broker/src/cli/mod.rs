@@ -297,7 +297,11 @@ enum GroupsCommand {
     },
     /// A group's partitions: committed offset, log end offset, lag and the member holding each.
     Describe {
-        group: String,
+        #[arg(required_unless_present = "all_groups", conflicts_with = "all_groups")]
+        group: Option<String>,
+        /// Every group, one after another, as kafka-consumer-groups --describe --all-groups.
+        #[arg(long)]
+        all_groups: bool,
         #[command(flatten)]
         conn: Conn,
     },
