@@ -593,7 +593,9 @@ async fn produce_takes_bytes_and_says_why_and_an_interrupted_consumer_commits_an
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success()
-                && err.contains("topic two sets min.insync.replicas = 2 and 1 of its replicas"),
+                && err.contains(
+                    "topic two sets min.insync.replicas = 2 and 1 of its replicas are in sync: "
+                ),
             "{err}"
         );
         // What Kafka refuses, refused before anything is sent.

@@ -779,7 +779,9 @@ fn why_undelivered(
         && in_sync < needed
     {
         return format!(
-            " (topic {topic} sets min.insync.replicas = {needed} and {in_sync} of its replicas              are in sync: the broker answers acks=all with NOT_ENOUGH_REPLICAS, which the              client retries until message.timeout.ms)"
+            " (topic {topic} sets min.insync.replicas = {needed} and {in_sync} of its replicas \
+             are in sync: the broker answers acks=all with NOT_ENOUGH_REPLICAS, which the \
+             client retries until message.timeout.ms)"
         );
     }
     if why.is_empty() {
