@@ -721,7 +721,8 @@ fn records(n: u64) -> String {
 
 /// Why records may not have been acknowledged in time, from the topic's metadata: librdkafka
 /// retries what the broker refuses (NOT_ENOUGH_REPLICAS, an unknown topic) until the delivery
-/// timeout and then reports only the timeout. Empty when the metadata shows nothing amiss.
+/// timeout and then reports only the timeout. When the metadata shows nothing amiss, it says
+/// so and where the reason is.
 fn why_undelivered(
     conn: &Conn,
     producer: &ThreadedProducer<Deliveries>,
@@ -785,7 +786,11 @@ fn why_undelivered(
         );
     }
     if why.is_empty() {
-        return String::new();
+        // A refusal of the leader's own (say, a leader that lost records its followers hold:
+        // KAFKA_STORAGE_ERROR), which librdkafka retries and then reports as a timeout.
+        return " (the topic's metadata shows no reason: the client retried what the broker \
+                refused until message.timeout.ms; the broker's log says why)"
+            .to_string();
     }
     let acks_all = if matches!(acks, "all" | "-1") {
         "; acks=all needs min.insync.replicas of them (the broker answers NOT_ENOUGH_REPLICAS, \
