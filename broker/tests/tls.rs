@@ -355,6 +355,62 @@ async fn with_client_principal_dn_a_certificate_names_its_client_as_kafka_does()
     broker.shutdown().await;
 }
 
+/// `client_principal_rules` (Kafka's `ssl.principal.mapping.rules`): the first rule matching
+/// the whole DN names the client; with no rule matching, the connection is refused.
+#[tokio::test]
+async fn principal_mapping_rules_name_the_client_as_kafkas_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    for (rules, expect) in [
+        (
+            vec![
+                r"RULE:^CN=admin$/root/",
+                r"RULE:^CN=rcgen (.*)$/dev-$1/U",
+                "DEFAULT",
+            ],
+            Some("User:DEV-SELF SIGNED CERT"),
+        ),
+        (vec![r"RULE:^CN=admin$/root/"], None),
+    ] {
+        let mut cfg = tls_config(dir.path());
+        cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
+        cfg.listeners.kafka_tls.client_principal_rules =
+            rules.iter().map(|r| r.to_string()).collect();
+        let broker = common::start_with(cfg).await;
+        let tcp = tokio::net::TcpStream::connect(broker.kafka_tls_addr.unwrap())
+            .await
+            .unwrap();
+        let mut s = connector(&pki, true)
+            .connect(name.clone(), tcp)
+            .await
+            .unwrap();
+        let answered = call(&mut s, &ApiVersionsRequest::default(), 3).await;
+        let m = broker.broker.metrics.render(&broker.broker);
+        match expect {
+            Some(principal) => {
+                assert_eq!(answered.unwrap().error_code, 0);
+                let line = format!("runnel_authenticated_total{{principal=\"{principal}\"}} 1");
+                assert!(m.contains(&line), "{m}");
+            }
+            None => {
+                assert!(answered.is_err(), "no rule matches: refused");
+                assert!(m.contains("runnel_auth_failures_total 1\n"), "{m}");
+            }
+        }
+        broker.shutdown().await;
+    }
+    // A rule that does not parse stops the start with the key and the rule named.
+    let mut cfg = tls_config(dir.path());
+    cfg.listeners.kafka_tls.client_ca = dir.path().join("ca.pem");
+    cfg.listeners.kafka_tls.client_principal_rules = vec!["RULE:^CN=(.*$/$1/".to_string()];
+    let err = format!("{:#}", runnel::start_broker(cfg).await.err().unwrap());
+    assert!(
+        err.contains("listeners.kafka_tls.client_principal_rules: rule \"RULE:^CN=(.*$/$1/\""),
+        "{err}"
+    );
+}
+
 /// A certificate from the trusted CA whose subject holds two CNs names no one client: the
 /// connection is closed and counted as a failed authentication (one reading of it took the
 /// first CN, which could be a super user's), while a certificate of one CN is served.

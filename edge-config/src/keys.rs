@@ -197,6 +197,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 "With client_ca: a client certificate's principal. cn = User:<CN>;\ndn = User:<subject DN> as Kafka writes it (User:CN=alice,OU=eng,O=Acme), so\nACLs written for Kafka apply. Allowed: cn, dn.",
             ),
             key(
+                "client_principal_rules",
+                List,
+                "With client_ca: Kafka's ssl.principal.mapping.rules, tried in order on the\nsubject DN: \"RULE:pattern/replacement/\" (L or U after it to lower or upper\nthe name) or \"DEFAULT\" (the DN). A DN no rule matches is refused. [] = none:\nclient_principal decides. E.g. [\"RULE:^CN=(.*?),OU=devices.*$/$1/L\", \"DEFAULT\"].",
+            ),
+            key(
                 "sasl_plain_file",
                 Text,
                 "File of \"<user> <secret>\" lines (# comments). \"\" = no authentication.\nWhen set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or\nSCRAM-SHA-512 (librdkafka: security.protocol=SASL_SSL,\nsasl.mechanism=SCRAM-SHA-256) and are User:<user>.\nA user may have two lines (both secrets work); a # after a space starts a\ncomment. Read at start-up and again when it changes.",

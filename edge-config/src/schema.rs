@@ -246,6 +246,12 @@ pub struct TlsListener {
     /// With `client_ca`: the principal of a client certificate. Default `cn`: `User:<CN>`;
     /// `dn`: `User:<subject DN>`, as Kafka names it (`User:CN=alice,OU=eng,O=Acme`).
     pub client_principal: CertPrincipal,
+    /// With `client_ca`: Kafka's `ssl.principal.mapping.rules`, one rule per item, tried in
+    /// order on the certificate's subject DN (as `dn` writes it): `RULE:pattern/replacement/`
+    /// (then `L` or `U` to lower or upper the name) or `DEFAULT` (the DN). The first whose
+    /// pattern matches the whole DN names the client; a DN no rule matches is refused. Default
+    /// none: `client_principal` decides. E.g. `["RULE:^CN=(.*?),OU=devices.*$/$1/L", "DEFAULT"]`.
+    pub client_principal_rules: Vec<String>,
     /// Default `""`. When set, clients must authenticate with SASL PLAIN, SCRAM-SHA-256 or
     /// SCRAM-SHA-512 against this file of `<user> <secret>` lines (librdkafka:
     /// `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-256`) and are `User:<user>`,
@@ -266,6 +272,7 @@ impl Default for TlsListener {
             client_ca: PathBuf::new(),
             client_auth: TlsClientAuth::Required,
             client_principal: CertPrincipal::Cn,
+            client_principal_rules: Vec::new(),
             sasl_plain_file: PathBuf::new(),
             sasl_oauthbearer: false,
         }

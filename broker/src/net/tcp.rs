@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use crate::log_budget::{LogBudget, within_budget};
@@ -55,7 +54,7 @@ impl Sasl {
 pub async fn listen(
     broker: Arc<Broker>,
     addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<super::tls::TlsServer>,
     sasl: Sasl,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
@@ -79,7 +78,7 @@ async fn accept_loop(
     broker: Arc<Broker>,
     listener: TcpListener,
     bound: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<super::tls::TlsServer>,
     sasl: Sasl,
     kind: ListenerKind,
     mut shutdown: watch::Receiver<bool>,
@@ -153,9 +152,9 @@ async fn accept_loop(
             let _ip_slot = ip_slot;
             match tls {
                 None => super::conn::serve(broker, stream, session, shutdown).await,
-                Some(acceptor) => {
+                Some(tls) => {
                     let accepted =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
+                        tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await;
                     match accepted {
                         Ok(Ok(tls_stream)) => {
                             // With `client_ca` set, the verified certificate names the client
@@ -167,12 +166,7 @@ async fn accept_loop(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .filter(|_| !sasl.required())
-                                .map(|leaf| {
-                                    super::tls::principal_of(
-                                        leaf,
-                                        broker.config.listeners.kafka_tls.client_principal,
-                                    )
-                                });
+                                .map(|leaf| tls.naming.principal(leaf));
                             let session = match principal {
                                 Some(Ok(p)) => {
                                     broker.metrics.count_authenticated(&p);

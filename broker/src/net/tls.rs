@@ -161,6 +161,39 @@ impl rustls::server::danger::ClientCertVerifier for SaysWhyVersion1 {
     }
 }
 
+/// How the TLS listener names a client by its certificate: `client_principal`, or the mapping
+/// rules when there are any.
+#[derive(Debug, Clone)]
+pub struct CertNaming {
+    how: CertPrincipal,
+    rules: super::principal_rules::PrincipalRules,
+}
+
+impl CertNaming {
+    /// The principal of a verified client certificate, or why it names no client.
+    pub fn principal(&self, cert: &[u8]) -> Result<String, String> {
+        if self.rules.is_empty() {
+            return principal_of(cert, self.how).map_err(str::to_string);
+        }
+        let dn = principal_of(cert, CertPrincipal::Dn)?;
+        let dn = dn.strip_prefix("User:").unwrap_or(&dn);
+        match self.rules.apply(dn) {
+            Some(name) => Ok(format!("User:{name}")),
+            None => Err(format!(
+                "no rule of listeners.kafka_tls.client_principal_rules names the client \
+                 certificate's DN {dn:?}"
+            )),
+        }
+    }
+}
+
+/// The TLS listener's acceptor and how it names its clients.
+#[derive(Clone)]
+pub struct TlsServer {
+    pub acceptor: TlsAcceptor,
+    pub naming: Arc<CertNaming>,
+}
+
 /// The principal of a (verified) client certificate: `User:<CN>` of its subject, or with
 /// [`CertPrincipal::Dn`] `User:<subject DN>` as Kafka writes it. Refused, with the reason, when
 /// it has no common name (or, for a DN, no subject), or more than one: a subject of two CNs
@@ -267,8 +300,15 @@ pub fn warn_if_expiring(leaf: &[u8], key: &str) {
 }
 
 /// Builds the acceptor for `[listeners.kafka_tls]`: server chain and key, and when `client_ca`
-/// is set, mandatory client certificates signed by that CA.
-pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsAcceptor> {
+/// is set, client certificates signed by that CA (required unless `client_auth = "requested"`)
+/// and how they name their clients.
+pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsServer> {
+    let rules = super::principal_rules::PrincipalRules::parse(&cfg.client_principal_rules)
+        .map_err(|why| anyhow::anyhow!("listeners.kafka_tls.client_principal_rules: {why}"))?;
+    let naming = Arc::new(CertNaming {
+        how: cfg.client_principal,
+        rules,
+    });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs(&cfg.cert, "cert")?;
     if let Some(leaf) = chain.first() {
@@ -295,7 +335,10 @@ pub fn acceptor(cfg: &edge_config::TlsListener) -> anyhow::Result<TlsAcceptor> {
             cfg.key.display()
         )
     })?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(TlsServer {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        naming,
+    })
 }
 
 /// A file named by a config key or a client property (for errors).
