@@ -188,6 +188,13 @@ struct Inner {
     groups: Mutex<HashMap<String, Group>>,
     /// Serializes store calls with the in-memory offset updates that follow them.
     store_lock: Mutex<()>,
+    /// Saves of consumer-protocol groups asked for, and how many of them a save has covered:
+    /// a caller's change is in memory before it takes its ticket, and a save covers every
+    /// ticket taken before it looked at the groups, so a caller queued behind a save that
+    /// started after its ticket has nothing left to write (group commit: a burst of joins
+    /// serializes a large group once per save, not once per join).
+    consumer_save_tickets: std::sync::atomic::AtomicU64,
+    consumer_saved_through: std::sync::atomic::AtomicU64,
     /// When [`GroupCoordinator::expire_unsubscribed_offsets`] runs next.
     next_unsubscribed_check: Mutex<Instant>,
     /// When a failed membership save was last logged: the save is tried again every tick, the
@@ -296,6 +303,8 @@ impl GroupCoordinator {
                 clock,
                 groups: Mutex::new(groups),
                 store_lock: Mutex::new(()),
+                consumer_save_tickets: Default::default(),
+                consumer_saved_through: Default::default(),
                 next_unsubscribed_check: Mutex::new(now),
                 store_warned: Mutex::new(None),
             }),
@@ -458,10 +467,17 @@ impl GroupCoordinator {
     /// epochs, assignments; not heartbeats alone), so that a restarted coordinator knows their
     /// members. A failed save is tried again at the next tick.
     fn save_consumer_groups(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
         if !self.groups().values().any(|g| g.consumer.is_dirty()) {
             return;
         }
+        let ticket = self.inner.consumer_save_tickets.fetch_add(1, SeqCst) + 1;
         let _store_guard = lock(&self.inner.store_lock);
+        if self.inner.consumer_saved_through.load(SeqCst) >= ticket {
+            // A save that started after this caller's change wrote it.
+            return;
+        }
+        let covers = self.inner.consumer_save_tickets.load(SeqCst);
         let changes: Vec<(String, Option<Vec<u8>>)> = self
             .groups()
             .iter_mut()
@@ -471,6 +487,7 @@ impl GroupCoordinator {
                     .then(|| (id.clone(), g.consumer.save()))
             })
             .collect();
+        let mut all_saved = true;
         for (group, saved) in changes {
             if let Err(e) = self
                 .inner
@@ -485,7 +502,11 @@ impl GroupCoordinator {
                 if let Some(g) = self.groups().get_mut(&group) {
                     g.consumer.mark_dirty();
                 }
+                all_saved = false;
             }
+        }
+        if all_saved {
+            self.inner.consumer_saved_through.fetch_max(covers, SeqCst);
         }
     }
 
