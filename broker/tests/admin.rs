@@ -628,3 +628,39 @@ async fn a_failed_fsync_stops_writes_and_reads_and_makes_the_broker_unhealthy() 
     assert!(broker.broker.storage_failure.borrow().is_some());
     broker.shutdown().await;
 }
+
+/// The admin listener holds at most 64 connections, closing one more at once, and closes a
+/// connection that stops sending (here after `connections_max_idle`, 1 s): a hung scraper or
+/// a half-open probe cannot take the file descriptors the Kafka side needs (QA held 1,100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_bounds_its_connections_and_closes_idle_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.admin.enabled = true;
+    cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
+    cfg.broker.connections_max_idle = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    let admin = broker.admin_addr.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    // The 65th is closed as soon as it is accepted.
+    let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // The half-sent requests are closed once idle; then a probe is served again.
+    for s in &mut held {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("closed when idle");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    assert!(get(admin, "/health").await.starts_with("HTTP/1.1 200"));
+    broker.shutdown().await;
+}

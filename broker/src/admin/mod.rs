@@ -677,6 +677,123 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// Connections the admin listener holds at once; one more is closed as soon as it is accepted.
+/// Scrapers and health probes need a few: the bound keeps a stuck or hostile client from
+/// taking the file descriptors the Kafka listeners and the partitions need.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// An admin connection that sends nothing for this long (no request, or a request that stops
+/// half way) is closed; sooner when `broker.connections_max_idle` is shorter.
+const ADMIN_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Admin connections refused for the bound, said a minute.
+static ADMIN_REFUSED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new(1);
+
+/// The admin listener with its bounds ([`ADMIN_CONNECTIONS`], [`ADMIN_IDLE`]).
+struct Bounded {
+    listener: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+    idle: std::time::Duration,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = BoundedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    crate::log_budget::within_budget!(ADMIN_REFUSED, warn, error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let stream = BoundedStream {
+                        stream,
+                        _slot: slot,
+                        idle_for: self.idle,
+                        idle: Box::pin(tokio::time::sleep(self.idle)),
+                    };
+                    return (stream, peer);
+                }
+                Err(_) => {
+                    crate::log_budget::within_budget!(ADMIN_REFUSED, warn, %peer, limit = ADMIN_CONNECTIONS, "admin listener: too many connections open; closing a new one");
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An admin connection: holds its slot, and fails a read that waits past [`ADMIN_IDLE`] since
+/// the last byte came in.
+struct BoundedStream {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    idle_for: std::time::Duration,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl tokio::io::AsyncRead for BoundedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.idle_for;
+                    self.idle.as_mut().reset(next);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "admin connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Binds the admin listener and serves it until shutdown.
 pub async fn listen(
     broker: Arc<Broker>,
@@ -688,12 +805,18 @@ pub async fn listen(
         .with_context(|| format!("cannot bind admin listener on {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(listener = "admin", address = %bound, "listening");
+    let listener = Bounded {
+        listener,
+        slots: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS)),
+        idle: ADMIN_IDLE.min(broker.config.broker.connections_max_idle),
+    };
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/plugins", get(plugins::list))
         .route("/plugins/reload", post(plugins::reload))
         .with_state(broker);
+
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
