@@ -210,6 +210,7 @@ pub async fn start_broker_from(
     }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create broker.data_dir {}", data_dir.display()))?;
+    crate::admin::process::open_early();
     let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
     let cluster = crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster)?;
     let replicas = cluster.as_ref().map_or(1, |c| c.replication_factor());
@@ -221,6 +222,21 @@ pub async fn start_broker_from(
         now_ms(),
     )
     .context("cannot open the partition logs")?;
+    // Every segment of every partition holds a file open: a log that grew into its limit (rolls
+    // are not refused as new partitions are) starts with no room for connections.
+    if let (Some(open), Some(limit)) = (
+        crate::admin::process::open_fds(),
+        crate::admin::process::max_fds(),
+    ) && open * 10 > limit * 8
+    {
+        tracing::warn!(
+            open,
+            limit,
+            "the partitions' segments hold most of the open-files limit: connections and new \
+             segments will fail; raise the limit (LimitNOFILE=, ulimit -n) or use larger \
+             segment.bytes / shorter retention"
+        );
+    }
     if cluster.is_some() {
         let max_seen = catalog
             .list()

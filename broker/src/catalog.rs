@@ -664,15 +664,12 @@ impl Catalog {
     /// The files this process has open and its limit, if both can be known (Linux's
     /// `/proc/self/fd`); counted at most every [`OPEN_FILES_RECOUNT`].
     fn open_files(&self) -> Option<(u64, u64)> {
-        let (limit, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
-        if limit == rlimit::INFINITY {
-            return None;
-        }
+        let limit = crate::admin::process::max_fds()?;
         let mut counted = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
         match *counted {
             Some((at, open)) if at.elapsed() < OPEN_FILES_RECOUNT => Some((open, limit)),
             _ => {
-                let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+                let open = crate::admin::process::open_fds()?;
                 *counted = Some((std::time::Instant::now(), open));
                 Some((open, limit))
             }

@@ -1527,3 +1527,113 @@ async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+/// Segments that roll until the open-files limit is nearly used: `/health` says so (503, with
+/// what to do), `/metrics` still has the process's figures (its `/proc` files were opened at
+/// start), and a start under the same limit warns that the segments hold most of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_nearly_out_of_file_descriptors_says_so() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (common::free_port(), common::free_port());
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\
+             [listeners.quic]\nenabled = false\n[listeners.admin]\naddress = \"127.0.0.1:{admin_port}\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let serve = || {
+        Command::new("sh")
+            .args(["-c", "ulimit -n 400 && exec \"$0\" serve --config \"$1\""])
+            .arg(env!("CARGO_BIN_EXE_runnel"))
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let connected = async |bootstrap: &str| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(bootstrap).await {
+                return common::RawClient::from_stream(s);
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the broker never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let broker = serve();
+    let mut c = connected(&bootstrap).await;
+    assert!(common::http_get(admin, "/health").await.contains("ok"));
+    let topic = CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("rolling")))
+        .with_num_partitions(1)
+        .with_replication_factor(-1)
+        .with_configs(vec![
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("segment.bytes"))
+                .with_value(Some(StrBytes::from_static_str("1024"))),
+        ]);
+    let made = c
+        .call(&CreateTopicsRequest::default().with_topics(vec![topic]), 5)
+        .await;
+    assert_eq!(made.topics[0].error_code, 0);
+    // Each batch of 700 bytes takes a segment of its own (the broker keeps a tenth of the limit,
+    // at least 256, free for connections when making partitions, not when rolling segments).
+    let mut health = String::new();
+    for i in 0..600 {
+        let record = common::record(0, None, &[b'x'; 700], runnel::broker::now_ms());
+        let batch = common::encode_batch(&[record], kafka_protocol::records::Compression::None);
+        c.call(&common::produce_request("rolling", 0, 1, batch), 9)
+            .await;
+        health = common::http_get(admin, "/health").await;
+        if health.contains("503") {
+            assert!(i > 10, "unhealthy from the start: {health}");
+            break;
+        }
+    }
+    assert!(
+        health.contains("503")
+            && health.contains("file descriptors")
+            && health.contains("LimitNOFILE"),
+        "{health}"
+    );
+    let metrics = common::http_get(admin, "/metrics").await;
+    for family in [
+        "process_open_fds ",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{family}")),
+            "{family}: {metrics}"
+        );
+    }
+    drop(c);
+    assert!(
+        Command::new("kill")
+            .arg(broker.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    broker.wait_with_output().unwrap();
+    let mut broker = serve();
+    connected(&bootstrap).await;
+    broker.kill().unwrap();
+    let stopped = broker.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&stopped.stderr);
+    assert!(log.contains("hold most of the open-files limit"), "{log}");
+}

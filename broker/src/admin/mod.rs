@@ -655,6 +655,19 @@ async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
         )
             .into_response();
     }
+    if let (Some(open), Some(limit)) = (process::open_fds(), process::max_fds())
+        && open + FDS_SPARE.max(limit / 50) >= limit
+    {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: {open} of the {limit} file descriptors the process may open are in use: \
+                 connections and new segments fail; raise the open-files limit (LimitNOFILE=, \
+                 ulimit -n)\n"
+            ),
+        )
+            .into_response();
+    }
     let b = broker.clone();
     match tokio::task::spawn_blocking(move || b.meta.check()).await {
         Ok(Ok(())) => "ok\n".into_response(),
@@ -670,6 +683,10 @@ async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
 /// Free bytes under which `/health` calls the data directory's filesystem full: less than a
 /// produce request of a few batches.
 const FULL_BELOW: u64 = 1 << 20;
+
+/// File descriptors under which `/health` calls the process out of them (or a fiftieth of the
+/// limit, if more).
+const FDS_SPARE: u64 = 16;
 
 /// The bytes an unprivileged writer may still use on the filesystem holding `dir`.
 fn free_bytes(dir: &std::path::Path) -> Option<u64> {

@@ -1,15 +1,63 @@
 //! The process's own figures for `/metrics`, under the names Prometheus' client libraries give
 //! them (`process_cpu_seconds_total`, `process_resident_memory_bytes`, ...), so that the
 //! dashboards and alerts written for any exporter work unchanged. Read from `/proc/self`
-//! (Linux); a figure that cannot be read is left out rather than reported as zero.
+//! (Linux); a figure that cannot be read is left out rather than reported as zero. The files
+//! read at every scrape are opened once ([`open_early`], at start) and read again in place, so
+//! the figures are still there when the process has run out of file descriptors, which is when
+//! they are wanted.
 
 use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::sync::OnceLock;
+
+static STAT: OnceLock<File> = OnceLock::new();
+static STATM: OnceLock<File> = OnceLock::new();
+static BOOT_TIME: OnceLock<u64> = OnceLock::new();
+
+/// Opens what the figures are read from, before the broker opens its partitions.
+pub fn open_early() {
+    let _ = read_proc(&STAT, "/proc/self/stat");
+    let _ = read_proc(&STATM, "/proc/self/statm");
+    let _ = boot_time();
+}
+
+/// A `/proc` file's text, read from offset 0 of a handle opened once.
+fn read_proc(slot: &'static OnceLock<File>, path: &str) -> Option<String> {
+    let file = match slot.get() {
+        Some(f) => f,
+        None => {
+            let f = File::open(path).ok()?;
+            slot.get_or_init(|| f)
+        }
+    };
+    let mut buf = vec![0u8; 4096];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
+}
 
 /// Resident memory of the process in bytes (`/proc/self/statm`).
 pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let statm = read_proc(&STATM, "/proc/self/statm")?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * rustix::param::page_size() as u64)
+}
+
+/// The file descriptors the process has open (`/proc/self/fd`); with none left to list them
+/// (EMFILE), all of its limit.
+pub fn open_fds() -> Option<u64> {
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(fds) => Some(fds.count() as u64),
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => max_fds(),
+        Err(_) => None,
+    }
+}
+
+/// The soft limit on open file descriptors, if there is one.
+pub fn max_fds() -> Option<u64> {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    (soft != rlimit::INFINITY).then_some(soft)
 }
 
 /// What `/proc/self/stat` says, from the fields after the command name.
@@ -21,7 +69,7 @@ struct Stat {
 }
 
 fn stat() -> Option<Stat> {
-    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let text = read_proc(&STAT, "/proc/self/stat")?;
     // The command name is in parentheses and may hold spaces and ')': fields follow the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -35,14 +83,19 @@ fn stat() -> Option<Stat> {
     })
 }
 
-/// Boot time in seconds since the epoch (`btime` in `/proc/stat`).
+/// Boot time in seconds since the epoch (`btime` in `/proc/stat`), read once.
 fn boot_time() -> Option<u64> {
+    if let Some(t) = BOOT_TIME.get() {
+        return Some(*t);
+    }
     let text = std::fs::read_to_string("/proc/stat").ok()?;
-    text.lines()
+    let btime = text
+        .lines()
         .find_map(|l| l.strip_prefix("btime "))?
         .trim()
         .parse()
-        .ok()
+        .ok()?;
+    Some(*BOOT_TIME.get_or_init(|| btime))
 }
 
 /// Appends the `process_*` families to a metrics page.
@@ -90,12 +143,12 @@ pub fn render(out: &mut String) {
             rss.to_string(),
         );
     }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+    if let Some(open) = open_fds() {
         family(
             "process_open_fds",
             "gauge",
             "Number of open file descriptors.",
-            fds.count().to_string(),
+            open.to_string(),
         );
     }
     if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
