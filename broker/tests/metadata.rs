@@ -313,3 +313,25 @@ async fn describe_cluster_agrees_with_metadata() {
     assert_eq!(r.error_code, E::UnsupportedEndpointType.code());
     broker.shutdown().await;
 }
+
+/// A listener bound to 0.0.0.0 with no advertised_host advertises the address each client
+/// reached, not 0.0.0.0, which no client can connect to (QA: remote clients bootstrapped and
+/// then could neither produce nor consume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_listener_advertises_the_address_the_client_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.kafka.address = "0.0.0.0:0".parse().unwrap();
+    let broker = common::start_with(cfg).await;
+    let port = broker.kafka_addr.unwrap().port();
+    for host in ["127.0.0.1", "127.0.0.2"] {
+        let mut c = RawClient::connect(&format!("{host}:{port}")).await;
+        let md = c
+            .call(&MetadataRequest::default().with_topics(Some(vec![])), 12)
+            .await;
+        assert_eq!(md.brokers.len(), 1);
+        assert_eq!(md.brokers[0].host.as_str(), host);
+        assert_eq!(md.brokers[0].port, port as i32);
+    }
+    broker.shutdown().await;
+}

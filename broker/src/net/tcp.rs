@@ -84,10 +84,14 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(broker.config.broker.max_connections));
-    let advertised_host = if broker.config.broker.advertised_host.is_empty() {
+    // Without advertised_host, the bound address; for a wildcard (0.0.0.0, ::), which no client
+    // can connect to, the address each client reached (below).
+    let configured = &broker.config.broker.advertised_host;
+    let wildcard = configured.is_empty() && bound.ip().is_unspecified();
+    let advertised_host = if configured.is_empty() {
         bound.ip().to_string()
     } else {
-        broker.config.broker.advertised_host.clone()
+        configured.clone()
     };
     let handshake_timeout = broker.config.broker.handshake_timeout;
     loop {
@@ -125,10 +129,14 @@ async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let advertised_host = match stream.local_addr() {
+            Ok(local) if wildcard => local.ip().to_canonical().to_string(),
+            _ => advertised_host.clone(),
+        };
         let session = Session {
             peer,
             listener: kind,
-            advertised_host: advertised_host.clone(),
+            advertised_host,
             advertised_port: bound.port() as i32,
             // SASL names the client; without it a verified certificate may (below).
             identity: if sasl.required() {
