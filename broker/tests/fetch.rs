@@ -122,6 +122,14 @@ async fn long_poll_waits_for_data_and_wakes_on_append() {
         Some(0)
     );
 
+    // With min_bytes 0 nothing at all is enough: answered at once, as Kafka does.
+    let t = Instant::now();
+    let r = c
+        .call(&fetch_req("lp", 0, 3_000).with_min_bytes(0), 11)
+        .await;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(r.responses[0].partitions[0].error_code, 0);
+
     // A fetch waiting up to 30 s is answered as soon as another connection appends.
     let addr2 = addr.clone();
     let producer = tokio::spawn(async move {

@@ -790,6 +790,13 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
         "UNSUPPORTED_VERSION below v9"
     );
     assert_eq!(code(&raw.call(&commit, 9).await), 0);
+    // To a group that does not exist, with a generation: GROUP_ID_NOT_FOUND from v9 on,
+    // ILLEGAL_GENERATION before, as Kafka 4 answers.
+    let nowhere = commit
+        .clone()
+        .with_group_id(GroupId(StrBytes::from_static_str("nowhere")));
+    assert_eq!(code(&raw.call(&nowhere, 9).await), 69);
+    assert_eq!(code(&raw.call(&nowhere, 8).await), 22);
     let stale = commit
         .clone()
         .with_generation_id_or_member_epoch(first.member_epoch - 1);

@@ -614,6 +614,12 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
     if all_acks && cfg.get("enable.idempotence").is_none() {
         cfg.set("enable.idempotence", "true");
     }
+    // Keys placed as Kafka's Java producer and console producer place them (murmur2), not by
+    // librdkafka's default (CRC32): records of one key from `runnel produce` and from a Java,
+    // kafkajs or franz-go producer then share a partition, and so their order.
+    if cfg.get("partitioner").is_none() {
+        cfg.set("partitioner", "murmur2_random");
+    }
     let producer: ThreadedProducer<Deliveries> = cfg
         .set("acks", acks)
         .set("compression.codec", compression)

@@ -183,12 +183,13 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
         } else {
             Vec::new()
         };
-        let done = total >= min_bytes.max(1)
+        // As Kafka: `min_bytes` 0 is met by nothing at all, so such a fetch never waits.
+        let done = total >= min_bytes
             || any_error
             || !unasked.is_empty()
             || notified.is_empty()
             || tokio::time::Instant::now() >= deadline;
-        if done || (min_bytes == 0 && total == 0 && wait.is_zero()) {
+        if done {
             tracing::trace!(bytes = total, partitions = wanted.len(), "fetch answered");
             parts.extend(unasked);
             return respond(parts, top_error);

@@ -197,7 +197,11 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
                             .map(|p| {
                                 OffsetCommitResponsePartition::default()
                                     .with_partition_index(p.partition)
-                                    .with_error_code(p.result.err().map_or(0, |e| e.kafka_code()))
+                                    .with_error_code(
+                                        p.result
+                                            .err()
+                                            .map_or(0, |e| commit_error_code(&e, ctx.api_version)),
+                                    )
                             })
                             .collect(),
                     )
@@ -221,6 +225,18 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
         );
     }
     OffsetCommitResponse::default().with_topics(out)
+}
+
+/// A refused commit's error code. A commit with a generation to a group that does not exist
+/// (the coordinator's ILLEGAL_GENERATION with no current generation) is GROUP_ID_NOT_FOUND
+/// from v9 on, as Kafka answers it; older versions keep ILLEGAL_GENERATION.
+fn commit_error_code(e: &crate::groups::GroupError, version: i16) -> i16 {
+    match e {
+        crate::groups::GroupError::IllegalGeneration { current: -1, .. } if version >= 9 => {
+            E::GroupIdNotFound.code()
+        }
+        e => e.kafka_code(),
+    }
 }
 
 #[cfg(test)]
