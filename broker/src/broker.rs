@@ -525,6 +525,9 @@ fn cluster_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
 /// full disk every partition fails at every check.
 static STORAGE_ERRORS: LogBudget = LogBudget::new(30);
 
+/// The data directory found gone, said a minute.
+static DATA_DIR_GONE: LogBudget = LogBudget::new(1);
+
 /// Seals the segments rolled since the last check: fsyncs them and writes their index files
 /// without the partition's lock, so appends go on. A failed seal is tried again next time.
 fn seal_rolled(p: &crate::catalog::Partition) {
@@ -630,6 +633,10 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
         let run_maintenance = last_check.elapsed() >= check_every;
         if run_maintenance {
             last_check = tokio::time::Instant::now();
+            let meta = broker.config.broker.data_dir.join("meta.redb");
+            if !meta.exists() {
+                within_budget!(DATA_DIR_GONE, error, data_dir = %broker.config.broker.data_dir.display(), "the data directory or its meta.redb is gone (removed or unmounted under the running broker): what is written now is lost at the next start; /health is 503");
+            }
         }
         let b = broker.clone();
         // File work (fsync, segment deletion, compaction) runs off the async workers.

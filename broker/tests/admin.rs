@@ -664,3 +664,20 @@ async fn the_admin_listener_bounds_its_connections_and_closes_idle_ones() {
     assert!(get(admin, "/health").await.starts_with("HTTP/1.1 200"));
     broker.shutdown().await;
 }
+
+/// A data directory removed under the running broker (an unmounted card, an `rm -rf`) makes
+/// `/health` 503: what is written after it is lost at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_when_the_data_directory_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (broker, admin) = with_admin_listener(&data).await;
+    assert!(get(admin, "/health").await.starts_with("HTTP/1.1 200"));
+    std::fs::remove_dir_all(&data).unwrap();
+    let health = get(admin, "/health").await;
+    assert!(
+        health.starts_with("HTTP/1.1 503") && health.contains("is gone"),
+        "{health}"
+    );
+    broker.shutdown().await;
+}

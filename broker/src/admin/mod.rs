@@ -644,6 +644,19 @@ async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
         )
             .into_response();
     }
+    let data_dir = &broker.config.broker.data_dir;
+    if !data_dir.join("meta.redb").exists() {
+        // Removed under the running broker (an unmounted card, an `rm -rf`): writes go to
+        // deleted files and the next start finds nothing.
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: the data directory {} or its meta.redb is gone: what is written now is lost at the next start\n",
+                data_dir.display()
+            ),
+        )
+            .into_response();
+    }
     let free = free_bytes(&broker.config.broker.data_dir);
     if free.is_some_and(|free| free < FULL_BELOW) {
         return (
