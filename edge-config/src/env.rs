@@ -7,9 +7,10 @@
 //! precedence over the file, which takes precedence over the defaults.
 //!
 //! Variables starting with `RUNNEL_` but containing no `__` (`RUNNEL_LOG`, `RUNNEL_CONFIG`) are
-//! not config keys and are ignored: they are left for the binary's own flags and logging. A
-//! variable with `__` that names no key is an error naming the variable, so a misspelt override
-//! never goes unnoticed.
+//! not config keys and are ignored: they are left for the binary's own flags and logging, unless
+//! one names a key once a `_` is made `__` (`RUNNEL_LOG_RETENTION`), which is an error saying
+//! so. A variable with `__` that names no key is an error naming the variable, so a misspelt
+//! override never goes unnoticed.
 //!
 //! The text of a variable is typed by the key it sets: `true`/`false` become booleans for
 //! boolean keys; an integer becomes a TOML integer for numeric, size and duration keys (so
@@ -39,6 +40,18 @@ pub(crate) fn apply(
             continue;
         };
         if !rest.contains(ENV_SEPARATOR) {
+            // Not an override, unless it is one with a single underscore where two belong
+            // (`RUNNEL_LOG_RETENTION`), which would otherwise be ignored without a word.
+            if let Some(meant) = double_underscore_meant(rest) {
+                return Err(ConfigError::Invalid {
+                    at: Location::Env { var: var.clone() },
+                    key: meant.replace(ENV_SEPARATOR, ".").to_ascii_lowercase(),
+                    message: format!(
+                        "{var} is not read: did you mean {ENV_PREFIX}{meant}? (a section and its \
+                         key are joined by two underscores)"
+                    ),
+                });
+            }
             continue;
         }
         let at = || Location::Env { var: var.clone() };
@@ -74,6 +87,16 @@ pub(crate) fn apply(
         provenance.set_env(&path, var);
     }
     Ok(())
+}
+
+/// The override `rest` (after `RUNNEL_`, no `__` in it) was meant to be, if putting `__` for
+/// one `_` names a key: `LOG_RETENTION` -> `LOG__RETENTION`.
+fn double_underscore_meant(rest: &str) -> Option<String> {
+    rest.match_indices('_').find_map(|(i, _)| {
+        let meant = format!("{}{ENV_SEPARATOR}{}", &rest[..i], &rest[i + 1..]);
+        let path = meant.to_ascii_lowercase().replace(ENV_SEPARATOR, ".");
+        keys::key_at(&path).map(|_| meant)
+    })
 }
 
 /// The TOML value for an override's text, typed by the key's kind.

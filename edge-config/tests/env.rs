@@ -204,3 +204,20 @@ fn load_without_a_file_is_the_defaults() {
     }
     assert_eq!(Config::load(None).unwrap(), Config::default());
 }
+
+#[test]
+fn a_single_underscore_where_two_belong_is_an_error_not_ignored() {
+    let err = parse("", &[("RUNNEL_LOG_RETENTION", "1h")]).unwrap_err();
+    assert!(err.contains("did you mean RUNNEL_LOG__RETENTION?"), "{err}");
+    let err = parse("", &[("RUNNEL_BROKER_DATA_DIR", "/srv")]).unwrap_err();
+    assert!(err.contains("RUNNEL_BROKER__DATA_DIR"), "{err}");
+    // Variables of the binary and its scripts are not config keys: left alone.
+    for var in [
+        "RUNNEL_BOOTSTRAP",
+        "RUNNEL_CLIENT_CONFIG",
+        "RUNNEL_INTEROP_GO_BIN",
+        "RUNNEL_LOG",
+    ] {
+        assert!(parse("", &[(var, "x")]).is_ok(), "{var}");
+    }
+}

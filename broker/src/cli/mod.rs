@@ -555,6 +555,17 @@ mod humantime_arg {
 }
 
 fn init_tracing() {
+    if let Ok(given) = std::env::var("RUST_LOG")
+        && !given.trim().is_empty()
+        && !names_runnel(&given)
+    {
+        // A filter of other targets only (a typo, `RUNNEL=info`) turns every line of the
+        // broker's off, its start-up lines and QUIC fingerprint included, without a word.
+        eprintln!(
+            "runnel: RUST_LOG={given:?} enables no level and no runnel target, so the broker \
+             logs nothing; e.g. RUST_LOG=info or RUST_LOG=runnel=debug (targets are lower case)"
+        );
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: logs sent to a file or a journal stay plain text.
@@ -564,6 +575,17 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
+}
+
+/// Whether a `RUST_LOG` filter lets any of runnel's lines through: a directive that is a level
+/// alone, or one for a `runnel` target.
+fn names_runnel(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    filter.split(',').map(str::trim).any(|d| {
+        let target = d.split(['=', '[']).next().unwrap_or("");
+        let level_only = !d.contains('=') && LEVELS.contains(&d.to_ascii_lowercase().as_str());
+        level_only || target == "runnel" || target.starts_with("runnel::")
+    })
 }
 
 pub fn main() -> ExitCode {
@@ -670,6 +692,28 @@ fn error_chain(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::{epoch_millis, error_chain};
+
+    #[test]
+    fn a_log_filter_that_turns_the_broker_off_is_noticed() {
+        for ok in [
+            "info",
+            "warn,hyper=debug",
+            "runnel=debug",
+            "runnel::groups=trace",
+            "DEBUG",
+        ] {
+            assert!(super::names_runnel(ok), "{ok}");
+        }
+        for silent in [
+            "garbage!!",
+            "RUNNEL=info",
+            "hyper=debug",
+            "runnelx=info",
+            "",
+        ] {
+            assert!(!super::names_runnel(silent), "{silent}");
+        }
+    }
 
     /// --to-datetime takes RFC 3339 times with any zone offset, as Kafka's tool does.
     #[test]
