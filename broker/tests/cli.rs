@@ -1672,3 +1672,36 @@ async fn produce_places_keys_as_kafkas_default_partitioner() {
     assert_eq!(placed, 20);
     broker.shutdown().await;
 }
+
+/// As kafka-topics: a topic made without --partitions gets the broker's default partitions;
+/// --if-not-exists and --if-exists make an existing or a missing topic no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_create_and_delete_take_kafka_topics_defaults_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.default_partitions = 3;
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let ok = |args: &[&str]| {
+            let out = runnel(args);
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        ok(&["topics", "create", "d", "-b", &b]);
+        assert!(ok(&["topics", "describe", "d", "-b", &b]).contains("partitions: 3"));
+        let again = runnel(&["topics", "create", "d", "-b", &b]);
+        assert!(!again.status.success());
+        assert_eq!(
+            ok(&["topics", "create", "d", "--if-not-exists", "-b", &b]),
+            ""
+        );
+        ok(&["topics", "delete", "d", "-b", &b]);
+        let gone = runnel(&["topics", "delete", "d", "-b", &b]);
+        assert!(!gone.status.success());
+        assert_eq!(ok(&["topics", "delete", "d", "--if-exists", "-b", &b]), "");
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}

@@ -45,6 +45,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             partitions,
             replication_factor,
             configs,
+            if_not_exists,
             conn,
         } => {
             let pairs = config_pairs(&configs)?;
@@ -59,6 +60,8 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             for r in results {
                 match r {
                     Ok(t) => out!("created topic {t}"),
+                    Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))
+                        if if_not_exists => {}
                     // librdkafka's admin result carries the code without the broker's message:
                     // the broker's reason, asked again without changing anything, else what is
                     // wrong with the configs given, by the same check Runnel runs.
@@ -83,12 +86,18 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
             delete_configs,
             conn,
         } => alter_topic(&conn, &name, partitions, &configs, &delete_configs),
-        TopicsCommand::Delete { name, conn } => {
+        TopicsCommand::Delete {
+            name,
+            if_exists,
+            conn,
+        } => {
             let admin = admin(&conn)?;
             let results = runtime()?.block_on(admin.delete_topics(&[&name], &admin_options()))?;
             for r in results {
                 match r {
                     Ok(t) => out!("deleted topic {t}"),
+                    Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition))
+                        if if_exists => {}
                     Err((t, code)) => bail!("cannot delete topic {t}: {code}"),
                 }
             }

@@ -230,8 +230,9 @@ enum TopicsCommand {
     /// Create a topic, as kafka-topics --create.
     Create {
         name: String,
-        /// Number of partitions (-1: the broker's default, broker.default_partitions).
-        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+        /// Number of partitions. Default -1: the broker's default (broker.default_partitions),
+        /// as kafka-topics takes num.partitions.
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
         partitions: i32,
         /// Copies of each partition: every broker holds every topic, so the number of brokers
         /// (1 for a broker alone) or -1 (that number, the default), as kafka-topics takes it.
@@ -240,6 +241,9 @@ enum TopicsCommand {
         /// Topic config override, e.g. --config retention.ms=3600000 (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
+        /// Succeed without a word when the topic exists already, as kafka-topics does.
+        #[arg(long)]
+        if_not_exists: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -283,6 +287,9 @@ enum TopicsCommand {
     /// Delete a topic and its records.
     Delete {
         name: String,
+        /// Succeed without a word when there is no such topic, as kafka-topics does.
+        #[arg(long)]
+        if_exists: bool,
         #[command(flatten)]
         conn: Conn,
     },
