@@ -101,6 +101,10 @@ enum MemberState {
     UnreleasedPartitions,
 }
 
+/// A static member's epoch once it left for now (a heartbeat of epoch -2), until its instance
+/// id joins again or its session times out.
+const LEFT_FOR_NOW: i32 = -2;
+
 #[derive(Debug, Clone)]
 struct Member {
     instance_id: Option<String>,
@@ -496,7 +500,8 @@ impl ConsumerGroup {
         // the subscribed topics change. Once per heartbeat, as in Kafka.
         let mut changed = false;
         let member_id = match req.member_epoch {
-            -2 | -1 => return self.leave(&req),
+            LEFT_FOR_NOW => return self.leave_for_now(&req),
+            -1 => return self.leave(&req),
             0 => {
                 let (id, new) = self.join(&req, now)?;
                 changed |= new;
@@ -610,17 +615,38 @@ impl ConsumerGroup {
         } else {
             req.member_id.clone()
         };
+        // A static member coming back: it replaces its old self once that one left for now
+        // (epoch -2), taking what it held and its target, with no new group epoch; while the
+        // old one (under another member id) is still in the group, it waits.
+        let holder = req
+            .instance_id
+            .as_ref()
+            .and_then(|instance| Some((instance, self.holder_of(instance)?.clone())));
+        if let Some((instance, other)) = holder
+            && (other != id || self.members[&other].epoch == LEFT_FOR_NOW)
+        {
+            if self.members[&other].epoch != LEFT_FOR_NOW {
+                return Err(GroupError::UnreleasedInstanceId {
+                    instance_id: instance.clone(),
+                    member_id: other,
+                });
+            }
+            let mut back = self.members.remove(&other).expect("its holder");
+            if let Some(target) = self.target.remove(&other) {
+                self.target.insert(id.clone(), target);
+            }
+            back.epoch = 0;
+            back.previous_epoch = -1;
+            back.client_id = req.client_id.clone();
+            back.client_host = req.client_host.clone();
+            back.last_sent = None;
+            self.members.insert(id.clone(), back);
+            self.dirty = true;
+            info!(group = %client_text(&self.group_id), member = %client_text(&id), instance = %client_text(instance), "static member back (consumer protocol): it takes its partitions again");
+            return Ok((id, false));
+        }
         if self.members.remove(&id).is_some() {
             info!(group = %client_text(&self.group_id), member = %client_text(&id), "member joins again (epoch 0): its earlier self is fenced");
-        }
-        if let Some(instance) = &req.instance_id
-            && let Some(other) = self.holder_of(instance)
-        {
-            // A static member coming back: it replaces its old self only once that one left.
-            return Err(GroupError::UnreleasedInstanceId {
-                instance_id: instance.clone(),
-                member_id: other.clone(),
-            });
         }
         info!(group = %client_text(&self.group_id), member = %client_text(&id), client = %client_text(&req.client_id), "member joins (consumer protocol)");
         self.members.insert(
@@ -647,6 +673,33 @@ impl ConsumerGroup {
             },
         );
         Ok((id, true))
+    }
+
+    /// A static member's leave (epoch -2, a restart): it stays in the group with what it
+    /// holds and its target until its session times out, so that the same instance id coming
+    /// back takes them again and no other member is moved meanwhile, as in Kafka.
+    fn leave_for_now(
+        &mut self,
+        req: &ConsumerHeartbeat,
+    ) -> Result<ConsumerHeartbeatReply, GroupError> {
+        let member = self
+            .members
+            .get_mut(&req.member_id)
+            .ok_or(GroupError::UnknownMemberId)?;
+        if member.instance_id.is_none() || member.instance_id != req.instance_id {
+            return Err(GroupError::FencedInstanceId);
+        }
+        info!(group = %client_text(&self.group_id), member = %client_text(&req.member_id), "static member leaves for now (consumer protocol): its partitions wait for it until its session times out");
+        // Fenced if it heartbeats again as itself; replaced when its instance id joins.
+        member.epoch = LEFT_FOR_NOW;
+        member.previous_epoch = LEFT_FOR_NOW;
+        self.dirty = true;
+        Ok(ConsumerHeartbeatReply {
+            member_id: req.member_id.clone(),
+            member_epoch: LEFT_FOR_NOW,
+            heartbeat_interval_ms: 0,
+            assignment: None,
+        })
     }
 
     fn leave(&mut self, req: &ConsumerHeartbeat) -> Result<ConsumerHeartbeatReply, GroupError> {
@@ -1736,6 +1789,82 @@ mod tests {
             .heartbeat(stolen, &v, &visible, settings(), now)
             .unwrap_err();
         assert_eq!(err.kafka_code(), 82, "FENCED_INSTANCE_ID");
+    }
+
+    /// A static member's leave for now (epoch -2, a rolling restart) keeps its partitions for
+    /// it: the other member is not given them, and the same instance id joining again (under a
+    /// new member id) gets them back with no new group epoch, as in Kafka. Its session timing
+    /// out is a leave like any other.
+    #[test]
+    fn a_static_member_leaving_for_now_gets_its_partitions_back() {
+        let mut g = ConsumerGroup::new("g".into());
+        let now = Instant::now();
+        let v = view(4);
+        let static_join = |id: &str, instance: &str| {
+            let mut j = join(id, &["t"]);
+            j.instance_id = Some(instance.into());
+            j
+        };
+        let settle = |g: &mut ConsumerGroup, id: &str, now: Instant| {
+            let mut owned = Assignment::new();
+            for _ in 0..4 {
+                let epoch = g
+                    .describe()
+                    .members
+                    .iter()
+                    .find(|m| m.member_id == id)
+                    .unwrap()
+                    .member_epoch;
+                let mut b = beat(id, epoch, &owned);
+                b.instance_id = Some(format!("i-{id}"));
+                if let Some(a) = g
+                    .heartbeat(b, &v, &visible, settings(), now)
+                    .unwrap()
+                    .assignment
+                {
+                    owned = a;
+                }
+            }
+            owned
+        };
+        g.heartbeat(static_join("a", "i-a"), &v, &visible, settings(), now)
+            .unwrap();
+        g.heartbeat(static_join("b", "i-b"), &v, &visible, settings(), now)
+            .unwrap();
+        settle(&mut g, "a", now);
+        let held_b = settle(&mut g, "b", now);
+        let held_a = settle(&mut g, "a", now);
+        assert_eq!((parts(&held_a, T).len(), parts(&held_b, T).len()), (2, 2));
+        let group_epoch = g.describe().group_epoch;
+
+        let mut away = beat("b", g.describe().members[1].member_epoch, &held_b);
+        away.member_epoch = -2;
+        away.instance_id = Some("i-b".into());
+        let reply = g.heartbeat(away, &v, &visible, settings(), now).unwrap();
+        assert_eq!(reply.member_epoch, -2);
+        // a is not given b's partitions meanwhile.
+        assert_eq!(parts(&settle(&mut g, "a", now), T), parts(&held_a, T));
+        // b's old self is fenced; the instance id back under a new member id takes them again.
+        let err = g
+            .heartbeat(beat("b", 2, &held_b), &v, &visible, settings(), now)
+            .unwrap_err();
+        assert_eq!(err.kafka_code(), 110);
+        let back = g
+            .heartbeat(static_join("b2", "i-b"), &v, &visible, settings(), now)
+            .unwrap();
+        assert_eq!(parts(&back.assignment.unwrap(), T), parts(&held_b, T));
+        assert_eq!(g.describe().group_epoch, group_epoch, "no rebalance");
+
+        // Away again and not back within its session: its partitions go to a.
+        let mut away = beat("b2", back.member_epoch, &held_b);
+        away.member_epoch = -2;
+        away.instance_id = Some("i-b".into());
+        g.heartbeat(away, &v, &visible, settings(), now).unwrap();
+        settle(&mut g, "a", now + Duration::from_secs(6));
+        let later = now + Duration::from_secs(11);
+        assert!(g.poll(later), "b2's session timed out");
+        assert_eq!(g.describe().members.len(), 1);
+        assert_eq!(parts(&settle(&mut g, "a", later), T), vec![0, 1, 2, 3]);
     }
 
     #[test]
