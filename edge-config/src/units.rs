@@ -168,7 +168,12 @@ fn size_visitor(none_word: Option<&'static str>) -> UnitVisitor<u64> {
         none_word,
         parse: parse_bytes,
         from_int: |n| n,
-        invalid: |shown| format!("invalid size {shown}"),
+        invalid: |shown| {
+            format!(
+                "invalid size {shown}: a whole number with an optional unit (B, KiB, MiB, GiB, \
+                 TiB, or KB, MB, GB, TB), e.g. \"1536KiB\" for 1.5 MiB"
+            )
+        },
     }
 }
 

@@ -265,13 +265,20 @@ fn malformed_values_name_line_and_key() {
         error("[broker]\nhandshake_timeout = -5\n"),
         "runnel.toml:2: broker.handshake_timeout: invalid duration -5"
     );
+    // A size says what it takes, fractions being the usual mistake.
+    const SIZES: &str = ": a whole number with an optional unit (B, KiB, MiB, GiB, TiB, or KB, MB, \
+                         GB, TB), e.g. \"1536KiB\" for 1.5 MiB";
     assert_eq!(
         error("[log]\nsegment_bytes = \"12 bananas\"\n"),
-        r#"runnel.toml:2: log.segment_bytes: invalid size "12 bananas""#
+        format!(r#"runnel.toml:2: log.segment_bytes: invalid size "12 bananas"{SIZES}"#)
+    );
+    assert_eq!(
+        error("[log]\nsegment_bytes = \"1.5MiB\"\n"),
+        format!(r#"runnel.toml:2: log.segment_bytes: invalid size "1.5MiB"{SIZES}"#)
     );
     assert_eq!(
         error("[log]\nretention_bytes = -2\n"),
-        "runnel.toml:2: log.retention_bytes: invalid size -2"
+        format!("runnel.toml:2: log.retention_bytes: invalid size -2{SIZES}")
     );
     assert_eq!(
         error("[listeners.admin]\naddress = \"localhost:9094\"\n"),
