@@ -255,27 +255,39 @@ impl Transactions {
             .collect()
     }
 
-    /// A plain OffsetCommit stored `partitions` of `group`: what an open transaction staged for
-    /// them before is not stored when it commits, as in Kafka, where a transaction's offset
-    /// counts only if it was written after the group's committed one (an offset reset while a
-    /// transaction is open stays). A failed store of the transaction is logged; its offsets
-    /// are then dropped at the next change of it or a restart keeps them.
-    pub fn superseded_by_plain_commit(
+    /// A plain OffsetCommit of `group`: `commit` stores it and returns the partitions it
+    /// stored. What an open transaction staged for them before is then not stored when it
+    /// commits, as in Kafka, where a transaction's offset counts only if it was written after
+    /// the group's committed one (an offset reset while a transaction is open stays). While a
+    /// transaction has offsets of the group staged, the commit runs under the coordinator's
+    /// lock, so that no end of that transaction falls between it and the staged offsets going
+    /// (the lock is taken before the groups', as an end takes them). A failed store of the
+    /// transaction is logged; a restart then keeps its staged offsets.
+    pub fn plain_commit<R>(
         &self,
         broker: &Broker,
         group: &str,
-        partitions: &HashSet<(String, i32)>,
-    ) {
-        if partitions.is_empty() {
-            return;
-        }
+        commit: impl FnOnce() -> (R, HashSet<(String, i32)>),
+    ) -> R {
         let mut inner = self.lock();
+        let open = |t: &Txn| matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit);
+        let staged_here = inner
+            .txns
+            .values()
+            .any(|t| open(t) && t.offsets.iter().any(|o| o.group == group));
+        if !staged_here {
+            drop(inner);
+            return commit().0;
+        }
+        let (result, stored) = commit();
         for (id, t) in inner.txns.iter_mut() {
             let staged = |o: &StagedOffset| {
-                o.group == group && partitions.contains(&(o.topic.clone(), o.partition))
+                o.group == group
+                    && stored
+                        .iter()
+                        .any(|(topic, p)| *p == o.partition && *topic == o.topic)
             };
-            let open = matches!(t.status, TxnStatus::Ongoing | TxnStatus::PrepareCommit);
-            if !open || !t.offsets.iter().any(staged) {
+            if !open(t) || !t.offsets.iter().any(staged) {
                 continue;
             }
             t.offsets.retain(|o| !staged(o));
@@ -283,6 +295,7 @@ impl Transactions {
                 tracing::warn!(transactional_id = %id, error = %e, "cannot store a transaction whose staged offsets a plain commit replaced");
             }
         }
+        result
     }
 
     /// InitProducerId for `id`: (producer id, epoch). `expected` is the producer id and epoch

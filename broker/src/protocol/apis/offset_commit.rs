@@ -175,17 +175,20 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
     let mut out: Vec<OffsetCommitResponseTopic> = if plain.topics.is_empty() {
         Vec::new()
     } else {
-        let results = ctx.broker.groups.commit_offsets(&plain);
-        let stored: HashSet<(String, i32)> = results
-            .iter()
-            .flat_map(|t| {
-                let stored = t.partitions.iter().filter(|p| p.result.is_ok());
-                stored.map(|p| (t.name.clone(), p.partition))
-            })
-            .collect();
-        ctx.broker
+        let results = ctx
+            .broker
             .transactions
-            .superseded_by_plain_commit(&ctx.broker, &plain.group_id, &stored);
+            .plain_commit(&ctx.broker, &plain.group_id, || {
+                let results = ctx.broker.groups.commit_offsets(&plain);
+                let stored: HashSet<(String, i32)> = results
+                    .iter()
+                    .flat_map(|t| {
+                        let stored = t.partitions.iter().filter(|p| p.result.is_ok());
+                        stored.map(|p| (t.name.clone(), p.partition))
+                    })
+                    .collect();
+                (results, stored)
+            });
         results
             .into_iter()
             .map(|t| {
