@@ -448,11 +448,10 @@ impl ConsumerGroup {
             GroupState::Empty
         } else if self.assignment_epoch < self.epoch {
             GroupState::Assigning
-        } else if self
-            .members
-            .values()
-            .any(|m| m.epoch != self.assignment_epoch || m.state != MemberState::Stable)
-        {
+        } else if self.members.values().any(|m| {
+            m.epoch != LEFT_FOR_NOW
+                && (m.epoch != self.assignment_epoch || m.state != MemberState::Stable)
+        }) {
             GroupState::Reconciling
         } else {
             GroupState::Stable
@@ -690,9 +689,14 @@ impl ConsumerGroup {
             return Err(GroupError::FencedInstanceId);
         }
         info!(group = %client_text(&self.group_id), member = %client_text(&req.member_id), "static member leaves for now (consumer protocol): its partitions wait for it until its session times out");
-        // Fenced if it heartbeats again as itself; replaced when its instance id joins.
+        // Fenced if it heartbeats again as itself; replaced when its instance id joins. What
+        // it was giving up is free for the others now (it holds none of it any more), and no
+        // rebalance timeout runs for it, as in Kafka.
         member.epoch = LEFT_FOR_NOW;
         member.previous_epoch = LEFT_FOR_NOW;
+        member.pending_revocation.clear();
+        member.revoking_since = None;
+        member.state = MemberState::Stable;
         self.dirty = true;
         Ok(ConsumerHeartbeatReply {
             member_id: req.member_id.clone(),

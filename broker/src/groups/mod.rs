@@ -468,7 +468,12 @@ impl GroupCoordinator {
     /// members. A failed save is tried again at the next tick.
     fn save_consumer_groups(&self) {
         use std::sync::atomic::Ordering::SeqCst;
-        if !self.groups().values().any(|g| g.consumer.is_dirty()) {
+        // Nothing to write, and no save under way that may hold this caller's change (one that
+        // took it from the groups but has not stored it yet has a ticket not yet covered).
+        if !self.groups().values().any(|g| g.consumer.is_dirty())
+            && self.inner.consumer_saved_through.load(SeqCst)
+                >= self.inner.consumer_save_tickets.load(SeqCst)
+        {
             return;
         }
         let ticket = self.inner.consumer_save_tickets.fetch_add(1, SeqCst) + 1;
