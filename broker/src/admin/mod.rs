@@ -668,25 +668,26 @@ async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
         )
             .into_response();
     }
-    if let (Some(open), Some(limit)) = (process::open_fds(), process::max_fds())
-        && open + FDS_SPARE.max(limit / 50) >= limit
-    {
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "unhealthy: {open} of the {limit} file descriptors the process may open are in use: \
-                 connections and new segments fail; raise the open-files limit (LimitNOFILE=, \
-                 ulimit -n)\n"
-            ),
-        )
-            .into_response();
-    }
     let b = broker.clone();
-    match tokio::task::spawn_blocking(move || b.meta.check()).await {
+    // Listing the open files and reading the database are file work: off the async workers.
+    let checked = tokio::task::spawn_blocking(move || {
+        if let (Some(open), Some(limit)) = (process::open_fds(), process::max_fds())
+            && open + FDS_SPARE.max(limit / 50) >= limit
+        {
+            return Err(format!(
+                "{open} of the {limit} file descriptors the process may open are in use: \
+                 connections and new segments fail; raise the open-files limit (LimitNOFILE=, \
+                 ulimit -n)"
+            ));
+        }
+        b.meta.check().map_err(|e| e.to_string())
+    })
+    .await;
+    match checked {
         Ok(Ok(())) => "ok\n".into_response(),
-        Ok(Err(e)) => (
+        Ok(Err(why)) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy: {e}\n"),
+            format!("unhealthy: {why}\n"),
         )
             .into_response(),
         Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -764,7 +765,7 @@ impl axum::serve::Listener for Bounded {
 }
 
 /// An admin connection: holds its slot, and fails a read that waits past [`ADMIN_IDLE`] since
-/// the last byte came in.
+/// the last byte went in or out (a response being written keeps it open).
 struct BoundedStream {
     stream: tokio::net::TcpStream,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -806,7 +807,12 @@ impl tokio::io::AsyncWrite for BoundedStream {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            let next = tokio::time::Instant::now() + self.idle_for;
+            self.idle.as_mut().reset(next);
+        }
+        written
     }
 
     fn poll_flush(
