@@ -225,7 +225,7 @@ pub fn principal_of(cert: &[u8], how: CertPrincipal) -> Result<String, &'static 
 /// default TLS principal (RFC 2253): the RDNs from the last encoded (most specific) to the first,
 /// joined by `,`, the attributes of one RDN by `+`; the keywords CN, C, L, ST, O, OU, STREET,
 /// DC and UID, other attribute types as their dotted OID with `#` and the value's DER in hex;
-/// `,=+<>#;"\` escaped with `\` wherever they are, as are a leading and a trailing space.
+/// `,=+<>#;"\` escaped with `\` wherever they are, as are leading and trailing spaces.
 fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
     use x509_parser::asn1_rs::ToDer as _;
     let mut rdns = Vec::new();
@@ -266,12 +266,15 @@ fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
 /// An attribute value escaped as RFC 2253 asks.
 fn escape_dn_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    let last = value.chars().count().saturating_sub(1);
-    for (i, c) in value.chars().enumerate() {
+    // Every space of a leading or trailing run is escaped, as Java does.
+    let chars: Vec<char> = value.chars().collect();
+    let lead = chars.iter().take_while(|c| **c == ' ').count();
+    let trail = chars.len() - chars.iter().rev().take_while(|c| **c == ' ').count();
+    for (i, &c) in chars.iter().enumerate() {
         // Java escapes `=` and `#` wherever they are, more than RFC 2253 asks.
         let special = matches!(c, ',' | '=' | '+' | '<' | '>' | '#' | ';' | '"' | '\\')
-            || (i == 0 && c == ' ')
-            || (i == last && c == ' ');
+            || i < lead
+            || i >= trail;
         if special {
             out.push('\\');
         }
@@ -584,7 +587,7 @@ mod tests {
         dn.push(rcgen::DnType::CountryName, "DE");
         dn.push(rcgen::DnType::OrganizationName, "Acme, Inc.");
         dn.push(rcgen::DnType::OrganizationalUnitName, "plant 2 #7=a");
-        dn.push(rcgen::DnType::CommonName, "#sensor-42 ");
+        dn.push(rcgen::DnType::CommonName, "#sensor-42  ");
         dn.push(
             rcgen::DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
             rcgen::DnValue::Ia5String("ops@acme.example".try_into().unwrap()),
@@ -601,7 +604,7 @@ mod tests {
         assert_eq!(
             principal_of(cert.der(), CertPrincipal::Dn).unwrap(),
             format!(
-                "User:1.2.840.113549.1.9.1=#1610{hex},CN=\\#sensor-42\\ ,OU=plant 2 \\#7\\=a,O=Acme\\, Inc.,C=DE"
+                "User:1.2.840.113549.1.9.1=#1610{hex},CN=\\#sensor-42\\ \\ ,OU=plant 2 \\#7\\=a,O=Acme\\, Inc.,C=DE"
             )
         );
     }
