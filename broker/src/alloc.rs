@@ -104,21 +104,25 @@ unsafe impl GlobalAlloc for GuardedAlloc {
     }
 }
 
-/// Hands the free pages of the process's malloc heaps back to the kernel; true if any were.
+/// Hands the free pages of the process's malloc heaps back to the kernel when at least
+/// `worth` bytes are free in them; true if any were.
 ///
 /// glibc gives memory back by itself only from the top of its main heap: after a burst (a
 /// thousand connections and group members come and gone, a large compaction pass) the freed
 /// chunks stay mapped in the per-thread arenas, and the broker's resident memory stays at its
 /// peak although nothing uses it. `malloc_trim` releases every whole free page of every arena
-/// (`madvise(MADV_DONTNEED)`); later allocations fault them in again.
-pub fn return_free_memory() -> bool {
+/// (`madvise(MADV_DONTNEED)`), holding each arena's lock meanwhile; later allocations fault them
+/// in again. So it runs only when there is enough to gain (`mallinfo2`'s free bytes).
+pub fn return_free_memory(worth: usize) -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: malloc_trim has no preconditions; it takes each arena's lock itself.
-        unsafe { libc::malloc_trim(0) == 1 }
+        // SAFETY: mallinfo2 and malloc_trim have no preconditions; each takes the arenas'
+        // locks itself.
+        unsafe { libc::mallinfo2().fordblks >= worth && libc::malloc_trim(0) == 1 }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
+        let _ = worth;
         false
     }
 }
@@ -151,20 +155,15 @@ mod tests {
         // arena cannot shrink from its top, so glibc keeps the pages until they are trimmed.
         let resident = || -> u64 {
             let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-            statm
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-                * 4096
+            let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+            pages * rustix::param::page_size() as u64
         };
         let (before, after) = std::thread::spawn(move || {
             let mut blocks: Vec<Vec<u8>> = (0..64 * 1024).map(|i| vec![i as u8; 1000]).collect();
             let last = blocks.pop();
             drop(blocks);
             let before = resident();
-            assert!(super::return_free_memory(), "nothing was returned");
+            assert!(super::return_free_memory(1 << 20), "nothing was returned");
             let after = resident();
             drop(last);
             (before, after)

@@ -478,6 +478,10 @@ async fn transaction_ticks(broker: Arc<Broker>, mut shutdown: watch::Receiver<bo
 /// How often the heap's free pages are handed back to the kernel.
 const RETURN_FREE_MEMORY_EVERY: Duration = Duration::from_secs(30);
 
+/// Free heap bytes under which nothing is handed back: a trim locks each arena while it walks
+/// it, and a few MiB are not worth that.
+const RETURN_FREE_MEMORY_FROM: usize = 8 << 20;
+
 /// Hands the malloc heaps' free pages back to the kernel every
 /// [`RETURN_FREE_MEMORY_EVERY`], so that the broker's resident memory falls again after a burst
 /// (see [`crate::alloc::return_free_memory`]). A trim runs off the async workers.
@@ -493,7 +497,7 @@ async fn return_free_memory(mut shutdown: watch::Receiver<bool>) {
         let _ = tokio::task::spawn_blocking(|| {
             let started = std::time::Instant::now();
             let before = crate::admin::process::resident_bytes();
-            if crate::alloc::return_free_memory() {
+            if crate::alloc::return_free_memory(RETURN_FREE_MEMORY_FROM) {
                 let after = crate::admin::process::resident_bytes();
                 tracing::debug!(
                     took_us = started.elapsed().as_micros() as u64,
