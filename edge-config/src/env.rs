@@ -90,10 +90,23 @@ pub(crate) fn apply(
 }
 
 /// The override `rest` (after `RUNNEL_`, no `__` in it) was meant to be, if putting `__` for
-/// one `_` names a key: `LOG_RETENTION` -> `LOG__RETENTION`.
+/// some of its `_` names a key: `LOG_RETENTION` -> `LOG__RETENTION`,
+/// `LISTENERS_KAFKA_ADDRESS` -> `LISTENERS__KAFKA__ADDRESS`.
 fn double_underscore_meant(rest: &str) -> Option<String> {
-    rest.match_indices('_').find_map(|(i, _)| {
-        let meant = format!("{}{ENV_SEPARATOR}{}", &rest[..i], &rest[i + 1..]);
+    let at: Vec<usize> = rest.match_indices('_').map(|(i, _)| i).collect();
+    if at.is_empty() || at.len() > 12 {
+        return None;
+    }
+    (1u32..1 << at.len()).find_map(|chosen| {
+        let mut meant = String::with_capacity(rest.len() + at.len());
+        for (i, c) in rest.char_indices() {
+            meant.push(c);
+            if let Some(k) = at.iter().position(|&u| u == i)
+                && chosen & (1 << k) != 0
+            {
+                meant.push('_');
+            }
+        }
         let path = meant.to_ascii_lowercase().replace(ENV_SEPARATOR, ".");
         keys::key_at(&path).map(|_| meant)
     })

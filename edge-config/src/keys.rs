@@ -71,7 +71,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "advertised_host",
                 Text,
-                "Host clients are told to connect to in Metadata responses.\n\"\" = the address each listener is bound to; for one bound to 0.0.0.0 or ::,\nthe address the client connected to. Set it for clients behind NAT or a name.",
+                "Host clients are told to connect to in Metadata responses.\n\"\" = the address each listener is bound to; for a Kafka listener bound to\n0.0.0.0 or ::, the address the client connected to. Set it for clients behind NAT or a name.",
             ),
             key(
                 "auto_create_topics",

@@ -63,9 +63,9 @@ pub struct BrokerConfig {
     /// partition's retained segments.
     pub data_dir: PathBuf,
     /// Host name or IP that Metadata responses tell clients to connect to. Default `""`: the
-    /// address each listener is bound to, or for a listener bound to every address (`0.0.0.0`,
-    /// `::`) the address the client connected to. Set it when clients reach the gateway through
-    /// NAT or by a name.
+    /// address each listener is bound to, or for a Kafka listener bound to every address
+    /// (`0.0.0.0`, `::`) the address the client connected to. Set it when clients reach the
+    /// gateway through NAT or by a name.
     pub advertised_host: String,
     /// Create a topic when a client asks for the metadata of one that does not exist (Kafka
     /// clients do before producing; a bare Produce request or a QUIC datagram does not). Default

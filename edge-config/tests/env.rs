@@ -211,6 +211,8 @@ fn a_single_underscore_where_two_belong_is_an_error_not_ignored() {
     assert!(err.contains("did you mean RUNNEL_LOG__RETENTION?"), "{err}");
     let err = parse("", &[("RUNNEL_BROKER_DATA_DIR", "/srv")]).unwrap_err();
     assert!(err.contains("RUNNEL_BROKER__DATA_DIR"), "{err}");
+    let err = parse("", &[("RUNNEL_LISTENERS_KAFKA_ADDRESS", "0.0.0.0:9092")]).unwrap_err();
+    assert!(err.contains("RUNNEL_LISTENERS__KAFKA__ADDRESS?"), "{err}");
     // Variables of the binary and its scripts are not config keys: left alone.
     for var in [
         "RUNNEL_BOOTSTRAP",

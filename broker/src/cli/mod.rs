@@ -562,7 +562,9 @@ mod humantime_arg {
 }
 
 fn init_tracing() {
+    let parsed = tracing_subscriber::EnvFilter::try_from_default_env().is_ok();
     if let Ok(given) = std::env::var("RUST_LOG")
+        && parsed
         && !given.trim().is_empty()
         && !names_runnel(&given)
     {
