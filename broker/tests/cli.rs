@@ -1419,6 +1419,37 @@ async fn bench_transactions_runs_every_phase() {
     broker.shutdown().await;
 }
 
+/// `runnel serve --config config` as a child process under `ulimit -n limit` (which lowers the
+/// hard limit too, so the broker cannot raise it), its stderr kept for the test to read.
+fn serve_with_open_files_limit(config: &std::path::Path, limit: u32) -> std::process::Child {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -n {limit} && exec \"$0\" serve --config \"$1\""),
+        ])
+        .arg(env!("CARGO_BIN_EXE_runnel"))
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A raw client of the broker at `bootstrap`, once it listens (at most 20 s after its start).
+async fn connected(bootstrap: &str) -> common::RawClient {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(bootstrap).await {
+            return common::RawClient::from_stream(s);
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the broker never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// One request auto-creating more topics than the broker's open-files limit allows gets
 /// POLICY_VIOLATION for those past a tenth of the limit kept free, so the broker still takes
 /// connections, and opens every partition it made when started again under the same limit
@@ -1442,30 +1473,7 @@ async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_
     )
     .unwrap();
     let bootstrap = format!("127.0.0.1:{port}");
-    // `ulimit -n` lowers the hard limit too, so the broker cannot raise it.
-    let serve = || {
-        Command::new("sh")
-            .args(["-c", "ulimit -n 400 && exec \"$0\" serve --config \"$1\""])
-            .arg(env!("CARGO_BIN_EXE_runnel"))
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let connected = async |bootstrap: &str| {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            if let Ok(s) = tokio::net::TcpStream::connect(bootstrap).await {
-                return common::RawClient::from_stream(s);
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "the broker never listened"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    };
+    let serve = || serve_with_open_files_limit(&config, 400);
     let broker = serve();
     let mut c = connected(&bootstrap).await;
     let topics = (0..600)
@@ -1551,29 +1559,7 @@ async fn a_broker_nearly_out_of_file_descriptors_says_so() {
     .unwrap();
     let bootstrap = format!("127.0.0.1:{port}");
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let serve = || {
-        Command::new("sh")
-            .args(["-c", "ulimit -n 400 && exec \"$0\" serve --config \"$1\""])
-            .arg(env!("CARGO_BIN_EXE_runnel"))
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let connected = async |bootstrap: &str| {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            if let Ok(s) = tokio::net::TcpStream::connect(bootstrap).await {
-                return common::RawClient::from_stream(s);
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "the broker never listened"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    };
+    let serve = || serve_with_open_files_limit(&config, 400);
     let broker = serve();
     let mut c = connected(&bootstrap).await;
     assert!(common::http_get(admin, "/health").await.contains("ok"));
