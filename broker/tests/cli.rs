@@ -1435,6 +1435,14 @@ fn serve_with_open_files_limit(config: &std::path::Path, limit: u32) -> std::pro
         .unwrap()
 }
 
+/// Stops a broker from [`serve_with_open_files_limit`] with SIGTERM, as a supervisor would, and
+/// returns its output once it has exited.
+fn stop(broker: std::process::Child) -> std::process::Output {
+    let pid = broker.id().to_string();
+    assert!(Command::new("kill").arg(pid).status().unwrap().success());
+    broker.wait_with_output().unwrap()
+}
+
 /// A raw client of the broker at `bootstrap`, once it listens (at most 20 s after its start).
 async fn connected(bootstrap: &str) -> common::RawClient {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -1505,14 +1513,7 @@ async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_
     drop(clients);
     drop(c);
 
-    assert!(
-        Command::new("kill")
-            .arg(broker.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let stopped = broker.wait_with_output().unwrap();
+    let stopped = stop(broker);
     let log = String::from_utf8_lossy(&stopped.stderr);
     assert!(
         log.contains("new partitions refused") && log.contains("open files"),
@@ -1608,14 +1609,7 @@ async fn a_broker_nearly_out_of_file_descriptors_says_so() {
         );
     }
     drop(c);
-    assert!(
-        Command::new("kill")
-            .arg(broker.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-    broker.wait_with_output().unwrap();
+    stop(broker);
     let mut broker = serve();
     connected(&bootstrap).await;
     broker.kill().unwrap();
