@@ -547,18 +547,24 @@ fn seal_rolled(p: &crate::catalog::Partition) {
     }
 }
 
-/// Retention, then a compaction pass if one is due; the pass reads and rewrites segments without
-/// the partition's lock, so producers and consumers of the partition are not held up by it.
-/// Segments rolled since the seal step are sealed first, as a pass waits for pending seals.
+/// Retention (when `retention` says its check is due), then a compaction pass if one is due; the
+/// pass reads and rewrites segments without the partition's lock, so producers and consumers of
+/// the partition are not held up by it. Segments rolled since the seal step are sealed first, as
+/// a pass waits for pending seals.
 fn maintain(
     cluster: Option<&crate::replication::Cluster>,
     p: &crate::catalog::Partition,
     now: i64,
+    retention: bool,
 ) -> Result<(), crate::storage::StorageError> {
     seal_rolled(p);
     let (retained, pass) = {
         let mut log = p.log();
-        let retained = log.retention(now)?;
+        let retained = if retention {
+            log.retention(now)?
+        } else {
+            crate::storage::MaintenanceReport::default()
+        };
         // Compaction looks only below the high watermark (a record above it may yet be cut by a
         // truncation, and must not have removed the value it supersedes) and the last stable
         // offset (what read_committed consumers cannot read yet must not remove what they can).
@@ -616,27 +622,33 @@ fn maintain(
 /// Seals rolled segments, flushes logs on the configured interval and runs retention and
 /// compaction.
 async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let check_every = broker
-        .config
-        .log
+    let log_config = &broker.config.log;
+    let retention_every = log_config
         .retention_check_interval
         .max(Duration::from_millis(100));
-    let tick_every = broker
-        .config
-        .log
+    // Compaction looks at least as often as retention does.
+    let compaction_every = log_config
+        .compaction_check_interval
+        .clamp(Duration::from_millis(100), retention_every);
+    let tick_every = log_config
         .flush_interval
-        .clamp(Duration::from_millis(10), check_every);
+        .clamp(Duration::from_millis(10), compaction_every);
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_check = tokio::time::Instant::now();
+    let mut last_retention = tokio::time::Instant::now();
+    let mut last_compaction = last_retention;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let run_maintenance = last_check.elapsed() >= check_every;
-        if run_maintenance {
-            last_check = tokio::time::Instant::now();
+        let run_retention = last_retention.elapsed() >= retention_every;
+        let run_compaction = run_retention || last_compaction.elapsed() >= compaction_every;
+        if run_compaction {
+            last_compaction = tokio::time::Instant::now();
+        }
+        if run_retention {
+            last_retention = tokio::time::Instant::now();
             let meta = broker.config.broker.data_dir.join("meta.redb");
             if !meta.exists() {
                 within_budget!(DATA_DIR_GONE, error, data_dir = %broker.config.broker.data_dir.display(), "the data directory or its meta.redb is gone (removed or unmounted under the running broker): what is written now is lost at the next start; /health is 503");
@@ -675,8 +687,8 @@ async fn log_maintenance(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool
                         b.storage_failed(&format!("{}-{}: {reason}", topic.name, p.index));
                         continue;
                     }
-                    if run_maintenance
-                        && let Err(e) = maintain(b.cluster.as_ref(), &p, now) {
+                    if run_compaction
+                        && let Err(e) = maintain(b.cluster.as_ref(), &p, now, run_retention) {
                             within_budget!(STORAGE_ERRORS, error, topic = %topic.name, partition = p.index, error = %e, "retention/compaction failed");
                         }
                 }

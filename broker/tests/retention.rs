@@ -204,3 +204,68 @@ async fn compaction_keeps_the_latest_value_per_key_and_honours_tombstones() {
     assert_eq!(compacted.last().map(|r| r.0), Some(69));
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_looks_on_its_own_interval_and_retention_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.retention_check_interval = Duration::from_secs(3600);
+    cfg.log.compaction_check_interval = Duration::from_millis(200);
+    let broker = common::start_with(cfg).await;
+    let b = broker.bootstrap();
+    let small = [("segment.bytes", "1024"), ("delete.retention.ms", "0")];
+    create(
+        &b,
+        "latest",
+        &[&small[..], &[("cleanup.policy", "compact")]].concat(),
+    )
+    .await;
+    create(
+        &b,
+        "expiring",
+        &[&small[..], &[("retention.ms", "1")]].concat(),
+    )
+    .await;
+    let p: FutureProducer = common::client_config(&b)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for i in 0..40 {
+        let value = format!("{i}-{}", "v".repeat(60));
+        send(&p, "latest", "sensor", Some(&value)).await;
+        send(&p, "expiring", "sensor", Some(&value)).await;
+    }
+    // Compaction, due every 200 ms, leaves the key's earlier values out of the sealed segments.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let b2 = b.clone();
+        let all = tokio::task::spawn_blocking(move || read_all(&b2, "latest"))
+            .await
+            .unwrap();
+        if all.len() <= 15 || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        rows.len() <= 15,
+        "40 writes of one key compacted within 20 s: {} left",
+        rows.len()
+    );
+    assert_eq!(rows.last().map(|r| r.0), Some(39));
+    // Retention looks once an hour here: the expired segments are all still there.
+    let b2 = b.clone();
+    let (low, high) = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = common::client_config(&b2).create().unwrap();
+        c.fetch_watermarks("expiring", 0, Duration::from_secs(10))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (low, high),
+        (0, 40),
+        "retention ran on compaction's interval"
+    );
+    broker.shutdown().await;
+}

@@ -354,7 +354,12 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "retention_check_interval",
                 Duration,
-                "How often retention and compaction look for work. Allowed: more than 0s.",
+                "How often retention looks for segments to delete (compaction looks at least\nthis often too). Allowed: more than 0s.",
+            ),
+            key(
+                "compaction_check_interval",
+                Duration,
+                "How often compaction looks for compacted partitions dirty enough to clean\n(Kafka's log.cleaner.backoff.ms). Allowed: more than 0s.",
             ),
         ],
     },

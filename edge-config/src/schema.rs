@@ -424,10 +424,17 @@ pub struct LogConfig {
     /// Default `None` ("forever"), no bound.
     #[serde(with = "units::opt_duration")]
     pub timestamp_after_max: Option<Duration>,
-    /// How often retention and compaction look for work. Default 5m. Shorter frees space sooner
-    /// and costs more directory scans.
+    /// How often retention looks for segments to delete
+    /// (`log.retention.check.interval.ms`). Default 5m, Kafka's. Shorter frees space sooner.
+    /// Compaction looks at least this often too.
     #[serde(with = "units::duration")]
     pub retention_check_interval: Duration,
+    /// How often compaction looks for compacted partitions to clean (Kafka's cleaner backoff,
+    /// `log.cleaner.backoff.ms`). Default 15s, Kafka's. A look costs a walk over each
+    /// partition's segment list in memory; a pass runs only when a partition is dirty enough
+    /// (`min_cleanable_dirty_ratio`) or a delete is due.
+    #[serde(with = "units::duration")]
+    pub compaction_check_interval: Duration,
     /// Least number of in-sync brokers for a write with acks=all (`min.insync.replicas`). Not
     /// a `[log]` key: the broker-wide default is `cluster.min_insync_replicas`
     /// ([`crate::Config::topic_defaults`]); a topic may override it.
@@ -453,6 +460,7 @@ impl Default for LogConfig {
             timestamp_before_max: None,
             timestamp_after_max: None,
             retention_check_interval: secs(5 * 60),
+            compaction_check_interval: secs(15),
             min_insync_replicas: 1,
         }
     }

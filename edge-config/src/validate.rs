@@ -222,6 +222,10 @@ impl Config {
             });
         }
         c.positive("log.retention_check_interval", log.retention_check_interval)?;
+        c.positive(
+            "log.compaction_check_interval",
+            log.compaction_check_interval,
+        )?;
         c.range(
             "log.min_cleanable_dirty_ratio",
             log.min_cleanable_dirty_ratio,

@@ -165,7 +165,8 @@ fn unknown_env_keys_are_errors_naming_the_variable() {
         "env RUNNEL_LOG__: unknown key log.; allowed keys: segment_bytes, segment_age, retention, \
          retention_bytes, index_interval_bytes, flush, flush_interval, cleanup_policy, \
          timestamp_type, max_message_bytes, delete_retention, min_cleanable_dirty_ratio, \
-         timestamp_before_max, timestamp_after_max, retention_check_interval"
+         timestamp_before_max, timestamp_after_max, retention_check_interval, \
+         compaction_check_interval"
     );
     assert_eq!(
         parse("", &[("RUNNEL_LISTENERS__KAFKA", "x")]).unwrap_err(),

@@ -56,6 +56,7 @@ fn default_file_shows_every_key_with_a_comment() {
         "max_message_bytes = 1048588\n",
         "delete_retention = \"1d\"\n",
         "retention_check_interval = \"5m\"\n",
+        "compaction_check_interval = \"15s\"\n",
         "[groups]\n",
         "min_session_timeout = \"6s\"\n",
         "max_session_timeout = \"30m\"\n",
@@ -114,6 +115,7 @@ fn every_unit_form() {
         flush_interval = 1500
         delete_retention = "1.5s"
         retention_check_interval = "10s"
+        compaction_check_interval = "2s"
         max_message_bytes = "1 MiB"
         [groups]
         max_session_timeout = "5m"
@@ -130,6 +132,8 @@ fn every_unit_form() {
     assert_eq!(c.log.index_interval_bytes, 8192);
     assert_eq!(c.log.flush_interval, Duration::from_millis(1500));
     assert_eq!(c.log.delete_retention, Duration::from_millis(1500));
+    assert_eq!(c.log.retention_check_interval, Duration::from_secs(10));
+    assert_eq!(c.log.compaction_check_interval, Duration::from_secs(2));
     assert_eq!(c.log.max_message_bytes, 1 << 20);
     assert_eq!(c.groups.max_session_timeout, Duration::from_secs(300));
     assert_eq!(c.groups.offsets_retention, Duration::from_secs(7 * DAY));

@@ -335,6 +335,12 @@ fn broker_settings(
             5,
         ),
         (
+            "log.cleaner.backoff.ms",
+            ms(cfg.log.compaction_check_interval),
+            Some("15000"),
+            5,
+        ),
+        (
             "offsets.retention.minutes",
             (cfg.groups.offsets_retention.as_secs() / 60).to_string(),
             Some("10080"),
