@@ -32,6 +32,7 @@ pub mod client_quotas;
 pub mod federation;
 pub mod groups;
 mod log_budget;
+pub mod logging;
 pub mod meta;
 pub mod net;
 pub mod plugins;

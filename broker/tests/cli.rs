@@ -1685,3 +1685,91 @@ async fn topics_create_and_delete_take_kafka_topics_defaults_and_flags() {
     .unwrap();
     broker.shutdown().await;
 }
+
+/// `runnel loggers` changes a running broker's log levels: a module set to DEBUG logs its debug
+/// lines from then on and stops when reset; a bad level or name, removing the root's level and
+/// an unknown broker are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loggers_commands_change_a_running_brokers_log_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\
+             [listeners.quic]\nenabled = false\n[listeners.admin]\nenabled = false\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("broker.log");
+    let broker = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let bootstrap = format!("127.0.0.1:{port}");
+    drop(connected(&bootstrap).await);
+    let b = bootstrap.as_str();
+    let ok = |args: &[&str]| {
+        let out = runnel(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "runnel {args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = |args: &[&str]| {
+        let out = runnel(args);
+        assert!(!out.status.success(), "runnel {args:?} was taken");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let opened = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .matches("connection opened")
+            .count()
+    };
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let listed = ok(&["loggers", "list", "-b", b]);
+    assert!(listed.starts_with("root\tINFO\n"), "{listed}");
+    assert!(listed.contains("runnel::net\tINFO\n"), "{listed}");
+    ok(&["topics", "list", "-b", b]);
+    settle();
+    assert_eq!(opened(), 0, "no debug line at INFO");
+
+    assert_eq!(
+        ok(&["loggers", "set", "runnel::net=debug", "-b", b]),
+        "set\trunnel::net=debug\n"
+    );
+    let listed = ok(&["loggers", "list", "-b", b]);
+    assert!(listed.contains("runnel::net\tDEBUG\n"), "{listed}");
+    assert!(listed.contains("runnel::storage\tINFO\n"), "{listed}");
+    ok(&["topics", "list", "-b", b]);
+    settle();
+    assert!(opened() >= 2, "runnel::net logs its debug lines once set");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("log levels changed"), "{log}");
+
+    ok(&["loggers", "reset", "runnel::net", "-b", b]);
+    assert!(ok(&["loggers", "list", "-b", b]).contains("runnel::net\tINFO\n"));
+    settle();
+    let before = opened();
+    ok(&["topics", "list", "-b", b]);
+    settle();
+    assert_eq!(opened(), before, "reset: no more debug lines");
+
+    let why = refused(&["loggers", "set", "runnel::net=loud", "-b", b]);
+    assert!(why.contains("not a supported log level"), "{why}");
+    let why = refused(&["loggers", "set", "runnel net=debug", "-b", b]);
+    assert!(why.contains("does not exist"), "{why}");
+    let why = refused(&["loggers", "reset", "root", "-b", b]);
+    assert!(why.contains("root logger is not allowed"), "{why}");
+    let why = refused(&["loggers", "list", "--broker", "9", "-b", b]);
+    assert!(why.contains("no broker 9"), "{why}");
+    let out = stop(broker);
+    assert!(out.status.success());
+}

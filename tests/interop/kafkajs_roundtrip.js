@@ -1,7 +1,8 @@
 // kafkajs against runnel: create a topic, produce keyed records with headers (gzip), read them
-// back with a consumer group, commit, and report what was seen as one JSON line.
+// back with a consumer group, commit, list the broker's log levels, and report what was seen as
+// one JSON line.
 // Usage: node kafkajs_roundtrip.js BOOTSTRAP TOPIC GROUP COUNT
-const { Kafka, CompressionTypes, logLevel } = require("kafkajs");
+const { Kafka, CompressionTypes, ConfigResourceTypes, logLevel } = require("kafkajs");
 
 const [bootstrap, topic, group, countArg] = process.argv.slice(2);
 const count = Number(countArg);
@@ -12,6 +13,14 @@ async function main() {
   await admin.connect();
   await admin.createTopics({ topics: [{ topic, numPartitions: 3 }], waitForLeaders: true });
   const listed = await admin.listTopics();
+  // The broker's log levels, as kafka-configs --entity-type broker-loggers lists them.
+  const described = await admin.describeConfigs({
+    resources: [{ type: ConfigResourceTypes.BROKER_LOGGER, name: "1" }],
+    includeSynonyms: false,
+  });
+  const loggers = Object.fromEntries(
+    described.resources[0].configEntries.map((e) => [e.configName, e.configValue]),
+  );
   await admin.disconnect();
 
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
@@ -52,7 +61,7 @@ async function main() {
   await admin2.connect();
   const offsets = await admin2.fetchOffsets({ groupId: group, topics: [topic] });
   await admin2.disconnect();
-  console.log(JSON.stringify({ listed: listed.includes(topic), seen, offsets }));
+  console.log(JSON.stringify({ listed: listed.includes(topic), loggers, seen, offsets }));
 }
 
 main().catch((e) => {

@@ -22,6 +22,7 @@ mod bench_replication;
 mod bench_transactions;
 mod client;
 mod groups;
+mod loggers;
 mod plugin;
 mod quotas;
 mod serve;
@@ -67,6 +68,10 @@ enum Command {
     /// Kafka's kafka-configs --entity-type users|clients|ips does.
     #[command(subcommand)]
     Quotas(QuotasCommand),
+    /// Show and change a broker's log levels while it runs (until it stops), as Kafka's
+    /// kafka-configs --entity-type broker-loggers does.
+    #[command(subcommand)]
+    Loggers(LoggersCommand),
     /// Produce lines from stdin: `value`, or `key<TAB>value` when the line holds a tab.
     Produce {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -165,6 +170,45 @@ enum QuotasCommand {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+#[derive(Subcommand)]
+enum LoggersCommand {
+    /// Each logger with its level: root (every target not named), those set, the broker's
+    /// modules.
+    List {
+        #[command(flatten)]
+        broker: LoggerBroker,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set loggers' levels: runnel::net=debug, quinn=warn, root=info (TRACE, DEBUG, INFO,
+    /// WARN, ERROR or OFF). A logger is a module path and covers the modules under it.
+    Set {
+        #[arg(required = true, value_name = "LOGGER=LEVEL")]
+        levels: Vec<String>,
+        #[command(flatten)]
+        broker: LoggerBroker,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Let loggers log at the root's level again.
+    Reset {
+        #[arg(required = true, value_name = "LOGGER")]
+        loggers: Vec<String>,
+        #[command(flatten)]
+        broker: LoggerBroker,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Which broker's log levels (each broker has its own).
+#[derive(Args, Clone, Copy, Debug)]
+struct LoggerBroker {
+    /// The broker's node id; needed when the cluster has more than one.
+    #[arg(long = "broker")]
+    id: Option<i32>,
 }
 
 #[derive(Subcommand)]
@@ -575,15 +619,13 @@ fn init_tracing() {
              logs nothing; e.g. RUST_LOG=info or RUST_LOG=runnel=debug (targets are lower case)"
         );
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(given) if parsed && !given.trim().is_empty() => given,
+        _ => "info".to_string(),
+    };
     // Colours only on a terminal: logs sent to a file or a journal stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    crate::logging::init(&filter, ansi);
 }
 
 /// Whether a `RUST_LOG` filter lets any of runnel's lines through: a directive that is a level
@@ -623,6 +665,17 @@ pub fn main() -> ExitCode {
         Command::Quotas(QuotasCommand::Remove { entity, keys, conn }) => {
             quotas::remove(&conn, &entity, &keys)
         }
+        Command::Loggers(LoggersCommand::List { broker, conn }) => loggers::list(&conn, broker.id),
+        Command::Loggers(LoggersCommand::Set {
+            levels,
+            broker,
+            conn,
+        }) => loggers::set(&conn, broker.id, &levels),
+        Command::Loggers(LoggersCommand::Reset {
+            loggers: names,
+            broker,
+            conn,
+        }) => loggers::reset(&conn, broker.id, &names),
         Command::Bench(args) => bench::run(*args),
         Command::Plugin(PluginCommand::List { admin }) => plugin::list(&admin.admin),
         Command::Plugin(PluginCommand::Reload { admin }) => plugin::reload(&admin.admin),

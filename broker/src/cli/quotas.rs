@@ -239,7 +239,7 @@ pub(super) fn refusal(code: i16, message: Option<&str>) -> String {
 }
 
 /// How to reach the brokers, from `--bootstrap` and the `-X` properties.
-struct Settings {
+pub(super) struct Settings {
     tls: Option<Arc<rustls::ClientConfig>>,
     login: Option<Login>,
     client_id: String,
@@ -250,11 +250,11 @@ const TAKEN: &str = "bootstrap.servers, security.protocol, sasl.mechanism, sasl.
                      sasl.password, ssl.ca.location, ssl.certificate.location, ssl.key.location, \
                      client.id";
 
-fn settings(conn: &Conn) -> anyhow::Result<Settings> {
+pub(super) fn settings(conn: &Conn) -> anyhow::Result<Settings> {
     let mut protocol = "plaintext".to_string();
     let (mut mechanism, mut username, mut password) = (None, None, None);
     let (mut ca, mut cert, mut key) = (None, None, None);
-    let mut client_id = "runnel-quotas".to_string();
+    let mut client_id = "runnel-cli".to_string();
     for p in conn.properties()? {
         let value = p.value.as_str();
         match p.key.as_str() {
@@ -328,7 +328,7 @@ fn settings(conn: &Conn) -> anyhow::Result<Settings> {
 }
 
 /// A connection to `address` (`host:port`), logged in when the settings say so.
-async fn connect(address: &str, settings: &Settings) -> anyhow::Result<Peer> {
+pub(super) async fn connect(address: &str, settings: &Settings) -> anyhow::Result<Peer> {
     let tls = match &settings.tls {
         None => None,
         Some(config) => Some((config.clone(), crate::replication::server_name(address)?)),

@@ -49,6 +49,14 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                 out.error_message = None;
                 return out;
             }
+            if r.resource_type == super::describe_configs::RESOURCE_BROKER_LOGGER {
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s(
+                    "AlterConfigs is deprecated and does not support the resource type \
+                     BROKER_LOGGER: use IncrementalAlterConfigs",
+                ));
+                return out;
+            }
             if let Some(code) = ctx.controller_refusal() {
                 out.error_code = code;
                 return out;

@@ -21,7 +21,7 @@ use crate::protocol::Ctx;
 pub(crate) fn refused(ctx: &Ctx, op: Operation, resource_type: i8, name: &str) -> Option<i16> {
     let (resource, name, code) = match resource_type {
         RESOURCE_TOPIC => (ResourceType::Topic, name, E::TopicAuthorizationFailed),
-        RESOURCE_BROKER => (
+        RESOURCE_BROKER | RESOURCE_BROKER_LOGGER => (
             ResourceType::Cluster,
             crate::acl::CLUSTER_NAME,
             E::ClusterAuthorizationFailed,
@@ -33,12 +33,15 @@ pub(crate) fn refused(ctx: &Ctx, op: Operation, resource_type: i8, name: &str) -
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
+/// The broker's log levels (`crate::logging`), Kafka's broker loggers.
+pub const RESOURCE_BROKER_LOGGER: i8 = 8;
 
 /// Why a broker resource named `name` is not this broker's (`me`), as Kafka says it: a broker
-/// answers for itself only ("" asks for the cluster's defaults).
-fn other_broker(name: &str, me: i32) -> Option<String> {
+/// answers for itself only ("" asks for the cluster's defaults, which its loggers have not).
+pub(crate) fn other_broker(resource_type: i8, name: &str, me: i32) -> Option<String> {
     if name.is_empty() {
-        return None;
+        return (resource_type == RESOURCE_BROKER_LOGGER)
+            .then(|| "Broker id must not be empty".to_string());
     }
     match name.parse::<i32>() {
         Ok(id) if id == me => None,
@@ -54,6 +57,7 @@ fn other_broker(name: &str, me: i32) -> Option<String> {
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
+const SOURCE_BROKER_LOGGER: i8 = 6;
 
 /// Each topic config with its broker-level name (Kafka's synonyms, which the broker resource
 /// lists) and its type (Kafka's `ConfigType`: 1 boolean, 2 string, 3 int, 5 long, 6 double,
@@ -434,8 +438,9 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             ) {
                 return out.with_error_code(code).with_error_message(None);
             }
-            if let Some(why) = other_broker(&r.resource_name, b.config.broker.node_id)
-                .filter(|_| r.resource_type == RESOURCE_BROKER)
+            if let Some(why) =
+                other_broker(r.resource_type, &r.resource_name, b.config.broker.node_id)
+                    .filter(|_| matches!(r.resource_type, RESOURCE_BROKER | RESOURCE_BROKER_LOGGER))
             {
                 out.error_code = E::InvalidRequest.code();
                 out.error_message = Some(s(why));
@@ -491,6 +496,18 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                         },
                     ))
                     .collect(),
+                // Each logger's level, which IncrementalAlterConfigs changes.
+                RESOURCE_BROKER_LOGGER => match crate::logging::describe() {
+                    Ok(loggers) => loggers
+                        .into_iter()
+                        .map(|(name, level)| (name, level, SOURCE_BROKER_LOGGER, 2, Vec::new()))
+                        .collect(),
+                    Err(e) => {
+                        out.error_code = E::InvalidRequest.code();
+                        out.error_message = Some(s(e.to_string()));
+                        Vec::new()
+                    }
+                },
                 other => {
                     out.error_code = E::InvalidRequest.code();
                     out.error_message = Some(s(format!("unsupported resource type {other}")));

@@ -1,4 +1,5 @@
-//! IncrementalAlterConfigs (key 44): set (0) or delete (1) single topic overrides; append (2) and
+//! IncrementalAlterConfigs (key 44): set (0) or delete (1) single topic overrides, or the
+//! broker's log levels (BROKER_LOGGER, `crate::logging`); append (2) and
 //! subtract (3) items of a list-valued config, of which topics here have one, `cleanup.policy`
 //! (`kafka-configs --add-config cleanup.policy=[compact,delete]`). Appending or subtracting on
 //! any other config is INVALID_CONFIG, as in Kafka. A resource given twice, a key given twice
@@ -9,7 +10,7 @@ use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsRes
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use super::describe_configs::RESOURCE_TOPIC;
+use super::describe_configs::{RESOURCE_BROKER_LOGGER, RESOURCE_TOPIC, other_broker};
 use super::s;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
@@ -61,6 +62,10 @@ pub async fn handle(
                 out.error_code = code;
                 out.error_message = None;
                 return out;
+            }
+            // Each broker sets its own log levels, a follower too.
+            if r.resource_type == RESOURCE_BROKER_LOGGER {
+                return alter_loggers(&ctx, r, req.validate_only, out);
             }
             if let Some(code) = ctx.controller_refusal() {
                 out.error_code = code;
@@ -133,6 +138,65 @@ pub async fn handle(
         })
         .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// Sets (SET) or removes (DELETE: back to the root's level) the levels of this broker's loggers,
+/// as Kafka's brokers take `kafka-configs --entity-type broker-loggers`.
+fn alter_loggers(
+    ctx: &Ctx,
+    r: Resource,
+    validate_only: bool,
+    mut out: AlterConfigsResourceResponse,
+) -> AlterConfigsResourceResponse {
+    let node_id = ctx.broker.config.broker.node_id;
+    if let Some(why) = other_broker(r.resource_type, &r.resource_name, node_id) {
+        out.error_code = E::InvalidRequest.code();
+        out.error_message = Some(s(why));
+        return out;
+    }
+    let mut changes = Vec::new();
+    for c in r.configs {
+        let op = match c.config_operation {
+            SET => c.value.map(|v| v.to_string()),
+            DELETE => None,
+            op => {
+                let name = match op {
+                    APPEND => "APPEND".to_string(),
+                    SUBTRACT => "SUBTRACT".to_string(),
+                    other => other.to_string(),
+                };
+                out.error_code = E::InvalidRequest.code();
+                out.error_message = Some(s(format!(
+                    "{name} operation is not allowed for the BROKER_LOGGER resource"
+                )));
+                return out;
+            }
+        };
+        changes.push((c.name.to_string(), op));
+    }
+    match crate::logging::apply(&changes, validate_only) {
+        Ok(()) if !validate_only => {
+            let said: Vec<String> = changes
+                .iter()
+                .map(|(l, v)| format!("{l}={}", v.as_deref().unwrap_or("(root's)")))
+                .collect();
+            tracing::info!(
+                principal = ctx.asker().principal,
+                changes = %said.join(","),
+                "log levels changed"
+            );
+        }
+        Ok(()) => {}
+        Err(e) => {
+            out.error_code = match e {
+                crate::logging::LoggerError::Level { .. }
+                | crate::logging::LoggerError::Name(_) => E::InvalidConfig.code(),
+                _ => E::InvalidRequest.code(),
+            };
+            out.error_message = Some(s(e.to_string()));
+        }
+    }
+    out
 }
 
 /// `current` (comma-separated) with the items of `value` appended (each once) or removed;
