@@ -226,6 +226,27 @@ async fn mid_batch_fetch_returns_the_whole_batch_and_list_offsets_finds_times() 
     );
     let (_, offset, ts) = at(&c.call(&list(-3), 7).await);
     assert_eq!((offset, ts), (19, t0 + 109_000), "max timestamp");
+    assert_eq!(
+        at(&c.call(&list(-4), 8).await),
+        (0, 0, -1),
+        "earliest local: the log start, nothing being tiered"
+    );
+    assert_eq!(
+        at(&c.call(&list(-5), 9).await),
+        (0, -1, -1),
+        "latest tiered: none"
+    );
+    // A partition named twice is refused at each mention, as Kafka does.
+    let mut twice = list(-1);
+    let again = twice.topics[0].partitions[0].clone();
+    twice.topics[0].partitions.push(again);
+    let r = c.call(&twice, 10).await;
+    let codes: Vec<i16> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, vec![42, 42], "INVALID_REQUEST for both");
     broker.shutdown().await;
 }
 

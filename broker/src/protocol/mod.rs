@@ -523,7 +523,7 @@ pub fn routes() -> Dispatcher {
         produce::unacknowledged_end,
     )
     .add::<FetchRequest, _, _>(4, 12, fetch::handle)
-    .add::<ListOffsetsRequest, _, _>(1, 7, list_offsets::handle)
+    .add::<ListOffsetsRequest, _, _>(1, 10, list_offsets::handle)
     .add::<MetadataRequest, _, _>(0, 12, metadata::handle)
     .add::<CreateTopicsRequest, _, _>(2, 7, create_topics::handle)
     .add::<DeleteTopicsRequest, _, _>(1, 6, delete_topics::handle)

@@ -1,8 +1,11 @@
-//! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3, v7+) or the first offset
-//! at or after a timestamp. With isolation level read_committed (v2+) "latest" is the last
-//! stable offset (below the oldest open transaction), as a read_committed consumer sees the
-//! partition's end. A topic the client may not Describe (`crate::acl`) gets
-//! TOPIC_AUTHORIZATION_FAILED.
+//! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3, v7+), earliest local
+//! (-4, v8+: the log start, as nothing is tiered), latest tiered (-5, v9+: none, offset -1, as
+//! Kafka answers without tiered storage) or the first offset at or after a timestamp. With
+//! isolation level read_committed (v2+) "latest" is the last stable offset (below the oldest
+//! open transaction), as a read_committed consumer sees the partition's end. A topic the client
+//! may not Describe (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED; a partition named twice,
+//! INVALID_REQUEST at each mention, as in Kafka. v10's timeout (for tiered lookups) has nothing
+//! to wait for.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::list_offsets_response::{
@@ -18,11 +21,18 @@ use crate::replication;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
 
 pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let catalog = &ctx.broker.catalog;
     let read_committed = req.isolation_level == 1;
     let follows = ctx.broker.cluster.as_ref().is_some_and(|c| !c.is_leader());
+    let twice = super::repeated(req.topics.iter().flat_map(|t| {
+        t.partitions
+            .iter()
+            .map(|p| (t.name.clone(), p.partition_index))
+    }));
     let topics = req
         .topics
         .into_iter()
@@ -42,6 +52,10 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     }
                     if refused {
                         out.error_code = E::TopicAuthorizationFailed.code();
+                        return out;
+                    }
+                    if twice.contains(&(t.name.clone(), p.partition_index)) {
+                        out.error_code = E::InvalidRequest.code();
                         return out;
                     }
                     if follows {
@@ -66,7 +80,8 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     }
                     match p.timestamp {
                         LATEST => out.offset = readable,
-                        EARLIEST => out.offset = log.log_start_offset(),
+                        EARLIEST | EARLIEST_LOCAL => out.offset = log.log_start_offset(),
+                        LATEST_TIERED => {}
                         MAX_TIMESTAMP => {
                             if let Ok(Some((ts, offset))) = log.max_timestamp()
                                 && offset < readable
