@@ -654,6 +654,71 @@ async fn consumer_protocol_group_shares_partitions_as_members_come_and_go() {
     broker.shutdown().await;
 }
 
+/// Kafka's online migration, with librdkafka on both sides: two classic members (`assignor`)
+/// share six partitions; a consumer of `group.protocol=consumer` joins and gets its share while
+/// the classic ones stay members (the group hosts them and tells them to join again); once
+/// settled no partition is held twice; a hosted member commits at its generation; when the
+/// newcomer leaves, the two take everything back.
+async fn classic_members_move_to_the_consumer_protocol_online(assignor: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = consumer_protocol_broker(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "mig", 6).await;
+    produce(&bootstrap, "mig", 6, 10).await;
+    tokio::task::spawn_blocking(move || {
+        let classic: Vec<BaseConsumer> = (0..2)
+            .map(|_| member(&bootstrap, "gmig", assignor))
+            .collect();
+        for m in &classic {
+            m.subscribe(&["mig"]).unwrap();
+        }
+        poll_until(&[&classic[0], &classic[1]], "two classic members", |s| {
+            covers_evenly(s, 6)
+        });
+        let newcomer = protocol_member(&bootstrap, "gmig", None);
+        newcomer.subscribe(&["mig"]).unwrap();
+        poll_until(
+            &[&classic[0], &classic[1], &newcomer],
+            "a consumer-protocol member joined",
+            |s| covers_evenly(s, 6) && s.iter().all(|x| x.len() == 2),
+        );
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let p = *assigned(&classic[0]).first().unwrap();
+        tpl.add_partition_offset("mig", p, rdkafka::Offset::Offset(3))
+            .unwrap();
+        classic[0]
+            .commit(&tpl, CommitMode::Sync)
+            .expect("a hosted classic member commits");
+        leave(newcomer);
+        poll_until(
+            &[&classic[0], &classic[1]],
+            "after the newcomer left",
+            |s| covers_evenly(s, 6) && s.iter().all(|x| x.len() == 3),
+        );
+        let committed = classic[1]
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            committed.find_partition("mig", p).unwrap().offset(),
+            rdkafka::Offset::Offset(3)
+        );
+        classic.into_iter().for_each(leave);
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_classic_members_move_to_the_consumer_protocol_online() {
+    classic_members_move_to_the_consumer_protocol_online("range").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_classic_members_move_to_the_consumer_protocol_online() {
+    classic_members_move_to_the_consumer_protocol_online("cooperative-sticky").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_protocol_commits_resume_in_a_new_member_and_range_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
@@ -702,13 +767,14 @@ async fn consumer_protocol_commits_resume_in_a_new_member_and_range_is_honoured(
 async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
     use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
     use kafka_protocol::messages::offset_commit_request::{
         OffsetCommitRequestPartition, OffsetCommitRequestTopic,
     };
     use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
     use kafka_protocol::messages::{
         ConsumerGroupHeartbeatRequest, DescribeGroupsRequest, GroupId, JoinGroupRequest,
-        ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+        LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
     };
     use kafka_protocol::protocol::StrBytes;
     let dir = tempfile::tempdir().unwrap();
@@ -825,7 +891,9 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
         "an admin client names no member"
     );
 
-    // A classic member cannot join while the group has consumer-protocol members.
+    // A classic member joining the group is hosted by it, as Kafka's groups host them while
+    // consumers move between the protocols: told its member id first (v4+), then answered at
+    // once, the group assigning (no leader, no member list); it leaves with LeaveGroup.
     let classic = JoinGroupRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("gw")))
         .with_session_timeout_ms(6000)
@@ -837,12 +905,52 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
                 .with_name(StrBytes::from_static_str("range"))
                 .with_metadata(bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
         ]);
-    assert_eq!(raw.call(&classic, 5).await.error_code, 23);
-    // Nor the reverse: a group with a classic member refuses consumer-protocol members, and
-    // says why.
-    let classic = classic.with_group_id(GroupId(StrBytes::from_static_str("gw-classic")));
     let first_join = raw.call(&classic, 5).await;
     assert_eq!(first_join.error_code, 79, "MEMBER_ID_REQUIRED");
+    let hosted = raw
+        .call(
+            &classic.clone().with_member_id(first_join.member_id.clone()),
+            5,
+        )
+        .await;
+    assert_eq!(hosted.error_code, 0);
+    assert_eq!(hosted.leader.as_str(), "");
+    assert!(hosted.members.is_empty());
+    assert!(hosted.generation_id > 0);
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("gw")))
+        .with_members(vec![
+            MemberIdentity::default().with_member_id(first_join.member_id.clone()),
+        ]);
+    let left = raw.call(&leave, 3).await;
+    assert_eq!((left.error_code, left.members[0].error_code), (0, 0));
+    // A classic group of another protocol type (Kafka Connect's, say) refuses consumer-protocol
+    // members, and says why; one of the consumer protocol type is taken over (its members
+    // hosted), as in Kafka.
+    let connect = classic
+        .clone()
+        .with_group_id(GroupId(StrBytes::from_static_str("gw-connect")))
+        .with_protocol_type(StrBytes::from_static_str("connect"));
+    let first_join = raw.call(&connect, 5).await;
+    let joined = raw
+        .call(&connect.clone().with_member_id(first_join.member_id), 5)
+        .await;
+    assert_eq!(joined.error_code, 0);
+    let r = raw
+        .call(
+            &join("m9").with_group_id(GroupId(StrBytes::from_static_str("gw-connect"))),
+            1,
+        )
+        .await;
+    assert_eq!(r.error_code, 69);
+    assert!(
+        r.error_message
+            .unwrap()
+            .contains("protocol type \"connect\""),
+        "the reason is given"
+    );
+    let classic = classic.with_group_id(GroupId(StrBytes::from_static_str("gw-classic")));
+    let first_join = raw.call(&classic, 5).await;
     let joined = raw
         .call(&classic.clone().with_member_id(first_join.member_id), 5)
         .await;
@@ -853,13 +961,7 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
             1,
         )
         .await;
-    assert_eq!(r.error_code, 69);
-    assert!(
-        r.error_message
-            .unwrap()
-            .contains("member(s) of the classic protocol"),
-        "the reason is given"
-    );
+    assert_eq!(r.error_code, 0, "the classic group taken over");
 
     // ListGroups v5 tells the type; DescribeGroups shows the group as older tools read it.
     let listed = raw
@@ -874,7 +976,7 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
         .iter()
         .map(|g| (g.group_id.as_str(), g.group_type.as_str()))
         .collect();
-    assert_eq!(listed, [("gw", "consumer")]);
+    assert_eq!(listed, [("gw", "consumer"), ("gw-classic", "consumer")]);
     let listed = raw.call(&ListGroupsRequest::default(), 5).await;
     let mut listed: Vec<(&str, &str)> = listed
         .groups
@@ -882,7 +984,14 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
         .map(|g| (g.group_id.as_str(), g.group_type.as_str()))
         .collect();
     listed.sort();
-    assert_eq!(listed, [("gw", "consumer"), ("gw-classic", "classic")]);
+    assert_eq!(
+        listed,
+        [
+            ("gw", "consumer"),
+            ("gw-classic", "consumer"),
+            ("gw-connect", "classic")
+        ]
+    );
     let described = raw
         .call(
             &DescribeGroupsRequest::default()

@@ -14,11 +14,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::error::GroupError;
-use super::types::GroupState;
+use super::types::{
+    GroupState, HeartbeatRequest, JoinRequest, JoinResponse, LeavingMember, SyncRequest,
+    SyncResponse,
+};
 use crate::log_budget::client_text;
 
 /// Partitions by topic id, as ConsumerGroupHeartbeat carries them.
@@ -131,6 +134,99 @@ struct Member {
     session_deadline: Instant,
     /// The assignment the member was last sent.
     last_sent: Option<Assignment>,
+    /// Set for a member of the classic protocol the group hosts (JoinGroup, SyncGroup,
+    /// Heartbeat), as Kafka's groups host them while consumers move between the protocols.
+    classic: Option<ClassicMember>,
+}
+
+/// What the group keeps of a member of the classic protocol it hosts (Kafka's
+/// `ClassicMemberMetadata`): its session timeout and the protocols of its last JoinGroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassicMember {
+    pub session_timeout_ms: u64,
+    /// (name, metadata), in the member's order of preference.
+    pub protocols: Vec<(String, Vec<u8>)>,
+}
+
+impl ClassicMember {
+    fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms)
+    }
+}
+
+/// A classic member's subscription (`ConsumerProtocolSubscription`, any version): the topics,
+/// and the partitions it says it still holds (v1+; an eager member holds none when it joins).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassicSubscription {
+    pub topics: Vec<String>,
+    pub owned: Vec<(String, Vec<i32>)>,
+    pub rack_id: Option<String>,
+}
+
+/// Reads a classic member's metadata in the consumer protocol: a 2-byte version, then the
+/// subscription; `None` when it is not that.
+pub fn read_subscription(metadata: &[u8]) -> Option<ClassicSubscription> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Decodable;
+    let (version, mut body) = split_version(metadata)?;
+    let sub = ConsumerProtocolSubscription::decode(&mut body, version).ok()?;
+    Some(ClassicSubscription {
+        topics: sub.topics.iter().map(|t| t.to_string()).collect(),
+        owned: sub
+            .owned_partitions
+            .iter()
+            .map(|tp| (tp.topic.to_string(), tp.partitions.clone()))
+            .collect(),
+        rack_id: sub.rack_id.map(|r| r.to_string()).filter(|r| !r.is_empty()),
+    })
+}
+
+/// Reads a classic assignment (`ConsumerProtocolAssignment`, any version): partitions by topic
+/// name; `None` when it is not that (an empty one is no partition).
+pub fn read_assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<i32>)>> {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::protocol::Decodable;
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let (version, mut body) = split_version(bytes)?;
+    let a = ConsumerProtocolAssignment::decode(&mut body, version).ok()?;
+    Some(
+        a.assigned_partitions
+            .iter()
+            .map(|tp| (tp.topic.to_string(), tp.partitions.clone()))
+            .collect(),
+    )
+}
+
+/// The version the consumer protocol puts first, and the rest; versions past the newest this
+/// broker knows are read as it (later versions only add fields at the end, as Kafka reads them).
+fn split_version(bytes: &[u8]) -> Option<(i16, bytes::Bytes)> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let version = i16::from_be_bytes([bytes[0], bytes[1]]);
+    if version < 0 {
+        return None;
+    }
+    Some((version.min(3), bytes::Bytes::copy_from_slice(&bytes[2..])))
+}
+
+/// One member of a classic group whose group becomes one of the consumer protocol
+/// ([`ConsumerGroup::host_classic_members`]), as the classic group had it.
+#[derive(Debug, Clone)]
+pub struct ClassicSeed {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocols: Vec<(String, Vec<u8>)>,
+    /// Its subscription in the group's protocol.
+    pub subscription: ClassicSubscription,
+    /// Its assignment of the last rebalance, by topic name.
+    pub assigned: Vec<(String, Vec<i32>)>,
 }
 
 impl Member {
@@ -152,6 +248,8 @@ pub struct ConsumerMemberDescription {
     pub subscribed_topic_regex: Option<String>,
     pub assignment: Assignment,
     pub target_assignment: Assignment,
+    /// Whether it is a member of the classic protocol the group hosts.
+    pub classic: bool,
 }
 
 /// A group as ConsumerGroupDescribe shows it.
@@ -211,6 +309,9 @@ struct SavedMember {
     assigned: Vec<(String, Vec<i32>)>,
     pending_revocation: Vec<(String, Vec<i32>)>,
     target: Vec<(String, Vec<i32>)>,
+    /// A member of the classic protocol the group hosts.
+    #[serde(default)]
+    classic: Option<ClassicMember>,
 }
 
 /// The format [`Saved`] is written in.
@@ -368,6 +469,7 @@ impl ConsumerGroup {
                     assigned: save_assignment(&m.assigned),
                     pending_revocation: save_assignment(&m.pending_revocation),
                     target: save_assignment(&self.target.get(id).cloned().unwrap_or_default()),
+                    classic: m.classic.clone(),
                 })
                 .collect(),
         };
@@ -425,8 +527,12 @@ impl ConsumerGroup {
                     assigned,
                     pending_revocation: restore_assignment(m.pending_revocation)?,
                     revoking_since: (state == MemberState::UnrevokedPartitions).then_some(now),
-                    session_deadline: now + settings.session_timeout,
+                    session_deadline: now
+                        + m.classic
+                            .as_ref()
+                            .map_or(settings.session_timeout, ClassicMember::session_timeout),
                     last_sent: None,
+                    classic: m.classic,
                 },
             );
         }
@@ -669,6 +775,7 @@ impl ConsumerGroup {
                 revoking_since: None,
                 session_deadline: now,
                 last_sent: None,
+                classic: None,
             },
         );
         Ok((id, true))
@@ -758,7 +865,11 @@ impl ConsumerGroup {
                 {
                     Some((
                         id.clone(),
-                        "did not revoke its partitions within its rebalance timeout",
+                        if m.classic.is_some() {
+                            "did not join again within its rebalance timeout when told to"
+                        } else {
+                            "did not revoke its partitions within its rebalance timeout"
+                        },
                     ))
                 } else {
                     None
@@ -775,17 +886,7 @@ impl ConsumerGroup {
     /// Recomputes the target when the group epoch moved or the subscribed topics changed (a
     /// topic created, deleted or given more partitions).
     fn refresh(&mut self, view: &TopicView, mut changed: bool) {
-        // From the members' subscriptions, not the broker's topics: a heartbeat costs the
-        // group's subscriptions, however many topics the broker has.
-        let subscribed: BTreeSet<&String> = self
-            .members
-            .values()
-            .flat_map(|m| m.topic_names.iter().chain(&m.regex_topics))
-            .collect();
-        let metadata: Vec<(String, Uuid, i32)> = subscribed
-            .into_iter()
-            .filter_map(|name| view.get(name).map(|(id, n)| (name.clone(), *id, *n)))
-            .collect();
+        let metadata = self.subscribed_metadata(view);
         if metadata != self.metadata {
             changed = true;
             self.metadata = metadata;
@@ -798,6 +899,21 @@ impl ConsumerGroup {
             self.target = self.compute_target();
             self.assignment_epoch = self.epoch;
         }
+    }
+
+    /// The topics the members subscribe to that exist, with their ids and partition counts:
+    /// from the members' subscriptions, not the broker's topics, so a heartbeat costs the
+    /// group's subscriptions however many topics the broker has.
+    fn subscribed_metadata(&self, view: &TopicView) -> Vec<(String, Uuid, i32)> {
+        let subscribed: BTreeSet<&String> = self
+            .members
+            .values()
+            .flat_map(|m| m.topic_names.iter().chain(&m.regex_topics))
+            .collect();
+        subscribed
+            .into_iter()
+            .filter_map(|name| view.get(name).map(|(id, n)| (name.clone(), *id, *n)))
+            .collect()
     }
 
     /// The assignor most members ask for (the default when none does).
@@ -1046,6 +1162,13 @@ impl ConsumerGroup {
         if epoch == member.epoch {
             return Ok(());
         }
+        // A classic member commits at its generation, which is its epoch, as Kafka checks it.
+        if member.classic.is_some() {
+            return Err(GroupError::IllegalGeneration {
+                given: epoch,
+                current: member.epoch,
+            });
+        }
         let held_since = |name: &str, p: i32| {
             self.metadata
                 .iter()
@@ -1069,24 +1192,8 @@ impl ConsumerGroup {
     /// older tools can read them: protocol type "consumer", the assignor as the protocol, each
     /// member's subscription and assignment in the classic consumer protocol's encoding (v0).
     pub fn classic_view(&self) -> (String, Vec<super::DescribedMember>) {
-        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
-        use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription};
-        use kafka_protocol::protocol::{Encodable, StrBytes};
-        let name_of = |id: &Uuid| {
-            self.metadata
-                .iter()
-                .find(|(_, t, _)| t == id)
-                .map(|(n, _, _)| n.clone())
-        };
-        // Version 0 of both, after the 2-byte version the classic protocol puts first.
-        fn encode<M: Encodable>(m: &M) -> bytes::Bytes {
-            let mut buf = bytes::BytesMut::new();
-            buf.extend_from_slice(&0i16.to_be_bytes());
-            match m.encode(&mut buf, 0) {
-                Ok(()) => buf.freeze(),
-                Err(_) => bytes::Bytes::new(),
-            }
-        }
+        use kafka_protocol::messages::ConsumerProtocolSubscription;
+        use kafka_protocol::protocol::StrBytes;
         let members = self
             .members
             .iter()
@@ -1105,30 +1212,344 @@ impl ConsumerGroup {
                     )
                     .collect();
                 let subscription = ConsumerProtocolSubscription::default().with_topics(topics);
-                let assigned: Vec<TopicPartition> = m
-                    .assigned
-                    .iter()
-                    .filter_map(|(t, ps)| {
-                        Some(
-                            TopicPartition::default()
-                                .with_topic(StrBytes::from_string(name_of(t)?).into())
-                                .with_partitions(ps.iter().copied().collect()),
-                        )
-                    })
-                    .collect();
-                let assignment =
-                    ConsumerProtocolAssignment::default().with_assigned_partitions(assigned);
                 super::DescribedMember {
                     member_id: id.clone(),
                     group_instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: encode(&subscription),
-                    assignment: encode(&assignment),
+                    metadata: encode_v0(&subscription),
+                    assignment: self.classic_assignment(&m.assigned),
                 }
             })
             .collect();
         (self.assignor().to_string(), members)
+    }
+
+    /// `assigned` as the classic consumer protocol carries an assignment (v0, which every
+    /// client reads), by topic name.
+    fn classic_assignment(&self, assigned: &Assignment) -> bytes::Bytes {
+        use kafka_protocol::messages::ConsumerProtocolAssignment;
+        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+        use kafka_protocol::protocol::StrBytes;
+        let name_of = |id: &Uuid| {
+            self.metadata
+                .iter()
+                .find(|(_, t, _)| t == id)
+                .map(|(n, _, _)| n.clone())
+        };
+        let partitions: Vec<TopicPartition> = assigned
+            .iter()
+            .filter_map(|(t, ps)| {
+                Some(
+                    TopicPartition::default()
+                        .with_topic(StrBytes::from_string(name_of(t)?).into())
+                        .with_partitions(ps.iter().copied().collect()),
+                )
+            })
+            .collect();
+        encode_v0(&ConsumerProtocolAssignment::default().with_assigned_partitions(partitions))
+    }
+
+    /// Takes in the members of a classic group of the consumer protocol type as they are, when
+    /// a member of the consumer protocol joins it (Kafka's online upgrade): each keeps its
+    /// member id and its partitions, with the classic group's generation as its epoch and the
+    /// group's; the target is what they hold until the joining member moves the epoch, and
+    /// then each is told, at its next Heartbeat, to join again and so reconcile.
+    pub fn host_classic_members(
+        &mut self,
+        generation: i32,
+        seeds: Vec<ClassicSeed>,
+        view: &TopicView,
+        now: Instant,
+    ) {
+        let by_id = |named: &[(String, Vec<i32>)]| {
+            let mut a = Assignment::new();
+            for (name, partitions) in named {
+                if let Some((id, n)) = view.get(name) {
+                    for p in partitions.iter().filter(|p| (0..*n).contains(*p)) {
+                        insert(&mut a, *id, *p);
+                    }
+                }
+            }
+            a
+        };
+        self.epoch = self.epoch.max(generation);
+        self.assignment_epoch = self.epoch;
+        let epoch = self.epoch;
+        for seed in seeds {
+            // A partition two members claim (a faulty client-side assignor) stays with the first.
+            let assigned = filter(&by_id(&seed.assigned), |t, p| {
+                !self.members.values().any(|m| contains(&m.assigned, t, p))
+            });
+            info!(group = %client_text(&self.group_id), member = %client_text(&seed.member_id), "classic member hosted by the consumer protocol's group");
+            self.target.insert(seed.member_id.clone(), assigned.clone());
+            self.members.insert(
+                seed.member_id,
+                Member {
+                    instance_id: seed.instance_id,
+                    rack_id: seed.subscription.rack_id.clone(),
+                    client_id: seed.client_id,
+                    client_host: seed.client_host,
+                    epoch,
+                    previous_epoch: -1,
+                    state: MemberState::Stable,
+                    rebalance_timeout: seed.rebalance_timeout,
+                    topic_names: seed.subscription.topics.iter().cloned().collect(),
+                    regex: None,
+                    regex_topics: BTreeSet::new(),
+                    assigned_at: pairs(&assigned).map(|tp| (tp, epoch)).collect(),
+                    assignor: None,
+                    last_sent: Some(assigned.clone()),
+                    assigned,
+                    pending_revocation: Assignment::new(),
+                    revoking_since: None,
+                    session_deadline: now + seed.session_timeout,
+                    classic: Some(ClassicMember {
+                        session_timeout_ms: seed.session_timeout.as_millis() as u64,
+                        protocols: seed.protocols,
+                    }),
+                },
+            );
+        }
+        // The subscribed topics as a heartbeat computes them, so that the taking in itself
+        // moves no epoch.
+        self.metadata = self.subscribed_metadata(view);
+        self.dirty = true;
+    }
+
+    /// A classic member of this group, checked as Kafka checks a classic request to a group of
+    /// the consumer protocol: a member id the group has (or the instance id's member), of the
+    /// classic protocol.
+    fn classic_member(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<&mut Member, GroupError> {
+        if let Some(instance) = instance_id
+            && self.holder_of(instance).is_some_and(|h| h != member_id)
+        {
+            return Err(GroupError::FencedInstanceId);
+        }
+        match self.members.get_mut(member_id) {
+            Some(m) if m.classic.is_some() => Ok(m),
+            _ => Err(GroupError::UnknownMemberId),
+        }
+    }
+
+    /// A classic JoinGroup to this group (Kafka's `classicGroupJoinToConsumerGroup`). The member
+    /// subscribes with the topics of its metadata in the consumer protocol and holds what it
+    /// says it owns (nothing for an eager member, which gave everything up before joining); it
+    /// moves towards its target as a heartbeat would move it and is answered at once, its epoch
+    /// as the generation. It is not the leader: the group assigns, and its SyncGroup gets what
+    /// it may hold now.
+    pub fn classic_join(
+        &mut self,
+        req: &JoinRequest,
+        member_id: String,
+        view: &TopicView,
+        settings: ConsumerSettings,
+        now: Instant,
+    ) -> Result<JoinResponse, GroupError> {
+        let protocol = req
+            .protocols
+            .first()
+            .filter(|_| req.protocol_type == "consumer")
+            .ok_or(GroupError::InconsistentGroupProtocol)?;
+        let subscription =
+            read_subscription(&protocol.metadata).ok_or(GroupError::InconsistentGroupProtocol)?;
+        // A static member that restarted (no member id) replaces the member of its instance
+        // id, as in the classic protocol; another member id claiming it is fenced.
+        if let Some(instance) = &req.group_instance_id
+            && let Some(holder) = self.holder_of(instance).cloned()
+            && holder != member_id
+        {
+            if !req.member_id.is_empty() {
+                return Err(GroupError::FencedInstanceId);
+            }
+            info!(group = %client_text(&self.group_id), member = %client_text(&holder), instance = %client_text(instance), "static classic member replaced by its instance joining again");
+            self.remove(&holder);
+        }
+        let known = match self.members.get(&member_id) {
+            Some(m) if m.classic.is_none() => return Err(GroupError::UnknownMemberId),
+            Some(m) => Some(m.epoch),
+            None => None,
+        };
+        debug!(group = %client_text(&self.group_id), member = %client_text(&member_id), epoch = ?known, "classic member joins (hosted by the consumer protocol's group)");
+        let mut owned = Assignment::new();
+        if known.is_some() {
+            for (name, partitions) in &subscription.owned {
+                if let Some((id, _)) = view.get(name) {
+                    owned
+                        .entry(*id)
+                        .or_default()
+                        .extend(partitions.iter().copied());
+                }
+            }
+        }
+        let rebalance_timeout_ms = if req.rebalance_timeout_ms > 0 {
+            req.rebalance_timeout_ms
+        } else {
+            req.session_timeout_ms.max(0)
+        };
+        let heartbeat = ConsumerHeartbeat {
+            group_id: self.group_id.clone(),
+            member_id,
+            member_epoch: known.unwrap_or(0),
+            instance_id: req.group_instance_id.clone(),
+            rack_id: subscription.rack_id.clone(),
+            rebalance_timeout_ms,
+            subscribed_topic_names: Some(subscription.topics.clone()),
+            subscribed_topic_regex: None,
+            compiled_regex: None,
+            server_assignor: None,
+            owned: Some(owned),
+            client_id: req.client_id.clone(),
+            client_host: req.client_host.clone(),
+        };
+        let reply = self.heartbeat(heartbeat, view, &|_| true, settings, now)?;
+        let classic = ClassicMember {
+            session_timeout_ms: req.session_timeout_ms.max(0) as u64,
+            protocols: req
+                .protocols
+                .iter()
+                .map(|p| (p.name.clone(), p.metadata.to_vec()))
+                .collect(),
+        };
+        let member = self
+            .members
+            .get_mut(&reply.member_id)
+            .expect("the heartbeat took it in");
+        if member.classic.as_ref() != Some(&classic) {
+            self.dirty = true;
+        }
+        member.session_deadline = now + classic.session_timeout();
+        member.classic = Some(classic);
+        Ok(JoinResponse {
+            generation_id: member.epoch,
+            protocol_type: Some("consumer".to_string()),
+            protocol_name: Some(protocol.name.clone()),
+            leader: String::new(),
+            skip_assignment: false,
+            member_id: reply.member_id,
+            members: Vec::new(),
+        })
+    }
+
+    /// A classic SyncGroup to this group (Kafka's `classicGroupSyncToConsumerGroup`): the
+    /// partitions the member may hold now, in the classic encoding. A member whose epoch the
+    /// group has passed must join again first (REBALANCE_IN_PROGRESS), unless it is giving
+    /// partitions up: a cooperative member learns which from this answer.
+    pub fn classic_sync(
+        &mut self,
+        req: &SyncRequest,
+        now: Instant,
+    ) -> Result<SyncResponse, GroupError> {
+        let group_epoch = self.epoch;
+        let member = self.classic_member(&req.member_id, req.group_instance_id.as_deref())?;
+        if req.generation_id != member.epoch {
+            return Err(GroupError::IllegalGeneration {
+                given: req.generation_id,
+                current: member.epoch,
+            });
+        }
+        let classic = member.classic.as_ref().expect("a classic member");
+        let protocol_known = |name: &str| classic.protocols.iter().any(|(n, _)| n == name);
+        if req
+            .protocol_type
+            .as_deref()
+            .is_some_and(|t| t != "consumer")
+            || req
+                .protocol_name
+                .as_deref()
+                .is_some_and(|n| !protocol_known(n))
+        {
+            return Err(GroupError::InconsistentGroupProtocol);
+        }
+        if member.epoch < group_epoch && member.state != MemberState::UnrevokedPartitions {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        let protocol_name = req
+            .protocol_name
+            .clone()
+            .or_else(|| classic.protocols.first().map(|(n, _)| n.clone()));
+        member.session_deadline = now + classic.session_timeout();
+        member.last_sent = Some(member.assigned.clone());
+        let assigned = member.assigned.clone();
+        Ok(SyncResponse {
+            protocol_type: Some("consumer".to_string()),
+            protocol_name,
+            assignment: self.classic_assignment(&assigned),
+        })
+    }
+
+    /// A classic Heartbeat to this group (Kafka's `classicGroupHeartbeatToConsumerGroup`):
+    /// REBALANCE_IN_PROGRESS tells the member to join again when the group's epoch passed its
+    /// own, when it must give partitions up, or when partitions it waits for are free now.
+    pub fn classic_heartbeat(
+        &mut self,
+        req: &HeartbeatRequest,
+        now: Instant,
+    ) -> Result<(), GroupError> {
+        let group_epoch = self.epoch;
+        let waiting = self.waits_for_others(&req.member_id);
+        let member = self.classic_member(&req.member_id, req.group_instance_id.as_deref())?;
+        if req.generation_id != member.epoch {
+            return Err(GroupError::IllegalGeneration {
+                given: req.generation_id,
+                current: member.epoch,
+            });
+        }
+        let timeout = member
+            .classic
+            .as_ref()
+            .map_or(Duration::ZERO, ClassicMember::session_timeout);
+        member.session_deadline = now + timeout;
+        let rejoin = member.epoch < group_epoch
+            || member.state == MemberState::UnrevokedPartitions
+            || (member.state == MemberState::UnreleasedPartitions && !waiting);
+        if rejoin {
+            // It must join again within its rebalance timeout, or leave the group (Kafka's
+            // join timeout): what it holds may be what another member waits for.
+            member.revoking_since.get_or_insert(now);
+            return Err(GroupError::RebalanceInProgress);
+        }
+        Ok(())
+    }
+
+    /// Whether partitions of the member's target that it does not hold are still held by
+    /// another member.
+    fn waits_for_others(&self, member_id: &str) -> bool {
+        let (Some(member), Some(target)) =
+            (self.members.get(member_id), self.target.get(member_id))
+        else {
+            return false;
+        };
+        pairs(target)
+            .filter(|(t, p)| !contains(&member.assigned, *t, *p))
+            .any(|(t, p)| {
+                self.members.iter().any(|(id, m)| {
+                    id != member_id
+                        && (contains(&m.assigned, t, p) || contains(&m.pending_revocation, t, p))
+                })
+            })
+    }
+
+    /// A classic LeaveGroup's member (by member id, or by instance id alone for an operator's
+    /// removal of a static member): it leaves the group.
+    pub fn classic_leave(&mut self, leaving: &LeavingMember) -> Result<(), GroupError> {
+        let id = if leaving.member_id.is_empty() {
+            leaving
+                .group_instance_id
+                .as_deref()
+                .and_then(|i| self.holder_of(i).cloned())
+                .ok_or(GroupError::UnknownMemberId)?
+        } else {
+            self.classic_member(&leaving.member_id, leaving.group_instance_id.as_deref())?;
+            leaving.member_id.clone()
+        };
+        info!(group = %client_text(&self.group_id), member = %client_text(&id), reason = leaving.reason.as_deref().map(client_text), "classic member leaves (consumer protocol's group)");
+        self.remove(&id);
+        Ok(())
     }
 
     pub fn describe(&self) -> ConsumerGroupDescription {
@@ -1151,9 +1572,21 @@ impl ConsumerGroup {
                     subscribed_topic_regex: m.regex.as_ref().map(|(p, _)| p.clone()),
                     assignment: m.assigned.clone(),
                     target_assignment: self.target.get(id).cloned().unwrap_or_default(),
+                    classic: m.classic.is_some(),
                 })
                 .collect(),
         }
+    }
+}
+
+/// A message of the classic consumer protocol in version 0, after the 2-byte version it puts
+/// first.
+fn encode_v0<M: kafka_protocol::protocol::Encodable>(m: &M) -> bytes::Bytes {
+    let mut buf = bytes::BytesMut::new();
+    buf.extend_from_slice(&0i16.to_be_bytes());
+    match m.encode(&mut buf, 0) {
+        Ok(()) => buf.freeze(),
+        Err(_) => bytes::Bytes::new(),
     }
 }
 
@@ -2146,6 +2579,239 @@ mod tests {
             if !clients.is_empty() {
                 let total: usize = clients.values().map(|(_, a)| pairs(a).count()).sum();
                 assert_eq!(total, 7, "seed {seed}: every partition is held");
+            }
+        }
+    }
+
+    /// A classic JoinGroup for `g` from `id` subscribing to t, saying it owns `owned`
+    /// (ConsumerProtocolSubscription v1).
+    fn classic_join_req(id: &str, owned: &Assignment) -> JoinRequest {
+        use kafka_protocol::messages::ConsumerProtocolSubscription;
+        use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        let owned: Vec<TopicPartition> = owned
+            .get(&T)
+            .map(|ps| {
+                vec![
+                    TopicPartition::default()
+                        .with_topic(StrBytes::from_static_str("t").into())
+                        .with_partitions(ps.iter().copied().collect()),
+                ]
+            })
+            .unwrap_or_default();
+        let sub = ConsumerProtocolSubscription::default()
+            .with_topics(vec![StrBytes::from_static_str("t")])
+            .with_owned_partitions(owned);
+        let mut metadata = bytes::BytesMut::new();
+        metadata.extend_from_slice(&1i16.to_be_bytes());
+        sub.encode(&mut metadata, 1).unwrap();
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: id.into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 5_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![super::super::types::JoinProtocol {
+                name: "cooperative-sticky".into(),
+                metadata: metadata.freeze(),
+            }],
+            require_known_member_id: false,
+            supports_skip_assignment: false,
+            reason: None,
+        }
+    }
+
+    /// The partitions of t a classic assignment gives.
+    fn classic_held(assignment: &[u8]) -> Assignment {
+        let mut a = Assignment::new();
+        for (name, ps) in read_assignment(assignment).unwrap() {
+            assert_eq!(name, "t");
+            for p in ps {
+                insert(&mut a, T, p);
+            }
+        }
+        a
+    }
+
+    /// Where a classic client is in its protocol, and what it holds meanwhile.
+    #[derive(Clone, Debug)]
+    enum Classic {
+        /// Joined at a generation, its SyncGroup still to come.
+        Joined(i32, Assignment),
+        /// Synced at a generation.
+        Synced(i32, Assignment),
+        /// Told to join again.
+        Rejoin(Assignment),
+    }
+
+    impl Classic {
+        fn held(&self) -> &Assignment {
+            match self {
+                Classic::Joined(_, a) | Classic::Synced(_, a) | Classic::Rejoin(a) => a,
+            }
+        }
+    }
+
+    /// The same promise with classic members hosted beside the consumer protocol's, each
+    /// request a step of its own: c gives everything up before it joins (eager), d keeps what
+    /// it holds through its join and gives up what its SyncGroup leaves out (cooperative). No
+    /// partition is ever held by two clients, and once all settle, every partition is held.
+    #[test]
+    fn no_partition_is_held_twice_with_classic_members_hosted() {
+        use super::super::types::{HeartbeatRequest, LeavingMember, SyncRequest};
+        let v = view(7);
+        let ids = ["a", "b", "c", "d"];
+        let eager = |id: &str| id == "c";
+        // One step of classic client `id`: its next request, and where that leaves it.
+        let classic_step = |g: &mut ConsumerGroup, id: &str, state: Option<Classic>, now| {
+            let rejoin = |g: &mut ConsumerGroup, held: Assignment| {
+                let held = if eager(id) { Assignment::new() } else { held };
+                let req = classic_join_req(id, &held);
+                match g.classic_join(&req, id.into(), &v, settings(), now) {
+                    Ok(j) => Some(Classic::Joined(j.generation_id, held)),
+                    Err(_) => None,
+                }
+            };
+            match state {
+                None => rejoin(g, Assignment::new()),
+                Some(Classic::Rejoin(held)) => rejoin(g, held),
+                Some(Classic::Joined(generation, held)) => {
+                    let sync = SyncRequest {
+                        group_id: "g".into(),
+                        generation_id: generation,
+                        member_id: id.into(),
+                        group_instance_id: None,
+                        protocol_type: Some("consumer".into()),
+                        protocol_name: Some("cooperative-sticky".into()),
+                        assignments: Vec::new(),
+                    };
+                    match g.classic_sync(&sync, now) {
+                        Ok(s) => Some(Classic::Synced(generation, classic_held(&s.assignment))),
+                        Err(GroupError::RebalanceInProgress) => Some(Classic::Rejoin(held)),
+                        Err(_) => None,
+                    }
+                }
+                Some(Classic::Synced(generation, held)) => {
+                    let beat = HeartbeatRequest {
+                        group_id: "g".into(),
+                        generation_id: generation,
+                        member_id: id.into(),
+                        group_instance_id: None,
+                    };
+                    match g.classic_heartbeat(&beat, now) {
+                        Ok(()) => Some(Classic::Synced(generation, held)),
+                        Err(GroupError::RebalanceInProgress) => {
+                            // An eager client gives everything up when told.
+                            let held = if eager(id) { Assignment::new() } else { held };
+                            Some(Classic::Rejoin(held))
+                        }
+                        Err(_) => None,
+                    }
+                }
+            }
+        };
+        for seed in 0..300u64 {
+            let mut rng = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut next = |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let mut g = ConsumerGroup::new("g".into());
+            let mut now = Instant::now();
+            let mut members: HashMap<&str, (i32, Assignment)> = HashMap::new();
+            let mut classics: HashMap<&str, Classic> = HashMap::new();
+            for _ in 0..400 {
+                let id = ids[next(4) as usize];
+                now += Duration::from_millis(next(400));
+                if id == "c" || id == "d" {
+                    if classics.contains_key(id) && next(15) == 0 {
+                        let leaving = LeavingMember {
+                            member_id: id.into(),
+                            group_instance_id: None,
+                            reason: None,
+                        };
+                        g.classic_leave(&leaving).unwrap();
+                        classics.remove(id);
+                    } else {
+                        let state = classics.remove(id);
+                        if let Some(after) = classic_step(&mut g, id, state, now) {
+                            classics.insert(id, after);
+                        }
+                    }
+                } else {
+                    let req = match members.get(id) {
+                        None => join(id, &["t"]),
+                        Some(_) if next(10) == 0 => beat(id, -1, &Assignment::new()),
+                        Some((epoch, held)) => beat(id, *epoch, held),
+                    };
+                    let leaving = req.member_epoch == -1;
+                    match g.heartbeat(req, &v, &visible, settings(), now) {
+                        Ok(_) if leaving => {
+                            members.remove(id);
+                        }
+                        Ok(r) => {
+                            let held = members.get(id).map(|c| c.1.clone()).unwrap_or_default();
+                            members.insert(id, (r.member_epoch, r.assignment.unwrap_or(held)));
+                        }
+                        Err(_) => {
+                            members.remove(id);
+                        }
+                    }
+                }
+                g.poll(now);
+                members.retain(|id, _| g.members.contains_key(*id));
+                classics.retain(|id, _| g.members.contains_key(*id));
+                let mut seen = BTreeSet::new();
+                for m in g.members.values() {
+                    for tp in pairs(&m.assigned).chain(pairs(&m.pending_revocation)) {
+                        assert!(seen.insert(tp), "seed {seed}: {tp:?} held twice");
+                    }
+                }
+                let mut held = BTreeSet::new();
+                let all = members
+                    .values()
+                    .map(|(_, a)| a)
+                    .chain(classics.values().map(Classic::held));
+                for a in all {
+                    for tp in pairs(a) {
+                        assert!(held.insert(tp), "seed {seed}: clients both hold {tp:?}");
+                    }
+                }
+            }
+            // Everyone goes on as its protocol says, a few rounds: all partitions held.
+            for _ in 0..8 {
+                for id in ids {
+                    if let Some(state) = classics.remove(id) {
+                        let after = classic_step(&mut g, id, Some(state), now).unwrap();
+                        classics.insert(id, after);
+                    } else if let Some((epoch, held)) = members.get(id).cloned() {
+                        let r = g
+                            .heartbeat(beat(id, epoch, &held), &v, &visible, settings(), now)
+                            .unwrap();
+                        members.insert(id, (r.member_epoch, r.assignment.unwrap_or(held)));
+                    }
+                }
+            }
+            if !members.is_empty() || !classics.is_empty() {
+                let total: usize = members
+                    .values()
+                    .map(|(_, a)| pairs(a).count())
+                    .sum::<usize>()
+                    + classics
+                        .values()
+                        .map(|c| pairs(c.held()).count())
+                        .sum::<usize>();
+                assert_eq!(
+                    total, 7,
+                    "seed {seed}: every partition is held: {members:?} {classics:?}"
+                );
             }
         }
     }

@@ -1166,6 +1166,74 @@ impl Group {
         self.transition(GroupState::Empty, now);
     }
 
+    /// Hands the members over to the group of the consumer protocol, when a member of that
+    /// protocol joins (Kafka's online upgrade): each with its subscription and its assignment
+    /// of the last rebalance, and the generation; the classic group is left Empty (its saved
+    /// membership goes). A rebalance in progress ends: its waiting joins and syncs are told
+    /// REBALANCE_IN_PROGRESS, and their members join again into the new group. `None`, with
+    /// nothing changed, for a group of another protocol type (Kafka Connect's, say) or one
+    /// whose metadata is not the consumer protocol's.
+    pub fn hand_over_to_consumer_protocol(
+        &mut self,
+        now: Instant,
+    ) -> Option<(i32, Vec<super::consumer::ClassicSeed>)> {
+        if self.protocol_type.as_deref() != Some("consumer") {
+            return None;
+        }
+        let protocol = self
+            .protocol_name
+            .clone()
+            .or_else(|| self.select_protocol())
+            .unwrap_or_default();
+        let mut seeds = Vec::new();
+        for m in &self.members {
+            let metadata = m
+                .protocols
+                .iter()
+                .find(|p| p.name == protocol)
+                .or(m.protocols.first())?
+                .metadata
+                .clone();
+            let subscription = super::consumer::read_subscription(&metadata)?;
+            // Members that joined a rebalance still in progress hold nothing yet.
+            let assigned = if self.state == GroupState::Stable {
+                super::consumer::read_assignment(&m.assignment).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            seeds.push(super::consumer::ClassicSeed {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                session_timeout: m.session_timeout,
+                rebalance_timeout: m.rebalance_timeout,
+                protocols: m
+                    .protocols
+                    .iter()
+                    .map(|p| (p.name.clone(), p.metadata.to_vec()))
+                    .collect(),
+                subscription,
+                assigned,
+            });
+        }
+        for m in &mut self.members {
+            m.answer_join(Err(GroupError::RebalanceInProgress), now);
+            m.answer_sync(Err(GroupError::RebalanceInProgress), now);
+        }
+        info!(group = %client_text(&self.id), generation = self.generation, members = self.members.len(), "classic group taken over by the consumer protocol (a member of it joined)");
+        self.members.clear();
+        self.static_members.clear();
+        self.pending_members.clear();
+        self.pending_sync.clear();
+        self.sync_deadline = None;
+        self.rebalance = None;
+        self.leader = None;
+        self.protocol_name = None;
+        self.transition(GroupState::Empty, now);
+        Some((self.generation, seeds))
+    }
+
     /// Marks the group deleted (DeleteGroups); only an Empty group may be deleted.
     pub fn mark_dead(&mut self, now: Instant) {
         self.transition(GroupState::Dead, now);

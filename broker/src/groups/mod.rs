@@ -324,8 +324,14 @@ impl GroupCoordinator {
         lock(&self.inner.groups)
     }
 
-    /// JoinGroup. Waits (without holding any lock) until the rebalance completes.
-    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, GroupError> {
+    /// JoinGroup. Waits (without holding any lock) until the rebalance completes. A group of
+    /// the consumer protocol with members takes a member of the classic protocol in and answers
+    /// at once ([`consumer::ConsumerGroup::classic_join`]); `view` is every topic, for it.
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+        view: &TopicView,
+    ) -> Result<JoinResponse, GroupError> {
         let rx = {
             if req.group_id.is_empty() {
                 return Err(GroupError::InvalidGroupId);
@@ -356,8 +362,24 @@ impl GroupCoordinator {
             };
             group.poll(now);
             if !group.consumer.is_empty() {
-                // Kafka answers so while a group has members of the consumer protocol.
-                return Err(GroupError::InconsistentGroupProtocol);
+                // Hosted by the group of the consumer protocol, as Kafka's groups host classic
+                // members while consumers move from one protocol to the other.
+                let member_id = if req.member_id.is_empty() {
+                    let prefix = req.group_instance_id.as_deref().unwrap_or(&req.client_id);
+                    let id = format!("{prefix}-{}", uuid_like());
+                    if req.require_known_member_id && req.group_instance_id.is_none() {
+                        return Err(GroupError::MemberIdRequired { member_id: id });
+                    }
+                    id
+                } else {
+                    req.member_id.clone()
+                };
+                let joined = group
+                    .consumer
+                    .classic_join(&req, member_id, view, cfg.consumer, now);
+                drop(groups);
+                self.save_consumer_groups();
+                return joined;
             }
             if group.uses_consumer_protocol() {
                 // An empty group of the consumer protocol becomes a classic one.
@@ -391,6 +413,9 @@ impl GroupCoordinator {
                 return Err(GroupError::UnknownMemberId);
             };
             group.poll(now);
+            if group.uses_consumer_protocol() {
+                return group.consumer.classic_sync(&req, now);
+            }
             let outcome = group.sync(req, now);
             group.poll(now);
             outcome
@@ -532,7 +557,11 @@ impl GroupCoordinator {
             return Err(GroupError::UnknownMemberId);
         };
         group.poll(now);
-        let result = group.heartbeat(req, now);
+        let result = if group.uses_consumer_protocol() {
+            group.consumer.classic_heartbeat(req, now)
+        } else {
+            group.heartbeat(req, now)
+        };
         group.poll(now);
         result
     }
@@ -542,6 +571,7 @@ impl GroupCoordinator {
         let result = self.leave_locked(req);
         // The last member gone: the group's saved membership goes too.
         self.save_memberships();
+        self.save_consumer_groups();
         result
     }
 
@@ -573,7 +603,11 @@ impl GroupCoordinator {
             .map(|m| LeaveMemberResult {
                 member_id: m.member_id.clone(),
                 group_instance_id: m.group_instance_id.clone(),
-                result: group.leave(m, now),
+                result: if group.uses_consumer_protocol() {
+                    group.consumer.classic_leave(m)
+                } else {
+                    group.leave(m, now)
+                },
             })
             .collect();
         group.poll(now);
@@ -812,10 +846,12 @@ impl GroupCoordinator {
 
     /// ConsumerGroupHeartbeat (KIP-848): joins, leaves, or keeps a member of a group of the
     /// consumer protocol alive, and tells it its assignment. `view` is every topic the group may
-    /// subscribe to, `may_describe` says which of them the member's principal may see. A group
-    /// with classic members refuses it (GROUP_ID_NOT_FOUND, as Kafka answers when it does not
-    /// convert groups). A change to the group (members, epochs, assignments) is saved before
-    /// the answer, so that a restarted coordinator knows what its members were told.
+    /// subscribe to, `may_describe` says which of them the member's principal may see. A member
+    /// joining a classic group of the consumer protocol type takes the group over with its
+    /// members, which stay as they are until told to join again (Kafka's online upgrade); a
+    /// classic group of another protocol type refuses it (GROUP_ID_NOT_FOUND). A change to the
+    /// group (members, epochs, assignments) is saved before the answer, so that a restarted
+    /// coordinator knows what its members were told.
     pub fn consumer_heartbeat(
         &self,
         req: ConsumerHeartbeat,
@@ -828,6 +864,7 @@ impl GroupCoordinator {
             ));
         }
         let group_id = req.group_id.clone();
+        let mut handed_over = false;
         let reply = {
             let now = self.now();
             let mut groups = self.groups();
@@ -846,13 +883,22 @@ impl GroupCoordinator {
                 return Err(GroupError::GroupIdNotFound);
             }
             if !group.members.is_empty() {
-                return Err(GroupError::OtherProtocol(format!(
-                    "group {} has {} member(s) of the classic protocol; a group is of one \
-                     protocol at a time here: stop them before consumers with \
-                     group.protocol=consumer join",
-                    group.id,
-                    group.members.len()
-                )));
+                let handed = (req.member_epoch == 0)
+                    .then(|| group.hand_over_to_consumer_protocol(now))
+                    .flatten();
+                let Some((generation, seeds)) = handed else {
+                    return Err(GroupError::OtherProtocol(format!(
+                        "group {} has {} member(s) of the classic protocol with protocol type \
+                         {:?}, which consumers of group.protocol=consumer cannot join",
+                        group.id,
+                        group.members.len(),
+                        group.protocol_type.as_deref().unwrap_or("")
+                    )));
+                };
+                group
+                    .consumer
+                    .host_classic_members(generation, seeds, view, now);
+                handed_over = true;
             }
             let reply = group
                 .consumer
@@ -866,6 +912,11 @@ impl GroupCoordinator {
             }
             reply
         };
+        if handed_over {
+            // The classic group's saved membership goes first: a restart in between finds
+            // neither, and the members join again.
+            self.save_memberships();
+        }
         self.save_consumer_groups();
         reply
     }

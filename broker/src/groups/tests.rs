@@ -156,9 +156,12 @@ impl Harness {
 
     /// Joins and waits; fails the test instead of hanging if the join never completes.
     async fn join(&self, req: JoinRequest) -> Result<JoinResponse, GroupError> {
-        tokio::time::timeout(Duration::from_secs(5), self.coord.join(req))
-            .await
-            .expect("JoinGroup never completed")
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            self.coord.join(req, &TopicView::new()),
+        )
+        .await
+        .expect("JoinGroup never completed")
     }
 
     /// Syncs and waits; fails the test instead of hanging if the sync never completes.
@@ -170,7 +173,7 @@ impl Harness {
 
     fn spawn_join(&self, req: JoinRequest) -> JoinHandle<Result<JoinResponse, GroupError>> {
         let c = self.coord.clone();
-        tokio::spawn(async move { c.join(req).await })
+        tokio::spawn(async move { c.join(req, &TopicView::new()).await })
     }
 
     fn spawn_sync(&self, req: SyncRequest) -> JoinHandle<Result<SyncResponse, GroupError>> {
@@ -1288,7 +1291,7 @@ async fn timer_task_expires_members_on_the_tokio_clock() {
     let timers = coord.spawn_timers();
     let mut req = join_req("g", "", "c");
     req.session_timeout_ms = 200;
-    let joined = coord.join(req).await.unwrap();
+    let joined = coord.join(req, &TopicView::new()).await.unwrap();
     assert_eq!(coord.describe_group("g").unwrap().members.len(), 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Session expiry on the real tokio clock (applied by tick or lazily by list_groups).
@@ -1448,4 +1451,256 @@ fn a_consumer_protocol_group_is_saved_as_it_changes_and_forgotten_when_long_empt
     h.coord.tick();
     assert!(h.coord.list_groups(&[]).is_empty());
     assert!(h.store.load_consumer_groups().unwrap().is_empty());
+}
+
+/// A classic assignment (ConsumerProtocolAssignment v0) of `partitions` of topic `t`.
+fn classic_assignment(partitions: &[i32]) -> Bytes {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let a = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+        TopicPartition::default()
+            .with_topic(StrBytes::from_static_str("t").into())
+            .with_partitions(partitions.to_vec()),
+    ]);
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&0i16.to_be_bytes());
+    a.encode(&mut out, 0).unwrap();
+    out.freeze()
+}
+
+/// The partitions of `t` a classic assignment holds.
+fn partitions_of(assignment: &[u8]) -> Vec<i32> {
+    let mut out: Vec<i32> = consumer::read_assignment(assignment)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, ps)| ps)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Kafka's online upgrade: a consumer of `group.protocol=consumer` joining a live classic
+/// group takes it over; the classic members keep their partitions until told (Heartbeat:
+/// REBALANCE_IN_PROGRESS) to join again, then the group assigns for them (no leader), and no
+/// partition is ever held by two members.
+#[tokio::test]
+async fn a_consumer_protocol_member_joining_a_classic_group_hosts_its_members() {
+    // The initial delay lets both classic members into the first rebalance.
+    let h = harness(Duration::from_secs(3));
+    let topic = uuid::Uuid::from_u128(7);
+    let view = TopicView::from([("t".to_string(), (topic, 4))]);
+    let visible = |_: &str| true;
+    let classic = |member: &str, client: &str| {
+        let mut req = join_req("mig", member, client);
+        req.protocols = vec![JoinProtocol {
+            name: "range".into(),
+            metadata: subscription(&["t"]),
+        }];
+        req
+    };
+    // A stable classic group: one member holds t-0 and t-1, the other t-2 and t-3.
+    let joins = [
+        h.spawn_join(classic("", "c0")),
+        h.spawn_join(classic("", "c1")),
+    ];
+    h.run_until_done(&joins).await;
+    let mut joined = Vec::new();
+    for j in joins {
+        joined.push(j.await.unwrap().unwrap());
+    }
+    let generation = joined[0].generation_id;
+    let leader = joined[0].leader.clone();
+    let follower = joined
+        .iter()
+        .map(|j| j.member_id.clone())
+        .find(|m| *m != leader)
+        .unwrap();
+    let mut leader_sync = sync_req("mig", generation, &leader, &[]);
+    leader_sync.assignments = vec![
+        SyncAssignment {
+            member_id: leader.clone(),
+            assignment: classic_assignment(&[0, 1]),
+        },
+        SyncAssignment {
+            member_id: follower.clone(),
+            assignment: classic_assignment(&[2, 3]),
+        },
+    ];
+    let follower_sync = h.spawn_sync(sync_req("mig", generation, &follower, &[]));
+    settle().await;
+    h.sync(leader_sync).await.unwrap();
+    follower_sync.await.unwrap().unwrap();
+    assert_eq!(h.state("mig"), GroupState::Stable);
+    h.coord
+        .commit_offsets(&commit_req("mig", generation, &leader, "t", &[(0, 5)]))
+        .iter()
+        .for_each(|t| assert!(t.partitions.iter().all(|p| p.result.is_ok())));
+
+    // A member of the consumer protocol joins: the group is now one of that protocol, with
+    // all three members; the newcomer gets nothing the classic members still hold.
+    let newcomer = ConsumerHeartbeat {
+        group_id: "mig".into(),
+        member_id: "new".into(),
+        member_epoch: 0,
+        rebalance_timeout_ms: 30_000,
+        subscribed_topic_names: Some(vec!["t".into()]),
+        owned: Some(Assignment::new()),
+        ..Default::default()
+    };
+    let reply = h
+        .coord
+        .consumer_heartbeat(newcomer, &view, &visible)
+        .unwrap();
+    assert!(reply.member_epoch > generation);
+    assert_eq!(
+        reply.assignment,
+        Some(Assignment::new()),
+        "all four are held"
+    );
+    assert_eq!(h.coord.list_groups(&[])[0].group_type, "consumer");
+    assert_eq!(h.coord.describe_group("mig").unwrap().members.len(), 3);
+    // The classic members' commits at their generation still count until they rejoin.
+    let committed =
+        h.coord
+            .commit_offsets(&commit_req("mig", generation, &follower, "t", &[(2, 9)]));
+    assert!(committed[0].partitions[0].result.is_ok());
+
+    // Told to rejoin; an eager member joins again holding nothing, and is answered at once
+    // with its new epoch as the generation and no leader.
+    for m in [&leader, &follower] {
+        assert_eq!(
+            h.coord.heartbeat(&hb("mig", generation, m)),
+            Err(GroupError::RebalanceInProgress)
+        );
+    }
+    let mut held: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    let mut generations: std::collections::BTreeMap<String, i32> = Default::default();
+    for m in [&leader, &follower] {
+        // Answered at once: no rebalance to wait for.
+        let rejoined = h.coord.join(classic(m, "c"), &view).await.unwrap();
+        assert_eq!(rejoined.leader, "");
+        assert!(rejoined.members.is_empty());
+        assert_eq!(rejoined.generation_id, reply.member_epoch);
+        let synced = h
+            .sync(sync_req("mig", rejoined.generation_id, m, &[]))
+            .await
+            .unwrap();
+        held.insert(m.to_string(), partitions_of(&synced.assignment));
+        generations.insert(m.to_string(), rejoined.generation_id);
+        assert_eq!(
+            h.coord.heartbeat(&hb("mig", rejoined.generation_id, m)),
+            Ok(())
+        );
+    }
+    // The freed partition goes to the newcomer at its next heartbeat.
+    let again = ConsumerHeartbeat {
+        group_id: "mig".into(),
+        member_id: "new".into(),
+        member_epoch: reply.member_epoch,
+        owned: Some(Assignment::new()),
+        ..Default::default()
+    };
+    let reply = h.coord.consumer_heartbeat(again, &view, &visible).unwrap();
+    let newcomer: Vec<i32> = reply
+        .assignment
+        .unwrap()
+        .get(&topic)
+        .map(|p| p.iter().copied().collect())
+        .unwrap_or_default();
+    assert!(!newcomer.is_empty(), "the newcomer gets a share");
+    let mut all: Vec<i32> = held.values().flatten().copied().chain(newcomer).collect();
+    all.sort();
+    assert_eq!(all, vec![0, 1, 2, 3], "each partition held once: {held:?}");
+
+    // An old generation is refused now; the new one commits; a leave removes the member.
+    let stale = h
+        .coord
+        .commit_offsets(&commit_req("mig", generation, &leader, "t", &[(0, 6)]));
+    assert!(matches!(
+        stale[0].partitions[0].result,
+        Err(GroupError::IllegalGeneration { .. })
+    ));
+    let fresh = h.coord.commit_offsets(&commit_req(
+        "mig",
+        generations[&leader],
+        &leader,
+        "t",
+        &[(0, 6)],
+    ));
+    assert!(fresh[0].partitions[0].result.is_ok());
+    let left = h
+        .coord
+        .leave(&LeaveRequest {
+            group_id: "mig".into(),
+            members: vec![LeavingMember {
+                member_id: leader.clone(),
+                group_instance_id: None,
+                reason: None,
+            }],
+        })
+        .unwrap();
+    assert_eq!(left[0].result, Ok(()));
+    assert_eq!(h.coord.describe_group("mig").unwrap().members.len(), 2);
+    assert_eq!(
+        h.coord.heartbeat(&hb("mig", generations[&leader], &leader)),
+        Err(GroupError::UnknownMemberId)
+    );
+}
+
+/// A hosted classic member told to join again that keeps heartbeating but never joins is
+/// removed after its rebalance timeout (Kafka's join timeout), so what it holds goes to the
+/// others.
+#[tokio::test]
+async fn a_hosted_classic_member_that_never_joins_again_is_removed() {
+    let h = harness(Duration::ZERO);
+    let topic = uuid::Uuid::from_u128(7);
+    let view = TopicView::from([("t".to_string(), (topic, 2))]);
+    let visible = |_: &str| true;
+    let mut req = join_req("lazy", "", "c0");
+    req.protocols = vec![JoinProtocol {
+        name: "range".into(),
+        metadata: subscription(&["t"]),
+    }];
+    let joined = h.join(req).await.unwrap();
+    let (id, generation) = (joined.member_id, joined.generation_id);
+    let mut sync = sync_req("lazy", generation, &id, &[]);
+    sync.assignments = vec![SyncAssignment {
+        member_id: id.clone(),
+        assignment: classic_assignment(&[0, 1]),
+    }];
+    h.sync(sync).await.unwrap();
+    let newcomer = |epoch: i32| ConsumerHeartbeat {
+        group_id: "lazy".into(),
+        member_id: "new".into(),
+        member_epoch: epoch,
+        rebalance_timeout_ms: 30_000,
+        subscribed_topic_names: Some(vec!["t".into()]),
+        owned: Some(Assignment::new()),
+        ..Default::default()
+    };
+    let first = h
+        .coord
+        .consumer_heartbeat(newcomer(0), &view, &visible)
+        .unwrap();
+    assert_eq!(first.assignment, Some(Assignment::new()));
+    // Heartbeats keep its session; it is told to join again each time and never does.
+    for _ in 0..(REBALANCE_MS / 5_000) {
+        assert_eq!(
+            h.coord.heartbeat(&hb("lazy", generation, &id)),
+            Err(GroupError::RebalanceInProgress)
+        );
+        h.advance(Duration::from_secs(5));
+    }
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.coord.heartbeat(&hb("lazy", generation, &id)),
+        Err(GroupError::UnknownMemberId)
+    );
+    let next = h
+        .coord
+        .consumer_heartbeat(newcomer(first.member_epoch), &view, &visible)
+        .unwrap();
+    let all: Vec<i32> = next.assignment.unwrap()[&topic].iter().copied().collect();
+    assert_eq!(all, vec![0, 1]);
 }

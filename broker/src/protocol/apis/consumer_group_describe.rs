@@ -80,7 +80,7 @@ pub async fn handle(ctx: Ctx, req: ConsumerGroupDescribeRequest) -> ConsumerGrou
                                     .with_assignment(assignment(&ctx, m.assignment))
                                     .with_target_assignment(assignment(&ctx, m.target_assignment))
                                     // 1: a member of the consumer protocol (v1).
-                                    .with_member_type(1)
+                                    .with_member_type(if m.classic { 0 } else { 1 })
                             })
                             .collect(),
                     ),

@@ -53,13 +53,7 @@ pub async fn handle(
         },
         _ => None,
     };
-    let view: TopicView = ctx
-        .broker
-        .catalog
-        .list()
-        .into_iter()
-        .map(|t| (t.name.to_string(), (t.id, t.partition_count())))
-        .collect();
+    let view = topic_view(&ctx);
     let plain = ConsumerHeartbeat {
         group_id: req.group_id.to_string(),
         member_id: req.member_id.to_string(),
@@ -111,4 +105,15 @@ pub async fn handle(
             })),
         Err(e) => refuse(e.kafka_code(), e.to_string()),
     }
+}
+
+/// Every topic, with its id and partition count: what a group of the consumer protocol may
+/// subscribe to.
+pub(super) fn topic_view(ctx: &Ctx) -> TopicView {
+    ctx.broker
+        .catalog
+        .list()
+        .into_iter()
+        .map(|t| (t.name.to_string(), (t.id, t.partition_count())))
+        .collect()
 }

@@ -40,7 +40,9 @@ pub async fn handle(ctx: Ctx, req: JoinGroupRequest) -> JoinGroupResponse {
         supports_skip_assignment: v >= 9,
         reason: req.reason.map(|r| r.to_string()),
     };
-    match ctx.broker.groups.join(plain).await {
+    // For a group of the consumer protocol, which hosts classic members.
+    let view = super::consumer_group_heartbeat::topic_view(&ctx);
+    match ctx.broker.groups.join(plain, &view).await {
         Ok(r) => JoinGroupResponse::default()
             .with_generation_id(r.generation_id)
             .with_protocol_type(r.protocol_type.map(s))
