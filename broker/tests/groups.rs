@@ -946,7 +946,7 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
     assert!(
         r.error_message
             .unwrap()
-            .contains("protocol type \"connect\""),
+            .contains("protocol type is \"connect\""),
         "the reason is given"
     );
     let classic = classic.with_group_id(GroupId(StrBytes::from_static_str("gw-classic")));

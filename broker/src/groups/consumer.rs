@@ -137,6 +137,9 @@ struct Member {
     /// Set for a member of the classic protocol the group hosts (JoinGroup, SyncGroup,
     /// Heartbeat), as Kafka's groups host them while consumers move between the protocols.
     classic: Option<ClassicMember>,
+    /// A hosted classic member that joined must send its SyncGroup by then (its rebalance
+    /// timeout), or it leaves the group (Kafka's sync timeout). Not saved.
+    sync_deadline: Option<Instant>,
 }
 
 /// What the group keeps of a member of the classic protocol it hosts (Kafka's
@@ -181,22 +184,26 @@ pub fn read_subscription(metadata: &[u8]) -> Option<ClassicSubscription> {
     })
 }
 
+/// Partitions by topic name, as the classic protocol carries them.
+pub type NamedPartitions = Vec<(String, Vec<i32>)>;
+
 /// Reads a classic assignment (`ConsumerProtocolAssignment`, any version): partitions by topic
-/// name; `None` when it is not that (an empty one is no partition).
-pub fn read_assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<i32>)>> {
+/// name, and whether the assignor added user data of its own; `None` when it is not that (an
+/// empty one is no partition).
+pub fn read_assignment(bytes: &[u8]) -> Option<(NamedPartitions, bool)> {
     use kafka_protocol::messages::ConsumerProtocolAssignment;
     use kafka_protocol::protocol::Decodable;
     if bytes.is_empty() {
-        return Some(Vec::new());
+        return Some((Vec::new(), false));
     }
     let (version, mut body) = split_version(bytes)?;
     let a = ConsumerProtocolAssignment::decode(&mut body, version).ok()?;
-    Some(
-        a.assigned_partitions
-            .iter()
-            .map(|tp| (tp.topic.to_string(), tp.partitions.clone()))
-            .collect(),
-    )
+    let partitions = a
+        .assigned_partitions
+        .iter()
+        .map(|tp| (tp.topic.to_string(), tp.partitions.clone()))
+        .collect();
+    Some((partitions, a.user_data.is_some_and(|d| !d.is_empty())))
 }
 
 /// The version the consumer protocol puts first, and the rest; versions past the newest this
@@ -369,7 +376,7 @@ pub fn compile_regex(pattern: &str) -> Result<regex::Regex, GroupError> {
 }
 
 /// Kafka's checks of a heartbeat's fields, before anything changes.
-fn check_request(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
+pub(crate) fn check_request(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
     let invalid = |why: &str| Err(GroupError::InvalidRequest(why.to_string()));
     if req.member_epoch < -2 {
         return invalid("MemberEpoch is invalid");
@@ -533,6 +540,7 @@ impl ConsumerGroup {
                             .map_or(settings.session_timeout, ClassicMember::session_timeout),
                     last_sent: None,
                     classic: m.classic,
+                    sync_deadline: None,
                 },
             );
         }
@@ -730,7 +738,11 @@ impl ConsumerGroup {
         if let Some((instance, other)) = holder
             && (other != id || self.members[&other].epoch == LEFT_FOR_NOW)
         {
-            if self.members[&other].epoch != LEFT_FOR_NOW {
+            // A member of the classic protocol holding the instance id is replaced as well: a
+            // static member restarted with the other protocol (it sent no LeaveGroup), as Kafka
+            // replaces it.
+            let holder = &self.members[&other];
+            if holder.epoch != LEFT_FOR_NOW && holder.classic.is_none() {
                 return Err(GroupError::UnreleasedInstanceId {
                     instance_id: instance.clone(),
                     member_id: other,
@@ -745,6 +757,9 @@ impl ConsumerGroup {
             back.client_id = req.client_id.clone();
             back.client_host = req.client_host.clone();
             back.last_sent = None;
+            // What it is now: classic_join sets it again for a classic member.
+            back.classic = None;
+            back.sync_deadline = None;
             self.members.insert(id.clone(), back);
             self.dirty = true;
             info!(group = %client_text(&self.group_id), member = %client_text(&id), instance = %client_text(instance), "static member back (consumer protocol): it takes its partitions again");
@@ -776,6 +791,7 @@ impl ConsumerGroup {
                 session_deadline: now,
                 last_sent: None,
                 classic: None,
+                sync_deadline: None,
             },
         );
         Ok((id, true))
@@ -859,6 +875,11 @@ impl ConsumerGroup {
             .filter_map(|(id, m)| {
                 if now >= m.session_deadline {
                     Some((id.clone(), "session timeout"))
+                } else if m.sync_deadline.is_some_and(|d| now >= d) {
+                    Some((
+                        id.clone(),
+                        "joined but sent no SyncGroup within its rebalance timeout",
+                    ))
                 } else if m
                     .revoking_since
                     .is_some_and(|since| now >= since + m.rebalance_timeout)
@@ -1308,6 +1329,7 @@ impl ConsumerGroup {
                         session_timeout_ms: seed.session_timeout.as_millis() as u64,
                         protocols: seed.protocols,
                     }),
+                    sync_deadline: None,
                 },
             );
         }
@@ -1358,16 +1380,13 @@ impl ConsumerGroup {
         let subscription =
             read_subscription(&protocol.metadata).ok_or(GroupError::InconsistentGroupProtocol)?;
         // A static member that restarted (no member id) replaces the member of its instance
-        // id, as in the classic protocol; another member id claiming it is fenced.
+        // id, keeping its partitions and with no new group epoch, as Kafka replaces it (the
+        // join below, at epoch 0); another member id claiming the instance id is fenced.
         if let Some(instance) = &req.group_instance_id
-            && let Some(holder) = self.holder_of(instance).cloned()
-            && holder != member_id
+            && self.holder_of(instance).is_some_and(|h| *h != member_id)
+            && !req.member_id.is_empty()
         {
-            if !req.member_id.is_empty() {
-                return Err(GroupError::FencedInstanceId);
-            }
-            info!(group = %client_text(&self.group_id), member = %client_text(&holder), instance = %client_text(instance), "static classic member replaced by its instance joining again");
-            self.remove(&holder);
+            return Err(GroupError::FencedInstanceId);
         }
         let known = match self.members.get(&member_id) {
             Some(m) if m.classic.is_none() => return Err(GroupError::UnknownMemberId),
@@ -1423,6 +1442,7 @@ impl ConsumerGroup {
             self.dirty = true;
         }
         member.session_deadline = now + classic.session_timeout();
+        member.sync_deadline = Some(now + member.rebalance_timeout);
         member.classic = Some(classic);
         Ok(JoinResponse {
             generation_id: member.epoch,
@@ -1473,6 +1493,7 @@ impl ConsumerGroup {
             .clone()
             .or_else(|| classic.protocols.first().map(|(n, _)| n.clone()));
         member.session_deadline = now + classic.session_timeout();
+        member.sync_deadline = None;
         member.last_sent = Some(member.assigned.clone());
         let assigned = member.assigned.clone();
         Ok(SyncResponse {
@@ -2627,7 +2648,7 @@ mod tests {
     /// The partitions of t a classic assignment gives.
     fn classic_held(assignment: &[u8]) -> Assignment {
         let mut a = Assignment::new();
-        for (name, ps) in read_assignment(assignment).unwrap() {
+        for (name, ps) in read_assignment(assignment).unwrap().0 {
             assert_eq!(name, "t");
             for p in ps {
                 insert(&mut a, T, p);

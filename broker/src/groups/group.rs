@@ -1167,18 +1167,23 @@ impl Group {
     }
 
     /// Hands the members over to the group of the consumer protocol, when a member of that
-    /// protocol joins (Kafka's online upgrade): each with its subscription and its assignment
-    /// of the last rebalance, and the generation; the classic group is left Empty (its saved
-    /// membership goes). A rebalance in progress ends: its waiting joins and syncs are told
-    /// REBALANCE_IN_PROGRESS, and their members join again into the new group. `None`, with
-    /// nothing changed, for a group of another protocol type (Kafka Connect's, say) or one
-    /// whose metadata is not the consumer protocol's.
+    /// protocol joins (Kafka's online upgrade): each with its subscription and the assignment
+    /// it holds (that of the last completed rebalance, kept while another is prepared), and the
+    /// generation; the classic group is left Empty (its saved membership goes). A rebalance in
+    /// progress ends: its waiting joins and syncs are told REBALANCE_IN_PROGRESS, and their
+    /// members join again into the new group. Refused, with nothing changed and the reason,
+    /// for a group of another protocol type (Kafka Connect's, say), one whose metadata is not
+    /// the consumer protocol's, or one whose assignor gave its members data of its own (Kafka
+    /// Streams'), which the broker's assignor could not keep, as Kafka refuses them.
     pub fn hand_over_to_consumer_protocol(
         &mut self,
         now: Instant,
-    ) -> Option<(i32, Vec<super::consumer::ClassicSeed>)> {
+    ) -> Result<(i32, Vec<super::consumer::ClassicSeed>), String> {
         if self.protocol_type.as_deref() != Some("consumer") {
-            return None;
+            return Err(format!(
+                "its protocol type is {:?}, not the consumer protocol's",
+                self.protocol_type.as_deref().unwrap_or("")
+            ));
         }
         let protocol = self
             .protocol_name
@@ -1187,20 +1192,30 @@ impl Group {
             .unwrap_or_default();
         let mut seeds = Vec::new();
         for m in &self.members {
+            let unreadable = || {
+                format!(
+                    "member {}'s metadata is not the consumer protocol's",
+                    client_text(&m.id)
+                )
+            };
             let metadata = m
                 .protocols
                 .iter()
                 .find(|p| p.name == protocol)
-                .or(m.protocols.first())?
+                .or(m.protocols.first())
+                .ok_or_else(unreadable)?
                 .metadata
                 .clone();
-            let subscription = super::consumer::read_subscription(&metadata)?;
-            // Members that joined a rebalance still in progress hold nothing yet.
-            let assigned = if self.state == GroupState::Stable {
-                super::consumer::read_assignment(&m.assignment).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            let subscription =
+                super::consumer::read_subscription(&metadata).ok_or_else(unreadable)?;
+            let (assigned, user_data) =
+                super::consumer::read_assignment(&m.assignment).ok_or_else(unreadable)?;
+            if user_data {
+                return Err(format!(
+                    "its assignor ({protocol}) gives its members data of its own, which the \
+                     broker's assignor cannot keep"
+                ));
+            }
             seeds.push(super::consumer::ClassicSeed {
                 member_id: m.id.clone(),
                 instance_id: m.instance_id.clone(),
@@ -1231,7 +1246,7 @@ impl Group {
         self.leader = None;
         self.protocol_name = None;
         self.transition(GroupState::Empty, now);
-        Some((self.generation, seeds))
+        Ok((self.generation, seeds))
     }
 
     /// Marks the group deleted (DeleteGroups); only an Empty group may be deleted.

@@ -289,6 +289,11 @@ impl GroupCoordinator {
             let g = groups
                 .entry(group.clone())
                 .or_insert_with(|| Group::new(group, config.initial_rebalance_delay, now));
+            if !consumer.is_empty() && !g.members.is_empty() {
+                // Both saved, non-empty: a stop while a member of the consumer protocol took
+                // the classic group over; the classic membership is the older one.
+                g.dismiss(now);
+            }
             if g.members.is_empty() {
                 g.consumer = consumer;
             } else {
@@ -363,7 +368,15 @@ impl GroupCoordinator {
             group.poll(now);
             if !group.consumer.is_empty() {
                 // Hosted by the group of the consumer protocol, as Kafka's groups host classic
-                // members while consumers move from one protocol to the other.
+                // members while consumers move from one protocol to the other: of the consumer
+                // protocol's type and metadata only (checked before a member id is handed out).
+                let readable = req
+                    .protocols
+                    .first()
+                    .and_then(|p| consumer::read_subscription(&p.metadata));
+                if req.protocol_type != "consumer" || readable.is_none() {
+                    return Err(GroupError::InconsistentGroupProtocol);
+                }
                 let member_id = if req.member_id.is_empty() {
                     let prefix = req.group_instance_id.as_deref().unwrap_or(&req.client_id);
                     let id = format!("{prefix}-{}", uuid_like());
@@ -883,18 +896,22 @@ impl GroupCoordinator {
                 return Err(GroupError::GroupIdNotFound);
             }
             if !group.members.is_empty() {
-                let handed = (req.member_epoch == 0)
-                    .then(|| group.hand_over_to_consumer_protocol(now))
-                    .flatten();
-                let Some((generation, seeds)) = handed else {
-                    return Err(GroupError::OtherProtocol(format!(
-                        "group {} has {} member(s) of the classic protocol with protocol type \
-                         {:?}, which consumers of group.protocol=consumer cannot join",
-                        group.id,
-                        group.members.len(),
-                        group.protocol_type.as_deref().unwrap_or("")
-                    )));
+                // The request is checked before the group changes: a refused heartbeat takes
+                // nothing over.
+                consumer::check_request(&req)?;
+                let handed = if req.member_epoch == 0 {
+                    group.hand_over_to_consumer_protocol(now)
+                } else {
+                    Err("the member is not joining (epoch 0)".to_string())
                 };
+                let (generation, seeds) = handed.map_err(|why| {
+                    GroupError::OtherProtocol(format!(
+                        "group {} has {} member(s) of the classic protocol, which consumers of \
+                         group.protocol=consumer cannot join: {why}",
+                        client_text(&group.id),
+                        group.members.len(),
+                    ))
+                })?;
                 group
                     .consumer
                     .host_classic_members(generation, seeds, view, now);
@@ -913,8 +930,8 @@ impl GroupCoordinator {
             reply
         };
         if handed_over {
-            // The classic group's saved membership goes first: a restart in between finds
-            // neither, and the members join again.
+            // The consumer group, then the classic membership's removal; a restart between the
+            // two finds both, and takes the consumer group's members (see `with_clock`).
             self.save_memberships();
         }
         self.save_consumer_groups();

@@ -1473,6 +1473,7 @@ fn classic_assignment(partitions: &[i32]) -> Bytes {
 fn partitions_of(assignment: &[u8]) -> Vec<i32> {
     let mut out: Vec<i32> = consumer::read_assignment(assignment)
         .unwrap()
+        .0
         .into_iter()
         .flat_map(|(_, ps)| ps)
         .collect();
@@ -1703,4 +1704,220 @@ async fn a_hosted_classic_member_that_never_joins_again_is_removed() {
         .unwrap();
     let all: Vec<i32> = next.assignment.unwrap()[&topic].iter().copied().collect();
     assert_eq!(all, vec![0, 1]);
+}
+
+/// A stable classic group "up" of two members over t (4 partitions): one holds t-0 and t-1,
+/// the other t-2 and t-3. Returns (leader, follower, generation).
+async fn stable_classic_pair(h: &Harness, instances: [Option<&str>; 2]) -> (String, String, i32) {
+    let classic = |client: &str, instance: Option<&str>| {
+        let mut req = join_req("up", "", client);
+        req.group_instance_id = instance.map(str::to_string);
+        req.protocols = vec![JoinProtocol {
+            name: "range".into(),
+            metadata: subscription(&["t"]),
+        }];
+        req
+    };
+    let joins = [
+        h.spawn_join(classic("c0", instances[0])),
+        h.spawn_join(classic("c1", instances[1])),
+    ];
+    h.run_until_done(&joins).await;
+    let mut joined = Vec::new();
+    for j in joins {
+        joined.push(j.await.unwrap().unwrap());
+    }
+    let generation = joined[0].generation_id;
+    let leader = joined[0].leader.clone();
+    let follower = joined
+        .iter()
+        .map(|j| j.member_id.clone())
+        .find(|m| *m != leader)
+        .unwrap();
+    let mut leader_sync = sync_req("up", generation, &leader, &[]);
+    leader_sync.assignments = vec![
+        SyncAssignment {
+            member_id: leader.clone(),
+            assignment: classic_assignment(&[0, 1]),
+        },
+        SyncAssignment {
+            member_id: follower.clone(),
+            assignment: classic_assignment(&[2, 3]),
+        },
+    ];
+    let mut follower_sync = sync_req("up", generation, &follower, &[]);
+    follower_sync.group_instance_id = instances[1].map(str::to_string);
+    leader_sync.group_instance_id = instances[0].map(str::to_string);
+    let waiting = h.spawn_sync(follower_sync);
+    settle().await;
+    h.sync(leader_sync).await.unwrap();
+    waiting.await.unwrap().unwrap();
+    (leader, follower, generation)
+}
+
+fn newcomer_join(group: &str, member: &str, instance: Option<&str>) -> ConsumerHeartbeat {
+    ConsumerHeartbeat {
+        group_id: group.into(),
+        member_id: member.into(),
+        member_epoch: 0,
+        instance_id: instance.map(str::to_string),
+        rebalance_timeout_ms: 30_000,
+        subscribed_topic_names: Some(vec!["t".into()]),
+        owned: Some(Assignment::new()),
+        ..Default::default()
+    }
+}
+
+/// Review findings of the online upgrade: a takeover while the classic group prepares a
+/// rebalance keeps what its members hold (the newcomer gets none of it); a heartbeat the
+/// coordinator refuses takes nothing over; a static member restarted with the consumer
+/// protocol replaces its classic self, keeping its partitions; a hosted member that joins and
+/// never syncs leaves after its rebalance timeout.
+#[tokio::test]
+async fn an_upgrade_mid_rebalance_or_by_a_static_member_moves_nothing_twice() {
+    let topic = uuid::Uuid::from_u128(7);
+    let view = TopicView::from([("t".to_string(), (topic, 4))]);
+    let visible = |_: &str| true;
+
+    // Mid-rebalance: a third classic member's join starts a rebalance (the two keep what they
+    // hold meanwhile, as in Kafka); the newcomer takes over then.
+    let h = harness(Duration::from_secs(3));
+    let (leader, follower, _) = stable_classic_pair(&h, [None, None]).await;
+    let mut third = join_req("up", "", "c2");
+    third.protocols = vec![JoinProtocol {
+        name: "range".into(),
+        metadata: subscription(&["t"]),
+    }];
+    let pending = h.spawn_join(third);
+    settle().await;
+    assert_eq!(h.state("up"), GroupState::PreparingRebalance);
+    let mut refused = newcomer_join("up", "new", None);
+    refused.server_assignor = Some("nope".into());
+    assert!(matches!(
+        h.coord.consumer_heartbeat(refused, &view, &visible),
+        Err(GroupError::UnsupportedAssignor(_))
+    ));
+    assert_eq!(
+        h.coord.list_groups(&[])[0].group_type,
+        "classic",
+        "a refused heartbeat takes nothing over"
+    );
+    let reply = h
+        .coord
+        .consumer_heartbeat(newcomer_join("up", "new", None), &view, &visible)
+        .unwrap();
+    assert_eq!(
+        reply.assignment,
+        Some(Assignment::new()),
+        "all four still held"
+    );
+    assert_eq!(
+        pending.await.unwrap(),
+        Err(GroupError::RebalanceInProgress),
+        "the waiting join is told to join again"
+    );
+    let described = h.coord.consumer_describe("up").unwrap();
+    let held: Vec<(String, Vec<i32>)> = described
+        .members
+        .iter()
+        .map(|m| {
+            let ps = m.assignment.get(&topic).cloned().unwrap_or_default();
+            (m.member_id.clone(), ps.into_iter().collect())
+        })
+        .collect();
+    assert!(held.contains(&(leader.clone(), vec![0, 1])), "{held:?}");
+    assert!(held.contains(&(follower.clone(), vec![2, 3])), "{held:?}");
+
+    // A static classic member restarted with group.protocol=consumer and its instance id
+    // replaces its classic self (it sent no LeaveGroup) and takes its partitions again.
+    let h = harness(Duration::from_secs(3));
+    let (_, follower, generation) = stable_classic_pair(&h, [Some("i0"), Some("i1")]).await;
+    let back = h
+        .coord
+        .consumer_heartbeat(newcomer_join("up", "i1-new", Some("i1")), &view, &visible)
+        .unwrap();
+    let mine: Vec<i32> = back.assignment.unwrap()[&topic].iter().copied().collect();
+    assert_eq!(mine, vec![2, 3], "its partitions again");
+    assert_eq!(back.member_epoch, generation, "no new group epoch");
+    assert_eq!(
+        h.coord.heartbeat(&hb("up", generation, &follower)),
+        Err(GroupError::UnknownMemberId),
+        "the classic self is gone"
+    );
+
+    // Joined, never synced: out after its rebalance timeout. (The newcomer reads another
+    // topic, so the classic members keep their targets and need no other rebalance.)
+    let h = harness(Duration::from_secs(3));
+    let (leader, follower, _) = stable_classic_pair(&h, [None, None]).await;
+    let view = TopicView::from([
+        ("t".to_string(), (topic, 4)),
+        ("u".to_string(), (uuid::Uuid::from_u128(8), 1)),
+    ]);
+    let mut elsewhere = newcomer_join("up", "new", None);
+    elsewhere.subscribed_topic_names = Some(vec!["u".into()]);
+    h.coord
+        .consumer_heartbeat(elsewhere, &view, &visible)
+        .unwrap();
+    let mut again = join_req("up", &leader, "c0");
+    again.protocols = vec![JoinProtocol {
+        name: "range".into(),
+        metadata: subscription(&["t"]),
+    }];
+    let rejoined = h.coord.join(again, &view).await.unwrap();
+    // The other classic member goes on as it should: joins again and syncs.
+    let mut other = join_req("up", &follower, "c1");
+    other.protocols = vec![JoinProtocol {
+        name: "range".into(),
+        metadata: subscription(&["t"]),
+    }];
+    let other = h.coord.join(other, &view).await.unwrap();
+    h.sync(sync_req("up", other.generation_id, &follower, &[]))
+        .await
+        .unwrap();
+    for _ in 0..(REBALANCE_MS / 5_000) {
+        for (m, generation) in [
+            (&leader, rejoined.generation_id),
+            (&follower, other.generation_id),
+        ] {
+            assert_eq!(h.coord.heartbeat(&hb("up", generation, m)), Ok(()));
+        }
+        h.advance(Duration::from_secs(5));
+    }
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.coord
+            .heartbeat(&hb("up", rejoined.generation_id, &leader)),
+        Err(GroupError::UnknownMemberId)
+    );
+}
+
+/// A stop between the two writes of a takeover leaves both the classic membership and the
+/// consumer group saved: the restarted coordinator takes the consumer group's members, the
+/// newer, and the classic membership goes.
+#[tokio::test]
+async fn a_takeover_cut_between_its_writes_comes_back_as_the_consumer_group() {
+    let topic = uuid::Uuid::from_u128(7);
+    let view = TopicView::from([("t".to_string(), (topic, 4))]);
+    let h = harness(Duration::from_secs(3));
+    stable_classic_pair(&h, [None, None]).await;
+    let classic = h.store.load_memberships().unwrap();
+    assert_eq!(classic.len(), 1);
+    h.coord
+        .consumer_heartbeat(newcomer_join("up", "new", None), &view, &|_| true)
+        .unwrap();
+    assert!(h.store.load_memberships().unwrap().is_empty());
+    // As if the membership's removal had not reached the store.
+    h.store
+        .save_membership(&classic[0].0, Some(&classic[0].1))
+        .unwrap();
+    let again = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    assert_eq!(again.list_groups(&[])[0].group_type, "consumer");
+    assert_eq!(again.consumer_describe("up").unwrap().members.len(), 3);
+    again.tick();
+    assert!(h.store.load_memberships().unwrap().is_empty());
 }
