@@ -50,10 +50,11 @@ struct Levels {
 }
 
 impl Levels {
-    /// Parsed from a `RUST_LOG` value that `EnvFilter` took.
+    /// Parsed from a `RUST_LOG` value that `EnvFilter` took (which, with no level alone,
+    /// lets nothing through but the targets named).
     fn parse(filter: &str) -> Levels {
         let mut levels = Levels {
-            root: "ERROR".into(),
+            root: "OFF".into(),
             loggers: BTreeMap::new(),
             other: Vec::new(),
         };
@@ -91,16 +92,12 @@ impl Levels {
         out.join(",")
     }
 
-    /// The level a target logs at: that of the longest logger it falls under, else the root's.
+    /// The level a target logs at: that of the longest logger its name starts with (as
+    /// `EnvFilter` matches them: `runnel::net` covers `runnel::network` too), else the root's.
     fn effective(&self, target: &str) -> &str {
         self.loggers
             .iter()
-            .filter(|(t, _)| {
-                target == t.as_str()
-                    || target
-                        .strip_prefix(t.as_str())
-                        .is_some_and(|rest| rest.starts_with("::"))
-            })
+            .filter(|(t, _)| target.starts_with(t.as_str()))
             .max_by_key(|(t, _)| t.len())
             .map_or(&self.root, |(_, l)| l)
     }
@@ -216,8 +213,24 @@ pub fn apply(changes: &[Change], validate_only: bool) -> Result<(), LoggerError>
     if loggers.handle.reload(filter).is_err() {
         return Err(LoggerError::NotInstalled);
     }
+    // Dependencies logging through the `log` crate (rustls) are filtered by its own maximum,
+    // set once at start; it follows the new filter's.
+    log::set_max_level(log_level(tracing::level_filters::LevelFilter::current()));
     *state = next;
     Ok(())
+}
+
+/// `level` as the `log` crate names it.
+fn log_level(level: tracing::level_filters::LevelFilter) -> log::LevelFilter {
+    use tracing::level_filters::LevelFilter as L;
+    match level {
+        L::OFF => log::LevelFilter::Off,
+        L::ERROR => log::LevelFilter::Error,
+        L::WARN => log::LevelFilter::Warn,
+        L::INFO => log::LevelFilter::Info,
+        L::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
 }
 
 /// A tracing target a directive can name: module path segments of letters, digits, `_` and
@@ -250,8 +263,8 @@ mod tests {
             "warn,h2=trace,quinn=off,runnel::net=debug,runnel[conn]=trace"
         );
         assert!(EnvFilter::try_new(l.directives()).is_ok());
-        // No level at all: EnvFilter's own default, errors only.
-        assert_eq!(Levels::parse("runnel=info").root, "ERROR");
+        // No level alone: EnvFilter lets only the targets named through.
+        assert_eq!(Levels::parse("runnel=info").root, "OFF");
     }
 
     #[test]
@@ -260,8 +273,8 @@ mod tests {
         assert_eq!(l.effective("runnel::net::tcp"), "DEBUG");
         assert_eq!(l.effective("runnel::net::quic"), "WARN");
         assert_eq!(l.effective("runnel::net::quic::x"), "WARN");
-        // A logger covers whole path segments only.
-        assert_eq!(l.effective("runnel::network"), "INFO");
+        // As EnvFilter matches: by the start of the name.
+        assert_eq!(l.effective("runnel::network"), "DEBUG");
         assert_eq!(l.effective("quinn"), "INFO");
     }
 
