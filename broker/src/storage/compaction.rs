@@ -1020,6 +1020,10 @@ impl PartitionLog {
         copied_below: i64,
     ) -> Result<Option<CompactionPass>, StorageError> {
         self.check_not_failed()?;
+        // Most partitions do not compact: nothing to add up for them at each look.
+        if !self.config.compact {
+            return Ok(None);
+        }
         let state = self.compaction;
         let tombstones_below = state.clean_through.min(copied_below);
         // The share of sealed bytes written since the last cleaning (all of it after a restart).

@@ -340,7 +340,11 @@ fn broker_settings(
         ),
         (
             "log.cleaner.backoff.ms",
-            ms(cfg.log.compaction_check_interval),
+            // As the broker looks: at least as often as retention does.
+            ms(cfg
+                .log
+                .compaction_check_interval
+                .min(cfg.log.retention_check_interval)),
             Some("15000"),
             5,
         ),
