@@ -1773,3 +1773,32 @@ async fn loggers_commands_change_a_running_brokers_log_levels() {
     let out = stop(broker);
     assert!(out.status.success());
 }
+
+/// Every client command says the same when no broker listens at the bootstrap address, rather
+/// than librdkafka's errors, which differ by command and some of which come after a 10 s
+/// timeout.
+#[test]
+fn client_commands_say_at_once_that_no_broker_listens() {
+    let port = common::free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    for command in [
+        &["topics", "list"][..],
+        &["topics", "describe", "t"],
+        &["groups", "list"],
+        &["acls", "list"],
+        &["quotas", "list"],
+        &["loggers", "list"],
+        &["consume", "t"],
+    ] {
+        let args: Vec<&str> = command.iter().copied().chain(["-b", &bootstrap]).collect();
+        let out = runnel(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command:?}");
+        assert!(
+            stderr.contains(&format!(
+                "cannot connect to {bootstrap}: Connection refused"
+            )),
+            "{command:?}: {stderr}"
+        );
+    }
+}

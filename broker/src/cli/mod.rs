@@ -575,15 +575,49 @@ impl Conn {
         Ok(given.map_or_else(|| "127.0.0.1:9092".to_string(), |p| p.value))
     }
 
-    /// A librdkafka config with the bootstrap servers and every other property set.
+    /// A librdkafka config with the bootstrap servers and every other property set, once one
+    /// of the servers takes a TCP connection: librdkafka's own word for a broker that is not
+    /// there differs by command (a metadata error, a timeout after 10 s), so every command says
+    /// it the same way, at once.
     fn client_config(&self) -> anyhow::Result<rdkafka::config::ClientConfig> {
         let mut cfg = rdkafka::config::ClientConfig::new();
         for p in self.properties()? {
             cfg.set(p.key, p.value);
         }
-        cfg.set(BOOTSTRAP, self.bootstrap()?);
+        let bootstrap = self.bootstrap()?;
+        reachable(&bootstrap)?;
+        cfg.set(BOOTSTRAP, bootstrap);
         Ok(cfg)
     }
+}
+
+/// Whether one of the comma-separated `servers` (`host:port`, optionally `PROTOCOL://` first)
+/// takes a TCP connection within 5 s; the error names each one and why not.
+fn reachable(servers: &str) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut why = Vec::new();
+    for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let address = server.rsplit("://").next().unwrap_or(server);
+        let addrs = match address.to_socket_addrs() {
+            Ok(addrs) => addrs.collect::<Vec<_>>(),
+            Err(e) => {
+                why.push(format!("{server}: {e}"));
+                continue;
+            }
+        };
+        let mut last = None;
+        for a in addrs {
+            match std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        why.push(match last {
+            Some(e) => format!("{server}: {e}"),
+            None => format!("{server}: the name has no address"),
+        });
+    }
+    anyhow::bail!("cannot connect to {}", why.join("; nor to "))
 }
 
 /// A duration argument in human form ("5s", "250ms").
