@@ -188,22 +188,22 @@ pub fn read_subscription(metadata: &[u8]) -> Option<ClassicSubscription> {
 pub type NamedPartitions = Vec<(String, Vec<i32>)>;
 
 /// Reads a classic assignment (`ConsumerProtocolAssignment`, any version): partitions by topic
-/// name, and whether the assignor added user data of its own; `None` when it is not that (an
-/// empty one is no partition).
-pub fn read_assignment(bytes: &[u8]) -> Option<(NamedPartitions, bool)> {
+/// name (what an assignor added as user data is left); `None` when it is not that (an empty
+/// one is no partition).
+pub fn read_assignment(bytes: &[u8]) -> Option<NamedPartitions> {
     use kafka_protocol::messages::ConsumerProtocolAssignment;
     use kafka_protocol::protocol::Decodable;
     if bytes.is_empty() {
-        return Some((Vec::new(), false));
+        return Some(Vec::new());
     }
     let (version, mut body) = split_version(bytes)?;
     let a = ConsumerProtocolAssignment::decode(&mut body, version).ok()?;
-    let partitions = a
-        .assigned_partitions
-        .iter()
-        .map(|tp| (tp.topic.to_string(), tp.partitions.clone()))
-        .collect();
-    Some((partitions, a.user_data.is_some_and(|d| !d.is_empty())))
+    Some(
+        a.assigned_partitions
+            .iter()
+            .map(|tp| (tp.topic.to_string(), tp.partitions.clone()))
+            .collect(),
+    )
 }
 
 /// The version the consumer protocol puts first, and the rest; versions past the newest this
@@ -2648,7 +2648,7 @@ mod tests {
     /// The partitions of t a classic assignment gives.
     fn classic_held(assignment: &[u8]) -> Assignment {
         let mut a = Assignment::new();
-        for (name, ps) in read_assignment(assignment).unwrap().0 {
+        for (name, ps) in read_assignment(assignment).unwrap() {
             assert_eq!(name, "t");
             for p in ps {
                 insert(&mut a, T, p);

@@ -228,7 +228,8 @@ impl Group {
     }
 
     /// The membership to save if it changed since the last call: that of the last completed
-    /// rebalance, or `Some(None)` when there is none to keep (the group emptied).
+    /// rebalance (with no member once the group emptied: its protocol type and generation
+    /// stay, as Kafka keeps them), or `Some(None)` when there is none to keep.
     pub fn take_membership_change(&mut self) -> Option<Option<Membership>> {
         std::mem::take(&mut self.membership_changed).then(|| self.last_completed.clone())
     }
@@ -268,6 +269,11 @@ impl Group {
     /// is removed, as usual).
     pub fn restore(&mut self, saved: Membership, now: Instant) {
         if saved.members.is_empty() {
+            // An emptied group: what ListGroups and DescribeGroups show of it, and the
+            // generation a next rebalance counts on from.
+            self.generation = saved.generation;
+            self.protocol_type = Some(saved.protocol_type.clone()).filter(|t| !t.is_empty());
+            self.last_completed = Some(saved);
             return;
         }
         let kept = saved.clone();
@@ -372,7 +378,18 @@ impl Group {
         if to == GroupState::Stable {
             self.last_completed = Some(self.snapshot());
             self.membership_changed = true;
-        } else if to != self.state && matches!(to, GroupState::Empty | GroupState::Dead) {
+        } else if to != self.state && to == GroupState::Empty {
+            // Kept without members: the protocol type and generation of an empty group
+            // survive a restart, as Kafka's group record keeps them.
+            self.last_completed = self.protocol_type.clone().map(|protocol_type| Membership {
+                generation: self.generation,
+                protocol_type,
+                protocol_name: String::new(),
+                leader: String::new(),
+                members: Vec::new(),
+            });
+            self.membership_changed = true;
+        } else if to != self.state && to == GroupState::Dead {
             self.last_completed = None;
             self.membership_changed = true;
         }
@@ -1172,9 +1189,8 @@ impl Group {
     /// generation; the classic group is left Empty (its saved membership goes). A rebalance in
     /// progress ends: its waiting joins and syncs are told REBALANCE_IN_PROGRESS, and their
     /// members join again into the new group. Refused, with nothing changed and the reason,
-    /// for a group of another protocol type (Kafka Connect's, say), one whose metadata is not
-    /// the consumer protocol's, or one whose assignor gave its members data of its own (Kafka
-    /// Streams'), which the broker's assignor could not keep, as Kafka refuses them.
+    /// for a group of another protocol type (Kafka Connect's, say) or one whose metadata is
+    /// not the consumer protocol's.
     pub fn hand_over_to_consumer_protocol(
         &mut self,
         now: Instant,
@@ -1208,14 +1224,10 @@ impl Group {
                 .clone();
             let subscription =
                 super::consumer::read_subscription(&metadata).ok_or_else(unreadable)?;
-            let (assigned, user_data) =
+            // Data an assignor added for its members (librdkafka's cooperative-sticky adds
+            // some) is not kept, as Kafka does not keep it: the broker assigns from now on.
+            let assigned =
                 super::consumer::read_assignment(&m.assignment).ok_or_else(unreadable)?;
-            if user_data {
-                return Err(format!(
-                    "its assignor ({protocol}) gives its members data of its own, which the \
-                     broker's assignor cannot keep"
-                ));
-            }
             seeds.push(super::consumer::ClassicSeed {
                 member_id: m.id.clone(),
                 instance_id: m.instance_id.clone(),

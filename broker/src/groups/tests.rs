@@ -908,11 +908,13 @@ async fn offsets_commit_fetch_and_survive_restart() {
 async fn a_membership_write_that_failed_is_tried_again() {
     let h = harness(Duration::from_secs(3));
     let (ids, _) = h.stable_group("g", 1).await;
+    // The groups saved with members (an emptied group is saved without them).
     let saved = |h: &Harness| -> Vec<String> {
         h.store
             .load_memberships()
             .unwrap()
             .into_iter()
+            .filter(|(_, m)| !m.members.is_empty())
             .map(|(g, _)| g)
             .collect()
     };
@@ -1037,7 +1039,8 @@ async fn a_coordinator_that_forgets_its_members_keeps_the_offsets_and_takes_gene
         Err(GroupError::UnknownMemberId)
     );
     assert_eq!(commit_result(&follower.commit_offsets(&copy)), Ok(()));
-    assert!(h.store.load_memberships().unwrap().is_empty());
+    let saved = h.store.load_memberships().unwrap();
+    assert!(saved.iter().all(|(_, m)| m.members.is_empty()), "{saved:?}");
 
     let again = GroupCoordinator::with_clock(
         config(Duration::ZERO),
@@ -1473,7 +1476,6 @@ fn classic_assignment(partitions: &[i32]) -> Bytes {
 fn partitions_of(assignment: &[u8]) -> Vec<i32> {
     let mut out: Vec<i32> = consumer::read_assignment(assignment)
         .unwrap()
-        .0
         .into_iter()
         .flat_map(|(_, ps)| ps)
         .collect();
@@ -1905,7 +1907,11 @@ async fn a_takeover_cut_between_its_writes_comes_back_as_the_consumer_group() {
     h.coord
         .consumer_heartbeat(newcomer_join("up", "new", None), &view, &|_| true)
         .unwrap();
-    assert!(h.store.load_memberships().unwrap().is_empty());
+    let members_saved = |h: &Harness| -> usize {
+        let saved = h.store.load_memberships().unwrap();
+        saved.iter().map(|(_, m)| m.members.len()).sum()
+    };
+    assert_eq!(members_saved(&h), 0);
     // As if the membership's removal had not reached the store.
     h.store
         .save_membership(&classic[0].0, Some(&classic[0].1))
@@ -1919,5 +1925,40 @@ async fn a_takeover_cut_between_its_writes_comes_back_as_the_consumer_group() {
     assert_eq!(again.list_groups(&[])[0].group_type, "consumer");
     assert_eq!(again.consumer_describe("up").unwrap().members.len(), 3);
     again.tick();
-    assert!(h.store.load_memberships().unwrap().is_empty());
+    assert_eq!(members_saved(&h), 0);
+}
+
+/// An emptied classic group keeps its protocol type and generation across a restart (as
+/// Kafka's group record keeps them): ListGroups and DescribeGroups show "consumer", and the
+/// next rebalance counts on from the generation it had.
+#[tokio::test]
+async fn an_emptied_group_keeps_its_protocol_type_and_generation_across_a_restart() {
+    let h = harness(Duration::from_secs(3));
+    let (ids, generation) = h.stable_group("g", 1).await;
+    h.coord
+        .leave(&LeaveRequest {
+            group_id: "g".into(),
+            members: vec![LeavingMember {
+                member_id: ids[0].clone(),
+                group_instance_id: None,
+                reason: None,
+            }],
+        })
+        .unwrap();
+    let again = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    let described = again.describe_group("g").unwrap();
+    assert_eq!(described.state, GroupState::Empty);
+    assert_eq!(described.protocol_type, "consumer");
+    assert_eq!(again.list_groups(&[])[0].protocol_type, "consumer");
+    let joined = again
+        .join(join_req("g", "", "c9"), &TopicView::new())
+        .await
+        .unwrap();
+    // (The leave itself completed a rebalance of no one, as in Kafka.)
+    assert!(joined.generation_id > generation, "{joined:?}");
 }
