@@ -1419,6 +1419,23 @@ async fn bench_transactions_runs_every_phase() {
     broker.shutdown().await;
 }
 
+/// A config in `dir` for a broker with its Kafka listener alone (on a free port), its data in
+/// `dir/data`: the config's path and the bootstrap address.
+fn kafka_only_config(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let port = common::free_port();
+    let config = dir.join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\
+             [listeners.quic]\nenabled = false\n[listeners.admin]\nenabled = false\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    (config, format!("127.0.0.1:{port}"))
+}
+
 /// `runnel serve --config config` as a child process under `ulimit -n limit` (which lowers the
 /// hard limit too, so the broker cannot raise it), its stderr kept for the test to read.
 fn serve_with_open_files_limit(config: &std::path::Path, limit: u32) -> std::process::Child {
@@ -1469,18 +1486,7 @@ async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_
     use kafka_protocol::protocol::StrBytes;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[broker]\ndata_dir = {:?}\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\
-             [listeners.quic]\nenabled = false\n[listeners.admin]\nenabled = false\n",
-            dir.path().join("data")
-        ),
-    )
-    .unwrap();
-    let bootstrap = format!("127.0.0.1:{port}");
+    let (config, bootstrap) = kafka_only_config(dir.path());
     let serve = || serve_with_open_files_limit(&config, 400);
     let broker = serve();
     let mut c = connected(&bootstrap).await;
@@ -1692,17 +1698,7 @@ async fn topics_create_and_delete_take_kafka_topics_defaults_and_flags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loggers_commands_change_a_running_brokers_log_levels() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = dir.path().join("runnel.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[broker]\ndata_dir = {:?}\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\
-             [listeners.quic]\nenabled = false\n[listeners.admin]\nenabled = false\n",
-            dir.path().join("data")
-        ),
-    )
-    .unwrap();
+    let (config, bootstrap) = kafka_only_config(dir.path());
     let log_path = dir.path().join("broker.log");
     let broker = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(["serve", "--config"])
@@ -1712,7 +1708,6 @@ async fn loggers_commands_change_a_running_brokers_log_levels() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let bootstrap = format!("127.0.0.1:{port}");
     drop(connected(&bootstrap).await);
     let b = bootstrap.as_str();
     let ok = |args: &[&str]| {

@@ -9,14 +9,12 @@ use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
-use kafka_protocol::messages::{
-    DescribeConfigsRequest, IncrementalAlterConfigsRequest, MetadataRequest,
-};
+use kafka_protocol::messages::{DescribeConfigsRequest, IncrementalAlterConfigsRequest};
 use kafka_protocol::protocol::StrBytes;
 
 use super::Conn;
 use super::client::runtime;
-use super::quotas::{connect, refusal, settings};
+use super::quotas::{bootstrap, connect, refusal};
 use crate::protocol::apis::describe_configs::RESOURCE_BROKER_LOGGER;
 use crate::replication::peer::Peer;
 
@@ -116,18 +114,8 @@ fn alter(
 
 /// A connection to the broker `id` (with none: the cluster's only broker) and its id.
 async fn connect_to(conn: &Conn, id: Option<i32>) -> anyhow::Result<(Peer, i32)> {
-    let settings = settings(conn)?;
-    let servers = conn.bootstrap()?;
-    let bootstrap = servers
-        .split(',')
-        .map(str::trim)
-        .find(|b| !b.is_empty())
-        .context("--bootstrap names no broker")?;
-    let mut peer = connect(bootstrap, &settings).await?;
-    let metadata = peer
-        .call(&MetadataRequest::default().with_topics(Some(Vec::new())), 4)
-        .await?;
-    let ids: Vec<i32> = metadata.brokers.iter().map(|b| b.node_id.0).collect();
+    let b = bootstrap(conn).await?;
+    let ids: Vec<i32> = b.metadata.brokers.iter().map(|x| x.node_id.0).collect();
     let wanted = match (id, ids.as_slice()) {
         (Some(id), _) => id,
         (None, [only]) => *only,
@@ -139,17 +127,14 @@ async fn connect_to(conn: &Conn, id: Option<i32>) -> anyhow::Result<(Peer, i32)>
                 .join(", ")
         ),
     };
-    let Some(b) = metadata.brokers.iter().find(|b| b.node_id.0 == wanted) else {
+    let Some(broker) = b.metadata.brokers.iter().find(|x| x.node_id.0 == wanted) else {
         bail!("the cluster has no broker {wanted} (it has {ids:?})");
     };
-    if ids.len() == 1 {
-        return Ok((peer, wanted));
+    let address = format!("{}:{}", broker.host.as_str(), broker.port);
+    if ids.len() == 1 || address == b.address {
+        return Ok((b.peer, wanted));
     }
-    let address = format!("{}:{}", b.host.as_str(), b.port);
-    if address == bootstrap {
-        return Ok((peer, wanted));
-    }
-    let peer = connect(&address, &settings)
+    let peer = connect(&address, &b.settings)
         .await
         .with_context(|| format!("cannot reach broker {wanted} at {address}"))?;
     Ok((peer, wanted))

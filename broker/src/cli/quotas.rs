@@ -250,7 +250,7 @@ const TAKEN: &str = "bootstrap.servers, security.protocol, sasl.mechanism, sasl.
                      sasl.password, ssl.ca.location, ssl.certificate.location, ssl.key.location, \
                      client.id";
 
-pub(super) fn settings(conn: &Conn) -> anyhow::Result<Settings> {
+fn settings(conn: &Conn) -> anyhow::Result<Settings> {
     let mut protocol = "plaintext".to_string();
     let (mut mechanism, mut username, mut password) = (None, None, None);
     let (mut ca, mut cert, mut key) = (None, None, None);
@@ -341,32 +341,54 @@ pub(super) async fn connect(address: &str, settings: &Settings) -> anyhow::Resul
     Ok(peer)
 }
 
-/// A connection to the cluster's controller (the bootstrap broker when it is the controller
-/// or the cluster does not say).
-pub(super) async fn controller(conn: &Conn) -> anyhow::Result<Peer> {
+/// The first bootstrap broker, connected as the settings say, with the cluster's brokers
+/// (Metadata): the connection, the answer, the settings and the broker's address, for a
+/// command to stay on that broker or go to another.
+pub(super) struct Bootstrapped {
+    pub peer: Peer,
+    pub metadata: kafka_protocol::messages::MetadataResponse,
+    pub settings: Settings,
+    pub address: String,
+}
+
+pub(super) async fn bootstrap(conn: &Conn) -> anyhow::Result<Bootstrapped> {
     let settings = settings(conn)?;
     let servers = conn.bootstrap()?;
-    let bootstrap = servers
+    let address = servers
         .split(',')
         .map(str::trim)
         .find(|b| !b.is_empty())
-        .context("--bootstrap names no broker")?;
-    let mut peer = connect(bootstrap, &settings).await?;
+        .context("--bootstrap names no broker")?
+        .to_string();
+    let mut peer = connect(&address, &settings).await?;
     let metadata = peer
         .call(&MetadataRequest::default().with_topics(Some(Vec::new())), 4)
         .await?;
-    let Some(controller) = metadata
+    Ok(Bootstrapped {
+        peer,
+        metadata,
+        settings,
+        address,
+    })
+}
+
+/// A connection to the cluster's controller (the bootstrap broker when it is the controller
+/// or the cluster does not say).
+pub(super) async fn controller(conn: &Conn) -> anyhow::Result<Peer> {
+    let b = bootstrap(conn).await?;
+    let Some(controller) = b
+        .metadata
         .brokers
         .iter()
-        .find(|b| b.node_id == metadata.controller_id)
+        .find(|x| x.node_id == b.metadata.controller_id)
     else {
-        return Ok(peer);
+        return Ok(b.peer);
     };
     let address = format!("{}:{}", controller.host.as_str(), controller.port);
-    if address == bootstrap || metadata.brokers.len() == 1 {
-        return Ok(peer);
+    if address == b.address || b.metadata.brokers.len() == 1 {
+        return Ok(b.peer);
     }
-    connect(&address, &settings).await.with_context(|| {
+    connect(&address, &b.settings).await.with_context(|| {
         format!(
             "cannot reach the controller, broker {}",
             controller.node_id.0

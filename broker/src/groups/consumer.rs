@@ -2525,6 +2525,19 @@ mod tests {
         assert_eq!(back.epoch, g.epoch, "no epoch bump");
     }
 
+    /// Numbers below `n`, the same for the same seed (xorshift).
+    fn numbers(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        }
+    }
+
     /// The protocol's promise: whatever members do, no partition is held (assigned or being
     /// revoked) by two members at once, and once everyone heartbeats with what it was told,
     /// every partition is held.
@@ -2533,15 +2546,7 @@ mod tests {
         let v = view(7);
         let ids = ["a", "b", "c", "d"];
         for seed in 0..200u64 {
-            let mut rng = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let mut next = |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut next = numbers(seed);
             let mut g = ConsumerGroup::new("g".into());
             let mut now = Instant::now();
             // What each client believes: its epoch and the partitions it holds.
@@ -2735,15 +2740,7 @@ mod tests {
             }
         };
         for seed in 0..300u64 {
-            let mut rng = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let mut next = |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut next = numbers(seed);
             let mut g = ConsumerGroup::new("g".into());
             let mut now = Instant::now();
             let mut members: HashMap<&str, (i32, Assignment)> = HashMap::new();

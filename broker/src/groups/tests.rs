@@ -98,6 +98,18 @@ fn sync_req(
     }
 }
 
+/// A LeaveGroup of one member.
+fn leave_req(group: &str, member: &str) -> LeaveRequest {
+    LeaveRequest {
+        group_id: group.into(),
+        members: vec![LeavingMember {
+            member_id: member.into(),
+            group_instance_id: None,
+            reason: None,
+        }],
+    }
+}
+
 fn hb(group: &str, generation: i32, member: &str) -> HeartbeatRequest {
     HeartbeatRequest {
         group_id: group.into(),
@@ -411,14 +423,7 @@ async fn fourth_member_triggers_rebalance() {
 async fn leaving_member_triggers_rebalance_without_it() {
     let h = harness(Duration::from_secs(3));
     let (ids, generation) = h.stable_group("g", 2).await;
-    let leave = LeaveRequest {
-        group_id: "g".into(),
-        members: vec![LeavingMember {
-            member_id: ids[1].clone(),
-            group_instance_id: None,
-            reason: None,
-        }],
-    };
+    let leave = leave_req("g", &ids[1]);
     let results = h.coord.leave(&leave).unwrap();
     assert_eq!(results[0].result, Ok(()));
     assert_eq!(
@@ -435,14 +440,7 @@ async fn leaving_member_triggers_rebalance_without_it() {
     assert_eq!(rejoined.leader, ids[0]);
 
     // The last member leaving empties the group (new generation, Empty).
-    let leave_all = LeaveRequest {
-        group_id: "g".into(),
-        members: vec![LeavingMember {
-            member_id: ids[0].clone(),
-            group_instance_id: None,
-            reason: None,
-        }],
-    };
+    let leave_all = leave_req("g", &ids[0]);
     assert_eq!(h.coord.leave(&leave_all).unwrap()[0].result, Ok(()));
     assert_eq!(h.state("g"), GroupState::Empty);
 }
@@ -920,16 +918,7 @@ async fn a_membership_write_that_failed_is_tried_again() {
     };
     assert_eq!(saved(&h), ["g"]);
     h.store.set_failing(true);
-    h.coord
-        .leave(&LeaveRequest {
-            group_id: "g".into(),
-            members: vec![LeavingMember {
-                member_id: ids[0].clone(),
-                group_instance_id: None,
-                reason: None,
-            }],
-        })
-        .unwrap();
+    h.coord.leave(&leave_req("g", &ids[0])).unwrap();
     h.advance(Duration::from_millis(100));
     assert_eq!(saved(&h), ["g"], "the removal failed");
     h.store.set_failing(false);
@@ -947,14 +936,7 @@ async fn group_membership_survives_a_restart() {
     let before = h.coord.describe_group("g").unwrap();
     // A group that emptied keeps nothing to restore.
     let (lone, _) = h.stable_group("gone", 1).await;
-    let left = h.coord.leave(&LeaveRequest {
-        group_id: "gone".into(),
-        members: vec![LeavingMember {
-            member_id: lone[0].clone(),
-            group_instance_id: None,
-            reason: None,
-        }],
-    });
+    let left = h.coord.leave(&leave_req("gone", &lone[0]));
     assert!(left.is_ok());
     h.advance(Duration::from_millis(100));
 
@@ -988,16 +970,7 @@ async fn group_membership_survives_a_restart() {
 
     // Deleting a group removes what was saved of it.
     let (ids, _) = h.stable_group("del", 1).await;
-    h.coord
-        .leave(&LeaveRequest {
-            group_id: "del".into(),
-            members: vec![LeavingMember {
-                member_id: ids[0].clone(),
-                group_instance_id: None,
-                reason: None,
-            }],
-        })
-        .unwrap();
+    h.coord.leave(&leave_req("del", &ids[0])).unwrap();
     assert_eq!(h.coord.delete_group("del"), Ok(()));
     assert!(
         h.store
@@ -1503,37 +1476,7 @@ async fn a_consumer_protocol_member_joining_a_classic_group_hosts_its_members() 
         req
     };
     // A stable classic group: one member holds t-0 and t-1, the other t-2 and t-3.
-    let joins = [
-        h.spawn_join(classic("", "c0")),
-        h.spawn_join(classic("", "c1")),
-    ];
-    h.run_until_done(&joins).await;
-    let mut joined = Vec::new();
-    for j in joins {
-        joined.push(j.await.unwrap().unwrap());
-    }
-    let generation = joined[0].generation_id;
-    let leader = joined[0].leader.clone();
-    let follower = joined
-        .iter()
-        .map(|j| j.member_id.clone())
-        .find(|m| *m != leader)
-        .unwrap();
-    let mut leader_sync = sync_req("mig", generation, &leader, &[]);
-    leader_sync.assignments = vec![
-        SyncAssignment {
-            member_id: leader.clone(),
-            assignment: classic_assignment(&[0, 1]),
-        },
-        SyncAssignment {
-            member_id: follower.clone(),
-            assignment: classic_assignment(&[2, 3]),
-        },
-    ];
-    let follower_sync = h.spawn_sync(sync_req("mig", generation, &follower, &[]));
-    settle().await;
-    h.sync(leader_sync).await.unwrap();
-    follower_sync.await.unwrap().unwrap();
+    let (leader, follower, generation) = stable_classic_pair(&h, "mig", [None, None]).await;
     assert_eq!(h.state("mig"), GroupState::Stable);
     h.coord
         .commit_offsets(&commit_req("mig", generation, &leader, "t", &[(0, 5)]))
@@ -1632,17 +1575,7 @@ async fn a_consumer_protocol_member_joining_a_classic_group_hosts_its_members() 
         &[(0, 6)],
     ));
     assert!(fresh[0].partitions[0].result.is_ok());
-    let left = h
-        .coord
-        .leave(&LeaveRequest {
-            group_id: "mig".into(),
-            members: vec![LeavingMember {
-                member_id: leader.clone(),
-                group_instance_id: None,
-                reason: None,
-            }],
-        })
-        .unwrap();
+    let left = h.coord.leave(&leave_req("mig", &leader)).unwrap();
     assert_eq!(left[0].result, Ok(()));
     assert_eq!(h.coord.describe_group("mig").unwrap().members.len(), 2);
     assert_eq!(
@@ -1708,11 +1641,15 @@ async fn a_hosted_classic_member_that_never_joins_again_is_removed() {
     assert_eq!(all, vec![0, 1]);
 }
 
-/// A stable classic group "up" of two members over t (4 partitions): one holds t-0 and t-1,
-/// the other t-2 and t-3. Returns (leader, follower, generation).
-async fn stable_classic_pair(h: &Harness, instances: [Option<&str>; 2]) -> (String, String, i32) {
+/// A stable classic group of two members over t (4 partitions): one holds t-0 and t-1, the
+/// other t-2 and t-3. Returns (leader, follower, generation).
+async fn stable_classic_pair(
+    h: &Harness,
+    group: &str,
+    instances: [Option<&str>; 2],
+) -> (String, String, i32) {
     let classic = |client: &str, instance: Option<&str>| {
-        let mut req = join_req("up", "", client);
+        let mut req = join_req(group, "", client);
         req.group_instance_id = instance.map(str::to_string);
         req.protocols = vec![JoinProtocol {
             name: "range".into(),
@@ -1736,7 +1673,7 @@ async fn stable_classic_pair(h: &Harness, instances: [Option<&str>; 2]) -> (Stri
         .map(|j| j.member_id.clone())
         .find(|m| *m != leader)
         .unwrap();
-    let mut leader_sync = sync_req("up", generation, &leader, &[]);
+    let mut leader_sync = sync_req(group, generation, &leader, &[]);
     leader_sync.assignments = vec![
         SyncAssignment {
             member_id: leader.clone(),
@@ -1747,7 +1684,7 @@ async fn stable_classic_pair(h: &Harness, instances: [Option<&str>; 2]) -> (Stri
             assignment: classic_assignment(&[2, 3]),
         },
     ];
-    let mut follower_sync = sync_req("up", generation, &follower, &[]);
+    let mut follower_sync = sync_req(group, generation, &follower, &[]);
     follower_sync.group_instance_id = instances[1].map(str::to_string);
     leader_sync.group_instance_id = instances[0].map(str::to_string);
     let waiting = h.spawn_sync(follower_sync);
@@ -1784,7 +1721,7 @@ async fn an_upgrade_mid_rebalance_or_by_a_static_member_moves_nothing_twice() {
     // Mid-rebalance: a third classic member's join starts a rebalance (the two keep what they
     // hold meanwhile, as in Kafka); the newcomer takes over then.
     let h = harness(Duration::from_secs(3));
-    let (leader, follower, _) = stable_classic_pair(&h, [None, None]).await;
+    let (leader, follower, _) = stable_classic_pair(&h, "up", [None, None]).await;
     let mut third = join_req("up", "", "c2");
     third.protocols = vec![JoinProtocol {
         name: "range".into(),
@@ -1833,7 +1770,7 @@ async fn an_upgrade_mid_rebalance_or_by_a_static_member_moves_nothing_twice() {
     // A static classic member restarted with group.protocol=consumer and its instance id
     // replaces its classic self (it sent no LeaveGroup) and takes its partitions again.
     let h = harness(Duration::from_secs(3));
-    let (_, follower, generation) = stable_classic_pair(&h, [Some("i0"), Some("i1")]).await;
+    let (_, follower, generation) = stable_classic_pair(&h, "up", [Some("i0"), Some("i1")]).await;
     let back = h
         .coord
         .consumer_heartbeat(newcomer_join("up", "i1-new", Some("i1")), &view, &visible)
@@ -1850,7 +1787,7 @@ async fn an_upgrade_mid_rebalance_or_by_a_static_member_moves_nothing_twice() {
     // Joined, never synced: out after its rebalance timeout. (The newcomer reads another
     // topic, so the classic members keep their targets and need no other rebalance.)
     let h = harness(Duration::from_secs(3));
-    let (leader, follower, _) = stable_classic_pair(&h, [None, None]).await;
+    let (leader, follower, _) = stable_classic_pair(&h, "up", [None, None]).await;
     let view = TopicView::from([
         ("t".to_string(), (topic, 4)),
         ("u".to_string(), (uuid::Uuid::from_u128(8), 1)),
@@ -1901,7 +1838,7 @@ async fn a_takeover_cut_between_its_writes_comes_back_as_the_consumer_group() {
     let topic = uuid::Uuid::from_u128(7);
     let view = TopicView::from([("t".to_string(), (topic, 4))]);
     let h = harness(Duration::from_secs(3));
-    stable_classic_pair(&h, [None, None]).await;
+    stable_classic_pair(&h, "up", [None, None]).await;
     let classic = h.store.load_memberships().unwrap();
     assert_eq!(classic.len(), 1);
     h.coord
@@ -1935,16 +1872,7 @@ async fn a_takeover_cut_between_its_writes_comes_back_as_the_consumer_group() {
 async fn an_emptied_group_keeps_its_protocol_type_and_generation_across_a_restart() {
     let h = harness(Duration::from_secs(3));
     let (ids, generation) = h.stable_group("g", 1).await;
-    h.coord
-        .leave(&LeaveRequest {
-            group_id: "g".into(),
-            members: vec![LeavingMember {
-                member_id: ids[0].clone(),
-                group_instance_id: None,
-                reason: None,
-            }],
-        })
-        .unwrap();
+    h.coord.leave(&leave_req("g", &ids[0])).unwrap();
     let again = GroupCoordinator::with_clock(
         config(Duration::ZERO),
         h.store.clone(),
