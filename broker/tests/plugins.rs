@@ -713,6 +713,77 @@ async fn idempotent_producers_survive_dropped_records_and_dropped_batches() {
     broker.shutdown().await;
 }
 
+/// A consumer tailing a topic whose filter empties whole batches of an idempotent producer
+/// (each stored as a batch without records, for the producer's sequence numbers) is never
+/// answered with those batches alone: librdkafka, reading no message in such an answer, takes
+/// it for a message too large to fetch (doubling its fetch size, then MSG_SIZE_TOO_LARGE at
+/// every fetch, which ended `runnel consume`). They go out with the next record kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_tailing_batches_a_filter_emptied_sees_no_error() {
+    use rdkafka::consumer::Consumer;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin("hot", "json_filter.wasm", "temp > 20")];
+    cfg.plugins.bindings = vec![bind("quiet", &["hot"], OnError::FailClosed)];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let idempotent = [("enable.idempotence", "true"), ("linger.ms", "0")];
+    let p = producer(&bootstrap, "none", &idempotent);
+    send(&p, "quiet", &[(None, r#"{"temp":30,"n":0}"#, None)]).await;
+    // A consumer that has read the first record and waits at the log end.
+    let b = bootstrap.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let tail = tokio::task::spawn_blocking(move || {
+        let c = common::reader(&b, "quiet");
+        let (mut values, mut errors) = (Vec::new(), Vec::new());
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        while std::time::Instant::now() < deadline {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                    if values.is_empty() {
+                        ready_tx.send(()).unwrap();
+                    }
+                    let last = v.contains(r#""n":99"#);
+                    values.push(v);
+                    if last {
+                        break;
+                    }
+                }
+                Some(Err(e)) => errors.push(e.to_string()),
+                None => {}
+            }
+        }
+        let position = c.position().unwrap();
+        (values, errors, position.elements()[0].offset())
+    });
+    ready_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    // Sixteen batches the filter empties, one at a time, a fetch apart.
+    for i in 0..16 {
+        send(
+            &p,
+            "quiet",
+            &[(None, &format!(r#"{{"temp":{i},"n":1}}"#), None)],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    send(&p, "quiet", &[(None, r#"{"temp":40,"n":99}"#, None)]).await;
+    let (values, errors, position) = tail.await.unwrap();
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    assert_eq!(
+        values,
+        vec![r#"{"temp":30,"n":0}"#, r#"{"temp":40,"n":99}"#]
+    );
+    assert_eq!(log_end(&broker, "quiet"), 18);
+    assert_eq!(
+        position,
+        rdkafka::Offset::Offset(18),
+        "past the emptied batches"
+    );
+    broker.shutdown().await;
+}
+
 /// A chain of filters over uncompressed batches works on the batch in place (no decode and
 /// re-encode): the same guarantees hold there. An idempotent producer's batches that lose some
 /// or all records stay in sequence, the kept records keep their keys and timestamps, and a

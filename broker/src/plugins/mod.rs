@@ -29,7 +29,9 @@
 //!   records, so it spans the sequence numbers the producer used and its next batch is in
 //!   sequence; the offsets of dropped records stay unused, as after compaction. A batch that
 //!   loses every record is stored as an empty (header-only) batch for the same reason. Storage
-//!   accepts such batches only through `append_rewritten`. A transform that writes MORE records
+//!   accepts such batches only through `append_rewritten`; Fetch sends a consumer such batches
+//!   only with a batch after them (librdkafka takes an answer of nothing else for a message too
+//!   large to fetch). A transform that writes MORE records
 //!   to the partition than the idempotent batch held cannot be stored in sequence: refused
 //!   (POLICY_VIOLATION). Routed records are appended without a producer id.
 //! - A failing call (trap, timeout, memory cap, error result, bad answer, disabled plugin)

@@ -295,6 +295,63 @@ fn reader(ctx: &Ctx, req: &FetchRequest) -> Reader {
     }
 }
 
+/// Whether `records` holds batches and every one is a data batch with no record: what a filter
+/// plugin leaves of an idempotent producer's batch it emptied (kept for the producer's
+/// sequence numbers). A consumer given only such batches reads no message, which librdkafka
+/// takes for a message too large to fetch: it doubles its fetch size at each, then reports
+/// MSG_SIZE_TOO_LARGE at every fetch.
+fn only_emptied(records: &[u8]) -> bool {
+    let mut any = false;
+    for h in crate::storage::headers(records) {
+        if h.record_count != 0 || h.is_control() {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// Reads on past the emptied batches `records` holds, for a consumer: they go out with the
+/// first batch after them that holds records (or a marker), read whole, so the consumer moves
+/// past them with it; when the log holds nothing after them yet, with nothing (the consumer
+/// asks from the same offset again, as when no record has come). Returns the aborted
+/// transactions the later reads may hold, for read_committed.
+fn read_past_emptied(
+    p: &crate::catalog::Partition,
+    records: &mut Bytes,
+    below: i64,
+    budget: usize,
+    read_committed: bool,
+) -> Result<Vec<crate::storage::AbortedTxn>, crate::storage::StorageError> {
+    let mut aborted = Vec::new();
+    let mut gathered = bytes::BytesMut::from(&records[..]);
+    // Bounded: a run of emptied batches longer than this many reads is sent as it is.
+    for _ in 0..16 {
+        let next = crate::storage::headers(&gathered)
+            .last()
+            .map_or(below, |h| h.next_offset());
+        let plan = {
+            let log = p.log();
+            if read_committed {
+                aborted.extend(log.aborted_transactions(next, below));
+            }
+            log.plan_read_below(next, budget.max(1), below)?
+        };
+        let more = plan.read()?;
+        if more.is_empty() {
+            // Nothing after them yet.
+            *records = Bytes::new();
+            return Ok(aborted);
+        }
+        gathered.extend_from_slice(&more);
+        if !only_emptied(&more) {
+            break;
+        }
+    }
+    *records = gathered.freeze();
+    Ok(aborted)
+}
+
 fn read_all(
     ctx: &Ctx,
     reader: Reader,
@@ -346,6 +403,7 @@ fn read_all(
                     w.max_bytes.min(max_bytes.saturating_sub(total))
                 };
                 let mut aborted = Vec::new();
+                let below: i64;
                 let plan = {
                     let mut log = p.log();
                     let end = log.log_end_offset();
@@ -354,7 +412,7 @@ fn read_all(
                     data.high_watermark = readable;
                     data.last_stable_offset = stable;
                     data.log_start_offset = log.log_start_offset();
-                    let below = if read_committed { stable } else { readable };
+                    below = if read_committed { stable } else { readable };
                     // Taken with the plan, so that both see the log as it was (a compaction
                     // swapped in after it removes no transaction the read may return).
                     if read_committed {
@@ -367,7 +425,16 @@ fn read_all(
                 };
                 // Read with the log unlocked: appends to the partition go on meanwhile.
                 let within = |plan: ReadPlan| if first { plan } else { plan.within_budget() };
-                let read = plan.map(|plan| plan.map(within).and_then(ReadPlan::read));
+                let mut read = plan.map(|plan| plan.map(within).and_then(ReadPlan::read));
+                if !matches!(reader, Reader::Follower(_))
+                    && let Some(Ok(records)) = &mut read
+                    && only_emptied(records)
+                {
+                    match read_past_emptied(p, records, below, budget, read_committed) {
+                        Ok(more) => aborted.extend(more),
+                        Err(e) => read = Some(Err(e)),
+                    }
+                }
                 if read_committed {
                     // The aborted transactions that overlap what is returned, as Kafka lists
                     // them: not every one up to the last stable offset.
