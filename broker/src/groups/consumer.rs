@@ -2538,6 +2538,27 @@ mod tests {
         }
     }
 
+    /// No partition held (assigned or being revoked) by two of the group's members, nor by two
+    /// of the clients' own accounts of what they hold.
+    fn assert_held_once<'a>(
+        seed: u64,
+        g: &ConsumerGroup,
+        clients: impl Iterator<Item = &'a Assignment>,
+    ) {
+        let mut seen = BTreeSet::new();
+        for m in g.members.values() {
+            for tp in pairs(&m.assigned).chain(pairs(&m.pending_revocation)) {
+                assert!(seen.insert(tp), "seed {seed}: {tp:?} held twice");
+            }
+        }
+        let mut held = BTreeSet::new();
+        for a in clients {
+            for tp in pairs(a) {
+                assert!(held.insert(tp), "seed {seed}: clients both hold {tp:?}");
+            }
+        }
+    }
+
     /// The protocol's promise: whatever members do, no partition is held (assigned or being
     /// revoked) by two members at once, and once everyone heartbeats with what it was told,
     /// every partition is held.
@@ -2577,19 +2598,7 @@ mod tests {
                 // One the coordinator dropped (session or rebalance timeout) is fenced: it
                 // learns so at its next heartbeat and may commit nothing meanwhile.
                 clients.retain(|id, _| g.members.contains_key(*id));
-                let mut seen = BTreeSet::new();
-                for m in g.members.values() {
-                    for tp in pairs(&m.assigned).chain(pairs(&m.pending_revocation)) {
-                        assert!(seen.insert(tp), "seed {seed}: {tp:?} held twice");
-                    }
-                }
-                // What the clients hold never overlaps either.
-                let mut held = BTreeSet::new();
-                for (_, a) in clients.values() {
-                    for tp in pairs(a) {
-                        assert!(held.insert(tp), "seed {seed}: clients both hold {tp:?}");
-                    }
-                }
+                assert_held_once(seed, &g, clients.values().map(|(_, a)| a));
             }
             // Everyone heartbeats a few times with what it was told: all partitions held.
             for _ in 0..4 {
@@ -2786,22 +2795,12 @@ mod tests {
                 g.poll(now);
                 members.retain(|id, _| g.members.contains_key(*id));
                 classics.retain(|id, _| g.members.contains_key(*id));
-                let mut seen = BTreeSet::new();
-                for m in g.members.values() {
-                    for tp in pairs(&m.assigned).chain(pairs(&m.pending_revocation)) {
-                        assert!(seen.insert(tp), "seed {seed}: {tp:?} held twice");
-                    }
-                }
-                let mut held = BTreeSet::new();
-                let all = members
-                    .values()
-                    .map(|(_, a)| a)
-                    .chain(classics.values().map(Classic::held));
-                for a in all {
-                    for tp in pairs(a) {
-                        assert!(held.insert(tp), "seed {seed}: clients both hold {tp:?}");
-                    }
-                }
+                let clients = members.values().map(|(_, a)| a);
+                assert_held_once(
+                    seed,
+                    &g,
+                    clients.chain(classics.values().map(Classic::held)),
+                );
             }
             // Everyone goes on as its protocol says, a few rounds: all partitions held.
             for _ in 0..8 {
