@@ -120,7 +120,7 @@ pub(crate) fn operations_of(resource: ResourceType) -> &'static [Operation] {
             DescribeConfigs,
             AlterConfigs,
         ],
-        ResourceType::Group => &[Read, Delete, Describe],
+        ResourceType::Group => &[Read, Delete, Describe, DescribeConfigs, AlterConfigs],
         ResourceType::Cluster => &[
             Create,
             Alter,

@@ -269,6 +269,12 @@ pub async fn start_broker_from(
                 session_timeout: config.groups.consumer_session_timeout,
                 heartbeat_interval: config.groups.consumer_heartbeat_interval,
             },
+            consumer_bounds: crate::groups::ConsumerBounds {
+                min_session_timeout: config.groups.consumer_min_session_timeout,
+                max_session_timeout: config.groups.consumer_max_session_timeout,
+                min_heartbeat_interval: config.groups.consumer_min_heartbeat_interval,
+                max_heartbeat_interval: config.groups.consumer_max_heartbeat_interval,
+            },
         },
         Arc::new(meta.clone()),
     )

@@ -594,3 +594,69 @@ async fn an_envelope_is_judged_by_the_principal_it_names() {
     assert_eq!(answer.error_code, E::InvalidRequest.code());
     broker.shutdown().await;
 }
+
+/// A group's own configs take DescribeConfigs and AlterConfigs on the group, as in Kafka: Read
+/// on it (what a consumer has) allows neither, and AlterConfigs allows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_configs_need_describe_configs_and_alter_configs_on_the_group() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::incremental_alter_configs_request as inc;
+    use kafka_protocol::messages::{DescribeConfigsRequest, IncrementalAlterConfigsRequest};
+    const CONFIG_GROUP: i8 = 32;
+    const ALTER_CONFIGS: i8 = 11;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start_with(common::secured_config(dir.path(), USERS)).await;
+    let bootstrap = broker.bootstrap();
+    let mut root = admin(&bootstrap).await;
+    let mut bob = common::RawClient::logged_in(&bootstrap, b"\0bob\0b0b-s3cret").await;
+    let describe = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(CONFIG_GROUP)
+            .with_resource_name(st("dash")),
+    ]);
+    let alter = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        inc::AlterConfigsResource::default()
+            .with_resource_type(CONFIG_GROUP)
+            .with_resource_name(st("dash"))
+            .with_configs(vec![
+                inc::AlterableConfig::default()
+                    .with_name(st("consumer.session.timeout.ms"))
+                    .with_config_operation(0)
+                    .with_value(Some(st("50000"))),
+            ]),
+    ]);
+    let grant = |op: i8| {
+        CreateAclsRequest::default()
+            .with_creations(vec![acl(GROUP, "dash", LITERAL, "User:bob", op, ALLOW)])
+    };
+    let session_timeout = |r: &kafka_protocol::messages::DescribeConfigsResponse| {
+        r.results[0].configs[0].value.as_deref().map(str::to_string)
+    };
+
+    let made = root.call(&grant(READ), 3).await;
+    assert_eq!(made.results[0].error_code, 0);
+    let r = bob.call(&describe, 4).await;
+    assert_eq!(r.results[0].error_code, E::GroupAuthorizationFailed.code());
+    let r = bob.call(&alter, 1).await;
+    assert_eq!(
+        r.responses[0].error_code,
+        E::GroupAuthorizationFailed.code()
+    );
+    assert_eq!(
+        session_timeout(&root.call(&describe, 4).await).as_deref(),
+        Some("45000")
+    );
+
+    let made = root.call(&grant(ALTER_CONFIGS), 3).await;
+    assert_eq!(made.results[0].error_code, 0);
+    let r = bob.call(&alter, 1).await;
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+    let r = bob.call(&describe, 4).await;
+    assert_eq!(r.results[0].error_code, 0);
+    assert_eq!(session_timeout(&r).as_deref(), Some("50000"));
+    broker.shutdown().await;
+}

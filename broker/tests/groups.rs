@@ -1136,3 +1136,238 @@ async fn consumer_protocol_members_are_known_after_a_broker_restart() {
     assert_eq!(listed, [("gs", "consumer", "Empty")]);
     broker.shutdown().await;
 }
+
+/// A group's own configs (Kafka's group configs): described over the broker's values whether
+/// or not the group exists, set and removed with IncrementalAlterConfigs and AlterConfigs within
+/// the bounds, taken by the group's members at their heartbeats (interval told, session kept
+/// past the broker's), kept across a restart and when the group is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_own_configs_set_its_members_heartbeat_and_session_timeout() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::incremental_alter_configs_request as inc;
+    use kafka_protocol::messages::{
+        AlterConfigsRequest, ConsumerGroupHeartbeatRequest, DeleteGroupsRequest,
+        DescribeConfigsRequest, DescribeConfigsResponse, GroupId, IncrementalAlterConfigsRequest,
+        TopicName, alter_configs_request,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    const GROUP: i8 = 32;
+    const INVALID_CONFIG: i16 = 40;
+    let s = |v: &str| StrBytes::from_string(v.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.listeners.kafka.address = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    cfg.groups.consumer_heartbeat_interval = Duration::from_millis(200);
+    cfg.groups.consumer_session_timeout = Duration::from_secs(3);
+    let broker = common::start_with(cfg.clone()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "gconf", 1).await;
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+
+    async fn describe(raw: &mut common::RawClient, group: &str) -> DescribeConfigsResponse {
+        raw.call(
+            &DescribeConfigsRequest::default()
+                .with_resources(vec![
+                    DescribeConfigsResource::default()
+                        .with_resource_type(32)
+                        .with_resource_name(StrBytes::from_string(group.to_string())),
+                ])
+                .with_include_synonyms(true),
+            4,
+        )
+        .await
+    }
+    // (name, value, source) of each entry, and the synonyms' sources of each.
+    let entries = |r: &DescribeConfigsResponse| -> Vec<(String, String, i8, Vec<i8>)> {
+        assert_eq!(
+            r.results[0].error_code, 0,
+            "{:?}",
+            r.results[0].error_message
+        );
+        r.results[0]
+            .configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    c.value.as_deref().unwrap_or_default().to_string(),
+                    c.config_source,
+                    c.synonyms.iter().map(|s| s.source).collect(),
+                )
+            })
+            .collect()
+    };
+    let entry = |name: &str, value: &str, source: i8, synonyms: &[i8]| {
+        (
+            name.to_string(),
+            value.to_string(),
+            source,
+            synonyms.to_vec(),
+        )
+    };
+    // No group yet: the broker's values (STATIC_BROKER_CONFIG over Kafka's default).
+    let r = describe(&mut raw, "gc").await;
+    assert_eq!(
+        entries(&r),
+        [
+            entry("consumer.session.timeout.ms", "3000", 4, &[4, 5]),
+            entry("consumer.heartbeat.interval.ms", "200", 4, &[4, 5]),
+        ]
+    );
+    let incremental = |configs: &[(&str, Option<&str>)], validate_only: bool| {
+        IncrementalAlterConfigsRequest::default()
+            .with_resources(vec![
+                inc::AlterConfigsResource::default()
+                    .with_resource_type(GROUP)
+                    .with_resource_name(s("gc"))
+                    .with_configs(
+                        configs
+                            .iter()
+                            .map(|(k, v)| {
+                                inc::AlterableConfig::default()
+                                    .with_name(s(k))
+                                    .with_config_operation(if v.is_some() { 0 } else { 1 })
+                                    .with_value(v.map(s))
+                            })
+                            .collect(),
+                    ),
+            ])
+            .with_validate_only(validate_only)
+    };
+    // Refused, with the reason: below the least a group may set (the broker's own 3 s: Kafka's
+    // 45 s least is widened to it), above the most (Kafka's 15 s), an unknown key.
+    for (configs, why) in [
+        (
+            vec![("consumer.session.timeout.ms", Some("2000"))],
+            "(2000) is less than group.consumer.min.session.timeout.ms (3000)",
+        ),
+        (
+            vec![("consumer.heartbeat.interval.ms", Some("16000"))],
+            "(16000) is more than group.consumer.max.heartbeat.interval.ms (15000)",
+        ),
+        (
+            vec![("session.timeout.ms", Some("5000"))],
+            "unknown group config session.timeout.ms",
+        ),
+    ] {
+        let r = raw.call(&incremental(&configs, false), 1).await;
+        assert_eq!(r.responses[0].error_code, INVALID_CONFIG, "{configs:?}");
+        let said = r.responses[0].error_message.as_deref().unwrap().to_string();
+        assert!(said.contains(why), "{said}");
+    }
+    // Checked only, then set.
+    let wanted = [
+        ("consumer.session.timeout.ms", Some("5000")),
+        ("consumer.heartbeat.interval.ms", Some("700")),
+    ];
+    let r = raw.call(&incremental(&wanted, true), 1).await;
+    assert_eq!(r.responses[0].error_code, 0);
+    assert_eq!(entries(&describe(&mut raw, "gc").await)[0].2, 4);
+    let r = raw.call(&incremental(&wanted, false), 1).await;
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+    assert_eq!(
+        entries(&describe(&mut raw, "gc").await),
+        [
+            entry("consumer.session.timeout.ms", "5000", 8, &[8, 4, 5]),
+            entry("consumer.heartbeat.interval.ms", "700", 8, &[8, 4, 5]),
+        ]
+    );
+    // Another group keeps the broker's.
+    assert_eq!(entries(&describe(&mut raw, "other").await)[1].1, "200");
+
+    // A member is told the group's interval, and outlives the broker's 3 s session.
+    let topic_id = broker.broker.catalog.get("gconf").unwrap().id;
+    let heartbeat = |epoch: i32| {
+        use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+        let mut req = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(s("gc")))
+            .with_member_id(s("m"))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(5000);
+        if epoch == 0 {
+            req = req
+                .with_subscribed_topic_names(Some(vec![TopicName(s("gconf"))]))
+                .with_topic_partitions(Some(Vec::new()));
+        } else if epoch > 0 {
+            req = req.with_topic_partitions(Some(vec![
+                TopicPartitions::default()
+                    .with_topic_id(topic_id)
+                    .with_partitions(vec![0]),
+            ]));
+        }
+        req
+    };
+    let joined = raw.call(&heartbeat(0), 1).await;
+    assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
+    assert_eq!(joined.heartbeat_interval_ms, 700);
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let kept = raw.call(&heartbeat(joined.member_epoch), 1).await;
+    assert_eq!(
+        kept.error_code, 0,
+        "still a member after 4 s: {:?}",
+        kept.error_message
+    );
+    // Silent past the group's 5 s, it is gone.
+    tokio::time::sleep(Duration::from_millis(5800)).await;
+    let gone = raw.call(&heartbeat(kept.member_epoch), 1).await;
+    assert_eq!(
+        gone.error_code, 25,
+        "UNKNOWN_MEMBER_ID after 5.8 s of silence"
+    );
+
+    // AlterConfigs replaces the whole set: the session timeout goes back to the broker's.
+    let r = raw
+        .call(
+            &AlterConfigsRequest::default().with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(GROUP)
+                    .with_resource_name(s("gc"))
+                    .with_configs(vec![
+                        alter_configs_request::AlterableConfig::default()
+                            .with_name(s("consumer.heartbeat.interval.ms"))
+                            .with_value(Some(s("500"))),
+                    ]),
+            ]),
+            2,
+        )
+        .await;
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+    let expected = [
+        entry("consumer.session.timeout.ms", "3000", 4, &[4, 5]),
+        entry("consumer.heartbeat.interval.ms", "500", 8, &[8, 4, 5]),
+    ];
+    assert_eq!(entries(&describe(&mut raw, "gc").await), expected);
+
+    // Deleting the (now empty) group leaves its configs; a restart keeps them.
+    let r = raw
+        .call(
+            &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("gc"))]),
+            2,
+        )
+        .await;
+    assert_eq!(r.results[0].error_code, 0);
+    broker.shutdown().await;
+    let broker = common::start_with(cfg).await;
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    assert_eq!(entries(&describe(&mut raw, "gc").await), expected);
+    // Removed, the broker's again.
+    let r = raw
+        .call(
+            &incremental(&[("consumer.heartbeat.interval.ms", None)], false),
+            1,
+        )
+        .await;
+    assert_eq!(r.responses[0].error_code, 0);
+    assert_eq!(entries(&describe(&mut raw, "gc").await)[1].1, "200");
+    broker.shutdown().await;
+}

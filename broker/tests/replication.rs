@@ -331,6 +331,36 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
             .is_ok_and(|t| t.len() == 1 && t[0].partitions[0].offset == 300)
     })
     .await;
+    // So do the group's own configs, set and removed.
+    let set = |v: Option<&str>| {
+        vec![(
+            "consumer.session.timeout.ms".to_string(),
+            v.map(str::to_string),
+        )]
+    };
+    leader
+        .broker
+        .groups
+        .alter_group_config("readers", &set(Some("50000")), false, false)
+        .unwrap();
+    eventually("the follower to have the group's configs", || {
+        follower
+            .broker
+            .groups
+            .group_config("readers")
+            .get("consumer.session.timeout.ms")
+            == Some(&50_000)
+    })
+    .await;
+    leader
+        .broker
+        .groups
+        .alter_group_config("readers", &set(None), false, false)
+        .unwrap();
+    eventually("the follower to drop the group's configs", || {
+        follower.broker.groups.group_config("readers").is_empty()
+    })
+    .await;
     // Offsets deleted on the leader (OffsetDelete) are deleted on the follower too.
     leader
         .broker

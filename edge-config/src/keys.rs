@@ -397,6 +397,26 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Duration,
                 "How often consumers of the consumer group protocol heartbeat. Allowed: less\nthan consumer_session_timeout.",
             ),
+            key(
+                "consumer_min_session_timeout",
+                Duration,
+                "The shortest consumer.session.timeout.ms a group's own config may set\n(kafka-configs --entity-type groups); consumer_session_timeout is always\nallowed. Allowed: more than 0s, up to consumer_max_session_timeout.",
+            ),
+            key(
+                "consumer_max_session_timeout",
+                Duration,
+                "The longest consumer.session.timeout.ms a group's own config may set.",
+            ),
+            key(
+                "consumer_min_heartbeat_interval",
+                Duration,
+                "The shortest consumer.heartbeat.interval.ms a group's own config may set;\nconsumer_heartbeat_interval is always allowed. Allowed: more than 0s, up to\nconsumer_max_heartbeat_interval.",
+            ),
+            key(
+                "consumer_max_heartbeat_interval",
+                Duration,
+                "The longest consumer.heartbeat.interval.ms a group's own config may set.",
+            ),
         ],
     },
     Section {

@@ -498,6 +498,26 @@ pub struct GroupsConfig {
     /// the next within about this long. Default 5s; less than consumer_session_timeout.
     #[serde(with = "units::duration")]
     pub consumer_heartbeat_interval: Duration,
+    /// The shortest `consumer.session.timeout.ms` a group's own config may set
+    /// (`group.consumer.min.session.timeout.ms`). Default 45s; consumer_session_timeout is
+    /// allowed whatever this says.
+    #[serde(with = "units::duration")]
+    pub consumer_min_session_timeout: Duration,
+    /// The longest `consumer.session.timeout.ms` a group's own config may set
+    /// (`group.consumer.max.session.timeout.ms`). Default 60s; consumer_session_timeout is
+    /// allowed whatever this says.
+    #[serde(with = "units::duration")]
+    pub consumer_max_session_timeout: Duration,
+    /// The shortest `consumer.heartbeat.interval.ms` a group's own config may set
+    /// (`group.consumer.min.heartbeat.interval.ms`). Default 5s; consumer_heartbeat_interval
+    /// is allowed whatever this says.
+    #[serde(with = "units::duration")]
+    pub consumer_min_heartbeat_interval: Duration,
+    /// The longest `consumer.heartbeat.interval.ms` a group's own config may set
+    /// (`group.consumer.max.heartbeat.interval.ms`). Default 15s; consumer_heartbeat_interval
+    /// is allowed whatever this says.
+    #[serde(with = "units::duration")]
+    pub consumer_max_heartbeat_interval: Duration,
 }
 
 impl Default for GroupsConfig {
@@ -509,6 +529,10 @@ impl Default for GroupsConfig {
             offsets_retention: secs(7 * DAY),
             consumer_session_timeout: secs(45),
             consumer_heartbeat_interval: secs(5),
+            consumer_min_session_timeout: secs(45),
+            consumer_max_session_timeout: secs(60),
+            consumer_min_heartbeat_interval: secs(5),
+            consumer_max_heartbeat_interval: secs(15),
         }
     }
 }

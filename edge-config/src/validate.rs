@@ -269,6 +269,32 @@ impl Config {
                 ),
             ));
         }
+        for (min_key, min, max_key, max) in [
+            (
+                "groups.consumer_min_session_timeout",
+                groups.consumer_min_session_timeout,
+                "groups.consumer_max_session_timeout",
+                groups.consumer_max_session_timeout,
+            ),
+            (
+                "groups.consumer_min_heartbeat_interval",
+                groups.consumer_min_heartbeat_interval,
+                "groups.consumer_max_heartbeat_interval",
+                groups.consumer_max_heartbeat_interval,
+            ),
+        ] {
+            c.positive(min_key, min)?;
+            if min > max {
+                return Err(c.conflict(
+                    &[min_key, max_key],
+                    format!(
+                        "{} is more than {max_key} ({})",
+                        format_duration(min),
+                        format_duration(max)
+                    ),
+                ));
+            }
+        }
         for user in &self.acls.super_users {
             if user.strip_prefix("User:").is_none_or(str::is_empty) {
                 return Err(c.invalid(

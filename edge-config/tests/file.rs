@@ -353,7 +353,9 @@ fn unknown_key_names_line_and_allowed_keys() {
         error("[groups]\nmin_session_timeout = \"6s\"\nsession_timeout = \"10s\"\n"),
         "runnel.toml:3: unknown key groups.session_timeout; allowed keys: min_session_timeout, \
          max_session_timeout, initial_rebalance_delay, offsets_retention, \
-         consumer_session_timeout, consumer_heartbeat_interval"
+         consumer_session_timeout, consumer_heartbeat_interval, consumer_min_session_timeout, \
+         consumer_max_session_timeout, consumer_min_heartbeat_interval, \
+         consumer_max_heartbeat_interval"
     );
     assert_eq!(
         error("broker = 5\n"),

@@ -273,6 +273,40 @@ def test_list_and_describe_consumer_groups(broker):
         a.close()
 
 
+def test_a_groups_own_configs_from_the_admin_client(broker):
+    """Kafka 4's group configs (ConfigResourceType.GROUP): described over the broker's values,
+    set within the bounds, refused outside them with the reason, and reset."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    group = unique("kp-gconf")
+    resource = lambda configs=None: ConfigResource(ConfigResourceType.GROUP, group, configs)
+    a = admin_client(broker)
+    try:
+        every = a.describe_configs([resource()], include_synonyms=True,
+                                   config_filter="all")["group"][group]
+        assert set(every) == {"consumer.session.timeout.ms", "consumer.heartbeat.interval.ms"}
+        session = every["consumer.session.timeout.ms"]
+        assert session["value"] == "45000" and session["config_source"] == "DEFAULT_CONFIG"
+        assert session["synonyms"][0]["name"] == "group.consumer.session.timeout.ms"
+        assert not session["read_only"]
+
+        done = a.alter_configs([resource({"consumer.session.timeout.ms": "50000"})])
+        assert done == {"group": {group: "OK"}}, done
+        modified = a.describe_configs([resource()])["group"][group]
+        assert list(modified) == ["consumer.session.timeout.ms"], modified
+        assert modified["consumer.session.timeout.ms"]["value"] == "50000"
+        assert modified["consumer.session.timeout.ms"]["config_source"] == "DYNAMIC_GROUP_CONFIG"
+
+        refused = a.alter_configs([resource({"consumer.heartbeat.interval.ms": "60000"})])
+        said = refused["group"][group]
+        assert "InvalidConfigurationError" in said and "(60000) is more than" in said, said
+
+        assert a.reset_configs([resource(["consumer.session.timeout.ms"])]) == \
+            {"group": {group: "OK"}}
+        assert a.describe_configs([resource()])["group"][group] == {}
+    finally:
+        a.close()
+
+
 # --- offsets ----------------------------------------------------------------------------------
 
 def test_end_offsets_and_offsets_for_times(broker):

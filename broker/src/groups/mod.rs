@@ -15,6 +15,8 @@
 //!   committed offsets, and each group's members ([`Membership`] after a classic group's last
 //!   completed rebalance; a consumer-protocol group as [`consumer::ConsumerGroup::save`] writes
 //!   it), saved as they change and restored at start so that members go on.
+//! - [`config`]: a group's own configs (Kafka's group configs: `consumer.session.timeout.ms`,
+//!   `consumer.heartbeat.interval.ms`), checked against [`ConsumerBounds`].
 //! - [`error`]: [`GroupError`] with [`GroupError::kafka_code`].
 //!
 //! # Concurrency
@@ -32,6 +34,7 @@
 //! lazily before each operation on a group and by `tick`, which [`GroupCoordinator::spawn_timers`]
 //! calls every 100 ms.
 
+pub mod config;
 pub mod consumer;
 pub mod error;
 mod group;
@@ -51,6 +54,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::warn;
 
+pub use config::{ConsumerBounds, GroupConfigError};
 pub use consumer::{
     Assignment, ConsumerGroupDescription, ConsumerHeartbeat, ConsumerHeartbeatReply,
     ConsumerMemberDescription, ConsumerSettings, TopicView,
@@ -91,12 +95,16 @@ pub struct GroupConfig {
     pub offsets_retention: Duration,
     /// Session timeout and heartbeat interval of the consumer protocol's members (KIP-848).
     pub consumer: ConsumerSettings,
+    /// The values a group's own configs may give those two ([`config`]); `consumer`'s are
+    /// allowed whatever these say.
+    pub consumer_bounds: ConsumerBounds,
 }
 
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
             consumer: ConsumerSettings::default(),
+            consumer_bounds: ConsumerBounds::default(),
             min_session_timeout: Duration::from_secs(6),
             max_session_timeout: Duration::from_secs(30 * 60),
             initial_rebalance_delay: Duration::from_secs(3),
@@ -186,6 +194,9 @@ struct Inner {
     store: Arc<dyn OffsetStore>,
     clock: Clock,
     groups: Mutex<HashMap<String, Group>>,
+    /// Each group's own configs ([`config`]), of the groups that have any; a group need not
+    /// exist to have them. Never locked together with `groups`.
+    group_configs: Mutex<HashMap<String, config::Overrides>>,
     /// Serializes store calls with the in-memory offset updates that follow them.
     store_lock: Mutex<()>,
     /// Saves of consumer-protocol groups asked for, and how many of them a save has covered:
@@ -262,6 +273,13 @@ impl GroupCoordinator {
             )));
         }
         let now = clock.now();
+        let group_configs: HashMap<String, config::Overrides> =
+            store.load_group_configs()?.into_iter().collect();
+        let settings_of = |group: &str| {
+            group_configs
+                .get(group)
+                .map_or(config.consumer, |o| config::effective(o, config.consumer))
+        };
         let mut groups: HashMap<String, Group> = HashMap::new();
         for (group, topic, partition, offset) in store.load()? {
             let g = groups
@@ -280,7 +298,7 @@ impl GroupCoordinator {
         }
         for (group, saved) in store.load_consumer_groups()? {
             let Some(consumer) =
-                consumer::ConsumerGroup::restore(group.clone(), &saved, config.consumer, now)
+                consumer::ConsumerGroup::restore(group.clone(), &saved, settings_of(&group), now)
             else {
                 // Its members join again, as after a restart without it.
                 warn!(group = %client_text(&group), "unreadable consumer-protocol group; ignored");
@@ -307,6 +325,7 @@ impl GroupCoordinator {
                 store,
                 clock,
                 groups: Mutex::new(groups),
+                group_configs: Mutex::new(group_configs),
                 store_lock: Mutex::new(()),
                 consumer_save_tickets: Default::default(),
                 consumer_saved_through: Default::default(),
@@ -323,6 +342,90 @@ impl GroupCoordinator {
 
     fn now(&self) -> Instant {
         self.inner.clock.now()
+    }
+
+    /// The session timeout and heartbeat interval `group_id`'s members of the consumer protocol
+    /// run with: its own configs over the coordinator's.
+    pub fn consumer_settings(&self, group_id: &str) -> ConsumerSettings {
+        let own = self.inner.config.consumer;
+        lock(&self.inner.group_configs)
+            .get(group_id)
+            .map_or(own, |o| config::effective(o, own))
+    }
+
+    /// The configs `group_id` sets itself: key -> milliseconds (DescribeConfigs).
+    pub fn group_config(&self, group_id: &str) -> config::Overrides {
+        lock(&self.inner.group_configs)
+            .get(group_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every group that sets configs of its own, with them.
+    pub fn group_configs(&self) -> Vec<(String, config::Overrides)> {
+        let mut all: Vec<_> = lock(&self.inner.group_configs)
+            .iter()
+            .map(|(g, o)| (g.clone(), o.clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Changes `group_id`'s own configs (IncrementalAlterConfigs; AlterConfigs with `replace`):
+    /// checked as [`config::apply`] says, saved, then in force at each member's next heartbeat.
+    /// With `validate_only`, checked and nothing changed.
+    pub fn alter_group_config(
+        &self,
+        group_id: &str,
+        changes: &[(String, Option<String>)],
+        replace: bool,
+        validate_only: bool,
+    ) -> Result<(), GroupConfigError> {
+        if group_id.is_empty() {
+            return Err(GroupConfigError::InvalidRequest(
+                "a group config needs a group id".to_string(),
+            ));
+        }
+        let own = self.inner.config.consumer;
+        let bounds = self.inner.config.consumer_bounds.holding(own);
+        let _store_guard = lock(&self.inner.store_lock);
+        let current = self.group_config(group_id);
+        let next = config::apply(&current, changes, replace, own, bounds)?;
+        if validate_only || next == current {
+            return Ok(());
+        }
+        self.set_group_config(group_id, next)
+            .map_err(|e| GroupConfigError::Store(e.message))
+    }
+
+    /// Makes `group_id`'s own configs `overrides` as they are, unchecked (a follower copying
+    /// its leader's, which the leader checked against its own bounds).
+    pub fn replace_group_config(
+        &self,
+        group_id: &str,
+        overrides: config::Overrides,
+    ) -> Result<(), StoreError> {
+        let _store_guard = lock(&self.inner.store_lock);
+        if self.group_config(group_id) == overrides {
+            return Ok(());
+        }
+        self.set_group_config(group_id, overrides)
+    }
+
+    /// Saves, then keeps, `group_id`'s overrides (none: forgotten). Called with `store_lock`.
+    fn set_group_config(
+        &self,
+        group_id: &str,
+        overrides: config::Overrides,
+    ) -> Result<(), StoreError> {
+        self.inner.store.save_group_config(group_id, &overrides)?;
+        let mut all = lock(&self.inner.group_configs);
+        if overrides.is_empty() {
+            all.remove(group_id);
+        } else {
+            all.insert(group_id.to_string(), overrides);
+        }
+        Ok(())
     }
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
@@ -342,6 +445,7 @@ impl GroupCoordinator {
                 return Err(GroupError::InvalidGroupId);
             }
             let cfg = &self.inner.config;
+            let settings = self.consumer_settings(&req.group_id);
             let timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
             if req.session_timeout_ms < 0
                 || timeout < cfg.min_session_timeout
@@ -389,7 +493,7 @@ impl GroupCoordinator {
                 };
                 let joined = group
                     .consumer
-                    .classic_join(&req, member_id, view, cfg.consumer, now);
+                    .classic_join(&req, member_id, view, settings, now);
                 drop(groups);
                 self.save_consumer_groups();
                 return joined;
@@ -878,6 +982,7 @@ impl GroupCoordinator {
         }
         let group_id = req.group_id.clone();
         let mut handed_over = false;
+        let settings = self.consumer_settings(&group_id);
         let reply = {
             let now = self.now();
             let mut groups = self.groups();
@@ -919,7 +1024,7 @@ impl GroupCoordinator {
             }
             let reply = group
                 .consumer
-                .heartbeat(req, view, may_describe, cfg.consumer, now);
+                .heartbeat(req, view, may_describe, settings, now);
             if group.consumer.is_empty() {
                 group.empty_since = now;
             }

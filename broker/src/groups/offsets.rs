@@ -175,6 +175,15 @@ pub trait OffsetStore: Send + Sync + 'static {
     /// Saves a group of the consumer protocol, replacing what was saved before; `None` removes
     /// it. `delete_group` removes it too.
     fn save_consumer_group(&self, group: &str, saved: Option<&[u8]>) -> Result<(), StoreError>;
+    /// Every group's own configs (`super::config`): key -> milliseconds.
+    fn load_group_configs(&self) -> Result<Vec<(String, super::config::Overrides)>, StoreError>;
+    /// Saves a group's own configs, replacing those saved before; none removes them.
+    /// `delete_group` leaves them (a group's configs outlive it, as in Kafka).
+    fn save_group_config(
+        &self,
+        group: &str,
+        configs: &super::config::Overrides,
+    ) -> Result<(), StoreError>;
 }
 
 type OffsetKey = (String, String, i32);
@@ -186,6 +195,7 @@ pub struct MemoryOffsetStore {
     offsets: Mutex<BTreeMap<OffsetKey, CommittedOffset>>,
     memberships: Mutex<BTreeMap<String, Membership>>,
     consumer_groups: Mutex<BTreeMap<String, Vec<u8>>>,
+    group_configs: Mutex<BTreeMap<String, super::config::Overrides>>,
     failing: Mutex<bool>,
 }
 
@@ -315,6 +325,29 @@ impl OffsetStore for MemoryOffsetStore {
             Some(b) => groups.insert(group.to_owned(), b.to_vec()),
             None => groups.remove(group),
         };
+        Ok(())
+    }
+
+    fn load_group_configs(&self) -> Result<Vec<(String, super::config::Overrides)>, StoreError> {
+        let configs = self.group_configs.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(configs
+            .iter()
+            .map(|(g, c)| (g.clone(), c.clone()))
+            .collect())
+    }
+
+    fn save_group_config(
+        &self,
+        group: &str,
+        configs: &super::config::Overrides,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let mut all = self.group_configs.lock().unwrap_or_else(|e| e.into_inner());
+        if configs.is_empty() {
+            all.remove(group);
+        } else {
+            all.insert(group.to_owned(), configs.clone());
+        }
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ fn config(initial_delay: Duration) -> GroupConfig {
         initial_rebalance_delay: initial_delay,
         offsets_retention: Duration::from_secs(3600),
         consumer: ConsumerSettings::default(),
+        consumer_bounds: ConsumerBounds::default(),
     }
 }
 

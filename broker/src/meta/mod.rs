@@ -43,6 +43,8 @@ const GROUP_MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("group_
 /// Group id -> a group of the consumer protocol (KIP-848) as `ConsumerGroup::save` wrote it.
 const GROUP_CONSUMER_MEMBERS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("group_consumer_members");
+/// Each group's own configs (`crate::groups::config`): (group, key) -> milliseconds.
+const GROUP_CONFIGS: TableDefinition<(&str, &str), i32> = TableDefinition::new("group_configs");
 /// (federation link, topic, partition) -> (topic id, the next local offset to forward). The id
 /// tells a topic made again under the same name from the one the cursor was for.
 const FEDERATION_CURSORS: TableDefinition<(&str, &str, i32), (u128, i64)> =
@@ -186,6 +188,7 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     tx.open_table(COUNTERS)?;
     tx.open_table(GROUP_MEMBERS)?;
     tx.open_table(GROUP_CONSUMER_MEMBERS)?;
+    tx.open_table(GROUP_CONFIGS)?;
     tx.open_table(FEDERATION_CURSORS)?;
     tx.open_table(ACLS)?;
     tx.open_table(SCRAM_CREDENTIALS)?;
@@ -748,6 +751,46 @@ impl OffsetStore for MetaStore {
                 Some(b) => table.insert(group, b)?,
                 None => table.remove(group)?,
             };
+            Ok(())
+        })
+    }
+
+    fn load_group_configs(
+        &self,
+    ) -> Result<Vec<(String, crate::groups::config::Overrides)>, StoreError> {
+        let run = |db: &Database| -> Result<_, MetaError> {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(GROUP_CONFIGS)?;
+            let mut out: Vec<(String, crate::groups::config::Overrides)> = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                let (group, key) = k.value();
+                match out.last_mut() {
+                    Some((g, configs)) if g == group => {
+                        configs.insert(key.to_string(), v.value());
+                    }
+                    _ => out.push((
+                        group.to_string(),
+                        [(key.to_string(), v.value())].into_iter().collect(),
+                    )),
+                }
+            }
+            Ok(out)
+        };
+        self.with_db(run).map_err(StoreError::new)
+    }
+
+    fn save_group_config(
+        &self,
+        group: &str,
+        configs: &crate::groups::config::Overrides,
+    ) -> Result<(), StoreError> {
+        self.write_groups(|tx| {
+            let mut table = tx.open_table(GROUP_CONFIGS)?;
+            table.retain(|(g, _), _| g != group)?;
+            for (key, ms) in configs {
+                table.insert((group, key.as_str()), *ms)?;
+            }
             Ok(())
         })
     }

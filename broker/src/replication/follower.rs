@@ -71,6 +71,8 @@ const OFFSET_FETCH_VERSION: i16 = 8;
 const DESCRIBE_ACLS_VERSION: i16 = 3;
 const RESOURCE_TOPIC: i8 = 2;
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+const RESOURCE_GROUP: i8 = 32;
+const GROUP_CONFIG: i8 = 8;
 
 /// Partitions where the leader took other records over ones it lost, said a minute.
 static OTHER_RECORDS: LogBudget = LogBudget::new(5);
@@ -935,6 +937,7 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             ids.push(local.group_id);
         }
     }
+    sync_group_configs(broker, peer, &ids).await?;
     if ids.is_empty() {
         return Ok(());
     }
@@ -1034,6 +1037,53 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             .find_map(|p| p.result.as_ref().err())
         {
             tracing::warn!(group = %client_text(&id), error = %e, "cannot copy the leader's committed offsets");
+        }
+    }
+    Ok(())
+}
+
+/// Makes the own configs (`crate::groups::config`) of groups `ids`, and of every group with
+/// configs here, those the leader has. A group's configs may exist before the group: those of a
+/// group the leader does not list and this broker does not know are copied once it exists.
+async fn sync_group_configs(
+    broker: &Broker,
+    peer: &mut Peer,
+    ids: &[String],
+) -> anyhow::Result<()> {
+    let mut names: BTreeSet<String> = ids.iter().cloned().collect();
+    names.extend(broker.groups.group_configs().into_iter().map(|(g, _)| g));
+    let resources: Vec<_> = names
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            DescribeConfigsResource::default()
+                .with_resource_type(RESOURCE_GROUP)
+                .with_resource_name(StrBytes::from_string(g))
+        })
+        .collect();
+    if resources.is_empty() {
+        return Ok(());
+    }
+    let response = peer
+        .call(
+            &DescribeConfigsRequest::default().with_resources(resources),
+            DESCRIBE_CONFIGS_VERSION,
+        )
+        .await?;
+    for r in response.results {
+        let group = r.resource_name.to_string();
+        if r.error_code != 0 {
+            tracing::debug!(group = %client_text(&group), error = ?E::try_from_code(r.error_code), "the leader does not give this broker a group's configs");
+            continue;
+        }
+        let theirs = r
+            .configs
+            .into_iter()
+            .filter(|c| c.config_source == GROUP_CONFIG)
+            .filter_map(|c| Some((c.name.to_string(), c.value?.parse::<i32>().ok()?)))
+            .collect();
+        if let Err(e) = broker.groups.replace_group_config(&group, theirs) {
+            tracing::warn!(group = %client_text(&group), error = %e, "cannot copy the leader's group configs");
         }
     }
     Ok(())

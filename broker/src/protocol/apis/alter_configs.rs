@@ -1,12 +1,14 @@
-//! AlterConfigs (key 33): replace a topic's overrides with the given set. A resource given
-//! twice, a key given twice or a null value is refused (INVALID_REQUEST), as in Kafka.
+//! AlterConfigs (key 33): replace a topic's overrides, or a consumer group's own configs
+//! (`crate::groups::config`), with the given set. A resource given twice, a key given twice or
+//! a null value is refused (INVALID_REQUEST), as in Kafka.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::alter_configs_request::AlterConfigsResource as Resource;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::describe_configs::RESOURCE_TOPIC;
+use super::describe_configs::{RESOURCE_GROUP, RESOURCE_TOPIC};
+use super::incremental_alter_configs::{NOT_ALTERABLE, alter_group};
 use super::s;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
@@ -61,9 +63,24 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                 out.error_code = code;
                 return out;
             }
+            if r.resource_type == RESOURCE_GROUP {
+                let changes: Vec<_> = r
+                    .configs
+                    .into_iter()
+                    .map(|c| (c.name.to_string(), c.value.map(|v| v.to_string())))
+                    .collect();
+                return alter_group(
+                    &ctx,
+                    &r.resource_name,
+                    &changes,
+                    true,
+                    req.validate_only,
+                    out,
+                );
+            }
             if r.resource_type != RESOURCE_TOPIC {
                 out.error_code = E::InvalidRequest.code();
-                out.error_message = Some(s("only topic configs can be altered at run time"));
+                out.error_message = Some(s(NOT_ALTERABLE));
                 return out;
             }
             let changes = r

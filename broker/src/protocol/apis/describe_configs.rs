@@ -3,8 +3,11 @@
 //! (STATIC_BROKER_CONFIG) or Kafka's default (DEFAULT_CONFIG), with synonyms on request; for the
 //! broker resource, the `[log]` settings under Kafka's broker config names (`log.retention.ms`,
 //! `message.max.bytes`, ...) and the other settings Kafka tools look for (`num.partitions`,
-//! `auto.create.topics.enable`, `log.dirs`, the group timeouts, ...). The client needs
-//! DescribeConfigs on the topic, or on the cluster for the broker (`crate::acl`).
+//! `auto.create.topics.enable`, `log.dirs`, the group timeouts, ...); for a group resource, its
+//! own `consumer.session.timeout.ms` and `consumer.heartbeat.interval.ms` over the broker's
+//! (`crate::groups::config`, source GROUP_CONFIG); the broker's log levels (BROKER_LOGGER). The
+//! client needs DescribeConfigs on the topic or group, or on the cluster for the broker
+//! (`crate::acl`).
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::describe_configs_response::{
@@ -21,6 +24,7 @@ use crate::protocol::Ctx;
 pub(crate) fn refused(ctx: &Ctx, op: Operation, resource_type: i8, name: &str) -> Option<i16> {
     let (resource, name, code) = match resource_type {
         RESOURCE_TOPIC => (ResourceType::Topic, name, E::TopicAuthorizationFailed),
+        RESOURCE_GROUP => (ResourceType::Group, name, E::GroupAuthorizationFailed),
         RESOURCE_BROKER | RESOURCE_BROKER_LOGGER => (
             ResourceType::Cluster,
             crate::acl::CLUSTER_NAME,
@@ -35,6 +39,8 @@ pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
 /// The broker's log levels (`crate::logging`), Kafka's broker loggers.
 pub const RESOURCE_BROKER_LOGGER: i8 = 8;
+/// A consumer group's own configs (`crate::groups::config`).
+pub const RESOURCE_GROUP: i8 = 32;
 
 /// Why a broker resource named `name` is not this broker's (`me`), as Kafka says it: a broker
 /// answers for itself only ("" asks for the cluster's defaults, which its loggers have not).
@@ -58,6 +64,9 @@ const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 const SOURCE_BROKER_LOGGER: i8 = 6;
+const SOURCE_GROUP: i8 = 8;
+/// Kafka's `ConfigType` of an int.
+const TYPE_INT: i8 = 3;
 
 /// Each topic config with its broker-level name (Kafka's synonyms, which the broker resource
 /// lists) and its type (Kafka's `ConfigType`: 1 boolean, 2 string, 3 int, 5 long, 6 double,
@@ -225,6 +234,12 @@ fn documentation(name: &str) -> Option<&'static str> {
         "compression.zstd.level" => {
             "The zstd level the broker compresses with, when it compresses."
         }
+        "consumer.session.timeout.ms" => {
+            "How long a consumer of the group (group.protocol=consumer) may go without a heartbeat before it leaves the group."
+        }
+        "consumer.heartbeat.interval.ms" => {
+            "How often the group's consumers (group.protocol=consumer) are told to heartbeat."
+        }
         _ => return None,
     })
 }
@@ -367,6 +382,30 @@ fn broker_settings(
             3,
         ),
         (
+            "group.consumer.min.session.timeout.ms",
+            ms(cfg.groups.consumer_min_session_timeout),
+            Some("45000"),
+            3,
+        ),
+        (
+            "group.consumer.max.session.timeout.ms",
+            ms(cfg.groups.consumer_max_session_timeout),
+            Some("60000"),
+            3,
+        ),
+        (
+            "group.consumer.min.heartbeat.interval.ms",
+            ms(cfg.groups.consumer_min_heartbeat_interval),
+            Some("5000"),
+            3,
+        ),
+        (
+            "group.consumer.max.heartbeat.interval.ms",
+            ms(cfg.groups.consumer_max_heartbeat_interval),
+            Some("15000"),
+            3,
+        ),
+        (
             "group.min.session.timeout.ms",
             ms(cfg.groups.min_session_timeout),
             Some("6000"),
@@ -390,6 +429,42 @@ fn broker_settings(
 /// One config as reported: name, value, source, type, and its synonyms (name, value, source),
 /// most specific first.
 type Entry = (String, String, i8, i8, Vec<(String, String, i8)>);
+
+/// Group `group`'s configs: each key's own value (GROUP_CONFIG) over the broker's
+/// `group.consumer.*` setting (STATIC_BROKER_CONFIG where it is not Kafka's default) and
+/// Kafka's default.
+fn group_entries(ctx: &Ctx, group: &str) -> Vec<Entry> {
+    use crate::groups::config::{self, HEARTBEAT_INTERVAL, KEYS, SESSION_TIMEOUT};
+    let coordinator = &ctx.broker.groups;
+    let own = coordinator.config().consumer;
+    let overrides = coordinator.group_config(group);
+    KEYS.iter()
+        .filter_map(|&key| {
+            let (broker_name, kafka_default) = config::broker_synonym(key)?;
+            let broker_value = match key {
+                SESSION_TIMEOUT => own.session_timeout,
+                HEARTBEAT_INTERVAL => own.heartbeat_interval,
+                _ => return None,
+            }
+            .as_millis()
+            .to_string();
+            let mut synonyms = Vec::new();
+            if let Some(v) = overrides.get(key) {
+                synonyms.push((key.to_string(), v.to_string(), SOURCE_GROUP));
+            }
+            if broker_value != kafka_default.to_string() {
+                synonyms.push((broker_name.to_string(), broker_value, SOURCE_STATIC_BROKER));
+            }
+            synonyms.push((
+                broker_name.to_string(),
+                kafka_default.to_string(),
+                SOURCE_DEFAULT,
+            ));
+            let (value, source) = (synonyms[0].1.clone(), synonyms[0].2);
+            Some((key.to_string(), value, source, TYPE_INT, synonyms))
+        })
+        .collect()
+}
 
 pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let b = &ctx.broker;
@@ -500,6 +575,13 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                         },
                     ))
                     .collect(),
+                // A group's own configs over the broker's, whether or not the group exists.
+                RESOURCE_GROUP if r.resource_name.is_empty() => {
+                    out.error_code = E::InvalidRequest.code();
+                    out.error_message = Some(s("a group config needs a group id"));
+                    Vec::new()
+                }
+                RESOURCE_GROUP => group_entries(&ctx, &r.resource_name),
                 // Each logger's level, which IncrementalAlterConfigs changes.
                 RESOURCE_BROKER_LOGGER => match crate::logging::describe() {
                     Ok(loggers) => loggers

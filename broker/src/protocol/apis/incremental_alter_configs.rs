@@ -1,5 +1,6 @@
-//! IncrementalAlterConfigs (key 44): set (0) or delete (1) single topic overrides, or the
-//! broker's log levels (BROKER_LOGGER, `crate::logging`); append (2) and
+//! IncrementalAlterConfigs (key 44): set (0) or delete (1) single topic overrides, a consumer
+//! group's own configs (GROUP, `crate::groups::config`), or the broker's log levels
+//! (BROKER_LOGGER, `crate::logging`); append (2) and
 //! subtract (3) items of a list-valued config, of which topics here have one, `cleanup.policy`
 //! (`kafka-configs --add-config cleanup.policy=[compact,delete]`). Appending or subtracting on
 //! any other config is INVALID_CONFIG, as in Kafka. A resource given twice, a key given twice
@@ -10,7 +11,9 @@ use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsRes
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use super::describe_configs::{RESOURCE_BROKER_LOGGER, RESOURCE_TOPIC, other_broker};
+use super::describe_configs::{
+    RESOURCE_BROKER_LOGGER, RESOURCE_GROUP, RESOURCE_TOPIC, other_broker,
+};
 use super::s;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
@@ -71,9 +74,40 @@ pub async fn handle(
                 out.error_code = code;
                 return out;
             }
+            if r.resource_type == RESOURCE_GROUP {
+                let mut changes = Vec::new();
+                for c in r.configs {
+                    match c.config_operation {
+                        SET => changes.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
+                        DELETE => changes.push((c.name.to_string(), None)),
+                        APPEND | SUBTRACT => {
+                            out.error_code = E::InvalidConfig.code();
+                            out.error_message = Some(s(format!(
+                                "{} is not a list: append and subtract do not apply to it",
+                                crate::log_budget::client_text(&c.name)
+                            )));
+                            return out;
+                        }
+                        op => {
+                            out.error_code = E::InvalidRequest.code();
+                            out.error_message =
+                                Some(s(format!("config operation {op} is not supported")));
+                            return out;
+                        }
+                    }
+                }
+                return alter_group(
+                    &ctx,
+                    &r.resource_name,
+                    &changes,
+                    false,
+                    req.validate_only,
+                    out,
+                );
+            }
             if r.resource_type != RESOURCE_TOPIC {
                 out.error_code = E::InvalidRequest.code();
-                out.error_message = Some(s("only topic configs can be altered at run time"));
+                out.error_message = Some(s(NOT_ALTERABLE));
                 return out;
             }
             let mut changes: Vec<(String, Option<String>)> = Vec::new();
@@ -138,6 +172,73 @@ pub async fn handle(
         })
         .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// Why a resource of another type is refused.
+pub(crate) const NOT_ALTERABLE: &str =
+    "only topic, group and broker logger configs can be altered at run time";
+
+/// Changes group `group`'s own configs (AlterConfigs: `replace` them all), answering in `out`.
+pub(crate) fn alter_group<T: GroupAnswer>(
+    ctx: &Ctx,
+    group: &str,
+    changes: &[(String, Option<String>)],
+    replace: bool,
+    validate_only: bool,
+    mut out: T,
+) -> T {
+    use crate::groups::GroupConfigError as G;
+    match ctx
+        .broker
+        .groups
+        .alter_group_config(group, changes, replace, validate_only)
+    {
+        Ok(()) => {
+            if !validate_only {
+                let said: Vec<String> = changes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(broker's)")))
+                    .collect();
+                tracing::info!(
+                    principal = ctx.asker().principal,
+                    group = %crate::log_budget::client_text(group),
+                    changes = %said.join(","),
+                    "group configs changed"
+                );
+            }
+        }
+        Err(e) => {
+            let code = match e {
+                G::InvalidConfig(_) => E::InvalidConfig,
+                G::InvalidRequest(_) => E::InvalidRequest,
+                G::Store(_) => E::UnknownServerError,
+            };
+            out.refuse(code.code(), e.to_string());
+        }
+    }
+    out
+}
+
+/// The answer for one resource of AlterConfigs and of IncrementalAlterConfigs (two types of
+/// the same shape).
+pub(crate) trait GroupAnswer {
+    fn refuse(&mut self, code: i16, message: String);
+}
+
+impl GroupAnswer for AlterConfigsResourceResponse {
+    fn refuse(&mut self, code: i16, message: String) {
+        self.error_code = code;
+        self.error_message = Some(s(message));
+    }
+}
+
+impl GroupAnswer
+    for kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse
+{
+    fn refuse(&mut self, code: i16, message: String) {
+        self.error_code = code;
+        self.error_message = Some(s(message));
+    }
 }
 
 /// Sets (SET) or removes (DELETE: back to the root's level) the levels of this broker's loggers,
