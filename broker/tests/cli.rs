@@ -1316,6 +1316,33 @@ async fn groups_commands_describe_reset_and_delete() {
         let out = runnel(&["groups", "describe", "gg", "-b", &b]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+        // The group's own configs: shown beside the broker's, set, refused with the reason,
+        // removed.
+        let configs =
+            |extra: &[&str]| runnel(&[&["groups", "configs", "gg", "-b", &b][..], extra].concat());
+        assert_eq!(
+            ok(configs(&[])),
+            "consumer.session.timeout.ms\t45000\tdefault\n\
+             consumer.heartbeat.interval.ms\t5000\tdefault\n"
+        );
+        assert_eq!(
+            ok(configs(&["--config", "consumer.session.timeout.ms=50000"])),
+            "consumer.session.timeout.ms\t50000\tgroup\n\
+             consumer.heartbeat.interval.ms\t5000\tdefault\n"
+        );
+        let out = configs(&["--config", "consumer.heartbeat.interval.ms=100"]);
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("cannot change the configs of group gg")
+                && said.contains("is less than group.consumer.min.heartbeat.interval.ms (5000)"),
+            "{said}"
+        );
+        assert!(
+            ok(configs(&["--delete-config", "consumer.session.timeout.ms"]))
+                .starts_with("consumer.session.timeout.ms\t45000\tdefault\n")
+        );
     })
     .await
     .unwrap();

@@ -179,7 +179,7 @@ pub fn topics(cmd: TopicsCommand) -> anyhow::Result<()> {
 }
 
 /// `KEY=VALUE` arguments as pairs.
-fn config_pairs(configs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+pub(super) fn config_pairs(configs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     configs
         .iter()
         .map(|c| {
@@ -258,7 +258,7 @@ fn alter_topic(
     // The config changes are checked by the broker (validate_only) before anything changes,
     // so that a refused value leaves the partitions as they were too.
     let configs_request = (!pairs.is_empty() || !delete_configs.is_empty())
-        .then(|| incremental_alter_request(name, &pairs, delete_configs));
+        .then(|| incremental_alter_request(TOPIC, name, &pairs, delete_configs));
     let mut peer = match &configs_request {
         Some(request) => {
             let mut peer = rt.block_on(super::quotas::controller(conn))?;
@@ -387,10 +387,16 @@ fn refusal_of_partitions(conn: &Conn, name: &str, count: i32) -> Option<String> 
     ))
 }
 
-/// IncrementalAlterConfigs of topic `name`: `pairs` set, `deletes` removed. Sent by the
-/// broker's own client (as `runnel quotas`): librdkafka here has only the legacy AlterConfigs,
-/// which replaces every override, and rust-rdkafka's result of it drops the broker's refusal.
-fn incremental_alter_request(
+/// The config resource types of DescribeConfigs and IncrementalAlterConfigs.
+const TOPIC: i8 = 2;
+pub(super) const GROUP: i8 = 32;
+
+/// IncrementalAlterConfigs of resource `name` (a topic, a group): `pairs` set, `deletes`
+/// removed. Sent by the broker's own client (as `runnel quotas`): librdkafka here has only the
+/// legacy AlterConfigs, which replaces every override, and rust-rdkafka's result of it drops
+/// the broker's refusal.
+pub(super) fn incremental_alter_request(
+    resource_type: i8,
     name: &str,
     pairs: &[(String, String)],
     deletes: &[String],
@@ -402,7 +408,6 @@ fn incremental_alter_request(
     let st = |t: &str| kafka_protocol::protocol::StrBytes::from_string(t.to_string());
     const SET: i8 = 0;
     const DELETE: i8 = 1;
-    const TOPIC: i8 = 2;
     let changes = pairs
         .iter()
         .map(|(k, v)| {
@@ -419,14 +424,14 @@ fn incremental_alter_request(
         .collect();
     IncrementalAlterConfigsRequest::default().with_resources(vec![
         AlterConfigsResource::default()
-            .with_resource_type(TOPIC)
+            .with_resource_type(resource_type)
             .with_resource_name(st(name))
             .with_configs(changes),
     ])
 }
 
-/// The broker's refusal of an IncrementalAlterConfigs of topic `name`, as an error.
-fn config_refusal_of(
+/// The broker's refusal of an IncrementalAlterConfigs of `name`, as an error.
+pub(super) fn config_refusal_of(
     name: &str,
     response: kafka_protocol::messages::IncrementalAlterConfigsResponse,
 ) -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! `runnel groups`: consumer groups as Kafka's `kafka-consumer-groups` tool shows and changes
-//! them: list, describe (members, committed offsets, lag), reset offsets, delete. Built on
-//! librdkafka like the other client commands, so it works against any Kafka-compatible broker.
+//! them: list, describe (members, committed offsets, lag), reset offsets, delete; and a group's
+//! own configs, as `kafka-configs --entity-type groups`. Built on librdkafka like the other
+//! client commands, so it works against any Kafka-compatible broker; the configs go by the
+//! broker's own client (librdkafka has no GROUP config resource).
 
 use std::collections::BTreeMap;
 
@@ -39,8 +41,67 @@ pub fn run(cmd: GroupsCommand) -> anyhow::Result<()> {
             execute,
             conn,
         } => reset_offsets(&conn, &group, &topics, all_topics, &to.resolve()?, execute),
+        GroupsCommand::Configs {
+            group,
+            configs,
+            delete_configs,
+            conn,
+        } => group_configs(&conn, &group, &configs, &delete_configs),
         GroupsCommand::Delete { group, conn } => delete(&conn, &group),
     }
+}
+
+/// Sets and removes `group`'s own configs (at the controller, which coordinates the groups),
+/// then prints every group config: `KEY\tVALUE\tSOURCE`, the source `group` for the group's
+/// own, `broker` for the broker's setting, `default` for Kafka's default.
+fn group_configs(
+    conn: &Conn,
+    group: &str,
+    configs: &[String],
+    delete_configs: &[String],
+) -> anyhow::Result<()> {
+    use super::client::{GROUP, config_pairs, config_refusal_of, incremental_alter_request};
+    use kafka_protocol::messages::DescribeConfigsRequest;
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::protocol::StrBytes;
+    let pairs = config_pairs(configs)?;
+    let rt = runtime()?;
+    let mut peer = rt.block_on(super::quotas::controller(conn))?;
+    if !pairs.is_empty() || !delete_configs.is_empty() {
+        let request = incremental_alter_request(GROUP, group, &pairs, delete_configs);
+        config_refusal_of(
+            &format!("group {group}"),
+            rt.block_on(peer.call(&request, 0))?,
+        )?;
+    }
+    let request = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(GROUP)
+            .with_resource_name(StrBytes::from_string(group.to_string())),
+    ]);
+    let described = rt.block_on(peer.call(&request, 4))?;
+    let Some(result) = described.results.first() else {
+        bail!("the broker answered with no result");
+    };
+    if result.error_code != 0 {
+        bail!(
+            "cannot describe the configs of group {group}: {}",
+            super::quotas::refusal(result.error_code, result.error_message.as_deref())
+        );
+    }
+    for c in &result.configs {
+        let source = match c.config_source {
+            8 => "group",
+            4 | 2 | 3 => "broker",
+            _ => "default",
+        };
+        out!(
+            "{}\t{}\t{source}",
+            c.name.as_str(),
+            c.value.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 /// A client that reads the group's committed offsets. It never subscribes, so it does not join

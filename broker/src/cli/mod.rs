@@ -374,6 +374,21 @@ enum GroupsCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show a group's own configs (consumer.session.timeout.ms, consumer.heartbeat.interval.ms:
+    /// Kafka 4's group configs, for consumers of group.protocol=consumer) beside the broker's,
+    /// and set or remove them first when asked, as kafka-configs --entity-type groups does.
+    Configs {
+        group: String,
+        /// A config of the group's own to set, e.g. --config consumer.session.timeout.ms=60000
+        /// (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// A config of the group's own to remove, back to the broker's (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Delete a group (it must have no members) and its committed offsets.
     Delete {
         group: String,
