@@ -92,7 +92,8 @@ fn group_configs(
     for c in &result.configs {
         let source = match c.config_source {
             8 => "group",
-            4 | 2 | 3 => "broker",
+            // The dynamic broker configs (2, 3) and the static (4).
+            2..=4 => "broker",
             _ => "default",
         };
         out!(
