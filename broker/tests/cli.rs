@@ -1155,8 +1155,10 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
             b"",
         );
         assert!(
-            !ok && err
-                .contains("a group takes the operations all, read, delete, describe, not write"),
+            !ok && err.contains(
+                "a group takes the operations all, read, delete, describe, describe-configs, \
+                 alter-configs, not write"
+            ),
             "{err}"
         );
         let (ok, out, err) = run(
