@@ -3,6 +3,9 @@ headers and timestamps, group commit and resume, partition split, idempotence, T
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
 
 import pytest
@@ -186,6 +189,81 @@ def test_consumer_group_protocol(broker_factory):
     wait_for(lambda: rest.poll(0.1) is None and len(rest.assignment()) == 4, timeout=30,
              interval=0, what="the member that stays holding all four partitions")
     rest.close()
+
+
+def test_kafka_python_members_move_to_the_consumer_protocol_online(broker_factory):
+    """Kafka's online migration across clients: two kafka-python consumers (classic protocol,
+    each in a process of its own) share six partitions; a confluent-kafka consumer of
+    group.protocol=consumer joins the group and gets its share while they stay members (the
+    group hosts them); every record is read, and when it leaves they take everything back."""
+    # A first rebalance held 3 s (Kafka's group.initial.rebalance.delay.ms; Runnel's default is
+    # 0): kafka-python 3.0.12's leader, assigning before it knows the topic's partitions,
+    # rejoins at once, and when that join completes while its poll() is away it never finishes
+    # it (need_rejoin() no longer looks at the join in flight) and stops heartbeating, against
+    # any broker. Held, it knows them by then.
+    b = broker_factory(extra_config='[groups]\nconsumer_heartbeat_interval = "300ms"\n'
+                                    'initial_rebalance_delay = "3s"')
+    admin = AdminClient(conf(b.bootstrap))
+    topic, group = unique("ck-mig"), unique("ck-mig-g")
+    create_topic(admin, topic, 6)
+    producer = Producer(conf(b.bootstrap))
+    for i in range(60):
+        producer.produce(topic, value=f"r{i}".encode(), partition=i % 6)
+    assert producer.flush(30) == 0
+    script = os.path.join(os.path.dirname(__file__), "kafka_python_member.py")
+    classic = [subprocess.Popen([sys.executable, script, b.bootstrap, topic, group],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    held = [[] for _ in classic]
+    seen = [[] for _ in classic]
+
+    def follow(i, out):
+        for line in out:
+            said = json.loads(line)
+            if "assigned" in said:
+                held[i] = said["assigned"]
+            else:
+                seen[i] = said["seen"]
+    readers = [threading.Thread(target=follow, args=(i, p.stdout), daemon=True)
+               for i, p in enumerate(classic)]
+    for r in readers:
+        r.start()
+    try:
+        wait_for(lambda: all(len(h) == 3 for h in held)
+                 and sorted(held[0] + held[1]) == list(range(6)), timeout=30,
+                 what="two classic members sharing six partitions")
+        newcomer = Consumer({**conf(b.bootstrap), "group.id": group, "group.protocol": "consumer",
+                             "auto.offset.reset": "earliest"})
+        newcomer.subscribe([topic])
+        values = []
+
+        def three_way():
+            m = newcomer.poll(0.1)
+            if m is not None and not m.error():
+                values.append(m.value().decode())
+            mine = sorted(tp.partition for tp in newcomer.assignment())
+            return (len(mine) == 2 and all(len(h) == 2 for h in held)
+                    and sorted(held[0] + held[1] + mine) == list(range(6)))
+        wait_for(three_way, timeout=40, interval=0, what="two partitions each, none held twice")
+        for i in range(60, 120):
+            producer.produce(topic, value=f"r{i}".encode(), partition=i % 6)
+        assert producer.flush(30) == 0
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            three_way()
+        newcomer.close()
+        wait_for(lambda: all(len(h) == 3 for h in held)
+                 and sorted(held[0] + held[1]) == list(range(6)), timeout=30,
+                 what="the classic members holding all six again")
+    finally:
+        for p in classic:
+            p.stdin.close()
+        for p in classic:
+            p.wait(timeout=30)
+        for r in readers:
+            r.join(timeout=10)
+    read = set(seen[0]) | set(seen[1]) | set(values)
+    assert read == {f"r{i}" for i in range(120)}, sorted({f"r{i}" for i in range(120)} - read)
 
 
 def test_admin_describes_the_scram_users(broker_factory):
