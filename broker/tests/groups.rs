@@ -665,6 +665,7 @@ async fn classic_members_move_to_the_consumer_protocol_online(assignor: &'static
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "mig", 6).await;
     produce(&bootstrap, "mig", 6, 10).await;
+    let groups = broker.broker.groups.clone();
     tokio::task::spawn_blocking(move || {
         let classic: Vec<BaseConsumer> = (0..2)
             .map(|_| member(&bootstrap, "gmig", assignor))
@@ -690,10 +691,19 @@ async fn classic_members_move_to_the_consumer_protocol_online(assignor: &'static
             .commit(&tpl, CommitMode::Sync)
             .expect("a hosted classic member commits");
         leave(newcomer);
+        // Its last consumer-protocol member gone, the group is a classic one again (Kafka's
+        // online downgrade), assigned by its members' own assignor.
         poll_until(
             &[&classic[0], &classic[1]],
             "after the newcomer left",
-            |s| covers_evenly(s, 6) && s.iter().all(|x| x.len() == 3),
+            |s| {
+                covers_evenly(s, 6)
+                    && s.iter().all(|x| x.len() == 3)
+                    && !groups.uses_consumer_protocol("gmig")
+                    && groups.describe_group("gmig").is_ok_and(|d| {
+                        d.state == runnel::groups::GroupState::Stable && d.protocol == assignor
+                    })
+            },
         );
         let committed = classic[1]
             .committed_offsets(tpl.clone(), Duration::from_secs(5))

@@ -236,6 +236,24 @@ pub struct ClassicSeed {
     pub assigned: Vec<(String, Vec<i32>)>,
 }
 
+/// A classic member the group hosted, as the classic group takes it back when the group's last
+/// member of the consumer protocol left (Kafka's online downgrade).
+#[derive(Debug, Clone)]
+pub struct ReturningMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    /// (name, metadata) of its last JoinGroup, in its order of preference.
+    pub protocols: Vec<(String, Vec<u8>)>,
+    /// What it holds, in the classic encoding.
+    pub assignment: bytes::Bytes,
+    /// Its epoch: the generation it knows.
+    pub epoch: i32,
+}
+
 impl Member {
     fn subscribes(&self, topic: &str) -> bool {
         self.topic_names.contains(topic) || self.regex_topics.contains(topic)
@@ -1337,6 +1355,39 @@ impl ConsumerGroup {
         // moves no epoch.
         self.metadata = self.subscribed_metadata(view);
         self.dirty = true;
+    }
+
+    /// Whether members are left and every one is a classic member the group hosts: the group
+    /// goes back to the classic protocol ([`Self::hand_back_classic_members`]).
+    pub fn only_classic_members(&self) -> bool {
+        !self.members.is_empty() && self.members.values().all(|m| m.classic.is_some())
+    }
+
+    /// Gives every member, each a hosted classic member, back to the classic group (Kafka's
+    /// online downgrade, when the last member of the consumer protocol left); this group is
+    /// left as one no member ever joined, and what was saved of it goes at the next save.
+    pub fn hand_back_classic_members(&mut self) -> Vec<ReturningMember> {
+        let members = std::mem::take(&mut self.members);
+        let returning = members
+            .into_iter()
+            .filter_map(|(member_id, m)| {
+                let classic = m.classic?;
+                Some(ReturningMember {
+                    assignment: self.classic_assignment(&m.assigned),
+                    member_id,
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout: classic.session_timeout(),
+                    rebalance_timeout: m.rebalance_timeout,
+                    protocols: classic.protocols,
+                    epoch: m.epoch,
+                })
+            })
+            .collect();
+        *self = ConsumerGroup::new(std::mem::take(&mut self.group_id));
+        self.dirty = true;
+        returning
     }
 
     /// A classic member of this group, checked as Kafka checks a classic request to a group of

@@ -1115,6 +1115,9 @@ impl Group {
         if self.consumer.poll(now) && self.consumer.is_empty() {
             self.empty_since = now;
         }
+        if self.members.is_empty() && self.consumer.only_classic_members() {
+            self.take_back_classic_members(now);
+        }
         let before = self.pending_members.len();
         self.pending_members.retain(|_, deadline| *deadline > now);
         if self.pending_members.len() != before {
@@ -1259,6 +1262,61 @@ impl Group {
         self.protocol_name = None;
         self.transition(GroupState::Empty, now);
         Ok((self.generation, seeds))
+    }
+
+    /// Takes back the classic members the group of the consumer protocol hosted, once its last
+    /// member of that protocol left (Kafka's online downgrade): a classic group of the consumer
+    /// protocol type again, with them as they are (ids, instance ids, timeouts, protocols and
+    /// what they hold), which at once prepares a rebalance, so that they join again and their
+    /// leader assigns with their own assignor. Its generation is the highest of their epochs,
+    /// so that a member at it is told REBALANCE_IN_PROGRESS at its next Heartbeat (one behind
+    /// is told ILLEGAL_GENERATION, and joins again too).
+    fn take_back_classic_members(&mut self, now: Instant) {
+        let returning = self.consumer.hand_back_classic_members();
+        let Some(generation) = returning.iter().map(|m| m.epoch).max() else {
+            return;
+        };
+        self.generation = generation;
+        self.protocol_type = Some("consumer".to_string());
+        self.static_members = returning
+            .iter()
+            .filter_map(|m| Some((m.instance_id.clone()?, m.member_id.clone())))
+            .collect();
+        self.members = returning
+            .into_iter()
+            .map(|m| Member {
+                id: m.member_id,
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: m.session_timeout,
+                rebalance_timeout: m.rebalance_timeout,
+                protocols: m
+                    .protocols
+                    .into_iter()
+                    .map(|(name, metadata)| JoinProtocol {
+                        name,
+                        metadata: Bytes::from(metadata),
+                    })
+                    .collect(),
+                assignment: m.assignment,
+                awaiting_join: None,
+                awaiting_sync: None,
+                is_new: false,
+                session_deadline: now + m.session_timeout,
+            })
+            .collect();
+        self.protocol_name = self.select_protocol().or_else(|| {
+            let first = self.members.first()?.protocols.first()?;
+            Some(first.name.clone())
+        });
+        self.leader = self.members.first().map(|m| m.id.clone());
+        self.pending_members.clear();
+        self.pending_sync.clear();
+        self.sync_deadline = None;
+        info!(group = %client_text(&self.id), generation, members = self.members.len(), "group back to the classic protocol (its last member of the consumer protocol left)");
+        self.transition(GroupState::Stable, now);
+        self.prepare_rebalance(now);
     }
 
     /// Marks the group deleted (DeleteGroups); only an Empty group may be deleted.

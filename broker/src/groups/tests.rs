@@ -1891,3 +1891,162 @@ async fn an_emptied_group_keeps_its_protocol_type_and_generation_across_a_restar
     // (The leave itself completed a rebalance of no one, as in Kafka.)
     assert!(joined.generation_id > generation, "{joined:?}");
 }
+
+/// Kafka's online downgrade: once the last member of the consumer protocol leaves a group that
+/// hosts classic members, the group is a classic one again, with them as they were (their
+/// partitions, the range protocol), and prepares a rebalance: they join again, their leader
+/// assigns, and the group is Stable at the next generation, saved as such for a restart.
+#[tokio::test]
+async fn the_last_consumer_protocol_member_leaving_gives_the_group_back_to_the_classic_protocol() {
+    let h = harness(Duration::from_secs(3));
+    let topic = uuid::Uuid::from_u128(7);
+    let view = TopicView::from([("t".to_string(), (topic, 4))]);
+    let visible = |_: &str| true;
+    let (leader, follower, _) = stable_classic_pair(&h, "down", [None, None]).await;
+    let joined = h
+        .coord
+        .consumer_heartbeat(newcomer_join("down", "new", None), &view, &visible)
+        .unwrap();
+    // The classic members join again, hosted, and the newcomer takes a share.
+    let classic = |member: &str| {
+        let mut req = join_req("down", member, "c");
+        req.protocols = vec![JoinProtocol {
+            name: "range".into(),
+            metadata: subscription(&["t"]),
+        }];
+        req
+    };
+    let mut hosted: Vec<(String, i32, Vec<i32>)> = Vec::new();
+    for m in [&leader, &follower] {
+        let rejoined = h.coord.join(classic(m), &view).await.unwrap();
+        let synced = h
+            .sync(sync_req("down", rejoined.generation_id, m, &[]))
+            .await
+            .unwrap();
+        hosted.push((
+            m.to_string(),
+            rejoined.generation_id,
+            partitions_of(&synced.assignment),
+        ));
+    }
+    let beat = |epoch: i32| ConsumerHeartbeat {
+        group_id: "down".into(),
+        member_id: "new".into(),
+        member_epoch: epoch,
+        owned: Some(Assignment::new()),
+        ..Default::default()
+    };
+    let share = h
+        .coord
+        .consumer_heartbeat(beat(joined.member_epoch), &view, &visible)
+        .unwrap();
+    assert!(share.assignment.is_some_and(|a| !a.is_empty()));
+
+    // The newcomer leaves: at the next tick the group is classic again.
+    h.coord
+        .consumer_heartbeat(beat(-1), &view, &visible)
+        .unwrap();
+    h.advance(Duration::from_millis(100));
+    let listed = h.coord.list_groups(&[]);
+    assert_eq!(listed[0].group_type, "classic");
+    let described = h.coord.describe_group("down").unwrap();
+    assert_eq!(described.state, GroupState::PreparingRebalance);
+    assert_eq!(described.protocol_type, "consumer");
+    assert_eq!(described.members.len(), 2);
+    // What each holds is kept (DescribeGroups shows it only once Stable; the saved membership
+    // has it).
+    let saved = h.store.load_memberships().unwrap();
+    let (_, membership) = saved.iter().find(|(g, _)| g == "down").unwrap();
+    let mut members: Vec<(String, Vec<i32>)> = membership
+        .members
+        .iter()
+        .map(|m| (m.member_id.clone(), partitions_of(&m.assignment)))
+        .collect();
+    members.sort();
+    let mut expected: Vec<(String, Vec<i32>)> = hosted
+        .iter()
+        .map(|(m, _, p)| (m.clone(), p.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(members, expected, "each keeps what it held");
+
+    // Told to join again; they do, and their leader assigns.
+    let generation = hosted.iter().map(|(_, g, _)| *g).max().unwrap();
+    for (m, g, _) in &hosted {
+        let told = h.coord.heartbeat(&hb("down", *g, m));
+        assert!(
+            matches!(
+                told,
+                Err(GroupError::RebalanceInProgress | GroupError::IllegalGeneration { .. })
+            ),
+            "{m}: {told:?}"
+        );
+    }
+    let joins = [
+        h.spawn_join(classic(&leader)),
+        h.spawn_join(classic(&follower)),
+    ];
+    h.run_until_done(&joins).await;
+    let mut answers = Vec::new();
+    for j in joins {
+        answers.push(j.await.unwrap().unwrap());
+    }
+    let next = answers[0].generation_id;
+    assert_eq!(next, generation + 1);
+    let new_leader = answers[0].leader.clone();
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.member_id == new_leader && a.members.len() == 2),
+        "the leader gets the members"
+    );
+    let other = if new_leader == leader {
+        &follower
+    } else {
+        &leader
+    };
+    let mut leader_sync = sync_req("down", next, &new_leader, &[]);
+    leader_sync.assignments = vec![
+        SyncAssignment {
+            member_id: new_leader.clone(),
+            assignment: classic_assignment(&[0, 1]),
+        },
+        SyncAssignment {
+            member_id: other.clone(),
+            assignment: classic_assignment(&[2, 3]),
+        },
+    ];
+    let waiting = h.spawn_sync(sync_req("down", next, other, &[]));
+    settle().await;
+    h.sync(leader_sync).await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(partitions_of(&got.assignment), vec![2, 3]);
+    assert_eq!(h.state("down"), GroupState::Stable);
+    assert_eq!(h.coord.heartbeat(&hb("down", next, other)), Ok(()));
+    let r = h
+        .coord
+        .commit_offsets(&commit_req("down", next, other, "t", &[(2, 4)]));
+    assert_eq!(commit_result(&r), Ok(()));
+
+    // Saved as a classic group: a restart has it, Stable, and no consumer-protocol group.
+    h.advance(Duration::from_millis(100));
+    let again = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    assert_eq!(again.list_groups(&[])[0].group_type, "classic");
+    assert_eq!(
+        again.describe_group("down").unwrap().state,
+        GroupState::Stable
+    );
+    assert_eq!(again.heartbeat(&hb("down", next, other)), Ok(()));
+    assert!(
+        h.store
+            .load_consumer_groups()
+            .unwrap()
+            .iter()
+            .all(|(g, _)| g != "down")
+    );
+}
