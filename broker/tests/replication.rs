@@ -338,27 +338,34 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
             v.map(str::to_string),
         )]
     };
-    leader
-        .broker
-        .groups
-        .alter_group_config("readers", &set(Some("50000")), false, false)
-        .unwrap();
-    eventually("the follower to have the group's configs", || {
-        follower
+    // A group configured before its first member is copied too (the leader lists it).
+    for group in ["readers", "future"] {
+        leader
             .broker
             .groups
-            .group_config("readers")
-            .get("consumer.session.timeout.ms")
-            == Some(&50_000)
+            .alter_group_config(group, &set(Some("50000")), false, false)
+            .unwrap();
+    }
+    eventually("the follower to have the groups' configs", || {
+        ["readers", "future"].iter().all(|g| {
+            follower
+                .broker
+                .groups
+                .group_config(g)
+                .get("consumer.session.timeout.ms")
+                == Some(&50_000)
+        })
     })
     .await;
-    leader
-        .broker
-        .groups
-        .alter_group_config("readers", &set(None), false, false)
-        .unwrap();
-    eventually("the follower to drop the group's configs", || {
-        follower.broker.groups.group_config("readers").is_empty()
+    for group in ["readers", "future"] {
+        leader
+            .broker
+            .groups
+            .alter_group_config(group, &set(None), false, false)
+            .unwrap();
+    }
+    eventually("the follower to drop the groups' configs", || {
+        follower.broker.groups.group_configs().is_empty()
     })
     .await;
     // Offsets deleted on the leader (OffsetDelete) are deleted on the follower too.

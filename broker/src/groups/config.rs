@@ -119,6 +119,10 @@ pub fn apply(
     };
     for (key, value) in changes {
         let Some(known) = KEYS.iter().find(|k| **k == key.as_str()) else {
+            // Removing what is not there changes nothing, as in Kafka.
+            if value.is_none() {
+                continue;
+            }
             return Err(GroupConfigError::InvalidConfig(format!(
                 "unknown group config {}: a group takes {}",
                 crate::log_budget::client_text(key),
@@ -147,45 +151,25 @@ pub fn apply(
     }
     let s = effective(&next, own);
     let ms = |d: Duration| d.as_millis();
-    let within = |key: &str, v: Duration, min: Duration, max: Duration, names: (&str, &str)| {
-        if v < min {
-            Err(GroupConfigError::InvalidConfig(format!(
-                "{key} ({}) is less than {} ({}), the least a group may set",
-                ms(v),
-                names.0,
-                ms(min)
-            )))
-        } else if v > max {
-            Err(GroupConfigError::InvalidConfig(format!(
-                "{key} ({}) is more than {} ({}), the most a group may set",
-                ms(v),
-                names.1,
-                ms(max)
-            )))
-        } else {
-            Ok(())
+    for bound in Bound::ALL {
+        let v = bound.value(s);
+        let (min, max) = bound.range(bounds);
+        for (least, limit) in [(true, min), (false, max)] {
+            if (least && v < limit) || (!least && v > limit) {
+                return Err(GroupConfigError::InvalidConfig(format!(
+                    "{} ({}) is {} {} ({}), the {} a group may set (groups.{} in the broker's \
+                     config)",
+                    bound.key(),
+                    ms(v),
+                    if least { "less than" } else { "more than" },
+                    bound.kafka_name(least),
+                    ms(limit),
+                    if least { "least" } else { "most" },
+                    bound.runnel_name(least),
+                )));
+            }
         }
-    };
-    within(
-        SESSION_TIMEOUT,
-        s.session_timeout,
-        bounds.min_session_timeout,
-        bounds.max_session_timeout,
-        (
-            "group.consumer.min.session.timeout.ms",
-            "group.consumer.max.session.timeout.ms",
-        ),
-    )?;
-    within(
-        HEARTBEAT_INTERVAL,
-        s.heartbeat_interval,
-        bounds.min_heartbeat_interval,
-        bounds.max_heartbeat_interval,
-        (
-            "group.consumer.min.heartbeat.interval.ms",
-            "group.consumer.max.heartbeat.interval.ms",
-        ),
-    )?;
+    }
     if s.session_timeout <= s.heartbeat_interval {
         return Err(GroupConfigError::InvalidConfig(format!(
             "{SESSION_TIMEOUT} ({}) must be more than {HEARTBEAT_INTERVAL} ({})",
@@ -194,6 +178,111 @@ pub fn apply(
         )));
     }
     Ok(next)
+}
+
+/// A group's saved overrides made to fit the coordinator's bounds of now, which may have
+/// changed since they were set (a restart with another config; a leader's, copied by a
+/// follower): each value out of its bounds is moved to the nearest one, and a heartbeat
+/// interval not below the session timeout is dropped, as Kafka evaluates saved group configs.
+/// Returns them with what was changed, to be logged.
+pub fn evaluate(
+    overrides: &Overrides,
+    own: ConsumerSettings,
+    bounds: ConsumerBounds,
+) -> (Overrides, Vec<String>) {
+    let mut out = overrides.clone();
+    let mut said = Vec::new();
+    for bound in Bound::ALL {
+        let Some(&v) = overrides.get(bound.key()) else {
+            continue;
+        };
+        let given = Duration::from_millis(v.max(1) as u64);
+        let fitted = bound.clamp(given, bounds);
+        if fitted != given {
+            let ms = i32::try_from(fitted.as_millis()).unwrap_or(i32::MAX);
+            said.push(format!("{} {v} -> {ms}", bound.key()));
+            out.insert(bound.key().to_string(), ms);
+        }
+    }
+    let s = effective(&out, own);
+    if s.session_timeout <= s.heartbeat_interval {
+        // The broker's own pair is valid (its config is checked), so dropping the override
+        // that breaks it leaves a valid pair: the heartbeat's if the group sets one, else the
+        // session timeout's.
+        let dropped = if out.contains_key(HEARTBEAT_INTERVAL) {
+            HEARTBEAT_INTERVAL
+        } else {
+            SESSION_TIMEOUT
+        };
+        out.remove(dropped);
+        said.push(format!(
+            "{dropped} dropped: the heartbeat interval must stay below the session timeout"
+        ));
+        let s = effective(&out, own);
+        if s.session_timeout <= s.heartbeat_interval {
+            out.remove(SESSION_TIMEOUT);
+            out.remove(HEARTBEAT_INTERVAL);
+            said.push("both dropped".to_string());
+        }
+    }
+    (out, said)
+}
+
+/// The two keys, each with its bounds.
+#[derive(Clone, Copy)]
+enum Bound {
+    Session,
+    Heartbeat,
+}
+
+impl Bound {
+    const ALL: [Bound; 2] = [Bound::Session, Bound::Heartbeat];
+
+    fn key(self) -> &'static str {
+        match self {
+            Bound::Session => SESSION_TIMEOUT,
+            Bound::Heartbeat => HEARTBEAT_INTERVAL,
+        }
+    }
+
+    fn value(self, s: ConsumerSettings) -> Duration {
+        match self {
+            Bound::Session => s.session_timeout,
+            Bound::Heartbeat => s.heartbeat_interval,
+        }
+    }
+
+    /// The least and the most value allowed.
+    fn range(self, b: ConsumerBounds) -> (Duration, Duration) {
+        match self {
+            Bound::Session => (b.min_session_timeout, b.max_session_timeout),
+            Bound::Heartbeat => (b.min_heartbeat_interval, b.max_heartbeat_interval),
+        }
+    }
+
+    /// `v` moved within the range.
+    fn clamp(self, v: Duration, b: ConsumerBounds) -> Duration {
+        let (min, max) = self.range(b);
+        v.clamp(min, max)
+    }
+
+    fn kafka_name(self, least: bool) -> &'static str {
+        match (self, least) {
+            (Bound::Session, true) => "group.consumer.min.session.timeout.ms",
+            (Bound::Session, false) => "group.consumer.max.session.timeout.ms",
+            (Bound::Heartbeat, true) => "group.consumer.min.heartbeat.interval.ms",
+            (Bound::Heartbeat, false) => "group.consumer.max.heartbeat.interval.ms",
+        }
+    }
+
+    fn runnel_name(self, least: bool) -> &'static str {
+        match (self, least) {
+            (Bound::Session, true) => "consumer_min_session_timeout",
+            (Bound::Session, false) => "consumer_max_session_timeout",
+            (Bound::Heartbeat, true) => "consumer_min_heartbeat_interval",
+            (Bound::Heartbeat, false) => "consumer_max_heartbeat_interval",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +424,46 @@ mod tests {
             why.contains("must be more than consumer.heartbeat.interval.ms"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn removing_what_is_not_set_or_not_known_changes_nothing() {
+        let next = apply(
+            &Overrides::new(),
+            &[
+                ("share.session.timeout.ms".to_string(), None),
+                (SESSION_TIMEOUT.to_string(), None),
+            ],
+            false,
+            own(),
+            ConsumerBounds::default(),
+        )
+        .unwrap();
+        assert!(next.is_empty());
+    }
+
+    #[test]
+    fn saved_values_are_fitted_to_bounds_that_changed_since() {
+        let bounds = ConsumerBounds {
+            max_session_timeout: Duration::from_secs(50),
+            ..ConsumerBounds::default()
+        };
+        let saved: Overrides = [(SESSION_TIMEOUT.to_string(), 60_000)].into();
+        let (fitted, said) = evaluate(&saved, own(), bounds);
+        assert_eq!(fitted[SESSION_TIMEOUT], 50_000);
+        assert_eq!(said, ["consumer.session.timeout.ms 60000 -> 50000"]);
+        // A heartbeat no longer below the session timeout (the broker's fell to 10 s) goes.
+        let own = ConsumerSettings {
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+        };
+        let saved: Overrides = [(HEARTBEAT_INTERVAL.to_string(), 15_000)].into();
+        let (fitted, said) = evaluate(&saved, own, ConsumerBounds::default().holding(own));
+        assert!(fitted.is_empty(), "{said:?}");
+        assert_eq!(effective(&fitted, own), own);
+        // What fits is kept as it is.
+        let saved: Overrides = [(SESSION_TIMEOUT.to_string(), 50_000)].into();
+        assert_eq!(evaluate(&saved, self::own(), bounds), (saved, Vec::new()));
     }
 
     #[test]

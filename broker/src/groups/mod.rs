@@ -25,7 +25,8 @@
 //! is released. A client that disconnects drops its receiver: the send at completion fails and
 //! is ignored; the member then expires by session timeout. Offset store calls are serialized by a
 //! second mutex (`store_lock`, always taken before the group lock) so that the store and the
-//! in-memory offsets see commits and deletes in the same order.
+//! in-memory offsets see commits and deletes in the same order. A third (`group_configs`, each
+//! group's own configs) is taken alone, or after `store_lock`, and never with the group lock.
 //!
 //! # Time
 //! All deadlines are [`tokio::time::Instant`]s read from a [`Clock`]: the tokio clock in
@@ -273,8 +274,19 @@ impl GroupCoordinator {
             )));
         }
         let now = clock.now();
-        let group_configs: HashMap<String, config::Overrides> =
-            store.load_group_configs()?.into_iter().collect();
+        let bounds = config.consumer_bounds.holding(config.consumer);
+        let group_configs: HashMap<String, config::Overrides> = store
+            .load_group_configs()?
+            .into_iter()
+            .filter_map(|(group, saved)| {
+                let (fitted, changed) = config::evaluate(&saved, config.consumer, bounds);
+                if !changed.is_empty() {
+                    warn!(group = %client_text(&group), changes = %changed.join(", "),
+                        "the group's own configs are out of the bounds the broker now allows; it runs with them fitted");
+                }
+                (!fitted.is_empty()).then_some((group, fitted))
+            })
+            .collect();
         let settings_of = |group: &str| {
             group_configs
                 .get(group)
@@ -373,14 +385,14 @@ impl GroupCoordinator {
 
     /// Changes `group_id`'s own configs (IncrementalAlterConfigs; AlterConfigs with `replace`):
     /// checked as [`config::apply`] says, saved, then in force at each member's next heartbeat.
-    /// With `validate_only`, checked and nothing changed.
+    /// With `validate_only`, checked and nothing changed. Returns whether anything changed.
     pub fn alter_group_config(
         &self,
         group_id: &str,
         changes: &[(String, Option<String>)],
         replace: bool,
         validate_only: bool,
-    ) -> Result<(), GroupConfigError> {
+    ) -> Result<bool, GroupConfigError> {
         if group_id.is_empty() {
             return Err(GroupConfigError::InvalidRequest(
                 "a group config needs a group id".to_string(),
@@ -392,19 +404,24 @@ impl GroupCoordinator {
         let current = self.group_config(group_id);
         let next = config::apply(&current, changes, replace, own, bounds)?;
         if validate_only || next == current {
-            return Ok(());
+            return Ok(false);
         }
         self.set_group_config(group_id, next)
+            .map(|()| true)
             .map_err(|e| GroupConfigError::Store(e.message))
     }
 
-    /// Makes `group_id`'s own configs `overrides` as they are, unchecked (a follower copying
-    /// its leader's, which the leader checked against its own bounds).
+    /// Makes `group_id`'s own configs `overrides` (a follower copying its leader's), fitted to
+    /// this coordinator's bounds ([`config::evaluate`]: the leader checked them against its
+    /// own).
     pub fn replace_group_config(
         &self,
         group_id: &str,
         overrides: config::Overrides,
     ) -> Result<(), StoreError> {
+        let own = self.inner.config.consumer;
+        let bounds = self.inner.config.consumer_bounds.holding(own);
+        let (overrides, _) = config::evaluate(&overrides, own, bounds);
         let _store_guard = lock(&self.inner.store_lock);
         if self.group_config(group_id) == overrides {
             return Ok(());

@@ -2050,3 +2050,114 @@ async fn the_last_consumer_protocol_member_leaving_gives_the_group_back_to_the_c
             .all(|(g, _)| g != "down")
     );
 }
+
+fn set_config(key: &str, value: &str) -> (String, Option<String>) {
+    (key.to_string(), Some(value.to_string()))
+}
+
+/// A group's own configs reach a live member at its next heartbeat (the interval it is told,
+/// the session it gets), and a restart keeps them for members it restores: a member silent
+/// past the broker's session timeout but within its group's stays.
+#[tokio::test]
+async fn a_groups_own_configs_reach_live_and_restored_members() {
+    let h = harness(Duration::ZERO);
+    let view = TopicView::from([("t".to_string(), (uuid::Uuid::from_u128(7), 2))]);
+    let visible = |_: &str| true;
+    let joined = h
+        .coord
+        .consumer_heartbeat(newcomer_join("own", "m", None), &view, &visible)
+        .unwrap();
+    assert_eq!(joined.heartbeat_interval_ms, 5000);
+    let changed = h
+        .coord
+        .alter_group_config(
+            "own",
+            &[
+                set_config("consumer.heartbeat.interval.ms", "7000"),
+                set_config("consumer.session.timeout.ms", "60000"),
+            ],
+            false,
+            false,
+        )
+        .unwrap();
+    assert!(changed);
+    let beat = |epoch: i32| ConsumerHeartbeat {
+        group_id: "own".into(),
+        member_id: "m".into(),
+        member_epoch: epoch,
+        ..Default::default()
+    };
+    let again = h
+        .coord
+        .consumer_heartbeat(beat(joined.member_epoch), &view, &visible)
+        .unwrap();
+    assert_eq!(again.heartbeat_interval_ms, 7000);
+    // Past the broker's 45 s but within the group's 60 s: still a member.
+    h.advance(Duration::from_secs(50));
+    assert!(
+        h.coord
+            .consumer_heartbeat(beat(again.member_epoch), &view, &visible)
+            .is_ok()
+    );
+
+    // Restarted: the member's session is the group's again.
+    h.advance(Duration::from_millis(100));
+    let restarted = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    h.clock.advance(Duration::from_secs(50));
+    restarted.tick();
+    let after = restarted
+        .consumer_heartbeat(beat(again.member_epoch), &view, &visible)
+        .unwrap();
+    assert_eq!(after.heartbeat_interval_ms, 7000);
+    h.clock.advance(Duration::from_secs(61));
+    restarted.tick();
+    assert_eq!(
+        restarted.consumer_heartbeat(beat(after.member_epoch), &view, &visible),
+        Err(GroupError::UnknownMemberId),
+        "silent past its group's 60 s"
+    );
+}
+
+/// Saved group configs out of the bounds a restarted broker allows are fitted to them, so
+/// that the group runs and later changes are judged on what it runs with.
+#[test]
+fn saved_group_configs_are_fitted_to_a_restarted_brokers_bounds() {
+    let store = Arc::new(MemoryOffsetStore::new());
+    let clock = ManualClock::new();
+    let coord = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        store.clone(),
+        Clock::Manual(clock.clone()),
+    )
+    .unwrap();
+    coord
+        .alter_group_config(
+            "h",
+            &[set_config("consumer.session.timeout.ms", "60000")],
+            false,
+            false,
+        )
+        .unwrap();
+    let mut narrower = config(Duration::ZERO);
+    narrower.consumer_bounds.max_session_timeout = Duration::from_secs(50);
+    let restarted = GroupCoordinator::with_clock(narrower, store, Clock::Manual(clock)).unwrap();
+    assert_eq!(
+        restarted.consumer_settings("h").session_timeout,
+        Duration::from_secs(50)
+    );
+    assert!(
+        restarted
+            .alter_group_config(
+                "h",
+                &[set_config("consumer.heartbeat.interval.ms", "6000")],
+                false,
+                false
+            )
+            .is_ok()
+    );
+}

@@ -787,7 +787,18 @@ impl OffsetStore for MetaStore {
     ) -> Result<(), StoreError> {
         self.write_groups(|tx| {
             let mut table = tx.open_table(GROUP_CONFIGS)?;
-            table.retain(|(g, _), _| g != group)?;
+            let mut saved: Vec<String> = Vec::new();
+            for row in table.range((group, "")..)? {
+                let (k, _) = row?;
+                let (g, key) = k.value();
+                if g != group {
+                    break;
+                }
+                saved.push(key.to_string());
+            }
+            for key in saved {
+                table.remove((group, key.as_str()))?;
+            }
             for (key, ms) in configs {
                 table.insert((group, key.as_str()), *ms)?;
             }

@@ -319,6 +319,7 @@ throttle_time_ms!(
     DeleteTopicsResponse,
     CreatePartitionsResponse,
     DescribeConfigsResponse,
+    ListConfigResourcesResponse,
     AlterConfigsResponse,
     IncrementalAlterConfigsResponse,
     DeleteRecordsResponse,
@@ -529,6 +530,7 @@ pub fn routes() -> Dispatcher {
     .add::<DeleteTopicsRequest, _, _>(1, 6, delete_topics::handle)
     .add::<CreatePartitionsRequest, _, _>(0, 3, create_partitions::handle)
     .add::<DescribeConfigsRequest, _, _>(1, 4, describe_configs::handle)
+    .add::<ListConfigResourcesRequest, _, _>(0, 1, list_config_resources::handle)
     .add::<AlterConfigsRequest, _, _>(0, 2, alter_configs::handle)
     .add::<IncrementalAlterConfigsRequest, _, _>(0, 1, incremental_alter_configs::handle)
     .add::<DeleteRecordsRequest, _, _>(0, 2, delete_records::handle)

@@ -36,8 +36,9 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    BrokerId, DescribeAclsRequest, DescribeConfigsRequest, FetchRequest, GroupId,
-    ListGroupsRequest, MetadataRequest, OffsetFetchRequest, TopicName,
+    ApiKey, ApiVersionsRequest, BrokerId, DescribeAclsRequest, DescribeConfigsRequest,
+    FetchRequest, GroupId, ListConfigResourcesRequest, ListGroupsRequest, MetadataRequest,
+    OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
@@ -66,6 +67,7 @@ const PARTITION_MAX_BYTES: i32 = 4 * 1024 * 1024;
 const FETCH_VERSION: i16 = 12;
 const METADATA_VERSION: i16 = 12;
 const DESCRIBE_CONFIGS_VERSION: i16 = 4;
+const LIST_CONFIG_RESOURCES_VERSION: i16 = 1;
 const LIST_GROUPS_VERSION: i16 = 4;
 const OFFSET_FETCH_VERSION: i16 = 8;
 const DESCRIBE_ACLS_VERSION: i16 = 3;
@@ -82,6 +84,8 @@ static LEADER_BEHIND: LogBudget = LogBudget::new(2);
 
 /// "following the leader" lines a minute.
 static FOLLOWING: LogBudget = LogBudget::new(3);
+/// Groups whose own configs the leader's ACLs keep from this broker, said a minute.
+static GROUP_CONFIGS_REFUSED: LogBudget = LogBudget::new(2);
 
 /// Starts following the leader, if this broker is a follower.
 pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
@@ -210,6 +214,14 @@ async fn follow(
     let timeout = PEER_TIMEOUT + cluster.replica_fetch_wait;
     let mut peer = cluster.connect_to_leader(timeout).await?;
     check_leader(cluster, &mut peer).await?;
+    // A leader of an older Runnel may not list config resources (asking would close the
+    // connection): the configs of groups that do not exist yet are then not copied.
+    let lists_group_configs = leader_serves(
+        &mut peer,
+        ApiKey::ListConfigResources,
+        LIST_CONFIG_RESOURCES_VERSION,
+    )
+    .await?;
     // Topics that could not be copied, with why: said again only when the reason changes.
     let mut warned: HashMap<String, String> = HashMap::new();
     sync_topics(broker, cluster, &mut peer, &mut warned).await?;
@@ -248,7 +260,7 @@ async fn follow(
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
             sync_topics(broker, cluster, &mut peer, &mut warned).await?;
             sync_acls(broker, &mut peer, &mut acls_refused, false).await?;
-            sync_offsets(broker, &mut peer).await?;
+            sync_offsets(broker, &mut peer, lists_group_configs).await?;
             synced = Instant::now();
         }
         let request = fetch_request(broker, cluster, round);
@@ -916,7 +928,11 @@ fn take_leaders_acls(
 /// here (as a commit without a generation, which an empty group takes), groups the leader no
 /// longer has are deleted. ListGroups leaves out what the ACLs hide, so a local group it does
 /// not list is asked for by name, and deleted only if the leader answers it has no offsets.
-async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
+async fn sync_offsets(
+    broker: &Broker,
+    peer: &mut Peer,
+    lists_group_configs: bool,
+) -> anyhow::Result<()> {
     let listed = peer
         .call(&ListGroupsRequest::default(), LIST_GROUPS_VERSION)
         .await?;
@@ -937,7 +953,7 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
             ids.push(local.group_id);
         }
     }
-    sync_group_configs(broker, peer, &ids).await?;
+    sync_group_configs(broker, peer, &ids, lists_group_configs).await?;
     if ids.is_empty() {
         return Ok(());
     }
@@ -1042,16 +1058,42 @@ async fn sync_offsets(broker: &Broker, peer: &mut Peer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes the own configs (`crate::groups::config`) of groups `ids`, and of every group with
-/// configs here, those the leader has. A group's configs may exist before the group: those of a
-/// group the leader does not list and this broker does not know are copied once it exists.
+/// Whether the leader serves `api` at `version`, by its ApiVersions: a request it does not serve
+/// would close the connection.
+async fn leader_serves(peer: &mut Peer, api: ApiKey, version: i16) -> anyhow::Result<bool> {
+    let r = peer.call(&ApiVersionsRequest::default(), 0).await?;
+    Ok(r.api_keys
+        .iter()
+        .any(|k| k.api_key == api as i16 && (k.min_version..=k.max_version).contains(&version)))
+}
+
+/// Makes the own configs (`crate::groups::config`) of groups `ids`, of every group with configs
+/// here, and (`listed`: the leader lists them) of every group with configs on the leader, those
+/// the leader has. A group's configs may exist before the group does.
 async fn sync_group_configs(
     broker: &Broker,
     peer: &mut Peer,
     ids: &[String],
+    listed: bool,
 ) -> anyhow::Result<()> {
     let mut names: BTreeSet<String> = ids.iter().cloned().collect();
     names.extend(broker.groups.group_configs().into_iter().map(|(g, _)| g));
+    if listed {
+        let request =
+            ListConfigResourcesRequest::default().with_resource_types(vec![RESOURCE_GROUP]);
+        let response = peer.call(&request, LIST_CONFIG_RESOURCES_VERSION).await?;
+        match E::try_from_code(response.error_code) {
+            None => names.extend(
+                response
+                    .config_resources
+                    .into_iter()
+                    .map(|r| r.resource_name.to_string()),
+            ),
+            Some(e) => {
+                tracing::debug!(error = ?e, "the leader does not list the groups with configs to this broker")
+            }
+        }
+    }
     let resources: Vec<_> = names
         .into_iter()
         .filter(|g| !g.is_empty())
@@ -1072,6 +1114,11 @@ async fn sync_group_configs(
         .await?;
     for r in response.results {
         let group = r.resource_name.to_string();
+        if r.error_code == E::GroupAuthorizationFailed.code() {
+            within_budget!(GROUP_CONFIGS_REFUSED, warn, group = %client_text(&group),
+                "the leader's ACLs keep a group's own configs from this broker (it needs DescribeConfigs on the groups: docs/replication.md)");
+            continue;
+        }
         if r.error_code != 0 {
             tracing::debug!(group = %client_text(&group), error = ?E::try_from_code(r.error_code), "the leader does not give this broker a group's configs");
             continue;

@@ -8,7 +8,7 @@ use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceRespon
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
 use super::describe_configs::{RESOURCE_GROUP, RESOURCE_TOPIC};
-use super::incremental_alter_configs::{NOT_ALTERABLE, alter_group};
+use super::incremental_alter_configs::alter_group;
 use super::s;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
@@ -69,18 +69,17 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                     .into_iter()
                     .map(|c| (c.name.to_string(), c.value.map(|v| v.to_string())))
                     .collect();
-                return alter_group(
-                    &ctx,
-                    &r.resource_name,
-                    &changes,
-                    true,
-                    req.validate_only,
-                    out,
-                );
+                if let Some((code, why)) =
+                    alter_group(&ctx, &r.resource_name, &changes, true, req.validate_only)
+                {
+                    out.error_code = code;
+                    out.error_message = Some(s(why));
+                }
+                return out;
             }
             if r.resource_type != RESOURCE_TOPIC {
                 out.error_code = E::InvalidRequest.code();
-                out.error_message = Some(s(NOT_ALTERABLE));
+                out.error_message = Some(s("only topic and group configs can be altered"));
                 return out;
             }
             let changes = r

@@ -20,7 +20,8 @@ use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 /// Whether the ACLs refuse the client `op` (DescribeConfigs or AlterConfigs) on a config
-/// resource: TOPIC_AUTHORIZATION_FAILED for a topic, CLUSTER_AUTHORIZATION_FAILED for the broker.
+/// resource: TOPIC_AUTHORIZATION_FAILED for a topic, GROUP_AUTHORIZATION_FAILED for a group,
+/// CLUSTER_AUTHORIZATION_FAILED for the broker and its loggers.
 pub(crate) fn refused(ctx: &Ctx, op: Operation, resource_type: i8, name: &str) -> Option<i16> {
     let (resource, name, code) = match resource_type {
         RESOURCE_TOPIC => (ResourceType::Topic, name, E::TopicAuthorizationFailed),
@@ -384,25 +385,25 @@ fn broker_settings(
         (
             "group.consumer.min.session.timeout.ms",
             ms(cfg.groups.consumer_min_session_timeout),
-            Some("45000"),
+            Some(KAFKA_BOUNDS[0]),
             3,
         ),
         (
             "group.consumer.max.session.timeout.ms",
             ms(cfg.groups.consumer_max_session_timeout),
-            Some("60000"),
+            Some(KAFKA_BOUNDS[1]),
             3,
         ),
         (
             "group.consumer.min.heartbeat.interval.ms",
             ms(cfg.groups.consumer_min_heartbeat_interval),
-            Some("5000"),
+            Some(KAFKA_BOUNDS[2]),
             3,
         ),
         (
             "group.consumer.max.heartbeat.interval.ms",
             ms(cfg.groups.consumer_max_heartbeat_interval),
-            Some("15000"),
+            Some(KAFKA_BOUNDS[3]),
             3,
         ),
         (
@@ -426,6 +427,11 @@ fn broker_settings(
     ]
 }
 
+/// Kafka's defaults of the bounds of a group's own configs (`crate::groups::ConsumerBounds`'s
+/// default), in milliseconds: least and most session timeout, least and most heartbeat
+/// interval.
+const KAFKA_BOUNDS: [&str; 4] = ["45000", "60000", "5000", "15000"];
+
 /// One config as reported: name, value, source, type, and its synonyms (name, value, source),
 /// most specific first.
 type Entry = (String, String, i8, i8, Vec<(String, String, i8)>);
@@ -434,17 +440,17 @@ type Entry = (String, String, i8, i8, Vec<(String, String, i8)>);
 /// `group.consumer.*` setting (STATIC_BROKER_CONFIG where it is not Kafka's default) and
 /// Kafka's default.
 fn group_entries(ctx: &Ctx, group: &str) -> Vec<Entry> {
-    use crate::groups::config::{self, HEARTBEAT_INTERVAL, KEYS, SESSION_TIMEOUT};
+    use crate::groups::config::{self, KEYS, SESSION_TIMEOUT};
     let coordinator = &ctx.broker.groups;
     let own = coordinator.config().consumer;
     let overrides = coordinator.group_config(group);
     KEYS.iter()
         .filter_map(|&key| {
             let (broker_name, kafka_default) = config::broker_synonym(key)?;
-            let broker_value = match key {
-                SESSION_TIMEOUT => own.session_timeout,
-                HEARTBEAT_INTERVAL => own.heartbeat_interval,
-                _ => return None,
+            let broker_value = if key == SESSION_TIMEOUT {
+                own.session_timeout
+            } else {
+                own.heartbeat_interval
             }
             .as_millis()
             .to_string();
@@ -639,4 +645,26 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bounds_reported_as_kafkas_defaults_are_the_coordinators_defaults() {
+        let b = crate::groups::ConsumerBounds::default();
+        let ms = |d: std::time::Duration| d.as_millis().to_string();
+        assert_eq!(
+            super::KAFKA_BOUNDS,
+            [
+                ms(b.min_session_timeout),
+                ms(b.max_session_timeout),
+                ms(b.min_heartbeat_interval),
+                ms(b.max_heartbeat_interval),
+            ]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        );
+    }
 }

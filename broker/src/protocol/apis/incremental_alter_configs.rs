@@ -96,14 +96,13 @@ pub async fn handle(
                         }
                     }
                 }
-                return alter_group(
-                    &ctx,
-                    &r.resource_name,
-                    &changes,
-                    false,
-                    req.validate_only,
-                    out,
-                );
+                if let Some((code, why)) =
+                    alter_group(&ctx, &r.resource_name, &changes, false, req.validate_only)
+                {
+                    out.error_code = code;
+                    out.error_message = Some(s(why));
+                }
+                return out;
             }
             if r.resource_type != RESOURCE_TOPIC {
                 out.error_code = E::InvalidRequest.code();
@@ -175,37 +174,36 @@ pub async fn handle(
 }
 
 /// Why a resource of another type is refused.
-pub(crate) const NOT_ALTERABLE: &str =
+const NOT_ALTERABLE: &str =
     "only topic, group and broker logger configs can be altered at run time";
 
-/// Changes group `group`'s own configs (AlterConfigs: `replace` them all), answering in `out`.
-pub(crate) fn alter_group<T: GroupAnswer>(
+/// Changes group `group`'s own configs (AlterConfigs: `replace` them all): the refusal's error
+/// code and message, if refused.
+pub(crate) fn alter_group(
     ctx: &Ctx,
     group: &str,
     changes: &[(String, Option<String>)],
     replace: bool,
     validate_only: bool,
-    mut out: T,
-) -> T {
+) -> Option<(i16, String)> {
     use crate::groups::GroupConfigError as G;
     match ctx
         .broker
         .groups
         .alter_group_config(group, changes, replace, validate_only)
     {
-        Ok(()) => {
-            if !validate_only {
-                let said: Vec<String> = changes
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(broker's)")))
-                    .collect();
+        Ok(changed) => {
+            if changed {
+                let now = ctx.broker.groups.group_config(group);
+                let said: Vec<String> = now.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 tracing::info!(
                     principal = ctx.asker().principal,
                     group = %crate::log_budget::client_text(group),
-                    changes = %said.join(","),
+                    configs = %said.join(","),
                     "group configs changed"
                 );
             }
+            None
         }
         Err(e) => {
             let code = match e {
@@ -213,31 +211,8 @@ pub(crate) fn alter_group<T: GroupAnswer>(
                 G::InvalidRequest(_) => E::InvalidRequest,
                 G::Store(_) => E::UnknownServerError,
             };
-            out.refuse(code.code(), e.to_string());
+            Some((code.code(), e.to_string()))
         }
-    }
-    out
-}
-
-/// The answer for one resource of AlterConfigs and of IncrementalAlterConfigs (two types of
-/// the same shape).
-pub(crate) trait GroupAnswer {
-    fn refuse(&mut self, code: i16, message: String);
-}
-
-impl GroupAnswer for AlterConfigsResourceResponse {
-    fn refuse(&mut self, code: i16, message: String) {
-        self.error_code = code;
-        self.error_message = Some(s(message));
-    }
-}
-
-impl GroupAnswer
-    for kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse
-{
-    fn refuse(&mut self, code: i16, message: String) {
-        self.error_code = code;
-        self.error_message = Some(s(message));
     }
 }
 
