@@ -1296,3 +1296,60 @@ async fn a_dead_letter_copy_over_the_topic_s_size_limit_is_split_and_nothing_is_
     );
     broker.shutdown().await;
 }
+
+/// A dead-letter copy no append can store (one record, with the headers it gains, over the
+/// dead-letter topic's `max.message.bytes`) refuses the produce with the reason, for an
+/// idempotent producer as for any: the record is neither lost nor reported stored (QA: the
+/// idempotent producer was told it was stored, and it was nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_no_append_can_store_refuses_the_produce() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.disable_after = 0;
+    cfg.plugins.load = vec![plugin("trapper", "faulty_filter.wasm", "trap")];
+    let mut dl = bind("tiny", &["trapper"], OnError::DeadLetter);
+    dl.dead_letter_topic = Some("tiny-failed".into());
+    cfg.plugins.bindings = vec![dl];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let admin: AdminClient<DefaultClientContext> =
+        common::client_config(&bootstrap).create().unwrap();
+    let topics = [
+        NewTopic::new("tiny", 1, TopicReplication::Fixed(1)),
+        NewTopic::new("tiny-failed", 1, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "2000"),
+    ];
+    for r in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    for idempotent in ["true", "false"] {
+        let p = producer(
+            &bootstrap,
+            "none",
+            &[("enable.idempotence", idempotent), ("retries", "2")],
+        );
+        let value = "x".repeat(1_900);
+        let sent = p
+            .send(
+                FutureRecord::<str, str>::to("tiny")
+                    .payload(&value)
+                    .partition(0),
+                Duration::from_secs(10),
+            )
+            .await;
+        let (e, _) = sent.expect_err("refused: the dead-letter topic cannot take it");
+        assert_eq!(
+            e.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::PolicyViolation),
+            "idempotent={idempotent}: {e}"
+        );
+        assert_eq!(log_end(&broker, "tiny-failed"), 0);
+    }
+    broker.shutdown().await;
+}

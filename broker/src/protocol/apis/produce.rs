@@ -2,8 +2,11 @@
 //!
 //! Batches are stored as the producer sent them, unless the topic has a plugin chain
 //! ([`plugins::run_chain`] may drop, rewrite or route records and re-encode the batch; records
-//! routed to other topics are appended after the produced partition's own append succeeded and
-//! was not a retried duplicate, so a retry does not route them twice); storage checks CRC,
+//! routed to other topics are checked as their partitions' appends would check them before
+//! anything is written, so that records no append could store (too large for a dead-letter
+//! topic, say) refuse the produce with POLICY_VIOLATION rather than being lost after it, and
+//! appended after the produced partition's own append succeeded and was not a retried
+//! duplicate, so a retry does not route them twice); storage checks CRC,
 //! magic and sizes, enforces idempotent-producer sequences and stamps offsets. On a broker alone
 //! acks=all is acknowledged once the append (and, with `flush = "always"`, its fsync) is done,
 //! exactly when acks=1 is. In a cluster (`crate::replication`) only the leader takes writes (a
@@ -234,11 +237,19 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 partitions.push(out);
                 continue;
             }
+            let routed = match plan_routed(&ctx.broker, chained.routed) {
+                Ok(routed) => routed,
+                Err(why) => {
+                    fail(&mut out, &ctx, E::PolicyViolation.code(), why);
+                    partitions.push(out);
+                    continue;
+                }
+            };
             if records.is_empty() {
                 // The plugins dropped or routed every record: nothing to append here, and no
                 // offset to report; but records routed and not stored are lost unless the
                 // producer hears of it.
-                if let Err(why) = append_routed(&ctx.broker, chained.routed) {
+                if let Err(why) = append_routed(&ctx.broker, routed) {
                     fail(&mut out, &ctx, E::KafkaStorageError.code(), why);
                 }
                 partitions.push(out);
@@ -277,9 +288,10 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             match result {
                 Ok(info) => {
                     if !info.duplicate {
-                        // The producer's records are stored: a copy that fails is counted
-                        // and logged, not reported (see `append_routed`).
-                        let _ = append_routed(&ctx.broker, chained.routed);
+                        // The producer's records are stored: a copy that fails now (checked
+                        // above, so not for a reason the records carry) is counted and logged,
+                        // not reported (see `append_routed`).
+                        let _ = append_routed(&ctx.broker, routed);
                     }
                     out.base_offset = info.base_offset;
                     out.log_append_time_ms = info.log_append_time;
@@ -455,29 +467,32 @@ fn routed_partitions(broker: &Broker, name: &str) -> Option<i32> {
 /// keeps nothing (every record went elsewhere), which then reports it; a produce whose records
 /// are stored counts and logs it (`runnel_produce_errors_total`), as its producer can do
 /// nothing about a copy.
-fn append_routed(broker: &Arc<Broker>, routed: Vec<plugins::RoutedBatch>) -> Result<(), String> {
-    let mut first_error = Ok(());
+/// Routed batches made ready to append, each with its partition: checked as that partition's
+/// append checks records, and split in halves while too large for it (a topic with a smaller
+/// `max.message.bytes`). Records no append could store refuse the produce, with the reason,
+/// before anything is written.
+fn plan_routed(
+    broker: &Arc<Broker>,
+    routed: Vec<plugins::RoutedBatch>,
+) -> Result<Vec<(Arc<crate::catalog::Partition>, plugins::RoutedBatch)>, String> {
+    let mut planned = Vec::new();
     let mut queue: std::collections::VecDeque<plugins::RoutedBatch> = routed.into();
     while let Some(batch) = queue.pop_front() {
-        let partition = broker
+        let refused = |why: &dyn std::fmt::Display| {
+            format!(
+                "the plugin chain routed records to {}-{}, which cannot store them: {why}; nothing was written",
+                batch.topic, batch.partition
+            )
+        };
+        let Some(partition) = broker
             .catalog
             .get(&batch.topic)
-            .and_then(|t| t.partition(batch.partition));
-        let result = match &partition {
-            Some(p) => p.append(&batch.records, now_ms()),
-            None => {
-                let e = "the topic or partition no longer exists".to_string();
-                routed_failed(broker, &batch, &e, &mut first_error);
-                continue;
-            }
+            .and_then(|t| t.partition(batch.partition))
+        else {
+            return Err(refused(&"no such topic or partition"));
         };
-        match result {
-            Ok(info) => {
-                broker
-                    .metrics
-                    .records_in
-                    .fetch_add(info.record_count as u64, Ordering::Relaxed);
-            }
+        match partition.check_records(&batch.records, now_ms()) {
+            Ok(()) => planned.push((partition, batch)),
             Err(
                 e @ (StorageError::MessageTooLarge { .. } | StorageError::LargerThanSegment { .. }),
             ) => match batch.halves() {
@@ -485,8 +500,29 @@ fn append_routed(broker: &Arc<Broker>, routed: Vec<plugins::RoutedBatch>) -> Res
                     queue.push_front(b);
                     queue.push_front(a);
                 }
-                None => routed_failed(broker, &batch, &e.to_string(), &mut first_error),
+                None => return Err(refused(&e)),
             },
+            Err(e) => return Err(refused(&e)),
+        }
+    }
+    Ok(planned)
+}
+
+/// Appends routed batches [`plan_routed`] made ready; a failure (a disk's, a partition gone
+/// since) is counted and logged, and the first is returned.
+fn append_routed(
+    broker: &Arc<Broker>,
+    routed: Vec<(Arc<crate::catalog::Partition>, plugins::RoutedBatch)>,
+) -> Result<(), String> {
+    let mut first_error = Ok(());
+    for (partition, batch) in routed {
+        match partition.append(&batch.records, now_ms()) {
+            Ok(info) => {
+                broker
+                    .metrics
+                    .records_in
+                    .fetch_add(info.record_count as u64, Ordering::Relaxed);
+            }
             Err(e) => routed_failed(broker, &batch, &e.to_string(), &mut first_error),
         }
     }
