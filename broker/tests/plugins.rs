@@ -193,6 +193,15 @@ async fn a_plugin_that_refuses_its_config_or_is_not_a_component_stops_start_up()
         "{e}"
     );
 
+    // What a plugin says reaches the log and clients as one line, its controls escaped.
+    cfg.plugins.load = vec![plugin("bad", "faulty_filter.wasm", "x\nFORGED \u{1b}[31m")];
+    let e = runnel::start_broker(cfg.clone()).await.err().unwrap();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(r"unknown fault: x\nFORGED \u{1b}[31m") && !e.contains('\n'),
+        "{e}"
+    );
+
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm not really").unwrap();
     cfg.plugins.load[0].path = junk;

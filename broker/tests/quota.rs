@@ -521,3 +521,31 @@ async fn a_huge_throttle_is_capped() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     broker.shutdown().await;
 }
+
+/// A policy's reason too long for a response string (over 32 KiB: Produce v8 could not encode
+/// it, and the connection closed unanswered) is cut, and the client gets POLICY_VIOLATION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_with_a_very_long_reason_is_answered_with_the_reason_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![plugin("wordy", "faulty_quota.wasm", "reject-long")];
+    cfg.plugins.quotas = vec![quota("wordy", &[QuotaApi::Produce], OnError::FailOpen)];
+    let broker = common::start_with(cfg).await;
+    let mut raw = Client::connect(&broker.bootstrap(), "raw").await;
+    raw.create("wordy").await;
+    for version in [8, 9] {
+        let (r, _) = raw.produce("wordy", 10, version).await;
+        let (code, message) = error_of(&r);
+        assert_eq!(code, POLICY_VIOLATION, "v{version}");
+        assert!(
+            message.starts_with("rejected by a quota policy: aaaa"),
+            "v{version}"
+        );
+        assert!(
+            message.ends_with(" [cut]") && message.len() <= 4102,
+            "v{version}: {}",
+            message.len()
+        );
+    }
+    broker.shutdown().await;
+}

@@ -562,9 +562,10 @@ impl Plugin {
         let (result,) = init
             .call(&mut store, (self.config.clone(),))
             .map_err(|e| self.classify(&mut store, e))?;
+        // The guest's words reach logs and clients: one line, controls escaped.
         result.map_err(|message| PluginError::Init {
             name: self.name.clone(),
-            message,
+            message: one_line(&message),
         })?;
         Ok(Live {
             store,
@@ -658,9 +659,11 @@ impl Plugin {
             .map_err(|e| self.classify(&mut live.store, e))?;
         // A plugin that returns an error is still a sound instance: keep it.
         self.put_back(live);
+        // The guest's words reach logs, clients and dead-letter headers: one line, controls
+        // escaped.
         result.map_err(|message| PluginError::Failed {
             name: self.name.clone(),
-            message,
+            message: one_line(&message),
         })
     }
 

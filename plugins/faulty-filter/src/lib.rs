@@ -21,7 +21,8 @@ impl Filter for Faulty {
             "trap" => Faulty::Trap,
             "oom" => Faulty::Oom,
             "drop-all" => Faulty::DropAll,
-            other => return Err(format!("unknown fault {other:?}")),
+            // Said as given, control characters included: the host makes it one line.
+            other => return Err(format!("unknown fault: {other}")),
         })
     }
 

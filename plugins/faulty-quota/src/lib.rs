@@ -3,7 +3,8 @@
 //! - `loop`: never returns (the host's epoch deadline must stop it);
 //! - `trap`: panics, which traps the instance;
 //! - `oom`: grows memory until the host's cap refuses;
-//! - `throttle:MS`: behaves, and throttles every request MS milliseconds.
+//! - `throttle:MS`: behaves, and throttles every request MS milliseconds;
+//! - `reject-long`: rejects every request with a 40,000-byte reason of two lines.
 
 use runnel_plugin::quota::{Decision, QuotaPolicy, Request};
 
@@ -12,6 +13,7 @@ enum Faulty {
     Trap,
     Oom,
     Throttle(u32),
+    RejectLong,
 }
 
 impl QuotaPolicy for Faulty {
@@ -21,6 +23,7 @@ impl QuotaPolicy for Faulty {
             "loop" => Faulty::Loop,
             "trap" => Faulty::Trap,
             "oom" => Faulty::Oom,
+            "reject-long" => Faulty::RejectLong,
             _ => match config.strip_prefix("throttle:").map(str::parse) {
                 Some(Ok(ms)) => Faulty::Throttle(ms),
                 _ => return Err(format!("unknown fault {config:?}")),
@@ -45,6 +48,9 @@ impl QuotaPolicy for Faulty {
                 }
             }
             Faulty::Throttle(ms) => Decision::Throttle(*ms),
+            Faulty::RejectLong => {
+                Decision::Reject(format!("{}\n{}", "a".repeat(20_000), "b".repeat(19_999)))
+            }
         }
     }
 }

@@ -131,7 +131,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 .with_log_start_offset(-1);
             if let Some((code, why)) = &refusal {
                 out.error_code = *code;
-                out.error_message = why.clone().map(s);
+                out.error_message = why.clone().map(|why| s(capped(why)));
                 count_error(&ctx);
                 partitions.push(out);
                 continue;
@@ -421,9 +421,27 @@ fn refuse(out: &mut PartitionProduceResponse, ctx: &Ctx, e: &crate::storage::Sto
 /// Answers a partition with `code` and `message`, counted in `runnel_produce_errors_total`.
 fn fail(out: &mut PartitionProduceResponse, ctx: &Ctx, code: i16, message: String) {
     out.error_code = code;
-    out.error_message = Some(s(message));
+    out.error_message = Some(s(capped(message)));
     count_error(ctx);
 }
+
+/// `message` cut to [`ERROR_MESSAGE_MAX`] bytes: a reason a plugin gave may be long, and a
+/// response string over 32 KiB cannot be encoded in the older versions (the connection would
+/// close unanswered); no client shows more anyway.
+fn capped(mut message: String) -> String {
+    if message.len() > ERROR_MESSAGE_MAX {
+        let mut end = ERROR_MESSAGE_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" [cut]");
+    }
+    message
+}
+
+/// The longest error message a partition's answer carries, in bytes.
+const ERROR_MESSAGE_MAX: usize = 4096;
 
 /// Counts a partition answered with an error in `runnel_produce_errors_total`.
 fn count_error(ctx: &Ctx) {
