@@ -386,6 +386,14 @@ impl PluginsConfig {
                         ),
                     ));
                 }
+                (OnError::DeadLetter, Some(t))
+                    if t == "__consumer_offsets" || t == "__transaction_state" =>
+                {
+                    return Err((
+                        format!("{key}.dead_letter_topic"),
+                        format!("{t:?} is one of Kafka's internal topics, which take no records"),
+                    ));
+                }
                 (OnError::DeadLetter, Some(t)) if t == b.topic => {
                     return Err((
                         format!("{key}.dead_letter_topic"),
@@ -549,6 +557,10 @@ on_error = "fail-open"
             e.to_string().contains("\"bad topic!\" is not a topic name"),
             "{e}"
         );
+        let internal = dl.replace("\"failed\"", "\"__consumer_offsets\"");
+        let e = Config::from_toml_str(&internal, "runnel.toml", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("plugins.bindings[0].dead_letter_topic"));
+        assert!(e.to_string().contains("internal topics"), "{e}");
         let bad = dl.replace("topic = \"readings\"", "topic = \"..\"");
         let e = Config::from_toml_str(&bad, "runnel.toml", &[]).unwrap_err();
         assert_eq!(e.key(), Some("plugins.bindings[0].topic"));
