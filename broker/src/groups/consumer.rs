@@ -234,6 +234,11 @@ pub struct ClassicSeed {
     pub subscription: ClassicSubscription,
     /// Its assignment of the last rebalance, by topic name.
     pub assigned: Vec<(String, Vec<i32>)>,
+    /// What its subscription says it owned when it last joined, by topic name: a cooperative
+    /// member may still hold some of it beyond `assigned` (it has not revoked them yet, or a
+    /// rebalance cleared its assignment), which the group holds back from others until it
+    /// joins again without them.
+    pub owned: Vec<(String, Vec<i32>)>,
 }
 
 /// A classic member the group hosted, as the classic group takes it back when the group's last
@@ -1320,6 +1325,7 @@ impl ConsumerGroup {
             let assigned = filter(&by_id(&seed.assigned), |t, p| {
                 !self.members.values().any(|m| contains(&m.assigned, t, p))
             });
+            let revoking = filter(&by_id(&seed.owned), |t, p| !contains(&assigned, t, p));
             info!(group = %client_text(&self.group_id), member = %client_text(&seed.member_id), "classic member hosted by the consumer protocol's group");
             self.target.insert(seed.member_id.clone(), assigned.clone());
             self.members.insert(
@@ -1331,7 +1337,11 @@ impl ConsumerGroup {
                     client_host: seed.client_host,
                     epoch,
                     previous_epoch: -1,
-                    state: MemberState::Stable,
+                    state: if revoking.is_empty() {
+                        MemberState::Stable
+                    } else {
+                        MemberState::UnrevokedPartitions
+                    },
                     rebalance_timeout: seed.rebalance_timeout,
                     topic_names: seed.subscription.topics.iter().cloned().collect(),
                     regex: None,
@@ -1340,8 +1350,8 @@ impl ConsumerGroup {
                     assignor: None,
                     last_sent: Some(assigned.clone()),
                     assigned,
-                    pending_revocation: Assignment::new(),
-                    revoking_since: None,
+                    revoking_since: (!revoking.is_empty()).then_some(now),
+                    pending_revocation: revoking,
                     session_deadline: now + seed.session_timeout,
                     classic: Some(ClassicMember {
                         session_timeout_ms: seed.session_timeout.as_millis() as u64,

@@ -1243,6 +1243,7 @@ impl Group {
                     .iter()
                     .map(|p| (p.name.clone(), p.metadata.to_vec()))
                     .collect(),
+                owned: subscription.owned.clone(),
                 subscription,
                 assigned,
             });

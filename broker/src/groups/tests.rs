@@ -2161,3 +2161,715 @@ fn saved_group_configs_are_fitted_to_a_restarted_brokers_bounds() {
             .is_ok()
     );
 }
+
+// A randomized test of the whole coordinator across online upgrades and downgrades: four
+// clients, reborn at random as eager classic, cooperative classic or consumer-protocol
+// members (one static), join, leave, die and time out on a manual clock; a classic leader
+// assigns with an eager or a cooperative-sticky assignor of its own; after every step no
+// partition may be held by two clients. PROP_SEEDS (default 100), PROP_FIRST and
+// PROP_RESTARTS (coordinator restarts from the store) widen a run by hand.
+// ---------------------------------------------------------------------------------------------
+mod migration_property {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const N: i32 = 6;
+    const T: uuid::Uuid = uuid::Uuid::from_u128(7);
+    const G: &str = "prop";
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Kind {
+        Eager,
+        Coop,
+        Consumer,
+    }
+
+    enum St {
+        /// Not a member: joins at its next turn (with `member_id`, "" for a new one).
+        Idle(String),
+        Joining(String, JoinHandle<Result<JoinResponse, GroupError>>),
+        Syncing(String, i32, JoinHandle<Result<SyncResponse, GroupError>>),
+        Stable(String, i32),
+        Rejoin(String),
+        Consumer(String, i32),
+        Dead,
+    }
+
+    impl std::fmt::Debug for St {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                St::Idle(m) => write!(f, "Idle({m})"),
+                St::Joining(m, _) => write!(f, "Joining({m})"),
+                St::Syncing(m, g, _) => write!(f, "Syncing({m},{g})"),
+                St::Stable(m, g) => write!(f, "Stable({m},{g})"),
+                St::Rejoin(m) => write!(f, "Rejoin({m})"),
+                St::Consumer(m, e) => write!(f, "Consumer({m},{e})"),
+                St::Dead => write!(f, "Dead"),
+            }
+        }
+    }
+
+    struct Client {
+        name: String,
+        kind: Kind,
+        instance: Option<String>,
+        st: St,
+        held: BTreeSet<i32>,
+    }
+
+    fn numbers(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            | 1;
+        move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        }
+    }
+
+    fn metadata(owned: &BTreeSet<i32>) -> Bytes {
+        use kafka_protocol::messages::ConsumerProtocolSubscription;
+        use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        let owned = if owned.is_empty() {
+            vec![]
+        } else {
+            vec![
+                TopicPartition::default()
+                    .with_topic(StrBytes::from_static_str("t").into())
+                    .with_partitions(owned.iter().copied().collect()),
+            ]
+        };
+        let sub = ConsumerProtocolSubscription::default()
+            .with_topics(vec![StrBytes::from_static_str("t")])
+            .with_owned_partitions(owned);
+        let mut out = bytes::BytesMut::new();
+        out.extend_from_slice(&1i16.to_be_bytes());
+        sub.encode(&mut out, 1).unwrap();
+        out.freeze()
+    }
+
+    fn owned_of(meta: &[u8]) -> BTreeSet<i32> {
+        consumer::read_subscription(meta)
+            .map(|s| s.owned.into_iter().flat_map(|(_, p)| p).collect())
+            .unwrap_or_default()
+    }
+
+    fn held_of(assignment: &[u8]) -> BTreeSet<i32> {
+        consumer::read_assignment(assignment)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(_, ps)| ps)
+            .collect()
+    }
+
+    fn enc(ps: &BTreeSet<i32>) -> Bytes {
+        use kafka_protocol::messages::ConsumerProtocolAssignment;
+        use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        let a = ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
+            TopicPartition::default()
+                .with_topic(StrBytes::from_static_str("t").into())
+                .with_partitions(ps.iter().copied().collect()),
+        ]);
+        let mut out = bytes::BytesMut::new();
+        out.extend_from_slice(&0i16.to_be_bytes());
+        a.encode(&mut out, 0).unwrap();
+        out.freeze()
+    }
+
+    /// The leader's assignor: eager (range-like split ignoring claims), or cooperative sticky
+    /// (keeps claims up to quota, never hands a claimed partition to another in one round).
+    fn assign(protocol: &str, members: &[JoinMember]) -> Vec<SyncAssignment> {
+        let mut ids: Vec<&str> = members.iter().map(|m| m.member_id.as_str()).collect();
+        ids.sort();
+        let k = ids.len() as i32;
+        let mut target: BTreeMap<&str, BTreeSet<i32>> =
+            ids.iter().map(|i| (*i, BTreeSet::new())).collect();
+        if protocol == "range" {
+            for p in 0..N {
+                let i = ((p * k) / N) as usize;
+                target.get_mut(ids[i]).unwrap().insert(p);
+            }
+        } else {
+            let mut claims: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+            for m in members {
+                for p in owned_of(&m.metadata) {
+                    claims.entry(p).or_default().push(m.member_id.as_str());
+                }
+            }
+            let owner: BTreeMap<i32, &str> = claims
+                .iter()
+                .filter(|(_, c)| c.len() == 1)
+                .map(|(p, c)| (*p, c[0]))
+                .collect();
+            let floor = N / k;
+            let mut ceil_slots = N % k;
+            let mut taken = BTreeSet::new();
+            for id in &ids {
+                let own: Vec<i32> = owner
+                    .iter()
+                    .filter(|(_, o)| *o == id)
+                    .map(|(p, _)| *p)
+                    .collect();
+                let quota = if ceil_slots > 0 && own.len() as i32 > floor {
+                    ceil_slots -= 1;
+                    floor + 1
+                } else {
+                    floor
+                };
+                for p in own.into_iter().take(quota as usize) {
+                    target.get_mut(id).unwrap().insert(p);
+                    taken.insert(p);
+                }
+            }
+            for p in 0..N {
+                if taken.contains(&p) || claims.get(&p).is_some_and(|c| c.len() > 1) {
+                    continue;
+                }
+                let id = *target.iter().min_by_key(|(_, s)| s.len()).unwrap().0;
+                target.get_mut(id).unwrap().insert(p);
+            }
+            // Cooperative: a partition claimed by another member is not given this round.
+            for (id, set) in target.iter_mut() {
+                set.retain(|p| owner.get(p).is_none_or(|o| o == id));
+            }
+        }
+        target
+            .into_iter()
+            .map(|(id, ps)| SyncAssignment {
+                member_id: id.to_string(),
+                assignment: enc(&ps),
+            })
+            .collect()
+    }
+
+    fn join_request(c: &Client, member_id: &str) -> JoinRequest {
+        let owned = if c.kind == Kind::Eager {
+            BTreeSet::new()
+        } else {
+            c.held.clone()
+        };
+        let meta = metadata(&owned);
+        let protocols = match c.kind {
+            Kind::Eager => vec![
+                JoinProtocol {
+                    name: "range".into(),
+                    metadata: meta.clone(),
+                },
+                JoinProtocol {
+                    name: "cooperative-sticky".into(),
+                    metadata: meta,
+                },
+            ],
+            _ => vec![JoinProtocol {
+                name: "cooperative-sticky".into(),
+                metadata: meta,
+            }],
+        };
+        JoinRequest {
+            group_id: G.into(),
+            member_id: member_id.into(),
+            group_instance_id: c.instance.clone(),
+            client_id: c.name.clone(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 5_000,
+            protocol_type: "consumer".into(),
+            protocols,
+            require_known_member_id: c.instance.is_none(),
+            supports_skip_assignment: false,
+            reason: None,
+        }
+    }
+
+    fn spawn_join(
+        coord: &GroupCoordinator,
+        req: JoinRequest,
+    ) -> JoinHandle<Result<JoinResponse, GroupError>> {
+        let c = coord.clone();
+        tokio::spawn(async move {
+            let view = TopicView::from([("t".to_string(), (T, N))]);
+            c.join(req, &view).await
+        })
+    }
+
+    fn spawn_sync(
+        coord: &GroupCoordinator,
+        req: SyncRequest,
+    ) -> JoinHandle<Result<SyncResponse, GroupError>> {
+        let c = coord.clone();
+        tokio::spawn(async move { c.sync(req).await })
+    }
+
+    fn prop_config() -> GroupConfig {
+        let mut c = config(Duration::ZERO);
+        c.consumer.session_timeout = Duration::from_secs(10);
+        c.consumer.heartbeat_interval = Duration::from_secs(1);
+        c
+    }
+
+    struct World {
+        coord: GroupCoordinator,
+        clock: ManualClock,
+        store: Arc<MemoryOffsetStore>,
+        clients: Vec<Client>,
+        trace: Vec<String>,
+        seed: u64,
+        fatal: Vec<String>,
+        violation: Option<String>,
+    }
+
+    impl World {
+        fn log(&mut self, s: String) {
+            self.trace.push(s);
+        }
+
+        fn check(&mut self) {
+            if self.violation.is_some() {
+                return;
+            }
+            let mut seen: BTreeMap<i32, &str> = BTreeMap::new();
+            for c in &self.clients {
+                for p in &c.held {
+                    if let Some(other) = seen.insert(*p, &c.name) {
+                        let tail = self.trace.len().saturating_sub(80);
+                        self.violation = Some(format!(
+                            "seed {}: partition {p} held by {other} and {}\nclients: {:?}\ntrace:\n{}",
+                            self.seed,
+                            c.name,
+                            self.clients
+                                .iter()
+                                .map(|c| (&c.name, c.kind, &c.st, &c.held))
+                                .collect::<Vec<_>>(),
+                            self.trace[tail..].join("\n")
+                        ));
+                        return;
+                    }
+                }
+            }
+        }
+
+        /// One action of client `i`.
+        async fn step(&mut self, i: usize, next: &mut impl FnMut(u64) -> u64, churn: bool) {
+            let view = TopicView::from([("t".to_string(), (T, N))]);
+            let visible = |_: &str| true;
+            let now = self.clock.now();
+            let st = std::mem::replace(&mut self.clients[i].st, St::Dead);
+            let name = self.clients[i].name.clone();
+            let kind = self.clients[i].kind;
+            let new_st = match st {
+                St::Dead => {
+                    if churn && next(8) == 0 {
+                        let kind = [Kind::Eager, Kind::Coop, Kind::Consumer][next(3) as usize];
+                        self.clients[i].kind = kind;
+                        self.log(format!("{name}: born as {kind:?}"));
+                        St::Idle(String::new())
+                    } else {
+                        St::Dead
+                    }
+                }
+                St::Idle(id) if kind == Kind::Consumer => {
+                    let req = ConsumerHeartbeat {
+                        group_id: G.into(),
+                        member_id: id.clone(),
+                        member_epoch: 0,
+                        instance_id: self.clients[i].instance.clone(),
+                        rebalance_timeout_ms: 5_000,
+                        subscribed_topic_names: Some(vec!["t".into()]),
+                        owned: Some(consumer::Assignment::new()),
+                        client_id: name.clone(),
+                        ..Default::default()
+                    };
+                    self.clients[i].held.clear();
+                    let r = self.coord.consumer_heartbeat(req, &view, &visible);
+                    self.log(format!("{name}: CGH join -> {r:?}"));
+                    match r {
+                        Ok(r) => {
+                            if let Some(a) = r.assignment {
+                                self.clients[i].held = a.get(&T).cloned().unwrap_or_default();
+                            }
+                            St::Consumer(r.member_id, r.member_epoch)
+                        }
+                        Err(GroupError::OtherProtocol(_) | GroupError::GroupIdNotFound) => {
+                            self.fatal
+                                .push(format!("{name}: GROUP_ID_NOT_FOUND on join"));
+                            St::Dead
+                        }
+                        Err(_) => St::Idle(String::new()),
+                    }
+                }
+                St::Consumer(id, epoch) => {
+                    let leave = churn && next(40) == 0;
+                    let die = churn && !leave && next(80) == 0;
+                    if die {
+                        self.clients[i].held.clear();
+                        self.log(format!("{name}: dies silently (consumer {id})"));
+                        St::Dead
+                    } else {
+                        let epoch_sent = if leave {
+                            if self.clients[i].instance.is_some() && next(2) == 0 {
+                                -2
+                            } else {
+                                -1
+                            }
+                        } else {
+                            epoch
+                        };
+                        if leave {
+                            self.clients[i].held.clear();
+                        }
+                        let owned: consumer::Assignment = if self.clients[i].held.is_empty() {
+                            Default::default()
+                        } else {
+                            [(T, self.clients[i].held.clone())].into()
+                        };
+                        let req = ConsumerHeartbeat {
+                            group_id: G.into(),
+                            member_id: id.clone(),
+                            member_epoch: epoch_sent,
+                            instance_id: self.clients[i].instance.clone(),
+                            rebalance_timeout_ms: -1,
+                            owned: Some(owned),
+                            client_id: name.clone(),
+                            ..Default::default()
+                        };
+                        let r = self.coord.consumer_heartbeat(req, &view, &visible);
+                        self.log(format!("{name}: CGH {id}@{epoch_sent} -> {r:?}"));
+                        match r {
+                            _ if leave => St::Dead,
+                            Ok(r) => {
+                                if let Some(a) = r.assignment {
+                                    self.clients[i].held = a.get(&T).cloned().unwrap_or_default();
+                                }
+                                St::Consumer(id, r.member_epoch)
+                            }
+                            Err(GroupError::OtherProtocol(_) | GroupError::GroupIdNotFound) => {
+                                self.clients[i].held.clear();
+                                self.fatal.push(format!("{name}: GROUP_ID_NOT_FOUND"));
+                                St::Dead
+                            }
+                            Err(_) => {
+                                self.clients[i].held.clear();
+                                St::Idle(id)
+                            }
+                        }
+                    }
+                }
+                St::Idle(id) | St::Rejoin(id) => {
+                    if kind == Kind::Eager {
+                        self.clients[i].held.clear();
+                    }
+                    let req = join_request(&self.clients[i], &id);
+                    self.log(format!(
+                        "{name}: JoinGroup id={id:?} owned={:?}",
+                        self.clients[i].held
+                    ));
+                    St::Joining(id, spawn_join(&self.coord, req))
+                }
+                St::Joining(id, h) => {
+                    if !h.is_finished() {
+                        St::Joining(id, h)
+                    } else {
+                        let r = h.await.unwrap();
+                        self.log(format!("{name}: JoinGroup -> {r:?}"));
+                        match r {
+                            Ok(resp) => {
+                                let leader =
+                                    resp.leader == resp.member_id && !resp.members.is_empty();
+                                let assignments = if leader {
+                                    assign(
+                                        resp.protocol_name.as_deref().unwrap_or(""),
+                                        &resp.members,
+                                    )
+                                } else {
+                                    vec![]
+                                };
+                                let req = SyncRequest {
+                                    group_id: G.into(),
+                                    generation_id: resp.generation_id,
+                                    member_id: resp.member_id.clone(),
+                                    group_instance_id: self.clients[i].instance.clone(),
+                                    protocol_type: Some("consumer".into()),
+                                    protocol_name: resp.protocol_name.clone(),
+                                    assignments,
+                                };
+                                St::Syncing(
+                                    resp.member_id,
+                                    resp.generation_id,
+                                    spawn_sync(&self.coord, req),
+                                )
+                            }
+                            Err(GroupError::MemberIdRequired { member_id }) => {
+                                St::Rejoin(member_id)
+                            }
+                            Err(GroupError::RebalanceInProgress) => St::Rejoin(id),
+                            Err(GroupError::InconsistentGroupProtocol) => {
+                                self.clients[i].held.clear();
+                                self.fatal
+                                    .push(format!("{name}: INCONSISTENT_GROUP_PROTOCOL"));
+                                St::Dead
+                            }
+                            Err(GroupError::FencedInstanceId) => {
+                                self.clients[i].held.clear();
+                                St::Dead
+                            }
+                            Err(GroupError::UnreleasedInstanceId { .. }) => St::Idle(String::new()),
+                            Err(_) => {
+                                self.clients[i].held.clear();
+                                St::Idle(String::new())
+                            }
+                        }
+                    }
+                }
+                St::Syncing(id, generation, h) => {
+                    if !h.is_finished() {
+                        St::Syncing(id, generation, h)
+                    } else {
+                        let r = h.await.unwrap();
+                        self.log(format!(
+                            "{name}: SyncGroup {id}@{generation} -> {:?}",
+                            r.as_ref().map(|s| held_of(&s.assignment))
+                        ));
+                        match r {
+                            Ok(s) => {
+                                let new = held_of(&s.assignment);
+                                let revoked: BTreeSet<i32> =
+                                    self.clients[i].held.difference(&new).copied().collect();
+                                self.clients[i].held = new;
+                                if kind == Kind::Coop && !revoked.is_empty() {
+                                    St::Rejoin(id)
+                                } else {
+                                    St::Stable(id, generation)
+                                }
+                            }
+                            Err(GroupError::RebalanceInProgress) => {
+                                if kind == Kind::Eager {
+                                    self.clients[i].held.clear();
+                                }
+                                St::Rejoin(id)
+                            }
+                            Err(GroupError::IllegalGeneration { .. }) => {
+                                self.clients[i].held.clear();
+                                St::Rejoin(id)
+                            }
+                            Err(GroupError::FencedInstanceId) => {
+                                self.clients[i].held.clear();
+                                St::Dead
+                            }
+                            Err(_) => {
+                                self.clients[i].held.clear();
+                                St::Idle(String::new())
+                            }
+                        }
+                    }
+                }
+                St::Stable(id, generation) => {
+                    let leave = churn && next(40) == 0;
+                    let die = churn && !leave && next(80) == 0;
+                    if die || (leave && self.clients[i].instance.is_some()) {
+                        self.clients[i].held.clear();
+                        self.log(format!("{name}: dies silently (classic {id})"));
+                        St::Dead
+                    } else if leave {
+                        self.clients[i].held.clear();
+                        let r = self.coord.leave(&LeaveRequest {
+                            group_id: G.into(),
+                            members: vec![LeavingMember {
+                                member_id: id.clone(),
+                                group_instance_id: None,
+                                reason: None,
+                            }],
+                        });
+                        self.log(format!("{name}: LeaveGroup {id} -> {r:?}"));
+                        St::Dead
+                    } else {
+                        let r = self.coord.heartbeat(&HeartbeatRequest {
+                            group_id: G.into(),
+                            generation_id: generation,
+                            member_id: id.clone(),
+                            group_instance_id: self.clients[i].instance.clone(),
+                        });
+                        if r.is_err() {
+                            self.log(format!("{name}: Heartbeat {id}@{generation} -> {r:?}"));
+                        }
+                        match r {
+                            Ok(()) => St::Stable(id, generation),
+                            Err(GroupError::RebalanceInProgress) => {
+                                if kind == Kind::Eager {
+                                    self.clients[i].held.clear();
+                                }
+                                St::Rejoin(id)
+                            }
+                            Err(GroupError::IllegalGeneration { .. }) => {
+                                self.clients[i].held.clear();
+                                St::Rejoin(id)
+                            }
+                            Err(GroupError::FencedInstanceId) => {
+                                self.clients[i].held.clear();
+                                St::Dead
+                            }
+                            Err(_) => {
+                                self.clients[i].held.clear();
+                                St::Idle(String::new())
+                            }
+                        }
+                    }
+                }
+            };
+            let _ = now;
+            self.clients[i].st = new_st;
+            self.check();
+        }
+
+        /// The coordinator restarts from its store: requests in flight fail, and their
+        /// clients retry (JoinGroup again with their member id).
+        fn restart(&mut self) {
+            for c in &mut self.clients {
+                let st = std::mem::replace(&mut c.st, St::Dead);
+                c.st = match st {
+                    St::Joining(id, h) => {
+                        h.abort();
+                        St::Rejoin(id)
+                    }
+                    St::Syncing(id, _, h) => {
+                        h.abort();
+                        if c.kind == Kind::Eager {
+                            c.held.clear();
+                        }
+                        St::Rejoin(id)
+                    }
+                    other => other,
+                };
+            }
+            self.coord.flush();
+            self.coord = GroupCoordinator::with_clock(
+                prop_config(),
+                self.store.clone(),
+                Clock::Manual(self.clock.clone()),
+            )
+            .unwrap();
+            self.trace.push("== coordinator restarted ==".into());
+        }
+    }
+
+    async fn run_seed(
+        seed: u64,
+        steps: usize,
+        restarts: bool,
+    ) -> (Vec<String>, Option<String>, Option<String>) {
+        let mut next = numbers(seed);
+        let store = Arc::new(MemoryOffsetStore::new());
+        let clock = ManualClock::new();
+        let coord = GroupCoordinator::with_clock(
+            prop_config(),
+            store.clone(),
+            Clock::Manual(clock.clone()),
+        )
+        .unwrap();
+        let mut clients = Vec::new();
+        for (n, name) in ["s0", "d1", "d2", "d3"].iter().enumerate() {
+            let kind = [Kind::Eager, Kind::Coop, Kind::Consumer][next(3) as usize];
+            clients.push(Client {
+                name: name.to_string(),
+                kind,
+                instance: (n == 0).then(|| "inst-s0".to_string()),
+                st: St::Idle(String::new()),
+                held: BTreeSet::new(),
+            });
+        }
+        let mut w = World {
+            coord,
+            clock,
+            store,
+            clients,
+            trace: Vec::new(),
+            seed,
+            fatal: Vec::new(),
+            violation: None,
+        };
+        for step in 0..steps + 400 {
+            let churn = step < steps;
+            let mut order: Vec<usize> = (0..w.clients.len()).collect();
+            for j in (1..order.len()).rev() {
+                order.swap(j, next(j as u64 + 1) as usize);
+            }
+            for i in order {
+                w.step(i, &mut next, churn).await;
+                settle().await;
+            }
+            if w.violation.is_some() {
+                break;
+            }
+            let by = Duration::from_millis(50 + next(350));
+            w.clock.advance(by);
+            w.coord.tick();
+            settle().await;
+            if restarts && churn && next(150) == 0 {
+                w.restart();
+                settle().await;
+            }
+        }
+        // Liveness: every partition held once all settled, if anyone is live.
+        let live = w.clients.iter().any(|c| !matches!(c.st, St::Dead));
+        let total: usize = w.clients.iter().map(|c| c.held.len()).sum();
+        let stuck = (live && total != N as usize).then(|| {
+            format!(
+                "seed {seed}: after settling only {total} of {N} partitions held: {:?}\n{:?}",
+                w.clients
+                    .iter()
+                    .map(|c| (&c.name, c.kind, &c.st, &c.held))
+                    .collect::<Vec<_>>(),
+                w.coord.consumer_describe(G)
+            )
+        });
+        if w.violation.is_some() {
+            return (w.fatal, None, w.violation);
+        }
+        (w.fatal, stuck, None)
+    }
+
+    #[tokio::test]
+    async fn no_partition_is_held_twice_across_upgrades_and_downgrades() {
+        let seeds: u64 = std::env::var("PROP_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(100);
+        let first: u64 = std::env::var("PROP_FIRST")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let restarts = std::env::var("PROP_RESTARTS").is_ok();
+        let mut fatal = 0;
+        let mut stuck = Vec::new();
+        let mut violations = Vec::new();
+        for seed in first..first + seeds {
+            let (f, s, v) = run_seed(seed, 600, restarts).await;
+            if let Some(v) = v {
+                violations.push(v);
+            }
+            if !f.is_empty() {
+                fatal += 1;
+                eprintln!("seed {seed}: fatal client errors {f:?}");
+            }
+            if let Some(s) = s {
+                stuck.push(s);
+            }
+        }
+        eprintln!(
+            "seeds with fatal client errors: {fatal}; stuck: {}",
+            stuck.len()
+        );
+        for s in stuck.iter().take(5) {
+            eprintln!("{s}");
+        }
+        eprintln!("seeds with a partition held twice: {}", violations.len());
+        for v in &violations {
+            eprintln!("=====\n{v}");
+        }
+        assert!(violations.is_empty());
+    }
+}
