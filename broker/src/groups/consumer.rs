@@ -241,6 +241,13 @@ pub struct ClassicSeed {
     pub owned: Vec<(String, Vec<i32>)>,
 }
 
+/// Whether every one of `members` supports the protocol (assignor) `name`.
+fn supported_by_all(name: &str, members: &[&ClassicMember]) -> bool {
+    members
+        .iter()
+        .all(|c| c.protocols.iter().any(|(n, _)| n == name))
+}
+
 /// A classic member the group hosted, as the classic group takes it back when the group's last
 /// member of the consumer protocol left (Kafka's online downgrade).
 #[derive(Debug, Clone)]
@@ -1367,10 +1374,21 @@ impl ConsumerGroup {
         self.dirty = true;
     }
 
-    /// Whether members are left and every one is a classic member the group hosts: the group
-    /// goes back to the classic protocol ([`Self::hand_back_classic_members`]).
+    /// Whether members are left, every one a classic member the group hosts, with a protocol
+    /// (assignor) they all support: the group goes back to the classic protocol
+    /// ([`Self::hand_back_classic_members`]).
     pub fn only_classic_members(&self) -> bool {
-        !self.members.is_empty() && self.members.values().all(|m| m.classic.is_some())
+        let classic: Vec<&ClassicMember> = self
+            .members
+            .values()
+            .filter_map(|m| m.classic.as_ref())
+            .collect();
+        !classic.is_empty()
+            && classic.len() == self.members.len()
+            && classic[0]
+                .protocols
+                .iter()
+                .any(|(name, _)| supported_by_all(name, &classic))
     }
 
     /// Gives every member, each a hosted classic member, back to the classic group (Kafka's
@@ -1454,6 +1472,27 @@ impl ConsumerGroup {
             Some(m) => Some(m.epoch),
             None => None,
         };
+        // As Kafka: a classic member must share a protocol (assignor) with the other classic
+        // members, so that they can form a classic group again once no member of the consumer
+        // protocol is left (a static member's old self it replaces does not count).
+        let replaced = req
+            .group_instance_id
+            .as_deref()
+            .and_then(|i| self.holder_of(i).cloned());
+        let others: Vec<&ClassicMember> = self
+            .members
+            .iter()
+            .filter(|(id, _)| **id != member_id && Some(*id) != replaced.as_ref())
+            .filter_map(|(_, m)| m.classic.as_ref())
+            .collect();
+        if !others.is_empty()
+            && !req
+                .protocols
+                .iter()
+                .any(|p| supported_by_all(&p.name, &others))
+        {
+            return Err(GroupError::InconsistentGroupProtocol);
+        }
         debug!(group = %client_text(&self.group_id), member = %client_text(&member_id), epoch = ?known, "classic member joins (hosted by the consumer protocol's group)");
         let mut owned = Assignment::new();
         if known.is_some() {

@@ -314,6 +314,12 @@ impl Group {
         self.state = GroupState::Stable;
         info!(group = %client_text(&self.id), generation = self.generation, members = self.members.len(),
             "group membership restored");
+        if self.leader.as_deref() == Some("") {
+            // Saved when the group came back from the consumer protocol, before its members
+            // joined again (`take_back_classic_members`): the rebalance is still to be made.
+            self.leader = None;
+            self.prepare_rebalance(now);
+        }
     }
 
     fn member(&self, id: &str) -> Option<&Member> {
@@ -1311,7 +1317,9 @@ impl Group {
             let first = self.members.first()?.protocols.first()?;
             Some(first.name.clone())
         });
-        self.leader = self.members.first().map(|m| m.id.clone());
+        // No leader until they join again: saved so, a restart before the rebalance completes
+        // prepares it again (see `restore`).
+        self.leader = None;
         self.pending_members.clear();
         self.pending_sync.clear();
         self.sync_deadline = None;

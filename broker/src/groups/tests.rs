@@ -1969,6 +1969,19 @@ async fn the_last_consumer_protocol_member_leaving_gives_the_group_back_to_the_c
         .collect();
     expected.sort();
     assert_eq!(members, expected, "each keeps what it held");
+    // Restarted before they join again, the group still prepares that rebalance (the
+    // partitions the newcomer held would otherwise wait for a member forever).
+    let restarted = GroupCoordinator::with_clock(
+        config(Duration::ZERO),
+        h.store.clone(),
+        Clock::Manual(h.clock.clone()),
+    )
+    .unwrap();
+    assert_eq!(
+        restarted.describe_group("down").unwrap().state,
+        GroupState::PreparingRebalance
+    );
+    drop(restarted);
 
     // Told to join again; they do, and their leader assigns.
     let generation = hosted.iter().map(|(_, g, _)| *g).max().unwrap();
@@ -2872,4 +2885,39 @@ mod migration_property {
         }
         assert!(violations.is_empty());
     }
+}
+
+/// As in Kafka, a classic member joining a group of the consumer protocol must share a
+/// protocol (assignor) with the classic members it hosts, or the group could not be a classic
+/// one again once the consumer-protocol members leave: INCONSISTENT_GROUP_PROTOCOL.
+#[tokio::test]
+async fn hosted_classic_members_must_share_an_assignor() {
+    let h = harness(Duration::ZERO);
+    let view = TopicView::from([("t".to_string(), (uuid::Uuid::from_u128(7), 4))]);
+    let visible = |_: &str| true;
+    h.coord
+        .consumer_heartbeat(newcomer_join("mix", "new", None), &view, &visible)
+        .unwrap();
+    let classic = |protocols: &[&str]| {
+        let mut req = join_req("mix", "", "c");
+        req.protocols = protocols
+            .iter()
+            .map(|name| JoinProtocol {
+                name: name.to_string(),
+                metadata: subscription(&["t"]),
+            })
+            .collect();
+        req
+    };
+    h.coord.join(classic(&["range"]), &view).await.unwrap();
+    assert_eq!(
+        h.coord.join(classic(&["cooperative-sticky"]), &view).await,
+        Err(GroupError::InconsistentGroupProtocol)
+    );
+    assert!(
+        h.coord
+            .join(classic(&["cooperative-sticky", "range"]), &view)
+            .await
+            .is_ok()
+    );
 }
