@@ -1372,6 +1372,17 @@ impl ConsumerGroup {
         // moves no epoch.
         self.metadata = self.subscribed_metadata(view);
         self.dirty = true;
+        // A partition the classic assignment gave no one (an assignor that left it out,
+        // partitions added since its rebalance): the group moves to its next epoch, whose
+        // target gives it out, rather than leaving it unread until something else changes (a
+        // static member replacing its classic self moves no epoch of its own).
+        let uncovered = self
+            .metadata
+            .iter()
+            .any(|(_, id, n)| (0..*n).any(|p| !self.target.values().any(|a| contains(a, *id, p))));
+        if uncovered {
+            self.epoch += 1;
+        }
     }
 
     /// Whether members are left, every one a classic member the group hosts, with a protocol
