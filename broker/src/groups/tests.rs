@@ -2437,6 +2437,32 @@ mod migration_property {
     }
 
     impl World {
+        /// Where classic client `i` goes when its SyncGroup or Heartbeat is refused with `e`.
+        fn refused(&mut self, i: usize, kind: Kind, id: String, e: &GroupError) -> St {
+            let held = &mut self.clients[i].held;
+            match e {
+                GroupError::RebalanceInProgress => {
+                    // A cooperative member keeps what it holds while it joins again.
+                    if kind == Kind::Eager {
+                        held.clear();
+                    }
+                    St::Rejoin(id)
+                }
+                GroupError::IllegalGeneration { .. } => {
+                    held.clear();
+                    St::Rejoin(id)
+                }
+                GroupError::FencedInstanceId => {
+                    held.clear();
+                    St::Dead
+                }
+                _ => {
+                    held.clear();
+                    St::Idle(String::new())
+                }
+            }
+        }
+
         fn log(&mut self, s: String) {
             self.trace.push(s);
         }
@@ -2659,24 +2685,7 @@ mod migration_property {
                                     St::Stable(id, generation)
                                 }
                             }
-                            Err(GroupError::RebalanceInProgress) => {
-                                if kind == Kind::Eager {
-                                    self.clients[i].held.clear();
-                                }
-                                St::Rejoin(id)
-                            }
-                            Err(GroupError::IllegalGeneration { .. }) => {
-                                self.clients[i].held.clear();
-                                St::Rejoin(id)
-                            }
-                            Err(GroupError::FencedInstanceId) => {
-                                self.clients[i].held.clear();
-                                St::Dead
-                            }
-                            Err(_) => {
-                                self.clients[i].held.clear();
-                                St::Idle(String::new())
-                            }
+                            Err(e) => self.refused(i, kind, id, &e),
                         }
                     }
                 }
@@ -2711,24 +2720,7 @@ mod migration_property {
                         }
                         match r {
                             Ok(()) => St::Stable(id, generation),
-                            Err(GroupError::RebalanceInProgress) => {
-                                if kind == Kind::Eager {
-                                    self.clients[i].held.clear();
-                                }
-                                St::Rejoin(id)
-                            }
-                            Err(GroupError::IllegalGeneration { .. }) => {
-                                self.clients[i].held.clear();
-                                St::Rejoin(id)
-                            }
-                            Err(GroupError::FencedInstanceId) => {
-                                self.clients[i].held.clear();
-                                St::Dead
-                            }
-                            Err(_) => {
-                                self.clients[i].held.clear();
-                                St::Idle(String::new())
-                            }
+                            Err(e) => self.refused(i, kind, id, &e),
                         }
                     }
                 }
