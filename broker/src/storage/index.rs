@@ -27,6 +27,16 @@ pub(crate) struct OffsetIndex {
 }
 
 impl OffsetIndex {
+    /// Frees the room reserved for entries beyond those held (a sealed segment's).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
     /// Add an entry; ignored unless it moves both fields forward.
     pub(crate) fn push(&mut self, rel_offset: u32, position: u32) {
         if let Some(&(o, p)) = self.entries.last()
@@ -87,6 +97,21 @@ pub(crate) struct TimeIndex {
 }
 
 impl TimeIndex {
+    /// Frees the room reserved for entries beyond those held (a sealed segment's).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Add an entry; ignored unless both the timestamp and the offset move forward.
     pub(crate) fn push(&mut self, timestamp: i64, rel_offset: u32) {
         if let Some(&(t, o)) = self.entries.last()

@@ -352,6 +352,12 @@ fn roll_by_size_and_index_lookups_survive_reopen() {
         assert!(s.size <= 1000);
     }
     assert!(log.segments[0].offset_index_len() > 2);
+    // A rolled segment's indexes, kept in memory while it is retained, hold no spare room.
+    let sealed = &log.segments[0];
+    assert_eq!(
+        sealed.index_capacity(),
+        (sealed.offset_index_len(), sealed.time_index_len())
+    );
     check_every_offset(&log);
     assert!(!index_path(dir.path(), 0).exists(), "written by the seal");
     log.seal_all().unwrap();

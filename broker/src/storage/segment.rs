@@ -520,6 +520,10 @@ impl Segment {
                 (self.offset_of_max_timestamp - self.base_offset) as u32,
             );
         }
+        // Kept in memory while the segment is retained: no room for entries that will not come
+        // (a grown Vec holds up to twice what it uses).
+        self.offset_index.shrink_to_fit();
+        self.time_index.shrink_to_fit();
     }
 
     /// The index files of a sealed segment: the offset index and the time index, each as its
@@ -561,6 +565,17 @@ impl Segment {
     #[cfg(test)]
     pub(crate) fn offset_index_len(&self) -> usize {
         self.offset_index.len()
+    }
+
+    /// How many entries each index has room for (offset, time).
+    #[cfg(test)]
+    pub(crate) fn index_capacity(&self) -> (usize, usize) {
+        (self.offset_index.capacity(), self.time_index.capacity())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn time_index_len(&self) -> usize {
+        self.time_index.len()
     }
 
     /// Delete the segment's files (the open descriptor stays usable until dropped), with any
