@@ -100,8 +100,9 @@ def test_admin_says_every_operation_is_allowed(broker):
         op.CREATE, op.ALTER, op.DESCRIBE, op.CLUSTER_ACTION, op.DESCRIBE_CONFIGS,
         op.ALTER_CONFIGS, op.IDEMPOTENT_WRITE}
     got = admin.describe_consumer_groups([name], include_authorized_operations=True)
+    # Kafka 4's group operations: its own configs (DescribeConfigs, AlterConfigs) included.
     assert set(got[name].result(timeout=10).authorized_operations) == {
-        op.READ, op.DESCRIBE, op.DELETE}
+        op.READ, op.DESCRIBE, op.DELETE, op.DESCRIBE_CONFIGS, op.ALTER_CONFIGS}
     # Not asked: none are named.
     got = admin.describe_consumer_groups([name])
     assert not got[name].result(timeout=10).authorized_operations
