@@ -1389,17 +1389,19 @@ impl ConsumerGroup {
     /// (assignor) they all support: the group goes back to the classic protocol
     /// ([`Self::hand_back_classic_members`]).
     pub fn only_classic_members(&self) -> bool {
+        // Asked at every poll of the group: the usual answer comes without allocating.
+        if self.members.is_empty() || self.members.values().any(|m| m.classic.is_none()) {
+            return false;
+        }
         let classic: Vec<&ClassicMember> = self
             .members
             .values()
             .filter_map(|m| m.classic.as_ref())
             .collect();
-        !classic.is_empty()
-            && classic.len() == self.members.len()
-            && classic[0]
-                .protocols
-                .iter()
-                .any(|(name, _)| supported_by_all(name, &classic))
+        classic[0]
+            .protocols
+            .iter()
+            .any(|(name, _)| supported_by_all(name, &classic))
     }
 
     /// Gives every member, each a hosted classic member, back to the classic group (Kafka's
