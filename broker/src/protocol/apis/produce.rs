@@ -479,16 +479,11 @@ fn routed_partitions(broker: &Broker, name: &str) -> Option<i32> {
     }
 }
 
-/// Appends the batches a chain routed to other topics. A batch over its topic's
-/// `max.message.bytes` (say, records that a dead-letter copy made larger with its headers) is
-/// split until its parts fit. Returns the first failure, for a produce whose own partition
-/// keeps nothing (every record went elsewhere), which then reports it; a produce whose records
-/// are stored counts and logs it (`runnel_produce_errors_total`), as its producer can do
-/// nothing about a copy.
-/// Routed batches made ready to append, each with its partition: checked as that partition's
-/// append checks records, and split in halves while too large for it (a topic with a smaller
-/// `max.message.bytes`). Records no append could store refuse the produce, with the reason,
-/// before anything is written.
+/// The batches a chain routed to other topics, made ready to append, each with its partition:
+/// checked as that partition's append checks records, and a batch over its topic's
+/// `max.message.bytes` (say, records that a dead-letter copy made larger with its headers)
+/// split in halves until its parts fit. Records no append could store refuse the produce, with
+/// the reason, before anything is written.
 fn plan_routed(
     broker: &Arc<Broker>,
     routed: Vec<plugins::RoutedBatch>,
@@ -526,8 +521,10 @@ fn plan_routed(
     Ok(planned)
 }
 
-/// Appends routed batches [`plan_routed`] made ready; a failure (a disk's, a partition gone
-/// since) is counted and logged, and the first is returned.
+/// Appends routed batches [`plan_routed`] made ready. A failure now (a disk's) is counted and
+/// logged (`runnel_produce_errors_total`), and the first is returned: a produce whose own
+/// partition keeps nothing (every record went elsewhere) reports it; one whose records are
+/// stored does not, as its producer can do nothing about a copy.
 fn append_routed(
     broker: &Arc<Broker>,
     routed: Vec<(Arc<crate::catalog::Partition>, plugins::RoutedBatch)>,
