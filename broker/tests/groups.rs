@@ -1268,6 +1268,13 @@ async fn a_groups_own_configs_set_its_members_heartbeat_and_session_timeout() {
         let said = r.responses[0].error_message.as_deref().unwrap().to_string();
         assert!(said.contains(why), "{said}");
     }
+    // APPEND and SUBTRACT are for lists, which no group config is.
+    let mut append = incremental(&[("consumer.session.timeout.ms", Some("50000"))], false);
+    append.resources[0].configs[0].config_operation = 2;
+    let r = raw.call(&append, 1).await;
+    assert_eq!(r.responses[0].error_code, INVALID_CONFIG);
+    let said = r.responses[0].error_message.as_deref().unwrap_or_default();
+    assert!(said.contains("is not a list"), "{said}");
     // Checked only, then set.
     let wanted = [
         ("consumer.session.timeout.ms", Some("10000")),

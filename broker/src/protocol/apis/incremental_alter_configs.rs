@@ -15,6 +15,7 @@ use super::describe_configs::{
     RESOURCE_BROKER_LOGGER, RESOURCE_GROUP, RESOURCE_TOPIC, other_broker,
 };
 use super::s;
+use crate::log_budget::client_text;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
 
@@ -74,37 +75,8 @@ pub async fn handle(
                 out.error_code = code;
                 return out;
             }
-            if r.resource_type == RESOURCE_GROUP {
-                let mut changes = Vec::new();
-                for c in r.configs {
-                    match c.config_operation {
-                        SET => changes.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
-                        DELETE => changes.push((c.name.to_string(), None)),
-                        APPEND | SUBTRACT => {
-                            out.error_code = E::InvalidConfig.code();
-                            out.error_message = Some(s(format!(
-                                "{} is not a list: append and subtract do not apply to it",
-                                crate::log_budget::client_text(&c.name)
-                            )));
-                            return out;
-                        }
-                        op => {
-                            out.error_code = E::InvalidRequest.code();
-                            out.error_message =
-                                Some(s(format!("config operation {op} is not supported")));
-                            return out;
-                        }
-                    }
-                }
-                if let Some((code, why)) =
-                    alter_group(&ctx, &r.resource_name, &changes, false, req.validate_only)
-                {
-                    out.error_code = code;
-                    out.error_message = Some(s(why));
-                }
-                return out;
-            }
-            if r.resource_type != RESOURCE_TOPIC {
+            let group = r.resource_type == RESOURCE_GROUP;
+            if !group && r.resource_type != RESOURCE_TOPIC {
                 out.error_code = E::InvalidRequest.code();
                 out.error_message = Some(s(NOT_ALTERABLE));
                 return out;
@@ -115,11 +87,16 @@ pub async fn handle(
                     SET => changes.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
                     DELETE => changes.push((c.name.to_string(), None)),
                     op @ (APPEND | SUBTRACT) => {
-                        if c.name.as_str() != LIST_CONFIG {
+                        if group || c.name.as_str() != LIST_CONFIG {
+                            let applies = if group {
+                                "to no group config"
+                            } else {
+                                "to cleanup.policy"
+                            };
                             out.error_code = E::InvalidConfig.code();
                             out.error_message = Some(s(format!(
-                                "{} is not a list: append and subtract apply to {LIST_CONFIG}",
-                                c.name.as_str()
+                                "{} is not a list: append and subtract apply {applies}",
+                                client_text(&c.name)
                             )));
                             return out;
                         }
@@ -161,7 +138,14 @@ pub async fn handle(
                     }
                 }
             }
-            if let Err(e) =
+            if group {
+                if let Some((code, why)) =
+                    alter_group(&ctx, &r.resource_name, &changes, false, req.validate_only)
+                {
+                    out.error_code = code;
+                    out.error_message = Some(s(why));
+                }
+            } else if let Err(e) =
                 catalog.alter_configs(&r.resource_name, changes, true, req.validate_only)
             {
                 out.error_code = catalog_code(&e);
