@@ -1675,16 +1675,7 @@ async fn stable_classic_pair(
         .find(|m| *m != leader)
         .unwrap();
     let mut leader_sync = sync_req(group, generation, &leader, &[]);
-    leader_sync.assignments = vec![
-        SyncAssignment {
-            member_id: leader.clone(),
-            assignment: classic_assignment(&[0, 1]),
-        },
-        SyncAssignment {
-            member_id: follower.clone(),
-            assignment: classic_assignment(&[2, 3]),
-        },
-    ];
+    leader_sync.assignments = halves(&leader, &follower);
     let mut follower_sync = sync_req(group, generation, &follower, &[]);
     follower_sync.group_instance_id = instances[1].map(str::to_string);
     leader_sync.group_instance_id = instances[0].map(str::to_string);
@@ -1693,6 +1684,21 @@ async fn stable_classic_pair(
     h.sync(leader_sync).await.unwrap();
     waiting.await.unwrap().unwrap();
     (leader, follower, generation)
+}
+
+/// A classic leader's assignment of `t`'s four partitions: 0 and 1 to `first`, 2 and 3 to
+/// `second`.
+fn halves(first: &str, second: &str) -> Vec<SyncAssignment> {
+    vec![
+        SyncAssignment {
+            member_id: first.to_string(),
+            assignment: classic_assignment(&[0, 1]),
+        },
+        SyncAssignment {
+            member_id: second.to_string(),
+            assignment: classic_assignment(&[2, 3]),
+        },
+    ]
 }
 
 fn newcomer_join(group: &str, member: &str, instance: Option<&str>) -> ConsumerHeartbeat {
@@ -2019,16 +2025,7 @@ async fn the_last_consumer_protocol_member_leaving_gives_the_group_back_to_the_c
         &leader
     };
     let mut leader_sync = sync_req("down", next, &new_leader, &[]);
-    leader_sync.assignments = vec![
-        SyncAssignment {
-            member_id: new_leader.clone(),
-            assignment: classic_assignment(&[0, 1]),
-        },
-        SyncAssignment {
-            member_id: other.clone(),
-            assignment: classic_assignment(&[2, 3]),
-        },
-    ];
+    leader_sync.assignments = halves(&new_leader, other);
     let waiting = h.spawn_sync(sync_req("down", next, other, &[]));
     settle().await;
     h.sync(leader_sync).await.unwrap();
