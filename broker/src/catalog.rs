@@ -137,8 +137,8 @@ impl Partition {
         self.append_with(records, now_ms, false)
     }
 
-    /// [`Partition::append`] of batches the plugin chain rewrote for an idempotent producer
-    /// (see `PartitionLog::append_rewritten`).
+    /// [`Partition::append`] of batches the plugin chain rewrote (see
+    /// `PartitionLog::append_rewritten`).
     pub fn append_rewritten(
         &self,
         records: &[u8],

@@ -519,8 +519,12 @@ fn producer(bootstrap: &str, codec: &str, extra: &[(&str, &str)]) -> FutureProdu
 }
 
 /// Sends (key, value, timestamp) records to partition 0 as one burst; every delivery must
-/// succeed.
-async fn send(p: &FutureProducer, topic: &str, records: &[(Option<&str>, &str, Option<i64>)]) {
+/// succeed. Returns the offset each delivery report gave.
+async fn send(
+    p: &FutureProducer,
+    topic: &str,
+    records: &[(Option<&str>, &str, Option<i64>)],
+) -> Vec<i64> {
     let mut futures = Vec::new();
     for (key, value, ts) in records {
         let mut rec = FutureRecord::<str, str>::to(topic)
@@ -534,11 +538,14 @@ async fn send(p: &FutureProducer, topic: &str, records: &[(Option<&str>, &str, O
         }
         futures.push(p.send_result(rec).map_err(|(e, _)| e).unwrap());
     }
+    let mut offsets = Vec::new();
     for f in futures {
-        if let Err((e, _)) = f.await.unwrap() {
-            panic!("{topic}: delivery failed: {e}");
+        match f.await.unwrap() {
+            Ok(delivery) => offsets.push(delivery.offset),
+            Err((e, _)) => panic!("{topic}: delivery failed: {e}"),
         }
     }
+    offsets
 }
 
 fn log_end(broker: &runnel::BrokerHandle, topic: &str) -> i64 {
@@ -722,11 +729,103 @@ async fn idempotent_producers_survive_dropped_records_and_dropped_batches() {
     broker.shutdown().await;
 }
 
+/// A producer's delivery reports give each record base offset + its position in its batch (a
+/// produce response has only the base): when a filter drops records from the start, middle and
+/// end of a batch, every kept record is read at the offset its report gave, through a chain of
+/// filters (copied in place) and through a filter and a transform (decoded and re-encoded), for
+/// idempotent producers and others, uncompressed and compressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_reports_give_the_offsets_kept_records_are_read_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.plugins.load = vec![
+        plugin("hot", "json_filter.wasm", "temp > 20"),
+        plugin("redact", "redact_enrich.wasm", r#"{"mask": ["pin"]}"#),
+    ];
+    cfg.plugins.bindings = vec![
+        bind("filtered", &["hot"], OnError::FailClosed),
+        bind("transformed", &["hot", "redact"], OnError::FailClosed),
+    ];
+    let broker = common::start_with(cfg).await;
+    let bootstrap = broker.bootstrap();
+    let one_batch_of_six = [("linger.ms", "5000"), ("batch.num.messages", "6")];
+    let temps = [1, 30, 2, 31, 32, 3];
+    let mut reported = std::collections::HashMap::new();
+    let mut last = std::collections::HashMap::new();
+    let mut round = 0;
+    for topic in ["filtered", "transformed"] {
+        for codec in ["none", "lz4"] {
+            for idempotence in ["true", "false"] {
+                let mut settings = one_batch_of_six.to_vec();
+                settings.push(("enable.idempotence", idempotence));
+                let p = producer(&bootstrap, codec, &settings);
+                let values: Vec<String> = temps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        format!(r#"{{"temp":{t},"pin":{round},"round":{round},"n":{i}}}"#)
+                    })
+                    .collect();
+                let records: Vec<_> = values
+                    .iter()
+                    .map(|v| (Some("d"), v.as_str(), None))
+                    .collect();
+                let offsets = send(&p, topic, &records).await;
+                // One batch: consecutive offsets from its base.
+                assert_eq!(
+                    offsets,
+                    (offsets[0]..offsets[0] + 6).collect::<Vec<_>>(),
+                    "{topic} {codec} idempotence={idempotence}"
+                );
+                for (i, offset) in offsets.into_iter().enumerate() {
+                    if temps[i] > 20 {
+                        let pin = if topic == "filtered" {
+                            round.to_string()
+                        } else {
+                            r#""***""#.into()
+                        };
+                        let stored = format!(
+                            r#"{{"temp":{},"pin":{pin},"round":{round},"n":{i}}}"#,
+                            temps[i]
+                        );
+                        reported.insert(stored.clone(), offset);
+                        last.insert(topic, stored);
+                    }
+                }
+                round += 1;
+            }
+        }
+    }
+    for topic in ["filtered", "transformed"] {
+        let got = tokio::task::spawn_blocking({
+            let (bootstrap, last) = (bootstrap.clone(), last[topic].clone());
+            move || consume_until(&bootstrap, topic, &last)
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.len(), 12, "{topic}: 4 batches of 3 kept records");
+        for m in &got {
+            let value = seen(m).value;
+            assert_eq!(
+                reported.get(&value),
+                Some(&m.offset()),
+                "{topic}: {value} is read at {} but its delivery report said {:?}",
+                m.offset(),
+                reported.get(&value)
+            );
+        }
+        // The dropped records' offsets stay unused: 4 batches of 6.
+        assert_eq!(log_end(&broker, topic), 24);
+    }
+    broker.shutdown().await;
+}
+
 /// A consumer tailing a topic whose filter empties whole batches of an idempotent producer
 /// (each stored as a batch without records, for the producer's sequence numbers) is never
 /// answered with those batches alone: librdkafka, reading no message in such an answer, takes
 /// it for a message too large to fetch (doubling its fetch size, then MSG_SIZE_TOO_LARGE at
-/// every fetch, which ended `runnel consume`). They go out with the next record kept.
+/// every fetch, which ended `runnel consume`). They go out with the next record kept. A batch
+/// whose last record was dropped (its span ends past its last record) does not stop it either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_tailing_batches_a_filter_emptied_sees_no_error() {
     use rdkafka::consumer::Consumer;
@@ -777,17 +876,29 @@ async fn a_consumer_tailing_batches_a_filter_emptied_sees_no_error() {
         .await;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    let two = producer(&bootstrap, "none", &ONE_BATCH_OF_TWO);
+    let pair = [
+        (None, r#"{"temp":35,"n":2}"#, None),
+        (None, r#"{"temp":6,"n":3}"#, None),
+    ];
+    assert_eq!(send(&two, "quiet", &pair).await, [17, 18]);
+    // The consumer, past offset 17, fetches from 18 (the dropped record's) meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     send(&p, "quiet", &[(None, r#"{"temp":40,"n":99}"#, None)]).await;
     let (values, errors, position) = tail.await.unwrap();
     assert!(errors.is_empty(), "errors: {errors:?}");
     assert_eq!(
         values,
-        vec![r#"{"temp":30,"n":0}"#, r#"{"temp":40,"n":99}"#]
+        vec![
+            r#"{"temp":30,"n":0}"#,
+            r#"{"temp":35,"n":2}"#,
+            r#"{"temp":40,"n":99}"#
+        ]
     );
-    assert_eq!(log_end(&broker, "quiet"), 18);
+    assert_eq!(log_end(&broker, "quiet"), 20);
     assert_eq!(
         position,
-        rdkafka::Offset::Offset(18),
+        rdkafka::Offset::Offset(20),
         "past the emptied batches"
     );
     broker.shutdown().await;
@@ -1088,11 +1199,12 @@ async fn the_chain_filters_what_quic_devices_send_acknowledged_or_as_datagrams()
                 .unwrap()
         })
         .collect();
+    let mut acks = Vec::new();
     for s in sends {
-        s.await.expect("acknowledged (kept or filtered)");
+        acks.push(s.await.expect("acknowledged (kept or filtered)"));
     }
     // The producer's sequence still lines up: a later batch is accepted.
-    device
+    let last = device
         .send("readings", Some(b"dev-1"), br#"{"src":"ack","temp":40}"#)
         .await
         .unwrap();
@@ -1124,6 +1236,9 @@ async fn the_chain_filters_what_quic_devices_send_acknowledged_or_as_datagrams()
             r#"{"src":"datagram","temp":33}"#,
         ]
     );
+    // Each kept reading is read at the offset its acknowledgement gave.
+    let offsets: Vec<i64> = got.iter().take(3).map(|m| m.offset()).collect();
+    assert_eq!(offsets, [acks[0].offset, acks[2].offset, last.offset]);
     device.close().await;
     broker.shutdown().await;
 }

@@ -19,6 +19,13 @@
 //!   producer's attributes, id and epoch ([`reencode`]). A chain of filters only takes a
 //!   shorter way: records framed from the (uncompressed) batch in place and the kept ones
 //!   copied into the new batch, no record values made ([`raw`]).
+//! - Offsets: a rewritten batch keeps the producer's span of offsets (its lastOffsetDelta), and
+//!   each record a filter kept stays at the offset delta it was produced at, so the offsets a
+//!   producer computes from the produce response (base offset + the record's position in its
+//!   batch) are those its kept records are read at; the offsets of dropped records stay
+//!   unused, as after compaction. A transform that answers as many records for the partition
+//!   as it was given keeps their offsets in order; one that answers more or fewer renumbers
+//!   the batch from its base (for an idempotent producer within the producer's span).
 //! - A chain runs filters and transforms in order. A transform's outputs without a topic go on
 //!   through the rest of the chain; outputs naming a topic leave the chain and are appended to
 //!   that topic as they are (its own chain does not run on them, so chains cannot loop), in the
@@ -27,8 +34,8 @@
 //! - Idempotent producers (a producer id and baseSequence >= 0): the re-encoded batch keeps the producer's
 //!   baseSequence and its lastOffsetDelta (the original count - 1) even when it holds fewer
 //!   records, so it spans the sequence numbers the producer used and its next batch is in
-//!   sequence; the offsets of dropped records stay unused, as after compaction. A batch that
-//!   loses every record is stored as an empty (header-only) batch for the same reason. Storage
+//!   sequence. A batch that loses every record is stored as an empty (header-only) batch for
+//!   the same reason (a non-idempotent producer's is not stored at all). Storage
 //!   accepts such batches only through `append_rewritten`; Fetch sends a consumer such batches
 //!   only with a batch after them (librdkafka takes an answer of nothing else for a message too
 //!   large to fetch). A transform that writes MORE records
@@ -258,8 +265,8 @@ pub struct ChainOutput {
     /// What to append to the produced partition: the record data itself when nothing changed,
     /// empty when nothing is left to store.
     pub records: Bytes,
-    /// Whether `records` holds batches the chain rewrote for an idempotent producer (wider
-    /// sequence span than record count, or empty): append them with `append_rewritten`.
+    /// Whether `records` holds batches the chain rewrote (a wider span of offsets than records,
+    /// or for an idempotent producer none): append them with `append_rewritten`.
     pub rewritten: bool,
     /// Records for other topics (transform outputs naming a topic, dead-lettered batches), one
     /// batch per (topic, partition), to append once the produced partition's append succeeded.
@@ -280,7 +287,7 @@ impl RoutedBatch {
     /// or a batch that does not decode.
     pub fn halves(&self) -> Option<[RoutedBatch; 2]> {
         let h = storage::check_batch(&self.records).ok()?;
-        let mut first = decode(&self.records, &h).ok()?;
+        let (mut first, _) = decode(&self.records, &h).ok()?;
         if first.len() < 2 {
             return None;
         }
@@ -314,7 +321,6 @@ pub fn run_chain(
 ) -> Result<ChainOutput, ProduceFilterError> {
     let mut out = BytesMut::new();
     let mut changed = false;
-    let mut rewritten = false;
     let mut routed: Vec<(String, OwnedRecord)> = Vec::new();
     // The codec routed records are stored with: the producer's.
     let mut codec = 0;
@@ -343,9 +349,6 @@ pub fn run_chain(
             };
             changed = true;
             routed.extend(ran.routed);
-            if idempotent(&h) {
-                rewritten = true;
-            }
             push_rewritten(&mut out, &raw, &h, ran.batch);
             continue;
         }
@@ -358,19 +361,17 @@ pub fn run_chain(
         changed = true;
         routed.extend(ran.routed);
         let kept = ran.records;
-        if idempotent(&h) {
-            // Idempotent: keep the producer's sequence span (see the module docs).
-            if kept.len() > h.record_count.max(0) as usize {
-                return Err(ProduceFilterError::Idempotent {
-                    produced: h.record_count,
-                    written: kept.len(),
-                });
-            }
-            rewritten = true;
+        // Idempotent: keep the producer's sequence span (see the module docs).
+        if idempotent(&h) && ran.deltas.is_none() && kept.len() > h.record_count.max(0) as usize {
+            return Err(ProduceFilterError::Idempotent {
+                produced: h.record_count,
+                written: kept.len(),
+            });
         }
-        let batch = match kept.is_empty() {
-            true => None,
-            false => Some(reencode(&raw, &kept)?),
+        let batch = match (kept.is_empty(), ran.deltas) {
+            (true, _) => None,
+            (false, Some(deltas)) => Some(reencode_at(&raw, &h, &kept, &deltas)?),
+            (false, None) => Some(reencode(&raw, &kept)?),
         };
         push_rewritten(&mut out, &raw, &h, batch);
     }
@@ -380,7 +381,7 @@ pub fn run_chain(
         } else {
             records.clone()
         },
-        rewritten,
+        rewritten: changed,
         routed: encode_routed(routed, codec, partitions)?,
     })
 }
@@ -391,6 +392,9 @@ struct BatchRun {
     changed: bool,
     /// The records for the produced partition.
     records: Vec<OwnedRecord>,
+    /// The offset delta each of `records` was produced at, while the chain keeps track of it
+    /// (see the module docs); `None` once a transform changed their number.
+    deltas: Option<Vec<i32>>,
     /// Records for other topics.
     routed: Vec<(String, OwnedRecord)>,
 }
@@ -405,7 +409,8 @@ fn idempotent(h: &BatchHeader) -> bool {
 /// Appends the batch a chain made of the produced batch `raw` (header `h`) to `out`: `batch` is
 /// the kept records re-encoded, `None` when none were kept. For an idempotent producer the
 /// batch keeps the producer's sequence span (see the module docs): its lastOffsetDelta is the
-/// produced one, and a batch with no records left still goes in, empty.
+/// produced one (a batch renumbered by a transform gets it here), and a batch with no records
+/// left still goes in, empty.
 fn push_rewritten(out: &mut BytesMut, raw: &[u8], h: &BatchHeader, batch: Option<Vec<u8>>) {
     let idempotent = idempotent(h);
     match batch {
@@ -429,13 +434,14 @@ fn run_batch(
     chain: &Chain,
     topic: &str,
     partition: i32,
-    original: Vec<OwnedRecord>,
+    (original, deltas): (Vec<OwnedRecord>, Vec<i32>),
     partitions: &dyn Fn(&str) -> Option<i32>,
 ) -> Result<BatchRun, ProduceFilterError> {
     // `records` starts as the batch as produced; a copy of that is kept only when a plugin
     // changes it and a later failure could send the batch to the dead-letter topic.
     let dead_letter = chain.on_error == OnError::DeadLetter;
     let mut records = original;
+    let mut deltas = Some(deltas);
     let mut original: Option<Vec<OwnedRecord>> = None;
     let mut routed = Vec::new();
     let mut changed = false;
@@ -456,12 +462,10 @@ fn run_batch(
                     if dead_letter && original.is_none() {
                         original = Some(records.clone());
                     }
-                    let mut i = 0;
-                    records.retain(|_| {
-                        let keep = bitmap[i / 8] & (1 << (i % 8)) != 0;
-                        i += 1;
-                        keep
-                    });
+                    keep_marked(&mut records, &bitmap);
+                    if let Some(deltas) = &mut deltas {
+                        keep_marked(deltas, &bitmap);
+                    }
                     changed = true;
                 }),
             Kind::Transform => plugin
@@ -492,6 +496,9 @@ fn run_batch(
                         }
                     }
                     changed |= !routed.is_empty() || records != mine;
+                    if mine.len() != records.len() {
+                        deltas = None;
+                    }
                     let before = std::mem::replace(&mut records, mine);
                     if dead_letter && original.is_none() {
                         original = Some(before);
@@ -510,6 +517,7 @@ fn run_batch(
                 return Ok(BatchRun {
                     changed: true,
                     records: Vec::new(),
+                    deltas: None,
                     routed,
                 });
             }
@@ -518,6 +526,7 @@ fn run_batch(
     Ok(BatchRun {
         changed,
         records,
+        deltas,
         routed,
     })
 }
@@ -572,13 +581,17 @@ fn on_failure(
     }
 }
 
-/// The records of the batch `raw` (header `h`), every header as produced.
-fn decode(raw: &Bytes, h: &BatchHeader) -> Result<Vec<OwnedRecord>, ProduceFilterError> {
+/// The records of the batch `raw` (header `h`), every header as produced, and their offset
+/// deltas.
+fn decode(
+    raw: &Bytes,
+    h: &BatchHeader,
+) -> Result<(Vec<OwnedRecord>, Vec<i32>), ProduceFilterError> {
     // The CRC first: the batch is written again with a new one.
     storage::check_batch(raw).map_err(|e| ProduceFilterError::Corrupt(e.to_string()))?;
     let plain = record_spans::plain_batch(raw.clone(), h).map_err(ProduceFilterError::Corrupt)?;
     let records = Records::parse(&plain, h).map_err(ProduceFilterError::Corrupt)?;
-    Ok(records.owned(&plain))
+    Ok((records.owned(&plain), records.offset_deltas()))
 }
 
 /// What a chain of filters made of a batch (see [`raw`]).
@@ -613,14 +626,7 @@ fn run_filters_raw(
             check_bitmap(&bitmap, kept.len()).map(|()| bitmap)
         });
         match result {
-            Ok(bitmap) => {
-                let mut i = 0;
-                kept.retain(|_| {
-                    let keep = bitmap[i / 8] & (1 << (i % 8)) != 0;
-                    i += 1;
-                    keep
-                });
-            }
+            Ok(bitmap) => keep_marked(&mut kept, &bitmap),
             Err(e) => {
                 let as_produced = || Ok(records.owned(&plain));
                 if let Some(routed) =
@@ -640,7 +646,7 @@ fn run_filters_raw(
     let batch = match kept.is_empty() {
         true => None,
         false => Some(
-            record_spans::compressed(records.rebuild(&kept))
+            record_spans::compressed(records.keep_offsets(h, &kept, None))
                 .map_err(ProduceFilterError::Corrupt)?,
         ),
     };
@@ -648,6 +654,17 @@ fn run_filters_raw(
         batch,
         routed: Vec::new(),
     }))
+}
+
+/// Keeps the items a filter's keep bitmap marks (item i: bit i % 8 of byte i / 8), in order;
+/// the bitmap was checked to cover them ([`check_bitmap`]).
+fn keep_marked<T>(items: &mut Vec<T>, bitmap: &[u8]) {
+    let mut i = 0;
+    items.retain(|_| {
+        let keep = bitmap[i / 8] & (1 << (i % 8)) != 0;
+        i += 1;
+        keep
+    });
 }
 
 /// Checks a filter's keep bitmap holds one bit per record.
@@ -723,6 +740,18 @@ fn encode_routed(
 /// the producer's compression, attributes, producer id, epoch and base sequence.
 fn reencode(raw: &[u8], kept: &[OwnedRecord]) -> Result<Vec<u8>, ProduceFilterError> {
     record_spans::encode(raw, kept)
+        .map_err(|e| ProduceFilterError::Corrupt(format!("re-encode: {e}")))
+}
+
+/// The records `kept` of the produced batch `raw` (header `h`) as [`reencode`] makes them, but
+/// each at its offset delta in `deltas`, within the produced batch's span of offsets.
+fn reencode_at(
+    raw: &[u8],
+    h: &BatchHeader,
+    kept: &[OwnedRecord],
+    deltas: &[i32],
+) -> Result<Vec<u8>, ProduceFilterError> {
+    record_spans::encode_at(raw, kept, deltas, h.last_offset_delta)
         .map_err(|e| ProduceFilterError::Corrupt(format!("re-encode: {e}")))
 }
 
@@ -826,7 +855,7 @@ mod tests {
         ];
         let raw = Bytes::from(broker_encoded_batch(&recs, Compression::Lz4));
         let h = BatchHeader::parse(&raw).unwrap();
-        let all = decode(&raw, &h).unwrap();
+        let (all, _) = decode(&raw, &h).unwrap();
         let kept = vec![all[1].clone(), all[4].clone()];
         let out = reencode(&raw, &kept).unwrap();
         let nh = storage::check_batch(&out).unwrap();

@@ -102,10 +102,10 @@ mod tests {
         }
     }
 
-    /// Framing in place gives the same frame as framing decoded records, and rebuilding the
-    /// kept ones gives the same batch as re-encoding them.
+    /// Framing in place gives the same frame as framing decoded records, and copying the kept
+    /// ones gives the records, at the same offsets, that re-encoding them at their deltas does.
     #[test]
-    fn frame_and_rebuild_match_the_decoder_and_encoder() {
+    fn frame_and_copy_match_the_decoder_and_encoder() {
         for n in [1, 2, 9, 200] {
             let raw = batch(n);
             let h = storage::check_batch(&raw).unwrap();
@@ -121,10 +121,25 @@ mod tests {
                     frame(&recs, "topic", 3, &which),
                     crate::plugins::frame_records("topic", 3, &chosen)
                 );
-                let rebuilt = recs.rebuild(&which);
-                let reencoded = super::super::reencode(&raw, &chosen).unwrap();
-                assert_eq!(rebuilt, reencoded, "n {n} every {pick}");
-                storage::check_batch(&rebuilt).unwrap();
+                let copied = recs.keep_offsets(&h, &which, None);
+                let deltas: Vec<i32> = which.iter().map(|&i| i as i32).collect();
+                let reencoded = super::super::reencode_at(&raw, &h, &chosen, &deltas).unwrap();
+                let ch = storage::check_batch(&copied).unwrap();
+                let rh = storage::check_batch(&reencoded).unwrap();
+                assert_eq!(
+                    (ch.last_offset_delta, ch.record_count, ch.max_timestamp),
+                    (rh.last_offset_delta, rh.record_count, rh.max_timestamp)
+                );
+                assert_eq!(ch.last_offset_delta, h.last_offset_delta);
+                let decode = |b: Vec<u8>| {
+                    RecordBatchDecoder::decode(&mut Bytes::from(b))
+                        .unwrap()
+                        .records
+                };
+                let (copied, reencoded) = (decode(copied), decode(reencoded));
+                let offsets: Vec<i64> = copied.iter().map(|r| r.offset).collect();
+                assert_eq!(offsets, which.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                assert_eq!(copied, reencoded, "n {n} every {pick}");
             }
         }
     }
@@ -151,12 +166,14 @@ mod tests {
             let plain = storage::record_spans::plain_batch(raw.clone(), &h).unwrap();
             let recs = Records::parse(&plain, &h).unwrap();
             let which: Vec<usize> = (0..40).filter(|i| i % 3 != 1).collect();
-            let rebuilt = storage::record_spans::compressed(recs.rebuild(&which)).unwrap();
+            let rebuilt =
+                storage::record_spans::compressed(recs.keep_offsets(&h, &which, None)).unwrap();
             let nh = storage::check_batch(&rebuilt).unwrap();
             assert_eq!(nh.compression(), h.compression(), "{compression:?}");
             assert!(rebuilt.len() > BATCH_HEADER_LEN);
             let chosen: Vec<OwnedRecord> = which.iter().map(|&i| owned(&records[i])).collect();
-            let reencoded = super::super::reencode(&raw, &chosen).unwrap();
+            let deltas: Vec<i32> = which.iter().map(|&i| i as i32).collect();
+            let reencoded = super::super::reencode_at(&raw, &h, &chosen, &deltas).unwrap();
             let decode = |b: Vec<u8>| {
                 RecordBatchDecoder::decode(&mut Bytes::from(b))
                     .unwrap()

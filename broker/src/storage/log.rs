@@ -313,11 +313,12 @@ impl PartitionLog {
         self.append_checked(records, now_ms, false, true)
     }
 
-    /// [`PartitionLog::append`] for batches the broker's plugins rewrote for an idempotent
-    /// producer: such a batch keeps the producer's sequence span (baseSequence and
-    /// lastOffsetDelta) while holding fewer records, or none (a header-only batch), so the
-    /// producer's next batch is in sequence; the offsets of the removed records stay unused, as
-    /// after compaction. Batches without a producer id are checked as by `append`.
+    /// [`PartitionLog::append`] for batches the broker's plugins rewrote: such a batch keeps
+    /// the producer's span of offsets (lastOffsetDelta) while holding fewer records, each at
+    /// the offset it was produced at, so the offsets a producer computes for its records stay
+    /// theirs; the offsets of the removed records stay unused, as after compaction. An
+    /// idempotent producer's batch may hold no records at all (a header-only batch), so that
+    /// its next batch is in sequence; a batch without a producer id must hold one.
     pub fn append_rewritten(
         &mut self,
         records: &[u8],
@@ -982,11 +983,12 @@ fn check_produce_data(
             });
         }
         check_batch(rest).map_err(corrupt)?;
-        let counts_ok = if rewritten && h.has_producer_id() {
-            // A wider span than the records, or no records (then no compressed payload).
+        let counts_ok = if rewritten {
+            // A wider span than the records (the offsets of records a plugin dropped), or, for
+            // a producer's sequence numbers, no records (then no compressed payload).
             h.record_count >= 0
                 && h.last_offset_delta >= h.record_count.max(1) - 1
-                && (h.record_count > 0 || h.compression() == 0)
+                && (h.record_count > 0 || (h.has_producer_id() && h.compression() == 0))
         } else {
             h.record_count > 0 && h.last_offset_delta == h.record_count - 1
         };

@@ -1153,11 +1153,12 @@ fn an_uncompressed_batch_that_lies_about_its_record_count_is_refused() {
     assert_eq!(log.log_end_offset(), 6);
 }
 
-/// A batch the plugins rewrote for an idempotent producer keeps its sequence span with fewer
-/// records (or none): `append_rewritten` stores it, the producer's next batch is in sequence,
-/// also after a restart; the plain `append` refuses such batches from the network.
+/// A batch the plugins rewrote keeps its producer's span of offsets with fewer records (for
+/// an idempotent producer, also none): `append_rewritten` stores it, an idempotent producer's
+/// next batch is in sequence, also after a restart; the plain `append` refuses such batches
+/// from the network.
 #[test]
-fn rewritten_idempotent_batches_keep_the_sequence_span() {
+fn rewritten_batches_keep_the_producer_s_span() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), cfg());
     // Five records produced with sequences 0..=4, two kept: lastOffsetDelta stays 4.
@@ -1199,11 +1200,20 @@ fn rewritten_idempotent_batches_keep_the_sequence_span() {
     // State rebuilt from the stored headers agrees.
     let mut log = open(dir.path(), cfg());
     assert_eq!(log.append(&idem(2, 7, 0, 11), NOW).unwrap().base_offset, 11);
-    // Batches without a producer id get the plain checks even when rewritten.
+    // A batch without a producer id may span more offsets than it holds records (a filter
+    // dropped some), but not hold none.
     let mut plain = batch(2, NOW);
     put_i32(&mut plain, LAST_OFFSET_DELTA_POS, 4);
     rewrite_crc(&mut plain);
-    assert!(log.append_rewritten(&plain, NOW).is_err());
+    assert!(log.append(&plain, NOW).is_err());
+    let info = log.append_rewritten(&plain, NOW).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (13, 17));
+    let plain_h = BatchHeader::parse(&plain).unwrap();
+    assert!(
+        log.append_rewritten(&super::empty_batch(&plain, &plain_h), NOW)
+            .is_err()
+    );
+    assert_eq!(log.log_end_offset(), 18);
 }
 
 #[test]

@@ -7,18 +7,13 @@
 //! [`Records::parse`] finds each record's fields in them, and the kept records are copied into a
 //! new batch, which [`compressed`] compresses again with the batch's codec.
 //!
-//! - [`Records::rebuild`] (plugin filters): the kept records renumbered from offset delta 0,
-//!   rewriting only what changes in each (its length, timestamp delta and offset delta). For an
-//!   uncompressed batch this is byte for byte what `RecordBatchEncoder` makes of the kept
-//!   records (the tests check it): first timestamp = the smallest kept timestamp, max timestamp
-//!   = the largest, the producer's header fields (base offset, leader epoch, attributes,
-//!   producer id and epoch, base sequence) kept; but two headers of one name stay two.
-//! - [`Records::keep_offsets`] (compaction): the kept records copied whole, so each keeps its
-//!   offset and timestamp deltas; the batch keeps its base offset, first timestamp,
-//!   lastOffsetDelta and sequences, as Kafka's cleaner keeps them for v2 batches.
+//! - [`Records::keep_offsets`] (compaction, plugin filters): the kept records copied whole, so
+//!   each keeps its offset and timestamp deltas; the batch keeps its base offset, first
+//!   timestamp, lastOffsetDelta and sequences, as Kafka's cleaner keeps them for v2 batches.
 //! - [`Records::owned`] and [`encode`] (plugin transforms, dead-letter copies, routed
 //!   batches): records as [`OwnedRecord`] values (headers a list), and a new batch of such
-//!   records with the header fields of a template batch.
+//!   records with the header fields of a template batch; [`encode_at`] puts them at given
+//!   offset deltas (the kept records of a plugin chain, at the offsets they were produced at).
 //!
 //! Record layout: see [`super::records`].
 
@@ -226,6 +221,11 @@ impl<'a> Records<'a> {
         }
     }
 
+    /// Every record's offset delta, in order.
+    pub fn offset_deltas(&self) -> Vec<i32> {
+        self.spans.iter().map(|s| s.offset_delta).collect()
+    }
+
     /// Every record's fields, sliced from `plain` (the bytes these records were parsed from).
     pub fn owned(&self, plain: &Bytes) -> Vec<OwnedRecord> {
         debug_assert!(std::ptr::eq(plain.as_ref(), self.batch));
@@ -251,31 +251,6 @@ impl<'a> Records<'a> {
                 }
             })
             .collect()
-    }
-
-    /// A new plain batch holding the records `kept` (indexes, in order, at least one)
-    /// renumbered from offset delta 0, with the producer's header fields; lastOffsetDelta =
-    /// kept - 1 and the CRC computed (the caller patches lastOffsetDelta for an idempotent
-    /// producer). For a compressed batch, pass it through [`compressed`].
-    pub fn rebuild(&self, kept: &[usize]) -> Vec<u8> {
-        let spans = || kept.iter().map(|&i| &self.spans[i]);
-        let first = spans().map(|s| s.timestamp).min().unwrap_or_default();
-        let max = spans().map(|s| s.timestamp).max().unwrap_or_default();
-        let mut out = Vec::with_capacity(self.batch.len());
-        out.extend_from_slice(&self.batch[..BATCH_HEADER_LEN]);
-        let mut prefix = Vec::with_capacity(16);
-        for (delta, s) in spans().enumerate() {
-            prefix.clear();
-            prefix.push(0); // record attributes
-            put_varlong(&mut prefix, s.timestamp.wrapping_sub(first));
-            put_varlong(&mut prefix, delta as i64);
-            put_varlong(&mut out, (prefix.len() + s.tail.len()) as i64);
-            out.extend_from_slice(&prefix);
-            out.extend_from_slice(&self.batch[s.tail.clone()]);
-        }
-        renumbered(&mut out, kept.len(), first, max);
-        storage::rewrite_crc(&mut out);
-        out
     }
 
     /// A new plain batch holding the records `kept` (indexes, in order, at least one) as they
@@ -358,6 +333,34 @@ pub fn header_without_producer(codec: i16) -> Vec<u8> {
 /// compressed with the codec the attributes name. What `RecordBatchEncoder` makes of them,
 /// but every header kept.
 pub fn encode(template: &[u8], records: &[OwnedRecord]) -> Result<Vec<u8>, String> {
+    encode_in(template, records, None)
+}
+
+/// A new batch of `records` as [`encode`] makes it, but with record `i` at offset delta
+/// `deltas[i]` (increasing, one per record) and lastOffsetDelta `last` (at least the last of
+/// them): a batch that spans more offsets than it holds records, as compaction leaves them.
+pub fn encode_at(
+    template: &[u8],
+    records: &[OwnedRecord],
+    deltas: &[i32],
+    last: i32,
+) -> Result<Vec<u8>, String> {
+    if deltas.len() != records.len() || deltas.last().is_some_and(|&d| d > last) {
+        return Err(format!(
+            "{} offset deltas up to {:?} for {} records in a span to {last}",
+            deltas.len(),
+            deltas.last(),
+            records.len()
+        ));
+    }
+    encode_in(template, records, Some((deltas, last)))
+}
+
+fn encode_in(
+    template: &[u8],
+    records: &[OwnedRecord],
+    at: Option<(&[i32], i32)>,
+) -> Result<Vec<u8>, String> {
     fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
         match v {
             None => put_varlong(out, -1),
@@ -389,11 +392,12 @@ pub fn encode(template: &[u8], records: &[OwnedRecord]) -> Result<Vec<u8>, Strin
     );
     out.extend_from_slice(&template[..BATCH_HEADER_LEN]);
     let mut body = Vec::with_capacity(64);
-    for (delta, r) in records.iter().enumerate() {
+    for (i, r) in records.iter().enumerate() {
+        let delta = at.map_or(i as i64, |(deltas, _)| i64::from(deltas[i]));
         body.clear();
         body.push(0); // record attributes
         put_varlong(&mut body, r.timestamp.wrapping_sub(first));
-        put_varlong(&mut body, delta as i64);
+        put_varlong(&mut body, delta);
         field(&mut body, r.key.as_deref());
         field(&mut body, r.value.as_deref());
         put_varlong(&mut body, r.headers.len() as i64);
@@ -405,6 +409,9 @@ pub fn encode(template: &[u8], records: &[OwnedRecord]) -> Result<Vec<u8>, Strin
         out.extend_from_slice(&body);
     }
     renumbered(&mut out, records.len(), first, max);
+    if let Some((_, last)) = at {
+        storage::put_i32(&mut out, storage::LAST_OFFSET_DELTA_POS, last);
+    }
     compressed(out)
 }
 
@@ -443,7 +450,7 @@ pub fn plain_batch(raw: Bytes, h: &BatchHeader) -> Result<Bytes, String> {
     Ok(plain.freeze())
 }
 
-/// The plain batch `plain` (from [`Records::rebuild`] or [`Records::keep_offsets`], its length
+/// The plain batch `plain` (from [`Records::keep_offsets`] or [`encode`], its length
 /// set) with its records compressed by the codec its header names, its length and CRC set.
 pub fn compressed(plain: Vec<u8>) -> Result<Vec<u8>, String> {
     use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
@@ -596,10 +603,6 @@ mod tests {
             assert!(th.is_log_append_time(), "{codec:?}");
             assert_eq!((th.max_timestamp, th.delete_horizon()), (77_777, Some(5)));
             assert_eq!(read_spans(&tagged), expected, "{codec:?}");
-            // The plugin filters' copy: renumbered from 0.
-            let rebuilt = compressed(spans.rebuild(&[1, 4])).unwrap();
-            let expected = vec![(0, recs[1].clone()), (1, recs[4].clone())];
-            assert_eq!(read_spans(&rebuilt), expected, "{codec:?}");
         }
     }
 
@@ -666,7 +669,8 @@ mod tests {
             let other = Bytes::from(broker_encoded_batch(&other, codec));
             assert!(!compacted_from(&other, &raw), "{codec:?}");
             // The same records at other offsets (renumbered, as a plugin filter does).
-            let moved = Bytes::from(compressed(spans.rebuild(&[1, 3])).unwrap());
+            let owned = spans.owned(&plain);
+            let moved = Bytes::from(encode(&raw, &[owned[1].clone(), owned[3].clone()]).unwrap());
             assert!(!compacted_from(&moved, &raw), "{codec:?}");
             // A LogAppendTime batch appended at another time (a retry a new leader stored).
             let at = |t| {
@@ -716,7 +720,6 @@ mod tests {
                     // A change inside a key, value or header value can still parse.
                     let all: Vec<usize> = (0..recs.len()).collect();
                     (0..recs.len()).for_each(|i| drop(recs.record(i)));
-                    recs.rebuild(&all);
                     recs.keep_offsets(&h, &all, None);
                     recs.keep_offsets(&h, &all, Some(i64::MIN));
                 }

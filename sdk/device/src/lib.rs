@@ -291,10 +291,9 @@ pub struct Ack {
     /// The record's offset in that partition: the base offset the broker gave the record's
     /// batch plus the record's position in it (-1 when the broker gave none), as every Kafka
     /// producer computes it, since a produce response carries only the base offset. When a
-    /// filter or transform plugin on the broker drops records of the batch, the kept ones are
-    /// stored at consecutive offsets from the base, so from the first dropped record on these
-    /// offsets do not match the stored records (and a dropped record is acknowledged like a
-    /// kept one).
+    /// filter plugin on the broker drops records of the batch, the kept ones stay at these
+    /// offsets and a dropped one is acknowledged like a kept one, at an offset where nothing
+    /// is stored (a transform that answers more or fewer records renumbers the batch).
     pub offset: i64,
 }
 
