@@ -41,6 +41,9 @@
 //!   large to fetch). A transform that writes MORE records
 //!   to the partition than the idempotent batch held cannot be stored in sequence: refused
 //!   (POLICY_VIOLATION). Routed records are appended without a producer id.
+//! - A plugin that could not be called in time because every instance stayed busy (an
+//!   overloaded broker, not the plugin's fault) refuses the batch with a retriable error,
+//!   whatever the binding's policy: see [`ProduceFilterError::Overloaded`].
 //! - A failing call (trap, timeout, memory cap, error result, bad answer, disabled plugin)
 //!   fails that call only; the binding's `on_error` decides: fail-open passes the batch through
 //!   that plugin unchanged, fail-closed refuses the partition's produce with POLICY_VIOLATION,
@@ -167,6 +170,11 @@ pub enum ProduceFilterError {
     /// dead-letter topic).
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// A plugin could not be called in time: every instance stayed busy (the broker is
+    /// overloaded). Whatever the binding's `on_error`, the producer is asked to retry: the
+    /// batch neither passes unfiltered nor goes to the dead-letter topic for the broker's load.
+    #[error("{0}; retry later")]
+    Overloaded(PluginError),
     /// The batch could not be decoded or re-encoded.
     #[error("record batch: {0}")]
     Corrupt(String),
@@ -511,9 +519,7 @@ fn run_batch(
                     .take()
                     .unwrap_or_else(|| std::mem::take(&mut records)))
             };
-            if let Some(routed) =
-                on_failure(chain, plugin, e, topic, partition, partitions, as_produced)?
-            {
+            if let Some(routed) = on_failure(chain, e, topic, partition, partitions, as_produced)? {
                 return Ok(BatchRun {
                     changed: true,
                     records: Vec::new(),
@@ -534,16 +540,20 @@ fn run_batch(
 /// Applies the binding's `on_error` policy to a failed call: `Ok(None)` goes on as if the
 /// plugin were not there (fail-open), `Ok(Some(records))` are the batch's records as produced
 /// (from `as_produced`) for the dead-letter topic, and an error refuses the batch (fail-closed,
-/// or a dead-letter topic that does not exist).
+/// a dead-letter topic that does not exist, or, whatever the policy, a plugin too busy to be
+/// called: [`ProduceFilterError::Overloaded`]).
 fn on_failure(
     chain: &Chain,
-    plugin: &Plugin,
     e: PluginError,
     topic: &str,
     partition: i32,
     partitions: &dyn Fn(&str) -> Option<i32>,
     as_produced: impl FnOnce() -> Result<Vec<OwnedRecord>, ProduceFilterError>,
 ) -> Result<Option<Vec<(String, OwnedRecord)>>, ProduceFilterError> {
+    if matches!(e, PluginError::Busy { .. }) {
+        within_budget!(CALL_FAILED, warn, topic, partition, error = %e, "plugin busy; produce refused as retriable");
+        return Err(ProduceFilterError::Overloaded(e));
+    }
     let policy = chain.on_error.as_str();
     if matches!(e, PluginError::Disabled { .. }) {
         // Said once, with the reason, when the plugin was disabled.
@@ -567,14 +577,10 @@ fn on_failure(
                 );
                 return Err(e.into());
             }
+            let plugin = e.plugin().unwrap_or_default();
             let routed = as_produced()?
                 .into_iter()
-                .map(|r| {
-                    (
-                        dlt.to_owned(),
-                        dead_letter(r, plugin.name(), &e, topic, partition),
-                    )
-                })
+                .map(|r| (dlt.to_owned(), dead_letter(r, plugin, &e, topic, partition)))
                 .collect();
             Ok(Some(routed))
         }
@@ -630,7 +636,7 @@ fn run_filters_raw(
             Err(e) => {
                 let as_produced = || Ok(records.owned(&plain));
                 if let Some(routed) =
-                    on_failure(chain, plugin, e, topic, partition, partitions, as_produced)?
+                    on_failure(chain, e, topic, partition, partitions, as_produced)?
                 {
                     return Ok(Some(RawRun {
                         batch: None,
@@ -813,6 +819,57 @@ mod tests {
     use super::*;
     use crate::storage::testutil::*;
     use kafka_protocol::records::Compression;
+
+    /// A call that failed for the plugin's fault goes by the binding's policy; one that could
+    /// not be made because every instance stayed busy is a retriable refusal under every
+    /// policy: the batch neither passes unfiltered nor is dead-lettered for the broker's load.
+    #[test]
+    fn a_busy_plugin_refuses_as_retriable_under_every_policy() {
+        let busy = || PluginError::Busy {
+            name: "p".into(),
+            limit: Duration::from_secs(1),
+        };
+        let trap = || PluginError::Trap {
+            name: "p".into(),
+            message: "unreachable".into(),
+        };
+        let exists = |_: &str| Some(1);
+        let produced = || Ok(vec![record(Some(b"k"), Some(b"v"))]);
+        for on_error in [OnError::FailOpen, OnError::FailClosed, OnError::DeadLetter] {
+            let chain = Chain {
+                plugins: Vec::new(),
+                on_error,
+                dead_letter_topic: Some("dlt".into()),
+            };
+            let refused = on_failure(&chain, busy(), "t", 0, &exists, produced);
+            assert!(
+                matches!(
+                    refused,
+                    Err(ProduceFilterError::Overloaded(PluginError::Busy { .. }))
+                ),
+                "{on_error:?}: {refused:?}"
+            );
+            let failed = on_failure(&chain, trap(), "t", 0, &exists, produced);
+            match on_error {
+                OnError::FailOpen => assert!(matches!(failed, Ok(None))),
+                OnError::FailClosed => {
+                    assert!(matches!(failed, Err(ProduceFilterError::Plugin(_))))
+                }
+                OnError::DeadLetter => {
+                    let routed = failed.unwrap().unwrap();
+                    assert_eq!(routed.len(), 1);
+                    assert_eq!(routed[0].0, "dlt");
+                    assert!(
+                        routed[0]
+                            .1
+                            .headers
+                            .iter()
+                            .any(|(k, v)| k == DLT_PLUGIN && v.as_deref() == Some(&b"p"[..]))
+                    );
+                }
+            }
+        }
+    }
 
     fn record(key: Option<&'static [u8]>, value: Option<&'static [u8]>) -> OwnedRecord {
         OwnedRecord {

@@ -204,6 +204,7 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                                 | ProduceFilterError::Idempotent { .. } => {
                                     E::PolicyViolation.code()
                                 }
+                                ProduceFilterError::Overloaded(_) => E::RequestTimedOut.code(),
                                 ProduceFilterError::Corrupt(_) => E::CorruptMessage.code(),
                             };
                             fail(&mut out, &ctx, code, e.to_string());
