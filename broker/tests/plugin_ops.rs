@@ -239,9 +239,24 @@ async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad
         body.contains("plugins.load[0].path") && body.contains("missing.wasm: no such file"),
         "{body}"
     );
+    // Nor one whose plugin refuses its new config: the error names the plugin's key.
+    write_config(
+        &file,
+        &data,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &wasm_dir().join("json_filter.wasm"),
+        "temp >> 0",
+    );
+    let (status, body) = http(&admin, "POST", "/plugins/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("plugins.load[0]: plugin hot: init refused its config"),
+        "{body}"
+    );
     produce(&p, &[(5, 22), (6, 30)]).await;
 
-    // And one sent after both reloads.
+    // And one sent after the reloads.
     one_more_acked().await;
     stop.store(true, Ordering::Relaxed);
     let next = background.await.unwrap();

@@ -29,8 +29,14 @@ use super::{PluginError, Plugins};
 pub enum ReloadError {
     #[error("cannot reload the config file: {0}")]
     Config(#[from] ConfigError),
-    #[error(transparent)]
-    Plugin(#[from] PluginError),
+    /// A plugin did not load; `key` is where the new `[plugins]` section names it
+    /// (`plugins.load[i]`), when it does.
+    #[error("{}{source}", key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    Plugin {
+        key: Option<String>,
+        #[source]
+        source: PluginError,
+    },
 }
 
 /// What a successful reload did.
@@ -105,7 +111,11 @@ impl PluginSet {
             }
             None => (section.clone(), Vec::new()),
         };
-        let plugins = Plugins::load(&new_section, self.cache_dir.clone(), Some(&self.current()))?;
+        let plugins = Plugins::load(&new_section, self.cache_dir.clone(), Some(&self.current()))
+            .map_err(|source| ReloadError::Plugin {
+                key: source.config_key(&new_section),
+                source,
+            })?;
         let report = ReloadReport {
             plugins: plugins.loaded.len() + plugins.quotas.loaded.len(),
             bindings: new_section.bindings.len() + new_section.quotas.len(),
