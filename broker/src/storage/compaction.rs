@@ -1182,11 +1182,17 @@ impl PartitionLog {
             let base = c.base();
             let path = log_path(&dir, base);
             fs::rename(swap_path(&dir, base), &path).map_err(io_err(&path))?;
+            let mut segment = c.segment;
+            let mut placed = true;
             for p in [index_path(&dir, base), timeindex_path(&dir, base)] {
                 if let Err(e) = fs::rename(cleaned_path(&p), &p) {
-                    // The index is in memory; the next start rebuilds the file from the log.
+                    // The index stays in memory; the next start rebuilds the file from the log.
                     tracing::warn!(file = %p.display(), error = %e, "cannot put a compacted segment's index file in place");
+                    placed = false;
                 }
+            }
+            if placed {
+                segment.release_indexes();
             }
             let i = self
                 .segments
@@ -1194,7 +1200,7 @@ impl PartitionLog {
                 .position(|s| s.base_offset == base)
                 .expect("checked by replaced_by, and the log was held since");
             let replaced = c.members.len();
-            self.segments.splice(i..i + replaced, [c.segment]);
+            self.segments.splice(i..i + replaced, [segment]);
             for m in &c.members {
                 self.unsealed.retain(|&u| u != m.base_offset);
             }

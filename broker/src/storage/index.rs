@@ -13,9 +13,14 @@
 //! segment). The active segment's indexes live only in
 //! memory and are rebuilt by the recovery scan on open. A file that fails [`OffsetIndex::decode`]
 //! or the consistency check in `segment.rs` is discarded and rebuilt from the log.
+//!
+//! Once a sealed segment's files are written, its indexes leave the heap: lookups search the
+//! files with positioned reads ([`offset_lookup_in_file`], [`time_lookup_in_file`]), as Kafka
+//! searches its memory-mapped index files, so the heap does not grow with the log retained.
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
@@ -57,7 +62,6 @@ impl OffsetIndex {
         self.entries.last().copied()
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -107,7 +111,6 @@ impl TimeIndex {
         self.entries.capacity()
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -159,6 +162,62 @@ impl TimeIndex {
         }
         Some(idx)
     }
+}
+
+/// The first of `count` entries of `entry_len` bytes in `file` for which `before` is false (all
+/// those for which it is true come first), by a binary search reading one entry a step.
+fn partition_point_in_file(
+    file: &fs::File,
+    entry_len: usize,
+    count: usize,
+    before: impl Fn(&[u8]) -> bool,
+) -> std::io::Result<usize> {
+    let mut entry = [0u8; TIME_ENTRY_LEN];
+    let entry = &mut entry[..entry_len];
+    let (mut lo, mut hi) = (0, count);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        file.read_exact_at(entry, (mid * entry_len) as u64)?;
+        if before(entry) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// The number of whole entries of `entry_len` bytes in the index file `file`.
+fn entry_count(file: &fs::File, entry_len: usize) -> std::io::Result<usize> {
+    Ok(file.metadata()?.len() as usize / entry_len)
+}
+
+/// [`OffsetIndex::lookup`] over an offset index file.
+pub(crate) fn offset_lookup_in_file(path: &Path, rel_offset: u32) -> std::io::Result<(u32, u32)> {
+    let file = fs::File::open(path)?;
+    let count = entry_count(&file, OFFSET_ENTRY_LEN)?;
+    let rel = |e: &[u8]| u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
+    let i = partition_point_in_file(&file, OFFSET_ENTRY_LEN, count, |e| rel(e) <= rel_offset)?;
+    if i == 0 {
+        return Ok((0, 0));
+    }
+    let mut e = [0u8; OFFSET_ENTRY_LEN];
+    file.read_exact_at(&mut e, ((i - 1) * OFFSET_ENTRY_LEN) as u64)?;
+    Ok((rel(&e), u32::from_be_bytes([e[4], e[5], e[6], e[7]])))
+}
+
+/// [`TimeIndex::lookup`] over a time index file.
+pub(crate) fn time_lookup_in_file(path: &Path, target: i64) -> std::io::Result<u32> {
+    let file = fs::File::open(path)?;
+    let count = entry_count(&file, TIME_ENTRY_LEN)?;
+    let ts = |e: &[u8]| i64::from_be_bytes(e[..8].try_into().unwrap_or_default());
+    let i = partition_point_in_file(&file, TIME_ENTRY_LEN, count, |e| ts(e) < target)?;
+    if i == 0 {
+        return Ok(0);
+    }
+    let mut e = [0u8; TIME_ENTRY_LEN];
+    file.read_exact_at(&mut e, ((i - 1) * TIME_ENTRY_LEN) as u64)?;
+    Ok(u32::from_be_bytes([e[8], e[9], e[10], e[11]]))
 }
 
 /// Replace `path` with `bytes` durably: write `<path>.tmp`, fsync, rename.
@@ -214,5 +273,38 @@ mod tests {
         assert_eq!(idx.lookup(1000), 12);
         assert_eq!(TimeIndex::decode(&idx.encode()), Some(idx.clone()));
         assert_eq!(TimeIndex::decode(&[0; 11]), None);
+    }
+
+    /// Looking up in the files gives what looking up in memory gives, for every probe, from
+    /// empty indexes to large ones.
+    #[test]
+    fn lookups_in_the_files_match_lookups_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (offsets_at, times_at) = (dir.path().join("i"), dir.path().join("t"));
+        for n in [0u32, 1, 2, 3, 7, 100, 4097] {
+            let mut offsets = OffsetIndex::default();
+            let mut times = TimeIndex::default();
+            for i in 0..n {
+                offsets.push(i * 3 + 1, i * 4096 + 61);
+                times.push(1_000 + i64::from(i) * 5, i * 3 + 2);
+            }
+            write_file_atomic(&offsets_at, &offsets.encode()).unwrap();
+            write_file_atomic(&times_at, &times.encode()).unwrap();
+            for probe in (0..n * 3 + 5).chain([u32::MAX]) {
+                assert_eq!(
+                    offset_lookup_in_file(&offsets_at, probe).unwrap(),
+                    offsets.lookup(probe),
+                    "{n} entries, offset {probe}"
+                );
+            }
+            for probe in (0..i64::from(n) * 5 + 1_010).chain([i64::MIN, i64::MAX]) {
+                assert_eq!(
+                    time_lookup_in_file(&times_at, probe).unwrap(),
+                    times.lookup(probe),
+                    "{n} entries, time {probe}"
+                );
+            }
+        }
+        assert!(offset_lookup_in_file(&dir.path().join("gone"), 5).is_err());
     }
 }

@@ -35,7 +35,7 @@ use super::error::{StorageError, io_err};
 use super::index::write_file_atomic;
 use super::producer::{ProducerStates, SeqCheck};
 use super::records::check_stored_records;
-use super::segment::{OpenMode, Segment, SegmentView};
+use super::segment::{IndexStart, OpenMode, Segment, SegmentView};
 use super::txn::{AbortedTxn, Marker, TxnState, marker_batch, marker_of};
 use super::{AppendInfo, FlushPolicy, LogConfig, MaintenanceReport};
 
@@ -86,8 +86,8 @@ pub struct ReadPlan {
     max_bytes: usize,
     /// Whether the first batch is read whatever its size (KIP-74), as by default.
     first_whole: bool,
-    /// Views of the segments to look in, in order, each with the position to look from.
-    segments: Vec<(SegmentView, u64)>,
+    /// Views of the segments to look in, in order, each with where to look from.
+    segments: Vec<(SegmentView, IndexStart)>,
 }
 
 impl ReadPlan {
@@ -101,7 +101,8 @@ impl ReadPlan {
     /// The batches, as [`PartitionLog::read`] returns them.
     pub fn read(self) -> Result<Bytes, StorageError> {
         for (seg, from) in &self.segments {
-            if let Some(pos) = seg.find_position(*from, self.fetch_offset)? {
+            let from = seg.start_position(*from);
+            if let Some(pos) = seg.find_position(from, self.fetch_offset)? {
                 let batches = seg.read_batches(pos, self.max_bytes, self.first_whole)?;
                 return Ok(Bytes::from(batches));
             }
@@ -573,13 +574,22 @@ impl PartitionLog {
             .collect()
     }
 
-    /// A seal from [`PartitionLog::start_seals`] completed. If the segment was deleted meanwhile
-    /// (retention, DeleteRecords), the index files the seal wrote are removed again.
+    /// A seal from [`PartitionLog::start_seals`] completed: the segment's indexes are left to
+    /// the files it wrote. If the segment was deleted meanwhile (retention, DeleteRecords), the
+    /// index files the seal wrote are removed again.
     pub fn seal_done(&mut self, seal: &PendingSeal) {
         self.unsealed.retain(|&b| b != seal.base_offset);
-        if segment_at(&self.segments, seal.base_offset).is_none() {
-            for (path, _) in &seal.index_files {
-                let _ = fs::remove_file(path);
+        match segment_at(&self.segments, seal.base_offset) {
+            Some(i) => {
+                let seg = &mut self.segments[i];
+                if seal.data.is_of(seg) && seal.data.still_at_its_path() {
+                    seg.release_indexes();
+                }
+            }
+            None => {
+                for (path, _) in &seal.index_files {
+                    let _ = fs::remove_file(path);
+                }
             }
         }
     }
@@ -638,7 +648,7 @@ impl PartitionLog {
         let first = self.segment_for(fetch_offset);
         for seg in &self.segments[first..] {
             plan.segments
-                .push((seg.view(), seg.index_position(fetch_offset)));
+                .push((seg.view(), seg.index_start(fetch_offset)));
             if seg.base_offset > fetch_offset && seg.size > 0 {
                 break;
             }

@@ -352,7 +352,8 @@ fn roll_by_size_and_index_lookups_survive_reopen() {
         assert!(s.size <= 1000);
     }
     assert!(log.segments[0].offset_index_len() > 2);
-    // A rolled segment's indexes, kept in memory while it is retained, hold no spare room.
+    // A rolled segment's indexes, kept in memory until its index files are written, hold no
+    // spare room.
     let sealed = &log.segments[0];
     assert_eq!(
         sealed.index_capacity(),
@@ -371,6 +372,76 @@ fn roll_by_size_and_index_lookups_survive_reopen() {
     assert_eq!(log.segment_bases(), bases);
     assert_eq!(log.read(0, usize::MAX).unwrap(), all);
     check_every_offset(&log);
+}
+
+/// Once a sealed segment's index files are written its indexes leave the heap, and every
+/// lookup in the files finds what the lookup in memory found: the same start positions, the
+/// same batches for every offset and the same offsets for every timestamp, also after a
+/// restart. Index files that go missing or are swapped for wrong ones cost longer walks, never
+/// a wrong read.
+#[test]
+fn sealed_segments_leave_their_indexes_to_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1000,
+        index_interval_bytes: 150,
+        ..cfg()
+    };
+    let mut log = open(dir.path(), config.clone());
+    for i in 0..60 {
+        log.append(&batch(1 + i % 3, NOW + 10 * i as i64), NOW)
+            .unwrap();
+    }
+    let positions = |log: &PartitionLog| -> Vec<Vec<u64>> {
+        let end = log.log_end_offset();
+        log.segments
+            .iter()
+            .map(|s| (s.base_offset..end).map(|o| s.index_position(o)).collect())
+            .collect()
+    };
+    let by_time = |log: &PartitionLog| -> Vec<Option<(i64, i64)>> {
+        (NOW - 5..NOW + 10 * 60 + 5)
+            .map(|t| log.offset_for_timestamp(t).unwrap())
+            .collect()
+    };
+    let in_memory = positions(&log);
+    let times = by_time(&log);
+    let all = log.read(0, usize::MAX).unwrap();
+    assert!(log.segments[0].index_capacity().0 > 2);
+    log.seal_all().unwrap();
+    let sealed = log.segment_count() - 1;
+    assert!(sealed >= 3, "{sealed}");
+    let on_disk = |log: &PartitionLog| {
+        log.segments
+            .iter()
+            .filter(|s| s.index_capacity() == (0, 0))
+            .count()
+    };
+    assert_eq!(
+        on_disk(&log),
+        sealed,
+        "every sealed segment, not the active one"
+    );
+    assert_eq!(positions(&log), in_memory);
+    assert_eq!(by_time(&log), times);
+    assert_eq!(log.read(0, usize::MAX).unwrap(), all);
+    check_every_offset(&log);
+    drop(log);
+    let log = open(dir.path(), config.clone());
+    assert_eq!(on_disk(&log), sealed);
+    assert_eq!(positions(&log), in_memory);
+    assert_eq!(by_time(&log), times);
+    check_every_offset(&log);
+    // Segment 0's offset index replaced by segment 1's (entries that name other batches) and
+    // segment 1's files removed: the reads walk from the segments' starts instead.
+    let second = log.segment_bases()[1];
+    fs::copy(index_path(dir.path(), second), index_path(dir.path(), 0)).unwrap();
+    fs::remove_file(index_path(dir.path(), second)).unwrap();
+    fs::remove_file(timeindex_path(dir.path(), second)).unwrap();
+    assert_eq!(log.read(0, usize::MAX).unwrap(), all);
+    check_every_offset(&log);
+    assert_eq!(by_time(&log), times);
+    assert_eq!(log.segments[1].index_position(second + 5), 0);
 }
 
 #[test]

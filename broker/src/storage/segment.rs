@@ -11,6 +11,11 @@
 //!   truncating back to `size`, and bytes past `size` are never read.
 //! * `max_timestamp`/`offset_of_max_timestamp` cover every batch in the segment: the maxTimestamp
 //!   of the batch header (the append time for LogAppendTime batches) and that batch's last offset.
+//! * Indexes are in memory for the active segment and for a sealed one until its index files
+//!   are written; then they are only in the files (`indexes_on_disk`), searched at each lookup.
+//!   A position read from a file is used only if the batch there is the one its entry names, so
+//!   a missing, damaged or replaced file makes a lookup start at the segment's start (a longer
+//!   walk), never a wrong read.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -22,7 +27,9 @@ use tracing::warn;
 
 use super::batch::{BATCH_HEADER_LEN, BatchHeader, NO_TIMESTAMP, compute_crc};
 use super::error::{BatchError, StorageError, io_err};
-use super::index::{OffsetIndex, TimeIndex, write_file_atomic};
+use super::index::{
+    OffsetIndex, TimeIndex, offset_lookup_in_file, time_lookup_in_file, write_file_atomic,
+};
 
 pub(crate) fn log_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
@@ -163,6 +170,10 @@ pub(crate) struct Segment {
     pub(crate) written_ms: i64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
+    /// Whether the indexes are only in the segment's index files (a sealed segment whose files
+    /// are written; `offset_index` and `time_index` are then empty): so the heap does not hold
+    /// every retained segment's indexes (about 5 MB per GiB of log).
+    indexes_on_disk: bool,
     bytes_since_index: u64,
     index_interval: u64,
     /// Shared with the segment's views, which read or fsync it without the log's lock.
@@ -230,6 +241,7 @@ impl Segment {
             written_ms: now_ms,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            indexes_on_disk: false,
             bytes_since_index: 0,
             index_interval,
             file,
@@ -272,6 +284,7 @@ impl Segment {
             seg.next_offset = next;
             from_index = true;
         }
+        let loaded = (seg.offset_index.len(), seg.time_index.len());
         let mut end = seg.scan(start, file_len)?;
         if end < file_len && from_index {
             // Damage inside a sealed segment: do not trust anything, rescan from the start.
@@ -322,11 +335,25 @@ impl Segment {
             seg.sync()?;
             // The index files only spare the next start this scan: without them (say, on a
             // full disk) the segment is served from the index in memory.
-            if let Err(e) = seg.write_index_files() {
-                warn!(file = %seg.path.display(), error = %e, "cannot write the index files of a sealed segment; its index is kept in memory and the files written at a later start");
+            match seg.write_index_files() {
+                Ok(()) => seg.release_indexes(),
+                Err(e) => {
+                    warn!(file = %seg.path.display(), error = %e, "cannot write the index files of a sealed segment; its index is kept in memory and the files written at a later start")
+                }
             }
+        } else if from_index && loaded == (seg.offset_index.len(), seg.time_index.len()) {
+            // The files hold every entry (a scan with another index interval may have added
+            // some: then the segment keeps them in memory until the files are written again).
+            seg.release_indexes();
         }
         Ok(seg)
+    }
+
+    /// Leaves the indexes to the segment's index files, written and holding every entry.
+    pub(crate) fn release_indexes(&mut self) {
+        self.offset_index = OffsetIndex::default();
+        self.time_index = TimeIndex::default();
+        self.indexes_on_disk = true;
     }
 
     /// Load and sanity-check the index files of a sealed segment. On success the in-memory
@@ -436,6 +463,7 @@ impl Segment {
         sync: bool,
         now_ms: i64,
     ) -> Result<(), StorageError> {
+        debug_assert!(!self.indexes_on_disk, "appending to a sealed segment");
         let pos = self.size;
         let res = write_at(&self.file, data, pos)
             .map_err(|e| (false, e))
@@ -495,16 +523,41 @@ impl Segment {
     }
 
     /// Where to start looking for `offset`: the position of the last offset-index entry at or
-    /// before it (in memory, no I/O).
-    pub(crate) fn index_position(&self, offset: i64) -> u64 {
+    /// before it, or, for a segment whose indexes are in its files, the offset to look up
+    /// there ([`SegmentView::start_position`]; no I/O here).
+    pub(crate) fn index_start(&self, offset: i64) -> IndexStart {
         let rel = (offset - self.base_offset).clamp(0, u32::MAX as i64) as u32;
-        self.offset_index.lookup(rel).1 as u64
+        if self.indexes_on_disk {
+            IndexStart::InFile(rel)
+        } else {
+            IndexStart::At(self.offset_index.lookup(rel).1 as u64)
+        }
+    }
+
+    /// The position of the last offset-index entry at or before `offset`: where to start
+    /// looking for it (reads the index file of a segment whose indexes are there).
+    pub(crate) fn index_position(&self, offset: i64) -> u64 {
+        match self.index_start(offset) {
+            IndexStart::At(pos) => pos,
+            IndexStart::InFile(rel) => self.position_in_files(rel),
+        }
     }
 
     /// Position from which to search for the first batch with maxTimestamp >= `ts`.
     pub(crate) fn position_for_timestamp(&self, ts: i64) -> u64 {
-        let rel = self.time_index.lookup(ts);
-        self.offset_index.lookup(rel).1 as u64
+        if !self.indexes_on_disk {
+            let rel = self.time_index.lookup(ts);
+            return self.offset_index.lookup(rel).1 as u64;
+        }
+        let at = timeindex_path(&self.dir, self.base_offset);
+        match time_lookup_in_file(&at, ts) {
+            Ok(rel) => self.position_in_files(rel),
+            Err(_) => 0,
+        }
+    }
+
+    fn position_in_files(&self, rel: u32) -> u64 {
+        position_in_files(&self.file, &self.path, self.size, self.base_offset, rel)
     }
 
     pub(crate) fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>, StorageError> {
@@ -514,6 +567,9 @@ impl Segment {
     /// Seal in memory: the final time-index entry. Fsyncing the data and writing the index files
     /// ([`Segment::index_files`]) come after, without the log's lock.
     pub(crate) fn seal(&mut self) {
+        if self.indexes_on_disk {
+            return; // sealed, and its index files written
+        }
         if self.max_timestamp != NO_TIMESTAMP {
             self.time_index.push(
                 self.max_timestamp,
@@ -527,8 +583,12 @@ impl Segment {
     }
 
     /// The index files of a sealed segment: the offset index and the time index, each as its
-    /// path and contents.
+    /// path and contents. Not for a segment whose indexes were left to its files.
     pub(crate) fn index_files(&self) -> [(PathBuf, Vec<u8>); 2] {
+        debug_assert!(
+            !self.indexes_on_disk,
+            "the indexes are in the files already"
+        );
         [
             (
                 index_path(&self.dir, self.base_offset),
@@ -665,6 +725,17 @@ impl SegmentView {
         for_each_header(&self.file, &self.path, self.size, pos, f)
     }
 
+    /// Where to start looking for an offset, from [`Segment::index_start`]: for a segment whose
+    /// indexes are in its files, the file's entry is looked up now, without the log's lock.
+    pub(crate) fn start_position(&self, start: IndexStart) -> u64 {
+        match start {
+            IndexStart::At(pos) => pos,
+            IndexStart::InFile(rel) => {
+                position_in_files(&self.file, &self.path, self.size, self.base_offset, rel)
+            }
+        }
+    }
+
     /// Position of the batch containing `offset`, or of the first batch after it (gaps), looking
     /// from `index_position` ([`Segment::index_position`]); `None` if every batch ends before it.
     pub(crate) fn find_position(
@@ -710,6 +781,31 @@ impl SegmentView {
             source,
         })
     }
+}
+
+/// Where a search of a segment starts ([`Segment::index_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexStart {
+    /// At this position (the indexes are in memory).
+    At(u64),
+    /// At the entry for this relative offset in the segment's offset index file.
+    InFile(u32),
+}
+
+/// The position of the last entry at or before `rel` in the offset index file of the segment
+/// whose log is `file` at `path` (`size` bytes, first offset `base`), when the batch there is
+/// the one the entry names; else 0, the segment's start (no file, a damaged one, or one that
+/// compaction replaced since this segment was read).
+fn position_in_files(file: &File, path: &Path, size: u64, base: i64, rel: u32) -> u64 {
+    let Ok((entry, pos)) = offset_lookup_in_file(&path.with_extension("index"), rel) else {
+        return 0;
+    };
+    let pos = u64::from(pos);
+    let mut hdr = [0u8; BATCH_HEADER_LEN];
+    let named = pos + BATCH_HEADER_LEN as u64 <= size
+        && file.read_exact_at(&mut hdr, pos).is_ok()
+        && BatchHeader::parse(&hdr).is_ok_and(|h| h.base_offset == base + i64::from(entry));
+    if named { pos } else { 0 }
 }
 
 /// The batch at `pos` runs past `size`, the end of the segment's data.
