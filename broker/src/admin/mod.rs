@@ -581,7 +581,7 @@ fn render_federation(out: &mut String, broker: &Broker) {
         ),
         (
             "runnel_federation_skipped_records_total",
-            "Records not forwarded: deleted by retention before they were sent, refused by the remote cluster for themselves, or in a damaged batch.",
+            "Records not forwarded: deleted by retention before they were sent, refused by the remote cluster for themselves, or in a damaged batch. Deleted and damaged ones are counted by the offsets they spanned, so offsets compaction or a plugin's filter left unused count too.",
             |s| s.skipped.load(Ordering::Relaxed),
         ),
     ];

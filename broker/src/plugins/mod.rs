@@ -23,7 +23,9 @@
 //!   each record a filter kept stays at the offset delta it was produced at, so the offsets a
 //!   producer computes from the produce response (base offset + the record's position in its
 //!   batch) are those its kept records are read at; the offsets of dropped records stay
-//!   unused, as after compaction. A transform that answers as many records for the partition
+//!   unused, as after compaction. A batch that loses every record is stored as an empty
+//!   (header-only) batch, so the producer still gets a base offset (librdkafka reports
+//!   -1 + i for record i of a batch answered with -1). A transform that answers as many records for the partition
 //!   as it was given keeps their offsets in order; one that answers more or fewer renumbers
 //!   the batch from its base (for an idempotent producer within the producer's span).
 //! - A chain runs filters and transforms in order. A transform's outputs without a topic go on
@@ -34,8 +36,7 @@
 //! - Idempotent producers (a producer id and baseSequence >= 0): the re-encoded batch keeps the producer's
 //!   baseSequence and its lastOffsetDelta (the original count - 1) even when it holds fewer
 //!   records, so it spans the sequence numbers the producer used and its next batch is in
-//!   sequence. A batch that loses every record is stored as an empty (header-only) batch for
-//!   the same reason (a non-idempotent producer's is not stored at all). Storage
+//!   sequence. Storage
 //!   accepts such batches only through `append_rewritten`; Fetch sends a consumer such batches
 //!   only with a batch after them (librdkafka takes an answer of nothing else for a message too
 //!   large to fetch). A transform that writes MORE records
@@ -48,8 +49,8 @@
 //!   fails that call only; the binding's `on_error` decides: fail-open passes the batch through
 //!   that plugin unchanged, fail-closed refuses the partition's produce with POLICY_VIOLATION,
 //!   dead-letter sends the batch's records as produced to the dead-letter topic with headers
-//!   [`DLT_PLUGIN`], [`DLT_ERROR`], [`DLT_TOPIC`], [`DLT_PARTITION`] and stores nothing in the
-//!   bound partition (an idempotent batch leaves an empty batch there, see above). When the
+//!   [`DLT_PLUGIN`], [`DLT_ERROR`], [`DLT_TOPIC`], [`DLT_PARTITION`] and leaves an empty batch
+//!   in the bound partition (see above). When the
 //!   dead-letter topic does not exist and cannot be auto-created, the batch is refused as with
 //!   fail-closed.
 //! - Plugins get no WASI: every import of a component is defined as a trap (see `host`).
@@ -271,10 +272,10 @@ impl Plugins {
 #[derive(Debug, Default)]
 pub struct ChainOutput {
     /// What to append to the produced partition: the record data itself when nothing changed,
-    /// empty when nothing is left to store.
+    /// else the batches as the chain left them (an emptied batch as one without records).
     pub records: Bytes,
     /// Whether `records` holds batches the chain rewrote (a wider span of offsets than records,
-    /// or for an idempotent producer none): append them with `append_rewritten`.
+    /// or none): append them with `append_rewritten`.
     pub rewritten: bool,
     /// Records for other topics (transform outputs naming a topic, dead-lettered batches), one
     /// batch per (topic, partition), to append once the produced partition's append succeeded.
@@ -415,15 +416,14 @@ fn idempotent(h: &BatchHeader) -> bool {
 }
 
 /// Appends the batch a chain made of the produced batch `raw` (header `h`) to `out`: `batch` is
-/// the kept records re-encoded, `None` when none were kept. For an idempotent producer the
-/// batch keeps the producer's sequence span (see the module docs): its lastOffsetDelta is the
-/// produced one (a batch renumbered by a transform gets it here), and a batch with no records
-/// left still goes in, empty.
+/// the kept records re-encoded, `None` when none were kept, which goes in as an empty batch
+/// (see the module docs). For an idempotent producer the batch keeps the producer's sequence
+/// span: its lastOffsetDelta is the produced one (a batch renumbered by a transform gets it
+/// here).
 fn push_rewritten(out: &mut BytesMut, raw: &[u8], h: &BatchHeader, batch: Option<Vec<u8>>) {
-    let idempotent = idempotent(h);
     match batch {
         Some(mut batch) => {
-            if idempotent {
+            if idempotent(h) {
                 storage::put_i32(
                     &mut batch,
                     storage::LAST_OFFSET_DELTA_POS,
@@ -433,8 +433,7 @@ fn push_rewritten(out: &mut BytesMut, raw: &[u8], h: &BatchHeader, batch: Option
             }
             out.extend_from_slice(&batch);
         }
-        None if idempotent => out.extend_from_slice(&storage::empty_batch(raw, h)),
-        None => {}
+        None => out.extend_from_slice(&storage::empty_batch(raw, h)),
     }
 }
 

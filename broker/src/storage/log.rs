@@ -316,10 +316,9 @@ impl PartitionLog {
 
     /// [`PartitionLog::append`] for batches the broker's plugins rewrote: such a batch keeps
     /// the producer's span of offsets (lastOffsetDelta) while holding fewer records, each at
-    /// the offset it was produced at, so the offsets a producer computes for its records stay
-    /// theirs; the offsets of the removed records stay unused, as after compaction. An
-    /// idempotent producer's batch may hold no records at all (a header-only batch), so that
-    /// its next batch is in sequence; a batch without a producer id must hold one.
+    /// the offset it was produced at, or none (a header-only batch), so the offsets a producer
+    /// computes for its records stay theirs and an idempotent producer's next batch is in
+    /// sequence; the offsets of the removed records stay unused, as after compaction.
     pub fn append_rewritten(
         &mut self,
         records: &[u8],
@@ -776,17 +775,27 @@ impl PartitionLog {
             } else {
                 0
             };
-            seg.for_each_header(from, |pos, h| {
-                if h.last_offset() < start {
-                    return true;
+            let earlier = best;
+            for from in [from, 0] {
+                seg.for_each_header(from, |pos, h| {
+                    // A batch without records (a plugin emptied it) holds no timestamp.
+                    if h.last_offset() < start || h.record_count == 0 {
+                        return true;
+                    }
+                    if h.base_offset < start {
+                        cut = Some((i, pos, *h));
+                    } else if best.is_none_or(|(t, ..)| h.max_timestamp > t) {
+                        best = Some((h.max_timestamp, i, pos, *h));
+                    }
+                    true
+                })?;
+                if from == 0 || best.is_some_and(|(t, j, ..)| j == i && t >= seg.max_timestamp) {
+                    break;
                 }
-                if h.base_offset < start {
-                    cut = Some((i, pos, *h));
-                } else if best.is_none_or(|(t, ..)| h.max_timestamp > t) {
-                    best = Some((h.max_timestamp, i, pos, *h));
-                }
-                true
-            })?;
+                // The segment's largest timestamp was an emptied batch's: a batch before the
+                // time index's entry may hold the largest of those left. Again from the start.
+                best = earlier;
+            }
         }
         let best = match best {
             Some((_, i, pos, h)) => self.exact_max(i, pos, &h)?,
@@ -803,7 +812,9 @@ impl PartitionLog {
         })
     }
 
-    /// (timestamp, offset) of the earliest live record with the batch's largest live timestamp.
+    /// (timestamp, offset) of the earliest live record with the batch's largest live timestamp
+    /// (in a LogAppendTime batch every record has the batch's: its first live record, which
+    /// need not be at the batch's base offset after compaction or a plugin's filter).
     fn exact_max(
         &self,
         seg: usize,
@@ -811,14 +822,15 @@ impl PartitionLog {
         h: &BatchHeader,
     ) -> Result<Option<(i64, i64)>, StorageError> {
         let start = self.log_start_offset;
-        if h.is_log_append_time() {
-            return Ok(Some((h.max_timestamp, h.base_offset.max(start))));
-        }
         let bytes = self.segments[seg].read_range(pos, pos + h.total_size() as u64)?;
+        let append_time = h.is_log_append_time();
         let exact = RecordBatchDecoder::decode(&mut Bytes::from(bytes))
             .ok()
             .and_then(|set| {
                 let live = || set.records.iter().filter(|r| r.offset >= start);
+                if append_time {
+                    return live().next().map(|r| (h.max_timestamp, r.offset));
+                }
                 let top = live().map(|r| r.timestamp).max()?;
                 live()
                     .find(|r| r.timestamp == top)
@@ -994,11 +1006,11 @@ fn check_produce_data(
         }
         check_batch(rest).map_err(corrupt)?;
         let counts_ok = if rewritten {
-            // A wider span than the records (the offsets of records a plugin dropped), or, for
-            // a producer's sequence numbers, no records (then no compressed payload).
+            // A wider span than the records (the offsets of records a plugin dropped), or no
+            // records (then no compressed payload).
             h.record_count >= 0
                 && h.last_offset_delta >= h.record_count.max(1) - 1
-                && (h.record_count > 0 || (h.has_producer_id() && h.compression() == 0))
+                && (h.record_count > 0 || h.compression() == 0)
         } else {
             h.record_count > 0 && h.last_offset_delta == h.record_count - 1
         };

@@ -1110,6 +1110,54 @@ fn append_speed_sanity() {
     println!("read back in {:?}", start.elapsed());
 }
 
+/// A batch as a plugin's filter leaves it: the records `kept` (indexes) of `batch(n, ts)` at the
+/// offsets they were produced at, or none (a header-only batch).
+fn filtered(n: usize, ts: i64, kept: &[usize]) -> Vec<u8> {
+    use super::record_spans::{Records, compressed};
+    let full = batch(n, ts);
+    let h = BatchHeader::parse(&full).unwrap();
+    if kept.is_empty() {
+        return super::empty_batch(&full, &h);
+    }
+    compressed(
+        Records::parse(&full, &h)
+            .unwrap()
+            .keep_offsets(&h, kept, None),
+    )
+    .unwrap()
+}
+
+/// ListOffsets MAX_TIMESTAMP names a record that is there: a batch a plugin emptied (its
+/// header keeps the producer's timestamps, it holds no record) is passed over, also when it
+/// is what the time index leads to; in a LogAppendTime log the answer is the first record a
+/// filter kept, not the batch's base offset (where nothing is stored).
+#[test]
+fn max_timestamp_names_a_stored_record_past_emptied_batches_and_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = LogConfig {
+        index_interval_bytes: 1,
+        ..cfg()
+    };
+    let mut log = open(&dir.path().join("create"), dense.clone());
+    log.append(&batch(2, 420), NOW).unwrap(); // 0-1
+    log.append_rewritten(&filtered(2, 450, &[]), NOW).unwrap(); // 2-3, none
+    log.append(&batch(2, 100), NOW).unwrap(); // 4-5
+    log.append_rewritten(&filtered(3, 500, &[]), NOW).unwrap(); // 6-8, none
+    log.append(&batch(1, 150), NOW).unwrap(); // 9
+    assert_eq!(log.max_timestamp().unwrap(), Some((421, 1)));
+    let mut log = open(
+        &dir.path().join("append-time"),
+        LogConfig {
+            log_append_time: true,
+            ..dense
+        },
+    );
+    log.append(&batch(2, 100), NOW).unwrap(); // 0-1
+    log.append_rewritten(&filtered(4, 100, &[1, 3]), NOW + 5)
+        .unwrap(); // 2-5: 3 and 5 stored
+    assert_eq!(log.max_timestamp().unwrap(), Some((NOW + 5, 3)));
+}
+
 #[test]
 fn corruption_inside_a_sealed_segment_truncates_only_that_segment() {
     let dir = tempfile::tempdir().unwrap();
@@ -1271,8 +1319,8 @@ fn rewritten_batches_keep_the_producer_s_span() {
     // State rebuilt from the stored headers agrees.
     let mut log = open(dir.path(), cfg());
     assert_eq!(log.append(&idem(2, 7, 0, 11), NOW).unwrap().base_offset, 11);
-    // A batch without a producer id may span more offsets than it holds records (a filter
-    // dropped some), but not hold none.
+    // So may a batch without a producer id: span more offsets than it holds records (a filter
+    // dropped some), or hold none.
     let mut plain = batch(2, NOW);
     put_i32(&mut plain, LAST_OFFSET_DELTA_POS, 4);
     rewrite_crc(&mut plain);
@@ -1280,11 +1328,11 @@ fn rewritten_batches_keep_the_producer_s_span() {
     let info = log.append_rewritten(&plain, NOW).unwrap();
     assert_eq!((info.base_offset, info.last_offset), (13, 17));
     let plain_h = BatchHeader::parse(&plain).unwrap();
-    assert!(
-        log.append_rewritten(&super::empty_batch(&plain, &plain_h), NOW)
-            .is_err()
-    );
-    assert_eq!(log.log_end_offset(), 18);
+    let none = super::empty_batch(&plain, &plain_h);
+    assert!(log.append(&none, NOW).is_err());
+    let info = log.append_rewritten(&none, NOW).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (18, 22));
+    assert_eq!(log.log_end_offset(), 23);
 }
 
 #[test]

@@ -246,16 +246,6 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                     continue;
                 }
             };
-            if records.is_empty() {
-                // The plugins dropped or routed every record: nothing to append here, and no
-                // offset to report; but records routed and not stored are lost unless the
-                // producer hears of it.
-                if let Err(why) = append_routed(&ctx.broker, routed) {
-                    fail(&mut out, &ctx, E::KafkaStorageError.code(), why);
-                }
-                partitions.push(out);
-                continue;
-            }
             let append = || {
                 if chained.rewritten {
                     partition.append_rewritten(&records, now_ms())
