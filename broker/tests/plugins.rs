@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::wasm::wasm_dir;
 use edge_config::{Binding, OnError, PluginSpec};
+use kafka_protocol::ResponseError as E;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use runnel::plugins::{DLT_ERROR, DLT_PARTITION, DLT_PLUGIN, DLT_TOPIC};
@@ -1387,6 +1388,50 @@ async fn a_burst_of_calls_waits_for_the_plugin_s_instances_and_none_fails() {
         instances <= runnel::plugins::host::CALLS_PER_PLUGIN as u64,
         "{instances} instances"
     );
+    broker.shutdown().await;
+}
+
+/// When the plugins leave none of a produce's records in its partition (all dead-lettered)
+/// and the copies then cannot be appended (the dead-letter partition's directory is gone, so
+/// its next segment cannot be made), the producer hears it (KAFKA_STORAGE_ERROR) rather than
+/// being told the records were stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_that_cannot_be_appended_fail_the_produce_that_kept_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.log.segment_bytes = 1024;
+    cfg.plugins.disable_after = 0;
+    cfg.plugins.load = vec![plugin("trapper", "faulty_filter.wasm", "trap")];
+    let mut dl = bind("in", &["trapper"], OnError::DeadLetter);
+    dl.dead_letter_topic = Some("in-failed".into());
+    cfg.plugins.bindings = vec![dl];
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    common::NamedClient::connect(&addr, "admin")
+        .await
+        .create("in")
+        .await;
+    let mut c = common::RawClient::connect(&addr).await;
+    let produce = |value: &[u8]| {
+        let records = [common::record(0, Some(b"k"), value, 1_700_000_000_000)];
+        let batch = common::encode_batch(&records, kafka_protocol::records::Compression::None);
+        common::produce_request("in", 0, -1, batch)
+    };
+    let r = c.call(&produce(&[b'a'; 100]), 9).await;
+    let part = &r.responses[0].partition_responses[0];
+    assert_eq!((part.error_code, part.error_message.as_deref()), (0, None));
+    assert_eq!(log_end(&broker, "in-failed"), 1);
+    // The next copy does not fit the dead-letter partition's segment: it needs a new one.
+    std::fs::remove_dir_all(dir.path().join("in-failed-0")).unwrap();
+    let r = c.call(&produce(&[b'b'; 500]), 9).await;
+    let part = &r.responses[0].partition_responses[0];
+    assert_eq!(
+        part.error_code,
+        E::KafkaStorageError.code(),
+        "{:?}",
+        part.error_message
+    );
+    assert_eq!(log_end(&broker, "in-failed"), 1);
     broker.shutdown().await;
 }
 

@@ -278,11 +278,17 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             };
             match result {
                 Ok(info) => {
-                    if !info.duplicate {
-                        // The producer's records are stored: a copy that fails now (checked
-                        // above, so not for a reason the records carry) is counted and logged,
-                        // not reported (see `append_routed`).
-                        let _ = append_routed(&ctx.broker, routed);
+                    // A copy that fails now (checked above, so not for a reason the records
+                    // carry) is counted and logged. It is reported only when the plugins left
+                    // none of the producer's records here (every one routed elsewhere): they
+                    // are lost unless the producer hears of it (see `append_routed`).
+                    if !info.duplicate
+                        && let Err(why) = append_routed(&ctx.broker, routed)
+                        && info.record_count == 0
+                    {
+                        fail(&mut out, &ctx, E::KafkaStorageError.code(), why);
+                        partitions.push(out);
+                        continue;
                     }
                     out.base_offset = info.base_offset;
                     out.log_append_time_ms = info.log_append_time;
