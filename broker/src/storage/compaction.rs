@@ -435,14 +435,17 @@ struct Kept {
     /// bound.
     held: Option<i64>,
     late: u64,
+    /// Batches without records (a plugin's filter emptied them) that went.
+    empties_removed: u64,
     /// Offsets of the markers that went.
     markers_removed: Vec<i64>,
 }
 
 impl Kept {
-    /// Whether the segment must be written: it lost a record or took a horizon it must keep.
+    /// Whether the segment must be written: it lost a record or an emptied batch, or took a
+    /// horizon it must keep.
     fn changed(&self) -> u64 {
-        self.removed + self.late
+        self.removed + self.late + self.empties_removed
     }
 
     /// Notes a tombstone or marker at `offset` kept with delete horizon `horizon`: due to go
@@ -870,7 +873,9 @@ impl CompactionPass {
             // so that merging its segment with later ones (a new write time) does not move it.
             let store_horizon = (keeps_tombstone.is_some() && stored.is_none()).then_some(horizon);
             let rewritten;
-            let out = if keep.len() == total && store_horizon.is_none() {
+            // A batch without records (a plugin's filter emptied it) is kept, as one that lost
+            // all its records here is, only while it is its producer's last.
+            let out = if keep.len() == total && total > 0 && store_horizon.is_none() {
                 bytes
             } else if !keep.is_empty() {
                 rewritten = record_spans::compressed(records.keep_offsets(h, &keep, store_horizon))
@@ -882,6 +887,7 @@ impl CompactionPass {
                 rewritten = empty_batch(bytes, h);
                 &rewritten[..]
             } else {
+                kept.empties_removed += u64::from(total == 0);
                 return Ok(());
             };
             if h.is_transactional() {
@@ -2582,6 +2588,40 @@ mod tests {
         drop(log);
         let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
         let next = encode_batch(&[kv("a", "4", NOW)], Compression::None, 3, 0, 4);
+        assert_eq!(log.append(&next, NOW).unwrap().base_offset, 6);
+    }
+
+    /// Batches a plugin's filter emptied (stored without records) go at the next pass, even
+    /// from a segment that loses nothing else, but for an idempotent producer's last batch,
+    /// which its sequence numbers need.
+    #[test]
+    fn batches_a_filter_emptied_go_but_a_producer_s_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), cfg(), NOW).unwrap();
+        let emptied = |b: Vec<u8>| {
+            let h = BatchHeader::parse(&b).unwrap();
+            empty_batch(&b, &h)
+        };
+        log.append(&one("a", "1"), NOW).unwrap(); // 0
+        log.append_rewritten(&emptied(one("x", "dropped")), NOW)
+            .unwrap(); // 1
+        let idem = |seq| encode_batch(&[kv("y", "dropped", NOW)], Compression::None, 7, 0, seq);
+        log.append_rewritten(&emptied(idem(0)), NOW).unwrap(); // 2
+        log.append_rewritten(&emptied(idem(1)), NOW).unwrap(); // 3
+        log.append(&one("b", "1"), NOW).unwrap(); // 4
+        log.append(&one("c", "1"), NOW).unwrap(); // 5: the active segment
+        log.maintenance(NOW).unwrap();
+        let got: Vec<BatchHeader> = reads(&log)
+            .iter()
+            .flat_map(|b| parse_batches(b).map(|r| r.unwrap().1).collect::<Vec<_>>())
+            .collect();
+        let batches: Vec<(i64, i32)> = got
+            .iter()
+            .map(|h| (h.base_offset, h.record_count))
+            .collect();
+        assert_eq!(batches, [(0, 1), (3, 0), (4, 1), (5, 1)]);
+        assert_eq!(log.log_end_offset(), 6);
+        let next = encode_batch(&[kv("y", "kept", NOW)], Compression::None, 7, 0, 2);
         assert_eq!(log.append(&next, NOW).unwrap().base_offset, 6);
     }
 

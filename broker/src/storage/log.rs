@@ -706,45 +706,37 @@ impl PartitionLog {
     }
 
     /// ListOffsets by timestamp: the first record at or after the log start whose timestamp is
-    /// at least `ts`, as `(offset, timestamp)`. The batch is found with the time index and header
-    /// scans (first batch with maxTimestamp >= `ts`), then decoded to return the exact record;
-    /// for LogAppendTime batches every record has the batch's maxTimestamp. If the batch cannot
-    /// be decoded, its base offset and maxTimestamp are returned.
+    /// at least `ts`, as `(offset, timestamp)`. Batches are found with the time index and header
+    /// scans (maxTimestamp >= `ts`), then decoded to return the exact record; a batch that holds
+    /// none (a plugin emptied it, whose header keeps the producer's timestamps, or one the log
+    /// start cuts) gives way to the next. For LogAppendTime batches every record has the batch's
+    /// maxTimestamp. If a batch cannot be decoded, its base offset and maxTimestamp are returned.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
         self.check_not_failed()?;
+        let start = self.log_start_offset;
         for seg in &self.segments {
             if seg.max_timestamp == NO_TIMESTAMP
                 || seg.max_timestamp < ts
-                || seg.next_offset <= self.log_start_offset
+                || seg.next_offset <= start
             {
                 continue;
             }
             let mut found = None;
             seg.for_each_header(seg.position_for_timestamp(ts), |pos, h| {
-                if h.max_timestamp >= ts && h.last_offset() >= self.log_start_offset {
-                    found = Some((pos, *h));
-                    false
-                } else {
-                    true
+                if h.max_timestamp < ts || h.last_offset() < start || h.record_count == 0 {
+                    return true;
+                }
+                match first_at_or_after(seg, pos, h, ts, start) {
+                    Ok(None) => true,
+                    other => {
+                        found = Some(other);
+                        false
+                    }
                 }
             })?;
-            let Some((pos, h)) = found else { continue };
-            let bytes = seg.read_range(pos, pos + h.total_size() as u64)?;
-            // A LogAppendTime batch's records all have its maxTimestamp; its first record may
-            // not be at its base offset once compaction removed some.
-            let append_time = h.is_log_append_time().then_some(h.max_timestamp);
-            let exact = RecordBatchDecoder::decode(&mut Bytes::from(bytes))
-                .ok()
-                .and_then(|set| {
-                    set.records
-                        .iter()
-                        .map(|r| (r.offset, append_time.unwrap_or(r.timestamp)))
-                        .find(|&(offset, t)| t >= ts && offset >= self.log_start_offset)
-                });
-            return Ok(Some(exact.unwrap_or((
-                h.base_offset.max(self.log_start_offset),
-                h.max_timestamp,
-            ))));
+            if let Some(found) = found {
+                return found;
+            }
         }
         Ok(None)
     }
@@ -968,6 +960,30 @@ impl PartitionLog {
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The first record of the batch at `pos` of `seg` (header `h`) at or after `start` whose
+/// timestamp is at least `ts`, as `(offset, timestamp)`: `None` when it holds none, the batch's
+/// base offset and maxTimestamp when it cannot be decoded. A LogAppendTime batch's records all
+/// have its maxTimestamp; its first record may not be at its base offset once compaction or a
+/// plugin's filter removed some.
+fn first_at_or_after(
+    seg: &Segment,
+    pos: u64,
+    h: &BatchHeader,
+    ts: i64,
+    start: i64,
+) -> Result<Option<(i64, i64)>, StorageError> {
+    let bytes = seg.read_range(pos, pos + h.total_size() as u64)?;
+    let append_time = h.is_log_append_time().then_some(h.max_timestamp);
+    Ok(match RecordBatchDecoder::decode(&mut Bytes::from(bytes)) {
+        Ok(set) => set
+            .records
+            .iter()
+            .map(|r| (r.offset, append_time.unwrap_or(r.timestamp)))
+            .find(|&(offset, t)| t >= ts && offset >= start),
+        Err(_) => Some((h.base_offset.max(start), h.max_timestamp)),
+    })
 }
 
 /// Index of the segment whose base offset is `base`.

@@ -1127,12 +1127,12 @@ fn filtered(n: usize, ts: i64, kept: &[usize]) -> Vec<u8> {
     .unwrap()
 }
 
-/// ListOffsets MAX_TIMESTAMP names a record that is there: a batch a plugin emptied (its
-/// header keeps the producer's timestamps, it holds no record) is passed over, also when it
-/// is what the time index leads to; in a LogAppendTime log the answer is the first record a
-/// filter kept, not the batch's base offset (where nothing is stored).
+/// ListOffsets MAX_TIMESTAMP and by timestamp name a record that is there: a batch a plugin
+/// emptied (its header keeps the producer's timestamps, it holds no record) is passed over,
+/// also when it is what the time index leads to; in a LogAppendTime log the answer is the
+/// first record a filter kept, not the batch's base offset (where nothing is stored).
 #[test]
-fn max_timestamp_names_a_stored_record_past_emptied_batches_and_gaps() {
+fn timestamp_lookups_name_stored_records_past_emptied_batches_and_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let dense = LogConfig {
         index_interval_bytes: 1,
@@ -1145,6 +1145,11 @@ fn max_timestamp_names_a_stored_record_past_emptied_batches_and_gaps() {
     log.append_rewritten(&filtered(3, 500, &[]), NOW).unwrap(); // 6-8, none
     log.append(&batch(1, 150), NOW).unwrap(); // 9
     assert_eq!(log.max_timestamp().unwrap(), Some((421, 1)));
+    // By timestamp, the emptied batches give way to the records after them.
+    assert_eq!(log.offset_for_timestamp(430).unwrap(), None);
+    assert_eq!(log.offset_for_timestamp(140).unwrap(), Some((0, 420)));
+    log.append(&batch(1, 600), NOW).unwrap(); // 10
+    assert_eq!(log.offset_for_timestamp(430).unwrap(), Some((10, 600)));
     let mut log = open(
         &dir.path().join("append-time"),
         LogConfig {
