@@ -254,6 +254,9 @@ async fn follow(
     let mut behind_rounds = 0u32;
     // Topics the leader named that are not here, as of the last fetch that named any.
     let mut still_unknown: HashSet<String> = HashSet::new();
+    // Whether this connection has caught up with the leader: the in-sync set read from it
+    // before then (at the first sync) left this broker out, and it answers Metadata with it.
+    let mut caught_up = false;
     let mut round = 0usize;
     loop {
         round = round.wrapping_add(1);
@@ -275,6 +278,18 @@ async fn follow(
                 "the leader refused the replica fetch: {:?}",
                 E::try_from_code(response.error_code)
             );
+        }
+        if !caught_up
+            && response
+                .responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .all(|d| d.error_code == 0 && d.records.as_ref().is_none_or(|r| r.is_empty()))
+        {
+            // Nothing left to copy: read the in-sync set again (the leader now counts this
+            // broker in it) rather than answer Metadata with the old one until the next sync.
+            caught_up = true;
+            synced = Instant::now() - SYNC_EVERY;
         }
         let mut unknown: HashSet<String> = HashSet::new();
         let mut diverged = false;
