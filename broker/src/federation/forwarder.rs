@@ -381,10 +381,11 @@ impl Forwarder {
                 Err(e) => {
                     // Stored batches passed the same reading on produce: a damaged file.
                     tracing::error!(link = %self.name(), topic = %self.topic.name, partition = self.partition.index, offset = h.base_offset, error = %e, "a stored batch cannot be read; it is skipped");
-                    self.link
-                        .stats
-                        .skipped
-                        .fetch_add(h.record_count.max(0) as u64, Ordering::Relaxed);
+                    // Counted by the offsets it spans, as deleted records are.
+                    self.link.stats.skipped.fetch_add(
+                        (h.next_offset() - h.base_offset).max(0) as u64,
+                        Ordering::Relaxed,
+                    );
                     continue;
                 }
             };

@@ -638,8 +638,9 @@ impl Plugin {
         // Each call holds an instance, so a plugin never has more than its slots alive: its
         // share of the pooling allocator, which a burst of calls therefore cannot exhaust (for
         // itself or for the other plugins); calls beyond wait for an instance to be free.
-        // Waiting is bounded as a call is: an overloaded broker fails the call (its binding's
-        // on_error decides) rather than piling requests up on the blocking threads.
+        // Waiting is bounded as a call is: an overloaded broker fails the call (the produce is
+        // refused as retriable, whatever the binding's on_error: see `ProduceFilterError::
+        // Overloaded`) rather than piling requests up on the blocking threads.
         let Some(_slot) = self.slots.take(self.limits.call_timeout) else {
             return Err(PluginError::Busy {
                 name: self.name.clone(),

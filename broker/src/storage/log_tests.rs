@@ -432,6 +432,27 @@ fn sealed_segments_leave_their_indexes_to_the_files() {
     assert_eq!(positions(&log), in_memory);
     assert_eq!(by_time(&log), times);
     check_every_offset(&log);
+    // Opened with a denser index interval, a sealed segment whose scan after its last entry
+    // adds entries has its files written again, and leaves them to the files.
+    let index_bytes = |log: &PartitionLog| -> u64 {
+        let bases = log.segment_bases();
+        let sealed = &bases[..bases.len() - 1];
+        sealed
+            .iter()
+            .map(|&b| fs::metadata(index_path(dir.path(), b)).unwrap().len())
+            .sum()
+    };
+    let before = index_bytes(&log);
+    drop(log);
+    let denser = LogConfig {
+        index_interval_bytes: 1,
+        ..config.clone()
+    };
+    let log = open(dir.path(), denser);
+    assert!(index_bytes(&log) > before, "entries added and written");
+    assert_eq!(on_disk(&log), sealed);
+    assert_eq!(by_time(&log), times);
+    check_every_offset(&log);
     // Segment 0's offset index replaced by segment 1's (entries that name other batches) and
     // segment 1's files removed: the reads walk from the segments' starts instead.
     let second = log.segment_bases()[1];

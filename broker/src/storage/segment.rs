@@ -13,9 +13,11 @@
 //!   of the batch header (the append time for LogAppendTime batches) and that batch's last offset.
 //! * Indexes are in memory for the active segment and for a sealed one until its index files
 //!   are written; then they are only in the files (`indexes_on_disk`), searched at each lookup.
-//!   A position read from a file is used only if the batch there is the one its entry names, so
-//!   a missing, damaged or replaced file makes a lookup start at the segment's start (a longer
-//!   walk), never a wrong read.
+//!   A position read from the offset index is used only if the batch header there names the
+//!   offset its entry does, so a missing, damaged or replaced file makes a lookup start at the
+//!   segment's start (a longer walk, with a rate-limited warning). A time index damaged in a
+//!   way that keeps its entries increasing can still lead a lookup by time past batches that
+//!   qualify, as a damaged index can in Kafka.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -24,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::warn;
+
+use crate::log_budget::{LogBudget, within_budget};
 
 use super::batch::{BATCH_HEADER_LEN, BatchHeader, NO_TIMESTAMP, compute_crc};
 use super::error::{BatchError, StorageError, io_err};
@@ -341,10 +345,20 @@ impl Segment {
                     warn!(file = %seg.path.display(), error = %e, "cannot write the index files of a sealed segment; its index is kept in memory and the files written at a later start")
                 }
             }
-        } else if from_index && loaded == (seg.offset_index.len(), seg.time_index.len()) {
-            // The files hold every entry (a scan with another index interval may have added
-            // some: then the segment keeps them in memory until the files are written again).
-            seg.release_indexes();
+        } else if from_index {
+            // The files hold every entry, unless the scan after their last one added some
+            // (`index.interval.bytes` made smaller since): then they are written again.
+            let complete = loaded == (seg.offset_index.len(), seg.time_index.len());
+            match if complete {
+                Ok(())
+            } else {
+                seg.write_index_files()
+            } {
+                Ok(()) => seg.release_indexes(),
+                Err(e) => {
+                    warn!(file = %seg.path.display(), error = %e, "cannot write the index files of a sealed segment; its index is kept in memory and the files written at a later start")
+                }
+            }
         }
         Ok(seg)
     }
@@ -552,7 +566,10 @@ impl Segment {
         let at = timeindex_path(&self.dir, self.base_offset);
         match time_lookup_in_file(&at, ts) {
             Ok(rel) => self.position_in_files(rel),
-            Err(_) => 0,
+            Err(e) => {
+                within_budget!(INDEX_UNREAD, warn, file = %at.display(), error = %e, "cannot read a sealed segment's time index; the lookup walks the segment from its start");
+                0
+            }
         }
     }
 
@@ -797,16 +814,30 @@ pub(crate) enum IndexStart {
 /// the one the entry names; else 0, the segment's start (no file, a damaged one, or one that
 /// compaction replaced since this segment was read).
 fn position_in_files(file: &File, path: &Path, size: u64, base: i64, rel: u32) -> u64 {
-    let Ok((entry, pos)) = offset_lookup_in_file(&path.with_extension("index"), rel) else {
-        return 0;
+    let index = path.with_extension("index");
+    let (entry, pos) = match offset_lookup_in_file(&index, rel) {
+        Ok(found) => found,
+        Err(e) => {
+            within_budget!(INDEX_UNREAD, warn, file = %index.display(), error = %e, "cannot read a sealed segment's offset index; reads walk the segment from its start");
+            return 0;
+        }
     };
     let pos = u64::from(pos);
     let mut hdr = [0u8; BATCH_HEADER_LEN];
     let named = pos + BATCH_HEADER_LEN as u64 <= size
         && file.read_exact_at(&mut hdr, pos).is_ok()
         && BatchHeader::parse(&hdr).is_ok_and(|h| h.base_offset == base + i64::from(entry));
-    if named { pos } else { 0 }
+    if named {
+        return pos;
+    }
+    if pos > 0 {
+        within_budget!(INDEX_UNREAD, warn, file = %index.display(), position = pos, "a sealed segment's offset index names a batch its log does not have there (replaced meanwhile, or damaged); the read walks the segment from its start");
+    }
+    0
 }
+
+/// Index files of sealed segments that could not be used, said a minute.
+static INDEX_UNREAD: LogBudget = LogBudget::new(10);
 
 /// The batch at `pos` runs past `size`, the end of the segment's data.
 fn cut_short(path: &Path, pos: u64, size: u64) -> StorageError {

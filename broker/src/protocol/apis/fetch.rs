@@ -296,8 +296,8 @@ fn reader(ctx: &Ctx, req: &FetchRequest) -> Reader {
 }
 
 /// Whether `records` holds batches and every one is a data batch with no record: what a filter
-/// plugin leaves of an idempotent producer's batch it emptied (kept for the producer's
-/// sequence numbers). A consumer given only such batches reads no message, which librdkafka
+/// plugin leaves of a batch it emptied (kept so its producer gets its offsets, and an
+/// idempotent one's sequence numbers hold). A consumer given only such batches reads no message, which librdkafka
 /// takes for a message too large to fetch: it doubles its fetch size at each, then reports
 /// MSG_SIZE_TOO_LARGE at every fetch.
 fn only_emptied(records: &[u8]) -> bool {
