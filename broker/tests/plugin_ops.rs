@@ -441,6 +441,19 @@ fn plugin_test_shows_what_filters_transforms_and_quota_policies_do() {
         out.contains("3 records in, 6 out (3 routed to other topics)"),
         "{out}"
     );
+    // A route the broker refuses whatever its topics (an internal topic) fails as there.
+    let (ok, out) = plugin_test(
+        "redact_enrich.wasm",
+        records,
+        r#"{"copy_to": "__consumer_offsets"}"#,
+        &[],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAILED: plugin redact_enrich: bad answer: routes a record to a topic the broker refuses")
+            && out.contains("internal topics"),
+        "{out}"
+    );
 
     let requests = r#"{"client_id":"a","bytes":600000,"now_ms":0}
 {"client_id":"a","bytes":600000,"now_ms":100}

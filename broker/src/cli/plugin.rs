@@ -274,7 +274,18 @@ fn test_batches(
                 out!("      (batch of {} in {took:.2} ms)", chunk.len());
             }
             Kind::Transform => {
-                let out = match plugin.call(frame, |answer| parse_output(answer.into())) {
+                // Routes the broker refuses whatever its topics (invalid or internal names) fail
+                // the call there, as here; whether a valid name exists is the broker's to say.
+                let read = |answer: Vec<u8>| {
+                    let outs = parse_output(answer.into())?;
+                    for name in outs.iter().filter_map(|o| o.topic.as_deref()) {
+                        crate::catalog::validate_topic_name(name).map_err(|e| {
+                            format!("routes a record to a topic the broker refuses: {e}")
+                        })?;
+                    }
+                    Ok(outs)
+                };
+                let out = match plugin.call(frame, read) {
                     Ok(out) => out,
                     Err(e) => {
                         fail(e);
