@@ -333,27 +333,22 @@ impl Segment {
                 seg.created_ms = first.max_timestamp;
             }
         }
-        if mode == OpenMode::Sealed && !from_index {
-            // A segment whose seal never ran (a crash after its roll) may have data only in the
-            // page cache: make it durable before the index files that vouch for it.
-            seg.sync()?;
-            // The index files only spare the next start this scan: without them (say, on a
-            // full disk) the segment is served from the index in memory.
-            match seg.write_index_files() {
-                Ok(()) => seg.release_indexes(),
-                Err(e) => {
-                    warn!(file = %seg.path.display(), error = %e, "cannot write the index files of a sealed segment; its index is kept in memory and the files written at a later start")
-                }
-            }
-        } else if from_index {
-            // The files hold every entry, unless the scan after their last one added some
-            // (`index.interval.bytes` made smaller since): then they are written again.
-            let complete = loaded == (seg.offset_index.len(), seg.time_index.len());
-            match if complete {
-                Ok(())
-            } else {
+        if mode == OpenMode::Sealed {
+            let written = if !from_index {
+                // A segment whose seal never ran (a crash after its roll) may have data only in
+                // the page cache: make it durable before the index files that vouch for it.
+                seg.sync()?;
                 seg.write_index_files()
-            } {
+            } else if loaded != (seg.offset_index.len(), seg.time_index.len()) {
+                // The scan after the files' last entry added some (`index.interval.bytes` made
+                // smaller since): the files are written again.
+                seg.write_index_files()
+            } else {
+                Ok(())
+            };
+            // The index files only spare the next start this scan and the heap the indexes:
+            // without them (say, on a full disk) the segment is served from memory.
+            match written {
                 Ok(()) => seg.release_indexes(),
                 Err(e) => {
                     warn!(file = %seg.path.display(), error = %e, "cannot write the index files of a sealed segment; its index is kept in memory and the files written at a later start")
