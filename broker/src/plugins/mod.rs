@@ -24,10 +24,10 @@
 //!   producer computes from the produce response (base offset + the record's position in its
 //!   batch) are those its kept records are read at; the offsets of dropped records stay
 //!   unused, as after compaction. A batch that loses every record is stored as an empty
-//!   (header-only) batch, so the producer still gets a base offset (librdkafka reports
-//!   -1 + i for record i of a batch answered with -1). A transform that answers as many records for the partition
-//!   as it was given keeps their offsets in order; one that answers more or fewer renumbers
-//!   the batch from its base (for an idempotent producer within the producer's span).
+//!   (header-only) batch, so the producer still gets a base offset (librdkafka reports -1 + i
+//!   for record i of a batch answered with -1). A transform that answers as many records for
+//!   the partition as it was given keeps their offsets in order; one that answers more or
+//!   fewer renumbers the batch from its base (for an idempotent producer within its span).
 //! - A chain runs filters and transforms in order. A transform's outputs without a topic go on
 //!   through the rest of the chain; outputs naming a topic leave the chain and are appended to
 //!   that topic as they are (its own chain does not run on them, so chains cannot loop), in the
@@ -36,11 +36,10 @@
 //! - Idempotent producers (a producer id and baseSequence >= 0): the re-encoded batch keeps the producer's
 //!   baseSequence and its lastOffsetDelta (the original count - 1) even when it holds fewer
 //!   records, so it spans the sequence numbers the producer used and its next batch is in
-//!   sequence. Storage
-//!   accepts such batches only through `append_rewritten`; Fetch sends a consumer such batches
-//!   only with a batch after them (librdkafka takes an answer of nothing else for a message too
-//!   large to fetch). A transform that writes MORE records
-//!   to the partition than the idempotent batch held cannot be stored in sequence: refused
+//!   sequence. Storage accepts rewritten batches only through `append_rewritten`; Fetch sends
+//!   a consumer empty ones only with a batch after them (librdkafka takes an answer of nothing
+//!   else for a message too large to fetch). A transform that writes MORE records to the
+//!   partition than the idempotent batch held cannot be stored in sequence: refused
 //!   (POLICY_VIOLATION). Routed records are appended without a producer id.
 //! - A plugin that could not be called in time because every instance stayed busy (an
 //!   overloaded broker, not the plugin's fault) refuses the batch with a retriable error,
@@ -50,9 +49,8 @@
 //!   that plugin unchanged, fail-closed refuses the partition's produce with POLICY_VIOLATION,
 //!   dead-letter sends the batch's records as produced to the dead-letter topic with headers
 //!   [`DLT_PLUGIN`], [`DLT_ERROR`], [`DLT_TOPIC`], [`DLT_PARTITION`] and leaves an empty batch
-//!   in the bound partition (see above). When the
-//!   dead-letter topic does not exist and cannot be auto-created, the batch is refused as with
-//!   fail-closed.
+//!   in the bound partition (see above). When the dead-letter topic does not exist and cannot
+//!   be auto-created, the batch is refused as with fail-closed.
 //! - Plugins get no WASI: every import of a component is defined as a trap (see `host`).
 //!
 //! The batch frame handed to a plugin and the output frame a transform answers with are
