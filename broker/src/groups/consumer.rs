@@ -2734,25 +2734,8 @@ mod tests {
     /// A classic JoinGroup for `g` from `id` subscribing to t, saying it owns `owned`
     /// (ConsumerProtocolSubscription v1).
     fn classic_join_req(id: &str, owned: &Assignment) -> JoinRequest {
-        use kafka_protocol::messages::ConsumerProtocolSubscription;
-        use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
-        use kafka_protocol::protocol::{Encodable, StrBytes};
-        let owned: Vec<TopicPartition> = owned
-            .get(&T)
-            .map(|ps| {
-                vec![
-                    TopicPartition::default()
-                        .with_topic(StrBytes::from_static_str("t").into())
-                        .with_partitions(ps.iter().copied().collect()),
-                ]
-            })
-            .unwrap_or_default();
-        let sub = ConsumerProtocolSubscription::default()
-            .with_topics(vec![StrBytes::from_static_str("t")])
-            .with_owned_partitions(owned);
-        let mut metadata = bytes::BytesMut::new();
-        metadata.extend_from_slice(&1i16.to_be_bytes());
-        sub.encode(&mut metadata, 1).unwrap();
+        let metadata =
+            crate::groups::tests::subscription_owning(owned.get(&T).into_iter().flatten().copied());
         JoinRequest {
             group_id: "g".into(),
             member_id: id.into(),
@@ -2764,7 +2747,7 @@ mod tests {
             protocol_type: "consumer".into(),
             protocols: vec![super::super::types::JoinProtocol {
                 name: "cooperative-sticky".into(),
-                metadata: metadata.freeze(),
+                metadata,
             }],
             require_known_member_id: false,
             supports_skip_assignment: false,

@@ -1302,6 +1302,30 @@ fn subscription(topics: &[&str]) -> Bytes {
     out.freeze()
 }
 
+/// Consumer-protocol metadata subscribing to topic `t` and saying it owns the partitions
+/// `owned` of it (ConsumerProtocolSubscription v1, as a cooperative classic member sends it).
+pub(super) fn subscription_owning(owned: impl IntoIterator<Item = i32>) -> Bytes {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let owned: Vec<i32> = owned.into_iter().collect();
+    let owned = match owned.is_empty() {
+        true => vec![],
+        false => vec![
+            TopicPartition::default()
+                .with_topic(StrBytes::from_static_str("t").into())
+                .with_partitions(owned),
+        ],
+    };
+    let sub = ConsumerProtocolSubscription::default()
+        .with_topics(vec![StrBytes::from_static_str("t")])
+        .with_owned_partitions(owned);
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&1i16.to_be_bytes());
+    sub.encode(&mut out, 1).unwrap();
+    out.freeze()
+}
+
 /// KIP-496: while a consumer group is live, the offsets of a topic none of its members subscribes
 /// to any more expire `offsets_retention` after their commit; the subscribed topic's stay.
 #[tokio::test]
@@ -2241,25 +2265,7 @@ mod migration_property {
     }
 
     fn metadata(owned: &BTreeSet<i32>) -> Bytes {
-        use kafka_protocol::messages::ConsumerProtocolSubscription;
-        use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
-        use kafka_protocol::protocol::{Encodable, StrBytes};
-        let owned = if owned.is_empty() {
-            vec![]
-        } else {
-            vec![
-                TopicPartition::default()
-                    .with_topic(StrBytes::from_static_str("t").into())
-                    .with_partitions(owned.iter().copied().collect()),
-            ]
-        };
-        let sub = ConsumerProtocolSubscription::default()
-            .with_topics(vec![StrBytes::from_static_str("t")])
-            .with_owned_partitions(owned);
-        let mut out = bytes::BytesMut::new();
-        out.extend_from_slice(&1i16.to_be_bytes());
-        sub.encode(&mut out, 1).unwrap();
-        out.freeze()
+        super::subscription_owning(owned.iter().copied())
     }
 
     fn owned_of(meta: &[u8]) -> BTreeSet<i32> {
