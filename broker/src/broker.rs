@@ -259,6 +259,21 @@ pub async fn start_broker_from(
             }
         }
     }
+    // A leader takes an epoch above every one it led at, heard its leader use, or finds in a
+    // batch, so that a client's position never names a later epoch than the leader's; every
+    // start is a new epoch, as every election is in Kafka.
+    let seen = meta
+        .raise_leader_epoch(catalog.max_epoch_seen())
+        .context("cannot read the leader epoch")?;
+    if cluster.as_ref().is_none_or(|c| c.is_leader()) {
+        let epoch = seen.saturating_add(1);
+        meta.raise_leader_epoch(epoch)
+            .context("cannot keep the leader epoch")?;
+        catalog.lead_at_epoch(epoch);
+        tracing::debug!(leader_epoch = epoch, "leading the partitions");
+    } else {
+        catalog.note_leaders_epoch(seen);
+    }
     let groups = GroupCoordinator::new(
         GroupConfig {
             min_session_timeout: config.groups.min_session_timeout,

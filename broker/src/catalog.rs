@@ -282,6 +282,12 @@ pub struct Catalog {
     /// The files this process had open when last counted, and when, plus the partitions made
     /// since ([`Catalog::room_for`]).
     open_files: Mutex<Option<(std::time::Instant, u64)>>,
+    /// The partitions' leader epoch: the one this broker leads at, stamped into every batch it
+    /// appends ([`Catalog::lead_at_epoch`]), or, on a follower, its leader's as last heard;
+    /// -1 before either is known.
+    leader_epoch: std::sync::atomic::AtomicI32,
+    /// Whether the logs stamp `leader_epoch` (this broker leads).
+    leads: std::sync::atomic::AtomicBool,
 }
 
 impl Catalog {
@@ -302,6 +308,8 @@ impl Catalog {
             added: Notify::new(),
             changing: Mutex::new(()),
             open_files: Mutex::new(None),
+            leader_epoch: std::sync::atomic::AtomicI32::new(-1),
+            leads: std::sync::atomic::AtomicBool::new(false),
         };
         let records = catalog.meta.topics()?;
         catalog.look_over_data_dir(&records);
@@ -441,6 +449,42 @@ impl Catalog {
         Ok(())
     }
 
+    /// Makes every partition, and every one made from now on, a leader's at `epoch`
+    /// (`PartitionLog::set_leader_epoch`).
+    pub fn lead_at_epoch(&self, epoch: i32) {
+        use std::sync::atomic::Ordering;
+        self.leader_epoch.store(epoch, Ordering::SeqCst);
+        self.leads.store(true, Ordering::SeqCst);
+        for topic in self.list() {
+            for p in topic.partitions() {
+                p.log().set_leader_epoch(epoch);
+            }
+        }
+    }
+
+    /// On a follower: the leader's epoch, as it answers Metadata. Returns whether it differs
+    /// from the one known.
+    pub fn note_leaders_epoch(&self, epoch: i32) -> bool {
+        self.leader_epoch
+            .swap(epoch, std::sync::atomic::Ordering::SeqCst)
+            != epoch
+    }
+
+    /// The partitions' leader epoch (see the field), -1 when not known yet.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The largest leader epoch in any batch of any partition (-1 for none).
+    pub fn max_epoch_seen(&self) -> i32 {
+        self.list()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| p.log().max_epoch_seen())
+            .max()
+            .unwrap_or(-1)
+    }
+
     fn open_partition(
         &self,
         topic: &Arc<str>,
@@ -448,7 +492,10 @@ impl Catalog {
         config: storage::LogConfig,
         now_ms: i64,
     ) -> Result<Arc<Partition>, CatalogError> {
-        let log = PartitionLog::open(self.partition_dir(topic, index), config, now_ms)?;
+        let mut log = PartitionLog::open(self.partition_dir(topic, index), config, now_ms)?;
+        if self.leads.load(std::sync::atomic::Ordering::SeqCst) {
+            log.set_leader_epoch(self.leader_epoch());
+        }
         Ok(Arc::new(Partition {
             topic: topic.clone(),
             index,

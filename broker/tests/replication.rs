@@ -584,6 +584,60 @@ async fn a_broker_that_led_and_then_follows_cuts_its_log_back_to_the_new_leaders
     );
 }
 
+/// `want` values from `consumer`, passing over what a broker of the pair being down reports.
+fn poll_values(consumer: &rdkafka::consumer::BaseConsumer, want: usize) -> Vec<String> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < want {
+        assert!(Instant::now() < deadline, "read only {out:?}");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap()),
+            Some(Err(e))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(C::BrokerTransportFailure | C::AllBrokersDown)
+                ) => {}
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_read_records_the_new_leader_lacks_goes_back_to_where_they_differ() {
+    let pair = Pair::new();
+    let one = pair.start(1, 1, 1).await;
+    let two = pair.start(2, 1, 1).await;
+    produce_copied(&producer(&pair.address(1), "all"), &two, "t", 10, "a").await;
+    // Broker 2 goes down and, after replica_lag_time_max (2 s), out of the in-sync set; broker
+    // 1 alone takes 5 more records, which consumers read.
+    two.shutdown().await;
+    produce(&producer(&pair.address(1), "1"), "t", 5, "only-on-1").await;
+    let consumer = common::reader(&pair.bootstrap(), "t");
+    let read = poll_values(&consumer, 15);
+    assert_eq!(read[14], "only-on-1-4");
+    // Broker 1 goes down and the lead moves to broker 2, which never had those 5 (what Kafka
+    // calls an unclean election); it takes 8 other records at offsets 10 to 17.
+    one.shutdown().await;
+    let two = pair.start(2, 2, 1).await;
+    produce(&producer(&pair.address(2), "1"), "t", 8, "b").await;
+    // The consumer, at offset 15 in broker 1's epoch, learns of broker 2's later epoch, asks
+    // where broker 1's epoch ends on broker 2 (offset 10) and goes back there: it reads every
+    // record of the new leader's, rather than going on from 15 past the first five.
+    let after = poll_values(&consumer, 8);
+    assert_eq!(after, (0..8).map(|i| format!("b-{i}")).collect::<Vec<_>>());
+    assert!(
+        two.broker
+            .metrics
+            .requests_of(kafka_protocol::messages::ApiKey::OffsetForLeaderEpoch)
+            > 0
+    );
+    drop(consumer);
+    two.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_get_ids_no_other_broker_gives_and_a_follower_catches_up_past_deleted_records() {
     let pair = Pair::new();

@@ -190,6 +190,35 @@ async fn every_version_of_every_api_answers() {
             calls += 1;
         }
     }
+    for v in range(ApiKey::OffsetForLeaderEpoch) {
+        // The broker's epoch (it leads at its first: 0) ends at the log end.
+        let r = c
+            .call(
+                &OffsetForLeaderEpochRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                            .with_topic(topic("v-2"))
+                            .with_partitions(vec![
+                                offset_for_leader_epoch_request::OffsetForLeaderPartition::default(
+                                )
+                                .with_partition(0)
+                                .with_current_leader_epoch(0)
+                                .with_leader_epoch(0),
+                            ]),
+                    ]),
+                v,
+            )
+            .await;
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(p.error_code, 0, "OffsetForLeaderEpoch v{v}");
+        assert_eq!(
+            (p.leader_epoch, p.end_offset > 0),
+            (0, true),
+            "OffsetForLeaderEpoch v{v}"
+        );
+        calls += 1;
+    }
     for v in range(ApiKey::DescribeConfigs) {
         let r = c
             .call(

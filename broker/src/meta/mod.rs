@@ -599,6 +599,24 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Raises the leader epoch this broker has led with or seen its leader use to `epoch`, if
+    /// that is higher, and returns the value kept (-1 when none is).
+    pub fn raise_leader_epoch(&self, epoch: i32) -> Result<i32, MetaError> {
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            let kept = {
+                let mut table = tx.open_table(COUNTERS)?;
+                let kept = table.get("leader_epoch")?.map(|v| v.value()).unwrap_or(-1);
+                if kept < epoch as i64 {
+                    table.insert("leader_epoch", epoch as i64)?;
+                }
+                kept.max(epoch as i64)
+            };
+            tx.commit()?;
+            Ok(kept as i32)
+        })
+    }
+
     pub fn next_producer_id(&self) -> Result<i64, MetaError> {
         let mut ids = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.0 >= ids.1 {

@@ -314,6 +314,7 @@ throttle_time_ms!(
     ProduceResponse,
     FetchResponse,
     ListOffsetsResponse,
+    OffsetForLeaderEpochResponse,
     MetadataResponse,
     CreateTopicsResponse,
     DeleteTopicsResponse,
@@ -525,6 +526,7 @@ pub fn routes() -> Dispatcher {
     )
     .add::<FetchRequest, _, _>(4, 12, fetch::handle)
     .add::<ListOffsetsRequest, _, _>(1, 10, list_offsets::handle)
+    .add::<OffsetForLeaderEpochRequest, _, _>(2, 4, offset_for_leader_epoch::handle)
     .add::<MetadataRequest, _, _>(0, 12, metadata::handle)
     .add::<CreateTopicsRequest, _, _>(2, 7, create_topics::handle)
     .add::<DeleteTopicsRequest, _, _>(1, 6, delete_topics::handle)

@@ -685,6 +685,22 @@ async fn sync_topics(
     if let Some(id) = &metadata.cluster_id {
         broker.adopt_cluster_id(id);
     }
+    // The leader's epoch, for this broker's Metadata answers, and kept: should the lead move
+    // here, it leads at a later one.
+    let epoch = metadata
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.leader_epoch)
+        .max();
+    if let Some(epoch) = epoch
+        && broker.catalog.note_leaders_epoch(epoch)
+    {
+        broker
+            .meta
+            .raise_leader_epoch(epoch)
+            .context("cannot keep the leader's epoch")?;
+    }
     let mut leader: BTreeMap<String, (Uuid, i32, Vec<Vec<i32>>)> = BTreeMap::new();
     for t in metadata.topics.iter().filter(|t| t.error_code == 0) {
         let Some(name) = &t.name else { continue };

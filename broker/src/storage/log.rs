@@ -31,6 +31,7 @@ use super::batch::{
     set_log_append_time,
 };
 use super::compaction::CompactionState;
+use super::epochs::LeaderEpochs;
 use super::error::{StorageError, io_err};
 use super::index::write_file_atomic;
 use super::producer::{ProducerStates, SeqCheck};
@@ -41,6 +42,11 @@ use super::{AppendInfo, FlushPolicy, LogConfig, MaintenanceReport};
 
 /// File holding the log start offset set by DeleteRecords (decimal text).
 pub(crate) const LOG_START_FILE: &str = "log-start-offset";
+
+/// File holding the offset from which the batches' leader epochs are this broker's (decimal
+/// text): the log's end when it was first opened by a build that stamps them. Batches below it
+/// carry what their producers wrote there (any number), which says nothing of leaders.
+pub(crate) const EPOCHS_FROM_FILE: &str = "leader-epochs-from";
 
 /// The active segment's file, to be fsynced without holding the log
 /// ([`PartitionLog::start_flush`]).
@@ -148,6 +154,16 @@ pub struct PartitionLog {
     /// find) until the broker reads it back from the disk at its next start, as Kafka takes a
     /// log directory offline.
     pub(super) failed: Option<String>,
+    /// Where each leader epoch began (`epochs.rs`), from the batches at or after
+    /// `epochs_from`.
+    pub(super) epochs: LeaderEpochs,
+    epochs_from: i64,
+    /// The largest epoch in any batch header, below `epochs_from` too: a leader takes a larger
+    /// one, so that no client's position names an epoch above the leader's.
+    max_epoch_seen: i32,
+    /// The epoch stamped into every batch appended as a leader; -1 stamps none (a follower's
+    /// log, whose batches come stamped, and the storage tests').
+    pub(super) leader_epoch: i32,
 }
 
 impl PartitionLog {
@@ -237,12 +253,19 @@ impl PartitionLog {
             .base_offset
             .max(checkpoint.unwrap_or(0))
             .min(log_end);
+        let epochs_from = epochs_from(&dir, log_end)?;
+        let mut epochs = LeaderEpochs::default();
+        let mut max_epoch_seen = -1;
         let mut producers = ProducerStates::default();
         let mut txns = TxnState::default();
         for seg in &segments {
             let mut failed = None;
             seg.for_each_header(0, |pos, h| {
                 producers.replay(h);
+                max_epoch_seen = max_epoch_seen.max(h.partition_leader_epoch);
+                if h.base_offset >= epochs_from {
+                    epochs.observe(h.partition_leader_epoch, h.base_offset);
+                }
                 // A marker is read whole (78 bytes): whether it commits or aborts is in its
                 // record.
                 let marker = if h.is_control() && h.is_transactional() {
@@ -275,7 +298,48 @@ impl PartitionLog {
             compaction: CompactionState::default(),
             unsealed: Vec::new(),
             failed: None,
+            epochs,
+            epochs_from,
+            max_epoch_seen,
+            leader_epoch: -1,
         })
+    }
+
+    /// Makes this log a leader's at `epoch`: every batch appended from now on carries it, and
+    /// the epoch begins at the log's end (OffsetForLeaderEpoch answers for it before anything
+    /// is written, as Kafka's leaders do).
+    pub fn set_leader_epoch(&mut self, epoch: i32) {
+        self.leader_epoch = epoch;
+        self.epochs.observe(epoch, self.log_end_offset());
+    }
+
+    /// The largest leader epoch any batch of this log carries, its own or a producer's from
+    /// before epochs were stamped (-1 when none does).
+    pub fn max_epoch_seen(&self) -> i32 {
+        self.max_epoch_seen
+    }
+
+    /// The latest leader epoch of this log (ListOffsets for the log's end), -1 for none.
+    pub fn latest_epoch(&self) -> i32 {
+        self.epochs.latest().unwrap_or(-1)
+    }
+
+    /// The leader epoch that wrote `offset` (ListOffsets), -1 for none known.
+    pub fn epoch_at(&self, offset: i64) -> i32 {
+        self.epochs.epoch_at(offset).unwrap_or(-1)
+    }
+
+    /// OffsetForLeaderEpoch: (epoch, end offset) for `epoch` (see [`LeaderEpochs::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// Notes the epoch of a batch appended at the log's end.
+    pub(super) fn observe_epoch(&mut self, h: &BatchHeader) {
+        self.max_epoch_seen = self.max_epoch_seen.max(h.partition_leader_epoch);
+        if h.base_offset >= self.epochs_from {
+            self.epochs.observe(h.partition_leader_epoch, h.base_offset);
+        }
     }
 
     /// Refuses with [`StorageError::Failed`] once an fsync of the log failed.
@@ -369,6 +433,13 @@ impl PartitionLog {
             out.extend_from_slice(&records[pos..pos + h.total_size()]);
             let b = &mut out[start..];
             set_base_offset(b, next);
+            if self.leader_epoch >= 0 {
+                super::batch::put_i32(
+                    b,
+                    super::batch::PARTITION_LEADER_EPOCH_POS,
+                    self.leader_epoch,
+                );
+            }
             if self.config.log_append_time {
                 set_log_append_time(b, now_ms);
             }
@@ -401,6 +472,7 @@ impl PartitionLog {
         self.producers.commit(staged);
         for (_, h) in &written {
             self.txns.observe(h, None);
+            self.observe_epoch(h);
         }
         self.mark_appended(sync, now_ms);
         Ok(AppendInfo {
@@ -432,6 +504,13 @@ impl PartitionLog {
         let mut batch = marker_batch(producer_id, producer_epoch, marker, 0, now_ms);
         let offset = self.log_end_offset();
         set_base_offset(&mut batch, offset);
+        if self.leader_epoch >= 0 {
+            super::batch::put_i32(
+                &mut batch,
+                super::batch::PARTITION_LEADER_EPOCH_POS,
+                self.leader_epoch,
+            );
+        }
         if self.config.log_append_time {
             set_log_append_time(&mut batch, now_ms);
         }
@@ -443,6 +522,7 @@ impl PartitionLog {
             .map_err(|e| self.note_error(e))?;
         self.producers.replay(&h);
         self.txns.observe(&h, Some(marker));
+        self.observe_epoch(&h);
         self.mark_appended(sync, now_ms);
         Ok(offset)
     }
@@ -1101,6 +1181,24 @@ pub(super) fn parse_base(stem: &str) -> Option<i64> {
     } else {
         None
     }
+}
+
+/// The offset from which the batches' leader epochs are to be trusted ([`EPOCHS_FROM_FILE`]):
+/// the file's, or, for a log without one, `log_end` (written down now; 0 for a new log).
+fn epochs_from(dir: &Path, log_end: i64) -> Result<i64, StorageError> {
+    let path = dir.join(EPOCHS_FROM_FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) => match s.trim().parse() {
+            Ok(from) => return Ok(from),
+            Err(_) => {
+                tracing::warn!(file = %path.display(), "the offset it holds is unreadable: leader epochs are taken from the log's end")
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StorageError::Io { path, source: e }),
+    }
+    write_file_atomic(&path, log_end.to_string().as_bytes()).map_err(io_err(&path))?;
+    Ok(log_end)
 }
 
 fn read_log_start(dir: &Path) -> Result<Option<i64>, StorageError> {

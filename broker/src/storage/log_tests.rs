@@ -1677,3 +1677,112 @@ fn a_failed_fsync_fails_the_log_and_a_failed_write_does_not() {
     assert_eq!(log.failed(), None);
     log.append(&batch(1, NOW), NOW).unwrap();
 }
+
+/// `batch` with `epoch` as its partitionLeaderEpoch, as a producer may send it.
+fn with_epoch(mut batch: Vec<u8>, epoch: i32) -> Vec<u8> {
+    put_i32(&mut batch, PARTITION_LEADER_EPOCH_POS, epoch);
+    batch
+}
+
+#[test]
+fn a_leaders_log_stamps_its_epoch_on_every_batch_and_answers_for_each_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), cfg());
+    // Before anything is written, the leader's epoch begins at the log end.
+    log.set_leader_epoch(3);
+    assert_eq!(log.end_offset_for_epoch(3), (3, 0));
+    assert_eq!(log.latest_epoch(), 3);
+    // The producer's own value is overwritten, markers are stamped too, and the CRC (which does
+    // not cover the field) still holds.
+    log.append(&with_epoch(batch(2, NOW), 9), NOW).unwrap();
+    log.append(&idem(3, 7, 0, 0), NOW).unwrap();
+    log.set_leader_epoch(5);
+    log.append(&batch(1, NOW), NOW).unwrap();
+    log.append_marker(7, 0, super::Marker::Abort, NOW).unwrap();
+    let read = log.read(0, 1 << 20).unwrap();
+    let stamped: Vec<(i64, i32)> = headers(&read)
+        .iter()
+        .map(|h| (h.base_offset, h.partition_leader_epoch))
+        .collect();
+    assert_eq!(stamped, vec![(0, 3), (2, 3), (5, 5), (6, 5)]);
+    for (_, _, batch) in parse_batches(&read).map(|r| r.unwrap()) {
+        check_batch(batch).unwrap();
+    }
+    let answers = |log: &PartitionLog| {
+        (0..7)
+            .map(|e| log.end_offset_for_epoch(e))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        (0, 0), // older than any: where the first began
+        (1, 0),
+        (2, 0),
+        (3, 5),   // ended where 5 began
+        (3, 5),   // never led here: the one below it
+        (5, 7),   // the latest: the log end
+        (-1, -1), // newer than any
+    ];
+    assert_eq!(answers(&log), expected);
+    assert_eq!(
+        (
+            log.epoch_at(0),
+            log.epoch_at(4),
+            log.epoch_at(5),
+            log.epoch_at(6)
+        ),
+        (3, 3, 5, 5)
+    );
+    // The same from the batches after a restart, and as a follower's copy (unstamped).
+    drop(log);
+    let mut log = open(dir.path(), cfg());
+    assert_eq!(answers(&log), expected);
+    assert_eq!(log.max_epoch_seen(), 5);
+    // A follower cut back below the start of epoch 5 no longer lists it.
+    log.truncate_to(5, NOW).unwrap();
+    assert_eq!(log.latest_epoch(), 3);
+    assert_eq!(log.end_offset_for_epoch(3), (3, 5));
+    assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
+    // And appends the leader's batches with the epochs they carry.
+    log.append_replica(
+        &{
+            let mut b = with_epoch(batch(2, NOW), 6);
+            set_base_offset(&mut b, 5);
+            b
+        },
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(log.end_offset_for_epoch(3), (3, 5));
+    assert_eq!(log.end_offset_for_epoch(6), (6, 7));
+}
+
+#[test]
+fn batches_written_before_epochs_were_stamped_name_no_epoch_but_raise_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    // A log as an older build left it: producers' own values, unordered, and no
+    // leader-epochs-from file.
+    let mut log = open(dir.path(), cfg());
+    log.append(&with_epoch(batch(2, NOW), 7), NOW).unwrap();
+    log.append(&with_epoch(batch(2, NOW), 0), NOW).unwrap();
+    log.append(&with_epoch(batch(2, NOW), -1), NOW).unwrap();
+    drop(log);
+    fs::remove_file(dir.path().join("leader-epochs-from")).unwrap();
+    let mut log = open(dir.path(), cfg());
+    // None of them begins an epoch (a consumer at offset 5 that read epoch 0 would otherwise
+    // be told epoch 0 ended at 2, before it), yet the largest is known, for the leader to
+    // take a later one.
+    assert_eq!(log.latest_epoch(), -1);
+    assert_eq!(log.epoch_at(5), -1);
+    assert_eq!(log.max_epoch_seen(), 7);
+    log.set_leader_epoch(8);
+    assert_eq!(log.end_offset_for_epoch(0), (0, 6));
+    assert_eq!(log.end_offset_for_epoch(7), (7, 6));
+    log.append(&batch(1, NOW), NOW).unwrap();
+    drop(log);
+    // The file written at that first open keeps the old batches out after later starts too.
+    let log = open(dir.path(), cfg());
+    assert_eq!(log.end_offset_for_epoch(0), (0, 6));
+    assert_eq!(log.end_offset_for_epoch(8), (8, 7));
+    assert_eq!(log.epoch_at(5), -1);
+    assert_eq!(log.epoch_at(6), 8);
+}

@@ -15,17 +15,20 @@
 //! | `replica.rs` | a follower's appends of the leader's batches, and its cuts |
 //! | `retention.rs` | time/size retention and DeleteRecords |
 //! | `compaction.rs` | key-based compaction of sealed segments |
+//! | `epochs.rs` | where each leader epoch began, for OffsetForLeaderEpoch |
 //!
 //! Directory layout: `<dir>/{base:020}.log|.index|.timeindex` per segment, plus
-//! `log-start-offset` (written when DeleteRecords moves the log start inside a segment).
+//! `log-start-offset` (written when DeleteRecords moves the log start inside a segment) and
+//! `leader-epochs-from` (the offset from which batches carry this broker's leader epochs).
 //!
 //! Invariants kept by [`PartitionLog`]:
 //! * there is always at least one segment; the last one is *active* and the only one appended
 //!   to; all others are *sealed*: once a roll's seal has run ([`PartitionLog::start_seals`],
 //!   without the log's lock), fsynced with their index files written. A restart finds a segment
 //!   whose seal never ran without index files, and scans it whole;
-//! * batches are stored as the producer sent them except baseOffset (always), and for
-//!   LogAppendTime topics the timestamp-type bit, maxTimestamp and CRC;
+//! * batches are stored as the producer sent them except baseOffset and, on a leader,
+//!   partitionLeaderEpoch (always; neither is covered by the CRC), and for LogAppendTime topics
+//!   the timestamp-type bit, maxTimestamp and CRC;
 //! * offsets strictly increase across batches and segments; gaps are allowed (compaction,
 //!   truncated tails);
 //! * `log_start_offset <= log_end_offset`, and reads below the start are refused;
@@ -33,6 +36,7 @@
 
 mod batch;
 mod compaction;
+mod epochs;
 mod error;
 mod index;
 mod log;

@@ -91,6 +91,7 @@ impl PartitionLog {
                 .then(|| super::txn::marker_of(&data[*at..*at + h.total_size()]))
                 .flatten();
             self.txns.observe(h, marker);
+            self.observe_epoch(h);
         }
         self.mark_appended(sync, now_ms);
         Ok(Some(AppendInfo {
@@ -180,9 +181,13 @@ impl PartitionLog {
     /// read from what is now on disk.
     pub(super) fn reopen(&mut self, now_ms: i64) -> Result<(), StorageError> {
         let failed = self.failed.take();
+        let leader_epoch = self.leader_epoch;
         *self = PartitionLog::open(self.dir.clone(), self.config.clone(), now_ms)?;
         // What a failed fsync left is not known before the broker starts again.
         self.failed = failed;
+        if leader_epoch >= 0 {
+            self.set_leader_epoch(leader_epoch);
+        }
         Ok(())
     }
 }

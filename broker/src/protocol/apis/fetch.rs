@@ -24,6 +24,10 @@
 //! id (a replica fetch; it needs ClusterAction on the cluster) reads up to the log end, and
 //! tells the leader how far the follower's log reaches.
 //!
+//! A fetch naming the leader epoch its client knows (v9+, KIP-320) is refused for a partition
+//! when that is not this broker's: FENCED_LEADER_EPOCH for an older one (the client refreshes
+//! its metadata), UNKNOWN_LEADER_EPOCH for a newer one.
+//!
 //! Transactions: every partition reports its last stable offset (below the oldest open
 //! transaction). A read_committed consumer (isolation level 1) reads below it, and gets the
 //! aborted transactions its records overlap, whose records it drops (`storage::txn`).
@@ -64,6 +68,8 @@ struct Wanted {
     refused: bool,
     offset: i64,
     max_bytes: usize,
+    /// The leader epoch the fetcher knows (v9+; -1 for none).
+    current_leader_epoch: i32,
 }
 
 /// Who a fetch is for.
@@ -145,6 +151,7 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
                 refused,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
+                current_leader_epoch: p.current_leader_epoch,
             });
         }
     }
@@ -366,6 +373,18 @@ fn read_all(
     for w in wanted {
         let mut data = PartitionData::default().with_partition_index(w.partition);
         if let Reader::Refused(code) = reader {
+            data.high_watermark = -1;
+            data.last_stable_offset = -1;
+            data.log_start_offset = -1;
+            data.error_code = code;
+            data.records = Some(Bytes::new());
+            any_error = true;
+            out.push((w.topic.clone(), data));
+            continue;
+        }
+        if w.log.is_some()
+            && let Err(code) = super::check_leader_epoch(ctx, w.current_leader_epoch)
+        {
             data.high_watermark = -1;
             data.last_stable_offset = -1;
             data.log_start_offset = -1;

@@ -6,6 +6,10 @@
 //! may not Describe (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED; a partition named twice,
 //! INVALID_REQUEST at each mention, as in Kafka. v10's timeout (for tiered lookups) has nothing
 //! to wait for.
+//!
+//! Each offset found comes with the leader epoch that wrote it (v4+; for "latest", the log's
+//! latest epoch, as Kafka answers), and a request naming a leader epoch other than this
+//! broker's is refused for the partition (FENCED_LEADER_EPOCH or UNKNOWN_LEADER_EPOCH).
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::list_offsets_response::{
@@ -47,9 +51,6 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1)
                         .with_offset(-1);
-                    if ctx.api_version >= 4 {
-                        out.leader_epoch = 0;
-                    }
                     if refused {
                         out.error_code = E::TopicAuthorizationFailed.code();
                         return out;
@@ -67,6 +68,10 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         out.error_code = E::UnknownTopicOrPartition.code();
                         return out;
                     };
+                    if let Err(code) = super::check_leader_epoch(&ctx, p.current_leader_epoch) {
+                        out.error_code = code;
+                        return out;
+                    }
                     let mut log = part.log();
                     // What consumers may read: below the high watermark in a cluster. A
                     // timestamp found at or above it is not there yet.
@@ -79,8 +84,14 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         readable = log.last_stable_offset(readable);
                     }
                     match p.timestamp {
-                        LATEST => out.offset = readable,
-                        EARLIEST | EARLIEST_LOCAL => out.offset = log.log_start_offset(),
+                        LATEST => {
+                            out.offset = readable;
+                            out.leader_epoch = log.latest_epoch();
+                        }
+                        EARLIEST | EARLIEST_LOCAL => {
+                            out.offset = log.log_start_offset();
+                            out.leader_epoch = log.epoch_at(out.offset);
+                        }
                         LATEST_TIERED => {}
                         MAX_TIMESTAMP => {
                             if let Ok(Some((ts, offset))) = log.max_timestamp()
@@ -88,17 +99,23 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                             {
                                 out.timestamp = ts;
                                 out.offset = offset;
+                                out.leader_epoch = log.epoch_at(offset);
                             }
                         }
                         ts if ts >= 0 => match log.offset_for_timestamp(ts) {
                             Ok(Some((offset, found))) if offset < readable => {
                                 out.offset = offset;
                                 out.timestamp = found;
+                                out.leader_epoch = log.epoch_at(offset);
                             }
                             Ok(_) => {}
                             Err(e) => out.error_code = storage_code(&e),
                         },
                         _ => out.error_code = E::InvalidRequest.code(),
+                    }
+                    if ctx.api_version < 4 {
+                        // Not in the older answers.
+                        out.leader_epoch = -1;
                     }
                     out
                 })

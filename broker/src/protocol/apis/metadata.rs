@@ -169,7 +169,7 @@ fn describe(ctx: &Ctx, t: &Topic) -> MetadataResponseTopic {
             MetadataResponsePartition::default()
                 .with_partition_index(p.index)
                 .with_leader_id(BrokerId(leader))
-                .with_leader_epoch(0)
+                .with_leader_epoch(b.catalog.leader_epoch())
                 .with_replica_nodes(ids(replicas))
                 .with_isr_nodes(ids(isr))
         })

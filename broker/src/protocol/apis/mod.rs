@@ -44,6 +44,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sasl;
 pub mod sync_group;
@@ -92,6 +93,21 @@ pub(crate) fn config_resource_refusal<'a>(
     }
     let nulls: Vec<&str> = nulls.collect();
     (!nulls.is_empty()).then(|| format!("Null value not supported for : {}", nulls.join(", ")))
+}
+
+/// Checks the leader epoch a client names for a partition (`current`, -1 for none: no check)
+/// against this broker's (KIP-320): FENCED_LEADER_EPOCH when the client's is older (its
+/// metadata is stale), UNKNOWN_LEADER_EPOCH when it is newer (this broker's is), as Kafka's
+/// leaders answer.
+pub(crate) fn check_leader_epoch(ctx: &Ctx, current: i32) -> Result<(), i16> {
+    let here = ctx.broker.catalog.leader_epoch();
+    if current < 0 || current == here {
+        Ok(())
+    } else if current < here {
+        Err(E::FencedLeaderEpoch.code())
+    } else {
+        Err(E::UnknownLeaderEpoch.code())
+    }
 }
 
 /// Why the ACL APIs are refused while ACLs are off.
