@@ -191,6 +191,13 @@ impl Broker {
     }
 }
 
+/// The least leader epoch a cluster's leader starting at `now_ms` takes: the whole seconds
+/// since 2024-01-01 UTC (an i32 until 2092), 0 for a clock before then.
+pub(crate) fn epoch_floor(now_ms: i64) -> i32 {
+    const SINCE_MS: i64 = 1_704_067_200_000;
+    ((now_ms - SINCE_MS) / 1000).clamp(0, i32::MAX as i64) as i32
+}
+
 /// Starts a broker with `config` (already validated) and returns once its listeners are bound.
 pub async fn start_broker(config: Config) -> anyhow::Result<BrokerHandle> {
     start_broker_from(config, None).await
@@ -261,18 +268,25 @@ pub async fn start_broker_from(
     }
     // A leader takes an epoch above every one it led at, heard its leader use, or finds in a
     // batch, so that a client's position never names a later epoch than the leader's; every
-    // start is a new epoch, as every election is in Kafka.
+    // start is a new epoch, as every election is in Kafka. In a cluster no controller hands
+    // epochs out, and the other broker may have led at epochs this one never heard of (it
+    // restarted while the two were apart): there the epoch is also at least the seconds since
+    // 2024 (`epoch_floor`), so a later start leads at a larger epoch whoever made it, with the
+    // brokers' clocks in step. A follower says none (-1) until it has read its leader's.
     let seen = meta
         .raise_leader_epoch(catalog.max_epoch_seen())
         .context("cannot read the leader epoch")?;
     if cluster.as_ref().is_none_or(|c| c.is_leader()) {
-        let epoch = seen.saturating_add(1);
+        let floor = if cluster.is_some() {
+            epoch_floor(now_ms())
+        } else {
+            0
+        };
+        let epoch = seen.saturating_add(1).max(floor);
         meta.raise_leader_epoch(epoch)
             .context("cannot keep the leader epoch")?;
         catalog.lead_at_epoch(epoch);
         tracing::debug!(leader_epoch = epoch, "leading the partitions");
-    } else {
-        catalog.note_leaders_epoch(seen);
     }
     let groups = GroupCoordinator::new(
         GroupConfig {

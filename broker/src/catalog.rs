@@ -453,6 +453,8 @@ impl Catalog {
     /// (`PartitionLog::set_leader_epoch`).
     pub fn lead_at_epoch(&self, epoch: i32) {
         use std::sync::atomic::Ordering;
+        // No partition is made meanwhile, unstamped and missed by the loop below.
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         self.leader_epoch.store(epoch, Ordering::SeqCst);
         self.leads.store(true, Ordering::SeqCst);
         for topic in self.list() {
@@ -462,12 +464,10 @@ impl Catalog {
         }
     }
 
-    /// On a follower: the leader's epoch, as it answers Metadata. Returns whether it differs
-    /// from the one known.
-    pub fn note_leaders_epoch(&self, epoch: i32) -> bool {
+    /// On a follower: the leader's epoch, as it answers Metadata.
+    pub fn note_leaders_epoch(&self, epoch: i32) {
         self.leader_epoch
-            .swap(epoch, std::sync::atomic::Ordering::SeqCst)
-            != epoch
+            .store(epoch, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The partitions' leader epoch (see the field), -1 when not known yet.

@@ -639,6 +639,51 @@ async fn a_consumer_that_read_records_the_new_leader_lacks_goes_back_to_where_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_start_leads_at_a_larger_epoch_whichever_broker_makes_it() {
+    let epoch = |h: &BrokerHandle| h.broker.catalog.leader_epoch();
+    // Epochs in a cluster count seconds: starts a second apart.
+    let pause = || tokio::time::sleep(Duration::from_millis(1100));
+    let pair = Pair::new();
+    let one = pair.start(1, 1, 1).await;
+    let two = pair.start(2, 1, 1).await;
+    produce_copied(&producer(&pair.address(1), "all"), &two, "t", 3, "a").await;
+    let first = epoch(&one);
+    eventually("broker 2 to report broker 1's epoch", || {
+        epoch(&two) == first
+    })
+    .await;
+    two.shutdown().await;
+    // Broker 1 starts again while broker 2 is down: an epoch broker 2 never hears of.
+    one.shutdown().await;
+    pause().await;
+    let one = pair.start(1, 1, 1).await;
+    let second = epoch(&one);
+    assert!(second > first, "{second} after {first}");
+    one.shutdown().await;
+    // The lead moves to broker 2, which knows only the first epoch: it still leads at a later
+    // one than broker 1's last, so clients that saw that one are not left with a newer epoch
+    // than the leader's (refused as UNKNOWN_LEADER_EPOCH) or the same one (never told to check
+    // their position).
+    pause().await;
+    let two = pair.start(2, 2, 1).await;
+    let third = epoch(&two);
+    assert!(third > second, "{third} after {second}");
+    // Broker 1, now following, reports broker 2's epoch once it has read it.
+    let one = pair.start(1, 2, 1).await;
+    eventually("broker 1 to report broker 2's epoch", || {
+        epoch(&one) == third
+    })
+    .await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let r = c
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await;
+    assert_eq!(r.topics[0].partitions[0].leader_epoch, third);
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_get_ids_no_other_broker_gives_and_a_follower_catches_up_past_deleted_records() {
     let pair = Pair::new();
     let leader = pair.start(1, 1, 2).await;

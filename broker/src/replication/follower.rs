@@ -693,13 +693,13 @@ async fn sync_topics(
         .flat_map(|t| &t.partitions)
         .map(|p| p.leader_epoch)
         .max();
-    if let Some(epoch) = epoch
-        && broker.catalog.note_leaders_epoch(epoch)
-    {
+    if let Some(epoch) = epoch.filter(|&e| e != broker.catalog.leader_epoch()) {
+        // Kept before it is reported: a failed write is tried again at the next sync.
         broker
             .meta
             .raise_leader_epoch(epoch)
             .context("cannot keep the leader's epoch")?;
+        broker.catalog.note_leaders_epoch(epoch);
     }
     let mut leader: BTreeMap<String, (Uuid, i32, Vec<Vec<i32>>)> = BTreeMap::new();
     for t in metadata.topics.iter().filter(|t| t.error_code == 0) {

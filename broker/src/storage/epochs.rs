@@ -9,9 +9,11 @@
 //! Batches without an epoch (-1: written before epochs were stamped, or by a producer straight
 //! into a log that stamps none) are passed over.
 //!
-//! What this gives up against Kafka's checkpoint file: an epoch whose every batch compaction or
-//! retention removed is no longer listed. Its records are gone as well, and the end offset of
-//! an epoch asked about is the start of the next one listed, the same offset either way.
+//! What this gives up against Kafka's checkpoint file: an epoch whose first batches compaction
+//! or retention removed is listed from its first batch left, and one they removed whole is not
+//! listed. The end offset given for an earlier epoch is then later than Kafka's, never earlier:
+//! a client may miss a truncation there (of records compaction removed anyway), but is never
+//! sent back to offsets it had not read.
 
 /// Where each leader epoch began, in order of both: (epoch, first offset).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
