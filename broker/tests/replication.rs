@@ -679,6 +679,11 @@ async fn a_later_start_leads_at_a_larger_epoch_whichever_broker_makes_it() {
         .call(&MetadataRequest::default().with_topics(None), 12)
         .await;
     assert_eq!(r.topics[0].partitions[0].leader_epoch, third);
+    let metrics = common::http_get(one.admin_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains(&format!("\nrunnel_leader_epoch {third}\n")),
+        "{metrics}"
+    );
     one.shutdown().await;
     two.shutdown().await;
 }

@@ -265,6 +265,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP runnel_leader_epoch The partitions' leader epoch: the one this broker leads at, or its leader's as last read (-1 before that).\n# TYPE runnel_leader_epoch gauge\nrunnel_leader_epoch {}",
+            broker.catalog.leader_epoch()
+        );
+        let _ = writeln!(
+            out,
             "# HELP runnel_log_end_offset Next offset of each partition.\n# TYPE runnel_log_end_offset gauge"
         );
         let mut starts = String::new();
