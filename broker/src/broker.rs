@@ -191,11 +191,34 @@ impl Broker {
     }
 }
 
-/// The least leader epoch a cluster's leader starting at `now_ms` takes: the whole seconds
-/// since 2024-01-01 UTC (an i32 until 2092), 0 for a clock before then.
-pub(crate) fn epoch_floor(now_ms: i64) -> i32 {
-    const SINCE_MS: i64 = 1_704_067_200_000;
-    ((now_ms - SINCE_MS) / 1000).clamp(0, i32::MAX as i64) as i32
+/// The clock's origin for a cluster's leader epochs: 2024-01-01 UTC, in ms since 1970.
+const EPOCHS_SINCE_MS: i64 = 1_704_067_200_000;
+
+/// The leader epoch of a cluster's leader starting now, above `seen` (every epoch this broker
+/// knows of): the seconds since 2024-01-01 UTC (an i32 until 2092) rounded up, and it serves
+/// only once its clock has reached that second. So a broker that starts leading after the
+/// other one began to (clocks in step) leads at a larger epoch, whether or not it heard of the
+/// other's: a restart of one it never heard of takes a second its own start comes after. A
+/// start waits under a second for it, or longer only when `seen` is ahead of the clock (a
+/// clock set back, or the other broker's ahead): up to 3 s, and beyond that it leads at
+/// `seen + 1` at once, with a warning.
+async fn cluster_leader_epoch(seen: i32) -> i32 {
+    let now = now_ms();
+    let rounded_up = (now - EPOCHS_SINCE_MS + 999).div_euclid(1000);
+    let epoch = rounded_up
+        .clamp(0, i32::MAX as i64)
+        .max(seen.saturating_add(1) as i64) as i32;
+    let wait = EPOCHS_SINCE_MS + epoch as i64 * 1000 - now;
+    if wait > 3000 {
+        tracing::warn!(
+            leader_epoch = epoch,
+            ahead_s = wait / 1000,
+            "the leader epochs known here are ahead of this broker's clock: keep the brokers' clocks in step (NTP), or a move of the lead may give clients an older epoch than one they saw"
+        );
+    } else if wait > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+    }
+    epoch
 }
 
 /// Starts a broker with `config` (already validated) and returns once its listeners are bound.
@@ -270,19 +293,16 @@ pub async fn start_broker_from(
     // batch, so that a client's position never names a later epoch than the leader's; every
     // start is a new epoch, as every election is in Kafka. In a cluster no controller hands
     // epochs out, and the other broker may have led at epochs this one never heard of (it
-    // restarted while the two were apart): there the epoch is also at least the seconds since
-    // 2024 (`epoch_floor`), so a later start leads at a larger epoch whoever made it, with the
-    // brokers' clocks in step. A follower says none (-1) until it has read its leader's.
+    // restarted while the two were apart): there the epoch comes from the clock as well
+    // (`cluster_leader_epoch`). A follower says none (-1) until it has read its leader's.
     let seen = meta
         .raise_leader_epoch(catalog.max_epoch_seen())
         .context("cannot read the leader epoch")?;
     if cluster.as_ref().is_none_or(|c| c.is_leader()) {
-        let floor = if cluster.is_some() {
-            epoch_floor(now_ms())
-        } else {
-            0
+        let epoch = match &cluster {
+            Some(_) => cluster_leader_epoch(seen).await,
+            None => seen.saturating_add(1),
         };
-        let epoch = seen.saturating_add(1).max(floor);
         meta.raise_leader_epoch(epoch)
             .context("cannot keep the leader epoch")?;
         catalog.lead_at_epoch(epoch);
