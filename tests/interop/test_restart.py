@@ -111,3 +111,69 @@ def test_idempotent_producer_across_restart(broker_factory):
     msgs = read_all(b, topic, 200)
     assert len(msgs) == 200
     assert_same_records(msgs, first + second, 1)
+
+
+def test_group_consumers_read_on_across_restarts(broker_factory):
+    """A confluent-kafka and a kafka-python group consumer keep running while the broker
+    restarts (SIGTERM, then SIGKILL). Each start leads at a new leader epoch, so their next
+    fetches name an older epoch and are fenced; they read the new epoch from Metadata, check
+    their positions (librdkafka asks OffsetForLeaderEpoch) and read on: every record once."""
+    import time
+
+    from kafka import KafkaConsumer
+
+    b = broker_factory()
+    topic = unique("rs-epochs")
+    create_topic(AdminClient(conf(b.bootstrap)), topic, 2)
+    ck = Consumer(consumer_conf(b.bootstrap, unique("rs-ck"), **{"enable.auto.commit": True,
+                                                                  "auto.commit.interval.ms": 200}))
+    ck.subscribe([topic])
+    kp = KafkaConsumer(topic, bootstrap_servers=b.bootstrap, group_id=unique("rs-kp"),
+                       auto_offset_reset="earliest", enable_auto_commit=True,
+                       auto_commit_interval_ms=200, request_timeout_ms=15000)
+    seen = {"ck": [], "kp": []}
+
+    def take(m, recs) -> None:
+        # Transport errors while the broker is down are reported and passed over.
+        if m is not None and not m.error():
+            seen["ck"].append((m.partition(), m.offset()))
+        for rs in recs.values():
+            seen["kp"].extend((r.partition, r.offset) for r in rs)
+
+    def poll_both(until: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while min(len(v) for v in seen.values()) < until:
+            assert time.monotonic() < deadline, {k: len(v) for k, v in seen.items()}
+            take(ck.poll(0.2), kp.poll(timeout_ms=200))
+
+    def settle(seconds: float) -> None:
+        """Polls on: auto-commits go out, and anything read twice shows."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            take(ck.poll(0.2), kp.poll(timeout_ms=200))
+
+    def produce_batch(n: int, start: int) -> None:
+        produce_records(Producer(conf(b.bootstrap, acks="all")), topic,
+                        [{"partition": i % 2, "key": None, "value": f"v{start + i}".encode(),
+                          "headers": None, "timestamp": BASE_TS + start + i}
+                         for i in range(n)])
+
+    try:
+        produce_batch(40, 0)
+        poll_both(40)
+        settle(1)
+        assert b.restart() == 0
+        produce_batch(40, 40)
+        poll_both(80)
+        settle(1)
+        b.kill()
+        b.start()
+        produce_batch(40, 80)
+        poll_both(120)
+        settle(2)
+        expected = sorted((p, o) for p in range(2) for o in range(60))
+        for name, got in seen.items():
+            assert sorted(got) == expected, f"{name} read {len(got)}: {sorted(got)}"
+    finally:
+        ck.close()
+        kp.close()
