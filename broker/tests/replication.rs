@@ -267,6 +267,29 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
         resp.responses[0].partition_responses[0].error_code,
         E::NotLeaderOrFollower.code()
     );
+    // From v10 (KIP-951) the answer names the leader, its epoch and its address.
+    let resp = raw
+        .call(&produce_request("readings", 0, -1, batch(b"x")), 10)
+        .await;
+    let refused = &resp.responses[0].partition_responses[0];
+    assert_eq!(refused.error_code, E::NotLeaderOrFollower.code());
+    assert_eq!(
+        (
+            refused.current_leader.leader_id.0,
+            refused.current_leader.leader_epoch
+        ),
+        (1, leader.broker.catalog.leader_epoch())
+    );
+    let endpoints: Vec<(i32, String, i32)> = resp
+        .node_endpoints
+        .iter()
+        .map(|e| (e.node_id.0, e.host.to_string(), e.port))
+        .collect();
+    assert_eq!(
+        endpoints,
+        [(1, "127.0.0.1".to_string(), pair.ports[0] as i32)]
+    );
+    assert_eq!(log_end(&leader, "readings"), 300);
 
     // Groups are coordinated by the leader, and topics changed there: the follower sends
     // clients to it.

@@ -519,7 +519,7 @@ pub fn routes() -> Dispatcher {
     d.legacy_produce = true;
     d.add_with_silence::<ProduceRequest, _, _>(
         3,
-        9,
+        10,
         produce::handle,
         |r| r.acks == 0,
         produce::unacknowledged_end,
@@ -527,7 +527,7 @@ pub fn routes() -> Dispatcher {
     .add::<FetchRequest, _, _>(4, 12, fetch::handle)
     .add::<ListOffsetsRequest, _, _>(1, 10, list_offsets::handle)
     .add::<OffsetForLeaderEpochRequest, _, _>(2, 4, offset_for_leader_epoch::handle)
-    .add::<MetadataRequest, _, _>(0, 12, metadata::handle)
+    .add::<MetadataRequest, _, _>(0, 13, metadata::handle)
     .add::<CreateTopicsRequest, _, _>(2, 7, create_topics::handle)
     .add::<DeleteTopicsRequest, _, _>(1, 6, delete_topics::handle)
     .add::<CreatePartitionsRequest, _, _>(0, 3, create_partitions::handle)
@@ -588,7 +588,7 @@ mod tests {
         let d = super::routes();
         let adv = d.advertised();
         let produce = adv.iter().find(|(k, _, _)| *k == 0).unwrap();
-        assert_eq!((produce.1, produce.2), (0, 9));
+        assert_eq!((produce.1, produce.2), (0, 10));
         let mut keys: Vec<i16> = adv.iter().map(|(k, _, _)| *k).collect();
         keys.dedup();
         assert_eq!(keys.len(), adv.len());

@@ -12,6 +12,11 @@
 //! asked for by name or id that it may not Describe, or an unknown one it may not Create (on the
 //! topic or the cluster) when it would be auto-created, gets TOPIC_AUTHORIZATION_FAILED. Asked
 //! for (v8+), the operations the client may perform on each topic and on the cluster.
+//!
+//! Each partition names its leader epoch (v7+, `storage::epochs`): the one this broker leads
+//! at, or, on a follower, its leader's as last read. v13's top-level error (KIP-1102: a
+//! cluster asking its clients to bootstrap again) is never set: the brokers a client was
+//! given stay the cluster's.
 
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::metadata_response::{

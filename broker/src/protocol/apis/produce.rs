@@ -14,8 +14,10 @@
 //! (by default `cluster.min_insync_replicas`) brokers in sync before anything is written (else
 //! NOT_ENOUGH_REPLICAS) and is answered once every in-sync follower has the records (else
 //! REQUEST_TIMED_OUT after the request's timeout, the records staying written, as in Kafka).
-//! Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`) but answered with
-//! UNSUPPORTED_VERSION by [`refuse_legacy`].
+//! From v10 (KIP-951) a follower's NOT_LEADER_OR_FOLLOWER names the leader and its epoch, and
+//! the answer carries the leader's address, so that the producer goes there without asking for
+//! metadata first. Produce v0-2 are advertised (see `protocol::Dispatcher::advertised`) but
+//! answered with UNSUPPORTED_VERSION by [`refuse_legacy`].
 //!
 //! A topic the client may not Write (`crate::acl`) gets TOPIC_AUTHORIZATION_FAILED on each of
 //! its partitions, whether it exists or not, and nothing of it is written.
@@ -41,8 +43,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError as E;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 
 use super::s;
 use crate::acl::{Operation, ResourceType};
@@ -132,6 +136,11 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
             if let Some((code, why)) = &refusal {
                 out.error_code = *code;
                 out.error_message = why.clone().map(|why| s(capped(why)));
+                if follows && ctx.api_version >= 10 {
+                    out.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(cluster.map_or(-1, |c| c.leader)))
+                        .with_leader_epoch(catalog.leader_epoch());
+                }
                 count_error(&ctx);
                 partitions.push(out);
                 continue;
@@ -337,9 +346,30 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
     let quota_throttle =
         client_quotas::charge(&ctx, QuotaKey::ProducerByteRate, produced_bytes as f64);
     let throttle_time_ms = policy_throttle.max(quota_throttle);
-    ProduceResponse::default()
+    let mut response = ProduceResponse::default()
         .with_responses(responses)
-        .with_throttle_time_ms(throttle_time_ms)
+        .with_throttle_time_ms(throttle_time_ms);
+    if follows && ctx.api_version >= 10 {
+        response.node_endpoints = leader_endpoint(&ctx);
+    }
+    response
+}
+
+/// The leader's address as clients of this connection's listener reach it (KIP-951).
+fn leader_endpoint(ctx: &Ctx) -> Vec<NodeEndpoint> {
+    let Some(leader) = ctx.broker.cluster.as_ref().map(|c| c.leader) else {
+        return Vec::new();
+    };
+    super::metadata::brokers(ctx)
+        .into_iter()
+        .filter(|(id, ..)| *id == leader)
+        .map(|(id, host, port)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(s(host))
+                .with_port(port)
+        })
+        .collect()
 }
 
 /// Refused acks=0 produces said a minute (a client can send thousands a second).
