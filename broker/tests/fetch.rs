@@ -566,3 +566,168 @@ async fn fetches_sent_ahead_wait_for_their_answers_to_be_read() {
     assert_eq!(fetches() - before, 10);
     broker.shutdown().await;
 }
+
+/// A Fetch v16 of partition 0 of the topic `id` from `offset`, on `session` at `epoch`, naming
+/// leader epoch `current`; `forget` lists topic ids whose partition 0 leaves the session.
+fn fetch_by_id(
+    id: uuid::Uuid,
+    offset: Option<i64>,
+    (session, epoch): (i32, i32),
+    current: i32,
+    forget: &[uuid::Uuid],
+) -> FetchRequest {
+    let topics = offset
+        .map(|offset| {
+            vec![
+                FetchTopic::default()
+                    .with_topic_id(id)
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(current)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(1 << 20),
+                    ]),
+            ]
+        })
+        .unwrap_or_default();
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1 << 20)
+        .with_session_id(session)
+        .with_session_epoch(epoch)
+        .with_topics(topics)
+        .with_forgotten_topics_data(
+            forget
+                .iter()
+                .map(|&id| {
+                    kafka_protocol::messages::fetch_request::ForgottenTopic::default()
+                        .with_topic_id(id)
+                        .with_partitions(vec![0])
+                })
+                .collect(),
+        )
+}
+
+#[tokio::test]
+async fn fetch_v13_and_later_name_topics_by_id_and_a_topic_made_again_is_another() {
+    use kafka_protocol::error::ResponseError as E;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    setup(&mut c, "ids").await;
+    produce(&mut c, "ids", batch(3, 1_700_000_000_000)).await;
+    let id = broker.broker.catalog.get("ids").unwrap().id;
+    let epoch = broker.broker.catalog.leader_epoch();
+
+    for v in 13..=16 {
+        let r = c
+            .call(&fetch_by_id(id, Some(0), (0, -1), epoch, &[]), v)
+            .await;
+        let t = &r.responses[0];
+        assert_eq!((t.topic_id, t.topic.as_str()), (id, ""), "v{v}");
+        assert_eq!(answered(&r), vec![(0, 3)], "v{v}");
+        assert_eq!(t.partitions[0].high_watermark, 3, "v{v}");
+    }
+
+    // An id no topic has: UNKNOWN_TOPIC_ID, under that id.
+    let stranger = uuid::Uuid::new_v4();
+    let r = c
+        .call(&fetch_by_id(stranger, Some(0), (0, -1), -1, &[]), 16)
+        .await;
+    assert_eq!(r.responses[0].topic_id, stranger);
+    assert_eq!(
+        r.responses[0].partitions[0].error_code,
+        E::UnknownTopicId.code()
+    );
+
+    // An old leader epoch (v16, KIP-951): fenced, with the leader, its epoch and its address.
+    assert_eq!(epoch, 0, "a broker's first start leads at epoch 0");
+    let r = c
+        .call(&fetch_by_id(id, Some(0), (0, -1), epoch + 1, &[]), 16)
+        .await;
+    assert_eq!(
+        r.responses[0].partitions[0].error_code,
+        E::UnknownLeaderEpoch.code()
+    );
+    drop(c);
+    broker.shutdown().await;
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    let r = c.call(&fetch_by_id(id, Some(0), (0, -1), 0, &[]), 16).await;
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, E::FencedLeaderEpoch.code());
+    assert_eq!(
+        (p.current_leader.leader_id.0, p.current_leader.leader_epoch),
+        (broker.broker.node_id, 1)
+    );
+    let addr = broker.kafka_addr.unwrap();
+    assert_eq!(
+        r.node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, e.host.to_string(), e.port))
+            .collect::<Vec<_>>(),
+        [(
+            broker.broker.node_id,
+            addr.ip().to_string(),
+            addr.port() as i32
+        )]
+    );
+
+    // A session by id: made by a full fetch, then incremental fetches name only what changed.
+    let r = c.call(&fetch_by_id(id, Some(0), (0, 0), 1, &[]), 16).await;
+    let session = r.session_id;
+    assert!(session > 0);
+    assert_eq!(answered(&r), vec![(0, 3)]);
+    // The consumer moved on to offset 3, and there is nothing there yet.
+    let r = c
+        .call(&fetch_by_id(id, Some(3), (session, 1), 1, &[]), 16)
+        .await;
+    assert_eq!(answered(&r), vec![], "nothing new");
+    produce(&mut c, "ids", batch(2, 1_700_000_000_000)).await;
+    // Naming no partition: the session's offset (3) is read, and the new records come.
+    let r = c
+        .call(&fetch_by_id(id, None, (session, 2), 1, &[]), 16)
+        .await;
+    assert_eq!((r.responses[0].topic_id, answered(&r)), (id, vec![(0, 2)]));
+    // Forgetting the topic by id empties the session, which closes.
+    let r = c
+        .call(&fetch_by_id(id, None, (session, 3), 1, &[id]), 16)
+        .await;
+    assert_eq!((r.error_code, r.session_id, r.responses.len()), (0, 0, 0));
+    assert_eq!(broker.broker.fetch_sessions.counts(), (0, 0));
+
+    // The topic deleted and made again under its name: the old id is no topic any more, so
+    // the session's consumer is told instead of reading the new topic for the old one.
+    let deleted = c
+        .call(
+            &kafka_protocol::messages::DeleteTopicsRequest::default()
+                .with_topic_names(vec![name("ids")])
+                .with_timeout_ms(5000),
+            5,
+        )
+        .await;
+    assert_eq!(deleted.responses[0].error_code, 0);
+    setup(&mut c, "ids").await;
+    produce(&mut c, "ids", batch(1, 1_700_000_000_000)).await;
+    let again = broker.broker.catalog.get("ids").unwrap().id;
+    assert_ne!(again, id);
+    let r = c.call(&fetch_by_id(id, Some(5), (0, -1), 1, &[]), 16).await;
+    assert_eq!(
+        (
+            r.responses[0].topic_id,
+            r.responses[0].partitions[0].error_code
+        ),
+        (id, E::UnknownTopicId.code())
+    );
+    let r = c
+        .call(&fetch_by_id(again, Some(0), (0, -1), 1, &[]), 16)
+        .await;
+    assert_eq!(
+        (r.responses[0].topic_id, answered(&r)),
+        (again, vec![(0, 1)])
+    );
+    broker.shutdown().await;
+}

@@ -15,7 +15,7 @@ use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsTopic,
 };
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteRecordsRequest, FindCoordinatorRequest, GroupId,
+    BrokerId, CreateTopicsRequest, DeleteRecordsRequest, FindCoordinatorRequest, GroupId,
     InitProducerIdRequest, JoinGroupRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -290,6 +290,42 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
         [(1, "127.0.0.1".to_string(), pair.ports[0] as i32)]
     );
     assert_eq!(log_end(&leader, "readings"), 300);
+    // So does a consumer's fetch from v16, which names the topic by id (v13+).
+    let id = leader.broker.catalog.get("readings").unwrap().id;
+    let resp = raw
+        .call(
+            &kafka_protocol::messages::FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![
+                    kafka_protocol::messages::fetch_request::FetchTopic::default()
+                        .with_topic_id(id)
+                        .with_partitions(vec![
+                            kafka_protocol::messages::fetch_request::FetchPartition::default()
+                                .with_partition(0)
+                                .with_partition_max_bytes(1 << 20),
+                        ]),
+                ]),
+            16,
+        )
+        .await;
+    assert_eq!(resp.responses[0].topic_id, id);
+    let refused = &resp.responses[0].partitions[0];
+    assert_eq!(refused.error_code, E::NotLeaderOrFollower.code());
+    assert_eq!(
+        (
+            refused.current_leader.leader_id.0,
+            refused.current_leader.leader_epoch
+        ),
+        (1, leader.broker.catalog.leader_epoch())
+    );
+    assert_eq!(
+        resp.node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, e.port))
+            .collect::<Vec<_>>(),
+        [(1, pair.ports[0] as i32)]
+    );
 
     // Groups are coordinated by the leader, and topics changed there: the follower sends
     // clients to it.

@@ -135,16 +135,20 @@ async fn every_version_of_every_api_answers() {
         calls += 1;
     }
     for v in range(ApiKey::Fetch) {
+        // From v13 topics are named by id.
+        let named = if v >= 13 {
+            let id = broker.broker.catalog.get("v-2").unwrap().id;
+            fetch_request::FetchTopic::default().with_topic_id(id)
+        } else {
+            fetch_request::FetchTopic::default().with_topic(topic("v-2"))
+        };
         let r = c
             .call(
                 &FetchRequest::default()
                     .with_max_wait_ms(0)
                     .with_min_bytes(0)
                     .with_max_bytes(1 << 20)
-                    .with_topics(vec![
-                        fetch_request::FetchTopic::default()
-                            .with_topic(topic("v-2"))
-                            .with_partitions(vec![
+                    .with_topics(vec![named.with_partitions(vec![
                                 fetch_request::FetchPartition::default()
                                     .with_partition(0)
                                     .with_fetch_offset(0)
@@ -152,8 +156,7 @@ async fn every_version_of_every_api_answers() {
                                 fetch_request::FetchPartition::default()
                                     .with_partition(9)
                                     .with_partition_max_bytes(1),
-                            ]),
-                    ]),
+                            ])]),
                 v,
             )
             .await;

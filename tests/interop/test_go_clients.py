@@ -312,7 +312,7 @@ def test_kafkago_round_trip_with_a_consumer_group(broker):
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "kafka-go 0.2.1 fetches with Fetch v2; runnel serves Fetch v4..12 and closes the "
+    "kafka-go 0.2.1 fetches with Fetch v2; runnel serves Fetch v4..16 and closes the "
     "connection, which kafka-go retries without end"))
 def test_kafkago_group_reads_records_from_confluent_kafka(broker):
     count = 10

@@ -524,7 +524,7 @@ pub fn routes() -> Dispatcher {
         |r| r.acks == 0,
         produce::unacknowledged_end,
     )
-    .add::<FetchRequest, _, _>(4, 12, fetch::handle)
+    .add::<FetchRequest, _, _>(4, 16, fetch::handle)
     .add::<ListOffsetsRequest, _, _>(1, 10, list_offsets::handle)
     .add::<OffsetForLeaderEpochRequest, _, _>(2, 4, offset_for_leader_epoch::handle)
     .add::<MetadataRequest, _, _>(0, 13, metadata::handle)

@@ -34,6 +34,13 @@
 //!
 //! Incremental fetch sessions (KIP-227, v7+): a consumer may have the broker remember its
 //! partitions and send, and be sent, only what changed (`protocol::fetch_sessions`).
+//!
+//! From v13 topics are named by id (KIP-516), so that a consumer never reads a topic deleted
+//! and made again under its name for the one it had: the ids are turned into names on the way
+//! in ([`names_for_ids`]) and back on the way out ([`ids_for_names`]); an id no topic here has
+//! gets UNKNOWN_TOPIC_ID. From v16 (KIP-951) a partition refused with NOT_LEADER_OR_FOLLOWER or
+//! FENCED_LEADER_EPOCH names the leader and its epoch, and the answer carries the leader's
+//! address.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -43,9 +50,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
+use uuid::Uuid;
 
 use crate::acl::{Operation, ResourceType};
 use crate::catalog::Partition;
@@ -84,7 +92,106 @@ enum Reader {
 }
 
 pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
-    let consumer = replica_id(&ctx, &req) < 0;
+    names_for_ids(&ctx, &mut req);
+    let mut response = answer(&ctx, req).await;
+    ids_for_names(&ctx, &mut response);
+    leaders_named(&ctx, &mut response);
+    response
+}
+
+/// What a topic id no topic here has is called inside a request: no topic can have the name
+/// (a NUL is not allowed in one), and the id is in it for the answer.
+const UNKNOWN_ID: &str = "\0unknown topic id ";
+
+/// Fetch v13+: the name of each topic the request (and its forgotten topics) names by id, or
+/// a name no topic has ([`UNKNOWN_ID`]) for an id no topic here has.
+fn names_for_ids(ctx: &Ctx, req: &mut FetchRequest) {
+    if ctx.api_version < 13 {
+        return;
+    }
+    let catalog = &ctx.broker.catalog;
+    let name_of = |id: Uuid| {
+        let name = catalog
+            .get_by_id(id)
+            .map_or_else(|| format!("{UNKNOWN_ID}{id}"), |t| t.name.to_string());
+        TopicName(super::s(name))
+    };
+    for t in &mut req.topics {
+        t.topic = name_of(t.topic_id);
+    }
+    for t in &mut req.forgotten_topics_data {
+        t.topic = name_of(t.topic_id);
+    }
+}
+
+/// Fetch v13+: each topic of the answer by id again, without its name; UNKNOWN_TOPIC_ID for
+/// one whose id no topic here has.
+fn ids_for_names(ctx: &Ctx, response: &mut FetchResponse) {
+    if ctx.api_version < 13 {
+        return;
+    }
+    for t in &mut response.responses {
+        let name = std::mem::take(&mut t.topic);
+        match name.strip_prefix(UNKNOWN_ID) {
+            Some(id) => {
+                t.topic_id = Uuid::parse_str(id).unwrap_or_default();
+                for p in &mut t.partitions {
+                    p.error_code = E::UnknownTopicId.code();
+                    p.high_watermark = -1;
+                    p.last_stable_offset = -1;
+                    p.log_start_offset = -1;
+                    p.records = Some(Bytes::new());
+                }
+            }
+            None => {
+                t.topic_id = ctx.broker.catalog.get(&name).map_or(Uuid::nil(), |t| t.id);
+            }
+        }
+    }
+}
+
+/// Fetch v16+ (KIP-951): partitions refused because the client has the wrong leader or an old
+/// epoch of it name the leader and its epoch, and the answer carries its address.
+fn leaders_named(ctx: &Ctx, response: &mut FetchResponse) {
+    if ctx.api_version < 16 {
+        return;
+    }
+    let stale = [E::NotLeaderOrFollower.code(), E::FencedLeaderEpoch.code()];
+    let leader = ctx
+        .broker
+        .cluster
+        .as_ref()
+        .map_or(ctx.broker.node_id, |c| c.leader);
+    let current = LeaderIdAndEpoch::default()
+        .with_leader_id(BrokerId(leader))
+        .with_leader_epoch(ctx.broker.catalog.leader_epoch());
+    let mut any = false;
+    for p in response
+        .responses
+        .iter_mut()
+        .flat_map(|t| &mut t.partitions)
+        .filter(|p| stale.contains(&p.error_code))
+    {
+        p.current_leader = current.clone();
+        any = true;
+    }
+    if any {
+        response.node_endpoints = super::metadata::brokers(ctx)
+            .into_iter()
+            .filter(|(id, ..)| *id == leader)
+            .map(|(id, host, port)| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(super::s(host))
+                    .with_port(port)
+            })
+            .collect();
+    }
+}
+
+/// The answer to a fetch whose topics are named.
+async fn answer(ctx: &Ctx, mut req: FetchRequest) -> FetchResponse {
+    let consumer = replica_id(ctx, &req) < 0;
     let sessions = &ctx.broker.fetch_sessions;
     let principal = ctx.asker().principal;
     let begun = match sessions.begin(&mut req, ctx.api_version, principal) {
@@ -101,7 +208,7 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
             .min(i32::MAX as u64) as i32;
         req.max_bytes = req.max_bytes.min(cap);
         req.min_bytes = req.min_bytes.min(req.max_bytes);
-        match client_quotas::allowance(&ctx, QuotaKey::ConsumerByteRate) {
+        match client_quotas::allowance(ctx, QuotaKey::ConsumerByteRate) {
             Allowance::Unlimited => {}
             // Bounded by what the quota has left; the first batch still passes whole.
             Allowance::Bytes(left) => {
@@ -111,8 +218,8 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
             Allowance::Throttled(ms) => return FetchSessions::throttled(&begun, ms as i32),
         }
     }
-    let mut response = read(&ctx, &req).await;
-    quota::fetch(&ctx, &mut response).await;
+    let mut response = read(ctx, &req).await;
+    quota::fetch(ctx, &mut response).await;
     // After the quota policies: a partition they refused is answered with its error.
     sessions.finish(begun, &req, principal, &mut response);
     if consumer {
@@ -122,7 +229,7 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
             .flat_map(|t| &t.partitions)
             .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
             .sum();
-        let owed = client_quotas::charge(&ctx, QuotaKey::ConsumerByteRate, bytes as f64);
+        let owed = client_quotas::charge(ctx, QuotaKey::ConsumerByteRate, bytes as f64);
         response.throttle_time_ms = response.throttle_time_ms.max(owed);
     }
     response
@@ -140,7 +247,9 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     };
     let mut wanted = Vec::new();
     for t in &req.topics {
+        // An unknown topic id names no topic to judge the client's rights on.
         let refused = matches!(reader, Reader::Consumer)
+            && !t.topic.starts_with(UNKNOWN_ID)
             && !ctx.allowed(Operation::Read, ResourceType::Topic, &t.topic);
         let topic = catalog.get(&t.topic).filter(|_| !refused);
         for p in &t.partitions {
