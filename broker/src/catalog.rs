@@ -6,7 +6,7 @@
 //! for as long as it takes to copy the bytes out. Fetchers waiting for data park on the
 //! partition's `appended` notifier, which every successful append wakes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -266,11 +266,39 @@ impl Topic {
     }
 }
 
+/// The topics by name, and by id (Fetch v13+ names topics by id).
+#[derive(Default)]
+struct TopicMap {
+    by_name: BTreeMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+impl TopicMap {
+    fn insert(&mut self, name: String, topic: Arc<Topic>) {
+        if let Some(old) = self.by_name.insert(name, topic.clone()) {
+            self.by_id.remove(&old.id);
+        }
+        self.by_id.insert(topic.id, topic);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Topic>> {
+        let topic = self.by_name.remove(name)?;
+        if self
+            .by_id
+            .get(&topic.id)
+            .is_some_and(|t| Arc::ptr_eq(t, &topic))
+        {
+            self.by_id.remove(&topic.id);
+        }
+        Some(topic)
+    }
+}
+
 pub struct Catalog {
     data_dir: PathBuf,
     defaults: edge_config::LogConfig,
     meta: MetaStore,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    topics: RwLock<TopicMap>,
     /// Brokers holding a copy of every topic: the only replication factor there is.
     replicas: i16,
     /// Woken when a topic or partitions are added (federation links pick them up at once).
@@ -303,7 +331,7 @@ impl Catalog {
             data_dir: data_dir.to_path_buf(),
             defaults,
             meta,
-            topics: RwLock::new(BTreeMap::new()),
+            topics: RwLock::new(TopicMap::default()),
             replicas,
             added: Notify::new(),
             changing: Mutex::new(()),
@@ -337,11 +365,11 @@ impl Catalog {
         Ok(catalog)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Topic>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TopicMap> {
         self.topics.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Topic>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TopicMap> {
         self.topics.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -538,15 +566,15 @@ impl Catalog {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.read().get(name).cloned()
+        self.read().by_name.get(name).cloned()
     }
 
     pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        self.read().values().find(|t| t.id == id).cloned()
+        self.read().by_id.get(&id).cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<Topic>> {
-        self.read().values().cloned().collect()
+        self.read().by_name.values().cloned().collect()
     }
 
     /// Brokers holding a copy of every topic (1 for a broker alone).
@@ -608,12 +636,12 @@ impl Catalog {
             self.room_for(partitions)?;
         }
         let mut topics = self.write();
-        if topics.contains_key(name) {
+        if topics.by_name.contains_key(name) {
             return Err(CatalogError::TopicExists(name.to_string()));
         }
         // As in Kafka: names that differ only in '.' against '_' would share metric names.
         let folded = |n: &str| n.replace('.', "_");
-        if let Some(existing) = topics.keys().find(|t| folded(t) == folded(name)) {
+        if let Some(existing) = topics.by_name.keys().find(|t| folded(t) == folded(name)) {
             return Err(CatalogError::TopicCollides {
                 name: name.to_string(),
                 existing: existing.to_string(),

@@ -699,8 +699,12 @@ async fn fetch_v13_and_later_name_topics_by_id_and_a_topic_made_again_is_another
     assert_eq!((r.error_code, r.session_id, r.responses.len()), (0, 0, 0));
     assert_eq!(broker.broker.fetch_sessions.counts(), (0, 0));
 
-    // The topic deleted and made again under its name: the old id is no topic any more, so
-    // the session's consumer is told instead of reading the new topic for the old one.
+    // A session holding the topic when it is deleted and made again under its name: the old
+    // id is no topic any more, so the consumer is told (UNKNOWN_TOPIC_ID) instead of reading
+    // the new topic at the old one's offsets, and it can forget the old id.
+    let r = c.call(&fetch_by_id(id, Some(5), (0, 0), 1, &[]), 16).await;
+    let session = r.session_id;
+    assert!(session > 0);
     let deleted = c
         .call(
             &kafka_protocol::messages::DeleteTopicsRequest::default()
@@ -711,9 +715,34 @@ async fn fetch_v13_and_later_name_topics_by_id_and_a_topic_made_again_is_another
         .await;
     assert_eq!(deleted.responses[0].error_code, 0);
     setup(&mut c, "ids").await;
-    produce(&mut c, "ids", batch(1, 1_700_000_000_000)).await;
+    produce(&mut c, "ids", batch(8, 1_700_000_000_000)).await;
     let again = broker.broker.catalog.get("ids").unwrap().id;
     assert_ne!(again, id);
+    let r = c
+        .call(&fetch_by_id(id, None, (session, 1), 1, &[]), 16)
+        .await;
+    assert_eq!(
+        (
+            r.responses[0].topic_id,
+            r.responses[0].partitions[0].error_code,
+            answered(&r)
+        ),
+        (id, E::UnknownTopicId.code(), vec![(0, 0)])
+    );
+    let r = c
+        .call(&fetch_by_id(again, Some(0), (session, 2), 1, &[id]), 16)
+        .await;
+    assert_eq!(r.session_id, session);
+    assert_eq!(
+        (r.responses[0].topic_id, answered(&r)),
+        (again, vec![(0, 8)])
+    );
+    assert_eq!(
+        broker.broker.fetch_sessions.counts(),
+        (1, 1),
+        "the old id is forgotten"
+    );
+    // Without a session, the same.
     let r = c.call(&fetch_by_id(id, Some(5), (0, -1), 1, &[]), 16).await;
     assert_eq!(
         (
@@ -721,13 +750,6 @@ async fn fetch_v13_and_later_name_topics_by_id_and_a_topic_made_again_is_another
             r.responses[0].partitions[0].error_code
         ),
         (id, E::UnknownTopicId.code())
-    );
-    let r = c
-        .call(&fetch_by_id(again, Some(0), (0, -1), 1, &[]), 16)
-        .await;
-    assert_eq!(
-        (r.responses[0].topic_id, answered(&r)),
-        (again, vec![(0, 1)])
     );
     broker.shutdown().await;
 }

@@ -374,8 +374,13 @@ pub async fn produce(ctx: &Ctx, req: &ProduceRequest) -> Option<Vec<Decision>> {
 
 /// Asks the fetch policies about each topic of `response` and applies their answers: rejected
 /// topics lose their records (POLICY_VIOLATION), and the longest throttle is set on the response
-/// and the connection.
-pub async fn fetch(ctx: &Ctx, response: &mut FetchResponse) {
+/// and the connection. `name_of` gives a topic's name from the one the response holds (Fetch
+/// v13+ holds topics by id); a topic it gives none for (an id no topic has) is not asked about.
+pub async fn fetch(
+    ctx: &Ctx,
+    response: &mut FetchResponse,
+    name_of: impl Fn(&str) -> Option<String>,
+) {
     let Some(policies) = ctx
         .broker
         .plugins
@@ -385,10 +390,13 @@ pub async fn fetch(ctx: &Ctx, response: &mut FetchResponse) {
     else {
         return;
     };
-    let requests = response
+    // The topics asked about: (index in the response, request).
+    let (asked, requests): (Vec<usize>, Vec<RequestInfo>) = response
         .responses
         .iter()
-        .map(|t| {
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let name = name_of(&t.topic)?;
             let (bytes, records) = t
                 .partitions
                 .iter()
@@ -396,11 +404,15 @@ pub async fn fetch(ctx: &Ctx, response: &mut FetchResponse) {
                 .fold((0u64, 0u32), |(b, r), data| {
                     (b + data.len() as u64, r.saturating_add(count_records(data)))
                 });
-            request_info(ctx, ApiKey::Fetch, &t.topic, bytes, records)
+            Some((i, request_info(ctx, ApiKey::Fetch, &name, bytes, records)))
         })
-        .collect();
+        .unzip();
+    if requests.is_empty() {
+        return;
+    }
     let decisions = ask_blocking(policies, requests).await;
-    for (topic, decision) in response.responses.iter_mut().zip(&decisions) {
+    for (&i, decision) in asked.iter().zip(&decisions) {
+        let topic = &mut response.responses[i];
         if let Decision::Reject(reason) = decision {
             tracing::debug!(topic = ?topic.topic, reason, "fetch rejected by a quota policy");
             for p in &mut topic.partitions {

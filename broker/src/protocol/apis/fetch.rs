@@ -36,9 +36,10 @@
 //! partitions and send, and be sent, only what changed (`protocol::fetch_sessions`).
 //!
 //! From v13 topics are named by id (KIP-516), so that a consumer never reads a topic deleted
-//! and made again under its name for the one it had: the ids are turned into names on the way
-//! in ([`names_for_ids`]) and back on the way out ([`ids_for_names`]); an id no topic here has
-//! gets UNKNOWN_TOPIC_ID. From v16 (KIP-951) a partition refused with NOT_LEADER_OR_FOLLOWER or
+//! and made again under its name for the one it had: inside the broker, and in the fetch
+//! sessions, such a topic goes by a name made of its id ([`BY_ID`], [`names_for_ids`]), the
+//! topic is found by id, and the answer names it by id again ([`ids_for_names`]); an id no
+//! topic here has gets UNKNOWN_TOPIC_ID, and a session can forget it by that id. From v16 (KIP-951) a partition refused with NOT_LEADER_OR_FOLLOWER or
 //! FENCED_LEADER_EPOCH names the leader and its epoch, and the answer carries the leader's
 //! address.
 
@@ -99,23 +100,28 @@ pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
     response
 }
 
-/// What a topic id no topic here has is called inside a request: no topic can have the name
-/// (a NUL is not allowed in one), and the id is in it for the answer.
-const UNKNOWN_ID: &str = "\0unknown topic id ";
+/// What a topic named by id (Fetch v13+) is called inside the broker, and in the fetch
+/// sessions, which so keep each topic by its id: no topic can have such a name (a NUL is not
+/// allowed in one). A topic deleted and made again under its name is another id, so a session
+/// holding the old one is told UNKNOWN_TOPIC_ID, and can forget it.
+const BY_ID: &str = "\0topic id ";
 
-/// Fetch v13+: the name of each topic the request (and its forgotten topics) names by id, or
-/// a name no topic has ([`UNKNOWN_ID`]) for an id no topic here has.
+/// The topic id in `name` when it is a [`BY_ID`] name of a Fetch v13+ request.
+fn id_in(ctx: &Ctx, name: &str) -> Option<Uuid> {
+    if ctx.api_version < 13 {
+        return None;
+    }
+    name.strip_prefix(BY_ID)
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// Fetch v13+: each topic of the request (and of its forgotten topics) under its [`BY_ID`]
+/// name.
 fn names_for_ids(ctx: &Ctx, req: &mut FetchRequest) {
     if ctx.api_version < 13 {
         return;
     }
-    let catalog = &ctx.broker.catalog;
-    let name_of = |id: Uuid| {
-        let name = catalog
-            .get_by_id(id)
-            .map_or_else(|| format!("{UNKNOWN_ID}{id}"), |t| t.name.to_string());
-        TopicName(super::s(name))
-    };
+    let name_of = |id: Uuid| TopicName(super::s(format!("{BY_ID}{id}")));
     for t in &mut req.topics {
         t.topic = name_of(t.topic_id);
     }
@@ -124,27 +130,33 @@ fn names_for_ids(ctx: &Ctx, req: &mut FetchRequest) {
     }
 }
 
-/// Fetch v13+: each topic of the answer by id again, without its name; UNKNOWN_TOPIC_ID for
-/// one whose id no topic here has.
+/// The topic a fetch names (by name, or, from v13, by id).
+fn topic_named(ctx: &Ctx, name: &str) -> Option<Arc<crate::catalog::Topic>> {
+    match id_in(ctx, name) {
+        Some(id) => ctx.broker.catalog.get_by_id(id),
+        None => ctx.broker.catalog.get(name),
+    }
+}
+
+/// Fetch v13+: each topic of the answer by its id, without a name; UNKNOWN_TOPIC_ID for the
+/// partitions of an id no topic here has.
 fn ids_for_names(ctx: &Ctx, response: &mut FetchResponse) {
     if ctx.api_version < 13 {
         return;
     }
     for t in &mut response.responses {
         let name = std::mem::take(&mut t.topic);
-        match name.strip_prefix(UNKNOWN_ID) {
-            Some(id) => {
-                t.topic_id = Uuid::parse_str(id).unwrap_or_default();
-                for p in &mut t.partitions {
-                    p.error_code = E::UnknownTopicId.code();
-                    p.high_watermark = -1;
-                    p.last_stable_offset = -1;
-                    p.log_start_offset = -1;
-                    p.records = Some(Bytes::new());
-                }
-            }
-            None => {
-                t.topic_id = ctx.broker.catalog.get(&name).map_or(Uuid::nil(), |t| t.id);
+        let Some(id) = id_in(ctx, &name) else {
+            continue;
+        };
+        t.topic_id = id;
+        if ctx.broker.catalog.get_by_id(id).is_none() {
+            for p in t
+                .partitions
+                .iter_mut()
+                .filter(|p| p.error_code == E::UnknownTopicOrPartition.code())
+            {
+                p.error_code = E::UnknownTopicId.code();
             }
         }
     }
@@ -219,7 +231,11 @@ async fn answer(ctx: &Ctx, mut req: FetchRequest) -> FetchResponse {
         }
     }
     let mut response = read(ctx, &req).await;
-    quota::fetch(ctx, &mut response).await;
+    quota::fetch(ctx, &mut response, |name| match id_in(ctx, name) {
+        Some(id) => ctx.broker.catalog.get_by_id(id).map(|t| t.name.to_string()),
+        None => Some(name.to_string()),
+    })
+    .await;
     // After the quota policies: a partition they refused is answered with its error.
     sessions.finish(begun, &req, principal, &mut response);
     if consumer {
@@ -247,11 +263,16 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     };
     let mut wanted = Vec::new();
     for t in &req.topics {
-        // An unknown topic id names no topic to judge the client's rights on.
+        // A topic named by an id no topic has has no name to judge the client's rights on.
+        let found = topic_named(ctx, &t.topic);
         let refused = matches!(reader, Reader::Consumer)
-            && !t.topic.starts_with(UNKNOWN_ID)
-            && !ctx.allowed(Operation::Read, ResourceType::Topic, &t.topic);
-        let topic = catalog.get(&t.topic).filter(|_| !refused);
+            && (found.is_some() || id_in(ctx, &t.topic).is_none())
+            && !ctx.allowed(
+                Operation::Read,
+                ResourceType::Topic,
+                found.as_ref().map_or(t.topic.as_str(), |f| &f.name),
+            );
+        let topic = found.filter(|_| !refused);
         for p in &t.partitions {
             wanted.push(Wanted {
                 topic: t.topic.clone(),
