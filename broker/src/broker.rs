@@ -194,6 +194,14 @@ impl Broker {
 /// The clock's origin for a cluster's leader epochs: 2024-01-01 UTC, in ms since 1970.
 const EPOCHS_SINCE_MS: i64 = 1_704_067_200_000;
 
+/// The seconds since 2024-01-01 UTC at `now_ms`, rounded up (0 before then): the least leader
+/// epoch of a cluster's leader, or of a topic it makes, then.
+pub(crate) fn epoch_from_clock(now_ms: i64) -> i32 {
+    (now_ms - EPOCHS_SINCE_MS + 999)
+        .div_euclid(1000)
+        .clamp(0, i32::MAX as i64) as i32
+}
+
 /// The leader epoch of a cluster's leader starting now, above `seen` (every epoch this broker
 /// knows of): the seconds since 2024-01-01 UTC (an i32 until 2092) rounded up, and it serves
 /// only once its clock has reached that second. So a broker that starts leading after the
@@ -204,10 +212,7 @@ const EPOCHS_SINCE_MS: i64 = 1_704_067_200_000;
 /// `seen + 1` at once, with a warning.
 async fn cluster_leader_epoch(seen: i32) -> i32 {
     let now = now_ms();
-    let rounded_up = (now - EPOCHS_SINCE_MS + 999).div_euclid(1000);
-    let epoch = rounded_up
-        .clamp(0, i32::MAX as i64)
-        .max(seen.saturating_add(1) as i64) as i32;
+    let epoch = epoch_from_clock(now).max(seen.saturating_add(1));
     let wait = EPOCHS_SINCE_MS + epoch as i64 * 1000 - now;
     if wait > 3000 {
         tracing::warn!(
@@ -305,7 +310,7 @@ pub async fn start_broker_from(
         };
         meta.raise_leader_epoch(epoch)
             .context("cannot keep the leader epoch")?;
-        catalog.lead_at_epoch(epoch);
+        catalog.lead_at_epoch(epoch, cluster.is_some());
         tracing::debug!(leader_epoch = epoch, "leading the partitions");
     }
     let groups = GroupCoordinator::new(

@@ -104,9 +104,31 @@ pub struct Partition {
     pub appended: Notify,
     /// Followers' positions and the high watermark (`crate::replication`).
     pub replica: ReplicaState,
+    /// The partition's leader epoch: the one this broker leads it at (stamped into its
+    /// batches), or, on a follower, the leader's as last read; -1 before either is known.
+    leader_epoch: std::sync::atomic::AtomicI32,
 }
 
 impl Partition {
+    /// The partition's leader epoch (see the field), as Metadata reports it and requests
+    /// naming an epoch are checked against.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Leads the partition at `epoch` from now on.
+    fn lead_at(&self, epoch: i32) {
+        self.log().set_leader_epoch(epoch);
+        self.leader_epoch
+            .store(epoch, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// On a follower: the leader's epoch for the partition, as its Metadata says.
+    pub fn note_leaders_epoch(&self, epoch: i32) {
+        self.leader_epoch
+            .store(epoch, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Locks the log. A panic while holding the lock would be a bug in storage; the log's own
     /// state is still consistent between calls, so a poisoned lock is recovered.
     pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
@@ -316,6 +338,9 @@ pub struct Catalog {
     leader_epoch: std::sync::atomic::AtomicI32,
     /// Whether the logs stamp `leader_epoch` (this broker leads).
     leads: std::sync::atomic::AtomicBool,
+    /// Whether the epochs of topics made while the broker runs come from the clock too (a
+    /// cluster's leader: `crate::broker`).
+    clock_epochs: std::sync::atomic::AtomicBool,
 }
 
 impl Catalog {
@@ -338,6 +363,7 @@ impl Catalog {
             open_files: Mutex::new(None),
             leader_epoch: std::sync::atomic::AtomicI32::new(-1),
             leads: std::sync::atomic::AtomicBool::new(false),
+            clock_epochs: std::sync::atomic::AtomicBool::new(false),
         };
         let records = catalog.meta.topics()?;
         catalog.look_over_data_dir(&records);
@@ -351,7 +377,7 @@ impl Catalog {
                 if !dir.exists() {
                     tracing::warn!(dir = %dir.display(), topic = %name, partition = p, "a partition directory is missing: the partition starts again, empty, at offset 0 (its records are gone)");
                 }
-                parts.push(catalog.open_partition(&name, p, config.clone(), now_ms)?);
+                parts.push(catalog.open_partition(&name, p, config.clone(), now_ms, None)?);
             }
             let topic = Topic {
                 name: name.clone(),
@@ -477,28 +503,50 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes every partition, and every one made from now on, a leader's at `epoch`
-    /// (`PartitionLog::set_leader_epoch`).
-    pub fn lead_at_epoch(&self, epoch: i32) {
+    /// Makes every partition a leader's at `epoch` (`PartitionLog::set_leader_epoch`), and
+    /// every topic made from now on a leader's at a later one ([`Catalog::new_topic_epoch`]);
+    /// with `clock`, at least the seconds since 2024 then (a cluster's leader).
+    pub fn lead_at_epoch(&self, epoch: i32, clock: bool) {
         use std::sync::atomic::Ordering;
         // No partition is made meanwhile, unstamped and missed by the loop below.
         let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         self.leader_epoch.store(epoch, Ordering::SeqCst);
+        self.clock_epochs.store(clock, Ordering::SeqCst);
         self.leads.store(true, Ordering::SeqCst);
         for topic in self.list() {
             for p in topic.partitions() {
-                p.log().set_leader_epoch(epoch);
+                p.lead_at(epoch);
             }
         }
     }
 
-    /// On a follower: the leader's epoch, as it answers Metadata.
+    /// The epoch a topic made now leads at, on a leader (`None` on a follower): later than
+    /// any before it, so that a client reading a topic deleted and made again under its name
+    /// sees its leader epoch change and checks its position against the new topic (which
+    /// sends it back to the start), as a topic made again in Kafka starts at another epoch.
+    /// Kept in the metadata database first. Called with `changing` held.
+    fn new_topic_epoch(&self) -> Result<Option<i32>, CatalogError> {
+        use std::sync::atomic::Ordering;
+        if !self.leads.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut epoch = self.leader_epoch().saturating_add(1);
+        if self.clock_epochs.load(Ordering::SeqCst) {
+            epoch = epoch.max(crate::broker::epoch_from_clock(crate::broker::now_ms()));
+        }
+        self.meta.raise_leader_epoch(epoch)?;
+        self.leader_epoch.fetch_max(epoch, Ordering::SeqCst);
+        Ok(Some(epoch))
+    }
+
+    /// On a follower: the leader's epoch (the largest of its partitions'), for the metrics.
     pub fn note_leaders_epoch(&self, epoch: i32) {
         self.leader_epoch
             .store(epoch, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// The partitions' leader epoch (see the field), -1 when not known yet.
+    /// The broker's leader epoch: the latest it leads a partition at, or, on a follower, the
+    /// latest of its leader's as last read; -1 when not known yet.
     pub fn leader_epoch(&self) -> i32 {
         self.leader_epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -513,18 +561,21 @@ impl Catalog {
             .unwrap_or(-1)
     }
 
+    /// Opens partition `index` of `topic`, led at `epoch` if this broker leads it.
     fn open_partition(
         &self,
         topic: &Arc<str>,
         index: i32,
         config: storage::LogConfig,
         now_ms: i64,
+        epoch: Option<i32>,
     ) -> Result<Arc<Partition>, CatalogError> {
         let mut log = PartitionLog::open(self.partition_dir(topic, index), config, now_ms)?;
-        if self.leads.load(std::sync::atomic::Ordering::SeqCst) {
-            log.set_leader_epoch(self.leader_epoch());
+        if let Some(epoch) = epoch {
+            log.set_leader_epoch(epoch);
         }
         Ok(Arc::new(Partition {
+            leader_epoch: std::sync::atomic::AtomicI32::new(epoch.unwrap_or(-1)),
             topic: topic.clone(),
             index,
             replica: ReplicaState::new(log.log_end_offset(), now_ms),
@@ -658,6 +709,7 @@ impl Catalog {
                 configs: RwLock::new(configs),
             }));
         }
+        let epoch = self.new_topic_epoch()?;
         let mut parts = Vec::with_capacity(partitions as usize);
         // The directories made for it, removed again if the topic cannot be made (a full disk,
         // too many open files): a failed CreateTopics leaves nothing behind.
@@ -668,7 +720,7 @@ impl Catalog {
                 // its records; a new topic starts empty.
                 self.clear_place(&name, p, now_ms)?;
                 made.push(self.partition_dir(&name, p));
-                let partition = self.open_partition(&name, p, config.clone(), now_ms)?;
+                let partition = self.open_partition(&name, p, config.clone(), now_ms, epoch)?;
                 partition.replica.made_at(now_ms);
                 parts.push(partition);
             }
@@ -822,10 +874,15 @@ impl Catalog {
             return Ok(());
         }
         let config = self.log_config(&topic.configs())?;
+        // New partitions lead at their topic's epoch.
+        let epoch = self
+            .leads
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| topic.partitions()[0].leader_epoch());
         let mut added = Vec::new();
         for p in current..count {
             self.clear_place(name, p, now_ms)?;
-            let partition = self.open_partition(&topic.name, p, config.clone(), now_ms)?;
+            let partition = self.open_partition(&topic.name, p, config.clone(), now_ms, epoch)?;
             partition.replica.made_at(now_ms);
             added.push(partition);
         }

@@ -168,9 +168,11 @@ async fn every_start_leads_at_a_new_epoch_that_offset_for_leader_epoch_answers_f
     let fenced = E::FencedLeaderEpoch.code();
     let unknown = E::UnknownLeaderEpoch.code();
 
-    // First start: epoch 0, stamped over whatever the producer wrote.
+    // First start: epoch 0; a topic made now leads at the next one, 1, stamped over whatever
+    // the producer wrote.
     let broker = common::start(dir.path()).await;
     let mut c = RawClient::connect(&broker.bootstrap()).await;
+    assert_eq!(broker.broker.catalog.leader_epoch(), 0);
     let r = c
         .call(
             &CreateTopicsRequest::default().with_topics(vec![
@@ -183,51 +185,56 @@ async fn every_start_leads_at_a_new_epoch_that_offset_for_leader_epoch_answers_f
         )
         .await;
     assert_eq!(r.topics[0].error_code, 0);
-    assert_eq!(metadata_epoch(&mut c, "t").await, 0);
-    produce(&mut c, "t", batch(2, 1_000, 42)).await;
-    assert_eq!(end_of_epoch(&mut c, "t", 0, 0).await, (0, 0, 2));
-    broker.shutdown().await;
-
-    // Second start: epoch 1, which begins at the log end before anything is written.
-    let broker = common::start(dir.path()).await;
-    let mut c = RawClient::connect(&broker.bootstrap()).await;
     assert_eq!(metadata_epoch(&mut c, "t").await, 1);
+    produce(&mut c, "t", batch(2, 1_000, 42)).await;
     assert_eq!(end_of_epoch(&mut c, "t", 1, 1).await, (0, 1, 2));
-    produce(&mut c, "t", batch(3, 2_000, -1)).await;
-    assert_eq!(
-        fetch_epochs(&mut c, "t", 1).await,
-        (0, vec![(0, 0), (2, 1)])
-    );
-    assert_eq!(fetch_epochs(&mut c, "t", -1).await.0, 0);
-    // Where each epoch's records end; for an epoch newer than any, nothing.
-    assert_eq!(end_of_epoch(&mut c, "t", 1, 0).await, (0, 0, 2));
-    assert_eq!(end_of_epoch(&mut c, "t", 1, 1).await, (0, 1, 5));
-    assert_eq!(end_of_epoch(&mut c, "t", -1, 1).await, (0, 1, 5));
-    assert_eq!(end_of_epoch(&mut c, "t", 1, 2).await, (0, -1, -1));
-    // ListOffsets names the epoch of what it finds.
-    assert_eq!(list_offset(&mut c, "t", 1, -2).await, (0, 0, 0));
-    assert_eq!(list_offset(&mut c, "t", 1, -1).await, (0, 5, 1));
-    assert_eq!(list_offset(&mut c, "t", 1, 1_001).await, (0, 1, 0));
-    assert_eq!(list_offset(&mut c, "t", 1, 2_000).await, (0, 2, 1));
-    // A client that knows an older epoch (stale metadata) or a newer one is refused.
-    assert_eq!(fetch_epochs(&mut c, "t", 0).await, (fenced, vec![]));
-    assert_eq!(fetch_epochs(&mut c, "t", 2).await, (unknown, vec![]));
-    assert_eq!(list_offset(&mut c, "t", 0, -1).await.0, fenced);
-    assert_eq!(list_offset(&mut c, "t", 2, -1).await.0, unknown);
-    assert_eq!(end_of_epoch(&mut c, "t", 0, 0).await, (fenced, -1, -1));
-    assert_eq!(end_of_epoch(&mut c, "t", 2, 0).await, (unknown, -1, -1));
     broker.shutdown().await;
 
-    // A third start with nothing written in epoch 1's place: epoch 2, and the answers hold.
+    // Second start: epoch 2 for every topic, which begins at the log end before anything is
+    // written.
     let broker = common::start(dir.path()).await;
     let mut c = RawClient::connect(&broker.bootstrap()).await;
     assert_eq!(metadata_epoch(&mut c, "t").await, 2);
-    assert_eq!(end_of_epoch(&mut c, "t", 2, 1).await, (0, 1, 5));
+    assert_eq!(end_of_epoch(&mut c, "t", 2, 2).await, (0, 2, 2));
+    produce(&mut c, "t", batch(3, 2_000, -1)).await;
+    assert_eq!(
+        fetch_epochs(&mut c, "t", 2).await,
+        (0, vec![(0, 1), (2, 2)])
+    );
+    assert_eq!(fetch_epochs(&mut c, "t", -1).await.0, 0);
+    // Where each epoch's records end; for one older than any, where the first began; for an
+    // epoch newer than any, nothing.
+    assert_eq!(end_of_epoch(&mut c, "t", 2, 0).await, (0, 0, 0));
+    assert_eq!(end_of_epoch(&mut c, "t", 2, 1).await, (0, 1, 2));
     assert_eq!(end_of_epoch(&mut c, "t", 2, 2).await, (0, 2, 5));
-    // A topic made now starts at the broker's epoch.
-    assert_eq!(metadata_epoch(&mut c, "fresh").await, 2);
+    assert_eq!(end_of_epoch(&mut c, "t", -1, 2).await, (0, 2, 5));
+    assert_eq!(end_of_epoch(&mut c, "t", 2, 3).await, (0, -1, -1));
+    // ListOffsets names the epoch of what it finds.
+    assert_eq!(list_offset(&mut c, "t", 2, -2).await, (0, 0, 1));
+    assert_eq!(list_offset(&mut c, "t", 2, -1).await, (0, 5, 2));
+    assert_eq!(list_offset(&mut c, "t", 2, 1_001).await, (0, 1, 1));
+    assert_eq!(list_offset(&mut c, "t", 2, 2_000).await, (0, 2, 2));
+    // A client that knows an older epoch (stale metadata) or a newer one is refused.
+    assert_eq!(fetch_epochs(&mut c, "t", 1).await, (fenced, vec![]));
+    assert_eq!(fetch_epochs(&mut c, "t", 3).await, (unknown, vec![]));
+    assert_eq!(list_offset(&mut c, "t", 1, -1).await.0, fenced);
+    assert_eq!(list_offset(&mut c, "t", 3, -1).await.0, unknown);
+    assert_eq!(end_of_epoch(&mut c, "t", 1, 1).await, (fenced, -1, -1));
+    assert_eq!(end_of_epoch(&mut c, "t", 3, 1).await, (unknown, -1, -1));
+    broker.shutdown().await;
+
+    // A third start with nothing written in epoch 2's place: epoch 3, and the answers hold.
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    assert_eq!(metadata_epoch(&mut c, "t").await, 3);
+    assert_eq!(end_of_epoch(&mut c, "t", 3, 2).await, (0, 2, 5));
+    assert_eq!(end_of_epoch(&mut c, "t", 3, 3).await, (0, 3, 5));
+    // A topic made now (auto-created) leads at a later epoch than every topic before it.
+    assert_eq!(metadata_epoch(&mut c, "fresh").await, 4);
     produce(&mut c, "fresh", batch(1, 3_000, 0)).await;
-    assert_eq!(fetch_epochs(&mut c, "fresh", 2).await, (0, vec![(0, 2)]));
+    assert_eq!(fetch_epochs(&mut c, "fresh", 4).await, (0, vec![(0, 4)]));
+    assert_eq!(metadata_epoch(&mut c, "t").await, 3);
+    assert_eq!(broker.broker.catalog.leader_epoch(), 4);
     broker.shutdown().await;
 }
 
@@ -239,11 +246,18 @@ fn read_values(consumer: &rdkafka::consumer::BaseConsumer, want: usize) -> Vec<S
         assert!(Instant::now() < deadline, "read only {out:?}");
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => out.push(String::from_utf8_lossy(m.payload().unwrap()).into_owned()),
+            // A broker restarting, or a topic gone a moment, is reported and passed over.
             Some(Err(e))
-                if e.rdkafka_error_code()
-                    == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
-                    || e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure) => {}
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                            | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                            | rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                            | rdkafka::types::RDKafkaErrorCode::UnknownTopic
+                            | rdkafka::types::RDKafkaErrorCode::UnknownTopicId
+                    )
+                ) => {}
             Some(Err(e)) => panic!("consumer error: {e}"),
             None => {}
         }
@@ -304,6 +318,53 @@ async fn a_librdkafka_consumer_reads_on_across_the_new_epoch_of_a_restart() {
         consumer
             .poll(Duration::from_millis(500))
             .is_none_or(|m| m.is_err())
+    );
+    drop(consumer);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_a_topic_deleted_and_made_again_reads_the_new_one_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    let mut c = RawClient::connect(&bootstrap).await;
+    let create = || {
+        CreateTopicsRequest::default().with_topics(vec![
+            kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                .with_name(name("again"))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ])
+    };
+    assert_eq!(c.call(&create(), 5).await.topics[0].error_code, 0);
+    let first = metadata_epoch(&mut c, "again").await;
+    produce_values(&bootstrap, "again", 0..100).await;
+    let consumer = common::reader(&bootstrap, "again");
+    assert_eq!(read_values(&consumer, 100).len(), 100);
+
+    // Made again under its name, with more records than the consumer had read of the old one.
+    let deleted = c
+        .call(
+            &kafka_protocol::messages::DeleteTopicsRequest::default()
+                .with_topic_names(vec![name("again")])
+                .with_timeout_ms(5000),
+            5,
+        )
+        .await;
+    assert_eq!(deleted.responses[0].error_code, 0);
+    assert_eq!(c.call(&create(), 5).await.topics[0].error_code, 0);
+    // A topic made while the broker runs leads at a later epoch than the topics before it,
+    // so that clients see the change of topic as a change of leader epoch.
+    let second = metadata_epoch(&mut c, "again").await;
+    assert!(second > first, "{second} after {first}");
+    produce_values(&bootstrap, "again", 100..300).await;
+    // The consumer, at offset 100 of the old topic, checks its position against the new
+    // one (its epoch changed) and goes back to offset 0: it reads every record of it.
+    let read = read_values(&consumer, 200);
+    assert_eq!(
+        read,
+        (100..300).map(|i| format!("v-{i}")).collect::<Vec<_>>()
     );
     drop(consumer);
     broker.shutdown().await;

@@ -265,7 +265,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP runnel_leader_epoch The partitions' leader epoch: the one this broker leads at, or its leader's as last read (-1 before that).\n# TYPE runnel_leader_epoch gauge\nrunnel_leader_epoch {}",
+            "# HELP runnel_leader_epoch The latest leader epoch: the latest this broker leads a partition at, or its leader's as last read (-1 before that).\n# TYPE runnel_leader_epoch gauge\nrunnel_leader_epoch {}",
             broker.catalog.leader_epoch()
         );
         let _ = writeln!(

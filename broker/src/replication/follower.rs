@@ -685,8 +685,8 @@ async fn sync_topics(
     if let Some(id) = &metadata.cluster_id {
         broker.adopt_cluster_id(id);
     }
-    // The leader's epoch, for this broker's Metadata answers, and kept: should the lead move
-    // here, it leads at a later one.
+    // The leader's latest epoch, kept: should the lead move here, it leads at a later one.
+    // (Each partition's is reported as the leader reports it, below.)
     let epoch = metadata
         .topics
         .iter()
@@ -701,21 +701,26 @@ async fn sync_topics(
             .context("cannot keep the leader's epoch")?;
         broker.catalog.note_leaders_epoch(epoch);
     }
-    let mut leader: BTreeMap<String, (Uuid, i32, Vec<Vec<i32>>)> = BTreeMap::new();
+    // Each topic's id, partition count, and each partition's in-sync set and leader epoch.
+    type Copied = (Uuid, i32, Vec<(Vec<i32>, i32)>);
+    let mut leader: BTreeMap<String, Copied> = BTreeMap::new();
     for t in metadata.topics.iter().filter(|t| t.error_code == 0) {
         let Some(name) = &t.name else { continue };
-        let mut isr: Vec<(i32, Vec<i32>)> = t
+        let mut isr: Vec<(i32, Vec<i32>, i32)> = t
             .partitions
             .iter()
-            .map(|p| (p.partition_index, p.isr_nodes.iter().map(|n| n.0).collect()))
+            .map(|p| {
+                let nodes = p.isr_nodes.iter().map(|n| n.0).collect();
+                (p.partition_index, nodes, p.leader_epoch)
+            })
             .collect();
-        isr.sort_by_key(|(i, _)| *i);
+        isr.sort_by_key(|(i, ..)| *i);
         leader.insert(
             name.to_string(),
             (
                 t.topic_id,
                 t.partitions.len() as i32,
-                isr.into_iter().map(|(_, n)| n).collect(),
+                isr.into_iter().map(|(_, n, e)| (n, e)).collect(),
             ),
         );
     }
@@ -745,8 +750,9 @@ async fn sync_topics(
         match copied {
             Ok(topic) => {
                 warned.remove(name);
-                for (p, isr) in topic.partitions().iter().zip(isr) {
+                for (p, (isr, epoch)) in topic.partitions().iter().zip(isr) {
                     super::set_reported_isr(p, isr.clone());
+                    p.note_leaders_epoch(*epoch);
                 }
             }
             Err(e) => {

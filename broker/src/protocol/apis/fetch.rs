@@ -95,8 +95,8 @@ enum Reader {
 pub async fn handle(ctx: Ctx, mut req: FetchRequest) -> FetchResponse {
     names_for_ids(&ctx, &mut req);
     let mut response = answer(&ctx, req).await;
-    ids_for_names(&ctx, &mut response);
     leaders_named(&ctx, &mut response);
+    ids_for_names(&ctx, &mut response);
     response
 }
 
@@ -174,18 +174,23 @@ fn leaders_named(ctx: &Ctx, response: &mut FetchResponse) {
         .cluster
         .as_ref()
         .map_or(ctx.broker.node_id, |c| c.leader);
-    let current = LeaderIdAndEpoch::default()
-        .with_leader_id(BrokerId(leader))
-        .with_leader_epoch(ctx.broker.catalog.leader_epoch());
     let mut any = false;
-    for p in response
-        .responses
-        .iter_mut()
-        .flat_map(|t| &mut t.partitions)
-        .filter(|p| stale.contains(&p.error_code))
-    {
-        p.current_leader = current.clone();
-        any = true;
+    for t in &mut response.responses {
+        let topic = topic_named(ctx, &t.topic);
+        for p in t
+            .partitions
+            .iter_mut()
+            .filter(|p| stale.contains(&p.error_code))
+        {
+            let epoch = topic
+                .as_ref()
+                .and_then(|t| t.partition(p.partition_index))
+                .map_or(-1, |p| p.leader_epoch());
+            p.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(leader))
+                .with_leader_epoch(epoch);
+            any = true;
+        }
     }
     if any {
         response.node_endpoints = super::metadata::brokers(ctx)
@@ -512,8 +517,8 @@ fn read_all(
             out.push((w.topic.clone(), data));
             continue;
         }
-        if w.log.is_some()
-            && let Err(code) = super::check_leader_epoch(ctx, w.current_leader_epoch)
+        if let Some(p) = &w.log
+            && let Err(code) = super::check_leader_epoch(p.leader_epoch(), w.current_leader_epoch)
         {
             data.high_watermark = -1;
             data.last_stable_offset = -1;

@@ -68,7 +68,9 @@ pub async fn handle(ctx: Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         out.error_code = E::UnknownTopicOrPartition.code();
                         return out;
                     };
-                    if let Err(code) = super::check_leader_epoch(&ctx, p.current_leader_epoch) {
+                    if let Err(code) =
+                        super::check_leader_epoch(part.leader_epoch(), p.current_leader_epoch)
+                    {
                         out.error_code = code;
                         return out;
                     }

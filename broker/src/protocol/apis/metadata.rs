@@ -14,7 +14,7 @@
 //! for (v8+), the operations the client may perform on each topic and on the cluster.
 //!
 //! Each partition names its leader epoch (v7+, `storage::epochs`): the one this broker leads
-//! at, or, on a follower, its leader's as last read. v13's top-level error (KIP-1102: a
+//! it at, or, on a follower, its leader's as last read. v13's top-level error (KIP-1102: a
 //! cluster asking its clients to bootstrap again) is never set: the brokers a client was
 //! given stay the cluster's.
 
@@ -174,7 +174,7 @@ fn describe(ctx: &Ctx, t: &Topic) -> MetadataResponseTopic {
             MetadataResponsePartition::default()
                 .with_partition_index(p.index)
                 .with_leader_id(BrokerId(leader))
-                .with_leader_epoch(b.catalog.leader_epoch())
+                .with_leader_epoch(p.leader_epoch())
                 .with_replica_nodes(ids(replicas))
                 .with_isr_nodes(ids(isr))
         })

@@ -96,11 +96,10 @@ pub(crate) fn config_resource_refusal<'a>(
 }
 
 /// Checks the leader epoch a client names for a partition (`current`, -1 for none: no check)
-/// against this broker's (KIP-320): FENCED_LEADER_EPOCH when the client's is older (its
-/// metadata is stale), UNKNOWN_LEADER_EPOCH when it is newer (this broker's is), as Kafka's
-/// leaders answer.
-pub(crate) fn check_leader_epoch(ctx: &Ctx, current: i32) -> Result<(), i16> {
-    let here = ctx.broker.catalog.leader_epoch();
+/// against the partition's here (`here`, KIP-320): FENCED_LEADER_EPOCH when the client's is
+/// older (its metadata is stale), UNKNOWN_LEADER_EPOCH when it is newer (this broker's is), as
+/// Kafka's leaders answer.
+pub(crate) fn check_leader_epoch(here: i32, current: i32) -> Result<(), i16> {
     if current < 0 || current == here {
         Ok(())
     } else if current < here {

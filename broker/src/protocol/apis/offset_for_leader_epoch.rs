@@ -52,7 +52,9 @@ pub async fn handle(ctx: Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLead
                         else {
                             return out.with_error_code(E::UnknownTopicOrPartition.code());
                         };
-                        if let Err(code) = super::check_leader_epoch(&ctx, p.current_leader_epoch) {
+                        if let Err(code) =
+                            super::check_leader_epoch(part.leader_epoch(), p.current_leader_epoch)
+                        {
                             return out.with_error_code(code);
                         }
                         let (epoch, end) = part.log().end_offset_for_epoch(p.leader_epoch);

@@ -137,9 +137,13 @@ pub async fn handle(ctx: Ctx, req: ProduceRequest) -> ProduceResponse {
                 out.error_code = *code;
                 out.error_message = why.clone().map(|why| s(capped(why)));
                 if follows && ctx.api_version >= 10 {
+                    let epoch = topic
+                        .as_ref()
+                        .and_then(|t| t.partition(pd.index))
+                        .map_or(-1, |p| p.leader_epoch());
                     out.current_leader = LeaderIdAndEpoch::default()
                         .with_leader_id(BrokerId(cluster.map_or(-1, |c| c.leader)))
-                        .with_leader_epoch(catalog.leader_epoch());
+                        .with_leader_epoch(epoch);
                 }
                 count_error(&ctx);
                 partitions.push(out);
