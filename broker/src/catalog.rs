@@ -338,9 +338,12 @@ pub struct Catalog {
     leader_epoch: std::sync::atomic::AtomicI32,
     /// Whether the logs stamp `leader_epoch` (this broker leads).
     leads: std::sync::atomic::AtomicBool,
-    /// Whether the epochs of topics made while the broker runs come from the clock too (a
+    /// Whether the epochs of topics made while the broker runs come from the clock (a
     /// cluster's leader: `crate::broker`).
     clock_epochs: std::sync::atomic::AtomicBool,
+    /// The leader epochs of topics deleted since the start, by name: a topic made again under
+    /// the name leads at a later one ([`Catalog::new_topic_epoch`]).
+    deleted_epochs: Mutex<HashMap<String, i32>>,
 }
 
 impl Catalog {
@@ -364,6 +367,7 @@ impl Catalog {
             leader_epoch: std::sync::atomic::AtomicI32::new(-1),
             leads: std::sync::atomic::AtomicBool::new(false),
             clock_epochs: std::sync::atomic::AtomicBool::new(false),
+            deleted_epochs: Mutex::new(HashMap::new()),
         };
         let records = catalog.meta.topics()?;
         catalog.look_over_data_dir(&records);
@@ -520,20 +524,32 @@ impl Catalog {
         }
     }
 
-    /// The epoch a topic made now leads at, on a leader (`None` on a follower): later than
-    /// any before it, so that a client reading a topic deleted and made again under its name
-    /// sees its leader epoch change and checks its position against the new topic (which
-    /// sends it back to the start), as a topic made again in Kafka starts at another epoch.
-    /// Kept in the metadata database first. Called with `changing` held.
-    fn new_topic_epoch(&self) -> Result<Option<i32>, CatalogError> {
+    /// The epoch a topic `name` made now leads at, on a leader (`None` on a follower): later
+    /// than the one a topic of that name deleted while the broker ran had, so that a client
+    /// reading a topic deleted and made again under its name sees its leader epoch change and
+    /// checks its position against the new topic (which sends it back to the start), as a
+    /// topic made again in Kafka starts at another epoch. A broker alone counts on from its
+    /// latest epoch; a cluster's leader takes the seconds since 2024 (rounded up), so that
+    /// making many topics does not run its epochs ahead of the clock the other broker's start
+    /// goes by (`crate::broker`). Kept in the metadata database first. Called with `changing`
+    /// held.
+    fn new_topic_epoch(&self, name: &str) -> Result<Option<i32>, CatalogError> {
         use std::sync::atomic::Ordering;
         if !self.leads.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let mut epoch = self.leader_epoch().saturating_add(1);
-        if self.clock_epochs.load(Ordering::SeqCst) {
-            epoch = epoch.max(crate::broker::epoch_from_clock(crate::broker::now_ms()));
+        let before = self
+            .deleted_epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .unwrap_or(-1);
+        let epoch = if self.clock_epochs.load(Ordering::SeqCst) {
+            crate::broker::epoch_from_clock(crate::broker::now_ms())
+        } else {
+            self.leader_epoch().saturating_add(1)
         }
+        .max(before.saturating_add(1));
         self.meta.raise_leader_epoch(epoch)?;
         self.leader_epoch.fetch_max(epoch, Ordering::SeqCst);
         Ok(Some(epoch))
@@ -686,6 +702,12 @@ impl Catalog {
         if id.is_none() {
             self.room_for(partitions)?;
         }
+        // The epoch it leads at, kept before the topics are locked (a write to the metadata
+        // database); nothing else makes or deletes a topic meanwhile (`changing`).
+        let epoch = match validate_only || self.read().by_name.contains_key(name) {
+            true => None,
+            false => self.new_topic_epoch(name)?,
+        };
         let mut topics = self.write();
         if topics.by_name.contains_key(name) {
             return Err(CatalogError::TopicExists(name.to_string()));
@@ -709,7 +731,6 @@ impl Catalog {
                 configs: RwLock::new(configs),
             }));
         }
-        let epoch = self.new_topic_epoch()?;
         let mut parts = Vec::with_capacity(partitions as usize);
         // The directories made for it, removed again if the topic cannot be made (a full disk,
         // too many open files): a failed CreateTopics leaves nothing behind.
@@ -809,6 +830,14 @@ impl Catalog {
             .write()
             .remove(name)
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
+        if let Some(epoch) = topic.partitions().iter().map(|p| p.leader_epoch()).max() {
+            let mut deleted = self
+                .deleted_epochs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let kept = deleted.entry(name.to_string()).or_insert(epoch);
+            *kept = (*kept).max(epoch);
+        }
         // Every directory is set aside before the metadata forgets the topic, so that a stop
         // at any point leaves either the topic whole or directories the next start finishes
         // deleting, never directories taken for partitions nobody knows.
@@ -875,10 +904,13 @@ impl Catalog {
         }
         let config = self.log_config(&topic.configs())?;
         // New partitions lead at their topic's epoch.
-        let epoch = self
-            .leads
-            .load(std::sync::atomic::Ordering::SeqCst)
-            .then(|| topic.partitions()[0].leader_epoch());
+        let epoch = match self.leads.load(std::sync::atomic::Ordering::SeqCst) {
+            true => match topic.partitions().first().map(|p| p.leader_epoch()) {
+                Some(epoch) if epoch >= 0 => Some(epoch),
+                _ => self.new_topic_epoch(name)?,
+            },
+            false => None,
+        };
         let mut added = Vec::new();
         for p in current..count {
             self.clear_place(name, p, now_ms)?;

@@ -715,15 +715,7 @@ async fn fetch_v13_and_later_name_topics_by_id_and_a_topic_made_again_is_another
         .await;
     let session = r.session_id;
     assert!(session > 0);
-    let deleted = c
-        .call(
-            &kafka_protocol::messages::DeleteTopicsRequest::default()
-                .with_topic_names(vec![name("ids")])
-                .with_timeout_ms(5000),
-            5,
-        )
-        .await;
-    assert_eq!(deleted.responses[0].error_code, 0);
+    c.delete_topic("ids").await;
     setup(&mut c, "ids").await;
     produce(&mut c, "ids", batch(8, 1_700_000_000_000)).await;
     let again = broker.broker.catalog.get("ids").unwrap().id;

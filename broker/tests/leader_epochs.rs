@@ -344,15 +344,7 @@ async fn a_consumer_of_a_topic_deleted_and_made_again_reads_the_new_one_from_its
     assert_eq!(read_values(&consumer, 100).len(), 100);
 
     // Made again under its name, with more records than the consumer had read of the old one.
-    let deleted = c
-        .call(
-            &kafka_protocol::messages::DeleteTopicsRequest::default()
-                .with_topic_names(vec![name("again")])
-                .with_timeout_ms(5000),
-            5,
-        )
-        .await;
-    assert_eq!(deleted.responses[0].error_code, 0);
+    c.delete_topic("again").await;
     assert_eq!(c.call(&create(), 5).await.topics[0].error_code, 0);
     // A topic made while the broker runs leads at a later epoch than the topics before it,
     // so that clients see the change of topic as a change of leader epoch.

@@ -704,7 +704,18 @@ async fn a_later_start_leads_at_a_larger_epoch_whichever_broker_makes_it() {
     let one = pair.start(1, 1, 1).await;
     let two = pair.start(2, 1, 1).await;
     produce_copied(&producer(&pair.address(1), "all"), &two, "t", 3, "a").await;
+    // Topics made in a burst take their epochs from the clock, not one more each: the epochs
+    // do not run ahead of the clock the other broker's start goes by.
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    for i in 0..30 {
+        create_topic(&mut c, &format!("burst-{i}"), &[]).await;
+    }
+    let clock = (runnel::broker::now_ms() - 1_704_067_200_000 + 999) / 1000;
     let first = epoch(&one);
+    assert!(
+        first as i64 <= clock + 1,
+        "{first} against the clock's {clock}"
+    );
     eventually("broker 2 to report broker 1's epoch", || {
         epoch(&two) == first
     })
@@ -729,11 +740,34 @@ async fn a_later_start_leads_at_a_larger_epoch_whichever_broker_makes_it() {
         epoch(&one) == third
     })
     .await;
+    // Every partition's, as broker 2 reports it (each topic of broker 2 leads at `third`, the
+    // epoch of its start), in broker 1's Metadata, which lists broker 2's topics (broker 2 had
+    // not copied all of the burst before it stopped).
     let mut c = RawClient::connect(&pair.address(1)).await;
-    let r = c
-        .call(&MetadataRequest::default().with_topics(None), 12)
-        .await;
-    assert_eq!(r.topics[0].partitions[0].leader_epoch, third);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .call(&MetadataRequest::default().with_topics(None), 12)
+            .await;
+        let epochs: Vec<i32> = r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.leader_epoch)
+            .collect();
+        let leaders: usize = two
+            .broker
+            .catalog
+            .list()
+            .iter()
+            .map(|t| t.partition_count() as usize)
+            .sum();
+        if epochs.len() == leaders && epochs.iter().all(|&e| e == third) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{epochs:?}, not all {third}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let metrics = common::http_get(one.admin_addr.unwrap(), "/metrics").await;
     assert!(
         metrics.contains(&format!("\nrunnel_leader_epoch {third}\n")),

@@ -756,6 +756,13 @@ async fn sync_topics(
                 }
             }
             Err(e) => {
+                // The copy as it is still reports the leader's epochs: clients that read
+                // metadata here are not sent to the leader with stale ones.
+                if let Some(topic) = broker.catalog.get(name).filter(|t| t.id == *id) {
+                    for (p, (_, epoch)) in topic.partitions().iter().zip(isr) {
+                        p.note_leaders_epoch(*epoch);
+                    }
+                }
                 let error = format!("{e:#}");
                 if warned.get(name) != Some(&error) {
                     tracing::warn!(topic = %name, %error, "cannot copy the leader's topic; the others are copied");

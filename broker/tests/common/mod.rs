@@ -181,6 +181,17 @@ impl RawClient {
         }
     }
 
+    /// Deletes topic `name` (DeleteTopics v5), which must succeed.
+    pub async fn delete_topic(&mut self, name: &str) {
+        let req = kafka_protocol::messages::DeleteTopicsRequest::default()
+            .with_topic_names(vec![kafka_protocol::messages::TopicName(
+                StrBytes::from_string(name.to_string()),
+            )])
+            .with_timeout_ms(5000);
+        let deleted = self.call(&req, 5).await;
+        assert_eq!(deleted.responses[0].error_code, 0, "deleting {name}");
+    }
+
     /// A client on a connection made elsewhere (for socket options).
     pub fn from_stream(stream: TcpStream) -> RawClient {
         RawClient {

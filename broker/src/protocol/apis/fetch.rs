@@ -507,19 +507,13 @@ fn read_all(
     let cluster = ctx.broker.cluster.as_ref();
     for w in wanted {
         let mut data = PartitionData::default().with_partition_index(w.partition);
-        if let Reader::Refused(code) = reader {
-            data.high_watermark = -1;
-            data.last_stable_offset = -1;
-            data.log_start_offset = -1;
-            data.error_code = code;
-            data.records = Some(Bytes::new());
-            any_error = true;
-            out.push((w.topic.clone(), data));
-            continue;
-        }
-        if let Some(p) = &w.log
-            && let Err(code) = super::check_leader_epoch(p.leader_epoch(), w.current_leader_epoch)
-        {
+        // Refused as a whole, or for naming another leader epoch than the partition's here.
+        let refused = match (reader, &w.log) {
+            (Reader::Refused(code), _) => Err(code),
+            (_, Some(p)) => super::check_leader_epoch(p.leader_epoch(), w.current_leader_epoch),
+            (_, None) => Ok(()),
+        };
+        if let Err(code) = refused {
             data.high_watermark = -1;
             data.last_stable_offset = -1;
             data.log_start_offset = -1;
