@@ -150,12 +150,12 @@ fn ids_for_names(ctx: &Ctx, response: &mut FetchResponse) {
             continue;
         };
         t.topic_id = id;
-        if ctx.broker.catalog.get_by_id(id).is_none() {
-            for p in t
-                .partitions
-                .iter_mut()
-                .filter(|p| p.error_code == E::UnknownTopicOrPartition.code())
-            {
+        let unknown = E::UnknownTopicOrPartition.code();
+        // Looked up only when a partition says so: a fetch answered in full asks nothing.
+        if t.partitions.iter().any(|p| p.error_code == unknown)
+            && ctx.broker.catalog.get_by_id(id).is_none()
+        {
+            for p in t.partitions.iter_mut().filter(|p| p.error_code == unknown) {
                 p.error_code = E::UnknownTopicId.code();
             }
         }
@@ -176,6 +176,10 @@ fn leaders_named(ctx: &Ctx, response: &mut FetchResponse) {
         .map_or(ctx.broker.node_id, |c| c.leader);
     let mut any = false;
     for t in &mut response.responses {
+        // Looked up only for a topic with a refused partition.
+        if !t.partitions.iter().any(|p| stale.contains(&p.error_code)) {
+            continue;
+        }
         let topic = topic_named(ctx, &t.topic);
         for p in t
             .partitions
