@@ -708,17 +708,21 @@ impl Catalog {
             true => None,
             false => self.new_topic_epoch(name)?,
         };
-        let mut topics = self.write();
-        if topics.by_name.contains_key(name) {
-            return Err(CatalogError::TopicExists(name.to_string()));
-        }
-        // As in Kafka: names that differ only in '.' against '_' would share metric names.
-        let folded = |n: &str| n.replace('.', "_");
-        if let Some(existing) = topics.by_name.keys().find(|t| folded(t) == folded(name)) {
-            return Err(CatalogError::TopicCollides {
-                name: name.to_string(),
-                existing: existing.to_string(),
-            });
+        // Checked and made under `changing` only, so that clients of other topics are not held
+        // up while thousands of partitions are opened; the map is locked to add it.
+        {
+            let topics = self.read();
+            if topics.by_name.contains_key(name) {
+                return Err(CatalogError::TopicExists(name.to_string()));
+            }
+            // As in Kafka: names that differ only in '.' against '_' would share metric names.
+            let folded = |n: &str| n.replace('.', "_");
+            if let Some(existing) = topics.by_name.keys().find(|t| folded(t) == folded(name)) {
+                return Err(CatalogError::TopicCollides {
+                    name: name.to_string(),
+                    existing: existing.to_string(),
+                });
+            }
         }
         let name: Arc<str> = name.into();
         let id = id.unwrap_or_else(Uuid::new_v4);
@@ -768,7 +772,7 @@ impl Catalog {
             partitions: RwLock::new(parts),
             configs: RwLock::new(configs),
         });
-        topics.insert(name.to_string(), topic.clone());
+        self.write().insert(name.to_string(), topic.clone());
         self.added.notify_waiters();
         tracing::info!(topic = %name, partitions, "topic created");
         Ok(topic)
@@ -937,14 +941,17 @@ impl Catalog {
         Ok(())
     }
 
-    /// Replaces (`incremental == false`) or updates a topic's overrides. `None` removes a key.
+    /// Replaces (`incremental == false`) or updates a topic's overrides. Under `changing`, as
+    /// every other change of the topics: changes sent at once build on each other (none is
+    /// lost), and a topic deleted meanwhile is not written back.
     pub fn alter_configs(
         &self,
         name: &str,
-        changes: Vec<(String, Option<String>)>,
+        changes: Vec<ConfigChange>,
         incremental: bool,
         validate_only: bool,
     ) -> Result<(), CatalogError> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let topic = self
             .get(name)
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
@@ -953,11 +960,21 @@ impl Catalog {
         } else {
             BTreeMap::new()
         };
-        for (k, v) in changes {
-            match v {
-                Some(v) => next.insert(k, v),
-                None => next.remove(&k),
-            };
+        for change in changes {
+            match change {
+                ConfigChange::Set(k, v) => {
+                    next.insert(k, v);
+                }
+                ConfigChange::Delete(k) => {
+                    next.remove(&k);
+                }
+                ConfigChange::Append(k, items) => {
+                    self.edit_list_config(&mut next, k, &items, true)?
+                }
+                ConfigChange::Subtract(k, items) => {
+                    self.edit_list_config(&mut next, k, &items, false)?
+                }
+            }
         }
         let config = self.log_config(&next)?;
         if validate_only {
@@ -978,6 +995,72 @@ impl Catalog {
         *topic.configs.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
+
+    /// APPEND (`append`) or SUBTRACT `items` to list config `key` in `overrides`: to its value
+    /// there, else the broker's.
+    fn edit_list_config(
+        &self,
+        overrides: &mut BTreeMap<String, String>,
+        key: String,
+        items: &str,
+        append: bool,
+    ) -> Result<(), CatalogError> {
+        let current = match overrides.get(&key) {
+            Some(v) => v.clone(),
+            None => self
+                .defaults
+                .to_topic_configs()
+                .into_iter()
+                .find_map(|(k, v)| (k == key).then_some(v))
+                .unwrap_or_default(),
+        };
+        match edit_list(&current, items, append) {
+            Some(edited) => {
+                overrides.insert(key, edited);
+                Ok(())
+            }
+            None => Err(CatalogError::InvalidConfig {
+                key,
+                value: current,
+                reason: format!("subtracting {items} would leave it empty"),
+            }),
+        }
+    }
+}
+
+/// One change of a topic's config overrides (AlterConfigs, IncrementalAlterConfigs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChange {
+    Set(String, String),
+    /// Back to the broker's value.
+    Delete(String),
+    /// Items added to a list config (`cleanup.policy`), each once.
+    Append(String, String),
+    /// Items taken out of a list config.
+    Subtract(String, String),
+}
+
+/// `current` (comma-separated) with the items of `value` appended (each once) or removed;
+/// `None` when nothing is left.
+fn edit_list(current: &str, value: &str, append: bool) -> Option<String> {
+    let items = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut list = items(current);
+    for item in items(value) {
+        if append {
+            if !list.contains(&item) {
+                list.push(item);
+            }
+        } else {
+            list.retain(|i| *i != item);
+        }
+    }
+    (!list.is_empty()).then(|| list.join(","))
 }
 
 /// Kafka's topic name rule: 1..=249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
@@ -1043,6 +1126,27 @@ fn millis(d: std::time::Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_items_are_appended_once_and_subtracted() {
+        assert_eq!(
+            edit_list("delete", "compact", true).as_deref(),
+            Some("delete,compact")
+        );
+        assert_eq!(
+            edit_list("delete", "delete", true).as_deref(),
+            Some("delete")
+        );
+        assert_eq!(
+            edit_list("compact,delete", "delete", false).as_deref(),
+            Some("compact")
+        );
+        assert_eq!(edit_list("compact", "compact", false), None);
+        assert_eq!(
+            edit_list("compact", "delete, compact", true).as_deref(),
+            Some("compact,delete")
+        );
+    }
 
     #[test]
     fn topic_names_follow_kafka_rules() {

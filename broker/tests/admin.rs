@@ -681,3 +681,129 @@ async fn health_fails_when_the_data_directory_is_gone() {
     );
     broker.shutdown().await;
 }
+
+/// Config changes of one topic sent at the same moment over many connections each hold (none
+/// is written over by another built on an older state), and a topic deleted while its configs
+/// are being changed stays deleted, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_sent_at_once_all_hold_and_a_deleted_topic_stays_deleted() {
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    use kafka_protocol::messages::incremental_alter_configs_request as inc;
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    let s = |t: &str| StrBytes::from_string(t.to_string());
+    let set = |topic: &str, key: &str, value: String| {
+        IncrementalAlterConfigsRequest::default().with_resources(vec![
+            inc::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s(topic))
+                .with_configs(vec![
+                    inc::AlterableConfig::default()
+                        .with_name(s(key))
+                        .with_config_operation(0)
+                        .with_value(Some(s(&value))),
+                ]),
+        ])
+    };
+    let mut admin = common::RawClient::connect(&bootstrap).await;
+    admin.create_topic("racing").await;
+    const KEYS: [&str; 8] = [
+        "retention.ms",
+        "retention.bytes",
+        "segment.ms",
+        "segment.bytes",
+        "max.message.bytes",
+        "delete.retention.ms",
+        "min.insync.replicas",
+        "message.timestamp.type",
+    ];
+    let value = |key: &str, round: usize| match key {
+        "min.insync.replicas" => "1".to_string(),
+        "message.timestamp.type" if round.is_multiple_of(2) => "LogAppendTime".to_string(),
+        "message.timestamp.type" => "CreateTime".to_string(),
+        _ => (10_000_000 + round).to_string(),
+    };
+    let mut clients = Vec::new();
+    for _ in KEYS {
+        clients.push(common::RawClient::connect(&bootstrap).await);
+    }
+    for round in 0..10 {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(KEYS.len()));
+        let sent: Vec<_> = clients
+            .into_iter()
+            .zip(KEYS)
+            .map(|(mut c, key)| {
+                let (barrier, request) = (barrier.clone(), set("racing", key, value(key, round)));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let r = c.call(&request, 1).await;
+                    assert_eq!(r.responses[0].error_code, 0, "{key}");
+                    c
+                })
+            })
+            .collect();
+        clients = Vec::new();
+        for task in sent {
+            clients.push(task.await.unwrap());
+        }
+        let configs = broker.broker.catalog.get("racing").unwrap().configs();
+        for key in KEYS {
+            assert_eq!(
+                configs.get(key),
+                Some(&value(key, round)),
+                "round {round}: {key} lost ({configs:?})"
+            );
+        }
+    }
+
+    // Deleted while four connections keep changing its configs.
+    for t in 0..20 {
+        admin.create_topic(&format!("doomed-{t}")).await;
+    }
+    for t in 0..20 {
+        let topic = format!("doomed-{t}");
+        let busy = clients
+            .drain(..6)
+            .zip(KEYS)
+            .map(|(mut c, key)| {
+                let request = set(&topic, key, value(key, 0));
+                tokio::spawn(async move {
+                    // Until the topic is gone: UNKNOWN_TOPIC_OR_PARTITION.
+                    loop {
+                        match c.call(&request, 1).await.responses[0].error_code {
+                            0 => {}
+                            3 => break,
+                            other => panic!("error {other}"),
+                        }
+                    }
+                    c
+                })
+            })
+            .collect::<Vec<_>>();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        admin.delete_topic(&topic).await;
+        for task in busy {
+            clients.push(task.await.unwrap());
+        }
+    }
+    drop(clients);
+    drop(admin);
+    broker.shutdown().await;
+    let broker = common::start(dir.path()).await;
+    let left: Vec<String> = broker
+        .broker
+        .catalog
+        .list()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(
+        left,
+        ["racing"],
+        "a deleted topic came back after a restart"
+    );
+    broker.shutdown().await;
+}

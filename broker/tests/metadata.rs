@@ -238,6 +238,12 @@ async fn config_sources_and_synonyms_follow_kafka() {
         "{documented:?}"
     );
     assert_eq!(get("cleanup.policy").config_type, 7, "a list");
+    // A topic that does not exist, and a name no topic can have (Kafka validates it first).
+    for (topic, code) in [("absent", 3), ("", 17), ("bad name!", 17), ("..", 17)] {
+        let r = c.call(&describe(2, topic), 4).await;
+        assert_eq!(r.results[0].error_code, code, "{topic:?}: {r:?}");
+        assert!(r.results[0].configs.is_empty());
+    }
 
     let r = c
         .call(&describe(4, &broker.broker.node_id.to_string()), 4)

@@ -795,7 +795,7 @@ fn copy_topic(
                 let changes = configs
                     .clone()
                     .into_iter()
-                    .map(|(k, v)| (k, Some(v)))
+                    .map(|(k, v)| crate::catalog::ConfigChange::Set(k, v))
                     .collect();
                 broker.catalog.alter_configs(name, changes, false, false)?;
             }

@@ -181,6 +181,21 @@ impl RawClient {
         }
     }
 
+    /// Creates topic `name` with one partition (CreateTopics v5), which must succeed.
+    pub async fn create_topic(&mut self, name: &str) {
+        use kafka_protocol::messages::create_topics_request::CreatableTopic;
+        let req = kafka_protocol::messages::CreateTopicsRequest::default().with_topics(vec![
+            CreatableTopic::default()
+                .with_name(kafka_protocol::messages::TopicName(StrBytes::from_string(
+                    name.to_string(),
+                )))
+                .with_num_partitions(1)
+                .with_replication_factor(-1),
+        ]);
+        let created = self.call(&req, 5).await;
+        assert_eq!(created.topics[0].error_code, 0, "creating {name}");
+    }
+
     /// Deletes topic `name` (DeleteTopics v5), which must succeed.
     pub async fn delete_topic(&mut self, name: &str) {
         let req = kafka_protocol::messages::DeleteTopicsRequest::default()

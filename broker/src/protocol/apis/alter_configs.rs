@@ -10,6 +10,7 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 use super::describe_configs::{RESOURCE_GROUP, RESOURCE_TOPIC};
 use super::incremental_alter_configs::alter_group;
 use super::s;
+use crate::catalog::ConfigChange;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
 
@@ -85,7 +86,10 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
             let changes = r
                 .configs
                 .into_iter()
-                .map(|c| (c.name.to_string(), c.value.map(|v| v.to_string())))
+                .map(|c| match c.value {
+                    Some(v) => ConfigChange::Set(c.name.to_string(), v.to_string()),
+                    None => ConfigChange::Delete(c.name.to_string()),
+                })
                 .collect();
             if let Err(e) =
                 catalog.alter_configs(&r.resource_name, changes, false, req.validate_only)

@@ -73,7 +73,11 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
                     }
                 }
             }
-            match catalog.create_partitions(&t.name, t.count, req.validate_only, false, now_ms()) {
+            // Opening thousands of partitions waits for the disk.
+            let made = crate::broker::waiting_for_disk(|| {
+                catalog.create_partitions(&t.name, t.count, req.validate_only, false, now_ms())
+            });
+            match made {
                 Ok(()) if !strict && !req.validate_only => {
                     client_quotas::charge(&ctx, mutations, added);
                 }

@@ -160,14 +160,17 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                 }
             }
         }
-        let created = b.catalog.create_topic(
-            &t.name,
-            partitions,
-            rf,
-            configs,
-            req.validate_only,
-            now_ms(),
-        );
+        // Opening thousands of partitions waits for the disk.
+        let created = crate::broker::waiting_for_disk(|| {
+            b.catalog.create_topic(
+                &t.name,
+                partitions,
+                rf,
+                configs,
+                req.validate_only,
+                now_ms(),
+            )
+        });
         if created.is_err() && limited {
             client_quotas::give_back(&ctx, mutations, f64::from(partitions));
         }

@@ -111,7 +111,7 @@ pub async fn handle(ctx: Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse 
                         out.error_message = Some(s(client_quotas::mutation_refusal(ms)));
                         return out;
                     }
-                    match catalog.delete_topic(&t.name) {
+                    match crate::broker::waiting_for_disk(|| catalog.delete_topic(&t.name)) {
                         Ok(()) => {
                             ctx.broker.groups.topic_deleted(&t.name);
                             if !strict {

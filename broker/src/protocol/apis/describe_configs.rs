@@ -548,9 +548,19 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                             (k, v, source, ty, synonyms)
                         })
                         .collect(),
+                    // As Kafka: a name no topic can have is INVALID_TOPIC_EXCEPTION.
                     None => {
-                        out.error_code = E::UnknownTopicOrPartition.code();
-                        out.error_message = Some(s(format!("unknown topic {}", r.resource_name)));
+                        match crate::catalog::validate_topic_name(&r.resource_name) {
+                            Err(e) => {
+                                out.error_code = E::InvalidTopicException.code();
+                                out.error_message = Some(s(e.to_string()));
+                            }
+                            Ok(()) => {
+                                out.error_code = E::UnknownTopicOrPartition.code();
+                                out.error_message =
+                                    Some(s(format!("unknown topic {}", r.resource_name)));
+                            }
+                        }
                         Vec::new()
                     }
                 },

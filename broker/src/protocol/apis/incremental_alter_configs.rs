@@ -15,6 +15,7 @@ use super::describe_configs::{
     RESOURCE_BROKER_LOGGER, RESOURCE_GROUP, RESOURCE_TOPIC, other_broker,
 };
 use super::s;
+use crate::catalog::ConfigChange;
 use crate::log_budget::client_text;
 use crate::protocol::Ctx;
 use crate::protocol::error::catalog_code;
@@ -81,13 +82,17 @@ pub async fn handle(
                 out.error_message = Some(s(NOT_ALTERABLE));
                 return out;
             }
-            let mut changes: Vec<(String, Option<String>)> = Vec::new();
+            let mut changes: Vec<ConfigChange> = Vec::new();
             for c in r.configs {
+                let name = c.name.to_string();
                 match c.config_operation {
-                    SET => changes.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
-                    DELETE => changes.push((c.name.to_string(), None)),
+                    SET => changes.push(ConfigChange::Set(
+                        name,
+                        c.value.map(|v| v.to_string()).unwrap_or_default(),
+                    )),
+                    DELETE => changes.push(ConfigChange::Delete(name)),
                     op @ (APPEND | SUBTRACT) => {
-                        if group || c.name.as_str() != LIST_CONFIG {
+                        if group || name != LIST_CONFIG {
                             let applies = if group {
                                 "to no group config"
                             } else {
@@ -96,39 +101,16 @@ pub async fn handle(
                             out.error_code = E::InvalidConfig.code();
                             out.error_message = Some(s(format!(
                                 "{} is not a list: append and subtract apply {applies}",
-                                client_text(&c.name)
+                                client_text(&name)
                             )));
                             return out;
                         }
-                        // The value as this request has left it so far (a DELETE leaves the
-                        // broker's default), else the topic's.
-                        let current = match changes.iter().rev().find(|(k, _)| k == LIST_CONFIG) {
-                            Some((_, Some(v))) => Some(v.clone()),
-                            Some((_, None)) => {
-                                Some(ctx.broker.config.log.cleanup_policy.as_str().to_string())
-                            }
-                            None => None,
-                        }
-                        .or_else(|| {
-                            catalog.get(&r.resource_name).and_then(|t| {
-                                catalog
-                                    .effective_configs(&t)
-                                    .into_iter()
-                                    .find(|(k, _, _)| k == LIST_CONFIG)
-                                    .map(|(_, v, _)| v)
-                            })
-                        })
-                        .unwrap_or_default();
-                        let value = c.value.as_deref().unwrap_or("");
-                        match edit_list(&current, value, op == APPEND) {
-                            Some(next) => changes.push((LIST_CONFIG.to_string(), Some(next))),
-                            None => {
-                                out.error_code = E::InvalidConfig.code();
-                                out.error_message =
-                                    Some(s(format!("{LIST_CONFIG} cannot become empty")));
-                                return out;
-                            }
-                        }
+                        // Applied to the value as the topic has it when the change is made.
+                        let items = c.value.map(|v| v.to_string()).unwrap_or_default();
+                        changes.push(match op {
+                            APPEND => ConfigChange::Append(name, items),
+                            _ => ConfigChange::Subtract(name, items),
+                        });
                     }
                     op => {
                         out.error_code = E::InvalidRequest.code();
@@ -139,6 +121,16 @@ pub async fn handle(
                 }
             }
             if group {
+                // Groups' configs have no APPEND or SUBTRACT (refused above).
+                let changes: Vec<(String, Option<String>)> = changes
+                    .into_iter()
+                    .map(|c| match c {
+                        ConfigChange::Set(k, v) => (k, Some(v)),
+                        ConfigChange::Delete(k)
+                        | ConfigChange::Append(k, _)
+                        | ConfigChange::Subtract(k, _) => (k, None),
+                    })
+                    .collect();
                 if let Some((code, why)) =
                     alter_group(&ctx, &r.resource_name, &changes, false, req.validate_only)
                 {
@@ -257,53 +249,4 @@ fn alter_loggers(
         }
     }
     out
-}
-
-/// `current` (comma-separated) with the items of `value` appended (each once) or removed;
-/// `None` when nothing is left.
-fn edit_list(current: &str, value: &str, append: bool) -> Option<String> {
-    let items = |v: &str| -> Vec<String> {
-        v.split(',')
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    let mut list = items(current);
-    for item in items(value) {
-        if append {
-            if !list.contains(&item) {
-                list.push(item);
-            }
-        } else {
-            list.retain(|i| *i != item);
-        }
-    }
-    (!list.is_empty()).then(|| list.join(","))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::edit_list;
-
-    #[test]
-    fn list_items_are_appended_once_and_subtracted() {
-        assert_eq!(
-            edit_list("delete", "compact", true).as_deref(),
-            Some("delete,compact")
-        );
-        assert_eq!(
-            edit_list("delete", "delete", true).as_deref(),
-            Some("delete")
-        );
-        assert_eq!(
-            edit_list("compact,delete", "delete", false).as_deref(),
-            Some("compact")
-        );
-        assert_eq!(edit_list("compact", "compact", false), None);
-        assert_eq!(
-            edit_list("compact", "delete, compact", true).as_deref(),
-            Some("compact,delete")
-        );
-    }
 }
