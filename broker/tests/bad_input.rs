@@ -646,3 +646,86 @@ async fn a_slow_download_is_not_idle_and_a_client_that_stops_reading_is_given_up
     drop(stalled);
     broker.shutdown().await;
 }
+
+/// A small read request naming one topic, resource or group many times is answered once for
+/// it (Kafka treats these lists as sets): its answer is not thousands of times its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_repeated_in_a_read_request_is_answered_once() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{
+        ConsumerGroupDescribeRequest, DescribeConfigsRequest, DescribeGroupsRequest, GroupId,
+        OffsetFetchRequest, offset_fetch_request::OffsetFetchRequestGroup,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::start(dir.path()).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    c.create_topic("wide").await;
+    let name = |n: &str| StrBytes::from_string(n.to_string());
+    const TIMES: usize = 5_000;
+
+    let metadata = MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(Some(
+            (0..TIMES)
+                .map(|i| {
+                    MetadataRequestTopic::default().with_name(Some(TopicName(name(
+                        if i % 2 == 0 { "wide" } else { "absent" },
+                    ))))
+                })
+                .collect(),
+        ));
+    let r = c.call(&metadata, 9).await;
+    assert_eq!(r.topics.len(), 2, "answered once a name");
+    let answered: Vec<_> = r
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().as_str(), t.error_code))
+        .collect();
+    assert_eq!(answered, [("wide", 0), ("absent", 3)]);
+
+    let describe = DescribeConfigsRequest::default().with_resources(
+        (0..TIMES)
+            .map(|_| {
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("wide"))
+                    .with_configuration_keys(None)
+            })
+            .collect(),
+    );
+    let r = c.call(&describe, 4).await;
+    assert_eq!(r.results.len(), 1);
+    assert_eq!(r.results[0].error_code, 0);
+    assert!(!r.results[0].configs.is_empty());
+
+    let group = || GroupId(name("watchers"));
+    let r = c
+        .call(
+            &DescribeGroupsRequest::default().with_groups((0..TIMES).map(|_| group()).collect()),
+            5,
+        )
+        .await;
+    assert_eq!(r.groups.len(), 1);
+    let r = c
+        .call(
+            &ConsumerGroupDescribeRequest::default()
+                .with_group_ids((0..TIMES).map(|_| group()).collect()),
+            0,
+        )
+        .await;
+    assert_eq!(r.groups.len(), 1);
+    let r = c
+        .call(
+            &OffsetFetchRequest::default().with_groups(
+                (0..TIMES)
+                    .map(|_| OffsetFetchRequestGroup::default().with_group_id(group()))
+                    .collect(),
+            ),
+            8,
+        )
+        .await;
+    assert_eq!(r.groups.len(), 1);
+    healthy(&broker.bootstrap()).await;
+    broker.shutdown().await;
+}

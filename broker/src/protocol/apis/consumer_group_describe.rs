@@ -16,8 +16,7 @@ use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: ConsumerGroupDescribeRequest) -> ConsumerGroupDescribeResponse {
-    let groups = req
-        .group_ids
+    let groups = super::first_of_each(req.group_ids, |g| g.clone())
         .into_iter()
         .map(|id| {
             let refused = DescribedGroup::default()

@@ -508,8 +508,10 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             .find(|(n, bn, _)| *n == k || *bn == k)
             .map_or(0, |(_, _, t)| *t)
     };
-    let results = req
-        .resources
+    let resources = super::first_of_each(req.resources, |r| {
+        (r.resource_type, r.resource_name.clone())
+    });
+    let results = resources
         .into_iter()
         .map(|r| {
             let mut out = DescribeConfigsResult::default()

@@ -10,8 +10,7 @@ use crate::acl::{Operation, ResourceType};
 use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
-    let groups = req
-        .groups
+    let groups = super::first_of_each(req.groups, |g| g.clone())
         .into_iter()
         .map(|id| {
             if let Some(code) = ctx.group_refusal(Operation::Describe, &id) {

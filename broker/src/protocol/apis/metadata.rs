@@ -53,6 +53,7 @@ pub async fn handle(ctx: Ctx, req: MetadataRequest) -> MetadataResponse {
         None => topics.extend(visible(&ctx)),
         Some(list) if list.is_empty() && ctx.api_version == 0 => topics.extend(visible(&ctx)),
         Some(list) => {
+            let list = super::first_of_each(list, |t| (t.name.clone(), t.topic_id));
             for wanted in list {
                 let topic = match (&wanted.name, wanted.topic_id.is_nil()) {
                     (Some(name), _) => lookup(&ctx, name, auto_create),

@@ -77,6 +77,17 @@ pub(crate) fn repeated<T: std::hash::Hash + Eq>(
     twice
 }
 
+/// `items` with each key kept once, at its first place: a read request naming a topic, group
+/// or resource many times is answered once for it, as Kafka treats those lists as sets (a
+/// small request repeating one name must not make an answer thousands of times its size).
+pub(crate) fn first_of_each<T, K: std::hash::Hash + Eq>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().filter(|i| seen.insert(key(i))).collect()
+}
+
 /// Why a resource of an AlterConfigs or IncrementalAlterConfigs request is refused before
 /// anything else is looked at, as Kafka's brokers check it: named twice in the request, a key
 /// given twice, or keys without a value (`nulls`: those of operations that need one).

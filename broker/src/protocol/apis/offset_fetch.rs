@@ -97,8 +97,7 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
         }
     };
     if ctx.api_version >= 8 {
-        let groups = req
-            .groups
+        let groups = super::first_of_each(req.groups, |g| g.group_id.clone())
             .into_iter()
             .map(|g| {
                 let topics = g.topics.map(|ts| {

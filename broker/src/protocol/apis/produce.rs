@@ -610,10 +610,8 @@ pub fn refuse_legacy(req: frame::Request) -> Reply {
         Some(LegacyReply::NoAcks) => {
             Outcome::Close("produce v0-2 (acks=0) is not supported: use v3 or newer")
         }
-        None => {
-            tracing::warn!(version, "malformed produce v0-2 request");
-            Outcome::Close("malformed produce v0-2 request")
-        }
+        // Logged with the close, within the log budget.
+        None => Outcome::Close("malformed produce v0-2 request"),
     };
     Box::pin(async move { outcome })
 }
