@@ -157,7 +157,10 @@ impl FederationConfig {
         if self.retry_backoff_max > Duration::from_secs(24 * 60 * 60) {
             return Err((
                 "federation.retry_backoff_max".into(),
-                "is more than a day; allowed: up to 1d".into(),
+                format!(
+                    "{} is more than a day; allowed: up to 1d",
+                    units::format_duration(self.retry_backoff_max)
+                ),
             ));
         }
         if self.retry_backoff > self.retry_backoff_max {

@@ -380,7 +380,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "initial_rebalance_delay",
                 Duration,
-                "Wait before a new group's first rebalance so members joining together cause\none rebalance. 0s suits a single edge node.",
+                "Wait before a new group's first rebalance so members joining together cause\none rebalance. 0s suits a single edge node. At most 24d (Kafka's int of ms).",
             ),
             key(
                 "offsets_retention",

@@ -244,6 +244,14 @@ impl Config {
                 ),
             ));
         }
+        // Kafka's group.initial.rebalance.delay.ms is an int of milliseconds.
+        if groups.initial_rebalance_delay > std::time::Duration::from_millis(i32::MAX as u64) {
+            return Err(c.out_of_range(
+                "groups.initial_rebalance_delay",
+                format_duration(groups.initial_rebalance_delay),
+                "at most 2147483647ms (24d)",
+            ));
+        }
         c.positive("groups.offsets_retention", groups.offsets_retention)?;
         c.positive(
             "groups.consumer_heartbeat_interval",

@@ -253,7 +253,17 @@ fn out_of_range_names_line_key_and_range() {
         "runnel.toml:2: log.max_message_bytes: 200MiB is out of range; \
          allowed: 1..=100MiB (broker.max_request_bytes)"
     );
+    assert_eq!(
+        error("[groups]\ninitial_rebalance_delay = \"99999999999d\"\n"),
+        "runnel.toml:2: groups.initial_rebalance_delay: 99999999999d is out of range; \
+         allowed: at most 2147483647ms (24d)"
+    );
+    assert_eq!(
+        error("[federation]\nretry_backoff_max = \"2d\"\n"),
+        "runnel.toml:2: federation.retry_backoff_max: 2d is more than a day; allowed: up to 1d"
+    );
     // Both sides of the limits are accepted.
+    parse("[groups]\ninitial_rebalance_delay = \"24d\"\n").unwrap();
     parse("[broker]\nmax_request_bytes = \"1KiB\"\n[log]\nmax_message_bytes = 1024\n").unwrap();
     parse("[broker]\nmax_request_bytes = \"2GiB\"\ndefault_partitions = 10000\n").unwrap();
     parse("[log]\nsegment_bytes = \"1KiB\"\n").unwrap();
