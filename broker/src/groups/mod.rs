@@ -1314,7 +1314,8 @@ impl GroupCoordinator {
     /// KIP-496: in a Stable group of consumers, the offsets of topics no member subscribes to
     /// any more expire `retention` after they were committed, as in Kafka since 2.4 (those of
     /// an Empty group go with the group, above). A group whose subscriptions cannot be read
-    /// keeps everything.
+    /// keeps everything. A group that never had members (a standalone consumer's commits)
+    /// loses each offset `retention` after its commit.
     fn expire_unsubscribed_offsets(&self, retention: Duration) {
         let cutoff = self
             .inner
@@ -1326,14 +1327,23 @@ impl GroupCoordinator {
         let due: Vec<(String, Vec<(String, i32)>)> = self
             .groups()
             .values()
-            .filter(|g| {
+            .filter_map(|g| {
                 let classic = g.state == GroupState::Stable
                     && !g.members.is_empty()
                     && g.protocol_type.as_deref() == Some("consumer");
-                classic || (g.uses_consumer_protocol() && !g.consumer.is_empty())
-            })
-            .filter_map(|g| {
-                let subscribed = g.subscribed_topics()?;
+                let consumer = g.uses_consumer_protocol() && !g.consumer.is_empty();
+                // A group that only commits (a consumer that assigns itself partitions) has
+                // no members and no protocol: as in Kafka, each offset expires `retention`
+                // after its commit, whatever the others do.
+                let standalone = g.state == GroupState::Empty
+                    && g.members.is_empty()
+                    && g.protocol_type.is_none()
+                    && !g.uses_consumer_protocol();
+                let subscribed = match (classic || consumer, standalone) {
+                    (true, _) => g.subscribed_topics()?,
+                    (false, true) => std::collections::HashSet::new(),
+                    (false, false) => return None,
+                };
                 let parts: Vec<(String, i32)> = g
                     .offsets
                     .iter()
@@ -1356,7 +1366,7 @@ impl GroupCoordinator {
             if let Some(g) = self.groups().get_mut(&id) {
                 g.forget_offsets(&parts);
             }
-            tracing::info!(group = %client_text(&id), partitions = parts.len(), "offsets of topics the group no longer subscribes to expired");
+            tracing::info!(group = %client_text(&id), partitions = parts.len(), "offsets expired (committed longer than the retention ago, of topics the group does not subscribe to)");
         }
     }
 

@@ -1211,6 +1211,46 @@ async fn empty_group_offsets_expire_after_retention() {
     assert_eq!(h.state("g"), GroupState::Dead);
 }
 
+/// A group that only commits (a standalone consumer assigning itself partitions) loses each
+/// offset `retention` after its own commit, as in Kafka, even while others keep being
+/// committed.
+#[tokio::test]
+async fn a_standalone_groups_offsets_expire_one_by_one() {
+    let h = harness(Duration::ZERO);
+    let commit = |partition: i32, offset: i64| {
+        commit_result(&h.coord.commit_offsets(&commit_req(
+            "solo",
+            -1,
+            "",
+            "t",
+            &[(partition, offset)],
+        )))
+        .unwrap();
+    };
+    commit(0, 3);
+    let partitions = |h: &Harness| -> Vec<i32> {
+        let mut p: Vec<i32> = h
+            .coord
+            .fetch_offsets("solo", None)
+            .unwrap()
+            .into_iter()
+            .flat_map(|t| t.partitions.into_iter().map(|p| p.partition))
+            .collect();
+        p.sort();
+        p
+    };
+    // Partition 1 committed every 15 minutes; partition 0 once.
+    for quarter in 1..=5 {
+        h.advance(Duration::from_secs(900));
+        commit(1, quarter);
+        if quarter == 3 {
+            assert_eq!(partitions(&h), [0, 1], "kept within the retention");
+        }
+    }
+    assert_eq!(partitions(&h), [1], "partition 0 expired on its own");
+    assert_eq!(h.store.load().unwrap().len(), 1, "gone from the store too");
+}
+
 #[test]
 fn kafka_codes_match_the_protocol() {
     let cases = [
