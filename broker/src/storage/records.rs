@@ -412,6 +412,18 @@ impl std::fmt::Display for InflateLimit {
 
 impl std::error::Error for InflateLimit {}
 
+/// An error of a decompressor: its input is not valid compressed data.
+#[derive(Debug)]
+struct Undecodable(io::Error);
+
+impl std::fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Undecodable {}
+
 /// A decompressing reader that fails once it has given more than `limit` bytes.
 struct Capped<R> {
     inner: R,
@@ -428,7 +440,14 @@ impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // One byte past the limit shows whether there is more.
         let want = buf.len().min(self.left.saturating_add(1) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
+        // The decompressor's own errors (corrupt compressed data) are told apart from the
+        // records' (an `Other` error: not taken for a cut record or a bad varint).
+        let n = self.inner.read(&mut buf[..want]).map_err(|e| {
+            match e.get_ref().is_some_and(|inner| inner.is::<InflateLimit>()) {
+                true => e,
+                false => io::Error::other(Undecodable(e)),
+            }
+        })?;
         if n as u64 > self.left {
             return Err(io::Error::other(InflateLimit));
         }
@@ -579,6 +598,24 @@ mod tests {
         assert_eq!(check(&b, RULES), Ok(()));
     }
 
+    /// Compressed data cut short is refused as such, not as a record that lies about itself.
+    #[test]
+    fn a_cut_compressed_stream_is_said_to_be_undecodable() {
+        let recs: Vec<_> = (0..20)
+            .map(|i| kv(&format!("k{i}"), &"v".repeat(50), i))
+            .collect();
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Zstd] {
+            let b = encode_batch(&recs, codec, -1, -1, -1);
+            let payload = &b[BATCH_HEADER_LEN..];
+            let cut = with_payload(&b, &payload[..payload.len() / 2]);
+            let said = format!("{:?}", check(&cut, RULES));
+            assert!(
+                said.contains("the records cannot be decompressed"),
+                "{codec:?}: {said}"
+            );
+        }
+    }
+
     #[test]
     fn garbage_and_unknown_codecs_are_corrupt() {
         let plain = encode_batch(&[kv("k", "v", 1)], Compression::None, -1, -1, -1);
@@ -586,7 +623,13 @@ mod tests {
             let mut b = with_payload(&plain, b"this is not compressed at all, not in any codec");
             b[22] = (b[22] & !7) | codec;
             rewrite_crc(&mut b);
-            assert!(is_corrupt(check(&b, RULES)), "codec {codec}");
+            let checked = check(&b, RULES);
+            // What is wrong is the compressed data, not a record in it.
+            if (1..=4).contains(&codec) {
+                let said = format!("{:?}", checked);
+                assert!(!said.contains("record 0"), "codec {codec}: {said}");
+            }
+            assert!(is_corrupt(checked), "codec {codec}");
         }
     }
 
@@ -684,7 +727,10 @@ mod tests {
             let b = encode_batch(&recs, codec, -1, -1, -1);
             let payload = &b[BATCH_HEADER_LEN..];
             let cut = with_payload(&b, &payload[..payload.len() - 4]);
-            assert!(is_corrupt(check(&cut, RULES)), "{name} cut");
+            let checked = check(&cut, RULES);
+            let said = format!("{:?}", checked);
+            assert!(!said.contains("record 0"), "{name} cut: {said}");
+            assert!(is_corrupt(checked), "{name} cut");
             let mut padded = payload.to_vec();
             padded.extend_from_slice(b"tail");
             assert!(
