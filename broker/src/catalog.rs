@@ -702,14 +702,9 @@ impl Catalog {
         if id.is_none() {
             self.room_for(partitions)?;
         }
-        // The epoch it leads at, kept before the topics are locked (a write to the metadata
-        // database); nothing else makes or deletes a topic meanwhile (`changing`).
-        let epoch = match validate_only || self.read().by_name.contains_key(name) {
-            true => None,
-            false => self.new_topic_epoch(name)?,
-        };
         // Checked and made under `changing` only, so that clients of other topics are not held
-        // up while thousands of partitions are opened; the map is locked to add it.
+        // up while thousands of partitions are opened; the map is locked to add it. Sound
+        // because every insertion into the map is made under `changing`.
         {
             let topics = self.read();
             if topics.by_name.contains_key(name) {
@@ -724,6 +719,12 @@ impl Catalog {
                 });
             }
         }
+        // The epoch it leads at, kept in the metadata database before the topic is made;
+        // nothing else makes or deletes a topic meanwhile (`changing`).
+        let epoch = match validate_only {
+            true => None,
+            false => self.new_topic_epoch(name)?,
+        };
         let name: Arc<str> = name.into();
         let id = id.unwrap_or_else(Uuid::new_v4);
         if validate_only {
@@ -1020,9 +1021,9 @@ impl Catalog {
                 Ok(())
             }
             None => Err(CatalogError::InvalidConfig {
+                reason: format!("subtracting {items} from {current} would leave {key} empty"),
                 key,
-                value: current,
-                reason: format!("subtracting {items} would leave it empty"),
+                value: items.to_string(),
             }),
         }
     }
@@ -1063,8 +1064,26 @@ fn edit_list(current: &str, value: &str, append: bool) -> Option<String> {
     (!list.is_empty()).then(|| list.join(","))
 }
 
-/// Kafka's topic name rule: 1..=249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+/// Whether a topic of this name can be made: Kafka's rule (1..=249 of `[a-zA-Z0-9._-]`, not
+/// `.` or `..`), and not the name of one of Kafka's internal topics.
 pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
+    let bad = |reason| {
+        Err(CatalogError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    check_topic_name_syntax(name)?;
+    if name == "__consumer_offsets" || name == "__transaction_state" {
+        return bad("the name of one of Kafka's internal topics");
+    }
+    Ok(())
+}
+
+/// Kafka's rule for the characters and length of a topic's name (`Topic.validate`), which
+/// Kafka's internal topics' names keep: whether a topic of the name could be made at all is
+/// [`validate_topic_name`].
+pub fn check_topic_name_syntax(name: &str) -> Result<(), CatalogError> {
     let bad = |reason| {
         Err(CatalogError::InvalidTopicName {
             name: name.to_string(),
@@ -1079,9 +1098,6 @@ pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
     }
     if name == "." || name == ".." {
         return bad("'.' and '..' are not allowed");
-    }
-    if name == "__consumer_offsets" || name == "__transaction_state" {
-        return bad("the name of one of Kafka's internal topics");
     }
     if !name
         .bytes()

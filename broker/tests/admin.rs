@@ -721,7 +721,7 @@ async fn config_changes_sent_at_once_all_hold_and_a_deleted_topic_stays_deleted(
         "message.timestamp.type",
     ];
     let value = |key: &str, round: usize| match key {
-        "min.insync.replicas" => "1".to_string(),
+        "min.insync.replicas" => (1 + round % 2).to_string(),
         "message.timestamp.type" if round.is_multiple_of(2) => "LogAppendTime".to_string(),
         "message.timestamp.type" => "CreateTime".to_string(),
         _ => (10_000_000 + round).to_string(),
@@ -759,7 +759,7 @@ async fn config_changes_sent_at_once_all_hold_and_a_deleted_topic_stays_deleted(
         }
     }
 
-    // Deleted while four connections keep changing its configs.
+    // Deleted while six connections keep changing its configs.
     for t in 0..20 {
         admin.create_topic(&format!("doomed-{t}")).await;
     }

@@ -652,10 +652,12 @@ async fn a_slow_download_is_not_idle_and_a_client_that_stops_reading_is_given_up
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_repeated_in_a_read_request_is_answered_once() {
     use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
     use kafka_protocol::messages::{
-        ConsumerGroupDescribeRequest, DescribeConfigsRequest, DescribeGroupsRequest, GroupId,
-        OffsetFetchRequest, offset_fetch_request::OffsetFetchRequestGroup,
+        ConsumerGroupDescribeRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+        DescribeProducersRequest, GroupId, OffsetFetchRequest,
+        offset_fetch_request::OffsetFetchRequestGroup,
     };
     let dir = tempfile::tempdir().unwrap();
     let broker = common::start(dir.path()).await;
@@ -698,6 +700,41 @@ async fn a_name_repeated_in_a_read_request_is_answered_once() {
     assert_eq!(r.results.len(), 1);
     assert_eq!(r.results[0].error_code, 0);
     assert!(!r.results[0].configs.is_empty());
+    // The same resource asking for other keys is another question, answered as well.
+    let keys = |k: &str| {
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(name("wide"))
+            .with_configuration_keys(Some(vec![name(k)]))
+    };
+    let r = c
+        .call(
+            &DescribeConfigsRequest::default().with_resources(vec![
+                keys("retention.ms"),
+                keys("segment.bytes"),
+                keys("retention.ms"),
+            ]),
+            4,
+        )
+        .await;
+    let answered: Vec<Vec<&str>> = r
+        .results
+        .iter()
+        .map(|r| r.configs.iter().map(|c| c.name.as_str()).collect())
+        .collect();
+    assert_eq!(answered, [["retention.ms"], ["segment.bytes"]]);
+
+    let producers = DescribeProducersRequest::default().with_topics(vec![
+        TopicRequest::default()
+            .with_name(TopicName(name("wide")))
+            .with_partition_indexes(
+                vec![0; TIMES]
+            );
+        3
+    ]);
+    let r = c.call(&producers, 0).await;
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].partitions.len(), 1);
 
     let group = || GroupId(name("watchers"));
     let r = c

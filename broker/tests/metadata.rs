@@ -239,7 +239,13 @@ async fn config_sources_and_synonyms_follow_kafka() {
     );
     assert_eq!(get("cleanup.policy").config_type, 7, "a list");
     // A topic that does not exist, and a name no topic can have (Kafka validates it first).
-    for (topic, code) in [("absent", 3), ("", 17), ("bad name!", 17), ("..", 17)] {
+    for (topic, code) in [
+        ("absent", 3),
+        ("__consumer_offsets", 3),
+        ("", 17),
+        ("bad name!", 17),
+        ("..", 17),
+    ] {
         let r = c.call(&describe(2, topic), 4).await;
         assert_eq!(r.results[0].error_code, code, "{topic:?}: {r:?}");
         assert!(r.results[0].configs.is_empty());

@@ -385,7 +385,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "offsets_retention",
                 Duration,
-                "How long committed offsets of an empty group are kept (after it emptied and\nits last commit); a group that never had members (a consumer assigning itself\npartitions) loses each offset this long after its commit, as in Kafka.",
+                "How long committed offsets of an empty group are kept (after it emptied and\nits last commit); a group without a protocol type (one that only commits: a consumer\nassigning itself partitions) loses each offset this long after its commit, as in\nKafka (checked every minute).",
             ),
             key(
                 "consumer_session_timeout",

@@ -194,10 +194,7 @@ impl Value<'_> {
         }
     }
 
-    /// Bytes in `range`, and at most `i32::MAX`: these are INT configs in Kafka (and in
-    /// DescribeConfigs), so a value a Kafka broker would refuse is refused here too.
     fn bytes(&self, range: RangeInclusive<u64>) -> Result<u64, ConfigError> {
-        let range = *range.start()..=(*range.end()).min(i32::MAX as u64);
         let n = self.integer("an integer number of bytes")?;
         match u64::try_from(n) {
             Ok(n) if range.contains(&n) => Ok(n),

@@ -1314,8 +1314,8 @@ impl GroupCoordinator {
     /// KIP-496: in a Stable group of consumers, the offsets of topics no member subscribes to
     /// any more expire `retention` after they were committed, as in Kafka since 2.4 (those of
     /// an Empty group go with the group, above). A group whose subscriptions cannot be read
-    /// keeps everything. A group that never had members (a standalone consumer's commits)
-    /// loses each offset `retention` after its commit.
+    /// keeps everything. A group without members or a protocol type (a standalone consumer's
+    /// commits) loses each offset `retention` after its commit.
     fn expire_unsubscribed_offsets(&self, retention: Duration) {
         let cutoff = self
             .inner

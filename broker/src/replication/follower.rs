@@ -734,7 +734,7 @@ async fn sync_topics(
         .collect();
     for name in gone(peer, missing).await? {
         tracing::info!(topic = %name, "the leader has no such topic any more: deleting the copy");
-        broker.catalog.delete_topic(&name)?;
+        crate::broker::waiting_for_disk(|| broker.catalog.delete_topic(&name))?;
         broker.groups.topic_deleted(&name);
     }
     let overrides = topic_overrides(peer, leader.keys()).await?;
@@ -742,7 +742,10 @@ async fn sync_topics(
     for (name, (id, partitions, isr)) in &leader {
         // A topic that cannot be copied is skipped (and said why): the others go on.
         let copied = match overrides.get(name) {
-            Some(configs) => copy_topic(broker, name, *id, *partitions, configs, now),
+            // Opening or deleting partitions waits for the disk (and for other changes).
+            Some(configs) => crate::broker::waiting_for_disk(|| {
+                copy_topic(broker, name, *id, *partitions, configs, now)
+            }),
             None => Err(anyhow::anyhow!(
                 "the leader does not describe its configs to this broker (with ACLs, it needs DescribeConfigs on the topic)"
             )),

@@ -91,9 +91,11 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                     None => ConfigChange::Delete(c.name.to_string()),
                 })
                 .collect();
-            if let Err(e) =
+            // Waits for any topic being made or deleted (thousands of partitions, say).
+            let altered = crate::broker::waiting_for_disk(|| {
                 catalog.alter_configs(&r.resource_name, changes, false, req.validate_only)
-            {
+            });
+            if let Err(e) = altered {
                 out.error_code = catalog_code(&e);
                 out.error_message = Some(s(e.to_string()));
             }

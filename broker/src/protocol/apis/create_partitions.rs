@@ -58,7 +58,9 @@ pub async fn handle(ctx: Ctx, req: CreatePartitionsRequest) -> CreatePartitionsR
                 .map_or(0, |topic| topic.partition_count());
             let added = f64::from(t.count.saturating_sub(had).max(0));
             if limited {
-                let checked = catalog.create_partitions(&t.name, t.count, true, false, now_ms());
+                let checked = crate::broker::waiting_for_disk(|| {
+                    catalog.create_partitions(&t.name, t.count, true, false, now_ms())
+                });
                 match checked.map(|()| client_quotas::take(&ctx, mutations, added)) {
                     Ok(Ok(())) => {}
                     Ok(Err(ms)) => {

@@ -139,9 +139,10 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
         let mutations = QuotaKey::ControllerMutationRate;
         let limited = strict && !req.validate_only && client_quotas::limits(&ctx, mutations);
         if limited {
-            let checked =
+            let checked = crate::broker::waiting_for_disk(|| {
                 b.catalog
-                    .create_topic(&t.name, partitions, rf, configs.clone(), true, now_ms());
+                    .create_topic(&t.name, partitions, rf, configs.clone(), true, now_ms())
+            });
             let taken =
                 checked.map(|_| client_quotas::take(&ctx, mutations, f64::from(partitions)));
             match taken {

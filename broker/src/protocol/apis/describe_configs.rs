@@ -509,7 +509,11 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
             .map_or(0, |(_, _, t)| *t)
     };
     let resources = super::first_of_each(req.resources, |r| {
-        (r.resource_type, r.resource_name.clone())
+        (
+            r.resource_type,
+            r.resource_name.clone(),
+            r.configuration_keys.clone(),
+        )
     });
     let results = resources
         .into_iter()
@@ -552,7 +556,7 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                         .collect(),
                     // As Kafka: a name no topic can have is INVALID_TOPIC_EXCEPTION.
                     None => {
-                        match crate::catalog::validate_topic_name(&r.resource_name) {
+                        match crate::catalog::check_topic_name_syntax(&r.resource_name) {
                             Err(e) => {
                                 out.error_code = E::InvalidTopicException.code();
                                 out.error_message = Some(s(e.to_string()));

@@ -17,48 +17,48 @@ use crate::protocol::Ctx;
 
 pub async fn handle(ctx: Ctx, req: DescribeProducersRequest) -> DescribeProducersResponse {
     let catalog = &ctx.broker.catalog;
-    let topics = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            let refused = !ctx.allowed(Operation::Read, ResourceType::Topic, &t.name);
-            let topic = catalog.get(&t.name);
-            let partitions = t
-                .partition_indexes
-                .into_iter()
-                .map(|index| {
-                    let out = PartitionResponse::default().with_partition_index(index);
-                    let error = if refused {
-                        E::TopicAuthorizationFailed
-                    } else {
-                        let Some(part) = topic.as_ref().and_then(|t| t.partition(index)) else {
-                            return out.with_error_code(E::UnknownTopicOrPartition.code());
-                        };
-                        let producers = part.log().active_producers();
-                        return out.with_active_producers(
-                            producers
-                                .into_iter()
-                                .map(|p| {
-                                    ProducerState::default()
-                                        .with_producer_id(ProducerId(p.producer_id))
-                                        .with_producer_epoch(i32::from(p.epoch))
-                                        .with_last_sequence(p.last_sequence)
-                                        .with_last_timestamp(p.last_timestamp)
-                                        .with_coordinator_epoch(-1)
-                                        .with_current_txn_start_offset(
-                                            p.transaction_start.unwrap_or(-1),
-                                        )
-                                })
-                                .collect(),
-                        );
+    let topics = super::first_of_each(req.topics, |t| {
+        (t.name.clone(), t.partition_indexes.clone())
+    })
+    .into_iter()
+    .map(|t| {
+        let refused = !ctx.allowed(Operation::Read, ResourceType::Topic, &t.name);
+        let topic = catalog.get(&t.name);
+        let partitions = super::first_of_each(t.partition_indexes, |i| *i)
+            .into_iter()
+            .map(|index| {
+                let out = PartitionResponse::default().with_partition_index(index);
+                let error = if refused {
+                    E::TopicAuthorizationFailed
+                } else {
+                    let Some(part) = topic.as_ref().and_then(|t| t.partition(index)) else {
+                        return out.with_error_code(E::UnknownTopicOrPartition.code());
                     };
-                    out.with_error_code(error.code())
-                })
-                .collect();
-            TopicResponse::default()
-                .with_name(t.name)
-                .with_partitions(partitions)
-        })
-        .collect();
+                    let producers = part.log().active_producers();
+                    return out.with_active_producers(
+                        producers
+                            .into_iter()
+                            .map(|p| {
+                                ProducerState::default()
+                                    .with_producer_id(ProducerId(p.producer_id))
+                                    .with_producer_epoch(i32::from(p.epoch))
+                                    .with_last_sequence(p.last_sequence)
+                                    .with_last_timestamp(p.last_timestamp)
+                                    .with_coordinator_epoch(-1)
+                                    .with_current_txn_start_offset(
+                                        p.transaction_start.unwrap_or(-1),
+                                    )
+                            })
+                            .collect(),
+                    );
+                };
+                out.with_error_code(error.code())
+            })
+            .collect();
+        TopicResponse::default()
+            .with_name(t.name)
+            .with_partitions(partitions)
+    })
+    .collect();
     DescribeProducersResponse::default().with_topics(topics)
 }

@@ -22,8 +22,7 @@ pub async fn handle(ctx: Ctx, req: DescribeTransactionsRequest) -> DescribeTrans
     let known: BTreeMap<String, _> = crate::broker::waiting_for_disk(|| txns.snapshot())
         .into_iter()
         .collect();
-    let states = req
-        .transactional_ids
+    let states = super::first_of_each(req.transactional_ids, |id| id.clone())
         .into_iter()
         .map(|id| {
             let mut out = TransactionState::default()

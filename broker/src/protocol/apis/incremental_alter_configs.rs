@@ -121,14 +121,13 @@ pub async fn handle(
                 }
             }
             if group {
-                // Groups' configs have no APPEND or SUBTRACT (refused above).
+                // Groups' configs have no APPEND or SUBTRACT (refused above): none is here.
                 let changes: Vec<(String, Option<String>)> = changes
                     .into_iter()
-                    .map(|c| match c {
-                        ConfigChange::Set(k, v) => (k, Some(v)),
-                        ConfigChange::Delete(k)
-                        | ConfigChange::Append(k, _)
-                        | ConfigChange::Subtract(k, _) => (k, None),
+                    .filter_map(|c| match c {
+                        ConfigChange::Set(k, v) => Some((k, Some(v))),
+                        ConfigChange::Delete(k) => Some((k, None)),
+                        ConfigChange::Append(..) | ConfigChange::Subtract(..) => None,
                     })
                     .collect();
                 if let Some((code, why)) =
@@ -137,9 +136,10 @@ pub async fn handle(
                     out.error_code = code;
                     out.error_message = Some(s(why));
                 }
-            } else if let Err(e) =
+            } else if let Err(e) = crate::broker::waiting_for_disk(|| {
+                // Waits for any topic being made or deleted (thousands of partitions, say).
                 catalog.alter_configs(&r.resource_name, changes, true, req.validate_only)
-            {
+            }) {
                 out.error_code = catalog_code(&e);
                 out.error_message = Some(s(e.to_string()));
             }

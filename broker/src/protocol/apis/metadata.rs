@@ -118,14 +118,17 @@ fn lookup(ctx: &Ctx, name: &TopicName, auto_create: bool) -> Result<std::sync::A
         return Err(E::TopicAuthorizationFailed.code());
     }
     let cfg = &b.config.broker;
-    match b.catalog.create_topic(
-        name,
-        cfg.default_partitions,
-        b.catalog.replicas(),
-        Default::default(),
-        false,
-        now_ms(),
-    ) {
+    let created = crate::broker::waiting_for_disk(|| {
+        b.catalog.create_topic(
+            name,
+            cfg.default_partitions,
+            b.catalog.replicas(),
+            Default::default(),
+            false,
+            now_ms(),
+        )
+    });
+    match created {
         Ok(t) => Ok(t),
         // Another connection created it between our look-up and our create.
         Err(crate::catalog::CatalogError::TopicExists(_)) => {

@@ -77,9 +77,10 @@ pub(crate) fn repeated<T: std::hash::Hash + Eq>(
     twice
 }
 
-/// `items` with each key kept once, at its first place: a read request naming a topic, group
-/// or resource many times is answered once for it, as Kafka treats those lists as sets (a
-/// small request repeating one name must not make an answer thousands of times its size).
+/// `items` with each key kept once, at its first place: a read request that asks the same
+/// thing many times (a topic, group or resource with the same options) is answered once for
+/// it, so that a small request cannot make an answer thousands of times its size (Kafka's
+/// Metadata takes its topics as a set as well).
 pub(crate) fn first_of_each<T, K: std::hash::Hash + Eq>(
     items: Vec<T>,
     key: impl Fn(&T) -> K,

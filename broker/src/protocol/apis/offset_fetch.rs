@@ -97,55 +97,67 @@ pub async fn handle(ctx: Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
         }
     };
     if ctx.api_version >= 8 {
-        let groups = super::first_of_each(req.groups, |g| g.group_id.clone())
-            .into_iter()
-            .map(|g| {
-                let topics = g.topics.map(|ts| {
-                    ts.into_iter()
-                        .map(|t| (t.name, t.partition_indexes))
+        let groups = super::first_of_each(req.groups, |g| {
+            let topics = g.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+                    .collect::<Vec<_>>()
+            });
+            (
+                g.group_id.clone(),
+                g.member_id.clone(),
+                g.member_epoch,
+                topics,
+            )
+        })
+        .into_iter()
+        .map(|g| {
+            let topics = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name, t.partition_indexes))
+                    .collect()
+            });
+            let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+            // v9: a consumer-protocol member names itself and its epoch, checked as Kafka
+            // checks them (after the ACLs, which `fetch` applies).
+            let member = g.member_id.as_deref();
+            let checked = |topics| {
+                ctx.broker
+                    .groups
+                    .check_fetch_member(&g.group_id, member, g.member_epoch)
+                    .map(|()| topics)
+                    .map_err(|e| e.kafka_code())
+            };
+            match fetch(&ctx, &g.group_id, topics).and_then(checked) {
+                Ok(topics) => {
+                    out.topics = topics
+                        .into_iter()
+                        .map(|(t, code)| {
+                            OffsetFetchResponseTopics::default()
+                                .with_name(TopicName(s(t.name.clone())))
+                                .with_partitions(
+                                    t.partitions
+                                        .into_iter()
+                                        .map(|p| {
+                                            let (offset, code) =
+                                                stable(&g.group_id, &t.name, &p, code);
+                                            OffsetFetchResponsePartitions::default()
+                                                .with_partition_index(p.partition)
+                                                .with_committed_offset(offset)
+                                                .with_committed_leader_epoch(p.leader_epoch)
+                                                .with_metadata(Some(s(p.metadata)))
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
                         .collect()
-                });
-                let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                // v9: a consumer-protocol member names itself and its epoch, checked as Kafka
-                // checks them (after the ACLs, which `fetch` applies).
-                let member = g.member_id.as_deref();
-                let checked = |topics| {
-                    ctx.broker
-                        .groups
-                        .check_fetch_member(&g.group_id, member, g.member_epoch)
-                        .map(|()| topics)
-                        .map_err(|e| e.kafka_code())
-                };
-                match fetch(&ctx, &g.group_id, topics).and_then(checked) {
-                    Ok(topics) => {
-                        out.topics = topics
-                            .into_iter()
-                            .map(|(t, code)| {
-                                OffsetFetchResponseTopics::default()
-                                    .with_name(TopicName(s(t.name.clone())))
-                                    .with_partitions(
-                                        t.partitions
-                                            .into_iter()
-                                            .map(|p| {
-                                                let (offset, code) =
-                                                    stable(&g.group_id, &t.name, &p, code);
-                                                OffsetFetchResponsePartitions::default()
-                                                    .with_partition_index(p.partition)
-                                                    .with_committed_offset(offset)
-                                                    .with_committed_leader_epoch(p.leader_epoch)
-                                                    .with_metadata(Some(s(p.metadata)))
-                                                    .with_error_code(code)
-                                            })
-                                            .collect(),
-                                    )
-                            })
-                            .collect()
-                    }
-                    Err(code) => out.error_code = code,
                 }
-                out
-            })
-            .collect();
+                Err(code) => out.error_code = code,
+            }
+            out
+        })
+        .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
     let topics: Option<Vec<(TopicName, Vec<i32>)>> = req.topics.map(|ts| {
