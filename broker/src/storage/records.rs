@@ -122,11 +122,13 @@ pub fn check_records(
             let mut r = BufReader::new(Capped::new(decoder, limit));
             let walked = walk(&mut r, h, rules);
             // The decoder reads a cut frame as a clean end: the frame must be whole (also when
-            // the records ran out early: then the cut is what is wrong), and nothing may
-            // follow it.
+            // the records ran out early: then the cut is what is wrong; a walk that stopped at
+            // a bad record has not read the frame to its end either, and keeps its reason),
+            // and nothing may follow it.
             let (rest, ended) = r.into_inner().inner.finish();
             match (walked, ended) {
-                (Err(Walk::Bad(_)) | Ok(()), Err(_)) => {
+                (Ok(()), Err(_)) => Err(bad("the lz4 frame is cut short".into())),
+                (Err(Walk::Bad(why)), Err(_)) if why == RECORDS_END_EARLY => {
                     Err(bad("the lz4 frame is cut short".into()))
                 }
                 (Ok(()), Ok(())) if !rest.is_empty() => {
@@ -199,7 +201,7 @@ impl From<io::Error> for Walk {
         if e.get_ref().is_some_and(|inner| inner.is::<InflateLimit>()) {
             Walk::Inflated
         } else if e.kind() == io::ErrorKind::UnexpectedEof {
-            Walk::Bad("the records end before the batch's recordCount is reached".into())
+            Walk::Bad(RECORDS_END_EARLY.into())
         } else {
             Walk::Io(e)
         }
@@ -413,6 +415,9 @@ impl std::fmt::Display for InflateLimit {
 }
 
 impl std::error::Error for InflateLimit {}
+
+/// Why a batch whose records ran out before its recordCount is refused.
+const RECORDS_END_EARLY: &str = "the records end before the batch's recordCount is reached";
 
 /// An error of a decompressor: its input is not valid compressed data.
 #[derive(Debug)]
@@ -634,6 +639,20 @@ mod tests {
             }
             assert!(is_corrupt(checked), "codec {codec}");
         }
+    }
+
+    /// A whole lz4 frame holding a bad record is refused for that record, not as cut short
+    /// (the walk stopped before the frame's end).
+    #[test]
+    fn a_bad_record_in_a_whole_lz4_frame_keeps_its_reason() {
+        let plain = encode_batch(&[kv("k", "v", 1)], Compression::None, -1, -1, -1);
+        // key length -5 (zigzag 9)
+        let bad_key = [16u8, 0, 0, 0, 9, b'k', 2, b'v', 0];
+        let mut b = with_payload(&plain, &bad_key);
+        b[22] |= 3; // attributes: lz4
+        let b = crate::storage::record_spans::compressed(b).unwrap();
+        let said = format!("{:?}", check(&b, RULES));
+        assert!(said.contains("record 0"), "{said}");
     }
 
     #[test]
