@@ -57,6 +57,8 @@ pub struct Broker {
     pub connections_per_ip: crate::net::per_ip::PerIp,
     /// Consumers' incremental fetch sessions (KIP-227).
     pub fetch_sessions: crate::protocol::fetch_sessions::FetchSessions,
+    /// The memory consumers' Fetch answers hold until written (`broker.fetch_memory_bytes`).
+    pub fetch_memory: Arc<crate::protocol::fetch_memory::FetchMemory>,
     /// The peer brokers (`[cluster]`); `None` for a broker alone.
     pub cluster: Option<crate::replication::Cluster>,
     /// The transaction coordinator (on a cluster's leader; a follower's stays unused).
@@ -367,6 +369,9 @@ pub async fn start_broker_from(
         connections_per_ip: crate::net::per_ip::PerIp::from_config(&config.broker),
         fetch_sessions: crate::protocol::fetch_sessions::FetchSessions::new(
             config.broker.max_fetch_sessions,
+        ),
+        fetch_memory: crate::protocol::fetch_memory::FetchMemory::new(
+            config.broker.fetch_memory_bytes,
         ),
         cluster,
         transactions,

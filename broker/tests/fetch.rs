@@ -486,6 +486,165 @@ async fn incremental_fetch_sessions_answer_only_what_changed() {
     broker.shutdown().await;
 }
 
+/// Produces `batches` batches of 8 records of 64 KiB of incompressible bytes (about 512 KiB
+/// each) to partition 0 of `topic`.
+async fn produce_incompressible(c: &mut RawClient, topic: &str, batches: i64) {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for b in 0..batches {
+        let records: Vec<_> = (0..8)
+            .map(|i| {
+                let value: Vec<u8> = (0..64 * 1024)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                common::record(i, None, &value, 1_700_000_000_000 + b)
+            })
+            .collect();
+        produce(c, topic, common::encode_batch(&records, Compression::None)).await;
+    }
+}
+
+/// A fetch of partition 0 of `topic` from offset 0, asking for up to 64 MiB at once.
+fn fetch_all_of(topic: &str) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(64 << 20),
+                ]),
+        ])
+}
+
+/// The record bytes of the answer's first partition.
+fn records_in(r: &kafka_protocol::messages::FetchResponse) -> usize {
+    r.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .map_or(0, |b| b.len())
+}
+
+/// Consumers that do not read their answers hold no more than `broker.fetch_memory_bytes`
+/// together (plus one batch each past it): once it is taken, an answer gets what is left, or
+/// its first batch only, and a consumer that reads keeps getting data meanwhile. The memory
+/// comes back as the answers are read, or their connections closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_waiting_to_be_read_share_the_brokers_fetch_memory() {
+    use kafka_protocol::messages::ApiKey;
+    // Answers much larger than what the kernel's socket buffers take in for a client that does
+    // not read (a few MiB): they stay held until read.
+    const LIMIT: usize = 24 << 20;
+    const BATCH: usize = 530 << 10; // a produced batch, with its headers
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.fetch_max_bytes = 16 << 20;
+    cfg.broker.fetch_memory_bytes = LIMIT as u64;
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let memory = broker.broker.fetch_memory.clone();
+    let mut c = RawClient::connect(&addr).await;
+    setup(&mut c, "shared").await;
+    produce_incompressible(&mut c, "shared", 36).await;
+    let fetches = || broker.broker.metrics.requests_of(ApiKey::Fetch);
+    let req = fetch_all_of("shared");
+
+    // Four consumers ask for everything and read nothing.
+    let before = fetches();
+    let mut stalled = Vec::new();
+    for n in 0..4 {
+        let mut s = RawClient::connect(&addr).await;
+        s.send_raw(&common::request_frame(&req, 4, 100 + n, "stalled"))
+            .await;
+        stalled.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetches() - before < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the four fetches were not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The two first answers fill it, each short of what it took by less than a batch.
+    let held = memory.used();
+    assert!(
+        (LIMIT - 2 * BATCH..=LIMIT + 2 * BATCH).contains(&held),
+        "the stalled answers hold {held} bytes (limit {LIMIT})"
+    );
+    assert!(
+        memory.trimmed() >= 2,
+        "{} fetches trimmed",
+        memory.trimmed()
+    );
+
+    // A consumer that reads still gets a batch each fetch meanwhile.
+    let r = c.call(&req, 4).await;
+    assert_eq!(r.responses[0].partitions[0].error_code, 0);
+    assert!(
+        (BATCH - (20 << 10)..=BATCH).contains(&records_in(&r)),
+        "{} bytes while the memory is taken",
+        records_in(&r)
+    );
+
+    // Once read, the answers give their memory back.
+    let mut sizes = Vec::new();
+    for (n, s) in stalled.iter_mut().enumerate() {
+        let frame = s.read_frame().await.expect("an answer");
+        let r = common::decode_response::<FetchRequest>(frame, 4, 100 + n as i32);
+        sizes.push(records_in(&r));
+    }
+    let total: usize = sizes.iter().sum();
+    assert!(
+        total <= LIMIT + 2 * BATCH && sizes.iter().all(|&s| s >= BATCH - (20 << 10)),
+        "answers of {sizes:?} bytes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while memory.used() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} bytes still held",
+            memory.used()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A consumer alone gets all it may again.
+    let r = c.call(&req, 4).await;
+    assert!(records_in(&r) > (15 << 20), "{} bytes", records_in(&r));
+
+    // Consumers that close without reading give it back too.
+    let before = fetches();
+    for s in &mut stalled[..3] {
+        s.send_raw(&common::request_frame(&req, 4, 200, "stalled"))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetches() - before < 3 || memory.used() < LIMIT - 2 * BATCH {
+        assert!(Instant::now() < deadline, "the fetches were not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while memory.used() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} bytes still held",
+            memory.used()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.shutdown().await;
+}
+
 /// Fetches sent ahead and never read hold no more than about one answer each (Kafka handles a
 /// connection's next request once the previous answer is sent): the broker stops handling the
 /// connection's requests while its answers wait to be written. Once the client reads, every
@@ -501,45 +660,11 @@ async fn fetches_sent_ahead_wait_for_their_answers_to_be_read() {
     let addr = broker.bootstrap();
     let mut c = RawClient::connect(&addr).await;
     setup(&mut c, "ahead").await;
-    // 40 batches of about 512 KiB of incompressible bytes: 20 MiB.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for b in 0..40 {
-        let records: Vec<_> = (0..8)
-            .map(|i| {
-                let value: Vec<u8> = (0..64 * 1024)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state as u8
-                    })
-                    .collect();
-                common::record(i, None, &value, 1_700_000_000_000 + b)
-            })
-            .collect();
-        produce(
-            &mut c,
-            "ahead",
-            common::encode_batch(&records, Compression::None),
-        )
-        .await;
-    }
+    produce_incompressible(&mut c, "ahead", 40).await;
     let fetches = || broker.broker.metrics.requests_of(ApiKey::Fetch);
     let before = fetches();
     let mut reader = RawClient::connect(&addr).await;
-    let req = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(64 << 20)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(name("ahead"))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(64 << 20),
-                ]),
-        ]);
+    let req = fetch_all_of("ahead");
     for correlation in 0..10 {
         reader
             .send_raw(&common::request_frame(&req, 4, 100 + correlation, "ahead"))
@@ -554,10 +679,7 @@ async fn fetches_sent_ahead_wait_for_their_answers_to_be_read() {
     for correlation in 0..10 {
         let frame = reader.read_frame().await.expect("an answer");
         let r = common::decode_response::<FetchRequest>(frame, 4, 100 + correlation);
-        let bytes = r.responses[0].partitions[0]
-            .records
-            .as_ref()
-            .map_or(0, |b| b.len());
+        let bytes = records_in(&r);
         assert!(
             (CAP - (600 << 10)..=CAP).contains(&bytes),
             "an answer of {bytes} bytes (cap {CAP})"

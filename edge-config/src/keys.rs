@@ -133,6 +133,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Bytes,
                 "The most record bytes one Fetch answer carries whatever the consumer asks, as\nKafka's fetch.max.bytes (answers are built in memory). Allowed: 1KiB..=2GiB\n(\"55MiB\", \"8MB\" or bytes).",
             ),
+            key(
+                "fetch_memory_bytes",
+                Bytes,
+                "The memory all consumers' Fetch answers may hold at once, until written to their\nclients. Default 256MiB. Past it an answer gets what is left, or only its first\nbatch, so stalled consumers cannot exhaust the gateway's memory. Allowed:\n1MiB..=1TiB.",
+            ),
         ],
     },
     Section {

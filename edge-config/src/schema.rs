@@ -125,6 +125,13 @@ pub struct BrokerConfig {
     /// again (a first batch larger than this is still sent whole, as in Kafka).
     #[serde(with = "units::bytes")]
     pub fetch_max_bytes: u64,
+    /// The memory all consumers' Fetch answers may hold at once, from when they are read from
+    /// the log until their last byte is written to the client. Default 256MiB. A consumer's
+    /// answer takes what is left when that is less than it asks for, and with nothing left
+    /// still gets its first batch whole, so every consumer keeps making progress while the
+    /// answers held by slow or stalled clients are written. Replica fetches are not counted.
+    #[serde(with = "units::bytes")]
+    pub fetch_memory_bytes: u64,
 }
 
 impl BrokerConfig {
@@ -166,6 +173,7 @@ impl Default for BrokerConfig {
             connections_max_reauth: Duration::ZERO,
             max_fetch_sessions: 1000,
             fetch_max_bytes: 55 * MIB,
+            fetch_memory_bytes: 256 * MIB,
         }
     }
 }

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::provenance::Provenance;
-use crate::units::{GIB, KIB, format_bytes, format_duration};
+use crate::units::{GIB, KIB, MIB, format_bytes, format_duration};
 use crate::{Config, FlushPolicy, QuicClientAuth};
 
 /// `broker.default_partitions`.
 pub(crate) const PARTITIONS: RangeInclusive<i32> = 1..=10_000;
 /// `broker.max_request_bytes`.
 pub(crate) const REQUEST_BYTES: RangeInclusive<u64> = KIB..=2 * GIB;
+/// `broker.fetch_memory_bytes`.
+const FETCH_MEMORY_BYTES: RangeInclusive<u64> = MIB..=1024 * GIB;
 /// `log.segment_bytes` and `segment.bytes`: small enough for 32-bit positions within a segment,
 /// and small minimum so tests can roll tiny segments.
 pub(crate) const SEGMENT_BYTES: RangeInclusive<u64> = KIB..=2 * GIB;
@@ -175,6 +177,11 @@ impl Config {
             "broker.fetch_max_bytes",
             broker.fetch_max_bytes,
             REQUEST_BYTES,
+        )?;
+        c.bytes(
+            "broker.fetch_memory_bytes",
+            broker.fetch_memory_bytes,
+            FETCH_MEMORY_BYTES,
         )?;
 
         self.check_listeners(&c)?;

@@ -228,6 +228,19 @@ impl Metrics {
             out,
             "# HELP runnel_fetch_sessions Consumers' incremental fetch sessions open now (KIP-227).\n# TYPE runnel_fetch_sessions gauge\nrunnel_fetch_sessions {sessions}\n# HELP runnel_fetch_session_partitions Partitions remembered in the fetch sessions.\n# TYPE runnel_fetch_session_partitions gauge\nrunnel_fetch_session_partitions {cached}"
         );
+        let memory = &broker.fetch_memory;
+        let _ = writeln!(
+            out,
+            "# HELP runnel_fetch_memory_bytes Memory held by consumers' Fetch answers not yet written (broker.fetch_memory_bytes).\n# TYPE runnel_fetch_memory_bytes gauge\nrunnel_fetch_memory_bytes {}\n# HELP runnel_fetch_memory_limit_bytes broker.fetch_memory_bytes.\n# TYPE runnel_fetch_memory_limit_bytes gauge\nrunnel_fetch_memory_limit_bytes {}",
+            memory.used(),
+            memory.limit()
+        );
+        counter(
+            &mut out,
+            "runnel_fetch_memory_trimmed_total",
+            "Consumers' fetches answered with less than they asked for, for want of fetch memory.",
+            memory.trimmed(),
+        );
         counter(
             &mut out,
             "runnel_fetch_session_evictions_total",

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::log_budget::{LogBudget, client_text, within_budget};
+use crate::protocol::fetch_memory::{Held, Holding};
 use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 
 /// Warnings about a client's bad input written per minute, broker-wide; beyond them the lines go
@@ -211,7 +212,7 @@ pub async fn serve_halves<R, W>(
     let metrics = &broker.metrics;
     metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let (tx, rx) = mpsc::channel::<Answer>(WRITE_QUEUE);
     let activity = Arc::new(Activity::new());
     let queued = Arc::new(Queued::default());
     let writer = tokio::spawn(write_loop(
@@ -225,6 +226,7 @@ pub async fn serve_halves<R, W>(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut client_id: Arc<str> = Arc::from("");
     let throttle_ms = Arc::new(AtomicU32::new(0));
+    let holding = Arc::new(Holding::default());
     let mut refused = None;
     let mut closed_idle = false;
     // QUIC streams live under the QUIC idle timeout instead.
@@ -326,6 +328,7 @@ pub async fn serve_halves<R, W>(
                 api_version: version,
                 client_id: client_id.clone(),
                 throttle_ms: throttle_ms.clone(),
+                holding: holding.clone(),
             };
             let reply = match broker.dispatcher.dispatch(ctx, req) {
                 Ok(r) => r,
@@ -341,10 +344,16 @@ pub async fn serve_halves<R, W>(
                 _ = shutdown.changed() => break 'conn,
             };
             let mute = Duration::from_millis(throttle_ms.swap(0, Ordering::Relaxed) as u64);
+            // What the answer holds of `broker.fetch_memory_bytes`: its encoded size, until the
+            // writer has written it.
+            let mut held = holding.take();
             match response {
                 Outcome::Respond(bytes) => {
+                    if let Some(held) = &mut held {
+                        held.resize(bytes.len());
+                    }
                     queued.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
-                    if tx.send(bytes).await.is_err() {
+                    if tx.send(Answer { bytes, held }).await.is_err() {
                         break 'conn;
                     }
                     // A client that does not read its answers holds no more of them.
@@ -513,9 +522,15 @@ fn protocol_hint(buf: &[u8]) -> Option<&'static str> {
 /// How long the writer of a connection closed as idle has to finish.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// A response frame for the writer, with what it holds of the fetch memory until written.
+struct Answer {
+    bytes: Bytes,
+    held: Option<Held>,
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Answer>,
     broker: Arc<Broker>,
     activity: Arc<Activity>,
     queued: Arc<Queued>,
@@ -532,7 +547,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     // Dropped before `_ended` (locals go in reverse order): once the reader may no longer
     // queue a response, the count is cleared, so no response it queued is waited for.
     let mut rx = rx;
-    let write = async |wr: &mut W, response: Bytes| {
+    let write = async |wr: &mut W,
+                       Answer {
+                           bytes: response,
+                           held,
+                       }: Answer| {
         broker
             .metrics
             .bytes_out
@@ -542,6 +561,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             activity.touch();
         }
         queued.written(response.len());
+        drop(held);
         std::io::Result::Ok(())
     };
     while let Some(first) = rx.recv().await {

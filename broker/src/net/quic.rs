@@ -573,6 +573,7 @@ async fn produce_datagram(
         api_version: version,
         client_id: Arc::from(req.header.client_id.as_deref().unwrap_or("")),
         throttle_ms: throttle_ms.clone(),
+        holding: Arc::default(),
     };
     let response = produce::handle(ctx, produce).await;
     let refused = response

@@ -19,6 +19,7 @@
 pub mod apis;
 pub mod auth;
 pub mod error;
+pub mod fetch_memory;
 pub mod fetch_sessions;
 pub mod frame;
 pub mod oauth;
@@ -85,6 +86,9 @@ pub struct Ctx {
     /// reads and clears it after the response and mutes itself that long. One cell per
     /// connection: requests on a connection are handled one at a time.
     pub throttle_ms: Arc<AtomicU32>,
+    /// Where a Fetch answer leaves the share of `broker.fetch_memory_bytes` it holds; the
+    /// connection keeps it until the answer is written. One cell per connection.
+    pub holding: Arc<fetch_memory::Holding>,
 }
 
 impl Ctx {

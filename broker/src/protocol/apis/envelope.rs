@@ -89,6 +89,7 @@ fn unwrap(ctx: &Ctx, req: &EnvelopeRequest) -> Option<(Ctx, frame::Request)> {
         api_version: request.header.request_api_version,
         client_id: Arc::from(client_id),
         throttle_ms: Arc::default(),
+        holding: Arc::default(),
     };
     Some((inner, request))
 }

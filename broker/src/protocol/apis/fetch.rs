@@ -8,6 +8,10 @@
 //! records before its offset. When less than `min_bytes` is available the request waits up to
 //! `max_wait_ms`, woken early by any append to one of its partitions.
 //!
+//! Consumers' answers together hold at most `broker.fetch_memory_bytes` until written
+//! (`protocol::fetch_memory`): one that finds less room gets less, and with none its first
+//! batch only.
+//!
 //! Quota policies with `apis = ["fetch"]` are asked about the built response
 //! ([`quota::fetch`]), with the bytes it returns, as Kafka's fetch quotas count them.
 //!
@@ -62,6 +66,7 @@ use crate::client_quotas::{self, Allowance, QuotaKey};
 use crate::plugins::quota;
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
+use crate::protocol::fetch_memory::Held;
 use crate::protocol::fetch_sessions::FetchSessions;
 use crate::replication;
 use crate::storage::{ReadPlan, StorageError};
@@ -310,6 +315,9 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     }
 
     let follower = matches!(reader, Reader::Follower(_));
+    // A consumer's answer is bounded by what is left of the broker's fetch memory as well.
+    let memory = matches!(reader, Reader::Consumer).then_some(&ctx.broker.fetch_memory);
+    let room_of = |held: &Option<Held>| held.as_ref().map_or(max_bytes, Held::bytes);
     loop {
         // Register for wake-ups before reading, so an append between the read and the wait is
         // not missed. A follower's fetch is also woken by a topic or partition made here.
@@ -322,15 +330,18 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
         for n in &mut notified {
             n.as_mut().enable();
         }
-        let (mut parts, total, any_error) =
-            read_all(ctx, reader, &wanted, max_bytes, read_committed);
+        let held = memory.map(|m| m.take_up_to(max_bytes));
+        let room = room_of(&held);
+        let (mut parts, total, any_error) = read_all(ctx, reader, &wanted, room, read_committed);
         let unasked = if follower {
             unasked(ctx, &wanted)
         } else {
             Vec::new()
         };
-        // As Kafka: `min_bytes` 0 is met by nothing at all, so such a fetch never waits.
-        let done = total >= min_bytes
+        // As Kafka: `min_bytes` 0 is met by nothing at all, so such a fetch never waits. One
+        // given less room than its `min_bytes` is answered once that room is filled (with no
+        // room, once there is a batch).
+        let done = total >= min_bytes.min(room.max(1))
             || any_error
             || !unasked.is_empty()
             || notified.is_empty()
@@ -338,8 +349,11 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
         if done {
             tracing::trace!(bytes = total, partitions = wanted.len(), "fetch answered");
             parts.extend(unasked);
+            keep(ctx, held, total);
             return respond(parts, top_error);
         }
+        // Nothing of this read is kept while waiting.
+        drop((parts, held));
         let any_append = poll_fn(|cx| {
             for n in notified.iter_mut() {
                 if n.as_mut().poll(cx).is_ready() {
@@ -349,14 +363,25 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
             Poll::Pending
         });
         if tokio::time::timeout_at(deadline, any_append).await.is_err() {
-            let (parts, total, _) = read_all(ctx, reader, &wanted, max_bytes, read_committed);
+            let held = memory.map(|m| m.take_up_to(max_bytes));
+            let (parts, total, _) = read_all(ctx, reader, &wanted, room_of(&held), read_committed);
             tracing::trace!(
                 bytes = total,
                 waited_ms = wait.as_millis() as u64,
                 "fetch answered after max wait"
             );
+            keep(ctx, held, total);
             return respond(parts, top_error);
         }
+    }
+}
+
+/// Leaves what a consumer's answer of `total` record bytes holds of the fetch memory with the
+/// connection, which gives it back once the answer is written.
+fn keep(ctx: &Ctx, held: Option<Held>, total: usize) {
+    if let Some(mut held) = held {
+        held.resize(total);
+        ctx.holding.keep(held);
     }
 }
 
