@@ -1123,6 +1123,47 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
         assert!(ok, "{err}");
         let (ok, _, err) = run(ALICE, &["produce", "other"], b"21.5\n");
         assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+        // Reading a topic she may not see is refused as such, not as a topic that does not
+        // exist; so is a group she may not use, at once.
+        let (ok, _, err) = run(ADMIN, &["produce", "other"], b"21.5\n");
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(
+            ALICE,
+            &["consume", "other", "--from-beginning", "--max", "1"],
+            b"",
+        );
+        assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+        let (ok, _, err) = run(
+            ADMIN,
+            &[
+                "consume",
+                "other",
+                "--group",
+                "g-admin",
+                "--from-beginning",
+                "--max",
+                "1",
+            ],
+            b"",
+        );
+        assert!(ok, "{err}");
+        let started = std::time::Instant::now();
+        let (ok, _, err) = run(ALICE, &["groups", "describe", "g-admin"], b"");
+        assert!(
+            !ok && err.contains("not authorized to access group g-admin"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        // Listing the groups names no group of its own, which the ACLs would refuse.
+        let (ok, out, err) = run(ALICE, &["groups", "list"], b"");
+        assert!(
+            ok && out.starts_with("GROUP") && err.is_empty(),
+            "{out}{err}"
+        );
         // She may not make ACLs herself.
         let (ok, _, err) = run(
             ALICE,

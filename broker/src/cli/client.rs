@@ -456,12 +456,14 @@ fn plain_consumer(conn: &Conn) -> anyhow::Result<BaseConsumer<AuthWatch>> {
 /// are logged, as librdkafka's default does, but an error repeated (librdkafka reports an
 /// unreachable broker twice a second) only every [`REPEAT_AFTER`].
 #[derive(Default)]
-struct AuthWatch {
+pub(super) struct AuthWatch {
     refused: std::sync::Mutex<Option<String>>,
     /// When each kind of error was last logged.
     logged: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     /// A consumer that joins no group: the group's refusals do not matter.
     groupless: bool,
+    /// The ACLs refused the client's group (kept, not logged, for [`AuthWatch::group_refused`]).
+    group_refused: std::sync::atomic::AtomicBool,
 }
 
 /// How long an error already logged is not logged again.
@@ -476,10 +478,12 @@ impl rdkafka::ClientContext for AuthWatch {
                 .get_or_insert_with(|| reason.to_string());
             return;
         }
-        if self.groupless
-            && error.rdkafka_error_code()
-                == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed)
+        if error.rdkafka_error_code()
+            == Some(rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed)
         {
+            // Said by `check` (or, for the groups commands, `group_refused`) instead.
+            self.group_refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let kind = error.to_string();
@@ -514,12 +518,22 @@ impl rdkafka::ClientContext for AuthWatch {
 impl rdkafka::consumer::ConsumerContext for AuthWatch {}
 
 impl AuthWatch {
-    /// Fails with the broker's reason once a login was refused.
+    /// Whether the broker refused the client access to its group (GROUP_AUTHORIZATION_FAILED).
+    pub(super) fn group_refused(&self) -> bool {
+        self.group_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fails with the broker's reason once a login was refused, or, for a consumer in a
+    /// group, the group.
     fn check(&self) -> anyhow::Result<()> {
-        match &*self.refused.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(why) => bail!("the broker refused the login: {why}"),
-            None => Ok(()),
+        if let Some(why) = &*self.refused.lock().unwrap_or_else(|e| e.into_inner()) {
+            bail!("the broker refused the login: {why}");
         }
+        if !self.groupless && self.group_refused() {
+            bail!("not authorized to access the consumer group (GROUP_AUTHORIZATION_FAILED)");
+        }
+        Ok(())
     }
 }
 
@@ -858,6 +872,17 @@ pub fn consume(
         .create_with_context(watch)
         .map_err(|e| super::client_error(e, "cannot create a Kafka consumer"))?;
     let md = metadata(&consumer, Some(topic))?;
+    // Refused by the ACLs (or any error but its absence): said as the broker says it.
+    if let Some(error) = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .and_then(|t| t.error())
+        .map(rdkafka::types::RDKafkaErrorCode::from)
+        .filter(|&e| e != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+    {
+        bail!("topic {topic}: {error}");
+    }
     let missing = md
         .topics()
         .iter()

@@ -13,7 +13,7 @@ use kafka_protocol::protocol::Decodable;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::client::{TIMEOUT, admin, admin_options, runtime};
+use super::client::{AuthWatch, TIMEOUT, admin, admin_options, runtime};
 use super::{Conn, GroupsCommand, ResetTo};
 
 pub fn run(cmd: GroupsCommand) -> anyhow::Result<()> {
@@ -105,18 +105,21 @@ fn group_configs(
     Ok(())
 }
 
-/// A client that reads the group's committed offsets. It never subscribes, so it does not join
-/// the group.
-fn group_client(conn: &Conn, group: &str) -> anyhow::Result<BaseConsumer> {
-    conn.client_config()?
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
+/// A client that reads `group`'s committed offsets. It never subscribes, so it does not join
+/// the group. Without a group (to list them) it asks for no group's coordinator, which the
+/// ACLs may refuse.
+fn group_client(conn: &Conn, group: Option<&str>) -> anyhow::Result<BaseConsumer<AuthWatch>> {
+    let mut cfg = conn.client_config()?;
+    if let Some(group) = group {
+        cfg.set("group.id", group);
+    }
+    cfg.set("enable.auto.commit", "false")
+        .create_with_context(AuthWatch::default())
         .map_err(|e| super::client_error(e, "cannot create a Kafka client"))
 }
 
 fn list(conn: &Conn) -> anyhow::Result<()> {
-    let client = group_client(conn, "runnel-cli")?;
+    let client = group_client(conn, None)?;
     let list = client
         .fetch_group_list(None, TIMEOUT)
         .context("listing the consumer groups failed")?;
@@ -131,7 +134,7 @@ fn list(conn: &Conn) -> anyhow::Result<()> {
 
 /// The names of the broker's groups, sorted.
 fn group_names(conn: &Conn) -> anyhow::Result<Vec<String>> {
-    let client = group_client(conn, "runnel-cli")?;
+    let client = group_client(conn, None)?;
     let list = client
         .fetch_group_list(None, TIMEOUT)
         .context("listing the consumer groups failed")?;
@@ -155,7 +158,7 @@ struct Member {
 }
 
 /// Describes `group` (state "Dead" and no members when the coordinator does not know it).
-fn describe_group(client: &BaseConsumer, group: &str) -> anyhow::Result<Group> {
+fn describe_group(client: &BaseConsumer<AuthWatch>, group: &str) -> anyhow::Result<Group> {
     let list = client
         .fetch_group_list(Some(group), TIMEOUT)
         .with_context(|| format!("describing consumer group {group} failed"))?;
@@ -194,7 +197,7 @@ fn describe_group(client: &BaseConsumer, group: &str) -> anyhow::Result<Group> {
 }
 
 /// Every partition of every topic the broker has, as (topic, partition).
-fn all_partitions(client: &BaseConsumer) -> anyhow::Result<Vec<(String, i32)>> {
+fn all_partitions(client: &BaseConsumer<AuthWatch>) -> anyhow::Result<Vec<(String, i32)>> {
     let md = client
         .fetch_metadata(None, TIMEOUT)
         .context("metadata request failed")?;
@@ -211,16 +214,31 @@ fn all_partitions(client: &BaseConsumer) -> anyhow::Result<Vec<(String, i32)>> {
 
 /// The group's committed offsets among `partitions` (those without one left out).
 fn committed(
-    client: &BaseConsumer,
+    client: &BaseConsumer<AuthWatch>,
+    group: &str,
     partitions: &[(String, i32)],
 ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
     let mut tpl = TopicPartitionList::new();
     for (t, p) in partitions {
         tpl.add_partition(t, *p);
     }
-    let got = client
-        .committed_offsets(tpl, TIMEOUT)
-        .context("reading the committed offsets failed")?;
+    // Asked in short steps, so that a group the ACLs refuse is said at once (librdkafka hands
+    // the refusal to the context only when the client is polled, and retries until its timeout).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let got = loop {
+        match client.committed_offsets(tpl.clone(), std::time::Duration::from_millis(500)) {
+            Ok(got) => break got,
+            Err(e) => {
+                let _ = client.poll(std::time::Duration::ZERO);
+                if client.context().group_refused() {
+                    bail!("not authorized to access group {group} (GROUP_AUTHORIZATION_FAILED)");
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(e).context("reading the committed offsets failed");
+                }
+            }
+        }
+    };
     Ok(got
         .elements()
         .iter()
@@ -243,9 +261,9 @@ fn decode_assignment(bytes: &[u8]) -> Option<ConsumerProtocolAssignment> {
 }
 
 fn describe(conn: &Conn, group: &str) -> anyhow::Result<()> {
-    let client = group_client(conn, group)?;
+    let client = group_client(conn, Some(group))?;
     let info = describe_group(&client, group)?;
-    let offsets = committed(&client, &all_partitions(&client)?)?;
+    let offsets = committed(&client, group, &all_partitions(&client)?)?;
     if offsets.is_empty() && info.members.is_empty() && info.state == "Dead" {
         bail!("consumer group {group} does not exist (no members and no committed offsets)");
     }
@@ -316,7 +334,7 @@ fn reset_offsets(
     if topics.is_empty() != all_topics {
         bail!("name the partitions to reset: --topic NAME[:P,P..] (repeatable) or --all-topics");
     }
-    let client = group_client(conn, group)?;
+    let client = group_client(conn, Some(group))?;
     let info = describe_group(&client, group)?;
     if !info.members.is_empty() {
         bail!(
@@ -327,7 +345,7 @@ fn reset_offsets(
         );
     }
     let everything = all_partitions(&client)?;
-    let current = committed(&client, &everything)?;
+    let current = committed(&client, group, &everything)?;
     let mut chosen: Vec<(String, i32)> = Vec::new();
     if all_topics {
         chosen.extend(current.keys().cloned());
