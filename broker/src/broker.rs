@@ -248,6 +248,7 @@ pub async fn start_broker_from(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create broker.data_dir {}", data_dir.display()))?;
     crate::admin::process::open_early();
+    let metadata_was_there = data_dir.join("meta.redb").exists();
     let meta = MetaStore::open(&data_dir.join("meta.redb"))?;
     let cluster = crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster)?;
     let replicas = cluster.as_ref().map_or(1, |c| c.replication_factor());
@@ -339,7 +340,11 @@ pub async fn start_broker_from(
         // Members it restored from when it led would refuse the leader's offsets.
         groups.forget_members();
     }
-    let cluster_id = cluster_id(&data_dir)?;
+    // Records the metadata does not know, in a data dir whose meta.redb is new: the metadata
+    // was lost, and with it the topics. Such a broker is not the cluster it was (see
+    // `cluster_id`).
+    let metadata_lost = !metadata_was_there && catalog.unknown_dirs_at_open() > 0;
+    let cluster_id = cluster_id(&data_dir, metadata_lost)?;
     let acls =
         crate::acl::Authorizer::open(&config.acls, meta.clone()).context("cannot read the ACLs")?;
     let scram = crate::protocol::scram_store::ScramStore::open(meta.clone())
@@ -576,13 +581,22 @@ async fn return_free_memory(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// The cluster id clients see in Metadata: made once per data dir and kept in it.
-fn cluster_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+/// The cluster id clients see in Metadata: made once per data dir and kept in it, and made
+/// again when the metadata database was lost (`metadata_lost`): a broker that no longer knows
+/// its topics is not the cluster it was, and the new id keeps followers that hold the topics
+/// from following it (they would delete their copies, taking the topics for deleted).
+fn cluster_id(data_dir: &std::path::Path, metadata_lost: bool) -> anyhow::Result<String> {
     let path = data_dir.join("cluster.id");
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim().to_string();
-        if !id.is_empty() {
+        if !id.is_empty() && !metadata_lost {
             return Ok(id);
+        }
+        if !id.is_empty() {
+            tracing::warn!(
+                was = id,
+                "meta.redb was missing and is made anew, but the data dir holds partitions:                  the metadata is lost, so this broker starts as a new cluster (a new cluster                  id), which peers that hold the topics do not follow; restore meta.redb from a                  backup to keep the cluster"
+            );
         }
     }
     let id = uuid::Uuid::new_v4().simple().to_string()[..22].to_string();
@@ -635,14 +649,9 @@ fn maintain(
         // offset (what read_committed consumers cannot read yet must not remove what they can).
         let hw = crate::replication::readable_end(cluster, p, log.log_end_offset());
         let limit = log.last_stable_offset(hw);
-        // On a leader, deletes stay until every follower has copied them (as far as it heard).
-        let copied_below = cluster
-            .filter(|c| c.is_leader())
-            .and_then(|c| {
-                let ends = crate::replication::follower_ends(c, p);
-                ends.into_iter().map(|(_, end)| end).min()
-            })
-            .unwrap_or(i64::MAX);
+        // Deletes stay until every follower has copied them.
+        let copied_below =
+            cluster.map_or(i64::MAX, |c| crate::replication::copied_by_all_below(c, p));
         (retained, log.start_compaction(now, limit, copied_below)?)
     };
     if retained.segments_deleted > 0 {

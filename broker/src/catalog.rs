@@ -344,6 +344,8 @@ pub struct Catalog {
     /// The leader epochs of topics deleted since the start, by name: a topic made again under
     /// the name leads at a later one ([`Catalog::new_topic_epoch`]).
     deleted_epochs: Mutex<HashMap<String, i32>>,
+    /// [`Catalog::unknown_dirs_at_open`].
+    unknown_dirs: usize,
 }
 
 impl Catalog {
@@ -355,7 +357,7 @@ impl Catalog {
         replicas: i16,
         now_ms: i64,
     ) -> Result<Self, CatalogError> {
-        let catalog = Catalog {
+        let mut catalog = Catalog {
             data_dir: data_dir.to_path_buf(),
             defaults,
             meta,
@@ -368,9 +370,10 @@ impl Catalog {
             leads: std::sync::atomic::AtomicBool::new(false),
             clock_epochs: std::sync::atomic::AtomicBool::new(false),
             deleted_epochs: Mutex::new(HashMap::new()),
+            unknown_dirs: 0,
         };
         let records = catalog.meta.topics()?;
-        catalog.look_over_data_dir(&records);
+        catalog.unknown_dirs = catalog.look_over_data_dir(&records);
         for (name, rec) in records {
             let id = Uuid::parse_str(&rec.id).unwrap_or_else(|_| Uuid::new_v4());
             let config = catalog.log_config(&rec.configs)?;
@@ -413,14 +416,14 @@ impl Catalog {
     /// the topic: the deletion was never answered), and warns of partition directories
     /// the metadata does not know (a metadata database lost or replaced): they are left as they
     /// are, and a topic made again under their name sets them aside instead of reusing or
-    /// deleting them.
-    fn look_over_data_dir(&self, known: &[(String, TopicRecord)]) {
+    /// deleting them. Returns how many such directories there are.
+    fn look_over_data_dir(&self, known: &[(String, TopicRecord)]) -> usize {
         let known: std::collections::HashSet<String> = known
             .iter()
             .flat_map(|(name, rec)| (0..rec.partitions).map(move |p| format!("{name}-{p}")))
             .collect();
         let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
-            return;
+            return 0;
         };
         let mut unknown = Vec::new();
         let mut set_aside_dirs = Vec::new();
@@ -478,7 +481,7 @@ impl Catalog {
             );
         }
         if unknown.is_empty() {
-            return;
+            return 0;
         }
         unknown.sort();
         const SHOWN: usize = 10;
@@ -488,6 +491,17 @@ impl Catalog {
             dirs = %unknown.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "),
             "partition directories holding records are not in the metadata database (meta.redb lost or replaced?): they are left as they are, and a topic made under their name sets them aside as <dir>~orphaned-<ms>"
         );
+        unknown.len()
+    }
+
+    /// Partition directories holding records that the metadata database did not know at start.
+    pub fn unknown_dirs_at_open(&self) -> usize {
+        self.unknown_dirs
+    }
+
+    /// Whether this broker holds any topic.
+    pub fn holds_topics(&self) -> bool {
+        !self.read().by_name.is_empty()
     }
 
     /// Makes sure a new partition starts empty: a directory already at its place (records of

@@ -904,6 +904,53 @@ async fn brokers_that_disagree_on_the_leader_keep_their_data() {
     two.shutdown().await;
 }
 
+/// A leader restarted without its metadata (meta.redb lost) or with an empty data dir (a disk
+/// replaced, a mount missing at boot) is another cluster: a follower holding the topics does
+/// not follow it, where following would delete every topic the leader no longer knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_metadata_or_its_data_is_not_followed() {
+    let pair = Pair::new();
+    let mut one = pair.start(1, 1, 1).await;
+    let two = pair.start(2, 1, 1).await;
+    produce_copied(&producer(&pair.address(1), "all"), &two, "t", 10, "a").await;
+    let cluster_id = two.broker.cluster_id();
+    assert_eq!(cluster_id, one.broker.cluster_id());
+    for lost in ["meta.redb", "the data dir"] {
+        one.shutdown().await;
+        let dir = pair.dirs[0].path();
+        if lost == "meta.redb" {
+            std::fs::remove_file(dir.join("meta.redb")).unwrap();
+        } else {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).unwrap();
+                } else {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+        }
+        one = pair.start(1, 1, 1).await;
+        assert_ne!(one.broker.cluster_id(), cluster_id, "{lost} lost");
+        assert!(one.broker.catalog.get("t").is_none());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cluster = two.broker.cluster.as_ref().unwrap();
+        assert!(!cluster.following(), "{lost} lost");
+        let error = cluster.follow_error().unwrap_or_default();
+        assert!(error.contains("is not followed"), "{lost} lost: {error}");
+        assert_eq!(log_end(&two, "t"), 10, "{lost} lost");
+        assert_eq!(two.broker.cluster_id(), cluster_id);
+    }
+    // The follower restarted still holds its topic and does not follow either.
+    two.shutdown().await;
+    let two = pair.start(2, 1, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(log_end(&two, "t"), 10);
+    assert!(!two.broker.cluster.as_ref().unwrap().following());
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_keeps_records_only_it_has_unread_until_the_in_sync_set_allows() {
     let pair = Pair::new();
@@ -1935,7 +1982,9 @@ fn keys_of(handle: &BrokerHandle, topic: &str) -> Vec<(String, bool)> {
 
 /// On a compacted topic a leader keeps a delete, past its `delete.retention.ms`, until every
 /// follower has copied it: a follower down longer than that gets it when it comes back (it kept
-/// the deleted key's value, and would have served it had the lead moved there).
+/// the deleted key's value, and would have served it had the lead moved there), also when the
+/// leader restarted meanwhile. A follower keeps every delete while it follows: it does not know
+/// which the other followers lack, and may lead next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
     let compacting = checks_every(Duration::from_millis(100));
@@ -1971,6 +2020,19 @@ async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
         keys.contains(&("dev7".into(), true)),
         "the delete waits for the follower: {keys:?}"
     );
+    // A leader restarted knows nothing of the follower still down: it keeps the delete too.
+    leader.shutdown().await;
+    let leader = pair.start_with(1, 1, 1, compacting).await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        produce(&mut c, b"filler", Some(b"f")).await;
+    }
+    let keys = keys_of(&leader, "d");
+    assert!(
+        keys.contains(&("dev7".into(), true)),
+        "the delete waits for the follower after a restart: {keys:?}"
+    );
     let follower = pair.start_with(2, 1, 1, compacting).await;
     eventually("the follower to copy the delete", || {
         keys_of(&follower, "d").contains(&("dev7".into(), true))
@@ -1981,6 +2043,17 @@ async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
         !keys_of(&leader, "d").iter().any(|(k, _)| k == "dev7")
     })
     .await;
+    // The follower, compacting as often and past the delete's horizon, keeps it.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        produce(&mut c, b"filler", Some(b"f")).await;
+    }
+    let keys = keys_of(&follower, "d");
+    assert!(
+        keys.contains(&("dev7".into(), true))
+            && keys.iter().filter(|(k, _)| k == "filler").count() < 5,
+        "the follower compacts, and keeps the delete: {keys:?}"
+    );
     follower.shutdown().await;
     leader.shutdown().await;
 }

@@ -683,6 +683,15 @@ async fn sync_topics(
         );
     }
     if let Some(id) = &metadata.cluster_id {
+        // A leader of another cluster: one that lost its data dir or its metadata, or another
+        // cluster's data here. Following it would delete every topic it does not hold.
+        let ours = broker.cluster_id();
+        if !id.is_empty() && id.as_str() != ours && broker.catalog.holds_topics() {
+            bail!(
+                "broker {} (the leader) is of cluster {id} and this broker's topics of cluster                  {ours}: it is not followed, so that its topics are not deleted here. If the                  leader lost its data dir or its meta.redb, move the lead to a broker that holds                  the data (docs/replication.md); to have this broker join cluster {id} afresh,                  stop it and empty its data dir",
+                cluster.leader
+            );
+        }
         broker.adopt_cluster_id(id);
     }
     // The leader's latest epoch, kept: should the lead move here, it leads at a later one.

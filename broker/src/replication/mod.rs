@@ -566,6 +566,24 @@ pub fn follower_ends(cluster: &Cluster, p: &Partition) -> Vec<(i32, i64)> {
         .collect()
 }
 
+/// The offset below which every broker holds `p`'s log, for compaction: no delete (tombstone,
+/// transaction marker) at or above it is removed. On the leader, the least log end of its
+/// followers, where a follower not heard from since the start counts as holding nothing of
+/// what the others hold: a follower that was down across the leader's restart still gets the
+/// deletes written meanwhile. On a follower, 0: it keeps every delete while it follows, as it
+/// knows not which the other followers lack, and may lead next.
+pub fn copied_by_all_below(cluster: &Cluster, p: &Partition) -> i64 {
+    if !cluster.is_leader() {
+        return 0;
+    }
+    let followers = p.replica.followers();
+    cluster
+        .followers()
+        .map(|id| followers.get(&id).map_or(0, |f| f.log_end))
+        .min()
+        .unwrap_or(i64::MAX)
+}
+
 /// Whether a produce with acks=all may be taken now: enough brokers in sync.
 pub fn enough_in_sync(cluster: &Cluster, p: &Partition, now_ms: i64) -> bool {
     too_few_in_sync(Some(cluster), p, now_ms).is_none()
