@@ -121,10 +121,14 @@ fn compare(field: Found<'_>, value: &Value) -> Option<(bool, Option<Ordering>)> 
     match (field, value) {
         (Found::Number(text), Value::Number(y)) => {
             let x = number(text)?;
-            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
-                return ordered(x.cmp(&y));
+            // Integers (i64 or u64) compare exactly, and with a float exactly too: 2^63 and
+            // 2^63 + 1 differ, though both are the same f64.
+            match (integer(&x), integer(y)) {
+                (Some(x), Some(y)) => ordered(x.cmp(&y)),
+                (Some(x), None) => ordered(integer_with_float(x, y.as_f64()?)?),
+                (None, Some(y)) => ordered(integer_with_float(y, x.as_f64()?)?.reverse()),
+                (None, None) => ordered(x.as_f64()?.partial_cmp(&y.as_f64()?)?),
             }
-            ordered(x.as_f64()?.partial_cmp(&y.as_f64()?)?)
         }
         (Found::Str { raw, escaped }, Value::String(y)) => {
             if escaped {
@@ -137,6 +141,36 @@ fn compare(field: Found<'_>, value: &Value) -> Option<(bool, Option<Ordering>)> 
         (Found::Null, Value::Null) => Some((true, None)),
         _ => Some((false, None)),
     }
+}
+
+/// A number that is an integer of serde_json's (i64 or u64), as one type.
+fn integer(n: &Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
+/// How the integer `x` orders with the float `y`, exactly (`None` for a NaN).
+fn integer_with_float(x: i128, y: f64) -> Option<Ordering> {
+    if y.is_nan() {
+        return None;
+    }
+    // Past every i128 (2^127 is about 1.7e38), and every integer serde_json makes.
+    if y >= 1.0e38 {
+        return Some(Ordering::Less);
+    }
+    if y <= -1.0e38 {
+        return Some(Ordering::Greater);
+    }
+    let whole = y.trunc();
+    // Exact: an f64 holding a whole number below 2^127 converts to i128 without loss.
+    Some(x.cmp(&(whole as i128)).then(if y > whole {
+        Ordering::Less
+    } else if y < whole {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }))
 }
 
 /// Powers of ten that are exact in an f64.
@@ -260,6 +294,27 @@ mod tests {
         assert!(keeps("ok == true", r#"{"ok": true}"#));
         assert!(keeps("gone == null", r#"{"gone": null}"#));
         assert!(keeps("d.t > 1", r#"{"d": {"t": 2}}"#));
+    }
+
+    /// 64-bit serials and hashes compare exactly, past i64 and against floats alike.
+    #[test]
+    fn large_integers_compare_exactly() {
+        let id = |n: &str| format!(r#"{{"id": {n}}}"#);
+        assert!(!keeps("id == 12345678901234567891", &id("12345678901234567890")));
+        assert!(keeps("id == 12345678901234567891", &id("12345678901234567891")));
+        assert!(!keeps("id == 12345678901234567891", &id("1.2345678901234567e19")));
+        assert!(!keeps("id > 9223372036854775807", &id("9223372036854775807")));
+        assert!(keeps("id > 9223372036854775807", &id("9223372036854775808")));
+        assert!(keeps("id > 9223372036854775807", &id("18446744073709551615")));
+        assert!(keeps("id < 18446744073709551615", &id("-9223372036854775808")));
+        // 2^63 is a float exactly; 2^63 + 1 is not, and is larger.
+        assert!(keeps("id == 9223372036854775808.0", &id("9223372036854775808")));
+        assert!(keeps("id > 9223372036854775808.0", &id("9223372036854775809")));
+        assert!(keeps("id < 1e20", &id("18446744073709551615")));
+        assert!(keeps("id > 100.5", &id("101")));
+        assert!(!keeps("id > 100.5", &id("100")));
+        assert!(keeps("id > -0.5", &id("0")));
+        assert!(keeps("id < -0.5", &id("-1")));
     }
 
     #[test]
