@@ -15,15 +15,17 @@
 //!
 //! Values that are not JSON objects (malformed JSON, arrays, scalars, null) pass unchanged: this
 //! plugin does not judge data (chain a json-filter before it to drop malformed records), but
-//! they still get the headers. A value with nothing to mask keeps its exact bytes; a masked
-//! value is re-serialized compactly, its fields in their original order.
+//! they still get the headers. A value with nothing to mask keeps its exact bytes; in a masked
+//! value only the masked fields change: the others keep their order and their exact text
+//! (numbers of any size or precision among them), between the objects' braces written anew.
 
 use std::fmt;
 
 use runnel_plugin::{NewRecord, Output, Record, Transform};
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// What masked fields become.
 pub const MASK: &str = "***";
@@ -90,7 +92,7 @@ impl Config {
         if self.mask.is_empty() {
             return None;
         }
-        let Ok(Json::Object(mut doc)) = serde_json::from_slice::<Json>(value) else {
+        let Ok(mut doc) = serde_json::from_slice::<Fields>(value) else {
             return None;
         };
         let mut masked = false;
@@ -98,107 +100,72 @@ impl Config {
             masked |= mask(&mut doc, path);
         }
         // Serializing plain JSON to memory cannot fail.
-        masked.then(|| serde_json::to_vec(&Json::Object(doc)).unwrap_or_default())
+        masked.then(|| serde_json::to_vec(&doc).unwrap_or_default())
     }
 }
 
-/// A JSON document that keeps the order of object fields (and duplicate names) as written.
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Object(Vec<(String, Json)>),
-    Array(Vec<Json>),
-    /// A number, string, bool or null.
-    Scalar(Value),
-}
+/// A JSON object's fields as written: in their order, duplicate names kept, and each value as
+/// its own JSON text, so that what is not masked keeps its exact text (numbers of any size or
+/// precision among it).
+struct Fields(Vec<(String, Box<RawValue>)>);
 
-impl<'de> Deserialize<'de> for Json {
+impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JsonVisitor)
+        d.deserialize_map(FieldsVisitor)
     }
 }
 
-struct JsonVisitor;
+struct FieldsVisitor;
 
-impl<'de> Visitor<'de> for JsonVisitor {
-    type Value = Json;
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
+        f.write_str("a JSON object")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
-        Ok(Json::Scalar(v.into()))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
-        Ok(Json::Scalar(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
-        Ok(Json::Scalar(v.into()))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
-        Ok(Json::Scalar(v.into()))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
-        Ok(Json::Scalar(v.into()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Json, E> {
-        Ok(Json::Scalar(v.into()))
-    }
-    fn visit_unit<E>(self) -> Result<Json, E> {
-        Ok(Json::Scalar(Value::Null))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Json::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
         let mut fields = Vec::new();
         while let Some(entry) = map.next_entry()? {
             fields.push(entry);
         }
-        Ok(Json::Object(fields))
+        Ok(Fields(fields))
     }
 }
 
-impl Serialize for Json {
+impl Serialize for Fields {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Json::Scalar(v) => v.serialize(s),
-            Json::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(item)?;
-                }
-                seq.end()
-            }
-            Json::Object(fields) => {
-                let mut map = s.serialize_map(Some(fields.len()))?;
-                for (k, v) in fields {
-                    map.serialize_entry(k, v)?;
-                }
-                map.end()
-            }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
         }
+        map.end()
     }
 }
 
 /// Masks every field at `path` in `doc`; whether one was present.
-fn mask(doc: &mut [(String, Json)], path: &[String]) -> bool {
+fn mask(doc: &mut Fields, path: &[String]) -> bool {
     let Some((first, rest)) = path.split_first() else {
         return false;
     };
     let mut found = false;
-    for (_, value) in doc.iter_mut().filter(|(name, _)| name == first) {
+    for (_, value) in doc.0.iter_mut().filter(|(name, _)| name == first) {
         if rest.is_empty() {
-            *value = Json::Scalar(Value::String(MASK.into()));
+            *value = masked();
             found = true;
-        } else if let Json::Object(inner) = value {
-            found |= mask(inner, rest);
+        } else if let Ok(mut inner) = serde_json::from_str::<Fields>(value.get())
+            && mask(&mut inner, rest)
+            && let Ok(text) = serde_json::value::to_raw_value(&inner)
+        {
+            *value = text;
+            found = true;
         }
     }
     found
+}
+
+/// [`MASK`] as a JSON string.
+fn masked() -> Box<RawValue> {
+    serde_json::value::to_raw_value(MASK).expect("a plain string serializes")
 }
 
 /// The plugin.
@@ -292,6 +259,20 @@ mod tests {
                 ]
             );
         }
+    }
+
+    /// Only the masked fields change: numbers of any size or precision, and nested values,
+    /// keep their exact text.
+    #[test]
+    fn what_is_not_masked_keeps_its_text() {
+        let out = run(
+            r#"{"mask": ["gps", "d.pin"]}"#,
+            &[br#"{"gps":[1,2],"id":123456789012345678901234567890,"price":0.30000000000000004441,"n":1E5,"neg":-9223372036854775809,"d":{"pin":1,"x":1.50},"s":"\u00e9"}"#],
+        );
+        assert_eq!(
+            text(&out[0].value),
+            r#"{"gps":"***","id":123456789012345678901234567890,"price":0.30000000000000004441,"n":1E5,"neg":-9223372036854775809,"d":{"pin":"***","x":1.50},"s":"\u00e9"}"#
+        );
     }
 
     #[test]
