@@ -260,8 +260,9 @@ pub async fn start_broker_from(
         now_ms(),
     )
     .context("cannot open the partition logs")?;
-    // Every segment of every partition holds a file open: a log that grew into its limit (rolls
-    // are not refused as new partitions are) starts with no room for connections.
+    // Every segment of every partition holds a file open: a data dir that grew near the limit
+    // (under a higher one, or with segments kept from before) starts with little room for
+    // connections.
     if let (Some(open), Some(limit)) = (
         crate::admin::process::open_fds(),
         crate::admin::process::max_fds(),

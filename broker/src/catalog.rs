@@ -23,14 +23,6 @@ const MAX_TOPIC_NAME: usize = 249;
 /// Most partitions one topic may have on this broker.
 pub const MAX_PARTITIONS: i32 = 10_000;
 
-/// The share of the process's open-files limit that new partitions may not take (each holds a
-/// file per segment): kept for connections, segments rolled later and a restart's opening of
-/// every partition. A tenth of the limit, and at least [`OPEN_FILES_KEPT_MIN`].
-const OPEN_FILES_KEPT_SHARE: u64 = 10;
-const OPEN_FILES_KEPT_MIN: u64 = 256;
-/// How long a count of the open files is used before counting again (partitions made since
-/// are added to it).
-const OPEN_FILES_RECOUNT: std::time::Duration = std::time::Duration::from_secs(1);
 static OPEN_FILES_REFUSALS: LogBudget = LogBudget::new(6);
 
 #[derive(Debug, thiserror::Error)]
@@ -329,9 +321,6 @@ pub struct Catalog {
     /// to its last rename, so that a topic made while one of its name is being deleted does
     /// not have its directories renamed and removed by that deletion.
     changing: Mutex<()>,
-    /// The files this process had open when last counted, and when, plus the partitions made
-    /// since ([`Catalog::room_for`]).
-    open_files: Mutex<Option<(std::time::Instant, u64)>>,
     /// The partitions' leader epoch: the one this broker leads at, stamped into every batch it
     /// appends ([`Catalog::lead_at_epoch`]), or, on a follower, its leader's as last heard;
     /// -1 before either is known.
@@ -365,7 +354,6 @@ impl Catalog {
             replicas,
             added: Notify::new(),
             changing: Mutex::new(()),
-            open_files: Mutex::new(None),
             leader_epoch: std::sync::atomic::AtomicI32::new(-1),
             leads: std::sync::atomic::AtomicBool::new(false),
             clock_epochs: std::sync::atomic::AtomicBool::new(false),
@@ -794,53 +782,30 @@ impl Catalog {
     }
 
     /// Refuses `partitions` new partitions when they would leave less than a tenth of the
-    /// process's open-files limit free (a request auto-creating thousands of topics, say, would
-    /// otherwise leave the broker unable to accept a connection, then to open its partitions at
-    /// the next start). Counted as it is made: one file a partition.
+    /// process's open-files limit free (`storage::open_files`: a request auto-creating
+    /// thousands of topics, say, would otherwise leave the broker unable to accept a
+    /// connection, then to open its partitions at the next start). One file a partition.
     fn room_for(&self, partitions: i32) -> Result<(), CatalogError> {
-        let Some((open, limit)) = self.open_files() else {
-            return Ok(());
-        };
-        let kept = (limit / OPEN_FILES_KEPT_SHARE).max(OPEN_FILES_KEPT_MIN);
         let wanted = u64::try_from(partitions).unwrap_or(0);
-        if open.saturating_add(wanted).saturating_add(kept) > limit {
+        storage::open_files::room_for(wanted).map_err(|no| {
             let refused = CatalogError::OpenFiles {
                 partitions,
-                open,
-                limit,
-                kept,
+                open: no.open,
+                limit: no.limit,
+                kept: no.kept,
             };
             within_budget!(
                 OPEN_FILES_REFUSALS,
                 warn,
                 "new partitions refused: {refused}"
             );
-            return Err(refused);
-        }
-        Ok(())
+            refused
+        })
     }
 
-    /// Adds `partitions` made since the last count of the open files to it.
+    /// Counts `partitions` made as files opened.
     fn opened(&self, partitions: i32) {
-        let mut counted = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, n)) = counted.as_mut() {
-            *n += u64::try_from(partitions).unwrap_or(0);
-        }
-    }
-
-    /// The files this process has open and its limit, if both can be known (Linux's
-    /// `/proc/self/fd`); counted at most every [`OPEN_FILES_RECOUNT`].
-    fn open_files(&self) -> Option<(u64, u64)> {
-        let limit = crate::admin::process::max_fds()?;
-        let mut counted = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
-        match *counted {
-            Some((at, open)) if at.elapsed() < OPEN_FILES_RECOUNT => Some((open, limit)),
-            _ => {
-                let open = crate::admin::process::open_fds()?;
-                *counted = Some((std::time::Instant::now(), open));
-                Some((open, limit))
-            }
-        }
+        storage::open_files::opened(u64::try_from(partitions).unwrap_or(0));
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), CatalogError> {

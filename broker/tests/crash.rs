@@ -1,5 +1,6 @@
 //! Crash safety with the real binary: kill -9 during acks=all production loses no acknowledged
-//! record, and a segment cut mid-batch is recovered to its last complete batch.
+//! record, a segment cut mid-batch is recovered to its last complete batch, and a broker under
+//! a low open-files limit keeps room for connections.
 
 mod common;
 
@@ -405,4 +406,113 @@ async fn a_device_reconnects_at_once_after_the_broker_crashes_and_restarts() {
     device.close().await;
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A topic rolling tiny segments cannot take every file the process may open: its rolls are
+/// refused (KAFKA_STORAGE_ERROR, with the reason) while a tenth of the limit is left, so the
+/// broker still accepts connections and serves the other topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_segments_leave_room_for_connections_under_the_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\n\n[listeners.kafka]\naddress = \"127.0.0.1:{port}\"\n\n\
+             [listeners.admin]\nenabled = false\n\n[listeners.quic]\nenabled = false\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    // 400 files: 256 of them kept free, so the tiny topic's rolls stop at about 100 segments.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 400 && exec {:?} serve --config {config:?}",
+            env!("CARGO_BIN_EXE_runnel")
+        ))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("runnel starts");
+    // Killed however the test ends.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(child);
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // (Bounded: a broker out of files may never answer.)
+    tokio::time::timeout(Duration::from_secs(120), fill_then_connect(&addr))
+        .await
+        .expect("the broker answers within 2 minutes");
+}
+
+/// Fills the limit with `tiny`'s segments, then checks the broker still takes connections and
+/// records of `other`.
+async fn fill_then_connect(addr: &str) {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{ApiVersionsRequest, CreateTopicsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::Compression;
+    let mut c = common::RawClient::connect(addr).await;
+    c.create_topic("other").await;
+    let tiny = CreateTopicsRequest::default().with_topics(vec![
+        CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("tiny")))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str("segment.bytes"))
+                    .with_value(Some(StrBytes::from_static_str("1024"))),
+            ]),
+    ]);
+    assert_eq!(c.call(&tiny, 5).await.topics[0].error_code, 0);
+    let record = |i: i64| {
+        let r = common::record(i, None, &[b'x'; 900], 1_700_000_000_000);
+        common::encode_batch(&[r], Compression::None)
+    };
+    // One segment per record, until a roll is refused.
+    let mut refused = None;
+    for i in 0..1000 {
+        let r = c
+            .call(&common::produce_request("tiny", 0, 1, record(i)), 9)
+            .await;
+        let p = &r.responses[0].partition_responses[0];
+        if p.error_code != 0 {
+            refused = Some((i, p.error_code, p.error_message.clone()));
+            break;
+        }
+    }
+    let (written, code, message) = refused.expect("a roll is refused before 1000 segments");
+    assert_eq!(code, 56, "KAFKA_STORAGE_ERROR");
+    assert!(
+        message
+            .as_ref()
+            .is_some_and(|m| m.contains("open files free")),
+        "{message:?}"
+    );
+    assert!(written > 20, "only {written} segments rolled");
+    // Connections are still accepted and served, and the other topic takes records.
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let mut other = common::RawClient::connect(addr).await;
+        let versions = other.call(&ApiVersionsRequest::default(), 3).await;
+        assert_eq!(versions.error_code, 0);
+        clients.push(other);
+    }
+    let r = c
+        .call(&common::produce_request("other", 0, 1, record(0)), 9)
+        .await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
 }

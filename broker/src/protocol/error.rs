@@ -26,6 +26,10 @@ pub fn storage_code(e: &StorageError) -> i16 {
         StorageError::LostRecords { .. } | StorageError::Failed { .. } => {
             E::KafkaStorageError.code()
         }
+        StorageError::OpenFiles { .. } => {
+            within_budget!(IO_ERRORS, error, error = %e, "a segment roll refused");
+            E::KafkaStorageError.code()
+        }
         StorageError::Sync { .. } => {
             within_budget!(IO_ERRORS, error, error = %e, "storage I/O error");
             E::KafkaStorageError.code()

@@ -78,6 +78,12 @@ pub enum StorageError {
     /// hold it (Kafka refuses it the same way).
     #[error("record batches of {size} bytes exceed the topic's segment.bytes {segment_bytes}")]
     LargerThanSegment { size: u64, segment_bytes: u64 },
+    /// A segment roll would leave too little of the process's open-files limit free
+    /// (`storage::open_files`).
+    #[error(
+        "a new segment would leave fewer than {kept} of the broker's {limit} open files free ({open} open, one per segment and connection): raise the open-files limit (ulimit -n, systemd's LimitNOFILE), or give the topic a larger segment.bytes or a shorter retention"
+    )]
+    OpenFiles { open: u64, limit: u64, kept: u64 },
     /// A read or DeleteRecords below the log start or past the log end.
     #[error("offset {offset} is outside the log [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },

@@ -604,10 +604,24 @@ impl PartitionLog {
         if active.size == 0 {
             return Ok(());
         }
-        let too_big = active.size + len > self.config.segment_bytes;
+        let full = active.size + len > self.config.segment_bytes
+            || active.would_overflow(len, last_offset);
         let too_old = now_ms - active.created_ms > self.config.segment_age_ms;
-        if too_big || too_old || active.would_overflow(len, last_offset) {
+        if full || too_old {
+            // A new segment is one more open file: refused past the kept share of the limit,
+            // where a roll only for age waits for room instead.
+            if let Err(no) = super::open_files::room_for(1) {
+                if !full {
+                    return Ok(());
+                }
+                return Err(StorageError::OpenFiles {
+                    open: no.open,
+                    limit: no.limit,
+                    kept: no.kept,
+                });
+            }
             self.roll(now_ms)?;
+            super::open_files::opened(1);
         }
         Ok(())
     }

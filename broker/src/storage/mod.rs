@@ -40,6 +40,7 @@ mod epochs;
 mod error;
 mod index;
 mod log;
+pub mod open_files;
 mod producer;
 pub(crate) mod record_spans;
 mod records;
