@@ -456,8 +456,9 @@ async fn records_arrive_with_keys_values_headers_and_timestamps_in_order() {
 }
 
 /// While the central cluster is down records wait in the local log (and the pending gauge says
-/// how many); when it comes back they all arrive, in order, once. The same after a second
-/// outage of the central broker, with its data kept.
+/// how many, the link's gauge that it is down); when it comes back they all arrive, in order,
+/// once, and the link shows up with the time of its last acknowledgement. The same after a
+/// second outage of the central broker, with its data kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_wait_while_the_uplink_is_down_and_arrive_once_when_it_returns() {
     let addr = unused_addr();
@@ -475,12 +476,27 @@ async fn records_wait_while_the_uplink_is_down_and_arrive_once_when_it_returns()
     await_metrics(&edge, &[(PENDING, &pending, 500.0)]).await;
     // Still 500 a while later: nothing can have been acknowledged by a broker that is not there.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    await_metrics(&edge, &[(PENDING, &pending, 500.0)]).await;
+    let link = [("link", "central")];
+    const UP: &str = "runnel_federation_link_up";
+    const ACKED: &str = "runnel_federation_last_acknowledged_timestamp_seconds";
+    await_metrics(
+        &edge,
+        &[
+            (PENDING, &pending, 500.0),
+            (UP, &link, 0.0),
+            (ACKED, &link, 0.0),
+        ],
+    )
+    .await;
 
     let central_dir = tempfile::tempdir().unwrap();
     let central = start_central_at(central_dir.path(), addr).await;
     assert_remote(&central, "site-a.readings", &first).await;
-    await_metrics(&edge, &[(PENDING, &pending, 0.0)]).await;
+    await_metrics(&edge, &[(PENDING, &pending, 0.0), (UP, &link, 1.0)]).await;
+    let text = common::http_get(edge.admin_addr.unwrap(), "/metrics").await;
+    let acked = metric(&text, ACKED, &link).unwrap();
+    let now = runnel::broker::now_ms() as f64 / 1000.0;
+    assert!(now - 60.0 < acked && acked <= now + 1.0, "{acked} vs {now}");
 
     // A second outage, the central broker keeping its data.
     central.shutdown().await;

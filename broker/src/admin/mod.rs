@@ -609,6 +609,31 @@ fn render_federation(out: &mut String, broker: &Broker) {
             let _ = writeln!(out, "{name}{{link=\"{}\"}} {}", label(link), read(stats));
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_federation_link_up 1 while the link's remote cluster takes records (or nothing was tried yet), 0 from a failed connection or send until it acknowledges records again.\n# TYPE runnel_federation_link_up gauge"
+    );
+    for (link, stats) in &links {
+        let _ = writeln!(
+            out,
+            "runnel_federation_link_up{{link=\"{}\"}} {}",
+            label(link),
+            u8::from(stats.up())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_federation_last_acknowledged_timestamp_seconds When the link's remote cluster last acknowledged records, in seconds since 1970 (0: not since the broker started). A hung remote cluster shows as this growing old while records are pending.\n# TYPE runnel_federation_last_acknowledged_timestamp_seconds gauge"
+    );
+    for (link, stats) in &links {
+        let ms = stats.last_acknowledged_ms.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "runnel_federation_last_acknowledged_timestamp_seconds{{link=\"{}\"}} {}",
+            label(link),
+            ms as f64 / 1000.0
+        );
+    }
     let mut pending = String::new();
     for c in broker.federation.cursors() {
         let Some(p) = broker

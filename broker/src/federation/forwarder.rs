@@ -162,7 +162,7 @@ impl Forwarder {
             let remote_partitions = match remote_partitions {
                 Ok(n) => n,
                 Err(e) => {
-                    self.link.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.link.stats.failed();
                     // Every partition's forwarder retries: one line a minute per link at most.
                     self.link.context.0.troubled.store(true, Ordering::Relaxed);
                     // A timeout says little: the cluster's last error (a refused login) says why.
@@ -216,10 +216,7 @@ impl Forwarder {
                 .send(&producer, &bytes, cursor, end, target, limit, shutdown)
                 .await;
             let acknowledged = outcome.delivered.len() as u64;
-            self.link
-                .stats
-                .forwarded
-                .fetch_add(acknowledged, Ordering::Relaxed);
+            self.link.stats.acknowledged(acknowledged);
             cursor.delivered.extend(outcome.delivered);
             match outcome.failed {
                 None => {
@@ -241,7 +238,7 @@ impl Forwarder {
                     if refused(&error) {
                         cursor.limit = outcome.refused.clamp(1, limit).div_ceil(2);
                     } else if !stopping(shutdown) {
-                        self.link.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        self.link.stats.failed();
                         tracing::warn!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, retry_in = ?backoff, "forwarding failed; trying again");
                         self.link.replace_producer(&producer);
                         self.link.remote_topics.lock().await.remove(&self.remote);

@@ -76,6 +76,35 @@ pub struct LinkStats {
     /// Records not forwarded: deleted by retention before they were sent, or refused by the
     /// remote cluster for themselves.
     pub skipped: AtomicU64,
+    /// When the remote cluster last acknowledged records (ms since 1970; 0: not since start).
+    pub last_acknowledged_ms: AtomicI64,
+    /// When talking to the remote cluster last failed (ms since 1970; 0: not since start).
+    pub last_error_ms: AtomicI64,
+}
+
+impl LinkStats {
+    /// Counts a failed connection or send.
+    pub fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.last_error_ms
+            .store(crate::broker::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Counts `records` the remote cluster acknowledged.
+    pub fn acknowledged(&self, records: u64) {
+        self.forwarded.fetch_add(records, Ordering::Relaxed);
+        if records > 0 {
+            self.last_acknowledged_ms
+                .store(crate::broker::now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the link works as far as known: nothing failed since the remote cluster last
+    /// acknowledged records (or since the start).
+    pub fn up(&self) -> bool {
+        self.last_error_ms.load(Ordering::Relaxed)
+            <= self.last_acknowledged_ms.load(Ordering::Relaxed)
+    }
 }
 
 /// One forwarded partition as `/metrics` shows it.
@@ -191,7 +220,7 @@ impl ClientContext for LinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.0.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.0.stats.failed();
         self.0.troubled.store(true, Ordering::Relaxed);
         let what = format!("{error}: {reason}");
         *self.0.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.clone());
