@@ -354,11 +354,15 @@ pub async fn start_broker_from(
         .context("cannot read the client quotas")?;
     let transactions = crate::transactions::Transactions::load(&meta)
         .context("cannot read the transactions' state")?;
-    let plugins = PluginSet::load(&config.plugins, data_dir.join("plugin-cache"), config_file)
-        .map_err(|e| match e.config_key(&config.plugins) {
-            Some(key) => anyhow::anyhow!("cannot load the plugins: {key}: {e}"),
-            None => anyhow::anyhow!("cannot load the plugins: {e}"),
-        })?;
+    let plugins = PluginSet::load(
+        &config.plugins,
+        data_dir.join("plugin-cache"),
+        config_file.clone(),
+    )
+    .map_err(|e| {
+        let place = e.config_place(&config.plugins, config_file.as_deref());
+        anyhow::anyhow!("cannot load the plugins: {place}: {e}")
+    })?;
     let broker = Arc::new(Broker {
         node_id: config.broker.node_id,
         cluster_id: std::sync::RwLock::new(cluster_id),

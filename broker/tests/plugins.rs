@@ -205,14 +205,22 @@ async fn a_plugin_that_refuses_its_config_or_is_not_a_component_stops_start_up()
 
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm not really").unwrap();
-    cfg.plugins.load[0].path = junk;
-    let e = runnel::start_broker(cfg).await.err().unwrap();
+    cfg.plugins.load[0].path = junk.clone();
+    let e = runnel::start_broker(cfg.clone()).await.err().unwrap();
     let e = format!("{e:#}");
     assert!(
         e.contains("plugins.load[0]: plugin bad: not a valid component"),
         "{e}"
     );
     assert!(!e.contains('\n'), "one line, not a dump of the file: {e}");
+    // A file that is not wasm at all: said so, without the dangling start of a byte dump.
+    std::fs::write(&junk, b"not wasm").unwrap();
+    let e = runnel::start_broker(cfg).await.err().unwrap();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("not a valid component") && e.ends_with("bad magic number"),
+        "{e}"
+    );
 
     // `runnel config validate` loads them as serve does.
     let file = dir.path().join("runnel.toml");
@@ -232,8 +240,9 @@ async fn a_plugin_that_refuses_its_config_or_is_not_a_component_stops_start_up()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // With the line of the plugin's entry, as other config errors.
     assert!(
-        err.contains("plugins.load[0]: plugin bad: init refused its config"),
+        err.contains("runnel.toml:3: plugins.load[0]: plugin bad: init refused its config"),
         "{err}"
     );
 }

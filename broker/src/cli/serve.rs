@@ -158,12 +158,8 @@ fn read_named_files(file: &Path, config: &Config) -> anyhow::Result<()> {
     // plugin's init refuses, a file that is not a component), in a cache of their own.
     if !config.plugins.load.is_empty() {
         let cache = tempfile::tempdir().map_err(|e| at(e.into()))?;
-        crate::plugins::Plugins::load(&config.plugins, cache.path().to_path_buf(), None).map_err(
-            |e| match e.config_key(&config.plugins) {
-                Some(key) => anyhow::anyhow!("{}: {key}: {e}", file.display()),
-                None => anyhow::anyhow!("{}: {e}", file.display()),
-            },
-        )?;
+        crate::plugins::Plugins::load(&config.plugins, cache.path().to_path_buf(), None)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", e.config_place(&config.plugins, Some(file))))?;
     }
     // A follower's certificate, key and CA for TLS to its leader.
     crate::replication::Cluster::from_config(config.broker.node_id, &config.cluster).map_err(at)?;

@@ -243,9 +243,14 @@ const GUEST_TARGET: &str = "runnel::plugins::guest";
 /// Lines a plugin may write per second (and in a burst), over all its instances.
 const GUEST_LINES_PER_SEC: f64 = 100.0;
 /// The first line of a compiler's error: for a file that is not wasm at all it goes on with a
-/// dump of the bytes it read.
+/// dump of the bytes it read (`bad magic number - expected=[` and the bytes on the next lines:
+/// the dangling part is left out).
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or_default().to_string()
+    let line = message.lines().next().unwrap_or_default();
+    match line.rsplit_once(" - ") {
+        Some((said, dump)) if dump.ends_with('[') => said.to_string(),
+        _ => line.to_string(),
+    }
 }
 
 /// Calls of one filter or transform plugin that run at once, at most; the pooling allocator

@@ -160,6 +160,22 @@ impl PluginError {
         let i = config.load.iter().position(|p| p.name == name)?;
         Some(format!("plugins.load[{i}]"))
     }
+
+    /// Where the error points in the config: `<file>:<line>: plugins.load[i]` as config errors
+    /// say it, or as much of that as is known.
+    pub fn config_place(&self, config: &PluginsConfig, file: Option<&std::path::Path>) -> String {
+        let key = self.config_key(config);
+        let line = file
+            .zip(key.as_deref())
+            .and_then(|(file, key)| edge_config::key_line(file, key));
+        match (file, line, key) {
+            (Some(file), Some(line), Some(key)) => format!("{}:{line}: {key}", file.display()),
+            (Some(file), None, Some(key)) => format!("{}: {key}", file.display()),
+            (Some(file), _, None) => file.display().to_string(),
+            (None, _, Some(key)) => key,
+            (None, _, None) => "[plugins]".to_string(),
+        }
+    }
 }
 
 /// Why a produce batch was refused by the plugin path.
