@@ -58,7 +58,10 @@ pub struct Broker {
     /// Consumers' incremental fetch sessions (KIP-227).
     pub fetch_sessions: crate::protocol::fetch_sessions::FetchSessions,
     /// The memory consumers' Fetch answers hold until written (`broker.fetch_memory_bytes`).
-    pub fetch_memory: Arc<crate::protocol::fetch_memory::FetchMemory>,
+    pub fetch_memory: Arc<crate::protocol::memory::Budget>,
+    /// The memory large requests hold while read and handled
+    /// (`broker.queued_max_request_bytes`).
+    pub request_memory: Arc<crate::protocol::memory::Budget>,
     /// The peer brokers (`[cluster]`); `None` for a broker alone.
     pub cluster: Option<crate::replication::Cluster>,
     /// The transaction coordinator (on a cluster's leader; a follower's stays unused).
@@ -380,8 +383,9 @@ pub async fn start_broker_from(
         fetch_sessions: crate::protocol::fetch_sessions::FetchSessions::new(
             config.broker.max_fetch_sessions,
         ),
-        fetch_memory: crate::protocol::fetch_memory::FetchMemory::new(
-            config.broker.fetch_memory_bytes,
+        fetch_memory: crate::protocol::memory::Budget::new(config.broker.fetch_memory_bytes),
+        request_memory: crate::protocol::memory::Budget::new(
+            config.broker.queued_max_request_bytes,
         ),
         cluster,
         transactions,

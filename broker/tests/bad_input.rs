@@ -766,3 +766,80 @@ async fn a_name_repeated_in_a_read_request_is_answered_once() {
     healthy(&broker.bootstrap()).await;
     broker.shutdown().await;
 }
+
+/// Large requests being read hold at most `broker.queued_max_request_bytes` together (Kafka's
+/// `queued.max.request.bytes`): one more waits, unread, until another is done or its client
+/// goes, while small requests are served as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_being_read_share_the_brokers_request_memory() {
+    use kafka_protocol::messages::ApiVersionsRequest;
+    const SIZE: usize = 3 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.max_request_bytes = 4 << 20;
+    cfg.broker.queued_max_request_bytes = 7 << 20;
+    cfg.listeners.admin.enabled = true;
+    cfg.listeners.admin.address = "127.0.0.1:0".parse().unwrap();
+    let broker = common::start_with(cfg).await;
+    let addr = broker.bootstrap();
+    let memory = broker.broker.request_memory.clone();
+    let held = || memory.used();
+    let wait_for = |what: &'static str, want: usize| {
+        let memory = memory.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while memory.used() != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: {} bytes held, not {want}",
+                    memory.used()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Three clients start a 3 MiB produce request each and send a third of it.
+    let mut start = Vec::new();
+    start.extend_from_slice(&(SIZE as i32).to_be_bytes());
+    start.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 1]);
+    start.resize(4 + (1 << 20), 0);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = RawClient::connect(&addr).await;
+        c.send_raw(&start).await;
+        clients.push(c);
+    }
+    // Two fit; the third waits.
+    wait_for("two large requests", 2 * SIZE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held(), 2 * SIZE);
+    // Small requests are served meanwhile.
+    let mut small = RawClient::connect(&addr).await;
+    let versions = small.call(&ApiVersionsRequest::default(), 3).await;
+    assert_eq!(versions.error_code, 0);
+    // One client goes: the third request takes its room; all gone, nothing is held.
+    assert_eq!(memory.short(), 0);
+    drop(clients.remove(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while memory.short() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the third request still waits"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(), 2 * SIZE);
+    drop(clients);
+    wait_for("none", 0).await;
+    let metrics = common::http_get(broker.admin_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("runnel_request_memory_waits_total 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("request_memory"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    broker.shutdown().await;
+}

@@ -138,6 +138,11 @@ pub(crate) const SECTIONS: &[Section] = &[
                 Bytes,
                 "The memory all consumers' Fetch answers may hold at once, until written to their\nclients. Default 256MiB. Past it an answer gets what is left, or only its first\nbatch, so stalled consumers cannot exhaust the gateway's memory. Allowed:\n1MiB..=1TiB.",
             ),
+            key(
+                "queued_max_request_bytes",
+                Bytes,
+                "The memory requests over 1 MiB may hold at once while read and handled, as\nKafka's queued.max.request.bytes; past it such a request waits (its connection is\nnot read). Default 512MiB. Allowed: 1MiB..=1TiB.",
+            ),
         ],
     },
     Section {

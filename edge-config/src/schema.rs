@@ -132,6 +132,15 @@ pub struct BrokerConfig {
     /// answers held by slow or stalled clients are written. Replica fetches are not counted.
     #[serde(with = "units::bytes")]
     pub fetch_memory_bytes: u64,
+    /// The memory requests larger than 1 MiB may hold at once while they are read and handled,
+    /// as Kafka's `queued.max.request.bytes`: such a request takes its size before the rest of
+    /// it is read, and waits while the others hold too much (its connection is not read
+    /// meanwhile). Default 512MiB. A request larger than this (under a larger
+    /// `max_request_bytes`) is read once no other is held. Without a bound, a dozen clients
+    /// each sending most of a 100 MiB request would hold over a gigabyte. Smaller requests
+    /// never wait.
+    #[serde(with = "units::bytes")]
+    pub queued_max_request_bytes: u64,
 }
 
 impl BrokerConfig {
@@ -174,6 +183,7 @@ impl Default for BrokerConfig {
             max_fetch_sessions: 1000,
             fetch_max_bytes: 55 * MIB,
             fetch_memory_bytes: 256 * MIB,
+            queued_max_request_bytes: 512 * MIB,
         }
     }
 }

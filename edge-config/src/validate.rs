@@ -183,6 +183,11 @@ impl Config {
             broker.fetch_memory_bytes,
             FETCH_MEMORY_BYTES,
         )?;
+        c.bytes(
+            "broker.queued_max_request_bytes",
+            broker.queued_max_request_bytes,
+            FETCH_MEMORY_BYTES,
+        )?;
 
         self.check_listeners(&c)?;
 

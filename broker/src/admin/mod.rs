@@ -235,11 +235,23 @@ impl Metrics {
             memory.used(),
             memory.limit()
         );
+        let requests = &broker.request_memory;
+        let _ = writeln!(
+            out,
+            "# HELP runnel_request_memory_bytes Memory held by requests over 1 MiB being read or handled (broker.queued_max_request_bytes).\n# TYPE runnel_request_memory_bytes gauge\nrunnel_request_memory_bytes {}",
+            requests.used()
+        );
+        counter(
+            &mut out,
+            "runnel_request_memory_waits_total",
+            "Requests over 1 MiB that waited for room in broker.queued_max_request_bytes before being read.",
+            requests.short(),
+        );
         counter(
             &mut out,
             "runnel_fetch_memory_trimmed_total",
             "Consumers' fetches answered with less than they asked for, for want of fetch memory.",
-            memory.trimmed(),
+            memory.short(),
         );
         counter(
             &mut out,

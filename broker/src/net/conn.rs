@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::log_budget::{LogBudget, client_text, within_budget};
-use crate::protocol::fetch_memory::{Held, Holding};
+use crate::protocol::memory::{Held, Holding, LARGE_REQUEST};
 use crate::protocol::{Ctx, ListenerKind, Outcome, Session, auth, frame};
 
 /// Warnings about a client's bad input written per minute, broker-wide; beyond them the lines go
@@ -237,6 +237,9 @@ pub async fn serve_halves<R, W>(
     let auth_deadline = tokio::time::sleep(auth_timeout);
     tokio::pin!(auth_deadline);
     let mut pre_auth = auth::PreAuthHold::new(session.identity.clone());
+    // What the large request being read holds of `broker.queued_max_request_bytes`, from its
+    // size prefix until it is handled.
+    let mut request_held: Option<Held> = None;
     'conn: loop {
         // Handle every complete frame already buffered before reading again.
         loop {
@@ -281,6 +284,8 @@ pub async fn serve_halves<R, W>(
                     break 'conn;
                 }
             };
+            // Kept until the request is handled (its bytes live in it until then).
+            let _frame_held = request_held.take();
             let correlation_id = frame::peek_correlation_id(&frame);
             let req = match frame::decode_request(frame) {
                 Ok(r) => r,
@@ -392,6 +397,17 @@ pub async fn serve_halves<R, W>(
         // What is left unhandled counts against the budget while this stream waits.
         if session.identity.awaits_sasl() {
             pre_auth.set(buf.len());
+        }
+        // A large request takes its size from the broker's budget before the rest is read,
+        // waiting (unread) while others hold it.
+        if request_held.is_none()
+            && let Some(size) = frame::pending_size(&buf)
+            && size > LARGE_REQUEST
+        {
+            tokio::select! {
+                held = broker.request_memory.take(size) => request_held = Some(held),
+                _ = shutdown.changed() => break,
+            }
         }
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,

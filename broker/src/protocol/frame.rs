@@ -54,6 +54,13 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Fram
     Ok(Some(buf.split_to(size).freeze()))
 }
 
+/// The size its prefix gives the frame at the front of `buf` (once the prefix is there and is
+/// not negative).
+pub fn pending_size(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    usize::try_from(i32::from_be_bytes(prefix)).ok()
+}
+
 /// A decoded request header plus the parts of the frame the handler needs.
 #[derive(Debug)]
 pub struct Request {

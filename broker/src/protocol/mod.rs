@@ -19,9 +19,9 @@
 pub mod apis;
 pub mod auth;
 pub mod error;
-pub mod fetch_memory;
 pub mod fetch_sessions;
 pub mod frame;
+pub mod memory;
 pub mod oauth;
 pub mod scram;
 pub mod scram_store;
@@ -88,7 +88,7 @@ pub struct Ctx {
     pub throttle_ms: Arc<AtomicU32>,
     /// Where a Fetch answer leaves the share of `broker.fetch_memory_bytes` it holds; the
     /// connection keeps it until the answer is written. One cell per connection.
-    pub holding: Arc<fetch_memory::Holding>,
+    pub holding: Arc<memory::Holding>,
 }
 
 impl Ctx {

@@ -9,7 +9,7 @@
 //! `max_wait_ms`, woken early by any append to one of its partitions.
 //!
 //! Consumers' answers together hold at most `broker.fetch_memory_bytes` until written
-//! (`protocol::fetch_memory`): one that finds less room gets less, and with none its first
+//! (`protocol::memory`): one that finds less room gets less, and with none its first
 //! batch only.
 //!
 //! Quota policies with `apis = ["fetch"]` are asked about the built response
@@ -66,8 +66,8 @@ use crate::client_quotas::{self, Allowance, QuotaKey};
 use crate::plugins::quota;
 use crate::protocol::Ctx;
 use crate::protocol::error::storage_code;
-use crate::protocol::fetch_memory::Held;
 use crate::protocol::fetch_sessions::FetchSessions;
+use crate::protocol::memory::Held;
 use crate::replication;
 use crate::storage::{ReadPlan, StorageError};
 
