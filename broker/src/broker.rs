@@ -161,17 +161,16 @@ impl Broker {
     }
 
     /// Takes the leader's cluster id (a follower does at each sync), so that clients see one
-    /// cluster whichever broker they ask, and keeps it in the data dir.
-    pub fn adopt_cluster_id(&self, id: &str) {
+    /// cluster whichever broker they ask, and keeps it in the data dir first (written whole or
+    /// not at all: a follower that lost it would take its leader for another cluster's).
+    pub fn adopt_cluster_id(&self, id: &str) -> std::io::Result<()> {
         if id.is_empty() || self.cluster_id() == id {
-            return;
+            return Ok(());
         }
-        let path = self.config.broker.data_dir.join("cluster.id");
-        if let Err(e) = std::fs::write(&path, id) {
-            tracing::warn!(file = %path.display(), error = %e, "cannot keep the leader's cluster id");
-        }
+        write_cluster_id(&self.config.broker.data_dir, id)?;
         tracing::info!(cluster_id = id, "took the leader's cluster id");
         *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+        Ok(())
     }
 
     /// Reloads `[plugins]` (from the config file the broker was started with, if any) and swaps
@@ -609,8 +608,20 @@ fn cluster_id(data_dir: &std::path::Path, metadata_lost: bool) -> anyhow::Result
         }
     }
     let id = uuid::Uuid::new_v4().simple().to_string()[..22].to_string();
-    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    write_cluster_id(data_dir, &id).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(id)
+}
+
+/// Writes `cluster.id` whole or not at all: a temporary file, synced, renamed over it, and the
+/// directory synced.
+fn write_cluster_id(data_dir: &std::path::Path, id: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = data_dir.join("cluster.id.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(id.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join("cluster.id"))?;
+    std::fs::File::open(data_dir)?.sync_all()
 }
 
 /// Errors of the background storage work (seals, flushes, retention) logged per minute: on a

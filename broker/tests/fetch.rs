@@ -581,11 +581,7 @@ async fn answers_waiting_to_be_read_share_the_brokers_fetch_memory() {
         (LIMIT - 2 * BATCH..=LIMIT + 2 * BATCH).contains(&held),
         "the stalled answers hold {held} bytes (limit {LIMIT})"
     );
-    assert!(
-        memory.short() >= 2,
-        "{} fetches trimmed",
-        memory.short()
-    );
+    assert!(memory.short() >= 2, "{} fetches trimmed", memory.short());
 
     // A consumer that reads still gets a batch each fetch meanwhile.
     let r = c.call(&req, 4).await;

@@ -915,6 +915,17 @@ async fn a_leader_that_lost_its_metadata_or_its_data_is_not_followed() {
     produce_copied(&producer(&pair.address(1), "all"), &two, "t", 10, "a").await;
     let cluster_id = two.broker.cluster_id();
     assert_eq!(cluster_id, one.broker.cluster_id());
+    // A follower that holds the leader's topics (by id) but not its cluster id (kept from
+    // before followers took it, or its write failed) takes it and follows.
+    two.shutdown().await;
+    std::fs::write(pair.dirs[1].path().join("cluster.id"), "an-older-id").unwrap();
+    let two = pair.start(2, 1, 1).await;
+    eventually("the follower to take the leader's id", || {
+        two.broker.cluster_id() == cluster_id
+    })
+    .await;
+    produce(&producer(&pair.address(1), "all"), "t", 5, "b").await;
+    eventually("the follower's copy", || log_end(&two, "t") == 15).await;
     for lost in ["meta.redb", "the data dir"] {
         one.shutdown().await;
         let dir = pair.dirs[0].path();
@@ -938,14 +949,14 @@ async fn a_leader_that_lost_its_metadata_or_its_data_is_not_followed() {
         assert!(!cluster.following(), "{lost} lost");
         let error = cluster.follow_error().unwrap_or_default();
         assert!(error.contains("is not followed"), "{lost} lost: {error}");
-        assert_eq!(log_end(&two, "t"), 10, "{lost} lost");
+        assert_eq!(log_end(&two, "t"), 15, "{lost} lost");
         assert_eq!(two.broker.cluster_id(), cluster_id);
     }
     // The follower restarted still holds its topic and does not follow either.
     two.shutdown().await;
     let two = pair.start(2, 1, 1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(log_end(&two, "t"), 10);
+    assert_eq!(log_end(&two, "t"), 15);
     assert!(!two.broker.cluster.as_ref().unwrap().following());
     one.shutdown().await;
     two.shutdown().await;

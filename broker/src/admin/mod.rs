@@ -250,7 +250,7 @@ impl Metrics {
         counter(
             &mut out,
             "runnel_fetch_memory_trimmed_total",
-            "Consumers' fetches answered with less than they asked for, for want of fetch memory.",
+            "Consumers' fetch answers with records given less room than they asked for, for want of fetch memory (broker.fetch_memory_bytes).",
             memory.short(),
         );
         counter(
@@ -621,32 +621,8 @@ fn render_federation(out: &mut String, broker: &Broker) {
             let _ = writeln!(out, "{name}{{link=\"{}\"}} {}", label(link), read(stats));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP runnel_federation_link_up 1 while the link's remote cluster takes records (or nothing was tried yet), 0 from a failed connection or send until it acknowledges records again.\n# TYPE runnel_federation_link_up gauge"
-    );
-    for (link, stats) in &links {
-        let _ = writeln!(
-            out,
-            "runnel_federation_link_up{{link=\"{}\"}} {}",
-            label(link),
-            u8::from(stats.up())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP runnel_federation_last_acknowledged_timestamp_seconds When the link's remote cluster last acknowledged records, in seconds since 1970 (0: not since the broker started). A hung remote cluster shows as this growing old while records are pending.\n# TYPE runnel_federation_last_acknowledged_timestamp_seconds gauge"
-    );
-    for (link, stats) in &links {
-        let ms = stats.last_acknowledged_ms.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "runnel_federation_last_acknowledged_timestamp_seconds{{link=\"{}\"}} {}",
-            label(link),
-            ms as f64 / 1000.0
-        );
-    }
     let mut pending = String::new();
+    let mut pending_of: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for c in broker.federation.cursors() {
         let Some(p) = broker
             .catalog
@@ -661,13 +637,40 @@ fn render_federation(out: &mut String, broker: &Broker) {
         };
         // Records retention deleted before they were sent are no longer pending: they are
         // counted as skipped when the link reaches them.
+        let left = (end - c.next.max(start)).max(0);
+        *pending_of.entry(c.link.clone()).or_default() += left;
         let _ = writeln!(
             pending,
             "runnel_federation_pending_records{{link=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
             label(&c.link),
             label(&c.topic),
             c.partition,
-            (end - c.next.max(start)).max(0)
+            left
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_federation_link_up 0 from a failed connection or send, while records are pending, until the link's remote cluster acknowledges records again; 1 otherwise.\n# TYPE runnel_federation_link_up gauge"
+    );
+    for (link, stats) in &links {
+        let _ = writeln!(
+            out,
+            "runnel_federation_link_up{{link=\"{}\"}} {}",
+            label(link),
+            u8::from(stats.up() || pending_of.get(link.as_str()).is_none_or(|&n| n == 0))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_federation_last_acknowledged_timestamp_seconds When the link's remote cluster last acknowledged records, in seconds since 1970 (0: not since the broker started). A hung remote cluster shows as this growing old while records are pending.\n# TYPE runnel_federation_last_acknowledged_timestamp_seconds gauge"
+    );
+    for (link, stats) in &links {
+        let ms = stats.last_acknowledged_ms.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "runnel_federation_last_acknowledged_timestamp_seconds{{link=\"{}\"}} {}",
+            label(link),
+            ms as f64 / 1000.0
         );
     }
     gauge_family(

@@ -526,7 +526,7 @@ impl AuthWatch {
 
     /// Fails with the broker's reason once a login was refused, or, for a consumer in a
     /// group, the group.
-    fn check(&self) -> anyhow::Result<()> {
+    pub(super) fn check(&self) -> anyhow::Result<()> {
         if let Some(why) = &*self.refused.lock().unwrap_or_else(|e| e.into_inner()) {
             bail!("the broker refused the login: {why}");
         }
@@ -539,7 +539,7 @@ impl AuthWatch {
 
 /// The cluster's metadata (of `topic` only, if given), or why the broker refused it: a refused
 /// login rather than the transport failure librdkafka reports after its timeout.
-fn metadata(
+pub(super) fn metadata(
     consumer: &BaseConsumer<AuthWatch>,
     topic: Option<&str>,
 ) -> anyhow::Result<rdkafka::metadata::Metadata> {

@@ -13,7 +13,7 @@ use kafka_protocol::protocol::Decodable;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::client::{AuthWatch, TIMEOUT, admin, admin_options, runtime};
+use super::client::{AuthWatch, TIMEOUT, admin, admin_options, metadata, runtime};
 use super::{Conn, GroupsCommand, ResetTo};
 
 pub fn run(cmd: GroupsCommand) -> anyhow::Result<()> {
@@ -113,9 +113,13 @@ fn group_client(conn: &Conn, group: Option<&str>) -> anyhow::Result<BaseConsumer
     if let Some(group) = group {
         cfg.set("group.id", group);
     }
-    cfg.set("enable.auto.commit", "false")
+    let client = cfg
+        .set("enable.auto.commit", "false")
         .create_with_context(AuthWatch::default())
-        .map_err(|e| super::client_error(e, "cannot create a Kafka client"))
+        .map_err(|e| super::client_error(e, "cannot create a Kafka client"))?;
+    // Reaches the broker first: a refused login is said at once, with the broker's reason.
+    metadata(&client, None)?;
+    Ok(client)
 }
 
 fn list(conn: &Conn) -> anyhow::Result<()> {
@@ -233,7 +237,11 @@ fn committed(
                 if client.context().group_refused() {
                     bail!("not authorized to access group {group} (GROUP_AUTHORIZATION_FAILED)");
                 }
-                if std::time::Instant::now() >= deadline {
+                // A refused login, with the broker's reason.
+                client.context().check()?;
+                let timed_out = e.rdkafka_error_code()
+                    == Some(rdkafka::types::RDKafkaErrorCode::OperationTimedOut);
+                if !timed_out || std::time::Instant::now() >= deadline {
                     return Err(e).context("reading the committed offsets failed");
                 }
             }

@@ -99,8 +99,8 @@ impl LinkStats {
         }
     }
 
-    /// Whether the link works as far as known: nothing failed since the remote cluster last
-    /// acknowledged records (or since the start).
+    /// Whether nothing failed since the remote cluster last acknowledged records (or since the
+    /// start). `/metrics` also counts a link with nothing pending as up.
     pub fn up(&self) -> bool {
         self.last_error_ms.load(Ordering::Relaxed)
             <= self.last_acknowledged_ms.load(Ordering::Relaxed)

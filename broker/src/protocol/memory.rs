@@ -91,9 +91,6 @@ impl Budget {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    if granted < want {
-                        self.short.fetch_add(1, Ordering::Relaxed);
-                    }
                     return Held {
                         memory: self.clone(),
                         bytes: granted,
@@ -114,8 +111,14 @@ impl Budget {
         self.limit
     }
 
-    /// Takes given less than they asked for, or that waited for it, because the budget was
-    /// short.
+    /// Counts an answer made smaller for want of room ([`Budget::take_up_to`] does not: what
+    /// was granted may be more than the answer needed).
+    pub fn note_short(&self) {
+        self.short.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers made smaller ([`Budget::note_short`]), or requests that waited, because the
+    /// budget was short.
     pub fn short(&self) -> u64 {
         self.short.load(Ordering::Relaxed)
     }
@@ -182,7 +185,6 @@ mod tests {
         assert_eq!(a.bytes(), 60);
         let b = memory.take_up_to(60);
         assert_eq!(b.bytes(), 40, "only what is left");
-        assert_eq!(memory.short(), 1);
         let c = memory.take_up_to(10);
         assert_eq!(
             c.bytes(),

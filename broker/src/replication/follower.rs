@@ -683,16 +683,30 @@ async fn sync_topics(
         );
     }
     if let Some(id) = &metadata.cluster_id {
-        // A leader of another cluster: one that lost its data dir or its metadata, or another
-        // cluster's data here. Following it would delete every topic it does not hold.
+        // A leader of another cluster, holding none of this broker's topics: one that lost its
+        // data dir or its metadata, or another cluster's data here. Following it would delete
+        // every topic it does not hold. (One that holds some of them by id is this broker's
+        // leader, though its id was not kept here: a follower from before followers took the
+        // leader's id, or whose write of it failed.)
         let ours = broker.cluster_id();
-        if !id.is_empty() && id.as_str() != ours && broker.catalog.holds_topics() {
+        let shares_a_topic = || {
+            let theirs: std::collections::HashSet<Uuid> =
+                metadata.topics.iter().map(|t| t.topic_id).collect();
+            broker.catalog.list().iter().any(|t| theirs.contains(&t.id))
+        };
+        if !id.is_empty()
+            && id.as_str() != ours
+            && broker.catalog.holds_topics()
+            && !shares_a_topic()
+        {
             bail!(
                 "broker {} (the leader) is of cluster {id} and this broker's topics of cluster                  {ours}: it is not followed, so that its topics are not deleted here. If the                  leader lost its data dir or its meta.redb, move the lead to a broker that holds                  the data (docs/replication.md); to have this broker join cluster {id} afresh,                  stop it and empty its data dir",
                 cluster.leader
             );
         }
-        broker.adopt_cluster_id(id);
+        broker
+            .adopt_cluster_id(id)
+            .context("cannot keep the leader's cluster id")?;
     }
     // The leader's latest epoch, kept: should the lead move here, it leads at a later one.
     // (Each partition's is reported as the leader reports it, below.)

@@ -464,7 +464,7 @@ impl PartitionLog {
                 record_count: 0,
             });
         }
-        self.maybe_roll(out.len() as u64, next - 1, now_ms)?;
+        self.maybe_roll(out.len() as u64, next - 1, now_ms, true)?;
         let sync = self.config.flush == FlushPolicy::Always;
         self.active_mut()
             .append(&out, &written, sync, now_ms)
@@ -515,7 +515,7 @@ impl PartitionLog {
             set_log_append_time(&mut batch, now_ms);
         }
         let h = BatchHeader::parse(&batch).expect("a marker's header");
-        self.maybe_roll(batch.len() as u64, offset, now_ms)?;
+        self.maybe_roll(batch.len() as u64, offset, now_ms, true)?;
         let sync = self.config.flush == FlushPolicy::Always;
         self.active_mut()
             .append(&batch, &[(0, h)], sync, now_ms)
@@ -593,12 +593,14 @@ impl PartitionLog {
     }
 
     /// Roll before writing `len` more bytes ending at `last_offset` if the active segment is
-    /// too big, too old, or its indexes would overflow.
+    /// too big, too old, or its indexes would overflow; with `keep_files_free`, not into the
+    /// share of the open-files limit kept free (`open_files`).
     pub(super) fn maybe_roll(
         &mut self,
         len: u64,
         last_offset: i64,
         now_ms: i64,
+        keep_files_free: bool,
     ) -> Result<(), StorageError> {
         let active = self.active();
         if active.size == 0 {
@@ -610,7 +612,10 @@ impl PartitionLog {
         if full || too_old {
             // A new segment is one more open file: refused past the kept share of the limit,
             // where a roll only for age waits for room instead.
-            if let Err(no) = super::open_files::room_for(1) {
+            let refused = keep_files_free
+                .then(|| super::open_files::room_for(1).err())
+                .flatten();
+            if let Some(no) = refused {
                 if !full {
                     return Ok(());
                 }

@@ -79,7 +79,9 @@ impl PartitionLog {
         };
         let data = &records[first..pos];
         let base_offset = batches[0].1.base_offset;
-        self.maybe_roll(data.len() as u64, next - 1, now_ms)?;
+        // Not refused near the open-files limit: the leader's refusals bound its segments, and a
+        // refusal here would stop the copying of every partition.
+        self.maybe_roll(data.len() as u64, next - 1, now_ms, false)?;
         let sync = self.config.flush == FlushPolicy::Always;
         self.active_mut()
             .append(data, &batches, sync, now_ms)

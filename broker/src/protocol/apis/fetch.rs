@@ -315,8 +315,13 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     }
 
     let follower = matches!(reader, Reader::Follower(_));
-    // A consumer's answer is bounded by what is left of the broker's fetch memory as well.
+    // A consumer's answer is bounded by what is left of the broker's fetch memory as well. It
+    // takes no more than its partitions may return together.
     let memory = matches!(reader, Reader::Consumer).then_some(&ctx.broker.fetch_memory);
+    let most = wanted
+        .iter()
+        .fold(0usize, |sum, w| sum.saturating_add(w.max_bytes))
+        .min(max_bytes);
     let room_of = |held: &Option<Held>| held.as_ref().map_or(max_bytes, Held::bytes);
     loop {
         // Register for wake-ups before reading, so an append between the read and the wait is
@@ -330,7 +335,7 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
         for n in &mut notified {
             n.as_mut().enable();
         }
-        let held = memory.map(|m| m.take_up_to(max_bytes));
+        let held = memory.map(|m| m.take_up_to(most));
         let room = room_of(&held);
         let (mut parts, total, any_error) = read_all(ctx, reader, &wanted, room, read_committed);
         let unasked = if follower {
@@ -339,9 +344,14 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
             Vec::new()
         };
         // As Kafka: `min_bytes` 0 is met by nothing at all, so such a fetch never waits. One
-        // given less room than its `min_bytes` is answered once that room is filled (with no
-        // room, once there is a batch).
-        let done = total >= min_bytes.min(room.max(1))
+        // the fetch memory gave less room than its `min_bytes` is answered once that room is
+        // filled (with no room, once there is a batch).
+        let enough = if room < most {
+            min_bytes.min(room.max(1))
+        } else {
+            min_bytes
+        };
+        let done = total >= enough
             || any_error
             || !unasked.is_empty()
             || notified.is_empty()
@@ -349,7 +359,7 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
         if done {
             tracing::trace!(bytes = total, partitions = wanted.len(), "fetch answered");
             parts.extend(unasked);
-            keep(ctx, held, total);
+            keep(ctx, held, most, total);
             return respond(parts, top_error);
         }
         // Nothing of this read is kept while waiting.
@@ -363,23 +373,27 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
             Poll::Pending
         });
         if tokio::time::timeout_at(deadline, any_append).await.is_err() {
-            let held = memory.map(|m| m.take_up_to(max_bytes));
+            let held = memory.map(|m| m.take_up_to(most));
             let (parts, total, _) = read_all(ctx, reader, &wanted, room_of(&held), read_committed);
             tracing::trace!(
                 bytes = total,
                 waited_ms = wait.as_millis() as u64,
                 "fetch answered after max wait"
             );
-            keep(ctx, held, total);
+            keep(ctx, held, most, total);
             return respond(parts, top_error);
         }
     }
 }
 
 /// Leaves what a consumer's answer of `total` record bytes holds of the fetch memory with the
-/// connection, which gives it back once the answer is written.
-fn keep(ctx: &Ctx, held: Option<Held>, total: usize) {
+/// connection, which gives it back once the answer is written; counts an answer with records
+/// that was given less room than the `most` it could have taken.
+fn keep(ctx: &Ctx, held: Option<Held>, most: usize, total: usize) {
     if let Some(mut held) = held {
+        if held.bytes() < most && total > 0 {
+            ctx.broker.fetch_memory.note_short();
+        }
         held.resize(total);
         ctx.holding.keep(held);
     }
