@@ -262,19 +262,15 @@ pub async fn start_broker_from(
         now_ms(),
     )
     .context("cannot open the partition logs")?;
-    // Every segment of every partition holds a file open: a data dir that grew near the limit
-    // (under a higher one, or with segments kept from before) starts with little room for
-    // connections.
-    if let (Some(open), Some(limit)) = (
-        crate::admin::process::open_fds(),
-        crate::admin::process::max_fds(),
-    ) && open * 10 > limit * 8
-    {
+    // Every segment of every partition holds a file open: a data dir that grew into the share
+    // of the limit kept free (under a higher limit before) starts refusing new segments.
+    if let Err(no) = crate::storage::open_files::room_for(0) {
         tracing::warn!(
-            open,
-            limit,
-            "the partitions' segments hold most of the open-files limit: connections and new \
-             segments will fail; raise the limit (LimitNOFILE=, ulimit -n) or use larger \
+            open = no.open,
+            limit = no.limit,
+            kept = no.kept,
+            "the partitions' segments hold most of the open-files limit: new segments and \
+             partitions are refused; raise the limit (LimitNOFILE=, ulimit -n) or use larger \
              segment.bytes / shorter retention"
         );
     }

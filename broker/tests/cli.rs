@@ -1613,9 +1613,10 @@ async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_
     broker.wait().unwrap();
 }
 
-/// Segments that roll until the open-files limit is nearly used: `/health` says so (503, with
-/// what to do), `/metrics` still has the process's figures (its `/proc` files were opened at
-/// start), and a start under the same limit warns that the segments hold most of it.
+/// Segments that roll until they reach the share of the open-files limit kept free: `/health`
+/// says so (503, with what to do), `/metrics` still has the process's figures (its `/proc`
+/// files were opened at start), and a start under a lower limit warns that the segments hold
+/// most of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_nearly_out_of_file_descriptors_says_so() {
     use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -1653,8 +1654,8 @@ async fn a_broker_nearly_out_of_file_descriptors_says_so() {
         .call(&CreateTopicsRequest::default().with_topics(vec![topic]), 5)
         .await;
     assert_eq!(made.topics[0].error_code, 0);
-    // Each batch of 700 bytes takes a segment of its own (the broker keeps a tenth of the limit,
-    // at least 256, free for connections when making partitions, not when rolling segments).
+    // Each batch of 700 bytes takes a segment of its own, until the rolls reach the share of the
+    // limit kept free for connections (a tenth, at least 256): then /health says so.
     let mut health = String::new();
     for i in 0..600 {
         let record = common::record(0, None, &[b'x'; 700], runnel::broker::now_ms());
@@ -1686,7 +1687,9 @@ async fn a_broker_nearly_out_of_file_descriptors_says_so() {
     }
     drop(c);
     stop(broker);
-    let mut broker = serve();
+    // Started again under a lower limit, its segments alone reach into the share kept free: it
+    // says so at start.
+    let mut broker = serve_with_open_files_limit(&config, 300);
     connected(&bootstrap).await;
     broker.kill().unwrap();
     let stopped = broker.wait_with_output().unwrap();

@@ -729,13 +729,14 @@ async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
     let b = broker.clone();
     // Listing the open files and reading the database are file work: off the async workers.
     let checked = tokio::task::spawn_blocking(move || {
-        if let (Some(open), Some(limit)) = (process::open_fds(), process::max_fds())
-            && open + FDS_SPARE.max(limit / 50) >= limit
-        {
+        // Within the share of the limit kept free, new segments and partitions are refused.
+        if let Err(no) = crate::storage::open_files::room_for(1) {
             return Err(format!(
-                "{open} of the {limit} file descriptors the process may open are in use: \
-                 connections and new segments fail; raise the open-files limit (LimitNOFILE=, \
-                 ulimit -n)"
+                "{} of the {} file descriptors the process may open are in use, within the {} \
+                 kept free for connections: new segments and partitions are refused; raise the \
+                 open-files limit (LimitNOFILE=, ulimit -n), or use a larger segment.bytes or \
+                 a shorter retention",
+                no.open, no.limit, no.kept
             ));
         }
         b.meta.check().map_err(|e| e.to_string())
@@ -755,10 +756,6 @@ async fn health(State(broker): State<Arc<Broker>>) -> axum::response::Response {
 /// Free bytes under which `/health` calls the data directory's filesystem full: less than a
 /// produce request of a few batches.
 const FULL_BELOW: u64 = 1 << 20;
-
-/// File descriptors under which `/health` calls the process out of them (or a fiftieth of the
-/// limit, if more).
-const FDS_SPARE: u64 = 16;
 
 /// The bytes an unprivileged writer may still use on the filesystem holding `dir`.
 fn free_bytes(dir: &std::path::Path) -> Option<u64> {
