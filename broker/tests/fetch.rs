@@ -604,15 +604,7 @@ async fn answers_waiting_to_be_read_share_the_brokers_fetch_memory() {
         total <= LIMIT + 2 * BATCH && sizes.iter().all(|&s| s >= BATCH - (20 << 10)),
         "answers of {sizes:?} bytes"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while memory.used() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} bytes still held",
-            memory.used()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_nothing_held(&memory).await;
     // A consumer alone gets all it may again.
     let r = c.call(&req, 4).await;
     assert!(records_in(&r) > (15 << 20), "{} bytes", records_in(&r));
@@ -629,6 +621,12 @@ async fn answers_waiting_to_be_read_share_the_brokers_fetch_memory() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(stalled);
+    until_nothing_held(&memory).await;
+    broker.shutdown().await;
+}
+
+/// Waits (up to 5 s) until `memory` holds nothing.
+async fn until_nothing_held(memory: &runnel::protocol::memory::Budget) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while memory.used() > 0 {
         assert!(
@@ -638,7 +636,6 @@ async fn answers_waiting_to_be_read_share_the_brokers_fetch_memory() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    broker.shutdown().await;
 }
 
 /// Fetches sent ahead and never read hold no more than about one answer each (Kafka handles a
