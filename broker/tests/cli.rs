@@ -1209,6 +1209,9 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
         );
         assert!(ok, "{err}");
         assert_eq!(out.lines().count(), 2, "{out}");
+        // A principal without its type is refused, not taken to match nothing.
+        let (ok, out, err) = run(ADMIN, &["acls", "list", "--principal", "alice"], b"");
+        assert!(!ok && err.contains("is not a principal"), "{out}{err}");
         let (ok, out, err) = run(
             ADMIN,
             &[

@@ -399,6 +399,10 @@ fn binding_filter(f: &Filter) -> anyhow::Result<Owned<rd::rd_kafka_AclBindingFil
         _ if name.is_some() => RD_KAFKA_RESOURCE_PATTERN_LITERAL,
         _ => RD_KAFKA_RESOURCE_PATTERN_ANY,
     };
+    // Checked here: librdkafka does not send a principal without its type as it was given.
+    if let Some(p) = f.principal.as_deref().filter(|p| !p.contains(':')) {
+        bail!("--principal {p:?} is not a principal (write it as User:<name>)");
+    }
     let principal = f
         .principal
         .as_deref()
