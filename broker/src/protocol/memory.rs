@@ -31,7 +31,7 @@ pub const LARGE_REQUEST: usize = 1 << 20;
 pub struct Budget {
     limit: usize,
     used: AtomicUsize,
-    /// Takes that got less than they asked for, or waited for it.
+    /// Answers made smaller for want of room, and takes that waited for it ([`Budget::short`]).
     short: AtomicU64,
     freed: tokio::sync::Notify,
 }
@@ -124,7 +124,7 @@ impl Budget {
     }
 }
 
-/// Bytes of the budget held by one answer; given back when dropped.
+/// Bytes of the budget held by one answer or request; given back when dropped.
 pub struct Held {
     memory: Arc<Budget>,
     bytes: usize,
