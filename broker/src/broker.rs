@@ -599,7 +599,10 @@ fn cluster_id(data_dir: &std::path::Path, metadata_lost: bool) -> anyhow::Result
         if !id.is_empty() {
             tracing::warn!(
                 was = id,
-                "meta.redb was missing and is made anew, but the data dir holds partitions:                  the metadata is lost, so this broker starts as a new cluster (a new cluster                  id), which peers that hold the topics do not follow; restore meta.redb from a                  backup to keep the cluster"
+                "meta.redb was missing and is made anew, but the data dir holds partitions: \
+                 the metadata is lost, so this broker starts as a new cluster (a new cluster \
+                 id), which peers that hold the topics do not follow; to keep the cluster, \
+                 restore meta.redb from a backup taken after the last topic was made or deleted"
             );
         }
     }

@@ -700,7 +700,11 @@ async fn sync_topics(
             && !shares_a_topic()
         {
             bail!(
-                "broker {} (the leader) is of cluster {id} and this broker's topics of cluster                  {ours}: it is not followed, so that its topics are not deleted here. If the                  leader lost its data dir or its meta.redb, move the lead to a broker that holds                  the data (docs/replication.md); to have this broker join cluster {id} afresh,                  stop it and empty its data dir",
+                "broker {} (the leader) is of cluster {id} and this broker's topics of cluster \
+                 {ours}: it is not followed, so that its topics are not deleted here. If the \
+                 leader lost its data dir or its meta.redb, move the lead to a broker that holds \
+                 the data (docs/replication.md); to have this broker join cluster {id} afresh, \
+                 stop it and empty its data dir",
                 cluster.leader
             );
         }
