@@ -1511,8 +1511,8 @@ fn kafka_only_config(dir: &std::path::Path) -> (std::path::PathBuf, String) {
 
 /// `runnel serve --config config` as a child process under `ulimit -n limit` (which lowers the
 /// hard limit too, so the broker cannot raise it), its stderr kept for the test to read.
-fn serve_with_open_files_limit(config: &std::path::Path, limit: u32) -> std::process::Child {
-    Command::new("sh")
+fn serve_with_open_files_limit(config: &std::path::Path, limit: u32) -> common::BrokerProcess {
+    let child = Command::new("sh")
         .args([
             "-c",
             &format!("ulimit -n {limit} && exec \"$0\" serve --config \"$1\""),
@@ -1522,15 +1522,8 @@ fn serve_with_open_files_limit(config: &std::path::Path, limit: u32) -> std::pro
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
-}
-
-/// Stops a broker from [`serve_with_open_files_limit`] with SIGTERM, as a supervisor would, and
-/// returns its output once it has exited.
-fn stop(broker: std::process::Child) -> std::process::Output {
-    let pid = broker.id().to_string();
-    assert!(Command::new("kill").arg(pid).status().unwrap().success());
-    broker.wait_with_output().unwrap()
+        .unwrap();
+    common::BrokerProcess::new(child)
 }
 
 /// A raw client of the broker at `bootstrap`, once it listens (at most 20 s after its start).
@@ -1592,14 +1585,14 @@ async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_
     drop(clients);
     drop(c);
 
-    let stopped = stop(broker);
+    let stopped = broker.stop();
     let log = String::from_utf8_lossy(&stopped.stderr);
     assert!(
         log.contains("new partitions refused") && log.contains("open files"),
         "{log}"
     );
     // Started again under the same limit: every partition opens, and clients connect.
-    let mut broker = serve();
+    let _broker = serve();
     let mut c = connected(&bootstrap).await;
     let all = c
         .call(&MetadataRequest::default().with_topics(None), 12)
@@ -1612,8 +1605,6 @@ async fn auto_creating_thousands_of_topics_leaves_the_broker_files_to_serve_and_
             .call(&ApiVersionsRequest::default(), 3)
             .await;
     }
-    broker.kill().unwrap();
-    broker.wait().unwrap();
 }
 
 /// Segments that roll until they reach the share of the open-files limit kept free: `/health`
@@ -1689,13 +1680,12 @@ async fn a_broker_nearly_out_of_file_descriptors_says_so() {
         );
     }
     drop(c);
-    stop(broker);
+    broker.stop();
     // Started again under a lower limit, its segments alone reach into the share kept free: it
     // says so at start.
-    let mut broker = serve_with_open_files_limit(&config, 300);
+    let broker = serve_with_open_files_limit(&config, 300);
     connected(&bootstrap).await;
-    broker.kill().unwrap();
-    let stopped = broker.wait_with_output().unwrap();
+    let stopped = broker.kill_with_output();
     let log = String::from_utf8_lossy(&stopped.stderr);
     assert!(log.contains("hold most of the open-files limit"), "{log}");
 }
@@ -1776,14 +1766,16 @@ async fn loggers_commands_change_a_running_brokers_log_levels() {
     let dir = tempfile::tempdir().unwrap();
     let (config, bootstrap) = kafka_only_config(dir.path());
     let log_path = dir.path().join("broker.log");
-    let broker = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let broker = common::BrokerProcess::new(
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     drop(connected(&bootstrap).await);
     let b = bootstrap.as_str();
     let ok = |args: &[&str]| {
@@ -1841,7 +1833,7 @@ async fn loggers_commands_change_a_running_brokers_log_levels() {
     assert!(why.contains("root logger is not allowed"), "{why}");
     let why = refused(&["loggers", "list", "--broker", "9", "-b", b]);
     assert!(why.contains("no broker 9"), "{why}");
-    let out = stop(broker);
+    let out = broker.stop();
     assert!(out.status.success());
 }
 

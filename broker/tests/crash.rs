@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,12 @@ use rdkafka::{Offset, TopicPartitionList};
 /// (offset, payload) of one record.
 type Stored = (i64, Vec<u8>);
 
-fn spawn_broker(dir: &Path, port: u16) -> Child {
+fn spawn_broker(dir: &Path, port: u16) -> common::BrokerProcess {
     spawn_broker_with(dir, port, "[listeners.quic]\nenabled = false\n")
 }
 
 /// The broker binary with Kafka on `port`, `extra` config appended (it must configure QUIC).
-fn spawn_broker_with(dir: &Path, port: u16, extra: &str) -> Child {
+fn spawn_broker_with(dir: &Path, port: u16, extra: &str) -> common::BrokerProcess {
     let config = dir.join("runnel.toml");
     std::fs::write(
         &config,
@@ -33,13 +33,15 @@ fn spawn_broker_with(dir: &Path, port: u16, extra: &str) -> Child {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("runnel starts");
+    let child = common::BrokerProcess::new(
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("runnel starts"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "broker did not start listening");
@@ -238,7 +240,7 @@ async fn a_segment_cut_mid_batch_recovers_to_the_last_complete_batch() {
 
 /// Starts the broker under a file-size limit (`ulimit -f`, with SIGXFSZ ignored so a write past
 /// it fails with EFBIG the way a full disk fails with ENOSPC) and returns the child.
-fn spawn_limited(dir: &Path, port: u16, limit_kib: u64) -> Child {
+fn spawn_limited(dir: &Path, port: u16, limit_kib: u64) -> common::BrokerProcess {
     let config = dir.join("runnel.toml");
     std::fs::write(
         &config,
@@ -254,12 +256,14 @@ fn spawn_limited(dir: &Path, port: u16, limit_kib: u64) -> Child {
         env!("CARGO_BIN_EXE_runnel"),
         config
     );
-    let child = Command::new("bash")
-        .args(["-c", &script])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = common::BrokerProcess::new(
+        Command::new("bash")
+            .args(["-c", &script])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "broker did not start listening");
@@ -426,25 +430,18 @@ async fn tiny_segments_leave_room_for_connections_under_the_open_files_limit() {
     )
     .unwrap();
     // 400 files: 256 of them kept free, so the tiny topic's rolls stop at about 100 segments.
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 400 && exec {:?} serve --config {config:?}",
-            env!("CARGO_BIN_EXE_runnel")
-        ))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("runnel starts");
-    // Killed however the test ends.
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Killed(child);
+    let _child = common::BrokerProcess::new(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 400 && exec {:?} serve --config {config:?}",
+                env!("CARGO_BIN_EXE_runnel")
+            ))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("runnel starts"),
+    );
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(&addr).is_err() {

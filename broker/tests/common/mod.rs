@@ -590,3 +590,54 @@ pub async fn token_endpoint(idp: std::sync::Arc<TestIdp>, sub: &'static str) -> 
     });
     url
 }
+
+/// A broker process a test started (`runnel serve`), killed when dropped: a test that fails
+/// midway leaves no broker running behind it. Derefs to its [`std::process::Child`].
+pub struct BrokerProcess(Option<std::process::Child>);
+
+impl BrokerProcess {
+    pub fn new(child: std::process::Child) -> BrokerProcess {
+        BrokerProcess(Some(child))
+    }
+
+    /// Stops it with SIGTERM, as a supervisor would, and returns its output once it has exited.
+    pub fn stop(mut self) -> std::process::Output {
+        let child = self.0.take().expect("running");
+        let pid = child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .arg(pid)
+            .status()
+            .unwrap();
+        assert!(sent.success(), "SIGTERM sent");
+        child.wait_with_output().unwrap()
+    }
+
+    /// Kills it with SIGKILL and returns its output.
+    pub fn kill_with_output(mut self) -> std::process::Output {
+        let mut child = self.0.take().expect("running");
+        child.kill().unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl std::ops::Deref for BrokerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for BrokerProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
