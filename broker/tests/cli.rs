@@ -1231,6 +1231,30 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
         );
         let (ok, _, err) = run(ALICE, &["produce", "sensors.t1"], b"21.6\n");
         assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+        // Allowed to see the topic but to write nowhere, she is refused a producer id: the
+        // summary says so, not only that her records were purged.
+        let (ok, _, err) = run(
+            ADMIN,
+            &[
+                "acls",
+                "add",
+                "--principal",
+                "User:alice",
+                "--operation",
+                "describe",
+                "--topic",
+                "sensors.t1",
+            ],
+            b"",
+        );
+        assert!(ok, "{err}");
+        let (ok, _, err) = run(ALICE, &["produce", "sensors.t1"], b"21.6\n");
+        let summary = err.lines().last().unwrap_or_default();
+        assert!(
+            !ok && summary.contains("fatal error: ClusterAuthorizationFailed")
+                && !summary.contains("PurgeQueue"),
+            "{err}"
+        );
         let (ok, _, err) = run(ADMIN, &["acls", "remove"], b"");
         assert!(!ok && err.contains("say which ACLs to remove"), "{err}");
         // Listing needs Describe on the cluster: alice is refused, not told "no ACLs matched".

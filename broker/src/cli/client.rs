@@ -731,7 +731,17 @@ pub fn produce(conn: &Conn, topic: &str, acks: &str, compression: &str) -> anyho
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let (why, timed_out) = first.unwrap_or_default();
+        let (mut why, timed_out) = first.unwrap_or_default();
+        // A fatal error (say, InitProducerId refused) purges the records still queued: they
+        // fail with PurgeQueue, which says nothing of the reason.
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            let fatal = format!("the producer stopped on a fatal error: {code:?}: {reason}");
+            why = if why.is_empty() || why.contains("PurgeQueue") {
+                fatal
+            } else {
+                format!("{why}; {fatal}")
+            };
+        }
         let diagnosis = if timed_out {
             why_undelivered(conn, &producer, topic, acks)
         } else {
