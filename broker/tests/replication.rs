@@ -904,6 +904,55 @@ async fn brokers_that_disagree_on_the_leader_keep_their_data() {
     two.shutdown().await;
 }
 
+/// A second broker given a follower's node id (a copied config) is refused replica fetches
+/// while the follower fetches, and says why; it takes the node's place only once the follower
+/// has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_with_a_followers_node_id_is_refused_while_the_follower_fetches() {
+    let pair = Pair::new();
+    let one = pair.start(1, 1, 1).await;
+    let two = pair.start(2, 1, 1).await;
+    let p = producer(&pair.address(1), "all");
+    produce_copied(&p, &two, "t", 10, "a").await;
+    let copy_dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(copy_dir.path());
+    cfg.broker.node_id = 2;
+    cfg.listeners.kafka.address = "127.0.0.1:0".parse().unwrap();
+    cfg.cluster.brokers = vec![
+        format!("1@{}", pair.address(1)),
+        format!("2@{}", pair.address(2)),
+    ];
+    cfg.cluster.leader = 1;
+    cfg.cluster.replica_lag_time_max = Duration::from_secs(2);
+    cfg.cluster.replica_fetch_wait = Duration::from_millis(100);
+    let copy = common::start_with(cfg).await;
+    let copy_cluster = copy.broker.cluster.clone().unwrap();
+    // Asked again for the 11 s the leader may still give the node to a closing connection.
+    eventually("the second broker to give up", || {
+        copy_cluster.follow_error().is_some()
+    })
+    .await;
+    let error = copy_cluster.follow_error().unwrap();
+    assert!(
+        error.contains("another broker fetches as node 2"),
+        "{error}"
+    );
+    assert!(!copy_cluster.following());
+    assert_eq!(log_end(&copy, "t"), -1, "nothing copied");
+    // The follower kept fetching meanwhile.
+    produce(&p, "t", 5, "b").await;
+    eventually("the follower's copy", || log_end(&two, "t") == 15).await;
+    assert!(two.broker.cluster.as_ref().unwrap().following());
+    // Once the follower has gone, the second broker follows in its place.
+    two.shutdown().await;
+    eventually("the second broker to follow", || {
+        copy_cluster.following() && log_end(&copy, "t") == 15
+    })
+    .await;
+    copy.shutdown().await;
+    one.shutdown().await;
+}
+
 /// A leader restarted without its metadata (meta.redb lost) or with an empty data dir (a disk
 /// replaced, a mount missing at boot) is another cluster: a follower holding the topics does
 /// not follow it, where following would delete every topic the leader no longer knows.

@@ -274,10 +274,7 @@ async fn follow(
         }
         let response = peer.call(&request, FETCH_VERSION).await?;
         if response.error_code != 0 {
-            bail!(
-                "the leader refused the replica fetch: {:?}",
-                E::try_from_code(response.error_code)
-            );
+            return Err(refused(cluster, response.error_code));
         }
         if !caught_up
             && response
@@ -454,18 +451,37 @@ async fn check_leader(cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> 
         .with_max_wait_ms(0)
         .with_min_bytes(0)
         .with_max_bytes(FETCH_MAX_BYTES);
-    let response = peer.call(&request, FETCH_VERSION).await?;
-    match E::try_from_code(response.error_code) {
-        None => Ok(()),
-        Some(E::NotLeaderOrFollower) => bail!(
-            "broker {} does not take this broker as its follower: is cluster.leader the same on every broker?",
-            cluster.leader
+    // Refused as a second connection of this node: this broker's last connection, closed,
+    // may still be finishing its fetch on the leader. Asked again until the leader would
+    // have given the node to this one, unless another broker holds it.
+    let until = Instant::now() + Duration::from_millis(super::FETCHER_SILENT_MS as u64 + 1_000);
+    loop {
+        let response = peer.call(&request, FETCH_VERSION).await?;
+        match response.error_code {
+            0 => return Ok(()),
+            code if code == E::DuplicateBrokerRegistration.code() && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            code => return Err(refused(cluster, code)),
+        }
+    }
+}
+
+/// Why the leader refused a replica fetch with `code`, said for the operator.
+fn refused(cluster: &Cluster, code: i16) -> anyhow::Error {
+    let leader = cluster.leader;
+    match E::try_from_code(code) {
+        Some(E::NotLeaderOrFollower) => anyhow::anyhow!(
+            "broker {leader} does not take this broker as its follower: is cluster.leader the same on every broker?"
         ),
-        Some(E::ClusterAuthorizationFailed) => bail!(
-            "broker {} refuses this broker's replica fetches: with ACLs, its principal needs ClusterAction on the cluster",
-            cluster.leader
+        Some(E::ClusterAuthorizationFailed) => anyhow::anyhow!(
+            "broker {leader} refuses this broker's replica fetches: with ACLs, its principal needs ClusterAction on the cluster"
         ),
-        Some(e) => bail!("broker {} refuses replica fetches: {e:?}", cluster.leader),
+        Some(E::DuplicateBrokerRegistration) => anyhow::anyhow!(
+            "broker {leader} refuses this broker's replica fetches: another broker fetches as node {} (broker.node_id); each broker of the cluster needs its own",
+            cluster.node_id
+        ),
+        e => anyhow::anyhow!("broker {leader} refuses replica fetches: {e:?}"),
     }
 }
 

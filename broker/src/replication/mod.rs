@@ -79,7 +79,28 @@ pub struct Cluster {
     pub tls_brokers: Vec<ClusterBroker>,
     /// With `cluster.tls`: how this broker's connections to the leader are secured.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// On the leader: the connection each follower fetches on, to tell two brokers that were
+    /// given one node id apart ([`Cluster::claim_fetches`]).
+    fetchers: Arc<Mutex<HashMap<i32, Fetcher>>>,
 }
+
+/// The connection a follower's replica fetches come on, as the leader last saw it.
+#[derive(Debug)]
+struct Fetcher {
+    session: std::sync::Weak<crate::protocol::Session>,
+    peer: std::net::SocketAddr,
+    last_fetch_ms: i64,
+    /// Another connection refused as the same follower, and when it last was.
+    contender: Option<(std::net::SocketAddr, i64)>,
+}
+
+/// How long a connection that stopped fetching keeps its follower's node id: a follower
+/// fetches at least every `cluster.replica_fetch_wait`, so one silent this long is gone (its
+/// connection half-open) or stuck, and the follower may fetch on a new one.
+pub(crate) const FETCHER_SILENT_MS: i64 = 10_000;
+
+/// Brokers found fetching with another's node id, said a minute.
+static SHARED_NODE_ID: LogBudget = LogBudget::new(4);
 
 impl Cluster {
     /// The cluster of a validated config, or `None` for a broker alone. Fails when the TLS
@@ -115,7 +136,54 @@ impl Cluster {
             }),
             tls_brokers,
             tls,
+            fetchers: Arc::default(),
         }))
+    }
+
+    /// On the leader: whether the replica fetches of follower `id` may come on the connection
+    /// of `session`. A follower fetches on one connection at a time. A second connection
+    /// fetching as the same node is refused while the first is open and fetching: it is the
+    /// follower's next connection while the last one's fetch is still being answered, or
+    /// another broker given the same `broker.node_id` (a copied config or image), which shows
+    /// when the first fetches again. Kafka refuses a second registration of a broker id for
+    /// the same reason: taken as one follower, the two would pass for a single copy, whichever
+    /// fetched last, and the in-sync set could vouch for a broker that is down. The node id
+    /// passes to a new connection once the old one closed or has not fetched for
+    /// [`FETCHER_SILENT_MS`].
+    pub(crate) fn claim_fetches(
+        &self,
+        id: i32,
+        session: &Arc<crate::protocol::Session>,
+        now_ms: i64,
+    ) -> bool {
+        let mut fetchers = self.fetchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = fetchers.get_mut(&id) {
+            if std::ptr::eq(f.session.as_ptr(), Arc::as_ptr(session)) {
+                f.last_fetch_ms = now_ms;
+                if let Some((refused, _)) = f
+                    .contender
+                    .filter(|(_, at)| now_ms - at < FETCHER_SILENT_MS)
+                {
+                    within_budget!(SHARED_NODE_ID, error, node_id = id, fetching = %f.peer, %refused,
+                        "two brokers fetch as the same follower: each broker of a cluster needs its own broker.node_id; the second one's replica fetches are refused while the first fetches");
+                }
+                return true;
+            }
+            if f.session.strong_count() > 0 && now_ms - f.last_fetch_ms < FETCHER_SILENT_MS {
+                f.contender = Some((session.peer, now_ms));
+                return false;
+            }
+        }
+        fetchers.insert(
+            id,
+            Fetcher {
+                session: Arc::downgrade(session),
+                peer: session.peer,
+                last_fetch_ms: now_ms,
+                contender: None,
+            },
+        );
+        true
     }
 
     pub fn is_leader(&self) -> bool {

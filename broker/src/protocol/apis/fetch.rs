@@ -464,10 +464,12 @@ fn reader(ctx: &Ctx, req: &FetchRequest) -> Reader {
     }
     match cluster {
         Some(c) if c.is_leader() && c.followers().any(|id| id == replica) => {
-            if ctx.allowed_on_cluster(Operation::ClusterAction) {
-                Reader::Follower(replica)
-            } else {
+            if !ctx.allowed_on_cluster(Operation::ClusterAction) {
                 Reader::Refused(E::ClusterAuthorizationFailed.code())
+            } else if !c.claim_fetches(replica, &ctx.session, crate::broker::now_ms()) {
+                Reader::Refused(E::DuplicateBrokerRegistration.code())
+            } else {
+                Reader::Follower(replica)
             }
         }
         _ => {
