@@ -1643,7 +1643,12 @@ async fn a_leader_that_lost_records_its_follower_holds_takes_no_writes_until_the
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let leader = pair.start(1, 1, 2).await;
+    // (A long lag allowed, so that the follower is not out of the in-sync set for lagging.)
+    let leader = pair
+        .start_with(1, 1, 2, |c| {
+            c.cluster.replica_lag_time_max = Duration::from_secs(30)
+        })
+        .await;
     let end = log_end(&leader, "t");
     assert!(end < 20, "the torn tail is cut at start: {end}");
     let partition = leader
@@ -1659,6 +1664,12 @@ async fn a_leader_that_lost_records_its_follower_holds_takes_no_writes_until_the
         runnel::replication::lost_records(&partition).is_some_and(|why| why.contains("broker 2"))
     })
     .await;
+    // It is out of the in-sync set at once: its log is not the leader's.
+    let cluster = leader.broker.cluster.as_ref().unwrap();
+    assert_eq!(
+        runnel::replication::isr(cluster, &partition, runnel::broker::now_ms()),
+        vec![1]
+    );
     let mut c = RawClient::connect(&pair.address(1)).await;
     let r = c
         .call(&produce_request("t", 0, 1, batch(b"other")), 9)

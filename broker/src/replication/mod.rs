@@ -498,13 +498,17 @@ pub fn isr(cluster: &Cluster, p: &Partition, now_ms: i64) -> Vec<i32> {
             reported
         };
     }
+    // A follower holding records this leader lost is not in sync with its log.
+    let ahead: Vec<i32> = if p.replica.blocked.load(Ordering::Acquire) {
+        p.replica.lost().ahead.keys().copied().collect()
+    } else {
+        Vec::new()
+    };
     let followers = p.replica.followers();
     std::iter::once(cluster.leader)
-        .chain(
-            cluster
-                .followers()
-                .filter(|&id| in_sync(cluster, &p.replica.position(&followers, id), now_ms)),
-        )
+        .chain(cluster.followers().filter(|&id| {
+            !ahead.contains(&id) && in_sync(cluster, &p.replica.position(&followers, id), now_ms)
+        }))
         .collect()
 }
 
