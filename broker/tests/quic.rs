@@ -818,6 +818,106 @@ async fn a_quiet_connection_is_closed_after_the_idle_timeout_unless_it_sends_kee
     broker.shutdown().await;
 }
 
+/// A device that keeps its connection alive but stops reading its answers, or stops sending
+/// in the middle of a large request, holds the broker's fetch or request memory for the QUIC
+/// idle timeout at most: the stream is given up (RESET_STREAM 3 on its answers), and the
+/// connection's other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_is_given_up_and_frees_the_memory_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quic_config(dir.path());
+    cfg.listeners.quic.idle_timeout = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_millis(250)))
+        .stream_receive_window(quinn::VarInt::from_u32(64 << 10));
+    let device = connect_with_transport(&broker, transport).await;
+    let mut s = device.session().await;
+    create_topic(&mut s, "big").await;
+    // 2 MiB in 20 batches of 100 KiB.
+    for i in 0..20 {
+        let record = common::record(0, None, &[b'x'; 100 << 10], 1_000 + i);
+        let records = common::encode_batch(&[record], Compression::None);
+        assert_eq!(produce(&mut s, "big", records).await.0, 0);
+    }
+    let held = |budget: &runnel::protocol::memory::Budget| budget.used();
+    let fetch_memory = broker.broker.fetch_memory.clone();
+    let request_memory = broker.broker.request_memory.clone();
+
+    // A fetch of all of it, never read: the answer outgrows the device's 64 KiB window.
+    let mut stalled = device.session().await;
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(4 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("big"))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(4 << 20),
+                ]),
+        ]);
+    let frame = common::request_frame(&fetch, 12, 1, "stalled");
+    stalled.send.write_all(&frame).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while held(&fetch_memory) < 1 << 20 {
+        assert!(Instant::now() < until, "the answer holds fetch memory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let holding = Instant::now();
+    while held(&fetch_memory) > 0 {
+        assert!(
+            holding.elapsed() < Duration::from_secs(5),
+            "{} bytes still held",
+            held(&fetch_memory)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What reached the device is read, then the reset.
+    let mut sink = vec![0u8; 64 << 10];
+    let reset = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.recv.read(&mut sink)).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(other) => break other,
+            Err(_) => panic!("the answer is neither sent nor reset"),
+        }
+    };
+    assert!(
+        matches!(reset, Err(quinn::ReadError::Reset(code)) if code.into_inner() == 3),
+        "{reset:?}"
+    );
+
+    // A request announced as 50 MiB, whose bytes stop after its header.
+    let mut announced = device.session().await;
+    let mut frame = BytesMut::new();
+    frame.put_i32(50 << 20);
+    frame.put_slice(&[0, 0, 0, 12, 0, 0, 0, 1]);
+    announced.send.write_all(&frame).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while held(&request_memory) < 50 << 20 {
+        assert!(Instant::now() < until, "the request holds request memory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let holding = Instant::now();
+    while held(&request_memory) > 0 {
+        assert!(
+            holding.elapsed() < Duration::from_secs(5),
+            "{} bytes still held",
+            held(&request_memory)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The connection and its other streams go on.
+    assert!(device.conn.close_reason().is_none());
+    assert!(s.answers().await);
+    assert!(device.session().await.answers().await);
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_changes_address_keeps_its_connection_and_stream() {
     let dir = tempfile::tempdir().unwrap();

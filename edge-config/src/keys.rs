@@ -141,7 +141,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "queued_max_request_bytes",
                 Bytes,
-                "The memory requests over 1 MiB may hold at once while read and handled, as\nKafka's queued.max.request.bytes; past it such a request waits (its connection is\nnot read). Default 512MiB. Allowed: 1MiB..=1TiB.",
+                "The memory requests over 1 MiB may hold at once while read and handled, as\nKafka's queued.max.request.bytes; past it such a request waits (its connection is\nnot read); one whose bytes stop coming for 30 s is given up. Default 512MiB.\nAllowed: 1MiB..=1TiB.",
             ),
         ],
     },

@@ -175,6 +175,18 @@ pub trait ReadSide: AsyncRead + Unpin + Send + 'static {
 
 impl<T: AsyncRead + Send + 'static> ReadSide for tokio::io::ReadHalf<T> {}
 
+/// The writing half of a connection.
+pub trait WriteSide: AsyncWrite + Unpin + Send + 'static {
+    /// Drops what is written but not yet sent and tells the client the answers stop, where the
+    /// transport can (a QUIC stream's RESET_STREAM). A TCP connection is closed instead.
+    fn give_up(&mut self) {}
+}
+
+impl<T: AsyncWrite + Send + 'static> WriteSide for tokio::io::WriteHalf<T> {}
+
+/// QUIC streams whose device stopped reading its answers, given up, said a minute.
+static STALLED: LogBudget = LogBudget::new(10);
+
 /// Serves a byte stream that reads and writes (TCP, TLS).
 pub async fn serve<S>(
     broker: Arc<Broker>,
@@ -197,7 +209,7 @@ pub async fn serve_halves<R, W>(
     mut shutdown: watch::Receiver<bool>,
 ) where
     R: ReadSide,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: WriteSide,
 {
     let peer = session.peer;
     let listener = session.listener.name();
@@ -215,12 +227,25 @@ pub async fn serve_halves<R, W>(
     let (tx, rx) = mpsc::channel::<Answer>(WRITE_QUEUE);
     let activity = Arc::new(Activity::new());
     let queued = Arc::new(Queued::default());
+    // A QUIC stream is not closed for being idle (its connection has its own idle timeout,
+    // which a device's keep-alives hold off), so a device that stops reading its answers
+    // would hold them, and the fetch memory they take, for as long as it stays connected: a
+    // write that moves no byte for the QUIC idle timeout gives the stream up. A TCP
+    // connection's writes are covered by `broker.connections_max_idle`.
+    let stall = (session.listener == ListenerKind::Quic)
+        .then_some(broker.config.listeners.quic.idle_timeout);
+    // A large request holds its share of `broker.queued_max_request_bytes` from its size on:
+    // one whose bytes stop coming mid-frame (a client gone quiet, or one that only announces
+    // sizes) is given up after this long, not held for the idle limit.
+    let request_stall =
+        stall.unwrap_or(LARGE_REQUEST_STALL.min(broker.config.broker.connections_max_idle));
     let writer = tokio::spawn(write_loop(
         wr,
         rx,
         broker.clone(),
         activity.clone(),
         queued.clone(),
+        stall.map(|limit| (limit, peer)),
     ));
     let max = broker.config.broker.max_request_bytes as usize;
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -428,6 +453,15 @@ pub async fn serve_halves<R, W>(
                 refuse_unauthenticated(&session, &broker, reason);
                 break;
             }
+            _ = tokio::time::sleep_until(activity.idle_at(request_stall)), if request_held.is_some() => {
+                if activity.idle_at(request_stall) > tokio::time::Instant::now() {
+                    continue 'conn;
+                }
+                let declared = request_held.as_ref().map_or(0, Held::bytes);
+                within_budget!(MID_FRAME, info, %peer, listener, pending = buf.len(), declared, stalled = ?request_stall,
+                    "closing the {closing}: the rest of a large request stopped coming, and it holds its share of broker.queued_max_request_bytes");
+                break;
+            }
         };
         match read {
             Ok(0) => {
@@ -535,6 +569,10 @@ fn protocol_hint(buf: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// How long a large request's bytes may stop coming mid-frame on a TCP connection (at most
+/// `broker.connections_max_idle`); a QUIC stream has its connection's idle timeout.
+const LARGE_REQUEST_STALL: Duration = Duration::from_secs(30);
+
 /// How long the writer of a connection closed as idle has to finish.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -544,12 +582,16 @@ struct Answer {
     held: Option<Held>,
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+/// Writes the answers queued on `rx`. With `stall` (a limit and the client's address), a write
+/// that moves no byte for the limit gives the stream up ([`WriteSide::give_up`]): the answers
+/// queued are dropped, and the reader's next answer finds the writer gone and ends the stream.
+async fn write_loop<W: WriteSide>(
     mut wr: W,
     rx: mpsc::Receiver<Answer>,
     broker: Arc<Broker>,
     activity: Arc<Activity>,
     queued: Arc<Queued>,
+    stall: Option<(Duration, std::net::SocketAddr)>,
 ) {
     /// However the writer ends (a failed write, aborted), the reader stops waiting for it.
     struct Ended(Arc<Queued>);
@@ -573,21 +615,30 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             .bytes_out
             .fetch_add(response.len() as u64, Ordering::Relaxed);
         for chunk in response.chunks(WRITE_CHUNK) {
-            wr.write_all(chunk).await?;
+            match stall {
+                None => wr.write_all(chunk).await?,
+                Some((limit, _)) => write_moving(wr, chunk, limit, &activity).await?,
+            }
             activity.touch();
         }
         queued.written(response.len());
         drop(held);
         std::io::Result::Ok(())
     };
+    let given_up = |wr: &mut W, e: std::io::Error| {
+        if let (Some((limit, peer)), std::io::ErrorKind::TimedOut) = (stall, e.kind()) {
+            within_budget!(STALLED, info, %peer, ?limit, "giving up a QUIC stream whose device reads none of its answers (listeners.quic.idle_timeout)");
+            wr.give_up();
+        }
+    };
     while let Some(first) = rx.recv().await {
-        if write(&mut wr, first).await.is_err() {
-            return;
+        if let Err(e) = write(&mut wr, first).await {
+            return given_up(&mut wr, e);
         }
         // Coalesce whatever else is ready into the same flush.
         while let Ok(more) = rx.try_recv() {
-            if write(&mut wr, more).await.is_err() {
-                return;
+            if let Err(e) = write(&mut wr, more).await {
+                return given_up(&mut wr, e);
             }
         }
         if wr.flush().await.is_err() {
@@ -595,6 +646,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Writes `data`, failing with `TimedOut` when a write moves no byte for `limit`.
+async fn write_moving<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut data: &[u8],
+    limit: Duration,
+    activity: &Activity,
+) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = tokio::time::timeout(limit, wr.write(data))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+        activity.touch();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -93,6 +93,16 @@ impl super::conn::ReadSide for quinn::RecvStream {
     }
 }
 
+/// RESET_STREAM code of a stream whose device read none of its answers for the idle timeout.
+pub const RESET_UNREAD: u32 = 3;
+
+impl super::conn::WriteSide for quinn::SendStream {
+    fn give_up(&mut self) {
+        // Fails only when the stream has ended already.
+        let _ = self.reset(VarInt::from_u32(RESET_UNREAD));
+    }
+}
+
 /// After refusing a device, how long the broker waits for it to hang up (so the response that
 /// explains the refusal gets through) before closing the connection itself.
 const REFUSAL_GRACE: Duration = Duration::from_millis(500);
