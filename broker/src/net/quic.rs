@@ -38,7 +38,6 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest};
 use kafka_protocol::protocol::Decodable;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -636,13 +635,7 @@ pub(crate) fn server_identity(
         (false, false) => (cfg.cert.clone(), cfg.key.clone()),
         _ => bail!("listeners.quic: set both cert and key, or neither (self-signed)"),
     };
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert)
-        .with_context(|| format!("listeners.quic.cert: cannot read {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("listeners.quic.cert: bad PEM in {}", cert.display()))?;
-    if chain.is_empty() {
-        bail!("listeners.quic.cert: no certificate in {}", cert.display());
-    }
+    let chain = super::tls::pem_certs(&cert, "listeners.quic.cert")?;
     super::tls::warn_if_expiring(&chain[0], "listeners.quic.cert");
     let key = super::tls::pem_key(&key, "listeners.quic.key")?;
     Ok((chain, key))
@@ -656,13 +649,25 @@ pub(crate) fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     if cert.is_file() && key.is_file() {
         return Ok((cert, key));
     }
+    // One of the two lost (a restore that missed the key, say): devices pinning the old
+    // certificate's fingerprint will refuse the new one, which the operator must be told.
+    let partial = cert.is_file() || key.is_file();
+    let old = super::tls::pem_certs(&cert, "listeners.quic.cert")
+        .ok()
+        .and_then(|chain| chain.first().map(|c| fingerprint(c.as_ref())))
+        .unwrap_or_else(|| "unknown".to_string());
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let made =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .context("cannot generate the self-signed QUIC certificate")?;
     write_new(&key, made.signing_key.serialize_pem().as_bytes(), true)?;
     write_new(&cert, made.cert.pem().as_bytes(), false)?;
-    tracing::info!(cert = %cert.display(), "made a self-signed QUIC certificate");
+    if partial {
+        tracing::warn!(cert = %cert.display(), old_fingerprint = %old, new_fingerprint = %fingerprint(made.cert.der()),
+            "the self-signed QUIC certificate or its key was missing: made a new pair; devices that pin the old fingerprint refuse it until they pin the new one");
+    } else {
+        tracing::info!(cert = %cert.display(), "made a self-signed QUIC certificate");
+    }
     Ok((cert, key))
 }
 

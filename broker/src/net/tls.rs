@@ -19,6 +19,7 @@ pub(crate) fn pem_certs(path: &Path, key: &str) -> anyhow::Result<Vec<Certificat
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("{key}: cannot read {}", path.display()))?
         .collect::<Result<_, _>>()
+        .map_err(pem_error)
         .with_context(|| format!("{key}: bad PEM in {}", path.display()))?;
     if certs.is_empty() {
         bail!("{key}: no certificate in {}", path.display());
@@ -38,12 +39,28 @@ pub(crate) fn pem_key(path: &Path, key: &str) -> anyhow::Result<PrivateKeyDer<'s
                 path.display()
             )
         } else {
-            anyhow::Error::new(e).context(format!(
+            pem_error(e).context(format!(
                 "{key}: no usable private key in {}",
                 path.display()
             ))
         }
     })
+}
+
+/// A PEM file's error, with the marker or line it names as text (the library gives bytes).
+fn pem_error(e: rustls_pki_types::pem::Error) -> anyhow::Error {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => anyhow::anyhow!(
+            "its {} section has no END line (the file is cut short?)",
+            String::from_utf8_lossy(&end_marker).trim()
+        ),
+        Error::IllegalSectionStart { line } => anyhow::anyhow!(
+            "a section starts with the bad line \"{}\"",
+            String::from_utf8_lossy(&line).trim()
+        ),
+        other => anyhow::Error::new(other),
+    }
 }
 
 fn certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
@@ -389,6 +406,20 @@ pub(crate) fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pem_file_cut_short_is_said_in_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let pem = made.cert.pem();
+        let path = dir.path().join("cert.pem");
+        std::fs::write(&path, &pem[..pem.len() / 2]).unwrap();
+        let e = format!("{:#}", pem_certs(&path, "listeners.quic.cert").unwrap_err());
+        assert!(
+            e.contains("bad PEM") && e.contains("its CERTIFICATE section has no END line"),
+            "{e}"
+        );
+    }
 
     /// A DER element: tag, length, body.
     fn der(tag: u8, body: &[u8]) -> Vec<u8> {
