@@ -77,26 +77,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    let mut fleet = Vec::new();
+    // Every device connects first, and then all start sending: the rate is that of the whole
+    // fleet sending, not of the first devices sending while the others connect.
+    let mut devices = Vec::new();
     for n in 0..args.devices {
         let mut cfg = DeviceConfig::new(args.server, Trust::Fingerprint(args.fingerprint.clone()));
         cfg.client_id = format!("sensor-{n}");
         cfg.acks = Acks::All;
         cfg.compression = args.compression.into();
-        let device = Arc::new(Device::connect(cfg).await?);
+        devices.push(Arc::new(Device::connect(cfg).await?));
+    }
+    // R readings a second for D seconds: R x D readings per device.
+    let readings = (args.rate * duration.as_secs_f64()).round() as u64;
+    let mut fleet = Vec::new();
+    for (n, device) in devices.into_iter().enumerate() {
         let (stats, topic) = (stats.clone(), args.topic.clone());
         fleet.push(tokio::spawn(async move {
             let key = format!("sensor-{n}");
-            let started = Instant::now();
             let mut tick = tokio::time::interval(period);
-            let mut seq = 0u64;
-            while started.elapsed() < duration {
+            for seq in 0..readings {
                 tick.tick().await;
                 let reading = format!(
                     "{{\"run\":{run},\"sensor\":{n},\"seq\":{seq},\"temp\":21.5,\"pad\":\"{:040}\"}}",
                     0
                 );
-                seq += 1;
                 let sent_at = Instant::now();
                 let record = Record::new(&topic, reading)
                     .key(&key)
