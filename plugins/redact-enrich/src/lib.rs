@@ -23,7 +23,6 @@ use std::fmt;
 
 use runnel_plugin::{NewRecord, Output, Record, Transform};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -99,15 +98,36 @@ impl Config {
         for path in &self.mask {
             masked |= mask(&mut doc, path);
         }
-        // Serializing plain JSON to memory cannot fail.
-        masked.then(|| serde_json::to_vec(&doc).unwrap_or_default())
+        masked.then(|| doc.to_json().into_bytes())
     }
 }
 
-/// A JSON object's fields as written: in their order, duplicate names kept, and each value as
-/// its own JSON text, so that what is not masked keeps its exact text (numbers of any size or
-/// precision among it).
-struct Fields(Vec<(String, Box<RawValue>)>);
+/// A JSON object's fields as written: in their order, duplicate names kept, and each name and
+/// value as its own JSON text, so that what is not masked keeps its exact text (numbers of any
+/// size or precision, escapes in names and strings).
+struct Fields(Vec<(Box<RawValue>, Box<RawValue>)>);
+
+impl Fields {
+    /// The object as compact JSON, each name and value as it was written.
+    fn to_json(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (name, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(name.get());
+            out.push(':');
+            out.push_str(value.get());
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Whether the JSON text of a field's name names `wanted` (escapes resolved).
+fn names(name: &RawValue, wanted: &str) -> bool {
+    serde_json::from_str::<std::borrow::Cow<'_, str>>(name.get()).is_ok_and(|n| n == wanted)
+}
 
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -132,29 +152,19 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 }
 
-impl Serialize for Fields {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
-}
-
 /// Masks every field at `path` in `doc`; whether one was present.
 fn mask(doc: &mut Fields, path: &[String]) -> bool {
     let Some((first, rest)) = path.split_first() else {
         return false;
     };
     let mut found = false;
-    for (_, value) in doc.0.iter_mut().filter(|(name, _)| name == first) {
+    for (_, value) in doc.0.iter_mut().filter(|(name, _)| names(name, first)) {
         if rest.is_empty() {
             *value = masked();
             found = true;
         } else if let Ok(mut inner) = serde_json::from_str::<Fields>(value.get())
             && mask(&mut inner, rest)
-            && let Ok(text) = serde_json::value::to_raw_value(&inner)
+            && let Ok(text) = RawValue::from_string(inner.to_json())
         {
             *value = text;
             found = true;
@@ -267,12 +277,15 @@ mod tests {
     fn what_is_not_masked_keeps_its_text() {
         let out = run(
             r#"{"mask": ["gps", "d.pin"]}"#,
-            &[br#"{"gps":[1,2],"id":123456789012345678901234567890,"price":0.30000000000000004441,"n":1E5,"neg":-9223372036854775809,"d":{"pin":1,"x":1.50},"s":"\u00e9"}"#],
+            &[br#"{"gps":[1,2],"id":123456789012345678901234567890,"price":0.30000000000000004441,"n":1E5,"neg":-9223372036854775809,"d":{"pin":1,"x":1.50,"\u0041":2},"s":"\u00e9","\u0042":3}"#],
         );
         assert_eq!(
             text(&out[0].value),
-            r#"{"gps":"***","id":123456789012345678901234567890,"price":0.30000000000000004441,"n":1E5,"neg":-9223372036854775809,"d":{"pin":"***","x":1.50},"s":"\u00e9"}"#
+            r#"{"gps":"***","id":123456789012345678901234567890,"price":0.30000000000000004441,"n":1E5,"neg":-9223372036854775809,"d":{"pin":"***","x":1.50,"\u0041":2},"s":"\u00e9","\u0042":3}"#
         );
+        // A name written with escapes is still the name it spells.
+        let out = run(r#"{"mask": ["pin"]}"#, &[br#"{"\u0070in":1}"#]);
+        assert_eq!(text(&out[0].value), r#"{"\u0070in":"***"}"#);
     }
 
     #[test]
