@@ -250,7 +250,14 @@ async fn accept_loop(
             let connecting = match incoming.accept() {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::info!(%peer, error = %e, "QUIC connection not accepted");
+                    // quinn's words for a first packet that does not decrypt are those of a
+                    // failed authentication; no device identity is involved yet.
+                    let why = if e.to_string().contains("authentication failed") {
+                        "its first packet did not decrypt: not a QUIC client, or a damaged or forged packet"
+                    } else {
+                        "the QUIC handshake could not start"
+                    };
+                    tracing::info!(%peer, error = %e, "QUIC connection not accepted: {why}");
                     return;
                 }
             };
