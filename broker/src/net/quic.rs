@@ -173,9 +173,23 @@ pub async fn listen(
         )?),
         _ => builder.with_no_client_auth(),
     };
-    let mut tls = builder
-        .with_single_cert(chain, key)
-        .context("listeners.quic: certificate and key do not match")?;
+    let mut tls = builder.with_single_cert(chain, key).with_context(|| {
+        if cfg.cert.as_os_str().is_empty() {
+            let dir = broker.config.broker.data_dir.join("quic");
+            format!(
+                "the self-signed QUIC certificate and key in {} do not match (one was replaced?): \
+                 remove cert.pem and key.pem there to make a new pair (devices then pin its new \
+                 fingerprint)",
+                dir.display()
+            )
+        } else {
+            format!(
+                "listeners.quic: the certificate in {} and the key in {} do not match",
+                cfg.cert.display(),
+                cfg.key.display()
+            )
+        }
+    })?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // 0-RTT: QUIC allows only "unlimited" here. Tickets are stateful and single-use, and
     // requests wait for the handshake to complete (see the module docs).
