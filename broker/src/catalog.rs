@@ -1020,6 +1020,24 @@ pub enum ConfigChange {
     Subtract(String, String),
 }
 
+/// The topic configs Kafka types INT, whose values a client may set up to `i32::MAX`.
+const KAFKA_INT_CONFIGS: [&str; 3] = ["segment.bytes", "max.message.bytes", "index.interval.bytes"];
+
+/// Why a client may not set topic config `name` to `value`: a number past a Kafka INT config's
+/// range (the broker's own ranges reach 2 GiB, one more, which stays readable where an earlier
+/// build stored it). Checked where clients create topics and alter configs; a follower copies
+/// its leader's values as they are.
+pub fn kafka_int_refusal(name: &str, value: &str) -> Option<CatalogError> {
+    let n: i64 = value.trim().parse().ok()?;
+    (KAFKA_INT_CONFIGS.contains(&name) && n > i64::from(i32::MAX)).then(|| {
+        CatalogError::InvalidConfig {
+            key: name.to_string(),
+            value: value.to_string(),
+            reason: format!("not a number of type INT: at most {}", i32::MAX),
+        }
+    })
+}
+
 /// `current` (comma-separated) with the items of `value` appended (each once) or removed;
 /// `None` when nothing is left.
 fn edit_list(current: &str, value: &str, append: bool) -> Option<String> {

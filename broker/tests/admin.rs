@@ -387,6 +387,21 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
         .await;
     assert_eq!(r.topics[0].error_code, 40, "INVALID_CONFIG");
     assert!(catalog.get("null-config").is_none());
+    // An INT config past i32::MAX is refused, as Kafka refuses it; i32::MAX is taken.
+    for (value, code) in [("2147483648", 40), ("2147483647", 0)] {
+        let t = topic("int-config", 1).with_configs(vec![
+            CreatableTopicConfig::default()
+                .with_name(s("segment.bytes"))
+                .with_value(Some(s(value))),
+        ]);
+        let r = c
+            .call(&CreateTopicsRequest::default().with_topics(vec![t]), 7)
+            .await;
+        assert_eq!(r.topics[0].error_code, code, "segment.bytes={value}");
+        let message = r.topics[0].error_message.as_deref().unwrap_or_default();
+        assert!(code == 0 || message.contains("type INT"), "{message}");
+        assert_eq!(catalog.get("int-config").is_some(), code == 0);
+    }
 
     let grow = |count| {
         CreatePartitionsTopic::default()
@@ -506,6 +521,45 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
             .map(String::as_str),
         Some("5000")
     );
+    let too_large = "2147483648";
+    let r = c
+        .call(
+            &IncrementalAlterConfigsRequest::default().with_resources(vec![resource(vec![
+                altered(0, "max.message.bytes", Some(too_large)),
+            ])]),
+            1,
+        )
+        .await;
+    assert_eq!(r.responses[0].error_code, 40, "INVALID_CONFIG");
+    let r = c
+        .call(
+            &AlterConfigsRequest::default().with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("once"))
+                    .with_configs(vec![
+                        alter_configs_request::AlterableConfig::default()
+                            .with_name(s("index.interval.bytes"))
+                            .with_value(Some(s(too_large))),
+                    ]),
+            ]),
+            1,
+        )
+        .await;
+    assert_eq!(r.responses[0].error_code, 40, "INVALID_CONFIG");
+    assert_eq!(catalog.get("once").unwrap().configs().len(), 1);
+    // A value an earlier build stored (or a follower copies from such a leader) is still taken.
+    catalog
+        .alter_configs(
+            "once",
+            vec![runnel::catalog::ConfigChange::Set(
+                "segment.bytes".to_string(),
+                too_large.to_string(),
+            )],
+            true,
+            false,
+        )
+        .unwrap();
 
     // Broker configs: this broker's id, or "" (the cluster's defaults); another id or a name
     // that is no id is refused.

@@ -83,7 +83,7 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                 out.error_message = Some(s("only topic and group configs can be altered"));
                 return out;
             }
-            let changes = r
+            let changes: Vec<ConfigChange> = r
                 .configs
                 .into_iter()
                 .map(|c| match c.value {
@@ -91,6 +91,14 @@ pub async fn handle(ctx: Ctx, req: AlterConfigsRequest) -> AlterConfigsResponse 
                     None => ConfigChange::Delete(c.name.to_string()),
                 })
                 .collect();
+            if let Some(e) = changes.iter().find_map(|c| match c {
+                ConfigChange::Set(k, v) => crate::catalog::kafka_int_refusal(k, v),
+                _ => None,
+            }) {
+                out.error_code = catalog_code(&e);
+                out.error_message = Some(s(e.to_string()));
+                return out;
+            }
             // Waits for any topic being made or deleted (thousands of partitions, say).
             let altered = crate::broker::waiting_for_disk(|| {
                 catalog.alter_configs(&r.resource_name, changes, false, req.validate_only)

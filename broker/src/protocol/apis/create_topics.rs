@@ -134,6 +134,15 @@ pub async fn handle(ctx: Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse 
                     .map(|v| (c.name.to_string(), v.to_string()))
             })
             .collect();
+        if let Some(e) = configs
+            .iter()
+            .find_map(|(k, v)| crate::catalog::kafka_int_refusal(k, v))
+        {
+            out.error_code = catalog_code(&e);
+            out.error_message = Some(s(e.to_string()));
+            results.push(out);
+            continue;
+        }
         // Under a strict controller_mutation_rate the topic is checked, then its partitions are
         // taken from the quota, then it is made, in Kafka's order.
         let mutations = QuotaKey::ControllerMutationRate;

@@ -86,10 +86,15 @@ pub async fn handle(
             for c in r.configs {
                 let name = c.name.to_string();
                 match c.config_operation {
-                    SET => changes.push(ConfigChange::Set(
-                        name,
-                        c.value.map(|v| v.to_string()).unwrap_or_default(),
-                    )),
+                    SET => {
+                        let value = c.value.map(|v| v.to_string()).unwrap_or_default();
+                        if let Some(e) = crate::catalog::kafka_int_refusal(&name, &value) {
+                            out.error_code = E::InvalidConfig.code();
+                            out.error_message = Some(s(e.to_string()));
+                            return out;
+                        }
+                        changes.push(ConfigChange::Set(name, value));
+                    }
                     DELETE => changes.push(ConfigChange::Delete(name)),
                     op @ (APPEND | SUBTRACT) => {
                         if group || name != LIST_CONFIG {
