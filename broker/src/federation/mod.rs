@@ -184,6 +184,9 @@ struct ContextInner {
     /// The last error librdkafka reported (a refused login, an unreachable broker), for the
     /// lines that would otherwise only say that something timed out.
     last_error: Mutex<Option<String>>,
+    /// librdkafka's last word on a failed connection (its FAIL lines, logged at debug): why
+    /// "all brokers are down".
+    last_failure: Mutex<Option<String>>,
 }
 
 impl LinkContext {
@@ -217,12 +220,37 @@ impl ClientContext for LinkContext {
             | RDKafkaLogLevel::Warning => self.warn(&format!("{fac} {message}")),
             _ => tracing::debug!(link = %self.0.link, "librdkafka {fac} {message}"),
         }
+        if fac == "FAIL" {
+            *self
+                .0
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(message.to_string());
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.0.stats.failed();
         self.0.troubled.store(true, Ordering::Relaxed);
-        let what = format!("{error}: {reason}");
+        let mut what = format!("{error}: {reason}");
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+            && let Some(failure) = self
+                .0
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        {
+            what.push_str(&format!("; the last connection: {failure}"));
+            // A remote that answers ApiVersions and then hangs up: a SASL or TLS listener
+            // spoken to in plaintext, most often.
+            if failure.contains("closed by peer") && failure.contains("state UP") {
+                what.push_str(
+                    " (the remote closed it after the first requests: does it require SASL or \
+                     TLS? set security.protocol and sasl.* under [federation.links.client])",
+                );
+            }
+        }
         *self.0.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.clone());
         self.warn(&what);
     }
@@ -365,6 +393,7 @@ pub fn connect(broker: &Broker, config: &FederationConfig) -> anyhow::Result<Lin
             last_warn: Mutex::new((None, 0)),
             troubled: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            last_failure: Mutex::new(None),
         }));
         let err = |e: KafkaError| {
             anyhow::anyhow!(
