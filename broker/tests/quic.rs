@@ -818,6 +818,25 @@ async fn a_quiet_connection_is_closed_after_the_idle_timeout_unless_it_sends_kee
     broker.shutdown().await;
 }
 
+/// Waits until `budget` holds at least `least` bytes for `what`, then until it holds none again
+/// (within 5 s of each: the stall limit in the test is 1 s).
+async fn held_then_freed(budget: &runnel::protocol::memory::Budget, least: usize, what: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while budget.used() < least {
+        assert!(Instant::now() < until, "{what} holds no memory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let holding = Instant::now();
+    while budget.used() > 0 {
+        let used = budget.used();
+        assert!(
+            holding.elapsed() < Duration::from_secs(5),
+            "{what}: {used} bytes still held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A device that keeps its connection alive but stops reading its answers, or stops sending
 /// in the middle of a large request, holds the broker's fetch or request memory for the QUIC
 /// idle timeout at most: the stream is given up (RESET_STREAM 3 on its answers), and the
@@ -841,7 +860,6 @@ async fn a_stream_that_stalls_is_given_up_and_frees_the_memory_it_held() {
         let records = common::encode_batch(&[record], Compression::None);
         assert_eq!(produce(&mut s, "big", records).await.0, 0);
     }
-    let held = |budget: &runnel::protocol::memory::Budget| budget.used();
     let fetch_memory = broker.broker.fetch_memory.clone();
     let request_memory = broker.broker.request_memory.clone();
 
@@ -863,20 +881,7 @@ async fn a_stream_that_stalls_is_given_up_and_frees_the_memory_it_held() {
         ]);
     let frame = common::request_frame(&fetch, 12, 1, "stalled");
     stalled.send.write_all(&frame).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(5);
-    while held(&fetch_memory) < 1 << 20 {
-        assert!(Instant::now() < until, "the answer holds fetch memory");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let holding = Instant::now();
-    while held(&fetch_memory) > 0 {
-        assert!(
-            holding.elapsed() < Duration::from_secs(5),
-            "{} bytes still held",
-            held(&fetch_memory)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    held_then_freed(&fetch_memory, 1 << 20, "the answer").await;
     // What reached the device is read, then the reset.
     let mut sink = vec![0u8; 64 << 10];
     let reset = loop {
@@ -897,20 +902,7 @@ async fn a_stream_that_stalls_is_given_up_and_frees_the_memory_it_held() {
     frame.put_i32(50 << 20);
     frame.put_slice(&[0, 0, 0, 12, 0, 0, 0, 1]);
     announced.send.write_all(&frame).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(5);
-    while held(&request_memory) < 50 << 20 {
-        assert!(Instant::now() < until, "the request holds request memory");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let holding = Instant::now();
-    while held(&request_memory) > 0 {
-        assert!(
-            holding.elapsed() < Duration::from_secs(5),
-            "{} bytes still held",
-            held(&request_memory)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    held_then_freed(&request_memory, 50 << 20, "the request").await;
     // The connection and its other streams go on.
     assert!(device.conn.close_reason().is_none());
     assert!(s.answers().await);
