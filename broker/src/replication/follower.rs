@@ -481,7 +481,8 @@ fn refused(cluster: &Cluster, code: i16) -> anyhow::Error {
             "broker {leader} refuses this broker's replica fetches: another broker fetches as node {} (broker.node_id); each broker of the cluster needs its own",
             cluster.node_id
         ),
-        e => anyhow::anyhow!("broker {leader} refuses replica fetches: {e:?}"),
+        Some(e) => anyhow::anyhow!("broker {leader} refuses replica fetches: {e:?}"),
+        None => anyhow::anyhow!("broker {leader} refuses replica fetches: error code {code}"),
     }
 }
 
