@@ -487,6 +487,19 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
         assert_eq!(r.responses[0].error_code, INVALID_REQUEST, "{what}");
     }
     assert_eq!(catalog.get("once").unwrap().configs().len(), 0);
+    // AlterConfigs (not incremental) of topic "once" with one config.
+    let replace_config = |key: &str, value: Option<&str>| {
+        AlterConfigsRequest::default().with_resources(vec![
+            alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s("once"))
+                .with_configs(vec![
+                    alter_configs_request::AlterableConfig::default()
+                        .with_name(s(key))
+                        .with_value(value.map(s)),
+                ]),
+        ])
+    };
     // With an override, AlterConfigs' null value does not remove it.
     let r = c
         .call(
@@ -496,21 +509,7 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
         )
         .await;
     assert_eq!(r.responses[0].error_code, 0);
-    let r = c
-        .call(
-            &AlterConfigsRequest::default().with_resources(vec![
-                alter_configs_request::AlterConfigsResource::default()
-                    .with_resource_type(2)
-                    .with_resource_name(s("once"))
-                    .with_configs(vec![
-                        alter_configs_request::AlterableConfig::default()
-                            .with_name(s("retention.ms"))
-                            .with_value(None),
-                    ]),
-            ]),
-            1,
-        )
-        .await;
+    let r = c.call(&replace_config("retention.ms", None), 1).await;
     assert_eq!(r.responses[0].error_code, INVALID_REQUEST);
     assert_eq!(
         catalog
@@ -532,19 +531,7 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
         .await;
     assert_eq!(r.responses[0].error_code, 40, "INVALID_CONFIG");
     let r = c
-        .call(
-            &AlterConfigsRequest::default().with_resources(vec![
-                alter_configs_request::AlterConfigsResource::default()
-                    .with_resource_type(2)
-                    .with_resource_name(s("once"))
-                    .with_configs(vec![
-                        alter_configs_request::AlterableConfig::default()
-                            .with_name(s("index.interval.bytes"))
-                            .with_value(Some(s(too_large))),
-                    ]),
-            ]),
-            1,
-        )
+        .call(&replace_config("index.interval.bytes", Some(too_large)), 1)
         .await;
     assert_eq!(r.responses[0].error_code, 40, "INVALID_CONFIG");
     assert_eq!(catalog.get("once").unwrap().configs().len(), 1);
