@@ -2054,8 +2054,8 @@ fn keys_of(handle: &BrokerHandle, topic: &str) -> Vec<(String, bool)> {
 /// On a compacted topic a leader keeps a delete, past its `delete.retention.ms`, until every
 /// follower has copied it: a follower down longer than that gets it when it comes back (it kept
 /// the deleted key's value, and would have served it had the lead moved there), also when the
-/// leader restarted meanwhile. A follower keeps every delete while it follows: it does not know
-/// which the other followers lack, and may lead next.
+/// leader restarted meanwhile. The follower, which may lead next, removes it once the leader
+/// says every broker has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
     let compacting = checks_every(Duration::from_millis(100));
@@ -2114,17 +2114,70 @@ async fn a_leader_keeps_a_delete_until_a_follower_that_was_down_copies_it() {
         !keys_of(&leader, "d").iter().any(|(k, _)| k == "dev7")
     })
     .await;
-    // The follower, compacting as often and past the delete's horizon, keeps it.
-    for _ in 0..10 {
+    // And on the follower, told that every broker has it, at its own passes past the horizon
+    // (which new segments bring on).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while keys_of(&follower, "d").iter().any(|(k, _)| k == "dev7") {
+        assert!(
+            Instant::now() < deadline,
+            "the follower keeps the delete: {:?}",
+            keys_of(&follower, "d")
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         produce(&mut c, b"filler", Some(b"f")).await;
     }
-    let keys = keys_of(&follower, "d");
-    assert!(
-        keys.contains(&("dev7".into(), true))
-            && keys.iter().filter(|(k, _)| k == "filler").count() < 5,
-        "the follower compacts, and keeps the delete: {keys:?}"
-    );
+    follower.shutdown().await;
+    leader.shutdown().await;
+}
+
+/// A follower keeps a delete past its `delete.retention.ms` while a broker of the cluster has
+/// not copied it: it may lead next, and that broker would keep the deleted key's value. Here
+/// the cluster names a third broker that never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_a_delete_another_broker_has_not_copied() {
+    let pair = Pair::new();
+    let third = format!("3@127.0.0.1:{}", common::free_port());
+    let config = |c: &mut edge_config::Config| {
+        checks_every(Duration::from_millis(100))(c);
+        c.cluster.brokers.push(third.clone());
+    };
+    let leader = pair.start_with(1, 1, 1, config).await;
+    let follower = pair.start_with(2, 1, 1, config).await;
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let configs = [
+        ("cleanup.policy", "compact"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("segment.ms", "100"),
+        ("delete.retention.ms", "1000"),
+    ];
+    create_topic(&mut c, "d", &configs).await;
+    let mut send = async |key: &[u8], value: Option<&[u8]>| {
+        let mut r = common::record(0, Some(key), b"", runnel::broker::now_ms());
+        r.value = value.map(Bytes::copy_from_slice);
+        let batch = common::encode_batch(&[r], kafka_protocol::records::Compression::None);
+        let r = c.call(&produce_request("d", 0, 1, batch), 9).await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    };
+    send(b"dev7", Some(b"v1")).await;
+    send(b"dev7", None).await;
+    // Writes for 4 s: both brokers' passes run past the delete's horizon.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send(b"filler", Some(b"f")).await;
+    }
+    eventually("the follower's copy", || {
+        log_end(&follower, "d") == log_end(&leader, "d")
+    })
+    .await;
+    for (name, broker) in [("leader", &leader), ("follower", &follower)] {
+        let keys = keys_of(broker, "d");
+        assert!(
+            keys.contains(&("dev7".into(), true))
+                && !keys.contains(&("dev7".into(), false))
+                && keys.iter().filter(|(k, _)| k == "filler").count() < 5,
+            "the {name} compacts, and keeps the delete: {keys:?}"
+        );
+    }
     follower.shutdown().await;
     leader.shutdown().await;
 }

@@ -439,6 +439,8 @@ fn apply(p: &Partition, data: &PartitionData) -> anyhow::Result<Applied> {
         )
     })?;
     super::set_high_watermark(p, data.high_watermark.min(end));
+    let copied = data.unknown_tagged_fields.get(&super::COPIED_BY_ALL_TAG);
+    super::set_copied_by_all_below(p, copied.map(|b| &b[..]));
     Ok(Applied::Done)
 }
 

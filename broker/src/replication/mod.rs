@@ -386,6 +386,9 @@ pub struct ReplicaState {
     /// When the partition was made here (0: opened at start): a follower's fetch past the end
     /// of a partition just made is its copy of an earlier topic of the same name.
     made_ms: AtomicI64,
+    /// On a follower: the offset below which the leader last said every broker holds the log
+    /// ([`copied_by_all_below`]); 0 until it has.
+    copied_by_all_below: AtomicI64,
 }
 
 /// How long after a partition is made a follower's fetch past its end is taken for a copy of
@@ -418,6 +421,7 @@ impl ReplicaState {
             lost: Mutex::new(Lost::default()),
             blocked: AtomicBool::new(false),
             made_ms: AtomicI64::new(0),
+            copied_by_all_below: AtomicI64::new(0),
         }
     }
 
@@ -642,11 +646,12 @@ pub fn follower_ends(cluster: &Cluster, p: &Partition) -> Vec<(i32, i64)> {
 /// transaction marker) at or above it is removed. On the leader, the least log end of its
 /// followers, where a follower not heard from since the start counts as holding nothing of
 /// what the others hold: a follower that was down across the leader's restart still gets the
-/// deletes written meanwhile. On a follower, 0: it keeps every delete while it follows, as it
-/// knows not which the other followers lack, and may lead next.
+/// deletes written meanwhile. On a follower, what the leader last said of it in a replica
+/// fetch ([`COPIED_BY_ALL_TAG`]), 0 before: a follower may lead next, so it keeps the deletes
+/// another follower may lack.
 pub fn copied_by_all_below(cluster: &Cluster, p: &Partition) -> i64 {
     if !cluster.is_leader() {
-        return 0;
+        return p.replica.copied_by_all_below.load(Ordering::Acquire);
     }
     let followers = p.replica.followers();
     cluster
@@ -830,6 +835,27 @@ pub(crate) fn set_reported_isr(p: &Partition, isr: Vec<i32>) {
         .reported_isr
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = isr;
+}
+
+/// The tagged field of a partition in the leader's answer to a replica fetch (Fetch v12 and
+/// later) that carries [`copied_by_all_below`], as 8 bytes big-endian. Runnel's own: Kafka's
+/// tags of that message are 0-2, and only a follower asks for it.
+pub(crate) const COPIED_BY_ALL_TAG: i32 = 10_000;
+
+/// The leader's [`copied_by_all_below`] in the form [`COPIED_BY_ALL_TAG`] carries.
+pub(crate) fn copied_by_all_field(cluster: &Cluster, p: &Partition) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&copied_by_all_below(cluster, p).to_be_bytes())
+}
+
+/// On a follower, what the leader said in [`COPIED_BY_ALL_TAG`] (none, from a leader of an
+/// earlier build: 0, every delete kept).
+pub(crate) fn set_copied_by_all_below(p: &Partition, field: Option<&[u8]>) {
+    let below = field
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, i64::from_be_bytes);
+    p.replica
+        .copied_by_all_below
+        .store(below.max(0), Ordering::Release);
 }
 
 /// Records a follower has in its log beyond the leader's high watermark it last heard: kept

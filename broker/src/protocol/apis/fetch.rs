@@ -605,6 +605,13 @@ fn read_all(
                     data.high_watermark = readable;
                     data.last_stable_offset = stable;
                     data.log_start_offset = log.log_start_offset();
+                    if let (Reader::Follower(_), Some(cluster)) = (reader, cluster) {
+                        // Which deletes the follower's compaction may remove.
+                        data.unknown_tagged_fields.insert(
+                            replication::COPIED_BY_ALL_TAG,
+                            replication::copied_by_all_field(cluster, p),
+                        );
+                    }
                     below = if read_committed { stable } else { readable };
                     // Taken with the plan, so that both see the log as it was (a compaction
                     // swapped in after it removes no transaction the read may return).
