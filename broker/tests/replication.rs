@@ -450,6 +450,105 @@ async fn a_follower_holds_the_leaders_batches_byte_for_byte() {
     assert!(a == b, "the follower's segments differ from the leader's");
 }
 
+/// A commit is answered once the follower has it, as Kafka answers one once its offsets
+/// topic's in-sync replicas have it: a consumer's commits and a transaction's offsets are on
+/// the follower when the client hears they are committed, so a move of the lead loses none
+/// (a consume-transform-produce loop would otherwise repeat its output). A follower that is
+/// down is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_is_answered_once_the_follower_has_it() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+    const WAIT: Duration = Duration::from_secs(20);
+
+    let pair = Pair::new();
+    let leader = pair.start(1, 1, 1).await;
+    let follower = pair.start(2, 1, 1).await;
+    let bootstrap = pair.address(1);
+    produce_copied(&producer(&bootstrap, "all"), &follower, "in", 10, "in").await;
+    let committed_on = |broker: &runnel::broker::Broker| {
+        let topics = broker.groups.fetch_offsets("g", None).unwrap_or_default();
+        let t = topics.into_iter().find(|t| t.name == "in")?;
+        t.partitions
+            .iter()
+            .find(|p| p.partition == 0)
+            .map(|p| p.offset)
+    };
+    let commit = |consumer: &BaseConsumer, offset: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("in", 0, Offset::Offset(offset))
+            .unwrap();
+        consumer.commit(&tpl, CommitMode::Sync)
+    };
+    let on_follower = follower.broker.clone();
+    let consumer = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = common::client_config(&bootstrap)
+            .set("group.id", "g")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["in"]).unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut read = 0;
+        while read < 10 {
+            assert!(Instant::now() < deadline, "10 records within 20 s");
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+                read += 1;
+            }
+        }
+        for offset in 1..=5 {
+            commit(&consumer, offset).expect("commit");
+            assert_eq!(
+                committed_on(&on_follower),
+                Some(offset),
+                "the follower has commit {offset} when it is answered"
+            );
+        }
+        let producer: BaseProducer = common::client_config(&bootstrap)
+            .set("transactional.id", "etl")
+            .create()
+            .unwrap();
+        producer.init_transactions(WAIT).expect("init_transactions");
+        producer.begin_transaction().unwrap();
+        producer
+            .send(BaseRecord::<(), str>::to("in").payload("out").partition(0))
+            .expect("queued");
+        let mut position = TopicPartitionList::new();
+        position
+            .add_partition_offset("in", 0, Offset::Offset(8))
+            .unwrap();
+        let group = consumer.group_metadata().expect("a group member");
+        producer
+            .send_offsets_to_transaction(&position, &group, WAIT)
+            .expect("send_offsets_to_transaction");
+        producer
+            .commit_transaction(WAIT)
+            .expect("commit_transaction");
+        assert_eq!(
+            committed_on(&on_follower),
+            Some(8),
+            "the follower has the transaction's offsets when it is answered"
+        );
+        consumer
+    })
+    .await
+    .unwrap();
+    follower.shutdown().await;
+    let consumer = tokio::task::spawn_blocking(move || {
+        commit(&consumer, 9).expect("a commit with the follower down");
+        consumer
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed_on(&leader.broker), Some(9));
+    tokio::task::spawn_blocking(move || drop(consumer))
+        .await
+        .unwrap();
+    leader.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
     let pair = Pair::new();

@@ -212,7 +212,25 @@ struct Inner {
     /// When a failed membership save was last logged: the save is tried again every tick, the
     /// warning written at most every [`STORE_WARNING_EVERY`].
     store_warned: Mutex<Option<std::time::Instant>>,
+    /// Changes of committed offsets (commits, deletions, expiries) counted, with the groups
+    /// of the last ones, and told as they happen: a cluster's leader has its followers copy
+    /// them before a commit is answered (`crate::replication`).
+    offsets_changes: std::sync::atomic::AtomicU64,
+    recent_changes: Mutex<RecentChanges>,
+    offsets_changed: tokio::sync::Notify,
 }
+
+/// The groups of the last changes of committed offsets, with each change's count.
+#[derive(Debug, Default)]
+struct RecentChanges {
+    groups: std::collections::VecDeque<(u64, String)>,
+    /// Changes up to this count are not all listed (dropped from the list, or a change of
+    /// every group's offsets).
+    unlisted_through: u64,
+}
+
+/// How many changes [`RecentChanges`] lists.
+const RECENT_CHANGES: usize = 1024;
 
 const STORE_WARNING_EVERY: Duration = Duration::from_secs(10);
 
@@ -343,6 +361,9 @@ impl GroupCoordinator {
                 consumer_saved_through: Default::default(),
                 next_unsubscribed_check: Mutex::new(now),
                 store_warned: Mutex::new(None),
+                offsets_changes: Default::default(),
+                recent_changes: Mutex::default(),
+                offsets_changed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -447,6 +468,58 @@ impl GroupCoordinator {
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
         lock(&self.inner.groups)
+    }
+
+    /// How many changes of committed offsets there have been since start.
+    pub fn offsets_changes(&self) -> u64 {
+        self.inner.offsets_changes.load(Ordering::Acquire)
+    }
+
+    /// Completes at the next change of committed offsets.
+    pub fn offsets_change(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.offsets_changed.notified()
+    }
+
+    /// The groups whose committed offsets changed after the first `since` changes, if they
+    /// are still listed and no more than `most`.
+    pub fn groups_changed_since(&self, since: u64, most: usize) -> Option<Vec<String>> {
+        let recent = lock(&self.inner.recent_changes);
+        if since < recent.unlisted_through {
+            return None;
+        }
+        let mut groups: Vec<String> = Vec::new();
+        for (_, g) in recent.groups.iter().rev().take_while(|(n, _)| *n > since) {
+            if !groups.contains(g) {
+                if groups.len() == most {
+                    return None;
+                }
+                groups.push(g.clone());
+            }
+        }
+        Some(groups)
+    }
+
+    /// Counts and tells a change of `group`'s committed offsets (`None`: of every group's),
+    /// once it is in the store and in memory.
+    fn offsets_changed(&self, group: Option<&str>) {
+        let mut recent = lock(&self.inner.recent_changes);
+        let n = self.inner.offsets_changes.fetch_add(1, Ordering::AcqRel) + 1;
+        match group {
+            Some(g) => {
+                if recent.groups.len() == RECENT_CHANGES
+                    && let Some((dropped, _)) = recent.groups.pop_front()
+                {
+                    recent.unlisted_through = dropped;
+                }
+                recent.groups.push_back((n, g.to_string()));
+            }
+            None => {
+                recent.groups.clear();
+                recent.unlisted_through = n;
+            }
+        }
+        drop(recent);
+        self.inner.offsets_changed.notify_waiters();
     }
 
     /// JoinGroup. Waits (without holding any lock) until the rebalance completes. A group of
@@ -899,6 +972,8 @@ impl GroupCoordinator {
                 .insert(partition, offset);
         }
         group.last_commit = now;
+        drop(groups);
+        self.offsets_changed(Some(group_id));
     }
 
     /// OffsetFetch for one group (the multi-group form of v8 calls this per group). `None`
@@ -1151,6 +1226,7 @@ impl GroupCoordinator {
         for g in self.groups().values_mut() {
             g.offsets.remove(topic);
         }
+        self.offsets_changed(None);
     }
 
     /// OffsetDelete for one group: removes the committed offsets of `partitions` and returns
@@ -1198,6 +1274,7 @@ impl GroupCoordinator {
         if let Some(group) = self.groups().get_mut(group_id) {
             group.forget_offsets(&deletable);
         }
+        self.offsets_changed(Some(group_id));
         Ok(codes)
     }
 
@@ -1238,6 +1315,8 @@ impl GroupCoordinator {
         match deleted {
             Ok(()) => {
                 groups.remove(group_id);
+                drop(groups);
+                self.offsets_changed(Some(group_id));
                 Ok(())
             }
             Err(e) => {
@@ -1366,6 +1445,7 @@ impl GroupCoordinator {
             if let Some(g) = self.groups().get_mut(&id) {
                 g.forget_offsets(&parts);
             }
+            self.offsets_changed(Some(&id));
             tracing::info!(group = %client_text(&id), partitions = parts.len(), "offsets expired (committed longer than the retention ago, of topics the group does not subscribe to)");
         }
     }

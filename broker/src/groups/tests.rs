@@ -2963,3 +2963,44 @@ async fn hosted_classic_members_must_share_an_assignor() {
             .is_ok()
     );
 }
+
+/// Changes of committed offsets are counted, and the groups of the last ones named: a leader's
+/// follower copies those groups alone. A change of every group's offsets (a topic deleted), or
+/// one the list no longer holds, names none: the follower then copies every group.
+#[test]
+fn changes_of_committed_offsets_name_their_groups() {
+    let h = harness(Duration::ZERO);
+    let c = &h.coord;
+    assert_eq!(c.offsets_changes(), 0);
+    for g in ["a", "b", "a"] {
+        c.commit_offsets(&commit_req(g, -1, "", "t", &[(0, 5)]));
+    }
+    assert_eq!(c.offsets_changes(), 3);
+    assert_eq!(
+        c.groups_changed_since(0, 10),
+        Some(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(
+        c.groups_changed_since(1, 10),
+        Some(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(c.groups_changed_since(2, 10), Some(vec!["a".into()]));
+    assert_eq!(c.groups_changed_since(3, 10), Some(vec![]));
+    assert_eq!(c.groups_changed_since(0, 1), None, "more than asked for");
+    c.delete_group("b").unwrap();
+    assert_eq!(c.groups_changed_since(3, 10), Some(vec!["b".into()]));
+    c.topic_deleted("t");
+    assert_eq!(c.offsets_changes(), 5);
+    assert_eq!(
+        c.groups_changed_since(4, 10),
+        None,
+        "every group's offsets changed"
+    );
+    c.commit_offsets(&commit_req("c", -1, "", "t", &[(0, 1)]));
+    assert_eq!(c.groups_changed_since(5, 10), Some(vec!["c".into()]));
+    for _ in 0..RECENT_CHANGES {
+        c.commit_offsets(&commit_req("d", -1, "", "t", &[(0, 1)]));
+    }
+    assert_eq!(c.groups_changed_since(5, 10), None, "no longer listed");
+    assert_eq!(c.groups_changed_since(6, 10), Some(vec!["d".into()]));
+}

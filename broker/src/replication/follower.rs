@@ -258,15 +258,24 @@ async fn follow(
     // before then (at the first sync) left this broker out, and it answers Metadata with it.
     let mut caught_up = false;
     let mut round = 0usize;
+    // The leader's changes of committed offsets: how many it last said there were, and how
+    // many of them are copied here. The leader answers a commit once its followers have it.
+    let mut offsets_changes = 0u64;
+    let mut offsets_copied = 0u64;
     loop {
         round = round.wrapping_add(1);
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
             sync_topics(broker, cluster, &mut peer, &mut warned).await?;
             sync_acls(broker, &mut peer, &mut acls_refused, false).await?;
-            sync_offsets(broker, &mut peer, lists_group_configs).await?;
+            sync_offsets(broker, &mut peer, Some(lists_group_configs)).await?;
+            offsets_copied = offsets_changes;
             synced = Instant::now();
         }
-        let request = fetch_request(broker, cluster, round);
+        let mut request = fetch_request(broker, cluster, round);
+        request.unknown_tagged_fields.insert(
+            super::OFFSETS_COPIED_TAG,
+            super::count_field(offsets_copied),
+        );
         if request.topics.is_empty() {
             tokio::time::sleep(cluster.replica_fetch_wait).await;
             synced = Instant::now() - SYNC_EVERY;
@@ -275,6 +284,18 @@ async fn follow(
         let response = peer.call(&request, FETCH_VERSION).await?;
         if response.error_code != 0 {
             return Err(refused(cluster, response.error_code));
+        }
+        let tags = &response.unknown_tagged_fields;
+        if let Some(changes) = super::read_count(tags.get(&super::OFFSETS_COPIED_TAG)) {
+            offsets_changes = changes;
+            if offsets_changes > offsets_copied {
+                // The groups that changed, when the leader names them; else every group.
+                match super::read_groups(tags.get(&super::CHANGED_GROUPS_TAG)) {
+                    Some(changed) => copy_offsets(broker, &mut peer, &changed, &[]).await?,
+                    None => sync_offsets(broker, &mut peer, None).await?,
+                }
+                offsets_copied = offsets_changes;
+            }
         }
         if !caught_up
             && response
@@ -440,7 +461,7 @@ fn apply(p: &Partition, data: &PartitionData) -> anyhow::Result<Applied> {
     })?;
     super::set_high_watermark(p, data.high_watermark.min(end));
     let copied = data.unknown_tagged_fields.get(&super::COPIED_BY_ALL_TAG);
-    super::set_copied_by_all_below(p, copied.map(|b| &b[..]));
+    super::set_copied_by_all_below(p, copied);
     Ok(Applied::Done)
 }
 
@@ -1021,10 +1042,12 @@ fn take_leaders_acls(
 /// here (as a commit without a generation, which an empty group takes), groups the leader no
 /// longer has are deleted. ListGroups leaves out what the ACLs hide, so a local group it does
 /// not list is asked for by name, and deleted only if the leader answers it has no offsets.
+/// With `group_configs` the groups' configs are copied first (`Some(false)`: from a leader
+/// that does not list the groups that have them, only those of the groups known).
 async fn sync_offsets(
     broker: &Broker,
     peer: &mut Peer,
-    lists_group_configs: bool,
+    group_configs: Option<bool>,
 ) -> anyhow::Result<()> {
     let listed = peer
         .call(&ListGroupsRequest::default(), LIST_GROUPS_VERSION)
@@ -1046,7 +1069,21 @@ async fn sync_offsets(
             ids.push(local.group_id);
         }
     }
-    sync_group_configs(broker, peer, &ids, lists_group_configs).await?;
+    if let Some(listed) = group_configs {
+        sync_group_configs(broker, peer, &ids, listed).await?;
+    }
+    copy_offsets(broker, peer, &ids, &listed).await
+}
+
+/// Makes the local committed offsets of groups `ids` those of the leader (as
+/// [`sync_offsets`]); a group the leader answers with no offsets is deleted here unless it is
+/// one of the groups the leader `listed`.
+async fn copy_offsets(
+    broker: &Broker,
+    peer: &mut Peer,
+    ids: &[String],
+    listed: &[String],
+) -> anyhow::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }

@@ -82,6 +82,8 @@ pub struct Cluster {
     /// On the leader: the connection each follower fetches on, to tell two brokers that were
     /// given one node id apart ([`Cluster::claim_fetches`]).
     fetchers: Arc<Mutex<HashMap<i32, Fetcher>>>,
+    /// On the leader: told when a follower says it copied more of the committed offsets.
+    offsets_copied: Arc<tokio::sync::Notify>,
 }
 
 /// The connection a follower's replica fetches come on, as the leader last saw it.
@@ -92,6 +94,9 @@ struct Fetcher {
     last_fetch_ms: i64,
     /// Another connection refused as the same follower, and when it last was.
     contender: Option<(std::net::SocketAddr, i64)>,
+    /// How many of the leader's changes of committed offsets the follower has copied, as its
+    /// last fetch said ([`OFFSETS_COPIED_TAG`]); `None` when it does not say.
+    offsets_copied: Option<u64>,
 }
 
 /// How long a connection that stopped fetching keeps its follower's node id: a follower
@@ -137,6 +142,7 @@ impl Cluster {
             tls_brokers,
             tls,
             fetchers: Arc::default(),
+            offsets_copied: Arc::default(),
         }))
     }
 
@@ -181,9 +187,56 @@ impl Cluster {
                 peer: session.peer,
                 last_fetch_ms: now_ms,
                 contender: None,
+                offsets_copied: None,
             },
         );
         true
+    }
+
+    /// On the leader: notes how many of its changes of committed offsets follower `id` has
+    /// copied, as its replica fetch on this connection says.
+    pub(crate) fn copied_offsets(&self, id: i32, copied: Option<u64>) {
+        let mut fetchers = self.fetchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = fetchers.get_mut(&id)
+            && f.offsets_copied != copied
+        {
+            f.offsets_copied = copied;
+            self.offsets_copied.notify_waiters();
+        }
+    }
+
+    /// On the leader: waits, for at most `timeout`, until every follower fetching now has
+    /// copied the first `changes` changes of committed offsets (`GroupCoordinator::
+    /// offsets_changes`), as Kafka's coordinator answers a commit once the in-sync replicas
+    /// of its offsets topic have it. A follower counts while its connection is open and it
+    /// fetched within `replica_lag_time_max`, as the in-sync set counts it; one that does not
+    /// say what it copied (an older build) is not waited for. Whether they all have.
+    pub async fn wait_offsets_copied(&self, changes: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let told = self.offsets_copied.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            let now = crate::broker::now_ms();
+            let behind = {
+                let fetchers = self.fetchers.lock().unwrap_or_else(|e| e.into_inner());
+                fetchers.values().any(|f| {
+                    f.session.strong_count() > 0
+                        && now - f.last_fetch_ms < self.lag_max_ms()
+                        && f.offsets_copied.is_some_and(|c| c < changes)
+                })
+            };
+            if !behind {
+                return true;
+            }
+            // Also looked at again as a follower falls silent, which it tells no one.
+            let until = deadline.min(tokio::time::Instant::now() + self.replica_fetch_wait);
+            if tokio::time::timeout_at(until, told).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return false;
+            }
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -842,24 +895,92 @@ pub(crate) fn set_reported_isr(p: &Partition, isr: Vec<i32>) {
 /// tags of that message are 0-2, and only a follower asks for it.
 pub(crate) const COPIED_BY_ALL_TAG: i32 = 10_000;
 
+/// The tagged field of a replica fetch (Fetch v12 and later) in which a follower says how many
+/// of the leader's changes of committed offsets it has copied, as 8 bytes big-endian; and that
+/// of the leader's answer, in which the leader says how many there have been. A follower told
+/// of changes it lacks copies the offsets before it fetches again; a leader whose offsets
+/// change answers a waiting replica fetch at once. Runnel's own, as [`COPIED_BY_ALL_TAG`].
+pub(crate) const OFFSETS_COPIED_TAG: i32 = 10_001;
+
+/// The tagged field of the leader's answer to a replica fetch that names the groups whose
+/// offsets changed since the changes the follower says it copied ([`OFFSETS_COPIED_TAG`]),
+/// each as a 2-byte big-endian length and the id: the follower copies the offsets of those
+/// groups alone. Left out when the leader no longer knows them all, or there are more than
+/// [`CHANGED_GROUPS_MOST`]: the follower then copies every group's.
+pub(crate) const CHANGED_GROUPS_TAG: i32 = 10_002;
+
+/// The most groups [`CHANGED_GROUPS_TAG`] names.
+pub(crate) const CHANGED_GROUPS_MOST: usize = 100;
+
+/// `groups` in the form [`CHANGED_GROUPS_TAG`] carries; `None` when an id is too long for it.
+pub(crate) fn groups_field(groups: &[String]) -> Option<bytes::Bytes> {
+    let mut out = Vec::new();
+    for g in groups {
+        out.extend_from_slice(&u16::try_from(g.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(g.as_bytes());
+    }
+    Some(out.into())
+}
+
+/// The groups a [`CHANGED_GROUPS_TAG`] field names; `None` when absent or malformed.
+pub(crate) fn read_groups(field: Option<&bytes::Bytes>) -> Option<Vec<String>> {
+    let mut rest = &field?[..];
+    let mut groups = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = rest.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        let id = after.get(..len)?;
+        groups.push(String::from_utf8(id.to_vec()).ok()?);
+        rest = &after[len..];
+    }
+    Some(groups)
+}
+
+/// A count of 8 bytes big-endian, as the tagged fields above carry it.
+pub(crate) fn count_field(n: u64) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&n.to_be_bytes())
+}
+
+/// The count a tagged field above carries; `None` when absent or not 8 bytes.
+pub(crate) fn read_count(field: Option<&bytes::Bytes>) -> Option<u64> {
+    field
+        .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+        .map(u64::from_be_bytes)
+}
+
 /// The leader's [`copied_by_all_below`] in the form [`COPIED_BY_ALL_TAG`] carries.
 pub(crate) fn copied_by_all_field(cluster: &Cluster, p: &Partition) -> bytes::Bytes {
-    bytes::Bytes::copy_from_slice(&copied_by_all_below(cluster, p).to_be_bytes())
+    count_field(copied_by_all_below(cluster, p).max(0) as u64)
 }
 
 /// On a follower, what the leader said in [`COPIED_BY_ALL_TAG`] (none, from a leader of an
 /// earlier build: 0, every delete kept).
-pub(crate) fn set_copied_by_all_below(p: &Partition, field: Option<&[u8]>) {
-    let below = field
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, i64::from_be_bytes);
+pub(crate) fn set_copied_by_all_below(p: &Partition, field: Option<&bytes::Bytes>) {
+    let below = read_count(field).map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
     p.replica
         .copied_by_all_below
-        .store(below.max(0), Ordering::Release);
+        .store(below, Ordering::Release);
 }
 
 /// Records a follower has in its log beyond the leader's high watermark it last heard: kept
 /// for Metadata on followers, nothing reads below it.
 pub(crate) fn set_high_watermark(p: &Partition, hw: i64) {
     p.replica.high_watermark.store(hw, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tagged_fields_read_back_what_was_written() {
+        assert_eq!(read_count(Some(&count_field(7))), Some(7));
+        assert_eq!(read_count(Some(&bytes::Bytes::from_static(b"short"))), None);
+        assert_eq!(read_count(None), None);
+        let groups = vec!["g".to_string(), String::new(), "caf\u{e9}-7".to_string()];
+        let field = groups_field(&groups).unwrap();
+        assert_eq!(read_groups(Some(&field)), Some(groups));
+        assert_eq!(read_groups(Some(&field.slice(..field.len() - 1))), None);
+        assert_eq!(groups_field(&["x".repeat(70_000)]), None);
+    }
 }

@@ -5,7 +5,8 @@
 //! so that a transaction answered committed stays committed when the lead moves; past that it
 //! answers anyway (the markers are on the leader, and read_committed consumers do not read the
 //! transaction until the followers have them, `storage::txn`), and a move of the lead before
-//! they do aborts it.
+//! they do aborts it. A commit also waits, within the same 30 s, for the followers to copy the
+//! consumer offsets it stored.
 
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
@@ -41,6 +42,12 @@ pub async fn handle(ctx: Ctx, req: EndTxnRequest) -> EndTxnResponse {
                             if replicated != crate::replication::Replicated::Yes {
                                 tracing::info!(transactional_id = %client_text(&id), topic = %p.topic, partition = p.index, ?replicated, "a transaction marker is not on every in-sync follower yet");
                             }
+                        }
+                        // And its consumer offsets, which a transaction commits with its records.
+                        let changes = ctx.broker.groups.offsets_changes();
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        if req.committed && !c.wait_offsets_copied(changes, left).await {
+                            tracing::info!(transactional_id = %client_text(&id), "a transaction's offsets are not on every follower yet");
                         }
                     }
                     0

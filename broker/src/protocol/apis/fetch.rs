@@ -304,7 +304,15 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     let min_bytes = req.min_bytes.max(0) as usize;
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = tokio::time::Instant::now() + wait;
+    // What a follower says it copied of the committed offsets: its fetch is answered at once
+    // while there are changes it lacks.
+    let mut offsets_copied = None;
     if let (Reader::Follower(id), Some(cluster)) = (reader, &ctx.broker.cluster) {
+        offsets_copied = replication::read_count(
+            req.unknown_tagged_fields
+                .get(&replication::OFFSETS_COPIED_TAG),
+        );
+        cluster.copied_offsets(id, offsets_copied);
         let now = crate::broker::now_ms();
         for w in &wanted {
             if let Some(p) = &w.log {
@@ -315,6 +323,32 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     }
 
     let follower = matches!(reader, Reader::Follower(_));
+    let groups = &ctx.broker.groups;
+    let offsets_behind = || offsets_copied.is_some_and(|c| c < groups.offsets_changes());
+    // A follower's answer says how many changes of committed offsets there have been.
+    // A follower's answer says how many changes of committed offsets there have been, and
+    // which groups changed since those it copied.
+    let reply = |parts, top_error| {
+        let mut response = respond(parts, top_error);
+        if follower {
+            let tags = &mut response.unknown_tagged_fields;
+            let changes = groups.offsets_changes();
+            tags.insert(
+                replication::OFFSETS_COPIED_TAG,
+                replication::count_field(changes),
+            );
+            let changed = offsets_copied
+                .filter(|copied| *copied < changes)
+                .and_then(|copied| {
+                    groups.groups_changed_since(copied, replication::CHANGED_GROUPS_MOST)
+                })
+                .and_then(|changed| replication::groups_field(&changed));
+            if let Some(changed) = changed {
+                tags.insert(replication::CHANGED_GROUPS_TAG, changed);
+            }
+        }
+        response
+    };
     // A consumer's answer is bounded by what is left of the broker's fetch memory as well. It
     // takes no more than its partitions may return together.
     let memory = matches!(reader, Reader::Consumer).then_some(&ctx.broker.fetch_memory);
@@ -331,6 +365,7 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
             .filter_map(|w| w.log.as_ref())
             .map(|p| Box::pin(p.appended.notified()))
             .chain(follower.then(|| Box::pin(catalog.added.notified())))
+            .chain(follower.then(|| Box::pin(groups.offsets_change())))
             .collect();
         for n in &mut notified {
             n.as_mut().enable();
@@ -354,13 +389,14 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
         let done = total >= enough
             || any_error
             || !unasked.is_empty()
+            || offsets_behind()
             || notified.is_empty()
             || tokio::time::Instant::now() >= deadline;
         if done {
             tracing::trace!(bytes = total, partitions = wanted.len(), "fetch answered");
             parts.extend(unasked);
             keep(ctx, held, most, total);
-            return respond(parts, top_error);
+            return reply(parts, top_error);
         }
         // Nothing of this read is kept while waiting.
         drop((parts, held));
@@ -381,7 +417,7 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
                 "fetch answered after max wait"
             );
             keep(ctx, held, most, total);
-            return respond(parts, top_error);
+            return reply(parts, top_error);
         }
     }
 }

@@ -24,6 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::s;
 use crate::acl::{Operation, ResourceType};
 use crate::groups::{OffsetCommitPartition, OffsetCommitRequest as Plain, OffsetCommitTopic};
+use crate::log_budget::{LogBudget, client_text, within_budget};
 use crate::protocol::{Ctx, DispatchError, Reply, encode_response, frame};
 
 /// OffsetCommit v1. Its request differs from v2's in a commit timestamp per partition
@@ -189,6 +190,11 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
                     .collect();
                 (results, stored)
             });
+        let stored = results
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.result.is_ok());
+        let copied = !stored || followers_copied(&ctx, &plain.group_id).await;
         results
             .into_iter()
             .map(|t| {
@@ -200,11 +206,11 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
                             .map(|p| {
                                 OffsetCommitResponsePartition::default()
                                     .with_partition_index(p.partition)
-                                    .with_error_code(
-                                        p.result
-                                            .err()
-                                            .map_or(0, |e| commit_error_code(&e, ctx.api_version)),
-                                    )
+                                    .with_error_code(match p.result {
+                                        Ok(()) if copied => 0,
+                                        Ok(()) => E::RequestTimedOut.code(),
+                                        Err(e) => commit_error_code(&e, ctx.api_version),
+                                    })
                             })
                             .collect(),
                     )
@@ -228,6 +234,30 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
         );
     }
     OffsetCommitResponse::default().with_topics(out)
+}
+
+/// Commits the followers did not copy in time, said a minute.
+static NOT_COPIED: LogBudget = LogBudget::new(4);
+
+/// How long a commit waits for the followers to copy it (Kafka's `offsets.commit.timeout.ms`).
+const REPLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// In a cluster, waits until the followers fetching from this leader have copied the offsets
+/// committed so far, as Kafka answers a commit once its offsets topic's in-sync replicas have
+/// it: a commit answered stays when the lead moves. False when they did not within
+/// [`REPLICATION_WAIT`]; the commit is then answered REQUEST_TIMED_OUT, as Kafka's is, and the
+/// client commits again.
+async fn followers_copied(ctx: &Ctx, group: &str) -> bool {
+    let Some(cluster) = ctx.broker.cluster.as_ref().filter(|c| c.is_leader()) else {
+        return true;
+    };
+    let changes = ctx.broker.groups.offsets_changes();
+    let copied = cluster.wait_offsets_copied(changes, REPLICATION_WAIT).await;
+    if !copied {
+        within_budget!(NOT_COPIED, warn, group = %client_text(group),
+            "a commit was not copied by every follower fetching in 5 s: answered REQUEST_TIMED_OUT (a follower stuck? it stops counting after cluster.replica_lag_time_max)");
+    }
+    copied
 }
 
 /// A refused commit's error code. A commit with a generation to a group that does not exist
