@@ -325,7 +325,6 @@ async fn read(ctx: &Ctx, req: &FetchRequest) -> FetchResponse {
     let follower = matches!(reader, Reader::Follower(_));
     let groups = &ctx.broker.groups;
     let offsets_behind = || offsets_copied.is_some_and(|c| c < groups.offsets_changes());
-    // A follower's answer says how many changes of committed offsets there have been.
     // A follower's answer says how many changes of committed offsets there have been, and
     // which groups changed since those it copied.
     let reply = |parts, top_error| {
