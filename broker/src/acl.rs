@@ -310,12 +310,8 @@ impl AclFilter {
                 None => return invalid(format!("permission filter {code} is not valid")),
             },
         };
-        // As Kafka parses the filter's principal: "alice" would match nothing, silently.
-        if let Some(p) = principal.filter(|p| !is_principal(p)) {
-            return invalid(format!(
-                "principal filter {p:?} is not a principal (write it as User:<name>)"
-            ));
-        }
+        // A principal filter is matched as text, as Kafka matches it: "alice" (no type) or ""
+        // selects nothing, and is no error (`runnel acls` refuses such a --principal itself).
         Ok(AclFilter {
             resource_type,
             name: name.map(str::to_string),
@@ -804,10 +800,12 @@ mod tests {
         let matching = AclFilter::new((2, Some("tx"), MATCH), None, None, ANY, ANY).unwrap();
         assert!(literal_only.selects(&made) && !literal_only.selects(&prefixed));
         assert!(!matching.selects(&made) && matching.selects(&prefixed));
-        // A principal filter without its type is refused, not taken to match nothing.
-        let untyped = AclFilter::new((2, None, ANY), Some("a"), None, ANY, ANY).unwrap_err();
-        assert!(untyped.to_string().contains("User:<name>"), "{untyped}");
-        assert!(AclFilter::new((2, None, ANY), Some("User:a"), None, ANY, ANY).is_ok());
+        // A principal filter matches the principal's text, as Kafka's does: one without its
+        // type, or empty, selects nothing.
+        for text in ["User:a", "a", ""] {
+            let by = AclFilter::new((2, None, ANY), Some(text), None, ANY, ANY).unwrap();
+            assert_eq!(by.selects(&made), text == "User:a", "{text:?}");
+        }
         let deleted = a.delete(&[literal_only]).unwrap();
         assert_eq!(deleted, vec![vec![made]]);
         drop(a);

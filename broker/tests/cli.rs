@@ -1212,6 +1212,12 @@ async fn acls_commands_add_list_and_remove_the_acls_the_broker_enforces() {
         // A principal without its type is refused, not taken to match nothing.
         let (ok, out, err) = run(ADMIN, &["acls", "list", "--principal", "alice"], b"");
         assert!(!ok && err.contains("is not a principal"), "{out}{err}");
+        // A filter that matches nothing lists nothing, and is no error.
+        let (ok, out, err) = run(ADMIN, &["acls", "list", "--topic", "no-such-topic"], b"");
+        assert!(
+            ok && out.is_empty() && err.contains("no ACLs matched"),
+            "{out}{err}"
+        );
         let (ok, out, err) = run(
             ADMIN,
             &[

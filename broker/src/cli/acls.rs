@@ -469,8 +469,12 @@ pub(super) fn list(conn: &Conn, filter: &Filter) -> anyhow::Result<()> {
 /// refusal is an error, not "no ACLs matched".
 fn not_refused(conn: &Conn) -> anyhow::Result<()> {
     const ANY: i8 = 1;
+    // Every filter field "any": the request's defaults are empty strings, which match nothing.
     let request = DescribeAclsRequest::default()
         .with_resource_type_filter(ANY)
+        .with_resource_name_filter(None)
+        .with_principal_filter(None)
+        .with_host_filter(None)
         .with_pattern_type_filter(ANY)
         .with_operation(ANY)
         .with_permission_type(ANY);
