@@ -27,22 +27,28 @@ pub async fn handle(
     req: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
     if !ctx.allowed_on_cluster(crate::acl::Operation::Describe) {
-        // No top-level message: librdkafka 2.12 keeps a pointer to it after freeing it and
-        // crashes the client; it writes its own text for the code.
+        // Kafka refuses at the top, and again for each user named. librdkafka (2.12 to 2.16)
+        // crashes its client on any top-level error of this answer (it frees an error text it
+        // did not allocate), against Kafka as well: users named are refused each on its own,
+        // which every client reads, and only a request for all users at the top.
+        const WHY: &str = "describing users needs Describe on the cluster";
+        let refused = E::ClusterAuthorizationFailed.code();
         let asked = req.users.unwrap_or_default();
+        if asked.is_empty() {
+            return DescribeUserScramCredentialsResponse::default()
+                .with_error_code(refused)
+                .with_error_message(Some(s(WHY)));
+        }
         let results = asked
             .iter()
             .map(|u| {
                 DescribeUserScramCredentialsResult::default()
                     .with_user(u.name.clone())
-                    .with_error_code(E::ClusterAuthorizationFailed.code())
-                    .with_error_message(Some(s("describing users needs Describe on the cluster")))
+                    .with_error_code(refused)
+                    .with_error_message(Some(s(WHY)))
             })
             .collect();
-        return DescribeUserScramCredentialsResponse::default()
-            .with_error_code(E::ClusterAuthorizationFailed.code())
-            .with_error_message(None)
-            .with_results(results);
+        return DescribeUserScramCredentialsResponse::default().with_results(results);
     }
     // Each user's mechanisms and iterations: the users file's, then those made with
     // AlterUserScramCredentials, which take precedence.
