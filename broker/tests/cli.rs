@@ -1419,6 +1419,45 @@ async fn groups_commands_describe_reset_and_delete() {
             ok(configs(&["--delete-config", "consumer.session.timeout.ms"]))
                 .starts_with("consumer.session.timeout.ms\t45000\tdefault\n")
         );
+
+        // Two members of a group of a one-partition topic: the one holding no partition is
+        // listed too, with dashes, as kafka-consumer-groups lists it.
+        let members: Vec<_> = (0..2)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_runnel"))
+                    .args([
+                        "consume",
+                        "gt",
+                        "--group",
+                        "gi",
+                        "--idle-timeout",
+                        "60s",
+                        "-b",
+                        &b,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = ok(runnel(&["groups", "describe", "gi", "-b", &b]));
+            let idle = text.lines().any(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.len() == 8 && words[..5] == ["-"; 5] && words[5].starts_with("rdkafka-")
+            });
+            if text.contains("2 member(s)") && idle && text.lines().any(|l| l.starts_with("gt ")) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{text}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        for mut m in members {
+            m.kill().unwrap();
+            m.wait().unwrap();
+        }
     })
     .await
     .unwrap();

@@ -327,6 +327,20 @@ fn describe(conn: &Conn, group: &str) -> anyhow::Result<()> {
             client_id
         );
     }
+    // Members that hold no partition, as kafka-consumer-groups lists them.
+    for m in info.members.iter().filter(|m| m.partitions.is_empty()) {
+        out!(
+            "{:<24} {:>9} {:>14} {:>14} {:>8}  {:<40} {:<16} {}",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            m.id,
+            m.host,
+            m.client_id
+        );
+    }
     Ok(())
 }
 
@@ -339,7 +353,10 @@ fn reset_offsets(
     execute: bool,
 ) -> anyhow::Result<()> {
     // Exactly one of the two: topics named, or all of them.
-    if topics.is_empty() != all_topics {
+    if !topics.is_empty() && all_topics {
+        bail!("--all-topics and --topic exclude each other: give one of them");
+    }
+    if topics.is_empty() && !all_topics {
         bail!("name the partitions to reset: --topic NAME[:P,P..] (repeatable) or --all-topics");
     }
     let client = group_client(conn, Some(group))?;
