@@ -226,6 +226,13 @@ async fn topics_produce_and_consume_commands_round_trip() {
             err.contains("min.compaction.lag.ms") && err.contains(r#"only "0" is supported"#),
             "{err}"
         );
+        // A count the broker could not take is refused before anything is sent.
+        let out = runnel(&["topics", "create", "cli-3", "--partitions", "0", "-b", &b]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("at least 1, or -1"),
+            "{err}"
+        );
         let out = runnel(&["topics", "describe", "cli", "-b", &b]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("partitions: 2"), "{text}");

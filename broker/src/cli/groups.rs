@@ -111,6 +111,9 @@ fn group_configs(
 fn group_client(conn: &Conn, group: Option<&str>) -> anyhow::Result<BaseConsumer<AuthWatch>> {
     let mut cfg = conn.client_config()?;
     if let Some(group) = group {
+        if group.is_empty() {
+            bail!("a group id cannot be empty");
+        }
         cfg.set("group.id", group);
     }
     let client = cfg

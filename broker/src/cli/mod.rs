@@ -276,11 +276,11 @@ enum TopicsCommand {
         name: String,
         /// Number of partitions. Default -1: the broker's default (broker.default_partitions),
         /// as kafka-topics takes num.partitions.
-        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true, value_parser = count_or_default)]
         partitions: i32,
         /// Copies of each partition: every broker holds every topic, so the number of brokers
         /// (1 for a broker alone) or -1 (that number, the default), as kafka-topics takes it.
-        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true, value_parser = count_or_default)]
         replication_factor: i32,
         /// Topic config override, e.g. --config retention.ms=3600000 (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
@@ -454,6 +454,14 @@ impl ResetToArgs {
 
 /// Milliseconds since the Unix epoch of an RFC 3339 time: `2026-12-04T09:30:00Z`, with a zone
 /// offset (`+02:00`, `-0500`), or without one (UTC).
+/// A count of at least 1, or -1 for the broker's default, as kafka-topics takes them.
+fn count_or_default(text: &str) -> Result<i32, String> {
+    match text.parse::<i32>() {
+        Ok(n) if n == -1 || n >= 1 => Ok(n),
+        _ => Err("a count of at least 1, or -1 for the broker's default".into()),
+    }
+}
+
 fn epoch_millis(t: &str) -> anyhow::Result<i64> {
     let example = "expected e.g. 2026-12-04T09:30:00Z or 2026-12-04T10:30:00+01:00";
     // A zone offset is a sign after the time of day, then hours and minutes.
