@@ -568,6 +568,14 @@ async fn repeated_and_contradictory_admin_requests_are_refused_and_change_nothin
             )
             .await;
         assert_eq!(r.results[0].error_code, code, "broker {resource_name:?}");
+        // "" asks for the cluster's dynamic defaults, as kafka-configs --entity-default does:
+        // none here, where the broker's configs are its config file's.
+        let configs = r.results[0].configs.len();
+        match resource_name.as_str() {
+            "" => assert_eq!(configs, 0),
+            name if name == me.to_string() => assert!(configs > 50, "{configs}"),
+            _ => {}
+        }
     }
 
     // A topic by its id alone, and by name and id in another entry: the second is refused for

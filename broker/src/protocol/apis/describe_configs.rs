@@ -570,6 +570,9 @@ pub async fn handle(ctx: Ctx, req: DescribeConfigsRequest) -> DescribeConfigsRes
                         Vec::new()
                     }
                 },
+                // "": the cluster's dynamic defaults, as Kafka answers it, of which there are
+                // none (every broker config comes from the config file).
+                RESOURCE_BROKER if r.resource_name.is_empty() => Vec::new(),
                 // The broker's own names (log.retention.ms, message.max.bytes, ...), as Kafka
                 // reports its broker configs, then those of its other settings.
                 RESOURCE_BROKER => broker_values
