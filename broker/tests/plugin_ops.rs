@@ -254,6 +254,11 @@ async fn admin_reload_swaps_the_filter_while_producers_run_and_keeps_it_on_a_bad
         body.contains("plugins.load[0]: plugin hot: init refused its config"),
         "{body}"
     );
+    // Nor an empty file (one cut short): it would have unloaded every plugin.
+    std::fs::write(&file, "").unwrap();
+    let (status, body) = http(&admin, "POST", "/plugins/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("the config file is empty"), "{body}");
     produce(&p, &[(5, 22), (6, 30)]).await;
 
     // And one sent after the reloads.

@@ -84,6 +84,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The config file holds nothing at all: a file cut short (a full disk, a failed copy)
+    /// more likely than a wish for the defaults, which starting without a file gives.
+    #[error(
+        "{}: the config file is empty (a truncated file?): to run on the defaults, start without --config",
+        path.display()
+    )]
+    Empty { path: PathBuf },
     /// The file is not valid TOML.
     #[error("{}{message}", At(at))]
     Syntax { at: Location, message: String },
@@ -131,7 +138,9 @@ impl ConfigError {
     /// The key path (`log.flush`) or Kafka topic config name (`retention.ms`) the error is about.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Empty { .. } | ConfigError::Syntax { .. } => {
+                None
+            }
             ConfigError::UnknownKey { key, .. }
             | ConfigError::Invalid { key, .. }
             | ConfigError::OutOfRange { key, .. }

@@ -35,7 +35,8 @@ impl Config {
     }
 
     /// Reads the config file at `path` (or starts from the defaults when `None`), applies
-    /// `RUNNEL_*` overrides from the process environment, and validates.
+    /// `RUNNEL_*` overrides from the process environment, and validates. A file with nothing
+    /// in it (whitespace at most) is refused: it is more likely cut short than meant.
     ///
     /// Environment values that are not valid UTF-8 are converted lossily.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -52,6 +53,11 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
+                if text.trim().is_empty() {
+                    return Err(ConfigError::Empty {
+                        path: path.to_owned(),
+                    });
+                }
                 Config::from_toml_str(&text, &path.display().to_string(), &env)
             }
             None => finish(Table::new(), Provenance::defaults(), &env),

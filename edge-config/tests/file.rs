@@ -591,6 +591,11 @@ fn load_reads_a_real_file() {
     let c = Config::load(Some(&path)).unwrap();
     assert_eq!(c.broker.data_dir, PathBuf::from("/var/lib/runnel"));
 
+    // A file with nothing in it is refused (text that sets nothing is the defaults, above).
+    std::fs::write(&path, " \n\n").unwrap();
+    let e = Config::load(Some(&path)).unwrap_err().to_string();
+    assert!(e.contains("the config file is empty"), "{e}");
+
     std::fs::write(&path, BAD_FLUSH).unwrap();
     let e = Config::load(Some(&path)).unwrap_err().to_string();
     assert_eq!(
