@@ -121,6 +121,29 @@ fn config_default_is_valid_and_validate_names_key_and_line() {
         );
     }
 
+    // A listener address in use is named with its key and line, before the data directory is
+    // made or touched.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = dir.path().join("busy.toml");
+    std::fs::write(
+        &busy,
+        format!(
+            "[broker]\ndata_dir = {:?}\n\n[listeners.kafka]\naddress = \"{}\"\n",
+            dir.path().join("busy-data"),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = runnel(&["serve", "--config", busy.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("busy.toml:5: listeners.kafka.address: cannot listen on"),
+        "{err}"
+    );
+    assert!(!dir.path().join("busy-data").exists());
+    drop(taken);
+
     // The users file is read as the broker would read it: a line without a secret is named.
     let users = dir.path().join("users");
     std::fs::write(&users, "alice a11ce-s3cret\nbob\n").unwrap();

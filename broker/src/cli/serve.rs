@@ -19,7 +19,13 @@ pub fn run(config_file: Option<&Path>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let handle = match crate::start_broker_from(config, config_file.clone()).await {
+        // Before the data directory is opened (and recovered), so that a start that cannot
+        // listen changes nothing there.
+        let started = match addresses_free(&config) {
+            Ok(()) => crate::start_broker_from(config, config_file.clone()).await,
+            Err(e) => Err(e),
+        };
+        let handle = match started {
             Ok(handle) => handle,
             // A setting the broker could not use at start-up (a certificate it cannot read, a
             // federation client librdkafka refuses) is named with its line.
@@ -110,6 +116,38 @@ fn key_line(file: &Path, text: &str) -> Option<usize> {
                     .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c))
         })
         .and_then(|(key, _)| edge_config::key_line(file, key))
+}
+
+/// Whether the addresses of the enabled listeners can be bound: each is bound and let go
+/// (port 0, which picks a free port, is not checked). An address in use or not of this host
+/// is said with its key.
+fn addresses_free(config: &Config) -> anyhow::Result<()> {
+    let l = &config.listeners;
+    let tcp = [
+        (l.kafka.enabled, "listeners.kafka.address", l.kafka.address),
+        (
+            l.kafka_tls.enabled,
+            "listeners.kafka_tls.address",
+            l.kafka_tls.address,
+        ),
+        (l.admin.enabled, "listeners.admin.address", l.admin.address),
+    ];
+    for (_, key, address) in tcp.iter().filter(|(on, _, a)| *on && a.port() != 0) {
+        std::net::TcpListener::bind(address)
+            .map(drop)
+            .with_context(|| format!("{key}: cannot listen on {address}"))?;
+    }
+    if l.quic.enabled && l.quic.address.port() != 0 {
+        std::net::UdpSocket::bind(l.quic.address)
+            .map(drop)
+            .with_context(|| {
+                format!(
+                    "listeners.quic.address: cannot listen on udp {}",
+                    l.quic.address
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// `e` with the config file and, for a "<key>: why" error, the key's line, as config errors have.
