@@ -404,7 +404,8 @@ impl Catalog {
     /// the topic: the deletion was never answered), and warns of partition directories
     /// the metadata does not know (a metadata database lost or replaced): they are left as they
     /// are, and a topic made again under their name sets them aside instead of reusing or
-    /// deleting them. Returns how many such directories there are.
+    /// deleting them; such a directory without a record (a creation a stop cut short) is
+    /// removed. Returns how many directories holding records there are.
     fn look_over_data_dir(&self, known: &[(String, TopicRecord)]) -> usize {
         let known: std::collections::HashSet<String> = known
             .iter()
@@ -414,6 +415,7 @@ impl Catalog {
             return 0;
         };
         let mut unknown = Vec::new();
+        let mut empty = Vec::new();
         let mut set_aside_dirs = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
@@ -455,9 +457,26 @@ impl Catalog {
             let is_partition = name
                 .rsplit_once('-')
                 .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-            if is_partition && !known.contains(&name) && holds_segments(&path) {
-                unknown.push(name);
+            if is_partition && !known.contains(&name) {
+                if holds_segments(&path) {
+                    unknown.push(name);
+                } else {
+                    // No record in it: a topic creation or partition increase a stop cut short
+                    // before the metadata took it.
+                    empty.push(name);
+                    if let Err(e) = std::fs::remove_dir_all(&path) {
+                        tracing::warn!(dir = %path.display(), error = %e, "cannot remove an empty partition directory the metadata does not know");
+                    }
+                }
             }
+        }
+        if !empty.is_empty() {
+            empty.sort();
+            tracing::info!(
+                count = empty.len(),
+                dirs = %empty.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+                "removed empty partition directories the metadata does not know (a topic creation a stop cut short)"
+            );
         }
         if !set_aside_dirs.is_empty() {
             set_aside_dirs.sort();
@@ -1212,10 +1231,11 @@ mod tests {
         topic.partition(0).unwrap().append(&batch, NOW).unwrap();
         drop((topic, catalog));
 
-        // Another metadata database over the same data dir: k is unknown, its records stay.
+        // Another metadata database over the same data dir: k is unknown, its records stay;
+        // its partition without a record goes (a creation a stop cut short looks the same).
         let catalog = open("meta-2.redb");
         assert!(catalog.get("k").is_none());
-        assert_eq!(entries("k-"), ["k-0", "k-1"]);
+        assert_eq!(entries("k-"), ["k-0"]);
         let topic = catalog
             .create_topic("k", 2, 1, BTreeMap::new(), false, NOW)
             .unwrap();
