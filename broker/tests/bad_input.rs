@@ -537,6 +537,46 @@ async fn a_connection_that_sends_nothing_is_closed_after_connections_max_idle() 
     broker.shutdown().await;
 }
 
+/// A long-polling fetch that waits longer than the idle limit is answered, and its connection
+/// serves the client's next request: the limit counts from the answer.
+#[tokio::test]
+async fn a_long_poll_longer_than_the_idle_limit_keeps_its_connection() {
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(dir.path());
+    cfg.broker.connections_max_idle = Duration::from_secs(1);
+    let broker = common::start_with(cfg).await;
+    let mut c = RawClient::connect(&broker.bootstrap()).await;
+    auto_create(&mut c, "quiet").await;
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(1500)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    StrBytes::from_static_str("quiet"),
+                ))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = c.call(&fetch, 11).await;
+        assert_eq!(r.responses[0].partitions[0].error_code, 0);
+        assert!(started.elapsed() >= Duration::from_millis(1400));
+        let r = c.call(&ApiVersionsRequest::default(), 0).await;
+        assert_eq!(r.error_code, 0);
+    }
+    broker.shutdown().await;
+}
+
 /// The idle limit counts the broker's bytes too: a client that reads one large response slowly,
 /// for longer than the limit, keeps its connection (as with Kafka's `connections.max.idle.ms`).
 #[tokio::test]

@@ -373,6 +373,9 @@ pub async fn serve_halves<R, W>(
                 r = reply => r,
                 _ = shutdown.changed() => break 'conn,
             };
+            // A request served is activity, however long it waited (a long-polling fetch): the
+            // idle limit counts from its answer, which the writer may not have begun yet.
+            activity.touch();
             let mute = Duration::from_millis(throttle_ms.swap(0, Ordering::Relaxed) as u64);
             // What the answer holds of `broker.fetch_memory_bytes`: its encoded size, until the
             // writer has written it.
