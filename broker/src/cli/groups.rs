@@ -410,6 +410,12 @@ fn reset_offsets(
     if chosen.is_empty() {
         bail!("group {group} has no committed offsets to reset");
     }
+    // Checked before the plan is printed, so that a refusal prints no part of it.
+    if matches!(to, ResetTo::ShiftBy(_))
+        && let Some((topic, partition)) = chosen.iter().find(|k| !current.contains_key(*k))
+    {
+        bail!("{topic}-{partition} has no committed offset to shift from");
+    }
 
     let times = match to {
         ResetTo::Datetime(ms) => {
@@ -447,10 +453,8 @@ fn reset_offsets(
             ResetTo::Earliest => low,
             ResetTo::Latest => high,
             ResetTo::Offset(o) => *o,
-            ResetTo::ShiftBy(n) => match now {
-                Some(c) => c.saturating_add(*n),
-                None => bail!("{topic}-{partition} has no committed offset to shift from"),
-            },
+            // Every partition has one (checked above).
+            ResetTo::ShiftBy(n) => now.unwrap_or(low).saturating_add(*n),
             // No record at or after the time: the end, as Kafka's tool does.
             ResetTo::Datetime(_) => match times.get(key) {
                 Some(Offset::Offset(o)) => *o,
