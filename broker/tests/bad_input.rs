@@ -537,35 +537,43 @@ async fn a_connection_that_sends_nothing_is_closed_after_connections_max_idle() 
     broker.shutdown().await;
 }
 
+/// A Fetch of `topic`-0 from offset 0 that waits up to `max_wait_ms` for a byte and takes up
+/// to `max_bytes`.
+fn fetch_from_start(
+    topic: &'static str,
+    max_wait_ms: i32,
+    max_bytes: i32,
+) -> kafka_protocol::messages::FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    kafka_protocol::messages::FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    StrBytes::from_static_str(topic),
+                ))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(max_bytes),
+                ]),
+        ])
+}
+
 /// A long-polling fetch that waits longer than the idle limit is answered, and its connection
 /// serves the client's next request: the limit counts from the answer.
 #[tokio::test]
 async fn a_long_poll_longer_than_the_idle_limit_keeps_its_connection() {
-    use kafka_protocol::messages::FetchRequest;
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::test_config(dir.path());
     cfg.broker.connections_max_idle = Duration::from_secs(1);
     let broker = common::start_with(cfg).await;
     let mut c = RawClient::connect(&broker.bootstrap()).await;
     auto_create(&mut c, "quiet").await;
-    let fetch = FetchRequest::default()
-        .with_max_wait_ms(1500)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(kafka_protocol::messages::TopicName(
-                    StrBytes::from_static_str("quiet"),
-                ))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(1 << 20),
-                ]),
-        ]);
+    let fetch = fetch_from_start("quiet", 1500, 1 << 20);
     for _ in 0..3 {
         let started = std::time::Instant::now();
         let r = c.call(&fetch, 11).await;
@@ -581,8 +589,6 @@ async fn a_long_poll_longer_than_the_idle_limit_keeps_its_connection() {
 /// for longer than the limit, keeps its connection (as with Kafka's `connections.max.idle.ms`).
 #[tokio::test]
 async fn a_slow_download_is_not_idle_and_a_client_that_stops_reading_is_given_up() {
-    use kafka_protocol::messages::FetchRequest;
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use tokio::io::AsyncReadExt;
 
     let dir = tempfile::tempdir().unwrap();
@@ -597,22 +603,7 @@ async fn a_slow_download_is_not_idle_and_a_client_that_stops_reading_is_given_up
         let r = c.call(&produce("big", 0, batch(8, 100 << 10)), 9).await;
         assert_eq!(error_of(&r), 0);
     }
-    let fetch = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_min_bytes(1)
-        .with_max_bytes(64 << 20)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(kafka_protocol::messages::TopicName(
-                    StrBytes::from_static_str("big"),
-                ))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(64 << 20),
-                ]),
-        ]);
+    let fetch = fetch_from_start("big", 0, 64 << 20);
 
     // A client with a small receive window, reading 1 MiB every 200 ms: over 3 s for the
     // response, more than the idle limit, with no byte sent meanwhile. (The kernel's buffers
