@@ -198,12 +198,13 @@ impl Value<'_> {
         let n = self.integer("an integer number of bytes")?;
         match u64::try_from(n) {
             Ok(n) if range.contains(&n) => Ok(n),
+            // The most a client may set is Kafka's INT maximum (2 GiB itself, which earlier
+            // builds stored, is still read).
             _ => Err(self.error(format!(
-                "{n} is out of range; allowed: {}..={} ({}..={})",
+                "{n} is out of range; allowed: {}..={} ({} up to 2GiB less a byte)",
                 range.start(),
-                range.end(),
+                (*range.end()).min(i32::MAX as u64),
                 format_bytes(*range.start()),
-                format_bytes(*range.end())
             ))),
         }
     }

@@ -212,7 +212,7 @@ fn bad_overrides_name_the_config() {
     );
     assert_eq!(
         apply_err("segment.bytes", "100"),
-        "topic config segment.bytes: 100 is out of range; allowed: 1024..=2147483648 (1KiB..=2GiB)"
+        "topic config segment.bytes: 100 is out of range; allowed: 1024..=2147483647 (1KiB up to 2GiB less a byte)"
     );
     assert_eq!(
         apply_err("segment.ms", "0"),
@@ -242,7 +242,7 @@ fn bad_overrides_name_the_config() {
     }
     assert_eq!(
         apply_err("max.message.bytes", "0"),
-        "topic config max.message.bytes: 0 is out of range; allowed: 1..=2147483648 (1..=2GiB)"
+        "topic config max.message.bytes: 0 is out of range; allowed: 1..=2147483647 (1 up to 2GiB less a byte)"
     );
 }
 
