@@ -549,6 +549,60 @@ async fn a_commit_is_answered_once_the_follower_has_it() {
     leader.shutdown().await;
 }
 
+/// After a restart the leader counts a follower it has not heard from yet as in sync, for
+/// commits as for acks=all: a commit made before the follower reconnects is answered once the
+/// follower has it (not at once, to be lost if the lead then moves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_right_after_a_leader_restart_waits_for_the_follower() {
+    use kafka_protocol::messages::OffsetCommitRequest;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    let pair = Pair::new();
+    // Room for the follower to come back within the leader's first replica_lag_time_max.
+    let lag =
+        |c: &mut edge_config::Config| c.cluster.replica_lag_time_max = Duration::from_secs(20);
+    let leader = pair.start_with(1, 1, 1, lag).await;
+    let follower = pair.start_with(2, 1, 1, lag).await;
+    produce_copied(
+        &producer(&pair.address(1), "all"),
+        &follower,
+        "in",
+        10,
+        "in",
+    )
+    .await;
+    follower.shutdown().await;
+    leader.shutdown().await;
+    let leader = pair.start_with(1, 1, 1, lag).await;
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("in")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(7),
+                ]),
+        ]);
+    let mut c = RawClient::connect(&pair.address(1)).await;
+    let answered = tokio::spawn(async move { c.call(&commit, 8).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !answered.is_finished(),
+        "answered before the follower is back"
+    );
+    let follower = pair.start_with(2, 1, 1, lag).await;
+    let r = answered.await.unwrap();
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let offsets = follower.broker.groups.fetch_offsets("g", None).unwrap();
+    assert_eq!(offsets[0].partitions[0].offset, 7, "{offsets:?}");
+    follower.shutdown().await;
+    leader.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
     let pair = Pair::new();

@@ -76,6 +76,9 @@ const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 const RESOURCE_GROUP: i8 = 32;
 const GROUP_CONFIG: i8 = 8;
 
+/// Groups whose offsets the leader refuses this broker, said a minute.
+static OFFSETS_REFUSED: LogBudget = LogBudget::new(3);
+
 /// Partitions where the leader took other records over ones it lost, said a minute.
 static OTHER_RECORDS: LogBudget = LogBudget::new(5);
 
@@ -469,11 +472,16 @@ fn apply(p: &Partition, data: &PartitionData) -> anyhow::Result<Applied> {
 /// `cluster.leader` differ) or that the ACLs keep this broker from fetching says so, before
 /// anything local is changed after what it says.
 async fn check_leader(cluster: &Cluster, peer: &mut Peer) -> anyhow::Result<()> {
-    let request = FetchRequest::default()
+    let mut request = FetchRequest::default()
         .with_replica_id(BrokerId(cluster.node_id))
         .with_max_wait_ms(0)
         .with_min_bytes(0)
         .with_max_bytes(FETCH_MAX_BYTES);
+    // Nothing copied yet on this connection: the leader's commits wait for this broker from
+    // now on, not only from its first fetch of records.
+    request
+        .unknown_tagged_fields
+        .insert(super::OFFSETS_COPIED_TAG, super::count_field(0));
     // Refused as a second connection of this node: this broker's last connection, closed,
     // may still be finishing its fetch on the leader. Asked again until the leader would
     // have given the node to this one, unless another broker holds it.
@@ -1100,7 +1108,8 @@ async fn copy_offsets(
     for group in &fetched.groups {
         let id = group.group_id.to_string();
         if group.error_code != 0 {
-            tracing::debug!(group = %client_text(&id), error = ?E::try_from_code(group.error_code), "the leader does not give this broker a group's offsets");
+            within_budget!(OFFSETS_REFUSED, warn, group = %client_text(&id), error = ?E::try_from_code(group.error_code),
+                "the leader does not give this broker a group's offsets: its commits are not copied here, and are lost if the lead moves here (give this broker's principal Describe on the groups)");
             continue;
         }
         if !listed.contains(&id) && group.topics.is_empty() {

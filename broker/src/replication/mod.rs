@@ -84,6 +84,9 @@ pub struct Cluster {
     fetchers: Arc<Mutex<HashMap<i32, Fetcher>>>,
     /// On the leader: told when a follower says it copied more of the committed offsets.
     offsets_copied: Arc<tokio::sync::Notify>,
+    /// When this broker started (ms since the epoch): a leader counts a follower not heard
+    /// from since then in sync until `replica_lag_time_max` has passed.
+    started_ms: i64,
 }
 
 /// The connection a follower's replica fetches come on, as the leader last saw it.
@@ -143,6 +146,7 @@ impl Cluster {
             tls,
             fetchers: Arc::default(),
             offsets_copied: Arc::default(),
+            started_ms: crate::broker::now_ms(),
         }))
     }
 
@@ -205,12 +209,13 @@ impl Cluster {
         }
     }
 
-    /// On the leader: waits, for at most `timeout`, until every follower fetching now has
-    /// copied the first `changes` changes of committed offsets (`GroupCoordinator::
-    /// offsets_changes`), as Kafka's coordinator answers a commit once the in-sync replicas
-    /// of its offsets topic have it. A follower counts while its connection is open and it
-    /// fetched within `replica_lag_time_max`, as the in-sync set counts it; one that does not
-    /// say what it copied (an older build) is not waited for. Whether they all have.
+    /// On the leader: waits, for at most `timeout`, until every follower in sync has copied
+    /// the first `changes` changes of committed offsets (`GroupCoordinator::offsets_changes`),
+    /// as Kafka's coordinator answers a commit once the in-sync replicas of its offsets topic
+    /// have it. A follower counts as the in-sync set counts it: while it fetched within
+    /// `replica_lag_time_max` (also on a connection since closed: it may be reconnecting), and,
+    /// not heard from since this leader started, until that long after the start. One that
+    /// does not say what it copied (an older build) is not waited for. Whether they all have.
     pub async fn wait_offsets_copied(&self, changes: u64, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -218,12 +223,15 @@ impl Cluster {
             tokio::pin!(told);
             told.as_mut().enable();
             let now = crate::broker::now_ms();
+            let lag_max = self.lag_max_ms();
             let behind = {
                 let fetchers = self.fetchers.lock().unwrap_or_else(|e| e.into_inner());
-                fetchers.values().any(|f| {
-                    f.session.strong_count() > 0
-                        && now - f.last_fetch_ms < self.lag_max_ms()
-                        && f.offsets_copied.is_some_and(|c| c < changes)
+                self.followers().any(|id| match fetchers.get(&id) {
+                    Some(f) => {
+                        now - f.last_fetch_ms < lag_max
+                            && f.offsets_copied.is_some_and(|c| c < changes)
+                    }
+                    None => now - self.started_ms < lag_max,
                 })
             };
             if !behind {
