@@ -94,8 +94,19 @@ impl BrokerHandle {
         self.kafka_addr.map(|a| a.to_string()).unwrap_or_default()
     }
 
+    /// [`BrokerHandle::shutdown`], but a follower does not tell its leader it stops, as one
+    /// that crashes or is cut off does not: the leader counts it in sync until
+    /// `cluster.replica_lag_time_max` has passed (for tests and drills).
+    pub async fn shutdown_unannounced(self) {
+        if let Some(c) = &self.broker.cluster {
+            c.stop_unannounced();
+        }
+        self.shutdown().await;
+    }
+
     /// Stops accepting, closes connections, flushes every partition log and waits for the
-    /// background tasks to end.
+    /// background tasks to end. A follower tells its leader it stops, which takes it out of
+    /// the in-sync set at once (`crate::replication::follower`).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {

@@ -603,6 +603,97 @@ async fn a_commit_right_after_a_leader_restart_waits_for_the_follower() {
     leader.shutdown().await;
 }
 
+/// A follower that stops tells the leader (Kafka's controlled shutdown): it leaves the in-sync
+/// set at once, so acks=all produces and commits go on without waiting
+/// `replica_lag_time_max` for it, and it is back in once it has caught up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_stops_leaves_the_in_sync_set_at_once_and_rejoins_once_caught_up() {
+    use kafka_protocol::messages::OffsetCommitRequest;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    let pair = Pair::new();
+    let lag =
+        |c: &mut edge_config::Config| c.cluster.replica_lag_time_max = Duration::from_secs(60);
+    let leader = pair.start_with(1, 1, 1, lag).await;
+    let follower = pair.start_with(2, 1, 1, lag).await;
+    let p = producer(&pair.address(1), "all");
+    produce_copied(&p, &follower, "t", 10, "a").await;
+    let isr = |md: &kafka_protocol::messages::MetadataResponse| {
+        md.topics[0].partitions[0]
+            .isr_nodes
+            .iter()
+            .map(|n| n.0)
+            .collect::<Vec<_>>()
+    };
+    let mut raw = RawClient::connect(&pair.address(1)).await;
+    let md = raw
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await;
+    assert_eq!(isr(&md), [1, 2]);
+
+    follower.shutdown().await;
+    let md = raw
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await;
+    assert_eq!(isr(&md), [1], "out of the in-sync set as it stopped");
+    // Neither an acks=all produce nor a commit waits for it (with a 60 s lag allowed).
+    let mut req = produce_request("t", 0, -1, batch(b"alone"));
+    req.timeout_ms = 20_000;
+    let started = Instant::now();
+    let resp = raw.call(&req, 9).await;
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(11),
+                ]),
+        ]);
+    let resp = raw.call(&commit, 8).await;
+    assert_eq!(resp.topics[0].partitions[0].error_code, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered without waiting for the stopped follower: {:?}",
+        started.elapsed()
+    );
+
+    // Back, it copies what it missed (the record and the commit) and rejoins the set.
+    let follower = pair.start_with(2, 1, 1, lag).await;
+    eventually("the follower to rejoin the in-sync set", || {
+        let leader = leader.broker.clone();
+        let t = leader.catalog.get("t").unwrap();
+        let p = t.partition(0).unwrap();
+        runnel::replication::isr(
+            leader.cluster.as_ref().unwrap(),
+            &p,
+            runnel::broker::now_ms(),
+        ) == [1, 2]
+    })
+    .await;
+    assert_eq!(log_end(&follower, "t"), 11);
+    produce(&p, "t", 5, "b").await;
+    assert_eq!(log_end(&follower, "t"), 16, "acks=all waits for it again");
+    let offsets = follower.broker.groups.fetch_offsets("g", None).unwrap();
+    assert_eq!(offsets[0].partitions[0].offset, 11, "{offsets:?}");
+
+    // A follower that stops without a word (a crash) stays in sync until the lag allowed has
+    // passed: an acks=all produce waits for it.
+    follower.shutdown_unannounced().await;
+    req.timeout_ms = 500;
+    let resp = raw.call(&req, 9).await;
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        E::RequestTimedOut.code()
+    );
+    leader.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
     let pair = Pair::new();
@@ -616,7 +707,8 @@ async fn acks_all_needs_enough_brokers_in_sync_and_a_follower_catches_up() {
     let p = producer(&pair.address(1), "all");
     produce_copied(&p, &follower, "t", 10, "a").await;
 
-    follower.shutdown().await;
+    // The follower crashes: it does not tell the leader it stops.
+    follower.shutdown_unannounced().await;
     // Until the follower has been silent for replica_lag_time_max, it is still in sync: an
     // acks=all write waits for it, and times out (the record is written, as in Kafka).
     let mut raw = RawClient::connect(&pair.address(1)).await;
@@ -766,8 +858,9 @@ async fn a_broker_that_led_and_then_follows_cuts_its_log_back_to_the_new_leaders
     let two = pair.start(2, 1, 1).await;
     let p = producer(&pair.address(1), "all");
     produce_copied(&p, &two, "t", 10, "a").await;
-    // Broker 2 stops; broker 1 takes more writes (acks=1) that nobody copies.
-    two.shutdown().await;
+    // Broker 2 crashes (it does not tell broker 1 it stops); broker 1 takes more writes
+    // (acks=1) that nobody copies.
+    two.shutdown_unannounced().await;
     produce(&producer(&pair.address(1), "1"), "t", 5, "lost").await;
     one.shutdown().await;
     drop(p);
@@ -1173,7 +1266,8 @@ async fn a_restarted_leader_keeps_records_only_it_has_unread_until_the_in_sync_s
     let leader = pair.start_with(1, 1, 1, lag).await;
     let follower = pair.start(2, 1, 1).await;
     produce_copied(&producer(&pair.address(1), "all"), &follower, "t", 10, "a").await;
-    follower.shutdown().await;
+    // A crash: the leader is not told.
+    follower.shutdown_unannounced().await;
     // acks=1 records the follower never copies, then the leader restarts at once (the
     // follower still counts as in sync, so they are above the high watermark).
     produce(&producer(&pair.address(1), "1"), "t", 5, "b").await;

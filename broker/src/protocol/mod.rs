@@ -331,6 +331,7 @@ throttle_time_ms!(
     DescribeLogDirsResponse,
     DescribeClusterResponse,
     ElectLeadersResponse,
+    BrokerHeartbeatResponse,
     ListPartitionReassignmentsResponse,
     DescribeUserScramCredentialsResponse,
     AlterUserScramCredentialsResponse,
@@ -560,6 +561,7 @@ pub fn routes() -> Dispatcher {
     .add::<DescribeTransactionsRequest, _, _>(0, 0, describe_transactions::handle)
     .add::<DescribeProducersRequest, _, _>(0, 0, describe_producers::handle)
     .add::<WriteTxnMarkersRequest, _, _>(1, 1, write_txn_markers::handle)
+    .add::<BrokerHeartbeatRequest, _, _>(0, 1, broker_heartbeat::handle)
     .add::<ListTransactionsRequest, _, _>(0, 1, list_transactions::handle)
     .add::<SaslHandshakeRequest, _, _>(0, 1, sasl::handshake)
     .add::<SaslAuthenticateRequest, _, _>(0, 2, sasl::authenticate);

@@ -23,6 +23,10 @@
 //! here. Behind the leader's log start, the partition starts again there. A lost connection is
 //! retried with a growing pause (up to 5 s); nothing is lost meanwhile: the next fetch starts
 //! where the log ends.
+//!
+//! As the broker stops, the fetch under way is let finish, and the leader is told on the same
+//! connection that this broker is stopping ([`say_stopping`]): it leaves the in-sync set then,
+//! rather than after `cluster.replica_lag_time_max` without a fetch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,9 +40,9 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, DescribeAclsRequest, DescribeConfigsRequest,
-    FetchRequest, GroupId, ListConfigResourcesRequest, ListGroupsRequest, MetadataRequest,
-    OffsetFetchRequest, TopicName,
+    ApiKey, ApiVersionsRequest, BrokerHeartbeatRequest, BrokerId, DescribeAclsRequest,
+    DescribeConfigsRequest, FetchRequest, GroupId, ListConfigResourcesRequest, ListGroupsRequest,
+    MetadataRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
@@ -106,9 +110,30 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
         loop {
             let started = Instant::now();
             let mut established = false;
-            let result = tokio::select! {
-                _ = shutdown.changed() => return,
-                r = follow(&broker, &cluster, &address, &mut established, &mut may_cut) => r,
+            let result = {
+                let following = follow(
+                    &broker,
+                    &cluster,
+                    &address,
+                    &mut established,
+                    &mut may_cut,
+                    shutdown.clone(),
+                );
+                tokio::pin!(following);
+                tokio::select! {
+                    r = &mut following => r,
+                    _ = shutdown.changed() => {
+                        // A connection in its fetch loop finishes the fetch under way and
+                        // tells the leader this broker is stopping; any other is let go.
+                        let grace = cluster.replica_fetch_wait + STOPPING_TIMEOUT;
+                        let _ = tokio::time::timeout(grace, following).await;
+                        return;
+                    }
+                }
+            };
+            // Stopped, the leader told.
+            let Err(e) = result else {
+                return;
             };
             // A new outage after a while of following: said at once, and tried again soon. A
             // connection that fails right after it was made (say, on the first records it
@@ -120,21 +145,19 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
                 last_error.clear();
                 pause = Duration::from_millis(100);
             }
-            if let Err(e) = result {
-                // Said when it starts or its reason changes, then every 30 tries. Numbers
-                // do not count as a change: an expired certificate's error carries the time.
-                let error = format!("{e:#}");
-                let reason = |e: &str| e.replace(|c: char| c.is_ascii_digit(), "");
-                if failures.is_multiple_of(30) || reason(&error) != reason(&last_error) {
-                    tracing::warn!(leader = cluster.leader, %address, %error, "cannot follow the leader; retrying");
-                }
-                *cluster
-                    .follow_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
-                last_error = error;
-                failures += 1;
+            // Said when it starts or its reason changes, then every 30 tries. Numbers do not
+            // count as a change: an expired certificate's error carries the time.
+            let error = format!("{e:#}");
+            let reason = |e: &str| e.replace(|c: char| c.is_ascii_digit(), "");
+            if failures.is_multiple_of(30) || reason(&error) != reason(&last_error) {
+                tracing::warn!(leader = cluster.leader, %address, %error, "cannot follow the leader; retrying");
             }
+            *cluster
+                .follow_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
+            last_error = error;
+            failures += 1;
             if followed_a_while {
                 pause = Duration::from_millis(100);
             }
@@ -206,13 +229,15 @@ pub fn ask_leader_to_create(broker: &Arc<Broker>, topic: &str) {
     });
 }
 
-/// One connection's worth of following; returns only with an error.
+/// One connection's worth of following; returns with an error, or once `stopping` is set and
+/// the leader was told.
 async fn follow(
     broker: &Broker,
     cluster: &Cluster,
     address: &str,
     established: &mut bool,
     may_cut: &mut bool,
+    mut stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let timeout = PEER_TIMEOUT + cluster.replica_fetch_wait;
     let mut peer = cluster.connect_to_leader(timeout).await?;
@@ -266,6 +291,10 @@ async fn follow(
     let mut offsets_changes = 0u64;
     let mut offsets_copied = 0u64;
     loop {
+        if *stopping.borrow() {
+            say_stopping(cluster, &mut peer).await;
+            return Ok(());
+        }
         round = round.wrapping_add(1);
         if synced.elapsed() >= SYNC_EVERY || cluster.resync.swap(false, Ordering::AcqRel) {
             sync_topics(broker, cluster, &mut peer, &mut warned).await?;
@@ -284,7 +313,24 @@ async fn follow(
             synced = Instant::now() - SYNC_EVERY;
             continue;
         }
-        let response = peer.call(&request, FETCH_VERSION).await?;
+        let answered = {
+            let call = peer.call(&request, FETCH_VERSION);
+            tokio::pin!(call);
+            tokio::select! {
+                r = &mut call => Some(r?),
+                _ = async { let _ = stopping.wait_for(|&s| s).await; } => {
+                    // The leader handles a connection's requests in turn: the one that says
+                    // this broker stops must come after this fetch's answer. What it brought
+                    // is not taken: the leader has this broker's log end from the fetch.
+                    call.await?;
+                    None
+                }
+            }
+        };
+        let Some(response) = answered else {
+            say_stopping(cluster, &mut peer).await;
+            return Ok(());
+        };
         if response.error_code != 0 {
             return Err(refused(cluster, response.error_code));
         }
@@ -364,6 +410,50 @@ async fn follow(
         } else if !diverged {
             behind_rounds = 0;
         }
+    }
+}
+
+/// How long a stopping follower waits for the leader to hear that it stops.
+const STOPPING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Tells the leader, on the connection this broker fetches on, that it is stopping, with a
+/// BrokerHeartbeat asking to shut down (Kafka's controlled shutdown): the leader takes it out of
+/// the in-sync set at once. A leader of an older Runnel, which does not serve it, is not asked.
+async fn say_stopping(cluster: &Cluster, peer: &mut Peer) {
+    if cluster.stop_unannounced.load(Ordering::Acquire) {
+        return;
+    }
+    let request = BrokerHeartbeatRequest::default()
+        .with_broker_id(BrokerId(cluster.node_id))
+        .with_broker_epoch(-1)
+        .with_current_metadata_offset(-1)
+        .with_want_shut_down(true);
+    let told = async {
+        if !leader_serves(peer, ApiKey::BrokerHeartbeat, 0).await? {
+            return Ok(None);
+        }
+        peer.call(&request, 0).await.map(Some)
+    };
+    match tokio::time::timeout(STOPPING_TIMEOUT, told).await {
+        Ok(Ok(Some(r))) if r.error_code == 0 => tracing::info!(
+            leader = cluster.leader,
+            "told the leader this broker is stopping: it leaves the in-sync set until it is back and caught up"
+        ),
+        Ok(Ok(Some(r))) => tracing::warn!(
+            leader = cluster.leader,
+            error = ?E::try_from_code(r.error_code).unwrap_or(E::UnknownServerError),
+            "the leader refused to hear that this broker is stopping: writes with acks=all wait for it until cluster.replica_lag_time_max"
+        ),
+        Ok(Ok(None)) => tracing::debug!(
+            "the leader does not serve BrokerHeartbeat (an older Runnel): not told of the stop"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(leader = cluster.leader, error = %format!("{e:#}"), "cannot tell the leader this broker is stopping")
+        }
+        Err(_) => tracing::warn!(
+            leader = cluster.leader,
+            "the leader did not hear in time that this broker is stopping"
+        ),
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Cluster {
     resync: Arc<AtomicBool>,
     /// On a follower: whether it is connected to the leader and fetching.
     following: Arc<AtomicBool>,
+    /// On a follower: stop without telling the leader, as a broker that crashes or is cut
+    /// off does ([`Cluster::stop_unannounced`]).
+    stop_unannounced: Arc<AtomicBool>,
     /// On a follower: why it last could not follow the leader, until it follows again.
     follow_error: Arc<Mutex<Option<String>>>,
     /// On a follower: the topics it last asked the leader to create, and when.
@@ -100,6 +103,9 @@ struct Fetcher {
     /// How many of the leader's changes of committed offsets the follower has copied, as its
     /// last fetch said ([`OFFSETS_COPIED_TAG`]); `None` when it does not say.
     offsets_copied: Option<u64>,
+    /// The follower said it is stopping ([`Cluster::follower_stopping`]): nothing waits for
+    /// it until it fetches again.
+    stopped: bool,
 }
 
 /// How long a connection that stopped fetching keeps its follower's node id: a follower
@@ -134,6 +140,7 @@ impl Cluster {
             replica_fetch_wait: config.replica_fetch_wait,
             resync: Arc::default(),
             following: Arc::default(),
+            stop_unannounced: Arc::default(),
             follow_error: Arc::default(),
             creating: Arc::default(),
             create_refused: Arc::default(),
@@ -170,6 +177,7 @@ impl Cluster {
         if let Some(f) = fetchers.get_mut(&id) {
             if std::ptr::eq(f.session.as_ptr(), Arc::as_ptr(session)) {
                 f.last_fetch_ms = now_ms;
+                f.stopped = false;
                 if let Some((refused, _)) = f
                     .contender
                     .filter(|(_, at)| now_ms - at < FETCHER_SILENT_MS)
@@ -179,7 +187,10 @@ impl Cluster {
                 }
                 return true;
             }
-            if f.session.strong_count() > 0 && now_ms - f.last_fetch_ms < FETCHER_SILENT_MS {
+            if !f.stopped
+                && f.session.strong_count() > 0
+                && now_ms - f.last_fetch_ms < FETCHER_SILENT_MS
+            {
                 f.contender = Some((session.peer, now_ms));
                 return false;
             }
@@ -192,9 +203,70 @@ impl Cluster {
                 last_fetch_ms: now_ms,
                 contender: None,
                 offsets_copied: None,
+                stopped: false,
             },
         );
         true
+    }
+
+    /// On the leader: follower `id` says, on the connection of `session`, that it is stopping
+    /// (a BrokerHeartbeat with `want_shut_down`, as a Kafka broker tells its controller in a
+    /// controlled shutdown). It leaves the in-sync set of every partition at once, rather than
+    /// after `replica_lag_time_max` of silence, so acks=all produces and commits stop waiting
+    /// for it; it is back in once it fetches and catches up again. Refused (as another broker
+    /// with its node id) while another connection fetches as that follower.
+    pub(crate) fn follower_stopping(
+        &self,
+        broker: &Broker,
+        id: i32,
+        session: &Arc<crate::protocol::Session>,
+    ) -> Result<(), kafka_protocol::error::ResponseError> {
+        let now = crate::broker::now_ms();
+        {
+            let mut fetchers = self.fetchers.lock().unwrap_or_else(|e| e.into_inner());
+            match fetchers.get_mut(&id) {
+                Some(f) if std::ptr::eq(f.session.as_ptr(), Arc::as_ptr(session)) => {
+                    f.stopped = true;
+                }
+                Some(f)
+                    if !f.stopped
+                        && f.session.strong_count() > 0
+                        && now - f.last_fetch_ms < FETCHER_SILENT_MS =>
+                {
+                    return Err(kafka_protocol::error::ResponseError::DuplicateBrokerRegistration);
+                }
+                _ => {
+                    fetchers.insert(
+                        id,
+                        Fetcher {
+                            session: Arc::downgrade(session),
+                            peer: session.peer,
+                            last_fetch_ms: now,
+                            contender: None,
+                            offsets_copied: None,
+                            stopped: true,
+                        },
+                    );
+                }
+            }
+        }
+        for topic in broker.catalog.list() {
+            for p in topic.partitions() {
+                follower_stopped(self, &p, id, now);
+            }
+        }
+        self.offsets_copied.notify_waiters();
+        tracing::info!(
+            follower = id,
+            "a follower is stopping: it leaves the in-sync set of every partition until it is back and caught up"
+        );
+        Ok(())
+    }
+
+    /// On the leader: whether follower `id` said it is stopping and has not fetched since.
+    pub(crate) fn stopped(&self, id: i32) -> bool {
+        let fetchers = self.fetchers.lock().unwrap_or_else(|e| e.into_inner());
+        fetchers.get(&id).is_some_and(|f| f.stopped)
     }
 
     /// On the leader: notes how many of its changes of committed offsets follower `id` has
@@ -228,7 +300,8 @@ impl Cluster {
                 let fetchers = self.fetchers.lock().unwrap_or_else(|e| e.into_inner());
                 self.followers().any(|id| match fetchers.get(&id) {
                     Some(f) => {
-                        now - f.last_fetch_ms < lag_max
+                        !f.stopped
+                            && now - f.last_fetch_ms < lag_max
                             && f.offsets_copied.is_some_and(|c| c < changes)
                     }
                     None => now - self.started_ms < lag_max,
@@ -378,6 +451,13 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// On a follower: when it stops, do not tell the leader, as a broker that crashes or is
+    /// cut off from it does not (for tests and drills: the leader then counts it in sync until
+    /// `replica_lag_time_max` has passed).
+    pub fn stop_unannounced(&self) {
+        self.stop_unannounced.store(true, Ordering::Release);
     }
 
     /// On a follower: whether it is connected to the leader and fetching.
@@ -634,6 +714,27 @@ pub fn follower_fetched(
     advance(cluster, p, leader_end, now_ms);
 }
 
+/// On the leader: follower `id` said it is stopping ([`Cluster::follower_stopping`]). It is out
+/// of `p`'s in-sync set from now on, and back in once a fetch of it catches up with the log end
+/// (not merely with the end of its last fetch before it stopped). Its log end stays what it
+/// last said, for compaction; one not heard from since the start holds nothing known.
+fn follower_stopped(cluster: &Cluster, p: &Partition, id: i32, now_ms: i64) {
+    {
+        let mut followers = p.replica.followers();
+        let log_end = followers.get(&id).map_or(0, |f| f.log_end);
+        followers.insert(
+            id,
+            FollowerPosition {
+                log_end,
+                last_fetch_ms: now_ms,
+                leader_end_at_last_fetch: i64::MAX,
+                caught_up_ms: i64::MIN / 2,
+            },
+        );
+    }
+    advance(cluster, p, p.log().log_end_offset(), now_ms);
+}
+
 /// At start, a leader's log ending below its saved high watermark `hw`: writes wait until
 /// every follower has said how far its log goes ([`lost_records`]).
 pub(crate) fn lost_at_start(p: &Partition, hw: i64) {
@@ -878,7 +979,13 @@ fn log_in_sync_changes(
     for id in cluster.followers() {
         let before = last.get(&id).copied().unwrap_or(0);
         let (count, example) = now.get(&id).cloned().unwrap_or_default();
-        if count > before {
+        if count > before && cluster.stopped(id) {
+            tracing::info!(
+                follower = id,
+                partitions = count,
+                "a follower that is stopping left the in-sync set"
+            );
+        } else if count > before {
             tracing::warn!(follower = id, partitions = count, example = %example, "a follower left the in-sync set: it has not caught up for cluster.replica_lag_time_max");
         } else if count == 0 && before > 0 {
             tracing::info!(
