@@ -218,6 +218,44 @@ struct Inner {
     offsets_changes: std::sync::atomic::AtomicU64,
     recent_changes: Mutex<RecentChanges>,
     offsets_changed: tokio::sync::Notify,
+    /// Commits stored lazily ([`GroupCoordinator::commit_offsets_lazily`]), counted: each
+    /// one's count is its ticket, taken once it is in the store.
+    lazy_commits: std::sync::atomic::AtomicU64,
+    /// How far the lazy commits are durable, and told as a sync ends.
+    syncs: Mutex<Syncs>,
+    synced: tokio::sync::Notify,
+}
+
+/// Where the syncs of lazy commits stand (group commit: one write to the disk for every
+/// commit made while the last one ran).
+#[derive(Debug, Default)]
+struct Syncs {
+    /// Lazy commits up to this ticket were synced, or lost (below).
+    through: u64,
+    /// Whether a sync runs now.
+    running: bool,
+    /// Tickets whose sync failed, with why: the last few ranges.
+    lost: std::collections::VecDeque<(u64, u64, StoreError)>,
+}
+
+/// Syncs the store, which makes every lazy commit counted before it durable, and tells the
+/// waiters ([`GroupCoordinator::durable`]).
+fn sync_lazy_commits(inner: &Inner) {
+    let covers = inner.lazy_commits.load(Ordering::Acquire);
+    let result = inner.store.sync();
+    let mut syncs = lock(&inner.syncs);
+    if let Err(e) = result {
+        warn!(error = %e, "offset commits could not be made durable: they are answered with the error");
+        let from = syncs.through + 1;
+        if syncs.lost.len() == 16 {
+            syncs.lost.pop_front();
+        }
+        syncs.lost.push_back((from, covers, e));
+    }
+    syncs.through = syncs.through.max(covers);
+    syncs.running = false;
+    drop(syncs);
+    inner.synced.notify_waiters();
 }
 
 /// The groups of the last changes of committed offsets, with each change's count.
@@ -364,6 +402,9 @@ impl GroupCoordinator {
                 offsets_changes: Default::default(),
                 recent_changes: Mutex::default(),
                 offsets_changed: tokio::sync::Notify::new(),
+                lazy_commits: Default::default(),
+                syncs: Mutex::default(),
+                synced: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -821,8 +862,62 @@ impl GroupCoordinator {
         Ok(results)
     }
 
-    /// OffsetCommit. Every error is per partition, as in Kafka's response.
+    /// OffsetCommit, durable when it returns. Every error is per partition, as in Kafka's
+    /// response.
     pub fn commit_offsets(&self, req: &OffsetCommitRequest) -> Vec<OffsetCommitTopicResult> {
+        self.commit_offsets_as(req, false).0
+    }
+
+    /// [`GroupCoordinator::commit_offsets`], stored and in memory when it returns but durable
+    /// only once [`GroupCoordinator::durable`] of the ticket returned (0: nothing stored) has
+    /// completed: commits made meanwhile share one write to the disk (group commit), rather
+    /// than one sync each.
+    pub fn commit_offsets_lazily(
+        &self,
+        req: &OffsetCommitRequest,
+    ) -> (Vec<OffsetCommitTopicResult>, u64) {
+        self.commit_offsets_as(req, true)
+    }
+
+    /// Waits until the lazy commit of `ticket` ([`GroupCoordinator::commit_offsets_lazily`])
+    /// is durable, starting a sync of every lazy commit so far if none runs; an error when the
+    /// sync failed (the commit may be lost in a crash).
+    pub async fn durable(&self, ticket: u64) -> Result<(), StoreError> {
+        if ticket == 0 {
+            return Ok(());
+        }
+        loop {
+            let synced = self.inner.synced.notified();
+            tokio::pin!(synced);
+            synced.as_mut().enable();
+            {
+                let mut syncs = lock(&self.inner.syncs);
+                if let Some((.., e)) = syncs
+                    .lost
+                    .iter()
+                    .find(|(from, to, _)| (*from..=*to).contains(&ticket))
+                {
+                    return Err(e.clone());
+                }
+                if syncs.through >= ticket {
+                    return Ok(());
+                }
+                if !syncs.running {
+                    syncs.running = true;
+                    // Its own task: it ends, and tells every waiter, whoever stops waiting.
+                    let inner = self.inner.clone();
+                    tokio::task::spawn_blocking(move || sync_lazy_commits(&inner));
+                }
+            }
+            synced.await;
+        }
+    }
+
+    fn commit_offsets_as(
+        &self,
+        req: &OffsetCommitRequest,
+        lazily: bool,
+    ) -> (Vec<OffsetCommitTopicResult>, u64) {
         let now = self.now();
         let _store_guard = lock(&self.inner.store_lock);
         let check = {
@@ -857,7 +952,7 @@ impl GroupCoordinator {
                 .collect::<Vec<_>>()
         };
         if let Err(e) = check {
-            return fill(&mut |_| Err(e.clone()));
+            return (fill(&mut |_| Err(e.clone())), 0);
         }
         let wall = self.inner.clock.wall_ms();
         let mut batch: Vec<(String, i32, CommittedOffset)> = Vec::new();
@@ -880,17 +975,24 @@ impl GroupCoordinator {
                 }
             }
         }
+        let mut ticket = 0;
         let stored = if batch.is_empty() {
             Ok(())
+        } else if lazily {
+            self.inner.store.commit_lazily(&req.group_id, &batch)
         } else {
             self.inner.store.commit(&req.group_id, &batch)
         };
         if let Err(e) = &stored {
             warn!(group = %client_text(&req.group_id), error = %e, "offset commit failed in the store");
         } else if !batch.is_empty() {
+            if lazily {
+                // In the store: a sync from now on covers it.
+                ticket = self.inner.lazy_commits.fetch_add(1, Ordering::AcqRel) + 1;
+            }
             self.remember_offsets(&req.group_id, batch, now);
         }
-        fill(&mut |p| {
+        let results = fill(&mut |p| {
             let size = p.metadata.as_ref().map_or(0, |m| m.len());
             if size > OFFSET_METADATA_MAX_BYTES {
                 Err(GroupError::OffsetMetadataTooLarge {
@@ -900,7 +1002,8 @@ impl GroupCoordinator {
             } else {
                 stored.clone().map_err(GroupError::Store)
             }
-        })
+        });
+        (results, ticket)
     }
 
     /// TxnOffsetCommit v3+'s membership check: a member of the group's current generation, as

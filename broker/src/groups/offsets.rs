@@ -156,6 +156,20 @@ pub trait OffsetStore: Send + Sync + 'static {
         group: &str,
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), StoreError>;
+    /// [`OffsetStore::commit`], but durable only once a later [`OffsetStore::sync`] has
+    /// returned (a crash before may lose it): commits made at once then share one write to
+    /// the disk (group commit). Visible to reads at once.
+    fn commit_lazily(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), StoreError> {
+        self.commit(group, offsets)
+    }
+    /// Makes every commit made lazily before it durable; an error when some of them were lost.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Removes all offsets of a group and its membership (DeleteGroups, offset retention).
     fn delete_group(&self, group: &str) -> Result<(), StoreError>;
     /// Removes every group's offsets of a deleted topic. Atomic per call.

@@ -3004,3 +3004,106 @@ fn changes_of_committed_offsets_name_their_groups() {
     assert_eq!(c.groups_changed_since(5, 10), None, "no longer listed");
     assert_eq!(c.groups_changed_since(6, 10), Some(vec!["d".into()]));
 }
+
+/// A store whose syncs are counted, take a while, and fail while `failing` is set.
+#[derive(Default)]
+struct SyncedStore {
+    offsets: MemoryOffsetStore,
+    syncs: std::sync::atomic::AtomicU32,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl OffsetStore for SyncedStore {
+    fn load(&self) -> Result<Vec<(String, String, i32, CommittedOffset)>, StoreError> {
+        self.offsets.load()
+    }
+    fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), StoreError> {
+        self.offsets.commit(group, offsets)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::new("the disk is full"));
+        }
+        Ok(())
+    }
+    fn delete_group(&self, group: &str) -> Result<(), StoreError> {
+        self.offsets.delete_group(group)
+    }
+    fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
+        self.offsets.delete_topic(topic)
+    }
+    fn delete_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), StoreError> {
+        self.offsets.delete_offsets(group, partitions)
+    }
+    fn load_memberships(&self) -> Result<Vec<(String, Membership)>, StoreError> {
+        self.offsets.load_memberships()
+    }
+    fn save_membership(
+        &self,
+        group: &str,
+        membership: Option<&Membership>,
+    ) -> Result<(), StoreError> {
+        self.offsets.save_membership(group, membership)
+    }
+    fn load_consumer_groups(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.offsets.load_consumer_groups()
+    }
+    fn save_consumer_group(&self, group: &str, saved: Option<&[u8]>) -> Result<(), StoreError> {
+        self.offsets.save_consumer_group(group, saved)
+    }
+    fn load_group_configs(&self) -> Result<Vec<(String, config::Overrides)>, StoreError> {
+        self.offsets.load_group_configs()
+    }
+    fn save_group_config(
+        &self,
+        group: &str,
+        configs: &config::Overrides,
+    ) -> Result<(), StoreError> {
+        self.offsets.save_group_config(group, configs)
+    }
+}
+
+/// Lazy commits made at once share syncs (group commit), each is answered once a sync after
+/// it ended, and those a failed sync covered get its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_commits_made_at_once_share_a_sync_and_learn_of_a_failed_one() {
+    let store = Arc::new(SyncedStore::default());
+    let coord = Arc::new(GroupCoordinator::new(config(Duration::ZERO), store.clone()).unwrap());
+    let commits: Vec<_> = (0..50)
+        .map(|i| {
+            let coord = coord.clone();
+            tokio::spawn(async move {
+                let req = commit_req(&format!("g{i}"), -1, "", "t", &[(0, i)]);
+                let (results, ticket) = coord.commit_offsets_lazily(&req);
+                commit_result(&results).unwrap();
+                assert!(ticket > 0);
+                coord.durable(ticket).await
+            })
+        })
+        .collect();
+    for c in commits {
+        c.await.unwrap().unwrap();
+    }
+    let syncs = store.syncs.load(Ordering::SeqCst);
+    assert!((1..50).contains(&syncs), "{syncs} syncs for 50 commits");
+    assert_eq!(
+        coord.fetch_offsets("g7", None).unwrap()[0].partitions[0].offset,
+        7
+    );
+
+    store.failing.store(true, Ordering::SeqCst);
+    let (_, lost) = coord.commit_offsets_lazily(&commit_req("g1", -1, "", "t", &[(0, 100)]));
+    let e = coord.durable(lost).await.unwrap_err();
+    assert!(e.message.contains("full"), "{e}");
+    store.failing.store(false, Ordering::SeqCst);
+    let (_, kept) = coord.commit_offsets_lazily(&commit_req("g1", -1, "", "t", &[(0, 101)]));
+    coord.durable(kept).await.unwrap();
+    assert_eq!(coord.durable(lost).await.unwrap_err(), e, "still said");
+    assert_eq!(coord.durable(0).await, Ok(()));
+}

@@ -12,7 +12,10 @@
 //!
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
-//! topic, an offset commit or a producer-id block survives a crash once the call returns.
+//! topic, an offset commit or a producer-id block survives a crash once the call returns; but
+//! for clients' offset commits, which are committed lazily (`commit_lazily`) and made durable
+//! together by one `sync` before any of them is answered (group commit: commits from many
+//! connections share one write to the disk).
 //!
 //! After an I/O error (a full disk) redb refuses every later transaction until the database is
 //! opened again. The store therefore closes it on such an error and opens it again at the next
@@ -151,6 +154,11 @@ pub struct MetaStore {
 struct Slot {
     db: Option<Database>,
     closed: Option<(std::time::Instant, String)>,
+    /// Offset commits made lazily (not durable yet) since the last sync.
+    unsynced: bool,
+    /// Why commits made lazily were lost before a sync: the database was closed after an I/O
+    /// error, which drops what was not durable. Said by the next sync.
+    unsynced_lost: Option<String>,
 }
 
 /// Opens (or creates) the database at `path` with every table.
@@ -238,6 +246,8 @@ impl MetaStore {
             db: Arc::new(Mutex::new(Slot {
                 db: Some(db),
                 closed: None,
+                unsynced: false,
+                unsynced_lost: None,
             })),
             reopen_after,
             producer_ids: Arc::new(Mutex::new((0, 0))),
@@ -249,6 +259,14 @@ impl MetaStore {
     fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        self.with_slot(|db, _| f(db))
+    }
+
+    /// [`MetaStore::with_db`], with the slot's state of lazy commits.
+    fn with_slot<T>(
+        &self,
+        f: impl FnOnce(&Database, &mut Slot) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let db = match slot.db.take() {
@@ -273,13 +291,16 @@ impl MetaStore {
             }
         };
         // redb panics on some damaged pages: that is an error of this call, not a crash.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&db)))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&db, &mut slot)))
             .unwrap_or_else(|panic| Err(MetaError::Damaged(panic_text(&*panic).to_string())));
         match &result {
             Err(e) if e.is_io() || matches!(e, MetaError::Damaged(_)) => {
                 tracing::warn!(error = %e, "metadata database failed an operation; it is closed and opened again at a use a second or more later");
                 drop(db);
                 slot.closed = Some((std::time::Instant::now(), e.to_string()));
+                if std::mem::take(&mut slot.unsynced) {
+                    slot.unsynced_lost = Some(e.to_string());
+                }
             }
             _ => slot.db = Some(db),
         }
@@ -690,6 +711,54 @@ impl OffsetStore for MetaStore {
         })
     }
 
+    fn commit_lazily(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), StoreError> {
+        self.with_slot(|db, slot| {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(redb::Durability::None)
+                .map_err(redb::Error::from)?;
+            {
+                let mut table = tx.open_table(GROUP_OFFSETS)?;
+                for (topic, partition, c) in offsets {
+                    table.insert(
+                        (group, topic.as_str(), *partition),
+                        (
+                            c.offset,
+                            c.leader_epoch,
+                            c.metadata.as_str(),
+                            c.commit_timestamp_ms,
+                        ),
+                    )?;
+                }
+            }
+            tx.commit()?;
+            slot.unsynced = true;
+            Ok(())
+        })
+        .map_err(StoreError::new)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.with_slot(|db, slot| {
+            if let Some(why) = slot.unsynced_lost.take() {
+                return Err(MetaError::Closed(format!(
+                    "offset commits not yet on disk were dropped with it ({why})"
+                )));
+            }
+            if !slot.unsynced {
+                return Ok(());
+            }
+            // A durable commit makes the ones before it durable too.
+            db.begin_write()?.commit()?;
+            slot.unsynced = false;
+            Ok(())
+        })
+        .map_err(StoreError::new)
+    }
+
     fn delete_group(&self, group: &str) -> Result<(), StoreError> {
         self.write_groups(|tx| {
             tx.open_table(GROUP_OFFSETS)?
@@ -996,5 +1065,67 @@ mod tests {
         commit(&store, 4).unwrap();
         assert_eq!(store.load().unwrap()[0].3.offset, 4);
         assert_eq!(store.next_producer_id().unwrap(), 0);
+    }
+
+    /// Commits made lazily are read at once, on disk after a sync, and a sync says so when an
+    /// I/O error closed the database before it, dropping them.
+    #[test]
+    fn lazy_commits_are_durable_after_a_sync_and_a_sync_tells_of_lost_ones() {
+        let offset = |o: i64| {
+            [(
+                "t".to_string(),
+                0,
+                CommittedOffset {
+                    offset: o,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: 0,
+                },
+            )]
+        };
+        let disk = Disk::default();
+        let on = |disk: &Disk| {
+            let d = disk.clone();
+            MetaStore::with_opener(
+                Arc::new(move || {
+                    let db = Database::builder()
+                        .create_with_backend(d.clone())
+                        .map_err(|e| MetaError::Db(e.into()))?;
+                    with_tables(db)
+                }),
+                std::time::Duration::ZERO,
+            )
+            .unwrap()
+        };
+        let store = on(&disk);
+        store.commit_lazily("g", &offset(5)).unwrap();
+        assert_eq!(store.load().unwrap()[0].3.offset, 5, "read before a sync");
+        store.sync().unwrap();
+        store.commit_lazily("g", &offset(6)).unwrap();
+        // A crash: the process ends with nothing closed.
+        std::mem::forget(store);
+        let store = on(&disk);
+        assert_eq!(store.load().unwrap()[0].3.offset, 5, "only the synced one");
+        store.commit_lazily("g", &offset(7)).unwrap();
+        store.sync().unwrap();
+        store.sync().unwrap();
+        std::mem::forget(store);
+        let store = on(&disk);
+        assert_eq!(store.load().unwrap()[0].3.offset, 7);
+        std::mem::forget(store);
+
+        let disk = Disk::default();
+        let store = on(&disk);
+        store.commit_lazily("g", &offset(1)).unwrap();
+        store.sync().unwrap();
+        store.commit_lazily("g", &offset(2)).unwrap();
+        // Another write fails on the full disk: the database is closed, the lazy commit gone.
+        disk.full.store(true, Ordering::SeqCst);
+        assert!(store.next_producer_id().is_err());
+        disk.full.store(false, Ordering::SeqCst);
+        let lost = store.sync().unwrap_err().to_string();
+        assert!(lost.contains("dropped"), "{lost}");
+        assert_eq!(store.load().unwrap()[0].3.offset, 1);
+        store.sync().unwrap();
     }
 }

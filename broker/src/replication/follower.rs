@@ -1195,6 +1195,8 @@ async fn copy_offsets(
             .collect(),
     );
     let fetched = peer.call(&request, OFFSET_FETCH_VERSION).await?;
+    // Stored lazily, group by group, and synced once at the end.
+    let mut last_ticket = 0;
     for group in &fetched.groups {
         let id = group.group_id.to_string();
         if group.error_code != 0 {
@@ -1269,13 +1271,14 @@ async fn copy_offsets(
         if topics.is_empty() {
             continue;
         }
-        let results = broker.groups.commit_offsets(&CommitRequest {
+        let (results, ticket) = broker.groups.commit_offsets_lazily(&CommitRequest {
             group_id: id.clone(),
             generation_id: -1,
             member_id: String::new(),
             group_instance_id: None,
             topics,
         });
+        last_ticket = last_ticket.max(ticket);
         if let Some(e) = results
             .iter()
             .flat_map(|t| &t.partitions)
@@ -1283,6 +1286,9 @@ async fn copy_offsets(
         {
             tracing::warn!(group = %client_text(&id), error = %e, "cannot copy the leader's committed offsets");
         }
+    }
+    if let Err(e) = broker.groups.durable(last_ticket).await {
+        tracing::warn!(error = %e, "cannot copy the leader's committed offsets");
     }
     Ok(())
 }

@@ -176,25 +176,37 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
     let mut out: Vec<OffsetCommitResponseTopic> = if plain.topics.is_empty() {
         Vec::new()
     } else {
-        let results = ctx
-            .broker
-            .transactions
-            .plain_commit(&ctx.broker, &plain.group_id, || {
-                let results = ctx.broker.groups.commit_offsets(&plain);
-                let stored: HashSet<(String, i32)> = results
-                    .iter()
-                    .flat_map(|t| {
-                        let stored = t.partitions.iter().filter(|p| p.result.is_ok());
-                        stored.map(|p| (t.name.clone(), p.partition))
-                    })
-                    .collect();
-                (results, stored)
-            });
+        let groups = &ctx.broker.groups;
+        let (mut results, ticket) =
+            ctx.broker
+                .transactions
+                .plain_commit(&ctx.broker, &plain.group_id, || {
+                    let (results, ticket) = groups.commit_offsets_lazily(&plain);
+                    let stored: HashSet<(String, i32)> = results
+                        .iter()
+                        .flat_map(|t| {
+                            let stored = t.partitions.iter().filter(|p| p.result.is_ok());
+                            stored.map(|p| (t.name.clone(), p.partition))
+                        })
+                        .collect();
+                    ((results, ticket), stored)
+                });
         let stored = results
             .iter()
             .flat_map(|t| &t.partitions)
             .any(|p| p.result.is_ok());
-        let copied = !stored || followers_copied(&ctx, &plain.group_id).await;
+        // On disk (with the commits made meanwhile: one sync for them all) and on the
+        // followers, both at once.
+        let (durable, copied) = tokio::join!(groups.durable(ticket), async {
+            !stored || followers_copied(&ctx, &plain.group_id).await
+        });
+        if let Err(e) = durable {
+            for p in results.iter_mut().flat_map(|t| &mut t.partitions) {
+                if p.result.is_ok() {
+                    p.result = Err(crate::groups::GroupError::Store(e.clone()));
+                }
+            }
+        }
         results
             .into_iter()
             .map(|t| {
