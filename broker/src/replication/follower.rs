@@ -124,9 +124,12 @@ pub fn spawn(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) -> Option
                     r = &mut following => r,
                     _ = shutdown.changed() => {
                         // A connection in its fetch loop finishes the fetch under way and
-                        // tells the leader this broker is stopping; any other is let go.
-                        let grace = cluster.replica_fetch_wait + STOPPING_TIMEOUT;
-                        let _ = tokio::time::timeout(grace, following).await;
+                        // tells the leader this broker is stopping; any other (connecting,
+                        // or reading the leader's topics first) is let go at once.
+                        if cluster.following() {
+                            let grace = cluster.replica_fetch_wait + STOPPING_TIMEOUT;
+                            let _ = tokio::time::timeout(grace, following).await;
+                        }
                         return;
                     }
                 }
