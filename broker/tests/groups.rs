@@ -927,6 +927,21 @@ async fn consumer_protocol_refusals_and_an_expired_member_over_the_wire() {
     assert_eq!(hosted.leader.as_str(), "");
     assert!(hosted.members.is_empty());
     assert!(hosted.generation_id > 0);
+    // It commits with the classic versions (kafka-python's newest is v8), at its generation:
+    // only members of the consumer protocol itself need v9, as in Kafka.
+    let classic_commit = commit
+        .clone()
+        .with_member_id(first_join.member_id.clone())
+        .with_generation_id_or_member_epoch(hosted.generation_id);
+    assert_eq!(code(&raw.call(&classic_commit, 8).await), 0);
+    let stale = classic_commit
+        .clone()
+        .with_generation_id_or_member_epoch(hosted.generation_id - 1);
+    assert_eq!(code(&raw.call(&stale, 8).await), 22, "ILLEGAL_GENERATION");
+    let unknown = classic_commit
+        .clone()
+        .with_member_id(StrBytes::from_static_str("nobody"));
+    assert_eq!(code(&raw.call(&unknown, 8).await), 25, "UNKNOWN_MEMBER_ID");
     let leave = LeaveGroupRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("gw")))
         .with_members(vec![

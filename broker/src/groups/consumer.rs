@@ -1188,6 +1188,14 @@ impl ConsumerGroup {
         member.assigned = assigned;
     }
 
+    /// Whether `member_id` is a member of the consumer protocol itself (not a classic member
+    /// the group hosts).
+    pub fn has_own_member(&self, member_id: &str) -> bool {
+        self.members
+            .get(member_id)
+            .is_some_and(|m| m.classic.is_none())
+    }
+
     /// Checks an OffsetCommit's member and epoch: a request without a member commits only to
     /// a group without members; a member commits at its epoch, or at an older one for
     /// partitions it has held since that epoch (so a commit in flight while its epoch moved on

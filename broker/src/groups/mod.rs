@@ -1245,6 +1245,15 @@ impl GroupCoordinator {
             .is_some_and(|g| g.uses_consumer_protocol())
     }
 
+    /// Whether `member_id` is a member of `group_id` that uses the consumer protocol itself,
+    /// not a classic member the group hosts: such a member commits with OffsetCommit v9 or
+    /// later, as Kafka requires.
+    pub fn is_consumer_protocol_member(&self, group_id: &str, member_id: &str) -> bool {
+        self.groups()
+            .get(group_id)
+            .is_some_and(|g| g.uses_consumer_protocol() && g.consumer.has_own_member(member_id))
+    }
+
     /// OffsetFetch v9's check of a consumer-protocol member, as Kafka's: none named (an admin
     /// client) passes; a named one must be a member at the epoch given (UNKNOWN_MEMBER_ID,
     /// STALE_MEMBER_EPOCH). Classic groups and unknown ones pass.

@@ -113,11 +113,14 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
         .group_refusal(Operation::Read, &req.group_id)
         .or_else(|| {
             // As Kafka: a member of the consumer protocol commits with v9 or later, which
-            // carries its member epoch (librdkafka and the Java client do).
-            let member = !req.member_id.is_empty() || req.generation_id_or_member_epoch >= 0;
+            // carries its member epoch (librdkafka and the Java client do). A classic member
+            // the group hosts (a consumer of the classic protocol joining it, or one not yet
+            // moved over) commits with its older version, at its generation.
             (ctx.api_version < 9
-                && member
-                && ctx.broker.groups.uses_consumer_protocol(&req.group_id))
+                && ctx
+                    .broker
+                    .groups
+                    .is_consumer_protocol_member(&req.group_id, &req.member_id))
             .then_some(E::UnsupportedVersion.code())
         });
     for t in req.topics {
