@@ -1431,3 +1431,68 @@ async fn a_groups_own_configs_set_its_members_heartbeat_and_session_timeout() {
     assert_eq!(entries(&describe(&mut raw, "gc").await)[1].1, "200");
     broker.shutdown().await;
 }
+
+/// A group id longer than a 2-byte length can say (which the flexible versions carry) makes no
+/// group: INVALID_GROUP_ID from JoinGroup, ConsumerGroupHeartbeat and OffsetCommit, so that
+/// ListGroups v0 (librdkafka's, and `runnel groups`) can still list every group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_id_too_long_for_the_older_versions_makes_no_group() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        ConsumerGroupHeartbeatRequest, GroupId, JoinGroupRequest, ListGroupsRequest,
+        OffsetCommitRequest, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = consumer_protocol_broker(dir.path()).await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "long", 1).await;
+    let mut raw = common::RawClient::connect(&bootstrap).await;
+    let long = GroupId(StrBytes::from_string("g".repeat(40_000)));
+    let longest = GroupId(StrBytes::from_string("g".repeat(32_767)));
+
+    let heartbeat = |id: &GroupId| {
+        ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(id.clone())
+            .with_member_id(StrBytes::from_static_str("m1"))
+            .with_rebalance_timeout_ms(5000)
+            .with_subscribed_topic_names(Some(vec![TopicName(StrBytes::from_static_str("long"))]))
+            .with_topic_partitions(Some(Vec::new()))
+    };
+    assert_eq!(raw.call(&heartbeat(&long), 1).await.error_code, 24);
+    assert_eq!(raw.call(&heartbeat(&longest), 1).await.error_code, 0);
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(long.clone())
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("long")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1),
+                ]),
+        ]);
+    let r = raw.call(&commit, 8).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 24);
+    let join = JoinGroupRequest::default()
+        .with_group_id(long.clone())
+        .with_session_timeout_ms(6000)
+        .with_rebalance_timeout_ms(6000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0])),
+        ]);
+    assert_eq!(raw.call(&join, 6).await.error_code, 24);
+
+    let listed = raw.call(&ListGroupsRequest::default(), 0).await;
+    assert_eq!(listed.error_code, 0);
+    assert_eq!(listed.groups.len(), 1, "the longest id that fits, alone");
+    assert_eq!(listed.groups[0].group_id.len(), 32_767);
+    broker.shutdown().await;
+}

@@ -270,6 +270,16 @@ struct RecentChanges {
 /// How many changes [`RecentChanges`] lists.
 const RECENT_CHANGES: usize = 1024;
 
+/// The longest group id a group may be made with, in bytes: Kafka's group ids are stored and
+/// listed (ListGroups v0-v2, OffsetFetch and DescribeGroups before their flexible versions) as
+/// strings of a 2-byte length, so a longer one could never be said to every client.
+pub const GROUP_ID_MOST_BYTES: usize = i16::MAX as usize;
+
+/// Whether a group may be made with this id: not empty, and at most [`GROUP_ID_MOST_BYTES`].
+pub fn group_id_makeable(id: &str) -> bool {
+    !id.is_empty() && id.len() <= GROUP_ID_MOST_BYTES
+}
+
 const STORE_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for GroupCoordinator {
@@ -572,7 +582,7 @@ impl GroupCoordinator {
         view: &TopicView,
     ) -> Result<JoinResponse, GroupError> {
         let rx = {
-            if req.group_id.is_empty() {
+            if !group_id_makeable(&req.group_id) {
                 return Err(GroupError::InvalidGroupId);
             }
             let cfg = &self.inner.config;
@@ -927,7 +937,9 @@ impl GroupCoordinator {
                     group.poll(now);
                     group.check_commit(req, now)
                 }
-                // A simple consumer (no generation) may commit to a group that does not exist.
+                // A simple consumer (no generation) may commit to a group that does not
+                // exist, which makes it.
+                None if !group_id_makeable(&req.group_id) => Err(GroupError::InvalidGroupId),
                 None if req.generation_id < 0 => Ok(()),
                 None => Err(GroupError::IllegalGeneration {
                     given: req.generation_id,
@@ -1174,6 +1186,9 @@ impl GroupCoordinator {
             return Err(GroupError::InvalidRequest(
                 "GroupId can't be empty".to_string(),
             ));
+        }
+        if !group_id_makeable(&req.group_id) {
+            return Err(GroupError::InvalidGroupId);
         }
         let group_id = req.group_id.clone();
         let mut handed_over = false;

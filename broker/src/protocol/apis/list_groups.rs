@@ -30,6 +30,9 @@ pub async fn handle(ctx: Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
         .into_iter()
         .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
         .filter(|g| all || ctx.sees(ResourceType::Group, &g.group_id))
+        // Before v3 an id is a string of a 2-byte length: a longer one (made by an earlier
+        // build) cannot be said, and would make the whole answer fail.
+        .filter(|g| ctx.api_version >= 3 || g.group_id.len() <= crate::groups::GROUP_ID_MOST_BYTES)
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(s(g.group_id)))

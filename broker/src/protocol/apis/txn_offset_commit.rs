@@ -21,7 +21,7 @@ pub async fn handle(ctx: Ctx, req: TxnOffsetCommitRequest) -> TxnOffsetCommitRes
     let group = req.group_id.to_string();
     let whole = if let Some(code) = super::coordinator_refusal(&ctx, &id) {
         Some(code)
-    } else if group.is_empty() {
+    } else if !crate::groups::group_id_makeable(&group) {
         Some(E::InvalidGroupId.code())
     } else if !ctx.allowed(Operation::Read, ResourceType::Group, &group) {
         Some(E::GroupAuthorizationFailed.code())
