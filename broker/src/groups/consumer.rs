@@ -1014,11 +1014,14 @@ impl ConsumerGroup {
 
     /// The uniform assignor: as even as the subscriptions allow, and sticky.
     ///
-    /// First the shares: the partitions of the topics with the fewest subscribers go first,
-    /// each to the subscriber with the fewest so far (ties to the one that held most before,
-    /// then by id), so a member that alone reads a big topic does not starve the members that
-    /// share a small one. Then the partitions: each member keeps what its previous target gave
-    /// it, up to its share, and the rest go to the subscribers furthest below theirs.
+    /// First the shares, per member and topic: the partitions of the topics with the fewest
+    /// subscribers go first, each to the subscriber with the fewest so far (ties to the one
+    /// that held most of the topic before, then by id), so a member that alone reads a big
+    /// topic does not starve the members that share a small one. Then the partitions: each
+    /// member keeps what its previous target gave it of each topic, up to its share of that
+    /// topic, and the rest go to the subscribers furthest below theirs. Shares per topic, not
+    /// only in all: a member that reads two topics must not keep partitions of the one others
+    /// could take while those only it and a few can take pile up on them.
     ///
     /// Each choice takes the least of a heap of the topic's subscribers, so a target costs
     /// about the partitions times the log of the members, not their product: a burst of joins
@@ -1068,14 +1071,19 @@ impl ConsumerGroup {
                 (id, valid)
             })
             .collect();
+        // Each member's share in all, and of each topic.
         let mut share: HashMap<&String, usize> = HashMap::new();
-        for (name, _, n) in &topics {
-            // The subscriber with the fewest so far, then the one that held most, then by id.
+        let mut topic_share: HashMap<(&String, Uuid), usize> = HashMap::new();
+        for (name, t, n) in &topics {
+            // The subscriber with the fewest so far, then the one that held most of the
+            // topic, then by id.
             let mut fewest: BinaryHeap<Reverse<(usize, Reverse<usize>, &String)>> = subscribers
                 [name.as_str()]
             .iter()
             .map(|&id| {
-                let had = kept.get(id).map_or(0, Vec::len);
+                let had = kept
+                    .get(id)
+                    .map_or(0, |k| k.iter().filter(|(kt, _)| kt == t).count());
                 Reverse((share.get(id).copied().unwrap_or(0), Reverse(had), id))
             })
             .collect();
@@ -1084,30 +1092,34 @@ impl ConsumerGroup {
                     break;
                 };
                 share.insert(id, have + 1);
+                *topic_share.entry((id, *t)).or_default() += 1;
                 fewest.push(Reverse((have + 1, had, id)));
             }
         }
-        let mut count: HashMap<&String, usize> = HashMap::new();
+        let mut count: HashMap<(&String, Uuid), usize> = HashMap::new();
         let mut taken: BTreeSet<(Uuid, i32)> = BTreeSet::new();
         for (id, previous) in &kept {
             let a = target.get_mut(*id).expect("every member has an entry");
-            let quota = share.get(id).copied().unwrap_or(0);
-            for (t, p) in previous.iter().take(quota) {
-                taken.insert((*t, *p));
-                insert(a, *t, *p);
+            for (t, p) in previous {
+                let have = count.entry((*id, *t)).or_default();
+                if *have < topic_share.get(&(*id, *t)).copied().unwrap_or(0) {
+                    *have += 1;
+                    taken.insert((*t, *p));
+                    insert(a, *t, *p);
+                }
             }
-            count.insert(id, previous.len().min(quota));
         }
         for (name, t, n) in &topics {
-            // The subscriber furthest below its share (one at it last), then by id.
+            // The subscriber furthest below its share of the topic (one at it last), then by
+            // id.
             let key = |id: &'_ String, have: usize| {
-                let quota = share.get(id).copied().unwrap_or(0);
+                let quota = topic_share.get(&(id, *t)).copied().unwrap_or(0);
                 (have >= quota, have)
             };
             let mut neediest: BinaryHeap<Reverse<((bool, usize), &String)>> = subscribers
                 [name.as_str()]
             .iter()
-            .map(|&id| Reverse((key(id, count.get(id).copied().unwrap_or(0)), id)))
+            .map(|&id| Reverse((key(id, count.get(&(id, *t)).copied().unwrap_or(0)), id)))
             .collect();
             for p in 0..*n {
                 if taken.contains(&(*t, p)) {
@@ -1116,7 +1128,7 @@ impl ConsumerGroup {
                 let Some(Reverse(((_, have), id))) = neediest.pop() else {
                     break;
                 };
-                count.insert(id, have + 1);
+                count.insert((id, *t), have + 1);
                 neediest.push(Reverse((key(id, have + 1), id)));
                 insert(
                     target.get_mut(id).expect("every member has an entry"),
@@ -2053,10 +2065,13 @@ mod tests {
             })
             .collect();
         let mut share: HashMap<&String, usize> = HashMap::new();
-        for (name, _, n) in &topics {
+        let mut topic_share: HashMap<(&String, Uuid), usize> = HashMap::new();
+        for (name, t, n) in &topics {
             for _ in 0..*n {
                 let fewest = subscribers[name.as_str()].iter().min_by_key(|id| {
-                    let had = kept.get(**id).map_or(0, Vec::len);
+                    let had = kept
+                        .get(**id)
+                        .map_or(0, |k| k.iter().filter(|(kt, _)| kt == t).count());
                     (
                         share.get(**id).copied().unwrap_or(0),
                         std::cmp::Reverse(had),
@@ -2065,19 +2080,23 @@ mod tests {
                 });
                 if let Some(id) = fewest {
                     *share.entry(id).or_default() += 1;
+                    *topic_share.entry((id, *t)).or_default() += 1;
                 }
             }
         }
-        let mut count: HashMap<&String, usize> = HashMap::new();
+        let mut count: HashMap<(&String, Uuid), usize> = HashMap::new();
         let mut taken: BTreeSet<(Uuid, i32)> = BTreeSet::new();
         for (id, previous) in &kept {
             let a = target.get_mut(*id).expect("every member has an entry");
-            let quota = share.get(id).copied().unwrap_or(0);
-            for (t, p) in previous.iter().take(quota) {
-                taken.insert((*t, *p));
-                insert(a, *t, *p);
+            for (t, p) in previous {
+                let quota = topic_share.get(&(*id, *t)).copied().unwrap_or(0);
+                let have = count.entry((*id, *t)).or_default();
+                if *have < quota {
+                    *have += 1;
+                    taken.insert((*t, *p));
+                    insert(a, *t, *p);
+                }
             }
-            count.insert(id, previous.len().min(quota));
         }
         for (name, t, n) in &topics {
             for p in 0..*n {
@@ -2085,12 +2104,12 @@ mod tests {
                     continue;
                 }
                 let neediest = subscribers[name.as_str()].iter().min_by_key(|id| {
-                    let have = count.get(**id).copied().unwrap_or(0);
-                    let quota = share.get(**id).copied().unwrap_or(0);
+                    let have = count.get(&(**id, *t)).copied().unwrap_or(0);
+                    let quota = topic_share.get(&(**id, *t)).copied().unwrap_or(0);
                     (have >= quota, have, (**id).clone())
                 });
                 if let Some(id) = neediest {
-                    *count.entry(id).or_default() += 1;
+                    *count.entry((*id, *t)).or_default() += 1;
                     insert(
                         target.get_mut(*id).expect("every member has an entry"),
                         *t,
@@ -2189,6 +2208,45 @@ mod tests {
         let mut sizes: Vec<usize> = after.iter().map(Vec::len).collect();
         sizes.sort();
         assert_eq!(sizes, vec![2, 3, 3]);
+    }
+
+    /// Members that read two topics and members that read one of them: each topic's
+    /// partitions go where they balance the group, whatever order the members joined in (a
+    /// member of both kept partitions of the shared topic while those of the other, which only
+    /// it and its like could take, piled up on them: 11-12 against 7-10 in QA).
+    #[test]
+    fn uniform_balances_members_of_two_topics_against_members_of_one() {
+        let v = TopicView::from([("a".to_string(), (T, 60)), ("b".to_string(), (U, 60))]);
+        let now = Instant::now();
+        for both_first in [true, false] {
+            let mut g = ConsumerGroup::new("g".into());
+            let mut order: Vec<(String, Vec<&str>)> = (0..12)
+                .map(|i| {
+                    let topics = if i < 6 { vec!["a", "b"] } else { vec!["a"] };
+                    (format!("m{i:02}"), topics)
+                })
+                .collect();
+            if !both_first {
+                order.reverse();
+            }
+            // One at a time, interleaving the kinds: every join moves the target.
+            let (first, second): (Vec<_>, Vec<_>) = order
+                .into_iter()
+                .partition(|(id, _)| id.as_str() < "m03" || ("m06".."m09").contains(&id.as_str()));
+            for (id, topics) in first.into_iter().chain(second) {
+                g.heartbeat(join(&id, &topics), &v, &visible, settings(), now)
+                    .unwrap();
+            }
+            let sizes: Vec<usize> = g
+                .describe()
+                .members
+                .iter()
+                .map(|m| {
+                    parts(&m.target_assignment, T).len() + parts(&m.target_assignment, U).len()
+                })
+                .collect();
+            assert_eq!(sizes, vec![10; 12], "both first: {both_first}");
+        }
     }
 
     #[test]
