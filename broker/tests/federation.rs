@@ -1010,6 +1010,81 @@ async fn a_record_the_brokers_take_by_default_is_forwarded_though_over_librdkafk
     central.shutdown().await;
 }
 
+/// A record larger than the link's whole queue (`queue.buffering.max.kbytes`) would never get
+/// into it: it is skipped and counted, as one the remote refuses, and the records after it
+/// arrive (before, the partition waited for room forever, and nothing said so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_the_links_queue_is_skipped_and_the_rest_arrive() {
+    let central_dir = tempfile::tempdir().unwrap();
+    let central = common::start(central_dir.path()).await;
+    let edge_dir = tempfile::tempdir().unwrap();
+    let mut cfg = edge_config(edge_dir.path(), &central.bootstrap(), &["readings"]);
+    cfg.federation.links[0]
+        .client
+        .insert("queue.buffering.max.kbytes".into(), "1024".into());
+    // A second link that also lets librdkafka take records larger than the queue.
+    let mut second = cfg.federation.links[0].clone();
+    second.name = "second".into();
+    second.remote_topic = "site-b.{topic}".into();
+    second
+        .client
+        .insert("message.max.bytes".into(), "4000000".into());
+    cfg.federation.links.push(second);
+    let edge = common::start_with(cfg).await;
+    create_topic_with(
+        &edge.bootstrap(),
+        "readings",
+        &[("max.message.bytes", "4000000")],
+    )
+    .await;
+    let producer: FutureProducer = common::client_config(&edge.bootstrap())
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    let sizes = [5, 2_000_000, 5, 5];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let value = vec![b'a' + i as u8; size];
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to("readings")
+                    .payload(&value)
+                    .partition(0),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+
+    for (name, remote) in [
+        ("central", "site-a.readings"),
+        ("second", "site-b.readings"),
+    ] {
+        await_remote(&central, remote, &[3]).await;
+        let got = read_topic(&central.bootstrap(), remote, 1).await;
+        let values: Vec<Option<Vec<u8>>> = got[0].iter().map(|r| r.value.clone()).collect();
+        assert_eq!(
+            values,
+            [
+                Some(b"aaaaa".to_vec()),
+                Some(b"ccccc".to_vec()),
+                Some(b"ddddd".to_vec())
+            ],
+            "{name}"
+        );
+        let link = [("link", name)];
+        await_metrics(
+            &edge,
+            &[
+                ("runnel_federation_skipped_records_total", &link, 1.0),
+                (FORWARDED, &link, 3.0),
+            ],
+        )
+        .await;
+    }
+    edge.shutdown().await;
+    central.shutdown().await;
+}
+
 /// The `seq` header of each record: which record of [`records`] it is.
 fn seqs(records: &[Rec]) -> Vec<String> {
     records

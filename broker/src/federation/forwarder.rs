@@ -229,7 +229,7 @@ impl Forwarder {
                 }
                 Some((offset, error)) if refused(&error) && limit == 1 => {
                     self.link.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, "the remote cluster refused a record sent alone; it is skipped");
+                    tracing::error!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, "a record sent alone was refused (by the remote cluster, or by librdkafka as larger than the link's message.max.bytes or queue.buffering.max.kbytes); it is skipped");
                     cursor.moved_to(offset + 1);
                 }
                 Some((offset, error)) => {
@@ -415,6 +415,16 @@ impl Forwarder {
                 };
                 if timestamp >= 0 {
                     record = record.timestamp(timestamp);
+                }
+                // librdkafka counts a record's key and value against its queue: one larger than
+                // the whole queue would wait for room forever.
+                let size = r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len);
+                if size as u64 > self.link.queue_bytes {
+                    unsent = Some((
+                        offset,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                    ));
+                    break 'batches;
                 }
                 loop {
                     match producer.send_result(record) {

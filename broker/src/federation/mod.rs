@@ -56,8 +56,10 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 const QUEUE_KBYTES: &str = "65536";
 /// Largest produce request a link's producer makes unless its `client` settings say otherwise:
 /// Kafka's largest request by default (`socket.request.max.bytes`, also runnel's
-/// `max_request_bytes`), so any record the edge stored can be sent.
-const MESSAGE_MAX_BYTES: &str = "104857600";
+/// `max_request_bytes`), so any record the edge stored can be sent; but no more than the queue
+/// holds (`queue.buffering.max.kbytes`), as a record larger than the whole queue never fits in
+/// it ([`queue_bytes`]).
+const MESSAGE_MAX_BYTES: u64 = 104_857_600;
 
 /// What the forwarders report, for `/metrics`.
 #[derive(Default)]
@@ -274,6 +276,8 @@ struct Link {
     remote_topics: tokio::sync::Mutex<HashMap<String, i32>>,
     stats: Arc<LinkStats>,
     backoff: (Duration, Duration),
+    /// The most record bytes the producer's queue holds ([`queue_bytes`]).
+    queue_bytes: u64,
 }
 
 impl Link {
@@ -334,11 +338,15 @@ fn producer_config(spec: &FederationLink) -> ClientConfig {
         .set("acks", "all")
         // 0 = no timeout: a chunk waits in librdkafka, retried, until the cluster answers.
         .set("message.timeout.ms", "0");
+    // librdkafka's own 1,000,000 would refuse records the broker took (its default
+    // max.message.bytes is 1,048,588); the remote topic's limit still applies.
+    let message_max = MESSAGE_MAX_BYTES
+        .min(queue_bytes(spec))
+        .max(1000)
+        .to_string();
     let defaults = [
         ("queue.buffering.max.kbytes", QUEUE_KBYTES),
-        // librdkafka's own 1,000,000 would refuse records the broker took (its default
-        // max.message.bytes is 1,048,588); the remote topic's limit still applies.
-        ("message.max.bytes", MESSAGE_MAX_BYTES),
+        ("message.max.bytes", message_max.as_str()),
         // A remote topic deleted while forwarded must not come back through the remote's
         // auto-creation (with its default partition count): the forwarder makes it again.
         ("allow.auto.create.topics", "false"),
@@ -349,6 +357,17 @@ fn producer_config(spec: &FederationLink) -> ClientConfig {
         }
     }
     c
+}
+
+/// The most record bytes librdkafka queues for a link (`queue.buffering.max.kbytes`): a record
+/// larger than that never gets into the queue, so it is skipped, as one the remote refuses.
+fn queue_bytes(spec: &FederationLink) -> u64 {
+    spec.client
+        .get("queue.buffering.max.kbytes")
+        .map_or(QUEUE_KBYTES, String::as_str)
+        .trim()
+        .parse::<u64>()
+        .map_or(u64::MAX, |k| k.saturating_mul(1024))
 }
 
 /// Checks that librdkafka takes each link's `client` settings, without connecting: for
@@ -417,6 +436,7 @@ pub fn connect(broker: &Broker, config: &FederationConfig) -> anyhow::Result<Lin
             remote_topics: tokio::sync::Mutex::new(HashMap::new()),
             stats,
             backoff: (config.retry_backoff, config.retry_backoff_max),
+            queue_bytes: queue_bytes(spec),
         }));
         clamp_cursors(broker, spec)?;
     }
