@@ -601,7 +601,7 @@ pub(crate) const SECTIONS: &[Section] = &[
             key(
                 "links",
                 Tables,
-                "Remote clusters, one [[federation.links]] table each:\n  name = \"central\"               # in logs and metrics; unique\n  bootstrap_servers = \"kafka:9092\"\n  topics = [\"readings\", \"alerts.*\"] # names, or prefixes ending in '*'\n  remote_topic = \"site-7.{topic}\"  # default \"{topic}\"\n  [federation.links.client]        # librdkafka producer properties (TLS, SASL, compression)\n  \"security.protocol\" = \"SASL_SSL\"",
+                "Remote clusters, one [[federation.links]] table each:\n  name = \"central\"               # in logs and metrics; unique; keeps the link's positions (renamed, it starts over)\n  bootstrap_servers = \"kafka:9092\"\n  topics = [\"readings\", \"alerts.*\"] # names, or prefixes ending in '*'\n  remote_topic = \"site-7.{topic}\"  # default \"{topic}\"\n  [federation.links.client]        # librdkafka producer properties (TLS, SASL, compression)\n  \"security.protocol\" = \"SASL_SSL\"",
             ),
         ],
     },

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::{Link, LinkProducer, SCAN_INTERVAL, pause, stopped, stopping};
 use crate::broker::Broker;
 use crate::catalog::{Partition, Topic};
+use crate::log_budget::{LogBudget, within_budget};
 use crate::storage::record_spans::{Records, plain_batch};
 use crate::storage::{self, BatchHeader, StorageError};
 
@@ -134,6 +135,11 @@ impl Forwarder {
                 // records before they are sent and the broker restarts meanwhile, the saved
                 // cursor shows what was skipped.
                 if stored.is_none() {
+                    let records = self.partition.log().log_end_offset() - next;
+                    if records > 0 {
+                        // Positions are kept by link name: a renamed link starts again too.
+                        tracing::info!(link = %self.name(), topic = %self.topic.name, partition = index, records, "no saved position for this link (a new link, or one renamed): forwarding the partition from its log start");
+                    }
                     self.save(&mut cursor);
                 }
                 self.forward(&mut cursor, &mut shutdown).await;
@@ -239,7 +245,10 @@ impl Forwarder {
                         cursor.limit = outcome.refused.clamp(1, limit).div_ceil(2);
                     } else if !stopping(shutdown) {
                         self.link.stats.failed();
-                        tracing::warn!(link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, retry_in = ?backoff, "forwarding failed; trying again");
+                        // Said again once the remote acknowledges records.
+                        self.link.context.0.troubled.store(true, Ordering::Relaxed);
+                        // Every partition's forwarder retries, each at its own pace.
+                        within_budget!(SEND_FAILED, warn, link = %self.name(), %topic, partition = index, offset, remote_topic = %self.remote, %error, retry_in = ?backoff, "forwarding failed; trying again");
                         self.link.replace_producer(&producer);
                         self.link.remote_topics.lock().await.remove(&self.remote);
                         pause(shutdown, &mut backoff, self.link.backoff.1).await;
@@ -507,6 +516,9 @@ impl Forwarder {
         if let Some(&n) = known.get(&self.remote) {
             return Ok(n);
         }
+        if !self.link.reachable().await {
+            return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown));
+        }
         let partitions = self.topic.partition_count();
         let new = NewTopic::new(&self.remote, partitions, TopicReplication::Fixed(-1));
         let options = AdminOptions::new()
@@ -560,6 +572,9 @@ impl Forwarder {
         Ok(count)
     }
 }
+
+/// Failed sends said a minute, over every link and partition.
+static SEND_FAILED: LogBudget = LogBudget::new(6);
 
 /// Errors about a record itself (or the batch it went in), which sending it again as it is
 /// cannot cure.

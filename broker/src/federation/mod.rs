@@ -183,22 +183,25 @@ struct ContextInner {
     last_warn: Mutex<(Option<Instant>, u64)>,
     /// Set by an error, cleared by the next acknowledged chunk (which logs that it is over).
     troubled: AtomicBool,
-    /// The last error librdkafka reported (a refused login, an unreachable broker), for the
-    /// lines that would otherwise only say that something timed out.
-    last_error: Mutex<Option<String>>,
+    /// The last error librdkafka reported (a refused login, an unreachable broker), and when,
+    /// for the lines that would otherwise only say that something timed out.
+    last_error: Mutex<Option<(Instant, String)>>,
     /// librdkafka's last word on a failed connection (its FAIL lines, logged at debug): why
     /// "all brokers are down".
     last_failure: Mutex<Option<String>>,
 }
 
 impl LinkContext {
-    /// The last error librdkafka reported, if any.
+    /// The last error librdkafka reported, if any in the last [`RECENT_ERROR`] (an older one,
+    /// from an outage since over, would point the wrong way).
     fn last_error(&self) -> Option<String> {
         self.0
             .last_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < RECENT_ERROR)
+            .map(|(_, what)| what.clone())
     }
 
     fn warn(&self, what: &str) {
@@ -244,18 +247,32 @@ impl ClientContext for LinkContext {
                 .clone()
         {
             what.push_str(&format!("; the last connection: {failure}"));
-            // A remote that answers ApiVersions and then hangs up: a SASL or TLS listener
-            // spoken to in plaintext, most often.
-            if failure.contains("closed by peer") && failure.contains("state UP") {
+            // A remote that answers ApiVersions and then hangs up at once: a SASL or TLS
+            // listener spoken to in plaintext, most often (not a connection that was up a
+            // while: that is a remote going down).
+            if failure.contains("closed by peer") && up_for_ms(&failure).is_some_and(|ms| ms < 5000)
+            {
                 what.push_str(
                     " (the remote closed it after the first requests: does it require SASL or \
                      TLS? set security.protocol and sasl.* under [federation.links.client])",
                 );
             }
         }
-        *self.0.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.clone());
+        *self.0.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), what.clone()));
         self.warn(&what);
     }
+}
+
+/// How long librdkafka's last error is quoted in the link's warnings.
+const RECENT_ERROR: Duration = Duration::from_secs(30);
+
+/// How long a connection librdkafka says failed had been up: its FAIL lines end `(after
+/// 361031ms in state UP)`.
+fn up_for_ms(failure: &str) -> Option<u64> {
+    let (before, _) = failure.rsplit_once("ms in state UP")?;
+    let (_, digits) = before.rsplit_once("(after ")?;
+    digits.trim().parse().ok()
 }
 
 type LinkProducer = FutureProducer<LinkContext>;
@@ -281,6 +298,24 @@ struct Link {
 }
 
 impl Link {
+    /// Whether one of the link's bootstrap servers takes a TCP connection (within 2 s). Asked
+    /// before the admin and metadata requests that make sure of a remote topic: librdkafka,
+    /// waiting on those while the cluster refuses connections, tries to connect in a loop
+    /// (thousands of tries a second, most of a core), where its producer's own reconnects
+    /// back off.
+    async fn reachable(&self) -> bool {
+        for server in self.spec.bootstrap_servers.split(',') {
+            let server = server.trim();
+            // librdkafka also takes `PROTOCOL://host:port`.
+            let address = server.rsplit_once("://").map_or(server, |(_, a)| a);
+            let connect = tokio::net::TcpStream::connect(address);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+                return true;
+            }
+        }
+        false
+    }
+
     fn producer(&self) -> Arc<LinkProducer> {
         self.producer
             .lock()
@@ -563,5 +598,27 @@ fn settings_refusal(e: &KafkaError) -> String {
             format!("{key} = {value:?}: {description}")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn how_long_a_failed_connection_was_up_is_read_from_librdkafkas_line() {
+        let line = "127.0.0.1:19810/1: Connection closed by peer: receive 0 after POLLIN \
+                    (after 361031ms in state UP)";
+        assert_eq!(up_for_ms(line), Some(361_031));
+        assert_eq!(
+            up_for_ms("Disconnected (after 12ms in state UP, 1 identical error(s) suppressed)"),
+            Some(12)
+        );
+        assert_eq!(
+            up_for_ms(
+                "Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)"
+            ),
+            None
+        );
     }
 }
