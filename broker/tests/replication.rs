@@ -657,6 +657,12 @@ async fn a_follower_that_stops_leaves_the_in_sync_set_at_once_and_rejoins_once_c
         ]);
     let resp = raw.call(&commit, 8).await;
     assert_eq!(resp.topics[0].partitions[0].error_code, 0);
+    // Nor a partition made after it stopped, which has never heard from it.
+    create_topic(&mut raw, "made-since", &[]).await;
+    let mut later = produce_request("made-since", 0, -1, batch(b"alone"));
+    later.timeout_ms = 20_000;
+    let resp = raw.call(&later, 9).await;
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "answered without waiting for the stopped follower: {:?}",

@@ -652,9 +652,17 @@ pub fn isr(cluster: &Cluster, p: &Partition, now_ms: i64) -> Vec<i32> {
     let followers = p.replica.followers();
     std::iter::once(cluster.leader)
         .chain(cluster.followers().filter(|&id| {
-            !ahead.contains(&id) && in_sync(cluster, &p.replica.position(&followers, id), now_ms)
+            !ahead.contains(&id)
+                && !stopped_before(cluster, &followers, id)
+                && in_sync(cluster, &p.replica.position(&followers, id), now_ms)
         }))
         .collect()
+}
+
+/// Whether follower `id`, not heard from for this partition, said it is stopping: a partition
+/// made since (its positions hold none for it) does not count it in sync either.
+fn stopped_before(cluster: &Cluster, followers: &HashMap<i32, FollowerPosition>, id: i32) -> bool {
+    !followers.contains_key(&id) && cluster.stopped(id)
 }
 
 fn in_sync(cluster: &Cluster, f: &FollowerPosition, now_ms: i64) -> bool {
@@ -782,6 +790,7 @@ pub fn advance(cluster: &Cluster, p: &Partition, leader_end: i64, now_ms: i64) -
         let followers = p.replica.followers();
         cluster
             .followers()
+            .filter(|&id| !stopped_before(cluster, &followers, id))
             .map(|id| p.replica.position(&followers, id))
             .filter(|f| in_sync(cluster, f, now_ms))
             .map(|f| f.log_end)
