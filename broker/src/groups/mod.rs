@@ -242,7 +242,10 @@ struct Syncs {
 /// waiters ([`GroupCoordinator::durable`]).
 fn sync_lazy_commits(inner: &Inner) {
     let covers = inner.lazy_commits.load(Ordering::Acquire);
-    let result = inner.store.sync();
+    // However it ends, it says so: a sync that never cleared `running` would hold every
+    // commit after it.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.store.sync()))
+        .unwrap_or_else(|_| Err(StoreError::new("the sync to disk panicked")));
     let mut syncs = lock(&inner.syncs);
     if let Err(e) = result {
         warn!(error = %e, "offset commits could not be made durable: they are answered with the error");
@@ -938,8 +941,8 @@ impl GroupCoordinator {
                     group.check_commit(req, now)
                 }
                 // A simple consumer (no generation) may commit to a group that does not
-                // exist, which makes it.
-                None if !group_id_makeable(&req.group_id) => Err(GroupError::InvalidGroupId),
+                // exist, which makes it; the empty id too, as Kafka allows for old clients.
+                None if req.group_id.len() > GROUP_ID_MOST_BYTES => Err(GroupError::InvalidGroupId),
                 None if req.generation_id < 0 => Ok(()),
                 None => Err(GroupError::IllegalGeneration {
                     given: req.generation_id,
