@@ -748,12 +748,13 @@ impl OffsetStore for MetaStore {
                     "offset commits not yet on disk were dropped with it ({why})"
                 )));
             }
-            if !slot.unsynced {
+            // Taken now: should this sync fail, its error is the one said for them (the
+            // database is closed, and a later sync must not say it again for newer commits).
+            if !std::mem::take(&mut slot.unsynced) {
                 return Ok(());
             }
             // A durable commit makes the ones before it durable too.
             db.begin_write()?.commit()?;
-            slot.unsynced = false;
             Ok(())
         })
         .map_err(StoreError::new)

@@ -1290,9 +1290,12 @@ async fn copy_offsets(
             tracing::warn!(group = %client_text(&id), error = %e, "cannot copy the leader's committed offsets");
         }
     }
-    if let Err(e) = broker.groups.durable(last_ticket).await {
-        tracing::warn!(error = %e, "cannot copy the leader's committed offsets");
-    }
+    // Not on disk: not said to be copied (the connection ends and the copy is made again).
+    broker
+        .groups
+        .durable(last_ticket)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot store the leader's committed offsets: {e}"))?;
     Ok(())
 }
 

@@ -200,10 +200,14 @@ pub async fn handle(ctx: Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse 
             .any(|p| p.result.is_ok());
         // On disk (with the commits made meanwhile: one sync for them all) and on the
         // followers, both at once.
-        let (durable, copied) = tokio::join!(groups.durable(ticket), async {
-            !stored || followers_copied(&ctx, &plain.group_id).await
-        });
-        if let Err(e) = durable {
+        let (durable, copied) = tokio::join!(
+            tokio::time::timeout(REPLICATION_WAIT, groups.durable(ticket)),
+            async { !stored || followers_copied(&ctx, &plain.group_id).await }
+        );
+        // Not on disk within the commit timeout: answered REQUEST_TIMED_OUT, as Kafka answers
+        // an append to its offsets topic that did not complete in time.
+        let copied = copied && durable.is_ok();
+        if let Ok(Err(e)) = durable {
             for p in results.iter_mut().flat_map(|t| &mut t.partitions) {
                 if p.result.is_ok() {
                     p.result = Err(crate::groups::GroupError::Store(e.clone()));
