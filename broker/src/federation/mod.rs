@@ -264,6 +264,29 @@ impl ClientContext for LinkContext {
     }
 }
 
+/// The `host:port` addresses of a link's `bootstrap_servers`, in the forms librdkafka takes:
+/// separated by commas or spaces, `PROTOCOL://` before them allowed, the port 9092 when none
+/// is given (`[v6]` or a bare IPv6 address too).
+fn probe_addresses(servers: &str) -> Vec<String> {
+    servers
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let s = s.rsplit_once("://").map_or(s, |(_, a)| a);
+            let has_port = match s.strip_prefix('[') {
+                Some(rest) => rest.contains("]:"),
+                None => s.matches(':').count() == 1,
+            };
+            match (has_port, s.starts_with('['), s.contains(':')) {
+                (true, _, _) => s.to_string(),
+                (false, true, _) => format!("{s}:9092"),
+                (false, false, true) => format!("[{s}]:9092"),
+                (false, false, false) => format!("{s}:9092"),
+            }
+        })
+        .collect()
+}
+
 /// How long librdkafka's last error is quoted in the link's warnings.
 const RECENT_ERROR: Duration = Duration::from_secs(30);
 
@@ -304,10 +327,7 @@ impl Link {
     /// (thousands of tries a second, most of a core), where its producer's own reconnects
     /// back off.
     async fn reachable(&self) -> bool {
-        for server in self.spec.bootstrap_servers.split(',') {
-            let server = server.trim();
-            // librdkafka also takes `PROTOCOL://host:port`.
-            let address = server.rsplit_once("://").map_or(server, |(_, a)| a);
+        for address in probe_addresses(&self.spec.bootstrap_servers) {
             let connect = tokio::net::TcpStream::connect(address);
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
                 return true;
@@ -619,6 +639,21 @@ mod tests {
                 "Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)"
             ),
             None
+        );
+    }
+
+    #[test]
+    fn bootstrap_servers_are_read_as_librdkafka_reads_them() {
+        assert_eq!(
+            probe_addresses("kafka, b:9093 SSL://c:9094 [::1]:9095,[::1] ::1"),
+            [
+                "kafka:9092",
+                "b:9093",
+                "c:9094",
+                "[::1]:9095",
+                "[::1]:9092",
+                "[::1]:9092"
+            ]
         );
     }
 }
