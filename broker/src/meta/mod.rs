@@ -13,9 +13,10 @@
 //! The segment log lives in plain files (see `storage`); only what must change in place lives
 //! here. Every write is its own redb transaction committed with immediate durability, so a
 //! topic, an offset commit or a producer-id block survives a crash once the call returns; but
-//! for clients' offset commits, which are committed lazily (`commit_lazily`) and made durable
-//! together by one `sync` before any of them is answered (group commit: commits from many
-//! connections share one write to the disk).
+//! for clients' offset commits and a follower's copies of them, which are committed lazily
+//! (`commit_lazily`) and made durable together by one `sync` before any of them is answered or
+//! said to be copied (group commit: commits from many connections share one write to the
+//! disk).
 //!
 //! After an I/O error (a full disk) redb refuses every later transaction until the database is
 //! opened again. The store therefore closes it on such an error and opens it again at the next
