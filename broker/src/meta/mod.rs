@@ -207,6 +207,26 @@ fn with_tables(db: Database) -> Result<Database, MetaError> {
     Ok(db)
 }
 
+/// Writes `group`'s committed `offsets` into the offsets table.
+fn insert_offsets(
+    table: &mut OffsetTable<'_>,
+    group: &str,
+    offsets: &[(String, i32, CommittedOffset)],
+) -> Result<(), MetaError> {
+    for (topic, partition, c) in offsets {
+        table.insert(
+            (group, topic.as_str(), *partition),
+            (
+                c.offset,
+                c.leader_epoch,
+                c.metadata.as_str(),
+                c.commit_timestamp_ms,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
 /// The `acls` key of an ACL.
 fn acl_key(acl: &Acl) -> (i8, i8, &str, &str, &str, i8, i8) {
     (
@@ -696,20 +716,7 @@ impl OffsetStore for MetaStore {
         group: &str,
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), StoreError> {
-        self.write_offsets(|table| {
-            for (topic, partition, c) in offsets {
-                table.insert(
-                    (group, topic.as_str(), *partition),
-                    (
-                        c.offset,
-                        c.leader_epoch,
-                        c.metadata.as_str(),
-                        c.commit_timestamp_ms,
-                    ),
-                )?;
-            }
-            Ok(())
-        })
+        self.write_offsets(|table| insert_offsets(table, group, offsets))
     }
 
     fn commit_lazily(
@@ -721,20 +728,7 @@ impl OffsetStore for MetaStore {
             let mut tx = db.begin_write()?;
             tx.set_durability(redb::Durability::None)
                 .map_err(redb::Error::from)?;
-            {
-                let mut table = tx.open_table(GROUP_OFFSETS)?;
-                for (topic, partition, c) in offsets {
-                    table.insert(
-                        (group, topic.as_str(), *partition),
-                        (
-                            c.offset,
-                            c.leader_epoch,
-                            c.metadata.as_str(),
-                            c.commit_timestamp_ms,
-                        ),
-                    )?;
-                }
-            }
+            insert_offsets(&mut tx.open_table(GROUP_OFFSETS)?, group, offsets)?;
             tx.commit()?;
             slot.unsynced = true;
             Ok(())
