@@ -970,21 +970,18 @@ async fn retention_while_the_uplink_is_down(restart_edge: bool) {
 }
 
 /// A record just under the brokers' default limit (max.message.bytes 1,048,588) but over
-/// librdkafka's own default message.max.bytes (1,000,000) is forwarded, not skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_the_brokers_take_by_default_is_forwarded_though_over_librdkafkas_default() {
-    let (central, edge, _dirs) = start_pair(&["readings"]).await;
-    create_topic(&edge.bootstrap(), "readings", 1).await;
-    let producer: FutureProducer = common::client_config(&edge.bootstrap())
-        .set("message.max.bytes", "2000000")
+/// One record per size to partition 0 of `topic`, the i-th of `sizes` bytes of b'a' + i, each
+/// acknowledged before the next is sent (the producer takes records up to 4 MB).
+async fn produce_sized(bootstrap: &str, topic: &str, sizes: &[usize]) {
+    let producer: FutureProducer = common::client_config(bootstrap)
+        .set("message.max.bytes", "4000000")
         .create()
         .unwrap();
-    let sizes = [5, 1_020_000, 5];
-    for (i, size) in sizes.into_iter().enumerate() {
+    for (i, &size) in sizes.iter().enumerate() {
         let value = vec![b'a' + i as u8; size];
         producer
             .send(
-                FutureRecord::<(), [u8]>::to("readings")
+                FutureRecord::<(), [u8]>::to(topic)
                     .payload(&value)
                     .partition(0),
                 Duration::from_secs(30),
@@ -992,6 +989,15 @@ async fn a_record_the_brokers_take_by_default_is_forwarded_though_over_librdkafk
             .await
             .unwrap();
     }
+}
+
+/// librdkafka's own default message.max.bytes (1,000,000) is forwarded, not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_brokers_take_by_default_is_forwarded_though_over_librdkafkas_default() {
+    let (central, edge, _dirs) = start_pair(&["readings"]).await;
+    create_topic(&edge.bootstrap(), "readings", 1).await;
+    let sizes = [5, 1_020_000, 5];
+    produce_sized(&edge.bootstrap(), "readings", &sizes).await;
 
     await_remote(&central, "site-a.readings", &[3]).await;
     let got = read_topic(&central.bootstrap(), "site-a.readings", 1).await;
@@ -1037,23 +1043,8 @@ async fn a_record_larger_than_the_links_queue_is_skipped_and_the_rest_arrive() {
         &[("max.message.bytes", "4000000")],
     )
     .await;
-    let producer: FutureProducer = common::client_config(&edge.bootstrap())
-        .set("message.max.bytes", "4000000")
-        .create()
-        .unwrap();
     let sizes = [5, 2_000_000, 5, 5];
-    for (i, size) in sizes.into_iter().enumerate() {
-        let value = vec![b'a' + i as u8; size];
-        producer
-            .send(
-                FutureRecord::<(), [u8]>::to("readings")
-                    .payload(&value)
-                    .partition(0),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-    }
+    produce_sized(&edge.bootstrap(), "readings", &sizes).await;
 
     for (name, remote) in [
         ("central", "site-a.readings"),
